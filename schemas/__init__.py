@@ -1,0 +1,32 @@
+"""Events, the codec, the topic catalogue, settings and errors: what every part shares.
+
+Imported by ``taskstream.streams``, ``taskstream.executors`` and
+``taskstream.api``; imports none of them.
+"""
+
+from .errors import BrokerUnavailable, CommandRejected, DecodeError, NotFound, TaskstreamError, ValidationError
+from .events import (
+    EVENT_TYPES,
+    TERMINAL,
+    Event,
+    Priority,
+    ReadyTask,
+    Status,
+    TaskCreated,
+    TaskFailed,
+    TaskQueued,
+    TaskStarted,
+    TaskState,
+    TaskSucceeded,
+    initial_state,
+    new_id,
+)
+from .settings import Settings
+from .topics import PRIORITIES, Topics, TopicSpec, catalogue
+
+__all__ = [
+    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "TaskstreamError", "ValidationError",
+    "EVENT_TYPES", "TERMINAL", "Event", "Priority", "ReadyTask", "Status", "TaskCreated", "TaskFailed",
+    "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "initial_state", "new_id",
+    "Settings", "PRIORITIES", "Topics", "TopicSpec", "catalogue",
+]

@@ -1,0 +1,42 @@
+"""The error tree of taskstream (STYLE §3).
+
+- ``TaskstreamError``: base of everything we raise on purpose.
+  - ``CommandRejected``: a command impossible in the task's state (HTTP 409).
+  - ``NotFound``: no such task (HTTP 404).
+  - ``ValidationError``: bad input; names the field (HTTP 422).
+  - ``DecodeError``: bytes that are not a message we know; the message goes
+    to the dead-letter topic, the consumer goes on.
+  - ``BrokerUnavailable``: the Kafka cluster cannot be reached or refused a
+    write (HTTP 503; callers may retry).
+
+Handlers signal outcomes with ``taskstream.executors.PermanentError`` (no
+more attempts) or any other exception (the attempt failed; retried per
+policy). Third-party exceptions are mapped to these where they enter.
+"""
+
+
+class TaskstreamError(Exception):
+    """Base class of taskstream's own errors."""
+
+
+class CommandRejected(TaskstreamError):
+    pass
+
+
+class NotFound(TaskstreamError):
+    pass
+
+
+class ValidationError(TaskstreamError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class DecodeError(TaskstreamError):
+    pass
+
+
+class BrokerUnavailable(TaskstreamError):
+    pass

@@ -1,0 +1,170 @@
+"""Kafka clients, made in one place from ``Settings`` (confluent-kafka).
+
+The API and the executors produce through ``AsyncProducer``: produce is
+asynchronous, a daemon thread polls the client for delivery reports and
+resolves asyncio futures, so nothing blocks an event loop. Library errors
+become ``BrokerUnavailable`` here, at the seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .errors import BrokerUnavailable
+from .settings import Settings
+from .topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def common_config(settings: Settings, client_id: str) -> dict:
+    return {"bootstrap.servers": settings.bootstrap_servers, "client.id": client_id}
+
+
+def producer_config(settings: Settings, client_id: str) -> dict:
+    return {
+        **common_config(settings, client_id),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": settings.producer_linger_ms,
+        "compression.type": "none",
+        # Java-compatible key hashing, as aiokafka (inside Faust) uses: a task's
+        # messages land in the same partition whoever produces them.
+        "partitioner": "murmur2_random",
+    }
+
+
+def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
+    return {
+        **common_config(settings, client_id),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 3),
+        "partition.assignment.strategy": "cooperative-sticky",
+        "fetch.wait.max.ms": 10,
+    }
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(common_config(settings, "taskstream-admin"))
+
+
+def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
+    """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``."""
+    client = admin(settings)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            client.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            last = exc
+            time.sleep(0.1)
+    raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}")
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+    """Create missing topics; return problems with existing ones (wrong partition count).
+
+    Idempotent: existing topics are left alone and reported if they differ.
+    """
+    client = admin(settings)
+    specs = list(specs)
+    try:
+        existing = client.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+    problems = []
+    missing = []
+    for spec in specs:
+        meta = existing.get(spec.name)
+        if meta is None:
+            missing.append(NewTopic(spec.name, spec.partitions, settings.replication_factor, config=spec.config))
+        elif len(meta.partitions) != spec.partitions:
+            problems.append(f"topic {spec.name} has {len(meta.partitions)} partitions, expected {spec.partitions}")
+    if missing:
+        for name, fut in client.create_topics(missing, operation_timeout=timeout).items():
+            try:
+                fut.result(timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise BrokerUnavailable(f"could not create topic {name}: {exc}") from exc
+        _await_metadata(client, [t.topic for t in missing], timeout)
+    return problems
+
+
+def _await_metadata(client: AdminClient, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = client.list_topics(timeout=timeout).topics
+        if all(n in topics and topics[n].partitions for n in names):
+            return
+        time.sleep(0.05)
+    raise BrokerUnavailable(f"topics {names} not visible after creation")
+
+
+class AsyncProducer:
+    """confluent-kafka producer whose ``send`` is awaitable (acked by the broker)."""
+
+    def __init__(self, settings: Settings, client_id: str, **overrides) -> None:
+        self._producer = Producer({**producer_config(settings, client_id), **overrides})
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._poll_loop, name=f"{client_id}-producer-poll", daemon=True)
+        self._thread.start()
+
+    def _poll_loop(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    def produce(self, topic: str, key: str | bytes, value: bytes, headers=None, on_delivery=None) -> None:
+        """Fire and forget (with an optional delivery callback run on the poll thread)."""
+        try:
+            self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+        except BufferError:
+            self._producer.poll(0.05)
+            self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+        except KafkaException as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def send(self, topic: str, key: str | bytes, value: bytes, headers=None) -> asyncio.Future:
+        """Produce and return a future that resolves when the broker acknowledged the record."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(err, msg):
+            if err is not None:
+                loop.call_soon_threadsafe(_set_exception, fut, BrokerUnavailable(f"produce to {topic} failed: {err}"))
+            else:
+                loop.call_soon_threadsafe(_set_result, fut, msg)
+
+        self.produce(topic, key, value, headers, done)
+        return fut
+
+    def flush(self, timeout: float = 10.0) -> int:
+        return self._producer.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> int:
+        remaining = self._producer.flush(timeout)
+        self._closed.set()
+        self._thread.join(timeout=2)
+        return remaining
+
+
+def _set_result(fut: asyncio.Future, value) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future, exc: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

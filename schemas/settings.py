@@ -1,0 +1,44 @@
+"""One settings object for every process, read from ``TASKSTREAM_*`` variables.
+
+Build it once at the edge (CLI, test fixture) and pass it down; nothing deeper
+reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASKSTREAM_", frozen=True)
+
+    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers")
+    prefix: str = Field("taskstream", pattern=r"^[A-Za-z0-9._-]+$", description="topic name prefix")
+    partitions: int = Field(6, ge=1, description="partitions of events, state and ready topics")
+    replication_factor: int = Field(1, ge=1)
+    embedded_broker: bool = Field(
+        False, description="work around the embedded Tansu broker's quirks (BROKER.md); set by `taskstream dev`"
+    )
+    session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
+    data_dir: Path = Field(Path(".taskstream"), description="RocksDB files of the processor and read model")
+    producer_linger_ms: float = Field(2.0, ge=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    max_body_bytes: int = Field(1024 * 1024, description="larger request bodies get 413")
+
+    executor_concurrency: int = Field(16, ge=1)
+    started_event_after_s: float = Field(
+        1.0, ge=0, description="an attempt that runs longer than this reports TaskStarted (short ones report only their result)"
+    )
+    priority_weights: tuple[int, int, int] = Field(
+        (6, 3, 1), description="high:medium:low share of executor slots while every level has a backlog"
+    )
+    default_max_attempts: int = Field(3, ge=1)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    log_level: str = "INFO"

@@ -1,0 +1,53 @@
+"""Shared fixtures: one embedded broker per test session, a fresh topic prefix per test."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from taskstream.cli.broker import EmbeddedBroker, free_port
+from taskstream.schemas import Settings, catalogue
+from taskstream.schemas.kafka import ensure_topics, wait_for_broker
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """The embedded Tansu broker on a free loopback port (or $TASKSTREAM_TEST_BOOTSTRAP)."""
+    external = os.environ.get("TASKSTREAM_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker(free_port()) as b:
+        yield b.bootstrap_servers
+
+
+@pytest.fixture
+def settings(broker, tmp_path: Path) -> Settings:
+    """Settings with a topic prefix of the test's own, topics created."""
+    s = Settings(
+        bootstrap_servers=broker,
+        prefix=f"t{uuid.uuid4().hex[:10]}",
+        partitions=3,
+        embedded_broker=True,
+        data_dir=tmp_path / "data",
+        session_timeout_ms=6000,
+    )
+    wait_for_broker(s)
+    assert ensure_topics(s, catalogue(s)) == []
+    return s
