@@ -1,0 +1,121 @@
+"""Hypothesis strategies for taskstream's values, shared by the unit tests.
+
+Every strategy yields values the codec must round-trip exactly: strings are
+any Unicode text that UTF-8 can carry (no lone surrogates), timestamps are
+timezone-aware UTC ``datetime`` values with microsecond precision over the
+whole range ``timestamp-micros`` and ``datetime`` share, floats are any
+finite or infinite double (NaN is left out: it never equals itself, so it
+cannot be compared after a round trip), and ints stay in the Avro ``int`` /
+``long`` ranges of the schema field they fill.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from hypothesis import strategies as st
+
+from taskstream.schemas import codec
+from taskstream.schemas import (
+    Priority,
+    ReadyTask,
+    Status,
+    TaskCreated,
+    TaskFailed,
+    TaskQueued,
+    TaskStarted,
+    TaskState,
+    TaskSucceeded,
+)
+
+INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+text = st.text()
+ids = st.one_of(st.uuids().map(lambda u: u.hex), st.text(min_size=1, max_size=40))
+timestamps = st.datetimes(
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999), timezones=st.just(timezone.utc)
+)
+optional_timestamps = st.none() | timestamps
+doubles = st.floats(allow_nan=False)
+optional_doubles = st.none() | doubles
+labels = st.dictionaries(text, text, max_size=5)
+id_lists = st.lists(ids, max_size=5)
+json_text = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=10,
+).map(codec.dumps_json)
+priorities = st.sampled_from([p.value for p in Priority]) | text
+statuses = st.sampled_from([s.value for s in Status]) | text
+
+
+def _event_fields() -> dict:
+    return dict(task_id=ids, occurred_at=timestamps, producer=text, event_id=ids)
+
+
+task_created = st.builds(
+    TaskCreated,
+    **_event_fields(),
+    handler=text,
+    priority=priorities,
+    payload=json_text | text,
+    name=text,
+    labels=labels,
+    depends_on=id_lists,
+    run_at=optional_timestamps,
+    timeout_s=optional_doubles,
+    max_attempts=INT32,
+)
+task_queued = st.builds(TaskQueued, **_event_fields(), attempt=INT32, priority=priorities)
+task_started = st.builds(TaskStarted, **_event_fields(), attempt=INT32)
+task_succeeded = st.builds(
+    TaskSucceeded, **_event_fields(), attempt=INT32, result=st.none() | json_text | text, started_at=optional_timestamps
+)
+task_failed = st.builds(
+    TaskFailed, **_event_fields(), attempt=INT32, error=text, permanent=st.booleans(), started_at=optional_timestamps
+)
+ready_task = st.builds(
+    ReadyTask,
+    **_event_fields(),
+    attempt=INT32,
+    handler=text,
+    priority=priorities,
+    payload=json_text | text,
+    timeout_s=optional_doubles,
+)
+task_state = st.builds(
+    TaskState,
+    task_id=ids,
+    handler=text,
+    status=statuses,
+    priority=priorities,
+    payload=json_text | text,
+    created_at=timestamps,
+    updated_at=timestamps,
+    name=text,
+    labels=labels,
+    depends_on=id_lists,
+    run_at=optional_timestamps,
+    timeout_s=optional_doubles,
+    attempt=INT32,
+    max_attempts=INT32,
+    started_at=optional_timestamps,
+    finished_at=optional_timestamps,
+    result=st.none() | json_text | text,
+    error=st.none() | text,
+    version=INT32,
+    last_offset=INT64,
+)
+
+#: One strategy per record name of ``schemas.events.RECORD_TYPES``.
+BY_RECORD: dict[str, st.SearchStrategy] = {
+    "TaskCreated": task_created,
+    "TaskQueued": task_queued,
+    "TaskStarted": task_started,
+    "TaskSucceeded": task_succeeded,
+    "TaskFailed": task_failed,
+    "ReadyTask": ready_task,
+    "TaskState": task_state,
+}
+any_record = st.one_of(*BY_RECORD.values())
