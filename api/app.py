@@ -1,0 +1,95 @@
+"""The FastAPI application: wiring of routes, errors, body limit and lifespan.
+
+``create_app(settings)`` builds the app; its lifespan starts the Kafka
+producer (acks=all, idempotent, from ``schemas.kafka``) and the read model
+(a consumer thread projecting ``<p>.state`` into RocksDB) and stops both on
+shutdown. Startup never waits for the broker: an API without a reachable
+cluster still starts, answers ``/healthz`` and reports why it is not ready
+on ``/readyz``. ``run_api(settings)`` serves the app with uvicorn and blocks;
+uvicorn handles SIGTERM/SIGINT by draining in-flight requests (up to
+``settings.shutdown_grace_s``) and then running the lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from taskstream.schemas import Settings
+from taskstream.schemas.kafka import AsyncProducer, admin
+
+from . import problems
+from .body_limit import BodyLimitMiddleware
+from .problems import JSONResponse
+from .read_model import ReadModel
+from .routes import health, tasks
+
+log = logging.getLogger(__name__)
+
+#: A produce the broker has not acknowledged within this time fails (503)
+#: for good: librdkafka gives up on the record (``message.timeout.ms``), so a
+#: 503 never hides a task that is written later.
+DEFAULT_PRODUCE_TIMEOUT_S = 10.0
+
+
+def producer_id() -> str:
+    return f"api-{socket.gethostname()}-{os.getpid()}"
+
+
+def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE_TIMEOUT_S) -> FastAPI:
+    """The taskstream HTTP API for the cluster and topic prefix of ``settings``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pid = producer_id()
+        producer = AsyncProducer(settings, pid, **{"message.timeout.ms": int(produce_timeout_s * 1000)})
+        read_model = ReadModel(settings).start()
+        app.state.settings = settings
+        app.state.producer_id = pid
+        app.state.producer = producer
+        app.state.read_model = read_model
+        app.state.admin = admin(settings)
+        log.info("API started for prefix=%s bootstrap=%s", settings.prefix, settings.bootstrap_servers)
+        try:
+            yield
+        finally:
+            remaining = await asyncio.to_thread(producer.close, produce_timeout_s)
+            if remaining:
+                log.warning("API producer closed with %d records undelivered", remaining)
+            await asyncio.to_thread(read_model.stop)
+            log.info("API stopped")
+
+    app = FastAPI(
+        title="taskstream",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    problems.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(tasks.router)
+    return app
+
+
+def run_api(settings: Settings) -> None:
+    """Serve the API on ``settings.api_host:settings.api_port`` until SIGTERM/SIGINT."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        lifespan="on",
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        proxy_headers=False,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()

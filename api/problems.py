@@ -1,0 +1,144 @@
+"""Errors as ``application/problem+json`` (RFC 9457) and the API's JSON responses.
+
+Every 4xx/5xx the API sends goes through ``problem()``: ``type``, ``title``,
+``status``, ``detail`` (which names the offending field) and, for invalid
+input, ``errors: [{"field": "retry.max_attempts", "message": ...}]``.
+``install(app)`` maps the error tree of ``taskstream.schemas.errors`` and
+FastAPI's own exceptions:
+
+=========================== ====== ======================================
+exception                   status problem type
+=========================== ====== ======================================
+RequestValidationError      422    validation (400 malformed-json)
+schemas.ValidationError     422    validation
+schemas.NotFound            404    not-found
+schemas.CommandRejected     409    conflict
+schemas.BrokerUnavailable   503    broker-unavailable
+HTTPException (404/405/413) as is  about:blank
+anything else               500    internal (logged, no details leaked)
+=========================== ====== ======================================
+
+JSON is rendered with orjson through ``schemas.codec``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from taskstream.schemas import BrokerUnavailable, CommandRejected, NotFound, ValidationError, codec
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+_TYPE = "urn:taskstream:problem:"
+
+
+class JSONResponse(Response):
+    """A JSON response rendered by ``codec.dumps_json_bytes`` (orjson)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return codec.dumps_json_bytes(content)
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    kind: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> ProblemResponse:
+    body: dict[str, Any] = {
+        "type": _TYPE + kind if kind else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    body.update(extra)
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def validation_problem(errors: list[dict[str, str]], *, status: int = 422, title: str = "Invalid request") -> ProblemResponse:
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    kind = "malformed-json" if status == 400 else "validation"
+    return problem(status, title, detail, kind=kind, errors=errors)
+
+
+def _field(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] or parts
+    return ".".join(parts)
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
+    raw = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in raw):
+        first = next(e for e in raw if e.get("type") == "json_invalid")
+        ctx = first.get("ctx") or {}
+        why = ctx.get("error", "invalid JSON")
+        return validation_problem([{"field": "body", "message": f"malformed JSON: {why}"}], status=400, title="Malformed JSON")
+    errors = [{"field": _field(e.get("loc", ())), "message": _message(e)} for e in raw]
+    return validation_problem(errors)
+
+
+async def _validation(_: Request, exc: ValidationError) -> Response:
+    return validation_problem([{"field": exc.field, "message": exc.message}])
+
+
+async def _not_found(_: Request, exc: NotFound) -> Response:
+    return problem(404, "Not found", str(exc) or "not found", kind="not-found")
+
+
+async def _rejected(_: Request, exc: CommandRejected) -> Response:
+    return problem(409, "Conflict", str(exc), kind="conflict")
+
+
+async def _broker(_: Request, exc: BrokerUnavailable) -> Response:
+    log.warning("broker unavailable: %s", exc)
+    return problem(503, "Broker unavailable", f"the event log could not be written: {exc}", kind="broker-unavailable",
+                   headers={"Retry-After": "1"})
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+    title = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}.get(exc.status_code, "HTTP error")
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
+        detail = f"{request.method} {request.url.path}: {title.lower()}"
+    return problem(exc.status_code, title, detail, headers=getattr(exc, "headers", None))
+
+
+async def _internal(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return problem(500, "Internal server error", "an unexpected error occurred; it was logged", kind="internal")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(ValidationError, _validation)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(CommandRejected, _rejected)
+    app.add_exception_handler(BrokerUnavailable, _broker)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _internal)

@@ -1,0 +1,362 @@
+"""The API's read model: a RocksDB projection of ``<p>.state`` with list indexes.
+
+The API never asks a processor (DESIGN §8). The processor writes the latest
+``TaskState`` of every task to the compacted topic ``<p>.state`` (the
+changelog of its Faust table); this module consumes that topic from the
+beginning of every partition and keeps a local copy in RocksDB
+(``rocksdict``), plus secondary indexes for newest-first listing overall and
+by status, priority and handler.
+
+Two parts:
+
+- ``TaskStore``: the database and its indexes; no Kafka, no threads of its
+  own, unit-testable with a directory.
+- ``ReadModel``: a ``TaskStore`` fed by a confluent-kafka consumer that is
+  ``assign()``-ed to every partition of ``<p>.state`` from
+  ``OFFSET_BEGINNING`` (no consumer group: every API process keeps its own
+  full copy), polled by a daemon thread.
+
+The database is deleted and rebuilt from the topic at every start. That is
+the simplest correct choice: the topic is compacted, so a rebuild reads one
+record per task, and we never have to reason about which offsets a stale
+local copy had seen (the embedded broker under-reports end offsets, so a
+persisted position could not be checked anyway).
+
+Key layout (raw bytes, ``:``-separated; index values are hex so they cannot
+contain the separator)::
+
+    s:<task_id>                                  -> codec.encode(TaskState)
+    x:all:<sortkey>                              -> b""
+    x:status:<hex(status)>:<sortkey>             -> b""
+    x:priority:<hex(priority)>:<sortkey>         -> b""
+    x:handler:<hex(handler)>:<sortkey>           -> b""
+
+    sortkey = <20-digit (10**19 - created_at in µs)>:<task_id>
+
+so a forward scan of an index yields newest ``created_at`` first, ties by
+task id ascending. The opaque list cursor is the sortkey of the last task
+of a page (the API base64-encodes it).
+
+A state is applied only if its ``version`` is >= the stored one, so replays
+and the API's own read-your-writes insert never move a task backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from rocksdict import Options, Rdict, WriteBatch
+
+from taskstream.schemas import DecodeError, Settings, TaskState, Topics, codec
+from taskstream.schemas.kafka import common_config
+
+log = logging.getLogger(__name__)
+
+_STATE = b"s:"
+_INDEX = b"x:"
+_ALL = b"x:all:"
+_INV_BASE = 10**19
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SORTKEY = re.compile(rb"^\d{20}:[^\x00]+$")
+
+#: Fields with a secondary index, in the order the list query prefers them
+#: when several filters are given (the most selective first).
+INDEXED_FIELDS: tuple[str, ...] = ("handler", "status", "priority")
+
+
+def sortkey(state: TaskState) -> bytes:
+    """The newest-first ordering key of a task: inverted creation time, then id."""
+    micros = (state.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{_INV_BASE - micros:020d}".encode() + b":" + state.task_id.encode()
+
+
+def is_sortkey(value: bytes) -> bool:
+    """True if ``value`` has the shape of a sortkey (for validating cursors)."""
+    return bool(_SORTKEY.match(value))
+
+
+def _index_prefix(field: str, value: str) -> bytes:
+    return _INDEX + field.encode() + b":" + value.encode().hex().encode() + b":"
+
+
+def index_keys(state: TaskState) -> list[bytes]:
+    """Every index key that points at ``state``."""
+    sk = sortkey(state)
+    return [_ALL + sk, *(_index_prefix(f, getattr(state, f)) + sk for f in INDEXED_FIELDS)]
+
+
+class TaskStore:
+    """Latest ``TaskState`` per task in RocksDB, with newest-first indexes.
+
+    Thread-safe: writes (``apply``) take a lock, because they read the stored
+    version before writing; reads go straight to RocksDB.
+    """
+
+    def __init__(self, path: Path, *, fresh: bool = True) -> None:
+        self.path = Path(path)
+        if fresh and self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(self.path), options=Options(raw_mode=True))
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    # ------------------------------------------------------------- writes
+
+    def apply(self, state: TaskState) -> bool:
+        """Store ``state`` unless a newer version is stored; return whether it was stored."""
+        key = _STATE + state.task_id.encode()
+        with self._lock:
+            old = self._decode(self._db.get(key), state.task_id)
+            if old is not None and state.version < old.version:
+                return False
+            batch = WriteBatch(raw_mode=True)
+            new_keys = index_keys(state)
+            if old is not None:
+                for k in set(index_keys(old)) - set(new_keys):
+                    batch.delete(k)
+            for k in new_keys:
+                batch.put(k, b"")
+            batch.put(key, codec.encode(state))
+            self._db.write(batch)
+            return True
+
+    # -------------------------------------------------------------- reads
+
+    def get(self, task_id: str) -> TaskState | None:
+        return self._decode(self._db.get(_STATE + task_id.encode()), task_id)
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        priority: str | None = None,
+        handler: str | None = None,
+        limit: int = 100,
+        after: bytes | None = None,
+    ) -> tuple[list[TaskState], bytes | None]:
+        """A page of tasks, newest first, and the sortkey to continue after (None at the end).
+
+        With several filters, the most selective index (handler, then status,
+        then priority) is scanned and the other filters are checked on each
+        state. The state is re-read and re-checked, so an index key that a
+        concurrent update is about to delete never yields a wrong task.
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        filters = {f: v for f, v in (("handler", handler), ("status", status), ("priority", priority)) if v is not None}
+        if filters:
+            field, value = next(iter(filters.items()))
+            prefix = _index_prefix(field, value)
+        else:
+            prefix = _ALL
+        page: list[tuple[bytes, TaskState]] = []
+        for sk in self._scan(prefix, after):
+            state = self.get(sk.split(b":", 1)[1].decode())
+            if state is None or sortkey(state) != sk:
+                continue
+            if all(getattr(state, f) == v for f, v in filters.items()):
+                page.append((sk, state))
+                if len(page) > limit:
+                    break
+        if len(page) > limit:
+            return [s for _, s in page[:limit]], page[limit - 1][0]
+        return [s for _, s in page], None
+
+    def _scan(self, prefix: bytes, after: bytes | None) -> Iterator[bytes]:
+        it = self._db.iter()
+        try:
+            start = prefix + after if after else prefix
+            it.seek(start)
+            if after and it.valid() and it.key() == start:
+                it.next()
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    return
+                yield key[len(prefix):]
+                it.next()
+        finally:
+            del it
+
+    def all_states(self) -> Iterable[TaskState]:
+        """Every stored state (tests, debugging)."""
+        for sk in self._scan(_ALL, None):
+            state = self.get(sk.split(b":", 1)[1].decode())
+            if state is not None:
+                yield state
+
+    @staticmethod
+    def _decode(raw: bytes | None, task_id: str) -> TaskState | None:
+        if raw is None:
+            return None
+        try:
+            return codec.decode(raw)
+        except DecodeError as exc:  # cannot happen unless the files were tampered with
+            log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc)
+            return None
+
+
+class ReadModel:
+    """A ``TaskStore`` kept up to date from ``<p>.state`` by a daemon thread.
+
+    ``caught_up`` turns true once every partition was consumed up to the high
+    watermark read when the consumer was assigned (or reported end of
+    partition). On the embedded Tansu broker watermarks are under-reported
+    (BROKER.md: base offset of the last batch + 1), so there "caught up" is a
+    lower bound: a few records of the last batch of a partition may still be
+    on their way. The API accepts that: readiness is advisory, and a task
+    read a moment late is still correct once it arrives.
+
+    The consumer never commits and never joins a group (``assign()`` only);
+    librdkafka needs a ``group.id`` to exist, so it gets a unique unused one.
+    """
+
+    def __init__(self, settings: Settings, *, connect_timeout: float = 2.0) -> None:
+        self.settings = settings
+        self.topic = Topics(settings.prefix).state
+        self.store = TaskStore(Path(settings.data_dir) / "read-model")
+        self._connect_timeout = connect_timeout
+        self._stop = threading.Event()
+        self._caught_up = threading.Event()
+        self._pending: dict[int, int] = {}
+        self._thread: threading.Thread | None = None
+        self.problem: str | None = "not started"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> "ReadModel":
+        self._thread = threading.Thread(target=self._run, name="api-read-model", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("read model consumer thread did not stop within %.1fs", timeout)
+                return  # leave the DB open rather than close it under the thread
+        self.store.close()
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        return self._caught_up.wait(timeout)
+
+    # -------------------------------------------------------------- consumer
+
+    def _run(self) -> None:
+        consumer: Consumer | None = None
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = self._connect()
+                    backoff = 0.2
+                for msg in consumer.consume(500, timeout=0.2):
+                    self._handle(msg)
+            except Exception as exc:  # never let the projection die; retry with backoff
+                self.problem = f"state topic consumer: {exc}"
+                log.warning("read model: %s (retrying in %.1fs)", exc, backoff)
+                if consumer is not None and not self.caught_up:
+                    self._close(consumer)
+                    consumer = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        if consumer is not None:
+            self._close(consumer)
+
+    def _connect(self) -> Consumer:
+        consumer = Consumer(
+            {
+                **common_config(self.settings, "taskstream-api-read-model"),
+                "group.id": f"{self.settings.prefix}-api-read-model-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        try:
+            # All topics, not list_topics(topic): a metadata request naming an
+            # unknown topic may auto-create it on some brokers.
+            meta = consumer.list_topics(timeout=self._connect_timeout).topics.get(self.topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise KafkaException(f"topic {self.topic} does not exist")
+            partitions = sorted(meta.partitions)
+            pending = {}
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=self._connect_timeout, cached=False
+                )
+                if high > low:
+                    pending[p] = high
+            self._pending = pending
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        except Exception:
+            self._close(consumer)
+            raise
+        log.info("read model: assigned %d partitions of %s, catching up to %s", len(partitions), self.topic, pending)
+        self.problem = None if not pending else "catching up"
+        self._check_caught_up()
+        return consumer
+
+    def _handle(self, msg) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                self._pending.pop(msg.partition(), None)
+                self._check_caught_up()
+            else:
+                log.warning("read model: consumer error: %s", err)
+            return
+        partition, offset = msg.partition(), msg.offset()
+        high = self._pending.get(partition)
+        if high is not None and offset + 1 >= high:
+            del self._pending[partition]
+            self._check_caught_up()
+        value = msg.value()
+        key = msg.key()
+        if not value:
+            log.debug("read model: skipped tombstone key=%r at %s/%d", key, partition, offset)
+            return
+        try:
+            state = codec.decode(value)
+        except DecodeError as exc:
+            log.warning("read model: skipped undecodable record key=%r at %s/%d: %s", key, partition, offset, exc)
+            return
+        if not isinstance(state, TaskState):
+            log.warning("read model: skipped %s record key=%r at %s/%d", type(state).__name__, key, partition, offset)
+            return
+        self.store.apply(state)
+
+    def _check_caught_up(self) -> None:
+        if not self._pending and not self._caught_up.is_set():
+            self.problem = None
+            self._caught_up.set()
+            log.info("read model: caught up with %s", self.topic)
+
+    @staticmethod
+    def _close(consumer: Consumer) -> None:
+        try:
+            consumer.close()
+        except Exception as exc:  # closing a consumer of an unreachable cluster may complain
+            log.debug("read model: consumer close: %s", exc)
