@@ -1,0 +1,36 @@
+"""The executor runtime and the handler SDK (DESIGN §7, §9).
+
+Executors consume ``<p>.ready.*``, run the handler named in each ReadyTask
+and report the outcome to ``<p>.events``. Handler authors need only::
+
+    from taskstream.executors import handler, TaskContext, PermanentError
+
+    @handler("images.resize")
+    async def resize(payload: dict, ctx: TaskContext) -> dict:   # sync def works too
+        ...
+        return {"ok": True}
+
+Raising ``PermanentError`` fails the task for good; any other exception fails
+the attempt (retried per policy). The runtime is in ``runtime``, built-ins
+(``noop``, ``sleep``, ``echo``) in ``builtin``.
+"""
+
+from .builtin import BUILTINS
+from .context import TaskContext
+from .errors import HandlerImportError, PermanentError
+from .registry import Handler, Registry, default_registry, handler, load_handler_modules
+from .runtime import Executor, run_executor
+
+__all__ = [
+    "BUILTINS",
+    "Executor",
+    "Handler",
+    "HandlerImportError",
+    "PermanentError",
+    "Registry",
+    "TaskContext",
+    "default_registry",
+    "handler",
+    "load_handler_modules",
+    "run_executor",
+]

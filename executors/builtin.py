@@ -1,0 +1,42 @@
+"""Built-in handlers, always available to every executor: ``noop``, ``sleep``, ``echo``.
+
+They exist for demos, smoke tests and benchmarks. They live in their own
+``BUILTINS`` registry, which the executor consults after its own, so a user
+handler of the same name takes precedence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from .context import TaskContext
+from .errors import PermanentError
+from .registry import Registry
+
+BUILTINS = Registry()
+
+
+@BUILTINS.handler("noop")
+async def noop(payload: Any, ctx: TaskContext) -> None:
+    """Do nothing; the cheapest possible task (benchmarks)."""
+    return None
+
+
+@BUILTINS.handler("sleep")
+async def sleep(payload: Any, ctx: TaskContext) -> dict:
+    """Sleep ``payload["seconds"]`` seconds without blocking the executor."""
+    if not isinstance(payload, dict) or "seconds" not in payload:
+        raise PermanentError("sleep: payload must be an object with a 'seconds' field")
+    seconds = payload["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        raise PermanentError(f"sleep: 'seconds' must be a non-negative number, got {seconds!r}")
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+@BUILTINS.handler("echo")
+async def echo(payload: Any, ctx: TaskContext) -> Any:
+    """Return the payload as the result."""
+    return payload

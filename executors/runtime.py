@@ -1,0 +1,577 @@
+"""The executor: takes ReadyTask messages off the ready topics, runs handlers, reports results.
+
+Place in the flow (DESIGN §7): the processor publishes an attempt to
+``<p>.ready.<priority>``; an executor of the ``<p>-executors`` group consumes
+it, runs the named handler and appends the outcome to ``<p>.events`` keyed
+by task id, where the processor folds it.
+
+Threads and loops
+    One confluent-kafka consumer (cooperative-sticky) is polled from ONE
+    dedicated thread, which also does every commit, pause and resume. It keeps
+    polling while handlers run for a long time, so group membership and
+    ``max.poll.interval.ms`` never depend on handler duration. Handlers run on
+    the asyncio loop (``async def``) or in a thread pool (``def``); at most
+    ``concurrency`` attempts run at once.
+
+Priority
+    The poll thread puts decoded messages into one bounded local buffer per
+    priority; when a buffer holds ``buffer_size`` messages the partitions of
+    that priority's topic are paused, and resumed when it has drained to half.
+    A dispatcher on the loop grants each free slot with a smooth weighted
+    round-robin over the buffers that have a backlog
+    (``settings.priority_weights``, default high:medium:low = 6:3:1): with
+    all three levels waiting, every 10 grants go 6 to high, 3 to medium, 1 to
+    low, so high runs first and most but low is never starved; a level with
+    no backlog leaves its share to the others.
+
+Events (DESIGN §10: few events per task on the processor's hot path)
+    A short attempt reports ONE event, ``TaskSucceeded`` or ``TaskFailed``,
+    carrying ``started_at``. An attempt still running after
+    ``settings.started_event_after_s`` also reports ``TaskStarted`` once,
+    before its result (same key, same partition, produced first, so it is
+    ordered before it). ``TaskFailed.permanent`` is true for
+    ``PermanentError``, an unknown handler name and a payload that is not
+    JSON. Timeouts (``ReadyTask.timeout_s``) cancel an async handler and
+    abandon a sync one (its thread runs on, its late result is ignored) and
+    report ``TimeoutError``.
+
+Offsets (at-least-once)
+    Attempts finish out of order; a partition's offset is committed only up
+    to the highest contiguous message whose result event the broker
+    acknowledged (acks=all). Commits happen from the poll thread every
+    ``COMMIT_INTERVAL_S``, on revocation and at shutdown. On revocation the
+    buffered, not yet started messages of those partitions are dropped (the
+    new owner gets them); attempts already running finish and report, but
+    their offsets are no longer ours to commit. A message that does not decode
+    goes, raw, to ``<p>.dlq`` with headers ``source-topic``,
+    ``source-partition``, ``source-offset`` and ``reason``, and then counts as
+    done. A handler exception never stops the executor.
+
+Shutdown
+    When ``stop`` is set: no new grants, every partition paused, buffered
+    messages dropped; in-flight attempts get ``settings.shutdown_grace_s`` to
+    finish and report. Those still running then are cancelled (their
+    ``ctx.cancelled`` turns true), not reported and not committed, so another
+    executor runs them again. Last commit, consumer closed (leaves the group),
+    producer flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from taskstream.schemas import DecodeError, ReadyTask, Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
+from taskstream.schemas.events import Event
+from taskstream.schemas.kafka import AsyncProducer, consumer_config
+from taskstream.schemas.topics import PRIORITIES
+
+from ._scheduling import WeightedRoundRobin
+from .builtin import BUILTINS
+from .context import TaskContext
+from .errors import PermanentError
+from .registry import Handler, Registry, default_registry, load_handler_modules
+
+log = logging.getLogger(__name__)
+
+#: How often the poll thread commits finished offsets.
+COMMIT_INTERVAL_S = 0.2
+#: Longest single poll; bounds how fast the poll thread reacts to pause/resume/stop.
+POLL_TIMEOUT_S = 0.05
+#: Messages taken per poll call.
+POLL_BATCH = 500
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _PartitionOffsets:
+    """Offsets taken from one partition during one assignment, and which are done.
+
+    Offsets arrive in increasing order; ``done`` may be marked in any order.
+    ``position()`` is the offset to commit: one past the highest contiguous
+    done offset. Guarded by the executor's lock.
+    """
+
+    __slots__ = ("pending", "done", "position", "committed")
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()
+        self.done: set[int] = set()
+        self.position: int | None = None
+        self.committed: int | None = None
+
+    def add(self, offset: int) -> None:
+        self.pending.append(offset)
+
+    def mark_done(self, offset: int) -> None:
+        self.done.add(offset)
+        while self.pending and self.pending[0] in self.done:
+            first = self.pending.popleft()
+            self.done.discard(first)
+            self.position = first + 1
+
+
+@dataclass(slots=True)
+class _Item:
+    """A decoded ready message waiting in a priority buffer or running."""
+
+    topic: str
+    partition: int
+    offset: int
+    task: ReadyTask
+    offsets: _PartitionOffsets
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    item: _Item
+    ctx: TaskContext
+    started_at: datetime
+    finished: bool = False
+    started_sent: asyncio.Future | None = None
+    timer: asyncio.TimerHandle | None = None
+    abandoned: bool = field(default=False)
+
+
+class Executor:
+    """One executor process's worth of runtime: consumer, dispatcher, handler slots, producer.
+
+    ``registry`` defaults to ``default_registry`` (what ``@handler`` fills);
+    the built-ins are always consulted after it. ``concurrency`` defaults to
+    ``settings.executor_concurrency``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry | None = None,
+        concurrency: int | None = None,
+        executor_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else default_registry
+        self.concurrency = concurrency if concurrency is not None else settings.executor_concurrency
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        self.executor_id = executor_id or f"executor-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.topics = Topics(settings.prefix)
+        self.buffer_size = max(4 * self.concurrency, 32)
+        self._topic_level = {self.topics.ready(p): i for i, p in enumerate(PRIORITIES)}
+        self._picker = WeightedRoundRobin(settings.priority_weights)
+
+        # Shared between the poll thread and the loop, guarded by _lock.
+        self._lock = threading.Lock()
+        self._buffers: list[deque[_Item]] = [deque() for _ in PRIORITIES]
+        self._offsets: dict[tuple[str, int], _PartitionOffsets] = {}
+        self._assigned: set[tuple[str, int]] = set()
+        self._draining = False
+
+        # Poll-thread only.
+        self._paused: set[tuple[str, int]] = set()
+        self._level_paused = [False] * len(PRIORITIES)
+
+        # Loop only.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._wake_pending = False
+        self._running: dict[asyncio.Task, _Attempt] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._producer: AsyncProducer | None = None
+        self._closing = threading.Event()
+        self._thread_error: BaseException | None = None
+        self.assigned_event = threading.Event()
+
+    # ------------------------------------------------------------------ public
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume and run tasks until ``stop`` is set, then shut down gracefully."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        # Room for attempts abandoned after a timeout, whose threads still run.
+        self._pool = ThreadPoolExecutor(max_workers=2 * self.concurrency + 4, thread_name_prefix=f"{self.executor_id}-handler")
+        self._producer = AsyncProducer(self.settings, self.executor_id)
+        poll_thread = threading.Thread(target=self._poll_thread, name=f"{self.executor_id}-poll", daemon=True)
+        log.info(
+            "executor %s starting: concurrency %d, topics %s, handlers %s",
+            self.executor_id, self.concurrency, self.topics.all_ready, self.registry.names() + BUILTINS.names(),
+        )
+        poll_thread.start()
+        dispatcher = asyncio.create_task(self._dispatch(stop), name="executor-dispatch")
+        try:
+            await stop.wait()
+        finally:
+            await self._shutdown(dispatcher, poll_thread)
+
+    # -------------------------------------------------------------- poll thread
+
+    def _poll_thread(self) -> None:
+        try:
+            consumer = Consumer(consumer_config(self.settings, self.topics.executor_group, self.executor_id))
+        except KafkaException as exc:
+            self._thread_error = exc
+            log.error("executor %s could not create its consumer: %s", self.executor_id, exc)
+            return
+        try:
+            consumer.subscribe(
+                self.topics.all_ready,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            last_commit = time.monotonic()
+            while not self._closing.is_set():
+                try:
+                    messages = consumer.consume(POLL_BATCH, POLL_TIMEOUT_S)
+                except KafkaException as exc:
+                    log.warning("executor %s poll failed: %s", self.executor_id, exc)
+                    messages = []
+                if messages:
+                    self._take(consumer, messages)
+                self._apply_pauses(consumer)
+                if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+                    self._commit(consumer, asynchronous=True)
+                    last_commit = time.monotonic()
+            self._commit(consumer, asynchronous=False)
+        except BaseException as exc:  # keep the reason; the loop logs and stops
+            self._thread_error = exc
+            log.exception("executor %s poll thread failed", self.executor_id)
+        finally:
+            try:
+                consumer.close()
+            except KafkaException as exc:
+                log.warning("executor %s consumer close: %s", self.executor_id, exc)
+            log.info("executor %s left the group", self.executor_id)
+
+    def _take(self, consumer: Consumer, messages: list) -> None:
+        woke = False
+        dlq = []
+        with self._lock:
+            for msg in messages:
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("executor %s consumer error: %s", self.executor_id, err)
+                    continue
+                tp = (msg.topic(), msg.partition())
+                offsets = self._offsets.get(tp)
+                if offsets is None or self._draining:
+                    continue  # not (or no longer) ours, or stopping: not tracked, not committed
+                offsets.add(msg.offset())
+                try:
+                    task = codec.decode(msg.value())
+                    if not isinstance(task, ReadyTask):
+                        raise DecodeError(f"expected ReadyTask, got {type(task).__name__}")
+                except DecodeError as exc:
+                    dlq.append((msg, offsets, str(exc)))
+                    continue
+                level = self._topic_level.get(msg.topic(), len(PRIORITIES) - 1)
+                self._buffers[level].append(_Item(msg.topic(), msg.partition(), msg.offset(), task, offsets))
+                woke = True
+        for msg, offsets, reason in dlq:
+            self._dead_letter(msg, offsets, reason)
+        if woke:
+            self._wakeup_threadsafe()
+
+    def _dead_letter(self, msg, offsets: _PartitionOffsets, reason: str) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        log.warning("poison message %s[%d]@%d goes to the dlq: %s", topic, partition, offset, reason)
+        headers = [
+            ("source-topic", topic.encode()),
+            ("source-partition", str(partition).encode()),
+            ("source-offset", str(offset).encode()),
+            ("reason", reason.encode()),
+        ]
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                log.error("dlq produce of %s[%d]@%d failed, offset stays uncommitted: %s", topic, partition, offset, err)
+                return
+            with self._lock:
+                offsets.mark_done(offset)
+
+        self._producer.produce(self.topics.dlq, msg.key(), msg.value() or b"", headers=headers, on_delivery=delivered)
+
+    def _apply_pauses(self, consumer: Consumer) -> None:
+        with self._lock:
+            for level, buf in enumerate(self._buffers):
+                if len(buf) >= self.buffer_size:
+                    self._level_paused[level] = True
+                elif len(buf) <= self.buffer_size // 2:
+                    self._level_paused[level] = False
+            paused_topics = {t for t, lvl in self._topic_level.items() if self._level_paused[lvl]}
+            want = {tp for tp in self._assigned if self._draining or tp[0] in paused_topics}
+            to_pause = want - self._paused
+            to_resume = (self._paused - want) & self._assigned
+            self._paused &= self._assigned
+        try:
+            if to_pause:
+                consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+                self._paused |= to_pause
+                log.debug("executor %s paused %s", self.executor_id, sorted(to_pause))
+            if to_resume:
+                consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+                self._paused -= to_resume
+                log.debug("executor %s resumed %s", self.executor_id, sorted(to_resume))
+        except KafkaException as exc:
+            log.warning("executor %s pause/resume failed: %s", self.executor_id, exc)
+
+    def _commit(self, consumer: Consumer, asynchronous: bool, only: Iterable[tuple[str, int]] | None = None) -> None:
+        with self._lock:
+            keys = list(self._offsets) if only is None else [k for k in only if k in self._offsets]
+            todo = []
+            for key in keys:
+                offsets = self._offsets[key]
+                if offsets.position is not None and offsets.position != offsets.committed:
+                    todo.append((key, offsets.position))
+        if not todo:
+            return
+        try:
+            consumer.commit(offsets=[TopicPartition(t, p, pos) for (t, p), pos in todo], asynchronous=asynchronous)
+        except KafkaException as exc:
+            log.warning("executor %s commit failed: %s", self.executor_id, exc)
+            return
+        with self._lock:
+            for key, pos in todo:
+                if key in self._offsets:
+                    self._offsets[key].committed = pos
+        log.debug("executor %s committed %s", self.executor_id, todo)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                self._assigned.add(key)
+                self._offsets[key] = _PartitionOffsets()
+        self.assigned_event.set()
+        log.info("executor %s assigned %s", self.executor_id, [f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._commit(consumer, asynchronous=False, only=keys)
+        self._forget(keys)
+        log.info("executor %s revoked %s", self.executor_id, [f"{t}[{p}]" for t, p in sorted(keys)])
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._forget(keys)
+        log.warning("executor %s lost %s", self.executor_id, [f"{t}[{p}]" for t, p in sorted(keys)])
+
+    def _forget(self, keys: set[tuple[str, int]]) -> None:
+        with self._lock:
+            for key in keys:
+                self._assigned.discard(key)
+                self._offsets.pop(key, None)
+                self._paused.discard(key)
+            for level, buf in enumerate(self._buffers):
+                kept = [item for item in buf if (item.topic, item.partition) not in keys]
+                if len(kept) != len(buf):
+                    self._buffers[level] = deque(kept)
+
+    # ---------------------------------------------------------------- the loop
+
+    def _wakeup_threadsafe(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._wakeup)
+            except RuntimeError:  # loop closed during shutdown
+                pass
+
+    def _wakeup(self) -> None:
+        self._wake_pending = False
+        self._wake.set()
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self._running) < self.concurrency and not stop.is_set():
+                with self._lock:
+                    level = self._picker.pick([bool(b) for b in self._buffers])
+                    if level is None:
+                        break
+                    item = self._buffers[level].popleft()
+                self._start(item)
+            if self._thread_error is not None:
+                log.error("executor %s stops: its poll thread failed", self.executor_id)
+                stop.set()
+
+    def _start(self, item: _Item) -> None:
+        task = item.task
+        ctx = TaskContext(task_id=task.task_id, attempt=task.attempt, handler=task.handler, priority=task.priority)
+        attempt = _Attempt(item=item, ctx=ctx, started_at=_now())
+        log.debug("task %s attempt %d: starting %s", task.task_id, task.attempt, task.handler)
+        runner = asyncio.create_task(self._run_attempt(attempt), name=f"task-{task.task_id}-{task.attempt}")
+        self._running[runner] = attempt
+        runner.add_done_callback(self._finished)
+
+    def _finished(self, runner: asyncio.Task) -> None:
+        attempt = self._running.pop(runner, None)
+        if not runner.cancelled() and runner.exception() is not None and attempt is not None:
+            t = attempt.item.task
+            log.error("task %s attempt %d: runner failed: %r", t.task_id, t.attempt, runner.exception())
+        self._wake.set()
+
+    async def _run_attempt(self, attempt: _Attempt) -> None:
+        task = attempt.item.task
+        if self.settings.started_event_after_s >= 0:
+            attempt.timer = self._loop.call_later(self.settings.started_event_after_s, self._send_started, attempt)
+        try:
+            outcome = await self._execute(attempt)
+        finally:
+            attempt.finished = True
+            if attempt.timer is not None:
+                attempt.timer.cancel()
+        if attempt.started_sent is not None:
+            try:
+                await attempt.started_sent
+            except Exception as exc:
+                log.warning("task %s attempt %d: TaskStarted not delivered: %s", task.task_id, task.attempt, exc)
+        try:
+            await self._send(outcome)
+        except Exception as exc:
+            log.error(
+                "task %s attempt %d: result not delivered, offset stays uncommitted: %s", task.task_id, task.attempt, exc
+            )
+            return
+        with self._lock:
+            attempt.item.offsets.mark_done(attempt.item.offset)
+
+    async def _execute(self, attempt: _Attempt) -> Event:
+        """Run the handler; return the one result event (never raises but CancelledError)."""
+        task = attempt.item.task
+        common = dict(
+            task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, started_at=attempt.started_at
+        )
+        found = self._lookup(task.handler)
+        if found is None:
+            log.warning("task %s attempt %d: no handler registered for %r", task.task_id, task.attempt, task.handler)
+            return TaskFailed(**common, occurred_at=_now(), error=f"no handler registered for {task.handler!r}", permanent=True)
+        try:
+            payload = codec.loads_json(task.payload)
+        except codec.JSONDecodeError as exc:
+            return TaskFailed(**common, occurred_at=_now(), error=f"PermanentError: payload is not JSON: {exc}", permanent=True)
+        try:
+            result = await self._invoke(found, payload, attempt.ctx, task.timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            attempt.ctx._cancel()
+            log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, task.timeout_s)
+            return TaskFailed(**common, occurred_at=_now(), error=f"TimeoutError: handler {task.handler!r} ran longer than {task.timeout_s}s")
+        except Exception as exc:
+            permanent = isinstance(exc, PermanentError)
+            log.info(
+                "task %s attempt %d: handler %s failed%s: %s",
+                task.task_id, task.attempt, task.handler, " permanently" if permanent else "", _error_text(exc),
+                exc_info=not permanent,
+            )
+            return TaskFailed(**common, occurred_at=_now(), error=_error_text(exc), permanent=permanent)
+        try:
+            result_json = codec.dumps_json(result)
+        except TypeError as exc:
+            log.info("task %s attempt %d: result not JSON-serialisable: %s", task.task_id, task.attempt, exc)
+            return TaskFailed(
+                **common, occurred_at=_now(),
+                error=f"TypeError: handler {task.handler!r} returned a result that is not JSON-serialisable "
+                f"({type(result).__name__}): {exc}",
+            )
+        log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt)
+        return TaskSucceeded(**common, occurred_at=_now(), result=result_json)
+
+    def _lookup(self, name: str) -> Handler | None:
+        return self.registry.get(name) or BUILTINS.get(name)
+
+    async def _invoke(self, found: Handler, payload: Any, ctx: TaskContext, timeout: float | None) -> Any:
+        if found.is_async:
+            call = found.fn(payload, ctx)
+        else:
+            # A sync handler's thread cannot be cancelled: on timeout the future is
+            # abandoned and whatever it returns later is ignored.
+            call = self._loop.run_in_executor(self._pool, found.fn, payload, ctx)
+        if timeout is not None and timeout > 0:
+            return await asyncio.wait_for(call, timeout)
+        return await call
+
+    def _send_started(self, attempt: _Attempt) -> None:
+        if attempt.finished:
+            return
+        task = attempt.item.task
+        log.debug("task %s attempt %d: still running, reporting TaskStarted", task.task_id, task.attempt)
+        event = TaskStarted(
+            task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, occurred_at=attempt.started_at
+        )
+        attempt.started_sent = self._send(event)
+
+    def _send(self, event: Event) -> asyncio.Future:
+        return self._producer.send(
+            self.topics.events, event.task_id.encode("utf-8"), codec.encode(event), codec.headers(event)
+        )
+
+    async def _shutdown(self, dispatcher: asyncio.Task, poll_thread: threading.Thread) -> None:
+        log.info("executor %s stopping: %d attempts in flight", self.executor_id, len(self._running))
+        with self._lock:
+            self._draining = True
+            for buf in self._buffers:
+                buf.clear()
+        self._wake.set()
+        dispatcher.cancel()
+        await asyncio.gather(dispatcher, return_exceptions=True)
+        if self._running:
+            done, pending = await asyncio.wait(list(self._running), timeout=self.settings.shutdown_grace_s)
+            for runner in pending:
+                attempt = self._running.get(runner)
+                if attempt is not None:
+                    attempt.ctx._cancel()
+                    t = attempt.item.task
+                    log.warning(
+                        "task %s attempt %d: unfinished after the %ss grace period; not committed, will be redelivered",
+                        t.task_id, t.attempt, self.settings.shutdown_grace_s,
+                    )
+                runner.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        self._closing.set()
+        await asyncio.to_thread(poll_thread.join)
+        remaining = await asyncio.to_thread(self._producer.close, 5.0)
+        if remaining:
+            log.warning("executor %s: %d events not delivered at shutdown", self.executor_id, remaining)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        log.info("executor %s stopped", self.executor_id)
+
+
+def run_executor(settings: Settings, handler_modules: Iterable[str] = (), concurrency: int | None = None) -> None:
+    """Blocking entry point for ``taskstream executor``: load handlers, run until SIGTERM/SIGINT."""
+    load_handler_modules(handler_modules)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+                pass
+        await Executor(settings, concurrency=concurrency).run(stop)
+
+    asyncio.run(main())
