@@ -22,7 +22,9 @@ Priority
     (``settings.priority_weights``, default high:medium:low = 6:3:1): with
     all three levels waiting, every 10 grants go 6 to high, 3 to medium, 1 to
     low, so high runs first and most but low is never starved; a level with
-    no backlog leaves its share to the others.
+    no backlog leaves its share to the others. After an assignment, grants
+    wait ``ASSIGN_SETTLE_S`` so a backlog of every level is seen before the
+    first slots are given out.
 
 Events (DESIGN §10: few events per task on the processor's hot path)
     A short attempt reports ONE event, ``TaskSucceeded`` or ``TaskFailed``,
@@ -93,6 +95,10 @@ COMMIT_INTERVAL_S = 0.2
 POLL_TIMEOUT_S = 0.05
 #: Messages taken per poll call.
 POLL_BATCH = 500
+#: After partitions are assigned, grants wait this long so the first fetches of
+#: every priority land in the buffers; otherwise whichever topic's fetch answers
+#: first would take the free slots of a freshly started executor with a backlog.
+ASSIGN_SETTLE_S = 0.25
 
 
 def _now() -> datetime:
@@ -185,6 +191,7 @@ class Executor:
         self._offsets: dict[tuple[str, int], _PartitionOffsets] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._draining = False
+        self._hold_until = 0.0  # time.monotonic() before which no slot is granted
 
         # Poll-thread only.
         self._paused: set[tuple[str, int]] = set()
@@ -362,6 +369,7 @@ class Executor:
                 key = (tp.topic, tp.partition)
                 self._assigned.add(key)
                 self._offsets[key] = _PartitionOffsets()
+            self._hold_until = time.monotonic() + ASSIGN_SETTLE_S
         self.assigned_event.set()
         log.info("executor %s assigned %s", self.executor_id, [f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
@@ -405,6 +413,10 @@ class Executor:
         while not stop.is_set():
             await self._wake.wait()
             self._wake.clear()
+            with self._lock:
+                hold = self._hold_until - time.monotonic()
+            if hold > 0:
+                await asyncio.sleep(hold)
             while len(self._running) < self.concurrency and not stop.is_set():
                 with self._lock:
                     level = self._picker.pick([bool(b) for b in self._buffers])
