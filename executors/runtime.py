@@ -31,11 +31,13 @@ Events (DESIGN §10: few events per task on the processor's hot path)
     carrying ``started_at``. An attempt still running after
     ``settings.started_event_after_s`` also reports ``TaskStarted`` once,
     before its result (same key, same partition, produced first, so it is
-    ordered before it). ``TaskFailed.permanent`` is true for
+    ordered before it); its ``occurred_at`` is the attempt's start time, the
+    same instant as the result's ``started_at``. ``TaskFailed.permanent`` is true for
     ``PermanentError``, an unknown handler name and a payload that is not
     JSON. Timeouts (``ReadyTask.timeout_s``) cancel an async handler and
-    abandon a sync one (its thread runs on, its late result is ignored) and
-    report ``TimeoutError``.
+    abandon a sync one (its thread runs on, its late result is ignored; the
+    pool has ``2 * concurrency + 4`` threads to leave room for such strays)
+    and report ``TimeoutError``.
 
 Offsets (at-least-once)
     Attempts finish out of order; a partition's offset is committed only up
@@ -76,7 +78,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from taskstream.schemas import DecodeError, ReadyTask, Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
+from taskstream.schemas import BrokerUnavailable, DecodeError, ReadyTask, Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
 from taskstream.schemas.events import Event
 from taskstream.schemas.kafka import AsyncProducer, consumer_config
 from taskstream.schemas.topics import PRIORITIES
@@ -228,6 +230,8 @@ class Executor:
             await stop.wait()
         finally:
             await self._shutdown(dispatcher, poll_thread)
+        if self._thread_error is not None:
+            raise BrokerUnavailable(f"executor {self.executor_id}: consumer failed: {self._thread_error}") from self._thread_error
 
     # -------------------------------------------------------------- poll thread
 
@@ -237,6 +241,7 @@ class Executor:
         except KafkaException as exc:
             self._thread_error = exc
             log.error("executor %s could not create its consumer: %s", self.executor_id, exc)
+            self._wakeup_threadsafe()
             return
         try:
             consumer.subscribe(
@@ -262,6 +267,7 @@ class Executor:
         except BaseException as exc:  # keep the reason; the loop logs and stops
             self._thread_error = exc
             log.exception("executor %s poll thread failed", self.executor_id)
+            self._wakeup_threadsafe()  # the dispatcher sees the error and stops the executor
         finally:
             try:
                 consumer.close()
