@@ -38,7 +38,7 @@ class TaskIn(BaseModel):
     labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     depends_on: list[StrictStr] = Field(default_factory=list)
     run_at: StrictStr | None = None
-    timeout_s: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+    timeout_s: Annotated[StrictFloat, Field(gt=0)] | None = None  # ints are accepted, strings and bools not
     retry: RetryIn | None = None
 
     @field_validator("handler")

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from taskstream.schemas import NotFound, Priority, Status, Topics, ValidationError, codec, initial_state, new_id
 
 from ..models import TaskIn, task_json
-from ..problems import JSONResponse
+from ..problems import JSONResponse, problem
 from ..read_model import is_sortkey
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
 MAX_LIMIT = 1000
+#: librdkafka's default ``message.max.bytes`` (1,000,000) bounds one record
+#: with its framing; Kafka's default topic ``max.message.bytes`` is 1 MiB + 12.
+#: A body under ``settings.max_body_bytes`` (1 MiB) can still encode to an
+#: event above this: that is the client's problem (413), not the broker's (503).
+MAX_EVENT_BYTES = 1_000_000 - 1024
 
 
 @router.post("/tasks", status_code=202)
@@ -45,10 +50,17 @@ async def submit_task(body: TaskIn, request: Request) -> Response:
         now=now,
         default_max_attempts=state.settings.default_max_attempts,
     )
+    value = codec.encode(event)
+    if len(value) > MAX_EVENT_BYTES:
+        return problem(
+            413, "Request body too large",
+            f"payload: the task encodes to {len(value)} bytes, more than the event log takes ({MAX_EVENT_BYTES})",
+            kind="too-large",
+        )
     await state.producer.send(
         Topics(state.settings.prefix).events,
         key=event.task_id.encode(),
-        value=codec.encode(event),
+        value=value,
         headers=codec.headers(event),
     )
     log.info("task submitted task_id=%s handler=%s priority=%s", event.task_id, event.handler, event.priority)
