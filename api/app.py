@@ -79,7 +79,13 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
 
 
 def run_api(settings: Settings) -> None:
-    """Serve the API on ``settings.api_host:settings.api_port`` until SIGTERM/SIGINT."""
+    """Serve the API on ``settings.api_host:settings.api_port`` until SIGTERM/SIGINT.
+
+    On a signal uvicorn stops accepting connections, lets in-flight requests
+    finish (at most ``shutdown_grace_s``), runs the lifespan shutdown (flush
+    the producer, stop the read model) and then re-raises the signal, so the
+    process exits as killed by SIGTERM (-15) after a clean shutdown.
+    """
     import uvicorn
 
     config = uvicorn.Config(
