@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -32,8 +32,11 @@ from taskstream.schemas import (
     TaskState,
     TaskSucceeded,
 )
+from taskstream.schemas import codec
 from taskstream.streams import domain
 from taskstream.streams.domain import SubmitTask, decide, evolve, fold, is_ready, is_terminal, ready_message
+
+from . import strategies
 
 T0 = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 T_EV = T0 + timedelta(minutes=5, microseconds=7)  # when the event under test happened
@@ -255,6 +258,27 @@ def test_terminal_states_are_final_for_every_event():
                 assert evolve(s, e) is s
 
 
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    strategies.task_state.map(lambda s: replace(s, task_id=TID)).filter(lambda s: s.status in {x.value for x in Status}),
+    st.one_of(strategies.task_created, strategies.task_queued, strategies.task_started,
+              strategies.task_succeeded, strategies.task_failed).map(lambda e: replace(e, task_id=TID)),
+)
+def test_evolve_never_fails_and_is_idempotent_for_any_state_and_event(state, event):
+    # The log is the truth: whatever is in it folds without raising.
+    new = evolve(state, event)
+    assert evolve(new, event) is new
+    assert new is state or new.version == state.version + 1
+    if is_terminal(state):
+        assert new is state
+    decide(new, event, T_EV)  # deciding after any event never raises either
+
+
+def test_history_folds_the_same_after_a_trip_through_the_codec():
+    history = [created(), queued(1), started(1), failed(1), queued(2, t=4), started(2, t=5), succeeded(2, t=6)]
+    assert fold(codec.decode(codec.encode(e)) for e in history) == fold(history)
+
+
 # --------------------------------------------------------------------- decide
 
 
@@ -423,6 +447,7 @@ def test_is_ready():
 # ------------------------------------------------------------- stateful model
 
 RESULT_TYPES = (TaskStarted, TaskSucceeded, TaskFailed)
+OUTCOMES = st.sampled_from(["start", "success", "fail", "fail", "fail", "permanent"])
 
 
 class ProcessorModel(RuleBasedStateMachine):
@@ -484,6 +509,7 @@ class ProcessorModel(RuleBasedStateMachine):
     def start(self):
         pass
 
+    @precondition(lambda self: len(self.tasks) < 4)  # few tasks, long histories
     @rule(
         max_attempts=st.integers(1, 4),
         wait=st.sampled_from(["none", "none", "past_run_at", "future_run_at", "depends_on"]),
@@ -539,10 +565,20 @@ class ProcessorModel(RuleBasedStateMachine):
         self.append([self.log[data.draw(st.integers(0, len(self.log) - 1))]])
 
     @precondition(lambda self: any(self.dispatched.values()))
-    @rule(data=st.data(), outcome=st.sampled_from(["start", "success", "fail", "fail", "permanent"]))
-    def executor_reports(self, data, outcome):
+    @rule(data=st.data(), outcome=OUTCOMES)
+    def executor_reports_latest(self, data, outcome):
+        # The executor running the newest queued attempt of a task reports.
         tid = data.draw(st.sampled_from(sorted(t for t, a in self.dispatched.items() if a)))
-        n = data.draw(st.sampled_from(sorted(self.dispatched[tid])))
+        self.report(tid, max(self.dispatched[tid]), outcome)
+
+    @precondition(lambda self: any(self.dispatched.values()))
+    @rule(data=st.data(), outcome=OUTCOMES)
+    def executor_reports_any(self, data, outcome):
+        # Any executor that ever got any attempt reports (zombies, duplicates, stale attempts).
+        tid = data.draw(st.sampled_from(sorted(t for t, a in self.dispatched.items() if a)))
+        self.report(tid, data.draw(st.sampled_from(sorted(self.dispatched[tid]))), outcome)
+
+    def report(self, tid: str, n: int, outcome: str):
         t = self.now()
         common = dict(task_id=tid, occurred_at=t, producer="exec", attempt=n)
         if outcome == "start":
@@ -595,6 +631,6 @@ class ProcessorModel(RuleBasedStateMachine):
 
 
 ProcessorModel.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=300, stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestProcessorModel = ProcessorModel.TestCase
