@@ -119,9 +119,10 @@ def committed(settings: Settings) -> dict[tuple[str, int], int]:
 
 
 @contextlib.contextmanager
-def running(settings: Settings, registry: Registry | None = None, concurrency: int = 4, stop_timeout: float = 30.0):
+def running(settings: Settings, registry: Registry | None = None, concurrency: int = 4, stop_timeout: float = 30.0,
+            executor_id: str = "test-executor"):
     """Run an Executor on its own loop in a thread; stop it gracefully on exit."""
-    executor = Executor(settings, registry=registry or Registry(), concurrency=concurrency, executor_id="test-executor")
+    executor = Executor(settings, registry=registry or Registry(), concurrency=concurrency, executor_id=executor_id)
     started = threading.Event()
     box: dict = {}
 
@@ -395,3 +396,22 @@ def test_stop_after_grace_leaves_unfinished_uncommitted(settings, events):
     assert seen_cancel.wait(5)
     assert committed(quick)[tp] == feeder.positions[tp] - 1  # the stuck one will be redelivered
     assert [(type(e), e.attempt) for e in events.for_task(key)] == [(TaskSucceeded, 1)]  # nothing for attempt 2
+
+
+def test_two_executors_share_the_work_across_a_rebalance(settings, events):
+    feeder = Feeder(settings)
+    first_wave = feeder.send(*(ready("sleep", {"seconds": 0.05}) for _ in range(30)))
+    with running(settings, concurrency=2, executor_id="exec-a") as a:
+        assert a.assigned_event.wait(JOIN_TIMEOUT)
+        with running(settings, concurrency=2, executor_id="exec-b") as b:
+            assert b.assigned_event.wait(JOIN_TIMEOUT)
+            wait_until(lambda: a._assigned and b._assigned and len(a._assigned | b._assigned) == 9
+                       and not a._assigned & b._assigned, message="partitions split between a and b")
+            second_wave = feeder.send(*(ready("sleep", {"seconds": 0.01}, priority=("high", "medium", "low")[i % 3])
+                                         for i in range(45)))
+            got = events.wait_for([t.task_id for t in first_wave + second_wave], timeout=20)
+            wait_until(lambda: committed(settings) == feeder.positions, message="all offsets committed")
+    for evs in got.values():
+        assert any(isinstance(e, TaskSucceeded) for e in evs)  # at-least-once: duplicates allowed, none lost
+    second_producers = {e.producer for t in second_wave for e in got[t.task_id]}
+    assert second_producers == {"exec-a", "exec-b"}
