@@ -1,0 +1,179 @@
+"""`taskstream dev`: the whole system on this machine, supervised.
+
+Starts the embedded broker (unless ``TASKSTREAM_BOOTSTRAP_SERVERS`` is set),
+creates the topics, then runs the processor, N executors and the API as
+child processes, each with the same settings passed through the
+environment. A child that dies is restarted. Ctrl-C or SIGTERM stops the
+children (SIGTERM, then SIGKILL after a grace period) and the broker, so
+nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from taskstream.schemas import BrokerUnavailable, Settings, catalogue
+from taskstream.schemas.kafka import ensure_topics, wait_for_broker
+
+from .broker import EmbeddedBroker
+
+STOP_GRACE_S = 8.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``TASKSTREAM_*`` variables that rebuild ``settings`` in a child process."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        env[f"TASKSTREAM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+class Child:
+    """One supervised component: a `taskstream <command>` subprocess."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "taskstream.cli.main", *self.args]
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _say(msg: str) -> None:
+    print(f"[taskstream dev] {msg}", file=sys.stderr, flush=True)
+
+
+def _wait_http(url: str, timeout: float, children: list[Child]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        if any(not c.alive() for c in children):
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def run_dev(
+    *,
+    api_port: int,
+    broker_port: int,
+    executors: int,
+    handlers: list[str],
+    concurrency: int | None,
+    partitions: int | None,
+    data_dir: str | None,
+) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    base = Settings()
+    embedded = "TASKSTREAM_BOOTSTRAP_SERVERS" not in os.environ
+    broker = None
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="taskstream-dev-")
+        data_dir = tmp.name
+    overrides = {"api_port": api_port, "data_dir": Path(data_dir)}
+    if partitions is not None:
+        overrides["partitions"] = partitions
+    if embedded:
+        broker = EmbeddedBroker(broker_port)
+        _say(f"starting the embedded broker on 127.0.0.1:{broker_port} ...")
+        try:
+            broker.start()
+        except RuntimeError as exc:
+            _say(f"error: {exc}")
+            return 1
+        overrides.update(bootstrap_servers=broker.bootstrap_servers, embedded_broker=True)
+    settings = base.model_copy(update=overrides)
+    children: list[Child] = []
+    try:
+        _say(f"waiting for the broker at {settings.bootstrap_servers} ...")
+        wait_for_broker(settings, timeout=30)
+        _say(f"creating topics (prefix {settings.prefix!r}, {settings.partitions} partitions) ...")
+        for problem in ensure_topics(settings, catalogue(settings)):
+            _say(f"warning: {problem}")
+        env = settings_env(settings)
+        executor_args = ["executor", *[a for h in handlers for a in ("--handlers", h)]]
+        if concurrency:
+            executor_args += ["--concurrency", str(concurrency)]
+        children = [
+            Child("processor", ["processor"], env),
+            *(Child(f"executor-{i + 1}", executor_args, env) for i in range(executors)),
+            Child("api", ["api"], env),
+        ]
+        for c in children:
+            c.start()
+        _say("waiting for the API to be ready (processor, executors and read model joining) ...")
+        if not _wait_http(f"http://127.0.0.1:{api_port}/readyz", 120, children):
+            if not stop.is_set():
+                dead = [c.name for c in children if not c.alive()]
+                _say(f"error: the system did not become ready (exited: {', '.join(dead) or 'none'})")
+                return 1
+        else:
+            _say(f"ready: API on http://127.0.0.1:{api_port} (Ctrl-C stops everything)")
+        while not stop.wait(0.5):
+            for c in children:
+                if not c.alive():
+                    c.restarts += 1
+                    _say(f"{c.name} exited with {c.proc.returncode}; restarting (restart {c.restarts})")
+                    c.start()
+        return 0
+    except BrokerUnavailable as exc:
+        _say(f"error: {exc}")
+        return 1
+    finally:
+        _shutdown(children)
+        if broker is not None:
+            broker.stop()
+        if tmp is not None:
+            tmp.cleanup()
+        _say("stopped")
+
+
+def _shutdown(children: list[Child]) -> None:
+    if not children:
+        return
+    _say("stopping ...")
+    for c in children:
+        c.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and any(c.alive() for c in children):
+        time.sleep(0.05)
+    for c in children:
+        if c.alive():
+            _say(f"{c.name} did not stop within {STOP_GRACE_S:.0f}s; killing it")
+            c.kill()
+    for c in children:
+        if c.proc is not None:
+            c.proc.wait()

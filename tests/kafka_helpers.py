@@ -1,0 +1,113 @@
+"""Test helpers that talk to the real broker: read topics back, produce events, run components."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from taskstream.cli.dev import settings_env
+from taskstream.schemas import Settings, codec
+from taskstream.schemas.kafka import admin, producer_config
+
+
+class TopicReader:
+    """Reads one or more topics from the beginning, all partitions, no group; decodes values."""
+
+    def __init__(self, settings: Settings, *topic_names: str) -> None:
+        self.consumer = Consumer(
+            {"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-reader", "enable.auto.commit": False}
+        )
+        md = admin(settings).list_topics(timeout=10).topics
+        self.consumer.assign(
+            [TopicPartition(t, p, OFFSET_BEGINNING) for t in topic_names for p in md[t].partitions]
+        )
+        self.messages = []
+
+    def poll(self, timeout: float = 0.2) -> list:
+        new = []
+        while True:
+            msgs = self.consumer.consume(1000, timeout)
+            msgs = [m for m in msgs if m.error() is None]
+            if not msgs:
+                break
+            new.extend(msgs)
+            timeout = 0.05
+        self.messages.extend(new)
+        return new
+
+    def until(self, predicate, timeout: float = 30.0, message: str = "messages"):
+        """Poll until ``predicate(self.messages)`` is truthy; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            result = predicate(self.messages)
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {message}; have {len(self.messages)}")
+
+    def values(self) -> list:
+        out = []
+        for m in self.messages:
+            try:
+                out.append(codec.decode(m.value()))
+            except Exception:
+                out.append(None)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def producer(settings: Settings) -> Producer:
+    return Producer({**producer_config(settings, "test"), "linger.ms": 1})
+
+
+def send_events(settings: Settings, events, topic: str | None = None) -> None:
+    from taskstream.schemas import Topics
+
+    p = producer(settings)
+    for e in events:
+        p.produce(topic or Topics(settings.prefix).events, codec.encode(e), e.task_id.encode(), headers=codec.headers(e))
+    assert p.flush(10) == 0
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Component:
+    """A `taskstream <args>` subprocess with ``settings`` in its environment."""
+
+    def __init__(self, settings: Settings, *args: str, log_path=None) -> None:
+        env = {**os.environ, **settings_env(settings)}
+        self.log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "taskstream.cli.main", *args],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+        )
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
