@@ -64,7 +64,10 @@ def processor() -> None:
 
     settings = _settings()
     _logging(settings)
-    run_processor(settings)
+    try:
+        run_processor(settings)
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
