@@ -161,12 +161,14 @@ class Processor:
     # ------------------------------------------------------------ partitions
 
     def _on_assign(self, consumer, partitions) -> None:
-        for tp in partitions:
-            started = time.monotonic()
-            self.tables[tp.partition] = table = self._fresh_table(tp.partition)
-            n = self._restore(tp.partition, table)
-            log.info("partition %d assigned; table rebuilt from %s (%d records, %.2fs)",
-                     tp.partition, self.topics.state, n, time.monotonic() - started)
+        if not partitions:
+            return
+        started = time.monotonic()
+        tables = {tp.partition: self._fresh_table(tp.partition) for tp in partitions}
+        n = self._restore(tables)
+        self.tables.update(tables)
+        log.info("partitions %s assigned; tables rebuilt from %s (%d records, %.2fs)",
+                 sorted(tables), self.topics.state, n, time.monotonic() - started)
         self.assigned.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -197,29 +199,34 @@ class Processor:
         path.parent.mkdir(parents=True, exist_ok=True)
         return Rdict(str(path))
 
-    def _restore(self, partition: int, table: Rdict) -> int:
-        """Rebuild a partition's table from ``<p>.state``, read up to a marker of our own."""
-        end = _write_marker(self.producer, self.topics.state, partition)
+    def _restore(self, tables: dict[int, Rdict]) -> int:
+        """Rebuild partitions' tables from ``<p>.state``, each read up to a marker of our own."""
+        ends = _write_markers(self.producer, self.topics.state, list(tables))
         reader = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": f"{self.id}-restore",
                            "enable.auto.commit": False, "fetch.wait.max.ms": 5})
-        reader.assign([TopicPartition(self.topics.state, partition, OFFSET_BEGINNING)])
+        reader.assign([TopicPartition(self.topics.state, p, OFFSET_BEGINNING) for p in tables])
         n = 0
+        pending = set(tables)
         try:
-            deadline = time.monotonic() + 300
-            while True:
+            deadline = time.monotonic() + 600
+            while pending:
                 if time.monotonic() > deadline:
-                    raise BrokerUnavailable(f"restoring {self.topics.state}[{partition}] did not reach offset {end}")
-                for m in reader.consume(10000, 0.2):
+                    raise BrokerUnavailable(f"restoring {self.topics.state} partitions {sorted(pending)} timed out")
+                for m in reader.consume(10000, 0.1):
                     if m.error() is not None:
+                        continue
+                    p = m.partition()
+                    if p not in pending:
                         continue
                     if m.key() != WATERMARK_MARKER_KEY:
                         if m.value():
-                            table[m.key()] = m.value()
+                            tables[p][m.key()] = m.value()
                         else:
-                            table.pop(m.key(), None)
+                            tables[p].pop(m.key(), None)
                         n += 1
-                    if m.offset() >= end:
-                        return n
+                    if m.offset() >= ends[p]:
+                        pending.discard(p)
+            return n
         finally:
             reader.close()
 
@@ -320,18 +327,23 @@ class Processor:
             log.info("processor %s stopped after folding %d events", self.id, self.folded)
 
 
-def _write_marker(producer: Producer, topic: str, partition: int) -> int:
-    """Append a marker tombstone to one partition and return its offset once acknowledged."""
-    result: dict = {}
+def _write_markers(producer: Producer, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Append a marker tombstone to each partition; return their offsets once acknowledged."""
+    offsets: dict[int, int] = {}
+    errors: list = []
 
     def done(err, msg):
-        result["err"], result["offset"] = err, (msg.offset() if err is None else None)
+        if err is None:
+            offsets[msg.partition()] = msg.offset()
+        else:
+            errors.append(err)
 
-    producer.produce(topic, None, WATERMARK_MARKER_KEY, partition=partition, on_delivery=done)
+    for p in partitions:
+        producer.produce(topic, None, WATERMARK_MARKER_KEY, partition=p, on_delivery=done)
     producer.flush(30)
-    if result.get("err") is not None or result.get("offset") is None:
-        raise BrokerUnavailable(f"could not write the marker to {topic}[{partition}]: {result.get('err')}")
-    return result["offset"]
+    if errors or len(offsets) != len(partitions):
+        raise BrokerUnavailable(f"could not write markers to {topic}: {errors[:3]}")
+    return offsets
 
 
 def check_topics(settings: Settings) -> None:
