@@ -103,7 +103,7 @@ def run_dev(
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="taskstream-dev-")
         data_dir = tmp.name
-    overrides = {"api_port": api_port, "data_dir": Path(data_dir)}
+    overrides = {"api_port": api_port, "data_dir": Path(data_dir), "ready_requires_workers": True}
     if partitions is not None:
         overrides["partitions"] = partitions
     if embedded:

@@ -41,4 +41,7 @@ class Settings(BaseSettings):
     )
     default_max_attempts: int = Field(3, ge=1)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    ready_requires_workers: bool = Field(
+        False, description="/readyz also waits until the processor and executor groups are stable (`taskstream dev` sets it)"
+    )
     log_level: str = "INFO"
