@@ -2,7 +2,7 @@
 
 The API never asks a processor (DESIGN §8). The processor writes the latest
 ``TaskState`` of every task to the compacted topic ``<p>.state`` (the
-changelog of its Faust table); this module consumes that topic from the
+changelog of its task tables); this module consumes that topic from the
 beginning of every partition and keeps a local copy in RocksDB
 (``rocksdict``), plus secondary indexes for newest-first listing overall and
 by status, priority and handler.

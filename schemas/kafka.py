@@ -35,7 +35,7 @@ def producer_config(settings: Settings, client_id: str) -> dict:
         "enable.idempotence": True,
         "linger.ms": settings.producer_linger_ms,
         "compression.type": "none",
-        # Java-compatible key hashing, as aiokafka (inside Faust) uses: a task's
+        # Java-compatible key hashing (as the Java client and Kafka tools use): a task's
         # messages land in the same partition whoever produces them.
         "partitioner": "murmur2_random",
     }
