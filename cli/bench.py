@@ -1,0 +1,474 @@
+"""`taskstream bench`: submit N no-op tasks over HTTP, report throughput and latency.
+
+The bench is a client like any other: it talks to the HTTP API only, with
+the standard library (``http.client`` and threads, one keep-alive connection
+per client thread), so it needs nothing beyond taskstream's own install.
+
+Without ``--url`` it starts a whole ``taskstream dev`` stack as a subprocess
+on free loopback ports (its own embedded broker unless
+``TASKSTREAM_BOOTSTRAP_SERVERS`` is set), logging at WARNING unless
+``TASKSTREAM_LOG_LEVEL`` says otherwise (per-request INFO lines would cost
+the 2-core machines we measure on more than the work), and stops it at the
+end. With ``--url`` it targets a running API.
+
+Steps: wait for ``/readyz``; warm up (``WARMUP`` tasks, waited for, so the
+executors have joined their group); submit ``count`` ``noop`` tasks from
+``clients`` threads, remembering the wall-clock time just before each POST;
+wait until every task is ``succeeded``. Waiting is kept light so the bench
+does not steal the system's CPU: while the run goes on only a sample of the
+tasks is polled (one GET each); then one scan of
+``GET /api/v1/tasks?status=succeeded`` (newest first, stopping at tasks older
+than the run) collects the tasks' own timestamps, and stragglers are fetched
+one by one.
+
+Figures, all from the tasks' own ``started_at``/``finished_at`` (UTC, same
+machine as the client, so wall clocks compare):
+
+- submit: how long the POSTs took, and their rate;
+- end-to-end throughput: tasks / (last ``finished_at`` - first submit);
+- submit->start latency p50/p95/p99: ``started_at`` - the client's time just
+  before that task's POST;
+- submit->finish latency p50/p99: ``finished_at`` - the same;
+- wall time: first submit until the bench saw the last task succeed.
+
+Errors (API unreachable, a POST refused, a task that did not succeed, no
+progress for ``STALL_S``) print one clear line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable
+from datetime import datetime
+
+WARMUP = 50
+READY_TIMEOUT_S = 120.0
+WARMUP_TIMEOUT_S = 120.0
+#: Give up when no task has finished for this long.
+STALL_S = 60.0
+POLL_S = 0.25
+SAMPLE = 20
+PAGE = 1000
+HTTP_TIMEOUT_S = 30.0
+DEV_STOP_TIMEOUT_S = 30.0
+
+TASKS = "/api/v1/tasks"
+NOT_SUCCEEDED_TERMINAL = {"failed", "cancelled", "upstream_failed"}
+
+
+class BenchError(Exception):
+    """A failure to report in one line (no traceback)."""
+
+
+def _say(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------- HTTP
+
+
+class Client:
+    """One keep-alive HTTP connection to the API; JSON in and out."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BenchError(f"--url must look like http://host:port, got {url!r}")
+        self.url = url
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port
+        self.base = parts.path.rstrip("/")
+        self.conn: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        return cls(self.host, self.port, timeout=HTTP_TIMEOUT_S)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = self._connect()
+            try:
+                self.conn.request(method, self.base + path, data, headers)
+                resp = self.conn.getresponse()
+                raw = resp.read()
+            except (http.client.HTTPException, OSError) as exc:
+                self.close()
+                # A keep-alive connection the server closed while idle: reconnect once.
+                # Only POSTs that never reached the server are retried this way.
+                if attempt == 2 or not isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+                    raise BenchError(f"cannot reach the taskstream API at {self.url}: {exc or type(exc).__name__}") from None
+                continue
+            try:
+                doc = json.loads(raw) if raw else None
+            except ValueError:
+                doc = None
+            return resp.status, doc
+        raise AssertionError("unreachable")
+
+    def get_task(self, task_id: str) -> dict:
+        status, doc = self.request("GET", f"{TASKS}/{task_id}")
+        if status != 200 or not isinstance(doc, dict):
+            raise BenchError(f"GET {TASKS}/{task_id} answered {status}: {_detail(doc)}")
+        return doc
+
+    def submit(self, handler: str = "noop", payload=None) -> str:
+        status, doc = self.request("POST", TASKS, {"handler": handler, "payload": payload if payload is not None else {}})
+        if status != 202 or not isinstance(doc, dict) or "id" not in doc:
+            raise BenchError(f"POST {TASKS} answered {status}: {_detail(doc)}")
+        return doc["id"]
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _detail(doc) -> str:
+    if isinstance(doc, dict):
+        return str(doc.get("detail") or doc.get("title") or doc)[:300]
+    return repr(doc)[:300]
+
+
+def wait_ready(url: str, timeout: float, dev: "DevStack | None" = None) -> None:
+    client = Client(url)
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    try:
+        while time.monotonic() < deadline:
+            if dev is not None:
+                dev.check_alive()
+            try:
+                status, doc = client.request("GET", "/readyz")
+                if status == 200:
+                    return
+                last = f"{status}: {_detail(doc)}"
+            except BenchError as exc:
+                last = str(exc)
+                client.close()
+            time.sleep(0.25)
+    finally:
+        client.close()
+    raise BenchError(f"the API at {url} was not ready within {timeout:.0f}s ({last})")
+
+
+# ------------------------------------------------------------- dev stack
+
+
+class DevStack:
+    """A `taskstream dev` subprocess on free ports; its output goes to a log file."""
+
+    def __init__(self, executors: int) -> None:
+        from .broker import free_port
+
+        self.api_port = free_port()
+        self.broker_port = free_port()
+        self.executors = executors
+        self.log = tempfile.NamedTemporaryFile(prefix="taskstream-bench-dev-", suffix=".log", delete=False)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> "DevStack":
+        env = {**os.environ}
+        env.setdefault("TASKSTREAM_LOG_LEVEL", "WARNING")
+        cmd = [
+            sys.executable, "-m", "taskstream.cli.main", "dev",
+            "--port", str(self.api_port), "--broker-port", str(self.broker_port),
+            "--executors", str(self.executors),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(f"`taskstream dev` exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log.name, errors="replace") as f:
+                return "".join(f.readlines()[-lines:]).rstrip()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM (dev stops its children and broker), SIGKILL if it hangs."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(DEV_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _say(f"`taskstream dev` did not stop within {DEV_STOP_TIMEOUT_S:.0f}s; killing it (log: {self.log.name})")
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                return
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+# ------------------------------------------------------------- the run
+
+
+def _ts(value: str | None) -> float | None:
+    """RFC 3339 (the API's ``...Z``) to a POSIX timestamp."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _check_outcome(task: dict) -> bool:
+    """True if succeeded; raise if the task ended any other way."""
+    status = task.get("status")
+    if status == "succeeded":
+        return True
+    if status in NOT_SUCCEEDED_TERMINAL:
+        raise BenchError(f"task {task.get('id')} ended {status}: {task.get('error')}")
+    return False
+
+
+def submit_all(url: str, count: int, clients: int) -> dict[str, float]:
+    """POST ``count`` noop tasks from ``clients`` threads; task id -> wall time just before its POST."""
+    shares = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
+    results: list[list[tuple[str, float]]] = [[] for _ in range(clients)]
+    errors: list[BaseException] = []
+    abort = threading.Event()
+
+    def worker(i: int) -> None:
+        client = Client(url)
+        out = results[i]
+        try:
+            for _ in range(shares[i]):
+                if abort.is_set():
+                    return
+                t = time.time()
+                out.append((client.submit(), t))
+        except BaseException as exc:
+            errors.append(exc)
+            abort.set()
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), name=f"bench-client-{i}", daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        err = errors[0]
+        raise err if isinstance(err, BenchError) else BenchError(f"submitting failed: {err!r}")
+    return {task_id: t for out in results for task_id, t in out}
+
+
+def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, progress: bool = True,
+              stall_s: float = STALL_S) -> dict[str, dict]:
+    """Wait until every submitted task succeeded; return id -> task JSON.
+
+    First polls a sample (evenly spaced in submission order, always including
+    the last one) until all of it succeeded, then scans the succeeded list
+    once, then fetches the remaining tasks one by one.
+    """
+    client = Client(url)
+    order = list(submitted)  # insertion order = submission order within a client; good enough for sampling
+    step = max(1, len(order) // sample)
+    probe = list(dict.fromkeys([*order[step - 1::step], order[-1]]))
+    done: dict[str, dict] = {}
+    last_progress = time.monotonic()
+    last_report = 0.0
+    try:
+        while True:
+            pending = [i for i in probe if i not in done]
+            if not pending:
+                break
+            for task_id in pending:
+                task = client.get_task(task_id)
+                if _check_outcome(task):
+                    done[task_id] = task
+                    last_progress = time.monotonic()
+            if progress and time.monotonic() - last_report > 2:
+                _say(f"  ~{(len(probe) - len(pending)) * 100 // len(probe)}% done (of a sample of {len(probe)})")
+                last_report = time.monotonic()
+            if time.monotonic() - last_progress > stall_s:
+                raise BenchError(f"no progress for {stall_s:.0f}s: {len(pending)} sampled tasks not succeeded "
+                                 f"(e.g. {pending[0]}: {client.get_task(pending[0]).get('status')})")
+            time.sleep(POLL_S)
+
+        oldest = min(submitted.values()) - 5.0  # created_at is the API's clock; allow for skew
+        missing = set(submitted) - done.keys()
+        if len(missing) > 2 * sample:
+            done.update(scan_succeeded(client, missing, oldest))
+        while True:
+            missing = [i for i in submitted if i not in done]
+            if not missing:
+                return done
+            progressed = False
+            for task_id in missing:
+                task = client.get_task(task_id)
+                if _check_outcome(task):
+                    done[task_id] = task
+                    progressed = True
+            if progressed:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > stall_s:
+                statuses = {}
+                for task_id in missing[:50]:
+                    s = client.get_task(task_id).get("status")
+                    statuses[s] = statuses.get(s, 0) + 1
+                raise BenchError(f"no progress for {stall_s:.0f}s: {len(missing)} tasks not succeeded "
+                                 f"(statuses of some: {statuses})")
+            time.sleep(POLL_S)
+    finally:
+        client.close()
+
+
+def scan_succeeded(client: Client, wanted: Iterable[str], oldest: float) -> dict[str, dict]:
+    """Page through succeeded tasks newest first until older than ``oldest``; the wanted ones found."""
+    wanted = set(wanted)
+    found: dict[str, dict] = {}
+    cursor = None
+    while wanted:
+        path = f"{TASKS}?status=succeeded&limit={PAGE}" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+        status, doc = client.request("GET", path)
+        if status != 200 or not isinstance(doc, dict):
+            raise BenchError(f"GET {path} answered {status}: {_detail(doc)}")
+        tasks = doc.get("tasks", [])
+        for task in tasks:
+            if task["id"] in wanted:
+                wanted.discard(task["id"])
+                found[task["id"]] = task
+        cursor = doc.get("next_cursor")
+        if not cursor or not tasks or (_ts(tasks[-1].get("created_at")) or 0) < oldest:
+            break
+    return found
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (0 < q <= 100)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def figures(submitted: dict[str, float], tasks: dict[str, dict], submit_s: float, wall_s: float) -> dict:
+    starts, finishes, finished = [], [], []
+    for task_id, t0 in submitted.items():
+        task = tasks[task_id]
+        started, ended = _ts(task.get("started_at")), _ts(task.get("finished_at"))
+        if ended is not None:
+            finished.append(ended)
+            finishes.append((ended - t0) * 1000)
+        if started is not None:
+            starts.append((started - t0) * 1000)
+    n = len(submitted)
+    e2e_s = max(finished) - min(submitted.values()) if finished else float("nan")
+    return {
+        "tasks": n,
+        "submit_s": round(submit_s, 3),
+        "submit_per_s": round(n / submit_s, 1) if submit_s > 0 else None,
+        "e2e_s": round(e2e_s, 3),
+        "throughput_per_s": round(n / e2e_s, 1) if e2e_s > 0 else None,
+        "wall_s": round(wall_s, 3),
+        "start_latency_ms": {f"p{q}": round(percentile(starts, q), 2) for q in (50, 95, 99)} if starts else None,
+        "finish_latency_ms": {f"p{q}": round(percentile(finishes, q), 2) for q in (50, 99)} if finishes else None,
+    }
+
+
+def _table(result: dict) -> str:
+    s, f = result["start_latency_ms"] or {}, result["finish_latency_ms"] or {}
+    target = result["url"] + (f" (taskstream dev, {result['executors']} executor(s))" if result["started_dev"] else "")
+    rows = [
+        f"taskstream bench: {result['tasks']} noop tasks, {result['clients']} HTTP clients, {target}",
+        f"  submitted          {result['submit_s']:8.2f} s   {result['submit_per_s'] or 0:9.0f} tasks/s",
+        f"  end to end         {result['e2e_s']:8.2f} s   {result['throughput_per_s'] or 0:9.0f} tasks/s"
+        "   (first submit -> last finished_at)",
+        f"  wall time          {result['wall_s']:8.2f} s",
+        f"  submit->start  ms  p50 {s.get('p50', 0):8.1f}   p95 {s.get('p95', 0):8.1f}   p99 {s.get('p99', 0):8.1f}",
+        f"  submit->finish ms  p50 {f.get('p50', 0):8.1f}   p99 {f.get('p99', 0):8.1f}",
+    ]
+    return "\n".join(rows)
+
+
+def run_bench(count: int, url: str | None, clients: int, executors: int, as_json: bool) -> int:
+    """Entry point of `taskstream bench`; returns the exit code."""
+    if count < 1 or clients < 1 or executors < 1:
+        _say("error: -n, --clients and --executors must be at least 1")
+        return 2
+    clients = min(clients, count)
+    dev = None
+    try:
+        if url is None:
+            dev = DevStack(executors).start()
+            url = dev.url
+            _say(f"started `taskstream dev` on {url} with {executors} executor(s); waiting until it is ready ...")
+        url = url.rstrip("/")
+        wait_ready(url, READY_TIMEOUT_S if dev else 10.0, dev)
+
+        _say(f"warming up with {WARMUP} tasks ...")
+        warm = submit_all(url, WARMUP, 1)
+        _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
+
+        _say(f"submitting {count} noop tasks with {clients} clients ...")
+        t0 = time.monotonic()
+        submitted = submit_all(url, count, clients)
+        submit_s = time.monotonic() - t0
+        _say(f"submitted in {submit_s:.2f}s; waiting until they succeed ...")
+        tasks = wait_done(url, submitted)
+        wall_s = time.monotonic() - t0
+    except BenchError as exc:
+        _say(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    finally:
+        if dev is not None:
+            _say("stopping `taskstream dev` ...")
+            dev.stop()
+
+    result = {
+        "url": url,
+        "started_dev": dev is not None,
+        "clients": clients,
+        "executors": executors if dev is not None else None,
+        **figures(submitted, tasks, submit_s, wall_s),
+    }
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(_table(result))
+    return 0
+
+
+def _wait_with_deadline(url: str, submitted: dict[str, float], timeout: float, dev: DevStack | None) -> None:
+    """Warm-up: every task succeeded within ``timeout`` (the executors' group join takes a few seconds)."""
+    client = Client(url)
+    deadline = time.monotonic() + timeout
+    pending = list(submitted)
+    try:
+        while pending:
+            if dev is not None:
+                dev.check_alive()
+            pending = [i for i in pending if not _check_outcome(client.get_task(i))]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"warm-up: {len(pending)} of {len(submitted)} tasks not succeeded after "
+                                 f"{timeout:.0f}s (is a processor and an executor running?)")
+            time.sleep(POLL_S)
+    finally:
+        client.close()
