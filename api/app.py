@@ -97,5 +97,6 @@ def run_api(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         proxy_headers=False,
         server_header=False,
+        access_log=settings.log_level.upper() == "DEBUG",
     )
     uvicorn.Server(config).run()

@@ -56,7 +56,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from rocksdict import Options, Rdict, WriteBatch
 
 from taskstream.schemas import DecodeError, Settings, TaskState, Topics, codec
-from taskstream.schemas.kafka import common_config
+from taskstream.schemas.kafka import common_config, consume_available
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class ReadModel:
                 if consumer is None:
                     consumer = self._connect()
                     backoff = 0.2
-                for msg in consumer.consume(500, timeout=0.2):
+                for msg in consume_available(consumer, 500, 0.2):
                     self._handle(msg)
             except Exception as exc:  # never let the projection die; retry with backoff
                 self.problem = f"state topic consumer: {exc}"
@@ -292,7 +292,7 @@ class ReadModel:
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 50,
+                "fetch.wait.max.ms": 10,
             }
         )
         try:

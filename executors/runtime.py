@@ -80,7 +80,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, ReadyTask, Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
 from taskstream.schemas.events import Event
-from taskstream.schemas.kafka import AsyncProducer, consumer_config
+from taskstream.schemas.kafka import AsyncProducer, consume_available, consumer_config
 from taskstream.schemas.topics import PRIORITIES
 
 from ._scheduling import WeightedRoundRobin
@@ -253,7 +253,7 @@ class Executor:
             last_commit = time.monotonic()
             while not self._closing.is_set():
                 try:
-                    messages = consumer.consume(POLL_BATCH, POLL_TIMEOUT_S)
+                    messages = consume_available(consumer, POLL_BATCH, POLL_TIMEOUT_S)
                 except KafkaException as exc:
                     log.warning("executor %s poll failed: %s", self.executor_id, exc)
                     messages = []

@@ -168,3 +168,16 @@ def _set_result(fut: asyncio.Future, value) -> None:
 def _set_exception(fut: asyncio.Future, exc: Exception) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+def consume_available(consumer, max_messages: int, timeout: float) -> list:
+    """Wait up to ``timeout`` for one message, then take whatever else is already here.
+
+    ``Consumer.consume(n, timeout)`` waits until it has ``n`` messages or the
+    timeout passed, which puts the whole timeout on the latency of a lone
+    message; this returns as soon as there is something to do.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]

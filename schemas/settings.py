@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     )
     session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
     data_dir: Path = Field(Path(".taskstream"), description="RocksDB files of the processor and read model")
-    producer_linger_ms: float = Field(2.0, ge=0)
+    producer_linger_ms: float = Field(0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)")
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080

@@ -54,7 +54,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from rocksdict import Rdict
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, ReadyTask, Settings, Status, TaskQueued, TaskState, Topics, codec
-from taskstream.schemas.kafka import admin, consumer_config, producer_config
+from taskstream.schemas.kafka import admin, consume_available, consumer_config, producer_config
 
 from . import domain
 
@@ -239,7 +239,7 @@ class Processor:
         log.info("processor %s joining group %s", self.id, self.topics.processor_group)
         try:
             while not stop.is_set():
-                messages = self.consumer.consume(self.BATCH, 0.05)
+                messages = consume_available(self.consumer, self.BATCH, 0.1)
                 if messages:
                     self._fold_batch(messages)
         finally:

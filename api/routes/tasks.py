@@ -63,7 +63,7 @@ async def submit_task(body: TaskIn, request: Request) -> Response:
         value=value,
         headers=codec.headers(event),
     )
-    log.info("task submitted task_id=%s handler=%s priority=%s", event.task_id, event.handler, event.priority)
+    log.debug("task submitted task_id=%s handler=%s priority=%s", event.task_id, event.handler, event.priority)
     task = initial_state(event)
     state.read_model.store.apply(task)
     return JSONResponse(task_json(task), status_code=202, headers={"Location": f"/api/v1/tasks/{event.task_id}"})
