@@ -27,6 +27,10 @@ from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 from .broker import EmbeddedBroker
 
 STOP_GRACE_S = 8.0
+#: A child that exits this many times in a row, each within CRASH_LOOP_S of
+#: its start, is not restarted again: `dev` stops with an error instead.
+CRASH_LOOP_EXITS = 3
+CRASH_LOOP_S = 10.0
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -46,9 +50,12 @@ class Child:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self.quick_exits = 0
+        self.started_at = 0.0
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "taskstream.cli.main", *self.args]
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, start_new_session=True)
 
     def alive(self) -> bool:
@@ -92,6 +99,13 @@ def run_dev(
     partitions: int | None,
     data_dir: str | None,
 ) -> int:
+    try:  # a typo in --handlers should fail here, clearly, not in a restart loop
+        from taskstream.executors import HandlerImportError, load_handler_modules
+
+        load_handler_modules(handlers)
+    except HandlerImportError as exc:
+        _say(f"error: {exc}")
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -146,6 +160,10 @@ def run_dev(
             for c in children:
                 if not c.alive():
                     c.restarts += 1
+                    c.quick_exits = c.quick_exits + 1 if time.monotonic() - c.started_at < CRASH_LOOP_S else 0
+                    if c.quick_exits >= CRASH_LOOP_EXITS:
+                        _say(f"error: {c.name} keeps exiting ({c.proc.returncode}) right after start; giving up")
+                        return 1
                     _say(f"{c.name} exited with {c.proc.returncode}; restarting (restart {c.restarts})")
                     c.start()
         return 0
