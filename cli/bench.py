@@ -24,7 +24,8 @@ one by one.
 Figures, all from the tasks' own ``started_at``/``finished_at`` (UTC, same
 machine as the client, so wall clocks compare):
 
-- submit: how long the POSTs took, and their rate;
+- submit: how long the POSTs took, their rate, and one POST's round trip
+  p50/p99 (the API answers 202 once the broker acknowledged the event);
 - end-to-end throughput: tasks / (last ``finished_at`` - first submit);
 - submit->start latency p50/p95/p99: ``started_at`` - the client's time just
   before that task's POST;
@@ -53,6 +54,8 @@ from datetime import datetime
 
 WARMUP = 50
 READY_TIMEOUT_S = 120.0
+#: With --url the API should already be up: a short wait covers one that is just starting.
+URL_READY_TIMEOUT_S = 5.0
 WARMUP_TIMEOUT_S = 120.0
 #: Give up when no task has finished for this long.
 STALL_S = 60.0
@@ -208,8 +211,8 @@ class DevStack:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        """SIGTERM (dev stops its children and broker), SIGKILL if it hangs."""
+    def stop(self, keep_log: bool = False) -> None:
+        """SIGTERM (dev stops its children and broker), SIGKILL if it hangs; the log goes unless kept."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -220,7 +223,10 @@ class DevStack:
                 self.proc.wait()
                 return
         self.log.close()
-        os.unlink(self.log.name)
+        if keep_log:
+            _say(f"the log of `taskstream dev` is in {self.log.name}")
+        else:
+            os.unlink(self.log.name)
 
 
 # ------------------------------------------------------------- the run
@@ -243,8 +249,11 @@ def _check_outcome(task: dict) -> bool:
     return False
 
 
-def submit_all(url: str, count: int, clients: int) -> dict[str, float]:
-    """POST ``count`` noop tasks from ``clients`` threads; task id -> wall time just before its POST."""
+def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None = None) -> dict[str, float]:
+    """POST ``count`` noop tasks from ``clients`` threads; task id -> wall time just before its POST.
+
+    ``post_ms``, if given, receives each POST's round trip in milliseconds.
+    """
     shares = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
     results: list[list[tuple[str, float]]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
@@ -258,7 +267,10 @@ def submit_all(url: str, count: int, clients: int) -> dict[str, float]:
                 if abort.is_set():
                     return
                 t = time.time()
-                out.append((client.submit(), t))
+                task_id = client.submit()
+                if post_ms is not None:
+                    post_ms.append((time.time() - t) * 1000)
+                out.append((task_id, t))
         except BaseException as exc:
             errors.append(exc)
             abort.set()
@@ -290,7 +302,7 @@ def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, pr
     probe = list(dict.fromkeys([*order[step - 1::step], order[-1]]))
     done: dict[str, dict] = {}
     last_progress = time.monotonic()
-    last_report = 0.0
+    last_report = time.monotonic()
     try:
         while True:
             pending = [i for i in probe if i not in done]
@@ -331,7 +343,7 @@ def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, pr
                     s = client.get_task(task_id).get("status")
                     statuses[s] = statuses.get(s, 0) + 1
                 raise BenchError(f"no progress for {stall_s:.0f}s: {len(missing)} tasks not succeeded "
-                                 f"(statuses of some: {statuses})")
+                                 f"(statuses of some: {statuses}; e.g. {', '.join(missing[:5])})")
             time.sleep(POLL_S)
     finally:
         client.close()
@@ -364,7 +376,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def figures(submitted: dict[str, float], tasks: dict[str, dict], submit_s: float, wall_s: float) -> dict:
+def figures(submitted: dict[str, float], tasks: dict[str, dict], submit_s: float, wall_s: float,
+            post_ms: list[float]) -> dict:
     starts, finishes, finished = [], [], []
     for task_id, t0 in submitted.items():
         task = tasks[task_id]
@@ -380,6 +393,7 @@ def figures(submitted: dict[str, float], tasks: dict[str, dict], submit_s: float
         "tasks": n,
         "submit_s": round(submit_s, 3),
         "submit_per_s": round(n / submit_s, 1) if submit_s > 0 else None,
+        "post_ms": {f"p{q}": round(percentile(post_ms, q), 2) for q in (50, 99)} if post_ms else None,
         "e2e_s": round(e2e_s, 3),
         "throughput_per_s": round(n / e2e_s, 1) if e2e_s > 0 else None,
         "wall_s": round(wall_s, 3),
@@ -389,11 +403,12 @@ def figures(submitted: dict[str, float], tasks: dict[str, dict], submit_s: float
 
 
 def _table(result: dict) -> str:
-    s, f = result["start_latency_ms"] or {}, result["finish_latency_ms"] or {}
+    s, f, p = result["start_latency_ms"] or {}, result["finish_latency_ms"] or {}, result["post_ms"] or {}
     target = result["url"] + (f" (taskstream dev, {result['executors']} executor(s))" if result["started_dev"] else "")
     rows = [
         f"taskstream bench: {result['tasks']} noop tasks, {result['clients']} HTTP clients, {target}",
         f"  submitted          {result['submit_s']:8.2f} s   {result['submit_per_s'] or 0:9.0f} tasks/s",
+        f"  POST round trip ms p50 {p.get('p50', 0):8.1f}   p99 {p.get('p99', 0):8.1f}",
         f"  end to end         {result['e2e_s']:8.2f} s   {result['throughput_per_s'] or 0:9.0f} tasks/s"
         "   (first submit -> last finished_at)",
         f"  wall time          {result['wall_s']:8.2f} s",
@@ -410,25 +425,28 @@ def run_bench(count: int, url: str | None, clients: int, executors: int, as_json
         return 2
     clients = min(clients, count)
     dev = None
+    failed = True
     try:
         if url is None:
             dev = DevStack(executors).start()
             url = dev.url
             _say(f"started `taskstream dev` on {url} with {executors} executor(s); waiting until it is ready ...")
         url = url.rstrip("/")
-        wait_ready(url, READY_TIMEOUT_S if dev else 10.0, dev)
+        wait_ready(url, READY_TIMEOUT_S if dev else URL_READY_TIMEOUT_S, dev)
 
         _say(f"warming up with {WARMUP} tasks ...")
         warm = submit_all(url, WARMUP, 1)
         _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
 
         _say(f"submitting {count} noop tasks with {clients} clients ...")
+        post_ms: list[float] = []
         t0 = time.monotonic()
-        submitted = submit_all(url, count, clients)
+        submitted = submit_all(url, count, clients, post_ms)
         submit_s = time.monotonic() - t0
         _say(f"submitted in {submit_s:.2f}s; waiting until they succeed ...")
         tasks = wait_done(url, submitted)
         wall_s = time.monotonic() - t0
+        failed = False
     except BenchError as exc:
         _say(f"error: {exc}")
         return 1
@@ -438,14 +456,14 @@ def run_bench(count: int, url: str | None, clients: int, executors: int, as_json
     finally:
         if dev is not None:
             _say("stopping `taskstream dev` ...")
-            dev.stop()
+            dev.stop(keep_log=failed)
 
     result = {
         "url": url,
         "started_dev": dev is not None,
         "clients": clients,
         "executors": executors if dev is not None else None,
-        **figures(submitted, tasks, submit_s, wall_s),
+        **figures(submitted, tasks, submit_s, wall_s, post_ms),
     }
     if as_json:
         print(json.dumps(result))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,10 +18,14 @@ from taskstream.schemas import Settings, catalogue
 pytestmark = pytest.mark.integration
 
 
-def taskstream(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def _cli() -> list[str]:
+    """The console script next to this interpreter, else the module."""
     script = shutil.which("taskstream", path=os.path.dirname(sys.executable))
-    cmd = [script] if script else [sys.executable, "-m", "taskstream.cli.main"]
-    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return [script] if script else [sys.executable, "-m", "taskstream.cli.main"]
+
+
+def taskstream(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*_cli(), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def env_for(bootstrap: str, prefix: str) -> dict[str, str]:
@@ -65,5 +70,26 @@ def test_topics_create_against_an_unreachable_broker_fails_cleanly() -> None:
     r = taskstream("topics", "create", env=env_for(closed, "unreachable"), timeout=45)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: ") and closed in last, r.stderr[-2000:]
+    # librdkafka's own connection-refused lines surround it (its log goes to stderr), so look for the line.
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and closed in errors[0], r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_runs_its_own_dev_stack_and_prints_json(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
+    r = subprocess.run([*_cli(), "bench", "-n", "200", "--clients", "2", "--json"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads(r.stdout)
+    assert figures["tasks"] == 200 and figures["started_dev"] is True
+    assert figures["throughput_per_s"] > 0
+    assert 0 < figures["start_latency_ms"]["p50"] <= figures["start_latency_ms"]["p99"]
+    assert figures["finish_latency_ms"]["p99"] >= figures["start_latency_ms"]["p99"]
+
+
+def test_bench_against_an_unreachable_api_fails_cleanly() -> None:
+    r = taskstream("bench", "-n", "10", "--url", f"http://127.0.0.1:{free_port()}", timeout=60)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "error: the API at http://127.0.0.1:" in r.stderr and "not ready" in r.stderr, r.stderr
