@@ -107,13 +107,15 @@ def topics() -> None:
 
 @topics.command("create")
 @click.option("--partitions", type=int, default=None)
-def topics_create(partitions) -> None:
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def topics_create(partitions, timeout) -> None:
     """Create taskstream's topics (idempotent); report topics that differ."""
-    from taskstream.schemas.kafka import ensure_topics, wait_for_broker
+    from taskstream.schemas.kafka import LIBRDKAFKA_LOG, ensure_topics, wait_for_broker
 
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)  # the error below says it once, clearly
     settings = _settings(partitions=partitions)
     try:
-        wait_for_broker(settings, timeout=15)
+        wait_for_broker(settings, timeout=timeout)
         problems = ensure_topics(settings, catalogue(settings))
     except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from None

@@ -24,8 +24,13 @@ from .topics import TopicSpec
 log = logging.getLogger(__name__)
 
 
+#: librdkafka's own log lines go through Python logging under this name
+#: (instead of raw ``%3|...|FAIL|...`` lines on stderr), so commands can quiet them.
+LIBRDKAFKA_LOG = logging.getLogger("taskstream.librdkafka")
+
+
 def common_config(settings: Settings, client_id: str) -> dict:
-    return {"bootstrap.servers": settings.bootstrap_servers, "client.id": client_id}
+    return {"bootstrap.servers": settings.bootstrap_servers, "client.id": client_id, "logger": LIBRDKAFKA_LOG}
 
 
 def producer_config(settings: Settings, client_id: str) -> dict:
@@ -38,6 +43,12 @@ def producer_config(settings: Settings, client_id: str) -> dict:
         # Java-compatible key hashing (as the Java client and Kafka tools use): a task's
         # messages land in the same partition whoever produces them.
         "partitioner": "murmur2_random",
+        # The embedded broker reports a partition's end as the base offset of
+        # its last batch + 1 and does not serve records past that end: the tail
+        # of a multi-record batch stays invisible to consumers until the next
+        # write (BROKER.md; seen as tasks stuck `pending`). One record per
+        # batch keeps the end exact. Real Kafka and Redpanda do not need it.
+        **({"batch.num.messages": 1} if settings.embedded_broker else {}),
     }
 
 
