@@ -7,6 +7,10 @@ Imported by ``taskstream.streams``, ``taskstream.executors`` and
 from .errors import BrokerUnavailable, CommandRejected, DecodeError, NotFound, TaskstreamError, ValidationError
 from .events import (
     EVENT_TYPES,
+    DependencyRegistered,
+    DependencyResolved,
+    TaskCancelled,
+    TaskUpdated,
     TERMINAL,
     Event,
     Priority,
@@ -26,7 +30,7 @@ from .topics import PRIORITIES, Topics, TopicSpec, catalogue
 
 __all__ = [
     "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "TaskstreamError", "ValidationError",
-    "EVENT_TYPES", "TERMINAL", "Event", "Priority", "ReadyTask", "Status", "TaskCreated", "TaskFailed",
+    "EVENT_TYPES", "DependencyRegistered", "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status", "TaskCreated", "TaskFailed",
     "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "initial_state", "new_id",
     "Settings", "PRIORITIES", "Topics", "TopicSpec", "catalogue",
 ]

@@ -67,6 +67,11 @@ class TaskCreated(Event):
     run_at: datetime | None = None
     timeout_s: float | None = None
     max_attempts: int = 1
+    upstream_keys: dict[str, str] = field(default_factory=dict)
+    key: str | None = None
+    workflow_id: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +101,40 @@ class TaskFailed(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DependencyRegistered(Event):
+    """Keyed by the upstream task (``task_id``): ``dependent`` waits for it."""
+
+    dependent: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DependencyResolved(Event):
+    """Keyed by the dependent (``task_id``): ``upstream`` ended with ``outcome``."""
+
+    upstream: str
+    outcome: str
+    result: str | None = None
+    result_truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskCancelled(Event):
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskUpdated(Event):
+    """A change to a task that has not started; ``None`` fields stay as they are."""
+
+    expected_version: int | None = None
+    priority: str | None = None
+    payload: str | None = None
+    run_at: datetime | None = None
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReadyTask(Event):
     """An attempt ready to run, published to ``<p>.ready.<priority>``."""
 
@@ -104,6 +143,7 @@ class ReadyTask(Event):
     priority: str
     payload: str
     timeout_s: float | None = None
+    upstream: str = "{}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +170,14 @@ class TaskState:
     error: str | None = None
     version: int = 0
     last_offset: int = -1
+    upstream_keys: dict[str, str] = field(default_factory=dict)
+    key: str | None = None
+    workflow_id: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    dependents: list[str] = field(default_factory=list)
+    resolved: dict[str, str] = field(default_factory=dict)
+    upstream_results: dict[str, str] = field(default_factory=dict)
 
 
 def initial_state(e: TaskCreated) -> TaskState:
@@ -153,10 +201,25 @@ def initial_state(e: TaskCreated) -> TaskState:
         created_at=e.occurred_at,
         updated_at=e.occurred_at,
         version=1,
+        upstream_keys=dict(e.upstream_keys),
+        key=e.key,
+        workflow_id=e.workflow_id,
+        idempotency_key=e.idempotency_key,
+        request_hash=e.request_hash,
     )
 
 
 #: Types that are facts of the ``<p>.events`` log.
-EVENT_TYPES: tuple[type[Event], ...] = (TaskCreated, TaskQueued, TaskStarted, TaskSucceeded, TaskFailed)
+EVENT_TYPES: tuple[type[Event], ...] = (
+    TaskCreated,
+    TaskQueued,
+    TaskStarted,
+    TaskSucceeded,
+    TaskFailed,
+    DependencyRegistered,
+    DependencyResolved,
+    TaskCancelled,
+    TaskUpdated,
+)
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {t.__name__: t for t in (*EVENT_TYPES, ReadyTask, TaskState)}

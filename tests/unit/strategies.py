@@ -17,6 +17,10 @@ from hypothesis import strategies as st
 
 from taskstream.schemas import codec
 from taskstream.schemas import (
+    DependencyRegistered,
+    DependencyResolved,
+    TaskCancelled,
+    TaskUpdated,
     Priority,
     ReadyTask,
     Status,
@@ -66,6 +70,11 @@ task_created = st.builds(
     run_at=optional_timestamps,
     timeout_s=optional_doubles,
     max_attempts=INT32,
+    upstream_keys=labels,
+    key=st.none() | text,
+    workflow_id=st.none() | ids,
+    idempotency_key=st.none() | text,
+    request_hash=st.none() | text,
 )
 task_queued = st.builds(TaskQueued, **_event_fields(), attempt=INT32, priority=priorities)
 task_started = st.builds(TaskStarted, **_event_fields(), attempt=INT32)
@@ -83,6 +92,17 @@ ready_task = st.builds(
     priority=priorities,
     payload=json_text | text,
     timeout_s=optional_doubles,
+    upstream=json_text,
+)
+dependency_registered = st.builds(DependencyRegistered, **_event_fields(), dependent=ids)
+dependency_resolved = st.builds(
+    DependencyResolved, **_event_fields(), upstream=ids, outcome=statuses, result=st.none() | json_text,
+    result_truncated=st.booleans(),
+)
+task_cancelled = st.builds(TaskCancelled, **_event_fields(), reason=text)
+task_updated = st.builds(
+    TaskUpdated, **_event_fields(), expected_version=st.none() | INT32, priority=st.none() | priorities,
+    payload=st.none() | json_text, run_at=optional_timestamps, timeout_s=optional_doubles, max_attempts=st.none() | INT32,
 )
 task_state = st.builds(
     TaskState,
@@ -106,6 +126,14 @@ task_state = st.builds(
     error=st.none() | text,
     version=INT32,
     last_offset=INT64,
+    upstream_keys=labels,
+    key=st.none() | text,
+    workflow_id=st.none() | ids,
+    idempotency_key=st.none() | text,
+    request_hash=st.none() | text,
+    dependents=id_lists,
+    resolved=labels,
+    upstream_results=labels,
 )
 
 #: One strategy per record name of ``schemas.events.RECORD_TYPES``.
@@ -117,5 +145,9 @@ BY_RECORD: dict[str, st.SearchStrategy] = {
     "TaskFailed": task_failed,
     "ReadyTask": ready_task,
     "TaskState": task_state,
+    "DependencyRegistered": dependency_registered,
+    "DependencyResolved": dependency_resolved,
+    "TaskCancelled": task_cancelled,
+    "TaskUpdated": task_updated,
 }
 any_record = st.one_of(*BY_RECORD.values())

@@ -93,6 +93,10 @@ def _sample(name: str):
         "TaskSucceeded": lambda: RECORD_TYPES[name](**base, attempt=1),
         "TaskFailed": lambda: RECORD_TYPES[name](**base, attempt=1, error="boom"),
         "ReadyTask": lambda: RECORD_TYPES[name](**base, attempt=1, handler="echo", priority="low", payload="{}"),
+        "DependencyRegistered": lambda: RECORD_TYPES[name](**base, dependent="t2"),
+        "DependencyResolved": lambda: RECORD_TYPES[name](**base, upstream="t0", outcome="succeeded"),
+        "TaskCancelled": lambda: RECORD_TYPES[name](**base),
+        "TaskUpdated": lambda: RECORD_TYPES[name](**base, priority="high"),
         "TaskState": lambda: RECORD_TYPES[name](
             task_id="t1", handler="echo", status="queued", priority="medium", payload="{}", created_at=T0, updated_at=T0
         ),
