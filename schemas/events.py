@@ -181,7 +181,8 @@ class TaskState:
 
 
 def initial_state(e: TaskCreated) -> TaskState:
-    """The state a task starts in: ``scheduled`` if it has a run_at, else ``pending``.
+    """The state a task starts in: ``pending`` while it has dependencies, else
+    ``scheduled`` if it has a run_at, else ``pending``.
 
     The processor's fold (``streams.domain``) and the API's read-your-writes
     view of a task it just submitted both start from here.
@@ -190,7 +191,7 @@ def initial_state(e: TaskCreated) -> TaskState:
         task_id=e.task_id,
         name=e.name,
         handler=e.handler,
-        status=Status.SCHEDULED.value if e.run_at is not None else Status.PENDING.value,
+        status=Status.SCHEDULED.value if e.run_at is not None and not e.depends_on else Status.PENDING.value,
         priority=e.priority,
         payload=e.payload,
         labels=dict(e.labels),

@@ -22,7 +22,21 @@ TaskStarted(n) queued, n == attempt    ``running``
 TaskSucceeded  queued/running, current ``succeeded``
 TaskFailed     queued/running, current ``failed`` if permanent or n >= max_attempts,
                                        else ``scheduled`` (waiting to be queued again)
+DependencyRegistered (on the upstream) ``dependent`` added to ``dependents``
+DependencyResolved   not terminal,     ``resolved[upstream] = outcome``; anything but
+ (on the dependent)  a dependency,     ``succeeded`` -> ``upstream_failed``
+                     not yet resolved
+TaskCancelled  not terminal            ``cancelled``
+TaskUpdated    pending/scheduled, at   the given fields changed
+               expected_version
 ============== ======================= ==========================================
+
+Dependencies (DESIGN §5) travel by events only: after folding B's
+TaskCreated the processor appends ``DependencyRegistered(A, dependent=B)``
+keyed by each upstream A; A's owner records B and, when A is terminal (then
+or later), appends ``DependencyResolved(B, upstream=A, outcome)`` keyed by
+B. An upstream that does not exist resolves as ``unknown`` (a failure). B is
+queued when every dependency resolved ``succeeded``.
 
 Anything else is a duplicate or stale and changes nothing.
 """
@@ -34,6 +48,10 @@ from datetime import datetime
 
 from taskstream.schemas import (
     CommandRejected,
+    DependencyRegistered,
+    DependencyResolved,
+    TaskCancelled,
+    TaskUpdated,
     Event,
     ReadyTask,
     Status,
@@ -44,9 +62,14 @@ from taskstream.schemas import (
     TaskState,
     TaskSucceeded,
 )
+from taskstream.schemas import codec
 from taskstream.schemas.events import initial_state
 
 PROCESSOR = "processor"
+#: Results larger than this (JSON text, bytes) are not carried downstream in
+#: DependencyResolved: the dependent's ``ctx.upstream`` holds None for them.
+RESULT_BOUND = 64 * 1024
+UNKNOWN = "unknown"
 ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
 TERMINAL_VALUES = frozenset(s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.UPSTREAM_FAILED))
 
@@ -144,6 +167,72 @@ def _failed(state: TaskState | None, e: TaskFailed) -> TaskState | None:
     return _bump(state, e.occurred_at, status=Status.SCHEDULED.value, error=e.error, started_at=started_at)
 
 
+@_on(DependencyRegistered)
+def _registered(state: TaskState | None, e: DependencyRegistered) -> TaskState | None:
+    if state is None or e.dependent in state.dependents:
+        return state
+    return _bump(state, e.occurred_at, dependents=[*state.dependents, e.dependent])
+
+
+@_on(DependencyResolved)
+def _resolved(state: TaskState | None, e: DependencyResolved) -> TaskState | None:
+    if (
+        state is None
+        or state.status in TERMINAL_VALUES
+        or e.upstream not in state.depends_on
+        or e.upstream in state.resolved
+    ):
+        return state
+    resolved = {**state.resolved, e.upstream: e.outcome}
+    results = {**state.upstream_results, e.upstream: e.result if e.result is not None else "null"}
+    if e.outcome != Status.SUCCEEDED.value:
+        return _bump(
+            state,
+            e.occurred_at,
+            resolved=resolved,
+            upstream_results=results,
+            status=Status.UPSTREAM_FAILED.value,
+            error=f"dependency {e.upstream} {e.outcome}",
+            finished_at=e.occurred_at,
+        )
+    return _bump(state, e.occurred_at, resolved=resolved, upstream_results=results)
+
+
+@_on(TaskCancelled)
+def _cancelled(state: TaskState | None, e: TaskCancelled) -> TaskState | None:
+    if state is None or state.status in TERMINAL_VALUES:
+        return state
+    return _bump(
+        state,
+        e.occurred_at,
+        status=Status.CANCELLED.value,
+        error=f"cancelled: {e.reason}" if e.reason else "cancelled",
+        finished_at=e.occurred_at,
+    )
+
+
+UPDATABLE = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
+
+
+@_on(TaskUpdated)
+def _updated(state: TaskState | None, e: TaskUpdated) -> TaskState | None:
+    if (
+        state is None
+        or state.status not in UPDATABLE
+        or state.attempt != 0
+        or (e.expected_version is not None and e.expected_version != state.version)
+    ):
+        return state
+    changes = {
+        name: value
+        for name in ("priority", "payload", "run_at", "timeout_s", "max_attempts")
+        if (value := getattr(e, name)) is not None
+    }
+    if not changes:
+        return state
+    return _bump(state, e.occurred_at, **changes)
+
+
 def fold(events, state: TaskState | None = None) -> TaskState | None:
     """Fold a sequence of events of one task, oldest first."""
     for event in events:
@@ -203,8 +292,70 @@ def _queue_next(state: TaskState, now: datetime) -> list[Event]:
 
 @_decides(TaskCreated)
 def _after_created(state: TaskState | None, e: TaskCreated, now: datetime) -> list[Event]:
+    if state is None:
+        return []
     if is_ready(state, now):
         return _queue_next(state, now)
+    return registrations(state, now)
+
+
+def registrations(state: TaskState, now: datetime) -> list[Event]:
+    """A pending task registers with every upstream it has not heard from."""
+    if state.status != Status.PENDING.value:
+        return []
+    return [
+        DependencyRegistered(task_id=upstream, occurred_at=now, producer=PROCESSOR, dependent=state.task_id)
+        for upstream in dict.fromkeys(state.depends_on)
+        if upstream not in state.resolved
+    ]
+
+
+@_decides(DependencyRegistered)
+def _after_registered(state: TaskState | None, e: DependencyRegistered, now: datetime) -> list[Event]:
+    # ``state`` is the upstream's. Unknown upstream: resolve as failed; terminal: resolve now.
+    if state is None:
+        return [DependencyResolved(task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=e.task_id,
+                                   outcome=UNKNOWN)]
+    if state.status in TERMINAL_VALUES:
+        return [resolution(state, e.dependent, now)]
+    return []
+
+
+@_decides(DependencyResolved)
+def _after_resolved(state: TaskState | None, e: DependencyResolved, now: datetime) -> list[Event]:
+    return _queue_next(state, now) if is_ready(state, now) else []
+
+
+def resolution(state: TaskState, dependent: str, now: datetime) -> DependencyResolved:
+    """What a terminal upstream tells a dependent, with its result bounded to RESULT_BOUND."""
+    result, truncated = state.result, False
+    if result is not None and len(result.encode()) > RESULT_BOUND:
+        result, truncated = None, True
+    return DependencyResolved(task_id=dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
+                              outcome=state.status, result=result, result_truncated=truncated)
+
+
+def react(before: TaskState | None, after: TaskState | None, event: Event, now: datetime) -> list[Event]:
+    """Everything the processor appends after folding ``event`` into a task (``before`` -> ``after``).
+
+    ``decide``'s reactions, plus the resolutions a task owes its dependents
+    the moment it ends.
+    """
+    out = decide(after, event, now)
+    if after is not None and not is_terminal(before) and is_terminal(after):
+        out += [resolution(after, d, now) for d in after.dependents]
+    return out
+
+
+def replay_outputs(state: TaskState, now: datetime) -> list[Event]:
+    """The events a state implies for others; sent again when its last event is folded twice."""
+    if state.status == Status.QUEUED.value:
+        return [TaskQueued(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+                           priority=state.priority)]
+    if state.status == Status.PENDING.value:
+        return registrations(state, now)
+    if state.status in TERMINAL_VALUES:
+        return [resolution(state, d, now) for d in state.dependents]
     return []
 
 
@@ -217,11 +368,12 @@ def _after_failed(state: TaskState | None, e: TaskFailed, now: datetime) -> list
 
 
 def is_ready(state: TaskState | None, now: datetime) -> bool:
-    """A task waiting for nothing: no unmet dependency, its time has come, never queued."""
+    """A task waiting for nothing: every dependency succeeded, its time has come, never queued."""
     if state is None or state.attempt != 0:
         return False
     if state.status == Status.PENDING.value:
-        return not state.depends_on
+        deps_met = all(state.resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
+        return deps_met and (state.run_at is None or state.run_at <= now)
     if state.status == Status.SCHEDULED.value:
         return state.run_at is not None and state.run_at <= now
     return False
@@ -238,4 +390,18 @@ def ready_message(state: TaskState, now: datetime) -> ReadyTask:
         priority=state.priority,
         payload=state.payload,
         timeout_s=state.timeout_s,
+        upstream=upstream_json(state),
     )
+
+
+def upstream_json(state: TaskState) -> str:
+    """``ctx.upstream`` for the handler: dependency id, and workflow key, -> its result."""
+    if not state.upstream_results:
+        return "{}"
+    out = {}
+    for upstream, text in state.upstream_results.items():
+        value = codec.loads_json(text)
+        out[upstream] = value
+        if key := state.upstream_keys.get(upstream):
+            out[key] = value
+    return codec.dumps_json(out)

@@ -53,7 +53,18 @@ from typing import NamedTuple
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from rocksdict import Rdict
 
-from taskstream.schemas import BrokerUnavailable, DecodeError, ReadyTask, Settings, Status, TaskQueued, TaskState, Topics, codec
+from taskstream.schemas import (
+    BrokerUnavailable,
+    DecodeError,
+    ReadyTask,
+    Settings,
+    Status,
+    TaskCancelled,
+    TaskQueued,
+    TaskState,
+    Topics,
+    codec,
+)
 from taskstream.schemas.kafka import admin, consume_available, consumer_config, producer_config
 
 from . import domain
@@ -87,34 +98,52 @@ def fold_step(
 ) -> Step:
     """Fold one message of ``<p>.events`` (pure apart from the clock passed in).
 
-    Raises ``DecodeError`` for a message that is not an event we know.
+    Events that follow are applied to this task's state when they are its own
+    and appended to the log either way (keyed by their task, so dependency
+    events go to their task's partition). Raises ``DecodeError`` for a
+    message that is not an event we know.
     """
     event = codec.decode(value)
     if state is not None and offset <= state.last_offset:
         if offset == state.last_offset:
-            return Step(None, _effects_of(topics, state, [], partition, now, producer, replay=True))
+            again = [replace(e, producer=producer) for e in domain.replay_outputs(state, now)]
+            return Step(None, _effects_of(topics, state, state, event, again, partition, now, producer))
         return Step(None, [])
     new = domain.evolve(state, event)
-    follow = domain.decide(new, event, now)
-    follow = [replace(e, producer=producer) for e in follow]
+    follow = [replace(e, producer=producer) for e in domain.react(state, new, event, now)]
+    own = new.task_id if new is not None else None
     for e in follow:
-        new = domain.evolve(new, e)
+        if e.task_id == own:
+            new = domain.evolve(new, e)
+    outputs = _effects_of(topics, state, new, event, follow, partition, now, producer)
     if new is state:
-        return Step(None, [])
-    new = replace(new, last_offset=offset)
-    return Step(new, _effects_of(topics, new, follow, partition, now, producer))
+        return Step(None, outputs)
+    return Step(replace(new, last_offset=offset), outputs)
 
 
 def _effects_of(
-    topics: Topics, state: TaskState, follow: list, partition: int, now: datetime, producer: str, replay: bool = False
+    topics: Topics, before: TaskState | None, state: TaskState | None, event, follow: list, partition: int,
+    now: datetime, producer: str,
 ) -> list[Output]:
+    outputs = [
+        Output(topics.events, e.task_id.encode(), codec.encode(e), codec.headers(e),
+               partition if state is not None and e.task_id == state.task_id else None)
+        for e in follow
+    ]
+    if state is None:
+        return outputs
     key = state.task_id.encode()
-    if replay and state.status == Status.QUEUED.value:
-        follow = [TaskQueued(task_id=state.task_id, occurred_at=now, producer=producer, attempt=state.attempt, priority=state.priority)]
-    outputs = [Output(topics.events, key, codec.encode(e), codec.headers(e), partition) for e in follow]
     if any(isinstance(e, TaskQueued) for e in follow) and state.status == Status.QUEUED.value:
         ready: ReadyTask = replace(domain.ready_message(state, now), producer=producer)
         outputs.append(Output(topics.ready(state.priority), key, codec.encode(ready), codec.headers(ready)))
+    if (
+        isinstance(event, TaskCancelled)
+        and before is not None
+        and before.status in (Status.QUEUED.value, Status.RUNNING.value)
+        and state.status == Status.CANCELLED.value
+    ):
+        # Tell the executors: the same key puts it behind the attempt in its ready partition.
+        outputs.append(Output(topics.ready(before.priority), key, codec.encode(event), codec.headers(event)))
     return outputs
 
 

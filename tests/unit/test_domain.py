@@ -346,11 +346,15 @@ def test_after_created_without_deps_or_run_at_queues_attempt_one():
     [dict(depends_on=["other"]), dict(run_at=T_EV + timedelta(microseconds=1)), dict(run_at=at(3600), depends_on=["x"])],
     ids=["depends_on", "future_run_at", "both"],
 )
-def test_after_created_waiting_for_something_decides_nothing(kw):
+def test_after_created_waiting_for_something_queues_nothing(kw):
     e = created(**kw)
     s = evolve(None, e)
-    assert decide(s, e, T_EV) == []
+    out = decide(s, e, T_EV)
     assert not is_ready(s, T_EV)
+    # A task with dependencies registers with each upstream (keyed by it); nothing is queued.
+    assert [(type(x).__name__, x.task_id, getattr(x, "dependent", None)) for x in out] == [
+        ("DependencyRegistered", d, s.task_id) for d in kw.get("depends_on", [])
+    ]
 
 
 @pytest.mark.parametrize("run_at", [T_EV, T_EV - timedelta(days=1)], ids=["now", "past"])
