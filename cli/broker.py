@@ -16,6 +16,16 @@ import time
 log = logging.getLogger(__name__)
 
 
+def _die_with_parent() -> None:
+    """Linux: the broker gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,7 +57,9 @@ class EmbeddedBroker:
         ]
         out = subprocess.DEVNULL if self.quiet else None
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
