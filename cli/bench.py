@@ -418,6 +418,79 @@ def _table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def run_chain(client: Client, n: int) -> dict:
+    """A chain of ``n`` dependent no-op tasks in one workflow; per-hop latency from the tasks' own times.
+
+    A hop is the end of one task (``finished_at``) to the start of the next
+    (``started_at``): the processor folds the result, resolves the dependent
+    across partitions by two events, queues it, and an executor picks it up.
+    """
+    tasks = [{"key": f"c{i}", "handler": "noop", "payload": {}} for i in range(n)]
+    for i in range(1, n):
+        tasks[i]["depends_on"] = [f"c{i - 1}"]
+    t0 = time.time()
+    status, doc = client.request("POST", "/api/v1/workflows", {"tasks": tasks})
+    submit_s = time.time() - t0
+    if status != 202 or not isinstance(doc, dict) or "tasks" not in doc:
+        raise BenchError(f"POST /api/v1/workflows answered {status}: {_detail(doc)}")
+    ids = [doc["tasks"][f"c{i}"] for i in range(n)]
+    last = ids[-1]
+    deadline = time.monotonic() + STALL_S + n * 0.1
+    while True:
+        task = client.get_task(last)
+        if task["status"] in NOT_SUCCEEDED_TERMINAL:
+            raise BenchError(f"the chain's last task ended {task['status']}: {task.get('error')}")
+        if task["status"] == "succeeded":
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"the chain did not finish in time (last task {task['status']})")
+        time.sleep(POLL_S)
+    done = [client.get_task(i) for i in ids]
+    hops = [(_ts(b["started_at"]) - _ts(a["finished_at"])) * 1000 for a, b in zip(done, done[1:])]
+    total_s = _ts(done[-1]["finished_at"]) - t0
+    return {
+        "chain": n,
+        "submit_s": round(submit_s, 3),
+        "total_s": round(total_s, 3),
+        "per_hop_ms_mean": round(total_s * 1000 / n, 2),
+        "hop_ms_p50": round(percentile(hops, 50), 2),
+        "hop_ms_p99": round(percentile(hops, 99), 2),
+    }
+
+
+def run_chain_bench(n: int, url: str | None, executors: int, as_json: bool) -> int:
+    """`taskstream bench --chain N`: returns the exit code."""
+    dev = None
+    failed = True
+    try:
+        if url is None:
+            dev = DevStack(executors).start()
+            url = dev.url
+            _say(f"started `taskstream dev` on {url}; waiting until it is ready ...")
+        url = url.rstrip("/")
+        wait_ready(url, READY_TIMEOUT_S if dev else URL_READY_TIMEOUT_S, dev)
+        warm = submit_all(url, 10, 1)
+        _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
+        _say(f"submitting a chain of {n} dependent noop tasks ...")
+        client = Client(url)
+        try:
+            result = run_chain(client, n)
+        finally:
+            client.close()
+        failed = False
+    except BenchError as exc:
+        _say(f"error: {exc}")
+        return 1
+    finally:
+        if dev is not None:
+            dev.stop(keep_log=failed)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(f"  {k:18} {v}" for k, v in result.items()))
+    return 0
+
+
 def run_bench(count: int, url: str | None, clients: int, executors: int, as_json: bool) -> int:
     """Entry point of `taskstream bench`; returns the exit code."""
     if count < 1 or clients < 1 or executors < 1:

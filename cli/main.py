@@ -131,11 +131,14 @@ def topics_create(partitions, timeout) -> None:
 @click.option("--url", default=None, help="target a running API instead of starting `taskstream dev`")
 @click.option("--clients", type=int, default=4, show_default=True, help="concurrent HTTP connections")
 @click.option("--executors", type=int, default=1, show_default=True)
+@click.option("--chain", type=int, default=None, help="instead: a workflow chain of N dependent no-op tasks; per-hop latency")
 @click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")
-def bench(count, url, clients, executors, as_json) -> None:
-    """Submit N no-op tasks; print throughput and submit->start latency."""
-    from .bench import run_bench
+def bench(count, url, clients, executors, chain, as_json) -> None:
+    """Submit N no-op tasks; print throughput and submit->start latency (or --chain N: per-hop latency)."""
+    from .bench import run_bench, run_chain_bench
 
+    if chain is not None:
+        sys.exit(run_chain_bench(chain, url=url, executors=executors, as_json=as_json))
     sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json))
 
 
