@@ -28,7 +28,7 @@ from . import problems
 from .body_limit import BodyLimitMiddleware
 from .problems import JSONResponse
 from .read_model import ReadModel
-from .routes import health, tasks
+from .routes import health, tasks, workflows
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    app.include_router(workflows.router)
     return app
 
 

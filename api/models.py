@@ -1,9 +1,16 @@
-"""HTTP shapes: the request model of ``POST /api/v1/tasks`` and the task JSON.
+"""HTTP shapes: request models (task, batch, workflow, patch) and the task JSON.
 
 Pydantic lives only here, at the edge (STYLE §2): a validated ``TaskIn``
-becomes a ``TaskCreated`` event, and a ``TaskState`` from the read model
-becomes the task JSON of DESIGN §8. Payloads and results travel inside the
-events as JSON text and are decoded here through ``schemas.codec``.
+becomes a ``TaskCreated`` event, a ``TaskPatch`` a ``TaskUpdated``, and a
+``TaskState`` from the read model becomes the task JSON of DESIGN §8.
+Payloads and results travel inside the events as JSON text and are decoded
+here through ``schemas.codec``.
+
+``depends_on`` lists are deduplicated (first occurrence kept) and hold at
+most ``MAX_DEPENDENCIES`` entries. In ``POST /tasks`` and ``/tasks:batch``
+they are ids of existing tasks (an unknown id makes the task
+``upstream_failed``, DESIGN §5); in ``POST /workflows`` they are keys of
+tasks of the same request.
 """
 
 from __future__ import annotations
@@ -13,9 +20,19 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 
-from taskstream.schemas import Priority, TaskCreated, TaskState, codec
+from taskstream.schemas import Priority, TaskCreated, TaskState, TaskUpdated, ValidationError, codec
 
 JsonValue = Any
+
+#: Most dependencies one task may have, and most tasks in one batch or workflow.
+MAX_DEPENDENCIES = 1000
+MAX_TASKS_PER_REQUEST = 1000
+
+TaskRef = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+
+
+def _dedup(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
 
 
 class RetryIn(BaseModel):
@@ -26,8 +43,8 @@ class RetryIn(BaseModel):
     max_attempts: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
 
 
-class TaskIn(BaseModel):
-    """Body of ``POST /api/v1/tasks``. Unknown fields are rejected (422)."""
+class TaskFields(BaseModel):
+    """The task fields shared by ``POST /tasks``, ``/tasks:batch`` and ``/workflows`` entries."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,7 +53,6 @@ class TaskIn(BaseModel):
     priority: Priority = Priority.MEDIUM
     name: StrictStr = ""
     labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
-    depends_on: list[StrictStr] = Field(default_factory=list)
     run_at: StrictStr | None = None
     timeout_s: Annotated[StrictFloat, Field(gt=0)] | None = None  # ints are accepted, strings and bools not
     retry: RetryIn | None = None
@@ -46,13 +62,6 @@ class TaskIn(BaseModel):
     def _handler_not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be blank")
-        return v
-
-    @field_validator("depends_on")
-    @classmethod
-    def _no_dependencies_yet(cls, v: list[str]) -> list[str]:
-        if v:
-            raise ValueError("dependencies are not supported yet")
         return v
 
     @field_validator("run_at")
@@ -65,7 +74,17 @@ class TaskIn(BaseModel):
     def run_at_datetime(self) -> datetime | None:
         return None if self.run_at is None else parse_rfc3339(self.run_at)
 
-    def to_event(self, *, task_id: str, producer: str, now: datetime, default_max_attempts: int) -> TaskCreated:
+    def to_event(
+        self,
+        *,
+        task_id: str,
+        producer: str,
+        now: datetime,
+        default_max_attempts: int,
+        depends_on: list[str] | None = None,
+        **extra: Any,
+    ) -> TaskCreated:
+        """The ``TaskCreated`` of this task; ``extra`` sets key, workflow_id, upstream_keys, idempotency fields."""
         max_attempts = self.retry.max_attempts if self.retry and self.retry.max_attempts else default_max_attempts
         return TaskCreated(
             task_id=task_id,
@@ -76,10 +95,100 @@ class TaskIn(BaseModel):
             payload=codec.dumps_json(self.payload),
             name=self.name,
             labels=dict(self.labels),
-            depends_on=list(self.depends_on),
+            depends_on=list(depends_on if depends_on is not None else getattr(self, "depends_on", [])),
             run_at=self.run_at_datetime(),
             timeout_s=None if self.timeout_s is None else float(self.timeout_s),
             max_attempts=max_attempts,
+            **extra,
+        )
+
+
+class TaskIn(TaskFields):
+    """Body of ``POST /api/v1/tasks`` and an entry of ``/tasks:batch``: ``depends_on`` holds task ids."""
+
+    depends_on: Annotated[list[TaskRef], Field(max_length=MAX_DEPENDENCIES)] = Field(default_factory=list)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _dedup_ids(cls, v: list[str]) -> list[str]:
+        return _dedup(v)
+
+
+class BatchIn(BaseModel):
+    """Body of ``POST /api/v1/tasks:batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: Annotated[list[TaskIn], Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)]
+
+
+class WorkflowTaskIn(TaskFields):
+    """An entry of ``POST /api/v1/workflows``: a local ``key`` and ``depends_on`` keys of the same workflow."""
+
+    key: TaskRef
+    depends_on: Annotated[list[TaskRef], Field(max_length=MAX_DEPENDENCIES)] = Field(default_factory=list)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _dedup_keys(cls, v: list[str]) -> list[str]:
+        return _dedup(v)
+
+
+class WorkflowIn(BaseModel):
+    """Body of ``POST /api/v1/workflows``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: Annotated[list[WorkflowTaskIn], Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)]
+
+
+class TaskPatch(BaseModel):
+    """Body of ``PATCH /api/v1/tasks/{id}``: the fields to change, at least one.
+
+    ``payload`` may be set to ``null`` (a JSON document like any other);
+    the other fields cannot be cleared, so ``null`` is rejected for them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Priority | None = None
+    run_at: StrictStr | None = None
+    payload: JsonValue = None
+    timeout_s: Annotated[StrictFloat, Field(gt=0)] | None = None
+    retry: RetryIn | None = None
+
+    @field_validator("run_at")
+    @classmethod
+    def _rfc3339(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_rfc3339(v)
+        return v
+
+    def check(self) -> None:
+        """Raise ``schemas.ValidationError`` naming the field for what the field types cannot say."""
+        if not self.model_fields_set:
+            raise ValidationError("body", "nothing to change: give at least one of priority, run_at, payload, timeout_s, retry")
+        for name in ("priority", "run_at", "timeout_s", "retry"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValidationError(name, "cannot be null")
+        if self.retry is not None and self.retry.max_attempts is None:
+            raise ValidationError("retry.max_attempts", "required when retry is given")
+
+    def run_at_datetime(self) -> datetime | None:
+        return None if self.run_at is None else parse_rfc3339(self.run_at)
+
+    def to_event(self, *, task_id: str, producer: str, now: datetime, expected_version: int | None) -> TaskUpdated:
+        fields = self.model_fields_set
+        return TaskUpdated(
+            task_id=task_id,
+            occurred_at=now,
+            producer=producer,
+            expected_version=expected_version,
+            priority=self.priority.value if self.priority is not None else None,
+            payload=codec.dumps_json(self.payload) if "payload" in fields else None,
+            run_at=self.run_at_datetime(),
+            timeout_s=None if self.timeout_s is None else float(self.timeout_s),
+            max_attempts=self.retry.max_attempts if self.retry is not None else None,
         )
 
 
@@ -136,4 +245,8 @@ def task_json(state: TaskState) -> dict[str, Any]:
         "result": _json_or_text(state.result),
         "error": state.error,
         "version": state.version,
+        "key": state.key,
+        "workflow_id": state.workflow_id,
+        "upstream_keys": dict(state.upstream_keys),
+        "dependents": list(state.dependents),
     }

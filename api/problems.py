@@ -81,10 +81,14 @@ def validation_problem(errors: list[dict[str, str]], *, status: int = 422, title
 
 
 def _field(loc: tuple | list) -> str:
-    parts = [str(p) for p in loc]
+    """``("body", "tasks", 3, "retry", "max_attempts")`` -> ``tasks[3].retry.max_attempts``."""
+    parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:] or parts
-    return ".".join(parts)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
 
 
 def _message(err: dict[str, Any]) -> str:

@@ -117,12 +117,20 @@ class TaskStore:
 
     # ------------------------------------------------------------- writes
 
-    def apply(self, state: TaskState) -> bool:
-        """Store ``state`` unless a newer version is stored; return whether it was stored."""
+    def apply(self, state: TaskState, *, only_over_version: int | None = None) -> bool:
+        """Store ``state`` unless a newer version is stored; return whether it was stored.
+
+        With ``only_over_version`` the state is stored only if the stored
+        version is exactly that (compare-and-set): the API's expected view of
+        a change it just wrote must not replace a state the processor already
+        published for that version.
+        """
         key = _STATE + state.task_id.encode()
         with self._lock:
             old = self._decode(self._db.get(key), state.task_id)
             if old is not None and state.version < old.version:
+                return False
+            if only_over_version is not None and (old is None or old.version != only_over_version):
                 return False
             batch = WriteBatch(raw_mode=True)
             new_keys = index_keys(state)
@@ -146,6 +154,7 @@ class TaskStore:
         status: str | None = None,
         priority: str | None = None,
         handler: str | None = None,
+        labels: dict[str, str] | None = None,
         limit: int = 100,
         after: bytes | None = None,
     ) -> tuple[list[TaskState], bytes | None]:
@@ -153,7 +162,12 @@ class TaskStore:
 
         With several filters, the most selective index (handler, then status,
         then priority) is scanned and the other filters are checked on each
-        state. The state is re-read and re-checked, so an index key that a
+        state. Labels have no index: every label in ``labels`` must be on the
+        task, checked on each state of the scanned index.
+
+        Pages are stable under concurrent inserts: the order is by creation
+        time (newest first), then id, and a new task is newer than every
+        task already listed, so it sorts before any cursor handed out. The state is re-read and re-checked, so an index key that a
         concurrent update is about to delete never yields a wrong task.
         """
         if limit < 1:
@@ -169,7 +183,9 @@ class TaskStore:
             state = self.get(sk.split(b":", 1)[1].decode())
             if state is None or sortkey(state) != sk:
                 continue
-            if all(getattr(state, f) == v for f, v in filters.items()):
+            if all(getattr(state, f) == v for f, v in filters.items()) and (
+                not labels or all(state.labels.get(k) == v for k, v in labels.items())
+            ):
                 page.append((sk, state))
                 if len(page) > limit:
                     break

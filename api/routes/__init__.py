@@ -1,5 +1,5 @@
-"""HTTP routes: ``tasks`` under ``/api/v1``, ``health`` (liveness, readiness) at the root."""
+"""HTTP routes: ``tasks`` and ``workflows`` under ``/api/v1``, ``health`` (liveness, readiness) at the root."""
 
-from . import health, tasks
+from . import health, tasks, workflows
 
-__all__ = ["health", "tasks"]
+__all__ = ["health", "tasks", "workflows"]

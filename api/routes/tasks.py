@@ -1,80 +1,189 @@
-"""``/api/v1/tasks``: submit a task (an event in the log) and read tasks (from the read model).
+"""``/api/v1/tasks``: submit, change and cancel tasks (events in the log); read them (read model, log).
 
-POST validates the body, builds a ``TaskCreated`` event, produces it to
-``<p>.events`` keyed by the task id and waits for the broker's ack
-(acks=all) before answering 202. Only then is the task's initial state put
-into the read model (read-your-writes: a GET right after the POST finds it);
-the processor's own states for the task, arriving later on ``<p>.state``,
-replace it since their versions are higher. If the produce fails the client
-gets 503 and nothing was written.
+Writes validate the whole request, encode every event and check its size
+before producing anything (bad input writes nothing), then produce to
+``<p>.events`` keyed by the task id and answer only after the broker
+acknowledged every record (acks=all). A new task's initial state is put into
+the read model right after its ack (read-your-writes: a GET right after the
+POST finds it); the processor's own states, arriving later on ``<p>.state``,
+replace it since their versions are equal or higher. ``PATCH`` and
+``DELETE`` likewise put the expected result into the read model (only over
+the version they checked), so a GET right after them shows the change; the
+processor's state replaces it.
+
+A produce that fails answers 503. In a batch, the records that were
+acknowledged before the failure stay written: retry with the same
+``Idempotency-Key`` to complete the batch without duplicates.
+
+Statuses of writes: 202 (accepted: the processor applies the change
+asynchronously), 404 unknown task, 409 a change impossible in the task's
+status, 412 ``If-Match`` version is stale, 413 an event too large for the
+log, 422 bad input naming the field.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
 import logging
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from taskstream.schemas import NotFound, Priority, Status, Topics, ValidationError, codec, initial_state, new_id
+from taskstream.schemas import (
+    TERMINAL,
+    CommandRejected,
+    NotFound,
+    Priority,
+    Status,
+    TaskCancelled,
+    TaskState,
+    ValidationError,
+    new_id,
+)
 
-from ..models import TaskIn, task_json
-from ..problems import JSONResponse, problem
+from .. import idempotency
+from ..history import event_json, read_task_events
+from ..models import BatchIn, TaskIn, TaskPatch, task_json
+from ..problems import JSONResponse, problem, validation_problem
 from ..read_model import is_sortkey
+from ._writes import MAX_EVENT_BYTES, TooLarge, encode, expect, write
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
+__all__ = ["router", "MAX_EVENT_BYTES", "encode_cursor", "decode_cursor"]
+
 MAX_LIMIT = 1000
-#: librdkafka's default ``message.max.bytes`` (1,000,000) bounds one record
-#: with its framing; Kafka's default topic ``max.message.bytes`` is 1 MiB + 12.
-#: A body under ``settings.max_body_bytes`` (1 MiB) can still encode to an
-#: event above this: that is the client's problem (413), not the broker's (503).
-MAX_EVENT_BYTES = 1_000_000 - 1024
+MAX_REASON = 1000
+UPDATABLE = frozenset({Status.PENDING, Status.SCHEDULED})
+
+
+def _future_run_at(body, now: datetime) -> bool:
+    run_at = body.run_at_datetime()
+    return run_at is not None and run_at > now
+
+
+def _etag(state: TaskState) -> dict[str, str]:
+    return {"ETag": f'"{state.version}"'}
+
+
+# ------------------------------------------------------------------ submit
 
 
 @router.post("/tasks", status_code=202)
 async def submit_task(body: TaskIn, request: Request) -> Response:
-    state = request.app.state
+    app = request.app.state
+    store = app.read_model.store
+    key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     now = datetime.now(UTC)
-    run_at = body.run_at_datetime()
-    if run_at is not None and run_at > now:
+    if _future_run_at(body, now):
         raise ValidationError("run_at", "run_at in the future is not supported yet")
+    extra = {}
+    if key is not None:
+        task_id = idempotency.derived_id(key)
+        rhash = idempotency.request_hash("tasks", body.model_dump(mode="json"))
+        existing = store.get(task_id)
+        if existing is not None:
+            if existing.request_hash != rhash:
+                raise idempotency.conflict(key)
+            return _created(existing)
+        extra = {"idempotency_key": key, "request_hash": rhash}
+    else:
+        task_id = new_id()
     event = body.to_event(
-        task_id=new_id(),
-        producer=state.producer_id,
-        now=now,
-        default_max_attempts=state.settings.default_max_attempts,
+        task_id=task_id, producer=app.producer_id, now=now,
+        default_max_attempts=app.settings.default_max_attempts, **extra,
     )
-    value = codec.encode(event)
-    if len(value) > MAX_EVENT_BYTES:
-        return problem(
-            413, "Request body too large",
-            f"payload: the task encodes to {len(value)} bytes, more than the event log takes ({MAX_EVENT_BYTES})",
-            kind="too-large",
-        )
-    await state.producer.send(
-        Topics(state.settings.prefix).events,
-        key=event.task_id.encode(),
-        value=value,
-        headers=codec.headers(event),
-    )
+    try:
+        value = encode(event)
+    except TooLarge as exc:
+        return exc.response()
+    await write(app, [(event, value)])
     log.debug("task submitted task_id=%s handler=%s priority=%s", event.task_id, event.handler, event.priority)
-    task = initial_state(event)
-    state.read_model.store.apply(task)
-    return JSONResponse(task_json(task), status_code=202, headers={"Location": f"/api/v1/tasks/{event.task_id}"})
+    return _created(store.get(task_id))
+
+
+def _created(task: TaskState) -> Response:
+    return JSONResponse(task_json(task), status_code=202, headers={"Location": f"/api/v1/tasks/{task.task_id}"})
+
+
+@router.post("/tasks:batch", status_code=202)
+async def submit_batch(body: BatchIn, request: Request) -> Response:
+    """Up to 1,000 tasks: all validated first (none written if one is bad), then written together."""
+    app = request.app.state
+    store = app.read_model.store
+    key = idempotency.check_key(request.headers.get(idempotency.HEADER))
+    now = datetime.now(UTC)
+    errors = [
+        {"field": f"tasks[{i}].run_at", "message": "run_at in the future is not supported yet"}
+        for i, t in enumerate(body.tasks) if _future_run_at(t, now)
+    ]
+    if errors:
+        return validation_problem(errors)
+    if key is not None:
+        ids = [idempotency.derived_id(f"{key}:{i}") for i in range(len(body.tasks))]
+        rhash = idempotency.request_hash("tasks:batch", body.model_dump(mode="json"))
+        existing = _existing(store, ids, rhash, key)
+        extra = {"idempotency_key": key, "request_hash": rhash}
+    else:
+        ids = [new_id() for _ in body.tasks]
+        existing, extra = {}, {}
+    records = []
+    try:
+        for i, (task_id, task) in enumerate(zip(ids, body.tasks)):
+            if task_id in existing:
+                continue
+            event = task.to_event(
+                task_id=task_id, producer=app.producer_id, now=now,
+                default_max_attempts=app.settings.default_max_attempts, **extra,
+            )
+            records.append((event, encode(event, f"tasks[{i}].payload")))
+    except TooLarge as exc:
+        return exc.response()
+    await write(app, records)
+    tasks = [existing.get(task_id) or store.get(task_id) for task_id in ids]
+    return JSONResponse({"tasks": [task_json(t) for t in tasks]}, status_code=202)
+
+
+def _existing(store, ids: list[str], rhash: str, key: str) -> dict[str, TaskState]:
+    """The tasks of ``ids`` already written by an earlier request with this key; 422 if that request differed."""
+    found = {}
+    for task_id in ids:
+        state = store.get(task_id)
+        if state is not None:
+            if state.request_hash != rhash:
+                raise idempotency.conflict(key)
+            found[task_id] = state
+    return found
+
+
+# -------------------------------------------------------------------- read
 
 
 @router.get("/tasks/{task_id}")
 async def get_task(task_id: str, request: Request) -> Response:
+    task = _get(request, task_id)
+    return JSONResponse(task_json(task), headers=_etag(task))
+
+
+def _get(request: Request, task_id: str) -> TaskState:
     task = request.app.state.read_model.store.get(task_id)
     if task is None:
         raise NotFound(f"task {task_id} not found")
-    return JSONResponse(task_json(task))
+    return task
+
+
+@router.get("/tasks/{task_id}/events")
+async def task_events(task_id: str, request: Request) -> Response:
+    """The task's events decoded from the log, oldest first."""
+    _get(request, task_id)
+    events = await asyncio.to_thread(read_task_events, request.app.state.settings, task_id)
+    return JSONResponse({"task_id": task_id, "events": [event_json(e) for e in events]})
 
 
 @router.get("/tasks")
@@ -83,6 +192,7 @@ async def list_tasks(
     status: Status | None = None,
     priority: Priority | None = None,
     handler: str | None = None,
+    label: list[str] = Query(default_factory=list, description="k:v; repeat for several, all must match"),
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ) -> Response:
@@ -91,10 +201,23 @@ async def list_tasks(
         status=status.value if status else None,
         priority=priority.value if priority else None,
         handler=handler,
+        labels=parse_labels(label),
         limit=limit,
         after=after,
     )
     return JSONResponse({"tasks": [task_json(t) for t in tasks], "next_cursor": encode_cursor(last) if last else None})
+
+
+def parse_labels(values: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for text in values:
+        name, sep, value = text.partition(":")
+        if not sep or not name:
+            raise ValidationError("label", f"{text!r} is not of the form key:value")
+        if labels.get(name, value) != value:
+            return {name: "\x00never"}  # two values for one label: nothing can match
+        labels[name] = value
+    return labels
 
 
 def encode_cursor(sortkey: bytes) -> str:
@@ -109,3 +232,78 @@ def decode_cursor(cursor: str) -> bytes:
     if not is_sortkey(raw):
         raise ValidationError("cursor", "not a cursor returned by this API")
     return raw
+
+
+# ---------------------------------------------------------- change, cancel
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """``If-Match: 3``, ``"3"`` or ``W/"3"`` -> 3; ``*`` or absent -> None; else 422 naming If-Match."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text == "*":
+        return None
+    if text.startswith("W/"):
+        text = text[2:]
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if not text.isdigit() or not text.isascii():
+        raise ValidationError("If-Match", f"{value!r} is not a task version (an integer, or the ETag of GET)")
+    return int(text)
+
+
+@router.patch("/tasks/{task_id}", status_code=202)
+async def update_task(task_id: str, body: TaskPatch, request: Request) -> Response:
+    """Change a task that has not started; ``If-Match`` makes it conditional on the version."""
+    app = request.app.state
+    body.check()
+    expected = parse_if_match(request.headers.get("If-Match"))
+    task = _get(request, task_id)
+    if expected is not None and expected != task.version:
+        return problem(
+            412, "Precondition failed",
+            f"If-Match: task {task_id} is at version {task.version}, not {expected}",
+            kind="stale-version", version=task.version, headers=_etag(task),
+        )
+    if task.status not in UPDATABLE:
+        raise CommandRejected(f"task {task_id} is {task.status}: already started or queued, it can no longer be changed")
+    now = datetime.now(UTC)
+    if _future_run_at(body, now):
+        raise ValidationError("run_at", "run_at in the future is not supported yet")
+    event = body.to_event(task_id=task_id, producer=app.producer_id, now=now,
+                          expected_version=expected if expected is not None else task.version)
+    try:
+        value = encode(event)
+    except TooLarge as exc:
+        return exc.response()
+    await write(app, [(event, value)])
+    changes = {
+        name: getattr(event, name) for name in ("priority", "payload", "run_at", "timeout_s", "max_attempts")
+        if getattr(event, name) is not None
+    }
+    after = expect(app, dataclasses.replace(task, **changes, version=task.version + 1, updated_at=now), task.version)
+    log.debug("task update written task_id=%s fields=%s", task_id, sorted(changes))
+    return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
+
+
+@router.delete("/tasks/{task_id}", status_code=202)
+async def cancel_task(
+    task_id: str, request: Request, reason: str = Query("", max_length=MAX_REASON),
+) -> Response:
+    """Cancel a task that has not ended: 202 with the task; 409 if it is terminal."""
+    app = request.app.state
+    task = _get(request, task_id)
+    if task.status in TERMINAL:
+        raise CommandRejected(f"task {task_id} is already {task.status}")
+    now = datetime.now(UTC)
+    event = TaskCancelled(task_id=task_id, occurred_at=now, producer=app.producer_id, reason=reason)
+    await write(app, [(event, encode(event, "reason"))])
+    after = expect(
+        app,
+        dataclasses.replace(task, status=Status.CANCELLED.value, version=task.version + 1, updated_at=now,
+                            finished_at=now),
+        task.version,
+    )
+    log.debug("task cancel written task_id=%s", task_id)
+    return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
