@@ -51,6 +51,22 @@ Offsets (at-least-once)
     ``source-partition``, ``source-offset`` and ``reason``, and then counts as
     done. A handler exception never stops the executor.
 
+Cancellation
+    When a queued or running task is cancelled the processor publishes a
+    ``TaskCancelled`` (key = task id) to the same ready topic, so it lands in
+    the task's partition after its ReadyTask. Its own offset is done at once.
+    An attempt of that task still buffered is dropped (offset done, nothing
+    reported). A running one gets ``ctx.cancelled = True`` and, if its
+    handler is async, the handler is cancelled; whatever it then returns or
+    raises is not reported (the processor has already made the task
+    ``cancelled`` and ignores results) and its offset is done once it has
+    returned. A sync handler keeps its slot until it returns, so it should
+    poll ``ctx.cancelled``. A cancellation for a task this executor does not
+    hold (finished, or never seen) is ignored. The last
+    ``RECENTLY_CANCELLED`` cancelled task ids are remembered, so a ReadyTask
+    of such a task seen again (redelivered after a rebalance, or requeued to
+    another priority) is skipped without running.
+
 Shutdown
     When ``stop`` is set: no new grants, every partition paused, buffered
     messages dropped; in-flight attempts get ``settings.shutdown_grace_s`` to
@@ -69,7 +85,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,7 +94,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from taskstream.schemas import BrokerUnavailable, DecodeError, ReadyTask, Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
+from taskstream.schemas import BrokerUnavailable, DecodeError, ReadyTask, Settings, TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
 from taskstream.schemas.events import Event
 from taskstream.schemas.kafka import AsyncProducer, consume_available, consumer_config
 from taskstream.schemas.topics import PRIORITIES
@@ -101,6 +117,8 @@ POLL_BATCH = 500
 #: every priority land in the buffers; otherwise whichever topic's fetch answers
 #: first would take the free slots of a freshly started executor with a backlog.
 ASSIGN_SETTLE_S = 0.25
+#: How many cancelled task ids the executor remembers to skip their redelivered ReadyTasks.
+RECENTLY_CANCELLED = 10_000
 
 
 def _now() -> datetime:
@@ -139,15 +157,22 @@ class _PartitionOffsets:
             self.position = first + 1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Item:
-    """A decoded ready message waiting in a priority buffer or running."""
+    """A decoded ready message waiting in a priority buffer or running.
+
+    ``cancelled`` is set by the poll thread under the executor's lock when a
+    TaskCancelled for the task arrives while the item is active; ``attempt``
+    is set on the loop when it starts.
+    """
 
     topic: str
     partition: int
     offset: int
     task: ReadyTask
     offsets: _PartitionOffsets
+    cancelled: bool = False
+    attempt: _Attempt | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -159,6 +184,7 @@ class _Attempt:
     started_sent: asyncio.Future | None = None
     timer: asyncio.TimerHandle | None = None
     abandoned: bool = field(default=False)
+    handler_task: asyncio.Future | None = None  # an async handler's own task, cancelled on TaskCancelled
 
 
 class Executor:
@@ -194,10 +220,13 @@ class Executor:
         self._assigned: set[tuple[str, int]] = set()
         self._draining = False
         self._hold_until = 0.0  # time.monotonic() before which no slot is granted
+        # Items taken out of the buffers whose handler has not returned yet, by task id.
+        self._active: dict[str, list[_Item]] = {}
 
         # Poll-thread only.
         self._paused: set[tuple[str, int]] = set()
         self._level_paused = [False] * len(PRIORITIES)
+        self._recently_cancelled: OrderedDict[str, None] = OrderedDict()
 
         # Loop only.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,6 +307,7 @@ class Executor:
     def _take(self, consumer: Consumer, messages: list) -> None:
         woke = False
         dlq = []
+        to_cancel: list[_Item] = []
         with self._lock:
             for msg in messages:
                 err = msg.error()
@@ -292,18 +322,57 @@ class Executor:
                 offsets.add(msg.offset())
                 try:
                     task = codec.decode(msg.value())
-                    if not isinstance(task, ReadyTask):
-                        raise DecodeError(f"expected ReadyTask, got {type(task).__name__}")
+                    if not isinstance(task, (ReadyTask, TaskCancelled)):
+                        raise DecodeError(f"expected ReadyTask or TaskCancelled, got {type(task).__name__}")
                 except DecodeError as exc:
                     dlq.append((msg, offsets, str(exc)))
+                    continue
+                if isinstance(task, TaskCancelled):
+                    offsets.mark_done(msg.offset())
+                    to_cancel += self._cancel_locked(task)
+                    continue
+                if task.task_id in self._recently_cancelled:
+                    offsets.mark_done(msg.offset())
+                    log.info("task %s attempt %d: was cancelled; ready message skipped", task.task_id, task.attempt)
                     continue
                 level = self._topic_level.get(msg.topic(), len(PRIORITIES) - 1)
                 self._buffers[level].append(_Item(msg.topic(), msg.partition(), msg.offset(), task, offsets))
                 woke = True
         for msg, offsets, reason in dlq:
             self._dead_letter(msg, offsets, reason)
+        for item in to_cancel:
+            try:
+                self._loop.call_soon_threadsafe(self._cancel_running, item)
+            except RuntimeError:  # loop closed during shutdown
+                pass
         if woke:
             self._wakeup_threadsafe()
+
+    def _cancel_locked(self, cancel: TaskCancelled) -> list[_Item]:
+        """Apply a TaskCancelled (lock held): drop buffered attempts, return running ones to cancel."""
+        task_id = cancel.task_id
+        self._recently_cancelled[task_id] = None
+        self._recently_cancelled.move_to_end(task_id)
+        while len(self._recently_cancelled) > RECENTLY_CANCELLED:
+            self._recently_cancelled.popitem(last=False)
+        known = False
+        for level, buf in enumerate(self._buffers):
+            dropped = [item for item in buf if item.task.task_id == task_id]
+            if not dropped:
+                continue
+            known = True
+            self._buffers[level] = deque(item for item in buf if item.task.task_id != task_id)
+            for item in dropped:
+                item.offsets.mark_done(item.offset)
+                log.info("task %s attempt %d: cancelled before it started (%s); skipped",
+                         task_id, item.task.attempt, cancel.reason or "no reason given")
+        running = [item for item in self._active.get(task_id, ()) if not item.cancelled]
+        for item in running:
+            item.cancelled = True
+            known = True
+        if not known:
+            log.debug("task %s: cancellation for a task this executor does not hold; ignored", task_id)
+        return running
 
     def _dead_letter(self, msg, offsets: _PartitionOffsets, reason: str) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -429,6 +498,7 @@ class Executor:
                     if level is None:
                         break
                     item = self._buffers[level].popleft()
+                    self._active.setdefault(item.task.task_id, []).append(item)
                 self._start(item)
             if self._thread_error is not None:
                 log.error("executor %s stops: its poll thread failed", self.executor_id)
@@ -436,12 +506,27 @@ class Executor:
 
     def _start(self, item: _Item) -> None:
         task = item.task
-        ctx = TaskContext(task_id=task.task_id, attempt=task.attempt, handler=task.handler, priority=task.priority)
+        ctx = TaskContext(task_id=task.task_id, attempt=task.attempt, handler=task.handler, priority=task.priority,
+                          upstream=_decode_upstream(task))
         attempt = _Attempt(item=item, ctx=ctx, started_at=_now())
+        item.attempt = attempt
         log.debug("task %s attempt %d: starting %s", task.task_id, task.attempt, task.handler)
         runner = asyncio.create_task(self._run_attempt(attempt), name=f"task-{task.task_id}-{task.attempt}")
         self._running[runner] = attempt
         runner.add_done_callback(self._finished)
+
+    def _cancel_running(self, item: _Item) -> None:
+        """On the loop: tell a running attempt whose task was cancelled to stop."""
+        attempt = item.attempt
+        if attempt is None or attempt.finished:
+            return  # not started yet (the runner checks item.cancelled) or already returned
+        t = item.task
+        log.info("task %s attempt %d: cancelled while running; stopping it", t.task_id, t.attempt)
+        attempt.ctx._cancel()
+        if attempt.timer is not None:
+            attempt.timer.cancel()
+        if attempt.handler_task is not None:
+            attempt.handler_task.cancel()
 
     def _finished(self, runner: asyncio.Task) -> None:
         attempt = self._running.pop(runner, None)
@@ -451,15 +536,29 @@ class Executor:
         self._wake.set()
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
-        task = attempt.item.task
+        item = attempt.item
+        task = item.task
         if self.settings.started_event_after_s >= 0:
             attempt.timer = self._loop.call_later(self.settings.started_event_after_s, self._send_started, attempt)
         try:
-            outcome = await self._execute(attempt)
+            outcome = None if item.cancelled else await self._execute(attempt)
         finally:
             attempt.finished = True
             if attempt.timer is not None:
                 attempt.timer.cancel()
+            with self._lock:
+                active = self._active.get(task.task_id)
+                if active is not None:
+                    active.remove(item)
+                    if not active:
+                        del self._active[task.task_id]
+                cancelled = item.cancelled
+        if cancelled or outcome is None:
+            # The processor made the task `cancelled` already: nothing to report, the offset is done.
+            log.info("task %s attempt %d: cancelled; not reported", task.task_id, task.attempt)
+            with self._lock:
+                item.offsets.mark_done(item.offset)
+            return
         if attempt.started_sent is not None:
             try:
                 await attempt.started_sent
@@ -475,8 +574,11 @@ class Executor:
         with self._lock:
             attempt.item.offsets.mark_done(attempt.item.offset)
 
-    async def _execute(self, attempt: _Attempt) -> Event:
-        """Run the handler; return the one result event (never raises but CancelledError)."""
+    async def _execute(self, attempt: _Attempt) -> Event | None:
+        """Run the handler; return the one result event, or None if the task was cancelled.
+
+        Never raises but CancelledError (the runner itself was cancelled, at shutdown).
+        """
         task = attempt.item.task
         common = dict(
             task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, started_at=attempt.started_at
@@ -490,8 +592,10 @@ class Executor:
         except codec.JSONDecodeError as exc:
             return TaskFailed(**common, occurred_at=_now(), error=f"PermanentError: payload is not JSON: {exc}", permanent=True)
         try:
-            result = await self._invoke(found, payload, attempt.ctx, task.timeout_s)
+            result = await self._invoke(found, payload, attempt, task.timeout_s)
         except asyncio.CancelledError:
+            if attempt.item.cancelled and not asyncio.current_task().cancelling():
+                return None  # the handler was cancelled because its task was, not this runner
             raise
         except asyncio.TimeoutError:
             attempt.ctx._cancel()
@@ -520,9 +624,13 @@ class Executor:
     def _lookup(self, name: str) -> Handler | None:
         return self.registry.get(name) or BUILTINS.get(name)
 
-    async def _invoke(self, found: Handler, payload: Any, ctx: TaskContext, timeout: float | None) -> Any:
+    async def _invoke(self, found: Handler, payload: Any, attempt: _Attempt, timeout: float | None) -> Any:
+        ctx = attempt.ctx
         if found.is_async:
-            call = found.fn(payload, ctx)
+            # Its own task, so a TaskCancelled can cancel the handler without cancelling the runner.
+            call = attempt.handler_task = asyncio.ensure_future(found.fn(payload, ctx))
+            if attempt.item.cancelled:
+                call.cancel()
         else:
             # A sync handler's thread cannot be cancelled: on timeout the future is
             # abandoned and whatever it returns later is ignored.
@@ -532,7 +640,7 @@ class Executor:
         return await call
 
     def _send_started(self, attempt: _Attempt) -> None:
-        if attempt.finished:
+        if attempt.finished or attempt.item.cancelled:
             return
         task = attempt.item.task
         log.debug("task %s attempt %d: still running, reporting TaskStarted", task.task_id, task.attempt)
@@ -576,6 +684,21 @@ class Executor:
             log.warning("executor %s: %d events not delivered at shutdown", self.executor_id, remaining)
         self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("executor %s stopped", self.executor_id)
+
+
+def _decode_upstream(task: ReadyTask) -> dict[str, Any]:
+    """``ctx.upstream`` from ``ReadyTask.upstream``; a field that is not a JSON object gives ``{}``."""
+    try:
+        value = codec.loads_json(task.upstream or "{}")
+    except codec.JSONDecodeError as exc:
+        log.warning("task %s attempt %d: upstream results are not JSON, handler gets {}: %s",
+                    task.task_id, task.attempt, exc)
+        return {}
+    if not isinstance(value, dict):
+        log.warning("task %s attempt %d: upstream results are a JSON %s, not an object; handler gets {}",
+                    task.task_id, task.attempt, type(value).__name__)
+        return {}
+    return value
 
 
 def run_executor(settings: Settings, handler_modules: Iterable[str] = (), concurrency: int | None = None) -> None:
