@@ -266,7 +266,7 @@ async def update_task(task_id: str, body: TaskPatch, request: Request) -> Respon
             f"If-Match: task {task_id} is at version {task.version}, not {expected}",
             kind="stale-version", version=task.version, headers=_etag(task),
         )
-    if task.status not in UPDATABLE:
+    if task.status not in UPDATABLE or task.attempt != 0:  # a retry waiting in `scheduled` has started
         raise CommandRejected(f"task {task_id} is {task.status}: already started or queued, it can no longer be changed")
     now = datetime.now(UTC)
     if _future_run_at(body, now):
@@ -302,7 +302,7 @@ async def cancel_task(
     after = expect(
         app,
         dataclasses.replace(task, status=Status.CANCELLED.value, version=task.version + 1, updated_at=now,
-                            finished_at=now),
+                            finished_at=now, error=f"cancelled: {reason}" if reason else "cancelled"),
         task.version,
     )
     log.debug("task cancel written task_id=%s", task_id)
