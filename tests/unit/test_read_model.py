@@ -155,3 +155,21 @@ def test_replace_keeps_other_fields(store: TaskStore) -> None:
     s = state("t1")
     store.apply(replace(s, version=2, result='{"ok": true}', status="succeeded"))
     assert store.get("t1").result == '{"ok": true}'
+
+
+def test_label_filter_and_compare_and_set(store: TaskStore) -> None:
+    a = replace(state("a", created=1), labels={"team": "x", "env": "prod"})
+    b = replace(state("b", created=2), labels={"team": "x"})
+    store.apply(a)
+    store.apply(b)
+    ids = lambda **kw: [s.task_id for s in store.list(**kw)[0]]  # noqa: E731
+    assert ids(labels={"team": "x"}) == ["b", "a"]
+    assert ids(labels={"team": "x", "env": "prod"}) == ["a"]
+    assert ids(labels={"team": "y"}) == []
+    assert ids(labels={"team": "x"}, status="pending", limit=1) == ["b"]
+
+    assert not store.apply(replace(a, version=2, status="cancelled"), only_over_version=5)
+    assert store.get("a").version == 1
+    assert store.apply(replace(a, version=2, status="cancelled"), only_over_version=1)
+    assert store.get("a").status == "cancelled"
+    assert not store.apply(replace(a, version=3), only_over_version=1)

@@ -1,0 +1,106 @@
+"""Pure parts of the API's new routes: murmur2, field names, If-Match, labels, graph checks, idempotency."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskstream.api.idempotency import check_key, derived_id, request_hash
+from taskstream.api.models import TaskIn, TaskPatch, WorkflowIn
+from taskstream.api.partitioner import murmur2, partition_for
+from taskstream.api.problems import _field
+from taskstream.api.routes.tasks import parse_if_match, parse_labels
+from taskstream.api.routes.workflows import check_graph
+from taskstream.schemas import ValidationError
+
+
+# Kafka's own test vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java)
+@pytest.mark.parametrize("key, expected", [
+    (b"21", -973932308),
+    (b"foobar", -790332482),
+    (b"a-little-bit-long-string", -985981536),
+    (b"a-little-bit-longer-string", -1486304829),
+    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+    (b"abc", 479470107),
+])
+def test_murmur2_matches_kafka(key: bytes, expected: int) -> None:
+    assert murmur2(key) == expected
+
+
+def test_partition_for_is_in_range_and_positive() -> None:
+    for i in range(2000):
+        assert 0 <= partition_for(f"k{i}".encode(), 7) < 7
+    assert partition_for(b"", 3) == (murmur2(b"") & 0x7FFFFFFF) % 3
+
+
+@pytest.mark.parametrize("loc, field", [
+    (("body", "tasks", 3, "retry", "max_attempts"), "tasks[3].retry.max_attempts"),
+    (("body", "depends_on", 0), "depends_on[0]"),
+    (("body", "labels", "a"), "labels.a"),
+    (("body",), "body"),
+    (("query", "limit"), "limit"),
+])
+def test_field_names(loc, field) -> None:
+    assert _field(loc) == field
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("*", None), ("3", 3), ('"3"', 3), ('W/"12"', 12), (" 4 ", 4)])
+def test_if_match(value, expected) -> None:
+    assert parse_if_match(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "x", '"x"', "-1", "1.5", '"', "٣"])
+def test_bad_if_match(value) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_if_match(value)
+    assert info.value.field == "If-Match"
+
+
+def test_labels() -> None:
+    assert parse_labels(["a:b", "c:d:e", "x:"]) == {"a": "b", "c": "d:e", "x": ""}
+    assert parse_labels(["a:b", "a:b"]) == {"a": "b"}
+    assert parse_labels(["a:b", "a:c"]) == {"a": "\x00never"}
+    for bad in ("ab", ":b"):
+        with pytest.raises(ValidationError):
+            parse_labels([bad])
+
+
+def wf(*tasks) -> WorkflowIn:
+    return WorkflowIn.model_validate({"tasks": [{"handler": "h", **t} for t in tasks]})
+
+
+def test_check_graph() -> None:
+    assert check_graph(wf({"key": "a"}, {"key": "b", "depends_on": ["a", "a"]})) == []
+    assert wf({"key": "a"}, {"key": "b", "depends_on": ["a", "a"]}).tasks[1].depends_on == ["a"]
+    [dup] = check_graph(wf({"key": "a"}, {"key": "a"}))
+    assert dup["field"] == "tasks[1].key" and "tasks[0]" in dup["message"]
+    [unknown] = check_graph(wf({"key": "a", "depends_on": ["zz"]}))
+    assert unknown["field"] == "tasks[0].depends_on[0]" and "'zz'" in unknown["message"]
+    [cycle] = check_graph(wf({"key": "a", "depends_on": ["b"]}, {"key": "b", "depends_on": ["a"]}, {"key": "c"}))
+    assert "cycle" in cycle["message"] and "'a'" in cycle["message"] and "'b'" in cycle["message"]
+    assert "'c'" not in cycle["message"]
+
+
+def test_idempotency_helpers() -> None:
+    assert derived_id("k") == derived_id("k") != derived_id("k:0") and len(derived_id("k")) == 32
+    a = TaskIn.model_validate({"handler": "h", "payload": {"x": 1, "y": 2}})
+    b = TaskIn.model_validate({"payload": {"y": 2, "x": 1}, "handler": "h", "priority": "medium"})
+    assert request_hash("tasks", a.model_dump(mode="json")) == request_hash("tasks", b.model_dump(mode="json"))
+    assert request_hash("tasks", a.model_dump(mode="json")) != request_hash("tasks:batch", a.model_dump(mode="json"))
+    assert check_key("abc") == "abc" and check_key(None) is None
+    for bad in ("", " ", "x" * 256, "a\nb"):
+        with pytest.raises(ValidationError):
+            check_key(bad)
+
+
+def test_patch_to_event_sets_only_given_fields() -> None:
+    from datetime import UTC, datetime
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    p = TaskPatch.model_validate({"payload": None})
+    p.check()
+    e = p.to_event(task_id="t", producer="p", now=now, expected_version=3)
+    assert e.payload == "null" and e.priority is None and e.max_attempts is None and e.expected_version == 3
+    e = TaskPatch.model_validate({"priority": "high", "timeout_s": 2}).to_event(
+        task_id="t", producer="p", now=now, expected_version=None)
+    assert e.priority == "high" and e.timeout_s == 2.0 and e.payload is None
+    with pytest.raises(ValidationError):
+        TaskPatch.model_validate({}).check()
