@@ -10,6 +10,10 @@ and report the outcome to ``<p>.events``. Handler authors need only::
         ...
         return {"ok": True}
 
+``ctx.upstream`` maps each dependency's id (and, in a workflow, its key) to
+its result; results above 64 KiB of JSON are not carried and show as None.
+``ctx.cancelled`` turns true when the task is cancelled while running (async
+handlers are also cancelled; sync ones should poll it).
 Raising ``PermanentError`` fails the task for good; any other exception fails
 the attempt (retried per policy). The runtime is in ``runtime``, built-ins
 (``noop``, ``sleep``, ``echo``) in ``builtin``.
