@@ -166,8 +166,11 @@ class TaskStore:
         task, checked on each state of the scanned index.
 
         Pages are stable under concurrent inserts: the order is by creation
-        time (newest first), then id, and a new task is newer than every
-        task already listed, so it sorts before any cursor handed out. The state is re-read and re-checked, so an index key that a
+        time (newest first), then id, which never changes for a task, and the
+        cursor is a position in that order rather than an offset; a task
+        created after a page was served sorts before that page's cursor (up
+        to clock skew between API processes), so later pages neither repeat
+        nor skip older tasks. The state is re-read and re-checked, so an index key that a
         concurrent update is about to delete never yields a wrong task.
         """
         if limit < 1:
