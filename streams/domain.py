@@ -22,7 +22,8 @@ TaskStarted(n) queued, n == attempt    ``running``
 TaskSucceeded  queued/running, current ``succeeded``
 TaskFailed     queued/running, current ``failed`` if permanent or n >= max_attempts,
                                        else ``scheduled`` (waiting to be queued again)
-DependencyRegistered (on the upstream) ``dependent`` added to ``dependents``
+DependencyRegistered not terminal      ``dependent`` added to ``dependents``
+ (on the upstream)
 DependencyResolved   not terminal,     ``resolved[upstream] = outcome``; anything but
  (on the dependent)  a dependency,     ``succeeded`` -> ``upstream_failed``
                      not yet resolved
@@ -169,7 +170,8 @@ def _failed(state: TaskState | None, e: TaskFailed) -> TaskState | None:
 
 @_on(DependencyRegistered)
 def _registered(state: TaskState | None, e: DependencyRegistered) -> TaskState | None:
-    if state is None or e.dependent in state.dependents:
+    # A terminal task stays as it is: the processor answers the registration at once (decide).
+    if state is None or state.status in TERMINAL_VALUES or e.dependent in state.dependents:
         return state
     return _bump(state, e.occurred_at, dependents=[*state.dependents, e.dependent])
 

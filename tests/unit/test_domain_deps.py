@@ -125,6 +125,18 @@ def test_every_status_is_reached():
 
 # ------------------------------------------------- DependencyRegistered (upstream)
 
+TERMINAL_STATUSES = {"succeeded", "failed", "cancelled", "upstream_failed"}
+
+
+@pytest.mark.parametrize("key", [k for k in UPSTREAM if STATUS_OF[k] in TERMINAL_STATUSES])
+def test_registration_leaves_a_terminal_upstream_as_it_is(key):
+    # Terminal states are final; the resolution is answered at once instead (decide).
+    s = reach(key)
+    e = registered("dep-1")
+    assert evolve(s, e) is s
+    [r] = decide(s, e, NOW)
+    assert (r.task_id, r.upstream, r.outcome) == ("dep-1", s.task_id, s.status)
+
 
 def test_registration_on_an_unknown_upstream_resolves_it_as_unknown():
     e = registered("dep-1", upstream="ghost")
@@ -136,7 +148,7 @@ def test_registration_on_an_unknown_upstream_resolves_it_as_unknown():
     assert [(x.task_id, x.upstream, x.outcome) for x in react(None, None, e, NOW)] == [("dep-1", "ghost", UNKNOWN)]
 
 
-@pytest.mark.parametrize("key", list(UPSTREAM))
+@pytest.mark.parametrize("key", [k for k in UPSTREAM if STATUS_OF[k] not in TERMINAL_STATUSES])
 def test_registration_records_the_dependent_once(key):
     s = reach(key)
     e = registered("dep-1")
