@@ -16,12 +16,14 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 
 import pytest
 
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, codec
+from taskstream.streams.domain import TERMINAL_VALUES
 from tests.kafka_helpers import Component, TopicReader, now, producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -60,9 +62,10 @@ class StateTable:
         self.reader = TopicReader(settings, Topics(settings.prefix).state)
         self.states: dict[str, TaskState] = {}
 
-    def poll(self) -> dict[str, TaskState]:
-        for m in self.reader.poll():
-            if not m.value():
+    def poll(self, max_messages: int = 500) -> dict[str, TaskState]:
+        """Fold at most one batch, so a caller watching a threshold sees it crossed, not long past."""
+        for m in self.reader.consumer.consume(max_messages, 0.1):
+            if m.error() is not None or not m.value():
                 continue  # a restore marker (tombstone)
             s = codec.decode(m.value())
             self.states[s.task_id] = s
@@ -77,7 +80,14 @@ class StateTable:
             for p in procs:
                 assert p.proc.poll() is None, f"{p.proc.args[3:]} exited with {p.proc.returncode}"
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+                raise AssertionError(f"timed out after {timeout}s waiting for {message}; {self.describe()}")
+
+    def describe(self) -> str:
+        """Statuses seen, with a few unfinished tasks, for a failure message."""
+        counts = Counter(s.status for s in self.states.values())
+        stuck = [(s.task_id, s.status, s.attempt, sorted(s.resolved.items()))
+                 for s in self.states.values() if s.status not in TERMINAL_VALUES][:5]
+        return f"{len(self.states)} tasks seen, {dict(counts)}; unfinished e.g. {stuck}"
 
     def close(self) -> None:
         self.reader.close()
