@@ -61,7 +61,7 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 3),
         "partition.assignment.strategy": "cooperative-sticky",
-        "fetch.wait.max.ms": 10,
+        "fetch.wait.max.ms": settings.fetch_wait_max_ms,
     }
 
 

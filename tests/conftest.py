@@ -8,10 +8,20 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from taskstream.cli.broker import EmbeddedBroker, free_port
 from taskstream.schemas import Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
+
+
+# Wall-clock deadlines make property tests flaky on a loaded 2-core machine; the
+# examples themselves are what the tests check.
+hypothesis_settings.register_profile(
+    "taskstream", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("taskstream")
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
