@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
     data_dir: Path = Field(Path(".taskstream"), description="RocksDB files of the processor and read model")
     fetch_wait_max_ms: int = Field(
-        2, ge=0, description="how long a fetch may wait for data; the embedded broker holds every fetch this long, "
+        10, ge=0, description="how long a fetch may wait for data; the embedded broker holds every fetch this long, "
         "so it bounds each hop of a task through the processor and executors (lower: faster hops, busier idle)"
     )
     producer_linger_ms: float = Field(0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)")
