@@ -185,9 +185,6 @@ class Processor:
             }
         )
         self.assigned = threading.Event()
-        self._pos: dict[int, int] = {}  # next offset to fold, per owned partition of <p>.events
-        self._early: dict[tuple[int, int], bool] = {}  # (partition, offset) folded before the consumer delivered it
-        self._written: list[tuple[int, int, bytes, bytes]] = []  # our acknowledged writes to owned partitions
 
     # ------------------------------------------------------------ partitions
 
@@ -220,8 +217,6 @@ class Processor:
     def _drop(self, partitions) -> None:
         for tp in partitions:
             self._next.pop(tp.partition, None)
-            self._pos.pop(tp.partition, None)
-            self._early = {k: v for k, v in self._early.items() if k[0] != tp.partition}
             table = self.tables.pop(tp.partition, None)
             if table is not None:
                 table.close()
@@ -291,44 +286,16 @@ class Processor:
             table = self.tables.get(partition)
             if table is None:  # revoked while the batch was in flight
                 continue
-            done[partition] = self._pos[partition] = m.offset() + 1
-            if self._early.pop((partition, m.offset()), None) is not None:
-                continue  # folded already, right after we wrote it
+            done[partition] = m.offset() + 1
             for out in self._fold_one(table, m, partition, now):
                 self._produce(out)
         self._flush_and_check()
-        self._fold_own_writes(now, done)
         self.folded += len(messages)
         if done:
             self._next.update(done)
             self.consumer.commit(
                 offsets=[TopicPartition(self.topics.events, p, o) for p, o in done.items()], asynchronous=True
             )
-
-    def _fold_own_writes(self, now: datetime, done: dict[int, int]) -> None:
-        """Fold events we just wrote to partitions we own, without waiting to consume them.
-
-        A dependency resolution (or a task's own TaskQueued) written to an owned
-        partition would otherwise cost a round trip through the broker per hop
-        of a workflow. Only a record that is the very next one of its partition
-        (nothing written by anyone else in between) is folded early, with its
-        real offset, so the per-partition order of the log is kept exactly;
-        when the consumer delivers it later it is skipped. After a crash the
-        set of early folds is gone and the record is folded again from the
-        log, which idempotent folding absorbs.
-        """
-        while self._written:
-            written, self._written = sorted(self._written), []
-            for partition, offset, key, value in written:
-                table = self.tables.get(partition)
-                if table is None or self._pos.get(partition) != offset:
-                    continue
-                record = _Record(self.topics.events, partition, offset, key, value)
-                for out in self._fold_one(table, record, partition, now):
-                    self._produce(out)
-                self._early[(partition, offset)] = True
-                done[partition] = self._pos[partition] = offset + 1
-            self._flush_and_check()
 
     def _fold_one(self, table: Rdict, m, partition: int, now: datetime) -> list[Output]:
         key = m.key()
@@ -361,8 +328,6 @@ class Processor:
     def _delivered(self, err, msg) -> None:
         if err is not None:
             self._failed.append(f"{msg.topic()}: {err}")
-        elif msg.topic() == self.topics.events and msg.partition() in self.tables:
-            self._written.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
 
     def _flush_and_check(self) -> None:
         remaining = self.producer.flush(30)
@@ -388,31 +353,6 @@ class Processor:
                 table.close()
             self.tables.clear()
             log.info("processor %s stopped after folding %d events", self.id, self.folded)
-
-
-class _Record(NamedTuple):
-    """A record we wrote, folded without consuming it: the parts of a consumed Message the fold reads."""
-
-    topic_: str
-    partition_: int
-    offset_: int
-    key_: bytes
-    value_: bytes
-
-    def topic(self) -> str:
-        return self.topic_
-
-    def partition(self) -> int:
-        return self.partition_
-
-    def offset(self) -> int:
-        return self.offset_
-
-    def key(self) -> bytes:
-        return self.key_
-
-    def value(self) -> bytes:
-        return self.value_
 
 
 def _write_markers(producer: Producer, topic: str, partitions: list[int]) -> dict[int, int]:
