@@ -5,7 +5,7 @@ owns some partitions of ``<p>.events``; for each it keeps a RocksDB table
 (rocksdict) of the tasks whose events live there. For every event (at least
 once) the loop does four things and nothing more: decode, look up the task's
 state in the table, call the pure core (``domain.evolve`` then
-``domain.decide``, through ``fold_step``), and write the new state and the
+``domain.react``, through ``fold_step``), and write the new state and the
 events that follow. Every table write also goes to ``<p>.state`` (compacted,
 Avro ``TaskState`` keyed by task id, same partition): the table's changelog,
 which the API's read model projects and from which a processor rebuilds a
@@ -34,7 +34,7 @@ between the table write and the sends. Downstream, duplicates are harmless:
 by attempt.
 
 Undecodable messages go to ``<p>.dlq`` with the source topic, partition,
-offset and reason in headers; the agent goes on.
+offset and reason in headers; the processor goes on.
 """
 
 from __future__ import annotations
