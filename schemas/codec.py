@@ -77,11 +77,15 @@ def decode(data: bytes | None) -> Any:
     codec = _BY_FINGERPRINT.get(bytes(data[2:10]))
     if codec is None:
         raise DecodeError(f"unknown schema fingerprint {bytes(data[2:10]).hex()}")
+    body = io.BytesIO(data[10:])
     try:
-        record = fastavro.schemaless_reader(io.BytesIO(data[10:]), codec.schema, codec.schema)
-        return codec.cls(**record)
+        record = fastavro.schemaless_reader(body, codec.schema, codec.schema)
+        value = codec.cls(**record)
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise DecodeError(f"corrupt {codec.name} record: {exc}") from exc
+    if body.tell() != len(data) - 10:
+        raise DecodeError(f"corrupt {codec.name} record: {len(data) - 10 - body.tell()} bytes after the body")
+    return value
 
 
 def type_name(value: Any) -> str:
