@@ -38,6 +38,7 @@ progress for ``STALL_S``) print one clear line and exit non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
@@ -458,32 +459,45 @@ def run_chain(client: Client, n: int) -> dict:
     }
 
 
-def run_chain_bench(n: int, url: str | None, executors: int, as_json: bool) -> int:
-    """`taskstream bench --chain N`: returns the exit code."""
+@contextlib.contextmanager
+def _stack(url: str | None, executors: int):
+    """Yield ``(url, dev)`` of a ready API: the one given, or a `taskstream dev` started here.
+
+    A dev stack started here is stopped on the way out; its log is kept when
+    the block did not finish.
+    """
     dev = None
-    failed = True
+    finished = False
     try:
         if url is None:
             dev = DevStack(executors).start()
             url = dev.url
-            _say(f"started `taskstream dev` on {url}; waiting until it is ready ...")
+            _say(f"started `taskstream dev` on {url} with {executors} executor(s); waiting until it is ready ...")
         url = url.rstrip("/")
         wait_ready(url, READY_TIMEOUT_S if dev else URL_READY_TIMEOUT_S, dev)
-        warm = submit_all(url, 10, 1)
-        _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
-        _say(f"submitting a chain of {n} dependent noop tasks ...")
-        client = Client(url)
-        try:
-            result = run_chain(client, n)
-        finally:
-            client.close()
-        failed = False
+        yield url, dev
+        finished = True
+    finally:
+        if dev is not None:
+            _say("stopping `taskstream dev` ...")
+            dev.stop(keep_log=not finished)
+
+
+def run_chain_bench(n: int, url: str | None, executors: int, as_json: bool) -> int:
+    """`taskstream bench --chain N`: returns the exit code."""
+    try:
+        with _stack(url, executors) as (url, dev):
+            warm = submit_all(url, 10, 1)
+            _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
+            _say(f"submitting a chain of {n} dependent noop tasks ...")
+            client = Client(url)
+            try:
+                result = run_chain(client, n)
+            finally:
+                client.close()
     except BenchError as exc:
         _say(f"error: {exc}")
         return 1
-    finally:
-        if dev is not None:
-            dev.stop(keep_log=failed)
     if as_json:
         print(json.dumps(result))
     else:
@@ -497,39 +511,26 @@ def run_bench(count: int, url: str | None, clients: int, executors: int, as_json
         _say("error: -n, --clients and --executors must be at least 1")
         return 2
     clients = min(clients, count)
-    dev = None
-    failed = True
     try:
-        if url is None:
-            dev = DevStack(executors).start()
-            url = dev.url
-            _say(f"started `taskstream dev` on {url} with {executors} executor(s); waiting until it is ready ...")
-        url = url.rstrip("/")
-        wait_ready(url, READY_TIMEOUT_S if dev else URL_READY_TIMEOUT_S, dev)
+        with _stack(url, executors) as (url, dev):
+            _say(f"warming up with {WARMUP} tasks ...")
+            warm = submit_all(url, WARMUP, 1)
+            _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
 
-        _say(f"warming up with {WARMUP} tasks ...")
-        warm = submit_all(url, WARMUP, 1)
-        _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
-
-        _say(f"submitting {count} noop tasks with {clients} clients ...")
-        post_ms: list[float] = []
-        t0 = time.monotonic()
-        submitted = submit_all(url, count, clients, post_ms)
-        submit_s = time.monotonic() - t0
-        _say(f"submitted in {submit_s:.2f}s; waiting until they succeed ...")
-        tasks = wait_done(url, submitted)
-        wall_s = time.monotonic() - t0
-        failed = False
+            _say(f"submitting {count} noop tasks with {clients} clients ...")
+            post_ms: list[float] = []
+            t0 = time.monotonic()
+            submitted = submit_all(url, count, clients, post_ms)
+            submit_s = time.monotonic() - t0
+            _say(f"submitted in {submit_s:.2f}s; waiting until they succeed ...")
+            tasks = wait_done(url, submitted)
+            wall_s = time.monotonic() - t0
     except BenchError as exc:
         _say(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
-    finally:
-        if dev is not None:
-            _say("stopping `taskstream dev` ...")
-            dev.stop(keep_log=failed)
 
     result = {
         "url": url,
