@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from taskstream.schemas import BrokerUnavailable, Event, TaskCreated, TaskState, Topics, codec, initial_state
@@ -88,3 +89,13 @@ def expect(app_state: Any, state: TaskState, over_version: int) -> TaskState:
     store = app_state.read_model.store
     store.apply(state, only_over_version=over_version)
     return store.get(state.task_id) or state
+
+
+#: Timers arrive with a later issue; until then a future run_at is refused.
+FUTURE_RUN_AT = "run_at in the future is not supported yet"
+
+
+def future_run_at(body, now: datetime) -> bool:
+    """Whether a task body (or patch) asks for a ``run_at`` after ``now``."""
+    run_at = body.run_at_datetime()
+    return run_at is not None and run_at > now

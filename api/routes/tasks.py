@@ -50,7 +50,7 @@ from ..history import event_json, read_task_events
 from ..models import BatchIn, TaskIn, TaskPatch, task_json
 from ..problems import JSONResponse, problem, validation_problem
 from ..read_model import is_sortkey
-from ._writes import MAX_EVENT_BYTES, TooLarge, encode, expect, write
+from ._writes import FUTURE_RUN_AT, MAX_EVENT_BYTES, TooLarge, encode, expect, future_run_at, write
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,6 @@ __all__ = ["router", "MAX_EVENT_BYTES", "encode_cursor", "decode_cursor"]
 MAX_LIMIT = 1000
 MAX_REASON = 1000
 UPDATABLE = frozenset({Status.PENDING, Status.SCHEDULED})
-
-
-def _future_run_at(body, now: datetime) -> bool:
-    run_at = body.run_at_datetime()
-    return run_at is not None and run_at > now
 
 
 def _etag(state: TaskState) -> dict[str, str]:
@@ -81,8 +76,8 @@ async def submit_task(body: TaskIn, request: Request) -> Response:
     store = app.read_model.store
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     now = datetime.now(UTC)
-    if _future_run_at(body, now):
-        raise ValidationError("run_at", "run_at in the future is not supported yet")
+    if future_run_at(body, now):
+        raise ValidationError("run_at", FUTURE_RUN_AT)
     extra = {}
     if key is not None:
         task_id = idempotency.derived_id(key)
@@ -120,8 +115,8 @@ async def submit_batch(body: BatchIn, request: Request) -> Response:
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     now = datetime.now(UTC)
     errors = [
-        {"field": f"tasks[{i}].run_at", "message": "run_at in the future is not supported yet"}
-        for i, t in enumerate(body.tasks) if _future_run_at(t, now)
+        {"field": f"tasks[{i}].run_at", "message": FUTURE_RUN_AT}
+        for i, t in enumerate(body.tasks) if future_run_at(t, now)
     ]
     if errors:
         return validation_problem(errors)
@@ -269,8 +264,8 @@ async def update_task(task_id: str, body: TaskPatch, request: Request) -> Respon
     if task.status not in UPDATABLE or task.attempt != 0:  # a retry waiting in `scheduled` has started
         raise CommandRejected(f"task {task_id} is {task.status}: already started or queued, it can no longer be changed")
     now = datetime.now(UTC)
-    if _future_run_at(body, now):
-        raise ValidationError("run_at", "run_at in the future is not supported yet")
+    if future_run_at(body, now):
+        raise ValidationError("run_at", FUTURE_RUN_AT)
     event = body.to_event(task_id=task_id, producer=app.producer_id, now=now,
                           expected_version=expected if expected is not None else task.version)
     try:

@@ -30,7 +30,7 @@ from taskstream.schemas import TaskState, new_id
 from .. import idempotency
 from ..models import WorkflowIn
 from ..problems import JSONResponse, validation_problem
-from ._writes import TooLarge, encode, write
+from ._writes import FUTURE_RUN_AT, TooLarge, encode, future_run_at, write
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,8 @@ async def submit_workflow(body: WorkflowIn, request: Request) -> Response:
     now = datetime.now(UTC)
     errors = check_graph(body)
     for i, task in enumerate(body.tasks):
-        run_at = task.run_at_datetime()
-        if run_at is not None and run_at > now:
-            errors.append({"field": f"tasks[{i}].run_at", "message": "run_at in the future is not supported yet"})
+        if future_run_at(task, now):
+            errors.append({"field": f"tasks[{i}].run_at", "message": FUTURE_RUN_AT})
     if errors:
         return validation_problem(errors)
 
