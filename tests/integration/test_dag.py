@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime
 
 import pytest
 
