@@ -7,6 +7,17 @@ Imported by ``taskstream.streams``, ``taskstream.executors`` and
 from .errors import BrokerUnavailable, CommandRejected, DecodeError, NotFound, TaskstreamError, ValidationError
 from .events import (
     EVENT_TYPES,
+    Heartbeat,
+    LeaseExpired,
+    ScheduleCreated,
+    ScheduleDeleted,
+    ScheduleFired,
+    ScheduleState,
+    ScheduleStatus,
+    TaskCheckpointed,
+    TaskDeadLettered,
+    TaskRedriven,
+    TaskRetryScheduled,
     DependencyRegistered,
     DependencyResolved,
     TaskCancelled,
@@ -26,11 +37,13 @@ from .events import (
     new_id,
 )
 from .settings import Settings
-from .topics import PRIORITIES, Topics, TopicSpec, catalogue
+from .topics import MAX_BACKOFF_S, PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry_tier
 
 __all__ = [
     "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "TaskstreamError", "ValidationError",
     "EVENT_TYPES", "DependencyRegistered", "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status", "TaskCreated", "TaskFailed",
     "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "initial_state", "new_id",
-    "Settings", "PRIORITIES", "Topics", "TopicSpec", "catalogue",
+    "Heartbeat", "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState",
+    "ScheduleStatus", "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled",
+    "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
 ]

@@ -72,12 +72,26 @@ class TaskCreated(Event):
     workflow_id: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    backoff_initial_s: float | None = None
+    backoff_multiplier: float | None = None
+    backoff_max_s: float | None = None
+    backoff_jitter: float | None = None
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskQueued(Event):
+    """Attempt ``attempt`` is published to its ready topic.
+
+    ``due_at`` is the time the task waited for (its ``run_at`` or retry
+    ``not_before``) when a timer or the retry relay queued it; a ``scheduled``
+    task is queued only by a TaskQueued whose ``due_at`` is the time it waits for.
+    """
+
     attempt: int
     priority: str
+    due_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +146,97 @@ class TaskUpdated(Event):
     run_at: datetime | None = None
     timeout_s: float | None = None
     max_attempts: int | None = None
+    backoff_initial_s: float | None = None
+    backoff_multiplier: float | None = None
+    backoff_max_s: float | None = None
+    backoff_jitter: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskCheckpointed(Event):
+    """A running attempt saved progress (``data``: JSON text); the next attempt sees it."""
+
+    attempt: int
+    data: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRetryScheduled(Event):
+    """Failed attempt ``attempt`` will be followed by ``attempt + 1`` at ``not_before``.
+
+    Appended by the processor to the log and published to ``<p>.retry.<tier>``,
+    where the retry relay holds it until ``not_before``.
+    """
+
+    attempt: int
+    not_before: datetime
+    delay_s: float
+    priority: str
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDeadLettered(Event):
+    """The task failed for good; the same record is published to ``<p>.dlq``."""
+
+    attempt: int
+    error: str
+    handler: str = ""
+    priority: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseExpired(Event):
+    """No heartbeat nor result for running attempt ``attempt`` within its lease: it failed."""
+
+    attempt: int
+    lease_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRedriven(Event):
+    """Re-drive a ``failed`` or ``upstream_failed`` task: a new budget of attempts, dependents reopened."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleCreated(Event):
+    """A cron schedule; ``task_id`` holds the schedule id (the log's key).
+
+    ``template`` is the JSON text of a complete task (handler, payload,
+    priority, name, labels, timeout_s, max_attempts, backoff_*), defaults
+    already filled in by the API.
+    """
+
+    cron: str
+    timezone: str = "UTC"
+    template: str = "{}"
+    name: str = ""
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    misfire: str = "run_once"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleFired(Event):
+    """The schedule (``task_id``) fired for ``fire_at`` and created task ``created_task_id``."""
+
+    fire_at: datetime
+    created_task_id: str
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleDeleted(Event):
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat(Event):
+    """An executor still runs ``attempt`` (``<p>.heartbeats``; liveness, not history)."""
+
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +249,7 @@ class ReadyTask(Event):
     payload: str
     timeout_s: float | None = None
     upstream: str = "{}"
+    last_checkpoint: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +284,50 @@ class TaskState:
     dependents: list[str] = field(default_factory=list)
     resolved: dict[str, str] = field(default_factory=dict)
     upstream_results: dict[str, str] = field(default_factory=dict)
+    backoff_initial_s: float | None = None
+    backoff_multiplier: float | None = None
+    backoff_max_s: float | None = None
+    backoff_jitter: float | None = None
+    retry_at: datetime | None = None
+    attempt_offset: int = 0
+    checkpoint: str | None = None
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
+
+
+class ScheduleStatus(StrEnum):
+    ACTIVE = "active"
+    ENDED = "ended"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleState:
+    """The folded state of one cron schedule (processor table, ``<p>.state``, read model)."""
+
+    schedule_id: str
+    cron: str
+    timezone: str
+    template: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    name: str = ""
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    misfire: str = "run_once"
+    next_fire_at: datetime | None = None
+    last_fire_at: datetime | None = None
+    last_task_id: str | None = None
+    fired: int = 0
+    skipped: int = 0
+    version: int = 0
+    last_offset: int = -1
+
+    @property
+    def task_id(self) -> str:
+        """The log key of the schedule (events of a schedule carry its id as ``task_id``)."""
+        return self.schedule_id
 
 
 def initial_state(e: TaskCreated) -> TaskState:
@@ -207,6 +357,12 @@ def initial_state(e: TaskCreated) -> TaskState:
         workflow_id=e.workflow_id,
         idempotency_key=e.idempotency_key,
         request_hash=e.request_hash,
+        backoff_initial_s=e.backoff_initial_s,
+        backoff_multiplier=e.backoff_multiplier,
+        backoff_max_s=e.backoff_max_s,
+        backoff_jitter=e.backoff_jitter,
+        schedule_id=e.schedule_id,
+        scheduled_for=e.scheduled_for,
     )
 
 
@@ -221,6 +377,16 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DependencyResolved,
     TaskCancelled,
     TaskUpdated,
+    TaskCheckpointed,
+    TaskRetryScheduled,
+    TaskDeadLettered,
+    LeaseExpired,
+    TaskRedriven,
+    ScheduleCreated,
+    ScheduleFired,
+    ScheduleDeleted,
 )
 #: Every type the codec knows, by Avro record name.
-RECORD_TYPES: dict[str, type] = {t.__name__: t for t in (*EVENT_TYPES, ReadyTask, TaskState)}
+RECORD_TYPES: dict[str, type] = {
+    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState)
+}

@@ -44,6 +44,24 @@ class Settings(BaseSettings):
         (6, 3, 1), description="high:medium:low share of executor slots while every level has a backlog"
     )
     default_max_attempts: int = Field(3, ge=1)
+    default_timeout_s: float | None = Field(
+        3600.0, gt=0, description="timeout of an attempt whose task sets none (None: no limit)"
+    )
+    default_backoff_initial_s: float = Field(1.0, ge=0, description="wait before the 2nd attempt")
+    default_backoff_multiplier: float = Field(2.0, ge=1, description="each further wait is this many times longer")
+    default_backoff_max_s: float = Field(300.0, ge=0, description="longest wait between attempts")
+    default_backoff_jitter: float = Field(
+        0.1, ge=0, le=1, description="waits are shortened by up to this fraction (deterministic per task and attempt)"
+    )
+    lease_s: float = Field(
+        30.0, gt=0, description="a running attempt with no heartbeat or result for this long is expired and retried"
+    )
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="how often executors heartbeat running attempts")
+    timer_tick_s: float = Field(0.05, gt=0, description="how often the processor looks for due timers")
+    misfire_grace_s: float = Field(
+        60.0, ge=0, description="cron fires missed by less than this still run, each once; older ones follow the "
+        "schedule's misfire policy"
+    )
     shutdown_grace_s: float = Field(10.0, ge=0)
     ready_requires_workers: bool = Field(
         False, description="/readyz also waits until the processor and executor groups are stable (`taskstream dev` sets it)"

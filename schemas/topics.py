@@ -9,6 +9,21 @@ from .settings import Settings
 
 PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
 DAY_MS = 24 * 3600 * 1000
+#: Retry topic tiers: (name, longest backoff in seconds it holds). A waiting
+#: attempt goes to the first tier whose bound is at least its delay; the last
+#: tier holds everything longer. Tiers keep short waits from queueing behind
+#: long ones and let operators see at a glance how much waits how long.
+RETRY_TIERS: tuple[tuple[str, float], ...] = (("5s", 5), ("1m", 60), ("10m", 600), ("1h", 3600), ("1d", 86400))
+#: Longest backoff a retry policy may ask for (the retry topics keep messages 14 days).
+MAX_BACKOFF_S = 7 * 24 * 3600.0
+
+
+def retry_tier(delay_s: float) -> str:
+    """The retry tier a wait of ``delay_s`` seconds goes to."""
+    for name, bound in RETRY_TIERS:
+        if delay_s <= bound:
+            return name
+    return RETRY_TIERS[-1][0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +52,13 @@ class Topics:
     def all_ready(self) -> list[str]:
         return [self.ready(p) for p in PRIORITIES]
 
+    def retry(self, tier: str) -> str:
+        return f"{self.prefix}.retry.{tier}"
+
+    @property
+    def all_retry(self) -> list[str]:
+        return [self.retry(name) for name, _ in RETRY_TIERS]
+
     @property
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
@@ -53,6 +75,10 @@ class Topics:
     def executor_group(self) -> str:
         return f"{self.prefix}-executors"
 
+    @property
+    def relay_group(self) -> str:
+        return f"{self.prefix}-retry-relay"
+
 
 def catalogue(settings: Settings) -> list[TopicSpec]:
     """Every topic taskstream owns, with partitions and cleanup policy."""
@@ -62,6 +88,8 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.events, n, {"cleanup.policy": "delete", "retention.ms": "-1"}),
         TopicSpec(t.state, n, {"cleanup.policy": "compact"}),
         *(TopicSpec(t.ready(p), n, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}) for p in PRIORITIES),
+        *(TopicSpec(t.retry(name), n, {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS)})
+          for name, _ in RETRY_TIERS),
         TopicSpec(t.dlq, n, {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS)}),
         TopicSpec(t.heartbeats, n, {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)}),
     ]

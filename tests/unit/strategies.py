@@ -11,11 +11,13 @@ cannot be compared after a round trip), and ints stay in the Avro ``int`` /
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from datetime import datetime, timezone
 
 from hypothesis import strategies as st
 
-from taskstream.schemas import codec
+from taskstream.schemas import codec, events
 from taskstream.schemas import (
     DependencyRegistered,
     DependencyResolved,
@@ -54,11 +56,30 @@ priorities = st.sampled_from([p.value for p in Priority]) | text
 statuses = st.sampled_from([s.value for s in Status]) | text
 
 
+def _for_type(t) -> st.SearchStrategy:
+    args = typing.get_args(t)
+    if type(None) in args:
+        return st.none() | _for_type(next(a for a in args if a is not type(None)))
+    origin = typing.get_origin(t)
+    if origin is dict:
+        return labels
+    if origin is list:
+        return id_lists
+    return {str: text, int: INT32, float: doubles, bool: st.booleans(), datetime: timestamps}[t]
+
+
+def _auto(cls, **given) -> st.SearchStrategy:
+    """``st.builds(cls, ...)`` with a strategy for every field not given, from its type."""
+    hints = typing.get_type_hints(cls, vars(events))
+    fields = {f.name: given.get(f.name) or _for_type(hints[f.name]) for f in dataclasses.fields(cls)}
+    return st.builds(cls, **fields)
+
+
 def _event_fields() -> dict:
     return dict(task_id=ids, occurred_at=timestamps, producer=text, event_id=ids)
 
 
-task_created = st.builds(
+task_created = _auto(
     TaskCreated,
     **_event_fields(),
     handler=text,
@@ -76,15 +97,15 @@ task_created = st.builds(
     idempotency_key=st.none() | text,
     request_hash=st.none() | text,
 )
-task_queued = st.builds(TaskQueued, **_event_fields(), attempt=INT32, priority=priorities)
-task_started = st.builds(TaskStarted, **_event_fields(), attempt=INT32)
-task_succeeded = st.builds(
+task_queued = _auto(TaskQueued, **_event_fields(), attempt=INT32, priority=priorities)
+task_started = _auto(TaskStarted, **_event_fields(), attempt=INT32)
+task_succeeded = _auto(
     TaskSucceeded, **_event_fields(), attempt=INT32, result=st.none() | json_text | text, started_at=optional_timestamps
 )
-task_failed = st.builds(
+task_failed = _auto(
     TaskFailed, **_event_fields(), attempt=INT32, error=text, permanent=st.booleans(), started_at=optional_timestamps
 )
-ready_task = st.builds(
+ready_task = _auto(
     ReadyTask,
     **_event_fields(),
     attempt=INT32,
@@ -94,17 +115,17 @@ ready_task = st.builds(
     timeout_s=optional_doubles,
     upstream=json_text,
 )
-dependency_registered = st.builds(DependencyRegistered, **_event_fields(), dependent=ids)
-dependency_resolved = st.builds(
+dependency_registered = _auto(DependencyRegistered, **_event_fields(), dependent=ids)
+dependency_resolved = _auto(
     DependencyResolved, **_event_fields(), upstream=ids, outcome=statuses, result=st.none() | json_text,
     result_truncated=st.booleans(),
 )
-task_cancelled = st.builds(TaskCancelled, **_event_fields(), reason=text)
-task_updated = st.builds(
+task_cancelled = _auto(TaskCancelled, **_event_fields(), reason=text)
+task_updated = _auto(
     TaskUpdated, **_event_fields(), expected_version=st.none() | INT32, priority=st.none() | priorities,
     payload=st.none() | json_text, run_at=optional_timestamps, timeout_s=optional_doubles, max_attempts=st.none() | INT32,
 )
-task_state = st.builds(
+task_state = _auto(
     TaskState,
     task_id=ids,
     handler=text,
@@ -136,6 +157,10 @@ task_state = st.builds(
     upstream_results=labels,
 )
 
+#: Records whose every field comes from its type.
+_AUTO = ("TaskCheckpointed", "TaskRetryScheduled", "TaskDeadLettered", "LeaseExpired", "TaskRedriven",
+         "ScheduleCreated", "ScheduleFired", "ScheduleDeleted", "Heartbeat")
+
 #: One strategy per record name of ``schemas.events.RECORD_TYPES``.
 BY_RECORD: dict[str, st.SearchStrategy] = {
     "TaskCreated": task_created,
@@ -149,5 +174,7 @@ BY_RECORD: dict[str, st.SearchStrategy] = {
     "DependencyResolved": dependency_resolved,
     "TaskCancelled": task_cancelled,
     "TaskUpdated": task_updated,
+    "ScheduleState": _auto(events.ScheduleState, schedule_id=ids, last_offset=INT64),
+    **{name: _auto(events.RECORD_TYPES[name], **_event_fields()) for name in _AUTO},
 }
 any_record = st.one_of(*BY_RECORD.values())

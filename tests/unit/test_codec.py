@@ -97,6 +97,19 @@ def _sample(name: str):
         "DependencyResolved": lambda: RECORD_TYPES[name](**base, upstream="t0", outcome="succeeded"),
         "TaskCancelled": lambda: RECORD_TYPES[name](**base),
         "TaskUpdated": lambda: RECORD_TYPES[name](**base, priority="high"),
+        "TaskCheckpointed": lambda: RECORD_TYPES[name](**base, attempt=2, data='{"done": 1}'),
+        "TaskRetryScheduled": lambda: RECORD_TYPES[name](**base, attempt=1, not_before=T0, delay_s=0.5, priority="low"),
+        "TaskDeadLettered": lambda: RECORD_TYPES[name](**base, attempt=3, error="boom"),
+        "LeaseExpired": lambda: RECORD_TYPES[name](**base, attempt=1, lease_s=30.0),
+        "TaskRedriven": lambda: RECORD_TYPES[name](**base),
+        "ScheduleCreated": lambda: RECORD_TYPES[name](**base, cron="* * * * *"),
+        "ScheduleFired": lambda: RECORD_TYPES[name](**base, fire_at=T0, created_task_id="t9"),
+        "ScheduleDeleted": lambda: RECORD_TYPES[name](**base),
+        "Heartbeat": lambda: RECORD_TYPES[name](**base, attempt=1),
+        "ScheduleState": lambda: RECORD_TYPES[name](
+            schedule_id="s1", cron="* * * * *", timezone="UTC", template="{}", status="active", created_at=T0,
+            updated_at=T0,
+        ),
         "TaskState": lambda: RECORD_TYPES[name](
             task_id="t1", handler="echo", status="queued", priority="medium", payload="{}", created_at=T0, updated_at=T0
         ),
