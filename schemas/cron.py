@@ -1,0 +1,43 @@
+"""Cron expressions, parsed by croniter (DESIGN: a well-kept library, not a hand-written parser).
+
+Five fields (minute hour day-of-month month day-of-week) as in crontab, or
+six with a trailing seconds field (croniter's convention), e.g.
+``*/5 * * * * 30`` = every 5 minutes at second 30. Times are computed in the
+schedule's IANA time zone (``Europe/Paris``), so "09:00 every day" stays
+09:00 across daylight-saving changes, and returned in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from .errors import ValidationError
+
+
+def check(expr: str, timezone: str) -> None:
+    """Raise ``ValidationError`` (field ``cron`` or ``timezone``) naming what is wrong."""
+    if not isinstance(expr, str) or len(expr.split()) not in (5, 6):
+        raise ValidationError("cron", f"a cron expression has 5 fields (or 6 with seconds last), got {expr!r}")
+    if not croniter.is_valid(expr):
+        raise ValidationError("cron", f"not a valid cron expression: {expr!r}")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError("timezone", f"unknown time zone: {timezone!r}") from exc
+
+
+def next_fire(expr: str, timezone: str, after: datetime) -> datetime:
+    """The first fire time strictly after ``after`` (aware), in UTC."""
+    local = after.astimezone(ZoneInfo(timezone))
+    return croniter(expr, local).get_next(datetime).astimezone(UTC)
+
+
+def first_fire(expr: str, timezone: str, start_at: datetime | None, created_at: datetime) -> datetime:
+    """A new schedule's first fire time: the first at or after ``start_at`` (default: after creation)."""
+    if start_at is not None and start_at > created_at:
+        # "at or after start_at": step back a microsecond so a fire time equal to start_at counts.
+        return next_fire(expr, timezone, start_at - timedelta(microseconds=1))
+    return next_fire(expr, timezone, created_at)
