@@ -41,3 +41,9 @@ def first_fire(expr: str, timezone: str, start_at: datetime | None, created_at: 
         # "at or after start_at": step back a microsecond so a fire time equal to start_at counts.
         return next_fire(expr, timezone, start_at - timedelta(microseconds=1))
     return next_fire(expr, timezone, created_at)
+
+
+def latest_fire(expr: str, timezone: str, at: datetime) -> datetime:
+    """The last fire time at or before ``at`` (aware), in UTC."""
+    local = (at + timedelta(microseconds=1)).astimezone(ZoneInfo(timezone))
+    return croniter(expr, local).get_prev(datetime).astimezone(UTC)

@@ -44,11 +44,23 @@ Anything else is a duplicate or stale and changes nothing.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from taskstream.schemas import (
     CommandRejected,
+    LeaseExpired,
+    ScheduleCreated,
+    ScheduleDeleted,
+    ScheduleFired,
+    ScheduleState,
+    ScheduleStatus,
+    TaskCheckpointed,
+    TaskDeadLettered,
+    TaskRedriven,
+    TaskRetryScheduled,
     DependencyRegistered,
     DependencyResolved,
     TaskCancelled,
@@ -63,7 +75,7 @@ from taskstream.schemas import (
     TaskState,
     TaskSucceeded,
 )
-from taskstream.schemas import codec
+from taskstream.schemas import codec, cron
 from taskstream.schemas.events import initial_state
 
 PROCESSOR = "processor"
@@ -72,6 +84,9 @@ PROCESSOR = "processor"
 RESULT_BOUND = 64 * 1024
 UNKNOWN = "unknown"
 ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
+WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
+#: Retry policy used where a task carries none (tasks written before policies existed).
+DEFAULT_BACKOFF = {"initial_s": 1.0, "multiplier": 2.0, "max_s": 300.0, "jitter": 0.1}
 TERMINAL_VALUES = frozenset(s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.UPSTREAM_FAILED))
 
 
@@ -129,9 +144,25 @@ def _created(state: TaskState | None, e: TaskCreated) -> TaskState | None:
 
 @_on(TaskQueued)
 def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
-    if state is None or state.status in TERMINAL_VALUES or e.attempt <= state.attempt:
+    if state is None or state.status not in WAITING or e.attempt <= state.attempt:
         return state
-    return _bump(state, e.occurred_at, status=Status.QUEUED.value, attempt=e.attempt, priority=e.priority)
+    if state.status == Status.SCHEDULED.value and e.due_at != waiting_until(state):
+        return state  # queued for a time the task no longer waits for (run_at changed, stale timer)
+    return _bump(state, e.occurred_at, status=Status.QUEUED.value, attempt=e.attempt, priority=e.priority, retry_at=None)
+
+
+def waiting_until(state: TaskState) -> datetime | None:
+    """The time a ``scheduled`` task waits for: its run_at before the first attempt, then its retry time."""
+    return state.retry_at if state.attempt > 0 else state.run_at
+
+
+def _schedule_only(fn):
+    """Evolvers of schedule events ignore task states (and the reverse), whatever a bad log holds."""
+
+    def evolver(state, e):
+        return state if isinstance(state, TaskState) else fn(state, e)
+
+    return evolver
 
 
 @_on(TaskStarted)
@@ -160,18 +191,73 @@ def _succeeded(state: TaskState | None, e: TaskSucceeded) -> TaskState | None:
 def _failed(state: TaskState | None, e: TaskFailed) -> TaskState | None:
     if state is None or e.attempt != state.attempt or state.status not in ACTIVE:
         return state
-    started_at = e.started_at or state.started_at
-    if e.permanent or e.attempt >= state.max_attempts:
-        return _bump(
-            state, e.occurred_at, status=Status.FAILED.value, error=e.error, started_at=started_at, finished_at=e.occurred_at
-        )
-    return _bump(state, e.occurred_at, status=Status.SCHEDULED.value, error=e.error, started_at=started_at)
+    return _attempt_failed(state, e.occurred_at, e.error, e.permanent, e.started_at or state.started_at)
+
+
+def _attempt_failed(state: TaskState, at: datetime, error: str, permanent: bool, started_at) -> TaskState:
+    if permanent or attempts_left(state) <= 0:
+        return _bump(state, at, status=Status.FAILED.value, error=error, started_at=started_at, finished_at=at)
+    # Waiting for its retry: TaskRetryScheduled (decided next, applied in the same step) sets retry_at.
+    return _bump(state, at, status=Status.SCHEDULED.value, error=error, started_at=started_at, retry_at=None)
+
+
+def attempts_left(state: TaskState) -> int:
+    """Attempts the task may still make (its budget restarts at a redrive)."""
+    return state.max_attempts - (state.attempt - state.attempt_offset)
+
+
+@_on(LeaseExpired)
+def _lease_expired(state: TaskState | None, e: LeaseExpired) -> TaskState | None:
+    if state is None or e.attempt != state.attempt or state.status != Status.RUNNING.value:
+        return state
+    error = f"LeaseExpired: no heartbeat nor result from the executor for {e.lease_s:g}s"
+    return _attempt_failed(state, e.occurred_at, error, False, state.started_at)
+
+
+@_on(TaskRetryScheduled)
+def _retry_scheduled(state: TaskState | None, e: TaskRetryScheduled) -> TaskState | None:
+    if (
+        state is None
+        or state.status != Status.SCHEDULED.value
+        or e.attempt != state.attempt
+        or state.retry_at is not None
+    ):
+        return state
+    return _bump(state, e.occurred_at, retry_at=e.not_before)
+
+
+@_on(TaskCheckpointed)
+def _checkpointed(state: TaskState | None, e: TaskCheckpointed) -> TaskState | None:
+    if state is None or e.attempt != state.attempt or state.status not in ACTIVE or state.checkpoint == e.data:
+        return state
+    return _bump(state, e.occurred_at, checkpoint=e.data)
+
+
+@_on(TaskRedriven)
+def _redriven(state: TaskState | None, e: TaskRedriven) -> TaskState | None:
+    if state is None:
+        return state
+    common = dict(attempt_offset=state.attempt, finished_at=None, result=None)
+    if state.status == Status.FAILED.value:
+        # Due at once: decide queues the next attempt in the same step.
+        return _bump(state, e.occurred_at, status=Status.SCHEDULED.value, retry_at=e.occurred_at, **common)
+    if state.status == Status.UPSTREAM_FAILED.value:
+        resolved = {u: o for u, o in state.resolved.items() if o == Status.SUCCEEDED.value}
+        results = {u: r for u, r in state.upstream_results.items() if u in resolved}
+        return _bump(state, e.occurred_at, status=Status.PENDING.value, resolved=resolved, upstream_results=results,
+                     error=None, **common)
+    return state
+
+
+@_on(TaskDeadLettered)
+def _dead_lettered(state: TaskState | None, e: TaskDeadLettered) -> TaskState | None:
+    return state  # a record of what happened; the TaskFailed before it already made the task `failed`
 
 
 @_on(DependencyRegistered)
 def _registered(state: TaskState | None, e: DependencyRegistered) -> TaskState | None:
-    # A terminal task stays as it is: the processor answers the registration at once (decide).
-    if state is None or state.status in TERMINAL_VALUES or e.dependent in state.dependents:
+    # A terminal task records the dependent too (a redrive re-opens it), and decide answers at once.
+    if state is None or e.dependent in state.dependents:
         return state
     return _bump(state, e.occurred_at, dependents=[*state.dependents, e.dependent])
 
@@ -197,7 +283,9 @@ def _resolved(state: TaskState | None, e: DependencyResolved) -> TaskState | Non
             error=f"dependency {e.upstream} {e.outcome}",
             finished_at=e.occurred_at,
         )
-    return _bump(state, e.occurred_at, resolved=resolved, upstream_results=results)
+    met = all(resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
+    status = Status.SCHEDULED.value if met and state.run_at is not None else state.status
+    return _bump(state, e.occurred_at, resolved=resolved, upstream_results=results, status=status)
 
 
 @_on(TaskCancelled)
@@ -227,7 +315,8 @@ def _updated(state: TaskState | None, e: TaskUpdated) -> TaskState | None:
         return state
     changes = {
         name: value
-        for name in ("priority", "payload", "run_at", "timeout_s", "max_attempts")
+        for name in ("priority", "payload", "run_at", "timeout_s", "max_attempts", "backoff_initial_s",
+                     "backoff_multiplier", "backoff_max_s", "backoff_jitter")
         if (value := getattr(e, name)) is not None
     }
     if not changes:
@@ -289,7 +378,9 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
 
 
 def _queue_next(state: TaskState, now: datetime) -> list[Event]:
-    return [TaskQueued(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt + 1, priority=state.priority)]
+    due = waiting_until(state) if state.status == Status.SCHEDULED.value else None
+    return [TaskQueued(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt + 1,
+                       priority=state.priority, due_at=due)]
 
 
 @_decides(TaskCreated)
@@ -343,41 +434,114 @@ def react(before: TaskState | None, after: TaskState | None, event: Event, now: 
     ``decide``'s reactions, plus the resolutions a task owes its dependents
     the moment it ends.
     """
-    out = decide(after, event, now)
-    if after is not None and not is_terminal(before) and is_terminal(after):
+    out = [] if after is before and type(event) in CHANGE_DRIVEN else decide(after, event, now)
+    if isinstance(after, TaskState) and not is_terminal(before) and is_terminal(after):
         out += [resolution(after, d, now) for d in after.dependents]
     return out
 
 
-def replay_outputs(state: TaskState, now: datetime) -> list[Event]:
+#: Events whose decisions follow from the change they made; folded again (a
+#: duplicate) they change nothing and decide nothing.
+CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
+
+
+def replay_outputs(state: TaskState | ScheduleState, now: datetime) -> list[Event]:
     """The events a state implies for others; sent again when its last event is folded twice."""
+    if isinstance(state, ScheduleState):
+        return schedule_replay(state, now)
     if state.status == Status.QUEUED.value:
         return [TaskQueued(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
                            priority=state.priority)]
     if state.status == Status.PENDING.value:
         return registrations(state, now)
+    if state.status == Status.SCHEDULED.value and state.attempt > 0 and state.retry_at is not None:
+        delay = max(0.0, (state.retry_at - state.updated_at).total_seconds())
+        return [TaskRetryScheduled(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+                                   not_before=state.retry_at, delay_s=delay, priority=state.priority,
+                                   error=state.error or "")]
     if state.status in TERMINAL_VALUES:
-        return [resolution(state, d, now) for d in state.dependents]
+        out: list[Event] = [resolution(state, d, now) for d in state.dependents]
+        if state.status == Status.FAILED.value:
+            out.append(dead_lettered(state, now))
+        return out
     return []
 
 
 @_decides(TaskFailed)
-def _after_failed(state: TaskState | None, e: TaskFailed, now: datetime) -> list[Event]:
-    # Backoff arrives with the retry topics; until then a retryable failure is re-queued at once.
-    if state is not None and state.status == Status.SCHEDULED.value and state.attempt == e.attempt:
-        return _queue_next(state, now)
+@_decides(LeaseExpired)
+def _after_failed(state: TaskState | None, e: TaskFailed | LeaseExpired, now: datetime) -> list[Event]:
+    """A failed attempt waits out its backoff (TaskRetryScheduled), or the task is dead-lettered."""
+    if state is None or state.attempt != e.attempt:
+        return []
+    if state.status == Status.SCHEDULED.value and state.retry_at is None:
+        return [retry_scheduled(state, now)]
+    if state.status == Status.FAILED.value and state.finished_at == e.occurred_at:
+        return [dead_lettered(state, now)]
     return []
 
 
+def backoff_delay(state: TaskState, failed_attempt: int) -> float:
+    """Seconds to wait after ``failed_attempt`` before the next one (DESIGN §6).
+
+    ``min(max_s, initial_s * multiplier ** (k - 1)) * (1 - jitter * u)``, k the
+    attempts since the last redrive and u in [0, 1) drawn from sha256(task id,
+    attempt): deterministic, so replay gives the same waits, and spread, so a
+    burst of failures does not come back at one instant. Jitter only shortens.
+    """
+    initial = state.backoff_initial_s if state.backoff_initial_s is not None else DEFAULT_BACKOFF["initial_s"]
+    multiplier = state.backoff_multiplier if state.backoff_multiplier is not None else DEFAULT_BACKOFF["multiplier"]
+    cap = state.backoff_max_s if state.backoff_max_s is not None else DEFAULT_BACKOFF["max_s"]
+    jitter = state.backoff_jitter if state.backoff_jitter is not None else DEFAULT_BACKOFF["jitter"]
+    k = max(1, failed_attempt - state.attempt_offset)
+    try:
+        base = min(cap, initial * multiplier ** (k - 1))
+    except OverflowError:
+        base = cap
+    digest = hashlib.sha256(f"{state.task_id}:{failed_attempt}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return max(0.0, base * (1.0 - jitter * u))
+
+
+def retry_scheduled(state: TaskState, now: datetime) -> TaskRetryScheduled:
+    delay = backoff_delay(state, state.attempt)
+    return TaskRetryScheduled(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+                              not_before=now + timedelta(seconds=delay), delay_s=delay, priority=state.priority,
+                              error=state.error or "")
+
+
+def dead_lettered(state: TaskState, now: datetime) -> TaskDeadLettered:
+    return TaskDeadLettered(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+                            error=state.error or "", handler=state.handler, priority=state.priority)
+
+
+@_decides(TaskRedriven)
+def _after_redriven(state: TaskState | None, e: TaskRedriven, now: datetime) -> list[Event]:
+    """Queue the re-opened task (or register it again with its upstreams) and re-open its dependents."""
+    if state is None or state.updated_at != e.occurred_at or state.status not in WAITING:
+        return []  # not re-opened by this event
+    out = _queue_next(state, now) if is_ready(state, now) else registrations(state, now)
+    out += [TaskRedriven(task_id=d, occurred_at=now, producer=PROCESSOR, reason=f"upstream {state.task_id} re-driven")
+            for d in state.dependents]
+    return out
+
+
+@_decides(TaskUpdated)
+def _after_updated(state: TaskState | None, e: TaskUpdated, now: datetime) -> list[Event]:
+    return _queue_next(state, now) if is_ready(state, now) else []
+
+
 def is_ready(state: TaskState | None, now: datetime) -> bool:
-    """A task waiting for nothing: every dependency succeeded, its time has come, never queued."""
-    if state is None or state.attempt != 0:
+    """A task waiting for nothing: every dependency succeeded and its time has come."""
+    if state is None:
         return False
     if state.status == Status.PENDING.value:
+        if state.attempt != 0:
+            return False
         deps_met = all(state.resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
         return deps_met and (state.run_at is None or state.run_at <= now)
     if state.status == Status.SCHEDULED.value:
-        return state.run_at is not None and state.run_at <= now
+        due = waiting_until(state)
+        return due is not None and due <= now
     return False
 
 
@@ -393,6 +557,7 @@ def ready_message(state: TaskState, now: datetime) -> ReadyTask:
         payload=state.payload,
         timeout_s=state.timeout_s,
         upstream=upstream_json(state),
+        last_checkpoint=state.checkpoint,
     )
 
 
@@ -407,3 +572,165 @@ def upstream_json(state: TaskState) -> str:
         if key := state.upstream_keys.get(upstream):
             out[key] = value
     return codec.dumps_json(out)
+
+
+# ------------------------------------------------------------------ schedules
+
+#: Most fire times counted one by one when a schedule catches up after downtime.
+MISSED_COUNT_CAP = 10_000
+SCHEDULE_TASK_NAMESPACE = uuid.UUID("5b1e7c6e-6f1d-4d4b-9b7e-2f8f6c1a9d01")
+
+
+def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:
+    """The id of the task a schedule creates for one fire time: the same on every replay and processor."""
+    return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}").hex
+
+
+def _within(state: ScheduleState, t: datetime | None) -> datetime | None:
+    """``t`` if the schedule still fires then (``end_at`` is exclusive)."""
+    return None if t is None or (state.end_at is not None and t >= state.end_at) else t
+
+
+@_on(ScheduleCreated)
+def _schedule_created(state, e: ScheduleCreated):
+    if state is not None:
+        return state
+    try:
+        first = cron.first_fire(e.cron, e.timezone, e.start_at, e.occurred_at)
+    except Exception:  # a bad expression in the log (the API validates): the schedule never fires
+        first = None
+    s = ScheduleState(schedule_id=e.task_id, cron=e.cron, timezone=e.timezone, template=e.template, name=e.name,
+                      start_at=e.start_at, end_at=e.end_at, misfire=e.misfire, status=ScheduleStatus.ACTIVE.value,
+                      created_at=e.occurred_at, updated_at=e.occurred_at, version=1)
+    first = _within(s, first)
+    return replace(s, next_fire_at=first, status=ScheduleStatus.ACTIVE.value if first else ScheduleStatus.ENDED.value)
+
+
+@_on(ScheduleFired)
+@_schedule_only
+def _schedule_fired(state, e: ScheduleFired):
+    if (
+        state is None
+        or state.status != ScheduleStatus.ACTIVE.value
+        or state.next_fire_at is None
+        or e.fire_at < state.next_fire_at
+    ):
+        return state
+    nxt = _within(state, cron.next_fire(state.cron, state.timezone, e.fire_at))
+    return replace(
+        state, updated_at=e.occurred_at, version=state.version + 1, last_fire_at=e.fire_at,
+        last_task_id=e.created_task_id or state.last_task_id, fired=state.fired + (1 if e.created_task_id else 0),
+        skipped=state.skipped + e.skipped, next_fire_at=nxt,
+        status=ScheduleStatus.ACTIVE.value if nxt else ScheduleStatus.ENDED.value,
+    )
+
+
+@_on(ScheduleDeleted)
+@_schedule_only
+def _schedule_deleted(state, e: ScheduleDeleted):
+    if state is None or state.status == ScheduleStatus.DELETED.value:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, status=ScheduleStatus.DELETED.value,
+                   next_fire_at=None)
+
+
+@_decides(ScheduleFired)
+def _after_fired(state, e: ScheduleFired, now: datetime) -> list[Event]:
+    if not isinstance(state, ScheduleState) or not e.created_task_id:
+        return []
+    return [task_from_template(state, e.fire_at, e.created_task_id, now)]
+
+
+def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, now: datetime) -> TaskCreated:
+    """The task a schedule creates for ``fire_at``; its id is ``schedule_task_id`` so a repeat is a duplicate."""
+    try:
+        t = codec.loads_json(state.template)
+    except codec.JSONDecodeError:
+        t = None
+    t = t if isinstance(t, dict) else {}
+
+    def num(name):
+        v = t.get(name)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    max_attempts = t.get("max_attempts")
+    return TaskCreated(
+        task_id=task_id, occurred_at=now, producer=PROCESSOR, handler=str(t.get("handler", "")),
+        priority=str(t.get("priority", "medium")), payload=codec.dumps_json(t.get("payload")),
+        name=str(t.get("name") or state.name), labels={str(k): str(v) for k, v in (t.get("labels") or {}).items()},
+        timeout_s=num("timeout_s"), max_attempts=max_attempts if isinstance(max_attempts, int) else 1,
+        backoff_initial_s=num("backoff_initial_s"), backoff_multiplier=num("backoff_multiplier"),
+        backoff_max_s=num("backoff_max_s"), backoff_jitter=num("backoff_jitter"),
+        schedule_id=state.schedule_id, scheduled_for=fire_at,
+    )
+
+
+def schedule_replay(state: ScheduleState, now: datetime) -> list[Event]:
+    if state.last_task_id and state.last_fire_at:
+        return [task_from_template(state, state.last_fire_at, state.last_task_id, now)]
+    return []
+
+
+def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> ScheduleFired | None:
+    """What a schedule's timer appends at ``now``: the next fire, or the misfire decision after downtime.
+
+    Fire times missed by at most ``grace_s`` each run (catch-up). Older ones are
+    one block: ``run_once`` creates one task for the latest of them, ``skip``
+    none; ``skipped`` counts the fire times dropped (up to MISSED_COUNT_CAP).
+    """
+    nxt = state.next_fire_at
+    if state.status != ScheduleStatus.ACTIVE.value or nxt is None or nxt > now:
+        return None
+    horizon = now - timedelta(seconds=grace_s)
+    if nxt >= horizon:
+        return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=nxt,
+                             created_task_id=schedule_task_id(state.schedule_id, nxt))
+    last_old = cron.latest_fire(state.cron, state.timezone, horizon)
+    missed, t = 0, nxt
+    while t <= last_old and missed < MISSED_COUNT_CAP:
+        missed += 1
+        t = cron.next_fire(state.cron, state.timezone, t)
+    if state.misfire == "skip":
+        return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+                             created_task_id="", skipped=missed)
+    return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+                         created_task_id=schedule_task_id(state.schedule_id, last_old), skipped=missed - 1)
+
+
+# --------------------------------------------------------------------- timers
+
+
+def timer_due(state: TaskState | ScheduleState | None, relay_slack_s: float) -> datetime | None:
+    """When the processor's timer table should wake this state, or None.
+
+    A task waiting for its run_at wakes at run_at. A task waiting out a retry
+    backoff is re-queued by the retry relay; its timer, ``relay_slack_s``
+    later, is a safety net if the relay is down (duplicates are harmless:
+    TaskQueued is fenced by attempt and due time). A schedule wakes at its
+    next fire time.
+    """
+    if isinstance(state, ScheduleState):
+        return state.next_fire_at if state.status == ScheduleStatus.ACTIVE.value else None
+    if state is None or state.status != Status.SCHEDULED.value:
+        return None
+    due = waiting_until(state)
+    if due is not None and state.attempt > 0:
+        due += timedelta(seconds=relay_slack_s)
+    return due
+
+
+def on_timer(state: TaskState | ScheduleState | None, now: datetime, grace_s: float) -> list[Event]:
+    """The events a due timer appends to the log (folded like any other; nothing here changes state)."""
+    if isinstance(state, ScheduleState):
+        fired = schedule_due(state, now, grace_s)
+        return [fired] if fired else []
+    if is_ready(state, now):
+        return _queue_next(state, now)
+    return []
+
+
+def lease_expired(state: TaskState | None, attempt: int, lease_s: float, now: datetime) -> list[Event]:
+    """A running attempt's lease ran out: LeaseExpired, if it is still the running attempt."""
+    if state is None or state.status != Status.RUNNING.value or state.attempt != attempt:
+        return []
+    return [LeaseExpired(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=attempt, lease_s=lease_s)]

@@ -60,10 +60,13 @@ from taskstream.schemas import (
     Settings,
     Status,
     TaskCancelled,
+    TaskDeadLettered,
     TaskQueued,
+    TaskRetryScheduled,
     TaskState,
     Topics,
     codec,
+    retry_tier,
 )
 from taskstream.schemas.kafka import admin, consume_available, consumer_config, producer_config
 
@@ -130,12 +133,21 @@ def _effects_of(
                partition if state is not None and e.task_id == state.task_id else None)
         for e in follow
     ]
-    if state is None:
+    if not isinstance(state, TaskState):
         return outputs
     key = state.task_id.encode()
-    if any(isinstance(e, TaskQueued) for e in follow) and state.status == Status.QUEUED.value:
+    newly_queued = state.status == Status.QUEUED.value and (
+        before is None or before.attempt != state.attempt or before.status != Status.QUEUED.value
+    )
+    if newly_queued or (state.status == Status.QUEUED.value and any(isinstance(e, TaskQueued) for e in follow)):
         ready: ReadyTask = replace(domain.ready_message(state, now), producer=producer)
         outputs.append(Output(topics.ready(state.priority), key, codec.encode(ready), codec.headers(ready)))
+    for e in follow:
+        if isinstance(e, TaskRetryScheduled):
+            # The retry relay holds it until not_before, then appends TaskQueued(attempt + 1).
+            outputs.append(Output(topics.retry(retry_tier(e.delay_s)), key, codec.encode(e), codec.headers(e)))
+        elif isinstance(e, TaskDeadLettered):
+            outputs.append(Output(topics.dlq, key, codec.encode(e), codec.headers(e)))
     if (
         isinstance(event, TaskCancelled)
         and before is not None

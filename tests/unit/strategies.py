@@ -71,7 +71,7 @@ def _for_type(t) -> st.SearchStrategy:
 def _auto(cls, **given) -> st.SearchStrategy:
     """``st.builds(cls, ...)`` with a strategy for every field not given, from its type."""
     hints = typing.get_type_hints(cls, vars(events))
-    fields = {f.name: given.get(f.name) or _for_type(hints[f.name]) for f in dataclasses.fields(cls)}
+    fields = {f.name: given[f.name] if f.name in given else _for_type(hints[f.name]) for f in dataclasses.fields(cls)}
     return st.builds(cls, **fields)
 
 

@@ -30,6 +30,7 @@ from taskstream.schemas import (
     ReadyTask,
     TaskCreated,
     TaskFailed,
+    TaskQueued,
     TaskState,
     TaskSucceeded,
     Topics,
@@ -106,6 +107,11 @@ class Log:
         for out in step.outputs:
             if out.topic == TOPICS.events:
                 self.append(out.key.decode(), out.value)
+            elif out.topic in TOPICS.all_retry:  # the retry relay, without the wait
+                r = codec.decode(out.value)
+                queued = TaskQueued(task_id=r.task_id, occurred_at=NOW, producer="relay", attempt=r.attempt + 1,
+                                    priority=r.priority, due_at=r.not_before)
+                self.append(r.task_id, codec.encode(queued))
             elif out.topic in TOPICS.all_ready:
                 msg = codec.decode(out.value)
                 if isinstance(msg, ReadyTask):
