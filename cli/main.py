@@ -126,6 +126,81 @@ def topics_create(partitions, timeout) -> None:
     sys.exit(1 if problems else 0)
 
 
+@main.group()
+def dlq() -> None:
+    """Dead letters: tasks that failed for good and poison messages in <prefix>.dlq."""
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object a line instead of the table")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="only the newest N records")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def dlq_list(as_json, limit, timeout) -> None:
+    """List <prefix>.dlq up to now, oldest first (newest last).
+
+    A dead-lettered task shows its id, attempt, handler, priority and error;
+    a poison message (one no consumer could decode) shows where it came from,
+    its size and why it was rejected. A task dead-lettered again after a
+    redrive has one line per time.
+    """
+    from taskstream.schemas.kafka import LIBRDKAFKA_LOG
+
+    from .dlq import DlqError, json_lines, read_dlq, table_lines
+
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)  # the error below says it once, clearly
+    try:
+        records = read_dlq(_settings(), timeout=timeout)
+    except DlqError as exc:
+        raise click.ClickException(str(exc)) from None
+    if limit is not None:
+        records = records[-limit:]
+    lines = json_lines(records) if as_json else table_lines(records)
+    for line in lines:
+        click.echo(line)
+
+
+@dlq.command("redrive")
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "redrive_all", is_flag=True, help="every task id that has a TaskDeadLettered in <prefix>.dlq")
+@click.option("--reason", default="", help="why, recorded in the TaskRedriven events")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def dlq_redrive(task_ids, redrive_all, reason, timeout) -> None:
+    """Re-open failed tasks: append TaskRedriven(TASK_ID) to <prefix>.events.
+
+    Give task ids, or --all for every task dead-lettered in <prefix>.dlq
+    (poison messages are skipped: they are not tasks). A re-opened task gets
+    a fresh budget of attempts, its next attempt is queued at once, and
+    dependents that were upstream_failed because of it are re-opened too.
+    The processor ignores TaskRedriven for a task that is not failed or
+    upstream_failed, so redriving a task twice, or one that is already
+    running again, is harmless.
+    """
+    from datetime import UTC, datetime
+
+    from taskstream.schemas import Topics
+    from taskstream.schemas.kafka import LIBRDKAFKA_LOG
+
+    from .dlq import DlqError, producer_name, read_dlq, redrive_events, send_redrives
+
+    if bool(task_ids) == redrive_all:
+        raise click.UsageError("give task ids or --all, not both" if redrive_all else "give task ids or --all")
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
+    settings = _settings()
+    skipped = 0
+    try:
+        if redrive_all:
+            records = read_dlq(settings, timeout=timeout)
+            task_ids = [r.event.task_id for r in records if r.event is not None]
+            skipped = sum(1 for r in records if r.event is None)
+        events = redrive_events(task_ids, reason, datetime.now(UTC), producer_name())
+        sent = send_redrives(settings, events, timeout=timeout) if events else 0
+    except DlqError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"sent {sent} TaskRedriven event(s) to {Topics(settings.prefix).events}")
+    if skipped:
+        click.echo(f"skipped {skipped} poison record(s): they are not tasks")
+
+
 @main.command()
 @click.option("-n", "count", type=int, default=5000, show_default=True, help="no-op tasks to submit")
 @click.option("--url", default=None, help="target a running API instead of starting `taskstream dev`")

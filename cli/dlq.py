@@ -1,0 +1,244 @@
+"""`taskstream dlq list|redrive`: what failed for good, and sending it round again.
+
+``<p>.dlq`` holds two kinds of record (DESIGN §2): a ``TaskDeadLettered``
+the processor publishes when a task ends ``failed`` (keyed by task id), and
+raw poison messages it could not decode, with ``source-topic``,
+``source-partition``, ``source-offset`` and ``reason`` headers. ``list``
+reads every partition from the beginning up to a marker record it appends
+itself (the embedded broker under-reports end offsets, BROKER.md), the same
+way the processor rebuilds its tables; readers of ``<p>.dlq`` skip records
+keyed ``WATERMARK_MARKER_KEY``. ``redrive`` appends ``TaskRedriven`` events
+to ``<p>.events`` keyed by task id (murmur2, as every producer of events);
+the processor re-opens a ``failed`` or ``upstream_failed`` task on one and
+ignores it on any other status.
+
+Library errors become ``DlqError`` (a one-line message for the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+
+from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
+from taskstream.schemas.kafka import admin, common_config, producer_config, wait_for_broker
+from taskstream.streams.processor import WATERMARK_MARKER_KEY
+
+POISON_HEADERS = ("source-topic", "source-partition", "source-offset", "reason")
+#: The CLI sends a handful of records, so one record per batch costs nothing and
+#: keeps every one visible on the embedded broker even when the user's
+#: environment does not say it is that broker (BROKER.md: the tail of a
+#: multi-record batch is not served until the partition's next write).
+ONE_PER_BATCH = {"batch.num.messages": 1}
+
+
+class DlqError(Exception):
+    """Something the dlq commands cannot do; the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class DlqRecord:
+    """One record of ``<p>.dlq``: a dead-lettered task (``event`` set) or a poison message."""
+
+    partition: int
+    offset: int
+    timestamp: datetime
+    key: str
+    size: int
+    event: TaskDeadLettered | None = None
+    headers: dict[str, str] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "dead_lettered" if self.event is not None else "poison"
+
+    @property
+    def sort_key(self) -> tuple:
+        return (self.timestamp, self.partition, self.offset)
+
+    def as_json(self) -> dict:
+        where = {"dlq_partition": self.partition, "dlq_offset": self.offset}
+        if self.event is not None:
+            e = self.event
+            return {
+                "kind": self.kind, "task_id": e.task_id, "attempt": e.attempt, "error": e.error,
+                "handler": e.handler, "priority": e.priority, "occurred_at": _iso(e.occurred_at),
+                "producer": e.producer, "event_id": e.event_id, **where,
+            }
+        h = self.headers or {}
+        source_partition, source_offset = h.get("source-partition"), h.get("source-offset")
+        return {
+            "kind": self.kind, "key": self.key, "source_topic": h.get("source-topic"),
+            "source_partition": _int_or_text(source_partition), "source_offset": _int_or_text(source_offset),
+            "reason": h.get("reason"), "size": self.size, "timestamp": _iso(self.timestamp), **where,
+        }
+
+
+def _int_or_text(value: str | None) -> int | str | None:
+    return int(value) if value and value.lstrip("-").isdigit() else value
+
+
+def classify(partition: int, offset: int, timestamp_ms: int | None, key: bytes | None, value: bytes | None,
+             headers: Iterable[tuple[str, bytes]] | None) -> DlqRecord:
+    """A raw message of ``<p>.dlq`` as a ``DlqRecord``.
+
+    A record with a ``source-topic`` header is poison whatever its bytes are;
+    otherwise it must decode to ``TaskDeadLettered``, and anything else is
+    reported as poison too (with why in its reason), never dropped.
+    """
+    hdrs = {k: (v or b"").decode(errors="replace") for k, v in (headers or [])}
+    stamp = (datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms and timestamp_ms > 0
+             else datetime.min.replace(tzinfo=UTC))
+    base = dict(partition=partition, offset=offset, timestamp=stamp,
+                key=(key or b"").decode(errors="replace"), size=len(value or b""))
+    if "source-topic" not in hdrs:
+        try:
+            event = codec.decode(value)
+        except DecodeError as exc:
+            hdrs.setdefault("reason", f"undecodable record without source headers: {exc}")
+        else:
+            if isinstance(event, TaskDeadLettered):
+                return DlqRecord(**base, event=event)
+            hdrs.setdefault("reason", f"a {codec.type_name(event)} record, not TaskDeadLettered")
+    return DlqRecord(**base, headers={k: hdrs[k] for k in POISON_HEADERS if k in hdrs})
+
+
+def _check(settings: Settings, topic: str, timeout: float) -> int:
+    """Wait for the broker; the partition count of ``topic``, or ``DlqError`` when it is missing."""
+    try:
+        wait_for_broker(settings, timeout=timeout)
+        topics = admin(settings).list_topics(timeout=timeout).topics
+    except BrokerUnavailable as exc:
+        raise DlqError(str(exc)) from None
+    except KafkaException as exc:
+        raise DlqError(f"broker at {settings.bootstrap_servers}: {exc}") from None
+    meta = topics.get(topic)
+    if meta is None or not meta.partitions:
+        raise DlqError(f"topic {topic} does not exist at {settings.bootstrap_servers} "
+                       "(wrong TASKSTREAM_PREFIX? `taskstream topics create` makes it)")
+    return len(meta.partitions)
+
+
+def _write_markers(producer: Producer, topic: str, partitions: int, timeout: float) -> dict[int, int]:
+    """Append a marker tombstone to each partition; their offsets once acknowledged."""
+    offsets: dict[int, int] = {}
+    errors: list = []
+
+    def done(err, msg):
+        if err is None:
+            offsets[msg.partition()] = msg.offset()
+        else:
+            errors.append(err)
+
+    for p in range(partitions):
+        producer.produce(topic, None, WATERMARK_MARKER_KEY, partition=p, on_delivery=done)
+    producer.flush(timeout)
+    if errors or len(offsets) != partitions:
+        raise DlqError(f"could not append read markers to {topic}: {errors[:1] or 'no acknowledgement'}")
+    return offsets
+
+
+def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
+    """Every record of ``<p>.dlq`` up to now, oldest first (markers skipped)."""
+    topic = Topics(settings.prefix).dlq
+    partitions = _check(settings, topic, timeout)
+    producer = Producer({**producer_config(settings, "taskstream-cli-dlq"), **ONE_PER_BATCH})
+    ends = _write_markers(producer, topic, partitions, timeout)
+    reader = Consumer({**common_config(settings, "taskstream-cli-dlq"),
+                       "group.id": f"taskstream-cli-dlq-{uuid.uuid4().hex[:8]}",  # assigned, never joined
+                       "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    records: list[DlqRecord] = []
+    pending = set(range(partitions))
+    deadline = time.monotonic() + timeout
+    try:
+        while pending:
+            if time.monotonic() > deadline:
+                raise DlqError(f"timed out after {timeout:.0f}s reading {topic} partitions {sorted(pending)}")
+            for m in reader.consume(1000, 0.2):
+                if m.error() is not None:
+                    continue
+                p, offset = m.partition(), m.offset()
+                if p not in pending or offset > ends[p]:
+                    continue
+                if offset == ends[p]:
+                    pending.discard(p)
+                if m.key() == WATERMARK_MARKER_KEY:
+                    continue
+                records.append(classify(p, offset, m.timestamp()[1], m.key(), m.value(), m.headers()))
+    except KafkaException as exc:
+        raise DlqError(f"reading {topic}: {exc}") from None
+    finally:
+        reader.close()
+    return sorted(records, key=lambda r: r.sort_key)
+
+
+def producer_name() -> str:
+    return f"cli-{socket.gethostname()}-{os.getpid()}"
+
+
+def redrive_events(task_ids: Iterable[str], reason: str, now: datetime, producer: str) -> list[TaskRedriven]:
+    """One ``TaskRedriven`` per distinct task id, in the order given."""
+    return [TaskRedriven(task_id=t, occurred_at=now, producer=producer, reason=reason) for t in dict.fromkeys(task_ids)]
+
+
+def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float = 30.0) -> int:
+    """Append ``events`` to ``<p>.events`` keyed by task id; the number acknowledged (all, or ``DlqError``)."""
+    topic = Topics(settings.prefix).events
+    _check(settings, topic, timeout)
+    producer = Producer({**producer_config(settings, "taskstream-cli-redrive"), **ONE_PER_BATCH})
+    acked: list = []
+    errors: list = []
+
+    def done(err, msg):
+        (errors if err is not None else acked).append(err or msg)
+
+    for e in events:
+        producer.produce(topic, codec.encode(e), e.task_id.encode(), headers=codec.headers(e), on_delivery=done)
+    producer.flush(timeout)
+    if errors or len(acked) != len(events):
+        raise DlqError(f"{len(acked)} of {len(events)} TaskRedriven events acknowledged by {topic}: "
+                       f"{errors[0] if errors else 'timed out'}")
+    return len(acked)
+
+
+# ---------------------------------------------------------------- output
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _one_line(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def json_lines(records: list[DlqRecord]) -> list[str]:
+    return [json.dumps(r.as_json()) for r in records]
+
+
+def table_lines(records: list[DlqRecord], error_width: int = 100) -> list[str]:
+    """A header and one line per record: time, kind, task id (or key), attempt, handler, priority, error/reason."""
+    rows = [("TIME", "KIND", "TASK", "ATTEMPT", "HANDLER", "PRIORITY", "ERROR / SOURCE, SIZE, REASON")]
+    for r in records:
+        if r.event is not None:
+            e = r.event
+            rows.append((_iso(e.occurred_at), "dead-lettered", e.task_id, str(e.attempt), e.handler or "-",
+                         e.priority or "-", _one_line(e.error, error_width)))
+        else:
+            h = r.headers or {}
+            source = (f"{h['source-topic']}[{h.get('source-partition', '?')}]@{h.get('source-offset', '?')}"
+                      if "source-topic" in h else "(no source headers)")
+            rows.append((_iso(r.timestamp), "poison", r.key or "-", "-", "-", "-",
+                         _one_line(f"{source} {r.size} bytes: {h.get('reason', '')}", error_width)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
