@@ -13,10 +13,19 @@ import pytest
 
 from taskstream.api.partitioner import partition_for
 from taskstream.cli.broker import free_port
-from taskstream.schemas import Settings, TaskDeadLettered, TaskRedriven, Topics, codec
+from taskstream.schemas import (
+    Settings,
+    TaskCreated,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskRedriven,
+    TaskState,
+    Topics,
+    codec,
+)
 from taskstream.schemas.kafka import admin
 from taskstream.streams.processor import WATERMARK_MARKER_KEY
-from tests.kafka_helpers import TopicReader, now, producer, send_events
+from tests.kafka_helpers import Component, TopicReader, now, producer, send_events
 
 pytestmark = pytest.mark.integration
 
@@ -200,3 +209,45 @@ def test_missing_topic_is_reported_and_not_created(broker, args) -> None:
     assert "Traceback" not in r.stderr, r.stderr
     assert f"topic {prefix}.{'dlq' if args == ['list'] else 'events'} does not exist" in r.stderr
     assert not [t for t in admin(missing).list_topics(timeout=10).topics if t.startswith(prefix)]
+
+
+@pytest.mark.slow
+def test_a_redriven_dead_letter_runs_again_through_processor_and_executor(settings, tmp_path) -> None:
+    """A task that always fails reaches `failed` and the dlq; `dlq redrive` makes attempt 2 run (and fail again)."""
+    topics = Topics(settings.prefix)
+    procs = [Component(settings, "processor", log_path=tmp_path / "processor.log"),
+             Component(settings, "executor", log_path=tmp_path / "executor.log")]
+    dlq = TopicReader(settings, topics.dlq)
+    log = TopicReader(settings, topics.events, topics.state)
+    try:
+        # `sleep` with a negative time raises PermanentError: every attempt fails for good.
+        send_events(settings, [TaskCreated(task_id="always-fails", occurred_at=now(), producer="test",
+                                           handler="sleep", payload='{"seconds": -1}', max_attempts=2)])
+
+        def dead_attempts() -> list[int]:
+            return [v.attempt for v in dlq.values() if isinstance(v, TaskDeadLettered)]
+
+        dlq.until(lambda _: dead_attempts() == [1], timeout=60, message="attempt 1 dead-lettered")
+        listed = taskstream(settings, "dlq", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [(x["task_id"], x["attempt"]) for x in map(json.loads, listed.stdout.splitlines())] == [
+            ("always-fails", 1)]
+
+        r = taskstream(settings, "dlq", "redrive", "--all", "--reason", "e2e")
+        assert r.returncode == 0, r.stderr
+        assert "sent 1 TaskRedriven event(s)" in r.stdout
+
+        dlq.until(lambda _: dead_attempts() == [1, 2], timeout=60, message="attempt 2 dead-lettered")
+        log.until(lambda _: any(isinstance(v, TaskState) and v.attempt == 2 and v.status == "failed"
+                                for v in log.values()), timeout=30, message="state: failed at attempt 2")
+        failures = [v.attempt for v in log.values() if isinstance(v, TaskFailed)]
+        assert failures == [1, 2], failures  # the executor ran a second attempt, after the redrive
+
+        listed = taskstream(settings, "dlq", "list", "--json")
+        assert [(x["task_id"], x["attempt"]) for x in map(json.loads, listed.stdout.splitlines())] == [
+            ("always-fails", 1), ("always-fails", 2)]
+    finally:
+        for c in procs:
+            c.stop()
+        dlq.close()
+        log.close()
