@@ -47,16 +47,18 @@ import socket
 import threading
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from rocksdict import Rdict
 
 from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
+    Heartbeat,
     ReadyTask,
+    ScheduleState,
     Settings,
     Status,
     TaskCancelled,
@@ -71,6 +73,8 @@ from taskstream.schemas import (
 from taskstream.schemas.kafka import admin, consume_available, consumer_config, producer_config
 
 from . import domain
+from .relay import RetryRelay
+from .timers import LEASE, STATE, TimerTable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,9 @@ log = logging.getLogger(__name__)
 #: own marker, which needs no end offset (the embedded broker under-reports
 #: those, BROKER.md). Readers of ``<p>.state`` skip it.
 WATERMARK_MARKER_KEY = b"__taskstream_marker__"
+#: A task waiting out a retry is re-queued by the retry relay at its time; the
+#: processor's own timer fires this much later as a safety net (relay down).
+RELAY_SLACK_S = 5.0
 
 
 class Output(NamedTuple):
@@ -187,7 +194,10 @@ class Processor:
         self.id = member_id or processor_id()
         self.dir = settings.data_dir / "processor"
         self.tables: dict[int, Rdict] = {}
+        self.timers: dict[int, TimerTable] = {}
+        self.lease = timedelta(seconds=settings.lease_s)
         self.folded = 0
+        self.fired = 0
         self._failed: list[str] = []
         self.producer = Producer({**producer_config(settings, self.id)})
         self.consumer = Consumer(
@@ -196,6 +206,10 @@ class Processor:
                 "max.partition.fetch.bytes": 4 * 1024 * 1024,
             }
         )
+        # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.
+        self.heartbeats = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{self.id}-heartbeats",
+                                    "enable.auto.commit": False, "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+                                    "client.id": f"{self.id}-heartbeats"})
         self.assigned = threading.Event()
 
     # ------------------------------------------------------------ partitions
@@ -207,6 +221,10 @@ class Processor:
         tables = {tp.partition: self._fresh_table(tp.partition) for tp in partitions}
         n = self._restore(tables)
         self.tables.update(tables)
+        now = datetime.now(UTC)
+        for p, table in tables.items():
+            self.timers[p] = self._build_timers(p, table, now)
+        self.heartbeats.incremental_assign([TopicPartition(self.topics.heartbeats, p, OFFSET_END) for p in tables])
         log.info("partitions %s assigned; tables rebuilt from %s (%d records, %.2fs)",
                  sorted(tables), self.topics.state, n, time.monotonic() - started)
         self.assigned.set()
@@ -232,6 +250,26 @@ class Processor:
             table = self.tables.pop(tp.partition, None)
             if table is not None:
                 table.close()
+            timers = self.timers.pop(tp.partition, None)
+            if timers is not None:
+                timers.close()
+        try:
+            self.heartbeats.incremental_unassign([TopicPartition(self.topics.heartbeats, tp.partition) for tp in partitions])
+        except KafkaException as exc:
+            log.debug("heartbeat unassign: %s", exc)
+
+    def _build_timers(self, partition: int, table: Rdict, now: datetime) -> TimerTable:
+        """A partition's timers from its states: due times, and a full lease for every running attempt."""
+        timers = TimerTable(self.dir / f"timers-{partition}")
+        for key, raw in table.items():
+            try:
+                state = codec.decode(raw)
+            except DecodeError:
+                continue
+            timers.set(STATE, key, domain.timer_due(state, RELAY_SLACK_S))
+            if isinstance(state, TaskState) and state.status == Status.RUNNING.value:
+                timers.set(LEASE, key, now + self.lease)
+        return timers
 
     def _fresh_table(self, partition: int) -> Rdict:
         path = self.dir / f"tasks-{partition}"
@@ -272,18 +310,97 @@ class Processor:
 
     # ------------------------------------------------------------ the loop
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, relay: bool = True) -> None:
+        """Fold until ``stop`` is set; ``relay`` also runs a retry relay member in a thread."""
+        relay_thread = None
+        if relay:
+            self.relay = RetryRelay(self.settings, self.id)
+            relay_thread = threading.Thread(target=self.relay.run, args=(stop,), name=f"{self.id}-relay", daemon=True)
+            relay_thread.start()
+        try:
+            self._run(stop)
+        finally:
+            if relay_thread is not None:
+                relay_thread.join(timeout=15)
+
+    def _run(self, stop: threading.Event) -> None:
         self._next: dict[int, int] = {}
         self.consumer.subscribe([self.topics.events], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         log.info("processor %s joining group %s", self.id, self.topics.processor_group)
+        tick = self.settings.timer_tick_s
+        next_tick = time.monotonic()
         try:
             while not stop.is_set():
-                messages = consume_available(self.consumer, self.BATCH, 0.1)
+                messages = consume_available(self.consumer, self.BATCH, tick)
                 if messages:
                     self._fold_batch(messages)
+                if self.tables:
+                    beats = consume_available(self.heartbeats, self.BATCH, 0)
+                    if beats:
+                        self._take_heartbeats(beats)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + tick
+                    self._fire_timers(datetime.now(UTC))
         finally:
             self._close()
+
+    def _take_heartbeats(self, messages) -> None:
+        """A heartbeat of the running attempt moves its lease; anything else is ignored (poison: dlq)."""
+        now = datetime.now(UTC)
+        poison = []
+        for m in messages:
+            if m.error() is not None:
+                continue
+            table, timers = self.tables.get(m.partition()), self.timers.get(m.partition())
+            if table is None or timers is None:
+                continue
+            try:
+                beat = codec.decode(m.value())
+                if not isinstance(beat, Heartbeat):
+                    raise DecodeError(f"expected Heartbeat, got {type(beat).__name__}")
+            except DecodeError as exc:
+                log.warning("poison message at %s[%d]@%d -> dlq: %s", m.topic(), m.partition(), m.offset(), exc)
+                poison.append(dlq_output(self.topics, m, str(exc)))
+                continue
+            key = beat.task_id.encode()
+            raw = table.get(key)
+            state = codec.decode(raw) if raw else None
+            if isinstance(state, TaskState) and state.status == Status.RUNNING.value and state.attempt == beat.attempt:
+                timers.set(LEASE, key, now + self.lease)
+        for out in poison:
+            self._produce(out)
+        if poison:
+            self._flush_and_check()
+
+    def _fire_timers(self, now: datetime) -> None:
+        """Append the events of every due timer to the log (to the timer's own partition)."""
+        fired = 0
+        for partition, timers in list(self.timers.items()):
+            table = self.tables.get(partition)
+            if table is None:
+                continue
+            for kind, key, _due in timers.due(now):
+                raw = table.get(key)
+                try:
+                    state = codec.decode(raw) if raw else None
+                except DecodeError:
+                    state = None
+                if kind == LEASE:
+                    attempt = state.attempt if isinstance(state, TaskState) else -1
+                    events = domain.lease_expired(state, attempt, self.settings.lease_s, now)
+                else:
+                    events = domain.on_timer(state, now, self.settings.misfire_grace_s)
+                timers.set(kind, key, None)
+                for e in events:
+                    e = replace(e, producer=self.id)
+                    self._produce(Output(self.topics.events, e.task_id.encode(), codec.encode(e), codec.headers(e),
+                                         partition if e.task_id.encode() == key else None))
+                    fired += 1
+        if fired:
+            self._flush_and_check()
+            self.fired += fired
+            log.debug("timers appended %d events", fired)
 
     def _fold_batch(self, messages) -> None:
         now = datetime.now(UTC)
@@ -322,9 +439,26 @@ class Processor:
             return [dlq_output(self.topics, m, str(exc))]
         if step.state is None:
             return step.outputs
+        self._move_timers(partition, key, state, step.state, now)
         value = codec.encode(step.state)
         table[key] = value
         return [Output(self.topics.state, key, value, codec.headers(step.state), partition), *step.outputs]
+
+    def _move_timers(self, partition: int, key: bytes, before, after, now: datetime) -> None:
+        timers = self.timers.get(partition)
+        if timers is None:
+            return
+        timers.set(STATE, key, domain.timer_due(after, RELAY_SLACK_S))
+        if isinstance(after, TaskState) and after.status == Status.RUNNING.value:
+            if (
+                not isinstance(before, TaskState)
+                or before.status != Status.RUNNING.value
+                or before.attempt != after.attempt
+                or before.checkpoint != after.checkpoint
+            ):
+                timers.set(LEASE, key, now + self.lease)
+        else:
+            timers.set(LEASE, key, None)
 
     def _produce(self, out: Output) -> None:
         kwargs = {"headers": out.headers, "on_delivery": self._delivered}
@@ -361,9 +495,13 @@ class Processor:
             log.warning("final commit failed: %s", exc)
         finally:
             self.consumer.close()
+            self.heartbeats.close()
             for table in self.tables.values():
                 table.close()
             self.tables.clear()
+            for timers in self.timers.values():
+                timers.close()
+            self.timers.clear()
             log.info("processor %s stopped after folding %d events", self.id, self.folded)
 
 
@@ -393,8 +531,11 @@ def check_topics(settings: Settings) -> None:
     for name in (topics.events, topics.state):
         if name not in md:
             raise BrokerUnavailable(f"topic {name} does not exist (run `taskstream topics create`)")
-    if len(md[topics.events].partitions) != len(md[topics.state].partitions):
-        raise BrokerUnavailable(f"{topics.events} and {topics.state} have different partition counts")
+    for other in (topics.state, topics.heartbeats):
+        if other not in md:
+            raise BrokerUnavailable(f"topic {other} does not exist (run `taskstream topics create`)")
+        if len(md[topics.events].partitions) != len(md[other].partitions):
+            raise BrokerUnavailable(f"{topics.events} and {other} have different partition counts")
 
 
 def run_processor(settings: Settings) -> None:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from taskstream.schemas import ReadyTask, Status, TaskCreated, TaskFailed, TaskState, TaskSucceeded, Topics
+from taskstream.schemas import ReadyTask, Status, TaskCreated, TaskDeadLettered, TaskFailed, TaskState, TaskSucceeded, Topics, codec
 from tests.kafka_helpers import Component, TopicReader, now, send_events
 
 pytestmark = pytest.mark.integration
@@ -66,10 +66,16 @@ def test_fold_ready_fencing_poison_and_recovery(settings, tmp_path):
         ready.until(lambda m: len(ready_of(ready)) >= 30 + 15 + 1, timeout=60, message="retries and task 100")
         retried = [r for r in ready_of(ready) if r.attempt == 2]
         assert sorted(r.task_id for r in retried) == sorted(t.task_id for t in tasks[15:])
-        dlq.until(lambda m: len(m) >= 1, timeout=30, message="poison in dlq")
-        headers = dict(dlq.messages[0].headers())
-        assert headers["source-topic"] == topics.events.encode()
+        # The dlq gets the poison message (raw, with where it came from) and the 5 tasks that failed for good.
+        dlq.until(lambda m: len(m) >= 6, timeout=30, message="poison and dead letters in dlq")
+        poison = [m for m in dlq.messages if "source-topic" in dict(m.headers() or [])]
+        assert len(poison) == 1
+        headers = dict(poison[0].headers())
+        assert headers["source-topic"] == topics.events.encode() and poison[0].value() == b"not avro at all"
         assert b"C3 01" in headers["reason"] or b"marker" in headers["reason"]
+        dead = [codec.decode(m.value()) for m in dlq.messages if m not in poison]
+        assert sorted(d.task_id for d in dead) == sorted(t.task_id for t in tasks[10:15])
+        assert all(isinstance(d, TaskDeadLettered) and d.error == "E: no" and d.attempt == 1 for d in dead)
 
         # A stale result (attempt 1 of a task now on attempt 2) changes nothing.
         send_events(settings, [TaskSucceeded(task_id=tasks[20].task_id, occurred_at=now(), producer="zombie",
