@@ -28,7 +28,7 @@ from . import problems
 from .body_limit import BodyLimitMiddleware
 from .problems import JSONResponse
 from .read_model import ReadModel
-from .routes import health, tasks, workflows
+from .routes import health, schedules, tasks, workflows
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.include_router(health.router)
     app.include_router(tasks.router)
     app.include_router(workflows.router)
+    app.include_router(schedules.router)
     return app
 
 

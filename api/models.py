@@ -1,4 +1,4 @@
-"""HTTP shapes: request models (task, batch, workflow, patch) and the task JSON.
+"""HTTP shapes: request models (task, batch, workflow, patch, schedule, redrive) and the task and schedule JSON.
 
 Pydantic lives only here, at the edge (STYLE §2): a validated ``TaskIn``
 becomes a ``TaskCreated`` event, a ``TaskPatch`` a ``TaskUpdated``, and a
@@ -11,16 +11,35 @@ most ``MAX_DEPENDENCIES`` entries. In ``POST /tasks`` and ``/tasks:batch``
 they are ids of existing tasks (an unknown id makes the task
 ``upstream_failed``, DESIGN §5); in ``POST /workflows`` they are keys of
 tasks of the same request.
+
+Retry policy: ``retry: {max_attempts, backoff: {initial_s, multiplier,
+max_s, jitter}}``. Every field is optional; on submit the missing ones are
+filled from the settings (``default_max_attempts``, ``default_backoff_*``)
+so every ``TaskCreated`` (and schedule template) carries the complete
+policy; on ``PATCH`` only the given ones change.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 
-from taskstream.schemas import Priority, TaskCreated, TaskState, TaskUpdated, ValidationError, codec
+from taskstream.schemas import (
+    MAX_BACKOFF_S,
+    Priority,
+    ScheduleCreated,
+    ScheduleState,
+    ScheduleStatus,
+    Settings,
+    TaskCreated,
+    TaskState,
+    TaskUpdated,
+    ValidationError,
+    codec,
+)
+from taskstream.schemas import cron as cron_expr
 
 JsonValue = Any
 
@@ -35,16 +54,46 @@ def _dedup(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+Seconds = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # ints are accepted, strings and bools not
+
+
+class BackoffIn(BaseModel):
+    """Waits between attempts: ``min(max_s, initial_s * multiplier**(k-1))``, shortened by up to ``jitter``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial_s: Annotated[Seconds, Field(ge=0, le=MAX_BACKOFF_S)] | None = None
+    multiplier: Annotated[Seconds, Field(ge=1, le=1000)] | None = None
+    max_s: Annotated[Seconds, Field(gt=0, le=MAX_BACKOFF_S)] | None = None
+    jitter: Annotated[Seconds, Field(ge=0, le=1)] | None = None
+
+
 class RetryIn(BaseModel):
-    """Retry policy. Only ``max_attempts`` for now; backoff settings come with a later issue."""
+    """Retry policy: how many attempts in all, and the backoff between them."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_attempts: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
+    backoff: BackoffIn | None = None
 
 
-class TaskFields(BaseModel):
-    """The task fields shared by ``POST /tasks``, ``/tasks:batch`` and ``/workflows`` entries."""
+_BACKOFF_FIELDS = ("initial_s", "multiplier", "max_s", "jitter")
+
+
+def retry_policy(retry: RetryIn | None, settings: Settings) -> dict[str, Any]:
+    """``max_attempts`` and ``backoff_*`` of a new task: the given values, the settings' defaults for the rest."""
+    backoff = retry.backoff if retry is not None and retry.backoff is not None else BackoffIn()
+    out: dict[str, Any] = {
+        "max_attempts": retry.max_attempts if retry is not None and retry.max_attempts else settings.default_max_attempts,
+    }
+    for name in _BACKOFF_FIELDS:
+        value = getattr(backoff, name)
+        out[f"backoff_{name}"] = float(value if value is not None else getattr(settings, f"default_backoff_{name}"))
+    return out
+
+
+class TaskBody(BaseModel):
+    """Task fields without time or dependencies: a schedule's ``task`` and the base of ``TaskFields``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,7 +102,6 @@ class TaskFields(BaseModel):
     priority: Priority = Priority.MEDIUM
     name: StrictStr = ""
     labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
-    run_at: StrictStr | None = None
     timeout_s: Annotated[StrictFloat, Field(gt=0)] | None = None  # ints are accepted, strings and bools not
     retry: RetryIn | None = None
 
@@ -63,6 +111,24 @@ class TaskFields(BaseModel):
         if not v.strip():
             raise ValueError("must not be blank")
         return v
+
+    def template(self, settings: Settings) -> dict[str, Any]:
+        """The complete task a schedule creates at each fire (defaults filled in; JSON-able)."""
+        return {
+            "handler": self.handler,
+            "payload": self.payload,
+            "priority": self.priority.value,
+            "name": self.name,
+            "labels": dict(self.labels),
+            "timeout_s": None if self.timeout_s is None else float(self.timeout_s),
+            **retry_policy(self.retry, settings),
+        }
+
+
+class TaskFields(TaskBody):
+    """The task fields shared by ``POST /tasks``, ``/tasks:batch`` and ``/workflows`` entries."""
+
+    run_at: StrictStr | None = None
 
     @field_validator("run_at")
     @classmethod
@@ -80,12 +146,11 @@ class TaskFields(BaseModel):
         task_id: str,
         producer: str,
         now: datetime,
-        default_max_attempts: int,
+        settings: Settings,
         depends_on: list[str] | None = None,
         **extra: Any,
     ) -> TaskCreated:
         """The ``TaskCreated`` of this task; ``extra`` sets key, workflow_id, upstream_keys, idempotency fields."""
-        max_attempts = self.retry.max_attempts if self.retry and self.retry.max_attempts else default_max_attempts
         return TaskCreated(
             task_id=task_id,
             occurred_at=now,
@@ -98,7 +163,7 @@ class TaskFields(BaseModel):
             depends_on=list(depends_on if depends_on is not None else getattr(self, "depends_on", [])),
             run_at=self.run_at_datetime(),
             timeout_s=None if self.timeout_s is None else float(self.timeout_s),
-            max_attempts=max_attempts,
+            **retry_policy(self.retry, settings),
             **extra,
         )
 
@@ -171,8 +236,12 @@ class TaskPatch(BaseModel):
         for name in ("priority", "run_at", "timeout_s", "retry"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValidationError(name, "cannot be null")
-        if self.retry is not None and self.retry.max_attempts is None:
-            raise ValidationError("retry.max_attempts", "required when retry is given")
+        if self.retry is not None:
+            backoff = self.retry.backoff
+            if self.retry.max_attempts is None and backoff is None:
+                raise ValidationError("retry", "give max_attempts or backoff (or both)")
+            if backoff is not None and not any(getattr(backoff, f) is not None for f in _BACKOFF_FIELDS):
+                raise ValidationError("retry.backoff", "give at least one of " + ", ".join(_BACKOFF_FIELDS))
 
     def run_at_datetime(self) -> datetime | None:
         return None if self.run_at is None else parse_rfc3339(self.run_at)
@@ -189,7 +258,12 @@ class TaskPatch(BaseModel):
             run_at=self.run_at_datetime(),
             timeout_s=None if self.timeout_s is None else float(self.timeout_s),
             max_attempts=self.retry.max_attempts if self.retry is not None else None,
+            **{f"backoff_{name}": None if value is None else float(value) for name, value in self._backoff().items()},
         )
+
+    def _backoff(self) -> dict[str, float | None]:
+        backoff = self.retry.backoff if self.retry is not None else None
+        return {name: getattr(backoff, name) if backoff is not None else None for name in _BACKOFF_FIELDS}
 
 
 def parse_rfc3339(text: str) -> datetime:
@@ -249,4 +323,147 @@ def task_json(state: TaskState) -> dict[str, Any]:
         "workflow_id": state.workflow_id,
         "upstream_keys": dict(state.upstream_keys),
         "dependents": list(state.dependents),
+        "retry": {
+            "max_attempts": state.max_attempts,
+            "backoff": {
+                "initial_s": state.backoff_initial_s,
+                "multiplier": state.backoff_multiplier,
+                "max_s": state.backoff_max_s,
+                "jitter": state.backoff_jitter,
+            },
+        },
+        "retry_at": rfc3339(state.retry_at),
+        "checkpoint": _json_or_text(state.checkpoint),
+        "schedule_id": state.schedule_id,
+        "scheduled_for": rfc3339(state.scheduled_for),
+    }
+
+
+# ------------------------------------------------------------------ redrive
+
+
+class RedriveIn(BaseModel):
+    """Optional body of ``POST /api/v1/tasks/{id}/retry``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[StrictStr, Field(max_length=1000)] = ""
+
+
+# ---------------------------------------------------------------- schedules
+
+MISFIRE_POLICIES = ("run_once", "skip")
+
+
+class ScheduleIn(BaseModel):
+    """Body of ``POST /api/v1/schedules``: a cron expression and the task it creates at each fire.
+
+    ``task`` takes the task fields except ``depends_on`` and ``run_at`` (a
+    fire is the task's time). ``start_at``/``end_at`` bound the fire times:
+    the first fire is the first at or after ``start_at`` (default: after
+    creation) and no fire is later than ``end_at``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    timezone: Annotated[StrictStr, Field(min_length=1, max_length=100)] = "UTC"
+    task: TaskBody
+    name: Annotated[StrictStr, Field(max_length=200)] = ""
+    start_at: StrictStr | None = None
+    end_at: StrictStr | None = None
+    misfire: Literal["run_once", "skip"] = "run_once"
+
+    @field_validator("start_at", "end_at")
+    @classmethod
+    def _rfc3339(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_rfc3339(v)
+        return v
+
+    def start_at_datetime(self) -> datetime | None:
+        return None if self.start_at is None else parse_rfc3339(self.start_at)
+
+    def end_at_datetime(self) -> datetime | None:
+        return None if self.end_at is None else parse_rfc3339(self.end_at)
+
+    def check(self, now: datetime) -> datetime:
+        """Raise ``schemas.ValidationError`` naming ``cron``, ``timezone`` or ``end_at``; return the first fire time."""
+        cron_expr.check(self.cron, self.timezone)
+        start, end = self.start_at_datetime(), self.end_at_datetime()
+        if start is not None and end is not None and end <= start:
+            raise ValidationError("end_at", "must be after start_at")
+        try:
+            first = cron_expr.first_fire(self.cron, self.timezone, start, now)
+        except Exception as exc:  # croniter: e.g. "0 0 30 2 *" (February 30th) has no next date
+            raise ValidationError("cron", f"{self.cron!r} never fires: {exc}") from None
+        if end is not None and first > end:
+            raise ValidationError("end_at", f"the schedule would never fire: its first fire time {rfc3339(first)} "
+                                            "is after end_at")
+        return first
+
+    def to_event(self, *, schedule_id: str, producer: str, now: datetime, settings: Settings) -> ScheduleCreated:
+        return ScheduleCreated(
+            task_id=schedule_id,
+            occurred_at=now,
+            producer=producer,
+            cron=self.cron,
+            timezone=self.timezone,
+            template=codec.dumps_json(self.task.template(settings)),
+            name=self.name,
+            start_at=self.start_at_datetime(),
+            end_at=self.end_at_datetime(),
+            misfire=self.misfire,
+        )
+
+
+def initial_schedule(e: ScheduleCreated) -> ScheduleState:
+    """The API's view of a schedule it just created (read-your-writes), until the processor's arrives."""
+    first_fire = cron_expr.first_fire(e.cron, e.timezone, e.start_at, e.occurred_at)
+    return ScheduleState(
+        schedule_id=e.task_id,
+        cron=e.cron,
+        timezone=e.timezone,
+        template=e.template,
+        status=ScheduleStatus.ACTIVE.value,
+        created_at=e.occurred_at,
+        updated_at=e.occurred_at,
+        name=e.name,
+        start_at=e.start_at,
+        end_at=e.end_at,
+        misfire=e.misfire,
+        next_fire_at=first_fire,
+        version=1,
+    )
+
+
+def same_schedule(state: ScheduleState, e: ScheduleCreated) -> bool:
+    """Whether ``state`` was created by a request equal to the one ``e`` comes from (Idempotency-Key repeats)."""
+    return (
+        (state.cron, state.timezone, state.name, state.start_at, state.end_at, state.misfire)
+        == (e.cron, e.timezone, e.name, e.start_at, e.end_at, e.misfire)
+        and _json_or_text(state.template) == _json_or_text(e.template)
+    )
+
+
+def schedule_json(state: ScheduleState) -> dict[str, Any]:
+    """A schedule as the API shows it."""
+    return {
+        "id": state.schedule_id,
+        "name": state.name,
+        "cron": state.cron,
+        "timezone": state.timezone,
+        "task": _json_or_text(state.template),
+        "start_at": rfc3339(state.start_at),
+        "end_at": rfc3339(state.end_at),
+        "misfire": state.misfire,
+        "status": state.status,
+        "next_fire_at": rfc3339(state.next_fire_at),
+        "last_fire_at": rfc3339(state.last_fire_at),
+        "last_task_id": state.last_task_id,
+        "fired": state.fired,
+        "skipped": state.skipped,
+        "created_at": rfc3339(state.created_at),
+        "updated_at": rfc3339(state.updated_at),
+        "version": state.version,
     }

@@ -1,11 +1,14 @@
 """The API's read model: a RocksDB projection of ``<p>.state`` with list indexes.
 
 The API never asks a processor (DESIGN §8). The processor writes the latest
-``TaskState`` of every task to the compacted topic ``<p>.state`` (the
-changelog of its task tables); this module consumes that topic from the
-beginning of every partition and keeps a local copy in RocksDB
-(``rocksdict``), plus secondary indexes for newest-first listing overall and
-by status, priority and handler.
+``TaskState`` of every task and ``ScheduleState`` of every cron schedule to
+the compacted topic ``<p>.state`` (the changelog of its tables); this module
+consumes that topic from the beginning of every partition and keeps a local
+copy in RocksDB (``rocksdict``), plus secondary indexes for newest-first
+listing overall and by status, priority and handler. Schedules live in
+their own column family (``ScheduleStore``) with the same key layout and an
+index by status. Any other record type, and the processor's marker key
+``__taskstream_marker__``, are skipped.
 
 Two parts:
 
@@ -55,7 +58,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
-from taskstream.schemas import DecodeError, Settings, TaskState, Topics, codec
+from taskstream.schemas import DecodeError, ScheduleState, Settings, TaskState, Topics, codec
 from taskstream.schemas.kafka import common_config, consume_available
 
 log = logging.getLogger(__name__)
@@ -66,14 +69,17 @@ _ALL = b"x:all:"
 _INV_BASE = 10**19
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SORTKEY = re.compile(rb"^\d{20}:[^\x00]+$")
+#: A key the processor writes to ``<p>.state`` for its own bookkeeping; not a task.
+MARKER_KEY = b"__taskstream_marker__"
+SCHEDULES_CF = "schedules"
 
 #: Fields with a secondary index, in the order the list query prefers them
 #: when several filters are given (the most selective first).
 INDEXED_FIELDS: tuple[str, ...] = ("handler", "status", "priority")
 
 
-def sortkey(state: TaskState) -> bytes:
-    """The newest-first ordering key of a task: inverted creation time, then id."""
+def sortkey(state: TaskState | ScheduleState) -> bytes:
+    """The newest-first ordering key of a task (or schedule): inverted creation time, then id."""
     micros = (state.created_at - _EPOCH) // timedelta(microseconds=1)
     return f"{_INV_BASE - micros:020d}".encode() + b":" + state.task_id.encode()
 
@@ -108,11 +114,13 @@ class TaskStore:
         self._db = Rdict(str(self.path), options=Options(raw_mode=True))
         self._lock = threading.Lock()
         self._closed = False
+        self.schedules = ScheduleStore(self._db)
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                self.schedules.close()  # the column family holds the database open until it is closed
                 self._db.close()
 
     # ------------------------------------------------------------- writes
@@ -197,20 +205,7 @@ class TaskStore:
         return [s for _, s in page], None
 
     def _scan(self, prefix: bytes, after: bytes | None) -> Iterator[bytes]:
-        it = self._db.iter()
-        try:
-            start = prefix + after if after else prefix
-            it.seek(start)
-            if after and it.valid() and it.key() == start:
-                it.next()
-            while it.valid():
-                key = it.key()
-                if not key.startswith(prefix):
-                    return
-                yield key[len(prefix):]
-                it.next()
-        finally:
-            del it
+        return _scan(self._db, prefix, after)
 
     def all_states(self) -> Iterable[TaskState]:
         """Every stored state (tests, debugging)."""
@@ -228,6 +223,107 @@ class TaskStore:
         except DecodeError as exc:  # cannot happen unless the files were tampered with
             log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc)
             return None
+
+
+def _scan(db: Rdict, prefix: bytes, after: bytes | None) -> Iterator[bytes]:
+    """The keys of ``db`` under ``prefix`` (prefix removed) in order, starting after ``prefix + after``."""
+    it = db.iter()
+    try:
+        start = prefix + after if after else prefix
+        it.seek(start)
+        if after and it.valid() and it.key() == start:
+            it.next()
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                return
+            yield key[len(prefix):]
+            it.next()
+    finally:
+        del it
+
+
+class ScheduleStore:
+    """Latest ``ScheduleState`` per schedule, in the ``schedules`` column family of the read model's database.
+
+    Keys as in ``TaskStore`` (``s:<id>``, ``x:all:<sortkey>``,
+    ``x:status:<hex(status)>:<sortkey>``) but in their own column family, so
+    task scans never see a schedule. Created by ``TaskStore`` (one database,
+    deleted and rebuilt at every start); closed with it.
+    """
+
+    def __init__(self, db: Rdict) -> None:
+        self._db = db
+        self._cf = db.create_column_family(SCHEDULES_CF, Options(raw_mode=True))
+        self._handle = db.get_column_family_handle(SCHEDULES_CF)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the column family (``TaskStore.close`` calls this before closing the database)."""
+        with self._lock:
+            if self._cf is not None:
+                self._cf.close()
+                self._cf = self._handle = None
+
+    @staticmethod
+    def _index_keys(state: ScheduleState) -> list[bytes]:
+        sk = sortkey(state)
+        return [_ALL + sk, _index_prefix("status", state.status) + sk]
+
+    def apply(self, state: ScheduleState, *, only_over_version: int | None = None, only_if_absent: bool = False) -> bool:
+        """Store ``state`` unless a newer version is stored (see ``TaskStore.apply``); return whether it was.
+
+        ``only_if_absent``: store it only if the schedule is not stored at all
+        (the API's own guess of a schedule it just created must not replace
+        the processor's state of it).
+        """
+        key = _STATE + state.schedule_id.encode()
+        with self._lock:
+            old = self._decode(self._cf.get(key), state.schedule_id)
+            if old is not None and (only_if_absent or state.version < old.version):
+                return False
+            if only_over_version is not None and (old is None or old.version != only_over_version):
+                return False
+            batch = WriteBatch(raw_mode=True)
+            new_keys = self._index_keys(state)
+            if old is not None:
+                for k in set(self._index_keys(old)) - set(new_keys):
+                    batch.delete(k, self._handle)
+            for k in new_keys:
+                batch.put(k, b"", self._handle)
+            batch.put(key, codec.encode(state), self._handle)
+            self._db.write(batch)
+            return True
+
+    def get(self, schedule_id: str) -> ScheduleState | None:
+        return self._decode(self._cf.get(_STATE + schedule_id.encode()), schedule_id)
+
+    def list(self, *, status: str | None = None, limit: int = 100,
+             after: bytes | None = None) -> tuple[list[ScheduleState], bytes | None]:
+        """A page of schedules, newest first, and the sortkey to continue after (None at the end); as ``TaskStore.list``."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        prefix = _index_prefix("status", status) if status is not None else _ALL
+        page: list[tuple[bytes, ScheduleState]] = []
+        for sk in _scan(self._cf, prefix, after):
+            state = self.get(sk.split(b":", 1)[1].decode())
+            if state is None or sortkey(state) != sk or (status is not None and state.status != status):
+                continue
+            page.append((sk, state))
+            if len(page) > limit:
+                return [s for _, s in page[:limit]], page[limit - 1][0]
+        return [s for _, s in page], None
+
+    @staticmethod
+    def _decode(raw: bytes | None, schedule_id: str) -> ScheduleState | None:
+        if raw is None:
+            return None
+        try:
+            state = codec.decode(raw)
+        except DecodeError as exc:  # cannot happen unless the files were tampered with
+            log.error("read model: stored state of schedule_id=%s is unreadable: %s", schedule_id, exc)
+            return None
+        return state if isinstance(state, ScheduleState) else None
 
 
 class ReadModel:
@@ -249,6 +345,7 @@ class ReadModel:
         self.settings = settings
         self.topic = Topics(settings.prefix).state
         self.store = TaskStore(Path(settings.data_dir) / "read-model")
+        self.schedules = self.store.schedules
         self._connect_timeout = connect_timeout
         self._stop = threading.Event()
         self._caught_up = threading.Event()
@@ -357,15 +454,19 @@ class ReadModel:
         if not value:
             log.debug("read model: skipped tombstone key=%r at %s/%d", key, partition, offset)
             return
+        if key == MARKER_KEY:
+            return
         try:
             state = codec.decode(value)
         except DecodeError as exc:
             log.warning("read model: skipped undecodable record key=%r at %s/%d: %s", key, partition, offset, exc)
             return
-        if not isinstance(state, TaskState):
-            log.warning("read model: skipped %s record key=%r at %s/%d", type(state).__name__, key, partition, offset)
-            return
-        self.store.apply(state)
+        if isinstance(state, TaskState):
+            self.store.apply(state)
+        elif isinstance(state, ScheduleState):
+            self.schedules.apply(state)
+        else:
+            log.debug("read model: skipped %s record key=%r at %s/%d", type(state).__name__, key, partition, offset)
 
     def _check_caught_up(self) -> None:
         if not self._pending and not self._caught_up.is_set():

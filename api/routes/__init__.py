@@ -1,5 +1,5 @@
-"""HTTP routes: ``tasks`` and ``workflows`` under ``/api/v1``, ``health`` (liveness, readiness) at the root."""
+"""HTTP routes: ``tasks``, ``workflows`` and ``schedules`` under ``/api/v1``, ``health`` (liveness, readiness) at the root."""
 
-from . import health, tasks, workflows
+from . import health, schedules, tasks, workflows
 
-__all__ = ["health", "tasks", "workflows"]
+__all__ = ["health", "schedules", "tasks", "workflows"]

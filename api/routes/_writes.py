@@ -3,20 +3,30 @@
 Every route that writes goes through here, so all of them share the rules:
 events are encoded and size-checked before the first byte is produced
 (bad input writes nothing); a route answers only after the broker
-acknowledged every record it wrote (acks=all); a task's initial state goes
-into the read model as soon as its ``TaskCreated`` is acknowledged
-(read-your-writes).
+acknowledged every record it wrote (acks=all); a task's (or schedule's)
+initial state goes into the read model as soon as its ``TaskCreated`` (or
+``ScheduleCreated``) is acknowledged (read-your-writes).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from taskstream.schemas import BrokerUnavailable, Event, TaskCreated, TaskState, Topics, codec, initial_state
+from taskstream.schemas import (
+    BrokerUnavailable,
+    Event,
+    ScheduleCreated,
+    ScheduleState,
+    TaskCreated,
+    TaskState,
+    Topics,
+    codec,
+    initial_state,
+)
 
+from ..models import initial_schedule
 from ..problems import problem
 
 #: librdkafka's default ``message.max.bytes`` (1,000,000) bounds one record
@@ -52,9 +62,11 @@ async def write(app_state: Any, records: Sequence[tuple[Event, bytes]]) -> None:
     """Produce every record to ``<p>.events`` keyed by its task and wait for all acks.
 
     Records are produced together (the producer pipelines them) and awaited
-    together. Every acknowledged ``TaskCreated`` is applied to the read model
-    even if another record of the same call failed; then the first failure is
-    raised as ``BrokerUnavailable`` (503).
+    together. Every acknowledged ``TaskCreated`` (``ScheduleCreated``) is
+    applied to the read model even if another record of the same call
+    failed; then the first failure is raised as ``BrokerUnavailable`` (503).
+    A schedule's initial state is stored only if the read model has none
+    yet: the processor's state may already be there.
     """
     topic = Topics(app_state.settings.prefix).events
     producer = app_state.producer
@@ -73,6 +85,8 @@ async def write(app_state: Any, records: Sequence[tuple[Event, bytes]]) -> None:
             failure = failure or result
         elif isinstance(event, TaskCreated):
             store.apply(initial_state(event))
+        elif isinstance(event, ScheduleCreated):
+            app_state.read_model.schedules.apply(initial_schedule(event), only_if_absent=True)
     if failure is not None:
         if isinstance(failure, BrokerUnavailable):
             raise failure
@@ -91,11 +105,8 @@ def expect(app_state: Any, state: TaskState, over_version: int) -> TaskState:
     return store.get(state.task_id) or state
 
 
-#: Timers arrive with a later issue; until then a future run_at is refused.
-FUTURE_RUN_AT = "run_at in the future is not supported yet"
-
-
-def future_run_at(body, now: datetime) -> bool:
-    """Whether a task body (or patch) asks for a ``run_at`` after ``now``."""
-    run_at = body.run_at_datetime()
-    return run_at is not None and run_at > now
+def expect_schedule(app_state: Any, state: ScheduleState, over_version: int) -> ScheduleState:
+    """``expect`` for a schedule: its expected state unless the processor already published a newer one."""
+    store = app_state.read_model.schedules
+    store.apply(state, only_over_version=over_version)
+    return store.get(state.schedule_id) or state

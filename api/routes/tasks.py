@@ -1,4 +1,4 @@
-"""``/api/v1/tasks``: submit, change and cancel tasks (events in the log); read them (read model, log).
+"""``/api/v1/tasks``: submit, change, cancel and re-drive tasks (events in the log); read them (read model, log).
 
 Writes validate the whole request, encode every event and check its size
 before producing anything (bad input writes nothing), then produce to
@@ -15,6 +15,16 @@ A produce that fails answers 503. In a batch, the records that were
 acknowledged before the failure stay written: retry with the same
 ``Idempotency-Key`` to complete the batch without duplicates.
 
+``POST /tasks/{id}/retry`` re-drives a ``failed`` or ``upstream_failed``
+task (``TaskRedriven``): the processor gives it a fresh budget of
+``max_attempts`` attempts, queues the next at once (a ``failed`` task) or
+registers it again with its dependencies (an ``upstream_failed`` one), and
+re-opens its ``upstream_failed`` dependents. The expected state (mirroring
+the processor's fold) goes into the read model like for PATCH and DELETE.
+
+A ``run_at`` in the future makes the task ``scheduled``; the processor
+queues it at that time.
+
 Statuses of writes: 202 (accepted: the processor applies the change
 asynchronously), 404 unknown task, 409 a change impossible in the task's
 status, 412 ``If-Match`` version is stale, 413 an event too large for the
@@ -30,7 +40,7 @@ import dataclasses
 import logging
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
 from taskstream.schemas import (
@@ -40,6 +50,7 @@ from taskstream.schemas import (
     Priority,
     Status,
     TaskCancelled,
+    TaskRedriven,
     TaskState,
     ValidationError,
     new_id,
@@ -47,10 +58,10 @@ from taskstream.schemas import (
 
 from .. import idempotency
 from ..history import event_json, read_task_events
-from ..models import BatchIn, TaskIn, TaskPatch, task_json
-from ..problems import JSONResponse, problem, validation_problem
+from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, task_json
+from ..problems import JSONResponse, problem
 from ..read_model import is_sortkey
-from ._writes import FUTURE_RUN_AT, MAX_EVENT_BYTES, TooLarge, encode, expect, future_run_at, write
+from ._writes import MAX_EVENT_BYTES, TooLarge, encode, expect, write
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,10 @@ __all__ = ["router", "MAX_EVENT_BYTES", "encode_cursor", "decode_cursor"]
 MAX_LIMIT = 1000
 MAX_REASON = 1000
 UPDATABLE = frozenset({Status.PENDING, Status.SCHEDULED})
+REDRIVABLE = frozenset({Status.FAILED, Status.UPSTREAM_FAILED})
+#: TaskUpdated fields a PATCH may set (the processor's fold applies the same).
+PATCHABLE = ("priority", "payload", "run_at", "timeout_s", "max_attempts",
+             "backoff_initial_s", "backoff_multiplier", "backoff_max_s", "backoff_jitter")
 
 
 def _etag(state: TaskState) -> dict[str, str]:
@@ -76,8 +91,6 @@ async def submit_task(body: TaskIn, request: Request) -> Response:
     store = app.read_model.store
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     now = datetime.now(UTC)
-    if future_run_at(body, now):
-        raise ValidationError("run_at", FUTURE_RUN_AT)
     extra = {}
     if key is not None:
         task_id = idempotency.derived_id(key)
@@ -90,10 +103,7 @@ async def submit_task(body: TaskIn, request: Request) -> Response:
         extra = {"idempotency_key": key, "request_hash": rhash}
     else:
         task_id = new_id()
-    event = body.to_event(
-        task_id=task_id, producer=app.producer_id, now=now,
-        default_max_attempts=app.settings.default_max_attempts, **extra,
-    )
+    event = body.to_event(task_id=task_id, producer=app.producer_id, now=now, settings=app.settings, **extra)
     try:
         value = encode(event)
     except TooLarge as exc:
@@ -114,12 +124,6 @@ async def submit_batch(body: BatchIn, request: Request) -> Response:
     store = app.read_model.store
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     now = datetime.now(UTC)
-    errors = [
-        {"field": f"tasks[{i}].run_at", "message": FUTURE_RUN_AT}
-        for i, t in enumerate(body.tasks) if future_run_at(t, now)
-    ]
-    if errors:
-        return validation_problem(errors)
     if key is not None:
         ids = [idempotency.derived_id(f"{key}:{i}") for i in range(len(body.tasks))]
         rhash = idempotency.request_hash("tasks:batch", body.model_dump(mode="json"))
@@ -133,10 +137,7 @@ async def submit_batch(body: BatchIn, request: Request) -> Response:
         for i, (task_id, task) in enumerate(zip(ids, body.tasks)):
             if task_id in existing:
                 continue
-            event = task.to_event(
-                task_id=task_id, producer=app.producer_id, now=now,
-                default_max_attempts=app.settings.default_max_attempts, **extra,
-            )
+            event = task.to_event(task_id=task_id, producer=app.producer_id, now=now, settings=app.settings, **extra)
             records.append((event, encode(event, f"tasks[{i}].payload")))
     except TooLarge as exc:
         return exc.response()
@@ -264,8 +265,6 @@ async def update_task(task_id: str, body: TaskPatch, request: Request) -> Respon
     if task.status not in UPDATABLE or task.attempt != 0:  # a retry waiting in `scheduled` has started
         raise CommandRejected(f"task {task_id} is {task.status}: already started or queued, it can no longer be changed")
     now = datetime.now(UTC)
-    if future_run_at(body, now):
-        raise ValidationError("run_at", FUTURE_RUN_AT)
     event = body.to_event(task_id=task_id, producer=app.producer_id, now=now,
                           expected_version=expected if expected is not None else task.version)
     try:
@@ -273,10 +272,7 @@ async def update_task(task_id: str, body: TaskPatch, request: Request) -> Respon
     except TooLarge as exc:
         return exc.response()
     await write(app, [(event, value)])
-    changes = {
-        name: getattr(event, name) for name in ("priority", "payload", "run_at", "timeout_s", "max_attempts")
-        if getattr(event, name) is not None
-    }
+    changes = {name: getattr(event, name) for name in PATCHABLE if getattr(event, name) is not None}
     after = expect(app, dataclasses.replace(task, **changes, version=task.version + 1, updated_at=now), task.version)
     log.debug("task update written task_id=%s fields=%s", task_id, sorted(changes))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
@@ -302,3 +298,39 @@ async def cancel_task(
     )
     log.debug("task cancel written task_id=%s", task_id)
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
+
+
+@router.post("/tasks/{task_id}/retry", status_code=202)
+async def redrive_task(task_id: str, request: Request, body: RedriveIn | None = Body(None)) -> Response:
+    """Re-drive a ``failed`` or ``upstream_failed`` task: 202 with the task; 409 in any other status."""
+    app = request.app.state
+    task = _get(request, task_id)
+    if task.status not in REDRIVABLE:
+        raise CommandRejected(
+            f"task {task_id} is {task.status}: only failed or upstream_failed tasks can be retried"
+        )
+    reason = body.reason if body is not None else ""
+    now = datetime.now(UTC)
+    event = TaskRedriven(task_id=task_id, occurred_at=now, producer=app.producer_id, reason=reason)
+    await write(app, [(event, encode(event, "reason"))])
+    after = expect(app, redriven(task, now), task.version)
+    log.info("task re-driven task_id=%s attempt=%d was=%s", task_id, task.attempt, task.status)
+    return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
+
+
+def redriven(task: TaskState, now: datetime) -> TaskState:
+    """The state the processor's fold gives ``task`` on a ``TaskRedriven`` (mirrored for read-your-writes).
+
+    A fresh budget of attempts counts from ``attempt_offset``; a failed task
+    waits for its next attempt, due at once (``scheduled``, ``retry_at`` now);
+    an upstream_failed one waits for its dependencies again (``pending``,
+    keeping only the resolutions that succeeded).
+    """
+    common = dict(attempt_offset=task.attempt, finished_at=None, result=None, updated_at=now, version=task.version + 1)
+    if task.status == Status.FAILED.value:
+        return dataclasses.replace(task, status=Status.SCHEDULED.value, retry_at=now, **common)
+    resolved = {u: o for u, o in task.resolved.items() if o == Status.SUCCEEDED.value}
+    return dataclasses.replace(
+        task, status=Status.PENDING.value, resolved=resolved, error=None,
+        upstream_results={u: r for u, r in task.upstream_results.items() if u in resolved}, **common,
+    )

@@ -30,7 +30,7 @@ from taskstream.schemas import TaskState, new_id
 from .. import idempotency
 from ..models import WorkflowIn
 from ..problems import JSONResponse, validation_problem
-from ._writes import FUTURE_RUN_AT, TooLarge, encode, future_run_at, write
+from ._writes import TooLarge, encode, write
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,6 @@ async def submit_workflow(body: WorkflowIn, request: Request) -> Response:
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     now = datetime.now(UTC)
     errors = check_graph(body)
-    for i, task in enumerate(body.tasks):
-        if future_run_at(task, now):
-            errors.append({"field": f"tasks[{i}].run_at", "message": FUTURE_RUN_AT})
     if errors:
         return validation_problem(errors)
 
@@ -104,7 +101,7 @@ async def submit_workflow(body: WorkflowIn, request: Request) -> Response:
                 continue
             event = task.to_event(
                 task_id=task_id, producer=app.producer_id, now=now,
-                default_max_attempts=app.settings.default_max_attempts,
+                settings=app.settings,
                 depends_on=[ids[d] for d in task.depends_on],
                 upstream_keys={ids[d]: d for d in task.depends_on},
                 key=task.key, workflow_id=workflow_id, **extra,

@@ -179,7 +179,7 @@ def test_batch_is_all_or_nothing(client: TestClient, settings: Settings) -> None
     good = {"handler": "h"}
     cases = [
         ([good, {"handler": "h", "priority": "urgent"}, good, {"handler": ""}], ["tasks[1].priority", "tasks[3].handler"]),
-        ([good, {"handler": "h", "run_at": "2999-01-01T00:00:00Z"}], ["tasks[1].run_at"]),
+        ([good, {"handler": "h", "run_at": "2999-01-01"}], ["tasks[1].run_at"]),
         ([good, {"handler": "h", "depends_on": [""]}], ["tasks[1].depends_on[0]"]),
         ([good] * 1001, ["tasks"]),
         ([], ["tasks"]),
@@ -306,8 +306,10 @@ def test_patch_412_409_202_writes_task_updated(client: TestClient, settings: Set
                    422, "If-Match")
     for body, field in (({}, "body"), ({"status": "queued"}, "status"), ({"priority": "urgent"}, "priority"),
                         ({"priority": None}, "priority"), ({"timeout_s": -1}, "timeout_s"),
-                        ({"run_at": "tomorrow"}, "run_at"), ({"run_at": "2999-01-01T00:00:00Z"}, "run_at"),
-                        ({"retry": {"max_attempts": 0}}, "retry.max_attempts"), ({"retry": {}}, "retry.max_attempts")):
+                        ({"run_at": "tomorrow"}, "run_at"), ({"run_at": None}, "run_at"),
+                        ({"retry": {"max_attempts": 0}}, "retry.max_attempts"), ({"retry": {}}, "retry"),
+                        ({"retry": {"backoff": {}}}, "retry.backoff"),
+                        ({"retry": {"backoff": {"jitter": 2}}}, "retry.backoff.jitter")):
         p = assert_problem(client.patch(f"{V1}/tasks/{task['id']}", json=body), 422, field)
         assert field in [e["field"] for e in p["errors"]], (body, p)
     assert count_events(settings, 1) == 1

@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from taskstream.api.models import TaskIn, parse_rfc3339, rfc3339, task_json
+from pydantic import ValidationError as PydanticValidationError
+
+from taskstream.api.models import TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
 from taskstream.api.read_model import sortkey
 from taskstream.api.routes.tasks import decode_cursor, encode_cursor
-from taskstream.schemas import TaskState, ValidationError, initial_state
+from taskstream.schemas import MAX_BACKOFF_S, Settings, TaskState, ValidationError, initial_state
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -57,14 +59,79 @@ def test_bad_cursor(cursor: str) -> None:
     assert info.value.field == "cursor"
 
 
+SETTINGS = Settings(default_max_attempts=3, default_backoff_initial_s=1.5, default_backoff_multiplier=3,
+                    default_backoff_max_s=60, default_backoff_jitter=0.25)
+
+
 def test_task_in_to_event_and_task_json() -> None:
     now = datetime(2024, 5, 1, tzinfo=UTC)
     body = TaskIn.model_validate({"handler": "h", "payload": [1, {"a": None}], "retry": {"max_attempts": 7},
                                   "timeout_s": 2, "labels": {"k": "v"}})
-    ev = body.to_event(task_id="t1", producer="api-x-1", now=now, default_max_attempts=3)
+    ev = body.to_event(task_id="t1", producer="api-x-1", now=now, settings=SETTINGS)
     assert ev.payload == '[1,{"a":null}]' and ev.max_attempts == 7 and ev.timeout_s == 2.0 and ev.run_at is None
     js = task_json(initial_state(ev))
     assert js["payload"] == [1, {"a": None}] and js["created_at"] == "2024-05-01T00:00:00.000000Z"
     assert js["status"] == "pending" and js["version"] == 1 and js["result"] is None
     assert TaskIn.model_validate({"handler": "h"}).to_event(
-        task_id="t2", producer="p", now=now, default_max_attempts=3).max_attempts == 3
+        task_id="t2", producer="p", now=now, settings=SETTINGS).max_attempts == 3
+
+
+def test_every_task_created_carries_the_complete_retry_policy() -> None:
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    ev = TaskIn.model_validate({"handler": "h"}).to_event(task_id="t", producer="p", now=now, settings=SETTINGS)
+    assert (ev.max_attempts, ev.backoff_initial_s, ev.backoff_multiplier, ev.backoff_max_s, ev.backoff_jitter) == (
+        3, 1.5, 3.0, 60.0, 0.25)
+    ev = TaskIn.model_validate({"handler": "h", "retry": {"backoff": {"initial_s": 0, "jitter": 1}}}).to_event(
+        task_id="t", producer="p", now=now, settings=SETTINGS)
+    assert (ev.max_attempts, ev.backoff_initial_s, ev.backoff_multiplier, ev.backoff_max_s, ev.backoff_jitter) == (
+        3, 0.0, 3.0, 60.0, 1.0)
+    assert all(isinstance(getattr(ev, f"backoff_{n}"), float) for n in ("initial_s", "multiplier", "max_s", "jitter"))
+    js = task_json(initial_state(ev))
+    assert js["retry"] == {"max_attempts": 3, "backoff": {"initial_s": 0.0, "multiplier": 3.0, "max_s": 60.0, "jitter": 1.0}}
+    assert js["max_attempts"] == 3 and js["retry_at"] is None and js["checkpoint"] is None
+    assert js["schedule_id"] is None and js["scheduled_for"] is None
+
+
+def test_task_json_shows_retry_at_checkpoint_and_schedule() -> None:
+    at = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    s = TaskState(task_id="t", handler="h", status="scheduled", priority="low", payload="{}", created_at=at,
+                  updated_at=at, retry_at=at, checkpoint='{"done": 10}', schedule_id="s1", scheduled_for=at, attempt=2)
+    js = task_json(s)
+    assert js["retry_at"] == js["scheduled_for"] == "2024-05-01T12:00:00.000000Z"
+    assert js["checkpoint"] == {"done": 10} and js["schedule_id"] == "s1"
+    assert js["retry"]["backoff"] == {"initial_s": None, "multiplier": None, "max_s": None, "jitter": None}
+
+
+@pytest.mark.parametrize("retry, field", [
+    ({"backoff": {"initial_s": -0.5}}, "initial_s"),
+    ({"backoff": {"multiplier": 0.99}}, "multiplier"),
+    ({"backoff": {"max_s": 0}}, "max_s"),
+    ({"backoff": {"max_s": MAX_BACKOFF_S * 2}}, "max_s"),
+    ({"backoff": {"jitter": 1.01}}, "jitter"),
+    ({"backoff": {"jitter": True}}, "jitter"),
+    ({"backoff": {"initial_s": float("nan")}}, "initial_s"),
+    ({"backoff": {"max_s": float("inf")}}, "max_s"),
+])
+def test_bad_backoff_names_the_field(retry: dict, field: str) -> None:
+    with pytest.raises(PydanticValidationError) as info:
+        TaskIn.model_validate({"handler": "h", "retry": retry})
+    assert [e["loc"] for e in info.value.errors()] == [("retry", "backoff", field)]
+
+
+def test_backoff_bounds_are_inclusive_where_documented() -> None:
+    TaskIn.model_validate({"handler": "h", "retry": {"backoff": {
+        "initial_s": 0, "multiplier": 1, "max_s": MAX_BACKOFF_S, "jitter": 0}}})
+    TaskIn.model_validate({"handler": "h", "retry": {"backoff": {"jitter": 1}}})
+
+
+def test_patch_with_backoff_sets_only_the_given_backoff_fields() -> None:
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    p = TaskPatch.model_validate({"retry": {"backoff": {"max_s": 10}}})
+    p.check()
+    e = p.to_event(task_id="t", producer="p", now=now, expected_version=1)
+    assert e.backoff_max_s == 10.0 and e.backoff_initial_s is None and e.backoff_multiplier is None
+    assert e.backoff_jitter is None and e.max_attempts is None
+    for body, field in (({"retry": {}}, "retry"), ({"retry": {"backoff": {}}}, "retry.backoff")):
+        with pytest.raises(ValidationError) as info:
+            TaskPatch.model_validate(body).check()
+        assert info.value.field == field
