@@ -67,7 +67,8 @@ class StateTable:
             if m.error() is not None or not m.value():
                 continue  # a restore marker (tombstone)
             s = codec.decode(m.value())
-            self.states[s.task_id] = s
+            if isinstance(s, TaskState):  # <p>.state also holds schedules
+                self.states[s.task_id] = s
         return self.states
 
     def until(self, predicate, timeout: float, message: str, procs=()):

@@ -1,0 +1,245 @@
+"""Time and failure on the real broker: run_at timers, retry backoff through the relay, leases,
+cron schedules, and timers that survive a processor kill (issue 5).
+
+Processor and executor run as `taskstream` processes with the test's prefix;
+tasks and schedules are written straight to ``<p>.events`` (the API has its
+own tests) and outcomes are read back from ``<p>.events`` and ``<p>.state``.
+Measured figures are printed (run with ``-s``).
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from taskstream.schemas import (
+    Heartbeat,
+    LeaseExpired,
+    ScheduleCreated,
+    ScheduleState,
+    Settings,
+    TaskCreated,
+    TaskFailed,
+    TaskRetryScheduled,
+    TaskStarted,
+    TaskSucceeded,
+    Topics,
+    codec,
+    new_id,
+)
+from tests.conftest import wait_until
+from tests.integration.test_dag import ComponentIn, StateTable
+from tests.kafka_helpers import TopicReader, producer, send_events
+
+pytestmark = [pytest.mark.integration]
+
+HANDLERS = '''
+import time
+from taskstream.executors import handler
+
+@handler("t.flaky")
+async def flaky(payload, ctx):
+    if ctx.attempt < payload["succeed_at"]:
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+    return {"attempt": ctx.attempt}
+
+@handler("t.block")
+def block(payload, ctx):
+    time.sleep(payload["seconds"])
+    return {"slept": payload["seconds"]}
+'''
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def start(settings: Settings, tmp_path, *args: str, name: str) -> ComponentIn:
+    (tmp_path / "time_handlers.py").write_text(HANDLERS)
+    extra = ("--handlers", "time_handlers") if args and args[0] == "executor" else ()
+    return ComponentIn(settings, *args, *extra, cwd=tmp_path, log_path=tmp_path / f"{name}.log")
+
+
+def logs(tmp_path) -> str:
+    return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-20:])
+                     for p in sorted(tmp_path.glob("*.log")))
+
+
+def task(handler: str, payload, **kw) -> TaskCreated:
+    return TaskCreated(task_id=new_id(), occurred_at=now(), producer="test", handler=handler,
+                       payload=codec.dumps_json(payload), **kw)
+
+
+def test_run_at_starts_on_time(settings, tmp_path):
+    proc = start(settings, tmp_path, "processor", name="processor")
+    ex = start(settings, tmp_path, "executor", name="executor")
+    table = StateTable(settings)
+    try:
+        time.sleep(0)  # both join their groups while the tasks wait
+        base = now() + timedelta(seconds=5)
+        tasks = [task("noop", None, run_at=base + timedelta(milliseconds=100 * i)) for i in range(20)]
+        send_events(settings, tasks)
+        states = table.until(lambda s: all(t.task_id in s for t in tasks), timeout=30, message="20 states",
+                             procs=(proc, ex))
+        assert {states[t.task_id].status for t in tasks} == {"scheduled"}
+        states = table.until(lambda s: all(s.get(t.task_id) and s[t.task_id].status == "succeeded" for t in tasks),
+                             timeout=60, message="20 run_at tasks succeeded", procs=(proc, ex))
+        late = sorted((states[t.task_id].started_at - t.run_at).total_seconds() for t in tasks)
+        print(f"\nrun_at: start - run_at over 20 tasks: min {late[0]*1000:.0f} ms, "
+              f"median {statistics.median(late)*1000:.0f} ms, max {late[-1]*1000:.0f} ms")
+        assert late[0] >= 0, "a task started before its run_at"
+        assert late[-1] < 1.0, f"a task started {late[-1]:.2f}s after its run_at"
+    finally:
+        table.close()
+        ex.stop()
+        proc.stop()
+
+
+def test_retry_gaps_follow_the_backoff_policy(settings, tmp_path):
+    """Attempts 1-3 fail, 4 succeeds; waits 0.5 s, 1 s, 2 s (initial 0.5, x2, no jitter), each within 20 %."""
+    proc = start(settings, tmp_path, "processor", name="processor")
+    ex = start(settings, tmp_path, "executor", name="executor")
+    events = TopicReader(settings, Topics(settings.prefix).events)
+    try:
+        tasks = [task("t.flaky", {"succeed_at": 4}, max_attempts=4, backoff_initial_s=0.5, backoff_multiplier=2.0,
+                      backoff_max_s=60.0, backoff_jitter=0.0) for _ in range(5)]
+        send_events(settings, tasks)
+        ids = {t.task_id for t in tasks}
+        events.until(lambda m: sum(isinstance(e, TaskSucceeded) and e.task_id in ids for e in events.values()) >= 5,
+                     timeout=60, message="5 tasks succeeded at attempt 4")
+        failed = {(e.task_id, e.attempt): e for e in events.values() if isinstance(e, TaskFailed)}
+        started = {(e.task_id, e.attempt): e.started_at for e in events.values()
+                   if isinstance(e, (TaskFailed, TaskSucceeded))}
+        retries = [e for e in events.values() if isinstance(e, TaskRetryScheduled) and e.task_id in ids]
+        assert sorted(r.delay_s for r in retries) == sorted([0.5, 1.0, 2.0] * 5)
+        for want, n in ((0.5, 1), (1.0, 2), (2.0, 3)):
+            gaps = [(started[(t, n + 1)] - failed[(t, n)].occurred_at).total_seconds() for t in ids]
+            print(f"\nretry after attempt {n}: policy {want}s, measured gaps "
+                  f"{', '.join(f'{g:.3f}' for g in sorted(gaps))} s (median {statistics.median(gaps):.3f})")
+            assert all(want * 0.8 <= g <= want * 1.2 for g in gaps), (want, gaps)
+        assert all(s.attempt == 4 for s in events.values() if isinstance(s, TaskSucceeded) and s.task_id in ids)
+    finally:
+        events.close()
+        ex.stop()
+        proc.stop()
+
+
+def test_poison_on_heartbeats_and_retry_topics_goes_to_the_dlq(settings, tmp_path):
+    topics = Topics(settings.prefix)
+    proc = start(settings, tmp_path, "processor", name="processor")
+    ex = start(settings, tmp_path, "executor", name="executor")
+    dlq = TopicReader(settings, topics.dlq)
+    table = StateTable(settings)
+    try:
+        first = task("noop", None)
+        send_events(settings, [first])
+        table.until(lambda s: s.get(first.task_id) and s[first.task_id].status == "succeeded", timeout=30,
+                    message="first task", procs=(proc, ex))  # the processor and its relay are running
+        p = producer(settings)
+        for topic in (topics.heartbeats, topics.retry("5s"), topics.retry("1d")):
+            for partition in range(settings.partitions):
+                p.produce(topic, b"\x00garbage", b"k", partition=partition)
+        assert p.flush(10) == 0
+        n = 3 * settings.partitions
+        dlq.until(lambda m: len(m) >= n, timeout=30, message=f"{n} poison messages in the dlq")
+        sources = sorted((dict(m.headers())["source-topic"].decode(), int(dict(m.headers())["source-partition"]))
+                         for m in dlq.messages)
+        assert sources == sorted((t, q) for t in (topics.heartbeats, topics.retry("5s"), topics.retry("1d"))
+                                 for q in range(settings.partitions))
+        # Both consumers go on: a task that fails once is retried (relay) and succeeds.
+        after = task("t.flaky", {"succeed_at": 2}, max_attempts=2, backoff_initial_s=0.2, backoff_jitter=0.0)
+        send_events(settings, [after])
+        table.until(lambda s: s.get(after.task_id) and s[after.task_id].status == "succeeded", timeout=30,
+                    message="a retried task after the poison", procs=(proc, ex))
+    finally:
+        dlq.close()
+        table.close()
+        ex.stop()
+        proc.stop()
+
+
+def test_run_at_timers_survive_a_processor_kill(settings, tmp_path):
+    """200 tasks due within the next 10 s; the processor is SIGKILLed and restarted: each runs once."""
+    proc = start(settings, tmp_path, "processor", name="processor")
+    ex = start(settings, tmp_path, "executor", name="executor")
+    table = StateTable(settings)
+    events = TopicReader(settings, Topics(settings.prefix).events)
+    try:
+        base = now() + timedelta(seconds=3)
+        tasks = [task("noop", None, run_at=base + timedelta(milliseconds=35 * i)) for i in range(200)]
+        send_events(settings, tasks)
+        table.until(lambda s: sum(t.task_id in s for t in tasks) == 200, timeout=30, message="200 scheduled",
+                    procs=(proc,))
+        proc.signal(signal.SIGKILL)
+        proc.proc.wait()
+        killed_at = now()
+        proc = start(settings, tmp_path, "processor", name="processor-2")
+        ids = {t.task_id for t in tasks}
+        states = table.until(lambda s: all(s[t].status == "succeeded" for t in ids), timeout=90,
+                             message="200 tasks succeeded after the kill", procs=(proc, ex))
+        runs = {}
+        events.until(lambda m: len({e.task_id for e in events.values()
+                                    if isinstance(e, TaskSucceeded) and e.task_id in ids}) == 200, timeout=30)
+        for e in events.values():
+            if isinstance(e, TaskSucceeded) and e.task_id in ids:
+                runs[e.task_id] = runs.get(e.task_id, 0) + 1
+        back = min(states[t].started_at for t in ids if states[t].started_at > killed_at)
+        late = [(states[t.task_id].started_at - t.run_at).total_seconds() for t in tasks]
+        on_time = [g for t, g in zip(tasks, late) if t.run_at > back + timedelta(seconds=1)]
+        print(f"\nprocessor killed at {killed_at:%H:%M:%S.%f}, first start after it {back:%H:%M:%S.%f}; "
+              f"{sum(v > 1 for v in runs.values())} of 200 ran more than once; "
+              f"due after recovery: {len(on_time)}, max lateness {max(on_time, default=0)*1000:.0f} ms")
+        assert all(g >= 0 for g in late), "a task started before its run_at"
+        assert all(states[t].attempt == 1 for t in ids)
+        assert all(g < 1.0 for g in on_time)
+    finally:
+        events.close()
+        table.close()
+        ex.stop()
+        proc.stop()
+
+
+def test_cron_every_second_across_a_processor_restart_fires_ten_times(settings, tmp_path):
+    proc = start(settings, tmp_path, "processor", name="processor")
+    ex = start(settings, tmp_path, "executor", name="executor")
+    events = TopicReader(settings, Topics(settings.prefix).events)
+    states = TopicReader(settings, Topics(settings.prefix).state)
+    try:
+        start_at = (now() + timedelta(seconds=4)).replace(microsecond=0)
+        end_at = start_at + timedelta(seconds=10)
+        sid = new_id()
+        template = {"handler": "noop", "payload": None, "priority": "high", "name": "tick", "labels": {},
+                    "timeout_s": None, "max_attempts": 1}
+        send_events(settings, [ScheduleCreated(task_id=sid, occurred_at=now(), producer="test", cron="* * * * * *",
+                                               template=codec.dumps_json(template), start_at=start_at,
+                                               end_at=end_at)])
+        wait_until(lambda: now() > start_at + timedelta(seconds=3), timeout=15, interval=0.1, message="3 fires")
+        assert proc.stop() == 0
+        proc = start(settings, tmp_path, "processor", name="processor-2")
+
+        def created():
+            return [e for e in events.values() if isinstance(e, TaskCreated) and e.schedule_id == sid]
+
+        events.until(lambda m: len({e.task_id for e in created()}) >= 10 and now() > end_at + timedelta(seconds=2),
+                     timeout=60, message="10 fires")
+        fires = created()
+        ids = {e.task_id for e in fires}
+        assert len(ids) == 10, sorted(e.scheduled_for for e in fires)
+        assert sorted({e.scheduled_for for e in fires}) == [start_at + timedelta(seconds=i) for i in range(10)]
+        final = states.until(lambda m: any(isinstance(v, ScheduleState) and v.status == "ended"
+                                           for v in states.values()), timeout=20, message="schedule ended")
+        last = [v for v in states.values() if isinstance(v, ScheduleState)][-1]
+        assert last.fired == 10 and last.skipped == 0 and last.next_fire_at is None
+        lateness = sorted((e.occurred_at - e.scheduled_for).total_seconds() for e in fires)
+        print(f"\ncron: 10 fires, {len(fires) - len(ids)} duplicate TaskCreated; lateness median "
+              f"{statistics.median(lateness)*1000:.0f} ms, max {lateness[-1]*1000:.0f} ms (restart in between)")
+        assert final
+    finally:
+        events.close()
+        states.close()
+        ex.stop()
+        proc.stop()
