@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 IDLE_S = 0.2
 FIRST_RECORD_TIMEOUT_S = 5.0
 TOTAL_TIMEOUT_S = 30.0
-_JSON_FIELDS = frozenset({"payload", "result"})
+_JSON_FIELDS = frozenset({"payload", "result", "data", "template"})  # JSON text in the event: shown decoded
 
 
 def event_json(event: Event) -> dict[str, Any]:

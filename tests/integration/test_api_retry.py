@@ -13,9 +13,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from taskstream.api import create_app
-from taskstream.schemas import Settings, TaskCreated, TaskRedriven, TaskState, TaskUpdated, Topics, codec
+from taskstream.schemas import (
+    Settings,
+    TaskCheckpointed,
+    TaskCreated,
+    TaskRedriven,
+    TaskState,
+    TaskUpdated,
+    Topics,
+    codec,
+)
 from tests.conftest import wait_until
 from tests.integration.test_api import PROBLEM, produce_states, read_topic, submit, topic_is_empty
+from tests.kafka_helpers import send_events
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +196,14 @@ def test_retry_is_409_unless_failed_404_if_unknown_422_on_a_bad_body(client: Tes
         assert field in [e["field"] for e in r.json()["errors"]], (body, r.json())
     assert client.get(f"{V1}/tasks/t-f").json()["status"] == "failed"
     assert topic_is_empty(settings, Topics(settings.prefix).events)
+
+
+def test_history_shows_the_checkpoint_and_the_redrive(client: TestClient, settings: Settings) -> None:
+    publish(client, settings, a_state("t-h", "failed", attempt=1, version=4, checkpoint='{"done": 3}'))
+    send_events(settings, [TaskCheckpointed(task_id="t-h", occurred_at=datetime.now(UTC), producer="exec", attempt=1,
+                                            data='{"done": 3}')])
+    assert client.post(f"{V1}/tasks/t-h/retry", json={"reason": "go"}).status_code == 202
+    history = client.get(f"{V1}/tasks/t-h/events").json()["events"]
+    assert [e["type"] for e in history] == ["TaskCheckpointed", "TaskRedriven"]
+    assert history[0]["data"] == {"done": 3} and history[0]["attempt"] == 1
+    assert history[1]["reason"] == "go" and history[1]["attempt"] is None
