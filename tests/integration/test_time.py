@@ -163,14 +163,25 @@ def test_poison_on_heartbeats_and_retry_topics_goes_to_the_dlq(settings, tmp_pat
 
 
 def test_run_at_timers_survive_a_processor_kill(settings, tmp_path):
-    """200 tasks due within the next 10 s; the processor is SIGKILLed and restarted: each runs once."""
+    """200 tasks due within the next 10 s; the processor is SIGKILLed and restarted: each runs once.
+
+    The processor has a static group membership (``processor_instance_id``); on
+    this broker its restarted self still gets its partitions back only ~7 s after
+    the kill (12 s without), so tasks due in that gap run as soon as it is back,
+    and the others on time.
+    """
+    settings = settings.model_copy(update={"processor_instance_id": "processor-0"})
     proc = start(settings, tmp_path, "processor", name="processor")
     ex = start(settings, tmp_path, "executor", name="executor")
     table = StateTable(settings)
     events = TopicReader(settings, Topics(settings.prefix).events)
     try:
-        base = now() + timedelta(seconds=3)
-        tasks = [task("noop", None, run_at=base + timedelta(milliseconds=35 * i)) for i in range(200)]
+        warm = task("noop", None)
+        send_events(settings, [warm])
+        table.until(lambda s: s.get(warm.task_id) and s[warm.task_id].status == "succeeded", timeout=30,
+                    message="processor and executor up", procs=(proc, ex))
+        base = now() + timedelta(seconds=2)
+        tasks = [task("noop", None, run_at=base + timedelta(milliseconds=40 * i)) for i in range(200)]
         send_events(settings, tasks)
         table.until(lambda s: sum(t.task_id in s for t in tasks) == 200, timeout=30, message="200 scheduled",
                     procs=(proc,))
@@ -190,7 +201,8 @@ def test_run_at_timers_survive_a_processor_kill(settings, tmp_path):
         back = min(states[t].started_at for t in ids if states[t].started_at > killed_at)
         late = [(states[t.task_id].started_at - t.run_at).total_seconds() for t in tasks]
         on_time = [g for t, g in zip(tasks, late) if t.run_at > back + timedelta(seconds=1)]
-        print(f"\nprocessor killed at {killed_at:%H:%M:%S.%f}, first start after it {back:%H:%M:%S.%f}; "
+        print(f"\nrun_at from +0 to +{(tasks[-1].run_at - base).total_seconds():.1f}s; processor killed at "
+              f"+{(killed_at - base).total_seconds():.1f}s, first start after it +{(back - base).total_seconds():.1f}s; "
               f"{sum(v > 1 for v in runs.values())} of 200 ran more than once; "
               f"due after recovery: {len(on_time)}, max lateness {max(on_time, default=0)*1000:.0f} ms")
         assert all(g >= 0 for g in late), "a task started before its run_at"
