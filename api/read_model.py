@@ -254,7 +254,10 @@ class ScheduleStore:
 
     def __init__(self, db: Rdict) -> None:
         self._db = db
-        self._cf = db.create_column_family(SCHEDULES_CF, Options(raw_mode=True))
+        try:  # rocksdict opens the column families a reopened (``fresh=False``) database already has
+            self._cf = db.get_column_family(SCHEDULES_CF)
+        except Exception:
+            self._cf = db.create_column_family(SCHEDULES_CF, Options(raw_mode=True))
         self._handle = db.get_column_family_handle(SCHEDULES_CF)
         self._lock = threading.Lock()
 

@@ -124,3 +124,19 @@ def test_schedule_store_versions_lists_and_stays_apart_from_tasks(tmp_path) -> N
         assert s.get("a").cron == "* * * * *"
     finally:
         store.close()
+
+
+def test_schedule_store_survives_a_reopen_without_rebuild(tmp_path) -> None:
+    store = TaskStore(tmp_path / "db")
+    store.schedules.apply(sched("a", NOW))
+    store.close()
+    store = TaskStore(tmp_path / "db", fresh=False)
+    try:
+        assert store.schedules.get("a").schedule_id == "a"
+    finally:
+        store.close()
+    store = TaskStore(tmp_path / "db")  # fresh: rebuilt from the topic, so empty
+    try:
+        assert store.schedules.get("a") is None
+    finally:
+        store.close()
