@@ -12,8 +12,24 @@ and report the outcome to ``<p>.events``. Handler authors need only::
 
 ``ctx.upstream`` maps each dependency's id (and, in a workflow, its key) to
 its result; results above 64 KiB of JSON are not carried and show as None.
-``ctx.cancelled`` turns true when the task is cancelled while running (async
+``ctx.cancelled`` turns true when the task is cancelled while running, its
+timeout expires or the executor's shutdown grace period is over (async
 handlers are also cancelled; sync ones should poll it).
+``await ctx.checkpoint(data)`` (in a sync handler: ``ctx.checkpoint(data)``,
+which blocks until written) saves JSON progress of at most 256 KiB; a later
+attempt finds the last one in ``ctx.last_checkpoint`` (None if there is
+none). On an attempt the executor gave up on it raises ``AttemptAbandoned``.
+
+Time limits: an attempt runs at most its task's ``timeout_s`` or, when the
+task sets none, ``settings.default_timeout_s`` (None: no limit). On timeout an
+async handler is cancelled; a sync handler cannot be killed, so it is
+abandoned: its thread runs on, whatever it returns later is ignored, and the
+attempt is reported failed (``TimeoutError: ...``, retried per policy). While
+an attempt runs longer than ``settings.started_event_after_s`` the executor
+heartbeats it every ``settings.heartbeat_interval_s`` so the processor does
+not expire its lease; handlers need not do anything for that, however long
+they run.
+
 Raising ``PermanentError`` fails the task for good; any other exception fails
 the attempt (retried per policy). The runtime is in ``runtime``, built-ins
 (``noop``, ``sleep``, ``echo``) in ``builtin``.
@@ -21,11 +37,12 @@ the attempt (retried per policy). The runtime is in ``runtime``, built-ins
 
 from .builtin import BUILTINS
 from .context import TaskContext
-from .errors import HandlerImportError, PermanentError
+from .errors import AttemptAbandoned, HandlerImportError, PermanentError
 from .registry import Handler, Registry, default_registry, handler, load_handler_modules
 from .runtime import Executor, run_executor
 
 __all__ = [
+    "AttemptAbandoned",
     "BUILTINS",
     "Executor",
     "Handler",

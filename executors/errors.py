@@ -5,6 +5,9 @@
   and the processor fails the task without further attempts.
 - Any other exception fails only the attempt; the processor retries it per
   the task's policy.
+- ``AttemptAbandoned``: raised *to* a handler by ``ctx.checkpoint`` when the
+  executor has given up on its attempt (cancelled, timed out, shutdown grace
+  over) or the attempt has already returned; nothing was written.
 - ``HandlerImportError``: a module named with ``--handlers`` could not be
   imported; raised at start-up, before the executor joins its group.
 """
@@ -14,6 +17,10 @@ from __future__ import annotations
 
 class PermanentError(Exception):
     """Raise from a handler to fail the task without retries."""
+
+
+class AttemptAbandoned(Exception):
+    """The executor no longer reports this attempt; a checkpoint of it was not written."""
 
 
 class HandlerImportError(ImportError):

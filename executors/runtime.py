@@ -9,7 +9,8 @@ Threads and loops
     One confluent-kafka consumer (cooperative-sticky) is polled from ONE
     dedicated thread, which also does every commit, pause and resume. It keeps
     polling while handlers run for a long time, so group membership and
-    ``max.poll.interval.ms`` never depend on handler duration. Handlers run on
+    ``max.poll.interval.ms`` never depend on handler duration (a handler
+    running twice ``max.poll.interval.ms`` keeps its partitions, tested). Handlers run on
     the asyncio loop (``async def``) or in a thread pool (``def``); at most
     ``concurrency`` attempts run at once.
 
@@ -34,10 +35,42 @@ Events (DESIGN §10: few events per task on the processor's hot path)
     ordered before it); its ``occurred_at`` is the attempt's start time, the
     same instant as the result's ``started_at``. ``TaskFailed.permanent`` is true for
     ``PermanentError``, an unknown handler name and a payload that is not
-    JSON. Timeouts (``ReadyTask.timeout_s``) cancel an async handler and
-    abandon a sync one (its thread runs on, its late result is ignored; the
-    pool has ``2 * concurrency + 4`` threads to leave room for such strays)
-    and report ``TimeoutError``.
+    JSON. Timeouts (``ReadyTask.timeout_s``, or ``settings.default_timeout_s``
+    when the task sets none; None there means no limit) cancel an async
+    handler and abandon a sync one (its thread runs on, its late result is
+    ignored; the pool has ``2 * concurrency + 4`` threads to leave room for
+    such strays) and report a non-permanent ``TaskFailed`` whose error starts
+    with ``TimeoutError:``.
+
+Heartbeats and leases (DESIGN §7)
+    Once an attempt has reported ``TaskStarted`` the executor sends a
+    ``Heartbeat(task_id, attempt, producer, occurred_at)`` to
+    ``<p>.heartbeats`` (key = task id) every ``settings.heartbeat_interval_s``
+    until the handler returns or the attempt is given up (cancelled, timed
+    out, shutdown grace over). A short attempt sends none: its single result
+    arrives before any lease could run out. Heartbeats are timers on the
+    loop, fire-and-forget (a lost one is logged; the next one follows), and
+    do not depend on the handler: a sync handler that blocks its thread for
+    an hour is still heartbeated. An executor that is SIGSTOPped sends
+    nothing, so the processor expires its lease and its later result is
+    stale.
+
+Checkpoints
+    ``ctx.checkpoint(data)`` checks the data in the caller (``TypeError`` if
+    not JSON, ``ValueError`` above 256 KiB of JSON) and, on the loop, sends
+    ``TaskCheckpointed`` to ``<p>.events`` keyed by task id. On the loop's
+    thread (async handlers) it returns an awaitable of the broker's ack; on
+    any other thread (sync handlers in the pool) it hands the send to the
+    loop and blocks until acked. A checkpoint before ``started_event_after_s``
+    reports ``TaskStarted`` first, so the log always reads Started,
+    Checkpointed..., result. The result is produced only after every
+    checkpoint of the attempt was acknowledged (same key, same partition,
+    produced earlier: ordered before it); a checkpoint that failed is logged
+    and the result still goes. An attempt that is over (returned, cancelled,
+    timed out, past the shutdown grace) writes no checkpoint: the call
+    raises ``AttemptAbandoned``. ``ctx.last_checkpoint`` is
+    ``ReadyTask.last_checkpoint`` decoded (None when absent or not JSON, the
+    latter logged).
 
 Offsets (at-least-once)
     Attempts finish out of order; a partition's offset is committed only up
@@ -73,15 +106,19 @@ Shutdown
     finish and report. Those still running then are cancelled (their
     ``ctx.cancelled`` turns true), not reported and not committed, so another
     executor runs them again. Last commit, consumer closed (leaves the group),
-    producer flushed.
+    producer flushed. ``run_executor`` (the process) then exits even if a
+    sync handler ignores ``ctx.cancelled`` and still blocks its thread
+    (tested through ``taskstream executor`` and SIGTERM).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -94,15 +131,28 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from taskstream.schemas import BrokerUnavailable, DecodeError, ReadyTask, Settings, TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
+from taskstream.schemas import (
+    BrokerUnavailable,
+    DecodeError,
+    Heartbeat,
+    ReadyTask,
+    Settings,
+    TaskCancelled,
+    TaskCheckpointed,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+    Topics,
+    codec,
+)
 from taskstream.schemas.events import Event
 from taskstream.schemas.kafka import AsyncProducer, consume_available, consumer_config
 from taskstream.schemas.topics import PRIORITIES
 
 from ._scheduling import WeightedRoundRobin
 from .builtin import BUILTINS
-from .context import TaskContext
-from .errors import PermanentError
+from .context import MAX_CHECKPOINT_BYTES, TaskContext
+from .errors import AttemptAbandoned, PermanentError
 from .registry import Handler, Registry, default_registry, load_handler_modules
 
 log = logging.getLogger(__name__)
@@ -182,9 +232,20 @@ class _Attempt:
     started_at: datetime
     finished: bool = False
     started_sent: asyncio.Future | None = None
-    timer: asyncio.TimerHandle | None = None
-    abandoned: bool = field(default=False)
+    timer: asyncio.TimerHandle | None = None  # reports TaskStarted after settings.started_event_after_s
+    heartbeat: asyncio.TimerHandle | None = None  # next Heartbeat, once TaskStarted was reported
+    checkpoints: list[asyncio.Future] = field(default_factory=list)  # TaskCheckpointed sends, awaited before the result
     handler_task: asyncio.Future | None = None  # an async handler's own task, cancelled on TaskCancelled
+
+    @property
+    def over(self) -> bool:
+        """The handler returned, or the executor gave up on it (cancelled, timed out, shutdown)."""
+        return self.finished or self.item.cancelled or self.ctx.cancelled
+
+    def stop_timers(self) -> None:
+        for handle in (self.timer, self.heartbeat):
+            if handle is not None:
+                handle.cancel()
 
 
 class Executor:
@@ -192,7 +253,9 @@ class Executor:
 
     ``registry`` defaults to ``default_registry`` (what ``@handler`` fills);
     the built-ins are always consulted after it. ``concurrency`` defaults to
-    ``settings.executor_concurrency``.
+    ``settings.executor_concurrency``. ``consumer_overrides`` are merged
+    into the consumer's librdkafka configuration (tests use it to shrink
+    ``max.poll.interval.ms``).
     """
 
     def __init__(
@@ -201,8 +264,10 @@ class Executor:
         registry: Registry | None = None,
         concurrency: int | None = None,
         executor_id: str | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
+        self.consumer_overrides = dict(consumer_overrides or {})
         self.registry = registry if registry is not None else default_registry
         self.concurrency = concurrency if concurrency is not None else settings.executor_concurrency
         if self.concurrency < 1:
@@ -230,12 +295,15 @@ class Executor:
 
         # Loop only.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None  # threading.get_ident() of the loop's thread
         self._wake: asyncio.Event | None = None
         self._wake_pending = False
         self._running: dict[asyncio.Task, _Attempt] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._producer: AsyncProducer | None = None
         self._closing = threading.Event()
+        self._sync_lock = threading.Lock()
+        self._sync_running = 0  # sync handler calls whose thread has not returned (abandoned ones included)
         self._thread_error: BaseException | None = None
         self.assigned_event = threading.Event()
 
@@ -244,6 +312,7 @@ class Executor:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and run tasks until ``stop`` is set, then shut down gracefully."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         # Room for attempts abandoned after a timeout, whose threads still run.
         self._pool = ThreadPoolExecutor(max_workers=2 * self.concurrency + 4, thread_name_prefix=f"{self.executor_id}-handler")
@@ -262,11 +331,20 @@ class Executor:
         if self._thread_error is not None:
             raise BrokerUnavailable(f"executor {self.executor_id}: consumer failed: {self._thread_error}") from self._thread_error
 
+    @property
+    def handler_threads_running(self) -> int:
+        """Sync handler calls still running in their threads, abandoned ones (timeout, shutdown) included."""
+        with self._sync_lock:
+            return self._sync_running
+
     # -------------------------------------------------------------- poll thread
 
     def _poll_thread(self) -> None:
         try:
-            consumer = Consumer(consumer_config(self.settings, self.topics.executor_group, self.executor_id))
+            consumer = Consumer({
+                **consumer_config(self.settings, self.topics.executor_group, self.executor_id),
+                **self.consumer_overrides,
+            })
         except KafkaException as exc:
             self._thread_error = exc
             log.error("executor %s could not create its consumer: %s", self.executor_id, exc)
@@ -507,8 +585,9 @@ class Executor:
     def _start(self, item: _Item) -> None:
         task = item.task
         ctx = TaskContext(task_id=task.task_id, attempt=task.attempt, handler=task.handler, priority=task.priority,
-                          upstream=_decode_upstream(task))
+                          upstream=_decode_upstream(task), last_checkpoint=_decode_checkpoint(task))
         attempt = _Attempt(item=item, ctx=ctx, started_at=_now())
+        ctx._checkpointer = lambda data: self._checkpoint(attempt, data)
         item.attempt = attempt
         log.debug("task %s attempt %d: starting %s", task.task_id, task.attempt, task.handler)
         runner = asyncio.create_task(self._run_attempt(attempt), name=f"task-{task.task_id}-{task.attempt}")
@@ -523,8 +602,7 @@ class Executor:
         t = item.task
         log.info("task %s attempt %d: cancelled while running; stopping it", t.task_id, t.attempt)
         attempt.ctx._cancel()
-        if attempt.timer is not None:
-            attempt.timer.cancel()
+        attempt.stop_timers()
         if attempt.handler_task is not None:
             attempt.handler_task.cancel()
 
@@ -539,13 +617,12 @@ class Executor:
         item = attempt.item
         task = item.task
         if self.settings.started_event_after_s >= 0:
-            attempt.timer = self._loop.call_later(self.settings.started_event_after_s, self._send_started, attempt)
+            attempt.timer = self._loop.call_later(self.settings.started_event_after_s, self._report_started, attempt)
         try:
             outcome = None if item.cancelled else await self._execute(attempt)
         finally:
             attempt.finished = True
-            if attempt.timer is not None:
-                attempt.timer.cancel()
+            attempt.stop_timers()
             with self._lock:
                 active = self._active.get(task.task_id)
                 if active is not None:
@@ -564,6 +641,9 @@ class Executor:
                 await attempt.started_sent
             except Exception as exc:
                 log.warning("task %s attempt %d: TaskStarted not delivered: %s", task.task_id, task.attempt, exc)
+        for sent in await asyncio.gather(*attempt.checkpoints, return_exceptions=True):
+            if isinstance(sent, BaseException):
+                log.warning("task %s attempt %d: a checkpoint was not delivered: %s", task.task_id, task.attempt, sent)
         try:
             await self._send(outcome)
         except Exception as exc:
@@ -591,16 +671,17 @@ class Executor:
             payload = codec.loads_json(task.payload)
         except codec.JSONDecodeError as exc:
             return TaskFailed(**common, occurred_at=_now(), error=f"PermanentError: payload is not JSON: {exc}", permanent=True)
+        timeout = task.timeout_s if task.timeout_s is not None else self.settings.default_timeout_s
         try:
-            result = await self._invoke(found, payload, attempt, task.timeout_s)
+            result = await self._invoke(found, payload, attempt, timeout)
         except asyncio.CancelledError:
             if attempt.item.cancelled and not asyncio.current_task().cancelling():
                 return None  # the handler was cancelled because its task was, not this runner
             raise
         except asyncio.TimeoutError:
             attempt.ctx._cancel()
-            log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, task.timeout_s)
-            return TaskFailed(**common, occurred_at=_now(), error=f"TimeoutError: handler {task.handler!r} ran longer than {task.timeout_s}s")
+            log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout)
+            return TaskFailed(**common, occurred_at=_now(), error=f"TimeoutError: handler {task.handler!r} ran longer than {timeout}s")
         except Exception as exc:
             permanent = isinstance(exc, PermanentError)
             log.info(
@@ -634,20 +715,101 @@ class Executor:
         else:
             # A sync handler's thread cannot be cancelled: on timeout the future is
             # abandoned and whatever it returns later is ignored.
-            call = self._loop.run_in_executor(self._pool, found.fn, payload, ctx)
+            call = self._loop.run_in_executor(self._pool, self._call_sync, found.fn, payload, ctx)
         if timeout is not None and timeout > 0:
             return await asyncio.wait_for(call, timeout)
         return await call
 
-    def _send_started(self, attempt: _Attempt) -> None:
-        if attempt.finished or attempt.item.cancelled:
+    def _call_sync(self, fn, payload: Any, ctx: TaskContext) -> Any:
+        """In a pool thread: run a sync handler, counted in ``handler_threads_running``."""
+        with self._sync_lock:
+            self._sync_running += 1
+        try:
+            return fn(payload, ctx)
+        finally:
+            with self._sync_lock:
+                self._sync_running -= 1
+
+    def _report_started(self, attempt: _Attempt) -> None:
+        """On the loop: report TaskStarted (once) and start heartbeating the attempt."""
+        if attempt.started_sent is not None or attempt.over:
             return
+        if attempt.timer is not None:
+            attempt.timer.cancel()  # when a checkpoint reports it early
         task = attempt.item.task
         log.debug("task %s attempt %d: still running, reporting TaskStarted", task.task_id, task.attempt)
         event = TaskStarted(
             task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, occurred_at=attempt.started_at
         )
         attempt.started_sent = self._send(event)
+        attempt.heartbeat = self._loop.call_later(self.settings.heartbeat_interval_s, self._heartbeat, attempt)
+
+    def _heartbeat(self, attempt: _Attempt) -> None:
+        """On the loop: one Heartbeat for a running attempt, then the next one is scheduled."""
+        attempt.heartbeat = None
+        if attempt.over:
+            return
+        task = attempt.item.task
+        beat = Heartbeat(task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, occurred_at=_now())
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                log.warning("task %s attempt %d: heartbeat not delivered: %s", task.task_id, task.attempt, err)
+
+        try:
+            self._producer.produce(self.topics.heartbeats, task.task_id.encode("utf-8"), codec.encode(beat),
+                                   codec.headers(beat), on_delivery=delivered)
+        except BrokerUnavailable as exc:
+            log.warning("task %s attempt %d: heartbeat not sent: %s", task.task_id, task.attempt, exc)
+        attempt.heartbeat = self._loop.call_later(self.settings.heartbeat_interval_s, self._heartbeat, attempt)
+
+    # ------------------------------------------------------------- checkpoints
+
+    def _checkpoint(self, attempt: _Attempt, data: Any) -> asyncio.Future | None:
+        """``ctx.checkpoint``: on the loop, an awaitable of the broker's ack; elsewhere, block until it."""
+        try:
+            text = codec.dumps_json(data)
+        except TypeError as exc:
+            raise TypeError(f"checkpoint data must be JSON-serialisable, got {type(data).__name__}: {exc}") from None
+        size = len(text.encode("utf-8"))
+        if size > MAX_CHECKPOINT_BYTES:
+            raise ValueError(f"checkpoint is {size} bytes of JSON, more than the {MAX_CHECKPOINT_BYTES} (256 KiB) allowed")
+        if threading.get_ident() == self._loop_thread:
+            return _acknowledged(self._write_checkpoint(attempt, text))
+
+        async def write() -> None:
+            await self._write_checkpoint(attempt, text)
+
+        try:
+            pending = asyncio.run_coroutine_threadsafe(write(), self._loop)
+        except RuntimeError:  # the loop is closed: the executor has stopped
+            raise AttemptAbandoned(f"task {attempt.ctx.task_id} attempt {attempt.ctx.attempt}: the executor has stopped") from None
+        while True:
+            try:
+                pending.result(timeout=1.0)
+                return None
+            except TimeoutError:
+                if self._loop.is_closed():
+                    raise AttemptAbandoned(
+                        f"task {attempt.ctx.task_id} attempt {attempt.ctx.attempt}: the executor has stopped"
+                    ) from None
+
+    def _write_checkpoint(self, attempt: _Attempt, text: str) -> asyncio.Future:
+        """On the loop: send TaskCheckpointed (after TaskStarted) and return the producer's future."""
+        task = attempt.item.task
+        if attempt.over:
+            log.info("task %s attempt %d: checkpoint of an abandoned attempt not written", task.task_id, task.attempt)
+            raise AttemptAbandoned(
+                f"task {task.task_id} attempt {task.attempt} is no longer run by this executor; checkpoint not written"
+            )
+        # A checkpoint means the attempt runs: the log says so first (Started, Checkpointed..., result).
+        self._report_started(attempt)
+        event = TaskCheckpointed(task_id=task.task_id, attempt=task.attempt, producer=self.executor_id,
+                                 occurred_at=_now(), data=text)
+        sent = self._send(event)
+        attempt.checkpoints.append(sent)
+        log.debug("task %s attempt %d: checkpoint of %d bytes", task.task_id, task.attempt, len(text))
+        return sent
 
     def _send(self, event: Event) -> asyncio.Future:
         return self._producer.send(
@@ -686,6 +848,36 @@ class Executor:
         log.info("executor %s stopped", self.executor_id)
 
 
+def _acknowledged(sent: asyncio.Future) -> asyncio.Future:
+    """A future that resolves to None when ``sent`` (a producer future) does, or fails with it."""
+    out = sent.get_loop().create_future()
+
+    def done(f: asyncio.Future) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+        elif f.exception() is not None:
+            out.set_exception(f.exception())
+        else:
+            out.set_result(None)
+
+    sent.add_done_callback(done)
+    return out
+
+
+def _decode_checkpoint(task: ReadyTask) -> Any:
+    """``ctx.last_checkpoint`` from ``ReadyTask.last_checkpoint``: None when absent or not JSON."""
+    if task.last_checkpoint is None:
+        return None
+    try:
+        return codec.loads_json(task.last_checkpoint)
+    except codec.JSONDecodeError as exc:
+        log.warning("task %s attempt %d: last checkpoint is not JSON, handler gets None: %s",
+                    task.task_id, task.attempt, exc)
+        return None
+
+
 def _decode_upstream(task: ReadyTask) -> dict[str, Any]:
     """``ctx.upstream`` from ``ReadyTask.upstream``; a field that is not a JSON object gives ``{}``."""
     try:
@@ -702,8 +894,15 @@ def _decode_upstream(task: ReadyTask) -> dict[str, Any]:
 
 
 def run_executor(settings: Settings, handler_modules: Iterable[str] = (), concurrency: int | None = None) -> None:
-    """Blocking entry point for ``taskstream executor``: load handlers, run until SIGTERM/SIGINT."""
+    """Blocking entry point for ``taskstream executor``: load handlers, run until SIGTERM/SIGINT.
+
+    A sync handler still running after shutdown (it ignored ``ctx.cancelled``
+    past the grace period) cannot be killed, and Python would wait for its
+    thread at exit; its attempt is already given up (not reported, not
+    committed), so the process exits at once without it.
+    """
     load_handler_modules(handler_modules)
+    executor = Executor(settings, concurrency=concurrency)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -713,6 +912,14 @@ def run_executor(settings: Settings, handler_modules: Iterable[str] = (), concur
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
                 pass
-        await Executor(settings, concurrency=concurrency).run(stop)
+        await executor.run(stop)
 
     asyncio.run(main())
+    stray = executor.handler_threads_running
+    if stray:
+        log.warning("executor %s: %d sync handler(s) still running after shutdown; exiting without waiting for them "
+                    "(their attempts were not committed and will run again elsewhere)", executor.executor_id, stray)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

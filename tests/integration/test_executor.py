@@ -120,9 +120,10 @@ def committed(settings: Settings) -> dict[tuple[str, int], int]:
 
 @contextlib.contextmanager
 def running(settings: Settings, registry: Registry | None = None, concurrency: int = 4, stop_timeout: float = 30.0,
-            executor_id: str = "test-executor"):
+            executor_id: str = "test-executor", **executor_kwargs):
     """Run an Executor on its own loop in a thread; stop it gracefully on exit."""
-    executor = Executor(settings, registry=registry or Registry(), concurrency=concurrency, executor_id=executor_id)
+    executor = Executor(settings, registry=registry or Registry(), concurrency=concurrency, executor_id=executor_id,
+                        **executor_kwargs)
     started = threading.Event()
     box: dict = {}
 
