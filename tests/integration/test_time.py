@@ -222,7 +222,7 @@ def test_cron_every_second_across_a_processor_restart_fires_ten_times(settings, 
     states = TopicReader(settings, Topics(settings.prefix).state)
     try:
         start_at = (now() + timedelta(seconds=4)).replace(microsecond=0)
-        end_at = start_at + timedelta(seconds=10)
+        end_at = start_at + timedelta(seconds=9)  # inclusive: fires at +0 s ... +9 s
         sid = new_id()
         template = {"handler": "noop", "payload": None, "priority": "high", "name": "tick", "labels": {},
                     "timeout_s": None, "max_attempts": 1}
