@@ -587,8 +587,8 @@ def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:
 
 
 def _within(state: ScheduleState, t: datetime | None) -> datetime | None:
-    """``t`` if the schedule still fires then (``end_at`` is exclusive)."""
-    return None if t is None or (state.end_at is not None and t >= state.end_at) else t
+    """``t`` if the schedule still fires then (``end_at`` is inclusive, as in APScheduler and Airflow)."""
+    return None if t is None or (state.end_at is not None and t > state.end_at) else t
 
 
 @_on(ScheduleCreated)
