@@ -130,9 +130,18 @@ def _on(event_type):
 
 
 def evolve(state: TaskState | None, event: Event) -> TaskState | None:
-    """Fold one event; unknown event types change nothing (forward compatibility)."""
+    """Fold one event; unknown event types change nothing (forward compatibility).
+
+    Task events never touch a schedule's state nor schedule events a task's,
+    whatever the log holds (a task may name a schedule's id in depends_on).
+    """
     fn = _evolvers.get(type(event))
-    return state if fn is None else fn(state, event)
+    if fn is None or (state is not None and isinstance(state, ScheduleState) != (type(event) in SCHEDULE_EVENTS)):
+        return state
+    return fn(state, event)
+
+
+SCHEDULE_EVENTS = frozenset({ScheduleCreated, ScheduleFired, ScheduleDeleted})
 
 
 @_on(TaskCreated)
@@ -341,7 +350,12 @@ def decide(state: TaskState | None, input, now: datetime) -> list[Event]:
     ``CommandRejected`` for an impossible command; harmless duplicates give ``[]``.
     """
     fn = _deciders.get(type(input))
-    return [] if fn is None else fn(state, input, now)
+    if fn is None:
+        return []
+    if isinstance(state, ScheduleState) and type(input) not in SCHEDULE_EVENTS:
+        # A task event keyed by a schedule's id: only a registration is answered (the dependent must not wait forever).
+        return [_unknown_upstream(input, now)] if isinstance(input, DependencyRegistered) else []
+    return fn(state, input, now)
 
 
 _deciders: dict[type, object] = {}
@@ -407,11 +421,15 @@ def registrations(state: TaskState, now: datetime) -> list[Event]:
 def _after_registered(state: TaskState | None, e: DependencyRegistered, now: datetime) -> list[Event]:
     # ``state`` is the upstream's. Unknown upstream: resolve as failed; terminal: resolve now.
     if state is None:
-        return [DependencyResolved(task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=e.task_id,
-                                   outcome=UNKNOWN)]
+        return [_unknown_upstream(e, now)]
     if state.status in TERMINAL_VALUES:
         return [resolution(state, e.dependent, now)]
     return []
+
+
+def _unknown_upstream(e: DependencyRegistered, now: datetime) -> DependencyResolved:
+    return DependencyResolved(task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=e.task_id,
+                              outcome=UNKNOWN)
 
 
 @_decides(DependencyResolved)
@@ -499,7 +517,14 @@ def backoff_delay(state: TaskState, failed_attempt: int) -> float:
         base = cap
     digest = hashlib.sha256(f"{state.task_id}:{failed_attempt}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
-    return max(0.0, base * (1.0 - jitter * u))
+    delay = base * (1.0 - jitter * u)
+    # NaN (inf * 0) waits nothing; a wait beyond MAX_BACKOFF_S (a policy of absurd numbers) is cut to it,
+    # so ``now + delay`` always fits in a datetime and deciding never raises.
+    return min(max(0.0, delay), MAX_BACKOFF_S) if delay == delay else 0.0
+
+
+#: Longest wait between attempts whatever the policy says (ten years).
+MAX_BACKOFF_S = 10 * 365 * 86400.0
 
 
 def retry_scheduled(state: TaskState, now: datetime) -> TaskRetryScheduled:

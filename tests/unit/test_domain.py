@@ -12,11 +12,13 @@ fenced by attempt, and that every finished task ends in one terminal status.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import event as hyp_event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -25,16 +27,25 @@ from taskstream.schemas import (
     CommandRejected,
     ReadyTask,
     Status,
+    DependencyRegistered,
+    LeaseExpired,
+    TaskCancelled,
+    TaskCheckpointed,
     TaskCreated,
+    TaskDeadLettered,
+    TaskRedriven,
     TaskFailed,
     TaskQueued,
+    TaskRetryScheduled,
     TaskStarted,
     TaskState,
     TaskSucceeded,
 )
 from taskstream.schemas import codec
 from taskstream.streams import domain
-from taskstream.streams.domain import SubmitTask, decide, evolve, fold, is_ready, is_terminal, ready_message
+from taskstream.streams.domain import (
+    SubmitTask, decide, evolve, fold, is_ready, is_terminal, react, ready_message, waiting_until,
+)
 
 from . import strategies
 
@@ -63,8 +74,22 @@ def created(**kw) -> TaskCreated:
     return TaskCreated(**fields)
 
 
-def queued(n: int, t: float = 1, priority: str = "high") -> TaskQueued:
-    return TaskQueued(task_id=TID, occurred_at=at(t), producer="processor", attempt=n, priority=priority)
+def queued(n: int, t: float = 1, priority: str = "high", due_at: datetime | None = None) -> TaskQueued:
+    return TaskQueued(task_id=TID, occurred_at=at(t), producer="processor", attempt=n, priority=priority, due_at=due_at)
+
+
+#: When the retries of the histories below are due (TaskRetryScheduled.not_before).
+RETRY_AT = at(100)
+
+
+def retry(n: int, t: float = 3, not_before: datetime = RETRY_AT) -> TaskRetryScheduled:
+    return TaskRetryScheduled(task_id=TID, occurred_at=at(t), producer="processor", attempt=n, not_before=not_before,
+                              delay_s=(not_before - at(t)).total_seconds(), priority="high", error="boom")
+
+
+def requeued(n: int, t: float = 4) -> TaskQueued:
+    """The retry relay queues attempt n when the retry of attempt n - 1 is due."""
+    return queued(n, t=t, due_at=RETRY_AT)
 
 
 def started(n: int, t: float = 2) -> TaskStarted:
@@ -87,10 +112,12 @@ def failed(n: int, t: float = 3, permanent: bool = False, error: str = "boom", s
 HISTORIES = {
     "pending": lambda m: [created(max_attempts=m)],
     "scheduled": lambda m: [created(max_attempts=m, run_at=at(3600))],
-    "scheduled_retry": lambda m: [created(max_attempts=m), queued(1), started(1), failed(1, t=3)],
+    # A failed attempt with attempts left waits for its retry time (set by TaskRetryScheduled).
+    "scheduled_retry": lambda m: [created(max_attempts=m), queued(1), started(1), failed(1, t=3), retry(1, t=3)],
     "queued": lambda m: [created(max_attempts=m), queued(1)],
     "running": lambda m: [created(max_attempts=m), queued(1), started(1)],
-    "running_retry": lambda m: [created(max_attempts=m), queued(1), failed(1, t=2), queued(2, t=3), started(2, t=4)],
+    "running_retry": lambda m: [created(max_attempts=m), queued(1), failed(1, t=2), retry(1, t=2), requeued(2, t=3),
+                                started(2, t=4)],
     "succeeded": lambda m: [created(max_attempts=m), queued(1), started(1), succeeded(1)],
     "failed": lambda m: [created(max_attempts=m), queued(1), started(1), failed(1, permanent=True)],
 }
@@ -115,43 +142,55 @@ def test_each_status_is_reached_by_folding(key):
 
 # ---------------------------------------------------------------- evolve table
 
-# Events relative to the reached state's current attempt ``a``.
+# Events relative to the reached state ``s`` and its current attempt ``a``.
 EVENTS = {
-    "created_dup": lambda a: created(occurred_at=T_EV, handler="other"),
-    "queued_current": lambda a: queued(a, t=300),
-    "queued_next": lambda a: TaskQueued(task_id=TID, occurred_at=T_EV, producer="processor", attempt=a + 1, priority="low"),
-    "queued_stale": lambda a: queued(a - 1, t=300),
-    "started_current": lambda a: TaskStarted(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a),
-    "started_stale": lambda a: TaskStarted(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1),
-    "succeeded_current": lambda a: TaskSucceeded(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, result="42"),
-    "succeeded_stale": lambda a: TaskSucceeded(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1, result="0"),
-    "failed_retryable": lambda a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E1"),
-    "failed_permanent": lambda a: TaskFailed(
+    "created_dup": lambda s, a: created(occurred_at=T_EV, handler="other"),
+    "queued_current": lambda s, a: queued(a, t=300),
+    # The next attempt queued with no due time (the processor queues a pending task so).
+    "queued_next": lambda s, a: TaskQueued(task_id=TID, occurred_at=T_EV, producer="processor", attempt=a + 1, priority="low"),
+    # The next attempt queued by the timer or relay for the time the task waits for.
+    "queued_due": lambda s, a: TaskQueued(task_id=TID, occurred_at=T_EV, producer="relay", attempt=a + 1, priority="low",
+                                          due_at=waiting_until(s)),
+    # ... or for a time it no longer waits for (a timer armed before a PATCH moved run_at).
+    "queued_stale_due": lambda s, a: TaskQueued(task_id=TID, occurred_at=T_EV, producer="relay", attempt=a + 1,
+                                                priority="low", due_at=at(1)),
+    "queued_stale": lambda s, a: queued(a - 1, t=300),
+    "started_current": lambda s, a: TaskStarted(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a),
+    "started_stale": lambda s, a: TaskStarted(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1),
+    "succeeded_current": lambda s, a: TaskSucceeded(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, result="42"),
+    "succeeded_stale": lambda s, a: TaskSucceeded(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1, result="0"),
+    "failed_retryable": lambda s, a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E1"),
+    "failed_permanent": lambda s, a: TaskFailed(
         task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E2", permanent=True
     ),
-    "failed_last_attempt": lambda a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E3"),
-    "failed_stale": lambda a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1, error="Z"),
+    "failed_last_attempt": lambda s, a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E3"),
+    "failed_stale": lambda s, a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1, error="Z"),
 }
 
 # What each event does to each status; "=" means unchanged (the same object).
-QUEUE = "queue"  # -> queued, attempt a+1, priority from the event
+QUEUE = "queue"  # -> queued, attempt a+1, priority from the event, retry_at cleared
 START = "start"  # -> running, started_at = event time
 SUCCEED = "succeed"  # -> succeeded, result, error cleared, finished_at = event time
-RETRY = "retry"  # -> scheduled, error, no finished_at
+RETRY = "retry"  # -> scheduled, error, no finished_at, retry_at unset until TaskRetryScheduled
 FAIL = "fail"  # -> failed, error, finished_at = event time
 _ = "="
 
+# Issue 5 changed two columns on purpose: a ``scheduled`` task is queued only
+# by a TaskQueued whose due_at is the time it waits for (q_next without one is
+# now ignored there), and TaskQueued applies only to pending/scheduled tasks
+# (queued/running tasks used to take a higher attempt: the retry now always
+# passes through ``scheduled``).
 # fmt: off
 TABLE = {
-    #                  created q_cur q_next q_stale st_cur st_stale ok_cur   ok_stale f_retry f_perm f_last f_stale
-    "pending":         (_,     _,    QUEUE, _,      _,     _,       _,       _,       _,      _,     _,     _),
-    "scheduled":       (_,     _,    QUEUE, _,      _,     _,       _,       _,       _,      _,     _,     _),
-    "scheduled_retry": (_,     _,    QUEUE, _,      _,     _,       _,       _,       _,      _,     _,     _),
-    "queued":          (_,     _,    QUEUE, _,      START, _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
-    "running":         (_,     _,    QUEUE, _,      _,     _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
-    "running_retry":   (_,     _,    QUEUE, _,      _,     _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
-    "succeeded":       (_,     _,    _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
-    "failed":          (_,     _,    _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
+    #                  created q_cur q_next q_due  q_sdue q_stale st_cur st_stale ok_cur   ok_stale f_retry f_perm f_last f_stale
+    "pending":         (_,     _,    QUEUE, QUEUE, QUEUE, _,      _,     _,       _,       _,       _,      _,     _,     _),
+    "scheduled":       (_,     _,    _,     QUEUE, _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
+    "scheduled_retry": (_,     _,    _,     QUEUE, _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
+    "queued":          (_,     _,    _,     _,     _,     _,      START, _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
+    "running":         (_,     _,    _,     _,     _,     _,      _,     _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
+    "running_retry":   (_,     _,    _,     _,     _,     _,      _,     _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
+    "succeeded":       (_,     _,    _,     _,     _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
+    "failed":          (_,     _,    _,     _,     _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
 }
 # fmt: on
 CASES = [(s, e, TABLE[s][i]) for s in TABLE for i, e in enumerate(EVENTS)]
@@ -161,7 +200,8 @@ def test_table_covers_every_status_and_event():
     assert set(TABLE) == set(HISTORIES)
     assert {STATUS_OF[k] for k in TABLE} == {"pending", "scheduled", "queued", "running", "succeeded", "failed"}
     assert all(len(row) == len(EVENTS) for row in TABLE.values())
-    assert {type(EVENTS[e](1)) for e in EVENTS} == {TaskCreated, TaskQueued, TaskStarted, TaskSucceeded, TaskFailed}
+    s = reach("running")
+    assert {type(EVENTS[e](s, 1)) for e in EVENTS} == {TaskCreated, TaskQueued, TaskStarted, TaskSucceeded, TaskFailed}
 
 
 @pytest.mark.parametrize(("status_key", "event_key", "outcome"), CASES, ids=[f"{s}-{e}" for s, e, _o in CASES])
@@ -172,7 +212,7 @@ def test_evolve_table(status_key, event_key, outcome):
     state = reach(status_key, max_attempts=max(a, 1)) if last and status_key != "scheduled_retry" else reach(status_key)
     if last and status_key in ("queued", "running", "running_retry"):
         assert state.attempt == state.max_attempts
-    event = EVENTS[event_key](a)
+    event = EVENTS[event_key](state, a)
     new = evolve(state, event)
 
     if outcome == _:
@@ -182,10 +222,10 @@ def test_evolve_table(status_key, event_key, outcome):
     assert new is not state
     common = dict(updated_at=T_EV, version=state.version + 1)
     expected = {
-        QUEUE: dict(status="queued", attempt=a + 1, priority="low"),
+        QUEUE: dict(status="queued", attempt=a + 1, priority="low", retry_at=None),
         START: dict(status="running", started_at=T_EV),
         SUCCEED: dict(status="succeeded", result="42", error=None, finished_at=T_EV),
-        RETRY: dict(status="scheduled", error="E1"),
+        RETRY: dict(status="scheduled", error="E1", retry_at=None),
         FAIL: dict(status="failed", error={"failed_permanent": "E2", "failed_last_attempt": "E3"}.get(event_key), finished_at=T_EV),
     }[outcome]
     assert new == replace(state, **common, **expected)
@@ -195,7 +235,7 @@ def test_evolve_table(status_key, event_key, outcome):
 
 def test_events_for_an_unknown_task_are_ignored():
     for make in EVENTS.values():
-        e = make(1)
+        e = make(reach("running"), 1)
         if not isinstance(e, TaskCreated):
             assert evolve(None, e) is None
 
@@ -240,13 +280,21 @@ def test_result_started_at_from_the_executor_wins_over_the_folded_one():
 
 
 def test_retry_then_success_clears_the_error():
-    s = fold([created(), queued(1), failed(1), queued(2, t=4), succeeded(2, t=5)])
-    assert (s.status, s.attempt, s.error, s.result, s.finished_at) == ("succeeded", 2, None, '"ok"', at(5))
+    s = fold([created(), queued(1), failed(1), retry(1), requeued(2, t=4), succeeded(2, t=5)])
+    assert (s.status, s.attempt, s.error, s.result, s.finished_at, s.retry_at) == (
+        "succeeded", 2, None, '"ok"', at(5), None)
 
 
 def test_exhausting_every_attempt_fails_the_task():
-    s = fold([created(max_attempts=2), queued(1), failed(1), queued(2, t=4), failed(2, t=5, error="last")])
+    s = fold([created(max_attempts=2), queued(1), failed(1), retry(1), requeued(2, t=4), failed(2, t=5, error="last")])
     assert (s.status, s.attempt, s.error, s.finished_at) == ("failed", 2, "last", at(5))
+
+
+def test_a_log_written_before_retry_times_still_folds():
+    # Before issue 5 a retry was queued at once (no TaskRetryScheduled, no due_at): a scheduled task with
+    # no retry_at waits for "no time" and takes that TaskQueued, so old logs end where they did.
+    s = fold([created(max_attempts=2), queued(1), failed(1), queued(2, t=4), succeeded(2, t=5)])
+    assert (s.status, s.attempt, s.result) == ("succeeded", 2, '"ok"')
 
 
 def test_terminal_states_are_final_for_every_event():
@@ -275,7 +323,8 @@ def test_evolve_never_fails_and_is_idempotent_for_any_state_and_event(state, eve
 
 
 def test_history_folds_the_same_after_a_trip_through_the_codec():
-    history = [created(), queued(1), started(1), failed(1), queued(2, t=4), started(2, t=5), succeeded(2, t=6)]
+    history = [created(), queued(1), started(1), failed(1), retry(1), requeued(2, t=4), started(2, t=5),
+               succeeded(2, t=6)]
     assert fold(codec.decode(codec.encode(e)) for e in history) == fold(history)
 
 
@@ -369,17 +418,33 @@ def test_after_created_with_a_due_run_at_queues(run_at):
 
 @pytest.mark.parametrize("key", [k for k in HISTORIES if k not in ("pending", "scheduled")])
 def test_a_redelivered_created_never_requeues(key):
-    assert decide(reach(key), created(), T_EV) == []
+    # Before the retry of scheduled_retry is due (RETRY_AT): once it is, a redelivered TaskCreated queues the
+    # due attempt, the same TaskQueued the relay appends (fenced by attempt and due_at, so one of them applies).
+    assert decide(reach(key), created(), RETRY_AT - timedelta(microseconds=1)) == []
+    if key == "scheduled_retry":
+        [q] = decide(reach(key), created(), RETRY_AT)
+        assert (q.attempt, q.due_at) == (2, RETRY_AT)
 
 
-def test_after_retryable_failure_queues_the_next_attempt():
+def test_after_retryable_failure_schedules_the_retry_and_the_relay_queues_it():
+    # Issue 5: a retryable failure no longer re-queues at once; it decides TaskRetryScheduled (applied by the
+    # processor in the same step), and the retry relay appends TaskQueued(n + 1, due_at=not_before) later.
     for n in (1, 2):
-        s = fold([created(max_attempts=3), queued(1), failed(1)] + ([queued(2), failed(2)] if n == 2 else []))
-        assert (s.status, s.attempt) == ("scheduled", n)
-        [q] = decide(s, failed(n), T_EV)
-        assert (type(q), q.attempt, q.priority, q.occurred_at) == (TaskQueued, n + 1, "high", T_EV)
-        s2 = evolve(s, q)
-        assert (s2.status, s2.attempt, s2.version) == ("queued", n + 1, s.version + 1)
+        s = fold([created(max_attempts=3), queued(1), failed(1)]
+                 + ([retry(1), requeued(2), failed(2, t=5)] if n == 2 else []))
+        assert (s.status, s.attempt, s.retry_at) == ("scheduled", n, None)
+        [r] = decide(s, failed(n, t=3 if n == 1 else 5), T_EV)
+        assert type(r) is TaskRetryScheduled
+        delay = domain.backoff_delay(s, n)
+        assert (r.task_id, r.attempt, r.priority, r.occurred_at, r.error) == (TID, n, "high", T_EV, "boom")
+        assert (r.delay_s, r.not_before) == (delay, T_EV + timedelta(seconds=delay))
+        s2 = evolve(s, r)
+        assert (s2.status, s2.attempt, s2.retry_at, s2.version) == ("scheduled", n, r.not_before, s.version + 1)
+        assert not is_ready(s2, r.not_before - timedelta(microseconds=1)) and is_ready(s2, r.not_before)
+        q = TaskQueued(task_id=TID, occurred_at=r.not_before, producer="relay", attempt=n + 1, priority="high",
+                       due_at=r.not_before)
+        s3 = evolve(s2, q)
+        assert (s3.status, s3.attempt, s3.retry_at, s3.version) == ("queued", n + 1, None, s2.version + 1)
 
 
 @pytest.mark.parametrize(
@@ -387,21 +452,30 @@ def test_after_retryable_failure_queues_the_next_attempt():
     [
         ([created(max_attempts=1), queued(1), failed(1)], failed(1)),
         ([created(max_attempts=3), queued(1), failed(1, permanent=True)], failed(1, permanent=True)),
-        ([created(max_attempts=2), queued(1), failed(1), queued(2), failed(2)], failed(2)),
+        ([created(max_attempts=2), queued(1), failed(1), retry(1), requeued(2), failed(2)], failed(2)),
     ],
     ids=["last_attempt_of_one", "permanent", "last_attempt_of_two"],
 )
-def test_after_final_failure_decides_nothing_and_task_is_failed(history, last):
+def test_after_final_failure_the_task_is_failed_and_dead_lettered(history, last):
+    # Issue 5: a final failure decides TaskDeadLettered (published to <p>.dlq); it used to decide nothing.
     s = fold(history)
     assert s.status == "failed" and s.attempt <= s.max_attempts
-    assert decide(s, last, T_EV) == []
+    [d] = decide(s, last, T_EV)
+    assert type(d) is TaskDeadLettered
+    assert (d.task_id, d.attempt, d.error, d.handler, d.priority, d.occurred_at) == (
+        TID, s.attempt, "boom", "echo", "high", T_EV)
+    assert evolve(s, d) is s  # a record of what happened, no change
+    # Folded again (a redelivery), the failure changes nothing and so dead-letters nothing.
+    assert react(s, evolve(s, last), last, T_EV) == []
 
 
 def test_stale_failure_decides_nothing():
-    s = fold([created(), queued(1), failed(1), queued(2)])
+    s = fold([created(), queued(1), failed(1), retry(1), requeued(2)])
     assert decide(s, failed(1), T_EV) == []
-    s = fold([created(), queued(1), failed(1), queued(2), failed(2)])  # scheduled at attempt 2
+    s = fold([created(), queued(1), failed(1), retry(1), requeued(2), failed(2)])  # scheduled at attempt 2
     assert decide(s, failed(1), T_EV) == []
+    s = evolve(s, retry(2, not_before=at(200)))
+    assert decide(s, failed(2), T_EV) == []  # its retry is already scheduled
 
 
 @pytest.mark.parametrize("key", HISTORIES)
@@ -413,7 +487,8 @@ def test_events_other_than_created_and_failed_decide_nothing(key):
 
 
 def test_version_bumps_by_one_per_applied_event_and_updated_at_follows():
-    history = [created(), queued(1), started(1), failed(1, t=3), queued(2, t=4), started(2, t=5), succeeded(2, t=6)]
+    history = [created(), queued(1), started(1), failed(1, t=3), retry(1, t=3), requeued(2, t=4), started(2, t=5),
+               succeeded(2, t=6)]
     state = None
     for i, e in enumerate(history, start=1):
         state = evolve(state, e)
@@ -444,25 +519,40 @@ def test_is_ready():
     assert not is_ready(fold([created(depends_on=["x"])]), T0)
     assert not is_ready(fold([created(run_at=at(1))]), T0)
     assert is_ready(fold([created(run_at=at(1))]), at(1))
-    for key in ("scheduled_retry", "queued", "running", "succeeded", "failed"):
+    for key in ("queued", "running", "succeeded", "failed"):
         assert not is_ready(reach(key), at(10**6))
+    # Issue 5: a task waiting for its retry is ready at its retry time (it used to be queued at once).
+    assert not is_ready(reach("scheduled_retry"), RETRY_AT - timedelta(microseconds=1))
+    assert is_ready(reach("scheduled_retry"), RETRY_AT)
 
 
 # ------------------------------------------------------------- stateful model
 
-RESULT_TYPES = (TaskStarted, TaskSucceeded, TaskFailed)
-OUTCOMES = st.sampled_from(["start", "success", "fail", "fail", "fail", "permanent"])
+#: Events that carry an attempt: one for any attempt but the current one changes nothing.
+ATTEMPT_TYPES = (TaskStarted, TaskSucceeded, TaskFailed, LeaseExpired, TaskCheckpointed, TaskRetryScheduled)
+RESULT_TYPES = (TaskSucceeded, TaskFailed, LeaseExpired)
+OUTCOMES = st.sampled_from(["start", "success", "fail", "fail", "fail", "permanent", "lease", "checkpoint"])
+LEASE_S = 30.0
+RELAY_SLACK_S = 5.0
+GRACE_S = 60.0
 
 
 class ProcessorModel(RuleBasedStateMachine):
-    """One processor folding a shared log, executors running attempts, and faults.
+    """One processor folding a shared log, executors, the retry relay, timers, redrives and faults.
 
     ``log`` is the events topic (all tasks in one partition: per-task order is
     what Kafka keeps). The processor consumes the log at ``cursor``: it folds
-    the event into ``live`` and appends ``decide``'s outputs. Executors run any
-    attempt that was ever queued, as often as they like (zombies, duplicates).
-    A crash rewinds the cursor, so events are folded again and their outputs
-    re-sent, as at-least-once processing does.
+    the event into ``live`` and appends what ``react`` decides (applied when
+    consumed in turn). As ``fold_step`` does, a state remembers the offset of
+    the last event that changed it and skips events at or below it (the last
+    one re-sends ``replay_outputs``). A crash rewinds the cursor and restores
+    each task's state to any snapshot at least as new as the rewound position,
+    so events are folded again and outputs re-sent (at least once).
+    Executors run any attempt ever queued, as often as they like (zombies,
+    duplicates) and report results, leases and checkpoints for it. The retry
+    relay turns each TaskRetryScheduled it ever saw (possibly twice) into
+    TaskQueued(attempt + 1, due_at=not_before) at that time; timers fire
+    ``on_timer`` at ``timer_due``; a user re-drives or cancels any task.
     """
 
     def __init__(self):
@@ -470,10 +560,12 @@ class ProcessorModel(RuleBasedStateMachine):
         self.log: list = []
         self.cursor = 0
         self.live: dict[str, TaskState] = {}
+        self.snapshots: dict[str, list[tuple[int, TaskState]]] = {}  # (offset, state after it), oldest first
         self.clock = T0
         self.tasks: list[str] = []
         self.dispatched: dict[str, set[int]] = {}  # attempts ever queued per task
         self.reported: dict[str, set[int]] = {}  # attempts with a result in the log
+        self.retries: list[TaskRetryScheduled] = []  # what the relay holds
         self.applied = 0
 
     # -- helpers
@@ -486,27 +578,40 @@ class ProcessorModel(RuleBasedStateMachine):
             self.log.append(e)
             if isinstance(e, TaskQueued):
                 self.dispatched.setdefault(e.task_id, set()).add(e.attempt)
+            elif isinstance(e, TaskRetryScheduled):
+                self.retries.append(e)
 
-    def process(self, event):
-        old = self.live.get(event.task_id)
+    def process(self, offset: int):
+        event = self.log[offset]
+        tid = event.task_id
+        old = self.live.get(tid)
+        if old is not None and offset <= old.last_offset:
+            if offset == old.last_offset:
+                self.append(domain.replay_outputs(old, self.now()))
+            return
         new = evolve(old, event)
         # (b) folding the same event right after itself changes nothing
         assert evolve(new, event) is new
         if new is not old:
             self.applied += 1
+            hyp_event(f"applied {type(event).__name__} -> {new.status}")
             # (e) version strictly increases, by exactly one
             assert new.version == (0 if old is None else old.version) + 1
             assert new.updated_at == event.occurred_at
-            # terminal states are final
-            assert not is_terminal(old)
-            # (c) a result of any attempt but the current one changes nothing
-            if isinstance(event, RESULT_TYPES):
+            # terminal states are final but for dependents' bookkeeping and a redrive of a failure
+            if is_terminal(old):
+                assert (type(event) is DependencyRegistered and replace(new, dependents=old.dependents,
+                        version=old.version, updated_at=old.updated_at) == old) or (
+                    type(event) is TaskRedriven and old.status in ("failed", "upstream_failed")), (event, old)
+            # (c) an event of any attempt but the current one changes nothing
+            if isinstance(event, ATTEMPT_TYPES):
                 assert old is not None and event.attempt == old.attempt
-            self.live[event.task_id] = new
-        else:
-            # (c) a stale result never changes the state
-            pass
-        self.append(decide(new, event, self.now()))
+            if isinstance(event, TaskQueued):
+                assert old.status in ("pending", "scheduled") and event.attempt > old.attempt
+            new = replace(new, last_offset=offset)
+            self.live[tid] = new
+            self.snapshots.setdefault(tid, []).append((offset, new))
+        self.append(react(old, new, event, self.now()))
 
     # -- rules
     @initialize()
@@ -516,57 +621,116 @@ class ProcessorModel(RuleBasedStateMachine):
     @precondition(lambda self: len(self.tasks) < 4)  # few tasks, long histories
     @rule(
         max_attempts=st.integers(1, 4),
-        wait=st.sampled_from(["none", "none", "past_run_at", "future_run_at", "depends_on"]),
+        wait=st.sampled_from(["none", "none", "past_run_at", "future_run_at", "depends_on", "depends_on_run_at"]),
         priority=st.sampled_from(["high", "medium", "low"]),
+        jitter=st.sampled_from([None, 0.0, 0.5]),
     )
-    def submit(self, max_attempts, wait, priority):
+    def submit(self, max_attempts, wait, priority, jitter):
         tid = f"t{len(self.tasks)}"
         kw = {}
         if wait == "past_run_at":
             kw["run_at"] = self.clock - timedelta(seconds=1)
-        elif wait == "future_run_at":
-            kw["run_at"] = self.clock + timedelta(days=1)
-        elif wait == "depends_on":
+        elif wait in ("future_run_at", "depends_on_run_at"):
+            kw["run_at"] = self.clock + timedelta(hours=1)
+        if wait.startswith("depends_on"):
             kw["depends_on"] = ["t0"]
         events = decide(None, SubmitTask(task_id=tid, handler="h", producer="api", priority=priority,
                                          max_attempts=max_attempts, **kw), self.now())
         assert len(events) == 1 and type(events[0]) is TaskCreated
+        for existing in self.live.values():  # submitting an existing id again is rejected
+            with pytest.raises(CommandRejected):
+                decide(existing, SubmitTask(task_id=existing.task_id, handler="h", producer="api"), self.now())
         self.tasks.append(tid)
-        self.append(events)
+        self.append([replace(events[0], backoff_jitter=jitter, backoff_initial_s=0.5)])
 
     @precondition(lambda self: self.tasks)
-    @rule(data=st.data())
-    def resubmit_existing(self, data):
-        tid = data.draw(st.sampled_from(self.tasks))
-        if tid in self.live:
-            with pytest.raises(CommandRejected):
-                decide(self.live[tid], SubmitTask(task_id=tid, handler="h", producer="api"), self.now())
+    @rule(data=st.data(), kind=st.sampled_from(["redrive", "redrive", "redrive", "cancel"]), any_task=st.booleans())
+    def user_acts(self, data, kind, any_task):
+        # Sent for any task in any status (the core ignores what does not apply), or for a failed one.
+        failed = sorted(t for t, s in self.live.items() if s.status in ("failed", "upstream_failed"))
+        tid = data.draw(st.sampled_from(self.tasks if any_task or not failed else failed))
+        t = self.now()
+        e = (TaskRedriven(task_id=tid, occurred_at=t, producer="cli", reason="retry") if kind == "redrive"
+             else TaskCancelled(task_id=tid, occurred_at=t, producer="api"))
+        self.append([e])
 
     @precondition(lambda self: self.cursor < len(self.log))
-    @rule(steps=st.integers(1, 5))
+    @rule(steps=st.integers(1, 10))
     def consume(self, steps):
         for _ in range(steps):
             if self.cursor >= len(self.log):
                 break
-            self.process(self.log[self.cursor])
+            self.process(self.cursor)
             self.cursor += 1
 
     @precondition(lambda self: self.cursor > 0)
     @rule(data=st.data())
     def crash_and_rewind(self, data):
-        self.cursor = data.draw(st.integers(0, self.cursor - 1))
+        back = data.draw(st.integers(0, self.cursor - 1))
+        for tid in list(self.live):
+            snaps = self.snapshots[tid]
+            # the table kept any state at least as new as the last one before the rewound position
+            keep = [i for i, (off, _s) in enumerate(snaps) if off >= back]
+            first = keep[0] - 1 if keep else len(snaps) - 1
+            i = data.draw(st.integers(first, len(snaps) - 1))
+            if i < 0:
+                del self.live[tid]
+                self.snapshots[tid] = []
+            else:
+                del snaps[i + 1:]
+                self.live[tid] = snaps[i][1]
+        self.cursor = back
 
     @precondition(lambda self: self.cursor > 0)
     @rule(data=st.data())
-    def redeliver_one(self, data):
-        # A single old event seen again out of order (e.g. a rebalanced consumer).
-        self.process(self.log[data.draw(st.integers(0, self.cursor - 1))])
+    def stale_attempts_change_nothing(self, data):
+        # Any event of an attempt that is not the current one, seen again out of order, is ignored.
+        e = self.log[data.draw(st.integers(0, self.cursor - 1))]
+        s = self.live.get(e.task_id)
+        if s is not None and isinstance(e, ATTEMPT_TYPES) and e.attempt != s.attempt:
+            assert evolve(s, e) is s
+        if s is not None and isinstance(e, TaskQueued) and e.attempt <= s.attempt:
+            assert evolve(s, e) is s
 
     @precondition(lambda self: self.log)
     @rule(data=st.data())
     def producer_duplicate(self, data):
         # A producer retry appends a copy of an event already in the log.
-        self.append([self.log[data.draw(st.integers(0, len(self.log) - 1))]])
+        e = self.log[data.draw(st.integers(0, len(self.log) - 1))]
+        if not isinstance(e, TaskRedriven):  # a second redrive is a second request, not a duplicate
+            self.append([e])
+
+    @precondition(lambda self: self.retries)
+    @rule(data=st.data(), keep=st.booleans())
+    def relay_fires(self, data, keep):
+        # The relay holds a retry until not_before, then queues the next attempt (sometimes twice).
+        i = data.draw(st.integers(0, len(self.retries) - 1))
+        r = self.retries[i] if keep else self.retries.pop(i)
+        self.clock = max(self.clock, r.not_before)
+        self.append([TaskQueued(task_id=r.task_id, occurred_at=self.now(), producer="relay", attempt=r.attempt + 1,
+                                priority=r.priority, due_at=r.not_before)])
+
+    @precondition(lambda self: any(domain.timer_due(s, RELAY_SLACK_S) for s in self.live.values()))
+    @rule(data=st.data())
+    def timer_fires(self, data):
+        tid = data.draw(st.sampled_from(sorted(t for t, s in self.live.items() if domain.timer_due(s, RELAY_SLACK_S))))
+        s = self.live[tid]
+        due = domain.timer_due(s, RELAY_SLACK_S)
+        assert domain.on_timer(s, due - timedelta(microseconds=1), GRACE_S) == [] or s.attempt > 0
+        self.clock = max(self.clock, due)
+        out = domain.on_timer(s, self.now(), GRACE_S)
+        assert [(type(e), e.attempt, e.due_at) for e in out] == [(TaskQueued, s.attempt + 1, domain.waiting_until(s))]
+        self.append(out)
+
+    @precondition(lambda self: any(s.status == "running" for s in self.live.values()))
+    @rule(data=st.data())
+    def lease_runs_out(self, data):
+        tid = data.draw(st.sampled_from(sorted(t for t, s in self.live.items() if s.status == "running")))
+        s = self.live[tid]
+        [e] = domain.lease_expired(s, s.attempt, LEASE_S, self.now())
+        assert domain.lease_expired(s, s.attempt - 1, LEASE_S, self.clock) == []
+        self.reported.setdefault(tid, set()).add(s.attempt)
+        self.append([e])
 
     @precondition(lambda self: any(self.dispatched.values()))
     @rule(data=st.data(), outcome=OUTCOMES)
@@ -587,25 +751,34 @@ class ProcessorModel(RuleBasedStateMachine):
         common = dict(task_id=tid, occurred_at=t, producer="exec", attempt=n)
         if outcome == "start":
             e = TaskStarted(**common)
+        elif outcome == "checkpoint":
+            e = TaskCheckpointed(**common, data=codec.dumps_json({"n": n, "t": t.microsecond}))
+        elif outcome == "lease":  # the processor expired it just as the executor reported (a race)
+            e = LeaseExpired(**common, lease_s=LEASE_S)
         elif outcome == "success":
             e = TaskSucceeded(**common, result='"r"', started_at=t - timedelta(microseconds=1))
         else:
             e = TaskFailed(**common, error="err", permanent=outcome == "permanent")
-        if outcome != "start":
+        if isinstance(e, (TaskSucceeded, TaskFailed)):  # a lease only counts where the processor expired it
             self.reported.setdefault(tid, set()).add(n)
         self.append([e])
 
     # -- invariants
     @invariant()
-    def attempts_never_exceed_max_and_shape_is_consistent(self):
+    def attempts_never_exceed_the_budget_and_shape_is_consistent(self):
         for s in self.live.values():
-            assert 0 <= s.attempt <= s.max_attempts
+            assert 0 <= s.attempt_offset <= s.attempt
+            assert s.attempt - s.attempt_offset <= s.max_attempts
             assert s.status in {st_.value for st_ in Status}
             assert (s.finished_at is not None) == (s.status in TERMINAL)
             if s.status == "succeeded":
                 assert s.error is None and s.result == '"r"'
             if s.status in ("pending",):
                 assert s.attempt == 0
+            if s.status in ("queued", "running"):
+                assert s.retry_at is None
+            if s.checkpoint is not None:
+                assert codec.loads_json(s.checkpoint)["n"] <= s.attempt  # later attempts keep the last one
             assert s.updated_at >= s.created_at
 
     @invariant()
@@ -617,24 +790,30 @@ class ProcessorModel(RuleBasedStateMachine):
         for e in self.log:
             by_task.setdefault(e.task_id, []).append(e)
         replayed = {tid: fold(evs) for tid, evs in by_task.items()}
-        assert replayed == self.live
-        # (b) re-folding the whole log on top of the final state changes nothing
+        assert replayed == {t: replace(s, last_offset=-1) for t, s in self.live.items()}
+        # (b) re-folding every event right after itself changes nothing
         for tid, evs in by_task.items():
-            assert fold(evs, self.live[tid]) is self.live[tid]
+            s = None
+            for e in evs:
+                s = evolve(s, e)
+                assert evolve(s, e) is s
 
     @invariant()
     def finished_tasks_are_terminal(self):
-        # (d) once the processor has caught up, a task whose queued attempts all
-        # got a result sits in exactly one terminal status.
+        # (d) once the processor has caught up, a task whose queued attempts all got a result and
+        # whose retry is not waiting in the relay sits in exactly one terminal status.
         if self.cursor != len(self.log):
             return
+        waiting = {r.task_id for r in self.retries}
         for tid, attempts in self.dispatched.items():
-            if attempts and attempts <= self.reported.get(tid, set()):
+            if attempts and attempts <= self.reported.get(tid, set()) and tid not in waiting:
                 s = self.live[tid]
-                assert s.status in TERMINAL and s.status in ("succeeded", "failed"), (tid, s)
+                if s.status == "scheduled" and s.retry_at is not None:
+                    continue  # a retry the relay already fired once and dropped: its timer re-queues it
+                assert s.status in ("succeeded", "failed", "cancelled"), (tid, s)
 
 
 ProcessorModel.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", 300)), stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestProcessorModel = ProcessorModel.TestCase

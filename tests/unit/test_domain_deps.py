@@ -26,7 +26,9 @@ from taskstream.schemas import (
     TaskCancelled,
     TaskCreated,
     TaskFailed,
+    TaskDeadLettered,
     TaskQueued,
+    TaskRetryScheduled,
     TaskStarted,
     TaskState,
     TaskSucceeded,
@@ -80,6 +82,11 @@ def failed(n, t=3, permanent=False, tid=TID):
     return TaskFailed(task_id=tid, occurred_at=at(t), producer="exec-1", attempt=n, error="boom", permanent=permanent)
 
 
+def retry(n, t=3, tid=TID, not_before=None):
+    return TaskRetryScheduled(task_id=tid, occurred_at=at(t), producer="processor", attempt=n,
+                              not_before=not_before or at(t + 1), delay_s=1.0, priority="high")
+
+
 def cancelled(tid=TID, reason="", t=4):
     return TaskCancelled(task_id=tid, occurred_at=at(t), producer="api-1", reason=reason)
 
@@ -100,7 +107,7 @@ def resolved(upstream: str, outcome: str = "succeeded", result: str | None = Non
 UPSTREAM = {
     "pending": lambda: [created()],
     "scheduled": lambda: [created(run_at=at(3600))],
-    "scheduled_retry": lambda: [created(), queued(1), failed(1)],
+    "scheduled_retry": lambda: [created(), queued(1), failed(1), retry(1)],
     "queued": lambda: [created(), queued(1)],
     "running": lambda: [created(), queued(1), started(1)],
     "succeeded": lambda: [created(), queued(1), started(1), succeeded(1, result='{"v": 1}')],
@@ -129,12 +136,15 @@ TERMINAL_STATUSES = {"succeeded", "failed", "cancelled", "upstream_failed"}
 
 
 @pytest.mark.parametrize("key", [k for k in UPSTREAM if STATUS_OF[k] in TERMINAL_STATUSES])
-def test_registration_leaves_a_terminal_upstream_as_it_is(key):
-    # Terminal states are final; the resolution is answered at once instead (decide).
+def test_registration_on_a_terminal_upstream_records_the_dependent_and_is_answered(key):
+    # Issue 5: a terminal upstream used to stay as it was ("terminal states are final"); it now records the
+    # dependent too, because a redrive re-opens failed/upstream_failed tasks and cascades to their dependents.
+    # Nothing else changes, and the resolution is still answered at once (decide).
     s = reach(key)
     e = registered("dep-1")
-    assert evolve(s, e) is s
-    [r] = decide(s, e, NOW)
+    new = evolve(s, e)
+    assert new == replace(s, dependents=["dep-1"], version=s.version + 1, updated_at=e.occurred_at)
+    [r] = decide(new, e, NOW)
     assert (r.task_id, r.upstream, r.outcome) == ("dep-1", s.task_id, s.status)
 
 
@@ -148,7 +158,7 @@ def test_registration_on_an_unknown_upstream_resolves_it_as_unknown():
     assert [(x.task_id, x.upstream, x.outcome) for x in react(None, None, e, NOW)] == [("dep-1", "ghost", UNKNOWN)]
 
 
-@pytest.mark.parametrize("key", [k for k in UPSTREAM if STATUS_OF[k] not in TERMINAL_STATUSES])
+@pytest.mark.parametrize("key", list(UPSTREAM))
 def test_registration_records_the_dependent_once(key):
     s = reach(key)
     e = registered("dep-1")
@@ -452,12 +462,15 @@ def test_react_resolves_every_dependent_exactly_when_the_task_ends(name):
     resolutions = [r for r in out if isinstance(r, DependencyResolved)]
     if outcome is None:
         assert resolutions == []
-        if name == "retryable_failure":  # the retry is queued instead
-            assert [(type(x), x.attempt) for x in out] == [(TaskQueued, 2)]
+        if name == "retryable_failure":  # the retry is scheduled instead (issue 5: it used to be queued at once)
+            assert [(type(x), x.attempt) for x in out] == [(TaskRetryScheduled, 1)]
         return
     assert [(r.task_id, r.upstream, r.outcome, r.occurred_at) for r in resolutions] == [
         ("down-1", TID, outcome, NOW), ("down-2", TID, outcome, NOW)]
     assert all(r.result == after.result for r in resolutions)
+    # ... and a task that failed for good is dead-lettered too (issue 5)
+    assert [type(x) for x in out if not isinstance(x, DependencyResolved)] == (
+        [TaskDeadLettered] if outcome == "failed" else [])
     # A retryable failure followed by success resolves once, at the success.
     if name == "succeeded":
         assert react(after, evolve(after, event), event, NOW) == []
@@ -466,7 +479,9 @@ def test_react_resolves_every_dependent_exactly_when_the_task_ends(name):
 def test_retry_then_final_outcome_resolves_once():
     s = with_dependents([created(max_attempts=2), queued(1)])
     owed = []
-    for e in (failed(1, t=5), queued(2, t=6), started(2, t=7), failed(2, t=8)):
+    for e in (failed(1, t=5), retry(1, t=5, not_before=at(6)),
+              TaskQueued(task_id=TID, occurred_at=at(6), producer="relay", attempt=2, priority="high", due_at=at(6)),
+              started(2, t=7), failed(2, t=8)):
         before, s = s, evolve(s, e)
         owed += [r for r in react(before, s, e, NOW) if isinstance(r, DependencyResolved)]
     assert s.status == "failed"
@@ -484,8 +499,14 @@ def test_replay_outputs_per_status(key):
         assert [(type(x), x.attempt, x.priority) for x in out] == [(TaskQueued, 1, "high")]
         assert evolve(s, out[0]) is s  # a duplicate TaskQueued changes nothing
     elif key in TERMINAL_KEYS:
-        assert [(type(x), x.task_id, x.outcome, x.result) for x in out] == [
+        assert [(type(x), x.task_id, x.outcome, x.result) for x in out if type(x) is DependencyResolved] == [
             (DependencyResolved, d, s.status, s.result) for d in ("down-1", "down-2")]
+        # a failed task's dead letter is sent again too (issue 5); the dlq may see it twice
+        assert [(type(x), x.attempt) for x in out if type(x) is not DependencyResolved] == (
+            [(TaskDeadLettered, 1)] if key == "failed" else [])
+    elif key == "scheduled_retry":  # the retry is sent to the relay again (the same not_before)
+        assert [(type(x), x.attempt, x.not_before) for x in out] == [(TaskRetryScheduled, 1, s.retry_at)]
+        assert evolve(s, out[0]) is s
     else:  # pending without dependencies, scheduled, running: nothing owed to anyone
         assert out == []
 
