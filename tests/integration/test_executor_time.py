@@ -69,12 +69,12 @@ def test_long_attempt_heartbeats_until_it_ends_short_one_never(settings, events,
         beats = heartbeats.beats()
     mine = [b for b in beats if b.task_id == long_.task_id]
     assert {b.task_id for b in beats} == {long_.task_id}, "the short attempt heartbeated"
-    # (2.5 - 0.2) / 0.3 ≈ 7 beats; a loaded machine may lose one or two to timer lateness.
-    assert 5 <= len(mine) <= 9, [b.occurred_at for b in mine]
+    # (2.5 - 0.2) / 0.3 ≈ 7 beats; a loaded machine may lose a few to timer lateness.
+    assert 4 <= len(mine) <= 9, [b.occurred_at for b in mine]
     assert {(b.attempt, b.producer) for b in mine} == {(3, "beating")}
     times = [b.occurred_at for b in mine]
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
-    assert all(0.2 <= g <= 0.9 for g in gaps), gaps
+    assert all(0.25 <= g <= 1.5 for g in gaps), gaps
     assert times[-1] <= result.occurred_at  # none after the attempt ended
     assert (times[0] - got[long_.task_id][0].occurred_at).total_seconds() < 1.0
 
