@@ -9,6 +9,7 @@ Measured figures are printed (run with ``-s``).
 
 from __future__ import annotations
 
+import re
 import signal
 import statistics
 import time
@@ -46,6 +47,13 @@ async def flaky(payload, ctx):
     if ctx.attempt < payload["succeed_at"]:
         raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
     return {"attempt": ctx.attempt}
+
+@handler("t.resume")
+async def resume(payload, ctx):
+    if ctx.last_checkpoint is None:
+        await ctx.checkpoint({"step": 1, "attempt": ctx.attempt})
+        raise RuntimeError("crash after the checkpoint")
+    return {"resumed_from": ctx.last_checkpoint, "attempt": ctx.attempt}
 
 @handler("t.block")
 def block(payload, ctx):
@@ -255,3 +263,94 @@ def test_cron_every_second_across_a_processor_restart_fires_ten_times(settings, 
         states.close()
         ex.stop()
         proc.stop()
+
+
+def test_next_attempt_sees_the_checkpoint(settings, tmp_path):
+    proc = start(settings, tmp_path, "processor", name="processor")
+    ex = start(settings, tmp_path, "executor", name="executor")
+    table = StateTable(settings)
+    try:
+        t = task("t.resume", None, max_attempts=2, backoff_initial_s=0.1, backoff_jitter=0.0)
+        send_events(settings, [t])
+        states = table.until(lambda s: s.get(t.task_id) and s[t.task_id].status == "succeeded", timeout=30,
+                             message="resumed task", procs=(proc, ex))
+        s = states[t.task_id]
+        assert s.attempt == 2
+        assert codec.loads_json(s.result) == {"resumed_from": {"step": 1, "attempt": 1}, "attempt": 2}
+        assert codec.loads_json(s.checkpoint) == {"step": 1, "attempt": 1}
+    finally:
+        table.close()
+        ex.stop()
+        proc.stop()
+
+
+def executor_id(log_path) -> str:
+    found = re.search(r"executor (\S+) starting", log_path.read_text(errors="replace"))
+    return found.group(1) if found else ""
+
+
+def test_a_stopped_executor_loses_its_lease_and_cannot_complete_the_task(settings, tmp_path):
+    """SIGSTOP the executor running an attempt for longer than the lease, then SIGCONT it.
+
+    The attempt is expired (LeaseExpired) and retried on the other executor;
+    the woken zombie's late result is fenced: the task succeeds once, with the
+    new attempt, as far as the state is concerned.
+    """
+    settings = settings.model_copy(update={"lease_s": 2.0, "heartbeat_interval_s": 0.3,
+                                           "started_event_after_s": 0.2})
+    topics = Topics(settings.prefix)
+    proc = start(settings, tmp_path, "processor", name="processor")
+    a = start(settings, tmp_path, "executor", name="executor-a")
+    b = start(settings, tmp_path, "executor", name="executor-b")
+    events = TopicReader(settings, topics.events)
+    table = StateTable(settings)
+    stopped = None
+    try:
+        warm = [task("noop", None) for _ in range(6)]
+        send_events(settings, warm)
+        table.until(lambda s: all(s.get(w.task_id) and s[w.task_id].status == "succeeded" for w in warm),
+                    timeout=40, message="warm-up", procs=(proc, a, b))
+        ids = wait_until(lambda: (executor_id(tmp_path / "executor-a.log"), executor_id(tmp_path / "executor-b.log")),
+                         timeout=10, message="executor ids")
+        by_id = dict(zip(ids, (a, b)))
+        t = task("sleep", {"seconds": 3}, max_attempts=3, backoff_initial_s=0.1, backoff_jitter=0.0)
+        send_events(settings, [t])
+        first = events.until(lambda m: [e for e in events.values() if isinstance(e, Heartbeat)
+                                        or (isinstance(e, TaskStarted) and e.task_id == t.task_id)],
+                             timeout=20, message="attempt 1 started")
+        runner = next(e.producer for e in events.values() if isinstance(e, TaskStarted) and e.task_id == t.task_id)
+        stopped = by_id[runner]
+        stopped.signal(signal.SIGSTOP)
+        stopped_at = now()
+
+        states = table.until(lambda s: s[t.task_id].status == "succeeded", timeout=60,
+                             message="task succeeded on the other executor", procs=(proc,))
+        done = states[t.task_id]
+        events.until(lambda m: any(isinstance(e, TaskSucceeded) and e.task_id == t.task_id
+                                   and e.attempt == done.attempt for e in events.values()),
+                     timeout=20, message="the log up to the success")
+        expired = [e for e in events.values() if isinstance(e, LeaseExpired) and e.task_id == t.task_id]
+        assert [e.attempt for e in expired] == [1], (done, [type(e).__name__ for e in events.values()
+                                                            if getattr(e, "task_id", None) == t.task_id])
+        assert done.attempt >= 2
+        stopped.signal(signal.SIGCONT)
+        woke_at = now()
+        # The zombie finishes attempt 1 and reports it; the fold ignores it.
+        events.until(lambda m: any(isinstance(e, TaskSucceeded) and e.task_id == t.task_id and e.attempt == 1
+                                   and e.producer == runner for e in events.values()),
+                     timeout=30, message="the zombie's late result")
+        fence = task("noop", None)
+        send_events(settings, [fence])
+        states = table.until(lambda s: s.get(fence.task_id) and s[fence.task_id].status == "succeeded", timeout=30,
+                             message="a task after the zombie's result")
+        assert states[t.task_id] == done, "the zombie's result changed the state"
+        print(f"\nlease: SIGSTOP at {stopped_at:%H:%M:%S.%f}, LeaseExpired at {expired[0].occurred_at:%H:%M:%S.%f} "
+              f"(lease 2 s), succeeded with attempt {done.attempt} at {done.finished_at:%H:%M:%S.%f}, "
+              f"SIGCONT at {woke_at:%H:%M:%S.%f}; the zombie's attempt-1 result was ignored")
+    finally:
+        if stopped is not None:
+            stopped.signal(signal.SIGCONT)
+        events.close()
+        table.close()
+        for c in (a, b, proc):
+            c.stop()
