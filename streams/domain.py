@@ -13,24 +13,37 @@ a failed attempt with attempts left is queued again).
 
 Transitions (event -> from status -> to status):
 
-============== ======================= ==========================================
-event          applies when            result
-============== ======================= ==========================================
-TaskCreated    no state yet            ``scheduled`` if run_at else ``pending``
-TaskQueued(n)  not terminal, n > attempt ``queued``, attempt = n
-TaskStarted(n) queued, n == attempt    ``running``
-TaskSucceeded  queued/running, current ``succeeded``
-TaskFailed     queued/running, current ``failed`` if permanent or n >= max_attempts,
-                                       else ``scheduled`` (waiting to be queued again)
-DependencyRegistered not terminal      ``dependent`` added to ``dependents``
+==================== ============================== ==========================================
+event                applies when                   result
+==================== ============================== ==========================================
+TaskCreated          no state yet                   ``scheduled`` if run_at and no deps, else ``pending``
+TaskQueued(n)        pending (deps all succeeded)   ``queued``, attempt = n, retry_at cleared
+                     or scheduled with due_at ==
+                     waiting_until; n > attempt
+TaskStarted(n)       queued, n == attempt           ``running``
+TaskSucceeded        queued/running, current        ``succeeded``
+TaskFailed,          queued/running (LeaseExpired:  ``failed`` if permanent or no attempts left,
+LeaseExpired         running only), current         else ``scheduled`` (retry_at set next)
+TaskRetryScheduled   scheduled, current attempt     retry_at = not_before
+                     > 0, retry_at not yet set
+TaskCheckpointed     queued/running, current,       checkpoint = data
+                     new data
+TaskRedriven         failed                         ``scheduled``, due now, fresh budget
+                     upstream_failed                ``pending``, failed resolutions dropped
+TaskDeadLettered     never                          (a record for the dlq)
+DependencyRegistered any state                      ``dependent`` added to ``dependents``
  (on the upstream)
-DependencyResolved   not terminal,     ``resolved[upstream] = outcome``; anything but
- (on the dependent)  a dependency,     ``succeeded`` -> ``upstream_failed``
-                     not yet resolved
-TaskCancelled  not terminal            ``cancelled``
-TaskUpdated    pending/scheduled, at   the given fields changed
-               expected_version
-============== ======================= ==========================================
+DependencyResolved   not terminal, a dependency,    ``resolved[upstream] = outcome``; anything but
+ (on the dependent)  not yet resolved               ``succeeded`` -> ``upstream_failed``; the last
+                                                    success of a pending task with run_at ->
+                                                    ``scheduled``
+TaskCancelled        not terminal                   ``cancelled``
+TaskUpdated          pending/scheduled, attempt 0,  the given fields that differ changed
+                     at expected_version
+==================== ============================== ==========================================
+
+Terminal states are final but for ``dependents`` (a redrive re-opens a task
+and its dependents must be known then) and TaskRedriven.
 
 Dependencies (DESIGN §5) travel by events only: after folding B's
 TaskCreated the processor appends ``DependencyRegistered(A, dependent=B)``
@@ -157,6 +170,8 @@ def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
         return state
     if state.status == Status.SCHEDULED.value and e.due_at != waiting_until(state):
         return state  # queued for a time the task no longer waits for (run_at changed, stale timer)
+    if state.status == Status.PENDING.value and not _deps_met(state):
+        return state  # nothing queues a task still waiting for its dependencies
     return _bump(state, e.occurred_at, status=Status.QUEUED.value, attempt=e.attempt, priority=e.priority, retry_at=None)
 
 
@@ -229,6 +244,7 @@ def _retry_scheduled(state: TaskState | None, e: TaskRetryScheduled) -> TaskStat
         state is None
         or state.status != Status.SCHEDULED.value
         or e.attempt != state.attempt
+        or state.attempt == 0  # waiting for its run_at, not for a retry
         or state.retry_at is not None
     ):
         return state
@@ -293,7 +309,8 @@ def _resolved(state: TaskState | None, e: DependencyResolved) -> TaskState | Non
             finished_at=e.occurred_at,
         )
     met = all(resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
-    status = Status.SCHEDULED.value if met and state.run_at is not None else state.status
+    pending = state.status == Status.PENDING.value
+    status = Status.SCHEDULED.value if pending and met and state.run_at is not None else state.status
     return _bump(state, e.occurred_at, resolved=resolved, upstream_results=results, status=status)
 
 
@@ -326,8 +343,9 @@ def _updated(state: TaskState | None, e: TaskUpdated) -> TaskState | None:
         name: value
         for name in ("priority", "payload", "run_at", "timeout_s", "max_attempts", "backoff_initial_s",
                      "backoff_multiplier", "backoff_max_s", "backoff_jitter")
-        if (value := getattr(e, name)) is not None
+        if (value := getattr(e, name)) is not None and value != getattr(state, name)
     }
+    # Values it already has change nothing: folded twice, an update without expected_version is a no-op.
     if not changes:
         return state
     return _bump(state, e.occurred_at, **changes)
@@ -562,12 +580,15 @@ def is_ready(state: TaskState | None, now: datetime) -> bool:
     if state.status == Status.PENDING.value:
         if state.attempt != 0:
             return False
-        deps_met = all(state.resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
-        return deps_met and (state.run_at is None or state.run_at <= now)
+        return _deps_met(state) and (state.run_at is None or state.run_at <= now)
     if state.status == Status.SCHEDULED.value:
         due = waiting_until(state)
         return due is not None and due <= now
     return False
+
+
+def _deps_met(state: TaskState) -> bool:
+    return all(state.resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
 
 
 def ready_message(state: TaskState, now: datetime) -> ReadyTask:
