@@ -87,8 +87,11 @@ def test_run_at_starts_on_time(settings, tmp_path):
     ex = start(settings, tmp_path, "executor", name="executor")
     table = StateTable(settings)
     try:
-        time.sleep(0)  # both join their groups while the tasks wait
-        base = now() + timedelta(seconds=5)
+        warm = task("noop", None)
+        send_events(settings, [warm])
+        table.until(lambda s: s.get(warm.task_id) and s[warm.task_id].status == "succeeded", timeout=40,
+                    message="processor and executor up", procs=(proc, ex))
+        base = now() + timedelta(seconds=3)
         tasks = [task("noop", None, run_at=base + timedelta(milliseconds=100 * i)) for i in range(20)]
         send_events(settings, tasks)
         states = table.until(lambda s: all(t.task_id in s for t in tasks), timeout=30, message="20 states",
