@@ -7,8 +7,9 @@ reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -72,3 +73,13 @@ class Settings(BaseSettings):
         "7 s after a SIGKILL instead of 12 s); use the pod name of a StatefulSet, never one id for two live processors"
     )
     log_level: str = "INFO"
+
+    wire_format: Literal["single-object", "confluent"] = Field(
+        "single-object", description="how records are framed: Avro single-object encoding (C3 01 + schema "
+        "fingerprint, no registry needed) or the Confluent wire format (00 + 4-byte schema id from "
+        "schema_registry_url, which Redpanda Console and Confluent deserializers decode); readers accept both"
+    )
+    schema_registry_url: Annotated[str | None, BeforeValidator(lambda v: None if v in ("", "null") else v)] = Field(
+        None, description="Confluent-compatible schema registry (Redpanda's on :8081); needed to write the "
+        "confluent wire format and to read records written in it"
+    )
