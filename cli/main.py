@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from taskstream.schemas import BrokerUnavailable, Settings, catalogue
+from taskstream.schemas import BrokerUnavailable, Settings
 
 
 def _settings(**overrides) -> Settings:
@@ -98,32 +98,6 @@ def api(host, port) -> None:
     settings = _settings(api_host=host, api_port=port)
     _logging(settings)
     run_api(settings)
-
-
-@main.group()
-def topics() -> None:
-    """Topic tooling."""
-
-
-@topics.command("create")
-@click.option("--partitions", type=int, default=None)
-@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
-def topics_create(partitions, timeout) -> None:
-    """Create taskstream's topics (idempotent); report topics that differ."""
-    from taskstream.schemas.kafka import LIBRDKAFKA_LOG, ensure_topics, wait_for_broker
-
-    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)  # the error below says it once, clearly
-    settings = _settings(partitions=partitions)
-    try:
-        wait_for_broker(settings, timeout=timeout)
-        problems = ensure_topics(settings, catalogue(settings))
-    except BrokerUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    for spec in catalogue(settings):
-        click.echo(f"{spec.name}\t{spec.partitions}\t{spec.config.get('cleanup.policy', '')}")
-    for p in problems:
-        click.echo(f"problem: {p}", err=True)
-    sys.exit(1 if problems else 0)
 
 
 @main.group()
@@ -215,6 +189,12 @@ def bench(count, url, clients, executors, chain, as_json) -> None:
     if chain is not None:
         sys.exit(run_chain_bench(chain, url=url, executors=executors, as_json=as_json))
     sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json))
+
+
+from .log_commands import COMMANDS as _LOG_COMMANDS  # noqa: E402  (events, topics, lag)
+
+for _command in _LOG_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,169 @@
+"""`taskstream lag`: how far each consumer of ours is behind the log, per partition.
+
+Three consumer groups commit their positions to the broker, so their lag is
+visible from outside: the processor (``<p>-processor`` on ``<p>.events``),
+the executors (``<p>-executors`` on ``<p>.ready.*``) and the retry relay
+(``<p>-retry-relay`` on ``<p>.retry.*``). Lag is end offset minus committed
+offset; a partition the group never committed is read from its beginning
+(``auto.offset.reset=earliest``), so its lag is every record still held.
+The end is the high watermark asked of the broker now: exact on the
+embedded broker because every producer of ours writes one record per batch
+there (``Settings.embedded_broker``, BROKER.md); a foreign producer's
+multi-record batch would make it short by the rest of its last batch.
+
+The API's read model is not a group: each API process reads ``<p>.state``
+from the beginning into its own RocksDB and keeps its position in memory
+(``api/read_model.py``), so nothing outside the process knows it. ``lag``
+says so and shows the end offsets of ``<p>.state``; with ``--api URL`` it
+adds that API's ``/readyz`` verdict (caught up with ``<p>.state`` as of its
+start, or still catching up), which is all the API reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from taskstream.schemas import Settings, Topics
+from taskstream.schemas.kafka import admin
+
+from ._log import LogError, connect, partitions_of, reader, watermarks
+
+READ_MODEL_NOTE = ("the API's read model has no consumer group: each API process reads {state} from the "
+                   "beginning and keeps its position in memory, so its lag cannot be known from outside "
+                   "(--api URL shows that API's /readyz verdict)")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    low: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - (self.committed if self.committed is not None else self.low))
+
+    def as_json(self) -> dict:
+        return {"group": self.group, "topic": self.topic, "partition": self.partition,
+                "committed": self.committed, "end": self.end, "lag": self.lag}
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    group: str
+    role: str
+    state: str
+    members: int
+    partitions: list[PartitionLag]
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+
+def groups_of(settings: Settings) -> list[tuple[str, str, list[str]]]:
+    """(role, group, topics) of every consumer group of the prefix."""
+    t = Topics(settings.prefix)
+    return [("processor", t.processor_group, [t.events]), ("executors", t.executor_group, t.all_ready),
+            ("retry relay", t.relay_group, t.all_retry)]
+
+
+def _group_states(client: AdminClient, groups: list[str], timeout: float) -> dict[str, tuple[str, int]]:
+    """(state, members) of each group; ("unknown", 0) when the broker does not say."""
+    out = {}
+    for group, fut in client.describe_consumer_groups(groups, request_timeout=timeout).items():
+        try:
+            d = fut.result(timeout)
+            out[group] = (d.state.name.lower(), len(d.members))
+        except (KafkaException, TimeoutError):
+            out[group] = ("unknown", 0)
+    return out
+
+
+def _committed(client: AdminClient, group: str, tps: list[TopicPartition], timeout: float) -> dict[tuple[str, int], int]:
+    request = ConsumerGroupTopicPartitions(group, tps)
+    try:
+        result = client.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
+    except (KafkaException, TimeoutError) as exc:
+        raise LogError(f"committed offsets of group {group}: {exc or 'timed out'}") from None
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None and tp.offset >= 0}
+
+
+def measure(settings: Settings, timeout: float = 15.0) -> tuple[list[GroupLag], dict[int, tuple[int, int]]]:
+    """Each group's lag per partition, and the (low, high) offsets of ``<p>.state`` for the read model."""
+    metadata = connect(settings, timeout)
+    t = Topics(settings.prefix)
+    counts = {name: partitions_of(settings, metadata, name)
+              for _, _, topics in groups_of(settings) for name in topics}
+    state_partitions = partitions_of(settings, metadata, t.state)
+    consumer = reader(settings, "lag")
+    try:
+        marks = {name: watermarks(consumer, name, n, timeout) for name, n in counts.items()}
+        state_marks = watermarks(consumer, t.state, state_partitions, timeout)
+    finally:
+        consumer.close()
+    client = admin(settings)  # kept referenced: a collected client fails its pending futures
+    states = _group_states(client, [g for _, g, _ in groups_of(settings)], timeout)
+    out = []
+    for role, group, topics in groups_of(settings):
+        tps = [TopicPartition(name, p) for name in topics for p in range(counts[name])]
+        committed = _committed(client, group, tps, timeout)
+        rows = [PartitionLag(group, tp.topic, tp.partition, committed.get((tp.topic, tp.partition)),
+                             *marks[tp.topic][tp.partition]) for tp in tps]
+        state, members = states.get(group, ("unknown", 0))
+        out.append(GroupLag(group, role, state, members, rows))
+    return out, state_marks
+
+
+def read_model_verdict(url: str, timeout: float) -> dict:
+    """What the API at ``url`` says of its read model in ``/readyz``: {"caught_up": bool, "detail": str}."""
+    import httpx
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/readyz", timeout=timeout)
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise LogError(f"the API at {url} did not answer /readyz: {exc}") from None
+    check = (body.get("checks") or {}).get("read_model")
+    if check is None:
+        raise LogError(f"the API at {url} did not report its read model in /readyz (status {r.status_code})")
+    return {"caught_up": check == "ok", "detail": check}
+
+
+def json_objects(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]], settings: Settings,
+                 verdict: dict | None) -> list[dict]:
+    rows = [{**p.as_json(), "role": g.role, "group_state": g.state, "members": g.members}
+            for g in groups for p in g.partitions]
+    state = Topics(settings.prefix).state
+    rows.append({"role": "read model", "group": None, "topic": state,
+                 "end": sum(hi for _, hi in state_marks.values()),
+                 "ends": {str(p): hi for p, (_, hi) in sorted(state_marks.items())},
+                 "committed": None, "lag": None,
+                 "caught_up": None if verdict is None else verdict["caught_up"],
+                 "note": READ_MODEL_NOTE.format(state=state)})
+    return rows
+
+
+def table_lines(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]], settings: Settings,
+                verdict: dict | None, api_url: str | None) -> list[str]:
+    out = []
+    for g in groups:
+        out.append(f"{g.group} ({g.role}): {g.state}, {g.members} member(s), lag {g.lag}")
+        rows = [("  TOPIC", "PARTITION", "COMMITTED", "END", "LAG")]
+        rows += [(f"  {p.topic}", str(p.partition), "-" if p.committed is None else str(p.committed),
+                  str(p.end), str(p.lag)) for p in g.partitions]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        out += ["  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+    state = Topics(settings.prefix).state
+    ends = " ".join(f"{p}:{hi}" for p, (_, hi) in sorted(state_marks.items()))
+    out.append(f"read model ({state}, end offsets {ends}): " + (
+        READ_MODEL_NOTE.format(state=state) if verdict is None else
+        f"the API at {api_url} reports it {'caught up' if verdict['caught_up'] else verdict['detail']}"
+        " (it does not report a position)"))
+    return out
