@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, Settings
-from taskstream.schemas.kafka import admin, common_config, wait_for_broker
+from taskstream.schemas.kafka import admin, common_config, consume_available, wait_for_broker
 
 #: librdkafka's offset of "no offset" (nothing committed, nothing found by time).
 NO_OFFSET = -1001
@@ -138,7 +138,7 @@ def read_range(consumer: Consumer, topic: str, starts: dict[int, int], ends: dic
     last_progress = time.monotonic()
     try:
         while todo:
-            batch = consumer.consume(1000, 0.2)
+            batch = consume_available(consumer, 5000, 0.2)
             for m in batch:
                 if m.error() is not None:
                     continue

@@ -34,7 +34,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 
 from taskstream.schemas import EVENT_TYPES, DecodeError, Settings, Topics, catalogue, codec
-from taskstream.schemas.kafka import ensure_topics, producer_config
+from taskstream.schemas.kafka import consume_available, ensure_topics, producer_config
 from taskstream.streams.processor import WATERMARK_MARKER_KEY
 
 from ._log import LogError, connect, iso, offsets_at, partitions_of, read_range, reader, record_time, to_ms, watermarks
@@ -239,7 +239,7 @@ def tail(settings: Settings, query: TailQuery, emit: Callable[[EventRecord], Non
                     count += 1
             if stop():
                 return count
-            later = consumer.consume(500, 0.2)
+            later = consume_available(consumer, 500, 0.2)
     except KafkaException as exc:
         raise LogError(f"reading {topic}: {exc}") from None
     finally:

@@ -154,7 +154,9 @@ def table_lines(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]],
                 verdict: dict | None, api_url: str | None) -> list[str]:
     out = []
     for g in groups:
-        out.append(f"{g.group} ({g.role}): {g.state}, {g.members} member(s), lag {g.lag}")
+        # The embedded broker describes a stable group with no members: show a count only when there is one.
+        members = f", {g.members} member(s)" if g.members else ""
+        out.append(f"{g.group} ({g.role}): {g.state}{members}, lag {g.lag}")
         rows = [("  TOPIC", "PARTITION", "COMMITTED", "END", "LAG")]
         rows += [(f"  {p.topic}", str(p.partition), "-" if p.committed is None else str(p.committed),
                   str(p.end), str(p.lag)) for p in g.partitions]
