@@ -564,3 +564,198 @@ def _wait_with_deadline(url: str, submitted: dict[str, float], timeout: float, d
             time.sleep(POLL_S)
     finally:
         client.close()
+
+
+# ------------------------------------------------------------------ --rebuild
+
+REBUILD_PARTITIONS = 6
+
+
+def synthetic_log(n: int, start: datetime | None = None):
+    """At least ``n`` events of a realistic mix, in the order the processor would append them.
+
+    Per task: 60 % run once (TaskCreated, TaskQueued, TaskSucceeded), 10 %
+    also report TaskStarted, 15 % fail once and succeed on the retry
+    (TaskFailed, TaskRetryScheduled, TaskQueued with due_at, TaskSucceeded),
+    5 % fail for good (permanent TaskFailed, TaskDeadLettered), 10 % wait
+    for the previous task (DependencyRegistered keyed by the upstream,
+    DependencyResolved, then queued and run). One new task id per task.
+    """
+    from datetime import UTC, timedelta
+
+    from taskstream.schemas import (
+        DependencyRegistered, DependencyResolved, TaskCreated, TaskDeadLettered, TaskFailed, TaskQueued,
+        TaskRetryScheduled, TaskStarted, TaskSucceeded,
+    )
+
+    t = start or datetime(2026, 1, 1, tzinfo=UTC)
+    ms = timedelta(milliseconds=1)
+    produced = 0
+    i = 0
+    prev = None
+    while produced < n:
+        i += 1
+        tid = f"{i:032x}"
+        kind = i % 20
+        t += ms
+        p = "processor-bench"
+        if kind in (18, 19) and prev is not None:  # 10 %: a dependent of the previous task
+            out = [
+                TaskCreated(task_id=tid, occurred_at=t, producer="api-bench", handler="noop", payload='{"n": 1}',
+                            depends_on=[prev], max_attempts=3, labels={"bench": "rebuild"}),
+                DependencyRegistered(task_id=prev, occurred_at=t, producer=p, dependent=tid),
+                DependencyResolved(task_id=tid, occurred_at=t + ms, producer=p, upstream=prev, outcome="succeeded",
+                                   result='{"ok": true}'),
+                TaskQueued(task_id=tid, occurred_at=t + ms, producer=p, attempt=1, priority="medium"),
+                TaskSucceeded(task_id=tid, occurred_at=t + 3 * ms, producer="executor-bench", attempt=1,
+                              result='{"ok": true}', started_at=t + 2 * ms),
+            ]
+        else:
+            out = [
+                TaskCreated(task_id=tid, occurred_at=t, producer="api-bench", handler="noop", payload='{"n": 1}',
+                            max_attempts=3, priority="high" if kind % 3 == 0 else "medium"),
+                TaskQueued(task_id=tid, occurred_at=t, producer=p, attempt=1,
+                           priority="high" if kind % 3 == 0 else "medium"),
+            ]
+            pr = out[1].priority
+            if kind in (15, 16, 17):  # 15 %: fails once, succeeds on the retry
+                nb = t + 1000 * ms
+                out += [
+                    TaskFailed(task_id=tid, occurred_at=t + 2 * ms, producer="executor-bench", attempt=1,
+                               error="TimeoutError: upstream slow", started_at=t + ms),
+                    TaskRetryScheduled(task_id=tid, occurred_at=t + 2 * ms, producer=p, attempt=1, not_before=nb,
+                                       delay_s=1.0, priority=pr, error="TimeoutError: upstream slow"),
+                    TaskQueued(task_id=tid, occurred_at=nb, producer="relay-bench", attempt=2, priority=pr, due_at=nb),
+                    TaskSucceeded(task_id=tid, occurred_at=nb + 2 * ms, producer="executor-bench", attempt=2,
+                                  result='{"ok": true}', started_at=nb + ms),
+                ]
+            elif kind == 14:  # 5 %: fails for good
+                out += [
+                    TaskFailed(task_id=tid, occurred_at=t + 2 * ms, producer="executor-bench", attempt=1,
+                               error="ValueError: bad input", permanent=True, started_at=t + ms),
+                    TaskDeadLettered(task_id=tid, occurred_at=t + 2 * ms, producer=p, attempt=1,
+                                     error="ValueError: bad input", handler="noop", priority=pr),
+                ]
+            elif kind in (12, 13):  # 10 %: long enough to report TaskStarted
+                out += [
+                    TaskStarted(task_id=tid, occurred_at=t + ms, producer="executor-bench", attempt=1),
+                    TaskSucceeded(task_id=tid, occurred_at=t + 3 * ms, producer="executor-bench", attempt=1,
+                                  result='{"ok": true}', started_at=t + ms),
+                ]
+            else:
+                out.append(TaskSucceeded(task_id=tid, occurred_at=t + 2 * ms, producer="executor-bench", attempt=1,
+                                         result='{"ok": true}', started_at=t + ms))
+        prev = tid
+        produced += len(out)
+        yield from out
+
+
+def write_log(settings, n: int, progress=None) -> int:
+    """Append ``synthetic_log(n)`` to ``<p>.events`` in big batches; the number of events written.
+
+    Big batches leave the embedded broker's end offsets short (BROKER.md), so
+    the bulk is followed by one record per partition, each in a batch of its
+    own (a TaskCreated of a task ``bench-end-<p>``), which makes every end
+    offset exact again for the rebuild that reads up to it.
+    """
+    from datetime import UTC
+
+    from confluent_kafka import Producer
+
+    from taskstream.schemas import TaskCreated, Topics, codec
+    from taskstream.schemas.kafka import producer_config
+
+    topic = Topics(settings.prefix).events
+    producer = Producer({**producer_config(settings, "taskstream-bench-log"), "batch.num.messages": 10000,
+                         "linger.ms": 20, "queue.buffering.max.messages": 500000})
+    failed: list = []
+
+    def done(err, msg):
+        if err is not None:
+            failed.append(err)
+
+    written = 0
+    encode, headers = codec.encode, codec.headers
+    for e in synthetic_log(n):
+        value = encode(e)
+        while True:
+            try:
+                producer.produce(topic, value, e.task_id.encode(), headers=headers(e), on_delivery=done)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        written += 1
+        if written % 10000 == 0:
+            producer.poll(0)
+            if progress is not None:
+                progress(10000)
+    producer.flush(120)
+    end = Producer({**producer_config(settings, "taskstream-bench-end"), "batch.num.messages": 1})
+    now = datetime.now(UTC)
+    for p in range(settings.partitions):
+        e = TaskCreated(task_id=f"bench-end-{p}", occurred_at=now, producer="bench", handler="noop")
+        end.produce(topic, encode(e), e.task_id.encode(), partition=p, headers=headers(e), on_delivery=done)
+        end.flush(30)
+    if failed or producer.flush(0) or end.flush(0):
+        raise BenchError(f"writing the log failed: {failed[:3]}")
+    return written + settings.partitions
+
+
+def run_rebuild_bench(events: int, as_json: bool, workers: int | None = None, profile: str | None = None) -> int:
+    """`taskstream bench --rebuild`: events folded per second by `state rebuild` over a synthetic log."""
+    import logging
+    import uuid
+
+    from taskstream.schemas import Settings, catalogue
+    from taskstream.schemas.kafka import LIBRDKAFKA_LOG, ensure_topics, wait_for_broker
+    from taskstream.streams.rebuild import RebuildError, rebuild
+
+    from .broker import EmbeddedBroker, free_port
+
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
+    own = None
+    try:
+        base = Settings()
+        if "TASKSTREAM_BOOTSTRAP_SERVERS" not in os.environ:
+            own = EmbeddedBroker(free_port()).start()
+            _say(f"started an embedded broker on {own.bootstrap_servers}")
+        settings = Settings(**{**base.model_dump(), "prefix": f"bench-rebuild-{uuid.uuid4().hex[:8]}",
+                               "partitions": REBUILD_PARTITIONS,
+                               **({"bootstrap_servers": own.bootstrap_servers, "embedded_broker": True} if own else {})})
+        wait_for_broker(settings, timeout=15)
+        ensure_topics(settings, catalogue(settings))
+        _say(f"writing {events} events to {settings.prefix}.events ...")
+        t0 = time.monotonic()
+        written = write_log(settings, events)
+        write_s = time.monotonic() - t0
+        _say(f"wrote {written} events in {write_s:.1f}s; rebuilding ...")
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        report = rebuild(settings, workers=workers)
+        if profile:
+            prof.disable()
+            prof.dump_stats(profile)
+            _say(f"profile written to {profile} (python -m pstats {profile})")
+        if report.events != written:
+            raise BenchError(f"the rebuild folded {report.events} events, {written} were written")
+    except (BenchError, RebuildError) as exc:
+        _say(f"error: {exc}")
+        return 1
+    except Exception as exc:  # the broker binary missing, a port taken ...
+        _say(f"error: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        if own is not None:
+            own.stop()
+    result = {"events": report.events, "tasks": report.tasks, "partitions": report.partitions,
+              "workers": report.workers, "rebuild_s": round(report.seconds, 2),
+              "events_per_s": round(report.rate), "write_s": round(write_s, 2)}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(f"  {k:14} {v}" for k, v in result.items()))
+    return 0
+

@@ -175,6 +175,53 @@ def dlq_redrive(task_ids, redrive_all, reason, timeout) -> None:
         click.echo(f"skipped {skipped} poison record(s): they are not tasks")
 
 
+@main.group()
+def state() -> None:
+    """Task state rebuilt from the event log: verify, repair, time travel."""
+
+
+@state.command("rebuild")
+@click.option("--verify", is_flag=True, help="compare with the live <prefix>.state; exit 1 on any difference")
+@click.option("--write", is_flag=True, help="republish the rebuilt states to <prefix>.state (stop the processors first)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object a line (differences, then the summary)")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="fold processes (default: 1 for small logs, else cores)")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def state_rebuild(verify, write, as_json, workers, timeout) -> None:
+    """Fold all of <prefix>.events again with the processor's pure core.
+
+    Prints the tasks checked, events folded and events/s. With --verify, each
+    difference from the live state (id, field, live value, rebuilt value);
+    with --write, the rebuilt states are written to <prefix>.state, from which
+    processors rebuild their tables and the API its read model.
+    """
+    from taskstream.schemas.kafka import LIBRDKAFKA_LOG
+
+    from .state import run_rebuild
+
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)  # the error says it once, clearly
+    sys.exit(run_rebuild(_settings(), verify, write, as_json, workers, timeout))
+
+
+@state.command("at")
+@click.argument("when", metavar="TIME")
+@click.option("--task", "task_id", default=None, help="only this task")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object a line (tasks as the API shows them)")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def state_at(when, task_id, as_json, timeout) -> None:
+    """Tasks as they were at TIME (RFC 3339), folded from the events that occurred by then."""
+    from taskstream.api.models import parse_rfc3339
+    from taskstream.schemas.kafka import LIBRDKAFKA_LOG
+
+    from .state import run_at
+
+    try:
+        at = parse_rfc3339(when)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="TIME") from None
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
+    sys.exit(run_at(_settings(), at, task_id, as_json, timeout))
+
+
 @main.command()
 @click.option("-n", "count", type=int, default=5000, show_default=True, help="no-op tasks to submit")
 @click.option("--url", default=None, help="target a running API instead of starting `taskstream dev`")
@@ -182,10 +229,18 @@ def dlq_redrive(task_ids, redrive_all, reason, timeout) -> None:
 @click.option("--executors", type=int, default=1, show_default=True)
 @click.option("--chain", type=int, default=None, help="instead: a workflow chain of N dependent no-op tasks; per-hop latency")
 @click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")
-def bench(count, url, clients, executors, chain, as_json) -> None:
+@click.option("--rebuild", "rebuild_mode", is_flag=True,
+              help="instead: events folded per second by `state rebuild` over a synthetic log of --events events")
+@click.option("--events", "n_events", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="events in the --rebuild log")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="--rebuild: fold processes (default: cores)")
+@click.option("--profile", type=click.Path(dir_okay=False), default=None, help="--rebuild: write cProfile stats here")
+def bench(count, url, clients, executors, chain, as_json, rebuild_mode, n_events, workers, profile) -> None:
     """Submit N no-op tasks; print throughput and submit->start latency (or --chain N: per-hop latency)."""
-    from .bench import run_bench, run_chain_bench
+    from .bench import run_bench, run_chain_bench, run_rebuild_bench
 
+    if rebuild_mode:
+        sys.exit(run_rebuild_bench(n_events, as_json=as_json, workers=workers, profile=profile))
     if chain is not None:
         sys.exit(run_chain_bench(chain, url=url, executors=executors, as_json=as_json))
     sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json))

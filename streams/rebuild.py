@@ -1,0 +1,502 @@
+"""Rebuild task state from the event log and compare it with the live state (``taskstream state rebuild``).
+
+DESIGN §4: every table must be rebuildable from ``<p>.events`` and comparable
+with the live one. This module reads each partition of ``<p>.events`` from
+offset 0 and folds it per message key with the same pure core the processor
+uses (``domain.evolve``), keyed exactly as the processor keys its tables (the
+record key, not the event's ``task_id``). Records without a key or that do
+not decode are counted and skipped: the processor sends those to the dlq.
+
+**Which fields may differ, and why.** The processor folds an event, asks the
+core what follows (``domain.react``) and applies its *own* follow-up events
+(a TaskQueued after TaskCreated, a TaskRetryScheduled after TaskFailed, …)
+inline, in the same step, before it appends them to the log. A plain fold of
+the log applies the same events, with the same ``occurred_at``, in the same
+order, so every field comes out equal but one: ``last_offset``, the
+processor's idempotency bookmark, which it sets to the offset of the event
+that *triggered* a step (its inline follow-ups, read back later, change
+nothing and move nothing), while a fold of the log can only say which record
+it read last. ``IGNORED_FIELDS`` holds exactly that field. Anything else that
+differs is a real divergence and is reported; one known cause is a race the
+processor's inline application cannot see: a client event of the same task
+(say a TaskCancelled) appended between a trigger and the processor's own
+follow-up lands before the follow-up in the log, so the log's order differs
+from the order the processor applied.
+
+**Where the fold stops.** By default at each partition's end offset as of the
+start (our producers send one record per batch on the embedded broker, which
+keeps its end offsets exact, BROKER.md). The live ``<p>.state`` is read up to
+a marker record this module appends (like ``processor._restore``), so no end
+offset is trusted there. With ``write`` the fold stops at the processor
+group's committed offsets instead: that is where the processors resume, and
+they react to everything after it themselves, so the states written are the
+ones their tables held at that point, with ``last_offset`` at the last record
+folded (the processor skips what a written state already holds). Partitions
+without a committed offset are folded to their end.
+
+**Parallelism.** Partitions are independent (a key lives in one), so a large
+log is folded by a pool of processes, each reading, decoding, folding,
+comparing and writing its own partitions; only counts and mismatches travel
+back. Decoding (fastavro) and ``dataclasses.replace`` in ``evolve`` are the
+cost (see the README's benchmark); a small log is folded in-process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from taskstream.schemas import (
+    BrokerUnavailable,
+    DecodeError,
+    Event,
+    ScheduleState,
+    Settings,
+    TaskState,
+    Topics,
+    codec,
+)
+from taskstream.schemas.kafka import admin, common_config, producer_config
+
+from . import domain
+from .processor import WATERMARK_MARKER_KEY, _write_markers
+
+log = logging.getLogger(__name__)
+
+#: Fields a rebuilt state may legitimately differ in from the live one (see the module docstring).
+IGNORED_FIELDS = frozenset({"last_offset"})
+#: Below this many events the fold runs in this process (a pool costs ~0.5 s to start).
+POOL_THRESHOLD = 100_000
+READ_BATCH = 10_000
+
+State = TaskState | ScheduleState
+
+
+class RebuildError(Exception):
+    """What ``state rebuild`` cannot do (bad prefix, broker down); one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """One difference between the live and the rebuilt state of ``key``.
+
+    ``field`` is ``"<missing>"`` for a key present on one side only (the
+    missing side's value is None) and ``"<type>"`` for a task on one side and
+    a schedule on the other.
+    """
+
+    key: str
+    field: str
+    live: Any
+    rebuilt: Any
+
+    def as_json(self) -> dict:
+        return {"id": self.key, "field": self.field, "live": _plain(self.live), "rebuilt": _plain(self.rebuilt)}
+
+    def line(self) -> str:
+        return f"{self.key}\t{self.field}\tlive={_show(self.live)}\trebuilt={_show(self.rebuilt)}"
+
+
+MISSING = "<missing>"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (TaskState, ScheduleState)):
+        return type(value).__name__
+    return value
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (TaskState, ScheduleState)):
+        return f"{type(value).__name__}(status={value.status})"
+    return repr(value)
+
+
+# ------------------------------------------------------------------ the pure part
+
+
+class LogFold:
+    """Folds records of ``<p>.events`` per key (pure: no Kafka; feed it records in log order per partition).
+
+    ``as_of`` keeps only events with ``occurred_at <= as_of`` (time travel),
+    still in log order.
+    """
+
+    __slots__ = ("states", "partition_of", "last_read", "events", "skipped", "undecodable", "keyless", "as_of")
+
+    def __init__(self, as_of: datetime | None = None) -> None:
+        self.states: dict[bytes, State] = {}
+        self.partition_of: dict[bytes, int] = {}
+        self.last_read: dict[bytes, int] = {}
+        self.events = 0
+        self.skipped = 0
+        self.undecodable = 0
+        self.keyless = 0
+        self.as_of = as_of
+
+    def add(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        if not key:
+            self.keyless += 1
+            return
+        try:
+            event = codec.decode(value)
+        except DecodeError:
+            self.undecodable += 1
+            return
+        self.add_event(partition, offset, key, event)
+
+    def add_event(self, partition: int, offset: int, key: bytes, event: Event) -> None:
+        if not isinstance(event, Event):
+            self.undecodable += 1
+            return
+        if self.as_of is not None and event.occurred_at > self.as_of:
+            self.skipped += 1
+            return
+        self.events += 1
+        states = self.states
+        before = states.get(key)
+        after = domain.evolve(before, event)
+        if after is not before:
+            states[key] = after
+            self.partition_of[key] = partition
+        self.last_read[key] = offset
+
+    def result(self, key: bytes) -> State | None:
+        """The rebuilt state of ``key``, its ``last_offset`` at the last record of it that was folded."""
+        state = self.states.get(key)
+        if state is None:
+            return None
+        return dataclasses.replace(state, last_offset=self.last_read[key])
+
+    def counts(self) -> tuple[int, int]:
+        """(tasks, schedules) rebuilt."""
+        schedules = sum(1 for s in self.states.values() if isinstance(s, ScheduleState))
+        return len(self.states) - schedules, schedules
+
+
+def compare_states(key: str, live: State | None, rebuilt: State | None) -> list[Mismatch]:
+    """Every field in which ``live`` and ``rebuilt`` differ, ``IGNORED_FIELDS`` aside."""
+    if live is None or rebuilt is None:
+        if live is rebuilt:
+            return []
+        return [Mismatch(key, MISSING, live, rebuilt)]
+    if type(live) is not type(rebuilt):
+        return [Mismatch(key, "<type>", live, rebuilt)]
+    out = []
+    for f in dataclasses.fields(live):
+        if f.name in IGNORED_FIELDS:
+            continue
+        a, b = getattr(live, f.name), getattr(rebuilt, f.name)
+        if a != b:
+            out.append(Mismatch(key, f.name, a, b))
+    return out
+
+
+def compare(live: Mapping[bytes, State], rebuilt: Mapping[bytes, State]) -> list[Mismatch]:
+    """Mismatches of every key on either side, ordered by key then field order."""
+    out: list[Mismatch] = []
+    for key in sorted(set(live) | set(rebuilt)):
+        out += compare_states(key.decode(errors="replace"), live.get(key), rebuilt.get(key))
+    return out
+
+
+def fold_events(events: Iterable[Event], as_of: datetime | None = None) -> State | None:
+    """One task's state from its events (log order), optionally as it was at ``as_of``."""
+    if as_of is not None:
+        events = (e for e in events if e.occurred_at <= as_of)
+    return domain.fold(events)
+
+
+# ------------------------------------------------------------------ Kafka
+
+
+@dataclass
+class PartResult:
+    """What folding some partitions gave (sent back from a pool worker)."""
+
+    events: int = 0
+    tasks: int = 0
+    schedules: int = 0
+    skipped: int = 0
+    undecodable: int = 0
+    keyless: int = 0
+    live: int = 0
+    written: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    states: dict[bytes, State] | None = None
+
+    def merge(self, other: PartResult) -> None:
+        for name in ("events", "tasks", "schedules", "skipped", "undecodable", "keyless", "live", "written"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.mismatches += other.mismatches
+        if other.states is not None:
+            self.states = {**(self.states or {}), **other.states}
+
+
+@dataclass(frozen=True)
+class Job:
+    """The work of one worker: its partitions and where each read stops (exclusive end offsets)."""
+
+    settings: Settings
+    partitions: tuple[int, ...]
+    event_ends: dict[int, int]
+    state_markers: dict[int, int] | None = None  # read <p>.state up to these markers and compare
+    write: bool = False
+    keep_states: bool = False
+    as_of: datetime | None = None
+
+
+def _reader(settings: Settings, name: str) -> Consumer:
+    return Consumer({
+        **common_config(settings, name),
+        "group.id": f"{name}-{uuid.uuid4().hex[:8]}",  # assigned, never joined
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 10,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+    })
+
+
+def scan(consumer: Consumer, topic: str, ends: Mapping[int, int], timeout: float = 600.0,
+         progress: Callable[[int], None] | None = None) -> Iterable[list]:
+    """Batches of messages of ``topic``'s partitions from offset 0 up to (excluding) ``ends[p]``."""
+    pending = {p for p, end in ends.items() if end > 0}
+    if not pending:
+        return
+    consumer.assign([TopicPartition(topic, p, 0) for p in sorted(pending)])
+    deadline = time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"reading {topic} partitions {sorted(pending)} timed out after {timeout:.0f}s")
+        batch = consumer.consume(READ_BATCH, 0.2)
+        keep = []
+        for m in batch:
+            p = m.partition()
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if m.offset() >= ends.get(p, 0):
+                        pending.discard(p)
+                    continue
+                raise BrokerUnavailable(f"reading {topic}: {err}")
+            if p not in pending:
+                continue
+            offset = m.offset()
+            if offset >= ends[p]:
+                pending.discard(p)
+                continue
+            keep.append(m)
+            if offset >= ends[p] - 1:
+                pending.discard(p)
+        if keep:
+            if progress is not None:
+                progress(len(keep))
+            yield keep
+
+
+def read_live(settings: Settings, markers: Mapping[int, int]) -> dict[bytes, State]:
+    """The live ``<p>.state`` of some partitions, each read up to its marker (``markers[p]``: its offset)."""
+    topic = Topics(settings.prefix).state
+    live: dict[bytes, State] = {}
+    consumer = _reader(settings, "taskstream-state-live")
+    try:
+        for batch in scan(consumer, topic, {p: o + 1 for p, o in markers.items()}):
+            for m in batch:
+                key = m.key()
+                if not key or key == WATERMARK_MARKER_KEY:
+                    continue
+                if not m.value():
+                    live.pop(key, None)
+                    continue
+                try:
+                    value = codec.decode(m.value())
+                except DecodeError:
+                    log.warning("undecodable record in %s[%d]@%d", topic, m.partition(), m.offset())
+                    continue
+                if isinstance(value, (TaskState, ScheduleState)):
+                    live[key] = value
+    finally:
+        consumer.close()
+    return live
+
+
+def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResult:
+    """Fold ``job.partitions`` of ``<p>.events``; compare with and/or write to ``<p>.state``."""
+    topics = Topics(job.settings.prefix)
+    fold = LogFold(as_of=job.as_of)
+    add = fold.add
+    consumer = _reader(job.settings, "taskstream-state-rebuild")
+    try:
+        for batch in scan(consumer, topics.events, {p: job.event_ends[p] for p in job.partitions}, progress=progress):
+            for m in batch:
+                add(m.partition(), m.offset(), m.key(), m.value())
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"reading {topics.events}: {exc}") from None
+    finally:
+        consumer.close()
+    out = PartResult(events=fold.events, skipped=fold.skipped, undecodable=fold.undecodable, keyless=fold.keyless)
+    out.tasks, out.schedules = fold.counts()
+    rebuilt = {key: fold.result(key) for key in fold.states}
+    if job.state_markers is not None:
+        live = read_live(job.settings, {p: job.state_markers[p] for p in job.partitions})
+        out.live = len(live)
+        out.mismatches = compare(live, rebuilt)
+    if job.write:
+        out.written = _write_states(job.settings, topics.state, rebuilt, fold.partition_of)
+    if job.keep_states:
+        out.states = rebuilt
+    return out
+
+
+def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State], partition_of: Mapping[bytes, int]) -> int:
+    producer = Producer({**producer_config(settings, "taskstream-state-write"), "linger.ms": 5})
+    failed: list = []
+
+    def done(err, msg):
+        if err is not None:
+            failed.append(err)
+
+    for key, state in states.items():
+        while True:
+            try:
+                producer.produce(topic, codec.encode(state), key, partition=partition_of[key],
+                                 headers=codec.headers(state), on_delivery=done)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    if remaining or failed:
+        raise BrokerUnavailable(f"{remaining} state(s) unacknowledged, errors: {failed[:3]}")
+    return len(states)
+
+
+def _run_job_in_worker(indexed: tuple[int, Job]) -> tuple[int, PartResult]:
+    logging.getLogger("taskstream.librdkafka").setLevel(logging.CRITICAL)
+    return indexed[0], run_job(indexed[1])
+
+
+# ------------------------------------------------------------------ the command
+
+
+@dataclass
+class Report(PartResult):
+    seconds: float = 0.0
+    partitions: int = 0
+    workers: int = 1
+    until: str = "end"
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def _metadata(settings: Settings, timeout: float) -> int:
+    """Partitions of ``<p>.events`` (checking ``<p>.state`` has as many); ``RebuildError`` when missing."""
+    topics = Topics(settings.prefix)
+    try:
+        md = admin(settings).list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise RebuildError(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: "
+                           f"{exc.args[0].str() if exc.args else exc}") from None
+    for name in (topics.events, topics.state):
+        if name not in md or not md[name].partitions:
+            raise RebuildError(f"topic {name} does not exist at {settings.bootstrap_servers} "
+                               "(wrong TASKSTREAM_PREFIX? `taskstream topics create` makes it)")
+    n = len(md[topics.events].partitions)
+    if len(md[topics.state].partitions) != n:
+        raise RebuildError(f"{topics.events} and {topics.state} have different partition counts")
+    return n
+
+
+def end_offsets(settings: Settings, partitions: int, timeout: float = 10.0) -> dict[int, int]:
+    """Each partition's end (high watermark) of ``<p>.events`` now."""
+    topic = Topics(settings.prefix).events
+    consumer = _reader(settings, "taskstream-state-ends")
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
+def committed_offsets(settings: Settings, partitions: int, timeout: float = 10.0) -> dict[int, int | None]:
+    """Where the processor group resumes in each partition of ``<p>.events`` (None: nothing committed)."""
+    topics = Topics(settings.prefix)
+    consumer = Consumer({**common_config(settings, "taskstream-state-committed"), "group.id": topics.processor_group,
+                         "enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(topics.events, p) for p in range(partitions)], timeout=timeout)
+        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in got}
+    finally:
+        consumer.close()
+
+
+def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as_of: datetime | None = None,
+            keep_states: bool = False, workers: int | None = None, timeout: float = 15.0,
+            progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None) -> Report:
+    """Fold the whole of ``<p>.events`` (see the module docstring); ``RebuildError`` on a bad prefix or broker.
+
+    ``on_total`` is told the number of records to read before reading starts
+    (for a progress bar); ``progress`` then gets the number read so far in steps.
+    """
+    started = time.monotonic()
+    try:
+        n = _metadata(settings, timeout)
+        ends = end_offsets(settings, n, timeout)
+        until = "end"
+        if write:
+            committed = committed_offsets(settings, n, timeout)
+            if any(c is not None for c in committed.values()):
+                until = "processor commits"
+            ends = {p: (c if c is not None else ends[p]) for p, c in committed.items()}
+        markers = None
+        if verify or write:
+            producer = Producer({**producer_config(settings, "taskstream-state-marker"), "batch.num.messages": 1})
+            markers = _write_markers(producer, Topics(settings.prefix).state, list(range(n)))
+            producer.flush(5)
+        total = sum(ends.values())
+        if on_total is not None:
+            on_total(total)
+        if workers is None:
+            workers = min(os.cpu_count() or 1, n) if total >= POOL_THRESHOLD else 1
+        workers = max(1, min(workers, n))
+        groups = [tuple(range(n))[i::workers] for i in range(workers)]
+        jobs = [Job(settings, g, ends, markers, write, keep_states, as_of) for g in groups]
+        report = Report(partitions=n, workers=workers, until=until)
+        if workers == 1:
+            report.merge(run_job(jobs[0], progress))
+        else:
+            # spawn: the parent already holds librdkafka clients (threads), which must not be forked.
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers) as pool:
+                for i, part in pool.imap_unordered(_run_job_in_worker, list(enumerate(jobs))):
+                    report.merge(part)
+                    if progress is not None:
+                        progress(sum(ends[p] for p in jobs[i].partitions))
+    except BrokerUnavailable as exc:
+        raise RebuildError(str(exc)) from None
+    except KafkaException as exc:
+        raise RebuildError(f"broker at {settings.bootstrap_servers}: {exc}") from None
+    report.mismatches.sort(key=lambda m: m.key)
+    report.seconds = time.monotonic() - started
+    return report
+
