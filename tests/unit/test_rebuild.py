@@ -1,0 +1,209 @@
+"""The fold of a whole log (``streams.rebuild``) against the processor's own steps, on hand-built logs.
+
+A small in-memory processor (``processor.fold_step``, the very step the live
+processor runs) with a scripted executor and retry relay grows a log; folding
+that log again must give every state the processor holds, ``last_offset``
+aside (the one field the module documents as legitimately different).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from taskstream.cli.bench import synthetic_log
+from taskstream.schemas import (
+    ScheduleCreated,
+    TaskCreated,
+    TaskFailed,
+    TaskQueued,
+    TaskRetryScheduled,
+    TaskStarted,
+    TaskSucceeded,
+    Topics,
+    codec,
+)
+from taskstream.streams.processor import fold_step
+from taskstream.streams.rebuild import IGNORED_FIELDS, MISSING, LogFold, Mismatch, compare, fold_events
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TOPICS = Topics("unit")
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def simulate(initial, fail_first: set[str], never_run: set[str]):
+    """Run the processor's step over a growing one-partition log; executor and relay scripted.
+
+    Returns (log as (key, bytes), the processor's table of decoded states).
+    """
+    log = [(e.task_id.encode(), codec.encode(e)) for e in initial]
+    table = {}
+    clock = [10.0]
+    i = 0
+    while i < len(log):
+        key, value = log[i]
+        clock[0] += 0.5
+        now = at(clock[0])
+        step = fold_step(TOPICS, table.get(key), value, i, 0, now, "proc")
+        if step.state is not None:
+            table[key] = step.state
+        for out in step.outputs:
+            if out.topic == TOPICS.events:
+                log.append((out.key, out.value))
+            elif out.topic.startswith(f"{TOPICS.prefix}.ready."):
+                ready = codec.decode(out.value)
+                if ready.task_id in never_run or not hasattr(ready, "handler"):
+                    continue
+                done = now + timedelta(seconds=0.1)
+                if ready.task_id in fail_first and ready.attempt == 1:
+                    e = TaskFailed(task_id=ready.task_id, occurred_at=done, producer="ex", attempt=1, error="boom",
+                                   started_at=now)
+                else:
+                    e = TaskSucceeded(task_id=ready.task_id, occurred_at=done, producer="ex", attempt=ready.attempt,
+                                      result='{"ok": true}', started_at=now)
+                log.append((out.key, codec.encode(e)))
+            elif out.topic.startswith(f"{TOPICS.prefix}.retry."):
+                r = codec.decode(out.value)
+                q = TaskQueued(task_id=r.task_id, occurred_at=r.not_before, producer="relay", attempt=r.attempt + 1,
+                               priority=r.priority, due_at=r.not_before)
+                log.append((out.key, codec.encode(q)))
+        i += 1
+    return log, table
+
+
+def created(task_id: str, seconds: float = 0, **kw) -> TaskCreated:
+    return TaskCreated(task_id=task_id, occurred_at=at(seconds), producer="api", handler="noop", **kw)
+
+
+def scenario():
+    tasks = [
+        created("a", max_attempts=3, backoff_initial_s=0.5, backoff_jitter=0.0),  # fails once, then succeeds
+        created("b", 1, depends_on=["a"]),  # waits for a
+        created("c", 2, depends_on=["nobody"]),  # unknown upstream: upstream_failed
+        created("d", 3),  # queued, never run: its last record is the processor's own TaskQueued
+        created("e", 4, max_attempts=1),  # fails for good: dead-lettered
+        created("f", 5, run_at=at(3600)),  # scheduled
+        ScheduleCreated(task_id="s", occurred_at=at(6), producer="api", cron="0 0 * * *",
+                        template='{"handler": "noop"}'),
+    ]
+    return simulate(tasks, fail_first={"a", "e"}, never_run={"d"})
+
+
+def fold(log, as_of=None) -> LogFold:
+    f = LogFold(as_of=as_of)
+    for offset, (key, value) in enumerate(log):
+        f.add(0, offset, key, value)
+    return f
+
+
+def test_fold_of_the_log_equals_the_processors_states():
+    log, table = scenario()
+    f = fold(log)
+    rebuilt = {k: f.result(k) for k in f.states}
+    assert {k: s.status for k, s in table.items()} == {
+        b"a": "succeeded", b"b": "succeeded", b"c": "upstream_failed", b"d": "queued", b"e": "failed",
+        b"f": "scheduled", b"s": "active",
+    }
+    assert table[b"a"].attempt == 2 and table[b"b"].resolved == {"a": "succeeded"}
+    assert compare(table, rebuilt) == []
+    assert f.events == len(log)
+    assert f.counts() == (6, 1)
+
+
+def test_last_offset_is_the_one_field_that_differs_and_why():
+    """d's TaskQueued was applied inline with its TaskCreated (the trigger's offset); the log has it later."""
+    log, table = scenario()
+    f = fold(log)
+    rebuilt = {k: f.result(k) for k in f.states}
+    assert IGNORED_FIELDS == {"last_offset"}
+    assert table[b"d"].last_offset < rebuilt[b"d"].last_offset
+    differs = {(k, m.field) for k in table
+               for m in _all_fields(table[k], rebuilt[k]) if m.field != "last_offset"}
+    assert differs == set()
+
+
+def _all_fields(a, b):
+    from dataclasses import fields
+
+    return [Mismatch("", x.name, getattr(a, x.name), getattr(b, x.name))
+            for x in fields(a) if getattr(a, x.name) != getattr(b, x.name)]
+
+
+def test_a_corrupted_live_state_is_reported_with_its_field_and_values():
+    log, table = scenario()
+    f = fold(log)
+    rebuilt = {k: f.result(k) for k in f.states}
+    live = dict(table)
+    live[b"a"] = replace(table[b"a"], status="failed", attempt=3)
+    mismatches = compare(live, rebuilt)
+    assert [(m.key, m.field, m.live, m.rebuilt) for m in mismatches] == [
+        ("a", "status", "failed", "succeeded"), ("a", "attempt", 3, 2)]
+    assert mismatches[0].as_json() == {"id": "a", "field": "status", "live": "failed", "rebuilt": "succeeded"}
+    assert "a\tstatus\tlive='failed'\trebuilt='succeeded'" == mismatches[0].line()
+
+
+def test_ids_on_one_side_only_and_a_task_against_a_schedule():
+    log, table = scenario()
+    f = fold(log)
+    rebuilt = {k: f.result(k) for k in f.states}
+    live = dict(table)
+    del live[b"b"]
+    live[b"ghost"] = table[b"d"]
+    live[b"s"] = table[b"f"]  # a task where the log holds a schedule
+    got = {(m.key, m.field) for m in compare(live, rebuilt)}
+    assert got == {("b", MISSING), ("ghost", MISSING), ("s", "<type>")}
+
+
+def test_undecodable_and_keyless_records_are_counted_and_skipped():
+    f = LogFold()
+    f.add(0, 0, b"x", b"not avro")
+    f.add(0, 1, None, codec.encode(created("x")))
+    f.add(0, 2, b"x", codec.encode(created("x")))
+    assert (f.undecodable, f.keyless, f.events) == (1, 1, 1)
+    assert f.result(b"x").status == "pending" and f.result(b"x").last_offset == 2
+
+
+def test_the_fold_is_keyed_like_the_processors_table_by_record_key():
+    f = LogFold()
+    f.add(0, 0, b"k", codec.encode(created("other-id")))
+    assert list(f.states) == [b"k"]
+
+
+def test_time_travel_folds_the_events_that_occurred_by_then_in_log_order():
+    events = [
+        created("t", 0, max_attempts=2),
+        TaskQueued(task_id="t", occurred_at=at(1), producer="p", attempt=1, priority="medium"),
+        TaskStarted(task_id="t", occurred_at=at(2), producer="ex", attempt=1),
+        TaskFailed(task_id="t", occurred_at=at(3), producer="ex", attempt=1, error="boom"),
+        TaskRetryScheduled(task_id="t", occurred_at=at(3), producer="p", attempt=1, not_before=at(5), delay_s=2.0,
+                           priority="medium"),
+        TaskQueued(task_id="t", occurred_at=at(5), producer="relay", attempt=2, priority="medium", due_at=at(5)),
+        TaskSucceeded(task_id="t", occurred_at=at(6), producer="ex", attempt=2, result="1"),
+    ]
+    assert fold_events(events, as_of=at(-1)) is None
+    assert fold_events(events, as_of=at(0)).status == "pending"
+    assert fold_events(events, as_of=at(2.5)).status == "running"
+    s = fold_events(events, as_of=at(4))
+    assert (s.status, s.attempt, s.retry_at, s.error) == ("scheduled", 1, at(5), "boom")
+    assert fold_events(events, as_of=at(6)).status == "succeeded"
+    assert fold_events(events).version == fold_events(events, as_of=at(99)).version
+    f = LogFold(as_of=at(2.5))
+    for i, e in enumerate(events):
+        f.add(0, i, b"t", codec.encode(e))
+    assert (f.result(b"t").status, f.events, f.skipped) == ("running", 3, 4)
+
+
+def test_the_benchmark_log_folds_to_terminal_tasks():
+    events = list(synthetic_log(3000))
+    f = LogFold()
+    for i, e in enumerate(events):
+        f.add(0, i, e.task_id.encode(), codec.encode(e))
+    statuses = {s.status for s in f.states.values()}
+    assert statuses == {"succeeded", "failed"}
+    assert f.events == len(events) >= 3000
+    retried = [s for s in f.states.values() if s.attempt == 2]
+    dependents = [s for s in f.states.values() if s.depends_on]
+    assert retried and dependents and all(s.status == "succeeded" for s in retried + dependents)
