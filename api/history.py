@@ -7,6 +7,16 @@ The read stops at end of partition, or once no record arrived for
 offsets (BROKER.md), so an end offset cannot be trusted to bound the read.
 The cost is one scan of one partition per request; fine for a history
 view, not something to poll in a loop on a large log.
+
+Time travel (``GET /tasks/{id}?as_of=``, ``task_state_at``) folds those
+events, the ones with ``occurred_at <= as_of`` in log order, with the
+processor's own fold. That is the one, deliberate exception to "api does
+not import streams" (DESIGN §1): this module imports
+``taskstream.streams.domain`` and nothing else from ``streams``. That
+module is the pure state machine (no Kafka, no RocksDB, no clock, no I/O;
+``taskstream.streams/__init__`` imports only it), and a second copy of the
+fold in the API would be a second definition of what a task's state is,
+free to drift from the one the processor applies.
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, Topics, codec
+from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
+from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 
 from .models import rfc3339
 from .partitioner import partition_for
@@ -112,3 +123,12 @@ def read_task_events(settings: Settings, task_id: str) -> list[Event]:
         raise BrokerUnavailable(f"reading the event log failed: {exc}") from exc
     finally:
         consumer.close()
+
+
+def task_state_at(settings: Settings, task_id: str, as_of: datetime) -> TaskState | None:
+    """The task as it was at ``as_of``: its events with ``occurred_at <= as_of``, folded in log order.
+
+    None when the task did not exist yet (or ``task_id`` is a schedule's id).
+    """
+    state = domain.fold(e for e in read_task_events(settings, task_id) if e.occurred_at <= as_of)
+    return state if isinstance(state, TaskState) else None

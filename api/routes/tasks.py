@@ -25,6 +25,11 @@ the processor's fold) goes into the read model like for PATCH and DELETE.
 A ``run_at`` in the future makes the task ``scheduled``; the processor
 queues it at that time.
 
+``GET /tasks/{id}?as_of=<RFC 3339>`` is time travel: the task as it was at
+that moment, folded from its events in the log (``history.task_state_at``)
+rather than read from the read model; 404 if it did not exist yet, 422
+naming ``as_of`` if that is not an RFC 3339 date-time with a zone.
+
 Statuses of writes: 202 (accepted: the processor applies the change
 asynchronously), 404 unknown task, 409 a change impossible in the task's
 status, 412 ``If-Match`` version is stale, 413 an event too large for the
@@ -57,8 +62,8 @@ from taskstream.schemas import (
 )
 
 from .. import idempotency
-from ..history import event_json, read_task_events
-from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, task_json
+from ..history import event_json, read_task_events, task_state_at
+from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
 from ..problems import JSONResponse, problem
 from ..read_model import is_sortkey
 from ._writes import MAX_EVENT_BYTES, TooLarge, encode, expect, write
@@ -162,7 +167,20 @@ def _existing(store, ids: list[str], rhash: str, key: str) -> dict[str, TaskStat
 
 
 @router.get("/tasks/{task_id}")
-async def get_task(task_id: str, request: Request) -> Response:
+async def get_task(
+    task_id: str,
+    request: Request,
+    as_of: str | None = Query(None, description="RFC 3339: the task as it was then, folded from the log"),
+) -> Response:
+    if as_of is not None:
+        try:
+            at = parse_rfc3339(as_of)
+        except ValueError as exc:
+            raise ValidationError("as_of", str(exc)) from None
+        past = await asyncio.to_thread(task_state_at, request.app.state.settings, task_id, at)
+        if past is None:
+            raise NotFound(f"task {task_id} did not exist at {rfc3339(at)}")
+        return JSONResponse(task_json(past))
     task = _get(request, task_id)
     return JSONResponse(task_json(task), headers=_etag(task))
 
