@@ -78,6 +78,7 @@ class TaskCreated(Event):
     backoff_jitter: float | None = None
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

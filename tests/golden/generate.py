@@ -1,0 +1,241 @@
+"""Make the golden event logs of ``tests/golden/v<N>/`` (run by hand, never by the tests).
+
+Each released schema version N gets a few realistic task histories, encoded
+as single-object Avro with the writer schemas of release N
+(``schemas/avro/history/<Name>.v<M>.avsc``, the highest M <= N), and the
+TaskState each task folded to *with the code of release N*:
+
+    # 1. encode the logs with the old writer schemas (today's checkout, no old code needed)
+    .venv/bin/python tests/golden/generate.py encode 1
+    # 2. fold them with the code of that release: an export of its commit
+    #    laid out as the ``taskstream`` package, first on PYTHONPATH
+    .venv/bin/python tests/golden/generate.py checkout 3a9e7d8 /tmp/golden-v1
+    PYTHONPATH=/tmp/golden-v1 .venv/bin/python tests/golden/generate.py states 1
+
+Releases: 1 = commit 3a9e7d8 (before issue 5), 2 = commit a788324 (issue 5:
+retries in scheduled, dead letters, checkpoints, redrives), 3 = TaskCreated
+``description``. A release's logs are never regenerated once committed: they
+are what that release wrote. ``encode`` for a new release only.
+
+File format (``v<N>/<history>.json``): ``records`` in log order, each with
+its Kafka ``key`` (the task id the event is keyed by), ``event_type`` (the
+header) and ``value`` (hex of the record bytes); ``states``: task id ->
+the folded TaskState as JSON (datetimes in ISO 8601).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+HISTORY = REPO / "schemas" / "avro" / "history"
+RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "HEAD"}
+T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+# ------------------------------------------------------------- histories
+
+
+def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
+    """``name -> [(record name, fields)]`` as release ``version``'s processor and executors wrote them."""
+    v2 = version >= 2
+    n = 0
+
+    def ev(kind: str, task_id: str, t: float, **fields) -> tuple[str, dict]:
+        nonlocal n
+        n += 1
+        producer = "api-golden" if kind in ("TaskCreated", "TaskCancelled", "TaskUpdated", "TaskRedriven") else (
+            "executor-golden" if kind in ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskCheckpointed") else "processor"
+        )
+        return kind, {"event_id": f"{n:032x}", "task_id": task_id, "occurred_at": at(t), "producer": producer, **fields}
+
+    def created(task_id: str, t: float, **fields) -> tuple[str, dict]:
+        base = {"handler": "echo", "priority": "medium", "payload": '{"n": 1}'}
+        if version >= 3:
+            base["description"] = f"golden task {task_id}"
+        return ev("TaskCreated", task_id, t, **{**base, **fields})
+
+    def retry(task_id: str, attempt: int, t: float, delay: float, priority: str = "medium") -> list:
+        """What follows a failed attempt that has attempts left: v1 queues at once, v2 waits in the relay."""
+        if not v2:
+            return [ev("TaskQueued", task_id, t, attempt=attempt + 1, priority=priority)]
+        return [
+            ev("TaskRetryScheduled", task_id, t, attempt=attempt, not_before=at(t + delay), delay_s=delay,
+               priority=priority, error="ValueError: boom"),
+            ev("TaskQueued", task_id, t + delay, attempt=attempt + 1, priority=priority, due_at=at(t + delay)),
+        ]
+
+    logs: dict[str, list] = {}
+    logs["succeeded"] = [
+        created("t-ok", 0, priority="high", name="resize", labels={"team": "media"}, timeout_s=30.0),
+        ev("TaskQueued", "t-ok", 0.01, attempt=1, priority="high"),
+        ev("TaskStarted", "t-ok", 0.5, attempt=1),
+        ev("TaskSucceeded", "t-ok", 1.5, attempt=1, result='{"ok": true}', started_at=at(0.5)),
+    ]
+    logs["retries"] = [
+        created("t-retry", 0, max_attempts=3, **({"backoff_initial_s": 2.0, "backoff_multiplier": 2.0} if v2 else {})),
+        ev("TaskQueued", "t-retry", 0.01, attempt=1, priority="medium"),
+        ev("TaskStarted", "t-retry", 0.1, attempt=1),
+        ev("TaskFailed", "t-retry", 1.1, attempt=1, error="ValueError: boom", started_at=at(0.1)),
+        *retry("t-retry", 1, 1.11, 2.0),
+        ev("TaskFailed", "t-retry", 3.5, attempt=2, error="ValueError: boom again"),
+        *retry("t-retry", 2, 3.51, 4.0),
+        ev("TaskSucceeded", "t-retry", 8.0, attempt=3, result='{"tries": 3}'),
+        created("t-perm", 10, max_attempts=3, payload='{"bad": true}'),
+        ev("TaskQueued", "t-perm", 10.01, attempt=1, priority="medium"),
+        ev("TaskFailed", "t-perm", 10.2, attempt=1, error="PermanentError: bad payload", permanent=True),
+        *([ev("TaskDeadLettered", "t-perm", 10.21, attempt=1, error="PermanentError: bad payload", handler="echo",
+              priority="medium")] if v2 else []),
+    ]
+    wf = {"workflow_id": "wf-golden"}
+    logs["dependencies"] = [
+        created("t-b", 0, depends_on=["t-a"], upstream_keys={"t-a": "a"}, key="b", **wf),
+        created("t-a", 0, key="a", **wf),
+        ev("DependencyRegistered", "t-a", 0.01, dependent="t-b"),
+        ev("TaskQueued", "t-a", 0.01, attempt=1, priority="medium"),
+        ev("TaskSucceeded", "t-a", 0.3, attempt=1, result='{"rows": 42}'),
+        ev("DependencyResolved", "t-b", 0.31, upstream="t-a", outcome="succeeded", result='{"rows": 42}'),
+        ev("TaskQueued", "t-b", 0.31, attempt=1, priority="medium"),
+        ev("TaskSucceeded", "t-b", 0.6, attempt=1, result="null"),
+        created("t-d", 1, depends_on=["t-c"], upstream_keys={"t-c": "c"}, key="d", **wf),
+        created("t-c", 1, key="c", **wf),
+        ev("DependencyRegistered", "t-c", 1.01, dependent="t-d"),
+        ev("TaskQueued", "t-c", 1.01, attempt=1, priority="medium"),
+        ev("TaskFailed", "t-c", 1.2, attempt=1, error="PermanentError: no input", permanent=True),
+        *([ev("TaskDeadLettered", "t-c", 1.21, attempt=1, error="PermanentError: no input", handler="echo",
+              priority="medium")] if v2 else []),
+        ev("DependencyResolved", "t-d", 1.21, upstream="t-c", outcome="failed"),
+    ]
+    logs["cancel"] = [
+        created("t-later", 0, run_at=at(3600), priority="low"),
+        ev("TaskUpdated", "t-later", 5, expected_version=1, priority="high", payload='{"n": 2}'),
+        ev("TaskCancelled", "t-later", 10, reason="no longer needed"),
+        created("t-run", 20),
+        ev("TaskQueued", "t-run", 20.01, attempt=1, priority="medium"),
+        ev("TaskStarted", "t-run", 20.5, attempt=1),
+        ev("TaskCancelled", "t-run", 21),
+        ev("TaskFailed", "t-run", 21.5, attempt=1, error="Cancelled"),  # the executor's late answer changes nothing
+    ]
+    if v2:
+        logs["lease_redrive"] = [
+            created("t-lease", 0, max_attempts=2, timeout_s=60.0),
+            ev("TaskQueued", "t-lease", 0.01, attempt=1, priority="medium"),
+            ev("TaskStarted", "t-lease", 0.2, attempt=1),
+            ev("TaskCheckpointed", "t-lease", 1, attempt=1, data='{"page": 7}'),
+            ev("LeaseExpired", "t-lease", 31, attempt=1, lease_s=30.0),
+            *retry("t-lease", 1, 31.01, 1.0),
+            ev("TaskFailed", "t-lease", 33, attempt=2, error="PermanentError: page 8 missing", permanent=True),
+            ev("TaskDeadLettered", "t-lease", 33.01, attempt=2, error="PermanentError: page 8 missing",
+               handler="echo", priority="medium"),
+            ev("TaskRedriven", "t-lease", 100, reason="page 8 restored"),
+            ev("TaskQueued", "t-lease", 100.01, attempt=3, priority="medium", due_at=at(100)),
+            ev("TaskSucceeded", "t-lease", 101, attempt=3, result='{"pages": 9}'),
+        ]
+    return logs
+
+
+# ------------------------------------------------------------- encoding
+
+
+def writer_schema(name: str, version: int) -> dict:
+    versions = sorted(int(p.name.split(".v")[1].split(".")[0]) for p in HISTORY.glob(f"{name}.v*.avsc"))
+    usable = [v for v in versions if v <= version]
+    if not usable:
+        raise SystemExit(f"{name} does not exist in release {version}")
+    return json.loads((HISTORY / f"{name}.v{usable[-1]}.avsc").read_text())
+
+
+def encode_record(schema: dict, fields: dict) -> bytes:
+    """Single-object Avro with ``schema`` as the writer, written here without the codec (it is today's)."""
+    import fastavro
+    from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+    parsed = fastavro.parse_schema(schema)
+    names = {f["name"] for f in schema["fields"]}
+    unknown = set(fields) - names
+    if unknown:
+        raise SystemExit(f"{schema['name']}: fields {sorted(unknown)} not in this release's schema")
+    record = {f["name"]: fields.get(f["name"], f.get("default")) for f in schema["fields"]}
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")))
+    fastavro.schemaless_writer(buf, parsed, record)
+    return buf.getvalue()
+
+
+def cmd_encode(version: int) -> None:
+    out = HERE / f"v{version}"
+    out.mkdir(exist_ok=True)
+    for name, events in histories(version).items():
+        records = [
+            {"key": fields["task_id"], "event_type": kind, "value": encode_record(writer_schema(kind, version), fields).hex()}
+            for kind, fields in events
+        ]
+        doc = {"schema_version": version, "release": RELEASES[version], "history": name, "records": records, "states": {}}
+        (out / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"{out.name}/{name}.json: {len(records)} records")
+
+
+# ------------------------------------------------------------- folding with a release's code
+
+
+def cmd_checkout(commit: str, target: str) -> None:
+    """Export ``commit`` laid out as the ``taskstream`` package (as pyproject's package-dir maps it)."""
+    root = Path(target)
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=False)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    pkg = root / "taskstream"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text((src / "_pkg" / "__init__.py").read_text())
+    for sub in ("schemas", "streams", "executors", "api", "cli"):
+        (pkg / sub).symlink_to(src / sub)
+    print(f"PYTHONPATH={root}")
+
+
+def state_json(state) -> dict:
+    def plain(v):
+        return v.isoformat() if isinstance(v, datetime) else v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(state).items()}
+
+
+def cmd_states(version: int) -> None:
+    import taskstream
+    from taskstream.schemas import codec
+    from taskstream.streams import domain
+
+    print(f"folding with {Path(taskstream.__file__).parent}", file=sys.stderr)
+    for path in sorted((HERE / f"v{version}").glob("*.json")):
+        doc = json.loads(path.read_text())
+        by_task: dict[str, list] = {}
+        for rec in doc["records"]:
+            event = codec.decode(bytes.fromhex(rec["value"]))
+            assert type(event).__name__ == rec["event_type"] and event.task_id == rec["key"], rec
+            by_task.setdefault(rec["key"], []).append(event)
+        doc["states"] = {task: state_json(domain.fold(events)) for task, events in by_task.items()}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"{path.parent.name}/{path.name}: " + ", ".join(f"{t} {s['status']}" for t, s in doc["states"].items()))
+
+
+if __name__ == "__main__":
+    match sys.argv[1:]:
+        case ["encode", v]:
+            cmd_encode(int(v))
+        case ["checkout", commit, target]:
+            cmd_checkout(commit, target)
+        case ["states", v]:
+            cmd_states(int(v))
+        case _:
+            raise SystemExit(__doc__)

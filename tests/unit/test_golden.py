@@ -1,0 +1,94 @@
+"""Golden histories (STYLE §6): logs written by every released schema version still decode and fold.
+
+``tests/golden/v<N>/*.json`` hold event logs encoded with the writer
+schemas of release N (``tests/golden/generate.py``) and the TaskState each
+task folded to with the code of that release. Today's codec must decode
+every record (Avro schema resolution from the old writer schema) and
+today's ``streams.domain.fold`` must give the recorded state on every field
+both versions of TaskState have. A failure here means a change broke old
+logs: give the new field a default, rename by alias, or add an upcaster
+(README: Schema evolution) -- never edit a golden file.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from taskstream.schemas import TaskCreated, TaskState, codec
+from taskstream.streams import domain
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+FILES = sorted(GOLDEN.glob("v*/*.json"))
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _state_json(state: TaskState) -> dict:
+    return {f: (v.isoformat() if isinstance(v, datetime) else v) for f, v in _as_dict(state).items()}
+
+
+def _as_dict(state: TaskState) -> dict:
+    return {name: getattr(state, name) for name in state.__dataclass_fields__}
+
+
+def _decode_log(doc: dict) -> dict[str, list]:
+    by_task: dict[str, list] = {}
+    for rec in doc["records"]:
+        data = bytes.fromhex(rec["value"])
+        event = codec.decode(data)
+        assert type(event).__name__ == rec["event_type"]
+        assert event.task_id == rec["key"]
+        by_task.setdefault(rec["key"], []).append(event)
+    return by_task
+
+
+def test_every_released_version_has_golden_logs_of_the_four_histories():
+    versions = {int(p.parent.name[1:]) for p in FILES}
+    latest = max(c.version for c in codec._BY_TYPE.values())
+    assert versions == set(range(1, latest + 1))
+    for v in versions:
+        names = {p.stem for p in FILES if p.parent.name == f"v{v}"}
+        assert {"succeeded", "retries", "dependencies", "cancel"} <= names, v
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])
+def test_golden_log_decodes_and_folds_to_the_recorded_state(path):
+    doc = _load(path)
+    version = doc["schema_version"]
+    assert doc["states"], "a golden log without recorded states tests nothing"
+    # Written with that release's schemas: each record's fingerprint is a released one of <= version.
+    for rec in doc["records"]:
+        written = codec.writer_version(bytes.fromhex(rec["value"]))
+        assert written is not None and written <= version, rec["event_type"]
+    by_task = _decode_log(doc)
+    assert set(by_task) == set(doc["states"])
+    for task_id, expected in doc["states"].items():
+        got = _state_json(domain.fold(by_task[task_id]))
+        common = set(expected) & set(got)
+        assert {"task_id", "status", "attempt", "version", "result", "error"} <= common
+        assert {k: got[k] for k in common} == {k: expected[k] for k in common}, task_id
+
+
+def test_v1_logs_are_written_with_the_v1_writer_schemas():
+    # The oldest logs must really exercise resolution: TaskCreated v1 lacks the backoff fields and description.
+    doc = _load(GOLDEN / "v1" / "succeeded.json")
+    data = bytes.fromhex(doc["records"][0]["value"])
+    assert codec.writer_version(data) == 1
+    assert data[:10] != codec._BY_TYPE[TaskCreated].header
+    created = codec.decode(data)
+    assert created.description == "" and created.backoff_initial_s is None and created.schedule_id is None
+
+
+def test_new_field_is_carried_by_the_latest_logs():
+    latest = max(int(p.parent.name[1:]) for p in FILES)
+    doc = _load(GOLDEN / f"v{latest}" / "succeeded.json")
+    created = codec.decode(bytes.fromhex(doc["records"][0]["value"]))
+    assert created.description == "golden task t-ok"
+    # and today's encoding of it is the latest schema version
+    assert codec.writer_version(codec.encode(created)) == latest

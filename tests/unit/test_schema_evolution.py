@@ -1,0 +1,194 @@
+"""Schema evolution (README "Schema evolution"): old logs stay readable, forever.
+
+Contract under test: every released writer schema stays in
+``schemas/avro/history`` with the fingerprint it was released with; today's
+schema files carry their version and equal their history copy; a record
+written with any released schema resolves into today's type (new fields
+take their defaults); renames work by Avro alias; an upcaster registered
+for a version runs on records of that version only; and a release's reader
+skips a field added after it (rolling upgrades: an old processor reads a new
+API's TaskCreated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import fastavro
+import fastavro.utils
+import pytest
+
+from taskstream.schemas import DecodeError, TaskCreated, codec
+from taskstream.schemas.events import RECORD_TYPES
+from taskstream.streams import domain
+
+AVRO = Path(codec.__file__).parent / "avro"
+HISTORY = AVRO / "history"
+T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+
+#: (record, version) -> CRC-64-AVRO fingerprint it was released with. Records in
+#: logs carry these; a history file must never change (add a new version instead).
+RELEASED = {
+    ("DependencyRegistered", 1): "652c12b484ac8bf0",
+    ("DependencyResolved", 1): "2cd6fdb958325ece",
+    ("Heartbeat", 2): "f8c612a4256adb98",
+    ("LeaseExpired", 2): "dc344587a1d894a1",
+    ("ReadyTask", 1): "e208b839085a6bb9",
+    ("ReadyTask", 2): "361636818e394b57",
+    ("ScheduleCreated", 2): "f44f4e7d8361ce14",
+    ("ScheduleDeleted", 2): "0a5a59b5668116ff",
+    ("ScheduleFired", 2): "1e8295e4d45a41ef",
+    ("ScheduleState", 2): "920c9a24009f898e",
+    ("TaskCancelled", 1): "e68059742d6d0a66",
+    ("TaskCheckpointed", 2): "3cbd3b08ab51dff3",
+    ("TaskCreated", 1): "350dc4024e2f0a83",
+    ("TaskCreated", 2): "9e38052a99ad4276",
+    ("TaskCreated", 3): "5c373f88a986ad78",
+    ("TaskDeadLettered", 2): "898ba64289285ec1",
+    ("TaskFailed", 1): "808dc4c057e73e27",
+    ("TaskQueued", 1): "182337c7e83ad71b",
+    ("TaskQueued", 2): "c534b844f229047f",
+    ("TaskRedriven", 2): "ebc893afdc122f7e",
+    ("TaskRetryScheduled", 2): "8473324afeafaebd",
+    ("TaskStarted", 1): "f5868a2fccec70f4",
+    ("TaskState", 1): "3a66bde269564b14",
+    ("TaskState", 2): "40548189bec65932",
+    ("TaskSucceeded", 1): "8bc5ac5dee2cc9f0",
+    ("TaskUpdated", 1): "03128c89cc89fda4",
+    ("TaskUpdated", 2): "fc7ffb9aba73459f",
+}
+VERSIONS = sorted(RELEASED)
+
+
+def _history(name: str, version: int) -> dict:
+    return json.loads((HISTORY / f"{name}.v{version}.avsc").read_text())
+
+
+def _fp(schema: dict) -> str:
+    canonical = fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(schema))
+    return fastavro.schema.fingerprint(canonical, "CRC-64-AVRO")
+
+
+def _single_object(schema: dict, record: dict) -> bytes:
+    buf = io.BytesIO()
+    buf.write(codec.MAGIC + bytes.fromhex(_fp(schema)))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return buf.getvalue()
+
+
+def test_history_holds_exactly_the_released_versions():
+    files = {(p.name.split(".v")[0], int(p.name.split(".v")[1].split(".")[0])) for p in HISTORY.glob("*.avsc")}
+    assert files == set(RELEASED)
+    assert {(name, max(v for n, v in RELEASED if n == name)) for name in RECORD_TYPES} <= files
+
+
+@pytest.mark.parametrize("key", VERSIONS, ids=[f"{n}.v{v}" for n, v in VERSIONS])
+def test_released_schema_keeps_its_fingerprint(key):
+    assert _fp(_history(*key)) == RELEASED[key]
+
+
+@pytest.mark.parametrize("name", sorted(RECORD_TYPES))
+def test_current_schema_carries_its_version_and_equals_its_history_copy(name):
+    raw = json.loads((AVRO / f"{name}.avsc").read_text())
+    version = raw["version"]
+    assert version == max(v for n, v in RELEASED if n == name)
+    assert {k: v for k, v in raw.items() if k != "version"} == _history(name, version)
+    # the version attribute is not part of the canonical form: adding it changed no fingerprint
+    assert codec._BY_TYPE[RECORD_TYPES[name]].header[2:].hex() == RELEASED[(name, version)]
+
+
+@pytest.mark.parametrize("key", VERSIONS, ids=[f"{n}.v{v}" for n, v in VERSIONS])
+def test_any_record_of_a_released_schema_decodes_into_todays_type(key):
+    name, version = key
+    schema = _history(name, version)
+    parsed = fastavro.parse_schema(schema)
+    for generated in fastavro.utils.generate_many(schema, 20):
+        data = _single_object(schema, generated)
+        record = fastavro.schemaless_reader(io.BytesIO(data[10:]), parsed, None)  # as its own release read it
+        value = codec.decode(data)
+        assert type(value) is RECORD_TYPES[name]
+        for field in dataclasses.fields(value):
+            if field.name in record:
+                assert getattr(value, field.name) == record[field.name], field.name
+            else:  # added later: its default
+                assert getattr(value, field.name) == _default(field), field.name
+        assert codec.writer_version(data) == version
+
+
+def _default(field: dataclasses.Field):
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def _created_v1() -> dict:
+    return {
+        "event_id": "e1", "task_id": "t1", "occurred_at": T0, "producer": "api", "name": "n", "handler": "echo",
+        "priority": "high", "payload": '{"a": 1}', "labels": {}, "depends_on": [], "run_at": None, "timeout_s": None,
+        "max_attempts": 2, "upstream_keys": {}, "key": None, "workflow_id": None, "idempotency_key": None,
+        "request_hash": None,
+    }
+
+
+def test_taskcreated_v1_v2_v3_decode_and_fold_the_same_but_for_the_new_field():
+    v1 = _created_v1()
+    v2 = {**v1, "backoff_initial_s": 5.0, "backoff_multiplier": None, "backoff_max_s": None, "backoff_jitter": None,
+          "schedule_id": None, "scheduled_for": None}
+    v3 = {**v2, "description": "nightly export"}
+    values = [codec.decode(_single_object(_history("TaskCreated", n), r)) for n, r in ((1, v1), (2, v2), (3, v3))]
+    assert [v.description for v in values] == ["", "", "nightly export"]
+    assert [v.backoff_initial_s for v in values] == [None, 5.0, 5.0]
+    states = [domain.fold([v]) for v in values]
+    assert {s.status for s in states} == {"pending"} and {s.max_attempts for s in states} == {2}
+    assert codec.encode(values[2])[2:10].hex() == RELEASED[("TaskCreated", 3)]
+
+
+def test_an_older_release_reads_todays_taskcreated_skipping_the_new_field():
+    # A v2 processor still running during a rolling upgrade reads a v3 record (writer v3, reader v2).
+    value = TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="echo", description="hello")
+    body = io.BytesIO(codec.encode(value)[10:])
+    v3, v2 = (fastavro.parse_schema(_history("TaskCreated", n)) for n in (3, 2))
+    record = fastavro.schemaless_reader(body, v3, v2)
+    assert "description" not in record and record["handler"] == "echo"
+
+
+def test_upcaster_runs_on_records_of_its_version_only(monkeypatch):
+    seen = []
+
+    def upcast(record: dict) -> dict:
+        seen.append(record["task_id"])
+        return {**record, "name": record["name"] or "(unnamed)"}
+
+    monkeypatch.setitem(codec._UPCASTERS, ("TaskCreated", 1), upcast)
+    old = codec.decode(_single_object(_history("TaskCreated", 1), {**_created_v1(), "name": ""}))
+    assert old.name == "(unnamed)" and seen == ["t1"]
+    new = codec.decode(codec.encode(TaskCreated(task_id="t2", occurred_at=T0, producer="api", handler="echo")))
+    assert new.name == "" and seen == ["t1"]
+
+
+def test_a_failing_upcaster_is_a_decode_error(monkeypatch):
+    monkeypatch.setitem(codec._UPCASTERS, ("TaskCreated", 2), lambda record: record["no such field"])
+    v1 = _single_object(_history("TaskCreated", 1), _created_v1())
+    with pytest.raises(DecodeError, match="TaskCreated"):
+        codec.decode(v1)  # v1 records pass through the v2 upcaster too (oldest first up to today's)
+
+
+def test_rename_by_alias_resolves():
+    # The rule for renames, shown with Avro itself: the new field lists the old name in "aliases".
+    writer = {"type": "record", "name": "R", "fields": [{"name": "title", "type": "string"}]}
+    reader = {"type": "record", "name": "R", "fields": [{"name": "name", "type": "string", "aliases": ["title"]}]}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(writer), {"title": "x"})
+    buf.seek(0)
+    assert fastavro.schemaless_reader(buf, fastavro.parse_schema(writer), fastavro.parse_schema(reader)) == {"name": "x"}
+
+
+def test_a_field_without_default_cannot_be_added():
+    # Why the rule exists: a reader field missing from the writer and without default fails resolution.
+    writer = _history("TaskCreated", 3)
+    reader = {**writer, "fields": [*writer["fields"], {"name": "owner", "type": "string"}]}
+    data = codec.encode(TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="echo"))
+    with pytest.raises(Exception):
+        fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(writer), fastavro.parse_schema(reader))
