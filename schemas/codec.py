@@ -76,10 +76,7 @@ class _Writer:
     version: int
     schema: Any
     fingerprint: bytes
-
-    @property
-    def current(self) -> bool:
-        return self.fingerprint == self.codec.header[2:]
+    current: bool  # today's schema: no resolution, no upcasting
 
 
 #: ``(record name, writer version) -> fn(dict) -> dict``, applied to a record
@@ -129,7 +126,8 @@ def _load() -> tuple[dict[type, _Codec], dict[bytes, _Writer], dict[str, dict[in
             old_parsed = fastavro.parse_schema(old)
             fp = _fingerprint(old_parsed)
             # Same canonical form (only docs or defaults changed): one encoding, read as the newest.
-            by_fp[fp] = _Writer(codec, v, parsed if fp == codec.header[2:] else old_parsed, fp)
+            current = fp == codec.header[2:]
+            by_fp[fp] = _Writer(codec, v, parsed if current else old_parsed, fp, current)
     return by_type, by_fp, history
 
 
@@ -239,7 +237,7 @@ def _confluent_writer(schema_id: int) -> _Writer:
     writer = _BY_FINGERPRINT.get(fp)
     if writer is None or writer.codec is not codec:
         # Not a schema we released (another writer's version): resolved like any other writer schema.
-        writer = _Writer(codec, 0, parsed, fp)
+        writer = _Writer(codec, 0, parsed, fp, False)
     with wire.lock:
         wire.writers[schema_id] = writer
     return writer
