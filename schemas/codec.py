@@ -227,12 +227,12 @@ def _confluent_writer(schema_id: int) -> _Writer:
     raw = wire.registry.schema(schema_id)  # DecodeError if unknown, BrokerUnavailable if unreachable
     try:
         parsed = fastavro.parse_schema(raw)
-        name = raw["name"].rpartition(".")[2] if isinstance(raw, dict) else None
+        full_name = parsed.get("name") if isinstance(parsed, dict) else None
     except Exception as exc:
         raise DecodeError(f"schema id {schema_id} is not an Avro schema we can parse: {exc}") from exc
-    codec = next((c for c in _BY_TYPE.values() if c.name == name), None)
+    codec = next((c for c in _BY_TYPE.values() if f"{NAMESPACE}.{c.name}" == full_name), None)
     if codec is None:
-        raise DecodeError(f"schema id {schema_id} is record {name!r}, not one of ours")
+        raise DecodeError(f"schema id {schema_id} is {full_name or 'not a record'!r}, not one of ours")
     fp = _fingerprint(parsed)
     writer = _BY_FINGERPRINT.get(fp)
     if writer is None or writer.codec is not codec:

@@ -171,6 +171,17 @@ def test_registry_unreachable_is_broker_unavailable(registry):
         codec.decode(b"\x00\x00\x00\x00\x07" + b"\x00" * 8)
 
 
+def test_a_confluent_id_of_a_foreign_or_unknown_schema_is_a_decode_error(registry):
+    client = SchemaRegistry(registry.url)
+    foreign = client.register("other.Order", {"type": "record", "name": "Order", "namespace": "other",
+                                              "fields": [{"name": "id", "type": "string"}]})
+    codec.configure(registry=SchemaRegistry(registry.url))
+    with pytest.raises(DecodeError, match="'other.Order', not one of ours"):
+        codec.decode(b"\x00" + foreign.to_bytes(4, "big") + b"\x02x")
+    with pytest.raises(DecodeError, match="schema id 4242 unknown"):
+        codec.decode(b"\x00" + (4242).to_bytes(4, "big") + b"\x02x")
+
+
 def test_confluent_format_needs_a_registry_url(settings):
     with pytest.raises(ValueError, match="schema_registry_url"):
         codec.configure(settings.model_copy(update={"wire_format": "confluent"}))
