@@ -14,7 +14,7 @@ TaskState each task folded to *with the code of release N*:
 
 Releases: 1 = commit 3a9e7d8 (before issue 5), 2 = commit a788324 (issue 5:
 retries in scheduled, dead letters, checkpoints, redrives), 3 = TaskCreated
-``description``. A release's logs are never regenerated once committed: they
+``description`` (commit 8f6366c, folded by the code of that checkout). A release's logs are never regenerated once committed: they
 are what that release wrote. ``encode`` for a new release only.
 
 File format (``v<N>/<history>.json``): ``records`` in log order, each with
@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HISTORY = REPO / "schemas" / "avro" / "history"
-RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "HEAD"}
+RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
 
 
