@@ -481,26 +481,41 @@ def react(before: TaskState | None, after: TaskState | None, event: Event, now: 
 CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
 
 
-def replay_outputs(state: TaskState | ScheduleState, now: datetime) -> list[Event]:
-    """The events a state implies for others; sent again when its last event is folded twice."""
+def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None) -> list[Event]:
+    """The events a state implies for others; sent again when its last event (``event``) is folded twice.
+
+    The crash this repairs came between the table write and the sends, so the
+    processor's own follow events (TaskQueued, TaskRetryScheduled), already in
+    the state, may be missing from the log: they are sent again as they were
+    (same time, same due time), so that folding the log still gives the state.
+    What a redrive owes (its cascade to the dependents, and the due time of
+    the attempt it queued) is not implied by the state alone: pass the
+    TaskRedriven as ``event``.
+    """
     if isinstance(state, ScheduleState):
         return schedule_replay(state, now)
     if state.status == Status.QUEUED.value:
-        return [TaskQueued(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
-                           priority=state.priority)]
-    if state.status == Status.PENDING.value:
-        return registrations(state, now)
-    if state.status == Status.SCHEDULED.value and state.attempt > 0 and state.retry_at is not None:
+        # The time the attempt waited for: the redrive's time, else run_at for the first attempt; an attempt
+        # queued by the relay or a timer has its TaskQueued in the log already (this one is a duplicate).
+        due = event.occurred_at if isinstance(event, TaskRedriven) else state.run_at if state.attempt == 1 else None
+        out: list[Event] = [TaskQueued(task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+                                       attempt=state.attempt, priority=state.priority, due_at=due)]
+    elif state.status == Status.PENDING.value:
+        out = registrations(state, now)
+    elif state.status == Status.SCHEDULED.value and state.attempt > 0 and state.retry_at is not None:
         delay = max(0.0, (state.retry_at - state.updated_at).total_seconds())
-        return [TaskRetryScheduled(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
-                                   not_before=state.retry_at, delay_s=delay, priority=state.priority,
-                                   error=state.error or "")]
-    if state.status in TERMINAL_VALUES:
-        out: list[Event] = [resolution(state, d, now) for d in state.dependents]
+        out = [TaskRetryScheduled(task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+                                  attempt=state.attempt, not_before=state.retry_at, delay_s=delay,
+                                  priority=state.priority, error=state.error or "")]
+    elif state.status in TERMINAL_VALUES:
+        out = [resolution(state, d, now) for d in state.dependents]
         if state.status == Status.FAILED.value:
             out.append(dead_lettered(state, now))
-        return out
-    return []
+    else:
+        out = []
+    if isinstance(event, TaskRedriven) and state.status in WAITING | ACTIVE:
+        out += _cascade(state, now)
+    return out
 
 
 @_decides(TaskFailed)
@@ -563,9 +578,12 @@ def _after_redriven(state: TaskState | None, e: TaskRedriven, now: datetime) -> 
     if state is None or state.updated_at != e.occurred_at or state.status not in WAITING:
         return []  # not re-opened by this event
     out = _queue_next(state, now) if is_ready(state, now) else registrations(state, now)
-    out += [TaskRedriven(task_id=d, occurred_at=now, producer=PROCESSOR, reason=f"upstream {state.task_id} re-driven")
+    return out + _cascade(state, now)
+
+
+def _cascade(state: TaskState, now: datetime) -> list[Event]:
+    return [TaskRedriven(task_id=d, occurred_at=now, producer=PROCESSOR, reason=f"upstream {state.task_id} re-driven")
             for d in state.dependents]
-    return out
 
 
 @_decides(TaskUpdated)

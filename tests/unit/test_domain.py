@@ -814,6 +814,6 @@ class ProcessorModel(RuleBasedStateMachine):
 
 
 ProcessorModel.TestCase.settings = settings(
-    max_examples=int(os.environ.get("MODEL_EXAMPLES", 300)), stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", 200)), stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestProcessorModel = ProcessorModel.TestCase

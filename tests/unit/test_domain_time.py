@@ -692,3 +692,44 @@ def test_a_late_resolution_never_moves_an_active_task_back_to_scheduled():
     new = evolve(s, resolved("up-a", t=10))
     assert new.status == "queued"
     assert evolve(new, queued(2, t=11)) is new
+
+
+# ------------------------------------------- replay_outputs after a lost send
+
+LOST_SEND_CASES = {
+    # name: (history, event); the processor folds the event, applies its own follow events, writes the table
+    # and crashes before sending anything.
+    "created": ([], created()),
+    "created_run_at_due": ([], created(run_at=at(-5))),
+    "last_dependency": ([created(depends_on=["up-a"])], resolved("up-a", t=10)),
+    "last_dependency_run_at": ([created(depends_on=["up-a"], run_at=at(8))], resolved("up-a", t=10)),
+    "update_run_at_past": ([created(run_at=RUN_AT)],
+                           TaskUpdated(task_id=TID, occurred_at=at(10), producer="api-1", run_at=at(9))),
+    "retryable_failure": ([created(), queued(1), started(1)], failed(1, t=10)),
+    "lease": ([created(), queued(1), started(1)], lease(1, t=at(10))),
+    "redrive_failed": ([created(max_attempts=1), queued(1), failed(1), registered("down-1", t=4)], redriven(t=at(10))),
+    "redrive_upstream_failed": (HISTORIES["upstream_failed"]() + [registered("down-1", t=6)], redriven(t=at(10))),
+}
+
+
+@pytest.mark.parametrize("name", list(LOST_SEND_CASES))
+def test_replay_after_a_lost_send_restores_the_log(name):
+    history, e = LOST_SEND_CASES[name]
+    before = fold(history)
+    live = evolve(before, e)
+    sent = react(before, live, e, at(10))
+    for x in sent:
+        if x.task_id == TID:
+            live = evolve(live, x)
+    # The event comes again (its offset is the state's last): what is re-sent at a later time
+    again = replay_outputs(live, at(50), e)
+    own = [x for x in again if x.task_id == TID]
+    # ... puts back into the log what the state already holds: folding the log gives the live state exactly
+    assert fold([*history, e, *own]) == live
+    # ... and owes the others what the lost send owed them
+    def owed(events):
+        return sorted((type(x).__name__, x.task_id) for x in events if x.task_id != TID)
+    assert owed(again) == owed(sent)
+    # without the event, a redrive's cascade cannot be known from the state
+    if name.startswith("redrive"):
+        assert not any(isinstance(x, TaskRedriven) for x in replay_outputs(live, at(50)))
