@@ -729,8 +729,10 @@ def run_rebuild_bench(events: int, as_json: bool, workers: int | None = None, pr
         written = write_log(settings, events)
         write_s = time.monotonic() - t0
         _say(f"wrote {written} events in {write_s:.1f}s; rebuilding ...")
-        if profile:
+        if profile:  # cProfile sees this process only: fold in it
             import cProfile
+
+            workers = 1
 
             prof = cProfile.Profile()
             prof.enable()
@@ -752,7 +754,9 @@ def run_rebuild_bench(events: int, as_json: bool, workers: int | None = None, pr
             own.stop()
     result = {"events": report.events, "tasks": report.tasks, "partitions": report.partitions,
               "workers": report.workers, "rebuild_s": round(report.seconds, 2),
-              "events_per_s": round(report.rate), "write_s": round(write_s, 2)}
+              "events_per_s": round(report.rate), "fold_cpu_s": round(report.cpu_s, 2),
+              "events_per_cpu_s": round(report.cpu_rate), "write_s": round(write_s, 2),
+              "load_avg_1m": round(os.getloadavg()[0], 2)}
     if as_json:
         print(json.dumps(result))
     else:

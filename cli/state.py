@@ -71,7 +71,7 @@ def _summary(settings: Settings, r: Report, verify: bool, write: bool, as_json: 
     ids = len({m.key for m in r.mismatches})
     if as_json:
         out = {"tasks": r.tasks, "schedules": r.schedules, "events": r.events, "seconds": round(r.seconds, 3),
-               "events_per_s": round(r.rate), "partitions": r.partitions, "workers": r.workers, "until": r.until,
+               "events_per_s": round(r.rate), "events_per_cpu_s": round(r.cpu_rate), "partitions": r.partitions, "workers": r.workers, "until": r.until,
                "undecodable": r.undecodable, "keyless": r.keyless}
         if verify:
             out.update(live=r.live, mismatched_ids=ids, mismatches=len(r.mismatches), ok=not r.mismatches)
