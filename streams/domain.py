@@ -324,6 +324,7 @@ def _cancelled(state: TaskState | None, e: TaskCancelled) -> TaskState | None:
         status=Status.CANCELLED.value,
         error=f"cancelled: {e.reason}" if e.reason else "cancelled",
         finished_at=e.occurred_at,
+        retry_at=None,  # no retry is coming
     )
 
 
@@ -509,7 +510,8 @@ def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event
                                   priority=state.priority, error=state.error or "")]
     elif state.status in TERMINAL_VALUES:
         out = [resolution(state, d, now) for d in state.dependents]
-        if state.status == Status.FAILED.value:
+        # The dead letter again only if the last event may be the failure (not, e.g., a later registration).
+        if state.status == Status.FAILED.value and (event is None or isinstance(event, (TaskFailed, LeaseExpired))):
             out.append(dead_lettered(state, now))
     else:
         out = []

@@ -775,8 +775,8 @@ class ProcessorModel(RuleBasedStateMachine):
                 assert s.error is None and s.result == '"r"'
             if s.status in ("pending",):
                 assert s.attempt == 0
-            if s.status in ("queued", "running"):
-                assert s.retry_at is None
+            if s.retry_at is not None:  # only a task waiting for its retry (or its redrive's attempt) has one
+                assert s.status == "scheduled" and s.attempt > 0
             if s.checkpoint is not None:
                 assert codec.loads_json(s.checkpoint)["n"] <= s.attempt  # later attempts keep the last one
             assert s.updated_at >= s.created_at
