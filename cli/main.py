@@ -11,11 +11,13 @@ import sys
 
 import click
 
-from taskstream.schemas import BrokerUnavailable, Settings
+from taskstream.schemas import BrokerUnavailable, Settings, codec
 
 
 def _settings(**overrides) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    codec.configure(settings)  # the wire format this process writes, the registry it reads ids from
+    return settings
 
 
 def _logging(settings: Settings) -> None:

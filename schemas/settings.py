@@ -16,7 +16,7 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TASKSTREAM_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TASKSTREAM_", frozen=True, env_parse_none_str="null")
 
     bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers")
     prefix: str = Field("taskstream", pattern=r"^[A-Za-z0-9._-]+$", description="topic name prefix")
