@@ -84,11 +84,11 @@ def test_rebuild_verify_agrees_with_the_live_state(stack):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "checked 5 tasks and 0 schedules" in r.stdout
     assert "events/s" in r.stdout and "OK: the live state (5 states)" in r.stdout
-    j = run(settings, "state", "rebuild", "--verify", "--json")
+    j = run(settings, "state", "rebuild", "--verify", "--json", "--workers", "2")  # the process pool's path
     assert j.returncode == 0, j.stderr
     summary = json.loads(j.stdout.splitlines()[-1])
     assert (summary["tasks"], summary["ok"], summary["mismatches"], summary["live"]) == (5, True, 0, 5)
-    assert summary["events"] >= 5 * 3
+    assert summary["events"] >= 5 * 3 and summary["workers"] == 2
 
 
 def test_a_corrupted_state_is_reported_then_repaired_with_write(stack):
@@ -161,3 +161,37 @@ def test_bad_prefix_unreachable_broker_and_bad_time(settings):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     t = run(settings, "state", "at", "yesterday")
     assert t.returncode == 2 and "RFC 3339" in t.stderr
+
+
+def test_a_processor_restarted_after_write_works_on_the_repaired_state(stack):
+    """doomed's live state says succeeded (wrong): --write puts back failed, so a redrive runs it again."""
+    from confluent_kafka import Producer
+
+    from taskstream.schemas import TaskRedriven
+
+    settings, tasks, _log, tmp = stack
+    doomed = tasks["doomed"].task_id
+    table = StateTable(settings)
+    try:
+        live = table.until(lambda s: doomed in s, timeout=10, message="doomed's state")[doomed]
+        assert live.status == "failed"
+        p = Producer(producer_config(settings, "test-corrupt"))
+        p.produce(Topics(settings.prefix).state, codec.encode(replace(live, status="succeeded", error=None)),
+                  doomed.encode())
+        assert p.flush(10) == 0
+        bad = run(settings, "state", "rebuild", "--verify")
+        assert bad.returncode == 1 and f"{doomed}\tstatus\tlive='succeeded'\trebuilt='failed'" in bad.stdout
+        assert run(settings, "state", "rebuild", "--write").returncode == 0
+        fresh = settings.model_copy(update={"data_dir": tmp / "data-after-write"})
+        proc = start(fresh, tmp, "processor", name="processor2")
+        ex = start(fresh, tmp, "executor", name="executor2")
+        try:
+            send_events(settings, [TaskRedriven(task_id=doomed, occurred_at=datetime.now(UTC), producer="test")])
+            again = table.until(lambda s: s[doomed].status == "failed" and s[doomed].attempt == 2, timeout=60,
+                                message="doomed re-driven and failed again at attempt 2", procs=(proc, ex))
+            assert again[doomed].error and "attempt 2 fails" in again[doomed].error
+        finally:
+            ex.stop()
+            proc.stop()
+    finally:
+        table.close()
