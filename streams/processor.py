@@ -116,7 +116,7 @@ def fold_step(
     event = codec.decode(value)
     if state is not None and offset <= state.last_offset:
         if offset == state.last_offset:
-            again = [replace(e, producer=producer) for e in domain.replay_outputs(state, now)]
+            again = [replace(e, producer=producer) for e in domain.replay_outputs(state, now, event)]
             return Step(None, _effects_of(topics, state, state, event, again, partition, now, producer))
         return Step(None, [])
     new = domain.evolve(state, event)

@@ -199,10 +199,8 @@ class Log:
                     self.crash(rng.choice(started))
             elif r < 0.33 and self.crashes < max_crashes and todo:
                 tid = rng.choice(todo)
-                # Not after a TaskRedriven until fold_step passes the event to replay_outputs (the xfail below).
-                if not isinstance(codec.decode(self.fifo[tid][self.pos[tid]]), TaskRedriven):
-                    self.crashes += 1
-                    self.deliver(tid, lose_outputs=True)
+                self.crashes += 1
+                self.deliver(tid, lose_outputs=True)
             else:
                 self.deliver(rng.choice(todo))
 
@@ -306,8 +304,5 @@ def test_redriving_a_fixed_failure_brings_its_dependents_back():
     redrive_by_hand(lose_redrive_outputs=False)
 
 
-@pytest.mark.xfail(strict=True, reason="fold_step re-sends replay_outputs(state, now) without the event: the "
-                   "redrive's cascade to b and c and the due time of a's queued attempt are lost. Passing the event "
-                   "(replay_outputs(state, now, event)) fixes it; then remove this mark.")
 def test_a_crash_right_after_a_redrive_still_brings_its_dependents_back():
     redrive_by_hand(lose_redrive_outputs=True)
