@@ -30,9 +30,19 @@ def check(expr: str, timezone: str) -> None:
 
 
 def next_fire(expr: str, timezone: str, after: datetime) -> datetime:
-    """The first fire time strictly after ``after`` (aware), in UTC."""
+    """The first fire time strictly after ``after`` (aware), in UTC.
+
+    When clocks go back, the local hour that repeats would give a job with a
+    fixed hour ("30 2 * * *") two fires; like crontab, it fires once, at the
+    first occurrence. Jobs whose hour field is ``*`` keep firing through both
+    occurrences.
+    """
     local = after.astimezone(ZoneInfo(timezone))
-    return croniter(expr, local).get_next(datetime).astimezone(UTC)
+    nxt = croniter(expr, local).get_next(datetime)
+    fixed_hour = "*" not in expr.split()[1]
+    if fixed_hour and nxt.replace(tzinfo=None) == local.replace(tzinfo=None) and nxt.utcoffset() != local.utcoffset():
+        nxt = croniter(expr, nxt).get_next(datetime)  # the same wall-clock time again: already fired
+    return nxt.astimezone(UTC)
 
 
 def first_fire(expr: str, timezone: str, start_at: datetime | None, created_at: datetime) -> datetime:

@@ -354,8 +354,6 @@ def test_autumn_change_in_paris_fires_once_at_local_nine():
     assert [f.fire_at for f in fires] == [datetime(2024, 10, 27, 8, tzinfo=UTC), datetime(2024, 10, 28, 8, tzinfo=UTC)]
 
 
-@pytest.mark.xfail(strict=True, reason="croniter gives both 02:30 of the repeated hour (00:30 and 01:30 UTC); "
-                   "crontab runs a job with a fixed hour once there. Fix belongs in schemas/cron.next_fire.")
 def test_an_hour_that_repeats_in_the_autumn_change_fires_once():
     # 02:30 local happens twice on 2024-10-27 in Paris (at 00:30 and 01:30 UTC): a daily job should run once.
     s = evolve(None, created("30 2 * * *", timezone="Europe/Paris", occurred_at=datetime(2024, 10, 26, 12, tzinfo=UTC)))
