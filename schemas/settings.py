@@ -73,6 +73,17 @@ class Settings(BaseSettings):
         "7 s after a SIGKILL instead of 12 s); use the pod name of a StatefulSet, never one id for two live processors"
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line a record; json: one JSON object a line (time, level, logger, "
+        "message, task_id and attempt when the record is about a task, exc_info)"
+    )
+    metrics_port: int = Field(
+        9100, ge=0, le=65535, description="processors and executors serve Prometheus metrics on "
+        "http://metrics_host:metrics_port/metrics (0: off); the API serves them on its own port at /metrics"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="listen address of the metrics port (0.0.0.0 in a container Prometheus scrapes)"
+    )
 
     wire_format: Literal["single-object", "confluent"] = Field(
         "single-object", description="how records are framed: Avro single-object encoding (C3 01 + schema "
