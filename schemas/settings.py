@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     ready_requires_workers: bool = Field(
         False, description="/readyz also waits until the processor and executor groups are stable (`taskstream dev` sets it)"
     )
+    ready_max_read_model_lag: int | None = Field(
+        1000, ge=0, description="/readyz fails while the API's read model is more than this many records of "
+        "<p>.state behind the end offsets (None: only the initial catch-up counts)"
+    )
     processor_instance_id: str | None = Field(
         None, description="static group membership (group.instance.id) of a processor: a restarted processor with "
         "the same id takes its partitions back without a full rebalance (measured on the embedded broker: back "
