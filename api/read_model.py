@@ -33,6 +33,7 @@ contain the separator)::
     x:status:<hex(status)>:<sortkey>             -> b""
     x:priority:<hex(priority)>:<sortkey>         -> b""
     x:handler:<hex(handler)>:<sortkey>           -> b""
+    x:queued:<20-digit updated_at in µs>:<task_id> -> b""   (queued tasks only)
 
     sortkey = <20-digit (10**19 - created_at in µs)>:<task_id>
 
@@ -42,6 +43,13 @@ of a page (the API base64-encodes it).
 
 A state is applied only if its ``version`` is >= the stored one, so replays
 and the API's own read-your-writes insert never move a task backwards.
+
+For ``GET /api/v1/stats`` the store also keeps, as it applies states, the
+number of tasks per (status, priority) (in memory, exact: the database is
+rebuilt at every start) and the finish times of the last minute (one counter
+per second, ``FINISHED_WINDOW_S``); the oldest queued task is the first key
+of the ``x:queued:`` index (queued since its ``updated_at``: a queued task
+does not change until an executor reports on it).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import re
 import shutil
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,7 +67,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
-from taskstream.schemas import DecodeError, ScheduleState, Settings, TaskState, Topics, codec
+from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, Status, TaskState, Topics, codec
 from taskstream.schemas.kafka import common_config, consume_available
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,10 @@ log = logging.getLogger(__name__)
 _STATE = b"s:"
 _INDEX = b"x:"
 _ALL = b"x:all:"
+_QUEUED = b"x:queued:"
+#: How far back ``TaskStore.finished_recently`` counts finished tasks.
+FINISHED_WINDOW_S = 60
+_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 _INV_BASE = 10**19
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SORTKEY = re.compile(rb"^\d{20}:[^\x00]+$")
@@ -96,7 +109,11 @@ def _index_prefix(field: str, value: str) -> bytes:
 def index_keys(state: TaskState) -> list[bytes]:
     """Every index key that points at ``state``."""
     sk = sortkey(state)
-    return [_ALL + sk, *(_index_prefix(f, getattr(state, f)) + sk for f in INDEXED_FIELDS)]
+    keys = [_ALL + sk, *(_index_prefix(f, getattr(state, f)) + sk for f in INDEXED_FIELDS)]
+    if state.status == Status.QUEUED.value:
+        micros = (state.updated_at - _EPOCH) // timedelta(microseconds=1)
+        keys.append(_QUEUED + f"{micros:020d}".encode() + b":" + state.task_id.encode())
+    return keys
 
 
 class TaskStore:
@@ -115,6 +132,11 @@ class TaskStore:
         self._lock = threading.Lock()
         self._closed = False
         self.schedules = ScheduleStore(self._db)
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._finished: dict[int, Counter[str]] = {}  # epoch second -> finished tasks by status
+        if not fresh:
+            for state in self.all_states():
+                self._counts[state.status, state.priority] += 1
 
     def close(self) -> None:
         with self._lock:
@@ -149,7 +171,24 @@ class TaskStore:
                 batch.put(k, b"")
             batch.put(key, codec.encode(state))
             self._db.write(batch)
+            self._count(old, state)
             return True
+
+    def _count(self, old: TaskState | None, new: TaskState) -> None:
+        """Under the lock: move the task between (status, priority) counts; note a task that just finished."""
+        if old is not None:
+            self._counts[old.status, old.priority] -= 1
+            if not self._counts[old.status, old.priority]:
+                del self._counts[old.status, old.priority]
+        self._counts[new.status, new.priority] += 1
+        if (new.status in _TERMINAL_VALUES and new.finished_at is not None
+                and (old is None or old.status not in _TERMINAL_VALUES)):
+            second = int(new.finished_at.timestamp())
+            now = int(datetime.now(UTC).timestamp())
+            if second > now - FINISHED_WINDOW_S:
+                self._finished.setdefault(second, Counter())[new.status] += 1
+                for s in [s for s in self._finished if s <= now - FINISHED_WINDOW_S]:
+                    del self._finished[s]
 
     # -------------------------------------------------------------- reads
 
@@ -206,6 +245,33 @@ class TaskStore:
 
     def _scan(self, prefix: bytes, after: bytes | None) -> Iterator[bytes]:
         return _scan(self._db, prefix, after)
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        """Number of tasks per (status, priority), kept as states are applied (no scan)."""
+        with self._lock:
+            return Counter(self._counts)
+
+    def finished_recently(self, now: datetime | None = None) -> Counter[str]:
+        """Tasks that finished (reached a terminal status) in the last ``FINISHED_WINDOW_S`` seconds, by status.
+
+        Counted by ``finished_at`` as the states arrive: a task finished
+        before the API started counts too if its ``finished_at`` is recent.
+        """
+        cutoff = int((now or datetime.now(UTC)).timestamp()) - FINISHED_WINDOW_S
+        with self._lock:
+            out: Counter[str] = Counter()
+            for second, by_status in self._finished.items():
+                if second > cutoff:
+                    out.update(by_status)
+            return out
+
+    def oldest_queued(self) -> TaskState | None:
+        """The task that has been queued longest (first key of the ``x:queued:`` index), or None."""
+        for key in self._scan(_QUEUED, None):
+            state = self.get(key.split(b":", 1)[1].decode())
+            if state is not None and state.status == Status.QUEUED.value:
+                return state
+        return None
 
     def all_states(self) -> Iterable[TaskState]:
         """Every stored state (tests, debugging)."""
@@ -353,6 +419,7 @@ class ReadModel:
         self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._pending: dict[int, int] = {}
+        self._positions: dict[int, int] = {}
         self._thread: threading.Thread | None = None
         self.problem: str | None = "not started"
 
@@ -378,6 +445,15 @@ class ReadModel:
 
     def wait_caught_up(self, timeout: float) -> bool:
         return self._caught_up.wait(timeout)
+
+    def positions(self) -> dict[int, int]:
+        """Next offset to read per partition of ``<p>.state`` (partitions not read from yet are absent).
+
+        With the topic's end offsets this gives the projection's lag
+        (``/readyz``); exact on the embedded broker because the processor
+        writes one record per batch there (BROKER.md).
+        """
+        return dict(self._positions)
 
     # -------------------------------------------------------------- consumer
 
@@ -429,6 +505,7 @@ class ReadModel:
                 if high > low:
                     pending[p] = high
             self._pending = pending
+            self._positions = {}
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
         except Exception:
             self._close(consumer)
@@ -442,12 +519,14 @@ class ReadModel:
         err = msg.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
+                self._positions[msg.partition()] = msg.offset()
                 self._pending.pop(msg.partition(), None)
                 self._check_caught_up()
             else:
                 log.warning("read model: consumer error: %s", err)
             return
         partition, offset = msg.partition(), msg.offset()
+        self._positions[partition] = offset + 1
         high = self._pending.get(partition)
         if high is not None and offset + 1 >= high:
             del self._pending[partition]

@@ -1,12 +1,20 @@
 """``/healthz`` (liveness) and ``/readyz`` (readiness), at the root.
 
-Ready means: the broker answers a metadata request, every topic of
-``catalogue(settings)`` exists, and the read model finished its initial
-catch-up of ``<p>.state`` (a lower bound on the embedded broker, see
-``read_model.ReadModel``). With ``ready_requires_workers`` (set by
-`taskstream dev`) the processor and executor consumer groups must also be
-stable, so a client that waits for readiness finds the whole system warm.
-Otherwise 503 with the reason in ``detail``.
+Ready means: the broker answers a metadata request within
+``ops.TIMEOUT_S`` (1 s), every topic of ``catalogue(settings)`` exists, the
+read model finished its initial catch-up of ``<p>.state`` (a lower bound on
+the embedded broker, see ``read_model.ReadModel``) and is not more than
+``settings.ready_max_read_model_lag`` records behind the end offsets of
+``<p>.state`` (exact on the embedded broker only because the processor
+writes one record per batch there, BROKER.md). With
+``ready_requires_workers`` (set by `taskstream dev`) the processor and
+executor consumer groups must also be stable, so a client that waits for
+readiness finds the whole system warm. Otherwise 503, a problem document
+with the reasons joined in ``detail``, one by one in ``reasons`` and each
+check's verdict in ``checks``. Broker answers come from the app's
+``ops.BrokerProbe`` and are reused for ``ops.CACHE_S`` (1 s): a probe storm
+or a down broker costs the broker (and the probe) at most one request each
+per second.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from starlette.responses import Response
 from taskstream.schemas import Topics, catalogue
 
 from ..problems import JSONResponse, problem
+from .ops import TIMEOUT_S, probe
 
 router = APIRouter(tags=["health"])
 
-METADATA_TIMEOUT_S = 2.0
+METADATA_TIMEOUT_S = TIMEOUT_S
 
 
 @router.get("/healthz")
@@ -36,11 +45,12 @@ async def readyz(request: Request) -> Response:
     state = request.app.state
     checks = {"broker": "ok", "topics": "ok", "read_model": "ok"}
     reasons = []
+    broker = probe(request.app)
     try:
-        existing = await asyncio.to_thread(_topic_names, state.admin)
-    except KafkaException as exc:
+        existing = await asyncio.to_thread(broker.topic_partitions)
+    except (KafkaException, TimeoutError) as exc:
         checks["broker"] = checks["topics"] = "unknown"
-        reasons.append(f"broker unreachable at {state.settings.bootstrap_servers}: {exc}")
+        reasons.append(f"broker unreachable at {state.settings.bootstrap_servers}: {exc or 'timed out'}")
     else:
         missing = [t.name for t in catalogue(state.settings) if t.name not in existing]
         if missing:
@@ -56,9 +66,29 @@ async def readyz(request: Request) -> Response:
     if not state.read_model.caught_up:
         checks["read_model"] = "catching up"
         reasons.append(f"read model not caught up: {state.read_model.problem or 'catching up'}")
+    elif state.settings.ready_max_read_model_lag is not None and checks["topics"] == "ok":
+        partitions = existing.get(state.read_model.topic, 0)
+        lag = await asyncio.to_thread(_read_model_lag, broker, state.read_model, partitions)
+        if lag is None:
+            checks["read_model"] = "unknown"
+            reasons.append("read model lag unknown: the broker did not report the end offsets of the state topic")
+        elif lag > state.settings.ready_max_read_model_lag:
+            checks["read_model"] = "behind"
+            reasons.append(f"read model is {lag} records behind {state.read_model.topic} "
+                           f"(more than ready_max_read_model_lag={state.settings.ready_max_read_model_lag})")
     if reasons:
-        return problem(503, "Not ready", "; ".join(reasons), kind="not-ready", checks=checks)
+        return problem(503, "Not ready", "; ".join(reasons), kind="not-ready", checks=checks, reasons=reasons)
     return JSONResponse({"status": "ready", "checks": checks})
+
+
+def _read_model_lag(broker, read_model, partitions: int) -> int | None:
+    """Records of ``<p>.state`` the read model has not read yet: end offset minus its position, summed."""
+    try:
+        marks = broker.end_offsets(read_model.topic, partitions)
+    except (KafkaException, TimeoutError):
+        return None
+    positions = read_model.positions()
+    return sum(max(0, high - positions.get(p, low)) for p, (low, high) in marks.items())
 
 
 def _group_states(admin, groups: list[str]) -> dict[str, str]:
@@ -69,8 +99,3 @@ def _group_states(admin, groups: list[str]) -> dict[str, str]:
         except KafkaException:
             out[group] = "unknown"
     return out
-
-
-def _topic_names(admin) -> set[str]:
-    topics = admin.list_topics(timeout=METADATA_TIMEOUT_S).topics
-    return {name for name, meta in topics.items() if meta.error is None and meta.partitions}
