@@ -147,12 +147,14 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.events import Event
 from taskstream.schemas.kafka import AsyncProducer, consume_available, consumer_config
+from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.topics import PRIORITIES
 
 from ._scheduling import WeightedRoundRobin
 from .builtin import BUILTINS
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
 from .errors import AttemptAbandoned, PermanentError
+from .metrics import UNKNOWN_HANDLER, ExecutorMetrics
 from .registry import Handler, Registry, default_registry, load_handler_modules
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,11 @@ RECENTLY_CANCELLED = 10_000
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _about(task: ReadyTask) -> dict[str, Any]:
+    """``extra=`` of a log line about this attempt: task_id and attempt as fields of the record."""
+    return about(task.task_id, task.attempt)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -255,7 +262,8 @@ class Executor:
     the built-ins are always consulted after it. ``concurrency`` defaults to
     ``settings.executor_concurrency``. ``consumer_overrides`` are merged
     into the consumer's librdkafka configuration (tests use it to shrink
-    ``max.poll.interval.ms``).
+    ``max.poll.interval.ms``). ``metrics`` (own registry by default) counts
+    finished attempts (``executors/metrics.py``).
     """
 
     def __init__(
@@ -265,8 +273,10 @@ class Executor:
         concurrency: int | None = None,
         executor_id: str | None = None,
         consumer_overrides: dict[str, Any] | None = None,
+        metrics: ExecutorMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else ExecutorMetrics()
         self.consumer_overrides = dict(consumer_overrides or {})
         self.registry = registry if registry is not None else default_registry
         self.concurrency = concurrency if concurrency is not None else settings.executor_concurrency
@@ -322,6 +332,7 @@ class Executor:
             "executor %s starting: concurrency %d, topics %s, handlers %s",
             self.executor_id, self.concurrency, self.topics.all_ready, self.registry.names() + BUILTINS.names(),
         )
+        self.metrics.declare(self.registry.names() + BUILTINS.names())
         poll_thread.start()
         dispatcher = asyncio.create_task(self._dispatch(stop), name="executor-dispatch")
         try:
@@ -411,7 +422,8 @@ class Executor:
                     continue
                 if task.task_id in self._recently_cancelled:
                     offsets.mark_done(msg.offset())
-                    log.info("task %s attempt %d: was cancelled; ready message skipped", task.task_id, task.attempt)
+                    log.info("task %s attempt %d: was cancelled; ready message skipped", task.task_id, task.attempt,
+                             extra=_about(task))
                     continue
                 level = self._topic_level.get(msg.topic(), len(PRIORITIES) - 1)
                 self._buffers[level].append(_Item(msg.topic(), msg.partition(), msg.offset(), task, offsets))
@@ -443,13 +455,15 @@ class Executor:
             for item in dropped:
                 item.offsets.mark_done(item.offset)
                 log.info("task %s attempt %d: cancelled before it started (%s); skipped",
-                         task_id, item.task.attempt, cancel.reason or "no reason given")
+                         task_id, item.task.attempt, cancel.reason or "no reason given",
+                         extra=about(task_id, item.task.attempt))
         running = [item for item in self._active.get(task_id, ()) if not item.cancelled]
         for item in running:
             item.cancelled = True
             known = True
         if not known:
-            log.debug("task %s: cancellation for a task this executor does not hold; ignored", task_id)
+            log.debug("task %s: cancellation for a task this executor does not hold; ignored", task_id,
+                      extra=about(task_id))
         return running
 
     def _dead_letter(self, msg, offsets: _PartitionOffsets, reason: str) -> None:
@@ -589,7 +603,7 @@ class Executor:
         attempt = _Attempt(item=item, ctx=ctx, started_at=_now())
         ctx._checkpointer = lambda data: self._checkpoint(attempt, data)
         item.attempt = attempt
-        log.debug("task %s attempt %d: starting %s", task.task_id, task.attempt, task.handler)
+        log.debug("task %s attempt %d: starting %s", task.task_id, task.attempt, task.handler, extra=_about(task))
         runner = asyncio.create_task(self._run_attempt(attempt), name=f"task-{task.task_id}-{task.attempt}")
         self._running[runner] = attempt
         runner.add_done_callback(self._finished)
@@ -600,7 +614,7 @@ class Executor:
         if attempt is None or attempt.finished:
             return  # not started yet (the runner checks item.cancelled) or already returned
         t = item.task
-        log.info("task %s attempt %d: cancelled while running; stopping it", t.task_id, t.attempt)
+        log.info("task %s attempt %d: cancelled while running; stopping it", t.task_id, t.attempt, extra=_about(t))
         attempt.ctx._cancel()
         attempt.stop_timers()
         if attempt.handler_task is not None:
@@ -610,7 +624,8 @@ class Executor:
         attempt = self._running.pop(runner, None)
         if not runner.cancelled() and runner.exception() is not None and attempt is not None:
             t = attempt.item.task
-            log.error("task %s attempt %d: runner failed: %r", t.task_id, t.attempt, runner.exception())
+            log.error("task %s attempt %d: runner failed: %r", t.task_id, t.attempt, runner.exception(),
+                      extra=_about(t))
         self._wake.set()
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
@@ -632,27 +647,33 @@ class Executor:
                 cancelled = item.cancelled
         if cancelled or outcome is None:
             # The processor made the task `cancelled` already: nothing to report, the offset is done.
-            log.info("task %s attempt %d: cancelled; not reported", task.task_id, task.attempt)
+            log.info("task %s attempt %d: cancelled; not reported", task.task_id, task.attempt, extra=_about(task))
             with self._lock:
                 item.offsets.mark_done(item.offset)
+            self.metrics.cancelled(task.priority, self._handler_label(task.handler))
             return
         if attempt.started_sent is not None:
             try:
                 await attempt.started_sent
             except Exception as exc:
-                log.warning("task %s attempt %d: TaskStarted not delivered: %s", task.task_id, task.attempt, exc)
+                log.warning("task %s attempt %d: TaskStarted not delivered: %s", task.task_id, task.attempt, exc,
+                            extra=_about(task))
         for sent in await asyncio.gather(*attempt.checkpoints, return_exceptions=True):
             if isinstance(sent, BaseException):
-                log.warning("task %s attempt %d: a checkpoint was not delivered: %s", task.task_id, task.attempt, sent)
+                log.warning("task %s attempt %d: a checkpoint was not delivered: %s", task.task_id, task.attempt, sent,
+                            extra=_about(task))
         try:
             await self._send(outcome)
         except Exception as exc:
             log.error(
-                "task %s attempt %d: result not delivered, offset stays uncommitted: %s", task.task_id, task.attempt, exc
+                "task %s attempt %d: result not delivered, offset stays uncommitted: %s",
+                task.task_id, task.attempt, exc, extra=_about(task),
             )
             return
         with self._lock:
             attempt.item.offsets.mark_done(attempt.item.offset)
+        label = self._handler_label(task.handler)
+        self.metrics.reported(outcome, task.priority, label, handler_known=label != UNKNOWN_HANDLER)
 
     async def _execute(self, attempt: _Attempt) -> Event | None:
         """Run the handler; return the one result event, or None if the task was cancelled.
@@ -665,7 +686,8 @@ class Executor:
         )
         found = self._lookup(task.handler)
         if found is None:
-            log.warning("task %s attempt %d: no handler registered for %r", task.task_id, task.attempt, task.handler)
+            log.warning("task %s attempt %d: no handler registered for %r", task.task_id, task.attempt, task.handler,
+                        extra=_about(task))
             return TaskFailed(**common, occurred_at=_now(), error=f"no handler registered for {task.handler!r}", permanent=True)
         try:
             payload = codec.loads_json(task.payload)
@@ -680,30 +702,35 @@ class Executor:
             raise
         except asyncio.TimeoutError:
             attempt.ctx._cancel()
-            log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout)
+            log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout, extra=_about(task))
             return TaskFailed(**common, occurred_at=_now(), error=f"TimeoutError: handler {task.handler!r} ran longer than {timeout}s")
         except Exception as exc:
             permanent = isinstance(exc, PermanentError)
             log.info(
                 "task %s attempt %d: handler %s failed%s: %s",
                 task.task_id, task.attempt, task.handler, " permanently" if permanent else "", _error_text(exc),
-                exc_info=not permanent,
+                exc_info=not permanent, extra=_about(task)
             )
             return TaskFailed(**common, occurred_at=_now(), error=_error_text(exc), permanent=permanent)
         try:
             result_json = codec.dumps_json(result)
         except TypeError as exc:
-            log.info("task %s attempt %d: result not JSON-serialisable: %s", task.task_id, task.attempt, exc)
+            log.info("task %s attempt %d: result not JSON-serialisable: %s", task.task_id, task.attempt, exc,
+                     extra=_about(task))
             return TaskFailed(
                 **common, occurred_at=_now(),
                 error=f"TypeError: handler {task.handler!r} returned a result that is not JSON-serialisable "
                 f"({type(result).__name__}): {exc}",
             )
-        log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt)
+        log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt, extra=_about(task))
         return TaskSucceeded(**common, occurred_at=_now(), result=result_json)
 
     def _lookup(self, name: str) -> Handler | None:
         return self.registry.get(name) or BUILTINS.get(name)
+
+    def _handler_label(self, name: str) -> str:
+        """The metrics label of a handler name: bounded by what this executor registered."""
+        return name if self._lookup(name) is not None else UNKNOWN_HANDLER
 
     async def _invoke(self, found: Handler, payload: Any, attempt: _Attempt, timeout: float | None) -> Any:
         ctx = attempt.ctx
@@ -737,7 +764,8 @@ class Executor:
         if attempt.timer is not None:
             attempt.timer.cancel()  # when a checkpoint reports it early
         task = attempt.item.task
-        log.debug("task %s attempt %d: still running, reporting TaskStarted", task.task_id, task.attempt)
+        log.debug("task %s attempt %d: still running, reporting TaskStarted", task.task_id, task.attempt,
+                  extra=_about(task))
         event = TaskStarted(
             task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, occurred_at=attempt.started_at
         )
@@ -754,13 +782,15 @@ class Executor:
 
         def delivered(err, _msg) -> None:
             if err is not None:
-                log.warning("task %s attempt %d: heartbeat not delivered: %s", task.task_id, task.attempt, err)
+                log.warning("task %s attempt %d: heartbeat not delivered: %s", task.task_id, task.attempt, err,
+                            extra=_about(task))
 
         try:
             self._producer.produce(self.topics.heartbeats, task.task_id.encode("utf-8"), codec.encode(beat),
                                    codec.headers(beat), on_delivery=delivered)
         except BrokerUnavailable as exc:
-            log.warning("task %s attempt %d: heartbeat not sent: %s", task.task_id, task.attempt, exc)
+            log.warning("task %s attempt %d: heartbeat not sent: %s", task.task_id, task.attempt, exc,
+                        extra=_about(task))
         attempt.heartbeat = self._loop.call_later(self.settings.heartbeat_interval_s, self._heartbeat, attempt)
 
     # ------------------------------------------------------------- checkpoints
@@ -798,7 +828,8 @@ class Executor:
         """On the loop: send TaskCheckpointed (after TaskStarted) and return the producer's future."""
         task = attempt.item.task
         if attempt.over:
-            log.info("task %s attempt %d: checkpoint of an abandoned attempt not written", task.task_id, task.attempt)
+            log.info("task %s attempt %d: checkpoint of an abandoned attempt not written", task.task_id, task.attempt,
+                     extra=_about(task))
             raise AttemptAbandoned(
                 f"task {task.task_id} attempt {task.attempt} is no longer run by this executor; checkpoint not written"
             )
@@ -808,7 +839,8 @@ class Executor:
                                  occurred_at=_now(), data=text)
         sent = self._send(event)
         attempt.checkpoints.append(sent)
-        log.debug("task %s attempt %d: checkpoint of %d bytes", task.task_id, task.attempt, len(text))
+        log.debug("task %s attempt %d: checkpoint of %d bytes", task.task_id, task.attempt, len(text),
+                  extra=_about(task))
         return sent
 
     def _send(self, event: Event) -> asyncio.Future:
@@ -834,7 +866,7 @@ class Executor:
                     t = attempt.item.task
                     log.warning(
                         "task %s attempt %d: unfinished after the %ss grace period; not committed, will be redelivered",
-                        t.task_id, t.attempt, self.settings.shutdown_grace_s,
+                        t.task_id, t.attempt, self.settings.shutdown_grace_s, extra=_about(t)
                     )
                 runner.cancel()
             if pending:
@@ -874,7 +906,7 @@ def _decode_checkpoint(task: ReadyTask) -> Any:
         return codec.loads_json(task.last_checkpoint)
     except codec.JSONDecodeError as exc:
         log.warning("task %s attempt %d: last checkpoint is not JSON, handler gets None: %s",
-                    task.task_id, task.attempt, exc)
+                    task.task_id, task.attempt, exc, extra=_about(task))
         return None
 
 
@@ -884,11 +916,11 @@ def _decode_upstream(task: ReadyTask) -> dict[str, Any]:
         value = codec.loads_json(task.upstream or "{}")
     except codec.JSONDecodeError as exc:
         log.warning("task %s attempt %d: upstream results are not JSON, handler gets {}: %s",
-                    task.task_id, task.attempt, exc)
+                    task.task_id, task.attempt, exc, extra=_about(task))
         return {}
     if not isinstance(value, dict):
         log.warning("task %s attempt %d: upstream results are a JSON %s, not an object; handler gets {}",
-                    task.task_id, task.attempt, type(value).__name__)
+                    task.task_id, task.attempt, type(value).__name__, extra=_about(task))
         return {}
     return value
 
@@ -903,6 +935,7 @@ def run_executor(settings: Settings, handler_modules: Iterable[str] = (), concur
     """
     load_handler_modules(handler_modules)
     executor = Executor(settings, concurrency=concurrency)
+    serve_metrics(executor.metrics.registry, settings, f"executor {executor.executor_id}")
 
     async def main() -> None:
         stop = asyncio.Event()
