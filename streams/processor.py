@@ -71,8 +71,10 @@ from taskstream.schemas import (
     retry_tier,
 )
 from taskstream.schemas.kafka import admin, consume_available, consumer_config, producer_config
+from taskstream.schemas.observability import serve_metrics
 
 from . import domain
+from .metrics import LAG_INTERVAL_S, ProcessorMetrics
 from .relay import RetryRelay
 from .timers import LEASE, STATE, TimerTable
 
@@ -188,8 +190,9 @@ class Processor:
 
     BATCH = 500
 
-    def __init__(self, settings: Settings, member_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, member_id: str | None = None, metrics: ProcessorMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else ProcessorMetrics()
         self.topics = Topics(settings.prefix)
         self.id = member_id or processor_id()
         self.dir = settings.data_dir / "processor"
@@ -330,7 +333,7 @@ class Processor:
                                 on_lost=self._on_lost)
         log.info("processor %s joining group %s", self.id, self.topics.processor_group)
         tick = self.settings.timer_tick_s
-        next_tick = time.monotonic()
+        next_tick = next_lag = time.monotonic()
         try:
             while not stop.is_set():
                 messages = consume_available(self.consumer, self.BATCH, tick)
@@ -343,8 +346,23 @@ class Processor:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + tick
                     self._fire_timers(datetime.now(UTC))
+                if time.monotonic() >= next_lag:
+                    next_lag = time.monotonic() + LAG_INTERVAL_S
+                    self._measure_lag()
         finally:
             self._close()
+
+    def _measure_lag(self) -> None:
+        """``taskstream_processor_lag`` from client-side figures only: cached high watermarks and positions."""
+        tps = [TopicPartition(self.topics.events, p) for p in sorted(self.tables)]
+        try:
+            positions = [tp.offset if tp.offset >= 0 else self._next.get(tp.partition, -1)
+                         for tp in self.consumer.position(tps)] if tps else []
+            highs = [(self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1))[1] for tp in tps]
+        except KafkaException as exc:
+            log.debug("lag not measured: %s", exc)
+            return
+        self.metrics.set_lag(positions, highs)
 
     def _take_heartbeats(self, messages) -> None:
         """A heartbeat of the running attempt moves its lease; anything else is ignored (poison: dlq)."""
@@ -421,6 +439,7 @@ class Processor:
                 self._produce(out)
         self._flush_and_check()
         self.folded += len(messages)
+        self.metrics.folded.inc(len(messages))
         if done:
             self._next.update(done)
             self.consumer.commit(
@@ -441,6 +460,7 @@ class Processor:
         if step.state is None:
             return step.outputs
         self._move_timers(partition, key, state, step.state, now)
+        self.metrics.state_changed(state, step.state, now)
         value = codec.encode(step.state)
         table[key] = value
         return [Output(self.topics.state, key, value, codec.headers(step.state), partition), *step.outputs]
@@ -545,4 +565,6 @@ def run_processor(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     check_topics(settings)
-    Processor(settings).run(stop)
+    processor = Processor(settings)
+    serve_metrics(processor.metrics.registry, settings, f"processor {processor.id}")
+    processor.run(stop)
