@@ -26,6 +26,8 @@ from taskstream.schemas.kafka import AsyncProducer, admin
 
 from . import problems
 from .body_limit import BodyLimitMiddleware
+from .metrics import ApiMetrics
+from .metrics import router as metrics_router
 from .problems import JSONResponse
 from .read_model import ReadModel
 from .routes import health, ops, schedules, tasks, workflows
@@ -71,9 +73,11 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
+    app.state.metrics = ApiMetrics()  # before the lifespan: /metrics answers from the first request
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.include_router(tasks.router)
     app.include_router(workflows.router)
     app.include_router(schedules.router)
@@ -101,5 +105,7 @@ def run_api(settings: Settings) -> None:
         proxy_headers=False,
         server_header=False,
         access_log=settings.log_level.upper() == "DEBUG",
+        # JSON logs: uvicorn's records go through the root logger's JSON handler, not its own text format.
+        **({"log_config": None} if settings.log_format == "json" else {}),
     )
     uvicorn.Server(config).run()

@@ -1,0 +1,129 @@
+"""The API's Prometheus metrics, served at ``GET /metrics`` (root, not under ``/api/v1``).
+
+Counted by the API itself: ``taskstream_tasks_submitted_total{priority}``,
+one per new task whose ``TaskCreated`` the broker acknowledged (a request
+repeated with its ``Idempotency-Key`` that returns the existing task is not
+counted again).
+
+Measured from the broker when Prometheus scrapes, through the app's
+``BrokerProbe`` (``routes/ops.py``: one admin client, answers cached for a
+second, so several scrapers cannot load the broker), never on a request's
+path. These are figures of the whole cluster, the same from every API
+replica (take ``max``, not ``sum``, across replicas):
+
+- ``taskstream_queue_size{priority}``: records of ``<p>.ready.<priority>``
+  the executor group has not committed (attempts waiting and running;
+  ``/api/v1/stats`` ``queue_depth``).
+- ``taskstream_workers``: members of the executor group, as
+  DescribeConsumerGroups reports them. The embedded Tansu broker reports no
+  members (``BrokerProbe.groups``), so there the series is absent rather
+  than a wrong 0.
+- ``taskstream_read_model_lag``: records of ``<p>.state`` this API's read
+  model has not applied yet (end offset minus its position, summed over
+  partitions; a partition not read yet counts from its low watermark). This
+  one is per replica.
+
+A figure the broker did not give (unreachable, timed out) is left out of
+the scrape rather than reported stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+
+from confluent_kafka import KafkaException
+from fastapi import APIRouter, FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.responses import Response
+
+from taskstream.schemas import PRIORITIES, Event, TaskCreated, Topics
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["health"])
+
+
+class _ClusterFigures(Collector):
+    """The broker-measured gauges as of the last ``ApiMetrics.measure``; unknown ones are left out."""
+
+    def __init__(self) -> None:
+        self.queue: dict[str, int] | None = None
+        self.workers: int | None = None
+        self.read_model_lag: int | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # nothing to check at registration (and no broker call)
+
+    def collect(self) -> Iterator[Metric]:
+        if self.queue is not None:
+            queue = GaugeMetricFamily("taskstream_queue_size", "ready attempts the executor group has not "
+                                      "committed (waiting and running), by priority", labels=["priority"])
+            for priority, n in sorted(self.queue.items()):
+                queue.add_metric([priority], n)
+            yield queue
+        if self.workers is not None:
+            yield GaugeMetricFamily("taskstream_workers", "members of the executor group", value=self.workers)
+        if self.read_model_lag is not None:
+            yield GaugeMetricFamily("taskstream_read_model_lag", "records of <p>.state this API's read model has "
+                                    "not applied yet", value=self.read_model_lag)
+
+
+class ApiMetrics:
+    """The metrics of one API process, on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.submitted = Counter(
+            "taskstream_tasks_submitted", "new tasks written to the log (TaskCreated acknowledged), by priority",
+            ["priority"], registry=self.registry,
+        )
+        for priority in PRIORITIES:
+            self.submitted.labels(priority.value)
+        self.cluster = _ClusterFigures()
+        self.registry.register(self.cluster)
+
+    def submitted_tasks(self, events: Iterable[Event]) -> None:
+        """Count the new tasks among ``events`` (written and acknowledged)."""
+        for event in events:
+            if isinstance(event, TaskCreated):
+                self.submitted.labels(event.priority).inc()
+
+    def measure(self, app: FastAPI) -> None:
+        """Refresh the broker-measured gauges (blocking: call it from a thread)."""
+        from .routes.ops import probe
+
+        p = probe(app)
+        topics = Topics(app.state.settings.prefix)
+        c = self.cluster
+        try:
+            c.queue = p.queue_depth()
+        except (KafkaException, TimeoutError) as exc:
+            c.queue = None
+            log.debug("metrics: no queue size: %s", exc)
+        try:
+            group = p.groups().get(topics.executor_group) or {}
+            c.workers = len(group["members"]) if group.get("members_reported") else None
+        except (KafkaException, TimeoutError) as exc:
+            c.workers = None
+            log.debug("metrics: no worker count: %s", exc)
+        try:
+            ends = p.end_offsets(topics.state, p.topic_partitions().get(topics.state, 0))
+            positions = app.state.read_model.positions()
+            c.read_model_lag = sum(max(0, high - positions.get(partition, low))
+                                   for partition, (low, high) in ends.items())
+        except (KafkaException, TimeoutError) as exc:
+            c.read_model_lag = None
+            log.debug("metrics: no read model lag: %s", exc)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format of this API's registry."""
+    m: ApiMetrics = request.app.state.metrics
+    await asyncio.to_thread(m.measure, request.app)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
