@@ -60,6 +60,7 @@ from taskstream.schemas import (
     ValidationError,
     new_id,
 )
+from taskstream.schemas.observability import about
 
 from .. import idempotency
 from ..history import event_json, read_task_events, task_state_at
@@ -114,7 +115,9 @@ async def submit_task(body: TaskIn, request: Request) -> Response:
     except TooLarge as exc:
         return exc.response()
     await write(app, [(event, value)])
-    log.debug("task submitted task_id=%s handler=%s priority=%s", event.task_id, event.handler, event.priority)
+    app.metrics.submitted_tasks([event])
+    log.debug("task submitted task_id=%s handler=%s priority=%s", event.task_id, event.handler, event.priority,
+              extra=about(event.task_id))
     return _created(store.get(task_id))
 
 
@@ -147,6 +150,7 @@ async def submit_batch(body: BatchIn, request: Request) -> Response:
     except TooLarge as exc:
         return exc.response()
     await write(app, records)
+    app.metrics.submitted_tasks(event for event, _ in records)
     tasks = [existing.get(task_id) or store.get(task_id) for task_id in ids]
     return JSONResponse({"tasks": [task_json(t) for t in tasks]}, status_code=202)
 
