@@ -21,11 +21,10 @@ def _settings(**overrides) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log to stderr as text or, with ``TASKSTREAM_LOG_FORMAT=json``, one JSON object a line."""
+    from taskstream.schemas.observability import log_handler
+
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[log_handler(settings, sys.stderr)])
 
 
 @click.group()
