@@ -6,6 +6,11 @@ child processes, each with the same settings passed through the
 environment. A child that dies is restarted. Ctrl-C or SIGTERM stops the
 children (SIGTERM, then SIGKILL after a grace period) and the broker, so
 nothing is left behind.
+
+Metrics: the API serves ``/metrics`` on its port; the processor serves its
+metrics on ``TASKSTREAM_METRICS_PORT`` (default 9100) and executor N on that
+port + N, all on ``TASKSTREAM_METRICS_HOST`` (127.0.0.1); 0 turns them off.
+`dev` prints the addresses once the system is ready.
 """
 
 from __future__ import annotations
@@ -39,6 +44,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         env[f"TASKSTREAM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
+
+
+def metrics_addresses(settings: Settings, children: list[Child]) -> dict[str, str]:
+    """Give each processor/executor child its own metrics port; where every component serves its metrics.
+
+    The processor gets ``settings.metrics_port``, the next child that port + 1
+    and so on (the setting 0 keeps them all off); the API serves ``/metrics``
+    on its own port.
+    """
+    out = {}
+    port = settings.metrics_port
+    for child in children:
+        if child.name == "api":
+            out["api"] = f"http://127.0.0.1:{settings.api_port}/metrics"
+            continue
+        child.env = {**child.env, "TASKSTREAM_METRICS_PORT": str(port)}
+        if port:
+            out[child.name] = f"http://{settings.metrics_host}:{port}/metrics"
+            port += 1
+    return out
 
 
 class Child:
@@ -146,6 +171,7 @@ def run_dev(
             *(Child(f"executor-{i + 1}", executor_args, env) for i in range(executors)),
             Child("api", ["api"], env),
         ]
+        metrics = metrics_addresses(settings, children)
         for c in children:
             c.start()
         _say("waiting for the API to be ready (processor, executors and read model joining) ...")
@@ -156,6 +182,7 @@ def run_dev(
                 return 1
         else:
             _say(f"ready: API on http://127.0.0.1:{api_port} (Ctrl-C stops everything)")
+            _say("metrics: " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
         while not stop.wait(0.5):
             for c in children:
                 if not c.alive():
