@@ -11,7 +11,8 @@ writes one record per batch there, BROKER.md). With
 executor consumer groups must also be stable, so a client that waits for
 readiness finds the whole system warm. Otherwise 503, a problem document
 with the reasons joined in ``detail``, one by one in ``reasons`` and each
-check's verdict in ``checks``. Broker answers come from the app's
+check's verdict in ``checks`` (and, when it was measured, the read model's
+lag in ``read_model_lag``). Broker answers come from the app's
 ``ops.BrokerProbe`` and are reused for ``ops.CACHE_S`` (1 s): a probe storm
 or a down broker costs the broker (and the probe) at most one request each
 per second.
@@ -45,6 +46,7 @@ async def readyz(request: Request) -> Response:
     state = request.app.state
     checks = {"broker": "ok", "topics": "ok", "read_model": "ok"}
     reasons = []
+    extra = {}
     broker = probe(request.app)
     try:
         existing = await asyncio.to_thread(broker.topic_partitions)
@@ -68,7 +70,7 @@ async def readyz(request: Request) -> Response:
         reasons.append(f"read model not caught up: {state.read_model.problem or 'catching up'}")
     elif state.settings.ready_max_read_model_lag is not None and checks["topics"] == "ok":
         partitions = existing.get(state.read_model.topic, 0)
-        lag = await asyncio.to_thread(_read_model_lag, broker, state.read_model, partitions)
+        lag = extra["read_model_lag"] = await asyncio.to_thread(_read_model_lag, broker, state.read_model, partitions)
         if lag is None:
             checks["read_model"] = "unknown"
             reasons.append("read model lag unknown: the broker did not report the end offsets of the state topic")
@@ -77,8 +79,8 @@ async def readyz(request: Request) -> Response:
             reasons.append(f"read model is {lag} records behind {state.read_model.topic} "
                            f"(more than ready_max_read_model_lag={state.settings.ready_max_read_model_lag})")
     if reasons:
-        return problem(503, "Not ready", "; ".join(reasons), kind="not-ready", checks=checks, reasons=reasons)
-    return JSONResponse({"status": "ready", "checks": checks})
+        return problem(503, "Not ready", "; ".join(reasons), kind="not-ready", checks=checks, reasons=reasons, **extra)
+    return JSONResponse({"status": "ready", "checks": checks, **extra})
 
 
 def _read_model_lag(broker, read_model, partitions: int) -> int | None:
