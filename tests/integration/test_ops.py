@@ -59,6 +59,12 @@ def test_readyz_503_while_its_broker_is_down_and_200_when_it_is_back(tmp_path) -
             assert c.get("/readyz").status_code == 503
             assert time.monotonic() - t < 3, "an unreachable broker must cost a bounded time"
             assert c.get("/healthz").status_code == 200
+            r = c.get("/api/v1/cluster")
+            assert r.status_code == 503 and r.headers["content-type"] == PROBLEM
+            assert r.json()["detail"].startswith(f"the broker at 127.0.0.1:{port} did not answer")
+            r = c.get("/api/v1/stats")  # what the read model knows still answers
+            assert r.status_code == 200 and r.json()["queue_depth"] is None and r.json()["tasks"]["total"] == 0
+            assert r.json()["errors"][0].startswith(f"queue depth: broker at 127.0.0.1:{port} did not answer")
 
             broker = EmbeddedBroker(port).start()
             restarted = time.monotonic()
