@@ -15,8 +15,10 @@ The API's read model is not a group: each API process reads ``<p>.state``
 from the beginning into its own RocksDB and keeps its position in memory
 (``api/read_model.py``), so nothing outside the process knows it. ``lag``
 says so and shows the end offsets of ``<p>.state``; with ``--api URL`` it
-adds that API's ``/readyz`` verdict (caught up with ``<p>.state`` as of its
-start, or still catching up), which is all the API reports.
+asks that API's ``/readyz``, which reports whether its read model caught up
+and, when ``ready_max_read_model_lag`` is set (the default), its
+``read_model_lag`` (end offsets minus its positions, summed over
+partitions). Each API process has its own: ask each.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ._log import LogError, connect, partitions_of, reader, watermarks
 
 READ_MODEL_NOTE = ("the API's read model has no consumer group: each API process reads {state} from the "
                    "beginning and keeps its position in memory, so its lag cannot be known from outside "
-                   "(--api URL shows that API's /readyz verdict)")
+                   "the process (--api URL asks that API's /readyz, which reports it)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,13 @@ def measure(settings: Settings, timeout: float = 15.0) -> tuple[list[GroupLag], 
 
 
 def read_model_verdict(url: str, timeout: float) -> dict:
-    """What the API at ``url`` says of its read model in ``/readyz``: {"caught_up": bool, "detail": str}."""
+    """What the API at ``url`` says of its read model in ``/readyz``.
+
+    ``{"caught_up": bool, "detail": str, "lag": int | None}``: ``lag`` is the
+    ``read_model_lag`` the API reports (records of ``<p>.state`` it has not
+    read: end offsets minus its positions, summed) when it measures it
+    (``ready_max_read_model_lag`` set, the default), else None.
+    """
     import httpx
 
     try:
@@ -130,10 +138,11 @@ def read_model_verdict(url: str, timeout: float) -> dict:
         body = r.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise LogError(f"the API at {url} did not answer /readyz: {exc}") from None
-    check = (body.get("checks") or {}).get("read_model")
+    check = (body.get("checks") or {}).get("read_model") if isinstance(body, dict) else None
     if check is None:
         raise LogError(f"the API at {url} did not report its read model in /readyz (status {r.status_code})")
-    return {"caught_up": check == "ok", "detail": check}
+    lag = body.get("read_model_lag")
+    return {"caught_up": check == "ok", "detail": check, "lag": lag if isinstance(lag, int) else None}
 
 
 def json_objects(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]], settings: Settings,
@@ -144,7 +153,7 @@ def json_objects(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]]
     rows.append({"role": "read model", "group": None, "topic": state,
                  "end": sum(hi for _, hi in state_marks.values()),
                  "ends": {str(p): hi for p, (_, hi) in sorted(state_marks.items())},
-                 "committed": None, "lag": None,
+                 "committed": None, "lag": None if verdict is None else verdict["lag"],
                  "caught_up": None if verdict is None else verdict["caught_up"],
                  "note": READ_MODEL_NOTE.format(state=state)})
     return rows
@@ -164,8 +173,11 @@ def table_lines(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]],
         out += ["  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
     state = Topics(settings.prefix).state
     ends = " ".join(f"{p}:{hi}" for p, (_, hi) in sorted(state_marks.items()))
-    out.append(f"read model ({state}, end offsets {ends}): " + (
-        READ_MODEL_NOTE.format(state=state) if verdict is None else
-        f"the API at {api_url} reports it {'caught up' if verdict['caught_up'] else verdict['detail']}"
-        " (it does not report a position)"))
+    if verdict is None:
+        said = READ_MODEL_NOTE.format(state=state)
+    else:
+        said = f"the API at {api_url} reports it {'caught up' if verdict['caught_up'] else verdict['detail']}" + (
+            f", lag {verdict['lag']} (summed over partitions)" if verdict["lag"] is not None else
+            " (it does not report a lag: ready_max_read_model_lag is off)")
+    out.append(f"read model ({state}, end offsets {ends}): {said}")
     return out

@@ -271,7 +271,8 @@ def topics_describe(names, as_json, timeout) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line (a group and partition each)")
-@click.option("--api", "api_url", default=None, help="also ask this API (http://host:port) whether its read model caught up")
+@click.option("--api", "api_url", default=None,
+              help="also ask this API (http://host:port) for its read model's lag (/readyz)")
 @TIMEOUT
 def lag(as_json, api_url, timeout) -> None:
     """Per consumer group and partition: committed offset, end offset, lag.
@@ -279,7 +280,7 @@ def lag(as_json, api_url, timeout) -> None:
     Groups: <prefix>-processor (events), <prefix>-executors (ready topics),
     <prefix>-retry-relay (retry tiers). The API's read model keeps its
     position in memory, with no group: its lag is not visible from outside
-    (--api URL adds what that API's /readyz says).
+    the process; --api URL adds what that API's /readyz reports of it.
     """
     from .lag import json_objects, measure, read_model_verdict, table_lines
 

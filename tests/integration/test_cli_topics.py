@@ -9,13 +9,14 @@ import subprocess
 import sys
 import uuid
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from taskstream.cli.broker import free_port
 from taskstream.cli.dev import settings_env
-from taskstream.schemas import Settings, TaskCreated, Topics, catalogue, codec
+from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, catalogue, codec
 from taskstream.schemas.kafka import admin
 from tests.conftest import wait_until
 from tests.kafka_helpers import Component, now, producer
@@ -191,6 +192,38 @@ def test_a_bad_prefix_is_reported(broker, args) -> None:
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and s.prefix in errors[0] and "wrong TASKSTREAM_PREFIX?" in errors[0], r.stderr
     assert not [n for n in admin(s).list_topics(timeout=10).topics if n.startswith(s.prefix)]
+
+
+def test_lag_asks_the_api_for_its_read_model_lag(settings, tmp_path) -> None:
+    t = Topics(settings.prefix)
+    p = producer(settings)
+    for i in range(7):
+        state = TaskState(task_id=f"rm-{i}", handler="noop", status="succeeded", priority="medium", payload="null",
+                          created_at=now(), updated_at=now(), version=3)
+        p.produce(t.state, codec.encode(state), state.task_id.encode())
+    assert p.flush(10) == 0
+    api = Settings(**{**settings.model_dump(), "api_port": free_port(), "data_dir": tmp_path / "api"})
+    base = f"http://127.0.0.1:{api.api_port}"
+    proc = Component(api, "api", log_path=tmp_path / "api.log")
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            assert proc.proc.poll() is None, (tmp_path / "api.log").read_text()
+            return False
+
+    try:
+        wait_until(ready, timeout=30, interval=0.2, message="API ready")
+        r = taskstream(settings, "lag", "--json", "--api", base)
+        assert r.returncode == 0, r.stderr
+        read_model = json_lines(r)[-1]
+        assert (read_model["role"], read_model["end"], read_model["lag"], read_model["caught_up"]) == (
+            "read model", 7, 0, True)
+        r = taskstream(settings, "lag", "--api", base)
+        assert f"the API at {base} reports it caught up, lag 0" in r.stdout.splitlines()[-1]
+    finally:
+        proc.stop()
 
 
 def test_lag_with_an_api_that_does_not_answer(settings) -> None:
