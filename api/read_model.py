@@ -33,7 +33,7 @@ contain the separator)::
     x:status:<hex(status)>:<sortkey>             -> b""
     x:priority:<hex(priority)>:<sortkey>         -> b""
     x:handler:<hex(handler)>:<sortkey>           -> b""
-    x:queued:<20-digit updated_at in µs>:<task_id> -> b""   (queued tasks only)
+    q:<20-digit updated_at in µs>:<task_id>      -> b""   (queued tasks only, oldest first)
 
     sortkey = <20-digit (10**19 - created_at in µs)>:<task_id>
 
@@ -48,7 +48,7 @@ For ``GET /api/v1/stats`` the store also keeps, as it applies states, the
 number of tasks per (status, priority) (in memory, exact: the database is
 rebuilt at every start) and the finish times of the last minute (one counter
 per second, ``FINISHED_WINDOW_S``); the oldest queued task is the first key
-of the ``x:queued:`` index (queued since its ``updated_at``: a queued task
+of the ``q:`` index (queued since its ``updated_at``: a queued task
 does not change until an executor reports on it).
 """
 
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 _STATE = b"s:"
 _INDEX = b"x:"
 _ALL = b"x:all:"
-_QUEUED = b"x:queued:"
+_QUEUED = b"q:"
 #: How far back ``TaskStore.finished_recently`` counts finished tasks.
 FINISHED_WINDOW_S = 60
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -266,7 +266,7 @@ class TaskStore:
             return out
 
     def oldest_queued(self) -> TaskState | None:
-        """The task that has been queued longest (first key of the ``x:queued:`` index), or None."""
+        """The task that has been queued longest (first key of the ``q:`` index), or None."""
         for key in self._scan(_QUEUED, None):
             state = self.get(key.split(b":", 1)[1].decode())
             if state is not None and state.status == Status.QUEUED.value:
