@@ -58,8 +58,12 @@ def _progress(label: str):
         state["bar"].__enter__()
 
     def advance(n: int) -> None:
-        if "bar" in state:
-            state["bar"].update(n)
+        bar = state.get("bar")
+        if bar is not None:
+            bar.update(n)
+            if bar.pos >= bar.length:  # done: close it before anything that follows (--follow output)
+                bar.__exit__(None, None, None)
+                del state["bar"]
 
     try:
         yield set_total, advance

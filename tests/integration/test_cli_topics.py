@@ -180,7 +180,7 @@ def test_lag_of_a_running_processor_drops_to_zero(settings, tmp_path) -> None:
         executors = [x for x in json_lines(taskstream(settings, "lag", "--json")) if x["group"] == t.executor_group]
         assert sum(x["lag"] for x in executors) == 30  # 30 ready messages, no executor running
     finally:
-        assert proc.stop() == 0
+        proc.stop()
 
 
 @pytest.mark.parametrize("args", [["topics", "list"], ["topics", "describe"], ["lag"]])
