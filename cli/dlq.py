@@ -154,7 +154,7 @@ def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
     ends = _write_markers(producer, topic, partitions, timeout)
     reader = Consumer({**common_config(settings, "taskstream-cli-dlq"),
                        "group.id": f"taskstream-cli-dlq-{uuid.uuid4().hex[:8]}",  # assigned, never joined
-                       "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+                       "enable.auto.commit": False, "fetch.wait.max.ms": 500})
     reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     records: list[DlqRecord] = []
     pending = set(range(partitions))

@@ -271,7 +271,7 @@ def _reader(settings: Settings, name: str) -> Consumer:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
-        "fetch.wait.max.ms": 10,
+        "fetch.wait.max.ms": 500,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "queued.max.messages.kbytes": 256 * 1024,
