@@ -88,11 +88,15 @@ class TaskQueued(Event):
     ``due_at`` is the time the task waited for (its ``run_at`` or retry
     ``not_before``) when a timer or the retry relay queued it; a ``scheduled``
     task is queued only by a TaskQueued whose ``due_at`` is the time it waits for.
+    ``cause`` is the ``event_id`` of the event whose fold the processor applied
+    this one with, at once (see ``streams.rebuild``: a fold of the log applies
+    it at the same point, whatever was appended in between).
     """
 
     attempt: int
     priority: str
     due_at: datetime | None = None
+    cause: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +178,7 @@ class TaskRetryScheduled(Event):
     delay_s: float
     priority: str
     error: str = ""
+    cause: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -118,12 +118,12 @@ def fold_step(
     event = codec.decode(value)
     if state is not None and offset <= state.last_offset:
         if offset == state.last_offset:
-            again = [replace(e, producer=producer) for e in domain.replay_outputs(state, now, event)]
+            again = [_stamped(e, producer, state.task_id, event) for e in domain.replay_outputs(state, now, event)]
             return Step(None, _effects_of(topics, state, state, event, again, partition, now, producer))
         return Step(None, [])
     new = domain.evolve(state, event)
-    follow = [replace(e, producer=producer) for e in domain.react(state, new, event, now)]
     own = new.task_id if new is not None else None
+    follow = [_stamped(e, producer, own, event) for e in domain.react(state, new, event, now)]
     for e in follow:
         if e.task_id == own:
             new = domain.evolve(new, e)
@@ -131,6 +131,15 @@ def fold_step(
     if new is state:
         return Step(None, outputs)
     return Step(replace(new, last_offset=offset), outputs)
+
+
+def _stamped(e, producer: str, own: str | None, cause) -> object:
+    """A follow-up event as the processor appends it: its producer, and for one it applies to the
+    same task at once, the ``cause`` (the event it was applied with), so that a fold of the log
+    (``streams.rebuild``) applies it at the same point even if a client's event landed in between."""
+    if e.task_id == own and isinstance(e, (TaskQueued, TaskRetryScheduled)):
+        return replace(e, producer=producer, cause=cause.event_id)
+    return replace(e, producer=producer)
 
 
 def _effects_of(

@@ -17,11 +17,17 @@ processor's idempotency bookmark, which it sets to the offset of the event
 that *triggered* a step (its inline follow-ups, read back later, change
 nothing and move nothing), while a fold of the log can only say which record
 it read last. ``IGNORED_FIELDS`` holds exactly that field. Anything else that
-differs is a real divergence and is reported; one known cause is a race the
-processor's inline application cannot see: a client event of the same task
-(say a TaskCancelled) appended between a trigger and the processor's own
-follow-up lands before the follow-up in the log, so the log's order differs
-from the order the processor applied.
+differs is a real divergence and is reported.
+
+**Follow-ups applied at once.** A client event of the same task (say a
+TaskCancelled) can be appended between a trigger and the processor's own
+follow-up, so the log's order differs from the order the processor applied.
+Those follow-ups (TaskQueued, TaskRetryScheduled) carry ``cause``, the
+``event_id`` of their trigger; the fold keeps, per key, the events folded
+since a trigger whose follow-up has not been read yet and, when a follow-up
+arrives behind other events, folds it right after its trigger and the later
+events again on top, which is exactly what the processor did. A key with no
+event in between folds as before (the common case costs a dict lookup).
 
 **Where the fold stops.** By default at each partition's end offset as of the
 start (our producers send one record per batch on the embedded broker, which
@@ -59,7 +65,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
+    DependencyResolved,
     Event,
+    LeaseExpired,
+    TaskCreated,
+    TaskFailed,
+    TaskRedriven,
+    TaskUpdated,
     ScheduleState,
     Settings,
     TaskState,
@@ -133,6 +145,12 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------ the pure part
 
 
+#: Events after which the processor may apply a follow-up of the same task at once.
+_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated})
+#: Most events kept per key while a trigger's follow-up is awaited.
+_MAX_PENDING = 64
+
+
 class LogFold:
     """Folds records of ``<p>.events`` per key (pure: no Kafka; feed it records in log order per partition).
 
@@ -140,7 +158,8 @@ class LogFold:
     still in log order.
     """
 
-    __slots__ = ("states", "partition_of", "last_read", "events", "skipped", "undecodable", "keyless", "as_of")
+    __slots__ = ("states", "partition_of", "last_read", "events", "skipped", "undecodable", "keyless", "as_of",
+                 "since")
 
     def __init__(self, as_of: datetime | None = None) -> None:
         self.states: dict[bytes, State] = {}
@@ -151,6 +170,8 @@ class LogFold:
         self.undecodable = 0
         self.keyless = 0
         self.as_of = as_of
+        # key -> [(event, state before it)] since the oldest trigger whose follow-up is still to come
+        self.since: dict[bytes, list] = {}
 
     def add(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         """Fold one record (the hot path of a rebuild: kept to one call of decode and one of evolve)."""
@@ -171,11 +192,35 @@ class LogFold:
         self.events += 1
         states = self.states
         before = states.get(key)
-        after = _evolve(before, event)
+        cause = getattr(event, "cause", None)
+        pending = self.since.get(key)
+        if cause is not None and pending is not None:
+            after = self._fold_after_cause(key, pending, cause, event, before)
+        else:
+            after = _evolve(before, event)
+            if type(event) in _TRIGGERS and after is not before:
+                self.since[key] = [(event, before)]  # the latest trigger; an older one is given up
+            elif pending is not None:
+                pending.append((event, before))
+                if len(pending) > _MAX_PENDING:
+                    del self.since[key]
         if after is not before:
             states[key] = after
             self.partition_of[key] = partition
         self.last_read[key] = offset
+
+    def _fold_after_cause(self, key: bytes, pending: list, cause: str, event, current):
+        """Fold a follow-up right after its trigger, then the events read since again on top."""
+        trigger, before = pending[0]
+        if trigger.event_id != cause:
+            return _evolve(current, event)  # not the trigger we kept: fold it where it is
+        del self.since[key]
+        if len(pending) == 1:
+            return _evolve(current, event)  # nothing in between: the common case
+        state = _evolve(_evolve(before, trigger), event)
+        for later, _ in pending[1:]:
+            state = _evolve(state, later)
+        return state
 
     def result(self, key: bytes) -> State | None:
         """The rebuilt state of ``key``, its ``last_offset`` at the last record of it that was folded."""

@@ -207,3 +207,42 @@ def test_the_benchmark_log_folds_to_terminal_tasks():
     retried = [s for s in f.states.values() if s.attempt == 2]
     dependents = [s for s in f.states.values() if s.depends_on]
     assert retried and dependents and all(s.status == "succeeded" for s in retried + dependents)
+
+
+def _live_and_log(client_events_between):
+    """The processor folds TaskCreated (applying its TaskQueued at once); a client event lands in the
+    log before that follow-up. Returns (live state, log as the broker holds it)."""
+    from taskstream.schemas import TaskCancelled, TaskCreated, codec
+
+    created = TaskCreated(task_id="t", occurred_at=at(0), producer="api", handler="noop")
+    log = [codec.encode(created)]
+    step = fold_step(TOPICS, None, log[0], 0, 0, at(0.001), "proc")
+    live = step.state
+    follow = [o.value for o in step.outputs if o.topic == TOPICS.events]
+    assert len(follow) == 1 and codec.decode(follow[0]).cause == created.event_id
+    between = [codec.encode(e) for e in client_events_between(TaskCancelled)]
+    log += between + follow
+    for offset, value in enumerate(between, start=1):
+        s = fold_step(TOPICS, live, value, offset, 0, at(0.002), "proc").state
+        live = s or live
+    s = fold_step(TOPICS, live, follow[0], len(log) - 1, 0, at(0.003), "proc").state
+    return s or live, log
+
+
+def test_a_client_event_between_a_trigger_and_its_follow_up_folds_as_the_processor_applied_it():
+    live, log = _live_and_log(lambda C: [C(task_id="t", occurred_at=at(0.0015), producer="api", reason="x")])
+    fold = LogFold()
+    for offset, value in enumerate(log):
+        fold.add(0, offset, b"t", value)
+    rebuilt = fold.result(b"t")
+    assert live.status == "cancelled" and live.attempt == 1
+    assert compare({b"t": live}, {b"t": rebuilt}) == []
+    # A plain fold in log order would not: the cancel comes before the queueing there.
+    plain = fold_events([codec_decode(v) for v in log])
+    assert plain.attempt == 0
+
+
+def codec_decode(value):
+    from taskstream.schemas import codec
+
+    return codec.decode(value)
