@@ -57,6 +57,7 @@ def settings(broker, tmp_path: Path) -> Settings:
         embedded_broker=True,
         data_dir=tmp_path / "data",
         session_timeout_ms=6000,
+        metrics_port=0,  # processes of a test serve no metrics unless the test asks (they would all want 9100)
     )
     wait_for_broker(s)
     assert ensure_topics(s, catalogue(s)) == []

@@ -118,6 +118,7 @@ async def submit_workflow(body: WorkflowIn, request: Request) -> Response:
         batch = [records[k] for k in ready if k in records]
         if batch:
             await write(app, batch)  # every ack of this generation before the next one is produced
+            app.metrics.submitted_tasks(event for event, _ in batch)
         sorter.done(*ready)
         generations += 1
     log.debug("workflow submitted workflow_id=%s tasks=%d generations=%d", workflow_id, len(by_key), generations)
