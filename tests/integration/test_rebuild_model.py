@@ -1,0 +1,158 @@
+"""Hypothesis on the real broker: random commands, processor crashes and restarts, then
+``taskstream state rebuild --verify`` must agree with the live state (issue 6).
+
+Each example runs a processor and an executor as subprocesses on a prefix of
+its own and applies a random sequence of: submit a task (succeeds, fails for
+good, fails once then succeeds, sleeps; sometimes depending on earlier
+tasks), cancel one, re-drive one, SIGKILL the processor and start it again,
+SIGTERM it and start it again. When every task is terminal and the state
+topic is quiet, a fold of the whole log must give the live state of every
+task (the console script's exit code and output are checked).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, settings as hsettings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
+
+from taskstream.cli.dev import settings_env
+from taskstream.schemas import Settings, TaskCancelled, TaskCreated, TaskRedriven, Topics, codec, new_id
+from taskstream.schemas.kafka import ensure_topics
+from taskstream.schemas.topics import catalogue
+from tests.integration.test_dag import ComponentIn, StateTable
+from tests.kafka_helpers import send_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+HANDLERS = '''
+from taskstream.executors import handler
+
+@handler("m.flaky")
+async def flaky(payload, ctx):
+    if ctx.attempt < 2:
+        raise RuntimeError("first attempt fails")
+    return {"attempt": ctx.attempt}
+'''
+KINDS = {
+    "ok": ("noop", None),
+    "fail": ("sleep", {"seconds": -1}),  # PermanentError every time
+    "flaky": ("m.flaky", None),
+    "slow": ("sleep", {"seconds": 0.3}),
+}
+TERMINAL = {"succeeded", "failed", "cancelled", "upstream_failed"}
+
+
+def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_path):
+    base = settings
+    (tmp_path / "model_handlers.py").write_text(HANDLERS)
+    runs = []
+
+    class Machine(RuleBasedStateMachine):
+        @initialize(first=st.lists(st.tuples(st.sampled_from(sorted(KINDS)), st.lists(st.integers(0, 50), max_size=2)),
+                                   min_size=5, max_size=15))
+        def start(self, first):
+            n = len(runs)
+            self.dir = tmp_path / f"run{n}"
+            self.dir.mkdir()
+            (self.dir / "model_handlers.py").write_text(HANDLERS)
+            self.settings = base.model_copy(update={
+                "prefix": f"m{uuid.uuid4().hex[:10]}", "data_dir": self.dir / "data",
+                "processor_instance_id": "processor-0", "log_level": "WARNING",
+            })
+            assert ensure_topics(self.settings, catalogue(self.settings)) == []
+            self.restarts = 0
+            self.proc = self._processor()
+            self.ex = ComponentIn(self.settings, "executor", "--handlers", "model_handlers", "--concurrency", "8",
+                                  cwd=self.dir, log_path=self.dir / "executor.log")
+            self.tasks: list[str] = []
+            runs.append(self)
+            for kind, deps in first:
+                self.submit(kind, deps)
+
+        def _processor(self):
+            self.restarts += 1
+            return ComponentIn(self.settings, "processor", cwd=self.dir,
+                               log_path=self.dir / f"processor-{self.restarts}.log")
+
+        @rule(kind=st.sampled_from(sorted(KINDS)), deps=st.lists(st.integers(0, 50), max_size=2))
+        def submit(self, kind, deps):
+            handler, payload = KINDS[kind]
+            depends_on = sorted({self.tasks[i % len(self.tasks)] for i in deps}) if self.tasks else []
+            t = TaskCreated(task_id=new_id(), occurred_at=_now(), producer="model", handler=handler,
+                            payload=codec.dumps_json(payload), depends_on=depends_on, max_attempts=2,
+                            backoff_initial_s=0.2, backoff_jitter=0.0)
+            send_events(self.settings, [t])
+            self.tasks.append(t.task_id)
+
+        @rule(i=st.integers(0, 50))
+        @precondition(lambda self: self.tasks)
+        def cancel(self, i):
+            if self.tasks:
+                tid = self.tasks[i % len(self.tasks)]
+                send_events(self.settings, [TaskCancelled(task_id=tid, occurred_at=_now(), producer="model")])
+
+        @rule(i=st.integers(0, 50))
+        @precondition(lambda self: self.tasks)
+        def redrive(self, i):
+            if self.tasks:
+                tid = self.tasks[i % len(self.tasks)]
+                send_events(self.settings, [TaskRedriven(task_id=tid, occurred_at=_now(), producer="model")])
+
+        @rule()
+        @precondition(lambda self: self.restarts < 3)
+        def crash(self):
+            self.proc.signal(signal.SIGKILL)
+            self.proc.proc.wait()
+            self.proc = self._processor()
+
+        @rule()
+        @precondition(lambda self: self.restarts < 3)
+        def restart(self):
+            assert self.proc.stop() == 0
+            self.proc = self._processor()
+
+        def teardown(self):
+            table = StateTable(self.settings)
+            try:
+                ids = set(self.tasks)
+                table.until(lambda s: all(t in s and s[t].status in TERMINAL for t in ids), timeout=60,
+                            message=f"{len(ids)} tasks terminal", procs=(self.proc, self.ex))
+                quiet = time.monotonic()
+                while time.monotonic() - quiet < 2.0:  # nothing more arrives on <p>.state for 2 s
+                    if any(m.error() is None for m in table.reader.consumer.consume(500, 0.2)):
+                        quiet = time.monotonic()
+                result = subprocess.run([".venv/bin/taskstream", "state", "rebuild", "--verify"],
+                                        env={**_os_env(), **settings_env(self.settings)}, capture_output=True,
+                                        text=True, timeout=120)
+                assert result.returncode == 0, f"rebuild --verify disagrees:\n{result.stdout}\n{result.stderr}"
+                print(f"\nmodel run: {len(ids)} tasks, {self.restarts - 1} processor restarts; "
+                      f"{result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ''}")
+            finally:
+                table.close()
+                self.ex.stop()
+                self.proc.stop()
+
+    run_state_machine_as_test(
+        Machine,
+        settings=hsettings(max_examples=2, stateful_step_count=15, deadline=None, database=None,
+                           suppress_health_check=list(HealthCheck)),
+    )
+    assert len(runs) >= 2
+
+
+def _now():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def _os_env():
+    import os
+
+    return dict(os.environ)
