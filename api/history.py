@@ -31,6 +31,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
+from taskstream.schemas.observability import about
 from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 
 from .models import rfc3339
@@ -104,19 +105,20 @@ def read_task_events(settings: Settings, task_id: str) -> list[Event]:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     break
-                log.warning("history of task_id=%s: consumer error: %s", task_id, err)
+                log.warning("history of task_id=%s: consumer error: %s", task_id, err, extra=about(task_id))
                 continue
             last = now
             if msg.key() == key:
                 try:
                     value = codec.decode(msg.value())
                 except DecodeError as exc:
-                    log.warning("history of task_id=%s: undecodable record at offset %d: %s", task_id, msg.offset(), exc)
+                    log.warning("history of task_id=%s: undecodable record at offset %d: %s", task_id, msg.offset(), exc,
+                            extra=about(task_id))
                     continue
                 if isinstance(value, Event):
                     events.append(value)
             if now - start > TOTAL_TIMEOUT_S:
-                log.warning("history of task_id=%s: stopped after %.0fs", task_id, TOTAL_TIMEOUT_S)
+                log.warning("history of task_id=%s: stopped after %.0fs", task_id, TOTAL_TIMEOUT_S, extra=about(task_id))
                 break
         return events
     except KafkaException as exc:

@@ -69,6 +69,7 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, Status, TaskState, Topics, codec
 from taskstream.schemas.kafka import common_config, consume_available
+from taskstream.schemas.observability import about
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class TaskStore:
         try:
             return codec.decode(raw)
         except DecodeError as exc:  # cannot happen unless the files were tampered with
-            log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc)
+            log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc, extra=about(task_id))
             return None
 
 

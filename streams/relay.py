@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from taskstream.schemas import DecodeError, Settings, TaskQueued, TaskRetryScheduled, Topics, codec
 from taskstream.schemas.kafka import consume_available, consumer_config, producer_config
+from taskstream.schemas.observability import about
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,8 @@ class RetryRelay:
                 if err is None:
                     offsets.mark_done(offset)
                 else:  # not committed: re-read after a restart or rebalance
-                    log.warning("retry relay: re-queue of %s not acknowledged: %s", record.task_id, err)
+                    log.warning("retry relay: re-queue of %s not acknowledged: %s", record.task_id, err,
+                                extra=about(record.task_id, record.attempt + 1))
 
             self._produce(self.topics.events, record.task_id.encode(), codec.encode(queued), codec.headers(queued),
                           done)

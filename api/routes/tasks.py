@@ -296,7 +296,7 @@ async def update_task(task_id: str, body: TaskPatch, request: Request) -> Respon
     await write(app, [(event, value)])
     changes = {name: getattr(event, name) for name in PATCHABLE if getattr(event, name) is not None}
     after = expect(app, dataclasses.replace(task, **changes, version=task.version + 1, updated_at=now), task.version)
-    log.debug("task update written task_id=%s fields=%s", task_id, sorted(changes))
+    log.debug("task update written task_id=%s fields=%s", task_id, sorted(changes), extra=about(task_id))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
 
 
@@ -318,7 +318,7 @@ async def cancel_task(
                             finished_at=now, error=f"cancelled: {reason}" if reason else "cancelled"),
         task.version,
     )
-    log.debug("task cancel written task_id=%s", task_id)
+    log.debug("task cancel written task_id=%s", task_id, extra=about(task_id))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
 
 
@@ -336,7 +336,8 @@ async def redrive_task(task_id: str, request: Request, body: RedriveIn | None = 
     event = TaskRedriven(task_id=task_id, occurred_at=now, producer=app.producer_id, reason=reason)
     await write(app, [(event, encode(event, "reason"))])
     after = expect(app, redriven(task, now), task.version)
-    log.info("task re-driven task_id=%s attempt=%d was=%s", task_id, task.attempt, task.status)
+    log.info("task re-driven task_id=%s attempt=%d was=%s", task_id, task.attempt, task.status,
+             extra=about(task_id, task.attempt))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
 
 
