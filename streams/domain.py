@@ -563,9 +563,12 @@ MAX_BACKOFF_S = 10 * 365 * 86400.0
 
 
 def retry_scheduled(state: TaskState, now: datetime) -> TaskRetryScheduled:
+    """The wait counts from the failure (the state's ``updated_at``, the failure's ``occurred_at``),
+    not from when the processor folded it; a failure stamped in the future (a fast clock) counts from now."""
     delay = backoff_delay(state, state.attempt)
+    start = min(state.updated_at, now)
     return TaskRetryScheduled(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
-                              not_before=now + timedelta(seconds=delay), delay_s=delay, priority=state.priority,
+                              not_before=start + timedelta(seconds=delay), delay_s=delay, priority=state.priority,
                               error=state.error or "")
 
 

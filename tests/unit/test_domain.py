@@ -437,7 +437,8 @@ def test_after_retryable_failure_schedules_the_retry_and_the_relay_queues_it():
         assert type(r) is TaskRetryScheduled
         delay = domain.backoff_delay(s, n)
         assert (r.task_id, r.attempt, r.priority, r.occurred_at, r.error) == (TID, n, "high", T_EV, "boom")
-        assert (r.delay_s, r.not_before) == (delay, T_EV + timedelta(seconds=delay))
+        # the wait counts from the failure (s.updated_at), not from when the processor folded it
+        assert (r.delay_s, r.not_before) == (delay, s.updated_at + timedelta(seconds=delay))
         s2 = evolve(s, r)
         assert (s2.status, s2.attempt, s2.retry_at, s2.version) == ("scheduled", n, r.not_before, s.version + 1)
         assert not is_ready(s2, r.not_before - timedelta(microseconds=1)) and is_ready(s2, r.not_before)

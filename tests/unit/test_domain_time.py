@@ -219,8 +219,9 @@ def test_lease_expired_in_every_status(key):
     else:  # ... and is retried per policy
         assert new == replace(s, status="scheduled", error=error, retry_at=None, updated_at=T_EV, version=s.version + 1)
         [r] = out
+        # the wait counts from the failure (new.updated_at), not from when the processor folded it
         assert (type(r), r.attempt, r.not_before) == (TaskRetryScheduled, s.attempt,
-                                                       NOW + timedelta(seconds=backoff_delay(s, s.attempt)))
+                                                       min(new.updated_at, NOW) + timedelta(seconds=backoff_delay(s, s.attempt)))
     assert evolve(new, e) is new
     assert react(new, new, e, NOW) == []  # folded again: no second retry nor dead letter
     # the executor's late result for the expired attempt is ignored
@@ -542,7 +543,7 @@ def test_backoff_stays_within_the_jitter_band(task_id, n, offset, initial, multi
     assert base * (1 - jitter) - 1e-9 <= d <= base + 1e-9
     assert d == backoff_delay(s, n)
     r = domain.retry_scheduled(replace(s, attempt=n), NOW)
-    assert (r.delay_s, r.not_before) == (d, NOW + timedelta(seconds=d))
+    assert (r.delay_s, r.not_before) == (d, min(s.updated_at, NOW) + timedelta(seconds=d))
 
 
 def test_absurd_policies_never_break_deciding():
@@ -553,7 +554,7 @@ def test_absurd_policies_never_break_deciding():
         d = backoff_delay(s, 3)
         assert 0.0 <= d <= domain.MAX_BACKOFF_S
         [r] = decide(s, TaskFailed(task_id=TID, occurred_at=T_EV, producer="e", attempt=3, error="x"), NOW)
-        assert r.not_before == NOW + timedelta(seconds=d)
+        assert r.not_before == min(s.updated_at, NOW) + timedelta(seconds=d)
 
 
 # --------------------------------------------------------- a schedule's id as a task
