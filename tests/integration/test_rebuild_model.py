@@ -63,7 +63,7 @@ def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_pa
             (self.dir / "model_handlers.py").write_text(HANDLERS)
             self.settings = base.model_copy(update={
                 "prefix": f"m{uuid.uuid4().hex[:10]}", "data_dir": self.dir / "data",
-                "processor_instance_id": "processor-0", "log_level": "WARNING",
+                "log_level": "WARNING",
             })
             assert ensure_topics(self.settings, catalogue(self.settings)) == []
             self.restarts = 0
