@@ -31,6 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
 from taskstream.schemas.kafka import admin, common_config, producer_config, wait_for_broker
 from taskstream.streams.processor import WATERMARK_MARKER_KEY
+from taskstream.streams.processor import _write_markers as write_markers
 
 POISON_HEADERS = ("source-topic", "source-partition", "source-offset", "reason")
 #: The CLI sends a handful of records, so one record per batch costs nothing and
@@ -128,22 +129,11 @@ def _check(settings: Settings, topic: str, timeout: float) -> int:
 
 
 def _write_markers(producer: Producer, topic: str, partitions: int, timeout: float) -> dict[int, int]:
-    """Append a marker tombstone to each partition; their offsets once acknowledged."""
-    offsets: dict[int, int] = {}
-    errors: list = []
-
-    def done(err, msg):
-        if err is None:
-            offsets[msg.partition()] = msg.offset()
-        else:
-            errors.append(err)
-
-    for p in range(partitions):
-        producer.produce(topic, None, WATERMARK_MARKER_KEY, partition=p, on_delivery=done)
-    producer.flush(timeout)
-    if errors or len(offsets) != partitions:
-        raise DlqError(f"could not append read markers to {topic}: {errors[:1] or 'no acknowledgement'}")
-    return offsets
+    """Append a marker tombstone to each partition (the processor's own helper); their offsets once acknowledged."""
+    try:
+        return write_markers(producer, topic, list(range(partitions)), timeout)
+    except BrokerUnavailable as exc:
+        raise DlqError(f"could not append read markers to {topic}: {exc}") from None
 
 
 def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:

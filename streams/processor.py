@@ -535,7 +535,7 @@ class Processor:
             log.info("processor %s stopped after folding %d events", self.id, self.folded)
 
 
-def _write_markers(producer: Producer, topic: str, partitions: list[int]) -> dict[int, int]:
+def _write_markers(producer: Producer, topic: str, partitions: list[int], timeout: float = 30.0) -> dict[int, int]:
     """Append a marker tombstone to each partition; return their offsets once acknowledged."""
     offsets: dict[int, int] = {}
     errors: list = []
@@ -548,7 +548,7 @@ def _write_markers(producer: Producer, topic: str, partitions: list[int]) -> dic
 
     for p in partitions:
         producer.produce(topic, None, WATERMARK_MARKER_KEY, partition=p, on_delivery=done)
-    producer.flush(30)
+    producer.flush(timeout)
     if errors or len(offsets) != len(partitions):
         raise BrokerUnavailable(f"could not write markers to {topic}: {errors[:3]}")
     return offsets
