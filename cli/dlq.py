@@ -29,9 +29,14 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
-from taskstream.schemas.kafka import admin, common_config, producer_config, wait_for_broker
-from taskstream.streams.processor import WATERMARK_MARKER_KEY
-from taskstream.streams.processor import _write_markers as write_markers
+from taskstream.schemas.kafka import (
+    WATERMARK_MARKER_KEY,
+    admin,
+    common_config,
+    producer_config,
+    wait_for_broker,
+    write_markers,
+)
 
 POISON_HEADERS = ("source-topic", "source-partition", "source-offset", "reason")
 #: The CLI sends a handful of records, so one record per batch costs nothing and

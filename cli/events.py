@@ -34,8 +34,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 
 from taskstream.schemas import EVENT_TYPES, DecodeError, Settings, Topics, catalogue, codec
-from taskstream.schemas.kafka import consume_available, ensure_topics, producer_config
-from taskstream.streams.processor import WATERMARK_MARKER_KEY
+from taskstream.schemas.kafka import WATERMARK_MARKER_KEY, consume_available, ensure_topics, producer_config
 
 from ._log import LogError, connect, iso, offsets_at, partitions_of, read_range, reader, record_time, to_ms, watermarks
 

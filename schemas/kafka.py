@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 #: (instead of raw ``%3|...|FAIL|...`` lines on stderr), so commands can quiet them.
 LIBRDKAFKA_LOG = logging.getLogger("taskstream.librdkafka")
 
+#: Key of the tombstone appended to a partition before reading it "to the end":
+#: a reader reads up to its own marker, which needs no end offset (the embedded
+#: broker under-reports those, BROKER.md). The processor writes them to
+#: ``<p>.state`` before it rebuilds a table, ``state rebuild`` and ``dlq list``
+#: to the topics they read. Readers of those topics skip it.
+WATERMARK_MARKER_KEY = b"__taskstream_marker__"
+
 
 def common_config(settings: Settings, client_id: str) -> dict:
     return {"bootstrap.servers": settings.bootstrap_servers, "client.id": client_id, "logger": LIBRDKAFKA_LOG}
@@ -192,3 +199,22 @@ def consume_available(consumer, max_messages: int, timeout: float) -> list:
     if first is None:
         return []
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
+
+
+def write_markers(producer: Producer, topic: str, partitions: list[int], timeout: float = 30.0) -> dict[int, int]:
+    """Append a marker tombstone to each partition; return their offsets once acknowledged."""
+    offsets: dict[int, int] = {}
+    errors: list = []
+
+    def done(err, msg):
+        if err is None:
+            offsets[msg.partition()] = msg.offset()
+        else:
+            errors.append(err)
+
+    for p in partitions:
+        producer.produce(topic, None, WATERMARK_MARKER_KEY, partition=p, on_delivery=done)
+    producer.flush(timeout)
+    if errors or len(offsets) != len(partitions):
+        raise BrokerUnavailable(f"could not write markers to {topic}: {errors[:3]}")
+    return offsets

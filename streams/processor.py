@@ -70,7 +70,14 @@ from taskstream.schemas import (
     codec,
     retry_tier,
 )
-from taskstream.schemas.kafka import admin, consume_available, consumer_config, producer_config
+from taskstream.schemas.kafka import (
+    WATERMARK_MARKER_KEY,
+    admin,
+    consume_available,
+    consumer_config,
+    producer_config,
+    write_markers,
+)
 from taskstream.schemas.observability import serve_metrics
 
 from . import domain
@@ -80,11 +87,6 @@ from .timers import LEASE, STATE, TimerTable
 
 log = logging.getLogger(__name__)
 
-#: Key of the tombstone a processor writes to a partition of ``<p>.state``
-#: before it rebuilds that partition's table: it reads the changelog up to its
-#: own marker, which needs no end offset (the embedded broker under-reports
-#: those, BROKER.md). Readers of ``<p>.state`` skip it.
-WATERMARK_MARKER_KEY = b"__taskstream_marker__"
 #: A task waiting out a retry is re-queued by the retry relay at its time; the
 #: processor's own timer fires this much later as a safety net (relay down).
 RELAY_SLACK_S = 5.0
@@ -292,7 +294,7 @@ class Processor:
 
     def _restore(self, tables: dict[int, Rdict]) -> int:
         """Rebuild partitions' tables from ``<p>.state``, each read up to a marker of our own."""
-        ends = _write_markers(self.producer, self.topics.state, list(tables))
+        ends = write_markers(self.producer, self.topics.state, list(tables))
         reader = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": f"{self.id}-restore",
                            "enable.auto.commit": False, "fetch.wait.max.ms": 500})
         reader.assign([TopicPartition(self.topics.state, p, OFFSET_BEGINNING) for p in tables])
@@ -533,25 +535,6 @@ class Processor:
                 timers.close()
             self.timers.clear()
             log.info("processor %s stopped after folding %d events", self.id, self.folded)
-
-
-def _write_markers(producer: Producer, topic: str, partitions: list[int], timeout: float = 30.0) -> dict[int, int]:
-    """Append a marker tombstone to each partition; return their offsets once acknowledged."""
-    offsets: dict[int, int] = {}
-    errors: list = []
-
-    def done(err, msg):
-        if err is None:
-            offsets[msg.partition()] = msg.offset()
-        else:
-            errors.append(err)
-
-    for p in partitions:
-        producer.produce(topic, None, WATERMARK_MARKER_KEY, partition=p, on_delivery=done)
-    producer.flush(timeout)
-    if errors or len(offsets) != len(partitions):
-        raise BrokerUnavailable(f"could not write markers to {topic}: {errors[:3]}")
-    return offsets
 
 
 def check_topics(settings: Settings) -> None:

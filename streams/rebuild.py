@@ -78,10 +78,9 @@ from taskstream.schemas import (
     Topics,
     codec,
 )
-from taskstream.schemas.kafka import admin, common_config, producer_config
+from taskstream.schemas.kafka import WATERMARK_MARKER_KEY, admin, common_config, producer_config, write_markers
 
 from . import domain
-from .processor import WATERMARK_MARKER_KEY, _write_markers
 
 log = logging.getLogger(__name__)
 
@@ -526,7 +525,7 @@ def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as
         markers = None
         if verify or write:
             producer = Producer({**producer_config(settings, "taskstream-state-marker"), "batch.num.messages": 1})
-            markers = _write_markers(producer, Topics(settings.prefix).state, list(range(n)))
+            markers = write_markers(producer, Topics(settings.prefix).state, list(range(n)))
             producer.flush(5)
         total = sum(ends.values())
         if on_total is not None:

@@ -24,7 +24,7 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas.kafka import admin
-from taskstream.streams.processor import WATERMARK_MARKER_KEY
+from taskstream.schemas.kafka import WATERMARK_MARKER_KEY
 from tests.kafka_helpers import Component, TopicReader, now, producer, send_events
 
 pytestmark = pytest.mark.integration

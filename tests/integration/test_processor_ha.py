@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import pytest
 
 from taskstream.schemas import Settings, TaskCreated, Topics, codec
-from taskstream.streams.processor import WATERMARK_MARKER_KEY
+from taskstream.schemas.kafka import WATERMARK_MARKER_KEY
 from tests.conftest import wait_until
 from tests.integration.test_dag import StateTable
 from tests.kafka_helpers import Component, TopicReader, producer

@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 
 from taskstream.schemas import TaskCreated, TaskSucceeded, Topics, codec
-from taskstream.streams.processor import WATERMARK_MARKER_KEY
+from taskstream.schemas.kafka import WATERMARK_MARKER_KEY
 from tests.integration.test_dag import StateTable, write_in_generations
 from tests.kafka_helpers import Component, TopicReader, now
 
