@@ -112,10 +112,7 @@ class ApiMetrics:
             c.workers = None
             log.debug("metrics: no worker count: %s", exc)
         try:
-            ends = p.end_offsets(topics.state, p.topic_partitions().get(topics.state, 0))
-            positions = app.state.read_model.positions()
-            c.read_model_lag = sum(max(0, high - positions.get(partition, low))
-                                   for partition, (low, high) in ends.items())
+            c.read_model_lag = p.read_model_lag(app.state.read_model)
         except (KafkaException, TimeoutError) as exc:
             c.read_model_lag = None
             log.debug("metrics: no read model lag: %s", exc)

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from taskstream.schemas import Settings, Topics
-from taskstream.schemas.kafka import admin
+from taskstream.schemas.kafka import admin, committed_offsets, partition_lag
 
 from ._log import LogError, connect, partitions_of, reader, watermarks
 
@@ -49,7 +49,7 @@ class PartitionLag:
 
     @property
     def lag(self) -> int:
-        return max(0, self.end - (self.committed if self.committed is not None else self.low))
+        return partition_lag(self.committed, self.low, self.end)
 
     def as_json(self) -> dict:
         return {"group": self.group, "topic": self.topic, "partition": self.partition,
@@ -89,12 +89,10 @@ def _group_states(client: AdminClient, groups: list[str], timeout: float) -> dic
 
 
 def _committed(client: AdminClient, group: str, tps: list[TopicPartition], timeout: float) -> dict[tuple[str, int], int]:
-    request = ConsumerGroupTopicPartitions(group, tps)
     try:
-        result = client.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
+        return committed_offsets(client, group, tps, timeout)
     except (KafkaException, TimeoutError) as exc:
         raise LogError(f"committed offsets of group {group}: {exc or 'timed out'}") from None
-    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None and tp.offset >= 0}
 
 
 def measure(settings: Settings, timeout: float = 15.0) -> tuple[list[GroupLag], dict[int, tuple[int, int]]]:

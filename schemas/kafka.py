@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .errors import BrokerUnavailable
@@ -218,3 +218,18 @@ def write_markers(producer: Producer, topic: str, partitions: list[int], timeout
     if errors or len(offsets) != len(partitions):
         raise BrokerUnavailable(f"could not write markers to {topic}: {errors[:3]}")
     return offsets
+
+
+def committed_offsets(client: AdminClient, group: str, tps: list[TopicPartition],
+                      timeout: float) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` committed for ``tps``, keyed (topic, partition); partitions never committed are left
+    out. Raises ``KafkaException`` or ``TimeoutError`` (callers turn them into their own errors)."""
+    request = ConsumerGroupTopicPartitions(group, tps)
+    result = client.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None and tp.offset >= 0}
+
+
+def partition_lag(committed: int | None, low: int, high: int) -> int:
+    """Records of a partition a group has still to read: its end minus its committed offset. A partition it never
+    committed is read from the beginning (``auto.offset.reset=earliest``), so every record still held counts."""
+    return max(0, high - (committed if committed is not None else low))

@@ -69,8 +69,7 @@ async def readyz(request: Request) -> Response:
         checks["read_model"] = "catching up"
         reasons.append(f"read model not caught up: {state.read_model.problem or 'catching up'}")
     elif state.settings.ready_max_read_model_lag is not None and checks["topics"] == "ok":
-        partitions = existing.get(state.read_model.topic, 0)
-        lag = extra["read_model_lag"] = await asyncio.to_thread(_read_model_lag, broker, state.read_model, partitions)
+        lag = extra["read_model_lag"] = await asyncio.to_thread(_read_model_lag, broker, state.read_model)
         if lag is None:
             checks["read_model"] = "unknown"
             reasons.append("read model lag unknown: the broker did not report the end offsets of the state topic")
@@ -83,14 +82,12 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "checks": checks, **extra})
 
 
-def _read_model_lag(broker, read_model, partitions: int) -> int | None:
-    """Records of ``<p>.state`` the read model has not read yet: end offset minus its position, summed."""
+def _read_model_lag(broker, read_model) -> int | None:
+    """The read model's lag (``BrokerProbe.read_model_lag``), None when the broker does not answer."""
     try:
-        marks = broker.end_offsets(read_model.topic, partitions)
+        return broker.read_model_lag(read_model)
     except (KafkaException, TimeoutError):
         return None
-    positions = read_model.positions()
-    return sum(max(0, high - positions.get(p, low)) for p, (low, high) in marks.items())
 
 
 def _group_states(admin, groups: list[str]) -> dict[str, str]:

@@ -53,12 +53,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from taskstream.schemas import PRIORITIES, DecodeError, Heartbeat, Settings, Status, Topics, catalogue, codec
-from taskstream.schemas.kafka import admin, common_config, consume_available
+from taskstream.schemas.kafka import admin, committed_offsets, common_config, consume_available, partition_lag
 
 from ..problems import JSONResponse, problem
 from ..read_model import FINISHED_WINDOW_S
@@ -156,19 +156,21 @@ class BrokerProbe:
             counts = self.topic_partitions()
             tps = [TopicPartition(self.topics.ready(p), n) for p in PRIORITIES
                    for n in range(counts.get(self.topics.ready(p), 0))]
-            group = self.topics.executor_group
-            result = self.admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, tps)], request_timeout=TIMEOUT_S)[group].result(TIMEOUT_S)
-            committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions
-                         if tp.error is None and tp.offset >= 0}
+            committed = committed_offsets(self.admin, self.topics.executor_group, tps, TIMEOUT_S)
             depth = {}
             for priority in PRIORITIES:
                 topic = self.topics.ready(priority)
                 marks = self.end_offsets(topic, counts.get(topic, 0))
-                depth[priority.value] = sum(max(0, high - committed.get((topic, p), low))
+                depth[priority.value] = sum(partition_lag(committed.get((topic, p)), low, high)
                                             for p, (low, high) in marks.items())
             return depth
         return self.cached("queue_depth", ask)
+
+    def read_model_lag(self, read_model) -> int:
+        """Records of ``<p>.state`` ``read_model`` has not read yet: end offsets minus its positions, summed."""
+        marks = self.end_offsets(read_model.topic, self.topic_partitions().get(read_model.topic, 0))
+        positions = read_model.positions()
+        return sum(partition_lag(positions.get(p), low, high) for p, (low, high) in marks.items())
 
     def cluster(self) -> dict:
         """Brokers and the controller, as DescribeCluster reports them."""
