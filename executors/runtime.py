@@ -146,7 +146,7 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas.events import Event
-from taskstream.schemas.kafka import AsyncProducer, consume_available, consumer_config
+from taskstream.schemas.kafka import AsyncProducer, close_member, consume_available, consumer_config
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.topics import PRIORITIES
 
@@ -388,7 +388,7 @@ class Executor:
             self._wakeup_threadsafe()  # the dispatcher sees the error and stops the executor
         finally:
             try:
-                consumer.close()
+                close_member(consumer, self.assigned_event, self.settings)
             except KafkaException as exc:
                 log.warning("executor %s consumer close: %s", self.executor_id, exc)
             log.info("executor %s left the group", self.executor_id)

@@ -73,6 +73,7 @@ from taskstream.schemas import (
 from taskstream.schemas.kafka import (
     WATERMARK_MARKER_KEY,
     admin,
+    close_member,
     consume_available,
     consumer_config,
     producer_config,
@@ -226,10 +227,12 @@ class Processor:
                                     "enable.auto.commit": False, "fetch.wait.max.ms": settings.fetch_wait_max_ms,
                                     "client.id": f"{self.id}-heartbeats"})
         self.assigned = threading.Event()
+        self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
     # ------------------------------------------------------------ partitions
 
     def _on_assign(self, consumer, partitions) -> None:
+        self.joined.set()
         if not partitions:
             return
         started = time.monotonic()
@@ -526,7 +529,7 @@ class Processor:
         except (KafkaException, BrokerUnavailable) as exc:
             log.warning("final commit failed: %s", exc)
         finally:
-            self.consumer.close()
+            close_member(self.consumer, self.joined, self.settings)
             self.heartbeats.close()
             for table in self.tables.values():
                 table.close()

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from taskstream.schemas import DecodeError, Settings, TaskQueued, TaskRetryScheduled, Topics, codec
-from taskstream.schemas.kafka import consume_available, consumer_config, producer_config
+from taskstream.schemas.kafka import close_member, consume_available, consumer_config, producer_config
 from taskstream.schemas.observability import about
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,12 @@ class RetryRelay:
         self._seq = itertools.count()
         self._paused: set[tuple[str, int]] = set()
         self.requeued = 0
+        self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
     # ------------------------------------------------------------ partitions
 
     def _on_assign(self, consumer, partitions) -> None:
+        self.joined.set()
         for tp in partitions:
             self._offsets[(tp.topic, tp.partition)] = _Offsets()
         log.info("retry relay %s assigned %d partitions", self.id, len(partitions))
@@ -130,7 +132,7 @@ class RetryRelay:
         finally:
             self.producer.flush(10)
             self._commit(asynchronous=False)
-            self.consumer.close()
+            close_member(self.consumer, self.joined, self.settings)
             log.info("retry relay %s stopped after re-queueing %d attempts", self.id, self.requeued)
 
     def _take(self, messages) -> None:
