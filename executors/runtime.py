@@ -388,7 +388,7 @@ class Executor:
             self._wakeup_threadsafe()  # the dispatcher sees the error and stops the executor
         finally:
             try:
-                close_member(consumer, self.assigned_event, self.settings)
+                close_member(consumer, self.assigned_event, self.settings, self.topics.executor_group)
             except KafkaException as exc:
                 log.warning("executor %s consumer close: %s", self.executor_id, exc)
             log.info("executor %s left the group", self.executor_id)

@@ -235,24 +235,40 @@ def partition_lag(committed: int | None, low: int, high: int) -> int:
     return max(0, high - (committed if committed is not None else low))
 
 
-def close_member(consumer, joined: threading.Event, settings: Settings) -> None:
-    """Close a consumer-group member, letting its first join finish if one is still in progress.
+def close_member(consumer, joined: threading.Event, settings: Settings, group: str) -> None:
+    """Close a consumer-group member, first letting a join or rebalance in progress finish.
 
-    On the embedded broker a LeaveGroup sent while the member's first join
-    is pending breaks the group: the next member's join never completes
-    (measured: a processor SIGTERMed 2.5 s after start, the next one had no
-    partitions after 400 s; a SIGKILL at the same moment, which sends no
-    LeaveGroup, cost 11 s). So a member that has not been assigned yet polls
-    until its first assignment (``joined``, set by its ``on_assign``, also
-    for an empty one) or two session timeouts, then leaves. On Kafka and
-    Redpanda this only delays the stop by the rest of the join. Records
-    polled meanwhile are dropped uncommitted: the partition's next owner
-    reads them again.
+    On the embedded broker a LeaveGroup sent while the group is joining
+    breaks it: no later join completes (measured: a processor SIGTERMed
+    2.5 s after start, the next one had no partitions after 400 s; one
+    stopped while a second joined, the second had none after 120 s; a
+    SIGKILL, which sends no LeaveGroup, cost 11 s). So a member that has not
+    been assigned yet polls until its first assignment (``joined``, set by
+    its ``on_assign``, also for an empty one), and on the embedded broker
+    until the coordinator describes the group as stable; both for at most
+    three session timeouts, then it leaves anyway. On Kafka and Redpanda
+    only the first wait applies and only delays a stop by the rest of a
+    join. Records polled meanwhile are dropped uncommitted: the partition's
+    next owner reads them again.
     """
-    deadline = time.monotonic() + 2 * settings.session_timeout_ms / 1000
+    deadline = time.monotonic() + 3 * settings.session_timeout_ms / 1000
     try:
         while not joined.is_set() and time.monotonic() < deadline:
             consumer.poll(0.1)
+        if settings.embedded_broker:
+            client = admin(settings)
+            while time.monotonic() < deadline and _group_state(client, group) not in ("stable", "empty", "down"):
+                consumer.poll(0.1)
     except (KafkaException, RuntimeError) as exc:  # a broker that is down: leave as it can
         LIBRDKAFKA_LOG.debug("join not finished before close: %s", exc)
     consumer.close()
+
+
+def _group_state(client: AdminClient, group: str) -> str:
+    """The coordinator's word for ``group`` (the embedded broker says "unknown" while it rebalances);
+    "down" when it does not answer."""
+    try:
+        return client.describe_consumer_groups([group], request_timeout=2)[group].result(3).state.name.lower()
+    except (KafkaException, TimeoutError) as exc:
+        LIBRDKAFKA_LOG.debug("group %s not described: %s", group, exc)
+        return "down"

@@ -529,7 +529,7 @@ class Processor:
         except (KafkaException, BrokerUnavailable) as exc:
             log.warning("final commit failed: %s", exc)
         finally:
-            close_member(self.consumer, self.joined, self.settings)
+            close_member(self.consumer, self.joined, self.settings, self.topics.processor_group)
             self.heartbeats.close()
             for table in self.tables.values():
                 table.close()

@@ -132,7 +132,7 @@ class RetryRelay:
         finally:
             self.producer.flush(10)
             self._commit(asynchronous=False)
-            close_member(self.consumer, self.joined, self.settings)
+            close_member(self.consumer, self.joined, self.settings, self.topics.relay_group)
             log.info("retry relay %s stopped after re-queueing %d attempts", self.id, self.requeued)
 
     def _take(self, messages) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from taskstream.api.partitioner import partition_for
 from taskstream.schemas import TaskCreated, new_id
 from tests.conftest import wait_until
 from tests.integration.test_dag import StateTable
@@ -49,5 +50,37 @@ def test_a_member_stopped_while_joining_does_not_block_the_next(settings, tmp_pa
     finally:
         table.close()
         for c in (second, first, other):
+            if c is not None:
+                c.stop()
+
+
+def test_a_member_stopped_while_another_joins_hands_over_its_partitions(settings, tmp_path):
+    """A rolling restart on the embedded broker: A runs, B starts joining, A is stopped meanwhile.
+
+    Before the fix B never got a partition (> 120 s); now A leaves once the rebalance is over.
+    """
+    settings = settings.model_copy(update={"log_level": "INFO"})
+    ex = Component(settings, "executor", log_path=tmp_path / "executor.log")
+    a = Component(settings.model_copy(update={"data_dir": tmp_path / "a"}), "processor", log_path=tmp_path / "a.log")
+    b = None
+    table = StateTable(settings)
+    try:
+        wait_until(lambda: "partitions [" in (tmp_path / "a.log").read_text(errors="replace"), timeout=30,
+                   message="processor A assigned")
+        b = Component(settings.model_copy(update={"data_dir": tmp_path / "b"}), "processor", log_path=tmp_path / "b.log")
+        _started_joining(tmp_path / "b.log", "joining group")
+        code = a.stop(timeout=40)
+        assert code == 0, f"processor A exited with {code} after SIGTERM during B's join"
+        fences = {}
+        while len(fences) < settings.partitions:  # one task in every partition: B must own them all
+            tid = new_id()
+            fences.setdefault(partition_for(tid.encode(), settings.partitions), tid)
+        send_events(settings, [TaskCreated(task_id=t, occurred_at=now(), producer="test", handler="noop")
+                               for t in fences.values()])
+        table.until(lambda s: all(t in s and s[t].status == "succeeded" for t in fences.values()), timeout=40,
+                    message="a task in every partition run by processor B", procs=(ex, b))
+    finally:
+        table.close()
+        for c in (b, a, ex):
             if c is not None:
                 c.stop()
