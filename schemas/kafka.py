@@ -34,6 +34,8 @@ LIBRDKAFKA_LOG = logging.getLogger("taskstream.librdkafka")
 #: ``<p>.state`` before it rebuilds a table, ``state rebuild`` and ``dlq list``
 #: to the topics they read. Readers of those topics skip it.
 WATERMARK_MARKER_KEY = b"__taskstream_marker__"
+#: On the embedded broker a member leaves its group only once the group has been stable this long (close_member).
+STABLE_BEFORE_LEAVE_S = 1.0
 
 
 def common_config(settings: Settings, client_id: str) -> dict:
@@ -245,8 +247,10 @@ def close_member(consumer, joined: threading.Event, settings: Settings, group: s
     SIGKILL, which sends no LeaveGroup, cost 11 s). So a member that has not
     been assigned yet polls until its first assignment (``joined``, set by
     its ``on_assign``, also for an empty one), and on the embedded broker
-    until the coordinator describes the group as stable; both for at most
-    three session timeouts, then it leaves anyway. On Kafka and Redpanda
+    until the coordinator has described the group as stable for
+    ``STABLE_BEFORE_LEAVE_S`` (a member that has just started joining may not
+    have reached the coordinator yet); both for at most three session
+    timeouts, then it leaves anyway. On Kafka and Redpanda
     only the first wait applies and only delays a stop by the rest of a
     join. Records polled meanwhile are dropped uncommitted: the partition's
     next owner reads them again.
@@ -257,7 +261,17 @@ def close_member(consumer, joined: threading.Event, settings: Settings, group: s
             consumer.poll(0.1)
         if settings.embedded_broker:
             client = admin(settings)
-            while time.monotonic() < deadline and _group_state(client, group) not in ("stable", "empty", "down"):
+            stable_since = None
+            while time.monotonic() < deadline:
+                state = _group_state(client, group)
+                if state == "down":
+                    break
+                if state not in ("stable", "empty"):
+                    stable_since = None
+                elif stable_since is None:
+                    stable_since = time.monotonic()
+                elif time.monotonic() - stable_since >= STABLE_BEFORE_LEAVE_S:
+                    break
                 consumer.poll(0.1)
     except (KafkaException, RuntimeError) as exc:  # a broker that is down: leave as it can
         LIBRDKAFKA_LOG.debug("join not finished before close: %s", exc)
