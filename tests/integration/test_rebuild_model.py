@@ -4,10 +4,16 @@
 Each example runs a processor and an executor as subprocesses on a prefix of
 its own and applies a random sequence of: submit a task (succeeds, fails for
 good, fails once then succeeds, sleeps; sometimes depending on earlier
-tasks), cancel one, re-drive one, SIGKILL the processor and start it again,
-SIGTERM it and start it again. When every task is terminal and the state
+tasks, sometimes with a run_at), cancel one, re-drive one, move one's run_at
+or priority, SIGKILL the processor and start it again, SIGTERM it and start
+it again. When a fence task in every partition succeeded and the state
 topic is quiet, a fold of the whole log must give the live state of every
 task (the console script's exit code and output are checked).
+
+Found so far: a LeaveGroup during a join broke the embedded broker's group
+(``close_member``, ``test_group_leave.py``); its own quiescence wait needed
+the fences. No shrinking: a failing example is reported as it ran, with the
+last lines of every component's log.
 """
 
 from __future__ import annotations
@@ -55,11 +61,9 @@ TERMINAL = {"succeeded", "failed", "cancelled", "upstream_failed"}
 EXAMPLES = int(os.environ.get("TASKSTREAM_MODEL_EXAMPLES", "2"))
 STEPS = int(os.environ.get("TASKSTREAM_MODEL_STEPS", "15"))
 RESTARTS = int(os.environ.get("TASKSTREAM_MODEL_RESTARTS", "2"))  # processor kills + restarts per example
+STATIC = os.environ.get("TASKSTREAM_MODEL_STATIC") == "1"  # processors with static membership (one instance id)
 
 
-@pytest.mark.xfail(strict=False, reason="not yet trusted as a gate: its quiescence wait was fixed at the end of the "
-                   "session (a fence task per partition) and one later run may have shrunk a failure whose cause was "
-                   "not identified; see the session note of stop 9")
 def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_path):
     base = settings
     (tmp_path / "model_handlers.py").write_text(HANDLERS)
@@ -79,7 +83,8 @@ def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_pa
             })
             assert ensure_topics(self.settings, catalogue(self.settings)) == []
             # The processor logs at INFO (joins, assignments, restores) so a failure can be read from its log.
-            self.proc_settings = self.settings.model_copy(update={"log_level": "INFO"})
+            self.proc_settings = self.settings.model_copy(update={
+                "log_level": "INFO", "processor_instance_id": "model-processor" if STATIC else None})
             self.restarts = 0
             self.proc = self._processor()
             self.ex = ComponentIn(self.settings, "executor", "--handlers", "model_handlers", "--concurrency", "8",
