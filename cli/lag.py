@@ -29,7 +29,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from taskstream.schemas import Settings, Topics
-from taskstream.schemas.kafka import admin, committed_offsets, partition_lag
+from taskstream.schemas.kafka import admin, committed_offsets, group_states, partition_lag
 
 from ._log import LogError, connect, partitions_of, reader, watermarks
 
@@ -78,14 +78,7 @@ def groups_of(settings: Settings) -> list[tuple[str, str, list[str]]]:
 
 def _group_states(client: AdminClient, groups: list[str], timeout: float) -> dict[str, tuple[str, int]]:
     """(state, members) of each group; ("unknown", 0) when the broker does not say."""
-    out = {}
-    for group, fut in client.describe_consumer_groups(groups, request_timeout=timeout).items():
-        try:
-            d = fut.result(timeout)
-            out[group] = (d.state.name.lower(), len(d.members))
-        except (KafkaException, TimeoutError):
-            out[group] = ("unknown", 0)
-    return out
+    return {group: described or ("unknown", 0) for group, described in group_states(client, groups, timeout).items()}
 
 
 def _committed(client: AdminClient, group: str, tps: list[TopicPartition], timeout: float) -> dict[tuple[str, int], int]:

@@ -281,8 +281,19 @@ def close_member(consumer, joined: threading.Event, settings: Settings, group: s
 def _group_state(client: AdminClient, group: str) -> str:
     """The coordinator's word for ``group`` (the embedded broker says "unknown" while it rebalances);
     "down" when it does not answer."""
-    try:
-        return client.describe_consumer_groups([group], request_timeout=2)[group].result(3).state.name.lower()
-    except (KafkaException, TimeoutError) as exc:
-        LIBRDKAFKA_LOG.debug("group %s not described: %s", group, exc)
-        return "down"
+    described = group_states(client, [group], 2.0)[group]
+    return described[0] if described is not None else "down"
+
+
+def group_states(client: AdminClient, groups: list[str], timeout: float) -> dict[str, tuple[str, int] | None]:
+    """(state in lower case, member count) of each group as DescribeConsumerGroups reports it; None for a
+    group the broker did not describe (down, timed out, an error)."""
+    out: dict[str, tuple[str, int] | None] = {}
+    for group, fut in client.describe_consumer_groups(groups, request_timeout=timeout).items():
+        try:
+            d = fut.result(timeout + 1)
+            out[group] = (d.state.name.lower(), len(d.members))
+        except (KafkaException, TimeoutError) as exc:
+            LIBRDKAFKA_LOG.debug("group %s not described: %s", group, exc)
+            out[group] = None
+    return out

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from taskstream.schemas import Topics, catalogue
+from taskstream.schemas.kafka import group_states
 
 from ..problems import JSONResponse, problem
 from .ops import TIMEOUT_S, probe
@@ -91,10 +92,6 @@ def _read_model_lag(broker, read_model) -> int | None:
 
 
 def _group_states(admin, groups: list[str]) -> dict[str, str]:
-    out = {}
-    for group, fut in admin.describe_consumer_groups(groups, request_timeout=METADATA_TIMEOUT_S).items():
-        try:
-            out[group] = fut.result(METADATA_TIMEOUT_S).state.name.lower()
-        except KafkaException:
-            out[group] = "unknown"
-    return out
+    """The state of each group; "unknown" when the broker does not describe it."""
+    return {group: described[0] if described else "unknown"
+            for group, described in group_states(admin, groups, METADATA_TIMEOUT_S).items()}

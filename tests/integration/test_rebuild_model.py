@@ -38,7 +38,6 @@ from tests.integration.test_dag import ComponentIn, StateTable
 from tests.conftest import wait_until
 from tests.kafka_helpers import send_events
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 HANDLERS = '''
 from taskstream.executors import handler
@@ -62,6 +61,8 @@ EXAMPLES = int(os.environ.get("TASKSTREAM_MODEL_EXAMPLES", "2"))
 STEPS = int(os.environ.get("TASKSTREAM_MODEL_STEPS", "15"))
 RESTARTS = int(os.environ.get("TASKSTREAM_MODEL_RESTARTS", "2"))  # processor kills + restarts per example
 STATIC = os.environ.get("TASKSTREAM_MODEL_STATIC") == "1"  # processors with static membership (one instance id)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300 + 90 * EXAMPLES)]
 
 
 def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_path):
