@@ -197,28 +197,47 @@ class LogFold:
             after = self._fold_after_cause(key, pending, cause, event, before)
         else:
             after = _evolve(before, event)
-            if type(event) in _TRIGGERS and after is not before:
-                self.since[key] = [(event, before)]  # the latest trigger; an older one is given up
-            elif pending is not None:
+            if pending is not None:  # a trigger's follow-up is still to come: keep this event (a trigger too)
                 pending.append((event, before))
                 if len(pending) > _MAX_PENDING:
                     del self.since[key]
+            elif type(event) in _TRIGGERS and after is not before:
+                self.since[key] = [(event, before)]
         if after is not before:
             states[key] = after
             self.partition_of[key] = partition
         self.last_read[key] = offset
 
     def _fold_after_cause(self, key: bytes, pending: list, cause: str, event, current):
-        """Fold a follow-up right after its trigger, then the events read since again on top."""
-        trigger, before = pending[0]
-        if trigger.event_id != cause:
-            return _evolve(current, event)  # not the trigger we kept: fold it where it is
-        del self.since[key]
-        if len(pending) == 1:
+        """Fold a follow-up right after its trigger, then the events read since again on top.
+
+        ``pending`` starts at the oldest trigger whose follow-up was still to come. Follow-ups reach
+        the log in the order the processor made them, so triggers before this one's that have none
+        yet made none. What follows this trigger is kept (with its states before, as now re-folded)
+        from the next trigger on, whose own follow-up may still come.
+        """
+        k = next((i for i, (e, _) in enumerate(pending) if e.event_id == cause), None)
+        if k is None:  # not a trigger we kept: fold it where it is (and keep it for a later re-fold)
+            pending.append((event, current))
+            if len(pending) > _MAX_PENDING:
+                del self.since[key]
+            return _evolve(current, event)
+        if k == len(pending) - 1:
+            del self.since[key]
             return _evolve(current, event)  # nothing in between: the common case
-        state = _evolve(_evolve(before, trigger), event)
-        for later, _ in pending[1:]:
-            state = _evolve(state, later)
+        state = pending[0][1]
+        rest = []
+        for i, (e, _) in enumerate(pending):
+            if i > k:
+                rest.append((e, state))
+            state = _evolve(state, e)
+            if i == k:
+                state = _evolve(state, event)
+        first = next((i for i, (e, _) in enumerate(rest) if type(e) in _TRIGGERS), None)
+        if first is None:
+            del self.since[key]
+        else:
+            self.since[key] = rest[first:]
         return state
 
     def result(self, key: bytes) -> State | None:

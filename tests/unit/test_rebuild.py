@@ -246,3 +246,81 @@ def codec_decode(value):
     from taskstream.schemas import codec
 
     return codec.decode(value)
+
+
+# --------------------------------------------------- client events racing the processor's follow-ups
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from taskstream.schemas import TaskCancelled, TaskUpdated  # noqa: E402
+
+
+def _client_event(kind: str, n: int):
+    t = at(0.01 * (n + 1))
+    if kind == "cancel":
+        return TaskCancelled(task_id="t", occurred_at=t, producer="api", reason="x")
+    delay = {"now": 0.0, "later": 1.5, "latest": 3.0}.get(kind)
+    if delay is not None:
+        return TaskUpdated(task_id="t", occurred_at=t, producer="api", run_at=t + timedelta(seconds=delay))
+    return TaskUpdated(task_id="t", occurred_at=t, producer="api", priority="low")
+
+
+def race(created_event, clients, flush_before):
+    """The processor folds each record as it lands; its own events (follow-ups) reach the log only at
+    the next flush, so client events can land between a trigger and its follow-up.
+    ``flush_before[j]``: the held follow-ups are appended before client event j (all at the end anyway).
+    Returns (the processor's state, the log)."""
+    log, held, live = [], [], None
+    clock = [0.0]
+
+    def land(value):
+        nonlocal live
+        log.append(value)
+        clock[0] += 0.001
+        step = fold_step(TOPICS, live, value, len(log) - 1, 0, at(clock[0]), "proc")
+        live = step.state or live
+        held.extend(o.value for o in step.outputs if o.topic == TOPICS.events and o.key == b"t")
+
+    def flush():
+        out = list(held)
+        held.clear()
+        for value in out:
+            land(value)
+
+    land(codec.encode(created_event))
+    for j, event in enumerate(clients):
+        if flush_before[j]:
+            flush()
+        land(codec.encode(event))
+    while held:
+        flush()
+    return live, log
+
+
+def test_updates_landing_before_the_first_follow_up_fold_as_the_processor_applied_them():
+    """Found by the model test: TaskCreated, three TaskUpdated (the processor had already queued the
+    task and ignored them), then the TaskQueued follow-up. The fold used to give the pending trigger
+    up for the first update and apply the updates."""
+    clients = [_client_event(k, n) for n, k in enumerate(["later", "now", "latest"])]
+    live, log = race(created("t"), clients, [False] * 3)
+    f = LogFold()
+    for offset, value in enumerate(log):
+        f.add(0, offset, b"t", value)
+    assert live.status == "queued" and live.run_at is None
+    assert compare({b"t": live}, {b"t": f.result(b"t")}) == []
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    start=st.sampled_from(["now", "later", "deps"]),
+    clients=st.lists(st.sampled_from(["now", "later", "latest", "priority", "cancel"]), max_size=6),
+    flushes=st.lists(st.booleans(), min_size=6, max_size=6),
+)
+def test_any_race_of_client_events_and_follow_ups_folds_to_the_live_state(start, clients, flushes):
+    kw = {"now": {}, "later": {"run_at": at(2)}, "deps": {"depends_on": ["nobody-yet"]}}[start]
+    events = [_client_event(k, n) for n, k in enumerate(clients)]
+    live, log = race(created("t", **kw), events, flushes)
+    f = LogFold()
+    for offset, value in enumerate(log):
+        f.add(0, offset, b"t", value)
+    assert compare({b"t": live}, {b"t": f.result(b"t")}) == []
