@@ -128,9 +128,11 @@ def read_task_events(settings: Settings, task_id: str) -> list[Event]:
 
 
 def task_state_at(settings: Settings, task_id: str, as_of: datetime) -> TaskState | None:
-    """The task as it was at ``as_of``: its events with ``occurred_at <= as_of``, folded in log order.
+    """The task as it was at ``as_of``: its events with ``occurred_at <= as_of``, folded in the order the
+    processor applied them (``domain.processor_order``: its follow-ups right after their triggers).
 
     None when the task did not exist yet (or ``task_id`` is a schedule's id).
     """
-    state = domain.fold(e for e in read_task_events(settings, task_id) if e.occurred_at <= as_of)
+    events = [e for e in read_task_events(settings, task_id) if e.occurred_at <= as_of]
+    state = domain.fold(domain.processor_order(events))
     return state if isinstance(state, TaskState) else None
