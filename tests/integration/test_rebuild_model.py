@@ -6,7 +6,7 @@ its own and applies a random sequence of: submit a task (succeeds, fails for
 good, fails once then succeeds, sleeps; sometimes depending on earlier
 tasks, sometimes with a run_at), cancel one, re-drive one, move one's run_at
 or priority, SIGKILL the processor and start it again, SIGTERM it and start
-it again. When a fence task in every partition succeeded and the state
+it again, SIGKILL the executor and start another (leases of 3 s expire). When a fence task in every partition succeeded and the state
 topic is quiet, a fold of the whole log must give the live state of every
 task (the console script's exit code and output are checked).
 
@@ -53,6 +53,7 @@ KINDS = {
     "fail": ("sleep", {"seconds": -1}),  # PermanentError every time
     "flaky": ("m.flaky", None),
     "slow": ("sleep", {"seconds": 0.3}),
+    "long": ("sleep", {"seconds": 1.5}),  # often running when the executor is killed: its lease expires
 }
 TERMINAL = {"succeeded", "failed", "cancelled", "upstream_failed"}
 # CI runs two short examples; to hunt for failures run more, e.g.
@@ -80,7 +81,7 @@ def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_pa
             (self.dir / "model_handlers.py").write_text(HANDLERS)
             self.settings = base.model_copy(update={
                 "prefix": f"m{uuid.uuid4().hex[:10]}", "data_dir": self.dir / "data",
-                "log_level": "WARNING",
+                "log_level": "WARNING", "lease_s": 3.0, "heartbeat_interval_s": 0.5,
             })
             assert ensure_topics(self.settings, catalogue(self.settings)) == []
             # The processor logs at INFO (joins, assignments, restores) so a failure can be read from its log.
@@ -88,12 +89,17 @@ def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_pa
                 "log_level": "INFO", "processor_instance_id": "model-processor" if STATIC else None})
             self.restarts = 0
             self.proc = self._processor()
-            self.ex = ComponentIn(self.settings, "executor", "--handlers", "model_handlers", "--concurrency", "8",
-                                  cwd=self.dir, log_path=self.dir / "executor.log")
+            self.ex_restarts = 0
+            self.ex = self._executor()
             self.tasks: list[str] = []
             runs.append(self)
             for kind, deps in first:
                 self.submit(kind, deps)
+
+        def _executor(self):
+            self.ex_restarts += 1
+            return ComponentIn(self.settings, "executor", "--handlers", "model_handlers", "--concurrency", "8",
+                               cwd=self.dir, log_path=self.dir / f"executor-{self.ex_restarts}.log")
 
         def _processor(self):
             self.restarts += 1
@@ -155,6 +161,14 @@ def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_pa
             self.proc = self._processor()
 
         @rule()
+        @precondition(lambda self: self.ex_restarts <= RESTARTS)
+        def crash_executor(self):
+            # Attempts it was running lose their lease (3 s here) and are retried by the next executor.
+            self.ex.signal(signal.SIGKILL)
+            self.ex.proc.wait()
+            self.ex = self._executor()
+
+        @rule()
         @precondition(lambda self: self.restarts <= RESTARTS)
         def restart(self):
             # A graceful stop is only promised once the processor runs (its signal handlers are set before it
@@ -193,7 +207,8 @@ def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_pa
                                         text=True, timeout=120)
                 assert result.returncode == 0, \
                     f"rebuild --verify disagrees:\n{result.stdout}\n{result.stderr}\n{self.logs()}"
-                print(f"\nmodel run: {len(ids)} tasks, {self.restarts - 1} processor restarts; "
+                print(f"\nmodel run: {len(ids)} tasks, {self.restarts - 1} processor restarts, "
+                      f"{self.ex_restarts - 1} executor kills; "
                       f"{result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ''}")
             finally:
                 table.close()
