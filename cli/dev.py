@@ -116,7 +116,7 @@ def _wait_http(url: str, timeout: float, children: list[Child]) -> bool:
 
 def run_dev(
     *,
-    api_port: int,
+    api_port: int | None,
     broker_port: int,
     executors: int,
     handlers: list[str],
@@ -142,6 +142,7 @@ def run_dev(
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="taskstream-dev-")
         data_dir = tmp.name
+    api_port = base.api_port if api_port is None else api_port
     overrides = {"api_port": api_port, "data_dir": Path(data_dir), "ready_requires_workers": True}
     if partitions is not None:
         overrides["partitions"] = partitions

@@ -33,7 +33,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--port", type=int, default=8080, show_default=True, help="API port on 127.0.0.1")
+@click.option("--port", type=int, default=None, help="API port on 127.0.0.1 (default TASKSTREAM_API_PORT, 8080)")
 @click.option("--broker-port", type=int, default=9092, show_default=True, help="embedded broker port")
 @click.option("--executors", "n_executors", type=int, default=1, show_default=True, help="executor processes")
 @click.option("--handlers", multiple=True, help="extra handler module(s) for the executors (repeatable)")

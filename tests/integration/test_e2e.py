@@ -43,11 +43,11 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def dev_cmd(api_port: int, broker_port: int, *handlers: str) -> list[str]:
+def dev_cmd(api_port: int | None, broker_port: int, *handlers: str) -> list[str]:
     return [
         sys.executable, "-m", "taskstream.cli.main", "dev",
-        "--port", str(api_port), "--broker-port", str(broker_port), "--executors", "1",
-        *[a for h in handlers for a in ("--handlers", h)],
+        *(["--port", str(api_port)] if api_port is not None else []), "--broker-port", str(broker_port),
+        "--executors", "1", *[a for h in handlers for a in ("--handlers", h)],
     ]
 
 
@@ -122,8 +122,9 @@ def test_dev_runs_user_handlers_end_to_end_and_stops_cleanly(tmp_path: Path) -> 
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
         dev = subprocess.Popen(
-            dev_cmd(api_port, broker_port, "e2e_handlers"),
-            cwd=tmp_path, env=child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            dev_cmd(None, broker_port, "e2e_handlers"),  # the API port from the environment, like any setting
+            cwd=tmp_path, env={**child_env(), "TASKSTREAM_API_PORT": str(api_port)}, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     base = f"http://127.0.0.1:{api_port}"
