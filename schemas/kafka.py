@@ -238,41 +238,44 @@ def partition_lag(committed: int | None, low: int, high: int) -> int:
 
 
 def close_member(consumer, joined: threading.Event, settings: Settings, group: str) -> None:
-    """Close a consumer-group member, first letting a join or rebalance in progress finish.
+    """Close a consumer-group member; on the embedded broker, first let a join in progress finish.
 
-    On the embedded broker a LeaveGroup sent while the group is joining
-    breaks it: no later join completes (measured: a processor SIGTERMed
-    2.5 s after start, the next one had no partitions after 400 s; one
-    stopped while a second joined, the second had none after 120 s; a
-    SIGKILL, which sends no LeaveGroup, cost 11 s). So a member that has not
-    been assigned yet polls until its first assignment (``joined``, set by
-    its ``on_assign``, also for an empty one), and on the embedded broker
-    until the coordinator has described the group as stable for
-    ``STABLE_BEFORE_LEAVE_S`` (a member that has just started joining may not
-    have reached the coordinator yet); both for at most three session
-    timeouts, then it leaves anyway. On Kafka and Redpanda
-    only the first wait applies and only delays a stop by the rest of a
-    join. Records polled meanwhile are dropped uncommitted: the partition's
-    next owner reads them again.
+    Tansu breaks a group when a member leaves it while a join is in progress:
+    the departed member stays recorded as the forming group's leader, so no
+    later SyncGroup completes (measured: a processor SIGTERMed 2.5 s after
+    start, the next one had no partitions after 400 s; one stopped while a
+    second joined, the second had none after 120 s; a SIGKILL, which sends
+    no LeaveGroup, cost 11 s). So on the embedded broker a member polls
+    until its first assignment (``joined``, set by its ``on_assign``, also
+    for an empty one), then until the coordinator has described the group
+    as stable for ``STABLE_BEFORE_LEAVE_S`` (a member that has just started
+    joining may not have reached the coordinator yet), for at most three
+    session timeouts in all, then leaves. Records polled meanwhile are
+    dropped uncommitted: the partition's next owner reads them again. The
+    wait narrows the race; a join starting between the last check and the
+    LeaveGroup still hits the fault. Kafka and Redpanda take a LeaveGroup at
+    any moment: there the member leaves at once.
     """
+    if not settings.embedded_broker:
+        consumer.close()
+        return
     deadline = time.monotonic() + 3 * settings.session_timeout_ms / 1000
     try:
         while not joined.is_set() and time.monotonic() < deadline:
             consumer.poll(0.1)
-        if settings.embedded_broker:
-            client = admin(settings)
-            stable_since = None
-            while time.monotonic() < deadline:
-                state = _group_state(client, group)
-                if state == "down":
-                    break
-                if state not in ("stable", "empty"):
-                    stable_since = None
-                elif stable_since is None:
-                    stable_since = time.monotonic()
-                elif time.monotonic() - stable_since >= STABLE_BEFORE_LEAVE_S:
-                    break
-                consumer.poll(0.1)
+        client = admin(settings)
+        stable_since = None
+        while time.monotonic() < deadline:
+            state = _group_state(client, group)
+            if state == "down":
+                break
+            if state not in ("stable", "empty"):
+                stable_since = None
+            elif stable_since is None:
+                stable_since = time.monotonic()
+            elif time.monotonic() - stable_since >= STABLE_BEFORE_LEAVE_S:
+                break
+            consumer.poll(0.1)
     except (KafkaException, RuntimeError) as exc:  # a broker that is down: leave as it can
         LIBRDKAFKA_LOG.debug("join not finished before close: %s", exc)
     consumer.close()
