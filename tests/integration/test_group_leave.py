@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 
 from taskstream.api.partitioner import partition_for
-from taskstream.schemas import TaskCreated, new_id
+from taskstream.schemas import TaskCreated, Topics, new_id
+from taskstream.schemas.kafka import admin, group_states
 from tests.conftest import wait_until
 from tests.integration.test_dag import StateTable
 from tests.kafka_helpers import Component, now, send_events
@@ -69,6 +70,11 @@ def test_a_member_stopped_while_another_joins_hands_over_its_partitions(settings
                    message="processor A assigned")
         b = Component(settings.model_copy(update={"data_dir": tmp_path / "b"}), "processor", log_path=tmp_path / "b.log")
         _started_joining(tmp_path / "b.log", "joining group")
+        # B's JoinGroup has reached the coordinator (Tansu describes a rebalancing group as "unknown"). Before
+        # that moment nothing can tell A a join is coming: that window is the race close_member cannot close.
+        client, group = admin(settings), Topics(settings.prefix).processor_group
+        wait_until(lambda: (group_states(client, [group], 2.0)[group] or ("stable",))[0] != "stable", timeout=30,
+                   interval=0.01, message="B's join at the coordinator")
         code = a.stop(timeout=40)
         assert code == 0, f"processor A exited with {code} after SIGTERM during B's join"
         fences = {}
