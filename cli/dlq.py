@@ -134,7 +134,7 @@ def _check(settings: Settings, topic: str, timeout: float) -> int:
 
 
 def _write_markers(producer: Producer, topic: str, partitions: int, timeout: float) -> dict[int, int]:
-    """Append a marker tombstone to each partition (the processor's own helper); their offsets once acknowledged."""
+    """Append a marker tombstone to each partition (``schemas.kafka.write_markers``); their offsets once acknowledged."""
     try:
         return write_markers(producer, topic, list(range(partitions)), timeout)
     except BrokerUnavailable as exc:

@@ -226,7 +226,6 @@ class Processor:
         self.heartbeats = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{self.id}-heartbeats",
                                     "enable.auto.commit": False, "fetch.wait.max.ms": settings.fetch_wait_max_ms,
                                     "client.id": f"{self.id}-heartbeats"})
-        self.assigned = threading.Event()
         self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
     # ------------------------------------------------------------ partitions
@@ -245,7 +244,6 @@ class Processor:
         self.heartbeats.incremental_assign([TopicPartition(self.topics.heartbeats, p, OFFSET_END) for p in tables])
         log.info("partitions %s assigned; tables rebuilt from %s (%d records, %.2fs)",
                  sorted(tables), self.topics.state, n, time.monotonic() - started)
-        self.assigned.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
         self._flush_and_check()

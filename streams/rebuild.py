@@ -544,8 +544,7 @@ def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as
         markers = None
         if verify or write:
             producer = Producer({**producer_config(settings, "taskstream-state-marker"), "batch.num.messages": 1})
-            markers = write_markers(producer, Topics(settings.prefix).state, list(range(n)))
-            producer.flush(5)
+            markers = write_markers(producer, Topics(settings.prefix).state, list(range(n)))  # flushed there
         total = sum(ends.values())
         if on_total is not None:
             on_total(total)

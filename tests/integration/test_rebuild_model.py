@@ -19,7 +19,6 @@ last lines of every component's log.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -156,16 +155,14 @@ def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_pa
         @rule()
         @precondition(lambda self: self.restarts <= RESTARTS)
         def crash(self):
-            self.proc.signal(signal.SIGKILL)
-            self.proc.proc.wait()
+            self.proc.kill()
             self.proc = self._processor()
 
         @rule()
         @precondition(lambda self: self.ex_restarts <= RESTARTS)
         def crash_executor(self):
             # Attempts it was running lose their lease (3 s here) and are retried by the next executor.
-            self.ex.signal(signal.SIGKILL)
-            self.ex.proc.wait()
+            self.ex.kill()
             self.ex = self._executor()
 
         @rule()
