@@ -18,6 +18,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaExcep
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .errors import BrokerUnavailable
+from .limits import MAX_RECORD_BYTES
 from .settings import Settings
 from .topics import TopicSpec
 
@@ -49,6 +50,7 @@ def producer_config(settings: Settings, client_id: str) -> dict:
         "enable.idempotence": True,
         "linger.ms": settings.producer_linger_ms,
         "compression.type": "none",
+        "message.max.bytes": MAX_RECORD_BYTES,
         # Java-compatible key hashing (as the Java client and Kafka tools use): a task's
         # messages land in the same partition whoever produces them.
         "partitioner": "murmur2_random",
@@ -59,6 +61,22 @@ def producer_config(settings: Settings, client_id: str) -> dict:
         # batch keeps the end exact. Real Kafka and Redpanda do not need it.
         **({"batch.num.messages": 1} if settings.embedded_broker else {}),
     }
+
+
+#: Produce errors that no retry can mend: the record itself is refused. A loop that meets one dead-letters what it
+#: could not write and goes on; any other error (the broker is away, a timeout) is worth waiting out.
+PERMANENT_PRODUCE_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG_SIZE, KafkaError._BAD_MSG,
+    KafkaError._INVALID_ARG, KafkaError.INVALID_REQUIRED_ACKS,
+})
+
+
+def is_permanent(err: KafkaError | BaseException | None) -> bool:
+    """Whether a produce error refuses the record for good (see ``PERMANENT_PRODUCE_ERRORS``)."""
+    if isinstance(err, KafkaException) and err.args and isinstance(err.args[0], KafkaError):
+        err = err.args[0]
+    return isinstance(err, KafkaError) and err.code() in PERMANENT_PRODUCE_ERRORS
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .events import Priority
+from .limits import MAX_RECORD_BYTES
 from .settings import Settings
 
 PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
@@ -84,12 +85,14 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
     """Every topic taskstream owns, with partitions and cleanup policy."""
     t = Topics(settings.prefix)
     n = settings.partitions
+    big = {"max.message.bytes": str(MAX_RECORD_BYTES)}  # a task's state, or a ready message, at every limit
     return [
-        TopicSpec(t.events, n, {"cleanup.policy": "delete", "retention.ms": "-1"}),
-        TopicSpec(t.state, n, {"cleanup.policy": "compact"}),
-        *(TopicSpec(t.ready(p), n, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}) for p in PRIORITIES),
-        *(TopicSpec(t.retry(name), n, {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS)})
+        TopicSpec(t.events, n, {"cleanup.policy": "delete", "retention.ms": "-1", **big}),
+        TopicSpec(t.state, n, {"cleanup.policy": "compact", **big}),
+        *(TopicSpec(t.ready(p), n, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS), **big})
+          for p in PRIORITIES),
+        *(TopicSpec(t.retry(name), n, {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS), **big})
           for name, _ in RETRY_TIERS),
-        TopicSpec(t.dlq, n, {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS)}),
+        TopicSpec(t.dlq, n, {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS), **big}),
         TopicSpec(t.heartbeats, n, {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)}),
     ]

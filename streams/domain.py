@@ -31,8 +31,8 @@ TaskCheckpointed     queued/running, current,       checkpoint = data
 TaskRedriven         failed                         ``scheduled``, due now, fresh budget
                      upstream_failed                ``pending``, failed resolutions dropped
 TaskDeadLettered     never                          (a record for the dlq)
-DependencyRegistered any state                      ``dependent`` added to ``dependents``
- (on the upstream)
+DependencyRegistered any state, fewer than         ``dependent`` added to ``dependents`` (when full,
+ (on the upstream)   MAX_DEPENDENTS dependents      decide answers ``too_many_dependents`` at once)
 DependencyResolved   not terminal, a dependency,    ``resolved[upstream] = outcome``; anything but
  (on the dependent)  not yet resolved               ``succeeded`` -> ``upstream_failed``; the last
                                                     success of a pending task with run_at ->
@@ -51,6 +51,11 @@ keyed by each upstream A; A's owner records B and, when A is terminal (then
 or later), appends ``DependencyResolved(B, upstream=A, outcome)`` keyed by
 B. An upstream that does not exist resolves as ``unknown`` (a failure). B is
 queued when every dependency resolved ``succeeded``.
+
+Sizes stay bounded whatever the log holds (``schemas.limits``): error texts
+are cut, an oversized result or checkpoint is dropped (the executor already
+fails such an attempt), an upstream's result is carried only while the
+dependent's upstream results stay within MAX_UPSTREAM_RESULTS_BYTES.
 
 Anything else is a duplicate or stale and changes nothing.
 """
@@ -90,12 +95,22 @@ from taskstream.schemas import (
 )
 from taskstream.schemas import codec, cron
 from taskstream.schemas.events import initial_state
+from taskstream.schemas.limits import (
+    MAX_CHECKPOINT_BYTES,
+    MAX_DEPENDENTS,
+    MAX_RESULT_BYTES,
+    MAX_UPSTREAM_RESULT_BYTES,
+    MAX_UPSTREAM_RESULTS_BYTES,
+    cut_error,
+)
 
 PROCESSOR = "processor"
 #: Results larger than this (JSON text, bytes) are not carried downstream in
 #: DependencyResolved: the dependent's ``ctx.upstream`` holds None for them.
-RESULT_BOUND = 64 * 1024
+RESULT_BOUND = MAX_UPSTREAM_RESULT_BYTES
 UNKNOWN = "unknown"
+#: Outcome of a registration with an upstream that already has MAX_DEPENDENTS dependents.
+TOO_MANY_DEPENDENTS = "too_many_dependents"
 ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
 WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
 #: Retry policy used where a task carries none (tasks written before policies existed).
@@ -200,12 +215,16 @@ def _started(state: TaskState | None, e: TaskStarted) -> TaskState | None:
 def _succeeded(state: TaskState | None, e: TaskSucceeded) -> TaskState | None:
     if state is None or e.attempt != state.attempt or state.status not in ACTIVE:
         return state
+    result, error = e.result, None
+    if result is not None and len(result.encode()) > MAX_RESULT_BYTES:
+        # The executor fails such an attempt; a result written past it is dropped, so the state stays bounded.
+        result, error = None, f"result dropped: {len(result.encode()):,} bytes > {MAX_RESULT_BYTES:,}"
     return _bump(
         state,
         e.occurred_at,
         status=Status.SUCCEEDED.value,
-        result=e.result,
-        error=None,
+        result=result,
+        error=error,
         started_at=e.started_at or state.started_at,
         finished_at=e.occurred_at,
     )
@@ -219,6 +238,7 @@ def _failed(state: TaskState | None, e: TaskFailed) -> TaskState | None:
 
 
 def _attempt_failed(state: TaskState, at: datetime, error: str, permanent: bool, started_at) -> TaskState:
+    error = cut_error(error)
     if permanent or attempts_left(state) <= 0:
         return _bump(state, at, status=Status.FAILED.value, error=error, started_at=started_at, finished_at=at)
     # Waiting for its retry: TaskRetryScheduled (decided next, applied in the same step) sets retry_at.
@@ -253,7 +273,13 @@ def _retry_scheduled(state: TaskState | None, e: TaskRetryScheduled) -> TaskStat
 
 @_on(TaskCheckpointed)
 def _checkpointed(state: TaskState | None, e: TaskCheckpointed) -> TaskState | None:
-    if state is None or e.attempt != state.attempt or state.status not in ACTIVE or state.checkpoint == e.data:
+    if (
+        state is None
+        or e.attempt != state.attempt
+        or state.status not in ACTIVE
+        or state.checkpoint == e.data
+        or len(e.data.encode()) > MAX_CHECKPOINT_BYTES  # refused by the executor; ignored if written past it
+    ):
         return state
     return _bump(state, e.occurred_at, checkpoint=e.data)
 
@@ -282,7 +308,8 @@ def _dead_lettered(state: TaskState | None, e: TaskDeadLettered) -> TaskState | 
 @_on(DependencyRegistered)
 def _registered(state: TaskState | None, e: DependencyRegistered) -> TaskState | None:
     # A terminal task records the dependent too (a redrive re-opens it), and decide answers at once.
-    if state is None or e.dependent in state.dependents:
+    # Past MAX_DEPENDENTS nothing more is recorded (the state must fit in one record): decide refuses it.
+    if state is None or e.dependent in state.dependents or len(state.dependents) >= MAX_DEPENDENTS:
         return state
     return _bump(state, e.occurred_at, dependents=[*state.dependents, e.dependent])
 
@@ -297,21 +324,33 @@ def _resolved(state: TaskState | None, e: DependencyResolved) -> TaskState | Non
     ):
         return state
     resolved = {**state.resolved, e.upstream: e.outcome}
-    results = {**state.upstream_results, e.upstream: e.result if e.result is not None else "null"}
+    results = {**state.upstream_results, e.upstream: _carried(state, e.result)}
     if e.outcome != Status.SUCCEEDED.value:
+        reason = (f"has more than {MAX_DEPENDENTS:,} dependents" if e.outcome == TOO_MANY_DEPENDENTS
+                  else e.outcome)
         return _bump(
             state,
             e.occurred_at,
             resolved=resolved,
             upstream_results=results,
             status=Status.UPSTREAM_FAILED.value,
-            error=f"dependency {e.upstream} {e.outcome}",
+            error=cut_error(f"dependency {e.upstream} {reason}"),
             finished_at=e.occurred_at,
         )
     met = all(resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
     pending = state.status == Status.PENDING.value
     status = Status.SCHEDULED.value if pending and met and state.run_at is not None else state.status
     return _bump(state, e.occurred_at, resolved=resolved, upstream_results=results, status=status)
+
+
+def _carried(state: TaskState, result: str | None) -> str:
+    """An upstream's result as the dependent keeps it: null once all it holds would pass MAX_UPSTREAM_RESULTS_BYTES."""
+    if result is None or result == "null":
+        return "null"
+    held = sum(len(r.encode()) for r in state.upstream_results.values())
+    if len(result.encode()) > MAX_UPSTREAM_RESULT_BYTES or held + len(result.encode()) > MAX_UPSTREAM_RESULTS_BYTES:
+        return "null"
+    return result
 
 
 @_on(TaskCancelled)
@@ -322,7 +361,7 @@ def _cancelled(state: TaskState | None, e: TaskCancelled) -> TaskState | None:
         state,
         e.occurred_at,
         status=Status.CANCELLED.value,
-        error=f"cancelled: {e.reason}" if e.reason else "cancelled",
+        error=cut_error(f"cancelled: {e.reason}") if e.reason else "cancelled",
         finished_at=e.occurred_at,
         retry_at=None,  # no retry is coming
     )
@@ -468,6 +507,9 @@ def _after_registered(state: TaskState | None, e: DependencyRegistered, now: dat
         return [_unknown_upstream(e, now)]
     if state.status in TERMINAL_VALUES:
         return [resolution(state, e.dependent, now)]
+    if e.dependent not in state.dependents:  # full: see _registered
+        return [DependencyResolved(task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
+                                   outcome=TOO_MANY_DEPENDENTS)]
     return []
 
 
@@ -671,7 +713,7 @@ def upstream_json(state: TaskState) -> str:
 # ------------------------------------------------------------------ schedules
 
 #: Most fire times counted one by one when a schedule catches up after downtime.
-MISSED_COUNT_CAP = 10_000
+MISSED_COUNT_CAP = 1000
 SCHEDULE_TASK_NAMESPACE = uuid.UUID("5b1e7c6e-6f1d-4d4b-9b7e-2f8f6c1a9d01")
 
 
