@@ -23,8 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Largest checkpoint, in bytes of JSON (UTF-8).
-MAX_CHECKPOINT_BYTES = 256 * 1024
+from taskstream.schemas.limits import MAX_CHECKPOINT_BYTES  # largest checkpoint, in bytes of JSON (UTF-8)
 
 
 @dataclass(slots=True, eq=False)
@@ -35,7 +34,7 @@ class TaskContext:
     JSON: each dependency id maps to its result and, for a task submitted in
     a workflow, so does each dependency's workflow key (both keys map to the
     same value). A task without dependencies gets ``{}``. Results above
-    64 KiB of JSON are not carried; ctx.upstream holds None for them (the
+    64 KiB of JSON, and those past 256 KiB of upstream results in all, are not carried; ctx.upstream holds None for them (the
     handler can fetch such a result with ``GET /api/v1/tasks/{id}``). A
     dependency whose result was ``null`` also shows as ``None``.
 

@@ -136,6 +136,7 @@ from taskstream.schemas import (
     DecodeError,
     Heartbeat,
     ReadyTask,
+    RecordRefused,
     Settings,
     TaskCancelled,
     TaskCheckpointed,
@@ -146,7 +147,8 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas.events import Event
-from taskstream.schemas.kafka import AsyncProducer, close_member, consume_available, consumer_config
+from taskstream.schemas.kafka import AsyncProducer, close_member, consume_available, consumer_config, is_permanent
+from taskstream.schemas.limits import MAX_RESULT_BYTES, cut_error
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.topics import PRIORITIES
 
@@ -183,8 +185,12 @@ def _about(task: ReadyTask) -> dict[str, Any]:
 
 
 def _error_text(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``Type: message``, cut to ``MAX_ERROR_CHARS`` (a handler's exception text is unbounded)."""
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails still fails the attempt
+        text = "<unprintable>"
+    return cut_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 class _PartitionOffsets:
@@ -476,14 +482,31 @@ class Executor:
             ("reason", reason.encode()),
         ]
 
-        def delivered(err, _msg) -> None:
-            if err is not None:
-                log.error("dlq produce of %s[%d]@%d failed, offset stays uncommitted: %s", topic, partition, offset, err)
+        def delivered(err, _msg, strip: bool = False) -> None:
+            if err is None:
+                with self._lock:
+                    offsets.mark_done(offset)
                 return
+            if is_permanent(err) and not strip:  # too large or invalid: tell of it without its value
+                log.error("dlq produce of %s[%d]@%d refused, sent again without its value: %s", topic, partition,
+                          offset, err)
+                send(strip=True)
+                return
+            log.error("dlq produce of %s[%d]@%d failed; the message is left in its topic, its offset moves on: %s",
+                      topic, partition, offset, err)
             with self._lock:
                 offsets.mark_done(offset)
 
-        self._producer.produce(self.topics.dlq, msg.key(), msg.value() or b"", headers=headers, on_delivery=delivered)
+        def send(strip: bool = False) -> None:
+            try:
+                self._producer.produce(self.topics.dlq, msg.key(), b"" if strip else msg.value() or b"",
+                                       headers=headers, on_delivery=lambda err, m: delivered(err, m, strip))
+            except BrokerUnavailable as exc:
+                cause = exc.__cause__
+                delivered(cause.args[0] if isinstance(cause, KafkaException) else KafkaError(KafkaError._TRANSPORT),
+                          None, strip)
+
+        send()
 
     def _apply_pauses(self, consumer: Consumer) -> None:
         with self._lock:
@@ -665,15 +688,36 @@ class Executor:
         try:
             await self._send(outcome)
         except Exception as exc:
-            log.error(
-                "task %s attempt %d: result not delivered, offset stays uncommitted: %s",
-                task.task_id, task.attempt, exc, extra=_about(task),
-            )
-            return
+            outcome = await self._report_refused(outcome, exc)
+            if outcome is None:
+                log.error(
+                    "task %s attempt %d: result not delivered, offset stays uncommitted: %s",
+                    task.task_id, task.attempt, exc, extra=_about(task),
+                )
+                return
         with self._lock:
             attempt.item.offsets.mark_done(attempt.item.offset)
         label = self._handler_label(task.handler)
         self.metrics.reported(outcome, task.priority, label, handler_known=label != UNKNOWN_HANDLER)
+
+    async def _report_refused(self, outcome: Event, exc: BaseException) -> Event | None:
+        """When the broker refused the result event for good, report the attempt failed with the reason instead.
+
+        Returns the event reported, or None when nothing could be (the broker is away: the offset stays
+        uncommitted and the attempt runs again after a rebalance).
+        """
+        if not isinstance(exc, RecordRefused):
+            return None
+        failed = TaskFailed(task_id=outcome.task_id, attempt=outcome.attempt, producer=self.executor_id,
+                            occurred_at=_now(), started_at=getattr(outcome, "started_at", None),
+                            error=cut_error(f"result not written: {exc}"))
+        try:
+            await self._send(failed)
+        except Exception as again:
+            log.error("task %s attempt %d: failure report not delivered either: %s", outcome.task_id,
+                      outcome.attempt, again, extra=about(outcome.task_id, outcome.attempt))
+            return None
+        return failed
 
     async def _execute(self, attempt: _Attempt) -> Event | None:
         """Run the handler; return the one result event, or None if the task was cancelled.
@@ -722,6 +766,12 @@ class Executor:
                 error=f"TypeError: handler {task.handler!r} returned a result that is not JSON-serialisable "
                 f"({type(result).__name__}): {exc}",
             )
+        size = len(result_json.encode())
+        if size > MAX_RESULT_BYTES:
+            log.info("task %s attempt %d: result too large (%d bytes)", task.task_id, task.attempt, size,
+                     extra=_about(task))
+            return TaskFailed(**common, occurred_at=_now(),
+                              error=f"result too large: {size:,} bytes of JSON > {MAX_RESULT_BYTES:,}")
         log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt, extra=_about(task))
         return TaskSucceeded(**common, occurred_at=_now(), result=result_json)
 
@@ -803,7 +853,7 @@ class Executor:
             raise TypeError(f"checkpoint data must be JSON-serialisable, got {type(data).__name__}: {exc}") from None
         size = len(text.encode("utf-8"))
         if size > MAX_CHECKPOINT_BYTES:
-            raise ValueError(f"checkpoint is {size} bytes of JSON, more than the {MAX_CHECKPOINT_BYTES} (256 KiB) allowed")
+            raise ValueError(f"checkpoint too large: {size:,} bytes of JSON > {MAX_CHECKPOINT_BYTES:,}")
         if threading.get_ident() == self._loop_thread:
             return _acknowledged(self._write_checkpoint(attempt, text))
 

@@ -4,7 +4,15 @@ Imported by ``taskstream.streams``, ``taskstream.executors`` and
 ``taskstream.api``; imports none of them.
 """
 
-from .errors import BrokerUnavailable, CommandRejected, DecodeError, NotFound, TaskstreamError, ValidationError
+from .errors import (
+    BrokerUnavailable,
+    CommandRejected,
+    DecodeError,
+    NotFound,
+    RecordRefused,
+    TaskstreamError,
+    ValidationError,
+)
 from .events import (
     EVENT_TYPES,
     Heartbeat,
@@ -40,7 +48,8 @@ from .settings import Settings
 from .topics import MAX_BACKOFF_S, PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry_tier
 
 __all__ = [
-    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "TaskstreamError", "ValidationError",
+    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "TaskstreamError",
+    "ValidationError",
     "EVENT_TYPES", "DependencyRegistered", "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status", "TaskCreated", "TaskFailed",
     "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "initial_state", "new_id",
     "Heartbeat", "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState",

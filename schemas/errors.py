@@ -8,6 +8,8 @@
     to the dead-letter topic, the consumer goes on.
   - ``BrokerUnavailable``: the Kafka cluster cannot be reached or refused a
     write (HTTP 503; callers may retry).
+    - ``RecordRefused``: the broker refused one record for good (too large,
+      invalid); retrying the same record cannot help.
 
 Handlers signal outcomes with ``taskstream.executors.PermanentError`` (no
 more attempts) or any other exception (the attempt failed; retried per
@@ -39,4 +41,8 @@ class DecodeError(TaskstreamError):
 
 
 class BrokerUnavailable(TaskstreamError):
+    pass
+
+
+class RecordRefused(BrokerUnavailable):
     pass

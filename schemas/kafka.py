@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .errors import BrokerUnavailable
+from .errors import BrokerUnavailable, RecordRefused
 from .limits import MAX_RECORD_BYTES
 from .settings import Settings
 from .topics import TopicSpec
@@ -172,7 +172,7 @@ class AsyncProducer:
             self._producer.poll(0.05)
             self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
         except KafkaException as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+            raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(str(exc)) from exc
 
     def send(self, topic: str, key: str | bytes, value: bytes, headers=None) -> asyncio.Future:
         """Produce and return a future that resolves when the broker acknowledged the record."""
@@ -181,7 +181,8 @@ class AsyncProducer:
 
         def done(err, msg):
             if err is not None:
-                loop.call_soon_threadsafe(_set_exception, fut, BrokerUnavailable(f"produce to {topic} failed: {err}"))
+                error = RecordRefused if is_permanent(err) else BrokerUnavailable
+                loop.call_soon_threadsafe(_set_exception, fut, error(f"produce to {topic} failed: {err.str()}"))
             else:
                 loop.call_soon_threadsafe(_set_result, fut, msg)
 

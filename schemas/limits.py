@@ -15,6 +15,10 @@ Sizes of JSON documents are bytes of their compact UTF-8 JSON text.
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
+from typing import Any
+
 #: Largest record taskstream writes (producer ``message.max.bytes``, topic ``max.message.bytes``).
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 
@@ -29,8 +33,10 @@ MAX_ERROR_CHARS = 4096
 MAX_UPSTREAM_RESULT_BYTES = 64 * 1024
 #: All upstream results a task holds together; a result that would pass it is carried as null.
 MAX_UPSTREAM_RESULTS_BYTES = 256 * 1024
-#: Dependents one task records; a further registration is answered at once as ``rejected``.
-MAX_DEPENDENTS = 5000
+#: Dependents one task records (each new one rewrites its state); a further one is answered ``too_many_dependents``.
+MAX_DEPENDENTS = 1000
+#: A task's ``timeout_s`` (an attempt running longer is failed).
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
 #: Dependencies of one task, and tasks in one batch or workflow.
 MAX_DEPENDENCIES = 1000
 MAX_TASKS_PER_REQUEST = 1000
@@ -48,6 +54,78 @@ MAX_JSON_DEPTH = 64
 #: Integers in JSON documents: what fits in 64 bits (signed or unsigned), as orjson and most JSON readers take them.
 MIN_JSON_INT = -(2**63)
 MAX_JSON_INT = 2**64 - 1
+#: Date-times a client gives (``run_at``, ``as_of``, ``start_at``, ``end_at``): far enough from
+#: ``datetime.min``/``max`` that no offset, backoff or cron step taken from them can overflow.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+class JsonLimitError(ValueError):
+    """A value that is not a JSON document within the limits; ``path`` is where (``.a[3].b``, ``""`` the root)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path or '(root)'}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def check_json(value: Any) -> None:
+    """Raise ``JsonLimitError`` unless ``value`` is a JSON document that every reader takes the same way.
+
+    That is: dicts with string keys, lists, strings that encode to UTF-8 (no
+    lone surrogates), integers in ``[MIN_JSON_INT, MAX_JSON_INT]``, finite
+    floats, booleans and None, nested at most ``MAX_JSON_DEPTH`` containers
+    deep. Iterative, so any depth is checked without recursion; the path is
+    built only for the error.
+    """
+    stack: list[tuple[Any, int, tuple | None, str | int | None]] = [(value, 1, None, None)]
+    while stack:
+        entry = stack.pop()
+        v, depth = entry[0], entry[1]
+        if isinstance(v, str):
+            if not _is_utf8(v):
+                raise JsonLimitError(_path(entry), "not valid Unicode text (a lone surrogate such as \\ud800)")
+        elif v is None or isinstance(v, bool):
+            continue
+        elif isinstance(v, int):
+            if not MIN_JSON_INT <= v <= MAX_JSON_INT:
+                raise JsonLimitError(_path(entry), f"integer out of range: JSON integers must be within "
+                                                   f"[-2**63, 2**64-1] ({MIN_JSON_INT}..{MAX_JSON_INT})")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise JsonLimitError(_path(entry), "not a finite number (NaN, Infinity or beyond ±1.8e308)")
+        elif isinstance(v, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise JsonLimitError(_path(entry), f"nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(v, list):
+                stack.extend((x, depth + 1, entry, i) for i, x in enumerate(v))
+                continue
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise JsonLimitError(_path(entry), f"a key is not a string ({type(k).__name__})")
+                if not _is_utf8(k):
+                    raise JsonLimitError(_path(entry), "a key is not valid Unicode text (a lone surrogate such as \\ud800)")
+                stack.append((x, depth + 1, entry, k))
+        else:
+            raise JsonLimitError(_path(entry), f"not a JSON value ({type(v).__name__})")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path(entry: tuple) -> str:
+    """``.a[3].b`` of a ``check_json`` stack entry; long keys cut so an error message stays short."""
+    parts: list[str] = []
+    while entry[2] is not None:
+        key = entry[3]
+        parts.append(f"[{key}]" if isinstance(key, int) else "." + (key if len(key) <= 64 else key[:61] + "..."))
+        entry = entry[2]
+    return "".join(reversed(parts))
 
 
 def cut_error(text: str) -> str:
@@ -64,7 +142,7 @@ def worst_case_state_bytes() -> int:
     return (
         MAX_PAYLOAD_BYTES + MAX_RESULT_BYTES + MAX_CHECKPOINT_BYTES + 4 * MAX_ERROR_CHARS
         + MAX_UPSTREAM_RESULTS_BYTES + MAX_DEPENDENTS * ids
-        + MAX_DEPENDENCIES * (4 * ids + 32)  # depends_on, resolved, upstream_results keys, upstream_keys
+        + MAX_DEPENDENCIES * (4 * ids + 64)  # depends_on, resolved, upstream_results keys, upstream_keys
         + MAX_LABELS * (MAX_LABEL_KEY_CHARS + MAX_LABEL_VALUE_CHARS + 16)
         + MAX_NAME_CHARS * 4 + MAX_HANDLER_CHARS * 4 + 4096
     )

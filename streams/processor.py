@@ -33,8 +33,14 @@ between the table write and the sends. Downstream, duplicates are harmless:
 ``evolve`` ignores a repeated TaskQueued, and executors' results are fenced
 by attempt.
 
-Undecodable messages go to ``<p>.dlq`` with the source topic, partition,
-offset and reason in headers; the processor goes on.
+Undecodable messages, and events whose folding raises, go to ``<p>.dlq``
+with the source topic, partition, offset and reason in headers; the
+processor goes on. An output the broker refuses for good (``is_permanent``:
+too large, invalid) is replaced by a record in ``<p>.dlq`` that names it
+(its topic, key, event type and the reason, without its value) and the
+batch commits; any other produce failure (the broker is away) stops the
+processor with an error, so the uncommitted batch is folded again by the
+next owner. A retry relay thread that fails stops the processor too.
 """
 
 from __future__ import annotations
@@ -75,11 +81,12 @@ from taskstream.schemas.kafka import (
     admin,
     close_member,
     consume_available,
+    is_permanent,
     consumer_config,
     producer_config,
     write_markers,
 )
-from taskstream.schemas.observability import serve_metrics
+from taskstream.schemas.observability import about, serve_metrics
 
 from . import domain
 from .metrics import LAG_INTERVAL_S, ProcessorMetrics
@@ -214,6 +221,7 @@ class Processor:
         self.folded = 0
         self.fired = 0
         self._failed: list[str] = []
+        self._refused: list[tuple[str, bytes | None, list, str]] = []  # (topic, key, headers, reason)
         self.producer = Producer({**producer_config(settings, self.id)})
         self.consumer = Consumer(
             {
@@ -329,15 +337,27 @@ class Processor:
     def run(self, stop: threading.Event, relay: bool = True) -> None:
         """Fold until ``stop`` is set; ``relay`` also runs a retry relay member in a thread."""
         relay_thread = None
+        crashed: list[BaseException] = []
         if relay:
             self.relay = RetryRelay(self.settings, self.id)
-            relay_thread = threading.Thread(target=self.relay.run, args=(stop,), name=f"{self.id}-relay", daemon=True)
+
+            def run_relay() -> None:
+                try:
+                    self.relay.run(stop)
+                except BaseException as exc:  # a dead relay must not go unnoticed: the process stops with it
+                    log.critical("retry relay %s failed; stopping the processor", self.relay.id, exc_info=True)
+                    crashed.append(exc)
+                    stop.set()
+
+            relay_thread = threading.Thread(target=run_relay, name=f"{self.id}-relay", daemon=True)
             relay_thread.start()
         try:
             self._run(stop)
         finally:
             if relay_thread is not None:
                 relay_thread.join(timeout=15)
+        if crashed:
+            raise BrokerUnavailable(f"retry relay failed: {crashed[0]!r}") from crashed[0]
 
     def _run(self, stop: threading.Event) -> None:
         self._next: dict[int, int] = {}
@@ -415,13 +435,14 @@ class Processor:
                 raw = table.get(key)
                 try:
                     state = codec.decode(raw) if raw else None
-                except DecodeError:
-                    state = None
-                if kind == LEASE:
-                    attempt = state.attempt if isinstance(state, TaskState) else -1
-                    events = domain.lease_expired(state, attempt, self.settings.lease_s, now)
-                else:
-                    events = domain.on_timer(state, now, self.settings.misfire_grace_s)
+                    if kind == LEASE:
+                        attempt = state.attempt if isinstance(state, TaskState) else -1
+                        events = domain.lease_expired(state, attempt, self.settings.lease_s, now)
+                    else:
+                        events = domain.on_timer(state, now, self.settings.misfire_grace_s)
+                except Exception:  # one bad state must not stop every timer of the partition
+                    log.exception("timer of %r failed; dropped", key, extra=about(key.decode(errors="replace")))
+                    events = []
                 timers.set(kind, key, None)
                 for e in events:
                     e = replace(e, producer=self.id)
@@ -466,14 +487,18 @@ class Processor:
             raw = table.get(key)
             state = codec.decode(raw) if raw else None
             step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id)
+            value = codec.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
             log.warning("poison message at %s[%d]@%d -> dlq: %s", m.topic(), partition, m.offset(), exc)
             return [dlq_output(self.topics, m, str(exc))]
+        except Exception as exc:  # a bug or an event no rule foresaw: the event goes to the dlq, the loop goes on
+            log.exception("folding %s[%d]@%d failed -> dlq", m.topic(), partition, m.offset(),
+                          extra=about(key.decode(errors="replace")))
+            return [dlq_output(self.topics, m, f"folding failed: {type(exc).__name__}: {exc}")]
         if step.state is None:
             return step.outputs
         self._move_timers(partition, key, state, step.state, now)
         self.metrics.state_changed(state, step.state, now)
-        value = codec.encode(step.state)
         table[key] = value
         return [Output(self.topics.state, key, value, codec.headers(step.state), partition), *step.outputs]
 
@@ -503,13 +528,40 @@ class Processor:
                 return
             except BufferError:
                 self.producer.poll(0.05)
+            except KafkaException as exc:
+                if not is_permanent(exc):
+                    raise BrokerUnavailable(f"produce to {out.topic} failed: {exc}") from exc
+                self._refused.append((out.topic, out.key, list(out.headers or []),
+                                      f"{exc.args[0].str()} ({len(out.value):,} bytes)"))
+                return
 
     def _delivered(self, err, msg) -> None:
-        if err is not None:
+        if err is None:
+            return
+        if is_permanent(err):
+            self._refused.append((msg.topic(), msg.key(), list(msg.headers() or []),
+                                  f"{err.str()} ({len(msg.value() or b''):,} bytes)"))
+        else:
             self._failed.append(f"{msg.topic()}: {err}")
+
+    def _dead_letter_refused(self) -> None:
+        """In place of each record the broker refused for good, a record in ``<p>.dlq`` naming it (no value)."""
+        refused, self._refused = self._refused, []
+        for topic, key, headers, reason in refused:
+            task_id = (key or b"").decode(errors="replace")
+            log.error("output to %s refused by the broker: %s; dead-lettered", topic, reason, extra=about(task_id))
+            if topic == self.topics.dlq:
+                continue  # nothing left to tell
+            named = [(k, v) for k, v in headers if k == codec.EVENT_TYPE_HEADER]
+            self._produce(Output(self.topics.dlq, key or b"", b"", [
+                *named, ("source-topic", topic.encode()), ("reason", f"refused: {reason}".encode()[:1000]),
+            ]))
 
     def _flush_and_check(self) -> None:
         remaining = self.producer.flush(30)
+        if self._refused:
+            self._dead_letter_refused()
+            remaining = self.producer.flush(30)
         if remaining or self._failed:
             failed, self._failed = self._failed[:3], []
             raise BrokerUnavailable(

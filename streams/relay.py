@@ -18,7 +18,11 @@ Offsets are committed up to the last contiguous record whose TaskQueued the
 broker acknowledged, so a crash re-reads what was still waiting (duplicates
 are fenced by the fold). A partition holding more than ``MAX_HELD`` waiting
 records is paused until it drains to half. A record that does not decode
-goes to ``<p>.dlq`` with the usual headers.
+goes to ``<p>.dlq`` with the usual headers. A write that fails is tried
+again ``REDO_S`` later (a re-queue from the heap, a dead letter from a list),
+so one failure never holds a partition's commits back for good; a dead
+letter the broker refuses for good (``is_permanent``: too large) goes again
+without its value.
 
 Accuracy: the relay wakes at the earliest ``not_before`` (its poll timeout
 is bounded by it) and the re-queued attempt then takes two more hops
@@ -39,7 +43,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from taskstream.schemas import DecodeError, Settings, TaskQueued, TaskRetryScheduled, Topics, codec
-from taskstream.schemas.kafka import close_member, consume_available, consumer_config, producer_config
+from taskstream.schemas.kafka import close_member, consume_available, consumer_config, is_permanent, producer_config
 from taskstream.schemas.observability import about
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,8 @@ log = logging.getLogger(__name__)
 MAX_HELD = 50_000
 COMMIT_INTERVAL_S = 0.5
 MAX_WAIT_S = 0.1
+#: A write that failed is tried again this much later.
+REDO_S = 1.0
 
 
 @dataclass(slots=True)
@@ -78,6 +84,7 @@ class RetryRelay:
         self._heap: list = []
         self._seq = itertools.count()
         self._paused: set[tuple[str, int]] = set()
+        self._redo_dlq: list[tuple[float, object, str, _Offsets, bool]] = []  # (when, message, reason, offsets, strip)
         self.requeued = 0
         self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
@@ -124,6 +131,7 @@ class RetryRelay:
                     messages = []
                 self._take(messages)
                 self._release(time.time())
+                self._redo(time.time())
                 self.producer.poll(0)
                 self._pause_full()
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
@@ -168,26 +176,59 @@ class RetryRelay:
             queued = TaskQueued(task_id=record.task_id, occurred_at=datetime.now(UTC), producer=self.id,
                                 attempt=record.attempt + 1, priority=record.priority, due_at=record.not_before)
 
-            def done(err, msg, offsets=offsets, offset=offset):
+            def done(err, msg, topic=topic, partition=partition, offsets=offsets, offset=offset, record=record):
                 if err is None:
                     offsets.mark_done(offset)
-                else:  # not committed: re-read after a restart or rebalance
-                    log.warning("retry relay: re-queue of %s not acknowledged: %s", record.task_id, err,
-                                extra=about(record.task_id, record.attempt + 1))
+                else:
+                    log.warning("retry relay: re-queue of %s not acknowledged, again in %ss: %s", record.task_id,
+                                REDO_S, err, extra=about(record.task_id, record.attempt + 1))
+                    self._hold_again(topic, partition, offset, record, offsets)
 
-            self._produce(self.topics.events, record.task_id.encode(), codec.encode(queued), codec.headers(queued),
-                          done)
+            try:
+                self._produce(self.topics.events, record.task_id.encode(), codec.encode(queued),
+                              codec.headers(queued), done)
+            except KafkaException as exc:
+                log.warning("retry relay: re-queue of %s failed, again in %ss: %s", record.task_id, REDO_S, exc,
+                            extra=about(record.task_id, record.attempt + 1))
+                self._hold_again(topic, partition, offset, record, offsets)
+                continue
             self.requeued += 1
 
-    def _to_dlq(self, m, reason: str, offsets: _Offsets) -> None:
+    def _hold_again(self, topic: str, partition: int, offset: int, record, offsets: _Offsets) -> None:
+        if self._offsets.get((topic, partition)) is not offsets:
+            return  # revoked meanwhile: the new owner reads it again
+        offsets.held += 1
+        heapq.heappush(self._heap, (time.time() + REDO_S, next(self._seq), topic, partition, offset, record))
+
+    def _to_dlq(self, m, reason: str, offsets: _Offsets, strip: bool = False) -> None:
         headers = [("source-topic", m.topic().encode()), ("source-partition", str(m.partition()).encode()),
                    ("source-offset", str(m.offset()).encode()), ("reason", reason.encode()[:1000])]
 
         def done(err, msg, offset=m.offset()):
             if err is None:
                 offsets.mark_done(offset)
+            else:
+                self._dlq_failed(m, reason, offsets, err)
 
-        self._produce(self.topics.dlq, m.key() or b"", m.value() or b"", headers, done)
+        try:
+            self._produce(self.topics.dlq, m.key() or b"", b"" if strip else (m.value() or b""), headers, done)
+        except KafkaException as exc:
+            self._dlq_failed(m, reason, offsets, exc)
+
+    def _dlq_failed(self, m, reason: str, offsets: _Offsets, err) -> None:
+        strip = is_permanent(err)
+        log.warning("retry relay: dead letter of %s[%d]@%d failed, again in %ss%s: %s", m.topic(), m.partition(),
+                    m.offset(), REDO_S, " without its value" if strip else "", err)
+        self._redo_dlq.append((time.time() + REDO_S, m, reason, offsets, strip))
+
+    def _redo(self, now: float) -> None:
+        due = [entry for entry in self._redo_dlq if entry[0] <= now]
+        if not due:
+            return
+        self._redo_dlq = [entry for entry in self._redo_dlq if entry[0] > now]
+        for _, m, reason, offsets, strip in due:
+            if self._offsets.get((m.topic(), m.partition())) is offsets:
+                self._to_dlq(m, reason, offsets, strip)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:
         while True:
