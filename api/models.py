@@ -6,6 +6,17 @@ becomes a ``TaskCreated`` event, a ``TaskPatch`` a ``TaskUpdated``, and a
 Payloads and results travel inside the events as JSON text and are decoded
 here through ``schemas.codec``.
 
+Every field is bounded by ``schemas.limits`` (README, "Limits"): a payload
+is a JSON document every reader takes (``limits.check_json``: finite numbers,
+64-bit integers, valid Unicode, at most ``MAX_JSON_DEPTH`` deep; 422 naming
+its path, e.g. ``payload.n``) of at most ``MAX_PAYLOAD_BYTES`` (413); names,
+labels, handlers and ids have length limits and must be printable; every
+date-time lies within ``[MIN_TIME, MAX_TIME]``. The body itself is parsed
+once, by FastAPI (stdlib ``json``); what that parse lets through (NaN,
+Infinity, huge integers, lone surrogates) is refused here, and what it
+cannot parse (invalid UTF-8, nesting beyond the recursion limit) becomes a
+400 naming ``body`` in ``problems``.
+
 ``depends_on`` lists are deduplicated (first occurrence kept) and hold at
 most ``MAX_DEPENDENCIES`` entries. In ``POST /tasks`` and ``/tasks:batch``
 they are ids of existing tasks (an unknown id makes the task
@@ -24,7 +35,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from taskstream.schemas import (
     MAX_BACKOFF_S,
@@ -40,14 +52,67 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas import cron as cron_expr
+from taskstream.schemas.limits import (
+    LABEL_KEY_PATTERN,
+    MAX_DEPENDENCIES,
+    MAX_HANDLER_CHARS,
+    MAX_ID_CHARS,
+    MAX_LABEL_KEY_CHARS,
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_NAME_CHARS,
+    MAX_PAYLOAD_BYTES,
+    MAX_TASKS_PER_REQUEST,
+    MAX_TIME,
+    MAX_TIMEOUT_S,
+    MIN_TIME,
+    JsonLimitError,
+    check_json,
+)
 
 JsonValue = Any
 
-#: Most dependencies one task may have, and most tasks in one batch or workflow.
-MAX_DEPENDENCIES = 1000
-MAX_TASKS_PER_REQUEST = 1000
 
-TaskRef = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+def _json_document(value: Any) -> Any:
+    """A payload: ``check_json`` (422 naming its path in ``ctx.json_path``), then at most ``MAX_PAYLOAD_BYTES`` (413).
+
+    The size is measured first when the value can be dumped at all, so a
+    large document is refused before it is walked.
+    """
+    try:
+        size = len(codec.dumps_json_bytes(value))
+    except TypeError:  # orjson: an integer beyond 64 bits, a lone surrogate, nesting beyond 255
+        size = None
+    if size is not None and size > MAX_PAYLOAD_BYTES:
+        raise PydanticCustomError("too_large", "{size} bytes of compact JSON, more than the limit of {limit}",
+                                  {"size": size, "limit": MAX_PAYLOAD_BYTES})
+    try:
+        check_json(value)
+    except JsonLimitError as exc:
+        raise PydanticCustomError("json_value", "{reason}", {"reason": exc.reason, "json_path": exc.path}) from None
+    return value
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be printable text (no control characters, line breaks or lone surrogates)")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+JsonDocument = Annotated[JsonValue, AfterValidator(_json_document)]
+TaskRef = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_printable)]
+Handler = Annotated[StrictStr, Field(min_length=1, max_length=MAX_HANDLER_CHARS), AfterValidator(_not_blank),
+                    AfterValidator(_printable)]
+Name = Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS), AfterValidator(_printable)]
+LabelKey = Annotated[StrictStr, Field(min_length=1, max_length=MAX_LABEL_KEY_CHARS, pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[StrictStr, Field(max_length=MAX_LABEL_VALUE_CHARS), AfterValidator(_printable)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
 
 
 def _dedup(values: list[str]) -> list[str]:
@@ -55,6 +120,7 @@ def _dedup(values: list[str]) -> list[str]:
 
 
 Seconds = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # ints are accepted, strings and bools not
+TimeoutS = Annotated[Seconds, Field(gt=0, le=MAX_TIMEOUT_S)]
 
 
 class BackoffIn(BaseModel):
@@ -97,20 +163,13 @@ class TaskBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    handler: Annotated[StrictStr, Field(min_length=1, max_length=200)]
-    payload: JsonValue = Field(default_factory=dict)
+    handler: Handler
+    payload: JsonDocument = Field(default_factory=dict)
     priority: Priority = Priority.MEDIUM
-    name: StrictStr = ""
-    labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
-    timeout_s: Annotated[StrictFloat, Field(gt=0)] | None = None  # ints are accepted, strings and bools not
+    name: Name = ""
+    labels: Labels = Field(default_factory=dict)
+    timeout_s: TimeoutS | None = None
     retry: RetryIn | None = None
-
-    @field_validator("handler")
-    @classmethod
-    def _handler_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v
 
     def template(self, settings: Settings) -> dict[str, Any]:
         """The complete task a schedule creates at each fire (defaults filled in; JSON-able)."""
@@ -218,8 +277,8 @@ class TaskPatch(BaseModel):
 
     priority: Priority | None = None
     run_at: StrictStr | None = None
-    payload: JsonValue = None
-    timeout_s: Annotated[StrictFloat, Field(gt=0)] | None = None
+    payload: JsonDocument = None
+    timeout_s: TimeoutS | None = None
     retry: RetryIn | None = None
 
     @field_validator("run_at")
@@ -267,8 +326,12 @@ class TaskPatch(BaseModel):
 
 
 def parse_rfc3339(text: str) -> datetime:
-    """An RFC 3339 date-time with a time zone, as an aware UTC datetime; ValueError otherwise."""
-    if len(text) < 20 or text[10] not in "Tt ":
+    """An RFC 3339 date-time with a time zone within ``[MIN_TIME, MAX_TIME]``, as an aware UTC datetime.
+
+    ValueError otherwise, also for a time that converts to UTC outside
+    ``datetime``'s range (``0001-01-01T00:00:00+01:00``).
+    """
+    if len(text) < 20 or len(text) > 64 or text[10] not in "Tt ":
         raise ValueError("must be an RFC 3339 date-time such as 2024-05-01T12:00:00Z")
     try:
         value = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
@@ -276,7 +339,13 @@ def parse_rfc3339(text: str) -> datetime:
         raise ValueError("must be an RFC 3339 date-time such as 2024-05-01T12:00:00Z") from None
     if value.tzinfo is None:
         raise ValueError("must include a time zone offset (e.g. Z or +02:00)")
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        value = None
+    if value is None or not MIN_TIME <= value <= MAX_TIME:
+        raise ValueError(f"must be between {MIN_TIME:%Y-%m-%dT%H:%M:%SZ} and {MAX_TIME:%Y-%m-%dT%H:%M:%SZ}")
+    return value
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -369,7 +438,7 @@ class ScheduleIn(BaseModel):
     cron: Annotated[StrictStr, Field(min_length=1, max_length=200)]
     timezone: Annotated[StrictStr, Field(min_length=1, max_length=100)] = "UTC"
     task: TaskBody
-    name: Annotated[StrictStr, Field(max_length=200)] = ""
+    name: Name = ""
     start_at: StrictStr | None = None
     end_at: StrictStr | None = None
     misfire: Literal["run_once", "skip"] = "run_once"

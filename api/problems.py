@@ -9,7 +9,9 @@ FastAPI's own exceptions:
 =========================== ====== ======================================
 exception                   status problem type
 =========================== ====== ======================================
-RequestValidationError      422    validation (400 malformed-json)
+RequestValidationError      422    validation (400 malformed-json,
+                                   413 too-large: a field over its size)
+body that cannot be parsed  400    malformed-json (FastAPI's bare 400)
 schemas.ValidationError     422    validation
 schemas.NotFound            404    not-found
 schemas.CommandRejected     409    conflict
@@ -32,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from taskstream.schemas import BrokerUnavailable, CommandRejected, NotFound, ValidationError, codec
+from taskstream.schemas.limits import MAX_JSON_DEPTH
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +79,28 @@ def problem(
 
 def validation_problem(errors: list[dict[str, str]], *, status: int = 422, title: str = "Invalid request") -> ProblemResponse:
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    kind = "malformed-json" if status == 400 else "validation"
+    kind = {400: "malformed-json", 413: "too-large"}.get(status, "validation")
     return problem(status, title, detail, kind=kind, errors=errors)
 
 
 def _field(loc: tuple | list) -> str:
-    """``("body", "tasks", 3, "retry", "max_attempts")`` -> ``tasks[3].retry.max_attempts``."""
-    parts = list(loc)
+    """``("body", "tasks", 3, "retry", "max_attempts")`` -> ``tasks[3].retry.max_attempts``.
+
+    Parts that come from the client (dict keys: labels, unknown fields) are
+    shown escaped and cut, so a field name is always short, valid UTF-8 text.
+    """
+    parts = [p for p in loc if p != "[key]"]  # pydantic's marker of an error in a dict key, not in its value
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:] or parts
     out = ""
     for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        out += f"[{p}]" if isinstance(p, int) else (f".{_safe(p)}" if out else _safe(p))
     return out
+
+
+def _safe(part: object) -> str:
+    text = str(part).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -102,9 +114,25 @@ async def _request_validation(_: Request, exc: RequestValidationError) -> Respon
         first = next(e for e in raw if e.get("type") == "json_invalid")
         ctx = first.get("ctx") or {}
         why = ctx.get("error", "invalid JSON")
-        return validation_problem([{"field": "body", "message": f"malformed JSON: {why}"}], status=400, title="Malformed JSON")
-    errors = [{"field": _field(e.get("loc", ())), "message": _message(e)} for e in raw]
+        return _malformed(f"malformed JSON: {why}")
+    # a JSON document's own path (``models._json_document``) extends the field: ``payload`` + ``.n``
+    errors = [{"field": _field(e.get("loc", ())) + (e.get("ctx") or {}).get("json_path", ""), "message": _message(e)}
+              for e in raw]
+    if all(e.get("type") == "too_large" for e in raw):
+        return validation_problem(errors, status=413, title="Request too large")
     return validation_problem(errors)
+
+
+def _malformed(message: str) -> ProblemResponse:
+    return validation_problem([{"field": "body", "message": message}], status=400, title="Malformed JSON")
+
+
+#: What FastAPI's body parse (stdlib ``json.loads``) raised, for its bare "error parsing the body" 400.
+_PARSE_ERRORS = {
+    RecursionError: f"malformed JSON: nested too deeply (at most {MAX_JSON_DEPTH} levels are taken)",
+    UnicodeDecodeError: "malformed JSON: not valid UTF-8",
+    ValueError: "malformed JSON: a number too long to read",  # ints beyond sys.get_int_max_str_digits()
+}
 
 
 async def _validation(_: Request, exc: ValidationError) -> Response:
@@ -126,6 +154,10 @@ async def _broker(_: Request, exc: BrokerUnavailable) -> Response:
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        cause = exc.__cause__
+        why = next((m for t, m in _PARSE_ERRORS.items() if isinstance(cause, t)), "malformed JSON")
+        return _malformed(why)
     title = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}.get(exc.status_code, "HTTP error")
     detail = exc.detail if isinstance(exc.detail, str) else title
     if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):

@@ -32,8 +32,9 @@ naming ``as_of`` if that is not an RFC 3339 date-time with a zone.
 
 Statuses of writes: 202 (accepted: the processor applies the change
 asynchronously), 404 unknown task, 409 a change impossible in the task's
-status, 412 ``If-Match`` version is stale, 413 an event too large for the
-log, 422 bad input naming the field.
+status, 412 ``If-Match`` version is stale, 413 a payload over
+``MAX_PAYLOAD_BYTES`` or an event too large for the log, 422 bad input
+naming the field (README, "Limits").
 """
 
 from __future__ import annotations
@@ -266,8 +267,8 @@ def parse_if_match(value: str | None) -> int | None:
         text = text[2:]
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
-    if not text.isdigit() or not text.isascii():
-        raise ValidationError("If-Match", f"{value!r} is not a task version (an integer, or the ETag of GET)")
+    if not text.isdigit() or not text.isascii() or len(text) > 18:
+        raise ValidationError("If-Match", f"{value[:40]!r} is not a task version (an integer, or the ETag of GET)")
     return int(text)
 
 

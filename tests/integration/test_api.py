@@ -15,6 +15,7 @@ from taskstream.api.models import parse_rfc3339
 from taskstream.cli.broker import free_port
 from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, codec
 from taskstream.schemas.kafka import common_config
+from taskstream.schemas.limits import MAX_PAYLOAD_BYTES
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -338,13 +339,15 @@ def test_bodies_over_the_limit_get_413_and_write_nothing(client: TestClient, set
     assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
 
     assert topic_is_empty(settings, Topics(settings.prefix).events)
-    # under the body limit but too large for one record of the log: still a 413, naming the payload
-    under = b'{"handler": "h", "payload": "' + b"z" * (settings.max_body_bytes - 100) + b'"}'
-    r = client.post("/api/v1/tasks", content=under, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and "payload" in r.json()["detail"]
+    # under the body limit but over MAX_PAYLOAD_BYTES (compact JSON, quotes included): still a 413, naming the payload
+    for size in (MAX_PAYLOAD_BYTES + 1, settings.max_body_bytes - 100):
+        r = client.post("/api/v1/tasks", json={"handler": "h", "payload": "z" * (size - 2)})
+        assert r.status_code == 413 and r.headers["content-type"] == PROBLEM, r.text
+        assert r.json()["type"] == "urn:taskstream:problem:too-large"
+        assert [e["field"] for e in r.json()["errors"]] == ["payload"] and "payload" in r.json()["detail"]
     assert topic_is_empty(settings, Topics(settings.prefix).events)
-    ok = b'{"handler": "h", "payload": "' + b"z" * 900_000 + b'"}'
-    assert client.post("/api/v1/tasks", content=ok, headers={"content-type": "application/json"}).status_code == 202
+    ok = client.post("/api/v1/tasks", json={"handler": "h", "payload": "z" * (MAX_PAYLOAD_BYTES - 2)})
+    assert ok.status_code == 202
 
 
 def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:

@@ -31,7 +31,7 @@ def test_parse_rfc3339_rejects(text: str) -> None:
         parse_rfc3339(text)
 
 
-@given(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(UTC)))
+@given(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9000, 1, 1), timezones=st.just(UTC)))
 def test_rfc3339_round_trips(value: datetime) -> None:
     text = rfc3339(value)
     assert text.endswith("Z")
