@@ -75,6 +75,13 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     )
     app.state.metrics = ApiMetrics()  # before the lifespan: /metrics answers from the first request
     problems.install(app)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:  # FastAPI's document, built once, with our problem answers
+            app.openapi_schema = problems.document(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(metrics_router)

@@ -20,7 +20,9 @@ HTTPException (404/405/413) as is  about:blank
 anything else               500    internal (logged, no details leaked)
 =========================== ====== ======================================
 
-JSON is rendered with orjson through ``schemas.codec``.
+JSON is rendered with orjson through ``schemas.codec``. ``document(openapi)``
+puts the same statuses into the OpenAPI document, so clients (and the
+schemathesis fuzz test) know every answer an operation can give.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _field(loc: tuple | list) -> str:
 
 
 def _safe(part: object) -> str:
-    text = str(part).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = str(part).encode("utf-8", "backslashreplace").decode("utf-8") or '""'  # an empty key is still named
     return text if len(text) <= 64 else text[:61] + "..."
 
 
@@ -178,3 +180,72 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(BrokerUnavailable, _broker)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _internal)
+
+
+# ------------------------------------------------------------------ OpenAPI
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {
+            "type": "object", "required": ["field", "message"],
+            "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+        }},
+    },
+}
+_WHY = {
+    400: "Malformed JSON (field ``body``)",
+    404: "No such task or schedule",
+    409: "The change is impossible in the current status",
+    412: "``If-Match`` names a stale version",
+    413: "Request body, payload or event over its limit (README, Limits)",
+    422: "Invalid input; ``errors`` names each field",
+    503: "The event log cannot be reached; retry (``Retry-After``)",
+}
+
+
+def document(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Document the problem answers of every operation in ``openapi`` (FastAPI's own document, changed in place).
+
+    FastAPI documents only the success status and a 422 of its own shape;
+    this puts in the problem+json statuses each operation can answer (a
+    body: 400, 413; a path id: 404; a write: 503; a change of state: 409,
+    ``PATCH``: 412) and describes a 2xx that a route returns as a bare
+    ``Response`` as a JSON object rather than a string.
+    """
+    openapi.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+    openapi["components"]["schemas"].pop("HTTPValidationError", None)
+    openapi["components"]["schemas"].pop("ValidationError", None)
+    for path, operations in openapi.get("paths", {}).items():
+        for method, op in operations.items():
+            responses = op.setdefault("responses", {})
+            for status, response in responses.items():
+                content = response.get("content", {}).get("application/json")
+                if status.startswith("2") and content is not None and content.get("schema") == {"type": "string"}:
+                    content["schema"] = {"type": "object"}
+            statuses = set()
+            if op.get("parameters") or "requestBody" in op:
+                statuses.add(422)
+            if "requestBody" in op:
+                statuses |= {400, 413}
+            if "{" in path:
+                statuses.add(404)
+            if method in ("post", "patch", "delete"):
+                statuses.add(503)
+            if method in ("patch", "delete") or path.endswith("/retry"):
+                statuses.add(409)
+            if method == "patch":
+                statuses.add(412)
+            if path == "/readyz":
+                statuses.add(503)
+            for status in sorted(statuses):
+                responses[str(status)] = {
+                    "description": _WHY[status],
+                    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                }
+    return openapi
