@@ -146,6 +146,8 @@ def run_dev(
     overrides = {"api_port": api_port, "data_dir": Path(data_dir), "ready_requires_workers": True}
     if partitions is not None:
         overrides["partitions"] = partitions
+    elif embedded and "partitions" not in base.model_fields_set:
+        overrides["partitions"] = base.embedded_partitions
     if embedded:
         broker = EmbeddedBroker(broker_port)
         _say(f"starting the embedded broker on 127.0.0.1:{broker_port} ...")

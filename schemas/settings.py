@@ -31,6 +31,15 @@ class Settings(BaseSettings):
         10, ge=0, description="how long a fetch may wait for data; the embedded broker holds every fetch this long, "
         "so it bounds each hop of a task through the processor and executors (lower: faster hops, busier idle)"
     )
+    cold_fetch_wait_max_ms: int = Field(
+        250, ge=0, description="fetch wait of consumers off the hot path (processor heartbeats, retry relay): on the "
+        "embedded broker every fetch waits this long, so a longer wait means less idle CPU; a heartbeat or a "
+        "retry is seen up to this much later"
+    )
+    embedded_partitions: int = Field(
+        3, ge=1, description="partitions per topic when `taskstream dev` runs the embedded broker and neither "
+        "--partitions nor TASKSTREAM_PARTITIONS says otherwise (fewer partitions: fewer fetches to serve)"
+    )
     producer_linger_ms: float = Field(0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)")
 
     api_host: str = "127.0.0.1"
@@ -99,4 +108,9 @@ class Settings(BaseSettings):
     schema_registry_url: Annotated[str | None, BeforeValidator(lambda v: None if v in ("", "null") else v)] = Field(
         None, description="Confluent-compatible schema registry (Redpanda's on :8081); needed to write the "
         "confluent wire format and to read records written in it"
+    )
+    allow_second_cron: bool = Field(
+        False, description="the API accepts cron schedules that fire more than once a minute (six fields, seconds "
+        "last, more than one second in it); off, they are a 422 naming cron. Each fire is a task through the "
+        "processor: turn it on only where a few such schedules are wanted and the processor has room for them"
     )

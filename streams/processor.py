@@ -80,6 +80,7 @@ from taskstream.schemas.kafka import (
     WATERMARK_MARKER_KEY,
     admin,
     close_member,
+    common_config,
     consume_available,
     is_permanent,
     consumer_config,
@@ -231,9 +232,8 @@ class Processor:
             }
         )
         # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.
-        self.heartbeats = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{self.id}-heartbeats",
-                                    "enable.auto.commit": False, "fetch.wait.max.ms": settings.fetch_wait_max_ms,
-                                    "client.id": f"{self.id}-heartbeats"})
+        self.heartbeats = Consumer({**common_config(settings, f"{self.id}-heartbeats"), "group.id": f"{self.id}-heartbeats",
+                                    "enable.auto.commit": False, "fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
         self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
     # ------------------------------------------------------------ partitions

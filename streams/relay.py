@@ -78,7 +78,8 @@ class RetryRelay:
         self.settings = settings
         self.topics = Topics(settings.prefix)
         self.id = f"{member_id}-relay"
-        self.consumer = Consumer(consumer_config(settings, self.topics.relay_group, self.id))
+        self.consumer = Consumer({**consumer_config(settings, self.topics.relay_group, self.id),
+                                  "fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
         self.producer = Producer(producer_config(settings, self.id))
         self._offsets: dict[tuple[str, int], _Offsets] = {}
         self._heap: list = []
