@@ -26,14 +26,14 @@ from taskstream.schemas import (
     initial_state,
 )
 
+from taskstream.schemas.limits import MAX_RECORD_BYTES
+
 from ..models import initial_schedule
 from ..problems import problem
 
-#: librdkafka's default ``message.max.bytes`` (1,000,000) bounds one record
-#: with its framing; Kafka's default topic ``max.message.bytes`` is 1 MiB + 12.
-#: A body under ``settings.max_body_bytes`` (1 MiB) can still encode to an
-#: event above this: that is the client's problem (413), not the broker's (503).
-MAX_EVENT_BYTES = 1_000_000 - 1024
+#: One event must fit in a record of ours (``MAX_RECORD_BYTES``, with room for framing and headers). The request
+#: limits keep every event far under it; an event above it is the client's problem (413), not the broker's (503).
+MAX_EVENT_BYTES = MAX_RECORD_BYTES - 4096
 
 
 class TooLarge(Exception):
