@@ -5,6 +5,12 @@ six with a trailing seconds field (croniter's convention), e.g.
 ``*/5 * * * * 30`` = every 5 minutes at second 30. Times are computed in the
 schedule's IANA time zone (``Europe/Paris``), so "09:00 every day" stays
 09:00 across daylight-saving changes, and returned in UTC.
+
+An expression that fires more than once a minute (a seconds field of more
+than one value, e.g. ``* * * * * *``) is refused by the API unless
+``Settings.allow_second_cron`` (``check_sub_minute``): each fire is a task
+and a few events through the processor, so a handful of per-second
+schedules can keep it busy with nothing else.
 """
 
 from __future__ import annotations
@@ -27,6 +33,21 @@ def check(expr: str, timezone: str) -> None:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValidationError("timezone", f"unknown time zone: {timezone!r}") from exc
+
+
+def fires_more_than_once_a_minute(expr: str) -> bool:
+    """True if ``expr`` (valid) has a seconds field with more than one second in it, as croniter expands it."""
+    fields = croniter(expr).expanded
+    return len(fields) == 6 and (fields[5] == ["*"] or len(fields[5]) > 1)
+
+
+def check_sub_minute(expr: str, *, allowed: bool) -> None:
+    """Raise ``ValidationError`` naming ``cron`` if ``expr`` (valid) fires more often than once a minute."""
+    if not allowed and fires_more_than_once_a_minute(expr):
+        raise ValidationError(
+            "cron", f"{expr!r} fires more than once a minute (its sixth field is seconds); use five fields, or a "
+            "single second in the sixth, or ask the operator to set allow_second_cron"
+        )
 
 
 def next_fire(expr: str, timezone: str, after: datetime) -> datetime:

@@ -7,6 +7,9 @@ its ``template`` is the complete task as JSON, defaults filled in from the
 settings. The processor owns the schedule from there: it fires at each cron
 time (``ScheduleFired``), creates the task and publishes the
 ``ScheduleState`` to ``<p>.state``, which the read model projects.
+A cron that fires more than once a minute (six fields, several seconds) is
+a 422 naming ``cron`` unless ``settings.allow_second_cron``: such schedules
+can keep the processor busy (``schemas.cron.check_sub_minute``).
 ``DELETE`` appends ``ScheduleDeleted``; the processor stops firing.
 
 Read-your-writes as for tasks: right after the ack the API puts its own view
@@ -41,6 +44,7 @@ from taskstream.schemas import (
     ScheduleStatus,
     new_id,
 )
+from taskstream.schemas import cron as cron_expr
 
 from .. import idempotency
 from ..models import ScheduleIn, initial_schedule, same_schedule, schedule_json
@@ -65,6 +69,7 @@ async def create_schedule(body: ScheduleIn, request: Request) -> Response:
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     now = datetime.now(UTC)
     body.check(now)
+    cron_expr.check_sub_minute(body.cron, allowed=app.settings.allow_second_cron)
     schedule_id = idempotency.derived_id(f"{key}:schedule") if key is not None else new_id()
     event = body.to_event(schedule_id=schedule_id, producer=app.producer_id, now=now, settings=app.settings)
     if key is not None:
