@@ -1,12 +1,22 @@
 """A task's history: its events read back from ``<p>.events`` (``GET /tasks/{id}/events``).
 
 Only the task's partition is read (``partitioner.partition_for``, the same
-murmur2 the producers use), from the beginning, without a consumer group.
-The read stops at end of partition, or once no record arrived for
-``IDLE_S`` after the last one: the embedded broker under-reports end
-offsets (BROKER.md), so an end offset cannot be trusted to bound the read.
-The cost is one scan of one partition per request; fine for a history
-view, not something to poll in a loop on a large log.
+murmur2 the producers use), from the beginning, without a consumer group,
+up to the partition's end offset as reported when the read starts (every
+record up to there is read, however slow the broker is), then until end of
+partition or ``IDLE_S`` without a record: the embedded broker under-reports
+end offsets after a foreign producer's multi-record batch (BROKER.md), so
+the reported end is a lower bound, not the end.
+
+The cost is one scan of one partition per request, so the API bounds it
+(``HistoryReader``, ``ReadLimits``): scans run on a pool of their own
+(``history_concurrency`` threads), never on the event loop nor on the
+default executor that ``/readyz`` uses; a request waits at most
+``history_wait_s`` for a free slot (else ``HistoryBusy``, 503 with
+``Retry-After``); a scan that has not reached the end after
+``history_budget_s`` stops (``HistoryTooExpensive``, 503 naming the
+offline commands that read without a budget). A partial history is never
+returned as if it were the whole one.
 
 Time travel (``GET /tasks/{id}?as_of=``, ``task_state_at``) folds those
 events, the ones with ``occurred_at <= as_of`` in log order, with the
@@ -21,8 +31,12 @@ free to drift from the one the processor applies.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
+import functools
 import logging
+import math
 import time
 import uuid
 from datetime import datetime
@@ -36,13 +50,85 @@ from taskstream.streams import domain  # pure: the one import of streams in the 
 
 from .models import rfc3339
 from .partitioner import partition_for
+from .problems import ProblemResponse, problem
 
 log = logging.getLogger(__name__)
 
+#: Past the reported end, the read stops once no record arrived for this long ...
 IDLE_S = 0.2
-FIRST_RECORD_TIMEOUT_S = 5.0
-TOTAL_TIMEOUT_S = 30.0
+#: ... or this long after it reached the reported end, whichever comes first (a busy partition never idles).
+TAIL_S = 1.0
 _JSON_FIELDS = frozenset({"payload", "result", "data", "template"})  # JSON text in the event: shown decoded
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """Bounds of the API's expensive reads; an app uses ``app.state.read_limits`` if set before its first request.
+
+    - ``history_concurrency``: partition scans (``/tasks/{id}/events``,
+      ``?as_of=``) running at once in one API process, each a consumer
+      reading one partition from its start. More make history views faster
+      under load and cost the broker more; the health probes never wait for
+      them.
+    - ``history_wait_s``: how long a history request waits for a free scan
+      before it is answered 503 with ``Retry-After``.
+    - ``history_budget_s``: a scan that has not reached the end of the
+      partition after this long stops, and the request is answered 503
+      naming the offline commands (``taskstream events tail --task``,
+      ``taskstream state at --task``), which read without a budget. Raise
+      it when partitions are long and the history views are worth the wait.
+    - ``list_max_scan``: index entries ``GET /tasks`` examines per request.
+      Filters without an index of their own (labels, a second filter) are
+      checked entry by entry; when this many were examined before the page
+      filled up, the page comes back partial (``"partial": true``) with a
+      ``next_cursor`` to continue from.
+    """
+
+    history_concurrency: int = 4
+    history_wait_s: float = 5.0
+    history_budget_s: float = 10.0
+    list_max_scan: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.history_concurrency < 1 or self.list_max_scan < 1:
+            raise ValueError("history_concurrency and list_max_scan must be >= 1")
+        if not (self.history_wait_s >= 0 and self.history_budget_s > 0):
+            raise ValueError("history_wait_s must be >= 0 and history_budget_s > 0")
+
+
+DEFAULT_LIMITS = ReadLimits()
+
+
+class HistoryBusy(Exception):
+    """Every scan slot stayed taken for ``ReadLimits.history_wait_s``: try again after ``retry_after_s``."""
+
+    def __init__(self, limits: ReadLimits) -> None:
+        self.retry_after_s = max(1, math.ceil(limits.history_wait_s))
+        super().__init__(f"too many history reads at once: none of the {limits.history_concurrency} running "
+                         f"finished within {limits.history_wait_s:g}s; retry after {self.retry_after_s}s")
+
+
+class HistoryTooExpensive(Exception):
+    """A scan that did not reach the end of the task's partition within its budget (nothing partial is returned)."""
+
+    def __init__(self, task_id: str, topic: str, partition: int, scanned: int, position: int, end: int,
+                 budget_s: float) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"reading the history of task {task_id} stopped after its budget of {budget_s:g}s: {scanned} records of "
+            f"partition {partition} of {topic} read (up to offset {position} of {end}); the partition is too long to "
+            f"read per request (or the broker too busy). Read it without a budget with "
+            f"`taskstream events tail --task {task_id}` (or `taskstream state at TIME --task {task_id}` for a past state)"
+        )
+
+
+def history_problem(exc: HistoryBusy | HistoryTooExpensive) -> ProblemResponse:
+    """503 for a history read refused (``history-busy``, with ``Retry-After``) or stopped (``read-too-expensive``)."""
+    if isinstance(exc, HistoryBusy):
+        return problem(503, "History reads busy", str(exc), kind="history-busy",
+                       headers={"Retry-After": str(exc.retry_after_s)})
+    log.warning("%s", exc, extra=about(exc.task_id))
+    return problem(503, "History read too expensive", str(exc), kind="read-too-expensive")
 
 
 def event_json(event: Event) -> dict[str, Any]:
@@ -69,10 +155,17 @@ def event_json(event: Event) -> dict[str, Any]:
     return out
 
 
-def read_task_events(settings: Settings, task_id: str) -> list[Event]:
-    """Every event keyed by ``task_id`` in ``<p>.events``, oldest first (blocking)."""
+def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None = None) -> list[Event]:
+    """Every event keyed by ``task_id`` in ``<p>.events``, oldest first (blocking).
+
+    With ``budget_s``, raise ``HistoryTooExpensive`` if the partition's
+    reported end is not reached within that many seconds; without it (the
+    CLI), read however long it takes.
+    """
     topic = Topics(settings.prefix).events
     key = task_id.encode()
+    started = time.monotonic()
+    deadline = None if budget_s is None else started + budget_s
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
@@ -89,36 +182,50 @@ def read_task_events(settings: Settings, task_id: str) -> list[Event]:
         if meta is None or meta.error is not None or not meta.partitions:
             raise BrokerUnavailable(f"topic {topic} is not available")
         partition = partition_for(key, len(meta.partitions))
+        position, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5, cached=False)
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         events: list[Event] = []
-        start = time.monotonic()
-        last = None
+        scanned = 0
+        reached_at = started if position >= end else None
         while True:
-            wait = FIRST_RECORD_TIMEOUT_S if last is None else IDLE_S
-            msg = consumer.poll(wait)
             now = time.monotonic()
-            if msg is None:
-                if last is not None or now - start >= FIRST_RECORD_TIMEOUT_S:
-                    break
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    break
-                log.warning("history of task_id=%s: consumer error: %s", task_id, err, extra=about(task_id))
-                continue
-            last = now
-            if msg.key() == key:
-                try:
-                    value = codec.decode(msg.value())
-                except DecodeError as exc:
-                    log.warning("history of task_id=%s: undecodable record at offset %d: %s", task_id, msg.offset(), exc,
-                            extra=about(task_id))
+            if reached_at is not None and now - reached_at >= TAIL_S:
+                break
+            wait = IDLE_S if reached_at is not None else 1.0
+            if deadline is not None:
+                if now >= deadline:
+                    if reached_at is not None:
+                        break  # everything up to the end reported at the start was read
+                    raise HistoryTooExpensive(task_id, topic, partition, scanned, position, end, budget_s)
+                wait = min(wait, deadline - now)
+            first = consumer.poll(wait)  # consume(n, wait) would wait for n records or the whole wait
+            batch = [] if first is None else [first, *consumer.consume(499, 0)]
+            if not batch and reached_at is not None:
+                break
+            eof = False
+            for msg in batch:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        eof = True
+                        position = max(position, msg.offset())
+                    else:
+                        log.warning("history of task_id=%s: consumer error: %s", task_id, err, extra=about(task_id))
                     continue
-                if isinstance(value, Event):
-                    events.append(value)
-            if now - start > TOTAL_TIMEOUT_S:
-                log.warning("history of task_id=%s: stopped after %.0fs", task_id, TOTAL_TIMEOUT_S, extra=about(task_id))
+                scanned += 1
+                position = msg.offset() + 1
+                if msg.key() == key:
+                    try:
+                        value = codec.decode(msg.value())
+                    except DecodeError as exc:
+                        log.warning("history of task_id=%s: undecodable record at offset %d: %s", task_id,
+                                    msg.offset(), exc, extra=about(task_id))
+                        continue
+                    if isinstance(value, Event):
+                        events.append(value)
+            if position >= end and reached_at is None:
+                reached_at = time.monotonic()
+            if eof and reached_at is not None:
                 break
         return events
     except KafkaException as exc:
@@ -127,12 +234,76 @@ def read_task_events(settings: Settings, task_id: str) -> list[Event]:
         consumer.close()
 
 
-def task_state_at(settings: Settings, task_id: str, as_of: datetime) -> TaskState | None:
+def task_state_at(
+    settings: Settings, task_id: str, as_of: datetime, *, budget_s: float | None = None
+) -> TaskState | None:
     """The task as it was at ``as_of``: its events with ``occurred_at <= as_of``, folded in the order the
     processor applied them (``domain.processor_order``: its follow-ups right after their triggers).
 
     None when the task did not exist yet (or ``task_id`` is a schedule's id).
     """
-    events = [e for e in read_task_events(settings, task_id) if e.occurred_at <= as_of]
+    events = [e for e in read_task_events(settings, task_id, budget_s=budget_s) if e.occurred_at <= as_of]
     state = domain.fold(domain.processor_order(events))
     return state if isinstance(state, TaskState) else None
+
+
+class HistoryReader:
+    """The API's gate to the history scans: at most ``history_concurrency`` at once, each within its budget.
+
+    Scans run on a thread pool of their own, so a burst of history requests
+    never holds the event loop or the default executor (``/readyz`` runs its
+    broker calls there). A slot is freed when its scan ends, not when its
+    request does: a client that hangs up cannot make room for more scans
+    than the limit.
+    """
+
+    def __init__(self, settings: Settings, limits: ReadLimits) -> None:
+        self.settings = settings
+        self.limits = limits
+        self._slots = asyncio.Semaphore(limits.history_concurrency)
+        self._pool = concurrent.futures.ThreadPoolExecutor(limits.history_concurrency,
+                                                           thread_name_prefix="taskstream-history")
+
+    async def events(self, task_id: str) -> list[Event]:
+        return await self._run(read_task_events, self.settings, task_id, budget_s=self.limits.history_budget_s)
+
+    async def state_at(self, task_id: str, as_of: datetime) -> TaskState | None:
+        return await self._run(task_state_at, self.settings, task_id, as_of, budget_s=self.limits.history_budget_s)
+
+    async def _run(self, fn, *args, **kwargs):
+        try:
+            async with asyncio.timeout(self.limits.history_wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise HistoryBusy(self.limits) from None
+        loop = asyncio.get_running_loop()
+        try:
+            future = self._pool.submit(functools.partial(fn, *args, **kwargs))
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: _call_soon(loop, self._slots.release))
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback) -> None:
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop is closed: the app is gone, and its slots with it
+        pass
+
+
+def reader_for(app_state) -> HistoryReader:
+    """The app's ``HistoryReader``, made at its first history request (with ``app.state.read_limits`` if set)."""
+    found = getattr(app_state, "history", None)
+    if found is None:
+        found = app_state.history = HistoryReader(app_state.settings, limits_for(app_state))
+    return found
+
+
+def limits_for(app_state) -> ReadLimits:
+    """The app's ``ReadLimits``: ``app.state.read_limits`` if set, else the defaults."""
+    return getattr(app_state, "read_limits", None) or DEFAULT_LIMITS

@@ -205,8 +205,15 @@ class TaskStore:
         labels: dict[str, str] | None = None,
         limit: int = 100,
         after: bytes | None = None,
+        max_scan: int | None = None,
     ) -> tuple[list[TaskState], bytes | None]:
         """A page of tasks, newest first, and the sortkey to continue after (None at the end).
+
+        ``max_scan`` bounds the work: once that many index entries were
+        examined and more remain, the page is returned as it is (fewer than
+        ``limit`` tasks, possibly none) with the sortkey of the last entry
+        examined, so a filter that matches few tasks of many costs each
+        request at most ``max_scan`` entries and the client pages on.
 
         With several filters, the most selective index (handler, then status,
         then priority) is scanned and the other filters are checked on each
@@ -229,8 +236,15 @@ class TaskStore:
             prefix = _index_prefix(field, value)
         else:
             prefix = _ALL
+        if max_scan is not None and max_scan < 1:
+            raise ValueError("max_scan must be >= 1")
         page: list[tuple[bytes, TaskState]] = []
+        scanned, last = 0, None
         for sk in self._scan(prefix, after):
+            if scanned == max_scan:
+                return [s for _, s in page], last  # the budget is spent and entries remain
+            scanned += 1
+            last = sk
             state = self.get(sk.split(b":", 1)[1].decode())
             if state is None or sortkey(state) != sk:
                 continue

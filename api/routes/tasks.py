@@ -28,7 +28,20 @@ queues it at that time.
 ``GET /tasks/{id}?as_of=<RFC 3339>`` is time travel: the task as it was at
 that moment, folded from its events in the log (``history.task_state_at``)
 rather than read from the read model; 404 if it did not exist yet, 422
-naming ``as_of`` if that is not an RFC 3339 date-time with a zone.
+naming ``as_of`` if that is not an RFC 3339 date-time with a zone. A task
+the read model does not know is a 404 at once, without reading the log (a
+task the API just created is in it: read-your-writes); so is an ``as_of``
+before its creation.
+
+Reads are bounded (``history.ReadLimits``): history reads (``/events``,
+``as_of``) scan the task's partition on ``history.HistoryReader``'s own
+threads, a few at a time; a request that finds no free scan within
+``history_wait_s`` is a 503 ``history-busy`` with ``Retry-After``, a scan
+that does not reach the partition's end within ``history_budget_s`` a 503
+``read-too-expensive`` naming the CLI commands that read without a budget.
+``GET /tasks`` runs in a thread and examines at most ``list_max_scan``
+index entries: past that the page is partial (``"partial": true``, fewer
+than ``limit`` tasks) with a ``next_cursor`` to continue from.
 
 Statuses of writes: 202 (accepted: the processor applies the change
 asynchronously), 404 unknown task, 409 a change impossible in the task's
@@ -64,7 +77,7 @@ from taskstream.schemas import (
 from taskstream.schemas.observability import about
 
 from .. import idempotency
-from ..history import event_json, read_task_events, task_state_at
+from ..history import HistoryBusy, HistoryTooExpensive, event_json, history_problem, limits_for, reader_for
 from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
 from ..problems import JSONResponse, problem
 from ..read_model import is_sortkey
@@ -182,7 +195,13 @@ async def get_task(
             at = parse_rfc3339(as_of)
         except ValueError as exc:
             raise ValidationError("as_of", str(exc)) from None
-        past = await asyncio.to_thread(task_state_at, request.app.state.settings, task_id, at)
+        task = _get(request, task_id)  # unknown to the read model: 404 without reading the log
+        past = None
+        if at >= task.created_at:
+            try:
+                past = await reader_for(request.app.state).state_at(task_id, at)
+            except (HistoryBusy, HistoryTooExpensive) as exc:
+                return history_problem(exc)
         if past is None:
             raise NotFound(f"task {task_id} did not exist at {rfc3339(at)}")
         return JSONResponse(task_json(past))
@@ -201,7 +220,10 @@ def _get(request: Request, task_id: str) -> TaskState:
 async def task_events(task_id: str, request: Request) -> Response:
     """The task's events decoded from the log, oldest first."""
     _get(request, task_id)
-    events = await asyncio.to_thread(read_task_events, request.app.state.settings, task_id)
+    try:
+        events = await reader_for(request.app.state).events(task_id)
+    except (HistoryBusy, HistoryTooExpensive) as exc:
+        return history_problem(exc)
     return JSONResponse({"task_id": task_id, "events": [event_json(e) for e in events]})
 
 
@@ -215,16 +237,20 @@ async def list_tasks(
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ) -> Response:
+    """A page of tasks, newest first; ``partial`` when the scan budget ran out first (follow ``next_cursor``)."""
     after = decode_cursor(cursor) if cursor else None
-    tasks, last = request.app.state.read_model.store.list(
+    tasks, last = await asyncio.to_thread(
+        request.app.state.read_model.store.list,
         status=status.value if status else None,
         priority=priority.value if priority else None,
         handler=handler,
         labels=parse_labels(label),
         limit=limit,
         after=after,
+        max_scan=limits_for(request.app.state).list_max_scan,
     )
-    return JSONResponse({"tasks": [task_json(t) for t in tasks], "next_cursor": encode_cursor(last) if last else None})
+    return JSONResponse({"tasks": [task_json(t) for t in tasks], "next_cursor": encode_cursor(last) if last else None,
+                         "partial": last is not None and len(tasks) < limit})
 
 
 def parse_labels(values: list[str]) -> dict[str, str]:
