@@ -5,11 +5,10 @@ describe``, ``lag``) never join a consumer group: they ``assign()``
 partitions, read between offsets they chose, and leave no trace on the
 broker. Where they stop is the high watermark read when they start. On the
 embedded Tansu broker a watermark is the base offset of the partition's last
-batch + 1 (BROKER.md); every producer of ours writes one record per batch
-there (``Settings.embedded_broker``), which makes it exact, and a record past
-an under-reported watermark is not served to consumers either, so "up to the
-watermark read at start" is what a reader can see at that moment on either
-broker. Records appended after the start are left for ``--follow``.
+batch + 1 (BROKER.md); our producers append an end marker alone after they
+write (``schemas.kafka.EndMarks``, docs/decisions/0001), which makes it
+exact whenever they are at rest, and readers skip markers. Records appended
+after the start are left for ``--follow``.
 
 Library errors become ``LogError``: a one-line message for the CLI.
 """

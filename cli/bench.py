@@ -135,6 +135,12 @@ class Client:
             raise BenchError(f"POST {TASKS} answered {status}: {_detail(doc)}")
         return doc["id"]
 
+    def submit_batch(self, n: int, handler: str = "noop") -> list[str]:
+        status, doc = self.request("POST", f"{TASKS}:batch", {"tasks": [{"handler": handler, "payload": {}}] * n})
+        if status != 202 or not isinstance(doc, dict) or len(doc.get("tasks") or []) != n:
+            raise BenchError(f"POST {TASKS}:batch answered {status}: {_detail(doc)}")
+        return [t["id"] for t in doc["tasks"]]
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -250,10 +256,12 @@ def _check_outcome(task: dict) -> bool:
     return False
 
 
-def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None = None) -> dict[str, float]:
+def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None = None,
+               batch: int | None = None) -> dict[str, float]:
     """POST ``count`` noop tasks from ``clients`` threads; task id -> wall time just before its POST.
 
-    ``post_ms``, if given, receives each POST's round trip in milliseconds.
+    ``post_ms``, if given, receives each POST's round trip in milliseconds. With ``batch``, each POST is
+    a ``/tasks:batch`` of up to that many tasks.
     """
     shares = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
     results: list[list[tuple[str, float]]] = [[] for _ in range(clients)]
@@ -264,14 +272,17 @@ def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None =
         client = Client(url)
         out = results[i]
         try:
-            for _ in range(shares[i]):
+            left = shares[i]
+            while left > 0:
                 if abort.is_set():
                     return
+                n = min(batch, left) if batch else 1
                 t = time.time()
-                task_id = client.submit()
+                ids = client.submit_batch(n) if batch else [client.submit()]
                 if post_ms is not None:
                     post_ms.append((time.time() - t) * 1000)
-                out.append((task_id, t))
+                out.extend((task_id, t) for task_id in ids)
+                left -= n
         except BaseException as exc:
             errors.append(exc)
             abort.set()
@@ -505,7 +516,8 @@ def run_chain_bench(n: int, url: str | None, executors: int, as_json: bool) -> i
     return 0
 
 
-def run_bench(count: int, url: str | None, clients: int, executors: int, as_json: bool) -> int:
+def run_bench(count: int, url: str | None, clients: int, executors: int, as_json: bool,
+              batch: int | None = None) -> int:
     """Entry point of `taskstream bench`; returns the exit code."""
     if count < 1 or clients < 1 or executors < 1:
         _say("error: -n, --clients and --executors must be at least 1")
@@ -517,10 +529,11 @@ def run_bench(count: int, url: str | None, clients: int, executors: int, as_json
             warm = submit_all(url, WARMUP, 1)
             _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
 
-            _say(f"submitting {count} noop tasks with {clients} clients ...")
+            how = f" in batches of {batch}" if batch else ""
+            _say(f"submitting {count} noop tasks with {clients} clients{how} ...")
             post_ms: list[float] = []
             t0 = time.monotonic()
-            submitted = submit_all(url, count, clients, post_ms)
+            submitted = submit_all(url, count, clients, post_ms, batch)
             submit_s = time.monotonic() - t0
             _say(f"submitted in {submit_s:.2f}s; waiting until they succeed ...")
             tasks = wait_done(url, submitted)
@@ -536,6 +549,7 @@ def run_bench(count: int, url: str | None, clients: int, executors: int, as_json
         "url": url,
         "started_dev": dev is not None,
         "clients": clients,
+        "batch": batch,
         "executors": executors if dev is not None else None,
         **figures(submitted, tasks, submit_s, wall_s, post_ms),
     }

@@ -30,9 +30,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
 from taskstream.schemas.kafka import (
-    WATERMARK_MARKER_KEY,
     admin,
     common_config,
+    is_marker,
     producer_config,
     wait_for_broker,
     write_markers,
@@ -166,7 +166,7 @@ def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
                     continue
                 if offset == ends[p]:
                     pending.discard(p)
-                if m.key() == WATERMARK_MARKER_KEY:
+                if is_marker(m):
                     continue
                 records.append(classify(p, offset, m.timestamp()[1], m.key(), m.value(), m.headers()))
     except KafkaException as exc:

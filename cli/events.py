@@ -34,7 +34,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 
 from taskstream.schemas import EVENT_TYPES, DecodeError, Settings, Topics, catalogue, codec
-from taskstream.schemas.kafka import WATERMARK_MARKER_KEY, consume_available, ensure_topics, producer_config
+from taskstream.schemas.kafka import consume_available, ensure_topics, is_marker, producer_config
 
 from ._log import LogError, connect, iso, offsets_at, partitions_of, read_range, reader, record_time, to_ms, watermarks
 
@@ -170,7 +170,7 @@ class TailQuery:
 
     def match(self, m) -> EventRecord | None:
         """The record of message ``m`` if it passes the filters, else None (markers never do)."""
-        if m.error() is not None or m.key() == WATERMARK_MARKER_KEY:
+        if m.error() is not None or is_marker(m):
             return None
         if self.task is not None and m.key() != self.task.encode():
             return None

@@ -229,6 +229,8 @@ def state_at(when, task_id, as_json, timeout) -> None:
 @click.option("--clients", type=int, default=4, show_default=True, help="concurrent HTTP connections")
 @click.option("--executors", type=int, default=1, show_default=True)
 @click.option("--chain", type=int, default=None, help="instead: a workflow chain of N dependent no-op tasks; per-hop latency")
+@click.option("--batch", type=click.IntRange(min=1, max=1000), default=None,
+              help="submit through POST /tasks:batch, this many tasks a request")
 @click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")
 @click.option("--rebuild", "rebuild_mode", is_flag=True,
               help="instead: events folded per second by `state rebuild` over a synthetic log of --events events")
@@ -236,7 +238,7 @@ def state_at(when, task_id, as_json, timeout) -> None:
               help="events in the --rebuild log")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="--rebuild: fold processes (default: cores)")
 @click.option("--profile", type=click.Path(dir_okay=False), default=None, help="--rebuild: write cProfile stats here")
-def bench(count, url, clients, executors, chain, as_json, rebuild_mode, n_events, workers, profile) -> None:
+def bench(count, url, clients, executors, chain, batch, as_json, rebuild_mode, n_events, workers, profile) -> None:
     """Submit N no-op tasks; print throughput and submit->start latency (or --chain N: per-hop latency)."""
     from .bench import run_bench, run_chain_bench, run_rebuild_bench
 
@@ -244,7 +246,7 @@ def bench(count, url, clients, executors, chain, as_json, rebuild_mode, n_events
         sys.exit(run_rebuild_bench(n_events, as_json=as_json, workers=workers, profile=profile))
     if chain is not None:
         sys.exit(run_chain_bench(chain, url=url, executors=executors, as_json=as_json))
-    sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json))
+    sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json, batch=batch))
 
 
 from .log_commands import COMMANDS as _LOG_COMMANDS  # noqa: E402  (events, topics, lag)

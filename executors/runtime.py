@@ -147,7 +147,14 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas.events import Event
-from taskstream.schemas.kafka import AsyncProducer, close_member, consume_available, consumer_config, is_permanent
+from taskstream.schemas.kafka import (
+    AsyncProducer,
+    close_member,
+    consume_available,
+    consumer_config,
+    is_marker,
+    is_permanent,
+)
 from taskstream.schemas.limits import MAX_RESULT_BYTES, cut_error
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.topics import PRIORITIES
@@ -415,6 +422,9 @@ class Executor:
                 if offsets is None or self._draining:
                     continue  # not (or no longer) ours, or stopping: not tracked, not committed
                 offsets.add(msg.offset())
+                if is_marker(msg):
+                    offsets.mark_done(msg.offset())
+                    continue
                 try:
                     task = codec.decode(msg.value())
                     if not isinstance(task, (ReadyTask, TaskCancelled)):

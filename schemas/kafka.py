@@ -54,13 +54,68 @@ def producer_config(settings: Settings, client_id: str) -> dict:
         # Java-compatible key hashing (as the Java client and Kafka tools use): a task's
         # messages land in the same partition whoever produces them.
         "partitioner": "murmur2_random",
-        # The embedded broker reports a partition's end as the base offset of
-        # its last batch + 1 and does not serve records past that end: the tail
-        # of a multi-record batch stays invisible to consumers until the next
-        # write (BROKER.md; seen as tasks stuck `pending`). One record per
-        # batch keeps the end exact. Real Kafka and Redpanda do not need it.
-        **({"batch.num.messages": 1} if settings.embedded_broker else {}),
     }
+
+
+#: A producer config that sends every record alone (exact end offsets on the embedded broker without EndMarks).
+ONE_PER_BATCH = {"batch.num.messages": 1}
+
+
+#: Key of the tombstone ``EndMarks`` appends to keep end offsets exact on the embedded broker (no meaning beyond it).
+END_MARKER_KEY = b"__taskstream_end__"
+MARKER_KEYS = frozenset({WATERMARK_MARKER_KEY, END_MARKER_KEY})
+
+
+def is_marker(msg) -> bool:
+    """Whether a consumed record is one of our markers (a read marker or an end marker): readers skip these."""
+    return msg.key() in MARKER_KEYS
+
+
+def is_end_marker(msg) -> bool:
+    return msg.key() == END_MARKER_KEY
+
+
+class EndMarks:
+    """Keeps the embedded broker's end offsets exact while producers batch (docs/decisions/0001).
+
+    That broker reports a partition's end as the base offset of its last batch
+    + 1; one record alone after a batch makes it exact again. A producer notes
+    every record it wrote (``wrote``, from its delivery callback); once it has
+    been quiet for ``quiet_s``, ``write`` appends one marker tombstone
+    (``END_MARKER_KEY``) to each partition written since. So end
+    offsets are exact whenever the producers are at rest, and at most one
+    batch short while they write. Off (every call a no-op) on Kafka/Redpanda.
+    Thread-safe; ``write`` produces without waiting.
+    """
+
+    QUIET_S = 0.02
+
+    def __init__(self, enabled: bool, quiet_s: float = QUIET_S) -> None:
+        self.enabled = enabled
+        self.quiet_s = quiet_s
+        self._dirty: set[tuple[str, int]] = set()
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def wrote(self, msg) -> None:
+        if self.enabled and msg.key() not in MARKER_KEYS:
+            with self._lock:
+                self._dirty.add((msg.topic(), msg.partition()))
+                self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return bool(self._dirty) and time.monotonic() - self._last >= self.quiet_s
+
+    def write(self, producer: Producer) -> int:
+        """Append a marker to every partition written since the last call; how many were produced."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for topic, partition in dirty:
+            try:
+                producer.produce(topic, None, END_MARKER_KEY, partition=partition)
+            except (BufferError, KafkaException) as exc:  # the next write of that partition marks it again
+                log.debug("end marker for %s[%d] not produced: %s", topic, partition, exc)
+        return len(dirty)
 
 
 #: Produce errors that no retry can mend: the record itself is refused. A loop that meets one dead-letters what it
@@ -156,16 +211,27 @@ class AsyncProducer:
 
     def __init__(self, settings: Settings, client_id: str, **overrides) -> None:
         self._producer = Producer({**producer_config(settings, client_id), **overrides})
+        self.marks = EndMarks(settings.embedded_broker)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name=f"{client_id}-producer-poll", daemon=True)
         self._thread.start()
 
     def _poll_loop(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            self._producer.poll(0.01 if self.marks._dirty else 0.05)
+            if self.marks.due():
+                self.marks.write(self._producer)
 
     def produce(self, topic: str, key: str | bytes, value: bytes, headers=None, on_delivery=None) -> None:
         """Fire and forget (with an optional delivery callback run on the poll thread)."""
+        marks, then = self.marks, on_delivery
+
+        def on_delivery(err, msg):
+            if err is None:
+                marks.wrote(msg)
+            if then is not None:
+                then(err, msg)
+
         try:
             self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
         except BufferError:
@@ -194,6 +260,8 @@ class AsyncProducer:
 
     def close(self, timeout: float = 10.0) -> int:
         remaining = self._producer.flush(timeout)
+        if self.marks.write(self._producer):
+            remaining = self._producer.flush(timeout)
         self._closed.set()
         self._thread.join(timeout=2)
         return remaining

@@ -77,11 +77,12 @@ from taskstream.schemas import (
     retry_tier,
 )
 from taskstream.schemas.kafka import (
-    WATERMARK_MARKER_KEY,
     admin,
+    EndMarks,
     close_member,
     common_config,
     consume_available,
+    is_marker,
     is_permanent,
     consumer_config,
     producer_config,
@@ -224,6 +225,7 @@ class Processor:
         self._failed: list[str] = []
         self._refused: list[tuple[str, bytes | None, list, str]] = []  # (topic, key, headers, reason)
         self.producer = Producer({**producer_config(settings, self.id)})
+        self.marks = EndMarks(settings.embedded_broker)
         self.consumer = Consumer(
             {
                 **consumer_config(settings, self.topics.processor_group, self.id),
@@ -320,7 +322,7 @@ class Processor:
                     p = m.partition()
                     if p not in pending:
                         continue
-                    if m.key() != WATERMARK_MARKER_KEY:
+                    if not is_marker(m):
                         if m.value():
                             tables[p][m.key()] = m.value()
                         else:
@@ -378,6 +380,9 @@ class Processor:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + tick
                     self._fire_timers(datetime.now(UTC))
+                if self.marks.due():
+                    self.marks.write(self.producer)
+                    self.producer.poll(0)
                 if time.monotonic() >= next_lag:
                     next_lag = time.monotonic() + LAG_INTERVAL_S
                     self._measure_lag()
@@ -401,7 +406,7 @@ class Processor:
         now = datetime.now(UTC)
         poison = []
         for m in messages:
-            if m.error() is not None:
+            if m.error() is not None or is_marker(m):
                 continue
             table, timers = self.tables.get(m.partition()), self.timers.get(m.partition())
             if table is None or timers is None:
@@ -468,6 +473,8 @@ class Processor:
             if table is None:  # revoked while the batch was in flight
                 continue
             done[partition] = m.offset() + 1
+            if is_marker(m):
+                continue
             for out in self._fold_one(table, m, partition, now):
                 self._produce(out)
         self._flush_and_check()
@@ -537,6 +544,7 @@ class Processor:
 
     def _delivered(self, err, msg) -> None:
         if err is None:
+            self.marks.wrote(msg)
             return
         if is_permanent(err):
             self._refused.append((msg.topic(), msg.key(), list(msg.headers() or []),

@@ -78,7 +78,7 @@ from taskstream.schemas import (
     Topics,
     codec,
 )
-from taskstream.schemas.kafka import WATERMARK_MARKER_KEY, admin, common_config, producer_config, write_markers
+from taskstream.schemas.kafka import MARKER_KEYS, admin, common_config, producer_config, write_markers
 
 from . import domain
 
@@ -176,6 +176,8 @@ class LogFold:
         """Fold one record (the hot path of a rebuild: kept to one call of decode and one of evolve)."""
         if not key:
             self.keyless += 1
+            return
+        if key in MARKER_KEYS:  # read and end markers are not events
             return
         try:
             event = _decode(value)
@@ -387,7 +389,7 @@ def read_live(settings: Settings, markers: Mapping[int, int]) -> dict[bytes, Sta
         for batch in scan(consumer, topic, {p: o + 1 for p, o in markers.items()}):
             for m in batch:
                 key = m.key()
-                if not key or key == WATERMARK_MARKER_KEY:
+                if not key or key in MARKER_KEYS:
                     continue
                 if not m.value():
                     live.pop(key, None)

@@ -43,7 +43,15 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from taskstream.schemas import DecodeError, Settings, TaskQueued, TaskRetryScheduled, Topics, codec
-from taskstream.schemas.kafka import close_member, consume_available, consumer_config, is_permanent, producer_config
+from taskstream.schemas.kafka import (
+    EndMarks,
+    close_member,
+    consume_available,
+    consumer_config,
+    is_marker,
+    is_permanent,
+    producer_config,
+)
 from taskstream.schemas.observability import about
 
 log = logging.getLogger(__name__)
@@ -81,6 +89,7 @@ class RetryRelay:
         self.consumer = Consumer({**consumer_config(settings, self.topics.relay_group, self.id),
                                   "fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
         self.producer = Producer(producer_config(settings, self.id))
+        self.marks = EndMarks(settings.embedded_broker)
         self._offsets: dict[tuple[str, int], _Offsets] = {}
         self._heap: list = []
         self._seq = itertools.count()
@@ -134,6 +143,8 @@ class RetryRelay:
                 self._release(time.time())
                 self._redo(time.time())
                 self.producer.poll(0)
+                if self.marks.due():
+                    self.marks.write(self.producer)
                 self._pause_full()
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                     self._commit(asynchronous=True)
@@ -155,6 +166,9 @@ class RetryRelay:
             if offsets is None:
                 continue
             offsets.pending.append(m.offset())
+            if is_marker(m):
+                offsets.mark_done(m.offset())
+                continue
             try:
                 record = codec.decode(m.value())
                 if not isinstance(record, TaskRetryScheduled):
@@ -232,9 +246,16 @@ class RetryRelay:
                 self._to_dlq(m, reason, offsets, strip)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:
+        marks = self.marks
+
+        def delivered(err, msg):
+            if err is None:
+                marks.wrote(msg)
+            on_delivery(err, msg)
+
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=delivered)
                 return
             except BufferError:
                 self.producer.poll(0.05)

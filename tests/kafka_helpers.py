@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, codec
-from taskstream.schemas.kafka import admin, producer_config
+from taskstream.schemas.kafka import ONE_PER_BATCH, admin, is_end_marker, producer_config
 
 
 class TopicReader:
@@ -33,7 +33,7 @@ class TopicReader:
         new = []
         while True:
             msgs = self.consumer.consume(1000, timeout)
-            msgs = [m for m in msgs if m.error() is None]
+            msgs = [m for m in msgs if m.error() is None and not is_end_marker(m)]  # end markers are noise
             if not msgs:
                 break
             new.extend(msgs)
@@ -66,7 +66,8 @@ class TopicReader:
 
 
 def producer(settings: Settings) -> Producer:
-    return Producer({**producer_config(settings, "test"), "linger.ms": 1})
+    # One record per batch: what a test writes is exactly visible in end offsets at once (no EndMarks here).
+    return Producer({**producer_config(settings, "test"), "linger.ms": 1, **ONE_PER_BATCH})
 
 
 def send_events(settings: Settings, events, topic: str | None = None) -> None:

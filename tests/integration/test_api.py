@@ -14,7 +14,7 @@ from taskstream.api import create_app
 from taskstream.api.models import parse_rfc3339
 from taskstream.cli.broker import free_port
 from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, codec
-from taskstream.schemas.kafka import common_config
+from taskstream.schemas.kafka import common_config, is_end_marker
 from taskstream.schemas.limits import MAX_PAYLOAD_BYTES
 from tests.conftest import wait_until
 
@@ -37,7 +37,7 @@ def read_topic(settings: Settings, topic: str, count: int, timeout: float = 10.0
     try:
         def enough():
             for msg in consumer.consume(100, timeout=0.1):
-                if msg.error() is None:
+                if msg.error() is None and not is_end_marker(msg):
                     records.append(msg)
             return len(records) >= count
         wait_until(enough, timeout=timeout, message=f"{count} records in {topic}")

@@ -11,13 +11,13 @@ import uuid
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from taskstream.cli.broker import free_port
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, catalogue, codec
-from taskstream.schemas.kafka import admin
+from taskstream.schemas.kafka import admin, is_end_marker
 from tests.conftest import wait_until
 from tests.kafka_helpers import Component, now, producer
 
@@ -157,6 +157,21 @@ def test_lag_per_group_and_partition_from_committed_and_end_offsets(settings) ->
     assert "read model" in r.stdout.splitlines()[-1]
 
 
+def end_markers(settings, topics: list[str]) -> int:
+    """End markers our producers appended to ``topics`` (records that lag counts like any other)."""
+    reader = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-markers"})
+    reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(settings.partitions)])
+    try:
+        seen, idle = [], 0
+        while idle < 3:
+            batch = [m for m in reader.consume(1000, 0.2) if m.error() is None]
+            seen += batch
+            idle = 0 if batch else idle + 1
+        return sum(1 for m in seen if is_end_marker(m))
+    finally:
+        reader.close()
+
+
 def test_lag_of_a_running_processor_drops_to_zero(settings, tmp_path) -> None:
     t = Topics(settings.prefix)
     proc = Component(settings, "processor", log_path=tmp_path / "processor.log")
@@ -178,7 +193,8 @@ def test_lag_of_a_running_processor_drops_to_zero(settings, tmp_path) -> None:
         assert all(x["committed"] == x["end"] for x in rows)
         assert all(x["group_state"] == "stable" for x in rows)  # (the embedded broker lists no members)
         executors = [x for x in json_lines(taskstream(settings, "lag", "--json")) if x["group"] == t.executor_group]
-        assert sum(x["lag"] for x in executors) == 30  # 30 ready messages, no executor running
+        # 30 ready messages, no executor running; lag counts records, the end markers after them too
+        assert sum(x["lag"] for x in executors) == 30 + end_markers(settings, t.all_ready)
     finally:
         proc.stop()
 

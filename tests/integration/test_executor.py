@@ -14,7 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from taskstream.executors import Executor, PermanentError, Registry
 from taskstream.schemas import ReadyTask, Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
-from taskstream.schemas.kafka import producer_config
+from taskstream.schemas.kafka import is_end_marker, producer_config
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -78,7 +78,7 @@ class TopicReader:
 
     def poll(self) -> list:
         for msg in self.consumer.consume(500, 0.05):
-            if msg.error() is None:
+            if msg.error() is None and not is_end_marker(msg):  # the end markers our producers append
                 self.messages.append(msg)
         return self.messages
 
