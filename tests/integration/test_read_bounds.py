@@ -218,8 +218,8 @@ def own_broker() -> Iterator[str]:
         yield b.bootstrap_servers
 
 
-#: Records before the task's last event: 0.2-1.3 s a scan, two at once, on the embedded broker (which slows down
-#: sharply past ~15k records a partition under concurrent scans: README, "Time travel").
+#: Records before the task's last event: 0.15-1.3 s a scan, two at once, on the embedded broker. It slows down
+#: sharply on longer partitions (README, "Time travel"): at 12k the probes that ask it (/readyz, /metrics) near 1 s.
 LONG_PARTITION = 10_000
 READERS = 20
 SLOTS = 2
@@ -283,11 +283,11 @@ def test_health_metrics_and_readiness_answer_at_once_while_20_history_reads_scan
     assert not slow, slow
     during = [p for p in probes if p[3] > 0]
     assert len({p[0] for p in during}) == 3 and len(during) >= 9, probes  # each probe answered during the scans
-    # the bound means something: the scans kept the API busy for several times as long
+    # the bound means something: the scans kept the API busy for several times as long (20 scans, 2 at a time)
     print(f"\n{READERS} history reads, {SLOTS} at once: scans {min(spy.scan_s):.2f}..{max(spy.scan_s):.2f}s, "
           f"the last answered after {max(scan_s):.1f}s; {len(during)} probes during them, the slowest "
           f"{max(p[2] for p in probes) * 1000:.0f} ms")
-    assert max(scan_s) > 3 * PROBE_BOUND_S and sum(spy.scan_s) > 3 * PROBE_BOUND_S * SLOTS, (scan_s, spy.scan_s)
+    assert max(scan_s) > 2 * PROBE_BOUND_S and sum(spy.scan_s) > 2 * PROBE_BOUND_S * SLOTS, (scan_s, spy.scan_s)
 
 
 # ------------------------------------------------------------ label filter
