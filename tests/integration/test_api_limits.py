@@ -16,11 +16,12 @@ from hypothesis import event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from taskstream.api import create_app
 from taskstream.schemas import Settings, Topics, catalogue
-from taskstream.schemas.kafka import common_config, ensure_topics, wait_for_broker
+from taskstream.schemas.kafka import common_config, ensure_topics, is_marker, wait_for_broker
+from tests.conftest import wait_until
 from taskstream.schemas.limits import (
     MAX_HANDLER_CHARS,
     MAX_ID_CHARS,
@@ -60,12 +61,29 @@ def api(module_settings: Settings):
 
 
 def events_written(settings: Settings) -> int:
-    """Records ever written to ``<p>.events``: the sum of its high watermarks (the API writes one record a batch)."""
+    """Records ever written to ``<p>.events`` but our markers, read from the beginning to the reported ends.
+
+    A batch is delivered whole, so reading up to a (possibly under-reported) end offset yields every record
+    of the last batch too; a request the API answered has its records acknowledged already.
+    """
     topic = Topics(settings.prefix).events
     consumer = Consumer({**common_config(settings, "test-reader"), "group.id": "test-reader"})
     try:
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)[1]
-                   for p in range(settings.partitions))
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)[1]
+                for p in range(settings.partitions)}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0])
+        seen: dict[tuple[int, int], bool] = {}
+        reached = {p: end == 0 for p, end in ends.items()}
+
+        def read() -> bool:
+            for m in consumer.consume(1000, 0.2):
+                if m.error() is None:
+                    seen[(m.partition(), m.offset())] = not is_marker(m)
+                    reached[m.partition()] = reached[m.partition()] or m.offset() + 1 >= ends[m.partition()]
+            return all(reached.values())
+
+        wait_until(read, timeout=20, message=f"{topic} read to its end")
+        return sum(seen.values())
     finally:
         consumer.close()
 
