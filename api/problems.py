@@ -16,6 +16,8 @@ schemas.ValidationError     422    validation
 schemas.NotFound            404    not-found
 schemas.CommandRejected     409    conflict
 schemas.BrokerUnavailable   503    broker-unavailable
+schemas.RecordRefused       413    too-large (the broker refused a record
+                                   for its size: retrying cannot help)
 HTTPException (404/405/413) as is  about:blank
 anything else               500    internal (logged, no details leaked)
 =========================== ====== ======================================
@@ -35,7 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from taskstream.schemas import BrokerUnavailable, CommandRejected, NotFound, ValidationError, codec
+from taskstream.schemas import BrokerUnavailable, CommandRejected, NotFound, RecordRefused, ValidationError, codec
 from taskstream.schemas.limits import MAX_JSON_DEPTH
 
 log = logging.getLogger(__name__)
@@ -150,6 +152,9 @@ async def _rejected(_: Request, exc: CommandRejected) -> Response:
 
 
 async def _broker(_: Request, exc: BrokerUnavailable) -> Response:
+    if isinstance(exc, RecordRefused):
+        return problem(413, "Request body too large", f"the event log refused the request's record: {exc}",
+                       kind="too-large")
     log.warning("broker unavailable: %s", exc)
     return problem(503, "Broker unavailable", f"the event log could not be written: {exc}", kind="broker-unavailable",
                    headers={"Retry-After": "1"})

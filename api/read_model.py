@@ -7,8 +7,8 @@ consumes that topic from the beginning of every partition and keeps a local
 copy in RocksDB (``rocksdict``), plus secondary indexes for newest-first
 listing overall and by status, priority and handler. Schedules live in
 their own column family (``ScheduleStore``) with the same key layout and an
-index by status. Any other record type, and the processor's marker key
-``__taskstream_marker__``, are skipped.
+index by status. Any other record type, and tombstones (our read and end
+markers among them, ``schemas.kafka.is_marker``), are skipped.
 
 Two parts:
 
@@ -83,8 +83,6 @@ _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 _INV_BASE = 10**19
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SORTKEY = re.compile(rb"^\d{20}:[^\x00]+$")
-#: A key the processor writes to ``<p>.state`` for its own bookkeeping; not a task.
-MARKER_KEY = b"__taskstream_marker__"
 SCHEDULES_CF = "schedules"
 
 #: Fields with a secondary index, in the order the list query prefers them
@@ -550,8 +548,6 @@ class ReadModel:
         key = msg.key()
         if not value:
             log.debug("read model: skipped tombstone key=%r at %s/%d", key, partition, offset)
-            return
-        if key == MARKER_KEY:
             return
         try:
             state = codec.decode(value)

@@ -6,8 +6,8 @@ raw poison messages it could not decode, with ``source-topic``,
 ``source-partition``, ``source-offset`` and ``reason`` headers. ``list``
 reads every partition from the beginning up to a marker record it appends
 itself (the embedded broker under-reports end offsets, BROKER.md), the same
-way the processor rebuilds its tables; readers of ``<p>.dlq`` skip records
-keyed ``WATERMARK_MARKER_KEY``. ``redrive`` appends ``TaskRedriven`` events
+way the processor rebuilds its tables; readers of ``<p>.dlq`` skip markers
+(``schemas.kafka.is_marker``). ``redrive`` appends ``TaskRedriven`` events
 to ``<p>.events`` keyed by task id (murmur2, as every producer of events);
 the processor re-opens a ``failed`` or ``upstream_failed`` task on one and
 ignores it on any other status.
@@ -39,10 +39,8 @@ from taskstream.schemas.kafka import (
 )
 
 POISON_HEADERS = ("source-topic", "source-partition", "source-offset", "reason")
-#: The CLI sends a handful of records, so one record per batch costs nothing and
-#: keeps every one visible on the embedded broker even when the user's
-#: environment does not say it is that broker (BROKER.md: the tail of a
-#: multi-record batch is not served until the partition's next write).
+#: The CLI sends a handful of records, so one record per batch costs nothing and keeps end offsets exact on the
+#: embedded broker even when the user's environment does not say it is that broker (docs/decisions/0001).
 ONE_PER_BATCH = {"batch.num.messages": 1}
 
 

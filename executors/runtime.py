@@ -81,8 +81,10 @@ Offsets (at-least-once)
     new owner gets them); attempts already running finish and report, but
     their offsets are no longer ours to commit. A message that does not decode
     goes, raw, to ``<p>.dlq`` with headers ``source-topic``,
-    ``source-partition``, ``source-offset`` and ``reason``, and then counts as
-    done. A handler exception never stops the executor.
+    ``source-partition``, ``source-offset`` and ``reason``, and counts as done
+    once the dlq acknowledged it (refused for its size: sent again without its
+    value; the broker away: sent again ``DLQ_RETRY_S`` later, the offset
+    pending meanwhile). A handler exception never stops the executor.
 
 Cancellation
     When a queued or running task is cancelled the processor publishes a
@@ -170,6 +172,8 @@ log = logging.getLogger(__name__)
 
 #: How often the poll thread commits finished offsets.
 COMMIT_INTERVAL_S = 0.2
+#: A dead letter the broker did not take (it is away) is sent again this much later.
+DLQ_RETRY_S = 1.0
 #: Longest single poll; bounds how fast the poll thread reacts to pause/resume/stop.
 POLL_TIMEOUT_S = 0.05
 #: Messages taken per poll call.
@@ -497,15 +501,23 @@ class Executor:
                 with self._lock:
                     offsets.mark_done(offset)
                 return
-            if is_permanent(err) and not strip:  # too large or invalid: tell of it without its value
+            if is_permanent(err):
+                if strip:  # not even its headers fit: nothing smaller to send
+                    log.error("dlq produce of %s[%d]@%d refused even without its value; left in its topic: %s",
+                              topic, partition, offset, err)
+                    with self._lock:
+                        offsets.mark_done(offset)
+                    return
                 log.error("dlq produce of %s[%d]@%d refused, sent again without its value: %s", topic, partition,
                           offset, err)
                 send(strip=True)
                 return
-            log.error("dlq produce of %s[%d]@%d failed; the message is left in its topic, its offset moves on: %s",
-                      topic, partition, offset, err)
-            with self._lock:
-                offsets.mark_done(offset)
+            # The broker is away: the offset stays pending (uncommitted) and the dead letter is tried again.
+            log.warning("dlq produce of %s[%d]@%d failed, again in %ss: %s", topic, partition, offset,
+                        DLQ_RETRY_S, err)
+            again = threading.Timer(DLQ_RETRY_S, send, kwargs={"strip": strip})
+            again.daemon = True
+            again.start()
 
         def send(strip: bool = False) -> None:
             try:
@@ -719,7 +731,7 @@ class Executor:
         if not isinstance(exc, RecordRefused):
             return None
         failed = TaskFailed(task_id=outcome.task_id, attempt=outcome.attempt, producer=self.executor_id,
-                            occurred_at=_now(), started_at=getattr(outcome, "started_at", None),
+                            occurred_at=_now(), started_at=getattr(outcome, "started_at", None), permanent=True,
                             error=cut_error(f"result not written: {exc}"))
         try:
             await self._send(failed)
@@ -780,7 +792,7 @@ class Executor:
         if size > MAX_RESULT_BYTES:
             log.info("task %s attempt %d: result too large (%d bytes)", task.task_id, task.attempt, size,
                      extra=_about(task))
-            return TaskFailed(**common, occurred_at=_now(),
+            return TaskFailed(**common, occurred_at=_now(), permanent=True,  # the same work would return as much
                               error=f"result too large: {size:,} bytes of JSON > {MAX_RESULT_BYTES:,}")
         log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt, extra=_about(task))
         return TaskSucceeded(**common, occurred_at=_now(), result=result_json)

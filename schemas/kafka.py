@@ -67,12 +67,13 @@ MARKER_KEYS = frozenset({WATERMARK_MARKER_KEY, END_MARKER_KEY})
 
 
 def is_marker(msg) -> bool:
-    """Whether a consumed record is one of our markers (a read marker or an end marker): readers skip these."""
-    return msg.key() in MARKER_KEYS
+    """Whether a consumed record is one of our markers (a read or an end marker: a tombstone under one of
+    ``MARKER_KEYS``; no event is a tombstone): readers skip these."""
+    return msg.key() in MARKER_KEYS and not msg.value()
 
 
 def is_end_marker(msg) -> bool:
-    return msg.key() == END_MARKER_KEY
+    return msg.key() == END_MARKER_KEY and not msg.value()
 
 
 class EndMarks:
@@ -112,18 +113,27 @@ class EndMarks:
             dirty, self._dirty = self._dirty, set()
         for topic, partition in dirty:
             try:
-                producer.produce(topic, None, END_MARKER_KEY, partition=partition)
-            except (BufferError, KafkaException) as exc:  # the next write of that partition marks it again
-                log.debug("end marker for %s[%d] not produced: %s", topic, partition, exc)
+                producer.produce(topic, None, END_MARKER_KEY, partition=partition, on_delivery=self._marked)
+            except (BufferError, KafkaException) as exc:
+                log.debug("end marker for %s[%d] not produced, again later: %s", topic, partition, exc)
+                self._again(topic, partition)
         return len(dirty)
+
+    def _marked(self, err, msg) -> None:
+        if err is not None:
+            self._again(msg.topic(), msg.partition())
+
+    def _again(self, topic: str, partition: int) -> None:
+        with self._lock:
+            self._dirty.add((topic, partition))
+            self._last = time.monotonic()
 
 
 #: Produce errors that no retry can mend: the record itself is refused. A loop that meets one dead-letters what it
 #: could not write and goes on; any other error (the broker is away, a timeout) is worth waiting out.
 PERMANENT_PRODUCE_ERRORS = frozenset({
-    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
-    KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG_SIZE, KafkaError._BAD_MSG,
-    KafkaError._INVALID_ARG, KafkaError.INVALID_REQUIRED_ACKS,
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_MSG_SIZE,
 })
 
 
@@ -218,9 +228,12 @@ class AsyncProducer:
 
     def _poll_loop(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.01 if self.marks._dirty else 0.05)
-            if self.marks.due():
-                self.marks.write(self._producer)
+            try:
+                self._producer.poll(0.01 if self.marks._dirty else 0.05)
+                if self.marks.due():
+                    self.marks.write(self._producer)
+            except Exception:  # a delivery callback that raised must not end every later delivery report
+                log.exception("producer poll: a delivery callback failed")
 
     def produce(self, topic: str, key: str | bytes, value: bytes, headers=None, on_delivery=None) -> None:
         """Fire and forget (with an optional delivery callback run on the poll thread)."""
@@ -232,13 +245,17 @@ class AsyncProducer:
             if then is not None:
                 then(err, msg)
 
-        try:
-            self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
-        except BufferError:
-            self._producer.poll(0.05)
-            self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
-        except KafkaException as exc:
-            raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(str(exc)) from exc
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError as exc:  # the local queue is full: wait for deliveries to make room
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"producer queue full for 10 s: {exc}") from exc
+                time.sleep(0.01)
+            except KafkaException as exc:
+                raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(str(exc)) from exc
 
     def send(self, topic: str, key: str | bytes, value: bytes, headers=None) -> asyncio.Future:
         """Produce and return a future that resolves when the broker acknowledged the record."""

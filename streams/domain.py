@@ -32,7 +32,8 @@ TaskRedriven         failed                         ``scheduled``, due now, fres
                      upstream_failed                ``pending``, failed resolutions dropped
 TaskDeadLettered     never                          (a record for the dlq)
 DependencyRegistered any state, fewer than         ``dependent`` added to ``dependents`` (when full,
- (on the upstream)   MAX_DEPENDENTS dependents      decide answers ``too_many_dependents`` at once)
+ (on the upstream)   MAX_DEPENDENTS dependents      decide answers ``too_many_dependents`` at once, or
+                                                    the outcome of a terminal upstream, unrecorded)
 DependencyResolved   not terminal, a dependency,    ``resolved[upstream] = outcome``; anything but
  (on the dependent)  not yet resolved               ``succeeded`` -> ``upstream_failed``; the last
                                                     success of a pending task with run_at ->
@@ -162,11 +163,17 @@ def evolve(state: TaskState | None, event: Event) -> TaskState | None:
 
     Task events never touch a schedule's state nor schedule events a task's,
     whatever the log holds (a task may name a schedule's id in depends_on).
+    An event no rule can fold (an evolver raises on values no producer of ours
+    writes) changes nothing: the same for the processor, a rebuild and time
+    travel, since all of them fold through here.
     """
     fn = _evolvers.get(type(event))
     if fn is None or (state is not None and isinstance(state, ScheduleState) != (type(event) in SCHEDULE_EVENTS)):
         return state
-    return fn(state, event)
+    try:
+        return fn(state, event)
+    except Exception:
+        return state
 
 
 SCHEDULE_EVENTS = frozenset({ScheduleCreated, ScheduleFired, ScheduleDeleted})
@@ -703,7 +710,10 @@ def upstream_json(state: TaskState) -> str:
         return "{}"
     out = {}
     for upstream, text in state.upstream_results.items():
-        value = codec.loads_json(text)
+        try:
+            value = codec.loads_json(text)
+        except codec.JSONDecodeError:  # not JSON (no producer of ours writes that): carried as null
+            value = None
         out[upstream] = value
         if key := state.upstream_keys.get(upstream):
             out[key] = value

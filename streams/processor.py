@@ -64,7 +64,7 @@ from taskstream.schemas import (
     DecodeError,
     Heartbeat,
     ReadyTask,
-    ScheduleState,
+    TaskFailed,
     Settings,
     Status,
     TaskCancelled,
@@ -111,10 +111,12 @@ class Output(NamedTuple):
 
 
 class Step(NamedTuple):
-    """What folding one event yields: the new state (None: unchanged) and messages to send."""
+    """What folding one event yields: the new state (None: unchanged), messages to send, and why deciding
+    what follows failed (the state change stands; the event goes to the dlq with this reason)."""
 
     state: TaskState | None
     outputs: list[Output]
+    failed: str | None = None
 
 
 def fold_step(
@@ -134,15 +136,19 @@ def fold_step(
             return Step(None, _effects_of(topics, state, state, event, again, partition, now, producer))
         return Step(None, [])
     new = domain.evolve(state, event)
-    own = new.task_id if new is not None else None
-    follow = [_stamped(e, producer, own, event) for e in domain.react(state, new, event, now)]
-    for e in follow:
-        if e.task_id == own:
-            new = domain.evolve(new, e)
-    outputs = _effects_of(topics, state, new, event, follow, partition, now, producer)
+    folded, failed = new, None
+    try:
+        own = new.task_id if new is not None else None
+        follow = [_stamped(e, producer, own, event) for e in domain.react(state, new, event, now)]
+        for e in follow:
+            if e.task_id == own:
+                new = domain.evolve(new, e)
+        outputs = _effects_of(topics, state, new, event, follow, partition, now, producer)
+    except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
+        new, outputs, failed = folded, [], f"deciding what follows failed: {type(exc).__name__}: {exc}"
     if new is state:
-        return Step(None, outputs)
-    return Step(replace(new, last_offset=offset), outputs)
+        return Step(None, outputs, failed)
+    return Step(replace(new, last_offset=offset), outputs, failed)
 
 
 def _stamped(e, producer: str, own: str | None, cause) -> object:
@@ -356,6 +362,7 @@ class Processor:
         try:
             self._run(stop)
         finally:
+            stop.set()  # the relay stops with the processor, whatever ended it
             if relay_thread is not None:
                 relay_thread.join(timeout=15)
         if crashed:
@@ -421,7 +428,10 @@ class Processor:
                 continue
             key = beat.task_id.encode()
             raw = table.get(key)
-            state = codec.decode(raw) if raw else None
+            try:
+                state = codec.decode(raw) if raw else None
+            except DecodeError:
+                state = None
             if isinstance(state, TaskState) and state.status == Status.RUNNING.value and state.attempt == beat.attempt:
                 timers.set(LEASE, key, now + self.lease)
         for out in poison:
@@ -490,24 +500,25 @@ class Processor:
         key = m.key()
         if not key:
             return [dlq_output(self.topics, m, "event without a key")]
+        raw = table.get(key)
         try:
-            raw = table.get(key)
             state = codec.decode(raw) if raw else None
             step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id)
             value = codec.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
             log.warning("poison message at %s[%d]@%d -> dlq: %s", m.topic(), partition, m.offset(), exc)
             return [dlq_output(self.topics, m, str(exc))]
-        except Exception as exc:  # a bug or an event no rule foresaw: the event goes to the dlq, the loop goes on
-            log.exception("folding %s[%d]@%d failed -> dlq", m.topic(), partition, m.offset(),
-                          extra=about(key.decode(errors="replace")))
-            return [dlq_output(self.topics, m, f"folding failed: {type(exc).__name__}: {exc}")]
+        outputs = step.outputs
+        if step.failed:
+            log.error("%s[%d]@%d: %s -> dlq", m.topic(), partition, m.offset(), step.failed,
+                      extra=about(key.decode(errors="replace")))
+            outputs = [*outputs, dlq_output(self.topics, m, step.failed)]
         if step.state is None:
-            return step.outputs
+            return outputs
         self._move_timers(partition, key, state, step.state, now)
         self.metrics.state_changed(state, step.state, now)
         table[key] = value
-        return [Output(self.topics.state, key, value, codec.headers(step.state), partition), *step.outputs]
+        return [Output(self.topics.state, key, value, codec.headers(step.state), partition), *outputs]
 
     def _move_timers(self, partition: int, key: bytes, before, after, now: datetime) -> None:
         timers = self.timers.get(partition)
@@ -538,8 +549,8 @@ class Processor:
             except KafkaException as exc:
                 if not is_permanent(exc):
                     raise BrokerUnavailable(f"produce to {out.topic} failed: {exc}") from exc
-                self._refused.append((out.topic, out.key, list(out.headers or []),
-                                      f"{exc.args[0].str()} ({len(out.value):,} bytes)"))
+                self._refused.append((out.topic, out.key, out.value, list(out.headers or []),
+                                      f"{exc.args[0].str()} ({len(out.value or b''):,} bytes)"))
                 return
 
     def _delivered(self, err, msg) -> None:
@@ -547,20 +558,43 @@ class Processor:
             self.marks.wrote(msg)
             return
         if is_permanent(err):
-            self._refused.append((msg.topic(), msg.key(), list(msg.headers() or []),
+            self._refused.append((msg.topic(), msg.key(), msg.value(), list(msg.headers() or []),
                                   f"{err.str()} ({len(msg.value() or b''):,} bytes)"))
         else:
             self._failed.append(f"{msg.topic()}: {err}")
 
     def _dead_letter_refused(self) -> None:
-        """In place of each record the broker refused for good, a record in ``<p>.dlq`` naming it (no value)."""
+        """Answer each record the broker refused for good (``is_permanent``), by where it was going.
+
+        ``<p>.state`` or ``<p>.events``: the table or the log would no longer
+        agree, so the batch is not committed (``_failed``; the processor
+        stops and the batch is folded again: the topic's ``max.message.bytes``
+        is below ``MAX_RECORD_BYTES``). A ready message: the attempt can never
+        run, so ``TaskFailed(permanent)`` says why. Anything else (a retry
+        record, whose timer re-queues the attempt anyway; a dead letter): a
+        record in ``<p>.dlq`` naming it, without its value.
+        """
         refused, self._refused = self._refused, []
-        for topic, key, headers, reason in refused:
+        for topic, key, value, headers, reason in refused:
             task_id = (key or b"").decode(errors="replace")
-            log.error("output to %s refused by the broker: %s; dead-lettered", topic, reason, extra=about(task_id))
-            if topic == self.topics.dlq:
-                continue  # nothing left to tell
+            log.error("output to %s refused by the broker: %s", topic, reason, extra=about(task_id))
+            if topic in (self.topics.state, self.topics.events):
+                self._failed.append(f"{topic} refused a record of {task_id}: {reason}")
+                continue
+            if topic in self.topics.all_ready:
+                try:
+                    ready = codec.decode(value)
+                except DecodeError:
+                    ready = None
+                if isinstance(ready, ReadyTask):
+                    failed = TaskFailed(task_id=ready.task_id, occurred_at=datetime.now(UTC), producer=self.id,
+                                        attempt=ready.attempt, permanent=True,
+                                        error=f"ready message refused by the broker: {reason}")
+                    self._produce(Output(self.topics.events, key or b"", codec.encode(failed), codec.headers(failed)))
+                    continue
             named = [(k, v) for k, v in headers if k == codec.EVENT_TYPE_HEADER]
+            if topic == self.topics.dlq and not value:
+                continue  # a value-less dead letter refused: nothing smaller to send
             self._produce(Output(self.topics.dlq, key or b"", b"", [
                 *named, ("source-topic", topic.encode()), ("reason", f"refused: {reason}".encode()[:1000]),
             ]))

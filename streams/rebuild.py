@@ -30,8 +30,8 @@ events again on top, which is exactly what the processor did. A key with no
 event in between folds as before (the common case costs a dict lookup).
 
 **Where the fold stops.** By default at each partition's end offset as of the
-start (our producers send one record per batch on the embedded broker, which
-keeps its end offsets exact, BROKER.md). The live ``<p>.state`` is read up to
+start (on the embedded broker our producers append an end marker once they
+are at rest, which keeps its end offsets exact: docs/decisions/0001). The live ``<p>.state`` is read up to
 a marker record this module appends (like ``processor._restore``), so no end
 offset is trusted there. With ``write`` the fold stops at the processor
 group's committed offsets instead: that is where the processors resume, and
@@ -177,7 +177,7 @@ class LogFold:
         if not key:
             self.keyless += 1
             return
-        if key in MARKER_KEYS:  # read and end markers are not events
+        if key in MARKER_KEYS and not value:  # read and end markers (tombstones) are not events
             return
         try:
             event = _decode(value)
@@ -389,7 +389,7 @@ def read_live(settings: Settings, markers: Mapping[int, int]) -> dict[bytes, Sta
         for batch in scan(consumer, topic, {p: o + 1 for p, o in markers.items()}):
             for m in batch:
                 key = m.key()
-                if not key or key in MARKER_KEYS:
+                if not key or (key in MARKER_KEYS and not m.value()):
                     continue
                 if not m.value():
                     live.pop(key, None)
@@ -457,6 +457,8 @@ def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State],
     remaining = producer.flush(60)
     if remaining or failed:
         raise BrokerUnavailable(f"{remaining} state(s) unacknowledged, errors: {failed[:3]}")
+    if settings.embedded_broker:  # a marker alone after the batches: end offsets exact again (docs/decisions/0001)
+        write_markers(producer, topic, sorted(set(partition_of[k] for k in states)))
     return len(states)
 
 

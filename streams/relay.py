@@ -22,7 +22,8 @@ goes to ``<p>.dlq`` with the usual headers. A write that fails is tried
 again ``REDO_S`` later (a re-queue from the heap, a dead letter from a list),
 so one failure never holds a partition's commits back for good; a dead
 letter the broker refuses for good (``is_permanent``: too large) goes again
-without its value.
+without its value, and a re-queue it refuses for good is left to the
+processor's own timer (``RELAY_SLACK_S`` later).
 
 Accuracy: the relay wakes at the earliest ``not_before`` (its poll timeout
 is bounded by it) and the re-queued attempt then takes two more hops
@@ -194,6 +195,10 @@ class RetryRelay:
             def done(err, msg, topic=topic, partition=partition, offsets=offsets, offset=offset, record=record):
                 if err is None:
                     offsets.mark_done(offset)
+                elif is_permanent(err):  # never going to fit: the processor's own timer re-queues the attempt
+                    log.error("retry relay: re-queue of %s refused by the broker, left to the processor's timer: %s",
+                              record.task_id, err, extra=about(record.task_id, record.attempt + 1))
+                    offsets.mark_done(offset)
                 else:
                     log.warning("retry relay: re-queue of %s not acknowledged, again in %ss: %s", record.task_id,
                                 REDO_S, err, extra=about(record.task_id, record.attempt + 1))
@@ -223,15 +228,20 @@ class RetryRelay:
             if err is None:
                 offsets.mark_done(offset)
             else:
-                self._dlq_failed(m, reason, offsets, err)
+                self._dlq_failed(m, reason, offsets, err, strip)
 
         try:
             self._produce(self.topics.dlq, m.key() or b"", b"" if strip else (m.value() or b""), headers, done)
         except KafkaException as exc:
-            self._dlq_failed(m, reason, offsets, exc)
+            self._dlq_failed(m, reason, offsets, exc, strip)
 
-    def _dlq_failed(self, m, reason: str, offsets: _Offsets, err) -> None:
+    def _dlq_failed(self, m, reason: str, offsets: _Offsets, err, stripped: bool) -> None:
         strip = is_permanent(err)
+        if strip and stripped:  # not even its headers fit: nothing smaller to send
+            log.error("retry relay: dead letter of %s[%d]@%d refused even without its value; left in its topic: %s",
+                      m.topic(), m.partition(), m.offset(), err)
+            offsets.mark_done(m.offset())
+            return
         log.warning("retry relay: dead letter of %s[%d]@%d failed, again in %ss%s: %s", m.topic(), m.partition(),
                     m.offset(), REDO_S, " without its value" if strip else "", err)
         self._redo_dlq.append((time.time() + REDO_S, m, reason, offsets, strip))

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from taskstream.api import create_app
-from taskstream.schemas import Settings, Topics, codec, limits
+from taskstream.schemas import BrokerUnavailable, ReadyTask, Settings, TaskFailed, Topics, codec, limits
 from taskstream.streams.processor import Output, Processor
 from tests.conftest import wait_until
 from tests.kafka_helpers import Component, TopicReader
@@ -157,24 +158,38 @@ def test_a_dependent_past_the_limit_is_refused_and_the_upstream_goes_on(stack, t
     _an_ordinary_task_still_runs(client, procs, tmp_path)
 
 
-def test_a_record_the_broker_refuses_becomes_a_dead_letter_and_the_processor_goes_on(settings: Settings) -> None:
+def test_a_record_the_broker_refuses_is_answered_by_where_it_was_going(settings: Settings) -> None:
+    """A retry record: a value-less dead letter naming it. A ready message: the attempt fails for good with the
+    reason. The state or the log: the batch is not committed (the processor stops)."""
     topics = Topics(settings.prefix)
     processor = Processor(settings, member_id="limits-test")
-    reader = TopicReader(settings, topics.dlq)
+    dlq, events = TopicReader(settings, topics.dlq), TopicReader(settings, topics.events)
+    too_big = b"z" * (limits.MAX_RECORD_BYTES + 1)
     try:
-        too_big = b"z" * (limits.MAX_RECORD_BYTES + 1)
-        processor._produce(Output(topics.events, b"task-x", too_big, [(codec.EVENT_TYPE_HEADER, b"TaskSucceeded")]))
+        processor._produce(Output(topics.retry("5s"), b"task-x", too_big, [(codec.EVENT_TYPE_HEADER, b"TaskRetryScheduled")]))
+        ready = ReadyTask(task_id="task-r", occurred_at=datetime.now(UTC), producer="p", attempt=2, handler="echo",
+                          priority="high", payload='"' + "p" * (limits.MAX_RECORD_BYTES + 10) + '"')
+        processor._produce(Output(topics.ready("high"), b"task-r", codec.encode(ready), codec.headers(ready)))
         processor._produce(Output(topics.events, b"task-y", b"fine", []))
-        processor._flush_and_check()  # raises on anything but a refusal
-        reader.until(lambda msgs: len(msgs) >= 1, message="the dead letter")
-        [letter] = reader.messages
+        processor._flush_and_check()  # raises on anything but these refusals
+        dlq.until(lambda msgs: len(msgs) >= 1, message="the dead letter")
+        [letter] = dlq.messages
         headers = dict(letter.headers())
         assert letter.key() == b"task-x" and letter.value() in (None, b"")
-        assert headers["source-topic"] == topics.events.encode()
-        assert headers[codec.EVENT_TYPE_HEADER] == b"TaskSucceeded"
+        assert headers["source-topic"] == topics.retry("5s").encode()
+        assert headers[codec.EVENT_TYPE_HEADER] == b"TaskRetryScheduled"
         assert b"too large" in headers["reason"].lower() or b"size" in headers["reason"].lower()
+        events.until(lambda msgs: len(msgs) >= 2, message="the failure of task-r")
+        [failed] = [v for v in events.values() if v is not None]
+        assert isinstance(failed, TaskFailed) and failed.task_id == "task-r" and failed.attempt == 2
+        assert failed.permanent and failed.error.startswith("ready message refused by the broker")
+
+        processor._produce(Output(topics.state, b"task-s", too_big, []))
+        with pytest.raises(BrokerUnavailable, match="refused a record of task-s"):
+            processor._flush_and_check()
     finally:
-        reader.close()
+        dlq.close()
+        events.close()
         processor.producer.flush(5)
         processor.consumer.close()
         processor.heartbeats.close()
@@ -183,7 +198,6 @@ def test_a_record_the_broker_refuses_becomes_a_dead_letter_and_the_processor_goe
 def test_a_relay_thread_that_dies_stops_its_processor_with_an_error(settings: Settings, monkeypatch) -> None:
     import threading
 
-    from taskstream.schemas import BrokerUnavailable
     from taskstream.streams import relay as relay_module
 
     def broken(self, stop):
