@@ -140,7 +140,10 @@ def events_tail(task_id, types, since, follow, as_json, limit, timeout) -> None:
 
     stopping = {"now": False}
     if follow:
-        signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
+        # Ctrl-C and SIGTERM end the follow loop at its next check (every 0.2 s) rather than as a KeyboardInterrupt,
+        # which a librdkafka callback running at that moment could swallow (the tail then never stopped).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stopping.update(now=True))
     try:
         with _one_line_errors(), _progress("reading") as (set_total, advance):
             tail(settings, query, emit, follow=follow, stop=lambda: stopping["now"], timeout=timeout,

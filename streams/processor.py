@@ -78,6 +78,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.kafka import (
     admin,
+    ONE_PER_BATCH,
     EndMarks,
     close_member,
     common_config,
@@ -232,6 +233,11 @@ class Processor:
         self._refused: list[tuple[str, bytes | None, list, str]] = []  # (topic, key, headers, reason)
         self.producer = Producer({**producer_config(settings, self.id)})
         self.marks = EndMarks(settings.embedded_broker)
+        # Ready messages go one a batch (on the embedded broker): the end offsets of the ready topics stay exact
+        # without end markers, so queue depth (end - the executors' committed offsets) counts tasks only.
+        self.ready_producer = (Producer({**producer_config(settings, f"{self.id}-ready"), **ONE_PER_BATCH})
+                               if settings.embedded_broker else self.producer)
+        self._ready_topics = frozenset(self.topics.all_ready)
         self.consumer = Consumer(
             {
                 **consumer_config(settings, self.topics.processor_group, self.id),
@@ -540,12 +546,13 @@ class Processor:
         kwargs = {"headers": out.headers, "on_delivery": self._delivered}
         if out.partition is not None:
             kwargs["partition"] = out.partition
+        producer = self.ready_producer if out.topic in self._ready_topics else self.producer
         while True:
             try:
-                self.producer.produce(out.topic, out.value, out.key, **kwargs)
+                producer.produce(out.topic, out.value, out.key, **kwargs)
                 return
             except BufferError:
-                self.producer.poll(0.05)
+                producer.poll(0.05)
             except KafkaException as exc:
                 if not is_permanent(exc):
                     raise BrokerUnavailable(f"produce to {out.topic} failed: {exc}") from exc
@@ -555,13 +562,18 @@ class Processor:
 
     def _delivered(self, err, msg) -> None:
         if err is None:
-            self.marks.wrote(msg)
+            if msg.topic() not in self._ready_topics:  # those go one a batch: no end marker needed
+                self.marks.wrote(msg)
             return
         if is_permanent(err):
             self._refused.append((msg.topic(), msg.key(), msg.value(), list(msg.headers() or []),
                                   f"{err.str()} ({len(msg.value() or b''):,} bytes)"))
         else:
             self._failed.append(f"{msg.topic()}: {err}")
+
+    def _flush(self, timeout: float) -> int:
+        remaining = self.ready_producer.flush(timeout) if self.ready_producer is not self.producer else 0
+        return remaining + self.producer.flush(timeout)
 
     def _dead_letter_refused(self) -> None:
         """Answer each record the broker refused for good (``is_permanent``), by where it was going.
@@ -600,10 +612,10 @@ class Processor:
             ]))
 
     def _flush_and_check(self) -> None:
-        remaining = self.producer.flush(30)
+        remaining = self._flush(30)
         if self._refused:
             self._dead_letter_refused()
-            remaining = self.producer.flush(30)
+            remaining = self._flush(30)
         if remaining or self._failed:
             failed, self._failed = self._failed[:3], []
             raise BrokerUnavailable(
