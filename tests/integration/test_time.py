@@ -110,8 +110,17 @@ def test_run_at_starts_on_time(settings, tmp_path):
         proc.stop()
 
 
+#: Most a retry may start after its wait ends: two hops through the broker on a loaded machine (see below).
+HOPS_S = 0.3
+
+
 def test_retry_gaps_follow_the_backoff_policy(settings, tmp_path):
-    """Attempts 1-3 fail, 4 succeeds; waits 0.5 s, 1 s, 2 s (initial 0.5, x2, no jitter), each within 20 %."""
+    """Attempts 1-3 fail, 4 succeeds; waits 0.5 s, 1 s, 2 s (initial 0.5, x2, no jitter).
+
+    A retry never starts early, and starts at most HOPS_S after its wait: the relay re-queues at the wait's end,
+    then the attempt takes two hops (processor, executor), each a broker fetch away. On a loaded 2-core machine
+    those hops measured up to 0.1 s together (0.5 s waits of 0.51-0.60 s in a full-suite run), so the bound is
+    absolute, not a share of the wait (20 % of 0.5 s measured the broker, not the relay)."""
     proc = start(settings, tmp_path, "processor", name="processor")
     ex = start(settings, tmp_path, "executor", name="executor")
     events = TopicReader(settings, Topics(settings.prefix).events)
@@ -131,7 +140,7 @@ def test_retry_gaps_follow_the_backoff_policy(settings, tmp_path):
             gaps = [(started[(t, n + 1)] - failed[(t, n)].occurred_at).total_seconds() for t in ids]
             print(f"\nretry after attempt {n}: policy {want}s, measured gaps "
                   f"{', '.join(f'{g:.3f}' for g in sorted(gaps))} s (median {statistics.median(gaps):.3f})")
-            assert all(want * 0.8 <= g <= want * 1.2 for g in gaps), (want, gaps)
+            assert all(want - 0.01 <= g <= want + HOPS_S for g in gaps), (want, gaps)
         assert all(s.attempt == 4 for s in events.values() if isinstance(s, TaskSucceeded) and s.task_id in ids)
     finally:
         events.close()
