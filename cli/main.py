@@ -38,7 +38,7 @@ def main() -> None:
 @click.option("--executors", "n_executors", type=int, default=1, show_default=True, help="executor processes")
 @click.option("--handlers", multiple=True, help="extra handler module(s) for the executors (repeatable)")
 @click.option("--concurrency", type=int, default=None, help="handler slots per executor")
-@click.option("--partitions", type=int, default=None, help="partitions per topic (default 6; 3 on the embedded broker)")
+@click.option("--partitions", type=int, default=None, help="partitions per topic (default 6)")
 @click.option("--data-dir", type=click.Path(), default=None, help="RocksDB files (default: a fresh temp dir)")
 @click.argument("more_handlers", nargs=-1)
 def dev(port, broker_port, n_executors, handlers, concurrency, partitions, data_dir, more_handlers) -> None:

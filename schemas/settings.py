@@ -37,8 +37,9 @@ class Settings(BaseSettings):
         "retry is seen up to this much later"
     )
     embedded_partitions: int = Field(
-        3, ge=1, description="partitions per topic when `taskstream dev` runs the embedded broker and neither "
-        "--partitions nor TASKSTREAM_PARTITIONS says otherwise (fewer partitions: fewer fetches to serve)"
+        6, ge=1, description="partitions per topic when `taskstream dev` runs the embedded broker and neither "
+        "--partitions nor TASKSTREAM_PARTITIONS says otherwise: fewer cost less CPU while idle, but the embedded "
+        "broker's cost per fetch grows with the batches a partition holds, so fewer slow down sooner as the log grows"
     )
     producer_linger_ms: float = Field(0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)")
 
