@@ -45,6 +45,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
+from taskstream.schemas.kafka import common_config
 from taskstream.schemas.observability import about
 from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 
@@ -168,8 +169,7 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
     deadline = None if budget_s is None else started + budget_s
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "client.id": "taskstream-api-history",
+            **common_config(settings, "taskstream-api-history"),
             "group.id": f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

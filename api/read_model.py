@@ -79,7 +79,6 @@ _ALL = b"x:all:"
 _QUEUED = b"q:"
 #: How far back ``TaskStore.finished_recently`` counts finished tasks.
 FINISHED_WINDOW_S = 60
-_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 _INV_BASE = 10**19
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SORTKEY = re.compile(rb"^\d{20}:[^\x00]+$")
@@ -180,8 +179,8 @@ class TaskStore:
             if not self._counts[old.status, old.priority]:
                 del self._counts[old.status, old.priority]
         self._counts[new.status, new.priority] += 1
-        if (new.status in _TERMINAL_VALUES and new.finished_at is not None
-                and (old is None or old.status not in _TERMINAL_VALUES)):
+        if (new.status in TERMINAL and new.finished_at is not None
+                and (old is None or old.status not in TERMINAL)):
             second = int(new.finished_at.timestamp())
             now = int(datetime.now(UTC).timestamp())
             if second > now - FINISHED_WINDOW_S:

@@ -94,7 +94,8 @@ from taskstream.schemas import (
     TaskState,
     TaskSucceeded,
 )
-from taskstream.schemas import codec, cron
+from taskstream.schemas import MAX_BACKOFF_S as _MAX_BACKOFF_S
+from taskstream.schemas import TERMINAL, codec, cron
 from taskstream.schemas.events import initial_state
 from taskstream.schemas.limits import (
     MAX_CHECKPOINT_BYTES,
@@ -116,7 +117,8 @@ ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
 WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
 #: Retry policy used where a task carries none (tasks written before policies existed).
 DEFAULT_BACKOFF = {"initial_s": 1.0, "multiplier": 2.0, "max_s": 300.0, "jitter": 0.1}
-TERMINAL_VALUES = frozenset(s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.UPSTREAM_FAILED))
+#: The terminal statuses (``schemas.TERMINAL``; Status is a StrEnum, so its members match the strings in a state).
+TERMINAL_VALUES = TERMINAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -632,8 +634,8 @@ def backoff_delay(state: TaskState, failed_attempt: int) -> float:
     return min(max(0.0, delay), MAX_BACKOFF_S) if delay == delay else 0.0
 
 
-#: Longest wait between attempts whatever the policy says (ten years).
-MAX_BACKOFF_S = 10 * 365 * 86400.0
+#: Longest wait between attempts whatever the policy says: the one bound the API also checks (schemas.topics).
+MAX_BACKOFF_S = _MAX_BACKOFF_S
 
 
 def retry_scheduled(state: TaskState, now: datetime) -> TaskRetryScheduled:

@@ -318,7 +318,7 @@ class Processor:
     def _restore(self, tables: dict[int, Rdict]) -> int:
         """Rebuild partitions' tables from ``<p>.state``, each read up to a marker of our own."""
         ends = write_markers(self.producer, self.topics.state, list(tables))
-        reader = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": f"{self.id}-restore",
+        reader = Consumer({**common_config(self.settings, f"{self.id}-restore"), "group.id": f"{self.id}-restore",
                            "enable.auto.commit": False, "fetch.wait.max.ms": 500})
         reader.assign([TopicPartition(self.topics.state, p, OFFSET_BEGINNING) for p in tables])
         n = 0

@@ -75,6 +75,7 @@ from taskstream.schemas import (
     new_id,
 )
 from taskstream.schemas.observability import about
+from taskstream.streams import domain
 
 from .. import idempotency
 from ..history import HistoryBusy, HistoryTooExpensive, event_json, history_problem, limits_for, reader_for
@@ -91,7 +92,7 @@ __all__ = ["router", "MAX_EVENT_BYTES", "encode_cursor", "decode_cursor"]
 
 MAX_LIMIT = 1000
 MAX_REASON = 1000
-UPDATABLE = frozenset({Status.PENDING, Status.SCHEDULED})
+UPDATABLE = domain.UPDATABLE  # the decider's guard (issue 14 moves the whole check into decide)
 REDRIVABLE = frozenset({Status.FAILED, Status.UPSTREAM_FAILED})
 #: TaskUpdated fields a PATCH may set (the processor's fold applies the same).
 PATCHABLE = ("priority", "payload", "run_at", "timeout_s", "max_attempts",
