@@ -238,6 +238,9 @@ class Processor:
         self.ready_producer = (Producer({**producer_config(settings, f"{self.id}-ready"), **ONE_PER_BATCH})
                                if settings.embedded_broker else self.producer)
         self._ready_topics = frozenset(self.topics.all_ready)
+        # Ready messages wait until the batch's events and states are acknowledged: an executor's result then
+        # always lands in the log after the TaskQueued of its attempt.
+        self._ready_held: list[Output] = []
         self.consumer = Consumer(
             {
                 **consumer_config(settings, self.topics.processor_group, self.id),
@@ -542,7 +545,10 @@ class Processor:
         else:
             timers.set(LEASE, key, None)
 
-    def _produce(self, out: Output) -> None:
+    def _produce(self, out: Output, hold_ready: bool = True) -> None:
+        if hold_ready and out.topic in self._ready_topics:
+            self._ready_held.append(out)
+            return
         kwargs = {"headers": out.headers, "on_delivery": self._delivered}
         if out.partition is not None:
             kwargs["partition"] = out.partition
@@ -572,7 +578,14 @@ class Processor:
             self._failed.append(f"{msg.topic()}: {err}")
 
     def _flush(self, timeout: float) -> int:
-        remaining = self.ready_producer.flush(timeout) if self.ready_producer is not self.producer else 0
+        remaining = self.producer.flush(timeout)
+        if remaining or self._failed:
+            return remaining  # the held ready messages go with the batch folded again
+        held, self._ready_held = self._ready_held, []
+        for out in held:
+            self._produce(out, hold_ready=False)
+        if self.ready_producer is not self.producer:
+            remaining += self.ready_producer.flush(timeout)
         return remaining + self.producer.flush(timeout)
 
     def _dead_letter_refused(self) -> None:
