@@ -33,14 +33,14 @@ between the table write and the sends. Downstream, duplicates are harmless:
 ``evolve`` ignores a repeated TaskQueued, and executors' results are fenced
 by attempt.
 
-Undecodable messages, and events whose folding raises, go to ``<p>.dlq``
-with the source topic, partition, offset and reason in headers; the
-processor goes on. An output the broker refuses for good (``is_permanent``:
-too large, invalid) is replaced by a record in ``<p>.dlq`` that names it
-(its topic, key, event type and the reason, without its value) and the
-batch commits; any other produce failure (the broker is away) stops the
-processor with an error, so the uncommitted batch is folded again by the
-next owner. A retry relay thread that fails stops the processor too.
+Undecodable messages go to ``<p>.dlq`` with the source topic, partition,
+offset and reason in headers; so does a copy of an event after which
+deciding what follows raised (its fold stands). The processor goes on. An
+output the broker refuses for good (``is_permanent``) is answered by where
+it was going (``_dead_letter_refused``); any other produce failure (the
+broker is away) stops the processor with an error, so the uncommitted batch
+is folded again by the next owner. A retry relay thread that fails stops
+the processor too.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class Processor:
         self.folded = 0
         self.fired = 0
         self._failed: list[str] = []
-        self._refused: list[tuple[str, bytes | None, list, str]] = []  # (topic, key, headers, reason)
+        self._refused: list[tuple[str, bytes | None, bytes | None, list, str]] = []  # topic, key, value, headers, why
         self.producer = Producer({**producer_config(settings, self.id)})
         self.marks = EndMarks(settings.embedded_broker)
         # Ready messages go one a batch (on the embedded broker): the end offsets of the ready topics stay exact
