@@ -336,42 +336,6 @@ class ScheduleState:
         return self.schedule_id
 
 
-def initial_state(e: TaskCreated) -> TaskState:
-    """The state a task starts in: ``pending`` while it has dependencies, else
-    ``scheduled`` if it has a run_at, else ``pending``.
-
-    The processor's fold (``streams.domain``) and the API's read-your-writes
-    view of a task it just submitted both start from here.
-    """
-    return TaskState(
-        task_id=e.task_id,
-        name=e.name,
-        handler=e.handler,
-        status=Status.SCHEDULED.value if e.run_at is not None and not e.depends_on else Status.PENDING.value,
-        priority=e.priority,
-        payload=e.payload,
-        labels=dict(e.labels),
-        depends_on=list(e.depends_on),
-        run_at=e.run_at,
-        timeout_s=e.timeout_s,
-        max_attempts=e.max_attempts,
-        created_at=e.occurred_at,
-        updated_at=e.occurred_at,
-        version=1,
-        upstream_keys=dict(e.upstream_keys),
-        key=e.key,
-        workflow_id=e.workflow_id,
-        idempotency_key=e.idempotency_key,
-        request_hash=e.request_hash,
-        backoff_initial_s=e.backoff_initial_s,
-        backoff_multiplier=e.backoff_multiplier,
-        backoff_max_s=e.backoff_max_s,
-        backoff_jitter=e.backoff_jitter,
-        schedule_id=e.schedule_id,
-        scheduled_for=e.scheduled_for,
-    )
-
-
 #: Types that are facts of the ``<p>.events`` log.
 EVENT_TYPES: tuple[type[Event], ...] = (
     TaskCreated,
