@@ -133,12 +133,13 @@ def history_problem(exc: HistoryBusy | HistoryTooExpensive) -> ProblemResponse:
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    """One event as the API shows it: type, time, attempt (or null), producer, id, then its own fields."""
+    """One event as the API shows it: type, time, attempt, producer, actor (each or null), id, then its own fields."""
     out: dict[str, Any] = {
         "type": codec.type_name(event),
         "occurred_at": rfc3339(event.occurred_at),
         "attempt": getattr(event, "attempt", None),
         "producer": event.producer,
+        "actor": getattr(event, "actor", None),
         "event_id": event.event_id,
     }
     for f in dataclasses.fields(event):

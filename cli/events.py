@@ -41,25 +41,25 @@ from ._log import LogError, connect, iso, offsets_at, partitions_of, read_range,
 EVENT_NAMES: dict[str, str] = {t.__name__.lower(): t.__name__ for t in EVENT_TYPES}
 #: Fields every event has; the summary shows the others.
 _COMMON = ("task_id", "occurred_at", "producer", "event_id", "attempt")
-#: Per type, the fields worth a glance, in this order (the rest are in --json).
+#: Per type, the fields worth a glance, in this order (the rest are in --json); ``actor`` (who asked) first.
 _SUMMARY: dict[str, tuple[str, ...]] = {
-    "TaskCreated": ("handler", "priority", "run_at", "depends_on", "max_attempts", "timeout_s", "workflow_id",
+    "TaskCreated": ("actor", "handler", "priority", "run_at", "depends_on", "max_attempts", "timeout_s", "workflow_id",
                     "schedule_id", "scheduled_for", "name"),
     "TaskQueued": ("priority", "due_at"),
     "TaskSucceeded": ("result",),
     "TaskFailed": ("error", "permanent"),
     "DependencyRegistered": ("dependent",),
     "DependencyResolved": ("upstream", "outcome"),
-    "TaskCancelled": ("reason",),
-    "TaskUpdated": ("priority", "run_at", "timeout_s", "max_attempts", "payload", "expected_version"),
+    "TaskCancelled": ("actor", "reason",),
+    "TaskUpdated": ("actor", "priority", "run_at", "timeout_s", "max_attempts", "payload", "expected_version"),
     "TaskCheckpointed": ("data",),
     "TaskRetryScheduled": ("not_before", "delay_s", "priority", "error"),
     "TaskDeadLettered": ("error", "handler", "priority"),
     "LeaseExpired": ("lease_s",),
-    "TaskRedriven": ("reason",),
-    "ScheduleCreated": ("cron", "timezone", "start_at", "end_at", "misfire", "name"),
+    "TaskRedriven": ("actor", "reason",),
+    "ScheduleCreated": ("actor", "cron", "timezone", "start_at", "end_at", "misfire", "name"),
     "ScheduleFired": ("fire_at", "created_task_id", "skipped"),
-    "ScheduleDeleted": ("reason",),
+    "ScheduleDeleted": ("actor", "reason",),
 }
 
 

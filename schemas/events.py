@@ -79,6 +79,7 @@ class TaskCreated(Event):
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
     description: str = ""
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +140,7 @@ class DependencyResolved(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskCancelled(Event):
     reason: str = ""
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +157,7 @@ class TaskUpdated(Event):
     backoff_multiplier: float | None = None
     backoff_max_s: float | None = None
     backoff_jitter: float | None = None
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +207,7 @@ class TaskRedriven(Event):
     """Re-drive a ``failed`` or ``upstream_failed`` task: a new budget of attempts, dependents reopened."""
 
     reason: str = ""
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +226,7 @@ class ScheduleCreated(Event):
     start_at: datetime | None = None
     end_at: datetime | None = None
     misfire: str = "run_once"
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,6 +241,7 @@ class ScheduleFired(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleDeleted(Event):
     reason: str = ""
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

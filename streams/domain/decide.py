@@ -88,6 +88,7 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
             backoff_initial_s=c.backoff_initial_s, backoff_multiplier=c.backoff_multiplier,
             backoff_max_s=c.backoff_max_s, backoff_jitter=c.backoff_jitter, key=c.key, workflow_id=c.workflow_id,
             upstream_keys=dict(c.upstream_keys), idempotency_key=c.idempotency_key, request_hash=c.request_hash,
+            actor=c.actor,
         )
     ]
 
@@ -103,7 +104,8 @@ def _update(state: TaskState | None, c: UpdateTask, now: datetime) -> list[Event
     unknown = set(c.changes) - set(PATCHABLE)
     if unknown:
         raise CommandRejected(f"fields {sorted(unknown)} of a task cannot be changed")
-    return [TaskUpdated(task_id=c.task_id, occurred_at=now, producer=c.producer, expected_version=task.version,
+    return [TaskUpdated(task_id=c.task_id, occurred_at=now, producer=c.producer, actor=c.actor,
+                        expected_version=task.version,
                         **{name: c.changes.get(name) for name in PATCHABLE})]
 
 
@@ -112,7 +114,7 @@ def _cancel(state: TaskState | None, c: CancelTask, now: datetime) -> list[Event
     task = _task(state, c.task_id)
     if task.status in TERMINAL_VALUES:
         raise CommandRejected(f"task {c.task_id} is already {task.status}")
-    return [TaskCancelled(task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason)]
+    return [TaskCancelled(task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
 
 
 @_decides(RedriveTask)
@@ -121,7 +123,7 @@ def _redrive(state: TaskState | None, c: RedriveTask, now: datetime) -> list[Eve
     if task.status not in REDRIVABLE:
         raise CommandRejected(
             f"task {c.task_id} is {task.status}: only failed or upstream_failed tasks can be retried")
-    return [TaskRedriven(task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason)]
+    return [TaskRedriven(task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
 
 
 @_decides(CreateSchedule)
@@ -130,7 +132,7 @@ def _create_schedule(state: ScheduleState | None, c: CreateSchedule, now: dateti
         raise CommandRejected(f"schedule {c.schedule_id} already exists")
     return [ScheduleCreated(task_id=c.schedule_id, occurred_at=now, producer=c.producer, cron=c.cron,
                             timezone=c.timezone, template=c.template, name=c.name, start_at=c.start_at,
-                            end_at=c.end_at, misfire=c.misfire)]
+                            end_at=c.end_at, misfire=c.misfire, actor=c.actor)]
 
 
 @_decides(DeleteSchedule)
@@ -139,4 +141,5 @@ def _delete_schedule(state: ScheduleState | None, c: DeleteSchedule, now: dateti
         raise NotFound(f"schedule {c.schedule_id} not found")
     if state.status == ScheduleStatus.DELETED.value:
         raise CommandRejected(f"schedule {c.schedule_id} is already deleted")
-    return [ScheduleDeleted(task_id=c.schedule_id, occurred_at=now, producer=c.producer, reason=c.reason)]
+    return [ScheduleDeleted(task_id=c.schedule_id, occurred_at=now, producer=c.producer, reason=c.reason,
+                            actor=c.actor)]

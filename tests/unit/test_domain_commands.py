@@ -196,3 +196,19 @@ def test_task_commands_never_touch_a_schedule() -> None:
                     SubmitTask(task_id="s", handler="h", producer="api")):
         with pytest.raises(NotFound, match="is a schedule"):
             decide(s, command, NOW)
+
+
+def test_every_event_a_command_yields_carries_who_asked() -> None:
+    pending, failed = state("pending"), state("failed")
+    sched = evolve(None, decide(None, schedule_command(), NOW)[0])
+    cases = [
+        (None, SubmitTask(task_id="t9", handler="h", producer="api", actor="key-1")),
+        (pending, UpdateTask(task_id="t", producer="api", changes={"priority": "low"}, actor="key-1")),
+        (pending, CancelTask(task_id="t", producer="api", actor="key-1")),
+        (failed, RedriveTask(task_id="t", producer="api", actor="key-1")),
+        (None, schedule_command(actor="key-1")),
+        (sched, DeleteSchedule(schedule_id="s", producer="api", actor="key-1")),
+    ]
+    for before, command in cases:
+        events = decide(before, command, NOW)
+        assert events and {e.actor for e in events} == {"key-1"}, type(command).__name__
