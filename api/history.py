@@ -239,12 +239,11 @@ def task_state_at(
     settings: Settings, task_id: str, as_of: datetime, *, budget_s: float | None = None
 ) -> TaskState | None:
     """The task as it was at ``as_of``: its events with ``occurred_at <= as_of``, folded in the order the
-    processor applied them (``domain.processor_order``: its follow-ups right after their triggers).
+    processor applied them (``domain.fold_log``: its follow-ups right after their triggers).
 
     None when the task did not exist yet (or ``task_id`` is a schedule's id).
     """
-    events = [e for e in read_task_events(settings, task_id, budget_s=budget_s) if e.occurred_at <= as_of]
-    state = domain.fold(domain.processor_order(events))
+    state = domain.fold_log(read_task_events(settings, task_id, budget_s=budget_s), as_of)
     return state if isinstance(state, TaskState) else None
 
 

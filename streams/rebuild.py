@@ -65,13 +65,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
-    DependencyResolved,
     Event,
-    LeaseExpired,
-    TaskCreated,
-    TaskFailed,
-    TaskRedriven,
-    TaskUpdated,
     ScheduleState,
     Settings,
     TaskState,
@@ -144,8 +138,8 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------ the pure part
 
 
-#: Events after which the processor may apply a follow-up of the same task at once.
-_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated})
+#: Events after which the processor may apply a follow-up of the same task at once (the decider's rule).
+_TRIGGERS = domain.FOLLOW_UP_TRIGGERS
 #: Most events kept per key while a trigger's follow-up is awaited.
 _MAX_PENDING = 64
 
@@ -282,10 +276,9 @@ def compare(live: Mapping[bytes, State], rebuilt: Mapping[bytes, State]) -> list
 
 
 def fold_events(events: Iterable[Event], as_of: datetime | None = None) -> State | None:
-    """One task's state from its events (log order), optionally as it was at ``as_of``."""
-    if as_of is not None:
-        events = (e for e in events if e.occurred_at <= as_of)
-    return domain.fold(events)
+    """One task's state from its events (log order), optionally as it was at ``as_of``, folded in the
+    order the processor applied them (``domain.fold_log``), like ``GET /tasks/{id}?as_of=``."""
+    return domain.fold_log(list(events), as_of)
 
 
 # ------------------------------------------------------------------ Kafka

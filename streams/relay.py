@@ -38,12 +38,12 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from taskstream.schemas import DecodeError, Settings, TaskQueued, TaskRetryScheduled, Topics, codec
+from taskstream.schemas import DecodeError, Settings, TaskRetryScheduled, Topics, codec
 from taskstream.schemas.kafka import (
     EndMarks,
     close_member,
@@ -54,6 +54,8 @@ from taskstream.schemas.kafka import (
     producer_config,
 )
 from taskstream.schemas.observability import about
+
+from . import domain
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +191,7 @@ class RetryRelay:
             if offsets is None:
                 continue
             offsets.held -= 1
-            queued = TaskQueued(task_id=record.task_id, occurred_at=datetime.now(UTC), producer=self.id,
-                                attempt=record.attempt + 1, priority=record.priority, due_at=record.not_before)
+            queued = replace(domain.requeued(record, datetime.now(UTC)), producer=self.id)
 
             def done(err, msg, topic=topic, partition=partition, offsets=offsets, offset=offset, record=record):
                 if err is None:

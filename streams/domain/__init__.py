@@ -9,8 +9,12 @@
   after folding an event; ``on_timer``, ``lease_expired``, ``ready_message``
   and ``replay_outputs`` for its timers, leases, ready topics and crash
   repair (``react.py``).
-- ``in_processor_order(events)``: one task's log in the order the processor
-  folded it (its own follow-ups right after their trigger).
+- ``step(state, event, now, producer)`` and ``effects(...)``: the
+  processor's whole step, pure (``step.py``): fold, what follows, which
+  messages go where; ``lease_after``/``heartbeat_renews`` the lease rules.
+- ``in_processor_order(events)`` / ``fold_log(events, as_of)``: one task's
+  log in the order the processor folded it (its own follow-ups right after
+  their trigger) — the one order every reader of the log folds in.
 
 The HTTP routes, gRPC, the processor, ``state rebuild`` and time travel all
 call these; none keeps a rule of its own.
@@ -48,6 +52,8 @@ from .react import (
     on_timer,
     react,
     ready_message,
+    ready_refused,
+    requeued,
     registrations,
     replay_outputs,
     resolution,
@@ -60,14 +66,28 @@ from .react import (
     upstream_json,
 )
 
+from .step import (
+    FOLLOW_UP_TRIGGERS,
+    RELAY_SLACK_S,
+    Effect,
+    effects,
+    fold_log,
+    heartbeat_renews,
+    lease_after,
+    replay,
+    stamped,
+    step,
+)
+
 in_processor_order = processor_order
 
 __all__ = [
     "ACTIVE", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_BACKOFF", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
     "PROCESSOR", "REDRIVABLE", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
     "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveTask", "SubmitTask",
-    "UpdateTask", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "in_processor_order",
+    "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",
+    "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "in_processor_order",
     "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "processor_order", "react",
-    "ready_message", "registrations", "replay_outputs", "resolution", "retry_scheduled", "schedule_due",
+    "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution", "retry_scheduled", "schedule_due",
     "schedule_replay", "schedule_task_id", "task_from_template", "timer_due", "upstream_json", "waiting_until",
 ]

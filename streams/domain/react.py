@@ -30,6 +30,8 @@ from taskstream.schemas import (
 from taskstream.schemas import MAX_BACKOFF_S as _MAX_BACKOFF_S
 from taskstream.schemas import codec, cron
 
+from taskstream.schemas.limits import cut_error
+
 from .decide import _decides, decide
 from .evolve import (
     ACTIVE,
@@ -395,3 +397,15 @@ def lease_expired(state: TaskState | None, attempt: int, lease_s: float, now: da
     if state is None or state.status != Status.RUNNING.value or state.attempt != attempt:
         return []
     return [LeaseExpired(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=attempt, lease_s=lease_s)]
+
+
+def requeued(waiting: TaskRetryScheduled, now: datetime) -> TaskQueued:
+    """What the retry relay appends once a failed attempt's backoff has passed: the next attempt, due then."""
+    return TaskQueued(task_id=waiting.task_id, occurred_at=now, producer=PROCESSOR, attempt=waiting.attempt + 1,
+                      priority=waiting.priority, due_at=waiting.not_before)
+
+
+def ready_refused(ready: ReadyTask, reason: str, now: datetime) -> TaskFailed:
+    """A ready message the broker refused for good: the attempt can never run, so it fails for good, saying why."""
+    return TaskFailed(task_id=ready.task_id, occurred_at=now, producer=PROCESSOR, attempt=ready.attempt,
+                      permanent=True, error=cut_error(f"ready message refused by the broker: {reason}"))

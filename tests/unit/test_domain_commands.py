@@ -212,3 +212,42 @@ def test_every_event_a_command_yields_carries_who_asked() -> None:
     for before, command in cases:
         events = decide(before, command, NOW)
         assert events and {e.actor for e in events} == {"key-1"}, type(command).__name__
+
+
+# ------------------------------------------------------- every status x command
+
+#: status -> the commands decide accepts in it (a task at attempt 0, version 1); every other one is refused (409).
+ACCEPTS = {
+    "pending": {"update", "cancel"},
+    "scheduled": {"update", "cancel"},
+    "queued": {"cancel"},
+    "running": {"cancel"},
+    "succeeded": set(),
+    "failed": {"redrive"},
+    "cancelled": set(),
+    "upstream_failed": {"redrive"},
+}
+COMMAND_OF = {
+    "submit": lambda: SubmitTask(task_id="t", handler="h", producer="api"),
+    "update": lambda: UpdateTask(task_id="t", producer="api", changes={"priority": "low"}, expected_version=1),
+    "cancel": lambda: CancelTask(task_id="t", producer="api"),
+    "redrive": lambda: RedriveTask(task_id="t", producer="api"),
+}
+
+
+def test_the_table_covers_every_status() -> None:
+    assert set(ACCEPTS) == set(STATUSES)
+
+
+@pytest.mark.parametrize("status", STATUSES)
+@pytest.mark.parametrize("name", sorted(COMMAND_OF))
+def test_every_status_by_every_command(status: str, name: str) -> None:
+    s = state(status, version=1)
+    command = COMMAND_OF[name]()
+    if name in ACCEPTS[status]:
+        events = decide(s, command, NOW)
+        assert len(events) == 1 and events[0].task_id == "t"
+        assert fold(events, s) is not s  # the answer changes the task
+    else:
+        with pytest.raises(CommandRejected):
+            decide(s, command, NOW)
