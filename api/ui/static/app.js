@@ -143,7 +143,7 @@ async function readiness() {
   const { status, data } = await api("/readyz", { okStatuses: [503] });
   const dot = $("ready");
   const ok = status === 200;
-  dot.className = `ready ${ok ? "ok" : "bad"}`;
+  dot.className = `ready ${ok ? "is-ok" : "is-bad"}`;
   dot.textContent = ok ? "ready" : "not ready";
   dot.title = ok ? "GET /readyz: ready" : (data && data.detail) || "not ready";
   return { ok, data };
@@ -250,12 +250,12 @@ async function overviewLatency() {
     const i = LATENCY_BUCKETS.findIndex((b) => s <= b);
     if (i < 0) over++; else counts[i]++;
   }
-  const cols = LATENCY_BUCKETS.map((b, i) => [`≤${b}s`, counts[i]]);
-  cols.push([">300s", over]);
+  const cols = LATENCY_BUCKETS.map((b, i) => [String(b), counts[i]]);
+  cols.push([">300", over]);
   columnChart($("chart-latency"), cols, { color: "#2e9e5b" });
   const sorted = secs.slice().sort((a, b) => a - b);
   const q = (p) => sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))].toFixed(3) : "–";
-  setText("latency-text", sorted.length ? `The last ${sorted.length} succeeded tasks: p50 ${q(0.5)} s, p95 ${q(0.95)} s, max ${q(1)} s.`
+  setText("latency-text", sorted.length ? `Seconds (column: at most that many). The last ${sorted.length} succeeded tasks: p50 ${q(0.5)} s, p95 ${q(0.95)} s, max ${q(1)} s.`
                                         : "No succeeded task yet.");
 }
 
@@ -545,7 +545,10 @@ function pageTask() {
 
 // ------------------------------------------------------------------ workflow graph
 
-function layers(tasks) {
+// Layered layout (Sugiyama, simply): a task's column is its longest path from a root; an edge that spans
+// several columns goes through a virtual point in each column between, so it never runs under a node; rows
+// are ordered by the mean row of their upstreams (a few sweeps) to keep crossings down.
+function layout(tasks) {
   const byId = new Map(tasks.map((t) => [t.id, t]));
   const depth = new Map();
   const visit = (t, stack = new Set()) => {
@@ -560,33 +563,65 @@ function layers(tasks) {
   };
   tasks.forEach((t) => visit(t));
   const cols = [];
-  for (const t of tasks) (cols[depth.get(t.id)] ||= []).push(t);
-  cols.forEach((c) => c.sort((a, b) => (a.key || a.id).localeCompare(b.key || b.id)));
-  return cols;
+  const ups = new Map();  // node id -> upstream node ids (virtual ones included)
+  const add = (id, d) => { (cols[d] ||= []).push(id); ups.set(id, ups.get(id) || []); };
+  for (const t of tasks) add(t.id, depth.get(t.id));
+  const edges = [];  // each: the chain of node ids from upstream to dependent
+  for (const t of tasks) {
+    for (const up of t.depends_on) {
+      if (!byId.has(up)) continue;
+      const chain = [up];
+      for (let d = depth.get(up) + 1; d < depth.get(t.id); d++) {
+        const v = `~${up}>${t.id}@${d}`;
+        add(v, d);
+        ups.get(v).push(chain[chain.length - 1]);
+        chain.push(v);
+      }
+      ups.get(t.id).push(chain[chain.length - 1]);
+      chain.push(t.id);
+      edges.push(chain);
+    }
+  }
+  const name = (id) => (byId.has(id) ? byId.get(id).key || byId.get(id).name || id : id);
+  cols.forEach((c) => c.sort((a, b) => name(a).localeCompare(name(b))));
+  for (let sweep = 0; sweep < 4; sweep++) {
+    const row = new Map();
+    cols.forEach((c) => c.forEach((id, i) => row.set(id, i)));
+    for (let d = 1; d < cols.length; d++) {
+      const key = (id) => { const u = ups.get(id); return u.length ? u.reduce((a, x) => a + row.get(x), 0) / u.length : row.get(id); };
+      cols[d].sort((a, b) => key(a) - key(b) || name(a).localeCompare(name(b)));
+      cols[d].forEach((id, i) => row.set(id, i));
+    }
+  }
+  return { cols, edges, byId };
 }
 
 function drawGraph(container, tasks) {
   const nodeW = 170, nodeH = 46, gapX = 70, gapY = 18, pad = 16;
-  const cols = layers(tasks);
+  const { cols, edges } = layout(tasks);
   const pos = new Map();
   const rows = Math.max(...cols.map((c) => c.length), 1);
-  cols.forEach((col, x) => col.forEach((t, y) => {
+  cols.forEach((col, x) => col.forEach((id, y) => {
     const offset = ((rows - col.length) * (nodeH + gapY)) / 2;
-    pos.set(t.id, { x: pad + x * (nodeW + gapX), y: pad + offset + y * (nodeH + gapY) });
+    pos.set(id, { x: pad + x * (nodeW + gapX), y: pad + offset + y * (nodeH + gapY) });
   }));
   const width = pad * 2 + cols.length * nodeW + (cols.length - 1) * gapX;
   const height = pad * 2 + rows * nodeH + (rows - 1) * gapY;
   const g = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "dag", role: "img" });
   g.append(svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
                                 svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#888" }))));
-  for (const t of tasks) {
-    const to = pos.get(t.id);
-    for (const up of t.depends_on) {
-      const from = pos.get(up);
-      if (!from) continue;
-      const x1 = from.x + nodeW, y1 = from.y + nodeH / 2, x2 = to.x, y2 = to.y + nodeH / 2, mx = (x1 + x2) / 2;
-      g.append(svg("path", { d: `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`, class: "edge", "marker-end": "url(#arrow)" }));
+  for (const chain of edges) {
+    // leave each point at its right side, enter the next at its left; a virtual point is crossed straight
+    let d = "";
+    for (let i = 0; i + 1 < chain.length; i++) {
+      const a = pos.get(chain[i]), b = pos.get(chain[i + 1]);
+      const x1 = i === 0 ? a.x + nodeW : a.x + nodeW / 2, y1 = a.y + nodeH / 2;
+      const last = i + 2 === chain.length;
+      const x2 = last ? b.x : b.x + nodeW / 2, y2 = b.y + nodeH / 2;
+      const mx = (x1 + x2) / 2;
+      d += `${i === 0 ? `M ${x1} ${y1} ` : ""}C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2} `;
     }
+    g.append(svg("path", { d, class: "edge", "marker-end": "url(#arrow)" }));
   }
   for (const t of tasks) {
     const p = pos.get(t.id);
