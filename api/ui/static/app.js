@@ -499,6 +499,7 @@ function pageTask() {
     try {
       const { data } = await api(`/api/v1/tasks/${enc}?as_of=${encodeURIComponent(iso)}`);
       showProblem("as-of-error", null);
+      setText("as-of-title", `As of ${fmtTime(iso)}: ${data.status}, attempt ${data.attempt}, version ${data.version}.`);
       fillFields($("as-of-fields"), { ...data, result: undefined });
       $("as-of-fields").append(el("tr", {}, el("th", { text: "error" }), el("td", {}, el("code", { text: data.error || "—" }))));
     } catch (e) {

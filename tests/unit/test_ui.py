@@ -1,0 +1,97 @@
+"""The dashboard's server side without a broker: page shells, escaping, static files, the workflow gatherer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from taskstream.api.read_model import TaskStore
+from taskstream.api.ui import router
+from taskstream.api.ui.routes import MAX_WORKFLOW_TASKS, _workflow
+from taskstream.schemas import TaskState
+
+T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def client():
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = TaskStore(tmp_path / "rm")
+    yield s
+    s.close()
+
+
+def state(task_id: str, *, created: float = 0, workflow_id: str | None = None, depends_on=(), dependents=(),
+          key: str | None = None) -> TaskState:
+    at = T0 + timedelta(seconds=created)
+    return TaskState(task_id=task_id, handler="h", status="pending", priority="medium", payload="{}",
+                     created_at=at, updated_at=at, version=1, workflow_id=workflow_id, key=key,
+                     depends_on=list(depends_on), dependents=list(dependents))
+
+
+@pytest.mark.parametrize("path", ["/ui", "/ui/", "/ui/tasks", "/ui/tasks/abc", "/ui/workflows/w?task=t",
+                                  "/ui/dead-letters", "/ui/schedules"])
+def test_every_page_is_a_shell_with_a_strict_csp(client, path: str) -> None:
+    r = client.get(path)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert '<script src="/ui/static/app.js" defer></script>' in r.text
+    assert r.text.count("<script") == 1  # no inline script: data is never in the page
+
+
+def test_ids_from_the_url_are_escaped(client) -> None:
+    r = client.get('/ui/tasks/"><img src=x onerror=alert(1)>')
+    assert "<img" not in r.text
+    assert 'data-task-id="&#34;&gt;&lt;img src=x onerror=alert(1)&gt;"' in r.text
+
+
+def test_static_files_are_a_fixed_list(client) -> None:
+    assert client.get("/ui/static/app.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/ui/static/app.css").status_code == 200
+    assert client.get("/ui/static/..%2Froutes.py").status_code == 404
+    assert client.get("/ui/static/routes.py").status_code == 404
+
+
+def test_the_script_never_writes_html() -> None:
+    path = Path(router.routes[0].endpoint.__code__.co_filename).parent / "static" / "app.js"
+    source = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("//"))
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in source
+
+
+def test_workflow_is_the_tasks_created_with_it(store: TaskStore) -> None:
+    store.apply(state("before", created=-1, workflow_id="other"))
+    store.apply(state("a", workflow_id="w", key="a", dependents=["b"]))
+    store.apply(state("b", workflow_id="w", key="b", depends_on=["a"]))
+    store.apply(state("lonely", workflow_id="w", key="lonely"))  # no edge: found by its creation time
+    store.apply(state("same-instant", workflow_id="other"))  # same time, another workflow
+    store.apply(state("after", created=1, workflow_id="other"))
+    store.apply(state("late", created=5, workflow_id="w", key="late", depends_on=["b"]))  # a later request
+    store.apply(replace(state("b", workflow_id="w", key="b", depends_on=["a"], dependents=["late"]), version=2))
+    found, truncated = _workflow(store, store.get("lonely"))
+    assert set(found) == {"a", "b", "lonely", "late"}
+    assert not truncated
+
+
+def test_workflow_scan_is_bounded(store: TaskStore) -> None:
+    n = MAX_WORKFLOW_TASKS + 50
+    for i in range(n):
+        store.apply(state(f"t{i:05d}", workflow_id="big"))
+    t0 = time.monotonic()
+    found, truncated = _workflow(store, store.get("t00000"))
+    assert truncated and len(found) == MAX_WORKFLOW_TASKS
+    assert time.monotonic() - t0 < 5
