@@ -24,6 +24,9 @@ and bounded, under ``/ui/api/``:
   the first task created at another one, then follows ``depends_on`` and
   ``dependents`` for tasks of the workflow written by a later request with
   the same ``Idempotency-Key``. At most ``MAX_WORKFLOW_TASKS`` tasks.
+- ``GET /ui/api/latency?limit=``: a histogram of the time from creation to
+  success of the newest ``limit`` (default 500, at most 2,000) succeeded
+  tasks, computed here so the browser does not download their payloads.
 - ``GET /ui/api/lag``: the processor group's lag on ``<p>.events`` (end
   offsets minus committed offsets, through the API's ``BrokerProbe``, so
   cached for a second). On the embedded broker end offsets are
@@ -179,6 +182,36 @@ def _workflow(store, anchor: TaskState) -> tuple[dict[str, TaskState], bool]:
                 found[other_id] = other
                 todo.append(other)
     return found, len(found) >= MAX_WORKFLOW_TASKS
+
+
+#: Upper bounds (seconds) of the latency histogram's buckets; one more bucket holds the rest.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+@router.get("/api/latency")
+async def latency(request: Request, limit: int = Query(500, ge=1, le=2000)) -> Response:
+    store = request.app.state.read_model.store
+    page, _ = await asyncio.to_thread(store.list, status=Status.SUCCEEDED.value, limit=limit, max_scan=limit * 2)
+    return JSONResponse(latency_histogram(page))
+
+
+def latency_histogram(tasks: list[TaskState]) -> dict:
+    """Creation-to-finish seconds of ``tasks`` in ``LATENCY_BUCKETS``, with percentiles of it and of the run time."""
+    total = sorted((t.finished_at - t.created_at).total_seconds() for t in tasks if t.finished_at is not None)
+    run = sorted((t.finished_at - t.started_at).total_seconds() for t in tasks
+                 if t.finished_at is not None and t.started_at is not None)
+    counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    for s in total:
+        counts[next((i for i, b in enumerate(LATENCY_BUCKETS) if s <= b), len(LATENCY_BUCKETS))] += 1
+
+    def pct(values: list[float]) -> dict:
+        if not values:
+            return {"p50": None, "p95": None, "max": None}
+        return {"p50": round(values[len(values) // 2], 3), "p95": round(values[min(len(values) - 1, int(len(values) * 0.95))], 3),
+                "max": round(values[-1], 3)}
+
+    return {"count": len(total), "buckets": [{"le": b, "count": n} for b, n in zip((*LATENCY_BUCKETS, None), counts)],
+            "total_s": pct(total), "run_s": pct(run)}
 
 
 @router.get("/api/lag")

@@ -95,3 +95,18 @@ def test_workflow_scan_is_bounded(store: TaskStore) -> None:
     found, truncated = _workflow(store, store.get("t00000"))
     assert truncated and len(found) == MAX_WORKFLOW_TASKS
     assert time.monotonic() - t0 < 5
+
+
+def test_latency_histogram() -> None:
+    from taskstream.api.ui.routes import latency_histogram
+
+    def done(i: int, seconds: float) -> TaskState:
+        s = state(f"t{i}")
+        return replace(s, status="succeeded", started_at=s.created_at, finished_at=s.created_at + timedelta(seconds=seconds))
+
+    h = latency_histogram([done(0, 0.05), done(1, 0.3), done(2, 0.3), done(3, 1000)])
+    assert h["count"] == 4
+    assert [b["count"] for b in h["buckets"]] == [1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert h["buckets"][-1]["le"] is None
+    assert h["total_s"] == {"p50": 0.3, "p95": 1000.0, "max": 1000.0}
+    assert latency_histogram([])["total_s"]["p50"] is None

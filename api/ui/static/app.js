@@ -29,6 +29,9 @@ async function api(path, { method = "GET", body, headers = {}, okStatuses = [] }
   if (type.includes("json")) {
     try { data = await r.json(); } catch (e) { data = null; }
   }
+  if (r.status === 401 || r.status === 403) {
+    notice(`The API answered ${r.status} (${(data && (data.detail || data.title)) || "unauthorised"}): type an API key with the right role in the header.`, "warn");
+  }
   if (!r.ok && !okStatuses.includes(r.status)) throw new ApiError(r.status, data);
   return { status: r.status, data };
 }
@@ -196,7 +199,6 @@ function columnChart(container, cols, { color = "#4c9be8", labelEvery = 1, unit 
 
 const THROUGHPUT_KEY = "taskstream.throughput";
 const THROUGHPUT_SPAN_MS = 10 * 60 * 1000;
-const LATENCY_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
 function throughputSamples(perSecond) {
   let samples = [];
@@ -241,22 +243,14 @@ async function overviewStats() {
 }
 
 async function overviewLatency() {
-  const { data } = await api("/api/v1/tasks?status=succeeded&limit=200");
-  const secs = data.tasks.filter((t) => t.finished_at && t.created_at)
-    .map((t) => (Date.parse(t.finished_at) - Date.parse(t.created_at)) / 1000);
-  const counts = LATENCY_BUCKETS.map(() => 0);
-  let over = 0;
-  for (const s of secs) {
-    const i = LATENCY_BUCKETS.findIndex((b) => s <= b);
-    if (i < 0) over++; else counts[i]++;
-  }
-  const cols = LATENCY_BUCKETS.map((b, i) => [String(b), counts[i]]);
-  cols.push([">300", over]);
+  const { data } = await api("/ui/api/latency?limit=500");
+  const cols = data.buckets.map((b) => [b.le === null ? `>${data.buckets[data.buckets.length - 2].le}` : String(b.le), b.count]);
   columnChart($("chart-latency"), cols, { color: "#2e9e5b" });
-  const sorted = secs.slice().sort((a, b) => a - b);
-  const q = (p) => sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))].toFixed(3) : "–";
-  setText("latency-text", sorted.length ? `Seconds (column: at most that many). The last ${sorted.length} succeeded tasks: p50 ${q(0.5)} s, p95 ${q(0.95)} s, max ${q(1)} s.`
-                                        : "No succeeded task yet.");
+  const t = data.total_s, r = data.run_s;
+  setText("latency-text", data.count
+    ? `Seconds from creation to success (a column counts tasks up to its bound) of the newest ${data.count} succeeded tasks: ` +
+      `p50 ${t.p50} s, p95 ${t.p95} s, max ${t.max} s; running time p50 ${r.p50 ?? "–"} s, p95 ${r.p95 ?? "–"} s.`
+    : "No succeeded task yet.");
 }
 
 async function overviewCluster() {
