@@ -24,6 +24,12 @@ and bounded, under ``/ui/api/``:
   the first task created at another one, then follows ``depends_on`` and
   ``dependents`` for tasks of the workflow written by a later request with
   the same ``Idempotency-Key``. At most ``MAX_WORKFLOW_TASKS`` tasks.
+- ``GET /ui/api/throughput?minutes=``: tasks finished per 30 s over the
+  last minutes (at most 60), by status. The read model counts finishes per
+  second for the last minute only (``TaskStore.finished_by_second``); this
+  router's lifespan copies those counters every ``SAMPLE_S`` seconds into a
+  history of its own (``ThroughputHistory``), so the chart covers the time
+  since this API process started, whoever was watching.
 - ``GET /ui/api/latency?limit=``: a histogram of the time from creation to
   success of the newest ``limit`` (default 500, at most 2,000) succeeded
   tasks, computed here so the browser does not download their payloads.
@@ -41,11 +47,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 
 from confluent_kafka import KafkaException, TopicPartition
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse, Response
 
@@ -59,7 +69,72 @@ from ..routes.ops import TIMEOUT_S, probe
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/ui", tags=["ui"], include_in_schema=False)
+#: How often the lifespan copies the read model's per-second finish counters (they cover 60 s).
+SAMPLE_S = 10.0
+#: How far back the throughput history goes.
+HISTORY_S = 3600
+
+
+class ThroughputHistory:
+    """Tasks finished per second (by status) since the API started, for the last ``HISTORY_S`` seconds.
+
+    ``sample`` overwrites each second it is given: the read model's counter
+    for a second only grows while that second is in its window, so the
+    latest copy is the right one; sampled every ``SAMPLE_S`` (< 60 s), no
+    second is missed.
+    """
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = int(started if started is not None else time.time())
+        self._seconds: dict[int, Counter[str]] = {}
+        self._lock = threading.Lock()
+
+    def sample(self, by_second: dict[int, Counter[str]], now: float | None = None) -> None:
+        cutoff = int(now if now is not None else time.time()) - HISTORY_S
+        with self._lock:
+            self._seconds.update((sec, c) for sec, c in by_second.items() if sec > cutoff)
+            for sec in [sec for sec in self._seconds if sec <= cutoff]:
+                del self._seconds[sec]
+
+    def columns(self, span_s: int, step_s: int, now: float | None = None) -> list[dict]:
+        """``span_s // step_s`` columns, oldest first: start (epoch s), finished by status, ``known`` (after start)."""
+        end = int(now if now is not None else time.time()) + 1
+        start = end - span_s
+        with self._lock:
+            out = []
+            for lo in range(start, end, step_s):
+                total: Counter[str] = Counter()
+                for sec in range(lo, min(lo + step_s, end)):
+                    total.update(self._seconds.get(sec, ()))
+                out.append({"start": lo, "by_status": dict(total), "known": lo + step_s > self.started})
+            return out
+
+
+def history(app: FastAPI) -> ThroughputHistory:
+    h = getattr(app.state, "ui_throughput", None)
+    if h is None:
+        h = app.state.ui_throughput = ThroughputHistory()
+    return h
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def sampler() -> None:
+        while True:
+            read_model = getattr(app.state, "read_model", None)  # set by the app's lifespan
+            if read_model is not None:
+                history(app).sample(read_model.store.finished_by_second())
+            await asyncio.sleep(SAMPLE_S)
+
+    history(app)
+    task = asyncio.create_task(sampler())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+router = APIRouter(prefix="/ui", tags=["ui"], include_in_schema=False, lifespan=_lifespan)
 
 #: The most tasks the workflow view draws (a larger workflow is drawn in part, and says so).
 MAX_WORKFLOW_TASKS = 1000
@@ -182,6 +257,14 @@ def _workflow(store, anchor: TaskState) -> tuple[dict[str, TaskState], bool]:
                 found[other_id] = other
                 todo.append(other)
     return found, len(found) >= MAX_WORKFLOW_TASKS
+
+
+@router.get("/api/throughput")
+async def throughput(request: Request, minutes: int = Query(10, ge=1, le=60)) -> Response:
+    h = history(request.app)
+    h.sample(request.app.state.read_model.store.finished_by_second())
+    step = 30
+    return JSONResponse({"step_s": step, "since": h.started, "columns": h.columns(minutes * 60, step)})
 
 
 #: Upper bounds (seconds) of the latency histogram's buckets; one more bucket holds the rest.

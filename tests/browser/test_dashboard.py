@@ -164,6 +164,9 @@ def test_overview_shows_the_counts_the_api_reports(page, http) -> None:
     assert page.locator("#chart-priority rect[data-label=high]").get_attribute("data-value") == \
         str(http.get("/api/v1/stats").json()["tasks"]["by_priority"]["high"])
     page.wait_for_selector("#chart-latency svg")
+    # throughput: the tasks just finished are in the newest columns (from the API's own history)
+    wait_until(lambda: page.eval_on_selector_all("#chart-throughput rect", "rs => rs.some(r => +r.getAttribute('height') > 0)"),
+               timeout=15, message="a throughput column")
     wait_status(http, ids[-2], {"succeeded"})
     page.wait_for_selector("#heartbeats td.mono", timeout=15000)  # the sleep task's executor heartbeated
     if page.text_content("#ready") == "ready":  # /readyz flips to 503 briefly when a group describe times out

@@ -110,3 +110,20 @@ def test_latency_histogram() -> None:
     assert h["buckets"][-1]["le"] is None
     assert h["total_s"] == {"p50": 0.3, "p95": 1000.0, "max": 1000.0}
     assert latency_histogram([])["total_s"]["p50"] is None
+
+
+def test_throughput_history_keeps_what_the_read_model_forgets() -> None:
+    from collections import Counter
+
+    from taskstream.api.ui.routes import ThroughputHistory
+
+    h = ThroughputHistory(started=1000)
+    h.sample({1001: Counter(succeeded=2), 1002: Counter(failed=1)}, now=1003)
+    h.sample({1002: Counter(failed=1, succeeded=1), 1070: Counter(succeeded=5)}, now=1071)  # 1001 left the window
+    cols = h.columns(span_s=90, step_s=30, now=1079)
+    assert [c["start"] for c in cols] == [990, 1020, 1050]
+    assert cols[0]["by_status"] == {"succeeded": 3, "failed": 1}
+    assert cols[1]["by_status"] == {}
+    assert cols[2]["by_status"] == {"succeeded": 5}
+    assert [c["known"] for c in cols] == [True, True, True]
+    assert h.columns(span_s=60, step_s=30, now=1010)[0]["known"] is False  # before the API started

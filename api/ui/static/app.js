@@ -188,8 +188,8 @@ function columnChart(container, cols, { color = "#4c9be8", labelEvery = 1, unit 
     const h = max ? Math.round(((value || 0) / max) * (height - bottom - top)) : 0;
     const x = 5 + i * colW;
     g.append(svg("rect", { x: x + 1, y: height - bottom - h, width: Math.max(colW - 2, 1), height: h, fill: color },
-                 svg("title", { text: `${label}: ${value}${unit}` })));
-    if (i % labelEvery === 0) g.append(svg("text", { x: x + colW / 2, y: height - 5, "text-anchor": "middle", class: "axis", text: label }));
+                 svg("title", { text: `${label || `column ${i + 1}`}: ${value}${unit}` })));
+    if (label && i % labelEvery === 0) g.append(svg("text", { x: x + colW / 2, y: height - 5, "text-anchor": "middle", class: "axis", text: label }));
   });
   g.append(svg("text", { x: 6, y: 11, class: "axis", text: `max ${max}${unit}` }));
   clear(container).append(g);
@@ -197,25 +197,19 @@ function columnChart(container, cols, { color = "#4c9be8", labelEvery = 1, unit 
 
 // ------------------------------------------------------------------ overview
 
-const THROUGHPUT_KEY = "taskstream.throughput";
-const THROUGHPUT_SPAN_MS = 10 * 60 * 1000;
-
-function throughputSamples(perSecond) {
-  let samples = [];
-  try { samples = JSON.parse(sessionStorage.getItem(THROUGHPUT_KEY) || "[]"); } catch (e) { samples = []; }
-  const now = Date.now();
-  if (perSecond !== null) samples.push([now, perSecond]);
-  samples = samples.filter(([t]) => now - t <= THROUGHPUT_SPAN_MS);
-  sessionStorage.setItem(THROUGHPUT_KEY, JSON.stringify(samples));
-  // one column per 30 s over the last 10 minutes: the mean of the samples that fell in it
-  const cols = [];
-  for (let i = 19; i >= 0; i--) {
-    const from = now - (i + 1) * 30000, to = now - i * 30000;
-    const inside = samples.filter(([t]) => t > from && t <= to).map(([, v]) => v);
-    const mean = inside.length ? inside.reduce((a, b) => a + b, 0) / inside.length : 0;
-    cols.push([i === 0 ? "now" : `-${(i * 30) / 60}m`, Math.round(mean * 100) / 100]);
-  }
-  return cols;
+async function overviewThroughput() {
+  const { data } = await api("/ui/api/throughput?minutes=10");
+  const n = data.columns.length;
+  const cols = data.columns.map((c, i) => {
+    const total = Object.values(c.by_status).reduce((a, b) => a + b, 0);
+    const back = (n - 1 - i) * data.step_s;
+    const label = back === 0 ? "now" : back % 120 === 0 ? `-${back / 60} min` : "";
+    return [label, c.known ? Math.round((total / data.step_s) * 100) / 100 : 0];
+  });
+  columnChart($("chart-throughput"), cols, { unit: "/s" });
+  const unknown = data.columns.filter((c) => !c.known).length;
+  setText("throughput-caption", `Tasks finished per second, one column per ${data.step_s} s over the last 10 minutes` +
+          (unknown ? ` (the API started ${Math.round((Date.now() / 1000 - data.since) / 60)} min ago: nothing before).` : "."));
 }
 
 async function overviewStats() {
@@ -229,9 +223,7 @@ async function overviewStats() {
   barChart($("chart-priority"), Object.entries(t.by_priority).map(([p, n]) => [p, n, PRIORITY_COLORS[p]]));
   const depth = data.queue_depth;
   barChart($("chart-queue"), ["high", "medium", "low"].map((p) => [p, depth ? depth[p] : null, PRIORITY_COLORS[p]]));
-  columnChart($("chart-throughput"), throughputSamples(data.throughput.per_second), { labelEvery: 4, unit: "/s" });
-  setText("throughput-text", `${data.throughput.per_second} tasks/s finished over the last ${data.throughput.window_s} s ` +
-          `(sampled while this tab is open, 30 s per column).`);
+  setText("throughput-text", `${data.throughput.per_second} tasks/s over the last ${data.throughput.window_s} s.`);
   const finished = Object.entries(data.throughput.by_status).map(([s, n]) => `${n} ${s}`).join(", ");
   setText("finished-60", `${data.throughput.finished}${finished ? ` (${finished})` : ""}`);
   const oq = data.oldest_queued;
@@ -295,6 +287,7 @@ function pageOverview() {
     stamp();
   });
   every(10000, overviewLatency);
+  every(5000, overviewThroughput);
 }
 
 // ------------------------------------------------------------------ tasks list
