@@ -336,3 +336,35 @@ def test_dead_letters_redrive_selected(page, http) -> None:
         wait_status(http, task_id, {"succeeded"})
     assert http.get(f"/api/v1/tasks/{ids[2]}").json()["status"] == "failed"
     assert page.errors == []
+
+
+def test_not_ready_reasons_and_the_api_key_go_through_one_fetch(page, http) -> None:
+    """/readyz's reasons are listed; a key typed in the header goes on every API request as a bearer token."""
+    import json
+
+    seen: list[str | None] = []
+
+    def not_ready(route) -> None:
+        route.fulfill(status=503, content_type="application/problem+json", body=json.dumps({
+            "title": "Not ready", "status": 503, "detail": "topics missing: t.events",
+            "reasons": ["topics missing: t.events", "read model not caught up: <b>catching up</b>"]}))
+
+    def spy(route) -> None:
+        seen.append(route.request.headers.get("authorization"))
+        route.continue_()
+
+    page.route("**/readyz", not_ready)  # the browser's answer only: the stack behind is untouched
+    page.route("**/api/v1/stats", spy)
+    page.goto("/ui")
+    page.wait_for_selector("#not-ready:not([hidden]) li")
+    assert page.locator("#ready-reasons li").all_text_contents() == [
+        "topics missing: t.events", "read model not caught up: <b>catching up</b>"]
+    assert page.text_content("#ready") == "not ready"
+    assert seen and seen[-1] is None  # no key typed: no header
+    page.fill("#api-key", "s3cret")
+    page.press("#api-key", "Enter")  # saved for the tab, page reloaded
+    page.wait_for_load_state()
+    wait_until(lambda: "Bearer s3cret" in seen, timeout=10, message="the key on /stats")
+    page.goto("/ui/tasks")
+    assert page.input_value("#api-key") == "s3cret"
+    assert page.errors == []

@@ -127,3 +127,34 @@ def test_throughput_history_keeps_what_the_read_model_forgets() -> None:
     assert cols[2]["by_status"] == {"succeeded": 5}
     assert [c["known"] for c in cols] == [True, True, True]
     assert h.columns(span_s=60, step_s=30, now=1010)[0]["known"] is False  # before the API started
+
+
+def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path) -> None:
+    """The dashboard's reads are pages and counters: with 100,000 tasks each answers in well under a second."""
+    from types import SimpleNamespace
+
+    from taskstream.api.routes import tasks as task_routes
+
+    store = TaskStore(tmp_path / "rm")
+    try:
+        for i in range(100_000):
+            in_workflow = 50_000 <= i < 50_010  # one POST /workflows: one created_at
+            s = state(f"t{i:06d}", created=50.0 if in_workflow else i / 1000, workflow_id="w" if in_workflow else None)
+            store.apply(replace(s, status="succeeded", started_at=s.created_at,
+                                finished_at=s.created_at + timedelta(seconds=0.5)))
+        app = FastAPI()
+        app.include_router(router)
+        app.include_router(task_routes.router)
+        with TestClient(app) as client:
+            app.state.read_model = SimpleNamespace(store=store)
+            for path in ("/ui/api/latency?limit=500", "/ui/api/workflows/w?task=t050003", "/ui/api/throughput",
+                         "/api/v1/tasks?limit=50", "/api/v1/tasks?status=succeeded&handler=h&label=a:b&limit=50"):
+                t0 = time.monotonic()
+                r = client.get(path)
+                took = time.monotonic() - t0
+                assert r.status_code == 200, (path, r.text)
+                assert took < 1.0, (path, took)
+            assert len(client.get("/ui/api/workflows/w?task=t050003").json()["tasks"]) == 10
+            assert client.get("/ui/api/latency?limit=500").json()["count"] == 500
+    finally:
+        store.close()
