@@ -207,7 +207,6 @@ def test_failing_task_shows_retries_and_its_retry_button_redrives_it(page, http)
 
     page.goto("/ui/dead-letters")
     page.locator(f"#dead tr[data-id='{task_id}']").wait_for(timeout=10000)
-    shot(page, "dead-letters")
 
     page.goto(f"/ui/tasks/{task_id}")
     page.wait_for_selector("#timeline li[data-type=TaskFailed]")
@@ -330,6 +329,10 @@ def test_dead_letters_redrive_selected(page, http) -> None:
     page.goto("/ui/dead-letters")
     for task_id in ids[:2]:
         page.locator(f"#dead tr[data-id='{task_id}'] input.pick").check()
+    by_status = http.get("/api/v1/stats").json()["tasks"]["by_status"]
+    wait_until(lambda: page.text_content("#dl-count") ==
+               f"in all: {by_status['failed']} failed, {by_status['upstream_failed']} upstream_failed", timeout=10)
+    shot(page, "dead-letters")
     page.click("#redrive-selected")
     wait_until(lambda: "2 redriven" in page.text_content("#dl-result"), timeout=10, message="two redriven")
     for task_id in ids[:2]:

@@ -283,7 +283,9 @@ async function overviewReady() {
 
 function pageOverview() {
   every(2000, async () => {
-    await Promise.allSettled([overviewStats(), overviewReady(), overviewCluster(), overviewLag()]);
+    const results = await Promise.allSettled([overviewStats(), overviewReady(), overviewCluster(), overviewLag()]);
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) notice(`Could not refresh: ${failed.reason.message}`, "warn");
     stamp();
   });
   every(10000, overviewLatency);
@@ -658,10 +660,14 @@ function pageDeadLetters() {
     const cursor = cursors[cursors.length - 1];
     if (cursor) q.set("cursor", cursor);
     try {
-      const { data } = await api(`/api/v1/tasks?${q}`);
+      const [{ data }, stats] = await Promise.all([api(`/api/v1/tasks?${q}`), api("/api/v1/stats").catch(() => null)]);
       showProblem("dl-error", null);
       next = data.next_cursor;
       $("next").disabled = !next;
+      if (stats) {
+        const by = stats.data.tasks.by_status;
+        setText("dl-count", `in all: ${by.failed ?? 0} failed, ${by.upstream_failed ?? 0} upstream_failed`);
+      }
       const selected = new Set([...document.querySelectorAll("input.pick:checked")].map((c) => c.value));
       const body = clear($("dead"));
       if (!data.tasks.length) body.append(el("tr", {}, el("td", { colspan: 8, class: "hint", text: `no ${$("dl-status").value} tasks` })));
