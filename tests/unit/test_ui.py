@@ -158,3 +158,23 @@ def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path) -> None:
             assert client.get("/ui/api/latency?limit=500").json()["count"] == 500
     finally:
         store.close()
+
+
+def test_the_router_lifespan_samples_the_read_model(monkeypatch) -> None:
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from taskstream.api.ui import routes
+
+    monkeypatch.setattr(routes, "SAMPLE_S", 0.05)
+    now = int(time.time())
+    store = SimpleNamespace(finished_by_second=lambda: {now: Counter(succeeded=7)})
+    app = FastAPI()
+    app.state.read_model = SimpleNamespace(store=store)
+    app.include_router(router)
+    with TestClient(app):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+                c["by_status"] for c in routes.history(app).columns(60, 30)):
+            time.sleep(0.05)
+    assert sum(c["by_status"].get("succeeded", 0) for c in routes.history(app).columns(60, 30)) == 7
