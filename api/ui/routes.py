@@ -290,8 +290,8 @@ def latency_histogram(tasks: list[TaskState]) -> dict:
     def pct(values: list[float]) -> dict:
         if not values:
             return {"p50": None, "p95": None, "max": None}
-        return {"p50": round(values[len(values) // 2], 3), "p95": round(values[min(len(values) - 1, int(len(values) * 0.95))], 3),
-                "max": round(values[-1], 3)}
+        p95 = values[min(len(values) - 1, int(len(values) * 0.95))]
+        return {"p50": round(values[len(values) // 2], 3), "p95": round(p95, 3), "max": round(values[-1], 3)}
 
     return {"count": len(total), "buckets": [{"le": b, "count": n} for b, n in zip((*LATENCY_BUCKETS, None), counts)],
             "total_s": pct(total), "run_s": pct(run)}

@@ -26,7 +26,8 @@ from tests.integration.test_e2e import child_env, dev_cmd, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
-SCREENSHOTS = Path(os.environ.get("TASKSTREAM_SCREENSHOTS") or Path(__file__).resolve().parents[2] / "docs" / "screenshots")
+SCREENSHOTS = Path(os.environ.get("TASKSTREAM_SCREENSHOTS")
+                   or Path(__file__).resolve().parents[2] / "docs" / "screenshots")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TERMINAL = {"succeeded", "failed", "cancelled", "upstream_failed"}
 #: app.js STATUS_COLORS: the fill of a workflow node of each status.
@@ -165,7 +166,8 @@ def test_overview_shows_the_counts_the_api_reports(page, http) -> None:
         str(http.get("/api/v1/stats").json()["tasks"]["by_priority"]["high"])
     page.wait_for_selector("#chart-latency svg")
     # throughput: the tasks just finished are in the newest columns (from the API's own history)
-    wait_until(lambda: page.eval_on_selector_all("#chart-throughput rect", "rs => rs.some(r => +r.getAttribute('height') > 0)"),
+    wait_until(lambda: page.eval_on_selector_all("#chart-throughput rect",
+                                                 "rs => rs.some(r => +r.getAttribute('height') > 0)"),
                timeout=15, message="a throughput column")
     wait_status(http, ids[-2], {"succeeded"})
     page.wait_for_selector("#heartbeats td.mono", timeout=15000)  # the sleep task's executor heartbeated

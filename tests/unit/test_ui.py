@@ -102,7 +102,8 @@ def test_latency_histogram() -> None:
 
     def done(i: int, seconds: float) -> TaskState:
         s = state(f"t{i}")
-        return replace(s, status="succeeded", started_at=s.created_at, finished_at=s.created_at + timedelta(seconds=seconds))
+        return replace(s, status="succeeded", started_at=s.created_at,
+                       finished_at=s.created_at + timedelta(seconds=seconds))
 
     h = latency_histogram([done(0, 0.05), done(1, 0.3), done(2, 0.3), done(3, 1000)])
     assert h["count"] == 4
