@@ -31,6 +31,7 @@ from .metrics import router as metrics_router
 from .problems import JSONResponse
 from .read_model import ReadModel
 from .routes import health, ops, schedules, tasks, workflows
+from .ui import router as ui_router
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.include_router(workflows.router)
     app.include_router(schedules.router)
     app.include_router(ops.router)
+    app.include_router(ui_router)  # the dashboard at /ui (api/ui)
     return app
 
 

@@ -277,6 +277,11 @@ class TaskStore:
                     out.update(by_status)
             return out
 
+    def finished_by_second(self) -> dict[int, Counter[str]]:
+        """A copy of the counters behind ``finished_recently``: epoch second -> tasks finished then, by status."""
+        with self._lock:
+            return {second: Counter(by_status) for second, by_status in self._finished.items()}
+
     def oldest_queued(self) -> TaskState | None:
         """The task that has been queued longest (first key of the ``q:`` index), or None."""
         for key in self._scan(_QUEUED, None):
