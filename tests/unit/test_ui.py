@@ -130,8 +130,10 @@ def test_throughput_history_keeps_what_the_read_model_forgets() -> None:
     assert h.columns(span_s=60, step_s=30, now=1010)[0]["known"] is False  # before the API started
 
 
-def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path) -> None:
-    """The dashboard's reads are pages and counters: with 100,000 tasks each answers in well under a second."""
+def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path, monkeypatch) -> None:
+    """The dashboard's reads are pages and counters: with 100,000 tasks none decodes more than a few thousand.
+
+    (What it costs is counted, not timed: a timed bound measures the machine.)"""
     from types import SimpleNamespace
 
     from taskstream.api.routes import tasks as task_routes
@@ -146,15 +148,18 @@ def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path) -> None:
         app = FastAPI()
         app.include_router(router)
         app.include_router(task_routes.router)
+        decoded = []
+        real_decode = TaskStore._decode
+        monkeypatch.setattr(TaskStore, "_decode", staticmethod(lambda raw, task_id: (
+            decoded.append(task_id), real_decode(raw, task_id))[1]))
         with TestClient(app) as client:
             app.state.read_model = SimpleNamespace(store=store)
             for path in ("/ui/api/latency?limit=500", "/ui/api/workflows/w?task=t050003", "/ui/api/throughput",
                          "/api/v1/tasks?limit=50", "/api/v1/tasks?status=succeeded&handler=h&label=a:b&limit=50"):
-                t0 = time.monotonic()
+                decoded.clear()
                 r = client.get(path)
-                took = time.monotonic() - t0
                 assert r.status_code == 200, (path, r.text)
-                assert took < 1.0, (path, took)
+                assert len(decoded) <= 12_000, (path, len(decoded))  # bounded pages and scans, never the 100,000
             assert len(client.get("/ui/api/workflows/w?task=t050003").json()["tasks"]) == 10
             assert client.get("/ui/api/latency?limit=500").json()["count"] == 500
     finally:
