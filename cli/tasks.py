@@ -63,7 +63,7 @@ def _one_line(exc: Any) -> str:
 def _payload(ctx, param, value: str | None) -> Any:
     """``--payload`` JSON text, ``@file`` (a JSON file) or ``@-`` (stdin)."""
     if value is None:
-        return _UNSET()
+        return _unset()
     text = value
     if value.startswith("@"):
         source = value[1:]
@@ -77,7 +77,7 @@ def _payload(ctx, param, value: str | None) -> Any:
         raise click.BadParameter(f"not JSON: {exc}") from None
 
 
-def _UNSET() -> Any:
+def _unset() -> Any:
     from taskstream.client import UNSET
 
     return UNSET
