@@ -112,6 +112,14 @@ def test_cancel_and_retry(run) -> None:
     assert "only failed or upstream_failed" in one_error_line(run("tasks", "retry", ok["id"]))
 
 
+def test_depends_on_and_wait_timeout(run) -> None:
+    failed = json.loads(run("tasks", "submit", "fail", "--wait", "--json").stdout)
+    r = run("tasks", "submit", "noop", "--depends-on", failed["id"], "--wait", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == "upstream_failed"
+    line = one_error_line(run("tasks", "submit", "noop", "--run-at", "+1h", "--wait", "--wait-timeout", "0.5"))
+    assert line.startswith("Error: Wait timed out: task ") and line.endswith("is still scheduled after 0.5s")
+
+
 def test_workflows_submit_yaml_and_json(run, tmp_path) -> None:
     wf = tmp_path / "wf.yaml"
     wf.write_text("tasks:\n  - key: extract\n    handler: echo\n    payload: {rows: 3}\n"
