@@ -3,8 +3,10 @@
 Both build their requests and read their answers with ``_calls`` and differ
 only in how a request is sent: each simple operation is written once in
 ``_Operations`` and returns ``self._send(call)``, which is the result for
-``Client`` and an awaitable of it for ``AsyncClient``. What loops
-(``list``, ``schedules``, ``wait``) is written per class.
+``Client`` and an awaitable of it for ``AsyncClient`` (whose signatures are
+restated for type checkers only, under ``TYPE_CHECKING``; a unit test keeps
+them equal). What loops (``list``, ``schedules``, ``wait``) is written per
+class.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -275,6 +277,37 @@ class AsyncClient(_Operations):
         token = token if token is not None else os.environ.get("TASKSTREAM_TOKEN")
         self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(api_key, token, headers), timeout=timeout,
                                        transport=transport or httpx.AsyncHTTPTransport(retries=1))
+
+    if TYPE_CHECKING:  # what _Operations' methods are here: awaitables of the same results
+        async def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,
+                         depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
+                         timeout_s: float | None = None, retry: Mapping[str, Any] | None = None,
+                         max_attempts: int | None = None, labels: Mapping[str, str] | None = None,
+                         name: str | None = None, idempotency_key: str | None = None) -> Task: ...
+        async def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,
+                              idempotency_key: str | None = None) -> list[Task]: ...
+        async def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,
+                           idempotency_key: str | None = None) -> Workflow: ...
+        async def get(self, task_id: str, *, as_of: datetime | str | None = None) -> Task: ...
+        async def list_page(self, *, status: str | None = None, priority: str | None = None,
+                            handler: str | None = None, labels: Mapping[str, str] | None = None,
+                            limit: int | None = None, cursor: str | None = None) -> Page[Task]: ...
+        async def update(self, task_id: str, *, if_match: int | str | None = None, priority: str | None = None,
+                         run_at: datetime | str | None = None, payload: Any = UNSET, timeout_s: float | None = None,
+                         retry: Mapping[str, Any] | None = None) -> Task: ...
+        async def cancel(self, task_id: str, *, reason: str = "") -> Task: ...
+        async def retry(self, task_id: str, *, reason: str = "") -> Task: ...
+        async def events(self, task_id: str) -> list[TaskEvent]: ...
+        async def create_schedule(self, cron: str, task: Mapping[str, Any], *, timezone: str | None = None,
+                                  name: str | None = None, start_at: datetime | str | None = None,
+                                  end_at: datetime | str | None = None, misfire: str | None = None,
+                                  idempotency_key: str | None = None) -> Schedule: ...
+        async def get_schedule(self, schedule_id: str) -> Schedule: ...
+        async def schedules_page(self, *, status: str | None = None, limit: int | None = None,
+                                 cursor: str | None = None) -> Page[Schedule]: ...
+        async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...
+        async def stats(self) -> dict[str, Any]: ...
+        async def ready(self) -> dict[str, Any]: ...
 
     async def _send(self, call: Call) -> Any:
         try:

@@ -128,3 +128,22 @@ def test_async_client_has_every_method_of_client_and_sends_the_same() -> None:
     assert task.payload == {"a": 1} and seen[0].headers["Idempotency-Key"] == "k"
     assert json.loads(seen[0].content) == {"handler": "echo", "payload": {"a": 1}}
     assert repr(UNSET) == "UNSET" and not UNSET
+
+
+def test_the_async_signatures_for_type_checkers_match_the_operations() -> None:
+    """AsyncClient restates _Operations' signatures under TYPE_CHECKING (as async); they must not drift."""
+    import ast
+    from pathlib import Path
+
+    from taskstream.client import _client
+
+    tree = ast.parse(Path(_client.__file__).read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AsyncClient")
+    block = next(n for n in cls.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    stubs = {f.name: f for f in block.body if isinstance(f, ast.AsyncFunctionDef)}
+    ops = {n for n, v in vars(_client._Operations).items() if callable(v) and not n.startswith("_")}
+    assert set(stubs) == ops
+    for name, stub in stubs.items():
+        real = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == name)
+        assert ast.unparse(stub.args) == ast.unparse(real.args), name
+        assert ast.unparse(stub.returns) == ast.unparse(real.returns), name
