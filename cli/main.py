@@ -254,6 +254,11 @@ from .log_commands import COMMANDS as _LOG_COMMANDS  # noqa: E402  (events, topi
 for _command in _LOG_COMMANDS:
     main.add_command(_command)
 
+from .tasks import COMMANDS as _CLIENT_COMMANDS  # noqa: E402  (tasks, workflows, schedules: through the HTTP client)
+
+for _command in _CLIENT_COMMANDS:
+    main.add_command(_command)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
