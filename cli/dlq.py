@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
+from taskstream.schemas.offsets import POISON_HEADERS
 from taskstream.schemas.kafka import (
     admin,
     common_config,
@@ -38,7 +39,6 @@ from taskstream.schemas.kafka import (
     write_markers,
 )
 
-POISON_HEADERS = ("source-topic", "source-partition", "source-offset", "reason")
 #: The CLI sends a handful of records, so one record per batch costs nothing and keeps end offsets exact on the
 #: embedded broker even when the user's environment does not say it is that broker (docs/decisions/0001).
 ONE_PER_BATCH = {"batch.num.messages": 1}

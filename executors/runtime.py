@@ -158,6 +158,7 @@ from taskstream.schemas.kafka import (
     is_permanent,
 )
 from taskstream.schemas.limits import MAX_RESULT_BYTES, cut_error
+from taskstream.schemas.offsets import PartitionOffsets, poison_headers
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.topics import PRIORITIES
 
@@ -204,33 +205,6 @@ def _error_text(exc: BaseException) -> str:
     return cut_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
-class _PartitionOffsets:
-    """Offsets taken from one partition during one assignment, and which are done.
-
-    Offsets arrive in increasing order; ``done`` may be marked in any order.
-    ``position()`` is the offset to commit: one past the highest contiguous
-    done offset. Guarded by the executor's lock.
-    """
-
-    __slots__ = ("pending", "done", "position", "committed")
-
-    def __init__(self) -> None:
-        self.pending: deque[int] = deque()
-        self.done: set[int] = set()
-        self.position: int | None = None
-        self.committed: int | None = None
-
-    def add(self, offset: int) -> None:
-        self.pending.append(offset)
-
-    def mark_done(self, offset: int) -> None:
-        self.done.add(offset)
-        while self.pending and self.pending[0] in self.done:
-            first = self.pending.popleft()
-            self.done.discard(first)
-            self.position = first + 1
-
-
 @dataclass(slots=True, eq=False)
 class _Item:
     """A decoded ready message waiting in a priority buffer or running.
@@ -244,7 +218,7 @@ class _Item:
     partition: int
     offset: int
     task: ReadyTask
-    offsets: _PartitionOffsets
+    offsets: PartitionOffsets
     cancelled: bool = False
     attempt: _Attempt | None = None
 
@@ -308,7 +282,7 @@ class Executor:
         # Shared between the poll thread and the loop, guarded by _lock.
         self._lock = threading.Lock()
         self._buffers: list[deque[_Item]] = [deque() for _ in PRIORITIES]
-        self._offsets: dict[tuple[str, int], _PartitionOffsets] = {}
+        self._offsets: dict[tuple[str, int], PartitionOffsets] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._draining = False
         self._hold_until = 0.0  # time.monotonic() before which no slot is granted
@@ -486,15 +460,10 @@ class Executor:
                       extra=about(task_id))
         return running
 
-    def _dead_letter(self, msg, offsets: _PartitionOffsets, reason: str) -> None:
+    def _dead_letter(self, msg, offsets: PartitionOffsets, reason: str) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         log.warning("poison message %s[%d]@%d goes to the dlq: %s", topic, partition, offset, reason)
-        headers = [
-            ("source-topic", topic.encode()),
-            ("source-partition", str(partition).encode()),
-            ("source-offset", str(offset).encode()),
-            ("reason", reason.encode()),
-        ]
+        headers = poison_headers(topic, partition, offset, reason)
 
         def delivered(err, _msg, strip: bool = False) -> None:
             if err is None:
@@ -580,7 +549,7 @@ class Executor:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
                 self._assigned.add(key)
-                self._offsets[key] = _PartitionOffsets()
+                self._offsets[key] = PartitionOffsets()
             self._hold_until = time.monotonic() + ASSIGN_SETTLE_S
         self.assigned_event.set()
         log.info("executor %s assigned %s", self.executor_id, [f"{tp.topic}[{tp.partition}]" for tp in partitions])

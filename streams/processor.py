@@ -85,6 +85,7 @@ from taskstream.schemas.kafka import (
     write_markers,
 )
 from taskstream.schemas.observability import about, serve_metrics
+from taskstream.schemas.offsets import poison_headers
 
 from . import domain
 from .metrics import LAG_INTERVAL_S, ProcessorMetrics
@@ -162,12 +163,7 @@ def _outputs(topics: Topics, effects: list[domain.Effect], state, partition: int
 
 def dlq_output(topics: Topics, message, reason: str) -> Output:
     """A poison message, as it was, for ``<p>.dlq`` with where it came from and why."""
-    headers = [
-        ("source-topic", message.topic().encode()),
-        ("source-partition", str(message.partition()).encode()),
-        ("source-offset", str(message.offset()).encode()),
-        ("reason", reason.encode()[:1000]),
-    ]
+    headers = poison_headers(message.topic(), message.partition(), message.offset(), reason)
     return Output(topics.dlq, message.key() or b"", message.value() or b"", headers)
 
 
@@ -576,7 +572,7 @@ class Processor:
             if topic == self.topics.dlq and not value:
                 continue  # a value-less dead letter refused: nothing smaller to send
             self._produce(Output(self.topics.dlq, key or b"", b"", [
-                *named, ("source-topic", topic.encode()), ("reason", f"refused: {reason}".encode()[:1000]),
+                *named, *poison_headers(topic, None, None, f"refused: {reason}"),
             ]))
 
     def _flush_and_check(self) -> None:

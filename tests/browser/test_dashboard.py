@@ -367,9 +367,10 @@ def test_not_ready_reasons_and_the_api_key_go_through_one_fetch(page, http) -> N
     assert page.text_content("#ready") == "not ready"
     assert seen and seen[-1] is None  # no key typed: no header
     page.fill("#api-key", "s3cret")
-    page.press("#api-key", "Enter")  # saved for the tab, page reloaded
-    page.wait_for_load_state()
-    wait_until(lambda: "Bearer s3cret" in seen, timeout=10, message="the key on /stats")
+    # (awaited through Playwright: a sleeping wait would not let the browser's events through)
+    with page.expect_request(lambda r: "/api/v1/stats" in r.url and r.headers.get("authorization") == "Bearer s3cret",
+                             timeout=20_000):
+        page.press("#api-key", "Enter")  # saved for the tab, page reloaded
     page.goto("/ui/tasks")
     assert page.input_value("#api-key") == "s3cret"
     assert page.errors == []
