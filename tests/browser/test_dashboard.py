@@ -26,8 +26,10 @@ from tests.integration.test_e2e import child_env, dev_cmd, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
+#: Where each run writes its screenshots (ignored by git); the README's copies are refreshed with
+#: ``TASKSTREAM_SCREENSHOTS=docs/screenshots make test``.
 SCREENSHOTS = Path(os.environ.get("TASKSTREAM_SCREENSHOTS")
-                   or Path(__file__).resolve().parents[2] / "docs" / "screenshots")
+                   or Path(__file__).resolve().parents[2] / "build" / "screenshots")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TERMINAL = {"succeeded", "failed", "cancelled", "upstream_failed"}
 #: app.js STATUS_COLORS: the fill of a workflow node of each status.
