@@ -232,13 +232,17 @@ def state_at(when, task_id, as_json, timeout) -> None:
 @click.option("--batch", type=click.IntRange(min=1, max=1000), default=None,
               help="submit through POST /tasks:batch, this many tasks a request")
 @click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")
+@click.option("--prefill-events", type=click.IntRange(min=0), default=0, show_default=True,
+              help="first grow the log by about this many events (no-op tasks in batches, waited for), "
+                   "to measure a stack with a long log")
 @click.option("--rebuild", "rebuild_mode", is_flag=True,
               help="instead: events folded per second by `state rebuild` over a synthetic log of --events events")
 @click.option("--events", "n_events", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="events in the --rebuild log")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="--rebuild: fold processes (default: cores)")
 @click.option("--profile", type=click.Path(dir_okay=False), default=None, help="--rebuild: write cProfile stats here")
-def bench(count, url, clients, executors, chain, batch, as_json, rebuild_mode, n_events, workers, profile) -> None:
+def bench(count, url, clients, executors, chain, batch, as_json, prefill_events, rebuild_mode, n_events, workers,
+          profile) -> None:
     """Submit N no-op tasks; print throughput and submit->start latency (or --chain N: per-hop latency)."""
     from .bench import run_bench, run_chain_bench, run_rebuild_bench
 
@@ -246,7 +250,8 @@ def bench(count, url, clients, executors, chain, batch, as_json, rebuild_mode, n
         sys.exit(run_rebuild_bench(n_events, as_json=as_json, workers=workers, profile=profile))
     if chain is not None:
         sys.exit(run_chain_bench(chain, url=url, executors=executors, as_json=as_json))
-    sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json, batch=batch))
+    sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json, batch=batch,
+                       prefill_events=prefill_events))
 
 
 from .log_commands import COMMANDS as _LOG_COMMANDS  # noqa: E402  (events, topics, lag)
