@@ -96,9 +96,14 @@ def api(host, port) -> None:
     """Serve the HTTP API."""
     from taskstream.api import run_api
 
+    from taskstream.api.auth import InsecureConfig
+
     settings = _settings(api_host=host, api_port=port)
     _logging(settings)
-    run_api(settings)
+    try:
+        run_api(settings)
+    except InsecureConfig as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

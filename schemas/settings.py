@@ -151,7 +151,8 @@ class Settings(BaseSettings):
         "Stops DNS-rebinding pages from driving a loopback API"
     )
     metrics_token: str | None = Field(
-        None, repr=False, description="bearer token /metrics asks for; unset, /metrics answers loopback clients only"
+        None, repr=False, description="bearer token /metrics asks for; unset, /metrics is open while the API listens on loopback "
+        "and refused otherwise (unless the API runs unauthenticated by auth_allow_unauthenticated)"
     )
     rate_limit_anonymous: tuple[float, int] | None = Field(
         None, description="[tokens per second, burst] per client address when authentication is off (null: no "
