@@ -361,11 +361,19 @@ class RateLimit:
         return decision
 
 
-def charge(request: Request, cost: int) -> None:
-    """Charge ``cost`` more tokens to the caller's bucket (a batch: one per task beyond the first).
+def admit(request: Request, handlers: Iterable[str], tasks: int = 1) -> None:
+    """Let the caller submit ``tasks`` tasks to ``handlers``, or raise: call it before writing anything.
 
-    Raises ``RateLimited`` (429) when the bucket is short; call it before writing anything.
+    ``Forbidden`` (403) when the caller is limited to handler patterns one of
+    ``handlers`` misses; ``RateLimited`` (429) when its bucket lacks a token
+    for each task beyond the first (the middleware charged the request one).
     """
+    authorize_handlers(principal(request), handlers)
+    charge(request, tasks - 1)
+
+
+def charge(request: Request, cost: int) -> None:
+    """Charge ``cost`` more tokens to the caller's bucket (``RateLimited``, 429, when it is short)."""
     rate: RateLimit | None = getattr(request.app.state, "rate_limit", None)
     principal = getattr(request.state, "principal", None)
     if rate is None or principal is None or cost <= 0:
@@ -390,6 +398,10 @@ def _rate_limited(decision: Decision, cost: int):
                    f"rate limit exceeded: {decision.limit} requests (or batched tasks) in a burst; this request "
                    f"costs {cost}; retry in {decision.retry_after_s} s",
                    kind="rate-limited", headers=decision.headers())
+
+
+async def _auth_error_handler(_: Request, exc: AuthError):
+    return _refusal(exc)
 
 
 async def _rate_limited_handler(_: Request, exc: RateLimited):
@@ -533,4 +545,5 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.authenticator = Authenticator(settings)
     app.state.rate_limit = RateLimit(settings)
     app.add_exception_handler(RateLimited, _rate_limited_handler)
+    app.add_exception_handler(AuthError, _auth_error_handler)
     app.add_middleware(AuthMiddleware, fastapi=app, settings=settings)

@@ -62,7 +62,7 @@ class TokenBuckets:
         with self._lock:
             tokens, at = self._buckets.pop(key, (float(burst), now))
             tokens = min(float(burst), tokens + (now - at) * rate)
-            allowed = tokens >= min(cost, burst)
+            allowed = tokens + 1e-9 >= min(cost, burst)  # float refill: traffic exactly at the rate passes
             if allowed:
                 tokens -= cost
             self._buckets[key] = (tokens, now)

@@ -46,7 +46,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas import cron as cron_expr
 
-from .. import idempotency
+from .. import auth, idempotency
 from ..models import ScheduleIn, initial_schedule, same_schedule, schedule_json
 from ..problems import JSONResponse
 from ._writes import TooLarge, encode, expect_schedule, write
@@ -64,6 +64,7 @@ def _created(state: ScheduleState) -> Response:
 
 @router.post("/schedules", status_code=202)
 async def create_schedule(body: ScheduleIn, request: Request) -> Response:
+    auth.admit(request, [body.task.handler])
     app = request.app.state
     schedules = app.read_model.schedules
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))

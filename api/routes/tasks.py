@@ -77,7 +77,7 @@ from taskstream.schemas import (
 from taskstream.schemas.observability import about
 from taskstream.streams import domain
 
-from .. import idempotency
+from .. import auth, idempotency
 from ..history import HistoryBusy, HistoryTooExpensive, event_json, history_problem, limits_for, reader_for
 from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
 from ..problems import JSONResponse, problem
@@ -108,6 +108,7 @@ def _etag(state: TaskState) -> dict[str, str]:
 
 @router.post("/tasks", status_code=202)
 async def submit_task(body: TaskIn, request: Request) -> Response:
+    auth.admit(request, [body.handler])
     app = request.app.state
     store = app.read_model.store
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
@@ -143,6 +144,7 @@ def _created(task: TaskState) -> Response:
 @router.post("/tasks:batch", status_code=202)
 async def submit_batch(body: BatchIn, request: Request) -> Response:
     """Up to 1,000 tasks: all validated first (none written if one is bad), then written together."""
+    auth.admit(request, [t.handler for t in body.tasks], tasks=len(body.tasks))
     app = request.app.state
     store = app.read_model.store
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))

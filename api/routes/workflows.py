@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from taskstream.schemas import TaskState, new_id
 
-from .. import idempotency
+from .. import auth, idempotency
 from ..models import WorkflowIn
 from ..problems import JSONResponse, validation_problem
 from ._writes import TooLarge, encode, write
@@ -67,6 +67,7 @@ def check_graph(body: WorkflowIn) -> list[dict[str, str]]:
 
 @router.post("/workflows", status_code=202)
 async def submit_workflow(body: WorkflowIn, request: Request) -> Response:
+    auth.admit(request, [t.handler for t in body.tasks], tasks=len(body.tasks))
     app = request.app.state
     store = app.read_model.store
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
