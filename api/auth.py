@@ -369,7 +369,10 @@ def admit(request: Request, handlers: Iterable[str], tasks: int = 1) -> None:
     for each task beyond the first (the middleware charged the request one).
     """
     authorize_handlers(principal(request), handlers)
-    charge(request, tasks - 1)
+    try:
+        charge(request, tasks - 1)
+    except RateLimited as exc:
+        raise RateLimited(exc.decision, tasks) from None  # tell the cost of the whole request
 
 
 def charge(request: Request, cost: int) -> None:
