@@ -85,7 +85,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # FastAPI's document, built once, with our problem answers
-            app.openapi_schema = problems.document(FastAPI.openapi(app))
+            app.openapi_schema = auth.document(problems.document(FastAPI.openapi(app)), settings)
         return app.openapi_schema
 
     app.openapi = openapi

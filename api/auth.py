@@ -502,6 +502,8 @@ class AuthMiddleware:
         except RateLimited as exc:
             return await self._deny(scope, receive, send, _rate_limited(exc.decision, 1))
         scope["state"]["rate_decision"] = decision
+        if decision is None:  # no limit applies to this principal: nothing to add to the answer
+            return await self.app(scope, receive, send)
 
         async def send_with_limits(message) -> None:
             if message["type"] == "http.response.start":
@@ -535,6 +537,35 @@ class AuthMiddleware:
             await send({"type": "websocket.close", "code": 1008})
             return
         await response(scope, receive, send)
+
+
+_AUTH_WHY = {
+    401: "No credentials, or a bad, expired, wrongly signed or revoked one (``WWW-Authenticate``)",
+    403: "The caller's role (or handler patterns) does not allow this",
+    429: "Rate limit exceeded (``Retry-After``, ``RateLimit-*``)",
+}
+
+
+def document(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Put the security schemes and each guarded operation's 401/403/429 into ``openapi`` (when auth is on)."""
+    if not auth_enabled(settings):
+        return openapi
+    schemes = openapi.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                         "description": "taskstream keys create; also accepted as a bearer token"}
+    schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or API key"}
+    for path, operations in openapi.get("paths", {}).items():
+        for method, op in operations.items():
+            need = required(method.upper(), path)
+            if need in (OPEN, METRICS, None):
+                continue
+            op["security"] = [{"apiKey": []}, {"bearer": []}]
+            op["description"] = (op.get("description") or "") + f"\n\nNeeds the role `{need}` or higher."
+            for status, why in _AUTH_WHY.items():
+                op.setdefault("responses", {})[str(status)] = {
+                    "description": why, "content": {"application/problem+json": {
+                        "schema": {"$ref": "#/components/schemas/Problem"}}}}
+    return openapi
 
 
 def install(app: FastAPI, settings: Settings) -> None:

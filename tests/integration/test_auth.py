@@ -104,6 +104,8 @@ def test_auth_matrix_over_every_route(settings: Settings, signer) -> None:
     with TestClient(app) as c:
         key_ready(app, keys["admin"])
         key_ready(app, revoked, live=False)
+        wait_until(lambda: c.get("/readyz").status_code == 200, timeout=15, message="the API to be ready")
+        assert c.get("/readyz").json()["checks"]["api_keys"] == "ok"
         endpoints = auth.endpoints(app)
         assert len(endpoints) >= 20
         checked = set()
@@ -142,6 +144,10 @@ def test_auth_matrix_over_every_route(settings: Settings, signer) -> None:
                 ("DELETE", "/api/v1/schedules/{schedule_id}"), ("GET", "/openapi.json"), ("GET", "/healthz")} <= checked
         assert c.get("/api/v1/tasks", headers={"X-API-Key": keys["reader"]}).status_code == 200
         assert c.get("/docs", headers={"X-API-Key": keys["reader"]}).status_code == 200
+        doc = c.get("/openapi.json", headers={"X-API-Key": keys["reader"]}).json()
+        assert set(doc["components"]["securitySchemes"]) == {"apiKey", "bearer"}
+        assert {"401", "403", "429"} <= set(doc["paths"]["/api/v1/cluster"]["get"]["responses"])
+        assert "security" not in doc["paths"]["/healthz"]["get"]
         assert c.get("/api/v1/nowhere").status_code == 401  # an unknown path tells nothing to strangers
         assert c.get("/api/v1/nowhere", headers={"X-API-Key": keys["reader"]}).status_code == 404
 
@@ -241,6 +247,8 @@ def test_api_keys_503_until_the_key_store_has_read_the_topic(settings: Settings,
     with TestClient(create_app(s)) as c:
         r = c.get("/api/v1/tasks", headers={"X-API-Key": "tsk_" + "0" * 16 + "_" + "A" * 43})
         assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "cannot be checked" in r.json()["detail"]
+        ready = c.get("/readyz").json()
+        assert ready["checks"]["api_keys"] == "stale" and any("API keys" in x for x in ready["reasons"])
         # JWTs do not depend on the key store
         jwt_read = c.get(f"/api/v1/tasks/{uuid.uuid4().hex}", headers={"Authorization": f"Bearer {token(signer, 'reader')}"})
         assert jwt_read.status_code == 404
