@@ -267,3 +267,26 @@ def test_trusted_hosts_default_to_loopback_names_on_loopback_and_any_elsewhere()
     assert allowed_hosts(Settings(api_host="127.0.0.1", trusted_hosts=None)) == ["localhost", "127.0.0.1", "[::1]"]
     assert allowed_hosts(Settings(api_host="0.0.0.0", auth_api_keys=True, trusted_hosts=None)) == ["*"]
     assert allowed_hosts(Settings(trusted_hosts=["api.example.com"])) == ["api.example.com"]
+
+
+def test_the_shipped_deployments_start_an_api_that_authenticates(monkeypatch) -> None:
+    """docker-compose.yml and deploy/k8s put the API on 0.0.0.0: their settings must pass ``check_exposure``."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    (config,) = [d for d in yaml.safe_load_all((root / "deploy/k8s/configmap.yaml").read_text())
+                 if d and d["kind"] == "ConfigMap"]
+    for where, env in (("compose", compose["services"]["api"]["environment"]), ("k8s", config["data"])):
+        for name in [n for n in os.environ if n.startswith("TASKSTREAM_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            if name.startswith("TASKSTREAM_"):
+                monkeypatch.setenv(name, str(value))
+        s = Settings()
+        assert not loopback(s.api_host), where
+        auth.check_exposure(s)
+        assert auth.auth_enabled(s), where
