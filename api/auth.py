@@ -159,7 +159,8 @@ class AuthUnavailable(AuthError):
 
 
 class InsecureConfig(ValueError):
-    """Settings that would expose the API without authentication, or a JWT setup that checks too little."""
+    """Settings the API refuses to start with: no authentication beyond loopback, or a JWT setup that checks
+    too little or cannot be read."""
 
 
 def jwt_enabled(settings: Settings) -> bool:
@@ -209,7 +210,10 @@ class _Jwt:
         self.key: Any = None
         pem = settings.auth_jwt_public_key
         if settings.auth_jwt_public_key_file is not None:
-            pem = settings.auth_jwt_public_key_file.read_text()
+            try:
+                pem = settings.auth_jwt_public_key_file.read_text()
+            except OSError as exc:
+                raise InsecureConfig(f"auth_jwt_public_key_file cannot be read: {exc}") from None
         if pem:
             from cryptography.hazmat.primitives.serialization import load_pem_public_key
 

@@ -167,6 +167,11 @@ def test_jwt_settings_that_check_too_little_refuse_to_start(rsa_key) -> None:
         auth.Authenticator(Settings(auth_jwt_public_key=pem(rsa_key), auth_jwt_audience=AUD))
     with pytest.raises(auth.InsecureConfig, match="public-key algorithms"):
         jwt_auth(rsa_key, auth_jwt_algorithms=["HS256"])
+    with pytest.raises(auth.InsecureConfig, match="not a PEM public key"):
+        auth.Authenticator(Settings(auth_jwt_public_key="nonsense", auth_jwt_issuer=ISS, auth_jwt_audience=AUD))
+    with pytest.raises(auth.InsecureConfig, match="cannot be read"):
+        auth.Authenticator(Settings(auth_jwt_public_key_file="/nonexistent/key.pem", auth_jwt_issuer=ISS,
+                                    auth_jwt_audience=AUD))
 
 
 def test_auth_off_everyone_is_the_anonymous_admin() -> None:
