@@ -40,13 +40,14 @@ def test_keys_create_list_revoke_and_a_running_api_follows(settings: Settings) -
     made = json.loads(created.stdout)
     key, key_id = made["key"], made["id"]
     assert key.startswith(f"tsk_{key_id}_") and made["role"] == "operator" and made["revoked_at"] is None
-    plain = taskstream(s, "keys", "create", "--role", "reader", "--name", "dash")
+    plain = taskstream(s, "keys", "create", "--role", "submitter", "--name", "dash", "--handler", "email.*")
     assert plain.returncode == 0 and plain.stdout.startswith("tsk_") and "not shown again" in plain.stderr
 
     listed = taskstream(s, "keys", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert [(r["name"], r["role"]) for r in rows] == [("ci", "operator"), ("dash", "reader")]
+    assert [(r["name"], r["role"], r["handlers"]) for r in rows] == [("ci", "operator", []),
+                                                                     ("dash", "submitter", ["email.*"])]
     assert key not in listed.stdout and "secret_hash" not in listed.stdout  # never the key nor its hash
 
     app = create_app(s)
