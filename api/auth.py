@@ -453,8 +453,16 @@ class AuthMiddleware:
 
     def _route(self, scope: Scope) -> tuple[str, Endpoint | None]:
         routes = self.fastapi.router.routes
-        if self._table is None or self._table[0] != len(routes):
+        fresh = self._table is None or self._table[0] != len(routes)
+        if fresh:
             self._table = (len(routes), endpoints(self.fastapi))
+        found = self._match(scope)
+        if found[0] != "full" and not fresh:  # a route added inside an included router since: look again
+            self._table = (len(routes), endpoints(self.fastapi))
+            found = self._match(scope)
+        return found
+
+    def _match(self, scope: Scope) -> tuple[str, Endpoint | None]:
         path = scope.get("path", "")
         method = scope.get("method", "GET")
         partial = None

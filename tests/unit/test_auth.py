@@ -82,8 +82,25 @@ def test_an_undeclared_route_is_refused_even_with_auth_off() -> None:
     async def undeclared() -> dict:
         return {"reached": True}
 
-    with TestClient(app) as c:  # no lifespan needed: the middleware refuses before the route runs
-        r = c.get("/api/v1/undeclared")
+    r = TestClient(app).get("/api/v1/undeclared")  # no lifespan (no broker): refused before the route runs
+    assert r.status_code == 403 and "no declared role" in r.json()["detail"]
+
+
+def test_a_route_added_to_an_included_router_later_is_refused_too() -> None:
+    from fastapi import APIRouter
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings())
+    router = APIRouter()
+    app.include_router(router)
+    c = TestClient(app)  # no lifespan: nothing here needs the broker
+    assert c.get("/api/v1/late").status_code == 404  # the table is built now, without the route
+
+    @router.get("/api/v1/late")
+    async def late() -> dict:
+        return {"reached": True}
+
+    r = c.get("/api/v1/late")
     assert r.status_code == 403 and "no declared role" in r.json()["detail"]
 
 
