@@ -95,6 +95,16 @@ class Child:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def auth_hint(settings: Settings) -> str:
+    """One line on how the dev API authenticates and how to turn API keys on (README "Security")."""
+    keys = f"TASKSTREAM_BOOTSTRAP_SERVERS={settings.bootstrap_servers} TASKSTREAM_PREFIX={settings.prefix} " \
+           "taskstream keys create --role admin --name me"
+    if settings.auth_api_keys:
+        return f"auth: API keys required; create one with: {keys}"
+    return ("auth: off, so the API answers only on this machine's loopback; to require API keys, start with "
+            f"TASKSTREAM_AUTH_API_KEYS=true taskstream dev, then: {keys}")
+
+
 def _say(msg: str) -> None:
     print(f"[taskstream dev] {msg}", file=sys.stderr, flush=True)
 
@@ -186,6 +196,7 @@ def run_dev(
         else:
             _say(f"ready: API on http://127.0.0.1:{api_port} (Ctrl-C stops everything)")
             _say("metrics: " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
+            _say(auth_hint(settings))
         while not stop.wait(0.5):
             for c in children:
                 if not c.alive():

@@ -96,9 +96,14 @@ def api(host, port) -> None:
     """Serve the HTTP API."""
     from taskstream.api import run_api
 
+    from taskstream.api.auth import InsecureConfig
+
     settings = _settings(api_host=host, api_port=port)
     _logging(settings)
-    run_api(settings)
+    try:
+        run_api(settings)
+    except InsecureConfig as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
@@ -252,6 +257,77 @@ def bench(count, url, clients, executors, chain, batch, as_json, prefill_events,
         sys.exit(run_chain_bench(chain, url=url, executors=executors, as_json=as_json))
     sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json, batch=batch,
                        prefill_events=prefill_events))
+
+
+@main.group()
+def keys() -> None:
+    """API keys (TASKSTREAM_AUTH_API_KEYS=true on the API): create, list, revoke. Kept in <prefix>.admin."""
+
+
+def _keys_call(fn, *args, **kwargs):
+    from taskstream.schemas.kafka import LIBRDKAFKA_LOG
+
+    from .keys import KeysError
+
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)  # the error below says it once, clearly
+    try:
+        return fn(_settings(), *args, **kwargs)
+    except KeysError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _key_json(k) -> dict:
+    iso = lambda t: None if t is None else t.isoformat().replace("+00:00", "Z")  # noqa: E731
+    return {"id": k.key_id, "name": k.name, "role": k.role, "handlers": k.handlers, "created_at": iso(k.created_at),
+            "created_by": k.producer, "revoked_at": iso(k.revoked_at)}
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["reader", "submitter", "operator", "admin"]))
+@click.option("--name", required=True, help="what the key is for (shown by keys list)")
+@click.option("--handler", "handlers", multiple=True,
+              help="only submit to handlers matching this pattern (fnmatch, repeatable; default: any)")
+@click.option("--json", "as_json", is_flag=True, help="print the key and its record as one JSON object")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def keys_create(role, name, handlers, as_json, timeout) -> None:
+    """Create an API key and print it once: only its SHA-256 is stored."""
+    from .keys import create_key
+
+    key, record = _keys_call(create_key, role, name, list(handlers), timeout)
+    if as_json:
+        click.echo(codec.dumps_json({"key": key, **_key_json(record)}))
+        return
+    click.echo(key)
+    click.echo(f"id {record.key_id}, role {record.role}, name {record.name!r}: keep the key now, it is not shown "
+               "again. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def keys_list(as_json, timeout) -> None:
+    """Every API key, oldest first (revoked ones too; never the keys themselves)."""
+    from .keys import list_keys
+
+    for k in _keys_call(list_keys, timeout):
+        d = _key_json(k)
+        if as_json:
+            click.echo(codec.dumps_json(d))
+        else:
+            state = f"revoked {d['revoked_at']}" if k.revoked_at else "active"
+            limit = f" handlers {','.join(k.handlers)}" if k.handlers else ""
+            click.echo(f"{k.key_id}  {k.role:<9}  {state:<32}  {d['created_at']}  {k.name}{limit}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def keys_revoke(key_id, timeout) -> None:
+    """Revoke KEY_ID for good. Every API refuses it within TASKSTREAM_AUTH_API_KEY_MAX_STALENESS_S (10 s)."""
+    from .keys import revoke_key
+
+    record = _keys_call(revoke_key, key_id, timeout)
+    click.echo(f"revoked {record.key_id} ({record.name}) at {_key_json(record)['revoked_at']}")
 
 
 from .log_commands import COMMANDS as _LOG_COMMANDS  # noqa: E402  (events, topics, lag)

@@ -342,6 +342,27 @@ class ScheduleState:
         return self.schedule_id
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey:
+    """An API key as the API checks it: the latest record of ``key_id`` in the compacted ``<p>.admin``.
+
+    Only ``secret_hash`` (SHA-256 of the key) is kept; the key itself is
+    shown once, by ``taskstream keys create``. A record with ``revoked_at``
+    set ends the key for good: a later record of the same id without it does
+    not bring the key back. ``handlers`` limits what the key may submit
+    (fnmatch patterns; empty: any handler).
+    """
+
+    key_id: str
+    name: str
+    role: str
+    secret_hash: str
+    created_at: datetime
+    producer: str
+    handlers: list[str] = field(default_factory=list)
+    revoked_at: datetime | None = None
+
+
 #: Types that are facts of the ``<p>.events`` log.
 EVENT_TYPES: tuple[type[Event], ...] = (
     TaskCreated,
@@ -364,5 +385,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 )
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {
-    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState)
+    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, ApiKey)
 }

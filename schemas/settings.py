@@ -115,3 +115,52 @@ class Settings(BaseSettings):
         "last, more than one second in it); off, they are a 422 naming cron. Each fire is a task through the "
         "processor: turn it on only where a few such schedules are wanted and the processor has room for them"
     )
+
+    # --- authentication, authorization, rate limits (README "Security")
+    auth_api_keys: bool = Field(
+        False, description="the API accepts API keys (`taskstream keys create`), kept as records of <p>.admin that "
+        "every API replica follows"
+    )
+    auth_api_key_max_staleness_s: float = Field(
+        10.0, gt=0, description="API keys are refused (503) while this API has not confirmed for this long that it "
+        "read <p>.admin to its end, so a revoked key stops working at most this long after `keys revoke`"
+    )
+    auth_jwt_public_key: str | None = Field(
+        None, description="PEM public key (RSA or EC) that signs accepted JWT bearer tokens; turns JWT on"
+    )
+    auth_jwt_public_key_file: Path | None = Field(None, description="file holding auth_jwt_public_key (a k8s Secret)")
+    auth_jwt_jwks_url: str | None = Field(
+        None, description="JWKS URL of the identity provider whose tokens are accepted (keys picked by `kid`); turns "
+        "JWT on"
+    )
+    auth_jwt_issuer: str | None = Field(None, description="required `iss` of accepted tokens (needed when JWT is on)")
+    auth_jwt_audience: str | None = Field(None, description="required `aud` of accepted tokens (needed when JWT is on)")
+    auth_jwt_algorithms: list[str] = Field(["RS256", "ES256"], description="signature algorithms accepted")
+    auth_jwt_roles_claim: str = Field(
+        "roles", description="claim holding the token's roles (a list or a space-separated string; dots walk into "
+        "nested claims, e.g. realm_access.roles); the highest of reader/submitter/operator/admin counts"
+    )
+    auth_jwt_leeway_s: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+    auth_allow_unauthenticated: bool = Field(
+        False, description="serve the API without authentication on a non-loopback address (off: the API refuses "
+        "to start there unless API keys or JWT are on)"
+    )
+    trusted_hosts: list[str] | None = Field(
+        None, description="Host header values the API answers (`*.example.com` works, `*` allows any); default: "
+        "the loopback names (localhost, 127.0.0.1, [::1]) when the API listens on loopback, any host otherwise. "
+        "Stops DNS-rebinding pages from driving a loopback API"
+    )
+    metrics_token: str | None = Field(
+        None, repr=False, description="bearer token /metrics asks for; unset, /metrics is open while the API listens on loopback "
+        "and refused otherwise (unless the API runs unauthenticated by auth_allow_unauthenticated)"
+    )
+    rate_limit_anonymous: tuple[float, int] | None = Field(
+        None, description="[tokens per second, burst] per client address when authentication is off (null: no "
+        "limit; the API then serves loopback only)"
+    )
+    rate_limit_reader: tuple[float, int] | None = Field((50.0, 100), description="[per second, burst] per reader")
+    rate_limit_submitter: tuple[float, int] | None = Field(
+        (200.0, 1000), description="[per second, burst] per submitter; a batch or workflow costs one per task"
+    )
+    rate_limit_operator: tuple[float, int] | None = Field((200.0, 1000), description="[per second, burst] per operator")
+    rate_limit_admin: tuple[float, int] | None = Field((200.0, 1000), description="[per second, burst] per admin")

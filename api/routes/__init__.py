@@ -10,7 +10,9 @@ from starlette.requests import Request
 def actor_of(request: Request) -> str | None:
     """Who sent the request (the authenticated principal's id), for the events it writes; None when anonymous."""
     principal = getattr(request.state, "principal", None)
-    return getattr(principal, "id", None)
+    if principal is None or getattr(principal, "kind", None) == "anonymous":
+        return None
+    return principal.id
 
 
 from . import health, schedules, tasks, workflows  # noqa: E402  (they import actor_of)

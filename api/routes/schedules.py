@@ -42,7 +42,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas import cron as cron_expr
 
-from .. import idempotency
+from .. import auth, idempotency
 from ..models import ScheduleIn, schedule_json
 from ..problems import JSONResponse
 from .. import service
@@ -61,6 +61,7 @@ def _created(state: ScheduleState) -> Response:
 
 @router.post("/schedules", status_code=202)
 async def create_schedule(body: ScheduleIn, request: Request) -> Response:
+    auth.admit(request, [body.task.handler])
     app = request.app.state
     key = idempotency.key_of(request)
     body.check(datetime.now(UTC))

@@ -68,7 +68,7 @@ from taskstream.schemas import (
     ValidationError,
 )
 
-from .. import idempotency
+from .. import auth, idempotency
 from ..history import HistoryBusy, HistoryTooExpensive, event_json, history_problem, limits_for, reader_for
 from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
 from ..problems import JSONResponse
@@ -96,6 +96,7 @@ def _etag(state: TaskState) -> dict[str, str]:
 
 @router.post("/tasks", status_code=202)
 async def submit_task(body: TaskIn, request: Request) -> Response:
+    auth.admit(request, [body.handler])
     task = await service.submit_task(request.app.state, body, key=idempotency.key_of(request), actor=actor_of(request))
     return _created(task)
 
@@ -107,6 +108,7 @@ def _created(task: TaskState) -> Response:
 @router.post("/tasks:batch", status_code=202)
 async def submit_batch(body: BatchIn, request: Request) -> Response:
     """Up to 1,000 tasks: all validated first (none written if one is bad), then written together."""
+    auth.admit(request, [t.handler for t in body.tasks], tasks=len(body.tasks))
     tasks = await service.submit_batch(request.app.state, body, key=idempotency.key_of(request),
                                        actor=actor_of(request))
     return JSONResponse({"tasks": [task_json(t) for t in tasks]}, status_code=202)

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 
-from .. import idempotency
+from .. import auth, idempotency
 from ..models import WorkflowIn
 from ..problems import JSONResponse, validation_problem
 from .. import service
@@ -63,6 +63,7 @@ def check_graph(body: WorkflowIn) -> list[dict[str, str]]:
 
 @router.post("/workflows", status_code=202)
 async def submit_workflow(body: WorkflowIn, request: Request) -> Response:
+    auth.admit(request, [t.handler for t in body.tasks], tasks=len(body.tasks))
     key = idempotency.key_of(request)
     errors = check_graph(body)
     if errors:

@@ -33,6 +33,7 @@ T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
 #: (record, version) -> CRC-64-AVRO fingerprint it was released with. Records in
 #: logs carry these; a history file must never change (add a new version instead).
 RELEASED = {
+    ("ApiKey", 3): "557cdc0fbd2969ed",
     ("DependencyRegistered", 1): "652c12b484ac8bf0",
     ("DependencyResolved", 1): "2cd6fdb958325ece",
     ("Heartbeat", 2): "f8c612a4256adb98",
