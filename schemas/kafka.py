@@ -330,6 +330,8 @@ def committed_offsets(client: AdminClient, group: str, tps: list[TopicPartition]
                       timeout: float) -> dict[tuple[str, int], int]:
     """The offsets ``group`` committed for ``tps``, keyed (topic, partition); partitions never committed are left
     out. Raises ``KafkaException`` or ``TimeoutError`` (callers turn them into their own errors)."""
+    if not tps:  # nothing to ask (the topics do not exist): the admin client would refuse an empty request
+        return {}
     request = ConsumerGroupTopicPartitions(group, tps)
     result = client.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
     return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None and tp.offset >= 0}

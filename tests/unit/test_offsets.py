@@ -32,3 +32,10 @@ def test_poison_headers_name_the_source_and_cut_the_reason() -> None:
     assert [k for k, _ in h] == list(POISON_HEADERS)
     assert dict(h)["source-partition"] == b"2" and dict(h)["source-offset"] == b"17" and len(dict(h)["reason"]) == 1000
     assert [k for k, _ in poison_headers("p.events", None, None, "refused")] == ["source-topic", "reason"]
+
+
+def test_committed_offsets_of_no_partitions_asks_nothing() -> None:
+    # /stats on a prefix whose topics do not exist asked the broker with an empty list and answered 500
+    from taskstream.schemas.kafka import committed_offsets
+
+    assert committed_offsets(None, "g", [], 1.0) == {}
