@@ -176,6 +176,32 @@ def test_route_code_sees_the_principal(settings: Settings, signer, monkeypatch) 
         assert refused.status_code == 403 and "sms.send" in refused.json()["detail"]
 
 
+def test_every_event_the_api_writes_names_who_asked(settings: Settings, signer) -> None:
+    """The log is the audit trail: ``actor`` is the key id or token subject; null for an anonymous caller."""
+    s = secured(settings, signer)
+    key, record = create_key(s, "submitter", "audit", [])
+    app = create_app(s)
+    with TestClient(app) as c:
+        key_ready(app, key)
+        task = c.post("/api/v1/tasks", headers={"X-API-Key": key}, json={"handler": "h", "run_at": "2999-01-01T00:00:00Z"})
+        assert task.status_code == 202, task.text
+        tid = task.json()["id"]
+        carol = {"Authorization": f"Bearer {token(signer, 'operator', sub='carol')}"}
+        assert c.delete(f"/api/v1/tasks/{tid}", headers=carol).status_code == 202
+
+        def events():
+            r = c.get(f"/api/v1/tasks/{tid}/events", headers=carol)
+            return r.status_code == 200 and len(r.json()["events"]) == 2 and r.json()["events"]
+        got = wait_until(events, timeout=15, message="both events in the log")
+    assert [(e["type"], e["actor"]) for e in got] == [("TaskCreated", record.key_id), ("TaskCancelled", "carol")]
+    # without authentication nobody is named
+    with TestClient(create_app(settings)) as c:
+        tid = c.post("/api/v1/tasks", json={"handler": "h", "run_at": "2999-01-01T00:00:00Z"}).json()["id"]
+        got = wait_until(lambda: c.get(f"/api/v1/tasks/{tid}/events").json().get("events"), timeout=15,
+                         message="the event in the log")
+    assert got[0]["actor"] is None
+
+
 def test_auth_off_the_principal_is_anonymous(settings: Settings, monkeypatch) -> None:
     app = create_app(settings)
     monkeypatch.setitem(auth.ROUTE_ROLES, ("GET", "/whoami"), auth.Role.READER)
