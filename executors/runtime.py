@@ -149,11 +149,11 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas.events import Event
+from taskstream.schemas.kafka import async_producer, consumer as kafka_consumer
 from taskstream.schemas.kafka import (
     AsyncProducer,
     close_member,
     consume_available,
-    consumer_config,
     is_marker,
     is_permanent,
 )
@@ -343,7 +343,7 @@ class Executor:
         self._wake = asyncio.Event()
         # Room for attempts abandoned after a timeout, whose threads still run.
         self._pool = ThreadPoolExecutor(max_workers=2 * self.concurrency + 4, thread_name_prefix=f"{self.executor_id}-handler")
-        self._producer = AsyncProducer(self.settings, self.executor_id)
+        self._producer = async_producer(self.settings, self.executor_id)
         poll_thread = threading.Thread(target=self._poll_thread, name=f"{self.executor_id}-poll", daemon=True)
         log.info(
             "executor %s starting: concurrency %d, topics %s, handlers %s",
@@ -369,11 +369,8 @@ class Executor:
 
     def _poll_thread(self) -> None:
         try:
-            consumer = Consumer({
-                **consumer_config(self.settings, self.topics.executor_group, self.executor_id),
-                **self.consumer_overrides,
-            })
-        except KafkaException as exc:
+            consumer = kafka_consumer(self.settings, self.executor_id, self.topics.executor_group, self.consumer_overrides)
+        except BrokerUnavailable as exc:
             self._thread_error = exc
             log.error("executor %s could not create its consumer: %s", self.executor_id, exc)
             self._wakeup_threadsafe()
