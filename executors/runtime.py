@@ -162,7 +162,7 @@ from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.topics import PRIORITIES
 
 from ._scheduling import WeightedRoundRobin
-from .builtin import BUILTINS
+from .builtin import builtins
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
 from .errors import AttemptAbandoned, PermanentError
 from .metrics import UNKNOWN_HANDLER, ExecutorMetrics
@@ -301,6 +301,7 @@ class Executor:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         self.executor_id = executor_id or f"executor-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.topics = Topics(settings.prefix)
+        self.builtins = builtins(settings)  # noop, sleep, echo, and http with this executor's guards
         self.buffer_size = max(4 * self.concurrency, 32)
         self._topic_level = {self.topics.ready(p): i for i, p in enumerate(PRIORITIES)}
         self._picker = WeightedRoundRobin(settings.priority_weights)
@@ -347,9 +348,9 @@ class Executor:
         poll_thread = threading.Thread(target=self._poll_thread, name=f"{self.executor_id}-poll", daemon=True)
         log.info(
             "executor %s starting: concurrency %d, topics %s, handlers %s",
-            self.executor_id, self.concurrency, self.topics.all_ready, self.registry.names() + BUILTINS.names(),
+            self.executor_id, self.concurrency, self.topics.all_ready, self.registry.names() + self.builtins.names(),
         )
-        self.metrics.declare(self.registry.names() + BUILTINS.names())
+        self.metrics.declare(self.registry.names() + self.builtins.names())
         poll_thread.start()
         dispatcher = asyncio.create_task(self._dispatch(stop), name="executor-dispatch")
         try:
@@ -795,7 +796,7 @@ class Executor:
         return TaskSucceeded(**common, occurred_at=_now(), result=result_json)
 
     def _lookup(self, name: str) -> Handler | None:
-        return self.registry.get(name) or BUILTINS.get(name)
+        return self.registry.get(name) or self.builtins.get(name)
 
     def _handler_label(self, name: str) -> str:
         """The metrics label of a handler name: bounded by what this executor registered."""

@@ -160,6 +160,34 @@ class Settings(BaseSettings):
             raise ValueError(f"only ssl.*, sasl.*, enable.ssl.* and enable.sasl.* properties may be set here, not {bad}")
         return value
 
+    # --- Built-in http handler (executors/builtin_http.py)
+    http_allowed_hosts: list[str] = Field(
+        [], description="hosts the built-in http handler may call, JSON list: exact names, \"*.example.com\" for "
+        "its subdomains, or IP literals; empty (the default): the handler refuses every URL"
+    )
+    http_allowed_networks: list[str] = Field(
+        [], description="CIDR ranges the http handler may reach although they are not public (loopback, private, "
+        "link-local, ULA, ...), JSON list, e.g. [\"10.20.0.0/16\"] for an internal service; empty: public only"
+    )
+    http_timeout_s: float = Field(30.0, gt=0, description="longest a whole http request may take (a task's "
+                                  "payload may ask for less)")
+    http_max_response_bytes: int = Field(128 * 1024, ge=0, le=192 * 1024, description="response body bytes kept "
+                                         "in the http handler's result; the rest is not read (truncated: true)")
+    http_max_redirects: int = Field(5, ge=0, description="redirects the http handler follows, each hop checked "
+                                    "like the first URL (0: none)")
+
+    @field_validator("http_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for n in value:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"not a CIDR network: {n!r}") from None
+        return value
+
     def secret(self, name: str) -> str | None:
         """The value of secret setting ``name``: the setting itself, else the content of the file ``<name>_file``
         names (trailing newline dropped); None if neither is set."""
