@@ -1,4 +1,4 @@
-"""Built-in handlers, always available to every executor: ``noop``, ``sleep``, ``echo``, ``http``.
+"""Built-in handlers, always available to every executor: ``noop``, ``sleep``, ``echo``, ``http``, ``shell``.
 
 ``noop``, ``sleep`` and ``echo`` exist for demos, smoke tests and benchmarks;
 they live in the ``BUILTINS`` registry. ``http`` (``builtin_http``) and
@@ -48,11 +48,13 @@ async def echo(payload: Any, ctx: TaskContext) -> Any:
 
 
 def builtins(settings: Settings) -> Registry:
-    """``BUILTINS`` plus the ``http`` handler bound to ``settings``."""
+    """``BUILTINS`` plus the ``http`` and ``shell`` handlers bound to ``settings``."""
     from .builtin_http import HttpHandler
+    from .builtin_shell import ShellHandler
 
     table = Registry()
     for h in BUILTINS:
         table.register(h.name, h.fn)
     table.register("http", HttpHandler(settings))
+    table.register("shell", ShellHandler(settings))
     return table

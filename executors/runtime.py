@@ -301,7 +301,7 @@ class Executor:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         self.executor_id = executor_id or f"executor-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.topics = Topics(settings.prefix)
-        self.builtins = builtins(settings)  # noop, sleep, echo, and http with this executor's guards
+        self.builtins = builtins(settings)  # noop, sleep, echo, and http and shell with this executor's guards
         self.buffer_size = max(4 * self.concurrency, 32)
         self._topic_level = {self.topics.ready(p): i for i, p in enumerate(PRIORITIES)}
         self._picker = WeightedRoundRobin(settings.priority_weights)

@@ -160,7 +160,7 @@ class Settings(BaseSettings):
             raise ValueError(f"only ssl.*, sasl.*, enable.ssl.* and enable.sasl.* properties may be set here, not {bad}")
         return value
 
-    # --- Built-in http handler (executors/builtin_http.py)
+    # --- Built-in http and shell handlers (executors/builtin_http.py, executors/builtin_shell.py)
     http_allowed_hosts: list[str] = Field(
         [], description="hosts the built-in http handler may call, JSON list: exact names, \"*.example.com\" for "
         "its subdomains, or IP literals; empty (the default): the handler refuses every URL"
@@ -175,6 +175,19 @@ class Settings(BaseSettings):
                                          "in the http handler's result; the rest is not read (truncated: true)")
     http_max_redirects: int = Field(5, ge=0, description="redirects the http handler follows, each hop checked "
                                     "like the first URL (0: none)")
+    shell_enabled: bool = Field(False, description="run the built-in shell handler at all; off, it refuses every task")
+    shell_allowed_commands: list[str] = Field(
+        [], description="commands (argv[0]) the shell handler may run, JSON list of absolute paths or names found on "
+        "the scrubbed PATH; argv[0] must equal an entry"
+    )
+    shell_env: list[str] = Field(
+        ["PATH", "LANG", "LC_ALL", "TZ"], description="environment variables a shell command inherits from the "
+        "executor; nothing else (no TASKSTREAM_* secrets) reaches it"
+    )
+    shell_timeout_s: float = Field(60.0, gt=0, description="longest a command may run before its process group "
+                                   "is killed (a task's payload may ask for less)")
+    shell_max_output_bytes: int = Field(64 * 1024, ge=0, le=96 * 1024, description="bytes of stdout and of stderr "
+                                        "kept in the result (the rest is read and dropped)")
 
     @field_validator("http_allowed_networks")
     @classmethod

@@ -274,9 +274,10 @@ def test_errors_name_no_payload_value(server) -> None:
         assert secret not in str(err.value)
 
 
-def test_every_executor_has_the_http_builtin() -> None:
+def test_every_executor_has_the_http_and_shell_builtins() -> None:
     table = builtins(Settings())
-    assert {"noop", "sleep", "echo", "http"} <= set(table.names()) and table.get("http").is_async
+    assert {"noop", "sleep", "echo", "http", "shell"} <= set(table.names())
+    assert table.get("http").is_async and table.get("shell").is_async
 
 
 def test_the_silent_socket_does_see_a_connection(silent) -> None:
