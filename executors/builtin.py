@@ -36,7 +36,7 @@ async def sleep(payload: Any, ctx: TaskContext) -> dict:
         raise PermanentError("sleep: payload must be an object with a 'seconds' field")
     seconds = payload["seconds"]
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        raise PermanentError(f"sleep: 'seconds' must be a non-negative number, got {seconds!r}")
+        raise PermanentError("sleep: 'seconds' must be a non-negative number")  # no payload value in errors
     await asyncio.sleep(seconds)
     return {"slept": seconds}
 

@@ -770,11 +770,11 @@ class Executor:
             return TaskFailed(**common, occurred_at=_now(), error=f"TimeoutError: handler {task.handler!r} ran longer than {timeout}s")
         except Exception as exc:
             permanent = isinstance(exc, PermanentError)
-            log.info(
-                "task %s attempt %d: handler %s failed%s: %s",
-                task.task_id, task.attempt, task.handler, " permanently" if permanent else "", _error_text(exc),
-                exc_info=not permanent, extra=_about(task)
-            )
+            # INFO names the exception type only: a handler's error text may quote its payload or result.
+            log.info("task %s attempt %d: handler %s failed%s (%s)", task.task_id, task.attempt, task.handler,
+                     " permanently" if permanent else "", type(exc).__name__, extra=_about(task))
+            log.debug("task %s attempt %d: handler %s error: %s", task.task_id, task.attempt, task.handler,
+                      _error_text(exc), exc_info=not permanent, extra=_about(task))
             return TaskFailed(**common, occurred_at=_now(), error=_error_text(exc), permanent=permanent)
         try:
             result_json = codec.dumps_json(result)
