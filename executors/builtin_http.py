@@ -17,6 +17,7 @@ Guards, all applied before a connection is opened, to the URL and to every redir
 - the connection goes to the checked address itself (the URL's host is replaced by the IP; ``Host`` and TLS SNI
   and certificate checks use the name), so a second DNS answer cannot redirect it (no DNS rebinding);
 - redirects (301, 302, 303, 307, 308) are followed by hand, at most ``http_max_redirects``, each hop checked again;
+  ``Authorization``, ``Proxy-Authorization`` and ``Cookie`` are not sent on to another origin;
 - no proxy or other setting from the environment (``trust_env`` off); the whole exchange is bounded by the
   task's ``timeout_s`` and ``http_timeout_s``, whichever is shorter, and the body read stops at the cap.
 
@@ -119,9 +120,16 @@ async def check(url: str | httpx.URL, settings: Settings) -> Target:
     return Target(u, host, addresses[0])
 
 
+#: Headers not sent on to another origin after a redirect (as browsers and httpx do).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
 def _pinned(target: Target) -> httpx.URL:
-    ip = target.address
-    return target.url.copy_with(host=str(ip) if ip.version == 4 else f"[{ip}]")
+    return target.url.copy_with(host=str(target.address))
+
+
+def _origin(url: httpx.URL) -> tuple:
+    return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
 
 
 async def _exchange(client: httpx.AsyncClient, settings: Settings, method: str, url: httpx.URL,
@@ -137,6 +145,8 @@ async def _exchange(client: httpx.AsyncClient, settings: Settings, method: str, 
         try:
             if response.status_code in REDIRECTS and "location" in response.headers:
                 url = target.url.join(response.headers["location"])
+                if _origin(url) != _origin(target.url):
+                    headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
                 if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
                     method, content = "GET", None
                 continue

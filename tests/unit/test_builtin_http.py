@@ -37,6 +37,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path == "/ok":
             self._send(200, json.dumps({"hello": "world"}).encode(), "application/json")
+        elif path == "/headers":
+            self._send(200, json.dumps(dict(self.headers.items())).encode(), "application/json")
         elif path == "/echo":
             self._send(200, body, self.headers.get("Content-Type", "text/plain"))
         elif path.startswith("/status/"):
@@ -143,6 +145,20 @@ def test_a_redirect_to_an_allowed_target_is_followed(server) -> None:
     assert got["status"] == 200 and [p for _, p, _ in server.seen] == ["/redirect?to=/ok", "/ok"]
 
 
+def test_credentials_are_not_sent_on_to_another_origin(server) -> None:
+    port = server.server_address[1]
+    s = Settings(http_allowed_hosts=["127.0.0.1", "localhost"], http_allowed_networks=["127.0.0.0/8", "::1/128"])
+    if not asyncio.run(check(f"http://localhost:{port}/", s)).address.version == 4:
+        pytest.skip("localhost does not resolve to IPv4 here")
+    headers = {"Authorization": "Bearer t", "Cookie": "c=1", "X-Other": "kept"}
+    same = call(s, {"url": url(server, "/redirect?to=/headers"), "headers": headers})
+    assert {"Authorization", "Cookie", "X-Other"} <= set(json.loads(same["body"]))
+    other = call(s, {"url": url(server, f"/redirect?to=http://localhost:{port}/headers"), "headers": headers})
+    got = json.loads(other["body"])
+    assert "Authorization" not in got and "Cookie" not in got and got["X-Other"] == "kept"
+    assert got["Host"] == f"localhost:{port}"
+
+
 def test_the_name_is_sent_as_host_while_the_connection_goes_to_the_checked_address(server) -> None:
     port = server.server_address[1]
     s = Settings(http_allowed_hosts=["localhost"], http_allowed_networks=["127.0.0.0/8", "::1/128"])
@@ -215,7 +231,7 @@ def test_an_empty_allow_list_allows_nothing(silent) -> None:
 
 @pytest.mark.parametrize("host", ["10.0.0.1", "169.254.169.254", "192.168.1.1", "172.16.0.1", "100.64.0.1",
                                   "0.0.0.0", "224.0.0.1", "[::1]", "[fd00::1]", "[fe80::1]", "[::ffff:127.0.0.1]",
-                                  "[::]"])
+                                  "[::]", "127.1", "2130706433", "0x7f000001"])
 def test_private_link_local_ula_multicast_and_unspecified_addresses_are_refused(host: str) -> None:
     s = Settings(http_allowed_hosts=[host])
     with pytest.raises(TargetRefused, match="non-public"):
