@@ -182,3 +182,16 @@ def test_registry_from_settings_uses_basic_or_bearer_auth(tmp_path: Path) -> Non
     basic = SchemaRegistry.from_settings(Settings(schema_registry_url="https://r.example", schema_registry_username="u",
                                                   schema_registry_password=SecretStr("p")))
     assert isinstance(basic._client.auth, httpx.BasicAuth)
+
+
+def test_dev_children_get_the_secret_values_not_their_masks(monkeypatch) -> None:
+    from taskstream.cli.dev import settings_env
+
+    s = Settings(kafka_sasl_password=SecretStr(PASSWORD), kafka_config={"sasl.oauthbearer.client.secret": SecretStr("c")})
+    env = settings_env(s)
+    assert env["TASKSTREAM_KAFKA_SASL_PASSWORD"] == PASSWORD
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    again = Settings()
+    assert again.kafka_sasl_password.get_secret_value() == PASSWORD
+    assert again.kafka_config["sasl.oauthbearer.client.secret"].get_secret_value() == "c"
