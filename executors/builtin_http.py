@@ -99,7 +99,8 @@ async def check(url: str | httpx.URL, settings: Settings) -> Target:
     host = u.host
     if not host:
         raise TargetRefused("http: the URL has no host")
-    if not _allowed_host(host, settings.http_allowed_hosts):
+    ascii_host = u.raw_host.decode("ascii")  # IDNA form: what DNS, Host and SNI use
+    if not (_allowed_host(host, settings.http_allowed_hosts) or _allowed_host(ascii_host, settings.http_allowed_hosts)):
         log.debug("http: host %r is not in http_allowed_hosts", host)
         raise TargetRefused("http: the URL's host is not in http_allowed_hosts")
     networks = [ipaddress.ip_network(n, strict=False) for n in settings.http_allowed_networks]
@@ -108,7 +109,7 @@ async def check(url: str | httpx.URL, settings: Settings) -> Target:
     except ValueError:
         port = u.port or (443 if u.scheme == "https" else 80)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(ascii_host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise HttpStatusError("http: the URL's host did not resolve") from exc  # DNS may come back: retry
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
@@ -117,7 +118,7 @@ async def check(url: str | httpx.URL, settings: Settings) -> Target:
         log.debug("http: %r resolves to non-public %s", host, refused)
         raise TargetRefused("http: the URL's host resolves to a non-public address (loopback, private, "
                             "link-local, multicast or reserved) that http_allowed_networks does not allow")
-    return Target(u, host, addresses[0])
+    return Target(u, ascii_host, addresses[0])
 
 
 #: Headers not sent on to another origin after a redirect (as browsers and httpx do).
