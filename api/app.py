@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from taskstream.schemas import Settings
-from taskstream.schemas.kafka import AsyncProducer, admin
+from taskstream.schemas.kafka import admin, async_producer
 
 from . import auth, problems
 from .body_limit import BodyLimitMiddleware
@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pid = producer_id()
-        producer = AsyncProducer(settings, pid, **{"message.timeout.ms": int(produce_timeout_s * 1000)})
+        producer = async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000)})
         read_model = ReadModel(settings).start()
         app.state.settings = settings
         app.state.producer_id = pid

@@ -42,10 +42,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
-from taskstream.schemas.kafka import common_config
+from taskstream.schemas.kafka import reader
 from taskstream.schemas.observability import about
 from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 
@@ -168,16 +168,8 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
     key = task_id.encode()
     started = time.monotonic()
     deadline = None if budget_s is None else started + budget_s
-    consumer = Consumer(
-        {
-            **common_config(settings, "taskstream-api-history"),
-            "group.id": f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
-        }
-    )
+    consumer = reader(settings, "taskstream-api-history", f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
+                      {"enable.auto.offset.store": False, "enable.partition.eof": True, "fetch.wait.max.ms": 10})
     try:
         meta = consumer.list_topics(timeout=5).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:

@@ -37,11 +37,12 @@ import time
 import uuid
 from datetime import datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition  # Consumer: type only
 
 from taskstream.schemas import DecodeError, Settings, Topics, codec
 from taskstream.schemas.events import ApiKey
-from taskstream.schemas.kafka import common_config, consume_available, is_marker
+from taskstream.schemas import kafka
+from taskstream.schemas.kafka import consume_available, is_marker
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +171,8 @@ class KeyStore:
             consumer.close()
 
     def _connect(self) -> Consumer:
-        consumer = Consumer({
-            **common_config(self.settings, "taskstream-api-keys"),
-            "group.id": f"{self.settings.prefix}-api-keys-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
+        group = f"{self.settings.prefix}-api-keys-{uuid.uuid4().hex}"
+        consumer = kafka.reader(self.settings, "taskstream-api-keys", group, {
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": self.settings.cold_fetch_wait_max_ms,

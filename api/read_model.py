@@ -68,7 +68,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from rocksdict import Options, Rdict, WriteBatch
 
 from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, Status, TaskState, Topics, codec
-from taskstream.schemas.kafka import common_config, consume_available
+from taskstream.schemas.kafka import consume_available, reader
 from taskstream.schemas.observability import about
 
 log = logging.getLogger(__name__)
@@ -496,17 +496,10 @@ class ReadModel:
             self._close(consumer)
 
     def _connect(self) -> Consumer:
-        consumer = Consumer(
-            {
-                **common_config(self.settings, "taskstream-api-read-model"),
-                "group.id": f"{self.settings.prefix}-api-read-model-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 10,
-            }
-        )
+        consumer = reader(self.settings, "taskstream-api-read-model",
+                          f"{self.settings.prefix}-api-read-model-{uuid.uuid4().hex}",
+                          {"enable.auto.offset.store": False, "enable.partition.eof": True,
+                           "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
         try:
             # All topics, not list_topics(topic): a metadata request naming an
             # unknown topic may auto-create it on some brokers.

@@ -642,14 +642,12 @@ def write_log(settings, n: int, progress=None) -> int:
     """
     from datetime import UTC
 
-    from confluent_kafka import Producer
-
     from taskstream.schemas import TaskCreated, Topics, codec
-    from taskstream.schemas.kafka import producer_config
+    from taskstream.schemas.kafka import producer as kafka_producer
 
     topic = Topics(settings.prefix).events
-    producer = Producer({**producer_config(settings, "taskstream-bench-log"), "batch.num.messages": 10000,
-                         "linger.ms": 20, "queue.buffering.max.messages": 500000})
+    producer = kafka_producer(settings, "taskstream-bench-log", {"batch.num.messages": 10000, "linger.ms": 20,
+                                                                 "queue.buffering.max.messages": 500000})
     failed: list = []
 
     def done(err, msg):
@@ -672,7 +670,7 @@ def write_log(settings, n: int, progress=None) -> int:
             if progress is not None:
                 progress(10000)
     producer.flush(120)
-    end = Producer({**producer_config(settings, "taskstream-bench-end"), "batch.num.messages": 1})
+    end = kafka_producer(settings, "taskstream-bench-end", {"batch.num.messages": 1})
     now = datetime.now(UTC)
     for p in range(settings.partitions):
         e = TaskCreated(task_id=f"bench-end-{p}", occurred_at=now, producer="bench", handler="noop")

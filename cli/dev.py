@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from taskstream.schemas import BrokerUnavailable, Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 
@@ -41,7 +43,14 @@ CRASH_LOOP_S = 10.0
 def settings_env(settings: Settings) -> dict[str, str]:
     """``TASKSTREAM_*`` variables that rebuild ``settings`` in a child process."""
     env = {}
-    for name, value in settings.model_dump(mode="json").items():
+    dumped = settings.model_dump(mode="json")
+    for name in dumped:  # secrets dump as "**********": a child needs the values themselves
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            dumped[name] = value.get_secret_value()
+        elif isinstance(value, dict) and any(isinstance(v, SecretStr) for v in value.values()):
+            dumped[name] = {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in value.items()}
+    for name, value in dumped.items():
         env[f"TASKSTREAM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException
 
 from taskstream.schemas import EVENT_TYPES, DecodeError, Settings, Topics, catalogue, codec
-from taskstream.schemas.kafka import consume_available, ensure_topics, is_marker, producer_config
+from taskstream.schemas.kafka import consume_available, ensure_topics, is_marker
+from taskstream.schemas.kafka import producer as kafka_producer
 
 from ._log import LogError, connect, iso, offsets_at, partitions_of, read_range, reader, record_time, to_ms, watermarks
 
@@ -305,8 +306,8 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
         # Bulk batches for speed; the last record of each partition is held back and sent
         # alone after a flush, so the copy's final batch is one record and its end offset
         # is exact on the embedded broker too (BROKER.md), whatever the settings say.
-        producer = Producer({**producer_config(settings, "taskstream-cli-replay"),
-                             "batch.num.messages": 10000, "linger.ms": 5, "queue.buffering.max.messages": 200000})
+        producer = kafka_producer(settings, "taskstream-cli-replay",
+                                  {"batch.num.messages": 10000, "linger.ms": 5, "queue.buffering.max.messages": 200000})
         acked: list[int] = [0]
         errors: list = []
 

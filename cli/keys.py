@@ -15,12 +15,12 @@ import socket
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from confluent_kafka import Producer
 
 from taskstream.api.keys import KeyStore, new_key
 from taskstream.schemas import BrokerUnavailable, Settings, Topics, catalogue, codec
 from taskstream.schemas.events import ApiKey
-from taskstream.schemas.kafka import ONE_PER_BATCH, ensure_topics, producer_config
+from taskstream.schemas import kafka
+from taskstream.schemas.kafka import ONE_PER_BATCH, ensure_topics
 
 
 class KeysError(Exception):
@@ -41,7 +41,7 @@ def _write(settings: Settings, record: ApiKey, timeout: float) -> None:
         ensure_topics(settings, [t for t in catalogue(settings) if t.name == topic], timeout=timeout)
     except BrokerUnavailable as exc:
         raise KeysError(str(exc)) from None
-    producer = Producer({**producer_config(settings, "taskstream-cli-keys"), **ONE_PER_BATCH})
+    producer = kafka.producer(settings, "taskstream-cli-keys", ONE_PER_BATCH)
     result: list = []
     producer.produce(topic, codec.encode(record), record.key_id.encode(), headers=codec.headers(record),
                      on_delivery=lambda err, msg: result.append(err))

@@ -9,14 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TASKSTREAM_", frozen=True, env_parse_none_str="null")
+    # hide_input_in_errors: a validation error never echoes a value (it may be a password)
+    model_config = SettingsConfigDict(env_prefix="TASKSTREAM_", frozen=True, env_parse_none_str="null",
+                                      hide_input_in_errors=True)
 
     bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers")
     prefix: str = Field("taskstream", pattern=r"^[A-Za-z0-9._-]+$", description="topic name prefix")
@@ -164,3 +166,100 @@ class Settings(BaseSettings):
     )
     rate_limit_operator: tuple[float, int] | None = Field((200.0, 1000), description="[per second, burst] per operator")
     rate_limit_admin: tuple[float, int] | None = Field((200.0, 1000), description="[per second, burst] per admin")
+
+    # --- Kafka and registry security
+    # Applied to every Kafka client through schemas/kafka.py. A secret is given either directly (its variable) or
+    # as a file (its ``*_file`` setting, e.g. a mounted Kubernetes Secret; read when a client is made, trailing
+    # newline dropped). Secrets are SecretStr: repr, logs and errors show ``**********``.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        None, description="security.protocol of every Kafka client (unset: librdkafka's default, PLAINTEXT); "
+        "SASL_SSL for a cluster that wants credentials over TLS"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = Field(
+        None, description="sasl.mechanism (Redpanda: SCRAM-SHA-256 or SCRAM-SHA-512)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="sasl.username")
+    kafka_sasl_password: SecretStr | None = Field(None, description="sasl.password")
+    kafka_sasl_password_file: Path | None = Field(None, description="file holding sasl.password (instead of it)")
+    kafka_ssl_ca_location: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates (unset: the system's CAs)"
+    )
+    kafka_ssl_certificate_location: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    kafka_ssl_key_location: Path | None = Field(None, description="client private key (PEM) for mutual TLS")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="password of the client private key")
+    kafka_ssl_key_password_file: Path | None = Field(None, description="file holding the client key's password")
+    kafka_config: dict[str, SecretStr] = Field(
+        {}, description="more librdkafka properties for every client, JSON object; only ssl.*, sasl.*, "
+        "enable.ssl.* and enable.sasl.* keys (e.g. {\"ssl.endpoint.identification.algorithm\": \"none\"} for a "
+        "test cluster whose certificates name no host); values are treated as secrets"
+    )
+    schema_registry_username: str | None = Field(None, description="basic auth user of the schema registry")
+    schema_registry_password: SecretStr | None = Field(None, description="basic auth password of the schema registry")
+    schema_registry_password_file: Path | None = Field(None, description="file holding schema_registry_password")
+    schema_registry_token: SecretStr | None = Field(None, description="bearer token for the schema registry")
+    schema_registry_token_file: Path | None = Field(None, description="file holding schema_registry_token")
+    schema_registry_ca_location: Path | None = Field(None, description="CA bundle (PEM) of the registry's certificate")
+
+    @field_validator("kafka_config")
+    @classmethod
+    def _only_security_properties(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        allowed = ("ssl.", "sasl.", "enable.ssl.", "enable.sasl.")
+        bad = sorted(k for k in value if not k.startswith(allowed))
+        if bad:
+            raise ValueError(f"only ssl.*, sasl.*, enable.ssl.* and enable.sasl.* properties may be set here, not {bad}")
+        return value
+
+    # --- Built-in http and shell handlers (executors/builtin_http.py, executors/builtin_shell.py)
+    http_allowed_hosts: list[str] = Field(
+        [], description="hosts the built-in http handler may call, JSON list: exact names, \"*.example.com\" for "
+        "its subdomains, or IP literals; empty (the default): the handler refuses every URL"
+    )
+    http_allowed_networks: list[str] = Field(
+        [], description="CIDR ranges the http handler may reach although they are not public (loopback, private, "
+        "link-local, ULA, ...), JSON list, e.g. [\"10.20.0.0/16\"] for an internal service; empty: public only"
+    )
+    http_timeout_s: float = Field(30.0, gt=0, description="longest a whole http request may take (a task's "
+                                  "payload may ask for less)")
+    http_max_response_bytes: int = Field(128 * 1024, ge=0, le=192 * 1024, description="response body bytes kept "
+                                         "in the http handler's result; the rest is not read (truncated: true)")
+    http_max_redirects: int = Field(5, ge=0, description="redirects the http handler follows, each hop checked "
+                                    "like the first URL (0: none)")
+    shell_enabled: bool = Field(False, description="run the built-in shell handler at all; off, it refuses every task")
+    shell_allowed_commands: list[str] = Field(
+        [], description="commands (argv[0]) the shell handler may run, JSON list of absolute paths or names found on "
+        "the scrubbed PATH; argv[0] must equal an entry"
+    )
+    shell_env: list[str] = Field(
+        ["PATH", "LANG", "LC_ALL", "TZ"], description="environment variables a shell command inherits from the "
+        "executor; nothing else (no TASKSTREAM_* secrets) reaches it"
+    )
+    shell_timeout_s: float = Field(60.0, gt=0, description="longest a command may run before its process group "
+                                   "is killed (a task's payload may ask for less)")
+    shell_max_output_bytes: int = Field(64 * 1024, ge=0, le=96 * 1024, description="bytes of stdout and of stderr "
+                                        "kept in the result (the rest is read and dropped)")
+
+    @field_validator("http_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for n in value:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"not a CIDR network: {n!r}") from None
+        return value
+
+    def secret(self, name: str) -> str | None:
+        """The value of secret setting ``name``: the setting itself, else the content of the file ``<name>_file``
+        names (trailing newline dropped); None if neither is set."""
+        value = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        path = getattr(self, f"{name}_file", None)
+        if path is None:
+            return None
+        try:
+            return Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None

@@ -56,7 +56,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from rocksdict import Rdict
 
 from taskstream.schemas import (
@@ -71,17 +71,15 @@ from taskstream.schemas import (
     codec,
     retry_tier,
 )
+from taskstream.schemas import kafka
 from taskstream.schemas.kafka import (
     admin,
     ONE_PER_BATCH,
     EndMarks,
     close_member,
-    common_config,
     consume_available,
     is_marker,
     is_permanent,
-    consumer_config,
-    producer_config,
     write_markers,
 )
 from taskstream.schemas.observability import about, serve_metrics
@@ -191,26 +189,23 @@ class Processor:
         self.fired = 0
         self._failed: list[str] = []
         self._refused: list[tuple[str, bytes | None, bytes | None, list, str]] = []  # topic, key, value, headers, why
-        self.producer = Producer({**producer_config(settings, self.id)})
+        self.producer = kafka.producer(settings, self.id)
         self.marks = EndMarks(settings.embedded_broker)
         # Ready messages go one a batch (on the embedded broker): the end offsets of the ready topics stay exact
         # without end markers, so queue depth (end - the executors' committed offsets) counts tasks only.
-        self.ready_producer = (Producer({**producer_config(settings, f"{self.id}-ready"), **ONE_PER_BATCH})
+        self.ready_producer = (kafka.producer(settings, f"{self.id}-ready", ONE_PER_BATCH)
                                if settings.embedded_broker else self.producer)
         self._ready_topics = frozenset(self.topics.all_ready)
         # Ready messages wait until the batch's events and states are acknowledged: an executor's result then
         # always lands in the log after the TaskQueued of its attempt.
         self._ready_held: list[Output] = []
-        self.consumer = Consumer(
-            {
-                **consumer_config(settings, self.topics.processor_group, self.id),
-                "max.partition.fetch.bytes": 4 * 1024 * 1024,
-                **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
-            }
-        )
+        self.consumer = kafka.consumer(settings, self.id, self.topics.processor_group, {
+            "max.partition.fetch.bytes": 4 * 1024 * 1024,
+            **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
+        })
         # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.
-        self.heartbeats = Consumer({**common_config(settings, f"{self.id}-heartbeats"), "group.id": f"{self.id}-heartbeats",
-                                    "enable.auto.commit": False, "fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
+        self.heartbeats = kafka.reader(settings, f"{self.id}-heartbeats", f"{self.id}-heartbeats",
+                                       {"fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
         self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
     # ------------------------------------------------------------ partitions
@@ -281,8 +276,7 @@ class Processor:
     def _restore(self, tables: dict[int, Rdict]) -> int:
         """Rebuild partitions' tables from ``<p>.state``, each read up to a marker of our own."""
         ends = write_markers(self.producer, self.topics.state, list(tables))
-        reader = Consumer({**common_config(self.settings, f"{self.id}-restore"), "group.id": f"{self.id}-restore",
-                           "enable.auto.commit": False, "fetch.wait.max.ms": 500})
+        reader = kafka.reader(self.settings, f"{self.id}-restore", f"{self.id}-restore", {"fetch.wait.max.ms": 500})
         reader.assign([TopicPartition(self.topics.state, p, OFFSET_BEGINNING) for p in tables])
         n = 0
         pending = set(tables)

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import (
     BrokerUnavailable,
@@ -72,7 +72,8 @@ from taskstream.schemas import (
     Topics,
     codec,
 )
-from taskstream.schemas.kafka import MARKER_KEYS, admin, common_config, producer_config, write_markers
+from taskstream.schemas import kafka
+from taskstream.schemas.kafka import MARKER_KEYS, admin, write_markers
 
 from . import domain
 
@@ -322,10 +323,7 @@ class Job:
 
 
 def _reader(settings: Settings, name: str) -> Consumer:
-    return Consumer({
-        **common_config(settings, name),
-        "group.id": f"{name}-{uuid.uuid4().hex[:8]}",  # assigned, never joined
-        "enable.auto.commit": False,
+    return kafka.reader(settings, name, f"{name}-{uuid.uuid4().hex[:8]}", {  # assigned, never joined
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
@@ -431,7 +429,7 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
 
 
 def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State], partition_of: Mapping[bytes, int]) -> int:
-    producer = Producer({**producer_config(settings, "taskstream-state-write"), "linger.ms": 5})
+    producer = kafka.producer(settings, "taskstream-state-write", {"linger.ms": 5})
     failed: list = []
 
     def done(err, msg):
@@ -511,8 +509,7 @@ def end_offsets(settings: Settings, partitions: int, timeout: float = 10.0) -> d
 def committed_offsets(settings: Settings, partitions: int, timeout: float = 10.0) -> dict[int, int | None]:
     """Where the processor group resumes in each partition of ``<p>.events`` (None: nothing committed)."""
     topics = Topics(settings.prefix)
-    consumer = Consumer({**common_config(settings, "taskstream-state-committed"), "group.id": topics.processor_group,
-                         "enable.auto.commit": False})
+    consumer = kafka.reader(settings, "taskstream-state-committed", topics.processor_group)
     try:
         got = consumer.committed([TopicPartition(topics.events, p) for p in range(partitions)], timeout=timeout)
         return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in got}
@@ -540,7 +537,7 @@ def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as
             ends = {p: (c if c is not None else ends[p]) for p, c in committed.items()}
         markers = None
         if verify or write:
-            producer = Producer({**producer_config(settings, "taskstream-state-marker"), "batch.num.messages": 1})
+            producer = kafka.producer(settings, "taskstream-state-marker", {"batch.num.messages": 1})
             markers = write_markers(producer, Topics(settings.prefix).state, list(range(n)))  # flushed there
         total = sum(ends.values())
         if on_total is not None:

@@ -40,17 +40,16 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import DecodeError, Settings, TaskRetryScheduled, Topics, codec
+from taskstream.schemas import kafka
 from taskstream.schemas.kafka import (
     EndMarks,
     close_member,
     consume_available,
-    consumer_config,
     is_marker,
     is_permanent,
-    producer_config,
 )
 from taskstream.schemas.observability import about
 from taskstream.schemas.offsets import PartitionOffsets, poison_headers
@@ -71,9 +70,9 @@ class RetryRelay:
         self.settings = settings
         self.topics = Topics(settings.prefix)
         self.id = f"{member_id}-relay"
-        self.consumer = Consumer({**consumer_config(settings, self.topics.relay_group, self.id),
-                                  "fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
-        self.producer = Producer(producer_config(settings, self.id))
+        self.consumer = kafka.consumer(settings, self.id, self.topics.relay_group,
+                                       {"fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
+        self.producer = kafka.producer(settings, self.id)
         self.marks = EndMarks(settings.embedded_broker)
         self._offsets: dict[tuple[str, int], PartitionOffsets] = {}
         self._heap: list = []
