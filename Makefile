@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: dev test unit install clean bench chromium
 
@@ -16,9 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The dashboard's browser tests (tests/browser) drive Debian's headless chromium; installed once, quietly (root on CI).
+# The dashboard's browser tests (tests/browser) drive Debian's headless chromium; installed once, quietly (sudo if not root).
 chromium:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 dev: $(STAMP)
 	$(BIN)/taskstream dev $(ARGS)
