@@ -33,14 +33,13 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator
 
-from confluent_kafka import KafkaException
 from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
 
-from taskstream.schemas import PRIORITIES, Event, TaskCreated, Topics
+from taskstream.schemas import PRIORITIES, BrokerUnavailable, Event, TaskCreated, Topics
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +94,25 @@ class ApiMetrics:
 
     def measure(self, app: FastAPI) -> None:
         """Refresh the broker-measured gauges (blocking: call it from a thread)."""
-        from .routes.ops import probe
+        from .probe import probe
 
         p = probe(app)
         topics = Topics(app.state.settings.prefix)
         c = self.cluster
         try:
             c.queue = p.queue_depth()
-        except (KafkaException, TimeoutError) as exc:
+        except BrokerUnavailable as exc:
             c.queue = None
             log.debug("metrics: no queue size: %s", exc)
         try:
             group = p.groups().get(topics.executor_group) or {}
             c.workers = len(group["members"]) if group.get("members_reported") else None
-        except (KafkaException, TimeoutError) as exc:
+        except BrokerUnavailable as exc:
             c.workers = None
             log.debug("metrics: no worker count: %s", exc)
         try:
             c.read_model_lag = p.read_model_lag(app.state.read_model)
-        except (KafkaException, TimeoutError) as exc:
+        except BrokerUnavailable as exc:
             c.read_model_lag = None
             log.debug("metrics: no read model lag: %s", exc)
 

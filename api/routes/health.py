@@ -1,7 +1,7 @@
 """``/healthz`` (liveness) and ``/readyz`` (readiness), at the root.
 
 Ready means: the broker answers a metadata request within
-``ops.TIMEOUT_S`` (1 s), every topic of ``catalogue(settings)`` exists, the
+``probe.TIMEOUT_S`` (1 s), every topic of ``catalogue(settings)`` exists, the
 read model finished its initial catch-up of ``<p>.state`` (a lower bound on
 the embedded broker, see ``read_model.ReadModel``) and is not more than
 ``settings.ready_max_read_model_lag`` records behind the end offsets of
@@ -14,7 +14,7 @@ confirmed recently that it read ``<p>.admin`` to its end (``api.keys``). Otherwi
 with the reasons joined in ``detail``, one by one in ``reasons`` and each
 check's verdict in ``checks`` (and, when it was measured, the read model's
 lag in ``read_model_lag``). Broker answers come from the app's
-``ops.BrokerProbe`` and are reused for ``ops.CACHE_S`` (1 s): a probe storm
+``probe.BrokerProbe`` and are reused for ``probe.CACHE_S`` (1 s): a probe storm
 or a down broker costs the broker (and the probe) at most one request each
 per second.
 """
@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import asyncio
 
-from confluent_kafka import KafkaException
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from taskstream.schemas import Topics, catalogue
+from taskstream.schemas import BrokerUnavailable, Topics, catalogue
 from taskstream.schemas.kafka import group_states
 
 from ..problems import JSONResponse, problem
-from .ops import TIMEOUT_S, probe
+from ..probe import TIMEOUT_S, probe
 
 router = APIRouter(tags=["health"])
 
@@ -52,9 +51,9 @@ async def readyz(request: Request) -> Response:
     broker = probe(request.app)
     try:
         existing = await asyncio.to_thread(broker.topic_partitions)
-    except (KafkaException, TimeoutError) as exc:
+    except BrokerUnavailable as exc:
         checks["broker"] = checks["topics"] = "unknown"
-        reasons.append(f"broker unreachable at {state.settings.bootstrap_servers}: {exc or 'timed out'}")
+        reasons.append(f"broker unreachable at {state.settings.bootstrap_servers}: {exc}")
     else:
         missing = [t.name for t in catalogue(state.settings) if t.name not in existing]
         if missing:
@@ -94,7 +93,7 @@ def _read_model_lag(broker, read_model) -> int | None:
     """The read model's lag (``BrokerProbe.read_model_lag``), None when the broker does not answer."""
     try:
         return broker.read_model_lag(read_model)
-    except (KafkaException, TimeoutError):
+    except BrokerUnavailable:
         return None
 
 

@@ -54,18 +54,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from confluent_kafka import KafkaException, TopicPartition
 from fastapi import APIRouter, FastAPI, Query, Request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse, Response
 
-from taskstream.schemas import PRIORITIES, Status, TaskState, Topics
-from taskstream.schemas.kafka import committed_offsets, partition_lag
+from taskstream.schemas import PRIORITIES, BrokerUnavailable, Status, TaskState
 
 from ..models import task_json
 from ..problems import JSONResponse, problem
 from ..read_model import sortkey
-from ..routes.ops import TIMEOUT_S, probe
+from ..probe import probe
 
 log = logging.getLogger(__name__)
 
@@ -299,24 +297,9 @@ def latency_histogram(tasks: list[TaskState]) -> dict:
 
 @router.get("/api/lag")
 async def lag(request: Request) -> Response:
-    settings = request.app.state.settings
-    p = probe(request.app)
-    topics = Topics(settings.prefix)
-
-    def ask() -> dict:
-        def compute() -> dict:
-            n = p.topic_partitions().get(topics.events, 0)
-            tps = [TopicPartition(topics.events, i) for i in range(n)]
-            committed = committed_offsets(p.admin, topics.processor_group, tps, TIMEOUT_S)
-            marks = p.end_offsets(topics.events, n)
-            per = {i: partition_lag(committed.get((topics.events, i)), low, high) for i, (low, high) in marks.items()}
-            return {"topic": topics.events, "group": topics.processor_group, "lag": sum(per.values()),
-                    "partitions": {str(i): v for i, v in sorted(per.items())}}
-        return p.cached("ui:processor_lag", compute)
-
     try:
-        body = await asyncio.to_thread(ask)
-    except (KafkaException, TimeoutError) as exc:
-        return problem(503, "Broker unavailable", f"the broker at {settings.bootstrap_servers} did not answer: "
-                       f"{exc or 'timed out'}", kind="broker-unavailable")
+        body = await asyncio.to_thread(probe(request.app).processor_lag)
+    except BrokerUnavailable as exc:
+        return problem(503, "Broker unavailable", f"the broker at {request.app.state.settings.bootstrap_servers} "
+                       f"did not answer: {exc}", kind="broker-unavailable")
     return JSONResponse(body)

@@ -121,7 +121,7 @@ def test_every_factory_function_carries_the_security_config_and_overrides_cannot
 
 def test_clients_of_every_component_carry_the_security_config(secure: Settings, recorded, tmp_path: Path) -> None:
     """Build each long-running component's clients (and the CLI's readers) with SASL settings, without a broker."""
-    from taskstream.api.routes.ops import BrokerProbe
+    from taskstream.api.probe import BrokerProbe
     from taskstream.cli._log import reader as cli_reader
     from taskstream.streams import rebuild
     from taskstream.streams.processor import Processor
