@@ -106,8 +106,8 @@ def test_no_log_call_passes_user_data() -> None:
 
 def test_every_executor_log_line_about_an_attempt_carries_its_fields() -> None:
     """In the executor, a log call whose message starts with "task %s" passes extra= with the task's fields."""
-    tree = ast.parse((PACKAGE / "executors" / "runtime.py").read_text())
-    about_task = [c for c in _log_calls(tree)
+    about_task = [c for module in ("runtime.py", "_intake.py", "_attempt.py")
+                  for c in _log_calls(ast.parse((PACKAGE / "executors" / module).read_text()))
                   if c.args and isinstance(c.args[0], ast.Constant) and str(c.args[0].value).startswith("task %s")]
     assert len(about_task) > 15
     missing = [c.lineno for c in about_task if not any(k.arg == "extra" for k in c.keywords)]

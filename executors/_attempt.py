@@ -1,0 +1,386 @@
+"""One attempt's life on the executor's loop: run the handler, report started, heartbeat, checkpoint, result.
+
+A short attempt reports one event (``TaskSucceeded`` or ``TaskFailed`` with
+``started_at``); one still running after ``started_event_after_s`` reports
+``TaskStarted`` first and then heartbeats until it ends. Checkpoints are
+acknowledged before the result is produced. Timeouts cancel an async handler
+and abandon a sync one. Results over ``MAX_RESULT_BYTES`` fail the attempt
+for good; a result the broker refuses is reported as a failure.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+
+from taskstream.schemas import (
+    BrokerUnavailable,
+    Heartbeat,
+    ReadyTask,
+    RecordRefused,
+    TaskCheckpointed,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+    codec,
+)
+from taskstream.schemas.events import Event
+from taskstream.schemas.limits import MAX_RESULT_BYTES, cut_error
+from taskstream.schemas.observability import about
+
+from .context import MAX_CHECKPOINT_BYTES, TaskContext
+from .errors import AttemptAbandoned, PermanentError
+from .metrics import UNKNOWN_HANDLER
+from .registry import Handler
+
+
+if TYPE_CHECKING:
+    from ._intake import _Item
+
+log = logging.getLogger("taskstream.executors.runtime")
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _about(task: ReadyTask) -> dict[str, Any]:
+    """``extra=`` of a log line about this attempt: task_id and attempt as fields of the record."""
+    return about(task.task_id, task.attempt)
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message``, cut to ``MAX_ERROR_CHARS`` (a handler's exception text is unbounded)."""
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails still fails the attempt
+        text = "<unprintable>"
+    return cut_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    item: _Item
+    ctx: TaskContext
+    started_at: datetime
+    finished: bool = False
+    started_sent: asyncio.Future | None = None
+    timer: asyncio.TimerHandle | None = None  # reports TaskStarted after settings.started_event_after_s
+    heartbeat: asyncio.TimerHandle | None = None  # next Heartbeat, once TaskStarted was reported
+    checkpoints: list[asyncio.Future] = field(default_factory=list)  # TaskCheckpointed sends, awaited before the result
+    handler_task: asyncio.Future | None = None  # an async handler's own task, cancelled on TaskCancelled
+
+    @property
+    def over(self) -> bool:
+        """The handler returned, or the executor gave up on it (cancelled, timed out, shutdown)."""
+        return self.finished or self.item.cancelled or self.ctx.cancelled
+
+    def stop_timers(self) -> None:
+        for handle in (self.timer, self.heartbeat):
+            if handle is not None:
+                handle.cancel()
+
+
+
+class Attempts:
+    """The attempt half of ``Executor`` (a mixin: the state lives on the executor)."""
+
+    async def _run_attempt(self, attempt: _Attempt) -> None:
+        item = attempt.item
+        task = item.task
+        if self.settings.started_event_after_s >= 0:
+            attempt.timer = self._loop.call_later(self.settings.started_event_after_s, self._report_started, attempt)
+        try:
+            outcome = None if item.cancelled else await self._execute(attempt)
+        finally:
+            attempt.finished = True
+            attempt.stop_timers()
+            with self._lock:
+                active = self._active.get(task.task_id)
+                if active is not None:
+                    active.remove(item)
+                    if not active:
+                        del self._active[task.task_id]
+                cancelled = item.cancelled
+        if cancelled or outcome is None:
+            # The processor made the task `cancelled` already: nothing to report, the offset is done.
+            log.info("task %s attempt %d: cancelled; not reported", task.task_id, task.attempt, extra=_about(task))
+            with self._lock:
+                item.offsets.mark_done(item.offset)
+            self.metrics.cancelled(task.priority, self._handler_label(task.handler))
+            return
+        if attempt.started_sent is not None:
+            try:
+                await attempt.started_sent
+            except Exception as exc:
+                log.warning("task %s attempt %d: TaskStarted not delivered: %s", task.task_id, task.attempt, exc,
+                            extra=_about(task))
+        for sent in await asyncio.gather(*attempt.checkpoints, return_exceptions=True):
+            if isinstance(sent, BaseException):
+                log.warning("task %s attempt %d: a checkpoint was not delivered: %s", task.task_id, task.attempt, sent,
+                            extra=_about(task))
+        try:
+            await self._send(outcome)
+        except Exception as exc:
+            outcome = await self._report_refused(outcome, exc)
+            if outcome is None:
+                log.error(
+                    "task %s attempt %d: result not delivered, offset stays uncommitted: %s",
+                    task.task_id, task.attempt, exc, extra=_about(task),
+                )
+                return
+        with self._lock:
+            attempt.item.offsets.mark_done(attempt.item.offset)
+        label = self._handler_label(task.handler)
+        self.metrics.reported(outcome, task.priority, label, handler_known=label != UNKNOWN_HANDLER)
+
+    async def _report_refused(self, outcome: Event, exc: BaseException) -> Event | None:
+        """When the broker refused the result event for good, report the attempt failed with the reason instead.
+
+        Returns the event reported, or None when nothing could be (the broker is away: the offset stays
+        uncommitted and the attempt runs again after a rebalance).
+        """
+        if not isinstance(exc, RecordRefused):
+            return None
+        failed = TaskFailed(task_id=outcome.task_id, attempt=outcome.attempt, producer=self.executor_id,
+                            occurred_at=_now(), started_at=getattr(outcome, "started_at", None), permanent=True,
+                            error=cut_error(f"result not written: {exc}"))
+        try:
+            await self._send(failed)
+        except Exception as again:
+            log.error("task %s attempt %d: failure report not delivered either: %s", outcome.task_id,
+                      outcome.attempt, again, extra=about(outcome.task_id, outcome.attempt))
+            return None
+        return failed
+
+    async def _execute(self, attempt: _Attempt) -> Event | None:
+        """Run the handler; return the one result event, or None if the task was cancelled.
+
+        Never raises but CancelledError (the runner itself was cancelled, at shutdown).
+        """
+        task = attempt.item.task
+        common = dict(
+            task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, started_at=attempt.started_at
+        )
+        found = self._lookup(task.handler)
+        if found is None:
+            log.warning("task %s attempt %d: no handler registered for %r", task.task_id, task.attempt, task.handler,
+                        extra=_about(task))
+            return TaskFailed(**common, occurred_at=_now(), error=f"no handler registered for {task.handler!r}", permanent=True)
+        try:
+            payload = codec.loads_json(task.payload)
+        except codec.JSONDecodeError as exc:
+            return TaskFailed(**common, occurred_at=_now(), error=f"PermanentError: payload is not JSON: {exc}", permanent=True)
+        timeout = task.timeout_s if task.timeout_s is not None else self.settings.default_timeout_s
+        try:
+            result = await self._invoke(found, payload, attempt, timeout)
+        except asyncio.CancelledError:
+            if attempt.item.cancelled and not asyncio.current_task().cancelling():
+                return None  # the handler was cancelled because its task was, not this runner
+            raise
+        except asyncio.TimeoutError:
+            attempt.ctx._cancel()
+            log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout, extra=_about(task))
+            return TaskFailed(**common, occurred_at=_now(), error=f"TimeoutError: handler {task.handler!r} ran longer than {timeout}s")
+        except Exception as exc:
+            permanent = isinstance(exc, PermanentError)
+            # INFO names the exception type only: a handler's error text may quote its payload or result.
+            log.info("task %s attempt %d: handler %s failed%s (%s)", task.task_id, task.attempt, task.handler,
+                     " permanently" if permanent else "", type(exc).__name__, extra=_about(task))
+            log.debug("task %s attempt %d: handler %s error: %s", task.task_id, task.attempt, task.handler,
+                      _error_text(exc), exc_info=not permanent, extra=_about(task))
+            return TaskFailed(**common, occurred_at=_now(), error=_error_text(exc), permanent=permanent)
+        try:
+            result_json = codec.dumps_json(result)
+        except TypeError as exc:
+            log.info("task %s attempt %d: result not JSON-serialisable: %s", task.task_id, task.attempt, exc,
+                     extra=_about(task))
+            return TaskFailed(
+                **common, occurred_at=_now(),
+                error=f"TypeError: handler {task.handler!r} returned a result that is not JSON-serialisable "
+                f"({type(result).__name__}): {exc}",
+            )
+        size = len(result_json.encode())
+        if size > MAX_RESULT_BYTES:
+            log.info("task %s attempt %d: result too large (%d bytes)", task.task_id, task.attempt, size,
+                     extra=_about(task))
+            return TaskFailed(**common, occurred_at=_now(), permanent=True,  # the same work would return as much
+                              error=f"result too large: {size:,} bytes of JSON > {MAX_RESULT_BYTES:,}")
+        log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt, extra=_about(task))
+        return TaskSucceeded(**common, occurred_at=_now(), result=result_json)
+
+    def _lookup(self, name: str) -> Handler | None:
+        return self.registry.get(name) or self.builtins.get(name)
+
+    def _handler_label(self, name: str) -> str:
+        """The metrics label of a handler name: bounded by what this executor registered."""
+        return name if self._lookup(name) is not None else UNKNOWN_HANDLER
+
+    async def _invoke(self, found: Handler, payload: Any, attempt: _Attempt, timeout: float | None) -> Any:
+        ctx = attempt.ctx
+        if found.is_async:
+            # Its own task, so a TaskCancelled can cancel the handler without cancelling the runner.
+            call = attempt.handler_task = asyncio.ensure_future(found.fn(payload, ctx))
+            if attempt.item.cancelled:
+                call.cancel()
+        else:
+            # A sync handler's thread cannot be cancelled: on timeout the future is
+            # abandoned and whatever it returns later is ignored.
+            call = self._loop.run_in_executor(self._pool, self._call_sync, found.fn, payload, ctx)
+        if timeout is not None and timeout > 0:
+            return await asyncio.wait_for(call, timeout)
+        return await call
+
+    def _call_sync(self, fn, payload: Any, ctx: TaskContext) -> Any:
+        """In a pool thread: run a sync handler, counted in ``handler_threads_running``."""
+        with self._sync_lock:
+            self._sync_running += 1
+        try:
+            return fn(payload, ctx)
+        finally:
+            with self._sync_lock:
+                self._sync_running -= 1
+
+    def _report_started(self, attempt: _Attempt) -> None:
+        """On the loop: report TaskStarted (once) and start heartbeating the attempt."""
+        if attempt.started_sent is not None or attempt.over:
+            return
+        if attempt.timer is not None:
+            attempt.timer.cancel()  # when a checkpoint reports it early
+        task = attempt.item.task
+        log.debug("task %s attempt %d: still running, reporting TaskStarted", task.task_id, task.attempt,
+                  extra=_about(task))
+        event = TaskStarted(
+            task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, occurred_at=attempt.started_at
+        )
+        attempt.started_sent = self._send(event)
+        attempt.heartbeat = self._loop.call_later(self.settings.heartbeat_interval_s, self._heartbeat, attempt)
+
+    def _heartbeat(self, attempt: _Attempt) -> None:
+        """On the loop: one Heartbeat for a running attempt, then the next one is scheduled."""
+        attempt.heartbeat = None
+        if attempt.over:
+            return
+        task = attempt.item.task
+        beat = Heartbeat(task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, occurred_at=_now())
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                log.warning("task %s attempt %d: heartbeat not delivered: %s", task.task_id, task.attempt, err,
+                            extra=_about(task))
+
+        try:
+            self._producer.produce(self.topics.heartbeats, task.task_id.encode("utf-8"), codec.encode(beat),
+                                   codec.headers(beat), on_delivery=delivered)
+        except BrokerUnavailable as exc:
+            log.warning("task %s attempt %d: heartbeat not sent: %s", task.task_id, task.attempt, exc,
+                        extra=_about(task))
+        attempt.heartbeat = self._loop.call_later(self.settings.heartbeat_interval_s, self._heartbeat, attempt)
+
+    # ------------------------------------------------------------- checkpoints
+
+    def _checkpoint(self, attempt: _Attempt, data: Any) -> asyncio.Future | None:
+        """``ctx.checkpoint``: on the loop, an awaitable of the broker's ack; elsewhere, block until it."""
+        try:
+            text = codec.dumps_json(data)
+        except TypeError as exc:
+            raise TypeError(f"checkpoint data must be JSON-serialisable, got {type(data).__name__}: {exc}") from None
+        size = len(text.encode("utf-8"))
+        if size > MAX_CHECKPOINT_BYTES:
+            raise ValueError(f"checkpoint too large: {size:,} bytes of JSON > {MAX_CHECKPOINT_BYTES:,}")
+        if threading.get_ident() == self._loop_thread:
+            return _acknowledged(self._write_checkpoint(attempt, text))
+
+        async def write() -> None:
+            await self._write_checkpoint(attempt, text)
+
+        try:
+            pending = asyncio.run_coroutine_threadsafe(write(), self._loop)
+        except RuntimeError:  # the loop is closed: the executor has stopped
+            raise AttemptAbandoned(f"task {attempt.ctx.task_id} attempt {attempt.ctx.attempt}: the executor has stopped") from None
+        while True:
+            try:
+                pending.result(timeout=1.0)
+                return None
+            except TimeoutError:
+                if self._loop.is_closed():
+                    raise AttemptAbandoned(
+                        f"task {attempt.ctx.task_id} attempt {attempt.ctx.attempt}: the executor has stopped"
+                    ) from None
+
+    def _write_checkpoint(self, attempt: _Attempt, text: str) -> asyncio.Future:
+        """On the loop: send TaskCheckpointed (after TaskStarted) and return the producer's future."""
+        task = attempt.item.task
+        if attempt.over:
+            log.info("task %s attempt %d: checkpoint of an abandoned attempt not written", task.task_id, task.attempt,
+                     extra=_about(task))
+            raise AttemptAbandoned(
+                f"task {task.task_id} attempt {task.attempt} is no longer run by this executor; checkpoint not written"
+            )
+        # A checkpoint means the attempt runs: the log says so first (Started, Checkpointed..., result).
+        self._report_started(attempt)
+        event = TaskCheckpointed(task_id=task.task_id, attempt=task.attempt, producer=self.executor_id,
+                                 occurred_at=_now(), data=text)
+        sent = self._send(event)
+        attempt.checkpoints.append(sent)
+        log.debug("task %s attempt %d: checkpoint of %d bytes", task.task_id, task.attempt, len(text),
+                  extra=_about(task))
+        return sent
+
+    def _send(self, event: Event) -> asyncio.Future:
+        return self._producer.send(
+            self.topics.events, event.task_id.encode("utf-8"), codec.encode(event), codec.headers(event)
+        )
+
+
+def _acknowledged(sent: asyncio.Future) -> asyncio.Future:
+    """A future that resolves to None when ``sent`` (a producer future) does, or fails with it."""
+    out = sent.get_loop().create_future()
+
+    def done(f: asyncio.Future) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+        elif f.exception() is not None:
+            out.set_exception(f.exception())
+        else:
+            out.set_result(None)
+
+    sent.add_done_callback(done)
+    return out
+
+
+def _decode_checkpoint(task: ReadyTask) -> Any:
+    """``ctx.last_checkpoint`` from ``ReadyTask.last_checkpoint``: None when absent or not JSON."""
+    if task.last_checkpoint is None:
+        return None
+    try:
+        return codec.loads_json(task.last_checkpoint)
+    except codec.JSONDecodeError as exc:
+        log.warning("task %s attempt %d: last checkpoint is not JSON, handler gets None: %s",
+                    task.task_id, task.attempt, exc, extra=_about(task))
+        return None
+
+
+def _decode_upstream(task: ReadyTask) -> dict[str, Any]:
+    """``ctx.upstream`` from ``ReadyTask.upstream``; a field that is not a JSON object gives ``{}``."""
+    try:
+        value = codec.loads_json(task.upstream or "{}")
+    except codec.JSONDecodeError as exc:
+        log.warning("task %s attempt %d: upstream results are not JSON, handler gets {}: %s",
+                    task.task_id, task.attempt, exc, extra=_about(task))
+        return {}
+    if not isinstance(value, dict):
+        log.warning("task %s attempt %d: upstream results are a JSON %s, not an object; handler gets {}",
+                    task.task_id, task.attempt, type(value).__name__, extra=_about(task))
+        return {}
+    return value
+
+
