@@ -85,10 +85,9 @@ class Settings(BaseSettings):
     )
     processor_instance_id: str | None = Field(
         None, description="static group membership (group.instance.id) of a processor: a restarted processor with "
-        "the same id takes its partitions back without a full rebalance (measured on the embedded broker: back "
-        "7 s after a SIGKILL instead of 12 s, but after several quick SIGKILL-restarts in a row the group "
-        "stayed without assignment: use it on Kafka/Redpanda, not on the embedded broker); use the pod name of a "
-        "StatefulSet, never one id for two live processors"
+        "the same id takes its partitions back without a full rebalance. For Kafka and Redpanda, not the embedded "
+        "broker (README, \"High availability of processing\"); use the pod name of a StatefulSet, never one id "
+        "for two live processors"
     )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
