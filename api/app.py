@@ -31,6 +31,7 @@ from .metrics import router as metrics_router
 from .problems import JSONResponse
 from .read_model import ReadModel
 from .routes import health, ops, schedules, tasks, workflows
+from .routes import watch as watch_routes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         try:
             yield
         finally:
+            read_model.feed.close()  # live watches end (gRPC, SSE) before the producer and read model stop
             remaining = await asyncio.to_thread(producer.close, produce_timeout_s)
             if remaining:
                 log.warning("API producer closed with %d records undelivered", remaining)
@@ -85,6 +87,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(metrics_router)
+    app.include_router(watch_routes.router)  # before tasks: /tasks/watch is not a task id
     app.include_router(tasks.router)
     app.include_router(workflows.router)
     app.include_router(schedules.router)
