@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test unit install clean bench
+.PHONY: dev test unit install clean bench proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .taskstream build *.egg-info
+
+# --- gRPC and live updates: regenerate the committed taskstream.v1 stubs from schemas/proto (grpcio-tools)
+PROTO_DIR := schemas/proto
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) \
+		--grpc_python_out=$(PROTO_DIR) $(PROTO_DIR)/taskstream/grpc/v1/*.proto
