@@ -59,10 +59,17 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         app.state.read_model = read_model
         app.state.admin = admin(settings)
         log.info("API started for prefix=%s bootstrap=%s", settings.prefix, settings.bootstrap_servers)
+        app.state.grpc = None
+        if settings.grpc_port is not None:  # gRPC beside HTTP in this event loop (issue 17); grpcio loads only then
+            from . import grpc_server
+
+            app.state.grpc = await grpc_server.start(app)
         try:
             yield
         finally:
             read_model.feed.close()  # live watches end (gRPC, SSE) before the producer and read model stop
+            if app.state.grpc is not None:
+                await app.state.grpc.stop()
             remaining = await asyncio.to_thread(producer.close, produce_timeout_s)
             if remaining:
                 log.warning("API producer closed with %d records undelivered", remaining)

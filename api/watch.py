@@ -309,6 +309,7 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
         if announce and not single:
             yield event(None)
         if catch_up:
+            log.info("watch resumed from %s reads %s of the state topic (before the ring)", after.encode(), catch_up)
             async for p, offset, s in read_state_topic(settings, catch_up, filter):
                 cursor = cursor.advanced(p, offset)
                 if single and s.version <= seen:

@@ -117,7 +117,8 @@ def stack(broker, tmp_path_factory):
     s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3, embedded_broker=True,
                  data_dir=tmp / "data", session_timeout_ms=6000, log_level="WARNING", metrics_port=0,
                  started_event_after_s=0.1, heartbeat_interval_s=0.2,
-                 api_port=free_port(), grpc_port=free_port(), watch_heartbeat_s=1.0)
+                 api_port=free_port(), grpc_port=free_port(), watch_heartbeat_s=1.0,
+                 watch_ring_size=20)  # small: a resume after a restart reads <p>.state, not only the ring
     wait_for_broker(s)
     assert ensure_topics(s, catalogue(s)) == []
     st = Stack(s, tmp)
@@ -171,7 +172,7 @@ def test_sse_watch_sees_every_state_of_a_retried_task_in_order_and_resumes_witho
 
 
 def test_sse_filtered_watch_starts_with_a_position_resumes_from_it_and_404s(stack: Stack) -> None:
-    handler = f"watch.flaky"
+    handler = "watch.flaky"
     label_run = uuid.uuid4().hex[:6]
     url = f"{stack.base}/api/v1/tasks/watch"
     first: list = []
@@ -206,3 +207,246 @@ def test_sse_filtered_watch_starts_with_a_position_resumes_from_it_and_404s(stac
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
     r = httpx.get(url, headers={"Last-Event-ID": "x.y"}, timeout=5)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "Last-Event-ID"
+
+
+# --------------------------------------------------------------------- gRPC
+
+import grpc  # noqa: E402
+from google.protobuf import json_format, struct_pb2, timestamp_pb2  # noqa: E402
+from google.rpc import error_details_pb2  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase  # noqa: E402
+from grpc_status import rpc_status  # noqa: E402
+
+from taskstream.grpc.v1 import (  # noqa: E402
+    schedules_pb2,
+    schedules_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+    workflows_pb2,
+    workflows_pb2_grpc,
+)
+
+
+class Stubs:
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.tasks = tasks_pb2_grpc.TaskServiceStub(self.channel)
+        self.workflows = workflows_pb2_grpc.WorkflowServiceStub(self.channel)
+        self.schedules = schedules_pb2_grpc.ScheduleServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+
+@pytest.fixture(scope="module")
+def stubs(stack: Stack):
+    s = Stubs(stack.grpc_target)
+    yield s
+    s.channel.close()
+
+
+def value(obj) -> struct_pb2.Value:
+    return json_format.ParseDict(obj, struct_pb2.Value())
+
+
+def spec(**fields) -> tasks_pb2.TaskSpec:
+    return json_format.ParseDict({**FLAKY, **fields}, tasks_pb2.TaskSpec())
+
+
+def as_json(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def rpc_error(call, *args, **kwargs) -> tuple[grpc.StatusCode, list]:
+    """The status code of a call that must fail, and its google.rpc details."""
+    with pytest.raises(grpc.RpcError) as exc:
+        call(*args, **kwargs)
+    status = rpc_status.from_call(exc.value)
+    details = []
+    for any_ in status.details if status is not None else []:
+        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
+            if any_.Is(kind.DESCRIPTOR):
+                d = kind()
+                any_.Unpack(d)
+                details.append(d)
+    return exc.value.code(), details
+
+
+def violations(details) -> list[str]:
+    return [v.field for d in details if isinstance(d, error_details_pb2.BadRequest) for v in d.field_violations]
+
+
+def test_grpc_task_rpcs_succeed_through_the_http_rules(stack: Stack, stubs: Stubs) -> None:
+    t = stubs.tasks
+    md = (("idempotency-key", f"k-{uuid.uuid4().hex}"),)
+    first = t.SubmitTask(tasks_pb2.SubmitTaskRequest(task=spec(payload={"n": 3, "x": [1.5, None]}, labels={"a": "b"},
+                                                               name="grpc")), metadata=md)
+    again = t.SubmitTask(tasks_pb2.SubmitTaskRequest(task=spec(payload={"n": 3, "x": [1.5, None]}, labels={"a": "b"},
+                                                               name="grpc")), metadata=md)
+    assert first.id == again.id and first.status == "pending" and first.handler == "watch.flaky"
+    assert json_format.MessageToDict(first.payload) == {"n": 3, "x": [1.5, None]} and dict(first.labels) == {"a": "b"}
+    http = httpx.get(f"{stack.base}/api/v1/tasks/{first.id}", timeout=5).json()
+    assert http["payload"] == {"n": 3, "x": [1.5, None]}  # an integral double arrives as the integer it was
+    assert set(as_json(tasks_pb2.Task())) <= set(http) and set(tasks_pb2.Task.DESCRIPTOR.fields_by_name) == set(http)
+
+    batch = t.SubmitTasks(tasks_pb2.SubmitTasksRequest(tasks=[spec(name="b0"), spec(name="b1", priority="high")]))
+    assert [x.name for x in batch.tasks] == ["b0", "b1"] and batch.tasks[1].priority == "high"
+    got = t.GetTask(tasks_pb2.GetTaskRequest(id=first.id))
+    assert got.id == first.id and got.version >= 1 and got.created_at.seconds > 0
+    page = t.ListTasks(tasks_pb2.ListTasksRequest(handler="watch.flaky", limit=2))
+    assert len(page.tasks) == 2 and page.next_cursor
+    more = t.ListTasks(tasks_pb2.ListTasksRequest(handler="watch.flaky", limit=2, cursor=page.next_cursor))
+    assert not {x.id for x in more.tasks} & {x.id for x in page.tasks}
+    stack.states.until_terminal(first.id)
+    past = t.GetTask(tasks_pb2.GetTaskRequest(id=first.id, as_of=first.created_at))
+    assert past.status == "pending" and past.version == 1
+    events = t.GetTaskEvents(tasks_pb2.GetTaskEventsRequest(id=first.id))
+    types = [json_format.MessageToDict(e)["type"] for e in events.events]
+    assert types[0] == "TaskCreated" and "TaskSucceeded" in types
+
+    later = timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
+    waiting = t.SubmitTask(tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="watch.flaky", run_at=later)))
+    assert waiting.status == "scheduled"
+    changed = t.UpdateTask(tasks_pb2.UpdateTaskRequest(id=waiting.id, expected_version=waiting.version,
+                                                       priority="low", payload=value(None)))
+    assert changed.priority == "low" and changed.version == waiting.version + 1
+    assert changed.payload.WhichOneof("kind") == "null_value"
+    cancelled = t.CancelTask(tasks_pb2.CancelTaskRequest(id=waiting.id, reason="not needed"))
+    assert cancelled.status == "cancelled" and cancelled.error == "cancelled: not needed"
+
+    doomed = t.SubmitTask(tasks_pb2.SubmitTaskRequest(task=spec(payload={"sleep": 0.01, "succeed_at": 9},
+                                                                retry={"max_attempts": 1})))
+    assert stack.states.until_terminal(doomed.id)[-1].status == "failed"
+    wait_until(lambda: t.GetTask(tasks_pb2.GetTaskRequest(id=doomed.id)).status == "failed", message="failed")
+    redriven = t.RetryTask(tasks_pb2.RetryTaskRequest(id=doomed.id, reason="again"))
+    assert redriven.status == "scheduled"
+
+
+def test_grpc_workflow_and_schedule_rpcs_succeed(stubs: Stubs) -> None:
+    wf = stubs.workflows.SubmitWorkflow(workflows_pb2.SubmitWorkflowRequest(tasks=[
+        json_format.ParseDict({"key": "a", "handler": "noop"}, workflows_pb2.WorkflowTask()),
+        json_format.ParseDict({"key": "b", "handler": "noop", "depends_on": ["a"]}, workflows_pb2.WorkflowTask()),
+    ]))
+    assert wf.workflow_id and set(wf.tasks) == {"a", "b"}
+    b = stubs.tasks.GetTask(tasks_pb2.GetTaskRequest(id=wf.tasks["b"]))
+    assert list(b.depends_on) == [wf.tasks["a"]] and b.key == "b" and b.workflow_id == wf.workflow_id
+
+    s = stubs.schedules
+    created = s.CreateSchedule(schedules_pb2.CreateScheduleRequest(
+        cron="0 9 * * 1-5", timezone="Europe/Paris", name="report",
+        task=tasks_pb2.TaskSpec(handler="noop", payload=value({"kind": "daily"}))))
+    assert created.status == "active" and created.next_fire_at.seconds > time.time()
+    assert json_format.MessageToDict(created.task)["payload"] == {"kind": "daily"}
+    assert s.GetSchedule(schedules_pb2.GetScheduleRequest(id=created.id)).cron == "0 9 * * 1-5"
+    listed = s.ListSchedules(schedules_pb2.ListSchedulesRequest(status="active"))
+    assert created.id in [x.id for x in listed.schedules]
+    deleted = s.DeleteSchedule(schedules_pb2.DeleteScheduleRequest(id=created.id))
+    assert deleted.status == "deleted"
+
+
+def test_grpc_errors_carry_status_codes_and_rich_details(stack: Stack, stubs: Stubs) -> None:
+    t = stubs.tasks
+    code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=spec(retry={"max_attempts": 0})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["task.retry.max_attempts"]
+    code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=spec(payload={"a": [1, "x" * 10]},
+                                                                                  labels={"bad:key": "v"})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["task.labels.bad:key"]
+    code, details = rpc_error(t.SubmitTasks, tasks_pb2.SubmitTasksRequest(tasks=[spec(), spec(priority="urgent")]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["tasks[1].priority"]
+    code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec()))
+    assert violations(details) == ["task.handler"]
+    code, details = rpc_error(t.ListTasks, tasks_pb2.ListTasksRequest(status="done"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["status"]
+    code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=spec()),
+                              metadata=(("idempotency-key", " "),))
+    assert violations(details) == ["Idempotency-Key"]
+
+    for call, req in [(t.GetTask, tasks_pb2.GetTaskRequest(id="nope")),
+                      (t.CancelTask, tasks_pb2.CancelTaskRequest(id="nope")),
+                      (t.GetTaskEvents, tasks_pb2.GetTaskEventsRequest(id="nope")),
+                      (stubs.schedules.GetSchedule, schedules_pb2.GetScheduleRequest(id="nope"))]:
+        assert rpc_error(call, req)[0] == grpc.StatusCode.NOT_FOUND
+    assert rpc_error(lambda r: list(t.WatchTask(r)), tasks_pb2.WatchTaskRequest(id="nope"))[0] == grpc.StatusCode.NOT_FOUND
+
+    later = timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
+    task = t.SubmitTask(tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="noop", run_at=later)))
+    code, details = rpc_error(t.UpdateTask, tasks_pb2.UpdateTaskRequest(id=task.id, expected_version=task.version + 7,
+                                                                        priority="high"))
+    assert code == grpc.StatusCode.ABORTED
+    info = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)][0]
+    assert info.reason == "STALE_VERSION" and info.metadata["version"] == str(task.version)
+    code, details = rpc_error(t.UpdateTask, tasks_pb2.UpdateTaskRequest(id=task.id, timeout_s=-1))
+    assert violations(details) == ["timeout_s"]
+    t.CancelTask(tasks_pb2.CancelTaskRequest(id=task.id))
+    code, _ = rpc_error(t.CancelTask, tasks_pb2.CancelTaskRequest(id=task.id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION  # already cancelled: HTTP's 409
+    code, _ = rpc_error(t.UpdateTask, tasks_pb2.UpdateTaskRequest(id=task.id, priority="high"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_grpc_watch_task_of_a_task_that_retries_once_ends_at_succeeded(stack: Stack, stubs: Stubs) -> None:
+    task = stubs.tasks.SubmitTask(tasks_pb2.SubmitTaskRequest(task=spec(payload={"sleep": 0.3})))
+    changes = list(stubs.tasks.WatchTask(tasks_pb2.WatchTaskRequest(id=task.id), timeout=60))
+    states = [c.task for c in changes]
+    assert states[-1].status == "succeeded" and states[-1].attempt == 2
+    logged = stack.states.until_terminal(task.id)
+    assert [s.version for s in states[1:]] == [v for v in versions(logged) if v > states[0].version]
+    statuses = [s.status for s in states]
+    assert statuses.index("scheduled") < statuses.index("succeeded")
+    assert [(s.status, s.attempt) for s in states if s.status == "running"] == [("running", 1), ("running", 2)]
+    # resumed after its third change: the rest, nothing twice
+    rest = list(stubs.tasks.WatchTask(tasks_pb2.WatchTaskRequest(id=task.id, after=changes[2].cursor), timeout=30))
+    assert [c.task.version for c in rest] == [s.version for s in states[3:]]
+
+
+def test_grpc_watch_tasks_resumes_across_an_api_restart_missing_nothing_repeating_nothing(
+        stack: Stack, stubs: Stubs) -> None:
+    handler = "watch.flaky"
+    name = f"restart-{uuid.uuid4().hex[:6]}"
+    request = tasks_pb2.WatchTasksRequest(handler=[handler])
+    stream = stubs.tasks.WatchTasks(request, timeout=120)
+    start = next(stream)
+    assert start.cursor and not start.HasField("task")
+    ids = [stubs.tasks.SubmitTask(tasks_pb2.SubmitTaskRequest(task=spec(name=name, payload={"sleep": 0.2})))
+           .id for _ in range(4)]
+    received: list[tasks_pb2.TaskChange] = []
+    for change in stream:  # a few changes, then the API goes away mid-stream
+        received.append(change)
+        if len(received) == 5:
+            break
+    stream.cancel()
+    stack.stop_api()
+    for task_id in ids:  # the processor goes on while the API is down
+        stack.states.until_terminal(task_id)
+    stack.start_api()
+    wait_until(lambda: stubs.health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING,
+               timeout=20, message="gRPC serving again")
+    resumed = stubs.tasks.WatchTasks(tasks_pb2.WatchTasksRequest(handler=[handler], cursor=received[-1].cursor),
+                                     timeout=60)
+    first = next(resumed)
+    assert not first.HasField("task")
+
+    def ours() -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for c in received:
+            if c.HasField("task") and c.task.id in ids:
+                out.setdefault(c.task.id, []).append(c.task.version)
+        return out
+
+    for change in resumed:
+        received.append(change)
+        got = ours()
+        if all(got.get(i) and got[i][-1] == stack.states.of(i)[-1].version for i in ids):
+            break
+    resumed.cancel()
+    got = ours()
+    for task_id in ids:
+        assert got[task_id] == versions(stack.states.of(task_id)), task_id  # every state, in order, once
+
+
+def test_grpc_health_serves_and_reflection_lists_the_services(stubs: Stubs) -> None:
+    assert stubs.health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    assert stubs.health.Check(health_pb2.HealthCheckRequest(service="taskstream.v1.TaskService")).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    services = set(ProtoReflectionDescriptorDatabase(stubs.channel).get_services())
+    assert {"taskstream.v1.TaskService", "taskstream.v1.WorkflowService", "taskstream.v1.ScheduleService",
+            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
