@@ -450,3 +450,36 @@ def test_grpc_health_serves_and_reflection_lists_the_services(stubs: Stubs) -> N
     services = set(ProtoReflectionDescriptorDatabase(stubs.channel).get_services())
     assert {"taskstream.v1.TaskService", "taskstream.v1.WorkflowService", "taskstream.v1.ScheduleService",
             "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+
+
+def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
+    """A broker of the test's own (stopped, then a new one on the same port), so the session broker is untouched."""
+    from fastapi.testclient import TestClient
+
+    from taskstream.api import create_app
+    from taskstream.cli.broker import EmbeddedBroker
+
+    port = free_port()
+    broker = EmbeddedBroker(port).start()
+    s = Settings(bootstrap_servers=broker.bootstrap_servers, prefix="thealth", partitions=1, embedded_broker=True,
+                 data_dir=tmp_path / "data", grpc_port=free_port())
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        wait_for_broker(s)
+        assert ensure_topics(s, catalogue(s)) == []
+        with TestClient(create_app(s)), grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            check = lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status  # noqa: E731
+            wait_until(lambda: check() == serving, timeout=20, message="SERVING")
+            broker.stop(timeout=0.5)
+            wait_until(lambda: check() == not_serving, timeout=15, message="NOT_SERVING with the broker stopped")
+            code, details = rpc_error(tasks_pb2_grpc.TaskServiceStub(channel).SubmitTask,
+                                      tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="noop")), timeout=30)
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert any(isinstance(d, error_details_pb2.RetryInfo) for d in details)
+            broker = EmbeddedBroker(port).start()
+            wait_for_broker(s)
+            assert ensure_topics(s, catalogue(s)) == []
+            wait_until(lambda: check() == serving, timeout=30, message="SERVING again")
+    finally:
+        broker.stop(timeout=0.5)
