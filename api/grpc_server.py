@@ -38,7 +38,7 @@ from .routes import health as health_routes
 log = logging.getLogger(__name__)
 
 #: Seconds between two evaluations of readiness for the health service.
-HEALTH_INTERVAL_S = 1.0
+HEALTH_INTERVAL_S = 2.0
 #: Seconds in-flight calls get to finish when the API stops (watches end at once: the feed closes first).
 STOP_GRACE_S = 2.0
 

@@ -67,7 +67,7 @@ from .routes import schedules as schedule_routes
 from .routes import tasks as task_routes
 from .routes import workflows as workflow_routes
 from .routes.tasks import MAX_LIMIT, MAX_REASON
-from .watch import Cursor, FellBehind, Filter, WatchUnavailable, parse_event_id, watch
+from .watch import Cursor, FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,10 @@ def schedule_message(schedule: dict[str, Any]) -> schedules_pb2.Schedule:
     return json_format.ParseDict(schedule, schedules_pb2.Schedule(), ignore_unknown_fields=True)
 
 
+#: The Task message of a watched state, built once however many streams send it.
+watched_task = RenderCache(lambda state: task_message(task_json(state)))
+
+
 class _Request(SimpleNamespace):
     """What a route function reads of its request: ``app`` (``app.state``) and ``headers``."""
 
@@ -359,7 +363,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
         after, version = parse_event_id(request.after, "after") if request.after else (None, None)
         async for e in watch(self.app.state.settings, self.app.state.read_model.feed, Filter(task_id=task_id), after,
                              current=lambda: store.get(task_id), last_version=version):
-            yield tasks_pb2.TaskChange(cursor=e.id, task=task_message(task_json(e.state)))
+            yield tasks_pb2.TaskChange(cursor=e.id, task=watched_task(e.state))
 
     @stream_rpc
     async def WatchTasks(self, request, context):
@@ -371,7 +375,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
             if e.state is None:
                 yield tasks_pb2.TaskChange(cursor=e.id)
             else:
-                yield tasks_pb2.TaskChange(cursor=e.id, task=task_message(task_json(e.state)))
+                yield tasks_pb2.TaskChange(cursor=e.id, task=watched_task(e.state))
 
 
 class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
@@ -268,6 +268,29 @@ class ChangeFeed:
     def position(self) -> Cursor:
         with self._lock:
             return self._position
+
+
+class RenderCache:
+    """What a state looks like on the wire (task JSON, a proto message), made once for all the watchers it goes to.
+
+    Keyed by the state object itself: every watcher of a change gets the
+    same ``TaskState``. Event loop only (no lock); the newest ``size`` are kept.
+    """
+
+    def __init__(self, render: Callable[[TaskState], object], size: int = 4096) -> None:
+        self._render = render
+        self._size = size
+        self._items: OrderedDict[int, tuple[TaskState, object]] = OrderedDict()
+
+    def __call__(self, state: TaskState):
+        hit = self._items.get(id(state))
+        if hit is not None and hit[0] is state:
+            return hit[1]
+        value = self._render(state)
+        self._items[id(state)] = (state, value)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return value
 
 
 # ------------------------------------------------------------------ watches

@@ -34,11 +34,14 @@ from starlette.responses import Response
 from taskstream.schemas import NotFound, Priority, Status, codec
 
 from ..models import task_json
-from ..watch import Cursor, Event, FellBehind, Filter, WatchUnavailable, parse_event_id, watch
+from ..watch import Cursor, Event, FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["watch"])
+
+#: The task JSON text of a watched state, rendered once however many streams send it.
+_task_text = RenderCache(lambda state: codec.dumps_json(task_json(state)))
 
 _DESCRIPTION = "Server-Sent Events (text/event-stream); resume with Last-Event-ID or cursor"
 
@@ -94,7 +97,7 @@ async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:
             if e.state is None:
                 yield ServerSentEvent(data=codec.dumps_json({"cursor": e.id}), event="position", id=e.id)
             else:
-                yield ServerSentEvent(data=codec.dumps_json(task_json(e.state)), event="task", id=e.id)
+                yield ServerSentEvent(data=_task_text(e.state), event="task", id=e.id)
     except (FellBehind, WatchUnavailable) as exc:
         kind = "fell-behind" if isinstance(exc, FellBehind) else "watch-unavailable"
         yield ServerSentEvent(event="error", data=codec.dumps_json({
