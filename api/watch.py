@@ -256,7 +256,7 @@ class ChangeFeed:
             self._filtered.discard(sub)
 
     def close(self) -> None:
-        """End every watch (API shutdown): each stream ends after what it already has."""
+        """End every watch (API shutdown): each stream sends what it already has, then ends with ``WatchUnavailable``."""
         self._closed = True
         for sub in [*self._filtered, *(s for subs in self._by_task.values() for s in subs)]:
             sub.close()
@@ -359,7 +359,7 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
         while True:
             item = await sub.queue.get()
             if item is _CLOSED:
-                return
+                raise WatchUnavailable("the API is shutting down; resume from the last id at another or a restarted API")
             if item is _BEHIND:
                 raise FellBehind(f"more than {sub.limit} changes waited for this watcher; resume from the last id")
             cursor = cursor.merged(item.position)
