@@ -32,6 +32,7 @@ from .problems import JSONResponse
 from .read_model import ReadModel
 from .routes import health, ops, schedules, tasks, workflows
 from .routes import watch as watch_routes
+from .watch import WatchMetrics
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         default_response_class=JSONResponse,
     )
     app.state.metrics = ApiMetrics()  # before the lifespan: /metrics answers from the first request
+    app.state.metrics.registry.register(WatchMetrics(app.state))  # open SSE and gRPC watches
     problems.install(app)
 
     def openapi() -> dict:

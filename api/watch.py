@@ -32,8 +32,11 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from taskstream.schemas import TERMINAL, DecodeError, Settings, TaskState, Topics, ValidationError, codec
 from taskstream.schemas.kafka import common_config
@@ -265,9 +268,33 @@ class ChangeFeed:
     def watchers(self) -> int:
         return len(self._filtered) + sum(len(s) for s in self._by_task.values())
 
+    def watcher_counts(self) -> dict[str, int]:
+        """Open watches by kind: ``task`` (one task) and ``filter``."""
+        return {"task": sum(len(s) for s in tuple(self._by_task.values())), "filter": len(self._filtered)}
+
     def position(self) -> Cursor:
         with self._lock:
             return self._position
+
+
+class WatchMetrics(Collector):
+    """``taskstream_api_watchers{kind}``: open watches (SSE and gRPC) of the app's read model, read at scrape time."""
+
+    def __init__(self, app_state: Any) -> None:
+        self._app_state = app_state
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        read_model = getattr(self._app_state, "read_model", None)
+        if read_model is None:
+            return
+        gauge = GaugeMetricFamily("taskstream_api_watchers", "open watches of task changes (SSE and gRPC)",
+                                  labels=["kind"])
+        for kind, n in read_model.feed.watcher_counts().items():
+            gauge.add_metric([kind], n)
+        yield gauge
 
 
 class RenderCache:

@@ -491,3 +491,26 @@ def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
             wait_until(lambda: check() == serving, timeout=30, message="SERVING again")
     finally:
         broker.stop(timeout=0.5)
+
+
+def watchers(stack: Stack) -> dict[str, float]:
+    text = httpx.get(f"{stack.base}/metrics", timeout=5).text
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("taskstream_api_watchers{")}
+
+
+def test_a_client_that_hangs_up_frees_its_watch(stack: Stack, stubs: Stubs) -> None:
+    later = timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
+    task = stubs.tasks.SubmitTask(tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="noop", run_at=later)))
+    wait_until(lambda: watchers(stack) == {"task": 0, "filter": 0}, message="no watches open")
+    one = stubs.tasks.WatchTask(tasks_pb2.WatchTaskRequest(id=task.id))
+    assert next(one).task.status == "scheduled"
+    many = stubs.tasks.WatchTasks(tasks_pb2.WatchTasksRequest(status=["failed"]))
+    assert not next(many).HasField("task")
+    with httpx.stream("GET", f"{stack.base}/api/v1/tasks/{task.id}/watch", timeout=30) as sse:
+        lines = sse.iter_lines()  # kept: an iterator that is dropped closes the response, and the server sees a hang-up
+        assert next(lines).startswith("id: ")
+        wait_until(lambda: watchers(stack) == {"task": 2, "filter": 1}, message="three watches open")
+    one.cancel()
+    many.cancel()
+    wait_until(lambda: watchers(stack) == {"task": 0, "filter": 0}, message="every watch freed")
