@@ -44,3 +44,29 @@ def test_a_request_validates_with_the_http_model_and_names_the_field_by_its_path
     assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
     fields = [v.field for v in exc.value.details[0].field_violations]
     assert sorted(fields) == ["task.labels.a:b", "task.retry.max_attempts"]
+
+
+def test_problems_and_errors_map_to_status_codes_with_details() -> None:
+    from google.rpc import error_details_pb2
+
+    from taskstream.api.grpc_services import from_exception, from_problem
+    from taskstream.api.history import HistoryBusy, ReadLimits, history_problem
+    from taskstream.schemas import BrokerUnavailable, CommandRejected, NotFound, ValidationError
+    from taskstream.schemas import codec
+
+    busy = history_problem(HistoryBusy(ReadLimits(history_wait_s=2.5)))
+    error = from_problem(busy.status_code, codec.loads_json(bytes(busy.body)), busy.headers)
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert isinstance(error.details[0], error_details_pb2.RetryInfo) and error.details[0].retry_delay.seconds == 3
+    stale = from_problem(412, {"type": "urn:taskstream:problem:stale-version", "detail": "stale", "version": 7}, {})
+    assert stale.code == grpc.StatusCode.ABORTED and stale.details[0].metadata["version"] == "7"
+    too_large = from_problem(413, {"type": "urn:taskstream:problem:too-large",
+                                   "detail": "tasks[2].payload: the task encodes to 5000000 bytes"}, {})
+    assert too_large.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert too_large.details[0].field_violations[0].field == "tasks[2].payload"
+    assert from_exception(NotFound("x")).code == grpc.StatusCode.NOT_FOUND
+    assert from_exception(CommandRejected("x")).code == grpc.StatusCode.FAILED_PRECONDITION
+    assert from_exception(ValidationError("cursor", "bad")).details[0].field_violations[0].field == "cursor"
+    down = from_exception(BrokerUnavailable("down"))
+    assert down.code == grpc.StatusCode.UNAVAILABLE and isinstance(down.details[0], error_details_pb2.RetryInfo)
+    assert from_exception(RuntimeError("bug")) is None  # INTERNAL, logged, no details
