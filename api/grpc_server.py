@@ -84,7 +84,7 @@ async def start(app: Any) -> GrpcServer:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ])
-    tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(app), server)
+    _add_tasks(TaskService(app), server)
     workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowService(app), server)
     schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleService(app), server)
     health_servicer = health.aio.HealthServicer()
@@ -99,6 +99,35 @@ async def start(app: Any) -> GrpcServer:
     task = asyncio.create_task(_health_loop(app, health_servicer), name="grpc-health")
     log.info("gRPC API listening on %s:%d", settings.grpc_host, port)
     return GrpcServer(server, port, health_servicer, task)
+
+
+class _Handlers:
+    """Stands in for a server to catch the method handlers a generated ``add_…_to_server`` registers."""
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+        self.name, self.handlers = name, handlers
+
+
+def _passthrough(serialize: Any) -> Any:
+    return lambda message: message if isinstance(message, bytes) else serialize(message)
+
+
+def _add_tasks(servicer: TaskService, server: grpc.aio.Server) -> None:
+    """``add_TaskServiceServicer_to_server``, except that the watches may send ready-made bytes.
+
+    A change goes to every stream that watches it: its ``TaskChange`` is
+    serialized from a cached ``Task`` (``grpc_services.change_bytes``) rather
+    than copied and serialized once per stream.
+    """
+    caught = _Handlers()
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(servicer, caught)
+    handlers = {name: h._replace(response_serializer=_passthrough(h.response_serializer))
+                if name in ("WatchTask", "WatchTasks") else h for name, h in caught.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(caught.name, handlers),))
+    server.add_registered_method_handlers(caught.name, handlers)
 
 
 async def _ready(app: Any) -> bool:

@@ -233,8 +233,32 @@ def schedule_message(schedule: dict[str, Any]) -> schedules_pb2.Schedule:
     return json_format.ParseDict(schedule, schedules_pb2.Schedule(), ignore_unknown_fields=True)
 
 
-#: The Task message of a watched state, built once however many streams send it.
-watched_task = RenderCache(lambda state: task_message(task_json(state)))
+#: The serialized Task message of a watched state, built once however many streams send it.
+watched_task = RenderCache(lambda state: task_message(task_json(state)).SerializeToString())
+
+
+def change_bytes(cursor: str, task: bytes | None) -> bytes:
+    """A serialized ``TaskChange``: its cursor field, then ``task`` (field 2, already serialized) appended.
+
+    Protobuf's wire format is a sequence of fields, so appending the bytes of
+    field 2 is the same as setting it (``grpc_server._add_tasks`` lets these
+    bytes through unserialized).
+    """
+    head = tasks_pb2.TaskChange(cursor=cursor).SerializeToString()
+    if task is None:
+        return head
+    return head + b"\x12" + _varint(len(task)) + task
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 class _Request(SimpleNamespace):
@@ -363,7 +387,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
         after, version = parse_event_id(request.after, "after") if request.after else (None, None)
         async for e in watch(self.app.state.settings, self.app.state.read_model.feed, Filter(task_id=task_id), after,
                              current=lambda: store.get(task_id), last_version=version):
-            yield tasks_pb2.TaskChange(cursor=e.id, task=watched_task(e.state))
+            yield change_bytes(e.id, watched_task(e.state))
 
     @stream_rpc
     async def WatchTasks(self, request, context):
@@ -372,10 +396,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
                         handlers=frozenset(request.handler))
         after = parse_event_id(request.cursor, "cursor")[0] if request.cursor else None
         async for e in watch(self.app.state.settings, self.app.state.read_model.feed, filter, after, announce=True):
-            if e.state is None:
-                yield tasks_pb2.TaskChange(cursor=e.id)
-            else:
-                yield tasks_pb2.TaskChange(cursor=e.id, task=watched_task(e.state))
+            yield change_bytes(e.id, None if e.state is None else watched_task(e.state))
 
 
 class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):

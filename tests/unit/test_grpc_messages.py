@@ -70,3 +70,13 @@ def test_problems_and_errors_map_to_status_codes_with_details() -> None:
     down = from_exception(BrokerUnavailable("down"))
     assert down.code == grpc.StatusCode.UNAVAILABLE and isinstance(down.details[0], error_details_pb2.RetryInfo)
     assert from_exception(RuntimeError("bug")) is None  # INTERNAL, logged, no details
+
+
+def test_a_change_assembled_from_bytes_is_the_message() -> None:
+    from taskstream.api.grpc_services import change_bytes
+
+    for payload in ({"n": 1}, {"big": "x" * 300}, {"huge": "y" * 20000}):
+        task = task_message({"id": "t", "status": "queued", "payload": payload, "version": 3})
+        made = tasks_pb2.TaskChange.FromString(change_bytes("1.2.3:3", task.SerializeToString()))
+        assert made == tasks_pb2.TaskChange(cursor="1.2.3:3", task=task)
+    assert not tasks_pb2.TaskChange.FromString(change_bytes("0", None)).HasField("task")
