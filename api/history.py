@@ -42,10 +42,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
-from taskstream.schemas.kafka import common_config
+from taskstream.schemas.kafka import reader
 from taskstream.schemas.observability import about
 from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 
@@ -133,12 +133,13 @@ def history_problem(exc: HistoryBusy | HistoryTooExpensive) -> ProblemResponse:
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    """One event as the API shows it: type, time, attempt (or null), producer, id, then its own fields."""
+    """One event as the API shows it: type, time, attempt, producer, actor (each or null), id, then its own fields."""
     out: dict[str, Any] = {
         "type": codec.type_name(event),
         "occurred_at": rfc3339(event.occurred_at),
         "attempt": getattr(event, "attempt", None),
         "producer": event.producer,
+        "actor": getattr(event, "actor", None),
         "event_id": event.event_id,
     }
     for f in dataclasses.fields(event):
@@ -167,16 +168,8 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
     key = task_id.encode()
     started = time.monotonic()
     deadline = None if budget_s is None else started + budget_s
-    consumer = Consumer(
-        {
-            **common_config(settings, "taskstream-api-history"),
-            "group.id": f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
-        }
-    )
+    consumer = reader(settings, "taskstream-api-history", f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
+                      {"enable.auto.offset.store": False, "enable.partition.eof": True, "fetch.wait.max.ms": 10})
     try:
         meta = consumer.list_topics(timeout=5).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
@@ -238,12 +231,11 @@ def task_state_at(
     settings: Settings, task_id: str, as_of: datetime, *, budget_s: float | None = None
 ) -> TaskState | None:
     """The task as it was at ``as_of``: its events with ``occurred_at <= as_of``, folded in the order the
-    processor applied them (``domain.processor_order``: its follow-ups right after their triggers).
+    processor applied them (``domain.fold_log``: its follow-ups right after their triggers).
 
     None when the task did not exist yet (or ``task_id`` is a schedule's id).
     """
-    events = [e for e in read_task_events(settings, task_id, budget_s=budget_s) if e.occurred_at <= as_of]
-    state = domain.fold(domain.processor_order(events))
+    state = domain.fold_log(read_task_events(settings, task_id, budget_s=budget_s), as_of)
     return state if isinstance(state, TaskState) else None
 
 

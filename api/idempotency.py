@@ -42,6 +42,11 @@ MAX_KEY_LENGTH = 255
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:taskstream:idempotency-key")
 
 
+def key_of(request) -> str | None:
+    """The request's ``Idempotency-Key`` header, checked (``check_key``)."""
+    return check_key(request.headers.get(HEADER))
+
+
 def check_key(key: str | None) -> str | None:
     """The header value if it is a usable key; ``ValidationError`` naming the header otherwise."""
     if key is None:

@@ -1,8 +1,10 @@
 """HTTP shapes: request models (task, batch, workflow, patch, schedule, redrive) and the task and schedule JSON.
 
 Pydantic lives only here, at the edge (STYLE §2): a validated ``TaskIn``
-becomes a ``TaskCreated`` event, a ``TaskPatch`` a ``TaskUpdated``, and a
-``TaskState`` from the read model becomes the task JSON of DESIGN §8.
+becomes a ``SubmitTask`` command, a ``TaskPatch`` an ``UpdateTask``, a
+``ScheduleIn`` a ``CreateSchedule`` (``streams.domain`` decides their
+events), and a ``TaskState`` from the read model becomes the task JSON of
+DESIGN §8.
 Payloads and results travel inside the events as JSON text and are decoded
 here through ``schemas.codec``.
 
@@ -41,17 +43,14 @@ from pydantic_core import PydanticCustomError
 from taskstream.schemas import (
     MAX_BACKOFF_S,
     Priority,
-    ScheduleCreated,
     ScheduleState,
-    ScheduleStatus,
     Settings,
-    TaskCreated,
     TaskState,
-    TaskUpdated,
     ValidationError,
     codec,
 )
 from taskstream.schemas import cron as cron_expr
+from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
 from taskstream.schemas.limits import (
     LABEL_KEY_PATTERN,
     MAX_DEPENDENCIES,
@@ -199,21 +198,21 @@ class TaskFields(TaskBody):
     def run_at_datetime(self) -> datetime | None:
         return None if self.run_at is None else parse_rfc3339(self.run_at)
 
-    def to_event(
+    def to_command(
         self,
         *,
         task_id: str,
         producer: str,
-        now: datetime,
         settings: Settings,
         depends_on: list[str] | None = None,
+        actor: str | None = None,
         **extra: Any,
-    ) -> TaskCreated:
-        """The ``TaskCreated`` of this task; ``extra`` sets key, workflow_id, upstream_keys, idempotency fields."""
-        return TaskCreated(
+    ) -> SubmitTask:
+        """The ``SubmitTask`` of this task; ``extra`` sets key, workflow_id, upstream_keys, idempotency fields."""
+        return SubmitTask(
             task_id=task_id,
-            occurred_at=now,
             producer=producer,
+            actor=actor,
             handler=self.handler,
             priority=self.priority.value,
             payload=codec.dumps_json(self.payload),
@@ -305,20 +304,20 @@ class TaskPatch(BaseModel):
     def run_at_datetime(self) -> datetime | None:
         return None if self.run_at is None else parse_rfc3339(self.run_at)
 
-    def to_event(self, *, task_id: str, producer: str, now: datetime, expected_version: int | None) -> TaskUpdated:
+    def to_command(self, *, task_id: str, producer: str, expected_version: int | None,
+                   actor: str | None = None) -> UpdateTask:
+        """The ``UpdateTask`` of this patch: only the fields given (``payload`` may be set to null)."""
         fields = self.model_fields_set
-        return TaskUpdated(
-            task_id=task_id,
-            occurred_at=now,
-            producer=producer,
-            expected_version=expected_version,
-            priority=self.priority.value if self.priority is not None else None,
-            payload=codec.dumps_json(self.payload) if "payload" in fields else None,
-            run_at=self.run_at_datetime(),
-            timeout_s=None if self.timeout_s is None else float(self.timeout_s),
-            max_attempts=self.retry.max_attempts if self.retry is not None else None,
+        changes = {
+            "priority": self.priority.value if self.priority is not None else None,
+            "payload": codec.dumps_json(self.payload) if "payload" in fields else None,
+            "run_at": self.run_at_datetime(),
+            "timeout_s": None if self.timeout_s is None else float(self.timeout_s),
+            "max_attempts": self.retry.max_attempts if self.retry is not None else None,
             **{f"backoff_{name}": None if value is None else float(value) for name, value in self._backoff().items()},
-        )
+        }
+        return UpdateTask(task_id=task_id, producer=producer, actor=actor, expected_version=expected_version,
+                          changes={name: value for name, value in changes.items() if value is not None})
 
     def _backoff(self) -> dict[str, float | None]:
         backoff = self.retry.backoff if self.retry is not None else None
@@ -471,11 +470,12 @@ class ScheduleIn(BaseModel):
                                             "is after end_at")
         return first
 
-    def to_event(self, *, schedule_id: str, producer: str, now: datetime, settings: Settings) -> ScheduleCreated:
-        return ScheduleCreated(
-            task_id=schedule_id,
-            occurred_at=now,
+    def to_command(self, *, schedule_id: str, producer: str, settings: Settings,
+                   actor: str | None = None) -> CreateSchedule:
+        return CreateSchedule(
+            schedule_id=schedule_id,
             producer=producer,
+            actor=actor,
             cron=self.cron,
             timezone=self.timezone,
             template=codec.dumps_json(self.task.template(settings)),
@@ -486,28 +486,8 @@ class ScheduleIn(BaseModel):
         )
 
 
-def initial_schedule(e: ScheduleCreated) -> ScheduleState:
-    """The API's view of a schedule it just created (read-your-writes), until the processor's arrives."""
-    first_fire = cron_expr.first_fire(e.cron, e.timezone, e.start_at, e.occurred_at)
-    return ScheduleState(
-        schedule_id=e.task_id,
-        cron=e.cron,
-        timezone=e.timezone,
-        template=e.template,
-        status=ScheduleStatus.ACTIVE.value,
-        created_at=e.occurred_at,
-        updated_at=e.occurred_at,
-        name=e.name,
-        start_at=e.start_at,
-        end_at=e.end_at,
-        misfire=e.misfire,
-        next_fire_at=first_fire,
-        version=1,
-    )
-
-
-def same_schedule(state: ScheduleState, e: ScheduleCreated) -> bool:
-    """Whether ``state`` was created by a request equal to the one ``e`` comes from (Idempotency-Key repeats)."""
+def same_schedule(state: ScheduleState, e: CreateSchedule) -> bool:
+    """Whether ``state`` was created by a request equal to ``e`` (Idempotency-Key repeats)."""
     return (
         (state.cron, state.timezone, state.name, state.start_at, state.end_at, state.misfire)
         == (e.cron, e.timezone, e.name, e.start_at, e.end_at, e.misfire)

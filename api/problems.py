@@ -15,6 +15,8 @@ body that cannot be parsed  400    malformed-json (FastAPI's bare 400)
 schemas.ValidationError     422    validation
 schemas.NotFound            404    not-found
 schemas.CommandRejected     409    conflict
+schemas.StaleVersion        412    stale-version (with the ETag now)
+schemas.TooLarge            413    too-large (the event would not fit)
 schemas.BrokerUnavailable   503    broker-unavailable
 schemas.RecordRefused       413    too-large (the broker refused a record
                                    for its size: retrying cannot help)
@@ -37,7 +39,16 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from taskstream.schemas import BrokerUnavailable, CommandRejected, NotFound, RecordRefused, ValidationError, codec
+from taskstream.schemas import (
+    BrokerUnavailable,
+    CommandRejected,
+    NotFound,
+    RecordRefused,
+    StaleVersion,
+    TooLarge,
+    ValidationError,
+    codec,
+)
 from taskstream.schemas.limits import MAX_JSON_DEPTH
 
 log = logging.getLogger(__name__)
@@ -151,6 +162,15 @@ async def _rejected(_: Request, exc: CommandRejected) -> Response:
     return problem(409, "Conflict", str(exc), kind="conflict")
 
 
+async def _stale(_: Request, exc: StaleVersion) -> Response:
+    return problem(412, "Precondition failed", f"If-Match: {exc}", kind="stale-version", version=exc.version,
+                   headers={"ETag": f'"{exc.version}"'})
+
+
+async def _too_large(_: Request, exc: TooLarge) -> Response:
+    return problem(413, "Request body too large", str(exc), kind="too-large")
+
+
 async def _broker(_: Request, exc: BrokerUnavailable) -> Response:
     if isinstance(exc, RecordRefused):
         return problem(413, "Request body too large", f"the event log refused the request's record: {exc}",
@@ -182,6 +202,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, _validation)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(CommandRejected, _rejected)
+    app.add_exception_handler(StaleVersion, _stale)
+    app.add_exception_handler(TooLarge, _too_large)
     app.add_exception_handler(BrokerUnavailable, _broker)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _internal)

@@ -68,7 +68,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from rocksdict import Options, Rdict, WriteBatch
 
 from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, Status, TaskState, Topics, codec
-from taskstream.schemas.kafka import common_config, consume_available
+from taskstream.schemas.kafka import consume_available, reader
 from taskstream.schemas.observability import about
 
 from .watch import ChangeFeed
@@ -278,6 +278,11 @@ class TaskStore:
                 if second > cutoff:
                     out.update(by_status)
             return out
+
+    def finished_by_second(self) -> dict[int, Counter[str]]:
+        """A copy of the counters behind ``finished_recently``: epoch second -> tasks finished then, by status."""
+        with self._lock:
+            return {second: Counter(by_status) for second, by_status in self._finished.items()}
 
     def oldest_queued(self) -> TaskState | None:
         """The task that has been queued longest (first key of the ``q:`` index), or None."""
@@ -495,17 +500,10 @@ class ReadModel:
             self._close(consumer)
 
     def _connect(self) -> Consumer:
-        consumer = Consumer(
-            {
-                **common_config(self.settings, "taskstream-api-read-model"),
-                "group.id": f"{self.settings.prefix}-api-read-model-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 10,
-            }
-        )
+        consumer = reader(self.settings, "taskstream-api-read-model",
+                          f"{self.settings.prefix}-api-read-model-{uuid.uuid4().hex}",
+                          {"enable.auto.offset.store": False, "enable.partition.eof": True,
+                           "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
         try:
             # All topics, not list_topics(topic): a metadata request naming an
             # unknown topic may auto-create it on some brokers.

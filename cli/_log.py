@@ -24,7 +24,8 @@ from datetime import UTC, datetime, timedelta
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, Settings
-from taskstream.schemas.kafka import admin, common_config, consume_available, wait_for_broker
+from taskstream.schemas.kafka import admin, consume_available, wait_for_broker
+from taskstream.schemas.kafka import reader as kafka_reader
 
 #: librdkafka's offset of "no offset" (nothing committed, nothing found by time).
 NO_OFFSET = -1001
@@ -92,10 +93,8 @@ def reader(settings: Settings, purpose: str) -> Consumer:
     150k-record log of one-record batches was read at a crawl (minutes
     instead of 2.6 s). The cost is up to half a second after the last record.
     """
-    return Consumer({**common_config(settings, f"taskstream-cli-{purpose}"),
-                     "group.id": f"taskstream-cli-{purpose}-{uuid.uuid4().hex[:8]}",
-                     "enable.auto.commit": False, "enable.auto.offset.store": False,
-                     "auto.offset.reset": "earliest"})
+    return kafka_reader(settings, f"taskstream-cli-{purpose}", f"taskstream-cli-{purpose}-{uuid.uuid4().hex[:8]}",
+                        {"enable.auto.offset.store": False, "auto.offset.reset": "earliest"})
 
 
 def watermarks(consumer: Consumer, topic: str, partitions: int, timeout: float) -> dict[int, tuple[int, int]]:

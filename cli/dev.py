@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from taskstream.schemas import BrokerUnavailable, Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 
@@ -41,7 +43,14 @@ CRASH_LOOP_S = 10.0
 def settings_env(settings: Settings) -> dict[str, str]:
     """``TASKSTREAM_*`` variables that rebuild ``settings`` in a child process."""
     env = {}
-    for name, value in settings.model_dump(mode="json").items():
+    dumped = settings.model_dump(mode="json")
+    for name in dumped:  # secrets dump as "**********": a child needs the values themselves
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            dumped[name] = value.get_secret_value()
+        elif isinstance(value, dict) and any(isinstance(v, SecretStr) for v in value.values()):
+            dumped[name] = {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in value.items()}
+    for name, value in dumped.items():
         env[f"TASKSTREAM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 
@@ -93,6 +102,16 @@ class Child:
     def kill(self) -> None:
         if self.alive():
             os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def auth_hint(settings: Settings) -> str:
+    """One line on how the dev API authenticates and how to turn API keys on (README "Security")."""
+    keys = f"TASKSTREAM_BOOTSTRAP_SERVERS={settings.bootstrap_servers} TASKSTREAM_PREFIX={settings.prefix} " \
+           "taskstream keys create --role admin --name me"
+    if settings.auth_api_keys:
+        return f"auth: API keys required; create one with: {keys}"
+    return ("auth: off, so the API answers only on this machine's loopback; to require API keys, start with "
+            f"TASKSTREAM_AUTH_API_KEYS=true taskstream dev, then: {keys}")
 
 
 def _say(msg: str) -> None:
@@ -207,6 +226,7 @@ def run_dev(
             _say(f"ready: API on http://127.0.0.1:{api_port}, gRPC on {settings.grpc_host}:{settings.grpc_port} "
                  "(Ctrl-C stops everything)")
             _say("metrics: " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
+            _say(auth_hint(settings))
         while not stop.wait(0.5):
             for c in children:
                 if not c.alive():

@@ -26,19 +26,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
+from taskstream.schemas.offsets import POISON_HEADERS
+from taskstream.schemas.kafka import producer as kafka_producer
+from taskstream.schemas.kafka import reader as kafka_reader
 from taskstream.schemas.kafka import (
     admin,
-    common_config,
     is_marker,
-    producer_config,
     wait_for_broker,
     write_markers,
 )
 
-POISON_HEADERS = ("source-topic", "source-partition", "source-offset", "reason")
 #: The CLI sends a handful of records, so one record per batch costs nothing and keeps end offsets exact on the
 #: embedded broker even when the user's environment does not say it is that broker (docs/decisions/0001).
 ONE_PER_BATCH = {"batch.num.messages": 1}
@@ -143,11 +143,10 @@ def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
     """Every record of ``<p>.dlq`` up to now, oldest first (markers skipped)."""
     topic = Topics(settings.prefix).dlq
     partitions = _check(settings, topic, timeout)
-    producer = Producer({**producer_config(settings, "taskstream-cli-dlq"), **ONE_PER_BATCH})
+    producer = kafka_producer(settings, "taskstream-cli-dlq", ONE_PER_BATCH)
     ends = _write_markers(producer, topic, partitions, timeout)
-    reader = Consumer({**common_config(settings, "taskstream-cli-dlq"),
-                       "group.id": f"taskstream-cli-dlq-{uuid.uuid4().hex[:8]}",  # assigned, never joined
-                       "enable.auto.commit": False, "fetch.wait.max.ms": 500})
+    reader = kafka_reader(settings, "taskstream-cli-dlq", f"taskstream-cli-dlq-{uuid.uuid4().hex[:8]}",  # never joined
+                          {"fetch.wait.max.ms": 500})
     reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     records: list[DlqRecord] = []
     pending = set(range(partitions))
@@ -187,7 +186,7 @@ def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float
     """Append ``events`` to ``<p>.events`` keyed by task id; the number acknowledged (all, or ``DlqError``)."""
     topic = Topics(settings.prefix).events
     _check(settings, topic, timeout)
-    producer = Producer({**producer_config(settings, "taskstream-cli-redrive"), **ONE_PER_BATCH})
+    producer = kafka_producer(settings, "taskstream-cli-redrive", ONE_PER_BATCH)
     acked: list = []
     errors: list = []
 

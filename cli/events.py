@@ -31,35 +31,36 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException
 
 from taskstream.schemas import EVENT_TYPES, DecodeError, Settings, Topics, catalogue, codec
-from taskstream.schemas.kafka import consume_available, ensure_topics, is_marker, producer_config
+from taskstream.schemas.kafka import consume_available, ensure_topics, is_marker
+from taskstream.schemas.kafka import producer as kafka_producer
 
 from ._log import LogError, connect, iso, offsets_at, partitions_of, read_range, reader, record_time, to_ms, watermarks
 
 EVENT_NAMES: dict[str, str] = {t.__name__.lower(): t.__name__ for t in EVENT_TYPES}
 #: Fields every event has; the summary shows the others.
 _COMMON = ("task_id", "occurred_at", "producer", "event_id", "attempt")
-#: Per type, the fields worth a glance, in this order (the rest are in --json).
+#: Per type, the fields worth a glance, in this order (the rest are in --json); ``actor`` (who asked) first.
 _SUMMARY: dict[str, tuple[str, ...]] = {
-    "TaskCreated": ("handler", "priority", "run_at", "depends_on", "max_attempts", "timeout_s", "workflow_id",
+    "TaskCreated": ("actor", "handler", "priority", "run_at", "depends_on", "max_attempts", "timeout_s", "workflow_id",
                     "schedule_id", "scheduled_for", "name"),
     "TaskQueued": ("priority", "due_at"),
     "TaskSucceeded": ("result",),
     "TaskFailed": ("error", "permanent"),
     "DependencyRegistered": ("dependent",),
     "DependencyResolved": ("upstream", "outcome"),
-    "TaskCancelled": ("reason",),
-    "TaskUpdated": ("priority", "run_at", "timeout_s", "max_attempts", "payload", "expected_version"),
+    "TaskCancelled": ("actor", "reason",),
+    "TaskUpdated": ("actor", "priority", "run_at", "timeout_s", "max_attempts", "payload", "expected_version"),
     "TaskCheckpointed": ("data",),
     "TaskRetryScheduled": ("not_before", "delay_s", "priority", "error"),
     "TaskDeadLettered": ("error", "handler", "priority"),
     "LeaseExpired": ("lease_s",),
-    "TaskRedriven": ("reason",),
-    "ScheduleCreated": ("cron", "timezone", "start_at", "end_at", "misfire", "name"),
+    "TaskRedriven": ("actor", "reason",),
+    "ScheduleCreated": ("actor", "cron", "timezone", "start_at", "end_at", "misfire", "name"),
     "ScheduleFired": ("fire_at", "created_task_id", "skipped"),
-    "ScheduleDeleted": ("reason",),
+    "ScheduleDeleted": ("actor", "reason",),
 }
 
 
@@ -305,8 +306,8 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
         # Bulk batches for speed; the last record of each partition is held back and sent
         # alone after a flush, so the copy's final batch is one record and its end offset
         # is exact on the embedded broker too (BROKER.md), whatever the settings say.
-        producer = Producer({**producer_config(settings, "taskstream-cli-replay"),
-                             "batch.num.messages": 10000, "linger.ms": 5, "queue.buffering.max.messages": 200000})
+        producer = kafka_producer(settings, "taskstream-cli-replay",
+                                  {"batch.num.messages": 10000, "linger.ms": 5, "queue.buffering.max.messages": 200000})
         acked: list[int] = [0]
         errors: list = []
 

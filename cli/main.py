@@ -96,9 +96,14 @@ def api(host, port) -> None:
     """Serve the HTTP API."""
     from taskstream.api import run_api
 
+    from taskstream.api.auth import InsecureConfig
+
     settings = _settings(api_host=host, api_port=port)
     _logging(settings)
-    run_api(settings)
+    try:
+        run_api(settings)
+    except InsecureConfig as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
@@ -232,13 +237,17 @@ def state_at(when, task_id, as_json, timeout) -> None:
 @click.option("--batch", type=click.IntRange(min=1, max=1000), default=None,
               help="submit through POST /tasks:batch, this many tasks a request")
 @click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")
+@click.option("--prefill-events", type=click.IntRange(min=0), default=0, show_default=True,
+              help="first grow the log by about this many events (no-op tasks in batches, waited for), "
+                   "to measure a stack with a long log")
 @click.option("--rebuild", "rebuild_mode", is_flag=True,
               help="instead: events folded per second by `state rebuild` over a synthetic log of --events events")
 @click.option("--events", "n_events", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="events in the --rebuild log")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="--rebuild: fold processes (default: cores)")
 @click.option("--profile", type=click.Path(dir_okay=False), default=None, help="--rebuild: write cProfile stats here")
-def bench(count, url, clients, executors, chain, batch, as_json, rebuild_mode, n_events, workers, profile) -> None:
+def bench(count, url, clients, executors, chain, batch, as_json, prefill_events, rebuild_mode, n_events, workers,
+          profile) -> None:
     """Submit N no-op tasks; print throughput and submit->start latency (or --chain N: per-hop latency)."""
     from .bench import run_bench, run_chain_bench, run_rebuild_bench
 
@@ -246,12 +255,89 @@ def bench(count, url, clients, executors, chain, batch, as_json, rebuild_mode, n
         sys.exit(run_rebuild_bench(n_events, as_json=as_json, workers=workers, profile=profile))
     if chain is not None:
         sys.exit(run_chain_bench(chain, url=url, executors=executors, as_json=as_json))
-    sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json, batch=batch))
+    sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json, batch=batch,
+                       prefill_events=prefill_events))
+
+
+@main.group()
+def keys() -> None:
+    """API keys (TASKSTREAM_AUTH_API_KEYS=true on the API): create, list, revoke. Kept in <prefix>.admin."""
+
+
+def _keys_call(fn, *args, **kwargs):
+    from taskstream.schemas.kafka import LIBRDKAFKA_LOG
+
+    from .keys import KeysError
+
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)  # the error below says it once, clearly
+    try:
+        return fn(_settings(), *args, **kwargs)
+    except KeysError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _key_json(k) -> dict:
+    iso = lambda t: None if t is None else t.isoformat().replace("+00:00", "Z")  # noqa: E731
+    return {"id": k.key_id, "name": k.name, "role": k.role, "handlers": k.handlers, "created_at": iso(k.created_at),
+            "created_by": k.producer, "revoked_at": iso(k.revoked_at)}
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["reader", "submitter", "operator", "admin"]))
+@click.option("--name", required=True, help="what the key is for (shown by keys list)")
+@click.option("--handler", "handlers", multiple=True,
+              help="only submit to handlers matching this pattern (fnmatch, repeatable; default: any)")
+@click.option("--json", "as_json", is_flag=True, help="print the key and its record as one JSON object")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def keys_create(role, name, handlers, as_json, timeout) -> None:
+    """Create an API key and print it once: only its SHA-256 is stored."""
+    from .keys import create_key
+
+    key, record = _keys_call(create_key, role, name, list(handlers), timeout)
+    if as_json:
+        click.echo(codec.dumps_json({"key": key, **_key_json(record)}))
+        return
+    click.echo(key)
+    click.echo(f"id {record.key_id}, role {record.role}, name {record.name!r}: keep the key now, it is not shown "
+               "again. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def keys_list(as_json, timeout) -> None:
+    """Every API key, oldest first (revoked ones too; never the keys themselves)."""
+    from .keys import list_keys
+
+    for k in _keys_call(list_keys, timeout):
+        d = _key_json(k)
+        if as_json:
+            click.echo(codec.dumps_json(d))
+        else:
+            state = f"revoked {d['revoked_at']}" if k.revoked_at else "active"
+            limit = f" handlers {','.join(k.handlers)}" if k.handlers else ""
+            click.echo(f"{k.key_id}  {k.role:<9}  {state:<32}  {d['created_at']}  {k.name}{limit}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
+def keys_revoke(key_id, timeout) -> None:
+    """Revoke KEY_ID for good. Every API refuses it within TASKSTREAM_AUTH_API_KEY_MAX_STALENESS_S (10 s)."""
+    from .keys import revoke_key
+
+    record = _keys_call(revoke_key, key_id, timeout)
+    click.echo(f"revoked {record.key_id} ({record.name}) at {_key_json(record)['revoked_at']}")
 
 
 from .log_commands import COMMANDS as _LOG_COMMANDS  # noqa: E402  (events, topics, lag)
 
 for _command in _LOG_COMMANDS:
+    main.add_command(_command)
+
+from .tasks import COMMANDS as _CLIENT_COMMANDS  # noqa: E402  (tasks, workflows, schedules: through the HTTP client)
+
+for _command in _CLIENT_COMMANDS:
     main.add_command(_command)
 
 

@@ -11,7 +11,8 @@ is assigned a partition, and the API's read model projects it at start, so
 a lost or broken table or read model is recovered from the log.
 
 ``at TIME`` is time travel: every task (or ``--task ID``) as it was at TIME,
-folded from the events with ``occurred_at <= TIME`` in log order.
+folded from the events with ``occurred_at <= TIME`` in the order the processor applied them
+(``domain.fold_log``, the same as ``GET /tasks/{id}?as_of=``).
 
 Errors (broker unreachable, no such topic) are one line on stderr and exit 2;
 a verification that found differences exits 1.

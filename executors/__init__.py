@@ -32,7 +32,8 @@ they run.
 
 Raising ``PermanentError`` fails the task for good; any other exception fails
 the attempt (retried per policy). The runtime is in ``runtime``, built-ins
-(``noop``, ``sleep``, ``echo``) in ``builtin``.
+(``noop``, ``sleep``, ``echo``) in ``builtin``, the guarded ``http`` and
+``shell`` built-ins in ``builtin_http`` and ``builtin_shell``.
 """
 
 from .builtin import BUILTINS

@@ -1,8 +1,11 @@
-"""Built-in handlers, always available to every executor: ``noop``, ``sleep``, ``echo``.
+"""Built-in handlers, always available to every executor: ``noop``, ``sleep``, ``echo``, ``http``, ``shell``.
 
-They exist for demos, smoke tests and benchmarks. They live in their own
-``BUILTINS`` registry, which the executor consults after its own, so a user
-handler of the same name takes precedence.
+``noop``, ``sleep`` and ``echo`` exist for demos, smoke tests and benchmarks;
+they live in the ``BUILTINS`` registry. ``http`` (``builtin_http``) and
+``shell`` (``builtin_shell``) need the executor's settings (allow-lists,
+caps), so each executor builds its own table with ``builtins(settings)``.
+The executor consults that table after its own registry, so a user handler
+of the same name takes precedence.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import math
 from typing import Any
+
+from taskstream.schemas import Settings
 
 from .context import TaskContext
 from .errors import PermanentError
@@ -31,7 +36,7 @@ async def sleep(payload: Any, ctx: TaskContext) -> dict:
         raise PermanentError("sleep: payload must be an object with a 'seconds' field")
     seconds = payload["seconds"]
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        raise PermanentError(f"sleep: 'seconds' must be a non-negative number, got {seconds!r}")
+        raise PermanentError("sleep: 'seconds' must be a non-negative number")  # no payload value in errors
     await asyncio.sleep(seconds)
     return {"slept": seconds}
 
@@ -40,3 +45,16 @@ async def sleep(payload: Any, ctx: TaskContext) -> dict:
 async def echo(payload: Any, ctx: TaskContext) -> Any:
     """Return the payload as the result."""
     return payload
+
+
+def builtins(settings: Settings) -> Registry:
+    """``BUILTINS`` plus the ``http`` and ``shell`` handlers bound to ``settings``."""
+    from .builtin_http import HttpHandler
+    from .builtin_shell import ShellHandler
+
+    table = Registry()
+    for h in BUILTINS:
+        table.register(h.name, h.fn)
+    table.register("http", HttpHandler(settings))
+    table.register("shell", ShellHandler(settings))
+    return table

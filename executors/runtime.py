@@ -149,20 +149,21 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas.events import Event
+from taskstream.schemas.kafka import async_producer, consumer as kafka_consumer
 from taskstream.schemas.kafka import (
     AsyncProducer,
     close_member,
     consume_available,
-    consumer_config,
     is_marker,
     is_permanent,
 )
 from taskstream.schemas.limits import MAX_RESULT_BYTES, cut_error
+from taskstream.schemas.offsets import PartitionOffsets, poison_headers
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.topics import PRIORITIES
 
 from ._scheduling import WeightedRoundRobin
-from .builtin import BUILTINS
+from .builtin import builtins
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
 from .errors import AttemptAbandoned, PermanentError
 from .metrics import UNKNOWN_HANDLER, ExecutorMetrics
@@ -204,33 +205,6 @@ def _error_text(exc: BaseException) -> str:
     return cut_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
-class _PartitionOffsets:
-    """Offsets taken from one partition during one assignment, and which are done.
-
-    Offsets arrive in increasing order; ``done`` may be marked in any order.
-    ``position()`` is the offset to commit: one past the highest contiguous
-    done offset. Guarded by the executor's lock.
-    """
-
-    __slots__ = ("pending", "done", "position", "committed")
-
-    def __init__(self) -> None:
-        self.pending: deque[int] = deque()
-        self.done: set[int] = set()
-        self.position: int | None = None
-        self.committed: int | None = None
-
-    def add(self, offset: int) -> None:
-        self.pending.append(offset)
-
-    def mark_done(self, offset: int) -> None:
-        self.done.add(offset)
-        while self.pending and self.pending[0] in self.done:
-            first = self.pending.popleft()
-            self.done.discard(first)
-            self.position = first + 1
-
-
 @dataclass(slots=True, eq=False)
 class _Item:
     """A decoded ready message waiting in a priority buffer or running.
@@ -244,7 +218,7 @@ class _Item:
     partition: int
     offset: int
     task: ReadyTask
-    offsets: _PartitionOffsets
+    offsets: PartitionOffsets
     cancelled: bool = False
     attempt: _Attempt | None = None
 
@@ -301,6 +275,7 @@ class Executor:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         self.executor_id = executor_id or f"executor-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.topics = Topics(settings.prefix)
+        self.builtins = builtins(settings)  # noop, sleep, echo, and http and shell with this executor's guards
         self.buffer_size = max(4 * self.concurrency, 32)
         self._topic_level = {self.topics.ready(p): i for i, p in enumerate(PRIORITIES)}
         self._picker = WeightedRoundRobin(settings.priority_weights)
@@ -308,7 +283,7 @@ class Executor:
         # Shared between the poll thread and the loop, guarded by _lock.
         self._lock = threading.Lock()
         self._buffers: list[deque[_Item]] = [deque() for _ in PRIORITIES]
-        self._offsets: dict[tuple[str, int], _PartitionOffsets] = {}
+        self._offsets: dict[tuple[str, int], PartitionOffsets] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._draining = False
         self._hold_until = 0.0  # time.monotonic() before which no slot is granted
@@ -343,13 +318,13 @@ class Executor:
         self._wake = asyncio.Event()
         # Room for attempts abandoned after a timeout, whose threads still run.
         self._pool = ThreadPoolExecutor(max_workers=2 * self.concurrency + 4, thread_name_prefix=f"{self.executor_id}-handler")
-        self._producer = AsyncProducer(self.settings, self.executor_id)
+        self._producer = async_producer(self.settings, self.executor_id)
         poll_thread = threading.Thread(target=self._poll_thread, name=f"{self.executor_id}-poll", daemon=True)
         log.info(
             "executor %s starting: concurrency %d, topics %s, handlers %s",
-            self.executor_id, self.concurrency, self.topics.all_ready, self.registry.names() + BUILTINS.names(),
+            self.executor_id, self.concurrency, self.topics.all_ready, self.registry.names() + self.builtins.names(),
         )
-        self.metrics.declare(self.registry.names() + BUILTINS.names())
+        self.metrics.declare(self.registry.names() + self.builtins.names())
         poll_thread.start()
         dispatcher = asyncio.create_task(self._dispatch(stop), name="executor-dispatch")
         try:
@@ -369,11 +344,8 @@ class Executor:
 
     def _poll_thread(self) -> None:
         try:
-            consumer = Consumer({
-                **consumer_config(self.settings, self.topics.executor_group, self.executor_id),
-                **self.consumer_overrides,
-            })
-        except KafkaException as exc:
+            consumer = kafka_consumer(self.settings, self.executor_id, self.topics.executor_group, self.consumer_overrides)
+        except BrokerUnavailable as exc:
             self._thread_error = exc
             log.error("executor %s could not create its consumer: %s", self.executor_id, exc)
             self._wakeup_threadsafe()
@@ -486,15 +458,10 @@ class Executor:
                       extra=about(task_id))
         return running
 
-    def _dead_letter(self, msg, offsets: _PartitionOffsets, reason: str) -> None:
+    def _dead_letter(self, msg, offsets: PartitionOffsets, reason: str) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         log.warning("poison message %s[%d]@%d goes to the dlq: %s", topic, partition, offset, reason)
-        headers = [
-            ("source-topic", topic.encode()),
-            ("source-partition", str(partition).encode()),
-            ("source-offset", str(offset).encode()),
-            ("reason", reason.encode()),
-        ]
+        headers = poison_headers(topic, partition, offset, reason)
 
         def delivered(err, _msg, strip: bool = False) -> None:
             if err is None:
@@ -580,7 +547,7 @@ class Executor:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
                 self._assigned.add(key)
-                self._offsets[key] = _PartitionOffsets()
+                self._offsets[key] = PartitionOffsets()
             self._hold_until = time.monotonic() + ASSIGN_SETTLE_S
         self.assigned_event.set()
         log.info("executor %s assigned %s", self.executor_id, [f"{tp.topic}[{tp.partition}]" for tp in partitions])
@@ -772,11 +739,11 @@ class Executor:
             return TaskFailed(**common, occurred_at=_now(), error=f"TimeoutError: handler {task.handler!r} ran longer than {timeout}s")
         except Exception as exc:
             permanent = isinstance(exc, PermanentError)
-            log.info(
-                "task %s attempt %d: handler %s failed%s: %s",
-                task.task_id, task.attempt, task.handler, " permanently" if permanent else "", _error_text(exc),
-                exc_info=not permanent, extra=_about(task)
-            )
+            # INFO names the exception type only: a handler's error text may quote its payload or result.
+            log.info("task %s attempt %d: handler %s failed%s (%s)", task.task_id, task.attempt, task.handler,
+                     " permanently" if permanent else "", type(exc).__name__, extra=_about(task))
+            log.debug("task %s attempt %d: handler %s error: %s", task.task_id, task.attempt, task.handler,
+                      _error_text(exc), exc_info=not permanent, extra=_about(task))
             return TaskFailed(**common, occurred_at=_now(), error=_error_text(exc), permanent=permanent)
         try:
             result_json = codec.dumps_json(result)
@@ -798,7 +765,7 @@ class Executor:
         return TaskSucceeded(**common, occurred_at=_now(), result=result_json)
 
     def _lookup(self, name: str) -> Handler | None:
-        return self.registry.get(name) or BUILTINS.get(name)
+        return self.registry.get(name) or self.builtins.get(name)
 
     def _handler_label(self, name: str) -> str:
         """The metrics label of a handler name: bounded by what this executor registered."""

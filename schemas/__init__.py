@@ -9,6 +9,8 @@ from .errors import (
     CommandRejected,
     DecodeError,
     NotFound,
+    StaleVersion,
+    TooLarge,
     RecordRefused,
     TaskstreamError,
     ValidationError,
@@ -41,17 +43,16 @@ from .events import (
     TaskStarted,
     TaskState,
     TaskSucceeded,
-    initial_state,
     new_id,
 )
 from .settings import Settings
 from .topics import MAX_BACKOFF_S, PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry_tier
 
 __all__ = [
-    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "TaskstreamError",
+    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "StaleVersion", "TooLarge", "TaskstreamError",
     "ValidationError",
     "EVENT_TYPES", "DependencyRegistered", "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status", "TaskCreated", "TaskFailed",
-    "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "initial_state", "new_id",
+    "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "new_id",
     "Heartbeat", "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState",
     "ScheduleStatus", "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled",
     "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",

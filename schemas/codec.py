@@ -172,7 +172,7 @@ def configure(settings: Settings | None = None, *, registry: SchemaRegistry | No
     if registry is None and settings is not None and settings.schema_registry_url:
         from .registry import SchemaRegistry
 
-        registry = SchemaRegistry(settings.schema_registry_url)
+        registry = SchemaRegistry.from_settings(settings)
     if confluent and registry is None:
         raise ValueError("wire_format=confluent needs schema_registry_url (TASKSTREAM_SCHEMA_REGISTRY_URL)")
     _wire = _Wire(confluent=confluent, registry=registry)

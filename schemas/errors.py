@@ -2,8 +2,11 @@
 
 - ``TaskstreamError``: base of everything we raise on purpose.
   - ``CommandRejected``: a command impossible in the task's state (HTTP 409).
+    - ``StaleVersion``: a conditional change at a version the task is no
+      longer at (HTTP 412).
   - ``NotFound``: no such task (HTTP 404).
   - ``ValidationError``: bad input; names the field (HTTP 422).
+  - ``TooLarge``: a request whose event would not fit in the log (HTTP 413).
   - ``DecodeError``: bytes that are not a message we know; the message goes
     to the dead-letter topic, the consumer goes on.
   - ``BrokerUnavailable``: the Kafka cluster cannot be reached or refused a
@@ -29,11 +32,29 @@ class NotFound(TaskstreamError):
     pass
 
 
+class StaleVersion(CommandRejected):
+    """A conditional change named a version the task is no longer at (HTTP 412, gRPC ABORTED)."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+
 class ValidationError(TaskstreamError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class TooLarge(TaskstreamError):
+    """A request whose event would not fit in the log (HTTP 413); ``field`` names the part that makes it big."""
+
+    def __init__(self, field: str, size: int, limit: int) -> None:
+        super().__init__(f"{field}: the task encodes to {size} bytes, more than the event log takes ({limit})")
+        self.field = field
+        self.size = size
+        self.limit = limit
 
 
 class DecodeError(TaskstreamError):

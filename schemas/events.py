@@ -79,6 +79,7 @@ class TaskCreated(Event):
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
     description: str = ""
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +140,7 @@ class DependencyResolved(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskCancelled(Event):
     reason: str = ""
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +157,7 @@ class TaskUpdated(Event):
     backoff_multiplier: float | None = None
     backoff_max_s: float | None = None
     backoff_jitter: float | None = None
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +207,7 @@ class TaskRedriven(Event):
     """Re-drive a ``failed`` or ``upstream_failed`` task: a new budget of attempts, dependents reopened."""
 
     reason: str = ""
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +226,7 @@ class ScheduleCreated(Event):
     start_at: datetime | None = None
     end_at: datetime | None = None
     misfire: str = "run_once"
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,6 +241,7 @@ class ScheduleFired(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleDeleted(Event):
     reason: str = ""
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,40 +342,25 @@ class ScheduleState:
         return self.schedule_id
 
 
-def initial_state(e: TaskCreated) -> TaskState:
-    """The state a task starts in: ``pending`` while it has dependencies, else
-    ``scheduled`` if it has a run_at, else ``pending``.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey:
+    """An API key as the API checks it: the latest record of ``key_id`` in the compacted ``<p>.admin``.
 
-    The processor's fold (``streams.domain``) and the API's read-your-writes
-    view of a task it just submitted both start from here.
+    Only ``secret_hash`` (SHA-256 of the key) is kept; the key itself is
+    shown once, by ``taskstream keys create``. A record with ``revoked_at``
+    set ends the key for good: a later record of the same id without it does
+    not bring the key back. ``handlers`` limits what the key may submit
+    (fnmatch patterns; empty: any handler).
     """
-    return TaskState(
-        task_id=e.task_id,
-        name=e.name,
-        handler=e.handler,
-        status=Status.SCHEDULED.value if e.run_at is not None and not e.depends_on else Status.PENDING.value,
-        priority=e.priority,
-        payload=e.payload,
-        labels=dict(e.labels),
-        depends_on=list(e.depends_on),
-        run_at=e.run_at,
-        timeout_s=e.timeout_s,
-        max_attempts=e.max_attempts,
-        created_at=e.occurred_at,
-        updated_at=e.occurred_at,
-        version=1,
-        upstream_keys=dict(e.upstream_keys),
-        key=e.key,
-        workflow_id=e.workflow_id,
-        idempotency_key=e.idempotency_key,
-        request_hash=e.request_hash,
-        backoff_initial_s=e.backoff_initial_s,
-        backoff_multiplier=e.backoff_multiplier,
-        backoff_max_s=e.backoff_max_s,
-        backoff_jitter=e.backoff_jitter,
-        schedule_id=e.schedule_id,
-        scheduled_for=e.scheduled_for,
-    )
+
+    key_id: str
+    name: str
+    role: str
+    secret_hash: str
+    created_at: datetime
+    producer: str
+    handlers: list[str] = field(default_factory=list)
+    revoked_at: datetime | None = None
 
 
 #: Types that are facts of the ``<p>.events`` log.
@@ -394,5 +385,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 )
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {
-    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState)
+    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, ApiKey)
 }

@@ -1,5 +1,13 @@
 """Kafka clients, made in one place from ``Settings`` (confluent-kafka).
 
+Every producer, consumer and admin client of the program is built by
+``producer``, ``consumer``, ``reader`` or ``admin`` here (``AsyncProducer``
+wraps ``producer``), so every one gets the common config (bootstrap servers,
+client id, logger) and the security config of ``Settings`` (TLS, SASL, the
+``kafka_config`` passthrough), which no override can drop. A client that
+cannot be created (a bad property, an unreadable CA file) is
+``BrokerUnavailable``, with secret values blanked out of the message.
+
 The API and the executors produce through ``AsyncProducer``: produce is
 asynchronous, a daemon thread polls the client for delivery reports and
 resolves asyncio futures, so nothing blocks an event loop. Library errors
@@ -14,7 +22,9 @@ import threading
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+from collections.abc import Mapping
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .errors import BrokerUnavailable, RecordRefused
@@ -39,8 +49,76 @@ WATERMARK_MARKER_KEY = b"__taskstream_marker__"
 STABLE_BEFORE_LEAVE_S = 1.0
 
 
+def security_config(settings: Settings) -> dict[str, str]:
+    """The librdkafka security properties of ``settings`` (empty when none are set): protocol, SASL, TLS files,
+    then the ``kafka_config`` passthrough (ssl.* / sasl.* only), which wins over the named settings."""
+    try:
+        password = settings.secret("kafka_sasl_password")
+        key_password = settings.secret("kafka_ssl_key_password")
+    except ValueError as exc:
+        raise BrokerUnavailable(f"Kafka security settings: {exc}") from None
+    named = {
+        "security.protocol": settings.kafka_security_protocol,
+        "sasl.mechanism": settings.kafka_sasl_mechanism,
+        "sasl.username": settings.kafka_sasl_username,
+        "sasl.password": password,
+        "ssl.ca.location": settings.kafka_ssl_ca_location,
+        "ssl.certificate.location": settings.kafka_ssl_certificate_location,
+        "ssl.key.location": settings.kafka_ssl_key_location,
+        "ssl.key.password": key_password,
+    }
+    out = {k: str(v) for k, v in named.items() if v is not None}
+    out.update((k, v.get_secret_value()) for k, v in settings.kafka_config.items())
+    return out
+
+
+#: Properties whose values are secrets: blanked out of every message that could echo them.
+SECRET_PROPERTIES = ("sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.keystore.password")
+
+
 def common_config(settings: Settings, client_id: str) -> dict:
-    return {"bootstrap.servers": settings.bootstrap_servers, "client.id": client_id, "logger": LIBRDKAFKA_LOG}
+    """What every client gets: bootstrap servers, client id, the logger and the security properties."""
+    return {"bootstrap.servers": settings.bootstrap_servers, "client.id": client_id, "logger": LIBRDKAFKA_LOG,
+            **security_config(settings)}
+
+
+#: The client classes the factory instantiates, by kind. Nothing else in the program calls these constructors
+#: (tests/unit/test_kafka_factory.py checks it); a test may wrap them to see every config the program builds.
+CLIENT_CLASSES: dict[str, type] = {"producer": Producer, "consumer": Consumer, "admin": AdminClient}
+
+
+def _build(kind: str, settings: Settings, config: dict):
+    config = {**config, **security_config(settings)}  # overrides cannot drop a security property
+    try:
+        return CLIENT_CLASSES[kind](config)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"could not create Kafka {kind} {config.get('client.id')}: "
+                                f"{redact(str(exc), config)}") from None
+
+
+def redact(text: str, config: Mapping) -> str:
+    """``text`` with the value of every secret property of ``config`` (and of the passthrough) blanked out."""
+    for key, value in config.items():
+        if value and isinstance(value, str) and (key in SECRET_PROPERTIES or "password" in key or "secret" in key):
+            text = text.replace(value, "**********")
+    return text
+
+
+def producer(settings: Settings, client_id: str, overrides: Mapping | None = None) -> Producer:
+    """An idempotent, acks=all producer (``producer_config``) with ``overrides`` on top."""
+    return _build("producer", settings, {**producer_config(settings, client_id), **(overrides or {})})
+
+
+def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mapping | None = None) -> Consumer:
+    """A consumer-group member (``consumer_config``: manual commits, cooperative-sticky) with ``overrides``."""
+    return _build("consumer", settings, {**consumer_config(settings, group_id, client_id), **(overrides or {})})
+
+
+def reader(settings: Settings, client_id: str, group_id: str, overrides: Mapping | None = None) -> Consumer:
+    """A consumer for ``assign()``: the common config, ``group.id`` (librdkafka wants one; it is joined only if
+    the caller subscribes) and no auto commit, with ``overrides``."""
+    return _build("consumer", settings, {**common_config(settings, client_id), "group.id": group_id,
+                                         "enable.auto.commit": False, **(overrides or {})})
 
 
 def producer_config(settings: Settings, client_id: str) -> dict:
@@ -157,8 +235,8 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
     }
 
 
-def admin(settings: Settings) -> AdminClient:
-    return AdminClient(common_config(settings, "taskstream-admin"))
+def admin(settings: Settings, client_id: str = "taskstream-admin") -> AdminClient:
+    return _build("admin", settings, common_config(settings, client_id))
 
 
 def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
@@ -220,7 +298,7 @@ class AsyncProducer:
     """confluent-kafka producer whose ``send`` is awaitable (acked by the broker)."""
 
     def __init__(self, settings: Settings, client_id: str, **overrides) -> None:
-        self._producer = Producer({**producer_config(settings, client_id), **overrides})
+        self._producer = producer(settings, client_id, overrides)
         self.marks = EndMarks(settings.embedded_broker)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name=f"{client_id}-producer-poll", daemon=True)
@@ -284,6 +362,11 @@ class AsyncProducer:
         return remaining
 
 
+def async_producer(settings: Settings, client_id: str, overrides: Mapping | None = None) -> AsyncProducer:
+    """An ``AsyncProducer`` (awaitable sends) over ``producer(settings, client_id, overrides)``."""
+    return AsyncProducer(settings, client_id, **(overrides or {}))
+
+
 def _set_result(fut: asyncio.Future, value) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -330,6 +413,8 @@ def committed_offsets(client: AdminClient, group: str, tps: list[TopicPartition]
                       timeout: float) -> dict[tuple[str, int], int]:
     """The offsets ``group`` committed for ``tps``, keyed (topic, partition); partitions never committed are left
     out. Raises ``KafkaException`` or ``TimeoutError`` (callers turn them into their own errors)."""
+    if not tps:  # nothing to ask (the topics do not exist): the admin client would refuse an empty request
+        return {}
     request = ConsumerGroupTopicPartitions(group, tps)
     result = client.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
     return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None and tp.offset >= 0}

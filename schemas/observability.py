@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 
 #: Record attributes a log line about a task carries (``about``), copied into JSON lines when present.
 TASK_FIELDS = ("task_id", "attempt")
+#: Longest message and traceback a log line carries (a traceback keeps its end: the frames that raised).
+MAX_LOG_MESSAGE_CHARS = 4096
+MAX_LOG_TRACEBACK_CHARS = 8192
+
+
+def _cut(text: str, limit: int, keep_end: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    note = f"[... {len(text) - limit:,} characters cut ...]"
+    return note + text[-limit:] if keep_end else text[:limit] + note
 
 
 def about(task_id: str, attempt: int | None = None) -> dict[str, Any]:
@@ -48,14 +58,14 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _cut(record.getMessage(), MAX_LOG_MESSAGE_CHARS),
         }
         for name in TASK_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
                 out[name] = value
         if record.exc_info:
-            out["exc_info"] = self.formatException(record.exc_info)
+            out["exc_info"] = _cut(self.formatException(record.exc_info), MAX_LOG_TRACEBACK_CHARS, keep_end=True)
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(out, ensure_ascii=False, default=str)
@@ -64,10 +74,21 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` with the message and traceback cut like the JSON lines'."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _cut(record.message, MAX_LOG_MESSAGE_CHARS)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        return _cut(super().formatException(ei), MAX_LOG_TRACEBACK_CHARS, keep_end=True)
+
+
 def log_handler(settings: Settings, stream) -> logging.Handler:
     """A handler writing to ``stream`` in ``settings.log_format``."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter(TEXT_FORMAT))
     return handler
 
 

@@ -8,6 +8,10 @@ httpx errors are mapped here: a registry that cannot be reached, or answers
 5xx, is ``BrokerUnavailable`` (transient); an id it does not know is
 ``DecodeError`` (the record is unreadable); a schema it refuses (409
 incompatible, 422 invalid) is ``SchemaRejected``.
+
+Credentials (basic auth in the URL or from settings, a bearer token) go in
+request headers only; every message names the registry by ``redact_url``
+of its URL, never with a user, password or query string in it.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 import json
 import threading
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
 from .errors import BrokerUnavailable, DecodeError, TaskstreamError
+from .settings import Settings
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
@@ -28,12 +33,35 @@ class SchemaRejected(TaskstreamError):
     """The registry refused a schema (incompatible with the subject's earlier versions, or invalid)."""
 
 
+def redact_url(url: str) -> str:
+    """``url`` without user info, query or fragment: what a message may show of it."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "<schema registry url>"
+
+
 class SchemaRegistry:
     """``POST /subjects/<subject>/versions`` and ``GET /schemas/ids/<id>``, cached."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0, client: httpx.Client | None = None) -> None:
-        self.url = url.rstrip("/")
-        self._client = client or httpx.Client(timeout=timeout_s, headers={"Accept": CONTENT_TYPE})
+    def __init__(self, url: str, *, timeout_s: float = 5.0, client: httpx.Client | None = None,
+                 username: str | None = None, password: str | None = None, token: str | None = None,
+                 verify: str | bool = True) -> None:
+        parts = urlsplit(url)
+        if parts.username is not None and username is None:  # https://user:pass@host: credentials go in a header
+            username, password = unquote(parts.username), unquote(parts.password or "")
+        self.url = redact_url(url).rstrip("/")
+        headers = {"Accept": CONTENT_TYPE}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        auth = httpx.BasicAuth(username, password or "") if username is not None and token is None else None
+        self._client = client or httpx.Client(timeout=timeout_s, headers=headers, auth=auth, verify=verify,
+                                              trust_env=False)
         self._ids: dict[tuple[str, str], int] = {}
         self._schemas: dict[int, Any] = {}
         self._lock = threading.Lock()
@@ -87,6 +115,14 @@ class SchemaRegistry:
         with self._lock:
             self._schemas[schema_id] = schema
         return schema
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SchemaRegistry:
+        """The registry at ``settings.schema_registry_url`` with the auth and CA settings."""
+        ca = settings.schema_registry_ca_location
+        return cls(settings.schema_registry_url, username=settings.schema_registry_username,
+                   password=settings.secret("schema_registry_password"), token=settings.secret("schema_registry_token"),
+                   verify=str(ca) if ca is not None else True)
 
     def close(self) -> None:
         self._client.close()

@@ -9,14 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TASKSTREAM_", frozen=True, env_parse_none_str="null")
+    # hide_input_in_errors: a validation error never echoes a value (it may be a password)
+    model_config = SettingsConfigDict(env_prefix="TASKSTREAM_", frozen=True, env_parse_none_str="null",
+                                      hide_input_in_errors=True)
 
     bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers")
     prefix: str = Field("taskstream", pattern=r"^[A-Za-z0-9._-]+$", description="topic name prefix")
@@ -133,3 +135,149 @@ class Settings(BaseSettings):
         "last, more than one second in it); off, they are a 422 naming cron. Each fire is a task through the "
         "processor: turn it on only where a few such schedules are wanted and the processor has room for them"
     )
+
+    # --- authentication, authorization, rate limits (README "Security")
+    auth_api_keys: bool = Field(
+        False, description="the API accepts API keys (`taskstream keys create`), kept as records of <p>.admin that "
+        "every API replica follows"
+    )
+    auth_api_key_max_staleness_s: float = Field(
+        10.0, gt=0, description="API keys are refused (503) while this API has not confirmed for this long that it "
+        "read <p>.admin to its end, so a revoked key stops working at most this long after `keys revoke`"
+    )
+    auth_jwt_public_key: str | None = Field(
+        None, description="PEM public key (RSA or EC) that signs accepted JWT bearer tokens; turns JWT on"
+    )
+    auth_jwt_public_key_file: Path | None = Field(None, description="file holding auth_jwt_public_key (a k8s Secret)")
+    auth_jwt_jwks_url: str | None = Field(
+        None, description="JWKS URL of the identity provider whose tokens are accepted (keys picked by `kid`); turns "
+        "JWT on"
+    )
+    auth_jwt_issuer: str | None = Field(None, description="required `iss` of accepted tokens (needed when JWT is on)")
+    auth_jwt_audience: str | None = Field(None, description="required `aud` of accepted tokens (needed when JWT is on)")
+    auth_jwt_algorithms: list[str] = Field(["RS256", "ES256"], description="signature algorithms accepted")
+    auth_jwt_roles_claim: str = Field(
+        "roles", description="claim holding the token's roles (a list or a space-separated string; dots walk into "
+        "nested claims, e.g. realm_access.roles); the highest of reader/submitter/operator/admin counts"
+    )
+    auth_jwt_leeway_s: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+    auth_allow_unauthenticated: bool = Field(
+        False, description="serve the API without authentication on a non-loopback address (off: the API refuses "
+        "to start there unless API keys or JWT are on)"
+    )
+    trusted_hosts: list[str] | None = Field(
+        None, description="Host header values the API answers (`*.example.com` works, `*` allows any); default: "
+        "the loopback names (localhost, 127.0.0.1, [::1]) when the API listens on loopback, any host otherwise. "
+        "Stops DNS-rebinding pages from driving a loopback API"
+    )
+    metrics_token: str | None = Field(
+        None, repr=False, description="bearer token /metrics asks for; unset, /metrics is open while the API listens on loopback "
+        "and refused otherwise (unless the API runs unauthenticated by auth_allow_unauthenticated)"
+    )
+    rate_limit_anonymous: tuple[float, int] | None = Field(
+        None, description="[tokens per second, burst] per client address when authentication is off (null: no "
+        "limit; the API then serves loopback only)"
+    )
+    rate_limit_reader: tuple[float, int] | None = Field((50.0, 100), description="[per second, burst] per reader")
+    rate_limit_submitter: tuple[float, int] | None = Field(
+        (200.0, 1000), description="[per second, burst] per submitter; a batch or workflow costs one per task"
+    )
+    rate_limit_operator: tuple[float, int] | None = Field((200.0, 1000), description="[per second, burst] per operator")
+    rate_limit_admin: tuple[float, int] | None = Field((200.0, 1000), description="[per second, burst] per admin")
+
+    # --- Kafka and registry security
+    # Applied to every Kafka client through schemas/kafka.py. A secret is given either directly (its variable) or
+    # as a file (its ``*_file`` setting, e.g. a mounted Kubernetes Secret; read when a client is made, trailing
+    # newline dropped). Secrets are SecretStr: repr, logs and errors show ``**********``.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        None, description="security.protocol of every Kafka client (unset: librdkafka's default, PLAINTEXT); "
+        "SASL_SSL for a cluster that wants credentials over TLS"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = Field(
+        None, description="sasl.mechanism (Redpanda: SCRAM-SHA-256 or SCRAM-SHA-512)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="sasl.username")
+    kafka_sasl_password: SecretStr | None = Field(None, description="sasl.password")
+    kafka_sasl_password_file: Path | None = Field(None, description="file holding sasl.password (instead of it)")
+    kafka_ssl_ca_location: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates (unset: the system's CAs)"
+    )
+    kafka_ssl_certificate_location: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    kafka_ssl_key_location: Path | None = Field(None, description="client private key (PEM) for mutual TLS")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="password of the client private key")
+    kafka_ssl_key_password_file: Path | None = Field(None, description="file holding the client key's password")
+    kafka_config: dict[str, SecretStr] = Field(
+        {}, description="more librdkafka properties for every client, JSON object; only ssl.*, sasl.*, "
+        "enable.ssl.* and enable.sasl.* keys (e.g. {\"ssl.endpoint.identification.algorithm\": \"none\"} for a "
+        "test cluster whose certificates name no host); values are treated as secrets"
+    )
+    schema_registry_username: str | None = Field(None, description="basic auth user of the schema registry")
+    schema_registry_password: SecretStr | None = Field(None, description="basic auth password of the schema registry")
+    schema_registry_password_file: Path | None = Field(None, description="file holding schema_registry_password")
+    schema_registry_token: SecretStr | None = Field(None, description="bearer token for the schema registry")
+    schema_registry_token_file: Path | None = Field(None, description="file holding schema_registry_token")
+    schema_registry_ca_location: Path | None = Field(None, description="CA bundle (PEM) of the registry's certificate")
+
+    @field_validator("kafka_config")
+    @classmethod
+    def _only_security_properties(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        allowed = ("ssl.", "sasl.", "enable.ssl.", "enable.sasl.")
+        bad = sorted(k for k in value if not k.startswith(allowed))
+        if bad:
+            raise ValueError(f"only ssl.*, sasl.*, enable.ssl.* and enable.sasl.* properties may be set here, not {bad}")
+        return value
+
+    # --- Built-in http and shell handlers (executors/builtin_http.py, executors/builtin_shell.py)
+    http_allowed_hosts: list[str] = Field(
+        [], description="hosts the built-in http handler may call, JSON list: exact names, \"*.example.com\" for "
+        "its subdomains, or IP literals; empty (the default): the handler refuses every URL"
+    )
+    http_allowed_networks: list[str] = Field(
+        [], description="CIDR ranges the http handler may reach although they are not public (loopback, private, "
+        "link-local, ULA, ...), JSON list, e.g. [\"10.20.0.0/16\"] for an internal service; empty: public only"
+    )
+    http_timeout_s: float = Field(30.0, gt=0, description="longest a whole http request may take (a task's "
+                                  "payload may ask for less)")
+    http_max_response_bytes: int = Field(128 * 1024, ge=0, le=192 * 1024, description="response body bytes kept "
+                                         "in the http handler's result; the rest is not read (truncated: true)")
+    http_max_redirects: int = Field(5, ge=0, description="redirects the http handler follows, each hop checked "
+                                    "like the first URL (0: none)")
+    shell_enabled: bool = Field(False, description="run the built-in shell handler at all; off, it refuses every task")
+    shell_allowed_commands: list[str] = Field(
+        [], description="commands (argv[0]) the shell handler may run, JSON list of absolute paths or names found on "
+        "the scrubbed PATH; argv[0] must equal an entry"
+    )
+    shell_env: list[str] = Field(
+        ["PATH", "LANG", "LC_ALL", "TZ"], description="environment variables a shell command inherits from the "
+        "executor; nothing else (no TASKSTREAM_* secrets) reaches it"
+    )
+    shell_timeout_s: float = Field(60.0, gt=0, description="longest a command may run before its process group "
+                                   "is killed (a task's payload may ask for less)")
+    shell_max_output_bytes: int = Field(64 * 1024, ge=0, le=96 * 1024, description="bytes of stdout and of stderr "
+                                        "kept in the result (the rest is read and dropped)")
+
+    @field_validator("http_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for n in value:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"not a CIDR network: {n!r}") from None
+        return value
+
+    def secret(self, name: str) -> str | None:
+        """The value of secret setting ``name``: the setting itself, else the content of the file ``<name>_file``
+        names (trailing newline dropped); None if neither is set."""
+        value = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        path = getattr(self, f"{name}_file", None)
+        if path is None:
+            return None
+        try:
+            return Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None

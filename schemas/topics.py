@@ -69,6 +69,11 @@ class Topics:
         return f"{self.prefix}.heartbeats"
 
     @property
+    def admin(self) -> str:
+        """API keys (``ApiKey`` records keyed by key id, compacted), folded by every API replica."""
+        return f"{self.prefix}.admin"
+
+    @property
     def processor_group(self) -> str:
         return f"{self.prefix}-processor"
 
@@ -95,4 +100,5 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
           for name, _ in RETRY_TIERS),
         TopicSpec(t.dlq, n, {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS), **big}),
         TopicSpec(t.heartbeats, n, {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)}),
+        TopicSpec(t.admin, 1, {"cleanup.policy": "compact"}),  # a few records: one partition keeps them in order
     ]

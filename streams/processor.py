@@ -56,7 +56,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from rocksdict import Rdict
 
 from taskstream.schemas import (
@@ -64,32 +64,26 @@ from taskstream.schemas import (
     DecodeError,
     Heartbeat,
     ReadyTask,
-    TaskFailed,
     Settings,
     Status,
-    TaskCancelled,
-    TaskDeadLettered,
-    TaskQueued,
-    TaskRetryScheduled,
     TaskState,
     Topics,
     codec,
     retry_tier,
 )
+from taskstream.schemas import kafka
 from taskstream.schemas.kafka import (
     admin,
     ONE_PER_BATCH,
     EndMarks,
     close_member,
-    common_config,
     consume_available,
     is_marker,
     is_permanent,
-    consumer_config,
-    producer_config,
     write_markers,
 )
 from taskstream.schemas.observability import about, serve_metrics
+from taskstream.schemas.offsets import poison_headers
 
 from . import domain
 from .metrics import LAG_INTERVAL_S, ProcessorMetrics
@@ -98,9 +92,7 @@ from .timers import LEASE, STATE, TimerTable
 
 log = logging.getLogger(__name__)
 
-#: A task waiting out a retry is re-queued by the retry relay at its time; the
-#: processor's own timer fires this much later as a safety net (relay down).
-RELAY_SLACK_S = 5.0
+RELAY_SLACK_S = domain.RELAY_SLACK_S
 
 
 class Output(NamedTuple):
@@ -123,87 +115,53 @@ class Step(NamedTuple):
 def fold_step(
     topics: Topics, state: TaskState | None, value: bytes, offset: int, partition: int, now: datetime, producer: str
 ) -> Step:
-    """Fold one message of ``<p>.events`` (pure apart from the clock passed in).
+    """Fold one message of ``<p>.events`` through ``domain.step`` (pure apart from the clock passed in).
 
-    Events that follow are applied to this task's state when they are its own
-    and appended to the log either way (keyed by their task, so dependency
-    events go to their task's partition). Raises ``DecodeError`` for a
-    message that is not an event we know.
+    Raises ``DecodeError`` for a message that is not an event we know. An
+    event already folded (``offset <= last_offset``) changes nothing; the
+    last one folded sends its follow-ups again (``domain.replay``).
     """
     event = codec.decode(value)
     if state is not None and offset <= state.last_offset:
         if offset == state.last_offset:
-            again = [_stamped(e, producer, state.task_id, event) for e in domain.replay_outputs(state, now, event)]
-            return Step(None, _effects_of(topics, state, state, event, again, partition, now, producer))
+            again = domain.replay(state, event, now, producer)
+            return Step(None, _outputs(topics, domain.effects(state, state, event, again, now, producer), state,
+                                       partition))
         return Step(None, [])
-    new = domain.evolve(state, event)
-    folded, failed = new, None
     try:
-        own = new.task_id if new is not None else None
-        follow = [_stamped(e, producer, own, event) for e in domain.react(state, new, event, now)]
-        for e in follow:
-            if e.task_id == own:
-                new = domain.evolve(new, e)
-        outputs = _effects_of(topics, state, new, event, follow, partition, now, producer)
+        new, follow = domain.step(state, event, now, producer)
+        outputs = _outputs(topics, domain.effects(state, new, event, follow, now, producer), new, partition)
+        failed = None
     except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
-        new, outputs, failed = folded, [], f"deciding what follows failed: {type(exc).__name__}: {exc}"
+        new, outputs, failed = domain.evolve(state, event), [], f"deciding what follows failed: {type(exc).__name__}: {exc}"
     if new is state:
         return Step(None, outputs, failed)
     return Step(replace(new, last_offset=offset), outputs, failed)
 
 
-def _stamped(e, producer: str, own: str | None, cause) -> object:
-    """A follow-up event as the processor appends it: its producer, and for one it applies to the
-    same task at once, the ``cause`` (the event it was applied with), so that a fold of the log
-    (``streams.rebuild``) applies it at the same point even if a client's event landed in between."""
-    if e.task_id == own and isinstance(e, (TaskQueued, TaskRetryScheduled)):
-        return replace(e, producer=producer, cause=cause.event_id)
-    return replace(e, producer=producer)
-
-
-def _effects_of(
-    topics: Topics, before: TaskState | None, state: TaskState | None, event, follow: list, partition: int,
-    now: datetime, producer: str,
-) -> list[Output]:
-    outputs = [
-        Output(topics.events, e.task_id.encode(), codec.encode(e), codec.headers(e),
-               partition if state is not None and e.task_id == state.task_id else None)
-        for e in follow
-    ]
-    if not isinstance(state, TaskState):
-        return outputs
-    key = state.task_id.encode()
-    newly_queued = state.status == Status.QUEUED.value and (
-        before is None or before.attempt != state.attempt or before.status != Status.QUEUED.value
-    )
-    if newly_queued or (state.status == Status.QUEUED.value and any(isinstance(e, TaskQueued) for e in follow)):
-        ready: ReadyTask = replace(domain.ready_message(state, now), producer=producer)
-        outputs.append(Output(topics.ready(state.priority), key, codec.encode(ready), codec.headers(ready)))
-    for e in follow:
-        if isinstance(e, TaskRetryScheduled):
-            # The retry relay holds it until not_before, then appends TaskQueued(attempt + 1).
-            outputs.append(Output(topics.retry(retry_tier(e.delay_s)), key, codec.encode(e), codec.headers(e)))
-        elif isinstance(e, TaskDeadLettered):
-            outputs.append(Output(topics.dlq, key, codec.encode(e), codec.headers(e)))
-    if (
-        isinstance(event, TaskCancelled)
-        and before is not None
-        and before.status in (Status.QUEUED.value, Status.RUNNING.value)
-        and state.status == Status.CANCELLED.value
-    ):
-        # Tell the executors: the same key puts it behind the attempt in its ready partition.
-        outputs.append(Output(topics.ready(before.priority), key, codec.encode(event), codec.headers(event)))
-    return outputs
+def _outputs(topics: Topics, effects: list[domain.Effect], state, partition: int) -> list[Output]:
+    """The records of a step's effects: follow-ups of the same task to its own partition (that is where the
+    fold of the log expects them), every other message keyed by its task."""
+    own = state.task_id if state is not None else None
+    out = []
+    for kind, message, priority in effects:
+        key = message.task_id.encode()
+        if kind == "event":
+            topic = topics.events
+        elif kind in ("ready", "cancel"):
+            topic = topics.ready(priority)
+        elif kind == "retry":
+            topic = topics.retry(retry_tier(message.delay_s))  # the relay holds it until not_before
+        else:
+            topic = topics.dlq
+        same = partition if kind == "event" and message.task_id == own else None
+        out.append(Output(topic, key, codec.encode(message), codec.headers(message), same))
+    return out
 
 
 def dlq_output(topics: Topics, message, reason: str) -> Output:
     """A poison message, as it was, for ``<p>.dlq`` with where it came from and why."""
-    headers = [
-        ("source-topic", message.topic().encode()),
-        ("source-partition", str(message.partition()).encode()),
-        ("source-offset", str(message.offset()).encode()),
-        ("reason", reason.encode()[:1000]),
-    ]
+    headers = poison_headers(message.topic(), message.partition(), message.offset(), reason)
     return Output(topics.dlq, message.key() or b"", message.value() or b"", headers)
 
 
@@ -231,26 +189,23 @@ class Processor:
         self.fired = 0
         self._failed: list[str] = []
         self._refused: list[tuple[str, bytes | None, bytes | None, list, str]] = []  # topic, key, value, headers, why
-        self.producer = Producer({**producer_config(settings, self.id)})
+        self.producer = kafka.producer(settings, self.id)
         self.marks = EndMarks(settings.embedded_broker)
         # Ready messages go one a batch (on the embedded broker): the end offsets of the ready topics stay exact
         # without end markers, so queue depth (end - the executors' committed offsets) counts tasks only.
-        self.ready_producer = (Producer({**producer_config(settings, f"{self.id}-ready"), **ONE_PER_BATCH})
+        self.ready_producer = (kafka.producer(settings, f"{self.id}-ready", ONE_PER_BATCH)
                                if settings.embedded_broker else self.producer)
         self._ready_topics = frozenset(self.topics.all_ready)
         # Ready messages wait until the batch's events and states are acknowledged: an executor's result then
         # always lands in the log after the TaskQueued of its attempt.
         self._ready_held: list[Output] = []
-        self.consumer = Consumer(
-            {
-                **consumer_config(settings, self.topics.processor_group, self.id),
-                "max.partition.fetch.bytes": 4 * 1024 * 1024,
-                **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
-            }
-        )
+        self.consumer = kafka.consumer(settings, self.id, self.topics.processor_group, {
+            "max.partition.fetch.bytes": 4 * 1024 * 1024,
+            **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
+        })
         # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.
-        self.heartbeats = Consumer({**common_config(settings, f"{self.id}-heartbeats"), "group.id": f"{self.id}-heartbeats",
-                                    "enable.auto.commit": False, "fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
+        self.heartbeats = kafka.reader(settings, f"{self.id}-heartbeats", f"{self.id}-heartbeats",
+                                       {"fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
         self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
     # ------------------------------------------------------------ partitions
@@ -321,8 +276,7 @@ class Processor:
     def _restore(self, tables: dict[int, Rdict]) -> int:
         """Rebuild partitions' tables from ``<p>.state``, each read up to a marker of our own."""
         ends = write_markers(self.producer, self.topics.state, list(tables))
-        reader = Consumer({**common_config(self.settings, f"{self.id}-restore"), "group.id": f"{self.id}-restore",
-                           "enable.auto.commit": False, "fetch.wait.max.ms": 500})
+        reader = kafka.reader(self.settings, f"{self.id}-restore", f"{self.id}-restore", {"fetch.wait.max.ms": 500})
         reader.assign([TopicPartition(self.topics.state, p, OFFSET_BEGINNING) for p in tables])
         n = 0
         pending = set(tables)
@@ -441,7 +395,7 @@ class Processor:
                 state = codec.decode(raw) if raw else None
             except DecodeError:
                 state = None
-            if isinstance(state, TaskState) and state.status == Status.RUNNING.value and state.attempt == beat.attempt:
+            if domain.heartbeat_renews(state, beat.attempt):
                 timers.set(LEASE, key, now + self.lease)
         for out in poison:
             self._produce(out)
@@ -534,16 +488,9 @@ class Processor:
         if timers is None:
             return
         timers.set(STATE, key, domain.timer_due(after, RELAY_SLACK_S))
-        if isinstance(after, TaskState) and after.status == Status.RUNNING.value:
-            if (
-                not isinstance(before, TaskState)
-                or before.status != Status.RUNNING.value
-                or before.attempt != after.attempt
-                or before.checkpoint != after.checkpoint
-            ):
-                timers.set(LEASE, key, now + self.lease)
-        else:
-            timers.set(LEASE, key, None)
+        lease = domain.lease_after(before, after)
+        if lease != "keep":
+            timers.set(LEASE, key, now + self.lease if lease == "start" else None)
 
     def _produce(self, out: Output, hold_ready: bool = True) -> None:
         if hold_ready and out.topic in self._ready_topics:
@@ -612,16 +559,14 @@ class Processor:
                 except DecodeError:
                     ready = None
                 if isinstance(ready, ReadyTask):
-                    failed = TaskFailed(task_id=ready.task_id, occurred_at=datetime.now(UTC), producer=self.id,
-                                        attempt=ready.attempt, permanent=True,
-                                        error=f"ready message refused by the broker: {reason}")
+                    failed = replace(domain.ready_refused(ready, reason, datetime.now(UTC)), producer=self.id)
                     self._produce(Output(self.topics.events, key or b"", codec.encode(failed), codec.headers(failed)))
                     continue
             named = [(k, v) for k, v in headers if k == codec.EVENT_TYPE_HEADER]
             if topic == self.topics.dlq and not value:
                 continue  # a value-less dead letter refused: nothing smaller to send
             self._produce(Output(self.topics.dlq, key or b"", b"", [
-                *named, ("source-topic", topic.encode()), ("reason", f"refused: {reason}".encode()[:1000]),
+                *named, *poison_headers(topic, None, None, f"refused: {reason}"),
             ]))
 
     def _flush_and_check(self) -> None:

@@ -60,25 +60,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
-    DependencyResolved,
     Event,
-    LeaseExpired,
-    TaskCreated,
-    TaskFailed,
-    TaskRedriven,
-    TaskUpdated,
     ScheduleState,
     Settings,
     TaskState,
     Topics,
     codec,
 )
-from taskstream.schemas.kafka import MARKER_KEYS, admin, common_config, producer_config, write_markers
+from taskstream.schemas import kafka
+from taskstream.schemas.kafka import MARKER_KEYS, admin, write_markers
 
 from . import domain
 
@@ -144,8 +139,8 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------ the pure part
 
 
-#: Events after which the processor may apply a follow-up of the same task at once.
-_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated})
+#: Events after which the processor may apply a follow-up of the same task at once (the decider's rule).
+_TRIGGERS = domain.FOLLOW_UP_TRIGGERS
 #: Most events kept per key while a trigger's follow-up is awaited.
 _MAX_PENDING = 64
 
@@ -282,10 +277,9 @@ def compare(live: Mapping[bytes, State], rebuilt: Mapping[bytes, State]) -> list
 
 
 def fold_events(events: Iterable[Event], as_of: datetime | None = None) -> State | None:
-    """One task's state from its events (log order), optionally as it was at ``as_of``."""
-    if as_of is not None:
-        events = (e for e in events if e.occurred_at <= as_of)
-    return domain.fold(events)
+    """One task's state from its events (log order), optionally as it was at ``as_of``, folded in the
+    order the processor applied them (``domain.fold_log``), like ``GET /tasks/{id}?as_of=``."""
+    return domain.fold_log(list(events), as_of)
 
 
 # ------------------------------------------------------------------ Kafka
@@ -329,10 +323,7 @@ class Job:
 
 
 def _reader(settings: Settings, name: str) -> Consumer:
-    return Consumer({
-        **common_config(settings, name),
-        "group.id": f"{name}-{uuid.uuid4().hex[:8]}",  # assigned, never joined
-        "enable.auto.commit": False,
+    return kafka.reader(settings, name, f"{name}-{uuid.uuid4().hex[:8]}", {  # assigned, never joined
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
@@ -438,7 +429,7 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
 
 
 def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State], partition_of: Mapping[bytes, int]) -> int:
-    producer = Producer({**producer_config(settings, "taskstream-state-write"), "linger.ms": 5})
+    producer = kafka.producer(settings, "taskstream-state-write", {"linger.ms": 5})
     failed: list = []
 
     def done(err, msg):
@@ -518,8 +509,7 @@ def end_offsets(settings: Settings, partitions: int, timeout: float = 10.0) -> d
 def committed_offsets(settings: Settings, partitions: int, timeout: float = 10.0) -> dict[int, int | None]:
     """Where the processor group resumes in each partition of ``<p>.events`` (None: nothing committed)."""
     topics = Topics(settings.prefix)
-    consumer = Consumer({**common_config(settings, "taskstream-state-committed"), "group.id": topics.processor_group,
-                         "enable.auto.commit": False})
+    consumer = kafka.reader(settings, "taskstream-state-committed", topics.processor_group)
     try:
         got = consumer.committed([TopicPartition(topics.events, p) for p in range(partitions)], timeout=timeout)
         return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in got}
@@ -547,7 +537,7 @@ def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as
             ends = {p: (c if c is not None else ends[p]) for p, c in committed.items()}
         markers = None
         if verify or write:
-            producer = Producer({**producer_config(settings, "taskstream-state-marker"), "batch.num.messages": 1})
+            producer = kafka.producer(settings, "taskstream-state-marker", {"batch.num.messages": 1})
             markers = write_markers(producer, Topics(settings.prefix).state, list(range(n)))  # flushed there
         total = sum(ends.values())
         if on_total is not None:

@@ -37,23 +37,24 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from taskstream.schemas import DecodeError, Settings, TaskQueued, TaskRetryScheduled, Topics, codec
+from taskstream.schemas import DecodeError, Settings, TaskRetryScheduled, Topics, codec
+from taskstream.schemas import kafka
 from taskstream.schemas.kafka import (
     EndMarks,
     close_member,
     consume_available,
-    consumer_config,
     is_marker,
     is_permanent,
-    producer_config,
 )
 from taskstream.schemas.observability import about
+from taskstream.schemas.offsets import PartitionOffsets, poison_headers
+
+from . import domain
 
 log = logging.getLogger(__name__)
 
@@ -64,38 +65,20 @@ MAX_WAIT_S = 0.1
 REDO_S = 1.0
 
 
-@dataclass(slots=True)
-class _Offsets:
-    """Offsets read from one partition; ``position`` = one past the highest contiguous done offset."""
-
-    pending: deque = field(default_factory=deque)
-    done: set = field(default_factory=set)
-    position: int | None = None
-    committed: int | None = None
-    held: int = 0
-
-    def mark_done(self, offset: int) -> None:
-        self.done.add(offset)
-        while self.pending and self.pending[0] in self.done:
-            first = self.pending.popleft()
-            self.done.discard(first)
-            self.position = first + 1
-
-
 class RetryRelay:
     def __init__(self, settings: Settings, member_id: str) -> None:
         self.settings = settings
         self.topics = Topics(settings.prefix)
         self.id = f"{member_id}-relay"
-        self.consumer = Consumer({**consumer_config(settings, self.topics.relay_group, self.id),
-                                  "fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
-        self.producer = Producer(producer_config(settings, self.id))
+        self.consumer = kafka.consumer(settings, self.id, self.topics.relay_group,
+                                       {"fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
+        self.producer = kafka.producer(settings, self.id)
         self.marks = EndMarks(settings.embedded_broker)
-        self._offsets: dict[tuple[str, int], _Offsets] = {}
+        self._offsets: dict[tuple[str, int], PartitionOffsets] = {}
         self._heap: list = []
         self._seq = itertools.count()
         self._paused: set[tuple[str, int]] = set()
-        self._redo_dlq: list[tuple[float, object, str, _Offsets, bool]] = []  # (when, message, reason, offsets, strip)
+        self._redo_dlq: list[tuple[float, object, str, PartitionOffsets, bool]] = []  # (when, message, reason, offsets, strip)
         self.requeued = 0
         self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
@@ -104,7 +87,7 @@ class RetryRelay:
     def _on_assign(self, consumer, partitions) -> None:
         self.joined.set()
         for tp in partitions:
-            self._offsets[(tp.topic, tp.partition)] = _Offsets()
+            self._offsets[(tp.topic, tp.partition)] = PartitionOffsets()
         log.info("retry relay %s assigned %d partitions", self.id, len(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -166,7 +149,7 @@ class RetryRelay:
             offsets = self._offsets.get(tp)
             if offsets is None:
                 continue
-            offsets.pending.append(m.offset())
+            offsets.add(m.offset())
             if is_marker(m):
                 offsets.mark_done(m.offset())
                 continue
@@ -189,8 +172,7 @@ class RetryRelay:
             if offsets is None:
                 continue
             offsets.held -= 1
-            queued = TaskQueued(task_id=record.task_id, occurred_at=datetime.now(UTC), producer=self.id,
-                                attempt=record.attempt + 1, priority=record.priority, due_at=record.not_before)
+            queued = replace(domain.requeued(record, datetime.now(UTC)), producer=self.id)
 
             def done(err, msg, topic=topic, partition=partition, offsets=offsets, offset=offset, record=record):
                 if err is None:
@@ -214,15 +196,14 @@ class RetryRelay:
                 continue
             self.requeued += 1
 
-    def _hold_again(self, topic: str, partition: int, offset: int, record, offsets: _Offsets) -> None:
+    def _hold_again(self, topic: str, partition: int, offset: int, record, offsets: PartitionOffsets) -> None:
         if self._offsets.get((topic, partition)) is not offsets:
             return  # revoked meanwhile: the new owner reads it again
         offsets.held += 1
         heapq.heappush(self._heap, (time.time() + REDO_S, next(self._seq), topic, partition, offset, record))
 
-    def _to_dlq(self, m, reason: str, offsets: _Offsets, strip: bool = False) -> None:
-        headers = [("source-topic", m.topic().encode()), ("source-partition", str(m.partition()).encode()),
-                   ("source-offset", str(m.offset()).encode()), ("reason", reason.encode()[:1000])]
+    def _to_dlq(self, m, reason: str, offsets: PartitionOffsets, strip: bool = False) -> None:
+        headers = poison_headers(m.topic(), m.partition(), m.offset(), reason)
 
         def done(err, msg, offset=m.offset()):
             if err is None:
@@ -235,7 +216,7 @@ class RetryRelay:
         except KafkaException as exc:
             self._dlq_failed(m, reason, offsets, exc, strip)
 
-    def _dlq_failed(self, m, reason: str, offsets: _Offsets, err, stripped: bool) -> None:
+    def _dlq_failed(self, m, reason: str, offsets: PartitionOffsets, err, stripped: bool) -> None:
         strip = is_permanent(err)
         if strip and stripped:  # not even its headers fit: nothing smaller to send
             log.error("retry relay: dead letter of %s[%d]@%d refused even without its value; left in its topic: %s",

@@ -16,6 +16,11 @@ from taskstream.schemas import Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 
 
+# Starlette's TestClient sends ``Host: testserver``; every Settings a test builds (and its subprocesses) trusts it
+# besides the loopback names (README "Security": the API's Host check). Tests of the check pass trusted_hosts.
+os.environ.setdefault("TASKSTREAM_TRUSTED_HOSTS", '["127.0.0.1", "localhost", "[::1]", "testserver"]')
+
+
 # Wall-clock deadlines make property tests flaky on a loaded 2-core machine; the
 # examples themselves are what the tests check.
 hypothesis_settings.register_profile(

@@ -1,5 +1,20 @@
-"""HTTP routes: ``tasks``, ``workflows`` and ``schedules`` under ``/api/v1``, ``health`` (liveness, readiness) at the root."""
+"""HTTP routes: ``tasks``, ``workflows`` and ``schedules`` under ``/api/v1``, ``health`` (liveness, readiness) at the root.
 
-from . import health, schedules, tasks, workflows
+Routes that write parse the request and call ``api.service``, the API's one
+write path; they hold no rule of their own.
+"""
 
-__all__ = ["health", "schedules", "tasks", "workflows"]
+from starlette.requests import Request
+
+
+def actor_of(request: Request) -> str | None:
+    """Who sent the request (the authenticated principal's id), for the events it writes; None when anonymous."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None or getattr(principal, "kind", None) == "anonymous":
+        return None
+    return principal.id
+
+
+from . import health, schedules, tasks, workflows  # noqa: E402  (they import actor_of)
+
+__all__ = ["actor_of", "health", "schedules", "tasks", "workflows"]

@@ -9,7 +9,8 @@ the embedded broker, see ``read_model.ReadModel``) and is not more than
 writes one record per batch there, BROKER.md). With
 ``ready_requires_workers`` (set by `taskstream dev`) the processor and
 executor consumer groups must also be stable, so a client that waits for
-readiness finds the whole system warm. Otherwise 503, a problem document
+readiness finds the whole system warm. With API keys on, the key store must have
+confirmed recently that it read ``<p>.admin`` to its end (``api.keys``). Otherwise 503, a problem document
 with the reasons joined in ``detail``, one by one in ``reasons`` and each
 check's verdict in ``checks`` (and, when it was measured, the read model's
 lag in ``read_model_lag``). Broker answers come from the app's
@@ -78,6 +79,12 @@ async def readyz(request: Request) -> Response:
             checks["read_model"] = "behind"
             reasons.append(f"read model is {lag} records behind {state.read_model.topic} "
                            f"(more than ready_max_read_model_lag={state.settings.ready_max_read_model_lag})")
+    keys = state.authenticator.keys  # API keys on: a replica that cannot check them is not ready (auth.py)
+    if keys is not None:
+        checks["api_keys"] = "ok" if keys.fresh else "stale"
+        if not keys.fresh:
+            reasons.append(f"API keys cannot be checked: {keys.topic} not read to its end recently "
+                           f"({keys.problem or 'catching up'})")
     if reasons:
         return problem(503, "Not ready", "; ".join(reasons), kind="not-ready", checks=checks, reasons=reasons, **extra)
     return JSONResponse({"status": "ready", "checks": checks, **extra})

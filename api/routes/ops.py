@@ -58,7 +58,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from taskstream.schemas import PRIORITIES, DecodeError, Heartbeat, Settings, Status, Topics, catalogue, codec
-from taskstream.schemas.kafka import admin, committed_offsets, common_config, consume_available, partition_lag
+from taskstream.schemas.kafka import admin, committed_offsets, consume_available, partition_lag, reader
 
 from ..problems import JSONResponse, problem
 from ..read_model import FINISHED_WINDOW_S
@@ -123,13 +123,9 @@ class BrokerProbe:
 
     def _reader(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer({
-                **common_config(self.settings, "taskstream-api-probe"),
-                "group.id": f"{self.settings.prefix}-api-probe-{uuid.uuid4().hex}",  # required, never joined
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "fetch.wait.max.ms": 10,
-            })
+            self._consumer = reader(self.settings, "taskstream-api-probe",
+                                    f"{self.settings.prefix}-api-probe-{uuid.uuid4().hex}",  # required, never joined
+                                    {"enable.partition.eof": True, "fetch.wait.max.ms": 10})
         return self._consumer
 
     # --------------------------------------------------------------- questions

@@ -29,7 +29,6 @@ Statuses: 202 accepted, 404 unknown schedule, 409 deleting a deleted one,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from datetime import UTC, datetime
 
@@ -37,19 +36,17 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from taskstream.schemas import (
-    CommandRejected,
     NotFound,
-    ScheduleDeleted,
     ScheduleState,
     ScheduleStatus,
-    new_id,
 )
 from taskstream.schemas import cron as cron_expr
 
-from .. import idempotency
-from ..models import ScheduleIn, initial_schedule, same_schedule, schedule_json
+from .. import auth, idempotency
+from ..models import ScheduleIn, schedule_json
 from ..problems import JSONResponse
-from ._writes import TooLarge, encode, expect_schedule, write
+from .. import service
+from . import actor_of
 from .tasks import MAX_LIMIT, MAX_REASON, decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
@@ -64,27 +61,12 @@ def _created(state: ScheduleState) -> Response:
 
 @router.post("/schedules", status_code=202)
 async def create_schedule(body: ScheduleIn, request: Request) -> Response:
+    auth.admit(request, [body.task.handler])
     app = request.app.state
-    schedules = app.read_model.schedules
-    key = idempotency.check_key(request.headers.get(idempotency.HEADER))
-    now = datetime.now(UTC)
-    body.check(now)
+    key = idempotency.key_of(request)
+    body.check(datetime.now(UTC))
     cron_expr.check_sub_minute(body.cron, allowed=app.settings.allow_second_cron)
-    schedule_id = idempotency.derived_id(f"{key}:schedule") if key is not None else new_id()
-    event = body.to_event(schedule_id=schedule_id, producer=app.producer_id, now=now, settings=app.settings)
-    if key is not None:
-        existing = schedules.get(schedule_id)
-        if existing is not None:
-            if not same_schedule(existing, event):
-                raise idempotency.conflict(key)
-            return _created(existing)
-    try:
-        value = encode(event, "task.payload")
-    except TooLarge as exc:
-        return exc.response()
-    await write(app, [(event, value)])
-    log.info("schedule created schedule_id=%s cron=%r timezone=%s", schedule_id, event.cron, event.timezone)
-    return _created(schedules.get(schedule_id) or initial_schedule(event))
+    return _created(await service.create_schedule(app, body, key=key, actor=actor_of(request)))
 
 
 @router.get("/schedules")
@@ -124,18 +106,5 @@ async def delete_schedule(
 
     Tasks it already created are not touched (cancel them with ``DELETE /tasks/{id}``).
     """
-    app = request.app.state
-    state = _get(request, schedule_id)
-    if state.status == ScheduleStatus.DELETED.value:
-        raise CommandRejected(f"schedule {schedule_id} is already deleted")
-    now = datetime.now(UTC)
-    event = ScheduleDeleted(task_id=schedule_id, occurred_at=now, producer=app.producer_id, reason=reason)
-    await write(app, [(event, encode(event, "reason"))])
-    after = expect_schedule(
-        app,
-        dataclasses.replace(state, status=ScheduleStatus.DELETED.value, next_fire_at=None, updated_at=now,
-                            version=state.version + 1),
-        state.version,
-    )
-    log.info("schedule deleted schedule_id=%s", schedule_id)
+    after = await service.delete_schedule(request.app.state, schedule_id, reason=reason, actor=actor_of(request))
     return JSONResponse(schedule_json(after), status_code=202)

@@ -55,34 +55,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import logging
-from datetime import UTC, datetime
 
 from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
 from taskstream.schemas import (
-    TERMINAL,
-    CommandRejected,
     NotFound,
     Priority,
     Status,
-    TaskCancelled,
-    TaskRedriven,
     TaskState,
     ValidationError,
-    new_id,
 )
-from taskstream.schemas.observability import about
-from taskstream.streams import domain
 
-from .. import idempotency
+from .. import auth, idempotency
 from ..history import HistoryBusy, HistoryTooExpensive, event_json, history_problem, limits_for, reader_for
 from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
-from ..problems import JSONResponse, problem
+from ..problems import JSONResponse
 from ..read_model import is_sortkey
-from ._writes import MAX_EVENT_BYTES, TooLarge, encode, expect, write
+from .. import service
+from ..service import MAX_EVENT_BYTES
+from . import actor_of
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +85,6 @@ __all__ = ["router", "MAX_EVENT_BYTES", "encode_cursor", "decode_cursor"]
 
 MAX_LIMIT = 1000
 MAX_REASON = 1000
-UPDATABLE = domain.UPDATABLE  # the decider's guard (issue 14 moves the whole check into decide)
-REDRIVABLE = frozenset({Status.FAILED, Status.UPSTREAM_FAILED})
-#: TaskUpdated fields a PATCH may set (the processor's fold applies the same).
-PATCHABLE = ("priority", "payload", "run_at", "timeout_s", "max_attempts",
-             "backoff_initial_s", "backoff_multiplier", "backoff_max_s", "backoff_jitter")
 
 
 def _etag(state: TaskState) -> dict[str, str]:
@@ -108,32 +96,9 @@ def _etag(state: TaskState) -> dict[str, str]:
 
 @router.post("/tasks", status_code=202)
 async def submit_task(body: TaskIn, request: Request) -> Response:
-    app = request.app.state
-    store = app.read_model.store
-    key = idempotency.check_key(request.headers.get(idempotency.HEADER))
-    now = datetime.now(UTC)
-    extra = {}
-    if key is not None:
-        task_id = idempotency.derived_id(key)
-        rhash = idempotency.request_hash("tasks", body.model_dump(mode="json"))
-        existing = store.get(task_id)
-        if existing is not None:
-            if existing.request_hash != rhash:
-                raise idempotency.conflict(key)
-            return _created(existing)
-        extra = {"idempotency_key": key, "request_hash": rhash}
-    else:
-        task_id = new_id()
-    event = body.to_event(task_id=task_id, producer=app.producer_id, now=now, settings=app.settings, **extra)
-    try:
-        value = encode(event)
-    except TooLarge as exc:
-        return exc.response()
-    await write(app, [(event, value)])
-    app.metrics.submitted_tasks([event])
-    log.debug("task submitted task_id=%s handler=%s priority=%s", event.task_id, event.handler, event.priority,
-              extra=about(event.task_id))
-    return _created(store.get(task_id))
+    auth.admit(request, [body.handler])
+    task = await service.submit_task(request.app.state, body, key=idempotency.key_of(request), actor=actor_of(request))
+    return _created(task)
 
 
 def _created(task: TaskState) -> Response:
@@ -143,43 +108,10 @@ def _created(task: TaskState) -> Response:
 @router.post("/tasks:batch", status_code=202)
 async def submit_batch(body: BatchIn, request: Request) -> Response:
     """Up to 1,000 tasks: all validated first (none written if one is bad), then written together."""
-    app = request.app.state
-    store = app.read_model.store
-    key = idempotency.check_key(request.headers.get(idempotency.HEADER))
-    now = datetime.now(UTC)
-    if key is not None:
-        ids = [idempotency.derived_id(f"{key}:{i}") for i in range(len(body.tasks))]
-        rhash = idempotency.request_hash("tasks:batch", body.model_dump(mode="json"))
-        existing = _existing(store, ids, rhash, key)
-        extra = {"idempotency_key": key, "request_hash": rhash}
-    else:
-        ids = [new_id() for _ in body.tasks]
-        existing, extra = {}, {}
-    records = []
-    try:
-        for i, (task_id, task) in enumerate(zip(ids, body.tasks)):
-            if task_id in existing:
-                continue
-            event = task.to_event(task_id=task_id, producer=app.producer_id, now=now, settings=app.settings, **extra)
-            records.append((event, encode(event, f"tasks[{i}].payload")))
-    except TooLarge as exc:
-        return exc.response()
-    await write(app, records)
-    app.metrics.submitted_tasks(event for event, _ in records)
-    tasks = [existing.get(task_id) or store.get(task_id) for task_id in ids]
+    auth.admit(request, [t.handler for t in body.tasks], tasks=len(body.tasks))
+    tasks = await service.submit_batch(request.app.state, body, key=idempotency.key_of(request),
+                                       actor=actor_of(request))
     return JSONResponse({"tasks": [task_json(t) for t in tasks]}, status_code=202)
-
-
-def _existing(store, ids: list[str], rhash: str, key: str) -> dict[str, TaskState]:
-    """The tasks of ``ids`` already written by an earlier request with this key; 422 if that request differed."""
-    found = {}
-    for task_id in ids:
-        state = store.get(task_id)
-        if state is not None:
-            if state.request_hash != rhash:
-                raise idempotency.conflict(key)
-            found[task_id] = state
-    return found
 
 
 # -------------------------------------------------------------------- read
@@ -302,29 +234,9 @@ def parse_if_match(value: str | None) -> int | None:
 @router.patch("/tasks/{task_id}", status_code=202)
 async def update_task(task_id: str, body: TaskPatch, request: Request) -> Response:
     """Change a task that has not started; ``If-Match`` makes it conditional on the version."""
-    app = request.app.state
-    body.check()
     expected = parse_if_match(request.headers.get("If-Match"))
-    task = _get(request, task_id)
-    if expected is not None and expected != task.version:
-        return problem(
-            412, "Precondition failed",
-            f"If-Match: task {task_id} is at version {task.version}, not {expected}",
-            kind="stale-version", version=task.version, headers=_etag(task),
-        )
-    if task.status not in UPDATABLE or task.attempt != 0:  # a retry waiting in `scheduled` has started
-        raise CommandRejected(f"task {task_id} is {task.status}: already started or queued, it can no longer be changed")
-    now = datetime.now(UTC)
-    event = body.to_event(task_id=task_id, producer=app.producer_id, now=now,
-                          expected_version=expected if expected is not None else task.version)
-    try:
-        value = encode(event)
-    except TooLarge as exc:
-        return exc.response()
-    await write(app, [(event, value)])
-    changes = {name: getattr(event, name) for name in PATCHABLE if getattr(event, name) is not None}
-    after = expect(app, dataclasses.replace(task, **changes, version=task.version + 1, updated_at=now), task.version)
-    log.debug("task update written task_id=%s fields=%s", task_id, sorted(changes), extra=about(task_id))
+    after = await service.update_task(request.app.state, task_id, body, expected_version=expected,
+                                      actor=actor_of(request))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
 
 
@@ -333,55 +245,13 @@ async def cancel_task(
     task_id: str, request: Request, reason: str = Query("", max_length=MAX_REASON),
 ) -> Response:
     """Cancel a task that has not ended: 202 with the task; 409 if it is terminal."""
-    app = request.app.state
-    task = _get(request, task_id)
-    if task.status in TERMINAL:
-        raise CommandRejected(f"task {task_id} is already {task.status}")
-    now = datetime.now(UTC)
-    event = TaskCancelled(task_id=task_id, occurred_at=now, producer=app.producer_id, reason=reason)
-    await write(app, [(event, encode(event, "reason"))])
-    after = expect(
-        app,
-        dataclasses.replace(task, status=Status.CANCELLED.value, version=task.version + 1, updated_at=now,
-                            finished_at=now, error=f"cancelled: {reason}" if reason else "cancelled"),
-        task.version,
-    )
-    log.debug("task cancel written task_id=%s", task_id, extra=about(task_id))
+    after = await service.cancel_task(request.app.state, task_id, reason=reason, actor=actor_of(request))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
 
 
 @router.post("/tasks/{task_id}/retry", status_code=202)
 async def redrive_task(task_id: str, request: Request, body: RedriveIn | None = Body(None)) -> Response:
     """Re-drive a ``failed`` or ``upstream_failed`` task: 202 with the task; 409 in any other status."""
-    app = request.app.state
-    task = _get(request, task_id)
-    if task.status not in REDRIVABLE:
-        raise CommandRejected(
-            f"task {task_id} is {task.status}: only failed or upstream_failed tasks can be retried"
-        )
     reason = body.reason if body is not None else ""
-    now = datetime.now(UTC)
-    event = TaskRedriven(task_id=task_id, occurred_at=now, producer=app.producer_id, reason=reason)
-    await write(app, [(event, encode(event, "reason"))])
-    after = expect(app, redriven(task, now), task.version)
-    log.info("task re-driven task_id=%s attempt=%d was=%s", task_id, task.attempt, task.status,
-             extra=about(task_id, task.attempt))
+    after = await service.redrive_task(request.app.state, task_id, reason=reason, actor=actor_of(request))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
-
-
-def redriven(task: TaskState, now: datetime) -> TaskState:
-    """The state the processor's fold gives ``task`` on a ``TaskRedriven`` (mirrored for read-your-writes).
-
-    A fresh budget of attempts counts from ``attempt_offset``; a failed task
-    waits for its next attempt, due at once (``scheduled``, ``retry_at`` now);
-    an upstream_failed one waits for its dependencies again (``pending``,
-    keeping only the resolutions that succeeded).
-    """
-    common = dict(attempt_offset=task.attempt, finished_at=None, result=None, updated_at=now, version=task.version + 1)
-    if task.status == Status.FAILED.value:
-        return dataclasses.replace(task, status=Status.SCHEDULED.value, retry_at=now, **common)
-    resolved = {u: o for u, o in task.resolved.items() if o == Status.SUCCEEDED.value}
-    return dataclasses.replace(
-        task, status=Status.PENDING.value, resolved=resolved, error=None,
-        upstream_results={u: r for u, r in task.upstream_results.items() if u in resolved}, **common,
-    )

@@ -14,7 +14,9 @@ TaskState each task folded to *with the code of release N*:
 
 Releases: 1 = commit 3a9e7d8 (before issue 5), 2 = commit a788324 (issue 5:
 retries in scheduled, dead letters, checkpoints, redrives), 3 = TaskCreated
-``description`` (commit 8f6366c, folded by the code of that checkout). A release's logs are never regenerated once committed: they
+``description`` (commit 8f6366c, folded by the code of that checkout), 4 =
+``actor`` on the events the API writes (issue 15's audit field; folded by
+the code of the commit that added it). A release's logs are never regenerated once committed: they
 are what that release wrote. ``encode`` for a new release only.
 
 File format (``v<N>/<history>.json``): ``records`` in log order, each with
@@ -36,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HISTORY = REPO / "schemas" / "avro" / "history"
-RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c"}
+RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
 
 
@@ -58,6 +60,8 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
         producer = "api-golden" if kind in ("TaskCreated", "TaskCancelled", "TaskUpdated", "TaskRedriven") else (
             "executor-golden" if kind in ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskCheckpointed") else "processor"
         )
+        if version >= 4 and producer == "api-golden":
+            fields = {"actor": "key-golden", **fields}  # v4: who asked, on every event the API writes
         return kind, {"event_id": f"{n:032x}", "task_id": task_id, "occurred_at": at(t), "producer": producer, **fields}
 
     def created(task_id: str, t: float, **fields) -> tuple[str, dict]:

@@ -78,11 +78,12 @@ def test_topics_create_against_an_unreachable_broker_fails_cleanly() -> None:
 @pytest.mark.slow
 def test_bench_runs_its_own_dev_stack_and_prints_json(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
-    r = subprocess.run([*_cli(), "bench", "-n", "200", "--clients", "2", "--json"], env=env, cwd=tmp_path,
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run([*_cli(), "bench", "-n", "200", "--clients", "2", "--json", "--prefill-events", "1000"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     figures = json.loads(r.stdout)
     assert figures["tasks"] == 200 and figures["started_dev"] is True
+    assert figures["prefill_tasks"] == 334 and figures["prefill_events"] >= 1000 and "prefilling the log" in r.stderr
     assert figures["throughput_per_s"] > 0
     assert 0 < figures["start_latency_ms"]["p50"] <= figures["start_latency_ms"]["p99"]
     assert figures["finish_latency_ms"]["p99"] >= figures["start_latency_ms"]["p99"]

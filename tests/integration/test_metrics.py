@@ -152,7 +152,9 @@ def test_metrics_move_with_labels_and_logs_are_json(settings: Settings, tmp_path
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     [failed] = [r for r in records if r.get("task_id") == failing and "failed" in r["message"]]
-    assert failed["attempt"] == 1 and failed["level"] == "INFO" and "ValueError: planned failure" in failed["exc_info"]
+    # INFO names the exception type; its text and traceback are DEBUG only (a handler's error may quote its payload)
+    assert failed["attempt"] == 1 and failed["level"] == "INFO" and failed["message"].endswith("(ValueError)")
+    assert "planned failure" not in failed["message"] and "exc_info" not in failed
     for path in (exec_log, proc_log):
         assert SECRET not in path.read_text(), f"{path.name} shows a payload"
 

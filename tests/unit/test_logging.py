@@ -112,3 +112,18 @@ def test_every_executor_log_line_about_an_attempt_carries_its_fields() -> None:
     assert len(about_task) > 15
     missing = [c.lineno for c in about_task if not any(k.arg == "extra" for k in c.keywords)]
     assert missing == []
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_long_messages_and_tracebacks_are_cut(log_format: str) -> None:
+    from taskstream.schemas.observability import MAX_LOG_MESSAGE_CHARS, MAX_LOG_TRACEBACK_CHARS
+
+    logger, out = _logger(Settings(log_format=log_format))
+    logger.warning("x" * 100_000)
+    try:
+        raise ValueError("y" * 100_000 + "END")
+    except ValueError:
+        logger.exception("failed")
+    text = out.getvalue()
+    assert len(text) < MAX_LOG_MESSAGE_CHARS + MAX_LOG_TRACEBACK_CHARS + 1000
+    assert "characters cut" in text and "END" in text  # a traceback keeps its end

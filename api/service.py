@@ -1,0 +1,307 @@
+"""The API's one write path: a request becomes commands, ``streams.domain.decide`` answers them, the events are written.
+
+Every writer of the API (HTTP routes, gRPC) calls one function per
+operation here, so all share the rules:
+
+- the current state comes from the read model and the command is decided
+  by the domain (guards: ``NotFound``, ``StaleVersion``, ``CommandRejected``);
+- events are encoded and size-checked before the first byte is produced
+  (bad input writes nothing; ``TooLarge`` names the field, 413);
+- an operation returns only after the broker acknowledged every record it
+  wrote (acks=all; ``BrokerUnavailable`` otherwise, 503);
+- read-your-writes: the state the domain's fold gives for the written
+  events goes into the read model (only over the version the decision
+  saw), so a read right after the write shows it; the processor's own
+  states, arriving later on ``<p>.state``, replace it;
+- ``Idempotency-Key``: the ids of what a request creates derive from the
+  key; a repeat of the same request answers what exists, a different
+  request with the same key is a ``ValidationError`` naming the header.
+
+In a batch, records acknowledged before a produce failure stay written:
+retry with the same ``Idempotency-Key`` to complete it without duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from graphlib import TopologicalSorter
+from typing import Any
+
+from taskstream.schemas import (
+    BrokerUnavailable,
+    Event,
+    NotFound,
+    ScheduleState,
+    TaskCreated,
+    TaskState,
+    TooLarge,
+    Topics,
+    codec,
+    new_id,
+)
+from taskstream.schemas.limits import MAX_RECORD_BYTES
+from taskstream.schemas.observability import about
+from taskstream.streams import domain
+
+from . import idempotency
+from .models import BatchIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, same_schedule
+
+log = logging.getLogger(__name__)
+
+#: One event must fit in a record of ours (``MAX_RECORD_BYTES``, with room for framing and headers). The request
+#: limits keep every event far under it; an event above it is the client's problem (413), not the broker's (503).
+MAX_EVENT_BYTES = MAX_RECORD_BYTES - 4096
+
+
+def encode(event: Event, field: str = "payload") -> bytes:
+    """The record value of ``event``; ``TooLarge`` naming ``field`` if it cannot go into the log."""
+    value = codec.encode(event)
+    if len(value) > MAX_EVENT_BYTES:
+        raise TooLarge(field, len(value), MAX_EVENT_BYTES)
+    return value
+
+
+# -------------------------------------------------------------------- tasks
+
+
+async def submit_task(app: Any, body: TaskIn, *, key: str | None = None, actor: str | None = None) -> TaskState:
+    """``POST /tasks``: the new task (or, for a repeated ``key``, the one it created before)."""
+    store = app.read_model.store
+    extra: dict[str, Any] = {}
+    if key is not None:
+        task_id = idempotency.derived_id(key)
+        rhash = idempotency.request_hash("tasks", body.model_dump(mode="json"))
+        existing = store.get(task_id)
+        if existing is not None:
+            if existing.request_hash != rhash:
+                raise idempotency.conflict(key)
+            return existing
+        extra = {"idempotency_key": key, "request_hash": rhash}
+    else:
+        task_id = new_id()
+    command = body.to_command(task_id=task_id, producer=app.producer_id, settings=app.settings, actor=actor, **extra)
+    (state,) = await _decide_and_write(app, [(None, command, "payload")])
+    log.debug("task submitted task_id=%s handler=%s priority=%s", task_id, command.handler, command.priority,
+              extra=about(task_id))
+    return state
+
+
+async def submit_batch(app: Any, body: BatchIn, *, key: str | None = None, actor: str | None = None) -> list[TaskState]:
+    """``POST /tasks:batch``: every task validated and encoded first (none written if one is bad), then written."""
+    store = app.read_model.store
+    existing: dict[str, TaskState] = {}
+    extra: dict[str, Any] = {}
+    if key is not None:
+        ids = [idempotency.derived_id(f"{key}:{i}") for i in range(len(body.tasks))]
+        rhash = idempotency.request_hash("tasks:batch", body.model_dump(mode="json"))
+        existing = _existing(store, ids, rhash, key)
+        extra = {"idempotency_key": key, "request_hash": rhash}
+    else:
+        ids = [new_id() for _ in body.tasks]
+    commands = [
+        (None, task.to_command(task_id=task_id, producer=app.producer_id, settings=app.settings, actor=actor, **extra),
+         f"tasks[{i}].payload")
+        for i, (task_id, task) in enumerate(zip(ids, body.tasks)) if task_id not in existing
+    ]
+    written = {s.task_id: s for s in await _decide_and_write(app, commands)}
+    return [existing.get(task_id) or written[task_id] for task_id in ids]
+
+
+async def submit_workflow(app: Any, body: WorkflowIn, *, key: str | None = None,
+                          actor: str | None = None) -> tuple[str, dict[str, str]]:
+    """``POST /workflows`` of a checked graph (``check_graph``): its id and the task id of each key.
+
+    Tasks are written in topological generations, every ack of one before the
+    next is produced: a dependent's registration with its upstream (keyed by
+    the upstream, DESIGN §5) must find the upstream's ``TaskCreated`` in the log.
+    """
+    store = app.read_model.store
+    existing: dict[str, TaskState] = {}
+    extra: dict[str, Any] = {}
+    if key is not None:
+        workflow_id = idempotency.derived_id(f"{key}:workflow")
+        ids = {t.key: idempotency.derived_id(f"{key}:{t.key}") for t in body.tasks}
+        rhash = idempotency.request_hash("workflows", body.model_dump(mode="json"))
+        existing = _existing(store, list(ids.values()), rhash, key)
+        extra = {"idempotency_key": key, "request_hash": rhash}
+    else:
+        workflow_id = new_id()
+        ids = {t.key: new_id() for t in body.tasks}
+    commands = {
+        task.key: (None, task.to_command(
+            task_id=ids[task.key], producer=app.producer_id, settings=app.settings, actor=actor,
+            depends_on=[ids[d] for d in task.depends_on], upstream_keys={ids[d]: d for d in task.depends_on},
+            key=task.key, workflow_id=workflow_id, **extra,
+        ), f"tasks[{i}].payload")
+        for i, task in enumerate(body.tasks) if ids[task.key] not in existing
+    }
+    decided = _decide_all(list(commands.values()))  # every event encoded before the first is produced
+    by_key = dict(zip(commands, decided))
+    sorter = TopologicalSorter({t.key: t.depends_on for t in body.tasks})
+    sorter.prepare()
+    while sorter.is_active():
+        ready = sorter.get_ready()
+        generation = [by_key[k] for k in ready if k in by_key]
+        if generation:
+            await _write_decided(app, generation)
+        sorter.done(*ready)
+    log.debug("workflow submitted workflow_id=%s tasks=%d", workflow_id, len(ids))
+    return workflow_id, ids
+
+
+def _existing(store, ids: list[str], rhash: str, key: str) -> dict[str, TaskState]:
+    """The tasks of ``ids`` already written by an earlier request with this key; 422 if that request differed."""
+    found = {}
+    for task_id in ids:
+        state = store.get(task_id)
+        if state is not None:
+            if state.request_hash != rhash:
+                raise idempotency.conflict(key)
+            found[task_id] = state
+    return found
+
+
+async def update_task(app: Any, task_id: str, body: TaskPatch, *, expected_version: int | None = None,
+                      actor: str | None = None) -> TaskState:
+    """``PATCH /tasks/{id}``: change a task that has not started, at ``expected_version`` if given."""
+    body.check()
+    command = body.to_command(task_id=task_id, producer=app.producer_id, expected_version=expected_version,
+                              actor=actor)
+    return (await _decide_and_write(app, [(_task(app, task_id), command, "payload")]))[0]
+
+
+async def cancel_task(app: Any, task_id: str, *, reason: str = "", actor: str | None = None) -> TaskState:
+    """``DELETE /tasks/{id}``: cancel a task that has not ended."""
+    command = domain.CancelTask(task_id=task_id, producer=app.producer_id, reason=reason, actor=actor)
+    return (await _decide_and_write(app, [(_task(app, task_id), command, "reason")]))[0]
+
+
+async def redrive_task(app: Any, task_id: str, *, reason: str = "", actor: str | None = None) -> TaskState:
+    """``POST /tasks/{id}/retry``: run a failed or upstream_failed task again with a fresh budget."""
+    command = domain.RedriveTask(task_id=task_id, producer=app.producer_id, reason=reason, actor=actor)
+    state = (await _decide_and_write(app, [(_task(app, task_id), command, "reason")]))[0]
+    log.info("task re-driven task_id=%s attempt=%d", task_id, state.attempt, extra=about(task_id, state.attempt))
+    return state
+
+
+def _task(app: Any, task_id: str) -> TaskState:
+    state = app.read_model.store.get(task_id)
+    if state is None:
+        raise NotFound(f"task {task_id} not found")
+    return state
+
+
+# ---------------------------------------------------------------- schedules
+
+
+async def create_schedule(app: Any, body: ScheduleIn, *, key: str | None = None,
+                          actor: str | None = None) -> ScheduleState:
+    """``POST /schedules`` of a checked body (``ScheduleIn.check``): the new schedule, or the one ``key`` made."""
+    schedules = app.read_model.schedules
+    schedule_id = idempotency.derived_id(f"{key}:schedule") if key is not None else new_id()
+    command = body.to_command(schedule_id=schedule_id, producer=app.producer_id, settings=app.settings, actor=actor)
+    if key is not None:
+        existing = schedules.get(schedule_id)
+        if existing is not None:
+            if not same_schedule(existing, command):
+                raise idempotency.conflict(key)
+            return existing
+    (state,) = await _decide_and_write(app, [(None, command, "task.payload")])
+    log.info("schedule created schedule_id=%s cron=%r timezone=%s", schedule_id, command.cron, command.timezone)
+    return state
+
+
+async def delete_schedule(app: Any, schedule_id: str, *, reason: str = "", actor: str | None = None) -> ScheduleState:
+    """``DELETE /schedules/{id}``: stop a schedule (the tasks it created are not touched)."""
+    state = app.read_model.schedules.get(schedule_id)
+    if state is None:
+        raise NotFound(f"schedule {schedule_id} not found")
+    command = domain.DeleteSchedule(schedule_id=schedule_id, producer=app.producer_id, reason=reason, actor=actor)
+    (after,) = await _decide_and_write(app, [(state, command, "reason")])
+    log.info("schedule deleted schedule_id=%s", schedule_id)
+    return after
+
+
+# ------------------------------------------------------------------ writing
+
+#: (state the command was decided on, command, request field its size is charged to)
+Decision = tuple[Any, Any, str]
+
+
+def _decide_all(decisions: Sequence[Decision]) -> list[tuple[Any, list[tuple[Event, bytes]]]]:
+    now = datetime.now(UTC)
+    out = []
+    for state, command, field in decisions:
+        events = domain.decide(state, command, now)
+        out.append((state, [(event, encode(event, field)) for event in events]))
+    return out
+
+
+async def _decide_and_write(app: Any, decisions: Sequence[Decision]) -> list[Any]:
+    return await _write_decided(app, _decide_all(decisions))
+
+
+async def _write_decided(app: Any, decided: Sequence[tuple[Any, list[tuple[Event, bytes]]]]) -> list[Any]:
+    """Write every decision's records, then put each expected state into the read model; the states, in order.
+
+    A decision whose records were all acknowledged goes into the read model
+    even when another record failed (then the failure is raised after): a
+    retry with the same ``Idempotency-Key`` finds it and does not write it twice.
+    """
+    records = [record for _, rs in decided for record in rs]
+    failures = iter(await write(app, records))
+    states, failure = [], None
+    for state, rs in decided:
+        failed = [f for f in (next(failures) for _ in rs) if f is not None]
+        if failed:
+            failure = failure or failed[0]
+            continue
+        app.metrics.submitted_tasks(e for e, _ in rs if isinstance(e, TaskCreated))
+        states.append(_expect(app, state, [e for e, _ in rs]))
+    if failure is not None:
+        if isinstance(failure, BrokerUnavailable):
+            raise failure
+        raise BrokerUnavailable(str(failure)) from failure
+    return states
+
+
+def _expect(app: Any, before: Any, events: list[Event]) -> Any:
+    """Read-your-writes: the domain's fold of the written events into the read model, unless it holds newer."""
+    after = domain.fold(events, before)
+    if after is None or after is before:
+        return before
+    if isinstance(after, ScheduleState):
+        store, ident = app.read_model.schedules, after.schedule_id
+        if before is None:
+            store.apply(after, only_if_absent=True)
+        else:
+            store.apply(after, only_over_version=before.version)
+    else:
+        store, ident = app.read_model.store, after.task_id
+        store.apply(after, only_over_version=None if before is None else before.version)
+    return store.get(ident) or after
+
+
+async def write(app: Any, records: Sequence[tuple[Event, bytes]]) -> list[BaseException | None]:
+    """Produce every record to ``<p>.events`` keyed by its task and wait for all acks; each record's failure or None.
+
+    Records are produced together (the producer pipelines them) and awaited
+    together. Once the producer refuses one (``BrokerUnavailable``), it and
+    every later record count as failed with that error, unproduced.
+    """
+    topic = Topics(app.settings.prefix).events
+    producer = app.producer
+    futures: list[asyncio.Future] = []
+    refused: BaseException | None = None
+    for event, value in records:
+        try:
+            futures.append(producer.send(topic, key=event.task_id.encode(), value=value, headers=codec.headers(event)))
+        except BrokerUnavailable as exc:
+            refused = exc
+            break
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    out: list[BaseException | None] = [r if isinstance(r, BaseException) else None for r in results]
+    return out + [refused] * (len(records) - len(out))

@@ -1,0 +1,39 @@
+"""taskstream.client: the HTTP API of taskstream for Python programs and scripts.
+
+Depends on httpx only (no other taskstream package), so it can be used
+from any program that can reach the API::
+
+    from taskstream.client import Client
+
+    with Client("http://127.0.0.1:8080") as ts:
+        task = ts.submit("echo", {"hello": "world"}, priority="high")
+        done = ts.wait(task.id, timeout=30)
+        print(done.status, done.result)
+
+``AsyncClient`` has the same methods for asyncio (awaited). Errors are the
+``TaskstreamError`` tree of ``taskstream.client.errors``.
+"""
+
+from ._calls import UNSET, task_body
+from ._client import DEFAULT_URL, AsyncClient, Client
+from .errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    RateLimited,
+    ServerError,
+    TaskstreamError,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+    WaitTimeout,
+)
+from .models import PRIORITIES, STATUSES, TERMINAL, Page, Schedule, Task, TaskEvent, Workflow
+
+__all__ = [
+    "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET",
+    "AsyncClient", "Client", "Page", "Schedule", "Task", "TaskEvent", "Workflow", "task_body",
+    "TaskstreamError", "Conflict", "Forbidden", "NotFound", "PreconditionFailed", "RateLimited", "ServerError",
+    "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
+]

@@ -1,0 +1,230 @@
+"""Every operation as a request to send and a parser of its answer, with no I/O.
+
+``Client`` and ``AsyncClient`` differ only in how they send a ``Call``
+(httpx's sync or async client); what goes on the wire and what comes back
+is written once, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from .errors import error_for
+from .models import Page, Schedule, Task, TaskEvent, Workflow
+
+T = TypeVar("T")
+API = "/api/v1"
+#: Marks an argument the caller did not give (``payload=None`` is a value: JSON null).
+UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET", "__bool__": lambda self: False})()
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One HTTP request and what to make of its 2xx answer."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: list[tuple[str, str]] = field(default_factory=list)
+    json: Any = UNSET
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """``response`` if it is a success, else raise the ``TaskstreamError`` of its problem document."""
+    if response.is_success:
+        return response
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        text = response.text.strip()[:300]
+        problem = {"title": response.reason_phrase or "HTTP error", "status": response.status_code,
+                   "detail": text or f"{response.request.method} {response.request.url.path}"}
+    raise error_for(response.status_code, problem, response.headers.get("Retry-After"))
+
+
+def _id(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+def _time(value: datetime | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone: give an aware datetime (e.g. tzinfo=UTC)")
+    return value.isoformat()
+
+
+def _key(idempotency_key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+
+
+def task_body(
+    handler: str,
+    payload: Any = UNSET,
+    *,
+    priority: str | None = None,
+    depends_on: Iterable[str] | None = None,
+    run_at: datetime | str | None = None,
+    timeout_s: float | None = None,
+    retry: Mapping[str, Any] | None = None,
+    max_attempts: int | None = None,
+    labels: Mapping[str, str] | None = None,
+    name: str | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """The JSON of one task for ``POST /tasks`` (or an entry of ``submit_many``): only the fields given.
+
+    ``max_attempts`` is a shortcut for ``retry={"max_attempts": ...}`` (merged into ``retry``);
+    ``more`` passes fields this client does not know yet (``key`` for a workflow entry).
+    """
+    body: dict[str, Any] = {"handler": handler}
+    if payload is not UNSET:
+        body["payload"] = payload
+    if priority is not None:
+        body["priority"] = priority
+    if depends_on:
+        body["depends_on"] = list(depends_on)
+    if run_at is not None:
+        body["run_at"] = _time(run_at)
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+    if retry is not None or max_attempts is not None:
+        body["retry"] = {**(retry or {}), **({"max_attempts": max_attempts} if max_attempts is not None else {})}
+    if labels:
+        body["labels"] = dict(labels)
+    if name is not None:
+        body["name"] = name
+    body.update(more)
+    return body
+
+
+def _task(r: httpx.Response) -> Task:
+    return Task.from_json(r.json())
+
+
+def _schedule(r: httpx.Response) -> Schedule:
+    return Schedule.from_json(r.json())
+
+
+# ------------------------------------------------------------------ tasks
+
+
+def submit(body: dict[str, Any], idempotency_key: str | None) -> Call[Task]:
+    return Call("POST", f"{API}/tasks", _task, json=body, headers=_key(idempotency_key))
+
+
+def submit_many(bodies: list[dict[str, Any]], idempotency_key: str | None) -> Call[list[Task]]:
+    return Call("POST", f"{API}/tasks:batch", lambda r: [Task.from_json(t) for t in r.json()["tasks"]],
+                json={"tasks": bodies}, headers=_key(idempotency_key))
+
+
+def workflow(tasks: list[dict[str, Any]] | Mapping[str, Any], idempotency_key: str | None) -> Call[Workflow]:
+    body = dict(tasks) if isinstance(tasks, Mapping) else {"tasks": list(tasks)}
+    return Call("POST", f"{API}/workflows", lambda r: Workflow.from_json(r.json()), json=body,
+                headers=_key(idempotency_key))
+
+
+def get(task_id: str, as_of: datetime | str | None) -> Call[Task]:
+    params = [("as_of", _time(as_of))] if as_of is not None else []
+    return Call("GET", f"{API}/tasks/{_id(task_id)}", _task, params=params)
+
+
+def list_page(status: str | None, priority: str | None, handler: str | None, labels: Mapping[str, str] | None,
+              limit: int | None, cursor: str | None) -> Call[Page[Task]]:
+    params = [(k, v) for k, v in (("status", status), ("priority", priority), ("handler", handler)) if v is not None]
+    params += [("label", f"{k}:{v}") for k, v in (labels or {}).items()]
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    if cursor is not None:
+        params.append(("cursor", cursor))
+
+    def parse(r: httpx.Response) -> Page[Task]:
+        doc = r.json()
+        return Page([Task.from_json(t) for t in doc["tasks"]], doc.get("next_cursor"), bool(doc.get("partial")))
+
+    return Call("GET", f"{API}/tasks", parse, params=params)
+
+
+def update(task_id: str, if_match: int | str | None, changes: dict[str, Any]) -> Call[Task]:
+    body = {k: (_time(v) if k == "run_at" else v) for k, v in changes.items() if v is not UNSET}
+    headers = {"If-Match": f'"{if_match}"' if isinstance(if_match, int) else if_match} if if_match is not None else {}
+    return Call("PATCH", f"{API}/tasks/{_id(task_id)}", _task, json=body, headers=headers)
+
+
+def cancel(task_id: str, reason: str) -> Call[Task]:
+    return Call("DELETE", f"{API}/tasks/{_id(task_id)}", _task, params=[("reason", reason)] if reason else [])
+
+
+def retry(task_id: str, reason: str) -> Call[Task]:
+    return Call("POST", f"{API}/tasks/{_id(task_id)}/retry", _task, json={"reason": reason} if reason else UNSET)
+
+
+def events(task_id: str) -> Call[list[TaskEvent]]:
+    return Call("GET", f"{API}/tasks/{_id(task_id)}/events",
+                lambda r: [TaskEvent.from_json(e) for e in r.json()["events"]])
+
+
+# -------------------------------------------------------------- schedules
+
+
+def create_schedule(body: dict[str, Any], idempotency_key: str | None) -> Call[Schedule]:
+    return Call("POST", f"{API}/schedules", _schedule, json=body, headers=_key(idempotency_key))
+
+
+def get_schedule(schedule_id: str) -> Call[Schedule]:
+    return Call("GET", f"{API}/schedules/{_id(schedule_id)}", _schedule)
+
+
+def schedules_page(status: str | None, limit: int | None, cursor: str | None) -> Call[Page[Schedule]]:
+    params = [("status", status)] if status is not None else []
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    if cursor is not None:
+        params.append(("cursor", cursor))
+
+    def parse(r: httpx.Response) -> Page[Schedule]:
+        doc = r.json()
+        return Page([Schedule.from_json(s) for s in doc["schedules"]], doc.get("next_cursor"))
+
+    return Call("GET", f"{API}/schedules", parse, params=params)
+
+
+def delete_schedule(schedule_id: str, reason: str) -> Call[Schedule]:
+    return Call("DELETE", f"{API}/schedules/{_id(schedule_id)}", _schedule,
+                params=[("reason", reason)] if reason else [])
+
+
+# ------------------------------------------------------------------- ops
+
+
+def stats() -> Call[dict[str, Any]]:
+    return Call("GET", f"{API}/stats", lambda r: r.json())
+
+
+def ready() -> Call[dict[str, Any]]:
+    """``/readyz``: the checks when ready; ``Unavailable`` (503, with ``reasons``) when not."""
+    return Call("GET", "/readyz", lambda r: r.json())
+
+
+# ------------------------------------------------------------------ wait
+
+
+class Backoff:
+    """Poll intervals for ``wait()``: ``first`` seconds, growing by ``factor`` up to ``most``."""
+
+    def __init__(self, first: float = 0.05, factor: float = 1.5, most: float = 1.0) -> None:
+        self.next, self.factor, self.most = first, factor, most
+
+    def __call__(self) -> float:
+        delay = self.next
+        self.next = min(self.most, self.next * self.factor)
+        return delay

@@ -1,0 +1,377 @@
+"""``Client`` and ``AsyncClient``: the HTTP API of taskstream for Python programs.
+
+Both build their requests and read their answers with ``_calls`` and differ
+only in how a request is sent: each simple operation is written once in
+``_Operations`` and returns ``self._send(call)``, which is the result for
+``Client`` and an awaitable of it for ``AsyncClient`` (whose signatures are
+restated for type checkers only, under ``TYPE_CHECKING``; a unit test keeps
+them equal). What loops (``list``, ``schedules``, ``wait``) is written per
+class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from . import _calls as calls
+from ._calls import UNSET, Call
+from .errors import TaskstreamError, WaitTimeout, unreachable
+from .models import Page, Schedule, Task, TaskEvent, Workflow
+
+#: Where ``taskstream dev`` serves the API.
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT_S = 30.0
+USER_AGENT = "taskstream-client/0.1"
+
+
+def _headers(api_key: str | None, token: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json, application/problem+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if api_key:
+        headers["X-API-Key"] = api_key
+    headers.update(extra or {})
+    return headers
+
+
+class _Operations:
+    """The operations that are one request each; ``_send`` decides sync or async."""
+
+    url: str
+
+    def _send(self, call: Call) -> Any:  # pragma: no cover - each client has its own
+        raise NotImplementedError
+
+    def _kwargs(self, call: Call) -> dict[str, Any]:
+        kw: dict[str, Any] = {"params": call.params or None, "headers": call.headers or None}
+        if call.json is not UNSET:
+            kw["json"] = call.json
+        return kw
+
+    def _transport_error(self, exc: httpx.HTTPError) -> TaskstreamError:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            reason = f"timed out ({type(exc).__name__})"
+        return unreachable(self.url, reason)
+
+    # ------------------------------------------------------------ tasks
+
+    def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,
+               depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
+               timeout_s: float | None = None, retry: Mapping[str, Any] | None = None,
+               max_attempts: int | None = None, labels: Mapping[str, str] | None = None, name: str | None = None,
+               idempotency_key: str | None = None) -> Task:
+        """Submit one task (``POST /tasks``); the task as the API accepted it.
+
+        ``retry`` is ``{"max_attempts", "backoff": {"initial_s", "multiplier", "max_s", "jitter"}}``
+        (any part of it); ``max_attempts`` alone is a shortcut for it. With ``idempotency_key`` a
+        repeat of the same request answers the same task and writes nothing.
+        """
+        body = calls.task_body(handler, payload, priority=priority, depends_on=depends_on, run_at=run_at,
+                               timeout_s=timeout_s, retry=retry, max_attempts=max_attempts, labels=labels, name=name)
+        return self._send(calls.submit(body, idempotency_key))
+
+    def submit_many(self, tasks: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None) -> list[Task]:
+        """Submit up to 1,000 tasks in one request (``POST /tasks:batch``): all are validated before any is written.
+
+        Each entry is the JSON of a task (``task_body(...)`` builds one).
+        """
+        return self._send(calls.submit_many([dict(t) for t in tasks], idempotency_key))
+
+    def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,
+                 idempotency_key: str | None = None) -> Workflow:
+        """Submit a DAG (``POST /workflows``): entries with a local ``key`` and ``depends_on`` keys.
+
+        ``tasks`` is the list of entries or the whole body (``{"tasks": [...]}``); answers the
+        workflow id and the task id of every key. A cycle or an unknown key is a ``ValidationFailed``.
+        """
+        entries = tasks if isinstance(tasks, Mapping) else [dict(t) for t in tasks]
+        return self._send(calls.workflow(entries, idempotency_key))
+
+    def get(self, task_id: str, *, as_of: datetime | str | None = None) -> Task:
+        """The task now, or as it was at ``as_of`` (folded from the log)."""
+        return self._send(calls.get(task_id, as_of))
+
+    def list_page(self, *, status: str | None = None, priority: str | None = None, handler: str | None = None,
+                  labels: Mapping[str, str] | None = None, limit: int | None = None,
+                  cursor: str | None = None) -> Page[Task]:
+        """One page of tasks, newest first (``GET /tasks``); ``limit`` 1-1,000 (the API's default is 100)."""
+        return self._send(calls.list_page(status, priority, handler, labels, limit, cursor))
+
+    def update(self, task_id: str, *, if_match: int | str | None = None, priority: str | None = None,
+               run_at: datetime | str | None = None, payload: Any = UNSET, timeout_s: float | None = None,
+               retry: Mapping[str, Any] | None = None) -> Task:
+        """Change a task that has not started (``PATCH``): only the fields given.
+
+        ``if_match`` (a version, e.g. ``task.version``) makes it conditional: ``PreconditionFailed``
+        when the task changed meanwhile; ``Conflict`` once the task was queued.
+        """
+        changes = {"priority": priority if priority is not None else UNSET,
+                   "run_at": run_at if run_at is not None else UNSET, "payload": payload,
+                   "timeout_s": timeout_s if timeout_s is not None else UNSET,
+                   "retry": dict(retry) if retry is not None else UNSET}
+        return self._send(calls.update(task_id, if_match, changes))
+
+    def cancel(self, task_id: str, *, reason: str = "") -> Task:
+        """Cancel a task (``DELETE``); ``Conflict`` if it already ended."""
+        return self._send(calls.cancel(task_id, reason))
+
+    def retry(self, task_id: str, *, reason: str = "") -> Task:
+        """Re-drive a ``failed`` or ``upstream_failed`` task; ``Conflict`` in any other status."""
+        return self._send(calls.retry(task_id, reason))
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's history decoded from the log, oldest first."""
+        return self._send(calls.events(task_id))
+
+    # -------------------------------------------------------- schedules
+
+    def create_schedule(self, cron: str, task: Mapping[str, Any], *, timezone: str | None = None,
+                        name: str | None = None, start_at: datetime | str | None = None,
+                        end_at: datetime | str | None = None, misfire: str | None = None,
+                        idempotency_key: str | None = None) -> Schedule:
+        """A cron schedule that creates ``task`` (task fields but ``depends_on``/``run_at``) at each fire."""
+        body: dict[str, Any] = {"cron": cron, "task": dict(task)}
+        for k, v in (("timezone", timezone), ("name", name), ("start_at", calls._time(start_at)),
+                     ("end_at", calls._time(end_at)), ("misfire", misfire)):
+            if v is not None:
+                body[k] = v
+        return self._send(calls.create_schedule(body, idempotency_key))
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        return self._send(calls.get_schedule(schedule_id))
+
+    def schedules_page(self, *, status: str | None = None, limit: int | None = None,
+                       cursor: str | None = None) -> Page[Schedule]:
+        """One page of schedules, newest first."""
+        return self._send(calls.schedules_page(status, limit, cursor))
+
+    def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule:
+        """Stop a schedule; ``Conflict`` if it is already deleted. Tasks it created stay."""
+        return self._send(calls.delete_schedule(schedule_id, reason))
+
+    # -------------------------------------------------------------- ops
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /stats``: counts by status and priority, queue depth, recent throughput."""
+        return self._send(calls.stats())
+
+    def ready(self) -> dict[str, Any]:
+        """``GET /readyz``: the checks when ready; raises ``Unavailable`` with the reasons when not."""
+        return self._send(calls.ready())
+
+
+class Client(_Operations):
+    """The taskstream HTTP API, synchronous (one ``httpx.Client``, keep-alive; safe to share between threads).
+
+    ``url`` defaults to ``$TASKSTREAM_URL``, else ``http://127.0.0.1:8080``
+    (``taskstream dev``). Credentials: ``token`` (``Authorization: Bearer``,
+    default ``$TASKSTREAM_TOKEN``) or ``api_key`` (``X-API-Key``, default
+    ``$TASKSTREAM_API_KEY``). Errors are ``TaskstreamError`` subclasses
+    (``taskstream.client.errors``). Use it as a context manager or ``close()`` it.
+    """
+
+    def __init__(self, url: str | None = None, *, api_key: str | None = None, token: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, headers: Mapping[str, str] | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = (url or os.environ.get("TASKSTREAM_URL") or DEFAULT_URL).rstrip("/")
+        api_key = api_key if api_key is not None else os.environ.get("TASKSTREAM_API_KEY")
+        token = token if token is not None else os.environ.get("TASKSTREAM_TOKEN")
+        self._http = httpx.Client(base_url=self.url, headers=_headers(api_key, token, headers), timeout=timeout,
+                                  transport=transport or httpx.HTTPTransport(retries=1))
+
+    def _send(self, call: Call) -> Any:
+        try:
+            response = self._http.request(call.method, call.path, **self._kwargs(call))
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        return call.parse(calls.check(response))
+
+    def pages(self, **filters: Any) -> Iterator[Page[Task]]:
+        """Pages of tasks following the cursor (filters as ``list_page``), until the last."""
+        cursor = filters.pop("cursor", None)
+        while True:
+            page = self.list_page(**filters, cursor=cursor)
+            yield page
+            cursor = page.next_cursor
+            if not cursor:
+                return
+
+    def list(self, *, status: str | None = None, priority: str | None = None, handler: str | None = None,
+             labels: Mapping[str, str] | None = None, page_size: int | None = None,
+             cursor: str | None = None) -> Iterator[Task]:
+        """Every task matching the filters, newest first, fetched a page at a time as you iterate."""
+        for page in self.pages(status=status, priority=priority, handler=handler, labels=labels, limit=page_size,
+                               cursor=cursor):
+            yield from page.items
+
+    def schedules(self, *, status: str | None = None, page_size: int | None = None) -> Iterator[Schedule]:
+        """Every schedule (of ``status``), newest first, a page at a time."""
+        cursor = None
+        while True:
+            page = self.schedules_page(status=status, limit=page_size, cursor=cursor)
+            yield from page.items
+            cursor = page.next_cursor
+            if not cursor:
+                return
+
+    def wait(self, task_id: str, timeout: float | None = 60.0, *,
+             on_update: Callable[[Task], None] | None = None) -> Task:
+        """Poll the task (backoff 50 ms growing to 1 s) until it is terminal; return it however it ended.
+
+        ``on_update`` sees every state polled. ``WaitTimeout`` after ``timeout`` seconds (None: no limit).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = calls.Backoff()
+        while True:
+            task = self.get(task_id)
+            if on_update is not None:
+                on_update(task)
+            if task.terminal:
+                return task
+            delay = backoff()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout({"title": "Wait timed out",
+                                       "detail": f"task {task_id} is still {task.status} after {timeout:g}s"}, task)
+                delay = min(delay, left)
+            time.sleep(delay)
+
+    def watch(self, task_id: str) -> Iterator[Task]:
+        """Every state change of a task, pushed by the API (``GET /tasks/{id}/watch``, Server-Sent Events).
+
+        Not available yet: the SSE endpoints are being added to the API. Poll with ``wait()`` meanwhile.
+        """
+        raise NotImplementedError("watch() needs the API's SSE endpoint GET /api/v1/tasks/{id}/watch; use wait()")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Operations):
+    """The taskstream HTTP API for asyncio: ``Client``'s methods, each to be awaited.
+
+    ``list``, ``pages`` and ``schedules`` are async iterators (``async for``).
+    Same settings as ``Client``; use ``async with`` or ``await aclose()``.
+    """
+
+    def __init__(self, url: str | None = None, *, api_key: str | None = None, token: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, headers: Mapping[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = (url or os.environ.get("TASKSTREAM_URL") or DEFAULT_URL).rstrip("/")
+        api_key = api_key if api_key is not None else os.environ.get("TASKSTREAM_API_KEY")
+        token = token if token is not None else os.environ.get("TASKSTREAM_TOKEN")
+        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(api_key, token, headers), timeout=timeout,
+                                       transport=transport or httpx.AsyncHTTPTransport(retries=1))
+
+    if TYPE_CHECKING:  # what _Operations' methods are here: awaitables of the same results
+        async def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,
+                         depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
+                         timeout_s: float | None = None, retry: Mapping[str, Any] | None = None,
+                         max_attempts: int | None = None, labels: Mapping[str, str] | None = None,
+                         name: str | None = None, idempotency_key: str | None = None) -> Task: ...
+        async def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,
+                              idempotency_key: str | None = None) -> list[Task]: ...
+        async def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,
+                           idempotency_key: str | None = None) -> Workflow: ...
+        async def get(self, task_id: str, *, as_of: datetime | str | None = None) -> Task: ...
+        async def list_page(self, *, status: str | None = None, priority: str | None = None,
+                            handler: str | None = None, labels: Mapping[str, str] | None = None,
+                            limit: int | None = None, cursor: str | None = None) -> Page[Task]: ...
+        async def update(self, task_id: str, *, if_match: int | str | None = None, priority: str | None = None,
+                         run_at: datetime | str | None = None, payload: Any = UNSET, timeout_s: float | None = None,
+                         retry: Mapping[str, Any] | None = None) -> Task: ...
+        async def cancel(self, task_id: str, *, reason: str = "") -> Task: ...
+        async def retry(self, task_id: str, *, reason: str = "") -> Task: ...
+        async def events(self, task_id: str) -> list[TaskEvent]: ...
+        async def create_schedule(self, cron: str, task: Mapping[str, Any], *, timezone: str | None = None,
+                                  name: str | None = None, start_at: datetime | str | None = None,
+                                  end_at: datetime | str | None = None, misfire: str | None = None,
+                                  idempotency_key: str | None = None) -> Schedule: ...
+        async def get_schedule(self, schedule_id: str) -> Schedule: ...
+        async def schedules_page(self, *, status: str | None = None, limit: int | None = None,
+                                 cursor: str | None = None) -> Page[Schedule]: ...
+        async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...
+        async def stats(self) -> dict[str, Any]: ...
+        async def ready(self) -> dict[str, Any]: ...
+
+    async def _send(self, call: Call) -> Any:
+        try:
+            response = await self._http.request(call.method, call.path, **self._kwargs(call))
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        return call.parse(calls.check(response))
+
+    async def pages(self, **filters: Any) -> AsyncIterator[Page[Task]]:
+        cursor = filters.pop("cursor", None)
+        while True:
+            page = await self.list_page(**filters, cursor=cursor)
+            yield page
+            cursor = page.next_cursor
+            if not cursor:
+                return
+
+    async def list(self, *, status: str | None = None, priority: str | None = None, handler: str | None = None,
+                   labels: Mapping[str, str] | None = None, page_size: int | None = None,
+                   cursor: str | None = None) -> AsyncIterator[Task]:
+        async for page in self.pages(status=status, priority=priority, handler=handler, labels=labels,
+                                     limit=page_size, cursor=cursor):
+            for task in page.items:
+                yield task
+
+    async def schedules(self, *, status: str | None = None, page_size: int | None = None) -> AsyncIterator[Schedule]:
+        cursor = None
+        while True:
+            page = await self.schedules_page(status=status, limit=page_size, cursor=cursor)
+            for schedule in page.items:
+                yield schedule
+            cursor = page.next_cursor
+            if not cursor:
+                return
+
+    async def wait(self, task_id: str, timeout: float | None = 60.0, *,
+                   on_update: Callable[[Task], None] | None = None) -> Task:
+        """As ``Client.wait``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = calls.Backoff()
+        while True:
+            task = await self.get(task_id)
+            if on_update is not None:
+                on_update(task)
+            if task.terminal:
+                return task
+            delay = backoff()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout({"title": "Wait timed out",
+                                       "detail": f"task {task_id} is still {task.status} after {timeout:g}s"}, task)
+                delay = min(delay, left)
+            await asyncio.sleep(delay)
+
+    def watch(self, task_id: str) -> AsyncIterator[Task]:
+        """As ``Client.watch`` (not available yet)."""
+        raise NotImplementedError("watch() needs the API's SSE endpoint GET /api/v1/tasks/{id}/watch; use wait()")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,162 @@
+"""What the API answers, as typed values: a task, one event of its history, a schedule, a page.
+
+Each value is a frozen dataclass read from the API's JSON (DESIGN §8) by
+``from_json``; times are timezone-aware ``datetime``. ``raw`` keeps the
+whole document, so a field the API adds later is never lost to a client
+that does not know it yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+#: Statuses a task never leaves (DESIGN §4).
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "upstream_failed"})
+STATUSES = ("pending", "scheduled", "queued", "running", "succeeded", "failed", "cancelled", "upstream_failed")
+PRIORITIES = ("high", "medium", "low")
+
+T = TypeVar("T")
+
+
+def parse_time(value: Any) -> datetime | None:
+    """RFC 3339 as the API writes it (``...Z``) -> an aware datetime; None stays None."""
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _fields_from(cls: type, doc: dict[str, Any], times: tuple[str, ...], rename: dict[str, str] | None = None) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)} - {"raw"}
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = (rename or {}).get(key, key)
+        if name in names:
+            out[name] = parse_time(value) if name in times else value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task as ``GET /api/v1/tasks/{id}`` shows it."""
+
+    id: str
+    handler: str
+    status: str
+    priority: str = "medium"
+    name: str = ""
+    payload: Any = None
+    labels: dict[str, str] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)
+    run_at: datetime | None = None
+    attempt: int = 0
+    max_attempts: int = 0
+    timeout_s: float | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    error: str | None = None
+    version: int = 0
+    key: str | None = None
+    workflow_id: str | None = None
+    retry: dict[str, Any] | None = None
+    retry_at: datetime | None = None
+    checkpoint: Any = None
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    _TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "retry_at", "scheduled_for")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Task":
+        return cls(**_fields_from(cls, doc, cls._TIMES), raw=doc)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task can no longer change by itself (succeeded, failed, cancelled, upstream_failed)."""
+        return self.status in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One event of a task's history (``GET /api/v1/tasks/{id}/events``); ``fields`` holds the event's own fields."""
+
+    type: str
+    occurred_at: datetime | None
+    attempt: int | None = None
+    producer: str = ""
+    event_id: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "TaskEvent":
+        common = {"type", "occurred_at", "attempt", "producer", "event_id"}
+        return cls(type=str(doc.get("type", "")), occurred_at=parse_time(doc.get("occurred_at")),
+                   attempt=doc.get("attempt"), producer=str(doc.get("producer") or ""),
+                   event_id=str(doc.get("event_id") or ""),
+                   fields={k: v for k, v in doc.items() if k not in common}, raw=doc)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A cron schedule as ``GET /api/v1/schedules/{id}`` shows it; ``task`` is the template of the tasks it creates."""
+
+    id: str
+    cron: str
+    status: str
+    name: str = ""
+    timezone: str = "UTC"
+    task: dict[str, Any] = field(default_factory=dict)
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    misfire: str = "run_once"
+    next_fire_at: datetime | None = None
+    last_fire_at: datetime | None = None
+    last_task_id: str | None = None
+    fired: int = 0
+    skipped: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    version: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    _TIMES = ("start_at", "end_at", "next_fire_at", "last_fire_at", "created_at", "updated_at")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Schedule":
+        return cls(**_fields_from(cls, doc, cls._TIMES), raw=doc)
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """The answer of ``POST /api/v1/workflows``: its id and the task id of every local key."""
+
+    workflow_id: str
+    tasks: dict[str, str]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Workflow":
+        return cls(workflow_id=str(doc.get("workflow_id") or ""), tasks=dict(doc.get("tasks") or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list, newest first. ``next_cursor`` fetches the next page (None: this was the last).
+
+    ``partial`` is true when the server's scan budget ran out before the page
+    was full: there may still be more, follow ``next_cursor``.
+    """
+
+    items: list[T]
+    next_cursor: str | None = None
+    partial: bool = False

@@ -1,0 +1,93 @@
+"""The decider: every rule about a task or schedule, pure (no Kafka, no clock, no I/O).
+
+- ``evolve(state, event) -> state`` and ``fold(events)``: what a fact of the
+  log does to a state (``evolve.py``; ``initial_state`` of a new task).
+- ``decide(state, command, now) -> events``: the answer to a command
+  (``commands.py``; guards in ``decide.py``), raising ``NotFound``,
+  ``StaleVersion`` or ``CommandRejected`` when it cannot be carried out.
+- ``react(before, after, event, now) -> events``: what the processor appends
+  after folding an event; ``on_timer``, ``lease_expired``, ``ready_message``
+  and ``replay_outputs`` for its timers, leases, ready topics and crash
+  repair (``react.py``).
+- ``step(state, event, now, producer)`` and ``effects(...)``: the
+  processor's whole step, pure (``step.py``): fold, what follows, which
+  messages go where; ``lease_after``/``heartbeat_renews`` the lease rules.
+- ``in_processor_order(events)`` / ``fold_log(events, as_of)``: one task's
+  log in the order the processor folded it (its own follow-ups right after
+  their trigger) — the one order every reader of the log folds in.
+
+The HTTP routes, gRPC, the processor, ``state rebuild`` and time travel all
+call these; none keeps a rule of its own.
+"""
+
+from .commands import COMMANDS, PATCHABLE, CancelTask, CreateSchedule, DeleteSchedule, RedriveTask, SubmitTask, UpdateTask
+from .decide import REDRIVABLE, decide
+from .evolve import (
+    ACTIVE,
+    RESULT_BOUND,
+    SCHEDULE_EVENTS,
+    TERMINAL_VALUES,
+    TOO_MANY_DEPENDENTS,
+    UPDATABLE,
+    WAITING,
+    attempts_left,
+    evolve,
+    fold,
+    initial_state,
+    is_terminal,
+    processor_order,
+    waiting_until,
+)
+from .react import (
+    CHANGE_DRIVEN,
+    DEFAULT_BACKOFF,
+    MAX_BACKOFF_S,
+    MISSED_COUNT_CAP,
+    PROCESSOR,
+    UNKNOWN,
+    backoff_delay,
+    dead_lettered,
+    is_ready,
+    lease_expired,
+    on_timer,
+    react,
+    ready_message,
+    ready_refused,
+    requeued,
+    registrations,
+    replay_outputs,
+    resolution,
+    retry_scheduled,
+    schedule_due,
+    schedule_replay,
+    schedule_task_id,
+    task_from_template,
+    timer_due,
+    upstream_json,
+)
+
+from .step import (
+    FOLLOW_UP_TRIGGERS,
+    RELAY_SLACK_S,
+    Effect,
+    effects,
+    fold_log,
+    heartbeat_renews,
+    lease_after,
+    replay,
+    stamped,
+    step,
+)
+
+in_processor_order = processor_order
+
+__all__ = [
+    "ACTIVE", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_BACKOFF", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
+    "PROCESSOR", "REDRIVABLE", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
+    "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveTask", "SubmitTask",
+    "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",
+    "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "in_processor_order",
+    "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "processor_order", "react",
+    "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution", "retry_scheduled", "schedule_due",
+    "schedule_replay", "schedule_task_id", "task_from_template", "timer_due", "upstream_json", "waiting_until",
+]

@@ -1,0 +1,111 @@
+"""The commands a client sends, validated at the edge (HTTP, gRPC, CLI); ``decide`` answers each with events.
+
+A command names what it acts on (``task_id`` or ``schedule_id``), the
+process that writes the answer (``producer``) and who asked (``actor``:
+an API key id or token subject; None when authentication is off). Values
+are already in their log form: JSON documents as JSON text, times as aware
+UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitTask:
+    """Create a task (``TaskCreated``); refused if the id is taken."""
+
+    task_id: str
+    handler: str
+    producer: str
+    actor: str | None = None
+    priority: str = "medium"
+    payload: str = "null"
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)
+    run_at: datetime | None = None
+    timeout_s: float | None = None
+    max_attempts: int = 1
+    backoff_initial_s: float | None = None
+    backoff_multiplier: float | None = None
+    backoff_max_s: float | None = None
+    backoff_jitter: float | None = None
+    key: str | None = None
+    workflow_id: str | None = None
+    upstream_keys: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+#: Task fields an ``UpdateTask`` may change (the same names on TaskState and TaskUpdated).
+PATCHABLE = ("priority", "payload", "run_at", "timeout_s", "max_attempts",
+             "backoff_initial_s", "backoff_multiplier", "backoff_max_s", "backoff_jitter")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateTask:
+    """Change fields of a task that has not started (``TaskUpdated``).
+
+    ``changes`` maps names of ``PATCHABLE`` to new values (None: unchanged;
+    ``payload`` is JSON text, so ``"null"`` sets it to null).
+    ``expected_version``: refused with ``StaleVersion`` unless the task is at
+    that version; None applies to the version the decision saw.
+    """
+
+    task_id: str
+    producer: str
+    changes: dict[str, object]
+    expected_version: int | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelTask:
+    """Cancel a task that has not ended (``TaskCancelled``)."""
+
+    task_id: str
+    producer: str
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedriveTask:
+    """Run a ``failed`` or ``upstream_failed`` task again with a fresh budget of attempts (``TaskRedriven``)."""
+
+    task_id: str
+    producer: str
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateSchedule:
+    """Create a cron schedule (``ScheduleCreated``); ``template`` is the JSON text of the task it creates."""
+
+    schedule_id: str
+    producer: str
+    cron: str
+    timezone: str
+    template: str
+    name: str = ""
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    misfire: str = "run_once"
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteSchedule:
+    """Stop a schedule (``ScheduleDeleted``); the tasks it created are not touched."""
+
+    schedule_id: str
+    producer: str
+    reason: str = ""
+    actor: str | None = None
+
+
+COMMANDS = (SubmitTask, UpdateTask, CancelTask, RedriveTask, CreateSchedule, DeleteSchedule)

@@ -1,0 +1,496 @@
+"""The task state machine: pure, no Kafka, no clock, no I/O (the decider shape).
+
+``evolve(state, event) -> state`` folds one fact of the log into a task's
+state. It never fails on an event that is in the log and it is idempotent:
+an event that was already applied, or one from an attempt that is no longer
+current (a zombie executor's late result), returns the state unchanged --
+the very same object, so callers can tell "nothing changed" with ``is``.
+
+``decide(state, input, now) -> events`` turns a client command into events
+(raising ``CommandRejected`` when impossible) and, for the processor, says
+which events follow from an event it just folded (a created task is queued,
+a failed attempt with attempts left is queued again).
+
+Transitions (event -> from status -> to status):
+
+==================== ============================== ==========================================
+event                applies when                   result
+==================== ============================== ==========================================
+TaskCreated          no state yet                   ``scheduled`` if run_at and no deps, else ``pending``
+TaskQueued(n)        pending (deps all succeeded)   ``queued``, attempt = n, retry_at cleared
+                     or scheduled with due_at ==
+                     waiting_until; n > attempt
+TaskStarted(n)       queued, n == attempt           ``running``
+TaskSucceeded        queued/running, current        ``succeeded``
+TaskFailed,          queued/running (LeaseExpired:  ``failed`` if permanent or no attempts left,
+LeaseExpired         running only), current         else ``scheduled`` (retry_at set next)
+TaskRetryScheduled   scheduled, current attempt     retry_at = not_before
+                     > 0, retry_at not yet set
+TaskCheckpointed     queued/running, current,       checkpoint = data
+                     new data
+TaskRedriven         failed                         ``scheduled``, due now, fresh budget
+                     upstream_failed                ``pending``, failed resolutions dropped
+TaskDeadLettered     never                          (a record for the dlq)
+DependencyRegistered any state, fewer than         ``dependent`` added to ``dependents`` (when full,
+ (on the upstream)   MAX_DEPENDENTS dependents      decide answers ``too_many_dependents`` at once, or
+                                                    the outcome of a terminal upstream, unrecorded)
+DependencyResolved   not terminal, a dependency,    ``resolved[upstream] = outcome``; anything but
+ (on the dependent)  not yet resolved               ``succeeded`` -> ``upstream_failed``; the last
+                                                    success of a pending task with run_at ->
+                                                    ``scheduled``
+TaskCancelled        not terminal                   ``cancelled``
+TaskUpdated          pending/scheduled, attempt 0,  the given fields that differ changed
+                     at expected_version
+==================== ============================== ==========================================
+
+Terminal states are final but for ``dependents`` (a redrive re-opens a task
+and its dependents must be known then) and TaskRedriven.
+
+Dependencies (DESIGN §5) travel by events only: after folding B's
+TaskCreated the processor appends ``DependencyRegistered(A, dependent=B)``
+keyed by each upstream A; A's owner records B and, when A is terminal (then
+or later), appends ``DependencyResolved(B, upstream=A, outcome)`` keyed by
+B. An upstream that does not exist resolves as ``unknown`` (a failure). B is
+queued when every dependency resolved ``succeeded``.
+
+Sizes stay bounded whatever the log holds (``schemas.limits``): error texts
+are cut, an oversized result or checkpoint is dropped (the executor already
+fails such an attempt), an upstream's result is carried only while the
+dependent's upstream results stay within MAX_UPSTREAM_RESULTS_BYTES.
+
+Anything else is a duplicate or stale and changes nothing.
+"""
+
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from taskstream.schemas import (
+    LeaseExpired,
+    ScheduleCreated,
+    ScheduleDeleted,
+    ScheduleFired,
+    ScheduleState,
+    ScheduleStatus,
+    TaskCheckpointed,
+    TaskDeadLettered,
+    TaskRedriven,
+    TaskRetryScheduled,
+    DependencyRegistered,
+    DependencyResolved,
+    TaskCancelled,
+    TaskUpdated,
+    Event,
+    Status,
+    TaskCreated,
+    TaskFailed,
+    TaskQueued,
+    TaskStarted,
+    TaskState,
+    TaskSucceeded,
+)
+from taskstream.schemas import TERMINAL, cron
+from taskstream.schemas.limits import (
+    MAX_CHECKPOINT_BYTES,
+    MAX_DEPENDENTS,
+    MAX_RESULT_BYTES,
+    MAX_UPSTREAM_RESULT_BYTES,
+    MAX_UPSTREAM_RESULTS_BYTES,
+    cut_error,
+)
+
+from .commands import PATCHABLE
+
+#: Results larger than this (JSON text, bytes) are not carried downstream in
+#: DependencyResolved: the dependent's ``ctx.upstream`` holds None for them.
+RESULT_BOUND = MAX_UPSTREAM_RESULT_BYTES
+#: Outcome of a registration with an upstream that already has MAX_DEPENDENTS dependents.
+TOO_MANY_DEPENDENTS = "too_many_dependents"
+ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
+WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
+#: The terminal statuses (``schemas.TERMINAL``; Status is a StrEnum, so its members match the strings in a state).
+TERMINAL_VALUES = TERMINAL
+
+
+def _deps_met(state: TaskState) -> bool:
+    return all(state.resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
+
+
+def is_terminal(state: TaskState | None) -> bool:
+    return state is not None and state.status in TERMINAL_VALUES
+
+
+# --------------------------------------------------------------------- evolve
+
+
+def _bump(state: TaskState, at: datetime, **changes) -> TaskState:
+    return replace(state, updated_at=at, version=state.version + 1, **changes)
+
+
+_evolvers: dict[type, object] = {}
+
+
+def _on(event_type):
+    def register(fn):
+        _evolvers[event_type] = fn
+        return fn
+
+    return register
+
+
+def evolve(state: TaskState | None, event: Event) -> TaskState | None:
+    """Fold one event; unknown event types change nothing (forward compatibility).
+
+    Task events never touch a schedule's state nor schedule events a task's,
+    whatever the log holds (a task may name a schedule's id in depends_on).
+    An event no rule can fold (an evolver raises on values no producer of ours
+    writes) changes nothing: the same for the processor, a rebuild and time
+    travel, since all of them fold through here.
+    """
+    fn = _evolvers.get(type(event))
+    if fn is None or (state is not None and isinstance(state, ScheduleState) != (type(event) in SCHEDULE_EVENTS)):
+        return state
+    try:
+        return fn(state, event)
+    except Exception:
+        return state
+
+
+SCHEDULE_EVENTS = frozenset({ScheduleCreated, ScheduleFired, ScheduleDeleted})
+
+
+@_on(TaskCreated)
+def _created(state: TaskState | None, e: TaskCreated) -> TaskState | None:
+    if state is not None:
+        return state
+    return initial_state(e)
+
+
+@_on(TaskQueued)
+def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
+    if state is None or state.status not in WAITING or e.attempt <= state.attempt:
+        return state
+    if state.status == Status.SCHEDULED.value and e.due_at != waiting_until(state):
+        return state  # queued for a time the task no longer waits for (run_at changed, stale timer)
+    if state.status == Status.PENDING.value and not _deps_met(state):
+        return state  # nothing queues a task still waiting for its dependencies
+    return _bump(state, e.occurred_at, status=Status.QUEUED.value, attempt=e.attempt, priority=e.priority, retry_at=None)
+
+
+def waiting_until(state: TaskState) -> datetime | None:
+    """The time a ``scheduled`` task waits for: its run_at before the first attempt, then its retry time."""
+    return state.retry_at if state.attempt > 0 else state.run_at
+
+
+def _schedule_only(fn):
+    """Evolvers of schedule events ignore task states (and the reverse), whatever a bad log holds."""
+
+    def evolver(state, e):
+        return state if isinstance(state, TaskState) else fn(state, e)
+
+    return evolver
+
+
+@_on(TaskStarted)
+def _started(state: TaskState | None, e: TaskStarted) -> TaskState | None:
+    if state is None or e.attempt != state.attempt or state.status != Status.QUEUED.value:
+        return state
+    return _bump(state, e.occurred_at, status=Status.RUNNING.value, started_at=e.occurred_at)
+
+
+@_on(TaskSucceeded)
+def _succeeded(state: TaskState | None, e: TaskSucceeded) -> TaskState | None:
+    if state is None or e.attempt != state.attempt or state.status not in ACTIVE:
+        return state
+    result, error = e.result, None
+    if result is not None and len(result.encode()) > MAX_RESULT_BYTES:
+        # The executor fails such an attempt; a result written past it is dropped, so the state stays bounded.
+        result, error = None, f"result dropped: {len(result.encode()):,} bytes > {MAX_RESULT_BYTES:,}"
+    return _bump(
+        state,
+        e.occurred_at,
+        status=Status.SUCCEEDED.value,
+        result=result,
+        error=error,
+        started_at=e.started_at or state.started_at,
+        finished_at=e.occurred_at,
+    )
+
+
+@_on(TaskFailed)
+def _failed(state: TaskState | None, e: TaskFailed) -> TaskState | None:
+    if state is None or e.attempt != state.attempt or state.status not in ACTIVE:
+        return state
+    return _attempt_failed(state, e.occurred_at, e.error, e.permanent, e.started_at or state.started_at)
+
+
+def _attempt_failed(state: TaskState, at: datetime, error: str, permanent: bool, started_at) -> TaskState:
+    error = cut_error(error)
+    if permanent or attempts_left(state) <= 0:
+        return _bump(state, at, status=Status.FAILED.value, error=error, started_at=started_at, finished_at=at)
+    # Waiting for its retry: TaskRetryScheduled (decided next, applied in the same step) sets retry_at.
+    return _bump(state, at, status=Status.SCHEDULED.value, error=error, started_at=started_at, retry_at=None)
+
+
+def attempts_left(state: TaskState) -> int:
+    """Attempts the task may still make (its budget restarts at a redrive)."""
+    return state.max_attempts - (state.attempt - state.attempt_offset)
+
+
+@_on(LeaseExpired)
+def _lease_expired(state: TaskState | None, e: LeaseExpired) -> TaskState | None:
+    if state is None or e.attempt != state.attempt or state.status != Status.RUNNING.value:
+        return state
+    error = f"LeaseExpired: no heartbeat nor result from the executor for {e.lease_s:g}s"
+    return _attempt_failed(state, e.occurred_at, error, False, state.started_at)
+
+
+@_on(TaskRetryScheduled)
+def _retry_scheduled(state: TaskState | None, e: TaskRetryScheduled) -> TaskState | None:
+    if (
+        state is None
+        or state.status != Status.SCHEDULED.value
+        or e.attempt != state.attempt
+        or state.attempt == 0  # waiting for its run_at, not for a retry
+        or state.retry_at is not None
+    ):
+        return state
+    return _bump(state, e.occurred_at, retry_at=e.not_before)
+
+
+@_on(TaskCheckpointed)
+def _checkpointed(state: TaskState | None, e: TaskCheckpointed) -> TaskState | None:
+    if (
+        state is None
+        or e.attempt != state.attempt
+        or state.status not in ACTIVE
+        or state.checkpoint == e.data
+        or len(e.data.encode()) > MAX_CHECKPOINT_BYTES  # refused by the executor; ignored if written past it
+    ):
+        return state
+    return _bump(state, e.occurred_at, checkpoint=e.data)
+
+
+@_on(TaskRedriven)
+def _redriven(state: TaskState | None, e: TaskRedriven) -> TaskState | None:
+    if state is None:
+        return state
+    common = dict(attempt_offset=state.attempt, finished_at=None, result=None)
+    if state.status == Status.FAILED.value:
+        # Due at once: decide queues the next attempt in the same step.
+        return _bump(state, e.occurred_at, status=Status.SCHEDULED.value, retry_at=e.occurred_at, **common)
+    if state.status == Status.UPSTREAM_FAILED.value:
+        resolved = {u: o for u, o in state.resolved.items() if o == Status.SUCCEEDED.value}
+        results = {u: r for u, r in state.upstream_results.items() if u in resolved}
+        return _bump(state, e.occurred_at, status=Status.PENDING.value, resolved=resolved, upstream_results=results,
+                     error=None, **common)
+    return state
+
+
+@_on(TaskDeadLettered)
+def _dead_lettered(state: TaskState | None, e: TaskDeadLettered) -> TaskState | None:
+    return state  # a record of what happened; the TaskFailed before it already made the task `failed`
+
+
+@_on(DependencyRegistered)
+def _registered(state: TaskState | None, e: DependencyRegistered) -> TaskState | None:
+    # A terminal task records the dependent too (a redrive re-opens it), and decide answers at once.
+    # Past MAX_DEPENDENTS nothing more is recorded (the state must fit in one record): decide refuses it.
+    if state is None or e.dependent in state.dependents or len(state.dependents) >= MAX_DEPENDENTS:
+        return state
+    return _bump(state, e.occurred_at, dependents=[*state.dependents, e.dependent])
+
+
+@_on(DependencyResolved)
+def _resolved(state: TaskState | None, e: DependencyResolved) -> TaskState | None:
+    if (
+        state is None
+        or state.status in TERMINAL_VALUES
+        or e.upstream not in state.depends_on
+        or e.upstream in state.resolved
+    ):
+        return state
+    resolved = {**state.resolved, e.upstream: e.outcome}
+    results = {**state.upstream_results, e.upstream: _carried(state, e.result)}
+    if e.outcome != Status.SUCCEEDED.value:
+        reason = (f"has more than {MAX_DEPENDENTS:,} dependents" if e.outcome == TOO_MANY_DEPENDENTS
+                  else e.outcome)
+        return _bump(
+            state,
+            e.occurred_at,
+            resolved=resolved,
+            upstream_results=results,
+            status=Status.UPSTREAM_FAILED.value,
+            error=cut_error(f"dependency {e.upstream} {reason}"),
+            finished_at=e.occurred_at,
+        )
+    met = all(resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
+    pending = state.status == Status.PENDING.value
+    status = Status.SCHEDULED.value if pending and met and state.run_at is not None else state.status
+    return _bump(state, e.occurred_at, resolved=resolved, upstream_results=results, status=status)
+
+
+def _carried(state: TaskState, result: str | None) -> str:
+    """An upstream's result as the dependent keeps it: null once all it holds would pass MAX_UPSTREAM_RESULTS_BYTES."""
+    if result is None or result == "null":
+        return "null"
+    held = sum(len(r.encode()) for r in state.upstream_results.values())
+    if len(result.encode()) > MAX_UPSTREAM_RESULT_BYTES or held + len(result.encode()) > MAX_UPSTREAM_RESULTS_BYTES:
+        return "null"
+    return result
+
+
+@_on(TaskCancelled)
+def _cancelled(state: TaskState | None, e: TaskCancelled) -> TaskState | None:
+    if state is None or state.status in TERMINAL_VALUES:
+        return state
+    return _bump(
+        state,
+        e.occurred_at,
+        status=Status.CANCELLED.value,
+        error=cut_error(f"cancelled: {e.reason}") if e.reason else "cancelled",
+        finished_at=e.occurred_at,
+        retry_at=None,  # no retry is coming
+    )
+
+
+UPDATABLE = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
+
+
+@_on(TaskUpdated)
+def _updated(state: TaskState | None, e: TaskUpdated) -> TaskState | None:
+    if (
+        state is None
+        or state.status not in UPDATABLE
+        or state.attempt != 0
+        or (e.expected_version is not None and e.expected_version != state.version)
+    ):
+        return state
+    changes = {
+        name: value
+        for name in PATCHABLE
+        if (value := getattr(e, name)) is not None and value != getattr(state, name)
+    }
+    # Values it already has change nothing: folded twice, an update without expected_version is a no-op.
+    if not changes:
+        return state
+    return _bump(state, e.occurred_at, **changes)
+
+
+def fold(events, state: TaskState | None = None) -> TaskState | None:
+    """Fold a sequence of events of one task, oldest first."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def processor_order(events) -> list[Event]:
+    """One task's events from the log, in the order the processor applied them.
+
+    The processor applies its own follow-ups (a TaskQueued, a TaskRetryScheduled,
+    stamped with ``cause``, their trigger's ``event_id``) inline, right after the
+    trigger; in the log they land later, possibly behind client events of the
+    same task. Each follow-up whose trigger came before it is moved back to
+    just after that trigger (and after the trigger's earlier follow-ups).
+    ``fold(processor_order(log))`` is the live state; ``streams.rebuild.LogFold``
+    does the same incrementally for a whole log.
+    """
+    out: list[Event] = []
+    for event in events:
+        cause = getattr(event, "cause", None)
+        at = next((i for i, e in enumerate(out) if e.event_id == cause), None) if cause else None
+        if at is None:
+            out.append(event)
+            continue
+        at += 1
+        while at < len(out) and getattr(out[at], "cause", None) == cause:
+            at += 1
+        out.insert(at, event)
+    return out
+
+
+def initial_state(e: TaskCreated) -> TaskState:
+    """The state a task starts in: ``pending`` while it has dependencies, else
+    ``scheduled`` if it has a run_at, else ``pending``.
+
+    The processor's fold (``streams.domain``) and the API's read-your-writes
+    view of a task it just submitted both start from here.
+    """
+    return TaskState(
+        task_id=e.task_id,
+        name=e.name,
+        handler=e.handler,
+        status=Status.SCHEDULED.value if e.run_at is not None and not e.depends_on else Status.PENDING.value,
+        priority=e.priority,
+        payload=e.payload,
+        labels=dict(e.labels),
+        depends_on=list(e.depends_on),
+        run_at=e.run_at,
+        timeout_s=e.timeout_s,
+        max_attempts=e.max_attempts,
+        created_at=e.occurred_at,
+        updated_at=e.occurred_at,
+        version=1,
+        upstream_keys=dict(e.upstream_keys),
+        key=e.key,
+        workflow_id=e.workflow_id,
+        idempotency_key=e.idempotency_key,
+        request_hash=e.request_hash,
+        backoff_initial_s=e.backoff_initial_s,
+        backoff_multiplier=e.backoff_multiplier,
+        backoff_max_s=e.backoff_max_s,
+        backoff_jitter=e.backoff_jitter,
+        schedule_id=e.schedule_id,
+        scheduled_for=e.scheduled_for,
+    )
+
+
+
+def _within(state: ScheduleState, t: datetime | None) -> datetime | None:
+    """``t`` if the schedule still fires then (``end_at`` is inclusive, as in APScheduler and Airflow)."""
+    return None if t is None or (state.end_at is not None and t > state.end_at) else t
+
+
+@_on(ScheduleCreated)
+def _schedule_created(state, e: ScheduleCreated):
+    if state is not None:
+        return state
+    try:
+        first = cron.first_fire(e.cron, e.timezone, e.start_at, e.occurred_at)
+    except Exception:  # a bad expression in the log (the API validates): the schedule never fires
+        first = None
+    s = ScheduleState(schedule_id=e.task_id, cron=e.cron, timezone=e.timezone, template=e.template, name=e.name,
+                      start_at=e.start_at, end_at=e.end_at, misfire=e.misfire, status=ScheduleStatus.ACTIVE.value,
+                      created_at=e.occurred_at, updated_at=e.occurred_at, version=1)
+    first = _within(s, first)
+    return replace(s, next_fire_at=first, status=ScheduleStatus.ACTIVE.value if first else ScheduleStatus.ENDED.value)
+
+
+@_on(ScheduleFired)
+@_schedule_only
+def _schedule_fired(state, e: ScheduleFired):
+    if (
+        state is None
+        or state.status != ScheduleStatus.ACTIVE.value
+        or state.next_fire_at is None
+        or e.fire_at < state.next_fire_at
+    ):
+        return state
+    nxt = _within(state, cron.next_fire(state.cron, state.timezone, e.fire_at))
+    return replace(
+        state, updated_at=e.occurred_at, version=state.version + 1, last_fire_at=e.fire_at,
+        last_task_id=e.created_task_id or state.last_task_id, fired=state.fired + (1 if e.created_task_id else 0),
+        skipped=state.skipped + e.skipped, next_fire_at=nxt,
+        status=ScheduleStatus.ACTIVE.value if nxt else ScheduleStatus.ENDED.value,
+    )
+
+
+@_on(ScheduleDeleted)
+@_schedule_only
+def _schedule_deleted(state, e: ScheduleDeleted):
+    if state is None or state.status == ScheduleStatus.DELETED.value:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, status=ScheduleStatus.DELETED.value,
+                   next_fire_at=None)

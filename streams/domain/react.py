@@ -1,0 +1,411 @@
+"""What the processor appends after each event it folds, and when its timers fire (pure: no I/O, no clock)."""
+
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timedelta
+
+from taskstream.schemas import (
+    LeaseExpired,
+    ScheduleCreated,
+    ScheduleFired,
+    ScheduleState,
+    ScheduleStatus,
+    TaskDeadLettered,
+    TaskRedriven,
+    TaskRetryScheduled,
+    DependencyRegistered,
+    DependencyResolved,
+    TaskUpdated,
+    Event,
+    ReadyTask,
+    Status,
+    TaskCreated,
+    TaskFailed,
+    TaskQueued,
+    TaskState,
+)
+from taskstream.schemas import MAX_BACKOFF_S as _MAX_BACKOFF_S
+from taskstream.schemas import codec, cron
+
+from taskstream.schemas.limits import cut_error
+
+from .decide import _decides, decide
+from .evolve import (
+    ACTIVE,
+    RESULT_BOUND,
+    TERMINAL_VALUES,
+    TOO_MANY_DEPENDENTS,
+    WAITING,
+    _deps_met,
+    is_terminal,
+    waiting_until,
+)
+
+PROCESSOR = "processor"
+UNKNOWN = "unknown"
+#: Retry policy used where a task carries none (tasks written before policies existed).
+DEFAULT_BACKOFF = {"initial_s": 1.0, "multiplier": 2.0, "max_s": 300.0, "jitter": 0.1}
+
+
+def _queue_next(state: TaskState, now: datetime) -> list[Event]:
+    due = waiting_until(state) if state.status == Status.SCHEDULED.value else None
+    return [TaskQueued(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt + 1,
+                       priority=state.priority, due_at=due)]
+
+
+@_decides(TaskCreated)
+def _after_created(state: TaskState | None, e: TaskCreated, now: datetime) -> list[Event]:
+    if state is None:
+        return []
+    if is_ready(state, now):
+        return _queue_next(state, now)
+    return registrations(state, now)
+
+
+def registrations(state: TaskState, now: datetime) -> list[Event]:
+    """A pending task registers with every upstream it has not heard from."""
+    if state.status != Status.PENDING.value:
+        return []
+    return [
+        DependencyRegistered(task_id=upstream, occurred_at=now, producer=PROCESSOR, dependent=state.task_id)
+        for upstream in dict.fromkeys(state.depends_on)
+        if upstream not in state.resolved
+    ]
+
+
+@_decides(DependencyRegistered)
+def _after_registered(state: TaskState | None, e: DependencyRegistered, now: datetime) -> list[Event]:
+    # ``state`` is the upstream's. Unknown upstream: resolve as failed; terminal: resolve now.
+    if state is None:
+        return [_unknown_upstream(e, now)]
+    if state.status in TERMINAL_VALUES:
+        return [resolution(state, e.dependent, now)]
+    if e.dependent not in state.dependents:  # full: see _registered
+        return [DependencyResolved(task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
+                                   outcome=TOO_MANY_DEPENDENTS)]
+    return []
+
+
+def _unknown_upstream(e: DependencyRegistered, now: datetime) -> DependencyResolved:
+    return DependencyResolved(task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=e.task_id,
+                              outcome=UNKNOWN)
+
+
+@_decides(DependencyResolved)
+def _after_resolved(state: TaskState | None, e: DependencyResolved, now: datetime) -> list[Event]:
+    return _queue_next(state, now) if is_ready(state, now) else []
+
+
+def resolution(state: TaskState, dependent: str, now: datetime) -> DependencyResolved:
+    """What a terminal upstream tells a dependent, with its result bounded to RESULT_BOUND."""
+    result, truncated = state.result, False
+    if result is not None and len(result.encode()) > RESULT_BOUND:
+        result, truncated = None, True
+    return DependencyResolved(task_id=dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
+                              outcome=state.status, result=result, result_truncated=truncated)
+
+
+def react(before: TaskState | None, after: TaskState | None, event: Event, now: datetime) -> list[Event]:
+    """Everything the processor appends after folding ``event`` into a task (``before`` -> ``after``).
+
+    ``decide``'s reactions, plus the resolutions a task owes its dependents
+    the moment it ends.
+    """
+    out = [] if after is before and type(event) in CHANGE_DRIVEN else decide(after, event, now)
+    if isinstance(after, TaskState) and not is_terminal(before) and is_terminal(after):
+        out += [resolution(after, d, now) for d in after.dependents]
+    return out
+
+
+#: Events whose decisions follow from the change they made; folded again (a
+#: duplicate) they change nothing and decide nothing.
+CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
+
+
+def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None) -> list[Event]:
+    """The events a state implies for others; sent again when its last event (``event``) is folded twice.
+
+    The crash this repairs came between the table write and the sends, so the
+    processor's own follow events (TaskQueued, TaskRetryScheduled), already in
+    the state, may be missing from the log: they are sent again as they were
+    (same time, same due time), so that folding the log still gives the state.
+    What a redrive owes (its cascade to the dependents, and the due time of
+    the attempt it queued) is not implied by the state alone: pass the
+    TaskRedriven as ``event``.
+    """
+    if isinstance(state, ScheduleState):
+        return schedule_replay(state, now)
+    if state.status == Status.QUEUED.value:
+        # The time the attempt waited for: the redrive's time, else run_at for the first attempt; an attempt
+        # queued by the relay or a timer has its TaskQueued in the log already (this one is a duplicate).
+        due = event.occurred_at if isinstance(event, TaskRedriven) else state.run_at if state.attempt == 1 else None
+        out: list[Event] = [TaskQueued(task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+                                       attempt=state.attempt, priority=state.priority, due_at=due)]
+    elif state.status == Status.PENDING.value:
+        out = registrations(state, now)
+    elif state.status == Status.SCHEDULED.value and state.attempt > 0 and state.retry_at is not None:
+        delay = max(0.0, (state.retry_at - state.updated_at).total_seconds())
+        out = [TaskRetryScheduled(task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+                                  attempt=state.attempt, not_before=state.retry_at, delay_s=delay,
+                                  priority=state.priority, error=state.error or "")]
+    elif state.status in TERMINAL_VALUES:
+        out = [resolution(state, d, now) for d in state.dependents]
+        # The dead letter again only if the last event may be the failure (not, e.g., a later registration).
+        if state.status == Status.FAILED.value and (event is None or isinstance(event, (TaskFailed, LeaseExpired))):
+            out.append(dead_lettered(state, now))
+    else:
+        out = []
+    if isinstance(event, TaskRedriven) and state.status in WAITING | ACTIVE:
+        out += _cascade(state, now)
+    return out
+
+
+@_decides(TaskFailed)
+@_decides(LeaseExpired)
+def _after_failed(state: TaskState | None, e: TaskFailed | LeaseExpired, now: datetime) -> list[Event]:
+    """A failed attempt waits out its backoff (TaskRetryScheduled), or the task is dead-lettered."""
+    if state is None or state.attempt != e.attempt:
+        return []
+    if state.status == Status.SCHEDULED.value and state.retry_at is None:
+        return [retry_scheduled(state, now)]
+    if state.status == Status.FAILED.value and state.finished_at == e.occurred_at:
+        return [dead_lettered(state, now)]
+    return []
+
+
+def backoff_delay(state: TaskState, failed_attempt: int) -> float:
+    """Seconds to wait after ``failed_attempt`` before the next one (DESIGN §6).
+
+    ``min(max_s, initial_s * multiplier ** (k - 1)) * (1 - jitter * u)``, k the
+    attempts since the last redrive and u in [0, 1) drawn from sha256(task id,
+    attempt): deterministic, so replay gives the same waits, and spread, so a
+    burst of failures does not come back at one instant. Jitter only shortens.
+    """
+    initial = state.backoff_initial_s if state.backoff_initial_s is not None else DEFAULT_BACKOFF["initial_s"]
+    multiplier = state.backoff_multiplier if state.backoff_multiplier is not None else DEFAULT_BACKOFF["multiplier"]
+    cap = state.backoff_max_s if state.backoff_max_s is not None else DEFAULT_BACKOFF["max_s"]
+    jitter = state.backoff_jitter if state.backoff_jitter is not None else DEFAULT_BACKOFF["jitter"]
+    k = max(1, failed_attempt - state.attempt_offset)
+    try:
+        base = min(cap, initial * multiplier ** (k - 1))
+    except OverflowError:
+        base = cap
+    digest = hashlib.sha256(f"{state.task_id}:{failed_attempt}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    delay = base * (1.0 - jitter * u)
+    # NaN (inf * 0) waits nothing; a wait beyond MAX_BACKOFF_S (a policy of absurd numbers) is cut to it,
+    # so ``now + delay`` always fits in a datetime and deciding never raises.
+    return min(max(0.0, delay), MAX_BACKOFF_S) if delay == delay else 0.0
+
+
+#: Longest wait between attempts whatever the policy says: the one bound the API also checks (schemas.topics).
+MAX_BACKOFF_S = _MAX_BACKOFF_S
+
+
+def retry_scheduled(state: TaskState, now: datetime) -> TaskRetryScheduled:
+    """The wait counts from the failure (the state's ``updated_at``, the failure's ``occurred_at``),
+    not from when the processor folded it; a failure stamped in the future (a fast clock) counts from now."""
+    delay = backoff_delay(state, state.attempt)
+    start = min(state.updated_at, now)
+    return TaskRetryScheduled(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+                              not_before=start + timedelta(seconds=delay), delay_s=delay, priority=state.priority,
+                              error=state.error or "")
+
+
+def dead_lettered(state: TaskState, now: datetime) -> TaskDeadLettered:
+    return TaskDeadLettered(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+                            error=state.error or "", handler=state.handler, priority=state.priority)
+
+
+@_decides(TaskRedriven)
+def _after_redriven(state: TaskState | None, e: TaskRedriven, now: datetime) -> list[Event]:
+    """Queue the re-opened task (or register it again with its upstreams) and re-open its dependents."""
+    if state is None or state.updated_at != e.occurred_at or state.status not in WAITING:
+        return []  # not re-opened by this event
+    out = _queue_next(state, now) if is_ready(state, now) else registrations(state, now)
+    return out + _cascade(state, now)
+
+
+def _cascade(state: TaskState, now: datetime) -> list[Event]:
+    return [TaskRedriven(task_id=d, occurred_at=now, producer=PROCESSOR, reason=f"upstream {state.task_id} re-driven")
+            for d in state.dependents]
+
+
+@_decides(TaskUpdated)
+def _after_updated(state: TaskState | None, e: TaskUpdated, now: datetime) -> list[Event]:
+    return _queue_next(state, now) if is_ready(state, now) else []
+
+
+def is_ready(state: TaskState | None, now: datetime) -> bool:
+    """A task waiting for nothing: every dependency succeeded and its time has come."""
+    if state is None:
+        return False
+    if state.status == Status.PENDING.value:
+        if state.attempt != 0:
+            return False
+        return _deps_met(state) and (state.run_at is None or state.run_at <= now)
+    if state.status == Status.SCHEDULED.value:
+        due = waiting_until(state)
+        return due is not None and due <= now
+    return False
+
+
+def ready_message(state: TaskState, now: datetime) -> ReadyTask:
+    """The message an executor receives for the state's current attempt."""
+    return ReadyTask(
+        task_id=state.task_id,
+        occurred_at=now,
+        producer=PROCESSOR,
+        attempt=state.attempt,
+        handler=state.handler,
+        priority=state.priority,
+        payload=state.payload,
+        timeout_s=state.timeout_s,
+        upstream=upstream_json(state),
+        last_checkpoint=state.checkpoint,
+    )
+
+
+def upstream_json(state: TaskState) -> str:
+    """``ctx.upstream`` for the handler: dependency id, and workflow key, -> its result."""
+    if not state.upstream_results:
+        return "{}"
+    out = {}
+    for upstream, text in state.upstream_results.items():
+        try:
+            value = codec.loads_json(text)
+        except codec.JSONDecodeError:  # not JSON (no producer of ours writes that): carried as null
+            value = None
+        out[upstream] = value
+        if key := state.upstream_keys.get(upstream):
+            out[key] = value
+    return codec.dumps_json(out)
+
+
+# ------------------------------------------------------------------ schedules
+
+#: Most fire times counted one by one when a schedule catches up after downtime.
+MISSED_COUNT_CAP = 1000
+SCHEDULE_TASK_NAMESPACE = uuid.UUID("5b1e7c6e-6f1d-4d4b-9b7e-2f8f6c1a9d01")
+
+
+def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:
+    """The id of the task a schedule creates for one fire time: the same on every replay and processor."""
+    return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}").hex
+
+
+@_decides(ScheduleFired)
+def _after_fired(state, e: ScheduleFired, now: datetime) -> list[Event]:
+    if not isinstance(state, ScheduleState) or not e.created_task_id:
+        return []
+    return [task_from_template(state, e.fire_at, e.created_task_id, now)]
+
+
+def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, now: datetime) -> TaskCreated:
+    """The task a schedule creates for ``fire_at``; its id is ``schedule_task_id`` so a repeat is a duplicate."""
+    try:
+        t = codec.loads_json(state.template)
+    except codec.JSONDecodeError:
+        t = None
+    t = t if isinstance(t, dict) else {}
+
+    def num(name):
+        v = t.get(name)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    max_attempts = t.get("max_attempts")
+    return TaskCreated(
+        task_id=task_id, occurred_at=now, producer=PROCESSOR, handler=str(t.get("handler", "")),
+        priority=str(t.get("priority", "medium")), payload=codec.dumps_json(t.get("payload")),
+        name=str(t.get("name") or state.name), labels={str(k): str(v) for k, v in (t.get("labels") or {}).items()},
+        timeout_s=num("timeout_s"), max_attempts=max_attempts if isinstance(max_attempts, int) else 1,
+        backoff_initial_s=num("backoff_initial_s"), backoff_multiplier=num("backoff_multiplier"),
+        backoff_max_s=num("backoff_max_s"), backoff_jitter=num("backoff_jitter"),
+        schedule_id=state.schedule_id, scheduled_for=fire_at,
+    )
+
+
+def schedule_replay(state: ScheduleState, now: datetime) -> list[Event]:
+    if state.last_task_id and state.last_fire_at:
+        return [task_from_template(state, state.last_fire_at, state.last_task_id, now)]
+    return []
+
+
+def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> ScheduleFired | None:
+    """What a schedule's timer appends at ``now``: the next fire, or the misfire decision after downtime.
+
+    Fire times missed by at most ``grace_s`` each run (catch-up). Older ones are
+    one block: ``run_once`` creates one task for the latest of them, ``skip``
+    none; ``skipped`` counts the fire times dropped (up to MISSED_COUNT_CAP).
+    """
+    nxt = state.next_fire_at
+    if state.status != ScheduleStatus.ACTIVE.value or nxt is None or nxt > now:
+        return None
+    horizon = now - timedelta(seconds=grace_s)
+    if nxt >= horizon:
+        return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=nxt,
+                             created_task_id=schedule_task_id(state.schedule_id, nxt))
+    last_old = cron.latest_fire(state.cron, state.timezone, horizon)
+    missed, t = 0, nxt
+    while t <= last_old and missed < MISSED_COUNT_CAP:
+        missed += 1
+        t = cron.next_fire(state.cron, state.timezone, t)
+    if state.misfire == "skip":
+        return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+                             created_task_id="", skipped=missed)
+    return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+                         created_task_id=schedule_task_id(state.schedule_id, last_old), skipped=missed - 1)
+
+
+# --------------------------------------------------------------------- timers
+
+
+def timer_due(state: TaskState | ScheduleState | None, relay_slack_s: float) -> datetime | None:
+    """When the processor's timer table should wake this state, or None.
+
+    A task waiting for its run_at wakes at run_at. A task waiting out a retry
+    backoff is re-queued by the retry relay; its timer, ``relay_slack_s``
+    later, is a safety net if the relay is down (duplicates are harmless:
+    TaskQueued is fenced by attempt and due time). A schedule wakes at its
+    next fire time.
+    """
+    if isinstance(state, ScheduleState):
+        return state.next_fire_at if state.status == ScheduleStatus.ACTIVE.value else None
+    if state is None or state.status != Status.SCHEDULED.value:
+        return None
+    due = waiting_until(state)
+    if due is not None and state.attempt > 0:
+        due += timedelta(seconds=relay_slack_s)
+    return due
+
+
+def on_timer(state: TaskState | ScheduleState | None, now: datetime, grace_s: float) -> list[Event]:
+    """The events a due timer appends to the log (folded like any other; nothing here changes state)."""
+    if isinstance(state, ScheduleState):
+        fired = schedule_due(state, now, grace_s)
+        return [fired] if fired else []
+    if is_ready(state, now):
+        return _queue_next(state, now)
+    return []
+
+
+def lease_expired(state: TaskState | None, attempt: int, lease_s: float, now: datetime) -> list[Event]:
+    """A running attempt's lease ran out: LeaseExpired, if it is still the running attempt."""
+    if state is None or state.status != Status.RUNNING.value or state.attempt != attempt:
+        return []
+    return [LeaseExpired(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=attempt, lease_s=lease_s)]
+
+
+def requeued(waiting: TaskRetryScheduled, now: datetime) -> TaskQueued:
+    """What the retry relay appends once a failed attempt's backoff has passed: the next attempt, due then."""
+    return TaskQueued(task_id=waiting.task_id, occurred_at=now, producer=PROCESSOR, attempt=waiting.attempt + 1,
+                      priority=waiting.priority, due_at=waiting.not_before)
+
+
+def ready_refused(ready: ReadyTask, reason: str, now: datetime) -> TaskFailed:
+    """A ready message the broker refused for good: the attempt can never run, so it fails for good, saying why."""
+    return TaskFailed(task_id=ready.task_id, occurred_at=now, producer=PROCESSOR, attempt=ready.attempt,
+                      permanent=True, error=cut_error(f"ready message refused by the broker: {reason}"))

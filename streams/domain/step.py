@@ -1,0 +1,134 @@
+"""The processor's step, pure: fold one event, decide what follows, and say which messages that means.
+
+``step`` is everything the processor does with an event of ``<p>.events``
+but I/O: evolve the state, ``react``, stamp the follow-ups, and apply the
+ones of the same task at once. ``effects`` turns a step into messages by
+kind (the processor maps kinds to topics and partitions). ``lease_after``
+and ``heartbeat_renews`` are the lease rules, ``RELAY_SLACK_S`` the timer
+policy behind the retry relay. ``fold_log`` is the one order in which a
+task's log folds to the processor's state (time travel, ``state at``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import NamedTuple
+
+from taskstream.schemas import (
+    DependencyResolved,
+    Event,
+    LeaseExpired,
+    ReadyTask,
+    Status,
+    TaskCancelled,
+    TaskCreated,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskQueued,
+    TaskRedriven,
+    TaskRetryScheduled,
+    TaskState,
+    TaskUpdated,
+)
+
+from .evolve import ACTIVE, evolve, fold, processor_order
+from .react import react, ready_message, replay_outputs
+
+#: A task waiting out a retry is re-queued by the retry relay at its time; the
+#: processor's own timer fires this much later as a safety net (relay down).
+RELAY_SLACK_S = 5.0
+
+#: Events after which the processor may apply a follow-up of the same task at
+#: once (stamped with ``cause``): ``streams.rebuild.LogFold`` waits for those.
+FOLLOW_UP_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated})
+
+
+def stamped(e: Event, producer: str, own: str | None, cause: Event) -> Event:
+    """A follow-up as the processor appends it: its producer, and for one it applies to the same task at
+    once, the ``cause`` (its trigger's id), so a fold of the log applies it at the same point
+    (``in_processor_order``) even if a client's event landed in between."""
+    if e.task_id == own and isinstance(e, (TaskQueued, TaskRetryScheduled)):
+        return replace(e, producer=producer, cause=cause.event_id)
+    return replace(e, producer=producer)
+
+
+def step(state, event: Event, now: datetime, producer: str) -> tuple[object, list[Event]]:
+    """Fold ``event`` and what follows it for the same task: (the new state, every follow-up event).
+
+    Follow-ups of other tasks (dependency events, a schedule's task) are in
+    the list too; they are folded by their own task's owner.
+    """
+    new = evolve(state, event)
+    own = new.task_id if new is not None else None
+    follow = [stamped(e, producer, own, event) for e in react(state, new, event, now)]
+    for e in follow:
+        if e.task_id == own:
+            new = evolve(new, e)
+    return new, follow
+
+
+def replay(state, event: Event, now: datetime, producer: str) -> list[Event]:
+    """The follow-ups of a state's last event, sent again when that event is read twice (crash repair)."""
+    return [stamped(e, producer, state.task_id, event) for e in replay_outputs(state, now, event)]
+
+
+class Effect(NamedTuple):
+    """A message a step sends. ``kind``: ``event`` (to the log, keyed by its task), ``ready`` (to the ready
+    topic of ``priority``), ``retry`` (to the retry tier of its ``delay_s``), ``dead_letter`` (to the dlq),
+    ``cancel`` (to the ready topic of ``priority``, behind the attempt it stops)."""
+
+    kind: str
+    message: Event | ReadyTask
+    priority: str | None = None
+
+
+def effects(before, state, event: Event, follow: list[Event], now: datetime, producer: str) -> list[Effect]:
+    """What the step from ``before`` to ``state`` on ``event`` (with ``follow``) sends, in order.
+
+    Every follow-up goes to the log. A task newly queued (or queued again by
+    a follow-up) goes to its ready topic; a scheduled retry to the retry
+    relay; a dead letter to the dlq; a cancel of a queued or running task to
+    the ready topic the executors read it from.
+    """
+    out = [Effect("event", e) for e in follow]
+    if not isinstance(state, TaskState):
+        return out
+    newly_queued = state.status == Status.QUEUED.value and (
+        before is None or before.attempt != state.attempt or before.status != Status.QUEUED.value
+    )
+    if newly_queued or (state.status == Status.QUEUED.value and any(isinstance(e, TaskQueued) for e in follow)):
+        out.append(Effect("ready", replace(ready_message(state, now), producer=producer), state.priority))
+    for e in follow:
+        if isinstance(e, TaskRetryScheduled):
+            out.append(Effect("retry", e))
+        elif isinstance(e, TaskDeadLettered):
+            out.append(Effect("dead_letter", e))
+    if (isinstance(event, TaskCancelled) and before is not None and before.status in ACTIVE
+            and state.status == Status.CANCELLED.value):
+        out.append(Effect("cancel", event, before.priority))
+    return out
+
+
+def lease_after(before, after) -> str:
+    """What a step does to the running attempt's lease: ``start`` (a full lease from now: a new running
+    attempt, or a checkpoint, which proves progress), ``keep`` or ``clear`` (nothing runs)."""
+    if not isinstance(after, TaskState) or after.status != Status.RUNNING.value:
+        return "clear"
+    if (not isinstance(before, TaskState) or before.status != Status.RUNNING.value
+            or before.attempt != after.attempt or before.checkpoint != after.checkpoint):
+        return "start"
+    return "keep"
+
+
+def heartbeat_renews(state, attempt: int) -> bool:
+    """A heartbeat renews the lease only of the attempt that is running now (a zombie's beats do not)."""
+    return isinstance(state, TaskState) and state.status == Status.RUNNING.value and state.attempt == attempt
+
+
+def fold_log(events, as_of: datetime | None = None):
+    """One task's state from its events in log order (those up to ``as_of``), folded in the order the
+    processor applied them: what the processor's table held then."""
+    if as_of is not None:
+        events = [e for e in events if e.occurred_at <= as_of]
+    return fold(processor_order(events))

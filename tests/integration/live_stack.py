@@ -1,0 +1,109 @@
+"""A whole taskstream stack for client and CLI tests: processor, executor and API as subprocesses.
+
+One stack per test module (module-scoped fixtures), on the session's
+embedded broker with a topic prefix of its own. The executor loads
+``clienthandlers`` (written to the stack's folder) besides the built-ins:
+``fail`` raises ``PermanentError`` (the task fails at once, no retries).
+The API is served over real HTTP on a free loopback port (``url``), so
+clients and console scripts talk to it as users do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from taskstream.cli.broker import free_port
+from taskstream.cli.dev import settings_env
+from taskstream.schemas import Settings, catalogue
+from taskstream.schemas.kafka import ensure_topics, wait_for_broker
+from tests.conftest import wait_until
+
+HANDLERS = '''\
+from taskstream.executors import PermanentError, handler
+
+
+@handler("fail")
+def fail(payload, ctx):
+    raise PermanentError((payload or {}).get("message", "planned failure"))
+'''
+
+
+class Proc:
+    """A ``taskstream <args>`` subprocess in ``cwd`` with ``settings`` in its environment; output to ``log``."""
+
+    def __init__(self, settings: Settings, *args: str, cwd: Path, log: Path) -> None:
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "taskstream.cli.main", *args],
+                                     env={**os.environ, **settings_env(settings)}, cwd=cwd,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+class LiveStack:
+    """Processor + executor + API on ``broker``; ``url`` is the API's base URL."""
+
+    def __init__(self, broker: str, folder: Path) -> None:
+        self.folder = folder
+        port = free_port()
+        self.settings = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
+                                 embedded_broker=True, data_dir=folder / "data", session_timeout_ms=6000,
+                                 log_level="WARNING", metrics_port=0, api_port=port)
+        self.url = f"http://127.0.0.1:{port}"
+        wait_for_broker(self.settings)
+        assert ensure_topics(self.settings, catalogue(self.settings)) == []
+        (folder / "clienthandlers.py").write_text(HANDLERS)
+        self.procs = [
+            Proc(self.settings, "processor", cwd=folder, log=folder / "processor.log"),
+            Proc(self.settings, "executor", "--handlers", "clienthandlers", "--concurrency", "8", cwd=folder,
+                 log=folder / "executor.log"),
+            Proc(self.settings, "api", "--port", str(port), cwd=folder, log=folder / "api.log"),
+        ]
+
+    def env(self) -> dict[str, str]:
+        """An environment for a console script that talks to this stack (and no other TASKSTREAM_ setting)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
+        return {**env, "TASKSTREAM_URL": self.url, "NO_COLOR": "1", "COLUMNS": "200"}
+
+    def check(self) -> None:
+        for p in self.procs:
+            if not p.alive():
+                logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(self.folder.glob("*.log")))
+                raise AssertionError(f"{p.proc.args[3:]} exited with {p.proc.returncode}\n{logs}")
+
+    def wait_ready(self, timeout: float = 60) -> "LiveStack":
+        def ready() -> bool:
+            self.check()
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, timeout=timeout, interval=0.2, message="the API ready")
+        # the executor has joined its group once a task runs
+        task = httpx.post(f"{self.url}/api/v1/tasks", json={"handler": "noop"}, timeout=10).json()
+        wait_until(lambda: self.check() or httpx.get(f"{self.url}/api/v1/tasks/{task['id']}", timeout=5)
+                   .json()["status"] == "succeeded", timeout=timeout, interval=0.2, message="a warm-up task to succeed")
+        return self
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()

@@ -1,0 +1,169 @@
+"""`taskstream tasks|workflows|schedules` as users run them: the console script against a live stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from taskstream.cli.broker import free_port
+from tests.integration.live_stack import LiveStack
+from tests.integration.test_cli import _cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(broker, tmp_path_factory):
+    s = LiveStack(broker, tmp_path_factory.mktemp("cli-tasks")).wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def run(stack):
+    def run(*args: str, timeout: float = 60, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*_cli(), *args], env={**stack.env(), **env}, capture_output=True, text=True,
+                              timeout=timeout, input=stdin)
+    return run
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_submit_wait_of_a_succeeding_task(run) -> None:
+    r = run("tasks", "submit", "echo", "--payload", '{"hello": "world"}', "--priority", "high", "--label", "team=a",
+            "--name", "greet", "--wait", "--wait-timeout", "30")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("id ") and any(l.split() == ["status", "succeeded"] for l in lines), r.stdout
+    assert '"hello": "world"' in r.stdout and "team=a" in r.stdout and "greet" in r.stdout
+    assert "succeeded after" in r.stderr
+
+
+def test_submit_wait_of_a_failing_task_exits_1(run) -> None:
+    r = run("tasks", "submit", "fail", "--payload", '{"message": "disk full"}', "--wait", "--json")
+    assert r.returncode == 1, r.stderr
+    task = json.loads(r.stdout)
+    assert task["status"] == "failed" and "disk full" in task["error"]
+    r = run("tasks", "submit", "fail", "--wait")
+    assert r.returncode == 1 and "planned failure" in r.stdout and "failed after" in r.stderr
+
+
+def test_json_outputs_parse_and_get_list_events(run, tmp_path) -> None:
+    payload = tmp_path / "p.json"
+    payload.write_text('{"n": [1, 2]}')
+    r = run("tasks", "submit", "echo", "--payload", f"@{payload}", "--label", "suite=cli", "--max-attempts", "2",
+            "--backoff-initial", "0.5", "--json")
+    assert r.returncode == 0, r.stderr
+    task = json.loads(r.stdout)
+    assert task["payload"] == {"n": [1, 2]} and task["retry"]["max_attempts"] == 2
+    assert task["retry"]["backoff"]["initial_s"] == 0.5
+    assert json.loads(run("tasks", "submit", "noop", "--wait", "--json").stdout)["status"] == "succeeded"
+
+    got = json.loads(run("tasks", "get", task["id"], "--json").stdout)
+    assert got["id"] == task["id"]
+    r = run("tasks", "get", task["id"])
+    assert r.returncode == 0 and task["id"] in r.stdout and "handler" in r.stdout
+
+    r = run("tasks", "list", "--label", "suite=cli", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [task["id"]]
+    r = run("tasks", "list", "--handler", "echo", "--limit", "3")
+    assert r.returncode == 0 and r.stdout.splitlines()[0].split()[:3] == ["ID", "STATUS", "PRIORITY"]
+    assert 2 <= len(r.stdout.splitlines()) <= 4
+
+    run("tasks", "submit", "noop", "--wait")  # something after it, so its events are surely all there
+    r = run("tasks", "events", task["id"], "--json")
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[0]["type"] == "TaskCreated" and "TaskSucceeded" in [e["type"] for e in events]
+    r = run("tasks", "events", task["id"], "--follow", "--interval", "0.2", timeout=30)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("OCCURRED") and "TaskSucceeded" in r.stdout
+
+
+def test_a_bad_id_is_one_line_on_stderr(run) -> None:
+    for command in ("get", "cancel", "retry", "events"):
+        r = run("tasks", command, "no-such-task")
+        assert r.returncode == 1
+        assert one_error_line(r) == "Error: 404 Not found: task no-such-task not found"
+    r = run("tasks", "submit", "noop", "--max-attempts", "0")
+    assert "retry.max_attempts" in one_error_line(r)
+    r = run("tasks", "submit", "noop", "--payload", "{not json")
+    assert r.returncode == 2 and "--payload" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cancel_and_retry(run) -> None:
+    later = json.loads(run("tasks", "submit", "noop", "--run-at", "+1h", "--json").stdout)
+    assert later["status"] == "scheduled"
+    r = run("tasks", "cancel", later["id"], "--reason", "not needed")
+    assert r.returncode == 0 and r.stdout.strip() == f"cancelled {later['id']}: now cancelled (version 2)"
+    assert "already cancelled" in one_error_line(run("tasks", "cancel", later["id"]))
+
+    failed = json.loads(run("tasks", "submit", "fail", "--wait", "--json").stdout)
+    r = run("tasks", "retry", failed["id"], "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] in ("scheduled", "queued")
+    ok = json.loads(run("tasks", "submit", "noop", "--wait", "--json").stdout)
+    assert "only failed or upstream_failed" in one_error_line(run("tasks", "retry", ok["id"]))
+
+
+def test_depends_on_and_wait_timeout(run) -> None:
+    failed = json.loads(run("tasks", "submit", "fail", "--wait", "--json").stdout)
+    r = run("tasks", "submit", "noop", "--depends-on", failed["id"], "--wait", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == "upstream_failed"
+    line = one_error_line(run("tasks", "submit", "noop", "--run-at", "+1h", "--wait", "--wait-timeout", "0.5"))
+    assert line.startswith("Error: Wait timed out: task ") and line.endswith("is still scheduled after 0.5s")
+
+
+def test_workflows_submit_yaml_and_json(run, tmp_path) -> None:
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("tasks:\n  - key: extract\n    handler: echo\n    payload: {rows: 3}\n"
+                  "  - key: load\n    handler: noop\n    depends_on: [extract]\n")
+    r = run("workflows", "submit", str(wf), "--wait", "--wait-timeout", "30")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert rows[1] == ["KEY", "TASK", "ID", "STATUS"]
+    assert [(row[0], row[2]) for row in rows[2:]] == [("extract", "succeeded"), ("load", "succeeded")]
+
+    failing = tmp_path / "wf.json"
+    failing.write_text(json.dumps([{"key": "a", "handler": "fail"}, {"key": "b", "handler": "noop", "depends_on": ["a"]}]))
+    r = run("workflows", "submit", str(failing), "--wait", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert doc["status"] == {"a": "failed", "b": "upstream_failed"} and set(doc["tasks"]) == {"a", "b"}
+
+    cycle = tmp_path / "cycle.json"
+    cycle.write_text('{"tasks": [{"key": "a", "handler": "noop", "depends_on": ["a"]}]}')
+    assert "dependency cycle" in one_error_line(run("workflows", "submit", str(cycle)))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tasks: [\n")
+    r = run("workflows", "submit", str(broken))
+    assert r.returncode == 2 and "broken.yaml" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_schedules_create_list_delete(run) -> None:
+    r = run("schedules", "create", "0 9 * * 1-5", "echo", "--payload", '{"kind": "daily"}', "--timezone",
+            "Europe/Paris", "--name", "report", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["status"] == "active" and s["task"]["payload"] == {"kind": "daily"} and s["timezone"] == "Europe/Paris"
+    r = run("schedules", "list")
+    assert r.returncode == 0 and s["id"] in r.stdout and "0 9 * * 1-5" in r.stdout and "report" in r.stdout
+    assert json.loads(run("schedules", "get", s["id"], "--json").stdout)["name"] == "report"
+    r = run("schedules", "delete", s["id"])
+    assert r.returncode == 0 and "deleted" in r.stdout
+    assert "already deleted" in one_error_line(run("schedules", "delete", s["id"]))
+    assert "cron" in one_error_line(run("schedules", "create", "every day", "noop"))
+
+
+def test_url_option_and_an_unreachable_api(run, stack) -> None:
+    r = run("tasks", "list", "--limit", "1", "--url", stack.url, TASKSTREAM_URL="http://127.0.0.1:1")
+    assert r.returncode == 0, r.stderr
+    closed = f"http://127.0.0.1:{free_port()}"
+    line = one_error_line(run("tasks", "get", "x", "--url", closed))
+    assert line.startswith(f"Error: API unreachable: cannot reach the taskstream API at {closed}")

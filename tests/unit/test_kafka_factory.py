@@ -1,0 +1,197 @@
+"""Every Kafka client comes from the factory in ``schemas/kafka.py`` and carries the security settings.
+
+Config level, no broker: the client classes of the factory are replaced by a recorder that keeps each config and
+returns a stand-in, so components can be built with SASL/TLS settings that point at nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from taskstream.schemas import BrokerUnavailable, Settings
+from taskstream.schemas import kafka
+from taskstream.schemas.registry import SchemaRegistry, redact_url
+
+ROOT = Path(__file__).resolve().parents[2]
+CODE = ("api", "cli", "streams", "executors", "schemas", "_pkg")
+CONSTRUCTORS = {"Producer", "Consumer", "AdminClient", "AsyncProducer", "SerializingProducer", "DeserializingConsumer"}
+FACTORY = ROOT / "schemas" / "kafka.py"
+
+PASSWORD = "s3cret-sasl-password"
+KEY_PASSWORD = "k3y-password"
+
+
+def constructor_calls(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if name in CONSTRUCTORS:
+                out.append((node.lineno, name))
+    return out
+
+
+def test_no_module_but_the_factory_constructs_a_kafka_client() -> None:
+    offenders = [f"{p.relative_to(ROOT)}:{line} {name}(" for folder in CODE for p in sorted((ROOT / folder).rglob("*.py"))
+                 if p != FACTORY for line, name in constructor_calls(p)]
+    assert offenders == []
+    assert {name for _, name in constructor_calls(FACTORY)} >= {"AsyncProducer"}  # the check sees calls at all
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Settings:
+    key_password = tmp_path / "key-password"
+    key_password.write_text(KEY_PASSWORD + "\n")  # a mounted Secret file, trailing newline dropped
+    return Settings(
+        bootstrap_servers="broker-0.example:9093", prefix="sec", data_dir=tmp_path / "data", metrics_port=0,
+        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="taskstream",
+        kafka_sasl_password=SecretStr(PASSWORD), kafka_ssl_key_password_file=key_password,
+        kafka_config={"ssl.endpoint.identification.algorithm": SecretStr("https"),
+                      "enable.ssl.certificate.verification": SecretStr("true")},
+    )
+
+
+EXPECTED = {
+    "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "taskstream",
+    "sasl.password": PASSWORD, "ssl.key.password": KEY_PASSWORD, "ssl.endpoint.identification.algorithm": "https",
+    "enable.ssl.certificate.verification": "true",
+}
+
+
+class Stand:
+    """A stand-in client: every method answers None, nothing connects."""
+
+    def __init__(self, kind: str, config: dict) -> None:
+        self.kind, self.config = kind, config
+
+    def __getattr__(self, name):
+        return lambda *a, **kw: None
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> list[tuple[str, dict]]:
+    seen: list[tuple[str, dict]] = []
+    for kind in ("producer", "consumer", "admin"):
+        def make(config, kind=kind):
+            seen.append((kind, config))
+            return Stand(kind, config)
+        monkeypatch.setitem(kafka.CLIENT_CLASSES, kind, make)
+    return seen
+
+
+def carries(config: dict) -> bool:
+    return all(config.get(k) == v for k, v in EXPECTED.items())
+
+
+def test_security_config_from_settings_and_secret_files(secure: Settings) -> None:
+    assert kafka.security_config(secure) == EXPECTED
+    assert kafka.security_config(Settings()) == {}
+    assert PASSWORD not in repr(secure) and PASSWORD not in str(secure.model_dump(mode="json"))
+
+
+def test_passthrough_takes_only_security_properties() -> None:
+    with pytest.raises(ValueError, match="only ssl") as err:
+        Settings(kafka_config={"bootstrap.servers": "evil:9092", "sasl.password": "hunter2"})
+    assert "hunter2" not in str(err.value)
+
+
+def test_an_unreadable_secret_file_is_an_error_naming_the_setting(tmp_path: Path) -> None:
+    s = Settings(kafka_sasl_password_file=tmp_path / "missing")
+    with pytest.raises(BrokerUnavailable, match="kafka_sasl_password_file"):
+        kafka.security_config(s)
+
+
+def test_every_factory_function_carries_the_security_config_and_overrides_cannot_drop_it(
+        secure: Settings, recorded) -> None:
+    kafka.producer(secure, "p", {"linger.ms": 5, "sasl.password": "overridden"})
+    kafka.consumer(secure, "c", "group", {"fetch.wait.max.ms": 500})
+    kafka.reader(secure, "r", "group-r")
+    kafka.admin(secure)
+    kafka.async_producer(secure, "a").close(0.1)
+    assert [k for k, _ in recorded] == ["producer", "consumer", "consumer", "admin", "producer"]
+    assert all(carries(c) for _, c in recorded), recorded
+    assert recorded[0][1]["linger.ms"] == 5 and recorded[1][1]["fetch.wait.max.ms"] == 500
+
+
+def test_clients_of_every_component_carry_the_security_config(secure: Settings, recorded, tmp_path: Path) -> None:
+    """Build each long-running component's clients (and the CLI's readers) with SASL settings, without a broker."""
+    from taskstream.api.routes.ops import BrokerProbe
+    from taskstream.cli._log import reader as cli_reader
+    from taskstream.streams import rebuild
+    from taskstream.streams.processor import Processor
+    from taskstream.streams.relay import RetryRelay
+
+    Processor(secure, member_id="m")
+    RetryRelay(secure, "m")
+    probe = BrokerProbe(secure)
+    probe._reader()
+    cli_reader(secure, "events")
+    rebuild._reader(secure, "taskstream-state-live")
+    ids = {c["client.id"] for _, c in recorded}
+    assert {"m", "m-heartbeats", "m-relay", "taskstream-admin", "taskstream-api-probe", "taskstream-cli-events",
+            "taskstream-state-live"} <= ids, ids
+    assert all(carries(c) for _, c in recorded), [c["client.id"] for _, c in recorded if not carries(c)]
+
+
+def test_a_client_that_cannot_be_made_is_broker_unavailable_without_secrets(tmp_path: Path) -> None:
+    s = Settings(kafka_security_protocol="SSL", kafka_ssl_ca_location=tmp_path / "no-such-ca.pem",
+                 kafka_sasl_password=SecretStr(PASSWORD))
+    with pytest.raises(BrokerUnavailable, match="could not create Kafka producer") as err:
+        kafka.producer(s, "p")
+    assert PASSWORD not in str(err.value)
+
+
+def test_redact_hides_secret_values() -> None:
+    config = {"sasl.password": PASSWORD, "ssl.keystore.password": "ks", "client.id": "c"}
+    assert kafka.redact(f"bad {PASSWORD} and ks for c", config) == "bad ********** and ********** for c"
+
+
+# ----------------------------------------------------------------- registry
+
+
+def test_registry_url_credentials_move_to_a_header_and_never_show() -> None:
+    assert redact_url("https://user:pa%40ss@registry.example:8081/base?token=x#f") == "https://registry.example:8081/base"
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503, text="down")
+
+    reg = SchemaRegistry("https://user:pa%40ss@registry.example:8081")
+    reg._client = httpx.Client(transport=httpx.MockTransport(answer), auth=reg._client.auth,
+                               headers=reg._client.headers)
+    with pytest.raises(BrokerUnavailable) as err:
+        reg.schema(1)
+    assert "pa@ss" not in str(err.value) and "pa%40ss" not in str(err.value) and "user" not in str(err.value)
+    assert "registry.example:8081" in str(err.value)
+    assert seen[0].headers["Authorization"].startswith("Basic ")
+    assert "user" not in str(seen[0].url)
+
+
+def test_registry_from_settings_uses_basic_or_bearer_auth(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("tok-123\n")
+    bearer = SchemaRegistry.from_settings(Settings(schema_registry_url="https://r.example", schema_registry_token_file=token))
+    assert bearer._client.headers["Authorization"] == "Bearer tok-123"
+    basic = SchemaRegistry.from_settings(Settings(schema_registry_url="https://r.example", schema_registry_username="u",
+                                                  schema_registry_password=SecretStr("p")))
+    assert isinstance(basic._client.auth, httpx.BasicAuth)
+
+
+def test_dev_children_get_the_secret_values_not_their_masks(monkeypatch) -> None:
+    from taskstream.cli.dev import settings_env
+
+    s = Settings(kafka_sasl_password=SecretStr(PASSWORD), kafka_config={"sasl.oauthbearer.client.secret": SecretStr("c")})
+    env = settings_env(s)
+    assert env["TASKSTREAM_KAFKA_SASL_PASSWORD"] == PASSWORD
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    again = Settings()
+    assert again.kafka_sasl_password.get_secret_value() == PASSWORD
+    assert again.kafka_config["sasl.oauthbearer.client.secret"].get_secret_value() == "c"
