@@ -12,9 +12,10 @@ them with:
   ``HEALTH_INTERVAL_S``.
 - Server reflection, so ``grpcurl`` and other tools list and call the
   services without the ``.proto`` files.
-- ``interceptors(app)``: the hook for authentication (metadata
-  ``authorization: Bearer …`` / ``x-api-key``) and rate limits once the
-  HTTP API has them; empty today.
+- ``interceptors(app)``: a hook for cross-cutting concerns of every call
+  (tracing, access logs); empty today. Authentication, authorization and
+  rate limits are per call, in ``grpc_services`` (``_Adapter.admit``), which
+  knows the HTTP route each RPC mirrors.
 """
 
 from __future__ import annotations
@@ -50,12 +51,7 @@ SERVICES = (
 
 
 def interceptors(app: Any) -> list[grpc.aio.ServerInterceptor]:
-    """Interceptors of every call: the place for authentication and rate limits (none yet).
-
-    An auth interceptor reads ``authorization`` / ``x-api-key`` from the
-    call's metadata, checks it as the HTTP API does and aborts with
-    UNAUTHENTICATED or PERMISSION_DENIED.
-    """
+    """Interceptors of every call (none yet); authentication is per call in ``grpc_services``."""
     return []
 
 

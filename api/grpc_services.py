@@ -1,31 +1,39 @@
-"""taskstream.v1 servicers: every RPC goes through the code of its HTTP route (the adapter).
+"""taskstream.v1 servicers: the same rules as HTTP, through the same code.
 
-One rule, one place: an RPC turns its request message into the JSON the
-HTTP route takes, validates it with the same pydantic request model
-(``api/models.py``; a ``ValidationError`` becomes INVALID_ARGUMENT with a
-``google.rpc.BadRequest`` naming the field by its path in the request
-message, e.g. ``task.payload.n`` or ``tasks[3].retry.max_attempts``), calls
-the route function itself with a minimal request (the app and the headers
-the route reads: ``Idempotency-Key`` from the ``idempotency-key`` metadata,
-``If-Match`` from ``expected_version``) and turns its JSON answer into the
-response message (``json_format``: the task message has exactly the task
-JSON's fields). Until the HTTP write path is one service layer (issue 14),
-this module is the only place that knows how a route is called; switching
-to that layer changes the ``_call`` sites here and nothing else.
+An RPC turns its request message into the JSON the HTTP route takes and
+validates it with the same pydantic request model (``api/models.py``; a
+``ValidationError`` becomes INVALID_ARGUMENT with a ``google.rpc.BadRequest``
+naming the field by its path in the request message, e.g. ``task.payload.n``
+or ``tasks[3].retry.max_attempts``). Writes call the API's one write path,
+``api/service.py``, as the HTTP routes do (with the checks those routes make
+before it: ``check_graph`` of a workflow, a schedule's ``check`` and
+sub-minute cron rule); reads call the read routes' functions with a minimal
+request (the app and no headers) and turn their JSON into the response
+message (``json_format``: the task message has exactly the task JSON's
+fields). The idempotency key comes from the ``idempotency-key`` metadata.
 
-Errors (raised by a route or returned as a problem) map to status codes with
-``google.rpc.Status`` details (``grpc-status-details-bin``):
+Every call is authenticated and authorized like the HTTP route it mirrors
+(``RPC_ROUTES`` names it; the role comes from ``auth.ROUTE_ROLES``):
+metadata ``authorization: Bearer <JWT or API key>`` or ``x-api-key``,
+handler patterns and rate limits (one token a call, one more per task beyond
+the first of a batch or workflow), and the principal is the actor of the
+events written.
+
+Errors map to status codes with ``google.rpc.Status`` details
+(``grpc-status-details-bin``):
 
 ====================================  ======================================
 HTTP                                  gRPC
 ====================================  ======================================
 422 validation, 413 too-large         INVALID_ARGUMENT + BadRequest
+401 / 403                             UNAUTHENTICATED / PERMISSION_DENIED
 404                                   NOT_FOUND
 409 (impossible in this status)       FAILED_PRECONDITION + ErrorInfo
 412 stale ``If-Match``                ABORTED + ErrorInfo (current version)
+429 rate limited                      RESOURCE_EXHAUSTED + RetryInfo
 503 history-busy                      RESOURCE_EXHAUSTED + RetryInfo
 503 read-too-expensive                RESOURCE_EXHAUSTED
-503 broker unavailable                UNAVAILABLE + RetryInfo (1 s)
+503 broker or auth unavailable        UNAVAILABLE + RetryInfo (1 s)
 ====================================  ======================================
 
 Watches (``WatchTask``, ``WatchTasks``) stream from the change feed like the
@@ -34,8 +42,10 @@ SSE routes (``api/watch.py``); the cursor of each ``TaskChange`` resumes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -55,18 +65,21 @@ from taskstream.schemas import (
     Priority,
     RecordRefused,
     ScheduleStatus,
+    StaleVersion,
     Status,
+    TooLarge,
     ValidationError,
     codec,
 )
+from taskstream.schemas import cron as cron_expr
 
-from . import idempotency
-from .models import BatchIn, RedriveIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, task_json
+from . import auth, idempotency, service
+from .models import BatchIn, RedriveIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, schedule_json, task_json
 from .problems import _field, _message
 from .routes import schedules as schedule_routes
 from .routes import tasks as task_routes
-from .routes import workflows as workflow_routes
 from .routes.tasks import MAX_LIMIT, MAX_REASON
+from .routes.workflows import check_graph
 from .watch import Cursor, FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
 log = logging.getLogger(__name__)
@@ -110,8 +123,12 @@ def from_exception(exc: BaseException) -> RpcError | None:
                             for e in exc.errors()])
     if isinstance(exc, ValidationError):
         return bad_request([(exc.field, exc.message)])
+    if isinstance(exc, TooLarge):
+        return bad_request([(exc.field, str(exc).split(": ", 1)[-1])])
     if isinstance(exc, NotFound):
         return RpcError(grpc.StatusCode.NOT_FOUND, str(exc) or "not found")
+    if isinstance(exc, StaleVersion):
+        return RpcError(grpc.StatusCode.ABORTED, str(exc), _error_info("STALE_VERSION", version=exc.version))
     if isinstance(exc, CommandRejected):
         return RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc), _error_info("CONFLICT"))
     if isinstance(exc, RecordRefused):
@@ -119,6 +136,17 @@ def from_exception(exc: BaseException) -> RpcError | None:
     if isinstance(exc, BrokerUnavailable):
         log.warning("broker unavailable: %s", exc)
         return RpcError(grpc.StatusCode.UNAVAILABLE, f"the event log could not be written: {exc}", _retry_info(1))
+    if isinstance(exc, auth.AuthUnavailable):
+        return RpcError(grpc.StatusCode.UNAVAILABLE, exc.detail, _retry_info(1))
+    if isinstance(exc, auth.Forbidden):
+        return RpcError(grpc.StatusCode.PERMISSION_DENIED, exc.detail, _error_info(exc.error or "FORBIDDEN"))
+    if isinstance(exc, auth.AuthError):
+        return RpcError(grpc.StatusCode.UNAUTHENTICATED, exc.detail, _error_info(exc.error or "UNAUTHENTICATED"))
+    if isinstance(exc, auth.RateLimited):
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"rate limit exceeded: {exc.decision.limit} requests (or batched tasks) in a burst; this "
+                        f"call costs {exc.cost}; retry in {exc.decision.retry_after_s} s",
+                        _retry_info(max(1, exc.decision.retry_after_s)))
     if isinstance(exc, FellBehind):
         return RpcError(grpc.StatusCode.ABORTED, str(exc), _error_info("WATCH_FELL_BEHIND"))
     if isinstance(exc, WatchUnavailable):
@@ -159,11 +187,15 @@ async def abort(context: grpc.aio.ServicerContext, error: RpcError) -> None:
 
 
 def rpc(method: Callable[..., Awaitable[Message]]) -> Callable[..., Awaitable[Message]]:
-    """Map our errors to statuses (anything else is INTERNAL, logged, no details leaked)."""
+    """Admit the caller (``_Adapter.admit``), run the RPC with it, map our errors to statuses.
+
+    Anything unexpected is INTERNAL, logged, with no details leaked.
+    """
 
     async def wrapper(self, request, context):
         try:
-            return await method(self, request, context)
+            caller = await self.admit(context, method.__name__)
+            return await method(self, request, context, caller)
         except Exception as exc:
             error = from_exception(exc)
             if error is None:
@@ -178,7 +210,8 @@ def rpc(method: Callable[..., Awaitable[Message]]) -> Callable[..., Awaitable[Me
 def stream_rpc(method: Callable[..., AsyncIterator[Message]]) -> Callable[..., AsyncIterator[Message]]:
     async def wrapper(self, request, context):
         try:
-            async for item in method(self, request, context):
+            caller = await self.admit(context, method.__name__)
+            async for item in method(self, request, context, caller):
                 yield item
         except Exception as exc:
             error = from_exception(exc)
@@ -262,23 +295,80 @@ def _varint(n: int) -> bytes:
 
 
 class _Request(SimpleNamespace):
-    """What a route function reads of its request: ``app`` (``app.state``) and ``headers``."""
+    """What a read route function reads of its request: ``app`` (``app.state``) and ``headers``."""
+
+
+#: The HTTP route each RPC mirrors: its role comes from ``auth.ROUTE_ROLES``, the one table of who may call what.
+RPC_ROUTES: dict[str, tuple[str, str]] = {
+    "SubmitTask": ("POST", "/api/v1/tasks"),
+    "SubmitTasks": ("POST", "/api/v1/tasks:batch"),
+    "GetTask": ("GET", "/api/v1/tasks/{task_id}"),
+    "ListTasks": ("GET", "/api/v1/tasks"),
+    "UpdateTask": ("PATCH", "/api/v1/tasks/{task_id}"),
+    "CancelTask": ("DELETE", "/api/v1/tasks/{task_id}"),
+    "RetryTask": ("POST", "/api/v1/tasks/{task_id}/retry"),
+    "GetTaskEvents": ("GET", "/api/v1/tasks/{task_id}/events"),
+    "WatchTask": ("GET", "/api/v1/tasks/{task_id}/watch"),
+    "WatchTasks": ("GET", "/api/v1/tasks/watch"),
+    "SubmitWorkflow": ("POST", "/api/v1/workflows"),
+    "CreateSchedule": ("POST", "/api/v1/schedules"),
+    "GetSchedule": ("GET", "/api/v1/schedules/{schedule_id}"),
+    "ListSchedules": ("GET", "/api/v1/schedules"),
+    "DeleteSchedule": ("DELETE", "/api/v1/schedules/{schedule_id}"),
+}
+
+
+class Caller(SimpleNamespace):
+    """Who calls (``principal``), from where (``peer``), with which ``idempotency-key`` metadata (``key``)."""
+
+    @property
+    def actor(self) -> str | None:
+        """The actor of the events the call writes: None for an anonymous caller, as over HTTP."""
+        return None if self.principal.kind == "anonymous" else self.principal.id
 
 
 class _Adapter:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    def request(self, context: grpc.aio.ServicerContext | None = None, **headers: str | None) -> _Request:
-        hdrs = {name.replace("_", "-"): value for name, value in headers.items() if value is not None}
-        if context is not None:
-            key = dict(context.invocation_metadata() or ()).get(METADATA_IDEMPOTENCY_KEY)
-            if key is not None:
-                hdrs[idempotency.HEADER] = key
-        return _Request(app=self.app, headers=Headers(hdrs))
+    async def admit(self, context: grpc.aio.ServicerContext, rpc_name: str) -> Caller:
+        """Authenticate and authorize the call as its HTTP route, charge the rate limit; the caller."""
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        state = self.app.state
+        authenticator = getattr(state, "authenticator", None)
+        peer = context.peer() or "unknown"
+        need = auth.required(*RPC_ROUTES[rpc_name])
+        if authenticator is None or need == auth.OPEN:
+            principal = auth.ANONYMOUS if authenticator is None or not authenticator.enabled else auth.NOBODY
+        else:
+            if need is None:
+                raise auth.Forbidden(f"{rpc_name} has no declared role (api/auth.py ROUTE_ROLES): refused")
+            args = (metadata.get("authorization"), metadata.get("x-api-key"))
+            principal = (await asyncio.to_thread(authenticator.authenticate, *args) if authenticator.blocking
+                         else authenticator.authenticate(*args))
+            if isinstance(need, auth.Role):
+                auth.authorize(principal, need)
+            rate = getattr(state, "rate_limit", None)
+            if rate is not None:
+                rate.take(principal, peer, 1)
+        return Caller(principal=principal, peer=peer,
+                      key=idempotency.check_key(metadata.get(METADATA_IDEMPOTENCY_KEY)))
+
+    def admit_tasks(self, caller: Caller, handlers: list[str], tasks: int = 1) -> None:
+        """``auth.admit`` for a call that submits ``tasks`` tasks to ``handlers``: handler patterns, rate tokens."""
+        auth.authorize_handlers(caller.principal, handlers)
+        rate = getattr(self.app.state, "rate_limit", None)
+        if rate is not None and tasks > 1:
+            try:
+                rate.take(caller.principal, caller.peer, tasks - 1)
+            except auth.RateLimited as exc:
+                raise auth.RateLimited(exc.decision, tasks) from None
+
+    def request(self) -> _Request:
+        return _Request(app=self.app, headers=Headers({}))
 
     async def call(self, route: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Run an HTTP route function; its JSON answer, or ``RpcError`` for a problem answer."""
+        """Run a read route function; its JSON answer, or ``RpcError`` for a problem answer."""
         response = await route(*args, **kwargs)
         body = codec.loads_json(bytes(response.body)) if response.body else {}
         if response.status_code >= 400:
@@ -319,26 +409,29 @@ def _id(value: str, field: str = "id") -> str:
 
 
 class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
-    """``taskstream.v1.TaskService``: the task routes of ``/api/v1``, plus watches over the change feed."""
+    """``taskstream.v1.TaskService``: the task operations of ``/api/v1``, plus watches over the change feed."""
 
     @rpc
-    async def SubmitTask(self, request, context):
+    async def SubmitTask(self, request, context, caller):
         body = validate(TaskIn, _task_json(to_json(request.task)), "task.")
-        return task_message(await self.call(task_routes.submit_task, body, self.request(context)))
+        self.admit_tasks(caller, [body.handler])
+        task = await service.submit_task(self.app.state, body, key=caller.key, actor=caller.actor)
+        return task_message(task_json(task))
 
     @rpc
-    async def SubmitTasks(self, request, context):
+    async def SubmitTasks(self, request, context, caller):
         body = validate(BatchIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
-        out = await self.call(task_routes.submit_batch, body, self.request(context))
-        return tasks_pb2.SubmitTasksResponse(tasks=[task_message(t) for t in out["tasks"]])
+        self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
+        tasks = await service.submit_batch(self.app.state, body, key=caller.key, actor=caller.actor)
+        return tasks_pb2.SubmitTasksResponse(tasks=[task_message(task_json(t)) for t in tasks])
 
     @rpc
-    async def GetTask(self, request, context):
+    async def GetTask(self, request, context, caller):
         as_of = to_json(request)["as_of"] if request.HasField("as_of") else None
         return task_message(await self.call(task_routes.get_task, _id(request.id), self.request(), as_of=as_of))
 
     @rpc
-    async def ListTasks(self, request, context):
+    async def ListTasks(self, request, context, caller):
         out = await self.call(
             task_routes.list_tasks, self.request(),
             status=_one_of(request.status if request.HasField("status") else None, Status, "status"),
@@ -352,34 +445,37 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
                                            next_cursor=out["next_cursor"] or "", partial=out["partial"])
 
     @rpc
-    async def UpdateTask(self, request, context):
+    async def UpdateTask(self, request, context, caller):
         fields = to_json(request)
         fields.pop("id", None)
         fields.pop("expected_version", None)
         if request.HasField("payload"):
             fields["payload"] = _ints(json_format.MessageToDict(request.payload))
         body = validate(TaskPatch, fields)
-        if_match = str(request.expected_version) if request.HasField("expected_version") else None
-        out = await self.call(task_routes.update_task, _id(request.id), body, self.request(if_match=if_match))
-        return task_message(out)
+        expected = request.expected_version if request.HasField("expected_version") else None
+        task = await service.update_task(self.app.state, _id(request.id), body, expected_version=expected,
+                                         actor=caller.actor)
+        return task_message(task_json(task))
 
     @rpc
-    async def CancelTask(self, request, context):
-        out = await self.call(task_routes.cancel_task, _id(request.id), self.request(), reason=_reason(request.reason))
-        return task_message(out)
+    async def CancelTask(self, request, context, caller):
+        task = await service.cancel_task(self.app.state, _id(request.id), reason=_reason(request.reason),
+                                         actor=caller.actor)
+        return task_message(task_json(task))
 
     @rpc
-    async def RetryTask(self, request, context):
+    async def RetryTask(self, request, context, caller):
         body = validate(RedriveIn, {"reason": request.reason})
-        return task_message(await self.call(task_routes.redrive_task, _id(request.id), self.request(), body))
+        task = await service.redrive_task(self.app.state, _id(request.id), reason=body.reason, actor=caller.actor)
+        return task_message(task_json(task))
 
     @rpc
-    async def GetTaskEvents(self, request, context):
+    async def GetTaskEvents(self, request, context, caller):
         out = await self.call(task_routes.task_events, _id(request.id), self.request())
         return json_format.ParseDict(out, tasks_pb2.GetTaskEventsResponse(), ignore_unknown_fields=True)
 
     @stream_rpc
-    async def WatchTask(self, request, context):
+    async def WatchTask(self, request, context, caller):
         store = self.app.state.read_model.store
         task_id = _id(request.id)
         if store.get(task_id) is None:
@@ -390,7 +486,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
             yield change_bytes(e.id, watched_task(e.state))
 
     @stream_rpc
-    async def WatchTasks(self, request, context):
+    async def WatchTasks(self, request, context, caller):
         filter = Filter(statuses=frozenset(_one_of(s, Status, "status").value for s in request.status),
                         priorities=frozenset(_one_of(p, Priority, "priority").value for p in request.priority),
                         handlers=frozenset(request.handler))
@@ -403,29 +499,37 @@ class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
     """``taskstream.v1.WorkflowService``: ``POST /api/v1/workflows``."""
 
     @rpc
-    async def SubmitWorkflow(self, request, context):
+    async def SubmitWorkflow(self, request, context, caller):
         body = validate(WorkflowIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
-        out = await self.call(workflow_routes.submit_workflow, body, self.request(context))
-        return workflows_pb2.SubmitWorkflowResponse(workflow_id=out["workflow_id"], tasks=out["tasks"])
+        self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
+        errors = check_graph(body)
+        if errors:
+            raise bad_request([(e["field"], e["message"]) for e in errors])
+        workflow_id, ids = await service.submit_workflow(self.app.state, body, key=caller.key, actor=caller.actor)
+        return workflows_pb2.SubmitWorkflowResponse(workflow_id=workflow_id, tasks=ids)
 
 
 class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):
     """``taskstream.v1.ScheduleService``: ``/api/v1/schedules``."""
 
     @rpc
-    async def CreateSchedule(self, request, context):
+    async def CreateSchedule(self, request, context, caller):
         fields = to_json(request)
         if "task" in fields:
             _task_json(fields["task"])
         body = validate(ScheduleIn, fields)
-        return schedule_message(await self.call(schedule_routes.create_schedule, body, self.request(context)))
+        self.admit_tasks(caller, [body.task.handler])
+        body.check(datetime.now(UTC))
+        cron_expr.check_sub_minute(body.cron, allowed=self.app.state.settings.allow_second_cron)
+        schedule = await service.create_schedule(self.app.state, body, key=caller.key, actor=caller.actor)
+        return schedule_message(schedule_json(schedule))
 
     @rpc
-    async def GetSchedule(self, request, context):
+    async def GetSchedule(self, request, context, caller):
         return schedule_message(await self.call(schedule_routes.get_schedule, _id(request.id), self.request()))
 
     @rpc
-    async def ListSchedules(self, request, context):
+    async def ListSchedules(self, request, context, caller):
         out = await self.call(
             schedule_routes.list_schedules, self.request(),
             status=_one_of(request.status if request.HasField("status") else None, ScheduleStatus, "status"),
@@ -436,9 +540,9 @@ class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):
                                                    next_cursor=out["next_cursor"] or "")
 
     @rpc
-    async def DeleteSchedule(self, request, context):
-        return schedule_message(await self.call(schedule_routes.delete_schedule, _id(request.id), self.request(),
-                                                reason=""))
+    async def DeleteSchedule(self, request, context, caller):
+        schedule = await service.delete_schedule(self.app.state, _id(request.id), reason="", actor=caller.actor)
+        return schedule_message(schedule_json(schedule))
 
 
 __all__ = ["TaskService", "WorkflowService", "ScheduleService", "Cursor"]
