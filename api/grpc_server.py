@@ -33,7 +33,9 @@ from starlette.datastructures import Headers
 from taskstream.grpc.v1 import schedules_pb2, schedules_pb2_grpc, tasks_pb2, tasks_pb2_grpc, workflows_pb2
 from taskstream.grpc.v1 import workflows_pb2_grpc
 
+from . import auth
 from .grpc_services import ScheduleService, TaskService, WorkflowService
+from .hosts import loopback
 from .routes import health as health_routes
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,10 @@ class GrpcServer:
 async def start(app: Any) -> GrpcServer:
     """Serve taskstream.v1, health and reflection on ``grpc_host:grpc_port`` (0: a free port) in this loop."""
     settings = app.state.settings
+    if not auth.auth_enabled(settings) and not loopback(settings.grpc_host) and not settings.auth_allow_unauthenticated:
+        raise auth.InsecureConfig(  # as auth.check_exposure for HTTP
+            f"refusing to serve gRPC on {settings.grpc_host} without authentication: turn on API keys or JWT, "
+            "listen on 127.0.0.1, or set TASKSTREAM_AUTH_ALLOW_UNAUTHENTICATED=true if something in front authenticates")
     server = grpc.aio.server(interceptors=interceptors(app), options=[
         ("grpc.keepalive_time_ms", 30_000),  # pings keep idle watch streams open through proxies
         ("grpc.keepalive_timeout_ms", 10_000),

@@ -80,3 +80,15 @@ def test_a_change_assembled_from_bytes_is_the_message() -> None:
         made = tasks_pb2.TaskChange.FromString(change_bytes("1.2.3:3", task.SerializeToString()))
         assert made == tasks_pb2.TaskChange(cursor="1.2.3:3", task=task)
     assert not tasks_pb2.TaskChange.FromString(change_bytes("0", None)).HasField("task")
+
+
+def test_grpc_refuses_to_listen_beyond_loopback_without_authentication() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from taskstream.api import auth, grpc_server
+    from taskstream.schemas import Settings
+
+    app = SimpleNamespace(state=SimpleNamespace(settings=Settings(grpc_port=0, grpc_host="0.0.0.0")))
+    with pytest.raises(auth.InsecureConfig, match="refusing to serve gRPC on 0.0.0.0"):
+        asyncio.run(grpc_server.start(app))
