@@ -80,7 +80,7 @@ from .routes import schedules as schedule_routes
 from .routes import tasks as task_routes
 from .routes.tasks import MAX_LIMIT, MAX_REASON
 from .routes.workflows import check_graph
-from .watch import Cursor, FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
+from .watch import FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
 log = logging.getLogger(__name__)
 
@@ -545,4 +545,4 @@ class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):
         return schedule_message(schedule_json(schedule))
 
 
-__all__ = ["TaskService", "WorkflowService", "ScheduleService", "Cursor"]
+__all__ = ["TaskService", "WorkflowService", "ScheduleService", "RPC_ROUTES"]

@@ -34,7 +34,7 @@ from starlette.responses import Response
 from taskstream.schemas import NotFound, Priority, Status, codec
 
 from ..models import task_json
-from ..watch import Cursor, Event, FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
+from ..watch import Event, FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
 log = logging.getLogger(__name__)
 
@@ -106,4 +106,4 @@ async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:
         await events.aclose()
 
 
-__all__ = ["router", "Cursor"]
+__all__ = ["router"]
