@@ -34,12 +34,12 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from taskstream.schemas import TERMINAL, DecodeError, Settings, TaskState, Topics, ValidationError, codec
-from taskstream.schemas.kafka import common_config
+from taskstream.schemas import kafka
 
 log = logging.getLogger(__name__)
 
@@ -409,14 +409,8 @@ async def read_state_topic(settings: Settings, ranges: dict[int, tuple[int, int]
     within ``budget_s``.
     """
     topic = Topics(settings.prefix).state
-    consumer = Consumer({
-        **common_config(settings, "taskstream-api-watch"),
-        "group.id": f"{settings.prefix}-api-watch-{uuid.uuid4().hex}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "fetch.wait.max.ms": 10,
-    })
+    consumer = kafka.reader(settings, "taskstream-api-watch", f"{settings.prefix}-api-watch-{uuid.uuid4().hex}",
+                            {"enable.partition.eof": True, "fetch.wait.max.ms": 10})
     todo = {p: end for p, (start, end) in ranges.items() if end > start}
     try:
         await asyncio.to_thread(consumer.assign, [TopicPartition(topic, p, ranges[p][0]) for p in todo])
