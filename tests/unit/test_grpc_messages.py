@@ -92,3 +92,33 @@ def test_grpc_refuses_to_listen_beyond_loopback_without_authentication() -> None
     app = SimpleNamespace(state=SimpleNamespace(settings=Settings(grpc_port=0, grpc_host="0.0.0.0")))
     with pytest.raises(auth.InsecureConfig, match="refusing to serve gRPC on 0.0.0.0"):
         asyncio.run(grpc_server.start(app))
+
+
+def test_the_committed_stubs_match_the_protos(tmp_path) -> None:
+    """`make proto` was run after the last change of a .proto (descriptors compared, not generated text)."""
+    from pathlib import Path
+
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    from taskstream.grpc.v1 import workflows_pb2
+
+    root = Path(__file__).resolve().parents[2] / "schemas" / "proto"
+    out = tmp_path / "set.pb"
+    protos = sorted(str(p.relative_to(root)) for p in (root / "taskstream" / "grpc" / "v1").glob("*.proto"))
+    include = str(Path(protoc.__file__).parent / "_proto")
+    assert protoc.main(["protoc", f"-I{root}", f"-I{include}", f"--descriptor_set_out={out}", *protos]) == 0
+    fresh = {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file}
+    for f in fresh.values():  # the generated code leaves out the json names protoc fills in
+        for message in _messages(f.message_type):
+            for field in message.field:
+                field.ClearField("json_name")
+    for module in (tasks_pb2, schedules_pb2, workflows_pb2):
+        committed = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
+        assert committed == fresh[module.DESCRIPTOR.name], f"{module.DESCRIPTOR.name}: run `make proto`"
+
+
+def _messages(messages):
+    for m in messages:
+        yield m
+        yield from _messages(m.nested_type)
