@@ -549,3 +549,15 @@ def test_grpc_calls_are_authenticated_authorized_and_rate_limited_like_http(sett
             tasks=[tasks_pb2.TaskSpec(handler="noop")] * 5), metadata=submitter)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # 5 tasks cost 5 tokens of a burst of 3
         assert any(isinstance(d, error_details_pb2.RetryInfo) for d in details)
+
+
+def test_bench_submits_through_grpc(stack: Stack) -> None:
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "taskstream.cli.main", "bench", "-n", "60", "--clients", "2", "--json",
+                        "--url", stack.base, "--grpc", stack.grpc_target], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads(r.stdout)
+    assert figures["tasks"] == 60 and figures["via"] == f"grpc {stack.grpc_target}" and figures["throughput_per_s"] > 0
