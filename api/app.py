@@ -32,7 +32,9 @@ from .metrics import router as metrics_router
 from .problems import JSONResponse
 from .read_model import ReadModel
 from .routes import health, ops, schedules, tasks, workflows
+from .routes import watch as watch_routes
 from .ui import router as ui_router
+from .watch import WatchMetrics
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,17 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         app.state.admin = admin(settings)
         app.state.authenticator.start()
         log.info("API started for prefix=%s bootstrap=%s", settings.prefix, settings.bootstrap_servers)
+        app.state.grpc = None
+        if settings.grpc_port is not None:  # gRPC beside HTTP in this event loop (issue 17); grpcio loads only then
+            from . import grpc_server
+
+            app.state.grpc = await grpc_server.start(app)
         try:
             yield
         finally:
+            read_model.feed.close()  # live watches end (gRPC, SSE) before the producer and read model stop
+            if app.state.grpc is not None:
+                await app.state.grpc.stop()
             remaining = await asyncio.to_thread(producer.close, produce_timeout_s)
             if remaining:
                 log.warning("API producer closed with %d records undelivered", remaining)
@@ -82,6 +92,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         default_response_class=JSONResponse,
     )
     app.state.metrics = ApiMetrics()  # before the lifespan: /metrics answers from the first request
+    app.state.metrics.registry.register(WatchMetrics(app.state))  # open SSE and gRPC watches
     problems.install(app)
 
     def openapi() -> dict:
@@ -95,6 +106,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.add_middleware(TrustedHosts, hosts=allowed_hosts(settings))  # outermost: a rebinding page gets nothing
     app.include_router(health.router)
     app.include_router(metrics_router)
+    app.include_router(watch_routes.router)  # before tasks: /tasks/watch is not a task id
     app.include_router(tasks.router)
     app.include_router(workflows.router)
     app.include_router(schedules.router)

@@ -71,6 +71,8 @@ from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, S
 from taskstream.schemas.kafka import consume_available, reader
 from taskstream.schemas.observability import about
 
+from .watch import ChangeFeed
+
 log = logging.getLogger(__name__)
 
 _STATE = b"s:"
@@ -432,6 +434,8 @@ class ReadModel:
         self.topic = Topics(settings.prefix).state
         self.store = TaskStore(Path(settings.data_dir) / "read-model")
         self.schedules = self.store.schedules
+        #: Every task state read from the topic goes through the feed into the store (live updates, api/watch.py).
+        self.feed = ChangeFeed(settings.watch_ring_size, settings.watch_queue_limit)
         self._connect_timeout = connect_timeout
         self._stop = threading.Event()
         self._caught_up = threading.Event()
@@ -552,7 +556,7 @@ class ReadModel:
             log.warning("read model: skipped undecodable record key=%r at %s/%d: %s", key, partition, offset, exc)
             return
         if isinstance(state, TaskState):
-            self.store.apply(state)
+            self.feed.apply(partition, offset, state, self.store.apply)
         elif isinstance(state, ScheduleState):
             self.schedules.apply(state)
         else:

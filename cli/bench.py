@@ -210,7 +210,7 @@ def _check_outcome(task: Task) -> bool:
 
 
 def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None = None,
-               batch: int | None = None) -> dict[str, float]:
+               batch: int | None = None, grpc_target: str | None = None) -> dict[str, float]:
     """POST ``count`` noop tasks from ``clients`` threads; task id -> wall time just before its POST.
 
     ``post_ms``, if given, receives each POST's round trip in milliseconds. With ``batch``, each POST is
@@ -222,7 +222,12 @@ def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None =
     abort = threading.Event()
 
     def worker(i: int) -> None:
-        client = Client(url)
+        if grpc_target is not None:  # --grpc: submit through taskstream.v1 (issue 17)
+            from .bench_grpc import GrpcClient
+
+            client = GrpcClient(grpc_target)
+        else:
+            client = Client(url)
         out = results[i]
         try:
             left = shares[i]
@@ -365,7 +370,8 @@ def _table(result: dict) -> str:
     s, f, p = result["start_latency_ms"] or {}, result["finish_latency_ms"] or {}, result["post_ms"] or {}
     target = result["url"] + (f" (taskstream dev, {result['executors']} executor(s))" if result["started_dev"] else "")
     rows = [
-        f"taskstream bench: {result['tasks']} noop tasks, {result['clients']} HTTP clients, {target}",
+        f"taskstream bench: {result['tasks']} noop tasks, {result['clients']} "
+        f"{'gRPC' if result.get('via', 'http') != 'http' else 'HTTP'} clients, {target}",
         f"  submitted          {result['submit_s']:8.2f} s   {result['submit_per_s'] or 0:9.0f} tasks/s",
         f"  POST round trip ms p50 {p.get('p50', 0):8.1f}   p99 {p.get('p99', 0):8.1f}",
         f"  end to end         {result['e2e_s']:8.2f} s   {result['throughput_per_s'] or 0:9.0f} tasks/s"
@@ -481,10 +487,13 @@ def prefill(url: str, events: int, clients: int = 2) -> dict:
 
 
 def run_bench(count: int, url: str | None, clients: int, executors: int, as_json: bool,
-              batch: int | None = None, prefill_events: int = 0) -> int:
+              batch: int | None = None, prefill_events: int = 0, grpc_target: str | None = None) -> int:
     """Entry point of `taskstream bench`; returns the exit code."""
     if count < 1 or clients < 1 or executors < 1:
         _say("error: -n, --clients and --executors must be at least 1")
+        return 2
+    if grpc_target is not None and url is None:
+        _say("error: --grpc needs --url (the API whose gRPC port it names): the wait for the tasks is over HTTP")
         return 2
     clients = min(clients, count)
     grown: dict = {}
@@ -500,7 +509,7 @@ def run_bench(count: int, url: str | None, clients: int, executors: int, as_json
             _say(f"submitting {count} noop tasks with {clients} clients{how} ...")
             post_ms: list[float] = []
             t0 = time.monotonic()
-            submitted = submit_all(url, count, clients, post_ms, batch)
+            submitted = submit_all(url, count, clients, post_ms, batch, grpc_target)
             submit_s = time.monotonic() - t0
             _say(f"submitted in {submit_s:.2f}s; waiting until they succeed ...")
             tasks = wait_done(url, submitted)
@@ -517,6 +526,7 @@ def run_bench(count: int, url: str | None, clients: int, executors: int, as_json
         "started_dev": dev is not None,
         "clients": clients,
         "batch": batch,
+        "via": f"grpc {grpc_target}" if grpc_target is not None else "http",
         "executors": executors if dev is not None else None,
         **grown,
         **figures(submitted, tasks, submit_s, wall_s, post_ms),

@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from taskstream.schemas import BrokerUnavailable, Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 
-from .broker import EmbeddedBroker
+from .broker import EmbeddedBroker, free_port
 
 STOP_GRACE_S = 8.0
 #: A child that exits this many times in a row, each within CRASH_LOOP_S of
@@ -133,6 +133,25 @@ def _wait_http(url: str, timeout: float, children: list[Child]) -> bool:
     return False
 
 
+# --- gRPC and live updates
+#: Where `taskstream dev` serves gRPC unless TASKSTREAM_GRPC_PORT says otherwise (or the port is taken).
+DEV_GRPC_PORT = 50051
+
+
+def dev_grpc_port(base: Settings) -> int:
+    """``TASKSTREAM_GRPC_PORT`` if set, else 50051 if it is free, else a free port (several dev stacks on one machine)."""
+    if base.grpc_port is not None:
+        return base.grpc_port
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", DEV_GRPC_PORT))
+        except OSError:
+            return free_port()
+    return DEV_GRPC_PORT
+
+
 def run_dev(
     *,
     api_port: int | None,
@@ -163,6 +182,7 @@ def run_dev(
         data_dir = tmp.name
     api_port = base.api_port if api_port is None else api_port
     overrides = {"api_port": api_port, "data_dir": Path(data_dir), "ready_requires_workers": True}
+    overrides["grpc_port"] = dev_grpc_port(base)  # gRPC and live updates
     if partitions is not None:
         overrides["partitions"] = partitions
     elif embedded and "partitions" not in base.model_fields_set:
@@ -203,7 +223,8 @@ def run_dev(
                 _say(f"error: the system did not become ready (exited: {', '.join(dead) or 'none'})")
                 return 1
         else:
-            _say(f"ready: API on http://127.0.0.1:{api_port} (Ctrl-C stops everything)")
+            _say(f"ready: API on http://127.0.0.1:{api_port}, gRPC on {settings.grpc_host}:{settings.grpc_port} "
+                 "(Ctrl-C stops everything)")
             _say("metrics: " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
             _say(auth_hint(settings))
         while not stop.wait(0.5):

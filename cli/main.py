@@ -246,8 +246,10 @@ def state_at(when, task_id, as_json, timeout) -> None:
               help="events in the --rebuild log")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="--rebuild: fold processes (default: cores)")
 @click.option("--profile", type=click.Path(dir_okay=False), default=None, help="--rebuild: write cProfile stats here")
+@click.option("--grpc", "grpc_target", default=None, metavar="HOST:PORT",
+              help="submit through the gRPC API at HOST:PORT (with --url; the wait stays on HTTP)")
 def bench(count, url, clients, executors, chain, batch, as_json, prefill_events, rebuild_mode, n_events, workers,
-          profile) -> None:
+          profile, grpc_target) -> None:
     """Submit N no-op tasks; print throughput and submit->start latency (or --chain N: per-hop latency)."""
     from .bench import run_bench, run_chain_bench, run_rebuild_bench
 
@@ -256,7 +258,7 @@ def bench(count, url, clients, executors, chain, batch, as_json, prefill_events,
     if chain is not None:
         sys.exit(run_chain_bench(chain, url=url, executors=executors, as_json=as_json))
     sys.exit(run_bench(count=count, url=url, clients=clients, executors=executors, as_json=as_json, batch=batch,
-                       prefill_events=prefill_events))
+                       prefill_events=prefill_events, grpc_target=grpc_target))
 
 
 @main.group()

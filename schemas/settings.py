@@ -111,6 +111,24 @@ class Settings(BaseSettings):
         None, description="Confluent-compatible schema registry (Redpanda's on :8081); needed to write the "
         "confluent wire format and to read records written in it"
     )
+    # --- gRPC and live updates
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="the API also serves gRPC (taskstream.v1, health, reflection) on "
+        "grpc_host:grpc_port; None: off (taskstream dev turns it on at 50051); 0: a free port"
+    )
+    grpc_host: str = Field("127.0.0.1", description="listen address of the gRPC port (loopback unless clients "
+                           "elsewhere must reach it)")
+    watch_ring_size: int = Field(
+        10_000, ge=1, description="recent task state changes the API keeps in memory for watches to resume from; "
+        "a watch resumed from further back reads <p>.state from its cursor instead (slower, still exact)"
+    )
+    watch_queue_limit: int = Field(
+        10_000, ge=1, description="changes that may wait for one slow watcher; past it the watch ends and the "
+        "client resumes from its last event id"
+    )
+    watch_heartbeat_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments of an SSE "
+                                     "watch, so proxies keep an idle stream open")
+
     allow_second_cron: bool = Field(
         False, description="the API accepts cron schedules that fire more than once a minute (six fields, seconds "
         "last, more than one second in it); off, they are a 422 naming cron. Each fire is a task through the "

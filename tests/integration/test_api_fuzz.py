@@ -29,7 +29,8 @@ def test_openapi_fuzz(settings: Settings) -> None:
     # date-time within 1970..9000", "printable text" or "a cursor this API returned" (and a random id is a 404).
     schema.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(
         expected_statuses=["2xx", "404", "409", "422"])
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # not the SSE watches (issue 17): a stream that ends only when the client hangs up is no response to fuzz
+    operations = [op for op in (result.ok() for result in schema.get_all_operations()) if not op.path.endswith("/watch")]
     assert len(operations) >= 17
     failures = []
     try:

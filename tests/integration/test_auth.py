@@ -80,7 +80,9 @@ def concrete(path: str) -> str:
 
 def call(client: TestClient, method: str, path: str, headers: dict):
     body = {} if method in ("POST", "PATCH", "PUT") else None
-    return client.request(method, path, headers=headers, json=body)
+    # the SSE watch of all tasks never ends by itself: a bad cursor makes an admitted caller's answer a 422
+    params = {"cursor": "not-a-cursor"} if path.endswith("/tasks/watch") else None
+    return client.request(method, path, headers=headers, json=body, params=params)
 
 
 def test_auth_matrix_over_every_route(settings: Settings, signer) -> None:

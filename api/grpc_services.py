@@ -1,0 +1,548 @@
+"""taskstream.v1 servicers: the same rules as HTTP, through the same code.
+
+An RPC turns its request message into the JSON the HTTP route takes and
+validates it with the same pydantic request model (``api/models.py``; a
+``ValidationError`` becomes INVALID_ARGUMENT with a ``google.rpc.BadRequest``
+naming the field by its path in the request message, e.g. ``task.payload.n``
+or ``tasks[3].retry.max_attempts``). Writes call the API's one write path,
+``api/service.py``, as the HTTP routes do (with the checks those routes make
+before it: ``check_graph`` of a workflow, a schedule's ``check`` and
+sub-minute cron rule); reads call the read routes' functions with a minimal
+request (the app and no headers) and turn their JSON into the response
+message (``json_format``: the task message has exactly the task JSON's
+fields). The idempotency key comes from the ``idempotency-key`` metadata.
+
+Every call is authenticated and authorized like the HTTP route it mirrors
+(``RPC_ROUTES`` names it; the role comes from ``auth.ROUTE_ROLES``):
+metadata ``authorization: Bearer <JWT or API key>`` or ``x-api-key``,
+handler patterns and rate limits (one token a call, one more per task beyond
+the first of a batch or workflow), and the principal is the actor of the
+events written.
+
+Errors map to status codes with ``google.rpc.Status`` details
+(``grpc-status-details-bin``):
+
+====================================  ======================================
+HTTP                                  gRPC
+====================================  ======================================
+422 validation, 413 too-large         INVALID_ARGUMENT + BadRequest
+401 / 403                             UNAUTHENTICATED / PERMISSION_DENIED
+404                                   NOT_FOUND
+409 (impossible in this status)       FAILED_PRECONDITION + ErrorInfo
+412 stale ``If-Match``                ABORTED + ErrorInfo (current version)
+429 rate limited                      RESOURCE_EXHAUSTED + RetryInfo
+503 history-busy                      RESOURCE_EXHAUSTED + RetryInfo
+503 read-too-expensive                RESOURCE_EXHAUSTED
+503 broker or auth unavailable        UNAVAILABLE + RetryInfo (1 s)
+====================================  ======================================
+
+Watches (``WatchTask``, ``WatchTasks``) stream from the change feed like the
+SSE routes (``api/watch.py``); the cursor of each ``TaskChange`` resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pydantic
+from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from starlette.datastructures import Headers
+
+from taskstream.grpc.v1 import schedules_pb2, schedules_pb2_grpc, tasks_pb2, tasks_pb2_grpc, workflows_pb2
+from taskstream.grpc.v1 import workflows_pb2_grpc
+from taskstream.schemas import (
+    BrokerUnavailable,
+    CommandRejected,
+    NotFound,
+    Priority,
+    RecordRefused,
+    ScheduleStatus,
+    StaleVersion,
+    Status,
+    TooLarge,
+    ValidationError,
+    codec,
+)
+from taskstream.schemas import cron as cron_expr
+
+from . import auth, idempotency, service
+from .models import BatchIn, RedriveIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, schedule_json, task_json
+from .problems import _field, _message
+from .routes import schedules as schedule_routes
+from .routes import tasks as task_routes
+from .routes.tasks import MAX_LIMIT, MAX_REASON
+from .routes.workflows import check_graph
+from .watch import FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
+
+log = logging.getLogger(__name__)
+
+METADATA_IDEMPOTENCY_KEY = "idempotency-key"
+_SAFE_INT = 2**53
+
+
+class RpcError(Exception):
+    """A status to end the call with: code, message and ``google.rpc`` detail messages."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *details: Message) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def bad_request(violations: list[tuple[str, str]]) -> RpcError:
+    detail = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=f, description=m) for f, m in violations])
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(f"{f}: {m}" for f, m in violations), detail)
+
+
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    return error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=int(seconds),
+                                                                          nanos=int(seconds % 1 * 1e9)))
+
+
+def _error_info(reason: str, **metadata: Any) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain="taskstream",
+                                       metadata={k: str(v) for k, v in metadata.items()})
+
+
+def from_exception(exc: BaseException) -> RpcError | None:
+    """The status of one of our errors (what ``problems.install`` maps to HTTP), None for anything else."""
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, pydantic.ValidationError):
+        return bad_request([(_field(e.get("loc", ())) + (e.get("ctx") or {}).get("json_path", ""), _message(e))
+                            for e in exc.errors()])
+    if isinstance(exc, ValidationError):
+        return bad_request([(exc.field, exc.message)])
+    if isinstance(exc, TooLarge):
+        return bad_request([(exc.field, str(exc).split(": ", 1)[-1])])
+    if isinstance(exc, NotFound):
+        return RpcError(grpc.StatusCode.NOT_FOUND, str(exc) or "not found")
+    if isinstance(exc, StaleVersion):
+        return RpcError(grpc.StatusCode.ABORTED, str(exc), _error_info("STALE_VERSION", version=exc.version))
+    if isinstance(exc, CommandRejected):
+        return RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc), _error_info("CONFLICT"))
+    if isinstance(exc, RecordRefused):
+        return bad_request([("request", f"the event log refused the request's record: {exc}")])
+    if isinstance(exc, BrokerUnavailable):
+        log.warning("broker unavailable: %s", exc)
+        return RpcError(grpc.StatusCode.UNAVAILABLE, f"the event log could not be written: {exc}", _retry_info(1))
+    if isinstance(exc, auth.AuthUnavailable):
+        return RpcError(grpc.StatusCode.UNAVAILABLE, exc.detail, _retry_info(1))
+    if isinstance(exc, auth.Forbidden):
+        return RpcError(grpc.StatusCode.PERMISSION_DENIED, exc.detail, _error_info(exc.error or "FORBIDDEN"))
+    if isinstance(exc, auth.AuthError):
+        return RpcError(grpc.StatusCode.UNAUTHENTICATED, exc.detail, _error_info(exc.error or "UNAUTHENTICATED"))
+    if isinstance(exc, auth.RateLimited):
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"rate limit exceeded: {exc.decision.limit} requests (or batched tasks) in a burst; this "
+                        f"call costs {exc.cost}; retry in {exc.decision.retry_after_s} s",
+                        _retry_info(max(1, exc.decision.retry_after_s)))
+    if isinstance(exc, FellBehind):
+        return RpcError(grpc.StatusCode.ABORTED, str(exc), _error_info("WATCH_FELL_BEHIND"))
+    if isinstance(exc, WatchUnavailable):
+        return RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), _retry_info(1))
+    return None
+
+
+def from_problem(status: int, body: dict[str, Any], headers: Any) -> RpcError:
+    """The status of a problem answer (``application/problem+json``) a route returned."""
+    kind = body.get("type", "").rsplit(":", 1)[-1]
+    detail = body.get("detail", "")
+    if status in (400, 413, 422):
+        errors = body.get("errors") or [{"field": detail.split(":", 1)[0] or "request", "message": detail}]
+        return bad_request([(e["field"], e["message"]) for e in errors])
+    if status == 404:
+        return RpcError(grpc.StatusCode.NOT_FOUND, detail)
+    if status == 409:
+        return RpcError(grpc.StatusCode.FAILED_PRECONDITION, detail, _error_info("CONFLICT"))
+    if status == 412:
+        return RpcError(grpc.StatusCode.ABORTED, detail, _error_info("STALE_VERSION", version=body.get("version")))
+    if kind == "history-busy":
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, detail,
+                        _retry_info(float(headers.get("retry-after", "1"))))
+    if kind == "read-too-expensive":
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, detail, _error_info("READ_TOO_EXPENSIVE"))
+    if status == 503:
+        return RpcError(grpc.StatusCode.UNAVAILABLE, detail, _retry_info(1))
+    return RpcError(grpc.StatusCode.INTERNAL, detail or f"HTTP {status}")
+
+
+async def abort(context: grpc.aio.ServicerContext, error: RpcError) -> None:
+    """End the call with ``error``, its details as ``google.rpc.Status`` in ``grpc-status-details-bin``."""
+    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
+    for d in error.details:
+        status.details.add().Pack(d)
+    await context.abort(error.code, error.message,
+                        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+
+
+def rpc(method: Callable[..., Awaitable[Message]]) -> Callable[..., Awaitable[Message]]:
+    """Admit the caller (``_Adapter.admit``), run the RPC with it, map our errors to statuses.
+
+    Anything unexpected is INTERNAL, logged, with no details leaked.
+    """
+
+    async def wrapper(self, request, context):
+        try:
+            caller = await self.admit(context, method.__name__)
+            return await method(self, request, context, caller)
+        except Exception as exc:
+            error = from_exception(exc)
+            if error is None:
+                log.exception("gRPC %s failed", method.__name__)
+                error = RpcError(grpc.StatusCode.INTERNAL, "an unexpected error occurred; it was logged")
+            await abort(context, error)
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+def stream_rpc(method: Callable[..., AsyncIterator[Message]]) -> Callable[..., AsyncIterator[Message]]:
+    async def wrapper(self, request, context):
+        try:
+            caller = await self.admit(context, method.__name__)
+            async for item in method(self, request, context, caller):
+                yield item
+        except Exception as exc:
+            error = from_exception(exc)
+            if error is None:
+                log.exception("gRPC %s failed", method.__name__)
+                error = RpcError(grpc.StatusCode.INTERNAL, "an unexpected error occurred; it was logged")
+            await abort(context, error)
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+# ------------------------------------------------------------ conversions
+
+
+def _ints(value: Any) -> Any:
+    """JSON from a ``google.protobuf.Value``: integral doubles within ±2^53 become integers (as in JSON)."""
+    if isinstance(value, float) and value.is_integer() and -_SAFE_INT <= value <= _SAFE_INT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """The request message as the HTTP JSON body: set fields only, proto field names, times in RFC 3339."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _task_json(spec: dict[str, Any]) -> dict[str, Any]:
+    if "payload" in spec:
+        spec["payload"] = _ints(spec["payload"])
+    return spec
+
+
+def validate(model: type[pydantic.BaseModel], body: dict[str, Any], prefix: str = "") -> Any:
+    """``model`` from ``body``; a ValidationError names each field with ``prefix`` (its path in the request)."""
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise bad_request([(prefix + _field(e.get("loc", ())) + (e.get("ctx") or {}).get("json_path", ""),
+                            _message(e)) for e in exc.errors()]) from None
+
+
+def task_message(task: dict[str, Any]) -> tasks_pb2.Task:
+    return json_format.ParseDict(task, tasks_pb2.Task(), ignore_unknown_fields=True)
+
+
+def schedule_message(schedule: dict[str, Any]) -> schedules_pb2.Schedule:
+    return json_format.ParseDict(schedule, schedules_pb2.Schedule(), ignore_unknown_fields=True)
+
+
+#: The serialized Task message of a watched state, built once however many streams send it.
+watched_task = RenderCache(lambda state: task_message(task_json(state)).SerializeToString())
+
+
+def change_bytes(cursor: str, task: bytes | None) -> bytes:
+    """A serialized ``TaskChange``: its cursor field, then ``task`` (field 2, already serialized) appended.
+
+    Protobuf's wire format is a sequence of fields, so appending the bytes of
+    field 2 is the same as setting it (``grpc_server._add_tasks`` lets these
+    bytes through unserialized).
+    """
+    head = tasks_pb2.TaskChange(cursor=cursor).SerializeToString()
+    if task is None:
+        return head
+    return head + b"\x12" + _varint(len(task)) + task
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+class _Request(SimpleNamespace):
+    """What a read route function reads of its request: ``app`` (``app.state``) and ``headers``."""
+
+
+#: The HTTP route each RPC mirrors: its role comes from ``auth.ROUTE_ROLES``, the one table of who may call what.
+RPC_ROUTES: dict[str, tuple[str, str]] = {
+    "SubmitTask": ("POST", "/api/v1/tasks"),
+    "SubmitTasks": ("POST", "/api/v1/tasks:batch"),
+    "GetTask": ("GET", "/api/v1/tasks/{task_id}"),
+    "ListTasks": ("GET", "/api/v1/tasks"),
+    "UpdateTask": ("PATCH", "/api/v1/tasks/{task_id}"),
+    "CancelTask": ("DELETE", "/api/v1/tasks/{task_id}"),
+    "RetryTask": ("POST", "/api/v1/tasks/{task_id}/retry"),
+    "GetTaskEvents": ("GET", "/api/v1/tasks/{task_id}/events"),
+    "WatchTask": ("GET", "/api/v1/tasks/{task_id}/watch"),
+    "WatchTasks": ("GET", "/api/v1/tasks/watch"),
+    "SubmitWorkflow": ("POST", "/api/v1/workflows"),
+    "CreateSchedule": ("POST", "/api/v1/schedules"),
+    "GetSchedule": ("GET", "/api/v1/schedules/{schedule_id}"),
+    "ListSchedules": ("GET", "/api/v1/schedules"),
+    "DeleteSchedule": ("DELETE", "/api/v1/schedules/{schedule_id}"),
+}
+
+
+class Caller(SimpleNamespace):
+    """Who calls (``principal``), from where (``peer``), with which ``idempotency-key`` metadata (``key``)."""
+
+    @property
+    def actor(self) -> str | None:
+        """The actor of the events the call writes: None for an anonymous caller, as over HTTP."""
+        return None if self.principal.kind == "anonymous" else self.principal.id
+
+
+class _Adapter:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def admit(self, context: grpc.aio.ServicerContext, rpc_name: str) -> Caller:
+        """Authenticate and authorize the call as its HTTP route, charge the rate limit; the caller."""
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        state = self.app.state
+        authenticator = getattr(state, "authenticator", None)
+        peer = context.peer() or "unknown"
+        need = auth.required(*RPC_ROUTES[rpc_name])
+        if authenticator is None or need == auth.OPEN:
+            principal = auth.ANONYMOUS if authenticator is None or not authenticator.enabled else auth.NOBODY
+        else:
+            if need is None:
+                raise auth.Forbidden(f"{rpc_name} has no declared role (api/auth.py ROUTE_ROLES): refused")
+            args = (metadata.get("authorization"), metadata.get("x-api-key"))
+            principal = (await asyncio.to_thread(authenticator.authenticate, *args) if authenticator.blocking
+                         else authenticator.authenticate(*args))
+            if isinstance(need, auth.Role):
+                auth.authorize(principal, need)
+            rate = getattr(state, "rate_limit", None)
+            if rate is not None:
+                rate.take(principal, peer, 1)
+        return Caller(principal=principal, peer=peer,
+                      key=idempotency.check_key(metadata.get(METADATA_IDEMPOTENCY_KEY)))
+
+    def admit_tasks(self, caller: Caller, handlers: list[str], tasks: int = 1) -> None:
+        """``auth.admit`` for a call that submits ``tasks`` tasks to ``handlers``: handler patterns, rate tokens."""
+        auth.authorize_handlers(caller.principal, handlers)
+        rate = getattr(self.app.state, "rate_limit", None)
+        if rate is not None and tasks > 1:
+            try:
+                rate.take(caller.principal, caller.peer, tasks - 1)
+            except auth.RateLimited as exc:
+                raise auth.RateLimited(exc.decision, tasks) from None
+
+    def request(self) -> _Request:
+        return _Request(app=self.app, headers=Headers({}))
+
+    async def call(self, route: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run a read route function; its JSON answer, or ``RpcError`` for a problem answer."""
+        response = await route(*args, **kwargs)
+        body = codec.loads_json(bytes(response.body)) if response.body else {}
+        if response.status_code >= 400:
+            raise from_problem(response.status_code, body, response.headers)
+        return body
+
+
+def _one_of(value: str | None, allowed: type, field: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return allowed(value)
+    except ValueError:
+        raise bad_request([(field, f"must be one of {', '.join(m.value for m in allowed)}")]) from None
+
+
+def _limit(value: int | None) -> int:
+    if value is None:
+        return 100
+    if not 1 <= value <= MAX_LIMIT:
+        raise bad_request([("limit", f"must be between 1 and {MAX_LIMIT}")])
+    return value
+
+
+def _reason(value: str) -> str:
+    if len(value) > MAX_REASON:
+        raise bad_request([("reason", f"must be at most {MAX_REASON} characters")])
+    return value
+
+
+def _id(value: str, field: str = "id") -> str:
+    if not value:
+        raise bad_request([(field, "required")])
+    return value
+
+
+# --------------------------------------------------------------- services
+
+
+class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
+    """``taskstream.v1.TaskService``: the task operations of ``/api/v1``, plus watches over the change feed."""
+
+    @rpc
+    async def SubmitTask(self, request, context, caller):
+        body = validate(TaskIn, _task_json(to_json(request.task)), "task.")
+        self.admit_tasks(caller, [body.handler])
+        task = await service.submit_task(self.app.state, body, key=caller.key, actor=caller.actor)
+        return task_message(task_json(task))
+
+    @rpc
+    async def SubmitTasks(self, request, context, caller):
+        body = validate(BatchIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
+        self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
+        tasks = await service.submit_batch(self.app.state, body, key=caller.key, actor=caller.actor)
+        return tasks_pb2.SubmitTasksResponse(tasks=[task_message(task_json(t)) for t in tasks])
+
+    @rpc
+    async def GetTask(self, request, context, caller):
+        as_of = to_json(request)["as_of"] if request.HasField("as_of") else None
+        return task_message(await self.call(task_routes.get_task, _id(request.id), self.request(), as_of=as_of))
+
+    @rpc
+    async def ListTasks(self, request, context, caller):
+        out = await self.call(
+            task_routes.list_tasks, self.request(),
+            status=_one_of(request.status if request.HasField("status") else None, Status, "status"),
+            priority=_one_of(request.priority if request.HasField("priority") else None, Priority, "priority"),
+            handler=request.handler if request.HasField("handler") else None,
+            label=list(request.label),
+            limit=_limit(request.limit if request.HasField("limit") else None),
+            cursor=request.cursor if request.HasField("cursor") and request.cursor else None,
+        )
+        return tasks_pb2.ListTasksResponse(tasks=[task_message(t) for t in out["tasks"]],
+                                           next_cursor=out["next_cursor"] or "", partial=out["partial"])
+
+    @rpc
+    async def UpdateTask(self, request, context, caller):
+        fields = to_json(request)
+        fields.pop("id", None)
+        fields.pop("expected_version", None)
+        if request.HasField("payload"):
+            fields["payload"] = _ints(json_format.MessageToDict(request.payload))
+        body = validate(TaskPatch, fields)
+        expected = request.expected_version if request.HasField("expected_version") else None
+        task = await service.update_task(self.app.state, _id(request.id), body, expected_version=expected,
+                                         actor=caller.actor)
+        return task_message(task_json(task))
+
+    @rpc
+    async def CancelTask(self, request, context, caller):
+        task = await service.cancel_task(self.app.state, _id(request.id), reason=_reason(request.reason),
+                                         actor=caller.actor)
+        return task_message(task_json(task))
+
+    @rpc
+    async def RetryTask(self, request, context, caller):
+        body = validate(RedriveIn, {"reason": request.reason})
+        task = await service.redrive_task(self.app.state, _id(request.id), reason=body.reason, actor=caller.actor)
+        return task_message(task_json(task))
+
+    @rpc
+    async def GetTaskEvents(self, request, context, caller):
+        out = await self.call(task_routes.task_events, _id(request.id), self.request())
+        return json_format.ParseDict(out, tasks_pb2.GetTaskEventsResponse(), ignore_unknown_fields=True)
+
+    @stream_rpc
+    async def WatchTask(self, request, context, caller):
+        store = self.app.state.read_model.store
+        task_id = _id(request.id)
+        if store.get(task_id) is None:
+            raise NotFound(f"task {task_id} not found")
+        after, version = parse_event_id(request.after, "after") if request.after else (None, None)
+        async for e in watch(self.app.state.settings, self.app.state.read_model.feed, Filter(task_id=task_id), after,
+                             current=lambda: store.get(task_id), last_version=version):
+            yield change_bytes(e.id, watched_task(e.state))
+
+    @stream_rpc
+    async def WatchTasks(self, request, context, caller):
+        filter = Filter(statuses=frozenset(_one_of(s, Status, "status").value for s in request.status),
+                        priorities=frozenset(_one_of(p, Priority, "priority").value for p in request.priority),
+                        handlers=frozenset(request.handler))
+        after = parse_event_id(request.cursor, "cursor")[0] if request.cursor else None
+        async for e in watch(self.app.state.settings, self.app.state.read_model.feed, filter, after, announce=True):
+            yield change_bytes(e.id, None if e.state is None else watched_task(e.state))
+
+
+class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
+    """``taskstream.v1.WorkflowService``: ``POST /api/v1/workflows``."""
+
+    @rpc
+    async def SubmitWorkflow(self, request, context, caller):
+        body = validate(WorkflowIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
+        self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
+        errors = check_graph(body)
+        if errors:
+            raise bad_request([(e["field"], e["message"]) for e in errors])
+        workflow_id, ids = await service.submit_workflow(self.app.state, body, key=caller.key, actor=caller.actor)
+        return workflows_pb2.SubmitWorkflowResponse(workflow_id=workflow_id, tasks=ids)
+
+
+class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):
+    """``taskstream.v1.ScheduleService``: ``/api/v1/schedules``."""
+
+    @rpc
+    async def CreateSchedule(self, request, context, caller):
+        fields = to_json(request)
+        if "task" in fields:
+            _task_json(fields["task"])
+        body = validate(ScheduleIn, fields)
+        self.admit_tasks(caller, [body.task.handler])
+        body.check(datetime.now(UTC))
+        cron_expr.check_sub_minute(body.cron, allowed=self.app.state.settings.allow_second_cron)
+        schedule = await service.create_schedule(self.app.state, body, key=caller.key, actor=caller.actor)
+        return schedule_message(schedule_json(schedule))
+
+    @rpc
+    async def GetSchedule(self, request, context, caller):
+        return schedule_message(await self.call(schedule_routes.get_schedule, _id(request.id), self.request()))
+
+    @rpc
+    async def ListSchedules(self, request, context, caller):
+        out = await self.call(
+            schedule_routes.list_schedules, self.request(),
+            status=_one_of(request.status if request.HasField("status") else None, ScheduleStatus, "status"),
+            limit=_limit(request.limit if request.HasField("limit") else None),
+            cursor=request.cursor if request.HasField("cursor") and request.cursor else None,
+        )
+        return schedules_pb2.ListSchedulesResponse(schedules=[schedule_message(s) for s in out["schedules"]],
+                                                   next_cursor=out["next_cursor"] or "")
+
+    @rpc
+    async def DeleteSchedule(self, request, context, caller):
+        schedule = await service.delete_schedule(self.app.state, _id(request.id), reason="", actor=caller.actor)
+        return schedule_message(schedule_json(schedule))
+
+
+__all__ = ["TaskService", "WorkflowService", "ScheduleService", "RPC_ROUTES"]
