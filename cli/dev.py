@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -152,6 +151,26 @@ def dev_grpc_port(base: Settings) -> int:
     return DEV_GRPC_PORT
 
 
+
+class _SignalFlag:
+    """Set from a signal handler. (A ``threading.Event`` is not safe there: its ``set`` takes the lock that
+    ``wait`` holds in the main thread the handler interrupts, and ``taskstream dev`` then ignored SIGINT/SIGTERM.)"""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._set and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self._set
+
 def run_dev(
     *,
     api_port: int | None,
@@ -169,7 +188,7 @@ def run_dev(
     except HandlerImportError as exc:
         _say(f"error: {exc}")
         return 2
-    stop = threading.Event()
+    stop = _SignalFlag()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 

@@ -29,11 +29,11 @@ from .errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from .models import PRIORITIES, STATUSES, TERMINAL, Page, Schedule, Task, TaskEvent, Workflow
+from .models import PRIORITIES, STATUSES, TERMINAL, Change, Page, Schedule, Task, TaskEvent, Workflow
 
 __all__ = [
     "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET",
-    "AsyncClient", "Client", "Page", "Schedule", "Task", "TaskEvent", "Workflow", "task_body",
+    "AsyncClient", "Change", "Client", "Page", "Schedule", "Task", "TaskEvent", "Workflow", "task_body",
     "TaskstreamError", "Conflict", "Forbidden", "NotFound", "PreconditionFailed", "RateLimited", "ServerError",
     "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
 ]

@@ -22,8 +22,32 @@ import httpx
 
 from . import _calls as calls
 from ._calls import UNSET, Call
-from .errors import TaskstreamError, WaitTimeout, unreachable
-from .models import Page, Schedule, Task, TaskEvent, Workflow
+from .errors import TaskstreamError, Unavailable, WaitTimeout, unreachable
+from .models import Change, Page, Schedule, Task, TaskEvent, Workflow
+from .sse import SseEvent, iter_sse, read_sse
+
+#: A watch whose connection dropped connects again (after the last event it got) this many times in a row.
+WATCH_RECONNECTS = 5
+
+
+def _watch_url(task_id: str | None) -> str:
+    return f"{calls.API}/tasks/{calls._id(task_id)}/watch" if task_id is not None else f"{calls.API}/tasks/watch"
+
+
+def _watch_params(status, priority, handler) -> dict[str, Any]:
+    def many(v):
+        return None if v is None else [v] if isinstance(v, str) else list(v)
+    return {k: v for k, v in (("status", many(status)), ("priority", many(priority)), ("handler", many(handler)))
+            if v}
+
+
+def _change(e: SseEvent) -> Change | None:
+    """A ``task`` event as a Change; None for a ``position``; an ``error`` event (the watch ended) raises."""
+    if e.event == "task":
+        return Change(Task.from_json(e.json()), e.id)
+    if e.event == "error":
+        raise Unavailable(e.json(), 503)
+    return None
 
 #: Where ``taskstream dev`` serves the API.
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -245,12 +269,36 @@ class Client(_Operations):
                 delay = min(delay, left)
             time.sleep(delay)
 
-    def watch(self, task_id: str) -> Iterator[Task]:
-        """Every state change of a task, pushed by the API (``GET /tasks/{id}/watch``, Server-Sent Events).
+    def watch(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[Task]:
+        """The task as it is, then every change of it, pushed by the API (Server-Sent Events), until it ends.
 
-        Not available yet: the SSE endpoints are being added to the API. Poll with ``wait()`` meanwhile.
+        A dropped connection is resumed after the last change seen (no gap, no repeat), up to
+        ``WATCH_RECONNECTS`` times in a row; ``NotFound`` for an unknown task.
         """
-        raise NotImplementedError("watch() needs the API's SSE endpoint GET /api/v1/tasks/{id}/watch; use wait()")
+        for change in self._watch(task_id, {}, last_event_id):
+            yield change.task
+
+    def watch_all(self, *, status: str | Iterable[str] | None = None, priority: str | Iterable[str] | None = None,
+                  handler: str | Iterable[str] | None = None, cursor: str | None = None) -> Iterator[Change]:
+        """Every change of every task matching the filters (any of the values given for each), from now or
+        after ``cursor`` (a ``Change.id``), as they happen; never ends on its own."""
+        yield from self._watch(None, _watch_params(status, priority, handler), cursor)
+
+    def _watch(self, task_id: str | None, params: dict[str, Any], last: str | None) -> Iterator[Change]:
+        failures = 0
+        while True:
+            try:
+                for e in iter_sse(self._http, _watch_url(task_id), params=params, last_event_id=last):
+                    last = e.id or last
+                    failures = 0
+                    if (change := _change(e)) is not None:
+                        yield change
+                return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > WATCH_RECONNECTS:
+                    raise unreachable(self.url, str(exc) or type(exc).__name__) from None
+                time.sleep(min(2.0, 0.1 * 2 ** failures))
 
     def close(self) -> None:
         self._http.close()
@@ -363,9 +411,33 @@ class AsyncClient(_Operations):
                 delay = min(delay, left)
             await asyncio.sleep(delay)
 
-    def watch(self, task_id: str) -> AsyncIterator[Task]:
-        """As ``Client.watch`` (not available yet)."""
-        raise NotImplementedError("watch() needs the API's SSE endpoint GET /api/v1/tasks/{id}/watch; use wait()")
+    async def watch(self, task_id: str, *, last_event_id: str | None = None) -> AsyncIterator[Task]:
+        """As ``Client.watch``: ``async for task in client.watch(id)``."""
+        async for change in self._watch(task_id, {}, last_event_id):
+            yield change.task
+
+    async def watch_all(self, *, status: str | Iterable[str] | None = None,
+                        priority: str | Iterable[str] | None = None, handler: str | Iterable[str] | None = None,
+                        cursor: str | None = None) -> AsyncIterator[Change]:
+        """As ``Client.watch_all``: ``async for change in client.watch_all(status="failed")``."""
+        async for change in self._watch(None, _watch_params(status, priority, handler), cursor):
+            yield change
+
+    async def _watch(self, task_id: str | None, params: dict[str, Any], last: str | None) -> AsyncIterator[Change]:
+        failures = 0
+        while True:
+            try:
+                async for e in read_sse(self._http, _watch_url(task_id), params=params, last_event_id=last):
+                    last = e.id or last
+                    failures = 0
+                    if (change := _change(e)) is not None:
+                        yield change
+                return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > WATCH_RECONNECTS:
+                    raise unreachable(self.url, str(exc) or type(exc).__name__) from None
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** failures))
 
     async def aclose(self) -> None:
         await self._http.aclose()

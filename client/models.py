@@ -150,6 +150,14 @@ class Workflow:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """One change pushed by ``watch_all``: the task as it is now, and the id to resume after it."""
+
+    task: Task
+    id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     """One page of a list, newest first. ``next_cursor`` fetches the next page (None: this was the last).
 

@@ -206,11 +206,50 @@ def test_wait_times_out_with_the_last_state(ts: Client) -> None:
     ts.cancel(task.id)
 
 
-def test_stats_ready_and_watch_placeholder(ts: Client) -> None:
+def test_stats_and_ready(ts: Client) -> None:
     assert ts.ready()["checks"]["broker"] == "ok"
     assert ts.stats()["tasks"]["total"] > 0
-    with pytest.raises(NotImplementedError, match="wait"):
-        ts.watch("x")
+
+
+def test_watch_yields_every_state_until_the_task_ends_and_resumes(ts: Client) -> None:
+    task = ts.submit("echo", {"w": 1})
+    states = [t for t in ts.watch(task.id)]  # ends by itself once the task is terminal
+    assert states[-1].status == "succeeded" and states[-1].result == {"w": 1}
+    versions = [t.version for t in states]
+    assert versions == sorted(set(versions)), versions  # in order, no repeat
+    with pytest.raises(NotFound):
+        next(iter(ts.watch("no-such-task")))
+
+
+def test_watch_all_pushes_matching_changes_and_resumes_from_a_change_id(ts: Client) -> None:
+    import threading
+
+    tag = f"h{uuid.uuid4().hex[:6]}"
+    seen: list = []
+    started = threading.Event()
+
+    def follow() -> None:
+        for change in ts.watch_all(status="failed"):
+            started.set()
+            if change.task.labels.get("tag") == tag:
+                seen.append(change)
+                if len(seen) == 2:
+                    return
+
+    ts.submit("noop")  # a change that does not match: not pushed
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    first = ts.submit("fail", labels={"tag": tag})
+    ts.wait(first.id, timeout=30)
+    second = ts.submit("fail", labels={"tag": tag})
+    ts.wait(second.id, timeout=30)
+    t.join(30)
+    assert [c.task.id for c in seen] == [first.id, second.id] and {c.task.status for c in seen} == {"failed"}
+    # resuming after the first change gives the second again, and nothing before it
+    with Client(ts.url) as again:
+        resumed = next(c for c in again.watch_all(status="failed", cursor=seen[0].id)
+                       if c.task.labels.get("tag") == tag)
+    assert resumed.task.id == second.id and resumed.id == seen[1].id
 
 
 def test_url_from_the_environment(stack, monkeypatch) -> None:
@@ -256,6 +295,9 @@ def test_async_client_does_the_same(stack) -> None:
             assert (await ts.delete_schedule(s.id)).status == "deleted"
             with pytest.raises(WaitTimeout):
                 await ts.wait((await ts.submit("noop", run_at=LATER)).id, timeout=0.2)
+            watched = await ts.submit("echo", {"watched": True})
+            states = [t async for t in ts.watch(watched.id)]
+            assert states[-1].status == "succeeded" and states[-1].result == {"watched": True}
 
     asyncio.run(main())
 

@@ -22,7 +22,7 @@ import pytest
 from taskstream.cli.broker import free_port
 from taskstream.schemas import Settings, TaskState, Topics, catalogue, codec
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
-from taskstream.sse import read_sse
+from taskstream.client.sse import read_sse
 from tests.conftest import wait_until
 from tests.integration.test_dag import ComponentIn
 from tests.kafka_helpers import Component, TopicReader
