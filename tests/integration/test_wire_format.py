@@ -247,7 +247,7 @@ def test_confluent_round_trip_and_a_mixed_log(settings, registry):
     assert [codec.decode(m.value()) for m in by_task["task-confluent"]] == written
     assert [codec.decode(m.value()) for m in by_task["task-single"]] == later
     assert len(registry.requests) - gets == 3  # one GET per schema id, then cached
-    assert [codec.writer_version(m.value()) for m in by_task["task-confluent"]] == [3, 3, 1]  # TaskCreated v3, TaskQueued v3 (cause), TaskSucceeded v1
+    assert [codec.writer_version(m.value()) for m in by_task["task-confluent"]] == [4, 3, 1]  # TaskCreated v4 (actor), TaskQueued v3 (cause), TaskSucceeded v1
 
     # Without a registry the Confluent records are a clear DecodeError, the others still decode.
     codec.configure(settings)
