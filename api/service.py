@@ -40,6 +40,7 @@ from taskstream.schemas import (
     TooLarge,
     Topics,
     codec,
+    cron,
     new_id,
 )
 from taskstream.schemas.limits import MAX_RECORD_BYTES
@@ -199,7 +200,10 @@ def _task(app: Any, task_id: str) -> TaskState:
 
 async def create_schedule(app: Any, body: ScheduleIn, *, key: str | None = None,
                           actor: str | None = None) -> ScheduleState:
-    """``POST /schedules`` of a checked body (``ScheduleIn.check``): the new schedule, or the one ``key`` made."""
+    """``POST /schedules``: the new schedule, or the one ``key`` made. ``ValidationError`` naming ``cron``,
+    ``timezone`` or ``end_at`` for a schedule that cannot fire (or fires more often than the settings allow)."""
+    body.check(datetime.now(UTC))
+    cron.check_sub_minute(body.cron, allowed=app.settings.allow_second_cron)
     schedules = app.read_model.schedules
     schedule_id = idempotency.derived_id(f"{key}:schedule") if key is not None else new_id()
     command = body.to_command(schedule_id=schedule_id, producer=app.producer_id, settings=app.settings, actor=actor)
