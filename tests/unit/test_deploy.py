@@ -239,7 +239,9 @@ def test_compose_settings_point_at_redpanda_and_each_other(compose, monkeypatch)
     assert f"--schema-registry-addr=internal://0.0.0.0:{registry.port}" in redpanda
     assert registry.hostname == "redpanda"
     assert api.api_host == "0.0.0.0"
-    assert services["api"]["ports"] == [f"127.0.0.1:{api.api_port}:{api.api_port}"]
+    assert services["api"]["ports"] == [f"127.0.0.1:{api.api_port}:{api.api_port}",
+                                        f"127.0.0.1:{api.grpc_port}:{api.grpc_port}"]
+    assert api.grpc_host == "0.0.0.0"
     assert f"127.0.0.1:{api.api_port}/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     for name in ("processor-1", "processor-2", "executor"):
         assert f"127.0.0.1:{METRICS_PORT}/metrics" in " ".join(services[name]["healthcheck"]["test"]), name
@@ -402,12 +404,13 @@ def test_k8s_settings_agree_with_taskstream(k8s_docs, monkeypatch):
 
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_docs}
     api = docs[("Deployment", "taskstream-api")]["spec"]["template"]["spec"]["containers"][0]
-    (port,) = api["ports"]
+    port, grpc_port = api["ports"]
     assert port["containerPort"] == settings.api_port and settings.api_host == "0.0.0.0"
+    assert grpc_port == {"name": "grpc", "containerPort": settings.grpc_port} and settings.grpc_host == "0.0.0.0"
     assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
     assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
     service = docs[("Service", "taskstream-api")]["spec"]
-    assert service["ports"][0]["targetPort"] == port["name"]
+    assert service["ports"][0]["targetPort"] == port["name"] and service["ports"][1]["targetPort"] == "grpc"
     assert service["selector"].items() <= docs[("Deployment", "taskstream-api")]["spec"]["template"]["metadata"][
         "labels"].items()
 
