@@ -195,31 +195,34 @@ def rpc(method: Callable[..., Awaitable[Message]]) -> Callable[..., Awaitable[Me
             caller = await self.admit(context, method.__name__)
             return await method(self, request, context, caller)
         except Exception as exc:
-            error = from_exception(exc)
-            if error is None:
-                log.exception("gRPC %s failed", method.__name__)
-                error = RpcError(grpc.StatusCode.INTERNAL, "an unexpected error occurred; it was logged")
-            await abort(context, error)
+            await _failed(context, method.__name__, exc)
 
     wrapper.__name__ = method.__name__
     return wrapper
 
 
 def stream_rpc(method: Callable[..., AsyncIterator[Message]]) -> Callable[..., AsyncIterator[Message]]:
+    """``rpc`` for a server-streaming method."""
+
     async def wrapper(self, request, context):
         try:
             caller = await self.admit(context, method.__name__)
             async for item in method(self, request, context, caller):
                 yield item
         except Exception as exc:
-            error = from_exception(exc)
-            if error is None:
-                log.exception("gRPC %s failed", method.__name__)
-                error = RpcError(grpc.StatusCode.INTERNAL, "an unexpected error occurred; it was logged")
-            await abort(context, error)
+            await _failed(context, method.__name__, exc)
 
     wrapper.__name__ = method.__name__
     return wrapper
+
+
+async def _failed(context, name: str, exc: Exception) -> None:
+    """End the call with the status of ``exc`` (INTERNAL, logged, for anything unexpected)."""
+    error = from_exception(exc)
+    if error is None:
+        log.exception("gRPC %s failed", name)
+        error = RpcError(grpc.StatusCode.INTERNAL, "an unexpected error occurred; it was logged")
+    await abort(context, error)
 
 
 # ------------------------------------------------------------ conversions

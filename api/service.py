@@ -35,7 +35,6 @@ from taskstream.schemas import (
     Event,
     NotFound,
     ScheduleState,
-    TaskCreated,
     TaskState,
     TooLarge,
     Topics,
@@ -263,7 +262,7 @@ async def _write_decided(app: Any, decided: Sequence[tuple[Any, list[tuple[Event
         if failed:
             failure = failure or failed[0]
             continue
-        app.metrics.submitted_tasks(e for e, _ in rs if isinstance(e, TaskCreated))
+        app.metrics.submitted_tasks(e for e, _ in rs)  # counts the TaskCreated among them
         states.append(_expect(app, state, [e for e, _ in rs]))
     if failure is not None:
         if isinstance(failure, BrokerUnavailable):

@@ -355,6 +355,17 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
     def event(s: TaskState | None) -> Event:
         return Event(f"{cursor.encode()}:{s.version}" if single and s is not None else cursor.encode(), s)
 
+    def unsent(s: TaskState) -> bool:
+        """Whether ``s`` is to be sent: always on a filtered watch; a single-task watch skips versions it sent."""
+        nonlocal seen
+        if single and s.version <= seen:
+            return False
+        seen = max(seen, s.version)
+        return True
+
+    def ends(s: TaskState) -> bool:
+        return single and s.status in TERMINAL
+
     try:
         if announce and not single:
             yield event(None)
@@ -362,20 +373,16 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
             log.info("watch resumed from %s reads %s of the state topic (before the ring)", after.encode(), catch_up)
             async for p, offset, s in read_state_topic(settings, catch_up, filter):
                 cursor = cursor.advanced(p, offset)
-                if single and s.version <= seen:
-                    continue
-                seen = max(seen, s.version)
-                yield event(s)
-                if single and s.status in TERMINAL:
-                    return
+                if unsent(s):
+                    yield event(s)
+                    if ends(s):
+                        return
         for change in replay:
             cursor = cursor.merged(change.position)
-            if single and change.state.version <= seen:
-                continue
-            seen = max(seen, change.state.version)
-            yield event(change.state)
-            if single and change.state.status in TERMINAL:
-                return
+            if unsent(change.state):
+                yield event(change.state)
+                if ends(change.state):
+                    return
         if single:
             cursor = cursor.merged(start)
             if state is not None and state.version > seen:
@@ -390,12 +397,10 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
             if item is _BEHIND:
                 raise FellBehind(f"more than {sub.limit} changes waited for this watcher; resume from the last id")
             cursor = cursor.merged(item.position)
-            if single and item.state.version <= seen:
-                continue
-            seen = max(seen, item.state.version)
-            yield event(item.state)
-            if single and item.state.status in TERMINAL:
-                return
+            if unsent(item.state):
+                yield event(item.state)
+                if ends(item.state):
+                    return
     finally:
         feed.unsubscribe(sub)
 

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -44,15 +44,12 @@ from taskstream.schemas.topics import PRIORITIES
 
 
 
+from ._attempt import _about
+
 if TYPE_CHECKING:
     from ._attempt import _Attempt
 
 log = logging.getLogger("taskstream.executors.runtime")
-
-
-def _about(task: ReadyTask) -> dict[str, Any]:
-    """``extra=`` of a log line about this attempt: task_id and attempt as fields of the record."""
-    return about(task.task_id, task.attempt)
 
 
 #: How often the poll thread commits finished offsets.
