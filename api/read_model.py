@@ -67,9 +67,10 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
-from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, Status, TaskState, Topics, codec
+from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, TaskState, Topics, codec
 from taskstream.schemas.kafka import consume_available, reader
 from taskstream.schemas.observability import about
+from taskstream.streams import domain
 
 from .watch import ChangeFeed
 
@@ -110,7 +111,7 @@ def index_keys(state: TaskState) -> list[bytes]:
     """Every index key that points at ``state``."""
     sk = sortkey(state)
     keys = [_ALL + sk, *(_index_prefix(f, getattr(state, f)) + sk for f in INDEXED_FIELDS)]
-    if state.status == Status.QUEUED.value:
+    if domain.is_queued(state):
         micros = (state.updated_at - _EPOCH) // timedelta(microseconds=1)
         keys.append(_QUEUED + f"{micros:020d}".encode() + b":" + state.task_id.encode())
     return keys
@@ -288,7 +289,7 @@ class TaskStore:
         """The task that has been queued longest (first key of the ``q:`` index), or None."""
         for key in self._scan(_QUEUED, None):
             state = self.get(key.split(b":", 1)[1].decode())
-            if state is not None and state.status == Status.QUEUED.value:
+            if domain.is_queued(state):
                 return state
         return None
 

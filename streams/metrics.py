@@ -18,7 +18,9 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from taskstream.schemas import Status, TaskState
+from taskstream.schemas import TaskState
+
+from . import domain
 
 #: How often the loop refreshes the lag gauge.
 LAG_INTERVAL_S = 1.0
@@ -46,14 +48,7 @@ class ProcessorMetrics:
 
     def state_changed(self, before: TaskState | None, after: TaskState, now: datetime) -> None:
         """Observe the dependency wait when a task that waited for dependencies is first queued."""
-        if (
-            isinstance(before, TaskState)
-            and isinstance(after, TaskState)
-            and after.depends_on
-            and after.attempt == 1
-            and before.status == Status.PENDING.value
-            and after.status == Status.QUEUED.value
-        ):
+        if domain.first_queued_after_wait(before, after):
             self.dependency_wait.observe(max(0.0, (now - after.created_at).total_seconds()))
 
     def set_lag(self, positions: list[int], highs: list[int]) -> None:

@@ -52,7 +52,6 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -65,7 +64,6 @@ from taskstream.schemas import (
     Heartbeat,
     ReadyTask,
     Settings,
-    Status,
     TaskState,
     Topics,
     codec,
@@ -136,7 +134,7 @@ def fold_step(
         new, outputs, failed = domain.evolve(state, event), [], f"deciding what follows failed: {type(exc).__name__}: {exc}"
     if new is state:
         return Step(None, outputs, failed)
-    return Step(replace(new, last_offset=offset), outputs, failed)
+    return Step(domain.at_offset(new, offset), outputs, failed)
 
 
 def _outputs(topics: Topics, effects: list[domain.Effect], state, partition: int) -> list[Output]:
@@ -263,7 +261,7 @@ class Processor:
             except DecodeError:
                 continue
             timers.set(STATE, key, domain.timer_due(state, RELAY_SLACK_S))
-            if isinstance(state, TaskState) and state.status == Status.RUNNING.value:
+            if domain.holds_lease(state):
                 timers.set(LEASE, key, now + self.lease)
         return timers
 
@@ -415,15 +413,14 @@ class Processor:
                     state = codec.decode(raw) if raw else None
                     if kind == LEASE:
                         attempt = state.attempt if isinstance(state, TaskState) else -1
-                        events = domain.lease_expired(state, attempt, self.settings.lease_s, now)
+                        events = domain.lease_expired(state, attempt, self.settings.lease_s, now, self.id)
                     else:
-                        events = domain.on_timer(state, now, self.settings.misfire_grace_s)
+                        events = domain.on_timer(state, now, self.settings.misfire_grace_s, self.id)
                 except Exception:  # one bad state must not stop every timer of the partition
                     log.exception("timer of %r failed; dropped", key, extra=about(key.decode(errors="replace")))
                     events = []
                 timers.set(kind, key, None)
                 for e in events:
-                    e = replace(e, producer=self.id)
                     self._produce(Output(self.topics.events, e.task_id.encode(), codec.encode(e), codec.headers(e),
                                          partition if e.task_id.encode() == key else None))
                     fired += 1
@@ -559,7 +556,7 @@ class Processor:
                 except DecodeError:
                     ready = None
                 if isinstance(ready, ReadyTask):
-                    failed = replace(domain.ready_refused(ready, reason, datetime.now(UTC)), producer=self.id)
+                    failed = domain.ready_refused(ready, reason, datetime.now(UTC), self.id)
                     self._produce(Output(self.topics.events, key or b"", codec.encode(failed), codec.headers(failed)))
                     continue
             named = [(k, v) for k, v in headers if k == codec.EVENT_TYPE_HEADER]

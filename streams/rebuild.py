@@ -242,7 +242,7 @@ class LogFold:
         state = self.states.get(key)
         if state is None:
             return None
-        return dataclasses.replace(state, last_offset=self.last_read[key])
+        return domain.at_offset(state, self.last_read[key])
 
     def counts(self) -> tuple[int, int]:
         """(tasks, schedules) rebuilt."""

@@ -37,7 +37,6 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -172,7 +171,7 @@ class RetryRelay:
             if offsets is None:
                 continue
             offsets.held -= 1
-            queued = replace(domain.requeued(record, datetime.now(UTC)), producer=self.id)
+            queued = domain.requeued(record, datetime.now(UTC), self.id)
 
             def done(err, msg, topic=topic, partition=partition, offsets=offsets, offset=offset, record=record):
                 if err is None:

@@ -30,8 +30,12 @@ from .evolve import (
     TOO_MANY_DEPENDENTS,
     UPDATABLE,
     WAITING,
+    at_offset,
     attempts_left,
     evolve,
+    first_queued_after_wait,
+    holds_lease,
+    is_queued,
     fold,
     initial_state,
     is_terminal,
@@ -82,7 +86,7 @@ from .step import (
 in_processor_order = processor_order
 
 __all__ = [
-    "ACTIVE", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_BACKOFF", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
+    "ACTIVE", "at_offset", "first_queued_after_wait", "holds_lease", "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_BACKOFF", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
     "PROCESSOR", "REDRIVABLE", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
     "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveTask", "SubmitTask",
     "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",

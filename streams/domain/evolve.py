@@ -122,6 +122,27 @@ def is_terminal(state: TaskState | None) -> bool:
     return state is not None and state.status in TERMINAL_VALUES
 
 
+def is_queued(state) -> bool:
+    """True while a task's attempt waits in a ready topic for an executor (queue depth, the oldest waiting)."""
+    return isinstance(state, TaskState) and state.status == Status.QUEUED.value
+
+
+def holds_lease(state) -> bool:
+    """True while an attempt runs: the processor holds a lease on it until a heartbeat, result or expiry."""
+    return isinstance(state, TaskState) and state.status == Status.RUNNING.value
+
+
+def first_queued_after_wait(before, after) -> bool:
+    """True when a task that waited for its dependencies is queued for its first attempt (the dependency wait ends)."""
+    return (isinstance(before, TaskState) and isinstance(after, TaskState) and bool(after.depends_on)
+            and after.attempt == 1 and before.status == Status.PENDING.value and after.status == Status.QUEUED.value)
+
+
+def at_offset(state, offset: int):
+    """``state`` as folded up to the log record at ``offset`` (its ``last_offset``: what a replay skips)."""
+    return replace(state, last_offset=offset)
+
+
 # --------------------------------------------------------------------- evolve
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from taskstream.schemas import (
@@ -40,6 +41,7 @@ from .evolve import (
     TOO_MANY_DEPENDENTS,
     WAITING,
     _deps_met,
+    holds_lease,
     is_terminal,
     waiting_until,
 )
@@ -382,30 +384,34 @@ def timer_due(state: TaskState | ScheduleState | None, relay_slack_s: float) -> 
     return due
 
 
-def on_timer(state: TaskState | ScheduleState | None, now: datetime, grace_s: float) -> list[Event]:
+def on_timer(state: TaskState | ScheduleState | None, now: datetime, grace_s: float,
+             producer: str = PROCESSOR) -> list[Event]:
     """The events a due timer appends to the log (folded like any other; nothing here changes state)."""
     if isinstance(state, ScheduleState):
         fired = schedule_due(state, now, grace_s)
-        return [fired] if fired else []
-    if is_ready(state, now):
-        return _queue_next(state, now)
-    return []
+        out = [fired] if fired else []
+    elif is_ready(state, now):
+        out = _queue_next(state, now)
+    else:
+        out = []
+    return [replace(e, producer=producer) for e in out]
 
 
-def lease_expired(state: TaskState | None, attempt: int, lease_s: float, now: datetime) -> list[Event]:
+def lease_expired(state: TaskState | None, attempt: int, lease_s: float, now: datetime,
+                  producer: str = PROCESSOR) -> list[Event]:
     """A running attempt's lease ran out: LeaseExpired, if it is still the running attempt."""
-    if state is None or state.status != Status.RUNNING.value or state.attempt != attempt:
+    if not holds_lease(state) or state.attempt != attempt:
         return []
-    return [LeaseExpired(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=attempt, lease_s=lease_s)]
+    return [LeaseExpired(task_id=state.task_id, occurred_at=now, producer=producer, attempt=attempt, lease_s=lease_s)]
 
 
-def requeued(waiting: TaskRetryScheduled, now: datetime) -> TaskQueued:
+def requeued(waiting: TaskRetryScheduled, now: datetime, producer: str = PROCESSOR) -> TaskQueued:
     """What the retry relay appends once a failed attempt's backoff has passed: the next attempt, due then."""
-    return TaskQueued(task_id=waiting.task_id, occurred_at=now, producer=PROCESSOR, attempt=waiting.attempt + 1,
+    return TaskQueued(task_id=waiting.task_id, occurred_at=now, producer=producer, attempt=waiting.attempt + 1,
                       priority=waiting.priority, due_at=waiting.not_before)
 
 
-def ready_refused(ready: ReadyTask, reason: str, now: datetime) -> TaskFailed:
+def ready_refused(ready: ReadyTask, reason: str, now: datetime, producer: str = PROCESSOR) -> TaskFailed:
     """A ready message the broker refused for good: the attempt can never run, so it fails for good, saying why."""
-    return TaskFailed(task_id=ready.task_id, occurred_at=now, producer=PROCESSOR, attempt=ready.attempt,
+    return TaskFailed(task_id=ready.task_id, occurred_at=now, producer=producer, attempt=ready.attempt,
                       permanent=True, error=cut_error(f"ready message refused by the broker: {reason}"))

@@ -97,3 +97,33 @@ def test_fold_log_as_of_is_the_fold_of_the_events_up_to_then(cancel_after: list[
     assert domain.fold_log(log, cut) == domain.fold([e for e in log if e.occurred_at <= cut])
     assert domain.fold_log(log) == domain.fold(log)
     assert state.status == Status.SCHEDULED.value
+
+
+def test_status_predicates_name_the_queued_and_the_leased_states() -> None:
+    q = queued()
+    running, _ = step(q, TaskStarted(task_id="t", occurred_at=NOW, producer="ex", attempt=1), NOW, "proc-1")
+    assert (domain.is_queued(q), domain.holds_lease(q)) == (True, False)
+    assert (domain.is_queued(running), domain.holds_lease(running)) == (False, True)
+    assert not domain.is_queued(None) and not domain.holds_lease(None)
+    assert domain.at_offset(q, 42).last_offset == 42 and domain.at_offset(q, 42).version == q.version
+
+
+def test_the_dependency_wait_ends_when_a_dependent_is_first_queued() -> None:
+    pending, _ = step(None, created(depends_on=["u"]), NOW, "proc-1")
+    now_queued = replace(pending, status=Status.QUEUED.value, attempt=1)
+    assert domain.first_queued_after_wait(pending, now_queued)
+    assert not domain.first_queued_after_wait(queued(), replace(queued(), attempt=1))  # no dependencies
+    assert not domain.first_queued_after_wait(None, now_queued)
+
+
+def test_timer_lease_relay_and_refusal_events_carry_the_producer_given() -> None:
+    q = queued()
+    running, _ = step(q, TaskStarted(task_id="t", occurred_at=NOW, producer="ex", attempt=1), NOW, "proc-1")
+    (expired,) = domain.lease_expired(running, 1, 30.0, NOW, "proc-7")
+    assert expired.producer == "proc-7" and expired.attempt == 1
+    assert domain.lease_expired(running, 2, 30.0, NOW, "proc-7") == []  # not the running attempt
+    scheduled = replace(q, status=Status.SCHEDULED.value, retry_at=NOW)
+    assert [e.producer for e in domain.on_timer(scheduled, NOW, 60.0, "proc-7")] == ["proc-7"]
+    ready = ReadyTask(task_id="t", occurred_at=NOW, producer="proc-1", attempt=1, handler="h", payload="null",
+                      priority="high")
+    assert domain.ready_refused(ready, "too large", NOW, "proc-7").producer == "proc-7"
