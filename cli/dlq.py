@@ -30,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPar
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
 from taskstream.schemas.offsets import POISON_HEADERS
+from taskstream.streams import domain
 from taskstream.schemas.kafka import producer as kafka_producer
 from taskstream.schemas.kafka import reader as kafka_reader
 from taskstream.schemas.kafka import (
@@ -178,8 +179,8 @@ def producer_name() -> str:
 
 
 def redrive_events(task_ids: Iterable[str], reason: str, now: datetime, producer: str) -> list[TaskRedriven]:
-    """One ``TaskRedriven`` per distinct task id, in the order given."""
-    return [TaskRedriven(task_id=t, occurred_at=now, producer=producer, reason=reason) for t in dict.fromkeys(task_ids)]
+    """The decider's answer to an operator's redrive: one ``TaskRedriven`` per distinct task id, in the order given."""
+    return domain.decide(None, domain.RedriveDeadLettered(task_ids=tuple(task_ids), producer=producer, reason=reason), now)
 
 
 def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float = 30.0) -> int:

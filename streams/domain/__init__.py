@@ -20,7 +20,17 @@ The HTTP routes, gRPC, the processor, ``state rebuild`` and time travel all
 call these; none keeps a rule of its own.
 """
 
-from .commands import COMMANDS, PATCHABLE, CancelTask, CreateSchedule, DeleteSchedule, RedriveTask, SubmitTask, UpdateTask
+from .commands import (
+    COMMANDS,
+    PATCHABLE,
+    CancelTask,
+    CreateSchedule,
+    DeleteSchedule,
+    RedriveDeadLettered,
+    RedriveTask,
+    SubmitTask,
+    UpdateTask,
+)
 from .decide import REDRIVABLE, decide
 from .evolve import (
     ACTIVE,
@@ -88,7 +98,7 @@ in_processor_order = processor_order
 __all__ = [
     "ACTIVE", "at_offset", "first_queued_after_wait", "holds_lease", "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_BACKOFF", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
     "PROCESSOR", "REDRIVABLE", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
-    "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveTask", "SubmitTask",
+    "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveDeadLettered", "RedriveTask", "SubmitTask",
     "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",
     "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "in_processor_order",
     "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "processor_order", "react",

@@ -83,6 +83,22 @@ class RedriveTask:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RedriveDeadLettered:
+    """An operator's redrive of tasks read from the dead-letter topic (``taskstream dlq redrive``).
+
+    The caller has not read the tasks' states, so nothing is refused here:
+    one ``TaskRedriven`` per distinct id, in the order given, and the fold
+    ignores it for a task that is not ``failed`` or ``upstream_failed`` (a
+    second redrive, or a task already running again, is harmless).
+    """
+
+    task_ids: tuple[str, ...]
+    producer: str
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CreateSchedule:
     """Create a cron schedule (``ScheduleCreated``); ``template`` is the JSON text of the task it creates."""
 
@@ -108,4 +124,4 @@ class DeleteSchedule:
     actor: str | None = None
 
 
-COMMANDS = (SubmitTask, UpdateTask, CancelTask, RedriveTask, CreateSchedule, DeleteSchedule)
+COMMANDS = (SubmitTask, UpdateTask, CancelTask, RedriveTask, RedriveDeadLettered, CreateSchedule, DeleteSchedule)

@@ -31,7 +31,16 @@ from taskstream.schemas import (
     TaskUpdated,
 )
 
-from .commands import PATCHABLE, CancelTask, CreateSchedule, DeleteSchedule, RedriveTask, SubmitTask, UpdateTask
+from .commands import (
+    PATCHABLE,
+    CancelTask,
+    CreateSchedule,
+    DeleteSchedule,
+    RedriveDeadLettered,
+    RedriveTask,
+    SubmitTask,
+    UpdateTask,
+)
 from .evolve import SCHEDULE_EVENTS, TERMINAL_VALUES, UPDATABLE
 
 #: Statuses a redrive re-opens.
@@ -124,6 +133,12 @@ def _redrive(state: TaskState | None, c: RedriveTask, now: datetime) -> list[Eve
         raise CommandRejected(
             f"task {c.task_id} is {task.status}: only failed or upstream_failed tasks can be retried")
     return [TaskRedriven(task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
+
+
+@_decides(RedriveDeadLettered)
+def _redrive_dead_lettered(state: None, c: RedriveDeadLettered, now: datetime) -> list[Event]:
+    return [TaskRedriven(task_id=t, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)
+            for t in dict.fromkeys(c.task_ids)]
 
 
 @_decides(CreateSchedule)

@@ -31,6 +31,7 @@ from taskstream.streams.domain import (
     CancelTask,
     CreateSchedule,
     DeleteSchedule,
+    RedriveDeadLettered,
     RedriveTask,
     SubmitTask,
     UpdateTask,
@@ -158,6 +159,19 @@ def test_redrive_is_allowed_exactly_for_failed_and_upstream_failed(s) -> None:
 def test_cancel_and_redrive_of_an_unknown_task_are_not_found(command) -> None:
     with pytest.raises(NotFound):
         decide(None, command, NOW)
+
+
+@given(task_state)
+def test_a_dead_letter_redrive_is_never_refused_and_its_fold_reopens_exactly_failed_tasks(s) -> None:
+    command = RedriveDeadLettered(task_ids=(s.task_id, "other", s.task_id), producer="cli", reason="fixed")
+    events = decide(None, command, NOW)  # the CLI has not read the states
+    assert [(type(e), e.task_id, e.reason) for e in events] == [
+        (TaskRedriven, s.task_id, "fixed"), (TaskRedriven, "other", "fixed")]
+    after = fold(events[:1], s)
+    if s.status in ("failed", "upstream_failed"):
+        assert after == fold([decide(s, RedriveTask(task_id=s.task_id, producer="cli", reason="fixed"), NOW)[0]], s)
+    else:
+        assert after == s  # the fold ignores it: a second redrive is harmless
 
 
 # ----------------------------------------------------------------- schedules
