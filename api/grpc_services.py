@@ -5,9 +5,8 @@ validates it with the same pydantic request model (``api/models.py``; a
 ``ValidationError`` becomes INVALID_ARGUMENT with a ``google.rpc.BadRequest``
 naming the field by its path in the request message, e.g. ``task.payload.n``
 or ``tasks[3].retry.max_attempts``). Writes call the API's one write path,
-``api/service.py``, as the HTTP routes do (with the checks those routes make
-before it: ``check_graph`` of a workflow, a schedule's ``check`` and
-sub-minute cron rule); reads call the read routes' functions with a minimal
+``api/service.py``, as the HTTP routes do (the service makes every check of
+a write: a workflow's graph, a schedule's fields and sub-minute cron rule); reads call the read routes' functions with a minimal
 request (the app and no headers) and turn their JSON into the response
 message (``json_format``: the task message has exactly the task JSON's
 fields). The idempotency key comes from the ``idempotency-key`` metadata.
@@ -77,7 +76,6 @@ from .problems import _field, _message
 from .routes import schedules as schedule_routes
 from .routes import tasks as task_routes
 from .routes.tasks import MAX_LIMIT, MAX_REASON
-from .routes.workflows import check_graph
 from .watch import FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
 log = logging.getLogger(__name__)
@@ -120,7 +118,7 @@ def from_exception(exc: BaseException) -> RpcError | None:
         return bad_request([(_field(e.get("loc", ())) + (e.get("ctx") or {}).get("json_path", ""), _message(e))
                             for e in exc.errors()])
     if isinstance(exc, ValidationError):
-        return bad_request([(exc.field, exc.message)])
+        return bad_request(exc.violations)
     if isinstance(exc, TooLarge):
         return bad_request([(exc.field, str(exc).split(": ", 1)[-1])])
     if isinstance(exc, NotFound):
@@ -503,9 +501,6 @@ class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
     async def SubmitWorkflow(self, request, context, caller):
         body = validate(WorkflowIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
-        errors = check_graph(body)
-        if errors:
-            raise bad_request([(e["field"], e["message"]) for e in errors])
         workflow_id, ids = await service.submit_workflow(self.app.state, body, key=caller.key, actor=caller.actor)
         return workflows_pb2.SubmitWorkflowResponse(workflow_id=workflow_id, tasks=ids)
 

@@ -151,7 +151,7 @@ _PARSE_ERRORS = {
 
 
 async def _validation(_: Request, exc: ValidationError) -> Response:
-    return validation_problem([{"field": exc.field, "message": exc.message}])
+    return validation_problem([{"field": f, "message": m} for f, m in exc.violations])
 
 
 async def _not_found(_: Request, exc: NotFound) -> Response:

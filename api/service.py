@@ -112,12 +112,15 @@ async def submit_batch(app: Any, body: BatchIn, *, key: str | None = None, actor
 
 async def submit_workflow(app: Any, body: WorkflowIn, *, key: str | None = None,
                           actor: str | None = None) -> tuple[str, dict[str, str]]:
-    """``POST /workflows`` of a checked graph (``check_graph``): its id and the task id of each key.
+    """``POST /workflows``: its id and the task id of each key.
 
-    Tasks are written in topological generations, every ack of one before the
+    The graph is checked whole first (``domain.check_workflow``: a
+    ``ValidationError`` naming every bad key, dependency or the cycle), so
+    nothing of a bad workflow is written. Tasks are written in topological generations, every ack of one before the
     next is produced: a dependent's registration with its upstream (keyed by
     the upstream, DESIGN §5) must find the upstream's ``TaskCreated`` in the log.
     """
+    domain.check_workflow([(t.key, t.depends_on) for t in body.tasks])
     store = app.read_model.store
     existing: dict[str, TaskState] = {}
     extra: dict[str, Any] = {}

@@ -41,10 +41,18 @@ class StaleVersion(CommandRejected):
 
 
 class ValidationError(TaskstreamError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    """Bad input: ``violations`` lists every ``(field, message)`` found; ``field``/``message`` are the first."""
+
+    def __init__(self, field: str, message: str, *more: tuple[str, str]) -> None:
+        self.violations = [(field, message), *more]
+        super().__init__("; ".join(f"{f}: {m}" for f, m in self.violations))
         self.field = field
         self.message = message
+
+    @classmethod
+    def of(cls, violations: list[tuple[str, str]]) -> "ValidationError":
+        """One error naming every violation (at least one)."""
+        return cls(*violations[0], *violations[1:])
 
 
 class TooLarge(TaskstreamError):

@@ -11,7 +11,9 @@ schedule), ``StaleVersion`` (a conditional change at another version),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from graphlib import CycleError, TopologicalSorter
 
 from taskstream.schemas import (
     CommandRejected,
@@ -29,6 +31,7 @@ from taskstream.schemas import (
     TaskRedriven,
     TaskState,
     TaskUpdated,
+    ValidationError,
 )
 
 from .commands import (
@@ -158,3 +161,38 @@ def _delete_schedule(state: ScheduleState | None, c: DeleteSchedule, now: dateti
         raise CommandRejected(f"schedule {c.schedule_id} is already deleted")
     return [ScheduleDeleted(task_id=c.schedule_id, occurred_at=now, producer=c.producer, reason=c.reason,
                             actor=c.actor)]
+
+
+def workflow_problems(graph: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, str]]:
+    """Why a workflow's graph cannot be submitted, as ``(field, message)``; empty for a DAG of its own keys.
+
+    ``graph`` is ``(key, depends_on keys)`` per task, in request order (fields
+    are named ``tasks[i]...``): duplicate keys, dependencies on keys the
+    workflow does not have, then (only when those are fine) one cycle.
+    """
+    errors: list[tuple[str, str]] = []
+    index: dict[str, int] = {}
+    for i, (key, _) in enumerate(graph):
+        if key in index:
+            errors.append((f"tasks[{i}].key", f"duplicate key {key!r} (also tasks[{index[key]}].key)"))
+        else:
+            index[key] = i
+    for i, (_, deps) in enumerate(graph):
+        errors += [(f"tasks[{i}].depends_on[{j}]", f"unknown key {dep!r}: not a key of this workflow")
+                   for j, dep in enumerate(deps) if dep not in index]
+    if errors:
+        return errors
+    try:
+        TopologicalSorter(dict(graph)).prepare()
+    except CycleError as exc:
+        cycle = list(reversed(exc.args[1]))  # graphlib lists it upstream first; show "depends on" order
+        return [(f"tasks[{index[cycle[0]]}].depends_on", "dependency cycle: " + " -> ".join(repr(k) for k in cycle)
+                 + f" (keys {', '.join(repr(k) for k in sorted(set(cycle)))})")]
+    return []
+
+
+def check_workflow(graph: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Raise ``ValidationError`` naming every problem of ``workflow_problems``; nothing for a good graph."""
+    problems = workflow_problems(graph)
+    if problems:
+        raise ValidationError.of(problems)

@@ -354,6 +354,12 @@ def test_grpc_errors_carry_status_codes_and_rich_details(stack: Stack, stubs: St
     assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["tasks[1].priority"]
     code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec()))
     assert violations(details) == ["task.handler"]
+    bad_graph = workflows_pb2.SubmitWorkflowRequest(tasks=[
+        json_format.ParseDict({"key": "a", "handler": "noop"}, workflows_pb2.WorkflowTask()),
+        json_format.ParseDict({"key": "a", "handler": "noop"}, workflows_pb2.WorkflowTask()),
+        json_format.ParseDict({"key": "c", "handler": "noop", "depends_on": ["x"]}, workflows_pb2.WorkflowTask())])
+    code, details = rpc_error(stubs.workflows.SubmitWorkflow, bad_graph)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["tasks[1].key", "tasks[2].depends_on[0]"]
     code, details = rpc_error(t.ListTasks, tasks_pb2.ListTasksRequest(status="done"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["status"]
     code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=spec()),

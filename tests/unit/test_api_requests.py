@@ -9,7 +9,7 @@ from taskstream.api.models import TaskIn, TaskPatch, WorkflowIn
 from taskstream.api.partitioner import murmur2, partition_for
 from taskstream.api.problems import _field
 from taskstream.api.routes.tasks import parse_if_match, parse_labels
-from taskstream.api.routes.workflows import check_graph
+from taskstream.streams.domain import check_workflow, workflow_problems
 from taskstream.schemas import ValidationError
 
 
@@ -68,16 +68,29 @@ def wf(*tasks) -> WorkflowIn:
     return WorkflowIn.model_validate({"tasks": [{"handler": "h", **t} for t in tasks]})
 
 
-def test_check_graph() -> None:
-    assert check_graph(wf({"key": "a"}, {"key": "b", "depends_on": ["a", "a"]})) == []
+def graph(*tasks) -> list[tuple[str, list[str]]]:
+    return [(t.key, t.depends_on) for t in wf(*tasks).tasks]
+
+
+def test_workflow_problems_name_every_bad_key_and_the_cycle() -> None:
+    assert workflow_problems(graph({"key": "a"}, {"key": "b", "depends_on": ["a", "a"]})) == []
     assert wf({"key": "a"}, {"key": "b", "depends_on": ["a", "a"]}).tasks[1].depends_on == ["a"]
-    [dup] = check_graph(wf({"key": "a"}, {"key": "a"}))
-    assert dup["field"] == "tasks[1].key" and "tasks[0]" in dup["message"]
-    [unknown] = check_graph(wf({"key": "a", "depends_on": ["zz"]}))
-    assert unknown["field"] == "tasks[0].depends_on[0]" and "'zz'" in unknown["message"]
-    [cycle] = check_graph(wf({"key": "a", "depends_on": ["b"]}, {"key": "b", "depends_on": ["a"]}, {"key": "c"}))
-    assert "cycle" in cycle["message"] and "'a'" in cycle["message"] and "'b'" in cycle["message"]
-    assert "'c'" not in cycle["message"]
+    [(field, message)] = workflow_problems(graph({"key": "a"}, {"key": "a"}))
+    assert field == "tasks[1].key" and "tasks[0]" in message
+    [(field, message)] = workflow_problems(graph({"key": "a", "depends_on": ["zz"]}))
+    assert field == "tasks[0].depends_on[0]" and "'zz'" in message
+    [(field, message)] = workflow_problems(
+        graph({"key": "a", "depends_on": ["b"]}, {"key": "b", "depends_on": ["a"]}, {"key": "c"}))
+    assert field == "tasks[0].depends_on" or field == "tasks[1].depends_on"
+    assert "cycle" in message and "'a'" in message and "'b'" in message and "'c'" not in message
+
+
+def test_check_workflow_raises_one_error_naming_every_problem() -> None:
+    check_workflow(graph({"key": "a"}, {"key": "b", "depends_on": ["a"]}))  # a DAG: nothing raised
+    with pytest.raises(ValidationError) as caught:
+        check_workflow(graph({"key": "a"}, {"key": "a"}, {"key": "c", "depends_on": ["x"]}))
+    assert [f for f, _ in caught.value.violations] == ["tasks[1].key", "tasks[2].depends_on[0]"]
+    assert caught.value.field == "tasks[1].key" and "tasks[2].depends_on[0]: unknown key 'x'" in str(caught.value)
 
 
 def test_idempotency_helpers() -> None:
