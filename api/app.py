@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from taskstream.schemas import Settings
+from taskstream.schemas import Settings, codec
 from taskstream.schemas.kafka import admin, async_producer
 
 from . import auth, problems
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         producer = async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000)})
         read_model = ReadModel(settings).start()
         app.state.settings = settings
+        app.state.wire = codec.WireFormat.of(settings)
         app.state.producer_id = pid
         app.state.producer = producer
         app.state.read_model = read_model

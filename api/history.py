@@ -165,6 +165,7 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
     CLI), read however long it takes.
     """
     topic = Topics(settings.prefix).events
+    wire = codec.WireFormat.of(settings)
     key = task_id.encode()
     started = time.monotonic()
     deadline = None if budget_s is None else started + budget_s
@@ -209,7 +210,7 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
                 position = msg.offset() + 1
                 if msg.key() == key:
                     try:
-                        value = codec.decode(msg.value())
+                        value = wire.decode(msg.value())
                     except DecodeError as exc:
                         log.warning("history of task_id=%s: undecodable record at offset %d: %s", task_id,
                                     msg.offset(), exc, extra=about(task_id))

@@ -91,6 +91,7 @@ class KeyStore:
 
     def __init__(self, settings: Settings, *, connect_timeout: float = 2.0) -> None:
         self.settings = settings
+        self.wire = codec.WireFormat.of(settings)
         self.topic = Topics(settings.prefix).admin
         self.max_staleness_s = settings.auth_api_key_max_staleness_s
         self._timeout = connect_timeout
@@ -199,7 +200,7 @@ class KeyStore:
                 self._keys.pop(msg.key().decode(errors="replace"), None)
             return
         try:
-            record = codec.decode(msg.value())
+            record = self.wire.decode(msg.value())
         except DecodeError as exc:
             log.warning("key store: skipping an undecodable record at %s[%d]@%d: %s",
                         self.topic, msg.partition(), msg.offset(), exc)

@@ -47,6 +47,7 @@ class BrokerProbe:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.prefix)
+        self.wire = codec.WireFormat.of(settings)
         self.admin = admin(settings)
         self._consumer: Consumer | None = None
         self._consumer_lock = threading.Lock()
@@ -198,7 +199,7 @@ class BrokerProbe:
                             if m.offset() + 1 >= todo.get(m.partition(), 0):
                                 todo.pop(m.partition(), None)
                             try:
-                                beat = codec.decode(m.value())
+                                beat = self.wire.decode(m.value())
                             except DecodeError:
                                 continue
                             if isinstance(beat, Heartbeat) and (beat.producer not in last

@@ -432,6 +432,7 @@ class ReadModel:
 
     def __init__(self, settings: Settings, *, connect_timeout: float = 2.0) -> None:
         self.settings = settings
+        self.wire = codec.WireFormat.of(settings)
         self.topic = Topics(settings.prefix).state
         self.store = TaskStore(Path(settings.data_dir) / "read-model")
         self.schedules = self.store.schedules
@@ -552,7 +553,7 @@ class ReadModel:
             log.debug("read model: skipped tombstone key=%r at %s/%d", key, partition, offset)
             return
         try:
-            state = codec.decode(value)
+            state = self.wire.decode(value)
         except DecodeError as exc:
             log.warning("read model: skipped undecodable record key=%r at %s/%d: %s", key, partition, offset, exc)
             return

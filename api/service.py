@@ -56,9 +56,9 @@ log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = MAX_RECORD_BYTES - 4096
 
 
-def encode(event: Event, field: str = "payload") -> bytes:
+def encode(wire: codec.WireFormat, event: Event, field: str = "payload") -> bytes:
     """The record value of ``event``; ``TooLarge`` naming ``field`` if it cannot go into the log."""
-    value = codec.encode(event)
+    value = wire.encode(event)
     if len(value) > MAX_EVENT_BYTES:
         raise TooLarge(field, len(value), MAX_EVENT_BYTES)
     return value
@@ -141,7 +141,7 @@ async def submit_workflow(app: Any, body: WorkflowIn, *, key: str | None = None,
         ), f"tasks[{i}].payload")
         for i, task in enumerate(body.tasks) if ids[task.key] not in existing
     }
-    decided = _decide_all(list(commands.values()))  # every event encoded before the first is produced
+    decided = _decide_all(app.wire, list(commands.values()))  # every event encoded before the first is produced
     by_key = dict(zip(commands, decided))
     sorter = TopologicalSorter({t.key: t.depends_on for t in body.tasks})
     sorter.prepare()
@@ -237,17 +237,17 @@ async def delete_schedule(app: Any, schedule_id: str, *, reason: str = "", actor
 Decision = tuple[Any, Any, str]
 
 
-def _decide_all(decisions: Sequence[Decision]) -> list[tuple[Any, list[tuple[Event, bytes]]]]:
+def _decide_all(wire: codec.WireFormat, decisions: Sequence[Decision]) -> list[tuple[Any, list[tuple[Event, bytes]]]]:
     now = datetime.now(UTC)
     out = []
     for state, command, field in decisions:
         events = domain.decide(state, command, now)
-        out.append((state, [(event, encode(event, field)) for event in events]))
+        out.append((state, [(event, encode(wire, event, field)) for event in events]))
     return out
 
 
 async def _decide_and_write(app: Any, decisions: Sequence[Decision]) -> list[Any]:
-    return await _write_decided(app, _decide_all(decisions))
+    return await _write_decided(app, _decide_all(app.wire, decisions))
 
 
 async def _write_decided(app: Any, decided: Sequence[tuple[Any, list[tuple[Event, bytes]]]]) -> list[Any]:

@@ -414,6 +414,7 @@ async def read_state_topic(settings: Settings, ranges: dict[int, tuple[int, int]
     within ``budget_s``.
     """
     topic = Topics(settings.prefix).state
+    wire = codec.WireFormat.of(settings)
     consumer = kafka.reader(settings, "taskstream-api-watch", f"{settings.prefix}-api-watch-{uuid.uuid4().hex}",
                             {"enable.partition.eof": True, "fetch.wait.max.ms": 10})
     todo = {p: end for p, (start, end) in ranges.items() if end > start}
@@ -442,7 +443,7 @@ async def read_state_topic(settings: Settings, ranges: dict[int, tuple[int, int]
                 if not value:
                     continue
                 try:
-                    state = codec.decode(value)
+                    state = wire.decode(value)
                 except DecodeError:
                     continue
                 if isinstance(state, TaskState) and filter.matches(state):

@@ -696,7 +696,7 @@ def write_log(settings, n: int, progress=None) -> int:
             failed.append(err)
 
     written = 0
-    encode, headers = codec.encode, codec.headers
+    encode, headers = codec.WireFormat.of(settings).encode, codec.headers
     for e in synthetic_log(n):
         value = encode(e)
         while True:

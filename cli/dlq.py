@@ -92,7 +92,7 @@ def _int_or_text(value: str | None) -> int | str | None:
 
 
 def classify(partition: int, offset: int, timestamp_ms: int | None, key: bytes | None, value: bytes | None,
-             headers: Iterable[tuple[str, bytes]] | None) -> DlqRecord:
+             headers: Iterable[tuple[str, bytes]] | None, wire: codec.WireFormat = codec.SINGLE_OBJECT) -> DlqRecord:
     """A raw message of ``<p>.dlq`` as a ``DlqRecord``.
 
     A record with a ``source-topic`` header is poison whatever its bytes are;
@@ -106,7 +106,7 @@ def classify(partition: int, offset: int, timestamp_ms: int | None, key: bytes |
                 key=(key or b"").decode(errors="replace"), size=len(value or b""))
     if "source-topic" not in hdrs:
         try:
-            event = codec.decode(value)
+            event = wire.decode(value)
         except DecodeError as exc:
             hdrs.setdefault("reason", f"undecodable record without source headers: {exc}")
         else:
@@ -143,6 +143,7 @@ def _write_markers(producer: Producer, topic: str, partitions: int, timeout: flo
 def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
     """Every record of ``<p>.dlq`` up to now, oldest first (markers skipped)."""
     topic = Topics(settings.prefix).dlq
+    wire = codec.WireFormat.of(settings)
     partitions = _check(settings, topic, timeout)
     producer = kafka_producer(settings, "taskstream-cli-dlq", ONE_PER_BATCH)
     ends = _write_markers(producer, topic, partitions, timeout)
@@ -166,7 +167,7 @@ def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
                     pending.discard(p)
                 if is_marker(m):
                     continue
-                records.append(classify(p, offset, m.timestamp()[1], m.key(), m.value(), m.headers()))
+                records.append(classify(p, offset, m.timestamp()[1], m.key(), m.value(), m.headers(), wire))
     except KafkaException as exc:
         raise DlqError(f"reading {topic}: {exc}") from None
     finally:
@@ -186,6 +187,7 @@ def redrive_events(task_ids: Iterable[str], reason: str, now: datetime, producer
 def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float = 30.0) -> int:
     """Append ``events`` to ``<p>.events`` keyed by task id; the number acknowledged (all, or ``DlqError``)."""
     topic = Topics(settings.prefix).events
+    wire = codec.WireFormat.of(settings)
     _check(settings, topic, timeout)
     producer = kafka_producer(settings, "taskstream-cli-redrive", ONE_PER_BATCH)
     acked: list = []
@@ -195,7 +197,7 @@ def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float
         (errors if err is not None else acked).append(err or msg)
 
     for e in events:
-        producer.produce(topic, codec.encode(e), e.task_id.encode(), headers=codec.headers(e), on_delivery=done)
+        producer.produce(topic, wire.encode(e), e.task_id.encode(), headers=codec.headers(e), on_delivery=done)
     producer.flush(timeout)
     if errors or len(acked) != len(events):
         raise DlqError(f"{len(acked)} of {len(events)} TaskRedriven events acknowledged by {topic}: "

@@ -130,13 +130,13 @@ def _one_line(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def decode(m) -> EventRecord:
+def decode(m, wire: codec.WireFormat = codec.SINGLE_OBJECT) -> EventRecord:
     """A raw message as an ``EventRecord``; never raises."""
     key = (m.key() or b"").decode(errors="replace")
     ts = m.timestamp()[1]
     base = dict(partition=m.partition(), offset=m.offset(), timestamp_ms=ts if ts is not None else -1, key=key)
     try:
-        value = codec.decode(m.value())
+        value = wire.decode(m.value())
     except DecodeError as exc:
         return EventRecord(**base, problem=str(exc))
     if type(value) not in EVENT_TYPES:
@@ -169,7 +169,7 @@ class TailQuery:
     since: datetime | None = None
     limit: int | None = None
 
-    def match(self, m) -> EventRecord | None:
+    def match(self, m, wire: codec.WireFormat = codec.SINGLE_OBJECT) -> EventRecord | None:
         """The record of message ``m`` if it passes the filters, else None (markers never do)."""
         if m.error() is not None or is_marker(m):
             return None
@@ -177,7 +177,7 @@ class TailQuery:
             return None
         if self.since is not None and m.timestamp()[1] < to_ms(self.since):
             return None
-        r = decode(m)
+        r = decode(m, wire)
         return r if not self.types or r.type in self.types else None
 
 
@@ -189,6 +189,7 @@ def tail(settings: Settings, query: TailQuery, emit: Callable[[EventRecord], Non
     Returns the number emitted. ``stop()`` is checked while following.
     """
     topic = Topics(settings.prefix).events
+    wire = codec.WireFormat.of(settings)
     n = partitions_of(settings, connect(settings, timeout), topic)
     consumer = reader(settings, "events")
     try:
@@ -215,7 +216,7 @@ def tail(settings: Settings, query: TailQuery, emit: Callable[[EventRecord], Non
                             idle_timeout=max(timeout, 30.0)):
             if progress is not None:
                 progress(1)
-            r = query.match(m)
+            r = query.match(m, wire)
             if r is None:
                 continue
             item = (r.sort_key, r)
@@ -233,7 +234,7 @@ def tail(settings: Settings, query: TailQuery, emit: Callable[[EventRecord], Non
             return count
         while True:
             for m in later:
-                r = query.match(m) if m.partition() in marks else None
+                r = query.match(m, wire) if m.partition() in marks else None
                 if r is not None:
                     emit(r)
                     count += 1

@@ -43,7 +43,7 @@ def _write(settings: Settings, record: ApiKey, timeout: float) -> None:
         raise KeysError(str(exc)) from None
     producer = kafka.producer(settings, "taskstream-cli-keys", ONE_PER_BATCH)
     result: list = []
-    producer.produce(topic, codec.encode(record), record.key_id.encode(), headers=codec.headers(record),
+    producer.produce(topic, codec.WireFormat.of(settings).encode(record), record.key_id.encode(), headers=codec.headers(record),
                      on_delivery=lambda err, msg: result.append(err))
     producer.flush(timeout)
     if result != [None]:

@@ -16,7 +16,7 @@ from taskstream.schemas import BrokerUnavailable, Settings, codec
 
 def _settings(**overrides) -> Settings:
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    codec.configure(settings)  # the wire format this process writes, the registry it reads ids from
+    codec.WireFormat.of(settings)  # refuse a wire format without its registry before anything starts
     return settings
 
 

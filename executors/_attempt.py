@@ -21,22 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 from taskstream.schemas import (
     BrokerUnavailable,
-    Heartbeat,
     ReadyTask,
     RecordRefused,
-    TaskCheckpointed,
     TaskFailed,
-    TaskStarted,
-    TaskSucceeded,
     codec,
 )
 from taskstream.schemas.events import Event
-from taskstream.schemas.limits import MAX_RESULT_BYTES, cut_error
 from taskstream.schemas.observability import about
 
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
 from .errors import AttemptAbandoned, PermanentError
 from .metrics import UNKNOWN_HANDLER
+from . import reports
 from .registry import Handler
 
 
@@ -52,15 +48,6 @@ def _now() -> datetime:
 def _about(task: ReadyTask) -> dict[str, Any]:
     """``extra=`` of a log line about this attempt: task_id and attempt as fields of the record."""
     return about(task.task_id, task.attempt)
-
-
-def _error_text(exc: BaseException) -> str:
-    """``Type: message``, cut to ``MAX_ERROR_CHARS`` (a handler's exception text is unbounded)."""
-    try:
-        text = str(exc)
-    except Exception:  # an exception whose __str__ fails still fails the attempt
-        text = "<unprintable>"
-    return cut_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 
@@ -148,9 +135,7 @@ class Attempts:
         """
         if not isinstance(exc, RecordRefused):
             return None
-        failed = TaskFailed(task_id=outcome.task_id, attempt=outcome.attempt, producer=self.executor_id,
-                            occurred_at=_now(), started_at=getattr(outcome, "started_at", None), permanent=True,
-                            error=cut_error(f"result not written: {exc}"))
+        failed = reports.refused(outcome, self.executor_id, _now(), exc)
         try:
             await self._send(failed)
         except Exception as again:
@@ -165,18 +150,16 @@ class Attempts:
         Never raises but CancelledError (the runner itself was cancelled, at shutdown).
         """
         task = attempt.item.task
-        common = dict(
-            task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, started_at=attempt.started_at
-        )
+        common = (task, self.executor_id, attempt.started_at)
         found = self._lookup(task.handler)
         if found is None:
             log.warning("task %s attempt %d: no handler registered for %r", task.task_id, task.attempt, task.handler,
                         extra=_about(task))
-            return TaskFailed(**common, occurred_at=_now(), error=f"no handler registered for {task.handler!r}", permanent=True)
+            return reports.no_handler(*common, _now())
         try:
             payload = codec.loads_json(task.payload)
         except codec.JSONDecodeError as exc:
-            return TaskFailed(**common, occurred_at=_now(), error=f"PermanentError: payload is not JSON: {exc}", permanent=True)
+            return reports.bad_payload(*common, _now(), exc)
         timeout = task.timeout_s if task.timeout_s is not None else self.settings.default_timeout_s
         try:
             result = await self._invoke(found, payload, attempt, timeout)
@@ -187,33 +170,27 @@ class Attempts:
         except asyncio.TimeoutError:
             attempt.ctx._cancel()
             log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout, extra=_about(task))
-            return TaskFailed(**common, occurred_at=_now(), error=f"TimeoutError: handler {task.handler!r} ran longer than {timeout}s")
+            return reports.timed_out(*common, _now(), timeout)
         except Exception as exc:
             permanent = isinstance(exc, PermanentError)
             # INFO names the exception type only: a handler's error text may quote its payload or result.
             log.info("task %s attempt %d: handler %s failed%s (%s)", task.task_id, task.attempt, task.handler,
                      " permanently" if permanent else "", type(exc).__name__, extra=_about(task))
             log.debug("task %s attempt %d: handler %s error: %s", task.task_id, task.attempt, task.handler,
-                      _error_text(exc), exc_info=not permanent, extra=_about(task))
-            return TaskFailed(**common, occurred_at=_now(), error=_error_text(exc), permanent=permanent)
+                      reports.error_text(exc), exc_info=not permanent, extra=_about(task))
+            return reports.raised(*common, _now(), exc, permanent=permanent)
         try:
             result_json = codec.dumps_json(result)
         except TypeError as exc:
             log.info("task %s attempt %d: result not JSON-serialisable: %s", task.task_id, task.attempt, exc,
                      extra=_about(task))
-            return TaskFailed(
-                **common, occurred_at=_now(),
-                error=f"TypeError: handler {task.handler!r} returned a result that is not JSON-serialisable "
-                f"({type(result).__name__}): {exc}",
-            )
-        size = len(result_json.encode())
-        if size > MAX_RESULT_BYTES:
-            log.info("task %s attempt %d: result too large (%d bytes)", task.task_id, task.attempt, size,
-                     extra=_about(task))
-            return TaskFailed(**common, occurred_at=_now(), permanent=True,  # the same work would return as much
-                              error=f"result too large: {size:,} bytes of JSON > {MAX_RESULT_BYTES:,}")
-        log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt, extra=_about(task))
-        return TaskSucceeded(**common, occurred_at=_now(), result=result_json)
+            return reports.unserialisable(*common, _now(), result, exc)
+        outcome = reports.succeeded(*common, _now(), result_json)
+        if isinstance(outcome, TaskFailed):
+            log.info("task %s attempt %d: %s", task.task_id, task.attempt, outcome.error, extra=_about(task))
+        else:
+            log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt, extra=_about(task))
+        return outcome
 
     def _lookup(self, name: str) -> Handler | None:
         return self.registry.get(name) or self.builtins.get(name)
@@ -256,9 +233,7 @@ class Attempts:
         task = attempt.item.task
         log.debug("task %s attempt %d: still running, reporting TaskStarted", task.task_id, task.attempt,
                   extra=_about(task))
-        event = TaskStarted(
-            task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, occurred_at=attempt.started_at
-        )
+        event = reports.started(task, self.executor_id, attempt.started_at)
         attempt.started_sent = self._send(event)
         attempt.heartbeat = self._loop.call_later(self.settings.heartbeat_interval_s, self._heartbeat, attempt)
 
@@ -268,7 +243,7 @@ class Attempts:
         if attempt.over:
             return
         task = attempt.item.task
-        beat = Heartbeat(task_id=task.task_id, attempt=task.attempt, producer=self.executor_id, occurred_at=_now())
+        beat = reports.heartbeat(task, self.executor_id, _now())
 
         def delivered(err, _msg) -> None:
             if err is not None:
@@ -276,7 +251,7 @@ class Attempts:
                             extra=_about(task))
 
         try:
-            self._producer.produce(self.topics.heartbeats, task.task_id.encode("utf-8"), codec.encode(beat),
+            self._producer.produce(self.topics.heartbeats, task.task_id.encode("utf-8"), self.wire.encode(beat),
                                    codec.headers(beat), on_delivery=delivered)
         except BrokerUnavailable as exc:
             log.warning("task %s attempt %d: heartbeat not sent: %s", task.task_id, task.attempt, exc,
@@ -325,8 +300,7 @@ class Attempts:
             )
         # A checkpoint means the attempt runs: the log says so first (Started, Checkpointed..., result).
         self._report_started(attempt)
-        event = TaskCheckpointed(task_id=task.task_id, attempt=task.attempt, producer=self.executor_id,
-                                 occurred_at=_now(), data=text)
+        event = reports.checkpointed(task, self.executor_id, _now(), text)
         sent = self._send(event)
         attempt.checkpoints.append(sent)
         log.debug("task %s attempt %d: checkpoint of %d bytes", task.task_id, task.attempt, len(text),
@@ -335,7 +309,7 @@ class Attempts:
 
     def _send(self, event: Event) -> asyncio.Future:
         return self._producer.send(
-            self.topics.events, event.task_id.encode("utf-8"), codec.encode(event), codec.headers(event)
+            self.topics.events, event.task_id.encode("utf-8"), self.wire.encode(event), codec.headers(event)
         )
 
 

@@ -29,16 +29,14 @@ from taskstream.schemas import (
     DecodeError,
     ReadyTask,
     TaskCancelled,
-    codec,
 )
 from taskstream.schemas.kafka import consumer as kafka_consumer
 from taskstream.schemas.kafka import (
     close_member,
     consume_available,
     is_marker,
-    is_permanent,
 )
-from taskstream.schemas.offsets import PartitionOffsets, poison_headers
+from taskstream.schemas.offsets import DeadLetter, PartitionOffsets
 from taskstream.schemas.observability import about
 from taskstream.schemas.topics import PRIORITIES
 
@@ -153,9 +151,7 @@ class Intake:
                     offsets.mark_done(msg.offset())
                     continue
                 try:
-                    task = codec.decode(msg.value())
-                    if not isinstance(task, (ReadyTask, TaskCancelled)):
-                        raise DecodeError(f"expected ReadyTask or TaskCancelled, got {type(task).__name__}")
+                    task = self.wire.decode_as(msg.value(), ReadyTask, TaskCancelled)
                 except DecodeError as exc:
                     dlq.append((msg, offsets, str(exc)))
                     continue
@@ -210,41 +206,33 @@ class Intake:
         return running
 
     def _dead_letter(self, msg, offsets: PartitionOffsets, reason: str) -> None:
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        log.warning("poison message %s[%d]@%d goes to the dlq: %s", topic, partition, offset, reason)
-        headers = poison_headers(topic, partition, offset, reason)
+        letter = DeadLetter(msg, reason)
+        log.warning("poison message %s goes to the dlq: %s", letter, reason)
 
-        def delivered(err, _msg, strip: bool = False) -> None:
-            if err is None:
+        def delivered(err, _msg=None) -> None:
+            outcome = letter.settle(err)
+            if outcome == DeadLetter.RESEND:
+                log.error("dlq produce of %s refused, sent again without its value: %s", letter, err)
+                send()
+            elif outcome == DeadLetter.LATER:
+                # The broker is away: the offset stays pending (uncommitted) and the dead letter is tried again.
+                log.warning("dlq produce of %s failed, again in %ss: %s", letter, DLQ_RETRY_S, err)
+                again = threading.Timer(DLQ_RETRY_S, send)
+                again.daemon = True
+                again.start()
+            else:
+                if outcome == DeadLetter.GIVEN_UP:
+                    log.error("dlq produce of %s refused even without its value; left in its topic: %s", letter, err)
                 with self._lock:
-                    offsets.mark_done(offset)
-                return
-            if is_permanent(err):
-                if strip:  # not even its headers fit: nothing smaller to send
-                    log.error("dlq produce of %s[%d]@%d refused even without its value; left in its topic: %s",
-                              topic, partition, offset, err)
-                    with self._lock:
-                        offsets.mark_done(offset)
-                    return
-                log.error("dlq produce of %s[%d]@%d refused, sent again without its value: %s", topic, partition,
-                          offset, err)
-                send(strip=True)
-                return
-            # The broker is away: the offset stays pending (uncommitted) and the dead letter is tried again.
-            log.warning("dlq produce of %s[%d]@%d failed, again in %ss: %s", topic, partition, offset,
-                        DLQ_RETRY_S, err)
-            again = threading.Timer(DLQ_RETRY_S, send, kwargs={"strip": strip})
-            again.daemon = True
-            again.start()
+                    offsets.mark_done(letter.offset)
 
-        def send(strip: bool = False) -> None:
+        def send() -> None:
+            key, value, headers = letter.record()
             try:
-                self._producer.produce(self.topics.dlq, msg.key(), b"" if strip else msg.value() or b"",
-                                       headers=headers, on_delivery=lambda err, m: delivered(err, m, strip))
+                self._producer.produce(self.topics.dlq, key, value, headers=headers, on_delivery=delivered)
             except BrokerUnavailable as exc:
                 cause = exc.__cause__
-                delivered(cause.args[0] if isinstance(cause, KafkaException) else KafkaError(KafkaError._TRANSPORT),
-                          None, strip)
+                delivered(cause.args[0] if isinstance(cause, KafkaException) else KafkaError(KafkaError._TRANSPORT))
 
         send()
 

@@ -32,6 +32,7 @@ from taskstream.schemas import (
     BrokerUnavailable,
     Settings,
     Topics,
+    codec,
 )
 from taskstream.schemas.kafka import async_producer
 from taskstream.schemas.kafka import (
@@ -82,6 +83,7 @@ class Executor(Intake, Attempts):
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         self.executor_id = executor_id or f"executor-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.topics = Topics(settings.prefix)
+        self.wire = codec.WireFormat.of(settings)
         self.builtins = builtins(settings)  # noop, sleep, echo, and http and shell with this executor's guards
         self.buffer_size = max(4 * self.concurrency, 32)
         self._topic_level = {self.topics.ready(p): i for i, p in enumerate(PRIORITIES)}

@@ -3,7 +3,7 @@
 Kafka messages carry Avro single-object encoding (``C3 01``, the 8-byte
 CRC-64-AVRO fingerprint of the writer schema, then the Avro binary body), so
 any reader holding ``schemas/avro`` decodes a message without a registry.
-With ``wire_format=confluent`` (``configure``) records are written in the
+With ``wire_format=confluent`` (a ``WireFormat`` built from the settings) records are written in the
 Confluent wire format instead (``00``, a 4-byte big-endian schema id from a
 schema registry, then the same body), which Redpanda Console and Confluent
 deserializers decode on their own. ``decode`` always accepts both, so
@@ -21,7 +21,8 @@ with any of them is read with Avro schema resolution into today's schema
 follow ``aliases``); what resolution cannot express is an upcaster in
 ``_UPCASTERS``. The rules are in README "Schema evolution".
 
-``encode(value) -> bytes`` and ``decode(bytes) -> value`` are the contract;
+``WireFormat.encode(value) -> bytes`` and ``WireFormat.decode(bytes) -> value``
+are the contract (module-level ``encode``/``decode`` use ``SINGLE_OBJECT``);
 anything that cannot be decoded raises ``DecodeError`` (poison: to the DLQ);
 the only other error is ``BrokerUnavailable`` when a Confluent schema id must
 be looked up and the registry cannot be reached (transient, not poison).
@@ -147,35 +148,125 @@ def current_schema(name: str) -> dict:
 # ------------------------------------------------------------ wire format
 
 
-@dataclasses.dataclass(slots=True)
-class _Wire:
-    confluent: bool = False
-    registry: SchemaRegistry | None = None
-    ids: dict[str, int] = dataclasses.field(default_factory=dict)  # record name -> schema id we write
-    writers: dict[int, _Writer] = dataclasses.field(default_factory=dict)  # schema id -> how to read it
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+class WireFormat:
+    """How one process frames the records it writes, and the schema registry it reads Confluent ids from.
 
-
-_wire = _Wire()
-
-
-def configure(settings: Settings | None = None, *, registry: SchemaRegistry | None = None) -> None:
-    """Choose the framing this process writes and the registry it reads Confluent ids from.
-
-    Call once at process start with the process's ``Settings`` (without it:
-    single-object, no registry). ``registry`` overrides the one built from
-    ``settings.schema_registry_url``. ``decode`` reads both framings whatever
-    is configured; Confluent-framed records need a registry to be read.
+    Built from the process's ``Settings`` (``wire_format``, ``schema_registry_url``)
+    and handed to every component that reads or writes topics; ``SINGLE_OBJECT``
+    (no registry) is the default and what local tables use. ``decode`` reads
+    both framings whatever this one writes; a Confluent-framed record needs a
+    registry. Thread-safe.
     """
-    global _wire
-    confluent = settings is not None and settings.wire_format == "confluent"
-    if registry is None and settings is not None and settings.schema_registry_url:
-        from .registry import SchemaRegistry
 
-        registry = SchemaRegistry.from_settings(settings)
-    if confluent and registry is None:
-        raise ValueError("wire_format=confluent needs schema_registry_url (TASKSTREAM_SCHEMA_REGISTRY_URL)")
-    _wire = _Wire(confluent=confluent, registry=registry)
+    __slots__ = ("confluent", "registry", "_ids", "_writers", "_lock")
+
+    def __init__(self, confluent: bool = False, registry: SchemaRegistry | None = None) -> None:
+        if confluent and registry is None:
+            raise ValueError("wire_format=confluent needs schema_registry_url (TASKSTREAM_SCHEMA_REGISTRY_URL)")
+        self.confluent = confluent
+        self.registry = registry
+        self._ids: dict[str, int] = {}  # record name -> schema id we write
+        self._writers: dict[int, _Writer] = {}  # schema id -> how to read it
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, settings: Settings, *, registry: SchemaRegistry | None = None) -> WireFormat:
+        """The wire format ``settings`` name; ``registry`` overrides the one built from ``schema_registry_url``.
+
+        Raises ``ValueError`` for ``wire_format=confluent`` without a registry.
+        """
+        if registry is None and settings.schema_registry_url:
+            from .registry import SchemaRegistry
+
+            registry = SchemaRegistry.from_settings(settings)
+        return cls(settings.wire_format == "confluent", registry)
+
+    def encode(self, value: Any) -> bytes:
+        """Encode an event, ready message or state in this wire format.
+
+        In the Confluent format the first record of each type registers today's
+        schema (``BrokerUnavailable`` if the registry cannot be reached).
+        """
+        codec = _BY_TYPE[type(value)]
+        buf = io.BytesIO()
+        buf.write(self._confluent_header(codec) if self.confluent else codec.header)
+        fastavro.schemaless_writer(buf, codec.schema, {f: getattr(value, f) for f in codec.fields})
+        return buf.getvalue()
+
+    def decode(self, data: bytes | None) -> Any:
+        """Decode a single-object or Confluent-framed Avro record into today's dataclass.
+
+        A record written with any released schema version is resolved to
+        today's schema, then upcast; ``DecodeError`` on anything else.
+        """
+        if not data or len(data) < 5:
+            raise DecodeError("not Avro single-object encoding (missing C3 01 marker)")
+        if data[:1] == CONFLUENT_MAGIC:
+            return _read(self._confluent_writer(int.from_bytes(data[1:5], "big")), data, 5)
+        if data[:2] != MAGIC or len(data) < 10:
+            raise DecodeError("not Avro single-object encoding (missing C3 01 marker)")
+        writer = _BY_FINGERPRINT.get(bytes(data[2:10]))
+        if writer is None:
+            raise DecodeError(f"unknown schema fingerprint {bytes(data[2:10]).hex()}")
+        return _read(writer, data, 10)
+
+    def decode_as(self, data: bytes | None, *types: type) -> Any:
+        """``decode``, and ``DecodeError`` unless the value is one of ``types`` (what a topic may hold)."""
+        value = self.decode(data)
+        if not isinstance(value, types):
+            raise DecodeError(f"expected {' or '.join(t.__name__ for t in types)}, got {type(value).__name__}")
+        return value
+
+    def writer_version(self, data: bytes) -> int | None:
+        """The released schema version a record was written with (``None``: not one we know)."""
+        if data[:2] == MAGIC:
+            writer = _BY_FINGERPRINT.get(bytes(data[2:10]))
+            return None if writer is None else writer.version
+        if data[:1] == CONFLUENT_MAGIC:
+            writer = self._writers.get(int.from_bytes(data[1:5], "big"))
+            return None if writer is None or writer.version == 0 else writer.version
+        return None
+
+    def _confluent_header(self, codec: _Codec) -> bytes:
+        schema_id = self._ids.get(codec.name)
+        if schema_id is None:
+            assert self.registry is not None
+            schema_id = self.registry.register(subject(codec.name), codec.raw)
+            with self._lock:
+                self._ids[codec.name] = schema_id
+                self._writers[schema_id] = _BY_FINGERPRINT[codec.header[2:]]
+        return CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
+
+    def _confluent_writer(self, schema_id: int) -> _Writer:
+        writer = self._writers.get(schema_id)
+        if writer is not None:
+            return writer
+        if self.registry is None:
+            raise DecodeError(
+                f"no C3 01 marker; Confluent-framed record with schema id {schema_id} but no schema registry "
+                "configured (TASKSTREAM_SCHEMA_REGISTRY_URL)"
+            )
+        raw = self.registry.schema(schema_id)  # DecodeError if unknown, BrokerUnavailable if unreachable
+        try:
+            parsed = fastavro.parse_schema(raw)
+            full_name = parsed.get("name") if isinstance(parsed, dict) else None
+        except Exception as exc:
+            raise DecodeError(f"schema id {schema_id} is not an Avro schema we can parse: {exc}") from exc
+        codec = next((c for c in _BY_TYPE.values() if f"{NAMESPACE}.{c.name}" == full_name), None)
+        if codec is None:
+            raise DecodeError(f"schema id {schema_id} is {full_name or 'not a record'!r}, not one of ours")
+        fp = _fingerprint(parsed)
+        writer = _BY_FINGERPRINT.get(fp)
+        if writer is None or writer.codec is not codec:
+            # Not a schema we released (another writer's version): resolved like any other writer schema.
+            writer = _Writer(codec, 0, parsed, fp, False)
+        with self._lock:
+            self._writers[schema_id] = writer
+        return writer
+
+
+#: Single-object framing, no registry: the default, and the format of local tables.
+SINGLE_OBJECT = WireFormat()
 
 
 def subject(name: str) -> str:
@@ -187,60 +278,6 @@ def subject(name: str) -> str:
     evolution checked by the registry.
     """
     return f"{NAMESPACE}.{name}"
-
-
-def _confluent_header(codec: _Codec, wire: _Wire) -> bytes:
-    schema_id = wire.ids.get(codec.name)
-    if schema_id is None:
-        assert wire.registry is not None
-        schema_id = wire.registry.register(subject(codec.name), codec.raw)
-        with wire.lock:
-            wire.ids[codec.name] = schema_id
-            wire.writers[schema_id] = _BY_FINGERPRINT[codec.header[2:]]
-    return CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
-
-
-def encode(value: Any) -> bytes:
-    """Encode an event, ready message or state in the configured wire format.
-
-    In the Confluent format the first record of each type registers today's
-    schema (``BrokerUnavailable`` if the registry cannot be reached).
-    """
-    codec = _BY_TYPE[type(value)]
-    wire = _wire
-    buf = io.BytesIO()
-    buf.write(_confluent_header(codec, wire) if wire.confluent else codec.header)
-    fastavro.schemaless_writer(buf, codec.schema, {f: getattr(value, f) for f in codec.fields})
-    return buf.getvalue()
-
-
-def _confluent_writer(schema_id: int) -> _Writer:
-    wire = _wire
-    writer = wire.writers.get(schema_id)
-    if writer is not None:
-        return writer
-    if wire.registry is None:
-        raise DecodeError(
-            f"no C3 01 marker; Confluent-framed record with schema id {schema_id} but no schema registry "
-            "configured (TASKSTREAM_SCHEMA_REGISTRY_URL)"
-        )
-    raw = wire.registry.schema(schema_id)  # DecodeError if unknown, BrokerUnavailable if unreachable
-    try:
-        parsed = fastavro.parse_schema(raw)
-        full_name = parsed.get("name") if isinstance(parsed, dict) else None
-    except Exception as exc:
-        raise DecodeError(f"schema id {schema_id} is not an Avro schema we can parse: {exc}") from exc
-    codec = next((c for c in _BY_TYPE.values() if f"{NAMESPACE}.{c.name}" == full_name), None)
-    if codec is None:
-        raise DecodeError(f"schema id {schema_id} is {full_name or 'not a record'!r}, not one of ours")
-    fp = _fingerprint(parsed)
-    writer = _BY_FINGERPRINT.get(fp)
-    if writer is None or writer.codec is not codec:
-        # Not a schema we released (another writer's version): resolved like any other writer schema.
-        writer = _Writer(codec, 0, parsed, fp, False)
-    with wire.lock:
-        wire.writers[schema_id] = writer
-    return writer
 
 
 _new = object.__new__
@@ -262,22 +299,8 @@ def _build(codec: _Codec, record: dict) -> Any:
     return value
 
 
-def decode(data: bytes | None) -> Any:
-    """Decode a single-object or Confluent-framed Avro record into today's dataclass.
-
-    A record written with any released schema version is resolved to
-    today's schema, then upcast; ``DecodeError`` on anything else.
-    """
-    if not data or len(data) < 5:
-        raise DecodeError("not Avro single-object encoding (missing C3 01 marker)")
-    if data[:1] == CONFLUENT_MAGIC:
-        writer, start = _confluent_writer(int.from_bytes(data[1:5], "big")), 5
-    elif data[:2] != MAGIC or len(data) < 10:
-        raise DecodeError("not Avro single-object encoding (missing C3 01 marker)")
-    else:
-        writer, start = _BY_FINGERPRINT.get(bytes(data[2:10])), 10
-        if writer is None:
-            raise DecodeError(f"unknown schema fingerprint {bytes(data[2:10]).hex()}")
+def _read(writer: _Writer, data: bytes, start: int) -> Any:
+    """The value of ``data``'s body (from ``start``), written with ``writer``'s schema."""
     codec = writer.codec
     body = io.BytesIO(data[start:])
     try:
@@ -296,15 +319,19 @@ def decode(data: bytes | None) -> Any:
     return value
 
 
+def encode(value: Any) -> bytes:
+    """``SINGLE_OBJECT.encode``: a component that writes topics uses its process's ``WireFormat`` instead."""
+    return SINGLE_OBJECT.encode(value)
+
+
+def decode(data: bytes | None) -> Any:
+    """``SINGLE_OBJECT.decode`` (reads single-object records, and Confluent ones only with a registry)."""
+    return SINGLE_OBJECT.decode(data)
+
+
 def writer_version(data: bytes) -> int | None:
-    """The released schema version a record was written with (``None``: not one we know)."""
-    if data[:2] == MAGIC:
-        writer = _BY_FINGERPRINT.get(bytes(data[2:10]))
-        return None if writer is None else writer.version
-    if data[:1] == CONFLUENT_MAGIC:
-        writer = _wire.writers.get(int.from_bytes(data[1:5], "big"))
-        return None if writer is None or writer.version == 0 else writer.version
-    return None
+    """``SINGLE_OBJECT.writer_version``."""
+    return SINGLE_OBJECT.writer_version(data)
 
 
 def type_name(value: Any) -> str:

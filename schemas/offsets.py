@@ -8,7 +8,8 @@ executor and the retry relay keep one per assigned partition.
 
 ``poison_headers`` is the contract of a poison message in ``<p>.dlq`` (the
 record as it was, or without its value when even that was refused): where it
-came from and why, as ``taskstream dlq list`` reads it.
+came from and why, as ``taskstream dlq list`` reads it. ``DeadLetter`` is
+one such message on its way, and what each delivery report means for it.
 """
 
 from __future__ import annotations
@@ -54,3 +55,47 @@ def poison_headers(topic: str, partition: int | None, offset: int | None, reason
         headers.append(("source-offset", str(offset).encode()))
     headers.append(("reason", reason.encode()[:MAX_REASON_BYTES]))
     return headers
+
+
+class DeadLetter:
+    """A poison message on its way to ``<p>.dlq``: the record as it was, with where it came from and why.
+
+    ``record()`` is (key, value, headers) to produce now; ``settle(err)`` reads
+    its delivery report: ``SENT``; ``RESEND`` (refused for good: produce
+    ``record()`` again at once, now without its value); ``GIVEN_UP`` (even
+    that was refused: the message stays only in its own topic); ``LATER``
+    (the broker is away: produce ``record()`` again later). After ``SENT`` or
+    ``GIVEN_UP`` the message's offset is done. Used by the executor and the
+    retry relay; the processor sends ``record()`` with the rest of its outputs.
+    """
+
+    SENT, RESEND, GIVEN_UP, LATER = "sent", "resend", "given_up", "later"
+    __slots__ = ("topic", "partition", "offset", "key", "value", "reason", "stripped")
+
+    def __init__(self, message, reason: str) -> None:
+        self.topic, self.partition, self.offset = message.topic(), message.partition(), message.offset()
+        self.key: bytes = message.key() or b""
+        self.value: bytes = message.value() or b""
+        self.reason = reason
+        self.stripped = False
+
+    def record(self) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """(key, value, headers) of the dead letter as it is to be sent now."""
+        return (self.key, b"" if self.stripped else self.value,
+                poison_headers(self.topic, self.partition, self.offset, self.reason))
+
+    def settle(self, err) -> str:
+        """What a delivery report ``err`` (None, a ``KafkaError`` or ``KafkaException``) means for this letter."""
+        from .kafka import is_permanent
+
+        if err is None:
+            return self.SENT
+        if not is_permanent(err):
+            return self.LATER
+        if self.stripped:
+            return self.GIVEN_UP
+        self.stripped = True
+        return self.RESEND
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"

@@ -81,7 +81,7 @@ from taskstream.schemas.kafka import (
     write_markers,
 )
 from taskstream.schemas.observability import about, serve_metrics
-from taskstream.schemas.offsets import poison_headers
+from taskstream.schemas.offsets import DeadLetter, poison_headers
 
 from . import domain
 from .metrics import LAG_INTERVAL_S, ProcessorMetrics
@@ -111,7 +111,8 @@ class Step(NamedTuple):
 
 
 def fold_step(
-    topics: Topics, state: TaskState | None, value: bytes, offset: int, partition: int, now: datetime, producer: str
+    topics: Topics, state: TaskState | None, value: bytes, offset: int, partition: int, now: datetime, producer: str,
+    *, wire: codec.WireFormat = codec.SINGLE_OBJECT,
 ) -> Step:
     """Fold one message of ``<p>.events`` through ``domain.step`` (pure apart from the clock passed in).
 
@@ -119,16 +120,16 @@ def fold_step(
     event already folded (``offset <= last_offset``) changes nothing; the
     last one folded sends its follow-ups again (``domain.replay``).
     """
-    event = codec.decode(value)
+    event = wire.decode(value)
     if state is not None and offset <= state.last_offset:
         if offset == state.last_offset:
             again = domain.replay(state, event, now, producer)
-            return Step(None, _outputs(topics, domain.effects(state, state, event, again, now, producer), state,
-                                       partition))
+            return Step(None, _outputs(topics, wire, domain.effects(state, state, event, again, now, producer),
+                                       state, partition))
         return Step(None, [])
     try:
         new, follow = domain.step(state, event, now, producer)
-        outputs = _outputs(topics, domain.effects(state, new, event, follow, now, producer), new, partition)
+        outputs = _outputs(topics, wire, domain.effects(state, new, event, follow, now, producer), new, partition)
         failed = None
     except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
         new, outputs, failed = domain.evolve(state, event), [], f"deciding what follows failed: {type(exc).__name__}: {exc}"
@@ -137,7 +138,7 @@ def fold_step(
     return Step(domain.at_offset(new, offset), outputs, failed)
 
 
-def _outputs(topics: Topics, effects: list[domain.Effect], state, partition: int) -> list[Output]:
+def _outputs(topics: Topics, wire: codec.WireFormat, effects: list[domain.Effect], state, partition: int) -> list[Output]:
     """The records of a step's effects: follow-ups of the same task to its own partition (that is where the
     fold of the log expects them), every other message keyed by its task."""
     own = state.task_id if state is not None else None
@@ -153,14 +154,13 @@ def _outputs(topics: Topics, effects: list[domain.Effect], state, partition: int
         else:
             topic = topics.dlq
         same = partition if kind == "event" and message.task_id == own else None
-        out.append(Output(topic, key, codec.encode(message), codec.headers(message), same))
+        out.append(Output(topic, key, wire.encode(message), codec.headers(message), same))
     return out
 
 
 def dlq_output(topics: Topics, message, reason: str) -> Output:
     """A poison message, as it was, for ``<p>.dlq`` with where it came from and why."""
-    headers = poison_headers(message.topic(), message.partition(), message.offset(), reason)
-    return Output(topics.dlq, message.key() or b"", message.value() or b"", headers)
+    return Output(topics.dlq, *DeadLetter(message, reason).record())
 
 
 
@@ -178,6 +178,7 @@ class Processor:
         self.settings = settings
         self.metrics = metrics if metrics is not None else ProcessorMetrics()
         self.topics = Topics(settings.prefix)
+        self.wire = codec.WireFormat.of(settings)
         self.id = member_id or processor_id()
         self.dir = settings.data_dir / "processor"
         self.tables: dict[int, Rdict] = {}
@@ -257,7 +258,7 @@ class Processor:
         timers = TimerTable(self.dir / f"timers-{partition}")
         for key, raw in table.items():
             try:
-                state = codec.decode(raw)
+                state = self.wire.decode(raw)
             except DecodeError:
                 continue
             timers.set(STATE, key, domain.timer_due(state, RELAY_SLACK_S))
@@ -380,9 +381,7 @@ class Processor:
             if table is None or timers is None:
                 continue
             try:
-                beat = codec.decode(m.value())
-                if not isinstance(beat, Heartbeat):
-                    raise DecodeError(f"expected Heartbeat, got {type(beat).__name__}")
+                beat = self.wire.decode_as(m.value(), Heartbeat)
             except DecodeError as exc:
                 log.warning("poison message at %s[%d]@%d -> dlq: %s", m.topic(), m.partition(), m.offset(), exc)
                 poison.append(dlq_output(self.topics, m, str(exc)))
@@ -390,7 +389,7 @@ class Processor:
             key = beat.task_id.encode()
             raw = table.get(key)
             try:
-                state = codec.decode(raw) if raw else None
+                state = self.wire.decode(raw) if raw else None
             except DecodeError:
                 state = None
             if domain.heartbeat_renews(state, beat.attempt):
@@ -410,7 +409,7 @@ class Processor:
             for kind, key, _due in timers.due(now):
                 raw = table.get(key)
                 try:
-                    state = codec.decode(raw) if raw else None
+                    state = self.wire.decode(raw) if raw else None
                     if kind == LEASE:
                         attempt = state.attempt if isinstance(state, TaskState) else -1
                         events = domain.lease_expired(state, attempt, self.settings.lease_s, now, self.id)
@@ -421,7 +420,7 @@ class Processor:
                     events = []
                 timers.set(kind, key, None)
                 for e in events:
-                    self._produce(Output(self.topics.events, e.task_id.encode(), codec.encode(e), codec.headers(e),
+                    self._produce(Output(self.topics.events, e.task_id.encode(), self.wire.encode(e), codec.headers(e),
                                          partition if e.task_id.encode() == key else None))
                     fired += 1
         if fired:
@@ -462,9 +461,9 @@ class Processor:
             return [dlq_output(self.topics, m, "event without a key")]
         raw = table.get(key)
         try:
-            state = codec.decode(raw) if raw else None
-            step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id)
-            value = codec.encode(step.state) if step.state is not None else b""
+            state = self.wire.decode(raw) if raw else None
+            step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id, wire=self.wire)
+            value = self.wire.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
             log.warning("poison message at %s[%d]@%d -> dlq: %s", m.topic(), partition, m.offset(), exc)
             return [dlq_output(self.topics, m, str(exc))]
@@ -552,12 +551,12 @@ class Processor:
                 continue
             if topic in self.topics.all_ready:
                 try:
-                    ready = codec.decode(value)
+                    ready = self.wire.decode(value)
                 except DecodeError:
                     ready = None
                 if isinstance(ready, ReadyTask):
                     failed = domain.ready_refused(ready, reason, datetime.now(UTC), self.id)
-                    self._produce(Output(self.topics.events, key or b"", codec.encode(failed), codec.headers(failed)))
+                    self._produce(Output(self.topics.events, key or b"", self.wire.encode(failed), codec.headers(failed)))
                     continue
             named = [(k, v) for k, v in headers if k == codec.EVENT_TYPE_HEADER]
             if topic == self.topics.dlq and not value:

@@ -79,7 +79,6 @@ from . import domain
 
 log = logging.getLogger(__name__)
 
-_decode = codec.decode
 _evolve = domain.evolve
 #: Fields a rebuilt state may legitimately differ in from the live one (see the module docstring).
 IGNORED_FIELDS = frozenset({"last_offset"})
@@ -153,9 +152,9 @@ class LogFold:
     """
 
     __slots__ = ("states", "partition_of", "last_read", "events", "skipped", "undecodable", "keyless", "as_of",
-                 "since")
+                 "since", "_decode")
 
-    def __init__(self, as_of: datetime | None = None) -> None:
+    def __init__(self, as_of: datetime | None = None, wire: codec.WireFormat = codec.SINGLE_OBJECT) -> None:
         self.states: dict[bytes, State] = {}
         self.partition_of: dict[bytes, int] = {}
         self.last_read: dict[bytes, int] = {}
@@ -166,6 +165,7 @@ class LogFold:
         self.as_of = as_of
         # key -> [(event, state before it)] since the oldest trigger whose follow-up is still to come
         self.since: dict[bytes, list] = {}
+        self._decode = wire.decode
 
     def add(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         """Fold one record (the hot path of a rebuild: kept to one call of decode and one of evolve)."""
@@ -175,7 +175,7 @@ class LogFold:
         if key in MARKER_KEYS and not value:  # read and end markers (tombstones) are not events
             return
         try:
-            event = _decode(value)
+            event = self._decode(value)
         except DecodeError:
             self.undecodable += 1
             return
@@ -374,6 +374,7 @@ def scan(consumer: Consumer, topic: str, ends: Mapping[int, int], timeout: float
 def read_live(settings: Settings, markers: Mapping[int, int]) -> dict[bytes, State]:
     """The live ``<p>.state`` of some partitions, each read up to its marker (``markers[p]``: its offset)."""
     topic = Topics(settings.prefix).state
+    wire = codec.WireFormat.of(settings)
     live: dict[bytes, State] = {}
     consumer = _reader(settings, "taskstream-state-live")
     try:
@@ -386,7 +387,7 @@ def read_live(settings: Settings, markers: Mapping[int, int]) -> dict[bytes, Sta
                     live.pop(key, None)
                     continue
                 try:
-                    value = codec.decode(m.value())
+                    value = wire.decode(m.value())
                 except DecodeError:
                     log.warning("undecodable record in %s[%d]@%d", topic, m.partition(), m.offset())
                     continue
@@ -401,7 +402,7 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
     """Fold ``job.partitions`` of ``<p>.events``; compare with and/or write to ``<p>.state``."""
     cpu = time.process_time()
     topics = Topics(job.settings.prefix)
-    fold = LogFold(as_of=job.as_of)
+    fold = LogFold(as_of=job.as_of, wire=codec.WireFormat.of(job.settings))
     add = fold.add
     consumer = _reader(job.settings, "taskstream-state-rebuild")
     try:
@@ -430,6 +431,7 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
 
 def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State], partition_of: Mapping[bytes, int]) -> int:
     producer = kafka.producer(settings, "taskstream-state-write", {"linger.ms": 5})
+    wire = codec.WireFormat.of(settings)
     failed: list = []
 
     def done(err, msg):
@@ -439,7 +441,7 @@ def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State],
     for key, state in states.items():
         while True:
             try:
-                producer.produce(topic, codec.encode(state), key, partition=partition_of[key],
+                producer.produce(topic, wire.encode(state), key, partition=partition_of[key],
                                  headers=codec.headers(state), on_delivery=done)
                 break
             except BufferError:

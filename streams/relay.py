@@ -51,7 +51,7 @@ from taskstream.schemas.kafka import (
     is_permanent,
 )
 from taskstream.schemas.observability import about
-from taskstream.schemas.offsets import PartitionOffsets, poison_headers
+from taskstream.schemas.offsets import DeadLetter, PartitionOffsets
 
 from . import domain
 
@@ -68,6 +68,7 @@ class RetryRelay:
     def __init__(self, settings: Settings, member_id: str) -> None:
         self.settings = settings
         self.topics = Topics(settings.prefix)
+        self.wire = codec.WireFormat.of(settings)
         self.id = f"{member_id}-relay"
         self.consumer = kafka.consumer(settings, self.id, self.topics.relay_group,
                                        {"fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
@@ -77,7 +78,7 @@ class RetryRelay:
         self._heap: list = []
         self._seq = itertools.count()
         self._paused: set[tuple[str, int]] = set()
-        self._redo_dlq: list[tuple[float, object, str, PartitionOffsets, bool]] = []  # (when, message, reason, offsets, strip)
+        self._redo_dlq: list[tuple[float, DeadLetter, PartitionOffsets]] = []  # (when, letter, offsets)
         self.requeued = 0
         self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
@@ -153,12 +154,10 @@ class RetryRelay:
                 offsets.mark_done(m.offset())
                 continue
             try:
-                record = codec.decode(m.value())
-                if not isinstance(record, TaskRetryScheduled):
-                    raise DecodeError(f"expected TaskRetryScheduled, got {type(record).__name__}")
+                record = self.wire.decode_as(m.value(), TaskRetryScheduled)
             except DecodeError as exc:
                 log.warning("poison message at %s[%d]@%d -> dlq: %s", m.topic(), m.partition(), m.offset(), exc)
-                self._to_dlq(m, str(exc), offsets)
+                self._to_dlq(DeadLetter(m, str(exc)), offsets)
                 continue
             offsets.held += 1
             due = record.not_before.timestamp()
@@ -186,7 +185,7 @@ class RetryRelay:
                     self._hold_again(topic, partition, offset, record, offsets)
 
             try:
-                self._produce(self.topics.events, record.task_id.encode(), codec.encode(queued),
+                self._produce(self.topics.events, record.task_id.encode(), self.wire.encode(queued),
                               codec.headers(queued), done)
             except KafkaException as exc:
                 log.warning("retry relay: re-queue of %s failed, again in %ss: %s", record.task_id, REDO_S, exc,
@@ -201,39 +200,34 @@ class RetryRelay:
         offsets.held += 1
         heapq.heappush(self._heap, (time.time() + REDO_S, next(self._seq), topic, partition, offset, record))
 
-    def _to_dlq(self, m, reason: str, offsets: PartitionOffsets, strip: bool = False) -> None:
-        headers = poison_headers(m.topic(), m.partition(), m.offset(), reason)
-
-        def done(err, msg, offset=m.offset()):
-            if err is None:
-                offsets.mark_done(offset)
+    def _to_dlq(self, letter: DeadLetter, offsets: PartitionOffsets) -> None:
+        def done(err, _msg=None):
+            outcome = letter.settle(err)
+            if outcome == DeadLetter.RESEND:
+                log.error("retry relay: dead letter of %s refused, sent again without its value: %s", letter, err)
+                self._to_dlq(letter, offsets)
+            elif outcome == DeadLetter.LATER:
+                log.warning("retry relay: dead letter of %s failed, again in %ss: %s", letter, REDO_S, err)
+                self._redo_dlq.append((time.time() + REDO_S, letter, offsets))
             else:
-                self._dlq_failed(m, reason, offsets, err, strip)
+                if outcome == DeadLetter.GIVEN_UP:
+                    log.error("retry relay: dead letter of %s refused even without its value; left in its topic: %s",
+                              letter, err)
+                offsets.mark_done(letter.offset)
 
         try:
-            self._produce(self.topics.dlq, m.key() or b"", b"" if strip else (m.value() or b""), headers, done)
+            self._produce(self.topics.dlq, *letter.record(), done)
         except KafkaException as exc:
-            self._dlq_failed(m, reason, offsets, exc, strip)
-
-    def _dlq_failed(self, m, reason: str, offsets: PartitionOffsets, err, stripped: bool) -> None:
-        strip = is_permanent(err)
-        if strip and stripped:  # not even its headers fit: nothing smaller to send
-            log.error("retry relay: dead letter of %s[%d]@%d refused even without its value; left in its topic: %s",
-                      m.topic(), m.partition(), m.offset(), err)
-            offsets.mark_done(m.offset())
-            return
-        log.warning("retry relay: dead letter of %s[%d]@%d failed, again in %ss%s: %s", m.topic(), m.partition(),
-                    m.offset(), REDO_S, " without its value" if strip else "", err)
-        self._redo_dlq.append((time.time() + REDO_S, m, reason, offsets, strip))
+            done(exc)
 
     def _redo(self, now: float) -> None:
         due = [entry for entry in self._redo_dlq if entry[0] <= now]
         if not due:
             return
         self._redo_dlq = [entry for entry in self._redo_dlq if entry[0] > now]
-        for _, m, reason, offsets, strip in due:
-            if self._offsets.get((m.topic(), m.partition())) is offsets:
-                self._to_dlq(m, reason, offsets, strip)
+        for _, letter, offsets in due:
+            if self._offsets.get((letter.topic, letter.partition)) is offsets:
+                self._to_dlq(letter, offsets)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:
         marks = self.marks

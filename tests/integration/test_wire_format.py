@@ -27,7 +27,7 @@ import pytest
 from taskstream.schemas import BrokerUnavailable, DecodeError, TaskCreated, TaskQueued, TaskSucceeded, Topics, codec
 from taskstream.schemas.registry import SchemaRegistry, SchemaRejected
 
-from ..kafka_helpers import TopicReader, producer
+from ..kafka_helpers import Component, TopicReader, producer
 
 pytestmark = pytest.mark.integration
 
@@ -106,14 +106,6 @@ def registry():
     fake.close()
 
 
-@pytest.fixture(autouse=True)
-def default_codec():
-    """Every test leaves the process's codec as it found it: single-object, no registry."""
-    codec.configure()
-    yield
-    codec.configure()
-
-
 def _events(task_id: str) -> list:
     return [
         TaskCreated(task_id=task_id, occurred_at=T0, producer="api", handler="echo", payload='{"n": 1}',
@@ -123,10 +115,10 @@ def _events(task_id: str) -> list:
     ]
 
 
-def _produce(settings, events) -> None:
+def _produce(settings, events, wire: codec.WireFormat = codec.SINGLE_OBJECT) -> None:
     p = producer(settings)
     for e in events:
-        p.produce(Topics(settings.prefix).events, codec.encode(e), e.task_id.encode(), headers=codec.headers(e))
+        p.produce(Topics(settings.prefix).events, wire.encode(e), e.task_id.encode(), headers=codec.headers(e))
     assert p.flush(10) == 0
 
 
@@ -166,25 +158,25 @@ def test_registry_unreachable_is_broker_unavailable(registry):
     registry.close()
     with pytest.raises(BrokerUnavailable, match="unreachable"):
         SchemaRegistry(url, timeout_s=2).register("taskstream.TaskCreated", codec.current_schema("TaskCreated"))
-    codec.configure(registry=SchemaRegistry(url, timeout_s=2))
+    wire = codec.WireFormat(registry=SchemaRegistry(url, timeout_s=2))
     with pytest.raises(BrokerUnavailable):  # not poison: the record is fine, the registry is away
-        codec.decode(b"\x00\x00\x00\x00\x07" + b"\x00" * 8)
+        wire.decode(b"\x00\x00\x00\x00\x07" + b"\x00" * 8)
 
 
 def test_a_confluent_id_of_a_foreign_or_unknown_schema_is_a_decode_error(registry):
     client = SchemaRegistry(registry.url)
     foreign = client.register("other.Order", {"type": "record", "name": "Order", "namespace": "other",
                                               "fields": [{"name": "id", "type": "string"}]})
-    codec.configure(registry=SchemaRegistry(registry.url))
+    wire = codec.WireFormat(registry=SchemaRegistry(registry.url))
     with pytest.raises(DecodeError, match="'other.Order', not one of ours"):
-        codec.decode(b"\x00" + foreign.to_bytes(4, "big") + b"\x02x")
+        wire.decode(b"\x00" + foreign.to_bytes(4, "big") + b"\x02x")
     with pytest.raises(DecodeError, match="schema id 4242 unknown"):
-        codec.decode(b"\x00" + (4242).to_bytes(4, "big") + b"\x02x")
+        wire.decode(b"\x00" + (4242).to_bytes(4, "big") + b"\x02x")
 
 
 def test_confluent_format_needs_a_registry_url(settings):
     with pytest.raises(ValueError, match="schema_registry_url"):
-        codec.configure(settings.model_copy(update={"wire_format": "confluent"}))
+        codec.WireFormat.of(settings.model_copy(update={"wire_format": "confluent"}))
 
 
 # ------------------------------------------------------------ through the broker
@@ -214,12 +206,10 @@ def test_default_records_are_readable_with_only_the_schema_files(settings):
 
 def test_confluent_round_trip_and_a_mixed_log(settings, registry):
     confluent = settings.model_copy(update={"wire_format": "confluent", "schema_registry_url": registry.url})
-    codec.configure(confluent)
     written = _events("task-confluent")
-    _produce(settings, written)
-    codec.configure(settings)  # switch back to single-object for the next records of the same log
+    _produce(settings, written, codec.WireFormat.of(confluent))
     later = _events("task-single")
-    _produce(settings, later)
+    _produce(settings, later, codec.WireFormat.of(settings))  # single-object records later in the same log
 
     messages = _read(settings, 6)
     by_task: dict[str, list] = {}
@@ -242,18 +232,19 @@ def test_confluent_round_trip_and_a_mixed_log(settings, registry):
     assert all(m.value()[:2] == b"\xc3\x01" for m in by_task["task-single"])
 
     # A new process configured single-object, with the registry: reads the whole mixed log.
-    codec.configure(settings.model_copy(update={"schema_registry_url": registry.url}))
+    reader = codec.WireFormat.of(settings.model_copy(update={"schema_registry_url": registry.url}))
+    assert not reader.confluent
     gets = len(registry.requests)
-    assert [codec.decode(m.value()) for m in by_task["task-confluent"]] == written
-    assert [codec.decode(m.value()) for m in by_task["task-single"]] == later
+    assert [reader.decode(m.value()) for m in by_task["task-confluent"]] == written
+    assert [reader.decode(m.value()) for m in by_task["task-single"]] == later
     assert len(registry.requests) - gets == 3  # one GET per schema id, then cached
-    assert [codec.writer_version(m.value()) for m in by_task["task-confluent"]] == [4, 3, 1]  # TaskCreated v4 (actor), TaskQueued v3 (cause), TaskSucceeded v1
+    assert [reader.writer_version(m.value()) for m in by_task["task-confluent"]] == [4, 3, 1]  # TaskCreated v4 (actor), TaskQueued v3 (cause), TaskSucceeded v1
 
     # Without a registry the Confluent records are a clear DecodeError, the others still decode.
-    codec.configure(settings)
+    plain = codec.WireFormat.of(settings)
     with pytest.raises(DecodeError, match="no schema registry configured"):
-        codec.decode(by_task["task-confluent"][0].value())
-    assert codec.decode(by_task["task-single"][0].value()) == later[0]
+        plain.decode(by_task["task-confluent"][0].value())
+    assert plain.decode(by_task["task-single"][0].value()) == later[0]
 
 
 def test_a_confluent_record_of_an_older_released_schema_resolves(settings, registry):
@@ -271,7 +262,29 @@ def test_a_confluent_record_of_an_older_released_schema_resolves(settings, regis
     p.produce(Topics(settings.prefix).events, buf.getvalue(), b"t-old", headers=[("event-type", b"TaskCreated")])
     assert p.flush(10) == 0
     (msg,) = _read(settings, 1)
-    codec.configure(settings.model_copy(update={"schema_registry_url": registry.url}))
-    value = codec.decode(msg.value())
+    wire = codec.WireFormat.of(settings.model_copy(update={"schema_registry_url": registry.url}))
+    value = wire.decode(msg.value())
     assert isinstance(value, TaskCreated) and value.priority == "low" and value.description == ""
-    assert codec.writer_version(msg.value()) == 1
+    assert wire.writer_version(msg.value()) == 1
+
+
+def test_a_processor_set_to_confluent_writes_every_record_in_it(settings, registry, tmp_path):
+    """The wire format is the process's settings, handed to each component: not a module global left at a default."""
+    confluent = settings.model_copy(update={"wire_format": "confluent", "schema_registry_url": registry.url})
+    topics = Topics(settings.prefix)
+    proc = Component(confluent, "processor", log_path=tmp_path / "processor.log")
+    ready = TopicReader(settings, *topics.all_ready)
+    state = TopicReader(settings, topics.state)
+    try:
+        _produce(settings, _events("task-c")[:1])  # a single-object TaskCreated: read whatever the process writes
+        ready.until(lambda m: len(m) >= 1, timeout=60, message="the ready message")
+        state.until(lambda m: any(x.key() == b"task-c" for x in m), timeout=60, message="the task's state")
+    finally:
+        proc.stop()
+        ready.close()
+        state.close()
+    reader = codec.WireFormat.of(confluent)
+    for m in [*ready.messages, *(x for x in state.messages if x.key() == b"task-c")]:
+        assert m.value()[:1] == b"\x00", m.value()[:10]
+        assert reader.decode(m.value()).task_id == "task-c"
+    assert {"taskstream.ReadyTask", "taskstream.TaskState", "taskstream.TaskQueued"} <= set(registry.subjects)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.schemas.offsets import POISON_HEADERS, PartitionOffsets, poison_headers
+from confluent_kafka import KafkaError, KafkaException
+
+from taskstream.schemas.offsets import POISON_HEADERS, DeadLetter, PartitionOffsets, poison_headers
 
 
 @given(st.lists(st.integers(0, 50), min_size=1, max_size=30, unique=True), st.randoms())
@@ -39,3 +41,50 @@ def test_committed_offsets_of_no_partitions_asks_nothing() -> None:
     from taskstream.schemas.kafka import committed_offsets
 
     assert committed_offsets(None, "g", [], 1.0) == {}
+
+
+class _Message:
+    def __init__(self, value: bytes | None) -> None:
+        self._value = value
+
+    def topic(self) -> str:
+        return "p.ready.high"
+
+    def partition(self) -> int:
+        return 2
+
+    def offset(self) -> int:
+        return 17
+
+    def key(self) -> bytes:
+        return b"task-1"
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+def test_a_dead_letter_is_resent_without_its_value_once_refused_for_good_then_given_up() -> None:
+    letter = DeadLetter(_Message(b"poison"), "not avro")
+    key, value, headers = letter.record()
+    assert (key, value) == (b"task-1", b"poison") and dict(headers)["source-offset"] == b"17"
+    too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    assert letter.settle(KafkaError(KafkaError._TRANSPORT)) == DeadLetter.LATER  # the broker is away: same record later
+    assert letter.record()[1] == b"poison"
+    assert letter.settle(too_large) == DeadLetter.RESEND
+    assert letter.record()[1] == b"" and dict(letter.record()[2])["reason"] == b"not avro"
+    assert letter.settle(KafkaException(too_large)) == DeadLetter.GIVEN_UP
+    assert DeadLetter(_Message(None), "x").settle(None) == DeadLetter.SENT
+    assert str(letter) == "p.ready.high[2]@17"
+
+
+def test_decode_as_refuses_a_record_of_another_type() -> None:
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from taskstream.schemas import DecodeError, Heartbeat, ReadyTask, TaskCancelled, codec
+
+    beat = Heartbeat(task_id="t", attempt=1, producer="ex", occurred_at=datetime(2024, 1, 1, tzinfo=UTC))
+    assert codec.SINGLE_OBJECT.decode_as(codec.encode(beat), Heartbeat) == beat
+    with pytest.raises(DecodeError, match="expected ReadyTask or TaskCancelled, got Heartbeat"):
+        codec.SINGLE_OBJECT.decode_as(codec.encode(beat), ReadyTask, TaskCancelled)
