@@ -429,12 +429,8 @@ def partition_lag(committed: int | None, low: int, high: int) -> int:
 def close_member(consumer, joined: threading.Event, settings: Settings, group: str) -> None:
     """Close a consumer-group member; on the embedded broker, first let a join in progress finish.
 
-    Tansu breaks a group when a member leaves it while a join is in progress:
-    the departed member stays recorded as the forming group's leader, so no
-    later SyncGroup completes (measured: a processor SIGTERMed 2.5 s after
-    start, the next one had no partitions after 400 s; one stopped while a
-    second joined, the second had none after 120 s; a SIGKILL, which sends
-    no LeaveGroup, cost 11 s). So on the embedded broker a member polls
+    Tansu breaks a group when a member leaves it while a join is in progress
+    (docs/decisions/0006, with the measurements). So on the embedded broker a member polls
     until its first assignment (``joined``, set by its ``on_assign``, also
     for an empty one), then until the coordinator has described the group
     as stable for ``STABLE_BEFORE_LEAVE_S`` (a member that has just started

@@ -4,9 +4,8 @@ A member of the processor consumer group (confluent-kafka, cooperative-sticky)
 owns some partitions of ``<p>.events``; for each it keeps a RocksDB table
 (rocksdict) of the tasks whose events live there. For every event (at least
 once) the loop does four things and nothing more: decode, look up the task's
-state in the table, call the pure core (``domain.evolve`` then
-``domain.react``, through ``fold_step``), and write the new state and the
-events that follow. Every table write also goes to ``<p>.state`` (compacted,
+state in the table, call the decider (``domain.step``, through
+``fold_step``), and write the new state and the messages its effects name. Every table write also goes to ``<p>.state`` (compacted,
 Avro ``TaskState`` keyed by task id, same partition): the table's changelog,
 which the API's read model projects and from which a processor rebuilds a
 table when it is assigned a partition. Work that became ready is published
@@ -16,14 +15,7 @@ Messages are handled in batches: fold a batch, wait until every output is
 acknowledged, then commit the batch's offsets. A crash replays at most the
 uncommitted batch, which idempotent folding absorbs.
 
-Why not Faust: DESIGN names faust-streaming for this role. On the embedded
-broker its worker skipped events: after a restart with a backlog in the log,
-its stream fetched while recovery still ran and then lost the fetched
-records (measured: offsets 2-4 of every partition never reached the agent,
-the tasks stayed pending forever). A processor that silently skips events
-breaks the one promise of an event-sourced system, and BROKER.md measured
-this loop at ~40x Faust's throughput, so the processor owns its consumer,
-its RocksDB tables and their changelog directly.
+Why our own loop and not Faust, which DESIGN names: docs/decisions/0005.
 
 Idempotent folding: the state remembers the offset of the last event that
 changed it (``last_offset``). An event at or below it was already folded
