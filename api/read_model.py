@@ -505,7 +505,8 @@ class ReadModel:
         consumer = reader(self.settings, "taskstream-api-read-model",
                           f"{self.settings.prefix}-api-read-model-{uuid.uuid4().hex}",
                           {"enable.auto.offset.store": False, "enable.partition.eof": True,
-                           "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+                           "auto.offset.reset": "earliest",
+                           "fetch.wait.max.ms": self.settings.read_model_fetch_wait_max_ms})
         try:
             # All topics, not list_topics(topic): a metadata request naming an
             # unknown topic may auto-create it on some brokers.

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
         "embedded broker every fetch waits this long, so a longer wait means less idle CPU; a heartbeat or a "
         "retry is seen up to this much later"
     )
+    read_model_fetch_wait_max_ms: int = Field(
+        100, ge=0, description="fetch wait of the API's read model tailing <p>.state: on the embedded broker every "
+        "fetch waits this long, so GET and watches see a new state up to this much later (about half on average); "
+        "nothing on a task's path waits for it, and each fetch costs the broker CPU that grows with the log"
+    )
     embedded_partitions: int = Field(
         6, ge=1, description="partitions per topic when `taskstream dev` runs the embedded broker and neither "
         "--partitions nor TASKSTREAM_PARTITIONS says otherwise: fewer cost less CPU while idle, but the embedded "
