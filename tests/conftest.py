@@ -28,6 +28,12 @@ hypothesis_settings.register_profile(
 )
 hypothesis_settings.load_profile("taskstream")
 
+#: Consumer-group session timeout of every stack a test builds. The embedded broker makes a group join wait about
+#: half of it (BROKER.md), and every processor, executor and relay of a test joins at least once, so it is most of
+#: what an integration test waits for. 2 s (heartbeats every 666 ms) keeps joins near 1 s; tests that need the
+#: longer join window of production (test_group_leave) set their own.
+SESSION_TIMEOUT_MS = int(os.environ.get("TASKSTREAM_TEST_SESSION_TIMEOUT_MS", "2000"))
+
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
@@ -61,7 +67,7 @@ def settings(broker, tmp_path: Path) -> Settings:
         partitions=3,
         embedded_broker=True,
         data_dir=tmp_path / "data",
-        session_timeout_ms=6000,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
         metrics_port=0,  # processes of a test serve no metrics unless the test asks (they would all want 9100)
     )
     wait_for_broker(s)

@@ -23,7 +23,7 @@ from taskstream.cli.broker import free_port
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
-from tests.conftest import wait_until
+from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 
 HANDLERS = '''\
 from taskstream.executors import PermanentError, handler
@@ -65,7 +65,7 @@ class LiveStack:
         self.folder = folder
         port = free_port()
         self.settings = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
-                                 embedded_broker=True, data_dir=folder / "data", session_timeout_ms=6000,
+                                 embedded_broker=True, data_dir=folder / "data", session_timeout_ms=SESSION_TIMEOUT_MS,
                                  log_level="WARNING", metrics_port=0, api_port=port)
         self.url = f"http://127.0.0.1:{port}"
         wait_for_broker(self.settings)

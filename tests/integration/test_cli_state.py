@@ -19,6 +19,7 @@ import pytest
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, TaskCreated, Topics, codec, new_id
 from taskstream.schemas.kafka import producer_config
+from tests.conftest import SESSION_TIMEOUT_MS
 from tests.integration.test_dag import StateTable
 from tests.integration.test_time import start
 from tests.kafka_helpers import TopicReader, send_events
@@ -43,7 +44,7 @@ def stack(broker, tmp_path_factory):
     """A prefix whose tasks all ran to the end on a processor and executor that are stopped again."""
     tmp = tmp_path_factory.mktemp("state")
     settings = Settings(bootstrap_servers=broker, prefix=f"t{new_id()[:10]}", partitions=3, embedded_broker=True,
-                        data_dir=tmp / "data", session_timeout_ms=6000)
+                        data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS)
     from taskstream.schemas import catalogue
     from taskstream.schemas.kafka import ensure_topics
 

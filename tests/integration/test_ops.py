@@ -20,7 +20,7 @@ from taskstream.api.app import create_app
 from taskstream.cli.broker import EmbeddedBroker, free_port
 from taskstream.schemas import Settings, Topics, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
-from tests.conftest import wait_until
+from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.kafka_helpers import Component, producer
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ class Cluster:
 def cluster(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops")
     s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3, embedded_broker=True,
-                 data_dir=tmp / "data", session_timeout_ms=6000, log_level="WARNING",
+                 data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS, log_level="WARNING",
                  # attempts of 1 s report TaskStarted and heartbeat, so the cluster view has heartbeats to show
                  started_event_after_s=0.1, heartbeat_interval_s=0.2)
     wait_for_broker(s)

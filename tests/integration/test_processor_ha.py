@@ -5,8 +5,8 @@ executor run a stream of tasks written straight to ``<p>.events`` at a
 steady rate. A joins first and owns every partition; B joins and takes some
 (cooperative-sticky: which ones, B's log says). Once a part of the stream
 has succeeded, B is SIGKILLed while the writer goes on. A gets B's
-partitions back after the group notices (``session.timeout.ms`` = 6 s in
-tests, plus a rebalance), rebuilds their tables from the ``<p>.state``
+partitions back after the group notices (``session.timeout.ms`` of the test
+settings, ``SESSION_TIMEOUT_MS`` in tests/conftest.py, plus a rebalance), rebuilds their tables from the ``<p>.state``
 changelog (up to a marker record of its own) and folds what B left and what
 arrived meanwhile. Every task must succeed.
 

@@ -23,7 +23,7 @@ from taskstream.cli.broker import free_port
 from taskstream.schemas import Settings, TaskState, Topics, catalogue, codec
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 from taskstream.client.sse import read_sse
-from tests.conftest import wait_until
+from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.integration.test_dag import ComponentIn
 from tests.kafka_helpers import Component, TopicReader
 
@@ -115,7 +115,7 @@ class StateLog:
 def stack(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("watch")
     s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3, embedded_broker=True,
-                 data_dir=tmp / "data", session_timeout_ms=6000, log_level="WARNING", metrics_port=0,
+                 data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS, log_level="WARNING", metrics_port=0,
                  started_event_after_s=0.1, heartbeat_interval_s=0.2,
                  api_port=free_port(), grpc_port=free_port(), watch_heartbeat_s=1.0,
                  watch_ring_size=20)  # small: a resume after a restart reads <p>.state, not only the ring
