@@ -475,7 +475,8 @@ def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
     try:
         wait_for_broker(s)
         assert ensure_topics(s, catalogue(s)) == []
-        with TestClient(create_app(s)), grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+        # a produce to the stopped broker fails after 1 s, not the default 10 s (as in test_api and test_client)
+        with TestClient(create_app(s, produce_timeout_s=1.0)), grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             check = lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status  # noqa: E731
             wait_until(lambda: check() == serving, timeout=20, message="SERVING")
