@@ -16,12 +16,18 @@ from taskstream.schemas import Settings, codec
 from taskstream.schemas.kafka import ONE_PER_BATCH, admin, is_end_marker, producer_config
 
 
+#: fetch.wait.max.ms of the tests' own readers. The embedded broker holds every fetch this long even when data
+#: arrives (BROKER.md), so librdkafka's default (500 ms) made each wait for a record ~0.25-0.5 s late.
+READER_FETCH_WAIT_MS = 20
+
+
 class TopicReader:
     """Reads one or more topics from the beginning, all partitions, no group; decodes values."""
 
     def __init__(self, settings: Settings, *topic_names: str) -> None:
         self.consumer = Consumer(
-            {"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-reader", "enable.auto.commit": False}
+            {"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-reader", "enable.auto.commit": False,
+             "fetch.wait.max.ms": READER_FETCH_WAIT_MS}
         )
         md = admin(settings).list_topics(timeout=10).topics
         self.consumer.assign(
@@ -45,7 +51,7 @@ class TopicReader:
         """Poll until ``predicate(self.messages)`` is truthy; fail after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            self.poll()
+            self.poll(0.05)  # short: the loop polls again, and what arrives meanwhile is seen sooner
             result = predicate(self.messages)
             if result:
                 return result
