@@ -118,3 +118,37 @@ class Component:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
         self.proc.wait()
+
+
+def stop_all(*components, timeout: float = 20.0) -> list[int]:
+    """Stop ``taskstream`` subprocesses (``Component`` or anything with a ``proc`` of one) like ``stop`` does, but
+    a processor, an executor and an API at once: each leaves only its own consumer groups, and a graceful leave on
+    the embedded broker waits for its group to be stable for a second (``close_member``), so a teardown pays the
+    slowest stop, not the sum. Members of one group (two executors, two processors) still stop one after the
+    other, as they would one by one. SIGTERM once per process (a second one makes uvicorn quit at once), SIGKILL
+    after ``timeout``. Returns the exit codes in the order given; ``None`` entries are skipped."""
+    live = [c for c in components if c is not None]
+    waves: list[list] = []
+    for c in live:  # wave i holds the i-th component of each role (``taskstream <role> ...``)
+        wave = next((w for w in waves if all(_role(o) != _role(c) for o in w)), None)
+        if wave is None:
+            waves.append(wave := [])
+        wave.append(c)
+    codes: dict[int, int] = {}
+    for wave in waves:
+        for c in wave:
+            if c.proc.poll() is None:
+                os.killpg(c.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for c in wave:
+            try:
+                codes[id(c)] = c.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(c.proc.pid, signal.SIGKILL)
+                codes[id(c)] = c.proc.wait()
+    return [codes[id(c)] for c in live]
+
+
+def _role(c) -> object:
+    return c.proc.args[3] if len(c.proc.args) > 3 else id(c)
+

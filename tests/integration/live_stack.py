@@ -1,6 +1,6 @@
 """A whole taskstream stack for client and CLI tests: processor, executor and API as subprocesses.
 
-One stack per test module (module-scoped fixtures), on the session's
+One stack per test module (module-scoped fixtures), on the module's
 embedded broker with a topic prefix of its own. The executor loads
 ``clienthandlers`` (written to the stack's folder) besides the built-ins:
 ``fail`` raises ``PermanentError`` (the task fails at once, no retries).
@@ -24,6 +24,7 @@ from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 from tests.conftest import SESSION_TIMEOUT_MS, wait_until
+from tests.kafka_helpers import stop_all
 
 HANDLERS = '''\
 from taskstream.executors import PermanentError, handler
@@ -105,5 +106,6 @@ class LiveStack:
         return self
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
+        stop_all(*reversed(self.procs))  # API, executor and processor at once (tests/kafka_helpers.py)
+        for p in self.procs:
+            p.log.close()

@@ -22,7 +22,7 @@ from taskstream.schemas.kafka import producer_config
 from tests.conftest import SESSION_TIMEOUT_MS
 from tests.integration.test_dag import StateTable
 from tests.integration.test_time import start
-from tests.kafka_helpers import TopicReader, send_events
+from tests.kafka_helpers import TopicReader, send_events, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +66,7 @@ def stack(broker, tmp_path_factory):
                     message="every task ended", procs=(proc, ex))
     finally:
         table.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)
     events = TopicReader(settings, Topics(settings.prefix).events)
     try:
         values = events.until(lambda ms: any(getattr(e, "task_id", None) == flaky.task_id
@@ -192,7 +191,6 @@ def test_a_processor_restarted_after_write_works_on_the_repaired_state(stack):
                                 message="doomed re-driven and failed again at attempt 2", procs=(proc, ex))
             assert again[doomed].error and "attempt 2 fails" in again[doomed].error
         finally:
-            ex.stop()
-            proc.stop()
+            stop_all(ex, proc)
     finally:
         table.close()

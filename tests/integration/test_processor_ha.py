@@ -30,7 +30,7 @@ from taskstream.schemas import Settings, TaskCreated, Topics, codec
 from taskstream.schemas.kafka import WATERMARK_MARKER_KEY
 from tests.conftest import wait_until
 from tests.integration.test_dag import StateTable
-from tests.kafka_helpers import Component, TopicReader, producer
+from tests.kafka_helpers import Component, TopicReader, producer, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -135,5 +135,4 @@ def test_sigkill_one_of_two_processors_mid_load_the_other_takes_over(settings: S
     finally:
         writer_done.set()
         table.close()
-        for proc in procs.values():
-            proc.stop()
+        stop_all(*procs.values())

@@ -25,7 +25,7 @@ from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 from taskstream.client.sse import read_sse
 from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.integration.test_dag import ComponentIn
-from tests.kafka_helpers import Component, TopicReader
+from tests.kafka_helpers import Component, TopicReader, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,10 +83,7 @@ class Stack:
         return r.json()
 
     def stop(self) -> None:
-        if self.api is not None:
-            self.api.stop()
-        self.executor.stop()
-        self.processor.stop()
+        stop_all(self.api, self.executor, self.processor)
         self.states.reader.close()
 
 
@@ -461,7 +458,7 @@ def test_grpc_health_serves_and_reflection_lists_the_services(stubs: Stubs) -> N
 
 
 def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
-    """A broker of the test's own (stopped, then a new one on the same port), so the session broker is untouched."""
+    """A broker of the test's own (stopped, then a new one on the same port), so the module's broker is untouched."""
     from fastapi.testclient import TestClient
 
     from taskstream.api import create_app
