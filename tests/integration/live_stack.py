@@ -1,6 +1,6 @@
 """A whole taskstream stack for client and CLI tests: processor, executor and API as subprocesses.
 
-One stack per test module (module-scoped fixtures), on the session's
+One stack per test module (module-scoped fixtures), on the module's
 embedded broker with a topic prefix of its own. The executor loads
 ``clienthandlers`` (written to the stack's folder) besides the built-ins:
 ``fail`` raises ``PermanentError`` (the task fails at once, no retries).
@@ -23,7 +23,8 @@ from taskstream.cli.broker import free_port
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
-from tests.conftest import wait_until
+from tests.conftest import SESSION_TIMEOUT_MS, wait_until
+from tests.kafka_helpers import stop_all
 
 HANDLERS = '''\
 from taskstream.executors import PermanentError, handler
@@ -65,7 +66,7 @@ class LiveStack:
         self.folder = folder
         port = free_port()
         self.settings = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
-                                 embedded_broker=True, data_dir=folder / "data", session_timeout_ms=6000,
+                                 embedded_broker=True, data_dir=folder / "data", session_timeout_ms=SESSION_TIMEOUT_MS,
                                  log_level="WARNING", metrics_port=0, api_port=port)
         self.url = f"http://127.0.0.1:{port}"
         wait_for_broker(self.settings)
@@ -105,5 +106,6 @@ class LiveStack:
         return self
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
+        stop_all(*reversed(self.procs))  # API, executor and processor at once (tests/kafka_helpers.py)
+        for p in self.procs:
+            p.log.close()

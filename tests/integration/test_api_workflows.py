@@ -18,7 +18,7 @@ from taskstream.api.partitioner import partition_for
 from taskstream.schemas import Settings, TaskCancelled, TaskCreated, TaskUpdated, Topics, codec
 from tests.conftest import wait_until
 from tests.integration.test_api import PROBLEM, read_topic, submit, topic_is_empty
-from tests.kafka_helpers import Component, TopicReader
+from tests.kafka_helpers import Component, TopicReader, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -435,5 +435,4 @@ def test_workflow_runs_through_processor_and_executor(client: TestClient, settin
         d_events = [e["type"] for e in client.get(f"{V1}/tasks/{ids['d']}/events").json()["events"]]
         assert d_events[0] == "TaskCreated" and d_events.count("DependencyResolved") == 2 and "TaskQueued" in d_events
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(*procs)

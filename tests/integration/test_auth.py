@@ -303,7 +303,7 @@ def test_jwt_from_a_jwks_url_on_loopback(settings: Settings) -> None:
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     handler = type("Jwks", (_Jwks,), {"body": json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig"}]}).encode()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
         s = settings.model_copy(update={"auth_jwt_jwks_url": f"http://127.0.0.1:{server.server_port}/jwks.json",
                                         "auth_jwt_issuer": ISS, "auth_jwt_audience": AUD, **NO_LIMITS})

@@ -67,7 +67,7 @@ def test_topics_create_reports_a_partition_mismatch(broker: str) -> None:
 
 def test_topics_create_against_an_unreachable_broker_fails_cleanly() -> None:
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there
-    r = taskstream("topics", "create", env=env_for(closed, "unreachable"), timeout=45)
+    r = taskstream("topics", "create", "--timeout", "2", env=env_for(closed, "unreachable"), timeout=45)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr
     # librdkafka's own connection-refused lines surround it (its log goes to stderr), so look for the line.

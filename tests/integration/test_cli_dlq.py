@@ -25,7 +25,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.kafka import admin
 from taskstream.schemas.kafka import WATERMARK_MARKER_KEY
-from tests.kafka_helpers import Component, TopicReader, now, producer, send_events
+from tests.kafka_helpers import Component, TopicReader, now, producer, send_events, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -247,7 +247,6 @@ def test_a_redriven_dead_letter_runs_again_through_processor_and_executor(settin
         assert [(x["task_id"], x["attempt"]) for x in map(json.loads, listed.stdout.splitlines())] == [
             ("always-fails", 1), ("always-fails", 2)]
     finally:
-        for c in procs:
-            c.stop()
+        stop_all(*procs)
         dlq.close()
         log.close()

@@ -38,7 +38,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.kafka import admin
 from tests.integration.test_dag import StateTable
-from tests.kafka_helpers import Component, TopicReader, producer
+from tests.kafka_helpers import Component, TopicReader, producer, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -300,8 +300,7 @@ def test_a_processor_on_the_replayed_prefix_rebuilds_the_same_states(settings, t
         a_states.until(lambda s: len(s) == 7 and all(x.status in ("succeeded", "failed") for x in s.values()),
                        timeout=60, message="7 tasks finished on A", procs=procs)
     finally:
-        for c in procs:
-            c.stop()
+        stop_all(*procs)
         a_states.close()
 
     b = Settings(**{**settings.model_dump(), "prefix": settings.prefix + "-b", "data_dir": tmp_path / "b-data"})

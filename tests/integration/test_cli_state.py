@@ -19,9 +19,10 @@ import pytest
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, TaskCreated, Topics, codec, new_id
 from taskstream.schemas.kafka import producer_config
+from tests.conftest import SESSION_TIMEOUT_MS
 from tests.integration.test_dag import StateTable
 from tests.integration.test_time import start
-from tests.kafka_helpers import TopicReader, send_events
+from tests.kafka_helpers import TopicReader, send_events, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ def stack(broker, tmp_path_factory):
     """A prefix whose tasks all ran to the end on a processor and executor that are stopped again."""
     tmp = tmp_path_factory.mktemp("state")
     settings = Settings(bootstrap_servers=broker, prefix=f"t{new_id()[:10]}", partitions=3, embedded_broker=True,
-                        data_dir=tmp / "data", session_timeout_ms=6000)
+                        data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS)
     from taskstream.schemas import catalogue
     from taskstream.schemas.kafka import ensure_topics
 
@@ -65,8 +66,7 @@ def stack(broker, tmp_path_factory):
                     message="every task ended", procs=(proc, ex))
     finally:
         table.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)
     events = TopicReader(settings, Topics(settings.prefix).events)
     try:
         values = events.until(lambda ms: any(getattr(e, "task_id", None) == flaky.task_id
@@ -191,7 +191,6 @@ def test_a_processor_restarted_after_write_works_on_the_repaired_state(stack):
                                 message="doomed re-driven and failed again at attempt 2", procs=(proc, ex))
             assert again[doomed].error and "attempt 2 fails" in again[doomed].error
         finally:
-            ex.stop()
-            proc.stop()
+            stop_all(ex, proc)
     finally:
         table.close()

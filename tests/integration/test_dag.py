@@ -23,7 +23,7 @@ import pytest
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, codec
 from taskstream.streams.domain import TERMINAL_VALUES
-from tests.kafka_helpers import Component, TopicReader, now, producer
+from tests.kafka_helpers import Component, TopicReader, now, producer, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -205,5 +205,4 @@ def test_random_dag_ends_in_the_implied_statuses(settings, tmp_path, seed, n, ti
               f"all terminal after {elapsed:.1f}s")
     finally:
         table.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)

@@ -18,7 +18,7 @@ from taskstream.api import create_app
 from taskstream.schemas import Settings, Topics
 from taskstream.schemas.kafka import WATERMARK_MARKER_KEY, AsyncProducer, common_config, write_markers
 from tests.conftest import wait_until
-from tests.kafka_helpers import Component, TopicReader, producer
+from tests.kafka_helpers import Component, TopicReader, producer, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -104,8 +104,7 @@ def test_markers_between_events_are_neither_folded_nor_dead_lettered_nor_shown(s
             listed = client.get("/api/v1/tasks").json()["tasks"]
             assert [t["id"] for t in listed] == [task_id]
     finally:
-        for c in procs:
-            c.stop()
+        stop_all(*procs)
     dlq = TopicReader(settings, topics.dlq)
     try:
         dlq.poll(0.5)

@@ -16,6 +16,7 @@ from taskstream.executors import Executor, PermanentError, Registry
 from taskstream.schemas import ReadyTask, Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
 from taskstream.schemas.kafka import is_end_marker, producer_config
 from tests.conftest import wait_until
+from tests.kafka_helpers import READER_FETCH_WAIT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +73,7 @@ class TopicReader:
             "bootstrap.servers": settings.bootstrap_servers,
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
+            "fetch.wait.max.ms": READER_FETCH_WAIT_MS,
         })
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
         self.messages: list = []

@@ -16,7 +16,7 @@ import pytest
 
 from taskstream.executors import AttemptAbandoned, Registry
 from taskstream.schemas import Heartbeat, TaskCheckpointed, TaskFailed, TaskSucceeded, Topics, codec
-from tests.conftest import wait_until
+from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.integration.test_executor import JOIN_TIMEOUT, EventLog, Feeder, TopicReader, committed, ready, running
 
 pytestmark = pytest.mark.integration
@@ -220,7 +220,7 @@ def test_default_timeout_cancels_async_abandons_sync_and_ignores_its_late_result
 def test_handler_running_twice_max_poll_interval_keeps_membership(settings, events, heartbeats, caplog):
     """A sync handler blocks its thread for 2 x max.poll.interval.ms: no rebalance, one run, heartbeats throughout."""
     beat = settings.model_copy(update={"heartbeat_interval_s": 1.0, "started_event_after_s": 0.2})
-    max_poll_ms = 7000  # librdkafka's floor: session.timeout.ms (6000)
+    max_poll_ms = SESSION_TIMEOUT_MS + 1000  # librdkafka's floor is session.timeout.ms (2000 in tests)
     run_s = 2 * max_poll_ms / 1000
     reg = Registry()
     calls = []

@@ -1,7 +1,7 @@
 """Fault test: SIGKILL one of two executors mid-load; nothing is lost, duplicates are counted.
 
 Processor, API and two executors run as separate `taskstream` processes on
-the session broker with the test's own topic prefix. After an executor dies
+the module's broker with the test's own topic prefix. After an executor dies
 its ready partitions move to the survivor once the group notices (about the
 session timeout), and the attempts it had taken but not committed are
 delivered again: at-least-once execution. The processor's fencing keeps the
@@ -20,7 +20,7 @@ import pytest
 from taskstream.cli.broker import free_port
 from taskstream.schemas import Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics
 from tests.conftest import wait_until
-from tests.kafka_helpers import Component, TopicReader
+from tests.kafka_helpers import Component, TopicReader, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -160,5 +160,4 @@ def test_sigkill_one_of_two_executors_mid_load(settings: Settings, tmp_path: Pat
         print(f"failover: {len(twice)} of {N_TASKS} ran twice ({on_both} of them on both executors)")
     finally:
         events.close()
-        for c in components.values():
-            c.stop()
+        stop_all(*components.values())

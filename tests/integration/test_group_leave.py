@@ -21,6 +21,10 @@ from tests.kafka_helpers import Component, now, send_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+# The default session timeout, not the test suite's short one (tests/conftest.py SESSION_TIMEOUT_MS): these tests
+# stop a member inside the join window, which lasts about half of it.
+PRODUCTION_JOIN = {"log_level": "INFO", "session_timeout_ms": 6000}
+
 
 def _started_joining(log_path, marker: str) -> None:
     wait_until(lambda: marker in log_path.read_text(errors="replace"), timeout=30, message=f"{marker!r} in {log_path}")
@@ -28,7 +32,7 @@ def _started_joining(log_path, marker: str) -> None:
 
 @pytest.mark.parametrize("role, marker", [("processor", "joining group"), ("executor", "starting:")])
 def test_a_member_stopped_while_joining_does_not_block_the_next(settings, tmp_path, role, marker):
-    settings = settings.model_copy(update={"log_level": "INFO"})
+    settings = settings.model_copy(update=PRODUCTION_JOIN)
     other_role = "executor" if role == "processor" else "processor"
     other = Component(settings, other_role, log_path=tmp_path / f"{other_role}.log")
     first = Component(settings, role, log_path=tmp_path / f"{role}-1.log")
@@ -60,7 +64,7 @@ def test_a_member_stopped_while_another_joins_hands_over_its_partitions(settings
 
     Before the fix B never got a partition (> 120 s); now A leaves once the rebalance is over.
     """
-    settings = settings.model_copy(update={"log_level": "INFO"})
+    settings = settings.model_copy(update=PRODUCTION_JOIN)
     ex = Component(settings, "executor", log_path=tmp_path / "executor.log")
     a = Component(settings.model_copy(update={"data_dir": tmp_path / "a"}), "processor", log_path=tmp_path / "a.log")
     b = None

@@ -23,7 +23,7 @@ from taskstream.api import create_app
 from taskstream.schemas import BrokerUnavailable, ReadyTask, Settings, TaskFailed, Topics, codec, limits
 from taskstream.streams.processor import Output, Processor
 from tests.conftest import wait_until
-from tests.kafka_helpers import Component, TopicReader
+from tests.kafka_helpers import Component, TopicReader, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,8 +61,7 @@ def stack(settings: Settings, tmp_path: Path, monkeypatch):
         with TestClient(create_app(settings)) as client:
             yield client, procs
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(*procs)
 
 
 def _status(client: TestClient, task_id: str) -> dict:

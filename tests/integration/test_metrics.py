@@ -26,7 +26,7 @@ from taskstream.cli.broker import free_port
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings
 from tests.conftest import wait_until
-from tests.kafka_helpers import Component
+from tests.kafka_helpers import Component, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -145,8 +145,7 @@ def test_metrics_move_with_labels_and_logs_are_json(settings: Settings, tmp_path
                 before_proc, "taskstream_processor_events_folded_total")
             assert ("taskstream_processor_lag", ()) in after_proc
     finally:
-        executor.stop()
-        processor.stop()
+        stop_all(executor, processor)
 
     lines = exec_log.read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line is one JSON object

@@ -4,7 +4,7 @@ Stats and cluster run against one cluster for the module: a processor and,
 from the middle of the stats test on, two executors (subprocesses), with the
 API in-process. The ``/readyz`` outage test starts a broker of its own on a
 free port, stops it and starts a new one on the same port (memory-only: the
-topics are created again), so the session broker is never touched.
+topics are created again), so the module's broker is never touched.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from taskstream.api.app import create_app
 from taskstream.cli.broker import EmbeddedBroker, free_port
 from taskstream.schemas import Settings, Topics, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
-from tests.conftest import wait_until
-from tests.kafka_helpers import Component, producer
+from tests.conftest import SESSION_TIMEOUT_MS, wait_until
+from tests.kafka_helpers import Component, producer, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -132,15 +132,14 @@ class Cluster:
 
     def stop(self) -> None:
         self.client.__exit__(None, None, None)
-        for p in [*self.executors, self.processor]:
-            p.stop()
+        stop_all(*self.executors, self.processor)
 
 
 @pytest.fixture(scope="module")
 def cluster(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops")
     s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3, embedded_broker=True,
-                 data_dir=tmp / "data", session_timeout_ms=6000, log_level="WARNING",
+                 data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS, log_level="WARNING",
                  # attempts of 1 s report TaskStarted and heartbeat, so the cluster view has heartbeats to show
                  started_event_after_s=0.1, heartbeat_interval_s=0.2)
     wait_for_broker(s)

@@ -5,8 +5,8 @@ executor run a stream of tasks written straight to ``<p>.events`` at a
 steady rate. A joins first and owns every partition; B joins and takes some
 (cooperative-sticky: which ones, B's log says). Once a part of the stream
 has succeeded, B is SIGKILLed while the writer goes on. A gets B's
-partitions back after the group notices (``session.timeout.ms`` = 6 s in
-tests, plus a rebalance), rebuilds their tables from the ``<p>.state``
+partitions back after the group notices (``session.timeout.ms`` of the test
+settings, ``SESSION_TIMEOUT_MS`` in tests/conftest.py, plus a rebalance), rebuilds their tables from the ``<p>.state``
 changelog (up to a marker record of its own) and folds what B left and what
 arrived meanwhile. Every task must succeed.
 
@@ -30,7 +30,7 @@ from taskstream.schemas import Settings, TaskCreated, Topics, codec
 from taskstream.schemas.kafka import WATERMARK_MARKER_KEY
 from tests.conftest import wait_until
 from tests.integration.test_dag import StateTable
-from tests.kafka_helpers import Component, TopicReader, producer
+from tests.kafka_helpers import Component, TopicReader, producer, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -135,5 +135,4 @@ def test_sigkill_one_of_two_processors_mid_load_the_other_takes_over(settings: S
     finally:
         writer_done.set()
         table.close()
-        for proc in procs.values():
-            proc.stop()
+        stop_all(*procs.values())

@@ -21,7 +21,7 @@ import pytest
 from taskstream.schemas import TaskCreated, TaskSucceeded, Topics, codec
 from taskstream.schemas.kafka import WATERMARK_MARKER_KEY
 from tests.integration.test_dag import StateTable, write_in_generations
-from tests.kafka_helpers import Component, TopicReader, now
+from tests.kafka_helpers import Component, TopicReader, now, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -118,5 +118,4 @@ def test_processor_killed_mid_workflows_all_finish(settings, tmp_path):
     finally:
         events.close()
         table.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)

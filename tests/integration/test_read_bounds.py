@@ -34,7 +34,7 @@ from taskstream.api.partitioner import partition_for
 from taskstream.cli.broker import EmbeddedBroker, free_port
 from taskstream.schemas import ScheduleCreated, Settings, TaskCancelled, TaskCreated, Topics, catalogue, codec, kafka, new_id
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
-from tests.conftest import wait_until
+from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.kafka_helpers import producer, send_events
 
 pytestmark = pytest.mark.integration
@@ -219,8 +219,11 @@ def own_broker() -> Iterator[str]:
     if external:
         yield external
         return
-    with EmbeddedBroker(free_port()) as b:
+    b = EmbeddedBroker(free_port()).start()
+    try:
         yield b.bootstrap_servers
+    finally:
+        b.stop(timeout=0.5)  # as tests/conftest.py's broker: SIGTERM with clients connected takes Tansu 5 s
 
 
 #: Records before the task's last event: 0.15-1.3 s a scan, two at once, on the embedded broker. It slows down
@@ -235,7 +238,7 @@ def test_health_metrics_and_readiness_answer_at_once_while_20_history_reads_scan
     own_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(bootstrap_servers=own_broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
-                        embedded_broker=True, data_dir=tmp_path / "data", session_timeout_ms=6000, metrics_port=0)
+                        embedded_broker=True, data_dir=tmp_path / "data", session_timeout_ms=SESSION_TIMEOUT_MS, metrics_port=0)
     wait_for_broker(settings)
     assert ensure_topics(settings, catalogue(settings)) == []
     spy = ScanSpy(monkeypatch)

@@ -35,7 +35,7 @@ from taskstream.schemas.topics import catalogue
 from taskstream.api.partitioner import partition_for
 from tests.integration.test_dag import ComponentIn, StateTable
 from tests.conftest import wait_until
-from tests.kafka_helpers import send_events
+from tests.kafka_helpers import send_events, stop_all
 
 
 HANDLERS = '''
@@ -209,8 +209,7 @@ def test_random_commands_and_crashes_then_rebuild_verify_agrees(settings, tmp_pa
                       f"{result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ''}")
             finally:
                 table.close()
-                self.ex.stop()
-                self.proc.stop()
+                stop_all(self.ex, self.proc)
 
     run_state_machine_as_test(
         Machine,

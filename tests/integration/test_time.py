@@ -34,7 +34,7 @@ from taskstream.schemas import (
 )
 from tests.conftest import wait_until
 from tests.integration.test_dag import ComponentIn, StateTable
-from tests.kafka_helpers import TopicReader, producer, send_events
+from tests.kafka_helpers import TopicReader, producer, send_events, stop_all
 
 pytestmark = [pytest.mark.integration]
 
@@ -106,8 +106,7 @@ def test_run_at_starts_on_time(settings, tmp_path):
         assert late[-1] < 1.0, f"a task started {late[-1]:.2f}s after its run_at"
     finally:
         table.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)
 
 
 #: Most a retry may start after its wait ends: two hops through the broker on a loaded machine (see below).
@@ -144,8 +143,7 @@ def test_retry_gaps_follow_the_backoff_policy(settings, tmp_path):
         assert all(s.attempt == 4 for s in events.values() if isinstance(s, TaskSucceeded) and s.task_id in ids)
     finally:
         events.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)
 
 
 def test_poison_on_heartbeats_and_retry_topics_goes_to_the_dlq(settings, tmp_path):
@@ -178,8 +176,7 @@ def test_poison_on_heartbeats_and_retry_topics_goes_to_the_dlq(settings, tmp_pat
     finally:
         dlq.close()
         table.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)
 
 
 def test_run_at_timers_survive_a_processor_kill(settings, tmp_path):
@@ -232,8 +229,7 @@ def test_run_at_timers_survive_a_processor_kill(settings, tmp_path):
     finally:
         events.close()
         table.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)
 
 
 def test_cron_every_second_across_a_processor_restart_fires_ten_times(settings, tmp_path):
@@ -274,8 +270,7 @@ def test_cron_every_second_across_a_processor_restart_fires_ten_times(settings, 
     finally:
         events.close()
         states.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)
 
 
 def test_next_attempt_sees_the_checkpoint(settings, tmp_path):
@@ -293,8 +288,7 @@ def test_next_attempt_sees_the_checkpoint(settings, tmp_path):
         assert codec.loads_json(s.checkpoint) == {"step": 1, "attempt": 1}
     finally:
         table.close()
-        ex.stop()
-        proc.stop()
+        stop_all(ex, proc)
 
 
 def executor_id(log_path) -> str:
@@ -365,5 +359,4 @@ def test_a_stopped_executor_loses_its_lease_and_cannot_complete_the_task(setting
             stopped.signal(signal.SIGCONT)
         events.close()
         table.close()
-        for c in (a, b, proc):
-            c.stop()
+        stop_all(a, b, proc)

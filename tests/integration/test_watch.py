@@ -23,9 +23,9 @@ from taskstream.cli.broker import free_port
 from taskstream.schemas import Settings, TaskState, Topics, catalogue, codec
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 from taskstream.client.sse import read_sse
-from tests.conftest import wait_until
+from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.integration.test_dag import ComponentIn
-from tests.kafka_helpers import Component, TopicReader
+from tests.kafka_helpers import Component, TopicReader, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,10 +83,7 @@ class Stack:
         return r.json()
 
     def stop(self) -> None:
-        if self.api is not None:
-            self.api.stop()
-        self.executor.stop()
-        self.processor.stop()
+        stop_all(self.api, self.executor, self.processor)
         self.states.reader.close()
 
 
@@ -115,7 +112,7 @@ class StateLog:
 def stack(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("watch")
     s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3, embedded_broker=True,
-                 data_dir=tmp / "data", session_timeout_ms=6000, log_level="WARNING", metrics_port=0,
+                 data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS, log_level="WARNING", metrics_port=0,
                  started_event_after_s=0.1, heartbeat_interval_s=0.2,
                  api_port=free_port(), grpc_port=free_port(), watch_heartbeat_s=1.0,
                  watch_ring_size=20)  # small: a resume after a restart reads <p>.state, not only the ring
@@ -467,7 +464,7 @@ def test_grpc_health_serves_and_reflection_lists_the_services(stubs: Stubs) -> N
 
 
 def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
-    """A broker of the test's own (stopped, then a new one on the same port), so the session broker is untouched."""
+    """A broker of the test's own (stopped, then a new one on the same port), so the module's broker is untouched."""
     from fastapi.testclient import TestClient
 
     from taskstream.api import create_app
@@ -481,7 +478,8 @@ def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
     try:
         wait_for_broker(s)
         assert ensure_topics(s, catalogue(s)) == []
-        with TestClient(create_app(s)), grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+        # a produce to the stopped broker fails after 1 s, not the default 10 s (as in test_api and test_client)
+        with TestClient(create_app(s, produce_timeout_s=1.0)), grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             check = lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status  # noqa: E731
             wait_until(lambda: check() == serving, timeout=20, message="SERVING")
