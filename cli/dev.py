@@ -1,11 +1,16 @@
 """`taskstream dev`: the whole system on this machine, supervised.
 
-Starts the embedded broker (unless ``TASKSTREAM_BOOTSTRAP_SERVERS`` is set),
-creates the topics, then runs the processor, N executors and the API as
-child processes, each with the same settings passed through the
-environment. A child that dies is restarted. Ctrl-C or SIGTERM stops the
-children (SIGTERM, then SIGKILL after a grace period) and the broker, so
-nothing is left behind.
+Starts Apache Kafka as a single KRaft node on 127.0.0.1 (``cli.broker``;
+unless ``TASKSTREAM_BOOTSTRAP_SERVERS`` is set), creates the topics, then
+runs the processor, N executors and the API as child processes, each with
+the same settings passed through the environment. Everything lives in one
+data directory (``--data-dir``, default ``./.taskstream``): the broker's log
+under ``kafka/``, the processor's tables and the API's read model beside it,
+so a second ``taskstream dev`` on the same directory finds every task,
+history, schedule and dead letter again; ``--fresh`` deletes it first. A child
+that dies is restarted, the broker too (on the same directory). Ctrl-C or
+SIGTERM stops the children (SIGTERM, then SIGKILL after a grace period) and
+the broker, so nothing is left behind.
 
 Metrics: the API serves ``/metrics`` on its port; the processor serves its
 metrics on ``TASKSTREAM_METRICS_PORT`` (default 9100) and executor N on that
@@ -20,7 +25,7 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
+import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -30,7 +35,7 @@ from pydantic import SecretStr
 from taskstream.schemas import BrokerUnavailable, Settings, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 
-from .broker import EmbeddedBroker, free_port
+from .broker import KafkaBroker, free_port
 
 STOP_GRACE_S = 8.0
 #: A child that exits this many times in a row, each within CRASH_LOOP_S of
@@ -180,6 +185,7 @@ def run_dev(
     concurrency: int | None,
     partitions: int | None,
     data_dir: str | None,
+    fresh: bool = False,
 ) -> int:
     try:  # a typo in --handlers should fail here, clearly, not in a restart loop
         from taskstream.executors import HandlerImportError, load_handler_modules
@@ -193,28 +199,27 @@ def run_dev(
         signal.signal(sig, lambda *_: stop.set())
 
     base = Settings()
-    embedded = "TASKSTREAM_BOOTSTRAP_SERVERS" not in os.environ
+    own_broker = "TASKSTREAM_BOOTSTRAP_SERVERS" not in os.environ
     broker = None
-    tmp = None
-    if data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="taskstream-dev-")
-        data_dir = tmp.name
+    data = Path(data_dir) if data_dir is not None else base.data_dir
+    if fresh and data.exists():
+        _say(f"--fresh: deleting {data.resolve()} (the broker's log, the processor's tables, the read model)")
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
     api_port = base.api_port if api_port is None else api_port
-    overrides = {"api_port": api_port, "data_dir": Path(data_dir), "ready_requires_workers": True}
+    overrides = {"api_port": api_port, "data_dir": data.resolve(), "ready_requires_workers": True}
     overrides["grpc_port"] = dev_grpc_port(base)  # gRPC and live updates
     if partitions is not None:
         overrides["partitions"] = partitions
-    elif embedded and "partitions" not in base.model_fields_set:
-        overrides["partitions"] = base.embedded_partitions
-    if embedded:
-        broker = EmbeddedBroker(broker_port)
-        _say(f"starting the embedded broker on 127.0.0.1:{broker_port} ...")
+    if own_broker:
+        broker = KafkaBroker(broker_port, data / "kafka")
+        _say(f"starting Apache Kafka on 127.0.0.1:{broker_port} (log in {broker.log_dir.resolve()}) ...")
         try:
-            broker.start()
-        except RuntimeError as exc:
+            broker.start(say=_say)
+        except BrokerUnavailable as exc:
             _say(f"error: {exc}")
             return 1
-        overrides.update(bootstrap_servers=broker.bootstrap_servers, embedded_broker=True)
+        overrides.update(bootstrap_servers=broker.bootstrap_servers)
     settings = base.model_copy(update=overrides)
     children: list[Child] = []
     try:
@@ -247,6 +252,9 @@ def run_dev(
             _say("metrics: " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
             _say(auth_hint(settings))
         while not stop.wait(0.5):
+            if broker is not None and not broker.alive() and not stop.is_set():
+                if not _restart_broker(broker):
+                    return 1
             for c in children:
                 if not c.alive():
                     c.restarts += 1
@@ -264,9 +272,22 @@ def run_dev(
         _shutdown(children)
         if broker is not None:
             broker.stop()
-        if tmp is not None:
-            tmp.cleanup()
         _say("stopped")
+
+
+def _restart_broker(broker: KafkaBroker) -> bool:
+    """Start a broker that died again on its own directory; False if it keeps dying at once."""
+    broker.restarts += 1
+    _say(f"Kafka exited with {broker.proc.returncode}; restarting it on the same log (restart {broker.restarts})")
+    for attempt in range(CRASH_LOOP_EXITS):
+        try:
+            broker.start()
+            _say("Kafka is back")
+            return True
+        except BrokerUnavailable as exc:
+            _say(f"Kafka did not come back (try {attempt + 1} of {CRASH_LOOP_EXITS}): {exc}")
+    _say("error: Kafka keeps failing to start; giving up")
+    return False
 
 
 def _shutdown(children: list[Child]) -> None:

@@ -34,15 +34,19 @@ def main() -> None:
 
 @main.command()
 @click.option("--port", type=int, default=None, help="API port on 127.0.0.1 (default TASKSTREAM_API_PORT, 8080)")
-@click.option("--broker-port", type=int, default=9092, show_default=True, help="embedded broker port")
+@click.option("--broker-port", type=int, default=9092, show_default=True,
+              help="port of the Kafka node dev starts on 127.0.0.1 (not used with TASKSTREAM_BOOTSTRAP_SERVERS)")
 @click.option("--executors", "n_executors", type=int, default=1, show_default=True, help="executor processes")
 @click.option("--handlers", multiple=True, help="extra handler module(s) for the executors (repeatable)")
 @click.option("--concurrency", type=int, default=None, help="handler slots per executor")
 @click.option("--partitions", type=int, default=None, help="partitions per topic (default 6)")
-@click.option("--data-dir", type=click.Path(), default=None, help="RocksDB files (default: a fresh temp dir)")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="the broker's log, the processor's tables and the read model (default TASKSTREAM_DATA_DIR, "
+                   "./.taskstream); kept across restarts")
+@click.option("--fresh", is_flag=True, help="delete the data directory first: start from an empty log")
 @click.argument("more_handlers", nargs=-1)
-def dev(port, broker_port, n_executors, handlers, concurrency, partitions, data_dir, more_handlers) -> None:
-    """Everything on this machine: embedded broker, processor, executors and the API."""
+def dev(port, broker_port, n_executors, handlers, concurrency, partitions, data_dir, fresh, more_handlers) -> None:
+    """Everything on this machine: Apache Kafka (one KRaft node), processor, executors and the API."""
     from .dev import run_dev
 
     sys.exit(
@@ -54,8 +58,26 @@ def dev(port, broker_port, n_executors, handlers, concurrency, partitions, data_
             concurrency=concurrency,
             partitions=partitions,
             data_dir=data_dir,
+            fresh=fresh,
         )
     )
+
+
+@main.group()
+def kafka() -> None:
+    """The Apache Kafka that `taskstream dev` runs (jars from Maven Central, cached outside the project)."""
+
+
+@kafka.command("fetch")
+def kafka_fetch() -> None:
+    """Fetch Kafka's jars with Maven once (Java 17+ and Maven needed); print where they are."""
+    from .broker import ensure_jars, java_command
+
+    try:
+        java_command()
+        click.echo(ensure_jars(lambda msg: click.echo(msg, err=True)))
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""Shared fixtures: one embedded broker per test module, a fresh topic prefix per test."""
+"""Shared fixtures: one Apache Kafka node per test session, a fresh topic prefix per test (its topics deleted after)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from taskstream.cli.broker import EmbeddedBroker, free_port
+from taskstream.cli.broker import KafkaBroker, free_port
 from taskstream.schemas import Settings, catalogue
-from taskstream.schemas.kafka import ensure_topics, wait_for_broker
+from taskstream.schemas.kafka import admin, ensure_topics, wait_for_broker
 
 
 # Starlette's TestClient sends ``Host: testserver``; every Settings a test builds (and its subprocesses) trusts it
@@ -28,10 +28,8 @@ hypothesis_settings.register_profile(
 )
 hypothesis_settings.load_profile("taskstream")
 
-#: Consumer-group session timeout of every stack a test builds. The embedded broker makes a group join wait about
-#: half of it (BROKER.md), and every processor, executor and relay of a test joins at least once, so it is most of
-#: what an integration test waits for. 2 s (heartbeats every 666 ms) keeps joins near 1 s; tests that need the
-#: longer join window of production (test_group_leave) set their own.
+#: Consumer-group session timeout of every stack a test builds (heartbeats every third of it). Short, so that a
+#: test that kills a member sees its partitions move within seconds; the test broker allows down to 1 s.
 SESSION_TIMEOUT_MS = int(os.environ.get("TASKSTREAM_TEST_SESSION_TIMEOUT_MS", "2000"))
 
 
@@ -47,36 +45,45 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message
         time.sleep(interval)
 
 
-@pytest.fixture(scope="module")
-def broker():
-    """The embedded Tansu broker on a free loopback port (or $TASKSTREAM_TEST_BOOTSTRAP), one per test module.
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """Bootstrap servers of the session's Kafka node (KRaft, 127.0.0.1, a free port), or $TASKSTREAM_TEST_BOOTSTRAP.
 
-    A broker that holds the topics and records of every test before serves the later ones ever more slowly
-    (test_processor_kill.py: 13.5 s on a fresh broker, 43 s late in a full run), and timing bounds then measure
-    the broker, not our code (issue 13 item 7). A start and a stop take well under a second."""
+    One node serves the whole session: each test has its own topic prefix and its topics are deleted after it."""
     external = os.environ.get("TASKSTREAM_TEST_BOOTSTRAP")
     if external:
         yield external
         return
-    b = EmbeddedBroker(free_port()).start()
+    b = KafkaBroker(free_port(), tmp_path_factory.mktemp("kafka")).start(timeout=120)
     try:
         yield b.bootstrap_servers
     finally:
-        b.stop(timeout=0.5)  # Tansu takes its full 5 s default to honour SIGTERM; memory-only, nothing to keep
+        b.stop()
 
 
 @pytest.fixture
 def settings(broker, tmp_path: Path) -> Settings:
-    """Settings with a topic prefix of the test's own, topics created."""
+    """Settings with a topic prefix of the test's own, topics created (and deleted after the test)."""
     s = Settings(
         bootstrap_servers=broker,
         prefix=f"t{uuid.uuid4().hex[:10]}",
         partitions=3,
-        embedded_broker=True,
         data_dir=tmp_path / "data",
         session_timeout_ms=SESSION_TIMEOUT_MS,
         metrics_port=0,  # processes of a test serve no metrics unless the test asks (they would all want 9100)
     )
     wait_for_broker(s)
     assert ensure_topics(s, catalogue(s)) == []
-    return s
+    yield s
+    delete_topics(s)
+
+
+def delete_topics(s: Settings) -> None:
+    """Delete every topic under ``s.prefix`` (without waiting): a session's broker stays small."""
+    try:
+        client = admin(s)
+        names = [t for t in client.list_topics(timeout=5).topics if t.startswith(s.prefix + ".")]
+        if names:
+            client.delete_topics(names, operation_timeout=5)
+    except Exception:  # the test stopped the broker, or it is gone: nothing to tidy
+        pass
