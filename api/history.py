@@ -2,11 +2,9 @@
 
 Only the task's partition is read (``partitioner.partition_for``, the same
 murmur2 the producers use), from the beginning, without a consumer group,
-up to the partition's end offset as reported when the read starts (every
-record up to there is read, however slow the broker is), then until end of
-partition or ``IDLE_S`` without a record: the embedded broker under-reports
-end offsets after a foreign producer's multi-record batch (BROKER.md), so
-the reported end is a lower bound, not the end.
+up to the partition's end offset as reported when the read starts: every
+event acknowledged before the request is in the answer; events appended
+while it reads may be or not.
 
 The cost is one scan of one partition per request, so the API bounds it
 (``HistoryReader``, ``ReadLimits``): scans run on a pool of their own
@@ -45,7 +43,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
-from taskstream.schemas.kafka import reader
+from taskstream.schemas.kafka import consume_available, reader
 from taskstream.schemas.observability import about
 from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 
@@ -55,10 +53,6 @@ from .problems import ProblemResponse, problem
 
 log = logging.getLogger(__name__)
 
-#: Past the reported end, the read stops once no record arrived for this long ...
-IDLE_S = 0.2
-#: ... or this long after it reached the reported end, whichever comes first (a busy partition never idles).
-TAIL_S = 1.0
 _JSON_FIELDS = frozenset({"payload", "result", "data", "template"})  # JSON text in the event: shown decoded
 
 
@@ -170,7 +164,7 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
     started = time.monotonic()
     deadline = None if budget_s is None else started + budget_s
     consumer = reader(settings, "taskstream-api-history", f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
-                      {"enable.auto.offset.store": False, "enable.partition.eof": True, "fetch.wait.max.ms": 10})
+                      {"enable.auto.offset.store": False, "enable.partition.eof": True})
     try:
         meta = consumer.list_topics(timeout=5).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
@@ -180,34 +174,25 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         events: list[Event] = []
         scanned = 0
-        reached_at = started if position >= end else None
-        while True:
-            now = time.monotonic()
-            if reached_at is not None and now - reached_at >= TAIL_S:
-                break
-            wait = IDLE_S if reached_at is not None else 1.0
+        while position < end:
+            wait = 1.0
             if deadline is not None:
+                now = time.monotonic()
                 if now >= deadline:
-                    if reached_at is not None:
-                        break  # everything up to the end reported at the start was read
                     raise HistoryTooExpensive(task_id, topic, partition, scanned, position, end, budget_s)
                 wait = min(wait, deadline - now)
-            first = consumer.poll(wait)  # consume(n, wait) would wait for n records or the whole wait
-            batch = [] if first is None else [first, *consumer.consume(499, 0)]
-            if not batch and reached_at is not None:
-                break
-            eof = False
-            for msg in batch:
+            for msg in consume_available(consumer, 500, wait):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        eof = True
                         position = max(position, msg.offset())
                     else:
                         log.warning("history of task_id=%s: consumer error: %s", task_id, err, extra=about(task_id))
                     continue
-                scanned += 1
                 position = msg.offset() + 1
+                if msg.offset() >= end:
+                    continue  # appended after the read started
+                scanned += 1
                 if msg.key() == key:
                     try:
                         value = wire.decode(msg.value())
@@ -217,10 +202,6 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
                         continue
                     if isinstance(value, Event):
                         events.append(value)
-            if position >= end and reached_at is None:
-                reached_at = time.monotonic()
-            if eof and reached_at is not None:
-                break
         return events
     except KafkaException as exc:
         raise BrokerUnavailable(f"reading the event log failed: {exc}") from exc

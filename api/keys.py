@@ -20,9 +20,8 @@ thread asks the broker for the topic's end offsets every ``CHECK_S`` and
 notes the time of the last answer it had fully read up to; while that time
 is older than ``auth_api_key_max_staleness_s``, ``lookup`` raises
 ``KeysUnavailable`` (the API answers 503), so a revoked key stops working at
-most that long after ``keys revoke`` returned, and usually within one fetch
-(``cold_fetch_wait_max_ms``). Writers of ``<p>.admin`` send one record per
-batch, so end offsets are exact even on the embedded broker (BROKER.md).
+most that long after ``keys revoke`` returned, and usually as soon as the
+broker delivers the record (a waiting fetch is answered when data arrives).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from taskstream.schemas import DecodeError, Settings, Topics, codec
 from taskstream.schemas.events import ApiKey
 from taskstream.schemas import kafka
-from taskstream.schemas.kafka import consume_available, is_marker
+from taskstream.schemas.kafka import consume_available
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,8 @@ ROLES = ("reader", "submitter", "operator", "admin")
 _KEY = re.compile(r"^tsk_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})$")
 #: How often the store confirms with the broker that it has read ``<p>.admin`` to its end.
 CHECK_S = 1.0
+#: Longest single poll of the consumer thread: bounds how late it confirms (``CHECK_S``) and sees a stop.
+POLL_S = 0.25
 
 
 class KeysUnavailable(Exception):
@@ -155,7 +156,7 @@ class KeyStore:
                 if consumer is None:
                     consumer = self._connect()
                     backoff = 0.2
-                for msg in consume_available(consumer, 500, self.settings.cold_fetch_wait_max_ms / 1000):
+                for msg in consume_available(consumer, 500, POLL_S):
                     self._handle(msg)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + CHECK_S
@@ -176,7 +177,6 @@ class KeyStore:
         consumer = kafka.reader(self.settings, "taskstream-api-keys", group, {
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": self.settings.cold_fetch_wait_max_ms,
         })
         try:
             meta = consumer.list_topics(timeout=self._timeout).topics.get(self.topic)
@@ -196,7 +196,7 @@ class KeyStore:
             return
         self._positions[msg.partition()] = msg.offset() + 1
         if msg.value() is None:
-            if not is_marker(msg) and msg.key():  # a tombstone of a key id: the key is gone
+            if msg.key():  # a tombstone of a key id: the key is gone
                 self._keys.pop(msg.key().decode(errors="replace"), None)
             return
         try:

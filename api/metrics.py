@@ -15,9 +15,8 @@ replica (take ``max``, not ``sum``, across replicas):
   the executor group has not committed (attempts waiting and running;
   ``/api/v1/stats`` ``queue_depth``).
 - ``taskstream_workers``: members of the executor group, as
-  DescribeConsumerGroups reports them. The embedded Tansu broker reports no
-  members (``BrokerProbe.groups``), so there the series is absent rather
-  than a wrong 0.
+  DescribeConsumerGroups reports them; absent rather than a wrong 0 while
+  the group cannot be described (``BrokerProbe.groups``).
 - ``taskstream_read_model_lag``: records of ``<p>.state`` this API's read
   model has not applied yet (end offset minus its position, summed over
   partitions; a partition not read yet counts from its low watermark). This

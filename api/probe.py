@@ -84,7 +84,7 @@ class BrokerProbe:
         if self._consumer is None:
             self._consumer = reader(self.settings, "taskstream-api-probe",
                                     f"{self.settings.prefix}-api-probe-{uuid.uuid4().hex}",  # required, never joined
-                                    {"enable.partition.eof": True, "fetch.wait.max.ms": 10})
+                                    {"enable.partition.eof": True})
         return self._consumer
 
     # --------------------------------------------------------------- questions
@@ -171,7 +171,7 @@ class BrokerProbe:
                                          key=lambda a: (a["topic"], a["partition"])),
                 } for m in d.members]
                 out[name] = {"group": name, "state": d.state.name.lower(), "members": members,
-                             "members_reported": bool(members) or d.state.name.lower() == "empty"}
+                             "members_reported": True}
             return out
         return self.cached("groups", ask)
 

@@ -7,8 +7,7 @@ consumes that topic from the beginning of every partition and keeps a local
 copy in RocksDB (``rocksdict``), plus secondary indexes for newest-first
 listing overall and by status, priority and handler. Schedules live in
 their own column family (``ScheduleStore``) with the same key layout and an
-index by status. Any other record type, and tombstones (our read and end
-markers among them, ``schemas.kafka.is_marker``), are skipped.
+index by status. Any other record type, and tombstones, are skipped.
 
 Two parts:
 
@@ -22,8 +21,7 @@ Two parts:
 The database is deleted and rebuilt from the topic at every start. That is
 the simplest correct choice: the topic is compacted, so a rebuild reads one
 record per task, and we never have to reason about which offsets a stale
-local copy had seen (the embedded broker under-reports end offsets, so a
-persisted position could not be checked anyway).
+local copy had seen.
 
 Key layout (raw bytes, ``:``-separated; index values are hex so they cannot
 contain the separator)::
@@ -420,11 +418,7 @@ class ReadModel:
 
     ``caught_up`` turns true once every partition was consumed up to the high
     watermark read when the consumer was assigned (or reported end of
-    partition). On the embedded Tansu broker watermarks are under-reported
-    (BROKER.md: base offset of the last batch + 1), so there "caught up" is a
-    lower bound: a few records of the last batch of a partition may still be
-    on their way. The API accepts that: readiness is advisory, and a task
-    read a moment late is still correct once it arrives.
+    partition): every state the processor had published by then is applied.
 
     The consumer never commits and never joins a group (``assign()`` only);
     librdkafka needs a ``group.id`` to exist, so it gets a unique unused one.
@@ -473,8 +467,7 @@ class ReadModel:
         """Next offset to read per partition of ``<p>.state`` (partitions not read from yet are absent).
 
         With the topic's end offsets this gives the projection's lag
-        (``/readyz``); exact on the embedded broker because the processor
-        writes one record per batch there (BROKER.md).
+        (``/readyz``).
         """
         return dict(self._positions)
 
@@ -505,8 +498,7 @@ class ReadModel:
         consumer = reader(self.settings, "taskstream-api-read-model",
                           f"{self.settings.prefix}-api-read-model-{uuid.uuid4().hex}",
                           {"enable.auto.offset.store": False, "enable.partition.eof": True,
-                           "auto.offset.reset": "earliest",
-                           "fetch.wait.max.ms": self.settings.read_model_fetch_wait_max_ms})
+                           "auto.offset.reset": "earliest"})
         try:
             # All topics, not list_topics(topic): a metadata request naming an
             # unknown topic may auto-create it on some brokers.

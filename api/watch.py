@@ -416,7 +416,7 @@ async def read_state_topic(settings: Settings, ranges: dict[int, tuple[int, int]
     topic = Topics(settings.prefix).state
     wire = codec.WireFormat.of(settings)
     consumer = kafka.reader(settings, "taskstream-api-watch", f"{settings.prefix}-api-watch-{uuid.uuid4().hex}",
-                            {"enable.partition.eof": True, "fetch.wait.max.ms": 10})
+                            {"enable.partition.eof": True})
     todo = {p: end for p, (start, end) in ranges.items() if end > start}
     try:
         await asyncio.to_thread(consumer.assign, [TopicPartition(topic, p, ranges[p][0]) for p in todo])

@@ -3,12 +3,8 @@
 The commands that look at the log (``events tail|replay``, ``topics
 describe``, ``lag``) never join a consumer group: they ``assign()``
 partitions, read between offsets they chose, and leave no trace on the
-broker. Where they stop is the high watermark read when they start. On the
-embedded Tansu broker a watermark is the base offset of the partition's last
-batch + 1 (BROKER.md); our producers append an end marker alone after they
-write (``schemas.kafka.EndMarks``, docs/decisions/0001), which makes it
-exact whenever they are at rest, and readers skip markers. Records appended
-after the start are left for ``--follow``.
+broker. Where they stop is the high watermark read when they start; records
+appended after the start are left for ``--follow``.
 
 Library errors become ``LogError``: a one-line message for the CLI.
 """
@@ -86,13 +82,7 @@ def partitions_of(settings: Settings, topics: dict, name: str) -> int:
 
 
 def reader(settings: Settings, purpose: str) -> Consumer:
-    """A consumer for ``assign()`` only: it never joins (nor creates) a group and never commits.
-
-    It keeps librdkafka's default ``fetch.wait.max.ms`` (500): the embedded
-    broker fills a fetch only for as long as it may wait, and with 10 ms a
-    150k-record log of one-record batches was read at a crawl (minutes
-    instead of 2.6 s). The cost is up to half a second after the last record.
-    """
+    """A consumer for ``assign()`` only: it never joins (nor creates) a group and never commits."""
     return kafka_reader(settings, f"taskstream-cli-{purpose}", f"taskstream-cli-{purpose}-{uuid.uuid4().hex[:8]}",
                         {"enable.auto.offset.store": False, "auto.offset.reset": "earliest"})
 
@@ -110,9 +100,9 @@ def offsets_at(consumer: Consumer, topic: str, marks: dict[int, tuple[int, int]]
                timeout: float) -> dict[int, int]:
     """Per partition, the first offset whose record timestamp is >= ``at`` (ListOffsets by time).
 
-    Only a starting point: the embedded broker answers the start of the
-    partition whatever the time, so readers also skip records older than
-    ``at`` themselves. No record that late: the partition's high watermark.
+    A starting point: timestamps are the producers' clocks, not ordered
+    within a partition, so readers also skip records older than ``at``
+    themselves. No record that late: the partition's high watermark.
     """
     try:
         found = consumer.offsets_for_times([TopicPartition(topic, p, to_ms(at)) for p in marks], timeout=timeout)

@@ -5,7 +5,7 @@ through ``taskstream.client`` (one ``Client``, a keep-alive connection, per
 client thread; credentials from ``TASKSTREAM_TOKEN``/``TASKSTREAM_API_KEY``).
 
 Without ``--url`` it starts a whole ``taskstream dev`` stack as a subprocess
-on free loopback ports (its own embedded broker unless
+on free loopback ports (its own Kafka node unless
 ``TASKSTREAM_BOOTSTRAP_SERVERS`` is set), logging at WARNING unless
 ``TASKSTREAM_LOG_LEVEL`` says otherwise (per-request INFO lines would cost
 the 2-core machines we measure on more than the work), and stops it at the
@@ -42,6 +42,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -674,16 +675,8 @@ def synthetic_log(n: int, start: datetime | None = None):
 
 
 def write_log(settings, n: int, progress=None) -> int:
-    """Append ``synthetic_log(n)`` to ``<p>.events`` in big batches; the number of events written.
-
-    Big batches leave the embedded broker's end offsets short (BROKER.md), so
-    the bulk is followed by one record per partition, each in a batch of its
-    own (a TaskCreated of a task ``bench-end-<p>``), which makes every end
-    offset exact again for the rebuild that reads up to it.
-    """
-    from datetime import UTC
-
-    from taskstream.schemas import TaskCreated, Topics, codec
+    """Append ``synthetic_log(n)`` to ``<p>.events`` in big batches; the number of events written."""
+    from taskstream.schemas import Topics, codec
     from taskstream.schemas.kafka import producer as kafka_producer
 
     topic = Topics(settings.prefix).events
@@ -710,16 +703,9 @@ def write_log(settings, n: int, progress=None) -> int:
             producer.poll(0)
             if progress is not None:
                 progress(10000)
-    producer.flush(120)
-    end = kafka_producer(settings, "taskstream-bench-end", {"batch.num.messages": 1})
-    now = datetime.now(UTC)
-    for p in range(settings.partitions):
-        e = TaskCreated(task_id=f"bench-end-{p}", occurred_at=now, producer="bench", handler="noop")
-        end.produce(topic, encode(e), e.task_id.encode(), partition=p, headers=headers(e), on_delivery=done)
-        end.flush(30)
-    if failed or producer.flush(0) or end.flush(0):
+    if failed or producer.flush(120):
         raise BenchError(f"writing the log failed: {failed[:3]}")
-    return written + settings.partitions
+    return written
 
 
 def run_rebuild_bench(events: int, as_json: bool, workers: int | None = None, profile: str | None = None) -> int:
@@ -731,18 +717,19 @@ def run_rebuild_bench(events: int, as_json: bool, workers: int | None = None, pr
     from taskstream.schemas.kafka import LIBRDKAFKA_LOG, ensure_topics, wait_for_broker
     from taskstream.streams.rebuild import RebuildError, rebuild
 
-    from .broker import EmbeddedBroker, free_port
+    from .broker import KafkaBroker, free_port
 
     LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
     own = None
     try:
         base = Settings()
         if "TASKSTREAM_BOOTSTRAP_SERVERS" not in os.environ:
-            own = EmbeddedBroker(free_port()).start()
-            _say(f"started an embedded broker on {own.bootstrap_servers}")
+            own = KafkaBroker(free_port(), tempfile.mkdtemp(prefix="taskstream-bench-kafka-"))
+            own.start(say=_say)
+            _say(f"started a Kafka node on {own.bootstrap_servers}")
         settings = Settings(**{**base.model_dump(), "prefix": f"bench-rebuild-{uuid.uuid4().hex[:8]}",
                                "partitions": REBUILD_PARTITIONS,
-                               **({"bootstrap_servers": own.bootstrap_servers, "embedded_broker": True} if own else {})})
+                               **({"bootstrap_servers": own.bootstrap_servers} if own else {})})
         wait_for_broker(settings, timeout=15)
         ensure_topics(settings, catalogue(settings))
         _say(f"writing {events} events to {settings.prefix}.events ...")
@@ -773,6 +760,7 @@ def run_rebuild_bench(events: int, as_json: bool, workers: int | None = None, pr
     finally:
         if own is not None:
             own.stop()
+            shutil.rmtree(own.data_dir, ignore_errors=True)
     result = {"events": report.events, "tasks": report.tasks, "partitions": report.partitions,
               "workers": report.workers, "rebuild_s": round(report.seconds, 2),
               "events_per_s": round(report.rate), "fold_cpu_s": round(report.cpu_s, 2),

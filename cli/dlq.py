@@ -4,10 +4,9 @@
 the processor publishes when a task ends ``failed`` (keyed by task id), and
 raw poison messages it could not decode, with ``source-topic``,
 ``source-partition``, ``source-offset`` and ``reason`` headers. ``list``
-reads every partition from the beginning up to a marker record it appends
-itself (the embedded broker under-reports end offsets, BROKER.md), the same
-way the processor rebuilds its tables; readers of ``<p>.dlq`` skip markers
-(``schemas.kafka.is_marker``). ``redrive`` appends ``TaskRedriven`` events
+reads every partition from the beginning up to its end offset as of the
+start (``schemas.kafka.read_to_ends``), the same way the processor rebuilds
+its tables; it writes nothing. ``redrive`` appends ``TaskRedriven`` events
 to ``<p>.events`` keyed by task id (murmur2, as every producer of events);
 the processor re-opens a ``failed`` or ``upstream_failed`` task on one and
 ignores it on any other status.
@@ -20,29 +19,19 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
 from taskstream.schemas.offsets import POISON_HEADERS
 from taskstream.streams import domain
 from taskstream.schemas.kafka import producer as kafka_producer
 from taskstream.schemas.kafka import reader as kafka_reader
-from taskstream.schemas.kafka import (
-    admin,
-    is_marker,
-    wait_for_broker,
-    write_markers,
-)
-
-#: The CLI sends a handful of records, so one record per batch costs nothing and keeps end offsets exact on the
-#: embedded broker even when the user's environment does not say it is that broker (docs/decisions/0001).
-ONE_PER_BATCH = {"batch.num.messages": 1}
+from taskstream.schemas.kafka import admin, end_offsets, read_to_ends, wait_for_broker
 
 
 class DlqError(Exception):
@@ -132,42 +121,21 @@ def _check(settings: Settings, topic: str, timeout: float) -> int:
     return len(meta.partitions)
 
 
-def _write_markers(producer: Producer, topic: str, partitions: int, timeout: float) -> dict[int, int]:
-    """Append a marker tombstone to each partition (``schemas.kafka.write_markers``); their offsets once acknowledged."""
-    try:
-        return write_markers(producer, topic, list(range(partitions)), timeout)
-    except BrokerUnavailable as exc:
-        raise DlqError(f"could not append read markers to {topic}: {exc}") from None
-
-
 def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
-    """Every record of ``<p>.dlq`` up to now, oldest first (markers skipped)."""
+    """Every record of ``<p>.dlq`` up to its end offsets as of now, oldest first."""
     topic = Topics(settings.prefix).dlq
     wire = codec.WireFormat.of(settings)
     partitions = _check(settings, topic, timeout)
-    producer = kafka_producer(settings, "taskstream-cli-dlq", ONE_PER_BATCH)
-    ends = _write_markers(producer, topic, partitions, timeout)
     reader = kafka_reader(settings, "taskstream-cli-dlq", f"taskstream-cli-dlq-{uuid.uuid4().hex[:8]}",  # never joined
-                          {"fetch.wait.max.ms": 500})
-    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+                          {"enable.partition.eof": True})
     records: list[DlqRecord] = []
-    pending = set(range(partitions))
-    deadline = time.monotonic() + timeout
     try:
-        while pending:
-            if time.monotonic() > deadline:
-                raise DlqError(f"timed out after {timeout:.0f}s reading {topic} partitions {sorted(pending)}")
-            for m in reader.consume(1000, 0.2):
-                if m.error() is not None:
-                    continue
-                p, offset = m.partition(), m.offset()
-                if p not in pending or offset > ends[p]:
-                    continue
-                if offset == ends[p]:
-                    pending.discard(p)
-                if is_marker(m):
-                    continue
-                records.append(classify(p, offset, m.timestamp()[1], m.key(), m.value(), m.headers(), wire))
+        ends = end_offsets(reader, topic, range(partitions), timeout)
+        for batch in read_to_ends(reader, topic, ends, timeout=timeout, batch=1000):
+            records += [classify(m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), m.headers(), wire)
+                        for m in batch]
+    except BrokerUnavailable as exc:
+        raise DlqError(str(exc)) from None
     except KafkaException as exc:
         raise DlqError(f"reading {topic}: {exc}") from None
     finally:
@@ -189,7 +157,7 @@ def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float
     topic = Topics(settings.prefix).events
     wire = codec.WireFormat.of(settings)
     _check(settings, topic, timeout)
-    producer = kafka_producer(settings, "taskstream-cli-redrive", ONE_PER_BATCH)
+    producer = kafka_producer(settings, "taskstream-cli-redrive")
     acked: list = []
     errors: list = []
 

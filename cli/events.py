@@ -34,7 +34,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from taskstream.schemas import EVENT_TYPES, DecodeError, Settings, Topics, catalogue, codec
-from taskstream.schemas.kafka import consume_available, ensure_topics, is_marker
+from taskstream.schemas.kafka import consume_available, ensure_topics
 from taskstream.schemas.kafka import producer as kafka_producer
 
 from ._log import LogError, connect, iso, offsets_at, partitions_of, read_range, reader, record_time, to_ms, watermarks
@@ -170,8 +170,8 @@ class TailQuery:
     limit: int | None = None
 
     def match(self, m, wire: codec.WireFormat = codec.SINGLE_OBJECT) -> EventRecord | None:
-        """The record of message ``m`` if it passes the filters, else None (markers never do)."""
-        if m.error() is not None or is_marker(m):
+        """The record of message ``m`` if it passes the filters, else None."""
+        if m.error() is not None:
             return None
         if self.task is not None and m.key() != self.task.encode():
             return None
@@ -304,9 +304,6 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
         ends = {p: high for p, (_, high) in marks.items()}
         if on_total is not None:
             on_total(sum(ends[p] - starts[p] for p in starts))
-        # Bulk batches for speed; the last record of each partition is held back and sent
-        # alone after a flush, so the copy's final batch is one record and its end offset
-        # is exact on the embedded broker too (BROKER.md), whatever the settings say.
         producer = kafka_producer(settings, "taskstream-cli-replay",
                                   {"batch.num.messages": 10000, "linger.ms": 5, "queue.buffering.max.messages": 200000})
         acked: list[int] = [0]
@@ -329,7 +326,6 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
 
         cut_at = to_ms(until) if until is not None else None
         cut: set[int] = set()
-        last: dict[int, Any] = {}
         started = time.monotonic()
         for m in read_range(consumer, source, starts, ends, idle_timeout=max(timeout, 30.0)):
             if progress is not None:
@@ -340,15 +336,9 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
             if cut_at is not None and m.timestamp()[1] > cut_at:
                 cut.add(p)
                 continue
-            if p in last:
-                send(last[p])
-            last[p] = m
+            send(m)
             copied[p] += 1
             producer.poll(0)
-        if producer.flush(timeout * 4) != 0 or errors:
-            raise LogError(f"copying to {target}: {errors[0] if errors else 'not acknowledged in time'}")
-        for m in last.values():
-            send(m)
         if producer.flush(timeout * 4) != 0 or errors or acked[0] != sum(copied.values()):
             raise LogError(f"copying to {target}: {acked[0]} of {sum(copied.values())} records acknowledged"
                            + (f": {errors[0]}" if errors else ""))

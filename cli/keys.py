@@ -4,8 +4,8 @@ The work behind the click commands in ``main``: ``create_key`` writes a new
 key's record (the key itself is returned to be printed once, never stored),
 ``revoke_key`` writes the record again with ``revoked_at``, ``list_keys``
 reads the topic to its end through the API's own ``KeyStore``. Every write
-is one record in its own batch, acknowledged before the command returns,
-so API replicas can tell exactly when they have read it (``api.keys``).
+is acknowledged before the command returns, so API replicas can tell
+exactly when they have read it (``api.keys``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from taskstream.api.keys import KeyStore, new_key
 from taskstream.schemas import BrokerUnavailable, Settings, Topics, catalogue, codec
 from taskstream.schemas.events import ApiKey
 from taskstream.schemas import kafka
-from taskstream.schemas.kafka import ONE_PER_BATCH, ensure_topics
+from taskstream.schemas.kafka import ensure_topics
 
 
 class KeysError(Exception):
@@ -41,7 +41,7 @@ def _write(settings: Settings, record: ApiKey, timeout: float) -> None:
         ensure_topics(settings, [t for t in catalogue(settings) if t.name == topic], timeout=timeout)
     except BrokerUnavailable as exc:
         raise KeysError(str(exc)) from None
-    producer = kafka.producer(settings, "taskstream-cli-keys", ONE_PER_BATCH)
+    producer = kafka.producer(settings, "taskstream-cli-keys")
     result: list = []
     producer.produce(topic, codec.WireFormat.of(settings).encode(record), record.key_id.encode(), headers=codec.headers(record),
                      on_delivery=lambda err, msg: result.append(err))

@@ -6,10 +6,7 @@ the executors (``<p>-executors`` on ``<p>.ready.*``) and the retry relay
 (``<p>-retry-relay`` on ``<p>.retry.*``). Lag is end offset minus committed
 offset; a partition the group never committed is read from its beginning
 (``auto.offset.reset=earliest``), so its lag is every record still held.
-The end is the high watermark asked of the broker now: exact on the
-embedded broker because every producer of ours writes one record per batch
-there (``Settings.embedded_broker``, BROKER.md); a foreign producer's
-multi-record batch would make it short by the rest of its last batch.
+The end is the high watermark asked of the broker now.
 
 The API's read model is not a group: each API process reads ``<p>.state``
 from the beginning into its own RocksDB and keeps its position in memory
@@ -154,7 +151,6 @@ def table_lines(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]],
                 verdict: dict | None, api_url: str | None) -> list[str]:
     out = []
     for g in groups:
-        # The embedded broker describes a stable group with no members: show a count only when there is one.
         members = f", {g.members} member(s)" if g.members else ""
         out.append(f"{g.group} ({g.role}): {g.state}{members}, lag {g.lag}")
         rows = [("  TOPIC", "PARTITION", "COMMITTED", "END", "LAG")]

@@ -256,8 +256,7 @@ def topics_list(as_json, timeout) -> None:
 def topics_describe(names, as_json, timeout) -> None:
     """Config and per-partition low/high offsets of NAME(s) (`events`, `ready.high` or full names; all if none).
 
-    High offsets are the broker's high watermarks: exact on the embedded
-    broker for records written by taskstream (one record per batch there).
+    High offsets are the broker's high watermarks.
     """
     from .topics import describe, describe_lines
 

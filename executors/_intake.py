@@ -30,12 +30,8 @@ from taskstream.schemas import (
     ReadyTask,
     TaskCancelled,
 )
+from taskstream.schemas.kafka import consume_available
 from taskstream.schemas.kafka import consumer as kafka_consumer
-from taskstream.schemas.kafka import (
-    close_member,
-    consume_available,
-    is_marker,
-)
 from taskstream.schemas.offsets import DeadLetter, PartitionOffsets
 from taskstream.schemas.observability import about
 from taskstream.schemas.topics import PRIORITIES
@@ -126,7 +122,7 @@ class Intake:
             self._wakeup_threadsafe()  # the dispatcher sees the error and stops the executor
         finally:
             try:
-                close_member(consumer, self.assigned_event, self.settings, self.topics.executor_group)
+                consumer.close()
             except KafkaException as exc:
                 log.warning("executor %s consumer close: %s", self.executor_id, exc)
             log.info("executor %s left the group", self.executor_id)
@@ -147,9 +143,6 @@ class Intake:
                 if offsets is None or self._draining:
                     continue  # not (or no longer) ours, or stopping: not tracked, not committed
                 offsets.add(msg.offset())
-                if is_marker(msg):
-                    offsets.mark_done(msg.offset())
-                    continue
                 try:
                     task = self.wire.decode_as(msg.value(), ReadyTask, TaskCancelled)
                 except DecodeError as exc:

@@ -20,12 +20,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
-from collections.abc import Mapping
-
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from .errors import BrokerUnavailable, RecordRefused
 from .limits import MAX_RECORD_BYTES
@@ -38,15 +36,6 @@ log = logging.getLogger(__name__)
 #: librdkafka's own log lines go through Python logging under this name
 #: (instead of raw ``%3|...|FAIL|...`` lines on stderr), so commands can quiet them.
 LIBRDKAFKA_LOG = logging.getLogger("taskstream.librdkafka")
-
-#: Key of the tombstone appended to a partition before reading it "to the end":
-#: a reader reads up to its own marker, which needs no end offset (the embedded
-#: broker under-reports those, BROKER.md). The processor writes them to
-#: ``<p>.state`` before it rebuilds a table, ``state rebuild`` and ``dlq list``
-#: to the topics they read. Readers of those topics skip it.
-WATERMARK_MARKER_KEY = b"__taskstream_marker__"
-#: On the embedded broker a member leaves its group only once the group has been stable this long (close_member).
-STABLE_BEFORE_LEAVE_S = 1.0
 
 
 def security_config(settings: Settings) -> dict[str, str]:
@@ -135,78 +124,6 @@ def producer_config(settings: Settings, client_id: str) -> dict:
     }
 
 
-#: A producer config that sends every record alone (exact end offsets on the embedded broker without EndMarks).
-ONE_PER_BATCH = {"batch.num.messages": 1}
-
-
-#: Key of the tombstone ``EndMarks`` appends to keep end offsets exact on the embedded broker (no meaning beyond it).
-END_MARKER_KEY = b"__taskstream_end__"
-MARKER_KEYS = frozenset({WATERMARK_MARKER_KEY, END_MARKER_KEY})
-
-
-def is_marker(msg) -> bool:
-    """Whether a consumed record is one of our markers (a read or an end marker: a tombstone under one of
-    ``MARKER_KEYS``; no event is a tombstone): readers skip these."""
-    return msg.key() in MARKER_KEYS and not msg.value()
-
-
-def is_end_marker(msg) -> bool:
-    return msg.key() == END_MARKER_KEY and not msg.value()
-
-
-class EndMarks:
-    """Keeps the embedded broker's end offsets exact while producers batch (docs/decisions/0001).
-
-    That broker reports a partition's end as the base offset of its last batch
-    + 1; one record alone after a batch makes it exact again. A producer notes
-    every record it wrote (``wrote``, from its delivery callback); once it has
-    been quiet for ``quiet_s``, ``write`` appends one marker tombstone
-    (``END_MARKER_KEY``) to each partition written since. So end
-    offsets are exact whenever the producers are at rest, and at most one
-    batch short while they write. Off (every call a no-op) on Kafka/Redpanda.
-    Thread-safe; ``write`` produces without waiting.
-    """
-
-    QUIET_S = 0.02
-
-    def __init__(self, enabled: bool, quiet_s: float = QUIET_S) -> None:
-        self.enabled = enabled
-        self.quiet_s = quiet_s
-        self._dirty: set[tuple[str, int]] = set()
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def wrote(self, msg) -> None:
-        if self.enabled and msg.key() not in MARKER_KEYS:
-            with self._lock:
-                self._dirty.add((msg.topic(), msg.partition()))
-                self._last = time.monotonic()
-
-    def due(self) -> bool:
-        return bool(self._dirty) and time.monotonic() - self._last >= self.quiet_s
-
-    def write(self, producer: Producer) -> int:
-        """Append a marker to every partition written since the last call; how many were produced."""
-        with self._lock:
-            dirty, self._dirty = self._dirty, set()
-        for topic, partition in dirty:
-            try:
-                producer.produce(topic, None, END_MARKER_KEY, partition=partition, on_delivery=self._marked)
-            except (BufferError, KafkaException) as exc:
-                log.debug("end marker for %s[%d] not produced, again later: %s", topic, partition, exc)
-                self._again(topic, partition)
-        return len(dirty)
-
-    def _marked(self, err, msg) -> None:
-        if err is not None:
-            self._again(msg.topic(), msg.partition())
-
-    def _again(self, topic: str, partition: int) -> None:
-        with self._lock:
-            self._dirty.add((topic, partition))
-            self._last = time.monotonic()
-
-
 #: Produce errors that no retry can mend: the record itself is refused. A loop that meets one dead-letters what it
 #: could not write and goes on; any other error (the broker is away, a timeout) is worth waiting out.
 PERMANENT_PRODUCE_ERRORS = frozenset({
@@ -231,7 +148,6 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 3),
         "partition.assignment.strategy": "cooperative-sticky",
-        "fetch.wait.max.ms": settings.fetch_wait_max_ms,
     }
 
 
@@ -257,7 +173,8 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
     """Create missing topics; return problems with existing ones (wrong partition count).
 
-    Idempotent: existing topics are left alone and reported if they differ.
+    Idempotent: existing topics are left alone and reported if they differ. Created topics are usable
+    (every partition has a leader that answers) when this returns.
     """
     client = admin(settings)
     specs = list(specs)
@@ -280,18 +197,28 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerUnavailable(f"could not create topic {name}: {exc}") from exc
-        _await_metadata(client, [t.topic for t in missing], timeout)
+        _await_leaders(client, {t.topic: t.num_partitions for t in missing}, timeout)
     return problems
 
 
-def _await_metadata(client: AdminClient, names: list[str], timeout: float) -> None:
+def _await_leaders(client: AdminClient, partitions: Mapping[str, int], timeout: float) -> None:
+    """Until every partition of new topics answers a ListOffsets: a topic in the metadata may not have its
+    leader ready yet (NOT_LEADER_OR_FOLLOWER for a moment after creation)."""
     deadline = time.monotonic() + timeout
+    last: object = None
     while time.monotonic() < deadline:
-        topics = client.list_topics(timeout=timeout).topics
-        if all(n in topics and topics[n].partitions for n in names):
-            return
+        try:
+            topics = client.list_topics(timeout=timeout).topics
+            if all(n in topics and len(topics[n].partitions) == count for n, count in partitions.items()):
+                request = {TopicPartition(n, p): OffsetSpec.latest() for n, count in partitions.items()
+                           for p in range(count)}
+                for fut in client.list_offsets(request, request_timeout=max(0.5, deadline - time.monotonic())).values():
+                    fut.result()
+                return
+        except KafkaException as exc:
+            last = exc
         time.sleep(0.05)
-    raise BrokerUnavailable(f"topics {names} not visible after creation")
+    raise BrokerUnavailable(f"topics {sorted(partitions)} not usable {timeout:.0f}s after creation: {last}")
 
 
 class AsyncProducer:
@@ -299,7 +226,6 @@ class AsyncProducer:
 
     def __init__(self, settings: Settings, client_id: str, **overrides) -> None:
         self._producer = producer(settings, client_id, overrides)
-        self.marks = EndMarks(settings.embedded_broker)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name=f"{client_id}-producer-poll", daemon=True)
         self._thread.start()
@@ -307,22 +233,12 @@ class AsyncProducer:
     def _poll_loop(self) -> None:
         while not self._closed.is_set():
             try:
-                self._producer.poll(0.01 if self.marks._dirty else 0.05)
-                if self.marks.due():
-                    self.marks.write(self._producer)
+                self._producer.poll(0.05)
             except Exception:  # a delivery callback that raised must not end every later delivery report
                 log.exception("producer poll: a delivery callback failed")
 
     def produce(self, topic: str, key: str | bytes, value: bytes, headers=None, on_delivery=None) -> None:
         """Fire and forget (with an optional delivery callback run on the poll thread)."""
-        marks, then = self.marks, on_delivery
-
-        def on_delivery(err, msg):
-            if err is None:
-                marks.wrote(msg)
-            if then is not None:
-                then(err, msg)
-
         deadline = time.monotonic() + 10.0
         while True:
             try:
@@ -355,8 +271,6 @@ class AsyncProducer:
 
     def close(self, timeout: float = 10.0) -> int:
         remaining = self._producer.flush(timeout)
-        if self.marks.write(self._producer):
-            remaining = self._producer.flush(timeout)
         self._closed.set()
         self._thread.join(timeout=2)
         return remaining
@@ -390,23 +304,58 @@ def consume_available(consumer, max_messages: int, timeout: float) -> list:
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
-def write_markers(producer: Producer, topic: str, partitions: list[int], timeout: float = 30.0) -> dict[int, int]:
-    """Append a marker tombstone to each partition; return their offsets once acknowledged."""
-    offsets: dict[int, int] = {}
-    errors: list = []
+def end_offsets(consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, int]:
+    """Each partition's end offset (high watermark), asked of the broker now, not librdkafka's cached one.
 
-    def done(err, msg):
-        if err is None:
-            offsets[msg.partition()] = msg.offset()
-        else:
-            errors.append(err)
+    Raises ``KafkaException`` (callers turn it into their own error)."""
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)[1]
+            for p in partitions}
 
-    for p in partitions:
-        producer.produce(topic, None, WATERMARK_MARKER_KEY, partition=p, on_delivery=done)
-    producer.flush(timeout)
-    if errors or len(offsets) != len(partitions):
-        raise BrokerUnavailable(f"could not write markers to {topic}: {errors[:3]}")
-    return offsets
+
+def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: float = 600.0,
+                 batch: int = 10_000) -> Iterator[list]:
+    """Batches of the records of ``topic``'s partitions, from their beginning up to (excluding) ``ends[p]``.
+
+    A reader that must see "everything so far" takes the end offsets first
+    (``end_offsets``) and reads up to them; records appended meanwhile are
+    not waited for. ``consumer`` is a ``reader`` (assigned here, never
+    joined) with ``enable.partition.eof``: a partition is done when a
+    record at its end was read, its position reached the end, or it reports
+    end of partition there (offsets a compaction left out cannot hold the read
+    up). ``BrokerUnavailable`` when the read has not finished after
+    ``timeout`` seconds or the consumer hits a fatal error.
+    """
+    pending = {p for p, end in ends.items() if end > 0}
+    if not pending:
+        return
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
+    deadline = time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"reading {topic} partitions {sorted(pending)} up to offsets "
+                                    f"{[ends[p] for p in sorted(pending)]} timed out after {timeout:.0f}s")
+        keep = []
+        for m in consume_available(consumer, batch, 0.2):
+            p, err = m.partition(), m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if m.offset() >= ends.get(p, 0):
+                        pending.discard(p)
+                elif err.fatal():
+                    raise BrokerUnavailable(f"reading {topic}: {err}")
+                else:
+                    log.debug("reading %s: %s", topic, err)
+                continue
+            if p not in pending or m.offset() >= ends[p]:
+                continue
+            keep.append(m)
+            if m.offset() >= ends[p] - 1:
+                pending.discard(p)
+        if keep:
+            yield keep
+        if pending:
+            positions = consumer.position([TopicPartition(topic, p) for p in pending])
+            pending -= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
 
 
 def committed_offsets(client: AdminClient, group: str, tps: list[TopicPartition],
@@ -424,53 +373,6 @@ def partition_lag(committed: int | None, low: int, high: int) -> int:
     """Records of a partition a group has still to read: its end minus its committed offset. A partition it never
     committed is read from the beginning (``auto.offset.reset=earliest``), so every record still held counts."""
     return max(0, high - (committed if committed is not None else low))
-
-
-def close_member(consumer, joined: threading.Event, settings: Settings, group: str) -> None:
-    """Close a consumer-group member; on the embedded broker, first let a join in progress finish.
-
-    Tansu breaks a group when a member leaves it while a join is in progress
-    (docs/decisions/0006, with the measurements). So on the embedded broker a member polls
-    until its first assignment (``joined``, set by its ``on_assign``, also
-    for an empty one), then until the coordinator has described the group
-    as stable for ``STABLE_BEFORE_LEAVE_S`` (a member that has just started
-    joining may not have reached the coordinator yet), for at most three
-    session timeouts in all, then leaves. Records polled meanwhile are
-    dropped uncommitted: the partition's next owner reads them again. The
-    wait narrows the race; a join starting between the last check and the
-    LeaveGroup still hits the fault. Kafka and Redpanda take a LeaveGroup at
-    any moment: there the member leaves at once.
-    """
-    if not settings.embedded_broker:
-        consumer.close()
-        return
-    deadline = time.monotonic() + 3 * settings.session_timeout_ms / 1000
-    try:
-        while not joined.is_set() and time.monotonic() < deadline:
-            consumer.poll(0.1)
-        client = admin(settings)
-        stable_since = None
-        while time.monotonic() < deadline:
-            state = _group_state(client, group)
-            if state == "down":
-                break
-            if state not in ("stable", "empty"):
-                stable_since = None
-            elif stable_since is None:
-                stable_since = time.monotonic()
-            elif time.monotonic() - stable_since >= STABLE_BEFORE_LEAVE_S:
-                break
-            consumer.poll(0.1)
-    except (KafkaException, RuntimeError) as exc:  # a broker that is down: leave as it can
-        LIBRDKAFKA_LOG.debug("join not finished before close: %s", exc)
-    consumer.close()
-
-
-def _group_state(client: AdminClient, group: str) -> str:
-    """The coordinator's word for ``group`` (the embedded broker says "unknown" while it rebalances);
-    "down" when it does not answer."""
-    described = group_states(client, [group], 2.0)[group]
-    return described[0] if described is not None else "down"
 
 
 def group_states(client: AdminClient, groups: list[str], timeout: float) -> dict[str, tuple[str, int] | None]:

@@ -24,30 +24,8 @@ class Settings(BaseSettings):
     prefix: str = Field("taskstream", pattern=r"^[A-Za-z0-9._-]+$", description="topic name prefix")
     partitions: int = Field(6, ge=1, description="partitions of events, state and ready topics")
     replication_factor: int = Field(1, ge=1)
-    embedded_broker: bool = Field(
-        False, description="work around the embedded Tansu broker's quirks (BROKER.md); set by `taskstream dev`"
-    )
     session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
     data_dir: Path = Field(Path(".taskstream"), description="RocksDB files of the processor and read model")
-    fetch_wait_max_ms: int = Field(
-        10, ge=0, description="how long a fetch may wait for data; the embedded broker holds every fetch this long, "
-        "so it bounds each hop of a task through the processor and executors (lower: faster hops, busier idle)"
-    )
-    cold_fetch_wait_max_ms: int = Field(
-        250, ge=0, description="fetch wait of consumers off the hot path (processor heartbeats, retry relay): on the "
-        "embedded broker every fetch waits this long, so a longer wait means less idle CPU; a heartbeat or a "
-        "retry is seen up to this much later"
-    )
-    read_model_fetch_wait_max_ms: int = Field(
-        100, ge=0, description="fetch wait of the API's read model tailing <p>.state: on the embedded broker every "
-        "fetch waits this long, so GET and watches see a new state up to this much later (about half on average); "
-        "nothing on a task's path waits for it, and each fetch costs the broker CPU that grows with the log"
-    )
-    embedded_partitions: int = Field(
-        6, ge=1, description="partitions per topic when `taskstream dev` runs the embedded broker and neither "
-        "--partitions nor TASKSTREAM_PARTITIONS says otherwise: fewer cost less CPU while idle, but the embedded "
-        "broker's cost per fetch grows with the batches a partition holds, so fewer slow down sooner as the log grows"
-    )
     producer_linger_ms: float = Field(0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)")
 
     api_host: str = "127.0.0.1"
@@ -90,9 +68,8 @@ class Settings(BaseSettings):
     )
     processor_instance_id: str | None = Field(
         None, description="static group membership (group.instance.id) of a processor: a restarted processor with "
-        "the same id takes its partitions back without a full rebalance. For Kafka and Redpanda, not the embedded "
-        "broker (README, \"High availability of processing\"); use the pod name of a StatefulSet, never one id "
-        "for two live processors"
+        "the same id takes its partitions back without a full rebalance (README, \"High availability of "
+        "processing\"); use the pod name of a StatefulSet, never one id for two live processors"
     )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(

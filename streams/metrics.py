@@ -4,10 +4,8 @@
 this processor's partitions it has not consumed yet: per partition the high
 watermark last seen in a fetch response minus the consumer's position,
 summed. Both are local to the client (no broker round trip), refreshed by
-the processor's loop at most once a ``LAG_INTERVAL_S``. On the embedded
-broker the watermark is exact because every producer of ours writes one
-record per batch there (BROKER.md); a foreign multi-record batch would make
-it short. ``taskstream_dependency_wait_seconds`` observes, when a task with
+the processor's loop at most once a ``LAG_INTERVAL_S``.
+``taskstream_dependency_wait_seconds`` observes, when a task with
 dependencies is queued for its first attempt, the time since it was
 created. No label: the figures are per processor process.
 """

@@ -47,7 +47,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaError, KafkaException, TopicPartition
 from rocksdict import Rdict
 
 from taskstream.schemas import (
@@ -62,16 +62,7 @@ from taskstream.schemas import (
     retry_tier,
 )
 from taskstream.schemas import kafka
-from taskstream.schemas.kafka import (
-    admin,
-    ONE_PER_BATCH,
-    EndMarks,
-    close_member,
-    consume_available,
-    is_marker,
-    is_permanent,
-    write_markers,
-)
+from taskstream.schemas.kafka import admin, consume_available, end_offsets, is_permanent, read_to_ends
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.offsets import DeadLetter, poison_headers
 
@@ -181,11 +172,6 @@ class Processor:
         self._failed: list[str] = []
         self._refused: list[tuple[str, bytes | None, bytes | None, list, str]] = []  # topic, key, value, headers, why
         self.producer = kafka.producer(settings, self.id)
-        self.marks = EndMarks(settings.embedded_broker)
-        # Ready messages go one a batch (on the embedded broker): the end offsets of the ready topics stay exact
-        # without end markers, so queue depth (end - the executors' committed offsets) counts tasks only.
-        self.ready_producer = (kafka.producer(settings, f"{self.id}-ready", ONE_PER_BATCH)
-                               if settings.embedded_broker else self.producer)
         self._ready_topics = frozenset(self.topics.all_ready)
         # Ready messages wait until the batch's events and states are acknowledged: an executor's result then
         # always lands in the log after the TaskQueued of its attempt.
@@ -195,14 +181,11 @@ class Processor:
             **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
         })
         # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.
-        self.heartbeats = kafka.reader(settings, f"{self.id}-heartbeats", f"{self.id}-heartbeats",
-                                       {"fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
-        self.joined = threading.Event()  # any assignment, even an empty one: see close_member
+        self.heartbeats = kafka.reader(settings, f"{self.id}-heartbeats", f"{self.id}-heartbeats")
 
     # ------------------------------------------------------------ partitions
 
     def _on_assign(self, consumer, partitions) -> None:
-        self.joined.set()
         if not partitions:
             return
         started = time.monotonic()
@@ -265,32 +248,25 @@ class Processor:
         return Rdict(str(path))
 
     def _restore(self, tables: dict[int, Rdict]) -> int:
-        """Rebuild partitions' tables from ``<p>.state``, each read up to a marker of our own."""
-        ends = write_markers(self.producer, self.topics.state, list(tables))
-        reader = kafka.reader(self.settings, f"{self.id}-restore", f"{self.id}-restore", {"fetch.wait.max.ms": 500})
-        reader.assign([TopicPartition(self.topics.state, p, OFFSET_BEGINNING) for p in tables])
+        """Rebuild partitions' tables from ``<p>.state``, each read up to its end offset as of now.
+
+        The previous owner of a partition flushed its writes before it gave
+        the partition up (``_on_revoke``), so the end offset covers them."""
+        reader = kafka.reader(self.settings, f"{self.id}-restore", f"{self.id}-restore",
+                              {"enable.partition.eof": True})
         n = 0
-        pending = set(tables)
         try:
-            deadline = time.monotonic() + 600
-            while pending:
-                if time.monotonic() > deadline:
-                    raise BrokerUnavailable(f"restoring {self.topics.state} partitions {sorted(pending)} timed out")
-                for m in reader.consume(10000, 0.1):
-                    if m.error() is not None:
-                        continue
-                    p = m.partition()
-                    if p not in pending:
-                        continue
-                    if not is_marker(m):
-                        if m.value():
-                            tables[p][m.key()] = m.value()
-                        else:
-                            tables[p].pop(m.key(), None)
-                        n += 1
-                    if m.offset() >= ends[p]:
-                        pending.discard(p)
+            ends = end_offsets(reader, self.topics.state, tables, timeout=30)
+            for batch in read_to_ends(reader, self.topics.state, ends):
+                for m in batch:
+                    if m.value():
+                        tables[m.partition()][m.key()] = m.value()
+                    else:
+                        tables[m.partition()].pop(m.key(), None)
+                n += len(batch)
             return n
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"restoring {self.topics.state}: {exc}") from exc
         finally:
             reader.close()
 
@@ -341,9 +317,6 @@ class Processor:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + tick
                     self._fire_timers(datetime.now(UTC))
-                if self.marks.due():
-                    self.marks.write(self.producer)
-                    self.producer.poll(0)
                 if time.monotonic() >= next_lag:
                     next_lag = time.monotonic() + LAG_INTERVAL_S
                     self._measure_lag()
@@ -367,7 +340,7 @@ class Processor:
         now = datetime.now(UTC)
         poison = []
         for m in messages:
-            if m.error() is not None or is_marker(m):
+            if m.error() is not None:
                 continue
             table, timers = self.tables.get(m.partition()), self.timers.get(m.partition())
             if table is None or timers is None:
@@ -434,8 +407,6 @@ class Processor:
             if table is None:  # revoked while the batch was in flight
                 continue
             done[partition] = m.offset() + 1
-            if is_marker(m):
-                continue
             for out in self._fold_one(table, m, partition, now):
                 self._produce(out)
         self._flush_and_check()
@@ -487,13 +458,12 @@ class Processor:
         kwargs = {"headers": out.headers, "on_delivery": self._delivered}
         if out.partition is not None:
             kwargs["partition"] = out.partition
-        producer = self.ready_producer if out.topic in self._ready_topics else self.producer
         while True:
             try:
-                producer.produce(out.topic, out.value, out.key, **kwargs)
+                self.producer.produce(out.topic, out.value, out.key, **kwargs)
                 return
             except BufferError:
-                producer.poll(0.05)
+                self.producer.poll(0.05)
             except KafkaException as exc:
                 if not is_permanent(exc):
                     raise BrokerUnavailable(f"produce to {out.topic} failed: {exc}") from exc
@@ -503,8 +473,6 @@ class Processor:
 
     def _delivered(self, err, msg) -> None:
         if err is None:
-            if msg.topic() not in self._ready_topics:  # those go one a batch: no end marker needed
-                self.marks.wrote(msg)
             return
         if is_permanent(err):
             self._refused.append((msg.topic(), msg.key(), msg.value(), list(msg.headers() or []),
@@ -519,8 +487,6 @@ class Processor:
         held, self._ready_held = self._ready_held, []
         for out in held:
             self._produce(out, hold_ready=False)
-        if self.ready_producer is not self.producer:
-            remaining += self.ready_producer.flush(timeout)
         return remaining + self.producer.flush(timeout)
 
     def _dead_letter_refused(self) -> None:
@@ -579,7 +545,7 @@ class Processor:
         except (KafkaException, BrokerUnavailable) as exc:
             log.warning("final commit failed: %s", exc)
         finally:
-            close_member(self.consumer, self.joined, self.settings, self.topics.processor_group)
+            self.consumer.close()
             self.heartbeats.close()
             for table in self.tables.values():
                 table.close()

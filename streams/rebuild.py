@@ -30,10 +30,9 @@ events again on top, which is exactly what the processor did. A key with no
 event in between folds as before (the common case costs a dict lookup).
 
 **Where the fold stops.** By default at each partition's end offset as of the
-start (on the embedded broker our producers append an end marker once they
-are at rest, which keeps its end offsets exact: docs/decisions/0001). The live ``<p>.state`` is read up to
-a marker record this module appends (like ``processor._restore``), so no end
-offset is trusted there. With ``write`` the fold stops at the processor
+start; the live ``<p>.state`` is read up to its end offsets taken next (like
+``processor._restore``), so a comparison is exact while the processors are at
+rest (under load, states folded meanwhile may differ). With ``write`` the fold stops at the processor
 group's committed offsets instead: that is where the processors resume, and
 they react to everything after it themselves, so the states written are the
 ones their tables held at that point, with ``last_offset`` at the last record
@@ -60,7 +59,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from taskstream.schemas import (
     BrokerUnavailable,
@@ -73,7 +72,7 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas import kafka
-from taskstream.schemas.kafka import MARKER_KEYS, admin, write_markers
+from taskstream.schemas.kafka import admin, end_offsets, read_to_ends
 
 from . import domain
 
@@ -171,8 +170,6 @@ class LogFold:
         """Fold one record (the hot path of a rebuild: kept to one call of decode and one of evolve)."""
         if not key:
             self.keyless += 1
-            return
-        if key in MARKER_KEYS and not value:  # read and end markers (tombstones) are not events
             return
         try:
             event = self._decode(value)
@@ -316,7 +313,7 @@ class Job:
     settings: Settings
     partitions: tuple[int, ...]
     event_ends: dict[int, int]
-    state_markers: dict[int, int] | None = None  # read <p>.state up to these markers and compare
+    state_ends: dict[int, int] | None = None  # read <p>.state up to these end offsets and compare
     write: bool = False
     keep_states: bool = False
     as_of: datetime | None = None
@@ -327,61 +324,23 @@ def _reader(settings: Settings, name: str) -> Consumer:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
-        "fetch.wait.max.ms": 500,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "queued.max.messages.kbytes": 256 * 1024,
     })
 
 
-def scan(consumer: Consumer, topic: str, ends: Mapping[int, int], timeout: float = 600.0,
-         progress: Callable[[int], None] | None = None) -> Iterable[list]:
-    """Batches of messages of ``topic``'s partitions from offset 0 up to (excluding) ``ends[p]``."""
-    pending = {p for p, end in ends.items() if end > 0}
-    if not pending:
-        return
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
-    deadline = time.monotonic() + timeout
-    while pending:
-        if time.monotonic() > deadline:
-            raise BrokerUnavailable(f"reading {topic} partitions {sorted(pending)} timed out after {timeout:.0f}s")
-        batch = consumer.consume(READ_BATCH, 0.2)
-        keep = []
-        for m in batch:
-            p = m.partition()
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    if m.offset() >= ends.get(p, 0):
-                        pending.discard(p)
-                    continue
-                raise BrokerUnavailable(f"reading {topic}: {err}")
-            if p not in pending:
-                continue
-            offset = m.offset()
-            if offset >= ends[p]:
-                pending.discard(p)
-                continue
-            keep.append(m)
-            if offset >= ends[p] - 1:
-                pending.discard(p)
-        if keep:
-            if progress is not None:
-                progress(len(keep))
-            yield keep
-
-
-def read_live(settings: Settings, markers: Mapping[int, int]) -> dict[bytes, State]:
-    """The live ``<p>.state`` of some partitions, each read up to its marker (``markers[p]``: its offset)."""
+def read_live(settings: Settings, ends: Mapping[int, int]) -> dict[bytes, State]:
+    """The live ``<p>.state`` of some partitions, each read up to (excluding) ``ends[p]``."""
     topic = Topics(settings.prefix).state
     wire = codec.WireFormat.of(settings)
     live: dict[bytes, State] = {}
     consumer = _reader(settings, "taskstream-state-live")
     try:
-        for batch in scan(consumer, topic, {p: o + 1 for p, o in markers.items()}):
+        for batch in read_to_ends(consumer, topic, ends):
             for m in batch:
                 key = m.key()
-                if not key or (key in MARKER_KEYS and not m.value()):
+                if not key:
                     continue
                 if not m.value():
                     live.pop(key, None)
@@ -406,9 +365,12 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
     add = fold.add
     consumer = _reader(job.settings, "taskstream-state-rebuild")
     try:
-        for batch in scan(consumer, topics.events, {p: job.event_ends[p] for p in job.partitions}, progress=progress):
+        for batch in read_to_ends(consumer, topics.events, {p: job.event_ends[p] for p in job.partitions},
+                                  batch=READ_BATCH):
             for m in batch:
                 add(m.partition(), m.offset(), m.key(), m.value())
+            if progress is not None:
+                progress(len(batch))
     except KafkaException as exc:
         raise BrokerUnavailable(f"reading {topics.events}: {exc}") from None
     finally:
@@ -417,8 +379,8 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
     out.tasks, out.schedules = fold.counts()
     # Only a written state needs its last_offset (compare ignores it): skip a copy of every state otherwise.
     rebuilt = {key: fold.result(key) for key in fold.states} if job.write else fold.states
-    if job.state_markers is not None:
-        live = read_live(job.settings, {p: job.state_markers[p] for p in job.partitions})
+    if job.state_ends is not None:
+        live = read_live(job.settings, {p: job.state_ends[p] for p in job.partitions})
         out.live = len(live)
         out.mismatches = compare(live, rebuilt)
     if job.write:
@@ -450,8 +412,6 @@ def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State],
     remaining = producer.flush(60)
     if remaining or failed:
         raise BrokerUnavailable(f"{remaining} state(s) unacknowledged, errors: {failed[:3]}")
-    if settings.embedded_broker:  # a marker alone after the batches: end offsets exact again (docs/decisions/0001)
-        write_markers(producer, topic, sorted(set(partition_of[k] for k in states)))
     return len(states)
 
 
@@ -498,12 +458,11 @@ def _metadata(settings: Settings, timeout: float) -> int:
     return n
 
 
-def end_offsets(settings: Settings, partitions: int, timeout: float = 10.0) -> dict[int, int]:
-    """Each partition's end (high watermark) of ``<p>.events`` now."""
-    topic = Topics(settings.prefix).events
+def _ends(settings: Settings, topic: str, partitions: int, timeout: float) -> dict[int, int]:
+    """Each partition's end (high watermark) of ``topic`` now."""
     consumer = _reader(settings, "taskstream-state-ends")
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in range(partitions)}
+        return end_offsets(consumer, topic, range(partitions), timeout)
     finally:
         consumer.close()
 
@@ -530,17 +489,15 @@ def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as
     started = time.monotonic()
     try:
         n = _metadata(settings, timeout)
-        ends = end_offsets(settings, n, timeout)
+        topics = Topics(settings.prefix)
+        ends = _ends(settings, topics.events, n, timeout)
         until = "end"
         if write:
             committed = committed_offsets(settings, n, timeout)
             if any(c is not None for c in committed.values()):
                 until = "processor commits"
             ends = {p: (c if c is not None else ends[p]) for p, c in committed.items()}
-        markers = None
-        if verify or write:
-            producer = kafka.producer(settings, "taskstream-state-marker", {"batch.num.messages": 1})
-            markers = write_markers(producer, Topics(settings.prefix).state, list(range(n)))  # flushed there
+        state_ends = _ends(settings, topics.state, n, timeout) if verify or write else None
         total = sum(ends.values())
         if on_total is not None:
             on_total(total)
@@ -548,7 +505,7 @@ def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as
             workers = min(os.cpu_count() or 1, n) if total >= POOL_THRESHOLD else 1
         workers = max(1, min(workers, n))
         groups = [tuple(range(n))[i::workers] for i in range(workers)]
-        jobs = [Job(settings, g, ends, markers, write, keep_states, as_of) for g in groups]
+        jobs = [Job(settings, g, ends, state_ends, write, keep_states, as_of) for g in groups]
         report = Report(partitions=n, workers=workers, until=until)
         if workers == 1:
             report.merge(run_job(jobs[0], progress))

@@ -43,13 +43,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from taskstream.schemas import DecodeError, Settings, TaskRetryScheduled, Topics, codec
 from taskstream.schemas import kafka
-from taskstream.schemas.kafka import (
-    EndMarks,
-    close_member,
-    consume_available,
-    is_marker,
-    is_permanent,
-)
+from taskstream.schemas.kafka import consume_available, is_permanent
 from taskstream.schemas.observability import about
 from taskstream.schemas.offsets import DeadLetter, PartitionOffsets
 
@@ -70,22 +64,18 @@ class RetryRelay:
         self.topics = Topics(settings.prefix)
         self.wire = codec.WireFormat.of(settings)
         self.id = f"{member_id}-relay"
-        self.consumer = kafka.consumer(settings, self.id, self.topics.relay_group,
-                                       {"fetch.wait.max.ms": settings.cold_fetch_wait_max_ms})
+        self.consumer = kafka.consumer(settings, self.id, self.topics.relay_group)
         self.producer = kafka.producer(settings, self.id)
-        self.marks = EndMarks(settings.embedded_broker)
         self._offsets: dict[tuple[str, int], PartitionOffsets] = {}
         self._heap: list = []
         self._seq = itertools.count()
         self._paused: set[tuple[str, int]] = set()
         self._redo_dlq: list[tuple[float, DeadLetter, PartitionOffsets]] = []  # (when, letter, offsets)
         self.requeued = 0
-        self.joined = threading.Event()  # any assignment, even an empty one: see close_member
 
     # ------------------------------------------------------------ partitions
 
     def _on_assign(self, consumer, partitions) -> None:
-        self.joined.set()
         for tp in partitions:
             self._offsets[(tp.topic, tp.partition)] = PartitionOffsets()
         log.info("retry relay %s assigned %d partitions", self.id, len(partitions))
@@ -127,8 +117,6 @@ class RetryRelay:
                 self._release(time.time())
                 self._redo(time.time())
                 self.producer.poll(0)
-                if self.marks.due():
-                    self.marks.write(self.producer)
                 self._pause_full()
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                     self._commit(asynchronous=True)
@@ -136,7 +124,7 @@ class RetryRelay:
         finally:
             self.producer.flush(10)
             self._commit(asynchronous=False)
-            close_member(self.consumer, self.joined, self.settings, self.topics.relay_group)
+            self.consumer.close()
             log.info("retry relay %s stopped after re-queueing %d attempts", self.id, self.requeued)
 
     def _take(self, messages) -> None:
@@ -150,9 +138,6 @@ class RetryRelay:
             if offsets is None:
                 continue
             offsets.add(m.offset())
-            if is_marker(m):
-                offsets.mark_done(m.offset())
-                continue
             try:
                 record = self.wire.decode_as(m.value(), TaskRetryScheduled)
             except DecodeError as exc:
@@ -230,16 +215,9 @@ class RetryRelay:
                 self._to_dlq(letter, offsets)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:
-        marks = self.marks
-
-        def delivered(err, msg):
-            if err is None:
-                marks.wrote(msg)
-            on_delivery(err, msg)
-
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers, on_delivery=delivered)
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
                 return
             except BufferError:
                 self.producer.poll(0.05)

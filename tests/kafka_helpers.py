@@ -13,12 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, codec
-from taskstream.schemas.kafka import ONE_PER_BATCH, admin, is_end_marker, producer_config
-
-
-#: fetch.wait.max.ms of the tests' own readers. The embedded broker holds every fetch this long even when data
-#: arrives (BROKER.md), so librdkafka's default (500 ms) made each wait for a record ~0.25-0.5 s late.
-READER_FETCH_WAIT_MS = 20
+from taskstream.schemas.kafka import admin, producer_config
 
 
 class TopicReader:
@@ -26,8 +21,7 @@ class TopicReader:
 
     def __init__(self, settings: Settings, *topic_names: str) -> None:
         self.consumer = Consumer(
-            {"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-reader", "enable.auto.commit": False,
-             "fetch.wait.max.ms": READER_FETCH_WAIT_MS}
+            {"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-reader", "enable.auto.commit": False}
         )
         md = admin(settings).list_topics(timeout=10).topics
         self.consumer.assign(
@@ -39,7 +33,7 @@ class TopicReader:
         new = []
         while True:
             msgs = self.consumer.consume(1000, timeout)
-            msgs = [m for m in msgs if m.error() is None and not is_end_marker(m)]  # end markers are noise
+            msgs = [m for m in msgs if m.error() is None]
             if not msgs:
                 break
             new.extend(msgs)
@@ -72,8 +66,8 @@ class TopicReader:
 
 
 def producer(settings: Settings) -> Producer:
-    # One record per batch: what a test writes is exactly visible in end offsets at once (no EndMarks here).
-    return Producer({**producer_config(settings, "test"), "linger.ms": 1, **ONE_PER_BATCH})
+    """A producer configured as the program's own (idempotent, acks=all, murmur2 keys), lingering 1 ms."""
+    return Producer({**producer_config(settings, "test"), "linger.ms": 1})
 
 
 def send_events(settings: Settings, events, topic: str | None = None) -> None:
@@ -122,33 +116,19 @@ class Component:
 
 def stop_all(*components, timeout: float = 20.0) -> list[int]:
     """Stop ``taskstream`` subprocesses (``Component`` or anything with a ``proc`` of one) like ``stop`` does, but
-    a processor, an executor and an API at once: each leaves only its own consumer groups, and a graceful leave on
-    the embedded broker waits for its group to be stable for a second (``close_member``), so a teardown pays the
-    slowest stop, not the sum. Members of one group (two executors, two processors) still stop one after the
-    other, as they would one by one. SIGTERM once per process (a second one makes uvicorn quit at once), SIGKILL
-    after ``timeout``. Returns the exit codes in the order given; ``None`` entries are skipped."""
+    all at once, so a teardown pays the slowest stop, not the sum. SIGTERM once per process (a second one makes
+    uvicorn quit at once), SIGKILL after ``timeout``. Returns the exit codes in the order given; ``None`` entries
+    are skipped."""
     live = [c for c in components if c is not None]
-    waves: list[list] = []
-    for c in live:  # wave i holds the i-th component of each role (``taskstream <role> ...``)
-        wave = next((w for w in waves if all(_role(o) != _role(c) for o in w)), None)
-        if wave is None:
-            waves.append(wave := [])
-        wave.append(c)
-    codes: dict[int, int] = {}
-    for wave in waves:
-        for c in wave:
-            if c.proc.poll() is None:
-                os.killpg(c.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for c in wave:
-            try:
-                codes[id(c)] = c.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(c.proc.pid, signal.SIGKILL)
-                codes[id(c)] = c.proc.wait()
-    return [codes[id(c)] for c in live]
-
-
-def _role(c) -> object:
-    return c.proc.args[3] if len(c.proc.args) > 3 else id(c)
-
+    for c in live:
+        if c.proc.poll() is None:
+            os.killpg(c.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for c in live:
+        try:
+            codes.append(c.proc.wait(max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            os.killpg(c.proc.pid, signal.SIGKILL)
+            codes.append(c.proc.wait())
+    return codes

@@ -2,11 +2,10 @@
 
 Ready means: the broker answers a metadata request within
 ``probe.TIMEOUT_S`` (1 s), every topic of ``catalogue(settings)`` exists, the
-read model finished its initial catch-up of ``<p>.state`` (a lower bound on
-the embedded broker, see ``read_model.ReadModel``) and is not more than
+read model finished its initial catch-up of ``<p>.state`` (see
+``read_model.ReadModel``) and is not more than
 ``settings.ready_max_read_model_lag`` records behind the end offsets of
-``<p>.state`` (exact on the embedded broker only because the processor
-writes one record per batch there, BROKER.md). With
+``<p>.state``. With
 ``ready_requires_workers`` (set by `taskstream dev`) the processor and
 executor consumer groups must also be stable, so a client that waits for
 readiness finds the whole system warm. With API keys on, the key store must have

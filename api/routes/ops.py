@@ -13,8 +13,7 @@ Stats
     committed offset, summed over partitions; a partition never committed
     counts from its low watermark), so it counts attempts waiting *and*
     attempts running (executors commit after the result). End offsets are
-    exact on the embedded broker only because our producers write one
-    record per batch there (BROKER.md). ``throughput``: tasks that reached
+    the broker's high watermarks. ``throughput``: tasks that reached
     a terminal status in the last 60 s (by their ``finished_at``).
     ``oldest_queued``: the task queued longest and for how long. If the
     broker does not answer, ``queue_depth`` is null and ``errors`` says why;
@@ -35,10 +34,8 @@ Cluster
     ``started_event_after_s``, so an executor that runs only short tasks has
     none (null) while being a healthy member.
 
-    The embedded Tansu broker answers DescribeGroups with member ids only
-    (no client id, host or assignment) and librdkafka then reports no
-    members at all, so there ``members`` is empty and ``members_reported``
-    false; Kafka and Redpanda report them. The heartbeat view works on both.
+    ``members_reported`` is false (and ``members`` empty) only for a group
+    the broker did not describe (it did not answer, or refused).
 """
 
 from __future__ import annotations

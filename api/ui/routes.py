@@ -35,8 +35,7 @@ and bounded, under ``/ui/api/``:
   tasks, computed here so the browser does not download their payloads.
 - ``GET /ui/api/lag``: the processor group's lag on ``<p>.events`` (end
   offsets minus committed offsets, through the API's ``BrokerProbe``, so
-  cached for a second). On the embedded broker end offsets are
-  under-reported (BROKER.md), so there this figure can read low.
+  cached for a second).
 
 ``router`` is the only router; give it one role when the API has roles
 (reading pages needs no more than ``reader``: every write goes through the

@@ -2,7 +2,7 @@
 
 Chromium is Debian's package (``make test`` installs it when missing),
 driven by Playwright for Python through ``executable_path`` (no
-``playwright install``). One ``taskstream dev`` (its own embedded broker,
+``playwright install``). One ``taskstream dev`` (its own Kafka node,
 a handler module of this file's) serves every test of the module. Each
 test writes a screenshot of the page it checked to ``docs/screenshots/``
 (the README's "Dashboard" section shows them).

@@ -1,7 +1,7 @@
 """A whole taskstream stack for client and CLI tests: processor, executor and API as subprocesses.
 
-One stack per test module (module-scoped fixtures), on the module's
-embedded broker with a topic prefix of its own. The executor loads
+One stack per test module (module-scoped fixtures), on the session's
+Kafka node with a topic prefix of its own. The executor loads
 ``clienthandlers`` (written to the stack's folder) besides the built-ins:
 ``fail`` raises ``PermanentError`` (the task fails at once, no retries).
 The API is served over real HTTP on a free loopback port (``url``), so
@@ -66,7 +66,7 @@ class LiveStack:
         self.folder = folder
         port = free_port()
         self.settings = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
-                                 embedded_broker=True, data_dir=folder / "data", session_timeout_ms=SESSION_TIMEOUT_MS,
+                                 data_dir=folder / "data", session_timeout_ms=SESSION_TIMEOUT_MS,
                                  log_level="WARNING", metrics_port=0, api_port=port)
         self.url = f"http://127.0.0.1:{port}"
         wait_for_broker(self.settings)

@@ -25,7 +25,7 @@ from taskstream.schemas import (
     Topics,
     codec,
 )
-from taskstream.schemas.kafka import common_config
+from taskstream.schemas.kafka import producer_config
 from tests.conftest import wait_until
 from tests.integration.test_api import PROBLEM, read_topic, topic_is_empty
 
@@ -53,7 +53,7 @@ def create(client: TestClient, **fields) -> dict:
 
 def produce_to_state(settings: Settings, records: list[tuple[bytes, bytes]], partition: int = 0) -> None:
     """Records to one partition of ``<p>.state``, in order."""
-    producer = Producer(common_config(settings, "test-state-writer"))
+    producer = Producer(producer_config(settings, "test-state-writer"))
     for key, value in records:
         producer.produce(Topics(settings.prefix).state, value, key, partition=partition)
     assert producer.flush(10) == 0
@@ -218,7 +218,7 @@ def test_read_model_projects_schedule_states_and_skips_other_records(client: Tes
                      created_at=now, updated_at=now, schedule_id=s["id"], scheduled_for=fired_at, version=2)
     heartbeat = Heartbeat(task_id="t-made", occurred_at=now, producer="exec", attempt=1)
     produce_to_state(settings, [
-        (b"__taskstream_marker__", b"\x00not avro"),
+        (b"t-garbage", b"\x00not avro"),
         (b"t-made", codec.encode(heartbeat)),
         (s["id"].encode(), codec.encode(processor_view)),
         (b"t-made", codec.encode(task)),

@@ -1,6 +1,6 @@
 """Dependencies, workflows, batch, idempotency, cancel, update, history and lists of the HTTP API.
 
-Real embedded broker, the API's real lifespan. Effects that need the
+Real Kafka, the API's real lifespan. Effects that need the
 processor are checked in the events the API wrote; one test runs a real
 processor and executor and checks the outcome through the API.
 """

@@ -1,4 +1,4 @@
-"""`taskstream keys create|list|revoke` through the console script against the embedded broker, and a
+"""`taskstream keys create|list|revoke` through the console script against the test Kafka node, and a
 running API (in this process) that accepts a created key and refuses it once revoked; `taskstream api`
 refuses a non-loopback address without authentication."""
 

@@ -43,7 +43,7 @@ def task(handler: str, payload=None, **kw) -> TaskCreated:
 def stack(broker, tmp_path_factory):
     """A prefix whose tasks all ran to the end on a processor and executor that are stopped again."""
     tmp = tmp_path_factory.mktemp("state")
-    settings = Settings(bootstrap_servers=broker, prefix=f"t{new_id()[:10]}", partitions=3, embedded_broker=True,
+    settings = Settings(bootstrap_servers=broker, prefix=f"t{new_id()[:10]}", partitions=3,
                         data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS)
     from taskstream.schemas import catalogue
     from taskstream.schemas.kafka import ensure_topics

@@ -11,13 +11,13 @@ import uuid
 
 import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from taskstream.cli.broker import free_port
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, catalogue, codec
-from taskstream.schemas.kafka import admin, is_end_marker
+from taskstream.schemas.kafka import admin
 from tests.conftest import wait_until
 from tests.kafka_helpers import Component, now, producer
 
@@ -41,7 +41,7 @@ def json_lines(r: subprocess.CompletedProcess) -> list[dict]:
 
 def fresh(broker: str) -> Settings:
     """Settings of a prefix whose topics do not exist yet."""
-    return Settings(bootstrap_servers=broker, prefix=f"tp{uuid.uuid4().hex[:8]}", partitions=3, embedded_broker=True)
+    return Settings(bootstrap_servers=broker, prefix=f"tp{uuid.uuid4().hex[:8]}", partitions=3)
 
 
 def fill(settings: Settings, topic: str, per_partition: dict[int, int]) -> None:
@@ -153,23 +153,8 @@ def test_lag_per_group_and_partition_from_committed_and_end_offsets(settings) ->
     r = taskstream(settings, "lag")
     assert r.returncode == 0, r.stderr
     assert f"{t.processor_group} (processor): empty, lag 3" in r.stdout
-    assert f"{t.executor_group} (executors): empty, lag 4" in r.stdout
+    assert f"{t.executor_group} (executors): dead, lag 4" in r.stdout, r.stdout  # no member ever joined
     assert "read model" in r.stdout.splitlines()[-1]
-
-
-def end_markers(settings, topics: list[str]) -> int:
-    """End markers our producers appended to ``topics`` (records that lag counts like any other)."""
-    reader = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-markers"})
-    reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(settings.partitions)])
-    try:
-        seen, idle = [], 0
-        while idle < 3:
-            batch = [m for m in reader.consume(1000, 0.2) if m.error() is None]
-            seen += batch
-            idle = 0 if batch else idle + 1
-        return sum(1 for m in seen if is_end_marker(m))
-    finally:
-        reader.close()
 
 
 def test_lag_of_a_running_processor_drops_to_zero(settings, tmp_path) -> None:
@@ -191,10 +176,10 @@ def test_lag_of_a_running_processor_drops_to_zero(settings, tmp_path) -> None:
 
         rows = wait_until(processor_rows, timeout=60, interval=0.5, message="processor lag 0")
         assert all(x["committed"] == x["end"] for x in rows)
-        assert all(x["group_state"] == "stable" for x in rows)  # (the embedded broker lists no members)
+        assert all(x["group_state"] == "stable" for x in rows)
         executors = [x for x in json_lines(taskstream(settings, "lag", "--json")) if x["group"] == t.executor_group]
-        # 30 ready messages, no executor running; lag counts records, the end markers after them too
-        assert sum(x["lag"] for x in executors) == 30 + end_markers(settings, t.all_ready)
+        # 30 ready messages, no executor running
+        assert sum(x["lag"] for x in executors) == 30
     finally:
         proc.stop()
 

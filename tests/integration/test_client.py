@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from taskstream.cli.broker import EmbeddedBroker, free_port
+from taskstream.cli.broker import KafkaBroker, free_port
 from taskstream.client import (
     AsyncClient, Client, Conflict, Forbidden, NotFound, PreconditionFailed, RateLimited, ServerError, Task,
     TaskstreamError, Unauthorized, Unavailable, ValidationFailed, WaitTimeout, task_body,
@@ -327,9 +327,9 @@ def test_api_up_broker_down_is_unavailable(tmp_path) -> None:
     from taskstream.schemas import Settings, catalogue
     from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 
-    broker = EmbeddedBroker(free_port()).start()
+    broker = KafkaBroker(free_port(), tmp_path / "kafka").start()
     port = free_port()
-    s = Settings(bootstrap_servers=broker.bootstrap_servers, prefix="tdown", partitions=1, embedded_broker=True,
+    s = Settings(bootstrap_servers=broker.bootstrap_servers, prefix="tdown", partitions=1,
                  data_dir=tmp_path / "data", log_level="WARNING")
     server = None
     thread = None
@@ -343,7 +343,7 @@ def test_api_up_broker_down_is_unavailable(tmp_path) -> None:
         with Client(f"http://127.0.0.1:{port}") as ts:
             wait_until(lambda: _ready(ts), timeout=30, interval=0.2, message="ready")
             assert ts.submit("noop").status
-            broker.stop(timeout=0.5)
+            broker.stop()
             with pytest.raises(Unavailable) as exc:
                 ts.submit("noop")
             assert exc.value.status == 503 and exc.value.retry_after == 1.0
@@ -355,7 +355,7 @@ def test_api_up_broker_down_is_unavailable(tmp_path) -> None:
         if server is not None:
             server.should_exit = True
             thread.join(15)
-        broker.stop(timeout=0.5)
+        broker.kill()
 
 
 def _ready(ts: Client) -> bool:

@@ -65,7 +65,7 @@ class StateTable:
         """Fold at most one batch, so a caller watching a threshold sees it crossed, not long past."""
         for m in self.reader.consumer.consume(max_messages, 0.1):
             if m.error() is not None or not m.value():
-                continue  # a restore marker (tombstone)
+                continue  # a tombstone
             s = codec.decode(m.value())
             if isinstance(s, TaskState):  # <p>.state also holds schedules
                 self.states[s.task_id] = s

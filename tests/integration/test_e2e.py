@@ -1,7 +1,7 @@
 """End to end through `taskstream dev` as a user runs it: HTTP in, a user handler runs, HTTP out.
 
-The stack under test is one `taskstream dev` subprocess with its own embedded
-broker on free ports, started in a temporary directory that holds the
+The stack under test is one `taskstream dev` subprocess with its own Kafka
+node on free ports, started in a temporary directory that holds the
 handler module it loads with ``--handlers``.
 """
 
@@ -37,7 +37,7 @@ PRIORITIES = ("high", "medium", "low")
 
 
 def child_env() -> dict[str, str]:
-    """The test's environment without TASKSTREAM_*: dev starts its own embedded broker, default prefix."""
+    """The test's environment without TASKSTREAM_*: dev starts its own Kafka node, default prefix."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
     env["TASKSTREAM_LOG_LEVEL"] = "WARNING"
     return env

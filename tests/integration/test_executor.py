@@ -1,4 +1,4 @@
-"""The executor runtime against the real embedded broker: each test has its own topic prefix."""
+"""The executor runtime against a real Kafka broker: each test has its own topic prefix."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from taskstream.executors import Executor, PermanentError, Registry
 from taskstream.schemas import ReadyTask, Settings, TaskFailed, TaskStarted, TaskSucceeded, Topics, codec
-from taskstream.schemas.kafka import is_end_marker, producer_config
+from taskstream.schemas.kafka import producer_config
 from tests.conftest import wait_until
-from tests.kafka_helpers import READER_FETCH_WAIT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -73,14 +72,13 @@ class TopicReader:
             "bootstrap.servers": settings.bootstrap_servers,
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
-            "fetch.wait.max.ms": READER_FETCH_WAIT_MS,
         })
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
         self.messages: list = []
 
     def poll(self) -> list:
         for msg in self.consumer.consume(500, 0.05):
-            if msg.error() is None and not is_end_marker(msg):  # the end markers our producers append
+            if msg.error() is None:
                 self.messages.append(msg)
         return self.messages
 

@@ -81,8 +81,7 @@ def test_sigkill_one_of_two_executors_mid_load(settings: Settings, tmp_path: Pat
             wait_until(api_ready, timeout=60, interval=0.2, message="API ready")
 
             # Warm up until both executors report results, so both own ready partitions when the
-            # load starts and the kill takes work away. (The embedded broker's DescribeGroups
-            # answers with no members, so the group cannot be asked.)
+            # load starts and the kill takes work away.
             warm: list[str] = []
 
             def both_executors_working() -> bool:

@@ -1,6 +1,6 @@
 """Nothing a client sends or a handler returns stops the processor, the executor or the relay (issue 12).
 
-A real processor and executor (subprocesses) on the embedded broker, the
+A real processor and executor (subprocesses) on the test Kafka node, the
 API in-process. Each test pushes one kind of oversized data through the
 stack, then submits an ordinary task that must succeed, and checks that no
 component exited (nothing here restarts them: a crash would leave the later

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from taskstream.api.app import create_app
-from taskstream.cli.broker import EmbeddedBroker, free_port
+from taskstream.cli.broker import KafkaBroker, free_port
 from taskstream.schemas import Settings, Topics, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 from tests.conftest import SESSION_TIMEOUT_MS, wait_until
@@ -37,15 +37,15 @@ def parse(ts: str) -> datetime:
 
 def test_readyz_503_while_its_broker_is_down_and_200_when_it_is_back(tmp_path) -> None:
     port = free_port()
-    broker = EmbeddedBroker(port).start()
-    s = Settings(bootstrap_servers=broker.bootstrap_servers, prefix="tready", partitions=1, embedded_broker=True,
+    broker = KafkaBroker(port, tmp_path / "kafka").start()
+    s = Settings(bootstrap_servers=broker.bootstrap_servers, prefix="tready", partitions=1,
                  data_dir=tmp_path / "data")
     try:
         wait_for_broker(s)
         assert ensure_topics(s, catalogue(s)) == []
         with TestClient(create_app(s)) as c:
             wait_until(lambda: c.get("/readyz").status_code == 200, timeout=15, message="ready")
-            broker.stop(timeout=0.5)  # Tansu lingers ~5 s on SIGTERM while clients are connected; then SIGKILL
+            broker.stop()
             stopped = time.monotonic()
             r = wait_until(lambda: (r := c.get("/readyz")).status_code == 503 and r, timeout=10,
                            message="503 with the broker stopped")
@@ -66,17 +66,17 @@ def test_readyz_503_while_its_broker_is_down_and_200_when_it_is_back(tmp_path) -
             assert r.status_code == 200 and r.json()["queue_depth"] is None and r.json()["tasks"]["total"] == 0
             assert r.json()["errors"][0].startswith(f"queue depth: broker at 127.0.0.1:{port} did not answer")
 
-            broker = EmbeddedBroker(port).start()
+            broker.start()  # the same port and log directory: the topics are still there
             restarted = time.monotonic()
             wait_for_broker(s)
-            assert ensure_topics(s, catalogue(s)) == []  # memory-only: the new broker has no topics
+            assert ensure_topics(s, catalogue(s)) == []
             wait_until(lambda: c.get("/readyz").status_code == 200, timeout=30, message="ready again")
             back_after = time.monotonic() - restarted
             assert c.get("/readyz").json()["checks"] == {"broker": "ok", "topics": "ok", "read_model": "ok"}
-            print(f"\n/readyz: 503 {down_after:.2f}s after the broker stopped, 200 {back_after:.2f}s after a new "
-                  f"broker started on the same port")
+            print(f"\n/readyz: 503 {down_after:.2f}s after the broker stopped, 200 {back_after:.2f}s after it "
+                  f"started again")
     finally:
-        broker.stop(timeout=0.5)
+        broker.kill()
 
 
 def test_readyz_503_while_the_read_model_is_behind(settings: Settings) -> None:
@@ -138,7 +138,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops")
-    s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3, embedded_broker=True,
+    s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
                  data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS, log_level="WARNING",
                  # attempts of 1 s report TaskStarted and heartbeat, so the cluster view has heartbeats to show
                  started_event_after_s=0.1, heartbeat_interval_s=0.2)
@@ -219,13 +219,11 @@ def test_cluster_shows_brokers_topics_groups_and_executor_heartbeats(cluster: Cl
     for h in body["heartbeats"]:
         assert now - timedelta(seconds=30) < parse(h["last_heartbeat"]) <= now + timedelta(seconds=1)
     members = groups["executors"]["members"]
-    if groups["executors"]["members_reported"]:  # Kafka, Redpanda (TASKSTREAM_TEST_BOOTSTRAP)
-        assert sorted(m["client_id"] for m in members) == sorted(executors)
-        assigned = sorted((a["topic"], a["partition"]) for m in members for a in m["assignment"])
-        assert assigned == sorted((topic, p) for topic in t.all_ready for p in range(3))
-        assert all(m["last_heartbeat"] is not None for m in members)
-    else:  # the embedded broker describes groups without their members (BROKER.md)
-        assert members == []
+    assert groups["executors"]["members_reported"]
+    assert sorted(m["client_id"] for m in members) == sorted(executors)
+    assigned = sorted((a["topic"], a["partition"]) for m in members for a in m["assignment"])
+    assert assigned == sorted((topic, p) for topic in t.all_ready for p in range(3))
+    assert all(m["last_heartbeat"] is not None for m in members)
 
     # Cached for a second: a burst of requests makes one round of broker calls.
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""The processor against the real embedded broker: fold, publish ready work, fence stale results,
+"""The processor against a real Kafka broker: fold, publish ready work, fence stale results,
 route poison to the DLQ, and recover its table from ``<p>.state`` after losing its data directory."""
 
 from __future__ import annotations

@@ -10,9 +10,7 @@ it again, SIGKILL the executor and start another (leases of 3 s expire). When a 
 topic is quiet, a fold of the whole log must give the live state of every
 task (the console script's exit code and output are checked).
 
-Found so far: a LeaveGroup during a join broke the embedded broker's group
-(``close_member``, ``test_group_leave.py``); its own quiescence wait needed
-the fences. No shrinking: a failing example is reported as it ran, with the
+Found so far: the test's own quiescence wait needed the fences. No shrinking: a failing example is reported as it ran, with the
 last lines of every component's log.
 """
 

@@ -1,6 +1,6 @@
 """A run of the whole stack in one process with marked values: what reaches the logs and what the clients carry.
 
-Processor (with its relay), an executor, the API and a CLI command run against the embedded broker with SASL
+Processor (with its relay), an executor, the API and a CLI command run against the test Kafka node with SASL
 credentials in the settings (the broker is plaintext: ``security.protocol`` stays PLAINTEXT, librdkafka ignores the
 SASL properties), while the factory's client classes are wrapped to record every config. Tasks carry marker strings
 in their payloads and results (and in a user handler's error text). Then:

@@ -111,7 +111,7 @@ class StateLog:
 @pytest.fixture(scope="module")
 def stack(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("watch")
-    s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3, embedded_broker=True,
+    s = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
                  data_dir=tmp / "data", session_timeout_ms=SESSION_TIMEOUT_MS, log_level="WARNING", metrics_port=0,
                  started_event_after_s=0.1, heartbeat_interval_s=0.2,
                  api_port=free_port(), grpc_port=free_port(), watch_heartbeat_s=1.0,
@@ -464,15 +464,14 @@ def test_grpc_health_serves_and_reflection_lists_the_services(stubs: Stubs) -> N
 
 
 def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
-    """A broker of the test's own (stopped, then a new one on the same port), so the module's broker is untouched."""
+    """A broker of the test's own (stopped, then started again), so the session's broker is untouched."""
     from fastapi.testclient import TestClient
 
     from taskstream.api import create_app
-    from taskstream.cli.broker import EmbeddedBroker
+    from taskstream.cli.broker import KafkaBroker
 
-    port = free_port()
-    broker = EmbeddedBroker(port).start()
-    s = Settings(bootstrap_servers=broker.bootstrap_servers, prefix="thealth", partitions=1, embedded_broker=True,
+    broker = KafkaBroker(free_port(), tmp_path / "kafka").start()
+    s = Settings(bootstrap_servers=broker.bootstrap_servers, prefix="thealth", partitions=1,
                  data_dir=tmp_path / "data", grpc_port=free_port())
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     try:
@@ -483,18 +482,18 @@ def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
             health = health_pb2_grpc.HealthStub(channel)
             check = lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status  # noqa: E731
             wait_until(lambda: check() == serving, timeout=20, message="SERVING")
-            broker.stop(timeout=0.5)
+            broker.stop()
             wait_until(lambda: check() == not_serving, timeout=15, message="NOT_SERVING with the broker stopped")
             code, details = rpc_error(tasks_pb2_grpc.TaskServiceStub(channel).SubmitTask,
                                       tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="noop")), timeout=30)
             assert code == grpc.StatusCode.UNAVAILABLE
             assert any(isinstance(d, error_details_pb2.RetryInfo) for d in details)
-            broker = EmbeddedBroker(port).start()
+            broker.start()  # the same port and log directory: the topics are still there
             wait_for_broker(s)
             assert ensure_topics(s, catalogue(s)) == []
             wait_until(lambda: check() == serving, timeout=30, message="SERVING again")
     finally:
-        broker.stop(timeout=0.5)
+        broker.kill()
 
 
 def watchers(stack: Stack) -> dict[str, float]:

@@ -110,13 +110,13 @@ def test_an_unreadable_secret_file_is_an_error_naming_the_setting(tmp_path: Path
 def test_every_factory_function_carries_the_security_config_and_overrides_cannot_drop_it(
         secure: Settings, recorded) -> None:
     kafka.producer(secure, "p", {"linger.ms": 5, "sasl.password": "overridden"})
-    kafka.consumer(secure, "c", "group", {"fetch.wait.max.ms": 500})
+    kafka.consumer(secure, "c", "group", {"max.poll.interval.ms": 600000})
     kafka.reader(secure, "r", "group-r")
     kafka.admin(secure)
     kafka.async_producer(secure, "a").close(0.1)
     assert [k for k, _ in recorded] == ["producer", "consumer", "consumer", "admin", "producer"]
     assert all(carries(c) for _, c in recorded), recorded
-    assert recorded[0][1]["linger.ms"] == 5 and recorded[1][1]["fetch.wait.max.ms"] == 500
+    assert recorded[0][1]["linger.ms"] == 5 and recorded[1][1]["max.poll.interval.ms"] == 600000
 
 
 def test_clients_of_every_component_carry_the_security_config(secure: Settings, recorded, tmp_path: Path) -> None:

@@ -250,7 +250,7 @@ async function overviewCluster() {
   try {
     const { data } = await api("/api/v1/cluster");
     for (const g of data.groups) {
-      const members = g.members_reported ? String(g.members.length) : "not reported by this broker";
+      const members = g.members_reported ? String(g.members.length) : "unknown";
       groups.append(el("tr", {}, el("td", { class: "mono", text: g.group }), el("td", { text: g.role }),
                        el("td", { text: g.state }), el("td", { text: members })));
     }
