@@ -5,9 +5,11 @@ producer (acks=all, idempotent, from ``schemas.kafka``) and the read model
 (a consumer thread projecting ``<p>.state`` into RocksDB) and stops both on
 shutdown. Startup never waits for the broker: an API without a reachable
 cluster still starts, answers ``/healthz`` and reports why it is not ready
-on ``/readyz``. ``run_api(settings)`` serves the app with uvicorn and blocks;
-uvicorn handles SIGTERM/SIGINT by draining in-flight requests (up to
-``settings.shutdown_grace_s``) and then running the lifespan shutdown.
+on ``/readyz``. ``run_api(settings)`` first refuses topics whose configs
+differ from the catalogue (``TopicMismatch``, when the broker answers),
+then serves the app with uvicorn and blocks; uvicorn handles SIGTERM/SIGINT
+by draining in-flight requests (up to ``settings.shutdown_grace_s``) and
+then running the lifespan shutdown.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from taskstream.schemas import Settings, codec
-from taskstream.schemas.kafka import admin, async_producer
+from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catalogue, codec
+from taskstream.schemas.kafka import admin, async_producer, require_topics
 
 from . import auth, problems
 from .body_limit import BodyLimitMiddleware
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 #: for good: librdkafka gives up on the record (``message.timeout.ms``), so a
 #: 503 never hides a task that is written later.
 DEFAULT_PRODUCE_TIMEOUT_S = 10.0
+#: How long ``run_api`` waits for the broker to check the topics; a broker that does not answer by then is not
+#: waited for (the API starts, ``/readyz`` says why it is not ready).
+TOPIC_CHECK_TIMEOUT_S = 5.0
 
 
 def producer_id() -> str:
@@ -123,8 +128,18 @@ def run_api(settings: Settings) -> None:
     finish (at most ``shutdown_grace_s``), runs the lifespan shutdown (flush
     the producer, stop the read model) and then re-raises the signal, so the
     process exits as killed by SIGTERM (-15) after a clean shutdown.
+
+    Raises ``TopicMismatch`` before serving when a config of an existing
+    topic differs from the catalogue (cleanup policy, retention, size limit).
     """
     import uvicorn
+
+    try:
+        require_topics(settings, catalogue(settings), TOPIC_CHECK_TIMEOUT_S)
+    except TopicMismatch:
+        raise
+    except BrokerUnavailable as exc:
+        log.warning("topics not checked against the catalogue (the broker did not answer): %s", exc)
 
     config = uvicorn.Config(
         create_app(settings),

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from taskstream.schemas import BrokerUnavailable, Settings, catalogue
+from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 
 from .broker import KafkaBroker, free_port
@@ -226,8 +226,9 @@ def run_dev(
         _say(f"waiting for the broker at {settings.bootstrap_servers} ...")
         wait_for_broker(settings, timeout=30)
         _say(f"creating topics (prefix {settings.prefix!r}, {settings.partitions} partitions) ...")
-        for problem in ensure_topics(settings, catalogue(settings)):
-            _say(f"warning: {problem}")
+        problems = ensure_topics(settings, catalogue(settings))
+        if problems:
+            raise TopicMismatch(problems)
         env = settings_env(settings)
         executor_args = ["executor", *[a for h in handlers for a in ("--handlers", h)]]
         if concurrency:

@@ -199,8 +199,9 @@ def topics() -> None:
 def topics_create(partitions, timeout) -> None:
     """Create taskstream's topics (idempotent); report topics that differ.
 
-    Exit 1 when a topic has another partition count or cleanup policy than
-    the catalogue: such a topic is not used silently.
+    Exit 1 when a topic has another partition count or config (cleanup
+    policy, retention, record size limit) than the catalogue: the processor
+    and the API refuse to start on such a topic, and this says which.
     """
     from .topics import create
 

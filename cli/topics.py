@@ -2,30 +2,27 @@
 
 The catalogue (``schemas.topics.catalogue``) says which topics a prefix
 owns, with partition counts and the configs we set (``cleanup.policy``,
-``retention.ms``). ``inspect`` compares each with what the broker reports:
-a missing topic, a different partition count or a different cleanup policy
-is a problem (``create`` exits non-zero on one rather than run on a topic
-that would break us: the processor's table lives in the partition of its
-events, and a compacted events log would lose history); a different
-retention is reported as a difference only, since operators tune it.
-A config the broker does not report (the embedded broker reports only the
-ones set when the topic was created) is shown as ``?`` and not judged.
+``retention.ms``, ``max.message.bytes``). ``inspect`` compares each with
+what the broker reports: a missing topic, a different partition count or
+any config of the catalogue with another value is a problem
+(``schemas.kafka.topic_problems``, the check every component makes at
+start-up; ``create`` exits non-zero on one rather than run on a topic that
+would break us: the processor's table lives in the partition of its events,
+a compacted events log would lose history, a smaller record limit refuses
+large tasks). A config the broker does not report is shown as ``?`` and not
+judged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import ConfigResource, ResourceType
-
 from taskstream.schemas import BrokerUnavailable, Settings, TopicSpec, catalogue
-from taskstream.schemas.kafka import admin, ensure_topics
+from taskstream.schemas.kafka import admin, config_problems, ensure_topics, topic_configs
 
 from ._log import LogError, connect, reader, watermarks
 
-#: Configs a wrong value of which makes the topic unusable (problem), and those only reported.
-JUDGED = ("cleanup.policy",)
+#: Configs shown in lists and descriptions (every config of the catalogue is judged).
 SHOWN = ("cleanup.policy", "retention.ms")
 
 
@@ -44,11 +41,7 @@ class TopicReport:
         out = []
         if self.partitions != self.spec.partitions:
             out.append(f"topic {self.spec.name} has {self.partitions} partitions, expected {self.spec.partitions}")
-        for key in JUDGED:
-            want, have = self.spec.config.get(key), self.config.get(key)
-            if want is not None and have is not None and have != want:
-                out.append(f"topic {self.spec.name} has {key}={have}, expected {want}")
-        return out
+        return out + config_problems(self.spec, self.config)
 
     @property
     def differences(self) -> list[str]:
@@ -58,7 +51,7 @@ class TopicReport:
         out = []
         if self.partitions != self.spec.partitions:
             out.append(f"partitions {self.partitions} (expected {self.spec.partitions})")
-        for key in SHOWN:
+        for key in dict.fromkeys([*SHOWN, *self.spec.config]):
             want, have = self.spec.config.get(key), self.config.get(key)
             if want is not None and have is not None and have != want:
                 out.append(f"{key} {have} (expected {want})")
@@ -79,19 +72,10 @@ class TopicReport:
 
 
 def _configs(settings: Settings, names: list[str], timeout: float) -> dict[str, dict[str, str | None]]:
-    if not names:
-        return {}
-    client = admin(settings)
-    out = {}
     try:
-        futures = client.describe_configs([ConfigResource(ResourceType.TOPIC, n) for n in names],
-                                          request_timeout=timeout)
-        for resource, fut in futures.items():
-            entries = fut.result(timeout)
-            out[resource.name] = {k: (entries[k].value if k in entries else None) for k in SHOWN}
-    except (KafkaException, TimeoutError) as exc:
-        raise LogError(f"configs of {', '.join(names)}: {exc}") from None
-    return out
+        return topic_configs(admin(settings), names, timeout)
+    except BrokerUnavailable as exc:
+        raise LogError(str(exc)) from None
 
 
 def inspect(settings: Settings, timeout: float = 15.0, *, metadata: dict | None = None) -> list[TopicReport]:

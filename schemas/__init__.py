@@ -13,6 +13,7 @@ from .errors import (
     TooLarge,
     RecordRefused,
     TaskstreamError,
+    TopicMismatch,
     ValidationError,
 )
 from .events import (
@@ -50,7 +51,7 @@ from .topics import MAX_BACKOFF_S, PRIORITIES, RETRY_TIERS, Topics, TopicSpec, c
 
 __all__ = [
     "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "StaleVersion", "TooLarge", "TaskstreamError",
-    "ValidationError",
+    "TopicMismatch", "ValidationError",
     "EVENT_TYPES", "DependencyRegistered", "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status", "TaskCreated", "TaskFailed",
     "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "new_id",
     "Heartbeat", "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState",

@@ -13,6 +13,9 @@
     write (HTTP 503; callers may retry).
     - ``RecordRefused``: the broker refused one record for good (too large,
       invalid); retrying the same record cannot help.
+    - ``TopicMismatch``: existing topics differ from the catalogue (partition
+      count, cleanup policy, retention, size limit); a component refuses to
+      start on them.
 
 Handlers signal outcomes with ``taskstream.executors.PermanentError`` (no
 more attempts) or any other exception (the attempt failed; retried per
@@ -75,3 +78,12 @@ class BrokerUnavailable(TaskstreamError):
 
 class RecordRefused(BrokerUnavailable):
     pass
+
+
+class TopicMismatch(BrokerUnavailable):
+    """Existing topics differ from the catalogue; ``problems`` names each topic, setting, value and expectation."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("the topics differ from what taskstream needs: " + "; ".join(problems)
+                         + " (change those topics' settings, or use another TASKSTREAM_PREFIX)")
+        self.problems = list(problems)

@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
-from .errors import BrokerUnavailable, RecordRefused
+from .errors import BrokerUnavailable, RecordRefused, TopicMismatch
 from .limits import MAX_RECORD_BYTES
 from .settings import Settings
 from .topics import TopicSpec
@@ -93,9 +93,15 @@ def redact(text: str, config: Mapping) -> str:
     return text
 
 
+#: What every producer keeps whatever its overrides say: no record is lost or written twice by a retry.
+DURABLE_PRODUCER = {"acks": "all", "enable.idempotence": True}
+
+
 def producer(settings: Settings, client_id: str, overrides: Mapping | None = None) -> Producer:
-    """An idempotent, acks=all producer (``producer_config``) with ``overrides`` on top."""
-    return _build("producer", settings, {**producer_config(settings, client_id), **(overrides or {})})
+    """An idempotent, acks=all producer (``producer_config``) with ``overrides`` on top (which cannot change
+    ``DURABLE_PRODUCER``)."""
+    return _build("producer", settings, {**producer_config(settings, client_id), **(overrides or {}),
+                                         **DURABLE_PRODUCER})
 
 
 def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mapping | None = None) -> Consumer:
@@ -113,8 +119,7 @@ def reader(settings: Settings, client_id: str, group_id: str, overrides: Mapping
 def producer_config(settings: Settings, client_id: str) -> dict:
     return {
         **common_config(settings, client_id),
-        "acks": "all",
-        "enable.idempotence": True,
+        **DURABLE_PRODUCER,
         "linger.ms": settings.producer_linger_ms,
         "compression.type": "none",
         "message.max.bytes": MAX_RECORD_BYTES,
@@ -171,7 +176,8 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
-    """Create missing topics; return problems with existing ones (wrong partition count).
+    """Create missing topics; return the problems of existing ones (``topic_problems``): an empty list when
+    every topic is as ``specs`` say.
 
     Idempotent: existing topics are left alone and reported if they differ. Created topics are usable
     (every partition has a leader that answers) when this returns.
@@ -182,14 +188,9 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float
         existing = client.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise BrokerUnavailable(str(exc)) from exc
-    problems = []
-    missing = []
-    for spec in specs:
-        meta = existing.get(spec.name)
-        if meta is None:
-            missing.append(NewTopic(spec.name, spec.partitions, settings.replication_factor, config=spec.config))
-        elif len(meta.partitions) != spec.partitions:
-            problems.append(f"topic {spec.name} has {len(meta.partitions)} partitions, expected {spec.partitions}")
+    missing = [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config)
+               for s in specs if s.name not in existing]
+    problems = topic_problems(client, [s for s in specs if s.name in existing], existing, timeout)
     if missing:
         for name, fut in client.create_topics(missing, operation_timeout=timeout).items():
             try:
@@ -199,6 +200,61 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float
                     raise BrokerUnavailable(f"could not create topic {name}: {exc}") from exc
         _await_leaders(client, {t.topic: t.num_partitions for t in missing}, timeout)
     return problems
+
+
+def require_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0) -> None:
+    """Raise ``TopicMismatch`` when a config of an existing topic of ``specs`` has another value than the spec
+    (``config_problems``): what a component checks at start-up before it runs on the topics. Missing topics
+    are the caller's to check; partition counts too (components use the counts the topics have, and
+    ``ensure_topics`` reports a count other than the settings')."""
+    client = admin(settings)
+    try:
+        existing = client.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+    specs = [s for s in specs if s.name in existing and s.config]
+    configs = topic_configs(client, [s.name for s in specs], timeout)
+    problems = [p for s in specs for p in config_problems(s, configs.get(s.name, {}))]
+    if problems:
+        raise TopicMismatch(problems)
+
+
+def topic_problems(client: AdminClient, specs: Iterable[TopicSpec], existing: Mapping, timeout: float) -> list[str]:
+    """How the topics of ``specs`` that exist (``existing``: ``list_topics().topics``) differ from them: one
+    line per wrong partition count and per config of ``TopicSpec.config`` with another value, naming the topic,
+    the setting, its value and the one expected. Missing topics are not reported here."""
+    specs = [s for s in specs if s.name in existing]
+    problems = []
+    for spec in specs:
+        count = len(existing[spec.name].partitions)
+        if count != spec.partitions:
+            problems.append(f"topic {spec.name} has {count} partitions, expected {spec.partitions}")
+    configs = topic_configs(client, [s.name for s in specs if s.config], timeout)
+    for spec in specs:
+        problems += config_problems(spec, configs.get(spec.name, {}))
+    return problems
+
+
+def config_problems(spec: TopicSpec, config: Mapping[str, str | None]) -> list[str]:
+    """The configs of ``spec`` whose value in ``config`` (as the broker describes the topic) is another one; a
+    config the broker does not report is not judged."""
+    return [f"topic {spec.name} has {key}={config[key]}, expected {want}"
+            for key, want in spec.config.items() if config.get(key) is not None and config[key] != want]
+
+
+def topic_configs(client: AdminClient, names: list[str], timeout: float) -> dict[str, dict[str, str | None]]:
+    """Every config of each topic as DescribeConfigs reports it (its value, None when it has none)."""
+    if not names:
+        return {}
+    out = {}
+    try:
+        futures = client.describe_configs([ConfigResource(ResourceType.TOPIC, n) for n in names],
+                                          request_timeout=timeout)
+        for resource, fut in futures.items():
+            out[resource.name] = {k: entry.value for k, entry in fut.result(timeout).items()}
+    except (KafkaException, TimeoutError) as exc:
+        raise BrokerUnavailable(f"configs of topics {', '.join(names)}: {exc}") from None
+    return out
 
 
 def _await_leaders(client: AdminClient, partitions: Mapping[str, int], timeout: float) -> None:

@@ -58,11 +58,12 @@ from taskstream.schemas import (
     Settings,
     TaskState,
     Topics,
+    catalogue,
     codec,
     retry_tier,
 )
 from taskstream.schemas import kafka
-from taskstream.schemas.kafka import admin, consume_available, end_offsets, is_permanent, read_to_ends
+from taskstream.schemas.kafka import admin, consume_available, end_offsets, is_permanent, read_to_ends, require_topics
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.offsets import DeadLetter, poison_headers
 
@@ -557,7 +558,9 @@ class Processor:
 
 
 def check_topics(settings: Settings) -> None:
-    """The table of a task lives in the partition of its events: both topics need the same count."""
+    """The topics the processor needs exist, with the configs of the catalogue (``TopicMismatch`` names what
+    differs: cleanup policy, retention, size limit); the table of a task lives in the partition of its events,
+    so events, state and heartbeats need the same partition count."""
     topics = Topics(settings.prefix)
     md = admin(settings).list_topics(timeout=10).topics
     for name in (topics.events, topics.state):
@@ -568,6 +571,7 @@ def check_topics(settings: Settings) -> None:
             raise BrokerUnavailable(f"topic {other} does not exist (run `taskstream topics create`)")
         if len(md[topics.events].partitions) != len(md[other].partitions):
             raise BrokerUnavailable(f"{topics.events} and {other} have different partition counts")
+    require_topics(settings, catalogue(settings))
 
 
 def run_processor(settings: Settings) -> None:

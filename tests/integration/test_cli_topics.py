@@ -16,8 +16,10 @@ from confluent_kafka.admin import NewTopic
 
 from taskstream.cli.broker import free_port
 from taskstream.cli.dev import settings_env
-from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, catalogue, codec
-from taskstream.schemas.kafka import admin
+from taskstream.schemas import Settings, TaskCreated, TaskState, TopicMismatch, Topics, catalogue, codec
+from taskstream.schemas.kafka import admin, ensure_topics, require_topics
+from taskstream.schemas.limits import MAX_RECORD_BYTES
+from taskstream.schemas.topics import DAY_MS
 from tests.conftest import wait_until
 from tests.kafka_helpers import Component, now, producer
 
@@ -64,13 +66,15 @@ def test_list_shows_the_catalogue_as_it_is(settings) -> None:
     assert rows[f"{settings.prefix}.dlq"] == ["3", "delete", str(90 * 24 * 3600 * 1000), "ok"]
 
 
-def test_create_reports_wrong_partitions_and_cleanup_policy_and_list_shows_them(broker) -> None:
+def test_create_reports_wrong_partitions_and_configs_and_list_shows_them(broker) -> None:
     s = fresh(broker)
     t = Topics(s.prefix)
     client = admin(s)
+    big = {"max.message.bytes": str(MAX_RECORD_BYTES)}
     for fut in client.create_topics([
-        NewTopic(t.state, 2, 1, config={"cleanup.policy": "delete"}),  # wrong count and policy
-        NewTopic(t.dlq, 3, 1, config={"cleanup.policy": "delete", "retention.ms": "60000"}),  # retention only
+        NewTopic(t.state, 2, 1, config={"cleanup.policy": "delete", **big}),  # wrong count and policy
+        NewTopic(t.dlq, 3, 1, config={"cleanup.policy": "delete", "retention.ms": "60000", **big}),  # retention
+        NewTopic(t.ready("high"), 3, 1, config={"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
         NewTopic(f"{s.prefix}.ready.urgent", 1, 1),  # not ours
     ]).values():
         fut.result(10)
@@ -81,8 +85,11 @@ def test_create_reports_wrong_partitions_and_cleanup_policy_and_list_shows_them(
     assert by_name[t.events]["exists"] is False
     assert by_name[t.state]["problems"] == [f"topic {t.state} has 2 partitions, expected 3",
                                             f"topic {t.state} has cleanup.policy=delete, expected compact"]
-    assert by_name[t.dlq]["problems"] == [] and by_name[t.dlq]["differences"] == [
-        f"retention.ms 60000 (expected {90 * 24 * 3600 * 1000})"]
+    assert by_name[t.dlq]["problems"] == [f"topic {t.dlq} has retention.ms=60000, expected {90 * DAY_MS}"]
+    assert by_name[t.dlq]["differences"] == [f"retention.ms 60000 (expected {90 * DAY_MS})"]
+    # the broker's default record limit (1 MiB) refuses records taskstream writes
+    assert by_name[t.ready("high")]["problems"] == [
+        f"topic {t.ready('high')} has max.message.bytes=1048588, expected {MAX_RECORD_BYTES}"]
     assert by_name[f"{s.prefix}.ready.urgent"] == {"topic": f"{s.prefix}.ready.urgent", "exists": True,
                                                    "in_catalogue": False}
 
@@ -90,7 +97,8 @@ def test_create_reports_wrong_partitions_and_cleanup_policy_and_list_shows_them(
     assert r.returncode == 1, r.stderr
     assert f"problem: topic {t.state} has 2 partitions, expected 3" in r.stderr
     assert f"problem: topic {t.state} has cleanup.policy=delete, expected compact" in r.stderr
-    assert f"note: topic {t.dlq} differs: retention.ms 60000" in r.stderr
+    assert f"problem: topic {t.dlq} has retention.ms=60000, expected {90 * DAY_MS}" in r.stderr
+    assert f"problem: topic {t.ready('high')} has max.message.bytes=1048588" in r.stderr
     assert "Traceback" not in r.stderr
     topics = admin(s).list_topics(timeout=10).topics
     assert all(spec.name in topics for spec in catalogue(s))  # the missing ones were created
@@ -241,3 +249,26 @@ def test_unreachable_broker_fails_with_one_clear_line(args) -> None:
     assert "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert r.stderr.startswith("Error: no Kafka broker answered at " + closed), r.stderr
+
+
+def test_a_topic_with_another_config_stops_every_component_at_start_up(broker, tmp_path) -> None:
+    """A compacted events log would lose history: the check every component makes at start-up names it."""
+    s = fresh(broker).model_copy(update={"data_dir": tmp_path / "data", "metrics_port": 0})
+    t = Topics(s.prefix)
+    events = next(spec for spec in catalogue(s) if spec.name == t.events)
+    client = admin(s)
+    for fut in client.create_topics([NewTopic(t.events, 3, 1, config={**events.config,
+                                                                     "cleanup.policy": "compact"})]).values():
+        fut.result(10)
+    wrong = f"topic {t.events} has cleanup.policy=compact, expected delete"
+    assert ensure_topics(s, catalogue(s)) == [wrong]  # the other topics created, this one left alone
+    with pytest.raises(TopicMismatch) as exc:
+        require_topics(s, catalogue(s))
+    assert exc.value.problems == [wrong]
+
+    for args in (["processor"], ["api", "--port", str(free_port())], ["dev", "--executors", "0"]):
+        r = taskstream(s, *args, timeout=60)
+        assert r.returncode != 0, (args, r.stderr)
+        assert wrong in r.stderr, (args, r.stderr)
+    r = taskstream(s, "processor")
+    assert r.stderr.strip() == f"Error: {TopicMismatch([wrong])}", r.stderr  # one line, no traceback

@@ -119,6 +119,14 @@ def test_every_factory_function_carries_the_security_config_and_overrides_cannot
     assert recorded[0][1]["linger.ms"] == 5 and recorded[1][1]["max.poll.interval.ms"] == 600000
 
 
+def test_every_producer_is_idempotent_with_acks_all_whatever_the_overrides(recorded) -> None:
+    s = Settings()
+    kafka.producer(s, "p", {"acks": "1", "enable.idempotence": False, "linger.ms": 5})
+    kafka.async_producer(s, "a", {"acks": 0}).close(0.1)
+    assert [(c["acks"], c["enable.idempotence"]) for _, c in recorded] == [("all", True), ("all", True)]
+    assert recorded[0][1]["linger.ms"] == 5
+
+
 def test_clients_of_every_component_carry_the_security_config(secure: Settings, recorded, tmp_path: Path) -> None:
     """Build each long-running component's clients (and the CLI's readers) with SASL settings, without a broker."""
     from taskstream.api.probe import BrokerProbe
