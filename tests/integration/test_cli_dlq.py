@@ -72,22 +72,16 @@ def fill_dlq(settings: Settings) -> None:
 
 
 def redriven(settings: Settings) -> list:
-    """Every TaskRedriven in ``<p>.events`` with its message.
-
-    A sentinel appended to each partition afterwards tells when everything
-    the CLI wrote before it has been read (no end offsets, BROKER.md), so an
-    empty answer means none was sent.
-    """
+    """Every record of ``<p>.events`` with its message, read up to the end offsets as of now: what the CLI
+    wrote is acknowledged by then, so an empty answer means none was sent."""
     topic = Topics(settings.prefix).events
-    p = producer(settings)
-    for partition in range(settings.partitions):
-        p.produce(topic, b"sentinel", b"sentinel", partition=partition)
-    assert p.flush(10) == 0
     reader = TopicReader(settings, topic)
     try:
-        reader.until(lambda ms: {m.partition() for m in ms if m.key() == b"sentinel"} == set(range(settings.partitions)),
-                     timeout=20, message="a sentinel in every partition")
-        return [(m, codec.decode(m.value())) for m in reader.messages if m.key() != b"sentinel"]
+        ends = {p: reader.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)[1]
+                for p in range(settings.partitions)}
+        reader.until(lambda ms: all(any(m.partition() == p and m.offset() >= end - 1 for m in ms)
+                                    for p, end in ends.items() if end > 0), timeout=20, message=f"{topic} to {ends}")
+        return [(m, codec.decode(m.value())) for m in reader.messages]
     finally:
         reader.close()
 
