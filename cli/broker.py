@@ -156,6 +156,9 @@ def server_properties(port: int, controller_port: int, log_dir: Path, node_id: i
         "transaction.state.log.num.partitions=6",
         "share.coordinator.state.topic.replication.factor=1",
         "share.coordinator.state.topic.min.isr=1",
+        # after a crash the node must wait out its own old registration before it serves again (9 s by default)
+        "broker.session.timeout.ms=3000",
+        "broker.heartbeat.interval.ms=1000",
         "group.initial.rebalance.delay.ms=0",  # a dev node: no 3 s wait before every first group join
         "group.min.session.timeout.ms=1000",  # tests run groups with a 2 s session timeout
         "auto.create.topics.enable=false",  # a typo in a topic name is an error, not a new topic
