@@ -213,6 +213,7 @@ def run_dev(
         overrides["partitions"] = partitions
     if own_broker:
         broker = KafkaBroker(broker_port, data / "kafka")
+        _drop_tables_without_log(data, broker)
         _say(f"starting Apache Kafka on 127.0.0.1:{broker_port} (log in {broker.log_dir.resolve()}) ...")
         try:
             broker.start(say=_say)
@@ -273,6 +274,18 @@ def run_dev(
         if broker is not None:
             broker.stop()
         _say("stopped")
+
+
+def _drop_tables_without_log(data: Path, broker: KafkaBroker) -> None:
+    """Tables and a read model without the broker log they were folded from (a new log, or a data directory of a
+    taskstream whose broker kept its log in memory) describe tasks that no log holds: they go, so that the
+    processor and the API start as empty as the log."""
+    if (broker.log_dir / "meta.properties").exists():
+        return
+    for name in ("processor", "read-model"):
+        if (data / name).exists():
+            _say(f"the broker's log is new: deleting {(data / name).resolve()}, folded from a log that is gone")
+            shutil.rmtree(data / name)
 
 
 def _restart_broker(broker: KafkaBroker) -> bool:
