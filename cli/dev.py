@@ -214,7 +214,9 @@ def run_dev(
     if own_broker:
         broker = KafkaBroker(broker_port, data / "kafka")
         _drop_tables_without_log(data, broker)
-        _say(f"starting Apache Kafka on 127.0.0.1:{broker_port} (log in {broker.log_dir.resolve()}) ...")
+        known = (broker.log_dir / "meta.properties").exists()
+        _say(f"starting Apache Kafka on 127.0.0.1:{broker_port} ({'resuming the' if known else 'a new'} log in "
+             f"{broker.log_dir.resolve()}) ...")
         try:
             broker.start(say=_say)
         except BrokerUnavailable as exc:
@@ -251,6 +253,7 @@ def run_dev(
             _say(f"ready: API on http://127.0.0.1:{api_port}, gRPC on {settings.grpc_host}:{settings.grpc_port} "
                  "(Ctrl-C stops everything)")
             _say("metrics: " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
+            _say(f"data: {data.resolve()} (kept across restarts; `taskstream dev --fresh` starts from an empty log)")
             _say(auth_hint(settings))
         while not stop.wait(0.5):
             if broker is not None and not broker.alive() and not stop.is_set():
