@@ -213,7 +213,10 @@ def run_dev(
         overrides["partitions"] = partitions
     if own_broker:
         broker = KafkaBroker(broker_port, data / "kafka")
-        _say(f"starting Apache Kafka on 127.0.0.1:{broker_port} (log in {broker.log_dir.resolve()}) ...")
+        _drop_tables_without_log(data, broker)
+        known = (broker.log_dir / "meta.properties").exists()
+        _say(f"starting Apache Kafka on 127.0.0.1:{broker_port} ({'resuming the' if known else 'a new'} log in "
+             f"{broker.log_dir.resolve()}) ...")
         try:
             broker.start(say=_say)
         except BrokerUnavailable as exc:
@@ -251,6 +254,7 @@ def run_dev(
             _say(f"ready: API on http://127.0.0.1:{api_port}, gRPC on {settings.grpc_host}:{settings.grpc_port} "
                  "(Ctrl-C stops everything)")
             _say("metrics: " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
+            _say(f"data: {data.resolve()} (kept across restarts; `taskstream dev --fresh` starts from an empty log)")
             _say(auth_hint(settings))
         while not stop.wait(0.5):
             if broker is not None and not broker.alive() and not stop.is_set():
@@ -274,6 +278,18 @@ def run_dev(
         if broker is not None:
             broker.stop()
         _say("stopped")
+
+
+def _drop_tables_without_log(data: Path, broker: KafkaBroker) -> None:
+    """Tables and a read model without the broker log they were folded from (a new log, or a data directory of a
+    taskstream whose broker kept its log in memory) describe tasks that no log holds: they go, so that the
+    processor and the API start as empty as the log."""
+    if (broker.log_dir / "meta.properties").exists():
+        return
+    for name in ("processor", "read-model"):
+        if (data / name).exists():
+            _say(f"the broker's log is new: deleting {(data / name).resolve()}, folded from a log that is gone")
+            shutil.rmtree(data / name)
 
 
 def _restart_broker(broker: KafkaBroker) -> bool:

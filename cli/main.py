@@ -70,12 +70,13 @@ def kafka() -> None:
 
 @kafka.command("fetch")
 def kafka_fetch() -> None:
-    """Fetch Kafka's jars with Maven once (Java 17+ and Maven needed); print where they are."""
-    from .broker import ensure_jars, java_command
+    """Fetch Kafka's jars with Maven once (Java 17+ and Maven needed) and write the node's class-data archive;
+    print where the jars are."""
+    from .broker import java_command, warm_up
 
     try:
         java_command()
-        click.echo(ensure_jars(lambda msg: click.echo(msg, err=True)))
+        click.echo(warm_up(lambda msg: click.echo(msg, err=True)))
     except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from None
 

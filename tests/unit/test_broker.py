@@ -1,0 +1,68 @@
+"""The local Kafka node's launcher (cli/broker.py) without starting one: what it needs, where it listens, and
+`taskstream dev` stopping at once, saying what to install, when Java is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from taskstream.cli import broker
+from taskstream.schemas import BrokerUnavailable
+
+
+def test_without_java_the_error_says_what_to_install(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no java on PATH
+    with pytest.raises(BrokerUnavailable, match="Java 17\\+ is needed.*openjdk-17-jre-headless"):
+        broker.java_command()
+
+
+def test_an_old_java_is_refused(monkeypatch, tmp_path) -> None:
+    fake = tmp_path / "bin" / "java"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(BrokerUnavailable, match="Java 11"):
+        broker.java_command()
+
+
+def test_without_maven_and_no_cached_jars_the_error_says_what_to_install(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TASKSTREAM_KAFKA_HOME", str(tmp_path / "kafka"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BrokerUnavailable, match="apt-get install maven"):
+        broker.ensure_jars()
+
+
+def test_the_jar_cache_is_outside_the_project_and_named_by_the_pom(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("TASKSTREAM_KAFKA_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    home = broker.kafka_home()
+    assert home.parent == tmp_path / "taskstream"
+    assert home.name.startswith(f"kafka-{broker.kafka_version()}-")
+    assert broker.kafka_version().startswith("4.")
+
+
+def test_the_node_listens_on_loopback_only() -> None:
+    props = dict(line.split("=", 1) for line in broker.server_properties(9092, 9093, Path("/x")).splitlines() if line)
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
+    assert props["log.dirs"] == "/x"
+    assert props["auto.create.topics.enable"] == "false"
+
+
+def test_dev_without_java_stops_at_once_saying_what_to_install(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKSTREAM_", "JAVA_HOME"))}
+    env["PATH"] = str(tmp_path)
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "taskstream.cli.main", "dev", "--data-dir", str(tmp_path / "d")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "Java 17+ is needed" in r.stderr and "apt-get install openjdk-17-jre-headless" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert time.monotonic() - started < 30
