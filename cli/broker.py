@@ -256,10 +256,13 @@ class KafkaBroker:
 
     def wait_ready(self, timeout: float) -> None:
         """Until the node answers a metadata request with itself as a broker; raise if it exits or times out."""
-        from confluent_kafka.admin import AdminClient
+        from confluent_kafka import KafkaException
+
+        from taskstream.schemas import Settings
+        from taskstream.schemas.kafka import admin
 
         deadline = time.monotonic() + timeout
-        client = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0, "logger": log})
+        client = admin(Settings(bootstrap_servers=self.bootstrap_servers), "taskstream-broker-start")
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 raise BrokerUnavailable(f"Kafka exited with {self.proc.returncode if self.proc else '?'} (port "
@@ -267,7 +270,7 @@ class KafkaBroker:
             try:
                 if client.list_topics(timeout=1).brokers:
                     return
-            except Exception:  # not listening yet
+            except KafkaException:  # not listening yet
                 time.sleep(0.1)
         self.stop()
         raise BrokerUnavailable(f"Kafka did not answer on {self.bootstrap_servers} within {timeout:.0f}s: "
