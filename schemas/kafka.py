@@ -384,6 +384,9 @@ def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: floa
     pending = {p for p, end in ends.items() if end > 0}
     if not pending:
         return
+    # Leaders known before assign() (all topics: naming one may auto-create it on some brokers): otherwise
+    # librdkafka looks the start offsets up only half a second later.
+    consumer.list_topics(timeout=min(timeout, 30.0))
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
     deadline = time.monotonic() + timeout
     while pending:

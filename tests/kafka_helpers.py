@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from taskstream.cli.dev import settings_env
 from taskstream.schemas import Settings, codec
-from taskstream.schemas.kafka import admin, producer_config
+from taskstream.schemas.kafka import producer_config
 
 
 class TopicReader:
@@ -23,7 +23,9 @@ class TopicReader:
         self.consumer = Consumer(
             {"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-reader", "enable.auto.commit": False}
         )
-        md = admin(settings).list_topics(timeout=10).topics
+        # The consumer's own metadata: assigned before it knows the leaders, librdkafka retries the offset lookup
+        # only 0.5 s later.
+        md = self.consumer.list_topics(timeout=10).topics
         self.consumer.assign(
             [TopicPartition(t, p, OFFSET_BEGINNING) for t in topic_names for p in md[t].partitions]
         )
@@ -51,6 +53,22 @@ class TopicReader:
                 return result
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s waiting for {message}; have {len(self.messages)}")
+
+    def read_to_end(self, timeout: float = 30.0) -> list:
+        """Poll until every assigned partition is read up to its end offset as of now, so every record
+        acknowledged before the call is in ``messages``; returns ``messages``."""
+        ends = {(tp.topic, tp.partition): self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                for tp in self.consumer.assignment()}
+
+        def reached(messages) -> bool:
+            last: dict[tuple[str, int], int] = {}
+            for m in messages:
+                key = (m.topic(), m.partition())
+                last[key] = max(last.get(key, -1), m.offset())
+            return all(last.get(key, -1) >= end - 1 for key, end in ends.items() if end > 0)
+
+        self.until(reached, timeout, message=f"every partition read to its end offset ({ends})")
+        return self.messages
 
     def values(self) -> list:
         out = []

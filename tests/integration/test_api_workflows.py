@@ -203,16 +203,15 @@ def test_batch_of_1000(client: TestClient) -> None:
 
 
 def count_events(settings: Settings, at_least: int = 1, kind: type | None = None) -> int:
-    """How many records (of ``kind``) ``<p>.events`` holds, once at least ``at_least`` arrived and 0.5 s passed."""
+    """How many records (of ``kind``) ``<p>.events`` holds, once at least ``at_least`` arrived and the topic was
+    read to its end offsets (what the API acknowledged is there by then)."""
     def count(msgs):
         return sum(1 for m in msgs if kind is None or isinstance(codec.decode(m.value()), kind))
 
     reader = TopicReader(settings, events_topic(settings))
     try:
         reader.until(lambda msgs: count(msgs) >= at_least, timeout=10)
-        time.sleep(0.5)
-        reader.poll(0.3)
-        return count(reader.messages)
+        return count(reader.read_to_end())
     finally:
         reader.close()
 
@@ -273,8 +272,7 @@ def test_idempotency_key_same_body_same_tasks_nothing_new_written(settings: Sett
 def _state_count(settings: Settings) -> int:
     reader = TopicReader(settings, Topics(settings.prefix).state)
     try:
-        reader.poll(0.3)
-        return len({m.key() for m in reader.messages})
+        return len({m.key() for m in reader.read_to_end()})
     finally:
         reader.close()
 

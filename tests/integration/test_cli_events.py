@@ -104,7 +104,7 @@ def raw_log(settings: Settings, count: int) -> dict[int, list[tuple]]:
     reader = TopicReader(settings, topic)
     try:
         reader.until(lambda ms: len(ms) >= count, timeout=20, message=f"{count} records in {topic}")
-        reader.poll(0.2)  # and any more there are
+        reader.read_to_end()  # and any more there are
         out: dict[int, list[tuple]] = {p: [] for p in range(settings.partitions)}
         for m in reader.messages:
             out[m.partition()].append((m.offset(), m.key(), m.value(), m.headers(), m.timestamp()[1]))

@@ -108,7 +108,7 @@ def test_sigkill_one_of_two_processors_mid_load_the_other_takes_over(settings: S
         # Recovery: the first task state on a taken-over partition written after the kill (by A).
         reader = TopicReader(settings, topics.state)
         try:
-            reader.poll(1.0)
+            reader.read_to_end()
         finally:
             reader.close()
         first_progress = None

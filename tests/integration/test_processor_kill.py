@@ -39,7 +39,7 @@ def states_by_partition(settings) -> dict[int, list]:
     """Every record of ``<p>.state``, per partition, in offset order."""
     reader = TopicReader(settings, Topics(settings.prefix).state)
     try:
-        reader.poll(1.0)
+        reader.read_to_end()
     finally:
         reader.close()
     out: dict[int, list] = {}
