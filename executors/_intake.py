@@ -32,7 +32,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.kafka import consume_available
 from taskstream.schemas.kafka import consumer as kafka_consumer
-from taskstream.schemas.offsets import DeadLetter, PartitionOffsets
+from taskstream.schemas.offsets import DeadLetter, PartitionOffsets, forget_failed_commits
 from taskstream.schemas.observability import about
 from taskstream.schemas.topics import PRIORITIES
 
@@ -89,7 +89,8 @@ class Intake:
 
     def _poll_thread(self) -> None:
         try:
-            consumer = kafka_consumer(self.settings, self.executor_id, self.topics.executor_group, self.consumer_overrides)
+            consumer = kafka_consumer(self.settings, self.executor_id, self.topics.executor_group,
+                                      {"on_commit": self._on_commit, **self.consumer_overrides})
         except BrokerUnavailable as exc:
             self._thread_error = exc
             log.error("executor %s could not create its consumer: %s", self.executor_id, exc)
@@ -273,6 +274,14 @@ class Intake:
                 if key in self._offsets:
                     self._offsets[key].committed = pos
         log.debug("executor %s committed %s", self.executor_id, todo)
+
+    def _on_commit(self, err, partitions: list[TopicPartition]) -> None:
+        """A commit the broker refused (a rebalance under way) is sent again by the next ``_commit``."""
+        with self._lock:
+            failed = forget_failed_commits(err, partitions, self._offsets)
+        if failed:
+            log.info("executor %s commit of %s refused, sent again: %s", self.executor_id,
+                     [f"{t}[{p}]" for t, p in failed], err or [tp.error for tp in partitions if tp.error][0])
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self._lock:

@@ -4,7 +4,11 @@
 assignment: they arrive in increasing order, are marked done in any order,
 and ``position`` (one past the highest contiguous done offset) is what may be
 committed, so a message is committed only once its outcome is safe. The
-executor and the retry relay keep one per assigned partition.
+executor and the retry relay keep one per assigned partition; ``committed``
+is what they last sent to the group, and ``forget_failed_commits`` (from the
+consumer's ``on_commit``) clears it where the broker refused the commit (a
+rebalance under way: ``ILLEGAL_GENERATION``, ``REBALANCE_IN_PROGRESS``), so
+the next commit sends that position again.
 
 ``poison_headers`` is the contract of a poison message in ``<p>.dlq`` (the
 record as it was, or without its value when even that was refused): where it
@@ -15,6 +19,9 @@ one such message on its way, and what each delivery report means for it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+
+from confluent_kafka import KafkaError
 
 #: Headers of a poison message in ``<p>.dlq``, in this order.
 POISON_HEADERS = ("source-topic", "source-partition", "source-offset", "reason")
@@ -44,6 +51,19 @@ class PartitionOffsets:
             first = self.pending.popleft()
             self.done.discard(first)
             self.position = first + 1
+
+
+def forget_failed_commits(err, partitions, offsets: Mapping[tuple[str, int], PartitionOffsets]) -> list[tuple[str, int]]:
+    """For a consumer's ``on_commit(err, partitions)``: clear ``committed`` of every partition whose commit the
+    broker refused (all of them when ``err`` is set); return those (topic, partition). Nothing to commit
+    (``_NO_OFFSET``) is no failure."""
+    if err is not None and err.code() == KafkaError._NO_OFFSET:
+        return []
+    failed = [(tp.topic, tp.partition) for tp in partitions if err is not None or tp.error is not None]
+    for key in failed:
+        if key in offsets:
+            offsets[key].committed = None
+    return failed
 
 
 def poison_headers(topic: str, partition: int | None, offset: int | None, reason: str) -> list[tuple[str, bytes]]:

@@ -45,7 +45,7 @@ from taskstream.schemas import DecodeError, Settings, TaskRetryScheduled, Topics
 from taskstream.schemas import kafka
 from taskstream.schemas.kafka import consume_available, is_permanent
 from taskstream.schemas.observability import about
-from taskstream.schemas.offsets import DeadLetter, PartitionOffsets
+from taskstream.schemas.offsets import DeadLetter, PartitionOffsets, forget_failed_commits
 
 from . import domain
 
@@ -64,7 +64,7 @@ class RetryRelay:
         self.topics = Topics(settings.prefix)
         self.wire = codec.WireFormat.of(settings)
         self.id = f"{member_id}-relay"
-        self.consumer = kafka.consumer(settings, self.id, self.topics.relay_group)
+        self.consumer = kafka.consumer(settings, self.id, self.topics.relay_group, {"on_commit": self._on_commit})
         self.producer = kafka.producer(settings, self.id)
         self._offsets: dict[tuple[str, int], PartitionOffsets] = {}
         self._heap: list = []
@@ -79,6 +79,13 @@ class RetryRelay:
         for tp in partitions:
             self._offsets[(tp.topic, tp.partition)] = PartitionOffsets()
         log.info("retry relay %s assigned %d partitions", self.id, len(partitions))
+
+    def _on_commit(self, err, partitions) -> None:
+        """A commit the broker refused (a rebalance under way) is sent again by the next ``_commit``."""
+        failed = forget_failed_commits(err, partitions, self._offsets)
+        if failed:
+            log.info("retry relay %s commit of %s refused, sent again: %s", self.id,
+                     [f"{t}[{p}]" for t, p in failed], err or [tp.error for tp in partitions if tp.error][0])
 
     def _on_revoke(self, consumer, partitions) -> None:
         self.producer.flush(10)

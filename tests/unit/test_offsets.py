@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from taskstream.schemas.offsets import POISON_HEADERS, DeadLetter, PartitionOffsets, poison_headers
+from taskstream.schemas.offsets import POISON_HEADERS, DeadLetter, PartitionOffsets, forget_failed_commits, poison_headers
 
 
 @given(st.lists(st.integers(0, 50), min_size=1, max_size=30, unique=True), st.randoms())
@@ -88,3 +90,18 @@ def test_decode_as_refuses_a_record_of_another_type() -> None:
     assert codec.SINGLE_OBJECT.decode_as(codec.encode(beat), Heartbeat) == beat
     with pytest.raises(DecodeError, match="expected ReadyTask or TaskCancelled, got Heartbeat"):
         codec.SINGLE_OBJECT.decode_as(codec.encode(beat), ReadyTask, TaskCancelled)
+
+
+def test_a_refused_commit_is_sent_again_and_nothing_to_commit_is_no_failure() -> None:
+    offsets = {("t", p): PartitionOffsets() for p in range(3)}
+    for o in offsets.values():
+        o.position = o.committed = 7  # what _commit sent
+    # what on_commit gets: TopicPartitions, each with its error (read-only on the real class)
+    refused = SimpleNamespace(topic="t", partition=1, offset=7, error=KafkaError(KafkaError.ILLEGAL_GENERATION))
+    ok = TopicPartition("t", 0, 7)
+    assert forget_failed_commits(None, [ok, refused], offsets) == [("t", 1)]
+    assert [offsets[("t", p)].committed for p in range(3)] == [7, None, 7]
+    assert forget_failed_commits(KafkaError(KafkaError._NO_OFFSET), [ok], offsets) == []
+    assert forget_failed_commits(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [ok, TopicPartition("t", 9, 1)],
+                                 offsets) == [("t", 0), ("t", 9)]  # a partition no longer tracked is skipped
+    assert offsets[("t", 0)].committed is None and ("t", 9) not in offsets
