@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catalogue, codec
-from taskstream.schemas.kafka import admin, async_producer, require_topics
+from taskstream.schemas.kafka import async_producer, require_topics
 
 from . import auth, problems
 from .body_limit import BodyLimitMiddleware
@@ -70,7 +70,6 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         app.state.producer_id = pid
         app.state.producer = producer
         app.state.read_model = read_model
-        app.state.admin = admin(settings)
         app.state.authenticator.start()
         log.info("API started for prefix=%s bootstrap=%s", settings.prefix, settings.bootstrap_servers)
         app.state.grpc = None

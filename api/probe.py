@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from fastapi import FastAPI
 
 from taskstream.schemas import PRIORITIES, BrokerUnavailable, DecodeError, Heartbeat, Settings, Topics, codec
@@ -29,6 +29,9 @@ CACHE_S = 1.0
 TIMEOUT_S = 1.0
 #: Heartbeats read back per partition of ``<p>.heartbeats`` for the cluster view.
 HEARTBEAT_TAIL = 500
+#: Group requests (cached questions below) that must time out in a row before the admin client is renewed.
+RENEW_AFTER_TIMEOUTS = 3
+GROUP_QUESTIONS = frozenset({"queue_depth", "processor_lag", "groups"})
 
 T = TypeVar("T")
 
@@ -41,7 +44,12 @@ class BrokerProbe:
     routes call it through ``asyncio.to_thread``; one lock per question,
     so concurrent requests wait for one broker call instead of making many.
     A failure is cached too (as the exception), so a down broker costs one
-    ``TIMEOUT_S`` per ``CACHE_S``, not one per request.
+    ``TIMEOUT_S`` per ``CACHE_S``, not one per request. After
+    ``RENEW_AFTER_TIMEOUTS`` group requests in a row timed out, the next one
+    uses a new admin client: after the broker restarted, librdkafka's admin
+    client can stay stuck on group coordinator requests (every
+    DescribeConsumerGroups and ListConsumerGroupOffsets times out while a new
+    client answers at once).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -54,6 +62,7 @@ class BrokerProbe:
         self._cache: dict[str, tuple[float, Any]] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._group_timeouts = 0
 
     def close(self) -> None:
         with self._consumer_lock:
@@ -73,12 +82,26 @@ class BrokerProbe:
                 try:
                     value: Any = compute()
                 except (KafkaException, TimeoutError) as exc:  # the seam: callers see BrokerUnavailable only
+                    if key in GROUP_QUESTIONS:
+                        self._group_answer(timed_out=_timed_out(exc))
                     value = BrokerUnavailable(str(exc) or "timed out")
+                else:
+                    if key in GROUP_QUESTIONS and key != "groups":  # groups() tells each group's outcome itself
+                        self._group_answer(timed_out=False)
                 hit = (time.monotonic(), value)
                 self._cache[key] = hit
         if isinstance(hit[1], Exception):
             raise hit[1]
         return hit[1]
+
+    def _group_answer(self, timed_out: bool) -> None:
+        """Count group requests that timed out in a row; renew the admin client after ``RENEW_AFTER_TIMEOUTS``."""
+        with self._guard:
+            self._group_timeouts = self._group_timeouts + 1 if timed_out else 0
+            if self._group_timeouts >= RENEW_AFTER_TIMEOUTS:
+                self._group_timeouts = 0
+                self.admin = admin(self.settings)  # in-flight calls keep the old client until they return
+                log.info("broker probe: group requests kept timing out; using a new admin client")
 
     def _reader(self) -> Consumer:
         if self._consumer is None:
@@ -157,10 +180,12 @@ class BrokerProbe:
             for name, fut in self.admin.describe_consumer_groups(names, request_timeout=TIMEOUT_S).items():
                 try:
                     d = fut.result(TIMEOUT_S)
-                except KafkaException as exc:
-                    out[name] = {"group": name, "state": "unknown", "error": str(exc), "members": [],
-                                 "members_reported": False}
+                except (KafkaException, TimeoutError) as exc:
+                    self._group_answer(timed_out=_timed_out(exc))
+                    out[name] = {"group": name, "state": "unknown", "error": str(exc) or "timed out",
+                                 "members": [], "members_reported": False}
                     continue
+                self._group_answer(timed_out=False)
                 members = [{
                     "member_id": m.member_id,
                     "client_id": m.client_id,
@@ -209,6 +234,13 @@ class BrokerProbe:
                     reader.unassign()
             return last
         return self.cached("heartbeats", ask)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError):
+        return True
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError._TIMED_OUT
 
 
 def probe(app: FastAPI) -> BrokerProbe:

@@ -26,14 +26,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from taskstream.schemas import BrokerUnavailable, Topics, catalogue
-from taskstream.schemas.kafka import group_states
 
 from ..problems import JSONResponse, problem
-from ..probe import TIMEOUT_S, probe
+from ..probe import probe
 
 router = APIRouter(tags=["health"])
-
-METADATA_TIMEOUT_S = TIMEOUT_S
 
 
 @router.get("/healthz")
@@ -60,9 +57,12 @@ async def readyz(request: Request) -> Response:
             reasons.append(f"topics missing: {', '.join(missing)}")
     if state.settings.ready_requires_workers and checks["broker"] == "ok":
         topics = Topics(state.settings.prefix)
-        groups = await asyncio.to_thread(_group_states, state.admin, [topics.processor_group, topics.executor_group])
+        try:
+            groups = await asyncio.to_thread(broker.groups)
+        except BrokerUnavailable:
+            groups = {}
         for name, group in (("processor", topics.processor_group), ("executors", topics.executor_group)):
-            checks[name] = groups.get(group, "unknown")
+            checks[name] = (groups.get(group) or {}).get("state", "unknown")
             if checks[name] != "stable":
                 reasons.append(f"consumer group {group} is {checks[name]}")
     if not state.read_model.caught_up:
@@ -94,9 +94,3 @@ def _read_model_lag(broker, read_model) -> int | None:
         return broker.read_model_lag(read_model)
     except BrokerUnavailable:
         return None
-
-
-def _group_states(admin, groups: list[str]) -> dict[str, str]:
-    """The state of each group; "unknown" when the broker does not describe it."""
-    return {group: described[0] if described else "unknown"
-            for group, described in group_states(admin, groups, METADATA_TIMEOUT_S).items()}
