@@ -147,18 +147,21 @@ class DevStack:
         self.executors = executors
         self.log = tempfile.NamedTemporaryFile(prefix="taskstream-bench-dev-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
+        self.data_dir: tempfile.TemporaryDirectory | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start(self) -> "DevStack":
+        # a log of its own, never the user's ./.taskstream; deleted with the stack
+        self.data_dir = tempfile.TemporaryDirectory(prefix="taskstream-bench-data-")
         env = {**os.environ}
         env.setdefault("TASKSTREAM_LOG_LEVEL", "WARNING")
         cmd = [
             sys.executable, "-m", "taskstream.cli.main", "dev",
             "--port", str(self.api_port), "--broker-port", str(self.broker_port),
-            "--executors", str(self.executors),
+            "--executors", str(self.executors), "--data-dir", self.data_dir.name,
         ]
         self.proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -187,6 +190,8 @@ class DevStack:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
                 return
+        if self.data_dir is not None:
+            self.data_dir.cleanup()
         self.log.close()
         if keep_log:
             _say(f"the log of `taskstream dev` is in {self.log.name}")

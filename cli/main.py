@@ -125,7 +125,7 @@ def api(host, port) -> None:
     _logging(settings)
     try:
         run_api(settings)
-    except InsecureConfig as exc:
+    except (InsecureConfig, BrokerUnavailable) as exc:  # a topic config other than the catalogue's among them
         raise click.ClickException(str(exc)) from None
 
 
