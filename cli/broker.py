@@ -15,6 +15,7 @@ it again. A missing Java or Maven is ``BrokerUnavailable`` with what to install.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -104,6 +105,7 @@ def java_command() -> str:
     return java
 
 
+@functools.lru_cache(maxsize=8)
 def java_version(java: str) -> tuple[int, str]:
     """(major release, full version string) of ``java`` as ``java -version`` prints it; (0, "") if unreadable."""
     out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
