@@ -46,8 +46,9 @@ from .events import (
     TaskSucceeded,
     new_id,
 )
+from .retry import DEFAULT_RETRY, MAX_BACKOFF_S, RetryPolicy
 from .settings import Settings
-from .topics import MAX_BACKOFF_S, PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry_tier
+from .topics import PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry_tier
 
 __all__ = [
     "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "StaleVersion", "TooLarge", "TaskstreamError",
@@ -56,5 +57,5 @@ __all__ = [
     "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "new_id",
     "Heartbeat", "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState",
     "ScheduleStatus", "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled",
-    "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
+    "DEFAULT_RETRY", "RetryPolicy", "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
 ]

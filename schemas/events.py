@@ -114,10 +114,18 @@ class TaskSucceeded(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskFailed(Event):
+    """Attempt ``attempt`` failed; ``permanent``: no more attempts (``PermanentError``).
+
+    ``retry_delay_s``: the wait the handler asked for before the next attempt
+    (``Retry(delay_s=...)``; None: the policy's backoff). The decider keeps it
+    within the task's policy (``RetryPolicy.clamp``); it never adds an attempt.
+    """
+
     attempt: int
     error: str
     permanent: bool = False
     started_at: datetime | None = None
+    retry_delay_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .retry import DEFAULT_RETRY, RetryPolicy
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -39,15 +41,21 @@ class Settings(BaseSettings):
     priority_weights: tuple[int, int, int] = Field(
         (6, 3, 1), description="high:medium:low share of executor slots while every level has a backlog"
     )
-    default_max_attempts: int = Field(3, ge=1)
+    default_max_attempts: int = Field(
+        DEFAULT_RETRY.max_attempts, description="attempts in all, the first included, of a task whose request names "
+        "none (1: no retry)"
+    )
     default_timeout_s: float | None = Field(
         3600.0, gt=0, description="timeout of an attempt whose task sets none (None: no limit)"
     )
-    default_backoff_initial_s: float = Field(1.0, ge=0, description="wait before the 2nd attempt")
-    default_backoff_multiplier: float = Field(2.0, ge=1, description="each further wait is this many times longer")
-    default_backoff_max_s: float = Field(300.0, ge=0, description="longest wait between attempts")
+    default_backoff_initial_s: float = Field(DEFAULT_RETRY.initial_s, description="wait before the 2nd attempt")
+    default_backoff_multiplier: float = Field(DEFAULT_RETRY.multiplier,
+                                              description="each further wait is this many times longer (1 or more)")
+    default_backoff_max_s: float = Field(DEFAULT_RETRY.max_s, description="longest wait between attempts; also the "
+                                         "most a handler's Retry(delay_s=...) may ask for")
     default_backoff_jitter: float = Field(
-        0.1, ge=0, le=1, description="waits are shortened by up to this fraction (deterministic per task and attempt)"
+        DEFAULT_RETRY.jitter, description="waits are shortened by up to this fraction, 0 to 1 (deterministic per "
+        "task and attempt)"
     )
     lease_s: float = Field(
         30.0, gt=0, description="a running attempt with no heartbeat or result for this long is expired and retried"
@@ -198,6 +206,21 @@ class Settings(BaseSettings):
     schema_registry_token: SecretStr | None = Field(None, description="bearer token for the schema registry")
     schema_registry_token_file: Path | None = Field(None, description="file holding schema_registry_token")
     schema_registry_ca_location: Path | None = Field(None, description="CA bundle (PEM) of the registry's certificate")
+
+    @model_validator(mode="after")
+    def _retry_policy_in_bounds(self) -> Settings:
+        problems = self.default_retry.problems()
+        if problems:
+            raise ValueError("; ".join(f"{'default_' if name == 'max_attempts' else 'default_backoff_'}{name} {message}"
+                                       for name, message in problems))
+        return self
+
+    @property
+    def default_retry(self) -> RetryPolicy:
+        """The retry policy of a new task that names none of its fields (the API fills requests from it)."""
+        return RetryPolicy(max_attempts=self.default_max_attempts, initial_s=self.default_backoff_initial_s,
+                           multiplier=self.default_backoff_multiplier, max_s=self.default_backoff_max_s,
+                           jitter=self.default_backoff_jitter)
 
     @field_validator("kafka_config")
     @classmethod

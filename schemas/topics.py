@@ -15,8 +15,6 @@ DAY_MS = 24 * 3600 * 1000
 #: tier holds everything longer. Tiers keep short waits from queueing behind
 #: long ones and let operators see at a glance how much waits how long.
 RETRY_TIERS: tuple[tuple[str, float], ...] = (("5s", 5), ("1m", 60), ("10m", 600), ("1h", 3600), ("1d", 86400))
-#: Longest backoff a retry policy may ask for (the retry topics keep messages 14 days).
-MAX_BACKOFF_S = 7 * 24 * 3600.0
 
 
 def retry_tier(delay_s: float) -> str:

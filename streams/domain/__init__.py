@@ -54,7 +54,7 @@ from .evolve import (
 )
 from .react import (
     CHANGE_DRIVEN,
-    DEFAULT_BACKOFF,
+    DEFAULT_RETRY,
     MAX_BACKOFF_S,
     MISSED_COUNT_CAP,
     PROCESSOR,
@@ -79,6 +79,7 @@ from .react import (
     timer_due,
     upstream_json,
 )
+from .react import RetryPolicy, jitter_draw  # the policy value lives in schemas.retry (the settings build it)
 
 from .step import (
     FOLLOW_UP_TRIGGERS,
@@ -96,8 +97,8 @@ from .step import (
 in_processor_order = processor_order
 
 __all__ = [
-    "ACTIVE", "check_workflow", "workflow_problems", "at_offset", "first_queued_after_wait", "holds_lease", "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_BACKOFF", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
-    "PROCESSOR", "REDRIVABLE", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
+    "ACTIVE", "check_workflow", "workflow_problems", "at_offset", "first_queued_after_wait", "holds_lease", "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_RETRY", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
+    "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
     "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveDeadLettered", "RedriveTask", "SubmitTask",
     "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",
     "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "in_processor_order",

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -28,8 +27,8 @@ from taskstream.schemas import (
     TaskQueued,
     TaskState,
 )
-from taskstream.schemas import MAX_BACKOFF_S as _MAX_BACKOFF_S
 from taskstream.schemas import codec, cron
+from taskstream.schemas.retry import DEFAULT_RETRY, MAX_BACKOFF_S, RetryPolicy, jitter_draw
 
 from taskstream.schemas.limits import cut_error
 
@@ -48,8 +47,6 @@ from .evolve import (
 
 PROCESSOR = "processor"
 UNKNOWN = "unknown"
-#: Retry policy used where a task carries none (tasks written before policies existed).
-DEFAULT_BACKOFF = {"initial_s": 1.0, "multiplier": 2.0, "max_s": 300.0, "jitter": 0.1}
 
 
 def _queue_next(state: TaskState, now: datetime) -> list[Event]:
@@ -168,49 +165,44 @@ def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event
 @_decides(TaskFailed)
 @_decides(LeaseExpired)
 def _after_failed(state: TaskState | None, e: TaskFailed | LeaseExpired, now: datetime) -> list[Event]:
-    """A failed attempt waits out its backoff (TaskRetryScheduled), or the task is dead-lettered."""
+    """A failed attempt waits out its backoff (TaskRetryScheduled), or the task is dead-lettered.
+
+    A ``TaskFailed`` with ``retry_delay_s`` (the handler raised ``Retry(delay_s=...)``)
+    waits that long instead, within the task's policy (``backoff_delay``).
+    """
     if state is None or state.attempt != e.attempt:
         return []
     if state.status == Status.SCHEDULED.value and state.retry_at is None:
-        return [retry_scheduled(state, now)]
+        return [retry_scheduled(state, now, e.retry_delay_s if isinstance(e, TaskFailed) else None)]
     if state.status == Status.FAILED.value and state.finished_at == e.occurred_at:
         return [dead_lettered(state, now)]
     return []
 
 
-def backoff_delay(state: TaskState, failed_attempt: int) -> float:
+def backoff_delay(state: TaskState, failed_attempt: int, requested_s: float | None = None) -> float:
     """Seconds to wait after ``failed_attempt`` before the next one (DESIGN §6).
 
-    ``min(max_s, initial_s * multiplier ** (k - 1)) * (1 - jitter * u)``, k the
-    attempts since the last redrive and u in [0, 1) drawn from sha256(task id,
-    attempt): deterministic, so replay gives the same waits, and spread, so a
-    burst of failures does not come back at one instant. Jitter only shortens.
+    The task's policy (``RetryPolicy.of(state)``: a field the task lacks takes
+    ``DEFAULT_RETRY``'s) gives ``RetryPolicy.delay_s(k, u)``, k the attempts
+    since the last redrive and u = ``jitter_draw(task id, attempt)``:
+    deterministic, so replay gives the same waits. A wait the handler asked for
+    (``requested_s``: ``TaskFailed.retry_delay_s``) replaces it, clamped by
+    ``RetryPolicy.clamp`` to ``[0, max_s]`` without jitter; NaN is no request.
+    Whether a next attempt comes at all is not decided here: the failed
+    attempt counted against ``max_attempts`` when it was folded (``evolve``).
+    Never raises and never exceeds ``MAX_BACKOFF_S``, whatever the numbers.
     """
-    initial = state.backoff_initial_s if state.backoff_initial_s is not None else DEFAULT_BACKOFF["initial_s"]
-    multiplier = state.backoff_multiplier if state.backoff_multiplier is not None else DEFAULT_BACKOFF["multiplier"]
-    cap = state.backoff_max_s if state.backoff_max_s is not None else DEFAULT_BACKOFF["max_s"]
-    jitter = state.backoff_jitter if state.backoff_jitter is not None else DEFAULT_BACKOFF["jitter"]
-    k = max(1, failed_attempt - state.attempt_offset)
-    try:
-        base = min(cap, initial * multiplier ** (k - 1))
-    except OverflowError:
-        base = cap
-    digest = hashlib.sha256(f"{state.task_id}:{failed_attempt}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    delay = base * (1.0 - jitter * u)
-    # NaN (inf * 0) waits nothing; a wait beyond MAX_BACKOFF_S (a policy of absurd numbers) is cut to it,
-    # so ``now + delay`` always fits in a datetime and deciding never raises.
-    return min(max(0.0, delay), MAX_BACKOFF_S) if delay == delay else 0.0
+    policy = RetryPolicy.of(state, DEFAULT_RETRY)
+    if requested_s is not None and (clamped := policy.clamp(requested_s)) is not None:
+        return clamped
+    return policy.delay_s(failed_attempt - state.attempt_offset, jitter_draw(state.task_id, failed_attempt))
 
 
-#: Longest wait between attempts whatever the policy says: the one bound the API also checks (schemas.topics).
-MAX_BACKOFF_S = _MAX_BACKOFF_S
-
-
-def retry_scheduled(state: TaskState, now: datetime) -> TaskRetryScheduled:
-    """The wait counts from the failure (the state's ``updated_at``, the failure's ``occurred_at``),
-    not from when the processor folded it; a failure stamped in the future (a fast clock) counts from now."""
-    delay = backoff_delay(state, state.attempt)
+def retry_scheduled(state: TaskState, now: datetime, requested_s: float | None = None) -> TaskRetryScheduled:
+    """The wait (``backoff_delay``) counts from the failure (the state's ``updated_at``, the failure's
+    ``occurred_at``), not from when the processor folded it; a failure stamped in the future (a fast
+    clock) counts from now."""
+    delay = backoff_delay(state, state.attempt, requested_s)
     start = min(state.updated_at, now)
     return TaskRetryScheduled(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
                               not_before=start + timedelta(seconds=delay), delay_s=delay, priority=state.priority,

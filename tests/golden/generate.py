@@ -16,7 +16,9 @@ Releases: 1 = commit 3a9e7d8 (before issue 5), 2 = commit a788324 (issue 5:
 retries in scheduled, dead letters, checkpoints, redrives), 3 = TaskCreated
 ``description`` (commit 8f6366c, folded by the code of that checkout), 4 =
 ``actor`` on the events the API writes (issue 15's audit field; folded by
-the code of the commit that added it). A release's logs are never regenerated once committed: they
+the code of the commit that added it), 5 = ``TaskFailed.retry_delay_s`` (a
+handler's ``Retry(delay_s=...)``, issue 23; folded by the code of the commit
+that added it). A release's logs are never regenerated once committed: they
 are what that release wrote. ``encode`` for a new release only.
 
 File format (``v<N>/<history>.json``): ``records`` in log order, each with
@@ -38,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HISTORY = REPO / "schemas" / "avro" / "history"
-RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)"}
+RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)", 5: "retry_delay_s (issue 23)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
 
 
@@ -91,7 +93,8 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
         created("t-retry", 0, max_attempts=3, **({"backoff_initial_s": 2.0, "backoff_multiplier": 2.0} if v2 else {})),
         ev("TaskQueued", "t-retry", 0.01, attempt=1, priority="medium"),
         ev("TaskStarted", "t-retry", 0.1, attempt=1),
-        ev("TaskFailed", "t-retry", 1.1, attempt=1, error="ValueError: boom", started_at=at(0.1)),
+        ev("TaskFailed", "t-retry", 1.1, attempt=1, error="ValueError: boom", started_at=at(0.1),
+           **({"retry_delay_s": 2.0} if version >= 5 else {})),  # v5: the handler asked for the wait
         *retry("t-retry", 1, 1.11, 2.0),
         ev("TaskFailed", "t-retry", 3.5, attempt=2, error="ValueError: boom again"),
         *retry("t-retry", 2, 3.51, 4.0),

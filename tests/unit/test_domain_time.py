@@ -497,10 +497,10 @@ def test_backoff_without_jitter_doubles_up_to_the_cap():
 
 def test_backoff_defaults_apply_to_tasks_without_a_policy():
     s = fold([created(backoff_initial_s=None, backoff_multiplier=None, backoff_max_s=None, backoff_jitter=None)])
-    d = domain.DEFAULT_BACKOFF
+    d = domain.DEFAULT_RETRY
     for n in (1, 2, 3, 20):
-        base = min(d["max_s"], d["initial_s"] * d["multiplier"] ** (n - 1))
-        assert base * (1 - d["jitter"]) <= backoff_delay(s, n) <= base
+        base = min(d.max_s, d.initial_s * d.multiplier ** (n - 1))
+        assert base * (1 - d.jitter) <= backoff_delay(s, n) <= base
 
 
 def test_backoff_counts_attempts_since_the_last_redrive():

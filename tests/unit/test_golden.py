@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstream.schemas import TaskCreated, TaskState, codec
+from taskstream.schemas import TaskCreated, TaskFailed, TaskState, codec
 from taskstream.streams import domain
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -90,5 +90,17 @@ def test_new_field_is_carried_by_the_latest_logs():
     doc = _load(GOLDEN / f"v{latest}" / "succeeded.json")
     created = codec.decode(bytes.fromhex(doc["records"][0]["value"]))
     assert created.description == "golden task t-ok"
-    # and today's encoding of it is the latest schema version
-    assert codec.writer_version(codec.encode(created)) == latest
+    # Some record of the latest logs is written with a schema of that release, and today's encoding of it is too.
+    records = [bytes.fromhex(r["value"]) for p in FILES if p.parent.name == f"v{latest}" for r in _load(p)["records"]]
+    newest = [data for data in records if codec.writer_version(data) == latest]
+    assert newest, f"no record of the v{latest} logs is written with a v{latest} schema"
+    assert {codec.writer_version(codec.encode(codec.decode(data))) for data in newest} == {latest}
+
+
+def test_v5_logs_carry_a_requested_retry_delay_and_older_ones_none():
+    def failures(version: int) -> list[TaskFailed]:
+        return [e for e in _decode_log(_load(GOLDEN / f"v{version}" / "retries.json"))["t-retry"]
+                if isinstance(e, TaskFailed)]
+
+    assert [f.retry_delay_s for f in failures(5)] == [2.0, None]
+    assert [f.retry_delay_s for f in failures(4)] == [None, None]

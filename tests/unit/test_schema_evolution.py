@@ -55,6 +55,7 @@ RELEASED = {
     ("TaskCreated", 4): "ffb806256c51f8f4",
     ("TaskDeadLettered", 2): "898ba64289285ec1",
     ("TaskFailed", 1): "808dc4c057e73e27",
+    ("TaskFailed", 5): "bdf5cc215372b072",
     ("TaskQueued", 1): "182337c7e83ad71b",
     ("TaskQueued", 2): "c534b844f229047f",
     ("TaskQueued", 3): "20f5b3b46e10f76d",
