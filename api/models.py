@@ -27,9 +27,10 @@ tasks of the same request.
 
 Retry policy: ``retry: {max_attempts, backoff: {initial_s, multiplier,
 max_s, jitter}}``. Every field is optional; on submit the missing ones are
-filled from the settings (``default_max_attempts``, ``default_backoff_*``)
-so every ``TaskCreated`` (and schedule template) carries the complete
-policy; on ``PATCH`` only the given ones change.
+filled from the settings' ``default_retry`` (``default_max_attempts``,
+``default_backoff_*``) into a ``RetryPolicy``, so every ``TaskCreated`` (and
+schedule template) carries the complete policy; on ``PATCH`` only the given
+ones change.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pydantic_core import PydanticCustomError
 from taskstream.schemas import (
     MAX_BACKOFF_S,
     Priority,
+    RetryPolicy,
     ScheduleState,
     Settings,
     TaskState,
@@ -50,6 +52,7 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas import cron as cron_expr
+from taskstream.schemas.retry import BACKOFF_FIELDS
 from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
 from taskstream.schemas.limits import (
     LABEL_KEY_PATTERN,
@@ -134,27 +137,22 @@ class BackoffIn(BaseModel):
 
 
 class RetryIn(BaseModel):
-    """Retry policy: how many attempts in all, and the backoff between them."""
+    """Retry policy: how many attempts in all, and the backoff between them (any part of a ``RetryPolicy``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_attempts: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
     backoff: BackoffIn | None = None
 
+    def over(self, base: RetryPolicy) -> RetryPolicy:
+        """``base`` with the fields given here."""
+        backoff = self.backoff if self.backoff is not None else BackoffIn()
+        return base.but(max_attempts=self.max_attempts, **{name: getattr(backoff, name) for name in BACKOFF_FIELDS})
 
-_BACKOFF_FIELDS = ("initial_s", "multiplier", "max_s", "jitter")
 
-
-def retry_policy(retry: RetryIn | None, settings: Settings) -> dict[str, Any]:
-    """``max_attempts`` and ``backoff_*`` of a new task: the given values, the settings' defaults for the rest."""
-    backoff = retry.backoff if retry is not None and retry.backoff is not None else BackoffIn()
-    out: dict[str, Any] = {
-        "max_attempts": retry.max_attempts if retry is not None and retry.max_attempts else settings.default_max_attempts,
-    }
-    for name in _BACKOFF_FIELDS:
-        value = getattr(backoff, name)
-        out[f"backoff_{name}"] = float(value if value is not None else getattr(settings, f"default_backoff_{name}"))
-    return out
+def retry_policy(retry: RetryIn | None, settings: Settings) -> RetryPolicy:
+    """The policy of a new task: the given fields over the settings' ``default_retry``."""
+    return retry.over(settings.default_retry) if retry is not None else settings.default_retry
 
 
 class TaskBody(BaseModel):
@@ -179,7 +177,7 @@ class TaskBody(BaseModel):
             "name": self.name,
             "labels": dict(self.labels),
             "timeout_s": None if self.timeout_s is None else float(self.timeout_s),
-            **retry_policy(self.retry, settings),
+            **retry_policy(self.retry, settings).fields(),
         }
 
 
@@ -221,7 +219,7 @@ class TaskFields(TaskBody):
             depends_on=list(depends_on if depends_on is not None else getattr(self, "depends_on", [])),
             run_at=self.run_at_datetime(),
             timeout_s=None if self.timeout_s is None else float(self.timeout_s),
-            **retry_policy(self.retry, settings),
+            **retry_policy(self.retry, settings).fields(),
             **extra,
         )
 
@@ -298,8 +296,8 @@ class TaskPatch(BaseModel):
             backoff = self.retry.backoff
             if self.retry.max_attempts is None and backoff is None:
                 raise ValidationError("retry", "give max_attempts or backoff (or both)")
-            if backoff is not None and not any(getattr(backoff, f) is not None for f in _BACKOFF_FIELDS):
-                raise ValidationError("retry.backoff", "give at least one of " + ", ".join(_BACKOFF_FIELDS))
+            if backoff is not None and not any(getattr(backoff, f) is not None for f in BACKOFF_FIELDS):
+                raise ValidationError("retry.backoff", "give at least one of " + ", ".join(BACKOFF_FIELDS))
 
     def run_at_datetime(self) -> datetime | None:
         return None if self.run_at is None else parse_rfc3339(self.run_at)
@@ -321,7 +319,7 @@ class TaskPatch(BaseModel):
 
     def _backoff(self) -> dict[str, float | None]:
         backoff = self.retry.backoff if self.retry is not None else None
-        return {name: getattr(backoff, name) if backoff is not None else None for name in _BACKOFF_FIELDS}
+        return {name: getattr(backoff, name) if backoff is not None else None for name in BACKOFF_FIELDS}
 
 
 def parse_rfc3339(text: str) -> datetime:

@@ -30,15 +30,17 @@ heartbeats it every ``settings.heartbeat_interval_s`` so the processor does
 not expire its lease; handlers need not do anything for that, however long
 they run.
 
-Raising ``PermanentError`` fails the task for good; any other exception fails
-the attempt (retried per policy). The runtime is in ``runtime``, built-ins
+Raising ``PermanentError`` fails the task for good; ``Retry(delay_s=30)``
+fails the attempt and asks for the next one in 30 s (at most the policy's
+``max_s``; the attempt still counts against ``max_attempts``); any other
+exception fails the attempt (retried per policy). The runtime is in ``runtime``, built-ins
 (``noop``, ``sleep``, ``echo``) in ``builtin``, the guarded ``http`` and
 ``shell`` built-ins in ``builtin_http`` and ``builtin_shell``.
 """
 
 from .builtin import BUILTINS
 from .context import TaskContext
-from .errors import AttemptAbandoned, HandlerImportError, PermanentError
+from .errors import AttemptAbandoned, HandlerImportError, PermanentError, Retry
 from .registry import Handler, Registry, default_registry, handler, load_handler_modules
 from .runtime import Executor, run_executor
 
@@ -50,6 +52,7 @@ __all__ = [
     "HandlerImportError",
     "PermanentError",
     "Registry",
+    "Retry",
     "TaskContext",
     "default_registry",
     "handler",

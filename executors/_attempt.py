@@ -30,7 +30,7 @@ from taskstream.schemas.events import Event
 from taskstream.schemas.observability import about
 
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
-from .errors import AttemptAbandoned, PermanentError
+from .errors import AttemptAbandoned, PermanentError, Retry
 from .metrics import UNKNOWN_HANDLER
 from . import reports
 from .registry import Handler
@@ -178,7 +178,8 @@ class Attempts:
                      " permanently" if permanent else "", type(exc).__name__, extra=_about(task))
             log.debug("task %s attempt %d: handler %s error: %s", task.task_id, task.attempt, task.handler,
                       reports.error_text(exc), exc_info=not permanent, extra=_about(task))
-            return reports.raised(*common, _now(), exc, permanent=permanent)
+            delay = exc.delay_s if isinstance(exc, Retry) else None
+            return reports.raised(*common, _now(), exc, permanent=permanent, retry_delay_s=delay)
         try:
             result_json = codec.dumps_json(result)
         except TypeError as exc:

@@ -14,6 +14,7 @@ the failure is *permanent* — the same attempt could never succeed:
 | handler raised ``PermanentError``         | yes       |
 | result larger than ``MAX_RESULT_BYTES``   | yes       |
 | the broker refused the result record      | yes       |
+| handler raised ``Retry(delay_s=...)``     | no (``retry_delay_s`` carries the wait asked for) |
 | handler raised anything else              | no        |
 | handler ran longer than its timeout       | no        |
 | result not JSON-serialisable              | no        |
@@ -65,9 +66,9 @@ def succeeded(task: ReadyTask, producer: str, started_at: datetime, now: datetim
 
 
 def failed(task: ReadyTask, producer: str, started_at: datetime | None, now: datetime, error: str, *,
-           permanent: bool = False) -> TaskFailed:
+           permanent: bool = False, retry_delay_s: float | None = None) -> TaskFailed:
     return TaskFailed(task_id=task.task_id, attempt=task.attempt, producer=producer, started_at=started_at,
-                      occurred_at=now, error=cut_error(error), permanent=permanent)
+                      occurred_at=now, error=cut_error(error), permanent=permanent, retry_delay_s=retry_delay_s)
 
 
 def no_handler(task: ReadyTask, producer: str, started_at: datetime, now: datetime) -> TaskFailed:
@@ -84,9 +85,10 @@ def timed_out(task: ReadyTask, producer: str, started_at: datetime, now: datetim
 
 
 def raised(task: ReadyTask, producer: str, started_at: datetime, now: datetime, exc: BaseException, *,
-           permanent: bool) -> TaskFailed:
-    """The handler raised ``exc``; ``permanent`` for ``PermanentError`` (the caller's class, not imported here)."""
-    return failed(task, producer, started_at, now, error_text(exc), permanent=permanent)
+           permanent: bool, retry_delay_s: float | None = None) -> TaskFailed:
+    """The handler raised ``exc``; ``permanent`` for ``PermanentError``, ``retry_delay_s`` the ``delay_s`` of a
+    ``Retry`` (the caller's classes, not imported here)."""
+    return failed(task, producer, started_at, now, error_text(exc), permanent=permanent, retry_delay_s=retry_delay_s)
 
 
 def unserialisable(task: ReadyTask, producer: str, started_at: datetime, now: datetime, result: object,
