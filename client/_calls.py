@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -63,6 +63,31 @@ def _time(value: datetime | str | None) -> str | None:
     return value.isoformat()
 
 
+class RetryLike(Protocol):
+    """A whole retry policy as a value: ``taskstream.schemas.RetryPolicy``, or anything with its five fields."""
+
+    max_attempts: int
+    initial_s: float
+    multiplier: float
+    max_s: float
+    jitter: float
+
+
+#: A request's ``retry``: a mapping (any part of ``{"max_attempts", "backoff": {...}}``) or a whole policy value.
+RetrySpec = Mapping[str, Any] | RetryLike
+
+
+def retry_json(retry: RetrySpec) -> dict[str, Any]:
+    """The ``retry`` JSON of a request: a mapping as it is, a policy value as its five fields (the same wire shape)."""
+    if isinstance(retry, Mapping):
+        return dict(retry)
+    try:
+        return {"max_attempts": retry.max_attempts,
+                "backoff": {name: getattr(retry, name) for name in ("initial_s", "multiplier", "max_s", "jitter")}}
+    except AttributeError:
+        raise TypeError(f"retry must be a mapping or a RetryPolicy, not {type(retry).__name__}") from None
+
+
 def _key(idempotency_key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
 
@@ -75,7 +100,7 @@ def task_body(
     depends_on: Iterable[str] | None = None,
     run_at: datetime | str | None = None,
     timeout_s: float | None = None,
-    retry: Mapping[str, Any] | None = None,
+    retry: RetrySpec | None = None,
     max_attempts: int | None = None,
     labels: Mapping[str, str] | None = None,
     name: str | None = None,
@@ -83,6 +108,7 @@ def task_body(
 ) -> dict[str, Any]:
     """The JSON of one task for ``POST /tasks`` (or an entry of ``submit_many``): only the fields given.
 
+    ``retry`` is a mapping (any part of the policy) or a ``RetryPolicy`` (``retry_json``);
     ``max_attempts`` is a shortcut for ``retry={"max_attempts": ...}`` (merged into ``retry``);
     ``more`` passes fields this client does not know yet (``key`` for a workflow entry).
     """
@@ -98,7 +124,8 @@ def task_body(
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
     if retry is not None or max_attempts is not None:
-        body["retry"] = {**(retry or {}), **({"max_attempts": max_attempts} if max_attempts is not None else {})}
+        body["retry"] = {**(retry_json(retry) if retry is not None else {}),
+                         **({"max_attempts": max_attempts} if max_attempts is not None else {})}
     if labels:
         body["labels"] = dict(labels)
     if name is not None:

@@ -89,13 +89,14 @@ class _Operations:
 
     def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,
                depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
-               timeout_s: float | None = None, retry: Mapping[str, Any] | None = None,
+               timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                max_attempts: int | None = None, labels: Mapping[str, str] | None = None, name: str | None = None,
                idempotency_key: str | None = None) -> Task:
         """Submit one task (``POST /tasks``); the task as the API accepted it.
 
         ``retry`` is ``{"max_attempts", "backoff": {"initial_s", "multiplier", "max_s", "jitter"}}``
-        (any part of it); ``max_attempts`` alone is a shortcut for it. With ``idempotency_key`` a
+        (any part of it) or a whole ``RetryPolicy`` (``taskstream.schemas``); ``max_attempts`` alone
+        is a shortcut for it. With ``idempotency_key`` a
         repeat of the same request answers the same task and writes nothing.
         """
         body = calls.task_body(handler, payload, priority=priority, depends_on=depends_on, run_at=run_at,
@@ -131,7 +132,7 @@ class _Operations:
 
     def update(self, task_id: str, *, if_match: int | str | None = None, priority: str | None = None,
                run_at: datetime | str | None = None, payload: Any = UNSET, timeout_s: float | None = None,
-               retry: Mapping[str, Any] | None = None) -> Task:
+               retry: calls.RetrySpec | None = None) -> Task:
         """Change a task that has not started (``PATCH``): only the fields given.
 
         ``if_match`` (a version, e.g. ``task.version``) makes it conditional: ``PreconditionFailed``
@@ -140,7 +141,7 @@ class _Operations:
         changes = {"priority": priority if priority is not None else UNSET,
                    "run_at": run_at if run_at is not None else UNSET, "payload": payload,
                    "timeout_s": timeout_s if timeout_s is not None else UNSET,
-                   "retry": dict(retry) if retry is not None else UNSET}
+                   "retry": calls.retry_json(retry) if retry is not None else UNSET}
         return self._send(calls.update(task_id, if_match, changes))
 
     def cancel(self, task_id: str, *, reason: str = "") -> Task:
@@ -329,7 +330,7 @@ class AsyncClient(_Operations):
     if TYPE_CHECKING:  # what _Operations' methods are here: awaitables of the same results
         async def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,
                          depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
-                         timeout_s: float | None = None, retry: Mapping[str, Any] | None = None,
+                         timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                          max_attempts: int | None = None, labels: Mapping[str, str] | None = None,
                          name: str | None = None, idempotency_key: str | None = None) -> Task: ...
         async def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,
@@ -342,7 +343,7 @@ class AsyncClient(_Operations):
                             limit: int | None = None, cursor: str | None = None) -> Page[Task]: ...
         async def update(self, task_id: str, *, if_match: int | str | None = None, priority: str | None = None,
                          run_at: datetime | str | None = None, payload: Any = UNSET, timeout_s: float | None = None,
-                         retry: Mapping[str, Any] | None = None) -> Task: ...
+                         retry: calls.RetrySpec | None = None) -> Task: ...
         async def cancel(self, task_id: str, *, reason: str = "") -> Task: ...
         async def retry(self, task_id: str, *, reason: str = "") -> Task: ...
         async def events(self, task_id: str) -> list[TaskEvent]: ...
