@@ -48,7 +48,7 @@ _SUMMARY: dict[str, tuple[str, ...]] = {
                     "schedule_id", "scheduled_for", "name"),
     "TaskQueued": ("priority", "due_at"),
     "TaskSucceeded": ("result",),
-    "TaskFailed": ("error", "permanent"),
+    "TaskFailed": ("error", "permanent", "retry_delay_s"),
     "DependencyRegistered": ("dependent",),
     "DependencyResolved": ("upstream", "outcome"),
     "TaskCancelled": ("actor", "reason",),

@@ -9,6 +9,9 @@
   after folding an event; ``on_timer``, ``lease_expired``, ``ready_message``
   and ``replay_outputs`` for its timers, leases, ready topics and crash
   repair (``react.py``).
+- ``RetryPolicy`` (defined in ``schemas.retry``: the settings build it) and
+  ``backoff_delay``: the wait after a failed attempt, the policy's backoff
+  or the handler's requested delay clamped to the policy (``react.py``).
 - ``step(state, event, now, producer)`` and ``effects(...)``: the
   processor's whole step, pure (``step.py``): fold, what follows, which
   messages go where; ``lease_after``/``heartbeat_renews`` the lease rules.
