@@ -43,7 +43,7 @@ from .context import MAX_CHECKPOINT_BYTES, TaskContext
 from .errors import AttemptAbandoned, PermanentError
 from .metrics import UNKNOWN_HANDLER, ExecutorMetrics
 from . import reports
-from .registry import Handler
+from .registry import Handler, Registry
 
 
 log = logging.getLogger("taskstream.executors.runtime")
@@ -78,7 +78,7 @@ class Delivered(Protocol):
 class Handlers:
     """The handlers an executor can run: its registry first, then the built-ins."""
 
-    def __init__(self, registry: Any, builtins: Any) -> None:
+    def __init__(self, registry: Registry, builtins: Registry) -> None:
         self._registry = registry
         self._builtins = builtins
 

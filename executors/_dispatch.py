@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ._attempt import AttemptRunner, Delivered, _about
+from taskstream.schemas.observability import about
+
+from ._attempt import AttemptRunner, Delivered
 from ._intake import Intake
 from ._scheduling import WeightedRoundRobin
 
@@ -95,7 +97,8 @@ class Dispatcher:
         delivery = self._slots.pop(slot, None)
         if not slot.cancelled() and slot.exception() is not None and delivery is not None:
             t = delivery.task
-            log.error("task %s attempt %d: runner failed: %r", t.task_id, t.attempt, slot.exception(), extra=_about(t))
+            log.error("task %s attempt %d: runner failed: %r", t.task_id, t.attempt, slot.exception(),
+                      extra=about(t.task_id, t.attempt))
         self._wake.set()
 
     async def close(self, grace_s: float) -> None:
@@ -112,7 +115,7 @@ class Dispatcher:
                 t = delivery.task
                 log.warning(
                     "task %s attempt %d: unfinished after the %ss grace period; not committed, will be redelivered",
-                    t.task_id, t.attempt, grace_s, extra=_about(t)
+                    t.task_id, t.attempt, grace_s, extra=about(t.task_id, t.attempt)
                 )
             slot.cancel()
         if pending:

@@ -36,8 +36,8 @@ def test_a_paused_partition_that_comes_back_is_resumed(settings, events):
     with running(settings, reg, concurrency=1, executor_id="exec-a") as ex:
         assert ex.assigned_event.wait(JOIN_TIMEOUT)
         everything = set(feeder.positions)
-        wait_until(lambda: ex.consumer.assigned() == everything and ex.consumer.paused() == everything, timeout=JOIN_TIMEOUT,
-                   message="every partition paused behind full buffers")
+        wait_until(lambda: ex.consumer.assigned() == everything and ex.consumer.paused() == everything,
+                   timeout=JOIN_TIMEOUT, message="every partition paused behind full buffers")
 
         # A second member joins the group and takes some partitions, then leaves: they come back to exec-a.
         other = kafka_consumer(settings, "intruder", Topics(settings.prefix).executor_group)
