@@ -1,11 +1,16 @@
-"""One attempt's life on the executor's loop: run the handler, report started, heartbeat, checkpoint, result.
+"""The attempt runner: one attempt's life on the executor's loop, from handler call to acknowledged report.
 
-A short attempt reports one event (``TaskSucceeded`` or ``TaskFailed`` with
-``started_at``); one still running after ``started_event_after_s`` reports
-``TaskStarted`` first and then heartbeats until it ends. Checkpoints are
-acknowledged before the result is produced. Timeouts cancel an async handler
-and abandon a sync one. Results over ``MAX_RESULT_BYTES`` fail the attempt
-for good; a result the broker refuses is reported as a failure.
+The dispatcher hands it a delivery (``Delivered``: the intake's ``Delivery``)
+to ``run``; the runner calls the handler (on the loop, or in the pool for a
+sync one), reports to ``<p>.events`` and, through the delivery, tells the
+intake when the handler is done (``release``) and when the outcome is safe
+(``settle``). A short attempt reports one event (``TaskSucceeded`` or
+``TaskFailed`` with ``started_at``); one still running after
+``started_event_after_s`` reports ``TaskStarted`` first and then heartbeats
+until it ends. Checkpoints are acknowledged before the result is produced.
+Timeouts cancel an async handler and abandon a sync one. Results over
+``MAX_RESULT_BYTES`` fail the attempt for good; a result the broker refuses
+is reported as a failure.
 """
 
 
@@ -14,30 +19,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 
 from taskstream.schemas import (
     BrokerUnavailable,
     ReadyTask,
     RecordRefused,
+    Settings,
     TaskFailed,
+    Topics,
     codec,
 )
 from taskstream.schemas.events import Event
+from taskstream.schemas.kafka import AsyncProducer
 from taskstream.schemas.observability import about
 
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
 from .errors import AttemptAbandoned, PermanentError, Retry
-from .metrics import UNKNOWN_HANDLER
+from .metrics import UNKNOWN_HANDLER, ExecutorMetrics
 from . import reports
-from .registry import Handler
+from .registry import Handler, Registry
 
-
-if TYPE_CHECKING:
-    from ._intake import _Item
 
 log = logging.getLogger("taskstream.executors.runtime")
 
@@ -51,9 +58,44 @@ def _about(task: ReadyTask) -> dict[str, Any]:
 
 
 
+class Delivered(Protocol):
+    """What the runner needs of a ready message the intake took in (``_intake.Delivery`` is one)."""
+
+    @property
+    def task(self) -> ReadyTask: ...
+
+    @property
+    def cancelled(self) -> bool:
+        """Turns true when the task is cancelled while it runs (the runner is told through ``cancel``)."""
+
+    def release(self) -> bool:
+        """The handler is done with it; returns whether it was cancelled before (then nothing is reported)."""
+
+    def settle(self) -> None:
+        """Its outcome is safe (acknowledged, or nothing to report): its offset may be committed."""
+
+
+class Handlers:
+    """The handlers an executor can run: its registry first, then the built-ins."""
+
+    def __init__(self, registry: Registry, builtins: Registry) -> None:
+        self._registry = registry
+        self._builtins = builtins
+
+    def names(self) -> list[str]:
+        return self._registry.names() + self._builtins.names()
+
+    def get(self, name: str) -> Handler | None:
+        return self._registry.get(name) or self._builtins.get(name)
+
+    def label(self, name: str) -> str:
+        """The metrics label of a handler name: bounded by what this executor registered."""
+        return name if self.get(name) is not None else UNKNOWN_HANDLER
+
+
 @dataclass(slots=True, eq=False)
 class _Attempt:
-    item: _Item
+    delivery: Delivered
     ctx: TaskContext
     started_at: datetime
     finished: bool = False
@@ -64,9 +106,13 @@ class _Attempt:
     handler_task: asyncio.Future | None = None  # an async handler's own task, cancelled on TaskCancelled
 
     @property
+    def task(self) -> ReadyTask:
+        return self.delivery.task
+
+    @property
     def over(self) -> bool:
         """The handler returned, or the executor gave up on it (cancelled, timed out, shutdown)."""
-        return self.finished or self.item.cancelled or self.ctx.cancelled
+        return self.finished or self.delivery.cancelled or self.ctx.cancelled
 
     def stop_timers(self) -> None:
         for handle in (self.timer, self.heartbeat):
@@ -74,33 +120,78 @@ class _Attempt:
                 handle.cancel()
 
 
+class AttemptRunner:
+    """Runs attempts on the loop it is built on; one runner per executor run.
 
-class Attempts:
-    """The attempt half of ``Executor`` (a mixin: the state lives on the executor)."""
+    ``run(delivery)`` is one attempt, start to acknowledged report;
+    ``cancel(delivery)`` (on the loop) stops a running one whose task was
+    cancelled. Events go to ``topics.events`` and heartbeats to
+    ``topics.heartbeats`` through ``producer``; sync handlers run in ``pool``.
+    ``threads_running`` counts sync handler calls whose thread has not
+    returned, abandoned ones (timeout, shutdown) included.
+    """
 
-    async def _run_attempt(self, attempt: _Attempt) -> None:
-        item = attempt.item
-        task = item.task
-        if self.settings.started_event_after_s >= 0:
-            attempt.timer = self._loop.call_later(self.settings.started_event_after_s, self._report_started, attempt)
+    def __init__(
+        self,
+        settings: Settings,
+        executor_id: str,
+        topics: Topics,
+        wire: codec.WireFormat,
+        handlers: Handlers,
+        metrics: ExecutorMetrics,
+        producer: AsyncProducer,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self._settings = settings
+        self._executor_id = executor_id
+        self._topics = topics
+        self._wire = wire
+        self._handlers = handlers
+        self._metrics = metrics
+        self._producer = producer
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._attempts: dict[Delivered, _Attempt] = {}  # running, by delivery (identity)
+        self._sync_lock = threading.Lock()
+        self._sync_running = 0
+
+    @property
+    def threads_running(self) -> int:
+        with self._sync_lock:
+            return self._sync_running
+
+    async def run(self, delivery: Delivered) -> None:
+        """One attempt of ``delivery``: run the handler, report its outcome, settle the delivery once it is safe.
+
+        A cancelled task reports nothing and is settled; an outcome the broker did not acknowledge leaves the
+        delivery unsettled (its offset uncommitted: the attempt runs again after a rebalance). Raises only
+        CancelledError (the executor gave up on it at shutdown), after marking ``ctx.cancelled``.
+        """
+        task = delivery.task
+        ctx = TaskContext(task_id=task.task_id, attempt=task.attempt, handler=task.handler, priority=task.priority,
+                          upstream=_decode_upstream(task), last_checkpoint=_decode_checkpoint(task))
+        attempt = _Attempt(delivery=delivery, ctx=ctx, started_at=_now())
+        ctx._checkpointer = lambda data: self._checkpoint(attempt, data)
+        log.debug("task %s attempt %d: starting %s", task.task_id, task.attempt, task.handler, extra=_about(task))
+        self._attempts[delivery] = attempt
+        if self._settings.started_event_after_s >= 0:
+            attempt.timer = self._loop.call_later(self._settings.started_event_after_s, self._report_started, attempt)
         try:
-            outcome = None if item.cancelled else await self._execute(attempt)
+            outcome = None if delivery.cancelled else await self._execute(attempt)
+        except asyncio.CancelledError:
+            ctx._cancel()
+            raise
         finally:
             attempt.finished = True
             attempt.stop_timers()
-            with self._lock:
-                active = self._active.get(task.task_id)
-                if active is not None:
-                    active.remove(item)
-                    if not active:
-                        del self._active[task.task_id]
-                cancelled = item.cancelled
+            del self._attempts[delivery]
+            cancelled = delivery.release()
         if cancelled or outcome is None:
             # The processor made the task `cancelled` already: nothing to report, the offset is done.
             log.info("task %s attempt %d: cancelled; not reported", task.task_id, task.attempt, extra=_about(task))
-            with self._lock:
-                item.offsets.mark_done(item.offset)
-            self.metrics.cancelled(task.priority, self._handler_label(task.handler))
+            delivery.settle()
+            self._metrics.cancelled(task.priority, self._handlers.label(task.handler))
             return
         if attempt.started_sent is not None:
             try:
@@ -122,10 +213,21 @@ class Attempts:
                     task.task_id, task.attempt, exc, extra=_about(task),
                 )
                 return
-        with self._lock:
-            attempt.item.offsets.mark_done(attempt.item.offset)
-        label = self._handler_label(task.handler)
-        self.metrics.reported(outcome, task.priority, label, handler_known=label != UNKNOWN_HANDLER)
+        delivery.settle()
+        label = self._handlers.label(task.handler)
+        self._metrics.reported(outcome, task.priority, label, handler_known=label != UNKNOWN_HANDLER)
+
+    def cancel(self, delivery: Delivered) -> None:
+        """On the loop: tell a running attempt whose task was cancelled to stop."""
+        attempt = self._attempts.get(delivery)
+        if attempt is None or attempt.finished:
+            return  # not started yet (run checks delivery.cancelled) or already returned
+        t = delivery.task
+        log.info("task %s attempt %d: cancelled while running; stopping it", t.task_id, t.attempt, extra=_about(t))
+        attempt.ctx._cancel()
+        attempt.stop_timers()
+        if attempt.handler_task is not None:
+            attempt.handler_task.cancel()
 
     async def _report_refused(self, outcome: Event, exc: BaseException) -> Event | None:
         """When the broker refused the result event for good, report the attempt failed with the reason instead.
@@ -135,7 +237,7 @@ class Attempts:
         """
         if not isinstance(exc, RecordRefused):
             return None
-        failed = reports.refused(outcome, self.executor_id, _now(), exc)
+        failed = reports.refused(outcome, self._executor_id, _now(), exc)
         try:
             await self._send(failed)
         except Exception as again:
@@ -149,9 +251,9 @@ class Attempts:
 
         Never raises but CancelledError (the runner itself was cancelled, at shutdown).
         """
-        task = attempt.item.task
-        common = (task, self.executor_id, attempt.started_at)
-        found = self._lookup(task.handler)
+        task = attempt.task
+        common = (task, self._executor_id, attempt.started_at)
+        found = self._handlers.get(task.handler)
         if found is None:
             log.warning("task %s attempt %d: no handler registered for %r", task.task_id, task.attempt, task.handler,
                         extra=_about(task))
@@ -160,11 +262,11 @@ class Attempts:
             payload = codec.loads_json(task.payload)
         except codec.JSONDecodeError as exc:
             return reports.bad_payload(*common, _now(), exc)
-        timeout = task.timeout_s if task.timeout_s is not None else self.settings.default_timeout_s
+        timeout = task.timeout_s if task.timeout_s is not None else self._settings.default_timeout_s
         try:
             result = await self._invoke(found, payload, attempt, timeout)
         except asyncio.CancelledError:
-            if attempt.item.cancelled and not asyncio.current_task().cancelling():
+            if attempt.delivery.cancelled and not asyncio.current_task().cancelling():
                 return None  # the handler was cancelled because its task was, not this runner
             raise
         except asyncio.TimeoutError:
@@ -172,14 +274,7 @@ class Attempts:
             log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout, extra=_about(task))
             return reports.timed_out(*common, _now(), timeout)
         except Exception as exc:
-            permanent = isinstance(exc, PermanentError)
-            # INFO names the exception type only: a handler's error text may quote its payload or result.
-            log.info("task %s attempt %d: handler %s failed%s (%s)", task.task_id, task.attempt, task.handler,
-                     " permanently" if permanent else "", type(exc).__name__, extra=_about(task))
-            log.debug("task %s attempt %d: handler %s error: %s", task.task_id, task.attempt, task.handler,
-                      reports.error_text(exc), exc_info=not permanent, extra=_about(task))
-            delay = exc.delay_s if isinstance(exc, Retry) else None
-            return reports.raised(*common, _now(), exc, permanent=permanent, retry_delay_s=delay)
+            return handler_failed(*common, exc)
         try:
             result_json = codec.dumps_json(result)
         except TypeError as exc:
@@ -193,19 +288,12 @@ class Attempts:
             log.debug("task %s attempt %d: succeeded", task.task_id, task.attempt, extra=_about(task))
         return outcome
 
-    def _lookup(self, name: str) -> Handler | None:
-        return self.registry.get(name) or self.builtins.get(name)
-
-    def _handler_label(self, name: str) -> str:
-        """The metrics label of a handler name: bounded by what this executor registered."""
-        return name if self._lookup(name) is not None else UNKNOWN_HANDLER
-
     async def _invoke(self, found: Handler, payload: Any, attempt: _Attempt, timeout: float | None) -> Any:
         ctx = attempt.ctx
         if found.is_async:
             # Its own task, so a TaskCancelled can cancel the handler without cancelling the runner.
             call = attempt.handler_task = asyncio.ensure_future(found.fn(payload, ctx))
-            if attempt.item.cancelled:
+            if attempt.delivery.cancelled:
                 call.cancel()
         else:
             # A sync handler's thread cannot be cancelled: on timeout the future is
@@ -215,8 +303,8 @@ class Attempts:
             return await asyncio.wait_for(call, timeout)
         return await call
 
-    def _call_sync(self, fn, payload: Any, ctx: TaskContext) -> Any:
-        """In a pool thread: run a sync handler, counted in ``handler_threads_running``."""
+    def _call_sync(self, fn: Callable[[Any, TaskContext], Any], payload: Any, ctx: TaskContext) -> Any:
+        """In a pool thread: run a sync handler, counted in ``threads_running``."""
         with self._sync_lock:
             self._sync_running += 1
         try:
@@ -231,20 +319,20 @@ class Attempts:
             return
         if attempt.timer is not None:
             attempt.timer.cancel()  # when a checkpoint reports it early
-        task = attempt.item.task
+        task = attempt.task
         log.debug("task %s attempt %d: still running, reporting TaskStarted", task.task_id, task.attempt,
                   extra=_about(task))
-        event = reports.started(task, self.executor_id, attempt.started_at)
+        event = reports.started(task, self._executor_id, attempt.started_at)
         attempt.started_sent = self._send(event)
-        attempt.heartbeat = self._loop.call_later(self.settings.heartbeat_interval_s, self._heartbeat, attempt)
+        attempt.heartbeat = self._loop.call_later(self._settings.heartbeat_interval_s, self._heartbeat, attempt)
 
     def _heartbeat(self, attempt: _Attempt) -> None:
         """On the loop: one Heartbeat for a running attempt, then the next one is scheduled."""
         attempt.heartbeat = None
         if attempt.over:
             return
-        task = attempt.item.task
-        beat = reports.heartbeat(task, self.executor_id, _now())
+        task = attempt.task
+        beat = reports.heartbeat(task, self._executor_id, _now())
 
         def delivered(err, _msg) -> None:
             if err is not None:
@@ -252,12 +340,12 @@ class Attempts:
                             extra=_about(task))
 
         try:
-            self._producer.produce(self.topics.heartbeats, task.task_id.encode("utf-8"), self.wire.encode(beat),
+            self._producer.produce(self._topics.heartbeats, task.task_id.encode("utf-8"), self._wire.encode(beat),
                                    codec.headers(beat), on_delivery=delivered)
         except BrokerUnavailable as exc:
             log.warning("task %s attempt %d: heartbeat not sent: %s", task.task_id, task.attempt, exc,
                         extra=_about(task))
-        attempt.heartbeat = self._loop.call_later(self.settings.heartbeat_interval_s, self._heartbeat, attempt)
+        attempt.heartbeat = self._loop.call_later(self._settings.heartbeat_interval_s, self._heartbeat, attempt)
 
     # ------------------------------------------------------------- checkpoints
 
@@ -292,7 +380,7 @@ class Attempts:
 
     def _write_checkpoint(self, attempt: _Attempt, text: str) -> asyncio.Future:
         """On the loop: send TaskCheckpointed (after TaskStarted) and return the producer's future."""
-        task = attempt.item.task
+        task = attempt.task
         if attempt.over:
             log.info("task %s attempt %d: checkpoint of an abandoned attempt not written", task.task_id, task.attempt,
                      extra=_about(task))
@@ -301,7 +389,7 @@ class Attempts:
             )
         # A checkpoint means the attempt runs: the log says so first (Started, Checkpointed..., result).
         self._report_started(attempt)
-        event = reports.checkpointed(task, self.executor_id, _now(), text)
+        event = reports.checkpointed(task, self._executor_id, _now(), text)
         sent = self._send(event)
         attempt.checkpoints.append(sent)
         log.debug("task %s attempt %d: checkpoint of %d bytes", task.task_id, task.attempt, len(text),
@@ -310,8 +398,22 @@ class Attempts:
 
     def _send(self, event: Event) -> asyncio.Future:
         return self._producer.send(
-            self.topics.events, event.task_id.encode("utf-8"), self.wire.encode(event), codec.headers(event)
+            self._topics.events, event.task_id.encode("utf-8"), self._wire.encode(event), codec.headers(event)
         )
+
+
+def handler_failed(task: ReadyTask, executor_id: str, started_at: datetime, exc: Exception) -> Event:
+    """The report of a handler that raised ``exc``: ``PermanentError`` fails the task for good, ``Retry`` fails the
+    attempt asking for its next delay (``retry_delay_s``, clamped by the decider), anything else fails the attempt
+    (retried per the task's policy)."""
+    permanent = isinstance(exc, PermanentError)
+    # INFO names the exception type only: a handler's error text may quote its payload or result.
+    log.info("task %s attempt %d: handler %s failed%s (%s)", task.task_id, task.attempt, task.handler,
+             " permanently" if permanent else "", type(exc).__name__, extra=_about(task))
+    log.debug("task %s attempt %d: handler %s error: %s", task.task_id, task.attempt, task.handler,
+              reports.error_text(exc), exc_info=not permanent, extra=_about(task))
+    delay = exc.delay_s if isinstance(exc, Retry) else None
+    return reports.raised(task, executor_id, started_at, _now(), exc, permanent=permanent, retry_delay_s=delay)
 
 
 def _acknowledged(sent: asyncio.Future) -> asyncio.Future:

@@ -406,8 +406,8 @@ def test_two_executors_share_the_work_across_a_rebalance(settings, events):
         assert a.assigned_event.wait(JOIN_TIMEOUT)
         with running(settings, concurrency=2, executor_id="exec-b") as b:
             assert b.assigned_event.wait(JOIN_TIMEOUT)
-            wait_until(lambda: a._assigned and b._assigned and len(a._assigned | b._assigned) == 9
-                       and not a._assigned & b._assigned, message="partitions split between a and b")
+            wait_until(lambda: (ours := a.consumer.assigned()) and (theirs := b.consumer.assigned())
+                       and len(ours | theirs) == 9 and not ours & theirs, message="partitions split between a and b")
             second_wave = feeder.send(*(ready("sleep", {"seconds": 0.01}, priority=("high", "medium", "low")[i % 3])
                                          for i in range(45)))
             got = events.wait_for([t.task_id for t in first_wave + second_wave], timeout=20)

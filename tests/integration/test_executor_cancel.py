@@ -97,11 +97,10 @@ def test_buffered_attempt_cancelled_before_it_starts_never_runs(quiet, events):
         with running(quiet, reg, concurrency=1) as ex:
             assert entered.wait(JOIN_TIMEOUT)
             [victim] = feeder.send(ready("record", priority="low"))  # waits: the only slot is taken
-            wait_until(lambda: any(i.task.task_id == victim.task_id for buf in ex._buffers for i in buf),
-                       message="victim buffered")
+            wait_until(lambda: any(t.task_id == victim.task_id for t in ex.intake.buffered()), message="victim buffered")
             cancel(feeder, victim.task_id, priority="low")
-            wait_until(lambda: victim.task_id in ex._recently_cancelled, message="cancellation seen")
-            assert not any(i.task.task_id == victim.task_id for buf in ex._buffers for i in buf)
+            wait_until(lambda: ex.intake.was_cancelled(victim.task_id), message="cancellation seen")
+            assert not any(t.task_id == victim.task_id for t in ex.intake.buffered())
             release.set()
             # Redelivered after a rebalance, say: a cancelled task's ReadyTask is skipped too.
             [_, after] = feeder.send(ready("record", priority="low", task_id=victim.task_id), ready("record"))

@@ -9,7 +9,7 @@ import pytest
 
 from taskstream.executors import TaskContext
 from taskstream.executors.context import MAX_CHECKPOINT_BYTES
-from taskstream.executors.runtime import _decode_checkpoint
+from taskstream.executors._attempt import _decode_checkpoint
 from taskstream.schemas import ReadyTask
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from taskstream.executors import TaskContext
-from taskstream.executors.runtime import _decode_upstream
+from taskstream.executors._attempt import _decode_upstream
 from taskstream.schemas import ReadyTask
 
 
