@@ -123,3 +123,53 @@ def _messages(messages):
     for m in messages:
         yield m
         yield from _messages(m.nested_type)
+
+
+def _outcome(make):
+    try:
+        return "ok", make()
+    except Exception as exc:  # both ways must fail alike, if at all
+        return "error", type(exc)
+
+
+def test_read_answers_are_the_messages_of_the_http_json() -> None:
+    """gRPC reads render the typed values of ``api.reads``; the message is the one the HTTP answer's JSON makes."""
+    import math
+
+    from hypothesis import HealthCheck, assume, given, settings
+    from hypothesis import strategies as st
+
+    from taskstream.api.history import event_json
+    from taskstream.api.problems import JSONResponse
+    from taskstream.schemas import codec
+    from taskstream.schemas.events import EVENT_TYPES
+
+    from . import strategies as s
+
+    def over_http(body):
+        return codec.loads_json(bytes(JSONResponse(body).body))
+
+    def finite(value) -> bool:
+        """No infinite double anywhere: JSON has none (it writes null), so only the typed value can carry one."""
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, dict):
+            return all(map(finite, value.values()))
+        if isinstance(value, list):
+            return all(map(finite, value))
+        return True
+
+    @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+    @given(s.task_state, st.lists(st.one_of(*(s.BY_RECORD[t.__name__] for t in EVENT_TYPES)), max_size=4))
+    def check(state, events):
+        assume(finite(task_json(state)) and all(finite(event_json(e)) for e in events))
+        assert _outcome(lambda: task_message(task_json(state))) == _outcome(
+            lambda: task_message(over_http(task_json(state))))
+        body = {"task_id": state.task_id, "events": [event_json(e) for e in events]}
+
+        def events_message(b):
+            return json_format.ParseDict(b, tasks_pb2.GetTaskEventsResponse(), ignore_unknown_fields=True)
+
+        assert _outcome(lambda: events_message(body)) == _outcome(lambda: events_message(over_http(body)))
+
+    check()
