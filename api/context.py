@@ -3,7 +3,8 @@
 ``app.create_app`` builds the parts, each in one place (``app.construct_context``, in the app's lifespan: the
 producer, read model, history reader and broker probe connect to the cluster), and hands the one ``ApiContext``
 to the HTTP routes (the FastAPI dependency ``Context``), to the gRPC servicers (their constructor) and to
-``api.service`` and ``api.reads``, the API's write and read paths. Nothing else is looked up on ``app.state``.
+``api.service`` and ``api.reads``, the API's write and read paths. ``app.state`` holds this context and
+nothing else of the API's (the dashboard keeps its throughput history there too).
 """
 
 from __future__ import annotations
