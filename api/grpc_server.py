@@ -3,8 +3,8 @@
 ``start(ctx)`` runs a ``grpc.aio`` server in the API's own event loop (the
 app lifespan calls it with the app's ``ApiContext`` when
 ``settings.grpc_port`` is set, and ``stop`` on shutdown), so gRPC calls
-reach the same producer, read model and change feed as HTTP. The services are in ``api/grpc_services.py``; this module wires
-them with:
+reach the same producer, read model and change feed as HTTP. The services
+are in ``api/grpc_services.py``; this module wires them with:
 
 - ``grpc.health.v1.Health``: SERVING for ``""`` and every taskstream.v1
   service while ``/readyz`` answers 200 (the same checks,

@@ -93,7 +93,8 @@ async def submit_task(ctx: ApiContext, body: TaskIn, *, key: str | None = None, 
     return state
 
 
-async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None, actor: str | None = None) -> list[TaskState]:
+async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None,
+                       actor: str | None = None) -> list[TaskState]:
     """``POST /tasks:batch``: every task validated and encoded first (none written if one is bad), then written."""
     store = ctx.read_model.store
     existing: dict[str, TaskState] = {}
@@ -224,7 +225,8 @@ async def create_schedule(ctx: ApiContext, body: ScheduleIn, *, key: str | None 
     return state
 
 
-async def delete_schedule(ctx: ApiContext, schedule_id: str, *, reason: str = "", actor: str | None = None) -> ScheduleState:
+async def delete_schedule(ctx: ApiContext, schedule_id: str, *, reason: str = "",
+                          actor: str | None = None) -> ScheduleState:
     """``DELETE /schedules/{id}``: stop a schedule (the tasks it created are not touched)."""
     state = ctx.read_model.schedules.get(schedule_id)
     if state is None:
