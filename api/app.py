@@ -1,15 +1,20 @@
 """The FastAPI application: wiring of routes, errors, body limit and lifespan.
 
-``create_app(settings)`` builds the app; its lifespan starts the Kafka
-producer (acks=all, idempotent, from ``schemas.kafka``) and the read model
-(a consumer thread projecting ``<p>.state`` into RocksDB) and stops both on
-shutdown. Startup never waits for the broker: an API without a reachable
-cluster still starts, answers ``/healthz`` and reports why it is not ready
-on ``/readyz``. ``run_api(settings)`` first refuses topics whose configs
-differ from the catalogue (``TopicMismatch``, when the broker answers),
-then serves the app with uvicorn and blocks; uvicorn handles SIGTERM/SIGINT
-by draining in-flight requests (up to ``settings.shutdown_grace_s``) and
-then running the lifespan shutdown.
+``create_app(settings)`` builds the app and is the one place that builds
+the API's parts: authentication, rate limits and metrics at once, and, in
+its lifespan, those that reach the cluster (``construct_context``): the
+Kafka producer (acks=all, idempotent, from ``schemas.kafka``), the read
+model (a consumer thread projecting ``<p>.state`` into RocksDB), the
+history reader and the broker probe. Together they are the one typed
+``ApiContext`` (``api.context``) that the routes and the gRPC servicers
+receive; shutdown stops them in order. Startup never waits for the
+broker: an API without a reachable cluster still starts, answers
+``/healthz`` and reports why it is not ready on ``/readyz``.
+``run_api(settings)`` first refuses topics whose configs differ from the
+catalogue (``TopicMismatch``, when the broker answers), then serves the app
+with uvicorn and blocks; uvicorn handles SIGTERM/SIGINT by draining
+in-flight requests (up to ``settings.shutdown_grace_s``) and then running
+the lifespan shutdown.
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ from taskstream.schemas.kafka import async_producer, require_topics
 
 from . import auth, problems
 from .body_limit import BodyLimitMiddleware
+from .context import ApiContext
+from .history import DEFAULT_LIMITS, HistoryReader, ReadLimits
 from .hosts import TrustedHosts, allowed_hosts
 from .metrics import ApiMetrics
 from .metrics import router as metrics_router
+from .probe import BrokerProbe
 from .problems import JSONResponse
 from .read_model import ReadModel
 from .routes import health, ops, schedules, tasks, workflows
@@ -53,41 +61,74 @@ def producer_id() -> str:
     return f"api-{socket.gethostname()}-{os.getpid()}"
 
 
-def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE_TIMEOUT_S) -> FastAPI:
+def construct_context(settings: Settings, *, authenticator: auth.Authenticator, rate_limit: auth.RateLimit,
+                      metrics: ApiMetrics, read_limits: ReadLimits, produce_timeout_s: float) -> ApiContext:
+    """The parts of a running API that connect to the cluster, built here and nowhere else, with those
+    ``create_app`` built before (they answer without a broker: authentication, rate limits, metrics).
+
+    Starts the read model's consumer thread; ``close_context`` stops what this started.
+    """
+    pid = producer_id()
+    return ApiContext(
+        settings=settings,
+        wire=codec.WireFormat.of(settings),
+        producer_id=pid,
+        producer=async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000)}),
+        read_model=ReadModel(settings).start(),
+        history=HistoryReader(settings, read_limits),
+        read_limits=read_limits,
+        probe=BrokerProbe(settings),
+        authenticator=authenticator,
+        rate_limit=rate_limit,
+        metrics=metrics,
+    )
+
+
+async def close_context(ctx: ApiContext, produce_timeout_s: float) -> None:
+    """Flush the producer (at most ``produce_timeout_s``), then stop the read model, history reader and probe."""
+    remaining = await asyncio.to_thread(ctx.producer.close, produce_timeout_s)
+    if remaining:
+        log.warning("API producer closed with %d records undelivered", remaining)
+    await asyncio.to_thread(ctx.read_model.stop)
+    ctx.history.close()
+    await asyncio.to_thread(ctx.probe.close)
+
+
+def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE_TIMEOUT_S,
+               read_limits: ReadLimits = DEFAULT_LIMITS) -> FastAPI:
     """The taskstream HTTP API for the cluster and topic prefix of ``settings``.
 
+    ``read_limits`` bounds its expensive reads (history scans, list scans; ``history.ReadLimits``).
     Raises ``auth.InsecureConfig`` for settings that would serve it without
     authentication beyond loopback (README "Security").
     """
+    authenticator = auth.Authenticator(settings)
+    rate_limit = auth.RateLimit(settings)
+    metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pid = producer_id()
-        producer = async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000)})
-        read_model = ReadModel(settings).start()
-        app.state.settings = settings
-        app.state.wire = codec.WireFormat.of(settings)
-        app.state.producer_id = pid
-        app.state.producer = producer
-        app.state.read_model = read_model
-        app.state.authenticator.start()
+        ctx = construct_context(settings, authenticator=authenticator, rate_limit=rate_limit, metrics=metrics,
+                                read_limits=read_limits, produce_timeout_s=produce_timeout_s)
+        app.state.context = ctx  # what the routes' ``Context`` dependency answers
+        watchers = WatchMetrics(ctx)  # open SSE and gRPC watches
+        metrics.registry.register(watchers)
+        authenticator.start()
         log.info("API started for prefix=%s bootstrap=%s", settings.prefix, settings.bootstrap_servers)
-        app.state.grpc = None
+        grpc = None
         if settings.grpc_port is not None:  # gRPC beside HTTP in this event loop (issue 17); grpcio loads only then
             from . import grpc_server
 
-            app.state.grpc = await grpc_server.start(app)
+            grpc = await grpc_server.start(ctx)
         try:
             yield
         finally:
-            read_model.feed.close()  # live watches end (gRPC, SSE) before the producer and read model stop
-            if app.state.grpc is not None:
-                await app.state.grpc.stop()
-            remaining = await asyncio.to_thread(producer.close, produce_timeout_s)
-            if remaining:
-                log.warning("API producer closed with %d records undelivered", remaining)
-            await asyncio.to_thread(read_model.stop)
-            await asyncio.to_thread(app.state.authenticator.stop)
+            ctx.read_model.feed.close()  # live watches end (gRPC, SSE) before the producer and read model stop
+            if grpc is not None:
+                await grpc.stop()
+            await close_context(ctx, produce_timeout_s)
+            await asyncio.to_thread(authenticator.stop)
+            metrics.registry.unregister(watchers)
             log.info("API stopped")
 
     app = FastAPI(
@@ -96,8 +137,6 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
-    app.state.metrics = ApiMetrics()  # before the lifespan: /metrics answers from the first request
-    app.state.metrics.registry.register(WatchMetrics(app.state))  # open SSE and gRPC watches
     problems.install(app)
 
     def openapi() -> dict:
@@ -107,7 +146,8 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
 
     app.openapi = openapi
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    auth.install(app, settings)  # outside the body limit: who may send a body is settled before it is read
+    # outside the body limit: who may send a body is settled before it is read
+    auth.install(app, settings, authenticator, rate_limit)
     app.add_middleware(TrustedHosts, hosts=allowed_hosts(settings))  # outermost: a rebinding page gets nothing
     app.include_router(health.router)
     app.include_router(metrics_router)

@@ -265,7 +265,7 @@ class _Jwt:
 
 
 class Authenticator:
-    """Turns request credentials into a ``Principal``; one per API process (``app.state.authenticator``).
+    """Turns request credentials into a ``Principal``; one per API process (``ApiContext.authenticator``).
 
     ``start()`` starts the key store's thread (when API keys are on) and
     ``stop()`` ends it. Usable outside FastAPI (gRPC): ``authenticate`` takes
@@ -379,25 +379,25 @@ class RateLimit:
         return decision
 
 
-def admit(request: Request, handlers: Iterable[str], tasks: int = 1) -> None:
+def admit(request: Request, rate: RateLimit, handlers: Iterable[str], tasks: int = 1) -> None:
     """Let the caller submit ``tasks`` tasks to ``handlers``, or raise: call it before writing anything.
 
     ``Forbidden`` (403) when the caller is limited to handler patterns one of
-    ``handlers`` misses; ``RateLimited`` (429) when its bucket lacks a token
-    for each task beyond the first (the middleware charged the request one).
+    ``handlers`` misses; ``RateLimited`` (429) when its bucket in ``rate``
+    lacks a token for each task beyond the first (the middleware charged the
+    request one).
     """
     authorize_handlers(principal(request), handlers)
     try:
-        charge(request, tasks - 1)
+        charge(request, rate, tasks - 1)
     except RateLimited as exc:
         raise RateLimited(exc.decision, tasks) from None  # tell the cost of the whole request
 
 
-def charge(request: Request, cost: int) -> None:
+def charge(request: Request, rate: RateLimit, cost: int) -> None:
     """Charge ``cost`` more tokens to the caller's bucket (``RateLimited``, 429, when it is short)."""
-    rate: RateLimit | None = getattr(request.app.state, "rate_limit", None)
     principal = getattr(request.state, "principal", None)
-    if rate is None or principal is None or cost <= 0:
+    if principal is None or cost <= 0:
         return
     decision = rate.take(principal, _client(request.scope), cost)
     if decision is not None:
@@ -459,10 +459,13 @@ def endpoints(app: FastAPI) -> list[Endpoint]:
 class AuthMiddleware:
     """Applies ``ROUTE_ROLES``, authentication and rate limits to every HTTP request (see the module doc)."""
 
-    def __init__(self, app: ASGIApp, fastapi: FastAPI, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, fastapi: FastAPI, settings: Settings, authenticator: Authenticator,
+                 rate_limit: RateLimit) -> None:
         self.app = app
         self.fastapi = fastapi
         self.settings = settings
+        self.authenticator = authenticator
+        self.rate_limit = rate_limit
         self._table: tuple[int, list[Endpoint]] | None = None
 
     def _route(self, scope: Scope) -> tuple[str, Endpoint | None]:
@@ -491,8 +494,7 @@ class AuthMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        state = self.fastapi.state
-        authenticator: Authenticator = state.authenticator
+        authenticator = self.authenticator
         method = scope.get("method", "GET")
         found, route = self._route(scope)
         if found == "full":
@@ -524,7 +526,7 @@ class AuthMiddleware:
             return await self._deny(scope, receive, send, _refusal(exc))
         scope["state"]["principal"] = who
         try:
-            decision = state.rate_limit.take(who, _client(scope), 1)
+            decision = self.rate_limit.take(who, _client(scope), 1)
         except RateLimited as exc:
             return await self._deny(scope, receive, send, _rate_limited(exc.decision, 1))
         scope["state"]["rate_decision"] = decision
@@ -553,7 +555,7 @@ class AuthMiddleware:
             return problem(401, "Unauthorized", detail, kind="unauthorized",
                            headers={"WWW-Authenticate": _challenge("invalid_token" if given else None, detail)
                                     .replace('realm="taskstream"', 'realm="metrics"')})
-        if loopback(self.settings.api_host) or not self.fastapi.state.authenticator.enabled:
+        if loopback(self.settings.api_host) or not self.authenticator.enabled:
             return None  # only this machine can reach it, or the operator opened the whole API on purpose
         return problem(403, "Forbidden", "/metrics of an API listening beyond loopback needs a token: set "
                        "TASKSTREAM_METRICS_TOKEN and scrape with 'Authorization: Bearer <token>'", kind="forbidden")
@@ -594,16 +596,16 @@ def document(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return openapi
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Put authentication, authorization and rate limits in front of every route of ``app``.
+def install(app: FastAPI, settings: Settings, authenticator: Authenticator, rate_limit: RateLimit) -> None:
+    """Put authentication (by ``authenticator``), authorization and rate limits (``rate_limit``) in front of every
+    route of ``app``.
 
     Raises ``InsecureConfig`` for settings that would expose the API without
     authentication or check JWTs too weakly. The app's lifespan must call
-    ``app.state.authenticator.start()`` and ``.stop()``.
+    ``authenticator.start()`` and ``.stop()``.
     """
     check_exposure(settings)
-    app.state.authenticator = Authenticator(settings)
-    app.state.rate_limit = RateLimit(settings)
     app.add_exception_handler(RateLimited, _rate_limited_handler)
     app.add_exception_handler(AuthError, _auth_error_handler)
-    app.add_middleware(AuthMiddleware, fastapi=app, settings=settings)
+    app.add_middleware(AuthMiddleware, fastapi=app, settings=settings, authenticator=authenticator,
+                       rate_limit=rate_limit)

@@ -1,18 +1,18 @@
 """The gRPC server of the API process: taskstream.v1 services, health and reflection, on ``grpc_port``.
 
-``start(app)`` runs a ``grpc.aio`` server in the API's own event loop (the
-app lifespan calls it when ``settings.grpc_port`` is set, and ``stop`` on
-shutdown), so gRPC calls reach the same producer, read model and change feed
-as HTTP. The services are in ``api/grpc_services.py``; this module wires
-them with:
+``start(ctx)`` runs a ``grpc.aio`` server in the API's own event loop (the
+app lifespan calls it with the app's ``ApiContext`` when
+``settings.grpc_port`` is set, and ``stop`` on shutdown), so gRPC calls
+reach the same producer, read model and change feed as HTTP. The services
+are in ``api/grpc_services.py``; this module wires them with:
 
 - ``grpc.health.v1.Health``: SERVING for ``""`` and every taskstream.v1
-  service while ``/readyz`` answers 200 (the same checks: broker, topics,
-  read model), NOT_SERVING otherwise; re-evaluated every
-  ``HEALTH_INTERVAL_S``.
+  service while ``/readyz`` answers 200 (the same checks,
+  ``api.readiness``: broker, topics, read model), NOT_SERVING otherwise;
+  re-evaluated every ``HEALTH_INTERVAL_S``.
 - Server reflection, so ``grpcurl`` and other tools list and call the
   services without the ``.proto`` files.
-- ``interceptors(app)``: a hook for cross-cutting concerns of every call
+- ``interceptors(ctx)``: a hook for cross-cutting concerns of every call
   (tracing, access logs); empty today. Authentication, authorization and
   rate limits are per call, in ``grpc_services`` (``_Adapter.admit``), which
   knows the HTTP route each RPC mirrors.
@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from starlette.datastructures import Headers
 
 from taskstream.grpc.v1 import schedules_pb2, schedules_pb2_grpc, tasks_pb2, tasks_pb2_grpc, workflows_pb2
 from taskstream.grpc.v1 import workflows_pb2_grpc
 
-from . import auth
+from . import auth, readiness
+from .context import ApiContext
 from .grpc_services import ScheduleService, TaskService, WorkflowService
 from .hosts import loopback
-from .routes import health as health_routes
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,7 @@ SERVICES = (
 )
 
 
-def interceptors(app: Any) -> list[grpc.aio.ServerInterceptor]:
+def interceptors(ctx: ApiContext) -> list[grpc.aio.ServerInterceptor]:
     """Interceptors of every call (none yet); authentication is per call in ``grpc_services``."""
     return []
 
@@ -73,22 +71,22 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-async def start(app: Any) -> GrpcServer:
+async def start(ctx: ApiContext) -> GrpcServer:
     """Serve taskstream.v1, health and reflection on ``grpc_host:grpc_port`` (0: a free port) in this loop."""
-    settings = app.state.settings
+    settings = ctx.settings
     if not auth.auth_enabled(settings) and not loopback(settings.grpc_host) and not settings.auth_allow_unauthenticated:
         raise auth.InsecureConfig(  # as auth.check_exposure for HTTP
             f"refusing to serve gRPC on {settings.grpc_host} without authentication: turn on API keys or JWT, "
             "listen on 127.0.0.1, or set TASKSTREAM_AUTH_ALLOW_UNAUTHENTICATED=true if something in front authenticates")
-    server = grpc.aio.server(interceptors=interceptors(app), options=[
+    server = grpc.aio.server(interceptors=interceptors(ctx), options=[
         ("grpc.keepalive_time_ms", 30_000),  # pings keep idle watch streams open through proxies
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ])
-    _add_tasks(TaskService(app), server)
-    workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowService(app), server)
-    schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleService(app), server)
+    _add_tasks(TaskService(ctx), server)
+    workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowService(ctx), server)
+    schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleService(ctx), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -97,8 +95,8 @@ async def start(app: Any) -> GrpcServer:
     if not port:
         raise RuntimeError(f"gRPC: cannot listen on {address}")
     await server.start()
-    await _set_health(health_servicer, await _ready(app))
-    task = asyncio.create_task(_health_loop(app, health_servicer), name="grpc-health")
+    await _set_health(health_servicer, await _ready(ctx))
+    task = asyncio.create_task(_health_loop(ctx, health_servicer), name="grpc-health")
     log.info("gRPC API listening on %s:%d", settings.grpc_host, port)
     return GrpcServer(server, port, health_servicer, task)
 
@@ -132,14 +130,13 @@ def _add_tasks(servicer: TaskService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(caught.name, handlers)
 
 
-async def _ready(app: Any) -> bool:
-    """Whether ``/readyz`` would answer 200 now (the same code; its broker probe is cached for a second)."""
+async def _ready(ctx: ApiContext) -> bool:
+    """Whether ``/readyz`` would answer 200 now (the same checks; broker answers are cached for a second)."""
     try:
-        response = await health_routes.readyz(SimpleNamespace(app=app, headers=Headers()))
+        return (await readiness.check(ctx)).ready
     except Exception as exc:  # a check that fails in an unexpected way: not ready, and say why
         log.warning("gRPC health: readiness check failed: %s", exc)
         return False
-    return response.status_code == 200
 
 
 async def _set_health(servicer: health.aio.HealthServicer, ready: bool) -> None:
@@ -148,11 +145,11 @@ async def _set_health(servicer: health.aio.HealthServicer, ready: bool) -> None:
         await servicer.set(name, status)
 
 
-async def _health_loop(app: Any, servicer: health.aio.HealthServicer) -> None:
+async def _health_loop(ctx: ApiContext, servicer: health.aio.HealthServicer) -> None:
     was = None
     while True:
         await asyncio.sleep(HEALTH_INTERVAL_S)
-        ready = await _ready(app)
+        ready = await _ready(ctx)
         if ready != was:
             log.info("gRPC health: %s", "SERVING" if ready else "NOT_SERVING")
             was = ready

@@ -6,10 +6,13 @@ validates it with the same pydantic request model (``api/models.py``; a
 naming the field by its path in the request message, e.g. ``task.payload.n``
 or ``tasks[3].retry.max_attempts``). Writes call the API's one write path,
 ``api/service.py``, as the HTTP routes do (the service makes every check of
-a write: a workflow's graph, a schedule's fields and sub-minute cron rule); reads call the read routes' functions with a minimal
-request (the app and no headers) and turn their JSON into the response
-message (``json_format``: the task message has exactly the task JSON's
-fields). The idempotency key comes from the ``idempotency-key`` metadata.
+a write: a workflow's graph, a schedule's fields and sub-minute cron rule);
+reads call the API's one read path, ``api/reads.py``, as the HTTP routes do.
+Both answer typed values (``TaskState``, ``ScheduleState``, events) that
+become response messages through the same JSON the HTTP routes send
+(``json_format``: the task message has exactly the task JSON's fields). The
+servicers receive the app's ``ApiContext`` (``api/context.py``). The
+idempotency key comes from the ``idempotency-key`` metadata.
 
 Every call is authenticated and authorized like the HTTP route it mirrors
 (``RPC_ROUTES`` names it; the role comes from ``auth.ROUTE_ROLES``):
@@ -44,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -52,7 +55,6 @@ import pydantic
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from starlette.datastructures import Headers
 
 from taskstream.grpc.v1 import schedules_pb2, schedules_pb2_grpc, tasks_pb2, tasks_pb2_grpc, workflows_pb2
 from taskstream.grpc.v1 import workflows_pb2_grpc
@@ -67,15 +69,16 @@ from taskstream.schemas import (
     Status,
     TooLarge,
     ValidationError,
-    codec,
 )
+from taskstream.schemas.observability import about
 
-from . import auth, idempotency, service
+from . import auth, idempotency, reads, service
+from .context import ApiContext
+from .history import HistoryBusy, HistoryTooExpensive, event_json
 from .models import BatchIn, RedriveIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, schedule_json, task_json
-from .problems import _field, _message
-from .routes import schedules as schedule_routes
-from .routes import tasks as task_routes
-from .routes.tasks import MAX_LIMIT, MAX_REASON
+from .problems import violation
+from .reads import MAX_LIMIT
+from .service import MAX_REASON
 from .watch import FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
 log = logging.getLogger(__name__)
@@ -115,8 +118,7 @@ def from_exception(exc: BaseException) -> RpcError | None:
     if isinstance(exc, RpcError):
         return exc
     if isinstance(exc, pydantic.ValidationError):
-        return bad_request([(_field(e.get("loc", ())) + (e.get("ctx") or {}).get("json_path", ""), _message(e))
-                            for e in exc.errors()])
+        return bad_request([violation(e) for e in exc.errors()])
     if isinstance(exc, ValidationError):
         return bad_request(exc.violations)
     if isinstance(exc, TooLarge):
@@ -147,30 +149,12 @@ def from_exception(exc: BaseException) -> RpcError | None:
         return RpcError(grpc.StatusCode.ABORTED, str(exc), _error_info("WATCH_FELL_BEHIND"))
     if isinstance(exc, WatchUnavailable):
         return RpcError(grpc.StatusCode.UNAVAILABLE, str(exc), _retry_info(1))
+    if isinstance(exc, HistoryBusy):
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), _retry_info(exc.retry_after_s))
+    if isinstance(exc, HistoryTooExpensive):
+        log.warning("%s", exc, extra=about(exc.task_id))
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), _error_info("READ_TOO_EXPENSIVE"))
     return None
-
-
-def from_problem(status: int, body: dict[str, Any], headers: Any) -> RpcError:
-    """The status of a problem answer (``application/problem+json``) a route returned."""
-    kind = body.get("type", "").rsplit(":", 1)[-1]
-    detail = body.get("detail", "")
-    if status in (400, 413, 422):
-        errors = body.get("errors") or [{"field": detail.split(":", 1)[0] or "request", "message": detail}]
-        return bad_request([(e["field"], e["message"]) for e in errors])
-    if status == 404:
-        return RpcError(grpc.StatusCode.NOT_FOUND, detail)
-    if status == 409:
-        return RpcError(grpc.StatusCode.FAILED_PRECONDITION, detail, _error_info("CONFLICT"))
-    if status == 412:
-        return RpcError(grpc.StatusCode.ABORTED, detail, _error_info("STALE_VERSION", version=body.get("version")))
-    if kind == "history-busy":
-        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, detail,
-                        _retry_info(float(headers.get("retry-after", "1"))))
-    if kind == "read-too-expensive":
-        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, detail, _error_info("READ_TOO_EXPENSIVE"))
-    if status == 503:
-        return RpcError(grpc.StatusCode.UNAVAILABLE, detail, _retry_info(1))
-    return RpcError(grpc.StatusCode.INTERNAL, detail or f"HTTP {status}")
 
 
 async def abort(context: grpc.aio.ServicerContext, error: RpcError) -> None:
@@ -253,8 +237,7 @@ def validate(model: type[pydantic.BaseModel], body: dict[str, Any], prefix: str 
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as exc:
-        raise bad_request([(prefix + _field(e.get("loc", ())) + (e.get("ctx") or {}).get("json_path", ""),
-                            _message(e)) for e in exc.errors()]) from None
+        raise bad_request([(prefix + field, message) for field, message in map(violation, exc.errors())]) from None
 
 
 def task_message(task: dict[str, Any]) -> tasks_pb2.Task:
@@ -293,10 +276,6 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-class _Request(SimpleNamespace):
-    """What a read route function reads of its request: ``app`` (``app.state``) and ``headers``."""
-
-
 #: The HTTP route each RPC mirrors: its role comes from ``auth.ROUTE_ROLES``, the one table of who may call what.
 RPC_ROUTES: dict[str, tuple[str, str]] = {
     "SubmitTask": ("POST", "/api/v1/tasks"),
@@ -317,8 +296,13 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
 }
 
 
-class Caller(SimpleNamespace):
+@dataclass(frozen=True, slots=True)
+class Caller:
     """Who calls (``principal``), from where (``peer``), with which ``idempotency-key`` metadata (``key``)."""
+
+    principal: auth.Principal
+    peer: str
+    key: str | None
 
     @property
     def actor(self) -> str | None:
@@ -327,18 +311,19 @@ class Caller(SimpleNamespace):
 
 
 class _Adapter:
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    """What every servicer shares: the app's context, and admitting a call as the HTTP route it mirrors."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
 
     async def admit(self, context: grpc.aio.ServicerContext, rpc_name: str) -> Caller:
         """Authenticate and authorize the call as its HTTP route, charge the rate limit; the caller."""
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        state = self.app.state
-        authenticator = getattr(state, "authenticator", None)
+        authenticator = self.ctx.authenticator
         peer = context.peer() or "unknown"
         need = auth.required(*RPC_ROUTES[rpc_name])
-        if authenticator is None or need == auth.OPEN:
-            principal = auth.ANONYMOUS if authenticator is None or not authenticator.enabled else auth.NOBODY
+        if need == auth.OPEN:
+            principal = auth.ANONYMOUS if not authenticator.enabled else auth.NOBODY
         else:
             if need is None:
                 raise auth.Forbidden(f"{rpc_name} has no declared role (api/auth.py ROUTE_ROLES): refused")
@@ -347,32 +332,18 @@ class _Adapter:
                          else authenticator.authenticate(*args))
             if isinstance(need, auth.Role):
                 auth.authorize(principal, need)
-            rate = getattr(state, "rate_limit", None)
-            if rate is not None:
-                rate.take(principal, peer, 1)
+            self.ctx.rate_limit.take(principal, peer, 1)
         return Caller(principal=principal, peer=peer,
                       key=idempotency.check_key(metadata.get(METADATA_IDEMPOTENCY_KEY)))
 
     def admit_tasks(self, caller: Caller, handlers: list[str], tasks: int = 1) -> None:
         """``auth.admit`` for a call that submits ``tasks`` tasks to ``handlers``: handler patterns, rate tokens."""
         auth.authorize_handlers(caller.principal, handlers)
-        rate = getattr(self.app.state, "rate_limit", None)
-        if rate is not None and tasks > 1:
+        if tasks > 1:
             try:
-                rate.take(caller.principal, caller.peer, tasks - 1)
+                self.ctx.rate_limit.take(caller.principal, caller.peer, tasks - 1)
             except auth.RateLimited as exc:
                 raise auth.RateLimited(exc.decision, tasks) from None
-
-    def request(self) -> _Request:
-        return _Request(app=self.app, headers=Headers({}))
-
-    async def call(self, route: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Run a read route function; its JSON answer, or ``RpcError`` for a problem answer."""
-        response = await route(*args, **kwargs)
-        body = codec.loads_json(bytes(response.body)) if response.body else {}
-        if response.status_code >= 400:
-            raise from_problem(response.status_code, body, response.headers)
-        return body
 
 
 def _one_of(value: str | None, allowed: type, field: str) -> Any:
@@ -414,34 +385,39 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
     async def SubmitTask(self, request, context, caller):
         body = validate(TaskIn, _task_json(to_json(request.task)), "task.")
         self.admit_tasks(caller, [body.handler])
-        task = await service.submit_task(self.app.state, body, key=caller.key, actor=caller.actor)
+        task = await service.submit_task(self.ctx, body, key=caller.key, actor=caller.actor)
         return task_message(task_json(task))
 
     @rpc
     async def SubmitTasks(self, request, context, caller):
         body = validate(BatchIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
-        tasks = await service.submit_batch(self.app.state, body, key=caller.key, actor=caller.actor)
+        tasks = await service.submit_batch(self.ctx, body, key=caller.key, actor=caller.actor)
         return tasks_pb2.SubmitTasksResponse(tasks=[task_message(task_json(t)) for t in tasks])
 
     @rpc
     async def GetTask(self, request, context, caller):
         as_of = to_json(request)["as_of"] if request.HasField("as_of") else None
-        return task_message(await self.call(task_routes.get_task, _id(request.id), self.request(), as_of=as_of))
+        task_id = _id(request.id)
+        if as_of is not None:
+            task = await reads.task_at(self.ctx, task_id, reads.parse_as_of(as_of))
+        else:
+            task = reads.get_task(self.ctx, task_id)
+        return task_message(task_json(task))
 
     @rpc
     async def ListTasks(self, request, context, caller):
-        out = await self.call(
-            task_routes.list_tasks, self.request(),
+        page = await reads.list_tasks(
+            self.ctx,
             status=_one_of(request.status if request.HasField("status") else None, Status, "status"),
             priority=_one_of(request.priority if request.HasField("priority") else None, Priority, "priority"),
             handler=request.handler if request.HasField("handler") else None,
-            label=list(request.label),
+            labels=list(request.label),
             limit=_limit(request.limit if request.HasField("limit") else None),
             cursor=request.cursor if request.HasField("cursor") and request.cursor else None,
         )
-        return tasks_pb2.ListTasksResponse(tasks=[task_message(t) for t in out["tasks"]],
-                                           next_cursor=out["next_cursor"] or "", partial=out["partial"])
+        return tasks_pb2.ListTasksResponse(tasks=[task_message(task_json(t)) for t in page.tasks],
+                                           next_cursor=page.next_cursor or "", partial=page.partial)
 
     @rpc
     async def UpdateTask(self, request, context, caller):
@@ -452,35 +428,36 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
             fields["payload"] = _ints(json_format.MessageToDict(request.payload))
         body = validate(TaskPatch, fields)
         expected = request.expected_version if request.HasField("expected_version") else None
-        task = await service.update_task(self.app.state, _id(request.id), body, expected_version=expected,
+        task = await service.update_task(self.ctx, _id(request.id), body, expected_version=expected,
                                          actor=caller.actor)
         return task_message(task_json(task))
 
     @rpc
     async def CancelTask(self, request, context, caller):
-        task = await service.cancel_task(self.app.state, _id(request.id), reason=_reason(request.reason),
+        task = await service.cancel_task(self.ctx, _id(request.id), reason=_reason(request.reason),
                                          actor=caller.actor)
         return task_message(task_json(task))
 
     @rpc
     async def RetryTask(self, request, context, caller):
         body = validate(RedriveIn, {"reason": request.reason})
-        task = await service.redrive_task(self.app.state, _id(request.id), reason=body.reason, actor=caller.actor)
+        task = await service.redrive_task(self.ctx, _id(request.id), reason=body.reason, actor=caller.actor)
         return task_message(task_json(task))
 
     @rpc
     async def GetTaskEvents(self, request, context, caller):
-        out = await self.call(task_routes.task_events, _id(request.id), self.request())
-        return json_format.ParseDict(out, tasks_pb2.GetTaskEventsResponse(), ignore_unknown_fields=True)
+        task_id = _id(request.id)
+        events = await reads.task_events(self.ctx, task_id)
+        return json_format.ParseDict({"task_id": task_id, "events": [event_json(e) for e in events]},
+                                     tasks_pb2.GetTaskEventsResponse(), ignore_unknown_fields=True)
 
     @stream_rpc
     async def WatchTask(self, request, context, caller):
-        store = self.app.state.read_model.store
         task_id = _id(request.id)
-        if store.get(task_id) is None:
-            raise NotFound(f"task {task_id} not found")
+        reads.get_task(self.ctx, task_id)  # NOT_FOUND for a task the read model does not know
+        store = self.ctx.read_model.store
         after, version = parse_event_id(request.after, "after") if request.after else (None, None)
-        async for e in watch(self.app.state.settings, self.app.state.read_model.feed, Filter(task_id=task_id), after,
+        async for e in watch(self.ctx.settings, self.ctx.read_model.feed, Filter(task_id=task_id), after,
                              current=lambda: store.get(task_id), last_version=version):
             yield change_bytes(e.id, watched_task(e.state))
 
@@ -490,7 +467,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
                         priorities=frozenset(_one_of(p, Priority, "priority").value for p in request.priority),
                         handlers=frozenset(request.handler))
         after = parse_event_id(request.cursor, "cursor")[0] if request.cursor else None
-        async for e in watch(self.app.state.settings, self.app.state.read_model.feed, filter, after, announce=True):
+        async for e in watch(self.ctx.settings, self.ctx.read_model.feed, filter, after, announce=True):
             yield change_bytes(e.id, None if e.state is None else watched_task(e.state))
 
 
@@ -501,7 +478,7 @@ class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
     async def SubmitWorkflow(self, request, context, caller):
         body = validate(WorkflowIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
-        workflow_id, ids = await service.submit_workflow(self.app.state, body, key=caller.key, actor=caller.actor)
+        workflow_id, ids = await service.submit_workflow(self.ctx, body, key=caller.key, actor=caller.actor)
         return workflows_pb2.SubmitWorkflowResponse(workflow_id=workflow_id, tasks=ids)
 
 
@@ -515,27 +492,27 @@ class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):
             _task_json(fields["task"])
         body = validate(ScheduleIn, fields)
         self.admit_tasks(caller, [body.task.handler])
-        schedule = await service.create_schedule(self.app.state, body, key=caller.key, actor=caller.actor)
+        schedule = await service.create_schedule(self.ctx, body, key=caller.key, actor=caller.actor)
         return schedule_message(schedule_json(schedule))
 
     @rpc
     async def GetSchedule(self, request, context, caller):
-        return schedule_message(await self.call(schedule_routes.get_schedule, _id(request.id), self.request()))
+        return schedule_message(schedule_json(reads.get_schedule(self.ctx, _id(request.id))))
 
     @rpc
     async def ListSchedules(self, request, context, caller):
-        out = await self.call(
-            schedule_routes.list_schedules, self.request(),
+        page = reads.list_schedules(
+            self.ctx,
             status=_one_of(request.status if request.HasField("status") else None, ScheduleStatus, "status"),
             limit=_limit(request.limit if request.HasField("limit") else None),
             cursor=request.cursor if request.HasField("cursor") and request.cursor else None,
         )
-        return schedules_pb2.ListSchedulesResponse(schedules=[schedule_message(s) for s in out["schedules"]],
-                                                   next_cursor=out["next_cursor"] or "")
+        return schedules_pb2.ListSchedulesResponse(
+            schedules=[schedule_message(schedule_json(s)) for s in page.schedules], next_cursor=page.next_cursor or "")
 
     @rpc
     async def DeleteSchedule(self, request, context, caller):
-        schedule = await service.delete_schedule(self.app.state, _id(request.id), reason="", actor=caller.actor)
+        schedule = await service.delete_schedule(self.ctx, _id(request.id), reason="", actor=caller.actor)
         return schedule_message(schedule_json(schedule))
 
 

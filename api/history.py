@@ -58,7 +58,7 @@ _JSON_FIELDS = frozenset({"payload", "result", "data", "template"})  # JSON text
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReadLimits:
-    """Bounds of the API's expensive reads; an app uses ``app.state.read_limits`` if set before its first request.
+    """Bounds of the API's expensive reads; ``create_app(settings, read_limits=...)`` sets an app's.
 
     - ``history_concurrency``: partition scans (``/tasks/{id}/events``,
       ``?as_of=``) running at once in one API process, each a consumer
@@ -268,16 +268,3 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback) -> None:
         loop.call_soon_threadsafe(callback)
     except RuntimeError:  # the loop is closed: the app is gone, and its slots with it
         pass
-
-
-def reader_for(app_state) -> HistoryReader:
-    """The app's ``HistoryReader``, made at its first history request (with ``app.state.read_limits`` if set)."""
-    found = getattr(app_state, "history", None)
-    if found is None:
-        found = app_state.history = HistoryReader(app_state.settings, limits_for(app_state))
-    return found
-
-
-def limits_for(app_state) -> ReadLimits:
-    """The app's ``ReadLimits``: ``app.state.read_limits`` if set, else the defaults."""
-    return getattr(app_state, "read_limits", None) or DEFAULT_LIMITS

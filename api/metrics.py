@@ -6,7 +6,7 @@ repeated with its ``Idempotency-Key`` that returns the existing task is not
 counted again).
 
 Measured from the broker when Prometheus scrapes, through the app's
-``BrokerProbe`` (``routes/ops.py``: one admin client, answers cached for a
+``BrokerProbe`` (``ApiContext.probe``: one admin client, answers cached for a
 second, so several scrapers cannot load the broker), never on a request's
 path. These are figures of the whole cluster, the same from every API
 replica (take ``max``, not ``sum``, across replicas):
@@ -32,13 +32,15 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
 
 from taskstream.schemas import PRIORITIES, BrokerUnavailable, Event, TaskCreated, Topics
+
+from .context import ApiContext, Context
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +93,10 @@ class ApiMetrics:
             if isinstance(event, TaskCreated):
                 self.submitted.labels(event.priority).inc()
 
-    def measure(self, app: FastAPI) -> None:
-        """Refresh the broker-measured gauges (blocking: call it from a thread)."""
-        from .probe import probe
-
-        p = probe(app)
-        topics = Topics(app.state.settings.prefix)
+    def measure(self, ctx: ApiContext) -> None:
+        """Refresh the broker-measured gauges through the app's probe (blocking: call it from a thread)."""
+        p = ctx.probe
+        topics = Topics(ctx.settings.prefix)
         c = self.cluster
         try:
             c.queue = p.queue_depth()
@@ -110,15 +110,15 @@ class ApiMetrics:
             c.workers = None
             log.debug("metrics: no worker count: %s", exc)
         try:
-            c.read_model_lag = p.read_model_lag(app.state.read_model)
+            c.read_model_lag = p.read_model_lag(ctx.read_model)
         except BrokerUnavailable as exc:
             c.read_model_lag = None
             log.debug("metrics: no read model lag: %s", exc)
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
+async def metrics(ctx: Context) -> Response:
     """Prometheus text format of this API's registry."""
-    m: ApiMetrics = request.app.state.metrics
-    await asyncio.to_thread(m.measure, request.app)
+    m = ctx.metrics
+    await asyncio.to_thread(m.measure, ctx)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

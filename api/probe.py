@@ -1,7 +1,7 @@
 """``BrokerProbe``: the API's read-only questions to the broker (partitions, end offsets, queue depth,
 consumer groups, cluster, heartbeats), each answer cached for ``CACHE_S`` so many pollers cannot load the
 broker, and every library error turned into ``BrokerUnavailable`` here (the seam: routes never see a
-``KafkaException``). ``probe(app)`` is the app's one probe.
+``KafkaException``). The app builds one (``ApiContext.probe``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from fastapi import FastAPI
 
 from taskstream.schemas import PRIORITIES, BrokerUnavailable, DecodeError, Heartbeat, Settings, Topics, codec
 from taskstream.schemas.kafka import admin, committed_offsets, consume_available, partition_lag, reader
@@ -241,13 +240,3 @@ def _timed_out(exc: BaseException) -> bool:
         return True
     err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     return isinstance(err, KafkaError) and err.code() == KafkaError._TIMED_OUT
-
-
-def probe(app: FastAPI) -> BrokerProbe:
-    """The app's ``BrokerProbe`` (made on first use; closed by this router's lifespan)."""
-    p = getattr(app.state, "broker_probe", None)
-    if p is None:
-        p = app.state.broker_probe = BrokerProbe(app.state.settings)
-    return p
-
-

@@ -98,7 +98,7 @@ def validation_problem(errors: list[dict[str, str]], *, status: int = 422, title
     return problem(status, title, detail, kind=kind, errors=errors)
 
 
-def _field(loc: tuple | list) -> str:
+def field_path(loc: tuple | list) -> str:
     """``("body", "tasks", 3, "retry", "max_attempts")`` -> ``tasks[3].retry.max_attempts``.
 
     Parts that come from the client (dict keys: labels, unknown fields) are
@@ -118,9 +118,18 @@ def _safe(part: object) -> str:
     return text if len(text) <= 64 else text[:61] + "..."
 
 
-def _message(err: dict[str, Any]) -> str:
+def error_message(err: dict[str, Any]) -> str:
+    """A pydantic error's message as we show it (without pydantic's ``Value error, `` prefix)."""
     msg = str(err.get("msg", "invalid"))
     return msg.removeprefix("Value error, ")
+
+
+def violation(err: dict[str, Any]) -> tuple[str, str]:
+    """A pydantic error as (field, message), as HTTP (422) and gRPC (``BadRequest``) name it.
+
+    A JSON document's own path (``models._json_document``) extends the field: ``payload`` + ``.n``.
+    """
+    return field_path(err.get("loc", ())) + (err.get("ctx") or {}).get("json_path", ""), error_message(err)
 
 
 async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
@@ -130,9 +139,7 @@ async def _request_validation(_: Request, exc: RequestValidationError) -> Respon
         ctx = first.get("ctx") or {}
         why = ctx.get("error", "invalid JSON")
         return _malformed(f"malformed JSON: {why}")
-    # a JSON document's own path (``models._json_document``) extends the field: ``payload`` + ``.n``
-    errors = [{"field": _field(e.get("loc", ())) + (e.get("ctx") or {}).get("json_path", ""), "message": _message(e)}
-              for e in raw]
+    errors = [{"field": field, "message": message} for field, message in map(violation, raw)]
     if all(e.get("type") == "too_large" for e in raw):
         return validation_problem(errors, status=413, title="Request too large")
     return validation_problem(errors)

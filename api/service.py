@@ -1,7 +1,8 @@
 """The API's one write path: a request becomes commands, ``streams.domain.decide`` answers them, the events are written.
 
 Every writer of the API (HTTP routes, gRPC) calls one function per
-operation here, so all share the rules:
+operation here with the app's ``ApiContext`` (``api.context``), so all
+share the rules (reads have their own path, ``api.reads``):
 
 - the current state comes from the read model and the command is decided
   by the domain (guards: ``NotFound``, ``StaleVersion``, ``CommandRejected``);
@@ -47,6 +48,7 @@ from taskstream.schemas.observability import about
 from taskstream.streams import domain
 
 from . import idempotency
+from .context import ApiContext
 from .models import BatchIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, same_schedule
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 #: One event must fit in a record of ours (``MAX_RECORD_BYTES``, with room for framing and headers). The request
 #: limits keep every event far under it; an event above it is the client's problem (413), not the broker's (503).
 MAX_EVENT_BYTES = MAX_RECORD_BYTES - 4096
+#: The longest ``reason`` a cancel, re-drive or schedule deletion takes (characters).
+MAX_REASON = 1000
 
 
 def encode(wire: codec.WireFormat, event: Event, field: str = "payload") -> bytes:
@@ -67,9 +71,9 @@ def encode(wire: codec.WireFormat, event: Event, field: str = "payload") -> byte
 # -------------------------------------------------------------------- tasks
 
 
-async def submit_task(app: Any, body: TaskIn, *, key: str | None = None, actor: str | None = None) -> TaskState:
+async def submit_task(ctx: ApiContext, body: TaskIn, *, key: str | None = None, actor: str | None = None) -> TaskState:
     """``POST /tasks``: the new task (or, for a repeated ``key``, the one it created before)."""
-    store = app.read_model.store
+    store = ctx.read_model.store
     extra: dict[str, Any] = {}
     if key is not None:
         task_id = idempotency.derived_id(key)
@@ -82,16 +86,17 @@ async def submit_task(app: Any, body: TaskIn, *, key: str | None = None, actor: 
         extra = {"idempotency_key": key, "request_hash": rhash}
     else:
         task_id = new_id()
-    command = body.to_command(task_id=task_id, producer=app.producer_id, settings=app.settings, actor=actor, **extra)
-    (state,) = await _decide_and_write(app, [(None, command, "payload")])
+    command = body.to_command(task_id=task_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor, **extra)
+    (state,) = await _decide_and_write(ctx, [(None, command, "payload")])
     log.debug("task submitted task_id=%s handler=%s priority=%s", task_id, command.handler, command.priority,
               extra=about(task_id))
     return state
 
 
-async def submit_batch(app: Any, body: BatchIn, *, key: str | None = None, actor: str | None = None) -> list[TaskState]:
+async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None,
+                       actor: str | None = None) -> list[TaskState]:
     """``POST /tasks:batch``: every task validated and encoded first (none written if one is bad), then written."""
-    store = app.read_model.store
+    store = ctx.read_model.store
     existing: dict[str, TaskState] = {}
     extra: dict[str, Any] = {}
     if key is not None:
@@ -102,15 +107,15 @@ async def submit_batch(app: Any, body: BatchIn, *, key: str | None = None, actor
     else:
         ids = [new_id() for _ in body.tasks]
     commands = [
-        (None, task.to_command(task_id=task_id, producer=app.producer_id, settings=app.settings, actor=actor, **extra),
+        (None, task.to_command(task_id=task_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor, **extra),
          f"tasks[{i}].payload")
         for i, (task_id, task) in enumerate(zip(ids, body.tasks)) if task_id not in existing
     ]
-    written = {s.task_id: s for s in await _decide_and_write(app, commands)}
+    written = {s.task_id: s for s in await _decide_and_write(ctx, commands)}
     return [existing.get(task_id) or written[task_id] for task_id in ids]
 
 
-async def submit_workflow(app: Any, body: WorkflowIn, *, key: str | None = None,
+async def submit_workflow(ctx: ApiContext, body: WorkflowIn, *, key: str | None = None,
                           actor: str | None = None) -> tuple[str, dict[str, str]]:
     """``POST /workflows``: its id and the task id of each key.
 
@@ -121,7 +126,7 @@ async def submit_workflow(app: Any, body: WorkflowIn, *, key: str | None = None,
     the upstream, DESIGN §5) must find the upstream's ``TaskCreated`` in the log.
     """
     domain.check_workflow([(t.key, t.depends_on) for t in body.tasks])
-    store = app.read_model.store
+    store = ctx.read_model.store
     existing: dict[str, TaskState] = {}
     extra: dict[str, Any] = {}
     if key is not None:
@@ -135,13 +140,13 @@ async def submit_workflow(app: Any, body: WorkflowIn, *, key: str | None = None,
         ids = {t.key: new_id() for t in body.tasks}
     commands = {
         task.key: (None, task.to_command(
-            task_id=ids[task.key], producer=app.producer_id, settings=app.settings, actor=actor,
+            task_id=ids[task.key], producer=ctx.producer_id, settings=ctx.settings, actor=actor,
             depends_on=[ids[d] for d in task.depends_on], upstream_keys={ids[d]: d for d in task.depends_on},
             key=task.key, workflow_id=workflow_id, **extra,
         ), f"tasks[{i}].payload")
         for i, task in enumerate(body.tasks) if ids[task.key] not in existing
     }
-    decided = _decide_all(app.wire, list(commands.values()))  # every event encoded before the first is produced
+    decided = _decide_all(ctx.wire, list(commands.values()))  # every event encoded before the first is produced
     by_key = dict(zip(commands, decided))
     sorter = TopologicalSorter({t.key: t.depends_on for t in body.tasks})
     sorter.prepare()
@@ -149,7 +154,7 @@ async def submit_workflow(app: Any, body: WorkflowIn, *, key: str | None = None,
         ready = sorter.get_ready()
         generation = [by_key[k] for k in ready if k in by_key]
         if generation:
-            await _write_decided(app, generation)
+            await _write_decided(ctx, generation)
         sorter.done(*ready)
     log.debug("workflow submitted workflow_id=%s tasks=%d", workflow_id, len(ids))
     return workflow_id, ids
@@ -167,31 +172,31 @@ def _existing(store, ids: list[str], rhash: str, key: str) -> dict[str, TaskStat
     return found
 
 
-async def update_task(app: Any, task_id: str, body: TaskPatch, *, expected_version: int | None = None,
+async def update_task(ctx: ApiContext, task_id: str, body: TaskPatch, *, expected_version: int | None = None,
                       actor: str | None = None) -> TaskState:
     """``PATCH /tasks/{id}``: change a task that has not started, at ``expected_version`` if given."""
     body.check()
-    command = body.to_command(task_id=task_id, producer=app.producer_id, expected_version=expected_version,
+    command = body.to_command(task_id=task_id, producer=ctx.producer_id, expected_version=expected_version,
                               actor=actor)
-    return (await _decide_and_write(app, [(_task(app, task_id), command, "payload")]))[0]
+    return (await _decide_and_write(ctx, [(_task(ctx, task_id), command, "payload")]))[0]
 
 
-async def cancel_task(app: Any, task_id: str, *, reason: str = "", actor: str | None = None) -> TaskState:
+async def cancel_task(ctx: ApiContext, task_id: str, *, reason: str = "", actor: str | None = None) -> TaskState:
     """``DELETE /tasks/{id}``: cancel a task that has not ended."""
-    command = domain.CancelTask(task_id=task_id, producer=app.producer_id, reason=reason, actor=actor)
-    return (await _decide_and_write(app, [(_task(app, task_id), command, "reason")]))[0]
+    command = domain.CancelTask(task_id=task_id, producer=ctx.producer_id, reason=reason, actor=actor)
+    return (await _decide_and_write(ctx, [(_task(ctx, task_id), command, "reason")]))[0]
 
 
-async def redrive_task(app: Any, task_id: str, *, reason: str = "", actor: str | None = None) -> TaskState:
+async def redrive_task(ctx: ApiContext, task_id: str, *, reason: str = "", actor: str | None = None) -> TaskState:
     """``POST /tasks/{id}/retry``: run a failed or upstream_failed task again with a fresh budget."""
-    command = domain.RedriveTask(task_id=task_id, producer=app.producer_id, reason=reason, actor=actor)
-    state = (await _decide_and_write(app, [(_task(app, task_id), command, "reason")]))[0]
+    command = domain.RedriveTask(task_id=task_id, producer=ctx.producer_id, reason=reason, actor=actor)
+    state = (await _decide_and_write(ctx, [(_task(ctx, task_id), command, "reason")]))[0]
     log.info("task re-driven task_id=%s attempt=%d", task_id, state.attempt, extra=about(task_id, state.attempt))
     return state
 
 
-def _task(app: Any, task_id: str) -> TaskState:
-    state = app.read_model.store.get(task_id)
+def _task(ctx: ApiContext, task_id: str) -> TaskState:
+    state = ctx.read_model.store.get(task_id)
     if state is None:
         raise NotFound(f"task {task_id} not found")
     return state
@@ -200,33 +205,34 @@ def _task(app: Any, task_id: str) -> TaskState:
 # ---------------------------------------------------------------- schedules
 
 
-async def create_schedule(app: Any, body: ScheduleIn, *, key: str | None = None,
+async def create_schedule(ctx: ApiContext, body: ScheduleIn, *, key: str | None = None,
                           actor: str | None = None) -> ScheduleState:
     """``POST /schedules``: the new schedule, or the one ``key`` made. ``ValidationError`` naming ``cron``,
     ``timezone`` or ``end_at`` for a schedule that cannot fire (or fires more often than the settings allow)."""
     body.check(datetime.now(UTC))
-    cron.check_sub_minute(body.cron, allowed=app.settings.allow_second_cron)
-    schedules = app.read_model.schedules
+    cron.check_sub_minute(body.cron, allowed=ctx.settings.allow_second_cron)
+    schedules = ctx.read_model.schedules
     schedule_id = idempotency.derived_id(f"{key}:schedule") if key is not None else new_id()
-    command = body.to_command(schedule_id=schedule_id, producer=app.producer_id, settings=app.settings, actor=actor)
+    command = body.to_command(schedule_id=schedule_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor)
     if key is not None:
         existing = schedules.get(schedule_id)
         if existing is not None:
             if not same_schedule(existing, command):
                 raise idempotency.conflict(key)
             return existing
-    (state,) = await _decide_and_write(app, [(None, command, "task.payload")])
+    (state,) = await _decide_and_write(ctx, [(None, command, "task.payload")])
     log.info("schedule created schedule_id=%s cron=%r timezone=%s", schedule_id, command.cron, command.timezone)
     return state
 
 
-async def delete_schedule(app: Any, schedule_id: str, *, reason: str = "", actor: str | None = None) -> ScheduleState:
+async def delete_schedule(ctx: ApiContext, schedule_id: str, *, reason: str = "",
+                          actor: str | None = None) -> ScheduleState:
     """``DELETE /schedules/{id}``: stop a schedule (the tasks it created are not touched)."""
-    state = app.read_model.schedules.get(schedule_id)
+    state = ctx.read_model.schedules.get(schedule_id)
     if state is None:
         raise NotFound(f"schedule {schedule_id} not found")
-    command = domain.DeleteSchedule(schedule_id=schedule_id, producer=app.producer_id, reason=reason, actor=actor)
-    (after,) = await _decide_and_write(app, [(state, command, "reason")])
+    command = domain.DeleteSchedule(schedule_id=schedule_id, producer=ctx.producer_id, reason=reason, actor=actor)
+    (after,) = await _decide_and_write(ctx, [(state, command, "reason")])
     log.info("schedule deleted schedule_id=%s", schedule_id)
     return after
 
@@ -246,11 +252,11 @@ def _decide_all(wire: codec.WireFormat, decisions: Sequence[Decision]) -> list[t
     return out
 
 
-async def _decide_and_write(app: Any, decisions: Sequence[Decision]) -> list[Any]:
-    return await _write_decided(app, _decide_all(app.wire, decisions))
+async def _decide_and_write(ctx: ApiContext, decisions: Sequence[Decision]) -> list[Any]:
+    return await _write_decided(ctx, _decide_all(ctx.wire, decisions))
 
 
-async def _write_decided(app: Any, decided: Sequence[tuple[Any, list[tuple[Event, bytes]]]]) -> list[Any]:
+async def _write_decided(ctx: ApiContext, decided: Sequence[tuple[Any, list[tuple[Event, bytes]]]]) -> list[Any]:
     """Write every decision's records, then put each expected state into the read model; the states, in order.
 
     A decision whose records were all acknowledged goes into the read model
@@ -258,15 +264,15 @@ async def _write_decided(app: Any, decided: Sequence[tuple[Any, list[tuple[Event
     retry with the same ``Idempotency-Key`` finds it and does not write it twice.
     """
     records = [record for _, rs in decided for record in rs]
-    failures = iter(await write(app, records))
+    failures = iter(await write(ctx, records))
     states, failure = [], None
     for state, rs in decided:
         failed = [f for f in (next(failures) for _ in rs) if f is not None]
         if failed:
             failure = failure or failed[0]
             continue
-        app.metrics.submitted_tasks(e for e, _ in rs)  # counts the TaskCreated among them
-        states.append(_expect(app, state, [e for e, _ in rs]))
+        ctx.metrics.submitted_tasks(e for e, _ in rs)  # counts the TaskCreated among them
+        states.append(_expect(ctx, state, [e for e, _ in rs]))
     if failure is not None:
         if isinstance(failure, BrokerUnavailable):
             raise failure
@@ -274,32 +280,32 @@ async def _write_decided(app: Any, decided: Sequence[tuple[Any, list[tuple[Event
     return states
 
 
-def _expect(app: Any, before: Any, events: list[Event]) -> Any:
+def _expect(ctx: ApiContext, before: Any, events: list[Event]) -> Any:
     """Read-your-writes: the domain's fold of the written events into the read model, unless it holds newer."""
     after = domain.fold(events, before)
     if after is None or after is before:
         return before
     if isinstance(after, ScheduleState):
-        store, ident = app.read_model.schedules, after.schedule_id
+        store, ident = ctx.read_model.schedules, after.schedule_id
         if before is None:
             store.apply(after, only_if_absent=True)
         else:
             store.apply(after, only_over_version=before.version)
     else:
-        store, ident = app.read_model.store, after.task_id
+        store, ident = ctx.read_model.store, after.task_id
         store.apply(after, only_over_version=None if before is None else before.version)
     return store.get(ident) or after
 
 
-async def write(app: Any, records: Sequence[tuple[Event, bytes]]) -> list[BaseException | None]:
+async def write(ctx: ApiContext, records: Sequence[tuple[Event, bytes]]) -> list[BaseException | None]:
     """Produce every record to ``<p>.events`` keyed by its task and wait for all acks; each record's failure or None.
 
     Records are produced together (the producer pipelines them) and awaited
     together. Once the producer refuses one (``BrokerUnavailable``), it and
     every later record count as failed with that error, unproduced.
     """
-    topic = Topics(app.settings.prefix).events
-    producer = app.producer
+    topic = Topics(ctx.settings.prefix).events
+    producer = ctx.producer
     futures: list[asyncio.Future] = []
     refused: BaseException | None = None
     for event, value in records:

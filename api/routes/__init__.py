@@ -1,7 +1,8 @@
 """HTTP routes: ``tasks``, ``workflows`` and ``schedules`` under ``/api/v1``, ``health`` (liveness, readiness) at the root.
 
-Routes that write parse the request and call ``api.service``, the API's one
-write path; they hold no rule of their own.
+Routes parse the request and call ``api.service``, the API's one write
+path, or ``api.reads``, its one read path, with the app's ``ApiContext``
+(a parameter typed ``api.context.Context``); they hold no rule of their own.
 """
 
 from starlette.requests import Request

@@ -1,34 +1,21 @@
 """``/healthz`` (liveness) and ``/readyz`` (readiness), at the root.
 
-Ready means: the broker answers a metadata request within
-``probe.TIMEOUT_S`` (1 s), every topic of ``catalogue(settings)`` exists, the
-read model finished its initial catch-up of ``<p>.state`` (see
-``read_model.ReadModel``) and is not more than
-``settings.ready_max_read_model_lag`` records behind the end offsets of
-``<p>.state``. With
-``ready_requires_workers`` (set by `taskstream dev`) the processor and
-executor consumer groups must also be stable, so a client that waits for
-readiness finds the whole system warm. With API keys on, the key store must have
-confirmed recently that it read ``<p>.admin`` to its end (``api.keys``). Otherwise 503, a problem document
-with the reasons joined in ``detail``, one by one in ``reasons`` and each
-check's verdict in ``checks`` (and, when it was measured, the read model's
-lag in ``read_model_lag``). Broker answers come from the app's
-``probe.BrokerProbe`` and are reused for ``probe.CACHE_S`` (1 s): a probe storm
-or a down broker costs the broker (and the probe) at most one request each
-per second.
+``/readyz`` answers ``api.readiness.check`` (what ready means is told
+there; the gRPC health service asks the same function): 200 with each
+check's verdict in ``checks``, or 503, a problem document with the reasons
+joined in ``detail``, one by one in ``reasons`` and each check's verdict in
+``checks`` (and, when it was measured, the read model's lag in
+``read_model_lag``).
 """
 
 from __future__ import annotations
 
-import asyncio
-
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from taskstream.schemas import BrokerUnavailable, Topics, catalogue
-
+from .. import readiness
+from ..context import Context
 from ..problems import JSONResponse, problem
-from ..probe import probe
 
 router = APIRouter(tags=["health"])
 
@@ -39,58 +26,9 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> Response:
-    state = request.app.state
-    checks = {"broker": "ok", "topics": "ok", "read_model": "ok"}
-    reasons = []
-    extra = {}
-    broker = probe(request.app)
-    try:
-        existing = await asyncio.to_thread(broker.topic_partitions)
-    except BrokerUnavailable as exc:
-        checks["broker"] = checks["topics"] = "unknown"
-        reasons.append(f"broker unreachable at {state.settings.bootstrap_servers}: {exc}")
-    else:
-        missing = [t.name for t in catalogue(state.settings) if t.name not in existing]
-        if missing:
-            checks["topics"] = "missing"
-            reasons.append(f"topics missing: {', '.join(missing)}")
-    if state.settings.ready_requires_workers and checks["broker"] == "ok":
-        topics = Topics(state.settings.prefix)
-        try:
-            groups = await asyncio.to_thread(broker.groups)
-        except BrokerUnavailable:
-            groups = {}
-        for name, group in (("processor", topics.processor_group), ("executors", topics.executor_group)):
-            checks[name] = (groups.get(group) or {}).get("state", "unknown")
-            if checks[name] != "stable":
-                reasons.append(f"consumer group {group} is {checks[name]}")
-    if not state.read_model.caught_up:
-        checks["read_model"] = "catching up"
-        reasons.append(f"read model not caught up: {state.read_model.problem or 'catching up'}")
-    elif state.settings.ready_max_read_model_lag is not None and checks["topics"] == "ok":
-        lag = extra["read_model_lag"] = await asyncio.to_thread(_read_model_lag, broker, state.read_model)
-        if lag is None:
-            checks["read_model"] = "unknown"
-            reasons.append("read model lag unknown: the broker did not report the end offsets of the state topic")
-        elif lag > state.settings.ready_max_read_model_lag:
-            checks["read_model"] = "behind"
-            reasons.append(f"read model is {lag} records behind {state.read_model.topic} "
-                           f"(more than ready_max_read_model_lag={state.settings.ready_max_read_model_lag})")
-    keys = state.authenticator.keys  # API keys on: a replica that cannot check them is not ready (auth.py)
-    if keys is not None:
-        checks["api_keys"] = "ok" if keys.fresh else "stale"
-        if not keys.fresh:
-            reasons.append(f"API keys cannot be checked: {keys.topic} not read to its end recently "
-                           f"({keys.problem or 'catching up'})")
-    if reasons:
-        return problem(503, "Not ready", "; ".join(reasons), kind="not-ready", checks=checks, reasons=reasons, **extra)
-    return JSONResponse({"status": "ready", "checks": checks, **extra})
-
-
-def _read_model_lag(broker, read_model) -> int | None:
-    """The read model's lag (``BrokerProbe.read_model_lag``), None when the broker does not answer."""
-    try:
-        return broker.read_model_lag(read_model)
-    except BrokerUnavailable:
-        return None
+async def readyz(ctx: Context) -> Response:
+    ready = await readiness.check(ctx)
+    if ready.reasons:
+        return problem(503, "Not ready", "; ".join(ready.reasons), kind="not-ready", checks=ready.checks,
+                       reasons=ready.reasons, **ready.measured)
+    return JSONResponse({"status": "ready", "checks": ready.checks, **ready.measured})

@@ -3,8 +3,9 @@
 Both are read-only and answer from two sources: the API's read model (task
 counts, throughput, the oldest queued task; no broker call) and the broker
 (queue depth, brokers, topics, consumer groups, heartbeats), asked through
-one ``BrokerProbe`` per app whose answers are cached for ``CACHE_S`` so a
-dashboard polling every API process cannot load the broker.
+the app's one ``BrokerProbe`` (``ApiContext.probe``), whose answers are
+cached for ``CACHE_S`` so a dashboard polling every API process cannot load
+the broker.
 
 Stats
     ``tasks``: counts by status, by priority and by both, kept by the read
@@ -42,32 +43,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from taskstream.schemas import PRIORITIES, BrokerUnavailable, Settings, Status, Topics, catalogue
+from taskstream.schemas import PRIORITIES, BrokerUnavailable, Status, Topics, catalogue
 
+from ..context import Context
 from ..problems import JSONResponse, problem
-from ..probe import probe
 from ..read_model import FINISHED_WINDOW_S
 
 log = logging.getLogger(__name__)
 
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        p = getattr(app.state, "broker_probe", None)
-        if p is not None:
-            await asyncio.to_thread(p.close)
-
-
-router = APIRouter(prefix="/api/v1", tags=["operations"], lifespan=_lifespan)
+router = APIRouter(prefix="/api/v1", tags=["operations"])
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -75,8 +64,8 @@ def _iso(t: datetime | None) -> str | None:
 
 
 @router.get("/stats")
-async def stats(request: Request) -> Response:
-    read_model = request.app.state.read_model
+async def stats(ctx: Context) -> Response:
+    read_model = ctx.read_model
     store = read_model.store
     now = datetime.now(UTC)
     counts = store.counts()
@@ -92,10 +81,10 @@ async def stats(request: Request) -> Response:
     oldest = store.oldest_queued()
     errors = []
     try:
-        depth: dict[str, int] | None = await asyncio.to_thread(probe(request.app).queue_depth)
+        depth: dict[str, int] | None = await asyncio.to_thread(ctx.probe.queue_depth)
     except BrokerUnavailable as exc:
         depth = None
-        errors.append(f"queue depth: broker at {request.app.state.settings.bootstrap_servers} did not answer: {exc}")
+        errors.append(f"queue depth: broker at {ctx.settings.bootstrap_servers} did not answer: {exc}")
     body = {
         "as_of": _iso(now),
         "tasks": {"total": sum(counts.values()), "by_status": by_status, "by_priority": by_priority,
@@ -115,9 +104,9 @@ async def stats(request: Request) -> Response:
 
 
 @router.get("/cluster")
-async def cluster(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    p = probe(request.app)
+async def cluster(ctx: Context) -> Response:
+    settings = ctx.settings
+    p = ctx.probe
     topics = Topics(settings.prefix)
 
     def gather() -> dict:

@@ -34,18 +34,15 @@ import logging
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from taskstream.schemas import (
-    NotFound,
-    ScheduleState,
-    ScheduleStatus,
-)
+from taskstream.schemas import ScheduleState, ScheduleStatus
 
-from .. import auth, idempotency
+from .. import auth, idempotency, reads, service
+from ..context import Context
 from ..models import ScheduleIn, schedule_json
 from ..problems import JSONResponse
-from .. import service
+from ..reads import MAX_LIMIT
+from ..service import MAX_REASON
 from . import actor_of
-from .tasks import MAX_LIMIT, MAX_REASON, decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
 
@@ -58,48 +55,37 @@ def _created(state: ScheduleState) -> Response:
 
 
 @router.post("/schedules", status_code=202)
-async def create_schedule(body: ScheduleIn, request: Request) -> Response:
-    auth.admit(request, [body.task.handler])
+async def create_schedule(body: ScheduleIn, request: Request, ctx: Context) -> Response:
+    auth.admit(request, ctx.rate_limit, [body.task.handler])
     key = idempotency.key_of(request)
-    return _created(await service.create_schedule(request.app.state, body, key=key, actor=actor_of(request)))
+    return _created(await service.create_schedule(ctx, body, key=key, actor=actor_of(request)))
 
 
 @router.get("/schedules")
 async def list_schedules(
-    request: Request,
+    ctx: Context,
     status: ScheduleStatus | None = None,
-    limit: int = Query(100, ge=1, le=MAX_LIMIT),
+    limit: int = Query(reads.DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ) -> Response:
     """Schedules, newest first, optionally of one status; cursor pagination as ``GET /tasks``."""
-    after = decode_cursor(cursor) if cursor else None
-    page, last = request.app.state.read_model.schedules.list(
-        status=status.value if status else None, limit=limit, after=after,
-    )
-    return JSONResponse({"schedules": [schedule_json(s) for s in page],
-                         "next_cursor": encode_cursor(last) if last else None})
-
-
-def _get(request: Request, schedule_id: str) -> ScheduleState:
-    state = request.app.state.read_model.schedules.get(schedule_id)
-    if state is None:
-        raise NotFound(f"schedule {schedule_id} not found")
-    return state
+    page = reads.list_schedules(ctx, status=status, limit=limit, cursor=cursor)
+    return JSONResponse({"schedules": [schedule_json(s) for s in page.schedules], "next_cursor": page.next_cursor})
 
 
 @router.get("/schedules/{schedule_id}")
-async def get_schedule(schedule_id: str, request: Request) -> Response:
-    state = _get(request, schedule_id)
+async def get_schedule(schedule_id: str, ctx: Context) -> Response:
+    state = reads.get_schedule(ctx, schedule_id)
     return JSONResponse(schedule_json(state), headers={"ETag": f'"{state.version}"'})
 
 
 @router.delete("/schedules/{schedule_id}", status_code=202)
 async def delete_schedule(
-    schedule_id: str, request: Request, reason: str = Query("", max_length=MAX_REASON),
+    schedule_id: str, request: Request, ctx: Context, reason: str = Query("", max_length=MAX_REASON),
 ) -> Response:
     """Stop a schedule: 202 with it (status ``deleted``); 409 if it is already deleted.
 
     Tasks it already created are not touched (cancel them with ``DELETE /tasks/{id}``).
     """
-    after = await service.delete_schedule(request.app.state, schedule_id, reason=reason, actor=actor_of(request))
+    after = await service.delete_schedule(ctx, schedule_id, reason=reason, actor=actor_of(request))
     return JSONResponse(schedule_json(after), status_code=202)

@@ -25,6 +25,7 @@ the processor's fold) goes into the read model like for PATCH and DELETE.
 A ``run_at`` in the future makes the task ``scheduled``; the processor
 queues it at that time.
 
+Reads call ``api.reads``, the read path the gRPC servicers share.
 ``GET /tasks/{id}?as_of=<RFC 3339>`` is time travel: the task as it was at
 that moment, folded from its events in the log (``history.task_state_at``)
 rather than read from the read model; 404 if it did not exist yet, 422
@@ -52,39 +53,27 @@ naming the field (README, "Limits").
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import logging
 
 from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
-from taskstream.schemas import (
-    NotFound,
-    Priority,
-    Status,
-    TaskState,
-    ValidationError,
-)
+from taskstream.schemas import Priority, Status, TaskState, ValidationError
 
-from .. import auth, idempotency
-from ..history import HistoryBusy, HistoryTooExpensive, event_json, history_problem, limits_for, reader_for
-from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
+from .. import auth, idempotency, reads, service
+from ..context import Context
+from ..history import HistoryBusy, HistoryTooExpensive, event_json, history_problem
+from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, task_json
 from ..problems import JSONResponse
-from ..read_model import is_sortkey
-from .. import service
-from ..service import MAX_EVENT_BYTES
+from ..reads import MAX_LIMIT
+from ..service import MAX_REASON
 from . import actor_of
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
-__all__ = ["router", "MAX_EVENT_BYTES", "encode_cursor", "decode_cursor"]
-
-MAX_LIMIT = 1000
-MAX_REASON = 1000
+__all__ = ["router", "parse_if_match"]
 
 
 def _etag(state: TaskState) -> dict[str, str]:
@@ -95,9 +84,9 @@ def _etag(state: TaskState) -> dict[str, str]:
 
 
 @router.post("/tasks", status_code=202)
-async def submit_task(body: TaskIn, request: Request) -> Response:
-    auth.admit(request, [body.handler])
-    task = await service.submit_task(request.app.state, body, key=idempotency.key_of(request), actor=actor_of(request))
+async def submit_task(body: TaskIn, request: Request, ctx: Context) -> Response:
+    auth.admit(request, ctx.rate_limit, [body.handler])
+    task = await service.submit_task(ctx, body, key=idempotency.key_of(request), actor=actor_of(request))
     return _created(task)
 
 
@@ -106,11 +95,10 @@ def _created(task: TaskState) -> Response:
 
 
 @router.post("/tasks:batch", status_code=202)
-async def submit_batch(body: BatchIn, request: Request) -> Response:
+async def submit_batch(body: BatchIn, request: Request, ctx: Context) -> Response:
     """Up to 1,000 tasks: all validated first (none written if one is bad), then written together."""
-    auth.admit(request, [t.handler for t in body.tasks], tasks=len(body.tasks))
-    tasks = await service.submit_batch(request.app.state, body, key=idempotency.key_of(request),
-                                       actor=actor_of(request))
+    auth.admit(request, ctx.rate_limit, [t.handler for t in body.tasks], tasks=len(body.tasks))
+    tasks = await service.submit_batch(ctx, body, key=idempotency.key_of(request), actor=actor_of(request))
     return JSONResponse({"tasks": [task_json(t) for t in tasks]}, status_code=202)
 
 
@@ -120,41 +108,25 @@ async def submit_batch(body: BatchIn, request: Request) -> Response:
 @router.get("/tasks/{task_id}")
 async def get_task(
     task_id: str,
-    request: Request,
+    ctx: Context,
     as_of: str | None = Query(None, description="RFC 3339: the task as it was then, folded from the log"),
 ) -> Response:
     if as_of is not None:
+        at = reads.parse_as_of(as_of)
         try:
-            at = parse_rfc3339(as_of)
-        except ValueError as exc:
-            raise ValidationError("as_of", str(exc)) from None
-        task = _get(request, task_id)  # unknown to the read model: 404 without reading the log
-        past = None
-        if at >= task.created_at:
-            try:
-                past = await reader_for(request.app.state).state_at(task_id, at)
-            except (HistoryBusy, HistoryTooExpensive) as exc:
-                return history_problem(exc)
-        if past is None:
-            raise NotFound(f"task {task_id} did not exist at {rfc3339(at)}")
+            past = await reads.task_at(ctx, task_id, at)
+        except (HistoryBusy, HistoryTooExpensive) as exc:
+            return history_problem(exc)
         return JSONResponse(task_json(past))
-    task = _get(request, task_id)
+    task = reads.get_task(ctx, task_id)
     return JSONResponse(task_json(task), headers=_etag(task))
 
 
-def _get(request: Request, task_id: str) -> TaskState:
-    task = request.app.state.read_model.store.get(task_id)
-    if task is None:
-        raise NotFound(f"task {task_id} not found")
-    return task
-
-
 @router.get("/tasks/{task_id}/events")
-async def task_events(task_id: str, request: Request) -> Response:
+async def task_events(task_id: str, ctx: Context) -> Response:
     """The task's events decoded from the log, oldest first."""
-    _get(request, task_id)
     try:
-        events = await reader_for(request.app.state).events(task_id)
+        events = await reads.task_events(ctx, task_id)
     except (HistoryBusy, HistoryTooExpensive) as exc:
         return history_problem(exc)
     return JSONResponse({"task_id": task_id, "events": [event_json(e) for e in events]})
@@ -162,54 +134,19 @@ async def task_events(task_id: str, request: Request) -> Response:
 
 @router.get("/tasks")
 async def list_tasks(
-    request: Request,
+    ctx: Context,
     status: Status | None = None,
     priority: Priority | None = None,
     handler: str | None = None,
     label: list[str] = Query(default_factory=list, description="k:v; repeat for several, all must match"),
-    limit: int = Query(100, ge=1, le=MAX_LIMIT),
+    limit: int = Query(reads.DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ) -> Response:
     """A page of tasks, newest first; ``partial`` when the scan budget ran out first (follow ``next_cursor``)."""
-    after = decode_cursor(cursor) if cursor else None
-    tasks, last = await asyncio.to_thread(
-        request.app.state.read_model.store.list,
-        status=status.value if status else None,
-        priority=priority.value if priority else None,
-        handler=handler,
-        labels=parse_labels(label),
-        limit=limit,
-        after=after,
-        max_scan=limits_for(request.app.state).list_max_scan,
-    )
-    return JSONResponse({"tasks": [task_json(t) for t in tasks], "next_cursor": encode_cursor(last) if last else None,
-                         "partial": last is not None and len(tasks) < limit})
-
-
-def parse_labels(values: list[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for text in values:
-        name, sep, value = text.partition(":")
-        if not sep or not name:
-            raise ValidationError("label", f"{text!r} is not of the form key:value")
-        if labels.get(name, value) != value:
-            return {name: "\x00never"}  # two values for one label: nothing can match
-        labels[name] = value
-    return labels
-
-
-def encode_cursor(sortkey: bytes) -> str:
-    return base64.urlsafe_b64encode(sortkey).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> bytes:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    except (binascii.Error, ValueError):
-        raw = b""
-    if not is_sortkey(raw):
-        raise ValidationError("cursor", "not a cursor returned by this API")
-    return raw
+    page = await reads.list_tasks(ctx, status=status, priority=priority, handler=handler, labels=label,
+                                  limit=limit, cursor=cursor)
+    return JSONResponse({"tasks": [task_json(t) for t in page.tasks], "next_cursor": page.next_cursor,
+                         "partial": page.partial})
 
 
 # ---------------------------------------------------------- change, cancel
@@ -232,26 +169,25 @@ def parse_if_match(value: str | None) -> int | None:
 
 
 @router.patch("/tasks/{task_id}", status_code=202)
-async def update_task(task_id: str, body: TaskPatch, request: Request) -> Response:
+async def update_task(task_id: str, body: TaskPatch, request: Request, ctx: Context) -> Response:
     """Change a task that has not started; ``If-Match`` makes it conditional on the version."""
     expected = parse_if_match(request.headers.get("If-Match"))
-    after = await service.update_task(request.app.state, task_id, body, expected_version=expected,
-                                      actor=actor_of(request))
+    after = await service.update_task(ctx, task_id, body, expected_version=expected, actor=actor_of(request))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
 
 
 @router.delete("/tasks/{task_id}", status_code=202)
 async def cancel_task(
-    task_id: str, request: Request, reason: str = Query("", max_length=MAX_REASON),
+    task_id: str, request: Request, ctx: Context, reason: str = Query("", max_length=MAX_REASON),
 ) -> Response:
     """Cancel a task that has not ended: 202 with the task; 409 if it is terminal."""
-    after = await service.cancel_task(request.app.state, task_id, reason=reason, actor=actor_of(request))
+    after = await service.cancel_task(ctx, task_id, reason=reason, actor=actor_of(request))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))
 
 
 @router.post("/tasks/{task_id}/retry", status_code=202)
-async def redrive_task(task_id: str, request: Request, body: RedriveIn | None = Body(None)) -> Response:
+async def redrive_task(task_id: str, request: Request, ctx: Context, body: RedriveIn | None = Body(None)) -> Response:
     """Re-drive a ``failed`` or ``upstream_failed`` task: 202 with the task; 409 in any other status."""
     reason = body.reason if body is not None else ""
-    after = await service.redrive_task(request.app.state, task_id, reason=reason, actor=actor_of(request))
+    after = await service.redrive_task(ctx, task_id, reason=reason, actor=actor_of(request))
     return JSONResponse(task_json(after), status_code=202, headers=_etag(after))

@@ -27,12 +27,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
-from taskstream.schemas import NotFound, Priority, Status, codec
+from taskstream.schemas import Priority, Status, codec
 
+from .. import reads
+from ..context import ApiContext, Context
 from ..models import task_json
 from ..watch import Event, FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
@@ -48,7 +50,7 @@ _DESCRIPTION = "Server-Sent Events (text/event-stream); resume with Last-Event-I
 
 @router.get("/tasks/watch", response_class=EventSourceResponse, description=_DESCRIPTION)
 async def watch_tasks(
-    request: Request,
+    ctx: Context,
     status: list[Status] = Query(default_factory=list),
     priority: list[Priority] = Query(default_factory=list),
     handler: list[str] = Query(default_factory=list),
@@ -61,33 +63,30 @@ async def watch_tasks(
     after = parse_event_id(after_text, field)[0] if after_text is not None else None
     filter = Filter(statuses=frozenset(s.value for s in status), priorities=frozenset(p.value for p in priority),
                     handlers=frozenset(handler))
-    app = request.app.state
-    events = watch(app.settings, app.read_model.feed, filter, after, announce=True)
-    return _stream(app, events)
+    events = watch(ctx.settings, ctx.read_model.feed, filter, after, announce=True)
+    return _stream(ctx, events)
 
 
 @router.get("/tasks/{task_id}/watch", response_class=EventSourceResponse, description=_DESCRIPTION)
 async def watch_task(
     task_id: str,
-    request: Request,
+    ctx: Context,
     cursor: str | None = Query(None, description="resume after this event id (as Last-Event-ID)"),
     last_event_id: str | None = Header(None),
 ) -> Response:
     """The task's current state, then each change until it is terminal."""
-    app = request.app.state
-    store = app.read_model.store
-    if store.get(task_id) is None:
-        raise NotFound(f"task {task_id} not found")
+    reads.get_task(ctx, task_id)  # 404 for a task the read model does not know
+    store = ctx.read_model.store
     after_text = last_event_id if last_event_id is not None else cursor
     field = "Last-Event-ID" if last_event_id is not None else "cursor"
     after, version = parse_event_id(after_text, field) if after_text is not None else (None, None)
-    events = watch(app.settings, app.read_model.feed, Filter(task_id=task_id), after,
+    events = watch(ctx.settings, ctx.read_model.feed, Filter(task_id=task_id), after,
                    current=lambda: store.get(task_id), last_version=version)
-    return _stream(app, events)
+    return _stream(ctx, events)
 
 
-def _stream(app, events: AsyncIterator[Event]) -> EventSourceResponse:
-    return EventSourceResponse(_sse(events), ping=app.settings.watch_heartbeat_s,
+def _stream(ctx: ApiContext, events: AsyncIterator[Event]) -> EventSourceResponse:
+    return EventSourceResponse(_sse(events), ping=ctx.settings.watch_heartbeat_s,
                                headers={"Cache-Control": "no-store"})
 
 

@@ -21,11 +21,10 @@ import logging
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-
-from .. import auth, idempotency
+from .. import auth, idempotency, service
+from ..context import Context
 from ..models import WorkflowIn
 from ..problems import JSONResponse
-from .. import service
 from . import actor_of
 
 log = logging.getLogger(__name__)
@@ -34,8 +33,8 @@ router = APIRouter(prefix="/api/v1", tags=["workflows"])
 
 
 @router.post("/workflows", status_code=202)
-async def submit_workflow(body: WorkflowIn, request: Request) -> Response:
-    auth.admit(request, [t.handler for t in body.tasks], tasks=len(body.tasks))
+async def submit_workflow(body: WorkflowIn, request: Request, ctx: Context) -> Response:
+    auth.admit(request, ctx.rate_limit, [t.handler for t in body.tasks], tasks=len(body.tasks))
     key = idempotency.key_of(request)
-    workflow_id, ids = await service.submit_workflow(request.app.state, body, key=key, actor=actor_of(request))
+    workflow_id, ids = await service.submit_workflow(ctx, body, key=key, actor=actor_of(request))
     return JSONResponse({"workflow_id": workflow_id, "tasks": ids}, status_code=202)

@@ -59,10 +59,10 @@ from starlette.responses import HTMLResponse, Response
 
 from taskstream.schemas import PRIORITIES, BrokerUnavailable, Status, TaskState
 
+from ..context import ApiContext, Context
 from ..models import task_json
 from ..problems import JSONResponse, problem
 from ..read_model import sortkey
-from ..probe import probe
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +116,21 @@ def history(app: FastAPI) -> ThroughputHistory:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async def sampler() -> None:
+    # The app's lifespan, entered before this one, built the context; an app of the pages alone has none.
+    ctx: ApiContext | None = getattr(app.state, "context", None)
+
+    async def sampler(ctx: ApiContext) -> None:
         while True:
-            read_model = getattr(app.state, "read_model", None)  # set by the app's lifespan
-            if read_model is not None:
-                history(app).sample(read_model.store.finished_by_second())
+            history(app).sample(ctx.read_model.store.finished_by_second())
             await asyncio.sleep(SAMPLE_S)
 
     history(app)
-    task = asyncio.create_task(sampler())
+    task = asyncio.create_task(sampler(ctx)) if ctx is not None else None
     try:
         yield
     finally:
-        task.cancel()
+        if task is not None:
+            task.cancel()
 
 
 router = APIRouter(prefix="/ui", tags=["ui"], include_in_schema=False, lifespan=_lifespan)
@@ -215,9 +217,9 @@ async def static(name: str) -> Response:
 
 
 @router.get("/api/workflows/{workflow_id}")
-async def workflow_tasks(workflow_id: str, request: Request,
+async def workflow_tasks(workflow_id: str, ctx: Context,
                          task: str = Query(..., description="the id of one task of the workflow")) -> Response:
-    store = request.app.state.read_model.store
+    store = ctx.read_model.store
     anchor = store.get(task)
     if anchor is None or anchor.workflow_id != workflow_id:
         return problem(404, "Not found", f"task {task} is not a task of workflow {workflow_id}", kind="not-found")
@@ -257,9 +259,9 @@ def _workflow(store, anchor: TaskState) -> tuple[dict[str, TaskState], bool]:
 
 
 @router.get("/api/throughput")
-async def throughput(request: Request, minutes: int = Query(10, ge=1, le=60)) -> Response:
+async def throughput(request: Request, ctx: Context, minutes: int = Query(10, ge=1, le=60)) -> Response:
     h = history(request.app)
-    h.sample(request.app.state.read_model.store.finished_by_second())
+    h.sample(ctx.read_model.store.finished_by_second())
     step = 30
     return JSONResponse({"step_s": step, "since": h.started, "columns": h.columns(minutes * 60, step)})
 
@@ -269,8 +271,8 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 @router.get("/api/latency")
-async def latency(request: Request, limit: int = Query(500, ge=1, le=2000)) -> Response:
-    store = request.app.state.read_model.store
+async def latency(ctx: Context, limit: int = Query(500, ge=1, le=2000)) -> Response:
+    store = ctx.read_model.store
     page, _ = await asyncio.to_thread(store.list, status=Status.SUCCEEDED.value, limit=limit, max_scan=limit * 2)
     return JSONResponse(latency_histogram(page))
 
@@ -295,10 +297,10 @@ def latency_histogram(tasks: list[TaskState]) -> dict:
 
 
 @router.get("/api/lag")
-async def lag(request: Request) -> Response:
+async def lag(ctx: Context) -> Response:
     try:
-        body = await asyncio.to_thread(probe(request.app).processor_lag)
+        body = await asyncio.to_thread(ctx.probe.processor_lag)
     except BrokerUnavailable as exc:
-        return problem(503, "Broker unavailable", f"the broker at {request.app.state.settings.bootstrap_servers} "
+        return problem(503, "Broker unavailable", f"the broker at {ctx.settings.bootstrap_servers} "
                        f"did not answer: {exc}", kind="broker-unavailable")
     return JSONResponse(body)

@@ -63,7 +63,7 @@ def secured(settings: Settings, signer, **more) -> Settings:
 
 def key_ready(app, key: str, live: bool = True):
     """Wait until the app's key store has read ``key`` (live) or its revocation."""
-    store = app.state.authenticator.keys
+    store = app.state.context.authenticator.keys
 
     def seen():
         try:

@@ -84,7 +84,7 @@ def test_readyz_503_while_the_read_model_is_behind(settings: Settings) -> None:
     s = settings.model_copy(update={"ready_max_read_model_lag": 5})
     with TestClient(create_app(s)) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, message="ready")
-        read_model = c.app.state.read_model
+        read_model = c.app.state.context.read_model
         read_model.stop()  # the projection stops reading <p>.state; the API still answers
         p = producer(s)
         topic = Topics(s.prefix).state

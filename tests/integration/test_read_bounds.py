@@ -24,7 +24,7 @@ from confluent_kafka import Consumer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from taskstream.api import create_app, history
+from taskstream.api import create_app
 from taskstream.api.history import ReadLimits
 from taskstream.api.partitioner import partition_for
 from taskstream.cli.broker import free_port
@@ -98,9 +98,8 @@ def assert_problem(r: httpx.Response, status: int, kind: str, *words: str) -> di
     return body
 
 
-def with_limits(app: FastAPI, **limits) -> FastAPI:
-    app.state.read_limits = ReadLimits(**limits)
-    return app
+def with_limits(settings: Settings, **limits) -> FastAPI:
+    return create_app(settings, read_limits=ReadLimits(**limits))
 
 
 @contextmanager
@@ -166,7 +165,7 @@ def test_a_history_read_over_its_budget_is_503_naming_the_offline_commands(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = ScanSpy(monkeypatch)
-    app = with_limits(create_app(settings), history_budget_s=0.001)
+    app = with_limits(settings, history_budget_s=0.001)
     with TestClient(app) as c:
         tid = submit(c)["id"]
         for r in (c.get(f"{V1}/tasks/{tid}/events"),
@@ -175,7 +174,7 @@ def test_a_history_read_over_its_budget_is_503_naming_the_offline_commands(
             assert "Retry-After" not in r.headers, body
         assert (spy.created, spy.live) == (2, 0)
         # within the default budget the same reads answer
-        app.state.history = history.HistoryReader(settings, ReadLimits())
+        app.state.context.history.limits = ReadLimits()
         assert [e["type"] for e in c.get(f"{V1}/tasks/{tid}/events").json()["events"]] == ["TaskCreated"]
 
 
@@ -184,7 +183,7 @@ def test_history_reads_beyond_the_concurrency_wait_then_get_503_with_retry_after
 ) -> None:
     hold = threading.Event()
     spy = ScanSpy(monkeypatch, hold=hold)
-    app = with_limits(create_app(settings), history_concurrency=1, history_wait_s=0.3)
+    app = with_limits(settings, history_concurrency=1, history_wait_s=0.3)
     results: list[httpx.Response] = []
     with serve(app) as base:
         tid = httpx.post(f"{base}{V1}/tasks", json={"handler": "noop"}, timeout=10).json()["id"]
@@ -218,7 +217,7 @@ def test_health_metrics_and_readiness_answer_at_once_while_20_history_reads_scan
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = ScanSpy(monkeypatch)
-    app = with_limits(create_app(settings), history_concurrency=SLOTS, history_wait_s=120, history_budget_s=120)
+    app = with_limits(settings, history_concurrency=SLOTS, history_wait_s=120, history_budget_s=120)
     with serve(app) as base:
         tid = httpx.post(f"{base}{V1}/tasks", json={"handler": "noop"}, timeout=10).json()["id"]
         # the task's partition: many records of other tasks, then one more event of this one (a read must reach it)
@@ -282,12 +281,12 @@ def test_health_metrics_and_readiness_answer_at_once_while_20_history_reads_scan
 def test_a_label_filter_examines_at_most_list_max_scan_tasks_a_request_and_pages_on(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = with_limits(create_app(settings), list_max_scan=50)
+    app = with_limits(settings, list_max_scan=50)
     with TestClient(app) as c:
         wanted = submit(c, labels={"team": "x"})
         r = c.post(f"{V1}/tasks:batch", json={"tasks": [{"handler": "noop", "labels": {"team": "y"}}] * 120})
         assert r.status_code == 202, r.text
-        store = app.state.read_model.store
+        store = app.state.context.read_model.store
         examined: list[int] = []  # states read by each list call
         real_get, real_list = store.get, store.list
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from taskstream.api import create_app
 from taskstream.api.models import ScheduleIn, TaskIn, TaskPatch, WorkflowIn, parse_rfc3339
-from taskstream.api.problems import _field, _request_validation
+from taskstream.api.problems import _request_validation, field_path
 from taskstream.schemas import Settings
 from taskstream.schemas.limits import (
     MAX_JSON_DEPTH,
@@ -167,8 +167,8 @@ def test_parse_rfc3339_bounds_are_inclusive() -> None:
     (("body", "x" * 100), "x" * 61 + "..."),
 ])
 def test_client_given_parts_of_field_names_are_safe(loc: tuple, field: str) -> None:
-    assert _field(loc) == field
-    _field(loc).encode("utf-8")
+    assert field_path(loc) == field
+    field_path(loc).encode("utf-8")
 
 
 def problem_of(errors: list[dict]) -> dict:

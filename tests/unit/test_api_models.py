@@ -11,7 +11,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from taskstream.api.models import TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
 from taskstream.api.read_model import sortkey
-from taskstream.api.routes.tasks import decode_cursor, encode_cursor
+from taskstream.api.reads import decode_cursor, encode_cursor
 from taskstream.schemas import MAX_BACKOFF_S, Settings, TaskState, ValidationError
 from taskstream.streams.domain import decide, initial_state
 

@@ -7,8 +7,9 @@ import pytest
 from taskstream.api.idempotency import check_key, derived_id, request_hash
 from taskstream.api.models import TaskIn, TaskPatch, WorkflowIn
 from taskstream.api.partitioner import murmur2, partition_for
-from taskstream.api.problems import _field
-from taskstream.api.routes.tasks import parse_if_match, parse_labels
+from taskstream.api.problems import field_path
+from taskstream.api.reads import parse_labels
+from taskstream.api.routes.tasks import parse_if_match
 from taskstream.streams.domain import check_workflow, workflow_problems
 from taskstream.schemas import ValidationError
 
@@ -40,7 +41,7 @@ def test_partition_for_is_in_range_and_positive() -> None:
     (("query", "limit"), "limit"),
 ])
 def test_field_names(loc, field) -> None:
-    assert _field(loc) == field
+    assert field_path(loc) == field
 
 
 @pytest.mark.parametrize("value, expected", [(None, None), ("*", None), ("3", 3), ('"3"', 3), ('W/"12"', 12), (" 4 ", 4)])

@@ -49,19 +49,20 @@ def test_a_request_validates_with_the_http_model_and_names_the_field_by_its_path
 def test_problems_and_errors_map_to_status_codes_with_details() -> None:
     from google.rpc import error_details_pb2
 
-    from taskstream.api.grpc_services import from_exception, from_problem
-    from taskstream.api.history import HistoryBusy, ReadLimits, history_problem
-    from taskstream.schemas import BrokerUnavailable, CommandRejected, NotFound, ValidationError
-    from taskstream.schemas import codec
+    from taskstream.api.grpc_services import from_exception
+    from taskstream.api.history import HistoryBusy, HistoryTooExpensive, ReadLimits
+    from taskstream.schemas import (BrokerUnavailable, CommandRejected, NotFound, StaleVersion, TooLarge,
+                                    ValidationError)
 
-    busy = history_problem(HistoryBusy(ReadLimits(history_wait_s=2.5)))
-    error = from_problem(busy.status_code, codec.loads_json(bytes(busy.body)), busy.headers)
-    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    busy = HistoryBusy(ReadLimits(history_wait_s=2.5))
+    error = from_exception(busy)
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.message == str(busy)
     assert isinstance(error.details[0], error_details_pb2.RetryInfo) and error.details[0].retry_delay.seconds == 3
-    stale = from_problem(412, {"type": "urn:taskstream:problem:stale-version", "detail": "stale", "version": 7}, {})
+    expensive = from_exception(HistoryTooExpensive("t", "p.events", 0, 10, 10, 20, 0.5))
+    assert expensive.code == grpc.StatusCode.RESOURCE_EXHAUSTED and expensive.details[0].reason == "READ_TOO_EXPENSIVE"
+    stale = from_exception(StaleVersion("stale", version=7))
     assert stale.code == grpc.StatusCode.ABORTED and stale.details[0].metadata["version"] == "7"
-    too_large = from_problem(413, {"type": "urn:taskstream:problem:too-large",
-                                   "detail": "tasks[2].payload: the task encodes to 5000000 bytes"}, {})
+    too_large = from_exception(TooLarge("tasks[2].payload", 5_000_000, 1_000_000))
     assert too_large.code == grpc.StatusCode.INVALID_ARGUMENT
     assert too_large.details[0].field_violations[0].field == "tasks[2].payload"
     assert from_exception(NotFound("x")).code == grpc.StatusCode.NOT_FOUND
@@ -89,9 +90,9 @@ def test_grpc_refuses_to_listen_beyond_loopback_without_authentication() -> None
     from taskstream.api import auth, grpc_server
     from taskstream.schemas import Settings
 
-    app = SimpleNamespace(state=SimpleNamespace(settings=Settings(grpc_port=0, grpc_host="0.0.0.0")))
+    ctx = SimpleNamespace(settings=Settings(grpc_port=0, grpc_host="0.0.0.0"))
     with pytest.raises(auth.InsecureConfig, match="refusing to serve gRPC on 0.0.0.0"):
-        asyncio.run(grpc_server.start(app))
+        asyncio.run(grpc_server.start(ctx))
 
 
 def test_the_committed_stubs_match_the_protos(tmp_path) -> None:
@@ -122,3 +123,53 @@ def _messages(messages):
     for m in messages:
         yield m
         yield from _messages(m.nested_type)
+
+
+def _outcome(make):
+    try:
+        return "ok", make()
+    except Exception as exc:  # both ways must fail alike, if at all
+        return "error", type(exc)
+
+
+def test_read_answers_are_the_messages_of_the_http_json() -> None:
+    """gRPC reads render the typed values of ``api.reads``; the message is the one the HTTP answer's JSON makes."""
+    import math
+
+    from hypothesis import HealthCheck, assume, given, settings
+    from hypothesis import strategies as st
+
+    from taskstream.api.history import event_json
+    from taskstream.api.problems import JSONResponse
+    from taskstream.schemas import codec
+    from taskstream.schemas.events import EVENT_TYPES
+
+    from . import strategies as s
+
+    def over_http(body):
+        return codec.loads_json(bytes(JSONResponse(body).body))
+
+    def finite(value) -> bool:
+        """No infinite double anywhere: JSON has none (it writes null), so only the typed value can carry one."""
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, dict):
+            return all(map(finite, value.values()))
+        if isinstance(value, list):
+            return all(map(finite, value))
+        return True
+
+    @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+    @given(s.task_state, st.lists(st.one_of(*(s.BY_RECORD[t.__name__] for t in EVENT_TYPES)), max_size=4))
+    def check(state, events):
+        assume(finite(task_json(state)) and all(finite(event_json(e)) for e in events))
+        assert _outcome(lambda: task_message(task_json(state))) == _outcome(
+            lambda: task_message(over_http(task_json(state))))
+        body = {"task_id": state.task_id, "events": [event_json(e) for e in events]}
+
+        def events_message(b):
+            return json_format.ParseDict(b, tasks_pb2.GetTaskEventsResponse(), ignore_unknown_fields=True)
+
+        assert _outcome(lambda: events_message(body)) == _outcome(lambda: events_message(over_http(body)))
+
+    check()

@@ -136,6 +136,7 @@ def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path, monkeypatch) -> No
     (What it costs is counted, not timed: a timed bound measures the machine.)"""
     from types import SimpleNamespace
 
+    from taskstream.api.history import ReadLimits
     from taskstream.api.routes import tasks as task_routes
 
     store = TaskStore(tmp_path / "rm")
@@ -152,8 +153,8 @@ def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path, monkeypatch) -> No
         real_decode = TaskStore._decode
         monkeypatch.setattr(TaskStore, "_decode", staticmethod(lambda raw, task_id: (
             decoded.append(task_id), real_decode(raw, task_id))[1]))
+        app.state.context = SimpleNamespace(read_model=SimpleNamespace(store=store), read_limits=ReadLimits())
         with TestClient(app) as client:
-            app.state.read_model = SimpleNamespace(store=store)
             for path in ("/ui/api/latency?limit=500", "/ui/api/workflows/w?task=t050003", "/ui/api/throughput",
                          "/api/v1/tasks?limit=50", "/api/v1/tasks?status=succeeded&handler=h&label=a:b&limit=50"):
                 decoded.clear()
@@ -176,7 +177,7 @@ def test_the_router_lifespan_samples_the_read_model(monkeypatch) -> None:
     now = int(time.time())
     store = SimpleNamespace(finished_by_second=lambda: {now: Counter(succeeded=7)})
     app = FastAPI()
-    app.state.read_model = SimpleNamespace(store=store)
+    app.state.context = SimpleNamespace(read_model=SimpleNamespace(store=store))
     app.include_router(router)
     with TestClient(app):
         deadline = time.monotonic() + 5
