@@ -5,11 +5,14 @@ name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``
 (its ``__init__``). A package's ``__init__`` re-exporting its modules is the
 one allowed way in: edges into an ``__init__`` from its own submodules are
 not counted, since Python has bound the package before any submodule runs.
+Imports under ``if TYPE_CHECKING:`` never run, so they are not edges.
 The executor's parts (intake, dispatcher, attempt runner) were once mixins
 that imported each other; this keeps them, and every other package, a DAG.
 """
 
 from __future__ import annotations
+
+import ast
 
 import pytest
 
@@ -21,7 +24,8 @@ KNOWN = [{"taskstream.cli.bench", "taskstream.cli.bench_grpc"}]
 
 def import_graph() -> dict[str, set[str]]:
     """module -> the modules of ours it imports."""
-    sources = {_module_name(path): (path.read_text(), path.name == "__init__.py") for path in _modules()}
+    sources = {_module_name(path): (runtime_source(path.read_text()), path.name == "__init__.py")
+               for path in _modules()}
     graph: dict[str, set[str]] = {}
     for module, (source, is_package) in sources.items():
         edges = set()
@@ -34,6 +38,18 @@ def import_graph() -> dict[str, set[str]]:
                 edges.discard(target)
         graph[module] = {t for t in edges if not (is_init(t, sources) and module.startswith(t + "."))}
     return graph
+
+
+class _DropTypeChecking(ast.NodeTransformer):
+    def visit_If(self, node: ast.If) -> ast.AST | None:
+        test = node.test
+        name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else None
+        return None if name == "TYPE_CHECKING" else self.generic_visit(node)
+
+
+def runtime_source(source: str) -> str:
+    """``source`` without its ``if TYPE_CHECKING:`` blocks (imports for annotations only)."""
+    return ast.unparse(_DropTypeChecking().visit(ast.parse(source)))
 
 
 def is_init(module: str, sources: dict[str, tuple[str, bool]]) -> bool:
