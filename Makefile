@@ -24,7 +24,7 @@ kafka: $(STAMP)
 		apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null)
 	$(BIN)/taskstream kafka fetch
 
-# kcat: the README's kcat commands are run by a test (tests/integration/test_kafka_tools.py).
+# kcat: the kcat commands of docs/wire-format.md are run by a test (tests/integration/test_kafka_tools.py).
 kcat:
 	@command -v kcat >/dev/null || ($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null)

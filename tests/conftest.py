@@ -17,7 +17,7 @@ from taskstream.schemas.kafka import admin, ensure_topics, wait_for_broker
 
 
 # Starlette's TestClient sends ``Host: testserver``; every Settings a test builds (and its subprocesses) trusts it
-# besides the loopback names (README "Security": the API's Host check). Tests of the check pass trusted_hosts.
+# besides the loopback names (docs/security.md: the API's Host check). Tests of the check pass trusted_hosts.
 os.environ.setdefault("TASKSTREAM_TRUSTED_HOSTS", '["127.0.0.1", "localhost", "[::1]", "testserver"]')
 
 

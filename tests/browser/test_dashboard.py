@@ -5,7 +5,7 @@ driven by Playwright for Python through ``executable_path`` (no
 ``playwright install``). One ``taskstream dev`` (its own Kafka node,
 a handler module of this file's) serves every test of the module. Each
 test writes a screenshot of the page it checked to ``docs/screenshots/``
-(the README's "Dashboard" section shows them).
+(docs/dashboard.md shows them).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.integration.test_e2e import child_env, dev_cmd, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
-#: Where each run writes its screenshots (ignored by git); the README's copies are refreshed with
+#: Where each run writes its screenshots (ignored by git); the copies docs/dashboard.md shows are refreshed with
 #: ``TASKSTREAM_SCREENSHOTS=docs/screenshots make test``.
 SCREENSHOTS = Path(os.environ.get("TASKSTREAM_SCREENSHOTS")
                    or Path(__file__).resolve().parents[2] / "build" / "screenshots")

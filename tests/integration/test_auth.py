@@ -1,4 +1,4 @@
-"""Authentication, authorization and rate limits of the running API, on the real broker (README "Security").
+"""Authentication, authorization and rate limits of the running API, on the real broker (docs/security.md).
 
 The auth matrix is generated from the app's own route table
 (``auth.endpoints``: every route, included routers flattened), so a route

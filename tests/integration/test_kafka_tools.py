@@ -1,9 +1,10 @@
 """Ordinary Kafka tooling against our topics: Debian's kcat lists them and reads records whose values decode
-with nothing but fastavro and the ``.avsc`` files, and the README's kcat commands run as written (broker address
-and topic prefix swapped for the test's own).
+with nothing but fastavro and the ``.avsc`` files, and the documents' kcat commands (docs/wire-format.md, and any
+other page of README.md and docs/ that shows one in an ``sh`` block) run as written (broker address and topic prefix
+swapped for the test's own).
 
-Not run here: the README's rpk commands (rpk is in none of the registries these machines reach) and the
-``kcat -s value=avro`` one (Debian's kcat is built without Avro support); both are marked in the README.
+Not run here: the rpk commands (rpk is in none of the registries these machines reach) and the
+``kcat -s value=avro`` one (Debian's kcat is built without Avro support); both are marked in docs/wire-format.md.
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ def test_kcat_reads_records_that_decode_with_only_the_schema_files(settings, wri
     assert decoded[0][2]["handler"] == "echo" and decoded[2][2]["result"] == '{"ok": true}'
 
 
-def _readme_blocks_with_kcat() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+def _doc_blocks_with_kcat() -> list[str]:
+    blocks = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        blocks += re.findall(r"```sh\n(.*?)```", doc.read_text(), flags=re.S)
     return [b for b in blocks if re.search(r"^kcat ", b, flags=re.M)]
 
 
@@ -111,10 +113,10 @@ def _runnable(block: str) -> str:
     return "\n".join(lines)
 
 
-def test_the_readme_kcat_commands_run_as_written(settings, written, tmp_path) -> None:
-    blocks = [_runnable(b) for b in _readme_blocks_with_kcat()]
+def test_the_documented_kcat_commands_run_as_written(settings, written, tmp_path) -> None:
+    blocks = [_runnable(b) for b in _doc_blocks_with_kcat()]
     blocks = [b for b in blocks if re.search(r"^kcat ", b, flags=re.M)]
-    assert blocks, "the README shows no kcat command"
+    assert blocks, "the documents show no kcat command"
     outputs = []
     for block in blocks:
         script = (block.replace("127.0.0.1:9092", settings.bootstrap_servers)

@@ -3,7 +3,7 @@
 Contract under test: on ``<p>.events`` a record's key is the task id in
 UTF-8, its ``event-type`` header the record name, and its value Avro
 single-object encoding that a reader holding only ``schemas/avro/<Name>.avsc``
-decodes (what README shows with kcat and rpk). With
+decodes (what docs/wire-format.md shows with kcat and rpk). With
 ``wire_format=confluent`` values are ``00`` + the 4-byte schema id that
 ``POST /subjects/<subject>/versions`` returned, so a tool holding only the
 registry (Redpanda Console) decodes them; ``decode`` reads both framings in

@@ -1,4 +1,4 @@
-"""Authentication, authorization and rate limits without a broker (README "Security").
+"""Authentication, authorization and rate limits without a broker (docs/security.md).
 
 Contracts: every route of the app has an entry in ``auth.ROUTE_ROLES``;
 roles are ordered; JWTs are accepted only when signed by the configured key,

@@ -7,7 +7,7 @@ every record (Avro schema resolution from the old writer schema) and
 today's ``streams.domain.fold`` must give the recorded state on every field
 both versions of TaskState have. A failure here means a change broke old
 logs: give the new field a default, rename by alias, or add an upcaster
-(README: Schema evolution) -- never edit a golden file.
+(docs/wire-format.md: Schema evolution) -- never edit a golden file.
 """
 
 from __future__ import annotations

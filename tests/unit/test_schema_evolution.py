@@ -1,4 +1,4 @@
-"""Schema evolution (README "Schema evolution"): old logs stay readable, forever.
+"""Schema evolution (docs/wire-format.md, "Schema evolution"): old logs stay readable, forever.
 
 Contract under test: every released writer schema stays in
 ``schemas/avro/history`` with the fingerprint it was released with; today's
