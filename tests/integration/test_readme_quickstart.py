@@ -213,6 +213,7 @@ def test_the_readme_client_example_runs(stack: DevStack, readme) -> None:
     status, events = lines[1].split(" ", 1)  # the upstream's history: its DependencyRegistered may come at any point
     assert status == "succeeded"
     assert sorted(ast.literal_eval(events)) == ["DependencyRegistered", "TaskCreated", "TaskQueued", "TaskSucceeded"]
+    assert any(line.endswith(" echo {'team': 'docs'}") for line in lines[2:-1])  # the list found the labelled task
     assert lines[-1] == "invalid: priority - Input should be 'high', 'medium' or 'low'"
 
 
