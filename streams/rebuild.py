@@ -22,12 +22,11 @@ differs is a real divergence and is reported.
 **Follow-ups applied at once.** A client event of the same task (say a
 TaskCancelled) can be appended between a trigger and the processor's own
 follow-up, so the log's order differs from the order the processor applied.
-Those follow-ups (TaskQueued, TaskRetryScheduled) carry ``cause``, the
-``event_id`` of their trigger; the fold keeps, per key, the events folded
-since a trigger whose follow-up has not been read yet and, when a follow-up
-arrives behind other events, folds it right after its trigger and the later
-events again on top, which is exactly what the processor did. A key with no
-event in between folds as before (the common case costs a dict lookup).
+Each key is folded with ``domain.fold_next``, the one fold order the
+processor, time travel and history share (``streams/domain/order.py``): a
+follow-up is applied right after its trigger, the later events again on top.
+A key with no event in between folds as before (the common case costs a dict
+lookup).
 
 **Where the fold stops.** By default at each partition's end offset as of the
 start; the live ``<p>.state`` is read up to its end offsets taken next (like
@@ -78,7 +77,6 @@ from . import domain
 
 log = logging.getLogger(__name__)
 
-_evolve = domain.evolve
 #: Fields a rebuilt state may legitimately differ in from the live one (see the module docstring).
 IGNORED_FIELDS = frozenset({"last_offset"})
 #: Below this many events the fold runs in this process (a pool costs ~0.5 s to start).
@@ -137,17 +135,15 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------ the pure part
 
 
-#: Events after which the processor may apply a follow-up of the same task at once (the decider's rule).
-_TRIGGERS = domain.FOLLOW_UP_TRIGGERS
-#: Most events kept per key while a trigger's follow-up is awaited.
-_MAX_PENDING = 64
+_fold_next = domain.fold_next
 
 
 class LogFold:
     """Folds records of ``<p>.events`` per key (pure: no Kafka; feed it records in log order per partition).
 
-    ``as_of`` keeps only events with ``occurred_at <= as_of`` (time travel),
-    still in log order.
+    Each key folds in the processor's order (``domain.fold_next``, the one
+    fold order). ``as_of`` keeps only events with ``occurred_at <= as_of``
+    (time travel), still in log order.
     """
 
     __slots__ = ("states", "partition_of", "last_read", "events", "skipped", "undecodable", "keyless", "as_of",
@@ -162,12 +158,12 @@ class LogFold:
         self.undecodable = 0
         self.keyless = 0
         self.as_of = as_of
-        # key -> [(event, state before it)] since the oldest trigger whose follow-up is still to come
+        # key -> what domain.fold_next keeps while a trigger's follow-up is still to come
         self.since: dict[bytes, list] = {}
         self._decode = wire.decode
 
     def add(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
-        """Fold one record (the hot path of a rebuild: kept to one call of decode and one of evolve)."""
+        """Fold one record (the hot path of a rebuild: kept to one call of decode and one of the fold)."""
         if not key:
             self.keyless += 1
             return
@@ -185,54 +181,17 @@ class LogFold:
         self.events += 1
         states = self.states
         before = states.get(key)
-        cause = getattr(event, "cause", None)
         pending = self.since.get(key)
-        if cause is not None and pending is not None:
-            after = self._fold_after_cause(key, pending, cause, event, before)
-        else:
-            after = _evolve(before, event)
-            if pending is not None:  # a trigger's follow-up is still to come: keep this event (a trigger too)
-                pending.append((event, before))
-                if len(pending) > _MAX_PENDING:
-                    del self.since[key]
-            elif type(event) in _TRIGGERS and after is not before:
-                self.since[key] = [(event, before)]
+        after, awaiting = _fold_next(before, pending, event)
+        if awaiting is not pending:
+            if awaiting is None:
+                del self.since[key]
+            else:
+                self.since[key] = awaiting
         if after is not before:
             states[key] = after
             self.partition_of[key] = partition
         self.last_read[key] = offset
-
-    def _fold_after_cause(self, key: bytes, pending: list, cause: str, event, current):
-        """Fold a follow-up right after its trigger, then the events read since again on top.
-
-        ``pending`` starts at the oldest trigger whose follow-up was still to come. Follow-ups reach
-        the log in the order the processor made them, so triggers before this one's that have none
-        yet made none. What follows this trigger is kept (with its states before, as now re-folded)
-        from the next trigger on, whose own follow-up may still come.
-        """
-        k = next((i for i, (e, _) in enumerate(pending) if e.event_id == cause), None)
-        if k is None:  # not a trigger we kept: fold it where it is (and keep it for a later re-fold)
-            pending.append((event, current))
-            if len(pending) > _MAX_PENDING:
-                del self.since[key]
-            return _evolve(current, event)
-        if k == len(pending) - 1:
-            del self.since[key]
-            return _evolve(current, event)  # nothing in between: the common case
-        state = pending[0][1]
-        rest = []
-        for i, (e, _) in enumerate(pending):
-            if i > k:
-                rest.append((e, state))
-            state = _evolve(state, e)
-            if i == k:
-                state = _evolve(state, event)
-        first = next((i for i, (e, _) in enumerate(rest) if type(e) in _TRIGGERS), None)
-        if first is None:
-            del self.since[key]
-        else:
-            self.since[key] = rest[first:]
-        return state
 
     def result(self, key: bytes) -> State | None:
         """The rebuilt state of ``key``, its ``last_offset`` at the last record of it that was folded."""

@@ -15,9 +15,10 @@
 - ``step(state, event, now, producer)`` and ``effects(...)``: the
   processor's whole step, pure (``step.py``): fold, what follows, which
   messages go where; ``lease_after``/``heartbeat_renews`` the lease rules.
-- ``in_processor_order(events)`` / ``fold_log(events, as_of)``: one task's
-  log in the order the processor folded it (its own follow-ups right after
-  their trigger) — the one order every reader of the log folds in.
+- ``fold_next(state, awaiting, event)`` / ``fold_log(events, as_of)``: a
+  task's log folded in the order the processor applied it (its own
+  follow-ups right after their trigger, ``order.py``) — the one order the
+  processor, ``state rebuild``, time travel and history all fold in.
 
 The HTTP routes, gRPC, the processor, ``state rebuild`` and time travel all
 call these; none keeps a rule of its own.
@@ -52,7 +53,6 @@ from .evolve import (
     fold,
     initial_state,
     is_terminal,
-    processor_order,
     waiting_until,
 )
 from .react import (
@@ -84,28 +84,24 @@ from .react import (
 )
 from .react import RetryPolicy, jitter_draw  # the policy value lives in schemas.retry (the settings build it)
 
+from .order import FOLLOW_UP_TRIGGERS, MAX_AWAITING, applied_inline, fold_log, fold_next, stamped
 from .step import (
-    FOLLOW_UP_TRIGGERS,
     RELAY_SLACK_S,
     Effect,
     effects,
-    fold_log,
     heartbeat_renews,
     lease_after,
     replay,
-    stamped,
     step,
 )
-
-in_processor_order = processor_order
 
 __all__ = [
     "ACTIVE", "check_workflow", "workflow_problems", "at_offset", "first_queued_after_wait", "holds_lease", "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_RETRY", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
     "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
     "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveDeadLettered", "RedriveTask", "SubmitTask",
     "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",
-    "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "in_processor_order",
-    "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "processor_order", "react",
+    "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "fold_next", "MAX_AWAITING", "applied_inline",
+    "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "react",
     "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution", "retry_scheduled", "schedule_due",
     "schedule_replay", "schedule_task_id", "task_from_template", "timer_due", "upstream_json", "waiting_until",
 ]

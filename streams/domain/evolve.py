@@ -407,31 +407,6 @@ def fold(events, state: TaskState | None = None) -> TaskState | None:
     return state
 
 
-def processor_order(events) -> list[Event]:
-    """One task's events from the log, in the order the processor applied them.
-
-    The processor applies its own follow-ups (a TaskQueued, a TaskRetryScheduled,
-    stamped with ``cause``, their trigger's ``event_id``) inline, right after the
-    trigger; in the log they land later, possibly behind client events of the
-    same task. Each follow-up whose trigger came before it is moved back to
-    just after that trigger (and after the trigger's earlier follow-ups).
-    ``fold(processor_order(log))`` is the live state; ``streams.rebuild.LogFold``
-    does the same incrementally for a whole log.
-    """
-    out: list[Event] = []
-    for event in events:
-        cause = getattr(event, "cause", None)
-        at = next((i for i, e in enumerate(out) if e.event_id == cause), None) if cause else None
-        if at is None:
-            out.append(event)
-            continue
-        at += 1
-        while at < len(out) and getattr(out[at], "cause", None) == cause:
-            at += 1
-        out.insert(at, event)
-    return out
-
-
 def initial_state(e: TaskCreated) -> TaskState:
     """The state a task starts in: ``pending`` while it has dependencies, else
     ``scheduled`` if it has a run_at, else ``pending``.

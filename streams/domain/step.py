@@ -5,8 +5,9 @@ but I/O: evolve the state, ``react``, stamp the follow-ups, and apply the
 ones of the same task at once. ``effects`` turns a step into messages by
 kind (the processor maps kinds to topics and partitions). ``lease_after``
 and ``heartbeat_renews`` are the lease rules, ``RELAY_SLACK_S`` the timer
-policy behind the retry relay. ``fold_log`` is the one order in which a
-task's log folds to the processor's state (time travel, ``state at``).
+policy behind the retry relay. Which follow-ups a step applies at once, and
+so the order in which a task's log folds to the processor's state, is the
+rule of ``order.py``.
 """
 
 from __future__ import annotations
@@ -16,42 +17,23 @@ from datetime import datetime
 from typing import NamedTuple
 
 from taskstream.schemas import (
-    DependencyResolved,
     Event,
-    LeaseExpired,
     ReadyTask,
     Status,
     TaskCancelled,
-    TaskCreated,
     TaskDeadLettered,
-    TaskFailed,
     TaskQueued,
-    TaskRedriven,
     TaskRetryScheduled,
     TaskState,
-    TaskUpdated,
 )
 
-from .evolve import ACTIVE, evolve, fold, processor_order
+from .evolve import ACTIVE, evolve
+from .order import applied_inline, stamped
 from .react import react, ready_message, replay_outputs
 
 #: A task waiting out a retry is re-queued by the retry relay at its time; the
 #: processor's own timer fires this much later as a safety net (relay down).
 RELAY_SLACK_S = 5.0
-
-#: Events after which the processor may apply a follow-up of the same task at
-#: once (stamped with ``cause``): ``streams.rebuild.LogFold`` waits for those.
-FOLLOW_UP_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated})
-
-
-def stamped(e: Event, producer: str, own: str | None, cause: Event) -> Event:
-    """A follow-up as the processor appends it: its producer, and for one it applies to the same task at
-    once, the ``cause`` (its trigger's id), so a fold of the log applies it at the same point
-    (``in_processor_order``) even if a client's event landed in between."""
-    if e.task_id == own and isinstance(e, (TaskQueued, TaskRetryScheduled)):
-        return replace(e, producer=producer, cause=cause.event_id)
-    return replace(e, producer=producer)
-
 
 def step(state, event: Event, now: datetime, producer: str) -> tuple[object, list[Event]]:
     """Fold ``event`` and what follows it for the same task: (the new state, every follow-up event).
@@ -63,7 +45,7 @@ def step(state, event: Event, now: datetime, producer: str) -> tuple[object, lis
     own = new.task_id if new is not None else None
     follow = [stamped(e, producer, own, event) for e in react(state, new, event, now)]
     for e in follow:
-        if e.task_id == own:
+        if applied_inline(e, own):
             new = evolve(new, e)
     return new, follow
 
@@ -124,11 +106,3 @@ def lease_after(before, after) -> str:
 def heartbeat_renews(state, attempt: int) -> bool:
     """A heartbeat renews the lease only of the attempt that is running now (a zombie's beats do not)."""
     return isinstance(state, TaskState) and state.status == Status.RUNNING.value and state.attempt == attempt
-
-
-def fold_log(events, as_of: datetime | None = None):
-    """One task's state from its events in log order (those up to ``as_of``), folded in the order the
-    processor applied them: what the processor's table held then."""
-    if as_of is not None:
-        events = [e for e in events if e.occurred_at <= as_of]
-    return fold(processor_order(events))

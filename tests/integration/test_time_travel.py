@@ -50,7 +50,7 @@ def client(settings):
 def write_known(settings, client, events) -> None:
     """``events`` into the log, the state they fold to into ``<p>.state``; return once the read model has it."""
     send_events(settings, events)
-    state = domain.fold(domain.processor_order(events))
+    state = domain.fold_log(events)
     p = producer(settings)
     p.produce(Topics(settings.prefix).state, codec.encode(state), state.task_id.encode())
     assert p.flush(10) == 0

@@ -127,3 +127,28 @@ def test_timer_lease_relay_and_refusal_events_carry_the_producer_given() -> None
     ready = ReadyTask(task_id="t", occurred_at=NOW, producer="proc-1", attempt=1, handler="h", payload="null",
                       priority="high")
     assert domain.ready_refused(ready, "too large", NOW, "proc-7").producer == "proc-7"
+
+
+def test_the_fold_order_applies_a_follow_up_right_after_its_trigger_as_the_processor_did() -> None:
+    # The processor applied TaskQueued with TaskCreated, then the cancel; in the log the cancel landed between.
+    event = created()
+    live, follow = step(None, event, NOW, "proc-1")
+    cancel = TaskCancelled(task_id="t", occurred_at=NOW + timedelta(seconds=1), producer="api")
+    live, _ = step(live, cancel, NOW, "proc-1")
+    log = [event, cancel, *follow]
+    assert domain.fold(log) != live  # log order: the cancel came first and the late TaskQueued changes nothing
+    assert domain.fold_log(log) == live and live.version == 3
+    # the same rule, incrementally (what `state rebuild` folds per key)
+    state, awaiting = None, None
+    for e in log:
+        state, awaiting = domain.fold_next(state, awaiting, e)
+    assert state == live and awaiting is None
+
+
+def test_the_fold_order_stops_waiting_for_a_follow_up_after_max_awaiting_events() -> None:
+    event = created(run_at=NOW + timedelta(hours=1))
+    state, awaiting = domain.fold_next(None, None, event)
+    assert awaiting == [(event, None)]  # a trigger: its follow-up may still come
+    for i in range(domain.MAX_AWAITING):
+        state, awaiting = domain.fold_next(state, awaiting, TaskCancelled(task_id="t", occurred_at=NOW, producer="a"))
+    assert awaiting is None and state.status == "cancelled"

@@ -1,0 +1,107 @@
+"""The fold order: which event of a task's log is applied after which (one rule, one place).
+
+The processor applies its own follow-ups of a task (a TaskQueued after
+TaskCreated, a TaskRetryScheduled after TaskFailed, ...) in the same step as
+the event that triggered them, before it appends them to the log; in the log
+they land later, possibly behind a client's event of the same task (say a
+TaskCancelled). ``stamped`` marks such a follow-up with ``cause``, its
+trigger's ``event_id``; ``fold_next`` folds a log read in log order so that
+each stamped follow-up is applied right after its trigger and the events read
+since are applied again on top: exactly what the processor did.
+
+Everyone who folds the log folds through here: the processor (``step``
+applies inline exactly the follow-ups ``applied_inline`` names), ``state
+rebuild`` (``streams.rebuild.LogFold``, per key, incrementally), time travel
+and task history (``fold_log``, ``GET /tasks/{id}?as_of=``, ``taskstream
+state at``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from taskstream.schemas import (
+    DependencyResolved,
+    Event,
+    LeaseExpired,
+    TaskCreated,
+    TaskFailed,
+    TaskQueued,
+    TaskRedriven,
+    TaskRetryScheduled,
+    TaskUpdated,
+)
+
+from .evolve import evolve
+
+#: Events after which the processor may apply a follow-up that carries ``cause``.
+FOLLOW_UP_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated})
+#: Follow-ups applied at once whose place in the fold matters: they carry ``cause``.
+CAUSED = (TaskQueued, TaskRetryScheduled)
+#: Most events kept per task while a trigger's follow-up is awaited; past it the log is folded as it comes.
+MAX_AWAITING = 64
+
+
+def applied_inline(follow_up: Event, own: str | None) -> bool:
+    """True for a follow-up the processor applies in the same step as its trigger: every follow-up of
+    the trigger's own task (``own``); follow-ups of others are folded by their owners."""
+    return follow_up.task_id == own
+
+
+def stamped(e: Event, producer: str, own: str | None, cause: Event) -> Event:
+    """A follow-up as the processor appends it: its producer, and for a TaskQueued or
+    TaskRetryScheduled it applies at once (``applied_inline``), the ``cause`` (its trigger's id), so
+    a fold of the log (``fold_next``) applies it at the same point even if a client's event landed
+    in between."""
+    if isinstance(e, CAUSED) and applied_inline(e, own):
+        return replace(e, producer=producer, cause=cause.event_id)
+    return replace(e, producer=producer)
+
+
+def fold_next(state, awaiting: list | None, event: Event):
+    """Fold the next event of one task's log (read in log order) in the processor's order.
+
+    ``awaiting`` is what the fold keeps between calls: None, or the events
+    read since the oldest trigger whose follow-up may still come, each with
+    the state before it (the list is updated in place). Returns ``(state,
+    awaiting)``. A follow-up whose trigger is kept is applied right after it
+    and the events read since are folded again on top; one whose trigger is
+    not kept (never a trigger, or more than MAX_AWAITING events ago) is
+    folded where it is. Follow-ups reach the log in the order the processor
+    made them, so triggers before this one's that have none yet made none.
+    """
+    if awaiting is None:
+        after = evolve(state, event)
+        if type(event) in FOLLOW_UP_TRIGGERS and after is not state:
+            return after, [(event, state)]
+        return after, None
+    cause = getattr(event, "cause", None)
+    k = None
+    if cause is not None:
+        k = next((i for i, (e, _) in enumerate(awaiting) if e.event_id == cause), None)
+    if k is None:  # not a follow-up of a kept trigger: fold it where it is (and keep it for a later re-fold)
+        awaiting.append((event, state))
+        return evolve(state, event), (awaiting if len(awaiting) <= MAX_AWAITING else None)
+    if k == len(awaiting) - 1:
+        return evolve(state, event), None  # nothing in between: the common case
+    state = awaiting[0][1]
+    rest = []
+    for i, (e, _) in enumerate(awaiting):
+        if i > k:
+            rest.append((e, state))
+        state = evolve(state, e)
+        if i == k:
+            state = evolve(state, event)
+    first = next((i for i, (e, _) in enumerate(rest) if type(e) in FOLLOW_UP_TRIGGERS), None)
+    return state, (None if first is None else rest[first:])
+
+
+def fold_log(events, as_of: datetime | None = None, state=None):
+    """One task's state from its events in log order (only those with ``occurred_at <= as_of`` if
+    given), folded in the order the processor applied them (``fold_next``): what its table held then."""
+    awaiting = None
+    for event in events:
+        if as_of is None or event.occurred_at <= as_of:
+            state, awaiting = fold_next(state, awaiting, event)
+    return state
