@@ -47,6 +47,7 @@ from .events import (
     new_id,
 )
 from .retry import DEFAULT_RETRY, MAX_BACKOFF_S, RetryPolicy
+from .events import SCHEDULE_EVENT_TYPES, ScheduleEvent, TaskEvent, derived_id
 from .settings import Settings
 from .topics import PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry_tier
 
@@ -58,4 +59,5 @@ __all__ = [
     "Heartbeat", "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState",
     "ScheduleStatus", "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled",
     "DEFAULT_RETRY", "RetryPolicy", "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
+    "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "derived_id",
 ]

@@ -66,7 +66,8 @@ class _Codec:
     raw: dict
     version: int
     header: bytes
-    fields: tuple[str, ...]
+    fields: tuple[str, ...]  # written, in schema order (a derived one read from its property)
+    attrs: tuple[str, ...]  # read back: the dataclass's fields
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +92,15 @@ class _Writer:
 #: (the v3 writer's ``timeout_ms`` reaches it only if v4's reader keeps that
 #: field, so keep it as a deprecated optional field until no log holds v3).
 _UPCASTERS: dict[tuple[str, int], Callable[[dict], dict]] = {}
+
+
+def _schedule_id_from_task_id(record: dict) -> dict:
+    """Schema set 5 gave schedule events ``schedule_id``; before it the id travelled in ``task_id`` only."""
+    return {**record, "schedule_id": record.get("schedule_id") or record["task_id"]}
+
+
+for _name in ("ScheduleCreated", "ScheduleFired", "ScheduleDeleted"):
+    _UPCASTERS[(_name, 4)] = _schedule_id_from_task_id
 
 _HISTORY_FILE = re.compile(r"^(?P<name>[A-Za-z]+)\.v(?P<version>[0-9]+)\.avsc$")
 
@@ -118,10 +128,12 @@ def _load() -> tuple[dict[type, _Codec], dict[bytes, _Writer], dict[str, dict[in
             )
         parsed = fastavro.parse_schema(raw)
         avro_fields = tuple(f["name"] for f in raw["fields"])
-        py_fields = {f.name for f in dataclasses.fields(cls)}
-        if set(avro_fields) != py_fields:
-            raise RuntimeError(f"{name}: dataclass fields {sorted(py_fields)} != schema fields {sorted(avro_fields)}")
-        codec = _Codec(name, cls, parsed, raw, version, MAGIC + _fingerprint(parsed), avro_fields)
+        py_fields = tuple(f.name for f in dataclasses.fields(cls))
+        derived = set(avro_fields) - set(py_fields)
+        if set(py_fields) - set(avro_fields) or any(not isinstance(getattr(cls, f, None), property) for f in derived):
+            raise RuntimeError(f"{name}: dataclass fields {sorted(py_fields)} != schema fields {sorted(avro_fields)} "
+                               "(a schema field the dataclass lacks must be a property of it: derived, written only)")
+        codec = _Codec(name, cls, parsed, raw, version, MAGIC + _fingerprint(parsed), avro_fields, py_fields)
         by_type[cls] = codec
         for v, old in sorted(released.items()):
             old_parsed = fastavro.parse_schema(old)
@@ -288,13 +300,14 @@ def _build(codec: _Codec, record: dict) -> Any:
     """The dataclass of a decoded record, built without its ``__init__``.
 
     fastavro returns exactly the reader schema's fields (the import-time check
-    makes them the dataclass's fields), so the generated frozen ``__init__``
+    makes them the dataclass's fields, and derived ones, which are properties
+    and not read back), so the generated frozen ``__init__``
     (one ``object.__setattr__`` call per field plus defaults) would only cost
     time: this is ~5x cheaper and the decode is the fold's hot spot. A field
     missing from an upcaster's output is still a DecodeError (KeyError).
     """
     value = _new(codec.cls)
-    for name in codec.fields:
+    for name in codec.attrs:
         _set(value, name, record[name])
     return value
 

@@ -9,6 +9,7 @@ wire format. Field names and types mirror ``avro/<Name>.avsc`` exactly
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,16 +49,71 @@ def new_id() -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """Fields every event carries (DESIGN §3)."""
+    """Fields every event carries (DESIGN §3), and the id of what it is about (``aggregate_id``).
 
-    task_id: str
+    An event is about a task (``TaskEvent``, keyed by ``task_id``) or a cron
+    schedule (``ScheduleEvent``, keyed by ``schedule_id``); either id is the
+    record key in ``<p>.events``. ``event_id`` is minted (uuid4) only by
+    producers at the edge (executors); the decider derives the ids of the
+    events it decides from their cause (``derived_id``), so the same
+    decision gives the same event.
+    """
+
     occurred_at: datetime
     producer: str
     event_id: str = field(default_factory=new_id)
 
+    @property
+    def aggregate_id(self) -> str:
+        """The id of the task or schedule this event is about: its record key in ``<p>.events``."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskCreated(Event):
+class TaskEvent(Event):
+    """An event about one task, keyed by ``task_id``."""
+
+    task_id: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.task_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleEvent(Event):
+    """An event about one cron schedule, keyed by ``schedule_id`` (on ``<p>.events`` like a task's).
+
+    On the wire the record also carries the id as ``task_id``, the field
+    every record of ``<p>.events`` has (DESIGN §3), and records written
+    before schema set 5 carry it only there: the codec reads either.
+    """
+
+    schedule_id: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.schedule_id
+
+    @property
+    def task_id(self) -> str:
+        """The schedule id under the wire's common key field name (DESIGN §3); code of ours says ``schedule_id``."""
+        return self.schedule_id
+
+
+def derived_id(cause: str, *position: object) -> str:
+    """The id of an event decided at ``position`` (for example its type, key and ordinal) of ``cause``.
+
+    32 hex characters like ``new_id()``, from SHA-256: the same cause and
+    position give the same id on every replay and process; distinct causes or
+    positions give distinct ids.
+    """
+    text = "\x1f".join((cause, *(str(p) for p in position)))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskCreated(TaskEvent):
     handler: str
     priority: str = Priority.MEDIUM.value
     payload: str = "null"
@@ -83,7 +139,7 @@ class TaskCreated(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskQueued(Event):
+class TaskQueued(TaskEvent):
     """Attempt ``attempt`` is published to its ready topic.
 
     ``due_at`` is the time the task waited for (its ``run_at`` or retry
@@ -101,19 +157,19 @@ class TaskQueued(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskStarted(Event):
+class TaskStarted(TaskEvent):
     attempt: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskSucceeded(Event):
+class TaskSucceeded(TaskEvent):
     attempt: int
     result: str | None = None
     started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskFailed(Event):
+class TaskFailed(TaskEvent):
     """Attempt ``attempt`` failed; ``permanent``: no more attempts (``PermanentError``).
 
     ``retry_delay_s``: the wait the handler asked for before the next attempt
@@ -129,14 +185,14 @@ class TaskFailed(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DependencyRegistered(Event):
+class DependencyRegistered(TaskEvent):
     """Keyed by the upstream task (``task_id``): ``dependent`` waits for it."""
 
     dependent: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DependencyResolved(Event):
+class DependencyResolved(TaskEvent):
     """Keyed by the dependent (``task_id``): ``upstream`` ended with ``outcome``."""
 
     upstream: str
@@ -146,13 +202,13 @@ class DependencyResolved(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskCancelled(Event):
+class TaskCancelled(TaskEvent):
     reason: str = ""
     actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskUpdated(Event):
+class TaskUpdated(TaskEvent):
     """A change to a task that has not started; ``None`` fields stay as they are."""
 
     expected_version: int | None = None
@@ -169,7 +225,7 @@ class TaskUpdated(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskCheckpointed(Event):
+class TaskCheckpointed(TaskEvent):
     """A running attempt saved progress (``data``: JSON text); the next attempt sees it."""
 
     attempt: int
@@ -177,7 +233,7 @@ class TaskCheckpointed(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskRetryScheduled(Event):
+class TaskRetryScheduled(TaskEvent):
     """Failed attempt ``attempt`` will be followed by ``attempt + 1`` at ``not_before``.
 
     Appended by the processor to the log and published to ``<p>.retry.<tier>``,
@@ -193,7 +249,7 @@ class TaskRetryScheduled(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskDeadLettered(Event):
+class TaskDeadLettered(TaskEvent):
     """The task failed for good; the same record is published to ``<p>.dlq``."""
 
     attempt: int
@@ -203,7 +259,7 @@ class TaskDeadLettered(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseExpired(Event):
+class LeaseExpired(TaskEvent):
     """No heartbeat nor result for running attempt ``attempt`` within its lease: it failed."""
 
     attempt: int
@@ -211,7 +267,7 @@ class LeaseExpired(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskRedriven(Event):
+class TaskRedriven(TaskEvent):
     """Re-drive a ``failed`` or ``upstream_failed`` task: a new budget of attempts, dependents reopened."""
 
     reason: str = ""
@@ -219,8 +275,8 @@ class TaskRedriven(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleCreated(Event):
-    """A cron schedule; ``task_id`` holds the schedule id (the log's key).
+class ScheduleCreated(ScheduleEvent):
+    """A cron schedule ``schedule_id`` (the log's key).
 
     ``template`` is the JSON text of a complete task (handler, payload,
     priority, name, labels, timeout_s, max_attempts, backoff_*), defaults
@@ -238,8 +294,8 @@ class ScheduleCreated(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleFired(Event):
-    """The schedule (``task_id``) fired for ``fire_at`` and created task ``created_task_id``."""
+class ScheduleFired(ScheduleEvent):
+    """The schedule fired for ``fire_at`` and created task ``created_task_id`` ("": none, a skipped misfire)."""
 
     fire_at: datetime
     created_task_id: str
@@ -247,20 +303,22 @@ class ScheduleFired(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleDeleted(Event):
+class ScheduleDeleted(ScheduleEvent):
+    """The schedule stops firing; the tasks it created are not touched."""
+
     reason: str = ""
     actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Heartbeat(Event):
+class Heartbeat(TaskEvent):
     """An executor still runs ``attempt`` (``<p>.heartbeats``; liveness, not history)."""
 
     attempt: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ReadyTask(Event):
+class ReadyTask(TaskEvent):
     """An attempt ready to run, published to ``<p>.ready.<priority>``."""
 
     attempt: int
@@ -346,7 +404,7 @@ class ScheduleState:
 
     @property
     def task_id(self) -> str:
-        """The log key of the schedule (events of a schedule carry its id as ``task_id``)."""
+        """The schedule id under the name every state of ``<p>.state`` has its key (code of ours says ``schedule_id``)."""
         return self.schedule_id
 
 
@@ -371,6 +429,8 @@ class ApiKey:
     revoked_at: datetime | None = None
 
 
+#: Types of the events about a schedule (the others are about a task).
+SCHEDULE_EVENT_TYPES: tuple[type[ScheduleEvent], ...] = (ScheduleCreated, ScheduleFired, ScheduleDeleted)
 #: Types that are facts of the ``<p>.events`` log.
 EVENT_TYPES: tuple[type[Event], ...] = (
     TaskCreated,

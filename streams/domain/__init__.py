@@ -2,6 +2,10 @@
 
 - ``evolve(state, event) -> state`` and ``fold(events)``: what a fact of the
   log does to a state (``evolve.py``; ``initial_state`` of a new task).
+  Two kinds of aggregate share ``<p>.events``: tasks (``TaskState``, events
+  keyed by ``task_id``) and cron schedules (``ScheduleState``, events keyed
+  by ``schedule_id``; their rules are ``schedules.py``). Each rule is
+  registered for its aggregate's state type; the entry points dispatch once.
 - ``decide(state, command, now) -> events``: the answer to a command
   (``commands.py``; guards in ``decide.py``), raising ``NotFound``,
   ``StaleVersion`` or ``CommandRejected`` when it cannot be carried out.
@@ -59,7 +63,6 @@ from .react import (
     CHANGE_DRIVEN,
     DEFAULT_RETRY,
     MAX_BACKOFF_S,
-    MISSED_COUNT_CAP,
     PROCESSOR,
     UNKNOWN,
     backoff_delay,
@@ -75,15 +78,18 @@ from .react import (
     replay_outputs,
     resolution,
     retry_scheduled,
-    schedule_due,
-    schedule_replay,
-    schedule_task_id,
-    task_from_template,
     timer_due,
     upstream_json,
 )
 from .react import RetryPolicy, jitter_draw  # the policy value lives in schemas.retry (the settings build it)
 
+from .schedules import (
+    MISSED_COUNT_CAP,
+    schedule_due,
+    schedule_replay,
+    schedule_task_id,
+    task_from_template,
+)
 from .order import FOLLOW_UP_TRIGGERS, MAX_AWAITING, applied_inline, fold_log, fold_next, stamped
 from .step import (
     RELAY_SLACK_S,

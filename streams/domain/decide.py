@@ -11,19 +11,14 @@ schedule), ``StaleVersion`` (a conditional change at another version),
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from graphlib import CycleError, TopologicalSorter
 
 from taskstream.schemas import (
     CommandRejected,
-    DependencyRegistered,
     Event,
     NotFound,
-    ScheduleCreated,
-    ScheduleDeleted,
-    ScheduleState,
-    ScheduleStatus,
     StaleVersion,
     Status,
     TaskCancelled,
@@ -35,55 +30,61 @@ from taskstream.schemas import (
 )
 
 from .commands import (
+    COMMANDS,
     PATCHABLE,
     CancelTask,
-    CreateSchedule,
-    DeleteSchedule,
     RedriveDeadLettered,
     RedriveTask,
     SubmitTask,
     UpdateTask,
 )
-from .evolve import SCHEDULE_EVENTS, TERMINAL_VALUES, UPDATABLE
+from .evolve import TERMINAL_VALUES, UPDATABLE
 
 #: Statuses a redrive re-opens.
 REDRIVABLE = frozenset({Status.FAILED.value, Status.UPSTREAM_FAILED.value})
-_SCHEDULE_INPUTS = SCHEDULE_EVENTS | {CreateSchedule, DeleteSchedule}
 
 
-def decide(state: TaskState | ScheduleState | None, input, now: datetime) -> list[Event]:
+def decide(state, input, now: datetime) -> list[Event]:
     """The events that answer a command, or that follow from an event the processor just folded.
 
-    For an event, ``state`` is the state *after* folding it (``react``).
-    Raises ``NotFound``, ``StaleVersion`` or ``CommandRejected`` for a command
-    that cannot be carried out; harmless duplicates of events give ``[]``.
+    ``state`` is the state of the command's (or event's) aggregate, a
+    ``TaskState`` or a ``ScheduleState``; for an event it is the state
+    *after* folding it (``react``). Raises ``NotFound``, ``StaleVersion`` or
+    ``CommandRejected`` for a command that cannot be carried out; harmless
+    duplicates of events give ``[]``. A key that holds the other kind of
+    aggregate (a task id naming a schedule, or the reverse) answers a command
+    ``NotFound`` and an event as if nothing were there (a registration with a
+    schedule's id resolves ``unknown``: the dependent must not wait forever).
     """
-    fn = _deciders.get(type(input))
-    if fn is None:
+    entry = _deciders.get(type(input))
+    if entry is None:
         return []
-    if isinstance(state, ScheduleState) and type(input) not in _SCHEDULE_INPUTS:
-        if isinstance(input, (SubmitTask, UpdateTask, CancelTask, RedriveTask)):
-            raise NotFound(f"task {input.task_id} not found: {input.task_id} is a schedule")
-        # A task event keyed by a schedule's id: only a registration is answered (the dependent must not wait forever).
-        if isinstance(input, DependencyRegistered):
-            return _deciders[DependencyRegistered](None, input, now)
-        return []
+    aggregate, fn = entry
+    if state is not None and type(state) is not aggregate:
+        if isinstance(input, COMMANDS):
+            ident = getattr(input, "task_id", None) or getattr(input, "schedule_id", "")
+            noun, other = ("task", "schedule") if aggregate is TaskState else ("schedule", "task")
+            raise NotFound(f"{noun} {ident} not found: {ident} is a {other}")
+        state = None
     return fn(state, input, now)
 
 
-_deciders: dict[type, object] = {}
+#: command or event type -> (the state type of its aggregate, its decider)
+_deciders: dict[type, tuple[type, Callable]] = {}
 
 
-def _decides(input_type):
+def _decides(input_type: type, aggregate: type = TaskState):
+    """Register the decider of ``input_type``, a command or event of ``aggregate``."""
+
     def register(fn):
-        _deciders[input_type] = fn
+        _deciders[input_type] = (aggregate, fn)
         return fn
 
     return register
 
 
 def _task(state: TaskState | None, task_id: str) -> TaskState:
-    if not isinstance(state, TaskState):
+    if state is None:
         raise NotFound(f"task {task_id} not found")
     return state
 
@@ -142,25 +143,6 @@ def _redrive(state: TaskState | None, c: RedriveTask, now: datetime) -> list[Eve
 def _redrive_dead_lettered(state: None, c: RedriveDeadLettered, now: datetime) -> list[Event]:
     return [TaskRedriven(task_id=t, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)
             for t in dict.fromkeys(c.task_ids)]
-
-
-@_decides(CreateSchedule)
-def _create_schedule(state: ScheduleState | None, c: CreateSchedule, now: datetime) -> list[Event]:
-    if state is not None:
-        raise CommandRejected(f"schedule {c.schedule_id} already exists")
-    return [ScheduleCreated(task_id=c.schedule_id, occurred_at=now, producer=c.producer, cron=c.cron,
-                            timezone=c.timezone, template=c.template, name=c.name, start_at=c.start_at,
-                            end_at=c.end_at, misfire=c.misfire, actor=c.actor)]
-
-
-@_decides(DeleteSchedule)
-def _delete_schedule(state: ScheduleState | None, c: DeleteSchedule, now: datetime) -> list[Event]:
-    if not isinstance(state, ScheduleState):
-        raise NotFound(f"schedule {c.schedule_id} not found")
-    if state.status == ScheduleStatus.DELETED.value:
-        raise CommandRejected(f"schedule {c.schedule_id} is already deleted")
-    return [ScheduleDeleted(task_id=c.schedule_id, occurred_at=now, producer=c.producer, reason=c.reason,
-                            actor=c.actor)]
 
 
 def workflow_problems(graph: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, str]]:

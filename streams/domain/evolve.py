@@ -64,16 +64,12 @@ Anything else is a duplicate or stale and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
 from taskstream.schemas import (
     LeaseExpired,
-    ScheduleCreated,
-    ScheduleDeleted,
-    ScheduleFired,
-    ScheduleState,
-    ScheduleStatus,
     TaskCheckpointed,
     TaskDeadLettered,
     TaskRedriven,
@@ -91,7 +87,7 @@ from taskstream.schemas import (
     TaskState,
     TaskSucceeded,
 )
-from taskstream.schemas import TERMINAL, cron
+from taskstream.schemas import SCHEDULE_EVENT_TYPES, TERMINAL
 from taskstream.schemas.limits import (
     MAX_CHECKPOINT_BYTES,
     MAX_DEPENDENTS,
@@ -150,36 +146,41 @@ def _bump(state: TaskState, at: datetime, **changes) -> TaskState:
     return replace(state, updated_at=at, version=state.version + 1, **changes)
 
 
-_evolvers: dict[type, object] = {}
+#: event type -> (the state type of its aggregate, its evolver)
+_evolvers: dict[type, tuple[type, Callable]] = {}
 
 
-def _on(event_type):
+def _on(event_type: type, aggregate: type = TaskState):
+    """Register the evolver of ``event_type``, an event of the ``aggregate`` whose state it folds into."""
+
     def register(fn):
-        _evolvers[event_type] = fn
+        _evolvers[event_type] = (aggregate, fn)
         return fn
 
     return register
 
 
-def evolve(state: TaskState | None, event: Event) -> TaskState | None:
-    """Fold one event; unknown event types change nothing (forward compatibility).
+def evolve(state, event: Event):
+    """Fold one event into the state of its aggregate (a ``TaskState``, a ``ScheduleState``, or None).
 
-    Task events never touch a schedule's state nor schedule events a task's,
-    whatever the log holds (a task may name a schedule's id in depends_on).
-    An event no rule can fold (an evolver raises on values no producer of ours
-    writes) changes nothing: the same for the processor, a rebuild and time
-    travel, since all of them fold through here.
+    Unknown event types change nothing (forward compatibility). An event of
+    one kind of aggregate never touches a state of the other, whatever the log
+    holds (a task may name a schedule's id in depends_on). An event no rule
+    can fold (an evolver raises on values no producer of ours writes) changes
+    nothing: the same for the processor, a rebuild and time travel, since all
+    of them fold through here.
     """
-    fn = _evolvers.get(type(event))
-    if fn is None or (state is not None and isinstance(state, ScheduleState) != (type(event) in SCHEDULE_EVENTS)):
+    entry = _evolvers.get(type(event))
+    if entry is None or (state is not None and type(state) is not entry[0]):
         return state
     try:
-        return fn(state, event)
+        return entry[1](state, event)
     except Exception:
         return state
 
 
-SCHEDULE_EVENTS = frozenset({ScheduleCreated, ScheduleFired, ScheduleDeleted})
+#: Events about a schedule (``schedules.py`` folds them into a ``ScheduleState``).
+SCHEDULE_EVENTS = frozenset(SCHEDULE_EVENT_TYPES)
 
 
 @_on(TaskCreated)
@@ -203,15 +204,6 @@ def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
 def waiting_until(state: TaskState) -> datetime | None:
     """The time a ``scheduled`` task waits for: its run_at before the first attempt, then its retry time."""
     return state.retry_at if state.attempt > 0 else state.run_at
-
-
-def _schedule_only(fn):
-    """Evolvers of schedule events ignore task states (and the reverse), whatever a bad log holds."""
-
-    def evolver(state, e):
-        return state if isinstance(state, TaskState) else fn(state, e)
-
-    return evolver
 
 
 @_on(TaskStarted)
@@ -441,52 +433,3 @@ def initial_state(e: TaskCreated) -> TaskState:
         schedule_id=e.schedule_id,
         scheduled_for=e.scheduled_for,
     )
-
-
-
-def _within(state: ScheduleState, t: datetime | None) -> datetime | None:
-    """``t`` if the schedule still fires then (``end_at`` is inclusive, as in APScheduler and Airflow)."""
-    return None if t is None or (state.end_at is not None and t > state.end_at) else t
-
-
-@_on(ScheduleCreated)
-def _schedule_created(state, e: ScheduleCreated):
-    if state is not None:
-        return state
-    try:
-        first = cron.first_fire(e.cron, e.timezone, e.start_at, e.occurred_at)
-    except Exception:  # a bad expression in the log (the API validates): the schedule never fires
-        first = None
-    s = ScheduleState(schedule_id=e.task_id, cron=e.cron, timezone=e.timezone, template=e.template, name=e.name,
-                      start_at=e.start_at, end_at=e.end_at, misfire=e.misfire, status=ScheduleStatus.ACTIVE.value,
-                      created_at=e.occurred_at, updated_at=e.occurred_at, version=1)
-    first = _within(s, first)
-    return replace(s, next_fire_at=first, status=ScheduleStatus.ACTIVE.value if first else ScheduleStatus.ENDED.value)
-
-
-@_on(ScheduleFired)
-@_schedule_only
-def _schedule_fired(state, e: ScheduleFired):
-    if (
-        state is None
-        or state.status != ScheduleStatus.ACTIVE.value
-        or state.next_fire_at is None
-        or e.fire_at < state.next_fire_at
-    ):
-        return state
-    nxt = _within(state, cron.next_fire(state.cron, state.timezone, e.fire_at))
-    return replace(
-        state, updated_at=e.occurred_at, version=state.version + 1, last_fire_at=e.fire_at,
-        last_task_id=e.created_task_id or state.last_task_id, fired=state.fired + (1 if e.created_task_id else 0),
-        skipped=state.skipped + e.skipped, next_fire_at=nxt,
-        status=ScheduleStatus.ACTIVE.value if nxt else ScheduleStatus.ENDED.value,
-    )
-
-
-@_on(ScheduleDeleted)
-@_schedule_only
-def _schedule_deleted(state, e: ScheduleDeleted):
-    if state is None or state.status == ScheduleStatus.DELETED.value:
-        return state
-    return replace(state, updated_at=e.occurred_at, version=state.version + 1, status=ScheduleStatus.DELETED.value,
-                   next_fire_at=None)

@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import singledispatch
 
 from taskstream.schemas import (
     LeaseExpired,
     ScheduleCreated,
     ScheduleFired,
-    ScheduleState,
-    ScheduleStatus,
     TaskDeadLettered,
     TaskRedriven,
     TaskRetryScheduled,
@@ -27,7 +25,7 @@ from taskstream.schemas import (
     TaskQueued,
     TaskState,
 )
-from taskstream.schemas import codec, cron
+from taskstream.schemas import codec
 from taskstream.schemas.retry import DEFAULT_RETRY, MAX_BACKOFF_S, RetryPolicy, jitter_draw
 
 from taskstream.schemas.limits import cut_error
@@ -114,7 +112,7 @@ def react(before: TaskState | None, after: TaskState | None, event: Event, now: 
     the moment it ends.
     """
     out = [] if after is before and type(event) in CHANGE_DRIVEN else decide(after, event, now)
-    if isinstance(after, TaskState) and not is_terminal(before) and is_terminal(after):
+    if not is_terminal(before) and is_terminal(after):
         out += [resolution(after, d, now) for d in after.dependents]
     return out
 
@@ -124,8 +122,11 @@ def react(before: TaskState | None, after: TaskState | None, event: Event, now: 
 CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
 
 
-def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None) -> list[Event]:
+@singledispatch
+def replay_outputs(state, now: datetime, event: Event | None = None) -> list[Event]:
     """The events a state implies for others; sent again when its last event (``event``) is folded twice.
+
+    Per kind of aggregate (a schedule's: ``schedules.schedule_replay``); a task's:
 
     The crash this repairs came between the table write and the sends, so the
     processor's own follow events (TaskQueued, TaskRetryScheduled), already in
@@ -135,8 +136,11 @@ def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event
     the attempt it queued) is not implied by the state alone: pass the
     TaskRedriven as ``event``.
     """
-    if isinstance(state, ScheduleState):
-        return schedule_replay(state, now)
+    return []
+
+
+@replay_outputs.register
+def _task_replay(state: TaskState, now: datetime, event: Event | None = None) -> list[Event]:
     if state.status == Status.QUEUED.value:
         # The time the attempt waited for: the redrive's time, else run_at for the first attempt; an attempt
         # queued by the relay or a timer has its TaskQueued in the log already (this one is a duplicate).
@@ -279,96 +283,25 @@ def upstream_json(state: TaskState) -> str:
     return codec.dumps_json(out)
 
 
-# ------------------------------------------------------------------ schedules
-
-#: Most fire times counted one by one when a schedule catches up after downtime.
-MISSED_COUNT_CAP = 1000
-SCHEDULE_TASK_NAMESPACE = uuid.UUID("5b1e7c6e-6f1d-4d4b-9b7e-2f8f6c1a9d01")
-
-
-def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:
-    """The id of the task a schedule creates for one fire time: the same on every replay and processor."""
-    return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}").hex
-
-
-@_decides(ScheduleFired)
-def _after_fired(state, e: ScheduleFired, now: datetime) -> list[Event]:
-    if not isinstance(state, ScheduleState) or not e.created_task_id:
-        return []
-    return [task_from_template(state, e.fire_at, e.created_task_id, now)]
-
-
-def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, now: datetime) -> TaskCreated:
-    """The task a schedule creates for ``fire_at``; its id is ``schedule_task_id`` so a repeat is a duplicate."""
-    try:
-        t = codec.loads_json(state.template)
-    except codec.JSONDecodeError:
-        t = None
-    t = t if isinstance(t, dict) else {}
-
-    def num(name):
-        v = t.get(name)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-    max_attempts = t.get("max_attempts")
-    return TaskCreated(
-        task_id=task_id, occurred_at=now, producer=PROCESSOR, handler=str(t.get("handler", "")),
-        priority=str(t.get("priority", "medium")), payload=codec.dumps_json(t.get("payload")),
-        name=str(t.get("name") or state.name), labels={str(k): str(v) for k, v in (t.get("labels") or {}).items()},
-        timeout_s=num("timeout_s"), max_attempts=max_attempts if isinstance(max_attempts, int) else 1,
-        backoff_initial_s=num("backoff_initial_s"), backoff_multiplier=num("backoff_multiplier"),
-        backoff_max_s=num("backoff_max_s"), backoff_jitter=num("backoff_jitter"),
-        schedule_id=state.schedule_id, scheduled_for=fire_at,
-    )
-
-
-def schedule_replay(state: ScheduleState, now: datetime) -> list[Event]:
-    if state.last_task_id and state.last_fire_at:
-        return [task_from_template(state, state.last_fire_at, state.last_task_id, now)]
-    return []
-
-
-def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> ScheduleFired | None:
-    """What a schedule's timer appends at ``now``: the next fire, or the misfire decision after downtime.
-
-    Fire times missed by at most ``grace_s`` each run (catch-up). Older ones are
-    one block: ``run_once`` creates one task for the latest of them, ``skip``
-    none; ``skipped`` counts the fire times dropped (up to MISSED_COUNT_CAP).
-    """
-    nxt = state.next_fire_at
-    if state.status != ScheduleStatus.ACTIVE.value or nxt is None or nxt > now:
-        return None
-    horizon = now - timedelta(seconds=grace_s)
-    if nxt >= horizon:
-        return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=nxt,
-                             created_task_id=schedule_task_id(state.schedule_id, nxt))
-    last_old = cron.latest_fire(state.cron, state.timezone, horizon)
-    missed, t = 0, nxt
-    while t <= last_old and missed < MISSED_COUNT_CAP:
-        missed += 1
-        t = cron.next_fire(state.cron, state.timezone, t)
-    if state.misfire == "skip":
-        return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
-                             created_task_id="", skipped=missed)
-    return ScheduleFired(task_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
-                         created_task_id=schedule_task_id(state.schedule_id, last_old), skipped=missed - 1)
-
-
 # --------------------------------------------------------------------- timers
 
 
-def timer_due(state: TaskState | ScheduleState | None, relay_slack_s: float) -> datetime | None:
-    """When the processor's timer table should wake this state, or None.
+@singledispatch
+def timer_due(state, relay_slack_s: float) -> datetime | None:
+    """When the processor's timer table should wake this state, or None (per kind of aggregate).
 
     A task waiting for its run_at wakes at run_at. A task waiting out a retry
     backoff is re-queued by the retry relay; its timer, ``relay_slack_s``
     later, is a safety net if the relay is down (duplicates are harmless:
     TaskQueued is fenced by attempt and due time). A schedule wakes at its
-    next fire time.
+    next fire time (``schedules.py``).
     """
-    if isinstance(state, ScheduleState):
-        return state.next_fire_at if state.status == ScheduleStatus.ACTIVE.value else None
-    if state is None or state.status != Status.SCHEDULED.value:
+    return None
+
+
+@timer_due.register
+def _task_timer_due(state: TaskState, relay_slack_s: float) -> datetime | None:
+    if state.status != Status.SCHEDULED.value:
         return None
     due = waiting_until(state)
     if due is not None and state.attempt > 0:
@@ -376,17 +309,18 @@ def timer_due(state: TaskState | ScheduleState | None, relay_slack_s: float) -> 
     return due
 
 
-def on_timer(state: TaskState | ScheduleState | None, now: datetime, grace_s: float,
-             producer: str = PROCESSOR) -> list[Event]:
-    """The events a due timer appends to the log (folded like any other; nothing here changes state)."""
-    if isinstance(state, ScheduleState):
-        fired = schedule_due(state, now, grace_s)
-        out = [fired] if fired else []
-    elif is_ready(state, now):
-        out = _queue_next(state, now)
-    else:
-        out = []
-    return [replace(e, producer=producer) for e in out]
+@singledispatch
+def on_timer(state, now: datetime, grace_s: float, producer: str = PROCESSOR) -> list[Event]:
+    """The events a due timer appends to the log (folded like any other; nothing here changes state).
+
+    Per kind of aggregate: a task that is ready is queued; a schedule fires (``schedules.py``).
+    """
+    return []
+
+
+@on_timer.register
+def _task_on_timer(state: TaskState, now: datetime, grace_s: float, producer: str = PROCESSOR) -> list[Event]:
+    return [replace(e, producer=producer) for e in _queue_next(state, now)] if is_ready(state, now) else []
 
 
 def lease_expired(state: TaskState | None, attempt: int, lease_s: float, now: datetime,

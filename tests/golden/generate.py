@@ -16,10 +16,14 @@ Releases: 1 = commit 3a9e7d8 (before issue 5), 2 = commit a788324 (issue 5:
 retries in scheduled, dead letters, checkpoints, redrives), 3 = TaskCreated
 ``description`` (commit 8f6366c, folded by the code of that checkout), 4 =
 ``actor`` on the events the API writes (issue 15's audit field; folded by
-the code of the commit that added it), 5 = ``TaskFailed.retry_delay_s`` (a
-handler's ``Retry(delay_s=...)``, issue 23; folded by the code of the commit
-that added it). A release's logs are never regenerated once committed: they
-are what that release wrote. ``encode`` for a new release only.
+the code of the commit that added it), 5 = issue 23: ``TaskFailed.retry_delay_s``
+(a handler's ``Retry(delay_s=...)``) and ``schedule_id`` on schedule events
+(schedules became an aggregate of their own); folded by the code of issue 23.
+A release's logs are never regenerated once committed: they are what that
+release wrote. ``encode`` for a new release only, or for a history a release
+lacked, by name (``encode 4 schedule``, then ``states 4 schedule`` with that
+release's code: v4's schedule log was added with issue 23 and folded by the
+code before it).
 
 File format (``v<N>/<history>.json``): ``records`` in log order, each with
 its Kafka ``key`` (the task id the event is keyed by), ``event_type`` (the
@@ -40,7 +44,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HISTORY = REPO / "schemas" / "avro" / "history"
-RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)", 5: "retry_delay_s (issue 23)"}
+RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
+            5: "retry_delay_s and schedule_id (issue 23)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
 
 
@@ -149,6 +154,36 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             ev("TaskQueued", "t-lease", 100.01, attempt=3, priority="medium", due_at=at(100)),
             ev("TaskSucceeded", "t-lease", 101, attempt=3, result='{"pages": 9}'),
         ]
+    if v2:
+        # A cron schedule (schemas of set 4 and before carry its id in task_id only; set 5 adds schedule_id).
+        sid = "s-hourly"
+
+        def sched(kind: str, t: float, **fields) -> tuple[str, dict]:
+            kind, record = ev(kind, sid, t, **fields)
+            if kind != "ScheduleFired":  # written by the API
+                record["producer"] = "api-golden"
+                if version >= 4:
+                    record = {"actor": "key-golden", **record}
+            if version >= 5:
+                record["schedule_id"] = sid
+            return kind, record
+
+        def by_processor(e: tuple[str, dict]) -> tuple[str, dict]:
+            kind, record = e
+            return kind, {**{k: v for k, v in record.items() if k != "actor"}, "producer": "processor"}
+
+        template = json.dumps({"handler": "echo", "payload": {"n": 1}, "priority": "low", "max_attempts": 2})
+        logs["schedule"] = [
+            sched("ScheduleCreated", 0, cron="0 * * * *", timezone="Europe/Paris", template=template, name="hourly",
+                  misfire="skip"),
+            sched("ScheduleFired", 3600, fire_at=at(3600), created_task_id="t-s1"),
+            by_processor(created("t-s1", 3600.01, priority="low", max_attempts=2, payload='{"n": 1}', name="hourly",
+                                 schedule_id=sid, scheduled_for=at(3600))),
+            ev("TaskQueued", "t-s1", 3600.02, attempt=1, priority="low"),
+            ev("TaskSucceeded", "t-s1", 3601, attempt=1, result="null"),
+            sched("ScheduleFired", 4 * 3600 + 10, fire_at=at(3 * 3600), created_task_id="", skipped=2),
+            sched("ScheduleDeleted", 5 * 3600, reason="no longer needed"),
+        ]
     return logs
 
 
@@ -180,10 +215,12 @@ def encode_record(schema: dict, fields: dict) -> bytes:
     return buf.getvalue()
 
 
-def cmd_encode(version: int) -> None:
+def cmd_encode(version: int, only: list[str]) -> None:
     out = HERE / f"v{version}"
     out.mkdir(exist_ok=True)
     for name, events in histories(version).items():
+        if only and name not in only:
+            continue
         records = [
             {"key": fields["task_id"], "event_type": kind, "value": encode_record(writer_schema(kind, version), fields).hex()}
             for kind, fields in events
@@ -218,13 +255,15 @@ def state_json(state) -> dict:
     return {k: plain(v) for k, v in dataclasses.asdict(state).items()}
 
 
-def cmd_states(version: int) -> None:
+def cmd_states(version: int, only: list[str]) -> None:
     import taskstream
     from taskstream.schemas import codec
     from taskstream.streams import domain
 
     print(f"folding with {Path(taskstream.__file__).parent}", file=sys.stderr)
     for path in sorted((HERE / f"v{version}").glob("*.json")):
+        if only and path.stem not in only:
+            continue
         doc = json.loads(path.read_text())
         by_task: dict[str, list] = {}
         for rec in doc["records"]:
@@ -238,11 +277,11 @@ def cmd_states(version: int) -> None:
 
 if __name__ == "__main__":
     match sys.argv[1:]:
-        case ["encode", v]:
-            cmd_encode(int(v))
+        case ["encode", v, *only]:
+            cmd_encode(int(v), only)
         case ["checkout", commit, target]:
             cmd_checkout(commit, target)
-        case ["states", v]:
-            cmd_states(int(v))
+        case ["states", v, *only]:
+            cmd_states(int(v), only)
         case _:
             raise SystemExit(__doc__)

@@ -243,7 +243,7 @@ def test_cron_every_second_across_a_processor_restart_fires_ten_times(settings, 
         sid = new_id()
         template = {"handler": "noop", "payload": None, "priority": "high", "name": "tick", "labels": {},
                     "timeout_s": None, "max_attempts": 1}
-        send_events(settings, [ScheduleCreated(task_id=sid, occurred_at=now(), producer="test", cron="* * * * * *",
+        send_events(settings, [ScheduleCreated(schedule_id=sid, occurred_at=now(), producer="test", cron="* * * * * *",
                                                template=codec.dumps_json(template), start_at=start_at,
                                                end_at=end_at)])
         wait_until(lambda: now() > start_at + timedelta(seconds=3), timeout=15, interval=0.1, message="3 fires")

@@ -106,7 +106,7 @@ def test_as_of_before_the_task_existed_is_404(settings, client):
 
 def test_a_schedule_id_is_not_a_task(settings, client):
     sid = new_id()
-    send_events(settings, [ScheduleCreated(task_id=sid, occurred_at=at(0), producer="t", cron="* * * * *")])
+    send_events(settings, [ScheduleCreated(schedule_id=sid, occurred_at=at(0), producer="t", cron="* * * * *")])
     assert client.get(f"/api/v1/tasks/{sid}", params={"as_of": z(at(1))}).status_code == 404
 
 

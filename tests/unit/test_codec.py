@@ -86,6 +86,7 @@ T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
 def _sample(name: str):
     """A minimal hand-built value of each record type."""
     base = dict(task_id="t1", occurred_at=T0, producer="p")
+    schedule = dict(schedule_id="s1", occurred_at=T0, producer="p")
     return {
         "TaskCreated": lambda: RECORD_TYPES[name](**base, handler="echo"),
         "TaskQueued": lambda: RECORD_TYPES[name](**base, attempt=1, priority="high"),
@@ -102,9 +103,9 @@ def _sample(name: str):
         "TaskDeadLettered": lambda: RECORD_TYPES[name](**base, attempt=3, error="boom"),
         "LeaseExpired": lambda: RECORD_TYPES[name](**base, attempt=1, lease_s=30.0),
         "TaskRedriven": lambda: RECORD_TYPES[name](**base),
-        "ScheduleCreated": lambda: RECORD_TYPES[name](**base, cron="* * * * *"),
-        "ScheduleFired": lambda: RECORD_TYPES[name](**base, fire_at=T0, created_task_id="t9"),
-        "ScheduleDeleted": lambda: RECORD_TYPES[name](**base),
+        "ScheduleCreated": lambda: RECORD_TYPES[name](**schedule, cron="* * * * *"),
+        "ScheduleFired": lambda: RECORD_TYPES[name](**schedule, fire_at=T0, created_task_id="t9"),
+        "ScheduleDeleted": lambda: RECORD_TYPES[name](**schedule),
         "Heartbeat": lambda: RECORD_TYPES[name](**base, attempt=1),
         "ScheduleState": lambda: RECORD_TYPES[name](
             schedule_id="s1", cron="* * * * *", timezone="UTC", template="{}", status="active", created_at=T0,

@@ -62,20 +62,20 @@ def minute(m: int) -> datetime:
 
 
 def created(expr: str = "* * * * *", **kw) -> ScheduleCreated:
-    fields = dict(task_id=SID, occurred_at=T0, producer="api-1", cron=expr, timezone="UTC",
+    fields = dict(schedule_id=SID, occurred_at=T0, producer="api-1", cron=expr, timezone="UTC",
                   template=json.dumps(TEMPLATE), name="sched")
     fields.update(kw)
     return ScheduleCreated(**fields)
 
 
 def fired(fire_at: datetime, t: datetime | None = None, task_id: str | None = None, skipped: int = 0) -> ScheduleFired:
-    return ScheduleFired(task_id=SID, occurred_at=t or fire_at, producer="processor", fire_at=fire_at,
+    return ScheduleFired(schedule_id=SID, occurred_at=t or fire_at, producer="processor", fire_at=fire_at,
                          created_task_id=schedule_task_id(SID, fire_at) if task_id is None else task_id,
                          skipped=skipped)
 
 
 def deleted(t: datetime) -> ScheduleDeleted:
-    return ScheduleDeleted(task_id=SID, occurred_at=t, producer="api-1", reason="done")
+    return ScheduleDeleted(schedule_id=SID, occurred_at=t, producer="api-1", reason="done")
 
 
 def catch_up(state: ScheduleState, now: datetime, grace_s: float = 60.0):

@@ -563,7 +563,7 @@ def test_absurd_policies_never_break_deciding():
 
 def test_task_events_keyed_by_a_schedule_id_change_nothing_and_a_registration_resolves_unknown():
     # A user may name a schedule's id in depends_on: the registration lands on the schedule's state.
-    sched = evolve(None, ScheduleCreated(task_id="sched-1", occurred_at=T0, producer="api", cron="* * * * *"))
+    sched = evolve(None, ScheduleCreated(schedule_id="sched-1", occurred_at=T0, producer="api", cron="* * * * *"))
     for e in (registered("dep-1", tid="sched-1"), started(1, tid="sched-1"), lease(1, tid="sched-1"),
               checkpoint(1, tid="sched-1"), redriven(tid="sched-1"), retry(1, tid="sched-1"),
               failed(1, tid="sched-1"), queued(1, tid="sched-1"), created("sched-1"),
@@ -576,7 +576,7 @@ def test_task_events_keyed_by_a_schedule_id_change_nothing_and_a_registration_re
         else:
             assert out == []
     task = reach("running")
-    assert evolve(task, ScheduleCreated(task_id=TID, occurred_at=T0, producer="api", cron="* * * * *")) is task
+    assert evolve(task, ScheduleCreated(schedule_id=TID, occurred_at=T0, producer="api", cron="* * * * *")) is task
 
 
 # ------------------------------------------------------------------ properties

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstream.schemas import TaskCreated, TaskFailed, TaskState, codec
+from taskstream.schemas import ScheduleCreated, ScheduleState, TaskCreated, TaskFailed, TaskState, codec
 from taskstream.streams import domain
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -43,7 +43,7 @@ def _decode_log(doc: dict) -> dict[str, list]:
         data = bytes.fromhex(rec["value"])
         event = codec.decode(data)
         assert type(event).__name__ == rec["event_type"]
-        assert event.task_id == rec["key"]
+        assert event.aggregate_id == rec["key"]
         by_task.setdefault(rec["key"], []).append(event)
     return by_task
 
@@ -69,9 +69,13 @@ def test_golden_log_decodes_and_folds_to_the_recorded_state(path):
     by_task = _decode_log(doc)
     assert set(by_task) == set(doc["states"])
     for task_id, expected in doc["states"].items():
-        got = _state_json(domain.fold(by_task[task_id]))
+        state = domain.fold(by_task[task_id])
+        got = _state_json(state)
         common = set(expected) & set(got)
-        assert {"task_id", "status", "attempt", "version", "result", "error"} <= common
+        if isinstance(state, ScheduleState):
+            assert {"schedule_id", "status", "next_fire_at", "last_task_id", "fired", "skipped", "version"} <= common
+        else:
+            assert {"task_id", "status", "attempt", "version", "result", "error"} <= common
         assert {k: got[k] for k in common} == {k: expected[k] for k in common}, task_id
 
 
@@ -83,6 +87,20 @@ def test_v1_logs_are_written_with_the_v1_writer_schemas():
     assert data[:10] != codec._BY_TYPE[TaskCreated].header
     created = codec.decode(data)
     assert created.description == "" and created.backoff_initial_s is None and created.schedule_id is None
+
+
+def test_a_schedule_log_of_set_4_carries_the_id_in_task_id_only_and_folds_as_a_schedule():
+    # Before set 5 a schedule's events had no schedule_id: the key travelled in task_id (issue 23 changed that).
+    doc = _load(GOLDEN / "v4" / "schedule.json")
+    first = bytes.fromhex(doc["records"][0]["value"])
+    assert codec.writer_version(first) == 4 and doc["records"][0]["event_type"] == "ScheduleCreated"
+    assert "schedule_id" not in {f["name"] for f in codec.schema_versions()["ScheduleCreated"][4]["fields"]}
+    created = codec.decode(first)
+    assert isinstance(created, ScheduleCreated) and created.schedule_id == "s-hourly"
+    state = domain.fold(_decode_log(doc)["s-hourly"])
+    assert isinstance(state, ScheduleState) and (state.status, state.fired, state.skipped) == ("deleted", 1, 2)
+    latest = _load(GOLDEN / "v5" / "schedule.json")
+    assert domain.fold(_decode_log(latest)["s-hourly"]) == state
 
 
 def test_new_field_is_carried_by_the_latest_logs():
@@ -104,3 +122,10 @@ def test_v5_logs_carry_a_requested_retry_delay_and_older_ones_none():
 
     assert [f.retry_delay_s for f in failures(5)] == [2.0, None]
     assert [f.retry_delay_s for f in failures(4)] == [None, None]
+
+
+def test_v5_logs_carry_schedule_id_on_a_schedule_s_records():
+    latest = max(int(p.parent.name[1:]) for p in FILES)
+    data = bytes.fromhex(_load(GOLDEN / f"v{latest}" / "schedule.json")["records"][0]["value"])
+    assert codec.writer_version(data) == latest == codec.writer_version(codec.encode(codec.decode(data)))
+    assert codec.encode(codec.decode(data)) == data and codec.decode(data).schedule_id == "s-hourly"

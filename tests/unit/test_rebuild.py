@@ -86,7 +86,7 @@ def scenario():
         created("d", 3),  # queued, never run: its last record is the processor's own TaskQueued
         created("e", 4, max_attempts=1),  # fails for good: dead-lettered
         created("f", 5, run_at=at(3600)),  # scheduled
-        ScheduleCreated(task_id="s", occurred_at=at(6), producer="api", cron="0 0 * * *",
+        ScheduleCreated(schedule_id="s", occurred_at=at(6), producer="api", cron="0 0 * * *",
                         template='{"handler": "noop"}'),
     ]
     return simulate(tasks, fail_first={"a", "e"}, never_run={"d"})

@@ -42,9 +42,12 @@ RELEASED = {
     ("ReadyTask", 2): "361636818e394b57",
     ("ScheduleCreated", 2): "f44f4e7d8361ce14",
     ("ScheduleCreated", 4): "46b10cb87dee1054",
+    ("ScheduleCreated", 5): "cbebee763e4748f5",
     ("ScheduleDeleted", 2): "0a5a59b5668116ff",
     ("ScheduleDeleted", 4): "b4e63d0f495f7a97",
+    ("ScheduleDeleted", 5): "e78197146e25329a",
     ("ScheduleFired", 2): "1e8295e4d45a41ef",
+    ("ScheduleFired", 5): "444c5a100960843a",
     ("ScheduleState", 2): "920c9a24009f898e",
     ("TaskCancelled", 1): "e68059742d6d0a66",
     ("TaskCancelled", 4): "a12abc8e475ceb4c",
@@ -72,6 +75,8 @@ RELEASED = {
     ("TaskUpdated", 4): "97aed014d9b10ce6",
 }
 VERSIONS = sorted(RELEASED)
+#: Fields filled by an upcaster from another field of an older record, not by a default.
+SCHEDULE_IDS = {(n, "schedule_id") for n in ("ScheduleCreated", "ScheduleFired", "ScheduleDeleted")}
 
 
 def _history(name: str, version: int) -> dict:
@@ -124,6 +129,8 @@ def test_any_record_of_a_released_schema_decodes_into_todays_type(key):
         for field in dataclasses.fields(value):
             if field.name in record:
                 assert getattr(value, field.name) == record[field.name], field.name
+            elif (name, field.name) in SCHEDULE_IDS:  # set 5: before it, a schedule's id travelled in task_id only
+                assert value.schedule_id == record["task_id"]
             else:  # added later: its default
                 assert getattr(value, field.name) == _default(field), field.name
         assert codec.writer_version(data) == version
@@ -184,6 +191,20 @@ def test_a_failing_upcaster_is_a_decode_error(monkeypatch):
     v1 = _single_object(_history("TaskCreated", 1), _created_v1())
     with pytest.raises(DecodeError, match="TaskCreated"):
         codec.decode(v1)  # v1 records pass through the v2 upcaster too (oldest first up to today's)
+
+
+def test_a_schedule_event_of_set_4_reads_its_id_from_task_id_and_writes_both():
+    old = {"event_id": "e1", "task_id": "s1", "occurred_at": T0, "producer": "api", "reason": "", "actor": None}
+    value = codec.decode(_single_object(_history("ScheduleDeleted", 4), old))
+    assert value.schedule_id == "s1" and value.aggregate_id == "s1" and "task_id" not in value.__dataclass_fields__
+    # today's record carries the id in both fields: readers of set 4 (task_id) and of set 5 (schedule_id)
+    data = codec.encode(value)
+    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(_history("ScheduleDeleted", 5)), None)
+    assert (record["task_id"], record["schedule_id"]) == ("s1", "s1") and codec.decode(data) == value
+    # a reader of set 4 still reads it: the new field is skipped
+    v4 = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(_history("ScheduleDeleted", 5)),
+                                    fastavro.parse_schema(_history("ScheduleDeleted", 4)))
+    assert v4["task_id"] == "s1" and "schedule_id" not in v4
 
 
 def test_rename_by_alias_resolves():

@@ -1,0 +1,200 @@
+"""The cron schedule aggregate: its fold, its commands, what its timer appends (pure: no I/O, no clock).
+
+A schedule is an aggregate of its own, keyed by ``schedule_id`` on
+``<p>.events`` next to the tasks: ``ScheduleCreated`` sets the first fire
+time (at or after ``start_at``; ``end_at`` inclusive), each ``ScheduleFired``
+advances it exactly once and decides one ``TaskCreated`` with the
+deterministic id ``schedule_task_id(schedule, fire_at)``, ``ScheduleDeleted``
+stops it. ``schedule_due`` is what the processor's timer appends at a given
+time: the next fire, the catch-up of fires missed by at most the grace, or
+one misfire decision for older ones.
+
+Its rules register with the task's entry points (``evolve``, ``decide``,
+``timer_due``, ``on_timer``, ``replay_outputs``), which dispatch on the
+aggregate's state type once; nothing here sees a ``TaskState``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from taskstream.schemas import (
+    CommandRejected,
+    Event,
+    NotFound,
+    ScheduleCreated,
+    ScheduleDeleted,
+    ScheduleFired,
+    ScheduleState,
+    ScheduleStatus,
+    TaskCreated,
+    codec,
+    cron,
+)
+
+from .commands import CreateSchedule, DeleteSchedule
+from .decide import _decides
+from .evolve import _on
+from .react import PROCESSOR, on_timer, replay_outputs, timer_due
+
+#: Most fire times counted one by one when a schedule catches up after downtime.
+MISSED_COUNT_CAP = 1000
+SCHEDULE_TASK_NAMESPACE = uuid.UUID("5b1e7c6e-6f1d-4d4b-9b7e-2f8f6c1a9d01")
+
+
+# --------------------------------------------------------------------- evolve
+
+
+def _within(state: ScheduleState, t: datetime | None) -> datetime | None:
+    """``t`` if the schedule still fires then (``end_at`` is inclusive, as in APScheduler and Airflow)."""
+    return None if t is None or (state.end_at is not None and t > state.end_at) else t
+
+
+@_on(ScheduleCreated, ScheduleState)
+def _created(state: ScheduleState | None, e: ScheduleCreated) -> ScheduleState | None:
+    if state is not None:
+        return state
+    try:
+        first = cron.first_fire(e.cron, e.timezone, e.start_at, e.occurred_at)
+    except Exception:  # a bad expression in the log (the API validates): the schedule never fires
+        first = None
+    s = ScheduleState(schedule_id=e.schedule_id, cron=e.cron, timezone=e.timezone, template=e.template, name=e.name,
+                      start_at=e.start_at, end_at=e.end_at, misfire=e.misfire, status=ScheduleStatus.ACTIVE.value,
+                      created_at=e.occurred_at, updated_at=e.occurred_at, version=1)
+    first = _within(s, first)
+    return replace(s, next_fire_at=first, status=ScheduleStatus.ACTIVE.value if first else ScheduleStatus.ENDED.value)
+
+
+@_on(ScheduleFired, ScheduleState)
+def _fired(state: ScheduleState | None, e: ScheduleFired) -> ScheduleState | None:
+    if (
+        state is None
+        or state.status != ScheduleStatus.ACTIVE.value
+        or state.next_fire_at is None
+        or e.fire_at < state.next_fire_at
+    ):
+        return state
+    nxt = _within(state, cron.next_fire(state.cron, state.timezone, e.fire_at))
+    return replace(
+        state, updated_at=e.occurred_at, version=state.version + 1, last_fire_at=e.fire_at,
+        last_task_id=e.created_task_id or state.last_task_id, fired=state.fired + (1 if e.created_task_id else 0),
+        skipped=state.skipped + e.skipped, next_fire_at=nxt,
+        status=ScheduleStatus.ACTIVE.value if nxt else ScheduleStatus.ENDED.value,
+    )
+
+
+@_on(ScheduleDeleted, ScheduleState)
+def _deleted(state: ScheduleState | None, e: ScheduleDeleted) -> ScheduleState | None:
+    if state is None or state.status == ScheduleStatus.DELETED.value:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, status=ScheduleStatus.DELETED.value,
+                   next_fire_at=None)
+
+
+# --------------------------------------------------------------------- decide
+
+
+@_decides(CreateSchedule, ScheduleState)
+def _create(state: ScheduleState | None, c: CreateSchedule, now: datetime) -> list[Event]:
+    if state is not None:
+        raise CommandRejected(f"schedule {c.schedule_id} already exists")
+    return [ScheduleCreated(schedule_id=c.schedule_id, occurred_at=now, producer=c.producer, cron=c.cron,
+                            timezone=c.timezone, template=c.template, name=c.name, start_at=c.start_at,
+                            end_at=c.end_at, misfire=c.misfire, actor=c.actor)]
+
+
+@_decides(DeleteSchedule, ScheduleState)
+def _delete(state: ScheduleState | None, c: DeleteSchedule, now: datetime) -> list[Event]:
+    if state is None:
+        raise NotFound(f"schedule {c.schedule_id} not found")
+    if state.status == ScheduleStatus.DELETED.value:
+        raise CommandRejected(f"schedule {c.schedule_id} is already deleted")
+    return [ScheduleDeleted(schedule_id=c.schedule_id, occurred_at=now, producer=c.producer, reason=c.reason,
+                            actor=c.actor)]
+
+
+@_decides(ScheduleFired, ScheduleState)
+def _after_fired(state: ScheduleState | None, e: ScheduleFired, now: datetime) -> list[Event]:
+    if state is None or not e.created_task_id:
+        return []
+    return [task_from_template(state, e.fire_at, e.created_task_id, now)]
+
+
+def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:
+    """The id of the task a schedule creates for one fire time: the same on every replay and processor."""
+    return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}").hex
+
+
+def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, now: datetime) -> TaskCreated:
+    """The task a schedule creates for ``fire_at``; its id is ``schedule_task_id`` so a repeat is a duplicate."""
+    try:
+        t = codec.loads_json(state.template)
+    except codec.JSONDecodeError:
+        t = None
+    t = t if isinstance(t, dict) else {}
+
+    def num(name):
+        v = t.get(name)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    max_attempts = t.get("max_attempts")
+    return TaskCreated(
+        task_id=task_id, occurred_at=now, producer=PROCESSOR, handler=str(t.get("handler", "")),
+        priority=str(t.get("priority", "medium")), payload=codec.dumps_json(t.get("payload")),
+        name=str(t.get("name") or state.name), labels={str(k): str(v) for k, v in (t.get("labels") or {}).items()},
+        timeout_s=num("timeout_s"), max_attempts=max_attempts if isinstance(max_attempts, int) else 1,
+        backoff_initial_s=num("backoff_initial_s"), backoff_multiplier=num("backoff_multiplier"),
+        backoff_max_s=num("backoff_max_s"), backoff_jitter=num("backoff_jitter"),
+        schedule_id=state.schedule_id, scheduled_for=fire_at,
+    )
+
+
+# --------------------------------------------------------------------- timers and crash repair
+
+
+@replay_outputs.register
+def schedule_replay(state: ScheduleState, now: datetime, event: Event | None = None) -> list[Event]:
+    """The task of the last fire again (its id makes it a duplicate if it was written)."""
+    if state.last_task_id and state.last_fire_at:
+        return [task_from_template(state, state.last_fire_at, state.last_task_id, now)]
+    return []
+
+
+@timer_due.register
+def _timer_due(state: ScheduleState, relay_slack_s: float) -> datetime | None:
+    """A schedule wakes at its next fire time while it is active."""
+    return state.next_fire_at if state.status == ScheduleStatus.ACTIVE.value else None
+
+
+@on_timer.register
+def _on_timer(state: ScheduleState, now: datetime, grace_s: float, producer: str = PROCESSOR) -> list[Event]:
+    fired = schedule_due(state, now, grace_s)
+    return [replace(fired, producer=producer)] if fired else []
+
+
+def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> ScheduleFired | None:
+    """What a schedule's timer appends at ``now``: the next fire, or the misfire decision after downtime.
+
+    Fire times missed by at most ``grace_s`` each run (catch-up). Older ones are
+    one block: ``run_once`` creates one task for the latest of them, ``skip``
+    none; ``skipped`` counts the fire times dropped (up to MISSED_COUNT_CAP).
+    """
+    nxt = state.next_fire_at
+    if state.status != ScheduleStatus.ACTIVE.value or nxt is None or nxt > now:
+        return None
+    horizon = now - timedelta(seconds=grace_s)
+    if nxt >= horizon:
+        return ScheduleFired(schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=nxt,
+                             created_task_id=schedule_task_id(state.schedule_id, nxt))
+    last_old = cron.latest_fire(state.cron, state.timezone, horizon)
+    missed, t = 0, nxt
+    while t <= last_old and missed < MISSED_COUNT_CAP:
+        missed += 1
+        t = cron.next_fire(state.cron, state.timezone, t)
+    if state.misfire == "skip":
+        return ScheduleFired(schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+                             created_task_id="", skipped=missed)
+    return ScheduleFired(schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+                         created_task_id=schedule_task_id(state.schedule_id, last_old), skipped=missed - 1)
