@@ -16,6 +16,9 @@
 - ``RetryPolicy`` (defined in ``schemas.retry``: the settings build it) and
   ``backoff_delay``: the wait after a failed attempt, the policy's backoff
   or the handler's requested delay clamped to the policy (``react.py``).
+- Event ids are derived, never random (``ids.py``): from the command (its
+  fields, the state's version, the time) or the event a decision follows
+  from, and the event's place in it; the same input gives the same events.
 - ``step(state, event, now, producer)`` and ``effects(...)``: the
   processor's whole step, pure (``step.py``): fold, what follows, which
   messages go where; ``lease_after``/``heartbeat_renews`` the lease rules.
@@ -39,7 +42,7 @@ from .commands import (
     SubmitTask,
     UpdateTask,
 )
-from .decide import REDRIVABLE, check_workflow, decide, workflow_problems
+from .decide import REDRIVABLE, check_workflow, decide, decided, workflow_problems
 from .evolve import (
     ACTIVE,
     RESULT_BOUND,
@@ -70,7 +73,9 @@ from .react import (
     is_ready,
     lease_expired,
     on_timer,
+    implied,
     react,
+    reactions,
     ready_message,
     ready_refused,
     requeued,
@@ -90,6 +95,7 @@ from .schedules import (
     schedule_task_id,
     task_from_template,
 )
+from .ids import UNSET, command_cause, identified, state_cause
 from .order import FOLLOW_UP_TRIGGERS, MAX_AWAITING, applied_inline, fold_log, fold_next, stamped
 from .step import (
     RELAY_SLACK_S,
@@ -106,7 +112,7 @@ __all__ = [
     "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
     "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveDeadLettered", "RedriveTask", "SubmitTask",
     "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",
-    "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "fold_next", "MAX_AWAITING", "applied_inline",
+    "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "fold_next", "UNSET", "command_cause", "identified", "state_cause", "implied", "reactions", "decided", "MAX_AWAITING", "applied_inline",
     "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "react",
     "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution", "retry_scheduled", "schedule_due",
     "schedule_replay", "schedule_task_id", "task_from_template", "timer_due", "upstream_json", "waiting_until",

@@ -39,6 +39,7 @@ from .commands import (
     UpdateTask,
 )
 from .evolve import TERMINAL_VALUES, UPDATABLE
+from .ids import UNSET, command_cause, identified
 
 #: Statuses a redrive re-opens.
 REDRIVABLE = frozenset({Status.FAILED.value, Status.UPSTREAM_FAILED.value})
@@ -56,6 +57,14 @@ def decide(state, input, now: datetime) -> list[Event]:
     ``NotFound`` and an event as if nothing were there (a registration with a
     schedule's id resolves ``unknown``: the dependent must not wait forever).
     """
+    events = decided(state, input, now)
+    if not events:
+        return events
+    return identified(events, input.event_id if isinstance(input, Event) else command_cause(state, input, now))
+
+
+def decided(state, input, now: datetime) -> list[Event]:
+    """``decide`` before its events are identified (``react`` and ``step`` identify them with the rest)."""
     entry = _deciders.get(type(input))
     if entry is None:
         return []
@@ -95,6 +104,7 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
         raise CommandRejected(f"task {c.task_id} already exists")
     return [
         TaskCreated(
+            event_id=UNSET,
             task_id=c.task_id, occurred_at=now, producer=c.producer, name=c.name, handler=c.handler,
             priority=c.priority, payload=c.payload, labels=dict(c.labels), depends_on=list(c.depends_on),
             run_at=c.run_at, timeout_s=c.timeout_s, max_attempts=c.max_attempts,
@@ -117,7 +127,7 @@ def _update(state: TaskState | None, c: UpdateTask, now: datetime) -> list[Event
     unknown = set(c.changes) - set(PATCHABLE)
     if unknown:
         raise CommandRejected(f"fields {sorted(unknown)} of a task cannot be changed")
-    return [TaskUpdated(task_id=c.task_id, occurred_at=now, producer=c.producer, actor=c.actor,
+    return [TaskUpdated(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, actor=c.actor,
                         expected_version=task.version,
                         **{name: c.changes.get(name) for name in PATCHABLE})]
 
@@ -127,7 +137,7 @@ def _cancel(state: TaskState | None, c: CancelTask, now: datetime) -> list[Event
     task = _task(state, c.task_id)
     if task.status in TERMINAL_VALUES:
         raise CommandRejected(f"task {c.task_id} is already {task.status}")
-    return [TaskCancelled(task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
+    return [TaskCancelled(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
 
 
 @_decides(RedriveTask)
@@ -136,12 +146,12 @@ def _redrive(state: TaskState | None, c: RedriveTask, now: datetime) -> list[Eve
     if task.status not in REDRIVABLE:
         raise CommandRejected(
             f"task {c.task_id} is {task.status}: only failed or upstream_failed tasks can be retried")
-    return [TaskRedriven(task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
+    return [TaskRedriven(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
 
 
 @_decides(RedriveDeadLettered)
 def _redrive_dead_lettered(state: None, c: RedriveDeadLettered, now: datetime) -> list[Event]:
-    return [TaskRedriven(task_id=t, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)
+    return [TaskRedriven(event_id=UNSET, task_id=t, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)
             for t in dict.fromkeys(c.task_ids)]
 
 

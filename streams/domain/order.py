@@ -34,6 +34,7 @@ from taskstream.schemas import (
 )
 
 from .evolve import evolve
+from .ids import event_ids
 
 #: Events after which the processor may apply a follow-up that carries ``cause``.
 FOLLOW_UP_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated})
@@ -49,14 +50,18 @@ def applied_inline(follow_up: Event, own: str | None) -> bool:
     return follow_up.task_id == own
 
 
-def stamped(e: Event, producer: str, own: str | None, cause: Event) -> Event:
-    """A follow-up as the processor appends it: its producer, and for a TaskQueued or
-    TaskRetryScheduled it applies at once (``applied_inline``), the ``cause`` (its trigger's id), so
-    a fold of the log (``fold_next``) applies it at the same point even if a client's event landed
-    in between."""
-    if isinstance(e, CAUSED) and applied_inline(e, own):
-        return replace(e, producer=producer, cause=cause.event_id)
-    return replace(e, producer=producer)
+def stamped(follow: list[Event], producer: str, own: str | None, cause: Event) -> list[Event]:
+    """Follow-ups of ``cause`` as the processor appends them: their ids (derived from the cause's,
+    ``ids.py``), its producer, and for a TaskQueued or TaskRetryScheduled it applies at once
+    (``applied_inline``), the ``cause`` (its trigger's id), so a fold of the log (``fold_next``)
+    applies it at the same point even if a client's event landed in between."""
+    out = []
+    for e, event_id in zip(follow, event_ids(follow, cause.event_id)):
+        if isinstance(e, CAUSED) and applied_inline(e, own):
+            out.append(replace(e, event_id=event_id, producer=producer, cause=cause.event_id))
+        else:
+            out.append(replace(e, event_id=event_id, producer=producer))
+    return out
 
 
 def fold_next(state, awaiting: list | None, event: Event):

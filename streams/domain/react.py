@@ -25,12 +25,13 @@ from taskstream.schemas import (
     TaskQueued,
     TaskState,
 )
-from taskstream.schemas import codec
+from taskstream.schemas import codec, derived_id
 from taskstream.schemas.retry import DEFAULT_RETRY, MAX_BACKOFF_S, RetryPolicy, jitter_draw
 
 from taskstream.schemas.limits import cut_error
 
-from .decide import _decides, decide
+from .decide import _decides, decided
+from .ids import UNSET, identified, state_cause
 from .evolve import (
     ACTIVE,
     RESULT_BOUND,
@@ -49,7 +50,7 @@ UNKNOWN = "unknown"
 
 def _queue_next(state: TaskState, now: datetime) -> list[Event]:
     due = waiting_until(state) if state.status == Status.SCHEDULED.value else None
-    return [TaskQueued(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt + 1,
+    return [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt + 1,
                        priority=state.priority, due_at=due)]
 
 
@@ -67,7 +68,7 @@ def registrations(state: TaskState, now: datetime) -> list[Event]:
     if state.status != Status.PENDING.value:
         return []
     return [
-        DependencyRegistered(task_id=upstream, occurred_at=now, producer=PROCESSOR, dependent=state.task_id)
+        DependencyRegistered(event_id=UNSET, task_id=upstream, occurred_at=now, producer=PROCESSOR, dependent=state.task_id)
         for upstream in dict.fromkeys(state.depends_on)
         if upstream not in state.resolved
     ]
@@ -81,13 +82,13 @@ def _after_registered(state: TaskState | None, e: DependencyRegistered, now: dat
     if state.status in TERMINAL_VALUES:
         return [resolution(state, e.dependent, now)]
     if e.dependent not in state.dependents:  # full: see _registered
-        return [DependencyResolved(task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
+        return [DependencyResolved(event_id=UNSET, task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
                                    outcome=TOO_MANY_DEPENDENTS)]
     return []
 
 
 def _unknown_upstream(e: DependencyRegistered, now: datetime) -> DependencyResolved:
-    return DependencyResolved(task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=e.task_id,
+    return DependencyResolved(event_id=UNSET, task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=e.task_id,
                               outcome=UNKNOWN)
 
 
@@ -101,7 +102,7 @@ def resolution(state: TaskState, dependent: str, now: datetime) -> DependencyRes
     result, truncated = state.result, False
     if result is not None and len(result.encode()) > RESULT_BOUND:
         result, truncated = None, True
-    return DependencyResolved(task_id=dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
+    return DependencyResolved(event_id=UNSET, task_id=dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
                               outcome=state.status, result=result, result_truncated=truncated)
 
 
@@ -109,9 +110,14 @@ def react(before: TaskState | None, after: TaskState | None, event: Event, now: 
     """Everything the processor appends after folding ``event`` into a task (``before`` -> ``after``).
 
     ``decide``'s reactions, plus the resolutions a task owes its dependents
-    the moment it ends.
+    the moment it ends; ids derived from the event's (``ids.py``).
     """
-    out = [] if after is before and type(event) in CHANGE_DRIVEN else decide(after, event, now)
+    return identified(reactions(before, after, event, now), event.event_id)
+
+
+def reactions(before, after, event: Event, now: datetime) -> list[Event]:
+    """``react`` before its events are identified (``step`` stamps them in the same copy)."""
+    out = [] if after is before and type(event) in CHANGE_DRIVEN else decided(after, event, now)
     if not is_terminal(before) and is_terminal(after):
         out += [resolution(after, d, now) for d in after.dependents]
     return out
@@ -122,8 +128,14 @@ def react(before: TaskState | None, after: TaskState | None, event: Event, now: 
 CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
 
 
-@singledispatch
 def replay_outputs(state, now: datetime, event: Event | None = None) -> list[Event]:
+    """The events a state implies for others (``implied``), identified as decided for ``event``."""
+    cause = event.event_id if event is not None else state_cause("replay", state, now)
+    return identified(implied(state, now, event), cause)
+
+
+@singledispatch
+def implied(state, now: datetime, event: Event | None = None) -> list[Event]:
     """The events a state implies for others; sent again when its last event (``event``) is folded twice.
 
     Per kind of aggregate (a schedule's: ``schedules.schedule_replay``); a task's:
@@ -139,19 +151,19 @@ def replay_outputs(state, now: datetime, event: Event | None = None) -> list[Eve
     return []
 
 
-@replay_outputs.register
+@implied.register
 def _task_replay(state: TaskState, now: datetime, event: Event | None = None) -> list[Event]:
     if state.status == Status.QUEUED.value:
         # The time the attempt waited for: the redrive's time, else run_at for the first attempt; an attempt
         # queued by the relay or a timer has its TaskQueued in the log already (this one is a duplicate).
         due = event.occurred_at if isinstance(event, TaskRedriven) else state.run_at if state.attempt == 1 else None
-        out: list[Event] = [TaskQueued(task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+        out: list[Event] = [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
                                        attempt=state.attempt, priority=state.priority, due_at=due)]
     elif state.status == Status.PENDING.value:
         out = registrations(state, now)
     elif state.status == Status.SCHEDULED.value and state.attempt > 0 and state.retry_at is not None:
         delay = max(0.0, (state.retry_at - state.updated_at).total_seconds())
-        out = [TaskRetryScheduled(task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+        out = [TaskRetryScheduled(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
                                   attempt=state.attempt, not_before=state.retry_at, delay_s=delay,
                                   priority=state.priority, error=state.error or "")]
     elif state.status in TERMINAL_VALUES:
@@ -208,13 +220,13 @@ def retry_scheduled(state: TaskState, now: datetime, requested_s: float | None =
     clock) counts from now."""
     delay = backoff_delay(state, state.attempt, requested_s)
     start = min(state.updated_at, now)
-    return TaskRetryScheduled(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+    return TaskRetryScheduled(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
                               not_before=start + timedelta(seconds=delay), delay_s=delay, priority=state.priority,
                               error=state.error or "")
 
 
 def dead_lettered(state: TaskState, now: datetime) -> TaskDeadLettered:
-    return TaskDeadLettered(task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+    return TaskDeadLettered(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
                             error=state.error or "", handler=state.handler, priority=state.priority)
 
 
@@ -228,7 +240,7 @@ def _after_redriven(state: TaskState | None, e: TaskRedriven, now: datetime) -> 
 
 
 def _cascade(state: TaskState, now: datetime) -> list[Event]:
-    return [TaskRedriven(task_id=d, occurred_at=now, producer=PROCESSOR, reason=f"upstream {state.task_id} re-driven")
+    return [TaskRedriven(event_id=UNSET, task_id=d, occurred_at=now, producer=PROCESSOR, reason=f"upstream {state.task_id} re-driven")
             for d in state.dependents]
 
 
@@ -254,6 +266,7 @@ def is_ready(state: TaskState | None, now: datetime) -> bool:
 def ready_message(state: TaskState, now: datetime) -> ReadyTask:
     """The message an executor receives for the state's current attempt."""
     return ReadyTask(
+        event_id=derived_id("ready", state.task_id, state.attempt),  # one message per attempt, re-sent as it was
         task_id=state.task_id,
         occurred_at=now,
         producer=PROCESSOR,
@@ -320,7 +333,9 @@ def on_timer(state, now: datetime, grace_s: float, producer: str = PROCESSOR) ->
 
 @on_timer.register
 def _task_on_timer(state: TaskState, now: datetime, grace_s: float, producer: str = PROCESSOR) -> list[Event]:
-    return [replace(e, producer=producer) for e in _queue_next(state, now)] if is_ready(state, now) else []
+    if not is_ready(state, now):
+        return []
+    return identified(_queue_next(state, now), state_cause("timer", state, now), producer=producer)
 
 
 def lease_expired(state: TaskState | None, attempt: int, lease_s: float, now: datetime,
@@ -328,16 +343,22 @@ def lease_expired(state: TaskState | None, attempt: int, lease_s: float, now: da
     """A running attempt's lease ran out: LeaseExpired, if it is still the running attempt."""
     if not holds_lease(state) or state.attempt != attempt:
         return []
-    return [LeaseExpired(task_id=state.task_id, occurred_at=now, producer=producer, attempt=attempt, lease_s=lease_s)]
+    return identified([LeaseExpired(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=producer,
+                                    attempt=attempt, lease_s=lease_s)], state_cause("lease", state, now, attempt))
 
 
 def requeued(waiting: TaskRetryScheduled, now: datetime, producer: str = PROCESSOR) -> TaskQueued:
     """What the retry relay appends once a failed attempt's backoff has passed: the next attempt, due then."""
-    return TaskQueued(task_id=waiting.task_id, occurred_at=now, producer=producer, attempt=waiting.attempt + 1,
-                      priority=waiting.priority, due_at=waiting.not_before)
+    (queued,) = identified([TaskQueued(event_id=UNSET, task_id=waiting.task_id, occurred_at=now, producer=producer,
+                                       attempt=waiting.attempt + 1, priority=waiting.priority,
+                                       due_at=waiting.not_before)], waiting.event_id)
+    return queued
 
 
 def ready_refused(ready: ReadyTask, reason: str, now: datetime, producer: str = PROCESSOR) -> TaskFailed:
     """A ready message the broker refused for good: the attempt can never run, so it fails for good, saying why."""
-    return TaskFailed(task_id=ready.task_id, occurred_at=now, producer=producer, attempt=ready.attempt,
-                      permanent=True, error=cut_error(f"ready message refused by the broker: {reason}"))
+    (failed,) = identified([TaskFailed(event_id=UNSET, task_id=ready.task_id, occurred_at=now, producer=producer,
+                                       attempt=ready.attempt, permanent=True,
+                                       error=cut_error(f"ready message refused by the broker: {reason}"))],
+                           ready.event_id)
+    return failed

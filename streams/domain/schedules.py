@@ -37,7 +37,8 @@ from taskstream.schemas import (
 from .commands import CreateSchedule, DeleteSchedule
 from .decide import _decides
 from .evolve import _on
-from .react import PROCESSOR, on_timer, replay_outputs, timer_due
+from .ids import UNSET, identified, state_cause
+from .react import PROCESSOR, implied, on_timer, timer_due
 
 #: Most fire times counted one by one when a schedule catches up after downtime.
 MISSED_COUNT_CAP = 1000
@@ -100,7 +101,7 @@ def _deleted(state: ScheduleState | None, e: ScheduleDeleted) -> ScheduleState |
 def _create(state: ScheduleState | None, c: CreateSchedule, now: datetime) -> list[Event]:
     if state is not None:
         raise CommandRejected(f"schedule {c.schedule_id} already exists")
-    return [ScheduleCreated(schedule_id=c.schedule_id, occurred_at=now, producer=c.producer, cron=c.cron,
+    return [ScheduleCreated(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer, cron=c.cron,
                             timezone=c.timezone, template=c.template, name=c.name, start_at=c.start_at,
                             end_at=c.end_at, misfire=c.misfire, actor=c.actor)]
 
@@ -111,7 +112,7 @@ def _delete(state: ScheduleState | None, c: DeleteSchedule, now: datetime) -> li
         raise NotFound(f"schedule {c.schedule_id} not found")
     if state.status == ScheduleStatus.DELETED.value:
         raise CommandRejected(f"schedule {c.schedule_id} is already deleted")
-    return [ScheduleDeleted(schedule_id=c.schedule_id, occurred_at=now, producer=c.producer, reason=c.reason,
+    return [ScheduleDeleted(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer, reason=c.reason,
                             actor=c.actor)]
 
 
@@ -141,6 +142,7 @@ def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, no
 
     max_attempts = t.get("max_attempts")
     return TaskCreated(
+        event_id=UNSET,
         task_id=task_id, occurred_at=now, producer=PROCESSOR, handler=str(t.get("handler", "")),
         priority=str(t.get("priority", "medium")), payload=codec.dumps_json(t.get("payload")),
         name=str(t.get("name") or state.name), labels={str(k): str(v) for k, v in (t.get("labels") or {}).items()},
@@ -154,7 +156,7 @@ def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, no
 # --------------------------------------------------------------------- timers and crash repair
 
 
-@replay_outputs.register
+@implied.register
 def schedule_replay(state: ScheduleState, now: datetime, event: Event | None = None) -> list[Event]:
     """The task of the last fire again (its id makes it a duplicate if it was written)."""
     if state.last_task_id and state.last_fire_at:
@@ -171,7 +173,7 @@ def _timer_due(state: ScheduleState, relay_slack_s: float) -> datetime | None:
 @on_timer.register
 def _on_timer(state: ScheduleState, now: datetime, grace_s: float, producer: str = PROCESSOR) -> list[Event]:
     fired = schedule_due(state, now, grace_s)
-    return [replace(fired, producer=producer)] if fired else []
+    return identified([fired], state_cause("timer", state, now), producer=producer) if fired else []
 
 
 def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> ScheduleFired | None:
@@ -186,7 +188,7 @@ def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> Schedul
         return None
     horizon = now - timedelta(seconds=grace_s)
     if nxt >= horizon:
-        return ScheduleFired(schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=nxt,
+        return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=nxt,
                              created_task_id=schedule_task_id(state.schedule_id, nxt))
     last_old = cron.latest_fire(state.cron, state.timezone, horizon)
     missed, t = 0, nxt
@@ -194,7 +196,7 @@ def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> Schedul
         missed += 1
         t = cron.next_fire(state.cron, state.timezone, t)
     if state.misfire == "skip":
-        return ScheduleFired(schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+        return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
                              created_task_id="", skipped=missed)
-    return ScheduleFired(schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+    return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
                          created_task_id=schedule_task_id(state.schedule_id, last_old), skipped=missed - 1)

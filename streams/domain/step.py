@@ -29,7 +29,7 @@ from taskstream.schemas import (
 
 from .evolve import ACTIVE, evolve
 from .order import applied_inline, stamped
-from .react import react, ready_message, replay_outputs
+from .react import implied, reactions, ready_message
 
 #: A task waiting out a retry is re-queued by the retry relay at its time; the
 #: processor's own timer fires this much later as a safety net (relay down).
@@ -43,7 +43,7 @@ def step(state, event: Event, now: datetime, producer: str) -> tuple[object, lis
     """
     new = evolve(state, event)
     own = new.task_id if new is not None else None
-    follow = [stamped(e, producer, own, event) for e in react(state, new, event, now)]
+    follow = stamped(reactions(state, new, event, now), producer, own, event)
     for e in follow:
         if applied_inline(e, own):
             new = evolve(new, e)
@@ -52,7 +52,7 @@ def step(state, event: Event, now: datetime, producer: str) -> tuple[object, lis
 
 def replay(state, event: Event, now: datetime, producer: str) -> list[Event]:
     """The follow-ups of a state's last event, sent again when that event is read twice (crash repair)."""
-    return [stamped(e, producer, state.task_id, event) for e in replay_outputs(state, now, event)]
+    return stamped(implied(state, now, event), producer, state.task_id, event)
 
 
 class Effect(NamedTuple):

@@ -1,0 +1,59 @@
+"""Event ids: the decider derives them from the cause of a decision and the event's place in it, never at random.
+
+The same command on the same state, or the same event folded into the same
+state, gives the same events byte for byte, ids included; so a replay
+decides exactly what was decided, and an event decided twice (a processor
+re-folding after a crash, two relays requeueing one retry) carries one id,
+which consumers may dedup by. Distinct causes give distinct ids:
+
+- a command: its fields, the version of the state it is decided on and the
+  time (``command_cause``);
+- an event the processor folds: that event's id (``step``, ``react``,
+  ``replay``), and the same for the relay's requeue of a retry and a ready
+  message the broker refused;
+- a timer or an expired lease: the key, the state's version, the attempt and
+  the time (``state_cause``).
+
+Within one cause, an event's place is its type, its key and its ordinal
+among events of that type and key (``identified``): stable if the list is
+reordered. Events are built with ``event_id=UNSET`` and identified at the
+entry points (``decide``, ``react``, ``step``, ``replay``, ``on_timer``,
+``lease_expired``, ``requeued``, ``ready_refused``); only producers at the
+edge (executors) mint ids (``schemas.new_id``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from taskstream.schemas import Event, derived_id
+
+#: The id of an event not yet identified (never written: the entry points replace it).
+UNSET = ""
+
+
+def event_ids(events: list[Event], cause: str) -> list[str]:
+    """The id of each of ``events`` decided for ``cause``: from the cause, its type, its key and its ordinal."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for e in events:
+        place = (type(e).__name__, e.aggregate_id)
+        n = seen[place] = seen.get(place, -1) + 1
+        out.append(derived_id(cause, *place, n))
+    return out
+
+
+def identified(events: list[Event], cause: str, **changes) -> list[Event]:
+    """``events`` with their ids for ``cause`` (``event_ids``) and ``changes`` applied (one copy each)."""
+    return [replace(e, event_id=i, **changes) for e, i in zip(events, event_ids(events, cause))]
+
+
+def command_cause(state, command, now: datetime) -> str:
+    """The cause of the events answering ``command``: the command's fields, the state's version and the time."""
+    return derived_id("command", repr(command), getattr(state, "version", 0), now.isoformat())
+
+
+def state_cause(kind: str, state, now: datetime, *more: object) -> str:
+    """The cause of what a ``kind`` of clock event (a timer, a lease) decides for ``state`` at ``now``."""
+    return derived_id(kind, state.task_id, state.version, now.isoformat(), *more)
