@@ -137,7 +137,8 @@ def _cancel(state: TaskState | None, c: CancelTask, now: datetime) -> list[Event
     task = _task(state, c.task_id)
     if task.status in TERMINAL_VALUES:
         raise CommandRejected(f"task {c.task_id} is already {task.status}")
-    return [TaskCancelled(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
+    return [TaskCancelled(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason,
+                          actor=c.actor)]
 
 
 @_decides(RedriveTask)
@@ -146,12 +147,14 @@ def _redrive(state: TaskState | None, c: RedriveTask, now: datetime) -> list[Eve
     if task.status not in REDRIVABLE:
         raise CommandRejected(
             f"task {c.task_id} is {task.status}: only failed or upstream_failed tasks can be retried")
-    return [TaskRedriven(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)]
+    return [TaskRedriven(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, reason=c.reason,
+                         actor=c.actor)]
 
 
 @_decides(RedriveDeadLettered)
 def _redrive_dead_lettered(state: None, c: RedriveDeadLettered, now: datetime) -> list[Event]:
-    return [TaskRedriven(event_id=UNSET, task_id=t, occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)
+    return [TaskRedriven(event_id=UNSET, task_id=t, occurred_at=now, producer=c.producer, reason=c.reason,
+                         actor=c.actor)
             for t in dict.fromkeys(c.task_ids)]
 
 

@@ -46,7 +46,7 @@ def event_ids(events: list[Event], cause: str) -> list[str]:
 
 def identified(events: list[Event], cause: str, **changes) -> list[Event]:
     """``events`` with their ids for ``cause`` (``event_ids``) and ``changes`` applied (one copy each)."""
-    return [replace(e, event_id=i, **changes) for e, i in zip(events, event_ids(events, cause))]
+    return [replace(e, event_id=i, **changes) for e, i in zip(events, event_ids(events, cause), strict=True)]
 
 
 def command_cause(state, command, now: datetime) -> str:

@@ -56,7 +56,7 @@ def stamped(follow: list[Event], producer: str, own: str | None, cause: Event) -
     (``applied_inline``), the ``cause`` (its trigger's id), so a fold of the log (``fold_next``)
     applies it at the same point even if a client's event landed in between."""
     out = []
-    for e, event_id in zip(follow, event_ids(follow, cause.event_id)):
+    for e, event_id in zip(follow, event_ids(follow, cause.event_id), strict=True):
         if isinstance(e, CAUSED) and applied_inline(e, own):
             out.append(replace(e, event_id=event_id, producer=producer, cause=cause.event_id))
         else:

@@ -50,7 +50,8 @@ UNKNOWN = "unknown"
 
 def _queue_next(state: TaskState, now: datetime) -> list[Event]:
     due = waiting_until(state) if state.status == Status.SCHEDULED.value else None
-    return [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt + 1,
+    return [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR,
+                       attempt=state.attempt + 1,
                        priority=state.priority, due_at=due)]
 
 
@@ -68,7 +69,8 @@ def registrations(state: TaskState, now: datetime) -> list[Event]:
     if state.status != Status.PENDING.value:
         return []
     return [
-        DependencyRegistered(event_id=UNSET, task_id=upstream, occurred_at=now, producer=PROCESSOR, dependent=state.task_id)
+        DependencyRegistered(event_id=UNSET, task_id=upstream, occurred_at=now, producer=PROCESSOR,
+                             dependent=state.task_id)
         for upstream in dict.fromkeys(state.depends_on)
         if upstream not in state.resolved
     ]
@@ -82,13 +84,15 @@ def _after_registered(state: TaskState | None, e: DependencyRegistered, now: dat
     if state.status in TERMINAL_VALUES:
         return [resolution(state, e.dependent, now)]
     if e.dependent not in state.dependents:  # full: see _registered
-        return [DependencyResolved(event_id=UNSET, task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
+        return [DependencyResolved(event_id=UNSET, task_id=e.dependent, occurred_at=now, producer=PROCESSOR,
+                                   upstream=state.task_id,
                                    outcome=TOO_MANY_DEPENDENTS)]
     return []
 
 
 def _unknown_upstream(e: DependencyRegistered, now: datetime) -> DependencyResolved:
-    return DependencyResolved(event_id=UNSET, task_id=e.dependent, occurred_at=now, producer=PROCESSOR, upstream=e.task_id,
+    return DependencyResolved(event_id=UNSET, task_id=e.dependent, occurred_at=now, producer=PROCESSOR,
+                              upstream=e.task_id,
                               outcome=UNKNOWN)
 
 
@@ -102,7 +106,8 @@ def resolution(state: TaskState, dependent: str, now: datetime) -> DependencyRes
     result, truncated = state.result, False
     if result is not None and len(result.encode()) > RESULT_BOUND:
         result, truncated = None, True
-    return DependencyResolved(event_id=UNSET, task_id=dependent, occurred_at=now, producer=PROCESSOR, upstream=state.task_id,
+    return DependencyResolved(event_id=UNSET, task_id=dependent, occurred_at=now, producer=PROCESSOR,
+                              upstream=state.task_id,
                               outcome=state.status, result=result, result_truncated=truncated)
 
 
@@ -157,13 +162,15 @@ def _task_replay(state: TaskState, now: datetime, event: Event | None = None) ->
         # The time the attempt waited for: the redrive's time, else run_at for the first attempt; an attempt
         # queued by the relay or a timer has its TaskQueued in the log already (this one is a duplicate).
         due = event.occurred_at if isinstance(event, TaskRedriven) else state.run_at if state.attempt == 1 else None
-        out: list[Event] = [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+        out: list[Event] = [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at,
+                                       producer=PROCESSOR,
                                        attempt=state.attempt, priority=state.priority, due_at=due)]
     elif state.status == Status.PENDING.value:
         out = registrations(state, now)
     elif state.status == Status.SCHEDULED.value and state.attempt > 0 and state.retry_at is not None:
         delay = max(0.0, (state.retry_at - state.updated_at).total_seconds())
-        out = [TaskRetryScheduled(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+        out = [TaskRetryScheduled(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at,
+                                  producer=PROCESSOR,
                                   attempt=state.attempt, not_before=state.retry_at, delay_s=delay,
                                   priority=state.priority, error=state.error or "")]
     elif state.status in TERMINAL_VALUES:
@@ -220,13 +227,15 @@ def retry_scheduled(state: TaskState, now: datetime, requested_s: float | None =
     clock) counts from now."""
     delay = backoff_delay(state, state.attempt, requested_s)
     start = min(state.updated_at, now)
-    return TaskRetryScheduled(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+    return TaskRetryScheduled(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR,
+                              attempt=state.attempt,
                               not_before=start + timedelta(seconds=delay), delay_s=delay, priority=state.priority,
                               error=state.error or "")
 
 
 def dead_lettered(state: TaskState, now: datetime) -> TaskDeadLettered:
-    return TaskDeadLettered(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=state.attempt,
+    return TaskDeadLettered(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR,
+                            attempt=state.attempt,
                             error=state.error or "", handler=state.handler, priority=state.priority)
 
 
@@ -240,7 +249,8 @@ def _after_redriven(state: TaskState | None, e: TaskRedriven, now: datetime) -> 
 
 
 def _cascade(state: TaskState, now: datetime) -> list[Event]:
-    return [TaskRedriven(event_id=UNSET, task_id=d, occurred_at=now, producer=PROCESSOR, reason=f"upstream {state.task_id} re-driven")
+    return [TaskRedriven(event_id=UNSET, task_id=d, occurred_at=now, producer=PROCESSOR,
+                         reason=f"upstream {state.task_id} re-driven")
             for d in state.dependents]
 
 

@@ -101,7 +101,8 @@ def _deleted(state: ScheduleState | None, e: ScheduleDeleted) -> ScheduleState |
 def _create(state: ScheduleState | None, c: CreateSchedule, now: datetime) -> list[Event]:
     if state is not None:
         raise CommandRejected(f"schedule {c.schedule_id} already exists")
-    return [ScheduleCreated(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer, cron=c.cron,
+    return [ScheduleCreated(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                            cron=c.cron,
                             timezone=c.timezone, template=c.template, name=c.name, start_at=c.start_at,
                             end_at=c.end_at, misfire=c.misfire, actor=c.actor)]
 
@@ -112,7 +113,8 @@ def _delete(state: ScheduleState | None, c: DeleteSchedule, now: datetime) -> li
         raise NotFound(f"schedule {c.schedule_id} not found")
     if state.status == ScheduleStatus.DELETED.value:
         raise CommandRejected(f"schedule {c.schedule_id} is already deleted")
-    return [ScheduleDeleted(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer, reason=c.reason,
+    return [ScheduleDeleted(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                            reason=c.reason,
                             actor=c.actor)]
 
 
@@ -188,7 +190,8 @@ def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> Schedul
         return None
     horizon = now - timedelta(seconds=grace_s)
     if nxt >= horizon:
-        return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=nxt,
+        return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR,
+                             fire_at=nxt,
                              created_task_id=schedule_task_id(state.schedule_id, nxt))
     last_old = cron.latest_fire(state.cron, state.timezone, horizon)
     missed, t = 0, nxt
@@ -196,7 +199,9 @@ def schedule_due(state: ScheduleState, now: datetime, grace_s: float) -> Schedul
         missed += 1
         t = cron.next_fire(state.cron, state.timezone, t)
     if state.misfire == "skip":
-        return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+        return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR,
+                             fire_at=last_old,
                              created_task_id="", skipped=missed)
-    return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR, fire_at=last_old,
+    return ScheduleFired(event_id=UNSET, schedule_id=state.schedule_id, occurred_at=now, producer=PROCESSOR,
+                         fire_at=last_old,
                          created_task_id=schedule_task_id(state.schedule_id, last_old), skipped=missed - 1)

@@ -23,8 +23,8 @@ from taskstream.schemas import (
     TaskRetryScheduled,
     TaskStarted,
     TaskState,
-    TaskSucceeded,
     TaskstreamError,
+    TaskSucceeded,
     codec,
     derived_id,
 )
@@ -111,10 +111,12 @@ def simulate(actions) -> list[bytes]:
             if isinstance(state, TaskState) and state.attempt > 0:
                 common = dict(task_id=state.task_id, occurred_at=now(), producer="exec-1", attempt=state.attempt,
                               event_id=f"{n:032x}")
-                append([{"start": lambda: TaskStarted(**common), "ok": lambda: TaskSucceeded(**common, result="1"),
-                         "fail": lambda: TaskFailed(**common, error="boom"),
-                         "permanent": lambda: TaskFailed(**common, error="bad", permanent=True),
-                         "checkpoint": lambda: TaskCheckpointed(**common, data=f'{{"n": {n}}}')}[args[1]]()])
+                report = {"start": (TaskStarted, {}), "ok": (TaskSucceeded, {"result": "1"}),
+                          "fail": (TaskFailed, {"error": "boom"}),
+                          "permanent": (TaskFailed, {"error": "bad", "permanent": True}),
+                          "checkpoint": (TaskCheckpointed, {"data": f'{{"n": {n}}}'})}
+                cls, fields = report[args[1]]
+                append([cls(**common, **fields)])
         else:  # the clock moves: the relay requeues, timers fire, leases run out
             clock[0] += timedelta(seconds=args[0])
             for r in [r for r in relay if r.not_before <= clock[0]]:
