@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from graphlib import CycleError, TopologicalSorter
+from typing import Any, TypeVar
 
 from taskstream.schemas import (
     CommandRejected,
@@ -78,14 +79,15 @@ def decided(state, input, now: datetime) -> list[Event]:
     return fn(state, input, now)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 #: command or event type -> (the state type of its aggregate, its decider)
 _deciders: dict[type, tuple[type, Callable]] = {}
 
 
-def _decides(input_type: type, aggregate: type = TaskState):
+def _decides(input_type: type, aggregate: type = TaskState) -> Callable[[_F], _F]:
     """Register the decider of ``input_type``, a command or event of ``aggregate``."""
 
-    def register(fn):
+    def register(fn: _F) -> _F:
         _deciders[input_type] = (aggregate, fn)
         return fn
 

@@ -67,27 +67,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import Any, TypeVar
 
 from taskstream.schemas import (
-    LeaseExpired,
-    TaskCheckpointed,
-    TaskDeadLettered,
-    TaskRedriven,
-    TaskRetryScheduled,
+    SCHEDULE_EVENT_TYPES,
+    TERMINAL,
     DependencyRegistered,
     DependencyResolved,
-    TaskCancelled,
-    TaskUpdated,
     Event,
+    LeaseExpired,
     Status,
+    TaskCancelled,
+    TaskCheckpointed,
     TaskCreated,
+    TaskDeadLettered,
     TaskFailed,
     TaskQueued,
+    TaskRedriven,
+    TaskRetryScheduled,
     TaskStarted,
     TaskState,
     TaskSucceeded,
+    TaskUpdated,
 )
-from taskstream.schemas import SCHEDULE_EVENT_TYPES, TERMINAL
 from taskstream.schemas.limits import (
     MAX_CHECKPOINT_BYTES,
     MAX_DEPENDENTS,
@@ -146,14 +148,15 @@ def _bump(state: TaskState, at: datetime, **changes) -> TaskState:
     return replace(state, updated_at=at, version=state.version + 1, **changes)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 #: event type -> (the state type of its aggregate, its evolver)
 _evolvers: dict[type, tuple[type, Callable]] = {}
 
 
-def _on(event_type: type, aggregate: type = TaskState):
+def _on(event_type: type, aggregate: type = TaskState) -> Callable[[_F], _F]:
     """Register the evolver of ``event_type``, an event of the ``aggregate`` whose state it folds into."""
 
-    def register(fn):
+    def register(fn: _F) -> _F:
         _evolvers[event_type] = (aggregate, fn)
         return fn
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from taskstream.schemas import Event, derived_id
+from taskstream.schemas import Event, ScheduleState, TaskState, derived_id
 
 #: The id of an event not yet identified (never written: the entry points replace it).
 UNSET = ""
@@ -40,20 +40,23 @@ def event_ids(events: list[Event], cause: str) -> list[str]:
     for e in events:
         place = (type(e).__name__, e.aggregate_id)
         n = seen[place] = seen.get(place, -1) + 1
-        out.append(derived_id(cause, *place, n))
+        event_id: str = derived_id(cause, *place, n)
+        out.append(event_id)
     return out
 
 
-def identified(events: list[Event], cause: str, **changes) -> list[Event]:
+def identified(events: list[Event], cause: str, **changes: object) -> list[Event]:
     """``events`` with their ids for ``cause`` (``event_ids``) and ``changes`` applied (one copy each)."""
     return [replace(e, event_id=i, **changes) for e, i in zip(events, event_ids(events, cause), strict=True)]
 
 
-def command_cause(state, command, now: datetime) -> str:
+def command_cause(state: TaskState | ScheduleState | None, command: object, now: datetime) -> str:
     """The cause of the events answering ``command``: the command's fields, the state's version and the time."""
-    return derived_id("command", repr(command), getattr(state, "version", 0), now.isoformat())
+    cause: str = derived_id("command", repr(command), 0 if state is None else state.version, now.isoformat())
+    return cause
 
 
-def state_cause(kind: str, state, now: datetime, *more: object) -> str:
+def state_cause(kind: str, state: TaskState | ScheduleState, now: datetime, *more: object) -> str:
     """The cause of what a ``kind`` of clock event (a timer, a lease) decides for ``state`` at ``now``."""
-    return derived_id(kind, state.task_id, state.version, now.isoformat(), *more)
+    cause: str = derived_id(kind, state.task_id, state.version, now.isoformat(), *more)
+    return cause

@@ -18,8 +18,10 @@ state at``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from taskstream.schemas import (
     DependencyResolved,
@@ -47,7 +49,7 @@ MAX_AWAITING = 64
 def applied_inline(follow_up: Event, own: str | None) -> bool:
     """True for a follow-up the processor applies in the same step as its trigger: every follow-up of
     the trigger's own task (``own``); follow-ups of others are folded by their owners."""
-    return follow_up.task_id == own
+    return bool(follow_up.aggregate_id == own)
 
 
 def stamped(follow: list[Event], producer: str, own: str | None, cause: Event) -> list[Event]:
@@ -64,7 +66,11 @@ def stamped(follow: list[Event], producer: str, own: str | None, cause: Event) -
     return out
 
 
-def fold_next(state, awaiting: list | None, event: Event):
+#: What ``fold_next`` keeps between calls: the events since the oldest awaited trigger, each with the state before it.
+Awaiting = list[tuple[Event, Any]]
+
+
+def fold_next(state: Any, awaiting: Awaiting | None, event: Event) -> tuple[Any, Awaiting | None]:
     """Fold the next event of one task's log (read in log order) in the processor's order.
 
     ``awaiting`` is what the fold keeps between calls: None, or the events
@@ -91,7 +97,7 @@ def fold_next(state, awaiting: list | None, event: Event):
     if k == len(awaiting) - 1:
         return evolve(state, event), None  # nothing in between: the common case
     state = awaiting[0][1]
-    rest = []
+    rest: Awaiting = []
     for i, (e, _) in enumerate(awaiting):
         if i > k:
             rest.append((e, state))
@@ -102,7 +108,7 @@ def fold_next(state, awaiting: list | None, event: Event):
     return state, (None if first is None else rest[first:])
 
 
-def fold_log(events, as_of: datetime | None = None, state=None):
+def fold_log(events: Iterable[Event], as_of: datetime | None = None, state: Any = None) -> Any:
     """One task's state from its events in log order (only those with ``occurred_at <= as_of`` if
     given), folded in the order the processor applied them (``fold_next``): what its table held then."""
     awaiting = None

@@ -138,7 +138,7 @@ def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, no
         t = None
     t = t if isinstance(t, dict) else {}
 
-    def num(name):
+    def num(name: str) -> float | None:
         v = t.get(name)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
