@@ -175,6 +175,16 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
     raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}")
 
 
+def topic_partitions(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
+    """Partition count of every topic the cluster has (without an error); ``BrokerUnavailable`` if it does not
+    answer."""
+    try:
+        topics = admin(settings).list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers}: {exc}") from exc
+    return {name: len(meta.partitions) for name, meta in topics.items() if meta.error is None and meta.partitions}
+
+
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
     """Create missing topics; return the problems of existing ones (``topic_problems``): an empty list when
     every topic is as ``specs`` say.
