@@ -67,7 +67,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas import kafka
 from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, TailReader, read_state_to_end, send
-from taskstream.schemas.kafka import is_permanent, require_topics, topic_partitions
+from taskstream.schemas.kafka import admin, is_permanent, require_topics, topic_partitions
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.offsets import poison_headers
 
@@ -516,7 +516,7 @@ def check_topics(settings: Settings) -> None:
     differs: cleanup policy, retention, size limit); the table of a task lives in the partition of its events,
     so events, state and heartbeats need the same partition count."""
     topics = Topics(settings.prefix)
-    md = topic_partitions(settings, timeout=10)
+    md = topic_partitions(admin(settings), timeout=10)
     for name in (topics.events, topics.state):
         if name not in md:
             raise BrokerUnavailable(f"topic {name} does not exist (run `taskstream topics create`)")
