@@ -140,7 +140,18 @@ class _Letter:
 
 
 class ConsumerRuntime:
-    """One consumer and its loop; ``run(stop)`` blocks until ``stop`` is set (see the module docstring)."""
+    """One consumer and its loop; ``run(stop)`` blocks until ``stop`` is set (see the module docstring).
+
+    Options: ``overrides`` (consumer properties on top of the factory's),
+    ``batch`` (most records per poll), ``poll_s`` (longest wait of a poll,
+    which bounds how soon ``on_idle`` and a stop are seen; ``poll_timeout``
+    can shorten it), ``commit_interval_s`` (a member commits at most this
+    often; 0: after every round), ``done_on_return`` (see ``Hooks.on_batch``;
+    False: the loop calls ``done``), ``producer`` (sends the dead letters: a
+    ``kafka.producer``, flushed on revocation and shutdown, or an
+    ``AsyncProducer``; by default one is made at the first dead letter) and
+    ``lock`` (see ``lock``: a loop may hand over its own reentrant lock).
+    """
 
     def __init__(self, settings: Settings, hooks: Hooks, *, client_id: str, group: str | None = None,
                  topics: Sequence[str] = (), overrides: Mapping | None = None, batch: int = 500,
@@ -156,7 +167,8 @@ class ConsumerRuntime:
         self.commit_interval_s = commit_interval_s
         self.done_on_return = done_on_return
         self.dlq = Topics(settings.prefix).dlq
-        #: Guards the offsets (and what hooks share with other threads).
+        #: Guards the offsets (and what hooks share with other threads). Reentrant: a hook holding it may call the
+        #: runtime's methods, which take it too.
         self.lock = lock if lock is not None else threading.RLock()
         self.paused: set[Partition] = set()
         self._overrides = dict(overrides or {})
@@ -213,8 +225,9 @@ class ConsumerRuntime:
     def _run_reader(self, stop: threading.Event) -> None:
         backoff = BACKOFF_S
         while not stop.is_set():
+            connecting = self._consumer is None
             try:
-                if self._consumer is None:
+                if connecting:
                     self._consumer = kafka.reader(self.settings, self.client_id,
                                                   f"{self.settings.prefix}-{self.client_id}-{uuid.uuid4().hex}",
                                                   self._overrides)
@@ -222,7 +235,7 @@ class ConsumerRuntime:
                     backoff = BACKOFF_S
                 self._round()
             except Exception as exc:  # a reader never dies: it starts over when the hook says so
-                again = self.hooks.on_failure(self, exc)
+                again = self.hooks.on_failure(self, exc) or connecting  # a client half connected is no use
                 log.warning("%s: %s (%s in %.1fs)", self.client_id, exc,
                             "connecting again" if again else "going on", backoff)
                 if again:
@@ -235,8 +248,8 @@ class ConsumerRuntime:
         if records:
             self._take(records)
         self._send_letters_due()
-        if self._producer is not None:
-            self._producer.poll(0)
+        if self._producer is not None and not isinstance(self._producer, kafka.AsyncProducer):
+            self._producer.poll(0)  # delivery reports (an AsyncProducer's own thread polls it)
         self.hooks.on_idle(self)
 
     def _poll(self, timeout: float) -> list:
