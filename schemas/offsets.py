@@ -4,8 +4,8 @@
 assignment: they arrive in increasing order, are marked done in any order,
 and ``position`` (one past the highest contiguous done offset) is what may be
 committed, so a message is committed only once its outcome is safe. The
-executor and the retry relay keep one per assigned partition; ``committed``
-is what they last sent to the group, and ``forget_failed_commits`` (from the
+consumer runtime (``schemas.consumer``) keeps one per assigned partition;
+``committed`` is what it last sent to the group, and ``forget_failed_commits`` (from the
 consumer's ``on_commit``) clears it where the broker refused the commit (a
 rebalance under way: ``ILLEGAL_GENERATION``, ``REBALANCE_IN_PROGRESS``), so
 the next commit sends that position again.
