@@ -85,8 +85,9 @@ class DeadLetter:
     ``record()`` again at once, now without its value); ``GIVEN_UP`` (even
     that was refused: the message stays only in its own topic); ``LATER``
     (the broker is away: produce ``record()`` again later). After ``SENT`` or
-    ``GIVEN_UP`` the message's offset is done. Used by the executor and the
-    retry relay; the processor sends ``record()`` with the rest of its outputs.
+    ``GIVEN_UP`` the message's offset is done. The consumer runtime's
+    ``dead_letter`` runs this state machine for every loop on it (the
+    executor's intake, until it moves onto the runtime, runs it too).
     """
 
     SENT, RESEND, GIVEN_UP, LATER = "sent", "resend", "given_up", "later"
