@@ -15,10 +15,10 @@ from tests.unit.test_layers import FOLDERS, ROOT, _module_name, imported_modules
 #: Modules still being moved behind ``schemas/`` by work in flight; each entry leaves this list (and the list ends
 #: empty) once its module no longer imports confluent_kafka.
 STILL_CONVERTING = (
-    "executors/_intake.py",  # the executor's intake: to become hooks of schemas.consumer.ConsumerRuntime
-    "cli/*.py",              # the CLI's readers and admin questions
-    "api/history.py",        # a task's history read from <p>.events
-    "streams/rebuild.py",    # the rebuild's readers of <p>.events and <p>.state
+    "executors/_consumer.py",  # the executor intake's Kafka driver: to become a schemas.consumer.ConsumerRuntime
+    "cli/*.py",                # the CLI's readers and admin questions
+    "api/history.py",          # a task's history read from <p>.events
+    "streams/rebuild.py",      # the rebuild's readers of <p>.events and <p>.state
 )
 SEAM = "schemas"
 
