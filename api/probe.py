@@ -1,7 +1,8 @@
 """``BrokerProbe``: the API's read-only questions to the broker (partitions, end offsets, queue depth,
 consumer groups, cluster, heartbeats), each answer cached for ``CACHE_S`` so many pollers cannot load the
-broker. Library errors reach it as ``BrokerUnavailable`` (``schemas.kafka`` and ``schemas.consumer`` map them: routes
-never see a ``KafkaException``), and a failed answer is cached like any other. The app builds one (``ApiContext.probe``).
+broker. Library errors reach it as ``BrokerUnavailable`` (``schemas.kafka`` and ``schemas.consumer`` map them:
+routes never see a ``KafkaException``), and a failed answer is cached like any other. The app builds one
+(``ApiContext.probe``).
 """
 
 from __future__ import annotations

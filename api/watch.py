@@ -427,7 +427,8 @@ async def read_state_topic(settings: Settings, ranges: dict[int, tuple[int, int]
                 if isinstance(state, TaskState) and filter.matches(state):
                     yield msg.partition(), msg.offset(), state
         if reader.unfinished:
-            raise WatchUnavailable(f"could not read {topic} partitions {sorted(reader.unfinished)} within {budget_s:.0f}s")
+            raise WatchUnavailable(f"could not read {topic} partitions {sorted(reader.unfinished)} "
+                                   f"within {budget_s:.0f}s")
     except BrokerUnavailable as exc:
         raise WatchUnavailable(str(exc)) from exc
     finally:

@@ -57,6 +57,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 
@@ -96,7 +97,7 @@ class Hooks:
     def on_assigned(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
         """A member was given ``partitions`` (possibly none); their offsets are tracked from now."""
 
-    def on_batch(self, runtime: ConsumerRuntime, records: list) -> None:
+    def on_batch(self, runtime: ConsumerRuntime, records: list[Any]) -> None:
         """Records of assigned partitions, in offset order per partition. A member with ``done_on_return`` marks
         every one done when this returns (a dead-lettered one when its letter is settled); raising ends ``run``
         (a member) or is a failure (a reader), and nothing of the batch is done."""
@@ -154,9 +155,9 @@ class ConsumerRuntime:
     """
 
     def __init__(self, settings: Settings, hooks: Hooks, *, client_id: str, group: str | None = None,
-                 topics: Sequence[str] = (), overrides: Mapping | None = None, batch: int = 500,
+                 topics: Sequence[str] = (), overrides: Mapping[str, Any] | None = None, batch: int = 500,
                  poll_s: float = 0.1, commit_interval_s: float = 0.0, done_on_return: bool = True,
-                 producer=None, lock: threading.RLock | None = None) -> None:
+                 producer: Any = None, lock: Any = None) -> None:
         self.settings = settings
         self.hooks = hooks
         self.client_id = client_id
@@ -177,7 +178,7 @@ class ConsumerRuntime:
         self._offsets: dict[Partition, PartitionOffsets] = {}
         self._lettered: set[tuple[Partition, int]] = set()  # offsets of the batch in hand that went to the dlq
         self._letters: list[_Letter] = []  # waiting to be sent again
-        self._consumer = None
+        self._consumer: Any = None  # a confluent-kafka Consumer
         self._stop = threading.Event()
         if group is not None:
             self._consumer = kafka.consumer(settings, client_id, group,
@@ -185,12 +186,12 @@ class ConsumerRuntime:
 
     @classmethod
     def member(cls, settings: Settings, hooks: Hooks, *, client_id: str, group: str, topics: Sequence[str],
-               **options) -> ConsumerRuntime:
+               **options: Any) -> ConsumerRuntime:
         """A member of ``group`` over ``topics`` (the consumer is made now: ``BrokerUnavailable`` if it cannot be)."""
         return cls(settings, hooks, client_id=client_id, group=group, topics=topics, **options)
 
     @classmethod
-    def reader(cls, settings: Settings, hooks: Hooks, *, client_id: str, **options) -> ConsumerRuntime:
+    def reader(cls, settings: Settings, hooks: Hooks, *, client_id: str, **options: Any) -> ConsumerRuntime:
         """A reader: no group, no commits; ``hooks.on_connect`` assigns what it reads."""
         return cls(settings, hooks, client_id=client_id, **options)
 
@@ -252,7 +253,7 @@ class ConsumerRuntime:
             self._producer.poll(0)  # delivery reports (an AsyncProducer's own thread polls it)
         self.hooks.on_idle(self)
 
-    def _poll(self, timeout: float) -> list:
+    def _poll(self, timeout: float) -> list[Any]:
         try:
             messages = kafka.consume_available(self._consumer, self.batch, timeout)
         except KafkaException as exc:
@@ -274,7 +275,7 @@ class ConsumerRuntime:
                 log.warning("%s consumer error: %s", self.client_id, err)
         return records
 
-    def _take(self, records: list) -> None:
+    def _take(self, records: list[Any]) -> None:
         if self.group is None:
             self.hooks.on_batch(self, records)
             return
@@ -365,8 +366,8 @@ class ConsumerRuntime:
             return
         with self.lock:
             keys = list(self._offsets) if only is None else [k for k in only if k in self._offsets]
-            todo = [(k, self._offsets[k].position) for k in keys
-                    if self._offsets[k].position is not None and self._offsets[k].position != self._offsets[k].committed]
+            todo = [(k, o.position) for k, o in ((k, self._offsets[k]) for k in keys)
+                    if o.position is not None and o.position != o.committed]
         if not todo:
             return
         try:
@@ -381,7 +382,7 @@ class ConsumerRuntime:
                     self._offsets[key].committed = pos
         log.debug("%s committed %s", self.client_id, todo)
 
-    def dead_letter(self, record, reason: str) -> None:
+    def dead_letter(self, record: Any, reason: str) -> None:
         """Send ``record`` to ``<p>.dlq`` with headers naming where it came from and why; the loop goes on.
 
         Thread-safe. A tracked record's offset is done once the letter is
@@ -402,7 +403,7 @@ class ConsumerRuntime:
     def _send_letter(self, held: _Letter) -> None:
         letter = held.letter
 
-        def delivered(err, _msg=None) -> None:
+        def delivered(err: Any, _msg: Any = None) -> None:
             outcome = letter.settle(err)
             if outcome == DeadLetter.RESEND:
                 log.error("dead letter of %s refused, sent again without its value: %s", letter, err)
@@ -437,14 +438,14 @@ class ConsumerRuntime:
             if held.offsets is None or self.offsets(key) is held.offsets:  # else revoked: its new owner reads it
                 self._send_letter(held)
 
-    def _dlq_producer(self):
+    def _dlq_producer(self) -> Any:
         if self._producer is None:
             self._producer = kafka.producer(self.settings, f"{self.client_id}-dlq")
         return self._producer
 
     # ------------------------------------------------------------ rebalances
 
-    def _on_assign(self, _consumer, tps: list) -> None:
+    def _on_assign(self, _consumer: Any, tps: list[Any]) -> None:
         partitions = [(tp.topic, tp.partition) for tp in tps]
         with self.lock:
             for p in partitions:
@@ -452,7 +453,7 @@ class ConsumerRuntime:
         log.info("%s assigned %s", self.client_id, _names(partitions))
         self.hooks.on_assigned(self, partitions)
 
-    def _on_revoke(self, _consumer, tps: list) -> None:
+    def _on_revoke(self, _consumer: Any, tps: list[Any]) -> None:
         partitions = [(tp.topic, tp.partition) for tp in tps]
         log.info("%s revoked %s", self.client_id, _names(partitions))
         try:
@@ -462,7 +463,7 @@ class ConsumerRuntime:
         finally:
             self._forget(partitions)
 
-    def _on_lost(self, _consumer, tps: list) -> None:
+    def _on_lost(self, _consumer: Any, tps: list[Any]) -> None:
         partitions = [(tp.topic, tp.partition) for tp in tps]
         log.warning("%s lost %s", self.client_id, _names(partitions))
         try:
@@ -473,7 +474,8 @@ class ConsumerRuntime:
     def _forget(self, partitions: list[Partition]) -> None:
         gone = set(partitions)
         try:
-            self.resume(gone & self.paused)  # else the pause outlives the assignment and holds the partition when it comes back
+            # Else the pause outlives the assignment and holds the partition when it comes back.
+            self.resume(gone & self.paused)
         except BrokerUnavailable as exc:
             log.warning("%s resume of %s failed: %s", self.client_id, _names(gone & self.paused), exc)
         self.paused -= gone
@@ -482,7 +484,7 @@ class ConsumerRuntime:
                 self._offsets.pop(p, None)
             self._letters = [h for h in self._letters if (h.letter.topic, h.letter.partition) not in gone]
 
-    def _on_commit(self, err, tps: list) -> None:
+    def _on_commit(self, err: Any, tps: list[Any]) -> None:
         """A commit the broker refused (a rebalance under way) is sent again by the next ``commit``."""
         with self.lock:
             failed = forget_failed_commits(err, tps, self._offsets)
@@ -523,7 +525,7 @@ class ConsumerRuntime:
             except Exception as exc:  # closing a client of an unreachable cluster may complain
                 log.debug("%s close: %s", self.client_id, exc)
 
-    def _call(self, fn: Callable, *args, **kwargs):
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._consumer is None:
             raise BrokerUnavailable(f"{self.client_id}: not connected")
         try:
@@ -536,15 +538,15 @@ def _names(partitions: Iterable[Partition]) -> list[str]:
     return [f"{t}[{p}]" for t, p in sorted(partitions)]
 
 
-def send(producer, topic: str, key: bytes | str | None, value: bytes | None, headers=None, *,
-         partition: int | None = None, on_delivery=None) -> None:
+def send(producer: Any, topic: str, key: bytes | str | None, value: bytes | None, headers: Any = None, *,
+         partition: int | None = None, on_delivery: Any = None) -> None:
     """Produce one record with ``producer`` (a ``kafka.producer`` or an ``AsyncProducer``), waiting while its
     local queue is full. ``RecordRefused`` when the record is refused for good (``is_permanent``: its message is
     librdkafka's reason), ``BrokerUnavailable`` for any other error; the cause is the library's exception."""
     if isinstance(producer, kafka.AsyncProducer):
-        producer.produce(topic, key, value, headers, on_delivery)
+        producer.produce(topic, key or b"", value or b"", headers, on_delivery)
         return
-    kwargs = {"headers": headers, "on_delivery": on_delivery}
+    kwargs: dict[str, Any] = {"headers": headers, "on_delivery": on_delivery}
     if partition is not None:
         kwargs["partition"] = partition
     while True:
@@ -586,7 +588,7 @@ class TailReader:
         except KafkaException as exc:
             log.debug("%s unassign: %s", self.topic, exc)
 
-    def take(self, max_records: int, timeout: float = 0.0) -> list:
+    def take(self, max_records: int, timeout: float = 0.0) -> list[Any]:
         """Records already here (waiting up to ``timeout`` for a first one); errors are left out."""
         if not self.partitions:
             return []
@@ -626,7 +628,7 @@ class RangeReader:
         except KafkaException as exc:
             raise BrokerUnavailable(f"end offsets of {topic}: {exc}") from exc
 
-    def read(self, topic: str, ranges: Mapping[int, tuple[int, int]], timeout: float) -> Iterator[list]:
+    def read(self, topic: str, ranges: Mapping[int, tuple[int, int]], timeout: float) -> Iterator[list[Any]]:
         """Batches of the records of ``topic`` in ``ranges`` ``{partition: (from, to)}`` (``to`` excluded).
 
         A partition is done when a record at or past its end was read, or it
@@ -679,7 +681,7 @@ class RangeReader:
 
 
 def read_state_to_end(settings: Settings, client_id: str, topic: str, partitions: Iterable[int],
-                      timeout: float = 30.0) -> Iterator[list]:
+                      timeout: float = 30.0) -> Iterator[list[Any]]:
     """Batches of every record of ``partitions`` of ``topic`` from their beginning up to their end offsets as
     of now (``kafka.read_to_ends``), with a reader of its own; ``BrokerUnavailable`` if the broker fails it."""
     reader = kafka.reader(settings, client_id, client_id, {"enable.partition.eof": True})

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
@@ -447,7 +448,7 @@ def group_offsets(client: AdminClient, group: str, partitions: Iterable[tuple[st
         raise BrokerUnavailable(f"offsets of group {group}: {exc or 'timed out'}") from exc
 
 
-def describe_cluster(client: AdminClient, timeout: float) -> dict:
+def describe_cluster(client: AdminClient, timeout: float) -> dict[str, Any]:
     """Cluster id, controller id and brokers (id, host, port) as DescribeCluster reports them;
     ``BrokerUnavailable`` (``timed_out`` tells a timeout)."""
     try:
@@ -458,11 +459,11 @@ def describe_cluster(client: AdminClient, timeout: float) -> dict:
             "brokers": sorted(({"id": n.id, "host": n.host, "port": n.port} for n in d.nodes), key=lambda b: b["id"])}
 
 
-def describe_groups(client: AdminClient, groups: list[str], timeout: float) -> dict[str, dict | BrokerUnavailable]:
+def describe_groups(client: AdminClient, groups: list[str], timeout: float) -> dict[str, dict[str, Any] | BrokerUnavailable]:
     """Each group as DescribeConsumerGroups reports it (state in lower case; members with member_id, client_id,
     host, instance_id and their assignment of (topic, partition) pairs), or the ``BrokerUnavailable`` that
     answered for it (``timed_out`` tells a timeout)."""
-    out: dict[str, dict | BrokerUnavailable] = {}
+    out: dict[str, dict[str, Any] | BrokerUnavailable] = {}
     try:
         futures = client.describe_consumer_groups(groups, request_timeout=timeout)
     except KafkaException as exc:
