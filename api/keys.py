@@ -13,8 +13,8 @@ key has 256 bits of entropy, so nobody can guess one from its hash however
 fast the hash is, and a fast hash keeps the check of every request cheap.
 Comparison is constant-time.
 
-``KeyStore`` is one consumer thread per API process, ``assign()``-ed to
-every partition of ``<p>.admin`` from the beginning (no group: every replica
+``KeyStore`` is one consumer thread per API process (a reader of the
+consumer runtime, ``schemas.consumer``) assigned to every partition of ``<p>.admin`` from the beginning (no group: every replica
 keeps the full set), folding records into a dict. Revocation is bounded: the
 thread asks the broker for the topic's end offsets every ``CHECK_S`` and
 notes the time of the last answer it had fully read up to; while that time
@@ -33,15 +33,11 @@ import re
 import secrets
 import threading
 import time
-import uuid
 from datetime import datetime
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition  # Consumer: type only
 
 from taskstream.schemas import DecodeError, Settings, Topics, codec
 from taskstream.schemas.events import ApiKey
-from taskstream.schemas import kafka
-from taskstream.schemas.kafka import consume_available
+from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +83,8 @@ def fold(keys: dict[str, ApiKey], record: ApiKey) -> None:
     keys[record.key_id] = record
 
 
-class KeyStore:
-    """Every ``ApiKey`` of ``<p>.admin``, kept current by a daemon thread."""
+class KeyStore(Hooks):
+    """Every ``ApiKey`` of ``<p>.admin``, kept current by a daemon thread (the hooks of a reader runtime)."""
 
     def __init__(self, settings: Settings, *, connect_timeout: float = 2.0) -> None:
         self.settings = settings
@@ -99,12 +95,17 @@ class KeyStore:
         self._keys: dict[str, ApiKey] = {}
         self._positions: dict[int, int] = {}
         self._fresh_at: float | None = None  # monotonic time of the last confirmed read to the end
+        self._next_check = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.problem: str | None = "not started"
+        self.runtime = ConsumerRuntime.reader(settings, self, client_id="taskstream-api-keys", poll_s=POLL_S,
+                                              overrides={"enable.auto.offset.store": False,
+                                                         "auto.offset.reset": "earliest"})
 
     def start(self) -> KeyStore:
-        self._thread = threading.Thread(target=self._run, name="api-key-store", daemon=True)
+        self._thread = threading.Thread(target=self.runtime.run, args=(self._stop,), name="api-key-store",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -145,55 +146,28 @@ class KeyStore:
             return None
         return record
 
-    # ---------------------------------------------------------- consumer
+    # ---------------------------------------------------------- hooks
 
-    def _run(self) -> None:
-        consumer: Consumer | None = None
-        next_check = 0.0
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = self._connect()
-                    backoff = 0.2
-                for msg in consume_available(consumer, 500, POLL_S):
-                    self._handle(msg)
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + CHECK_S
-                    self._check(consumer)
-            except Exception as exc:  # never die: keys go stale (503), then come back
-                self.problem = str(exc)
-                log.warning("key store: %s (retrying in %.1fs)", exc, backoff)
-                if consumer is not None:
-                    consumer.close()
-                    consumer = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-        if consumer is not None:
-            consumer.close()
+    def on_connect(self, runtime: ConsumerRuntime) -> None:
+        partitions = runtime.partitions(self.topic, self._timeout)
+        self._positions = {}  # read again from the start: folding a record twice changes nothing
+        self._next_check = 0.0
+        runtime.assign({(self.topic, p): BEGINNING for p in partitions})
 
-    def _connect(self) -> Consumer:
-        group = f"{self.settings.prefix}-api-keys-{uuid.uuid4().hex}"
-        consumer = kafka.reader(self.settings, "taskstream-api-keys", group, {
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-        })
-        try:
-            meta = consumer.list_topics(timeout=self._timeout).topics.get(self.topic)
-            if meta is None or meta.error is not None or not meta.partitions:
-                raise KafkaException(f"topic {self.topic} does not exist (taskstream topics creates it)")
-            self._positions = {}  # read again from the start: folding a record twice changes nothing
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)])
-        except Exception:
-            consumer.close()
-            raise
-        return consumer
+    def on_failure(self, runtime: ConsumerRuntime, exc: Exception) -> bool:
+        self.problem = str(exc)  # never die: keys go stale (503), then come back
+        return True
+
+    def on_batch(self, runtime: ConsumerRuntime, records: list) -> None:
+        for msg in records:
+            self._handle(msg)
+
+    def on_idle(self, runtime: ConsumerRuntime) -> None:
+        if time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + CHECK_S
+            self._check(runtime)
 
     def _handle(self, msg) -> None:
-        if msg.error() is not None:
-            if msg.error().fatal():
-                raise KafkaException(msg.error())
-            return
         self._positions[msg.partition()] = msg.offset() + 1
         if msg.value() is None:
             if msg.key():  # a tombstone of a key id: the key is gone
@@ -208,12 +182,11 @@ class KeyStore:
         if isinstance(record, ApiKey):
             fold(self._keys, record)
 
-    def _check(self, consumer: Consumer) -> None:
+    def _check(self, runtime: ConsumerRuntime) -> None:
         asked = time.monotonic()
-        for tp in consumer.assignment():
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, tp.partition),
-                                                       timeout=self._timeout, cached=False)
-            if self._positions.get(tp.partition, low) < high:
+        for topic, partition in runtime.assignment():
+            low, high = runtime.watermarks((topic, partition), timeout=self._timeout)
+            if self._positions.get(partition, low) < high:
                 return  # records still to read: not fresh at this time
         self._fresh_at = asked
         self.problem = None

@@ -1,7 +1,8 @@
 """``BrokerProbe``: the API's read-only questions to the broker (partitions, end offsets, queue depth,
 consumer groups, cluster, heartbeats), each answer cached for ``CACHE_S`` so many pollers cannot load the
-broker, and every library error turned into ``BrokerUnavailable`` here (the seam: routes never see a
-``KafkaException``). The app builds one (``ApiContext.probe``).
+broker. Library errors reach it as ``BrokerUnavailable`` (``schemas.kafka`` and ``schemas.consumer`` map them:
+routes never see a ``KafkaException``), and a failed answer is cached like any other. The app builds one
+(``ApiContext.probe``).
 """
 
 from __future__ import annotations
@@ -9,15 +10,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
 from taskstream.schemas import PRIORITIES, BrokerUnavailable, DecodeError, Heartbeat, Settings, Topics, codec
-from taskstream.schemas.kafka import admin, committed_offsets, consume_available, partition_lag, reader
+from taskstream.schemas.consumer import RangeReader
+from taskstream.schemas.kafka import (
+    admin,
+    describe_cluster,
+    describe_groups,
+    group_offsets,
+    partition_lag,
+    timed_out,
+    topic_partitions,
+)
 
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,7 @@ class BrokerProbe:
         self.topics = Topics(settings.prefix)
         self.wire = codec.WireFormat.of(settings)
         self.admin = admin(settings)
-        self._consumer: Consumer | None = None
+        self._consumer: RangeReader | None = None
         self._consumer_lock = threading.Lock()
         self._cache: dict[str, tuple[float, Any]] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -80,10 +87,10 @@ class BrokerProbe:
             if hit is None or time.monotonic() - hit[0] > ttl:
                 try:
                     value: Any = compute()
-                except (KafkaException, TimeoutError) as exc:  # the seam: callers see BrokerUnavailable only
+                except BrokerUnavailable as exc:  # schemas.kafka maps the library's errors: callers see only this
                     if key in GROUP_QUESTIONS:
-                        self._group_answer(timed_out=_timed_out(exc))
-                    value = BrokerUnavailable(str(exc) or "timed out")
+                        self._group_answer(timed_out=timed_out(exc))
+                    value = exc
                 else:
                     if key in GROUP_QUESTIONS and key != "groups":  # groups() tells each group's outcome itself
                         self._group_answer(timed_out=False)
@@ -102,38 +109,30 @@ class BrokerProbe:
                 self.admin = admin(self.settings)  # in-flight calls keep the old client until they return
                 log.info("broker probe: group requests kept timing out; using a new admin client")
 
-    def _reader(self) -> Consumer:
+    def _reader(self) -> RangeReader:
         if self._consumer is None:
-            self._consumer = reader(self.settings, "taskstream-api-probe",
-                                    f"{self.settings.prefix}-api-probe-{uuid.uuid4().hex}",  # required, never joined
-                                    {"enable.partition.eof": True})
+            self._consumer = RangeReader(self.settings, "taskstream-api-probe")
         return self._consumer
 
     # --------------------------------------------------------------- questions
 
     def topic_partitions(self) -> dict[str, int]:
         """Partition count of every topic the broker has (no error, at least one partition)."""
-        def ask() -> dict[str, int]:
-            topics = self.admin.list_topics(timeout=TIMEOUT_S).topics
-            return {name: len(meta.partitions) for name, meta in topics.items() if meta.error is None and meta.partitions}
-        return self.cached("topics", ask)
+        return self.cached("topics", lambda: topic_partitions(self.admin, TIMEOUT_S))
 
     def end_offsets(self, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
         """(low, high) watermark of each partition of ``topic``, asked now (not librdkafka's cached ones)."""
         def ask() -> dict[int, tuple[int, int]]:
             with self._consumer_lock:
-                reader = self._reader()
-                return {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S, cached=False)
-                        for p in range(partitions)}
+                return self._reader().watermarks(topic, range(partitions), TIMEOUT_S)
         return self.cached(f"ends:{topic}", ask)
 
     def queue_depth(self) -> dict[str, int]:
         """Per priority: records of ``<p>.ready.<priority>`` the executor group has not committed."""
         def ask() -> dict[str, int]:
             counts = self.topic_partitions()
-            tps = [TopicPartition(self.topics.ready(p), n) for p in PRIORITIES
-                   for n in range(counts.get(self.topics.ready(p), 0))]
-            committed = committed_offsets(self.admin, self.topics.executor_group, tps, TIMEOUT_S)
+            tps = [(self.topics.ready(p), n) for p in PRIORITIES for n in range(counts.get(self.topics.ready(p), 0))]
+            committed = group_offsets(self.admin, self.topics.executor_group, tps, TIMEOUT_S)
             depth = {}
             for priority in PRIORITIES:
                 topic = self.topics.ready(priority)
@@ -148,7 +147,7 @@ class BrokerProbe:
         def ask() -> dict:
             topic, group = self.topics.events, self.topics.processor_group
             n = self.topic_partitions().get(topic, 0)
-            committed = committed_offsets(self.admin, group, [TopicPartition(topic, i) for i in range(n)], TIMEOUT_S)
+            committed = group_offsets(self.admin, group, [(topic, i) for i in range(n)], TIMEOUT_S)
             per = {i: partition_lag(committed.get((topic, i)), low, high)
                    for i, (low, high) in self.end_offsets(topic, n).items()}
             return {"topic": topic, "group": group, "lag": sum(per.values()),
@@ -163,39 +162,25 @@ class BrokerProbe:
 
     def cluster(self) -> dict:
         """Brokers and the controller, as DescribeCluster reports them."""
-        def ask() -> dict:
-            d = self.admin.describe_cluster(request_timeout=TIMEOUT_S).result(TIMEOUT_S)
-            return {"cluster_id": d.cluster_id,
-                    "controller": d.controller.id if d.controller is not None else None,
-                    "brokers": sorted(({"id": n.id, "host": n.host, "port": n.port} for n in d.nodes),
-                                      key=lambda b: b["id"])}
-        return self.cached("cluster", ask)
+        return self.cached("cluster", lambda: describe_cluster(self.admin, TIMEOUT_S))
 
     def groups(self) -> dict[str, dict]:
         """Our three consumer groups as DescribeConsumerGroups reports them."""
         def ask() -> dict[str, dict]:
             names = [self.topics.processor_group, self.topics.executor_group, self.topics.relay_group]
             out = {}
-            for name, fut in self.admin.describe_consumer_groups(names, request_timeout=TIMEOUT_S).items():
-                try:
-                    d = fut.result(TIMEOUT_S)
-                except (KafkaException, TimeoutError) as exc:
-                    self._group_answer(timed_out=_timed_out(exc))
-                    out[name] = {"group": name, "state": "unknown", "error": str(exc) or "timed out",
+            for name, d in describe_groups(self.admin, names, TIMEOUT_S).items():
+                if isinstance(d, BrokerUnavailable):
+                    self._group_answer(timed_out=timed_out(d))
+                    out[name] = {"group": name, "state": "unknown", "error": str(d) or "timed out",
                                  "members": [], "members_reported": False}
                     continue
                 self._group_answer(timed_out=False)
                 members = [{
-                    "member_id": m.member_id,
-                    "client_id": m.client_id,
-                    "host": m.host,
-                    "instance_id": m.group_instance_id,
-                    "assignment": sorted(({"topic": tp.topic, "partition": tp.partition}
-                                          for tp in (m.assignment.topic_partitions if m.assignment else [])),
-                                         key=lambda a: (a["topic"], a["partition"])),
-                } for m in d.members]
-                out[name] = {"group": name, "state": d.state.name.lower(), "members": members,
-                             "members_reported": True}
+                    **{k: m[k] for k in ("member_id", "client_id", "host", "instance_id")},
+                    "assignment": [{"topic": t, "partition": p} for t, p in sorted(m["assignment"])],
+                } for m in d["members"]]
+                out[name] = {"group": name, "state": d["state"], "members": members, "members_reported": True}
             return out
         return self.cached("groups", ask)
 
@@ -210,33 +195,15 @@ class BrokerProbe:
                 return last
             with self._consumer_lock:
                 reader = self._reader()
-                reader.assign([TopicPartition(topic, p, max(marks[p][0], high - HEARTBEAT_TAIL))
-                               for p, high in todo.items()])
-                try:
-                    deadline = time.monotonic() + TIMEOUT_S
-                    while todo and time.monotonic() < deadline:
-                        for m in consume_available(reader, 1000, 0.1):
-                            if m.error() is not None:  # end of partition: nothing more to read there
-                                if m.partition() in todo and m.offset() >= todo[m.partition()]:
-                                    del todo[m.partition()]
-                                continue
-                            if m.offset() + 1 >= todo.get(m.partition(), 0):
-                                todo.pop(m.partition(), None)
-                            try:
-                                beat = self.wire.decode(m.value())
-                            except DecodeError:
-                                continue
-                            if isinstance(beat, Heartbeat) and (beat.producer not in last
-                                                                or beat.occurred_at > last[beat.producer]):
-                                last[beat.producer] = beat.occurred_at
-                finally:
-                    reader.unassign()
+                ranges = {p: (max(marks[p][0], high - HEARTBEAT_TAIL), high) for p, high in todo.items()}
+                for batch in reader.read(topic, ranges, TIMEOUT_S):  # what is not read in time is left out
+                    for m in batch:
+                        try:
+                            beat = self.wire.decode(m.value())
+                        except DecodeError:
+                            continue
+                        if isinstance(beat, Heartbeat) and (beat.producer not in last
+                                                            or beat.occurred_at > last[beat.producer]):
+                            last[beat.producer] = beat.occurred_at
             return last
         return self.cached("heartbeats", ask)
-
-
-def _timed_out(exc: BaseException) -> bool:
-    if isinstance(exc, TimeoutError):
-        return True
-    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return isinstance(err, KafkaError) and err.code() == KafkaError._TIMED_OUT

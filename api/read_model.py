@@ -13,10 +13,10 @@ Two parts:
 
 - ``TaskStore``: the database and its indexes; no Kafka, no threads of its
   own, unit-testable with a directory.
-- ``ReadModel``: a ``TaskStore`` fed by a confluent-kafka consumer that is
-  ``assign()``-ed to every partition of ``<p>.state`` from
-  ``OFFSET_BEGINNING`` (no consumer group: every API process keeps its own
-  full copy), polled by a daemon thread.
+- ``ReadModel``: a ``TaskStore`` fed by a reader of the consumer runtime
+  (``schemas.consumer``) assigned to every partition of ``<p>.state`` from
+  the beginning (no consumer group: every API process keeps its own full
+  copy), run by a daemon thread.
 
 The database is deleted and rebuilt from the topic at every start. That is
 the simplest correct choice: the topic is compacted, so a rebuild reads one
@@ -56,17 +56,15 @@ import logging
 import re
 import shutil
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
 from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, TaskState, Topics, codec
-from taskstream.schemas.kafka import consume_available, reader
+from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks
 from taskstream.schemas.observability import about
 from taskstream.streams import domain
 
@@ -413,15 +411,16 @@ class ScheduleStore:
         return state if isinstance(state, ScheduleState) else None
 
 
-class ReadModel:
-    """A ``TaskStore`` kept up to date from ``<p>.state`` by a daemon thread.
+class ReadModel(Hooks):
+    """A ``TaskStore`` kept up to date from ``<p>.state`` by a daemon thread (the hooks of a reader runtime).
 
     ``caught_up`` turns true once every partition was consumed up to the high
     watermark read when the consumer was assigned (or reported end of
     partition): every state the processor had published by then is applied.
 
-    The consumer never commits and never joins a group (``assign()`` only);
-    librdkafka needs a ``group.id`` to exist, so it gets a unique unused one.
+    The consumer never commits and never joins a group (a reader of
+    ``schemas.consumer``). A failure before it caught up starts it over with
+    a new client; after, it goes on with the one it has.
     """
 
     def __init__(self, settings: Settings, *, connect_timeout: float = 2.0) -> None:
@@ -439,11 +438,16 @@ class ReadModel:
         self._positions: dict[int, int] = {}
         self._thread: threading.Thread | None = None
         self.problem: str | None = "not started"
+        self.runtime = ConsumerRuntime.reader(settings, self, client_id="taskstream-api-read-model", poll_s=0.2,
+                                              overrides={"enable.auto.offset.store": False,
+                                                         "enable.partition.eof": True,
+                                                         "auto.offset.reset": "earliest"})
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> "ReadModel":
-        self._thread = threading.Thread(target=self._run, name="api-read-model", daemon=True)
+        self._thread = threading.Thread(target=self.runtime.run, args=(self._stop,), name="api-read-model",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -471,69 +475,36 @@ class ReadModel:
         """
         return dict(self._positions)
 
-    # -------------------------------------------------------------- consumer
+    # -------------------------------------------------------------- hooks
 
-    def _run(self) -> None:
-        consumer: Consumer | None = None
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = self._connect()
-                    backoff = 0.2
-                for msg in consume_available(consumer, 500, 0.2):
-                    self._handle(msg)
-            except Exception as exc:  # never let the projection die; retry with backoff
-                self.problem = f"state topic consumer: {exc}"
-                log.warning("read model: %s (retrying in %.1fs)", exc, backoff)
-                if consumer is not None and not self.caught_up:
-                    self._close(consumer)
-                    consumer = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-        if consumer is not None:
-            self._close(consumer)
-
-    def _connect(self) -> Consumer:
-        consumer = reader(self.settings, "taskstream-api-read-model",
-                          f"{self.settings.prefix}-api-read-model-{uuid.uuid4().hex}",
-                          {"enable.auto.offset.store": False, "enable.partition.eof": True,
-                           "auto.offset.reset": "earliest"})
-        try:
-            # All topics, not list_topics(topic): a metadata request naming an
-            # unknown topic may auto-create it on some brokers.
-            meta = consumer.list_topics(timeout=self._connect_timeout).topics.get(self.topic)
-            if meta is None or meta.error is not None or not meta.partitions:
-                raise KafkaException(f"topic {self.topic} does not exist")
-            partitions = sorted(meta.partitions)
-            pending = {}
-            for p in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=self._connect_timeout, cached=False
-                )
-                if high > low:
-                    pending[p] = high
-            self._pending = pending
-            self._positions = {}
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-        except Exception:
-            self._close(consumer)
-            raise
+    def on_connect(self, runtime: ConsumerRuntime) -> None:
+        partitions = runtime.partitions(self.topic, self._connect_timeout)
+        pending = {}
+        for p in partitions:
+            low, high = runtime.watermarks((self.topic, p), timeout=self._connect_timeout)
+            if high > low:
+                pending[p] = high
+        self._pending = pending
+        self._positions = {}
+        runtime.assign({(self.topic, p): BEGINNING for p in partitions})
         log.info("read model: assigned %d partitions of %s, catching up to %s", len(partitions), self.topic, pending)
         self.problem = None if not pending else "catching up"
         self._check_caught_up()
-        return consumer
+
+    def on_failure(self, runtime: ConsumerRuntime, exc: Exception) -> bool:
+        self.problem = f"state topic consumer: {exc}"
+        return not self.caught_up
+
+    def on_end(self, runtime: ConsumerRuntime, partition: tuple[str, int], offset: int) -> None:
+        self._positions[partition[1]] = offset
+        self._pending.pop(partition[1], None)
+        self._check_caught_up()
+
+    def on_batch(self, runtime: ConsumerRuntime, records: list) -> None:
+        for msg in records:
+            self._handle(msg)
 
     def _handle(self, msg) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                self._positions[msg.partition()] = msg.offset()
-                self._pending.pop(msg.partition(), None)
-                self._check_caught_up()
-            else:
-                log.warning("read model: consumer error: %s", err)
-            return
         partition, offset = msg.partition(), msg.offset()
         self._positions[partition] = offset + 1
         high = self._pending.get(partition)
@@ -562,10 +533,3 @@ class ReadModel:
             self.problem = None
             self._caught_up.set()
             log.info("read model: caught up with %s", self.topic)
-
-    @staticmethod
-    def _close(consumer: Consumer) -> None:
-        try:
-            consumer.close()
-        except Exception as exc:  # closing a consumer of an unreachable cluster may complain
-            log.debug("read model: consumer close: %s", exc)

@@ -27,19 +27,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from taskstream.schemas import TERMINAL, DecodeError, Settings, TaskState, Topics, ValidationError, codec
-from taskstream.schemas import kafka
+from taskstream.schemas import TERMINAL, BrokerUnavailable, DecodeError, Settings, TaskState, Topics, ValidationError, codec
+from taskstream.schemas.consumer import RangeReader
 
 log = logging.getLogger(__name__)
 
@@ -409,36 +406,17 @@ async def read_state_topic(settings: Settings, ranges: dict[int, tuple[int, int]
                            budget_s: float = CATCH_UP_BUDGET_S) -> AsyncIterator[tuple[int, int, TaskState]]:
     """(partition, offset, state) of the task states in ``ranges`` ``{p: (from, to)}`` of ``<p>.state`` that match.
 
-    Reads with a consumer of its own (assigned, no group) on a worker
+    Reads with a ``RangeReader`` of its own (assigned, no group) on a worker
     thread; ``WatchUnavailable`` if the broker does not deliver the ranges
     within ``budget_s``.
     """
     topic = Topics(settings.prefix).state
     wire = codec.WireFormat.of(settings)
-    consumer = kafka.reader(settings, "taskstream-api-watch", f"{settings.prefix}-api-watch-{uuid.uuid4().hex}",
-                            {"enable.partition.eof": True})
-    todo = {p: end for p, (start, end) in ranges.items() if end > start}
+    reader = RangeReader(settings, "taskstream-api-watch")
+    batches = reader.read(topic, ranges, budget_s)
     try:
-        await asyncio.to_thread(consumer.assign, [TopicPartition(topic, p, ranges[p][0]) for p in todo])
-        deadline = time.monotonic() + budget_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise WatchUnavailable(f"could not read {topic} partitions {sorted(todo)} within {budget_s:.0f}s")
-            msgs = await asyncio.to_thread(consumer.consume, 500, 0.2)
-            for msg in msgs:
-                p = msg.partition()
-                if p not in todo:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        del todo[p]  # the rest was compacted away (or the broker lost it): nothing more to send
-                    continue
-                if msg.offset() >= todo[p]:
-                    del todo[p]
-                    continue
-                if msg.offset() + 1 >= todo[p]:
-                    del todo[p]
+        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+            for msg in batch:
                 value = msg.value()
                 if not value:
                     continue
@@ -447,6 +425,16 @@ async def read_state_topic(settings: Settings, ranges: dict[int, tuple[int, int]
                 except DecodeError:
                     continue
                 if isinstance(state, TaskState) and filter.matches(state):
-                    yield p, msg.offset(), state
+                    yield msg.partition(), msg.offset(), state
+        if reader.unfinished:
+            raise WatchUnavailable(f"could not read {topic} partitions {sorted(reader.unfinished)} "
+                                   f"within {budget_s:.0f}s")
+    except BrokerUnavailable as exc:
+        raise WatchUnavailable(str(exc)) from exc
     finally:
-        await asyncio.to_thread(consumer.close)
+        await asyncio.to_thread(_close, batches, reader)
+
+
+def _close(batches, reader: RangeReader) -> None:
+    batches.close()
+    reader.close()

@@ -4,8 +4,8 @@
 assignment: they arrive in increasing order, are marked done in any order,
 and ``position`` (one past the highest contiguous done offset) is what may be
 committed, so a message is committed only once its outcome is safe. The
-executor and the retry relay keep one per assigned partition; ``committed``
-is what they last sent to the group, and ``forget_failed_commits`` (from the
+consumer runtime (``schemas.consumer``) keeps one per assigned partition;
+``committed`` is what it last sent to the group, and ``forget_failed_commits`` (from the
 consumer's ``on_commit``) clears it where the broker refused the commit (a
 rebalance under way: ``ILLEGAL_GENERATION``, ``REBALANCE_IN_PROGRESS``), so
 the next commit sends that position again.
@@ -85,8 +85,9 @@ class DeadLetter:
     ``record()`` again at once, now without its value); ``GIVEN_UP`` (even
     that was refused: the message stays only in its own topic); ``LATER``
     (the broker is away: produce ``record()`` again later). After ``SENT`` or
-    ``GIVEN_UP`` the message's offset is done. Used by the executor and the
-    retry relay; the processor sends ``record()`` with the rest of its outputs.
+    ``GIVEN_UP`` the message's offset is done. The consumer runtime's
+    ``dead_letter`` runs this state machine for every loop on it (the
+    executor's intake, until it moves onto the runtime, runs it too).
     """
 
     SENT, RESEND, GIVEN_UP, LATER = "sent", "resend", "given_up", "later"

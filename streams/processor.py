@@ -25,9 +25,12 @@ between the table write and the sends. Downstream, duplicates are harmless:
 ``evolve`` ignores a repeated TaskQueued, and executors' results are fenced
 by attempt.
 
-Undecodable messages go to ``<p>.dlq`` with the source topic, partition,
-offset and reason in headers; so does a copy of an event after which
-deciding what follows raised (its fold stands). The processor goes on. An
+The loop is a set of hooks on the consumer runtime (``schemas.consumer``),
+which owns the group, rebalances, commits and dead letters. Undecodable
+messages go to ``<p>.dlq`` (the runtime's ``dead_letter``) with the source
+topic, partition, offset and reason in headers; so does a copy of an event
+after which deciding what follows raised (its fold stands). The processor
+goes on. An
 output the broker refuses for good (``is_permanent``) is answered by where
 it was going (``_dead_letter_refused``); any other produce failure (the
 broker is away) stops the processor with an error, so the uncommitted batch
@@ -47,13 +50,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_END, KafkaError, KafkaException, TopicPartition
 from rocksdict import Rdict
 
 from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
     Heartbeat,
+    RecordRefused,
     ReadyTask,
     Settings,
     TaskState,
@@ -63,9 +66,10 @@ from taskstream.schemas import (
     retry_tier,
 )
 from taskstream.schemas import kafka
-from taskstream.schemas.kafka import admin, consume_available, end_offsets, is_permanent, read_to_ends, require_topics
+from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, TailReader, read_state_to_end, send
+from taskstream.schemas.kafka import admin, is_permanent, require_topics, topic_partitions
 from taskstream.schemas.observability import about, serve_metrics
-from taskstream.schemas.offsets import DeadLetter, poison_headers
+from taskstream.schemas.offsets import poison_headers
 
 from . import domain
 from .metrics import LAG_INTERVAL_S, ProcessorMetrics
@@ -142,19 +146,20 @@ def _outputs(topics: Topics, wire: codec.WireFormat, effects: list[domain.Effect
     return out
 
 
-def dlq_output(topics: Topics, message, reason: str) -> Output:
-    """A poison message, as it was, for ``<p>.dlq`` with where it came from and why."""
-    return Output(topics.dlq, *DeadLetter(message, reason).record())
-
-
-
-
 def processor_id() -> str:
     return f"processor-{socket.gethostname()}-{os.getpid()}"
 
 
-class Processor:
-    """One member of the processor group; ``run(stop)`` blocks until ``stop`` is set."""
+class Processor(Hooks):
+    """One member of the processor group, the hooks of a ``ConsumerRuntime``; ``run(stop)`` blocks until ``stop``
+    is set.
+
+    The runtime owns the group, the commits and the dead letters; this
+    folds each batch and waits for its outputs before it returns (so the
+    batch's offsets are committed only then), keeps one table and timer table
+    per assigned partition, follows ``<p>.heartbeats`` on the same partitions
+    and fires timers between polls.
+    """
 
     BATCH = 500
 
@@ -177,57 +182,51 @@ class Processor:
         # Ready messages wait until the batch's events and states are acknowledged: an executor's result then
         # always lands in the log after the TaskQueued of its attempt.
         self._ready_held: list[Output] = []
-        self.consumer = kafka.consumer(settings, self.id, self.topics.processor_group, {
-            "max.partition.fetch.bytes": 4 * 1024 * 1024,
-            **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
-        })
+        self.runtime = ConsumerRuntime.member(
+            settings, self, client_id=self.id, group=self.topics.processor_group, topics=[self.topics.events],
+            overrides={
+                "max.partition.fetch.bytes": 4 * 1024 * 1024,
+                **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
+            },
+            batch=self.BATCH, poll_s=settings.timer_tick_s, producer=self.producer)
         # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.
-        self.heartbeats = kafka.reader(settings, f"{self.id}-heartbeats", f"{self.id}-heartbeats")
+        self.heartbeats = TailReader(settings, f"{self.id}-heartbeats", self.topics.heartbeats)
+        self._next_tick = self._next_lag = 0.0
 
     # ------------------------------------------------------------ partitions
 
-    def _on_assign(self, consumer, partitions) -> None:
+    def on_assigned(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
         if not partitions:
             return
         started = time.monotonic()
-        tables = {tp.partition: self._fresh_table(tp.partition) for tp in partitions}
+        tables = {p: self._fresh_table(p) for _, p in partitions}
         n = self._restore(tables)
         self.tables.update(tables)
         now = datetime.now(UTC)
         for p, table in tables.items():
             self.timers[p] = self._build_timers(p, table, now)
-        self.heartbeats.incremental_assign([TopicPartition(self.topics.heartbeats, p, OFFSET_END) for p in tables])
+        self.heartbeats.add(tables)
         log.info("partitions %s assigned; tables rebuilt from %s (%d records, %.2fs)",
                  sorted(tables), self.topics.state, n, time.monotonic() - started)
 
-    def _on_revoke(self, consumer, partitions) -> None:
-        self._flush_and_check()
-        offsets = [TopicPartition(tp.topic, tp.partition, self._next[tp.partition])
-                   for tp in partitions if tp.partition in self._next]
-        if offsets:
-            try:
-                consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                log.warning("commit on revoke failed (the batch will be folded again): %s", exc)
+    def on_revoked(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
+        try:
+            self._flush_and_check()  # the runtime commits the revoked partitions after this
+        finally:
+            self._drop(partitions)
+
+    def on_lost(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
         self._drop(partitions)
 
-    def _on_lost(self, consumer, partitions) -> None:
-        log.warning("partitions lost: %s", [tp.partition for tp in partitions])
-        self._drop(partitions)
-
-    def _drop(self, partitions) -> None:
-        for tp in partitions:
-            self._next.pop(tp.partition, None)
-            table = self.tables.pop(tp.partition, None)
+    def _drop(self, partitions: list[Partition]) -> None:
+        for _, p in partitions:
+            table = self.tables.pop(p, None)
             if table is not None:
                 table.close()
-            timers = self.timers.pop(tp.partition, None)
+            timers = self.timers.pop(p, None)
             if timers is not None:
                 timers.close()
-        try:
-            self.heartbeats.incremental_unassign([TopicPartition(self.topics.heartbeats, tp.partition) for tp in partitions])
-        except KafkaException as exc:
-            log.debug("heartbeat unassign: %s", exc)
+        self.heartbeats.remove(p for _, p in partitions)
 
     def _build_timers(self, partition: int, table: Rdict, now: datetime) -> TimerTable:
         """A partition's timers from its states: due times, and a full lease for every running attempt."""
@@ -252,24 +251,16 @@ class Processor:
         """Rebuild partitions' tables from ``<p>.state``, each read up to its end offset as of now.
 
         The previous owner of a partition flushed its writes before it gave
-        the partition up (``_on_revoke``), so the end offset covers them."""
-        reader = kafka.reader(self.settings, f"{self.id}-restore", f"{self.id}-restore",
-                              {"enable.partition.eof": True})
+        the partition up (``on_revoked``), so the end offset covers them."""
         n = 0
-        try:
-            ends = end_offsets(reader, self.topics.state, tables, timeout=30)
-            for batch in read_to_ends(reader, self.topics.state, ends):
-                for m in batch:
-                    if m.value():
-                        tables[m.partition()][m.key()] = m.value()
-                    else:
-                        tables[m.partition()].pop(m.key(), None)
-                n += len(batch)
-            return n
-        except KafkaException as exc:
-            raise BrokerUnavailable(f"restoring {self.topics.state}: {exc}") from exc
-        finally:
-            reader.close()
+        for batch in read_state_to_end(self.settings, f"{self.id}-restore", self.topics.state, tables):
+            for m in batch:
+                if m.value():
+                    tables[m.partition()][m.key()] = m.value()
+                else:
+                    tables[m.partition()].pop(m.key(), None)
+            n += len(batch)
+        return n
 
     # ------------------------------------------------------------ the loop
 
@@ -291,7 +282,7 @@ class Processor:
             relay_thread = threading.Thread(target=run_relay, name=f"{self.id}-relay", daemon=True)
             relay_thread.start()
         try:
-            self._run(stop)
+            self.runtime.run(stop)
         finally:
             stop.set()  # the relay stops with the processor, whatever ended it
             if relay_thread is not None:
@@ -299,39 +290,55 @@ class Processor:
         if crashed:
             raise BrokerUnavailable(f"retry relay failed: {crashed[0]!r}") from crashed[0]
 
-    def _run(self, stop: threading.Event) -> None:
-        self._next: dict[int, int] = {}
-        self.consumer.subscribe([self.topics.events], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
-        log.info("processor %s joining group %s", self.id, self.topics.processor_group)
-        tick = self.settings.timer_tick_s
-        next_tick = next_lag = time.monotonic()
-        try:
-            while not stop.is_set():
-                messages = consume_available(self.consumer, self.BATCH, tick)
-                if messages:
-                    self._fold_batch(messages)
-                if self.tables:
-                    beats = consume_available(self.heartbeats, self.BATCH, 0)
-                    if beats:
-                        self._take_heartbeats(beats)
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + tick
-                    self._fire_timers(datetime.now(UTC))
-                if time.monotonic() >= next_lag:
-                    next_lag = time.monotonic() + LAG_INTERVAL_S
-                    self._measure_lag()
-        finally:
-            self._close()
+    def on_batch(self, runtime: ConsumerRuntime, records: list) -> None:
+        now = datetime.now(UTC)
+        for m in records:
+            table = self.tables.get(m.partition())
+            if table is None:  # revoked while the batch was in flight
+                continue
+            for out in self._fold_one(table, m, m.partition(), now):
+                self._produce(out)
+        self._flush_and_check()
+        self.folded += len(records)
+        self.metrics.folded.inc(len(records))
+
+    def on_idle(self, runtime: ConsumerRuntime) -> None:
+        if self.tables:
+            beats = self.heartbeats.take(self.BATCH)
+            if beats:
+                self._take_heartbeats(beats)
+        if time.monotonic() >= self._next_tick:
+            self._next_tick = time.monotonic() + self.settings.timer_tick_s
+            self._fire_timers(datetime.now(UTC))
+        if time.monotonic() >= self._next_lag:
+            self._next_lag = time.monotonic() + LAG_INTERVAL_S
+            self._measure_lag()
+
+    def on_stopping(self, runtime: ConsumerRuntime) -> None:
+        self._flush_and_check()
+
+    def on_stopped(self, runtime: ConsumerRuntime) -> None:
+        self.heartbeats.close()
+        for table in self.tables.values():
+            table.close()
+        self.tables.clear()
+        for timers in self.timers.values():
+            timers.close()
+        self.timers.clear()
+        log.info("processor %s stopped after folding %d events", self.id, self.folded)
 
     def _measure_lag(self) -> None:
         """``taskstream_processor_lag`` from client-side figures only: cached high watermarks and positions."""
-        tps = [TopicPartition(self.topics.events, p) for p in sorted(self.tables)]
+        parts = [(self.topics.events, p) for p in sorted(self.tables)]
         try:
-            positions = [tp.offset if tp.offset >= 0 else self._next.get(tp.partition, -1)
-                         for tp in self.consumer.position(tps)] if tps else []
-            highs = [(self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1))[1] for tp in tps]
-        except KafkaException as exc:
+            at = self.runtime.positions(parts)
+            positions = []
+            for part in parts:
+                offsets = self.runtime.offsets(part)
+                fallback = offsets.position if offsets is not None and offsets.position is not None else -1
+                positions.append(at[part] if at.get(part, -1) >= 0 else fallback)
+            highs = [self.runtime.watermarks(part, cached=True)[1] for part in parts]
+        except BrokerUnavailable as exc:
             log.debug("lag not measured: %s", exc)
             return
         self.metrics.set_lag(positions, highs)
@@ -339,18 +346,14 @@ class Processor:
     def _take_heartbeats(self, messages) -> None:
         """A heartbeat of the running attempt moves its lease; anything else is ignored (poison: dlq)."""
         now = datetime.now(UTC)
-        poison = []
         for m in messages:
-            if m.error() is not None:
-                continue
             table, timers = self.tables.get(m.partition()), self.timers.get(m.partition())
             if table is None or timers is None:
                 continue
             try:
                 beat = self.wire.decode_as(m.value(), Heartbeat)
             except DecodeError as exc:
-                log.warning("poison message at %s[%d]@%d -> dlq: %s", m.topic(), m.partition(), m.offset(), exc)
-                poison.append(dlq_output(self.topics, m, str(exc)))
+                self.runtime.dead_letter(m, str(exc))
                 continue
             key = beat.task_id.encode()
             raw = table.get(key)
@@ -360,10 +363,6 @@ class Processor:
                 state = None
             if domain.heartbeat_renews(state, beat.attempt):
                 timers.set(LEASE, key, now + self.lease)
-        for out in poison:
-            self._produce(out)
-        if poison:
-            self._flush_and_check()
 
     def _fire_timers(self, now: datetime) -> None:
         """Append the events of every due timer to the log (to the timer's own partition)."""
@@ -394,48 +393,25 @@ class Processor:
             self.fired += fired
             log.debug("timers appended %d events", fired)
 
-    def _fold_batch(self, messages) -> None:
-        now = datetime.now(UTC)
-        done: dict[int, int] = {}
-        for m in messages:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", err)
-                continue
-            partition = m.partition()
-            table = self.tables.get(partition)
-            if table is None:  # revoked while the batch was in flight
-                continue
-            done[partition] = m.offset() + 1
-            for out in self._fold_one(table, m, partition, now):
-                self._produce(out)
-        self._flush_and_check()
-        self.folded += len(messages)
-        self.metrics.folded.inc(len(messages))
-        if done:
-            self._next.update(done)
-            self.consumer.commit(
-                offsets=[TopicPartition(self.topics.events, p, o) for p, o in done.items()], asynchronous=True
-            )
-
     def _fold_one(self, table: Rdict, m, partition: int, now: datetime) -> list[Output]:
+        """The outputs of one event; a poison event goes to the dlq (the runtime's dead letter) instead."""
         key = m.key()
         if not key:
-            return [dlq_output(self.topics, m, "event without a key")]
+            self.runtime.dead_letter(m, "event without a key")
+            return []
         raw = table.get(key)
         try:
             state = self.wire.decode(raw) if raw else None
             step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id, wire=self.wire)
             value = self.wire.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
-            log.warning("poison message at %s[%d]@%d -> dlq: %s", m.topic(), partition, m.offset(), exc)
-            return [dlq_output(self.topics, m, str(exc))]
+            self.runtime.dead_letter(m, str(exc))
+            return []
         outputs = step.outputs
         if step.failed:
             log.error("%s[%d]@%d: %s -> dlq", m.topic(), partition, m.offset(), step.failed,
                       extra=about(key.decode(errors="replace")))
-            outputs = [*outputs, dlq_output(self.topics, m, step.failed)]
+            self.runtime.dead_letter(m, step.failed)
         if step.state is None:
             return outputs
         self._move_timers(partition, key, state, step.state, now)
@@ -456,21 +432,14 @@ class Processor:
         if hold_ready and out.topic in self._ready_topics:
             self._ready_held.append(out)
             return
-        kwargs = {"headers": out.headers, "on_delivery": self._delivered}
-        if out.partition is not None:
-            kwargs["partition"] = out.partition
-        while True:
-            try:
-                self.producer.produce(out.topic, out.value, out.key, **kwargs)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-            except KafkaException as exc:
-                if not is_permanent(exc):
-                    raise BrokerUnavailable(f"produce to {out.topic} failed: {exc}") from exc
-                self._refused.append((out.topic, out.key, out.value, list(out.headers or []),
-                                      f"{exc.args[0].str()} ({len(out.value or b''):,} bytes)"))
-                return
+        try:
+            send(self.producer, out.topic, out.key, out.value, out.headers, partition=out.partition,
+                 on_delivery=self._delivered)
+        except RecordRefused as exc:
+            self._refused.append((out.topic, out.key, out.value, list(out.headers or []),
+                                  f"{exc} ({len(out.value or b''):,} bytes)"))
+        except BrokerUnavailable as exc:
+            raise BrokerUnavailable(f"produce to {out.topic} failed: {exc}") from exc
 
     def _delivered(self, err, msg) -> None:
         if err is None:
@@ -535,26 +504,11 @@ class Processor:
                 f"{remaining} output(s) unacknowledged, failures: {failed}; not committing, the batch is folded again"
             )
 
-    def _close(self) -> None:
-        try:
-            self._flush_and_check()
-            if self._next:
-                self.consumer.commit(
-                    offsets=[TopicPartition(self.topics.events, p, o) for p, o in self._next.items()],
-                    asynchronous=False,
-                )
-        except (KafkaException, BrokerUnavailable) as exc:
-            log.warning("final commit failed: %s", exc)
-        finally:
-            self.consumer.close()
-            self.heartbeats.close()
-            for table in self.tables.values():
-                table.close()
-            self.tables.clear()
-            for timers in self.timers.values():
-                timers.close()
-            self.timers.clear()
-            log.info("processor %s stopped after folding %d events", self.id, self.folded)
+    def close(self) -> None:
+        """Close the clients of a processor that was never run (``run`` closes its own)."""
+        self.producer.flush(5)
+        self.runtime.close()
+        self.heartbeats.close()
 
 
 def check_topics(settings: Settings) -> None:
@@ -562,14 +516,14 @@ def check_topics(settings: Settings) -> None:
     differs: cleanup policy, retention, size limit); the table of a task lives in the partition of its events,
     so events, state and heartbeats need the same partition count."""
     topics = Topics(settings.prefix)
-    md = admin(settings).list_topics(timeout=10).topics
+    md = topic_partitions(admin(settings), timeout=10)
     for name in (topics.events, topics.state):
         if name not in md:
             raise BrokerUnavailable(f"topic {name} does not exist (run `taskstream topics create`)")
     for other in (topics.state, topics.heartbeats):
         if other not in md:
             raise BrokerUnavailable(f"topic {other} does not exist (run `taskstream topics create`)")
-        if len(md[topics.events].partitions) != len(md[other].partitions):
+        if md[topics.events] != md[other]:
             raise BrokerUnavailable(f"{topics.events} and {other} have different partition counts")
     require_topics(settings, catalogue(settings))
 

@@ -189,9 +189,7 @@ def test_a_record_the_broker_refuses_is_answered_by_where_it_was_going(settings:
     finally:
         dlq.close()
         events.close()
-        processor.producer.flush(5)
-        processor.consumer.close()
-        processor.heartbeats.close()
+        processor.close()
 
 
 def test_a_relay_thread_that_dies_stops_its_processor_with_an_error(settings: Settings, monkeypatch) -> None:
