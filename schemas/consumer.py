@@ -8,7 +8,7 @@ client (``schemas.kafka``), subscribing or assigning, assignment, revocation
 and lost partitions, batch polling, offset tracking (``PartitionOffsets``)
 and commits, pausing, dead-letter delivery with its retries (one state
 machine: ``DeadLetter``), leaving the group and shutdown. Why this shape:
-docs/decisions/0010-one-consumer-runtime.md.
+docs/decisions/0012-one-consumer-runtime.md.
 
 Two kinds of runtime:
 
