@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
@@ -142,6 +143,24 @@ def is_permanent(err: KafkaError | BaseException | None) -> bool:
     if isinstance(err, KafkaException) and err.args and isinstance(err.args[0], KafkaError):
         err = err.args[0]
     return isinstance(err, KafkaError) and err.code() in PERMANENT_PRODUCE_ERRORS
+
+
+def reason(exc: BaseException) -> str:
+    """What a library error says, for people: the broker's or librdkafka's own words (``Local: Timed out``),
+    not the ``KafkaError{code=...}`` form; ``timed out`` for a bare ``TimeoutError``."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
+
+
+@contextmanager
+def broker_errors(what: str) -> Iterator[None]:
+    """Library errors raised in the block leave it as ``BrokerUnavailable`` (``RecordRefused`` for a record the
+    broker refuses for good, ``is_permanent``), the message saying ``what`` was being done and why it failed."""
+    try:
+        yield
+    except KafkaException as exc:
+        raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(f"{what}: {reason(exc)}") from None
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
@@ -360,12 +379,19 @@ def consume_available(consumer, max_messages: int, timeout: float) -> list:
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
-def end_offsets(consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, int]:
-    """Each partition's end offset (high watermark), asked of the broker now, not librdkafka's cached one.
+def watermarks(consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets of each partition of ``topic``, asked of the broker now, not librdkafka's cached ones.
 
-    Raises ``KafkaException`` (callers turn it into their own error)."""
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)[1]
-            for p in partitions}
+    ``consumer`` is any consumer of ours (a ``reader`` will do). ``BrokerUnavailable`` when the broker does not
+    answer within ``timeout`` seconds."""
+    with broker_errors(f"end offsets of {topic}"):
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
+                for p in partitions}
+
+
+def end_offsets(consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, int]:
+    """Each partition's end offset (high watermark) now (``watermarks``); ``BrokerUnavailable`` as there."""
+    return {p: high for p, (_, high) in watermarks(consumer, topic, partitions, timeout).items()}
 
 
 def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: float = 600.0,
@@ -379,8 +405,13 @@ def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: floa
     record at its end was read, its position reached the end, or it reports
     end of partition there (offsets a compaction left out cannot hold the read
     up). ``BrokerUnavailable`` when the read has not finished after
-    ``timeout`` seconds or the consumer hits a fatal error.
+    ``timeout`` seconds, the consumer hits a fatal error or the broker fails a request.
     """
+    with broker_errors(f"reading {topic}"):
+        yield from _read_to_ends(consumer, topic, ends, timeout, batch)
+
+
+def _read_to_ends(consumer, topic: str, ends: Mapping[int, int], timeout: float, batch: int) -> Iterator[list]:
     pending = {p for p, end in ends.items() if end > 0}
     if not pending:
         return
