@@ -166,7 +166,7 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
     consumer = reader(settings, "taskstream-api-history", f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
                       {"enable.auto.offset.store": False, "enable.partition.eof": True})
     try:
-        partitions = topic_partitions(consumer, 5, healthy=True).get(topic)
+        partitions = topic_partitions(consumer, 5).get(topic)
         if not partitions:
             raise BrokerUnavailable(f"topic {topic} is not available")
         partition = partition_for(key, partitions)

@@ -95,9 +95,9 @@ def measure(settings: Settings, timeout: float = 15.0) -> tuple[list[GroupLag], 
     out = []
     for role, group, topics in groups_of(settings):
         with log_errors(f"committed offsets of group {group}"):
-            committed = group_offsets(client, group, {name: counts[name] for name in topics}, timeout)
-        rows = [PartitionLag(group, name, p, committed.get((name, p)), *marks[name][p])
-                for name in topics for p in range(counts[name])]
+            pairs = [(name, p) for name in topics for p in range(counts[name])]
+            committed = group_offsets(client, group, pairs, timeout)
+        rows = [PartitionLag(group, name, p, committed.get((name, p)), *marks[name][p]) for name, p in pairs]
         state, members = states.get(group, ("unknown", 0))
         out.append(GroupLag(group, role, state, members, rows))
     return out, state_marks

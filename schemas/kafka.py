@@ -145,22 +145,15 @@ def is_permanent(err: KafkaError | BaseException | None) -> bool:
     return isinstance(err, KafkaError) and err.code() in PERMANENT_PRODUCE_ERRORS
 
 
-def reason(exc: BaseException) -> str:
-    """What a library error says, for people: the broker's or librdkafka's own words (``Local: Timed out``),
-    not the ``KafkaError{code=...}`` form; ``timed out`` for a bare ``TimeoutError``."""
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0].str()
-    return str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
-
-
 @contextmanager
 def broker_errors(what: str) -> Iterator[None]:
     """Library errors raised in the block leave it as ``BrokerUnavailable`` (``RecordRefused`` for a record the
-    broker refuses for good, ``is_permanent``), the message saying ``what`` was being done and why it failed."""
+    broker refuses for good, ``is_permanent``), saying ``what`` was being done and the library's error (which is
+    its ``__cause__``: ``timed_out`` reads it)."""
     try:
         yield
     except KafkaException as exc:
-        raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(f"{what}: {reason(exc)}") from None
+        raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(f"{what}: {exc}") from exc
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
@@ -192,6 +185,16 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
             last = exc
             time.sleep(0.1)
     raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}")
+
+
+def topic_partitions(client: AdminClient, timeout: float = 10.0) -> dict[str, int]:
+    """Partition count of every topic the cluster has (without an error); ``BrokerUnavailable`` if it does not
+    answer (``timed_out`` tells a timeout)."""
+    try:
+        topics = client.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"listing topics: {exc}") from exc
+    return {name: len(meta.partitions) for name, meta in topics.items() if meta.error is None and meta.partitions}
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
@@ -457,6 +460,59 @@ def committed_offsets(client: AdminClient, group: str, tps: list[TopicPartition]
     request = ConsumerGroupTopicPartitions(group, tps)
     result = client.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
     return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None and tp.offset >= 0}
+
+
+def group_offsets(client: AdminClient, group: str, partitions: Iterable[tuple[str, int]],
+                  timeout: float) -> dict[tuple[str, int], int]:
+    """``committed_offsets`` of (topic, partition) pairs; ``BrokerUnavailable`` (``timed_out`` tells a timeout)."""
+    try:
+        return committed_offsets(client, group, [TopicPartition(t, p) for t, p in partitions], timeout)
+    except (KafkaException, TimeoutError) as exc:
+        raise BrokerUnavailable(f"offsets of group {group}: {exc or 'timed out'}") from exc
+
+
+def describe_cluster(client: AdminClient, timeout: float) -> dict:
+    """Cluster id, controller id and brokers (id, host, port) as DescribeCluster reports them;
+    ``BrokerUnavailable`` (``timed_out`` tells a timeout)."""
+    try:
+        d = client.describe_cluster(request_timeout=timeout).result(timeout)
+    except (KafkaException, TimeoutError) as exc:
+        raise BrokerUnavailable(f"describing the cluster: {exc or 'timed out'}") from exc
+    return {"cluster_id": d.cluster_id, "controller": d.controller.id if d.controller is not None else None,
+            "brokers": sorted(({"id": n.id, "host": n.host, "port": n.port} for n in d.nodes), key=lambda b: b["id"])}
+
+
+def describe_groups(client: AdminClient, groups: list[str], timeout: float) -> dict[str, dict | BrokerUnavailable]:
+    """Each group as DescribeConsumerGroups reports it (state in lower case; members with member_id, client_id,
+    host, instance_id and their assignment of (topic, partition) pairs), or the ``BrokerUnavailable`` that
+    answered for it (``timed_out`` tells a timeout)."""
+    out: dict[str, dict | BrokerUnavailable] = {}
+    try:
+        futures = client.describe_consumer_groups(groups, request_timeout=timeout)
+    except KafkaException as exc:
+        return {g: BrokerUnavailable(str(exc)) for g in groups}
+    for group, fut in futures.items():
+        try:
+            d = fut.result(timeout)
+        except (KafkaException, TimeoutError) as exc:
+            error = BrokerUnavailable(str(exc) or "timed out")
+            error.__cause__ = exc
+            out[group] = error
+            continue
+        out[group] = {"state": d.state.name.lower(), "members": [{
+            "member_id": m.member_id, "client_id": m.client_id, "host": m.host, "instance_id": m.group_instance_id,
+            "assignment": [(tp.topic, tp.partition) for tp in (m.assignment.topic_partitions if m.assignment else [])],
+        } for m in d.members]}
+    return out
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (a ``BrokerUnavailable`` of this module, or its cause) is a request that timed out."""
+    exc = exc.__cause__ if isinstance(exc, BrokerUnavailable) and exc.__cause__ is not None else exc
+    if isinstance(exc, TimeoutError):
+        return True
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError._TIMED_OUT
 
 
 def partition_lag(committed: int | None, low: int, high: int) -> int:

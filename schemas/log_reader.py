@@ -5,10 +5,12 @@ rebuild`` and the API's history reads never join a group: they ``assign()``
 partitions of a ``kafka.reader``, read between offsets they chose and leave
 no trace on the broker. This module is everything they ask of the broker:
 partition counts, (low, high) watermarks, offsets by time, a group's
-committed offsets, and the records of a range of partitions. Callers name
-partitions by number and offsets by int, never by the library's types, and
-every library error reaches them as ``BrokerUnavailable`` (``broker_errors``),
-saying what was asked and the broker's reason.
+committed offsets, and the records of a range of partitions (some of it
+lives in ``schemas.kafka`` beside the client factory and is re-exported
+here). Callers name partitions by number and offsets by int, never by the
+library's types, and every library error reaches them as
+``BrokerUnavailable`` (``broker_errors``), saying what was asked, with the
+library's error as its cause.
 """
 
 from __future__ import annotations
@@ -17,14 +19,23 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from .errors import BrokerUnavailable
-from .kafka import broker_errors, committed_offsets, consume_available, end_offsets, read_to_ends, reason, watermarks
+from .kafka import (
+    broker_errors,
+    consume_available,
+    end_offsets,
+    group_offsets,
+    read_to_ends,
+    timed_out,
+    topic_partitions,
+    watermarks,
+)
 
 __all__ = [
     "BEGINNING", "assign", "at_partition_end", "broker_count", "broker_errors", "consume_available", "end_offsets",
-    "group_offsets", "offsets_at", "read_range", "read_to_ends", "reason", "topic_partitions", "watermarks",
+    "group_offsets", "offsets_at", "read_range", "read_to_ends", "timed_out", "topic_partitions", "watermarks",
 ]
 
 #: The start offset that means "the oldest record the partition still holds" (for ``assign``).
@@ -34,39 +45,10 @@ BEGINNING = OFFSET_BEGINNING
 # ------------------------------------------------------------------ metadata
 
 
-def topic_partitions(client, timeout: float, *, healthy: bool = False) -> dict[str, int]:
-    """The partition count of every topic the cluster reports, by name, from one metadata request.
-
-    ``client`` is any client of ours (admin or consumer). With ``healthy``, a
-    topic the broker reports an error for, or without partitions, is left out.
-    ``BrokerUnavailable`` (the broker's reason as its message) when no answer
-    came within ``timeout`` seconds.
-    """
-    try:
-        topics = client.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise BrokerUnavailable(reason(exc)) from None
-    return {name: len(meta.partitions) for name, meta in topics.items()
-            if not healthy or (meta.error is None and meta.partitions)}
-
-
 def broker_count(client, timeout: float) -> int:
     """How many brokers the cluster's metadata names; ``BrokerUnavailable`` when none answered within ``timeout``."""
-    try:
+    with broker_errors("asking for the cluster's brokers"):
         return len(client.list_topics(timeout=timeout).brokers)
-    except KafkaException as exc:
-        raise BrokerUnavailable(reason(exc)) from None
-
-
-def group_offsets(client, group: str, partitions: Mapping[str, int], timeout: float) -> dict[tuple[str, int], int]:
-    """The offsets ``group`` committed on every partition of the topics of ``partitions`` (name -> partition
-    count), keyed (topic, partition); a partition never committed is left out. ``client`` is an admin client
-    (kept referenced until this returns). ``BrokerUnavailable`` when the broker does not answer in time."""
-    tps = [TopicPartition(topic, p) for topic, n in partitions.items() for p in range(n)]
-    try:
-        return committed_offsets(client, group, tps, timeout)
-    except (KafkaException, TimeoutError) as exc:
-        raise BrokerUnavailable(f"committed offsets of group {group}: {reason(exc)}") from None
 
 
 def offsets_at(consumer, topic: str, marks: Mapping[int, tuple[int, int]], at: datetime,

@@ -469,7 +469,7 @@ def committed_offsets(settings: Settings, partitions: int, timeout: float = 10.0
     """Where the processor group resumes in each partition of ``<p>.events`` (None: nothing committed)."""
     topics = Topics(settings.prefix)
     client = admin(settings, "taskstream-state-committed")  # kept referenced until the answer is in
-    got = group_offsets(client, topics.processor_group, {topics.events: partitions}, timeout)
+    got = group_offsets(client, topics.processor_group, [(topics.events, p) for p in range(partitions)], timeout)
     return {p: got.get((topics.events, p)) for p in range(partitions)}
 
 

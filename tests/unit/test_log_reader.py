@@ -18,7 +18,7 @@ from taskstream.schemas.log_reader import (
     broker_errors,
     end_offsets,
     group_offsets,
-    reason,
+    timed_out,
     topic_partitions,
     watermarks,
 )
@@ -30,12 +30,13 @@ def nobody() -> Settings:
     return Settings(bootstrap_servers=f"127.0.0.1:{free_port()}")
 
 
-def test_broker_errors_say_what_failed_in_the_brokers_words() -> None:
+def test_broker_errors_say_what_failed_and_keep_the_library_error_as_cause() -> None:
+    cause = KafkaException(KafkaError(KafkaError._TRANSPORT, "Local: Broker transport failure"))
     with pytest.raises(BrokerUnavailable) as err:
         with broker_errors("reading p.events"):
-            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Local: Broker transport failure"))
-    assert str(err.value) == "reading p.events: Local: Broker transport failure"
-    assert not isinstance(err.value, RecordRefused)
+            raise cause
+    assert str(err.value) == f"reading p.events: {cause}" and "Broker transport failure" in str(err.value)
+    assert err.value.__cause__ is cause and not isinstance(err.value, RecordRefused)
 
 
 def test_a_record_refused_for_good_is_record_refused() -> None:
@@ -50,9 +51,11 @@ def test_other_errors_pass_through_unchanged() -> None:
             raise ValueError("mine")
 
 
-def test_reason_of_a_bare_timeout_says_so() -> None:
-    assert reason(TimeoutError()) == "timed out"
-    assert reason(KafkaException(KafkaError(KafkaError._TIMED_OUT, "Local: Timed out"))) == "Local: Timed out"
+def test_a_timeout_mapped_at_the_seam_can_be_told() -> None:
+    with pytest.raises(BrokerUnavailable) as err:
+        with broker_errors("end offsets of p.events"):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Local: Timed out"))
+    assert timed_out(err.value)
 
 
 def test_watermarks_of_an_unreachable_broker_are_broker_unavailable(nobody: Settings) -> None:
@@ -70,8 +73,8 @@ def test_metadata_of_an_unreachable_broker_is_broker_unavailable(nobody: Setting
     client = kafka.admin(nobody)
     with pytest.raises(BrokerUnavailable):
         topic_partitions(client, 0.5)
-    with pytest.raises(BrokerUnavailable):
+    with pytest.raises(BrokerUnavailable, match="^asking for the cluster's brokers: "):
         broker_count(client, 0.5)
-    with pytest.raises(BrokerUnavailable, match="^committed offsets of group g: "):
-        group_offsets(client, "g", {"p.events": 2}, 0.5)
-    assert group_offsets(client, "g", {"p.events": 0}, 0.5) == {}  # nothing to ask: no request at all
+    with pytest.raises(BrokerUnavailable, match="^offsets of group g: "):
+        group_offsets(client, "g", [("p.events", 0), ("p.events", 1)], 0.5)
+    assert group_offsets(client, "g", [], 0.5) == {}  # nothing to ask: no request at all
