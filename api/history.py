@@ -42,8 +42,15 @@ from typing import Any
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
 from taskstream.schemas.kafka import reader
-from taskstream.schemas.log_reader import BEGINNING, assign, at_partition_end, broker_errors, consume_available
-from taskstream.schemas.log_reader import topic_partitions, watermarks
+from taskstream.schemas.log_reader import (
+    BEGINNING,
+    assign,
+    at_partition_end,
+    broker_errors,
+    consume_available,
+    topic_partitions,
+    watermarks,
+)
 from taskstream.schemas.observability import about
 from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 

@@ -382,7 +382,7 @@ def consume_available(consumer, max_messages: int, timeout: float) -> list:
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
-def watermarks(consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, tuple[int, int]]:
+def watermarks(consumer: Consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, tuple[int, int]]:
     """(low, high) offsets of each partition of ``topic``, asked of the broker now, not librdkafka's cached ones.
 
     ``consumer`` is any consumer of ours (a ``reader`` will do). ``BrokerUnavailable`` when the broker does not
@@ -414,7 +414,8 @@ def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: floa
         yield from _read_to_ends(consumer, topic, ends, timeout, batch)
 
 
-def _read_to_ends(consumer, topic: str, ends: Mapping[int, int], timeout: float, batch: int) -> Iterator[list]:
+def _read_to_ends(consumer: Consumer, topic: str, ends: Mapping[int, int], timeout: float,
+                  batch: int) -> Iterator[list]:
     pending = {p for p, end in ends.items() if end > 0}
     if not pending:
         return

@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from .errors import BrokerUnavailable
 from .kafka import (
@@ -45,13 +46,13 @@ BEGINNING = OFFSET_BEGINNING
 # ------------------------------------------------------------------ metadata
 
 
-def broker_count(client, timeout: float) -> int:
+def broker_count(client: AdminClient | Consumer, timeout: float) -> int:
     """How many brokers the cluster's metadata names; ``BrokerUnavailable`` when none answered within ``timeout``."""
     with broker_errors("asking for the cluster's brokers"):
         return len(client.list_topics(timeout=timeout).brokers)
 
 
-def offsets_at(consumer, topic: str, marks: Mapping[int, tuple[int, int]], at: datetime,
+def offsets_at(consumer: Consumer, topic: str, marks: Mapping[int, tuple[int, int]], at: datetime,
                timeout: float) -> dict[int, int]:
     """Per partition of ``marks`` ((low, high) by partition), the first offset whose record timestamp is >= ``at``
     (ListOffsets by time).
@@ -73,23 +74,23 @@ def offsets_at(consumer, topic: str, marks: Mapping[int, tuple[int, int]], at: d
 # ------------------------------------------------------------------ reading
 
 
-def assign(consumer, topic: str, starts: Mapping[int, int]) -> None:
+def assign(consumer: Consumer, topic: str, starts: Mapping[int, int]) -> None:
     """Assign ``consumer`` the partitions of ``starts``, each to be read from its offset there (``BEGINNING``:
     the oldest record held)."""
     with broker_errors(f"assigning {topic}"):
         consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
 
 
-def at_partition_end(message) -> bool:
+def at_partition_end(message: Message) -> bool:
     """Whether ``message`` is the end-of-partition marker of a consumer with ``enable.partition.eof`` (its
     ``offset()`` is then the partition's end), not a record nor another error."""
     err = message.error()
     return err is not None and err.code() == KafkaError._PARTITION_EOF
 
 
-def read_range(consumer, topic: str, starts: Mapping[int, int], ends: Mapping[int, int], *,
+def read_range(consumer: Consumer, topic: str, starts: Mapping[int, int], ends: Mapping[int, int], *,
                idle_timeout: float = 30.0, keep_assigned: bool = False,
-               after_end: Callable | None = None) -> Iterator:
+               after_end: Callable[[Message], object] | None = None) -> Iterator[Message]:
     """Every message of ``topic`` with ``starts[p] <= offset < ends[p]``, per partition in order.
 
     A partition is done when the consumer's position reaches its end (so a

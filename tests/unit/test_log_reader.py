@@ -11,8 +11,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from taskstream.cli.broker import free_port
-from taskstream.schemas import BrokerUnavailable, RecordRefused, Settings
-from taskstream.schemas import kafka
+from taskstream.schemas import BrokerUnavailable, RecordRefused, Settings, kafka
 from taskstream.schemas.log_reader import (
     broker_count,
     broker_errors,
