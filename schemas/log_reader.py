@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from .errors import BrokerUnavailable
@@ -36,11 +36,22 @@ from .kafka import (
 
 __all__ = [
     "BEGINNING", "assign", "at_partition_end", "broker_count", "broker_errors", "consume_available", "end_offsets",
-    "group_offsets", "offsets_at", "read_range", "read_to_ends", "timed_out", "topic_partitions", "watermarks",
+    "group_offsets", "offsets_at", "read_range", "read_to_ends", "reason", "timed_out", "topic_partitions",
+    "watermarks",
 ]
 
 #: The start offset that means "the oldest record the partition still holds" (for ``assign``).
 BEGINNING = OFFSET_BEGINNING
+
+
+def reason(exc: BaseException) -> str:
+    """The library's own words for the error behind ``exc`` (for a ``BrokerUnavailable`` of the seam, its cause):
+    ``Failed to get metadata: Local: Broker transport failure`` rather than ``KafkaError{code=...}``; else
+    ``str(exc)``."""
+    cause = exc.__cause__ if isinstance(exc, BrokerUnavailable) and exc.__cause__ is not None else exc
+    if isinstance(cause, KafkaException) and cause.args and isinstance(cause.args[0], KafkaError):
+        return str(cause.args[0].str())
+    return str(exc)
 
 
 # ------------------------------------------------------------------ metadata

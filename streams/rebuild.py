@@ -71,7 +71,14 @@ from taskstream.schemas import (
 )
 from taskstream.schemas import kafka
 from taskstream.schemas.kafka import admin
-from taskstream.schemas.log_reader import broker_errors, end_offsets, group_offsets, read_to_ends, topic_partitions
+from taskstream.schemas.log_reader import (
+    broker_errors,
+    end_offsets,
+    group_offsets,
+    read_to_ends,
+    reason,
+    topic_partitions,
+)
 
 from . import domain
 
@@ -445,7 +452,7 @@ def _metadata(settings: Settings, timeout: float) -> int:
         md = topic_partitions(admin(settings), timeout)
     except BrokerUnavailable as exc:
         raise RebuildError(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: "
-                           f"{exc}") from None
+                           f"{reason(exc)}") from None
     for name in (topics.events, topics.state):
         if not md.get(name):
             raise RebuildError(f"topic {name} does not exist at {settings.bootstrap_servers} "

@@ -17,6 +17,7 @@ from taskstream.schemas.log_reader import (
     broker_errors,
     end_offsets,
     group_offsets,
+    reason,
     timed_out,
     topic_partitions,
     watermarks,
@@ -68,10 +69,20 @@ def test_watermarks_of_an_unreachable_broker_are_broker_unavailable(nobody: Sett
         consumer.close()
 
 
+def test_reason_is_the_library_error_in_its_own_words() -> None:
+    with pytest.raises(BrokerUnavailable) as err:
+        with broker_errors("listing topics"):
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Failed to get metadata: Local: Timed out"))
+    assert "KafkaError{" in str(err.value)
+    assert reason(err.value) == "Failed to get metadata: Local: Timed out"
+    assert reason(BrokerUnavailable("topic p.events is not available")) == "topic p.events is not available"
+
+
 def test_metadata_of_an_unreachable_broker_is_broker_unavailable(nobody: Settings) -> None:
     client = kafka.admin(nobody)
-    with pytest.raises(BrokerUnavailable):
+    with pytest.raises(BrokerUnavailable) as err:
         topic_partitions(client, 0.5)
+    assert reason(err.value).startswith("Failed to get metadata")
     with pytest.raises(BrokerUnavailable, match="^asking for the cluster's brokers: "):
         broker_count(client, 0.5)
     with pytest.raises(BrokerUnavailable, match="^offsets of group g: "):
