@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
@@ -145,15 +145,20 @@ def is_permanent(err: KafkaError | BaseException | None) -> bool:
     return isinstance(err, KafkaError) and err.code() in PERMANENT_PRODUCE_ERRORS
 
 
-@contextmanager
-def broker_errors(what: str) -> Iterator[None]:
-    """Library errors raised in the block leave it as ``BrokerUnavailable`` (``RecordRefused`` for a record the
-    broker refuses for good, ``is_permanent``), saying ``what`` was being done and the library's error (which is
-    its ``__cause__``: ``timed_out`` reads it)."""
-    try:
-        yield
-    except KafkaException as exc:
-        raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(f"{what}: {exc}") from exc
+class broker_errors:
+    """``with broker_errors(what):`` library errors raised in the block leave it as ``BrokerUnavailable``
+    (``RecordRefused`` for a record the broker refuses for good, ``is_permanent``), saying ``what`` was being
+    done and the library's error (which is its ``__cause__``: ``timed_out`` reads it). Other errors pass."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, KafkaException):
+            raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(f"{self.what}: {exc}") from exc
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
@@ -472,7 +477,7 @@ def group_offsets(client: AdminClient, group: str, partitions: Iterable[tuple[st
         raise BrokerUnavailable(f"offsets of group {group}: {exc or 'timed out'}") from exc
 
 
-def describe_cluster(client: AdminClient, timeout: float) -> dict:
+def describe_cluster(client: AdminClient, timeout: float) -> dict[str, Any]:
     """Cluster id, controller id and brokers (id, host, port) as DescribeCluster reports them;
     ``BrokerUnavailable`` (``timed_out`` tells a timeout)."""
     try:
@@ -483,11 +488,11 @@ def describe_cluster(client: AdminClient, timeout: float) -> dict:
             "brokers": sorted(({"id": n.id, "host": n.host, "port": n.port} for n in d.nodes), key=lambda b: b["id"])}
 
 
-def describe_groups(client: AdminClient, groups: list[str], timeout: float) -> dict[str, dict | BrokerUnavailable]:
+def describe_groups(client: AdminClient, groups: list[str], timeout: float) -> dict[str, dict[str, Any] | BrokerUnavailable]:
     """Each group as DescribeConsumerGroups reports it (state in lower case; members with member_id, client_id,
     host, instance_id and their assignment of (topic, partition) pairs), or the ``BrokerUnavailable`` that
     answered for it (``timed_out`` tells a timeout)."""
-    out: dict[str, dict | BrokerUnavailable] = {}
+    out: dict[str, dict[str, Any] | BrokerUnavailable] = {}
     try:
         futures = client.describe_consumer_groups(groups, request_timeout=timeout)
     except KafkaException as exc:
