@@ -40,10 +40,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-
 from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
-from taskstream.schemas.kafka import consume_available, reader
+from taskstream.schemas.kafka import reader
+from taskstream.schemas.log_reader import (
+    BEGINNING,
+    assign,
+    at_partition_end,
+    broker_errors,
+    consume_available,
+    topic_partitions,
+    watermarks,
+)
 from taskstream.schemas.observability import about
 from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 
@@ -166,12 +173,12 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
     consumer = reader(settings, "taskstream-api-history", f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
                       {"enable.auto.offset.store": False, "enable.partition.eof": True})
     try:
-        meta = consumer.list_topics(timeout=5).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
+        partitions = topic_partitions(consumer, 5).get(topic)
+        if not partitions:
             raise BrokerUnavailable(f"topic {topic} is not available")
-        partition = partition_for(key, len(meta.partitions))
-        position, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5, cached=False)
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        partition = partition_for(key, partitions)
+        position, end = watermarks(consumer, topic, [partition], 5)[partition]
+        assign(consumer, topic, {partition: BEGINNING})
         events: list[Event] = []
         scanned = 0
         while position < end:
@@ -181,10 +188,12 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
                 if now >= deadline:
                     raise HistoryTooExpensive(task_id, topic, partition, scanned, position, end, budget_s)
                 wait = min(wait, deadline - now)
-            for msg in consume_available(consumer, 500, wait):
+            with broker_errors(f"partition {partition} of {topic}"):
+                messages = consume_available(consumer, 500, wait)
+            for msg in messages:
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
+                    if at_partition_end(msg):
                         position = max(position, msg.offset())
                     else:
                         log.warning("history of task_id=%s: consumer error: %s", task_id, err, extra=about(task_id))
@@ -203,7 +212,7 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
                     if isinstance(value, Event):
                         events.append(value)
         return events
-    except KafkaException as exc:
+    except BrokerUnavailable as exc:
         raise BrokerUnavailable(f"reading the event log failed: {exc}") from exc
     finally:
         consumer.close()

@@ -258,10 +258,9 @@ class KafkaBroker:
 
     def wait_ready(self, timeout: float) -> None:
         """Until the node answers a metadata request with itself as a broker; raise if it exits or times out."""
-        from confluent_kafka import KafkaException
-
         from taskstream.schemas import Settings
         from taskstream.schemas.kafka import admin
+        from taskstream.schemas.log_reader import broker_count
 
         deadline = time.monotonic() + timeout
         client = admin(Settings(bootstrap_servers=self.bootstrap_servers), "taskstream-broker-start")
@@ -270,9 +269,9 @@ class KafkaBroker:
                 raise BrokerUnavailable(f"Kafka exited with {self.proc.returncode if self.proc else '?'} (port "
                                         f"{self.port} or {self.controller_port} in use?): {self.tail()}")
             try:
-                if client.list_topics(timeout=1).brokers:
+                if broker_count(client, 1):
                     return
-            except KafkaException:  # not listening yet
+            except BrokerUnavailable:  # not listening yet
                 time.sleep(0.1)
         self.stop()
         raise BrokerUnavailable(f"Kafka did not answer on {self.bootstrap_servers} within {timeout:.0f}s: "

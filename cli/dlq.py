@@ -5,7 +5,7 @@ the processor publishes when a task ends ``failed`` (keyed by task id), and
 raw poison messages it could not decode, with ``source-topic``,
 ``source-partition``, ``source-offset`` and ``reason`` headers. ``list``
 reads every partition from the beginning up to its end offset as of the
-start (``schemas.kafka.read_to_ends``), the same way the processor rebuilds
+start (``schemas.log_reader.read_to_ends``), the same way the processor rebuilds
 its tables; it writes nothing. ``redrive`` appends ``TaskRedriven`` events
 to ``<p>.events`` keyed by task id (murmur2, as every producer of events);
 the processor re-opens a ``failed`` or ``upstream_failed`` task on one and
@@ -24,14 +24,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import KafkaException
-
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
 from taskstream.schemas.offsets import POISON_HEADERS
 from taskstream.streams import domain
 from taskstream.schemas.kafka import producer as kafka_producer
 from taskstream.schemas.kafka import reader as kafka_reader
-from taskstream.schemas.kafka import admin, end_offsets, read_to_ends, wait_for_broker
+from taskstream.schemas.log_reader import broker_errors, end_offsets, read_to_ends
+
+from ._log import LogError, connect, partitions_of
 
 
 class DlqError(Exception):
@@ -108,17 +108,9 @@ def classify(partition: int, offset: int, timestamp_ms: int | None, key: bytes |
 def _check(settings: Settings, topic: str, timeout: float) -> int:
     """Wait for the broker; the partition count of ``topic``, or ``DlqError`` when it is missing."""
     try:
-        wait_for_broker(settings, timeout=timeout)
-        topics = admin(settings).list_topics(timeout=timeout).topics
-    except BrokerUnavailable as exc:
+        return partitions_of(settings, connect(settings, timeout), topic)
+    except LogError as exc:
         raise DlqError(str(exc)) from None
-    except KafkaException as exc:
-        raise DlqError(f"broker at {settings.bootstrap_servers}: {exc}") from None
-    meta = topics.get(topic)
-    if meta is None or not meta.partitions:
-        raise DlqError(f"topic {topic} does not exist at {settings.bootstrap_servers} "
-                       "(wrong TASKSTREAM_PREFIX? `taskstream topics create` makes it)")
-    return len(meta.partitions)
 
 
 def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
@@ -136,8 +128,6 @@ def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
                         for m in batch]
     except BrokerUnavailable as exc:
         raise DlqError(str(exc)) from None
-    except KafkaException as exc:
-        raise DlqError(f"reading {topic}: {exc}") from None
     finally:
         reader.close()
     return sorted(records, key=lambda r: r.sort_key)
@@ -164,9 +154,13 @@ def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float
     def done(err, msg):
         (errors if err is not None else acked).append(err or msg)
 
-    for e in events:
-        producer.produce(topic, wire.encode(e), e.task_id.encode(), headers=codec.headers(e), on_delivery=done)
-    producer.flush(timeout)
+    try:
+        with broker_errors(f"sending TaskRedriven events to {topic}"):
+            for e in events:
+                producer.produce(topic, wire.encode(e), e.task_id.encode(), headers=codec.headers(e), on_delivery=done)
+            producer.flush(timeout)
+    except BrokerUnavailable as exc:
+        raise DlqError(str(exc)) from None
     if errors or len(acked) != len(events):
         raise DlqError(f"{len(acked)} of {len(events)} TaskRedriven events acknowledged by {topic}: "
                        f"{errors[0] if errors else 'timed out'}")

@@ -31,13 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import KafkaException
-
-from taskstream.schemas import EVENT_TYPES, DecodeError, Settings, Topics, catalogue, codec
-from taskstream.schemas.kafka import consume_available, ensure_topics
+from taskstream.schemas import EVENT_TYPES, BrokerUnavailable, DecodeError, Settings, Topics, catalogue, codec
+from taskstream.schemas.kafka import ensure_topics
 from taskstream.schemas.kafka import producer as kafka_producer
+from taskstream.schemas.log_reader import broker_errors, consume_available, offsets_at, read_range, watermarks
 
-from ._log import LogError, connect, iso, offsets_at, partitions_of, read_range, reader, record_time, to_ms, watermarks
+from ._log import LogError, connect, iso, partitions_of, reader, record_time, to_ms
 
 EVENT_NAMES: dict[str, str] = {t.__name__.lower(): t.__name__ for t in EVENT_TYPES}
 #: Fields every event has; the summary shows the others.
@@ -200,7 +199,7 @@ def tail(settings: Settings, query: TailQuery, emit: Callable[[EventRecord], Non
             wanted = [partition_for(query.task.encode(), n)]
         else:
             wanted = list(range(n))
-        marks = {p: m for p, m in watermarks(consumer, topic, n, timeout).items() if p in wanted}
+        marks = {p: m for p, m in watermarks(consumer, topic, range(n), timeout).items() if p in wanted}
         starts = {p: low for p, (low, _) in marks.items()}
         if query.since is not None:
             starts = offsets_at(consumer, topic, marks, query.since, timeout)
@@ -240,9 +239,10 @@ def tail(settings: Settings, query: TailQuery, emit: Callable[[EventRecord], Non
                     count += 1
             if stop():
                 return count
-            later = consume_available(consumer, 500, 0.2)
-    except KafkaException as exc:
-        raise LogError(f"reading {topic}: {exc}") from None
+            with broker_errors(f"reading {topic}"):
+                later = consume_available(consumer, 500, 0.2)
+    except BrokerUnavailable as exc:
+        raise LogError(str(exc)) from None
     finally:
         consumer.close()
 
@@ -288,18 +288,18 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
     target = Topics(to_prefix).events
     try:
         problems = ensure_topics(target_s, catalogue(target_s), timeout=timeout)
-    except Exception as exc:  # BrokerUnavailable or a KafkaException from creating topics
+    except Exception as exc:  # BrokerUnavailable, TopicMismatch or another failure creating topics
         raise LogError(f"creating the topics of prefix {to_prefix}: {exc}") from None
     if problems:
         raise LogError(f"prefix {to_prefix}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     consumer = reader(settings, "replay")
     copied: dict[int, int] = {p: 0 for p in range(n)}
     try:
-        held = watermarks(consumer, target, n, timeout)
+        held = watermarks(consumer, target, range(n), timeout)
         if any(high > low for low, high in held.values()):
             raise LogError(f"{target} already holds {sum(h - lo for lo, h in held.values())} record(s): "
                            "replay writes only into an empty log (choose another prefix)")
-        marks = watermarks(consumer, source, n, timeout)
+        marks = watermarks(consumer, source, range(n), timeout)
         starts = {p: low for p, (low, _) in marks.items()}
         ends = {p: high for p, (_, high) in marks.items()}
         if on_total is not None:
@@ -318,8 +318,9 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
         def send(m) -> None:
             while True:
                 try:
-                    producer.produce(target, m.value(), m.key(), partition=m.partition(), headers=m.headers(),
-                                     timestamp=m.timestamp()[1] if m.timestamp()[1] >= 0 else 0, on_delivery=done)
+                    with broker_errors(f"replaying {source} to {target}"):
+                        producer.produce(target, m.value(), m.key(), partition=m.partition(), headers=m.headers(),
+                                         timestamp=m.timestamp()[1] if m.timestamp()[1] >= 0 else 0, on_delivery=done)
                     return
                 except BufferError:
                     producer.poll(0.05)
@@ -343,8 +344,8 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
             raise LogError(f"copying to {target}: {acked[0]} of {sum(copied.values())} records acknowledged"
                            + (f": {errors[0]}" if errors else ""))
         return ReplayResult(source, target, acked[0], copied, time.monotonic() - started)
-    except KafkaException as exc:
-        raise LogError(f"replaying {source} to {target}: {exc}") from None
+    except BrokerUnavailable as exc:
+        raise LogError(str(exc)) from None
     finally:
         consumer.close()
 

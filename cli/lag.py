@@ -22,13 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
-
 from taskstream.schemas import Settings, Topics
-from taskstream.schemas.kafka import admin, committed_offsets, group_states, partition_lag
+from taskstream.schemas.kafka import admin, group_states, partition_lag
+from taskstream.schemas.log_reader import group_offsets, watermarks
 
-from ._log import LogError, connect, partitions_of, reader, watermarks
+from ._log import LogError, connect, log_errors, partitions_of, reader
 
 READ_MODEL_NOTE = ("the API's read model has no consumer group: each API process reads {state} from the "
                    "beginning and keeps its position in memory, so its lag cannot be known from outside "
@@ -73,16 +71,9 @@ def groups_of(settings: Settings) -> list[tuple[str, str, list[str]]]:
             ("retry relay", t.relay_group, t.all_retry)]
 
 
-def _group_states(client: AdminClient, groups: list[str], timeout: float) -> dict[str, tuple[str, int]]:
+def _group_states(client, groups: list[str], timeout: float) -> dict[str, tuple[str, int]]:
     """(state, members) of each group; ("unknown", 0) when the broker does not say."""
     return {group: described or ("unknown", 0) for group, described in group_states(client, groups, timeout).items()}
-
-
-def _committed(client: AdminClient, group: str, tps: list[TopicPartition], timeout: float) -> dict[tuple[str, int], int]:
-    try:
-        return committed_offsets(client, group, tps, timeout)
-    except (KafkaException, TimeoutError) as exc:
-        raise LogError(f"committed offsets of group {group}: {exc or 'timed out'}") from None
 
 
 def measure(settings: Settings, timeout: float = 15.0) -> tuple[list[GroupLag], dict[int, tuple[int, int]]]:
@@ -94,18 +85,19 @@ def measure(settings: Settings, timeout: float = 15.0) -> tuple[list[GroupLag], 
     state_partitions = partitions_of(settings, metadata, t.state)
     consumer = reader(settings, "lag")
     try:
-        marks = {name: watermarks(consumer, name, n, timeout) for name, n in counts.items()}
-        state_marks = watermarks(consumer, t.state, state_partitions, timeout)
+        with log_errors("measuring lag"):
+            marks = {name: watermarks(consumer, name, range(n), timeout) for name, n in counts.items()}
+            state_marks = watermarks(consumer, t.state, range(state_partitions), timeout)
     finally:
         consumer.close()
     client = admin(settings)  # kept referenced: a collected client fails its pending futures
     states = _group_states(client, [g for _, g, _ in groups_of(settings)], timeout)
     out = []
     for role, group, topics in groups_of(settings):
-        tps = [TopicPartition(name, p) for name in topics for p in range(counts[name])]
-        committed = _committed(client, group, tps, timeout)
-        rows = [PartitionLag(group, tp.topic, tp.partition, committed.get((tp.topic, tp.partition)),
-                             *marks[tp.topic][tp.partition]) for tp in tps]
+        with log_errors(f"committed offsets of group {group}"):
+            pairs = [(name, p) for name in topics for p in range(counts[name])]
+            committed = group_offsets(client, group, pairs, timeout)
+        rows = [PartitionLag(group, name, p, committed.get((name, p)), *marks[name][p]) for name, p in pairs]
         state, members = states.get(group, ("unknown", 0))
         out.append(GroupLag(group, role, state, members, rows))
     return out, state_marks

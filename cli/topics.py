@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 from taskstream.schemas import BrokerUnavailable, Settings, TopicSpec, catalogue
 from taskstream.schemas.kafka import admin, config_problems, ensure_topics, topic_configs
+from taskstream.schemas.log_reader import watermarks
 
-from ._log import LogError, connect, reader, watermarks
+from ._log import LogError, connect, log_errors, reader
 
 #: Configs shown in lists and descriptions (every config of the catalogue is judged).
 SHOWN = ("cleanup.policy", "retention.ms")
@@ -78,17 +79,17 @@ def _configs(settings: Settings, names: list[str], timeout: float) -> dict[str, 
         raise LogError(str(exc)) from None
 
 
-def inspect(settings: Settings, timeout: float = 15.0, *, metadata: dict | None = None) -> list[TopicReport]:
-    """Each catalogue topic of ``settings`` as the broker has it."""
+def inspect(settings: Settings, timeout: float = 15.0, *, metadata: dict[str, int] | None = None) -> list[TopicReport]:
+    """Each catalogue topic of ``settings`` as the broker has it (``metadata``: ``connect``'s partition counts)."""
     topics = metadata if metadata is not None else connect(settings, timeout)
     specs = catalogue(settings)
-    existing = [s.name for s in specs if s.name in topics and topics[s.name].partitions]
+    existing = [s.name for s in specs if topics.get(s.name)]
     configs = _configs(settings, existing, timeout)
-    return [TopicReport(s, True, len(topics[s.name].partitions), configs.get(s.name, {})) if s.name in existing
+    return [TopicReport(s, True, topics[s.name], configs.get(s.name, {})) if s.name in existing
             else TopicReport(s, False) for s in specs]
 
 
-def extra_topics(settings: Settings, metadata: dict) -> list[str]:
+def extra_topics(settings: Settings, metadata: dict[str, int]) -> list[str]:
     """Topics named ``<prefix>.*`` that the catalogue does not know (leftovers, typos)."""
     known = {s.name for s in catalogue(settings)}
     return sorted(n for n in metadata if n.startswith(settings.prefix + ".") and n not in known)
@@ -104,7 +105,7 @@ def create(settings: Settings, timeout: float = 15.0) -> list[TopicReport]:
     return inspect(settings, timeout)
 
 
-def resolve(settings: Settings, name: str, metadata: dict) -> str:
+def resolve(settings: Settings, name: str, metadata: dict[str, int]) -> str:
     """A topic name as given (``<prefix>.events``, any existing topic) or short (``events``, ``ready.high``)."""
     return name if name.startswith(settings.prefix + ".") or name in metadata else f"{settings.prefix}.{name}"
 
@@ -129,13 +130,13 @@ def describe(settings: Settings, names: list[str], timeout: float = 15.0) -> lis
     if names:
         wanted = [resolve(settings, n, metadata) for n in names]
         for n in wanted:
-            if n not in metadata or not metadata[n].partitions:
+            if not metadata.get(n):
                 raise LogError(f"topic {n} does not exist at {settings.bootstrap_servers}"
                                + ("" if n in reports else f" (catalogue topics: {', '.join(reports)})"))
         for n in wanted:
             if n not in reports:  # a topic of ours the catalogue does not know: describe it as it is
-                spec = TopicSpec(n, len(metadata[n].partitions))
-                reports[n] = TopicReport(spec, True, len(metadata[n].partitions),
+                spec = TopicSpec(n, metadata[n])
+                reports[n] = TopicReport(spec, True, metadata[n],
                                          _configs(settings, [n], timeout).get(n, {}))
     else:
         wanted = [n for n, r in reports.items() if r.exists]
@@ -144,7 +145,9 @@ def describe(settings: Settings, names: list[str], timeout: float = 15.0) -> lis
                            "(wrong TASKSTREAM_PREFIX? `taskstream topics create` makes them)")
     consumer = reader(settings, "topics")
     try:
-        return [TopicDescription(reports[n], watermarks(consumer, n, reports[n].partitions, timeout)) for n in wanted]
+        with log_errors("describing topics"):
+            return [TopicDescription(reports[n], watermarks(consumer, n, range(reports[n].partitions), timeout))
+                    for n in wanted]
     finally:
         consumer.close()
 

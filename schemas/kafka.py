@@ -145,6 +145,22 @@ def is_permanent(err: KafkaError | BaseException | None) -> bool:
     return isinstance(err, KafkaError) and err.code() in PERMANENT_PRODUCE_ERRORS
 
 
+class broker_errors:
+    """``with broker_errors(what):`` library errors raised in the block leave it as ``BrokerUnavailable``
+    (``RecordRefused`` for a record the broker refuses for good, ``is_permanent``), saying ``what`` was being
+    done and the library's error (which is its ``__cause__``: ``timed_out`` reads it). Other errors pass."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, KafkaException):
+            raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(f"{self.what}: {exc}") from exc
+
+
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
     return {
         **common_config(settings, client_id),
@@ -371,12 +387,19 @@ def consume_available(consumer, max_messages: int, timeout: float) -> list:
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
-def end_offsets(consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, int]:
-    """Each partition's end offset (high watermark), asked of the broker now, not librdkafka's cached one.
+def watermarks(consumer: Consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets of each partition of ``topic``, asked of the broker now, not librdkafka's cached ones.
 
-    Raises ``KafkaException`` (callers turn it into their own error)."""
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)[1]
-            for p in partitions}
+    ``consumer`` is any consumer of ours (a ``reader`` will do). ``BrokerUnavailable`` when the broker does not
+    answer within ``timeout`` seconds."""
+    with broker_errors(f"end offsets of {topic}"):
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
+                for p in partitions}
+
+
+def end_offsets(consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, int]:
+    """Each partition's end offset (high watermark) now (``watermarks``); ``BrokerUnavailable`` as there."""
+    return {p: high for p, (_, high) in watermarks(consumer, topic, partitions, timeout).items()}
 
 
 def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: float = 600.0,
@@ -390,8 +413,14 @@ def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: floa
     record at its end was read, its position reached the end, or it reports
     end of partition there (offsets a compaction left out cannot hold the read
     up). ``BrokerUnavailable`` when the read has not finished after
-    ``timeout`` seconds or the consumer hits a fatal error.
+    ``timeout`` seconds, the consumer hits a fatal error or the broker fails a request.
     """
+    with broker_errors(f"reading {topic}"):
+        yield from _read_to_ends(consumer, topic, ends, timeout, batch)
+
+
+def _read_to_ends(consumer: Consumer, topic: str, ends: Mapping[int, int], timeout: float,
+                  batch: int) -> Iterator[list]:
     pending = {p for p, end in ends.items() if end > 0}
     if not pending:
         return

@@ -58,8 +58,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-
 from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
@@ -71,7 +69,15 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas import kafka
-from taskstream.schemas.kafka import admin, end_offsets, read_to_ends
+from taskstream.schemas.kafka import admin
+from taskstream.schemas.log_reader import (
+    broker_errors,
+    end_offsets,
+    group_offsets,
+    read_to_ends,
+    reason,
+    topic_partitions,
+)
 
 from . import domain
 
@@ -278,7 +284,7 @@ class Job:
     as_of: datetime | None = None
 
 
-def _reader(settings: Settings, name: str) -> Consumer:
+def _reader(settings: Settings, name: str):
     return kafka.reader(settings, name, f"{name}-{uuid.uuid4().hex[:8]}", {  # assigned, never joined
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
@@ -330,8 +336,6 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
                 add(m.partition(), m.offset(), m.key(), m.value())
             if progress is not None:
                 progress(len(batch))
-    except KafkaException as exc:
-        raise BrokerUnavailable(f"reading {topics.events}: {exc}") from None
     finally:
         consumer.close()
     out = PartResult(events=fold.events, skipped=fold.skipped, undecodable=fold.undecodable, keyless=fold.keyless)
@@ -362,8 +366,9 @@ def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State],
     for key, state in states.items():
         while True:
             try:
-                producer.produce(topic, wire.encode(state), key, partition=partition_of[key],
-                                 headers=codec.headers(state), on_delivery=done)
+                with broker_errors(f"broker at {settings.bootstrap_servers}"):
+                    producer.produce(topic, wire.encode(state), key, partition=partition_of[key],
+                                     headers=codec.headers(state), on_delivery=done)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -403,16 +408,16 @@ def _metadata(settings: Settings, timeout: float) -> int:
     """Partitions of ``<p>.events`` (checking ``<p>.state`` has as many); ``RebuildError`` when missing."""
     topics = Topics(settings.prefix)
     try:
-        md = admin(settings).list_topics(timeout=timeout).topics
-    except KafkaException as exc:
+        md = topic_partitions(admin(settings), timeout)
+    except BrokerUnavailable as exc:
         raise RebuildError(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: "
-                           f"{exc.args[0].str() if exc.args else exc}") from None
+                           f"{reason(exc)}") from None
     for name in (topics.events, topics.state):
-        if name not in md or not md[name].partitions:
+        if not md.get(name):
             raise RebuildError(f"topic {name} does not exist at {settings.bootstrap_servers} "
                                "(wrong TASKSTREAM_PREFIX? `taskstream topics create` makes it)")
-    n = len(md[topics.events].partitions)
-    if len(md[topics.state].partitions) != n:
+    n = md[topics.events]
+    if md[topics.state] != n:
         raise RebuildError(f"{topics.events} and {topics.state} have different partition counts")
     return n
 
@@ -429,12 +434,9 @@ def _ends(settings: Settings, topic: str, partitions: int, timeout: float) -> di
 def committed_offsets(settings: Settings, partitions: int, timeout: float = 10.0) -> dict[int, int | None]:
     """Where the processor group resumes in each partition of ``<p>.events`` (None: nothing committed)."""
     topics = Topics(settings.prefix)
-    consumer = kafka.reader(settings, "taskstream-state-committed", topics.processor_group)
-    try:
-        got = consumer.committed([TopicPartition(topics.events, p) for p in range(partitions)], timeout=timeout)
-        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in got}
-    finally:
-        consumer.close()
+    client = admin(settings, "taskstream-state-committed")  # kept referenced until the answer is in
+    got = group_offsets(client, topics.processor_group, [(topics.events, p) for p in range(partitions)], timeout)
+    return {p: got.get((topics.events, p)) for p in range(partitions)}
 
 
 def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as_of: datetime | None = None,
@@ -478,8 +480,6 @@ def rebuild(settings: Settings, *, verify: bool = False, write: bool = False, as
                         progress(sum(ends[p] for p in jobs[i].partitions))
     except BrokerUnavailable as exc:
         raise RebuildError(str(exc)) from None
-    except KafkaException as exc:
-        raise RebuildError(f"broker at {settings.bootstrap_servers}: {exc}") from None
     report.mismatches.sort(key=lambda m: m.key)
     report.seconds = time.monotonic() - started
     return report
