@@ -16,9 +16,6 @@ from tests.unit.test_layers import FOLDERS, ROOT, _module_name, imported_modules
 #: empty) once its module no longer imports confluent_kafka.
 STILL_CONVERTING = (
     "executors/_consumer.py",  # the executor intake's Kafka driver: to become a schemas.consumer.ConsumerRuntime
-    "cli/*.py",                # the CLI's readers and admin questions
-    "api/history.py",          # a task's history read from <p>.events
-    "streams/rebuild.py",      # the rebuild's readers of <p>.events and <p>.state
 )
 SEAM = "schemas"
 
