@@ -28,8 +28,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from taskstream.grpc.v1 import schedules_pb2, schedules_pb2_grpc, tasks_pb2, tasks_pb2_grpc, workflows_pb2
-from taskstream.grpc.v1 import workflows_pb2_grpc
+from taskstream.grpc.v1 import (
+    schedules_pb2,
+    schedules_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+    workflows_pb2,
+    workflows_pb2_grpc,
+)
 
 from . import auth, readiness
 from .context import ApiContext

@@ -56,8 +56,14 @@ from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from taskstream.grpc.v1 import schedules_pb2, schedules_pb2_grpc, tasks_pb2, tasks_pb2_grpc, workflows_pb2
-from taskstream.grpc.v1 import workflows_pb2_grpc
+from taskstream.grpc.v1 import (
+    schedules_pb2,
+    schedules_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+    workflows_pb2,
+    workflows_pb2_grpc,
+)
 from taskstream.schemas import (
     BrokerUnavailable,
     CommandRejected,

@@ -52,8 +52,6 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas import cron as cron_expr
-from taskstream.schemas.retry import BACKOFF_FIELDS
-from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
 from taskstream.schemas.limits import (
     LABEL_KEY_PATTERN,
     MAX_DEPENDENCIES,
@@ -71,6 +69,8 @@ from taskstream.schemas.limits import (
     JsonLimitError,
     check_json,
 )
+from taskstream.schemas.retry import BACKOFF_FIELDS
+from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
 
 JsonValue = Any
 

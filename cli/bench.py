@@ -114,7 +114,7 @@ class Client:
         self.api.close()
 
 
-def wait_ready(url: str, timeout: float, dev: "DevStack | None" = None) -> None:
+def wait_ready(url: str, timeout: float, dev: DevStack | None = None) -> None:
     client = Client(url)
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -153,7 +153,7 @@ class DevStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self) -> "DevStack":
+    def start(self) -> DevStack:
         # a log of its own, never the user's ./.taskstream; deleted with the stack
         self.data_dir = tempfile.TemporaryDirectory(prefix="taskstream-bench-data-")
         env = {**os.environ}
@@ -613,8 +613,15 @@ def synthetic_log(n: int, start: datetime | None = None):
     from datetime import UTC, timedelta
 
     from taskstream.schemas import (
-        DependencyRegistered, DependencyResolved, TaskCreated, TaskDeadLettered, TaskFailed, TaskQueued,
-        TaskRetryScheduled, TaskStarted, TaskSucceeded,
+        DependencyRegistered,
+        DependencyResolved,
+        TaskCreated,
+        TaskDeadLettered,
+        TaskFailed,
+        TaskQueued,
+        TaskRetryScheduled,
+        TaskStarted,
+        TaskSucceeded,
     )
 
     t = start or datetime(2026, 1, 1, tzinfo=UTC)

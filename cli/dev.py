@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import time
 import urllib.request
 from pathlib import Path

@@ -15,11 +15,9 @@ import socket
 from dataclasses import replace
 from datetime import UTC, datetime
 
-
 from taskstream.api.keys import KeyStore, new_key
-from taskstream.schemas import BrokerUnavailable, Settings, Topics, catalogue, codec
+from taskstream.schemas import BrokerUnavailable, Settings, Topics, catalogue, codec, kafka
 from taskstream.schemas.events import ApiKey
-from taskstream.schemas import kafka
 from taskstream.schemas.kafka import ensure_topics
 
 

@@ -118,7 +118,6 @@ def executor(handlers, concurrency, more_handlers) -> None:
 def api(host, port) -> None:
     """Serve the HTTP API."""
     from taskstream.api import run_api
-
     from taskstream.api.auth import InsecureConfig
 
     settings = _settings(api_host=host, api_port=port)

@@ -22,9 +22,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
-
 
 from taskstream.schemas import (
     BrokerUnavailable,
@@ -39,17 +38,16 @@ from taskstream.schemas.events import Event
 from taskstream.schemas.kafka import AsyncProducer
 from taskstream.schemas.observability import about
 
+from . import reports
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
 from .errors import AttemptAbandoned, PermanentError, Retry
 from .metrics import UNKNOWN_HANDLER, ExecutorMetrics
-from . import reports
 from .registry import Handler, Registry
-
 
 log = logging.getLogger("taskstream.executors.runtime")
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _about(task: ReadyTask) -> dict[str, Any]:
@@ -269,7 +267,7 @@ class AttemptRunner:
             if attempt.delivery.cancelled and not asyncio.current_task().cancelling():
                 return None  # the handler was cancelled because its task was, not this runner
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             attempt.ctx._cancel()
             log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout, extra=_about(task))
             return reports.timed_out(*common, _now(), timeout)

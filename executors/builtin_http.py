@@ -214,7 +214,7 @@ class HttpHandler:
                                                           content), limit)
         except (TargetRefused, PermanentError, HttpStatusError):
             raise
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException):
             raise TimeoutError(f"http: no complete answer within {limit}s") from None
         except httpx.HTTPError as exc:
             log.debug("task %s attempt %d: http request failed: %r", ctx.task_id, ctx.attempt, exc)

@@ -104,7 +104,7 @@ class ShellHandler:
             try:
                 (out, out_cut), (err, err_cut), code = await asyncio.wait_for(
                     asyncio.gather(_read_capped(proc.stdout, cap), _read_capped(proc.stderr, cap), proc.wait()), limit)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _kill_group(proc.pid)
                 await proc.wait()
                 raise TimeoutError(f"shell: the command ran longer than {limit}s; its process group was killed") from None

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskstream.schemas.limits import MAX_CHECKPOINT_BYTES  # largest checkpoint, in bytes of JSON (UTF-8)
+# re-exported: the largest checkpoint, in bytes of JSON (UTF-8), next to the context that saves it
+from taskstream.schemas.limits import MAX_CHECKPOINT_BYTES as MAX_CHECKPOINT_BYTES
 
 
 @dataclass(slots=True, eq=False)

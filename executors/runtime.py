@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-
 from taskstream.schemas import (
     BrokerUnavailable,
     Settings,
