@@ -264,7 +264,8 @@ class AttemptRunner:
         try:
             result = await self._invoke(found, payload, attempt, timeout)
         except asyncio.CancelledError:
-            if attempt.delivery.cancelled and not asyncio.current_task().cancelling():
+            current = asyncio.current_task()  # this coroutine runs as a task, so never None
+            if attempt.delivery.cancelled and current is not None and not current.cancelling():
                 return None  # the handler was cancelled because its task was, not this runner
             raise
         except TimeoutError:
@@ -365,7 +366,8 @@ class AttemptRunner:
         try:
             pending = asyncio.run_coroutine_threadsafe(write(), self._loop)
         except RuntimeError:  # the loop is closed: the executor has stopped
-            raise AttemptAbandoned(f"task {attempt.ctx.task_id} attempt {attempt.ctx.attempt}: the executor has stopped") from None
+            raise AttemptAbandoned(
+                f"task {attempt.ctx.task_id} attempt {attempt.ctx.attempt}: the executor has stopped") from None
         while True:
             try:
                 pending.result(timeout=1.0)
@@ -423,8 +425,8 @@ def _acknowledged(sent: asyncio.Future) -> asyncio.Future:
             return
         if f.cancelled():
             out.cancel()
-        elif f.exception() is not None:
-            out.set_exception(f.exception())
+        elif (exc := f.exception()) is not None:
+            out.set_exception(exc)
         else:
             out.set_result(None)
 
