@@ -48,6 +48,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import grpc
@@ -352,7 +353,7 @@ class _Adapter:
                 raise auth.RateLimited(exc.decision, tasks) from None
 
 
-def _one_of(value: str | None, allowed: type, field: str) -> Any:
+def _one_of(value: str | None, allowed: type[Enum], field: str) -> Any:
     if value is None:
         return None
     try:
