@@ -144,7 +144,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
             app.openapi_schema = auth.document(problems.document(FastAPI.openapi(app)), settings)
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend its document
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # outside the body limit: who may send a body is settled before it is read
     auth.install(app, settings, authenticator, rate_limit)
@@ -191,6 +191,6 @@ def run_api(settings: Settings) -> None:
         server_header=False,
         access_log=settings.log_level.upper() == "DEBUG",
         # JSON logs: uvicorn's records go through the root logger's JSON handler, not its own text format.
-        **({"log_config": None} if settings.log_format == "json" else {}),
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     uvicorn.Server(config).run()

@@ -470,20 +470,21 @@ class AuthMiddleware:
 
     def _route(self, scope: Scope) -> tuple[str, Endpoint | None]:
         routes = self.fastapi.router.routes
-        fresh = self._table is None or self._table[0] != len(routes)
-        if fresh:
-            self._table = (len(routes), endpoints(self.fastapi))
-        found = self._match(scope)
+        table = self._table
+        fresh = table is None or table[0] != len(routes)
+        if table is None or fresh:
+            table = self._table = (len(routes), endpoints(self.fastapi))
+        found = self._match(scope, table[1])
         if found[0] != "full" and not fresh:  # a route added inside an included router since: look again
-            self._table = (len(routes), endpoints(self.fastapi))
-            found = self._match(scope)
+            table = self._table = (len(routes), endpoints(self.fastapi))
+            found = self._match(scope, table[1])
         return found
 
-    def _match(self, scope: Scope) -> tuple[str, Endpoint | None]:
+    def _match(self, scope: Scope, table: list[Endpoint]) -> tuple[str, Endpoint | None]:
         path = scope.get("path", "")
         method = scope.get("method", "GET")
         partial = None
-        for e in self._table[1]:
+        for e in table:
             if e.regex.match(path):
                 if e.methods is None or method in e.methods:
                     return "full", e
@@ -497,7 +498,7 @@ class AuthMiddleware:
         authenticator = self.authenticator
         method = scope.get("method", "GET")
         found, route = self._route(scope)
-        if found == "full":
+        if found == "full" and route is not None:  # "full" always names its route
             need = required(method, route.path)
             if need is None:
                 log.error("refused %s %s: the route has no entry in api/auth.py ROUTE_ROLES", method, route.path)
@@ -521,6 +522,7 @@ class AuthMiddleware:
                                               headers.get("x-api-key"))
             else:
                 who = authenticator.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+            assert isinstance(need, Role)  # OPEN and METRICS were served above
             authorize(who, need)
         except AuthError as exc:
             return await self._deny(scope, receive, send, _refusal(exc))
@@ -605,7 +607,8 @@ def install(app: FastAPI, settings: Settings, authenticator: Authenticator, rate
     ``authenticator.start()`` and ``.stop()``.
     """
     check_exposure(settings)
-    app.add_exception_handler(RateLimited, _rate_limited_handler)
-    app.add_exception_handler(AuthError, _auth_error_handler)
+    # Starlette calls a handler only with the class it is registered for; its type cannot say so.
+    app.add_exception_handler(RateLimited, _rate_limited_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(AuthError, _auth_error_handler)  # type: ignore[arg-type]
     app.add_middleware(AuthMiddleware, fastapi=app, settings=settings, authenticator=authenticator,
                        rate_limit=rate_limit)

@@ -21,7 +21,8 @@ from .problems import PROBLEM_JSON
 
 class BodyTooLarge(HTTPException):
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body: larger than the limit of {max_bytes} bytes", headers={"Connection": "close"})
+        super().__init__(413, f"request body: larger than the limit of {max_bytes} bytes",
+                         headers={"Connection": "close"})
 
 
 class BodyLimitMiddleware:

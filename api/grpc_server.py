@@ -28,8 +28,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from taskstream.grpc.v1 import schedules_pb2, schedules_pb2_grpc, tasks_pb2, tasks_pb2_grpc, workflows_pb2
-from taskstream.grpc.v1 import workflows_pb2_grpc
+from taskstream.grpc.v1 import (
+    schedules_pb2,
+    schedules_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+    workflows_pb2,
+    workflows_pb2_grpc,
+)
 
 from . import auth, readiness
 from .context import ApiContext
@@ -77,7 +83,8 @@ async def start(ctx: ApiContext) -> GrpcServer:
     if not auth.auth_enabled(settings) and not loopback(settings.grpc_host) and not settings.auth_allow_unauthenticated:
         raise auth.InsecureConfig(  # as auth.check_exposure for HTTP
             f"refusing to serve gRPC on {settings.grpc_host} without authentication: turn on API keys or JWT, "
-            "listen on 127.0.0.1, or set TASKSTREAM_AUTH_ALLOW_UNAUTHENTICATED=true if something in front authenticates")
+            "listen on 127.0.0.1, or set TASKSTREAM_AUTH_ALLOW_UNAUTHENTICATED=true "
+            "if something in front authenticates")
     server = grpc.aio.server(interceptors=interceptors(ctx), options=[
         ("grpc.keepalive_time_ms", 30_000),  # pings keep idle watch streams open through proxies
         ("grpc.keepalive_timeout_ms", 10_000),

@@ -48,6 +48,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import grpc
@@ -56,8 +57,14 @@ from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from taskstream.grpc.v1 import schedules_pb2, schedules_pb2_grpc, tasks_pb2, tasks_pb2_grpc, workflows_pb2
-from taskstream.grpc.v1 import workflows_pb2_grpc
+from taskstream.grpc.v1 import (
+    schedules_pb2,
+    schedules_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+    workflows_pb2,
+    workflows_pb2_grpc,
+)
 from taskstream.schemas import (
     BrokerUnavailable,
     CommandRejected,
@@ -346,7 +353,7 @@ class _Adapter:
                 raise auth.RateLimited(exc.decision, tasks) from None
 
 
-def _one_of(value: str | None, allowed: type, field: str) -> Any:
+def _one_of(value: str | None, allowed: type[Enum], field: str) -> Any:
     if value is None:
         return None
     try:

@@ -52,8 +52,6 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas import cron as cron_expr
-from taskstream.schemas.retry import BACKOFF_FIELDS
-from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
 from taskstream.schemas.limits import (
     LABEL_KEY_PATTERN,
     MAX_DEPENDENCIES,
@@ -71,6 +69,8 @@ from taskstream.schemas.limits import (
     JsonLimitError,
     check_json,
 )
+from taskstream.schemas.retry import BACKOFF_FIELDS
+from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
 
 JsonValue = Any
 
@@ -288,7 +288,8 @@ class TaskPatch(BaseModel):
     def check(self) -> None:
         """Raise ``schemas.ValidationError`` naming the field for what the field types cannot say."""
         if not self.model_fields_set:
-            raise ValidationError("body", "nothing to change: give at least one of priority, run_at, payload, timeout_s, retry")
+            raise ValidationError(
+                "body", "nothing to change: give at least one of priority, run_at, payload, timeout_s, retry")
         for name in ("priority", "run_at", "timeout_s", "retry"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValidationError(name, "cannot be null")
@@ -337,12 +338,12 @@ def parse_rfc3339(text: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError("must include a time zone offset (e.g. Z or +02:00)")
     try:
-        value = value.astimezone(UTC)
+        utc: datetime | None = value.astimezone(UTC)
     except OverflowError:
-        value = None
-    if value is None or not MIN_TIME <= value <= MAX_TIME:
+        utc = None
+    if utc is None or not MIN_TIME <= utc <= MAX_TIME:
         raise ValueError(f"must be between {MIN_TIME:%Y-%m-%dT%H:%M:%SZ} and {MAX_TIME:%Y-%m-%dT%H:%M:%SZ}")
-    return value
+    return utc
 
 
 def rfc3339(value: datetime | None) -> str | None:

@@ -32,6 +32,7 @@ schemathesis fuzz test) know every answer an operation can give.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -92,7 +93,8 @@ def problem(
     return ProblemResponse(body, status_code=status, headers=headers)
 
 
-def validation_problem(errors: list[dict[str, str]], *, status: int = 422, title: str = "Invalid request") -> ProblemResponse:
+def validation_problem(errors: list[dict[str, str]], *, status: int = 422,
+                       title: str = "Invalid request") -> ProblemResponse:
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     kind = {400: "malformed-json", 413: "too-large"}.get(status, "validation")
     return problem(status, title, detail, kind=kind, errors=errors)
@@ -118,13 +120,13 @@ def _safe(part: object) -> str:
     return text if len(text) <= 64 else text[:61] + "..."
 
 
-def error_message(err: dict[str, Any]) -> str:
+def error_message(err: Mapping[str, Any]) -> str:
     """A pydantic error's message as we show it (without pydantic's ``Value error, `` prefix)."""
     msg = str(err.get("msg", "invalid"))
     return msg.removeprefix("Value error, ")
 
 
-def violation(err: dict[str, Any]) -> tuple[str, str]:
+def violation(err: Mapping[str, Any]) -> tuple[str, str]:
     """A pydantic error as (field, message), as HTTP (422) and gRPC (``BadRequest``) name it.
 
     A JSON document's own path (``models._json_document``) extends the field: ``payload`` + ``.n``.
@@ -192,7 +194,8 @@ async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         cause = exc.__cause__
         why = next((m for t, m in _PARSE_ERRORS.items() if isinstance(cause, t)), "malformed JSON")
         return _malformed(why)
-    title = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}.get(exc.status_code, "HTTP error")
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+    title = titles.get(exc.status_code, "HTTP error")
     detail = exc.detail if isinstance(exc.detail, str) else title
     if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
         detail = f"{request.method} {request.url.path}: {title.lower()}"
@@ -205,14 +208,15 @@ async def _internal(_: Request, exc: Exception) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _request_validation)
+    # Starlette calls a handler only with the class it is registered for; its type cannot say so.
+    app.add_exception_handler(RequestValidationError, _request_validation)  # type: ignore[arg-type]
     app.add_exception_handler(ValidationError, _validation)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(CommandRejected, _rejected)
     app.add_exception_handler(StaleVersion, _stale)
     app.add_exception_handler(TooLarge, _too_large)
     app.add_exception_handler(BrokerUnavailable, _broker)
-    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal)
 
 

@@ -21,8 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from taskstream.schemas import Event, NotFound, Priority, ScheduleState, ScheduleStatus, Status, TaskState
-from taskstream.schemas import ValidationError
+from taskstream.schemas import (
+    Event,
+    NotFound,
+    Priority,
+    ScheduleState,
+    ScheduleStatus,
+    Status,
+    TaskState,
+    ValidationError,
+)
 
 from .context import ApiContext
 from .models import parse_rfc3339, rfc3339

@@ -109,7 +109,7 @@ async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None
     commands = [
         (None, task.to_command(task_id=task_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor, **extra),
          f"tasks[{i}].payload")
-        for i, (task_id, task) in enumerate(zip(ids, body.tasks)) if task_id not in existing
+        for i, (task_id, task) in enumerate(zip(ids, body.tasks, strict=True)) if task_id not in existing
     ]
     written = {s.task_id: s for s in await _decide_and_write(ctx, commands)}
     return [existing.get(task_id) or written[task_id] for task_id in ids]
@@ -147,7 +147,7 @@ async def submit_workflow(ctx: ApiContext, body: WorkflowIn, *, key: str | None 
         for i, task in enumerate(body.tasks) if ids[task.key] not in existing
     }
     decided = _decide_all(ctx.wire, list(commands.values()))  # every event encoded before the first is produced
-    by_key = dict(zip(commands, decided))
+    by_key = dict(zip(commands, decided, strict=True))
     sorter = TopologicalSorter({t.key: t.depends_on for t in body.tasks})
     sorter.prepare()
     while sorter.is_active():
@@ -286,15 +286,15 @@ def _expect(ctx: ApiContext, before: Any, events: list[Event]) -> Any:
     if after is None or after is before:
         return before
     if isinstance(after, ScheduleState):
-        store, ident = ctx.read_model.schedules, after.schedule_id
+        schedules = ctx.read_model.schedules
         if before is None:
-            store.apply(after, only_if_absent=True)
+            schedules.apply(after, only_if_absent=True)
         else:
-            store.apply(after, only_over_version=before.version)
-    else:
-        store, ident = ctx.read_model.store, after.task_id
-        store.apply(after, only_over_version=None if before is None else before.version)
-    return store.get(ident) or after
+            schedules.apply(after, only_over_version=before.version)
+        return schedules.get(after.schedule_id) or after
+    tasks = ctx.read_model.store
+    tasks.apply(after, only_over_version=None if before is None else before.version)
+    return tasks.get(after.task_id) or after
 
 
 async def write(ctx: ApiContext, records: Sequence[tuple[Event, bytes]]) -> list[BaseException | None]:

@@ -51,9 +51,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from taskstream.client import Client as ApiClient
 from taskstream.client import Task, TaskstreamError, WaitTimeout
+
+if TYPE_CHECKING:
+    from .bench_grpc import GrpcClient
 
 WARMUP = 50
 READY_TIMEOUT_S = 120.0
@@ -114,7 +119,7 @@ class Client:
         self.api.close()
 
 
-def wait_ready(url: str, timeout: float, dev: "DevStack | None" = None) -> None:
+def wait_ready(url: str, timeout: float, dev: DevStack | None = None) -> None:
     client = Client(url)
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -153,7 +158,7 @@ class DevStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self) -> "DevStack":
+    def start(self) -> DevStack:
         # a log of its own, never the user's ./.taskstream; deleted with the stack
         self.data_dir = tempfile.TemporaryDirectory(prefix="taskstream-bench-data-")
         env = {**os.environ}
@@ -186,7 +191,8 @@ class DevStack:
             try:
                 self.proc.wait(DEV_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                _say(f"`taskstream dev` did not stop within {DEV_STOP_TIMEOUT_S:.0f}s; killing it (log: {self.log.name})")
+                _say(f"`taskstream dev` did not stop within {DEV_STOP_TIMEOUT_S:.0f}s; "
+                     f"killing it (log: {self.log.name})")
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
                 return
@@ -204,6 +210,13 @@ class DevStack:
 
 def _ts(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
+
+
+def _at(value: datetime | None) -> float:
+    """The timestamp of a time a finished task must have (when it started, when it finished)."""
+    if value is None:
+        raise BenchError("a finished task without its start or finish time")
+    return value.timestamp()
 
 
 def _check_outcome(task: Task) -> bool:
@@ -228,6 +241,7 @@ def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None =
     abort = threading.Event()
 
     def worker(i: int) -> None:
+        client: GrpcClient | Client
         if grpc_target is not None:  # --grpc: submit through taskstream.v1 (issue 17)
             from .bench_grpc import GrpcClient
 
@@ -253,7 +267,8 @@ def submit_all(url: str, count: int, clients: int, post_ms: list[float] | None =
         finally:
             client.close()
 
-    threads = [threading.Thread(target=worker, args=(i,), name=f"bench-client-{i}", daemon=True) for i in range(clients)]
+    threads = [threading.Thread(target=worker, args=(i,), name=f"bench-client-{i}", daemon=True)
+               for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -298,9 +313,9 @@ def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, pr
             time.sleep(POLL_S)
 
         oldest = min(submitted.values()) - 5.0  # created_at is the API's clock; allow for skew
-        missing = set(submitted) - done.keys()
-        if len(missing) > 2 * sample:
-            done.update(scan_succeeded(client, missing, oldest))
+        unfinished = set(submitted) - done.keys()
+        if len(unfinished) > 2 * sample:
+            done.update(scan_succeeded(client, unfinished, oldest))
         while True:
             missing = [i for i in submitted if i not in done]
             if not missing:
@@ -314,7 +329,7 @@ def wait_done(url: str, submitted: dict[str, float], *, sample: int = SAMPLE, pr
             if progressed:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > stall_s:
-                statuses = {}
+                statuses: dict[str, int] = {}
                 for task_id in missing[:50]:
                     s = client.get_task(task_id).status
                     statuses[s] = statuses.get(s, 0) + 1
@@ -416,8 +431,8 @@ def run_chain(client: Client, n: int) -> dict:
     if not task.succeeded:
         raise BenchError(f"the chain's last task ended {task.status}: {task.error}")
     done = [client.get_task(i) for i in ids]
-    hops = [(_ts(b.started_at) - _ts(a.finished_at)) * 1000 for a, b in zip(done, done[1:])]
-    total_s = _ts(done[-1].finished_at) - t0
+    hops = [(_at(b.started_at) - _at(a.finished_at)) * 1000 for a, b in pairwise(done)]
+    total_s = _at(done[-1].finished_at) - t0
     return {
         "chain": n,
         "submit_s": round(submit_s, 3),
@@ -514,7 +529,8 @@ def _wait_drained(url: str) -> None:
             if done != last_done:
                 last_done, last_change = done, now
             elif now - last_change > DRAIN_STALL_S:
-                raise BenchError(f"prefill: no task finished for {DRAIN_STALL_S:.0f}s ({left:,} still waiting or running)")
+                raise BenchError(
+                    f"prefill: no task finished for {DRAIN_STALL_S:.0f}s ({left:,} still waiting or running)")
             if now - last_said > 30:
                 _say(f"  {done:,} finished, {left:,} waiting or running")
                 last_said = now
@@ -613,8 +629,15 @@ def synthetic_log(n: int, start: datetime | None = None):
     from datetime import UTC, timedelta
 
     from taskstream.schemas import (
-        DependencyRegistered, DependencyResolved, TaskCreated, TaskDeadLettered, TaskFailed, TaskQueued,
-        TaskRetryScheduled, TaskStarted, TaskSucceeded,
+        DependencyRegistered,
+        DependencyResolved,
+        TaskCreated,
+        TaskDeadLettered,
+        TaskFailed,
+        TaskQueued,
+        TaskRetryScheduled,
+        TaskStarted,
+        TaskSucceeded,
     )
 
     t = start or datetime(2026, 1, 1, tzinfo=UTC)

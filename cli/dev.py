@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -99,12 +99,17 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process ended; None while it runs or before it started."""
+        return None if self.proc is None else self.proc.returncode
+
     def terminate(self) -> None:
-        if self.alive():
+        if self.proc is not None and self.alive():
             os.killpg(self.proc.pid, signal.SIGTERM)
 
     def kill(self) -> None:
-        if self.alive():
+        if self.proc is not None and self.alive():
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
@@ -143,7 +148,7 @@ DEV_GRPC_PORT = 50051
 
 
 def dev_grpc_port(base: Settings) -> int:
-    """``TASKSTREAM_GRPC_PORT`` if set, else 50051 if it is free, else a free port (several dev stacks on one machine)."""
+    """``TASKSTREAM_GRPC_PORT`` if set, else 50051 if free, else a free port (several dev stacks on one machine)."""
     if base.grpc_port is not None:
         return base.grpc_port
     import socket
@@ -265,9 +270,9 @@ def run_dev(
                     c.restarts += 1
                     c.quick_exits = c.quick_exits + 1 if time.monotonic() - c.started_at < CRASH_LOOP_S else 0
                     if c.quick_exits >= CRASH_LOOP_EXITS:
-                        _say(f"error: {c.name} keeps exiting ({c.proc.returncode}) right after start; giving up")
+                        _say(f"error: {c.name} keeps exiting ({c.returncode}) right after start; giving up")
                         return 1
-                    _say(f"{c.name} exited with {c.proc.returncode}; restarting (restart {c.restarts})")
+                    _say(f"{c.name} exited with {c.returncode}; restarting (restart {c.restarts})")
                     c.start()
         return 0
     except BrokerUnavailable as exc:
@@ -295,7 +300,8 @@ def _drop_tables_without_log(data: Path, broker: KafkaBroker) -> None:
 def _restart_broker(broker: KafkaBroker) -> bool:
     """Start a broker that died again on its own directory; False if it keeps dying at once."""
     broker.restarts += 1
-    _say(f"Kafka exited with {broker.proc.returncode}; restarting it on the same log (restart {broker.restarts})")
+    code = broker.proc.returncode if broker.proc is not None else None  # started before it could exit
+    _say(f"Kafka exited with {code}; restarting it on the same log (restart {broker.restarts})")
     for attempt in range(CRASH_LOOP_EXITS):
         try:
             broker.start()

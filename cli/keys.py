@@ -15,11 +15,9 @@ import socket
 from dataclasses import replace
 from datetime import UTC, datetime
 
-
 from taskstream.api.keys import KeyStore, new_key
-from taskstream.schemas import BrokerUnavailable, Settings, Topics, catalogue, codec
+from taskstream.schemas import BrokerUnavailable, Settings, Topics, catalogue, codec, kafka
 from taskstream.schemas.events import ApiKey
-from taskstream.schemas import kafka
 from taskstream.schemas.kafka import ensure_topics
 
 
@@ -43,8 +41,8 @@ def _write(settings: Settings, record: ApiKey, timeout: float) -> None:
         raise KeysError(str(exc)) from None
     producer = kafka.producer(settings, "taskstream-cli-keys")
     result: list = []
-    producer.produce(topic, codec.WireFormat.of(settings).encode(record), record.key_id.encode(), headers=codec.headers(record),
-                     on_delivery=lambda err, msg: result.append(err))
+    producer.produce(topic, codec.WireFormat.of(settings).encode(record), record.key_id.encode(),
+                     headers=codec.headers(record), on_delivery=lambda err, msg: result.append(err))
     producer.flush(timeout)
     if result != [None]:
         raise KeysError(f"{topic} did not acknowledge the key record: {result[0] if result else 'timed out'}")

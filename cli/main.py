@@ -118,7 +118,6 @@ def executor(handlers, concurrency, more_handlers) -> None:
 def api(host, port) -> None:
     """Serve the HTTP API."""
     from taskstream.api import run_api
-
     from taskstream.api.auth import InsecureConfig
 
     settings = _settings(api_host=host, api_port=port)
@@ -211,9 +210,11 @@ def state() -> None:
 
 @state.command("rebuild")
 @click.option("--verify", is_flag=True, help="compare with the live <prefix>.state; exit 1 on any difference")
-@click.option("--write", is_flag=True, help="republish the rebuilt states to <prefix>.state (stop the processors first)")
+@click.option("--write", is_flag=True,
+              help="republish the rebuilt states to <prefix>.state (stop the processors first)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line (differences, then the summary)")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="fold processes (default: 1 for small logs, else cores)")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="fold processes (default: 1 for small logs, else cores)")
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
 def state_rebuild(verify, write, as_json, workers, timeout) -> None:
     """Fold all of <prefix>.events again with the processor's pure core.
@@ -256,7 +257,8 @@ def state_at(when, task_id, as_json, timeout) -> None:
 @click.option("--url", default=None, help="target a running API instead of starting `taskstream dev`")
 @click.option("--clients", type=int, default=4, show_default=True, help="concurrent HTTP connections")
 @click.option("--executors", type=int, default=1, show_default=True)
-@click.option("--chain", type=int, default=None, help="instead: a workflow chain of N dependent no-op tasks; per-hop latency")
+@click.option("--chain", type=int, default=None,
+              help="instead: a workflow chain of N dependent no-op tasks; per-hop latency")
 @click.option("--batch", type=click.IntRange(min=1, max=1000), default=None,
               help="submit through POST /tasks:batch, this many tasks a request")
 @click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 
 import click
@@ -30,7 +31,7 @@ from taskstream.schemas import BrokerUnavailable, ScheduleState, Settings, TaskS
 from taskstream.streams.rebuild import RebuildError, Report, rebuild
 
 
-def _progress_hooks():
+def _progress_hooks() -> tuple[Callable[[int], None] | None, Callable[[int], None] | None, Callable[[], None]]:
     """(on_total, progress, close): a click progress bar on stderr when stderr is a terminal, else no-ops."""
     if not sys.stderr.isatty():
         return None, None, lambda: None
@@ -72,8 +73,8 @@ def _summary(settings: Settings, r: Report, verify: bool, write: bool, as_json: 
     ids = len({m.key for m in r.mismatches})
     if as_json:
         out = {"tasks": r.tasks, "schedules": r.schedules, "events": r.events, "seconds": round(r.seconds, 3),
-               "events_per_s": round(r.rate), "events_per_cpu_s": round(r.cpu_rate), "partitions": r.partitions, "workers": r.workers, "until": r.until,
-               "undecodable": r.undecodable, "keyless": r.keyless}
+               "events_per_s": round(r.rate), "events_per_cpu_s": round(r.cpu_rate), "partitions": r.partitions,
+               "workers": r.workers, "until": r.until, "undecodable": r.undecodable, "keyless": r.keyless}
         if verify:
             out.update(live=r.live, mismatched_ids=ids, mismatches=len(r.mismatches), ok=not r.mismatches)
         if write:
@@ -83,7 +84,8 @@ def _summary(settings: Settings, r: Report, verify: bool, write: bool, as_json: 
     click.echo(f"checked {r.tasks} tasks and {r.schedules} schedules: folded {r.events} events from "
                f"{r.partitions} partitions (up to {r.until}) in {r.seconds:.2f}s, {r.rate:,.0f} events/s")
     if r.undecodable or r.keyless:
-        click.echo(f"skipped {r.undecodable} undecodable and {r.keyless} keyless records (the processor dead-letters them)")
+        click.echo(f"skipped {r.undecodable} undecodable and {r.keyless} keyless records "
+                   "(the processor dead-letters them)")
     if verify:
         if r.mismatches:
             click.echo(f"MISMATCH: {ids} id(s), {len(r.mismatches)} field(s) differ from the live state "
@@ -130,7 +132,7 @@ def run_at(settings: Settings, at: datetime, task_id: str | None, as_json: bool,
             rows.append((s.task_id, s.status, str(s.attempt), str(s.version), rfc3339(s.updated_at), s.handler))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        click.echo("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip())
+        click.echo("  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]).rstrip())
     return 0
 
 

@@ -163,19 +163,22 @@ def tasks() -> None:
 @click.argument("handler")
 @click.option("--payload", callback=_payload, help="the task's input: JSON, @FILE of JSON, or @- for stdin")
 @click.option("--priority", type=click.Choice(PRIORITIES), default=None, help="[default: medium]")
-@click.option("--depends-on", "depends_on", multiple=True, metavar="ID", help="a task that must succeed first (repeatable)")
+@click.option("--depends-on", "depends_on", multiple=True, metavar="ID",
+              help="a task that must succeed first (repeatable)")
 @click.option("--run-at", callback=_when, default=None,
               help="not before this time: RFC 3339 (2026-12-24T18:00:00Z) or from now (+90s, +10m, +2h, +1d)")
 @click.option("--max-attempts", type=int, default=None, help="attempts before the task fails  [default: the API's, 3]")
 @click.option("--backoff-initial", type=float, default=None, help="seconds before the 2nd attempt  [API default 1]")
 @click.option("--backoff-multiplier", type=float, default=None, help="growth of the wait per attempt  [API default 2]")
 @click.option("--backoff-max", type=float, default=None, help="longest wait between attempts, s  [API default 300]")
-@click.option("--backoff-jitter", type=float, default=None, help="up to this share of a wait is cut, 0-1  [API default 0.1]")
+@click.option("--backoff-jitter", type=float, default=None,
+              help="up to this share of a wait is cut, 0-1  [API default 0.1]")
 @click.option("--timeout-s", type=float, default=None, help="an attempt running longer is cancelled and fails")
 @click.option("--label", "labels", multiple=True, callback=_labels, metavar="KEY=VALUE", help="repeatable")
 @click.option("--name", default=None, help="a name for people")
 @click.option("--idempotency-key", default=None, help="a repeat with this key answers the same task, writes nothing")
-@click.option("--wait", "wait", is_flag=True, help="show a live status line until the task ends; exit 1 unless it succeeded")
+@click.option("--wait", "wait", is_flag=True,
+              help="show a live status line until the task ends; exit 1 unless it succeeded")
 @click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 1)")
 @_url_option
 @_json_option
@@ -209,7 +212,8 @@ def tasks_get(task_id, as_of, url, as_json) -> None:
 @click.option("--status", type=click.Choice(STATUSES), default=None)
 @click.option("--priority", type=click.Choice(PRIORITIES), default=None)
 @click.option("--handler", default=None)
-@click.option("--label", "labels", multiple=True, callback=_labels, metavar="KEY=VALUE", help="repeatable; all must match")
+@click.option("--label", "labels", multiple=True, callback=_labels, metavar="KEY=VALUE",
+              help="repeatable; all must match")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True, help="newest N tasks")
 @click.option("--watch", is_flag=True, help="redraw the table every --interval seconds until Ctrl-C")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True)
@@ -292,7 +296,8 @@ def _done(task: Any, what: str, as_json: bool) -> None:
 @tasks.command("events")
 @click.argument("task_id", metavar="ID")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events until the task ends (or Ctrl-C)")
-@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, help="--follow: poll every N s")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="--follow: poll every N s")
 @_url_option
 @_json_option
 def tasks_events(task_id, follow, interval, url, as_json) -> None:
@@ -335,7 +340,8 @@ def workflows() -> None:
 @_url_option
 @_json_option
 def workflows_submit(file, idempotency_key, wait, wait_timeout, url, as_json) -> None:
-    """Submit FILE (.json, .yaml or .yml; - for JSON on stdin): {"tasks": [{"key", "handler", "depends_on": [keys], ...}]}.
+    """Submit FILE (.json, .yaml or .yml; - for JSON on stdin):
+    {"tasks": [{"key", "handler", "depends_on": [keys], ...}]}.
 
     A bare list of entries is taken too. Prints each key with its task id.
     """
@@ -374,7 +380,8 @@ def _emit_workflow(wf: Any, finals: dict, as_json: bool) -> None:
             doc["status"] = {k: t.status for k, t in finals.items()}
         click.echo(json.dumps(doc))
         return
-    table = Table(title=f"workflow {wf.workflow_id}", header_style="bold", box=None, pad_edge=False, title_justify="left")
+    table = Table(title=f"workflow {wf.workflow_id}", header_style="bold", box=None, pad_edge=False,
+                  title_justify="left")
     table.add_column("KEY")
     table.add_column("TASK ID", no_wrap=True)
     if finals:

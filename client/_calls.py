@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
@@ -55,6 +55,10 @@ def _id(value: str) -> str:
     return quote(str(value), safe="")
 
 
+@overload
+def _time(value: None) -> None: ...
+@overload
+def _time(value: datetime | str) -> str: ...
 def _time(value: datetime | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value

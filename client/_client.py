@@ -304,7 +304,7 @@ class Client(_Operations):
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -327,36 +327,38 @@ class AsyncClient(_Operations):
         self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(api_key, token, headers), timeout=timeout,
                                        transport=transport or httpx.AsyncHTTPTransport(retries=1))
 
-    if TYPE_CHECKING:  # what _Operations' methods are here: awaitables of the same results
-        async def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,
+    # What _Operations' methods are here: awaitables of the same results (so not overrides of the
+    # synchronous signatures, which mypy checks them against; hence the ignores).
+    if TYPE_CHECKING:
+        async def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,  # type: ignore[override]
                          depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
                          timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                          max_attempts: int | None = None, labels: Mapping[str, str] | None = None,
                          name: str | None = None, idempotency_key: str | None = None) -> Task: ...
-        async def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,
+        async def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,  # type: ignore[override]
                               idempotency_key: str | None = None) -> list[Task]: ...
-        async def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,
+        async def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,  # type: ignore[override]
                            idempotency_key: str | None = None) -> Workflow: ...
-        async def get(self, task_id: str, *, as_of: datetime | str | None = None) -> Task: ...
-        async def list_page(self, *, status: str | None = None, priority: str | None = None,
+        async def get(self, task_id: str, *, as_of: datetime | str | None = None) -> Task: ...  # type: ignore[override]
+        async def list_page(self, *, status: str | None = None, priority: str | None = None,  # type: ignore[override]
                             handler: str | None = None, labels: Mapping[str, str] | None = None,
                             limit: int | None = None, cursor: str | None = None) -> Page[Task]: ...
-        async def update(self, task_id: str, *, if_match: int | str | None = None, priority: str | None = None,
+        async def update(self, task_id: str, *, if_match: int | str | None = None, priority: str | None = None,  # type: ignore[override]
                          run_at: datetime | str | None = None, payload: Any = UNSET, timeout_s: float | None = None,
                          retry: calls.RetrySpec | None = None) -> Task: ...
-        async def cancel(self, task_id: str, *, reason: str = "") -> Task: ...
-        async def retry(self, task_id: str, *, reason: str = "") -> Task: ...
-        async def events(self, task_id: str) -> list[TaskEvent]: ...
-        async def create_schedule(self, cron: str, task: Mapping[str, Any], *, timezone: str | None = None,
+        async def cancel(self, task_id: str, *, reason: str = "") -> Task: ...  # type: ignore[override]
+        async def retry(self, task_id: str, *, reason: str = "") -> Task: ...  # type: ignore[override]
+        async def events(self, task_id: str) -> list[TaskEvent]: ...  # type: ignore[override]
+        async def create_schedule(self, cron: str, task: Mapping[str, Any], *, timezone: str | None = None,  # type: ignore[override]
                                   name: str | None = None, start_at: datetime | str | None = None,
                                   end_at: datetime | str | None = None, misfire: str | None = None,
                                   idempotency_key: str | None = None) -> Schedule: ...
-        async def get_schedule(self, schedule_id: str) -> Schedule: ...
-        async def schedules_page(self, *, status: str | None = None, limit: int | None = None,
+        async def get_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
+        async def schedules_page(self, *, status: str | None = None, limit: int | None = None,  # type: ignore[override]
                                  cursor: str | None = None) -> Page[Schedule]: ...
-        async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...
-        async def stats(self) -> dict[str, Any]: ...
-        async def ready(self) -> dict[str, Any]: ...
+        async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
+        async def stats(self) -> dict[str, Any]: ...  # type: ignore[override]
+        async def ready(self) -> dict[str, Any]: ...  # type: ignore[override]
 
     async def _send(self, call: Call) -> Any:
         try:
@@ -443,7 +445,7 @@ class AsyncClient(_Operations):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -141,8 +141,8 @@ def retry_after_seconds(value: str | None) -> float | None:
     try:
         seconds = float(value.strip())
     except ValueError:
-        from email.utils import parsedate_to_datetime
         from datetime import UTC, datetime
+        from email.utils import parsedate_to_datetime
 
         try:
             when = parsedate_to_datetime(value)

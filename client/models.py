@@ -73,7 +73,7 @@ class Task:
     _TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "retry_at", "scheduled_for")
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Task":
+    def from_json(cls, doc: dict[str, Any]) -> Task:
         return cls(**_fields_from(cls, doc, cls._TIMES), raw=doc)
 
     @property
@@ -99,7 +99,7 @@ class TaskEvent:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "TaskEvent":
+    def from_json(cls, doc: dict[str, Any]) -> TaskEvent:
         common = {"type", "occurred_at", "attempt", "producer", "event_id"}
         return cls(type=str(doc.get("type", "")), occurred_at=parse_time(doc.get("occurred_at")),
                    attempt=doc.get("attempt"), producer=str(doc.get("producer") or ""),
@@ -133,7 +133,7 @@ class Schedule:
     _TIMES = ("start_at", "end_at", "next_fire_at", "last_fire_at", "created_at", "updated_at")
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Schedule":
+    def from_json(cls, doc: dict[str, Any]) -> Schedule:
         return cls(**_fields_from(cls, doc, cls._TIMES), raw=doc)
 
 
@@ -145,7 +145,7 @@ class Workflow:
     tasks: dict[str, str]
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Workflow":
+    def from_json(cls, doc: dict[str, Any]) -> Workflow:
         return cls(workflow_id=str(doc.get("workflow_id") or ""), tasks=dict(doc.get("tasks") or {}))
 
 

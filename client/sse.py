@@ -42,7 +42,9 @@ class _Parser:
     """The SSE line protocol: feed lines, get complete events."""
 
     def __init__(self) -> None:
-        self.event, self.id, self.data = "message", None, []
+        self.event: str = "message"
+        self.id: str | None = None
+        self.data: list[str] = []
 
     def feed(self, line: str) -> SseEvent | None:
         if line == "":

@@ -22,9 +22,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
-
 
 from taskstream.schemas import (
     BrokerUnavailable,
@@ -39,17 +38,16 @@ from taskstream.schemas.events import Event
 from taskstream.schemas.kafka import AsyncProducer
 from taskstream.schemas.observability import about
 
+from . import reports
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
 from .errors import AttemptAbandoned, PermanentError, Retry
 from .metrics import UNKNOWN_HANDLER, ExecutorMetrics
-from . import reports
 from .registry import Handler, Registry
-
 
 log = logging.getLogger("taskstream.executors.runtime")
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _about(task: ReadyTask) -> dict[str, Any]:
@@ -266,10 +264,11 @@ class AttemptRunner:
         try:
             result = await self._invoke(found, payload, attempt, timeout)
         except asyncio.CancelledError:
-            if attempt.delivery.cancelled and not asyncio.current_task().cancelling():
+            current = asyncio.current_task()  # this coroutine runs as a task, so never None
+            if attempt.delivery.cancelled and current is not None and not current.cancelling():
                 return None  # the handler was cancelled because its task was, not this runner
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             attempt.ctx._cancel()
             log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout, extra=_about(task))
             return reports.timed_out(*common, _now(), timeout)
@@ -367,7 +366,8 @@ class AttemptRunner:
         try:
             pending = asyncio.run_coroutine_threadsafe(write(), self._loop)
         except RuntimeError:  # the loop is closed: the executor has stopped
-            raise AttemptAbandoned(f"task {attempt.ctx.task_id} attempt {attempt.ctx.attempt}: the executor has stopped") from None
+            raise AttemptAbandoned(
+                f"task {attempt.ctx.task_id} attempt {attempt.ctx.attempt}: the executor has stopped") from None
         while True:
             try:
                 pending.result(timeout=1.0)
@@ -425,8 +425,8 @@ def _acknowledged(sent: asyncio.Future) -> asyncio.Future:
             return
         if f.cancelled():
             out.cancel()
-        elif f.exception() is not None:
-            out.set_exception(f.exception())
+        elif (exc := f.exception()) is not None:
+            out.set_exception(exc)
         else:
             out.set_result(None)
 

@@ -201,8 +201,12 @@ class ReadyConsumer:
         todo = self._intake.positions(only)
         if not todo:
             return
+        offsets = [TopicPartition(t, p, pos) for (t, p), pos in todo]
         try:
-            consumer.commit(offsets=[TopicPartition(t, p, pos) for (t, p), pos in todo], asynchronous=asynchronous)
+            if asynchronous:  # two calls: the client's stubs type `asynchronous` by its literal value
+                consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             log.warning("executor %s commit failed: %s", self._client_id, exc)
             return

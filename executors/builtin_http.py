@@ -112,7 +112,7 @@ async def check(url: str | httpx.URL, settings: Settings) -> Target:
             infos = await asyncio.get_running_loop().getaddrinfo(ascii_host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise HttpStatusError("http: the URL's host did not resolve") from exc  # DNS may come back: retry
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
     refused = [a for a in addresses if not _public(a, networks)]
     if refused or not addresses:
         log.debug("http: %r resolves to non-public %s", host, refused)
@@ -214,7 +214,7 @@ class HttpHandler:
                                                           content), limit)
         except (TargetRefused, PermanentError, HttpStatusError):
             raise
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException):
             raise TimeoutError(f"http: no complete answer within {limit}s") from None
         except httpx.HTTPError as exc:
             log.debug("task %s attempt %d: http request failed: %r", ctx.task_id, ctx.attempt, exc)

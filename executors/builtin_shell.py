@@ -89,7 +89,8 @@ class ShellHandler:
         if path is None or not os.access(path, os.X_OK):
             raise CommandRefused("shell: the allowed command was not found or is not executable")
         timeout = payload.get("timeout_s")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        if timeout is not None and (
+                isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
             raise CommandRefused("shell: 'timeout_s' must be a positive number")
         return [path, *argv[1:]], min(timeout or s.shell_timeout_s, s.shell_timeout_s)
 
@@ -100,14 +101,16 @@ class ShellHandler:
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=self.env, start_new_session=True, close_fds=True,
         )
+        assert proc.stdout is not None and proc.stderr is not None  # both are PIPE above
         try:
             try:
                 (out, out_cut), (err, err_cut), code = await asyncio.wait_for(
                     asyncio.gather(_read_capped(proc.stdout, cap), _read_capped(proc.stderr, cap), proc.wait()), limit)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _kill_group(proc.pid)
                 await proc.wait()
-                raise TimeoutError(f"shell: the command ran longer than {limit}s; its process group was killed") from None
+                raise TimeoutError(
+                    f"shell: the command ran longer than {limit}s; its process group was killed") from None
         finally:
             _kill_group(proc.pid)  # whatever ended the wait (exit, timeout, cancellation): nothing outlives the task
         if code != 0:

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskstream.schemas.limits import MAX_CHECKPOINT_BYTES  # largest checkpoint, in bytes of JSON (UTF-8)
+# re-exported: the largest checkpoint, in bytes of JSON (UTF-8), next to the context that saves it
+from taskstream.schemas.limits import MAX_CHECKPOINT_BYTES as MAX_CHECKPOINT_BYTES
 
 
 @dataclass(slots=True, eq=False)
@@ -34,9 +35,10 @@ class TaskContext:
     JSON: each dependency id maps to its result and, for a task submitted in
     a workflow, so does each dependency's workflow key (both keys map to the
     same value). A task without dependencies gets ``{}``. Results above
-    64 KiB of JSON, and those past 256 KiB of upstream results in all, are not carried; ctx.upstream holds None for them (the
-    handler can fetch such a result with ``GET /api/v1/tasks/{id}``). A
-    dependency whose result was ``null`` also shows as ``None``.
+    64 KiB of JSON, and those past 256 KiB of upstream results in all, are
+    not carried; ctx.upstream holds None for them (the handler can fetch
+    such a result with ``GET /api/v1/tasks/{id}``). A dependency whose
+    result was ``null`` also shows as ``None``.
 
     ``last_checkpoint`` is the value most recently passed to ``checkpoint``
     by an earlier attempt of this task (decoded from JSON), or None when

@@ -34,7 +34,8 @@ class Handler:
 
 
 def _is_async(fn: Callable) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    # not a callability test (fn is callable): an object whose __call__ is async
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 def _origin(fn: Callable) -> tuple[str | None, str | None]:

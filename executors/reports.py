@@ -55,12 +55,13 @@ def checkpointed(task: ReadyTask, producer: str, now: datetime, data: str) -> Ta
     return TaskCheckpointed(task_id=task.task_id, attempt=task.attempt, producer=producer, occurred_at=now, data=data)
 
 
-def succeeded(task: ReadyTask, producer: str, started_at: datetime, now: datetime, result_json: str) -> TaskSucceeded | TaskFailed:
+def succeeded(task: ReadyTask, producer: str, started_at: datetime, now: datetime,
+              result_json: str) -> TaskSucceeded | TaskFailed:
     """The attempt's result, or a permanent failure when the result is larger than ``MAX_RESULT_BYTES``."""
     size = len(result_json.encode())
     if size > MAX_RESULT_BYTES:  # the same work would return as much
-        return failed(task, producer, started_at, now, f"result too large: {size:,} bytes of JSON > {MAX_RESULT_BYTES:,}",
-                      permanent=True)
+        return failed(task, producer, started_at, now,
+                      f"result too large: {size:,} bytes of JSON > {MAX_RESULT_BYTES:,}", permanent=True)
     return TaskSucceeded(task_id=task.task_id, attempt=task.attempt, producer=producer, started_at=started_at,
                          occurred_at=now, result=result_json)
 

@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-
 from taskstream.schemas import (
     BrokerUnavailable,
     Settings,
@@ -102,7 +101,8 @@ class Executor:
         """
         loop = asyncio.get_running_loop()
         # Room for attempts abandoned after a timeout, whose threads still run.
-        pool = ThreadPoolExecutor(max_workers=2 * self.concurrency + 4, thread_name_prefix=f"{self.executor_id}-handler")
+        pool = ThreadPoolExecutor(max_workers=2 * self.concurrency + 4,
+                                  thread_name_prefix=f"{self.executor_id}-handler")
         producer = async_producer(self.settings, self.executor_id)
         runner = self._runner = AttemptRunner(self.settings, self.executor_id, self.topics, self.wire, self.handlers,
                                               self.metrics, producer, pool)

@@ -1,4 +1,4 @@
-"""HTTP routes: ``tasks``, ``workflows`` and ``schedules`` under ``/api/v1``, ``health`` (liveness, readiness) at the root.
+"""HTTP routes: ``tasks``, ``workflows``, ``schedules`` under ``/api/v1``; ``health`` (liveness, readiness) at the root.
 
 Routes parse the request and call ``api.service``, the API's one write
 path, or ``api.reads``, its one read path, with the app's ``ApiContext``

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.responses import Response
@@ -85,7 +86,7 @@ async def stats(ctx: Context) -> Response:
     except BrokerUnavailable as exc:
         depth = None
         errors.append(f"queue depth: broker at {ctx.settings.bootstrap_servers} did not answer: {exc}")
-    body = {
+    body: dict[str, Any] = {
         "as_of": _iso(now),
         "tasks": {"total": sum(counts.values()), "by_status": by_status, "by_priority": by_priority,
                   "by_status_and_priority": both},

@@ -102,7 +102,8 @@ async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(event="error", data=codec.dumps_json({
             "type": f"urn:taskstream:problem:{kind}", "title": "Watch ended", "status": 503, "detail": str(exc)}))
     finally:
-        await events.aclose()
+        # api.watch.watch is an async generator, annotated there as an AsyncIterator
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 __all__ = ["router"]

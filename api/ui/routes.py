@@ -292,8 +292,8 @@ def latency_histogram(tasks: list[TaskState]) -> dict:
         p95 = values[min(len(values) - 1, int(len(values) * 0.95))]
         return {"p50": round(values[len(values) // 2], 3), "p95": round(p95, 3), "max": round(values[-1], 3)}
 
-    return {"count": len(total), "buckets": [{"le": b, "count": n} for b, n in zip((*LATENCY_BUCKETS, None), counts)],
-            "total_s": pct(total), "run_s": pct(run)}
+    buckets = [{"le": b, "count": n} for b, n in zip((*LATENCY_BUCKETS, None), counts, strict=True)]
+    return {"count": len(total), "buckets": buckets, "total_s": pct(total), "run_s": pct(run)}
 
 
 @router.get("/api/lag")
