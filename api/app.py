@@ -100,7 +100,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
 
     ``read_limits`` bounds its expensive reads (history scans, list scans; ``history.ReadLimits``).
     Raises ``auth.InsecureConfig`` for settings that would serve it without
-    authentication beyond loopback (README "Security").
+    authentication beyond loopback (docs/security.md).
     """
     authenticator = auth.Authenticator(settings)
     rate_limit = auth.RateLimit(settings)

@@ -27,7 +27,7 @@ and ``authorize`` themselves with their metadata. Roles are ordered:
 ``reader`` < ``submitter`` < ``operator`` < ``admin``; each may do what the
 ones below it may. Errors are problem+json with ``WWW-Authenticate``
 (RFC 6750: ``error="invalid_token"`` on a rejected credential,
-``error="insufficient_scope"`` on a 403). README "Security" has the how-to.
+``error="insufficient_scope"`` on a 403). docs/security.md has the how-to.
 """
 
 from __future__ import annotations

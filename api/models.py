@@ -8,7 +8,7 @@ DESIGN §8.
 Payloads and results travel inside the events as JSON text and are decoded
 here through ``schemas.codec``.
 
-Every field is bounded by ``schemas.limits`` (README, "Limits"): a payload
+Every field is bounded by ``schemas.limits`` (docs/limits.md): a payload
 is a JSON document every reader takes (``limits.check_json``: finite numbers,
 64-bit integers, valid Unicode, at most ``MAX_JSON_DEPTH`` deep; 422 naming
 its path, e.g. ``payload.n``) of at most ``MAX_PAYLOAD_BYTES`` (413); names,

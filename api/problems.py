@@ -241,7 +241,7 @@ _WHY = {
     404: "No such task or schedule",
     409: "The change is impossible in the current status",
     412: "``If-Match`` names a stale version",
-    413: "Request body, payload or event over its limit (README, Limits)",
+    413: "Request body, payload or event over its limit (docs/limits.md)",
     422: "Invalid input; ``errors`` names each field",
     503: "The event log cannot be reached; retry (``Retry-After``)",
 }

@@ -114,7 +114,7 @@ class Child:
 
 
 def auth_hint(settings: Settings) -> str:
-    """One line on how the dev API authenticates and how to turn API keys on (README "Security")."""
+    """One line on how the dev API authenticates and how to turn API keys on (docs/security.md)."""
     keys = f"TASKSTREAM_BOOTSTRAP_SERVERS={settings.bootstrap_servers} TASKSTREAM_PREFIX={settings.prefix} " \
            "taskstream keys create --role admin --name me"
     if settings.auth_api_keys:

@@ -48,7 +48,7 @@ Statuses of writes: 202 (accepted: the processor applies the change
 asynchronously), 404 unknown task, 409 a change impossible in the task's
 status, 412 ``If-Match`` version is stale, 413 a payload over
 ``MAX_PAYLOAD_BYTES`` or an event too large for the log, 422 bad input
-naming the field (README, "Limits").
+naming the field (docs/limits.md).
 """
 
 from __future__ import annotations
