@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: dev test unit install kafka kcat clean bench chromium proto
+.PHONY: dev test unit lint install kafka kcat clean bench chromium proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ dev: $(STAMP) kafka
 
 test: $(STAMP) kafka kcat chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff and mypy as configured in pyproject.toml (mypy: strict flags on streams/domain and schemas).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
