@@ -1,17 +1,20 @@
 """The executor's intake: what it holds of the ready topics, between the consumer and the dispatcher.
 
-The consumer part (``_consumer.ReadyConsumer``, one thread) feeds the intake
-through its hooks (``on_assigned``, ``on_batch``, ``on_revoked``,
-``on_lost``) and asks it which partitions to pause and which offsets to
-commit; the dispatcher takes ``Delivery`` values out of it by priority; the
-attempt runner ``release()``\\s a delivery when its handler returns and
-``settle()``\\s it once its outcome is acknowledged, which is what lets its
-offset be committed. Decoded messages wait in one bounded buffer per
-priority (a full buffer asks for its topic's partitions to be paused); a
-``TaskCancelled`` drops its task's buffered deliveries and marks running
-ones. An offset is committable only up to the highest contiguous message
-whose outcome is safe (``PartitionOffsets``). Every method is thread-safe
-(one lock, held only for bookkeeping, never around a callback).
+The intake is the hooks (``schemas.consumer.Hooks``) of a member
+``ConsumerRuntime`` of the ``<p>-executors`` group (one thread, which owns
+the consumer: assignment, polling, commits, dead letters): ``on_assigned``,
+``on_batch``, ``on_revoked``, ``on_lost``, and ``on_idle``, which pauses the
+partitions of a full buffer and resumes them once it drained. The
+dispatcher takes ``Delivery`` values out of it by priority; the attempt
+runner ``release()``\\s a delivery when its handler returns and
+``settle()``\\s it once its outcome is acknowledged, which marks its offset
+done with the runtime (``done_on_return=False``): the runtime commits a
+partition only up to the highest contiguous offset whose outcome is safe. A
+poison message goes to the runtime's ``dead_letter``. Decoded messages wait
+in one bounded buffer per priority; a ``TaskCancelled`` drops its task's
+buffered deliveries and marks running ones. Every method is thread-safe:
+one reentrant lock, shared with the runtime (it guards the runtime's
+offsets too), held only for bookkeeping, never around a callback.
 """
 
 
@@ -21,12 +24,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from taskstream.schemas import DecodeError, ReadyTask, TaskCancelled, Topics, codec
+from taskstream.schemas import BrokerUnavailable, DecodeError, ReadyTask, TaskCancelled, Topics, codec
+from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition
 from taskstream.schemas.observability import about
-from taskstream.schemas.offsets import PartitionOffsets, forget_failed_commits
+from taskstream.schemas.offsets import PartitionOffsets
 from taskstream.schemas.topics import PRIORITIES
 
 log = logging.getLogger("taskstream.executors.runtime")
@@ -37,8 +41,6 @@ log = logging.getLogger("taskstream.executors.runtime")
 ASSIGN_SETTLE_S = 0.25
 #: How many cancelled task ids the executor remembers to skip their redelivered ReadyTasks.
 RECENTLY_CANCELLED = 10_000
-
-Partition = tuple[str, int]
 
 
 @dataclass(slots=True, eq=False)
@@ -66,17 +68,19 @@ class Delivery:
 
     def settle(self) -> None:
         """Its outcome is safe (reported and acknowledged, or nothing to report): its offset may be committed."""
-        self._intake._settle(self._offsets, self.offset)
+        self._intake._done(self.topic, self.partition, self.offset, self._offsets)
 
 
-class Intake:
-    """Priority buffers, offsets and cancellations of one executor run.
+class Intake(Hooks):
+    """Priority buffers and cancellations of one executor run; the hooks of its ``ConsumerRuntime``.
 
     ``notify()`` is called (from the consumer's thread, no lock held) when
     new work is buffered; ``cancel_running(delivery)`` when a TaskCancelled
     marks a delivery that is running. ``assigned`` is set at the first
     assignment. Deliveries of a partition that is revoked or lost are
-    dropped from the buffers and their offsets forgotten (not committed).
+    dropped from the buffers; the runtime commits a revoked partition up to
+    what was settled and forgets a lost one. ``lock`` is the lock to hand to
+    the runtime (``ConsumerRuntime(lock=intake.lock)``).
     """
 
     def __init__(
@@ -94,75 +98,82 @@ class Intake:
         self._cancel_running = cancel_running
         self._assigned_event = assigned
         self._topic_level = {topics.ready(p): i for i, p in enumerate(PRIORITIES)}
-        self._lock = threading.Lock()
+        self.lock = threading.RLock()
+        self._runtime: ConsumerRuntime | None = None  # set by the first hook, before any delivery exists
         self._buffers: list[deque[Delivery]] = [deque() for _ in PRIORITIES]
         self._level_paused = [False] * len(PRIORITIES)
-        self._offsets: dict[Partition, PartitionOffsets] = {}
         self._draining = False
         self._hold_until = 0.0  # time.monotonic() before which the dispatcher grants no slot
         self._active: dict[str, list[Delivery]] = {}  # taken out of the buffers, handler not returned, by task id
         self._recently_cancelled: OrderedDict[str, None] = OrderedDict()
 
-    # ------------------------------------------------- hooks of the consumer part
+    # ------------------------------------------------- hooks of the consumer runtime
 
-    def on_assigned(self, partitions: Iterable[Partition]) -> None:
-        with self._lock:
-            for key in partitions:
-                self._offsets[key] = PartitionOffsets()
+    def on_assigned(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
+        with self.lock:
+            self._runtime = runtime
             self._hold_until = time.monotonic() + ASSIGN_SETTLE_S
         self._assigned_event.set()
 
-    def on_revoked(self, partitions: Iterable[Partition]) -> None:
-        """Call after committing what ``positions(partitions)`` gave: forget them and drop their deliveries."""
+    def on_revoked(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
+        """Drop their deliveries; the runtime then commits what was settled and forgets them."""
         self._forget(set(partitions))
 
-    def on_lost(self, partitions: Iterable[Partition]) -> None:
-        """They are someone else's already: forget them and drop their deliveries, committing nothing."""
+    def on_lost(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
+        """They are someone else's already: drop their deliveries (the runtime commits nothing of them)."""
         self._forget(set(partitions))
 
-    def on_batch(self, messages: Sequence) -> list[tuple[object, str, Callable[[], None]]]:
-        """Take polled messages (errors already filtered out) into the buffers.
-
-        Returns the poison ones as (message, reason, done): the caller dead-letters each and calls
-        ``done()`` once the dead letter is settled, which lets its offset be committed.
-        """
+    def on_batch(self, runtime: ConsumerRuntime, records: list) -> None:
+        """Take polled messages of assigned partitions into the buffers; a poison one is dead-lettered (its
+        offset is done once the letter is settled); one taken while draining is left undone (read again)."""
         woke = False
         poison = []
         to_cancel: list[Delivery] = []
-        with self._lock:
-            for msg in messages:
+        with self.lock:
+            self._runtime = runtime
+            for msg in records:
                 tp = (msg.topic(), msg.partition())
-                offsets = self._offsets.get(tp)
+                offsets = runtime.offsets(tp)
                 if offsets is None or self._draining:
-                    continue  # not (or no longer) ours, or stopping: not tracked, not committed
-                offsets.add(msg.offset())
+                    continue  # no longer ours, or stopping: not done, not committed
                 try:
                     task = self._wire.decode_as(msg.value(), ReadyTask, TaskCancelled)
                 except DecodeError as exc:
-                    poison.append((msg, str(exc), _done(self._lock, offsets, msg.offset())))
+                    poison.append((msg, str(exc)))
                     continue
                 if isinstance(task, TaskCancelled):
-                    offsets.mark_done(msg.offset())
+                    runtime.done(tp, msg.offset(), offsets)
                     to_cancel += self._cancel_locked(task)
                     continue
                 if task.task_id in self._recently_cancelled:
-                    offsets.mark_done(msg.offset())
+                    runtime.done(tp, msg.offset(), offsets)
                     log.info("task %s attempt %d: was cancelled; ready message skipped", task.task_id, task.attempt,
                              extra=about(task.task_id, task.attempt))
                     continue
                 level = self._topic_level.get(msg.topic(), len(PRIORITIES) - 1)
                 self._buffers[level].append(Delivery(msg.topic(), msg.partition(), msg.offset(), task, offsets, self))
                 woke = True
+        for msg, reason in poison:
+            runtime.dead_letter(msg, reason)
         for delivery in to_cancel:
             self._cancel_running(delivery)
         if woke:
             self._notify()
-        return poison
+
+    def on_idle(self, runtime: ConsumerRuntime) -> None:
+        """Pause the partitions ``paused_wanted`` names, resume the others (the runtime resumes a paused one
+        before it leaves the assignment, so one that comes back is not left paused)."""
+        want = self.paused_wanted(runtime.assignment())
+        try:
+            runtime.pause(want - runtime.paused)
+            runtime.resume(runtime.paused - want)
+        except BrokerUnavailable as exc:
+            log.warning("executor intake: pause/resume failed: %s", exc)
 
     def paused_wanted(self, assigned: Iterable[Partition]) -> set[Partition]:
         """Which of the ``assigned`` partitions should be paused now: those of a full buffer's topic, or all when
         draining. A buffer that filled up stays paused until it has drained to half."""
-        with self._lock:
+        with self.lock:
             for level, buf in enumerate(self._buffers):
                 if len(buf) >= self.buffer_size:
                     self._level_paused[level] = True
@@ -171,35 +182,16 @@ class Intake:
             full = {t for t, lvl in self._topic_level.items() if self._level_paused[lvl]}
             return {tp for tp in assigned if self._draining or tp[0] in full}
 
-    def positions(self, only: Iterable[Partition] | None = None) -> list[tuple[Partition, int]]:
-        """(partition, offset to commit) of every tracked partition (of ``only``) that moved since its last commit."""
-        with self._lock:
-            keys = list(self._offsets) if only is None else [k for k in only if k in self._offsets]
-            return [(k, o.position) for k in keys
-                    if (o := self._offsets[k]).position is not None and o.position != o.committed]
-
-    def on_committed(self, positions: Iterable[tuple[Partition, int]]) -> None:
-        """The commit of ``positions`` was sent (a refusal comes back through ``on_commit_refused``)."""
-        with self._lock:
-            for key, pos in positions:
-                if key in self._offsets:
-                    self._offsets[key].committed = pos
-
-    def on_commit_refused(self, err, partitions) -> list[Partition]:
-        """The broker's commit report (``on_commit``): refused partitions are committed again next time."""
-        with self._lock:
-            return forget_failed_commits(err, partitions, self._offsets)
-
     # ------------------------------------------------------ the dispatcher's side
 
     def hold_s(self) -> float:
         """Seconds the dispatcher should still wait before granting slots (a fresh assignment settles)."""
-        with self._lock:
+        with self.lock:
             return self._hold_until - time.monotonic()
 
     def take(self, choose: Callable[[list[bool]], int | None]) -> Delivery | None:
         """The next delivery to run: ``choose`` gets which priority levels have a backlog and names one."""
-        with self._lock:
+        with self.lock:
             level = choose([bool(b) for b in self._buffers])
             if level is None:
                 return None
@@ -209,7 +201,7 @@ class Intake:
 
     def drain(self) -> None:
         """Stop taking messages in (every partition is paused, nothing new is tracked) and empty the buffers."""
-        with self._lock:
+        with self.lock:
             self._draining = True
             for buf in self._buffers:
                 buf.clear()
@@ -218,18 +210,18 @@ class Intake:
 
     def buffered(self) -> list[ReadyTask]:
         """The tasks waiting in the buffers, highest priority first."""
-        with self._lock:
+        with self.lock:
             return [d.task for buf in self._buffers for d in buf]
 
     def was_cancelled(self, task_id: str) -> bool:
         """Whether a TaskCancelled for ``task_id`` was seen recently (its ready messages are skipped)."""
-        with self._lock:
+        with self.lock:
             return task_id in self._recently_cancelled
 
     # ---------------------------------------------------------------- private
 
     def _release(self, delivery: Delivery) -> bool:
-        with self._lock:
+        with self.lock:
             active = self._active.get(delivery.task.task_id)
             if active is not None and delivery in active:
                 active.remove(delivery)
@@ -237,9 +229,11 @@ class Intake:
                     del self._active[delivery.task.task_id]
             return delivery.cancelled
 
-    def _settle(self, offsets: PartitionOffsets, offset: int) -> None:
-        with self._lock:
-            offsets.mark_done(offset)
+    def _done(self, topic: str, partition: int, offset: int, offsets: PartitionOffsets) -> None:
+        """Mark ``offset`` done with the runtime (dropped if the partition left and came back since)."""
+        with self.lock:
+            if self._runtime is not None:
+                self._runtime.done((topic, partition), offset, offsets)
 
     def _cancel_locked(self, cancel: TaskCancelled) -> list[Delivery]:
         """Apply a TaskCancelled (lock held): drop buffered deliveries, return running ones to cancel."""
@@ -256,7 +250,7 @@ class Intake:
             known = True
             self._buffers[level] = deque(d for d in buf if d.task.task_id != task_id)
             for d in dropped:
-                d._offsets.mark_done(d.offset)
+                self._done(d.topic, d.partition, d.offset, d._offsets)
                 log.info("task %s attempt %d: cancelled before it started (%s); skipped",
                          task_id, d.task.attempt, cancel.reason or "no reason given",
                          extra=about(task_id, d.task.attempt))
@@ -270,17 +264,8 @@ class Intake:
         return running
 
     def _forget(self, keys: set[Partition]) -> None:
-        with self._lock:
-            for key in keys:
-                self._offsets.pop(key, None)
+        with self.lock:
             for level, buf in enumerate(self._buffers):
                 kept = [d for d in buf if (d.topic, d.partition) not in keys]
                 if len(kept) != len(buf):
                     self._buffers[level] = deque(kept)
-
-
-def _done(lock: threading.Lock, offsets: PartitionOffsets, offset: int) -> Callable[[], None]:
-    def done() -> None:
-        with lock:
-            offsets.mark_done(offset)
-    return done

@@ -2,9 +2,9 @@
 
 An executor of the ``<p>-executors`` group is three parts that ``Executor``
 composes for each run (the model is dramatiq's ``Worker`` with its consumer
-and worker threads): the intake (``_intake.Intake``, fed on its own thread by
-the Kafka part ``_consumer.ReadyConsumer``: assignment, batches, pauses,
-dead letters, commits) holds decoded messages in one buffer per priority;
+and worker threads): the intake (``_intake.Intake``, the hooks of a member ``ConsumerRuntime``
+on its own thread, which owns assignment, batches, pauses, dead letters
+and commits) holds decoded messages in one buffer per priority;
 the dispatcher (``_dispatch.Dispatcher``, on the loop) grants free slots by
 weighted priority (high:medium:low = 6:3:1 while every level has a
 backlog); the attempt runner (``_attempt.AttemptRunner``) runs each attempt
@@ -35,11 +35,11 @@ from taskstream.schemas import (
     Topics,
     codec,
 )
+from taskstream.schemas.consumer import ConsumerRuntime
 from taskstream.schemas.kafka import async_producer
 from taskstream.schemas.observability import serve_metrics
 
 from ._attempt import AttemptRunner, Handlers
-from ._consumer import ReadyConsumer
 from ._dispatch import Dispatcher
 from ._intake import Intake
 from ._scheduling import WeightedRoundRobin
@@ -48,6 +48,13 @@ from .metrics import ExecutorMetrics
 from .registry import Registry, default_registry, load_handler_modules
 
 log = logging.getLogger(__name__)
+
+#: How often the intake's runtime commits finished offsets.
+COMMIT_INTERVAL_S = 0.2
+#: Longest single poll; bounds how fast the intake reacts to pauses, resumes and stop.
+POLL_TIMEOUT_S = 0.05
+#: Messages taken per poll.
+POLL_BATCH = 500
 
 
 class Executor:
@@ -62,8 +69,8 @@ class Executor:
 
     The constructor only configures; ``run`` builds the parts of one run.
     While it runs, ``intake`` and ``consumer`` are that run's intake and its
-    Kafka part (for inspection: what is buffered, assigned, paused), None
-    before; ``assigned_event`` is set at the first partition assignment.
+    ``ConsumerRuntime`` (for inspection: what is buffered, ``assignment()``,
+    ``paused``), None before; ``assigned_event`` is set at the first partition assignment.
     """
 
     def __init__(
@@ -90,7 +97,7 @@ class Executor:
         self.buffer_size = max(4 * self.concurrency, 32)
         self.assigned_event = threading.Event()
         self.intake: Intake | None = None
-        self.consumer: ReadyConsumer | None = None
+        self.consumer: ConsumerRuntime | None = None
         self._runner: AttemptRunner | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -110,21 +117,37 @@ class Executor:
         intake = self.intake = Intake(self.topics, self.wire, self.buffer_size, notify=dispatcher.wake_threadsafe,
                                       cancel_running=dispatcher.cancel_threadsafe, assigned=self.assigned_event)
 
-        def consumer_failed(exc: BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:  # the loop is closed: run has returned already
-                pass
+        try:
+            consumer = self.consumer = ConsumerRuntime.member(
+                self.settings, intake, client_id=self.executor_id, group=self.topics.executor_group,
+                topics=self.topics.all_ready, overrides=self.consumer_overrides, batch=POLL_BATCH,
+                poll_s=POLL_TIMEOUT_S, commit_interval_s=COMMIT_INTERVAL_S, done_on_return=False,
+                producer=producer, lock=intake.lock)
+        except BrokerUnavailable as exc:
+            log.error("executor %s could not create its consumer: %s", self.executor_id, exc)
+            stop.set()
+            producer.close(5.0)
+            pool.shutdown(wait=False)
+            raise
+        failure: list[BaseException] = []
+        consumer_stop = threading.Event()
 
-        consumer = self.consumer = ReadyConsumer(
-            self.settings, self.executor_id, self.topics.executor_group, self.topics.all_ready, intake,
-            dead_letters=producer, dlq_topic=self.topics.dlq, on_failure=consumer_failed,
-            overrides=self.consumer_overrides,
-        )
+        def consume() -> None:
+            try:
+                consumer.run(consumer_stop)
+            except BaseException as exc:  # keep the reason; the run logs it and stops
+                log.exception("executor %s consumer failed", self.executor_id)
+                failure.append(exc)
+                try:
+                    loop.call_soon_threadsafe(stop.set)
+                except RuntimeError:  # the loop is closed: run has returned already
+                    pass
+
+        consuming = threading.Thread(target=consume, name=f"{self.executor_id}-poll", daemon=True)
         log.info("executor %s starting: concurrency %d, topics %s, handlers %s",
                  self.executor_id, self.concurrency, self.topics.all_ready, self.handlers.names())
         self.metrics.declare(self.handlers.names())
-        consumer.start()
+        consuming.start()
         dispatching = asyncio.create_task(dispatcher.run(intake, stop), name="executor-dispatch")
         try:
             await stop.wait()
@@ -133,16 +156,16 @@ class Executor:
             intake.drain()
             await dispatcher.close(self.settings.shutdown_grace_s)
             await asyncio.gather(dispatching, return_exceptions=True)
-            await asyncio.to_thread(consumer.close)
+            consumer_stop.set()
+            await asyncio.to_thread(consuming.join)
             remaining = await asyncio.to_thread(producer.close, 5.0)
             if remaining:
                 log.warning("executor %s: %d events not delivered at shutdown", self.executor_id, remaining)
             pool.shutdown(wait=False, cancel_futures=True)
             log.info("executor %s stopped", self.executor_id)
-        if consumer.failure is not None:
+        if failure:
             log.error("executor %s stopped because its consumer failed", self.executor_id)
-            raise BrokerUnavailable(f"executor {self.executor_id}: consumer failed: {consumer.failure}") \
-                from consumer.failure
+            raise BrokerUnavailable(f"executor {self.executor_id}: consumer failed: {failure[0]}") from failure[0]
 
     @property
     def handler_threads_running(self) -> int:

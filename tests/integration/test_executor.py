@@ -406,7 +406,7 @@ def test_two_executors_share_the_work_across_a_rebalance(settings, events):
         assert a.assigned_event.wait(JOIN_TIMEOUT)
         with running(settings, concurrency=2, executor_id="exec-b") as b:
             assert b.assigned_event.wait(JOIN_TIMEOUT)
-            wait_until(lambda: (ours := a.consumer.assigned()) and (theirs := b.consumer.assigned())
+            wait_until(lambda: (ours := a.consumer.assignment()) and (theirs := b.consumer.assignment())
                        and len(ours | theirs) == 9 and not ours & theirs, message="partitions split between a and b")
             second_wave = feeder.send(*(ready("sleep", {"seconds": 0.01}, priority=("high", "medium", "low")[i % 3])
                                          for i in range(45)))

@@ -36,7 +36,7 @@ def test_a_paused_partition_that_comes_back_is_resumed(settings, events):
     with running(settings, reg, concurrency=1, executor_id="exec-a") as ex:
         assert ex.assigned_event.wait(JOIN_TIMEOUT)
         everything = set(feeder.positions)
-        wait_until(lambda: ex.consumer.assigned() == everything and ex.consumer.paused() == everything,
+        wait_until(lambda: ex.consumer.assignment() == everything and set(ex.consumer.paused) == everything,
                    timeout=JOIN_TIMEOUT, message="every partition paused behind full buffers")
 
         # A second member joins the group and takes some partitions, then leaves: they come back to exec-a.
@@ -46,12 +46,12 @@ def test_a_paused_partition_that_comes_back_is_resumed(settings, events):
             wait_until(lambda: other.poll(0.05) is None and other.assignment(), timeout=JOIN_TIMEOUT,
                        message="the second member got partitions")
             moved = {(tp.topic, tp.partition) for tp in other.assignment()}
-            wait_until(lambda: not ex.consumer.assigned() & moved, timeout=JOIN_TIMEOUT, message="exec-a gave them up")
+            wait_until(lambda: not ex.consumer.assignment() & moved, timeout=JOIN_TIMEOUT, message="exec-a gave them up")
         finally:
             other.close()
-        wait_until(lambda: ex.consumer.assigned() == everything, timeout=JOIN_TIMEOUT, message="exec-a got them back")
+        wait_until(lambda: ex.consumer.assignment() == everything, timeout=JOIN_TIMEOUT, message="exec-a got them back")
 
         gate.set()
         events.wait_for([t.task_id for t in tasks], timeout=45)
         wait_until(lambda: committed(settings) == feeder.positions, message="every offset committed")
-        assert ex.consumer.paused() == set()
+        assert set(ex.consumer.paused) == set()

@@ -106,7 +106,7 @@ def test_no_log_call_passes_user_data() -> None:
 
 def test_every_executor_log_line_about_an_attempt_carries_its_fields() -> None:
     """In the executor, a log call whose message starts with "task %s" passes extra= with the task's fields."""
-    about_task = [c for module in ("runtime.py", "_intake.py", "_consumer.py", "_dispatch.py", "_attempt.py")
+    about_task = [c for module in ("runtime.py", "_intake.py", "_dispatch.py", "_attempt.py")
                   for c in _log_calls(ast.parse((PACKAGE / "executors" / module).read_text()))
                   if c.args and isinstance(c.args[0], ast.Constant) and str(c.args[0].value).startswith("task %s")]
     assert len(about_task) > 15
