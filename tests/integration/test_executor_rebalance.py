@@ -46,7 +46,8 @@ def test_a_paused_partition_that_comes_back_is_resumed(settings, events):
             wait_until(lambda: other.poll(0.05) is None and other.assignment(), timeout=JOIN_TIMEOUT,
                        message="the second member got partitions")
             moved = {(tp.topic, tp.partition) for tp in other.assignment()}
-            wait_until(lambda: not ex.consumer.assignment() & moved, timeout=JOIN_TIMEOUT, message="exec-a gave them up")
+            wait_until(lambda: not ex.consumer.assignment() & moved, timeout=JOIN_TIMEOUT,
+                       message="exec-a gave them up")
         finally:
             other.close()
         wait_until(lambda: ex.consumer.assignment() == everything, timeout=JOIN_TIMEOUT, message="exec-a got them back")
