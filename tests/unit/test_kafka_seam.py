@@ -6,15 +6,10 @@ test_layers.py does for the package arrows; imports inside functions count too.
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
-
 import pytest
 
 from tests.unit.test_layers import FOLDERS, ROOT, _module_name, imported_modules
 
-#: Modules still being moved behind ``schemas/`` by work in flight; each entry leaves this list (and the list ends
-#: empty) once its module no longer imports confluent_kafka.
-STILL_CONVERTING: tuple[str, ...] = ()
 SEAM = "schemas"
 
 
@@ -32,9 +27,6 @@ def test_only_the_kafka_seam_imports_confluent_kafka() -> None:
         if folder == SEAM:
             continue
         for path in sorted((ROOT / folder).rglob("*.py")):
-            rel = path.relative_to(ROOT).as_posix()
-            if any(fnmatch(rel, pattern) for pattern in STILL_CONVERTING):
-                continue
             found += kafka_imports(path.read_text(), _module_name(path), path.name == "__init__.py")
     assert found == [], "import Kafka through taskstream.schemas (kafka, consumer), not confluent_kafka:\n" + \
         "\n".join(found)
