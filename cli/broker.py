@@ -246,7 +246,7 @@ class KafkaBroker:
                                         f"{(result.stdout + result.stderr).strip()[-1500:]}")
         return [*base, "kafka.Kafka", str(self.data_dir / "server.properties")]
 
-    def start(self, timeout: float = 60.0, say=log.info) -> "KafkaBroker":
+    def start(self, timeout: float = 60.0, say=log.info) -> KafkaBroker:
         java = java_command()
         libs = ensure_jars(say)
         cmd = self._prepare(java, libs)
@@ -316,7 +316,7 @@ class KafkaBroker:
         else:
             tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "KafkaBroker":
+    def __enter__(self) -> KafkaBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:

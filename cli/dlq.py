@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
-from taskstream.schemas.offsets import POISON_HEADERS
-from taskstream.streams import domain
 from taskstream.schemas.kafka import producer as kafka_producer
 from taskstream.schemas.kafka import reader as kafka_reader
 from taskstream.schemas.log_reader import broker_errors, end_offsets, read_to_ends
+from taskstream.schemas.offsets import POISON_HEADERS
+from taskstream.streams import domain
 
 from ._log import LogError, connect, partitions_of
 

@@ -67,8 +67,8 @@ from taskstream.schemas import (
     TaskState,
     Topics,
     codec,
+    kafka,
 )
-from taskstream.schemas import kafka
 from taskstream.schemas.kafka import admin
 from taskstream.schemas.log_reader import (
     broker_errors,
