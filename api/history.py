@@ -37,8 +37,9 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Event, Settings, TaskState, Topics, codec
 from taskstream.schemas.kafka import reader
@@ -120,7 +121,8 @@ class HistoryTooExpensive(Exception):
             f"reading the history of task {task_id} stopped after its budget of {budget_s:g}s: {scanned} records of "
             f"partition {partition} of {topic} read (up to offset {position} of {end}); the partition is too long to "
             f"read per request (or the broker too busy). Read it without a budget with "
-            f"`taskstream events tail --task {task_id}` (or `taskstream state at TIME --task {task_id}` for a past state)"
+            f"`taskstream events tail --task {task_id}` "
+            f"(or `taskstream state at TIME --task {task_id}` for a past state)"
         )
 
 
@@ -169,7 +171,6 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
     wire = codec.WireFormat.of(settings)
     key = task_id.encode()
     started = time.monotonic()
-    deadline = None if budget_s is None else started + budget_s
     consumer = reader(settings, "taskstream-api-history", f"{settings.prefix}-api-history-{uuid.uuid4().hex}",
                       {"enable.auto.offset.store": False, "enable.partition.eof": True})
     try:
@@ -183,11 +184,11 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
         scanned = 0
         while position < end:
             wait = 1.0
-            if deadline is not None:
+            if budget_s is not None:
                 now = time.monotonic()
-                if now >= deadline:
+                if now >= started + budget_s:
                     raise HistoryTooExpensive(task_id, topic, partition, scanned, position, end, budget_s)
-                wait = min(wait, deadline - now)
+                wait = min(wait, started + budget_s - now)
             with broker_errors(f"partition {partition} of {topic}"):
                 messages = consume_available(consumer, 500, wait)
             for msg in messages:
@@ -230,6 +231,10 @@ def task_state_at(
     return state if isinstance(state, TaskState) else None
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
 class HistoryReader:
     """The API's gate to the history scans: at most ``history_concurrency`` at once, each within its budget.
 
@@ -253,7 +258,7 @@ class HistoryReader:
     async def state_at(self, task_id: str, as_of: datetime) -> TaskState | None:
         return await self._run(task_state_at, self.settings, task_id, as_of, budget_s=self.limits.history_budget_s)
 
-    async def _run(self, fn, *args, **kwargs):
+    async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             async with asyncio.timeout(self.limits.history_wait_s):
                 await self._slots.acquire()
@@ -272,7 +277,7 @@ class HistoryReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback) -> None:
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
     try:
         loop.call_soon_threadsafe(callback)
     except RuntimeError:  # the loop is closed: the app is gone, and its slots with it

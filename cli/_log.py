@@ -44,7 +44,8 @@ def log_errors(what: str) -> Iterator[None]:
 
 
 def parse_time(text: str, now: datetime) -> datetime:
-    """An RFC 3339 time (``2026-11-26T01:00:00Z``; no offset means UTC) or a time ago (``90s``, ``10m``, ``2h``, ``1d``)."""
+    """An RFC 3339 time (``2026-11-26T01:00:00Z``; no offset means UTC) or a time ago (``90s``, ``10m``, ``2h``,
+    ``1d``)."""
     m = _RELATIVE.match(text)
     if m:
         return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])

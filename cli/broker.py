@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def class_data_archive(java: str) -> Path:
     return kafka_home() / f"kafka-java-{version}.jsa"
 
 
-def ensure_jars(say=log.info) -> Path:
+def ensure_jars(say: Callable[[str], object] = log.info) -> Path:
     """The directory of Kafka's jars, fetched with Maven (``mvn dependency:copy-dependencies``) on first use."""
     home = kafka_home()
     libs = home / "libs"
@@ -205,7 +206,7 @@ class KafkaBroker:
         self.data_dir = Path(data_dir)
         self.controller_port = controller_port or free_port()
         self.heap = heap
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._archive_tmp: tuple[Path, Path] | None = None  # (written at exit, where it goes)
 
@@ -239,14 +240,15 @@ class KafkaBroker:
                 "-cp", f"{libs}/*"]
         if not (self.log_dir / "meta.properties").exists():
             result = subprocess.run(
-                [*(a for a in base if not a.startswith("-XX:ArchiveClassesAtExit")), "kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c",
-                 str(self.data_dir / "server.properties"), "--ignore-formatted"], capture_output=True, text=True)
+                [*(a for a in base if not a.startswith("-XX:ArchiveClassesAtExit")), "kafka.tools.StorageTool",
+                 "format", "-t", CLUSTER_ID, "-c", str(self.data_dir / "server.properties"), "--ignore-formatted"],
+                capture_output=True, text=True)
             if result.returncode != 0:
                 raise BrokerUnavailable(f"could not format Kafka's log directory {self.log_dir}: "
                                         f"{(result.stdout + result.stderr).strip()[-1500:]}")
         return [*base, "kafka.Kafka", str(self.data_dir / "server.properties")]
 
-    def start(self, timeout: float = 60.0, say=log.info) -> "KafkaBroker":
+    def start(self, timeout: float = 60.0, say: Callable[[str], object] = log.info) -> KafkaBroker:
         java = java_command()
         libs = ensure_jars(say)
         cmd = self._prepare(java, libs)
@@ -288,20 +290,22 @@ class KafkaBroker:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests)."""
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:  # alive()
+            proc.kill()
+            proc.wait()
 
     def stop(self, timeout: float = 20.0) -> None:
         """Controlled shutdown (SIGTERM), SIGKILL after ``timeout`` seconds."""
-        if not self.alive():
+        proc = self.proc
+        if proc is None or proc.poll() is not None:  # not alive()
             return
-        self.proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            proc.kill()
+            proc.wait()
         self._keep_archive()
 
     def _keep_archive(self) -> None:
@@ -311,13 +315,13 @@ class KafkaBroker:
         (tmp, target), self._archive_tmp = self._archive_tmp, None
         if not tmp.exists():
             return
-        if self.proc.returncode in (0, 143) and not target.exists():
+        if self.proc is not None and self.proc.returncode in (0, 143) and not target.exists():
             tmp.rename(target)
         else:
             tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "KafkaBroker":
+    def __enter__(self) -> KafkaBroker:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

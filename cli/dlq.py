@@ -21,15 +21,16 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
-from taskstream.schemas.offsets import POISON_HEADERS
-from taskstream.streams import domain
 from taskstream.schemas.kafka import producer as kafka_producer
 from taskstream.schemas.kafka import reader as kafka_reader
 from taskstream.schemas.log_reader import broker_errors, end_offsets, read_to_ends
+from taskstream.schemas.offsets import POISON_HEADERS
+from taskstream.streams import domain
 
 from ._log import LogError, connect, partitions_of
 
@@ -55,10 +56,10 @@ class DlqRecord:
         return "dead_lettered" if self.event is not None else "poison"
 
     @property
-    def sort_key(self) -> tuple:
+    def sort_key(self) -> tuple[datetime, int, int]:
         return (self.timestamp, self.partition, self.offset)
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         where = {"dlq_partition": self.partition, "dlq_offset": self.offset}
         if self.event is not None:
             e = self.event
@@ -91,8 +92,8 @@ def classify(partition: int, offset: int, timestamp_ms: int | None, key: bytes |
     hdrs = {k: (v or b"").decode(errors="replace") for k, v in (headers or [])}
     stamp = (datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms and timestamp_ms > 0
              else datetime.min.replace(tzinfo=UTC))
-    base = dict(partition=partition, offset=offset, timestamp=stamp,
-                key=(key or b"").decode(errors="replace"), size=len(value or b""))
+    base = DlqRecord(partition=partition, offset=offset, timestamp=stamp,
+                     key=(key or b"").decode(errors="replace"), size=len(value or b""))
     if "source-topic" not in hdrs:
         try:
             event = wire.decode(value)
@@ -100,9 +101,9 @@ def classify(partition: int, offset: int, timestamp_ms: int | None, key: bytes |
             hdrs.setdefault("reason", f"undecodable record without source headers: {exc}")
         else:
             if isinstance(event, TaskDeadLettered):
-                return DlqRecord(**base, event=event)
+                return replace(base, event=event)
             hdrs.setdefault("reason", f"a {codec.type_name(event)} record, not TaskDeadLettered")
-    return DlqRecord(**base, headers={k: hdrs[k] for k in POISON_HEADERS if k in hdrs})
+    return replace(base, headers={k: hdrs[k] for k in POISON_HEADERS if k in hdrs})
 
 
 def _check(settings: Settings, topic: str, timeout: float) -> int:
@@ -139,7 +140,8 @@ def producer_name() -> str:
 
 def redrive_events(task_ids: Iterable[str], reason: str, now: datetime, producer: str) -> list[TaskRedriven]:
     """The decider's answer to an operator's redrive: one ``TaskRedriven`` per distinct task id, in the order given."""
-    return domain.decide(None, domain.RedriveDeadLettered(task_ids=tuple(task_ids), producer=producer, reason=reason), now)
+    command = domain.RedriveDeadLettered(task_ids=tuple(task_ids), producer=producer, reason=reason)
+    return domain.decide(None, command, now)
 
 
 def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float = 30.0) -> int:
@@ -148,10 +150,10 @@ def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float
     wire = codec.WireFormat.of(settings)
     _check(settings, topic, timeout)
     producer = kafka_producer(settings, "taskstream-cli-redrive")
-    acked: list = []
-    errors: list = []
+    acked: list[object] = []  # the library's messages and delivery errors
+    errors: list[object] = []
 
-    def done(err, msg):
+    def done(err: object, msg: object) -> None:
         (errors if err is not None else acked).append(err or msg)
 
     try:
@@ -197,5 +199,5 @@ def table_lines(records: list[DlqRecord], error_width: int = 100) -> list[str]:
                       if "source-topic" in h else "(no source headers)")
             rows.append((_iso(r.timestamp), "poison", r.key or "-", "-", "-", "-",
                          _one_line(f"{source} {r.size} bytes: {h.get('reason', '')}", error_width)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]  # the last column is not padded
+    return ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip() for row in rows]

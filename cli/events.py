@@ -87,14 +87,14 @@ class EventRecord:
         return codec.type_name(self.event) if self.event is not None else None
 
     @property
-    def sort_key(self) -> tuple:
+    def sort_key(self) -> tuple[int, int, int]:
         return (self.timestamp_ms, self.partition, self.offset)
 
     @property
     def time(self) -> datetime | None:
         return getattr(self.event, "occurred_at", None) or record_time(self.timestamp_ms)
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         where = {"partition": self.partition, "offset": self.offset, "timestamp": iso(record_time(self.timestamp_ms))}
         if self.event is None:
             return {"type": None, "undecodable": self.problem, "key": self.key, **where}
@@ -105,7 +105,7 @@ class EventRecord:
         if self.event is None:
             return f"(undecodable: {self.problem})"
         parts = []
-        for name in _SUMMARY.get(self.type, ()):
+        for name in _SUMMARY.get(codec.type_name(self.event), ()):
             value = getattr(self.event, name, None)
             if value in (None, "", [], {}) or (name == "permanent" and value is False) or \
                     (name == "skipped" and value == 0):
@@ -148,7 +148,7 @@ _WIDTHS = (24, 9, 20, 32, 7)
 
 
 def table_line(row: tuple[str, ...]) -> str:
-    cells = [c.ljust(w) for c, w in zip(row, _WIDTHS)]
+    cells = [c.ljust(w) for c, w in zip(row, _WIDTHS, strict=False)]  # the last column (summary) is not padded
     return "  ".join([*cells, row[-1]]).rstrip()
 
 
@@ -291,7 +291,8 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
     except Exception as exc:  # BrokerUnavailable, TopicMismatch or another failure creating topics
         raise LogError(f"creating the topics of prefix {to_prefix}: {exc}") from None
     if problems:
-        raise LogError(f"prefix {to_prefix}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise LogError(f"prefix {to_prefix}: {problems[0]}{more}")
     consumer = reader(settings, "replay")
     copied: dict[int, int] = {p: 0 for p in range(n)}
     try:
@@ -307,9 +308,9 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
         producer = kafka_producer(settings, "taskstream-cli-replay",
                                   {"batch.num.messages": 10000, "linger.ms": 5, "queue.buffering.max.messages": 200000})
         acked: list[int] = [0]
-        errors: list = []
+        errors: list[object] = []  # the library's delivery errors
 
-        def done(err, _msg):
+        def done(err: object, _msg: object) -> None:
             if err is None:
                 acked[0] += 1
             else:

@@ -21,6 +21,7 @@ partitions). Each API process has its own: ask each.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from taskstream.schemas import Settings, Topics
 from taskstream.schemas.kafka import admin, group_states, partition_lag
@@ -46,7 +47,7 @@ class PartitionLag:
     def lag(self) -> int:
         return partition_lag(self.committed, self.low, self.end)
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"group": self.group, "topic": self.topic, "partition": self.partition,
                 "committed": self.committed, "end": self.end, "lag": self.lag}
 
@@ -103,7 +104,7 @@ def measure(settings: Settings, timeout: float = 15.0) -> tuple[list[GroupLag], 
     return out, state_marks
 
 
-def read_model_verdict(url: str, timeout: float) -> dict:
+def read_model_verdict(url: str, timeout: float) -> dict[str, Any]:
     """What the API at ``url`` says of its read model in ``/readyz``.
 
     ``{"caught_up": bool, "detail": str, "lag": int | None}``: ``lag`` is the
@@ -126,7 +127,7 @@ def read_model_verdict(url: str, timeout: float) -> dict:
 
 
 def json_objects(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]], settings: Settings,
-                 verdict: dict | None) -> list[dict]:
+                 verdict: dict[str, Any] | None) -> list[dict[str, Any]]:
     rows = [{**p.as_json(), "role": g.role, "group_state": g.state, "members": g.members}
             for g in groups for p in g.partitions]
     state = Topics(settings.prefix).state
@@ -140,7 +141,7 @@ def json_objects(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]]
 
 
 def table_lines(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]], settings: Settings,
-                verdict: dict | None, api_url: str | None) -> list[str]:
+                verdict: dict[str, Any] | None, api_url: str | None) -> list[str]:
     out = []
     for g in groups:
         members = f", {g.members} member(s)" if g.members else ""
@@ -148,8 +149,8 @@ def table_lines(groups: list[GroupLag], state_marks: dict[int, tuple[int, int]],
         rows = [("  TOPIC", "PARTITION", "COMMITTED", "END", "LAG")]
         rows += [(f"  {p.topic}", str(p.partition), "-" if p.committed is None else str(p.committed),
                   str(p.end), str(p.lag)) for p in g.partitions]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-        out += ["  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]  # the last column is not padded
+        out += ["  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip() for r in rows]
     state = Topics(settings.prefix).state
     ends = " ".join(f"{p}:{hi}" for p, (_, hi) in sorted(state_marks.items()))
     if verdict is None:

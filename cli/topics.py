@@ -15,7 +15,9 @@ judged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from taskstream.schemas import BrokerUnavailable, Settings, TopicSpec, catalogue
 from taskstream.schemas.kafka import admin, config_problems, ensure_topics, topic_configs
@@ -64,7 +66,7 @@ class TopicReport:
             return "missing"
         return "differs: " + "; ".join(self.differences) if self.differences else "ok"
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"topic": self.spec.name, "exists": self.exists, "partitions": self.partitions,
                 "expected_partitions": self.spec.partitions,
                 "config": {k: self.config.get(k) for k in SHOWN},
@@ -115,9 +117,9 @@ class TopicDescription:
     report: TopicReport
     offsets: dict[int, tuple[int, int]]  # partition -> (low, high)
 
-    def as_json(self) -> dict:
-        return {**self.report.as_json(), "offsets": [
-            {"partition": p, "low": lo, "high": hi, "records": hi - lo} for p, (lo, hi) in sorted(self.offsets.items())]}
+    def as_json(self) -> dict[str, Any]:
+        return {**self.report.as_json(), "offsets": [{"partition": p, "low": lo, "high": hi, "records": hi - lo}
+                                                     for p, (lo, hi) in sorted(self.offsets.items())]}
 
 
 def describe(settings: Settings, names: list[str], timeout: float = 15.0) -> list[TopicDescription]:
@@ -146,7 +148,8 @@ def describe(settings: Settings, names: list[str], timeout: float = 15.0) -> lis
     consumer = reader(settings, "topics")
     try:
         with log_errors("describing topics"):
-            return [TopicDescription(reports[n], watermarks(consumer, n, range(reports[n].partitions), timeout))
+            # every wanted topic exists: its partition count is the broker's (metadata)
+            return [TopicDescription(reports[n], watermarks(consumer, n, range(metadata[n]), timeout))
                     for n in wanted]
     finally:
         consumer.close()
@@ -155,9 +158,9 @@ def describe(settings: Settings, names: list[str], timeout: float = 15.0) -> lis
 # ---------------------------------------------------------------- output
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]  # the last column is not padded
+    return ["  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip() for r in rows]
 
 
 def list_lines(reports: list[TopicReport], extras: list[str]) -> list[str]:

@@ -20,10 +20,19 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 from .errors import BrokerUnavailable, RecordRefused, TopicMismatch
@@ -32,6 +41,10 @@ from .settings import Settings
 from .topics import TopicSpec
 
 log = logging.getLogger(__name__)
+
+#: Record headers as the clients take them, and a produce's delivery report (error or None, the message).
+Headers = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None]
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 
 #: librdkafka's own log lines go through Python logging under this name
@@ -66,7 +79,7 @@ def security_config(settings: Settings) -> dict[str, str]:
 SECRET_PROPERTIES = ("sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.keystore.password")
 
 
-def common_config(settings: Settings, client_id: str) -> dict:
+def common_config(settings: Settings, client_id: str) -> dict[str, Any]:
     """What every client gets: bootstrap servers, client id, the logger and the security properties."""
     return {"bootstrap.servers": settings.bootstrap_servers, "client.id": client_id, "logger": LIBRDKAFKA_LOG,
             **security_config(settings)}
@@ -74,10 +87,12 @@ def common_config(settings: Settings, client_id: str) -> dict:
 
 #: The client classes the factory instantiates, by kind. Nothing else in the program calls these constructors
 #: (tests/unit/test_kafka_factory.py checks it); a test may wrap them to see every config the program builds.
-CLIENT_CLASSES: dict[str, type] = {"producer": Producer, "consumer": Consumer, "admin": AdminClient}
+CLIENT_CLASSES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "producer": Producer, "consumer": Consumer, "admin": AdminClient}
 
 
-def _build(kind: str, settings: Settings, config: dict):
+def _build(kind: str, settings: Settings, config: Mapping[str, Any]) -> Any:
+    """A client of ``CLIENT_CLASSES[kind]`` (Any: the caller names the class it asked for)."""
     config = {**config, **security_config(settings)}  # overrides cannot drop a security property
     try:
         return CLIENT_CLASSES[kind](config)
@@ -86,7 +101,7 @@ def _build(kind: str, settings: Settings, config: dict):
                                 f"{redact(str(exc), config)}") from None
 
 
-def redact(text: str, config: Mapping) -> str:
+def redact(text: str, config: Mapping[str, Any]) -> str:
     """``text`` with the value of every secret property of ``config`` (and of the passthrough) blanked out."""
     for key, value in config.items():
         if value and isinstance(value, str) and (key in SECRET_PROPERTIES or "password" in key or "secret" in key):
@@ -98,26 +113,30 @@ def redact(text: str, config: Mapping) -> str:
 DURABLE_PRODUCER = {"acks": "all", "enable.idempotence": True}
 
 
-def producer(settings: Settings, client_id: str, overrides: Mapping | None = None) -> Producer:
+def producer(settings: Settings, client_id: str, overrides: Mapping[str, Any] | None = None) -> Producer:
     """An idempotent, acks=all producer (``producer_config``) with ``overrides`` on top (which cannot change
     ``DURABLE_PRODUCER``)."""
-    return _build("producer", settings, {**producer_config(settings, client_id), **(overrides or {}),
-                                         **DURABLE_PRODUCER})
+    client: Producer = _build("producer", settings, {**producer_config(settings, client_id), **(overrides or {}),
+                                                     **DURABLE_PRODUCER})
+    return client
 
 
-def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mapping | None = None) -> Consumer:
+def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
     """A consumer-group member (``consumer_config``: manual commits, cooperative-sticky) with ``overrides``."""
-    return _build("consumer", settings, {**consumer_config(settings, group_id, client_id), **(overrides or {})})
+    client: Consumer = _build("consumer", settings, {**consumer_config(settings, group_id, client_id),
+                                                     **(overrides or {})})
+    return client
 
 
-def reader(settings: Settings, client_id: str, group_id: str, overrides: Mapping | None = None) -> Consumer:
+def reader(settings: Settings, client_id: str, group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
     """A consumer for ``assign()``: the common config, ``group.id`` (librdkafka wants one; it is joined only if
     the caller subscribes) and no auto commit, with ``overrides``."""
-    return _build("consumer", settings, {**common_config(settings, client_id), "group.id": group_id,
-                                         "enable.auto.commit": False, **(overrides or {})})
+    client: Consumer = _build("consumer", settings, {**common_config(settings, client_id), "group.id": group_id,
+                                                     "enable.auto.commit": False, **(overrides or {})})
+    return client
 
 
-def producer_config(settings: Settings, client_id: str) -> dict:
+def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
     return {
         **common_config(settings, client_id),
         **DURABLE_PRODUCER,
@@ -161,7 +180,7 @@ class broker_errors:
             raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(f"{self.what}: {exc}") from exc
 
 
-def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
+def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[str, Any]:
     return {
         **common_config(settings, client_id),
         "group.id": group_id,
@@ -174,7 +193,8 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict:
 
 
 def admin(settings: Settings, client_id: str = "taskstream-admin") -> AdminClient:
-    return _build("admin", settings, common_config(settings, client_id))
+    client: AdminClient = _build("admin", settings, common_config(settings, client_id))
+    return client
 
 
 def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
@@ -246,7 +266,8 @@ def require_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: floa
         raise TopicMismatch(problems)
 
 
-def topic_problems(client: AdminClient, specs: Iterable[TopicSpec], existing: Mapping, timeout: float) -> list[str]:
+def topic_problems(client: AdminClient, specs: Iterable[TopicSpec], existing: Mapping[str, Any],
+                   timeout: float) -> list[str]:
     """How the topics of ``specs`` that exist (``existing``: ``list_topics().topics``) differ from them: one
     line per wrong partition count and per config of ``TopicSpec.config`` with another value, naming the topic,
     the setting, its value and the one expected. Missing topics are not reported here."""
@@ -293,7 +314,9 @@ def _await_leaders(client: AdminClient, partitions: Mapping[str, int], timeout: 
         try:
             topics = client.list_topics(timeout=timeout).topics
             if all(n in topics and len(topics[n].partitions) == count for n, count in partitions.items()):
-                request = {TopicPartition(n, p): OffsetSpec.latest() for n, count in partitions.items()
+                # OffsetSpec.latest is not annotated in confluent-kafka's pure-Python admin module
+                request = {TopicPartition(n, p): OffsetSpec.latest()  # type: ignore[no-untyped-call]
+                           for n, count in partitions.items()
                            for p in range(count)}
                 for fut in client.list_offsets(request, request_timeout=max(0.5, deadline - time.monotonic())).values():
                     fut.result()
@@ -307,7 +330,7 @@ def _await_leaders(client: AdminClient, partitions: Mapping[str, int], timeout: 
 class AsyncProducer:
     """confluent-kafka producer whose ``send`` is awaitable (acked by the broker)."""
 
-    def __init__(self, settings: Settings, client_id: str, **overrides) -> None:
+    def __init__(self, settings: Settings, client_id: str, **overrides: Any) -> None:
         self._producer = producer(settings, client_id, overrides)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name=f"{client_id}-producer-poll", daemon=True)
@@ -320,7 +343,8 @@ class AsyncProducer:
             except Exception:  # a delivery callback that raised must not end every later delivery report
                 log.exception("producer poll: a delivery callback failed")
 
-    def produce(self, topic: str, key: str | bytes, value: bytes, headers=None, on_delivery=None) -> None:
+    def produce(self, topic: str, key: str | bytes, value: bytes, headers: Headers | None = None,
+                on_delivery: DeliveryCallback | None = None) -> None:
         """Fire and forget (with an optional delivery callback run on the poll thread)."""
         deadline = time.monotonic() + 10.0
         while True:
@@ -334,12 +358,13 @@ class AsyncProducer:
             except KafkaException as exc:
                 raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(str(exc)) from exc
 
-    def send(self, topic: str, key: str | bytes, value: bytes, headers=None) -> asyncio.Future:
+    def send(self, topic: str, key: str | bytes, value: bytes,
+             headers: Headers | None = None) -> asyncio.Future[Message]:
         """Produce and return a future that resolves when the broker acknowledged the record."""
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: asyncio.Future[Message] = loop.create_future()
 
-        def done(err, msg):
+        def done(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 error = RecordRefused if is_permanent(err) else BrokerUnavailable
                 loop.call_soon_threadsafe(_set_exception, fut, error(f"produce to {topic} failed: {err.str()}"))
@@ -359,22 +384,22 @@ class AsyncProducer:
         return remaining
 
 
-def async_producer(settings: Settings, client_id: str, overrides: Mapping | None = None) -> AsyncProducer:
+def async_producer(settings: Settings, client_id: str, overrides: Mapping[str, Any] | None = None) -> AsyncProducer:
     """An ``AsyncProducer`` (awaitable sends) over ``producer(settings, client_id, overrides)``."""
     return AsyncProducer(settings, client_id, **(overrides or {}))
 
 
-def _set_result(fut: asyncio.Future, value) -> None:
+def _set_result(fut: asyncio.Future[Message], value: Message) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _set_exception(fut: asyncio.Future, exc: Exception) -> None:
+def _set_exception(fut: asyncio.Future[Message], exc: Exception) -> None:
     if not fut.done():
         fut.set_exception(exc)
 
 
-def consume_available(consumer, max_messages: int, timeout: float) -> list:
+def consume_available(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
     """Wait up to ``timeout`` for one message, then take whatever else is already here.
 
     ``Consumer.consume(n, timeout)`` waits until it has ``n`` messages or the
@@ -397,13 +422,13 @@ def watermarks(consumer: Consumer, topic: str, partitions: Iterable[int], timeou
                 for p in partitions}
 
 
-def end_offsets(consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, int]:
+def end_offsets(consumer: Consumer, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, int]:
     """Each partition's end offset (high watermark) now (``watermarks``); ``BrokerUnavailable`` as there."""
     return {p: high for p, (_, high) in watermarks(consumer, topic, partitions, timeout).items()}
 
 
-def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: float = 600.0,
-                 batch: int = 10_000) -> Iterator[list]:
+def read_to_ends(consumer: Consumer, topic: str, ends: Mapping[int, int], *, timeout: float = 600.0,
+                 batch: int = 10_000) -> Iterator[list[Message]]:
     """Batches of the records of ``topic``'s partitions, from their beginning up to (excluding) ``ends[p]``.
 
     A reader that must see "everything so far" takes the end offsets first
@@ -420,7 +445,7 @@ def read_to_ends(consumer, topic: str, ends: Mapping[int, int], *, timeout: floa
 
 
 def _read_to_ends(consumer: Consumer, topic: str, ends: Mapping[int, int], timeout: float,
-                  batch: int) -> Iterator[list]:
+                  batch: int) -> Iterator[list[Message]]:
     pending = {p for p, end in ends.items() if end > 0}
     if not pending:
         return
@@ -435,20 +460,21 @@ def _read_to_ends(consumer: Consumer, topic: str, ends: Mapping[int, int], timeo
                                     f"{[ends[p] for p in sorted(pending)]} timed out after {timeout:.0f}s")
         keep = []
         for m in consume_available(consumer, batch, 0.2):
-            p, err = m.partition(), m.error()
+            # A record, and an end-of-partition report, always has its partition and offset (typed Optional).
+            p, offset, err = m.partition(), m.offset(), m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    if m.offset() >= ends.get(p, 0):
+                    if p is not None and offset is not None and offset >= ends.get(p, 0):
                         pending.discard(p)
                 elif err.fatal():
                     raise BrokerUnavailable(f"reading {topic}: {err}")
                 else:
                     log.debug("reading %s: %s", topic, err)
                 continue
-            if p not in pending or m.offset() >= ends[p]:
+            if p is None or offset is None or p not in pending or offset >= ends[p]:
                 continue
             keep.append(m)
-            if m.offset() >= ends[p] - 1:
+            if offset >= ends[p] - 1:
                 pending.discard(p)
         if keep:
             yield keep
@@ -465,7 +491,8 @@ def committed_offsets(client: AdminClient, group: str, tps: list[TopicPartition]
         return {}
     request = ConsumerGroupTopicPartitions(group, tps)
     result = client.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(timeout)
-    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None and tp.offset >= 0}
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions
+            if tp.error is None and tp.offset >= 0}
 
 
 def group_offsets(client: AdminClient, group: str, partitions: Iterable[tuple[str, int]],
@@ -488,7 +515,8 @@ def describe_cluster(client: AdminClient, timeout: float) -> dict[str, Any]:
             "brokers": sorted(({"id": n.id, "host": n.host, "port": n.port} for n in d.nodes), key=lambda b: b["id"])}
 
 
-def describe_groups(client: AdminClient, groups: list[str], timeout: float) -> dict[str, dict[str, Any] | BrokerUnavailable]:
+def describe_groups(client: AdminClient, groups: list[str],
+                    timeout: float) -> dict[str, dict[str, Any] | BrokerUnavailable]:
     """Each group as DescribeConsumerGroups reports it (state in lower case; members with member_id, client_id,
     host, instance_id and their assignment of (topic, partition) pairs), or the ``BrokerUnavailable`` that
     answered for it (``timed_out`` tells a timeout)."""

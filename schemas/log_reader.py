@@ -119,9 +119,9 @@ def read_range(consumer: Consumer, topic: str, starts: Mapping[int, int], ends: 
         while todo:
             batch = consume_available(consumer, 5000, 0.2)
             for m in batch:
-                if m.error() is not None:
-                    continue
                 p, offset = m.partition(), m.offset()
+                if m.error() is not None or p is None or offset is None:  # a record always has both (typed Optional)
+                    continue
                 if offset >= ends.get(p, 0):
                     if after_end is not None:
                         after_end(m)

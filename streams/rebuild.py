@@ -56,7 +56,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from taskstream.schemas import (
     BrokerUnavailable,
@@ -67,8 +67,8 @@ from taskstream.schemas import (
     TaskState,
     Topics,
     codec,
+    kafka,
 )
-from taskstream.schemas import kafka
 from taskstream.schemas.kafka import admin
 from taskstream.schemas.log_reader import (
     broker_errors,
@@ -89,7 +89,7 @@ IGNORED_FIELDS = frozenset({"last_offset"})
 POOL_THRESHOLD = 100_000
 READ_BATCH = 10_000
 
-State = TaskState | ScheduleState
+State: TypeAlias = TaskState | ScheduleState
 
 
 class RebuildError(Exception):
@@ -110,7 +110,7 @@ class Mismatch:
     live: Any
     rebuilt: Any
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"id": self.key, "field": self.field, "live": _plain(self.live), "rebuilt": _plain(self.rebuilt)}
 
     def line(self) -> str:
@@ -354,12 +354,13 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
     return out
 
 
-def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State], partition_of: Mapping[bytes, int]) -> int:
+def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State],
+                  partition_of: Mapping[bytes, int]) -> int:
     producer = kafka.producer(settings, "taskstream-state-write", {"linger.ms": 5})
     wire = codec.WireFormat.of(settings)
-    failed: list = []
+    failed: list[object] = []  # the library's delivery errors
 
-    def done(err, msg):
+    def done(err: object, msg: object) -> None:
         if err is not None:
             failed.append(err)
 
