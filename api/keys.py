@@ -36,8 +36,8 @@ import time
 from datetime import datetime
 
 from taskstream.schemas import DecodeError, Settings, Topics, codec
-from taskstream.schemas.events import ApiKey
 from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks
+from taskstream.schemas.events import ApiKey
 
 log = logging.getLogger(__name__)
 

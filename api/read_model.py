@@ -445,7 +445,7 @@ class ReadModel(Hooks):
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> "ReadModel":
+    def start(self) -> ReadModel:
         self._thread = threading.Thread(target=self.runtime.run, args=(self._stop,), name="api-read-model",
                                         daemon=True)
         self._thread.start()

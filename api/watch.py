@@ -35,7 +35,16 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from taskstream.schemas import TERMINAL, BrokerUnavailable, DecodeError, Settings, TaskState, Topics, ValidationError, codec
+from taskstream.schemas import (
+    TERMINAL,
+    BrokerUnavailable,
+    DecodeError,
+    Settings,
+    TaskState,
+    Topics,
+    ValidationError,
+    codec,
+)
 from taskstream.schemas.consumer import RangeReader
 
 log = logging.getLogger(__name__)
@@ -51,12 +60,12 @@ class Cursor(tuple):
     def at(self, partition: int) -> int:
         return self[partition] if partition < len(self) else 0
 
-    def advanced(self, partition: int, offset: int) -> "Cursor":
+    def advanced(self, partition: int, offset: int) -> Cursor:
         out = list(self) + [0] * (partition + 1 - len(self))
         out[partition] = max(out[partition], offset + 1)
         return Cursor(out)
 
-    def merged(self, other: Iterable[int]) -> "Cursor":
+    def merged(self, other: Iterable[int]) -> Cursor:
         other = tuple(other)
         n = max(len(self), len(other))
         return Cursor(max(self.at(i), other[i] if i < len(other) else 0) for i in range(n))
@@ -65,7 +74,7 @@ class Cursor(tuple):
         return ".".join(map(str, self)) or "0"
 
     @classmethod
-    def decode(cls, text: str, field: str = "cursor") -> "Cursor":
+    def decode(cls, text: str, field: str = "cursor") -> Cursor:
         """A cursor from its text; ``ValidationError`` naming ``field`` if it is not one."""
         parts = text.strip().split(".")
         if len(text) > MAX_CURSOR_CHARS or not all(p.isdigit() and p.isascii() and len(p) <= 18 for p in parts):

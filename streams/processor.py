@@ -56,16 +56,16 @@ from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
     Heartbeat,
-    RecordRefused,
     ReadyTask,
+    RecordRefused,
     Settings,
     TaskState,
     Topics,
     catalogue,
     codec,
+    kafka,
     retry_tier,
 )
-from taskstream.schemas import kafka
 from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, TailReader, read_state_to_end, send
 from taskstream.schemas.kafka import admin, is_permanent, require_topics, topic_partitions
 from taskstream.schemas.observability import about, serve_metrics

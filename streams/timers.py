@@ -17,9 +17,9 @@ is folded, which keeps replay exact.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 from rocksdict import Rdict
 

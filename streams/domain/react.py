@@ -3,35 +3,33 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import singledispatch
 
 from taskstream.schemas import (
-    LeaseExpired,
-    ScheduleCreated,
-    ScheduleFired,
-    TaskDeadLettered,
-    TaskRedriven,
-    TaskRetryScheduled,
     DependencyRegistered,
     DependencyResolved,
-    TaskUpdated,
     Event,
+    LeaseExpired,
     ReadyTask,
+    ScheduleCreated,
+    ScheduleFired,
     Status,
     TaskCreated,
+    TaskDeadLettered,
     TaskFailed,
     TaskQueued,
+    TaskRedriven,
+    TaskRetryScheduled,
     TaskState,
+    TaskUpdated,
+    codec,
+    derived_id,
 )
-from taskstream.schemas import codec, derived_id
-from taskstream.schemas.retry import DEFAULT_RETRY, MAX_BACKOFF_S, RetryPolicy, jitter_draw
-
 from taskstream.schemas.limits import cut_error
+from taskstream.schemas.retry import DEFAULT_RETRY, RetryPolicy, jitter_draw
 
 from .decide import _decides, decided
-from .ids import UNSET, identified, state_cause
 from .evolve import (
     ACTIVE,
     RESULT_BOUND,
@@ -43,6 +41,7 @@ from .evolve import (
     is_terminal,
     waiting_until,
 )
+from .ids import UNSET, identified, state_cause
 
 PROCESSOR = "processor"
 UNKNOWN = "unknown"

@@ -38,7 +38,7 @@ import io
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,7 +46,7 @@ REPO = HERE.parent.parent
 HISTORY = REPO / "schemas" / "avro" / "history"
 RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
             5: "retry_delay_s and schedule_id (issue 23)"}
-T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
 def at(seconds: float) -> datetime:

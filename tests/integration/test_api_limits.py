@@ -11,12 +11,11 @@ import json
 import uuid
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 from hypothesis import event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-
-from confluent_kafka import Consumer, TopicPartition
 
 from taskstream.api import create_app
 from taskstream.schemas import Settings, Topics, catalogue

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -31,7 +30,6 @@ from taskstream.schemas import (
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
-    TaskState,
     TaskSucceeded,
     Topics,
     codec,

@@ -22,8 +22,21 @@ import pytest
 
 from taskstream.cli.broker import KafkaBroker, free_port
 from taskstream.client import (
-    AsyncClient, Client, Conflict, Forbidden, NotFound, PreconditionFailed, RateLimited, ServerError, Task,
-    TaskstreamError, Unauthorized, Unavailable, ValidationFailed, WaitTimeout, task_body,
+    AsyncClient,
+    Client,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    RateLimited,
+    ServerError,
+    Task,
+    TaskstreamError,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+    WaitTimeout,
+    task_body,
 )
 from tests.conftest import wait_until
 from tests.integration.live_stack import LiveStack

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def cancel(feeder: Feeder, task_id: str, priority: str = "medium", reason: str = "client") -> None:
     """Publish TaskCancelled as the processor does: to the task's ready topic, keyed by the task id."""
-    event = TaskCancelled(task_id=task_id, occurred_at=datetime.now(timezone.utc), producer="test", reason=reason)
+    event = TaskCancelled(task_id=task_id, occurred_at=datetime.now(UTC), producer="test", reason=reason)
     feeder.producer.produce(feeder.topics.ready(priority), codec.encode(event), task_id.encode(),
                             headers=codec.headers(event), on_delivery=feeder._delivered)
     assert feeder.producer.flush(10) == 0

@@ -23,18 +23,19 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
+from taskstream.api.partitioner import partition_for
 from taskstream.cli.dev import settings_env
-from taskstream.schemas import Settings, TaskCancelled, TaskCreated, TaskRedriven, TaskUpdated, Topics, codec, new_id
+from taskstream.schemas import TaskCancelled, TaskCreated, TaskRedriven, TaskUpdated, codec, new_id
 from taskstream.schemas.kafka import ensure_topics
 from taskstream.schemas.topics import catalogue
-from taskstream.api.partitioner import partition_for
-from tests.integration.test_dag import ComponentIn, StateTable
 from tests.conftest import wait_until
+from tests.integration.test_dag import ComponentIn, StateTable
 from tests.kafka_helpers import send_events, stop_all
-
 
 HANDLERS = '''
 from taskstream.executors import handler

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import signal
 import statistics
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from taskstream.api import create_app
 from taskstream.schemas import (
     ScheduleCreated,
-    Topics,
     TaskCreated,
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
     TaskSucceeded,
+    Topics,
     codec,
     new_id,
 )

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from taskstream.cli.broker import free_port
+from taskstream.client.sse import read_sse
 from taskstream.schemas import Settings, TaskState, Topics, catalogue, codec
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
-from taskstream.client.sse import read_sse
 from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.integration.test_dag import ComponentIn
 from tests.kafka_helpers import Component, TopicReader, stop_all

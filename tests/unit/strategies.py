@@ -13,25 +13,26 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import strategies as st
 
-from taskstream.schemas import codec, events
 from taskstream.schemas import (
     DependencyRegistered,
     DependencyResolved,
-    TaskCancelled,
-    TaskUpdated,
     Priority,
     ReadyTask,
     Status,
+    TaskCancelled,
     TaskCreated,
     TaskFailed,
     TaskQueued,
     TaskStarted,
     TaskState,
     TaskSucceeded,
+    TaskUpdated,
+    codec,
+    events,
 )
 
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
@@ -40,7 +41,7 @@ INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 text = st.text()
 ids = st.one_of(st.uuids().map(lambda u: u.hex), st.text(min_size=1, max_size=40))
 timestamps = st.datetimes(
-    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999), timezones=st.just(timezone.utc)
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999), timezones=st.just(UTC)
 )
 optional_timestamps = st.none() | timestamps
 doubles = st.floats(allow_nan=False)

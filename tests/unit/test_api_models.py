@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, strategies as st
-
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError as PydanticValidationError
 
 from taskstream.api.models import TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json

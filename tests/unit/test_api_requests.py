@@ -10,8 +10,8 @@ from taskstream.api.partitioner import murmur2, partition_for
 from taskstream.api.problems import field_path
 from taskstream.api.reads import parse_labels
 from taskstream.api.routes.tasks import parse_if_match
-from taskstream.streams.domain import check_workflow, workflow_problems
 from taskstream.schemas import ValidationError
+from taskstream.streams.domain import check_workflow, workflow_problems
 
 
 # Kafka's own test vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java)

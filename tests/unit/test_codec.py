@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import fastavro
@@ -80,7 +80,7 @@ def test_fingerprints_are_distinct():
 
 # --------------------------------------------------------------------- round trip
 
-T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
 def _sample(name: str):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,31 +25,39 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from taskstream.schemas import (
     TERMINAL,
     CommandRejected,
-    ReadyTask,
-    Status,
     DependencyRegistered,
     LeaseExpired,
+    ReadyTask,
+    Status,
     TaskCancelled,
     TaskCheckpointed,
     TaskCreated,
     TaskDeadLettered,
-    TaskRedriven,
     TaskFailed,
     TaskQueued,
+    TaskRedriven,
     TaskRetryScheduled,
     TaskStarted,
     TaskState,
     TaskSucceeded,
+    codec,
 )
-from taskstream.schemas import codec
 from taskstream.streams import domain
 from taskstream.streams.domain import (
-    SubmitTask, decide, evolve, fold, is_ready, is_terminal, react, ready_message, waiting_until,
+    SubmitTask,
+    decide,
+    evolve,
+    fold,
+    is_ready,
+    is_terminal,
+    react,
+    ready_message,
+    waiting_until,
 )
 
 from . import strategies
 
-T0 = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 T_EV = T0 + timedelta(minutes=5, microseconds=7)  # when the event under test happened
 TID = "task-1"
 

@@ -10,7 +10,7 @@ a state at every limit encodes to well under the record size.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,12 +26,12 @@ from taskstream.schemas import (
     TaskState,
     TaskSucceeded,
     codec,
+    limits,
 )
-from taskstream.schemas import limits
 from taskstream.streams import domain
 from taskstream.streams.domain import TOO_MANY_DEPENDENTS, decide, evolve, fold, react
 
-T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def at(s: float) -> datetime:

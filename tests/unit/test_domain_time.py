@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -60,7 +60,7 @@ from taskstream.streams.domain import (
 
 from . import strategies
 
-T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 T_EV = T0 + timedelta(minutes=5)
 NOW = T0 + timedelta(minutes=10)
 TID = "task-1"

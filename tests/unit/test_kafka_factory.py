@@ -13,8 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from taskstream.schemas import BrokerUnavailable, Settings
-from taskstream.schemas import kafka
+from taskstream.schemas import BrokerUnavailable, Settings, kafka
 from taskstream.schemas.registry import SchemaRegistry, redact_url
 
 ROOT = Path(__file__).resolve().parents[2]

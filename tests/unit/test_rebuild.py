@@ -254,7 +254,9 @@ def codec_decode(value):
 
 # --------------------------------------------------- client events racing the processor's follow-ups
 
-from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from taskstream.schemas import TaskCancelled, TaskUpdated  # noqa: E402
 from taskstream.streams import domain  # noqa: E402

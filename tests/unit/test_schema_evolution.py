@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fastavro
@@ -28,7 +28,7 @@ from taskstream.streams import domain
 
 AVRO = Path(codec.__file__).parent / "avro"
 HISTORY = AVRO / "history"
-T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 #: (record, version) -> CRC-64-AVRO fingerprint it was released with. Records in
 #: logs carry these; a history file must never change (add a new version instead).
