@@ -111,12 +111,16 @@ from .step import (
 )
 
 __all__ = [
-    "ACTIVE", "check_workflow", "workflow_problems", "at_offset", "first_queued_after_wait", "holds_lease", "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_RETRY", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
-    "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
-    "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveDeadLettered", "RedriveTask", "SubmitTask",
-    "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",
-    "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "fold_next", "UNSET", "command_cause", "identified", "state_cause", "implied", "reactions", "decided", "MAX_AWAITING", "applied_inline",
-    "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "react",
-    "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution", "retry_scheduled", "schedule_due",
-    "schedule_replay", "schedule_task_id", "task_from_template", "timer_due", "upstream_json", "waiting_until",
+    "ACTIVE", "check_workflow", "workflow_problems", "at_offset", "first_queued_after_wait", "holds_lease",
+    "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_RETRY", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
+    "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES",
+    "TOO_MANY_DEPENDENTS", "UNKNOWN", "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule",
+    "RedriveDeadLettered", "RedriveTask", "SubmitTask", "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S",
+    "Effect", "effects", "fold_log", "heartbeat_renews", "lease_after", "replay", "stamped", "step",
+    "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "fold_next", "UNSET",
+    "command_cause", "identified", "state_cause", "implied", "reactions", "decided", "MAX_AWAITING",
+    "applied_inline", "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "react",
+    "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution",
+    "retry_scheduled", "schedule_due", "schedule_replay", "schedule_task_id", "task_from_template", "timer_due",
+    "upstream_json", "waiting_until",
 ]
