@@ -55,12 +55,12 @@ from .settings import Settings
 from .topics import PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry_tier
 
 __all__ = [
-    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "StaleVersion", "TooLarge", "TaskstreamError",
-    "TopicMismatch", "ValidationError",
-    "EVENT_TYPES", "DependencyRegistered", "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status", "TaskCreated", "TaskFailed",
-    "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "new_id",
-    "Heartbeat", "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState",
-    "ScheduleStatus", "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled",
-    "DEFAULT_RETRY", "RetryPolicy", "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
+    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "StaleVersion", "TooLarge",
+    "TaskstreamError", "TopicMismatch", "ValidationError", "EVENT_TYPES", "DependencyRegistered",
+    "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status",
+    "TaskCreated", "TaskFailed", "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "new_id", "Heartbeat",
+    "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState", "ScheduleStatus",
+    "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled", "DEFAULT_RETRY", "RetryPolicy",
+    "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
     "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "derived_id",
 ]
