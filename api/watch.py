@@ -265,7 +265,8 @@ class ChangeFeed:
             self._filtered.discard(sub)
 
     def close(self) -> None:
-        """End every watch (API shutdown): each stream sends what it already has, then ends with ``WatchUnavailable``."""
+        """End every watch (API shutdown): each stream sends what it already has, then ends with
+        ``WatchUnavailable``."""
         self._closed = True
         for sub in [*self._filtered, *(s for subs in self._by_task.values() for s in subs)]:
             sub.close()
@@ -376,7 +377,8 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
         if announce and not single:
             yield event(None)
         if catch_up:
-            log.info("watch resumed from %s reads %s of the state topic (before the ring)", after.encode(), catch_up)
+            # a catch-up is only ever for a resumed watch, whose cursor is still the ``after`` it resumed from
+            log.info("watch resumed from %s reads %s of the state topic (before the ring)", cursor.encode(), catch_up)
             async for p, offset, s in read_state_topic(settings, catch_up, filter):
                 cursor = cursor.advanced(p, offset)
                 if unsent(s):
@@ -399,7 +401,8 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
         while True:
             item = await sub.queue.get()
             if item is _CLOSED:
-                raise WatchUnavailable("the API is shutting down; resume from the last id at another or a restarted API")
+                raise WatchUnavailable(
+                    "the API is shutting down; resume from the last id at another or a restarted API")
             if item is _BEHIND:
                 raise FellBehind(f"more than {sub.limit} changes waited for this watcher; resume from the last id")
             cursor = cursor.merged(item.position)
