@@ -257,7 +257,7 @@ def test_idempotency_key_same_body_same_tasks_nothing_new_written(settings: Sett
         with TestClient(create_app(settings)) as c:
             # The repeat must find every task in the rebuilt read model (the documented window is its lag).
             for key in ("k1", "k2:0", "k2:1", "k3:a", "k3:b"):
-                wait_until(lambda: c.get(f"{V1}/tasks/{derived_id(key)}").status_code == 200, timeout=30)
+                wait_until(lambda key=key: c.get(f"{V1}/tasks/{derived_id(key)}").status_code == 200, timeout=30)
             s3 = c.post(f"{V1}/tasks", json=single, headers={"Idempotency-Key": "k1"})
             assert s3.status_code == 202 and s3.json()["id"] == derived_id("k1")
             w3 = c.post(f"{V1}/workflows", json=flow, headers={"Idempotency-Key": "k3"})

@@ -42,7 +42,7 @@ def test_submit_wait_of_a_succeeding_task(run) -> None:
             "--name", "greet", "--wait", "--wait-timeout", "30")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("id ") and any(l.split() == ["status", "succeeded"] for l in lines), r.stdout
+    assert lines[0].startswith("id ") and any(line.split() == ["status", "succeeded"] for line in lines), r.stdout
     assert '"hello": "world"' in r.stdout and "team=a" in r.stdout and "greet" in r.stdout
     assert "succeeded after" in r.stderr
 

@@ -114,7 +114,7 @@ def test_sigterm_reports_the_short_attempt_and_the_long_ones_run_on_the_next_exe
             return len(results) == len(longs) and results
 
         results = wait_until(long_results, timeout=JOIN_TIMEOUT + 10, message="the long attempts' results")
-        for t, expected in zip(longs, ("blocked", "napped")):
+        for t, expected in zip(longs, ("blocked", "napped"), strict=True):
             result = results[t.task_id]
             assert isinstance(result, TaskSucceeded) and result.producer != first_id, result
             assert result.attempt == t.attempt and result.result == f'"{expected}"'

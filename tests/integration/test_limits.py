@@ -81,7 +81,7 @@ def _submit(client: TestClient, **fields) -> dict:
 
 
 def _still_running(procs, tmp_path: Path) -> None:
-    for p, name in zip(procs, ("processor", "executor")):
+    for p, name in zip(procs, ("processor", "executor"), strict=True):
         log = (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
         assert p.proc.poll() is None, f"the {name} exited with {p.proc.returncode}:\n{log}"
 

@@ -348,7 +348,7 @@ def test_dockerfile_is_pinned_non_root_and_installs_every_package():
 
 def test_k8s_manifests_validate(k8s_docs):
     kinds = set()
-    for name, doc in k8s_docs:
+    for _name, doc in k8s_docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         kinds.add(doc["kind"])
     assert {"ConfigMap", "Deployment", "Service", "StatefulSet", "HorizontalPodAutoscaler", "Job"} <= kinds
@@ -367,7 +367,7 @@ def test_k8s_validator_rejects_broken_manifests(k8s_docs):
 
 
 def _pod_specs(k8s_docs):
-    for name, doc in k8s_docs:
+    for _name, doc in k8s_docs:
         if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield doc, doc["spec"]["template"]["spec"]
 

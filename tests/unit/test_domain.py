@@ -803,7 +803,7 @@ class ProcessorModel(RuleBasedStateMachine):
         replayed = {tid: fold(evs) for tid, evs in by_task.items()}
         assert replayed == {t: replace(s, last_offset=-1) for t, s in self.live.items()}
         # (b) re-folding every event right after itself changes nothing
-        for tid, evs in by_task.items():
+        for evs in by_task.values():
             s = None
             for e in evs:
                 s = evolve(s, e)

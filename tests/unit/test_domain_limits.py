@@ -98,11 +98,11 @@ def test_a_fan_in_of_large_results_carries_only_what_fits() -> None:
 def test_upstream_results_never_pass_their_budget(sizes: list[int]) -> None:
     ups = [f"u{i}" for i in range(len(sizes))]
     events = [created("fan", depends_on=ups)]
-    events += [_resolved(u, '"' + "y" * n + '"') for u, n in zip(ups, sizes)]
+    events += [_resolved(u, '"' + "y" * n + '"') for u, n in zip(ups, sizes, strict=True)]
     state = fold(events)
     held = sum(len(r.encode()) for r in state.upstream_results.values())
     assert held <= limits.MAX_UPSTREAM_RESULTS_BYTES + 4 * len(ups)  # "null" for each one not carried
-    for u, n in zip(ups, sizes):
+    for u, n in zip(ups, sizes, strict=True):
         if state.upstream_results[u] != "null":
             assert n + 2 <= limits.MAX_UPSTREAM_RESULT_BYTES
 

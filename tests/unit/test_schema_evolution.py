@@ -21,6 +21,7 @@ from pathlib import Path
 import fastavro
 import fastavro.utils
 import pytest
+from fastavro.read import SchemaResolutionError
 
 from taskstream.schemas import DecodeError, TaskCreated, codec
 from taskstream.schemas.events import RECORD_TYPES
@@ -222,5 +223,5 @@ def test_a_field_without_default_cannot_be_added():
     writer = _history("TaskCreated", 3)
     reader = {**writer, "fields": [*writer["fields"], {"name": "owner", "type": "string"}]}
     data = codec.encode(TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="echo"))
-    with pytest.raises(Exception):
+    with pytest.raises(SchemaResolutionError, match="No default value for field owner"):
         fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(writer), fastavro.parse_schema(reader))
