@@ -64,8 +64,14 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
     def ev(kind: str, task_id: str, t: float, **fields) -> tuple[str, dict]:
         nonlocal n
         n += 1
-        producer = "api-golden" if kind in ("TaskCreated", "TaskCancelled", "TaskUpdated", "TaskRedriven") else (
-            "executor-golden" if kind in ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskCheckpointed") else "processor"
+        producer = (
+            "api-golden"
+            if kind in ("TaskCreated", "TaskCancelled", "TaskUpdated", "TaskRedriven")
+            else (
+                "executor-golden"
+                if kind in ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskCheckpointed")
+                else "processor"
+            )
         )
         if version >= 4 and producer == "api-golden":
             fields = {"actor": "key-golden", **fields}  # v4: who asked, on every event the API writes
@@ -222,10 +228,20 @@ def cmd_encode(version: int, only: list[str]) -> None:
         if only and name not in only:
             continue
         records = [
-            {"key": fields["task_id"], "event_type": kind, "value": encode_record(writer_schema(kind, version), fields).hex()}
+            {
+                "key": fields["task_id"],
+                "event_type": kind,
+                "value": encode_record(writer_schema(kind, version), fields).hex(),
+            }
             for kind, fields in events
         ]
-        doc = {"schema_version": version, "release": RELEASES[version], "history": name, "records": records, "states": {}}
+        doc = {
+            "schema_version": version,
+            "release": RELEASES[version],
+            "history": name,
+            "records": records,
+            "states": {},
+        }
         (out / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
         print(f"{out.name}/{name}.json: {len(records)} records")
 

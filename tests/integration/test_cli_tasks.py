@@ -131,7 +131,9 @@ def test_workflows_submit_yaml_and_json(run, tmp_path) -> None:
     assert [(row[0], row[2]) for row in rows[2:]] == [("extract", "succeeded"), ("load", "succeeded")]
 
     failing = tmp_path / "wf.json"
-    failing.write_text(json.dumps([{"key": "a", "handler": "fail"}, {"key": "b", "handler": "noop", "depends_on": ["a"]}]))
+    failing.write_text(
+        json.dumps([{"key": "a", "handler": "fail"}, {"key": "b", "handler": "noop", "depends_on": ["a"]}])
+    )
     r = run("workflows", "submit", str(failing), "--wait", "--json")
     assert r.returncode == 1
     doc = json.loads(r.stdout)

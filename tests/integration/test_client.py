@@ -333,7 +333,8 @@ def test_an_unreachable_api_is_unavailable_without_a_status() -> None:
 
 
 def test_api_up_broker_down_is_unavailable(tmp_path) -> None:
-    """The API served in this process (uvicorn in a thread, 1 s produce timeout) on a broker of its own, then stopped."""
+    """The API served in this process (uvicorn in a thread, 1 s produce timeout) on a broker of its own, then
+    stopped."""
     import uvicorn
 
     from taskstream.api.app import create_app

@@ -97,7 +97,9 @@ def test_buffered_attempt_cancelled_before_it_starts_never_runs(quiet, events):
         with running(quiet, reg, concurrency=1) as ex:
             assert entered.wait(JOIN_TIMEOUT)
             [victim] = feeder.send(ready("record", priority="low"))  # waits: the only slot is taken
-            wait_until(lambda: any(t.task_id == victim.task_id for t in ex.intake.buffered()), message="victim buffered")
+            wait_until(
+                lambda: any(t.task_id == victim.task_id for t in ex.intake.buffered()), message="victim buffered"
+            )
             cancel(feeder, victim.task_id, priority="low")
             wait_until(lambda: ex.intake.was_cancelled(victim.task_id), message="cancellation seen")
             assert not any(t.task_id == victim.task_id for t in ex.intake.buffered())

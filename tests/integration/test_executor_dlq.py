@@ -35,7 +35,11 @@ def test_poison_on_each_ready_topic_goes_to_dlq_with_headers(settings, events):
         uuid.uuid4().hex: (topics.ready("medium"), b"garbage on medium", "C3 01"),
         uuid.uuid4().hex: (topics.ready("low"), b"\xc3\x01\xff\xff\xff", ""),
         uuid.uuid4().hex: (topics.ready("low"), b"", ""),
-        wrong.task_id: (topics.ready("high"), codec.encode(wrong), "expected ReadyTask or TaskCancelled, got TaskSucceeded"),
+        wrong.task_id: (
+            topics.ready("high"),
+            codec.encode(wrong),
+            "expected ReadyTask or TaskCancelled, got TaskSucceeded",
+        ),
     }
     offsets = {}  # key -> (partition, offset) where its poison landed
     goods = []

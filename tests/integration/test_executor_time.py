@@ -241,7 +241,9 @@ def test_handler_running_twice_max_poll_interval_keeps_membership(settings, even
         wait_until(lambda: committed(beat) == feeder.positions, message="offset committed")
         beats = heartbeats.beats()
         # Before the executor leaves (which revokes everything): no partition was revoked or lost.
-        membership = [r.getMessage() for r in caplog.records if " revoked " in r.getMessage() or " lost " in r.getMessage()]
+        membership = [
+            r.getMessage() for r in caplog.records if " revoked " in r.getMessage() or " lost " in r.getMessage()
+        ]
     assert membership == []
     assert calls == [1]
     assert kinds(got) == ["TaskStarted", "TaskSucceeded"] and codec.loads_json(got[-1].result) == "survived"

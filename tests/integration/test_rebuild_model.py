@@ -6,12 +6,14 @@ its own and applies a random sequence of: submit a task (succeeds, fails for
 good, fails once then succeeds, sleeps; sometimes depending on earlier
 tasks, sometimes with a run_at), cancel one, re-drive one, move one's run_at
 or priority, SIGKILL the processor and start it again, SIGTERM it and start
-it again, SIGKILL the executor and start another (leases of 3 s expire). When a fence task in every partition succeeded and the state
-topic is quiet, a fold of the whole log must give the live state of every
-task (the console script's exit code and output are checked).
+it again, SIGKILL the executor and start another (leases of 3 s expire). When a fence
+task in every partition succeeded and the state topic is quiet, a fold of
+the whole log must give the live state of every task (the console script's
+exit code and output are checked).
 
-Found so far: the test's own quiescence wait needed the fences. No shrinking: a failing example is reported as it ran, with the
-last lines of every component's log.
+Found so far: the test's own quiescence wait needed the fences. No
+shrinking: a failing example is reported as it ran, with the last lines of
+every component's log.
 """
 
 from __future__ import annotations

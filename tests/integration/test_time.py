@@ -218,10 +218,12 @@ def test_run_at_timers_survive_a_processor_kill(settings, tmp_path):
         back = min((states[t.task_id].started_at for t in tasks if t.run_at > killed_at), default=killed_at)
         late = [(states[t.task_id].started_at - t.run_at).total_seconds() for t in tasks]
         on_time = [g for t, g in zip(tasks, late, strict=True) if t.run_at > back + timedelta(seconds=1)]
-        print(f"\nrun_at from +0 to +{(tasks[-1].run_at - base).total_seconds():.1f}s; processor killed at "
-              f"+{(killed_at - base).total_seconds():.1f}s, first start after it +{(back - base).total_seconds():.1f}s; "
-              f"{sum(v > 1 for v in runs.values())} of 200 ran more than once; "
-              f"due after recovery: {len(on_time)}, max lateness {max(on_time, default=0)*1000:.0f} ms")
+        print(
+            f"\nrun_at from +0 to +{(tasks[-1].run_at - base).total_seconds():.1f}s; processor killed at "
+            f"+{(killed_at - base).total_seconds():.1f}s, first start after it +{(back - base).total_seconds():.1f}s; "
+            f"{sum(v > 1 for v in runs.values())} of 200 ran more than once; "
+            f"due after recovery: {len(on_time)}, max lateness {max(on_time, default=0) * 1000:.0f} ms"
+        )
         assert all(g >= 0 for g in late), "a task started before its run_at"
         assert all(states[t].attempt == 1 for t in ids)
         assert all(g < 1.0 for g in on_time)

@@ -44,7 +44,9 @@ def test_field_names(loc, field) -> None:
     assert field_path(loc) == field
 
 
-@pytest.mark.parametrize("value, expected", [(None, None), ("*", None), ("3", 3), ('"3"', 3), ('W/"12"', 12), (" 4 ", 4)])
+@pytest.mark.parametrize(
+    "value, expected", [(None, None), ("*", None), ("3", 3), ('"3"', 3), ('W/"12"', 12), (" 4 ", 4)]
+)
 def test_if_match(value, expected) -> None:
     assert parse_if_match(value) == expected
 

@@ -436,8 +436,12 @@ def test_k8s_settings_agree_with_taskstream(k8s_docs, monkeypatch):
 
 # ---------------------------------------------------------------- security (issue 15 items 5 and 8)
 
-SECURITY_ENV = {"TASKSTREAM_KAFKA_SECURITY_PROTOCOL", "TASKSTREAM_KAFKA_SASL_MECHANISM", "TASKSTREAM_KAFKA_SASL_USERNAME",
-                "TASKSTREAM_KAFKA_SASL_PASSWORD_FILE"}
+SECURITY_ENV = {
+    "TASKSTREAM_KAFKA_SECURITY_PROTOCOL",
+    "TASKSTREAM_KAFKA_SASL_MECHANISM",
+    "TASKSTREAM_KAFKA_SASL_USERNAME",
+    "TASKSTREAM_KAFKA_SASL_PASSWORD_FILE",
+}
 
 
 def test_the_image_installs_no_extras_and_no_dependency_is_a_broker():

@@ -200,7 +200,9 @@ def test_a_schedule_event_of_set_4_reads_its_id_from_task_id_and_writes_both():
     assert value.schedule_id == "s1" and value.aggregate_id == "s1" and "task_id" not in value.__dataclass_fields__
     # today's record carries the id in both fields: readers of set 4 (task_id) and of set 5 (schedule_id)
     data = codec.encode(value)
-    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(_history("ScheduleDeleted", 5)), None)
+    record = fastavro.schemaless_reader(
+        io.BytesIO(data[10:]), fastavro.parse_schema(_history("ScheduleDeleted", 5)), None
+    )
     assert (record["task_id"], record["schedule_id"]) == ("s1", "s1") and codec.decode(data) == value
     # a reader of set 4 still reads it: the new field is skipped
     v4 = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(_history("ScheduleDeleted", 5)),
@@ -215,7 +217,9 @@ def test_rename_by_alias_resolves():
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, fastavro.parse_schema(writer), {"title": "x"})
     buf.seek(0)
-    assert fastavro.schemaless_reader(buf, fastavro.parse_schema(writer), fastavro.parse_schema(reader)) == {"name": "x"}
+    assert fastavro.schemaless_reader(buf, fastavro.parse_schema(writer), fastavro.parse_schema(reader)) == {
+        "name": "x"
+    }
 
 
 def test_a_field_without_default_cannot_be_added():
