@@ -14,8 +14,9 @@ fast the hash is, and a fast hash keeps the check of every request cheap.
 Comparison is constant-time.
 
 ``KeyStore`` is one consumer thread per API process (a reader of the
-consumer runtime, ``schemas.consumer``) assigned to every partition of ``<p>.admin`` from the beginning (no group: every replica
-keeps the full set), folding records into a dict. Revocation is bounded: the
+consumer runtime, ``schemas.consumer``) assigned to every partition of
+``<p>.admin`` from the beginning (no group: every replica keeps the full
+set), folding records into a dict. Revocation is bounded: the
 thread asks the broker for the topic's end offsets every ``CHECK_S`` and
 notes the time of the last answer it had fully read up to; while that time
 is older than ``auth_api_key_max_staleness_s``, ``lookup`` raises
@@ -36,8 +37,8 @@ import time
 from datetime import datetime
 
 from taskstream.schemas import DecodeError, Settings, Topics, codec
-from taskstream.schemas.events import ApiKey
 from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks
+from taskstream.schemas.events import ApiKey
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ def key_id_of(key: str) -> str | None:
     return m["id"] if m else None
 
 
-def new_key(role: str, name: str, producer: str, now: datetime, handlers: list[str] | None = None) -> tuple[str, ApiKey]:
+def new_key(
+    role: str, name: str, producer: str, now: datetime, handlers: list[str] | None = None
+) -> tuple[str, ApiKey]:
     """A fresh key and the record to store for it (the key itself is not in the record)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")

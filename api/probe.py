@@ -26,7 +26,6 @@ from taskstream.schemas.kafka import (
     topic_partitions,
 )
 
-
 log = logging.getLogger(__name__)
 
 #: Broker answers (queue depth, cluster, heartbeats, end offsets) are reused for this long.

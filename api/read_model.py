@@ -61,7 +61,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import ColumnFamily, Options, Rdict, WriteBatch
 
 from taskstream.schemas import TERMINAL, DecodeError, ScheduleState, Settings, TaskState, Topics, codec
 from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks
@@ -336,6 +336,8 @@ class ScheduleStore:
 
     def __init__(self, db: Rdict) -> None:
         self._db = db
+        self._cf: Rdict | None
+        self._handle: ColumnFamily | None
         try:  # rocksdict opens the column families a reopened (``fresh=False``) database already has
             self._cf = db.get_column_family(SCHEDULES_CF)
         except Exception:
@@ -350,12 +352,20 @@ class ScheduleStore:
                 self._cf.close()
                 self._cf = self._handle = None
 
+    def _open(self) -> tuple[Rdict, ColumnFamily]:
+        """The column family and its handle; ``RuntimeError`` once closed."""
+        if self._cf is None or self._handle is None:
+            raise RuntimeError("the schedule store is closed")
+        return self._cf, self._handle
+
     @staticmethod
     def _index_keys(state: ScheduleState) -> list[bytes]:
         sk = sortkey(state)
         return [_ALL + sk, _index_prefix("status", state.status) + sk]
 
-    def apply(self, state: ScheduleState, *, only_over_version: int | None = None, only_if_absent: bool = False) -> bool:
+    def apply(
+        self, state: ScheduleState, *, only_over_version: int | None = None, only_if_absent: bool = False
+    ) -> bool:
         """Store ``state`` unless a newer version is stored (see ``TaskStore.apply``); return whether it was.
 
         ``only_if_absent``: store it only if the schedule is not stored at all
@@ -364,7 +374,8 @@ class ScheduleStore:
         """
         key = _STATE + state.schedule_id.encode()
         with self._lock:
-            old = self._decode(self._cf.get(key), state.schedule_id)
+            cf, handle = self._open()
+            old = self._decode(cf.get(key), state.schedule_id)
             if old is not None and (only_if_absent or state.version < old.version):
                 return False
             if only_over_version is not None and (old is None or old.version != only_over_version):
@@ -373,24 +384,25 @@ class ScheduleStore:
             new_keys = self._index_keys(state)
             if old is not None:
                 for k in set(self._index_keys(old)) - set(new_keys):
-                    batch.delete(k, self._handle)
+                    batch.delete(k, handle)
             for k in new_keys:
-                batch.put(k, b"", self._handle)
-            batch.put(key, codec.encode(state), self._handle)
+                batch.put(k, b"", handle)
+            batch.put(key, codec.encode(state), handle)
             self._db.write(batch)
             return True
 
     def get(self, schedule_id: str) -> ScheduleState | None:
-        return self._decode(self._cf.get(_STATE + schedule_id.encode()), schedule_id)
+        return self._decode(self._open()[0].get(_STATE + schedule_id.encode()), schedule_id)
 
     def list(self, *, status: str | None = None, limit: int = 100,
              after: bytes | None = None) -> tuple[list[ScheduleState], bytes | None]:
-        """A page of schedules, newest first, and the sortkey to continue after (None at the end); as ``TaskStore.list``."""
+        """A page of schedules, newest first, and the sortkey to continue after (None at the end); as
+        ``TaskStore.list``."""
         if limit < 1:
             raise ValueError("limit must be >= 1")
         prefix = _index_prefix("status", status) if status is not None else _ALL
         page: list[tuple[bytes, ScheduleState]] = []
-        for sk in _scan(self._cf, prefix, after):
+        for sk in _scan(self._open()[0], prefix, after):
             state = self.get(sk.split(b":", 1)[1].decode())
             if state is None or sortkey(state) != sk or (status is not None and state.status != status):
                 continue
@@ -445,7 +457,7 @@ class ReadModel(Hooks):
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> "ReadModel":
+    def start(self) -> ReadModel:
         self._thread = threading.Thread(target=self.runtime.run, args=(self._stop,), name="api-read-model",
                                         daemon=True)
         self._thread.start()

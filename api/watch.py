@@ -35,7 +35,16 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from taskstream.schemas import TERMINAL, BrokerUnavailable, DecodeError, Settings, TaskState, Topics, ValidationError, codec
+from taskstream.schemas import (
+    TERMINAL,
+    BrokerUnavailable,
+    DecodeError,
+    Settings,
+    TaskState,
+    Topics,
+    ValidationError,
+    codec,
+)
 from taskstream.schemas.consumer import RangeReader
 
 log = logging.getLogger(__name__)
@@ -51,12 +60,12 @@ class Cursor(tuple):
     def at(self, partition: int) -> int:
         return self[partition] if partition < len(self) else 0
 
-    def advanced(self, partition: int, offset: int) -> "Cursor":
+    def advanced(self, partition: int, offset: int) -> Cursor:
         out = list(self) + [0] * (partition + 1 - len(self))
         out[partition] = max(out[partition], offset + 1)
         return Cursor(out)
 
-    def merged(self, other: Iterable[int]) -> "Cursor":
+    def merged(self, other: Iterable[int]) -> Cursor:
         other = tuple(other)
         n = max(len(self), len(other))
         return Cursor(max(self.at(i), other[i] if i < len(other) else 0) for i in range(n))
@@ -65,7 +74,7 @@ class Cursor(tuple):
         return ".".join(map(str, self)) or "0"
 
     @classmethod
-    def decode(cls, text: str, field: str = "cursor") -> "Cursor":
+    def decode(cls, text: str, field: str = "cursor") -> Cursor:
         """A cursor from its text; ``ValidationError`` naming ``field`` if it is not one."""
         parts = text.strip().split(".")
         if len(text) > MAX_CURSOR_CHARS or not all(p.isdigit() and p.isascii() and len(p) <= 18 for p in parts):
@@ -256,7 +265,8 @@ class ChangeFeed:
             self._filtered.discard(sub)
 
     def close(self) -> None:
-        """End every watch (API shutdown): each stream sends what it already has, then ends with ``WatchUnavailable``."""
+        """End every watch (API shutdown): each stream sends what it already has, then ends with
+        ``WatchUnavailable``."""
         self._closed = True
         for sub in [*self._filtered, *(s for subs in self._by_task.values() for s in subs)]:
             sub.close()
@@ -367,7 +377,8 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
         if announce and not single:
             yield event(None)
         if catch_up:
-            log.info("watch resumed from %s reads %s of the state topic (before the ring)", after.encode(), catch_up)
+            # a catch-up is only ever for a resumed watch, whose cursor is still the ``after`` it resumed from
+            log.info("watch resumed from %s reads %s of the state topic (before the ring)", cursor.encode(), catch_up)
             async for p, offset, s in read_state_topic(settings, catch_up, filter):
                 cursor = cursor.advanced(p, offset)
                 if unsent(s):
@@ -390,7 +401,8 @@ async def watch(settings: Settings, feed: ChangeFeed, filter: Filter, after: Cur
         while True:
             item = await sub.queue.get()
             if item is _CLOSED:
-                raise WatchUnavailable("the API is shutting down; resume from the last id at another or a restarted API")
+                raise WatchUnavailable(
+                    "the API is shutting down; resume from the last id at another or a restarted API")
             if item is _BEHIND:
                 raise FellBehind(f"more than {sub.limit} changes waited for this watcher; resume from the last id")
             cursor = cursor.merged(item.position)

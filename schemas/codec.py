@@ -37,7 +37,7 @@ import re
 import threading
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import fastavro
 import orjson
@@ -63,7 +63,7 @@ class _Codec:
     name: str
     cls: type
     schema: Any
-    raw: dict
+    raw: dict[str, Any]
     version: int
     header: bytes
     fields: tuple[str, ...]  # written, in schema order (a derived one read from its property)
@@ -91,10 +91,10 @@ class _Writer:
 #: ``_UPCASTERS[("TaskCreated", 3)] = lambda r: {**r, "timeout_s": r.pop("timeout_ms") / 1000}``
 #: (the v3 writer's ``timeout_ms`` reaches it only if v4's reader keeps that
 #: field, so keep it as a deprecated optional field until no log holds v3).
-_UPCASTERS: dict[tuple[str, int], Callable[[dict], dict]] = {}
+_UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
-def _schedule_id_from_task_id(record: dict) -> dict:
+def _schedule_id_from_task_id(record: dict[str, Any]) -> dict[str, Any]:
     """Schema set 5 gave schedule events ``schedule_id``; before it the id travelled in ``task_id`` only."""
     return {**record, "schedule_id": record.get("schedule_id") or record["task_id"]}
 
@@ -109,10 +109,10 @@ def _fingerprint(parsed: Any) -> bytes:
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
 
 
-def _load() -> tuple[dict[type, _Codec], dict[bytes, _Writer], dict[str, dict[int, dict]]]:
+def _load() -> tuple[dict[type, _Codec], dict[bytes, _Writer], dict[str, dict[int, dict[str, Any]]]]:
     by_type: dict[type, _Codec] = {}
     by_fp: dict[bytes, _Writer] = {}
-    history: dict[str, dict[int, dict]] = {}
+    history: dict[str, dict[int, dict[str, Any]]] = {}
     folder = resources.files(__package__) / "avro"
     for entry in (folder / "history").iterdir():
         if (m := _HISTORY_FILE.match(entry.name)) is not None:
@@ -147,12 +147,12 @@ def _load() -> tuple[dict[type, _Codec], dict[bytes, _Writer], dict[str, dict[in
 _BY_TYPE, _BY_FINGERPRINT, _HISTORY = _load()
 
 
-def schema_versions() -> dict[str, dict[int, dict]]:
+def schema_versions() -> dict[str, dict[int, dict[str, Any]]]:
     """Every released writer schema: ``{record name: {version: schema JSON}}``."""
     return {name: dict(versions) for name, versions in _HISTORY.items()}
 
 
-def current_schema(name: str) -> dict:
+def current_schema(name: str) -> dict[str, Any]:
     """Today's schema of record ``name`` as JSON (what ``encode`` writes)."""
     return next(c.raw for c in _BY_TYPE.values() if c.name == name)
 
@@ -296,7 +296,7 @@ _new = object.__new__
 _set = object.__setattr__
 
 
-def _build(codec: _Codec, record: dict) -> Any:
+def _build(codec: _Codec, record: dict[str, Any]) -> Any:
     """The dataclass of a decoded record, built without its ``__init__``.
 
     fastavro returns exactly the reader schema's fields (the import-time check
@@ -306,7 +306,7 @@ def _build(codec: _Codec, record: dict) -> Any:
     time: this is ~5x cheaper and the decode is the fold's hot spot. A field
     missing from an upcaster's output is still a DecodeError (KeyError).
     """
-    value = _new(codec.cls)
+    value: Any = _new(codec.cls)
     for name in codec.attrs:
         _set(value, name, record[name])
     return value
@@ -318,9 +318,9 @@ def _read(writer: _Writer, data: bytes, start: int) -> Any:
     body = io.BytesIO(data[start:])
     try:
         if writer.current:
-            record = fastavro.schemaless_reader(body, codec.schema, None)
+            record = cast(dict[str, Any], fastavro.schemaless_reader(body, codec.schema, None))  # a record schema
         else:
-            record = fastavro.schemaless_reader(body, writer.schema, codec.schema)
+            record = cast(dict[str, Any], fastavro.schemaless_reader(body, writer.schema, codec.schema))
             for version in range(writer.version, codec.version):
                 if (upcast := _UPCASTERS.get((codec.name, version))) is not None:
                     record = upcast(record)

@@ -63,7 +63,8 @@ def next_fire(expr: str, timezone: str, after: datetime) -> datetime:
     fixed_hour = "*" not in expr.split()[1]
     if fixed_hour and nxt.replace(tzinfo=None) == local.replace(tzinfo=None) and nxt.utcoffset() != local.utcoffset():
         nxt = croniter(expr, nxt).get_next(datetime)  # the same wall-clock time again: already fired
-    return nxt.astimezone(UTC)
+    fire: datetime = nxt.astimezone(UTC)  # croniter's get_next is untyped
+    return fire
 
 
 def first_fire(expr: str, timezone: str, start_at: datetime | None, created_at: datetime) -> datetime:
@@ -77,4 +78,5 @@ def first_fire(expr: str, timezone: str, start_at: datetime | None, created_at: 
 def latest_fire(expr: str, timezone: str, at: datetime) -> datetime:
     """The last fire time at or before ``at`` (aware), in UTC."""
     local = (at + timedelta(microseconds=1)).astimezone(ZoneInfo(timezone))
-    return croniter(expr, local).get_prev(datetime).astimezone(UTC)
+    fire: datetime = croniter(expr, local).get_prev(datetime).astimezone(UTC)  # croniter's get_prev is untyped
+    return fire

@@ -404,7 +404,8 @@ class ScheduleState:
 
     @property
     def task_id(self) -> str:
-        """The schedule id under the name every state of ``<p>.state`` has its key (code of ours says ``schedule_id``)."""
+        """The schedule id under the name every state of ``<p>.state`` has its key (code of ours says
+        ``schedule_id``)."""
         return self.schedule_id
 
 

@@ -69,6 +69,10 @@ class JsonLimitError(ValueError):
         self.reason = reason
 
 
+#: A ``check_json`` stack entry: (value, depth, the entry of its container, its key or index there).
+_Entry = tuple[Any, int, "_Entry | None", str | int | None]
+
+
 def check_json(value: Any) -> None:
     """Raise ``JsonLimitError`` unless ``value`` is a JSON document that every reader takes the same way.
 
@@ -78,7 +82,7 @@ def check_json(value: Any) -> None:
     deep. Iterative, so any depth is checked without recursion; the path is
     built only for the error.
     """
-    stack: list[tuple[Any, int, tuple | None, str | int | None]] = [(value, 1, None, None)]
+    stack: list[_Entry] = [(value, 1, None, None)]
     while stack:
         entry = stack.pop()
         v, depth = entry[0], entry[1]
@@ -104,7 +108,8 @@ def check_json(value: Any) -> None:
                 if not isinstance(k, str):
                     raise JsonLimitError(_path(entry), f"a key is not a string ({type(k).__name__})")
                 if not _is_utf8(k):
-                    raise JsonLimitError(_path(entry), "a key is not valid Unicode text (a lone surrogate such as \\ud800)")
+                    raise JsonLimitError(_path(entry),
+                                         "a key is not valid Unicode text (a lone surrogate such as \\ud800)")
                 stack.append((x, depth + 1, entry, k))
         else:
             raise JsonLimitError(_path(entry), f"not a JSON value ({type(v).__name__})")
@@ -118,11 +123,12 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _path(entry: tuple) -> str:
+def _path(entry: _Entry) -> str:
     """``.a[3].b`` of a ``check_json`` stack entry; long keys cut so an error message stays short."""
     parts: list[str] = []
     while entry[2] is not None:
         key = entry[3]
+        assert key is not None  # only the outermost value has no key, and it has no container either
         parts.append(f"[{key}]" if isinstance(key, int) else "." + (key if len(key) <= 64 else key[:61] + "..."))
         entry = entry[2]
     return "".join(reversed(parts))

@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -54,8 +55,9 @@ class JsonFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "time": at.replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": _cut(record.getMessage(), MAX_LOG_MESSAGE_CHARS),
@@ -81,11 +83,13 @@ class TextFormatter(logging.Formatter):
         record.message = _cut(record.message, MAX_LOG_MESSAGE_CHARS)
         return super().formatMessage(record)
 
-    def formatException(self, ei) -> str:
+    def formatException(
+        self, ei: tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+    ) -> str:
         return _cut(super().formatException(ei), MAX_LOG_TRACEBACK_CHARS, keep_end=True)
 
 
-def log_handler(settings: Settings, stream) -> logging.Handler:
+def log_handler(settings: Settings, stream: IO[str]) -> logging.Handler:
     """A handler writing to ``stream`` in ``settings.log_format``."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter(TEXT_FORMAT))

@@ -19,7 +19,8 @@ one such message on its way, and what each delivery report means for it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError
 
@@ -53,7 +54,9 @@ class PartitionOffsets:
             self.position = first + 1
 
 
-def forget_failed_commits(err, partitions, offsets: Mapping[tuple[str, int], PartitionOffsets]) -> list[tuple[str, int]]:
+def forget_failed_commits(
+    err: Any, partitions: Sequence[Any], offsets: Mapping[tuple[str, int], PartitionOffsets]
+) -> list[tuple[str, int]]:
     """For a consumer's ``on_commit(err, partitions)``: clear ``committed`` of every partition whose commit the
     broker refused (all of them when ``err`` is set); return those (topic, partition). Nothing to commit
     (``_NO_OFFSET``) is no failure."""
@@ -93,7 +96,7 @@ class DeadLetter:
     SENT, RESEND, GIVEN_UP, LATER = "sent", "resend", "given_up", "later"
     __slots__ = ("topic", "partition", "offset", "key", "value", "reason", "stripped")
 
-    def __init__(self, message, reason: str) -> None:
+    def __init__(self, message: Any, reason: str) -> None:
         self.topic, self.partition, self.offset = message.topic(), message.partition(), message.offset()
         self.key: bytes = message.key() or b""
         self.value: bytes = message.value() or b""
@@ -105,7 +108,7 @@ class DeadLetter:
         return (self.key, b"" if self.stripped else self.value,
                 poison_headers(self.topic, self.partition, self.offset, self.reason))
 
-    def settle(self, err) -> str:
+    def settle(self, err: Any) -> str:
         """What a delivery report ``err`` (None, a ``KafkaError`` or ``KafkaException``) means for this letter."""
         from .kafka import is_permanent
 

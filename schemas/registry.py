@@ -66,7 +66,7 @@ class SchemaRegistry:
         self._schemas: dict[int, Any] = {}
         self._lock = threading.Lock()
 
-    def _call(self, method: str, path: str, **kw) -> httpx.Response:
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             response = self._client.request(method, self.url + path, **kw)
         except httpx.HTTPError as exc:
@@ -75,7 +75,7 @@ class SchemaRegistry:
             raise BrokerUnavailable(f"schema registry {self.url}: HTTP {response.status_code} {response.text[:200]}")
         return response
 
-    def register(self, subject: str, schema: dict) -> int:
+    def register(self, subject: str, schema: dict[str, Any]) -> int:
         """The id of ``schema`` under ``subject``, registering it as a new version if it is not there yet."""
         text = json.dumps(schema, separators=(",", ":"), sort_keys=True)
         key = (subject, text)
@@ -86,7 +86,8 @@ class SchemaRegistry:
             content=json.dumps({"schema": text, "schemaType": "AVRO"}), headers={"Content-Type": CONTENT_TYPE},
         )
         if response.status_code != 200:
-            raise SchemaRejected(f"schema registry refused {subject}: HTTP {response.status_code} {response.text[:200]}")
+            raise SchemaRejected(
+                f"schema registry refused {subject}: HTTP {response.status_code} {response.text[:200]}")
         try:
             schema_id = int(response.json()["id"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -120,6 +121,8 @@ class SchemaRegistry:
     def from_settings(cls, settings: Settings) -> SchemaRegistry:
         """The registry at ``settings.schema_registry_url`` with the auth and CA settings."""
         ca = settings.schema_registry_ca_location
+        if settings.schema_registry_url is None:
+            raise ValueError("schema_registry_url is not set")
         return cls(settings.schema_registry_url, username=settings.schema_registry_username,
                    password=settings.secret("schema_registry_password"), token=settings.secret("schema_registry_token"),
                    verify=str(ca) if ca is not None else True)

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
     data_dir: Path = Field(Path(".taskstream"), description="RocksDB files of the processor and read model")
-    producer_linger_ms: float = Field(0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)")
+    producer_linger_ms: float = Field(
+        0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)"
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -36,7 +38,8 @@ class Settings(BaseSettings):
 
     executor_concurrency: int = Field(16, ge=1)
     started_event_after_s: float = Field(
-        1.0, ge=0, description="an attempt that runs longer than this reports TaskStarted (short ones report only their result)"
+        1.0, ge=0,
+        description="an attempt that runs longer than this reports TaskStarted (short ones report only their result)",
     )
     priority_weights: tuple[int, int, int] = Field(
         (6, 3, 1), description="high:medium:low share of executor slots while every level has a backlog"
@@ -68,7 +71,8 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(10.0, ge=0)
     ready_requires_workers: bool = Field(
-        False, description="/readyz also waits until the processor and executor groups are stable (`taskstream dev` sets it)"
+        False,
+        description="/readyz also waits until the processor and executor groups are stable (`taskstream dev` sets it)",
     )
     ready_max_read_model_lag: int | None = Field(
         1000, ge=0, description="/readyz fails while the API's read model is more than this many records of "
@@ -160,7 +164,8 @@ class Settings(BaseSettings):
         "Stops DNS-rebinding pages from driving a loopback API"
     )
     metrics_token: str | None = Field(
-        None, repr=False, description="bearer token /metrics asks for; unset, /metrics is open while the API listens on loopback "
+        None, repr=False,
+        description="bearer token /metrics asks for; unset, /metrics is open while the API listens on loopback "
         "and refused otherwise (unless the API runs unauthenticated by auth_allow_unauthenticated)"
     )
     rate_limit_anonymous: tuple[float, int] | None = Field(
@@ -228,7 +233,8 @@ class Settings(BaseSettings):
         allowed = ("ssl.", "sasl.", "enable.ssl.", "enable.sasl.")
         bad = sorted(k for k in value if not k.startswith(allowed))
         if bad:
-            raise ValueError(f"only ssl.*, sasl.*, enable.ssl.* and enable.sasl.* properties may be set here, not {bad}")
+            raise ValueError(
+                f"only ssl.*, sasl.*, enable.ssl.* and enable.sasl.* properties may be set here, not {bad}")
         return value
 
     # --- Built-in http and shell handlers (executors/builtin_http.py, executors/builtin_shell.py)
@@ -275,7 +281,7 @@ class Settings(BaseSettings):
     def secret(self, name: str) -> str | None:
         """The value of secret setting ``name``: the setting itself, else the content of the file ``<name>_file``
         names (trailing newline dropped); None if neither is set."""
-        value = getattr(self, name)
+        value: SecretStr | None = getattr(self, name)
         if value is not None:
             return value.get_secret_value()
         path = getattr(self, f"{name}_file", None)

@@ -51,4 +51,4 @@ class ProcessorMetrics:
 
     def set_lag(self, positions: list[int], highs: list[int]) -> None:
         """Sum of ``high - position`` over partitions where both are known (>= 0)."""
-        self.lag.set(sum(max(0, h - p) for p, h in zip(positions, highs) if p >= 0 and h >= 0))
+        self.lag.set(sum(max(0, h - p) for p, h in zip(positions, highs, strict=True) if p >= 0 and h >= 0))

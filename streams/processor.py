@@ -5,8 +5,8 @@ owns some partitions of ``<p>.events``; for each it keeps a RocksDB table
 (rocksdict) of the tasks whose events live there. For every event (at least
 once) the loop does four things and nothing more: decode, look up the task's
 state in the table, call the decider (``domain.step``, through
-``fold_step``), and write the new state and the messages its effects name. Every table write also goes to ``<p>.state`` (compacted,
-Avro ``TaskState`` keyed by task id, same partition): the table's changelog,
+``fold_step``), and write the new state and the messages its effects name. Every table write also goes to
+``<p>.state`` (compacted, Avro ``TaskState`` keyed by task id, same partition): the table's changelog,
 which the API's read model projects and from which a processor rebuilds a
 table when it is assigned a partition. Work that became ready is published
 to ``<p>.ready.<priority>``.
@@ -47,8 +47,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from rocksdict import Rdict
 
@@ -56,16 +57,16 @@ from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
     Heartbeat,
-    RecordRefused,
     ReadyTask,
+    RecordRefused,
     Settings,
     TaskState,
     Topics,
     catalogue,
     codec,
+    kafka,
     retry_tier,
 )
-from taskstream.schemas import kafka
 from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, TailReader, read_state_to_end, send
 from taskstream.schemas.kafka import admin, is_permanent, require_topics, topic_partitions
 from taskstream.schemas.observability import about, serve_metrics
@@ -120,13 +121,16 @@ def fold_step(
         outputs = _outputs(topics, wire, domain.effects(state, new, event, follow, now, producer), new, partition)
         failed = None
     except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
-        new, outputs, failed = domain.evolve(state, event), [], f"deciding what follows failed: {type(exc).__name__}: {exc}"
+        new, outputs = domain.evolve(state, event), []
+        failed = f"deciding what follows failed: {type(exc).__name__}: {exc}"
     if new is state:
         return Step(None, outputs, failed)
     return Step(domain.at_offset(new, offset), outputs, failed)
 
 
-def _outputs(topics: Topics, wire: codec.WireFormat, effects: list[domain.Effect], state, partition: int) -> list[Output]:
+def _outputs(
+    topics: Topics, wire: codec.WireFormat, effects: list[domain.Effect], state: TaskState | None, partition: int
+) -> list[Output]:
     """The records of a step's effects: follow-ups of the same task to its own partition (that is where the
     fold of the log expects them), every other message keyed by its task."""
     own = state.task_id if state is not None else None
@@ -163,7 +167,9 @@ class Processor(Hooks):
 
     BATCH = 500
 
-    def __init__(self, settings: Settings, member_id: str | None = None, metrics: ProcessorMetrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, member_id: str | None = None, metrics: ProcessorMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else ProcessorMetrics()
         self.topics = Topics(settings.prefix)
@@ -231,7 +237,7 @@ class Processor(Hooks):
     def _build_timers(self, partition: int, table: Rdict, now: datetime) -> TimerTable:
         """A partition's timers from its states: due times, and a full lease for every running attempt."""
         timers = TimerTable(self.dir / f"timers-{partition}")
-        for key, raw in table.items():
+        for key, raw in cast(Iterator[tuple[bytes, bytes]], table.items()):  # the table holds bytes only
             try:
                 state = self.wire.decode(raw)
             except DecodeError:
@@ -258,7 +264,7 @@ class Processor(Hooks):
                 if m.value():
                     tables[m.partition()][m.key()] = m.value()
                 else:
-                    tables[m.partition()].pop(m.key(), None)
+                    del tables[m.partition()][m.key()]  # rocksdict: a no-op for a key not there
             n += len(batch)
         return n
 
@@ -484,7 +490,8 @@ class Processor(Hooks):
                     ready = None
                 if isinstance(ready, ReadyTask):
                     failed = domain.ready_refused(ready, reason, datetime.now(UTC), self.id)
-                    self._produce(Output(self.topics.events, key or b"", self.wire.encode(failed), codec.headers(failed)))
+                    self._produce(Output(self.topics.events, key or b"", self.wire.encode(failed),
+                                         codec.headers(failed)))
                     continue
             named = [(k, v) for k, v in headers if k == codec.EVENT_TYPE_HEADER]
             if topic == self.topics.dlq and not value:

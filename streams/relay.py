@@ -39,8 +39,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskRetryScheduled, Topics, codec
-from taskstream.schemas import kafka
+from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskRetryScheduled, Topics, codec, kafka
 from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, send
 from taskstream.schemas.kafka import is_permanent
 from taskstream.schemas.observability import about

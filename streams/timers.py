@@ -17,9 +17,9 @@ is folded, which keeps replay exact.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 from rocksdict import Rdict
 
@@ -65,7 +65,7 @@ class TimerTable:
     def due(self, now: datetime, limit: int = 1000) -> Iterator[tuple[bytes, bytes, datetime]]:
         """Entries due at or before ``now``, earliest first: (kind, key, due)."""
         stop = b"t" + (_micros(now) + 1).to_bytes(8, "big")
-        out = []
+        out: list[tuple[bytes, bytes, datetime]] = []
         it = self.db.iter()
         it.seek(b"t")
         while it.valid() and len(out) < limit:

@@ -15,7 +15,6 @@ from taskstream.cli.broker import KafkaBroker, free_port
 from taskstream.schemas import Settings, catalogue
 from taskstream.schemas.kafka import admin, ensure_topics, wait_for_broker
 
-
 # Starlette's TestClient sends ``Host: testserver``; every Settings a test builds (and its subprocesses) trusts it
 # besides the loopback names (docs/security.md: the API's Host check). Tests of the check pass trusted_hosts.
 os.environ.setdefault("TASKSTREAM_TRUSTED_HOSTS", '["127.0.0.1", "localhost", "[::1]", "testserver"]')

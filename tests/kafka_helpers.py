@@ -93,7 +93,9 @@ def send_events(settings: Settings, events, topic: str | None = None) -> None:
 
     p = producer(settings)
     for e in events:
-        p.produce(topic or Topics(settings.prefix).events, codec.encode(e), e.task_id.encode(), headers=codec.headers(e))
+        p.produce(
+            topic or Topics(settings.prefix).events, codec.encode(e), e.task_id.encode(), headers=codec.headers(e)
+        )
     assert p.flush(10) == 0
 
 

@@ -31,6 +31,13 @@ The HTTP routes, gRPC, the processor, ``state rebuild`` and time travel all
 call these; none keeps a rule of its own.
 """
 
+from taskstream.schemas.retry import (  # the policy value lives in schemas.retry (the settings build it)
+    DEFAULT_RETRY,
+    MAX_BACKOFF_S,
+    RetryPolicy,
+    jitter_draw,
+)
+
 from .commands import (
     COMMANDS,
     PATCHABLE,
@@ -55,39 +62,37 @@ from .evolve import (
     attempts_left,
     evolve,
     first_queued_after_wait,
-    holds_lease,
-    is_queued,
     fold,
+    holds_lease,
     initial_state,
+    is_queued,
     is_terminal,
     waiting_until,
 )
+from .ids import UNSET, command_cause, identified, state_cause
+from .order import FOLLOW_UP_TRIGGERS, MAX_AWAITING, applied_inline, fold_log, fold_next, stamped
 from .react import (
     CHANGE_DRIVEN,
-    DEFAULT_RETRY,
-    MAX_BACKOFF_S,
     PROCESSOR,
     UNKNOWN,
     backoff_delay,
     dead_lettered,
+    implied,
     is_ready,
     lease_expired,
     on_timer,
-    implied,
     react,
     reactions,
     ready_message,
     ready_refused,
-    requeued,
     registrations,
     replay_outputs,
+    requeued,
     resolution,
     retry_scheduled,
     timer_due,
     upstream_json,
 )
-from .react import RetryPolicy, jitter_draw  # the policy value lives in schemas.retry (the settings build it)
-
 from .schedules import (
     MISSED_COUNT_CAP,
     schedule_due,
@@ -95,8 +100,6 @@ from .schedules import (
     schedule_task_id,
     task_from_template,
 )
-from .ids import UNSET, command_cause, identified, state_cause
-from .order import FOLLOW_UP_TRIGGERS, MAX_AWAITING, applied_inline, fold_log, fold_next, stamped
 from .step import (
     RELAY_SLACK_S,
     Effect,
@@ -108,12 +111,16 @@ from .step import (
 )
 
 __all__ = [
-    "ACTIVE", "check_workflow", "workflow_problems", "at_offset", "first_queued_after_wait", "holds_lease", "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_RETRY", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
-    "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES", "TOO_MANY_DEPENDENTS", "UNKNOWN",
-    "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule", "RedriveDeadLettered", "RedriveTask", "SubmitTask",
-    "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S", "Effect", "effects", "fold_log", "heartbeat_renews",
-    "lease_after", "replay", "stamped", "step", "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "fold_next", "UNSET", "command_cause", "identified", "state_cause", "implied", "reactions", "decided", "MAX_AWAITING", "applied_inline",
-    "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "react",
-    "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution", "retry_scheduled", "schedule_due",
-    "schedule_replay", "schedule_task_id", "task_from_template", "timer_due", "upstream_json", "waiting_until",
+    "ACTIVE", "check_workflow", "workflow_problems", "at_offset", "first_queued_after_wait", "holds_lease",
+    "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_RETRY", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
+    "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES",
+    "TOO_MANY_DEPENDENTS", "UNKNOWN", "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule",
+    "RedriveDeadLettered", "RedriveTask", "SubmitTask", "UpdateTask", "FOLLOW_UP_TRIGGERS", "RELAY_SLACK_S",
+    "Effect", "effects", "fold_log", "heartbeat_renews", "lease_after", "replay", "stamped", "step",
+    "attempts_left", "backoff_delay", "dead_lettered", "decide", "evolve", "fold", "fold_next", "UNSET",
+    "command_cause", "identified", "state_cause", "implied", "reactions", "decided", "MAX_AWAITING",
+    "applied_inline", "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "react",
+    "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution",
+    "retry_scheduled", "schedule_due", "schedule_replay", "schedule_task_id", "task_from_template", "timer_due",
+    "upstream_json", "waiting_until",
 ]

@@ -20,6 +20,7 @@ from taskstream.schemas import (
     CommandRejected,
     Event,
     NotFound,
+    ScheduleState,
     StaleVersion,
     Status,
     TaskCancelled,
@@ -46,7 +47,7 @@ from .ids import UNSET, command_cause, identified
 REDRIVABLE = frozenset({Status.FAILED.value, Status.UPSTREAM_FAILED.value})
 
 
-def decide(state, input, now: datetime) -> list[Event]:
+def decide(state: TaskState | ScheduleState | None, input: object, now: datetime) -> list[Event]:
     """The events that answer a command, or that follow from an event the processor just folded.
 
     ``state`` is the state of the command's (or event's) aggregate, a
@@ -64,7 +65,7 @@ def decide(state, input, now: datetime) -> list[Event]:
     return identified(events, input.event_id if isinstance(input, Event) else command_cause(state, input, now))
 
 
-def decided(state, input, now: datetime) -> list[Event]:
+def decided(state: TaskState | ScheduleState | None, input: object, now: datetime) -> list[Event]:
     """``decide`` before its events are identified (``react`` and ``step`` identify them with the rest)."""
     entry = _deciders.get(type(input))
     if entry is None:
@@ -76,12 +77,13 @@ def decided(state, input, now: datetime) -> list[Event]:
             noun, other = ("task", "schedule") if aggregate is TaskState else ("schedule", "task")
             raise NotFound(f"{noun} {ident} not found: {ident} is a {other}")
         state = None
-    return fn(state, input, now)
+    events: list[Event] = fn(state, input, now)
+    return events
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 #: command or event type -> (the state type of its aggregate, its decider)
-_deciders: dict[type, tuple[type, Callable]] = {}
+_deciders: dict[type, tuple[type, Callable[[Any, Any, datetime], list[Event]]]] = {}
 
 
 def _decides(input_type: type, aggregate: type = TaskState) -> Callable[[_F], _F]:
@@ -129,9 +131,10 @@ def _update(state: TaskState | None, c: UpdateTask, now: datetime) -> list[Event
     unknown = set(c.changes) - set(PATCHABLE)
     if unknown:
         raise CommandRejected(f"fields {sorted(unknown)} of a task cannot be changed")
+    # UpdateTask.changes holds values of the fields' own types (its contract); dict[str, object] cannot say so
+    patch: dict[str, Any] = {name: c.changes.get(name) for name in PATCHABLE}
     return [TaskUpdated(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, actor=c.actor,
-                        expected_version=task.version,
-                        **{name: c.changes.get(name) for name in PATCHABLE})]
+                        expected_version=task.version, **patch)]
 
 
 @_decides(CancelTask)

@@ -64,10 +64,10 @@ Anything else is a duplicate or stale and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from taskstream.schemas import (
     SCHEDULE_EVENT_TYPES,
@@ -76,6 +76,7 @@ from taskstream.schemas import (
     DependencyResolved,
     Event,
     LeaseExpired,
+    ScheduleState,
     Status,
     TaskCancelled,
     TaskCheckpointed,
@@ -108,6 +109,8 @@ RESULT_BOUND = MAX_UPSTREAM_RESULT_BYTES
 TOO_MANY_DEPENDENTS = "too_many_dependents"
 ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
 WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
+#: The state of an aggregate: a task's or a schedule's (an event folds into a state of its own type).
+_S = TypeVar("_S", TaskState, ScheduleState)
 #: The terminal statuses (``schemas.TERMINAL``; Status is a StrEnum, so its members match the strings in a state).
 TERMINAL_VALUES = TERMINAL
 
@@ -116,27 +119,27 @@ def _deps_met(state: TaskState) -> bool:
     return all(state.resolved.get(d) == Status.SUCCEEDED.value for d in state.depends_on)
 
 
-def is_terminal(state: TaskState | None) -> bool:
+def is_terminal(state: TaskState | None) -> TypeGuard[TaskState]:
     return state is not None and state.status in TERMINAL_VALUES
 
 
-def is_queued(state) -> bool:
+def is_queued(state: object) -> TypeGuard[TaskState]:
     """True while a task's attempt waits in a ready topic for an executor (queue depth, the oldest waiting)."""
     return isinstance(state, TaskState) and state.status == Status.QUEUED.value
 
 
-def holds_lease(state) -> bool:
+def holds_lease(state: object) -> TypeGuard[TaskState]:
     """True while an attempt runs: the processor holds a lease on it until a heartbeat, result or expiry."""
     return isinstance(state, TaskState) and state.status == Status.RUNNING.value
 
 
-def first_queued_after_wait(before, after) -> bool:
+def first_queued_after_wait(before: object, after: object) -> bool:
     """True when a task that waited for its dependencies is queued for its first attempt (the dependency wait ends)."""
     return (isinstance(before, TaskState) and isinstance(after, TaskState) and bool(after.depends_on)
             and after.attempt == 1 and before.status == Status.PENDING.value and after.status == Status.QUEUED.value)
 
 
-def at_offset(state, offset: int):
+def at_offset(state: _S, offset: int) -> _S:
     """``state`` as folded up to the log record at ``offset`` (its ``last_offset``: what a replay skips)."""
     return replace(state, last_offset=offset)
 
@@ -144,13 +147,13 @@ def at_offset(state, offset: int):
 # --------------------------------------------------------------------- evolve
 
 
-def _bump(state: TaskState, at: datetime, **changes) -> TaskState:
+def _bump(state: TaskState, at: datetime, **changes: Any) -> TaskState:
     return replace(state, updated_at=at, version=state.version + 1, **changes)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 #: event type -> (the state type of its aggregate, its evolver)
-_evolvers: dict[type, tuple[type, Callable]] = {}
+_evolvers: dict[type, tuple[type, Callable[[Any, Any], Any]]] = {}
 
 
 def _on(event_type: type, aggregate: type = TaskState) -> Callable[[_F], _F]:
@@ -163,7 +166,7 @@ def _on(event_type: type, aggregate: type = TaskState) -> Callable[[_F], _F]:
     return register
 
 
-def evolve(state, event: Event):
+def evolve(state: _S | None, event: Event) -> _S | None:
     """Fold one event into the state of its aggregate (a ``TaskState``, a ``ScheduleState``, or None).
 
     Unknown event types change nothing (forward compatibility). An event of
@@ -177,7 +180,8 @@ def evolve(state, event: Event):
     if entry is None or (state is not None and type(state) is not entry[0]):
         return state
     try:
-        return entry[1](state, event)
+        folded: _S | None = entry[1](state, event)  # an evolver keeps its aggregate's state type
+        return folded
     except Exception:
         return state
 
@@ -201,12 +205,14 @@ def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
         return state  # queued for a time the task no longer waits for (run_at changed, stale timer)
     if state.status == Status.PENDING.value and not _deps_met(state):
         return state  # nothing queues a task still waiting for its dependencies
-    return _bump(state, e.occurred_at, status=Status.QUEUED.value, attempt=e.attempt, priority=e.priority, retry_at=None)
+    return _bump(state, e.occurred_at, status=Status.QUEUED.value, attempt=e.attempt, priority=e.priority,
+                 retry_at=None)
 
 
 def waiting_until(state: TaskState) -> datetime | None:
     """The time a ``scheduled`` task waits for: its run_at before the first attempt, then its retry time."""
-    return state.retry_at if state.attempt > 0 else state.run_at
+    until: datetime | None = state.retry_at if state.attempt > 0 else state.run_at
+    return until
 
 
 @_on(TaskStarted)
@@ -220,10 +226,11 @@ def _started(state: TaskState | None, e: TaskStarted) -> TaskState | None:
 def _succeeded(state: TaskState | None, e: TaskSucceeded) -> TaskState | None:
     if state is None or e.attempt != state.attempt or state.status not in ACTIVE:
         return state
-    result, error = e.result, None
-    if result is not None and len(result.encode()) > MAX_RESULT_BYTES:
+    result: str | None = e.result
+    error: str | None = None
+    if result is not None and (size := len(result.encode())) > MAX_RESULT_BYTES:
         # The executor fails such an attempt; a result written past it is dropped, so the state stays bounded.
-        result, error = None, f"result dropped: {len(result.encode()):,} bytes > {MAX_RESULT_BYTES:,}"
+        result, error = None, f"result dropped: {size:,} bytes > {MAX_RESULT_BYTES:,}"
     return _bump(
         state,
         e.occurred_at,
@@ -242,7 +249,9 @@ def _failed(state: TaskState | None, e: TaskFailed) -> TaskState | None:
     return _attempt_failed(state, e.occurred_at, e.error, e.permanent, e.started_at or state.started_at)
 
 
-def _attempt_failed(state: TaskState, at: datetime, error: str, permanent: bool, started_at) -> TaskState:
+def _attempt_failed(
+    state: TaskState, at: datetime, error: str, permanent: bool, started_at: datetime | None
+) -> TaskState:
     error = cut_error(error)
     if permanent or attempts_left(state) <= 0:
         return _bump(state, at, status=Status.FAILED.value, error=error, started_at=started_at, finished_at=at)
@@ -252,7 +261,8 @@ def _attempt_failed(state: TaskState, at: datetime, error: str, permanent: bool,
 
 def attempts_left(state: TaskState) -> int:
     """Attempts the task may still make (its budget restarts at a redrive)."""
-    return state.max_attempts - (state.attempt - state.attempt_offset)
+    left: int = state.max_attempts - (state.attempt - state.attempt_offset)
+    return left
 
 
 @_on(LeaseExpired)
@@ -395,7 +405,7 @@ def _updated(state: TaskState | None, e: TaskUpdated) -> TaskState | None:
     return _bump(state, e.occurred_at, **changes)
 
 
-def fold(events, state: TaskState | None = None) -> TaskState | None:
+def fold(events: Iterable[Event], state: TaskState | None = None) -> TaskState | None:
     """Fold a sequence of events of one task, oldest first."""
     for event in events:
         state = evolve(state, event)

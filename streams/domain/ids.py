@@ -24,8 +24,10 @@ edge (executors) mint ids (``schemas.new_id``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any, TypeVar
 
 from taskstream.schemas import Event, ScheduleState, TaskState, derived_id
 
@@ -33,7 +35,7 @@ from taskstream.schemas import Event, ScheduleState, TaskState, derived_id
 UNSET = ""
 
 
-def event_ids(events: list[Event], cause: str) -> list[str]:
+def event_ids(events: Sequence[Event], cause: str) -> list[str]:
     """The id of each of ``events`` decided for ``cause``: from the cause, its type, its key and its ordinal."""
     seen: dict[tuple[str, str], int] = {}
     out = []
@@ -45,7 +47,10 @@ def event_ids(events: list[Event], cause: str) -> list[str]:
     return out
 
 
-def identified(events: list[Event], cause: str, **changes: object) -> list[Event]:
+_E = TypeVar("_E", bound=Event)
+
+
+def identified(events: list[_E], cause: str, **changes: Any) -> list[_E]:
     """``events`` with their ids for ``cause`` (``event_ids``) and ``changes`` applied (one copy each)."""
     return [replace(e, event_id=i, **changes) for e, i in zip(events, event_ids(events, cause), strict=True)]
 

@@ -57,7 +57,7 @@ def stamped(follow: list[Event], producer: str, own: str | None, cause: Event) -
     ``ids.py``), its producer, and for a TaskQueued or TaskRetryScheduled it applies at once
     (``applied_inline``), the ``cause`` (its trigger's id), so a fold of the log (``fold_next``)
     applies it at the same point even if a client's event landed in between."""
-    out = []
+    out: list[Event] = []
     for e, event_id in zip(follow, event_ids(follow, cause.event_id), strict=True):
         if isinstance(e, CAUSED) and applied_inline(e, own):
             out.append(replace(e, event_id=event_id, producer=producer, cause=cause.event_id))

@@ -3,35 +3,35 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import singledispatch
+from typing import TypeGuard
 
 from taskstream.schemas import (
-    LeaseExpired,
-    ScheduleCreated,
-    ScheduleFired,
-    TaskDeadLettered,
-    TaskRedriven,
-    TaskRetryScheduled,
     DependencyRegistered,
     DependencyResolved,
-    TaskUpdated,
     Event,
+    LeaseExpired,
     ReadyTask,
+    ScheduleCreated,
+    ScheduleFired,
+    ScheduleState,
     Status,
     TaskCreated,
+    TaskDeadLettered,
     TaskFailed,
     TaskQueued,
+    TaskRedriven,
+    TaskRetryScheduled,
     TaskState,
+    TaskUpdated,
+    codec,
+    derived_id,
 )
-from taskstream.schemas import codec, derived_id
-from taskstream.schemas.retry import DEFAULT_RETRY, MAX_BACKOFF_S, RetryPolicy, jitter_draw
-
 from taskstream.schemas.limits import cut_error
+from taskstream.schemas.retry import DEFAULT_RETRY, RetryPolicy, jitter_draw
 
 from .decide import _decides, decided
-from .ids import UNSET, identified, state_cause
 from .evolve import (
     ACTIVE,
     RESULT_BOUND,
@@ -43,6 +43,7 @@ from .evolve import (
     is_terminal,
     waiting_until,
 )
+from .ids import UNSET, identified, state_cause
 
 PROCESSOR = "processor"
 UNKNOWN = "unknown"
@@ -120,7 +121,7 @@ def react(before: TaskState | None, after: TaskState | None, event: Event, now: 
     return identified(reactions(before, after, event, now), event.event_id)
 
 
-def reactions(before, after, event: Event, now: datetime) -> list[Event]:
+def reactions(before: TaskState | None, after: TaskState | None, event: Event, now: datetime) -> list[Event]:
     """``react`` before its events are identified (``step`` stamps them in the same copy)."""
     out = [] if after is before and type(event) in CHANGE_DRIVEN else decided(after, event, now)
     if not is_terminal(before) and is_terminal(after):
@@ -133,14 +134,14 @@ def reactions(before, after, event: Event, now: datetime) -> list[Event]:
 CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
 
 
-def replay_outputs(state, now: datetime, event: Event | None = None) -> list[Event]:
+def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None) -> list[Event]:
     """The events a state implies for others (``implied``), identified as decided for ``event``."""
     cause = event.event_id if event is not None else state_cause("replay", state, now)
     return identified(implied(state, now, event), cause)
 
 
 @singledispatch
-def implied(state, now: datetime, event: Event | None = None) -> list[Event]:
+def implied(state: object, now: datetime, event: Event | None = None) -> list[Event]:
     """The events a state implies for others; sent again when its last event (``event``) is folded twice.
 
     Per kind of aggregate (a schedule's: ``schedules.schedule_replay``); a task's:
@@ -216,9 +217,11 @@ def backoff_delay(state: TaskState, failed_attempt: int, requested_s: float | No
     Never raises and never exceeds ``MAX_BACKOFF_S``, whatever the numbers.
     """
     policy = RetryPolicy.of(state, DEFAULT_RETRY)
-    if requested_s is not None and (clamped := policy.clamp(requested_s)) is not None:
+    clamped: float | None = None if requested_s is None else policy.clamp(requested_s)
+    if clamped is not None:
         return clamped
-    return policy.delay_s(failed_attempt - state.attempt_offset, jitter_draw(state.task_id, failed_attempt))
+    delay: float = policy.delay_s(failed_attempt - state.attempt_offset, jitter_draw(state.task_id, failed_attempt))
+    return delay
 
 
 def retry_scheduled(state: TaskState, now: datetime, requested_s: float | None = None) -> TaskRetryScheduled:
@@ -259,7 +262,7 @@ def _after_updated(state: TaskState | None, e: TaskUpdated, now: datetime) -> li
     return _queue_next(state, now) if is_ready(state, now) else []
 
 
-def is_ready(state: TaskState | None, now: datetime) -> bool:
+def is_ready(state: TaskState | None, now: datetime) -> TypeGuard[TaskState]:
     """A task waiting for nothing: every dependency succeeded and its time has come."""
     if state is None:
         return False
@@ -294,7 +297,7 @@ def upstream_json(state: TaskState) -> str:
     """``ctx.upstream`` for the handler: dependency id, and workflow key, -> its result."""
     if not state.upstream_results:
         return "{}"
-    out = {}
+    out: dict[str, object] = {}
     for upstream, text in state.upstream_results.items():
         try:
             value = codec.loads_json(text)
@@ -303,14 +306,15 @@ def upstream_json(state: TaskState) -> str:
         out[upstream] = value
         if key := state.upstream_keys.get(upstream):
             out[key] = value
-    return codec.dumps_json(out)
+    carried: str = codec.dumps_json(out)
+    return carried
 
 
 # --------------------------------------------------------------------- timers
 
 
 @singledispatch
-def timer_due(state, relay_slack_s: float) -> datetime | None:
+def timer_due(state: object, relay_slack_s: float) -> datetime | None:
     """When the processor's timer table should wake this state, or None (per kind of aggregate).
 
     A task waiting for its run_at wakes at run_at. A task waiting out a retry
@@ -333,7 +337,7 @@ def _task_timer_due(state: TaskState, relay_slack_s: float) -> datetime | None:
 
 
 @singledispatch
-def on_timer(state, now: datetime, grace_s: float, producer: str = PROCESSOR) -> list[Event]:
+def on_timer(state: object, now: datetime, grace_s: float, producer: str = PROCESSOR) -> list[Event]:
     """The events a due timer appends to the log (folded like any other; nothing here changes state).
 
     Per kind of aggregate: a task that is ready is queued; a schedule fires (``schedules.py``).

@@ -35,7 +35,7 @@ from .react import implied, reactions, ready_message
 #: processor's own timer fires this much later as a safety net (relay down).
 RELAY_SLACK_S = 5.0
 
-def step(state, event: Event, now: datetime, producer: str) -> tuple[object, list[Event]]:
+def step(state: TaskState | None, event: Event, now: datetime, producer: str) -> tuple[TaskState | None, list[Event]]:
     """Fold ``event`` and what follows it for the same task: (the new state, every follow-up event).
 
     Follow-ups of other tasks (dependency events, a schedule's task) are in
@@ -50,7 +50,7 @@ def step(state, event: Event, now: datetime, producer: str) -> tuple[object, lis
     return new, follow
 
 
-def replay(state, event: Event, now: datetime, producer: str) -> list[Event]:
+def replay(state: TaskState, event: Event, now: datetime, producer: str) -> list[Event]:
     """The follow-ups of a state's last event, sent again when that event is read twice (crash repair)."""
     return stamped(implied(state, now, event), producer, state.task_id, event)
 
@@ -65,7 +65,9 @@ class Effect(NamedTuple):
     priority: str | None = None
 
 
-def effects(before, state, event: Event, follow: list[Event], now: datetime, producer: str) -> list[Effect]:
+def effects(
+    before: TaskState | None, state: TaskState | None, event: Event, follow: list[Event], now: datetime, producer: str
+) -> list[Effect]:
     """What the step from ``before`` to ``state`` on ``event`` (with ``follow``) sends, in order.
 
     Every follow-up goes to the log. A task newly queued (or queued again by
@@ -92,7 +94,7 @@ def effects(before, state, event: Event, follow: list[Event], now: datetime, pro
     return out
 
 
-def lease_after(before, after) -> str:
+def lease_after(before: object, after: object) -> str:
     """What a step does to the running attempt's lease: ``start`` (a full lease from now: a new running
     attempt, or a checkpoint, which proves progress), ``keep`` or ``clear`` (nothing runs)."""
     if not isinstance(after, TaskState) or after.status != Status.RUNNING.value:
@@ -103,6 +105,6 @@ def lease_after(before, after) -> str:
     return "keep"
 
 
-def heartbeat_renews(state, attempt: int) -> bool:
+def heartbeat_renews(state: object, attempt: int) -> bool:
     """A heartbeat renews the lease only of the attempt that is running now (a zombie's beats do not)."""
     return isinstance(state, TaskState) and state.status == Status.RUNNING.value and state.attempt == attempt

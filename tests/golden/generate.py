@@ -38,7 +38,7 @@ import io
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,7 +46,7 @@ REPO = HERE.parent.parent
 HISTORY = REPO / "schemas" / "avro" / "history"
 RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
             5: "retry_delay_s and schedule_id (issue 23)"}
-T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
 def at(seconds: float) -> datetime:
@@ -64,8 +64,14 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
     def ev(kind: str, task_id: str, t: float, **fields) -> tuple[str, dict]:
         nonlocal n
         n += 1
-        producer = "api-golden" if kind in ("TaskCreated", "TaskCancelled", "TaskUpdated", "TaskRedriven") else (
-            "executor-golden" if kind in ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskCheckpointed") else "processor"
+        producer = (
+            "api-golden"
+            if kind in ("TaskCreated", "TaskCancelled", "TaskUpdated", "TaskRedriven")
+            else (
+                "executor-golden"
+                if kind in ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskCheckpointed")
+                else "processor"
+            )
         )
         if version >= 4 and producer == "api-golden":
             fields = {"actor": "key-golden", **fields}  # v4: who asked, on every event the API writes
@@ -222,10 +228,20 @@ def cmd_encode(version: int, only: list[str]) -> None:
         if only and name not in only:
             continue
         records = [
-            {"key": fields["task_id"], "event_type": kind, "value": encode_record(writer_schema(kind, version), fields).hex()}
+            {
+                "key": fields["task_id"],
+                "event_type": kind,
+                "value": encode_record(writer_schema(kind, version), fields).hex(),
+            }
             for kind, fields in events
         ]
-        doc = {"schema_version": version, "release": RELEASES[version], "history": name, "records": records, "states": {}}
+        doc = {
+            "schema_version": version,
+            "release": RELEASES[version],
+            "history": name,
+            "records": records,
+            "states": {},
+        }
         (out / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
         print(f"{out.name}/{name}.json: {len(records)} records")
 

@@ -90,7 +90,7 @@ class LiveStack:
                 logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(self.folder.glob("*.log")))
                 raise AssertionError(f"{p.proc.args[3:]} exited with {p.proc.returncode}\n{logs}")
 
-    def wait_ready(self, timeout: float = 60) -> "LiveStack":
+    def wait_ready(self, timeout: float = 60) -> LiveStack:
         def ready() -> bool:
             self.check()
             try:

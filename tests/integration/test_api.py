@@ -31,7 +31,9 @@ def client(settings: Settings):
 
 def read_topic(settings: Settings, topic: str, count: int, timeout: float = 10.0) -> list:
     """Every record of ``topic`` (all partitions, from the beginning) once ``count`` arrived."""
-    consumer = Consumer({**common_config(settings, "test-reader"), "group.id": "test-reader", "enable.auto.commit": False})
+    consumer = Consumer(
+        {**common_config(settings, "test-reader"), "group.id": "test-reader", "enable.auto.commit": False}
+    )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
     records = []
     try:
@@ -196,7 +198,15 @@ def test_the_read_model_is_rebuilt_from_the_state_topic_at_startup(settings: Set
 
 
 def test_list_newest_first_with_cursor_and_filters(client: TestClient) -> None:
-    specs = [("h1", "high"), ("h2", "low"), ("h1", "medium"), ("h2", "high"), ("h1", "high"), ("h3", "low"), ("h1", "low")]
+    specs = [
+        ("h1", "high"),
+        ("h2", "low"),
+        ("h1", "medium"),
+        ("h2", "high"),
+        ("h1", "high"),
+        ("h3", "low"),
+        ("h1", "low"),
+    ]
     created = [submit(client, handler=h, priority=p) for h, p in specs]
     newest_first = [t["id"] for t in reversed(created)]
 
@@ -229,7 +239,9 @@ def test_list_newest_first_with_cursor_and_filters(client: TestClient) -> None:
     assert ids("status=pending") == newest_first
     assert ids("status=running") == []
     assert ids("handler=h1&priority=low") == want(lambda t: t["handler"] == "h1" and t["priority"] == "low")
-    assert ids("handler=h1&priority=high&limit=1") == want(lambda t: t["handler"] == "h1" and t["priority"] == "high")[:1]
+    assert (
+        ids("handler=h1&priority=high&limit=1") == want(lambda t: t["handler"] == "h1" and t["priority"] == "high")[:1]
+    )
 
 
 @pytest.mark.parametrize("query, field", [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
-from hypothesis.errors import Unsatisfiable
 from hypothesis import settings as hypothesis_settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config._checks import PositiveDataAcceptanceConfig
 from schemathesis.generation import GenerationMode
@@ -30,7 +30,9 @@ def test_openapi_fuzz(settings: Settings) -> None:
     schema.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(
         expected_statuses=["2xx", "404", "409", "422"])
     # not the SSE watches (issue 17): a stream that ends only when the client hangs up is no response to fuzz
-    operations = [op for op in (result.ok() for result in schema.get_all_operations()) if not op.path.endswith("/watch")]
+    operations = [
+        op for op in (result.ok() for result in schema.get_all_operations()) if not op.path.endswith("/watch")
+    ]
     assert len(operations) >= 17
     failures = []
     try:

@@ -11,12 +11,11 @@ import json
 import uuid
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 from hypothesis import event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-
-from confluent_kafka import Consumer, TopicPartition
 
 from taskstream.api import create_app
 from taskstream.schemas import Settings, Topics, catalogue
@@ -118,7 +117,8 @@ PROBES = [
      "depends_on[0]"),
     ("POST", "/tasks", raw(handler=TASK, **{"\ud800": "1"}), {}, 422, "body"),  # an unknown key that is not text
     ("POST", "/tasks", '{"handler":"noop","name":"\xff"}'.encode("latin-1"), {}, 400, "body"),
-    ("POST", "/tasks:batch", raw(tasks="[" + ",".join([raw(handler=TASK)] * 3 + [raw(handler=TASK, payload=json.dumps(BIG))]) + "]"),
+    ("POST", "/tasks:batch",
+     raw(tasks="[" + ",".join([raw(handler=TASK)] * 3 + [raw(handler=TASK, payload=json.dumps(BIG))]) + "]"),
      {}, 413, "tasks[3].payload"),
     ("POST", "/tasks:batch", raw(tasks="[" + raw(handler=TASK) + "," + raw(handler=TASK, payload='{"n":1e999}') + "]"),
      {}, 422, "tasks[1].payload.n"),
@@ -195,7 +195,8 @@ def test_limits_are_inclusive(api, module_settings: Settings) -> None:
     at_limit = {
         "handler": "h" * MAX_HANDLER_CHARS,
         "name": "n" * MAX_NAME_CHARS,
-        "labels": {("k" * (MAX_LABEL_KEY_CHARS - 3)) + f"{i:03}": "v" * MAX_LABEL_VALUE_CHARS for i in range(MAX_LABELS)},
+        "labels": {("k" * (MAX_LABEL_KEY_CHARS - 3)) + f"{i:03}": "v" * MAX_LABEL_VALUE_CHARS
+                   for i in range(MAX_LABELS)},
         "payload": "z" * (MAX_PAYLOAD_BYTES - 2),
         "timeout_s": MAX_TIMEOUT_S,
         "run_at": "9000-01-01T00:00:00Z",

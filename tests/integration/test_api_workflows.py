@@ -178,7 +178,10 @@ def test_batch_writes_every_task_and_answers_them_in_order(client: TestClient, s
 def test_batch_is_all_or_nothing(client: TestClient, settings: Settings) -> None:
     good = {"handler": "h"}
     cases = [
-        ([good, {"handler": "h", "priority": "urgent"}, good, {"handler": ""}], ["tasks[1].priority", "tasks[3].handler"]),
+        (
+            [good, {"handler": "h", "priority": "urgent"}, good, {"handler": ""}],
+            ["tasks[1].priority", "tasks[3].handler"],
+        ),
         ([good, {"handler": "h", "run_at": "2999-01-01"}], ["tasks[1].run_at"]),
         ([good, {"handler": "h", "depends_on": [""]}], ["tasks[1].depends_on[0]"]),
         ([good] * 1001, ["tasks"]),
@@ -257,7 +260,7 @@ def test_idempotency_key_same_body_same_tasks_nothing_new_written(settings: Sett
         with TestClient(create_app(settings)) as c:
             # The repeat must find every task in the rebuilt read model (the documented window is its lag).
             for key in ("k1", "k2:0", "k2:1", "k3:a", "k3:b"):
-                wait_until(lambda: c.get(f"{V1}/tasks/{derived_id(key)}").status_code == 200, timeout=30)
+                wait_until(lambda key=key: c.get(f"{V1}/tasks/{derived_id(key)}").status_code == 200, timeout=30)
             s3 = c.post(f"{V1}/tasks", json=single, headers={"Idempotency-Key": "k1"})
             assert s3.status_code == 202 and s3.json()["id"] == derived_id("k1")
             w3 = c.post(f"{V1}/workflows", json=flow, headers={"Idempotency-Key": "k3"})
@@ -312,8 +315,11 @@ def test_patch_412_409_202_writes_task_updated(client: TestClient, settings: Set
         assert field in [e["field"] for e in p["errors"]], (body, p)
     assert count_events(settings, 1) == 1
 
-    r = client.patch(f"{V1}/tasks/{task['id']}", json={"priority": "high", "payload": None, "retry": {"max_attempts": 9}},
-                     headers={"If-Match": '"1"'})
+    r = client.patch(
+        f"{V1}/tasks/{task['id']}",
+        json={"priority": "high", "payload": None, "retry": {"max_attempts": 9}},
+        headers={"If-Match": '"1"'},
+    )
     assert r.status_code == 202, r.text
     after = r.json()
     assert after["priority"] == "high" and after["payload"] is None and after["max_attempts"] == 9

@@ -185,7 +185,9 @@ def test_every_event_the_api_writes_names_who_asked(settings: Settings, signer) 
     app = create_app(s)
     with TestClient(app) as c:
         key_ready(app, key)
-        task = c.post("/api/v1/tasks", headers={"X-API-Key": key}, json={"handler": "h", "run_at": "2999-01-01T00:00:00Z"})
+        task = c.post(
+            "/api/v1/tasks", headers={"X-API-Key": key}, json={"handler": "h", "run_at": "2999-01-01T00:00:00Z"}
+        )
         assert task.status_code == 202, task.text
         tid = task.json()["id"]
         carol = {"Authorization": f"Bearer {token(signer, 'operator', sub='carol')}"}
@@ -278,7 +280,9 @@ def test_api_keys_503_until_the_key_store_has_read_the_topic(settings: Settings,
         ready = c.get("/readyz").json()
         assert ready["checks"]["api_keys"] == "stale" and any("API keys" in x for x in ready["reasons"])
         # JWTs do not depend on the key store
-        jwt_read = c.get(f"/api/v1/tasks/{uuid.uuid4().hex}", headers={"Authorization": f"Bearer {token(signer, 'reader')}"})
+        jwt_read = c.get(
+            f"/api/v1/tasks/{uuid.uuid4().hex}", headers={"Authorization": f"Bearer {token(signer, 'reader')}"}
+        )
         assert jwt_read.status_code == 404
 
 

@@ -30,8 +30,14 @@ class _Ok(BaseHTTPRequestHandler):
 def test_http_and_shell_through_an_executor(settings) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-    s = settings.model_copy(update={"http_allowed_hosts": ["127.0.0.1", "169.254.169.254"], "http_allowed_networks": ["127.0.0.1/32"],
-                                    "shell_enabled": True, "shell_allowed_commands": ["echo"]})
+    s = settings.model_copy(
+        update={
+            "http_allowed_hosts": ["127.0.0.1", "169.254.169.254"],
+            "http_allowed_networks": ["127.0.0.1/32"],
+            "shell_enabled": True,
+            "shell_allowed_commands": ["echo"],
+        }
+    )
     url = f"http://127.0.0.1:{server.server_address[1]}/hello"
     feeder, events = Feeder(s), EventLog(s)
     try:

@@ -19,7 +19,6 @@ from taskstream.schemas import (
     TaskCreated,
     TaskDeadLettered,
     TaskFailed,
-    TaskRedriven,
     TaskState,
     Topics,
     codec,

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -31,7 +30,6 @@ from taskstream.schemas import (
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
-    TaskState,
     TaskSucceeded,
     Topics,
     codec,
@@ -99,7 +97,8 @@ def history(n_tasks: int = 4) -> list[tuple[object, datetime]]:
 
 
 def raw_log(settings: Settings, count: int) -> dict[int, list[tuple]]:
-    """Per partition of ``<p>.events``: (offset, key, value, headers, timestamp) of every record (``count`` expected)."""
+    """Per partition of ``<p>.events``: (offset, key, value, headers, timestamp) of every record (``count``
+    expected)."""
     topic = Topics(settings.prefix).events
     reader = TopicReader(settings, topic)
     try:
@@ -271,7 +270,9 @@ def test_a_missing_events_topic_is_reported_and_nothing_is_created(broker, args)
     assert "Traceback" not in r.stderr, r.stderr
     assert f"Error: topic {prefix}.events does not exist" in r.stderr
     assert "wrong TASKSTREAM_PREFIX?" in r.stderr
-    assert not [t for t in admin(missing).list_topics(timeout=10).topics if t.startswith(prefix) or t.startswith("elsewhere.")]
+    assert not [
+        t for t in admin(missing).list_topics(timeout=10).topics if t.startswith(prefix) or t.startswith("elsewhere.")
+    ]
 
 
 @pytest.mark.parametrize("args", [["tail"], ["tail", "--follow"], ["replay", "--to-prefix", "elsewhere"]])
@@ -287,7 +288,8 @@ def test_unreachable_broker_fails_with_one_clear_line(args) -> None:
 
 @pytest.mark.slow
 def test_a_processor_on_the_replayed_prefix_rebuilds_the_same_states(settings, tmp_path) -> None:
-    """Tasks run on prefix A (processor + executor); A's log replayed to B; a processor alone on B folds the same states."""
+    """Tasks run on prefix A (processor + executor); A's log replayed to B; a processor alone on B folds the
+    same states."""
     a_states = StateTable(settings)
     procs = [Component(settings, "processor", log_path=tmp_path / "a-processor.log"),
              Component(settings, "executor", log_path=tmp_path / "a-executor.log")]

@@ -69,9 +69,9 @@ def stack(broker, tmp_path_factory):
         stop_all(ex, proc)
     events = TopicReader(settings, Topics(settings.prefix).events)
     try:
-        values = events.until(lambda ms: any(getattr(e, "task_id", None) == flaky.task_id
-                                             and type(e).__name__ == "TaskSucceeded" for e in events.values()),
-                              timeout=10, message="flaky's success in the log")
+        events.until(lambda ms: any(getattr(e, "task_id", None) == flaky.task_id
+                                    and type(e).__name__ == "TaskSucceeded" for e in events.values()),
+                     timeout=10, message="flaky's success in the log")
         log = [e for e in events.values() if e is not None]
     finally:
         events.close()

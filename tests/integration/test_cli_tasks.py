@@ -42,7 +42,7 @@ def test_submit_wait_of_a_succeeding_task(run) -> None:
             "--name", "greet", "--wait", "--wait-timeout", "30")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("id ") and any(l.split() == ["status", "succeeded"] for l in lines), r.stdout
+    assert lines[0].startswith("id ") and any(line.split() == ["status", "succeeded"] for line in lines), r.stdout
     assert '"hello": "world"' in r.stdout and "team=a" in r.stdout and "greet" in r.stdout
     assert "succeeded after" in r.stderr
 
@@ -131,7 +131,9 @@ def test_workflows_submit_yaml_and_json(run, tmp_path) -> None:
     assert [(row[0], row[2]) for row in rows[2:]] == [("extract", "succeeded"), ("load", "succeeded")]
 
     failing = tmp_path / "wf.json"
-    failing.write_text(json.dumps([{"key": "a", "handler": "fail"}, {"key": "b", "handler": "noop", "depends_on": ["a"]}]))
+    failing.write_text(
+        json.dumps([{"key": "a", "handler": "fail"}, {"key": "b", "handler": "noop", "depends_on": ["a"]}])
+    )
     r = run("workflows", "submit", str(failing), "--wait", "--json")
     assert r.returncode == 1
     doc = json.loads(r.stdout)

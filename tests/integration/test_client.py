@@ -22,8 +22,21 @@ import pytest
 
 from taskstream.cli.broker import KafkaBroker, free_port
 from taskstream.client import (
-    AsyncClient, Client, Conflict, Forbidden, NotFound, PreconditionFailed, RateLimited, ServerError, Task,
-    TaskstreamError, Unauthorized, Unavailable, ValidationFailed, WaitTimeout, task_body,
+    AsyncClient,
+    Client,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    RateLimited,
+    ServerError,
+    Task,
+    TaskstreamError,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+    WaitTimeout,
+    task_body,
 )
 from tests.conftest import wait_until
 from tests.integration.live_stack import LiveStack
@@ -320,7 +333,8 @@ def test_an_unreachable_api_is_unavailable_without_a_status() -> None:
 
 
 def test_api_up_broker_down_is_unavailable(tmp_path) -> None:
-    """The API served in this process (uvicorn in a thread, 1 s produce timeout) on a broker of its own, then stopped."""
+    """The API served in this process (uvicorn in a thread, 1 s produce timeout) on a broker of its own, then
+    stopped."""
     import uvicorn
 
     from taskstream.api.app import create_app

@@ -7,7 +7,6 @@ free loopback ports.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -59,7 +58,7 @@ class Dev:
                         TASKSTREAM_GRPC_PORT=str(free_port()), TASKSTREAM_METRICS_PORT="0")
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=10)
 
-    def start(self, *more: str) -> "Dev":
+    def start(self, *more: str) -> Dev:
         cmd = [sys.executable, "-m", "taskstream.cli.main", "dev", "--port", str(self.api_port),
                "--broker-port", str(self.broker_port), "--data-dir", str(self.data_dir), "--handlers",
                "restart_handlers", *self.extra, *more]

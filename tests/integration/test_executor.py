@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -29,7 +29,7 @@ def ready(handler: str, payload=None, *, priority: str = "medium", task_id: str 
           timeout_s: float | None = None) -> ReadyTask:
     return ReadyTask(
         task_id=task_id or uuid.uuid4().hex,
-        occurred_at=datetime.now(timezone.utc),
+        occurred_at=datetime.now(UTC),
         producer="test",
         attempt=attempt,
         handler=handler,

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def cancel(feeder: Feeder, task_id: str, priority: str = "medium", reason: str = "client") -> None:
     """Publish TaskCancelled as the processor does: to the task's ready topic, keyed by the task id."""
-    event = TaskCancelled(task_id=task_id, occurred_at=datetime.now(timezone.utc), producer="test", reason=reason)
+    event = TaskCancelled(task_id=task_id, occurred_at=datetime.now(UTC), producer="test", reason=reason)
     feeder.producer.produce(feeder.topics.ready(priority), codec.encode(event), task_id.encode(),
                             headers=codec.headers(event), on_delivery=feeder._delivered)
     assert feeder.producer.flush(10) == 0
@@ -97,7 +97,9 @@ def test_buffered_attempt_cancelled_before_it_starts_never_runs(quiet, events):
         with running(quiet, reg, concurrency=1) as ex:
             assert entered.wait(JOIN_TIMEOUT)
             [victim] = feeder.send(ready("record", priority="low"))  # waits: the only slot is taken
-            wait_until(lambda: any(t.task_id == victim.task_id for t in ex.intake.buffered()), message="victim buffered")
+            wait_until(
+                lambda: any(t.task_id == victim.task_id for t in ex.intake.buffered()), message="victim buffered"
+            )
             cancel(feeder, victim.task_id, priority="low")
             wait_until(lambda: ex.intake.was_cancelled(victim.task_id), message="cancellation seen")
             assert not any(t.task_id == victim.task_id for t in ex.intake.buffered())

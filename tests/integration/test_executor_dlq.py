@@ -8,7 +8,7 @@ event of a type that has no business on a ready topic.)
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -29,13 +29,17 @@ def events(settings):
 def test_poison_on_each_ready_topic_goes_to_dlq_with_headers(settings, events):
     topics = Topics(settings.prefix)
     feeder = Feeder(settings)
-    wrong = TaskSucceeded(task_id=uuid.uuid4().hex, occurred_at=datetime.now(timezone.utc), producer="test",
+    wrong = TaskSucceeded(task_id=uuid.uuid4().hex, occurred_at=datetime.now(UTC), producer="test",
                           attempt=1, result="1")
     poison = {  # key -> (topic, value, what the reason must mention)
         uuid.uuid4().hex: (topics.ready("medium"), b"garbage on medium", "C3 01"),
         uuid.uuid4().hex: (topics.ready("low"), b"\xc3\x01\xff\xff\xff", ""),
         uuid.uuid4().hex: (topics.ready("low"), b"", ""),
-        wrong.task_id: (topics.ready("high"), codec.encode(wrong), "expected ReadyTask or TaskCancelled, got TaskSucceeded"),
+        wrong.task_id: (
+            topics.ready("high"),
+            codec.encode(wrong),
+            "expected ReadyTask or TaskCancelled, got TaskSucceeded",
+        ),
     }
     offsets = {}  # key -> (partition, offset) where its poison landed
     goods = []

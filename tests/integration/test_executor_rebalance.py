@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 PER_PRIORITY = 60  # more than one buffer's worth (32 at concurrency 1), so every level pauses
 
 
-def test_a_paused_partition_that_comes_back_is_resumed(settings, events):
+def test_a_paused_partition_that_comes_back_is_resumed(settings, events):  # noqa: F811 (the fixture imported above)
     gate = threading.Event()
     reg = Registry()
 

@@ -85,7 +85,9 @@ def test_sigterm_reports_the_short_attempt_and_the_long_ones_run_on_the_next_exe
             started = {e.task_id: e.producer for e in evs if isinstance(e, TaskStarted)}
             return all(t.task_id in started for t in (short, *longs)) and started
 
-        started = wait_until(all_started, timeout=JOIN_TIMEOUT + 5, message="all attempts running in the first executor")
+        started = wait_until(
+            all_started, timeout=JOIN_TIMEOUT + 5, message="all attempts running in the first executor"
+        )
         first_id = started[short.task_id]
         assert {started[t.task_id] for t in longs} == {first_id}
 
@@ -114,7 +116,7 @@ def test_sigterm_reports_the_short_attempt_and_the_long_ones_run_on_the_next_exe
             return len(results) == len(longs) and results
 
         results = wait_until(long_results, timeout=JOIN_TIMEOUT + 10, message="the long attempts' results")
-        for t, expected in zip(longs, ("blocked", "napped")):
+        for t, expected in zip(longs, ("blocked", "napped"), strict=True):
             result = results[t.task_id]
             assert isinstance(result, TaskSucceeded) and result.producer != first_id, result
             assert result.attempt == t.attempt and result.result == f'"{expected}"'

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_long_attempt_heartbeats_until_it_ends_short_one_never(settings, events,
     assert 4 <= len(mine) <= 9, [b.occurred_at for b in mine]
     assert {(b.attempt, b.producer) for b in mine} == {(3, "beating")}
     times = [b.occurred_at for b in mine]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
     assert all(0.25 <= g <= 1.5 for g in gaps), gaps
     assert times[-1] <= result.occurred_at  # none after the attempt ended
     assert (times[0] - got[long_.task_id][0].occurred_at).total_seconds() < 1.0
@@ -240,11 +241,13 @@ def test_handler_running_twice_max_poll_interval_keeps_membership(settings, even
         wait_until(lambda: committed(beat) == feeder.positions, message="offset committed")
         beats = heartbeats.beats()
         # Before the executor leaves (which revokes everything): no partition was revoked or lost.
-        membership = [r.getMessage() for r in caplog.records if " revoked " in r.getMessage() or " lost " in r.getMessage()]
+        membership = [
+            r.getMessage() for r in caplog.records if " revoked " in r.getMessage() or " lost " in r.getMessage()
+        ]
     assert membership == []
     assert calls == [1]
     assert kinds(got) == ["TaskStarted", "TaskSucceeded"] and codec.loads_json(got[-1].result) == "survived"
     times = [b.occurred_at for b in beats if b.task_id == task.task_id]
     assert len(times) >= run_s - 3, times
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
     assert max(gaps) < 2.5, gaps

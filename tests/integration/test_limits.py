@@ -81,7 +81,7 @@ def _submit(client: TestClient, **fields) -> dict:
 
 
 def _still_running(procs, tmp_path: Path) -> None:
-    for p, name in zip(procs, ("processor", "executor")):
+    for p, name in zip(procs, ("processor", "executor"), strict=True):
         log = (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
         assert p.proc.poll() is None, f"the {name} exited with {p.proc.returncode}:\n{log}"
 
@@ -165,7 +165,9 @@ def test_a_record_the_broker_refuses_is_answered_by_where_it_was_going(settings:
     dlq, events = TopicReader(settings, topics.dlq), TopicReader(settings, topics.events)
     too_big = b"z" * (limits.MAX_RECORD_BYTES + 1)
     try:
-        processor._produce(Output(topics.retry("5s"), b"task-x", too_big, [(codec.EVENT_TYPE_HEADER, b"TaskRetryScheduled")]))
+        processor._produce(
+            Output(topics.retry("5s"), b"task-x", too_big, [(codec.EVENT_TYPE_HEADER, b"TaskRetryScheduled")])
+        )
         ready = ReadyTask(task_id="task-r", occurred_at=datetime.now(UTC), producer="p", attempt=2, handler="echo",
                           priority="high", payload='"' + "p" * (limits.MAX_RECORD_BYTES + 10) + '"')
         processor._produce(Output(topics.ready("high"), b"task-r", codec.encode(ready), codec.headers(ready)))

@@ -100,7 +100,9 @@ def test_readyz_503_while_the_read_model_is_behind(settings: Settings) -> None:
         assert p.flush(10) == 0
         r = wait_until(lambda: (r := c.get("/readyz")).status_code == 503 and r, timeout=5, message="503 behind")
         assert r.json()["checks"]["read_model"] == "behind" and r.json()["read_model_lag"] == 10
-        assert r.json()["reasons"] == [f"read model is 10 records behind {topic} (more than ready_max_read_model_lag=5)"]
+        assert r.json()["reasons"] == [
+            f"read model is 10 records behind {topic} (more than ready_max_read_model_lag=5)"
+        ]
 
 
 # ------------------------------------------------------------ stats, cluster
@@ -183,8 +185,11 @@ def test_stats_counts_queue_depth_throughput_and_oldest_queued(cluster: Cluster)
     def done():
         cluster.alive()
         body = c.get("/api/v1/stats").json()
-        return body["tasks"]["by_status"]["succeeded"] == 6 and body["queue_depth"] == {"high": 0, "medium": 0, "low": 0} \
+        return (
+            body["tasks"]["by_status"]["succeeded"] == 6
+            and body["queue_depth"] == {"high": 0, "medium": 0, "low": 0}
             and body
+        )
     body = wait_until(done, timeout=45, message="six tasks succeeded and the executors committed")
     assert body["tasks"]["by_status"]["queued"] == 0 and body["tasks"]["by_status"]["scheduled"] == 1
     assert body["throughput"]["finished"] == 6 and body["throughput"]["by_status"] == {"succeeded": 6}

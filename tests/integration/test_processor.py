@@ -7,7 +7,17 @@ import shutil
 
 import pytest
 
-from taskstream.schemas import ReadyTask, Status, TaskCreated, TaskDeadLettered, TaskFailed, TaskState, TaskSucceeded, Topics, codec
+from taskstream.schemas import (
+    ReadyTask,
+    Status,
+    TaskCreated,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskState,
+    TaskSucceeded,
+    Topics,
+    codec,
+)
 from tests.kafka_helpers import Component, TopicReader, now, send_events
 
 pytestmark = pytest.mark.integration

@@ -67,7 +67,7 @@ def test_sigkill_one_of_two_processors_mid_load_the_other_takes_over(settings: S
         b = procs["b"] = Component(own_settings(settings, tmp_path, "b"), "processor", log_path=logs["b"])
         b_parts = wait_until(lambda: next((p for p, _, _ in assignments(logs["b"]) if p), None), timeout=30,
                              message="B assigned partitions")
-        ex = procs["executor"] = Component(settings, "executor", "--concurrency", "8", log_path=logs["executor"])
+        procs["executor"] = Component(settings, "executor", "--concurrency", "8", log_path=logs["executor"])
 
         def write() -> None:
             p = producer(settings)

@@ -110,9 +110,12 @@ def test_processor_killed_mid_workflows_all_finish(settings, tmp_path):
                                          and codec.decode(m.value()).status == "succeeded")
         assert finished_by_successor > 0, "the restarted processor finished nothing: the kill came too late"
         more = {t: k for t, k in runs.items() if k > 1}
-        print(f"\n{len(deps)} tasks; processor SIGKILLed after {killed_after:.1f}s with {done_at_kill}/{N} d's "
-              f"succeeded and {unfinished} tasks not yet seen succeeded; the new processor finished {finished_by_successor}; all succeeded after {elapsed:.1f}s; "
-              f"{len(more)} task(s) ran more than once (max {max(more.values(), default=1)} runs)")
+        print(
+            f"\n{len(deps)} tasks; processor SIGKILLed after {killed_after:.1f}s with {done_at_kill}/{N} d's "
+            f"succeeded and {unfinished} tasks not yet seen succeeded; the new processor finished "
+            f"{finished_by_successor}; all succeeded after {elapsed:.1f}s; "
+            f"{len(more)} task(s) ran more than once (max {max(more.values(), default=1)} runs)"
+        )
     finally:
         events.close()
         table.close()

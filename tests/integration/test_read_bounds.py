@@ -144,7 +144,9 @@ def test_as_of_of_a_task_the_read_model_does_not_know_is_404_without_reading_the
     logged = new_id()
     send_events(settings, [TaskCreated(task_id=logged, occurred_at=datetime.now(UTC), producer="t", handler="noop")])
     sid = new_id()
-    send_events(settings, [ScheduleCreated(schedule_id=sid, occurred_at=datetime.now(UTC), producer="t", cron="* * * * *")])
+    send_events(
+        settings, [ScheduleCreated(schedule_id=sid, occurred_at=datetime.now(UTC), producer="t", cron="* * * * *")]
+    )
     for unknown in (new_id(), logged, sid):
         r = client.get(f"{V1}/tasks/{unknown}", params={"as_of": later})
         assert_problem(r, 404, "not-found", unknown)

@@ -159,11 +159,11 @@ def run_section(dev: DevStack, section: str) -> list[list[dict]]:
         if lang != "sh":
             continue
         for key in re.findall(r"<id of (\w+)>", body):
-            wait_until(lambda k=key: dev.finished(workflow[k]), timeout=60, message=f"workflow task {key} to end")
+            wait_until(lambda k=key, w=workflow: dev.finished(w[k]), timeout=60, message=f"workflow task {key} to end")
             body = body.replace(f"<id of {key}>", workflow[key])
         if "<id>" in body:
             assert last_id, "a command uses <id> before any task was submitted"
-            wait_until(lambda: dev.finished(last_id), timeout=60, message=f"task {last_id} to end")
+            wait_until(lambda t=last_id: dev.finished(t), timeout=60, message=f"task {last_id} to end")
             body = body.replace("<id>", last_id)
         out = dev.run(body.replace("localhost:8080", f"127.0.0.1:{dev.port}"))
         docs = json_docs(out) if out.lstrip().startswith("{") else []

@@ -6,12 +6,14 @@ its own and applies a random sequence of: submit a task (succeeds, fails for
 good, fails once then succeeds, sleeps; sometimes depending on earlier
 tasks, sometimes with a run_at), cancel one, re-drive one, move one's run_at
 or priority, SIGKILL the processor and start it again, SIGTERM it and start
-it again, SIGKILL the executor and start another (leases of 3 s expire). When a fence task in every partition succeeded and the state
-topic is quiet, a fold of the whole log must give the live state of every
-task (the console script's exit code and output are checked).
+it again, SIGKILL the executor and start another (leases of 3 s expire). When a fence
+task in every partition succeeded and the state topic is quiet, a fold of
+the whole log must give the live state of every task (the console script's
+exit code and output are checked).
 
-Found so far: the test's own quiescence wait needed the fences. No shrinking: a failing example is reported as it ran, with the
-last lines of every component's log.
+Found so far: the test's own quiescence wait needed the fences. No
+shrinking: a failing example is reported as it ran, with the last lines of
+every component's log.
 """
 
 from __future__ import annotations
@@ -23,18 +25,19 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
+from taskstream.api.partitioner import partition_for
 from taskstream.cli.dev import settings_env
-from taskstream.schemas import Settings, TaskCancelled, TaskCreated, TaskRedriven, TaskUpdated, Topics, codec, new_id
+from taskstream.schemas import TaskCancelled, TaskCreated, TaskRedriven, TaskUpdated, codec, new_id
 from taskstream.schemas.kafka import ensure_topics
 from taskstream.schemas.topics import catalogue
-from taskstream.api.partitioner import partition_for
-from tests.integration.test_dag import ComponentIn, StateTable
 from tests.conftest import wait_until
+from tests.integration.test_dag import ComponentIn, StateTable
 from tests.kafka_helpers import send_events, stop_all
-
 
 HANDLERS = '''
 from taskstream.executors import handler

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import signal
 import statistics
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -218,11 +217,13 @@ def test_run_at_timers_survive_a_processor_kill(settings, tmp_path):
         # Back = the first start of a task that came due after the kill: only the new processor queued it.
         back = min((states[t.task_id].started_at for t in tasks if t.run_at > killed_at), default=killed_at)
         late = [(states[t.task_id].started_at - t.run_at).total_seconds() for t in tasks]
-        on_time = [g for t, g in zip(tasks, late) if t.run_at > back + timedelta(seconds=1)]
-        print(f"\nrun_at from +0 to +{(tasks[-1].run_at - base).total_seconds():.1f}s; processor killed at "
-              f"+{(killed_at - base).total_seconds():.1f}s, first start after it +{(back - base).total_seconds():.1f}s; "
-              f"{sum(v > 1 for v in runs.values())} of 200 ran more than once; "
-              f"due after recovery: {len(on_time)}, max lateness {max(on_time, default=0)*1000:.0f} ms")
+        on_time = [g for t, g in zip(tasks, late, strict=True) if t.run_at > back + timedelta(seconds=1)]
+        print(
+            f"\nrun_at from +0 to +{(tasks[-1].run_at - base).total_seconds():.1f}s; processor killed at "
+            f"+{(killed_at - base).total_seconds():.1f}s, first start after it +{(back - base).total_seconds():.1f}s; "
+            f"{sum(v > 1 for v in runs.values())} of 200 ran more than once; "
+            f"due after recovery: {len(on_time)}, max lateness {max(on_time, default=0) * 1000:.0f} ms"
+        )
         assert all(g >= 0 for g in late), "a task started before its run_at"
         assert all(states[t].attempt == 1 for t in ids)
         assert all(g < 1.0 for g in on_time)
@@ -319,12 +320,12 @@ def test_a_stopped_executor_loses_its_lease_and_cannot_complete_the_task(setting
                     timeout=40, message="warm-up", procs=(proc, a, b))
         ids = wait_until(lambda: (executor_id(tmp_path / "executor-a.log"), executor_id(tmp_path / "executor-b.log")),
                          timeout=10, message="executor ids")
-        by_id = dict(zip(ids, (a, b)))
+        by_id = dict(zip(ids, (a, b), strict=True))
         t = task("sleep", {"seconds": 3}, max_attempts=3, backoff_initial_s=0.1, backoff_jitter=0.0)
         send_events(settings, [t])
-        first = events.until(lambda m: [e for e in events.values() if isinstance(e, Heartbeat)
-                                        or (isinstance(e, TaskStarted) and e.task_id == t.task_id)],
-                             timeout=20, message="attempt 1 started")
+        events.until(lambda m: [e for e in events.values() if isinstance(e, Heartbeat)
+                                or (isinstance(e, TaskStarted) and e.task_id == t.task_id)],
+                     timeout=20, message="attempt 1 started")
         runner = next(e.producer for e in events.values() if isinstance(e, TaskStarted) and e.task_id == t.task_id)
         stopped = by_id[runner]
         stopped.signal(signal.SIGSTOP)

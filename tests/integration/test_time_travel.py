@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from taskstream.api import create_app
 from taskstream.schemas import (
     ScheduleCreated,
-    Topics,
     TaskCreated,
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
     TaskSucceeded,
+    Topics,
     codec,
     new_id,
 )
@@ -86,7 +86,12 @@ def test_as_of_shows_the_task_as_it_was(settings, client):
     mid = get(at(4)).json()
     assert (mid["status"], mid["attempt"], mid["error"], mid["retry_at"]) == ("scheduled", 1, "boom", z(at(5)))
     end = get(at(7)).json()
-    assert (end["status"], end["attempt"], end["result"], end["finished_at"]) == ("succeeded", 2, {"ok": True}, z(at(7)))
+    assert (end["status"], end["attempt"], end["result"], end["finished_at"]) == (
+        "succeeded",
+        2,
+        {"ok": True},
+        z(at(7)),
+    )
     # the same instant with another zone offset
     assert get((at(4) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S+02:00")).json()["status"] == "scheduled"
     # without as_of: the read model's (latest) state

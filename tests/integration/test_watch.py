@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from taskstream.cli.broker import free_port
+from taskstream.client.sse import read_sse
 from taskstream.schemas import Settings, TaskState, Topics, catalogue, codec
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
-from taskstream.client.sse import read_sse
 from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.integration.test_dag import ComponentIn
 from tests.kafka_helpers import Component, TopicReader, stop_all
@@ -356,7 +356,10 @@ def test_grpc_errors_carry_status_codes_and_rich_details(stack: Stack, stubs: St
         json_format.ParseDict({"key": "a", "handler": "noop"}, workflows_pb2.WorkflowTask()),
         json_format.ParseDict({"key": "c", "handler": "noop", "depends_on": ["x"]}, workflows_pb2.WorkflowTask())])
     code, details = rpc_error(stubs.workflows.SubmitWorkflow, bad_graph)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["tasks[1].key", "tasks[2].depends_on[0]"]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == [
+        "tasks[1].key",
+        "tasks[2].depends_on[0]",
+    ]
     code, details = rpc_error(t.ListTasks, tasks_pb2.ListTasksRequest(status="done"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["status"]
     code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=spec()),
@@ -368,7 +371,9 @@ def test_grpc_errors_carry_status_codes_and_rich_details(stack: Stack, stubs: St
                       (t.GetTaskEvents, tasks_pb2.GetTaskEventsRequest(id="nope")),
                       (stubs.schedules.GetSchedule, schedules_pb2.GetScheduleRequest(id="nope"))]:
         assert rpc_error(call, req)[0] == grpc.StatusCode.NOT_FOUND
-    assert rpc_error(lambda r: list(t.WatchTask(r)), tasks_pb2.WatchTaskRequest(id="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    assert (
+        rpc_error(lambda r: list(t.WatchTask(r)), tasks_pb2.WatchTaskRequest(id="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    )
 
     later = timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
     task = t.SubmitTask(tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="noop", run_at=later)))
@@ -429,8 +434,11 @@ def test_grpc_watch_tasks_resumes_across_an_api_restart_missing_nothing_repeatin
     for task_id in ids:  # the processor goes on while the API is down
         stack.states.until_terminal(task_id)
     stack.start_api()
-    wait_until(lambda: stubs.health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING,
-               timeout=20, message="gRPC serving again")
+    wait_until(
+        lambda: stubs.health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING,
+        timeout=20,
+        message="gRPC serving again",
+    )
     resumed = stubs.tasks.WatchTasks(tasks_pb2.WatchTasksRequest(handler=[handler], cursor=received[-1].cursor),
                                      timeout=60)
     first = next(resumed)
@@ -478,7 +486,10 @@ def test_grpc_health_is_not_serving_while_the_broker_is_down(tmp_path) -> None:
         wait_for_broker(s)
         assert ensure_topics(s, catalogue(s)) == []
         # a produce to the stopped broker fails after 1 s, not the default 10 s (as in test_api and test_client)
-        with TestClient(create_app(s, produce_timeout_s=1.0)), grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+        with (
+            TestClient(create_app(s, produce_timeout_s=1.0)),
+            grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel,
+        ):
             health = health_pb2_grpc.HealthStub(channel)
             check = lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status  # noqa: E731
             wait_until(lambda: check() == serving, timeout=20, message="SERVING")

@@ -198,10 +198,14 @@ def test_default_records_are_readable_with_only_the_schema_files(settings):
         assert value[2:10].hex() == fastavro.schema.fingerprint(canonical, "CRC-64-AVRO")
         record = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema, None)
         assert record["task_id"] == "task-plain" and record["occurred_at"] == T0
-    assert fastavro.schemaless_reader(
-        io.BytesIO(messages[0].value()[10:]), fastavro.parse_schema(json.loads((AVRO / "TaskCreated.avsc").read_text())),
-        None,
-    )["description"] == "a task read by other tools"
+    assert (
+        fastavro.schemaless_reader(
+            io.BytesIO(messages[0].value()[10:]),
+            fastavro.parse_schema(json.loads((AVRO / "TaskCreated.avsc").read_text())),
+            None,
+        )["description"]
+        == "a task read by other tools"
+    )
 
 
 def test_confluent_round_trip_and_a_mixed_log(settings, registry):
@@ -238,7 +242,11 @@ def test_confluent_round_trip_and_a_mixed_log(settings, registry):
     assert [reader.decode(m.value()) for m in by_task["task-confluent"]] == written
     assert [reader.decode(m.value()) for m in by_task["task-single"]] == later
     assert len(registry.requests) - gets == 3  # one GET per schema id, then cached
-    assert [reader.writer_version(m.value()) for m in by_task["task-confluent"]] == [4, 3, 1]  # TaskCreated v4 (actor), TaskQueued v3 (cause), TaskSucceeded v1
+    assert [reader.writer_version(m.value()) for m in by_task["task-confluent"]] == [
+        4,
+        3,
+        1,
+    ]  # TaskCreated v4 (actor), TaskQueued v3 (cause), TaskSucceeded v1
 
     # Without a registry the Confluent records are a clear DecodeError, the others still decode.
     plain = codec.WireFormat.of(settings)

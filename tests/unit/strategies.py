@@ -13,25 +13,26 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import strategies as st
 
-from taskstream.schemas import codec, events
 from taskstream.schemas import (
     DependencyRegistered,
     DependencyResolved,
-    TaskCancelled,
-    TaskUpdated,
     Priority,
     ReadyTask,
     Status,
+    TaskCancelled,
     TaskCreated,
     TaskFailed,
     TaskQueued,
     TaskStarted,
     TaskState,
     TaskSucceeded,
+    TaskUpdated,
+    codec,
+    events,
 )
 
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
@@ -40,7 +41,7 @@ INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 text = st.text()
 ids = st.one_of(st.uuids().map(lambda u: u.hex), st.text(min_size=1, max_size=40))
 timestamps = st.datetimes(
-    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999), timezones=st.just(timezone.utc)
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999), timezones=st.just(UTC)
 )
 optional_timestamps = st.none() | timestamps
 doubles = st.floats(allow_nan=False)
@@ -48,7 +49,11 @@ optional_doubles = st.none() | doubles
 labels = st.dictionaries(text, text, max_size=5)
 id_lists = st.lists(ids, max_size=5)
 json_text = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | text,
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
     max_leaves=10,
 ).map(codec.dumps_json)
@@ -126,8 +131,14 @@ dependency_resolved = _auto(
 )
 task_cancelled = _auto(TaskCancelled, **_event_fields(), reason=text)
 task_updated = _auto(
-    TaskUpdated, **_event_fields(), expected_version=st.none() | INT32, priority=st.none() | priorities,
-    payload=st.none() | json_text, run_at=optional_timestamps, timeout_s=optional_doubles, max_attempts=st.none() | INT32,
+    TaskUpdated,
+    **_event_fields(),
+    expected_version=st.none() | INT32,
+    priority=st.none() | priorities,
+    payload=st.none() | json_text,
+    run_at=optional_timestamps,
+    timeout_s=optional_doubles,
+    max_attempts=st.none() | INT32,
 )
 task_state = _auto(
     TaskState,
@@ -181,6 +192,10 @@ BY_RECORD: dict[str, st.SearchStrategy] = {
     "ScheduleState": _auto(events.ScheduleState, schedule_id=ids, last_offset=INT64),
     "ApiKey": _auto(events.ApiKey, created_at=timestamps, revoked_at=optional_timestamps),
     **{name: _auto(events.RECORD_TYPES[name], **_event_fields()) for name in _AUTO if not name.startswith("Schedule")},
-    **{name: _auto(events.RECORD_TYPES[name], **_schedule_event_fields()) for name in _AUTO if name.startswith("Schedule")},
+    **{
+        name: _auto(events.RECORD_TYPES[name], **_schedule_event_fields())
+        for name in _AUTO
+        if name.startswith("Schedule")
+    },
 }
 any_record = st.one_of(*BY_RECORD.values())

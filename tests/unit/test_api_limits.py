@@ -77,12 +77,17 @@ def test_check_json_is_iterative() -> None:
         check_json(nested(100_000))  # a recursive walk would hit the recursion limit first
 
 
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers(MIN_JSON_INT, MAX_JSON_INT) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20,
-))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(MIN_JSON_INT, MAX_JSON_INT)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_check_json_accepts_what_json_round_trips(value) -> None:
     check_json(value)
     assert json.loads(json.dumps(value)) == value
@@ -136,10 +141,16 @@ def test_task_field_limits(fields: dict, loc: tuple) -> None:
 
 
 def test_task_fields_at_their_limits_are_taken() -> None:
-    task = TaskIn.model_validate({
-        "handler": "h" * 200, "name": "n" * MAX_NAME_CHARS, "timeout_s": MAX_TIMEOUT_S, "run_at": "9000-01-01T00:00:00Z",
-        "labels": {f"a.b/c-d_{i}": "v" * 256 for i in range(MAX_LABELS)}, "depends_on": ["i" * 64],
-    })
+    task = TaskIn.model_validate(
+        {
+            "handler": "h" * 200,
+            "name": "n" * MAX_NAME_CHARS,
+            "timeout_s": MAX_TIMEOUT_S,
+            "run_at": "9000-01-01T00:00:00Z",
+            "labels": {f"a.b/c-d_{i}": "v" * 256 for i in range(MAX_LABELS)},
+            "depends_on": ["i" * 64],
+        }
+    )
     assert len(task.labels) == MAX_LABELS
 
 

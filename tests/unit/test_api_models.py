@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, strategies as st
-
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError as PydanticValidationError
 
 from taskstream.api.models import TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
@@ -26,7 +26,9 @@ def test_parse_rfc3339(text: str, expected: datetime) -> None:
     assert parse_rfc3339(text) == expected
 
 
-@pytest.mark.parametrize("text", ["2024-05-01", "2024-05-01T12:00:00", "tomorrow", "2024-13-01T00:00:00Z", "", "20240501T120000Z"])
+@pytest.mark.parametrize(
+    "text", ["2024-05-01", "2024-05-01T12:00:00", "tomorrow", "2024-13-01T00:00:00Z", "", "20240501T120000Z"]
+)
 def test_parse_rfc3339_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_rfc3339(text)
@@ -44,8 +46,10 @@ def test_rfc3339_normalises_to_utc() -> None:
     assert rfc3339(None) is None
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=40),
-       st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(UTC)))
+@given(
+    st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=40),
+    st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(UTC)),
+)
 def test_cursor_round_trips(task_id: str, created: datetime) -> None:
     s = TaskState(task_id=task_id, handler="h", status="pending", priority="low", payload="{}",
                   created_at=created, updated_at=created)
@@ -87,12 +91,20 @@ def test_every_task_created_carries_the_complete_retry_policy() -> None:
     ev = created(TaskIn.model_validate({"handler": "h"}), task_id="t", producer="p", now=now)
     assert (ev.max_attempts, ev.backoff_initial_s, ev.backoff_multiplier, ev.backoff_max_s, ev.backoff_jitter) == (
         3, 1.5, 3.0, 60.0, 0.25)
-    ev = created(TaskIn.model_validate({"handler": "h", "retry": {"backoff": {"initial_s": 0, "jitter": 1}}}), task_id="t", producer="p", now=now)
+    ev = created(
+        TaskIn.model_validate({"handler": "h", "retry": {"backoff": {"initial_s": 0, "jitter": 1}}}),
+        task_id="t",
+        producer="p",
+        now=now,
+    )
     assert (ev.max_attempts, ev.backoff_initial_s, ev.backoff_multiplier, ev.backoff_max_s, ev.backoff_jitter) == (
         3, 0.0, 3.0, 60.0, 1.0)
     assert all(isinstance(getattr(ev, f"backoff_{n}"), float) for n in ("initial_s", "multiplier", "max_s", "jitter"))
     js = task_json(initial_state(ev))
-    assert js["retry"] == {"max_attempts": 3, "backoff": {"initial_s": 0.0, "multiplier": 3.0, "max_s": 60.0, "jitter": 1.0}}
+    assert js["retry"] == {
+        "max_attempts": 3,
+        "backoff": {"initial_s": 0.0, "multiplier": 3.0, "max_s": 60.0, "jitter": 1.0},
+    }
     assert js["max_attempts"] == 3 and js["retry_at"] is None and js["checkpoint"] is None
     assert js["schedule_id"] is None and js["scheduled_for"] is None
 

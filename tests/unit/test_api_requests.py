@@ -10,8 +10,8 @@ from taskstream.api.partitioner import murmur2, partition_for
 from taskstream.api.problems import field_path
 from taskstream.api.reads import parse_labels
 from taskstream.api.routes.tasks import parse_if_match
-from taskstream.streams.domain import check_workflow, workflow_problems
 from taskstream.schemas import ValidationError
+from taskstream.streams.domain import check_workflow, workflow_problems
 
 
 # Kafka's own test vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java)
@@ -44,7 +44,9 @@ def test_field_names(loc, field) -> None:
     assert field_path(loc) == field
 
 
-@pytest.mark.parametrize("value, expected", [(None, None), ("*", None), ("3", 3), ('"3"', 3), ('W/"12"', 12), (" 4 ", 4)])
+@pytest.mark.parametrize(
+    "value, expected", [(None, None), ("*", None), ("3", 3), ('"3"', 3), ('W/"12"', 12), (" 4 ", 4)]
+)
 def test_if_match(value, expected) -> None:
     assert parse_if_match(value) == expected
 

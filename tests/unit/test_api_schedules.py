@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError as PydanticValidationError
 
 from taskstream.api.models import ScheduleIn, same_schedule, schedule_json
-from taskstream.streams.domain import decide, evolve
 from taskstream.api.read_model import TaskStore
 from taskstream.schemas import ScheduleState, Settings, TaskState, ValidationError, codec
+from taskstream.streams.domain import decide, evolve
 
 NOW = datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC)
 SETTINGS = Settings(default_max_attempts=4, default_backoff_initial_s=2, default_backoff_multiplier=2,

@@ -40,7 +40,14 @@ def rsa_key():
 
 def token(private, alg="RS256", **claims) -> str:
     now = datetime.now(UTC)
-    body = {"sub": "alice", "iss": ISS, "aud": AUD, "iat": now, "exp": now + timedelta(minutes=5), "roles": ["operator"]}
+    body = {
+        "sub": "alice",
+        "iss": ISS,
+        "aud": AUD,
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "roles": ["operator"],
+    }
     body.update(claims)
     return jwt.encode({k: v for k, v in body.items() if v is not None}, private, algorithm=alg)
 

@@ -277,8 +277,12 @@ def test_only_http_and_https_without_credentials(bad: str) -> None:
 def test_subdomain_wildcards() -> None:
     from taskstream.executors.builtin_http import _allowed_host
 
-    assert _allowed_host("api.example.com", ["*.example.com"]) and _allowed_host("API.example.com.", ["api.example.com"])
-    assert not _allowed_host("example.com", ["*.example.com"]) and not _allowed_host("evilexample.com", ["*.example.com"])
+    assert _allowed_host("api.example.com", ["*.example.com"]) and _allowed_host(
+        "API.example.com.", ["api.example.com"]
+    )
+    assert not _allowed_host("example.com", ["*.example.com"]) and not _allowed_host(
+        "evilexample.com", ["*.example.com"]
+    )
 
 
 def test_errors_name_no_payload_value(server) -> None:

@@ -87,8 +87,10 @@ def _alive(pid: int) -> bool:
 
 def test_a_timeout_kills_the_process_group_children_included(tmp_path) -> None:
     pidfile = tmp_path / "child.pid"
-    script = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
-              f"open({str(pidfile)!r}, 'w').write(str(c.pid)); time.sleep(60)")
+    script = (
+        f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        f"open({str(pidfile)!r}, 'w').write(str(c.pid)); time.sleep(60)"
+    )
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="process group was killed"):
         call(enabled(), {"argv": [PY, "-c", script], "timeout_s": 1.5})

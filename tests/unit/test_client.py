@@ -11,8 +11,19 @@ import httpx
 import pytest
 
 from taskstream.client import (
-    UNSET, AsyncClient, Client, Conflict, NotFound, PreconditionFailed, RateLimited, ServerError, Task,
-    TaskstreamError, Unavailable, ValidationFailed, task_body,
+    UNSET,
+    AsyncClient,
+    Client,
+    Conflict,
+    NotFound,
+    PreconditionFailed,
+    RateLimited,
+    ServerError,
+    Task,
+    TaskstreamError,
+    Unavailable,
+    ValidationFailed,
+    task_body,
 )
 from taskstream.client.errors import error_for, retry_after_seconds
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import fastavro
@@ -80,7 +80,7 @@ def test_fingerprints_are_distinct():
 
 # --------------------------------------------------------------------- round trip
 
-T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
 def _sample(name: str):
@@ -169,7 +169,13 @@ def test_optional_fields_none_vs_set_survive():
     created = RECORD_TYPES["TaskCreated"]
     unset = created(task_id="t", occurred_at=T0, producer="p", handler="h")
     setv = dataclasses.replace(
-        unset, run_at=T0, timeout_s=0.0, labels={"": "", "ключ": "值"}, depends_on=["a", "a"], name="ñ", payload='{"x":1}'
+        unset,
+        run_at=T0,
+        timeout_s=0.0,
+        labels={"": "", "ключ": "值"},
+        depends_on=["a", "a"],
+        name="ñ",
+        payload='{"x":1}',
     )
     for v in (unset, setv):
         _assert_same(codec.decode(codec.encode(v)), v)

@@ -29,7 +29,6 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -348,7 +348,7 @@ def test_dockerfile_is_pinned_non_root_and_installs_every_package():
 
 def test_k8s_manifests_validate(k8s_docs):
     kinds = set()
-    for name, doc in k8s_docs:
+    for _name, doc in k8s_docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         kinds.add(doc["kind"])
     assert {"ConfigMap", "Deployment", "Service", "StatefulSet", "HorizontalPodAutoscaler", "Job"} <= kinds
@@ -367,7 +367,7 @@ def test_k8s_validator_rejects_broken_manifests(k8s_docs):
 
 
 def _pod_specs(k8s_docs):
-    for name, doc in k8s_docs:
+    for _name, doc in k8s_docs:
         if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield doc, doc["spec"]["template"]["spec"]
 
@@ -436,8 +436,12 @@ def test_k8s_settings_agree_with_taskstream(k8s_docs, monkeypatch):
 
 # ---------------------------------------------------------------- security (issue 15 items 5 and 8)
 
-SECURITY_ENV = {"TASKSTREAM_KAFKA_SECURITY_PROTOCOL", "TASKSTREAM_KAFKA_SASL_MECHANISM", "TASKSTREAM_KAFKA_SASL_USERNAME",
-                "TASKSTREAM_KAFKA_SASL_PASSWORD_FILE"}
+SECURITY_ENV = {
+    "TASKSTREAM_KAFKA_SECURITY_PROTOCOL",
+    "TASKSTREAM_KAFKA_SASL_MECHANISM",
+    "TASKSTREAM_KAFKA_SASL_USERNAME",
+    "TASKSTREAM_KAFKA_SASL_PASSWORD_FILE",
+}
 
 
 def test_the_image_installs_no_extras_and_no_dependency_is_a_broker():

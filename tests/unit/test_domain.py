@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,31 +25,39 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from taskstream.schemas import (
     TERMINAL,
     CommandRejected,
-    ReadyTask,
-    Status,
     DependencyRegistered,
     LeaseExpired,
+    ReadyTask,
+    Status,
     TaskCancelled,
     TaskCheckpointed,
     TaskCreated,
     TaskDeadLettered,
-    TaskRedriven,
     TaskFailed,
     TaskQueued,
+    TaskRedriven,
     TaskRetryScheduled,
     TaskStarted,
     TaskState,
     TaskSucceeded,
+    codec,
 )
-from taskstream.schemas import codec
 from taskstream.streams import domain
 from taskstream.streams.domain import (
-    SubmitTask, decide, evolve, fold, is_ready, is_terminal, react, ready_message, waiting_until,
+    SubmitTask,
+    decide,
+    evolve,
+    fold,
+    is_ready,
+    is_terminal,
+    react,
+    ready_message,
+    waiting_until,
 )
 
 from . import strategies
 
-T0 = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 T_EV = T0 + timedelta(minutes=5, microseconds=7)  # when the event under test happened
 TID = "task-1"
 
@@ -97,12 +105,20 @@ def started(n: int, t: float = 2) -> TaskStarted:
 
 
 def succeeded(n: int, t: float = 3, result: str | None = '"ok"', started_at=None) -> TaskSucceeded:
-    return TaskSucceeded(task_id=TID, occurred_at=at(t), producer="exec-1", attempt=n, result=result, started_at=started_at)
+    return TaskSucceeded(
+        task_id=TID, occurred_at=at(t), producer="exec-1", attempt=n, result=result, started_at=started_at
+    )
 
 
 def failed(n: int, t: float = 3, permanent: bool = False, error: str = "boom", started_at=None) -> TaskFailed:
     return TaskFailed(
-        task_id=TID, occurred_at=at(t), producer="exec-1", attempt=n, error=error, permanent=permanent, started_at=started_at
+        task_id=TID,
+        occurred_at=at(t),
+        producer="exec-1",
+        attempt=n,
+        error=error,
+        permanent=permanent,
+        started_at=started_at,
     )
 
 
@@ -147,23 +163,35 @@ EVENTS = {
     "created_dup": lambda s, a: created(occurred_at=T_EV, handler="other"),
     "queued_current": lambda s, a: queued(a, t=300),
     # The next attempt queued with no due time (the processor queues a pending task so).
-    "queued_next": lambda s, a: TaskQueued(task_id=TID, occurred_at=T_EV, producer="processor", attempt=a + 1, priority="low"),
+    "queued_next": lambda s, a: TaskQueued(
+        task_id=TID, occurred_at=T_EV, producer="processor", attempt=a + 1, priority="low"
+    ),
     # The next attempt queued by the timer or relay for the time the task waits for.
-    "queued_due": lambda s, a: TaskQueued(task_id=TID, occurred_at=T_EV, producer="relay", attempt=a + 1, priority="low",
-                                          due_at=waiting_until(s)),
+    "queued_due": lambda s, a: TaskQueued(
+        task_id=TID, occurred_at=T_EV, producer="relay", attempt=a + 1, priority="low", due_at=waiting_until(s)
+    ),
     # ... or for a time it no longer waits for (a timer armed before a PATCH moved run_at).
-    "queued_stale_due": lambda s, a: TaskQueued(task_id=TID, occurred_at=T_EV, producer="relay", attempt=a + 1,
-                                                priority="low", due_at=at(1)),
+    "queued_stale_due": lambda s, a: TaskQueued(
+        task_id=TID, occurred_at=T_EV, producer="relay", attempt=a + 1, priority="low", due_at=at(1)
+    ),
     "queued_stale": lambda s, a: queued(a - 1, t=300),
     "started_current": lambda s, a: TaskStarted(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a),
     "started_stale": lambda s, a: TaskStarted(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1),
-    "succeeded_current": lambda s, a: TaskSucceeded(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, result="42"),
-    "succeeded_stale": lambda s, a: TaskSucceeded(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1, result="0"),
-    "failed_retryable": lambda s, a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E1"),
+    "succeeded_current": lambda s, a: TaskSucceeded(
+        task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, result="42"
+    ),
+    "succeeded_stale": lambda s, a: TaskSucceeded(
+        task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1, result="0"
+    ),
+    "failed_retryable": lambda s, a: TaskFailed(
+        task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E1"
+    ),
     "failed_permanent": lambda s, a: TaskFailed(
         task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E2", permanent=True
     ),
-    "failed_last_attempt": lambda s, a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E3"),
+    "failed_last_attempt": lambda s, a: TaskFailed(
+        task_id=TID, occurred_at=T_EV, producer="exec-2", attempt=a, error="E3"
+    ),
     "failed_stale": lambda s, a: TaskFailed(task_id=TID, occurred_at=T_EV, producer="zombie", attempt=a - 1, error="Z"),
 }
 
@@ -179,18 +207,18 @@ _ = "="
 # by a TaskQueued whose due_at is the time it waits for (q_next without one is
 # now ignored there), and TaskQueued applies only to pending/scheduled tasks
 # (queued/running tasks used to take a higher attempt: the retry now always
-# passes through ``scheduled``).
+# passes through ``scheduled``). The table stays aligned; its rows are wider than 120 (noqa: E501).
 # fmt: off
 TABLE = {
-    #                  created q_cur q_next q_due  q_sdue q_stale st_cur st_stale ok_cur   ok_stale f_retry f_perm f_last f_stale
-    "pending":         (_,     _,    QUEUE, QUEUE, QUEUE, _,      _,     _,       _,       _,       _,      _,     _,     _),
-    "scheduled":       (_,     _,    _,     QUEUE, _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
-    "scheduled_retry": (_,     _,    _,     QUEUE, _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
-    "queued":          (_,     _,    _,     _,     _,     _,      START, _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
-    "running":         (_,     _,    _,     _,     _,     _,      _,     _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
-    "running_retry":   (_,     _,    _,     _,     _,     _,      _,     _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),
-    "succeeded":       (_,     _,    _,     _,     _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
-    "failed":          (_,     _,    _,     _,     _,     _,      _,     _,       _,       _,       _,      _,     _,     _),
+    #                  created q_cur q_next q_due  q_sdue q_stale st_cur st_stale ok_cur   ok_stale f_retry f_perm f_last f_stale  # noqa: E501
+    "pending":         (_,     _,    QUEUE, QUEUE, QUEUE, _,      _,     _,       _,       _,       _,      _,     _,     _),  # noqa: E501
+    "scheduled":       (_,     _,    _,     QUEUE, _,     _,      _,     _,       _,       _,       _,      _,     _,     _),  # noqa: E501
+    "scheduled_retry": (_,     _,    _,     QUEUE, _,     _,      _,     _,       _,       _,       _,      _,     _,     _),  # noqa: E501
+    "queued":          (_,     _,    _,     _,     _,     _,      START, _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),  # noqa: E501
+    "running":         (_,     _,    _,     _,     _,     _,      _,     _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),  # noqa: E501
+    "running_retry":   (_,     _,    _,     _,     _,     _,      _,     _,       SUCCEED, _,       RETRY,  FAIL,  FAIL,  _),  # noqa: E501
+    "succeeded":       (_,     _,    _,     _,     _,     _,      _,     _,       _,       _,       _,      _,     _,     _),  # noqa: E501
+    "failed":          (_,     _,    _,     _,     _,     _,      _,     _,       _,       _,       _,      _,     _,     _),  # noqa: E501
 }
 # fmt: on
 CASES = [(s, e, TABLE[s][i]) for s in TABLE for i, e in enumerate(EVENTS)]
@@ -226,7 +254,11 @@ def test_evolve_table(status_key, event_key, outcome):
         START: dict(status="running", started_at=T_EV),
         SUCCEED: dict(status="succeeded", result="42", error=None, finished_at=T_EV),
         RETRY: dict(status="scheduled", error="E1", retry_at=None),
-        FAIL: dict(status="failed", error={"failed_permanent": "E2", "failed_last_attempt": "E3"}.get(event_key), finished_at=T_EV),
+        FAIL: dict(
+            status="failed",
+            error={"failed_permanent": "E2", "failed_last_attempt": "E3"}.get(event_key),
+            finished_at=T_EV,
+        ),
     }[outcome]
     assert new == replace(state, **common, **expected)
     # and the fold is idempotent right away
@@ -308,9 +340,16 @@ def test_terminal_states_are_final_for_every_event():
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    strategies.task_state.map(lambda s: replace(s, task_id=TID)).filter(lambda s: s.status in {x.value for x in Status}),
-    st.one_of(strategies.task_created, strategies.task_queued, strategies.task_started,
-              strategies.task_succeeded, strategies.task_failed).map(lambda e: replace(e, task_id=TID)),
+    strategies.task_state.map(lambda s: replace(s, task_id=TID)).filter(
+        lambda s: s.status in {x.value for x in Status}
+    ),
+    st.one_of(
+        strategies.task_created,
+        strategies.task_queued,
+        strategies.task_started,
+        strategies.task_succeeded,
+        strategies.task_failed,
+    ).map(lambda e: replace(e, task_id=TID)),
 )
 def test_evolve_never_fails_and_is_idempotent_for_any_state_and_event(state, event):
     # The log is the truth: whatever is in it folds without raising.
@@ -394,7 +433,11 @@ def test_after_created_without_deps_or_run_at_queues_attempt_one():
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(depends_on=["other"]), dict(run_at=T_EV + timedelta(microseconds=1)), dict(run_at=at(3600), depends_on=["x"])],
+    [
+        dict(depends_on=["other"]),
+        dict(run_at=T_EV + timedelta(microseconds=1)),
+        dict(run_at=at(3600), depends_on=["x"]),
+    ],
     ids=["depends_on", "future_run_at", "both"],
 )
 def test_after_created_waiting_for_something_queues_nothing(kw):
@@ -795,7 +838,7 @@ class ProcessorModel(RuleBasedStateMachine):
         replayed = {tid: fold(evs) for tid, evs in by_task.items()}
         assert replayed == {t: replace(s, last_offset=-1) for t, s in self.live.items()}
         # (b) re-folding every event right after itself changes nothing
-        for tid, evs in by_task.items():
+        for evs in by_task.values():
             s = None
             for e in evs:
                 s = evolve(s, e)
@@ -817,6 +860,9 @@ class ProcessorModel(RuleBasedStateMachine):
 
 
 ProcessorModel.TestCase.settings = settings(
-    max_examples=int(os.environ.get("MODEL_EXAMPLES", 200)), stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", 200)),
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 TestProcessorModel = ProcessorModel.TestCase

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,8 +25,8 @@ from taskstream.schemas import (
     Status,
     TaskCancelled,
     TaskCreated,
-    TaskFailed,
     TaskDeadLettered,
+    TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
     TaskStarted,
@@ -48,7 +48,7 @@ from taskstream.streams.domain import (
     replay_outputs,
 )
 
-T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 T_EV = T0 + timedelta(minutes=5)
 NOW = T0 + timedelta(minutes=10)
 TID = "task-1"

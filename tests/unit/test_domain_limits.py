@@ -10,7 +10,7 @@ a state at every limit encodes to well under the record size.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,12 +26,12 @@ from taskstream.schemas import (
     TaskState,
     TaskSucceeded,
     codec,
+    limits,
 )
-from taskstream.schemas import limits
 from taskstream.streams import domain
 from taskstream.streams.domain import TOO_MANY_DEPENDENTS, decide, evolve, fold, react
 
-T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def at(s: float) -> datetime:
@@ -98,11 +98,11 @@ def test_a_fan_in_of_large_results_carries_only_what_fits() -> None:
 def test_upstream_results_never_pass_their_budget(sizes: list[int]) -> None:
     ups = [f"u{i}" for i in range(len(sizes))]
     events = [created("fan", depends_on=ups)]
-    events += [_resolved(u, '"' + "y" * n + '"') for u, n in zip(ups, sizes)]
+    events += [_resolved(u, '"' + "y" * n + '"') for u, n in zip(ups, sizes, strict=True)]
     state = fold(events)
     held = sum(len(r.encode()) for r in state.upstream_results.values())
     assert held <= limits.MAX_UPSTREAM_RESULTS_BYTES + 4 * len(ups)  # "null" for each one not carried
-    for u, n in zip(ups, sizes):
+    for u, n in zip(ups, sizes, strict=True):
         if state.upstream_results[u] != "null":
             assert n + 2 <= limits.MAX_UPSTREAM_RESULT_BYTES
 

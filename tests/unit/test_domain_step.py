@@ -149,6 +149,6 @@ def test_the_fold_order_stops_waiting_for_a_follow_up_after_max_awaiting_events(
     event = created(run_at=NOW + timedelta(hours=1))
     state, awaiting = domain.fold_next(None, None, event)
     assert awaiting == [(event, None)]  # a trigger: its follow-up may still come
-    for i in range(domain.MAX_AWAITING):
+    for _ in range(domain.MAX_AWAITING):
         state, awaiting = domain.fold_next(state, awaiting, TaskCancelled(task_id="t", occurred_at=NOW, producer="a"))
     assert awaiting is None and state.status == "cancelled"

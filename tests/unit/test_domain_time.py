@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -60,7 +60,7 @@ from taskstream.streams.domain import (
 
 from . import strategies
 
-T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 T_EV = T0 + timedelta(minutes=5)
 NOW = T0 + timedelta(minutes=10)
 TID = "task-1"
@@ -220,8 +220,11 @@ def test_lease_expired_in_every_status(key):
         assert new == replace(s, status="scheduled", error=error, retry_at=None, updated_at=T_EV, version=s.version + 1)
         [r] = out
         # the wait counts from the failure (new.updated_at), not from when the processor folded it
-        assert (type(r), r.attempt, r.not_before) == (TaskRetryScheduled, s.attempt,
-                                                       min(new.updated_at, NOW) + timedelta(seconds=backoff_delay(s, s.attempt)))
+        assert (type(r), r.attempt, r.not_before) == (
+            TaskRetryScheduled,
+            s.attempt,
+            min(new.updated_at, NOW) + timedelta(seconds=backoff_delay(s, s.attempt)),
+        )
     assert evolve(new, e) is new
     assert react(new, new, e, NOW) == []  # folded again: no second retry nor dead letter
     # the executor's late result for the expired attempt is ignored
@@ -369,7 +372,14 @@ def test_dead_lettered_changes_nothing(key):
 def test_dead_letter_carries_the_task():
     s = reach("failed_exhausted")
     d = domain.dead_lettered(s, NOW)
-    assert (d.task_id, d.attempt, d.error, d.handler, d.priority, d.occurred_at) == (TID, 1, "boom", "echo", "high", NOW)
+    assert (d.task_id, d.attempt, d.error, d.handler, d.priority, d.occurred_at) == (
+        TID,
+        1,
+        "boom",
+        "echo",
+        "high",
+        NOW,
+    )
     assert codec.decode(codec.encode(d)) == d
 
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from taskstream.executors import TaskContext
-from taskstream.executors.context import MAX_CHECKPOINT_BYTES
 from taskstream.executors._attempt import _decode_checkpoint
+from taskstream.executors.context import MAX_CHECKPOINT_BYTES
 from taskstream.schemas import ReadyTask
 
 
 def ready(last_checkpoint: str | None) -> ReadyTask:
-    return ReadyTask(task_id="t1", occurred_at=datetime.now(timezone.utc), producer="test", attempt=2,
+    return ReadyTask(task_id="t1", occurred_at=datetime.now(UTC), producer="test", attempt=2,
                      handler="noop", priority="medium", payload="null", last_checkpoint=last_checkpoint)
 
 

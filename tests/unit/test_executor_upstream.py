@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,7 +13,7 @@ from taskstream.schemas import ReadyTask
 
 
 def ready(upstream: str) -> ReadyTask:
-    return ReadyTask(task_id="t1", occurred_at=datetime.now(timezone.utc), producer="test", attempt=1,
+    return ReadyTask(task_id="t1", occurred_at=datetime.now(UTC), producer="test", attempt=1,
                      handler="noop", priority="medium", payload="null", upstream=upstream)
 
 

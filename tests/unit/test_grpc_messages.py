@@ -51,8 +51,7 @@ def test_problems_and_errors_map_to_status_codes_with_details() -> None:
 
     from taskstream.api.grpc_services import from_exception
     from taskstream.api.history import HistoryBusy, HistoryTooExpensive, ReadLimits
-    from taskstream.schemas import (BrokerUnavailable, CommandRejected, NotFound, StaleVersion, TooLarge,
-                                    ValidationError)
+    from taskstream.schemas import BrokerUnavailable, CommandRejected, NotFound, StaleVersion, TooLarge, ValidationError
 
     busy = HistoryBusy(ReadLimits(history_wait_s=2.5))
     error = from_exception(busy)

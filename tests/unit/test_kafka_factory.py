@@ -13,8 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from taskstream.schemas import BrokerUnavailable, Settings
-from taskstream.schemas import kafka
+from taskstream.schemas import BrokerUnavailable, Settings, kafka
 from taskstream.schemas.registry import SchemaRegistry, redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +37,13 @@ def constructor_calls(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_module_but_the_factory_constructs_a_kafka_client() -> None:
-    offenders = [f"{p.relative_to(ROOT)}:{line} {name}(" for folder in CODE for p in sorted((ROOT / folder).rglob("*.py"))
-                 if p != FACTORY for line, name in constructor_calls(p)]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{line} {name}("
+        for folder in CODE
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        if p != FACTORY
+        for line, name in constructor_calls(p)
+    ]
     assert offenders == []
     assert {name for _, name in constructor_calls(FACTORY)} >= {"AsyncProducer"}  # the check sees calls at all
 
@@ -185,7 +189,9 @@ def test_registry_url_credentials_move_to_a_header_and_never_show() -> None:
 def test_registry_from_settings_uses_basic_or_bearer_auth(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("tok-123\n")
-    bearer = SchemaRegistry.from_settings(Settings(schema_registry_url="https://r.example", schema_registry_token_file=token))
+    bearer = SchemaRegistry.from_settings(
+        Settings(schema_registry_url="https://r.example", schema_registry_token_file=token)
+    )
     assert bearer._client.headers["Authorization"] == "Bearer tok-123"
     basic = SchemaRegistry.from_settings(Settings(schema_registry_url="https://r.example", schema_registry_username="u",
                                                   schema_registry_password=SecretStr("p")))
@@ -195,7 +201,9 @@ def test_registry_from_settings_uses_basic_or_bearer_auth(tmp_path: Path) -> Non
 def test_dev_children_get_the_secret_values_not_their_masks(monkeypatch) -> None:
     from taskstream.cli.dev import settings_env
 
-    s = Settings(kafka_sasl_password=SecretStr(PASSWORD), kafka_config={"sasl.oauthbearer.client.secret": SecretStr("c")})
+    s = Settings(
+        kafka_sasl_password=SecretStr(PASSWORD), kafka_config={"sasl.oauthbearer.client.secret": SecretStr("c")}
+    )
     env = settings_env(s)
     assert env["TASKSTREAM_KAFKA_SASL_PASSWORD"] == PASSWORD
     for name, value in env.items():

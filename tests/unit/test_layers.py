@@ -80,8 +80,7 @@ def violations(source: str, module: str, is_package: bool = False) -> list[str]:
 
 def _modules():
     for folder in FOLDERS:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            yield path
+        yield from sorted((ROOT / folder).rglob("*.py"))
 
 
 def test_every_module_keeps_to_the_package_arrows() -> None:

@@ -40,7 +40,9 @@ def test_executor_counts_by_outcome_and_never_uses_the_global_registry() -> None
     assert get("taskstream_tasks_failed_total", {"priority": "medium", "handler": "noop", "reason": "cancelled"}) == 1
     assert get("taskstream_task_duration_seconds_count", {"handler": "noop"}) == 2
     assert get("taskstream_task_duration_seconds_sum", {"handler": "noop"}) == 2.5
-    assert REGISTRY.get_sample_value("taskstream_tasks_completed_total", {"priority": "high", "handler": "noop"}) is None
+    assert (
+        REGISTRY.get_sample_value("taskstream_tasks_completed_total", {"priority": "high", "handler": "noop"}) is None
+    )
     ExecutorMetrics()  # a second one in the same process: its own registry, no duplicate-name error
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
-from taskstream.schemas.offsets import POISON_HEADERS, DeadLetter, PartitionOffsets, forget_failed_commits, poison_headers
+from taskstream.schemas.offsets import (
+    POISON_HEADERS,
+    DeadLetter,
+    PartitionOffsets,
+    forget_failed_commits,
+    poison_headers,
+)
 
 
 @given(st.lists(st.integers(0, 50), min_size=1, max_size=30, unique=True), st.randoms())

@@ -6,10 +6,12 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from taskstream.api.read_model import FINISHED_WINDOW_S, TaskStore
 from taskstream.schemas import Status, TaskState
+
 
 def state(task_id: str, status: str, *, priority: str = "medium", version: int = 1, at: datetime | None = None,
           finished_at: datetime | None = None) -> TaskState:

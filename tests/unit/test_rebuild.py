@@ -11,18 +11,25 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
 from taskstream.cli.bench import synthetic_log
 from taskstream.schemas import (
     ScheduleCreated,
+    TaskCancelled,
     TaskCreated,
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
     TaskStarted,
     TaskSucceeded,
+    TaskUpdated,
     Topics,
     codec,
 )
+from taskstream.streams import domain
 from taskstream.streams.processor import fold_step
 from taskstream.streams.rebuild import IGNORED_FIELDS, MISSING, LogFold, Mismatch, compare, fold_events
 
@@ -254,10 +261,6 @@ def codec_decode(value):
 
 # --------------------------------------------------- client events racing the processor's follow-ups
 
-from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
-
-from taskstream.schemas import TaskCancelled, TaskUpdated  # noqa: E402
-from taskstream.streams import domain  # noqa: E402
 
 
 def _client_event(kind: str, n: int):

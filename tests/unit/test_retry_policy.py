@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pydantic
 import pytest
@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from taskstream.api.models import RetryIn, TaskIn, retry_policy
 from taskstream.client import task_body
 from taskstream.client._calls import retry_json
-from taskstream.executors import PermanentError, Retry
-from taskstream.executors import reports
+from taskstream.executors import PermanentError, Retry, reports
 from taskstream.schemas import (
     DEFAULT_RETRY,
     MAX_BACKOFF_S,
@@ -35,7 +34,7 @@ from taskstream.schemas import (
 from taskstream.streams import domain
 from taskstream.streams.domain import backoff_delay, decide, evolve, fold
 
-T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=10)
 POLICY = RetryPolicy(max_attempts=3, initial_s=0.5, multiplier=2.0, max_s=10.0, jitter=0.0)
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fastavro
 import fastavro.utils
 import pytest
+from fastavro.read import SchemaResolutionError
 
 from taskstream.schemas import DecodeError, TaskCreated, codec
 from taskstream.schemas.events import RECORD_TYPES
@@ -28,7 +29,7 @@ from taskstream.streams import domain
 
 AVRO = Path(codec.__file__).parent / "avro"
 HISTORY = AVRO / "history"
-T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 #: (record, version) -> CRC-64-AVRO fingerprint it was released with. Records in
 #: logs carry these; a history file must never change (add a new version instead).
@@ -199,7 +200,9 @@ def test_a_schedule_event_of_set_4_reads_its_id_from_task_id_and_writes_both():
     assert value.schedule_id == "s1" and value.aggregate_id == "s1" and "task_id" not in value.__dataclass_fields__
     # today's record carries the id in both fields: readers of set 4 (task_id) and of set 5 (schedule_id)
     data = codec.encode(value)
-    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(_history("ScheduleDeleted", 5)), None)
+    record = fastavro.schemaless_reader(
+        io.BytesIO(data[10:]), fastavro.parse_schema(_history("ScheduleDeleted", 5)), None
+    )
     assert (record["task_id"], record["schedule_id"]) == ("s1", "s1") and codec.decode(data) == value
     # a reader of set 4 still reads it: the new field is skipped
     v4 = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(_history("ScheduleDeleted", 5)),
@@ -214,7 +217,9 @@ def test_rename_by_alias_resolves():
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, fastavro.parse_schema(writer), {"title": "x"})
     buf.seek(0)
-    assert fastavro.schemaless_reader(buf, fastavro.parse_schema(writer), fastavro.parse_schema(reader)) == {"name": "x"}
+    assert fastavro.schemaless_reader(buf, fastavro.parse_schema(writer), fastavro.parse_schema(reader)) == {
+        "name": "x"
+    }
 
 
 def test_a_field_without_default_cannot_be_added():
@@ -222,5 +227,5 @@ def test_a_field_without_default_cannot_be_added():
     writer = _history("TaskCreated", 3)
     reader = {**writer, "fields": [*writer["fields"], {"name": "owner", "type": "string"}]}
     data = codec.encode(TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="echo"))
-    with pytest.raises(Exception):
+    with pytest.raises(SchemaResolutionError, match="No default value for field owner"):
         fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(writer), fastavro.parse_schema(reader))
