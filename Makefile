@@ -37,7 +37,7 @@ chromium:
 dev: $(STAMP) kafka
 	$(BIN)/taskstream dev $(ARGS)
 
-test: $(STAMP) kafka kcat chromium
+test: $(STAMP) kafka kcat chromium lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # ruff and mypy as configured in pyproject.toml (mypy: strict flags on streams/domain and schemas).

@@ -268,7 +268,9 @@ class ConsumerRuntime:
             if err is None:
                 records.append(m)
             elif err.code() == KafkaError._PARTITION_EOF:
-                self.hooks.on_end(self, (m.topic(), m.partition()), m.offset())
+                topic, partition, offset = m.topic(), m.partition(), m.offset()
+                if topic is not None and partition is not None and offset is not None:  # always set on an EOF event
+                    self.hooks.on_end(self, (topic, partition), offset)
             elif err.fatal():
                 raise BrokerUnavailable(f"{self.client_id}: {err}")
             else:
@@ -649,17 +651,19 @@ class RangeReader:
             while todo and time.monotonic() < deadline:
                 keep = []
                 for m in kafka.consume_available(self._consumer, 1000, min(0.2, max(0.0, deadline - time.monotonic()))):
-                    p = m.partition()
-                    if p not in todo:
+                    p, offset, error = m.partition(), m.offset(), m.error()
+                    if p is None or p not in todo:
                         continue
-                    if m.error() is not None:
-                        if m.error().code() == KafkaError._PARTITION_EOF:
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
                             del todo[p]  # the rest was compacted away: nothing more to read
                         continue
-                    if m.offset() >= todo[p]:
+                    if offset is None:  # a record always has one; the library's types allow None
+                        continue
+                    if offset >= todo[p]:
                         del todo[p]
                         continue
-                    if m.offset() + 1 >= todo[p]:
+                    if offset + 1 >= todo[p]:
                         del todo[p]
                     keep.append(m)
                 self.unfinished = set(todo)
