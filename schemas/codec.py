@@ -19,7 +19,7 @@ writer schema stays in ``avro/history/<Name>.v<N>.avsc``. A record written
 with any of them is read with Avro schema resolution into today's schema
 (added fields take their defaults, removed ones are skipped, renamed ones
 follow ``aliases``); what resolution cannot express is an upcaster in
-``_UPCASTERS``. The rules are in README "Schema evolution".
+``_UPCASTERS``. The rules are in docs/wire-format.md, "Schema evolution".
 
 ``WireFormat.encode(value) -> bytes`` and ``WireFormat.decode(bytes) -> value``
 are the contract (module-level ``encode``/``decode`` use ``SINGLE_OBJECT``);
@@ -124,7 +124,7 @@ def _load() -> tuple[dict[type, _Codec], dict[bytes, _Writer], dict[str, dict[in
         if {k: v for k, v in raw.items() if k != "version"} != released.get(version):
             raise RuntimeError(
                 f"{name}.avsc (version {version}) differs from avro/history/{name}.v{version}.avsc: a changed "
-                "schema needs a new version number and its copy in avro/history (README: Schema evolution)"
+                "schema needs a new version number and its copy in avro/history (docs/wire-format.md: Schema evolution)"
             )
         parsed = fastavro.parse_schema(raw)
         avro_fields = tuple(f["name"] for f in raw["fields"])

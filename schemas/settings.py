@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     )
     processor_instance_id: str | None = Field(
         None, description="static group membership (group.instance.id) of a processor: a restarted processor with "
-        "the same id takes its partitions back without a full rebalance (README, \"High availability of "
+        "the same id takes its partitions back without a full rebalance (docs/production.md, \"High availability of "
         "processing\"); use the pod name of a StatefulSet, never one id for two live processors"
     )
     log_level: str = "INFO"
@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         "processor: turn it on only where a few such schedules are wanted and the processor has room for them"
     )
 
-    # --- authentication, authorization, rate limits (README "Security")
+    # --- authentication, authorization, rate limits (docs/security.md)
     auth_api_keys: bool = Field(
         False, description="the API accepts API keys (`taskstream keys create`), kept as records of <p>.admin that "
         "every API replica follows"

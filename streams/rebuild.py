@@ -42,7 +42,7 @@ without a committed offset are folded to their end.
 log is folded by a pool of processes, each reading, decoding, folding,
 comparing and writing its own partitions; only counts and mismatches travel
 back. Decoding (fastavro) and ``dataclasses.replace`` in ``evolve`` are the
-cost (see the README's benchmark); a small log is folded in-process.
+cost (see docs/benchmarks/); a small log is folded in-process.
 """
 
 from __future__ import annotations

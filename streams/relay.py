@@ -27,7 +27,7 @@ is left to the processor's own timer (``RELAY_SLACK_S`` later).
 
 Accuracy: the relay wakes at the earliest ``not_before`` (its poll timeout
 is bounded by it) and the re-queued attempt then takes two more hops
-(processor, executor); measured figures are in the README.
+(processor, executor); measured figures are in docs/benchmarks/.
 """
 
 from __future__ import annotations
