@@ -623,12 +623,9 @@ class RangeReader:
         self.unfinished: set[int] = set()
 
     def watermarks(self, topic: str, partitions: Iterable[int], timeout: float) -> dict[int, tuple[int, int]]:
-        """(low, high) of each partition, asked of the broker now; ``BrokerUnavailable`` if it does not answer."""
-        try:
-            return {p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
-                    for p in partitions}
-        except KafkaException as exc:
-            raise BrokerUnavailable(f"end offsets of {topic}: {exc}") from exc
+        """(low, high) of each partition, asked of the broker now (``kafka.watermarks``); ``BrokerUnavailable`` if it
+        does not answer."""
+        return kafka.watermarks(self._consumer, topic, partitions, timeout)
 
     def read(self, topic: str, ranges: Mapping[int, tuple[int, int]], timeout: float) -> Iterator[list[Any]]:
         """Batches of the records of ``topic`` in ``ranges`` ``{partition: (from, to)}`` (``to`` excluded).
