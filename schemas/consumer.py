@@ -574,11 +574,20 @@ class TailReader:
         self._consumer = kafka.reader(settings, client_id, client_id)
         self.partitions: set[int] = set()
 
-    def add(self, partitions: Iterable[int]) -> None:
+    def add(self, partitions: Iterable[int], timeout: float = 5.0) -> None:
+        """Follow ``partitions`` from their end as the broker reports it now: every record appended after this
+        returns is taken. If the broker does not answer within ``timeout`` the end is resolved later by the client
+        (``OFFSET_END``), and records appended meanwhile may be skipped."""
         new = sorted(set(partitions) - self.partitions)
-        if new:
-            self._consumer.incremental_assign([TopicPartition(self.topic, p, OFFSET_END) for p in new])
-            self.partitions.update(new)
+        if not new:
+            return
+        try:
+            ends = {p: high for p, (_, high) in kafka.watermarks(self._consumer, self.topic, new, timeout).items()}
+        except BrokerUnavailable as exc:
+            log.warning("following %s from a later end: %s", self.topic, exc)
+            ends = {}
+        self._consumer.incremental_assign([TopicPartition(self.topic, p, ends.get(p, OFFSET_END)) for p in new])
+        self.partitions.update(new)
 
     def remove(self, partitions: Iterable[int]) -> None:
         gone = sorted(set(partitions) & self.partitions)

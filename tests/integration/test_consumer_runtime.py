@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from taskstream.schemas import Settings, Topics, TopicSpec
-from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks
+from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks, TailReader
 from taskstream.schemas.kafka import admin, describe_groups, ensure_topics, group_offsets
 from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.kafka_helpers import TopicReader, producer
@@ -248,3 +248,27 @@ def test_a_reader_that_failed_connects_again_and_reads_from_the_beginning(settin
         wait_until(lambda: sorted(hooks.values) == [b"one", b"three", b"two"] and hooks.ends == {0: 2, 1: 1},
                    timeout=30, message="every record read, each partition to its end")
     assert hooks.connects >= 2
+
+
+def test_a_tail_reader_takes_every_record_appended_after_add_returns(settings, topic) -> None:
+    """The end is asked of the broker inside ``add``: a record produced right after it is taken, one produced
+    before it is not (the processor follows heartbeats this way; a lazily resolved end skipped them)."""
+    produce(settings, topic, [(0, b"before"), (1, b"before")])
+    p = producer(settings)
+    p.list_topics(topic, timeout=10)  # connected before add: the records follow it by microseconds
+    tail = TailReader(settings, f"{settings.prefix}-tail", topic)
+    try:
+        tail.add([0, 1])
+        for partition in (0, 1):
+            p.produce(topic, f"after-{partition}".encode(), b"k", partition=partition)
+        assert p.flush(10) == 0
+        taken: list[bytes] = []
+
+        def took_both() -> bool:
+            taken.extend(m.value() for m in tail.take(10, timeout=0.2))
+            return len(taken) >= 2
+
+        wait_until(took_both, timeout=20, message="both records appended after add")
+        assert sorted(taken) == [b"after-0", b"after-1"]
+    finally:
+        tail.close()
