@@ -132,10 +132,15 @@ def events_tail(task_id, types, since, follow, as_json, limit, timeout) -> None:
     _quiet_librdkafka()
     settings = _settings()
     query = TailQuery(task=task_id, types=types, since=since, limit=limit)
-    if not as_json:
-        click.echo(table_line(TABLE_HEADER))
+    header = [not as_json]  # printed once the broker answered, so a failure to connect prints only its error
+
+    def show_header() -> None:
+        if header[0]:
+            header[0] = False
+            click.echo(table_line(TABLE_HEADER))
 
     def emit(r) -> None:
+        show_header()
         click.echo(json_line(r) if as_json else table_line(table_row(r)))
 
     stopping = {"now": False}
@@ -146,8 +151,12 @@ def events_tail(task_id, types, since, follow, as_json, limit, timeout) -> None:
             signal.signal(sig, lambda *_: stopping.update(now=True))
     try:
         with _one_line_errors(), _progress("reading") as (set_total, advance):
+            def on_total(total: int) -> None:
+                show_header()
+                set_total(total)
+
             tail(settings, query, emit, follow=follow, stop=lambda: stopping["now"], timeout=timeout,
-                 progress=advance, on_total=set_total)
+                 progress=advance, on_total=on_total)
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -28,6 +28,7 @@ def _logging(settings: Settings) -> None:
 
 
 @click.group()
+@click.version_option(package_name="taskstream", message="%(prog)s %(version)s")
 def main() -> None:
     """taskstream: a distributed task scheduler on Kafka."""
 

@@ -69,7 +69,7 @@ from taskstream.schemas import (
     codec,
     kafka,
 )
-from taskstream.schemas.kafka import admin
+from taskstream.schemas.kafka import admin, wait_for_broker
 from taskstream.schemas.log_reader import (
     broker_errors,
     end_offsets,
@@ -405,9 +405,17 @@ class Report(PartResult):
         return self.events / self.cpu_s if self.cpu_s > 0 else 0.0
 
 
+#: How long a rebuild goes on trying a broker that refuses the connection before it gives up.
+REFUSED_S = 1.0
+
+
 def _metadata(settings: Settings, timeout: float) -> int:
     """Partitions of ``<p>.events`` (checking ``<p>.state`` has as many); ``RebuildError`` when missing."""
     topics = Topics(settings.prefix)
+    try:
+        wait_for_broker(settings, timeout, refused_s=REFUSED_S)
+    except BrokerUnavailable as exc:
+        raise RebuildError(str(exc)) from None
     try:
         md = topic_partitions(admin(settings), timeout)
     except BrokerUnavailable as exc:

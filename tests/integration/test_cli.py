@@ -40,6 +40,14 @@ def test_help_lists_the_commands() -> None:
         assert f"  {command}" in r.stdout, r.stdout
 
 
+def test_version_prints_the_installed_distribution_version() -> None:
+    from importlib.metadata import version
+
+    r = taskstream("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"taskstream {version('taskstream')}"
+
+
 def test_topics_create_creates_every_topic_and_is_idempotent(broker: str) -> None:
     prefix = f"cli{uuid.uuid4().hex[:8]}"
     env = env_for(broker, prefix)
