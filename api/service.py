@@ -310,7 +310,8 @@ async def write(ctx: ApiContext, records: Sequence[tuple[Event, bytes]]) -> list
     refused: BaseException | None = None
     for event, value in records:
         try:
-            futures.append(producer.send(topic, key=event.task_id.encode(), value=value, headers=codec.headers(event)))
+            key = event.aggregate_id.encode()
+            futures.append(producer.send(topic, key=key, value=value, headers=codec.headers(event)))
         except BrokerUnavailable as exc:
             refused = exc
             break

@@ -35,6 +35,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
+from .codec import RecordHeaders
 from .errors import BrokerUnavailable, RecordRefused, TopicMismatch
 from .limits import MAX_RECORD_BYTES
 from .settings import Settings
@@ -43,7 +44,7 @@ from .topics import TopicSpec
 log = logging.getLogger(__name__)
 
 #: Record headers as the clients take them, and a produce's delivery report (error or None, the message).
-Headers = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None]
+Headers = RecordHeaders | dict[str, str | bytes | None]
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 
@@ -233,7 +234,7 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0, *, refused_s: flo
     raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}")
 
 
-def topic_partitions(client: AdminClient, timeout: float = 10.0) -> dict[str, int]:
+def topic_partitions(client: AdminClient | Consumer, timeout: float = 10.0) -> dict[str, int]:
     """Partition count of every topic the cluster has (without an error); ``BrokerUnavailable`` if it does not
     answer (``timed_out`` tells a timeout)."""
     try:

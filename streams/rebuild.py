@@ -74,6 +74,7 @@ from taskstream.schemas.log_reader import (
     broker_errors,
     end_offsets,
     group_offsets,
+    position,
     read_to_ends,
     reason,
     topic_partitions,
@@ -333,7 +334,7 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
         for batch in read_to_ends(consumer, topics.events, {p: job.event_ends[p] for p in job.partitions},
                                   batch=READ_BATCH):
             for m in batch:
-                add(m.partition(), m.offset(), m.key(), m.value())
+                add(*position(m), m.key(), m.value())
             if progress is not None:
                 progress(len(batch))
     finally:
@@ -341,7 +342,8 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
     out = PartResult(events=fold.events, skipped=fold.skipped, undecodable=fold.undecodable, keyless=fold.keyless)
     out.tasks, out.schedules = fold.counts()
     # Only a written state needs its last_offset (compare ignores it): skip a copy of every state otherwise.
-    rebuilt = {key: fold.result(key) for key in fold.states} if job.write else fold.states
+    rebuilt = ({key: domain.at_offset(state, fold.last_read[key]) for key, state in fold.states.items()}
+               if job.write else fold.states)
     if job.state_ends is not None:
         live = read_live(job.settings, {p: job.state_ends[p] for p in job.partitions})
         out.live = len(live)

@@ -111,6 +111,8 @@ ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
 WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
 #: The state of an aggregate: a task's or a schedule's (an event folds into a state of its own type).
 _S = TypeVar("_S", TaskState, ScheduleState)
+#: A state of either aggregate, or one whose aggregate the caller does not know (``TaskState | ScheduleState``).
+_AnyS = TypeVar("_AnyS", bound=TaskState | ScheduleState)
 #: The terminal statuses (``schemas.TERMINAL``; Status is a StrEnum, so its members match the strings in a state).
 TERMINAL_VALUES = TERMINAL
 
@@ -139,7 +141,7 @@ def first_queued_after_wait(before: object, after: object) -> bool:
             and after.attempt == 1 and before.status == Status.PENDING.value and after.status == Status.QUEUED.value)
 
 
-def at_offset(state: _S, offset: int) -> _S:
+def at_offset(state: _AnyS, offset: int) -> _AnyS:
     """``state`` as folded up to the log record at ``offset`` (its ``last_offset``: what a replay skips)."""
     return replace(state, last_offset=offset)
 
