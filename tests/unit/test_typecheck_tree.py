@@ -1,7 +1,7 @@
 """mypy sees the package as the interpreter does: ``_mypy/taskstream`` follows ``[tool.setuptools.package-dir]``.
 
 mypy checks ``taskstream.*`` through the committed symlinks of ``_mypy/taskstream`` (the editable install's
-import hook is invisible to it; docs/decisions/00XX-type-checking.md). A package added to pyproject.toml without
+import hook is invisible to it; docs/decisions/0013-type-checking.md). A package added to pyproject.toml without
 its link would be checked by nobody and every type from it would be Any: this test says which link is missing.
 """
 
