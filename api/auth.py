@@ -92,6 +92,8 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("GET", "/api/v1/tasks/{task_id}/events"): Role.READER,
     ("GET", "/api/v1/tasks/{task_id}/watch"): Role.READER,
     ("GET", "/api/v1/tasks/watch"): Role.READER,
+    ("GET", "/api/v1/workflows"): Role.READER,
+    ("GET", "/api/v1/workflows/{workflow_id}"): Role.READER,
     ("GET", "/api/v1/schedules"): Role.READER,
     ("GET", "/api/v1/schedules/{schedule_id}"): Role.READER,
     ("GET", "/api/v1/stats"): Role.READER,

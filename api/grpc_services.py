@@ -76,13 +76,24 @@ from taskstream.schemas import (
     Status,
     TooLarge,
     ValidationError,
+    WorkflowStatus,
 )
 from taskstream.schemas.observability import about
 
 from . import auth, idempotency, reads, service
 from .context import ApiContext
 from .history import HistoryBusy, HistoryTooExpensive, event_json
-from .models import BatchIn, RedriveIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, schedule_json, task_json
+from .models import (
+    BatchIn,
+    RedriveIn,
+    ScheduleIn,
+    TaskIn,
+    TaskPatch,
+    WorkflowIn,
+    schedule_json,
+    task_json,
+    workflow_json,
+)
 from .problems import violation
 from .reads import MAX_LIMIT
 from .revalidate import while_admitted
@@ -254,6 +265,10 @@ def task_message(task: dict[str, Any]) -> tasks_pb2.Task:
     return json_format.ParseDict(task, tasks_pb2.Task(), ignore_unknown_fields=True)
 
 
+def workflow_message(workflow: dict[str, Any]) -> workflows_pb2.Workflow:
+    return json_format.ParseDict(workflow, workflows_pb2.Workflow(), ignore_unknown_fields=True)
+
+
 def schedule_message(schedule: dict[str, Any]) -> schedules_pb2.Schedule:
     return json_format.ParseDict(schedule, schedules_pb2.Schedule(), ignore_unknown_fields=True)
 
@@ -299,6 +314,8 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
     "WatchTask": ("GET", "/api/v1/tasks/{task_id}/watch"),
     "WatchTasks": ("GET", "/api/v1/tasks/watch"),
     "SubmitWorkflow": ("POST", "/api/v1/workflows"),
+    "GetWorkflow": ("GET", "/api/v1/workflows/{workflow_id}"),
+    "ListWorkflows": ("GET", "/api/v1/workflows"),
     "CreateSchedule": ("POST", "/api/v1/schedules"),
     "GetSchedule": ("GET", "/api/v1/schedules/{schedule_id}"),
     "ListSchedules": ("GET", "/api/v1/schedules"),
@@ -493,7 +510,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
 
 
 class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
-    """``taskstream.v1.WorkflowService``: ``POST /api/v1/workflows``."""
+    """``taskstream.v1.WorkflowService``: ``/api/v1/workflows``."""
 
     @rpc
     async def SubmitWorkflow(self, request, context, caller):
@@ -501,6 +518,23 @@ class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
         workflow_id, ids = await service.submit_workflow(self.ctx, body, key=caller.key, actor=caller.actor)
         return workflows_pb2.SubmitWorkflowResponse(workflow_id=workflow_id, tasks=ids)
+
+    @rpc
+    async def GetWorkflow(self, request, context, caller):
+        wf = await reads.get_workflow(self.ctx, _id(request.id))
+        return workflow_message(workflow_json(wf.summary, wf.tasks, wf.edges, wf.truncated))
+
+    @rpc
+    async def ListWorkflows(self, request, context, caller):
+        page = reads.list_workflows(
+            self.ctx,
+            status=_one_of(request.status if request.HasField("status") else None, WorkflowStatus, "status"),
+            limit=_limit(request.limit if request.HasField("limit") else None),
+            cursor=request.cursor if request.HasField("cursor") and request.cursor else None,
+        )
+        return workflows_pb2.ListWorkflowsResponse(workflows=[workflow_message(workflow_json(w))
+                                                              for w in page.workflows],
+                                                   next_cursor=page.next_cursor or "")
 
 
 class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):

@@ -47,6 +47,7 @@ from .events import (
     TaskState,
     TaskSucceeded,
     TaskUpdated,
+    WorkflowStatus,
     derived_id,
     new_id,
 )
@@ -62,5 +63,5 @@ __all__ = [
     "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState", "ScheduleStatus",
     "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled", "DEFAULT_RETRY", "RetryPolicy",
     "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
-    "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "derived_id",
+    "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id",
 ]
