@@ -340,6 +340,35 @@ def test_grpc_workflow_and_schedule_rpcs_succeed(stubs: Stubs) -> None:
     assert deleted.status == "deleted"
 
 
+def test_grpc_get_and_list_workflows(stack: Stack, stubs: Stubs) -> None:
+    w = stubs.workflows
+    wf = w.SubmitWorkflow(workflows_pb2.SubmitWorkflowRequest(tasks=[
+        json_format.ParseDict({"key": "b", "handler": "noop", "depends_on": ["a"]}, workflows_pb2.WorkflowTask()),
+        json_format.ParseDict({"key": "a", "handler": "watch.flaky", "payload": {"sleep": 0.01, "succeed_at": 1}},
+                              workflows_pb2.WorkflowTask()),
+    ]))
+    got = w.GetWorkflow(workflows_pb2.GetWorkflowRequest(id=wf.workflow_id))
+    assert got.id == wf.workflow_id and got.status == "running" and got.task_count == 2
+    assert [t.key for t in got.tasks] == ["a", "b"] and [t.id for t in got.tasks] == [wf.tasks["a"], wf.tasks["b"]]
+    assert [(getattr(e, "from"), e.to) for e in got.edges] == [(wf.tasks["a"], wf.tasks["b"])]
+    done = wait_until(lambda: (x := w.GetWorkflow(workflows_pb2.GetWorkflowRequest(id=wf.workflow_id))).status
+                      == "succeeded" and x, timeout=30, message="workflow succeeded")
+    assert dict(done.counts) == {"succeeded": 2} and done.HasField("finished_at") and done.HasField("started_at")
+    # the same document as HTTP
+    http = httpx.get(f"{stack.base}/api/v1/workflows/{wf.workflow_id}", timeout=10).json()
+    assert as_json(done)["tasks"][1]["depends_on"] == http["tasks"][1]["depends_on"]
+    assert as_json(done)["finished_at"] == http["finished_at"].replace("+00:00", "Z")
+
+    listed = w.ListWorkflows(workflows_pb2.ListWorkflowsRequest(status="succeeded", limit=1))
+    assert [x.id for x in listed.workflows][:1] == [wf.workflow_id] and not listed.workflows[0].tasks
+    assert listed.next_cursor or len(listed.workflows) == 1
+    code, details = rpc_error(w.ListWorkflows, workflows_pb2.ListWorkflowsRequest(status="done"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["status"]
+    code, details = rpc_error(w.ListWorkflows, workflows_pb2.ListWorkflowsRequest(cursor="nope"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["cursor"]
+    assert rpc_error(w.GetWorkflow, workflows_pb2.GetWorkflowRequest(id="nope"))[0] == grpc.StatusCode.NOT_FOUND
+
+
 def test_grpc_errors_carry_status_codes_and_rich_details(stack: Stack, stubs: Stubs) -> None:
     t = stubs.tasks
     code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=spec(retry={"max_attempts": 0})))
