@@ -141,6 +141,7 @@ PROBES = [
      "task.payload"),
     ("POST", "/schedules", raw(cron='"0 * * * *"', task=raw(handler=TASK, timeout_s="Infinity")), {}, 422,
      "task.timeout_s"),
+    ("POST", "/schedules", raw(cron='"*/99999999999999999999 * * * *"', task=raw(handler=TASK)), {}, 422, "cron"),
     ("POST", "/schedules", raw(cron='"0 * * * *"', name=json.dumps("n" * (MAX_NAME_CHARS + 1)), task=raw(handler=TASK)),
      {}, 422, "name"),
     ("POST", "/tasks", raw(handler=TASK), {"Idempotency-Key": "k" * 256}, 422, "Idempotency-Key"),
