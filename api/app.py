@@ -32,6 +32,7 @@ from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catal
 from taskstream.schemas.kafka import async_producer, require_topics
 
 from . import auth, problems
+from .body_encoding import Utf8BodyMiddleware
 from .body_limit import BodyLimitMiddleware
 from .context import ApiContext
 from .history import DEFAULT_LIMITS, HistoryReader, ReadLimits
@@ -145,6 +146,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend its document
+    app.add_middleware(Utf8BodyMiddleware)  # inside the body limit: it sees only what the limit lets through
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # outside the body limit: who may send a body is settled before it is read
     auth.install(app, settings, authenticator, rate_limit)

@@ -117,6 +117,12 @@ PROBES = [
      "depends_on[0]"),
     ("POST", "/tasks", raw(handler=TASK, **{"\ud800": "1"}), {}, 422, "body"),  # an unknown key that is not text
     ("POST", "/tasks", '{"handler":"noop","name":"\xff"}'.encode("latin-1"), {}, 400, "body"),
+    ("POST", "/tasks", '{"handler":"noop"}'.encode("utf-16"), {"content-type": "application/json; charset=utf-16"},
+     400, "body"),
+    ("POST", "/tasks", '{"handler":"noop"}'.encode("utf-16-le"), {}, 400, "body"),  # no BOM: json guesses UTF-16
+    ("POST", "/tasks", '{"handler":"noop"}'.encode("utf-32"), {}, 400, "body"),
+    ("POST", "/tasks", '{"handler":"noop"}', {"content-type": "application/json; charset=iso-8859-1"}, 400, "body"),
+    ("PATCH", "/tasks/{id}", '{"priority":"low"}'.encode("utf-16-be"), {}, 400, "body"),
     ("POST", "/tasks:batch",
      raw(tasks="[" + ",".join([raw(handler=TASK)] * 3 + [raw(handler=TASK, payload=json.dumps(BIG))]) + "]"),
      {}, 413, "tasks[3].payload"),
@@ -211,6 +217,17 @@ def test_limits_are_inclusive(api, module_settings: Settings) -> None:
     r = client.post(f"{V1}/tasks", json=extremes)
     assert r.status_code == 202 and r.json()["payload"] == extremes["payload"]
     assert events_written(module_settings) == before + 3
+
+
+def test_utf8_bodies_are_taken_with_or_without_a_charset(api, module_settings: Settings) -> None:
+    client, _ = api
+    before = events_written(module_settings)
+    body = '{"handler":"noop","name":"caf\u00e9 \U0001f600"}'.encode()
+    for content_type in ("application/json; charset=utf-8", "application/json;charset=UTF-8", "application/json",
+                         "application/problem+json; charset=utf8"):
+        r = client.post(f"{V1}/tasks", content=body, headers={"content-type": content_type})
+        assert r.status_code == 202 and r.json()["name"] == "caf\u00e9 \U0001f600", (content_type, r.text[:300])
+    assert events_written(module_settings) == before + 4
 
 
 # ------------------------------------------------------------- hypothesis
