@@ -18,6 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from taskstream.api import create_app
+from taskstream.api.auth import endpoints
 from taskstream.schemas import Settings, Topics, catalogue
 from taskstream.schemas.kafka import common_config, ensure_topics, wait_for_broker
 from taskstream.schemas.limits import (
@@ -228,6 +229,32 @@ def test_utf8_bodies_are_taken_with_or_without_a_charset(api, module_settings: S
         r = client.post(f"{V1}/tasks", content=body, headers={"content-type": content_type})
         assert r.status_code == 202 and r.json()["name"] == "caf\u00e9 \U0001f600", (content_type, r.text[:300])
     assert events_written(module_settings) == before + 4
+
+
+#: GET routes that stream (SSE) until the client leaves: a GET through the test client never ends.
+STREAMS = {"/api/v1/tasks/watch", "/api/v1/tasks/{task_id}/watch"}
+
+
+def test_head_is_served_wherever_get_is(api) -> None:
+    """Every GET route of the app (the dashboard's too) answers HEAD as it answers GET, without a body."""
+    client, task_id = api
+    templates = [e.path for e in endpoints(client.app) if e.methods and "GET" in e.methods]
+    assert len(templates) > 25 and "/ui/tasks/{task_id}" in templates and "/api/v1/tasks/{task_id}" in templates
+    params = {"task_id": task_id, "schedule_id": "no-such-schedule", "workflow_id": "no-such-workflow",
+              "name": "app.css"}
+    for template in templates:
+        path = template.format(**params)
+        head = client.head(path)
+        assert head.status_code != 405 and head.content == b"", (path, head.status_code)
+        if template in STREAMS:  # ends at once: the stream stops once its headers are sent
+            assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream"), path
+            continue
+        get = client.get(path)
+        assert (head.status_code, head.headers.get("content-type")) == \
+            (get.status_code, get.headers.get("content-type")), path
+    get, head = client.get(f"{V1}/tasks/{task_id}"), client.head(f"{V1}/tasks/{task_id}")
+    assert head.headers["content-length"] == str(len(get.content)) and head.headers["etag"] == get.headers["etag"]
+    assert client.head(f"{V1}/tasks:batch").status_code == 405  # no GET there: HEAD neither
 
 
 # ------------------------------------------------------------- hypothesis
