@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from taskstream.api import create_app
 from taskstream.api.auth import endpoints
+from taskstream.api.idempotency import derived_id
 from taskstream.schemas import Settings, Topics, catalogue
 from taskstream.schemas.kafka import common_config, ensure_topics, wait_for_broker
 from taskstream.schemas.limits import (
@@ -151,6 +152,12 @@ PROBES = [
     ("POST", "/schedules", raw(cron='"*/99999999999999999999 * * * *"', task=raw(handler=TASK)), {}, 422, "cron"),
     ("POST", "/schedules", raw(cron='"0 * * * *"', name=json.dumps("n" * (MAX_NAME_CHARS + 1)), task=raw(handler=TASK)),
      {}, 422, "name"),
+    # a task naming the id its own Idempotency-Key derives, and a batch whose derived ids name each other
+    ("POST", "/tasks", raw(handler=TASK, depends_on=json.dumps([derived_id("self-k")])), {"Idempotency-Key": "self-k"},
+     422, "depends_on[0]"),
+    ("POST", "/tasks:batch", raw(tasks="[" + raw(handler=TASK, depends_on=json.dumps([derived_id("ring:1")])) + ","
+                                 + raw(handler=TASK, depends_on=json.dumps([derived_id("ring:0")])) + "]"),
+     {"Idempotency-Key": "ring"}, 422, "tasks[1].depends_on[0]"),
     ("POST", "/tasks", raw(handler=TASK), {"Idempotency-Key": "k" * 256}, 422, "Idempotency-Key"),
     ("POST", "/tasks", raw(handler=TASK), {"Idempotency-Key": " "}, 422, "Idempotency-Key"),
     ("GET", "/tasks/x?as_of=9999-12-31T23:59:59-01:00", None, {}, 422, "as_of"),
@@ -229,6 +236,22 @@ def test_utf8_bodies_are_taken_with_or_without_a_charset(api, module_settings: S
         r = client.post(f"{V1}/tasks", content=body, headers={"content-type": content_type})
         assert r.status_code == 202 and r.json()["name"] == "caf\u00e9 \U0001f600", (content_type, r.text[:300])
     assert events_written(module_settings) == before + 4
+
+
+def test_a_cycle_closed_through_a_task_written_before_is_refused(api, module_settings: Settings) -> None:
+    """Task A (key ka) waits for the id key kb derives; no processor runs, so A stays pending in the read model:
+    B (key kb) depending on A would close a cycle and is refused; the same B without that dependency is taken."""
+    client, _ = api
+    before = events_written(module_settings)
+    a = client.post(f"{V1}/tasks", json={"handler": "noop", "depends_on": [derived_id("kb")]},
+                    headers={"Idempotency-Key": "ka"})
+    assert a.status_code == 202 and a.json()["status"] == "pending", a.text
+    b = client.post(f"{V1}/tasks", json={"handler": "noop", "depends_on": [a.json()["id"]]},
+                    headers={"Idempotency-Key": "kb"})
+    assert b.status_code == 422 and b.headers["content-type"] == PROBLEM, b.text
+    assert [e["field"] for e in b.json()["errors"]] == ["depends_on[0]"] and derived_id("kb") in b.json()["detail"]
+    assert client.post(f"{V1}/tasks", json={"handler": "noop"}, headers={"Idempotency-Key": "kb"}).status_code == 202
+    assert events_written(module_settings) == before + 2
 
 
 #: GET routes that stream (SSE) until the client leaves: a GET through the test client never ends.
