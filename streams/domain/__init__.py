@@ -53,7 +53,7 @@ from .commands import (
     UpdateTask,
 )
 from .decide import REDRIVABLE, check_workflow, decide, decided, workflow_problems
-from .dependencies import MAX_CYCLE_WALK, check_dependencies, dependency_problems, waits_on
+from .dependencies import MAX_CYCLE_WALK, check_dependencies, closes_cycle, dependency_problems, waits_on
 from .evolve import (
     ACTIVE,
     RESULT_BOUND,
@@ -116,7 +116,7 @@ from .step import (
 
 __all__ = [
     "ACTIVE", "check_workflow", "workflow_problems", "MAX_CYCLE_WALK", "check_dependencies", "dependency_problems",
-    "waits_on", "at_offset", "first_queued_after_wait", "holds_lease",
+    "waits_on", "closes_cycle", "at_offset", "first_queued_after_wait", "holds_lease",
     "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_RETRY", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
     "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES",
     "TOO_MANY_DEPENDENTS", "UNKNOWN", "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule",

@@ -12,9 +12,10 @@ at most ``MAX_CYCLE_WALK`` existing tasks.
 
 What the API cannot see (a cycle closed through a task another API process
 wrote moments before, not yet in this one's read model, or beyond the walk)
-the processor breaks where it shows: a registration a pending task receives
-from itself, or from a task it waits for itself, resolves ``unknown``
-(``react``), so both tasks end ``upstream_failed``. An id that does not
+the processor breaks where it shows (``closes_cycle``): a registration a
+task receives from itself, or from one of its own dependencies, resolves
+``unknown`` and is not recorded (``react``, ``evolve``), so both tasks end
+``upstream_failed`` and a re-drive does not cascade around the cycle. An id that does not
 exist when the processor folds the registration resolves ``unknown`` too,
 whatever is created with that id later (docs/concepts.md: the bound).
 """
@@ -30,6 +31,13 @@ MAX_CYCLE_WALK = 10_000
 
 #: (request field prefix: "" or "tasks[i].", task id, its depends_on) per task of one request
 Submitted = tuple[str, str, Sequence[str]]
+
+
+def closes_cycle(upstream: TaskState, dependent: str) -> bool:
+    """Whether ``dependent`` registering with ``upstream`` closes a cycle the processor can see: it is the upstream
+    itself, or one of the upstream's own dependencies. ``evolve`` does not record it among the dependents (a
+    re-drive must not cascade around the cycle) and ``react`` resolves it ``unknown``."""
+    return dependent == upstream.task_id or dependent in upstream.depends_on
 
 
 def waits_on(state: TaskState | None) -> list[str]:

@@ -28,7 +28,9 @@ from taskstream.schemas import (
 )
 from taskstream.streams.domain import (
     UNKNOWN,
+    RedriveTask,
     check_dependencies,
+    decide,
     dependency_problems,
     evolve,
     initial_state,
@@ -150,9 +152,10 @@ def test_no_accepted_batch_contains_a_cycle_and_every_task_on_one_is_named(graph
 # ------------------------------------------------------------------ the processor's rule
 
 
-def run(events: list[Event], order: st.DataObject | None = None, limit: int = 200) -> dict[str, TaskState]:
+def run(events: list[Event], order: st.DataObject | None = None, limit: int = 200,
+        states: dict[str, TaskState] | None = None) -> dict[str, TaskState]:
     """Fold events (and what ``react`` appends) for several tasks until nothing is left, in any delivery order."""
-    states: dict[str, TaskState] = {}
+    states = dict(states or {})
     queue = list(events)
     for step in range(limit):
         if not queue:
@@ -191,3 +194,12 @@ def test_a_registration_from_a_task_the_upstream_does_not_wait_for_still_waits()
     e = DependencyRegistered(event_id="r", task_id="u", occurred_at=T0, producer="processor", dependent="d")
     after = evolve(upstream, e)
     assert react(upstream, after, e, T0) == [] and after.dependents == ["d"]
+
+
+@given(st.data())
+def test_re_driving_a_task_on_a_cycle_ends_again_without_cascading_around_it(data) -> None:
+    states = run([created("a", ["b"]), created("b", ["a"]), created("x", ["x"])], order=data)
+    redrives = [e for t in ("a", "x") for e in decide(states[t], RedriveTask(task_id=t, producer="api"), T0)]
+    states = run(redrives, order=data, states=states)  # ends (run raises past its limit)
+    assert {t: s.status for t, s in states.items()} == dict.fromkeys("abx", Status.UPSTREAM_FAILED.value)
+    assert all(t not in s.dependents for t, s in states.items()) and "b" not in states["a"].dependents
