@@ -53,6 +53,8 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.limits import MAX_JSON_DEPTH
 
+from .body_encoding import BodyNotUtf8
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -191,6 +193,8 @@ async def _broker(_: Request, exc: BrokerUnavailable) -> Response:
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+    if isinstance(exc, BodyNotUtf8):
+        return _malformed(exc.detail)
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
         cause = exc.__cause__
         why = next((m for t, m in _PARSE_ERRORS.items() if isinstance(cause, t)), "malformed JSON")
