@@ -84,6 +84,7 @@ from .context import ApiContext
 from .history import HistoryBusy, HistoryTooExpensive, event_json
 from .models import BatchIn, RedriveIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, schedule_json, task_json
 from .problems import violation
+from .rate_limit import client_address
 from .reads import MAX_LIMIT
 from .service import MAX_REASON
 from .watch import FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
@@ -305,7 +306,8 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who calls (``principal``), from where (``peer``), with which ``idempotency-key`` metadata (``key``)."""
+    """Who calls (``principal``), from where (``peer``: its address without the port), with which
+    ``idempotency-key`` metadata (``key``)."""
 
     principal: auth.Principal
     peer: str
@@ -327,7 +329,7 @@ class _Adapter:
         """Authenticate and authorize the call as its HTTP route, charge the rate limit; the caller."""
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         authenticator = self.ctx.authenticator
-        peer = context.peer() or "unknown"
+        peer = client_address(context.peer() or "unknown")  # a new channel per call must not get a new bucket
         need = auth.required(*RPC_ROUTES[rpc_name])
         if need == auth.OPEN:
             principal = auth.ANONYMOUS if not authenticator.enabled else auth.NOBODY
