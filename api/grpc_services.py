@@ -36,6 +36,7 @@ HTTP                                  gRPC
 503 history-busy                      RESOURCE_EXHAUSTED + RetryInfo
 503 read-too-expensive                RESOURCE_EXHAUSTED
 503 broker or auth unavailable        UNAVAILABLE + RetryInfo (1 s)
+504 write-outcome-unknown             DEADLINE_EXCEEDED + RetryInfo (1 s)
 ====================================  ======================================
 
 Watches (``WatchTask``, ``WatchTasks``) stream from the change feed like the
@@ -76,6 +77,7 @@ from taskstream.schemas import (
     Status,
     TooLarge,
     ValidationError,
+    WriteOutcomeUnknown,
 )
 from taskstream.schemas.observability import about
 
@@ -139,6 +141,11 @@ def from_exception(exc: BaseException) -> RpcError | None:
         return RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc), _error_info("CONFLICT"))
     if isinstance(exc, RecordRefused):
         return bad_request([("request", f"the event log refused the request's record: {exc}")])
+    if isinstance(exc, WriteOutcomeUnknown):  # gRPC's own meaning: the change may have happened all the same
+        log.warning("write outcome unknown: %s", exc)
+        return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the event log did not confirm the write in time and may have taken it all the same: {exc}; "
+                        "retry with the same idempotency-key to learn the outcome", _retry_info(1))
     if isinstance(exc, BrokerUnavailable):
         log.warning("broker unavailable: %s", exc)
         return RpcError(grpc.StatusCode.UNAVAILABLE, f"the event log could not be written: {exc}", _retry_info(1))
