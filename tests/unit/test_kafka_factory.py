@@ -211,3 +211,19 @@ def test_dev_children_get_the_secret_values_not_their_masks(monkeypatch) -> None
     again = Settings()
     assert again.kafka_sasl_password.get_secret_value() == PASSWORD
     assert again.kafka_config["sasl.oauthbearer.client.secret"].get_secret_value() == "c"
+
+
+def test_a_delivery_error_is_outcome_unknown_only_where_the_broker_may_have_written_the_record() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from taskstream.schemas import BrokerUnavailable
+
+    maybe = [KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_INFLIGHT, KafkaError.REQUEST_TIMED_OUT,
+             KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND]
+    no = [KafkaError._PURGE_QUEUE, KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._FATAL, KafkaError.PRODUCER_FENCED,
+          KafkaError.NOT_ENOUGH_REPLICAS, KafkaError._QUEUE_FULL]
+    assert [kafka.outcome_unknown(KafkaError(c)) for c in maybe] == [True] * len(maybe)
+    assert [kafka.outcome_unknown(KafkaError(c)) for c in no] == [False] * len(no)
+    wrapped = BrokerUnavailable("produce failed")
+    wrapped.__cause__ = KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT))
+    assert kafka.outcome_unknown(wrapped) and not kafka.outcome_unknown(None)
