@@ -177,10 +177,14 @@ UNKNOWN_OUTCOME_ERRORS = frozenset({
 })
 
 
-def outcome_unknown(err: KafkaError | BaseException | None) -> bool:
+def outcome_unknown(err: KafkaError | BaseException | None, msg: Message | None = None) -> bool:
     """Whether a failed delivery (its ``KafkaError``, or an exception caused by one) may have been written
     anyway (``UNKNOWN_OUTCOME_ERRORS``): the sender cannot tell, and only reading the log (or repeating the
-    request idempotently) can."""
+    request idempotently) can. With the delivery report's ``msg``: a record never given a partition (the client
+    never learnt where the topic lives) was never sent, so it was not written."""
+    partition = msg.partition() if msg is not None else 0  # confluent-kafka says None for "not assigned yet"
+    if partition is None or partition < 0:
+        return False
     while isinstance(err, BaseException) and not isinstance(err, KafkaException) and err.__cause__ is not None:
         err = err.__cause__
     if isinstance(err, KafkaException) and err.args and isinstance(err.args[0], KafkaError):
@@ -553,7 +557,7 @@ class AsyncProducer:
 
         def done(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                error = (RecordRefused if is_permanent(err) else WriteOutcomeUnknown if outcome_unknown(err)
+                error = (RecordRefused if is_permanent(err) else WriteOutcomeUnknown if outcome_unknown(err, msg)
                          else BrokerUnavailable)
                 loop.call_soon_threadsafe(_set_exception, fut, error(f"produce to {topic} failed: {err.str()}"))
             else:
