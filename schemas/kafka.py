@@ -309,8 +309,10 @@ class RecoveringProducer:
         if self.problem is None:
             return self._client
         with self._lock:
+            if self.problem is None:  # another thread rebuilt it meanwhile
+                return self._client
             old, self._client = self._client, None
-            if self.problem is not None and time.monotonic() >= self._due:
+            if time.monotonic() >= self._due:
                 self._build()
             client, problem = self._client, self.problem
         if old is not None:
@@ -341,8 +343,8 @@ class RecoveringProducer:
         """Fail what a fenced client still holds: its delivery reports run here, the one of the record that met
         the fatal error among them (a sender that sends again from one reaches the new client, or is refused)."""
         try:
-            old.purge(True, True, False)
-            old.poll(0)
+            old.purge(True, True, True)
+            old.flush(1.0)  # nothing is left to send: this only serves the purged records' reports
         except (KafkaException, RuntimeError) as exc:
             log.debug("producer %s: purging the fenced client: %s", self.client_id, exc)
 
