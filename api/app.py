@@ -33,8 +33,10 @@ from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catal
 from taskstream.schemas.kafka import async_producer, require_topics
 
 from . import auth, problems
+from .body_encoding import Utf8BodyMiddleware
 from .body_limit import BodyLimitMiddleware
 from .context import ApiContext
+from .head import HeadAsGetMiddleware
 from .history import DEFAULT_LIMITS, HistoryReader, ReadLimits
 from .hosts import TrustedHosts, allowed_hosts
 from .metrics import ApiMetrics
@@ -152,9 +154,11 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend its document
+    app.add_middleware(Utf8BodyMiddleware)  # inside the body limit: it sees only what the limit lets through
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # outside the body limit: who may send a body is settled before it is read
     auth.install(app, settings, authenticator, rate_limit)
+    app.add_middleware(HeadAsGetMiddleware)  # outside authentication: a HEAD is checked as the GET it stands for
     app.add_middleware(TrustedHosts, hosts=allowed_hosts(settings))  # outermost: a rebinding page gets nothing
     app.include_router(health.router)
     app.include_router(metrics_router)

@@ -50,7 +50,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pydantic
@@ -88,8 +88,11 @@ from .models import BatchIn, RedriveIn, ScheduleIn, TaskIn, TaskPatch, WorkflowI
 from .problems import violation
 from .rate_limit import client_address
 from .reads import MAX_LIMIT
+from .revalidate import while_admitted
 from .service import MAX_REASON
 from .watch import FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +355,15 @@ class _Adapter:
         return Caller(principal=principal, peer=peer,
                       key=idempotency.check_key(metadata.get(METADATA_IDEMPOTENCY_KEY)))
 
+    def admitted(self, context: grpc.aio.ServicerContext, rpc_name: str, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """``items`` of a streaming call, ended when the call's credential stops admitting it (``revalidate``)."""
+        need = auth.required(*RPC_ROUTES[rpc_name])
+        if not isinstance(need, auth.Role):
+            return items
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        return while_admitted(items, self.ctx.authenticator, need, metadata.get("authorization"),
+                              metadata.get("x-api-key"))
+
     def admit_tasks(self, caller: Caller, handlers: list[str], tasks: int = 1) -> None:
         """``auth.admit`` for a call that submits ``tasks`` tasks to ``handlers``: handler patterns, rate tokens."""
         auth.authorize_handlers(caller.principal, handlers)
@@ -473,8 +485,9 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
         reads.get_task(self.ctx, task_id)  # NOT_FOUND for a task the read model does not know
         store = self.ctx.read_model.store
         after, version = parse_event_id(request.after, "after") if request.after else (None, None)
-        async for e in watch(self.ctx.settings, self.ctx.read_model.feed, Filter(task_id=task_id), after,
-                             current=lambda: store.get(task_id), last_version=version):
+        events = watch(self.ctx.settings, self.ctx.read_model.feed, Filter(task_id=task_id), after,
+                       current=lambda: store.get(task_id), last_version=version)
+        async for e in self.admitted(context, "WatchTask", events):
             yield change_bytes(e.id, watched_task(e.state))
 
     @stream_rpc
@@ -483,7 +496,8 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
                         priorities=frozenset(_one_of(p, Priority, "priority").value for p in request.priority),
                         handlers=frozenset(request.handler))
         after = parse_event_id(request.cursor, "cursor")[0] if request.cursor else None
-        async for e in watch(self.ctx.settings, self.ctx.read_model.feed, filter, after, announce=True):
+        events = watch(self.ctx.settings, self.ctx.read_model.feed, filter, after, announce=True)
+        async for e in self.admitted(context, "WatchTasks", events):
             yield change_bytes(e.id, None if e.state is None else watched_task(e.state))
 
 

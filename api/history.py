@@ -52,6 +52,7 @@ from taskstream.schemas.log_reader import (
     topic_partitions,
     watermarks,
 )
+from taskstream.schemas.log_reader import position as record_position
 from taskstream.schemas.observability import about
 from taskstream.streams import domain  # pure: the one import of streams in the API (see the docstring)
 
@@ -195,12 +196,13 @@ def read_task_events(settings: Settings, task_id: str, *, budget_s: float | None
                 err = msg.error()
                 if err is not None:
                     if at_partition_end(msg):
-                        position = max(position, msg.offset())
+                        position = max(position, record_position(msg)[1])
                     else:
                         log.warning("history of task_id=%s: consumer error: %s", task_id, err, extra=about(task_id))
                     continue
-                position = msg.offset() + 1
-                if msg.offset() >= end:
+                _, offset = record_position(msg)
+                position = offset + 1
+                if offset >= end:
                     continue  # appended after the read started
                 scanned += 1
                 if msg.key() == key:

@@ -36,7 +36,7 @@ ones change.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
@@ -346,6 +346,12 @@ def parse_rfc3339(text: str) -> datetime:
     return utc
 
 
+@overload
+def rfc3339(value: datetime) -> str: ...
+@overload
+def rfc3339(value: None) -> None: ...
+@overload
+def rfc3339(value: datetime | None) -> str | None: ...
 def rfc3339(value: datetime | None) -> str | None:
     """UTC, microseconds, 'Z' suffix: ``2024-05-01T12:00:00.000000Z``."""
     if value is None:

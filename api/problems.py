@@ -36,13 +36,14 @@ schemathesis fuzz test) know every answer an operation can give.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ExceptionHandler
 
 from taskstream.schemas import (
     BrokerUnavailable,
@@ -56,6 +57,8 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas.limits import MAX_JSON_DEPTH
+
+from .body_encoding import BodyNotUtf8
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +204,8 @@ async def _broker(_: Request, exc: BrokerUnavailable) -> Response:
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+    if isinstance(exc, BodyNotUtf8):
+        return _malformed(exc.detail)
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
         cause = exc.__cause__
         why = next((m for t, m in _PARSE_ERRORS.items() if isinstance(cause, t)), "malformed JSON")
@@ -218,17 +223,25 @@ async def _internal(_: Request, exc: Exception) -> Response:
     return problem(500, "Internal server error", "an unexpected error occurred; it was logged", kind="internal")
 
 
+_E = TypeVar("_E", bound=Exception)
+
+
+def _on(app: FastAPI, exc_type: type[_E], handler: Callable[[Request, _E], Awaitable[Response]]) -> None:
+    """Register ``handler`` for ``exc_type``. Starlette calls a handler only with the class it is registered for,
+    which its type for handlers (any ``Exception``) cannot say; this signature ties the two together instead."""
+    app.add_exception_handler(exc_type, cast(ExceptionHandler, handler))
+
+
 def install(app: FastAPI) -> None:
-    # Starlette calls a handler only with the class it is registered for; its type cannot say so.
-    app.add_exception_handler(RequestValidationError, _request_validation)  # type: ignore[arg-type]
-    app.add_exception_handler(ValidationError, _validation)
-    app.add_exception_handler(NotFound, _not_found)
-    app.add_exception_handler(CommandRejected, _rejected)
-    app.add_exception_handler(StaleVersion, _stale)
-    app.add_exception_handler(TooLarge, _too_large)
-    app.add_exception_handler(BrokerUnavailable, _broker)
-    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _internal)
+    _on(app, RequestValidationError, _request_validation)
+    _on(app, ValidationError, _validation)
+    _on(app, NotFound, _not_found)
+    _on(app, CommandRejected, _rejected)
+    _on(app, StaleVersion, _stale)
+    _on(app, TooLarge, _too_large)
+    _on(app, BrokerUnavailable, _broker)
+    _on(app, StarletteHTTPException, _http)
+    _on(app, Exception, _internal)
 
 
 # ------------------------------------------------------------------ OpenAPI

@@ -19,7 +19,9 @@ share the rules (reads have their own path, ``api.reads``):
   states, arriving later on ``<p>.state``, replace it;
 - ``Idempotency-Key``: the ids of what a request creates derive from the
   key; a repeat of the same request answers what exists, a different
-  request with the same key is a ``ValidationError`` naming the header.
+  request with the same key is a ``ValidationError`` naming the header; a
+  task that would wait for itself or on a cycle through those ids is one
+  naming ``depends_on`` (``domain.check_dependencies``).
 
 In a batch, records acknowledged before a produce failure stay written:
 retry with the same ``Idempotency-Key`` to complete it without duplicates.
@@ -87,6 +89,7 @@ async def submit_task(ctx: ApiContext, body: TaskIn, *, key: str | None = None, 
             if existing.request_hash != rhash:
                 raise idempotency.conflict(key)
             return existing
+        domain.check_dependencies([("", task_id, body.depends_on)], store.get)  # random ids cannot form cycles
         extra = {"idempotency_key": key, "request_hash": rhash}
     else:
         task_id = new_id()
@@ -107,6 +110,7 @@ async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None
         ids = [idempotency.derived_id(f"{key}:{i}") for i in range(len(body.tasks))]
         rhash = idempotency.request_hash("tasks:batch", body.model_dump(mode="json"))
         existing = _existing(store, ids, rhash, key)
+        domain.check_dependencies([(f"tasks[{i}].", ids[i], t.depends_on) for i, t in enumerate(body.tasks)], store.get)
         extra = {"idempotency_key": key, "request_hash": rhash}
     else:
         ids = [new_id() for _ in body.tasks]
@@ -317,7 +321,8 @@ async def write(ctx: ApiContext, records: Sequence[tuple[Event, bytes]]) -> list
     refused: BaseException | None = None
     for event, value in records:
         try:
-            futures.append(producer.send(topic, key=event.task_id.encode(), value=value, headers=codec.headers(event)))
+            key = event.aggregate_id.encode()
+            futures.append(producer.send(topic, key=key, value=value, headers=codec.headers(event)))
         except BrokerUnavailable as exc:
             refused = exc
             break

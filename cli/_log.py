@@ -72,10 +72,15 @@ def record_time(timestamp_ms: int | None) -> datetime | None:
     return datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms is not None and timestamp_ms >= 0 else None
 
 
+#: How long a command goes on trying a broker that refuses the connection before it says so.
+REFUSED_S = 1.0
+
+
 def connect(settings: Settings, timeout: float) -> dict[str, int]:
-    """Wait for the broker; the partition count of every topic of the cluster, by name."""
+    """Wait for the broker (at most ``timeout`` seconds; ``REFUSED_S`` when it refuses the connection); the
+    partition count of every topic of the cluster, by name."""
     try:
-        wait_for_broker(settings, timeout=timeout)
+        wait_for_broker(settings, timeout=timeout, refused_s=REFUSED_S)
         client = admin(settings)
     except BrokerUnavailable as exc:
         raise LogError(str(exc)) from None

@@ -663,13 +663,12 @@ def synthetic_log(n: int, start: datetime | None = None):
                               result='{"ok": true}', started_at=t + 2 * ms),
             ]
         else:
+            pr = "high" if kind % 3 == 0 else "medium"
             out = [
                 TaskCreated(task_id=tid, occurred_at=t, producer="api-bench", handler="noop", payload='{"n": 1}',
-                            max_attempts=3, priority="high" if kind % 3 == 0 else "medium"),
-                TaskQueued(task_id=tid, occurred_at=t, producer=p, attempt=1,
-                           priority="high" if kind % 3 == 0 else "medium"),
+                            max_attempts=3, priority=pr),
+                TaskQueued(task_id=tid, occurred_at=t, producer=p, attempt=1, priority=pr),
             ]
-            pr = out[1].priority
             if kind in (15, 16, 17):  # 15 %: fails once, succeeds on the retry
                 nb = t + 1000 * ms
                 out += [

@@ -28,7 +28,7 @@ from typing import Any
 from taskstream.schemas import BrokerUnavailable, DecodeError, Settings, TaskDeadLettered, TaskRedriven, Topics, codec
 from taskstream.schemas.kafka import producer as kafka_producer
 from taskstream.schemas.kafka import reader as kafka_reader
-from taskstream.schemas.log_reader import broker_errors, end_offsets, read_to_ends
+from taskstream.schemas.log_reader import broker_errors, end_offsets, headers_of, position, read_to_ends
 from taskstream.schemas.offsets import POISON_HEADERS
 from taskstream.streams import domain
 
@@ -82,7 +82,8 @@ def _int_or_text(value: str | None) -> int | str | None:
 
 
 def classify(partition: int, offset: int, timestamp_ms: int | None, key: bytes | None, value: bytes | None,
-             headers: Iterable[tuple[str, bytes]] | None, wire: codec.WireFormat = codec.SINGLE_OBJECT) -> DlqRecord:
+             headers: Iterable[tuple[str, bytes | None]] | None,
+             wire: codec.WireFormat = codec.SINGLE_OBJECT) -> DlqRecord:
     """A raw message of ``<p>.dlq`` as a ``DlqRecord``.
 
     A record with a ``source-topic`` header is poison whatever its bytes are;
@@ -125,7 +126,7 @@ def read_dlq(settings: Settings, timeout: float = 30.0) -> list[DlqRecord]:
     try:
         ends = end_offsets(reader, topic, range(partitions), timeout)
         for batch in read_to_ends(reader, topic, ends, timeout=timeout, batch=1000):
-            records += [classify(m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), m.headers(), wire)
+            records += [classify(*position(m), m.timestamp()[1], m.key(), m.value(), headers_of(m), wire)
                         for m in batch]
     except BrokerUnavailable as exc:
         raise DlqError(str(exc)) from None
@@ -141,7 +142,7 @@ def producer_name() -> str:
 def redrive_events(task_ids: Iterable[str], reason: str, now: datetime, producer: str) -> list[TaskRedriven]:
     """The decider's answer to an operator's redrive: one ``TaskRedriven`` per distinct task id, in the order given."""
     command = domain.RedriveDeadLettered(task_ids=tuple(task_ids), producer=producer, reason=reason)
-    return domain.decide(None, command, now)
+    return [e for e in domain.decide(None, command, now) if isinstance(e, TaskRedriven)]
 
 
 def send_redrives(settings: Settings, events: list[TaskRedriven], timeout: float = 30.0) -> int:

@@ -34,7 +34,14 @@ from typing import Any
 from taskstream.schemas import EVENT_TYPES, BrokerUnavailable, DecodeError, Settings, Topics, catalogue, codec
 from taskstream.schemas.kafka import ensure_topics
 from taskstream.schemas.kafka import producer as kafka_producer
-from taskstream.schemas.log_reader import broker_errors, consume_available, offsets_at, read_range, watermarks
+from taskstream.schemas.log_reader import (
+    broker_errors,
+    consume_available,
+    offsets_at,
+    position,
+    read_range,
+    watermarks,
+)
 
 from ._log import LogError, connect, iso, partitions_of, reader, record_time, to_ms
 
@@ -332,7 +339,7 @@ def replay(settings: Settings, to_prefix: str, until: datetime | None = None, *,
         for m in read_range(consumer, source, starts, ends, idle_timeout=max(timeout, 30.0)):
             if progress is not None:
                 progress(1)
-            p = m.partition()
+            p, _ = position(m)
             if p in cut:
                 continue
             if cut_at is not None and m.timestamp()[1] > cut_at:

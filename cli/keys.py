@@ -33,8 +33,21 @@ def producer_name() -> str:
     return f"cli-{user}@{socket.gethostname()}"
 
 
+#: How long a command goes on trying a broker that refuses the connection before it says so.
+REFUSED_S = 1.0
+
+
+def _reach(settings: Settings, timeout: float) -> None:
+    """``KeysError`` at once (``REFUSED_S``) when the broker refuses the connection, after ``timeout`` otherwise."""
+    try:
+        kafka.wait_for_broker(settings, timeout, refused_s=REFUSED_S)
+    except BrokerUnavailable as exc:
+        raise KeysError(str(exc)) from None
+
+
 def _write(settings: Settings, record: ApiKey, timeout: float) -> None:
     topic = Topics(settings.prefix).admin
+    _reach(settings, timeout)
     try:
         ensure_topics(settings, [t for t in catalogue(settings) if t.name == topic], timeout=timeout)
     except BrokerUnavailable as exc:
@@ -61,6 +74,7 @@ def create_key(settings: Settings, role: str, name: str, handlers: list[str], ti
 
 def list_keys(settings: Settings, timeout: float = 15.0) -> list[ApiKey]:
     """Every key of ``<p>.admin`` (revoked ones too), oldest first."""
+    _reach(settings, timeout)
     store = KeyStore(settings).start()
     try:
         if not store.wait_fresh(timeout):

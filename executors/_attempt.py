@@ -30,11 +30,12 @@ from taskstream.schemas import (
     ReadyTask,
     RecordRefused,
     Settings,
+    TaskEvent,
     TaskFailed,
+    TaskSucceeded,
     Topics,
     codec,
 )
-from taskstream.schemas.events import Event
 from taskstream.schemas.kafka import AsyncProducer
 from taskstream.schemas.observability import about
 
@@ -227,7 +228,7 @@ class AttemptRunner:
         if attempt.handler_task is not None:
             attempt.handler_task.cancel()
 
-    async def _report_refused(self, outcome: Event, exc: BaseException) -> Event | None:
+    async def _report_refused(self, outcome: TaskSucceeded | TaskFailed, exc: BaseException) -> TaskFailed | None:
         """When the broker refused the result event for good, report the attempt failed with the reason instead.
 
         Returns the event reported, or None when nothing could be (the broker is away: the offset stays
@@ -244,7 +245,7 @@ class AttemptRunner:
             return None
         return failed
 
-    async def _execute(self, attempt: _Attempt) -> Event | None:
+    async def _execute(self, attempt: _Attempt) -> TaskSucceeded | TaskFailed | None:
         """Run the handler; return the one result event, or None if the task was cancelled.
 
         Never raises but CancelledError (the runner itself was cancelled, at shutdown).
@@ -268,7 +269,9 @@ class AttemptRunner:
             if attempt.delivery.cancelled and current is not None and not current.cancelling():
                 return None  # the handler was cancelled because its task was, not this runner
             raise
-        except TimeoutError:
+        except TimeoutError as exc:
+            if timeout is None:  # no time limit: the handler raised it itself
+                return handler_failed(*common, exc)
             attempt.ctx._cancel()
             log.info("task %s attempt %d: timed out after %ss", task.task_id, task.attempt, timeout, extra=_about(task))
             return reports.timed_out(*common, _now(), timeout)
@@ -396,13 +399,13 @@ class AttemptRunner:
                   extra=_about(task))
         return sent
 
-    def _send(self, event: Event) -> asyncio.Future:
+    def _send(self, event: TaskEvent) -> asyncio.Future:
         return self._producer.send(
             self._topics.events, event.task_id.encode("utf-8"), self._wire.encode(event), codec.headers(event)
         )
 
 
-def handler_failed(task: ReadyTask, executor_id: str, started_at: datetime, exc: Exception) -> Event:
+def handler_failed(task: ReadyTask, executor_id: str, started_at: datetime, exc: Exception) -> TaskFailed:
     """The report of a handler that raised ``exc``: ``PermanentError`` fails the task for good, ``Retry`` fails the
     attempt asking for its next delay (``retry_delay_s``, clamped by the decider), anything else fails the attempt
     (retried per the task's policy)."""

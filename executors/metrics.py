@@ -63,9 +63,9 @@ class ExecutorMetrics:
                 self.completed.labels(priority.value, name)
 
     def reported(self, result: TaskSucceeded | TaskFailed, priority: str, handler: str, handler_known: bool) -> None:
-        """Count an attempt whose result the broker acknowledged."""
-        seconds = max(0.0, (result.occurred_at - result.started_at).total_seconds())
-        self.duration.labels(handler).observe(seconds)
+        """Count an attempt whose result the broker acknowledged (its duration only when it says when it started)."""
+        if result.started_at is not None:
+            self.duration.labels(handler).observe(max(0.0, (result.occurred_at - result.started_at).total_seconds()))
         if isinstance(result, TaskSucceeded):
             self.completed.labels(priority, handler).inc()
         else:

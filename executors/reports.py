@@ -29,7 +29,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from taskstream.schemas import Heartbeat, ReadyTask, TaskCheckpointed, TaskFailed, TaskStarted, TaskSucceeded
-from taskstream.schemas.events import Event
 from taskstream.schemas.limits import MAX_RESULT_BYTES, cut_error
 
 
@@ -99,7 +98,7 @@ def unserialisable(task: ReadyTask, producer: str, started_at: datetime, now: da
                   f"({type(result).__name__}): {exc}")
 
 
-def refused(outcome: Event, producer: str, now: datetime, exc: BaseException) -> TaskFailed:
+def refused(outcome: TaskSucceeded | TaskFailed, producer: str, now: datetime, exc: BaseException) -> TaskFailed:
     """The broker refused ``outcome`` (the result event) for good: the attempt fails for good, saying why."""
     return TaskFailed(task_id=outcome.task_id, attempt=outcome.attempt, producer=producer, occurred_at=now,
                       started_at=getattr(outcome, "started_at", None), permanent=True,

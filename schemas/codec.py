@@ -351,7 +351,11 @@ def type_name(value: Any) -> str:
     return _BY_TYPE[type(value)].name
 
 
-def headers(value: Any) -> list[tuple[str, bytes]]:
+#: Record headers as a list, typed as the Kafka clients take them (header values may be str, bytes or None).
+RecordHeaders = list[tuple[str, str | bytes | None]]
+
+
+def headers(value: Any) -> RecordHeaders:
     """Kafka headers for a message holding ``value``: the record name for humans and tools."""
     return [(EVENT_TYPE_HEADER, _BY_TYPE[type(value)].name.encode())]
 

@@ -40,6 +40,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
+from .codec import RecordHeaders
 from .errors import BrokerUnavailable, RecordRefused, TopicMismatch, WriteOutcomeUnknown
 from .limits import MAX_RECORD_BYTES
 from .settings import Settings
@@ -48,7 +49,7 @@ from .topics import TopicSpec
 log = logging.getLogger(__name__)
 
 #: Record headers as the clients take them, and a produce's delivery report (error or None, the message).
-Headers = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None]
+Headers = RecordHeaders | dict[str, str | bytes | None]
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 
@@ -388,22 +389,43 @@ def admin(settings: Settings, client_id: str = "taskstream-admin") -> AdminClien
     return client
 
 
-def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
-    """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``."""
-    client = admin(settings)
+#: Client errors that say the connection itself failed: nothing listens, TLS or SASL refused us.
+CONNECTION_ERRORS = frozenset({
+    KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._AUTHENTICATION, KafkaError._SSL,
+    KafkaError._RESOLVE, KafkaError.SASL_AUTHENTICATION_FAILED,
+})
+
+
+def wait_for_broker(settings: Settings, timeout: float = 30.0, *, refused_s: float | None = None) -> None:
+    """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``: after ``timeout``
+    seconds, or, with ``refused_s``, as soon as connections to the bootstrap servers have failed for that long
+    (``CONNECTION_ERRORS``: refused, TLS or SASL failed), with the client's reason. Command-line tools pass
+    ``refused_s``; what starts beside its broker (``taskstream dev``) waits the whole ``timeout``."""
+    failed: list[KafkaError] = []
+    client: AdminClient = _build("admin", settings, {**common_config(settings, "taskstream-probe"),
+                                                     "error_cb": failed.append})
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    first_failed: float | None = None
     while time.monotonic() < deadline:
         try:
-            client.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            client.list_topics(timeout=min(0.25 if refused_s is not None else 2.0,
+                                           max(0.1, deadline - time.monotonic())))
             return
         except KafkaException as exc:
             last = exc
-            time.sleep(0.1)
+        client.poll(0)  # serves error_cb
+        reasons = [e for e in failed if e.code() in CONNECTION_ERRORS]
+        if refused_s is not None and reasons:
+            first_failed = first_failed or time.monotonic()
+            if time.monotonic() - first_failed >= refused_s:
+                why = next((e for e in reversed(reasons) if e.code() != KafkaError._ALL_BROKERS_DOWN), reasons[-1])
+                raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers}: {why.str()}")
+        time.sleep(0.1)
     raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}")
 
 
-def topic_partitions(client: AdminClient, timeout: float = 10.0) -> dict[str, int]:
+def topic_partitions(client: AdminClient | Consumer, timeout: float = 10.0) -> dict[str, int]:
     """Partition count of every topic the cluster has (without an error); ``BrokerUnavailable`` if it does not
     answer (``timed_out`` tells a timeout)."""
     try:

@@ -36,8 +36,8 @@ from .kafka import (
 
 __all__ = [
     "BEGINNING", "assign", "at_partition_end", "broker_count", "broker_errors", "consume_available", "end_offsets",
-    "group_offsets", "offsets_at", "read_range", "read_to_ends", "reason", "timed_out", "topic_partitions",
-    "watermarks",
+    "group_offsets", "headers_of", "offsets_at", "position", "read_range", "read_to_ends", "reason", "timed_out",
+    "topic_partitions", "watermarks",
 ]
 
 #: The start offset that means "the oldest record the partition still holds" (for ``assign``).
@@ -97,6 +97,26 @@ def at_partition_end(message: Message) -> bool:
     ``offset()`` is then the partition's end), not a record nor another error."""
     err = message.error()
     return err is not None and err.code() == KafkaError._PARTITION_EOF
+
+
+def position(message: Message) -> tuple[int, int]:
+    """(partition, offset) of a message a consumer returned: a record, or an end-of-partition marker (whose
+    offset is the end). The library types both as optional (a message being produced has neither yet); a
+    consumed message always has both, so ``ValueError`` here means a message that was never consumed."""
+    partition, offset = message.partition(), message.offset()
+    if partition is None or offset is None:
+        raise ValueError(f"not a consumed message: partition {partition}, offset {offset}")
+    return partition, offset
+
+
+def headers_of(message: Message) -> list[tuple[str, bytes | None]]:
+    """The headers of a consumed record as (name, value) pairs in their order; a value is bytes, or None for a
+    header without one. (The library types them as a produce takes them, a dict or str values too.)"""
+    headers = message.headers()
+    if headers is None:
+        return []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [(name, value.encode() if isinstance(value, str) else value) for name, value in pairs]
 
 
 def read_range(consumer: Consumer, topic: str, starts: Mapping[int, int], ends: Mapping[int, int], *,

@@ -60,6 +60,7 @@ from taskstream.schemas import (
     ReadyTask,
     RecordRefused,
     Settings,
+    TaskRetryScheduled,
     TaskState,
     Topics,
     catalogue,
@@ -86,7 +87,7 @@ class Output(NamedTuple):
     topic: str
     key: bytes
     value: bytes
-    headers: list[tuple[str, bytes]]
+    headers: codec.RecordHeaders
     partition: int | None = None
 
 
@@ -123,7 +124,7 @@ def fold_step(
     except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
         new, outputs = domain.evolve(state, event), []
         failed = f"deciding what follows failed: {type(exc).__name__}: {exc}"
-    if new is state:
+    if new is state or new is None:  # None only when state was: no event turns a state back into None
         return Step(None, outputs, failed)
     return Step(domain.at_offset(new, offset), outputs, failed)
 
@@ -136,16 +137,18 @@ def _outputs(
     own = state.task_id if state is not None else None
     out = []
     for kind, message, priority in effects:
-        key = message.task_id.encode()
+        key = message.aggregate_id.encode()
         if kind == "event":
             topic = topics.events
         elif kind in ("ready", "cancel"):
+            assert priority is not None  # effects() gives both kinds their priority
             topic = topics.ready(priority)
         elif kind == "retry":
+            assert isinstance(message, TaskRetryScheduled)  # the only message effects() sends to the relay
             topic = topics.retry(retry_tier(message.delay_s))  # the relay holds it until not_before
         else:
             topic = topics.dlq
-        same = partition if kind == "event" and message.task_id == own else None
+        same = partition if kind == "event" and message.aggregate_id == own else None
         out.append(Output(topic, key, wire.encode(message), codec.headers(message), same))
     return out
 
@@ -391,8 +394,9 @@ class Processor(Hooks):
                     events = []
                 timers.set(kind, key, None)
                 for e in events:
-                    self._produce(Output(self.topics.events, e.task_id.encode(), self.wire.encode(e), codec.headers(e),
-                                         partition if e.task_id.encode() == key else None))
+                    e_key = e.aggregate_id.encode()
+                    self._produce(Output(self.topics.events, e_key, self.wire.encode(e), codec.headers(e),
+                                         partition if e_key == key else None))
                     fired += 1
         if fired:
             self._flush_and_check()

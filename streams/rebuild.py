@@ -69,11 +69,12 @@ from taskstream.schemas import (
     codec,
     kafka,
 )
-from taskstream.schemas.kafka import admin
+from taskstream.schemas.kafka import admin, wait_for_broker
 from taskstream.schemas.log_reader import (
     broker_errors,
     end_offsets,
     group_offsets,
+    position,
     read_to_ends,
     reason,
     topic_partitions,
@@ -333,7 +334,7 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
         for batch in read_to_ends(consumer, topics.events, {p: job.event_ends[p] for p in job.partitions},
                                   batch=READ_BATCH):
             for m in batch:
-                add(m.partition(), m.offset(), m.key(), m.value())
+                add(*position(m), m.key(), m.value())
             if progress is not None:
                 progress(len(batch))
     finally:
@@ -341,7 +342,8 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
     out = PartResult(events=fold.events, skipped=fold.skipped, undecodable=fold.undecodable, keyless=fold.keyless)
     out.tasks, out.schedules = fold.counts()
     # Only a written state needs its last_offset (compare ignores it): skip a copy of every state otherwise.
-    rebuilt = {key: fold.result(key) for key in fold.states} if job.write else fold.states
+    rebuilt = ({key: domain.at_offset(state, fold.last_read[key]) for key, state in fold.states.items()}
+               if job.write else fold.states)
     if job.state_ends is not None:
         live = read_live(job.settings, {p: job.state_ends[p] for p in job.partitions})
         out.live = len(live)
@@ -405,9 +407,17 @@ class Report(PartResult):
         return self.events / self.cpu_s if self.cpu_s > 0 else 0.0
 
 
+#: How long a rebuild goes on trying a broker that refuses the connection before it gives up.
+REFUSED_S = 1.0
+
+
 def _metadata(settings: Settings, timeout: float) -> int:
     """Partitions of ``<p>.events`` (checking ``<p>.state`` has as many); ``RebuildError`` when missing."""
     topics = Topics(settings.prefix)
+    try:
+        wait_for_broker(settings, timeout, refused_s=REFUSED_S)
+    except BrokerUnavailable as exc:
+        raise RebuildError(str(exc)) from None
     try:
         md = topic_partitions(admin(settings), timeout)
     except BrokerUnavailable as exc:

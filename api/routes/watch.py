@@ -27,15 +27,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from taskstream.schemas import Priority, Status, codec
 
-from .. import reads
+from .. import auth, reads
 from ..context import ApiContext, Context
 from ..models import task_json
+from ..revalidate import while_admitted
 from ..watch import Event, FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ _DESCRIPTION = "Server-Sent Events (text/event-stream); resume with Last-Event-I
 
 @router.get("/tasks/watch", response_class=EventSourceResponse, description=_DESCRIPTION)
 async def watch_tasks(
+    request: Request,
     ctx: Context,
     status: list[Status] = Query(default_factory=list),
     priority: list[Priority] = Query(default_factory=list),
@@ -64,12 +66,13 @@ async def watch_tasks(
     filter = Filter(statuses=frozenset(s.value for s in status), priorities=frozenset(p.value for p in priority),
                     handlers=frozenset(handler))
     events = watch(ctx.settings, ctx.read_model.feed, filter, after, announce=True)
-    return _stream(ctx, events)
+    return _stream(ctx, request, events)
 
 
 @router.get("/tasks/{task_id}/watch", response_class=EventSourceResponse, description=_DESCRIPTION)
 async def watch_task(
     task_id: str,
+    request: Request,
     ctx: Context,
     cursor: str | None = Query(None, description="resume after this event id (as Last-Event-ID)"),
     last_event_id: str | None = Header(None),
@@ -82,10 +85,15 @@ async def watch_task(
     after, version = parse_event_id(after_text, field) if after_text is not None else (None, None)
     events = watch(ctx.settings, ctx.read_model.feed, Filter(task_id=task_id), after,
                    current=lambda: store.get(task_id), last_version=version)
-    return _stream(ctx, events)
+    return _stream(ctx, request, events)
 
 
-def _stream(ctx: ApiContext, events: AsyncIterator[Event]) -> EventSourceResponse:
+def _stream(ctx: ApiContext, request: Request, events: AsyncIterator[Event]) -> EventSourceResponse:
+    """The SSE response of ``events``, which end when the request's credential stops admitting it (``revalidate``)."""
+    need = auth.required(request.method, request.scope["route"].path)
+    if isinstance(need, auth.Role):
+        events = while_admitted(events, ctx.authenticator, need, request.headers.get("authorization"),
+                                request.headers.get("x-api-key"))
     return EventSourceResponse(_sse(events), ping=ctx.settings.watch_heartbeat_s,
                                headers={"Cache-Control": "no-store"})
 
@@ -101,6 +109,11 @@ async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:
         kind = "fell-behind" if isinstance(exc, FellBehind) else "watch-unavailable"
         yield ServerSentEvent(event="error", data=codec.dumps_json({
             "type": f"urn:taskstream:problem:{kind}", "title": "Watch ended", "status": 503, "detail": str(exc)}))
+    except auth.AuthError as exc:
+        kind = {401: "unauthorized", 403: "forbidden"}.get(exc.status, "auth-unavailable")
+        yield ServerSentEvent(event="error", data=codec.dumps_json({
+            "type": f"urn:taskstream:problem:{kind}", "title": "Watch ended", "status": exc.status,
+            "detail": f"the credential no longer admits this watch: {exc.detail}"}))
     finally:
         # api.watch.watch is an async generator, annotated there as an AsyncIterator
         await events.aclose()  # type: ignore[attr-defined]

@@ -33,7 +33,9 @@ TaskRedriven         failed                         ``scheduled``, due now, fres
 TaskDeadLettered     never                          (a record for the dlq)
 DependencyRegistered any state, fewer than         ``dependent`` added to ``dependents`` (when full,
  (on the upstream)   MAX_DEPENDENTS dependents      decide answers ``too_many_dependents`` at once, or
-                                                    the outcome of a terminal upstream, unrecorded)
+                                                    the outcome of a terminal upstream, unrecorded);
+                                                    not from itself or one of its own dependencies
+                                                    (a cycle: decide answers ``unknown``)
 DependencyResolved   not terminal, a dependency,    ``resolved[upstream] = outcome``; anything but
  (on the dependent)  not yet resolved               ``succeeded`` -> ``upstream_failed``; the last
                                                     success of a pending task with run_at ->
@@ -101,6 +103,7 @@ from taskstream.schemas.limits import (
 )
 
 from .commands import PATCHABLE
+from .dependencies import closes_cycle
 
 #: Results larger than this (JSON text, bytes) are not carried downstream in
 #: DependencyResolved: the dependent's ``ctx.upstream`` holds None for them.
@@ -111,6 +114,8 @@ ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
 WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
 #: The state of an aggregate: a task's or a schedule's (an event folds into a state of its own type).
 _S = TypeVar("_S", TaskState, ScheduleState)
+#: A state of either aggregate, or one whose aggregate the caller does not know (``TaskState | ScheduleState``).
+_AnyS = TypeVar("_AnyS", bound=TaskState | ScheduleState)
 #: The terminal statuses (``schemas.TERMINAL``; Status is a StrEnum, so its members match the strings in a state).
 TERMINAL_VALUES = TERMINAL
 
@@ -139,7 +144,7 @@ def first_queued_after_wait(before: object, after: object) -> bool:
             and after.attempt == 1 and before.status == Status.PENDING.value and after.status == Status.QUEUED.value)
 
 
-def at_offset(state: _S, offset: int) -> _S:
+def at_offset(state: _AnyS, offset: int) -> _AnyS:
     """``state`` as folded up to the log record at ``offset`` (its ``last_offset``: what a replay skips)."""
     return replace(state, last_offset=offset)
 
@@ -324,7 +329,8 @@ def _dead_lettered(state: TaskState | None, e: TaskDeadLettered) -> TaskState | 
 def _registered(state: TaskState | None, e: DependencyRegistered) -> TaskState | None:
     # A terminal task records the dependent too (a redrive re-opens it), and decide answers at once.
     # Past MAX_DEPENDENTS nothing more is recorded (the state must fit in one record): decide refuses it.
-    if state is None or e.dependent in state.dependents or len(state.dependents) >= MAX_DEPENDENTS:
+    if (state is None or e.dependent in state.dependents or len(state.dependents) >= MAX_DEPENDENTS
+            or closes_cycle(state, e.dependent)):  # decide resolves it unknown
         return state
     return _bump(state, e.occurred_at, dependents=[*state.dependents, e.dependent])
 

@@ -1,16 +1,20 @@
-"""``ctx.last_checkpoint`` decoding and ``ctx.checkpoint`` outside an executor (no broker)."""
+"""``ctx.last_checkpoint`` decoding, ``ctx.checkpoint`` outside an executor, and an attempt run without a broker."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from taskstream.executors import TaskContext
-from taskstream.executors._attempt import _decode_checkpoint
+from taskstream.executors._attempt import AttemptRunner, Handlers, _Attempt, _decode_checkpoint
 from taskstream.executors.context import MAX_CHECKPOINT_BYTES
-from taskstream.schemas import ReadyTask
+from taskstream.executors.metrics import ExecutorMetrics
+from taskstream.executors.registry import Registry
+from taskstream.schemas import ReadyTask, Settings, TaskFailed, Topics, codec
 
 
 def ready(last_checkpoint: str | None) -> ReadyTask:
@@ -51,3 +55,32 @@ def test_context_without_an_executor_refuses_checkpoints():
 
 def test_limit_is_256_kib():
     assert MAX_CHECKPOINT_BYTES == 262144
+
+
+class _Running:
+    """A delivery that is neither cancelled nor settled: all ``_execute`` asks of one."""
+
+    def __init__(self, task: ReadyTask) -> None:
+        self.task = task
+        self.cancelled = False
+
+
+def test_a_handlers_own_timeout_error_without_a_time_limit_is_its_failure_not_a_timeout():
+    """With no time limit the executor never times an attempt out: a TimeoutError is the handler's own error."""
+    registry = Registry()
+
+    @registry.handler("gives.up")
+    async def gives_up(payload, ctx):
+        raise TimeoutError("upstream did not answer")
+
+    async def run() -> TaskFailed:
+        settings = Settings(default_timeout_s=None)
+        runner = AttemptRunner(settings, "executor-test", Topics(settings.prefix), codec.SINGLE_OBJECT,
+                               Handlers(registry, Registry()), ExecutorMetrics(), producer=None, pool=None)
+        task = replace(ready(None), handler="gives.up")
+        ctx = TaskContext(task_id=task.task_id, attempt=task.attempt, handler=task.handler, priority=task.priority)
+        return await runner._execute(_Attempt(delivery=_Running(task), ctx=ctx, started_at=datetime.now(UTC)))
+
+    outcome = asyncio.run(run())
+    assert isinstance(outcome, TaskFailed)
+    assert outcome.error == "TimeoutError: upstream did not answer" and not outcome.permanent

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from taskstream.cli.broker import free_port
 from taskstream.schemas import BrokerUnavailable, RecordRefused, Settings, kafka
@@ -17,6 +17,8 @@ from taskstream.schemas.log_reader import (
     broker_errors,
     end_offsets,
     group_offsets,
+    headers_of,
+    position,
     reason,
     timed_out,
     topic_partitions,
@@ -88,3 +90,16 @@ def test_metadata_of_an_unreachable_broker_is_broker_unavailable(nobody: Setting
     with pytest.raises(BrokerUnavailable, match="^offsets of group g: "):
         group_offsets(client, "g", [("p.events", 0), ("p.events", 1)], 0.5)
     assert group_offsets(client, "g", [], 0.5) == {}  # nothing to ask: no request at all
+
+
+def test_position_is_the_partition_and_offset_of_a_consumed_message() -> None:
+    assert position(Message(topic="p.events", partition=2, offset=17)) == (2, 17)
+    with pytest.raises(ValueError, match="not a consumed message"):
+        position(Message(topic="p.events"))  # what the library types as possible: neither is set
+
+
+def test_headers_of_a_record_are_name_and_bytes_pairs_in_order() -> None:
+    assert headers_of(Message(headers=[("b", b"2"), ("a", None), ("b", b"3")])) == [("b", b"2"), ("a", None),
+                                                                                   ("b", b"3")]
+    assert headers_of(Message()) == []
+    assert headers_of(Message(headers={"a": "x"})) == [("a", b"x")]  # the other shape the library types allow

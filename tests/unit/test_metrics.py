@@ -51,6 +51,14 @@ def state(status: str, **kw) -> TaskState:
                      updated_at=T0, **kw)
 
 
+
+def test_a_result_without_its_start_is_counted_without_a_duration() -> None:
+    m = ExecutorMetrics()
+    m.reported(replace(failed("ValueError: x"), started_at=None), "low", "noop", handler_known=True)
+    get = m.registry.get_sample_value
+    assert get("taskstream_tasks_failed_total", {"priority": "low", "handler": "noop", "reason": "error"}) == 1
+    assert not get("taskstream_task_duration_seconds_count", {"handler": "noop"})
+
 def test_dependency_wait_is_observed_once_when_a_waiting_task_is_first_queued() -> None:
     m = ProcessorMetrics()
     waiting = state("pending", depends_on=["a"])
