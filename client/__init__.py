@@ -20,6 +20,7 @@ from .errors import (
     Conflict,
     Forbidden,
     NotFound,
+    OutcomeUnknown,
     PreconditionFailed,
     RateLimited,
     ServerError,
@@ -34,6 +35,6 @@ from .models import PRIORITIES, STATUSES, TERMINAL, Change, Page, Schedule, Task
 __all__ = [
     "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET",
     "AsyncClient", "Change", "Client", "Page", "Schedule", "Task", "TaskEvent", "Workflow", "task_body",
-    "TaskstreamError", "Conflict", "Forbidden", "NotFound", "PreconditionFailed", "RateLimited", "ServerError",
-    "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
+    "TaskstreamError", "Conflict", "Forbidden", "NotFound", "OutcomeUnknown", "PreconditionFailed", "RateLimited",
+    "ServerError", "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
 ]
