@@ -11,7 +11,7 @@ cannot be created (a bad property, an unreadable CA file) is
 Every producer is a ``RecoveringProducer``: a librdkafka client that hit a
 fatal error (it refuses every later record for good) is replaced by a new
 one with the same config, and what the old one held fails back to its
-senders (docs/decisions/00XX-recovering-clients.md). The API and the
+senders (docs/decisions/0015-recovering-clients.md). The API and the
 executors produce through ``AsyncProducer``: produce is asynchronous, a
 daemon thread polls the client for delivery reports and resolves asyncio
 futures, so nothing blocks an event loop. Library errors become
