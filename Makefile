@@ -1,21 +1,30 @@
 # The two commands of the README: `make dev` starts everything, `make test` runs the tests.
-# Both create .venv, install taskstream with the test extra, and make sure Java 17+ and Maven are here (Debian's
-# packages, installed when missing) and Kafka's jars are fetched (once, into ~/.cache/taskstream; cli/kafka/pom.xml).
+# Both create .venv and install taskstream (`make test` with the test extra: pytest, linters, browser driver...), and
+# make sure Java 17+ and Maven are here (Debian's packages, installed when missing) and Kafka's jars are fetched
+# (once, into ~/.cache/taskstream; cli/kafka/pom.xml).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+# pip install of the checkout, editable; setuptools' notice printed on every editable install is silenced
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: dev test unit lint install kafka kcat clean bench chromium proto
 
+# What running needs (`make dev`); the test extra comes on top with `make test`.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(EDITABLE) -e .
 	touch $(STAMP)
 
-install: $(STAMP) kafka
+$(TEST_STAMP): $(STAMP)
+	$(EDITABLE) -e '.[test]'
+	touch $(TEST_STAMP)
+
+install: $(TEST_STAMP) kafka
 
 # Apache Kafka runs as a JVM process (Java 17+); its jars come from Maven Central through Maven.
 kafka: $(STAMP)
@@ -37,15 +46,15 @@ chromium:
 dev: $(STAMP) kafka
 	$(BIN)/taskstream dev $(ARGS)
 
-test: $(STAMP) kafka kcat chromium lint
+test: $(TEST_STAMP) kafka kcat chromium lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # ruff and mypy as configured in pyproject.toml (mypy: strict flags on streams/domain and schemas).
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)
@@ -56,6 +65,6 @@ clean:
 
 # --- gRPC and live updates: regenerate the committed taskstream.v1 stubs from schemas/proto (grpcio-tools)
 PROTO_DIR := schemas/proto
-proto: $(STAMP)
+proto: $(TEST_STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) \
 		--grpc_python_out=$(PROTO_DIR) $(PROTO_DIR)/taskstream/grpc/v1/*.proto

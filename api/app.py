@@ -23,8 +23,9 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -32,8 +33,10 @@ from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catal
 from taskstream.schemas.kafka import async_producer, require_topics
 
 from . import auth, problems
+from .body_encoding import Utf8BodyMiddleware
 from .body_limit import BodyLimitMiddleware
 from .context import ApiContext
+from .head import HeadAsGetMiddleware
 from .history import DEFAULT_LIMITS, HistoryReader, ReadLimits
 from .hosts import TrustedHosts, allowed_hosts
 from .metrics import ApiMetrics
@@ -48,9 +51,9 @@ from .watch import WatchMetrics
 
 log = logging.getLogger(__name__)
 
-#: A produce the broker has not acknowledged within this time fails (503)
-#: for good: librdkafka gives up on the record (``message.timeout.ms``), so a
-#: 503 never hides a task that is written later.
+#: A produce the broker has not acknowledged within this time fails: librdkafka gives up on the record
+#: (``message.timeout.ms``). A record that reached the broker may still be written, so that answer is 504
+#: write-outcome-unknown, never a 503 (``api.service``).
 DEFAULT_PRODUCE_TIMEOUT_S = 10.0
 #: How long ``run_api`` waits for the broker to check the topics; a broker that does not answer by then is not
 #: waited for (the API starts, ``/readyz`` says why it is not ready).
@@ -62,7 +65,8 @@ def producer_id() -> str:
 
 
 def construct_context(settings: Settings, *, authenticator: auth.Authenticator, rate_limit: auth.RateLimit,
-                      metrics: ApiMetrics, read_limits: ReadLimits, produce_timeout_s: float) -> ApiContext:
+                      metrics: ApiMetrics, read_limits: ReadLimits, produce_timeout_s: float,
+                      producer_overrides: Mapping[str, Any] | None = None) -> ApiContext:
     """The parts of a running API that connect to the cluster, built here and nowhere else, with those
     ``create_app`` built before (they answer without a broker: authentication, rate limits, metrics).
 
@@ -73,7 +77,8 @@ def construct_context(settings: Settings, *, authenticator: auth.Authenticator, 
         settings=settings,
         wire=codec.WireFormat.of(settings),
         producer_id=pid,
-        producer=async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000)}),
+        producer=async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000),
+                                                **(producer_overrides or {})}),
         read_model=ReadModel(settings).start(),
         history=HistoryReader(settings, read_limits),
         read_limits=read_limits,
@@ -95,10 +100,13 @@ async def close_context(ctx: ApiContext, produce_timeout_s: float) -> None:
 
 
 def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE_TIMEOUT_S,
-               read_limits: ReadLimits = DEFAULT_LIMITS) -> FastAPI:
+               read_limits: ReadLimits = DEFAULT_LIMITS,
+               producer_overrides: Mapping[str, Any] | None = None) -> FastAPI:
     """The taskstream HTTP API for the cluster and topic prefix of ``settings``.
 
     ``read_limits`` bounds its expensive reads (history scans, list scans; ``history.ReadLimits``).
+    ``producer_overrides`` are librdkafka properties on top of its producer's (the durable ones stay; tests use
+    them to provoke the client's failures).
     Raises ``auth.InsecureConfig`` for settings that would serve it without
     authentication beyond loopback (docs/security.md).
     """
@@ -109,7 +117,8 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = construct_context(settings, authenticator=authenticator, rate_limit=rate_limit, metrics=metrics,
-                                read_limits=read_limits, produce_timeout_s=produce_timeout_s)
+                                read_limits=read_limits, produce_timeout_s=produce_timeout_s,
+                                producer_overrides=producer_overrides)
         app.state.context = ctx  # what the routes' ``Context`` dependency answers
         watchers = WatchMetrics(ctx)  # open SSE and gRPC watches
         metrics.registry.register(watchers)
@@ -145,9 +154,11 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend its document
+    app.add_middleware(Utf8BodyMiddleware)  # inside the body limit: it sees only what the limit lets through
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # outside the body limit: who may send a body is settled before it is read
     auth.install(app, settings, authenticator, rate_limit)
+    app.add_middleware(HeadAsGetMiddleware)  # outside authentication: a HEAD is checked as the GET it stands for
     app.add_middleware(TrustedHosts, hosts=allowed_hosts(settings))  # outermost: a rebinding page gets nothing
     app.include_router(health.router)
     app.include_router(metrics_router)

@@ -36,6 +36,7 @@ HTTP                                  gRPC
 503 history-busy                      RESOURCE_EXHAUSTED + RetryInfo
 503 read-too-expensive                RESOURCE_EXHAUSTED
 503 broker or auth unavailable        UNAVAILABLE + RetryInfo (1 s)
+504 write-outcome-unknown             DEADLINE_EXCEEDED + RetryInfo (1 s)
 ====================================  ======================================
 
 Watches (``WatchTask``, ``WatchTasks``) stream from the change feed like the
@@ -77,6 +78,7 @@ from taskstream.schemas import (
     TooLarge,
     ValidationError,
     WorkflowStatus,
+    WriteOutcomeUnknown,
 )
 from taskstream.schemas.observability import about
 
@@ -95,6 +97,7 @@ from .models import (
     workflow_json,
 )
 from .problems import violation
+from .rate_limit import client_address
 from .reads import MAX_LIMIT
 from .revalidate import while_admitted
 from .service import MAX_REASON
@@ -152,6 +155,11 @@ def from_exception(exc: BaseException) -> RpcError | None:
         return RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc), _error_info("CONFLICT"))
     if isinstance(exc, RecordRefused):
         return bad_request([("request", f"the event log refused the request's record: {exc}")])
+    if isinstance(exc, WriteOutcomeUnknown):  # gRPC's own meaning: the change may have happened all the same
+        log.warning("write outcome unknown: %s", exc)
+        return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the event log did not confirm the write in time and may have taken it all the same: {exc}; "
+                        "retry with the same idempotency-key to learn the outcome", _retry_info(1))
     if isinstance(exc, BrokerUnavailable):
         log.warning("broker unavailable: %s", exc)
         return RpcError(grpc.StatusCode.UNAVAILABLE, f"the event log could not be written: {exc}", _retry_info(1))
@@ -325,7 +333,8 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who calls (``principal``), from where (``peer``), with which ``idempotency-key`` metadata (``key``)."""
+    """Who calls (``principal``), from where (``peer``: its address without the port), with which
+    ``idempotency-key`` metadata (``key``)."""
 
     principal: auth.Principal
     peer: str
@@ -347,7 +356,7 @@ class _Adapter:
         """Authenticate and authorize the call as its HTTP route, charge the rate limit; the caller."""
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         authenticator = self.ctx.authenticator
-        peer = context.peer() or "unknown"
+        peer = client_address(context.peer() or "unknown")  # a new channel per call must not get a new bucket
         need = auth.required(*RPC_ROUTES[rpc_name])
         if need == auth.OPEN:
             principal = auth.ANONYMOUS if not authenticator.enabled else auth.NOBODY

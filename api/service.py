@@ -9,14 +9,19 @@ share the rules (reads have their own path, ``api.reads``):
 - events are encoded and size-checked before the first byte is produced
   (bad input writes nothing; ``TooLarge`` names the field, 413);
 - an operation returns only after the broker acknowledged every record it
-  wrote (acks=all; ``BrokerUnavailable`` otherwise, 503);
+  wrote (acks=all). Otherwise it raises ``BrokerUnavailable`` (503) when
+  nothing unacknowledged can have been written, or ``WriteOutcomeUnknown``
+  (504) when a record may be in the log all the same (its answer never
+  came): only a retry with the same ``Idempotency-Key`` tells;
 - read-your-writes: the state the domain's fold gives for the written
   events goes into the read model (only over the version the decision
   saw), so a read right after the write shows it; the processor's own
   states, arriving later on ``<p>.state``, replace it;
 - ``Idempotency-Key``: the ids of what a request creates derive from the
   key; a repeat of the same request answers what exists, a different
-  request with the same key is a ``ValidationError`` naming the header.
+  request with the same key is a ``ValidationError`` naming the header; a
+  task that would wait for itself or on a cycle through those ids is one
+  naming ``depends_on`` (``domain.check_dependencies``).
 
 In a batch, records acknowledged before a produce failure stay written:
 retry with the same ``Idempotency-Key`` to complete it without duplicates.
@@ -39,6 +44,7 @@ from taskstream.schemas import (
     TaskState,
     TooLarge,
     Topics,
+    WriteOutcomeUnknown,
     codec,
     cron,
     new_id,
@@ -83,6 +89,7 @@ async def submit_task(ctx: ApiContext, body: TaskIn, *, key: str | None = None, 
             if existing.request_hash != rhash:
                 raise idempotency.conflict(key)
             return existing
+        domain.check_dependencies([("", task_id, body.depends_on)], store.get)  # random ids cannot form cycles
         extra = {"idempotency_key": key, "request_hash": rhash}
     else:
         task_id = new_id()
@@ -103,6 +110,7 @@ async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None
         ids = [idempotency.derived_id(f"{key}:{i}") for i in range(len(body.tasks))]
         rhash = idempotency.request_hash("tasks:batch", body.model_dump(mode="json"))
         existing = _existing(store, ids, rhash, key)
+        domain.check_dependencies([(f"tasks[{i}].", ids[i], t.depends_on) for i, t in enumerate(body.tasks)], store.get)
         extra = {"idempotency_key": key, "request_hash": rhash}
     else:
         ids = [new_id() for _ in body.tasks]
@@ -262,6 +270,7 @@ async def _write_decided(ctx: ApiContext, decided: Sequence[tuple[Any, list[tupl
     A decision whose records were all acknowledged goes into the read model
     even when another record failed (then the failure is raised after): a
     retry with the same ``Idempotency-Key`` finds it and does not write it twice.
+    The failure raised is a ``WriteOutcomeUnknown`` if any record's was.
     """
     records = [record for _, rs in decided for record in rs]
     failures = iter(await write(ctx, records))
@@ -269,7 +278,9 @@ async def _write_decided(ctx: ApiContext, decided: Sequence[tuple[Any, list[tupl
     for state, rs in decided:
         failed = [f for f in (next(failures) for _ in rs) if f is not None]
         if failed:
-            failure = failure or failed[0]
+            unknown = [f for f in failed if isinstance(f, WriteOutcomeUnknown)]
+            if failure is None or (unknown and not isinstance(failure, WriteOutcomeUnknown)):
+                failure = (unknown or failed)[0]
             continue
         ctx.metrics.submitted_tasks(e for e, _ in rs)  # counts the TaskCreated among them
         states.append(_expect(ctx, state, [e for e, _ in rs]))

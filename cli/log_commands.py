@@ -18,6 +18,8 @@ import click
 
 from taskstream.schemas import Settings
 
+from ._options import broker_options
+
 TIMEOUT = click.option("--timeout", type=float, default=15.0, show_default=True,
                        help="seconds to wait for the broker")
 
@@ -108,6 +110,7 @@ def _types(ctx, param, values):
 
 
 @events.command("tail")
+@broker_options
 @click.option("--task", "task_id", default=None, help="only this task's (or schedule's) events")
 @click.option("--type", "types", multiple=True, callback=_types,
               help="only events of this type (TaskFailed, taskqueued, ...); repeatable or comma-separated")
@@ -162,6 +165,7 @@ def events_tail(task_id, types, since, follow, as_json, limit, timeout) -> None:
 
 
 @events.command("replay")
+@broker_options
 @click.option("--to-prefix", "to_prefix", required=True, help="the prefix of the copy (its topics are created)")
 @click.option("--until", callback=_time, default=None,
               help="copy each partition only up to its last record appended at or before TIME (RFC 3339 or ago)")
@@ -203,6 +207,7 @@ def topics() -> None:
 
 
 @topics.command("create")
+@broker_options
 @click.option("--partitions", type=int, default=None)
 @TIMEOUT
 def topics_create(partitions, timeout) -> None:
@@ -230,6 +235,7 @@ def topics_create(partitions, timeout) -> None:
 
 
 @topics.command("list")
+@broker_options
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
 @TIMEOUT
 def topics_list(as_json, timeout) -> None:
@@ -260,6 +266,7 @@ def topics_list(as_json, timeout) -> None:
 
 
 @topics.command("describe")
+@broker_options
 @click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line (a topic each)")
 @TIMEOUT
@@ -286,6 +293,7 @@ def topics_describe(names, as_json, timeout) -> None:
 
 
 @click.command()
+@broker_options
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line (a group and partition each)")
 @click.option("--api", "api_url", default=None,
               help="also ask this API (http://host:port) for its read model's lag (/readyz)")

@@ -13,6 +13,8 @@ import click
 
 from taskstream.schemas import BrokerUnavailable, Settings, codec
 
+from ._options import GRPC_PORT, METRICS_PORT, broker_options
+
 
 def _settings(**overrides) -> Settings:
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -34,6 +36,9 @@ def main() -> None:
 
 
 @main.command()
+@broker_options
+@GRPC_PORT
+@METRICS_PORT
 @click.option("--port", type=int, default=None, help="API port on 127.0.0.1 (default TASKSTREAM_API_PORT, 8080)")
 @click.option("--broker-port", type=int, default=9092, show_default=True,
               help="port of the Kafka node dev starts on 127.0.0.1 (not used with TASKSTREAM_BOOTSTRAP_SERVERS)")
@@ -83,6 +88,8 @@ def kafka_fetch() -> None:
 
 
 @main.command()
+@broker_options
+@METRICS_PORT
 def processor() -> None:
     """Run a stream processor (joins the processor group)."""
     from taskstream.streams.processor import run_processor
@@ -96,6 +103,8 @@ def processor() -> None:
 
 
 @main.command()
+@broker_options
+@METRICS_PORT
 @click.option("--handlers", multiple=True, help="handler module(s) to import (repeatable)")
 @click.option("--concurrency", type=int, default=None, help="handler slots (default TASKSTREAM_EXECUTOR_CONCURRENCY)")
 @click.argument("more_handlers", nargs=-1)
@@ -114,6 +123,8 @@ def executor(handlers, concurrency, more_handlers) -> None:
 
 
 @main.command()
+@broker_options
+@GRPC_PORT
 @click.option("--host", default=None, help="listen address (default 127.0.0.1)")
 @click.option("--port", type=int, default=None, help="listen port (default 8080)")
 def api(host, port) -> None:
@@ -135,6 +146,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
+@broker_options
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line instead of the table")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the newest N records")
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
@@ -163,6 +175,7 @@ def dlq_list(as_json, limit, timeout) -> None:
 
 
 @dlq.command("redrive")
+@broker_options
 @click.argument("task_ids", nargs=-1)
 @click.option("--all", "redrive_all", is_flag=True, help="every task id that has a TaskDeadLettered in <prefix>.dlq")
 @click.option("--reason", default="", help="why, recorded in the TaskRedriven events")
@@ -210,6 +223,7 @@ def state() -> None:
 
 
 @state.command("rebuild")
+@broker_options
 @click.option("--verify", is_flag=True, help="compare with the live <prefix>.state; exit 1 on any difference")
 @click.option("--write", is_flag=True,
               help="republish the rebuilt states to <prefix>.state (stop the processors first)")
@@ -234,6 +248,7 @@ def state_rebuild(verify, write, as_json, workers, timeout) -> None:
 
 
 @state.command("at")
+@broker_options
 @click.argument("when", metavar="TIME")
 @click.option("--task", "task_id", default=None, help="only this task")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line (tasks as the API shows them)")
@@ -311,6 +326,7 @@ def _key_json(k) -> dict:
 
 
 @keys.command("create")
+@broker_options
 @click.option("--role", required=True, type=click.Choice(["reader", "submitter", "operator", "admin"]))
 @click.option("--name", required=True, help="what the key is for (shown by keys list)")
 @click.option("--handler", "handlers", multiple=True,
@@ -331,6 +347,7 @@ def keys_create(role, name, handlers, as_json, timeout) -> None:
 
 
 @keys.command("list")
+@broker_options
 @click.option("--json", "as_json", is_flag=True, help="one JSON object a line")
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
 def keys_list(as_json, timeout) -> None:
@@ -348,6 +365,7 @@ def keys_list(as_json, timeout) -> None:
 
 
 @keys.command("revoke")
+@broker_options
 @click.argument("key_id")
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds to wait for the broker")
 def keys_revoke(key_id, timeout) -> None:

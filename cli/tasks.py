@@ -293,6 +293,35 @@ def _done(task: Any, what: str, as_json: bool) -> None:
     console().print(f"{what} {task.id}: now ", line, f" (version {task.version})", sep="")
 
 
+@tasks.command("watch")
+@click.argument("task_id", metavar="ID")
+@_url_option
+@_json_option
+def tasks_watch(task_id, url, as_json) -> None:
+    """Follow a task live (Server-Sent Events): one line per change until it ends; exit 1 unless it succeeded.
+
+    --json: the task JSON of each change, one a line. Like `temporal workflow show --follow`.
+    """
+    from ._render import console
+
+    out = console()
+    final = None
+    with _client(url) as client:
+        try:
+            for task in client.watch(task_id):
+                final = task
+                if as_json:
+                    click.echo(json.dumps(task.raw, ensure_ascii=False))
+                    continue
+                style = {"succeeded": "green", "failed": "red", "running": "cyan"}.get(task.status, "magenta")
+                error = f"  {task.error}" if task.error else ""
+                out.print(f"{datetime.now(UTC):%H:%M:%S.%f}"[:-3] + f"  {task.id}  [{style}]{task.status:<15}[/] "
+                          f"attempt {task.attempt}/{task.max_attempts}  v{task.version}{error}", highlight=False)
+        except KeyboardInterrupt:
+            return
+    sys.exit(0 if final is not None and final.succeeded else 1)
+
+
 @tasks.command("events")
 @click.argument("task_id", metavar="ID")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events until the task ends (or Ctrl-C)")

@@ -24,6 +24,7 @@ from .errors import (
     Conflict,
     Forbidden,
     NotFound,
+    OutcomeUnknown,
     PreconditionFailed,
     RateLimited,
     ServerError,
@@ -52,6 +53,6 @@ __all__ = [
     "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET", "WORKFLOW_STATUSES",
     "AsyncClient", "Change", "Client", "Page", "Schedule", "Task", "TaskEvent", "Workflow", "WorkflowRun",
     "WorkflowRunTask", "task_body",
-    "TaskstreamError", "Conflict", "Forbidden", "NotFound", "PreconditionFailed", "RateLimited", "ServerError",
-    "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
+    "TaskstreamError", "Conflict", "Forbidden", "NotFound", "OutcomeUnknown", "PreconditionFailed", "RateLimited",
+    "ServerError", "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
 ]

@@ -13,7 +13,9 @@ Guards, all applied before a connection is opened, to the URL and to every redir
 - the name is resolved once and *every* address it resolves to must be public (``ipaddress.is_global`` and not
   multicast: this refuses loopback, RFC 1918 private, link-local 169.254.0.0/16 and fe80::/10 (cloud metadata
   services), ULA fc00::/7, CGNAT, unspecified, reserved and documentation ranges) unless it lies in
-  ``http_allowed_networks``;
+  ``http_allowed_networks``; an IPv6 address that carries an IPv4 one (IPv4-compatible ``::/96``, mapped
+  ``::ffff:0:0/96``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``, Teredo ``2001::/32``) is judged as the IPv4
+  address it carries, and the local-use NAT64 prefix ``64:ff9b:1::/48`` is never public;
 - the connection goes to the checked address itself (the URL's host is replaced by the IP; ``Host`` and TLS SNI
   and certificate checks use the name), so a second DNS answer cannot redirect it (no DNS rebinding);
 - redirects (301, 302, 303, 307, 308) are followed by hand, at most ``http_max_redirects``, each hop checked again;
@@ -78,11 +80,39 @@ def _allowed_host(host: str, patterns: list[str]) -> bool:
     return False
 
 
+#: IPv6 prefixes whose addresses carry an IPv4 address in their last 32 bits: IPv4-compatible (``::/96``),
+#: IPv4-mapped (``::ffff:0:0/96``), IPv4-translated (``::ffff:0:0:0/96``) and NAT64 (``64:ff9b::/96``).
+#: The local-use NAT64 prefix ``64:ff9b:1::/48`` places the IPv4 address where its operator chooses: it is
+#: never public (``_public``).
+EMBEDDING_96 = tuple(ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def carried_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (where a packet to it ends up): the last 32 bits under the
+    ``EMBEDDING_96`` prefixes, the 6to4 gateway (``2002::/16``), Teredo's server and client (``2001::/32``)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    if any(ip in n for n in EMBEDDING_96):
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)
+    return []
+
+
 def _public(ip: IPAddress, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Whether ``ip`` may be reached: it lies in ``networks``, or it is global and not multicast, and so is every
+    IPv4 address it carries (``carried_ipv4``: ``[::7f00:1]`` is refused like 127.0.0.1, and allowed by a
+    network that allows 127.0.0.1)."""
     if any(ip in n for n in networks if n.version == ip.version):
         return True
+    carried = carried_ipv4(ip)
+    if carried:
+        return all(_public(v4, networks) for v4 in carried)
+    if isinstance(ip, ipaddress.IPv6Address) and ip in LOCAL_NAT64:
+        return False
     return ip.is_global and not ip.is_multicast
 
 

@@ -15,6 +15,7 @@ from .errors import (
     TooLarge,
     TopicMismatch,
     ValidationError,
+    WriteOutcomeUnknown,
 )
 from .events import (
     EVENT_TYPES,
@@ -57,7 +58,7 @@ from .topics import PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry
 
 __all__ = [
     "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "StaleVersion", "TooLarge",
-    "TaskstreamError", "TopicMismatch", "ValidationError", "EVENT_TYPES", "DependencyRegistered",
+    "TaskstreamError", "TopicMismatch", "ValidationError", "WriteOutcomeUnknown", "EVENT_TYPES", "DependencyRegistered",
     "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status",
     "TaskCreated", "TaskFailed", "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "new_id", "Heartbeat",
     "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState", "ScheduleStatus",

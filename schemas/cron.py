@@ -6,6 +6,11 @@ six with a trailing seconds field (croniter's convention), e.g.
 schedule's IANA time zone (``Europe/Paris``), so "09:00 every day" stays
 09:00 across daylight-saving changes, and returned in UTC.
 
+A step (``*/15``, ``10-40/5``) must be smaller than the number of values of
+its field (60 seconds or minutes, 24 hours, 31 days, 12 months, 7 weekdays):
+croniter takes any step, and ``*/99999999999999999999`` would silently
+mean "at minute 0" (``check``).
+
 An expression that fires more than once a minute (a seconds field of more
 than one value, e.g. ``* * * * * *``) is refused by the API unless
 ``Settings.allow_second_cron`` (``check_sub_minute``): each fire is a task
@@ -15,12 +20,16 @@ schedules can keep it busy with nothing else.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
 from .errors import ValidationError
+
+#: Name and number of values of each field, in order (the sixth, seconds, is optional).
+FIELDS = (("minute", 60), ("hour", 24), ("day of month", 31), ("month", 12), ("day of week", 7), ("second", 60))
 
 
 def check(expr: str, timezone: str) -> None:
@@ -29,6 +38,11 @@ def check(expr: str, timezone: str) -> None:
         raise ValidationError("cron", f"a cron expression has 5 fields (or 6 with seconds last), got {expr!r}")
     if not croniter.is_valid(expr):
         raise ValidationError("cron", f"not a valid cron expression: {expr!r}")
+    for (name, size), text in zip(FIELDS, expr.split(), strict=False):
+        for step in re.findall(r"/([^,]*)", text):
+            if not (step.isascii() and step.isdigit() and 0 < int(step) < size):
+                raise ValidationError(
+                    "cron", f"{expr!r}: the {name} field's step /{step[:20]} is out of range (1 to {size - 1})")
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:

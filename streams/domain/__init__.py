@@ -22,6 +22,9 @@
 - ``step(state, event, now, producer)`` and ``effects(...)``: the
   processor's whole step, pure (``step.py``): fold, what follows, which
   messages go where; ``lease_after``/``heartbeat_renews`` the lease rules.
+- ``check_dependencies(tasks, known)``: a submission whose tasks would wait
+  for ever (a self-dependency, a cycle through ids derived from an
+  ``Idempotency-Key``) is refused naming ``depends_on`` (``dependencies.py``).
 - ``fold_next(state, awaiting, event)`` / ``fold_log(events, as_of)``: a
   task's log folded in the order the processor applied it (its own
   follow-ups right after their trigger, ``order.py``) — the one order the
@@ -52,6 +55,7 @@ from .commands import (
     UpdateTask,
 )
 from .decide import REDRIVABLE, check_workflow, decide, decided, workflow_problems
+from .dependencies import MAX_CYCLE_WALK, check_dependencies, closes_cycle, dependency_problems, waits_on
 from .evolve import (
     ACTIVE,
     RESULT_BOUND,
@@ -114,7 +118,8 @@ from .step import (
 from .workflows import workflow_status
 
 __all__ = [
-    "ACTIVE", "check_workflow", "workflow_problems", "at_offset", "first_queued_after_wait", "holds_lease",
+    "ACTIVE", "check_workflow", "workflow_problems", "MAX_CYCLE_WALK", "check_dependencies", "dependency_problems",
+    "waits_on", "closes_cycle", "at_offset", "first_queued_after_wait", "holds_lease",
     "is_queued", "CHANGE_DRIVEN", "COMMANDS", "DEFAULT_RETRY", "MAX_BACKOFF_S", "MISSED_COUNT_CAP", "PATCHABLE",
     "PROCESSOR", "REDRIVABLE", "RetryPolicy", "jitter_draw", "RESULT_BOUND", "SCHEDULE_EVENTS", "TERMINAL_VALUES",
     "TOO_MANY_DEPENDENTS", "UNKNOWN", "UPDATABLE", "WAITING", "CancelTask", "CreateSchedule", "DeleteSchedule",

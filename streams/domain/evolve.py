@@ -33,7 +33,9 @@ TaskRedriven         failed                         ``scheduled``, due now, fres
 TaskDeadLettered     never                          (a record for the dlq)
 DependencyRegistered any state, fewer than         ``dependent`` added to ``dependents`` (when full,
  (on the upstream)   MAX_DEPENDENTS dependents      decide answers ``too_many_dependents`` at once, or
-                                                    the outcome of a terminal upstream, unrecorded)
+                                                    the outcome of a terminal upstream, unrecorded);
+                                                    not from itself or one of its own dependencies
+                                                    (a cycle: decide answers ``unknown``)
 DependencyResolved   not terminal, a dependency,    ``resolved[upstream] = outcome``; anything but
  (on the dependent)  not yet resolved               ``succeeded`` -> ``upstream_failed``; the last
                                                     success of a pending task with run_at ->
@@ -101,6 +103,7 @@ from taskstream.schemas.limits import (
 )
 
 from .commands import PATCHABLE
+from .dependencies import closes_cycle
 
 #: Results larger than this (JSON text, bytes) are not carried downstream in
 #: DependencyResolved: the dependent's ``ctx.upstream`` holds None for them.
@@ -326,7 +329,8 @@ def _dead_lettered(state: TaskState | None, e: TaskDeadLettered) -> TaskState | 
 def _registered(state: TaskState | None, e: DependencyRegistered) -> TaskState | None:
     # A terminal task records the dependent too (a redrive re-opens it), and decide answers at once.
     # Past MAX_DEPENDENTS nothing more is recorded (the state must fit in one record): decide refuses it.
-    if state is None or e.dependent in state.dependents or len(state.dependents) >= MAX_DEPENDENTS:
+    if (state is None or e.dependent in state.dependents or len(state.dependents) >= MAX_DEPENDENTS
+            or closes_cycle(state, e.dependent)):  # decide resolves it unknown
         return state
     return _bump(state, e.occurred_at, dependents=[*state.dependents, e.dependent])
 

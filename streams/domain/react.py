@@ -32,6 +32,7 @@ from taskstream.schemas.limits import cut_error
 from taskstream.schemas.retry import DEFAULT_RETRY, RetryPolicy, jitter_draw
 
 from .decide import _decides, decided
+from .dependencies import closes_cycle
 from .evolve import (
     ACTIVE,
     RESULT_BOUND,
@@ -79,8 +80,9 @@ def registrations(state: TaskState, now: datetime) -> list[Event]:
 
 @_decides(DependencyRegistered)
 def _after_registered(state: TaskState | None, e: DependencyRegistered, now: datetime) -> list[Event]:
-    # ``state`` is the upstream's. Unknown upstream: resolve as failed; terminal: resolve now.
-    if state is None:
+    # ``state`` is the upstream's. Unknown upstream, or one that depends on the dependent (or is it: a cycle,
+    # dependencies.py): resolve as unknown; terminal: resolve now.
+    if state is None or closes_cycle(state, e.dependent):
         return [_unknown_upstream(e, now)]
     if state.status in TERMINAL_VALUES:
         return [resolution(state, e.dependent, now)]

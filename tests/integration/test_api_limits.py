@@ -18,6 +18,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from taskstream.api import create_app
+from taskstream.api.auth import endpoints
+from taskstream.api.idempotency import derived_id
 from taskstream.schemas import Settings, Topics, catalogue
 from taskstream.schemas.kafka import common_config, ensure_topics, wait_for_broker
 from taskstream.schemas.limits import (
@@ -117,6 +119,12 @@ PROBES = [
      "depends_on[0]"),
     ("POST", "/tasks", raw(handler=TASK, **{"\ud800": "1"}), {}, 422, "body"),  # an unknown key that is not text
     ("POST", "/tasks", '{"handler":"noop","name":"\xff"}'.encode("latin-1"), {}, 400, "body"),
+    ("POST", "/tasks", '{"handler":"noop"}'.encode("utf-16"), {"content-type": "application/json; charset=utf-16"},
+     400, "body"),
+    ("POST", "/tasks", '{"handler":"noop"}'.encode("utf-16-le"), {}, 400, "body"),  # no BOM: json guesses UTF-16
+    ("POST", "/tasks", '{"handler":"noop"}'.encode("utf-32"), {}, 400, "body"),
+    ("POST", "/tasks", '{"handler":"noop"}', {"content-type": "application/json; charset=iso-8859-1"}, 400, "body"),
+    ("PATCH", "/tasks/{id}", '{"priority":"low"}'.encode("utf-16-be"), {}, 400, "body"),
     ("POST", "/tasks:batch",
      raw(tasks="[" + ",".join([raw(handler=TASK)] * 3 + [raw(handler=TASK, payload=json.dumps(BIG))]) + "]"),
      {}, 413, "tasks[3].payload"),
@@ -141,8 +149,15 @@ PROBES = [
      "task.payload"),
     ("POST", "/schedules", raw(cron='"0 * * * *"', task=raw(handler=TASK, timeout_s="Infinity")), {}, 422,
      "task.timeout_s"),
+    ("POST", "/schedules", raw(cron='"*/99999999999999999999 * * * *"', task=raw(handler=TASK)), {}, 422, "cron"),
     ("POST", "/schedules", raw(cron='"0 * * * *"', name=json.dumps("n" * (MAX_NAME_CHARS + 1)), task=raw(handler=TASK)),
      {}, 422, "name"),
+    # a task naming the id its own Idempotency-Key derives, and a batch whose derived ids name each other
+    ("POST", "/tasks", raw(handler=TASK, depends_on=json.dumps([derived_id("self-k")])), {"Idempotency-Key": "self-k"},
+     422, "depends_on[0]"),
+    ("POST", "/tasks:batch", raw(tasks="[" + raw(handler=TASK, depends_on=json.dumps([derived_id("ring:1")])) + ","
+                                 + raw(handler=TASK, depends_on=json.dumps([derived_id("ring:0")])) + "]"),
+     {"Idempotency-Key": "ring"}, 422, "tasks[1].depends_on[0]"),
     ("POST", "/tasks", raw(handler=TASK), {"Idempotency-Key": "k" * 256}, 422, "Idempotency-Key"),
     ("POST", "/tasks", raw(handler=TASK), {"Idempotency-Key": " "}, 422, "Idempotency-Key"),
     ("GET", "/tasks/x?as_of=9999-12-31T23:59:59-01:00", None, {}, 422, "as_of"),
@@ -210,6 +225,59 @@ def test_limits_are_inclusive(api, module_settings: Settings) -> None:
     r = client.post(f"{V1}/tasks", json=extremes)
     assert r.status_code == 202 and r.json()["payload"] == extremes["payload"]
     assert events_written(module_settings) == before + 3
+
+
+def test_utf8_bodies_are_taken_with_or_without_a_charset(api, module_settings: Settings) -> None:
+    client, _ = api
+    before = events_written(module_settings)
+    body = '{"handler":"noop","name":"caf\u00e9 \U0001f600"}'.encode()
+    for content_type in ("application/json; charset=utf-8", "application/json;charset=UTF-8", "application/json",
+                         "application/problem+json; charset=utf8"):
+        r = client.post(f"{V1}/tasks", content=body, headers={"content-type": content_type})
+        assert r.status_code == 202 and r.json()["name"] == "caf\u00e9 \U0001f600", (content_type, r.text[:300])
+    assert events_written(module_settings) == before + 4
+
+
+def test_a_cycle_closed_through_a_task_written_before_is_refused(api, module_settings: Settings) -> None:
+    """Task A (key ka) waits for the id key kb derives; no processor runs, so A stays pending in the read model:
+    B (key kb) depending on A would close a cycle and is refused; the same B without that dependency is taken."""
+    client, _ = api
+    before = events_written(module_settings)
+    a = client.post(f"{V1}/tasks", json={"handler": "noop", "depends_on": [derived_id("kb")]},
+                    headers={"Idempotency-Key": "ka"})
+    assert a.status_code == 202 and a.json()["status"] == "pending", a.text
+    b = client.post(f"{V1}/tasks", json={"handler": "noop", "depends_on": [a.json()["id"]]},
+                    headers={"Idempotency-Key": "kb"})
+    assert b.status_code == 422 and b.headers["content-type"] == PROBLEM, b.text
+    assert [e["field"] for e in b.json()["errors"]] == ["depends_on[0]"] and derived_id("kb") in b.json()["detail"]
+    assert client.post(f"{V1}/tasks", json={"handler": "noop"}, headers={"Idempotency-Key": "kb"}).status_code == 202
+    assert events_written(module_settings) == before + 2
+
+
+#: GET routes that stream (SSE) until the client leaves: a GET through the test client never ends.
+STREAMS = {"/api/v1/tasks/watch", "/api/v1/tasks/{task_id}/watch"}
+
+
+def test_head_is_served_wherever_get_is(api) -> None:
+    """Every GET route of the app (the dashboard's too) answers HEAD as it answers GET, without a body."""
+    client, task_id = api
+    templates = [e.path for e in endpoints(client.app) if e.methods and "GET" in e.methods]
+    assert len(templates) > 25 and "/ui/tasks/{task_id}" in templates and "/api/v1/tasks/{task_id}" in templates
+    params = {"task_id": task_id, "schedule_id": "no-such-schedule", "workflow_id": "no-such-workflow",
+              "name": "app.css"}
+    for template in templates:
+        path = template.format(**params)
+        head = client.head(path)
+        assert head.status_code != 405 and head.content == b"", (path, head.status_code)
+        if template in STREAMS:  # ends at once: the stream stops once its headers are sent
+            assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream"), path
+            continue
+        get = client.get(path)
+        assert (head.status_code, head.headers.get("content-type")) == \
+            (get.status_code, get.headers.get("content-type")), path
+    get, head = client.get(f"{V1}/tasks/{task_id}"), client.head(f"{V1}/tasks/{task_id}")
+    assert head.headers["content-length"] == str(len(get.content)) and head.headers["etag"] == get.headers["etag"]
+    assert client.head(f"{V1}/tasks:batch").status_code == 405  # no GET there: HEAD neither
 
 
 # ------------------------------------------------------------- hypothesis

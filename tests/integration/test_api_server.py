@@ -42,7 +42,13 @@ def test_run_api_serves_and_stops_on_sigterm(settings: Settings, tmp_path) -> No
         wait_until(up, timeout=20, message="API ready over HTTP")
         r = httpx.post(f"{base}/api/v1/tasks", json={"handler": "noop"}, timeout=10)
         assert r.status_code == 202
-        assert httpx.get(f"{base}/api/v1/tasks/{r.json()['id']}", timeout=5).status_code == 200
+        got = httpx.get(f"{base}/api/v1/tasks/{r.json()['id']}", timeout=5)
+        assert got.status_code == 200
+        head = httpx.head(f"{base}/api/v1/tasks/{r.json()['id']}", timeout=5)
+        assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == \
+            str(len(got.content))
+        watch = httpx.head(f"{base}/api/v1/tasks/watch", timeout=5)  # a stream: HEAD ends after its headers
+        assert watch.status_code == 200 and watch.headers["content-type"].startswith("text/event-stream")
         big = httpx.post(f"{base}/api/v1/tasks", content=b"x" * (settings.max_body_bytes + 1),
                          headers={"content-type": "application/json"}, timeout=10)
         assert big.status_code == 413

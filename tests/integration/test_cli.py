@@ -65,6 +65,32 @@ def test_topics_create_creates_every_topic_and_is_idempotent(broker: str) -> Non
     assert "problem" not in second.stderr
 
 
+def test_broker_address_and_prefix_are_flags_too(broker: str) -> None:
+    """``--bootstrap-servers`` and ``--prefix`` do what the variables do, and win over them."""
+    prefix = f"cli{uuid.uuid4().hex[:8]}"
+    env = env_for(f"127.0.0.1:{free_port()}", "not-this-prefix")  # the variables name a dead broker
+    flags = ["--bootstrap-servers", broker, "--prefix", prefix]
+    created = taskstream("topics", "create", *flags, env=env)
+    assert created.returncode == 0, created.stderr
+    listed = taskstream("topics", "list", "--json", *flags, env=env)
+    assert listed.returncode == 0, listed.stderr
+    names = {json.loads(line)["topic"] for line in listed.stdout.splitlines()}
+    assert {spec.name for spec in catalogue(Settings(prefix=prefix))} <= names
+
+
+@pytest.mark.parametrize("command", [["dev"], ["api"], ["processor"], ["executor"], ["events", "tail"], ["lag"],
+                                     ["dlq", "list"], ["keys", "list"], ["state", "rebuild"], ["topics", "list"]])
+def test_every_address_and_port_has_a_flag_shown_with_its_variable(command: list[str]) -> None:
+    help = " ".join(taskstream(*command, "--help").stdout.split())
+    wanted = {"--bootstrap-servers": "TASKSTREAM_BOOTSTRAP_SERVERS", "--prefix": "TASKSTREAM_PREFIX"}
+    if command[0] in ("dev", "api"):
+        wanted["--grpc-port"] = "TASKSTREAM_GRPC_PORT"
+    if command[0] in ("dev", "processor", "executor"):
+        wanted["--metrics-port"] = "TASKSTREAM_METRICS_PORT"
+    for flag, variable in wanted.items():
+        assert flag in help and f"env var: {variable}" in help, (flag, help)
+
+
 def test_topics_create_reports_a_partition_mismatch(broker: str) -> None:
     prefix = f"cli{uuid.uuid4().hex[:8]}"
     assert taskstream("topics", "create", env=env_for(broker, prefix)).returncode == 0

@@ -87,6 +87,21 @@ def test_json_outputs_parse_and_get_list_events(run, tmp_path) -> None:
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("OCCURRED") and "TaskSucceeded" in r.stdout
 
 
+def test_tasks_watch_follows_a_task_live_until_it_ends(run) -> None:
+    task = json.loads(run("tasks", "submit", "sleep", "--payload", '{"seconds": 1}', "--json").stdout)
+    r = run("tasks", "watch", task["id"], "--json")
+    assert r.returncode == 0, r.stderr
+    states = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {t["id"] for t in states} == {task["id"]}
+    assert states[-1]["status"] == "succeeded"
+    versions = [t["version"] for t in states]
+    assert versions == sorted(set(versions)), versions  # every change once, in order
+    failing = json.loads(run("tasks", "submit", "fail", "--json").stdout)
+    r = run("tasks", "watch", failing["id"])
+    assert r.returncode == 1 and "failed" in r.stdout and "planned failure" in r.stdout, r.stdout
+    assert run("tasks", "watch", "no-such-task").returncode == 1
+
+
 def test_a_bad_id_is_one_line_on_stderr(run) -> None:
     for command in ("get", "cancel", "retry", "events"):
         r = run("tasks", command, "no-such-task")

@@ -594,6 +594,22 @@ def test_grpc_calls_are_authenticated_authorized_and_rate_limited_like_http(sett
         assert any(isinstance(d, error_details_pb2.RetryInfo) for d in details)
 
 
+def test_grpc_anonymous_limit_is_per_address_whatever_the_channel(settings: Settings) -> None:
+    """A new channel per call (a new source port each time) is the same anonymous caller: 3 of 6 pass."""
+    from fastapi.testclient import TestClient
+
+    from taskstream.api import create_app
+
+    s = settings.model_copy(update={"rate_limit_anonymous": (0.001, 3), "grpc_port": free_port()})
+    with TestClient(create_app(s)):
+        codes = []
+        for _ in range(6):
+            with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+                get = tasks_pb2_grpc.TaskServiceStub(channel).GetTask
+                codes.append(rpc_error(get, tasks_pb2.GetTaskRequest(id="nope"))[0])
+    assert codes == [grpc.StatusCode.NOT_FOUND] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+
+
 def test_bench_submits_through_grpc(stack: Stack) -> None:
     import json
     import subprocess

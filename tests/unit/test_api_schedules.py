@@ -47,6 +47,15 @@ def test_check_returns_the_first_fire_time_in_the_time_zone() -> None:
     ({"cron": "* * *"}, "cron"),
     ({"cron": "@daily"}, "cron"),
     ({"cron": "0 0 30 2 *"}, "cron"),  # February 30th never comes
+    ({"cron": "*/99999999999999999999 * * * *"}, "cron"),  # croniter reads it as "at minute 0"
+    ({"cron": "*/60 * * * *"}, "cron"),
+    ({"cron": "0-59/61 * * * *"}, "cron"),
+    ({"cron": "0 */24 * * *"}, "cron"),
+    ({"cron": "0 0 1-31/31 * *"}, "cron"),
+    ({"cron": "0 0 * */12 *"}, "cron"),
+    ({"cron": "0 0 * * MON/7"}, "cron"),
+    ({"cron": "0 0 * * 1,2/99"}, "cron"),
+    ({"cron": "* * * * * */60"}, "cron"),
     ({"timezone": "Mars/Olympus"}, "timezone"),
     ({"timezone": "../../etc/passwd"}, "timezone"),
     ({"start_at": "2024-06-01T00:00:00Z", "end_at": "2024-06-01T00:00:00Z"}, "end_at"),
@@ -57,6 +66,12 @@ def test_check_names_the_field(fields: dict, field: str) -> None:
     with pytest.raises(ValidationError) as info:
         schedule(**fields).check(NOW)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("expr", ["*/59 * * * *", "10-40/5 * * * *", "0 */23 * * *", "0 0 */30 * *",
+                                  "0 0 1 */11 *", "0 0 * * 0-6/6", "5,*/15 * * * *", "0 9 * * * */59"])
+def test_steps_within_their_field_pass(expr: str) -> None:
+    schedule(cron=expr).check(NOW)
 
 
 @pytest.mark.parametrize("fields, loc", [

@@ -8,6 +8,7 @@ and a listening socket that was the target records no accepted connection.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
 import threading
@@ -15,9 +16,18 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from taskstream.executors.builtin import builtins
-from taskstream.executors.builtin_http import HttpHandler, HttpStatusError, TargetRefused, check
+from taskstream.executors.builtin_http import (
+    HttpHandler,
+    HttpStatusError,
+    TargetRefused,
+    _public,
+    carried_ipv4,
+    check,
+)
 from taskstream.executors.context import TaskContext
 from taskstream.executors.errors import PermanentError
 from taskstream.schemas import Settings
@@ -238,6 +248,44 @@ def test_private_link_local_ula_multicast_and_unspecified_addresses_are_refused(
         asyncio.run(check(f"http://{host}/latest/meta-data/", s))
     with pytest.raises(TargetRefused):
         call(s, {"url": f"http://{host}/latest/meta-data/"})
+
+
+#: IPv6 forms of an IPv4 address ``v`` (an int), each reaching ``v`` (or, for 6to4 and Teredo, a gateway at v).
+EMBEDDINGS = {
+    "compatible": lambda v: ipaddress.IPv6Address(v),
+    "mapped": lambda v: ipaddress.IPv6Address((0xFFFF << 32) | v),
+    "translated": lambda v: ipaddress.IPv6Address((0xFFFF << 48) | v),
+    "nat64": lambda v: ipaddress.IPv6Address((0x64FF9B << 96) | v),
+    "6to4": lambda v: ipaddress.IPv6Address((0x2002 << 112) | (v << 80) | 1),
+    "teredo": lambda v: ipaddress.IPv6Address((0x20010000 << 96) | (int(TEREDO_SERVER) << 64) | (0xFFFFFFFF ^ v)),
+}
+TEREDO_SERVER = ipaddress.IPv4Address("65.54.227.120")
+
+
+@pytest.mark.parametrize("host", ["[::7f00:1]", "[::a9fe:a9fe]", "[::ffff:0:7f00:1]", "[64:ff9b::7f00:1]",
+                                  "[64:ff9b::a00:1]", "[64:ff9b:1::7f00:1]", "[64:ff9b:1::808:808]",
+                                  "[2002:7f00:1::1]", "[2002:a9fe:a9fe::1]", "[2002:c0a8:101::]",
+                                  "[2001:0:4136:e378:8000:63bf:80ff:fffe]"])  # Teredo, client 127.0.0.1
+def test_ipv6_forms_that_carry_a_forbidden_ipv4_address_are_refused(host: str) -> None:
+    s = Settings(http_allowed_hosts=[host])
+    with pytest.raises(TargetRefused, match="non-public"):
+        asyncio.run(check(f"http://{host}/", s))
+
+
+@pytest.mark.parametrize("form", sorted(EMBEDDINGS))
+def test_an_ipv6_form_that_carries_a_public_ipv4_address_passes_as_that_address(form: str) -> None:
+    host = f"[{EMBEDDINGS[form](int(ipaddress.IPv4Address('8.8.8.8')))}]"
+    assert asyncio.run(check(f"http://{host}/", Settings(http_allowed_hosts=[host]))).host == host.strip("[]")
+    loopback = f"[{EMBEDDINGS[form](int(ipaddress.IPv4Address('127.0.0.1')))}]"
+    allowed = Settings(http_allowed_hosts=[loopback], http_allowed_networks=["127.0.0.0/8"])
+    assert asyncio.run(check(f"http://{loopback}/", allowed)).host == loopback.strip("[]")  # allowed like 127.0.0.1
+
+
+@given(v=st.integers(0, 2**32 - 1), form=st.sampled_from(sorted(EMBEDDINGS)))
+def test_an_ipv6_form_is_judged_as_the_ipv4_address_it_carries(v: int, form: str) -> None:
+    ip = EMBEDDINGS[form](v)
+    assert ipaddress.IPv4Address(v) in carried_ipv4(ip)
+    assert _public(ip, []) == _public(ipaddress.IPv4Address(v), [])
 
 
 def test_a_name_that_resolves_to_a_forbidden_address_is_refused(silent) -> None:

@@ -105,6 +105,15 @@ def test_each_status_is_its_exception(status: int, cls: type) -> None:
         assert exc.retry_after == 2.0
 
 
+def test_a_504_write_outcome_unknown_is_an_unavailable_of_its_own_and_other_504s_are_server_errors() -> None:
+    from taskstream.client import OutcomeUnknown
+
+    unknown = {"type": "urn:taskstream:problem:write-outcome-unknown", "title": "T", "status": 504, "detail": "d"}
+    exc = error_for(504, unknown, "1")
+    assert type(exc) is OutcomeUnknown and isinstance(exc, Unavailable) and exc.retry_after == 1.0
+    assert type(error_for(504, {"title": "Gateway Timeout"})) is ServerError  # a proxy's own 504 says nothing
+
+
 def test_retry_after_seconds() -> None:
     assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None and retry_after_seconds("-1") is None
