@@ -46,8 +46,11 @@ chromium:
 dev: $(STAMP) kafka
 	$(BIN)/taskstream dev $(ARGS)
 
+# Two pytest-xdist workers (this project's machines have 2 cores), each with a Kafka node of its own; a module's
+# tests stay on one worker (--dist loadscope), so a module's stack is started once. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: $(TEST_STAMP) kafka kcat chromium lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # ruff and mypy as configured in pyproject.toml (mypy: strict flags on streams/domain and schemas).
 lint: $(TEST_STAMP)

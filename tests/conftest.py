@@ -1,10 +1,13 @@
-"""Shared fixtures: one Apache Kafka node per test session, a fresh topic prefix per test (its topics deleted after)."""
+"""Shared fixtures: one Apache Kafka node per test session (per xdist worker), a fresh topic prefix per test (its
+topics made ahead of time, deleted after)."""
 
 from __future__ import annotations
 
 import os
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -48,7 +51,8 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message
 def broker(tmp_path_factory):
     """Bootstrap servers of the session's Kafka node (KRaft, 127.0.0.1, a free port), or $TASKSTREAM_TEST_BOOTSTRAP.
 
-    One node serves the whole session: each test has its own topic prefix and its topics are deleted after it."""
+    One node serves the whole session (under pytest-xdist, each worker's session has a node of its own, on its
+    own port and directory): each test has its own topic prefix and its topics are deleted after it."""
     external = os.environ.get("TASKSTREAM_TEST_BOOTSTRAP")
     if external:
         yield external
@@ -60,21 +64,68 @@ def broker(tmp_path_factory):
         b.stop()
 
 
+class TopicSets:
+    """The test catalogue's topics under fresh prefixes, made ``ahead`` tests in advance on a background thread.
+
+    A new set is 39 partitions that the node brings up in about a second (several on a loaded machine): made
+    while the previous test runs, a test's ``settings`` rarely waits for it. ``take()`` returns a prefix whose
+    topics exist and are usable (``ensure_topics`` found nothing to report), or raises what making them raised;
+    deletions run on the same thread, in order. ``close()`` deletes the sets nobody took."""
+
+    def __init__(self, bootstrap_servers: str, ahead: int = 2) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.ahead = ahead
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="test-topics")
+        self._made: deque[Future[str]] = deque()
+
+    def settings(self, prefix: str) -> Settings:
+        return Settings(bootstrap_servers=self.bootstrap_servers, prefix=prefix, partitions=3)
+
+    def _make(self) -> str:
+        s = self.settings(f"t{uuid.uuid4().hex[:10]}")
+        wait_for_broker(s)
+        problems = ensure_topics(s, catalogue(s))
+        assert problems == [], problems
+        return s.prefix
+
+    def take(self) -> str:
+        while len(self._made) <= self.ahead:
+            self._made.append(self._thread.submit(self._make))
+        return self._made.popleft().result()
+
+    def delete(self, prefix: str) -> None:
+        """Delete the topics under ``prefix`` on the background thread (the test does not wait for it)."""
+        self._thread.submit(delete_topics, self.settings(prefix))
+
+    def close(self) -> None:
+        for made in self._made:
+            if made.exception() is None:
+                self.delete(made.result())
+        self._thread.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session")
+def topic_sets(broker):
+    sets = TopicSets(broker)
+    try:
+        yield sets
+    finally:
+        sets.close()
+
+
 @pytest.fixture
-def settings(broker, tmp_path: Path) -> Settings:
+def settings(broker, topic_sets: TopicSets, tmp_path: Path) -> Settings:
     """Settings with a topic prefix of the test's own, topics created (and deleted after the test)."""
     s = Settings(
         bootstrap_servers=broker,
-        prefix=f"t{uuid.uuid4().hex[:10]}",
+        prefix=topic_sets.take(),
         partitions=3,
         data_dir=tmp_path / "data",
         session_timeout_ms=SESSION_TIMEOUT_MS,
         metrics_port=0,  # processes of a test serve no metrics unless the test asks (they would all want 9100)
     )
-    wait_for_broker(s)
-    assert ensure_topics(s, catalogue(s)) == []
     yield s
-    delete_topics(s)
+    topic_sets.delete(s.prefix)
 
 
 def delete_topics(s: Settings) -> None:
