@@ -3,11 +3,15 @@ topics made ahead of time, deleted after)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +33,34 @@ hypothesis_settings.register_profile(
     "taskstream", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 hypothesis_settings.load_profile("taskstream")
+
+@contextmanager
+def _turn(folder: Path, alone: bool) -> Iterator[None]:
+    """A test's turn among the pytest-xdist workers of one run: a shared lock on ``folder/turns.lock``, exclusive
+    for a test that runs ``alone``. An ``alone`` test holds the gate while it waits and runs, so the other workers'
+    next tests wait behind it rather than slipping in between."""
+    with open(folder / "turns.gate", "a") as gate, open(folder / "turns.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # the locks go with the files
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Under pytest-xdist (``make test``), a test marked ``alone`` runs while no other worker runs a test: for
+    tests that measure wall-clock bounds a second test on this 2-core machine would blur."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        return (yield)
+    folder = Path(tempfile.gettempdir()) / f"taskstream-test-turns-{run}"
+    folder.mkdir(exist_ok=True)
+    with _turn(folder, item.get_closest_marker("alone") is not None):
+        return (yield)
+
 
 #: Consumer-group session timeout of every stack a test builds (heartbeats every third of it). Short, so that a
 #: test that kills a member sees its partitions move within seconds; the test broker allows down to 1 s.
