@@ -1,16 +1,17 @@
 """Shared fixtures: one Apache Kafka node per test session (per xdist worker), a fresh topic prefix per test (its
-topics made ahead of time, deleted after)."""
+topics made ahead of time by a helper process, deleted after)."""
 
 from __future__ import annotations
 
 import fcntl
+import multiprocessing
 import os
 import tempfile
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,44 +97,52 @@ def broker(tmp_path_factory):
         b.stop()
 
 
+def _topic_set_settings(bootstrap_servers: str, prefix: str) -> Settings:
+    return Settings(bootstrap_servers=bootstrap_servers, prefix=prefix, partitions=3)
+
+
+def _make_topic_set(bootstrap_servers: str) -> str:
+    s = _topic_set_settings(bootstrap_servers, f"t{uuid.uuid4().hex[:10]}")
+    wait_for_broker(s)
+    problems = ensure_topics(s, catalogue(s))
+    assert problems == [], problems
+    return s.prefix
+
+
+def _delete_topic_set(bootstrap_servers: str, prefix: str) -> None:
+    delete_topics(_topic_set_settings(bootstrap_servers, prefix))
+
+
 class TopicSets:
-    """The test catalogue's topics under fresh prefixes, made ``ahead`` tests in advance on a background thread.
+    """The test catalogue's topics under fresh prefixes, made ``ahead`` tests in advance by a helper process.
 
     A new set is 39 partitions that the node brings up in about a second (several on a loaded machine): made
     while the previous test runs, a test's ``settings`` rarely waits for it. ``take()`` returns a prefix whose
     topics exist and are usable (``ensure_topics`` found nothing to report), or raises what making them raised;
-    deletions run on the same thread, in order. ``close()`` deletes the sets nobody took."""
+    deletions run in the same process, in order. A process of its own (spawned, not forked), not a thread: its
+    Kafka clients are invisible to a test that records every client its own process makes. ``close()`` deletes
+    the sets nobody took."""
 
     def __init__(self, bootstrap_servers: str, ahead: int = 2) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.ahead = ahead
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="test-topics")
+        self._helper = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         self._made: deque[Future[str]] = deque()
-
-    def settings(self, prefix: str) -> Settings:
-        return Settings(bootstrap_servers=self.bootstrap_servers, prefix=prefix, partitions=3)
-
-    def _make(self) -> str:
-        s = self.settings(f"t{uuid.uuid4().hex[:10]}")
-        wait_for_broker(s)
-        problems = ensure_topics(s, catalogue(s))
-        assert problems == [], problems
-        return s.prefix
 
     def take(self) -> str:
         while len(self._made) <= self.ahead:
-            self._made.append(self._thread.submit(self._make))
+            self._made.append(self._helper.submit(_make_topic_set, self.bootstrap_servers))
         return self._made.popleft().result()
 
     def delete(self, prefix: str) -> None:
-        """Delete the topics under ``prefix`` on the background thread (the test does not wait for it)."""
-        self._thread.submit(delete_topics, self.settings(prefix))
+        """Delete the topics under ``prefix`` in the helper process (the test does not wait for it)."""
+        self._helper.submit(_delete_topic_set, self.bootstrap_servers, prefix)
 
     def close(self) -> None:
         for made in self._made:
             if made.exception() is None:
                 self.delete(made.result())
-        self._thread.shutdown(wait=True)
+        self._helper.shutdown(wait=True)
 
 
 @pytest.fixture(scope="session")
