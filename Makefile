@@ -63,7 +63,7 @@ unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)
-	$(BIN)/taskstream bench $(ARGS)
+	$(BIN)/taskstream bench $(if $(findstring --url,$(ARGS)),,--start-stack) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .taskstream build *.egg-info
