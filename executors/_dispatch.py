@@ -13,6 +13,7 @@ running attempts the grace period before giving up on them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from taskstream.schemas.observability import about
@@ -79,8 +80,11 @@ class Dispatcher:
             await self._wake.wait()
             self._wake.clear()
             hold = intake.hold_s()
-            if hold > 0:
-                await asyncio.sleep(hold)
+            while hold > 0 and not stop.is_set():  # a fresh assignment settles; the intake wakes us when it has
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), hold)
+                hold = intake.hold_s()
             while len(self._slots) < self._concurrency and not stop.is_set():
                 delivery = intake.take(self._picker.pick)
                 if delivery is None:

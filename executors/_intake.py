@@ -35,10 +35,10 @@ from taskstream.schemas.topics import PRIORITIES
 
 log = logging.getLogger("taskstream.executors.runtime")
 
-#: After partitions are assigned, grants wait this long so the first fetches of
-#: every priority land in the buffers; otherwise whichever topic's fetch answers
-#: first would take the free slots of a freshly started executor with a backlog.
-ASSIGN_SETTLE_S = 0.25
+#: After partitions are assigned, grants wait until every new partition has answered its first fetch (a record,
+#: or its end), at most this long, so the first fetches of every priority land in the buffers; otherwise whichever
+#: topic's fetch answers first would take the free slots of a freshly started executor with a backlog.
+ASSIGN_SETTLE_S = 2.0
 #: How many cancelled task ids the executor remembers to skip their redelivered ReadyTasks.
 RECENTLY_CANCELLED = 10_000
 
@@ -104,6 +104,7 @@ class Intake(Hooks):
         self._level_paused = [False] * len(PRIORITIES)
         self._draining = False
         self._hold_until = 0.0  # time.monotonic() before which the dispatcher grants no slot
+        self._unheard: set[Partition] = set()  # assigned partitions that have not answered a first fetch yet
         self._active: dict[str, list[Delivery]] = {}  # taken out of the buffers, handler not returned, by task id
         self._recently_cancelled: OrderedDict[str, None] = OrderedDict()
 
@@ -113,7 +114,12 @@ class Intake(Hooks):
         with self.lock:
             self._runtime = runtime
             self._hold_until = time.monotonic() + ASSIGN_SETTLE_S
+            self._unheard.update(partitions)
         self._assigned_event.set()
+
+    def on_end(self, runtime: ConsumerRuntime, partition: Partition, offset: int) -> None:
+        """A partition at its end has answered its first fetch; the last one to answer ends the hold."""
+        self._heard([partition])
 
     def on_revoked(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
         """Drop their deliveries; the runtime then commits what was settled and forgets them."""
@@ -153,6 +159,7 @@ class Intake(Hooks):
                 level = self._topic_level.get(msg.topic(), len(PRIORITIES) - 1)
                 self._buffers[level].append(Delivery(msg.topic(), msg.partition(), msg.offset(), task, offsets, self))
                 woke = True
+        self._heard((m.topic(), m.partition()) for m in records)
         for msg, reason in poison:
             runtime.dead_letter(msg, reason)
         for delivery in to_cancel:
@@ -185,9 +192,19 @@ class Intake(Hooks):
     # ------------------------------------------------------ the dispatcher's side
 
     def hold_s(self) -> float:
-        """Seconds the dispatcher should still wait before granting slots (a fresh assignment settles)."""
+        """Seconds the dispatcher should still wait before granting slots: until every partition of a fresh
+        assignment answered its first fetch, at most ``ASSIGN_SETTLE_S`` (0 once they all have)."""
         with self.lock:
-            return self._hold_until - time.monotonic()
+            return self._hold_until - time.monotonic() if self._unheard else 0.0
+
+    def _heard(self, partitions: Iterable[Partition]) -> None:
+        with self.lock:
+            if not self._unheard:
+                return
+            self._unheard.difference_update(partitions)
+            settled = not self._unheard
+        if settled:
+            self._notify()
 
     def take(self, choose: Callable[[list[bool]], int | None]) -> Delivery | None:
         """The next delivery to run: ``choose`` gets which priority levels have a backlog and names one."""
@@ -265,6 +282,7 @@ class Intake(Hooks):
 
     def _forget(self, keys: set[Partition]) -> None:
         with self.lock:
+            self._unheard.difference_update(keys)
             for level, buf in enumerate(self._buffers):
                 kept = [d for d in buf if (d.topic, d.partition) not in keys]
                 if len(kept) != len(buf):

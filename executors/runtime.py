@@ -120,7 +120,8 @@ class Executor:
         try:
             consumer = self.consumer = ConsumerRuntime.member(
                 self.settings, intake, client_id=self.executor_id, group=self.topics.executor_group,
-                topics=self.topics.all_ready, overrides=self.consumer_overrides, batch=POLL_BATCH,
+                topics=self.topics.all_ready, overrides={"enable.partition.eof": True, **self.consumer_overrides},
+                batch=POLL_BATCH,
                 poll_s=POLL_TIMEOUT_S, commit_interval_s=COMMIT_INTERVAL_S, done_on_return=False,
                 producer=producer, lock=intake.lock)
         except BrokerUnavailable as exc:

@@ -344,7 +344,7 @@ def test_grpc_get_and_list_workflows(stack: Stack, stubs: Stubs) -> None:
     w = stubs.workflows
     wf = w.SubmitWorkflow(workflows_pb2.SubmitWorkflowRequest(tasks=[
         json_format.ParseDict({"key": "b", "handler": "noop", "depends_on": ["a"]}, workflows_pb2.WorkflowTask()),
-        json_format.ParseDict({"key": "a", "handler": "watch.flaky", "payload": {"sleep": 0.01, "succeed_at": 1}},
+        json_format.ParseDict({"key": "a", "handler": "watch.flaky", "payload": {"sleep": 1.0, "succeed_at": 1}},
                               workflows_pb2.WorkflowTask()),
     ]))
     got = w.GetWorkflow(workflows_pb2.GetWorkflowRequest(id=wf.workflow_id))
