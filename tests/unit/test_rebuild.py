@@ -48,13 +48,17 @@ def simulate(initial, fail_first: set[str], never_run: set[str]):
     """
     log = [(e.task_id.encode(), codec.encode(e)) for e in initial]
     table = {}
+    edges: dict[bytes, set[str]] = {}
     clock = [10.0]
     i = 0
     while i < len(log):
         key, value = log[i]
         clock[0] += 0.5
         now = at(clock[0])
-        step = fold_step(TOPICS, table.get(key), value, i, 0, now, "proc")
+        step = fold_step(TOPICS, table.get(key), value, i, 0, now, "proc",
+                         dependents=lambda: sorted(edges.get(key, ())))
+        if step.edge is not None:
+            edges.setdefault(step.edge.task_id.encode(), set()).add(step.edge.dependent)
         if step.state is not None:
             table[key] = step.state
         for out in step.outputs:
