@@ -218,7 +218,7 @@ class TaskStore:
 
     def dependents(self, upstream: str, limit: int | None = None) -> list[str]:
         """The dependents the edges of ``upstream`` name, by id (at most ``limit``)."""
-        out = []
+        out: list[str] = []
         for key in self._scan(_edges(upstream), None):
             if limit is not None and len(out) >= limit:
                 break

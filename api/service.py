@@ -15,7 +15,8 @@ share the rules (reads have their own path, ``api.reads``):
   saw), so a read right after the write shows it; the processor's own
   states, arriving later on ``<p>.state``, replace it;
 - ``Idempotency-Key``: the ids of what a request creates derive from the
-  key in the caller's scope (``actor``; anonymous callers share one); a repeat of the same request answers what exists, a different
+  key in the caller's scope (``actor``; anonymous callers share one); a
+  repeat of the same request answers what exists, a different
   request with the same key is a ``ValidationError`` naming the header; a
   task that would wait for itself or on a cycle through those ids is one
   naming ``depends_on`` (``domain.check_dependencies``).

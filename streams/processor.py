@@ -139,9 +139,10 @@ def fold_step(
     return Step(domain.at_offset(new, offset), outputs, failed, edge)
 
 
-def table_dependents(table: Rdict, state: TaskState) -> list[str]:
-    """The dependents of ``state``'s task: its edges in ``table`` (one prefix scan) and any its record embeds."""
-    prefix = domain.edges_prefix(state.task_id)
+def table_dependents(table: Rdict, task_id: str, state: TaskState | None) -> list[str]:
+    """The dependents of task ``task_id``: its edges in ``table`` (one prefix scan) and any its record
+    (``state``) embeds."""
+    prefix = domain.edges_prefix(task_id)
     found: list[str] = []
     it = table.iter()
     try:
@@ -154,7 +155,7 @@ def table_dependents(table: Rdict, state: TaskState) -> list[str]:
             it.next()
     finally:
         del it
-    return domain.dependents_of(state, found)
+    return domain.dependents_of(state, found) if state is not None else sorted(found)
 
 
 def _outputs(
@@ -446,7 +447,7 @@ class Processor(Hooks):
         try:
             state = self.wire.decode(raw) if raw else None
             step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id, wire=self.wire,
-                             dependents=lambda: table_dependents(table, state))
+                             dependents=lambda: table_dependents(table, key.decode(), state))
             value = self.wire.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
             self.runtime.dead_letter(m, str(exc))

@@ -95,8 +95,8 @@ from taskstream.schemas import (
     TaskUpdated,
 )
 from taskstream.schemas.limits import (
-    MAX_CHECKPOINT_BYTES,
     LEGACY_MAX_DEPENDENTS,
+    MAX_CHECKPOINT_BYTES,
     MAX_RESULT_BYTES,
     MAX_UPSTREAM_RESULT_BYTES,
     MAX_UPSTREAM_RESULTS_BYTES,

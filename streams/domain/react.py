@@ -140,7 +140,7 @@ def owed(before: object, after: object, event: Event) -> str | None:
     """What the step from ``before`` to ``after`` on ``event`` owes every dependent of the task, or None."""
     if not isinstance(after, TaskState):
         return None
-    if not is_terminal(before) and is_terminal(after):
+    if not (isinstance(before, TaskState) and is_terminal(before)) and is_terminal(after):
         return RESOLVE
     if (isinstance(event, TaskRedriven) and after is not before and after.updated_at == event.occurred_at
             and after.status in WAITING):

@@ -15,7 +15,8 @@ from taskstream.api import create_app
 from taskstream.api.idempotency import derived_id
 from taskstream.cli.keys import create_key
 from taskstream.schemas import Settings
-from tests.integration.test_auth import key_ready, secured, signer, token  # noqa: F401  (signer: a fixture)
+from tests.integration.test_auth import key_ready, secured, token
+from tests.integration.test_auth import signer as signer  # noqa: F401  (a fixture, shared)
 
 pytestmark = pytest.mark.integration
 

@@ -32,13 +32,13 @@ from taskstream.streams.domain import (
     check_dependencies,
     decide,
     dependency_problems,
+    dependents_of,
     evolve,
     initial_state,
-    dependents_of,
     react,
     recorded,
-    with_dependents,
     waits_on,
+    with_dependents,
 )
 
 T0 = datetime(2024, 1, 1, 12, tzinfo=UTC)

@@ -43,10 +43,10 @@ from taskstream.streams.domain import (
     evolve,
     fold,
     fold_with_dependents,
-    recorded,
     is_ready,
     react,
     ready_message,
+    recorded,
     replay_outputs,
 )
 

@@ -9,7 +9,6 @@ a state at every limit encodes to well under the record size.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings

@@ -42,12 +42,12 @@ from taskstream.schemas import (
 )
 from taskstream.streams import domain
 from taskstream.streams.domain import (
-    fold_with_dependents,
     attempts_left,
     backoff_delay,
     decide,
     evolve,
     fold,
+    fold_with_dependents,
     is_ready,
     is_terminal,
     lease_expired,

@@ -56,7 +56,7 @@ def simulate(initial, fail_first: set[str], never_run: set[str]):
         clock[0] += 0.5
         now = at(clock[0])
         step = fold_step(TOPICS, table.get(key), value, i, 0, now, "proc",
-                         dependents=lambda: sorted(edges.get(key, ())))
+                         dependents=lambda key=key: sorted(edges.get(key, ())))
         if step.edge is not None:
             edges.setdefault(step.edge.task_id.encode(), set()).add(step.edge.dependent)
         if step.state is not None:
