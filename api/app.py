@@ -23,8 +23,9 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -50,9 +51,9 @@ from .watch import WatchMetrics
 
 log = logging.getLogger(__name__)
 
-#: A produce the broker has not acknowledged within this time fails (503)
-#: for good: librdkafka gives up on the record (``message.timeout.ms``), so a
-#: 503 never hides a task that is written later.
+#: A produce the broker has not acknowledged within this time fails: librdkafka gives up on the record
+#: (``message.timeout.ms``). A record that reached the broker may still be written, so that answer is 504
+#: write-outcome-unknown, never a 503 (``api.service``).
 DEFAULT_PRODUCE_TIMEOUT_S = 10.0
 #: How long ``run_api`` waits for the broker to check the topics; a broker that does not answer by then is not
 #: waited for (the API starts, ``/readyz`` says why it is not ready).
@@ -64,7 +65,8 @@ def producer_id() -> str:
 
 
 def construct_context(settings: Settings, *, authenticator: auth.Authenticator, rate_limit: auth.RateLimit,
-                      metrics: ApiMetrics, read_limits: ReadLimits, produce_timeout_s: float) -> ApiContext:
+                      metrics: ApiMetrics, read_limits: ReadLimits, produce_timeout_s: float,
+                      producer_overrides: Mapping[str, Any] | None = None) -> ApiContext:
     """The parts of a running API that connect to the cluster, built here and nowhere else, with those
     ``create_app`` built before (they answer without a broker: authentication, rate limits, metrics).
 
@@ -75,7 +77,8 @@ def construct_context(settings: Settings, *, authenticator: auth.Authenticator, 
         settings=settings,
         wire=codec.WireFormat.of(settings),
         producer_id=pid,
-        producer=async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000)}),
+        producer=async_producer(settings, pid, {"message.timeout.ms": int(produce_timeout_s * 1000),
+                                                **(producer_overrides or {})}),
         read_model=ReadModel(settings).start(),
         history=HistoryReader(settings, read_limits),
         read_limits=read_limits,
@@ -97,10 +100,13 @@ async def close_context(ctx: ApiContext, produce_timeout_s: float) -> None:
 
 
 def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE_TIMEOUT_S,
-               read_limits: ReadLimits = DEFAULT_LIMITS) -> FastAPI:
+               read_limits: ReadLimits = DEFAULT_LIMITS,
+               producer_overrides: Mapping[str, Any] | None = None) -> FastAPI:
     """The taskstream HTTP API for the cluster and topic prefix of ``settings``.
 
     ``read_limits`` bounds its expensive reads (history scans, list scans; ``history.ReadLimits``).
+    ``producer_overrides`` are librdkafka properties on top of its producer's (the durable ones stay; tests use
+    them to provoke the client's failures).
     Raises ``auth.InsecureConfig`` for settings that would serve it without
     authentication beyond loopback (docs/security.md).
     """
@@ -111,7 +117,8 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = construct_context(settings, authenticator=authenticator, rate_limit=rate_limit, metrics=metrics,
-                                read_limits=read_limits, produce_timeout_s=produce_timeout_s)
+                                read_limits=read_limits, produce_timeout_s=produce_timeout_s,
+                                producer_overrides=producer_overrides)
         app.state.context = ctx  # what the routes' ``Context`` dependency answers
         watchers = WatchMetrics(ctx)  # open SSE and gRPC watches
         metrics.registry.register(watchers)

@@ -54,8 +54,9 @@ class ApiContext:
     metrics: ApiMetrics
 
 
-def api_context(request: Request) -> ApiContext:
-    """FastAPI dependency: the context of the app serving ``request`` (put there by its lifespan)."""
+async def api_context(request: Request) -> ApiContext:
+    """FastAPI dependency: the context of the app serving ``request`` (put there by its lifespan). A coroutine,
+    so FastAPI calls it on the loop: a plain ``def`` dependency costs every request a hop to a worker thread."""
     return request.app.state.context
 
 

@@ -36,6 +36,7 @@ HTTP                                  gRPC
 503 history-busy                      RESOURCE_EXHAUSTED + RetryInfo
 503 read-too-expensive                RESOURCE_EXHAUSTED
 503 broker or auth unavailable        UNAVAILABLE + RetryInfo (1 s)
+504 write-outcome-unknown             DEADLINE_EXCEEDED + RetryInfo (1 s)
 ====================================  ======================================
 
 Watches (``WatchTask``, ``WatchTasks``) stream from the change feed like the
@@ -76,14 +77,27 @@ from taskstream.schemas import (
     Status,
     TooLarge,
     ValidationError,
+    WorkflowStatus,
+    WriteOutcomeUnknown,
 )
 from taskstream.schemas.observability import about
 
 from . import auth, idempotency, reads, service
 from .context import ApiContext
 from .history import HistoryBusy, HistoryTooExpensive, event_json
-from .models import BatchIn, RedriveIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, schedule_json, task_json
+from .models import (
+    BatchIn,
+    RedriveIn,
+    ScheduleIn,
+    TaskIn,
+    TaskPatch,
+    WorkflowIn,
+    schedule_json,
+    task_json,
+    workflow_json,
+)
 from .problems import violation
+from .rate_limit import client_address
 from .reads import MAX_LIMIT
 from .revalidate import while_admitted
 from .service import MAX_REASON
@@ -141,6 +155,11 @@ def from_exception(exc: BaseException) -> RpcError | None:
         return RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc), _error_info("CONFLICT"))
     if isinstance(exc, RecordRefused):
         return bad_request([("request", f"the event log refused the request's record: {exc}")])
+    if isinstance(exc, WriteOutcomeUnknown):  # gRPC's own meaning: the change may have happened all the same
+        log.warning("write outcome unknown: %s", exc)
+        return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the event log did not confirm the write in time and may have taken it all the same: {exc}; "
+                        "retry with the same idempotency-key to learn the outcome", _retry_info(1))
     if isinstance(exc, BrokerUnavailable):
         log.warning("broker unavailable: %s", exc)
         return RpcError(grpc.StatusCode.UNAVAILABLE, f"the event log could not be written: {exc}", _retry_info(1))
@@ -254,6 +273,10 @@ def task_message(task: dict[str, Any]) -> tasks_pb2.Task:
     return json_format.ParseDict(task, tasks_pb2.Task(), ignore_unknown_fields=True)
 
 
+def workflow_message(workflow: dict[str, Any]) -> workflows_pb2.Workflow:
+    return json_format.ParseDict(workflow, workflows_pb2.Workflow(), ignore_unknown_fields=True)
+
+
 def schedule_message(schedule: dict[str, Any]) -> schedules_pb2.Schedule:
     return json_format.ParseDict(schedule, schedules_pb2.Schedule(), ignore_unknown_fields=True)
 
@@ -299,6 +322,8 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
     "WatchTask": ("GET", "/api/v1/tasks/{task_id}/watch"),
     "WatchTasks": ("GET", "/api/v1/tasks/watch"),
     "SubmitWorkflow": ("POST", "/api/v1/workflows"),
+    "GetWorkflow": ("GET", "/api/v1/workflows/{workflow_id}"),
+    "ListWorkflows": ("GET", "/api/v1/workflows"),
     "CreateSchedule": ("POST", "/api/v1/schedules"),
     "GetSchedule": ("GET", "/api/v1/schedules/{schedule_id}"),
     "ListSchedules": ("GET", "/api/v1/schedules"),
@@ -308,7 +333,8 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who calls (``principal``), from where (``peer``), with which ``idempotency-key`` metadata (``key``)."""
+    """Who calls (``principal``), from where (``peer``: its address without the port), with which
+    ``idempotency-key`` metadata (``key``)."""
 
     principal: auth.Principal
     peer: str
@@ -330,7 +356,7 @@ class _Adapter:
         """Authenticate and authorize the call as its HTTP route, charge the rate limit; the caller."""
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         authenticator = self.ctx.authenticator
-        peer = context.peer() or "unknown"
+        peer = client_address(context.peer() or "unknown")  # a new channel per call must not get a new bucket
         need = auth.required(*RPC_ROUTES[rpc_name])
         if need == auth.OPEN:
             principal = auth.ANONYMOUS if not authenticator.enabled else auth.NOBODY
@@ -493,7 +519,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
 
 
 class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
-    """``taskstream.v1.WorkflowService``: ``POST /api/v1/workflows``."""
+    """``taskstream.v1.WorkflowService``: ``/api/v1/workflows``."""
 
     @rpc
     async def SubmitWorkflow(self, request, context, caller):
@@ -501,6 +527,23 @@ class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
         workflow_id, ids = await service.submit_workflow(self.ctx, body, key=caller.key, actor=caller.actor)
         return workflows_pb2.SubmitWorkflowResponse(workflow_id=workflow_id, tasks=ids)
+
+    @rpc
+    async def GetWorkflow(self, request, context, caller):
+        wf = await reads.get_workflow(self.ctx, _id(request.id))
+        return workflow_message(workflow_json(wf.summary, wf.tasks, wf.edges, wf.truncated))
+
+    @rpc
+    async def ListWorkflows(self, request, context, caller):
+        page = reads.list_workflows(
+            self.ctx,
+            status=_one_of(request.status if request.HasField("status") else None, WorkflowStatus, "status"),
+            limit=_limit(request.limit if request.HasField("limit") else None),
+            cursor=request.cursor if request.HasField("cursor") and request.cursor else None,
+        )
+        return workflows_pb2.ListWorkflowsResponse(workflows=[workflow_message(workflow_json(w))
+                                                              for w in page.workflows],
+                                                   next_cursor=page.next_cursor or "")
 
 
 class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):

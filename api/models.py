@@ -36,7 +36,7 @@ ones change.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, overload
+from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
@@ -71,6 +71,9 @@ from taskstream.schemas.limits import (
 )
 from taskstream.schemas.retry import BACKOFF_FIELDS
 from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
+
+if TYPE_CHECKING:
+    from .read_model import WorkflowSummary
 
 JsonValue = Any
 
@@ -520,4 +523,50 @@ def schedule_json(state: ScheduleState) -> dict[str, Any]:
         "created_at": rfc3339(state.created_at),
         "updated_at": rfc3339(state.updated_at),
         "version": state.version,
+    }
+
+
+# ---------------------------------------------------------------- workflows
+
+
+def workflow_json(summary: WorkflowSummary, tasks: list[TaskState] | None = None,
+                  edges: list[tuple[str, str]] | None = None, truncated: bool = False) -> dict[str, Any]:
+    """A workflow as the API shows it: its summary, and with ``tasks`` (``GET /workflows/{id}``) its tasks and graph.
+
+    ``counts`` has the number of tasks in each status that has any; ``finished_at`` is set once the overall
+    status is terminal; ``edges`` are ``{"from": upstream id, "to": dependent id}``.
+    """
+    doc: dict[str, Any] = {
+        "id": summary.workflow_id,
+        "status": summary.status,
+        "task_count": summary.tasks,
+        "counts": dict(summary.counts),
+        "created_at": rfc3339(summary.created_at),
+        "updated_at": rfc3339(summary.updated_at),
+        "started_at": rfc3339(summary.started_at),
+        "finished_at": rfc3339(summary.finished_at),
+    }
+    if tasks is not None:
+        doc["tasks"] = [workflow_task_json(t) for t in tasks]
+        doc["edges"] = [{"from": a, "to": b} for a, b in edges or ()]
+        doc["truncated"] = truncated
+    return doc
+
+
+def workflow_task_json(state: TaskState) -> dict[str, Any]:
+    """A task as a workflow shows it: what a graph and a time line need (``GET /tasks/{id}`` has the rest)."""
+    return {
+        "id": state.task_id,
+        "key": state.key,
+        "name": state.name,
+        "handler": state.handler,
+        "status": state.status,
+        "attempt": state.attempt,
+        "max_attempts": state.max_attempts,
+        "depends_on": list(state.depends_on),
+        "created_at": rfc3339(state.created_at),
+        "updated_at": rfc3339(state.updated_at),
+        "started_at": rfc3339(state.started_at),
+        "finished_at": rfc3339(state.finished_at),
+        "error": state.error,
     }

@@ -17,7 +17,11 @@ schemas.NotFound            404    not-found
 schemas.CommandRejected     409    conflict
 schemas.StaleVersion        412    stale-version (with the ETag now)
 schemas.TooLarge            413    too-large (the event would not fit)
-schemas.BrokerUnavailable   503    broker-unavailable
+schemas.BrokerUnavailable   503    broker-unavailable (nothing unacknowledged
+                                   was written: retrying is safe)
+schemas.WriteOutcomeUnknown 504    write-outcome-unknown (the broker may
+                                   have written it: retry with the same
+                                   ``Idempotency-Key`` to learn the outcome)
 schemas.RecordRefused       413    too-large (the broker refused a record
                                    for its size: retrying cannot help)
 HTTPException (404/405/413) as is  about:blank
@@ -49,6 +53,7 @@ from taskstream.schemas import (
     StaleVersion,
     TooLarge,
     ValidationError,
+    WriteOutcomeUnknown,
     codec,
 )
 from taskstream.schemas.limits import MAX_JSON_DEPTH
@@ -187,6 +192,12 @@ async def _broker(_: Request, exc: BrokerUnavailable) -> Response:
     if isinstance(exc, RecordRefused):
         return problem(413, "Request body too large", f"the event log refused the request's record: {exc}",
                        kind="too-large")
+    if isinstance(exc, WriteOutcomeUnknown):
+        log.warning("write outcome unknown: %s", exc)
+        return problem(504, "Write outcome unknown",
+                       f"the event log did not confirm the write in time and may have taken it all the same: {exc}; "
+                       "retry with the same Idempotency-Key to learn the outcome (without one, a retry may create a "
+                       "second task)", kind="write-outcome-unknown", headers={"Retry-After": "1"})
     log.warning("broker unavailable: %s", exc)
     return problem(503, "Broker unavailable", f"the event log could not be written: {exc}", kind="broker-unavailable",
                    headers={"Retry-After": "1"})
@@ -256,7 +267,9 @@ _WHY = {
     412: "``If-Match`` names a stale version",
     413: "Request body, payload or event over its limit (docs/limits.md)",
     422: "Invalid input; ``errors`` names each field",
-    503: "The event log cannot be reached; retry (``Retry-After``)",
+    503: "The event log cannot be reached; nothing was written, retry (``Retry-After``)",
+    504: "The event log did not confirm the write in time, which may have happened all the same: retry with the "
+         "same ``Idempotency-Key`` to learn the outcome",
 }
 
 
@@ -265,7 +278,7 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
 
     FastAPI documents only the success status and a 422 of its own shape;
     this puts in the problem+json statuses each operation can answer (a
-    body: 400, 413; a path id: 404; a write: 503; a change of state: 409,
+    body: 400, 413; a path id: 404; a write: 503, 504; a change of state: 409,
     ``PATCH``: 412) and describes a 2xx that a route returns as a bare
     ``Response`` as a JSON object rather than a string.
     """
@@ -287,7 +300,7 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
             if "{" in path:
                 statuses.add(404)
             if method in ("post", "patch", "delete"):
-                statuses.add(503)
+                statuses |= {503, 504}
             if method in ("patch", "delete") or path.endswith("/retry"):
                 statuses.add(409)
             if method == "patch":

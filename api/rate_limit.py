@@ -1,5 +1,9 @@
 """Token buckets per principal: what ``auth.AuthMiddleware`` charges every request to.
 
+Buckets are keyed by principal; an anonymous caller's by its client
+address without the port (``client_address``), over HTTP and gRPC alike, so
+a new connection per request does not get a new bucket.
+
 A bucket holds up to ``burst`` tokens and refills at ``rate`` tokens a
 second; a request costs one token, a ``tasks:batch`` or workflow request
 one per task (``auth.charge``). A request is let through while the bucket
@@ -29,6 +33,23 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+
+
+def client_address(peer: str) -> str:
+    """The address of a client without its port: ``"ipv4:10.0.0.7:51234"`` (gRPC's peer form),
+    ``"ipv6:[::1]:51234"``, ``"ipv6:%5B::1%5D:51234"`` and ``"10.0.0.7:51234"`` become ``"10.0.0.7"`` or
+    ``"::1"``; a bare host (what an ASGI server gives) or ``"unix:/path"`` is returned as it is."""
+    kind, sep, rest = peer.partition(":")
+    if sep and kind in ("ipv4", "ipv6"):
+        peer = rest
+    elif kind == "unix" and sep:
+        return peer
+    peer = peer.replace("%5B", "[").replace("%5D", "]")
+    if peer.startswith("["):  # [v6]:port
+        return peer[1:peer.index("]")] if "]" in peer else peer[1:]
+    if peer.count(":") == 1:  # v4:port or name:port (a bare IPv6 address has more colons)
+        return peer.rsplit(":", 1)[0]
+    return peer
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,13 @@ contain the separator)::
     x:handler:<hex(handler)>:<sortkey>           -> b""
     q:<20-digit updated_at in µs>:<task_id>      -> b""   (queued tasks only, oldest first)
     d:<task_id>\x00<dependent id>                -> b""   (an edge record: the task's dependents, by id)
+    x:workflow:<hex(workflow_id)>:<sortkey>      -> b""   (tasks of a workflow)
+    w:<workflow_id>                              -> WorkflowSummary.encode()
+    y:all:<wsortkey>                             -> b""   (workflows, newest first)
+    y:status:<hex(workflow status)>:<wsortkey>   -> b""
 
     sortkey = <20-digit (10**19 - created_at in µs)>:<task_id>
+    wsortkey = <20-digit (10**19 - workflow created_at in µs)>:<workflow_id>
 
 so a forward scan of an index yields newest ``created_at`` first, ties by
 task id ascending. The opaque list cursor is the sortkey of the last task
@@ -44,6 +49,13 @@ of a page (the API base64-encodes it).
 
 A state is applied only if its ``version`` is >= the stored one, so replays
 and the API's own read-your-writes insert never move a task backwards.
+
+Workflows are not in ``<p>.state``: a task of a workflow carries its
+``workflow_id``, and applying the task's state also updates, in the same
+write, its workflow's ``WorkflowSummary`` (how many tasks are in each status,
+the overall status by ``domain.workflow_status``, the times) and the
+workflow list indexes. A workflow's creation time is its earliest task's
+(every task of one ``POST /workflows`` has the same).
 
 For ``GET /api/v1/stats`` the store also keeps, as it applies states, the
 number of tasks per (status, priority) (in memory, exact: the database is
@@ -60,7 +72,8 @@ import re
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -74,6 +87,7 @@ from taskstream.schemas import (
     Settings,
     TaskState,
     Topics,
+    WorkflowStatus,
     codec,
 )
 from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks
@@ -91,6 +105,9 @@ _QUEUED = b"q:"
 _DEPENDENTS = b"d:"
 #: Dependents a task read shows (the first by id): a task may have any number, a response stays bounded.
 SHOWN_DEPENDENTS = 1000
+_WORKFLOW = b"w:"
+_WF_INDEX = b"y:"
+_WF_ALL = b"y:all:"
 #: How far back ``TaskStore.finished_recently`` counts finished tasks.
 FINISHED_WINDOW_S = 60
 _INV_BASE = 10**19
@@ -103,10 +120,99 @@ SCHEDULES_CF = "schedules"
 INDEXED_FIELDS: tuple[str, ...] = ("handler", "status", "priority")
 
 
-def sortkey(state: TaskState | ScheduleState) -> bytes:
-    """The newest-first ordering key of a task (or schedule): inverted creation time, then id."""
-    micros = (state.created_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{_INV_BASE - micros:020d}".encode() + b":" + state.task_id.encode()
+def sortkey(state: TaskState | ScheduleState | WorkflowSummary) -> bytes:
+    """The newest-first ordering key of a task (or schedule, workflow): inverted creation time, then id."""
+    ident = state.workflow_id if isinstance(state, WorkflowSummary) else state.task_id
+    return f"{_INV_BASE - _micros(state.created_at):020d}".encode() + b":" + ident.encode()
+
+
+def _micros(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def _at(micros: str) -> datetime | None:
+    return _EPOCH + timedelta(microseconds=int(micros)) if micros else None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSummary:
+    """What the read model keeps of a workflow: its tasks by status, its overall status and its times.
+
+    ``created_at`` is its earliest task's; ``started_at`` the earliest start of any attempt of its tasks (None
+    before the first); ``finished_at`` the latest finish of a task, shown only while the workflow is terminal
+    (``finished``); ``updated_at`` the latest change of a task.
+    """
+
+    workflow_id: str
+    created_at: datetime
+    updated_at: datetime
+    counts: Mapping[str, int] = field(default_factory=dict)
+    started_at: datetime | None = None
+    last_finished_at: datetime | None = None
+
+    @property
+    def status(self) -> str:
+        return domain.workflow_status(self.counts).value
+
+    @property
+    def tasks(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return self.last_finished_at if self.status != WorkflowStatus.RUNNING else None
+
+    def apply(self, old: TaskState | None, new: TaskState) -> WorkflowSummary:
+        """This summary once ``new`` replaced ``old`` (None: a task it did not count yet)."""
+        counts = Counter(self.counts)
+        if old is not None:
+            counts[old.status] -= 1
+        counts[new.status] += 1
+        return replace(
+            self,
+            counts={s: n for s, n in sorted(counts.items()) if n > 0},
+            created_at=min(self.created_at, new.created_at),
+            updated_at=max(self.updated_at, new.updated_at),
+            started_at=_earliest(self.started_at, new.started_at),
+            last_finished_at=_latest(self.last_finished_at, new.finished_at),
+        )
+
+    @classmethod
+    def first(cls, task: TaskState) -> WorkflowSummary:
+        """The summary of the workflow of ``task`` counting that task only."""
+        assert task.workflow_id is not None
+        return cls(task.workflow_id, task.created_at, task.updated_at).apply(None, task)
+
+    def encode(self) -> bytes:
+        fields = {"created": _micros(self.created_at), "updated": _micros(self.updated_at),
+                  "started": "" if self.started_at is None else _micros(self.started_at),
+                  "finished": "" if self.last_finished_at is None else _micros(self.last_finished_at)}
+        return ";".join([*(f"{k}={v}" for k, v in fields.items()),
+                         *(f"n.{s}={n}" for s, n in self.counts.items())]).encode()
+
+    @classmethod
+    def decode(cls, workflow_id: str, raw: bytes) -> WorkflowSummary:
+        fields = dict(item.split("=", 1) for item in raw.decode().split(";"))
+        counts = {k[2:]: int(v) for k, v in fields.items() if k.startswith("n.")}
+        return cls(workflow_id, created_at=_EPOCH + timedelta(microseconds=int(fields["created"])),
+                   updated_at=_EPOCH + timedelta(microseconds=int(fields["updated"])), counts=counts,
+                   started_at=_at(fields["started"]), last_finished_at=_at(fields["finished"]))
+
+    def index_keys(self) -> list[bytes]:
+        sk = sortkey(self)
+        return [_WF_ALL + sk, _workflow_status_prefix(self.status) + sk]
+
+
+def _workflow_status_prefix(status: str) -> bytes:
+    return _WF_INDEX + b"status:" + status.encode().hex().encode() + b":"
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def is_sortkey(value: bytes) -> bool:
@@ -125,6 +231,8 @@ def index_keys(state: TaskState) -> list[bytes]:
     if domain.is_queued(state):
         micros = (state.updated_at - _EPOCH) // timedelta(microseconds=1)
         keys.append(_QUEUED + f"{micros:020d}".encode() + b":" + state.task_id.encode())
+    if state.workflow_id:
+        keys.append(_index_prefix("workflow", state.workflow_id) + sk)
     return keys
 
 
@@ -182,9 +290,23 @@ class TaskStore:
             for k in new_keys:
                 batch.put(k, b"")
             batch.put(key, codec.encode(state))
+            if state.workflow_id:
+                self._summarize(batch, old, state)
             self._db.write(batch)
             self._count(old, state)
             return True
+
+    def _summarize(self, batch: WriteBatch, old: TaskState | None, state: TaskState) -> None:
+        """Under the lock: put into ``batch`` the summary of ``state``'s workflow with ``state`` applied."""
+        assert state.workflow_id is not None
+        before = self.workflow(state.workflow_id)
+        after = before.apply(old, state) if before is not None else WorkflowSummary.first(state)
+        new_keys = after.index_keys()
+        for k in set(before.index_keys() if before is not None else ()) - set(new_keys):
+            batch.delete(k)
+        for k in new_keys:
+            batch.put(k, b"")
+        batch.put(_WORKFLOW + state.workflow_id.encode(), after.encode())
 
     def _count(self, old: TaskState | None, new: TaskState) -> None:
         """Under the lock: move the task between (status, priority) counts; note a task that just finished."""
@@ -224,6 +346,40 @@ class TaskStore:
                 break
             out.append(key.decode())
         return out
+
+    def workflow(self, workflow_id: str) -> WorkflowSummary | None:
+        """The summary of a workflow, None if no task of it is stored."""
+        raw = self._db.get(_WORKFLOW + workflow_id.encode())
+        return WorkflowSummary.decode(workflow_id, raw) if raw is not None else None
+
+    def workflow_tasks(self, workflow_id: str, limit: int) -> list[TaskState]:
+        """Up to ``limit`` tasks of a workflow, in the order of the task indexes (newest first, then id)."""
+        found = []
+        for sk in self._scan(_index_prefix("workflow", workflow_id), None):
+            state = self.get(sk.split(b":", 1)[1].decode())
+            if state is not None and state.workflow_id == workflow_id:
+                found.append(state)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def list_workflows(self, *, status: str | None = None, limit: int = 100,
+                       after: bytes | None = None) -> tuple[list[WorkflowSummary], bytes | None]:
+        """A page of workflows (of one overall ``status``), newest first, and the key to continue after (None at
+        the end); cursors and stability as ``list``. Every index entry is a match (the summary and its index keys
+        are written together), so no scan budget is needed."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        prefix = _workflow_status_prefix(status) if status is not None else _WF_ALL
+        page: list[tuple[bytes, WorkflowSummary]] = []
+        for sk in self._scan(prefix, after):
+            summary = self.workflow(sk.split(b":", 1)[1].decode())
+            if summary is None or sortkey(summary) != sk or (status is not None and summary.status != status):
+                continue
+            page.append((sk, summary))
+            if len(page) > limit:
+                return [s for _, s in page[:limit]], page[limit - 1][0]
+        return [s for _, s in page], None
 
     def list(
         self,

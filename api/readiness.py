@@ -8,7 +8,9 @@ offsets of ``<p>.state``. With ``ready_requires_workers`` (set by
 `taskstream dev`) the processor and executor consumer groups must also be
 stable, so a client that waits for readiness finds the whole system warm.
 With API keys on, the key store must have confirmed recently that it read
-``<p>.admin`` to its end (``api.keys``). Broker answers come from the
+``<p>.admin`` to its end (``api.keys``). The producer must be able to
+write: not ready while it waits to replace a client that hit a fatal
+error (``kafka.RecoveringProducer.problem``). Broker answers come from the
 context's ``probe.BrokerProbe`` and are reused for ``probe.CACHE_S`` (1 s):
 a probe storm or a down broker costs the broker (and the probe) at most one
 request each per second.
@@ -79,6 +81,10 @@ async def check(ctx: ApiContext) -> Readiness:
             checks["read_model"] = "behind"
             reasons.append(f"read model is {lag} records behind {read_model.topic} "
                            f"(more than ready_max_read_model_lag={settings.ready_max_read_model_lag})")
+    problem = ctx.producer.problem
+    checks["producer"] = "ok" if problem is None else "failed"
+    if problem is not None:
+        reasons.append(f"the API cannot write to the event log: producer {problem}")
     keys = ctx.authenticator.keys  # API keys on: a replica that cannot check them is not ready (auth.py)
     if keys is not None:
         checks["api_keys"] = "ok" if keys.fresh else "stale"

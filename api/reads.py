@@ -1,4 +1,4 @@
-"""The API's one read path: what a client may read of tasks and schedules, as typed values.
+"""The API's one read path: what a client may read of tasks, workflows and schedules, as typed values.
 
 The HTTP routes (``api/routes``) and the gRPC servicers (``api/grpc_services.py``) call one function per read
 here and only render its answer (JSON, a protobuf message), as they call ``api.service`` for writes. Reads
@@ -30,11 +30,13 @@ from taskstream.schemas import (
     Status,
     TaskState,
     ValidationError,
+    WorkflowStatus,
 )
+from taskstream.schemas.limits import MAX_TASKS_PER_REQUEST
 
 from .context import ApiContext
 from .models import parse_rfc3339, rfc3339
-from .read_model import is_sortkey
+from .read_model import WorkflowSummary, is_sortkey
 
 #: The largest page of a list read (``limit``); 100 when not given.
 MAX_LIMIT = 1000
@@ -48,6 +50,29 @@ class TaskPage:
     tasks: list[TaskState]
     next_cursor: str | None
     partial: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A workflow: its summary (overall status, counts, times), its tasks and its graph.
+
+    ``tasks`` are in topological generations (a task after every task it depends on), by key within one;
+    ``edges`` are ``(upstream id, dependent id)`` pairs within the workflow; ``truncated`` when the workflow
+    has more than ``MAX_WORKFLOW_TASKS`` tasks and only that many are given.
+    """
+
+    summary: WorkflowSummary
+    tasks: list[TaskState]
+    edges: list[tuple[str, str]]
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPage:
+    """A page of workflows (their summaries), newest first."""
+
+    workflows: list[WorkflowSummary]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +142,62 @@ async def list_tasks(
     return TaskPage(tasks, encode_cursor(last) if last else None, last is not None and len(tasks) < limit)
 
 
+# ---------------------------------------------------------------- workflows
+
+#: The most tasks ``get_workflow`` gives: the most one ``POST /workflows`` can write.
+MAX_WORKFLOW_TASKS = MAX_TASKS_PER_REQUEST
+
+
+async def get_workflow(ctx: ApiContext, workflow_id: str) -> Workflow:
+    """The workflow with its tasks and graph; ``NotFound`` if the read model knows no task of it.
+
+    The summary is read first, then the tasks: while the workflow runs, a task may already show a change that the
+    summary (a moment older) does not count yet.
+    """
+    store = ctx.read_model.store
+    summary = store.workflow(workflow_id)
+    if summary is None:
+        raise NotFound(f"workflow {workflow_id} not found")
+    found = await asyncio.to_thread(store.workflow_tasks, workflow_id, MAX_WORKFLOW_TASKS + 1)
+    truncated = len(found) > MAX_WORKFLOW_TASKS
+    tasks = topological(found[:MAX_WORKFLOW_TASKS])
+    ids = {t.task_id for t in tasks}
+    edges = [(up, t.task_id) for t in tasks for up in t.depends_on if up in ids]
+    return Workflow(summary, tasks, edges, truncated)
+
+
+def topological(tasks: list[TaskState]) -> list[TaskState]:
+    """``tasks`` in generations: those depending on none of them first, then those whose upstreams came before;
+    by key (then id) within a generation. A dependency outside ``tasks`` does not count."""
+    by_id = {t.task_id: t for t in tasks}
+    level: dict[str, int] = {}
+
+    def depth(task_id: str) -> int:
+        todo = [task_id]
+        while todo:  # iterative: a chain of 1,000 tasks would overflow a recursive walk
+            current = todo[-1]
+            missing = [d for d in by_id[current].depends_on if d in by_id and d not in level and d not in todo]
+            if missing:
+                todo.extend(missing)
+                continue
+            todo.pop()
+            level[current] = 1 + max((level.get(d, 0) for d in by_id[current].depends_on if d in by_id),
+                                     default=-1)
+        return level[task_id]
+
+    return sorted(tasks, key=lambda t: (depth(t.task_id), t.key or "", t.task_id))
+
+
+def list_workflows(ctx: ApiContext, *, status: WorkflowStatus | None = None, limit: int = DEFAULT_LIMIT,
+                   cursor: str | None = None) -> WorkflowPage:
+    """A page of workflows, newest first (by their creation), optionally of one overall status; cursors as for
+    tasks."""
+    after = decode_cursor(cursor) if cursor else None
+    page, last = ctx.read_model.store.list_workflows(status=status.value if status else None, limit=limit,
+                                                     after=after)
+    return WorkflowPage(page, encode_cursor(last) if last else None)
+
+
 # ---------------------------------------------------------------- schedules
 
 
@@ -176,6 +257,7 @@ def decode_cursor(cursor: str) -> bytes:
 
 
 __all__ = [
-    "DEFAULT_LIMIT", "MAX_LIMIT", "SchedulePage", "TaskPage", "decode_cursor", "encode_cursor", "get_schedule",
-    "get_task", "list_schedules", "list_tasks", "parse_as_of", "parse_labels", "task_at", "task_events",
+    "DEFAULT_LIMIT", "MAX_LIMIT", "MAX_WORKFLOW_TASKS", "SchedulePage", "TaskPage", "Workflow", "WorkflowPage",
+    "decode_cursor", "encode_cursor", "get_schedule", "get_task", "get_workflow", "list_schedules", "list_tasks",
+    "list_workflows", "parse_as_of", "parse_labels", "task_at", "task_events", "topological",
 ]

@@ -9,7 +9,10 @@ share the rules (reads have their own path, ``api.reads``):
 - events are encoded and size-checked before the first byte is produced
   (bad input writes nothing; ``TooLarge`` names the field, 413);
 - an operation returns only after the broker acknowledged every record it
-  wrote (acks=all; ``BrokerUnavailable`` otherwise, 503);
+  wrote (acks=all). Otherwise it raises ``BrokerUnavailable`` (503) when
+  nothing unacknowledged can have been written, or ``WriteOutcomeUnknown``
+  (504) when a record may be in the log all the same (its answer never
+  came): only a retry with the same ``Idempotency-Key`` tells;
 - read-your-writes: the state the domain's fold gives for the written
   events goes into the read model (only over the version the decision
   saw), so a read right after the write shows it; the processor's own
@@ -42,6 +45,7 @@ from taskstream.schemas import (
     TaskState,
     TooLarge,
     Topics,
+    WriteOutcomeUnknown,
     codec,
     cron,
     new_id,
@@ -267,6 +271,7 @@ async def _write_decided(ctx: ApiContext, decided: Sequence[tuple[Any, list[tupl
     A decision whose records were all acknowledged goes into the read model
     even when another record failed (then the failure is raised after): a
     retry with the same ``Idempotency-Key`` finds it and does not write it twice.
+    The failure raised is a ``WriteOutcomeUnknown`` if any record's was.
     """
     records = [record for _, rs in decided for record in rs]
     failures = iter(await write(ctx, records))
@@ -274,7 +279,9 @@ async def _write_decided(ctx: ApiContext, decided: Sequence[tuple[Any, list[tupl
     for state, rs in decided:
         failed = [f for f in (next(failures) for _ in rs) if f is not None]
         if failed:
-            failure = failure or failed[0]
+            unknown = [f for f in failed if isinstance(f, WriteOutcomeUnknown)]
+            if failure is None or (unknown and not isinstance(failure, WriteOutcomeUnknown)):
+                failure = (unknown or failed)[0]
             continue
         ctx.metrics.submitted_tasks(e for e, _ in rs)  # counts the TaskCreated among them
         states.append(_expect(ctx, state, [e for e, _ in rs]))

@@ -28,8 +28,10 @@ def _setting(variable: str) -> Callable[[click.Context, click.Parameter, Any], A
 
 def setting_option(flag: str, variable: str, help: str, type: Any = str) -> Callable[[Any], Any]:
     """``flag`` for the setting of environment variable ``variable`` (see the module docstring)."""
-    return click.option(flag, envvar=variable, show_envvar=True, default=None, type=type, expose_value=False,
-                        is_eager=True, callback=_setting(variable), help=help)
+    # The variable is read by ``Settings`` (which also takes "null" for "off"), not by click: the flag only
+    # overrides it.
+    return click.option(flag, default=None, type=type, expose_value=False, is_eager=True,
+                        callback=_setting(variable), help=f"{help}  [env var: {variable}]")
 
 
 BOOTSTRAP = setting_option("--bootstrap-servers", "TASKSTREAM_BOOTSTRAP_SERVERS",

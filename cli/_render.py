@@ -15,13 +15,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from taskstream.client import Schedule, Task, TaskEvent
+from taskstream.client import Schedule, Task, TaskEvent, WorkflowRun
 
 STATUS_STYLE = {
     "pending": "white", "scheduled": "magenta", "queued": "blue", "running": "cyan",
     "succeeded": "green", "failed": "bold red", "cancelled": "yellow", "upstream_failed": "red",
     "active": "green", "ended": "dim", "deleted": "yellow",
 }
+#: Workflow statuses share the task statuses' colours (running, succeeded, failed, cancelled).
 PRIORITY_STYLE = {"high": "bold", "medium": "", "low": "dim"}
 EVENT_STYLE = {"TaskSucceeded": "green", "TaskFailed": "red", "TaskDeadLettered": "bold red",
                "TaskCancelled": "yellow", "LeaseExpired": "red", "TaskRetryScheduled": "magenta",
@@ -139,3 +140,55 @@ def schedules_table(schedules: list[Schedule]) -> Table:
         table.add_row(s.id, status(s.status), s.cron, s.timezone, str(s.task.get("handler", "")),
                       when(s.next_fire_at), str(s.fired), s.last_task_id or "", s.name)
     return table
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> str:
+    return f"{(end - start).total_seconds():.3f}s" if start and end else ""
+
+
+def _counts(counts: dict[str, int]) -> Text:
+    text = Text()
+    for i, (name, n) in enumerate(sorted(counts.items())):
+        if i:
+            text.append("  ")
+        text.append(f"{n} {name}", style=STATUS_STYLE.get(name, ""))
+    return text
+
+
+def workflows_table(workflows: list[WorkflowRun], title: str | None = None) -> Table:
+    table = Table(title=title, header_style="bold", box=None, pad_edge=False)
+    for name in ("ID", "STATUS", "TASKS", "CREATED (UTC)", "DURATION", "BY STATUS"):
+        table.add_column(name, no_wrap=name in ("ID", "CREATED (UTC)"))
+    for w in workflows:
+        table.add_row(w.id, status(w.status), str(w.task_count), when(w.created_at),
+                      _seconds(w.started_at, w.finished_at), _counts(w.counts))
+    return table
+
+
+def workflow_view(w: WorkflowRun, title: str | None = None) -> Table:
+    """One workflow: its summary, then its tasks in topological order with their times and errors."""
+    outer = Table.grid(padding=(0, 0))
+    head = Table(show_header=False, box=None, pad_edge=False, title=title, title_justify="left")
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
+    for name, value in (("workflow", w.id), ("status", status(w.status)), ("tasks", _counts(w.counts)),
+                        ("created_at", when(w.created_at)), ("started_at", when(w.started_at)),
+                        ("finished_at", when(w.finished_at) + (f"  ({_seconds(w.started_at, w.finished_at)})"
+                                                               if w.finished_at else ""))):
+        if value not in ("", None):
+            head.add_row(name, value if isinstance(value, Text) else Text(str(value)))
+    outer.add_row(head)
+    keys = {t.id: t.key or t.id for t in w.tasks}
+    tasks = Table(header_style="bold", box=None, pad_edge=False)
+    for name in ("KEY", "STATUS", "HANDLER", "ATTEMPT", "AFTER", "STARTED (UTC)", "RAN", "TASK ID", "ERROR"):
+        tasks.add_column(name, no_wrap=name in ("KEY", "TASK ID", "STARTED (UTC)"),
+                         overflow="fold" if name == "ERROR" else "ellipsis")
+    for t in w.tasks:
+        tasks.add_row(t.key or "", status(t.status), t.handler, f"{t.attempt}/{t.max_attempts}",
+                      ",".join(keys.get(d, d) for d in t.depends_on), when(t.started_at),
+                      _seconds(t.started_at, t.finished_at), t.id, Text(compact(t.error, 80), style="red"))
+    outer.add_row("")
+    outer.add_row(tasks)
+    if w.truncated:
+        outer.add_row(Text(f"(only the first {len(w.tasks)} of {w.task_count} tasks are shown)", style="dim"))
+    return outer

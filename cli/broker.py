@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 MIN_JAVA = 17
 #: Heap of a dev or test node: ample for a single node's metadata and caches, far below Kafka's 1 GiB default.
 HEAP = "384m"
+#: The least SIGTERM grace of a node that writes its class-data archive at exit: the JVM dumps it after Kafka's own
+#: shutdown, which takes far longer than a plain stop on a loaded machine, and a node killed before the dump ends
+#: leaves no archive (so every later start would run without one, and ``warm_up`` would start a node again).
+ARCHIVE_GRACE_S = 180.0
 #: The cluster id of every node this module formats (any 22-character base64 id; one cluster per directory).
 CLUSTER_ID = "dGFza3N0cmVhbS1kZXYtMQ"
 
@@ -296,10 +300,13 @@ class KafkaBroker:
             proc.wait()
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Controlled shutdown (SIGTERM), SIGKILL after ``timeout`` seconds."""
+        """Controlled shutdown (SIGTERM), SIGKILL after ``timeout`` seconds (``ARCHIVE_GRACE_S`` at least for a
+        node that writes the class-data archive at exit)."""
         proc = self.proc
         if proc is None or proc.poll() is not None:  # not alive()
             return
+        if self._archive_tmp is not None:
+            timeout = max(timeout, ARCHIVE_GRACE_S)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)

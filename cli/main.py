@@ -270,7 +270,9 @@ def state_at(when, task_id, as_json, timeout) -> None:
 
 @main.command()
 @click.option("-n", "count", type=int, default=5000, show_default=True, help="no-op tasks to submit")
-@click.option("--url", default=None, help="target a running API instead of starting `taskstream dev`")
+@click.option("--url", default=None, help="target the running API at this URL")
+@click.option("--start-stack", is_flag=True,
+              help="instead of --url: start a `taskstream dev` stack of its own on free ports (and stop it after)")
 @click.option("--clients", type=int, default=4, show_default=True, help="concurrent HTTP connections")
 @click.option("--executors", type=int, default=1, show_default=True)
 @click.option("--chain", type=int, default=None,
@@ -289,11 +291,16 @@ def state_at(when, task_id, as_json, timeout) -> None:
 @click.option("--profile", type=click.Path(dir_okay=False), default=None, help="--rebuild: write cProfile stats here")
 @click.option("--grpc", "grpc_target", default=None, metavar="HOST:PORT",
               help="submit through the gRPC API at HOST:PORT (with --url; the wait stays on HTTP)")
-def bench(count, url, clients, executors, chain, batch, as_json, prefill_events, rebuild_mode, n_events, workers,
-          profile, grpc_target) -> None:
-    """Submit N no-op tasks; print throughput and submit->start latency (or --chain N: per-hop latency)."""
+def bench(count, url, start_stack, clients, executors, chain, batch, as_json, prefill_events, rebuild_mode, n_events,
+          workers, profile, grpc_target) -> None:
+    """Submit N no-op tasks; print throughput and submit->start latency (or --chain N: per-hop latency).
+
+    Give the API to measure (--url) or let bench start a stack of its own (--start-stack).
+    """
     from .bench import run_bench, run_chain_bench, run_rebuild_bench
 
+    if not rebuild_mode and (url is None) == (not start_stack):
+        raise click.UsageError("give either --url URL (a running API) or --start-stack (a stack of its own)")
     if rebuild_mode:
         sys.exit(run_rebuild_bench(n_events, as_json=as_json, workers=workers, profile=profile))
     if chain is not None:

@@ -293,6 +293,35 @@ def _done(task: Any, what: str, as_json: bool) -> None:
     console().print(f"{what} {task.id}: now ", line, f" (version {task.version})", sep="")
 
 
+@tasks.command("watch")
+@click.argument("task_id", metavar="ID")
+@_url_option
+@_json_option
+def tasks_watch(task_id, url, as_json) -> None:
+    """Follow a task live (Server-Sent Events): one line per change until it ends; exit 1 unless it succeeded.
+
+    --json: the task JSON of each change, one a line. Like `temporal workflow show --follow`.
+    """
+    from ._render import console
+
+    out = console()
+    final = None
+    with _client(url) as client:
+        try:
+            for task in client.watch(task_id):
+                final = task
+                if as_json:
+                    click.echo(json.dumps(task.raw, ensure_ascii=False))
+                    continue
+                style = {"succeeded": "green", "failed": "red", "running": "cyan"}.get(task.status, "magenta")
+                error = f"  {task.error}" if task.error else ""
+                out.print(f"{datetime.now(UTC):%H:%M:%S.%f}"[:-3] + f"  {task.id}  [{style}]{task.status:<15}[/] "
+                          f"attempt {task.attempt}/{task.max_attempts}  v{task.version}{error}", highlight=False)
+        except KeyboardInterrupt:
+            return
+    sys.exit(0 if final is not None and final.succeeded else 1)
+
+
 @tasks.command("events")
 @click.argument("task_id", metavar="ID")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events until the task ends (or Ctrl-C)")
@@ -327,9 +356,12 @@ def tasks_events(task_id, follow, interval, url, as_json) -> None:
 # --------------------------------------------------------------- workflows
 
 
+WORKFLOW_STATUSES = ("running", "succeeded", "failed", "cancelled")
+
+
 @click.group()
 def workflows() -> None:
-    """Submit workflows: DAGs of tasks with local keys."""
+    """Submit, show, list and follow workflows: DAGs of tasks with local keys."""
 
 
 @workflows.command("submit")
@@ -389,6 +421,102 @@ def _emit_workflow(wf: Any, finals: dict, as_json: bool) -> None:
     for key, task_id in wf.tasks.items():
         table.add_row(key, task_id, *([status(finals[key].status)] if finals else []))
     show(table)
+
+
+@workflows.command("get")
+@click.argument("workflow_id", metavar="ID")
+@_url_option
+@_json_option
+def workflows_get(workflow_id, url, as_json) -> None:
+    """Show a workflow: overall status, times, and each task (in dependency order) with its status and time."""
+    from ._render import show, workflow_view
+
+    with _client(url) as client:
+        wf = client.get_workflow(workflow_id)
+    if as_json:
+        click.echo(json.dumps(wf.raw, ensure_ascii=False))
+    else:
+        show(workflow_view(wf))
+
+
+@workflows.command("list")
+@click.option("--status", type=click.Choice(WORKFLOW_STATUSES), default=None, help="overall status")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True, help="newest N workflows")
+@_url_option
+@_json_option
+def workflows_list(status, limit, url, as_json) -> None:
+    """List workflows, newest first (--json: one a line)."""
+    from itertools import islice
+
+    from ._render import show, workflows_table
+
+    with _client(url) as client:
+        found = list(islice(client.list_workflows(status=status, page_size=min(limit, 1000)), limit))
+    if as_json:
+        for w in found:
+            click.echo(json.dumps(w.raw, ensure_ascii=False))
+    else:
+        show(workflows_table(found))
+
+
+@workflows.command("watch")
+@click.argument("workflow_id", metavar="ID")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, help="poll every N s")
+@click.option("--timeout", "wait_timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+@_url_option
+@_json_option
+def workflows_watch(workflow_id, interval, wait_timeout, url, as_json) -> None:
+    """Follow a workflow until every task ended: a live table (--json: a line at every change); exit 1 unless it
+    succeeded.
+
+    Polls ``GET /workflows/{id}`` every --interval seconds (one request shows every task of it).
+    """
+    from ._render import console, show, workflow_view
+
+    out = console()
+    deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+    last: Any = None
+    with _client(url) as client:
+        def poll() -> Any:
+            return client.get_workflow(workflow_id)
+
+        def changed(wf: Any) -> bool:
+            nonlocal last
+            key = [(t.id, t.status, t.attempt) for t in wf.tasks] + [wf.status]
+            if key == last:
+                return False
+            last = key
+            return True
+
+        def view(wf: Any) -> Any:
+            return workflow_view(wf, title=f"{datetime.now(UTC):%H:%M:%S} UTC")
+
+        try:
+            wf = poll()
+            if as_json or not out.is_terminal:
+                while True:
+                    if changed(wf):
+                        if as_json:
+                            click.echo(json.dumps(wf.raw, ensure_ascii=False))
+                        else:
+                            show(view(wf), out)
+                    if wf.terminal or (deadline is not None and time.monotonic() >= deadline):
+                        break
+                    time.sleep(interval)
+                    wf = poll()
+            else:
+                from rich.live import Live
+
+                with Live(view(wf), console=out, auto_refresh=False) as live:
+                    while not wf.terminal and (deadline is None or time.monotonic() < deadline):
+                        time.sleep(interval)
+                        wf = poll()
+                        live.update(view(wf), refresh=True)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    if not wf.terminal:
+        click.echo(f"workflow {workflow_id} is still {wf.status} after {wait_timeout:g}s", err=True)
+    sys.exit(0 if wf.succeeded else 1)
 
 
 # --------------------------------------------------------------- schedules

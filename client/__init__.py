@@ -10,6 +10,10 @@ from any program that can reach the API::
         done = ts.wait(task.id, timeout=30)
         print(done.status, done.result)
 
+A workflow submitted with ``ts.workflow([...])`` reads back with
+``ts.get_workflow(id)`` (its overall status, tasks and graph), waits with
+``ts.wait_workflow(id)``; ``ts.list_workflows(status=...)`` iterates them.
+
 ``AsyncClient`` has the same methods for asyncio (awaited). Errors are the
 ``TaskstreamError`` tree of ``taskstream.client.errors``.
 """
@@ -20,6 +24,7 @@ from .errors import (
     Conflict,
     Forbidden,
     NotFound,
+    OutcomeUnknown,
     PreconditionFailed,
     RateLimited,
     ServerError,
@@ -29,11 +34,25 @@ from .errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from .models import PRIORITIES, STATUSES, TERMINAL, Change, Page, Schedule, Task, TaskEvent, Workflow
+from .models import (
+    PRIORITIES,
+    STATUSES,
+    TERMINAL,
+    WORKFLOW_STATUSES,
+    Change,
+    Page,
+    Schedule,
+    Task,
+    TaskEvent,
+    Workflow,
+    WorkflowRun,
+    WorkflowRunTask,
+)
 
 __all__ = [
-    "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET",
-    "AsyncClient", "Change", "Client", "Page", "Schedule", "Task", "TaskEvent", "Workflow", "task_body",
-    "TaskstreamError", "Conflict", "Forbidden", "NotFound", "PreconditionFailed", "RateLimited", "ServerError",
-    "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
+    "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET", "WORKFLOW_STATUSES",
+    "AsyncClient", "Change", "Client", "Page", "Schedule", "Task", "TaskEvent", "Workflow", "WorkflowRun",
+    "WorkflowRunTask", "task_body",
+    "TaskstreamError", "Conflict", "Forbidden", "NotFound", "OutcomeUnknown", "PreconditionFailed", "RateLimited",
+    "ServerError", "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
 ]

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import error_for
-from .models import Page, Schedule, Task, TaskEvent, Workflow
+from .models import Page, Schedule, Task, TaskEvent, Workflow, WorkflowRun
 
 T = TypeVar("T")
 API = "/api/v1"
@@ -162,6 +162,24 @@ def workflow(tasks: list[dict[str, Any]] | Mapping[str, Any], idempotency_key: s
     body = dict(tasks) if isinstance(tasks, Mapping) else {"tasks": list(tasks)}
     return Call("POST", f"{API}/workflows", lambda r: Workflow.from_json(r.json()), json=body,
                 headers=_key(idempotency_key))
+
+
+def get_workflow(workflow_id: str) -> Call[WorkflowRun]:
+    return Call("GET", f"{API}/workflows/{_id(workflow_id)}", lambda r: WorkflowRun.from_json(r.json()))
+
+
+def workflows_page(status: str | None, limit: int | None, cursor: str | None) -> Call[Page[WorkflowRun]]:
+    params = [("status", status)] if status is not None else []
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    if cursor is not None:
+        params.append(("cursor", cursor))
+
+    def parse(r: httpx.Response) -> Page[WorkflowRun]:
+        doc = r.json()
+        return Page([WorkflowRun.from_json(w) for w in doc["workflows"]], doc.get("next_cursor"))
+
+    return Call("GET", f"{API}/workflows", parse, params=params)
 
 
 def get(task_id: str, as_of: datetime | str | None) -> Call[Task]:

@@ -23,7 +23,7 @@ import httpx
 from . import _calls as calls
 from ._calls import UNSET, Call
 from .errors import TaskstreamError, Unavailable, WaitTimeout, unreachable
-from .models import Change, Page, Schedule, Task, TaskEvent, Workflow
+from .models import Change, Page, Schedule, Task, TaskEvent, Workflow, WorkflowRun
 from .sse import SseEvent, iter_sse, read_sse
 
 #: A watch whose connection dropped connects again (after the last event it got) this many times in a row.
@@ -63,6 +63,18 @@ def _headers(api_key: str | None, token: str | None, extra: Mapping[str, str] | 
         headers["X-API-Key"] = api_key
     headers.update(extra or {})
     return headers
+
+
+def _next_poll(backoff: calls.Backoff, deadline: float | None, timeout: float | None, what: str, last: Any) -> float:
+    """The next wait of a polling loop; ``WaitTimeout`` (carrying ``last``) once ``deadline`` passed."""
+    delay = backoff()
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout({"title": "Wait timed out",
+                               "detail": f"{what} is still {last.status} after {timeout:g}s"}, last)
+        delay = min(delay, left)
+    return delay
 
 
 class _Operations:
@@ -119,6 +131,16 @@ class _Operations:
         """
         entries = tasks if isinstance(tasks, Mapping) else [dict(t) for t in tasks]
         return self._send(calls.workflow(entries, idempotency_key))
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRun:
+        """The workflow (``GET /workflows/{id}``): overall status, counts by status, times, tasks and edges."""
+        return self._send(calls.get_workflow(workflow_id))
+
+    def workflows_page(self, *, status: str | None = None, limit: int | None = None,
+                       cursor: str | None = None) -> Page[WorkflowRun]:
+        """One page of workflows, newest first (``GET /workflows``), without their tasks; ``status`` one of
+        ``WORKFLOW_STATUSES``."""
+        return self._send(calls.workflows_page(status, limit, cursor))
 
     def get(self, task_id: str, *, as_of: datetime | str | None = None) -> Task:
         """The task now, or as it was at ``as_of`` (folded from the log)."""
@@ -247,6 +269,32 @@ class Client(_Operations):
             if not cursor:
                 return
 
+    def list_workflows(self, *, status: str | None = None, page_size: int | None = None) -> Iterator[WorkflowRun]:
+        """Every workflow (of overall ``status``), newest first, a page at a time as you iterate."""
+        cursor = None
+        while True:
+            page = self.workflows_page(status=status, limit=page_size, cursor=cursor)
+            yield from page.items
+            cursor = page.next_cursor
+            if not cursor:
+                return
+
+    def wait_workflow(self, workflow_id: str, timeout: float | None = 60.0, *,
+                      on_update: Callable[[WorkflowRun], None] | None = None) -> WorkflowRun:
+        """Poll the workflow (as ``wait``) until every task of it ended; return it however it ended.
+
+        ``on_update`` sees every state polled. ``WaitTimeout`` after ``timeout`` seconds (None: no limit).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = calls.Backoff()
+        while True:
+            wf = self.get_workflow(workflow_id)
+            if on_update is not None:
+                on_update(wf)
+            if wf.terminal:
+                return wf
+            time.sleep(_next_poll(backoff, deadline, timeout, f"workflow {workflow_id}", wf))
+
     def wait(self, task_id: str, timeout: float | None = 60.0, *,
              on_update: Callable[[Task], None] | None = None) -> Task:
         """Poll the task (backoff 50 ms growing to 1 s) until it is terminal; return it however it ended.
@@ -339,6 +387,9 @@ class AsyncClient(_Operations):
                               idempotency_key: str | None = None) -> list[Task]: ...
         async def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,  # type: ignore[override]
                            idempotency_key: str | None = None) -> Workflow: ...
+        async def get_workflow(self, workflow_id: str) -> WorkflowRun: ...  # type: ignore[override]
+        async def workflows_page(self, *, status: str | None = None, limit: int | None = None,  # type: ignore[override]
+                                 cursor: str | None = None) -> Page[WorkflowRun]: ...
         async def get(self, task_id: str, *, as_of: datetime | str | None = None) -> Task: ...  # type: ignore[override]
         async def list_page(self, *, status: str | None = None, priority: str | None = None,  # type: ignore[override]
                             handler: str | None = None, labels: Mapping[str, str] | None = None,
@@ -393,6 +444,31 @@ class AsyncClient(_Operations):
             cursor = page.next_cursor
             if not cursor:
                 return
+
+    async def list_workflows(self, *, status: str | None = None,
+                             page_size: int | None = None) -> AsyncIterator[WorkflowRun]:
+        """As ``Client.list_workflows``: ``async for wf in client.list_workflows()``."""
+        cursor = None
+        while True:
+            page = await self.workflows_page(status=status, limit=page_size, cursor=cursor)
+            for wf in page.items:
+                yield wf
+            cursor = page.next_cursor
+            if not cursor:
+                return
+
+    async def wait_workflow(self, workflow_id: str, timeout: float | None = 60.0, *,
+                            on_update: Callable[[WorkflowRun], None] | None = None) -> WorkflowRun:
+        """As ``Client.wait_workflow``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = calls.Backoff()
+        while True:
+            wf = await self.get_workflow(workflow_id)
+            if on_update is not None:
+                on_update(wf)
+            if wf.terminal:
+                return wf
+            await asyncio.sleep(_next_poll(backoff, deadline, timeout, f"workflow {workflow_id}", wf))
 
     async def wait(self, task_id: str, timeout: float | None = 60.0, *,
                    on_update: Callable[[Task], None] | None = None) -> Task:

@@ -19,8 +19,13 @@ exception                  status when
 ``PreconditionFailed``     412    ``If-Match`` named a stale version (``version``
                                   is the current one)
 ``RateLimited``            429    too many requests; ``retry_after`` seconds
-``Unavailable``            503,   the API cannot reach its event log, or the API
-                           none   itself cannot be reached (``status`` is None)
+``Unavailable``            503,   the API cannot reach its event log (nothing was
+                           none   written), or the API itself cannot be reached
+                                  (``status`` is None)
+``OutcomeUnknown``         504    the event log did not confirm the write in time
+                                  and may have taken it: retry with the same
+                                  ``Idempotency-Key`` to learn the outcome (an
+                                  ``Unavailable``)
 ``ServerError``            5xx    anything else the server got wrong
 ``WaitTimeout``            none   ``wait()`` gave up before the task ended
 ========================== ====== ===============================================
@@ -116,6 +121,14 @@ class Unavailable(TaskstreamError):
         super().__init__(problem, status)
 
 
+class OutcomeUnknown(Unavailable):
+    """504 write-outcome-unknown: the write may have happened; the same request with the same ``Idempotency-Key``
+    answers what exists (or writes it now), without a second copy."""
+
+    def __init__(self, problem: dict[str, Any], status: int | None = 504, retry_after: float | None = None) -> None:
+        super().__init__(problem, status, retry_after)
+
+
 class ServerError(TaskstreamError):
     """Any other error status (500, 502, ...); the server logged the details."""
 
@@ -158,6 +171,8 @@ def error_for(status: int, problem: dict[str, Any], retry_after: str | None = No
         return RateLimited(problem, status, retry_after_seconds(retry_after))
     if status == 503:
         return Unavailable(problem, status, retry_after_seconds(retry_after))
+    if status == 504 and str(problem.get("type", "")).endswith("write-outcome-unknown"):
+        return OutcomeUnknown(problem, status, retry_after_seconds(retry_after))
     cls = _BY_STATUS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else TaskstreamError

@@ -1,4 +1,4 @@
-"""What the API answers, as typed values: a task, one event of its history, a schedule, a page.
+"""What the API answers, as typed values: a task, one event of its history, a workflow, a schedule, a page.
 
 Each value is a frozen dataclass read from the API's JSON (DESIGN §8) by
 ``from_json``; times are timezone-aware ``datetime``. ``raw`` keeps the
@@ -147,6 +147,89 @@ class Workflow:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Workflow:
         return cls(workflow_id=str(doc.get("workflow_id") or ""), tasks=dict(doc.get("tasks") or {}))
+
+
+#: A workflow's overall statuses; all but ``running`` are final unless a task of it is re-driven.
+WORKFLOW_STATUSES = ("running", "succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRunTask:
+    """A task as ``GET /api/v1/workflows/{id}`` shows it: what a graph and a time line need (``get`` has the rest)."""
+
+    id: str
+    handler: str
+    status: str
+    key: str | None = None
+    name: str = ""
+    attempt: int = 0
+    max_attempts: int = 0
+    depends_on: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    _TIMES = ("created_at", "updated_at", "started_at", "finished_at")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> WorkflowRunTask:
+        return cls(**_fields_from(cls, doc, cls._TIMES), raw=doc)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRun:
+    """A workflow as ``GET /api/v1/workflows/{id}`` shows it (in a list: without ``tasks`` and ``edges``).
+
+    ``status`` is ``running`` while any task is not terminal; then ``failed`` if any task failed, ``cancelled``
+    if one was cancelled, ``failed`` if one is ``upstream_failed``, else ``succeeded``. ``counts`` has the number
+    of tasks in each status that has any; ``edges`` are ``(upstream id, dependent id)``; ``tasks`` come in
+    topological generations.
+    """
+
+    id: str
+    status: str
+    task_count: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    tasks: list[WorkflowRunTask] = field(default_factory=list)
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    truncated: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    _TIMES = ("created_at", "updated_at", "started_at", "finished_at")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> WorkflowRun:
+        fields = _fields_from(cls, doc, cls._TIMES)
+        fields["tasks"] = [WorkflowRunTask.from_json(t) for t in doc.get("tasks") or ()]
+        fields["edges"] = [(str(e["from"]), str(e["to"])) for e in doc.get("edges") or ()]
+        return cls(**fields, raw=doc)
+
+    @property
+    def terminal(self) -> bool:
+        """True once no task of it can change by itself (every task ended)."""
+        return self.status != "running"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    def task(self, key: str) -> WorkflowRunTask:
+        """Its task of local ``key``; ``KeyError`` if it has none."""
+        for t in self.tasks:
+            if t.key == key:
+                return t
+        raise KeyError(key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from .errors import (
     TooLarge,
     TopicMismatch,
     ValidationError,
+    WriteOutcomeUnknown,
 )
 from .events import (
     EVENT_TYPES,
@@ -47,6 +48,7 @@ from .events import (
     TaskState,
     TaskSucceeded,
     TaskUpdated,
+    WorkflowStatus,
     derived_id,
     new_id,
 )
@@ -56,11 +58,11 @@ from .topics import PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry
 
 __all__ = [
     "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "StaleVersion", "TooLarge",
-    "TaskstreamError", "TopicMismatch", "ValidationError", "EVENT_TYPES", "DependencyRegistered",
+    "TaskstreamError", "TopicMismatch", "ValidationError", "WriteOutcomeUnknown", "EVENT_TYPES", "DependencyRegistered",
     "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status",
     "TaskCreated", "TaskFailed", "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "new_id", "Heartbeat",
     "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState", "ScheduleStatus",
     "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled", "DEFAULT_RETRY", "RetryPolicy",
     "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
-    "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "derived_id",
+    "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id",
 ]

@@ -13,6 +13,9 @@
     write (HTTP 503; callers may retry).
     - ``RecordRefused``: the broker refused one record for good (too large,
       invalid); retrying the same record cannot help.
+    - ``WriteOutcomeUnknown``: the broker did not answer a write in time and
+      may have written it all the same (HTTP 504; retry with the same
+      ``Idempotency-Key`` to learn the outcome).
     - ``TopicMismatch``: existing topics differ from the catalogue (partition
       count, cleanup policy, retention, size limit); a component refuses to
       start on them.
@@ -78,6 +81,10 @@ class BrokerUnavailable(TaskstreamError):
 
 class RecordRefused(BrokerUnavailable):
     pass
+
+
+class WriteOutcomeUnknown(BrokerUnavailable):
+    """A write whose answer never came (timed out, or purged in flight): the broker may have written it."""
 
 
 class TopicMismatch(BrokerUnavailable):

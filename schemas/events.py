@@ -379,6 +379,15 @@ class ScheduleStatus(StrEnum):
     DELETED = "deleted"
 
 
+class WorkflowStatus(StrEnum):
+    """A workflow's overall status, derived from its tasks' (``streams.domain.workflow_status`` holds the rule)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleState:
     """The folded state of one cron schedule (processor table, ``<p>.state``, read model)."""

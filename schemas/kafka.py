@@ -8,10 +8,15 @@ client id, logger) and the security config of ``Settings`` (TLS, SASL, the
 cannot be created (a bad property, an unreadable CA file) is
 ``BrokerUnavailable``, with secret values blanked out of the message.
 
-The API and the executors produce through ``AsyncProducer``: produce is
-asynchronous, a daemon thread polls the client for delivery reports and
-resolves asyncio futures, so nothing blocks an event loop. Library errors
-become ``BrokerUnavailable`` here, at the seam.
+Every producer is a ``RecoveringProducer``: a librdkafka client that hit a
+fatal error (it refuses every later record for good) is replaced by a new
+one with the same config, and what the old one held fails back to its
+senders (docs/decisions/0015-recovering-clients.md). The API and the
+executors produce through ``AsyncProducer``: produce is asynchronous, a
+daemon thread polls the client for delivery reports and resolves asyncio
+futures, so nothing blocks an event loop. Library errors become
+``BrokerUnavailable`` here, at the seam; ``outcome_unknown`` tells a failed
+delivery the broker may have written anyway.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 from .codec import RecordHeaders
-from .errors import BrokerUnavailable, RecordRefused, TopicMismatch
+from .errors import BrokerUnavailable, RecordRefused, TopicMismatch, WriteOutcomeUnknown
 from .limits import MAX_RECORD_BYTES
 from .settings import Settings
 from .topics import TopicSpec
@@ -114,12 +119,11 @@ def redact(text: str, config: Mapping[str, Any]) -> str:
 DURABLE_PRODUCER = {"acks": "all", "enable.idempotence": True}
 
 
-def producer(settings: Settings, client_id: str, overrides: Mapping[str, Any] | None = None) -> Producer:
+def producer(settings: Settings, client_id: str, overrides: Mapping[str, Any] | None = None) -> RecoveringProducer:
     """An idempotent, acks=all producer (``producer_config``) with ``overrides`` on top (which cannot change
-    ``DURABLE_PRODUCER``)."""
-    client: Producer = _build("producer", settings, {**producer_config(settings, client_id), **(overrides or {}),
-                                                     **DURABLE_PRODUCER})
-    return client
+    ``DURABLE_PRODUCER``), rebuilt after a fatal error (``RecoveringProducer``)."""
+    return RecoveringProducer(settings, {**producer_config(settings, client_id), **(overrides or {}),
+                                         **DURABLE_PRODUCER})
 
 
 def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
@@ -163,6 +167,193 @@ def is_permanent(err: KafkaError | BaseException | None) -> bool:
     if isinstance(err, KafkaException) and err.args and isinstance(err.args[0], KafkaError):
         err = err.args[0]
     return isinstance(err, KafkaError) and err.code() in PERMANENT_PRODUCE_ERRORS
+
+
+#: Delivery errors after which the record may be in the log all the same: the request reached the broker (or may
+#: have) but its answer never came (a timeout, a purge of what was in flight), or the broker wrote it and could not
+#: replicate it in time. Any other delivery error is an answer that refused the record.
+UNKNOWN_OUTCOME_ERRORS = frozenset({
+    KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._PURGE_INFLIGHT, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError._TIMED_OUT_QUEUE,
+})
+
+
+def outcome_unknown(err: KafkaError | BaseException | None, msg: Message | None = None) -> bool:
+    """Whether a failed delivery (its ``KafkaError``, or an exception caused by one) may have been written
+    anyway (``UNKNOWN_OUTCOME_ERRORS``): the sender cannot tell, and only reading the log (or repeating the
+    request idempotently) can. With the delivery report's ``msg``: a record never given a partition (the client
+    never learnt where the topic lives) was never sent, so it was not written."""
+    partition = msg.partition() if msg is not None else 0  # confluent-kafka says None for "not assigned yet"
+    if partition is None or partition < 0:
+        return False
+    while isinstance(err, BaseException) and not isinstance(err, KafkaException) and err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, KafkaException) and err.args and isinstance(err.args[0], KafkaError):
+        err = err.args[0]
+    return isinstance(err, KafkaError) and err.code() in UNKNOWN_OUTCOME_ERRORS
+
+
+#: After a fatal error the client is rebuilt at the next call; a fatal error again within ``FATAL_STORM_S`` of a
+#: rebuild makes the next one wait ``REBUILD_WAIT_S``, doubling up to ``MAX_REBUILD_WAIT_S`` while they keep coming,
+#: so a cause that persists (an ACL that denies the producer id, a record the client cannot pass) does not spin.
+REBUILD_WAIT_S = 1.0
+MAX_REBUILD_WAIT_S = 30.0
+#: Fatal errors closer than this to the last rebuild count as "keeping coming" (the wait doubles); later, the next
+#: rebuild is immediate again.
+FATAL_STORM_S = 60.0
+
+
+class RecoveringProducer:
+    """A confluent-kafka producer that replaces its client after a fatal error; ``produce``, ``poll`` and
+    ``flush`` as confluent-kafka's.
+
+    librdkafka's fatal errors (an idempotent producer fenced by the broker,
+    a sequence gap it cannot close) leave a client that refuses every later
+    record. The first one a call meets (``poll`` and ``flush`` raise it,
+    ``produce`` raises ``_FATAL``) is kept in ``problem`` and logged once;
+    the next call purges the old client (its delivery reports fail what it
+    still held: ``_PURGE_QUEUE`` not written, ``_PURGE_INFLIGHT`` outcome
+    unknown) and builds a new one with the same config, at once the first
+    time and later after a wait (``REBUILD_WAIT_S``). Until then ``produce``
+    raises ``BrokerUnavailable`` naming the fatal error, before anything is
+    sent. A producer configured with a ``transactional.id`` is fenced again
+    (``init_transactions``) by each new client: the new one owns the id. None
+    of ours is transactional. Thread-safe like confluent-kafka's producer:
+    one thread may poll while others produce.
+    """
+
+    def __init__(self, settings: Settings, config: Mapping[str, Any]) -> None:
+        self._settings = settings
+        self._config = dict(config)
+        self.client_id = str(self._config.get("client.id"))
+        self._lock = threading.Lock()
+        self._client: Any = None
+        #: Why this producer cannot write now (a fatal error not yet mended, a rebuild that failed), or None.
+        self.problem: str | None = None
+        #: How many times the client was replaced.
+        self.rebuilds = 0
+        self._wait = 0.0
+        self._due = 0.0
+        self._rebuilt_at = -1e9
+        self._client = self._new()
+
+    def _new(self) -> Any:
+        client = _build("producer", self._settings, self._config)
+        if self._config.get("transactional.id"):
+            with broker_errors(f"fencing transactional id {self._config['transactional.id']}"):
+                client.init_transactions(30)
+        return client
+
+    # ------------------------------------------------------------ confluent-kafka's calls
+
+    def produce(self, topic: str, value: bytes | str | None = None, key: bytes | str | None = None,
+                **kwargs: Any) -> None:
+        client = self._usable()
+        try:
+            client.produce(topic, value, key, **kwargs)
+        except KafkaException as exc:
+            self._note(client, exc)
+            raise
+
+    def poll(self, timeout: float = 0.0) -> int:
+        client = self._usable(quiet=True)
+        if client is None:  # waiting to rebuild: nothing to report
+            time.sleep(timeout)
+            return 0
+        try:
+            return client.poll(timeout)  # type: ignore[no-any-return]
+        except KafkaException as exc:
+            if not self._note(client, exc):
+                raise
+            return 0
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` for every record's delivery report; the number still waiting. After a fatal
+        error what the old client held has failed (its reports ran) and does not count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            client = self._usable(quiet=True)
+            if client is None:
+                return 0
+            try:
+                return client.flush(max(0.0, deadline - time.monotonic()))  # type: ignore[no-any-return]
+            except KafkaException as exc:
+                if not self._note(client, exc):
+                    raise
+            if time.monotonic() >= deadline:
+                return 0
+
+    def __len__(self) -> int:
+        client = self._client
+        return len(client) if client is not None else 0
+
+    # ------------------------------------------------------------ recovery
+
+    def _note(self, client: Any, exc: KafkaException) -> bool:
+        """Whether ``exc`` (raised by ``client``) is a fatal error; the first of a client is kept and logged."""
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if err is None or not (err.fatal() or err.code() == KafkaError._FATAL):
+            return False
+        with self._lock:
+            if client is self._client and self.problem is None:
+                self.problem = f"fatal error: {err.str()}"
+                self._wait = (min(MAX_REBUILD_WAIT_S, max(REBUILD_WAIT_S, 2 * self._wait))
+                              if time.monotonic() - self._rebuilt_at < FATAL_STORM_S else 0.0)
+                self._due = time.monotonic() + self._wait
+                log.error("producer %s hit a %s; it is rebuilt %s", self.client_id, self.problem,
+                          f"in {self._wait:.0f}s" if self._wait else "now")
+        return True
+
+    def _usable(self, quiet: bool = False) -> Any:
+        """The client to call: the current one, or a new one once the fatal error's wait is over. While there is
+        none: None (``quiet``) or ``BrokerUnavailable``. A fenced client is retired at once, whatever the wait."""
+        if self.problem is None:
+            return self._client
+        with self._lock:
+            if self.problem is None:  # another thread rebuilt it meanwhile
+                return self._client
+            old, self._client = self._client, None
+            if time.monotonic() >= self._due:
+                self._build()
+            client, problem = self._client, self.problem
+        if old is not None:
+            self._retire(old)
+        if problem is None:
+            return client
+        if quiet:
+            return None
+        raise BrokerUnavailable(f"producer {self.client_id} cannot write ({problem}); nothing was sent") from None
+
+    def _build(self) -> None:
+        """A new client in place of the fenced one (under the lock); ``problem`` says why not when it fails."""
+        try:
+            self._client = self._new()
+        except BrokerUnavailable as exc:
+            cause = (self.problem or "fatal error").split("; rebuilding failed")[0]
+            self.problem = f"{cause}; rebuilding failed: {exc}"
+            self._wait = min(MAX_REBUILD_WAIT_S, max(REBUILD_WAIT_S, 2 * self._wait))
+            self._due = time.monotonic() + self._wait
+            log.warning("producer %s: rebuilding failed, again in %.0fs: %s", self.client_id, self._wait, exc)
+            return
+        self.rebuilds += 1
+        self._rebuilt_at = time.monotonic()
+        log.warning("producer %s rebuilt after a %s", self.client_id, self.problem)
+        self.problem = None
+
+    def _retire(self, old: Any) -> None:
+        """Fail what a fenced client still holds: its delivery reports run here, the one of the record that met
+        the fatal error among them (a sender that sends again from one reaches the new client, or is refused)."""
+        try:
+            old.purge(True, True, True)
+            old.flush(1.0)  # nothing is left to send: this only serves the purged records' reports
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("producer %s: purging the fenced client: %s", self.client_id, exc)
+
+    def __getattr__(self, name: str) -> Any:
+        """confluent-kafka's other calls (``list_topics``, the transaction calls), on the current client."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.__dict__.get("_client"), name)
 
 
 class broker_errors:
@@ -350,7 +541,7 @@ def _await_leaders(client: AdminClient, partitions: Mapping[str, int], timeout: 
 
 
 class AsyncProducer:
-    """confluent-kafka producer whose ``send`` is awaitable (acked by the broker)."""
+    """A ``RecoveringProducer`` whose ``send`` is awaitable (acked by the broker)."""
 
     def __init__(self, settings: Settings, client_id: str, **overrides: Any) -> None:
         self._producer = producer(settings, client_id, overrides)
@@ -382,13 +573,16 @@ class AsyncProducer:
 
     def send(self, topic: str, key: str | bytes, value: bytes,
              headers: Headers | None = None) -> asyncio.Future[Message]:
-        """Produce and return a future that resolves when the broker acknowledged the record."""
+        """Produce and return a future that resolves when the broker acknowledged the record. It fails with
+        ``RecordRefused`` (refused for good), ``WriteOutcomeUnknown`` (no answer in time: perhaps written) or
+        ``BrokerUnavailable`` (not written); ``BrokerUnavailable`` raised here means nothing was sent."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Message] = loop.create_future()
 
         def done(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                error = RecordRefused if is_permanent(err) else BrokerUnavailable
+                error = (RecordRefused if is_permanent(err) else WriteOutcomeUnknown if outcome_unknown(err, msg)
+                         else BrokerUnavailable)
                 loop.call_soon_threadsafe(_set_exception, fut, error(f"produce to {topic} failed: {err.str()}"))
             else:
                 loop.call_soon_threadsafe(_set_result, fut, msg)
@@ -398,6 +592,15 @@ class AsyncProducer:
 
     def flush(self, timeout: float = 10.0) -> int:
         return self._producer.flush(timeout)
+
+    @property
+    def problem(self) -> str | None:
+        """Why this producer cannot write now (``RecoveringProducer.problem``), or None."""
+        return self._producer.problem
+
+    @property
+    def rebuilds(self) -> int:
+        return self._producer.rebuilds
 
     def close(self, timeout: float = 10.0) -> int:
         remaining = self._producer.flush(timeout)

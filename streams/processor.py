@@ -16,8 +16,9 @@ many tasks wait for it; when a task ends, the processor scans its edges
 to ``<p>.ready.<priority>``.
 
 Messages are handled in batches: fold a batch, wait until every output is
-acknowledged, then commit the batch's offsets. A crash replays at most the
-uncommitted batch, which idempotent folding absorbs.
+acknowledged; only then are the batch's offsets committed (at most every
+``COMMIT_INTERVAL_S``, and at once on revocation and shutdown). A crash
+replays what was folded since the last commit, which idempotent folding absorbs.
 
 Why our own loop and not Faust, which DESIGN names: docs/decisions/0005.
 
@@ -86,6 +87,9 @@ from .timers import LEASE, STATE, TimerTable
 log = logging.getLogger(__name__)
 
 RELAY_SLACK_S = domain.RELAY_SLACK_S
+#: The processor commits folded offsets at most this often: a commit per batch would cost the broker a write per
+#: event at low rates (an OffsetCommit is a write to ``__consumer_offsets``).
+COMMIT_INTERVAL_S = 0.1
 
 
 class Output(NamedTuple):
@@ -226,7 +230,7 @@ class Processor(Hooks):
                 "max.partition.fetch.bytes": 4 * 1024 * 1024,
                 **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
             },
-            batch=self.BATCH, poll_s=settings.timer_tick_s, producer=self.producer)
+            batch=self.BATCH, poll_s=settings.timer_tick_s, commit_interval_s=COMMIT_INTERVAL_S, producer=self.producer)
         # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.
         self.heartbeats = TailReader(settings, f"{self.id}-heartbeats", self.topics.heartbeats)
         self._next_tick = self._next_lag = 0.0

@@ -14,16 +14,10 @@ put data into the DOM as HTML (``textContent`` and ``createElement`` only),
 and every HTML answer carries a Content-Security-Policy that allows scripts
 from ``/ui/static`` only, so a ``<script>`` in a payload is text twice over.
 
-Two questions the HTTP API has no route for are answered here, read-only
-and bounded, under ``/ui/api/``:
+Questions the HTTP API has no route for are answered here, read-only
+and bounded, under ``/ui/api/`` (workflows are the API's own,
+``/api/v1/workflows``):
 
-- ``GET /ui/api/workflows/{workflow_id}?task=<id of one of its tasks>``:
-  the tasks of a workflow. ``POST /workflows`` writes every task of a
-  request with the same ``created_at``, so they are adjacent in the read
-  model's newest-first index: the scan starts at that instant and stops at
-  the first task created at another one, then follows ``depends_on`` and
-  ``dependents`` for tasks of the workflow written by a later request with
-  the same ``Idempotency-Key``. At most ``MAX_WORKFLOW_TASKS`` tasks.
 - ``GET /ui/api/throughput?minutes=``: tasks finished per 30 s over the
   last minutes (at most 60), by status. The read model counts finishes per
   second for the last minute only (``TaskStore.finished_by_second``); this
@@ -48,7 +42,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -57,12 +51,10 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse, Response
 
-from taskstream.schemas import PRIORITIES, BrokerUnavailable, Status, TaskState
+from taskstream.schemas import PRIORITIES, BrokerUnavailable, Status, TaskState, WorkflowStatus
 
 from ..context import ApiContext, Context
-from ..models import task_json
 from ..problems import JSONResponse, problem
-from ..read_model import sortkey
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +127,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 router = APIRouter(prefix="/ui", tags=["ui"], include_in_schema=False, lifespan=_lifespan)
 
-#: The most tasks the workflow view draws (a larger workflow is drawn in part, and says so).
-MAX_WORKFLOW_TASKS = 1000
-#: Index entries examined per step of the workflow scan.
-_SCAN_PAGE = 200
-
 _HERE = resources.files(__package__)
 _templates = Environment(
     loader=FileSystemLoader(str(_HERE / "templates")),
@@ -157,6 +144,7 @@ PAGES = {  # page -> (title, nav label or None)
     "overview": ("Overview", "Overview"),
     "tasks": ("Tasks", "Tasks"),
     "task": ("Task", None),
+    "workflows": ("Workflows", "Workflows"),
     "workflow": ("Workflow", None),
     "dead-letters": ("Dead letters", "Dead letters"),
     "schedules": ("Schedules", "Schedules"),
@@ -168,6 +156,7 @@ def _page(page: str, **params: str) -> HTMLResponse:
         page=page, title=PAGES[page][0], params=params,
         nav=[(name, label) for name, (_, label) in PAGES.items() if label],
         statuses=[s.value for s in Status], priorities=[p.value for p in PRIORITIES],
+        workflow_statuses=[s.value for s in WorkflowStatus],
     )
     return HTMLResponse(html, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store",
                                        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})
@@ -189,9 +178,14 @@ async def task(task_id: str) -> Response:
     return _page("task", task_id=task_id)
 
 
+@router.get("/workflows")
+async def workflows() -> Response:
+    return _page("workflows")
+
+
 @router.get("/workflows/{workflow_id}")
-async def workflow(workflow_id: str, task: str = "") -> Response:
-    return _page("workflow", workflow_id=workflow_id, task_id=task)
+async def workflow(workflow_id: str) -> Response:
+    return _page("workflow", workflow_id=workflow_id)
 
 
 @router.get("/dead-letters")
@@ -214,48 +208,6 @@ async def static(name: str) -> Response:
 
 
 # ------------------------------------------------------------------ JSON helpers
-
-
-@router.get("/api/workflows/{workflow_id}")
-async def workflow_tasks(workflow_id: str, ctx: Context,
-                         task: str = Query(..., description="the id of one task of the workflow")) -> Response:
-    store = ctx.read_model.store
-    anchor = store.get(task)
-    if anchor is None or anchor.workflow_id != workflow_id:
-        return problem(404, "Not found", f"task {task} is not a task of workflow {workflow_id}", kind="not-found")
-    found, truncated = await asyncio.to_thread(_workflow, store, anchor)
-    return JSONResponse({"workflow_id": workflow_id, "truncated": truncated,
-                         "tasks": [task_json(t) for t in found.values()]})
-
-
-def _workflow(store, anchor: TaskState) -> tuple[dict[str, TaskState], bool]:
-    """The tasks of ``anchor``'s workflow (see the module docstring); True if ``MAX_WORKFLOW_TASKS`` cut it."""
-    wid = anchor.workflow_id
-    found: dict[str, TaskState] = {}
-    instant = sortkey(anchor).split(b":", 1)[0]  # the inverted created_at shared by the whole request
-    after: bytes | None = instant  # sorts just before every "<instant>:<id>"
-    while after is not None and len(found) < MAX_WORKFLOW_TASKS:
-        page, after = store.list(limit=_SCAN_PAGE, after=after, max_scan=_SCAN_PAGE)
-        for state in page:
-            if state.created_at != anchor.created_at:
-                after = None
-                break
-            if state.workflow_id == wid:
-                found[state.task_id] = state
-    found.setdefault(anchor.task_id, anchor)
-    todo = deque(found.values())
-    seen = set(found)
-    while todo and len(found) < MAX_WORKFLOW_TASKS:
-        state = todo.popleft()
-        for other_id in (*state.depends_on, *state.dependents):
-            if other_id in seen:
-                continue
-            seen.add(other_id)
-            other = store.get(other_id)
-            if other is not None and other.workflow_id == wid:
-                found[other_id] = other
-                todo.append(other)
-    return found, len(found) >= MAX_WORKFLOW_TASKS
 
 
 @router.get("/api/throughput")

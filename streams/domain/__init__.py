@@ -33,6 +33,8 @@
   task's log folded in the order the processor applied it (its own
   follow-ups right after their trigger, ``order.py``) — the one order the
   processor, ``state rebuild``, time travel and history all fold in.
+- ``workflow_status(counts)``: a workflow's overall status from its tasks'
+  (``workflows.py``), for every read of a workflow.
 
 The HTTP routes, gRPC, the processor, ``state rebuild`` and time travel all
 call these; none keeps a rule of its own.
@@ -134,6 +136,7 @@ from .step import (
     replay,
     step,
 )
+from .workflows import workflow_status
 
 __all__ = [
     "ACTIVE", "check_workflow", "workflow_problems", "MAX_CYCLE_WALK", "check_dependencies", "dependency_problems",
@@ -148,7 +151,8 @@ __all__ = [
     "applied_inline", "initial_state", "is_ready", "is_terminal", "lease_expired", "on_timer", "react",
     "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution",
     "retry_scheduled", "schedule_due", "schedule_replay", "schedule_task_id", "task_from_template", "timer_due",
-    "upstream_json", "waiting_until", "EDGE_PREFIX", "dependents_of", "edge_key", "edge_of", "edges_prefix",
+    "upstream_json", "waiting_until", "workflow_status",
+    "EDGE_PREFIX", "dependents_of", "edge_key", "edge_of", "edges_prefix",
     "fold_with_dependents", "is_edge_key", "recorded", "with_dependents", "REDRIVE", "RESOLVE", "owed",
     "owed_again", "to_dependents", "DependentsLookup",
 ]

@@ -265,7 +265,7 @@ def test_workflow_graph_colours_nodes_by_status(page, http) -> None:
 
     page.goto(f"/ui/tasks/{ids['load']}")
     page.click("#workflow-link")
-    page.wait_for_url(f"**/ui/workflows/{wid}?task=*")
+    page.wait_for_url(f"**/ui/workflows/{wid}")
     page.wait_for_selector("svg.dag a.node")
     assert page.locator("svg.dag a.node").count() == len(expected)
     for key, status in expected.items():
@@ -278,6 +278,63 @@ def test_workflow_graph_colours_nodes_by_status(page, http) -> None:
     page.locator("svg.dag a.node[data-key='report']").click()
     page.wait_for_url(f"**/ui/tasks/{ids['report']}")
     assert page.locator("#status").text_content() in ("…", "upstream_failed")
+    assert page.errors == []
+
+
+def test_workflow_list_and_duration_view(page, http) -> None:
+    r = http.post("/api/v1/workflows", json={"tasks": [
+        {"key": "publish", "handler": "sleep", "payload": {"seconds": 0.3}, "depends_on": ["parse", "index"]},
+        {"key": "parse", "handler": "sleep", "payload": {"seconds": 1.2}, "depends_on": ["fetch"]},
+        {"key": "index", "handler": "ui.ok", "depends_on": ["fetch"]},
+        {"key": "fetch", "handler": "sleep", "payload": {"seconds": 0.4}},
+    ]})
+    assert r.status_code == 202, r.text
+    wid, ids = r.json()["workflow_id"], r.json()["tasks"]
+    wait_until(lambda: http.get(f"/api/v1/workflows/{wid}").json()["status"] == "succeeded", timeout=60,
+               interval=0.2, message="workflow succeeded")
+
+    page.goto("/ui/workflows")
+    row = page.locator(f"#workflows tr[data-id='{wid}']")
+    row.wait_for()
+    assert row.get_attribute("data-status") == "succeeded" and row.locator(".badge").text_content() == "succeeded"
+    assert "4 succeeded" in row.text_content()
+    page.select_option("#wf-status", "failed")
+    page.wait_for_url("**/ui/workflows?status=failed")
+    wait_until(lambda: page.locator(f"#workflows tr[data-id='{wid}']").count() == 0, timeout=10, message="filtered")
+    page.select_option("#wf-status", "succeeded")
+    page.locator(f"#workflows tr[data-id='{wid}']").wait_for()
+    assert page.locator("#workflows tr .badge").evaluate_all("bs => [...new Set(bs.map(b => b.textContent))]") == [
+        "succeeded"]
+    page.select_option("#wf-status", "")
+    page.wait_for_url("**/ui/workflows")
+    page.locator(f"#workflows tr[data-id='{wid}']").wait_for()
+    shot(page, "workflows")
+
+    page.locator(f"#workflows tr[data-id='{wid}'] a").click()
+    page.wait_for_url(f"**/ui/workflows/{wid}")
+    page.wait_for_selector("svg.gantt-chart a.gantt-row rect.run")
+    rows = page.locator("svg.gantt-chart a.gantt-row")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.key)") == ["fetch", "index", "parse", "publish"]
+    assert page.locator("#wf-status").text_content() == "succeeded"
+
+    def bar(key: str) -> dict:
+        run = page.locator(f"svg.gantt-chart a.gantt-row[data-key='{key}'] rect.run")
+        return {"x": float(run.get_attribute("x")), "w": float(run.get_attribute("width")),
+                "ms": int(run.get_attribute("data-ms")), "fill": run.get_attribute("fill")}
+
+    fetch, parse, publish = bar("fetch"), bar("parse"), bar("publish")
+    assert parse["ms"] >= 1200 and 400 <= fetch["ms"] < parse["ms"]
+    assert parse["w"] > 2 * fetch["w"]  # widths follow run times on one axis
+    assert parse["x"] >= fetch["x"] + fetch["w"] - 1 and publish["x"] >= parse["x"] + parse["w"] - 1  # order in time
+    assert fetch["fill"] == STATUS_COLORS["succeeded"]
+    assert page.locator("svg.gantt-chart a.gantt-row[data-key='parse']").get_attribute("href") == (
+        f"/ui/tasks/{ids['parse']}")
+    assert "4 succeeded" in page.locator("#wf-summary").text_content()
+    shot(page, "workflow-duration")
+
+    page.goto("/ui/workflows/no-such-workflow")
+    page.wait_for_selector("#wf-error:not([hidden])")
+    assert "not found" in page.locator("#wf-error").text_content()
     assert page.errors == []
 
 

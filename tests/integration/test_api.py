@@ -376,7 +376,8 @@ def test_healthz_and_readyz(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/api/v1/healthz").status_code == 404  # at the root only
     wait_until(lambda: client.get("/readyz").status_code == 200, message="ready")
-    assert client.get("/readyz").json()["checks"] == {"broker": "ok", "topics": "ok", "read_model": "ok"}
+    assert client.get("/readyz").json()["checks"] == {"broker": "ok", "topics": "ok", "read_model": "ok",
+                                                   "producer": "ok"}
 
 
 def test_readyz_503_when_topics_are_missing(broker: str, tmp_path) -> None:

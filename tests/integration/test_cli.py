@@ -112,7 +112,8 @@ def test_topics_create_against_an_unreachable_broker_fails_cleanly() -> None:
 @pytest.mark.slow
 def test_bench_runs_its_own_dev_stack_and_prints_json(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
-    r = subprocess.run([*_cli(), "bench", "-n", "200", "--clients", "2", "--json", "--prefill-events", "1000"],
+    r = subprocess.run([*_cli(), "bench", "--start-stack", "-n", "200", "--clients", "2", "--json",
+                        "--prefill-events", "1000"],
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     figures = json.loads(r.stdout)
@@ -121,6 +122,12 @@ def test_bench_runs_its_own_dev_stack_and_prints_json(tmp_path) -> None:
     assert figures["throughput_per_s"] > 0
     assert 0 < figures["start_latency_ms"]["p50"] <= figures["start_latency_ms"]["p99"]
     assert figures["finish_latency_ms"]["p99"] >= figures["start_latency_ms"]["p99"]
+
+
+def test_bench_needs_a_url_or_start_stack() -> None:
+    for args in ([], ["--url", "http://127.0.0.1:1", "--start-stack"]):
+        r = taskstream("bench", "-n", "10", *args, timeout=60)
+        assert r.returncode == 2 and "--url" in r.stderr and "--start-stack" in r.stderr, r.stderr
 
 
 def test_bench_against_an_unreachable_api_fails_cleanly() -> None:

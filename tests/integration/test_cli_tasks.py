@@ -87,6 +87,21 @@ def test_json_outputs_parse_and_get_list_events(run, tmp_path) -> None:
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("OCCURRED") and "TaskSucceeded" in r.stdout
 
 
+def test_tasks_watch_follows_a_task_live_until_it_ends(run) -> None:
+    task = json.loads(run("tasks", "submit", "sleep", "--payload", '{"seconds": 1}', "--json").stdout)
+    r = run("tasks", "watch", task["id"], "--json")
+    assert r.returncode == 0, r.stderr
+    states = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {t["id"] for t in states} == {task["id"]}
+    assert states[-1]["status"] == "succeeded"
+    versions = [t["version"] for t in states]
+    assert versions == sorted(set(versions)), versions  # every change once, in order
+    failing = json.loads(run("tasks", "submit", "fail", "--json").stdout)
+    r = run("tasks", "watch", failing["id"])
+    assert r.returncode == 1 and "failed" in r.stdout and "planned failure" in r.stdout, r.stdout
+    assert run("tasks", "watch", "no-such-task").returncode == 1
+
+
 def test_a_bad_id_is_one_line_on_stderr(run) -> None:
     for command in ("get", "cancel", "retry", "events"):
         r = run("tasks", command, "no-such-task")
@@ -146,6 +161,44 @@ def test_workflows_submit_yaml_and_json(run, tmp_path) -> None:
     broken.write_text("tasks: [\n")
     r = run("workflows", "submit", str(broken))
     assert r.returncode == 2 and "broken.yaml" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_workflows_get_list_watch(run, tmp_path) -> None:
+    spec = tmp_path / "wf.json"
+    spec.write_text(json.dumps({"tasks": [{"key": "load", "handler": "noop", "depends_on": ["extract"]},
+                                          {"key": "extract", "handler": "echo", "payload": {"rows": 3}}]}))
+    submitted = json.loads(run("workflows", "submit", str(spec), "--json").stdout)
+    wid = submitted["workflow_id"]
+    r = run("workflows", "watch", wid, "--interval", "0.2", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    assert "succeeded" in r.stdout and wid in r.stdout
+    r = run("workflows", "get", wid)
+    assert r.returncode == 0, r.stderr
+    lines = [line.split() for line in r.stdout.splitlines()]
+    assert ["status", "succeeded"] in lines and ["tasks", "2", "succeeded"] in lines
+    keys = [row[0] for row in lines if row and row[0] in ("extract", "load")]
+    assert keys == ["extract", "load"]  # dependency order
+    load = next(row for row in lines if row and row[0] == "load")
+    assert load[1:4] == ["succeeded", "noop", "1/3"] and load[4] == "extract" and submitted["tasks"]["load"] in load
+    doc = json.loads(run("workflows", "get", wid, "--json").stdout)
+    assert doc["status"] == "succeeded" and [t["key"] for t in doc["tasks"]] == ["extract", "load"]
+
+    failing = tmp_path / "fail.json"
+    failing.write_text(json.dumps([{"key": "a", "handler": "fail"}, {"key": "b", "handler": "noop",
+                                                                       "depends_on": ["a"]}]))
+    bad = json.loads(run("workflows", "submit", str(failing), "--json").stdout)["workflow_id"]
+    r = run("workflows", "watch", bad, "--json", "--interval", "0.2", "--timeout", "30")
+    assert r.returncode == 1, r.stderr
+    states = [json.loads(line) for line in r.stdout.splitlines()]
+    assert states[-1]["status"] == "failed" and all(s["id"] == bad for s in states)
+
+    listed = [json.loads(line) for line in run("workflows", "list", "--json", "--limit", "2").stdout.splitlines()]
+    assert [w["id"] for w in listed] == [bad, wid]
+    r = run("workflows", "list", "--status", "failed")
+    assert r.returncode == 0 and bad in r.stdout and wid not in r.stdout and "1 failed" in r.stdout
+    assert "not found" in one_error_line(run("workflows", "get", "nope")).lower()
+    r = run("workflows", "list", "--status", "done")
+    assert r.returncode == 2 and "done" in r.stderr
 
 
 def test_schedules_create_list_delete(run) -> None:

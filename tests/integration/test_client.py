@@ -27,6 +27,7 @@ from taskstream.client import (
     Conflict,
     Forbidden,
     NotFound,
+    OutcomeUnknown,
     PreconditionFailed,
     RateLimited,
     ServerError,
@@ -159,6 +160,34 @@ def test_submit_many_workflow_and_events(ts: Client) -> None:
     assert types[0] == "TaskCreated" and types[-1] in ("TaskSucceeded", "TaskStarted") and "TaskSucceeded" in types
     assert all(e.occurred_at.tzinfo is not None and e.producer for e in history)
     assert history[0].fields["handler"] == "echo"
+
+
+def test_get_list_and_wait_workflows(ts: Client) -> None:
+    wf = ts.workflow([{"key": "c", "handler": "noop", "depends_on": ["b"]},
+                      {"key": "b", "handler": "fail", "depends_on": ["a"]},
+                      {"key": "a", "handler": "echo", "payload": 1}])
+    run = ts.get_workflow(wf.workflow_id)
+    assert run.id == wf.workflow_id and run.task_count == 3 and run.created_at.tzinfo is not None
+    assert [t.key for t in run.tasks] == ["a", "b", "c"] and run.task("b").id == wf.tasks["b"]
+    assert run.edges == [(wf.tasks["a"], wf.tasks["b"]), (wf.tasks["b"], wf.tasks["c"])]
+    seen: list[str] = []
+    done = ts.wait_workflow(wf.workflow_id, timeout=30, on_update=lambda w: seen.append(w.status))
+    assert done.status == "failed" and done.terminal and not done.succeeded and seen[-1] == "failed"
+    assert done.task("c").status == "upstream_failed" and "planned failure" in done.task("b").error
+    assert done.counts == {"succeeded": 1, "failed": 1, "upstream_failed": 1}
+    assert done.started_at <= done.finished_at
+    assert wf.workflow_id in [w.id for w in ts.list_workflows(status="failed", page_size=1)]
+    later = ts.workflow([{"key": "x", "handler": "noop", "run_at": LATER.isoformat()}])
+    page = ts.workflows_page(limit=1)
+    assert [w.id for w in page.items] == [later.workflow_id] and page.next_cursor and page.items[0].tasks == []
+    with pytest.raises(NotFound):
+        ts.get_workflow("nope")
+    with pytest.raises(ValidationFailed) as exc:
+        ts.workflows_page(status="done")
+    assert exc.value.field == "status"
+    with pytest.raises(WaitTimeout) as waited:
+        ts.wait_workflow(later.workflow_id, timeout=0.2)
+    assert waited.value.task.status == "running"
 
 
 def test_get_as_of_shows_the_past(ts: Client) -> None:
@@ -301,6 +330,11 @@ def test_async_client_does_the_same(stack) -> None:
             assert [e.type for e in await ts.events(ok.id)][0] == "TaskCreated"
             wf = await ts.workflow([{"key": "x", "handler": "noop"}])
             assert (await ts.wait(wf.tasks["x"], timeout=30)).succeeded
+            run = await ts.wait_workflow(wf.workflow_id, timeout=30)
+            assert run.succeeded and run.task("x").status == "succeeded"
+            assert (await ts.get_workflow(wf.workflow_id)).counts == {"succeeded": 1}
+            assert wf.workflow_id in [w.id async for w in ts.list_workflows(status="succeeded")]
+            assert (await ts.workflows_page(limit=1)).items
             assert len(await ts.submit_many([task_body("noop")] * 2)) == 2
             s = await ts.create_schedule("0 4 * * *", {"handler": "noop"})
             assert s.id in [x.id async for x in ts.schedules()]
@@ -360,8 +394,10 @@ def test_api_up_broker_down_is_unavailable(tmp_path) -> None:
             broker.stop()
             with pytest.raises(Unavailable) as exc:
                 ts.submit("noop")
-            assert exc.value.status == 503 and exc.value.retry_after == 1.0
-            assert exc.value.problem["type"].endswith(":broker-unavailable")
+            # the record had its partition: the client cannot tell whether the broker took it before it went away
+            assert isinstance(exc.value, OutcomeUnknown)
+            assert exc.value.status == 504 and exc.value.retry_after == 1.0
+            assert exc.value.problem["type"].endswith(":write-outcome-unknown")
             with pytest.raises(Unavailable) as exc:
                 wait_until(lambda: ts.ready() and False, timeout=10, interval=0.2)
             assert any("broker unreachable" in r for r in exc.value.problem["reasons"])

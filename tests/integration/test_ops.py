@@ -73,7 +73,8 @@ def test_readyz_503_while_its_broker_is_down_and_200_when_it_is_back(tmp_path) -
             assert ensure_topics(s, catalogue(s)) == []
             wait_until(lambda: c.get("/readyz").status_code == 200, timeout=30, message="ready again")
             back_after = time.monotonic() - restarted
-            assert c.get("/readyz").json()["checks"] == {"broker": "ok", "topics": "ok", "read_model": "ok"}
+            assert c.get("/readyz").json()["checks"] == {"broker": "ok", "topics": "ok", "read_model": "ok",
+                                                         "producer": "ok"}
             print(f"\n/readyz: 503 {down_after:.2f}s after the broker stopped, 200 {back_after:.2f}s after it "
                   f"started again")
     finally:

@@ -215,6 +215,7 @@ SLOTS = 2
 PROBE_BOUND_S = 1.0
 
 
+@pytest.mark.alone
 def test_health_metrics_and_readiness_answer_at_once_while_20_history_reads_scan_a_long_partition(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

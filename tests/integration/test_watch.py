@@ -340,6 +340,35 @@ def test_grpc_workflow_and_schedule_rpcs_succeed(stubs: Stubs) -> None:
     assert deleted.status == "deleted"
 
 
+def test_grpc_get_and_list_workflows(stack: Stack, stubs: Stubs) -> None:
+    w = stubs.workflows
+    wf = w.SubmitWorkflow(workflows_pb2.SubmitWorkflowRequest(tasks=[
+        json_format.ParseDict({"key": "b", "handler": "noop", "depends_on": ["a"]}, workflows_pb2.WorkflowTask()),
+        json_format.ParseDict({"key": "a", "handler": "watch.flaky", "payload": {"sleep": 0.01, "succeed_at": 1}},
+                              workflows_pb2.WorkflowTask()),
+    ]))
+    got = w.GetWorkflow(workflows_pb2.GetWorkflowRequest(id=wf.workflow_id))
+    assert got.id == wf.workflow_id and got.status == "running" and got.task_count == 2
+    assert [t.key for t in got.tasks] == ["a", "b"] and [t.id for t in got.tasks] == [wf.tasks["a"], wf.tasks["b"]]
+    assert [(getattr(e, "from"), e.to) for e in got.edges] == [(wf.tasks["a"], wf.tasks["b"])]
+    done = wait_until(lambda: (x := w.GetWorkflow(workflows_pb2.GetWorkflowRequest(id=wf.workflow_id))).status
+                      == "succeeded" and x, timeout=30, message="workflow succeeded")
+    assert dict(done.counts) == {"succeeded": 2} and done.HasField("finished_at") and done.HasField("started_at")
+    # the same document as HTTP
+    http = httpx.get(f"{stack.base}/api/v1/workflows/{wf.workflow_id}", timeout=10).json()
+    assert as_json(done)["tasks"][1]["depends_on"] == http["tasks"][1]["depends_on"]
+    assert as_json(done)["finished_at"] == http["finished_at"].replace("+00:00", "Z")
+
+    listed = w.ListWorkflows(workflows_pb2.ListWorkflowsRequest(status="succeeded", limit=1))
+    assert [x.id for x in listed.workflows][:1] == [wf.workflow_id] and not listed.workflows[0].tasks
+    assert listed.next_cursor or len(listed.workflows) == 1
+    code, details = rpc_error(w.ListWorkflows, workflows_pb2.ListWorkflowsRequest(status="done"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["status"]
+    code, details = rpc_error(w.ListWorkflows, workflows_pb2.ListWorkflowsRequest(cursor="nope"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["cursor"]
+    assert rpc_error(w.GetWorkflow, workflows_pb2.GetWorkflowRequest(id="nope"))[0] == grpc.StatusCode.NOT_FOUND
+
+
 def test_grpc_errors_carry_status_codes_and_rich_details(stack: Stack, stubs: Stubs) -> None:
     t = stubs.tasks
     code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(task=spec(retry={"max_attempts": 0})))
@@ -563,6 +592,22 @@ def test_grpc_calls_are_authenticated_authorized_and_rate_limited_like_http(sett
             tasks=[tasks_pb2.TaskSpec(handler="noop")] * 5), metadata=submitter)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # 5 tasks cost 5 tokens of a burst of 3
         assert any(isinstance(d, error_details_pb2.RetryInfo) for d in details)
+
+
+def test_grpc_anonymous_limit_is_per_address_whatever_the_channel(settings: Settings) -> None:
+    """A new channel per call (a new source port each time) is the same anonymous caller: 3 of 6 pass."""
+    from fastapi.testclient import TestClient
+
+    from taskstream.api import create_app
+
+    s = settings.model_copy(update={"rate_limit_anonymous": (0.001, 3), "grpc_port": free_port()})
+    with TestClient(create_app(s)):
+        codes = []
+        for _ in range(6):
+            with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+                get = tasks_pb2_grpc.TaskServiceStub(channel).GetTask
+                codes.append(rpc_error(get, tasks_pb2.GetTaskRequest(id="nope"))[0])
+    assert codes == [grpc.StatusCode.NOT_FOUND] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
 
 
 def test_bench_submits_through_grpc(stack: Stack) -> None:

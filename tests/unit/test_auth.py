@@ -319,3 +319,14 @@ def test_the_shipped_deployments_start_an_api_that_authenticates(monkeypatch) ->
         assert not loopback(s.api_host), where
         auth.check_exposure(s)
         assert auth.auth_enabled(s), where
+
+
+@pytest.mark.parametrize(("peer", "address"), [
+    ("ipv4:127.0.0.1:51234", "127.0.0.1"), ("ipv6:[::1]:51234", "::1"), ("ipv6:%5B::1%5D:51234", "::1"),
+    ("10.0.0.7:80", "10.0.0.7"), ("10.0.0.7", "10.0.0.7"), ("2001:db8::7", "2001:db8::7"),
+    ("unix:/run/api.sock", "unix:/run/api.sock"), ("unknown", "unknown"),
+])
+def test_client_address_drops_the_port_whatever_the_form(peer: str, address: str) -> None:
+    from taskstream.api.rate_limit import client_address
+
+    assert client_address(peer) == address

@@ -56,6 +56,39 @@ def test_the_node_listens_on_loopback_only() -> None:
     assert props["auto.create.topics.enable"] == "false"
 
 
+class _SlowExit:
+    """A node's process as ``stop`` sees it, that exits (143, as Kafka on SIGTERM) only if waited for 60 s or more:
+    the class-data archive dump of a loaded machine."""
+
+    returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and timeout is not None and timeout < 60:
+            raise subprocess.TimeoutExpired("java", timeout)
+        if self.returncode is None:
+            self.returncode = 143
+        return self.returncode
+
+    def kill(self) -> None:
+        self.returncode = -9
+
+
+def test_a_node_writing_its_class_data_archive_is_given_time_to_finish_it(tmp_path) -> None:
+    node = broker.KafkaBroker(1, tmp_path, controller_port=2)
+    node.proc = _SlowExit()  # type: ignore[assignment]
+    written, target = tmp_path / "kafka.jsa.tmp", tmp_path / "kafka.jsa"
+    written.write_bytes(b"archive")
+    node._archive_tmp = (written, target)
+    node.stop()
+    assert node.proc.returncode == 143 and target.read_bytes() == b"archive"
+
+
 def test_dev_without_java_stops_at_once_saying_what_to_install(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKSTREAM_", "JAVA_HOME"))}
     env["PATH"] = str(tmp_path)

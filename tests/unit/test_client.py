@@ -105,6 +105,15 @@ def test_each_status_is_its_exception(status: int, cls: type) -> None:
         assert exc.retry_after == 2.0
 
 
+def test_a_504_write_outcome_unknown_is_an_unavailable_of_its_own_and_other_504s_are_server_errors() -> None:
+    from taskstream.client import OutcomeUnknown
+
+    unknown = {"type": "urn:taskstream:problem:write-outcome-unknown", "title": "T", "status": 504, "detail": "d"}
+    exc = error_for(504, unknown, "1")
+    assert type(exc) is OutcomeUnknown and isinstance(exc, Unavailable) and exc.retry_after == 1.0
+    assert type(error_for(504, {"title": "Gateway Timeout"})) is ServerError  # a proxy's own 504 says nothing
+
+
 def test_retry_after_seconds() -> None:
     assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None and retry_after_seconds("-1") is None
@@ -158,3 +167,36 @@ def test_the_async_signatures_for_type_checkers_match_the_operations() -> None:
         real = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == name)
         assert ast.unparse(stub.args) == ast.unparse(real.args), name
         assert ast.unparse(stub.returns) == ast.unparse(real.returns), name
+
+
+def test_workflow_reads_on_the_wire_and_typed() -> None:
+    doc = {"id": "w1", "status": "failed", "task_count": 2, "counts": {"succeeded": 1, "failed": 1},
+           "created_at": "2026-01-01T00:00:00Z", "started_at": "2026-01-01T00:00:01Z",
+           "finished_at": "2026-01-01T00:00:03Z", "updated_at": "2026-01-01T00:00:03Z", "truncated": False,
+           "tasks": [{"id": "t1", "key": "a", "handler": "h", "status": "succeeded", "depends_on": [],
+                      "started_at": "2026-01-01T00:00:01Z", "finished_at": "2026-01-01T00:00:02Z"},
+                     {"id": "t2", "key": "b", "handler": "h", "status": "failed", "depends_on": ["t1"],
+                      "error": "boom", "new_field": 1}],
+           "edges": [{"from": "t1", "to": "t2"}]}
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("/workflows"):
+            return httpx.Response(200, json={"workflows": [{k: v for k, v in doc.items() if k not in ("tasks",
+                                                                                                   "edges")}],
+                                             "next_cursor": "c2"})
+        return httpx.Response(200, json=doc)
+
+    with Client("http://api.test", transport=httpx.MockTransport(handle)) as ts:
+        run = ts.get_workflow("w/1")
+        page = ts.workflows_page(status="failed", limit=5, cursor="c1")
+    assert seen[0].url.raw_path == b"/api/v1/workflows/w%2F1"
+    assert seen[1].url.params.multi_items() == [("status", "failed"), ("limit", "5"), ("cursor", "c1")]
+    assert run.terminal and not run.succeeded and run.counts == {"succeeded": 1, "failed": 1}
+    assert run.edges == [("t1", "t2")] and run.task("b").error == "boom" and run.task("b").raw["new_field"] == 1
+    assert run.finished_at is not None and run.finished_at.tzinfo is not None
+    assert run.task("a").terminal and (run.task("a").finished_at - run.task("a").started_at).total_seconds() == 1
+    with pytest.raises(KeyError):
+        run.task("zz")
+    assert page.next_cursor == "c2" and page.items[0].tasks == [] and page.items[0].id == "w1"

@@ -533,3 +533,22 @@ def test_k8s_network_policies_and_disruption_budgets_cover_every_workload(k8s_do
     (executor_egress,) = [p for p in policies if p["metadata"]["name"] == "taskstream-executor-egress"]
     blocked = executor_egress["spec"]["egress"][0]["to"][0]["ipBlock"]["except"]
     assert {"10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"} <= set(blocked)
+
+
+def _compose_blocks(text: str) -> list[str]:
+    """The fenced code blocks of a Markdown text that start the compose stack."""
+    return [b for b in re.findall(r"```[a-z]*\n(.*?)```", text, re.S) if "docker compose up" in b]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/production.md"])
+def test_the_compose_quick_start_sets_every_variable_compose_requires(doc):
+    """Compose refuses to start without each ``${VAR:?...}`` of docker-compose.yml: the quick start exports them."""
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", (ROOT / "docker-compose.yml").read_text()))
+    assert required, "docker-compose.yml requires no variable: this test checks nothing"
+    blocks = _compose_blocks((ROOT / doc).read_text())
+    assert blocks, f"{doc} has no block that runs docker compose up"
+    for block in blocks:
+        before_up = block.split("docker compose up", 1)[0]
+        exported = set(re.findall(r"\b([A-Z0-9_]+)=", " ".join(line for line in before_up.splitlines()
+                                                                if line.lstrip().startswith("export "))))
+        assert required <= exported, (doc, sorted(required - exported))

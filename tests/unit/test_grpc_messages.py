@@ -69,6 +69,10 @@ def test_problems_and_errors_map_to_status_codes_with_details() -> None:
     assert from_exception(ValidationError("cursor", "bad")).details[0].field_violations[0].field == "cursor"
     down = from_exception(BrokerUnavailable("down"))
     assert down.code == grpc.StatusCode.UNAVAILABLE and isinstance(down.details[0], error_details_pb2.RetryInfo)
+    from taskstream.schemas import WriteOutcomeUnknown
+
+    maybe = from_exception(WriteOutcomeUnknown("timed out"))  # gRPC's own "may have completed"
+    assert maybe.code == grpc.StatusCode.DEADLINE_EXCEEDED and "idempotency-key" in maybe.message
     assert from_exception(RuntimeError("bug")) is None  # INTERNAL, logged, no details
 
 

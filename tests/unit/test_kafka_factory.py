@@ -211,3 +211,35 @@ def test_dev_children_get_the_secret_values_not_their_masks(monkeypatch) -> None
     again = Settings()
     assert again.kafka_sasl_password.get_secret_value() == PASSWORD
     assert again.kafka_config["sasl.oauthbearer.client.secret"].get_secret_value() == "c"
+
+
+def test_a_delivery_error_is_outcome_unknown_only_where_the_broker_may_have_written_the_record() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from taskstream.schemas import BrokerUnavailable
+
+    maybe = [KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_INFLIGHT, KafkaError.REQUEST_TIMED_OUT,
+             KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND]
+    no = [KafkaError._PURGE_QUEUE, KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._FATAL, KafkaError.PRODUCER_FENCED,
+          KafkaError.NOT_ENOUGH_REPLICAS, KafkaError._QUEUE_FULL]
+    assert [kafka.outcome_unknown(KafkaError(c)) for c in maybe] == [True] * len(maybe)
+    assert [kafka.outcome_unknown(KafkaError(c)) for c in no] == [False] * len(no)
+    wrapped = BrokerUnavailable("produce failed")
+    wrapped.__cause__ = KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT))
+    assert kafka.outcome_unknown(wrapped) and not kafka.outcome_unknown(None)
+
+
+def test_a_timed_out_record_never_given_a_partition_was_never_sent() -> None:
+    """The client never learnt where the topic lives (a broker never reached): not written, not "unknown"."""
+    from confluent_kafka import KafkaError
+
+    from taskstream.schemas import Settings
+
+    s = Settings(bootstrap_servers="127.0.0.1:1", prefix="never", metrics_port=0)
+    client = kafka.producer(s, "never", {"message.timeout.ms": 200})
+    reports: list = []
+    client.produce("never.events", b"v", b"k", on_delivery=lambda err, msg: reports.append((err, msg)))
+    client.flush(5)
+    (err, msg), = reports
+    assert err.code() == KafkaError._MSG_TIMED_OUT and kafka.outcome_unknown(err)
+    assert not kafka.outcome_unknown(err, msg)

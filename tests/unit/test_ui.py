@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from taskstream.api.read_model import TaskStore
+from taskstream.api.reads import MAX_WORKFLOW_TASKS
 from taskstream.api.ui import router
-from taskstream.api.ui.routes import MAX_WORKFLOW_TASKS, _workflow
 from taskstream.schemas import TaskState
 
 T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
@@ -42,7 +42,7 @@ def state(task_id: str, *, created: float = 0, workflow_id: str | None = None, d
                      depends_on=list(depends_on), dependents=list(dependents))
 
 
-@pytest.mark.parametrize("path", ["/ui", "/ui/", "/ui/tasks", "/ui/tasks/abc", "/ui/workflows/w?task=t",
+@pytest.mark.parametrize("path", ["/ui", "/ui/", "/ui/tasks", "/ui/tasks/abc", "/ui/workflows/w", "/ui/workflows",
                                   "/ui/dead-letters", "/ui/schedules"])
 def test_every_page_is_a_shell_with_a_strict_csp(client, path: str) -> None:
     r = client.get(path)
@@ -73,28 +73,17 @@ def test_the_script_never_writes_html() -> None:
         assert sink not in source
 
 
-def test_workflow_is_the_tasks_created_with_it(store: TaskStore) -> None:
-    store.apply(state("before", created=-1, workflow_id="other"))
-    store.apply(state("a", workflow_id="w", key="a", dependents=["b"]))
-    store.apply(state("b", workflow_id="w", key="b", depends_on=["a"]))
-    store.apply(state("lonely", workflow_id="w", key="lonely"))  # no edge: found by its creation time
-    store.apply(state("same-instant", workflow_id="other"))  # same time, another workflow
-    store.apply(state("after", created=1, workflow_id="other"))
-    store.apply(state("late", created=5, workflow_id="w", key="late", depends_on=["b"]))  # a later request
-    store.apply(replace(state("b", workflow_id="w", key="b", depends_on=["a"], dependents=["late"]), version=2))
-    found, truncated = _workflow(store, store.get("lonely"))
-    assert set(found) == {"a", "b", "lonely", "late"}
-    assert not truncated
+def test_a_workflow_read_is_bounded(store: TaskStore) -> None:
+    import asyncio
+    from types import SimpleNamespace
 
+    from taskstream.api.reads import get_workflow
 
-def test_workflow_scan_is_bounded(store: TaskStore) -> None:
     n = MAX_WORKFLOW_TASKS + 50
     for i in range(n):
         store.apply(state(f"t{i:05d}", workflow_id="big"))
-    t0 = time.monotonic()
-    found, truncated = _workflow(store, store.get("t00000"))
-    assert truncated and len(found) == MAX_WORKFLOW_TASKS
-    assert time.monotonic() - t0 < 5
+    wf = asyncio.run(get_workflow(SimpleNamespace(read_model=SimpleNamespace(store=store)), "big"))
+    assert wf.truncated and len(wf.tasks) == MAX_WORKFLOW_TASKS and wf.summary.tasks == n
 
 
 def test_latency_histogram() -> None:
@@ -138,6 +127,7 @@ def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path, monkeypatch) -> No
 
     from taskstream.api.history import ReadLimits
     from taskstream.api.routes import tasks as task_routes
+    from taskstream.api.routes import workflows as workflow_routes
 
     store = TaskStore(tmp_path / "rm")
     try:
@@ -149,19 +139,21 @@ def test_ui_reads_stay_fast_with_100000_tasks(tmp_path: Path, monkeypatch) -> No
         app = FastAPI()
         app.include_router(router)
         app.include_router(task_routes.router)
+        app.include_router(workflow_routes.router)
         decoded = []
         real_decode = TaskStore._decode
         monkeypatch.setattr(TaskStore, "_decode", staticmethod(lambda raw, task_id: (
             decoded.append(task_id), real_decode(raw, task_id))[1]))
         app.state.context = SimpleNamespace(read_model=SimpleNamespace(store=store), read_limits=ReadLimits())
         with TestClient(app) as client:
-            for path in ("/ui/api/latency?limit=500", "/ui/api/workflows/w?task=t050003", "/ui/api/throughput",
+            for path in ("/ui/api/latency?limit=500", "/api/v1/workflows/w", "/api/v1/workflows?limit=50",
+                         "/ui/api/throughput",
                          "/api/v1/tasks?limit=50", "/api/v1/tasks?status=succeeded&handler=h&label=a:b&limit=50"):
                 decoded.clear()
                 r = client.get(path)
                 assert r.status_code == 200, (path, r.text)
                 assert len(decoded) <= 12_000, (path, len(decoded))  # bounded pages and scans, never the 100,000
-            assert len(client.get("/ui/api/workflows/w?task=t050003").json()["tasks"]) == 10
+            assert len(client.get("/api/v1/workflows/w").json()["tasks"]) == 10
             assert client.get("/ui/api/latency?limit=500").json()["count"] == 500
     finally:
         store.close()

@@ -442,7 +442,7 @@ function pageTask() {
     const wl = $("workflow-link");
     if (task.workflow_id) {
       wl.hidden = false;
-      wl.href = `/ui/workflows/${encodeURIComponent(task.workflow_id)}?task=${enc}`;
+      wl.href = `/ui/workflows/${encodeURIComponent(task.workflow_id)}`;
     }
     if (!asOfTouched) setSliderRange();
   }
@@ -627,28 +627,169 @@ function drawGraph(container, tasks) {
   clear(container).append(g);
 }
 
+// ------------------------------------------------------------------ workflow duration (Gantt-like)
+
+// "1.234 s", "2 min 5 s", "1 h 3 min": a duration for people.
+function fmtDuration(ms) {
+  if (ms === null || ms === undefined || Number.isNaN(ms)) return "–";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+  if (ms < 3600000) return `${Math.floor(ms / 60000)} min ${Math.round((ms % 60000) / 1000)} s`;
+  return `${Math.floor(ms / 3600000)} h ${Math.round((ms % 3600000) / 60000)} min`;
+}
+
+const TICK_STEPS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 15000, 30000, 60000, 120000,
+  300000, 600000, 900000, 1800000, 3600000, 7200000, 21600000, 43200000, 86400000];
+
+// One row per task on the workflow's time axis: a light bar from creation to the start of its last attempt (the
+// wait: dependencies, queue, retries), a solid bar in its status colour for the run (to now while it runs), a
+// diamond at the end of a task that ended without running (upstream_failed, cancelled early).
+function drawGantt(container, wf, now = Date.now()) {
+  const tasks = wf.tasks;
+  const t = (iso) => (iso ? Date.parse(iso) : null);
+  const starts = tasks.map((x) => t(x.created_at)).concat([t(wf.created_at)]).filter((v) => v !== null);
+  const t0 = Math.min(...starts);
+  const ends = tasks.flatMap((x) => [t(x.finished_at), t(x.started_at)]).filter((v) => v !== null);
+  let t1 = wf.status === "running" ? now : Math.max(t0, ...ends, t(wf.finished_at) || t0);
+  if (t1 - t0 < 1) t1 = t0 + 1;
+  const labelW = 170, chartW = 720, tailW = 90, rowH = 24, barH = 14, top = 26, pad = 8;
+  const width = labelW + chartW + tailW, height = top + tasks.length * rowH + pad;
+  const x = (ms) => labelW + ((ms - t0) / (t1 - t0)) * chartW;
+  const g = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "gantt-chart", role: "img",
+                         "data-t0": new Date(t0).toISOString(), "data-t1": new Date(t1).toISOString() });
+  tasks.forEach((_, i) => { if (i % 2) g.append(svg("rect", { x: 0, y: top + i * rowH, width, height: rowH, class: "stripe" })); });
+  const span = t1 - t0;
+  const step = TICK_STEPS_MS.find((s) => span / s <= 8) || TICK_STEPS_MS[TICK_STEPS_MS.length - 1];
+  for (let ms = 0; ms <= span; ms += step) {
+    const px = x(t0 + ms);
+    g.append(svg("line", { x1: px, x2: px, y1: top - 6, y2: height - pad, class: "tick" }),
+             svg("text", { x: px, y: top - 10, class: "axis", "text-anchor": "middle", text: `+${fmtDuration(ms)}` }));
+  }
+  tasks.forEach((task, i) => {
+    const y = top + i * rowH;
+    const created = t(task.created_at), started = t(task.started_at), finished = t(task.finished_at);
+    const terminal = TERMINAL.has(task.status);
+    const label = task.key || task.name || shortId(task.id);
+    const row = svg("a", { href: `/ui/tasks/${encodeURIComponent(task.id)}`, class: "gantt-row", "data-id": task.id,
+                           "data-key": task.key || "", "data-status": task.status });
+    const waitEnd = started !== null ? started : (finished !== null ? finished : now);
+    const runEnd = started === null ? null : (terminal && finished !== null ? finished : now);
+    const waitMs = created !== null ? waitEnd - created : null;
+    const runMs = runEnd === null ? null : runEnd - started;
+    row.append(svg("title", { text: `${label} (${task.handler}): ${task.status}` +
+      `${runMs !== null ? `, ran ${fmtDuration(runMs)}${terminal ? "" : " so far"}` : ""}` +
+      `${waitMs !== null ? `, waited ${fmtDuration(waitMs)}` : ""}, attempt ${task.attempt}/${task.max_attempts}` }));
+    row.append(svg("text", { x: 4, y: y + rowH / 2 + 4, class: "glabel", text: label.length > 24 ? `${label.slice(0, 23)}…` : label }));
+    if (created !== null) {
+      row.append(svg("rect", { x: x(created), y: y + (rowH - barH) / 2 + 3, width: Math.max(1, x(waitEnd) - x(created)),
+                               height: barH - 6, rx: 2, class: "wait" }));
+    }
+    if (runEnd !== null) {
+      row.append(svg("rect", { x: x(started), y: y + (rowH - barH) / 2, width: Math.max(2, x(runEnd) - x(started)),
+                               height: barH, rx: 3, class: `run${terminal ? "" : " open"}`, fill: STATUS_COLORS[task.status] || "#ccc",
+                               "data-ms": Math.round(runMs) }));
+    } else if (terminal && finished !== null) {
+      const cx = x(finished), cy = y + rowH / 2;
+      row.append(svg("path", { d: `M ${cx} ${cy - 6} L ${cx + 6} ${cy} L ${cx} ${cy + 6} L ${cx - 6} ${cy} Z`,
+                               class: "ended", fill: STATUS_COLORS[task.status] || "#ccc" }));
+    }
+    const endX = Math.max(runEnd !== null ? x(runEnd) : 0, created !== null ? x(waitEnd) : 0, labelW);
+    row.append(svg("text", { x: endX + 6, y: y + rowH / 2 + 4, class: "gdur",
+                             text: runMs !== null ? fmtDuration(runMs) : task.status }));
+    g.append(row);
+  });
+  clear(container).append(g);
+}
+
+function workflowDuration(wf) {
+  if (!wf.started_at) return null;
+  const end = wf.finished_at ? Date.parse(wf.finished_at) : Date.now();
+  return end - Date.parse(wf.started_at);
+}
+
+function countsText(counts) {
+  return Object.entries(counts || {}).map(([s, n]) => `${n} ${s}`).join(", ");
+}
+
 function pageWorkflow() {
   const wid = document.body.dataset.workflowId;
-  const taskId = document.body.dataset.taskId;
-  if (!taskId) {
-    showProblem("wf-error", new ApiError(400, { title: "Which workflow?", detail: "Open a workflow from one of its tasks (the task page's “Workflow graph” link): the page needs ?task=<id of one of its tasks>." }));
-    return;
-  }
   let last = "";
   every(2000, async () => {
     try {
-      const { data } = await api(`/ui/api/workflows/${encodeURIComponent(wid)}?task=${encodeURIComponent(taskId)}`);
+      const { data } = await api(`/api/v1/workflows/${encodeURIComponent(wid)}`);
       showProblem("wf-error", null);
-      const counts = {};
-      for (const t of data.tasks) counts[t.status] = (counts[t.status] || 0) + 1;
-      setText("wf-summary", `${data.tasks.length} tasks${data.truncated ? " (drawn in part: too many)" : ""}: ` +
-              Object.entries(counts).map(([s, n]) => `${n} ${s}`).join(", ") + ". Click a task to open it.");
+      const st = $("wf-status");
+      st.className = `badge status-${data.status}`;
+      st.textContent = data.status;
+      const took = workflowDuration(data);
+      setText("wf-summary", `${data.task_count} tasks${data.truncated ? ` (the first ${data.tasks.length} shown)` : ""}: ` +
+              `${countsText(data.counts)}. Created ${fmtTime(data.created_at)}` +
+              (data.started_at ? `, started ${fmtTime(data.started_at)}` : ", not started yet") +
+              (data.finished_at ? `, finished ${fmtTime(data.finished_at)} (${fmtDuration(took)}).` :
+                took !== null ? `, running for ${fmtDuration(took)}.` : "."));
+      drawGantt($("gantt"), data);  // redrawn every time: a running bar grows with the clock
       const sig = JSON.stringify(data.tasks.map((t) => [t.id, t.status]));
       if (sig !== last) { last = sig; drawGraph($("graph"), data.tasks); }
     } catch (e) {
       showProblem("wf-error", e);
     }
   });
+}
+
+// ------------------------------------------------------------------ workflow list
+
+function pageWorkflows() {
+  const select = $("wf-status");
+  const q0 = new URLSearchParams(location.search);
+  if (q0.has("status")) select.value = q0.get("status");
+  let cursors = [null], next = null;
+
+  async function load() {
+    const q = new URLSearchParams({ limit: "50" });
+    if (select.value) q.set("status", select.value);
+    const cursor = cursors[cursors.length - 1];
+    if (cursor) q.set("cursor", cursor);
+    try {
+      const { data } = await api(`/api/v1/workflows?${q}`);
+      showProblem("wf-list-error", null);
+      next = data.next_cursor;
+      const body = clear($("workflows"));
+      if (!data.workflows.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "hint", text: "no workflows" })));
+      for (const w of data.workflows) {
+        body.append(el("tr", { "data-id": w.id, "data-status": w.status },
+          el("td", {}, el("a", { href: `/ui/workflows/${encodeURIComponent(w.id)}`, class: "id", text: w.id })),
+          el("td", {}, badge(w.status)), el("td", { text: w.task_count }),
+          el("td", { class: "labels", text: countsText(w.counts) }), el("td", { text: fmtTime(w.created_at) }),
+          el("td", { text: fmtTime(w.started_at) }), el("td", { text: fmtDuration(workflowDuration(w)) })));
+      }
+      setText("page-no", `page ${cursors.length}`);
+      $("next").disabled = !next;
+      $("prev").disabled = cursors.length < 2;
+    } catch (e) {
+      showProblem("wf-list-error", e);
+    }
+  }
+
+  select.addEventListener("change", () => {
+    history.replaceState(null, "", `/ui/workflows${select.value ? `?status=${encodeURIComponent(select.value)}` : ""}`);
+    cursors = [null];
+    load();
+  });
+  $("first").addEventListener("click", () => { cursors = [null]; load(); });
+  $("prev").addEventListener("click", () => { if (cursors.length > 1) { cursors.pop(); load(); } });
+  $("next").addEventListener("click", () => { if (next) { cursors.push(next); load(); } });
+  $("wf-search").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = $("wf-search-id").value.trim();
+    if (!id) return;
+    try {
+      await api(`/api/v1/workflows/${encodeURIComponent(id)}`);
+      location.href = `/ui/workflows/${encodeURIComponent(id)}`;
+    } catch (err) {
+      setText("wf-search-error", err.message);
+    }
+  });
+  every(3000, () => ($("live").checked ? load() : null));
 }
 
 // ------------------------------------------------------------------ dead letters
@@ -756,7 +897,7 @@ function pageSchedules() {
 // ------------------------------------------------------------------ start
 
 const PAGES = {
-  overview: pageOverview, tasks: pageTasks, task: pageTask, workflow: pageWorkflow,
+  overview: pageOverview, tasks: pageTasks, task: pageTask, workflows: pageWorkflows, workflow: pageWorkflow,
   "dead-letters": pageDeadLetters, schedules: pageSchedules,
 };
 

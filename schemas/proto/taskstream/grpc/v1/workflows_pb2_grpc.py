@@ -39,6 +39,16 @@ class WorkflowServiceStub:
                 request_serializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.SubmitWorkflowRequest.SerializeToString,
                 response_deserializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.SubmitWorkflowResponse.FromString,
                 _registered_method=True)
+        self.GetWorkflow = channel.unary_unary(
+                '/taskstream.v1.WorkflowService/GetWorkflow',
+                request_serializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.GetWorkflowRequest.SerializeToString,
+                response_deserializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.ListWorkflows = channel.unary_unary(
+                '/taskstream.v1.WorkflowService/ListWorkflows',
+                request_serializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.ListWorkflowsRequest.SerializeToString,
+                response_deserializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.ListWorkflowsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -51,6 +61,20 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWorkflow(self, request, context):
+        """GET /api/v1/workflows/{id}: its tasks, graph, times and overall status; NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkflows(self, request, context):
+        """GET /api/v1/workflows: newest first, optionally of one overall status; follow next_cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +82,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.SubmitWorkflow,
                     request_deserializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.SubmitWorkflowRequest.FromString,
                     response_serializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.SubmitWorkflowResponse.SerializeToString,
+            ),
+            'GetWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflow,
+                    request_deserializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.GetWorkflowRequest.FromString,
+                    response_serializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.Workflow.SerializeToString,
+            ),
+            'ListWorkflows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkflows,
+                    request_deserializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.ListWorkflowsRequest.FromString,
+                    response_serializer=taskstream_dot_grpc_dot_v1_dot_workflows__pb2.ListWorkflowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +121,60 @@ class WorkflowService:
             '/taskstream.v1.WorkflowService/SubmitWorkflow',
             taskstream_dot_grpc_dot_v1_dot_workflows__pb2.SubmitWorkflowRequest.SerializeToString,
             taskstream_dot_grpc_dot_v1_dot_workflows__pb2.SubmitWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskstream.v1.WorkflowService/GetWorkflow',
+            taskstream_dot_grpc_dot_v1_dot_workflows__pb2.GetWorkflowRequest.SerializeToString,
+            taskstream_dot_grpc_dot_v1_dot_workflows__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskstream.v1.WorkflowService/ListWorkflows',
+            taskstream_dot_grpc_dot_v1_dot_workflows__pb2.ListWorkflowsRequest.SerializeToString,
+            taskstream_dot_grpc_dot_v1_dot_workflows__pb2.ListWorkflowsResponse.FromString,
             options,
             channel_credentials,
             insecure,
