@@ -3,7 +3,10 @@
 A request with ``Idempotency-Key: K`` gets ids derived from K instead of
 random ones: ``uuid5(NAMESPACE, K)`` for ``POST /tasks``, ``K:<i>`` for the
 i-th entry of ``/tasks:batch``, ``K:<key>`` for a workflow entry and
-``K:workflow`` for the workflow id. Every ``TaskCreated`` of the request
+``K:workflow`` for the workflow id. Keys are scoped to the principal: an
+authenticated caller's names are prefixed with its id (``derived_id``), so
+two principals using the same key get different tasks and neither learns
+of the other's use; anonymous callers share one scope. Every ``TaskCreated`` of the request
 carries the key and ``request_hash``, the SHA-256 of the request's canonical
 JSON (the validated body with defaults filled in, keys sorted, plus the
 route), so ``<p>.state`` and with it the read model know both.
@@ -56,9 +59,16 @@ def check_key(key: str | None) -> str | None:
     return key
 
 
-def derived_id(name: str) -> str:
-    """A task or workflow id derived from ``name`` (32 hex characters, like ``new_id()``)."""
-    return uuid.uuid5(NAMESPACE, name).hex
+def derived_id(name: str, scope: str | None = None) -> str:
+    """A task, workflow or schedule id derived from ``name`` in the key scope of the principal ``scope``
+    (32 hex characters, like ``new_id()``).
+
+    ``scope`` is the authenticated principal's id (the events' ``actor``);
+    None, for anonymous callers, is one scope of its own, whose ids are those
+    of before keys had scopes. Keys are printable, so the line break that
+    separates a scope from the key never makes two scopes' names equal.
+    """
+    return uuid.uuid5(NAMESPACE, name if scope is None else f"principal:{scope}\n{name}").hex
 
 
 def canonical_json(value: Any) -> bytes:

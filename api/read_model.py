@@ -7,7 +7,9 @@ consumes that topic from the beginning of every partition and keeps a local
 copy in RocksDB (``rocksdict``), plus secondary indexes for newest-first
 listing overall and by status, priority and handler. Schedules live in
 their own column family (``ScheduleStore``) with the same key layout and an
-index by status. Any other record type, and tombstones, are skipped.
+index by status. A task's dependents are edge records of their own
+(``domain.edge_key``), kept under ``d:`` and shown in the task's
+``dependents``. Any other record type, and tombstones, are skipped.
 
 Two parts:
 
@@ -32,6 +34,7 @@ contain the separator)::
     x:priority:<hex(priority)>:<sortkey>         -> b""
     x:handler:<hex(handler)>:<sortkey>           -> b""
     q:<20-digit updated_at in µs>:<task_id>      -> b""   (queued tasks only, oldest first)
+    d:<task_id>\x00<dependent id>                -> b""   (an edge record: the task's dependents, by id)
     x:workflow:<hex(workflow_id)>:<sortkey>      -> b""   (tasks of a workflow)
     w:<workflow_id>                              -> WorkflowSummary.encode()
     y:all:<wsortkey>                             -> b""   (workflows, newest first)
@@ -79,6 +82,7 @@ from rocksdict import ColumnFamily, Options, Rdict, WriteBatch
 from taskstream.schemas import (
     TERMINAL,
     DecodeError,
+    DependencyRegistered,
     ScheduleState,
     Settings,
     TaskState,
@@ -98,6 +102,9 @@ _STATE = b"s:"
 _INDEX = b"x:"
 _ALL = b"x:all:"
 _QUEUED = b"q:"
+_DEPENDENTS = b"d:"
+#: Dependents a task read shows (the first by id): a task may have any number, a response stays bounded.
+SHOWN_DEPENDENTS = 1000
 _WORKFLOW = b"w:"
 _WF_INDEX = b"y:"
 _WF_ALL = b"y:all:"
@@ -320,7 +327,25 @@ class TaskStore:
     # -------------------------------------------------------------- reads
 
     def get(self, task_id: str) -> TaskState | None:
-        return self._decode(self._db.get(_STATE + task_id.encode()), task_id)
+        """The task's latest state, its ``dependents`` those its edges name (``add_dependent``; the first
+        ``SHOWN_DEPENDENTS`` by id) and any its record embeds (``domain.with_dependents``)."""
+        state = self._decode(self._db.get(_STATE + task_id.encode()), task_id)
+        if state is None:
+            return None
+        return domain.with_dependents(state, self.dependents(task_id, SHOWN_DEPENDENTS))
+
+    def add_dependent(self, upstream: str, dependent: str) -> None:
+        """Record the edge ``upstream -> dependent`` (an edge record of ``<p>.state``; twice is once)."""
+        self._db.put(_edges(upstream) + dependent.encode(), b"")
+
+    def dependents(self, upstream: str, limit: int | None = None) -> list[str]:
+        """The dependents the edges of ``upstream`` name, by id (at most ``limit``)."""
+        out: list[str] = []
+        for key in self._scan(_edges(upstream), None):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(key.decode())
+        return out
 
     def workflow(self, workflow_id: str) -> WorkflowSummary | None:
         """The summary of a workflow, None if no task of it is stored."""
@@ -469,6 +494,10 @@ class TaskStore:
         except DecodeError as exc:  # cannot happen unless the files were tampered with
             log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc, extra=about(task_id))
             return None
+
+
+def _edges(upstream: str) -> bytes:
+    return _DEPENDENTS + upstream.encode() + b"\x00"
 
 
 def _scan(db: Rdict, prefix: bytes, after: bytes | None) -> Iterator[bytes]:
@@ -699,6 +728,9 @@ class ReadModel(Hooks):
             return
         if isinstance(state, TaskState):
             self.feed.apply(partition, offset, state, self.store.apply)
+        elif isinstance(state, DependencyRegistered) and domain.is_edge_key(key or b""):
+            # Before the state record that counts it: a read of the task after that record shows the dependent.
+            self.store.add_dependent(state.task_id, state.dependent)
         elif isinstance(state, ScheduleState):
             self.schedules.apply(state)
         else:

@@ -18,7 +18,8 @@ share the rules (reads have their own path, ``api.reads``):
   saw), so a read right after the write shows it; the processor's own
   states, arriving later on ``<p>.state``, replace it;
 - ``Idempotency-Key``: the ids of what a request creates derive from the
-  key; a repeat of the same request answers what exists, a different
+  key in the caller's scope (``actor``; anonymous callers share one); a
+  repeat of the same request answers what exists, a different
   request with the same key is a ``ValidationError`` naming the header; a
   task that would wait for itself or on a cycle through those ids is one
   naming ``depends_on`` (``domain.check_dependencies``).
@@ -82,7 +83,7 @@ async def submit_task(ctx: ApiContext, body: TaskIn, *, key: str | None = None, 
     store = ctx.read_model.store
     extra: dict[str, Any] = {}
     if key is not None:
-        task_id = idempotency.derived_id(key)
+        task_id = idempotency.derived_id(key, actor)
         rhash = idempotency.request_hash("tasks", body.model_dump(mode="json"))
         existing = store.get(task_id)
         if existing is not None:
@@ -107,7 +108,7 @@ async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None
     existing: dict[str, TaskState] = {}
     extra: dict[str, Any] = {}
     if key is not None:
-        ids = [idempotency.derived_id(f"{key}:{i}") for i in range(len(body.tasks))]
+        ids = [idempotency.derived_id(f"{key}:{i}", actor) for i in range(len(body.tasks))]
         rhash = idempotency.request_hash("tasks:batch", body.model_dump(mode="json"))
         existing = _existing(store, ids, rhash, key)
         domain.check_dependencies([(f"tasks[{i}].", ids[i], t.depends_on) for i, t in enumerate(body.tasks)], store.get)
@@ -138,8 +139,8 @@ async def submit_workflow(ctx: ApiContext, body: WorkflowIn, *, key: str | None 
     existing: dict[str, TaskState] = {}
     extra: dict[str, Any] = {}
     if key is not None:
-        workflow_id = idempotency.derived_id(f"{key}:workflow")
-        ids = {t.key: idempotency.derived_id(f"{key}:{t.key}") for t in body.tasks}
+        workflow_id = idempotency.derived_id(f"{key}:workflow", actor)
+        ids = {t.key: idempotency.derived_id(f"{key}:{t.key}", actor) for t in body.tasks}
         rhash = idempotency.request_hash("workflows", body.model_dump(mode="json"))
         existing = _existing(store, list(ids.values()), rhash, key)
         extra = {"idempotency_key": key, "request_hash": rhash}
@@ -220,7 +221,7 @@ async def create_schedule(ctx: ApiContext, body: ScheduleIn, *, key: str | None 
     body.check(datetime.now(UTC))
     cron.check_sub_minute(body.cron, allowed=ctx.settings.allow_second_cron)
     schedules = ctx.read_model.schedules
-    schedule_id = idempotency.derived_id(f"{key}:schedule") if key is not None else new_id()
+    schedule_id = idempotency.derived_id(f"{key}:schedule", actor) if key is not None else new_id()
     command = body.to_command(schedule_id=schedule_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor)
     if key is not None:
         existing = schedules.get(schedule_id)

@@ -5,8 +5,8 @@ one Kafka record whatever clients send and handlers return. So every part of
 it is bounded where it enters: the API refuses a request over a limit (413 or
 422 naming the field), the executor turns a handler's oversized result or
 checkpoint into a failed attempt (and cuts a long error text), and the fold
-(``streams.domain``) bounds what it accumulates itself (dependents, upstream
-results). ``worst_case_state_bytes`` adds them up; a unit test keeps it under
+(``streams.domain``) bounds what it accumulates itself (upstream results;
+dependents are records of their own). ``worst_case_state_bytes`` adds them up; a unit test keeps it under
 half of ``MAX_RECORD_BYTES``, the record size every producer and topic of
 ours is configured for.
 
@@ -33,8 +33,9 @@ MAX_ERROR_CHARS = 4096
 MAX_UPSTREAM_RESULT_BYTES = 64 * 1024
 #: All upstream results a task holds together; a result that would pass it is carried as null.
 MAX_UPSTREAM_RESULTS_BYTES = 256 * 1024
-#: Dependents one task records (each new one rewrites its state); a further one is answered ``too_many_dependents``.
-MAX_DEPENDENTS = 1000
+#: Dependents a state record written before dependents became edges may embed (``TaskState.dependents``, no
+#: longer grown); a task's dependents have no bound: each is a record of its own (streams/domain/dependents.py).
+LEGACY_MAX_DEPENDENTS = 1000
 #: A task's ``timeout_s`` (an attempt running longer is failed).
 MAX_TIMEOUT_S = 30 * 24 * 3600.0
 #: Dependencies of one task, and tasks in one batch or workflow.
@@ -147,7 +148,7 @@ def worst_case_state_bytes() -> int:
     ids = MAX_ID_CHARS + 8  # an id with Avro framing
     return (
         MAX_PAYLOAD_BYTES + MAX_RESULT_BYTES + MAX_CHECKPOINT_BYTES + 4 * MAX_ERROR_CHARS
-        + MAX_UPSTREAM_RESULTS_BYTES + MAX_DEPENDENTS * ids
+        + MAX_UPSTREAM_RESULTS_BYTES + LEGACY_MAX_DEPENDENTS * ids
         + MAX_DEPENDENCIES * (4 * ids + 64)  # depends_on, resolved, upstream_results keys, upstream_keys
         + MAX_LABELS * (MAX_LABEL_KEY_CHARS + MAX_LABEL_VALUE_CHARS + 16)
         + MAX_NAME_CHARS * 4 + MAX_HANDLER_CHARS * 4 + 4096

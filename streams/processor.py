@@ -8,7 +8,11 @@ state in the table, call the decider (``domain.step``, through
 ``fold_step``), and write the new state and the messages its effects name. Every table write also goes to
 ``<p>.state`` (compacted, Avro ``TaskState`` keyed by task id, same partition): the table's changelog,
 which the API's read model projects and from which a processor rebuilds a
-table when it is assigned a partition. Work that became ready is published
+table when it is assigned a partition. A task's dependents are records of
+their own in the same table and changelog, one per edge (``domain.edge_key``,
+the registration that recorded it), so a state record stays bounded however
+many tasks wait for it; when a task ends, the processor scans its edges
+(``table_dependents``) and tells each dependent. Work that became ready is published
 to ``<p>.ready.<priority>``.
 
 Messages are handled in batches: fold a batch, wait until every output is
@@ -57,6 +61,7 @@ from rocksdict import Rdict
 from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
+    DependencyRegistered,
     Heartbeat,
     ReadyTask,
     RecordRefused,
@@ -96,41 +101,65 @@ class Output(NamedTuple):
 
 
 class Step(NamedTuple):
-    """What folding one event yields: the new state (None: unchanged), messages to send, and why deciding
-    what follows failed (the state change stands; the event goes to the dlq with this reason)."""
+    """What folding one event yields: the new state (None: unchanged), messages to send, why deciding
+    what follows failed (the state change stands; the event goes to the dlq with this reason), and the
+    edge it records (``domain.recorded``: the registration, kept under ``domain.edge_key``)."""
 
     state: TaskState | None
     outputs: list[Output]
     failed: str | None = None
+    edge: DependencyRegistered | None = None
 
 
 def fold_step(
     topics: Topics, state: TaskState | None, value: bytes, offset: int, partition: int, now: datetime, producer: str,
-    *, wire: codec.WireFormat = codec.SINGLE_OBJECT,
+    *, wire: codec.WireFormat = codec.SINGLE_OBJECT, dependents: domain.DependentsLookup = None,
 ) -> Step:
     """Fold one message of ``<p>.events`` through ``domain.step`` (pure apart from the clock passed in).
 
     Raises ``DecodeError`` for a message that is not an event we know. An
     event already folded (``offset <= last_offset``) changes nothing; the
     last one folded sends its follow-ups again (``domain.replay``).
+    ``dependents`` looks up the task's edges, asked only when a step owes its
+    dependents something (None: the list its state embeds).
     """
     event = wire.decode(value)
     if state is not None and offset <= state.last_offset:
         if offset == state.last_offset:
-            again = domain.replay(state, event, now, producer)
+            again = domain.replay(state, event, now, producer, dependents)
             return Step(None, _outputs(topics, wire, domain.effects(state, state, event, again, now, producer),
                                        state, partition))
         return Step(None, [])
+    edge = domain.recorded(state, event)
     try:
-        new, follow = domain.step(state, event, now, producer)
+        new, follow = domain.step(state, event, now, producer, dependents)
         outputs = _outputs(topics, wire, domain.effects(state, new, event, follow, now, producer), new, partition)
         failed = None
     except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
         new, outputs = domain.evolve(state, event), []
         failed = f"deciding what follows failed: {type(exc).__name__}: {exc}"
     if new is state or new is None:  # None only when state was: no event turns a state back into None
-        return Step(None, outputs, failed)
-    return Step(domain.at_offset(new, offset), outputs, failed)
+        return Step(None, outputs, failed, edge)
+    return Step(domain.at_offset(new, offset), outputs, failed, edge)
+
+
+def table_dependents(table: Rdict, task_id: str, state: TaskState | None) -> list[str]:
+    """The dependents of task ``task_id``: its edges in ``table`` (one prefix scan) and any its record
+    (``state``) embeds."""
+    prefix = domain.edges_prefix(task_id)
+    found: list[str] = []
+    it = table.iter()
+    try:
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            found.append(key[len(prefix):].decode())
+            it.next()
+    finally:
+        del it
+    return domain.dependents_of(state, found) if state is not None else sorted(found)
 
 
 def _outputs(
@@ -245,6 +274,8 @@ class Processor(Hooks):
         """A partition's timers from its states: due times, and a full lease for every running attempt."""
         timers = TimerTable(self.dir / f"timers-{partition}")
         for key, raw in cast(Iterator[tuple[bytes, bytes]], table.items()):  # the table holds bytes only
+            if domain.is_edge_key(key):
+                continue
             try:
                 state = self.wire.decode(raw)
             except DecodeError:
@@ -413,25 +444,36 @@ class Processor(Hooks):
         if not key:
             self.runtime.dead_letter(m, "event without a key")
             return []
+        if domain.is_edge_key(key):
+            self.runtime.dead_letter(m, "event keyed like a dependency edge")
+            return []
         raw = table.get(key)
         try:
             state = self.wire.decode(raw) if raw else None
-            step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id, wire=self.wire)
+            step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id, wire=self.wire,
+                             dependents=lambda: table_dependents(table, key.decode(), state))
             value = self.wire.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
             self.runtime.dead_letter(m, str(exc))
             return []
         outputs = step.outputs
+        edges: list[Output] = []
+        if step.edge is not None:
+            # Before the state record: in <p>.state, a state that counts a registration comes after its edge.
+            edge_key = domain.edge_key(step.edge.task_id, step.edge.dependent)
+            edge_value = self.wire.encode(step.edge)
+            table[edge_key] = edge_value
+            edges.append(Output(self.topics.state, edge_key, edge_value, codec.headers(step.edge), partition))
         if step.failed:
             log.error("%s[%d]@%d: %s -> dlq", m.topic(), partition, m.offset(), step.failed,
                       extra=about(key.decode(errors="replace")))
             self.runtime.dead_letter(m, step.failed)
         if step.state is None:
-            return outputs
+            return [*edges, *outputs]
         self._move_timers(partition, key, state, step.state, now)
         self.metrics.state_changed(state, step.state, now)
         table[key] = value
-        return [Output(self.topics.state, key, value, codec.headers(step.state), partition), *outputs]
+        return [*edges, Output(self.topics.state, key, value, codec.headers(step.state), partition), *outputs]
 
     def _move_timers(self, partition: int, key: bytes, before, after, now: datetime) -> None:
         timers = self.timers.get(partition)

@@ -28,6 +28,11 @@ follow-up is applied right after its trigger, the later events again on top.
 A key with no event in between folds as before (the common case costs a dict
 lookup).
 
+**Dependents.** A task's dependents are edge records of their own in
+``<p>.state`` (``domain.edge_key``); the fold records one where the
+processor does (``domain.recorded``), and a task's ``dependents`` are
+compared as the API shows them: its edges and any its record embeds.
+
 **Where the fold stops.** By default at each partition's end offset as of the
 start; the live ``<p>.state`` is read up to its end offsets taken next (like
 ``processor._restore``), so a comparison is exact while the processors are at
@@ -61,6 +66,7 @@ from typing import Any, TypeAlias
 from taskstream.schemas import (
     BrokerUnavailable,
     DecodeError,
+    DependencyRegistered,
     Event,
     ScheduleState,
     Settings,
@@ -154,7 +160,7 @@ class LogFold:
     """
 
     __slots__ = ("states", "partition_of", "last_read", "events", "skipped", "undecodable", "keyless", "as_of",
-                 "since", "_decode")
+                 "since", "_decode", "edges", "edge_partition")
 
     def __init__(self, as_of: datetime | None = None, wire: codec.WireFormat = codec.SINGLE_OBJECT) -> None:
         self.states: dict[bytes, State] = {}
@@ -168,6 +174,9 @@ class LogFold:
         # key -> what domain.fold_next keeps while a trigger's follow-up is still to come
         self.since: dict[bytes, list] = {}
         self._decode = wire.decode
+        #: edge key (``domain.edge_key``) -> the registration that recorded it (the latest, as the processor keeps)
+        self.edges: dict[bytes, DependencyRegistered] = {}
+        self.edge_partition: dict[bytes, int] = {}
 
     def add(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         """Fold one record (the hot path of a rebuild: kept to one call of decode and one of the fold)."""
@@ -189,6 +198,10 @@ class LogFold:
         states = self.states
         before = states.get(key)
         pending = self.since.get(key)
+        if type(event) is DependencyRegistered and (edge := domain.recorded(before, event)) is not None:
+            edge_key = domain.edge_key(edge.task_id, edge.dependent)
+            self.edges[edge_key] = edge
+            self.edge_partition[edge_key] = partition
         after, awaiting = _fold_next(before, pending, event)
         if awaiting is not pending:
             if awaiting is None:
@@ -206,6 +219,10 @@ class LogFold:
         if state is None:
             return None
         return domain.at_offset(state, self.last_read[key])
+
+    def dependents(self) -> dict[str, list[str]]:
+        """Task id -> the dependents its edges recorded."""
+        return edges_by_upstream(self.edges)
 
     def counts(self) -> tuple[int, int]:
         """(tasks, schedules) rebuilt."""
@@ -231,11 +248,32 @@ def compare_states(key: str, live: State | None, rebuilt: State | None) -> list[
     return out
 
 
-def compare(live: Mapping[bytes, State], rebuilt: Mapping[bytes, State]) -> list[Mismatch]:
-    """Mismatches of every key on either side, ordered by key then field order."""
+def compare(live: Mapping[bytes, State], rebuilt: Mapping[bytes, State],
+            live_dependents: Mapping[str, list[str]] | None = None,
+            rebuilt_dependents: Mapping[str, list[str]] | None = None) -> list[Mismatch]:
+    """Mismatches of every key on either side, ordered by key then field order.
+
+    A task's ``dependents`` are compared as the API shows them: its edges
+    (``*_dependents``, task id -> dependents) and any its record embeds
+    (``domain.with_dependents``).
+    """
     out: list[Mismatch] = []
     for key in sorted(set(live) | set(rebuilt)):
-        out += compare_states(key.decode(errors="replace"), live.get(key), rebuilt.get(key))
+        a, b = live.get(key), rebuilt.get(key)
+        if live_dependents is not None and a is not None:
+            a = domain.with_dependents(a, live_dependents.get(a.task_id, ()))
+        if rebuilt_dependents is not None and b is not None:
+            b = domain.with_dependents(b, rebuilt_dependents.get(b.task_id, ()))
+        out += compare_states(key.decode(errors="replace"), a, b)
+    return out
+
+
+def edges_by_upstream(edges: Iterable[bytes]) -> dict[str, list[str]]:
+    """Edge keys grouped: upstream task id -> its dependents."""
+    out: dict[str, list[str]] = {}
+    for key in edges:
+        upstream, dependent = domain.edge_of(key)
+        out.setdefault(upstream, []).append(dependent)
     return out
 
 
@@ -296,8 +334,9 @@ def _reader(settings: Settings, name: str):
     })
 
 
-def read_live(settings: Settings, ends: Mapping[int, int]) -> dict[bytes, State]:
-    """The live ``<p>.state`` of some partitions, each read up to (excluding) ``ends[p]``."""
+def read_live(settings: Settings, ends: Mapping[int, int], edges: set[bytes] | None = None) -> dict[bytes, State]:
+    """The live ``<p>.state`` of some partitions, each read up to (excluding) ``ends[p]``; the keys of its
+    dependency edges go to ``edges`` if given."""
     topic = Topics(settings.prefix).state
     wire = codec.WireFormat.of(settings)
     live: dict[bytes, State] = {}
@@ -307,6 +346,10 @@ def read_live(settings: Settings, ends: Mapping[int, int]) -> dict[bytes, State]
             for m in batch:
                 key = m.key()
                 if not key:
+                    continue
+                if domain.is_edge_key(key):
+                    if edges is not None:
+                        (edges.add if m.value() else edges.discard)(key)
                     continue
                 if not m.value():
                     live.pop(key, None)
@@ -344,19 +387,23 @@ def run_job(job: Job, progress: Callable[[int], None] | None = None) -> PartResu
     # Only a written state needs its last_offset (compare ignores it): skip a copy of every state otherwise.
     rebuilt = ({key: domain.at_offset(state, fold.last_read[key]) for key, state in fold.states.items()}
                if job.write else fold.states)
+    dependents = fold.dependents()
     if job.state_ends is not None:
-        live = read_live(job.settings, {p: job.state_ends[p] for p in job.partitions})
+        live_edges: set[bytes] = set()
+        live = read_live(job.settings, {p: job.state_ends[p] for p in job.partitions}, live_edges)
         out.live = len(live)
-        out.mismatches = compare(live, rebuilt)
+        out.mismatches = compare(live, rebuilt, edges_by_upstream(live_edges), dependents)
     if job.write:
-        out.written = _write_states(job.settings, topics.state, rebuilt, fold.partition_of)
+        written = _write_states(job.settings, topics.state, {**fold.edges, **rebuilt},
+                                {**fold.edge_partition, **fold.partition_of})
+        out.written = written - len(fold.edges)  # states; their edges go with them
     if job.keep_states:
-        out.states = rebuilt
+        out.states = {k: domain.with_dependents(s, dependents.get(s.task_id, ())) for k, s in rebuilt.items()}
     out.cpu_s = time.process_time() - cpu
     return out
 
 
-def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State],
+def _write_states(settings: Settings, topic: str, states: Mapping[bytes, State | DependencyRegistered],
                   partition_of: Mapping[bytes, int]) -> int:
     producer = kafka.producer(settings, "taskstream-state-write", {"linger.ms": 5})
     wire = codec.WireFormat.of(settings)

@@ -22,6 +22,10 @@
 - ``step(state, event, now, producer)`` and ``effects(...)``: the
   processor's whole step, pure (``step.py``): fold, what follows, which
   messages go where; ``lease_after``/``heartbeat_renews`` the lease rules.
+- A task's dependents are edges outside its state record (``dependents.py``):
+  ``recorded`` says which registration makes one, ``owed``/``owed_again``
+  and ``to_dependents`` what a task owes them when it ends or is re-opened
+  (``step`` and ``replay`` ask the caller's ``dependents`` lookup only then).
 - ``check_dependencies(tasks, known)``: a submission whose tasks would wait
   for ever (a self-dependency, a cycle through ids derived from an
   ``Idempotency-Key``) is refused naming ``depends_on`` (``dependencies.py``).
@@ -56,6 +60,17 @@ from .commands import (
 )
 from .decide import REDRIVABLE, check_workflow, decide, decided, workflow_problems
 from .dependencies import MAX_CYCLE_WALK, check_dependencies, closes_cycle, dependency_problems, waits_on
+from .dependents import (
+    EDGE_PREFIX,
+    dependents_of,
+    edge_key,
+    edge_of,
+    edges_prefix,
+    fold_with_dependents,
+    is_edge_key,
+    recorded,
+    with_dependents,
+)
 from .evolve import (
     ACTIVE,
     RESULT_BOUND,
@@ -80,6 +95,8 @@ from .order import FOLLOW_UP_TRIGGERS, MAX_AWAITING, applied_inline, fold_log, f
 from .react import (
     CHANGE_DRIVEN,
     PROCESSOR,
+    REDRIVE,
+    RESOLVE,
     UNKNOWN,
     backoff_delay,
     dead_lettered,
@@ -87,6 +104,8 @@ from .react import (
     is_ready,
     lease_expired,
     on_timer,
+    owed,
+    owed_again,
     react,
     reactions,
     ready_message,
@@ -97,6 +116,7 @@ from .react import (
     resolution,
     retry_scheduled,
     timer_due,
+    to_dependents,
     upstream_json,
 )
 from .schedules import (
@@ -108,6 +128,7 @@ from .schedules import (
 )
 from .step import (
     RELAY_SLACK_S,
+    DependentsLookup,
     Effect,
     effects,
     heartbeat_renews,
@@ -131,4 +152,7 @@ __all__ = [
     "ready_message", "ready_refused", "requeued", "registrations", "replay_outputs", "resolution",
     "retry_scheduled", "schedule_due", "schedule_replay", "schedule_task_id", "task_from_template", "timer_due",
     "upstream_json", "waiting_until", "workflow_status",
+    "EDGE_PREFIX", "dependents_of", "edge_key", "edge_of", "edges_prefix",
+    "fold_with_dependents", "is_edge_key", "recorded", "with_dependents", "REDRIVE", "RESOLVE", "owed",
+    "owed_again", "to_dependents", "DependentsLookup",
 ]

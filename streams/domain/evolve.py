@@ -31,11 +31,11 @@ TaskCheckpointed     queued/running, current,       checkpoint = data
 TaskRedriven         failed                         ``scheduled``, due now, fresh budget
                      upstream_failed                ``pending``, failed resolutions dropped
 TaskDeadLettered     never                          (a record for the dlq)
-DependencyRegistered any state, fewer than         ``dependent`` added to ``dependents`` (when full,
- (on the upstream)   MAX_DEPENDENTS dependents      decide answers ``too_many_dependents`` at once, or
-                                                    the outcome of a terminal upstream, unrecorded);
-                                                    not from itself or one of its own dependencies
-                                                    (a cycle: decide answers ``unknown``)
+DependencyRegistered any state                      version bumped; the dependent is an edge outside
+ (on the upstream)                                  the state (``dependents.recorded``); a terminal
+                                                    upstream's outcome is decided at once; not from
+                                                    itself or one of its own dependencies (a cycle:
+                                                    decide answers ``unknown``, no edge)
 DependencyResolved   not terminal, a dependency,    ``resolved[upstream] = outcome``; anything but
  (on the dependent)  not yet resolved               ``succeeded`` -> ``upstream_failed``; the last
                                                     success of a pending task with run_at ->
@@ -45,12 +45,13 @@ TaskUpdated          pending/scheduled, attempt 0,  the given fields that differ
                      at expected_version
 ==================== ============================== ==========================================
 
-Terminal states are final but for ``dependents`` (a redrive re-opens a task
-and its dependents must be known then) and TaskRedriven.
+Terminal states are final but for registrations (a redrive re-opens a task
+and its dependents must be known then: they are edges, ``dependents.py``)
+and TaskRedriven.
 
 Dependencies (DESIGN §5) travel by events only: after folding B's
 TaskCreated the processor appends ``DependencyRegistered(A, dependent=B)``
-keyed by each upstream A; A's owner records B and, when A is terminal (then
+keyed by each upstream A; A's owner records the edge A -> B and, when A is terminal (then
 or later), appends ``DependencyResolved(B, upstream=A, outcome)`` keyed by
 B. An upstream that does not exist resolves as ``unknown`` (a failure). B is
 queued when every dependency resolved ``succeeded``.
@@ -94,8 +95,8 @@ from taskstream.schemas import (
     TaskUpdated,
 )
 from taskstream.schemas.limits import (
+    LEGACY_MAX_DEPENDENTS,
     MAX_CHECKPOINT_BYTES,
-    MAX_DEPENDENTS,
     MAX_RESULT_BYTES,
     MAX_UPSTREAM_RESULT_BYTES,
     MAX_UPSTREAM_RESULTS_BYTES,
@@ -108,7 +109,8 @@ from .dependencies import closes_cycle
 #: Results larger than this (JSON text, bytes) are not carried downstream in
 #: DependencyResolved: the dependent's ``ctx.upstream`` holds None for them.
 RESULT_BOUND = MAX_UPSTREAM_RESULT_BYTES
-#: Outcome of a registration with an upstream that already has MAX_DEPENDENTS dependents.
+#: Outcome of a registration with an upstream that had LEGACY_MAX_DEPENDENTS dependents, in logs written before
+#: dependents became edges (``dependents.py``); no longer decided, still folded.
 TOO_MANY_DEPENDENTS = "too_many_dependents"
 ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
 WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
@@ -327,12 +329,11 @@ def _dead_lettered(state: TaskState | None, e: TaskDeadLettered) -> TaskState | 
 
 @_on(DependencyRegistered)
 def _registered(state: TaskState | None, e: DependencyRegistered) -> TaskState | None:
-    # A terminal task records the dependent too (a redrive re-opens it), and decide answers at once.
-    # Past MAX_DEPENDENTS nothing more is recorded (the state must fit in one record): decide refuses it.
-    if (state is None or e.dependent in state.dependents or len(state.dependents) >= MAX_DEPENDENTS
-            or closes_cycle(state, e.dependent)):  # decide resolves it unknown
+    # The dependent is an edge outside the state (dependents.recorded), also for a terminal task (a redrive
+    # re-opens it; decide answers at once); the state only counts the change, so its record stays bounded.
+    if state is None or closes_cycle(state, e.dependent):  # decide resolves it unknown
         return state
-    return _bump(state, e.occurred_at, dependents=[*state.dependents, e.dependent])
+    return _bump(state, e.occurred_at)
 
 
 @_on(DependencyResolved)
@@ -347,7 +348,7 @@ def _resolved(state: TaskState | None, e: DependencyResolved) -> TaskState | Non
     resolved = {**state.resolved, e.upstream: e.outcome}
     results = {**state.upstream_results, e.upstream: _carried(state, e.result)}
     if e.outcome != Status.SUCCEEDED.value:
-        reason = (f"has more than {MAX_DEPENDENTS:,} dependents" if e.outcome == TOO_MANY_DEPENDENTS
+        reason = (f"has more than {LEGACY_MAX_DEPENDENTS:,} dependents" if e.outcome == TOO_MANY_DEPENDENTS
                   else e.outcome)
         return _bump(
             state,

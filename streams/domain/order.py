@@ -35,6 +35,7 @@ from taskstream.schemas import (
     TaskUpdated,
 )
 
+from .dependents import recorded, with_dependents
 from .evolve import evolve
 from .ids import event_ids
 
@@ -110,9 +111,13 @@ def fold_next(state: Any, awaiting: Awaiting | None, event: Event) -> tuple[Any,
 
 def fold_log(events: Iterable[Event], as_of: datetime | None = None, state: Any = None) -> Any:
     """One task's state from its events in log order (only those with ``occurred_at <= as_of`` if
-    given), folded in the order the processor applied them (``fold_next``): what its table held then."""
+    given), folded in the order the processor applied them (``fold_next``): what its table held then,
+    with the dependents its edges held then in ``dependents`` (``dependents.with_dependents``)."""
     awaiting = None
+    edges: list[str] = []
     for event in events:
         if as_of is None or event.occurred_at <= as_of:
+            if (edge := recorded(state, event)) is not None:
+                edges.append(edge.dependent)
             state, awaiting = fold_next(state, awaiting, event)
-    return state
+    return with_dependents(state, edges)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import singledispatch
 from typing import TypeGuard
@@ -37,7 +38,6 @@ from .evolve import (
     ACTIVE,
     RESULT_BOUND,
     TERMINAL_VALUES,
-    TOO_MANY_DEPENDENTS,
     WAITING,
     _deps_met,
     holds_lease,
@@ -86,11 +86,7 @@ def _after_registered(state: TaskState | None, e: DependencyRegistered, now: dat
         return [_unknown_upstream(e, now)]
     if state.status in TERMINAL_VALUES:
         return [resolution(state, e.dependent, now)]
-    if e.dependent not in state.dependents:  # full: see _registered
-        return [DependencyResolved(event_id=UNSET, task_id=e.dependent, occurred_at=now, producer=PROCESSOR,
-                                   upstream=state.task_id,
-                                   outcome=TOO_MANY_DEPENDENTS)]
-    return []
+    return []  # recorded as an edge (dependents.recorded), told when the upstream ends
 
 
 def _unknown_upstream(e: DependencyRegistered, now: datetime) -> DependencyResolved:
@@ -114,21 +110,70 @@ def resolution(state: TaskState, dependent: str, now: datetime) -> DependencyRes
                               outcome=state.status, result=result, result_truncated=truncated)
 
 
-def react(before: TaskState | None, after: TaskState | None, event: Event, now: datetime) -> list[Event]:
+def react(before: TaskState | None, after: TaskState | None, event: Event, now: datetime,
+          dependents: Iterable[str] | None = None) -> list[Event]:
     """Everything the processor appends after folding ``event`` into a task (``before`` -> ``after``).
 
-    ``decide``'s reactions, plus the resolutions a task owes its dependents
-    the moment it ends; ids derived from the event's (``ids.py``).
+    ``decide``'s reactions, plus what the task owes its ``dependents`` (its
+    edges, ``dependents.py``; default: the list its state embeds) the moment
+    it ends or is re-opened; ids derived from the event's (``ids.py``).
     """
-    return identified(reactions(before, after, event, now), event.event_id)
+    out = reactions(before, after, event, now)
+    if isinstance(after, TaskState):
+        owing = owed(before, after, event)
+        out += to_dependents(after, owing, after.dependents if dependents is None else dependents, now)
+    return identified(out, event.event_id)
 
 
 def reactions(before: TaskState | None, after: TaskState | None, event: Event, now: datetime) -> list[Event]:
-    """``react`` before its events are identified (``step`` stamps them in the same copy)."""
-    out = [] if after is before and type(event) in CHANGE_DRIVEN else decided(after, event, now)
-    if not is_terminal(before) and is_terminal(after):
-        out += [resolution(after, d, now) for d in after.dependents]
-    return out
+    """``react`` without what the task owes its dependents, before its events are identified (``step``
+    stamps them and adds ``to_dependents``)."""
+    return [] if after is before and type(event) in CHANGE_DRIVEN else decided(after, event, now)
+
+
+#: What a step owes every dependent: its resolution (the task ended) or a redrive (the task was re-opened).
+RESOLVE = "resolve"
+REDRIVE = "redrive"
+
+
+def owed(before: object, after: object, event: Event) -> str | None:
+    """What the step from ``before`` to ``after`` on ``event`` owes every dependent of the task, or None."""
+    if not isinstance(after, TaskState):
+        return None
+    if not (isinstance(before, TaskState) and is_terminal(before)) and is_terminal(after):
+        return RESOLVE
+    if (isinstance(event, TaskRedriven) and after is not before and after.updated_at == event.occurred_at
+            and after.status in WAITING):
+        return REDRIVE
+    return None
+
+
+def owed_again(state: object, event: Event | None = None) -> str | None:
+    """What a state owes its dependents when its last event (``event``) is folded twice (crash repair).
+
+    A terminal task owes its resolution; what a redrive owes (the cascade)
+    is not implied by the state alone: pass the TaskRedriven as ``event``.
+    """
+    if not isinstance(state, TaskState):
+        return None
+    if is_terminal(state):
+        return RESOLVE
+    if isinstance(event, TaskRedriven) and state.status in WAITING | ACTIVE:
+        return REDRIVE
+    return None
+
+
+def to_dependents(state: TaskState, owing: str | None, dependents: Iterable[str], now: datetime) -> list[Event]:
+    """The events ``owing`` means for each of ``dependents`` (not yet identified: ``step`` and ``replay`` do it)."""
+    if owing == RESOLVE:
+        return [resolution(state, d, now) for d in dependents]
+    if owing == REDRIVE:
+        return [TaskRedriven(event_id=UNSET, task_id=d, occurred_at=now, producer=PROCESSOR,
+                             reason=f"upstream {state.task_id} re-driven")
+                for d in dependents]
+    return []
+
+
 
 
 #: Events whose decisions follow from the change they made; folded again (a
@@ -136,10 +181,16 @@ def reactions(before: TaskState | None, after: TaskState | None, event: Event, n
 CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
 
 
-def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None) -> list[Event]:
-    """The events a state implies for others (``implied``), identified as decided for ``event``."""
+def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None,
+                   dependents: Iterable[str] | None = None) -> list[Event]:
+    """The events a state implies for others (``implied``, and what it owes its ``dependents``: default the
+    list its state embeds), identified as decided for ``event``."""
     cause = event.event_id if event is not None else state_cause("replay", state, now)
-    return identified(implied(state, now, event), cause)
+    out = implied(state, now, event)
+    if isinstance(state, TaskState):
+        owing = owed_again(state, event)
+        out += to_dependents(state, owing, state.dependents if dependents is None else dependents, now)
+    return identified(out, cause)
 
 
 @singledispatch
@@ -152,9 +203,9 @@ def implied(state: object, now: datetime, event: Event | None = None) -> list[Ev
     processor's own follow events (TaskQueued, TaskRetryScheduled), already in
     the state, may be missing from the log: they are sent again as they were
     (same time, same due time), so that folding the log still gives the state.
-    What a redrive owes (its cascade to the dependents, and the due time of
-    the attempt it queued) is not implied by the state alone: pass the
-    TaskRedriven as ``event``.
+    The due time of the attempt a redrive queued is not implied by the state
+    alone: pass the TaskRedriven as ``event``. What the task owes its
+    dependents is not here: ``owed_again`` and ``to_dependents``.
     """
     return []
 
@@ -177,14 +228,12 @@ def _task_replay(state: TaskState, now: datetime, event: Event | None = None) ->
                                   attempt=state.attempt, not_before=state.retry_at, delay_s=delay,
                                   priority=state.priority, error=state.error or "")]
     elif state.status in TERMINAL_VALUES:
-        out = [resolution(state, d, now) for d in state.dependents]
+        out = []
         # The dead letter again only if the last event may be the failure (not, e.g., a later registration).
         if state.status == Status.FAILED.value and (event is None or isinstance(event, (TaskFailed, LeaseExpired))):
             out.append(dead_lettered(state, now))
     else:
         out = []
-    if isinstance(event, TaskRedriven) and state.status in WAITING | ACTIVE:
-        out += _cascade(state, now)
     return out
 
 
@@ -246,17 +295,11 @@ def dead_lettered(state: TaskState, now: datetime) -> TaskDeadLettered:
 
 @_decides(TaskRedriven)
 def _after_redriven(state: TaskState | None, e: TaskRedriven, now: datetime) -> list[Event]:
-    """Queue the re-opened task (or register it again with its upstreams) and re-open its dependents."""
+    """Queue the re-opened task (or register it again with its upstreams); its dependents are re-opened too
+    (``owed``: ``REDRIVE``)."""
     if state is None or state.updated_at != e.occurred_at or state.status not in WAITING:
         return []  # not re-opened by this event
-    out = _queue_next(state, now) if is_ready(state, now) else registrations(state, now)
-    return out + _cascade(state, now)
-
-
-def _cascade(state: TaskState, now: datetime) -> list[Event]:
-    return [TaskRedriven(event_id=UNSET, task_id=d, occurred_at=now, producer=PROCESSOR,
-                         reason=f"upstream {state.task_id} re-driven")
-            for d in state.dependents]
+    return _queue_next(state, now) if is_ready(state, now) else registrations(state, now)
 
 
 @_decides(TaskUpdated)

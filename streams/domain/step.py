@@ -12,6 +12,7 @@ rule of ``order.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import NamedTuple
@@ -29,30 +30,48 @@ from taskstream.schemas import (
 
 from .evolve import ACTIVE, evolve
 from .order import applied_inline, stamped
-from .react import implied, reactions, ready_message
+from .react import implied, owed, owed_again, reactions, ready_message, to_dependents
 
 #: A task waiting out a retry is re-queued by the retry relay at its time; the
 #: processor's own timer fires this much later as a safety net (relay down).
 RELAY_SLACK_S = 5.0
 
-def step(state: TaskState | None, event: Event, now: datetime, producer: str) -> tuple[TaskState | None, list[Event]]:
+#: The dependents of the task being stepped, asked only when a step owes them something (``owed``): the
+#: processor reads its edges (``dependents.py``); None: the list the state embeds.
+DependentsLookup = Callable[[], Iterable[str]] | None
+
+
+def step(state: TaskState | None, event: Event, now: datetime, producer: str,
+         dependents: DependentsLookup = None) -> tuple[TaskState | None, list[Event]]:
     """Fold ``event`` and what follows it for the same task: (the new state, every follow-up event).
 
-    Follow-ups of other tasks (dependency events, a schedule's task) are in
-    the list too; they are folded by their own task's owner.
+    Follow-ups of other tasks (dependency events, a schedule's task, what the
+    task owes its ``dependents`` when it ends or is re-opened) are in the list
+    too; they are folded by their own task's owner.
     """
     new = evolve(state, event)
     own = new.task_id if new is not None else None
-    follow = stamped(reactions(state, new, event, now), producer, own, event)
+    follow = reactions(state, new, event, now)
+    if isinstance(new, TaskState) and (owing := owed(state, new, event)) is not None:
+        follow += to_dependents(new, owing, _ask(new, dependents), now)
+    follow = stamped(follow, producer, own, event)
     for e in follow:
         if applied_inline(e, own):
             new = evolve(new, e)
     return new, follow
 
 
-def replay(state: TaskState, event: Event, now: datetime, producer: str) -> list[Event]:
+def replay(state: TaskState, event: Event, now: datetime, producer: str,
+           dependents: DependentsLookup = None) -> list[Event]:
     """The follow-ups of a state's last event, sent again when that event is read twice (crash repair)."""
-    return stamped(implied(state, now, event), producer, state.task_id, event)
+    again = implied(state, now, event)
+    if isinstance(state, TaskState) and (owing := owed_again(state, event)) is not None:
+        again += to_dependents(state, owing, _ask(state, dependents), now)
+    return stamped(again, producer, state.task_id, event)
+
+
+def _ask(state: TaskState, dependents: DependentsLookup) -> Iterable[str]:
+    return state.dependents if dependents is None else dependents()
 
 
 class Effect(NamedTuple):

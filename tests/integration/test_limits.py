@@ -141,22 +141,6 @@ def test_a_fan_in_of_large_results_carries_what_fits_and_runs(stack, tmp_path: P
     _an_ordinary_task_still_runs(client, procs, tmp_path)
 
 
-def test_a_dependent_past_the_limit_is_refused_and_the_upstream_goes_on(stack, tmp_path: Path) -> None:
-    client, procs = stack
-    up = _submit(client, handler="echo", payload={"up": 1}, run_at="2999-01-01T00:00:00Z")  # waits: stays open
-    batch = {"tasks": [{"handler": "noop", "depends_on": [up["id"]]} for _ in range(limits.MAX_DEPENDENTS)]}
-    r = client.post(f"{V1}/tasks:batch", json=batch)
-    assert r.status_code == 202, r.text
-    wait_until(lambda: len(_status(client, up["id"])["dependents"]) == limits.MAX_DEPENDENTS, timeout=120,
-               message=f"{limits.MAX_DEPENDENTS} dependents recorded")
-    late = _submit(client, handler="noop", depends_on=[up["id"]])
-    refused = _ends(client, late["id"])
-    assert refused["status"] == "upstream_failed"
-    assert refused["error"] == f"dependency {up['id']} has more than {limits.MAX_DEPENDENTS:,} dependents"
-    assert len(_status(client, up["id"])["dependents"]) == limits.MAX_DEPENDENTS
-    _an_ordinary_task_still_runs(client, procs, tmp_path)
-
-
 def test_a_record_the_broker_refuses_is_answered_by_where_it_was_going(settings: Settings) -> None:
     """A retry record: a value-less dead letter naming it. A ready message: the attempt fails for good with the
     reason. The state or the log: the batch is not committed (the processor stops)."""

@@ -84,6 +84,7 @@ class Log:
         self.fifo: dict[str, list[bytes]] = defaultdict(list)
         self.pos: dict[str, int] = defaultdict(int)
         self.states: dict[str, TaskState] = {}
+        self.edges: dict[str, set[str]] = defaultdict(set)  # upstream -> dependents (the processor's edge records)
         self.snapshots: dict[str, list[TaskState | None]] = defaultdict(list)  # state after offset i
         self.ready: list[ReadyTask] = []
         self.clock = 0
@@ -105,7 +106,10 @@ class Log:
         """Fold ``tid``'s next event; ``lose_outputs``: crash after the table write, before any send."""
         self.clock += 1
         offset = self.pos[tid]
-        step = fold_step(TOPICS, self.states.get(tid), self.fifo[tid][offset], offset, 0, NOW, "proc")
+        step = fold_step(TOPICS, self.states.get(tid), self.fifo[tid][offset], offset, 0, NOW, "proc",
+                         dependents=lambda: sorted(self.edges[tid]))
+        if step.edge is not None:  # edges are records of their own: a crash that rewinds the state keeps them
+            self.edges[step.edge.task_id].add(step.edge.dependent)
         if step.state is not None:
             self.states[tid] = step.state
         snaps = self.snapshots[tid]

@@ -47,6 +47,7 @@ from taskstream.streams.domain import (
     decide,
     evolve,
     fold,
+    fold_with_dependents,
     is_ready,
     is_terminal,
     lease_expired,
@@ -278,7 +279,7 @@ REDRIVE_APPLIES = {"failed", "failed_exhausted", "upstream_failed"}
 
 @pytest.mark.parametrize("key", list(HISTORIES))
 def test_redrive_in_every_status(key):
-    s = evolve(reach(key), registered("down-1", t=6))
+    s = fold_with_dependents([registered("down-1", t=6)], reach(key))
     e = redriven()
     new = evolve(s, e)
     if key not in REDRIVE_APPLIES:
@@ -337,8 +338,10 @@ def test_redrive_restarts_the_budget_and_the_backoff():
 
 def test_redrive_cascades_through_a_chain():
     # a fails; b (depends on a) and c (depends on b) are upstream_failed. Re-drive a: b and c re-open.
-    a = fold([created("a", max_attempts=1), registered("b", tid="a"), queued(1, tid="a"), failed(1, tid="a")])
-    b = fold([created("b", depends_on=["a"]), registered("c", tid="b"), domain.resolution(a, "b", NOW)])
+    a = fold_with_dependents([created("a", max_attempts=1), registered("b", tid="a"), queued(1, tid="a"),
+                              failed(1, tid="a")])
+    b = fold_with_dependents([created("b", depends_on=["a"]), registered("c", tid="b"),
+                              domain.resolution(a, "b", NOW)])
     c = fold([created("c", depends_on=["b"]), domain.resolution(b, "c", NOW)])
     assert (a.status, b.status, c.status) == ("failed", "upstream_failed", "upstream_failed")
     states = {"a": a, "b": b, "c": c}
@@ -662,8 +665,9 @@ def test_random_histories_fold_idempotently_and_replay_to_the_live_state(max_att
     s = None
     for e in log:
         before, s = s, evolve(s, e)
-        # folding twice changes nothing; a change bumps the version by exactly one
-        assert evolve(s, e) is s
+        # folding twice changes nothing (but a registration, which counts on the version: issue 25's edges keep
+        # the dependents, and the processor folds each record once, by its offset); a change bumps the version by one
+        assert evolve(s, e) is s or type(e) is DependencyRegistered
         assert s is before or s.version == (before.version if before else 0) + 1
         # terminal states are final but for dependents' bookkeeping and a redrive
         if is_terminal(before) and s is not before:

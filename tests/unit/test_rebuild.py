@@ -31,7 +31,15 @@ from taskstream.schemas import (
 )
 from taskstream.streams import domain
 from taskstream.streams.processor import fold_step
-from taskstream.streams.rebuild import IGNORED_FIELDS, MISSING, LogFold, Mismatch, compare, fold_events
+from taskstream.streams.rebuild import (
+    IGNORED_FIELDS,
+    MISSING,
+    LogFold,
+    Mismatch,
+    compare,
+    edges_by_upstream,
+    fold_events,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TOPICS = Topics("unit")
@@ -41,20 +49,24 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def simulate(initial, fail_first: set[str], never_run: set[str]):
+def simulate(initial, fail_first: set[str], never_run: set[str], edges: dict[bytes, set[str]] | None = None):
     """Run the processor's step over a growing one-partition log; executor and relay scripted.
 
     Returns (log as (key, bytes), the processor's table of decoded states).
     """
     log = [(e.task_id.encode(), codec.encode(e)) for e in initial]
     table = {}
+    edges = {} if edges is None else edges  # the processor's edge records: upstream -> dependents
     clock = [10.0]
     i = 0
     while i < len(log):
         key, value = log[i]
         clock[0] += 0.5
         now = at(clock[0])
-        step = fold_step(TOPICS, table.get(key), value, i, 0, now, "proc")
+        step = fold_step(TOPICS, table.get(key), value, i, 0, now, "proc",
+                         dependents=lambda key=key: sorted(edges.get(key, ())))
+        if step.edge is not None:
+            edges.setdefault(step.edge.task_id.encode(), set()).add(step.edge.dependent)
         if step.state is not None:
             table[key] = step.state
         for out in step.outputs:
@@ -335,3 +347,24 @@ def test_any_race_of_client_events_and_follow_ups_folds_to_the_live_state(start,
     # The API's time travel folds one task's events through the same fold order, without LogFold.
     reordered = domain.fold_log([codec.decode(v) for v in log])
     assert compare({b"t": live}, {b"t": reordered}) == []
+
+
+def test_the_fold_records_the_processors_edges_and_compares_dependents_as_the_api_shows_them():
+    edges: dict[bytes, set[str]] = {}
+    log, table = simulate([created("a", max_attempts=1, run_at=at(60)), created("b", 1, depends_on=["a"]),
+                           created("c", 2, depends_on=["a"]), created("x", 3, depends_on=["x"])],
+                          set(), set(), edges)
+    f = fold(log)
+    assert f.dependents() == {"a": ["b", "c"]} == {k.decode(): sorted(v) for k, v in edges.items()}
+    assert edges_by_upstream(f.edges) == f.dependents() and all(s.dependents == [] for s in table.values())
+    rebuilt = {k: f.result(k) for k in f.states}
+    assert compare(table, rebuilt, {"a": ["b", "c"]}, f.dependents()) == []
+    [m] = compare(table, rebuilt, {"a": ["b"]}, f.dependents())  # an edge missing from the live side
+    assert (m.key, m.field, m.live, m.rebuilt) == ("a", "dependents", ["b"], ["b", "c"])
+    # a record written before the edges, embedding its dependents, agrees with the edges a rebuild finds
+    old = {**table, b"a": replace(table[b"a"], dependents=["c", "b"])}
+    assert compare(old, rebuilt, {}, f.dependents()) == []
+    # time travel shows the dependents the edges held then
+    events_a = [codec.decode(v) for k, v in log if k == b"a"]
+    assert fold_events(events_a).dependents == ["b", "c"]
+    assert fold_events(events_a, as_of=at(1.5)).dependents == []  # registrations are stamped by the processor
