@@ -70,7 +70,7 @@ from taskstream.schemas.limits import (
     check_json,
 )
 from taskstream.schemas.retry import BACKOFF_FIELDS
-from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
+from taskstream.streams.domain import MAX_KEY_LENGTH, MAX_LIMIT, CreateSchedule, SubmitTask, UpdateTask
 
 if TYPE_CHECKING:
     from .read_model import WorkflowSummary
@@ -184,10 +184,21 @@ class TaskBody(BaseModel):
         }
 
 
+class ConcurrencyIn(BaseModel):
+    """At most ``limit`` attempts with the same ``key`` queued or running at once; ``key`` may name payload fields
+    (``"customer-{payload.customer_id}"``), filled in when the task is submitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
+    limit: Annotated[StrictInt, Field(ge=1, le=MAX_LIMIT)]
+
+
 class TaskFields(TaskBody):
     """The task fields shared by ``POST /tasks``, ``/tasks:batch`` and ``/workflows`` entries."""
 
     run_at: StrictStr | None = None
+    concurrency: ConcurrencyIn | None = None
 
     @field_validator("run_at")
     @classmethod
@@ -223,6 +234,8 @@ class TaskFields(TaskBody):
             run_at=self.run_at_datetime(),
             timeout_s=None if self.timeout_s is None else float(self.timeout_s),
             **retry_policy(self.retry, settings).fields(),
+            concurrency_key=None if self.concurrency is None else self.concurrency.key,
+            concurrency_limit=None if self.concurrency is None else self.concurrency.limit,
             **extra,
         )
 
@@ -412,6 +425,9 @@ def task_json(state: TaskState) -> dict[str, Any]:
         "checkpoint": _json_or_text(state.checkpoint),
         "schedule_id": state.schedule_id,
         "scheduled_for": rfc3339(state.scheduled_for),
+        "concurrency": (None if state.concurrency_key is None
+                        else {"key": state.concurrency_key, "limit": state.concurrency_limit}),
+        "waiting_for": state.waiting_for,
     }
 
 

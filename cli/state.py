@@ -27,7 +27,7 @@ from datetime import datetime
 
 import click
 
-from taskstream.schemas import BrokerUnavailable, ScheduleState, Settings, TaskState, Topics
+from taskstream.schemas import BrokerUnavailable, GateState, ScheduleState, Settings, TaskState, Topics
 from taskstream.streams.rebuild import RebuildError, Report, rebuild
 
 
@@ -119,7 +119,9 @@ def run_at(settings: Settings, at: datetime, task_id: str | None, as_json: bool,
     if task_id is not None and not states:
         click.echo(f"Error: task {task_id} did not exist at {rfc3339(at)}", err=True)
         return 1
-    ordered = sorted(states.values(), key=lambda s: (s.created_at, s.task_id))
+    # A concurrency key's slots (GateState) are neither a task nor a schedule.
+    shown = [s for s in states.values() if not isinstance(s, GateState)]
+    ordered = sorted(shown, key=lambda s: (s.created_at, s.task_id))
     if as_json:
         for s in ordered:
             click.echo(json.dumps(task_json(s) if isinstance(s, TaskState) else _schedule_json(s), default=str))

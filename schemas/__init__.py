@@ -19,11 +19,14 @@ from .errors import (
 )
 from .events import (
     EVENT_TYPES,
+    GATE_EVENT_TYPES,
     SCHEDULE_EVENT_TYPES,
     TERMINAL,
     DependencyRegistered,
     DependencyResolved,
     Event,
+    GateEvent,
+    GateState,
     Heartbeat,
     LeaseExpired,
     Priority,
@@ -34,6 +37,9 @@ from .events import (
     ScheduleFired,
     ScheduleState,
     ScheduleStatus,
+    SlotGranted,
+    SlotReleased,
+    SlotRequested,
     Status,
     TaskCancelled,
     TaskCheckpointed,
@@ -65,4 +71,5 @@ __all__ = [
     "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled", "DEFAULT_RETRY", "RetryPolicy",
     "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
     "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id",
+    "GATE_EVENT_TYPES", "GateEvent", "GateState", "SlotGranted", "SlotReleased", "SlotRequested",
 ]

@@ -136,6 +136,8 @@ class TaskCreated(TaskEvent):
     scheduled_for: datetime | None = None
     description: str = ""
     actor: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -371,6 +373,9 @@ class TaskState:
     checkpoint: str | None = None
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    waiting_for: str | None = None
 
 
 class ScheduleStatus(StrEnum):
@@ -419,6 +424,82 @@ class ScheduleState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GateEvent(Event):
+    """An event about the slots of one concurrency key, keyed by ``gate_id`` (``concurrency:<key>``) on
+    ``<p>.events``, so one partition owns every slot of the key (docs/decisions/0025-flow-control.md).
+
+    On the wire the record also carries the id as ``task_id``, the field every record of ``<p>.events`` has.
+    """
+
+    gate_id: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.gate_id
+
+    @property
+    def task_id(self) -> str:
+        """The gate id under the wire's common key field name (DESIGN §3); code of ours says ``gate_id``."""
+        return self.gate_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotRequested(GateEvent):
+    """Task ``holder`` asks for a slot of the key for ``attempt``; ``limit``: the key's limit as the task
+    carries it (the latest request's limit is the key's)."""
+
+    holder: str
+    attempt: int
+    priority: str = Priority.MEDIUM.value
+    limit: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotReleased(GateEvent):
+    """Task ``holder`` no longer needs its slot (or its place in the queue) for ``attempt``."""
+
+    holder: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotGranted(TaskEvent):
+    """Keyed by the task: the key ``gate_id`` admitted ``attempt``, which may now be queued."""
+
+    gate_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateState:
+    """The folded slots of one concurrency key (processor table, ``<p>.state``, read model).
+
+    ``holders``: task id -> the attempt holding a slot (queued or running);
+    ``waiting``: task ids in the order they are admitted (priority, then
+    arrival), with their attempt and priority in ``waiting_attempts`` and
+    ``waiting_priorities``.
+    """
+
+    gate_id: str
+    created_at: datetime
+    updated_at: datetime
+    limit: int = 1
+    holders: dict[str, int] = field(default_factory=dict)
+    waiting: list[str] = field(default_factory=list)
+    waiting_attempts: dict[str, int] = field(default_factory=dict)
+    waiting_priorities: dict[str, str] = field(default_factory=dict)
+    admitted: list[str] = field(default_factory=list)
+    granted: int = 0
+    version: int = 0
+    last_offset: int = -1
+
+    @property
+    def task_id(self) -> str:
+        """The gate id under the name every state of ``<p>.state`` has its key."""
+        return self.gate_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiKey:
     """An API key as the API checks it: the latest record of ``key_id`` in the compacted ``<p>.admin``.
 
@@ -460,8 +541,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ScheduleCreated,
     ScheduleFired,
     ScheduleDeleted,
+    SlotRequested,
+    SlotReleased,
+    SlotGranted,
 )
+#: Types of the events about a concurrency key's slots (``GateState``).
+GATE_EVENT_TYPES: tuple[type[GateEvent], ...] = (SlotRequested, SlotReleased)
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {
-    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, ApiKey)
+    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, GateState, ApiKey)
 }

@@ -68,6 +68,7 @@ from taskstream.schemas import (
     DecodeError,
     DependencyRegistered,
     Event,
+    GateState,
     ScheduleState,
     Settings,
     TaskState,
@@ -96,7 +97,7 @@ IGNORED_FIELDS = frozenset({"last_offset"})
 POOL_THRESHOLD = 100_000
 READ_BATCH = 10_000
 
-State: TypeAlias = TaskState | ScheduleState
+State: TypeAlias = TaskState | ScheduleState | GateState
 
 
 class RebuildError(Exception):
@@ -130,7 +131,7 @@ MISSING = "<missing>"
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, (TaskState, ScheduleState)):
+    if isinstance(value, (TaskState, ScheduleState, GateState)):
         return type(value).__name__
     return value
 
@@ -142,6 +143,8 @@ def _show(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, (TaskState, ScheduleState)):
         return f"{type(value).__name__}(status={value.status})"
+    if isinstance(value, GateState):
+        return f"GateState(holders={len(value.holders)}, waiting={len(value.waiting)})"
     return repr(value)
 
 
@@ -359,7 +362,7 @@ def read_live(settings: Settings, ends: Mapping[int, int], edges: set[bytes] | N
                 except DecodeError:
                     log.warning("undecodable record in %s[%d]@%d", topic, m.partition(), m.offset())
                     continue
-                if isinstance(value, (TaskState, ScheduleState)):
+                if isinstance(value, (TaskState, ScheduleState, GateState)):
                     live[key] = value
     finally:
         consumer.close()

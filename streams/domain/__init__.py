@@ -33,6 +33,10 @@
   task's log folded in the order the processor applied it (its own
   follow-ups right after their trigger, ``order.py``) — the one order the
   processor, ``state rebuild``, time travel and history all fold in.
+- Concurrency keys (``slots.py``, ``gates.py``): a task with a key waits
+  ``pending`` with ``waiting_for`` until the key's gate, an aggregate keyed by
+  ``concurrency:<key>``, grants it a slot; ``concurrency_key_of`` fills in a
+  key's payload template.
 - ``workflow_status(counts)``: a workflow's overall status from its tasks'
   (``workflows.py``), for every read of a workflow.
 
@@ -73,6 +77,7 @@ from .dependents import (
 )
 from .evolve import (
     ACTIVE,
+    GATE_PREFIX,
     RESULT_BOUND,
     SCHEDULE_EVENTS,
     TERMINAL_VALUES,
@@ -84,17 +89,18 @@ from .evolve import (
     evolve,
     first_queued_after_wait,
     fold,
+    gate_id,
     holds_lease,
     initial_state,
     is_queued,
     is_terminal,
     waiting_until,
 )
-from .ids import UNSET, command_cause, identified, state_cause
+from .gates import grants
+from .ids import PROCESSOR, UNSET, command_cause, identified, state_cause
 from .order import FOLLOW_UP_TRIGGERS, MAX_AWAITING, applied_inline, fold_log, fold_next, stamped
 from .react import (
     CHANGE_DRIVEN,
-    PROCESSOR,
     REDRIVE,
     RESOLVE,
     UNKNOWN,
@@ -126,6 +132,7 @@ from .schedules import (
     schedule_task_id,
     task_from_template,
 )
+from .slots import MAX_KEY_LENGTH, MAX_LIMIT, concurrency_key_of, gated, held, slot_attempt, slot_messages, slot_replay
 from .step import (
     RELAY_SLACK_S,
     DependentsLookup,
@@ -155,4 +162,6 @@ __all__ = [
     "EDGE_PREFIX", "dependents_of", "edge_key", "edge_of", "edges_prefix",
     "fold_with_dependents", "is_edge_key", "recorded", "with_dependents", "REDRIVE", "RESOLVE", "owed",
     "owed_again", "to_dependents", "DependentsLookup",
+    "GATE_PREFIX", "gate_id", "grants", "MAX_KEY_LENGTH", "MAX_LIMIT", "concurrency_key_of", "gated", "held",
+    "slot_attempt", "slot_messages", "slot_replay",
 ]

@@ -15,7 +15,11 @@ from datetime import datetime
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubmitTask:
-    """Create a task (``TaskCreated``); refused if the id is taken."""
+    """Create a task (``TaskCreated``); refused if the id is taken.
+
+    ``concurrency_key`` is the key's template (``{payload.<field>}`` filled in by ``decide``, which raises
+    ``ValidationError`` naming ``concurrency.key`` for a field the payload lacks); ``concurrency_limit`` its limit.
+    """
 
     task_id: str
     handler: str
@@ -38,6 +42,8 @@ class SubmitTask:
     upstream_keys: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     request_hash: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
 
 #: Task fields an ``UpdateTask`` may change (the same names on TaskState and TaskUpdated).

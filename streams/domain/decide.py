@@ -42,6 +42,7 @@ from .commands import (
 )
 from .evolve import TERMINAL_VALUES, UPDATABLE
 from .ids import UNSET, command_cause, identified
+from .slots import concurrency_key_of
 
 #: Statuses a redrive re-opens.
 REDRIVABLE = frozenset({Status.FAILED.value, Status.UPSTREAM_FAILED.value})
@@ -106,6 +107,9 @@ def _task(state: TaskState | None, task_id: str) -> TaskState:
 def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event]:
     if state is not None:
         raise CommandRejected(f"task {c.task_id} already exists")
+    key = None
+    if c.concurrency_key is not None and c.concurrency_limit is not None:
+        key = concurrency_key_of(c.concurrency_key, c.payload)
     return [
         TaskCreated(
             event_id=UNSET,
@@ -115,7 +119,7 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
             backoff_initial_s=c.backoff_initial_s, backoff_multiplier=c.backoff_multiplier,
             backoff_max_s=c.backoff_max_s, backoff_jitter=c.backoff_jitter, key=c.key, workflow_id=c.workflow_id,
             upstream_keys=dict(c.upstream_keys), idempotency_key=c.idempotency_key, request_hash=c.request_hash,
-            actor=c.actor,
+            actor=c.actor, concurrency_key=key, concurrency_limit=c.concurrency_limit if key is not None else None,
         )
     ]
 

@@ -78,6 +78,7 @@ from taskstream.schemas import (
     DependencyRegistered,
     DependencyResolved,
     Event,
+    GateState,
     LeaseExpired,
     ScheduleState,
     Status,
@@ -117,9 +118,18 @@ WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
 #: The state of an aggregate: a task's or a schedule's (an event folds into a state of its own type).
 _S = TypeVar("_S", TaskState, ScheduleState)
 #: A state of either aggregate, or one whose aggregate the caller does not know (``TaskState | ScheduleState``).
-_AnyS = TypeVar("_AnyS", bound=TaskState | ScheduleState)
+_AnyS = TypeVar("_AnyS", bound=TaskState | ScheduleState | GateState)
 #: The terminal statuses (``schemas.TERMINAL``; Status is a StrEnum, so its members match the strings in a state).
 TERMINAL_VALUES = TERMINAL
+
+
+#: A concurrency key's gate has this prefix and the key as its id (also the ``waiting_for`` of a task it holds).
+GATE_PREFIX = "concurrency:"
+
+
+def gate_id(key: str) -> str:
+    """The aggregate id (record key on ``<p>.events``) of the slots of concurrency key ``key`` (``gates.py``)."""
+    return GATE_PREFIX + key
 
 
 def _deps_met(state: TaskState) -> bool:
@@ -212,6 +222,12 @@ def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
         return state  # queued for a time the task no longer waits for (run_at changed, stale timer)
     if state.status == Status.PENDING.value and not _deps_met(state):
         return state  # nothing queues a task still waiting for its dependencies
+    if state.concurrency_key and state.concurrency_limit is not None:
+        # Under a concurrency key the attempt waits for a slot (gates.py); its SlotGranted queues it.
+        if state.waiting_for is not None:
+            return state
+        return _bump(state, e.occurred_at, status=Status.PENDING.value, waiting_for=gate_id(state.concurrency_key),
+                     retry_at=None)
     return _bump(state, e.occurred_at, status=Status.QUEUED.value, attempt=e.attempt, priority=e.priority,
                  retry_at=None)
 
@@ -386,6 +402,7 @@ def _cancelled(state: TaskState | None, e: TaskCancelled) -> TaskState | None:
         error=cut_error(f"cancelled: {e.reason}") if e.reason else "cancelled",
         finished_at=e.occurred_at,
         retry_at=None,  # no retry is coming
+        waiting_for=None,
     )
 
 
@@ -452,4 +469,6 @@ def initial_state(e: TaskCreated) -> TaskState:
         backoff_jitter=e.backoff_jitter,
         schedule_id=e.schedule_id,
         scheduled_for=e.scheduled_for,
+        concurrency_key=e.concurrency_key,
+        concurrency_limit=e.concurrency_limit,
     )

@@ -33,6 +33,8 @@ from taskstream.schemas import Event, ScheduleState, TaskState, derived_id
 
 #: The id of an event not yet identified (never written: the entry points replace it).
 UNSET = ""
+#: The producer of the events the decider decides (the processor stamps its own id on them: ``order.stamped``).
+PROCESSOR = "processor"
 
 
 def event_ids(events: Sequence[Event], cause: str) -> list[str]:

@@ -17,6 +17,8 @@ from taskstream.schemas import (
     ScheduleCreated,
     ScheduleFired,
     ScheduleState,
+    SlotReleased,
+    SlotRequested,
     Status,
     TaskCreated,
     TaskDeadLettered,
@@ -44,9 +46,9 @@ from .evolve import (
     is_terminal,
     waiting_until,
 )
-from .ids import UNSET, identified, state_cause
+from .ids import PROCESSOR, UNSET, identified, state_cause
+from .slots import slot_messages, slot_replay
 
-PROCESSOR = "processor"
 UNKNOWN = "unknown"
 
 
@@ -118,7 +120,7 @@ def react(before: TaskState | None, after: TaskState | None, event: Event, now: 
     edges, ``dependents.py``; default: the list its state embeds) the moment
     it ends or is re-opened; ids derived from the event's (``ids.py``).
     """
-    out = reactions(before, after, event, now)
+    out = reactions(before, after, event, now) + slot_messages(before, after, now)
     if isinstance(after, TaskState):
         owing = owed(before, after, event)
         out += to_dependents(after, owing, after.dependents if dependents is None else dependents, now)
@@ -178,7 +180,8 @@ def to_dependents(state: TaskState, owing: str | None, dependents: Iterable[str]
 
 #: Events whose decisions follow from the change they made; folded again (a
 #: duplicate) they change nothing and decide nothing.
-CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
+CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired,
+                           SlotRequested, SlotReleased})
 
 
 def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None,
@@ -219,6 +222,11 @@ def _task_replay(state: TaskState, now: datetime, event: Event | None = None) ->
         out: list[Event] = [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at,
                                        producer=PROCESSOR,
                                        attempt=state.attempt, priority=state.priority, due_at=due)]
+    elif state.status == Status.PENDING.value and state.waiting_for is not None:
+        # Held for a slot (slots.py): the TaskQueued that held it, as for a queued task above.
+        due = event.occurred_at if isinstance(event, TaskRedriven) else state.run_at if state.attempt == 0 else None
+        out = [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+                          attempt=state.attempt + 1, priority=state.priority, due_at=due)]
     elif state.status == Status.PENDING.value:
         out = registrations(state, now)
     elif state.status == Status.SCHEDULED.value and state.attempt > 0 and state.retry_at is not None:
@@ -234,7 +242,7 @@ def _task_replay(state: TaskState, now: datetime, event: Event | None = None) ->
             out.append(dead_lettered(state, now))
     else:
         out = []
-    return out
+    return out + slot_replay(state, now)
 
 
 @_decides(TaskFailed)
@@ -312,7 +320,7 @@ def is_ready(state: TaskState | None, now: datetime) -> TypeGuard[TaskState]:
     if state is None:
         return False
     if state.status == Status.PENDING.value:
-        if state.attempt != 0:
+        if state.attempt != 0 or state.waiting_for is not None:
             return False
         return _deps_met(state) and (state.run_at is None or state.run_at <= now)
     if state.status == Status.SCHEDULED.value:

@@ -37,8 +37,8 @@ from taskstream.schemas import (
 from .commands import CreateSchedule, DeleteSchedule
 from .decide import _decides
 from .evolve import _on
-from .ids import UNSET, identified, state_cause
-from .react import PROCESSOR, implied, on_timer, timer_due
+from .ids import PROCESSOR, UNSET, identified, state_cause
+from .react import implied, on_timer, timer_due
 
 #: Most fire times counted one by one when a schedule catches up after downtime.
 MISSED_COUNT_CAP = 1000

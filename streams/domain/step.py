@@ -31,6 +31,7 @@ from taskstream.schemas import (
 from .evolve import ACTIVE, evolve
 from .order import applied_inline, stamped
 from .react import implied, owed, owed_again, reactions, ready_message, to_dependents
+from .slots import slot_messages
 
 #: A task waiting out a retry is re-queued by the retry relay at its time; the
 #: processor's own timer fires this much later as a safety net (relay down).
@@ -58,7 +59,8 @@ def step(state: TaskState | None, event: Event, now: datetime, producer: str,
     for e in follow:
         if applied_inline(e, own):
             new = evolve(new, e)
-    return new, follow
+    # What the whole step (the event and the follow-ups applied at once) owes a concurrency key's gate.
+    return new, follow + stamped(slot_messages(state, new, now), producer, own, event)
 
 
 def replay(state: TaskState, event: Event, now: datetime, producer: str,

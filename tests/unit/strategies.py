@@ -191,6 +191,15 @@ BY_RECORD: dict[str, st.SearchStrategy] = {
     "TaskUpdated": task_updated,
     "ScheduleState": _auto(events.ScheduleState, schedule_id=ids, last_offset=INT64),
     "ApiKey": _auto(events.ApiKey, created_at=timestamps, revoked_at=optional_timestamps),
+    "SlotRequested": _auto(events.SlotRequested, gate_id=ids, occurred_at=timestamps, producer=text, event_id=ids,
+                           holder=ids, attempt=INT32, limit=INT32, priority=priorities),
+    "SlotReleased": _auto(events.SlotReleased, gate_id=ids, occurred_at=timestamps, producer=text, event_id=ids,
+                          holder=ids, attempt=INT32),
+    "SlotGranted": _auto(events.SlotGranted, **_event_fields(), gate_id=ids, attempt=INT32),
+    "GateState": _auto(events.GateState, gate_id=ids, created_at=timestamps, updated_at=timestamps, limit=INT32,
+                       holders=st.dictionaries(ids, INT32, max_size=4), waiting=id_lists,
+                       waiting_attempts=st.dictionaries(ids, INT32, max_size=4), waiting_priorities=labels,
+                       admitted=id_lists, granted=INT64, version=INT32, last_offset=INT32),
     **{name: _auto(events.RECORD_TYPES[name], **_event_fields()) for name in _AUTO if not name.startswith("Schedule")},
     **{
         name: _auto(events.RECORD_TYPES[name], **_schedule_event_fields())

@@ -87,6 +87,7 @@ def _sample(name: str):
     """A minimal hand-built value of each record type."""
     base = dict(task_id="t1", occurred_at=T0, producer="p")
     schedule = dict(schedule_id="s1", occurred_at=T0, producer="p")
+    gate = dict(gate_id="concurrency:k", occurred_at=T0, producer="p")
     return {
         "TaskCreated": lambda: RECORD_TYPES[name](**base, handler="echo"),
         "TaskQueued": lambda: RECORD_TYPES[name](**base, attempt=1, priority="high"),
@@ -106,6 +107,13 @@ def _sample(name: str):
         "ScheduleCreated": lambda: RECORD_TYPES[name](**schedule, cron="* * * * *"),
         "ScheduleFired": lambda: RECORD_TYPES[name](**schedule, fire_at=T0, created_task_id="t9"),
         "ScheduleDeleted": lambda: RECORD_TYPES[name](**schedule),
+        "SlotRequested": lambda: RECORD_TYPES[name](**gate, holder="t1", attempt=1, priority="high", limit=2),
+        "SlotReleased": lambda: RECORD_TYPES[name](**gate, holder="t1", attempt=1),
+        "SlotGranted": lambda: RECORD_TYPES[name](**base, gate_id="concurrency:k", attempt=1),
+        "GateState": lambda: RECORD_TYPES[name](
+            gate_id="concurrency:k", created_at=T0, updated_at=T0, limit=2, holders={"t1": 1}, waiting=["t2"],
+            waiting_attempts={"t2": 1}, waiting_priorities={"t2": "low"}, admitted=["t1"],
+        ),
         "Heartbeat": lambda: RECORD_TYPES[name](**base, attempt=1),
         "ScheduleState": lambda: RECORD_TYPES[name](
             schedule_id="s1", cron="* * * * *", timezone="UTC", template="{}", status="active", created_at=T0,
