@@ -13,7 +13,7 @@ from taskstream.api.models import TaskIn, TaskPatch, parse_rfc3339, rfc3339, tas
 from taskstream.api.read_model import sortkey
 from taskstream.api.reads import decode_cursor, encode_cursor
 from taskstream.schemas import MAX_BACKOFF_S, Settings, TaskState, ValidationError
-from taskstream.streams.domain import decide, initial_state
+from taskstream.streams.domain import decide, fold, initial_state
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -150,3 +150,36 @@ def test_patch_with_backoff_sets_only_the_given_backoff_fields() -> None:
         with pytest.raises(ValidationError) as info:
             TaskPatch.model_validate(body).check()
         assert info.value.field == field
+
+
+# --------------------------------------------------------------------- concurrency keys (issue 28)
+
+T_NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def test_a_task_s_concurrency_key_template_is_filled_from_its_payload_and_shown_back():
+    body = TaskIn.model_validate({"handler": "h", "payload": {"customer_id": 42},
+                                  "concurrency": {"key": "customer-{payload.customer_id}", "limit": 3}})
+    (event,) = decide(None, body.to_command(task_id="t", producer="api", settings=SETTINGS), T_NOW)
+    assert (event.concurrency_key, event.concurrency_limit) == ("customer-42", 3)
+    shown = task_json(fold([event]))
+    assert shown["concurrency"] == {"key": "customer-42", "limit": 3} and shown["waiting_for"] is None
+    plain = TaskIn.model_validate({"handler": "h"})
+    (event,) = decide(None, plain.to_command(task_id="t", producer="api", settings=SETTINGS), T_NOW)
+    assert task_json(fold([event]))["concurrency"] is None
+
+
+@pytest.mark.parametrize("concurrency", [
+    {"key": "k"}, {"limit": 2}, {"key": "", "limit": 2}, {"key": "k", "limit": 0}, {"key": "k", "limit": "2"},
+    {"key": "k", "limit": 2, "extra": 1}, {"key": "k" * 300, "limit": 2},
+])
+def test_a_bad_concurrency_field_is_refused(concurrency):
+    with pytest.raises(PydanticValidationError):
+        TaskIn.model_validate({"handler": "h", "concurrency": concurrency})
+
+
+def test_a_key_naming_a_field_the_payload_lacks_is_refused_naming_concurrency_key():
+    body = TaskIn.model_validate({"handler": "h", "payload": {}, "concurrency": {"key": "{payload.nope}", "limit": 1}})
+    with pytest.raises(ValidationError) as info:
+        decide(None, body.to_command(task_id="t", producer="api", settings=SETTINGS), T_NOW)
+    assert info.value.field == "concurrency.key"
