@@ -19,6 +19,9 @@ retries in scheduled, dead letters, checkpoints, redrives), 3 = TaskCreated
 the code of the commit that added it), 5 = issue 23: ``TaskFailed.retry_delay_s``
 (a handler's ``Retry(delay_s=...)``) and ``schedule_id`` on schedule events
 (schedules became an aggregate of their own); folded by the code of issue 23.
+7 = issue 28: concurrency keys (TaskCreated/TaskState ``concurrency_*``,
+``waiting_for``; SlotRequested, SlotGranted, SlotReleased and the gate's
+GateState); its ``concurrency`` history is folded by the code of issue 28.
 A release's logs are never regenerated once committed: they are what that
 release wrote. ``encode`` for a new release only, or for a history a release
 lacked, by name (``encode 4 schedule``, then ``states 4 schedule`` with that
@@ -45,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HISTORY = REPO / "schemas" / "avro" / "history"
 RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
-            5: "retry_delay_s and schedule_id (issue 23)"}
+            5: "retry_delay_s and schedule_id (issue 23)", 7: "concurrency keys (issue 28)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
@@ -190,6 +193,29 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             sched("ScheduleFired", 4 * 3600 + 10, fire_at=at(3 * 3600), created_task_id="", skipped=2),
             sched("ScheduleDeleted", 5 * 3600, reason="no longer needed"),
         ]
+    if version >= 7:
+        # Two tasks of one concurrency key, limit 1: the second waits for the first's slot, then is cancelled.
+        gate = "concurrency:acme"
+
+        def slot(kind: str, t: float, **fields) -> tuple[str, dict]:
+            return ev(kind, gate, t, gate_id=gate, **fields)
+
+        keyed = {"concurrency_key": "acme", "concurrency_limit": 1}
+        logs["concurrency"] = [
+            created("t-k1", 0, **keyed),
+            ev("TaskQueued", "t-k1", 0.01, attempt=1, priority="medium"),
+            slot("SlotRequested", 0.01, holder="t-k1", attempt=1, priority="medium", limit=1),
+            created("t-k2", 0.1, **keyed),
+            ev("TaskQueued", "t-k2", 0.11, attempt=1, priority="medium"),
+            slot("SlotRequested", 0.11, holder="t-k2", attempt=1, priority="medium", limit=1),
+            ev("SlotGranted", "t-k1", 0.02, gate_id=gate, attempt=1),
+            ev("TaskStarted", "t-k1", 0.2, attempt=1),
+            ev("TaskSucceeded", "t-k1", 0.5, attempt=1, result="null"),
+            slot("SlotReleased", 0.51, holder="t-k1", attempt=1),
+            ev("SlotGranted", "t-k2", 0.52, gate_id=gate, attempt=1),
+            ev("TaskCancelled", "t-k2", 0.6, reason="no longer needed"),
+            slot("SlotReleased", 0.61, holder="t-k2", attempt=1),
+        ]
     return logs
 
 
@@ -286,9 +312,9 @@ def cmd_states(version: int, only: list[str]) -> None:
             event = codec.decode(bytes.fromhex(rec["value"]))
             assert type(event).__name__ == rec["event_type"] and event.task_id == rec["key"], rec
             by_task.setdefault(rec["key"], []).append(event)
-        doc["states"] = {task: state_json(domain.fold(events)) for task, events in by_task.items()}
+        doc["states"] = {task: state_json(domain.fold_with_dependents(events)) for task, events in by_task.items()}
         path.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"{path.parent.name}/{path.name}: " + ", ".join(f"{t} {s['status']}" for t, s in doc["states"].items()))
+        print(f"{path.parent.name}/{path.name}: " + ", ".join(f"{t} {s.get('status', 'gate')}" for t, s in doc["states"].items()))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ limit 2 are written straight to ``<p>.events`` (they land in every partition,
 the key's slots in one). The handler records when each attempt starts and
 ends; every fifth task fails its first attempt (a slot freed while it waits
 for its retry, asked for again after). No instant may see more than 2
-attempts between their start and end, all 50 succeed, and the slots all come
-back: the key's gate ends with nobody holding or waiting.
+attempts between their start and end, all 50 succeed, and ``state rebuild
+--verify`` finds the live tables, the key's slots included, equal to a fold
+of the log.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from datetime import UTC, datetime
 import pytest
 
 from taskstream.schemas import SlotGranted, TaskCreated, TaskRetryScheduled, TaskSucceeded, Topics, codec, new_id
+from taskstream.streams.rebuild import rebuild
+from tests.conftest import wait_until
 from tests.integration.test_dag import ComponentIn
 from tests.kafka_helpers import TopicReader, send_events, stop_all
 
@@ -82,6 +85,10 @@ def test_fifty_tasks_of_one_key_with_limit_two_never_run_more_than_two_at_once(s
         assert len([e for e in seen if isinstance(e, TaskRetryScheduled)]) == TASKS // 5
         assert {e.gate_id for e in seen if isinstance(e, SlotGranted)} == {"concurrency:customer-acme"}
         assert len({(e.task_id, e.attempt) for e in seen if isinstance(e, SlotGranted)}) == TASKS + TASKS // 5
+        # the live tables (the key's slots included) equal a fold of the log, once the last release is folded
+        report = wait_until(lambda: (r := rebuild(settings, verify=True)).mismatches == [] and r, timeout=30,
+                            interval=1.0, message="state rebuild --verify without a mismatch")
+        assert report.tasks >= TASKS
     finally:
         events.close()
         stop_all(ex, proc)
