@@ -314,7 +314,8 @@ def cmd_states(version: int, only: list[str]) -> None:
             by_task.setdefault(rec["key"], []).append(event)
         doc["states"] = {task: state_json(domain.fold_with_dependents(events)) for task, events in by_task.items()}
         path.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"{path.parent.name}/{path.name}: " + ", ".join(f"{t} {s.get('status', 'gate')}" for t, s in doc["states"].items()))
+        shown = ", ".join(f"{t} {s.get('status', 'gate')}" for t, s in doc["states"].items())
+        print(f"{path.parent.name}/{path.name}: {shown}")
 
 
 if __name__ == "__main__":
