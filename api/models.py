@@ -54,6 +54,8 @@ from taskstream.schemas import (
 from taskstream.schemas import cron as cron_expr
 from taskstream.schemas.limits import (
     LABEL_KEY_PATTERN,
+    MAX_CONCURRENCY_KEY_CHARS,
+    MAX_CONCURRENCY_LIMIT,
     MAX_DEPENDENCIES,
     MAX_HANDLER_CHARS,
     MAX_ID_CHARS,
@@ -70,7 +72,7 @@ from taskstream.schemas.limits import (
     check_json,
 )
 from taskstream.schemas.retry import BACKOFF_FIELDS
-from taskstream.streams.domain import MAX_KEY_LENGTH, MAX_LIMIT, CreateSchedule, SubmitTask, UpdateTask
+from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
 
 if TYPE_CHECKING:
     from .read_model import WorkflowSummary
@@ -190,8 +192,8 @@ class ConcurrencyIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    key: Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
-    limit: Annotated[StrictInt, Field(ge=1, le=MAX_LIMIT)]
+    key: Annotated[StrictStr, Field(min_length=1, max_length=MAX_CONCURRENCY_KEY_CHARS)]
+    limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY_LIMIT)]
 
 
 class TaskFields(TaskBody):

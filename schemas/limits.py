@@ -73,6 +73,10 @@ class JsonLimitError(ValueError):
 #: A ``check_json`` stack entry: (value, depth, the entry of its container, its key or index there).
 _Entry = tuple[Any, int, "_Entry | None", str | int | None]
 
+#: Longest concurrency key of a task, in characters, after its ``{payload.<field>}`` template is filled in.
+MAX_CONCURRENCY_KEY_CHARS = 256
+#: Highest ``limit`` of a concurrency key.
+MAX_CONCURRENCY_LIMIT = 10_000
 
 def check_json(value: Any) -> None:
     """Raise ``JsonLimitError`` unless ``value`` is a JSON document that every reader takes the same way.
@@ -152,4 +156,5 @@ def worst_case_state_bytes() -> int:
         + MAX_DEPENDENCIES * (4 * ids + 64)  # depends_on, resolved, upstream_results keys, upstream_keys
         + MAX_LABELS * (MAX_LABEL_KEY_CHARS + MAX_LABEL_VALUE_CHARS + 16)
         + MAX_NAME_CHARS * 4 + MAX_HANDLER_CHARS * 4 + 4096
+        + 2 * (MAX_CONCURRENCY_KEY_CHARS + 16) * 4  # concurrency_key and waiting_for
     )

@@ -132,7 +132,7 @@ from .schedules import (
     schedule_task_id,
     task_from_template,
 )
-from .slots import MAX_KEY_LENGTH, MAX_LIMIT, concurrency_key_of, gated, held, slot_attempt, slot_messages, slot_replay
+from .slots import concurrency_key_of, gated, held, slot_attempt, slot_messages, slot_replay
 from .step import (
     RELAY_SLACK_S,
     DependentsLookup,
@@ -162,6 +162,6 @@ __all__ = [
     "EDGE_PREFIX", "dependents_of", "edge_key", "edge_of", "edges_prefix",
     "fold_with_dependents", "is_edge_key", "recorded", "with_dependents", "REDRIVE", "RESOLVE", "owed",
     "owed_again", "to_dependents", "DependentsLookup",
-    "GATE_PREFIX", "gate_id", "grants", "MAX_KEY_LENGTH", "MAX_LIMIT", "concurrency_key_of", "gated", "held",
+    "GATE_PREFIX", "gate_id", "grants", "concurrency_key_of", "gated", "held",
     "slot_attempt", "slot_messages", "slot_replay",
 ]

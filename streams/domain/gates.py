@@ -25,12 +25,13 @@ from dataclasses import replace
 from datetime import datetime
 
 from taskstream.schemas import Event, GateState, SlotGranted, SlotReleased, SlotRequested, Status, TaskState
+from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT
 
 from .decide import _decides
 from .evolve import _on
 from .ids import PROCESSOR, UNSET
 from .react import implied
-from .slots import MAX_LIMIT, held
+from .slots import held
 
 _RANK = {"high": 0, "medium": 1, "low": 2}
 
@@ -79,7 +80,7 @@ def _on_requested(state: GateState | None, e: SlotRequested) -> GateState | None
     at = next((i for i, t in enumerate(g.waiting) if _RANK.get(g.waiting_priorities.get(t, ""), 1) > rank),
               len(g.waiting))
     waiting = [*g.waiting[:at], e.holder, *g.waiting[at:]]
-    return _bumped(g, e.occurred_at, limit=min(max(1, e.limit), MAX_LIMIT), waiting=waiting,
+    return _bumped(g, e.occurred_at, limit=min(max(1, e.limit), MAX_CONCURRENCY_LIMIT), waiting=waiting,
                    waiting_attempts={**g.waiting_attempts, e.holder: e.attempt},
                    waiting_priorities={**g.waiting_priorities, e.holder: e.priority})
 

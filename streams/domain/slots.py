@@ -18,14 +18,11 @@ from taskstream.schemas import (
     ValidationError,
     codec,
 )
+from taskstream.schemas.limits import MAX_CONCURRENCY_KEY_CHARS
 
 from .evolve import ACTIVE, GATE_PREFIX, gate_id
 from .ids import PROCESSOR, UNSET
 
-#: Longest concurrency key (after its template is filled in), in characters.
-MAX_KEY_LENGTH = 256
-#: Highest limit a concurrency key may have.
-MAX_LIMIT = 10_000
 _FIELD = re.compile(r"\{payload((?:\.[A-Za-z0-9_\-]+)*)\}")
 
 
@@ -56,8 +53,8 @@ def concurrency_key_of(template: str, payload: str) -> str:
             return value if isinstance(value, str) else codec.dumps_json(value)
 
         key = _FIELD.sub(field, template)
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise ValidationError("concurrency.key", f"the key must have 1 to {MAX_KEY_LENGTH} characters")
+    if not key or len(key) > MAX_CONCURRENCY_KEY_CHARS:
+        raise ValidationError("concurrency.key", f"the key must have 1 to {MAX_CONCURRENCY_KEY_CHARS} characters")
     return key
 
 
