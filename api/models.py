@@ -35,10 +35,20 @@ ones change.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from taskstream.schemas import (
@@ -184,10 +194,20 @@ class TaskBody(BaseModel):
         }
 
 
+#: The longest ``delay_s`` a new task takes: ten years, in seconds.
+MAX_DELAY_S = 10 * 366 * 86400.0
+
+
 class TaskFields(TaskBody):
-    """The task fields shared by ``POST /tasks``, ``/tasks:batch`` and ``/workflows`` entries."""
+    """The task fields shared by ``POST /tasks``, ``/tasks:batch`` and ``/workflows`` entries.
+
+    When the task may first run: ``run_at`` (an RFC 3339 date-time) or
+    ``delay_s`` (seconds from the moment the API accepts the request, like
+    Celery's ``countdown``), not both; neither is "now".
+    """
 
     run_at: StrictStr | None = None
+    delay_s: Annotated[Seconds, Field(ge=0, le=MAX_DELAY_S)] | None = None
 
     @field_validator("run_at")
     @classmethod
@@ -196,7 +216,17 @@ class TaskFields(TaskBody):
             parse_rfc3339(v)
         return v
 
-    def run_at_datetime(self) -> datetime | None:
+    @field_validator("delay_s")
+    @classmethod
+    def _not_with_run_at(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and info.data.get("run_at") is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        return v
+
+    def run_at_datetime(self, now: datetime | None = None) -> datetime | None:
+        """``run_at``, or ``now`` (default: the clock) plus ``delay_s``; None for neither."""
+        if self.delay_s is not None:
+            return (now or datetime.now(UTC)) + timedelta(seconds=self.delay_s)
         return None if self.run_at is None else parse_rfc3339(self.run_at)
 
     def to_command(
@@ -207,6 +237,7 @@ class TaskFields(TaskBody):
         settings: Settings,
         depends_on: list[str] | None = None,
         actor: str | None = None,
+        now: datetime | None = None,
         **extra: Any,
     ) -> SubmitTask:
         """The ``SubmitTask`` of this task; ``extra`` sets key, workflow_id, upstream_keys, idempotency fields."""
@@ -220,7 +251,7 @@ class TaskFields(TaskBody):
             name=self.name,
             labels=dict(self.labels),
             depends_on=list(depends_on if depends_on is not None else getattr(self, "depends_on", [])),
-            run_at=self.run_at_datetime(),
+            run_at=self.run_at_datetime(now),
             timeout_s=None if self.timeout_s is None else float(self.timeout_s),
             **retry_policy(self.retry, settings).fields(),
             **extra,

@@ -103,16 +103,17 @@ class _Operations:
                depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
                timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                max_attempts: int | None = None, labels: Mapping[str, str] | None = None, name: str | None = None,
-               idempotency_key: str | None = None) -> Task:
+               idempotency_key: str | None = None, delay_s: float | None = None) -> Task:
         """Submit one task (``POST /tasks``); the task as the API accepted it.
 
         ``retry`` is ``{"max_attempts", "backoff": {"initial_s", "multiplier", "max_s", "jitter"}}``
         (any part of it) or a whole ``RetryPolicy`` (``taskstream.schemas``); ``max_attempts`` alone
-        is a shortcut for it. With ``idempotency_key`` a
+        is a shortcut for it. ``delay_s`` (seconds from now) or ``run_at``: not before then. With ``idempotency_key`` a
         repeat of the same request answers the same task and writes nothing.
         """
         body = calls.task_body(handler, payload, priority=priority, depends_on=depends_on, run_at=run_at,
-                               timeout_s=timeout_s, retry=retry, max_attempts=max_attempts, labels=labels, name=name)
+                               delay_s=delay_s, timeout_s=timeout_s, retry=retry, max_attempts=max_attempts,
+                               labels=labels, name=name)
         return self._send(calls.submit(body, idempotency_key))
 
     def submit_many(self, tasks: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None) -> list[Task]:
@@ -382,7 +383,8 @@ class AsyncClient(_Operations):
                          depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
                          timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                          max_attempts: int | None = None, labels: Mapping[str, str] | None = None,
-                         name: str | None = None, idempotency_key: str | None = None) -> Task: ...
+                         name: str | None = None, idempotency_key: str | None = None,
+                         delay_s: float | None = None) -> Task: ...
         async def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,  # type: ignore[override]
                               idempotency_key: str | None = None) -> list[Task]: ...
         async def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,  # type: ignore[override]
