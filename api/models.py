@@ -534,6 +534,12 @@ def same_schedule(state: ScheduleState, e: CreateSchedule) -> bool:
     )
 
 
+def template_handler(template: str) -> str:
+    """The handler a schedule's task template names ("" when the template in the log has none)."""
+    t = _json_or_text(template)
+    return str(t.get("handler", "")) if isinstance(t, dict) else ""
+
+
 def schedule_json(state: ScheduleState) -> dict[str, Any]:
     """A schedule as the API shows it."""
     return {

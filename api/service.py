@@ -246,6 +246,25 @@ async def delete_schedule(ctx: ApiContext, schedule_id: str, *, reason: str = ""
     return after
 
 
+async def change_schedule(ctx: ApiContext, schedule_id: str, action: str, *, reason: str = "",
+                          actor: str | None = None) -> ScheduleState:
+    """``POST /schedules/{id}:pause|:resume|:run``: the decider's ``PauseSchedule``, ``ResumeSchedule`` or
+    ``RunSchedule`` (the new task's id is the schedule's ``last_task_id`` after a run)."""
+    state = ctx.read_model.schedules.get(schedule_id)
+    if state is None:
+        raise NotFound(f"schedule {schedule_id} not found")
+    command: domain.PauseSchedule | domain.ResumeSchedule | domain.RunSchedule
+    if action == "pause":
+        command = domain.PauseSchedule(schedule_id=schedule_id, producer=ctx.producer_id, reason=reason, actor=actor)
+    elif action == "resume":
+        command = domain.ResumeSchedule(schedule_id=schedule_id, producer=ctx.producer_id, actor=actor)
+    else:
+        command = domain.RunSchedule(schedule_id=schedule_id, producer=ctx.producer_id, actor=actor)
+    (after,) = await _decide_and_write(ctx, [(state, command, "reason")])
+    log.info("schedule %s schedule_id=%s", action, schedule_id)
+    return after
+
+
 # ------------------------------------------------------------------ writing
 
 #: (state the command was decided on, command, request field its size is charged to)

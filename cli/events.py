@@ -67,6 +67,9 @@ _SUMMARY: dict[str, tuple[str, ...]] = {
     "ScheduleCreated": ("actor", "cron", "timezone", "start_at", "end_at", "misfire", "name"),
     "ScheduleFired": ("fire_at", "created_task_id", "skipped"),
     "ScheduleDeleted": ("actor", "reason",),
+    "SchedulePaused": ("actor", "reason",),
+    "ScheduleResumed": ("actor",),
+    "ScheduleTriggered": ("created_task_id", "actor",),
 }
 
 

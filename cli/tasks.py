@@ -555,7 +555,7 @@ def schedules_create(cron, handler, payload, timezone, name, priority, max_attem
 
 
 @schedules.command("list")
-@click.option("--status", type=click.Choice(["active", "ended", "deleted"]), default=None)
+@click.option("--status", type=click.Choice(["active", "paused", "ended", "deleted"]), default=None)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @_url_option
 @_json_option
@@ -588,6 +588,42 @@ def schedules_delete(schedule_id, reason, url, as_json) -> None:
     """Stop a schedule (the tasks it created stay)."""
     with _client(url) as client:
         s = client.delete_schedule(schedule_id, reason=reason)
+    _emit_schedules([s], as_json)
+
+
+@schedules.command("pause")
+@click.argument("schedule_id", metavar="ID")
+@click.option("--reason", default="")
+@_url_option
+@_json_option
+def schedules_pause(schedule_id, reason, url, as_json) -> None:
+    """Stop a schedule's fires until `resume` (fire times meanwhile are skipped)."""
+    with _client(url) as client:
+        s = client.pause_schedule(schedule_id, reason=reason)
+    _emit_schedules([s], as_json)
+
+
+@schedules.command("resume")
+@click.argument("schedule_id", metavar="ID")
+@_url_option
+@_json_option
+def schedules_resume(schedule_id, url, as_json) -> None:
+    """Fire a paused schedule again, from its next fire time after now."""
+    with _client(url) as client:
+        s = client.resume_schedule(schedule_id)
+    _emit_schedules([s], as_json)
+
+
+@schedules.command("run")
+@click.argument("schedule_id", metavar="ID")
+@_url_option
+@_json_option
+def schedules_run(schedule_id, url, as_json) -> None:
+    """Create the schedule's task now (its id is the schedule's last task)."""
+    with _client(url) as client:
+        s = client.run_schedule(schedule_id)
+    if not as_json:
+        click.echo(f"task {s.last_task_id}")
     _emit_schedules([s], as_json)
 
 

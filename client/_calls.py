@@ -256,6 +256,12 @@ def delete_schedule(schedule_id: str, reason: str) -> Call[Schedule]:
                 params=[("reason", reason)] if reason else [])
 
 
+def change_schedule(schedule_id: str, action: str, reason: str = "") -> Call[Schedule]:
+    """``POST /schedules/{id}:pause``, ``:resume`` or ``:run``."""
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:{action}", _schedule,
+                params=[("reason", reason)] if reason else [])
+
+
 # ------------------------------------------------------------------- ops
 
 

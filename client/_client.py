@@ -205,6 +205,18 @@ class _Operations:
         """Stop a schedule; ``Conflict`` if it is already deleted. Tasks it created stay."""
         return self._send(calls.delete_schedule(schedule_id, reason))
 
+    def pause_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule:
+        """Stop a schedule's fires until ``resume_schedule`` (fire times meanwhile are skipped)."""
+        return self._send(calls.change_schedule(schedule_id, "pause", reason))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire a paused schedule again, from its next fire time after now."""
+        return self._send(calls.change_schedule(schedule_id, "resume"))
+
+    def run_schedule(self, schedule_id: str) -> Schedule:
+        """Create the schedule's task now; the schedule's ``last_task_id`` is the new task's id."""
+        return self._send(calls.change_schedule(schedule_id, "run"))
+
     # -------------------------------------------------------------- ops
 
     def stats(self) -> dict[str, Any]:
@@ -410,6 +422,9 @@ class AsyncClient(_Operations):
         async def schedules_page(self, *, status: str | None = None, limit: int | None = None,  # type: ignore[override]
                                  cursor: str | None = None) -> Page[Schedule]: ...
         async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
+        async def pause_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
+        async def resume_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
+        async def run_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
         async def stats(self) -> dict[str, Any]: ...  # type: ignore[override]
         async def ready(self) -> dict[str, Any]: ...  # type: ignore[override]
 

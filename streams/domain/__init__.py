@@ -53,8 +53,11 @@ from .commands import (
     CancelTask,
     CreateSchedule,
     DeleteSchedule,
+    PauseSchedule,
     RedriveDeadLettered,
     RedriveTask,
+    ResumeSchedule,
+    RunSchedule,
     SubmitTask,
     UpdateTask,
 )
@@ -123,6 +126,7 @@ from .schedules import (
     MISSED_COUNT_CAP,
     schedule_due,
     schedule_replay,
+    schedule_run_task_id,
     schedule_task_id,
     task_from_template,
 )
@@ -154,5 +158,6 @@ __all__ = [
     "upstream_json", "waiting_until", "workflow_status",
     "EDGE_PREFIX", "dependents_of", "edge_key", "edge_of", "edges_prefix",
     "fold_with_dependents", "is_edge_key", "recorded", "with_dependents", "REDRIVE", "RESOLVE", "owed",
-    "owed_again", "to_dependents", "DependentsLookup",
+    "owed_again", "to_dependents", "DependentsLookup", "PauseSchedule", "ResumeSchedule", "RunSchedule",
+    "schedule_run_task_id",
 ]

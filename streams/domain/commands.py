@@ -124,4 +124,33 @@ class DeleteSchedule:
     actor: str | None = None
 
 
-COMMANDS = (SubmitTask, UpdateTask, CancelTask, RedriveTask, RedriveDeadLettered, CreateSchedule, DeleteSchedule)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseSchedule:
+    """Stop a schedule's fires until ``ResumeSchedule`` (``SchedulePaused``); fire times meanwhile are not caught up."""
+
+    schedule_id: str
+    producer: str
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeSchedule:
+    """Fire a paused schedule again, from its next fire time after now (``ScheduleResumed``)."""
+
+    schedule_id: str
+    producer: str
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSchedule:
+    """Create the schedule's task now, besides its cron fires (``ScheduleTriggered``); paused ones too."""
+
+    schedule_id: str
+    producer: str
+    actor: str | None = None
+
+
+COMMANDS = (SubmitTask, UpdateTask, CancelTask, RedriveTask, RedriveDeadLettered, CreateSchedule, DeleteSchedule,
+            PauseSchedule, ResumeSchedule, RunSchedule)

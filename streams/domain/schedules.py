@@ -5,8 +5,13 @@ A schedule is an aggregate of its own, keyed by ``schedule_id`` on
 time (at or after ``start_at``; ``end_at`` inclusive), each ``ScheduleFired``
 advances it exactly once and decides one ``TaskCreated`` with the
 deterministic id ``schedule_task_id(schedule, fire_at)``, ``ScheduleDeleted``
-stops it. ``schedule_due`` is what the processor's timer appends at a given
-time: the next fire, the catch-up of fires missed by at most the grace, or
+stops it. ``SchedulePaused`` stops the fires of an active schedule until
+``ScheduleResumed``, which sets the next fire time to the first after the
+resume (fire times while paused are skipped, not caught up);
+``ScheduleTriggered`` (run now) creates one task at once, with the id the
+API decided, and counts as a fire without moving the cron's next one.
+``schedule_due`` is what the processor's timer appends at a given time:
+the next fire, the catch-up of fires missed by at most the grace, or
 one misfire decision for older ones.
 
 Its rules register with the task's entry points (``evolve``, ``decide``,
@@ -27,14 +32,17 @@ from taskstream.schemas import (
     ScheduleCreated,
     ScheduleDeleted,
     ScheduleFired,
+    SchedulePaused,
+    ScheduleResumed,
     ScheduleState,
     ScheduleStatus,
+    ScheduleTriggered,
     TaskCreated,
     codec,
     cron,
 )
 
-from .commands import CreateSchedule, DeleteSchedule
+from .commands import CreateSchedule, DeleteSchedule, PauseSchedule, ResumeSchedule, RunSchedule
 from .decide import _decides
 from .evolve import _on
 from .ids import UNSET, identified, state_cause
@@ -94,6 +102,34 @@ def _deleted(state: ScheduleState | None, e: ScheduleDeleted) -> ScheduleState |
                    next_fire_at=None)
 
 
+@_on(SchedulePaused, ScheduleState)
+def _paused(state: ScheduleState | None, e: SchedulePaused) -> ScheduleState | None:
+    if state is None or state.status != ScheduleStatus.ACTIVE.value:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, status=ScheduleStatus.PAUSED.value,
+                   next_fire_at=None)
+
+
+@_on(ScheduleResumed, ScheduleState)
+def _resumed(state: ScheduleState | None, e: ScheduleResumed) -> ScheduleState | None:
+    if state is None or state.status != ScheduleStatus.PAUSED.value:
+        return state
+    try:
+        nxt = _within(state, cron.first_fire(state.cron, state.timezone, state.start_at, e.occurred_at))
+    except Exception:  # a bad expression in the log (the API validates): the schedule never fires
+        nxt = None
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, next_fire_at=nxt,
+                   status=ScheduleStatus.ACTIVE.value if nxt else ScheduleStatus.ENDED.value)
+
+
+@_on(ScheduleTriggered, ScheduleState)
+def _triggered(state: ScheduleState | None, e: ScheduleTriggered) -> ScheduleState | None:
+    if state is None or state.status == ScheduleStatus.DELETED.value or state.last_task_id == e.created_task_id:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, last_fire_at=e.occurred_at,
+                   last_task_id=e.created_task_id, fired=state.fired + 1)
+
+
 # --------------------------------------------------------------------- decide
 
 
@@ -118,6 +154,50 @@ def _delete(state: ScheduleState | None, c: DeleteSchedule, now: datetime) -> li
                             actor=c.actor)]
 
 
+def _existing(state: ScheduleState | None, schedule_id: str, action: str) -> ScheduleState:
+    if state is None:
+        raise NotFound(f"schedule {schedule_id} not found")
+    if state.status == ScheduleStatus.DELETED.value:
+        raise CommandRejected(f"schedule {schedule_id} is deleted: it cannot be {action}")
+    return state
+
+
+@_decides(PauseSchedule, ScheduleState)
+def _pause(state: ScheduleState | None, c: PauseSchedule, now: datetime) -> list[Event]:
+    s = _existing(state, c.schedule_id, "paused")
+    if s.status == ScheduleStatus.PAUSED.value:
+        return []
+    if s.status != ScheduleStatus.ACTIVE.value:
+        raise CommandRejected(f"schedule {c.schedule_id} is {s.status}: only an active schedule can be paused")
+    return [SchedulePaused(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                           reason=c.reason, actor=c.actor)]
+
+
+@_decides(ResumeSchedule, ScheduleState)
+def _resume(state: ScheduleState | None, c: ResumeSchedule, now: datetime) -> list[Event]:
+    s = _existing(state, c.schedule_id, "resumed")
+    if s.status == ScheduleStatus.ACTIVE.value:
+        return []
+    if s.status != ScheduleStatus.PAUSED.value:
+        raise CommandRejected(f"schedule {c.schedule_id} is {s.status}: only a paused schedule can be resumed")
+    return [ScheduleResumed(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                            actor=c.actor)]
+
+
+@_decides(RunSchedule, ScheduleState)
+def _run(state: ScheduleState | None, c: RunSchedule, now: datetime) -> list[Event]:
+    _existing(state, c.schedule_id, "run")
+    return [ScheduleTriggered(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                              created_task_id=schedule_run_task_id(c.schedule_id, now), actor=c.actor)]
+
+
+@_decides(ScheduleTriggered, ScheduleState)
+def _after_triggered(state: ScheduleState | None, e: ScheduleTriggered, now: datetime) -> list[Event]:
+    if state is None or state.last_task_id != e.created_task_id:
+        return []
+    return [task_from_template(state, e.occurred_at, e.created_task_id, now)]
+
+
 @_decides(ScheduleFired, ScheduleState)
 def _after_fired(state: ScheduleState | None, e: ScheduleFired, now: datetime) -> list[Event]:
     if state is None or not e.created_task_id:
@@ -128,6 +208,11 @@ def _after_fired(state: ScheduleState | None, e: ScheduleFired, now: datetime) -
 def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:
     """The id of the task a schedule creates for one fire time: the same on every replay and processor."""
     return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}").hex
+
+
+def schedule_run_task_id(schedule_id: str, at: datetime) -> str:
+    """The id of the task a run-now at ``at`` creates: apart from every cron fire's ``schedule_task_id``."""
+    return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@run@{at.isoformat()}").hex
 
 
 def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, now: datetime) -> TaskCreated:
