@@ -252,6 +252,10 @@ def delete_schedule(schedule_id: str, reason: str) -> Call[Schedule]:
                 params=[("reason", reason)] if reason else [])
 
 
+def backfill_schedule(schedule_id: str, body: dict[str, Any]) -> Call[dict[str, Any]]:
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:backfill", lambda r: r.json(), json=body)
+
+
 # ------------------------------------------------------------------- ops
 
 

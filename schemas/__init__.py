@@ -28,6 +28,7 @@ from .events import (
     LeaseExpired,
     Priority,
     ReadyTask,
+    ScheduleBackfilled,
     ScheduleCreated,
     ScheduleDeleted,
     ScheduleEvent,
@@ -64,5 +65,5 @@ __all__ = [
     "LeaseExpired", "ScheduleCreated", "ScheduleDeleted", "ScheduleFired", "ScheduleState", "ScheduleStatus",
     "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled", "DEFAULT_RETRY", "RetryPolicy",
     "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
-    "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id",
+    "ScheduleBackfilled", "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id",
 ]

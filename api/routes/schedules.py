@@ -11,6 +11,9 @@ A cron that fires more than once a minute (six fields, several seconds) is
 a 422 naming ``cron`` unless ``settings.allow_second_cron``: such schedules
 can keep the processor busy (``schemas.cron.check_sub_minute``).
 ``DELETE`` appends ``ScheduleDeleted``; the processor stops firing.
+``POST /schedules/{id}:backfill`` appends ``ScheduleBackfilled`` for a past
+range of cron times; the processor creates one task per time, with ids the
+answer already names (a repeat names, and creates, nothing new).
 
 Read-your-writes as for tasks: right after the ack the API puts its own view
 of the new schedule (status ``active``, ``next_fire_at`` = the first fire
@@ -34,11 +37,11 @@ import logging
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from taskstream.schemas import ScheduleState, ScheduleStatus
+from taskstream.schemas import ScheduleState, ScheduleStatus, codec
 
 from .. import auth, idempotency, reads, service
 from ..context import Context
-from ..models import ScheduleIn, schedule_json
+from ..models import BackfillIn, ScheduleIn, backfill_json, schedule_json
 from ..problems import JSONResponse
 from ..reads import MAX_LIMIT
 from ..service import MAX_REASON
@@ -89,3 +92,24 @@ async def delete_schedule(
     """
     after = await service.delete_schedule(ctx, schedule_id, reason=reason, actor=actor_of(request))
     return JSONResponse(schedule_json(after), status_code=202)
+
+
+@router.post("/schedules/{schedule_id}:backfill", status_code=202)
+async def backfill_schedule(schedule_id: str, body: BackfillIn, request: Request, ctx: Context) -> Response:
+    """Run the schedule for its cron times in ``start``..``end``: 202 with each time's task id, oldest first.
+
+    404 unknown schedule, 409 a deleted one, 422 naming ``start``, ``end``
+    (before ``start``, in the future, or more than ``MAX_BACKFILL`` times),
+    ``overlap`` or ``max_concurrent``.
+    """
+    schedule = reads.get_schedule(ctx, schedule_id)
+    try:
+        template = codec.loads_json(schedule.template)
+    except codec.JSONDecodeError:
+        template = None
+    handler = template.get("handler", "") if isinstance(template, dict) else ""
+    # A caller limited to handler patterns may backfill only schedules of its handlers; the request costs
+    # one token (an operator's action, bounded by MAX_BACKFILL), not one per task.
+    auth.admit(request, ctx.rate_limit, [str(handler)])
+    event, tasks = await service.backfill_schedule(ctx, schedule_id, body, actor=actor_of(request))
+    return JSONResponse(backfill_json(event, tasks), status_code=202)

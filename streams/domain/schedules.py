@@ -5,7 +5,10 @@ A schedule is an aggregate of its own, keyed by ``schedule_id`` on
 time (at or after ``start_at``; ``end_at`` inclusive), each ``ScheduleFired``
 advances it exactly once and decides one ``TaskCreated`` with the
 deterministic id ``schedule_task_id(schedule, fire_at)``, ``ScheduleDeleted``
-stops it. ``schedule_due`` is what the processor's timer appends at a given
+stops it. ``ScheduleBackfilled`` (an operator's ``BackfillSchedule``) decides
+one ``TaskCreated`` per cron time of a past range, in order, each with an id
+derived from the schedule and the time, so asking twice creates nothing new.
+``schedule_due`` is what the processor's timer appends at a given
 time: the next fire, the catch-up of fires missed by at most the grace, or
 one misfire decision for older ones.
 
@@ -24,17 +27,19 @@ from taskstream.schemas import (
     CommandRejected,
     Event,
     NotFound,
+    ScheduleBackfilled,
     ScheduleCreated,
     ScheduleDeleted,
     ScheduleFired,
     ScheduleState,
     ScheduleStatus,
     TaskCreated,
+    ValidationError,
     codec,
     cron,
 )
 
-from .commands import CreateSchedule, DeleteSchedule
+from .commands import BackfillSchedule, CreateSchedule, DeleteSchedule
 from .decide import _decides
 from .evolve import _on
 from .ids import UNSET, identified, state_cause
@@ -43,6 +48,10 @@ from .react import PROCESSOR, implied, on_timer, timer_due
 #: Most fire times counted one by one when a schedule catches up after downtime.
 MISSED_COUNT_CAP = 1000
 SCHEDULE_TASK_NAMESPACE = uuid.UUID("5b1e7c6e-6f1d-4d4b-9b7e-2f8f6c1a9d01")
+#: Most cron times one backfill may ask for (a longer range is asked for in parts).
+MAX_BACKFILL = 1000
+#: A backfill's ``overlap`` values: ``skip`` the times the schedule ran, or ``allow`` runs of their own.
+OVERLAPS = ("skip", "allow")
 
 
 # --------------------------------------------------------------------- evolve
@@ -94,6 +103,13 @@ def _deleted(state: ScheduleState | None, e: ScheduleDeleted) -> ScheduleState |
                    next_fire_at=None)
 
 
+@_on(ScheduleBackfilled, ScheduleState)
+def _backfilled(state: ScheduleState | None, e: ScheduleBackfilled) -> ScheduleState | None:
+    if state is None:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1)
+
+
 # --------------------------------------------------------------------- decide
 
 
@@ -123,6 +139,60 @@ def _after_fired(state: ScheduleState | None, e: ScheduleFired, now: datetime) -
     if state is None or not e.created_task_id:
         return []
     return [task_from_template(state, e.fire_at, e.created_task_id, now)]
+
+
+@_decides(BackfillSchedule, ScheduleState)
+def _backfill(state: ScheduleState | None, c: BackfillSchedule, now: datetime) -> list[Event]:
+    if state is None:
+        raise NotFound(f"schedule {c.schedule_id} not found")
+    if state.status == ScheduleStatus.DELETED.value:
+        raise CommandRejected(f"schedule {c.schedule_id} is deleted")
+    problems: list[tuple[str, str]] = []
+    if c.overlap not in OVERLAPS:
+        problems.append(("overlap", f"must be one of {', '.join(OVERLAPS)}"))
+    if c.max_concurrent is not None and c.max_concurrent < 1:
+        problems.append(("max_concurrent", "must be at least 1"))
+    if c.end < c.start:
+        problems.append(("end", "must not be before start"))
+    if c.end > now:
+        problems.append(("end", "must not be in the future: a backfill runs past cron times"))
+    if problems:
+        raise ValidationError.of(problems)
+    times = backfill_times(state, c.start, c.end, limit=MAX_BACKFILL + 1)
+    if len(times) > MAX_BACKFILL:
+        raise ValidationError("end", f"the range holds more than {MAX_BACKFILL} cron times; ask for it in parts")
+    return [ScheduleBackfilled(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                               start=c.start, end=c.end, overlap=c.overlap, max_concurrent=c.max_concurrent,
+                               count=len(times), actor=c.actor)]
+
+
+@_decides(ScheduleBackfilled, ScheduleState)
+def _after_backfilled(state: ScheduleState | None, e: ScheduleBackfilled, now: datetime) -> list[Event]:
+    """One task per cron time of the range, in order; folded again, the same ids (duplicates, harmless)."""
+    if state is None or state.status == ScheduleStatus.DELETED.value:
+        return []
+    return [task_from_template(state, t, backfill_task_id(state.schedule_id, t, e.overlap), now)
+            for t in backfill_times(state, e.start, e.end, limit=MAX_BACKFILL)]
+
+
+def backfill_times(state: ScheduleState, start: datetime, end: datetime, *, limit: int) -> list[datetime]:
+    """Cron times in ``start``..``end`` (inclusive, in the schedule's time zone), oldest first, at most ``limit``."""
+    out: list[datetime] = []
+    try:
+        t = cron.next_fire(state.cron, state.timezone, start - timedelta(microseconds=1))
+    except Exception:  # a bad expression in the log (the API validates): nothing to run
+        return out
+    while t <= end and len(out) < limit:
+        out.append(t)
+        t = cron.next_fire(state.cron, state.timezone, t)
+    return out
+
+
+def backfill_task_id(schedule_id: str, fire_at: datetime, overlap: str) -> str:
+    """The id of a backfill's task for ``fire_at``: the schedule's own (``skip``) or one of its own (``allow``)."""
+    if overlap == "allow":
+        return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}#backfill").hex
+    return schedule_task_id(schedule_id, fire_at)
 
 
 def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:
