@@ -55,6 +55,7 @@ from taskstream.schemas import (
     MAX_BACKOFF_S,
     Priority,
     RetryPolicy,
+    ScheduleBackfilled,
     ScheduleState,
     Settings,
     TaskState,
@@ -80,7 +81,7 @@ from taskstream.schemas.limits import (
     check_json,
 )
 from taskstream.schemas.retry import BACKOFF_FIELDS
-from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
+from taskstream.streams.domain import BackfillSchedule, CreateSchedule, SubmitTask, UpdateTask
 
 if TYPE_CHECKING:
     from .read_model import WorkflowSummary
@@ -523,6 +524,44 @@ class ScheduleIn(BaseModel):
             end_at=self.end_at_datetime(),
             misfire=self.misfire,
         )
+
+
+class BackfillIn(BaseModel):
+    """Body of ``POST /api/v1/schedules/{id}:backfill``: a past range of the schedule's cron times to run.
+
+    ``start`` and ``end`` (RFC 3339, both inclusive; ``end`` not in the
+    future) bound the cron times, read in the schedule's time zone;
+    ``overlap``: ``skip`` (default) does not run again a time the schedule
+    already ran, ``allow`` runs it again; ``max_concurrent``: at most that
+    many of the backfill's tasks queued or running at once.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: StrictStr
+    end: StrictStr
+    overlap: Literal["skip", "allow"] = "skip"
+    max_concurrent: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _rfc3339(cls, v: str) -> str:
+        parse_rfc3339(v)
+        return v
+
+    def to_command(self, *, schedule_id: str, producer: str, actor: str | None) -> BackfillSchedule:
+        return BackfillSchedule(schedule_id=schedule_id, producer=producer, start=parse_rfc3339(self.start),
+                                end=parse_rfc3339(self.end), overlap=self.overlap,
+                                max_concurrent=self.max_concurrent, actor=actor)
+
+
+def backfill_json(event: ScheduleBackfilled, tasks: list[tuple[datetime, str]]) -> dict[str, Any]:
+    """A backfill's answer: the request as recorded and each cron time's task id, oldest first."""
+    return {
+        "schedule_id": event.schedule_id, "start": rfc3339(event.start), "end": rfc3339(event.end),
+        "overlap": event.overlap, "max_concurrent": event.max_concurrent, "count": event.count,
+        "tasks": [{"id": task_id, "scheduled_for": rfc3339(t)} for t, task_id in tasks],
+    }
 
 
 def same_schedule(state: ScheduleState, e: CreateSchedule) -> bool:

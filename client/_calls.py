@@ -262,6 +262,10 @@ def change_schedule(schedule_id: str, action: str, reason: str = "") -> Call[Sch
                 params=[("reason", reason)] if reason else [])
 
 
+def backfill_schedule(schedule_id: str, body: dict[str, Any]) -> Call[dict[str, Any]]:
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:backfill", lambda r: r.json(), json=body)
+
+
 # ------------------------------------------------------------------- ops
 
 

@@ -28,6 +28,7 @@ from .events import (
     LeaseExpired,
     Priority,
     ReadyTask,
+    ScheduleBackfilled,
     ScheduleCreated,
     ScheduleDeleted,
     ScheduleEvent,
@@ -68,5 +69,5 @@ __all__ = [
     "TaskCheckpointed", "TaskDeadLettered", "TaskRedriven", "TaskRetryScheduled", "DEFAULT_RETRY", "RetryPolicy",
     "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
     "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id", "SchedulePaused",
-    "ScheduleResumed", "ScheduleTriggered",
+    "ScheduleResumed", "ScheduleTriggered", "ScheduleBackfilled",
 ]

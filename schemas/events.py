@@ -334,6 +334,25 @@ class ScheduleTriggered(ScheduleEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleBackfilled(ScheduleEvent):
+    """An operator asked for the schedule's cron times in ``start``..``end`` (inclusive, in the past): ``count``.
+
+    The processor creates one task per time, in order (``schedules.backfill_times``),
+    each with an id derived from the schedule, the time and ``overlap``
+    (``skip``: the schedule's own id for that time; ``allow``: a backfill id),
+    so asking twice creates nothing new. ``max_concurrent``: at most that many
+    of its tasks queued or running at once (None: no bound).
+    """
+
+    start: datetime
+    end: datetime
+    overlap: str = "skip"
+    max_concurrent: int | None = None
+    count: int = 0
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(TaskEvent):
     """An executor still runs ``attempt`` (``<p>.heartbeats``; liveness, not history)."""
 
@@ -466,6 +485,7 @@ class ApiKey:
 #: Types of the events about a schedule (the others are about a task).
 SCHEDULE_EVENT_TYPES: tuple[type[ScheduleEvent], ...] = (
     ScheduleCreated, ScheduleFired, ScheduleDeleted, SchedulePaused, ScheduleResumed, ScheduleTriggered,
+    ScheduleBackfilled,
 )
 #: Types that are facts of the ``<p>.events`` log.
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -489,6 +509,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SchedulePaused,
     ScheduleResumed,
     ScheduleTriggered,
+    ScheduleBackfilled,
 )
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {

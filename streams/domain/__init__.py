@@ -50,6 +50,7 @@ from taskstream.schemas.retry import (  # the policy value lives in schemas.retr
 from .commands import (
     COMMANDS,
     PATCHABLE,
+    BackfillSchedule,
     CancelTask,
     CreateSchedule,
     DeleteSchedule,
@@ -123,7 +124,11 @@ from .react import (
     upstream_json,
 )
 from .schedules import (
+    MAX_BACKFILL,
     MISSED_COUNT_CAP,
+    OVERLAPS,
+    backfill_task_id,
+    backfill_times,
     schedule_due,
     schedule_replay,
     schedule_run_task_id,
@@ -160,4 +165,5 @@ __all__ = [
     "fold_with_dependents", "is_edge_key", "recorded", "with_dependents", "REDRIVE", "RESOLVE", "owed",
     "owed_again", "to_dependents", "DependentsLookup", "PauseSchedule", "ResumeSchedule", "RunSchedule",
     "schedule_run_task_id",
+    "BackfillSchedule", "MAX_BACKFILL", "OVERLAPS", "backfill_task_id", "backfill_times",
 ]

@@ -10,6 +10,9 @@ stops it. ``SchedulePaused`` stops the fires of an active schedule until
 resume (fire times while paused are skipped, not caught up);
 ``ScheduleTriggered`` (run now) creates one task at once, with the id the
 API decided, and counts as a fire without moving the cron's next one.
+``ScheduleBackfilled`` (an operator's ``BackfillSchedule``) decides one
+``TaskCreated`` per cron time of a past range, in order, each with an id
+derived from the schedule and the time, so asking twice creates nothing new.
 ``schedule_due`` is what the processor's timer appends at a given time:
 the next fire, the catch-up of fires missed by at most the grace, or
 one misfire decision for older ones.
@@ -29,6 +32,7 @@ from taskstream.schemas import (
     CommandRejected,
     Event,
     NotFound,
+    ScheduleBackfilled,
     ScheduleCreated,
     ScheduleDeleted,
     ScheduleFired,
@@ -38,11 +42,12 @@ from taskstream.schemas import (
     ScheduleStatus,
     ScheduleTriggered,
     TaskCreated,
+    ValidationError,
     codec,
     cron,
 )
 
-from .commands import CreateSchedule, DeleteSchedule, PauseSchedule, ResumeSchedule, RunSchedule
+from .commands import BackfillSchedule, CreateSchedule, DeleteSchedule, PauseSchedule, ResumeSchedule, RunSchedule
 from .decide import _decides
 from .evolve import _on
 from .ids import UNSET, identified, state_cause
@@ -51,6 +56,10 @@ from .react import PROCESSOR, implied, on_timer, timer_due
 #: Most fire times counted one by one when a schedule catches up after downtime.
 MISSED_COUNT_CAP = 1000
 SCHEDULE_TASK_NAMESPACE = uuid.UUID("5b1e7c6e-6f1d-4d4b-9b7e-2f8f6c1a9d01")
+#: Most cron times one backfill may ask for (a longer range is asked for in parts).
+MAX_BACKFILL = 1000
+#: A backfill's ``overlap`` values: ``skip`` the times the schedule ran, or ``allow`` runs of their own.
+OVERLAPS = ("skip", "allow")
 
 
 # --------------------------------------------------------------------- evolve
@@ -130,6 +139,13 @@ def _triggered(state: ScheduleState | None, e: ScheduleTriggered) -> ScheduleSta
                    last_task_id=e.created_task_id, fired=state.fired + 1)
 
 
+@_on(ScheduleBackfilled, ScheduleState)
+def _backfilled(state: ScheduleState | None, e: ScheduleBackfilled) -> ScheduleState | None:
+    if state is None:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1)
+
+
 # --------------------------------------------------------------------- decide
 
 
@@ -203,6 +219,60 @@ def _after_fired(state: ScheduleState | None, e: ScheduleFired, now: datetime) -
     if state is None or not e.created_task_id:
         return []
     return [task_from_template(state, e.fire_at, e.created_task_id, now)]
+
+
+@_decides(BackfillSchedule, ScheduleState)
+def _backfill(state: ScheduleState | None, c: BackfillSchedule, now: datetime) -> list[Event]:
+    if state is None:
+        raise NotFound(f"schedule {c.schedule_id} not found")
+    if state.status == ScheduleStatus.DELETED.value:
+        raise CommandRejected(f"schedule {c.schedule_id} is deleted")
+    problems: list[tuple[str, str]] = []
+    if c.overlap not in OVERLAPS:
+        problems.append(("overlap", f"must be one of {', '.join(OVERLAPS)}"))
+    if c.max_concurrent is not None and c.max_concurrent < 1:
+        problems.append(("max_concurrent", "must be at least 1"))
+    if c.end < c.start:
+        problems.append(("end", "must not be before start"))
+    if c.end > now:
+        problems.append(("end", "must not be in the future: a backfill runs past cron times"))
+    if problems:
+        raise ValidationError.of(problems)
+    times = backfill_times(state, c.start, c.end, limit=MAX_BACKFILL + 1)
+    if len(times) > MAX_BACKFILL:
+        raise ValidationError("end", f"the range holds more than {MAX_BACKFILL} cron times; ask for it in parts")
+    return [ScheduleBackfilled(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                               start=c.start, end=c.end, overlap=c.overlap, max_concurrent=c.max_concurrent,
+                               count=len(times), actor=c.actor)]
+
+
+@_decides(ScheduleBackfilled, ScheduleState)
+def _after_backfilled(state: ScheduleState | None, e: ScheduleBackfilled, now: datetime) -> list[Event]:
+    """One task per cron time of the range, in order; folded again, the same ids (duplicates, harmless)."""
+    if state is None or state.status == ScheduleStatus.DELETED.value:
+        return []
+    return [task_from_template(state, t, backfill_task_id(state.schedule_id, t, e.overlap), now)
+            for t in backfill_times(state, e.start, e.end, limit=MAX_BACKFILL)]
+
+
+def backfill_times(state: ScheduleState, start: datetime, end: datetime, *, limit: int) -> list[datetime]:
+    """Cron times in ``start``..``end`` (inclusive, in the schedule's time zone), oldest first, at most ``limit``."""
+    out: list[datetime] = []
+    try:
+        t = cron.next_fire(state.cron, state.timezone, start - timedelta(microseconds=1))
+    except Exception:  # a bad expression in the log (the API validates): nothing to run
+        return out
+    while t <= end and len(out) < limit:
+        out.append(t)
+        t = cron.next_fire(state.cron, state.timezone, t)
+    return out
+
+
+def backfill_task_id(schedule_id: str, fire_at: datetime, overlap: str) -> str:
+    """The id of a backfill's task for ``fire_at``: the schedule's own (``skip``) or one of its own (``allow``)."""
+    if overlap == "allow":
+        return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}#backfill").hex
+    return schedule_task_id(schedule_id, fire_at)
 
 
 def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:

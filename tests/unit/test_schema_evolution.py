@@ -47,6 +47,7 @@ RELEASED = {
     ("ScheduleDeleted", 2): "0a5a59b5668116ff",
     ("ScheduleDeleted", 4): "b4e63d0f495f7a97",
     ("ScheduleDeleted", 5): "e78197146e25329a",
+    ("ScheduleBackfilled", 6): "0b973fb30459b553",
     ("ScheduleFired", 2): "1e8295e4d45a41ef",
     ("ScheduleFired", 5): "444c5a100960843a",
     ("SchedulePaused", 6): "f4412f6eb8da1642",
