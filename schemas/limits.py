@@ -157,7 +157,10 @@ def cut_traceback(text: str) -> str:
     if len(text) <= MAX_TRACEBACK_CHARS:
         return text
     note = f"[cut: {len(text):,} characters > {MAX_TRACEBACK_CHARS:,}; the innermost frames kept] ...\n"
-    return note + text[len(text) - (MAX_TRACEBACK_CHARS - len(note)):]
+    tail = text[len(text) - (MAX_TRACEBACK_CHARS - len(note)):]
+    if "\n" in tail[:-1]:
+        tail = tail[tail.index("\n") + 1:]  # from a line's start
+    return note + tail
 
 
 def cut_error_type(text: str) -> str:
