@@ -44,6 +44,7 @@ from types import TracebackType
 
 from taskstream.schemas import Heartbeat, ReadyTask, TaskCheckpointed, TaskFailed, TaskStarted, TaskSucceeded
 from taskstream.schemas.limits import (
+    MAX_ERROR_CHARS,
     MAX_RESULT_BYTES,
     MAX_TRACEBACK_FRAMES,
     cut_error,
@@ -86,7 +87,10 @@ def handler_traceback(exc: BaseException) -> str:
     The leading frames of the runner (``_RUNNER_FILES``, ``_RUNNER_DIRS``) are
     dropped; of the rest at most ``MAX_TRACEBACK_FRAMES`` innermost frames are
     kept (per exception of a chain), and the text is cut to
-    ``MAX_TRACEBACK_CHARS`` keeping its end (``limits.cut_traceback``).
+    ``MAX_TRACEBACK_CHARS`` keeping its end (``limits.cut_traceback``); the
+    exception's own lines at the end are cut first to ``MAX_ERROR_CHARS``
+    (keeping their start, as ``error`` does), so a long message leaves room
+    for the frames.
     """
     tb = exc.__traceback__
     while tb is not None and _is_runner(tb):
@@ -94,8 +98,12 @@ def handler_traceback(exc: BaseException) -> str:
     try:
         te = tb_module.TracebackException(type(exc), exc, tb, limit=-MAX_TRACEBACK_FRAMES, compact=True)
         text = "".join(te.format())
+        last = "".join(te.format_exception_only())  # the exception's own lines, printed last
     except Exception:  # a broken __str__ or source line: say so rather than lose the failure
-        text = f"{exception_type(exc)}: <traceback not printable>\n"
+        return f"{exception_type(exc)}: <traceback not printable>"
+    if text.endswith(last) and len(last) > MAX_ERROR_CHARS:
+        # A long message (it is in ``error`` too) is cut like ``error``, so that it leaves room for the frames.
+        text = text[: len(text) - len(last)] + cut_error(last.rstrip("\n"))
     return cut_traceback(text.rstrip("\n"))
 
 

@@ -19,7 +19,7 @@ from taskstream.executors._attempt import AttemptRunner, Handlers, _Attempt
 from taskstream.executors.metrics import ExecutorMetrics
 from taskstream.executors.registry import Registry
 from taskstream.schemas import ReadyTask, Settings, TaskFailed, Topics, codec
-from taskstream.schemas.limits import MAX_TRACEBACK_CHARS, MAX_TRACEBACK_FRAMES, cut_traceback
+from taskstream.schemas.limits import MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS, MAX_TRACEBACK_FRAMES, cut_traceback
 
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
@@ -139,8 +139,14 @@ def test_a_huge_traceback_text_is_cut_to_its_end():
         huge()
     except ValueError as exc:
         tb = reports.handler_traceback(exc)
-    assert len(tb) == MAX_TRACEBACK_CHARS and tb.startswith("[cut: ") and tb.endswith("mmmm")
+    # The message is cut as ``error`` is (its start kept), so the frames above it stay.
+    assert len(tb) <= MAX_TRACEBACK_CHARS and tb.startswith("Traceback (most recent call last):")
+    assert "in huge" in tb and "ValueError: mmmm" in tb and tb.endswith(f"characters > {MAX_ERROR_CHARS:,}]")
     assert cut_traceback("short") == "short"
+    long = "".join(f"line {i}\n" for i in range(5000))
+    cut = cut_traceback(long)
+    assert len(cut) <= MAX_TRACEBACK_CHARS and cut.startswith("[cut: ") and cut.endswith("line 4999\n")
+    assert cut.splitlines()[1].startswith("line ")  # from a line's start
 
 
 def _task() -> ReadyTask:
