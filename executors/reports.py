@@ -95,6 +95,11 @@ def handler_traceback(exc: BaseException) -> str:
     tb = exc.__traceback__
     while tb is not None and _is_runner(tb):
         tb = tb.tb_next
+    kept: list[TracebackType] = []  # the innermost frames, found by following links only (no source looked at)
+    while tb is not None:
+        kept.append(tb)
+        tb = tb.tb_next
+    tb = kept[-MAX_TRACEBACK_FRAMES] if len(kept) > MAX_TRACEBACK_FRAMES else (kept[0] if kept else None)
     try:
         te = tb_module.TracebackException(type(exc), exc, tb, limit=-MAX_TRACEBACK_FRAMES, compact=True)
         text = "".join(te.format())
