@@ -426,6 +426,8 @@ def task_json(state: TaskState) -> dict[str, Any]:
         "finished_at": rfc3339(state.finished_at),
         "result": _json_or_text(state.result),
         "error": state.error,
+        "error_type": state.error_type,
+        "traceback": state.traceback,
         "version": state.version,
         "key": state.key,
         "workflow_id": state.workflow_id,

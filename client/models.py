@@ -60,6 +60,10 @@ class Task:
     finished_at: datetime | None = None
     result: Any = None
     error: str | None = None
+    #: Why it failed, beside ``error``: the exception type the handler raised and its traceback (the handler's
+    #: frames, innermost kept); None when the task has no error or its error is not a raised exception.
+    error_type: str | None = None
+    traceback: str | None = None
     version: int = 0
     key: str | None = None
     workflow_id: str | None = None

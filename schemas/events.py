@@ -175,6 +175,14 @@ class TaskFailed(TaskEvent):
     ``retry_delay_s``: the wait the handler asked for before the next attempt
     (``Retry(delay_s=...)``; None: the policy's backoff). The decider keeps it
     within the task's policy (``RetryPolicy.clamp``); it never adds an attempt.
+
+    ``error_type`` and ``traceback`` say why, when the handler raised: the
+    exception's class (``ValueError``, ``mymodule.OutOfStock``: qualified by
+    module unless a built-in, as a traceback names it) and the handler's
+    frames only, innermost kept (``schemas.limits.MAX_TRACEBACK_FRAMES`` and
+    ``MAX_TRACEBACK_CHARS``). Both None for a failure the executor found
+    itself (no handler, timeout, result too large) and in logs written before
+    schema set 6.
     """
 
     attempt: int
@@ -182,6 +190,8 @@ class TaskFailed(TaskEvent):
     permanent: bool = False
     started_at: datetime | None = None
     retry_delay_s: float | None = None
+    error_type: str | None = None
+    traceback: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -394,6 +404,9 @@ class TaskState:
     finished_at: datetime | None = None
     result: str | None = None
     error: str | None = None
+    #: What ``error`` came with: the last TaskFailed's exception type and traceback (None for any other error).
+    error_type: str | None = None
+    traceback: str | None = None
     version: int = 0
     last_offset: int = -1
     upstream_keys: dict[str, str] = field(default_factory=dict)

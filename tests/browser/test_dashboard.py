@@ -478,3 +478,27 @@ def test_not_ready_reasons_and_the_api_key_go_through_one_fetch(page, http) -> N
     page.goto("/ui/tasks")
     assert page.input_value("#api-key") == "s3cret"
     assert page.errors == []
+
+
+def test_a_failed_task_s_traceback_opens_from_a_collapsed_details(page, http) -> None:
+    task_id = submit(http, handler="ui.flaky", payload={"fail_until": 1}, name="why it failed",
+                     retry={"max_attempts": 1})
+    wait_status(http, task_id, {"failed"})
+    page.goto(f"/ui/tasks/{task_id}")
+    page.wait_for_selector("#traceback-box:not([hidden])")
+    assert page.text_content("#traceback-type") == "RuntimeError"
+    assert page.get_attribute("#traceback-box", "open") is None and not page.is_visible("#traceback")  # collapsed
+    page.click("#traceback-box summary")
+    page.wait_for_selector("#traceback", state="visible")
+    text = page.text_content("#traceback")
+    assert text.startswith("Traceback (most recent call last):") and ", in flaky" in text
+    assert text.endswith("RuntimeError: attempt 1 failed on purpose") and "_attempt.py" not in text
+    assert page.text_content("#fields tr[data-field=error_type] td") == "RuntimeError"
+    shot(page, "task-traceback")
+
+    ok = submit(http, handler="ui.ok", payload={"n": 1})
+    wait_status(http, ok, {"succeeded"})
+    page.goto(f"/ui/tasks/{ok}")
+    page.wait_for_selector("#status.status-succeeded")
+    assert page.is_hidden("#traceback-box")
+    assert page.errors == []

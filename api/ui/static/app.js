@@ -389,7 +389,7 @@ function pageTasks() {
 const FIELD_ORDER = ["id", "name", "handler", "status", "priority", "attempt", "max_attempts", "timeout_s", "labels",
   "depends_on", "dependents", "key", "workflow_id", "upstream_keys", "run_at", "retry_at", "created_at", "updated_at",
   "started_at", "finished_at", "retry", "schedule_id", "scheduled_for", "version"];
-const BIG_FIELDS = new Set(["payload", "result", "error", "checkpoint"]);
+const BIG_FIELDS = new Set(["payload", "result", "error", "checkpoint", "traceback"]);
 
 function fieldValue(name, value) {
   if (value === null || value === undefined || value === "") return el("span", { class: "hint", text: "—" });
@@ -450,6 +450,8 @@ function pageTask() {
     st.textContent = task.status;
     fillFields($("fields"), task);
     for (const name of BIG_FIELDS) $(name).textContent = pretty(task[name]);
+    $("traceback-box").hidden = !task.traceback;  // the handler's frames of the failure, collapsed until opened
+    $("traceback-type").textContent = task.error_type || "";
     const wl = $("workflow-link");
     if (task.workflow_id) {
       wl.hidden = false;
