@@ -10,8 +10,8 @@ and report the outcome to ``<p>.events``. Handler authors need only::
         ...
         return {"ok": True}
 
-``ctx.upstream`` maps each dependency's id (and, in a workflow, its key) to
-its result; results above 64 KiB of JSON are not carried and show as None.
+``ctx.upstream`` maps each dependency to its result, by its workflow key
+for a task of a workflow, else by its task id (each dependency once); results above 64 KiB of JSON are not carried and show as None.
 ``ctx.cancelled`` turns true when the task is cancelled while running, its
 timeout expires or the executor's shutdown grace period is over (async
 handlers are also cancelled; sync ones should poll it).

@@ -550,3 +550,15 @@ def test_ready_message_upstream_maps_ids_and_workflow_keys_to_results():
         "id-c": None,  # above RESULT_BOUND: not carried
     }
     assert ready_message(reach("queued"), NOW).upstream == "{}"
+
+
+def test_upstream_is_keyed_once_by_workflow_key_else_by_id():
+    # Issue 26: a workflow task's ctx.upstream held each result twice (under the id and the key), so summing
+    # it double-counted. One rule now: the workflow key when the dependency has one, else the task id.
+    in_workflow = fold([created(depends_on=["up-a", "up-b"], upstream_keys={"up-a": "extract", "up-b": "clean"}),
+                        resolved("up-a", result="2", t=5), resolved("up-b", result="3", t=6)])
+    assert codec.loads_json(ready_message(in_workflow, NOW).upstream) == {"extract": 2, "clean": 3}
+    assert sum(codec.loads_json(ready_message(in_workflow, NOW).upstream).values()) == 5
+    by_id = fold([created(depends_on=["up-a", "up-b"]), resolved("up-a", result="2", t=5),
+                  resolved("up-b", result="null", t=6)])
+    assert codec.loads_json(ready_message(by_id, NOW).upstream) == {"up-a": 2, "up-b": None}
