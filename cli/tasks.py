@@ -190,7 +190,7 @@ def tasks_submit(handler, payload, priority, depends_on, run_at, max_attempts, b
     with _client(url) as client:
         task = client.submit(handler, payload, priority=priority, depends_on=depends_on, run_at=run_at,
                              timeout_s=timeout_s, retry=retry, labels=labels, name=name,
-                             idempotency_key=idempotency_key)
+                             idempotency_key=idempotency_key).task
         if wait:
             sys.exit(_wait(client, task, wait_timeout, as_json))
     _emit_task(task, as_json)
@@ -379,7 +379,7 @@ def workflows_submit(file, idempotency_key, wait, wait_timeout, url, as_json) ->
     """
     body = _load_workflow(file)
     with _client(url) as client:
-        wf = client.workflow(body, idempotency_key=idempotency_key)
+        wf = client.workflow(body, idempotency_key=idempotency_key).workflow
         finals = {}
         if wait:
             deadline = None if wait_timeout is None else time.monotonic() + wait_timeout

@@ -3,7 +3,8 @@
 One stack per test module (module-scoped fixtures), on the session's
 Kafka node with a topic prefix of its own. The executor loads
 ``clienthandlers`` (written to the stack's folder) besides the built-ins:
-``fail`` raises ``PermanentError`` (the task fails at once, no retries).
+``fail`` raises ``PermanentError`` (the task fails at once, no retries);
+``modules`` adds handler modules of a test's own (name -> source).
 The API is served over real HTTP on a free loopback port (``url``), so
 clients and console scripts talk to it as users do.
 """
@@ -62,7 +63,7 @@ class Proc:
 class LiveStack:
     """Processor + executor + API on ``broker``; ``url`` is the API's base URL."""
 
-    def __init__(self, broker: str, folder: Path) -> None:
+    def __init__(self, broker: str, folder: Path, modules: dict[str, str] | None = None) -> None:
         self.folder = folder
         port = free_port()
         self.settings = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
@@ -72,9 +73,13 @@ class LiveStack:
         wait_for_broker(self.settings)
         assert ensure_topics(self.settings, catalogue(self.settings)) == []
         (folder / "clienthandlers.py").write_text(HANDLERS)
+        extra: list[str] = []
+        for name, source in (modules or {}).items():
+            (folder / f"{name}.py").write_text(source)
+            extra += ["--handlers", name]
         self.procs = [
             Proc(self.settings, "processor", cwd=folder, log=folder / "processor.log"),
-            Proc(self.settings, "executor", "--handlers", "clienthandlers", "--concurrency", "8", cwd=folder,
+            Proc(self.settings, "executor", "--handlers", "clienthandlers", *extra, "--concurrency", "8", cwd=folder,
                  log=folder / "executor.log"),
             Proc(self.settings, "api", "--port", str(port), cwd=folder, log=folder / "api.log"),
         ]
