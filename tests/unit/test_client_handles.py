@@ -208,7 +208,8 @@ def test_retry_policy_is_the_one_value_and_is_sent_whole() -> None:
 
 def test_importing_the_client_does_not_import_the_rest_of_taskstream() -> None:
     code = ("import sys, taskstream.client as c; "
-            "others = [m for m in sys.modules if m.startswith('taskstream.') and not m.startswith('taskstream.client')]; "
+            "others = [m for m in sys.modules if m.startswith('taskstream.')"
+            " and not m.startswith('taskstream.client')]; "
             "assert not others, others; c.RetryPolicy; assert 'taskstream.schemas.retry' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
