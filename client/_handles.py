@@ -5,9 +5,10 @@ asked again: ``status()`` reads the current status, ``result(timeout)`` waits
 for the end and returns the result or raises how it ended (``TaskFailed``
 with the error, its type and traceback; ``UpstreamFailed``; ``TaskCancelled``;
 ``WorkflowFailed``, ``WorkflowCancelled``). Waiting follows the API's
-Server-Sent Events (``GET /tasks/{id}/watch``; for a workflow, the change
-stream of its handlers' tasks, ``GET /tasks/watch?handler=``), so a handle
-learns of the end when the API does, with no polling. ``TaskHandle`` and
+Server-Sent Events of each task (``GET /tasks/{id}/watch``; a workflow waits
+on its unfinished tasks' streams in turn), so a handle learns of the end
+when the API does, with no polling; a workflow's ``watch`` follows the
+change stream of its handlers' tasks (``GET /tasks/watch?handler=``). ``TaskHandle`` and
 ``WorkflowHandle`` come from ``Client``, ``AsyncTaskHandle`` and
 ``AsyncWorkflowHandle`` (the same methods, awaited) from ``AsyncClient``.
 
@@ -85,6 +86,23 @@ def _task_change(e: SseEvent) -> Task | None:
     return Task.from_json(e.json()) if e.event == "task" else None
 
 
+def _states(client: Client, task_id: str, deadline: float | None) -> Generator[Task, None, None]:
+    """The task's states from its change stream (resumed across drops and ``error`` events) until the API ends
+    it, after the end; ``StreamDeadline`` once ``deadline`` passed."""
+    with closing(client._feed(task_id, {}, None, deadline, resume_errors=True)) as events:
+        for e in events:
+            if (task := _task_change(e)) is not None:
+                yield task
+
+
+async def _async_states(client: AsyncClient, task_id: str, deadline: float | None) -> AsyncGenerator[Task, None]:
+    """As ``_states``."""
+    async with aclosing(client._feed(task_id, {}, None, deadline, resume_errors=True)) as events:
+        async for e in events:
+            if (task := _task_change(e)) is not None:
+                yield task
+
+
 def _in_workflow(e: SseEvent, workflow_id: str) -> bool:
     """Whether the event is the position a change stream starts with, or a change of a task of the workflow."""
     if e.event == "position":
@@ -95,6 +113,12 @@ def _in_workflow(e: SseEvent, workflow_id: str) -> bool:
 def _handler_filter(run: WorkflowRun) -> dict[str, Any]:
     """The change stream's filter for a workflow's tasks: their handlers (none when the read left tasks out)."""
     return {} if run.truncated or not run.tasks else {"handler": sorted({t.handler for t in run.tasks})}
+
+
+def _last(runs: Iterator[WorkflowRun]) -> WorkflowRun:
+    """The last of a workflow's watch (which yields at least once, and last its terminal state)."""
+    *_, run = runs
+    return run
 
 
 def _ended_early(task_id: str) -> Unavailable:
@@ -179,12 +203,11 @@ class TaskHandle(_TaskFields):
         deadline = deadline_of(timeout)
         last = self.task
         try:
-            with closing(self._client._feed(self.id, {}, None, deadline, resume_errors=True)) as events:
-                for e in events:
-                    if (task := _task_change(e)) is not None:
-                        last = task
-                        if task.terminal:
-                            return task
+            with closing(_states(self._client, self.id, deadline)) as states:
+                for task in states:
+                    last = task
+                    if task.terminal:
+                        return task
         except StreamDeadline:
             raise timed_out(f"task {self.id}", last, timeout) from None
         task = self.get()  # the stream ends after the end; if it ended otherwise, ask
@@ -235,12 +258,11 @@ class AsyncTaskHandle(_TaskFields):
         deadline = deadline_of(timeout)
         last = self.task
         try:
-            async with aclosing(self._client._feed(self.id, {}, None, deadline, resume_errors=True)) as events:
-                async for e in events:
-                    if (task := _task_change(e)) is not None:
-                        last = task
-                        if task.terminal:
-                            return task
+            async with aclosing(_async_states(self._client, self.id, deadline)) as states:
+                async for task in states:
+                    last = task
+                    if task.terminal:
+                        return task
         except StreamDeadline:
             raise timed_out(f"task {self.id}", last, timeout) from None
         task = await self.get()
@@ -329,11 +351,28 @@ class WorkflowHandle:
             raise timed_out(f"workflow {self.id}", run, timeout) from None
 
     def wait(self, timeout: float | None = None) -> WorkflowRun:
-        """The workflow once every task of it ended, however it ended; ``WaitTimeout`` after ``timeout`` s."""
-        for run in self.watch(timeout):
-            if run.terminal:
-                return run
-        raise _ended_early(self.id)  # pragma: no cover - watch ends only at a terminal run
+        """The workflow once every task of it ended, however it ended; ``WaitTimeout`` after ``timeout`` s.
+
+        Waits on each unfinished task's own change stream in turn (the API sends only that task's changes),
+        then reads the workflow again: a task re-driven meanwhile is waited for too.
+        """
+        deadline = deadline_of(timeout)
+        run = self.get()
+        try:
+            while not run.terminal:
+                waiting = [t.id for t in run.tasks if not t.terminal]
+                if not waiting:  # the read left out the tasks still running (more than it shows)
+                    with closing(self.watch(None if deadline is None else deadline - time.monotonic())) as runs:
+                        return _last(runs)
+                for task_id in waiting:
+                    with closing(_states(self._client, task_id, deadline)) as states:
+                        for task in states:
+                            if task.terminal:
+                                break
+                run = self.get()
+        except StreamDeadline:
+            raise timed_out(f"workflow {self.id}", run, timeout) from None
+        return run
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the end and return ``{key: result}`` of its tasks; raise ``WorkflowFailed`` (with a
@@ -412,11 +451,24 @@ class AsyncWorkflowHandle:
             raise timed_out(f"workflow {self.id}", run, timeout) from None
 
     async def wait(self, timeout: float | None = None) -> WorkflowRun:
-        async with aclosing(self.watch(timeout)) as runs:
-            async for run in runs:
-                if run.terminal:
-                    return run
-        raise _ended_early(self.id)  # pragma: no cover - watch ends only at a terminal run
+        """As ``WorkflowHandle.wait``."""
+        deadline = deadline_of(timeout)
+        run = await self.get()
+        try:
+            while not run.terminal:
+                waiting = [t.id for t in run.tasks if not t.terminal]
+                if not waiting:
+                    async with aclosing(self.watch(None if deadline is None else deadline - time.monotonic())) as runs:
+                        return [r async for r in runs][-1]
+                for task_id in waiting:
+                    async with aclosing(_async_states(self._client, task_id, deadline)) as states:
+                        async for task in states:
+                            if task.terminal:
+                                break
+                run = await self.get()
+        except StreamDeadline:
+            raise timed_out(f"workflow {self.id}", run, timeout) from None
+        return run
 
     async def result(self, timeout: float | None = None) -> dict[str, Any]:
         """As ``WorkflowHandle.result``."""

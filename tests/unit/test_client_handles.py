@@ -218,3 +218,63 @@ def test_handles_are_equal_by_id() -> None:
     with Client("http://api.test", transport=api(TASK)) as ts:
         a, b = ts.submit("echo"), ts.submit("echo")
         assert isinstance(a, TaskHandle) and a == b and len({a, b}) == 1 and "t1" in repr(a)
+
+
+# ---------------------------------------------------------------- waiting for a workflow
+
+
+def workflow_api(seen: list[str], *, truncated: bool = False) -> httpx.MockTransport:
+    """A workflow w1 of tasks a (t1, running until its stream says succeeded) and b (t2, succeeded)."""
+    ended = {"t1": False}
+
+    def doc() -> dict:
+        a = "succeeded" if ended["t1"] else "running"
+        tasks = [{"id": "t1", "key": "a", "handler": "echo", "status": a},
+                 {"id": "t2", "key": "b", "handler": "echo", "status": "succeeded"}]
+        return {"id": "w1", "status": "succeeded" if ended["t1"] else "running", "truncated": truncated,
+                "tasks": [] if truncated else tasks, "counts": {}}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/api/v1/workflows/w1":
+            return httpx.Response(200, json=doc())
+        if request.url.path == "/api/v1/tasks/t1/watch":
+            ended["t1"] = True
+            states = [{**TASK, "id": "t1", "status": s, "workflow_id": "w1"} for s in ("running", "succeeded")]
+            body = "".join(f"event: task\nid: {i}\ndata: {json.dumps(t)}\n\n" for i, t in enumerate(states))
+            return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        if request.url.path == "/api/v1/tasks/watch":
+            ended["t1"] = True
+            body = 'event: position\nid: 0\ndata: {"cursor": "0"}\n\n'
+            return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        return httpx.Response(404, json={"title": "Not found"})
+
+    return httpx.MockTransport(handle)
+
+
+def test_a_workflow_is_waited_for_on_its_unfinished_tasks_own_streams() -> None:
+    seen: list[str] = []
+    with Client("http://api.test", transport=workflow_api(seen)) as ts:
+        run = handles.WorkflowHandle(ts, Workflow("w1", {"a": "t1", "b": "t2"})).wait(timeout=5)
+    assert run.status == "succeeded"
+    # not the change stream of every task (GET /tasks/watch): only the unfinished task's own, then a read
+    assert seen == ["/api/v1/workflows/w1", "/api/v1/tasks/t1/watch", "/api/v1/workflows/w1"]
+
+
+def test_a_workflow_read_that_shows_no_unfinished_task_is_waited_for_on_the_change_stream() -> None:
+    seen: list[str] = []
+    with Client("http://api.test", transport=workflow_api(seen, truncated=True)) as ts:
+        run = handles.WorkflowHandle(ts, Workflow("w1", {"a": "t1", "b": "t2"})).wait(timeout=5)
+    assert run.status == "succeeded" and "/api/v1/tasks/watch" in seen
+
+    async def main() -> None:
+        seen.clear()
+        async with AsyncClient("http://api.test", transport=workflow_api(seen)) as ts:
+            run = await handles.AsyncWorkflowHandle(ts, Workflow("w1", {"a": "t1"})).wait(timeout=5)
+        assert run.status == "succeeded" and "/api/v1/tasks/t1/watch" in seen and "/api/v1/tasks/watch" not in seen
+        seen.clear()
+        async with AsyncClient("http://api.test", transport=workflow_api(seen, truncated=True)) as ts:
+            run = await handles.AsyncWorkflowHandle(ts, Workflow("w1", {"a": "t1"})).wait(timeout=5)
+        assert run.status == "succeeded" and "/api/v1/tasks/watch" in seen
+
+    asyncio.run(main())
