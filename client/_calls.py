@@ -126,6 +126,7 @@ def task_body(
     priority: str | None = None,
     depends_on: Iterable[str] | None = None,
     run_at: datetime | str | None = None,
+    delay_s: float | None = None,
     timeout_s: float | None = None,
     retry: RetrySpec | None = None,
     max_attempts: int | None = None,
@@ -139,6 +140,7 @@ def task_body(
     ``retry`` is a ``RetryPolicy`` (or a mapping of any part of its JSON: ``retry_json``);
     ``max_attempts`` is deprecated (a ``DeprecationWarning``): it is merged into ``retry`` as
     ``{"max_attempts": ...}``, which ``retry=RetryPolicy(max_attempts=...)`` says in the one way;
+    ``delay_s`` (seconds from now, like Celery's ``countdown``) or ``run_at``: when it may first run;
     ``more`` passes fields this client does not know yet (``key`` for a workflow entry).
     """
     body: dict[str, Any] = {"handler": handler_name(handler)}
@@ -150,6 +152,8 @@ def task_body(
         body["depends_on"] = list(depends_on)
     if run_at is not None:
         body["run_at"] = _time(run_at)
+    if delay_s is not None:
+        body["delay_s"] = delay_s
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
     if max_attempts is not None:
@@ -278,6 +282,16 @@ def schedules_page(status: str | None, limit: int | None, cursor: str | None) ->
 def delete_schedule(schedule_id: str, reason: str) -> Call[Schedule]:
     return Call("DELETE", f"{API}/schedules/{_id(schedule_id)}", _schedule,
                 params=[("reason", reason)] if reason else [])
+
+
+def change_schedule(schedule_id: str, action: str, reason: str = "") -> Call[Schedule]:
+    """``POST /schedules/{id}:pause``, ``:resume`` or ``:run``."""
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:{action}", _schedule,
+                params=[("reason", reason)] if reason else [])
+
+
+def backfill_schedule(schedule_id: str, body: dict[str, Any]) -> Call[dict[str, Any]]:
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:backfill", lambda r: r.json(), json=body)
 
 
 # ------------------------------------------------------------------- ops
