@@ -200,7 +200,8 @@ class TaskCancelled(TaskstreamError):
 
     def __init__(self, task: Any) -> None:
         self.task = task
-        reason = f": {task.error}" if task.error else ""
+        error = str(task.error or "").removeprefix("cancelled").removeprefix(":").strip()
+        reason = f": {error}" if error else ""
         super().__init__({"title": "Task cancelled", "detail": f"{_about(task)} was cancelled{reason}"})
 
 

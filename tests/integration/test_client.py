@@ -398,7 +398,7 @@ def test_api_up_broker_down_is_unavailable(tmp_path) -> None:
         thread.start()
         with Client(f"http://127.0.0.1:{port}") as ts:
             wait_until(lambda: _ready(ts), timeout=30, interval=0.2, message="ready")
-            assert ts.submit("noop").status
+            assert ts.submit("noop").task.status == "pending"
             broker.stop()
             with pytest.raises(Unavailable) as exc:
                 ts.submit("noop")
