@@ -192,7 +192,7 @@ def tasks_submit(handler, payload, priority, depends_on, run_at, max_attempts, b
     with _client(url) as client:
         task = client.submit(handler, payload, priority=priority, depends_on=depends_on, run_at=run_at,
                              timeout_s=timeout_s, retry=retry, labels=labels, name=name,
-                             idempotency_key=idempotency_key)
+                             idempotency_key=idempotency_key).task
         if wait:
             sys.exit(_wait(client, task, wait_timeout, as_json))
     _emit_task(task, as_json)
@@ -381,7 +381,7 @@ def workflows_submit(file, idempotency_key, wait, wait_timeout, url, as_json) ->
     """
     body = _load_workflow(file)
     with _client(url) as client:
-        wf = client.workflow(body, idempotency_key=idempotency_key)
+        wf = client.workflow(body, idempotency_key=idempotency_key).workflow
         finals = {}
         if wait:
             deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
@@ -549,7 +549,8 @@ def schedules_create(cron, handler, payload, timezone, name, priority, max_attem
     """Create a schedule: CRON (5 fields, or 6 with seconds last) fires a HANDLER task."""
     from taskstream.client import task_body
 
-    task = task_body(handler, payload, priority=priority, max_attempts=max_attempts, labels=labels)
+    retry = {"max_attempts": max_attempts} if max_attempts is not None else None
+    task = task_body(handler, payload, priority=priority, retry=retry, labels=labels)
     with _client(url) as client:
         s = client.create_schedule(cron, task, timezone=timezone, name=name, start_at=start_at, end_at=end_at,
                                    misfire=misfire, idempotency_key=idempotency_key)

@@ -341,7 +341,14 @@ def ready_message(state: TaskState, now: datetime) -> ReadyTask:
 
 
 def upstream_json(state: TaskState) -> str:
-    """``ctx.upstream`` for the handler: dependency id, and workflow key, -> its result."""
+    """``ctx.upstream`` for the handler: each dependency's result, under one name.
+
+    The name is the dependency's workflow key when the task was submitted in a
+    workflow (``upstream_keys`` names it), else its task id: a workflow's
+    handler reads ``ctx.upstream["extract"]``, a task submitted with
+    ``depends_on=[id]`` reads ``ctx.upstream[id]``. Each result appears once, so
+    summing or counting ``ctx.upstream`` counts each dependency once.
+    """
     if not state.upstream_results:
         return "{}"
     out: dict[str, object] = {}
@@ -350,9 +357,7 @@ def upstream_json(state: TaskState) -> str:
             value = codec.loads_json(text)
         except codec.JSONDecodeError:  # not JSON (no producer of ours writes that): carried as null
             value = None
-        out[upstream] = value
-        if key := state.upstream_keys.get(upstream):
-            out[key] = value
+        out[state.upstream_keys.get(upstream) or upstream] = value
     carried: str = codec.dumps_json(out)
     return carried
 
