@@ -91,6 +91,7 @@ def _iso(t: datetime) -> str:
 def worker_json(worker: Worker, state: str, now: datetime) -> dict[str, Any]:
     """A worker as ``GET /api/v1/workers`` shows it."""
     r = worker.report
+    age = max(0.0, (now - worker.seen_at).total_seconds())
     partitions = []
     for p in r.partitions:
         topic, _, number = p.rpartition(":")
@@ -99,7 +100,7 @@ def worker_json(worker: Worker, state: str, now: datetime) -> dict[str, Any]:
         "id": r.executor_id, "status": state, "host": r.host, "pid": r.pid, "version": r.version,
         "handlers": list(r.handlers), "concurrency": r.concurrency, "in_flight": r.in_flight,
         "running": list(r.running), "partitions": partitions, "started_at": _iso(r.started_at),
-        "last_seen": _iso(worker.seen_at), "last_seen_age_s": round(max(0.0, (now - worker.seen_at).total_seconds()), 3),
+        "last_seen": _iso(worker.seen_at), "last_seen_age_s": round(age, 3),
         "report_interval_s": r.interval_s, "gone_after_s": worker.gone_after_s,
         "gone_at": _iso(worker.seen_at + timedelta(seconds=worker.gone_after_s)),
     }

@@ -13,6 +13,7 @@ from any program that can reach the API::
 A workflow submitted with ``ts.workflow([...])`` reads back with
 ``ts.get_workflow(id)`` (its overall status, tasks and graph), waits with
 ``ts.wait_workflow(id)``; ``ts.list_workflows(status=...)`` iterates them.
+``ts.workers()`` lists the executors that report themselves.
 
 ``AsyncClient`` has the same methods for asyncio (awaited). Errors are the
 ``TaskstreamError`` tree of ``taskstream.client.errors``.
@@ -44,6 +45,7 @@ from .models import (
     Schedule,
     Task,
     TaskEvent,
+    Worker,
     Workflow,
     WorkflowRun,
     WorkflowRunTask,
@@ -51,7 +53,7 @@ from .models import (
 
 __all__ = [
     "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET", "WORKFLOW_STATUSES",
-    "AsyncClient", "Change", "Client", "Page", "Schedule", "Task", "TaskEvent", "Workflow", "WorkflowRun",
+    "AsyncClient", "Change", "Client", "Page", "Schedule", "Task", "TaskEvent", "Worker", "Workflow", "WorkflowRun",
     "WorkflowRunTask", "task_body",
     "TaskstreamError", "Conflict", "Forbidden", "NotFound", "OutcomeUnknown", "PreconditionFailed", "RateLimited",
     "ServerError", "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",

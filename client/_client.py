@@ -23,7 +23,7 @@ import httpx
 from . import _calls as calls
 from ._calls import UNSET, Call
 from .errors import TaskstreamError, Unavailable, WaitTimeout, unreachable
-from .models import Change, Page, Schedule, Task, TaskEvent, Workflow, WorkflowRun
+from .models import Change, Page, Schedule, Task, TaskEvent, Worker, Workflow, WorkflowRun
 from .sse import SseEvent, iter_sse, read_sse
 
 #: A watch whose connection dropped connects again (after the last event it got) this many times in a row.
@@ -209,6 +209,10 @@ class _Operations:
     def stats(self) -> dict[str, Any]:
         """``GET /stats``: counts by status and priority, queue depth, recent throughput."""
         return self._send(calls.stats())
+
+    def workers(self, *, status: str | None = None) -> list[Worker]:
+        """``GET /workers``: every executor that reports itself (``alive`` or ``gone``; only those of ``status``)."""
+        return self._send(calls.workers(status))
 
     def ready(self) -> dict[str, Any]:
         """``GET /readyz``: the checks when ready; raises ``Unavailable`` with the reasons when not."""
@@ -410,6 +414,7 @@ class AsyncClient(_Operations):
         async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
         async def stats(self) -> dict[str, Any]: ...  # type: ignore[override]
         async def ready(self) -> dict[str, Any]: ...  # type: ignore[override]
+        async def workers(self, *, status: str | None = None) -> list[Worker]: ...  # type: ignore[override]
 
     async def _send(self, call: Call) -> Any:
         try:

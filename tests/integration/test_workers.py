@@ -6,7 +6,9 @@ and the ready partitions each holds (together every one, none twice), a long
 attempt shows among the tasks in flight; the one SIGKILLed shows as ``gone``
 within three of its report intervals and the survivor reports the partitions
 it took over; a clean stop (SIGTERM) removes the survivor at once, by its
-tombstone, where staleness would only have turned it ``gone``.
+tombstone, where staleness would only have turned it ``gone``. The Python
+client and gRPC ``ListWorkers`` answer the same; the CLI's table is tested
+in ``tests/unit/test_workers.py``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import signal
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from fastapi.testclient import TestClient
 
 from taskstream.api.app import create_app
+from taskstream.cli.broker import free_port
+from taskstream.client import Client
+from taskstream.grpc.v1 import workers_pb2, workers_pb2_grpc
 from taskstream.schemas import Topics, catalogue
 from taskstream.schemas.kafka import admin, topic_configs
 from tests.conftest import wait_until
@@ -46,7 +52,8 @@ def listed(c: TestClient, **params) -> dict[str, dict]:
 
 def test_two_executors_appear_a_killed_one_is_gone_and_a_stopped_one_is_removed(settings, tmp_path: Path,
                                                                                  monkeypatch) -> None:
-    s = settings.model_copy(update={"worker_report_interval_s": INTERVAL_S, "shutdown_grace_s": 1.0})
+    s = settings.model_copy(update={"worker_report_interval_s": INTERVAL_S, "shutdown_grace_s": 1.0,
+                                    "grpc_port": free_port()})
     (tmp_path / "wk_handlers.py").write_text(HANDLERS)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     topics = Topics(s.prefix)
@@ -74,6 +81,21 @@ def test_two_executors_appear_a_killed_one_is_gone_and_a_stopped_one_is_removed(
             assert (wa["concurrency"], wb["concurrency"]) == (3, 2)
             assert wa["report_interval_s"] == INTERVAL_S and wa["gone_after_s"] == 3 * INTERVAL_S
             assert wa["host"] and wa["started_at"] <= wa["last_seen"]
+            # the same through the Python client, the CLI and gRPC
+            with Client("http://testserver", transport=c._transport) as client:
+                assert {(w.id, w.pid, w.concurrency) for w in client.workers()} == \
+                    {(w["id"], w["pid"], w["concurrency"]) for w in ws.values()}
+                assert all(isinstance(p, tuple) for w in client.workers(status="alive") for p in w.partitions)
+            with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+                reply = workers_pb2_grpc.WorkerServiceStub(channel).ListWorkers(workers_pb2.ListWorkersRequest(),
+                                                                                timeout=10)
+                assert {w.id: (w.status, w.concurrency, "workers.only_here" in w.handlers) for w in reply.workers} \
+                    == {wa["id"]: ("alive", 3, True), wb["id"]: ("alive", 2, False)}
+                assert reply.gone_after_intervals == 3 and reply.loaded
+                with pytest.raises(grpc.RpcError) as refused:
+                    workers_pb2_grpc.WorkerServiceStub(channel).ListWorkers(
+                        workers_pb2.ListWorkersRequest(status="asleep"), timeout=10)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
             feeder = Feeder(s)
             long = ready("sleep", {"seconds": 30})

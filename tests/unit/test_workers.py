@@ -109,3 +109,22 @@ def test_worker_json_names_partitions_and_the_bound():
     assert body["last_seen"] == "2026-12-07T12:00:00Z" and body["last_seen_age_s"] == 1.5
     assert body["gone_after_s"] == 6.0 and body["gone_at"] == "2026-12-07T12:00:06Z"
     assert body["started_at"] == "2026-12-07T11:55:00Z"
+
+
+def test_cli_table_shows_partitions_by_topic_and_the_age():
+    from rich.console import Console
+
+    from taskstream.cli.workers import workers_table
+    from taskstream.client import Worker as ClientWorker
+
+    report = a_report(partitions=[("p.ready.high", 2), ("p.ready.high", 0), ("p.ready.low", 1)])
+    worker = ClientWorker.from_json(rule.worker_json(Worker(report, T0), GONE, T0 + s(20)))
+    assert worker.partitions == [("p.ready.high", 0), ("p.ready.high", 2), ("p.ready.low", 1)]
+    out = Console(width=300, record=True)
+    out.print(workers_table([worker], T0 + s(20)))
+    text = out.export_text()
+    assert "ready.high[0,2] ready.low[1]" in text and "gone" in text and "20.0 s ago" in text and "2/4" in text
+    out = Console(width=300, record=True)
+    out.print(workers_table([], T0))
+    assert "no executor reports itself" in out.export_text()
+
