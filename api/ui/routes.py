@@ -148,6 +148,7 @@ PAGES = {  # page -> (title, nav label or None)
     "workflow": ("Workflow", None),
     "dead-letters": ("Dead letters", "Dead letters"),
     "schedules": ("Schedules", "Schedules"),
+    "workers": ("Workers", "Workers"),
 }
 
 
@@ -196,6 +197,11 @@ async def dead_letters() -> Response:
 @router.get("/schedules")
 async def schedules() -> Response:
     return _page("schedules")
+
+
+@router.get("/workers")
+async def workers() -> Response:
+    return _page("workers")
 
 
 @router.get("/static/{name}")
