@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from taskstream.cli.broker import free_port
-from tests.browser.test_dashboard import browser, http, page, shot, submit  # noqa: F401  (fixtures of this module too)
+from tests.browser.test_dashboard import browser, http, page, shot, submit  # noqa: F401, F811  (fixtures here too)
 from tests.conftest import wait_until
 from tests.integration.test_e2e import child_env, dev_cmd, tail
 
@@ -56,13 +56,13 @@ def stack(tmp_path_factory):
                 dev.wait()
 
 
-def rows(page) -> dict[str, str]:
+def rows(pg) -> dict[str, str]:
     """Executor id -> status of every row of the table."""
-    return dict(page.eval_on_selector_all("#workers tr[data-id]",
+    return dict(pg.eval_on_selector_all("#workers tr[data-id]",
                                           "rs => rs.map(r => [r.dataset.id, r.dataset.status])"))
 
 
-def test_workers_page_lists_executors_and_shows_a_killed_one_gone(page, http) -> None:
+def test_workers_page_lists_executors_and_shows_a_killed_one_gone(page, http) -> None:  # noqa: F811
     def two_alive_holding_partitions():
         ws = http.get("/api/v1/workers").json()["workers"]
         return ws if len(ws) == 2 and all(w["status"] == "alive" and w["partitions"] for w in ws) else None
