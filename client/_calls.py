@@ -103,6 +103,7 @@ def task_body(
     priority: str | None = None,
     depends_on: Iterable[str] | None = None,
     run_at: datetime | str | None = None,
+    delay_s: float | None = None,
     timeout_s: float | None = None,
     retry: RetrySpec | None = None,
     max_attempts: int | None = None,
@@ -114,6 +115,7 @@ def task_body(
 
     ``retry`` is a mapping (any part of the policy) or a ``RetryPolicy`` (``retry_json``);
     ``max_attempts`` is a shortcut for ``retry={"max_attempts": ...}`` (merged into ``retry``);
+    ``delay_s`` (seconds from now, like Celery's ``countdown``) or ``run_at``: when it may first run;
     ``more`` passes fields this client does not know yet (``key`` for a workflow entry).
     """
     body: dict[str, Any] = {"handler": handler}
@@ -125,6 +127,8 @@ def task_body(
         body["depends_on"] = list(depends_on)
     if run_at is not None:
         body["run_at"] = _time(run_at)
+    if delay_s is not None:
+        body["delay_s"] = delay_s
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
     if retry is not None or max_attempts is not None:
@@ -250,6 +254,16 @@ def schedules_page(status: str | None, limit: int | None, cursor: str | None) ->
 def delete_schedule(schedule_id: str, reason: str) -> Call[Schedule]:
     return Call("DELETE", f"{API}/schedules/{_id(schedule_id)}", _schedule,
                 params=[("reason", reason)] if reason else [])
+
+
+def change_schedule(schedule_id: str, action: str, reason: str = "") -> Call[Schedule]:
+    """``POST /schedules/{id}:pause``, ``:resume`` or ``:run``."""
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:{action}", _schedule,
+                params=[("reason", reason)] if reason else [])
+
+
+def backfill_schedule(schedule_id: str, body: dict[str, Any]) -> Call[dict[str, Any]]:
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:backfill", lambda r: r.json(), json=body)
 
 
 # ------------------------------------------------------------------- ops

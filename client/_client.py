@@ -103,16 +103,17 @@ class _Operations:
                depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
                timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                max_attempts: int | None = None, labels: Mapping[str, str] | None = None, name: str | None = None,
-               idempotency_key: str | None = None) -> Task:
+               idempotency_key: str | None = None, delay_s: float | None = None) -> Task:
         """Submit one task (``POST /tasks``); the task as the API accepted it.
 
         ``retry`` is ``{"max_attempts", "backoff": {"initial_s", "multiplier", "max_s", "jitter"}}``
         (any part of it) or a whole ``RetryPolicy`` (``taskstream.schemas``); ``max_attempts`` alone
-        is a shortcut for it. With ``idempotency_key`` a
+        is a shortcut for it. ``delay_s`` (seconds from now) or ``run_at``: not before then. With ``idempotency_key`` a
         repeat of the same request answers the same task and writes nothing.
         """
         body = calls.task_body(handler, payload, priority=priority, depends_on=depends_on, run_at=run_at,
-                               timeout_s=timeout_s, retry=retry, max_attempts=max_attempts, labels=labels, name=name)
+                               delay_s=delay_s, timeout_s=timeout_s, retry=retry, max_attempts=max_attempts,
+                               labels=labels, name=name)
         return self._send(calls.submit(body, idempotency_key))
 
     def submit_many(self, tasks: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None) -> list[Task]:
@@ -203,6 +204,28 @@ class _Operations:
     def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule:
         """Stop a schedule; ``Conflict`` if it is already deleted. Tasks it created stay."""
         return self._send(calls.delete_schedule(schedule_id, reason))
+
+    def pause_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule:
+        """Stop a schedule's fires until ``resume_schedule`` (fire times meanwhile are skipped)."""
+        return self._send(calls.change_schedule(schedule_id, "pause", reason))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire a paused schedule again, from its next fire time after now."""
+        return self._send(calls.change_schedule(schedule_id, "resume"))
+
+    def run_schedule(self, schedule_id: str) -> Schedule:
+        """Create the schedule's task now; the schedule's ``last_task_id`` is the new task's id."""
+        return self._send(calls.change_schedule(schedule_id, "run"))
+
+    def backfill_schedule(self, schedule_id: str, start: datetime | str, end: datetime | str, *,
+                          overlap: str = "skip", max_concurrent: int | None = None) -> dict[str, Any]:
+        """Run a schedule for its past cron times in ``start``..``end`` (inclusive): the answer names each
+        time's task id, oldest first (``tasks``). ``overlap="skip"`` leaves the times the schedule ran;
+        ``"allow"`` runs them again. Asking twice creates nothing new."""
+        body: dict[str, Any] = {"start": calls._time(start), "end": calls._time(end), "overlap": overlap}
+        if max_concurrent is not None:
+            body["max_concurrent"] = max_concurrent
+        return self._send(calls.backfill_schedule(schedule_id, body))
 
     # -------------------------------------------------------------- ops
 
@@ -386,7 +409,8 @@ class AsyncClient(_Operations):
                          depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
                          timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                          max_attempts: int | None = None, labels: Mapping[str, str] | None = None,
-                         name: str | None = None, idempotency_key: str | None = None) -> Task: ...
+                         name: str | None = None, idempotency_key: str | None = None,
+                         delay_s: float | None = None) -> Task: ...
         async def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,  # type: ignore[override]
                               idempotency_key: str | None = None) -> list[Task]: ...
         async def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,  # type: ignore[override]
@@ -412,6 +436,12 @@ class AsyncClient(_Operations):
         async def schedules_page(self, *, status: str | None = None, limit: int | None = None,  # type: ignore[override]
                                  cursor: str | None = None) -> Page[Schedule]: ...
         async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
+        async def pause_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
+        async def resume_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
+        async def run_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
+        async def backfill_schedule(self, schedule_id: str, start: datetime | str,  # type: ignore[override]
+                                    end: datetime | str, *, overlap: str = "skip",
+                                    max_concurrent: int | None = None) -> dict[str, Any]: ...
         async def stats(self) -> dict[str, Any]: ...  # type: ignore[override]
         async def ready(self) -> dict[str, Any]: ...  # type: ignore[override]
         async def workers(self, *, status: str | None = None) -> list[Worker]: ...  # type: ignore[override]

@@ -311,6 +311,48 @@ class ScheduleDeleted(ScheduleEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulePaused(ScheduleEvent):
+    """The schedule stops firing until it is resumed; its fire times while paused are not caught up."""
+
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleResumed(ScheduleEvent):
+    """A paused schedule fires again, from its first fire time after the resume."""
+
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleTriggered(ScheduleEvent):
+    """Run now: the schedule creates task ``created_task_id`` at once, besides its cron fires."""
+
+    created_task_id: str
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleBackfilled(ScheduleEvent):
+    """An operator asked for the schedule's cron times in ``start``..``end`` (inclusive, in the past): ``count``.
+
+    The processor creates one task per time, in order (``schedules.backfill_times``),
+    each with an id derived from the schedule, the time and ``overlap``
+    (``skip``: the schedule's own id for that time; ``allow``: a backfill id),
+    so asking twice creates nothing new. ``max_concurrent``: at most that many
+    of its tasks queued or running at once (None: no bound).
+    """
+
+    start: datetime
+    end: datetime
+    overlap: str = "skip"
+    max_concurrent: int | None = None
+    count: int = 0
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(TaskEvent):
     """An executor still runs ``attempt`` (``<p>.heartbeats``; liveness, not history)."""
 
@@ -375,6 +417,7 @@ class TaskState:
 
 class ScheduleStatus(StrEnum):
     ACTIVE = "active"
+    PAUSED = "paused"
     ENDED = "ended"
     DELETED = "deleted"
 
@@ -466,7 +509,10 @@ class WorkerReport:
 
 
 #: Types of the events about a schedule (the others are about a task).
-SCHEDULE_EVENT_TYPES: tuple[type[ScheduleEvent], ...] = (ScheduleCreated, ScheduleFired, ScheduleDeleted)
+SCHEDULE_EVENT_TYPES: tuple[type[ScheduleEvent], ...] = (
+    ScheduleCreated, ScheduleFired, ScheduleDeleted, SchedulePaused, ScheduleResumed, ScheduleTriggered,
+    ScheduleBackfilled,
+)
 #: Types that are facts of the ``<p>.events`` log.
 EVENT_TYPES: tuple[type[Event], ...] = (
     TaskCreated,
@@ -486,6 +532,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ScheduleCreated,
     ScheduleFired,
     ScheduleDeleted,
+    SchedulePaused,
+    ScheduleResumed,
+    ScheduleTriggered,
+    ScheduleBackfilled,
 )
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {

@@ -148,6 +148,7 @@ PAGES = {  # page -> (title, nav label or None)
     "workflow": ("Workflow", None),
     "dead-letters": ("Dead letters", "Dead letters"),
     "schedules": ("Schedules", "Schedules"),
+    "schedule": ("Schedule", None),
     "workers": ("Workers", "Workers"),
 }
 
@@ -197,6 +198,11 @@ async def dead_letters() -> Response:
 @router.get("/schedules")
 async def schedules() -> Response:
     return _page("schedules")
+
+
+@router.get("/schedules/{schedule_id}")
+async def schedule(schedule_id: str) -> Response:
+    return _page("schedule", schedule_id=schedule_id)
 
 
 @router.get("/workers")

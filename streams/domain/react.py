@@ -17,6 +17,7 @@ from taskstream.schemas import (
     ScheduleCreated,
     ScheduleFired,
     ScheduleState,
+    ScheduleTriggered,
     Status,
     TaskCreated,
     TaskDeadLettered,
@@ -178,7 +179,8 @@ def to_dependents(state: TaskState, owing: str | None, dependents: Iterable[str]
 
 #: Events whose decisions follow from the change they made; folded again (a
 #: duplicate) they change nothing and decide nothing.
-CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
+CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired,
+                           ScheduleTriggered})
 
 
 def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None,

@@ -3,7 +3,9 @@
 One stack per test module (module-scoped fixtures), on the session's
 Kafka node with a topic prefix of its own. The executor loads
 ``clienthandlers`` (written to the stack's folder) besides the built-ins:
-``fail`` raises ``PermanentError`` (the task fails at once, no retries).
+``fail`` raises ``PermanentError`` (the task fails at once, no retries);
+``hold`` writes the wall time it started to ``held/<task id>`` in the
+stack's folder and returns once ``release/<task id>`` exists (30 s at most).
 The API is served over real HTTP on a free loopback port (``url``), so
 clients and console scripts talk to it as users do.
 """
@@ -33,6 +35,18 @@ from taskstream.executors import PermanentError, handler
 @handler("fail")
 def fail(payload, ctx):
     raise PermanentError((payload or {}).get("message", "planned failure"))
+
+@handler("hold")
+def hold(payload, ctx):
+    import os, time
+    os.makedirs("held", exist_ok=True)
+    with open(f"held/{ctx.task_id}.tmp", "w") as f:
+        f.write(repr(time.time()))
+    os.replace(f"held/{ctx.task_id}.tmp", f"held/{ctx.task_id}")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(f"release/{ctx.task_id}") and time.monotonic() < deadline and not ctx.cancelled:
+        time.sleep(0.01)
+    return {"held": True}
 '''
 
 

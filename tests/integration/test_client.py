@@ -75,6 +75,13 @@ def test_submit_wait_and_the_typed_task(ts: Client) -> None:
     assert done.raw["id"] == task.id and done.retry["max_attempts"] == 2
 
 
+def test_delay_s_schedules_the_task_from_now(ts: Client) -> None:
+    before = datetime.now(UTC)
+    task = ts.submit("echo", {}, delay_s=120)
+    assert task.status == "scheduled" and task.run_at >= before + timedelta(seconds=120)
+    ts.cancel(task.id)
+
+
 def test_a_failing_task_ends_failed_and_retry_redrives_it(ts: Client) -> None:
     task = ts.submit("fail", {"message": "no luck"})
     seen: list[str] = []

@@ -174,7 +174,8 @@ task_state = _auto(
 
 #: Records whose every field comes from its type.
 _AUTO = ("TaskCheckpointed", "TaskRetryScheduled", "TaskDeadLettered", "LeaseExpired", "TaskRedriven",
-         "ScheduleCreated", "ScheduleFired", "ScheduleDeleted", "Heartbeat")
+         "ScheduleCreated", "ScheduleFired", "ScheduleDeleted", "SchedulePaused", "ScheduleResumed",
+         "ScheduleTriggered", "ScheduleBackfilled", "Heartbeat")
 
 #: One strategy per record name of ``schemas.events.RECORD_TYPES``.
 BY_RECORD: dict[str, st.SearchStrategy] = {

@@ -105,7 +105,7 @@ class Backoff(_message.Message):
     def __init__(self, initial_s: _Optional[float] = ..., multiplier: _Optional[float] = ..., max_s: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("handler", "payload", "priority", "name", "labels", "depends_on", "run_at", "timeout_s", "retry")
+    __slots__ = ("handler", "payload", "priority", "name", "labels", "depends_on", "run_at", "timeout_s", "retry", "delay_s")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class TaskSpec(_message.Message):
     RUN_AT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    DELAY_S_FIELD_NUMBER: _ClassVar[int]
     handler: str
     payload: _struct_pb2.Value
     priority: str
@@ -131,7 +132,8 @@ class TaskSpec(_message.Message):
     run_at: _timestamp_pb2.Timestamp
     timeout_s: float
     retry: RetryPolicy
-    def __init__(self, handler: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., priority: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[float] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ...) -> None: ...
+    delay_s: float
+    def __init__(self, handler: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., priority: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[float] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., delay_s: _Optional[float] = ...) -> None: ...
 
 class SubmitTaskRequest(_message.Message):
     __slots__ = ("task",)
