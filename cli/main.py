@@ -393,6 +393,10 @@ from .tasks import COMMANDS as _CLIENT_COMMANDS  # noqa: E402  (tasks, workflows
 for _command in _CLIENT_COMMANDS:
     main.add_command(_command)
 
+from .workers import workers as _workers  # noqa: E402  (through the HTTP client)
+
+main.add_command(_workers)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -19,6 +19,7 @@ it can be used from any program that can reach the API::
 earlier. ``handler`` may be a function registered with ``@handler``
 (``taskstream.executors``) instead of its name. ``ts.get_workflow(id)`` reads
 a workflow, ``ts.list_workflows(status=...)`` iterates them.
+``ts.workers()`` lists the executors that report themselves.
 
 ``AsyncClient`` has the same methods for asyncio (awaited), answering
 ``AsyncTaskHandle`` and ``AsyncWorkflowHandle``. Errors are the
@@ -61,6 +62,7 @@ from .models import (
     Schedule,
     Task,
     TaskEvent,
+    Worker,
     Workflow,
     WorkflowRun,
     WorkflowRunTask,
@@ -83,8 +85,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET", "WORKFLOW_STATUSES",
     "AsyncClient", "AsyncTaskHandle", "AsyncWorkflowHandle", "Change", "Client", "HandlerRef", "Page", "RetryPolicy",
-    "Schedule", "Task", "TaskEvent", "TaskHandle", "Workflow", "WorkflowHandle", "WorkflowRun", "WorkflowRunTask",
-    "handler_name", "task_body",
+    "Schedule", "Task", "TaskEvent", "TaskHandle", "Worker", "Workflow", "WorkflowHandle", "WorkflowRun",
+    "WorkflowRunTask", "handler_name", "task_body",
     "TaskstreamError", "Conflict", "Forbidden", "NotFound", "OutcomeUnknown", "PreconditionFailed", "RateLimited",
     "ServerError", "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",
     "TaskCancelled", "TaskFailed", "UpstreamFailed", "WorkflowCancelled", "WorkflowFailed",

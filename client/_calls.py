@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import error_for
-from .models import Page, Schedule, Task, TaskEvent, Workflow, WorkflowRun
+from .models import Page, Schedule, Task, TaskEvent, Worker, Workflow, WorkflowRun
 
 T = TypeVar("T")
 API = "/api/v1"
@@ -299,6 +299,11 @@ def backfill_schedule(schedule_id: str, body: dict[str, Any]) -> Call[dict[str, 
 
 def stats() -> Call[dict[str, Any]]:
     return Call("GET", f"{API}/stats", lambda r: r.json())
+
+
+def workers(status: str | None) -> Call[list[Worker]]:
+    return Call("GET", f"{API}/workers", lambda r: [Worker.from_json(w) for w in r.json()["workers"]],
+                params=[("status", status)] if status else [])
 
 
 def ready() -> Call[dict[str, Any]]:

@@ -26,7 +26,7 @@ from . import _calls as calls
 from ._calls import UNSET, Call
 from ._handles import AsyncTaskHandle, AsyncWorkflowHandle, TaskHandle, WorkflowHandle, deadline_of, timed_out
 from .errors import TaskstreamError, Unavailable, WaitTimeout, unreachable
-from .models import Change, Page, Schedule, Task, TaskEvent, Workflow, WorkflowRun
+from .models import Change, Page, Schedule, Task, TaskEvent, Worker, Workflow, WorkflowRun
 from .sse import SseEvent, StreamDeadline, StreamRenew, iter_sse, read_sse
 
 #: A watch whose connection dropped connects again (after the last event it got) this many times in a row.
@@ -279,6 +279,10 @@ class _Operations:
         """``GET /stats``: counts by status and priority, queue depth, recent throughput."""
         return self._send(calls.stats())
 
+    def workers(self, *, status: str | None = None) -> list[Worker]:
+        """``GET /workers``: every executor that reports itself (``alive`` or ``gone``; only those of ``status``)."""
+        return self._send(calls.workers(status))
+
     def ready(self) -> dict[str, Any]:
         """``GET /readyz``: the checks when ready; raises ``Unavailable`` with the reasons when not."""
         return self._send(calls.ready())
@@ -524,6 +528,7 @@ class AsyncClient(_Operations):
                                     max_concurrent: int | None = None) -> dict[str, Any]: ...
         async def stats(self) -> dict[str, Any]: ...  # type: ignore[override]
         async def ready(self) -> dict[str, Any]: ...  # type: ignore[override]
+        async def workers(self, *, status: str | None = None) -> list[Worker]: ...  # type: ignore[override]
 
     async def _send(self, call: Call) -> Any:
         try:

@@ -495,6 +495,32 @@ class ApiKey:
     revoked_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerReport:
+    """An executor reporting itself: the latest record of ``executor_id`` in the compacted ``<p>.workers``.
+
+    Not an event of a task and not history: each executor writes one every
+    ``interval_s`` seconds and when its assignment changes, and a tombstone
+    of its key when it stops cleanly. ``partitions`` are ``<topic>:<partition>``
+    strings; ``running`` holds at most the first 100 task ids of ``in_flight``
+    attempts. Readers judge liveness from when a report was written
+    (``api.workers``), not from anything in it.
+    """
+
+    executor_id: str
+    host: str
+    pid: int
+    version: str
+    handlers: list[str]
+    concurrency: int
+    partitions: list[str]
+    in_flight: int
+    running: list[str]
+    started_at: datetime
+    reported_at: datetime
+    interval_s: float
+
+
 #: Types of the events about a schedule (the others are about a task).
 SCHEDULE_EVENT_TYPES: tuple[type[ScheduleEvent], ...] = (
     ScheduleCreated, ScheduleFired, ScheduleDeleted, SchedulePaused, ScheduleResumed, ScheduleTriggered,
@@ -526,5 +552,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 )
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {
-    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, ApiKey)
+    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, ApiKey, WorkerReport)
 }

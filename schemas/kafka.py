@@ -556,9 +556,10 @@ class AsyncProducer:
             except Exception:  # a delivery callback that raised must not end every later delivery report
                 log.exception("producer poll: a delivery callback failed")
 
-    def produce(self, topic: str, key: str | bytes, value: bytes, headers: Headers | None = None,
+    def produce(self, topic: str, key: str | bytes, value: bytes | None, headers: Headers | None = None,
                 on_delivery: DeliveryCallback | None = None) -> None:
-        """Fire and forget (with an optional delivery callback run on the poll thread)."""
+        """Fire and forget (with an optional delivery callback run on the poll thread); a None ``value`` is a
+        tombstone of ``key``."""
         deadline = time.monotonic() + 10.0
         while True:
             try:
@@ -571,7 +572,7 @@ class AsyncProducer:
             except KafkaException as exc:
                 raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(str(exc)) from exc
 
-    def send(self, topic: str, key: str | bytes, value: bytes,
+    def send(self, topic: str, key: str | bytes, value: bytes | None,
              headers: Headers | None = None) -> asyncio.Future[Message]:
         """Produce and return a future that resolves when the broker acknowledged the record. It fails with
         ``RecordRefused`` (refused for good), ``WriteOutcomeUnknown`` (no answer in time: perhaps written) or

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="a running attempt with no heartbeat or result for this long is expired and retried"
     )
     heartbeat_interval_s: float = Field(5.0, gt=0, description="how often executors heartbeat running attempts")
+    worker_report_interval_s: float = Field(
+        5.0, gt=0, description="how often an executor reports itself to <prefix>.workers (GET /api/v1/workers): "
+        "it shows as gone after 3 intervals without a report; shorter finds a dead executor sooner"
+    )
     timer_tick_s: float = Field(0.05, gt=0, description="how often the processor looks for due timers")
     misfire_grace_s: float = Field(
         60.0, ge=0, description="cron fires missed by less than this still run, each once; older ones follow the "

@@ -149,6 +149,7 @@ PAGES = {  # page -> (title, nav label or None)
     "dead-letters": ("Dead letters", "Dead letters"),
     "schedules": ("Schedules", "Schedules"),
     "schedule": ("Schedule", None),
+    "workers": ("Workers", "Workers"),
 }
 
 
@@ -202,6 +203,11 @@ async def schedules() -> Response:
 @router.get("/schedules/{schedule_id}")
 async def schedule(schedule_id: str) -> Response:
     return _page("schedule", schedule_id=schedule_id)
+
+
+@router.get("/workers")
+async def workers() -> Response:
+    return _page("workers")
 
 
 @router.get("/static/{name}")

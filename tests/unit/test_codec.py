@@ -122,6 +122,11 @@ def _sample(name: str):
             key_id="0123456789abcdef", name="ci", role="operator", secret_hash="00" * 32, created_at=T0, producer="p",
             handlers=["email.*"], revoked_at=T0,
         ),
+        "WorkerReport": lambda: RECORD_TYPES[name](
+            executor_id="executor-h-1", host="h", pid=42, version="0.1.0", handlers=["echo", "noop"], concurrency=4,
+            partitions=["taskstream.ready.high:0"], in_flight=1, running=["t1"], started_at=T0, reported_at=T0,
+            interval_s=5.0,
+        ),
     }[name]()
 
 

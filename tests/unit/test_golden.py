@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from taskstream.schemas import ScheduleCreated, ScheduleState, TaskCreated, TaskFailed, TaskState, codec
+from taskstream.schemas.events import ApiKey, WorkerReport
 from taskstream.streams import domain
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -50,7 +51,8 @@ def _decode_log(doc: dict) -> dict[str, list]:
 
 def test_every_released_version_has_golden_logs_of_the_four_histories():
     versions = {int(p.parent.name[1:]) for p in FILES}
-    latest = max(c.version for c in codec._BY_TYPE.values())
+    # Golden logs are task histories: records of the topics beside them (API keys, workers' reports) make no release.
+    latest = max(c.version for t, c in codec._BY_TYPE.items() if t not in (ApiKey, WorkerReport))
     assert versions == set(range(1, latest + 1))
     for v in versions:
         names = {p.stem for p in FILES if p.parent.name == f"v{v}"}

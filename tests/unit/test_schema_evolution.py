@@ -80,6 +80,7 @@ RELEASED = {
     ("TaskUpdated", 1): "03128c89cc89fda4",
     ("TaskUpdated", 2): "fc7ffb9aba73459f",
     ("TaskUpdated", 4): "97aed014d9b10ce6",
+    ("WorkerReport", 6): "6ff3219dbeed0c8e",
 }
 VERSIONS = sorted(RELEASED)
 #: Fields filled by an upcaster from another field of an older record, not by a default.

@@ -959,11 +959,57 @@ function pageSchedule() {
   every(5000, load);
 }
 
+// ------------------------------------------------------------------ workers
+
+function partitionChips(partitions) {
+  const byTopic = new Map();
+  for (const p of partitions) {
+    const topic = p.topic.split(".").slice(1).join(".");  // the prefix is the same for all
+    if (!byTopic.has(topic)) byTopic.set(topic, []);
+    byTopic.get(topic).push(p.partition);
+  }
+  return el("span", { class: "chips" }, [...byTopic.entries()].sort().map(([topic, ns]) =>
+    el("span", { class: "chip", title: topic, text: `${topic}[${ns.sort((a, b) => a - b).join(",")}]` })));
+}
+
+function pageWorkers() {
+  async function load() {
+    const q = new URLSearchParams();
+    if ($("wk-status").value) q.set("status", $("wk-status").value);
+    try {
+      const { data } = await api(`/api/v1/workers${q.toString() ? `?${q}` : ""}`);
+      showProblem("wk-error", data.problem ? { status: 0, message: data.problem, problem: { title: "Behind" } } : null);
+      const alive = data.workers.filter((w) => w.status === "alive").length;
+      setText("wk-count", `${alive} alive, ${data.workers.length - alive} gone`);
+      const body = clear($("workers"));
+      if (!data.workers.length) body.append(el("tr", {}, el("td", { colspan: 10, class: "hint", text: "no executor reports itself" })));
+      for (const w of data.workers) {
+        const running = el("span", { class: "chips" }, w.running.slice(0, 5).map((id) => taskLink(id, shortId(id))),
+                           w.in_flight > 5 ? ` +${w.in_flight - 5}` : "");
+        body.append(el("tr", { "data-id": w.id, "data-status": w.status },
+          el("td", { class: "mono", text: w.id }),
+          el("td", {}, el("span", { class: `badge worker-${w.status}`, text: w.status,
+                                    title: `gone ${w.gone_after_s} s after its last report` })),
+          el("td", { text: w.host }), el("td", { text: w.pid }),
+          el("td", { class: "in-flight", text: `${w.in_flight}/${w.concurrency}` }), el("td", {}, running),
+          el("td", { class: "partitions" }, partitionChips(w.partitions)),
+          el("td", { class: "handlers" }, el("span", { class: "chips" }, w.handlers.map((h) => el("span", { class: "chip", text: h })))),
+          el("td", { text: fmtTime(w.started_at) }), el("td", { class: "last-seen", text: ago(w.last_seen), title: fmtTime(w.last_seen) })));
+      }
+      stamp();
+    } catch (e) {
+      showProblem("wk-error", e);
+    }
+  }
+  $("wk-status").addEventListener("change", load);
+  every(2000, () => ($("live").checked ? load() : null));
+}
+
 // ------------------------------------------------------------------ start
 
 const PAGES = {
   overview: pageOverview, tasks: pageTasks, task: pageTask, workflows: pageWorkflows, workflow: pageWorkflow,
-  "dead-letters": pageDeadLetters, schedules: pageSchedules, schedule: pageSchedule,
+  "dead-letters": pageDeadLetters, schedules: pageSchedules, schedule: pageSchedule, workers: pageWorkers,
 };
 
 document.addEventListener("DOMContentLoaded", () => {
