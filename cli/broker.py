@@ -392,14 +392,15 @@ class KafkaCluster:
     dead node; 2 do not). Topics get ``cluster_sizes(brokers)``. ``nodes`` are ``KafkaBroker``s: a supervisor or a
     test restarts, kills or stops one by itself."""
 
-    def __init__(self, brokers: int, port: int, data_dir: str | Path, *,
+    def __init__(self, brokers: int, port: int, data_dir: str | Path, *, ports: list[int] | None = None,
                  controller_ports: list[int] | None = None, heap: str = HEAP) -> None:
         if brokers < 1:
             raise ValueError("a cluster needs at least one node")
+        ports = ports or [port + i for i in range(brokers)]  # tests pass free ports of their own
         controller_ports = controller_ports or [port + brokers + i for i in range(brokers)]
         voters = ",".join(f"{i + 1}@127.0.0.1:{cport}" for i, cport in enumerate(controller_ports))
         self.data_dir = Path(data_dir)
-        self.nodes = [KafkaBroker(port + i, self.data_dir / f"node-{i + 1}", controller_port=controller_ports[i],
+        self.nodes = [KafkaBroker(ports[i], self.data_dir / f"node-{i + 1}", controller_port=controller_ports[i],
                                   heap=heap, node_id=i + 1, voters=voters, brokers=brokers)
                       for i in range(brokers)]
 

@@ -106,10 +106,11 @@ def main() -> None:
     ap.add_argument("--group-protocol", choices=("consumer", "classic"), default="consumer")
     ap.add_argument("--session-timeout-ms", type=int, default=None, help="default: the setting's default")
     ap.add_argument("--bootstrap", default=None, help="a running Kafka (default: start a node for the probe)")
+    ap.add_argument("--log-level", default="WARNING", help="of the components (their logs go to --dir)")
     ap.add_argument("--dir", default=None, help="keep the logs of each run here (default: a temporary directory)")
     args = ap.parse_args()
     update: dict[str, object] = {"group_protocol": args.group_protocol, "partitions": 6, "metrics_port": 0,
-                                 "log_level": "WARNING"}
+                                 "log_level": args.log_level}
     if args.session_timeout_ms:
         update["session_timeout_ms"] = args.session_timeout_ms
     with tempfile.TemporaryDirectory(prefix="taskstream-failover-") as scratch:
