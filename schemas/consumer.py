@@ -571,7 +571,7 @@ class TailReader:
 
     def __init__(self, settings: Settings, client_id: str, topic: str) -> None:
         self.topic = topic
-        self._consumer = kafka.reader(settings, client_id, client_id)
+        self._consumer = kafka.reader(settings, client_id, f"{settings.prefix}-{client_id}")  # never joined
         self.partitions: set[int] = set()
 
     def add(self, partitions: Iterable[int], timeout: float = 5.0) -> None:
@@ -694,7 +694,7 @@ def read_state_to_end(settings: Settings, client_id: str, topic: str, partitions
                       timeout: float = 30.0) -> Iterator[list[Any]]:
     """Batches of every record of ``partitions`` of ``topic`` from their beginning up to their end offsets as
     of now (``kafka.read_to_ends``), with a reader of its own; ``BrokerUnavailable`` if the broker fails it."""
-    reader = kafka.reader(settings, client_id, client_id, {"enable.partition.eof": True})
+    reader = kafka.reader(settings, client_id, f"{settings.prefix}-{client_id}", {"enable.partition.eof": True})
     try:
         ends = kafka.end_offsets(reader, topic, partitions, timeout=timeout)
         yield from kafka.read_to_ends(reader, topic, ends)

@@ -38,10 +38,22 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourcePatternType,
+    ResourceType,
+)
 
+from .acls import Acl, Operation, Pattern, ResourceKind
 from .codec import RecordHeaders
-from .errors import BrokerUnavailable, RecordRefused, TopicMismatch, WriteOutcomeUnknown
+from .errors import BrokerUnavailable, RecordRefused, SecurityRefused, TopicMismatch, WriteOutcomeUnknown
 from .limits import MAX_RECORD_BYTES
 from .settings import Settings
 from .topics import TopicSpec
@@ -135,7 +147,8 @@ def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mappi
 
 def reader(settings: Settings, client_id: str, group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
     """A consumer for ``assign()``: the common config, ``group.id`` (librdkafka wants one; it is joined only if
-    the caller subscribes) and no auto commit, with ``overrides``."""
+    the caller subscribes, but the client looks up its coordinator, so a component names it ``<p>-...``, which
+    its ACLs let it describe: ``schemas.acls``) and no auto commit, with ``overrides``."""
     client: Consumer = _build("consumer", settings, {**common_config(settings, client_id), "group.id": group_id,
                                                      "enable.auto.commit": False, **(overrides or {})})
     return client
@@ -396,11 +409,53 @@ CONNECTION_ERRORS = frozenset({
 })
 
 
+def security_problem(settings: Settings, err: KafkaError) -> str | None:
+    """What a connection error says about this process's TLS or SASL settings when retrying with them cannot
+    help (the SASL credentials were refused, the broker's certificate could not be verified): one line naming the
+    cause and the settings to look at, then the client's own words. None for any other error."""
+    text = err.str()
+    where = settings.bootstrap_servers
+    if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+        who = f"user {settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism or 'GSSAPI'})"
+        if "invalid credentials" in text:
+            return (f"Kafka at {where} refused the SASL credentials of {who}: wrong password or unknown user "
+                    f"(TASKSTREAM_KAFKA_SASL_USERNAME, TASKSTREAM_KAFKA_SASL_PASSWORD or _PASSWORD_FILE); "
+                    f"the client said: {text}")
+        return f"Kafka at {where} refused SASL authentication as {who}: {text}"
+    if err.code() == KafkaError._SSL and "certificate verify failed" in text:
+        trusted = (f"TASKSTREAM_KAFKA_SSL_CA_LOCATION={settings.kafka_ssl_ca_location}"
+                   if settings.kafka_ssl_ca_location else "the system's CAs (TASKSTREAM_KAFKA_SSL_CA_LOCATION unset)")
+        return (f"TLS with Kafka at {where} failed: the broker's certificate is not trusted (not signed by a CA "
+                f"of {trusted}, or it does not name the host); the client said: {text}")
+    return None
+
+
 def wait_for_broker(settings: Settings, timeout: float = 30.0, *, refused_s: float | None = None) -> None:
     """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``: after ``timeout``
     seconds, or, with ``refused_s``, as soon as connections to the bootstrap servers have failed for that long
     (``CONNECTION_ERRORS``: refused, TLS or SASL failed), with the client's reason. Command-line tools pass
-    ``refused_s``; what starts beside its broker (``taskstream dev``) waits the whole ``timeout``."""
+    ``refused_s``; what starts beside its broker (``taskstream dev``) waits the whole ``timeout``. Refused
+    credentials or an untrusted broker certificate raise ``SecurityRefused`` at once (``security_problem``)."""
+    unanswered = _await_answer(settings, timeout, refused_s)
+    if unanswered is not None:
+        raise BrokerUnavailable(unanswered)
+
+
+def check_security(settings: Settings, timeout: float = 15.0) -> None:
+    """What a component does first when it talks TLS or SASL to Kafka: raise ``SecurityRefused`` naming the
+    cause when the cluster refuses its credentials or it does not trust the broker's certificate, so a
+    misconfigured process stops at start with one line instead of retrying for ever. Returns once the cluster
+    answers, or, if nothing answers within ``timeout``, with a warning (an absent broker is the component's to
+    wait for, as it is without security). Nothing to check with PLAINTEXT (no wait either)."""
+    if settings.kafka_security_protocol in (None, "PLAINTEXT"):
+        return
+    unanswered = _await_answer(settings, timeout, None)
+    if unanswered is not None:
+        log.warning("Kafka's TLS and SASL not checked at start: %s", unanswered)
+
+
+def _await_answer(settings: Settings, timeout: float, refused_s: float | None) -> str | None:
+    """``wait_for_broker``'s loop: None once the cluster answered, or why it did not within ``timeout``."""
     failed: list[KafkaError] = []
     client: AdminClient = _build("admin", settings, {**common_config(settings, "taskstream-probe"),
                                                      "error_cb": failed.append})
@@ -411,10 +466,13 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0, *, refused_s: flo
         try:
             client.list_topics(timeout=min(0.25 if refused_s is not None else 2.0,
                                            max(0.1, deadline - time.monotonic())))
-            return
+            return None
         except KafkaException as exc:
             last = exc
         client.poll(0)  # serves error_cb
+        problem = next((p for p in map(lambda e: security_problem(settings, e), failed) if p), None)
+        if problem is not None:
+            raise SecurityRefused(problem)
         reasons = [e for e in failed if e.code() in CONNECTION_ERRORS]
         if refused_s is not None and reasons:
             first_failed = first_failed or time.monotonic()
@@ -422,7 +480,56 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0, *, refused_s: flo
                 why = next((e for e in reversed(reasons) if e.code() != KafkaError._ALL_BROKERS_DOWN), reasons[-1])
                 raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers}: {why.str()}")
         time.sleep(0.1)
-    raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}")
+    return f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}"
+
+
+_ACL_KINDS: dict[ResourceKind, ResourceType] = {
+    "topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "transactional_id": ResourceType.TRANSACTIONAL_ID}
+_ACL_PATTERNS: dict[Pattern, ResourcePatternType] = {
+    "literal": ResourcePatternType.LITERAL, "prefixed": ResourcePatternType.PREFIXED}
+
+
+def _binding(acl: Acl) -> AclBinding:
+    return AclBinding(_ACL_KINDS[acl.kind], acl.name, _ACL_PATTERNS[acl.pattern], acl.principal, "*",
+                      getattr(AclOperation, acl.operation.upper()), AclPermissionType.ALLOW)
+
+
+def apply_acls(settings: Settings, wanted: Iterable[Acl], timeout: float = 30.0) -> list[Acl]:
+    """Create the ACLs of ``wanted`` that the cluster does not have yet (``schemas.acls``); return those it
+    created. Idempotent; ACLs the cluster has beyond ``wanted`` are left alone (``cluster_acls`` lists them).
+    ``BrokerUnavailable`` names what failed (no authorizer, not allowed to alter ACLs, the broker away)."""
+    have = set(cluster_acls(settings, timeout))
+    missing = [a for a in dict.fromkeys(wanted) if a not in have]
+    if not missing:
+        return []
+    client = admin(settings, "taskstream-acls")
+    try:
+        futures = client.create_acls([_binding(a) for a in missing], request_timeout=timeout)
+        for fut in futures.values():
+            fut.result(timeout)
+    except (KafkaException, TimeoutError) as exc:
+        raise BrokerUnavailable(f"creating ACLs: {exc}") from None
+    return missing
+
+
+def cluster_acls(settings: Settings, timeout: float = 30.0) -> list[Acl]:
+    """Every ALLOW ACL of the cluster on a topic, group or transactional id for any host that ``Acl`` can
+    express, sorted; ``BrokerUnavailable`` when the cluster cannot say (no authorizer, not allowed)."""
+    client = admin(settings, "taskstream-acls")
+    query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
+                             AclOperation.ANY, AclPermissionType.ALLOW)  # None: any name, principal, host
+    try:
+        bindings = client.describe_acls(query, request_timeout=timeout).result(timeout)
+    except (KafkaException, TimeoutError) as exc:
+        raise BrokerUnavailable(f"listing ACLs: {exc}") from None
+    kinds = {v: k for k, v in _ACL_KINDS.items()}
+    patterns = {v: k for k, v in _ACL_PATTERNS.items()}
+    operations: dict[str, Operation] = {"READ": "read", "WRITE": "write", "DESCRIBE": "describe",
+                                        "DESCRIBE_CONFIGS": "describe_configs"}
+    return sorted(Acl(b.principal, kinds[b.restype], b.name, patterns[b.resource_pattern_type],
+                      operations[b.operation.name])
+                  for b in bindings if b.restype in kinds and b.resource_pattern_type in patterns
+                  and b.operation.name in operations and b.host == "*")
 
 
 def topic_partitions(client: AdminClient | Consumer, timeout: float = 10.0) -> dict[str, int]:

@@ -75,7 +75,7 @@ from taskstream.schemas import (
     retry_tier,
 )
 from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, TailReader, read_state_to_end, send
-from taskstream.schemas.kafka import admin, is_permanent, require_topics, topic_partitions
+from taskstream.schemas.kafka import admin, check_security, is_permanent, require_topics, topic_partitions
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.offsets import poison_headers
 
@@ -590,6 +590,7 @@ def run_processor(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    check_security(settings)  # refused credentials or an untrusted broker: one line now, not retries for ever
     check_topics(settings)
     processor = Processor(settings)
     serve_metrics(processor.metrics.registry, settings, f"processor {processor.id}")
