@@ -27,15 +27,20 @@ from ._options import broker_options
 REFUSED_S = 1.0
 
 _KAFKA_ACLS_OPERATIONS = {"read": "Read", "write": "Write", "describe": "Describe",
-                          "describe_configs": "DescribeConfigs"}
-_RESOURCE_FLAGS = {"topic": "--topic", "group": "--group", "transactional_id": "--transactional-id"}
+                          "describe_configs": "DescribeConfigs", "idempotent_write": "IdempotentWrite"}
+_RESOURCE_FLAGS = {"topic": "--topic", "group": "--group", "transactional_id": "--transactional-id",
+                   "cluster": "--cluster"}
+
+
+def _resource(acl: Acl) -> list[str]:
+    return ["--cluster"] if acl.kind == "cluster" else [_RESOURCE_FLAGS[acl.kind], acl.name]
 
 
 def kafka_acls_command(acl: Acl) -> str:
     """The ``kafka-acls.sh`` invocation that creates ``acl`` (bootstrap and admin config left to the reader)."""
     args = ["kafka-acls.sh", "--bootstrap-server", "$BOOTSTRAP", "--command-config", "admin.properties", "--add",
             "--allow-principal", acl.principal, "--operation", _KAFKA_ACLS_OPERATIONS[acl.operation],
-            _RESOURCE_FLAGS[acl.kind], acl.name]
+            *_resource(acl)]
     if acl.pattern == "prefixed":
         args += ["--resource-pattern-type", "prefixed"]
     return " ".join(a if a.startswith("$") else shlex.quote(a) for a in args)
@@ -43,8 +48,8 @@ def kafka_acls_command(acl: Acl) -> str:
 
 def rpk_command(acl: Acl) -> str:
     """The ``rpk security acl create`` invocation (Redpanda) that creates ``acl``."""
-    args = ["rpk", "security", "acl", "create", "--allow-principal", acl.principal, "--operation", acl.operation,
-            _RESOURCE_FLAGS[acl.kind], acl.name]
+    args = ["rpk", "security", "acl", "create", "--allow-principal", acl.principal, "--operation",
+            acl.operation, *_resource(acl)]
     if acl.pattern == "prefixed":
         args += ["--resource-pattern-type", "prefixed"]
     return shlex.join(args)

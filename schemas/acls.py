@@ -26,7 +26,10 @@ offsets and configs: what the start-up checks and the lag figures read;
 never a record) and the groups under ``<p>-``: a consumer that only
 ``assign()``s (the read model, the key store, history reads, the heartbeat
 tail) joins no group, but librdkafka wants a group id and looks up its
-coordinator, which takes Describe on it (``schemas.kafka.reader``).
+coordinator, which takes Describe on it (``schemas.kafka.reader``). Each
+may also ``IdempotentWrite`` on the cluster: every producer of ours is
+idempotent, and Redpanda (like Kafka before 3.0) asks for it, where Kafka 3+
+lets a topic Write suffice; it lets a principal get a producer id, no more.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ from typing import Literal
 
 from .topics import Topics
 
-ResourceKind = Literal["topic", "group", "transactional_id"]
+ResourceKind = Literal["topic", "group", "transactional_id", "cluster"]
 Pattern = Literal["literal", "prefixed"]
-Operation = Literal["read", "write", "describe", "describe_configs"]
+Operation = Literal["read", "write", "describe", "describe_configs", "idempotent_write"]
+
+#: The name of the one cluster resource.
+CLUSTER = "kafka-cluster"
 
 @dataclass(frozen=True, slots=True, order=True)
 class Acl:
@@ -93,6 +99,7 @@ def acls(topics: Topics, principals: Principals) -> list[Acl]:
     for principal in (principals.api, principals.processor, principals.executor):
         allow(principal, ("describe", "describe_configs"), "topic", every_topic, "prefixed")
         allow(principal, ("describe",), "group", every_group, "prefixed")
+        allow(principal, ("idempotent_write",), "cluster", CLUSTER)
 
     api = principals.api
     allow(api, ("read", "write"), "topic", topics.events)

@@ -484,7 +484,8 @@ def _await_answer(settings: Settings, timeout: float, refused_s: float | None) -
 
 
 _ACL_KINDS: dict[ResourceKind, ResourceType] = {
-    "topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "transactional_id": ResourceType.TRANSACTIONAL_ID}
+    "topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "transactional_id": ResourceType.TRANSACTIONAL_ID,
+    "cluster": ResourceType.BROKER}  # confluent-kafka's BROKER is Kafka's CLUSTER resource
 _ACL_PATTERNS: dict[Pattern, ResourcePatternType] = {
     "literal": ResourcePatternType.LITERAL, "prefixed": ResourcePatternType.PREFIXED}
 
@@ -513,8 +514,8 @@ def apply_acls(settings: Settings, wanted: Iterable[Acl], timeout: float = 30.0)
 
 
 def cluster_acls(settings: Settings, timeout: float = 30.0) -> list[Acl]:
-    """Every ALLOW ACL of the cluster on a topic, group or transactional id for any host that ``Acl`` can
-    express, sorted; ``BrokerUnavailable`` when the cluster cannot say (no authorizer, not allowed)."""
+    """Every ALLOW ACL of the cluster for any host that ``Acl`` can express (on a topic, group, transactional id
+    or the cluster), sorted; ``BrokerUnavailable`` when the cluster cannot say (no authorizer, not allowed)."""
     client = admin(settings, "taskstream-acls")
     query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
                              AclOperation.ANY, AclPermissionType.ALLOW)  # None: any name, principal, host
@@ -525,7 +526,7 @@ def cluster_acls(settings: Settings, timeout: float = 30.0) -> list[Acl]:
     kinds = {v: k for k, v in _ACL_KINDS.items()}
     patterns = {v: k for k, v in _ACL_PATTERNS.items()}
     operations: dict[str, Operation] = {"READ": "read", "WRITE": "write", "DESCRIBE": "describe",
-                                        "DESCRIBE_CONFIGS": "describe_configs"}
+                                        "DESCRIBE_CONFIGS": "describe_configs", "IDEMPOTENT_WRITE": "idempotent_write"}
     return sorted(Acl(b.principal, kinds[b.restype], b.name, patterns[b.resource_pattern_type],
                       operations[b.operation.name])
                   for b in bindings if b.restype in kinds and b.resource_pattern_type in patterns
