@@ -17,6 +17,12 @@ daemon thread polls the client for delivery reports and resolves asyncio
 futures, so nothing blocks an event loop. Library errors become
 ``BrokerUnavailable`` here, at the seam; ``outcome_unknown`` tells a failed
 delivery the broker may have written anyway.
+
+A component configured for TLS or SASL calls ``check_security`` first:
+refused credentials or an untrusted broker certificate are
+``SecurityRefused`` at once, worded by ``security_problem``.
+``apply_acls`` and ``cluster_acls`` write and read the ACLs that
+``schemas.acls`` derives (`taskstream acls`).
 """
 
 from __future__ import annotations
