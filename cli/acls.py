@@ -27,7 +27,8 @@ from ._options import broker_options
 REFUSED_S = 1.0
 
 _KAFKA_ACLS_OPERATIONS = {"read": "Read", "write": "Write", "describe": "Describe",
-                          "describe_configs": "DescribeConfigs", "idempotent_write": "IdempotentWrite"}
+                          "describe_configs": "DescribeConfigs", "alter_configs": "AlterConfigs",
+                          "idempotent_write": "IdempotentWrite"}
 _RESOURCE_FLAGS = {"topic": "--topic", "group": "--group", "transactional_id": "--transactional-id",
                    "cluster": "--cluster"}
 

@@ -10,16 +10,17 @@ replay`, `state rebuild --write`, `acls apply`) run as an admin principal (a
 that may write ``<p>.admin`` (API keys). Why these grants:
 docs/decisions/0018-kafka-principals-and-acls.md.
 
-- **api**: reads events (history), state (read model) and admin (API
-  keys); writes events.
+- **api**: reads events (history), state (read model), admin (API keys)
+  and workers (executor reports); writes events.
 - **processor** (with its retry relay): reads events, state (table
   restore), retry.* and heartbeats; writes events, state, ready.*, retry.*
-  and dlq; reads (joins) its group and the relay's; writes and describes
+  and dlq; reads (joins) its group and the relay's and sets their timeouts
+  (group configs, under the consumer group protocol); writes and describes
   transactional ids under ``<p>-processor`` (none today: room for
   exactly-once).
-- **executor**: reads ready.*; writes events, heartbeats and dlq (a poison
-  ready message goes there, as from every consumer); reads (joins) the
-  executor group.
+- **executor**: reads ready.*; writes events, heartbeats, workers (its
+  presence reports) and dlq (a poison ready message goes there, as from
+  every consumer); reads (joins) the executor group and sets its timeouts.
 
 Every principal also describes the topics under ``<p>.`` (names, partitions,
 offsets and configs: what the start-up checks and the lag figures read;
@@ -41,7 +42,7 @@ from .topics import Topics
 
 ResourceKind = Literal["topic", "group", "transactional_id", "cluster"]
 Pattern = Literal["literal", "prefixed"]
-Operation = Literal["read", "write", "describe", "describe_configs", "idempotent_write"]
+Operation = Literal["read", "write", "describe", "describe_configs", "alter_configs", "idempotent_write"]
 
 #: The name of the one cluster resource.
 CLUSTER = "kafka-cluster"
@@ -105,6 +106,7 @@ def acls(topics: Topics, principals: Principals) -> list[Acl]:
     allow(api, ("read", "write"), "topic", topics.events)
     allow(api, ("read",), "topic", topics.state)
     allow(api, ("read",), "topic", topics.admin)
+    allow(api, ("read",), "topic", topics.workers)
 
     processor = principals.processor
     allow(processor, ("read", "write"), "topic", topics.events)
@@ -113,14 +115,15 @@ def acls(topics: Topics, principals: Principals) -> list[Acl]:
     allow(processor, ("read", "write"), "topic", retry, "prefixed")
     allow(processor, ("write",), "topic", topics.dlq)
     allow(processor, ("read",), "topic", topics.heartbeats)
-    allow(processor, ("read",), "group", topics.processor_group)
-    allow(processor, ("read",), "group", topics.relay_group)
+    for group in (topics.processor_group, topics.relay_group):
+        allow(processor, ("read", "describe_configs", "alter_configs"), "group", group)
     allow(processor, ("write", "describe"), "transactional_id", transactional_id_prefix(topics), "prefixed")
 
     executor = principals.executor
     allow(executor, ("read",), "topic", ready, "prefixed")
     allow(executor, ("write",), "topic", topics.events)
     allow(executor, ("write",), "topic", topics.heartbeats)
+    allow(executor, ("write",), "topic", topics.workers)
     allow(executor, ("write",), "topic", topics.dlq)
-    allow(executor, ("read",), "group", topics.executor_group)
+    allow(executor, ("read", "describe_configs", "alter_configs"), "group", topics.executor_group)
     return sorted(out)

@@ -596,7 +596,8 @@ def cluster_acls(settings: Settings, timeout: float = 30.0) -> list[Acl]:
     kinds = {v: k for k, v in _ACL_KINDS.items()}
     patterns = {v: k for k, v in _ACL_PATTERNS.items()}
     operations: dict[str, Operation] = {"READ": "read", "WRITE": "write", "DESCRIBE": "describe",
-                                        "DESCRIBE_CONFIGS": "describe_configs", "IDEMPOTENT_WRITE": "idempotent_write"}
+                                        "DESCRIBE_CONFIGS": "describe_configs", "ALTER_CONFIGS": "alter_configs",
+                                        "IDEMPOTENT_WRITE": "idempotent_write"}
     return sorted(Acl(b.principal, kinds[b.restype], b.name, patterns[b.resource_pattern_type],
                       operations[b.operation.name])
                   for b in bindings if b.restype in kinds and b.resource_pattern_type in patterns

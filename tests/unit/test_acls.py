@@ -20,6 +20,8 @@ from taskstream.schemas.kafka import security_problem
 
 PRINCIPALS = Principals(api="User:api", processor="User:processor", executor="User:executor")
 TOPICS = Topics("ts")
+EVERY = [TOPICS.events, TOPICS.state, *TOPICS.all_ready, *TOPICS.all_retry, TOPICS.dlq, TOPICS.heartbeats,
+         TOPICS.admin, TOPICS.workers]
 
 
 def granted(principal: str, operation: str) -> set[tuple[str, str, str]]:
@@ -38,20 +40,17 @@ def test_no_component_may_write_the_admin_topic() -> None:
 
 
 def test_the_executor_reads_ready_topics_and_writes_events_heartbeats_and_the_dlq_only() -> None:
-    every = [TOPICS.events, TOPICS.state, *TOPICS.all_ready, *TOPICS.all_retry, TOPICS.dlq, TOPICS.heartbeats,
-             TOPICS.admin]
-    assert [t for t in every if covers(granted("User:executor", "read"), t)] == TOPICS.all_ready
-    assert [t for t in every if covers(granted("User:executor", "write"), t)] == [TOPICS.events, TOPICS.dlq,
-                                                                                   TOPICS.heartbeats]
+    assert [t for t in EVERY if covers(granted("User:executor", "read"), t)] == TOPICS.all_ready
+    assert [t for t in EVERY if covers(granted("User:executor", "write"), t)] == [TOPICS.events, TOPICS.dlq,
+                                                                                   TOPICS.heartbeats, TOPICS.workers]
     assert granted("User:executor", "read") >= {("group", TOPICS.executor_group, "literal")}
     assert not [g for g in granted("User:executor", "read") if g[0] == "group" and g[1] != TOPICS.executor_group]
 
 
 def test_the_api_writes_events_only_and_reads_what_it_serves() -> None:
-    every = [TOPICS.events, TOPICS.state, *TOPICS.all_ready, *TOPICS.all_retry, TOPICS.dlq, TOPICS.heartbeats,
-             TOPICS.admin]
-    assert [t for t in every if covers(granted("User:api", "write"), t)] == [TOPICS.events]
-    assert [t for t in every if covers(granted("User:api", "read"), t)] == [TOPICS.events, TOPICS.state, TOPICS.admin]
+    assert [t for t in EVERY if covers(granted("User:api", "write"), t)] == [TOPICS.events]
+    assert [t for t in EVERY if covers(granted("User:api", "read"), t)] == [TOPICS.events, TOPICS.state, TOPICS.admin,
+                                                                          TOPICS.workers]
     assert not [g for g in granted("User:api", "read") if g[0] == "group"]  # it joins no group
 
 
@@ -59,7 +58,7 @@ def test_the_processor_owns_its_topics_groups_and_transactional_ids() -> None:
     writes = granted("User:processor", "write")
     for topic in (TOPICS.events, TOPICS.state, *TOPICS.all_ready, *TOPICS.all_retry, TOPICS.dlq):
         assert covers(writes, topic), topic
-    assert not covers(writes, TOPICS.heartbeats)
+    assert not covers(writes, TOPICS.heartbeats) and not covers(writes, TOPICS.workers)
     assert ("transactional_id", transactional_id_prefix(TOPICS), "prefixed") in writes
     assert {("group", TOPICS.processor_group, "literal"), ("group", TOPICS.relay_group, "literal")} <= granted(
         "User:processor", "read")
