@@ -189,6 +189,8 @@ def server_properties(port: int, controller_port: int, log_dir: Path, node_id: i
         "transaction.state.log.replication.factor=1",
         "transaction.state.log.min.isr=1",
         "transaction.state.log.num.partitions=6",
+        # a crashed processor's open transaction is aborted within a second of its timeout, not ten
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
         "share.coordinator.state.topic.replication.factor=1",
         "share.coordinator.state.topic.min.isr=1",
         # after a crash the node must wait out its own old registration before it serves again (9 s by default)
