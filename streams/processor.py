@@ -461,7 +461,7 @@ class Processor(Hooks):
         if they hold a write of the transaction. The processor goes on."""
         log.warning("processor %s abandons its transaction (%s): back to the last commit", self.id, why)
         self.aborted += 1
-        if self._in_transaction:
+        if self._in_transaction and self.producer.problem is None:  # else the rebuilt client fences this one
             self._abort()
         self._in_transaction = False
         self._failed, self._refused, self._ready_held = [], [], []
@@ -656,6 +656,8 @@ class Processor(Hooks):
     def _delivered(self, err, msg) -> None:
         if err is None:
             return
+        if self.exactly_once and not is_permanent(err):
+            return  # the transaction's commit fails with it, and ``_abandon`` folds the batch again
         if is_permanent(err):
             self._refused.append((msg.topic(), msg.key(), msg.value(), list(msg.headers() or []),
                                   f"{err.str()} ({len(msg.value() or b''):,} bytes)"))

@@ -4,10 +4,12 @@
 Each diamond is a -> (b, c) -> d (600 tasks), written in three generations
 as in tests/integration/test_processor_kill.py. Processors A and B share the
 partitions (each with its own data directory); one executor runs the tasks
-(the built-in ``sleep``, a few ms each). Once about 30% of the d's succeeded,
-B is SIGKILLed in the middle of its transactions; A takes B's partitions over
-(after the session timeout, and once the broker aborted B's open transaction
-at its ``transaction.timeout.ms``) and finishes.
+(the built-in ``sleep``, a few ms each, concurrency 8, so the processors are
+the bottleneck). Once about 30% of the tasks succeeded, B is SIGKILLed in the
+middle of its transactions; A takes B's partitions over (after the session
+timeout, and once the broker aborted B's open transaction at its
+``transaction.timeout.ms``) and finishes. The same test with
+``processor_exactly_once=False`` finds follow-up events written twice.
 
 The checker reads every partition of the log with ``read_committed``, as
 every reader of ours does:
@@ -22,8 +24,9 @@ every reader of ours does:
   (task, attempt).
 
 Handler runs per task (TaskSucceeded events) and the records a
-``read_uncommitted`` reader sees in the ready topics beyond the committed ones
-(outputs of aborted transactions) are printed.
+``read_uncommitted`` reader sees in the output topics beyond the committed
+ones (outputs of aborted transactions: the kill landed mid-transaction) are
+printed.
 """
 
 from __future__ import annotations
@@ -33,14 +36,14 @@ import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from taskstream.schemas import ReadyTask, Settings, TaskCreated, TaskQueued, TaskState, TaskSucceeded, Topics, codec
 from tests.conftest import wait_until
 from tests.integration.test_dag import StateTable, write_in_generations
 from tests.integration.test_processor_ha import assignments, own_settings
 from tests.integration.test_processor_kill import diamond_deps
-from tests.kafka_helpers import Component, TopicReader, now, stop_all
+from tests.kafka_helpers import Component, now, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -90,22 +93,22 @@ def test_sigkill_one_of_two_processors_mid_diamonds_no_output_lost_or_repeated(s
         b = procs["b"] = Component(own_settings(settings, tmp_path, "b"), "processor", log_path=logs["b"])
         b_parts = wait_until(lambda: next((p for p, _, _ in assignments(logs["b"]) if p), None), timeout=30,
                              message="B assigned partitions")
-        procs["executor"] = Component(settings, "executor", "--concurrency", "4", log_path=logs["executor"])
+        procs["executor"] = Component(settings, "executor", "--concurrency", "8", log_path=logs["executor"])
         created_at = now()
 
         def make(tid: str) -> TaskCreated:
             return TaskCreated(task_id=tid, occurred_at=created_at, producer="test", handler="sleep",
-                               payload=codec.dumps_json({"seconds": 0.05 if tid.endswith("-d") else 0.005}),
-                               depends_on=deps[tid], max_attempts=1)
+                               payload=codec.dumps_json({"seconds": 0.005}), depends_on=deps[tid],
+                               max_attempts=1)
 
         write_in_generations(settings, gens, make)
 
-        def d_done(states) -> int:
-            return sum(1 for d in d_ids if d in states and states[d].status == "succeeded")
+        def done(states) -> int:
+            return sum(1 for t in deps if t in states and states[t].status == "succeeded")
 
-        table.until(lambda s: d_done(s) >= 0.3 * N, timeout=120, message="30% of the d's succeeded",
+        table.until(lambda s: done(s) >= 0.3 * len(deps), timeout=120, message="30% of the tasks succeeded",
                     procs=tuple(procs.values()))
-        done_at_kill = d_done(table.states)
+        done_at_kill = done(table.states)
         b.signal(signal.SIGKILL)
         killed_at = time.time()
         b.proc.wait()
@@ -141,12 +144,51 @@ def test_sigkill_one_of_two_processors_mid_diamonds_no_output_lost_or_repeated(s
                          if m.partition() in b_parts and m.value() and m.timestamp()[1] / 1000 >= killed_at
                          and isinstance(codec.decode(m.value()), TaskState))
         assert taken_over > 0, "A wrote nothing on B's partitions after the kill: the kill came too late"
-        aborted = len(read_all(settings, *topics.all_ready, isolation="read_uncommitted")) - len(ready)
-        print(f"\nexactly once: B (partitions {b_parts}) SIGKILLed after {killed_after:.1f}s with {done_at_kill}/{N} "
-              f"d's succeeded; A wrote {taken_over} state records on them afterwards; all {len(deps)} tasks "
-              f"succeeded after {elapsed:.1f}s; ready messages {len(ready)} (0 twice), of aborted transactions "
-              f"{aborted}; processor events {sum(by_processor.values())} (0 twice); tasks run more than once "
-              f"{sum(1 for n in runs.values() if n > 1)}")
+        outputs = (topics.events, topics.state, *topics.all_ready)
+        aborted = len(read_all(settings, *outputs, isolation="read_uncommitted")) - len(read_all(settings, *outputs))
+        print(f"\nexactly once: B (partitions {b_parts}) SIGKILLed after {killed_after:.1f}s with "
+              f"{done_at_kill}/{len(deps)} tasks succeeded; A wrote {taken_over} state records on them afterwards; "
+              f"all {len(deps)} tasks succeeded after {elapsed:.1f}s; ready messages {len(ready)} (0 twice); records "
+              f"of aborted transactions {aborted}; processor events {sum(by_processor.values())} (0 twice); tasks "
+              f"run more than once {sum(1 for n in runs.values() if n > 1)}")
     finally:
         table.close()
         stop_all(*procs.values())
+
+
+def test_a_fenced_processor_rebuilds_its_producer_and_goes_on(settings: Settings, tmp_path) -> None:
+    """Another client takes the processor's transactional id (``init_transactions``) while tasks flow: the
+    processor's producer is fenced (a fatal error), is rebuilt (fencing the intruder in turn), the open
+    transaction's batch is folded again from the committed offsets, and every task succeeds once."""
+    settings = settings.model_copy(update={"processor_instance_id": "eos-fenced"})
+    topics = Topics(settings.prefix)
+    log_path = tmp_path / "processor.log"
+    procs = [Component(settings, "processor", log_path=log_path),
+             Component(settings, "executor", "--concurrency", "4", log_path=tmp_path / "executor.log")]
+    table = StateTable(settings)
+    ids = [f"fence-{i:03d}" for i in range(200)]
+    try:
+        wait_until(lambda: any(p for p, _, _ in assignments(log_path)), timeout=30, message="processor assigned")
+        created_at = now()
+
+        def make(tid: str) -> TaskCreated:
+            return TaskCreated(task_id=tid, occurred_at=created_at, producer="test", handler="sleep",
+                               payload=codec.dumps_json({"seconds": 0.01}), max_attempts=1)
+
+        write_in_generations(settings, [ids[:100]], make)
+        table.until(lambda s: sum(1 for t in ids[:100] if t in s and s[t].status == "succeeded") >= 30,
+                    timeout=60, message="a third of the tasks succeeded", procs=procs)
+        intruder = Producer({"bootstrap.servers": settings.bootstrap_servers,
+                             "transactional.id": f"{settings.prefix}-processor-eos-fenced"})
+        intruder.init_transactions(30)  # fences the processor's producer
+        write_in_generations(settings, [ids[100:]], make)
+        table.until(lambda s: all(t in s and s[t].status == "succeeded" for t in ids), timeout=90,
+                    message="every task succeeded after the fencing", procs=procs)
+        text = log_path.read_text(errors="replace")
+        assert "rebuilt after a fatal error" in text, "the processor's producer was never fenced and rebuilt"
+        ready = Counter((r.task_id, r.attempt) for r in
+                        (codec.decode(m.value()) for m in read_all(settings, *topics.all_ready)))
+        assert set(ready.values()) == {1} and {t for t, _ in ready} == set(ids)
+    finally:
+        table.close()
+        stop_all(*procs)
