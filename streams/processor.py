@@ -15,18 +15,30 @@ many tasks wait for it; when a task ends, the processor scans its edges
 (``table_dependents``) and tells each dependent. Work that became ready is published
 to ``<p>.ready.<priority>``.
 
-Messages are handled in batches: fold a batch, wait until every output is
-acknowledged; only then are the batch's offsets committed (at most every
-``COMMIT_INTERVAL_S``, and at once on revocation and shutdown). A crash
-replays what was folded since the last commit, which idempotent folding absorbs.
+Exactly once (``processor_exactly_once``, the default): every output of a
+commit round (state and edge records, follow-up events, ready messages,
+retry records, timers' events) goes in one Kafka transaction of a
+transactional producer per process, committed with the round's consumer
+offsets (``_commit``, the runtime's committer: at most every
+``COMMIT_INTERVAL_S``, and at once before a restore, on revocation and on
+shutdown). Readers read ``read_committed``, so a crash leaves nothing
+visible that the next owner writes again. A transaction that fails (fenced,
+a fatal or abortable error) is abandoned: aborted, the consumer rewound to
+the committed offsets and the tables rebuilt from ``<p>.state``; the
+processor goes on (docs/decisions/0024-exactly-once-processing.md).
+
+At least once (``processor_exactly_once=false``): fold a batch, wait until
+every output is acknowledged; only then are the batch's offsets committed.
+A crash replays what was folded since the last commit, which idempotent
+folding absorbs.
 
 Why our own loop and not Faust, which DESIGN names: docs/decisions/0005.
 
 Idempotent folding: the state remembers the offset of the last event that
 changed it (``last_offset``). An event at or below it was already folded
-(the log is read at least once) and changes nothing; if it is exactly the
-last one, its outputs are sent again, because the crash may have come
-between the table write and the sends. Downstream, duplicates are harmless:
+and changes nothing; at least once, if it is exactly the last one, its
+outputs are sent again, because the crash may have come between the table
+write and the sends. Downstream, duplicates are harmless:
 ``evolve`` ignores a repeated TaskQueued, and executors' results are fenced
 by attempt.
 
@@ -38,8 +50,9 @@ after which deciding what follows raised (its fold stands). The processor
 goes on. An
 output the broker refuses for good (``is_permanent``) is answered by where
 it was going (``_dead_letter_refused``); any other produce failure (the
-broker is away) stops the processor with an error, so the uncommitted batch
-is folded again by the next owner. A retry relay thread that fails stops
+broker is away) stops an at-least-once processor with an error, so the
+uncommitted batch is folded again by the next owner, and abandons an
+exactly-once processor's transaction. A retry relay thread that fails stops
 the processor too.
 """
 
