@@ -154,7 +154,8 @@ class ConsumerRuntime:
     ``lock`` (see ``lock``: a loop may hand over its own reentrant lock) and
     ``committer``: a member's commits go through it instead of the consumer
     (see ``commit``), for a loop that commits its offsets in a producer's
-    transaction.
+    transaction: ``committer(offsets, group_metadata)`` (metadata None when
+    there are no offsets) answers whether it committed.
     """
 
     def __init__(self, settings: Settings, hooks: Hooks, *, client_id: str, group: str | None = None,
@@ -368,7 +369,9 @@ class ConsumerRuntime:
 
     def commit(self, asynchronous: bool = True, only: Iterable[Partition] | None = None) -> None:
         """Commit every tracked partition (or those of ``only``) whose position moved since its last commit. A
-        commit that fails is logged and sent again by a later one (records are read again, never skipped)."""
+        commit that fails is logged and sent again by a later one (records are read again, never skipped). With a
+        ``committer`` it commits (and is called even with no offsets: a transaction may hold outputs of none);
+        when it answers False the loop has rewound, and nothing is recorded as committed."""
         if self.group is None:
             return
         with self.lock:
@@ -378,7 +381,7 @@ class ConsumerRuntime:
         if self._committer is not None:
             # Called even with nothing to commit: the loop's transaction may hold outputs of no record (timers).
             tps = [TopicPartition(t, p, pos) for (t, p), pos in todo]
-            if not self._committer(tps, self._call(self._consumer.consumer_group_metadata)):
+            if not self._committer(tps, self._call(self._consumer.consumer_group_metadata) if tps else None):
                 return  # not committed: the committer rewound what it had to
             self._committed(todo)
             return
@@ -406,6 +409,9 @@ class ConsumerRuntime:
         ``BrokerUnavailable`` if the group's offsets cannot be read."""
         with self.lock:
             keys = sorted(self._offsets)
+        # Only what the consumer holds already: a partition being assigned starts at its committed offset anyway.
+        held = {(tp.topic, tp.partition) for tp in self._call(self._consumer.assignment)}
+        keys = [k for k in keys if k in held]
         if not keys:
             return {}
         committed = self._call(self._consumer.committed, [TopicPartition(t, p) for t, p in keys], timeout=10)

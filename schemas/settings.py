@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         "(docs/concepts.md, \"Delivery guarantees\"); false: at-least-once folding (a crash may send a follow-up "
         "or ready message twice), for a broker without transactions"
     )
+    processor_commit_interval_s: float = Field(
+        0.1, ge=0, le=10, description="the processor commits (with exactly once: one transaction) at most this "
+        "often; outputs become visible to readers at the commit, so a lower value shortens every dependency hop and "
+        "a higher one saves broker writes at low rates (0: after every batch)"
+    )
     processor_transaction_timeout_ms: int = Field(
         10_000, ge=1000, le=900_000, description="transaction.timeout.ms of the processor: the broker aborts a "
         "transaction open longer than this. A processor killed mid-transaction holds back read_committed readers "

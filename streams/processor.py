@@ -20,7 +20,7 @@ commit round (state and edge records, follow-up events, ready messages,
 retry records, timers' events) goes in one Kafka transaction of a
 transactional producer per process, committed with the round's consumer
 offsets (``_commit``, the runtime's committer: at most every
-``COMMIT_INTERVAL_S``, and at once before a restore, on revocation and on
+``processor_commit_interval_s``, and at once before a restore, on revocation and on
 shutdown). Readers read ``read_committed``, so a crash leaves nothing
 visible that the next owner writes again. A transaction that fails (fenced,
 a fatal or abortable error) is abandoned: aborted, the consumer rewound to
@@ -100,9 +100,6 @@ from .timers import LEASE, STATE, TimerTable
 log = logging.getLogger(__name__)
 
 RELAY_SLACK_S = domain.RELAY_SLACK_S
-#: The processor commits folded offsets at most this often: a commit per batch would cost the broker a write per
-#: event at low rates (an OffsetCommit is a write to ``__consumer_offsets``).
-COMMIT_INTERVAL_S = 0.1
 
 
 class Output(NamedTuple):
@@ -256,7 +253,7 @@ class Processor(Hooks):
                 "max.partition.fetch.bytes": 4 * 1024 * 1024,
                 **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
             },
-            batch=self.BATCH, poll_s=settings.timer_tick_s, commit_interval_s=COMMIT_INTERVAL_S,
+            batch=self.BATCH, poll_s=settings.timer_tick_s, commit_interval_s=settings.processor_commit_interval_s,
             # Exactly once: dead letters go through a producer of their own (a transactional one writes only in
             # a transaction), and commits are the transaction's.
             **({"committer": self._commit} if self.exactly_once else {"producer": self.producer}))
