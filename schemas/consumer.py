@@ -308,6 +308,16 @@ class ConsumerRuntime:
 
     # ------------------------------------------------------------ for hooks
 
+    def settle(self, records: Iterable[Any]) -> None:
+        """Mark records of the batch in hand done now, as its return would (a dead-lettered one still waits for
+        its letter): for a loop that commits part of a long batch before it ends (``commit``)."""
+        with self.lock:
+            for m in records:
+                key = (m.topic(), m.partition())
+                offsets = self._offsets.get(key)
+                if offsets is not None and (key, m.offset()) not in self._lettered:
+                    offsets.mark_done(m.offset())
+
     def done(self, partition: Partition, offset: int, offsets: PartitionOffsets | None = None) -> None:
         """``offset`` of ``partition`` has a safe outcome (thread-safe). With ``offsets`` (what ``offsets()``
         gave when the record was taken) the mark is dropped if the partition was revoked and given back since."""

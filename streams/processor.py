@@ -237,6 +237,9 @@ class Processor(Hooks):
         self._in_transaction = False
         self._dirty = False  # the tables or timers hold a write of the open transaction
         self.aborted = 0
+        self._began = 0.0
+        #: A batch still folding after this long commits what it folded so far (a quarter of the timeout).
+        self._longest_s = settings.processor_transaction_timeout_ms / 4000
         if self.exactly_once:
             self.transactional_id = f"{settings.prefix}-processor-{settings.processor_instance_id or self.id}"
             self.producer = kafka.transactional_producer(settings, self.id, self.transactional_id,
@@ -370,7 +373,13 @@ class Processor(Hooks):
             self._abandon("no transaction could begin")
             return
         try:
-            for m in records:
+            for i, m in enumerate(records):
+                if self.exactly_once and time.monotonic() - self._began > self._longest_s:
+                    # A long batch commits what it folded so far: a transaction open longer than the broker's
+                    # transaction timeout is aborted by the broker (and this producer fenced).
+                    runtime.settle(records[:i])
+                    if not self._commit_now_ok() or not self._begin():
+                        return  # abandoned: the batch comes again from the committed offsets
                 table = self.tables.get(m.partition())
                 if table is None:  # revoked while the batch was in flight
                     continue
@@ -424,6 +433,7 @@ class Processor(Hooks):
             time.sleep(0.1)  # what passes here is the rebuild's wait, or the broker's absence; the batch comes again
             return False
         self._in_transaction = True
+        self._began = time.monotonic()
         return True
 
     def _commit(self, offsets: list, group_metadata) -> bool:
@@ -458,6 +468,12 @@ class Processor(Hooks):
     def _commit_now(self) -> None:
         """Commit the open transaction with the offsets folded so far, now (raises as ``_commit``)."""
         self.runtime.commit(asynchronous=False)
+
+    def _commit_now_ok(self) -> bool:
+        """``_commit_now``; False when the transaction was abandoned instead."""
+        aborted = self.aborted
+        self._commit_now()
+        return self.aborted == aborted
 
     def _abort(self) -> None:
         try:
