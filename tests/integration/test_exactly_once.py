@@ -23,7 +23,10 @@ every reader of ours does:
   follow-up decided twice would carry the same id), and one TaskQueued per
   (task, attempt).
 
-Handler runs per task (TaskSucceeded events) and the records a
+Handler runs per task (TaskSucceeded events: an executor that loses its
+partitions, for example when its session times out on a loaded machine,
+runs what it had not committed again, at least once by design) and the
+records a
 ``read_uncommitted`` reader sees in the output topics beyond the committed
 ones (outputs of aborted transactions: the kill landed mid-transaction) are
 printed.
