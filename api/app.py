@@ -5,7 +5,8 @@ the API's parts: authentication, rate limits and metrics at once, and, in
 its lifespan, those that reach the cluster (``construct_context``): the
 Kafka producer (acks=all, idempotent, from ``schemas.kafka``), the read
 model (a consumer thread projecting ``<p>.state`` into RocksDB), the
-history reader and the broker probe. Together they are the one typed
+history reader, the broker probe and the workers directory (a consumer
+thread folding ``<p>.workers``). Together they are the one typed
 ``ApiContext`` (``api.context``) that the routes and the gRPC servicers
 receive; shutdown stops them in order. Startup never waits for the
 broker: an API without a reachable cluster still starts, answers
@@ -44,10 +45,11 @@ from .metrics import router as metrics_router
 from .probe import BrokerProbe
 from .problems import JSONResponse
 from .read_model import ReadModel
-from .routes import health, ops, schedules, tasks, workflows
+from .routes import health, ops, schedules, tasks, workers, workflows
 from .routes import watch as watch_routes
 from .ui import router as ui_router
 from .watch import WatchMetrics
+from .workers import WorkerDirectory
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ def construct_context(settings: Settings, *, authenticator: auth.Authenticator, 
     """The parts of a running API that connect to the cluster, built here and nowhere else, with those
     ``create_app`` built before (they answer without a broker: authentication, rate limits, metrics).
 
-    Starts the read model's consumer thread; ``close_context`` stops what this started.
+    Starts the consumer threads of the read model and the workers directory; ``close_context`` stops what this
+    started.
     """
     pid = producer_id()
     return ApiContext(
@@ -86,17 +89,20 @@ def construct_context(settings: Settings, *, authenticator: auth.Authenticator, 
         authenticator=authenticator,
         rate_limit=rate_limit,
         metrics=metrics,
+        workers=WorkerDirectory(settings).start(),
     )
 
 
 async def close_context(ctx: ApiContext, produce_timeout_s: float) -> None:
-    """Flush the producer (at most ``produce_timeout_s``), then stop the read model, history reader and probe."""
+    """Flush the producer (at most ``produce_timeout_s``), then stop the read model, history reader, probe and
+    workers directory."""
     remaining = await asyncio.to_thread(ctx.producer.close, produce_timeout_s)
     if remaining:
         log.warning("API producer closed with %d records undelivered", remaining)
     await asyncio.to_thread(ctx.read_model.stop)
     ctx.history.close()
     await asyncio.to_thread(ctx.probe.close)
+    await asyncio.to_thread(ctx.workers.stop)
 
 
 def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE_TIMEOUT_S,
@@ -167,6 +173,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.include_router(workflows.router)
     app.include_router(schedules.router)
     app.include_router(ops.router)
+    app.include_router(workers.router)
     app.include_router(ui_router)  # the dashboard at /ui (api/ui)
     return app
 

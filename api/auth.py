@@ -97,6 +97,7 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("GET", "/api/v1/schedules"): Role.READER,
     ("GET", "/api/v1/schedules/{schedule_id}"): Role.READER,
     ("GET", "/api/v1/stats"): Role.READER,
+    ("GET", "/api/v1/workers"): Role.READER,
     ("POST", "/api/v1/tasks"): Role.SUBMITTER,
     ("POST", "/api/v1/tasks:batch"): Role.SUBMITTER,
     ("POST", "/api/v1/workflows"): Role.SUBMITTER,
@@ -105,6 +106,8 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("DELETE", "/api/v1/tasks/{task_id}"): Role.OPERATOR,
     ("POST", "/api/v1/tasks/{task_id}/retry"): Role.OPERATOR,
     ("DELETE", "/api/v1/schedules/{schedule_id}"): Role.OPERATOR,
+    ("POST", "/api/v1/schedules/{schedule_id}:{action}"): Role.OPERATOR,
+    ("POST", "/api/v1/schedules/{schedule_id}:backfill"): Role.OPERATOR,
     ("GET", "/api/v1/cluster"): Role.ADMIN,
     # The dashboard: its pages and static files are shells without data (a browser cannot send a header when it
     # navigates); the data comes from the API above with the key the page holds, and from these readers.
@@ -116,6 +119,8 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("GET", "/ui/workflows/{workflow_id}"): OPEN,
     ("GET", "/ui/dead-letters"): OPEN,
     ("GET", "/ui/schedules"): OPEN,
+    ("GET", "/ui/schedules/{schedule_id}"): OPEN,
+    ("GET", "/ui/workers"): OPEN,
     ("GET", "/ui/static/{name}"): OPEN,
     ("GET", "/ui/api/throughput"): Role.READER,
     ("GET", "/ui/api/latency"): Role.READER,

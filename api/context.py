@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the parts' modules import this one (their routes take a ``C
     from .metrics import ApiMetrics
     from .probe import BrokerProbe
     from .read_model import ReadModel
+    from .workers import WorkerDirectory
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class ApiContext:
     - ``authenticator`` and ``rate_limit``: who calls, and their token buckets (the HTTP middleware holds the
       same two).
     - ``metrics``: the app's Prometheus registry.
+    - ``workers``: every executor's latest report, folded from ``<p>.workers`` (``api.workers``).
     """
 
     settings: Settings
@@ -52,6 +54,7 @@ class ApiContext:
     authenticator: Authenticator
     rate_limit: RateLimit
     metrics: ApiMetrics
+    workers: WorkerDirectory
 
 
 async def api_context(request: Request) -> ApiContext:

@@ -33,13 +33,15 @@ from taskstream.grpc.v1 import (
     schedules_pb2_grpc,
     tasks_pb2,
     tasks_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
     workflows_pb2,
     workflows_pb2_grpc,
 )
 
 from . import auth, readiness
 from .context import ApiContext
-from .grpc_services import ScheduleService, TaskService, WorkflowService
+from .grpc_services import ScheduleService, TaskService, WorkerService, WorkflowService
 from .hosts import loopback
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ SERVICES = (
     tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
     workflows_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
     schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+    workers_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
 )
 
 
@@ -94,6 +97,7 @@ async def start(ctx: ApiContext) -> GrpcServer:
     _add_tasks(TaskService(ctx), server)
     workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowService(ctx), server)
     schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleService(ctx), server)
+    workers_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(ctx), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -49,6 +49,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -63,6 +64,8 @@ from taskstream.grpc.v1 import (
     schedules_pb2_grpc,
     tasks_pb2,
     tasks_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
     workflows_pb2,
     workflows_pb2_grpc,
 )
@@ -102,6 +105,7 @@ from .reads import MAX_LIMIT
 from .revalidate import while_admitted
 from .service import MAX_REASON
 from .watch import FellBehind, Filter, RenderCache, WatchUnavailable, parse_event_id, watch
+from .workers import ALIVE, GONE, workers_body
 
 T = TypeVar("T")
 
@@ -328,6 +332,7 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
     "GetSchedule": ("GET", "/api/v1/schedules/{schedule_id}"),
     "ListSchedules": ("GET", "/api/v1/schedules"),
     "DeleteSchedule": ("DELETE", "/api/v1/schedules/{schedule_id}"),
+    "ListWorkers": ("GET", "/api/v1/workers"),
 }
 
 
@@ -580,4 +585,17 @@ class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):
         return schedule_message(schedule_json(schedule))
 
 
-__all__ = ["TaskService", "WorkflowService", "ScheduleService", "RPC_ROUTES"]
+
+class WorkerService(workers_pb2_grpc.WorkerServiceServicer, _Adapter):
+    """``taskstream.v1.WorkerService``: ``/api/v1/workers`` (the same body, ``api.workers.workers_body``)."""
+
+    @rpc
+    async def ListWorkers(self, request, context, caller):
+        state = request.status if request.HasField("status") else None
+        if state is not None and state not in (ALIVE, GONE):
+            raise bad_request([("status", f"must be one of {ALIVE}, {GONE}")])
+        body = workers_body(self.ctx.workers, datetime.now(UTC), state)
+        return json_format.ParseDict(body, workers_pb2.ListWorkersResponse(), ignore_unknown_fields=True)
+
+
+__all__ = ["TaskService", "WorkflowService", "ScheduleService", "WorkerService", "RPC_ROUTES"]

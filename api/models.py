@@ -35,16 +35,27 @@ ones change.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from taskstream.schemas import (
     MAX_BACKOFF_S,
     Priority,
     RetryPolicy,
+    ScheduleBackfilled,
     ScheduleState,
     Settings,
     TaskState,
@@ -70,7 +81,7 @@ from taskstream.schemas.limits import (
     check_json,
 )
 from taskstream.schemas.retry import BACKOFF_FIELDS
-from taskstream.streams.domain import CreateSchedule, SubmitTask, UpdateTask
+from taskstream.streams.domain import BackfillSchedule, CreateSchedule, SubmitTask, UpdateTask
 
 if TYPE_CHECKING:
     from .read_model import WorkflowSummary
@@ -184,10 +195,20 @@ class TaskBody(BaseModel):
         }
 
 
+#: The longest ``delay_s`` a new task takes: ten years, in seconds.
+MAX_DELAY_S = 10 * 366 * 86400.0
+
+
 class TaskFields(TaskBody):
-    """The task fields shared by ``POST /tasks``, ``/tasks:batch`` and ``/workflows`` entries."""
+    """The task fields shared by ``POST /tasks``, ``/tasks:batch`` and ``/workflows`` entries.
+
+    When the task may first run: ``run_at`` (an RFC 3339 date-time) or
+    ``delay_s`` (seconds from the moment the API accepts the request, like
+    Celery's ``countdown``), not both; neither is "now".
+    """
 
     run_at: StrictStr | None = None
+    delay_s: Annotated[Seconds, Field(ge=0, le=MAX_DELAY_S)] | None = None
 
     @field_validator("run_at")
     @classmethod
@@ -196,7 +217,17 @@ class TaskFields(TaskBody):
             parse_rfc3339(v)
         return v
 
-    def run_at_datetime(self) -> datetime | None:
+    @field_validator("delay_s")
+    @classmethod
+    def _not_with_run_at(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and info.data.get("run_at") is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        return v
+
+    def run_at_datetime(self, now: datetime | None = None) -> datetime | None:
+        """``run_at``, or ``now`` (default: the clock) plus ``delay_s``; None for neither."""
+        if self.delay_s is not None:
+            return (now or datetime.now(UTC)) + timedelta(seconds=self.delay_s)
         return None if self.run_at is None else parse_rfc3339(self.run_at)
 
     def to_command(
@@ -207,6 +238,7 @@ class TaskFields(TaskBody):
         settings: Settings,
         depends_on: list[str] | None = None,
         actor: str | None = None,
+        now: datetime | None = None,
         **extra: Any,
     ) -> SubmitTask:
         """The ``SubmitTask`` of this task; ``extra`` sets key, workflow_id, upstream_keys, idempotency fields."""
@@ -220,7 +252,7 @@ class TaskFields(TaskBody):
             name=self.name,
             labels=dict(self.labels),
             depends_on=list(depends_on if depends_on is not None else getattr(self, "depends_on", [])),
-            run_at=self.run_at_datetime(),
+            run_at=self.run_at_datetime(now),
             timeout_s=None if self.timeout_s is None else float(self.timeout_s),
             **retry_policy(self.retry, settings).fields(),
             **extra,
@@ -394,6 +426,8 @@ def task_json(state: TaskState) -> dict[str, Any]:
         "finished_at": rfc3339(state.finished_at),
         "result": _json_or_text(state.result),
         "error": state.error,
+        "error_type": state.error_type,
+        "traceback": state.traceback,
         "version": state.version,
         "key": state.key,
         "workflow_id": state.workflow_id,
@@ -494,6 +528,44 @@ class ScheduleIn(BaseModel):
         )
 
 
+class BackfillIn(BaseModel):
+    """Body of ``POST /api/v1/schedules/{id}:backfill``: a past range of the schedule's cron times to run.
+
+    ``start`` and ``end`` (RFC 3339, both inclusive; ``end`` not in the
+    future) bound the cron times, read in the schedule's time zone;
+    ``overlap``: ``skip`` (default) does not run again a time the schedule
+    already ran, ``allow`` runs it again; ``max_concurrent``: at most that
+    many of the backfill's tasks queued or running at once.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: StrictStr
+    end: StrictStr
+    overlap: Literal["skip", "allow"] = "skip"
+    max_concurrent: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _rfc3339(cls, v: str) -> str:
+        parse_rfc3339(v)
+        return v
+
+    def to_command(self, *, schedule_id: str, producer: str, actor: str | None) -> BackfillSchedule:
+        return BackfillSchedule(schedule_id=schedule_id, producer=producer, start=parse_rfc3339(self.start),
+                                end=parse_rfc3339(self.end), overlap=self.overlap,
+                                max_concurrent=self.max_concurrent, actor=actor)
+
+
+def backfill_json(event: ScheduleBackfilled, tasks: list[tuple[datetime, str]]) -> dict[str, Any]:
+    """A backfill's answer: the request as recorded and each cron time's task id, oldest first."""
+    return {
+        "schedule_id": event.schedule_id, "start": rfc3339(event.start), "end": rfc3339(event.end),
+        "overlap": event.overlap, "max_concurrent": event.max_concurrent, "count": event.count,
+        "tasks": [{"id": task_id, "scheduled_for": rfc3339(t)} for t, task_id in tasks],
+    }
+
+
 def same_schedule(state: ScheduleState, e: CreateSchedule) -> bool:
     """Whether ``state`` was created by a request equal to ``e`` (Idempotency-Key repeats)."""
     return (
@@ -501,6 +573,12 @@ def same_schedule(state: ScheduleState, e: CreateSchedule) -> bool:
         == (e.cron, e.timezone, e.name, e.start_at, e.end_at, e.misfire)
         and _json_or_text(state.template) == _json_or_text(e.template)
     )
+
+
+def template_handler(template: str) -> str:
+    """The handler a schedule's task template names ("" when the template in the log has none)."""
+    t = _json_or_text(template)
+    return str(t.get("handler", "")) if isinstance(t, dict) else ""
 
 
 def schedule_json(state: ScheduleState) -> dict[str, Any]:

@@ -215,6 +215,11 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     return b if a is None else a if b is None else max(a, b)
 
 
+def matches_prefix(state: TaskState, prefix: str) -> bool:
+    """Whether the task's id, handler or name starts with ``prefix`` (the task list's search)."""
+    return state.task_id.startswith(prefix) or state.handler.startswith(prefix) or state.name.startswith(prefix)
+
+
 def is_sortkey(value: bytes) -> bool:
     """True if ``value`` has the shape of a sortkey (for validating cursors)."""
     return bool(_SORTKEY.match(value))
@@ -388,6 +393,7 @@ class TaskStore:
         priority: str | None = None,
         handler: str | None = None,
         labels: dict[str, str] | None = None,
+        prefix: str | None = None,
         limit: int = 100,
         after: bytes | None = None,
         max_scan: int | None = None,
@@ -403,7 +409,9 @@ class TaskStore:
         With several filters, the most selective index (handler, then status,
         then priority) is scanned and the other filters are checked on each
         state. Labels have no index: every label in ``labels`` must be on the
-        task, checked on each state of the scanned index.
+        task, checked on each state of the scanned index. ``prefix`` (a
+        search) keeps the tasks whose id, handler or name starts with it,
+        checked the same way.
 
         Pages are stable under concurrent inserts: the order is by creation
         time (newest first), then id, which never changes for a task, and the
@@ -415,17 +423,18 @@ class TaskStore:
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
+        search = prefix
         filters = {f: v for f, v in (("handler", handler), ("status", status), ("priority", priority)) if v is not None}
         if filters:
             field, value = next(iter(filters.items()))
-            prefix = _index_prefix(field, value)
+            index = _index_prefix(field, value)
         else:
-            prefix = _ALL
+            index = _ALL
         if max_scan is not None and max_scan < 1:
             raise ValueError("max_scan must be >= 1")
         page: list[tuple[bytes, TaskState]] = []
         scanned, last = 0, None
-        for sk in self._scan(prefix, after):
+        for sk in self._scan(index, after):
             if scanned == max_scan:
                 return [s for _, s in page], last  # the budget is spent and entries remain
             scanned += 1
@@ -435,7 +444,7 @@ class TaskStore:
                 continue
             if all(getattr(state, f) == v for f, v in filters.items()) and (
                 not labels or all(state.labels.get(k) == v for k, v in labels.items())
-            ):
+            ) and (not search or matches_prefix(state, search)):
                 page.append((sk, state))
                 if len(page) > limit:
                     break

@@ -120,10 +120,12 @@ async def list_tasks(
     priority: Priority | None = None,
     handler: str | None = None,
     labels: Sequence[str] = (),
+    prefix: str | None = None,
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> TaskPage:
-    """A page of tasks matching every filter given (``labels`` as ``key:value``, all must match).
+    """A page of tasks matching every filter given (``labels`` as ``key:value``, all must match; ``prefix``: the
+    id, handler or name starts with it).
 
     The scan runs in a thread and examines at most ``read_limits.list_max_scan`` index entries; past that the
     page is partial, with a ``next_cursor`` to continue from.
@@ -135,6 +137,7 @@ async def list_tasks(
         priority=priority.value if priority else None,
         handler=handler,
         labels=parse_labels(labels),
+        prefix=prefix or None,
         limit=limit,
         after=after,
         max_scan=ctx.read_limits.list_max_scan,

@@ -35,12 +35,13 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from graphlib import TopologicalSorter
-from typing import Any
+from typing import Any, cast
 
 from taskstream.schemas import (
     BrokerUnavailable,
     Event,
     NotFound,
+    ScheduleBackfilled,
     ScheduleState,
     TaskState,
     TooLarge,
@@ -56,7 +57,7 @@ from taskstream.streams import domain
 
 from . import idempotency
 from .context import ApiContext
-from .models import BatchIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, same_schedule
+from .models import BackfillIn, BatchIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, same_schedule
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,45 @@ async def delete_schedule(ctx: ApiContext, schedule_id: str, *, reason: str = ""
     (after,) = await _decide_and_write(ctx, [(state, command, "reason")])
     log.info("schedule deleted schedule_id=%s", schedule_id)
     return after
+
+
+async def change_schedule(ctx: ApiContext, schedule_id: str, action: str, *, reason: str = "",
+                          actor: str | None = None) -> ScheduleState:
+    """``POST /schedules/{id}:pause|:resume|:run``: the decider's ``PauseSchedule``, ``ResumeSchedule`` or
+    ``RunSchedule`` (the new task's id is the schedule's ``last_task_id`` after a run)."""
+    state = ctx.read_model.schedules.get(schedule_id)
+    if state is None:
+        raise NotFound(f"schedule {schedule_id} not found")
+    command: domain.PauseSchedule | domain.ResumeSchedule | domain.RunSchedule
+    if action == "pause":
+        command = domain.PauseSchedule(schedule_id=schedule_id, producer=ctx.producer_id, reason=reason, actor=actor)
+    elif action == "resume":
+        command = domain.ResumeSchedule(schedule_id=schedule_id, producer=ctx.producer_id, actor=actor)
+    else:
+        command = domain.RunSchedule(schedule_id=schedule_id, producer=ctx.producer_id, actor=actor)
+    (after,) = await _decide_and_write(ctx, [(state, command, "reason")])
+    log.info("schedule %s schedule_id=%s", action, schedule_id)
+    return after
+
+
+async def backfill_schedule(ctx: ApiContext, schedule_id: str, body: BackfillIn, *,
+                            actor: str | None = None) -> tuple[ScheduleBackfilled, list[tuple[datetime, str]]]:
+    """``POST /schedules/{id}:backfill``: the recorded request and each cron time's task id, oldest first.
+
+    The processor creates the tasks when it folds the ``ScheduleBackfilled``;
+    the ids are the decider's (``domain.backfill_task_id``), so the answer
+    names them before they exist, and a repeat names the same ones.
+    """
+    state = ctx.read_model.schedules.get(schedule_id)
+    if state is None:
+        raise NotFound(f"schedule {schedule_id} not found")
+    command = body.to_command(schedule_id=schedule_id, producer=ctx.producer_id, actor=actor)
+    decided = _decide_all(ctx.wire, [(state, command, "start")])
+    event = cast(ScheduleBackfilled, decided[0][1][0][0])  # decide answers BackfillSchedule with this one event
+    await _write_decided(ctx, decided)
+    times = domain.backfill_times(state, event.start, event.end, limit=domain.MAX_BACKFILL)
+    log.info("schedule backfilled schedule_id=%s times=%d overlap=%s", schedule_id, len(times), event.overlap)
+    return event, [(t, domain.backfill_task_id(schedule_id, t, event.overlap)) for t in times]
 
 
 # ------------------------------------------------------------------ writing

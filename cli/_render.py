@@ -97,7 +97,8 @@ def task_table(t: Task) -> Table:
         ("updated_at", when(t.updated_at)), ("started_at", when(t.started_at)),
         ("finished_at", when(t.finished_at) + duration), ("schedule", t.schedule_id or ""),
         ("payload", _pretty(t.payload)), ("result", _pretty(t.result)), ("checkpoint", _pretty(t.checkpoint)),
-        ("error", Text(t.error or "", style="red")),
+        ("error", Text(t.error or "", style="red")), ("error_type", t.error_type or ""),
+        ("traceback", Text(t.traceback or "", style="dim")),
     ]
     for name, value in rows:
         if value not in ("", None) and not (isinstance(value, Text) and not value.plain):

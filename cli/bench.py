@@ -419,7 +419,7 @@ def run_chain(client: Client, n: int) -> dict:
         tasks[i]["depends_on"] = [f"c{i - 1}"]
     t0 = time.time()
     with client._errors("POST /api/v1/workflows"):
-        ids_by_key = client.api.workflow(tasks).tasks
+        ids_by_key = client.api.workflow(tasks).task_ids
     submit_s = time.time() - t0
     ids = [ids_by_key[f"c{i}"] for i in range(n)]
     try:

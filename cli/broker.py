@@ -1,4 +1,4 @@
-"""Apache Kafka for `taskstream dev` and the tests: one KRaft node, a plain JVM process on loopback.
+"""Apache Kafka for `taskstream dev` and the tests: KRaft nodes as plain JVM processes on loopback.
 
 The jars are the ones ``kafka/pom.xml`` (package data) pins: fetched once with
 Maven from Maven Central into a cache outside the repository (``kafka_home``),
@@ -10,7 +10,12 @@ directory loses nothing. It listens on 127.0.0.1 only.
 Contract: ``KafkaBroker(port, data_dir).start()`` returns once the node
 answers a metadata request; ``stop()`` shuts it down cleanly (SIGTERM, then
 SIGKILL after a grace period); ``alive()`` tells a supervisor whether to start
-it again. A missing Java or Maven is ``BrokerUnavailable`` with what to install.
+it again. ``KafkaCluster(brokers, port, data_dir)`` is several such nodes, each
+broker and controller (a combined quorum of every node as voter), on
+consecutive ports, with the internal topics replicated and
+``min.insync.replicas`` set for that many nodes (``cluster_sizes``); its
+``start()`` returns once every node is a broker of the cluster. A missing Java
+or Maven is ``BrokerUnavailable`` with what to install.
 """
 
 from __future__ import annotations
@@ -172,32 +177,51 @@ def warm_up(say=log.info) -> Path:
     return libs
 
 
-def server_properties(port: int, controller_port: int, log_dir: Path, node_id: int = 1) -> str:
-    """A single KRaft node (broker and controller) on 127.0.0.1 with the internal topics sized for one node."""
+def cluster_sizes(brokers: int) -> tuple[int, int]:
+    """(replication factor, ``min.insync.replicas``) of topics on a cluster of ``brokers`` nodes: three replicas
+    and two in sync from three nodes on (one node may die and every acknowledged write is still on two), else
+    every node a replica and one in sync (a write needs only the leader)."""
+    replicas = min(3, brokers)
+    return replicas, 2 if replicas >= 3 else 1
+
+
+def server_properties(port: int, controller_port: int, log_dir: Path, node_id: int = 1, *,
+                      voters: str | None = None, brokers: int = 1) -> str:
+    """A KRaft node (broker and controller) on 127.0.0.1; alone by default, else one of ``brokers`` nodes whose
+    controller quorum is ``voters`` (``id@host:port,...``), with the internal topics and the topics' default
+    replication sized for the cluster (``cluster_sizes``)."""
+    replicas, min_isr = cluster_sizes(brokers)
     return "\n".join([
         "process.roles=broker,controller",
         f"node.id={node_id}",
-        f"controller.quorum.voters={node_id}@127.0.0.1:{controller_port}",
+        f"controller.quorum.voters={voters or f'{node_id}@127.0.0.1:{controller_port}'}",
         f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
         "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         f"log.dirs={log_dir}",
-        "offsets.topic.replication.factor=1",
+        f"offsets.topic.replication.factor={replicas}",
         "offsets.topic.num.partitions=6",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
         "transaction.state.log.num.partitions=6",
         # a crashed processor's open transaction is aborted within a second of its timeout, not ten
         "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        f"default.replication.factor={replicas}",
+        f"min.insync.replicas={min_isr}",
+        "unclean.leader.election.enable=false",
         # after a crash the node must wait out its own old registration before it serves again (9 s by default)
         "broker.session.timeout.ms=3000",
         "broker.heartbeat.interval.ms=1000",
         "group.initial.rebalance.delay.ms=0",  # a dev node: no 3 s wait before every first group join
         "group.min.session.timeout.ms=1000",  # tests run groups with a 2 s session timeout
+        # the consumer group protocol (KIP-848): the client's group config sets its session timeout and heartbeat
+        # interval (schemas/kafka.py); these bounds let it go as low as the classic protocol's
+        "group.consumer.min.session.timeout.ms=1000",
+        "group.consumer.min.heartbeat.interval.ms=250",
         "auto.create.topics.enable=false",  # a typo in a topic name is an error, not a new topic
         "",
     ])
@@ -207,11 +231,15 @@ class KafkaBroker:
     """One KRaft Kafka node on 127.0.0.1:``port`` keeping its log in ``data_dir``; start()/stop() or ``with``."""
 
     def __init__(self, port: int, data_dir: str | Path, *, controller_port: int | None = None,
-                 heap: str = HEAP) -> None:
+                 heap: str = HEAP, node_id: int = 1, voters: str | None = None, brokers: int = 1) -> None:
         self.port = port
         self.data_dir = Path(data_dir)
         self.controller_port = controller_port or free_port()
         self.heap = heap
+        #: This node's id, the controller quorum it belongs to (None: itself alone) and the cluster's size.
+        self.node_id = node_id
+        self.voters = voters
+        self.brokers = brokers
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._archive_tmp: tuple[Path, Path] | None = None  # (written at exit, where it goes)
@@ -232,7 +260,8 @@ class KafkaBroker:
     def _prepare(self, java: str, libs: Path) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "server.properties").write_text(
-            server_properties(self.port, self.controller_port, self.log_dir.resolve()))
+            server_properties(self.port, self.controller_port, self.log_dir.resolve(), self.node_id,
+                              voters=self.voters, brokers=self.brokers))
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
         archive = class_data_archive(java)
         if archive.exists():
@@ -255,17 +284,22 @@ class KafkaBroker:
         return [*base, "kafka.Kafka", str(self.data_dir / "server.properties")]
 
     def start(self, timeout: float = 60.0, say: Callable[[str], object] = log.info) -> KafkaBroker:
+        self.launch(say)
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self, say: Callable[[str], object] = log.info) -> None:
+        """Start the node's process without waiting for it (a node of a cluster waits for its quorum)."""
         java = java_command()
         libs = ensure_jars(say)
         cmd = self._prepare(java, libs)
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                          start_new_session=True, preexec_fn=_die_with_parent)
-        self.wait_ready(timeout)
-        return self
 
     def wait_ready(self, timeout: float) -> None:
-        """Until the node answers a metadata request with itself as a broker; raise if it exits or times out."""
+        """Until the node answers a metadata request naming itself as a broker (and, in a cluster, naming every
+        node); raise if it exits or times out."""
         from taskstream.schemas import Settings
         from taskstream.schemas.kafka import admin
         from taskstream.schemas.log_reader import broker_count
@@ -277,7 +311,7 @@ class KafkaBroker:
                 raise BrokerUnavailable(f"Kafka exited with {self.proc.returncode if self.proc else '?'} (port "
                                         f"{self.port} or {self.controller_port} in use?): {self.tail()}")
             try:
-                if broker_count(client, 1):
+                if broker_count(client, 1) >= self.brokers:
                     return
             except BrokerUnavailable:  # not listening yet
                 time.sleep(0.1)
@@ -294,6 +328,11 @@ class KafkaBroker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the node's process if it runs (SIGSTOP/SIGCONT in fault tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests)."""
         proc = self.proc
@@ -304,12 +343,24 @@ class KafkaBroker:
     def stop(self, timeout: float = 20.0) -> None:
         """Controlled shutdown (SIGTERM), SIGKILL after ``timeout`` seconds (``ARCHIVE_GRACE_S`` at least for a
         node that writes the class-data archive at exit)."""
+        if self.terminate():
+            self.wait_stopped(timeout)
+
+    def terminate(self) -> bool:
+        """SIGTERM (the start of a controlled shutdown) without waiting; whether the node was running."""
+        if not self.alive():
+            return False
+        self.signal(signal.SIGTERM)
+        return True
+
+    def wait_stopped(self, timeout: float) -> None:
+        """Wait for a terminated node to exit, SIGKILL after ``timeout`` seconds (``ARCHIVE_GRACE_S`` at least for
+        a node that writes the class-data archive at exit)."""
         proc = self.proc
-        if proc is None or proc.poll() is not None:  # not alive()
+        if proc is None:
             return
         if self._archive_tmp is not None:
             timeout = max(timeout, ARCHIVE_GRACE_S)
-        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -330,6 +381,64 @@ class KafkaBroker:
             tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> KafkaBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class KafkaCluster:
+    """``brokers`` KRaft nodes on 127.0.0.1, each a broker and a controller: node ``i`` (1, 2, ...) serves clients
+    on ``port + i - 1`` and its controller on ``controller_ports[i - 1]`` (by default the ``brokers`` ports after
+    the client ports), keeping its log in ``data_dir/node-i``. The quorum is every node (3 voters survive one
+    dead node; 2 do not). Topics get ``cluster_sizes(brokers)``. ``nodes`` are ``KafkaBroker``s: a supervisor or a
+    test restarts, kills or stops one by itself."""
+
+    def __init__(self, brokers: int, port: int, data_dir: str | Path, *, ports: list[int] | None = None,
+                 controller_ports: list[int] | None = None, heap: str = HEAP) -> None:
+        if brokers < 1:
+            raise ValueError("a cluster needs at least one node")
+        ports = ports or [port + i for i in range(brokers)]  # tests pass free ports of their own
+        controller_ports = controller_ports or [port + brokers + i for i in range(brokers)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{cport}" for i, cport in enumerate(controller_ports))
+        self.data_dir = Path(data_dir)
+        self.nodes = [KafkaBroker(ports[i], self.data_dir / f"node-{i + 1}", controller_port=controller_ports[i],
+                                  heap=heap, node_id=i + 1, voters=voters, brokers=brokers)
+                      for i in range(brokers)]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(n.bootstrap_servers for n in self.nodes)
+
+    def start(self, timeout: float = 90.0, say: Callable[[str], object] = log.info) -> KafkaCluster:
+        """Start every node at once (a controller waits for a quorum of its peers), then wait until each answers
+        with every node a broker; stop them all and raise ``BrokerUnavailable`` if one does not."""
+        try:
+            for node in self.nodes:
+                node.launch(say)
+            deadline = time.monotonic() + timeout
+            for node in self.nodes:
+                node.wait_ready(max(1.0, deadline - time.monotonic()))
+        except BrokerUnavailable:
+            self.stop()
+            raise
+        return self
+
+    def node(self, node_id: int) -> KafkaBroker:
+        return self.nodes[node_id - 1]
+
+    def alive(self) -> bool:
+        return all(n.alive() for n in self.nodes)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to every node at once (one by one, the last would wait for a quorum that is gone), then wait for
+        each; SIGKILL after ``timeout``."""
+        running = [n for n in self.nodes if n.terminate()]
+        deadline = time.monotonic() + timeout
+        for n in running:
+            n.wait_stopped(max(0.1, deadline - time.monotonic()))
+
+    def __enter__(self) -> KafkaCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,9 +1,13 @@
 """`taskstream dev`: the whole system on this machine, supervised.
 
 Starts Apache Kafka as a single KRaft node on 127.0.0.1 (``cli.broker``;
-unless ``TASKSTREAM_BOOTSTRAP_SERVERS`` is set), creates the topics, then
-runs the processor, N executors and the API as child processes, each with
-the same settings passed through the environment. Everything lives in one
+unless ``TASKSTREAM_BOOTSTRAP_SERVERS`` is set), or with ``--brokers N`` a
+cluster of N nodes on consecutive ports (topics replicated as
+``cluster_sizes`` says: 3 replicas, 2 in sync, from three nodes on), creates
+the topics, then runs processors, executors and APIs (one of each by
+default, N executors) as child processes, each with the same settings
+passed through the environment; a second processor or API gets a data
+directory of its own, and the APIs listen on consecutive HTTP and gRPC ports. Everything lives in one
 data directory (``--data-dir``, default ``./.taskstream``): the broker's log
 under ``kafka/``, the processor's tables and the API's read model beside it,
 so a second ``taskstream dev`` on the same directory finds every task,
@@ -12,9 +16,10 @@ that dies is restarted, the broker too (on the same directory). Ctrl-C or
 SIGTERM stops the children (SIGTERM, then SIGKILL after a grace period) and
 the broker, so nothing is left behind.
 
-Metrics: the API serves ``/metrics`` on its port; the processor serves its
-metrics on ``TASKSTREAM_METRICS_PORT`` (default 9100) and executor N on that
-port + N, all on ``TASKSTREAM_METRICS_HOST`` (127.0.0.1); 0 turns them off.
+Metrics: each API serves ``/metrics`` on its port; the processors and the
+executors serve theirs on consecutive ports from ``TASKSTREAM_METRICS_PORT``
+(default 9100: the first processor), all on ``TASKSTREAM_METRICS_HOST``
+(127.0.0.1); 0 turns them off.
 `dev` prints the addresses once the system is ready.
 """
 
@@ -35,7 +40,7 @@ from pydantic import SecretStr
 from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catalogue
 from taskstream.schemas.kafka import ensure_topics, wait_for_broker
 
-from .broker import KafkaBroker, free_port
+from .broker import KafkaBroker, KafkaCluster, cluster_sizes, free_port
 
 STOP_GRACE_S = 8.0
 #: A child that exits this many times in a row, each within CRASH_LOOP_S of
@@ -69,8 +74,8 @@ def metrics_addresses(settings: Settings, children: list[Child]) -> dict[str, st
     out = {}
     port = settings.metrics_port
     for child in children:
-        if child.name == "api":
-            out["api"] = f"http://127.0.0.1:{settings.api_port}/metrics"
+        if child.name.startswith("api"):
+            out[child.name] = f"http://127.0.0.1:{child.env.get('TASKSTREAM_API_PORT', settings.api_port)}/metrics"
             continue
         child.env = {**child.env, "TASKSTREAM_METRICS_PORT": str(port)}
         if port:
@@ -191,6 +196,9 @@ def run_dev(
     partitions: int | None,
     data_dir: str | None,
     fresh: bool = False,
+    brokers: int = 1,
+    processors: int = 1,
+    apis: int = 1,
 ) -> int:
     try:  # a typo in --handlers should fail here, clearly, not in a restart loop
         from taskstream.executors import HandlerImportError, load_handler_modules
@@ -205,7 +213,7 @@ def run_dev(
 
     base = Settings()
     own_broker = "TASKSTREAM_BOOTSTRAP_SERVERS" not in os.environ
-    broker = None
+    broker: KafkaBroker | KafkaCluster | None = None
     data = Path(data_dir) if data_dir is not None else base.data_dir
     if fresh and data.exists():
         _say(f"--fresh: deleting {data.resolve()} (the broker's log, the processor's tables, the read model)")
@@ -217,11 +225,21 @@ def run_dev(
     if partitions is not None:
         overrides["partitions"] = partitions
     if own_broker:
-        broker = KafkaBroker(broker_port, data / "kafka")
-        _drop_tables_without_log(data, broker)
-        known = (broker.log_dir / "meta.properties").exists()
-        _say(f"starting Apache Kafka on 127.0.0.1:{broker_port} ({'resuming the' if known else 'a new'} log in "
-             f"{broker.log_dir.resolve()}) ...")
+        if brokers > 1:
+            broker = KafkaCluster(brokers, broker_port, data / "kafka-cluster")
+            replicas, min_isr = cluster_sizes(brokers)
+            overrides.update(replication_factor=replicas, min_insync_replicas=min_isr)
+        else:
+            broker = KafkaBroker(broker_port, data / "kafka")
+        nodes = _nodes(broker)
+        _drop_tables_without_log(data, nodes[0])
+        known = (nodes[0].log_dir / "meta.properties").exists()
+        where = (f"127.0.0.1:{broker_port}" if len(nodes) == 1 else
+                 f"127.0.0.1:{broker_port}-{broker_port + brokers - 1} ({brokers} nodes, controllers on "
+                 f"{nodes[0].controller_port}-{nodes[-1].controller_port}; replication factor "
+                 f"{overrides['replication_factor']}, min.insync.replicas {overrides['min_insync_replicas']})")
+        _say(f"starting Apache Kafka on {where} ({'resuming the' if known else 'a new'} log in "
+             f"{(nodes[0].log_dir if len(nodes) == 1 else broker.data_dir).resolve()}) ...")
         try:
             broker.start(say=_say)
         except BrokerUnavailable as exc:
@@ -242,28 +260,31 @@ def run_dev(
         if concurrency:
             executor_args += ["--concurrency", str(concurrency)]
         children = [
-            Child("processor", ["processor"], env),
+            *replicas_of("processor", ["processor"], env, processors, data),
             *(Child(f"executor-{i + 1}", executor_args, env) for i in range(executors)),
-            Child("api", ["api"], env),
+            *replicas_of("api", ["api"], env, apis, data, api_port=api_port, grpc_port=settings.grpc_port),
         ]
         metrics = metrics_addresses(settings, children)
         for c in children:
             c.start()
         _say("waiting for the API to be ready (processor, executors and read model joining) ...")
-        if not _wait_http(f"http://127.0.0.1:{api_port}/readyz", 120, children):
+        api_ports = [api_port + i for i in range(apis)]
+        if not all(_wait_http(f"http://127.0.0.1:{port}/readyz", 120, children) for port in api_ports):
             if not stop.is_set():
                 dead = [c.name for c in children if not c.alive()]
                 _say(f"error: the system did not become ready (exited: {', '.join(dead) or 'none'})")
                 return 1
         else:
-            _say(f"ready: API on http://127.0.0.1:{api_port}, gRPC on {settings.grpc_host}:{settings.grpc_port} "
-                 "(Ctrl-C stops everything)")
+            apis_at = ", ".join(f"http://127.0.0.1:{port}" for port in api_ports)
+            grpc_at = ", ".join(f"{settings.grpc_host}:{settings.grpc_port + i}" for i in range(apis)) \
+                if settings.grpc_port else "off"
+            _say(f"ready: API on {apis_at}, gRPC on {grpc_at} (Ctrl-C stops everything)")
             _say("metrics: " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
             _say(f"data: {data.resolve()} (kept across restarts; `taskstream dev --fresh` starts from an empty log)")
             _say(auth_hint(settings))
         while not stop.wait(0.5):
-            if broker is not None and not broker.alive() and not stop.is_set():
-                if not _restart_broker(broker):
+            for node in _nodes(broker):
+                if not node.alive() and not stop.is_set() and not _restart_broker(node):
                     return 1
             for c in children:
                 if not c.alive():
@@ -285,23 +306,50 @@ def run_dev(
         _say("stopped")
 
 
+def replicas_of(name: str, args: list[str], env: dict[str, str], n: int, data: Path, *,
+                api_port: int | None = None, grpc_port: int | None = None) -> list[Child]:
+    """``n`` children running ``args``: one is named ``name``, several ``name-1``, ``name-2`` ... The first keeps
+    the settings' data directory, each other one gets ``data/name-i`` (a processor's tables and an API's read model
+    are its own); with ``api_port`` (and ``grpc_port``) child ``i`` listens on that port + i - 1."""
+    out = []
+    for i in range(1, n + 1):
+        own = dict(env)
+        if i > 1:
+            own["TASKSTREAM_DATA_DIR"] = str((data / f"{name}-{i}").resolve())
+        if api_port is not None:
+            own["TASKSTREAM_API_PORT"] = str(api_port + i - 1)
+        if grpc_port:
+            own["TASKSTREAM_GRPC_PORT"] = str(grpc_port + i - 1)
+        out.append(Child(name if n == 1 else f"{name}-{i}", args, own))
+    return out
+
+
+def _nodes(broker: KafkaBroker | KafkaCluster | None) -> list[KafkaBroker]:
+    if broker is None:
+        return []
+    return broker.nodes if isinstance(broker, KafkaCluster) else [broker]
+
+
 def _drop_tables_without_log(data: Path, broker: KafkaBroker) -> None:
     """Tables and a read model without the broker log they were folded from (a new log, or a data directory of a
     taskstream whose broker kept its log in memory) describe tasks that no log holds: they go, so that the
     processor and the API start as empty as the log."""
     if (broker.log_dir / "meta.properties").exists():
         return
-    for name in ("processor", "read-model"):
-        if (data / name).exists():
-            _say(f"the broker's log is new: deleting {(data / name).resolve()}, folded from a log that is gone")
-            shutil.rmtree(data / name)
+    folded = [data / "processor", data / "read-model", *data.glob("processor-*"), *data.glob("api-*")]
+    for path in folded:
+        if path.exists():
+            _say(f"the broker's log is new: deleting {path.resolve()}, folded from a log that is gone")
+            shutil.rmtree(path)
 
 
 def _restart_broker(broker: KafkaBroker) -> bool:
-    """Start a broker that died again on its own directory; False if it keeps dying at once."""
+    """Start a broker (a node of the cluster) that died again on its own directory; False if it keeps dying at
+    once."""
     broker.restarts += 1
     code = broker.proc.returncode if broker.proc is not None else None  # started before it could exit
-    _say(f"Kafka exited with {code}; restarting it on the same log (restart {broker.restarts})")
+    node = f" node {broker.node_id}" if broker.brokers > 1 else ""
+    _say(f"Kafka{node} exited with {code}; restarting it on the same log (restart {broker.restarts})")
     for attempt in range(CRASH_LOOP_EXITS):
         try:
             broker.start()

@@ -66,7 +66,11 @@ _SUMMARY: dict[str, tuple[str, ...]] = {
     "TaskRedriven": ("actor", "reason",),
     "ScheduleCreated": ("actor", "cron", "timezone", "start_at", "end_at", "misfire", "name"),
     "ScheduleFired": ("fire_at", "created_task_id", "skipped"),
+    "ScheduleBackfilled": ("start", "end", "overlap", "count"),
     "ScheduleDeleted": ("actor", "reason",),
+    "SchedulePaused": ("actor", "reason",),
+    "ScheduleResumed": ("actor",),
+    "ScheduleTriggered": ("created_task_id", "actor",),
 }
 
 

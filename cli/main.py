@@ -42,6 +42,13 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="API port on 127.0.0.1 (default TASKSTREAM_API_PORT, 8080)")
 @click.option("--broker-port", type=int, default=9092, show_default=True,
               help="port of the Kafka node dev starts on 127.0.0.1 (not used with TASKSTREAM_BOOTSTRAP_SERVERS)")
+@click.option("--brokers", "n_brokers", type=click.IntRange(1), default=1, show_default=True,
+              help="Kafka nodes (KRaft, each broker and controller) on consecutive ports from --broker-port, their "
+                   "controllers on the ports after those; 3 or more: topics with 3 replicas and min.insync.replicas 2")
+@click.option("--processors", "n_processors", type=click.IntRange(1), default=1, show_default=True,
+              help="processor processes (each with its own tables under the data directory)")
+@click.option("--apis", "n_apis", type=click.IntRange(1), default=1, show_default=True,
+              help="API processes on consecutive ports from --port (gRPC ports consecutive too)")
 @click.option("--executors", "n_executors", type=int, default=1, show_default=True, help="executor processes")
 @click.option("--handlers", multiple=True, help="extra handler module(s) for the executors (repeatable)")
 @click.option("--concurrency", type=int, default=None, help="handler slots per executor")
@@ -51,8 +58,10 @@ def main() -> None:
                    "./.taskstream); kept across restarts")
 @click.option("--fresh", is_flag=True, help="delete the data directory first: start from an empty log")
 @click.argument("more_handlers", nargs=-1)
-def dev(port, broker_port, n_executors, handlers, concurrency, partitions, data_dir, fresh, more_handlers) -> None:
-    """Everything on this machine: Apache Kafka (one KRaft node), processor, executors and the API."""
+def dev(port, broker_port, n_brokers, n_processors, n_apis, n_executors, handlers, concurrency, partitions, data_dir,
+        fresh, more_handlers) -> None:
+    """Everything on this machine: Apache Kafka (one KRaft node, or --brokers N), processor, executors and the
+    API."""
     from .dev import run_dev
 
     sys.exit(
@@ -65,6 +74,9 @@ def dev(port, broker_port, n_executors, handlers, concurrency, partitions, data_
             partitions=partitions,
             data_dir=data_dir,
             fresh=fresh,
+            brokers=n_brokers,
+            processors=n_processors,
+            apis=n_apis,
         )
     )
 
@@ -392,6 +404,10 @@ from .tasks import COMMANDS as _CLIENT_COMMANDS  # noqa: E402  (tasks, workflows
 
 for _command in _CLIENT_COMMANDS:
     main.add_command(_command)
+
+from .workers import workers as _workers  # noqa: E402  (through the HTTP client)
+
+main.add_command(_workers)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,18 +93,20 @@ def _labels(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-_RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
+_RELATIVE = re.compile(r"^([+-])(\d+(?:\.\d+)?)([smhd])$")
 
 
 def _when(ctx, param, value: str | None) -> str | None:
-    """RFC 3339 as is (the API checks it), or ``+90s``, ``+10m``, ``+2h``, ``+1d`` from now."""
+    """RFC 3339 as is (the API checks it), ``now``, or ``+90s``, ``+10m``, ``+2h``, ``-1d`` from now."""
     if value is None:
         return None
+    if value.strip() == "now":
+        return datetime.now(UTC).isoformat()
     m = _RELATIVE.match(value.strip())
     if m is None:
         return value
-    seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+    seconds = float(m.group(2)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(3)]
+    return (datetime.now(UTC) + timedelta(seconds=-seconds if m.group(1) == "-" else seconds)).isoformat()
 
 
 def _retry(max_attempts, initial, multiplier, most, jitter) -> dict[str, Any] | None:
@@ -190,7 +192,7 @@ def tasks_submit(handler, payload, priority, depends_on, run_at, max_attempts, b
     with _client(url) as client:
         task = client.submit(handler, payload, priority=priority, depends_on=depends_on, run_at=run_at,
                              timeout_s=timeout_s, retry=retry, labels=labels, name=name,
-                             idempotency_key=idempotency_key)
+                             idempotency_key=idempotency_key).task
         if wait:
             sys.exit(_wait(client, task, wait_timeout, as_json))
     _emit_task(task, as_json)
@@ -379,7 +381,7 @@ def workflows_submit(file, idempotency_key, wait, wait_timeout, url, as_json) ->
     """
     body = _load_workflow(file)
     with _client(url) as client:
-        wf = client.workflow(body, idempotency_key=idempotency_key)
+        wf = client.workflow(body, idempotency_key=idempotency_key).workflow
         finals = {}
         if wait:
             deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
@@ -547,7 +549,8 @@ def schedules_create(cron, handler, payload, timezone, name, priority, max_attem
     """Create a schedule: CRON (5 fields, or 6 with seconds last) fires a HANDLER task."""
     from taskstream.client import task_body
 
-    task = task_body(handler, payload, priority=priority, max_attempts=max_attempts, labels=labels)
+    retry = {"max_attempts": max_attempts} if max_attempts is not None else None
+    task = task_body(handler, payload, priority=priority, retry=retry, labels=labels)
     with _client(url) as client:
         s = client.create_schedule(cron, task, timezone=timezone, name=name, start_at=start_at, end_at=end_at,
                                    misfire=misfire, idempotency_key=idempotency_key)
@@ -555,7 +558,7 @@ def schedules_create(cron, handler, payload, timezone, name, priority, max_attem
 
 
 @schedules.command("list")
-@click.option("--status", type=click.Choice(["active", "ended", "deleted"]), default=None)
+@click.option("--status", type=click.Choice(["active", "paused", "ended", "deleted"]), default=None)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @_url_option
 @_json_option
@@ -589,6 +592,68 @@ def schedules_delete(schedule_id, reason, url, as_json) -> None:
     with _client(url) as client:
         s = client.delete_schedule(schedule_id, reason=reason)
     _emit_schedules([s], as_json)
+
+
+@schedules.command("pause")
+@click.argument("schedule_id", metavar="ID")
+@click.option("--reason", default="")
+@_url_option
+@_json_option
+def schedules_pause(schedule_id, reason, url, as_json) -> None:
+    """Stop a schedule's fires until `resume` (fire times meanwhile are skipped)."""
+    with _client(url) as client:
+        s = client.pause_schedule(schedule_id, reason=reason)
+    _emit_schedules([s], as_json)
+
+
+@schedules.command("resume")
+@click.argument("schedule_id", metavar="ID")
+@_url_option
+@_json_option
+def schedules_resume(schedule_id, url, as_json) -> None:
+    """Fire a paused schedule again, from its next fire time after now."""
+    with _client(url) as client:
+        s = client.resume_schedule(schedule_id)
+    _emit_schedules([s], as_json)
+
+
+@schedules.command("run")
+@click.argument("schedule_id", metavar="ID")
+@_url_option
+@_json_option
+def schedules_run(schedule_id, url, as_json) -> None:
+    """Create the schedule's task now (its id is the schedule's last task)."""
+    with _client(url) as client:
+        s = client.run_schedule(schedule_id)
+    if not as_json:
+        click.echo(f"task {s.last_task_id}")
+    _emit_schedules([s], as_json)
+
+
+@schedules.command("backfill")
+@click.argument("schedule_id", metavar="ID")
+@click.option("--start", required=True, callback=_when, help="first cron time to run, inclusive (RFC 3339 or -7d)")
+@click.option("--end", required=True, callback=_when, help="last cron time to run, inclusive, not in the future")
+@click.option("--overlap", type=click.Choice(["skip", "allow"]), default="skip", show_default=True,
+              help="skip: times the schedule already ran are not run again; allow: run them again")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="at most this many of the backfill's tasks queued or running at once")
+@_url_option
+@_json_option
+def schedules_backfill(schedule_id, start, end, overlap, max_concurrent, url, as_json) -> None:
+    """Run a schedule for its past cron times from --start to --end: one task per time, in order.
+
+    Times are read in the schedule's time zone. Asking again for the same times creates nothing new.
+    """
+    with _client(url) as client:
+        answer = client.backfill_schedule(schedule_id, start, end, overlap=overlap, max_concurrent=max_concurrent)
+    if as_json:
+        click.echo(json.dumps(answer, ensure_ascii=False))
+        return
+    click.echo(f"schedule {answer['schedule_id']}: {answer['count']} cron times from {answer['start']} "
+               f"to {answer['end']} (overlap {answer['overlap']})")
+    for t in answer["tasks"]:
+        click.echo(f"  {t['scheduled_for']}  {t['id']}")
 
 
 def _emit_schedules(found: list, as_json: bool) -> None:

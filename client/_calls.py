@@ -7,6 +7,7 @@ is written once, here.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import error_for
-from .models import Page, Schedule, Task, TaskEvent, Workflow, WorkflowRun
+from .models import Page, Schedule, Task, TaskEvent, Worker, Workflow, WorkflowRun
 
 T = TypeVar("T")
 API = "/api/v1"
@@ -92,17 +93,40 @@ def retry_json(retry: RetrySpec) -> dict[str, Any]:
         raise TypeError(f"retry must be a mapping or a RetryPolicy, not {type(retry).__name__}") from None
 
 
+class HandlerRef(Protocol):
+    """A handler function registered with ``@handler`` (``taskstream.executors``): it carries its name."""
+
+    taskstream_handler: str
+
+
+#: What names a task's handler: its name, or the function ``@handler`` registered (caught typos: a NameError).
+HandlerSpec = str | HandlerRef
+
+
+def handler_name(handler: HandlerSpec) -> str:
+    """The name to send for ``handler``: a string as it is, a registered function's name; ``TypeError`` for
+    anything else (a function that ``@handler`` did not register), before anything is sent."""
+    if isinstance(handler, str):
+        return handler
+    name = getattr(handler, "taskstream_handler", None)
+    if isinstance(name, str) and name:
+        return name
+    what = getattr(handler, "__qualname__", None) or type(handler).__name__
+    raise TypeError(f"handler must be a handler name or a function registered with @handler; {what} is neither")
+
+
 def _key(idempotency_key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
 
 
 def task_body(
-    handler: str,
+    handler: HandlerSpec,
     payload: Any = UNSET,
     *,
     priority: str | None = None,
     depends_on: Iterable[str] | None = None,
     run_at: datetime | str | None = None,
+    delay_s: float | None = None,
     timeout_s: float | None = None,
     retry: RetrySpec | None = None,
     max_attempts: int | None = None,
@@ -112,11 +136,14 @@ def task_body(
 ) -> dict[str, Any]:
     """The JSON of one task for ``POST /tasks`` (or an entry of ``submit_many``): only the fields given.
 
-    ``retry`` is a mapping (any part of the policy) or a ``RetryPolicy`` (``retry_json``);
-    ``max_attempts`` is a shortcut for ``retry={"max_attempts": ...}`` (merged into ``retry``);
+    ``handler`` is a name or a function registered with ``@handler`` (``handler_name``).
+    ``retry`` is a ``RetryPolicy`` (or a mapping of any part of its JSON: ``retry_json``);
+    ``max_attempts`` is deprecated (a ``DeprecationWarning``): it is merged into ``retry`` as
+    ``{"max_attempts": ...}``, which ``retry=RetryPolicy(max_attempts=...)`` says in the one way;
+    ``delay_s`` (seconds from now, like Celery's ``countdown``) or ``run_at``: when it may first run;
     ``more`` passes fields this client does not know yet (``key`` for a workflow entry).
     """
-    body: dict[str, Any] = {"handler": handler}
+    body: dict[str, Any] = {"handler": handler_name(handler)}
     if payload is not UNSET:
         body["payload"] = payload
     if priority is not None:
@@ -125,8 +152,13 @@ def task_body(
         body["depends_on"] = list(depends_on)
     if run_at is not None:
         body["run_at"] = _time(run_at)
+    if delay_s is not None:
+        body["delay_s"] = delay_s
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
+    if max_attempts is not None:
+        warnings.warn("max_attempts= is deprecated: pass retry=RetryPolicy(max_attempts=...)", DeprecationWarning,
+                      stacklevel=3)
     if retry is not None or max_attempts is not None:
         body["retry"] = {**(retry_json(retry) if retry is not None else {}),
                          **({"max_attempts": max_attempts} if max_attempts is not None else {})}
@@ -252,11 +284,26 @@ def delete_schedule(schedule_id: str, reason: str) -> Call[Schedule]:
                 params=[("reason", reason)] if reason else [])
 
 
+def change_schedule(schedule_id: str, action: str, reason: str = "") -> Call[Schedule]:
+    """``POST /schedules/{id}:pause``, ``:resume`` or ``:run``."""
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:{action}", _schedule,
+                params=[("reason", reason)] if reason else [])
+
+
+def backfill_schedule(schedule_id: str, body: dict[str, Any]) -> Call[dict[str, Any]]:
+    return Call("POST", f"{API}/schedules/{_id(schedule_id)}:backfill", lambda r: r.json(), json=body)
+
+
 # ------------------------------------------------------------------- ops
 
 
 def stats() -> Call[dict[str, Any]]:
     return Call("GET", f"{API}/stats", lambda r: r.json())
+
+
+def workers(status: str | None) -> Call[list[Worker]]:
+    return Call("GET", f"{API}/workers", lambda r: [Worker.from_json(w) for w in r.json()["workers"]],
+                params=[("status", status)] if status else [])
 
 
 def ready() -> Call[dict[str, Any]]:

@@ -12,9 +12,11 @@ class.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import aclosing, closing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +24,10 @@ import httpx
 
 from . import _calls as calls
 from ._calls import UNSET, Call
+from ._handles import AsyncTaskHandle, AsyncWorkflowHandle, TaskHandle, WorkflowHandle, deadline_of, timed_out
 from .errors import TaskstreamError, Unavailable, WaitTimeout, unreachable
-from .models import Change, Page, Schedule, Task, TaskEvent, Workflow, WorkflowRun
-from .sse import SseEvent, iter_sse, read_sse
+from .models import Change, Page, Schedule, Task, TaskEvent, Worker, Workflow, WorkflowRun
+from .sse import SseEvent, StreamDeadline, StreamRenew, iter_sse, read_sse
 
 #: A watch whose connection dropped connects again (after the last event it got) this many times in a row.
 WATCH_RECONNECTS = 5
@@ -48,6 +51,23 @@ def _change(e: SseEvent) -> Change | None:
     if e.event == "error":
         raise Unavailable(e.json(), 503)
     return None
+
+
+class _WatchEnded(Exception):  # noqa: N818 - carries the error of an ``error`` event to the reconnecting loop
+    def __init__(self, error: TaskstreamError) -> None:
+        super().__init__(error.summary())
+        self.error = error
+
+
+def _reconnect_pause(failures: int, deadline: float | None) -> float:
+    """How long to wait before the ``failures``-th reconnection in a row: 0.2 s doubling to 2 s, within the deadline."""
+    pause = min(2.0, 0.1 * 2 ** failures)
+    return pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
+
+
+def _workflow_of(run: WorkflowRun) -> Workflow:
+    """What ``POST /workflows`` answers, from a read of the workflow (its keyed tasks)."""
+    return Workflow(workflow_id=run.id, tasks={t.key: t.id for t in run.tasks if t.key is not None})
 
 #: Where ``taskstream dev`` serves the API.
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -91,6 +111,12 @@ class _Operations:
             kw["json"] = call.json
         return kw
 
+    def _task_handle(self, task: Task) -> Any:  # pragma: no cover - each client has its own
+        raise NotImplementedError
+
+    def _workflow_handle(self, workflow: Workflow) -> Any:  # pragma: no cover - each client has its own
+        raise NotImplementedError
+
     def _transport_error(self, exc: httpx.HTTPError) -> TaskstreamError:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, httpx.TimeoutException):
@@ -99,38 +125,59 @@ class _Operations:
 
     # ------------------------------------------------------------ tasks
 
-    def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,
+    def submit(self, handler: calls.HandlerSpec, payload: Any = UNSET, *, priority: str | None = None,
                depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
                timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                max_attempts: int | None = None, labels: Mapping[str, str] | None = None, name: str | None = None,
-               idempotency_key: str | None = None) -> Task:
-        """Submit one task (``POST /tasks``); the task as the API accepted it.
+               idempotency_key: str | None = None, delay_s: float | None = None) -> TaskHandle:
+        """Submit one task (``POST /tasks``); a handle of it (``handle.task``: the task as the API accepted it).
 
-        ``retry`` is ``{"max_attempts", "backoff": {"initial_s", "multiplier", "max_s", "jitter"}}``
-        (any part of it) or a whole ``RetryPolicy`` (``taskstream.schemas``); ``max_attempts`` alone
-        is a shortcut for it. With ``idempotency_key`` a
-        repeat of the same request answers the same task and writes nothing.
+        ``handler`` is a name or a function registered with ``@handler`` (its name is sent; an unregistered
+        function is a ``TypeError`` before anything is sent). ``retry`` is a ``RetryPolicy``
+        (``taskstream.client.RetryPolicy``; a mapping of any part of its JSON is taken too); ``max_attempts``
+        is deprecated (``retry=RetryPolicy(max_attempts=n)``). ``delay_s`` (seconds from now) or ``run_at``:
+        not before then. With ``idempotency_key`` a repeat of the same request answers the same task and writes
+        nothing.
         """
         body = calls.task_body(handler, payload, priority=priority, depends_on=depends_on, run_at=run_at,
-                               timeout_s=timeout_s, retry=retry, max_attempts=max_attempts, labels=labels, name=name)
-        return self._send(calls.submit(body, idempotency_key))
+                               delay_s=delay_s, timeout_s=timeout_s, retry=retry, max_attempts=max_attempts,
+                               labels=labels, name=name)
+        return self._send(self._handled(calls.submit(body, idempotency_key), self._task_handle))
 
-    def submit_many(self, tasks: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None) -> list[Task]:
+    def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,
+                    idempotency_key: str | None = None) -> list[TaskHandle]:
         """Submit up to 1,000 tasks in one request (``POST /tasks:batch``): all are validated before any is written.
 
-        Each entry is the JSON of a task (``task_body(...)`` builds one).
+        Each entry is the JSON of a task (``task_body(...)`` builds one); answers a handle of each, in order.
         """
-        return self._send(calls.submit_many([dict(t) for t in tasks], idempotency_key))
+        call = calls.submit_many([dict(t) for t in tasks], idempotency_key)
+        return self._send(self._handled(call, lambda ts: [self._task_handle(t) for t in ts]))
 
     def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,
-                 idempotency_key: str | None = None) -> Workflow:
+                 idempotency_key: str | None = None) -> WorkflowHandle:
         """Submit a DAG (``POST /workflows``): entries with a local ``key`` and ``depends_on`` keys.
 
-        ``tasks`` is the list of entries or the whole body (``{"tasks": [...]}``); answers the
-        workflow id and the task id of every key. A cycle or an unknown key is a ``ValidationFailed``.
+        ``tasks`` is the list of entries or the whole body (``{"tasks": [...]}``); answers a handle of
+        the workflow (``handle.workflow``: its id and the task id of every key). A cycle or an unknown
+        key is a ``ValidationFailed``.
         """
         entries = tasks if isinstance(tasks, Mapping) else [dict(t) for t in tasks]
-        return self._send(calls.workflow(entries, idempotency_key))
+        return self._send(self._handled(calls.workflow(entries, idempotency_key), self._workflow_handle))
+
+    def task_handle(self, task_id: str) -> TaskHandle:
+        """A handle of a task submitted earlier (one ``GET``: ``NotFound`` for an unknown id)."""
+        return self._send(self._handled(calls.get(task_id, None), self._task_handle))
+
+    def workflow_handle(self, workflow_id: str) -> WorkflowHandle:
+        """A handle of a workflow submitted earlier (one ``GET``: ``NotFound`` for an unknown id)."""
+        call = calls.get_workflow(workflow_id)
+        return self._send(self._handled(call, lambda run: self._workflow_handle(_workflow_of(run))))
+
+    @staticmethod
+    def _handled(call: Call, wrap: Callable[[Any], Any]) -> Call:
+        """``call`` whose answer is passed through ``wrap`` (to a handle) when parsed."""
+        parse = call.parse
+        return dataclasses.replace(call, parse=lambda r: wrap(parse(r)))
 
     def get_workflow(self, workflow_id: str) -> WorkflowRun:
         """The workflow (``GET /workflows/{id}``): overall status, counts by status, times, tasks and edges."""
@@ -204,11 +251,37 @@ class _Operations:
         """Stop a schedule; ``Conflict`` if it is already deleted. Tasks it created stay."""
         return self._send(calls.delete_schedule(schedule_id, reason))
 
+    def pause_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule:
+        """Stop a schedule's fires until ``resume_schedule`` (fire times meanwhile are skipped)."""
+        return self._send(calls.change_schedule(schedule_id, "pause", reason))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire a paused schedule again, from its next fire time after now."""
+        return self._send(calls.change_schedule(schedule_id, "resume"))
+
+    def run_schedule(self, schedule_id: str) -> Schedule:
+        """Create the schedule's task now; the schedule's ``last_task_id`` is the new task's id."""
+        return self._send(calls.change_schedule(schedule_id, "run"))
+
+    def backfill_schedule(self, schedule_id: str, start: datetime | str, end: datetime | str, *,
+                          overlap: str = "skip", max_concurrent: int | None = None) -> dict[str, Any]:
+        """Run a schedule for its past cron times in ``start``..``end`` (inclusive): the answer names each
+        time's task id, oldest first (``tasks``). ``overlap="skip"`` leaves the times the schedule ran;
+        ``"allow"`` runs them again. Asking twice creates nothing new."""
+        body: dict[str, Any] = {"start": calls._time(start), "end": calls._time(end), "overlap": overlap}
+        if max_concurrent is not None:
+            body["max_concurrent"] = max_concurrent
+        return self._send(calls.backfill_schedule(schedule_id, body))
+
     # -------------------------------------------------------------- ops
 
     def stats(self) -> dict[str, Any]:
         """``GET /stats``: counts by status and priority, queue depth, recent throughput."""
         return self._send(calls.stats())
+
+    def workers(self, *, status: str | None = None) -> list[Worker]:
+        """``GET /workers``: every executor that reports itself (``alive`` or ``gone``; only those of ``status``)."""
+        return self._send(calls.workers(status))
 
     def ready(self) -> dict[str, Any]:
         """``GET /readyz``: the checks when ready; raises ``Unavailable`` with the reasons when not."""
@@ -240,6 +313,12 @@ class Client(_Operations):
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         return call.parse(calls.check(response))
+
+    def _task_handle(self, task: Task) -> TaskHandle:
+        return TaskHandle(self, task)
+
+    def _workflow_handle(self, workflow: Workflow) -> WorkflowHandle:
+        return WorkflowHandle(self, workflow)
 
     def pages(self, **filters: Any) -> Iterator[Page[Task]]:
         """Pages of tasks following the cursor (filters as ``list_page``), until the last."""
@@ -318,13 +397,15 @@ class Client(_Operations):
                 delay = min(delay, left)
             time.sleep(delay)
 
-    def watch(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[Task]:
+    def watch(self, task_id: str, *, last_event_id: str | None = None,
+              timeout: float | None = None) -> Iterator[Task]:
         """The task as it is, then every change of it, pushed by the API (Server-Sent Events), until it ends.
 
         A dropped connection is resumed after the last change seen (no gap, no repeat), up to
-        ``WATCH_RECONNECTS`` times in a row; ``NotFound`` for an unknown task.
+        ``WATCH_RECONNECTS`` times in a row; ``NotFound`` for an unknown task. ``WaitTimeout`` (with the
+        last state seen) if it has not ended after ``timeout`` seconds (None: no limit).
         """
-        for change in self._watch(task_id, {}, last_event_id):
+        for change in self._watch(task_id, {}, last_event_id, timeout):
             yield change.task
 
     def watch_all(self, *, status: str | Iterable[str] | None = None, priority: str | Iterable[str] | None = None,
@@ -333,21 +414,48 @@ class Client(_Operations):
         after ``cursor`` (a ``Change.id``), as they happen; never ends on its own."""
         yield from self._watch(None, _watch_params(status, priority, handler), cursor)
 
-    def _watch(self, task_id: str | None, params: dict[str, Any], last: str | None) -> Iterator[Change]:
+    def _watch(self, task_id: str | None, params: dict[str, Any], last: str | None,
+               timeout: float | None = None) -> Generator[Change, None, None]:
+        seen = None
+        try:
+            with closing(self._feed(task_id, params, last, deadline_of(timeout))) as events:
+                for e in events:
+                    if (change := _change(e)) is not None:
+                        seen = change.task
+                        yield change
+        except StreamDeadline:
+            raise timed_out(f"task {task_id}", seen, timeout) from None
+
+    def _feed(self, task_id: str | None, params: dict[str, Any], last: str | None, deadline: float | None,
+              *, resume_errors: bool = False) -> Generator[SseEvent, None, None]:
+        """Every event of a watch until the API ends it, resumed after the last id it got when the connection drops
+        (``WATCH_RECONNECTS`` times in a row at most) and when the stream is renewed to keep to ``deadline``
+        (``StreamDeadline`` once that passed). ``resume_errors``: an ``error`` event (the API ended the watch, e.g.
+        it fell behind) is resumed from as a dropped connection is, instead of being yielded."""
         failures = 0
         while True:
             try:
-                for e in iter_sse(self._http, _watch_url(task_id), params=params, last_event_id=last):
-                    last = e.id or last
-                    failures = 0
-                    if (change := _change(e)) is not None:
-                        yield change
+                with closing(iter_sse(self._http, _watch_url(task_id), params=params, last_event_id=last,
+                                      deadline=deadline)) as stream:
+                    for e in stream:
+                        if e.event == "error" and resume_errors:
+                            raise _WatchEnded(Unavailable(e.json(), 503))
+                        last = e.id or last
+                        failures = 0
+                        yield e
                 return
+            except StreamRenew:
+                continue
+            except _WatchEnded as ended:
+                failure: TaskstreamError = ended.error
             except httpx.TransportError as exc:
-                failures += 1
-                if failures > WATCH_RECONNECTS:
-                    raise unreachable(self.url, str(exc) or type(exc).__name__) from None
-                time.sleep(min(2.0, 0.1 * 2 ** failures))
+                failure = unreachable(self.url, str(exc) or type(exc).__name__)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StreamDeadline
+            failures += 1
+            if failures > WATCH_RECONNECTS:
+                raise failure
+            time.sleep(_reconnect_pause(failures, deadline))
 
     def close(self) -> None:
         self._http.close()
@@ -378,15 +486,19 @@ class AsyncClient(_Operations):
     # What _Operations' methods are here: awaitables of the same results (so not overrides of the
     # synchronous signatures, which mypy checks them against; hence the ignores).
     if TYPE_CHECKING:
-        async def submit(self, handler: str, payload: Any = UNSET, *, priority: str | None = None,  # type: ignore[override]
+        async def submit(self, handler: calls.HandlerSpec, payload: Any = UNSET, *,  # type: ignore[override]
+                         priority: str | None = None,
                          depends_on: Iterable[str] | None = None, run_at: datetime | str | None = None,
                          timeout_s: float | None = None, retry: calls.RetrySpec | None = None,
                          max_attempts: int | None = None, labels: Mapping[str, str] | None = None,
-                         name: str | None = None, idempotency_key: str | None = None) -> Task: ...
+                         name: str | None = None, idempotency_key: str | None = None,
+                         delay_s: float | None = None) -> AsyncTaskHandle: ...
         async def submit_many(self, tasks: Iterable[Mapping[str, Any]], *,  # type: ignore[override]
-                              idempotency_key: str | None = None) -> list[Task]: ...
+                              idempotency_key: str | None = None) -> list[AsyncTaskHandle]: ...
         async def workflow(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,  # type: ignore[override]
-                           idempotency_key: str | None = None) -> Workflow: ...
+                           idempotency_key: str | None = None) -> AsyncWorkflowHandle: ...
+        async def task_handle(self, task_id: str) -> AsyncTaskHandle: ...  # type: ignore[override]
+        async def workflow_handle(self, workflow_id: str) -> AsyncWorkflowHandle: ...  # type: ignore[override]
         async def get_workflow(self, workflow_id: str) -> WorkflowRun: ...  # type: ignore[override]
         async def workflows_page(self, *, status: str | None = None, limit: int | None = None,  # type: ignore[override]
                                  cursor: str | None = None) -> Page[WorkflowRun]: ...
@@ -408,8 +520,15 @@ class AsyncClient(_Operations):
         async def schedules_page(self, *, status: str | None = None, limit: int | None = None,  # type: ignore[override]
                                  cursor: str | None = None) -> Page[Schedule]: ...
         async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
+        async def pause_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
+        async def resume_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
+        async def run_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
+        async def backfill_schedule(self, schedule_id: str, start: datetime | str,  # type: ignore[override]
+                                    end: datetime | str, *, overlap: str = "skip",
+                                    max_concurrent: int | None = None) -> dict[str, Any]: ...
         async def stats(self) -> dict[str, Any]: ...  # type: ignore[override]
         async def ready(self) -> dict[str, Any]: ...  # type: ignore[override]
+        async def workers(self, *, status: str | None = None) -> list[Worker]: ...  # type: ignore[override]
 
     async def _send(self, call: Call) -> Any:
         try:
@@ -417,6 +536,12 @@ class AsyncClient(_Operations):
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         return call.parse(calls.check(response))
+
+    def _task_handle(self, task: Task) -> AsyncTaskHandle:
+        return AsyncTaskHandle(self, task)
+
+    def _workflow_handle(self, workflow: Workflow) -> AsyncWorkflowHandle:
+        return AsyncWorkflowHandle(self, workflow)
 
     async def pages(self, **filters: Any) -> AsyncIterator[Page[Task]]:
         cursor = filters.pop("cursor", None)
@@ -490,9 +615,10 @@ class AsyncClient(_Operations):
                 delay = min(delay, left)
             await asyncio.sleep(delay)
 
-    async def watch(self, task_id: str, *, last_event_id: str | None = None) -> AsyncIterator[Task]:
+    async def watch(self, task_id: str, *, last_event_id: str | None = None,
+                    timeout: float | None = None) -> AsyncIterator[Task]:
         """As ``Client.watch``: ``async for task in client.watch(id)``."""
-        async for change in self._watch(task_id, {}, last_event_id):
+        async for change in self._watch(task_id, {}, last_event_id, timeout):
             yield change.task
 
     async def watch_all(self, *, status: str | Iterable[str] | None = None,
@@ -502,21 +628,45 @@ class AsyncClient(_Operations):
         async for change in self._watch(None, _watch_params(status, priority, handler), cursor):
             yield change
 
-    async def _watch(self, task_id: str | None, params: dict[str, Any], last: str | None) -> AsyncIterator[Change]:
+    async def _watch(self, task_id: str | None, params: dict[str, Any], last: str | None,
+                     timeout: float | None = None) -> AsyncGenerator[Change, None]:
+        seen = None
+        try:
+            async with aclosing(self._feed(task_id, params, last, deadline_of(timeout))) as events:
+                async for e in events:
+                    if (change := _change(e)) is not None:
+                        seen = change.task
+                        yield change
+        except StreamDeadline:
+            raise timed_out(f"task {task_id}", seen, timeout) from None
+
+    async def _feed(self, task_id: str | None, params: dict[str, Any], last: str | None, deadline: float | None,
+                    *, resume_errors: bool = False) -> AsyncGenerator[SseEvent, None]:
+        """As ``Client._feed``."""
         failures = 0
         while True:
             try:
-                async for e in read_sse(self._http, _watch_url(task_id), params=params, last_event_id=last):
-                    last = e.id or last
-                    failures = 0
-                    if (change := _change(e)) is not None:
-                        yield change
+                async with aclosing(read_sse(self._http, _watch_url(task_id), params=params, last_event_id=last,
+                                             deadline=deadline)) as stream:
+                    async for e in stream:
+                        if e.event == "error" and resume_errors:
+                            raise _WatchEnded(Unavailable(e.json(), 503))
+                        last = e.id or last
+                        failures = 0
+                        yield e
                 return
+            except StreamRenew:
+                continue
+            except _WatchEnded as ended:
+                failure: TaskstreamError = ended.error
             except httpx.TransportError as exc:
-                failures += 1
-                if failures > WATCH_RECONNECTS:
-                    raise unreachable(self.url, str(exc) or type(exc).__name__) from None
-                await asyncio.sleep(min(2.0, 0.1 * 2 ** failures))
+                failure = unreachable(self.url, str(exc) or type(exc).__name__)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StreamDeadline
+            failures += 1
+            if failures > WATCH_RECONNECTS:
+                raise failure
+            await asyncio.sleep(_reconnect_pause(failures, deadline))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -27,11 +27,28 @@ exception                  status when
                                   ``Idempotency-Key`` to learn the outcome (an
                                   ``Unavailable``)
 ``ServerError``            5xx    anything else the server got wrong
-``WaitTimeout``            none   ``wait()`` gave up before the task ended
+``WaitTimeout``            none   ``wait()`` or a handle's ``result()`` gave up
+                                  before the task (workflow) ended
 ========================== ====== ===============================================
 
 All derive from ``TaskstreamError``, which carries the ``problem`` document
 (a dict; one is made up when the server sent none) and the HTTP ``status``.
+
+How a task or workflow ended, when a handle's ``result()`` was asked for a
+result it does not have (``status`` None, the problem made up here):
+
+========================== ===================================================
+exception                  when
+========================== ===================================================
+``TaskFailed``             the task ended ``failed``: ``error``,
+                           ``error_type``, ``traceback``, ``task``
+``UpstreamFailed``         (a ``TaskFailed``) it ended ``upstream_failed``: a
+                           dependency did not succeed, it never ran
+``TaskCancelled``          the task ended ``cancelled``
+``WorkflowFailed``         the workflow ended ``failed``: ``workflow``, and
+                           ``failures`` (a ``TaskFailed`` per failed task)
+``WorkflowCancelled``      the workflow ended ``cancelled``
+========================== ===================================================
 """
 
 from __future__ import annotations
@@ -139,6 +156,78 @@ class WaitTimeout(TaskstreamError, TimeoutError):
     def __init__(self, problem: dict[str, Any], task: Any = None) -> None:
         self.task = task
         super().__init__(problem, None)
+
+
+def _about(task: Any) -> str:
+    name = f" {task.name!r}" if getattr(task, "name", "") else ""
+    return f"task {task.id}{name} ({task.handler})"
+
+
+class TaskFailed(TaskstreamError):
+    """The task ended ``failed`` (its last attempt raised, or a ``PermanentError``): what ``result()`` raises.
+
+    ``task`` is its final state; ``error`` the message the executor recorded
+    (``"ValueError: ..."``), ``error_type`` the exception's type and
+    ``traceback`` the handler's frames as text, each None where the API did
+    not say (an API older than these fields, a failure that was no exception).
+    """
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        super().__init__({"title": f"Task {task.status}", "detail": f"{_about(task)} {task.status}: {task.error}"})
+
+    @property
+    def error(self) -> str | None:
+        return self.task.error
+
+    @property
+    def error_type(self) -> str | None:
+        value = self.task.raw.get("error_type")
+        return value if isinstance(value, str) else None
+
+    @property
+    def traceback(self) -> str | None:
+        value = self.task.raw.get("traceback")
+        return value if isinstance(value, str) else None
+
+
+class UpstreamFailed(TaskFailed):
+    """The task ended ``upstream_failed``: a dependency failed, was cancelled or does not exist; it never ran."""
+
+
+class TaskCancelled(TaskstreamError):
+    """The task ended ``cancelled`` (``task`` is its final state): what ``result()`` raises."""
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        error = str(task.error or "").removeprefix("cancelled").removeprefix(":").strip()
+        reason = f": {error}" if error else ""
+        super().__init__({"title": "Task cancelled", "detail": f"{_about(task)} was cancelled{reason}"})
+
+
+class WorkflowFailed(TaskstreamError):
+    """The workflow ended ``failed``: ``workflow`` (a ``WorkflowRun``) and ``failures``, a ``TaskFailed`` for each
+    task of it that failed itself (with its error and traceback), in the workflow's order."""
+
+    def __init__(self, workflow: Any, failures: list[TaskFailed]) -> None:
+        self.workflow = workflow
+        self.failures = failures
+        first = f"; {failures[0].detail}" if failures else ""
+        super().__init__({"title": "Workflow failed",
+                          "detail": f"workflow {workflow.id} failed ({_counts(workflow)}){first}"})
+
+
+class WorkflowCancelled(TaskstreamError):
+    """The workflow ended ``cancelled`` (a task of it was cancelled): ``workflow`` is the ``WorkflowRun``."""
+
+    def __init__(self, workflow: Any) -> None:
+        self.workflow = workflow
+        super().__init__({"title": "Workflow cancelled",
+                          "detail": f"workflow {workflow.id} was cancelled ({_counts(workflow)})"})
+
+
+def _counts(workflow: Any) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(workflow.counts.items())) or "no tasks"
 
 
 _BY_STATUS: dict[int, type[TaskstreamError]] = {

@@ -60,6 +60,10 @@ class Task:
     finished_at: datetime | None = None
     result: Any = None
     error: str | None = None
+    #: Why it failed, beside ``error``: the exception type the handler raised and its traceback (the handler's
+    #: frames, innermost kept); None when the task has no error or its error is not a raised exception.
+    error_type: str | None = None
+    traceback: str | None = None
     version: int = 0
     key: str | None = None
     workflow_id: str | None = None
@@ -135,6 +139,39 @@ class Schedule:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Schedule:
         return cls(**_fields_from(cls, doc, cls._TIMES), raw=doc)
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """An executor as ``GET /api/v1/workers`` shows it, from its latest report.
+
+    ``status`` is ``alive`` while it reports, ``gone`` once its last report
+    is older than ``gone_after_s`` (three of its report intervals);
+    ``partitions`` are ``(topic, partition)`` pairs of the ready topics it
+    holds; ``running`` names (at most 100 of) the ``in_flight`` tasks.
+    """
+
+    id: str
+    status: str
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    handlers: list[str] = field(default_factory=list)
+    concurrency: int = 0
+    in_flight: int = 0
+    running: list[str] = field(default_factory=list)
+    partitions: list[tuple[str, int]] = field(default_factory=list)
+    started_at: datetime | None = None
+    last_seen: datetime | None = None
+    report_interval_s: float = 0.0
+    gone_after_s: float = 0.0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Worker:
+        fields = _fields_from(cls, {k: v for k, v in doc.items() if k != "partitions"}, ("started_at", "last_seen"))
+        partitions = [(str(p.get("topic")), int(p.get("partition", 0))) for p in doc.get("partitions") or []]
+        return cls(**fields, partitions=partitions, raw=doc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ and report the outcome to ``<p>.events``. Handler authors need only::
         ...
         return {"ok": True}
 
-``ctx.upstream`` maps each dependency's id (and, in a workflow, its key) to
-its result; results above 64 KiB of JSON are not carried and show as None.
+``ctx.upstream`` maps each dependency to its result, by its workflow key
+for a task of a workflow, else by its task id (each dependency once);
+results above 64 KiB of JSON are not carried and show as None.
 ``ctx.cancelled`` turns true when the task is cancelled while running, its
 timeout expires or the executor's shutdown grace period is over (async
 handlers are also cancelled; sync ones should poll it).
@@ -41,7 +42,7 @@ exception fails the attempt (retried per policy). The runtime is in ``runtime``,
 from .builtin import BUILTINS
 from .context import TaskContext
 from .errors import AttemptAbandoned, HandlerImportError, PermanentError, Retry
-from .registry import Handler, Registry, default_registry, handler, load_handler_modules
+from .registry import Handler, HandlerFunction, Registry, default_registry, handler, load_handler_modules
 from .runtime import Executor, run_executor
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "BUILTINS",
     "Executor",
     "Handler",
+    "HandlerFunction",
     "HandlerImportError",
     "PermanentError",
     "Registry",

@@ -50,6 +50,10 @@ class Dispatcher:
     def running(self) -> int:
         return len(self._slots)
 
+    def running_ids(self) -> list[str]:
+        """Task ids of the attempts running now, oldest slot first (on the loop)."""
+        return [d.task.task_id for d in list(self._slots.values())]
+
     # ------------------------------------------------------- from other threads
 
     def wake_threadsafe(self) -> None:

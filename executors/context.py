@@ -32,9 +32,9 @@ class TaskContext:
     """The attempt a handler runs, and what it may know about it.
 
     ``upstream`` holds the results of the task's dependencies, decoded from
-    JSON: each dependency id maps to its result and, for a task submitted in
-    a workflow, so does each dependency's workflow key (both keys map to the
-    same value). A task without dependencies gets ``{}``. Results above
+    JSON, each under one name: its workflow key for a task submitted in a
+    workflow, else its task id (``streams.domain.upstream_json`` holds the
+    rule). A task without dependencies gets ``{}``. Results above
     64 KiB of JSON, and those past 256 KiB of upstream results in all, are
     not carried; ctx.upstream holds None for them (the handler can fetch
     such a result with ``GET /api/v1/tasks/{id}``). A dependency whose

@@ -3,7 +3,11 @@
 A handler is a plain function ``(payload, ctx) -> result``, ``async def`` or
 ``def`` (sync ones run in the executor's thread pool). ``@handler`` registers
 into the module-level ``default_registry`` unless given another ``Registry``
-(tests build their own). The built-ins (``taskstream.executors.builtin``) live
+(tests build their own). It returns the function itself, marked with its
+name (``taskstream_handler``), so the function is also a typed reference to
+the handler: ``client.submit(send_email, payload)`` sends ``"send_email"``'s
+registered name, and a misspelt reference fails as a ``NameError`` (or in
+the type checker) before any task is sent. The built-ins (``taskstream.executors.builtin``) live
 in a registry of their own that every executor consults after its own, so they
 are always there and a user handler of the same name wins.
 """
@@ -17,13 +21,24 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from .errors import HandlerImportError
 
 log = logging.getLogger(__name__)
 
 HandlerFn = Callable[[Any, Any], Any]
+
+
+class HandlerFunction(Protocol):
+    """What ``@handler`` returns: the function it registered, carrying the name it was registered under.
+
+    ``taskstream.client``'s ``submit`` (and ``task_body``) take it in place of the name.
+    """
+
+    taskstream_handler: str
+
+    def __call__(self, payload: Any, ctx: Any, /) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +63,15 @@ class Registry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
 
-    def register(self, name: str, fn: HandlerFn) -> HandlerFn:
-        """Register ``fn`` under ``name``; return ``fn`` unchanged.
+    def register(self, name: str, fn: HandlerFn) -> HandlerFunction:
+        """Register ``fn`` under ``name``; return ``fn`` itself, marked with ``name`` (``taskstream_handler``).
 
         Registering a second, different function under a taken name raises
         ``ValueError``; re-registering the same function (same module and
-        qualified name, as when a module is imported twice) replaces it.
+        qualified name, as when a module is imported twice) replaces it. A
+        function registered under two names is marked with the last; an
+        object that takes no attributes is registered but not marked (it
+        cannot stand for its name in ``submit``).
         """
         if not isinstance(name, str) or not name:
             raise ValueError("a handler name must be a non-empty string")
@@ -65,9 +83,13 @@ class Registry:
                 f"handler {name!r} is already registered by {existing.fn.__module__}.{existing.fn.__qualname__}"
             )
         self._handlers[name] = Handler(name, fn, _is_async(fn))
-        return fn
+        try:
+            fn.taskstream_handler = name  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            log.debug("handler %s: %r takes no attributes; it is registered but cannot stand for its name", name, fn)
+        return cast(HandlerFunction, fn)
 
-    def handler(self, name: str) -> Callable[[HandlerFn], HandlerFn]:
+    def handler(self, name: str) -> Callable[[HandlerFn], HandlerFunction]:
         """Decorator form of ``register``."""
         return lambda fn: self.register(name, fn)
 
@@ -91,8 +113,9 @@ class Registry:
 default_registry = Registry()
 
 
-def handler(name: str, *, registry: Registry | None = None) -> Callable[[HandlerFn], HandlerFn]:
-    """Register the decorated sync or async function as the handler called ``name``.
+def handler(name: str, *, registry: Registry | None = None) -> Callable[[HandlerFn], HandlerFunction]:
+    """Register the decorated sync or async function as the handler called ``name``; the function stays itself
+    and stands for the handler in ``client.submit(resize, payload)`` (``HandlerFunction``).
 
     >>> @handler("images.resize")
     ... async def resize(payload, ctx): ...

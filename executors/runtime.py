@@ -45,6 +45,7 @@ from ._intake import Intake
 from ._scheduling import WeightedRoundRobin
 from .builtin import builtins
 from .metrics import ExecutorMetrics
+from .presence import Presence
 from .registry import Registry, default_registry, load_handler_modules
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class Executor:
     The constructor only configures; ``run`` builds the parts of one run.
     While it runs, ``intake`` and ``consumer`` are that run's intake and its
     ``ConsumerRuntime`` (for inspection: what is buffered, ``assignment()``,
-    ``paused``), None before; ``assigned_event`` is set at the first partition assignment.
+    ``paused``), None before; ``presence`` its reports to ``<p>.workers``; ``assigned_event`` is set at the
+    first partition assignment.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Executor:
         self.assigned_event = threading.Event()
         self.intake: Intake | None = None
         self.consumer: ConsumerRuntime | None = None
+        self.presence: Presence | None = None
         self._runner: AttemptRunner | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -145,11 +148,16 @@ class Executor:
                     pass
 
         consuming = threading.Thread(target=consume, name=f"{self.executor_id}-poll", daemon=True)
+        presence = self.presence = Presence(
+            self.executor_id, self.topics, self.wire, producer, handlers=self.handlers.names(),
+            concurrency=self.concurrency, interval_s=self.settings.worker_report_interval_s,
+            assignment=consumer.assignment, running=dispatcher.running_ids)
         log.info("executor %s starting: concurrency %d, topics %s, handlers %s",
                  self.executor_id, self.concurrency, self.topics.all_ready, self.handlers.names())
         self.metrics.declare(self.handlers.names())
         consuming.start()
         dispatching = asyncio.create_task(dispatcher.run(intake, stop), name="executor-dispatch")
+        reporting = asyncio.create_task(presence.run(stop), name="executor-presence")
         try:
             await stop.wait()
         finally:
@@ -159,6 +167,9 @@ class Executor:
             await asyncio.gather(dispatching, return_exceptions=True)
             consumer_stop.set()
             await asyncio.to_thread(consuming.join)
+            await asyncio.gather(reporting, return_exceptions=True)
+            if not failure:  # a clean stop: the group is left, the API drops this executor at once
+                await presence.leave()
             remaining = await asyncio.to_thread(producer.close, 5.0)
             if remaining:
                 log.warning("executor %s: %d events not delivered at shutdown", self.executor_id, remaining)

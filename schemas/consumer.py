@@ -207,6 +207,7 @@ class ConsumerRuntime:
         """Poll and call the hooks until ``stop`` is set; then the final commit, leave, close."""
         self._stop = stop
         if self.group is not None:
+            kafka.set_group_timeouts(self.settings, self.group)
             self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                      on_lost=self._on_lost)
             log.info("%s joining group %s", self.client_id, self.group)

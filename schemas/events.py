@@ -175,6 +175,14 @@ class TaskFailed(TaskEvent):
     ``retry_delay_s``: the wait the handler asked for before the next attempt
     (``Retry(delay_s=...)``; None: the policy's backoff). The decider keeps it
     within the task's policy (``RetryPolicy.clamp``); it never adds an attempt.
+
+    ``error_type`` and ``traceback`` say why, when the handler raised: the
+    exception's class (``ValueError``, ``mymodule.OutOfStock``: qualified by
+    module unless a built-in, as a traceback names it) and the handler's
+    frames only, innermost kept (``schemas.limits.MAX_TRACEBACK_FRAMES`` and
+    ``MAX_TRACEBACK_CHARS``). Both None for a failure the executor found
+    itself (no handler, timeout, result too large) and in logs written before
+    schema set 6.
     """
 
     attempt: int
@@ -182,6 +190,8 @@ class TaskFailed(TaskEvent):
     permanent: bool = False
     started_at: datetime | None = None
     retry_delay_s: float | None = None
+    error_type: str | None = None
+    traceback: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -311,6 +321,48 @@ class ScheduleDeleted(ScheduleEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulePaused(ScheduleEvent):
+    """The schedule stops firing until it is resumed; its fire times while paused are not caught up."""
+
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleResumed(ScheduleEvent):
+    """A paused schedule fires again, from its first fire time after the resume."""
+
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleTriggered(ScheduleEvent):
+    """Run now: the schedule creates task ``created_task_id`` at once, besides its cron fires."""
+
+    created_task_id: str
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleBackfilled(ScheduleEvent):
+    """An operator asked for the schedule's cron times in ``start``..``end`` (inclusive, in the past): ``count``.
+
+    The processor creates one task per time, in order (``schedules.backfill_times``),
+    each with an id derived from the schedule, the time and ``overlap``
+    (``skip``: the schedule's own id for that time; ``allow``: a backfill id),
+    so asking twice creates nothing new. ``max_concurrent``: at most that many
+    of its tasks queued or running at once (None: no bound).
+    """
+
+    start: datetime
+    end: datetime
+    overlap: str = "skip"
+    max_concurrent: int | None = None
+    count: int = 0
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(TaskEvent):
     """An executor still runs ``attempt`` (``<p>.heartbeats``; liveness, not history)."""
 
@@ -352,6 +404,9 @@ class TaskState:
     finished_at: datetime | None = None
     result: str | None = None
     error: str | None = None
+    #: What ``error`` came with: the last TaskFailed's exception type and traceback (None for any other error).
+    error_type: str | None = None
+    traceback: str | None = None
     version: int = 0
     last_offset: int = -1
     upstream_keys: dict[str, str] = field(default_factory=dict)
@@ -375,6 +430,7 @@ class TaskState:
 
 class ScheduleStatus(StrEnum):
     ACTIVE = "active"
+    PAUSED = "paused"
     ENDED = "ended"
     DELETED = "deleted"
 
@@ -439,8 +495,37 @@ class ApiKey:
     revoked_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerReport:
+    """An executor reporting itself: the latest record of ``executor_id`` in the compacted ``<p>.workers``.
+
+    Not an event of a task and not history: each executor writes one every
+    ``interval_s`` seconds and when its assignment changes, and a tombstone
+    of its key when it stops cleanly. ``partitions`` are ``<topic>:<partition>``
+    strings; ``running`` holds at most the first 100 task ids of ``in_flight``
+    attempts. Readers judge liveness from when a report was written
+    (``api.workers``), not from anything in it.
+    """
+
+    executor_id: str
+    host: str
+    pid: int
+    version: str
+    handlers: list[str]
+    concurrency: int
+    partitions: list[str]
+    in_flight: int
+    running: list[str]
+    started_at: datetime
+    reported_at: datetime
+    interval_s: float
+
+
 #: Types of the events about a schedule (the others are about a task).
-SCHEDULE_EVENT_TYPES: tuple[type[ScheduleEvent], ...] = (ScheduleCreated, ScheduleFired, ScheduleDeleted)
+SCHEDULE_EVENT_TYPES: tuple[type[ScheduleEvent], ...] = (
+    ScheduleCreated, ScheduleFired, ScheduleDeleted, SchedulePaused, ScheduleResumed, ScheduleTriggered,
+    ScheduleBackfilled,
+)
 #: Types that are facts of the ``<p>.events`` log.
 EVENT_TYPES: tuple[type[Event], ...] = (
     TaskCreated,
@@ -460,8 +545,12 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ScheduleCreated,
     ScheduleFired,
     ScheduleDeleted,
+    SchedulePaused,
+    ScheduleResumed,
+    ScheduleTriggered,
+    ScheduleBackfilled,
 )
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {
-    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, ApiKey)
+    t.__name__: t for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, ApiKey, WorkerReport)
 }

@@ -38,7 +38,15 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 
 from .codec import RecordHeaders
 from .errors import BrokerUnavailable, RecordRefused, TopicMismatch, WriteOutcomeUnknown
@@ -140,9 +148,14 @@ def transactional_producer(settings: Settings, client_id: str, transactional_id:
 
 
 def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
-    """A consumer-group member (``consumer_config``: manual commits, cooperative-sticky) with ``overrides``."""
-    client: Consumer = _build("consumer", settings, {**consumer_config(settings, group_id, client_id),
-                                                     **(overrides or {})})
+    """A consumer-group member (``consumer_config``: manual commits, incremental assignment) with ``overrides``.
+    Under the consumer group protocol, ``overrides`` naming a property the protocol keeps on the broker
+    (``BROKER_SIDE_GROUP_PROPERTIES``) lose it, and whoever subscribes calls ``set_group_timeouts`` first."""
+    config = {**consumer_config(settings, group_id, client_id), **(overrides or {})}
+    if settings.group_protocol == "consumer":
+        for key in BROKER_SIDE_GROUP_PROPERTIES:
+            config.pop(key, None)
+    client: Consumer = _build("consumer", settings, config)
     return client
 
 
@@ -432,17 +445,74 @@ class broker_errors:
             raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(f"{self.what}: {exc}") from exc
 
 
+#: Consumer properties the consumer group protocol (KIP-848) keeps on the broker: librdkafka refuses a consumer
+#: that sets them with ``group.protocol=consumer``. The session timeout and heartbeat interval become the group's
+#: configs (``set_group_timeouts``); the broker's assignor takes the place of the client's strategy.
+BROKER_SIDE_GROUP_PROPERTIES = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy",
+                                "group.protocol.type")
+
+
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[str, Any]:
-    return {
+    """A group member's properties: manual commits, from the earliest offset, and the group protocol of
+    ``settings.group_protocol``: ``consumer`` (KIP-848; timeouts on the group, ``group_timeouts``) or ``classic``
+    (the session timeout and a heartbeat a third of it, cooperative-sticky)."""
+    config = {
         **common_config(settings, client_id),
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+    }
+    if settings.group_protocol == "consumer":
+        return {**config, "group.protocol": "consumer"}
+    return {
+        **config,
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 3),
         "partition.assignment.strategy": "cooperative-sticky",
         **READ_COMMITTED,
     }
+
+
+def group_timeouts(settings: Settings) -> dict[str, str]:
+    """The group configs (KIP-848) that carry ``settings.session_timeout_ms`` and a heartbeat interval of a
+    quarter of it (at least 250 ms): a member's heartbeat also brings it a new assignment, so the interval bounds
+    how soon a survivor takes a dead member's partitions once the session ended."""
+    return {"consumer.session.timeout.ms": str(settings.session_timeout_ms),
+            "consumer.heartbeat.interval.ms": str(max(250, settings.session_timeout_ms // 4))}
+
+
+#: Groups whose timeouts this process has set: (bootstrap servers, group) -> the configs set.
+_GROUP_TIMEOUTS_SET: dict[tuple[str, str], dict[str, str]] = {}
+_GROUP_TIMEOUTS_LOCK = threading.Lock()
+
+
+def set_group_timeouts(settings: Settings, group_id: str, timeout: float = 5.0) -> bool:
+    """Under the consumer group protocol, set ``group_timeouts(settings)`` as configs of ``group_id``
+    (IncrementalAlterConfigs on the group), once per process and group; whether they are set (True under the
+    classic protocol, whose consumers carry them). The coordinator reads them at every heartbeat, so setting them
+    just before subscribing is enough. The broker keeps them within its
+    ``group.consumer.min/max.session.timeout.ms`` and ``...heartbeat.interval.ms`` bounds and refuses others; a
+    refusal (bounds, an ACL without ALTER_CONFIGS on the group, a broker without group configs) is logged and the
+    group runs on the broker's defaults (``group.consumer.session.timeout.ms``, 45 s in Kafka 4.x)."""
+    if settings.group_protocol != "consumer":
+        return True
+    wanted = group_timeouts(settings)
+    key = (settings.bootstrap_servers, group_id)
+    with _GROUP_TIMEOUTS_LOCK:
+        if _GROUP_TIMEOUTS_SET.get(key) == wanted:
+            return True
+        resource = ConfigResource(ResourceType.GROUP, group_id, incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in wanted.items()])
+        try:
+            client = admin(settings, "taskstream-group-config")
+            for fut in client.incremental_alter_configs([resource], request_timeout=timeout).values():
+                fut.result(timeout)
+        except (KafkaException, TimeoutError, BrokerUnavailable) as exc:
+            log.warning("group %s: could not set %s, so the broker's defaults apply (docs/operations.md, "
+                        "\"Consumer group protocol\"): %s", group_id, wanted, exc)
+            return False
+        _GROUP_TIMEOUTS_SET[key] = wanted
+        return True
 
 
 def admin(settings: Settings, client_id: str = "taskstream-admin") -> AdminClient:
@@ -509,7 +579,8 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float
         existing = client.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise BrokerUnavailable(str(exc)) from exc
-    missing = [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config)
+    isr = {} if settings.min_insync_replicas is None else {"min.insync.replicas": str(settings.min_insync_replicas)}
+    missing = [NewTopic(s.name, s.partitions, settings.replication_factor, config={**isr, **s.config})
                for s in specs if s.name not in existing]
     problems = topic_problems(client, [s for s in specs if s.name in existing], existing, timeout)
     if missing:
@@ -617,9 +688,10 @@ class AsyncProducer:
             except Exception:  # a delivery callback that raised must not end every later delivery report
                 log.exception("producer poll: a delivery callback failed")
 
-    def produce(self, topic: str, key: str | bytes, value: bytes, headers: Headers | None = None,
+    def produce(self, topic: str, key: str | bytes, value: bytes | None, headers: Headers | None = None,
                 on_delivery: DeliveryCallback | None = None) -> None:
-        """Fire and forget (with an optional delivery callback run on the poll thread)."""
+        """Fire and forget (with an optional delivery callback run on the poll thread); a None ``value`` is a
+        tombstone of ``key``."""
         deadline = time.monotonic() + 10.0
         while True:
             try:
@@ -632,7 +704,7 @@ class AsyncProducer:
             except KafkaException as exc:
                 raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(str(exc)) from exc
 
-    def send(self, topic: str, key: str | bytes, value: bytes,
+    def send(self, topic: str, key: str | bytes, value: bytes | None,
              headers: Headers | None = None) -> asyncio.Future[Message]:
         """Produce and return a future that resolves when the broker acknowledged the record. It fails with
         ``RecordRefused`` (refused for good), ``WriteOutcomeUnknown`` (no answer in time: perhaps written) or

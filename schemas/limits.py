@@ -4,7 +4,7 @@ A task's state (``TaskState``) is one record of ``<p>.state``; it must fit in
 one Kafka record whatever clients send and handlers return. So every part of
 it is bounded where it enters: the API refuses a request over a limit (413 or
 422 naming the field), the executor turns a handler's oversized result or
-checkpoint into a failed attempt (and cuts a long error text), and the fold
+checkpoint into a failed attempt (and cuts a long error text and traceback), and the fold
 (``streams.domain``) bounds what it accumulates itself (upstream results;
 dependents are records of their own). ``worst_case_state_bytes`` adds them up; a unit test keeps it under
 half of ``MAX_RECORD_BYTES``, the record size every producer and topic of
@@ -29,6 +29,12 @@ MAX_RESULT_BYTES = 256 * 1024
 MAX_CHECKPOINT_BYTES = 256 * 1024
 #: An error text (handler exception, cancel reason): longer ones are cut, with a note of the full size.
 MAX_ERROR_CHARS = 4096
+#: A failed attempt's traceback (``TaskFailed.traceback``): the handler's innermost frames, at most
+#: ``MAX_TRACEBACK_FRAMES`` of them and ``MAX_TRACEBACK_CHARS`` characters (a longer text keeps its end).
+MAX_TRACEBACK_FRAMES = 30
+MAX_TRACEBACK_CHARS = 8 * 1024
+#: The exception type a failed attempt names (``TaskFailed.error_type``, ``module.QualName``).
+MAX_ERROR_TYPE_CHARS = 256
 #: One upstream's result carried to its dependent in ``DependencyResolved`` (larger: carried as null).
 MAX_UPSTREAM_RESULT_BYTES = 64 * 1024
 #: All upstream results a task holds together; a result that would pass it is carried as null.
@@ -143,11 +149,31 @@ def cut_error(text: str) -> str:
     return text[: MAX_ERROR_CHARS - len(note)] + note
 
 
+def cut_traceback(text: str) -> str:
+    """``text`` if it is at most ``MAX_TRACEBACK_CHARS`` long, else a note of its full length and its end.
+
+    The end is kept: a traceback's innermost frames and the exception line are what a reader needs.
+    """
+    if len(text) <= MAX_TRACEBACK_CHARS:
+        return text
+    note = f"[cut: {len(text):,} characters > {MAX_TRACEBACK_CHARS:,}; the innermost frames kept] ...\n"
+    tail = text[len(text) - (MAX_TRACEBACK_CHARS - len(note)):]
+    if "\n" in tail[:-1]:
+        tail = tail[tail.index("\n") + 1:]  # from a line's start
+    return note + tail
+
+
+def cut_error_type(text: str) -> str:
+    """``text`` cut to ``MAX_ERROR_TYPE_CHARS`` (a class's qualified name has no bound of its own)."""
+    return text if len(text) <= MAX_ERROR_TYPE_CHARS else text[: MAX_ERROR_TYPE_CHARS - 3] + "..."
+
+
 def worst_case_state_bytes() -> int:
     """An upper bound of a TaskState's JSON-ish content at every limit (the Avro record is smaller)."""
     ids = MAX_ID_CHARS + 8  # an id with Avro framing
     return (
         MAX_PAYLOAD_BYTES + MAX_RESULT_BYTES + MAX_CHECKPOINT_BYTES + 4 * MAX_ERROR_CHARS
+        + 4 * (MAX_TRACEBACK_CHARS + MAX_ERROR_TYPE_CHARS)
         + MAX_UPSTREAM_RESULTS_BYTES + LEGACY_MAX_DEPENDENTS * ids
         + MAX_DEPENDENCIES * (4 * ids + 64)  # depends_on, resolved, upstream_results keys, upstream_keys
         + MAX_LABELS * (MAX_LABEL_KEY_CHARS + MAX_LABEL_VALUE_CHARS + 16)

@@ -26,7 +26,19 @@ class Settings(BaseSettings):
     prefix: str = Field("taskstream", pattern=r"^[A-Za-z0-9._-]+$", description="topic name prefix")
     partitions: int = Field(6, ge=1, description="partitions of events, state and ready topics")
     replication_factor: int = Field(1, ge=1)
-    session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
+    session_timeout_ms: int = Field(
+        6000, ge=1000, description="consumer group session timeout: a member that stops heartbeating (a crash) "
+        "loses its partitions after this long; lower fails over sooner, higher rides out longer pauses"
+    )
+    group_protocol: Literal["consumer", "classic"] = Field(
+        "consumer", description="consumer group protocol: consumer (KIP-848: the broker assigns partitions "
+        "incrementally and the session timeout is set on the group; Apache Kafka 4.0+) or classic (client-side "
+        "assignment, cooperative-sticky; for Kafka 3.x, Redpanda and other brokers without KIP-848)"
+    )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="min.insync.replicas of the topics taskstream creates (None: the broker's default); "
+        "2 with replication_factor 3, so an acknowledged write is on two brokers"
+    )
     data_dir: Path = Field(Path(".taskstream"), description="RocksDB files of the processor and read model")
     producer_linger_ms: float = Field(
         0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)"
@@ -38,8 +50,9 @@ class Settings(BaseSettings):
 
     executor_concurrency: int = Field(16, ge=1)
     started_event_after_s: float = Field(
-        1.0, ge=0,
-        description="an attempt that runs longer than this reports TaskStarted (short ones report only their result)",
+        0.1, ge=0,
+        description="an attempt that runs longer than this reports TaskStarted, so the API shows it running (short "
+        "ones report only their result); 0 reports every start, at a cost in throughput",
     )
     priority_weights: tuple[int, int, int] = Field(
         (6, 3, 1), description="high:medium:low share of executor slots while every level has a backlog"
@@ -64,6 +77,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="a running attempt with no heartbeat or result for this long is expired and retried"
     )
     heartbeat_interval_s: float = Field(5.0, gt=0, description="how often executors heartbeat running attempts")
+    worker_report_interval_s: float = Field(
+        5.0, gt=0, description="how often an executor reports itself to <prefix>.workers (GET /api/v1/workers): "
+        "it shows as gone after 3 intervals without a report; shorter finds a dead executor sooner"
+    )
     timer_tick_s: float = Field(0.05, gt=0, description="how often the processor looks for due timers")
     misfire_grace_s: float = Field(
         60.0, ge=0, description="cron fires missed by less than this still run, each once; older ones follow the "

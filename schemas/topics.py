@@ -72,6 +72,12 @@ class Topics:
         return f"{self.prefix}.admin"
 
     @property
+    def workers(self) -> str:
+        """Executors reporting themselves (``WorkerReport`` records keyed by executor id, compacted), folded by the
+        API (``api.workers``)."""
+        return f"{self.prefix}.workers"
+
+    @property
     def processor_group(self) -> str:
         return f"{self.prefix}-processor"
 
@@ -99,4 +105,9 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.dlq, n, {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS), **big}),
         TopicSpec(t.heartbeats, n, {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)}),
         TopicSpec(t.admin, 1, {"cleanup.policy": "compact"}),  # a few records: one partition keeps them in order
+        # One record per executor, rewritten every few seconds: compacted to the latest, and deleted a day after
+        # the last one (an executor killed before its tombstone); the broker's clock stamps every report, so
+        # readers judge liveness on one clock (docs/decisions/0021-workers-topic.md).
+        TopicSpec(t.workers, 1, {"cleanup.policy": "compact,delete", "retention.ms": str(DAY_MS),
+                                 "segment.ms": str(3600 * 1000), "message.timestamp.type": "LogAppendTime"}),
     ]

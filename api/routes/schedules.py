@@ -11,6 +11,16 @@ A cron that fires more than once a minute (six fields, several seconds) is
 a 422 naming ``cron`` unless ``settings.allow_second_cron``: such schedules
 can keep the processor busy (``schemas.cron.check_sub_minute``).
 ``DELETE`` appends ``ScheduleDeleted``; the processor stops firing.
+``POST /schedules/{id}:pause``, ``:resume`` and ``:run`` go through the
+decider's ``PauseSchedule``, ``ResumeSchedule`` and ``RunSchedule``
+(``SchedulePaused``, ``ScheduleResumed``, ``ScheduleTriggered``): a paused
+schedule does not fire until resumed and its fire times meanwhile are
+skipped; run creates one task now (``last_task_id``, and the ``Location``
+header names it). Pausing a paused or resuming an active schedule changes
+nothing (202); a deleted one is 409, as is pausing or resuming an ended one.
+``POST /schedules/{id}:backfill`` appends ``ScheduleBackfilled`` for a past
+range of cron times; the processor creates one task per time, with ids the
+answer already names (a repeat names, and creates, nothing new).
 
 Read-your-writes as for tasks: right after the ack the API puts its own view
 of the new schedule (status ``active``, ``next_fire_at`` = the first fire
@@ -30,6 +40,7 @@ Statuses: 202 accepted, 404 unknown schedule, 409 deleting a deleted one,
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
@@ -38,7 +49,7 @@ from taskstream.schemas import ScheduleState, ScheduleStatus
 
 from .. import auth, idempotency, reads, service
 from ..context import Context
-from ..models import ScheduleIn, schedule_json
+from ..models import BackfillIn, ScheduleIn, backfill_json, schedule_json, template_handler
 from ..problems import JSONResponse
 from ..reads import MAX_LIMIT
 from ..service import MAX_REASON
@@ -77,6 +88,35 @@ async def list_schedules(
 async def get_schedule(schedule_id: str, ctx: Context) -> Response:
     state = reads.get_schedule(ctx, schedule_id)
     return JSONResponse(schedule_json(state), headers={"ETag": f'"{state.version}"'})
+
+
+@router.post("/schedules/{schedule_id}:backfill", status_code=202)
+async def backfill_schedule(schedule_id: str, body: BackfillIn, request: Request, ctx: Context) -> Response:
+    """Run the schedule for its cron times in ``start``..``end``: 202 with each time's task id, oldest first.
+
+    404 unknown schedule, 409 a deleted one, 422 naming ``start``, ``end``
+    (before ``start``, in the future, or more than ``MAX_BACKFILL`` times),
+    ``overlap`` or ``max_concurrent``.
+    """
+    # A caller limited to handler patterns may backfill only schedules of its handlers; the request costs
+    # one token (an operator's action, bounded by MAX_BACKFILL), not one per task.
+    auth.admit(request, ctx.rate_limit, [template_handler(reads.get_schedule(ctx, schedule_id).template)])
+    event, tasks = await service.backfill_schedule(ctx, schedule_id, body, actor=actor_of(request))
+    return JSONResponse(backfill_json(event, tasks), status_code=202)
+
+
+# declared after :backfill, which its {action} would otherwise match first
+@router.post("/schedules/{schedule_id}:{action}", status_code=202)
+async def change_schedule(
+    schedule_id: str, action: Literal["pause", "resume", "run"], request: Request, ctx: Context,
+    reason: str = Query("", max_length=MAX_REASON),
+) -> Response:
+    """Pause, resume or run now: 202 with the schedule; after ``:run`` its ``last_task_id`` is the new task."""
+    if action == "run":
+        auth.admit(request, ctx.rate_limit, [template_handler(reads.get_schedule(ctx, schedule_id).template)])
+    after = await service.change_schedule(ctx, schedule_id, action, reason=reason, actor=actor_of(request))
+    headers = {"Location": f"/api/v1/tasks/{after.last_task_id}"} if action == "run" and after.last_task_id else {}
+    return JSONResponse(schedule_json(after), status_code=202, headers=headers)
 
 
 @router.delete("/schedules/{schedule_id}", status_code=202)

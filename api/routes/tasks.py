@@ -59,6 +59,7 @@ from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
 from taskstream.schemas import Priority, Status, TaskState, ValidationError
+from taskstream.schemas.limits import MAX_ID_CHARS
 
 from .. import auth, idempotency, reads, service
 from ..context import Context
@@ -139,12 +140,14 @@ async def list_tasks(
     priority: Priority | None = None,
     handler: str | None = None,
     label: list[str] = Query(default_factory=list, description="k:v; repeat for several, all must match"),
+    prefix: str | None = Query(None, max_length=MAX_ID_CHARS,
+                               description="search: tasks whose id, handler or name starts with this"),
     limit: int = Query(reads.DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ) -> Response:
     """A page of tasks, newest first; ``partial`` when the scan budget ran out first (follow ``next_cursor``)."""
     page = await reads.list_tasks(ctx, status=status, priority=priority, handler=handler, labels=label,
-                                  limit=limit, cursor=cursor)
+                                  prefix=prefix, limit=limit, cursor=cursor)
     return JSONResponse({"tasks": [task_json(t) for t in page.tasks], "next_cursor": page.next_cursor,
                          "partial": page.partial})
 

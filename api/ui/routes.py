@@ -148,6 +148,8 @@ PAGES = {  # page -> (title, nav label or None)
     "workflow": ("Workflow", None),
     "dead-letters": ("Dead letters", "Dead letters"),
     "schedules": ("Schedules", "Schedules"),
+    "schedule": ("Schedule", None),
+    "workers": ("Workers", "Workers"),
 }
 
 
@@ -196,6 +198,16 @@ async def dead_letters() -> Response:
 @router.get("/schedules")
 async def schedules() -> Response:
     return _page("schedules")
+
+
+@router.get("/schedules/{schedule_id}")
+async def schedule(schedule_id: str) -> Response:
+    return _page("schedule", schedule_id=schedule_id)
+
+
+@router.get("/workers")
+async def workers() -> Response:
+    return _page("workers")
 
 
 @router.get("/static/{name}")

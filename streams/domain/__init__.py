@@ -50,11 +50,15 @@ from taskstream.schemas.retry import (  # the policy value lives in schemas.retr
 from .commands import (
     COMMANDS,
     PATCHABLE,
+    BackfillSchedule,
     CancelTask,
     CreateSchedule,
     DeleteSchedule,
+    PauseSchedule,
     RedriveDeadLettered,
     RedriveTask,
+    ResumeSchedule,
+    RunSchedule,
     SubmitTask,
     UpdateTask,
 )
@@ -120,9 +124,14 @@ from .react import (
     upstream_json,
 )
 from .schedules import (
+    MAX_BACKFILL,
     MISSED_COUNT_CAP,
+    OVERLAPS,
+    backfill_task_id,
+    backfill_times,
     schedule_due,
     schedule_replay,
+    schedule_run_task_id,
     schedule_task_id,
     task_from_template,
 )
@@ -154,5 +163,7 @@ __all__ = [
     "upstream_json", "waiting_until", "workflow_status",
     "EDGE_PREFIX", "dependents_of", "edge_key", "edge_of", "edges_prefix",
     "fold_with_dependents", "is_edge_key", "recorded", "with_dependents", "REDRIVE", "RESOLVE", "owed",
-    "owed_again", "to_dependents", "DependentsLookup",
+    "owed_again", "to_dependents", "DependentsLookup", "PauseSchedule", "ResumeSchedule", "RunSchedule",
+    "schedule_run_task_id",
+    "BackfillSchedule", "MAX_BACKFILL", "OVERLAPS", "backfill_task_id", "backfill_times",
 ]

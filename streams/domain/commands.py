@@ -124,4 +124,54 @@ class DeleteSchedule:
     actor: str | None = None
 
 
-COMMANDS = (SubmitTask, UpdateTask, CancelTask, RedriveTask, RedriveDeadLettered, CreateSchedule, DeleteSchedule)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseSchedule:
+    """Stop a schedule's fires until ``ResumeSchedule`` (``SchedulePaused``); fire times meanwhile are not caught up."""
+
+    schedule_id: str
+    producer: str
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeSchedule:
+    """Fire a paused schedule again, from its next fire time after now (``ScheduleResumed``)."""
+
+    schedule_id: str
+    producer: str
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSchedule:
+    """Create the schedule's task now, besides its cron fires (``ScheduleTriggered``); paused ones too."""
+
+    schedule_id: str
+    producer: str
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackfillSchedule:
+    """Run a schedule for its cron times in the past range ``start``..``end`` (both inclusive): ``ScheduleBackfilled``.
+
+    ``overlap``: ``skip`` gives each time the id of the schedule's own run of
+    that time, so a time it already ran (or an earlier backfill created) is
+    not run again; ``allow`` gives backfill runs ids of their own, so they run
+    even where the schedule ran, still once per time however often asked.
+    ``max_concurrent``: at most that many of this backfill's tasks queued or
+    running at once (None: no bound).
+    """
+
+    schedule_id: str
+    producer: str
+    start: datetime
+    end: datetime
+    overlap: str = "skip"
+    max_concurrent: int | None = None
+    actor: str | None = None
+
+
+COMMANDS = (SubmitTask, UpdateTask, CancelTask, RedriveTask, RedriveDeadLettered, CreateSchedule, DeleteSchedule,
+            PauseSchedule, ResumeSchedule, RunSchedule, BackfillSchedule)

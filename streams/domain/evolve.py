@@ -56,8 +56,8 @@ or later), appends ``DependencyResolved(B, upstream=A, outcome)`` keyed by
 B. An upstream that does not exist resolves as ``unknown`` (a failure). B is
 queued when every dependency resolved ``succeeded``.
 
-Sizes stay bounded whatever the log holds (``schemas.limits``): error texts
-are cut, an oversized result or checkpoint is dropped (the executor already
+Sizes stay bounded whatever the log holds (``schemas.limits``): error texts,
+types and tracebacks are cut, an oversized result or checkpoint is dropped (the executor already
 fails such an attempt), an upstream's result is carried only while the
 dependent's upstream results stay within MAX_UPSTREAM_RESULTS_BYTES.
 
@@ -101,6 +101,8 @@ from taskstream.schemas.limits import (
     MAX_UPSTREAM_RESULT_BYTES,
     MAX_UPSTREAM_RESULTS_BYTES,
     cut_error,
+    cut_error_type,
+    cut_traceback,
 )
 
 from .commands import PATCHABLE
@@ -155,6 +157,10 @@ def at_offset(state: _AnyS, offset: int) -> _AnyS:
 
 
 def _bump(state: TaskState, at: datetime, **changes: Any) -> TaskState:
+    """``state`` with ``changes``, one version on. ``error_type`` and ``traceback`` describe ``error``: a change
+    of ``error`` that does not give them (any error but a TaskFailed's) clears them."""
+    if "error" in changes and "error_type" not in changes:
+        changes.update(error_type=None, traceback=None)
     return replace(state, updated_at=at, version=state.version + 1, **changes)
 
 
@@ -253,17 +259,20 @@ def _succeeded(state: TaskState | None, e: TaskSucceeded) -> TaskState | None:
 def _failed(state: TaskState | None, e: TaskFailed) -> TaskState | None:
     if state is None or e.attempt != state.attempt or state.status not in ACTIVE:
         return state
-    return _attempt_failed(state, e.occurred_at, e.error, e.permanent, e.started_at or state.started_at)
+    why = dict(error_type=None if e.error_type is None else cut_error_type(e.error_type),
+               traceback=None if e.traceback is None else cut_traceback(e.traceback))
+    return _attempt_failed(state, e.occurred_at, e.error, e.permanent, e.started_at or state.started_at, **why)
 
 
 def _attempt_failed(
-    state: TaskState, at: datetime, error: str, permanent: bool, started_at: datetime | None
+    state: TaskState, at: datetime, error: str, permanent: bool, started_at: datetime | None,
+    error_type: str | None = None, traceback: str | None = None,
 ) -> TaskState:
-    error = cut_error(error)
+    why = dict(error=cut_error(error), error_type=error_type, traceback=traceback)
     if permanent or attempts_left(state) <= 0:
-        return _bump(state, at, status=Status.FAILED.value, error=error, started_at=started_at, finished_at=at)
+        return _bump(state, at, status=Status.FAILED.value, started_at=started_at, finished_at=at, **why)
     # Waiting for its retry: TaskRetryScheduled (decided next, applied in the same step) sets retry_at.
-    return _bump(state, at, status=Status.SCHEDULED.value, error=error, started_at=started_at, retry_at=None)
+    return _bump(state, at, status=Status.SCHEDULED.value, started_at=started_at, retry_at=None, **why)
 
 
 def attempts_left(state: TaskState) -> int:

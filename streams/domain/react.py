@@ -17,6 +17,7 @@ from taskstream.schemas import (
     ScheduleCreated,
     ScheduleFired,
     ScheduleState,
+    ScheduleTriggered,
     Status,
     TaskCreated,
     TaskDeadLettered,
@@ -178,7 +179,8 @@ def to_dependents(state: TaskState, owing: str | None, dependents: Iterable[str]
 
 #: Events whose decisions follow from the change they made; folded again (a
 #: duplicate) they change nothing and decide nothing.
-CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired})
+CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired,
+                           ScheduleTriggered})
 
 
 def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None,
@@ -339,7 +341,14 @@ def ready_message(state: TaskState, now: datetime) -> ReadyTask:
 
 
 def upstream_json(state: TaskState) -> str:
-    """``ctx.upstream`` for the handler: dependency id, and workflow key, -> its result."""
+    """``ctx.upstream`` for the handler: each dependency's result, under one name.
+
+    The name is the dependency's workflow key when the task was submitted in a
+    workflow (``upstream_keys`` names it), else its task id: a workflow's
+    handler reads ``ctx.upstream["extract"]``, a task submitted with
+    ``depends_on=[id]`` reads ``ctx.upstream[id]``. Each result appears once, so
+    summing or counting ``ctx.upstream`` counts each dependency once.
+    """
     if not state.upstream_results:
         return "{}"
     out: dict[str, object] = {}
@@ -348,9 +357,7 @@ def upstream_json(state: TaskState) -> str:
             value = codec.loads_json(text)
         except codec.JSONDecodeError:  # not JSON (no producer of ours writes that): carried as null
             value = None
-        out[upstream] = value
-        if key := state.upstream_keys.get(upstream):
-            out[key] = value
+        out[state.upstream_keys.get(upstream) or upstream] = value
     carried: str = codec.dumps_json(out)
     return carried
 

@@ -5,8 +5,16 @@ A schedule is an aggregate of its own, keyed by ``schedule_id`` on
 time (at or after ``start_at``; ``end_at`` inclusive), each ``ScheduleFired``
 advances it exactly once and decides one ``TaskCreated`` with the
 deterministic id ``schedule_task_id(schedule, fire_at)``, ``ScheduleDeleted``
-stops it. ``schedule_due`` is what the processor's timer appends at a given
-time: the next fire, the catch-up of fires missed by at most the grace, or
+stops it. ``SchedulePaused`` stops the fires of an active schedule until
+``ScheduleResumed``, which sets the next fire time to the first after the
+resume (fire times while paused are skipped, not caught up);
+``ScheduleTriggered`` (run now) creates one task at once, with the id the
+API decided, and counts as a fire without moving the cron's next one.
+``ScheduleBackfilled`` (an operator's ``BackfillSchedule``) decides one
+``TaskCreated`` per cron time of a past range, in order, each with an id
+derived from the schedule and the time, so asking twice creates nothing new.
+``schedule_due`` is what the processor's timer appends at a given time:
+the next fire, the catch-up of fires missed by at most the grace, or
 one misfire decision for older ones.
 
 Its rules register with the task's entry points (``evolve``, ``decide``,
@@ -24,17 +32,22 @@ from taskstream.schemas import (
     CommandRejected,
     Event,
     NotFound,
+    ScheduleBackfilled,
     ScheduleCreated,
     ScheduleDeleted,
     ScheduleFired,
+    SchedulePaused,
+    ScheduleResumed,
     ScheduleState,
     ScheduleStatus,
+    ScheduleTriggered,
     TaskCreated,
+    ValidationError,
     codec,
     cron,
 )
 
-from .commands import CreateSchedule, DeleteSchedule
+from .commands import BackfillSchedule, CreateSchedule, DeleteSchedule, PauseSchedule, ResumeSchedule, RunSchedule
 from .decide import _decides
 from .evolve import _on
 from .ids import UNSET, identified, state_cause
@@ -43,6 +56,10 @@ from .react import PROCESSOR, implied, on_timer, timer_due
 #: Most fire times counted one by one when a schedule catches up after downtime.
 MISSED_COUNT_CAP = 1000
 SCHEDULE_TASK_NAMESPACE = uuid.UUID("5b1e7c6e-6f1d-4d4b-9b7e-2f8f6c1a9d01")
+#: Most cron times one backfill may ask for (a longer range is asked for in parts).
+MAX_BACKFILL = 1000
+#: A backfill's ``overlap`` values: ``skip`` the times the schedule ran, or ``allow`` runs of their own.
+OVERLAPS = ("skip", "allow")
 
 
 # --------------------------------------------------------------------- evolve
@@ -94,6 +111,41 @@ def _deleted(state: ScheduleState | None, e: ScheduleDeleted) -> ScheduleState |
                    next_fire_at=None)
 
 
+@_on(SchedulePaused, ScheduleState)
+def _paused(state: ScheduleState | None, e: SchedulePaused) -> ScheduleState | None:
+    if state is None or state.status != ScheduleStatus.ACTIVE.value:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, status=ScheduleStatus.PAUSED.value,
+                   next_fire_at=None)
+
+
+@_on(ScheduleResumed, ScheduleState)
+def _resumed(state: ScheduleState | None, e: ScheduleResumed) -> ScheduleState | None:
+    if state is None or state.status != ScheduleStatus.PAUSED.value:
+        return state
+    try:
+        nxt = _within(state, cron.first_fire(state.cron, state.timezone, state.start_at, e.occurred_at))
+    except Exception:  # a bad expression in the log (the API validates): the schedule never fires
+        nxt = None
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, next_fire_at=nxt,
+                   status=ScheduleStatus.ACTIVE.value if nxt else ScheduleStatus.ENDED.value)
+
+
+@_on(ScheduleTriggered, ScheduleState)
+def _triggered(state: ScheduleState | None, e: ScheduleTriggered) -> ScheduleState | None:
+    if state is None or state.status == ScheduleStatus.DELETED.value or state.last_task_id == e.created_task_id:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1, last_fire_at=e.occurred_at,
+                   last_task_id=e.created_task_id, fired=state.fired + 1)
+
+
+@_on(ScheduleBackfilled, ScheduleState)
+def _backfilled(state: ScheduleState | None, e: ScheduleBackfilled) -> ScheduleState | None:
+    if state is None:
+        return state
+    return replace(state, updated_at=e.occurred_at, version=state.version + 1)
+
+
 # --------------------------------------------------------------------- decide
 
 
@@ -118,6 +170,50 @@ def _delete(state: ScheduleState | None, c: DeleteSchedule, now: datetime) -> li
                             actor=c.actor)]
 
 
+def _existing(state: ScheduleState | None, schedule_id: str, action: str) -> ScheduleState:
+    if state is None:
+        raise NotFound(f"schedule {schedule_id} not found")
+    if state.status == ScheduleStatus.DELETED.value:
+        raise CommandRejected(f"schedule {schedule_id} is deleted: it cannot be {action}")
+    return state
+
+
+@_decides(PauseSchedule, ScheduleState)
+def _pause(state: ScheduleState | None, c: PauseSchedule, now: datetime) -> list[Event]:
+    s = _existing(state, c.schedule_id, "paused")
+    if s.status == ScheduleStatus.PAUSED.value:
+        return []
+    if s.status != ScheduleStatus.ACTIVE.value:
+        raise CommandRejected(f"schedule {c.schedule_id} is {s.status}: only an active schedule can be paused")
+    return [SchedulePaused(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                           reason=c.reason, actor=c.actor)]
+
+
+@_decides(ResumeSchedule, ScheduleState)
+def _resume(state: ScheduleState | None, c: ResumeSchedule, now: datetime) -> list[Event]:
+    s = _existing(state, c.schedule_id, "resumed")
+    if s.status == ScheduleStatus.ACTIVE.value:
+        return []
+    if s.status != ScheduleStatus.PAUSED.value:
+        raise CommandRejected(f"schedule {c.schedule_id} is {s.status}: only a paused schedule can be resumed")
+    return [ScheduleResumed(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                            actor=c.actor)]
+
+
+@_decides(RunSchedule, ScheduleState)
+def _run(state: ScheduleState | None, c: RunSchedule, now: datetime) -> list[Event]:
+    _existing(state, c.schedule_id, "run")
+    return [ScheduleTriggered(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                              created_task_id=schedule_run_task_id(c.schedule_id, now), actor=c.actor)]
+
+
+@_decides(ScheduleTriggered, ScheduleState)
+def _after_triggered(state: ScheduleState | None, e: ScheduleTriggered, now: datetime) -> list[Event]:
+    if state is None or state.last_task_id != e.created_task_id:
+        return []
+    return [task_from_template(state, e.occurred_at, e.created_task_id, now)]
+
+
 @_decides(ScheduleFired, ScheduleState)
 def _after_fired(state: ScheduleState | None, e: ScheduleFired, now: datetime) -> list[Event]:
     if state is None or not e.created_task_id:
@@ -125,9 +221,68 @@ def _after_fired(state: ScheduleState | None, e: ScheduleFired, now: datetime) -
     return [task_from_template(state, e.fire_at, e.created_task_id, now)]
 
 
+@_decides(BackfillSchedule, ScheduleState)
+def _backfill(state: ScheduleState | None, c: BackfillSchedule, now: datetime) -> list[Event]:
+    if state is None:
+        raise NotFound(f"schedule {c.schedule_id} not found")
+    if state.status == ScheduleStatus.DELETED.value:
+        raise CommandRejected(f"schedule {c.schedule_id} is deleted")
+    problems: list[tuple[str, str]] = []
+    if c.overlap not in OVERLAPS:
+        problems.append(("overlap", f"must be one of {', '.join(OVERLAPS)}"))
+    if c.max_concurrent is not None and c.max_concurrent < 1:
+        problems.append(("max_concurrent", "must be at least 1"))
+    if c.end < c.start:
+        problems.append(("end", "must not be before start"))
+    if c.end > now:
+        problems.append(("end", "must not be in the future: a backfill runs past cron times"))
+    if problems:
+        raise ValidationError.of(problems)
+    times = backfill_times(state, c.start, c.end, limit=MAX_BACKFILL + 1)
+    if len(times) > MAX_BACKFILL:
+        raise ValidationError("end", f"the range holds more than {MAX_BACKFILL} cron times; ask for it in parts")
+    return [ScheduleBackfilled(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
+                               start=c.start, end=c.end, overlap=c.overlap, max_concurrent=c.max_concurrent,
+                               count=len(times), actor=c.actor)]
+
+
+@_decides(ScheduleBackfilled, ScheduleState)
+def _after_backfilled(state: ScheduleState | None, e: ScheduleBackfilled, now: datetime) -> list[Event]:
+    """One task per cron time of the range, in order; folded again, the same ids (duplicates, harmless)."""
+    if state is None or state.status == ScheduleStatus.DELETED.value:
+        return []
+    return [task_from_template(state, t, backfill_task_id(state.schedule_id, t, e.overlap), now)
+            for t in backfill_times(state, e.start, e.end, limit=MAX_BACKFILL)]
+
+
+def backfill_times(state: ScheduleState, start: datetime, end: datetime, *, limit: int) -> list[datetime]:
+    """Cron times in ``start``..``end`` (inclusive, in the schedule's time zone), oldest first, at most ``limit``."""
+    out: list[datetime] = []
+    try:
+        t = cron.next_fire(state.cron, state.timezone, start - timedelta(microseconds=1))
+    except Exception:  # a bad expression in the log (the API validates): nothing to run
+        return out
+    while t <= end and len(out) < limit:
+        out.append(t)
+        t = cron.next_fire(state.cron, state.timezone, t)
+    return out
+
+
+def backfill_task_id(schedule_id: str, fire_at: datetime, overlap: str) -> str:
+    """The id of a backfill's task for ``fire_at``: the schedule's own (``skip``) or one of its own (``allow``)."""
+    if overlap == "allow":
+        return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}#backfill").hex
+    return schedule_task_id(schedule_id, fire_at)
+
+
 def schedule_task_id(schedule_id: str, fire_at: datetime) -> str:
     """The id of the task a schedule creates for one fire time: the same on every replay and processor."""
     return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@{fire_at.isoformat()}").hex
+
+
+def schedule_run_task_id(schedule_id: str, at: datetime) -> str:
+    """The id of the task a run-now at ``at`` creates: apart from every cron fire's ``schedule_task_id``."""
+    return uuid.uuid5(SCHEDULE_TASK_NAMESPACE, f"{schedule_id}@run@{at.isoformat()}").hex
 
 
 def task_from_template(state: ScheduleState, fire_at: datetime, task_id: str, now: datetime) -> TaskCreated:

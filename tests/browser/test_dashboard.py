@@ -383,6 +383,51 @@ def test_schedules_list_and_delete(page, http) -> None:
     assert page.errors == []
 
 
+def test_task_list_searches_by_prefix_and_shows_durations(page, http) -> None:
+    ids = [submit(http, handler="ui.ok", name=f"invoice-{n}") for n in range(3)]
+    other = submit(http, handler="ui.ok", name="receipt")
+    for task_id in (*ids, other):
+        wait_status(http, task_id, {"succeeded"})
+    page.goto("/ui/tasks")
+    page.fill("#prefix", "invoice-")
+    page.click("#filters button[type=submit]")
+    wait_until(lambda: sorted(r.get_attribute("data-id") for r in page.locator("#tasks tr[data-id]").all())
+               == sorted(ids), timeout=10, message="only the invoice- tasks")
+    assert "prefix=invoice-" in page.url
+    durations = [d.strip() for d in page.locator("#tasks td.duration").all_text_contents()]
+    assert len(durations) == 3 and all(d.endswith(("ms", " s")) for d in durations), durations
+    page.fill("#prefix", other[:12])  # an id prefix
+    page.click("#filters button[type=submit]")
+    wait_until(lambda: [r.get_attribute("data-id") for r in page.locator("#tasks tr[data-id]").all()] == [other],
+               timeout=10, message="the task whose id starts so")
+    shot(page, "tasks-search")
+    assert page.errors == []
+
+
+def test_schedule_page_pauses_resumes_and_runs_now(page, http) -> None:
+    body = {"cron": "0 3 * * *", "name": "nightly export", "task": {"handler": "ui.ok", "payload": {"kind": "export"}}}
+    sid = http.post("/api/v1/schedules", json=body).json()["id"]
+    page.goto("/ui/schedules")
+    page.locator(f"#schedules tr[data-id='{sid}'] a").click()
+    page.wait_for_url(f"**/ui/schedules/{sid}")
+    page.wait_for_selector("#sc-fields tr[data-field=status]")
+    assert '"kind": "export"' in page.text_content("#sc-task")
+    page.click("#sc-pause")
+    wait_until(lambda: http.get(f"/api/v1/schedules/{sid}").json()["status"] == "paused", timeout=10)
+    wait_until(lambda: page.get_attribute("body", "data-status") == "paused", timeout=10, message="shown paused")
+    assert page.is_disabled("#sc-pause") and page.is_enabled("#sc-resume")
+    page.click("#sc-run")
+    page.wait_for_selector("#sc-result a.id", timeout=10000)
+    task_id = page.text_content("#sc-result a.id")
+    done = wait_status(http, task_id, {"succeeded"})
+    assert done["schedule_id"] == sid and done["result"]["echo"] == {"kind": "export"}
+    page.click("#sc-resume")
+    wait_until(lambda: http.get(f"/api/v1/schedules/{sid}").json()["status"] == "active", timeout=10)
+    wait_until(lambda: page.get_attribute("body", "data-status") == "active", timeout=10, message="shown active")
+    shot(page, "schedule")
+    assert page.errors == []
+
+
 def test_dead_letters_redrive_selected(page, http) -> None:
     ids = [submit(http, handler="ui.flaky", payload={"fail_until": 1}, retry={"max_attempts": 1}) for _ in range(3)]
     for task_id in ids:
@@ -432,4 +477,28 @@ def test_not_ready_reasons_and_the_api_key_go_through_one_fetch(page, http) -> N
         page.press("#api-key", "Enter")  # saved for the tab, page reloaded
     page.goto("/ui/tasks")
     assert page.input_value("#api-key") == "s3cret"
+    assert page.errors == []
+
+
+def test_a_failed_task_s_traceback_opens_from_a_collapsed_details(page, http) -> None:
+    task_id = submit(http, handler="ui.flaky", payload={"fail_until": 1}, name="why it failed",
+                     retry={"max_attempts": 1})
+    wait_status(http, task_id, {"failed"})
+    page.goto(f"/ui/tasks/{task_id}")
+    page.wait_for_selector("#traceback-box:not([hidden])")
+    assert page.text_content("#traceback-type") == "RuntimeError"
+    assert page.get_attribute("#traceback-box", "open") is None and not page.is_visible("#traceback")  # collapsed
+    page.click("#traceback-box summary")
+    page.wait_for_selector("#traceback", state="visible")
+    text = page.text_content("#traceback")
+    assert text.startswith("Traceback (most recent call last):") and ", in flaky" in text
+    assert text.endswith("RuntimeError: attempt 1 failed on purpose") and "_attempt.py" not in text
+    assert page.text_content("#fields tr[data-field=error_type] td") == "RuntimeError"
+    shot(page, "task-traceback")
+
+    ok = submit(http, handler="ui.ok", payload={"n": 1})
+    wait_status(http, ok, {"succeeded"})
+    page.goto(f"/ui/tasks/{ok}")
+    page.wait_for_selector("#status.status-succeeded")
+    assert page.is_hidden("#traceback-box")
     assert page.errors == []

@@ -18,7 +18,9 @@ retries in scheduled, dead letters, checkpoints, redrives), 3 = TaskCreated
 ``actor`` on the events the API writes (issue 15's audit field; folded by
 the code of the commit that added it), 5 = issue 23: ``TaskFailed.retry_delay_s``
 (a handler's ``Retry(delay_s=...)``) and ``schedule_id`` on schedule events
-(schedules became an aggregate of their own); folded by the code of issue 23.
+(schedules became an aggregate of their own); folded by the code of issue 23,
+6 = issue 26: ``TaskFailed.error_type`` and ``traceback`` (a failure shows why;
+the TaskState keeps them beside ``error``), folded by the code of that change.
 A release's logs are never regenerated once committed: they are what that
 release wrote. ``encode`` for a new release only, or for a history a release
 lacked, by name (``encode 4 schedule``, then ``states 4 schedule`` with that
@@ -45,7 +47,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HISTORY = REPO / "schemas" / "avro" / "history"
 RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
-            5: "retry_delay_s and schedule_id (issue 23)"}
+            5: "retry_delay_s and schedule_id (issue 23)",
+            6: "error_type and traceback (issue 26); schedule pause, resume, run now, backfill (issues 26, 29)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
@@ -93,6 +96,16 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             ev("TaskQueued", task_id, t + delay, attempt=attempt + 1, priority=priority, due_at=at(t + delay)),
         ]
 
+    def why(error_type: str, where: str, message: str) -> dict:
+        """v6: the exception type and the handler's frames of a failure the handler raised."""
+        if version < 6:
+            return {}
+        tb = ("Traceback (most recent call last):\n"
+              '  File "/srv/handlers/echo.py", line 12, in echo\n    return load(payload)\n'
+              f'  File "/srv/handlers/echo.py", line 30, in {where}\n    raise {error_type.rsplit(".", 1)[-1]}(...)\n'
+              f"{error_type}: {message}")
+        return {"error_type": error_type, "traceback": tb}
+
     logs: dict[str, list] = {}
     logs["succeeded"] = [
         created("t-ok", 0, priority="high", name="resize", labels={"team": "media"}, timeout_s=30.0),
@@ -105,14 +118,17 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
         ev("TaskQueued", "t-retry", 0.01, attempt=1, priority="medium"),
         ev("TaskStarted", "t-retry", 0.1, attempt=1),
         ev("TaskFailed", "t-retry", 1.1, attempt=1, error="ValueError: boom", started_at=at(0.1),
-           **({"retry_delay_s": 2.0} if version >= 5 else {})),  # v5: the handler asked for the wait
+           **({"retry_delay_s": 2.0} if version >= 5 else {}),  # v5: the handler asked for the wait
+           **why("ValueError", "load", "boom")),
         *retry("t-retry", 1, 1.11, 2.0),
-        ev("TaskFailed", "t-retry", 3.5, attempt=2, error="ValueError: boom again"),
+        ev("TaskFailed", "t-retry", 3.5, attempt=2, error="ValueError: boom again",
+           **why("ValueError", "load", "boom again")),
         *retry("t-retry", 2, 3.51, 4.0),
         ev("TaskSucceeded", "t-retry", 8.0, attempt=3, result='{"tries": 3}'),
         created("t-perm", 10, max_attempts=3, payload='{"bad": true}'),
         ev("TaskQueued", "t-perm", 10.01, attempt=1, priority="medium"),
-        ev("TaskFailed", "t-perm", 10.2, attempt=1, error="PermanentError: bad payload", permanent=True),
+        ev("TaskFailed", "t-perm", 10.2, attempt=1, error="PermanentError: bad payload", permanent=True,
+           **why("taskstream.executors.errors.PermanentError", "check", "bad payload")),
         *([ev("TaskDeadLettered", "t-perm", 10.21, attempt=1, error="PermanentError: bad payload", handler="echo",
               priority="medium")] if v2 else []),
     ]
@@ -286,7 +302,9 @@ def cmd_states(version: int, only: list[str]) -> None:
             event = codec.decode(bytes.fromhex(rec["value"]))
             assert type(event).__name__ == rec["event_type"] and event.task_id == rec["key"], rec
             by_task.setdefault(rec["key"], []).append(event)
-        doc["states"] = {task: state_json(domain.fold(events)) for task, events in by_task.items()}
+        # Since issue 25 dependents are edges outside the state: fold as the API shows a task (older code: fold).
+        fold = getattr(domain, "fold_with_dependents", domain.fold)
+        doc["states"] = {task: state_json(fold(events)) for task, events in by_task.items()}
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"{path.parent.name}/{path.name}: " + ", ".join(f"{t} {s['status']}" for t, s in doc["states"].items()))
 

@@ -3,7 +3,10 @@
 One stack per test module (module-scoped fixtures), on the session's
 Kafka node with a topic prefix of its own. The executor loads
 ``clienthandlers`` (written to the stack's folder) besides the built-ins:
-``fail`` raises ``PermanentError`` (the task fails at once, no retries).
+``fail`` raises ``PermanentError`` (the task fails at once, no retries);
+``hold`` writes the wall time it started to ``held/<task id>`` in the
+stack's folder and returns once ``release/<task id>`` exists (30 s at most);
+``modules`` adds handler modules of a test's own (name -> source).
 The API is served over real HTTP on a free loopback port (``url``), so
 clients and console scripts talk to it as users do.
 """
@@ -33,6 +36,18 @@ from taskstream.executors import PermanentError, handler
 @handler("fail")
 def fail(payload, ctx):
     raise PermanentError((payload or {}).get("message", "planned failure"))
+
+@handler("hold")
+def hold(payload, ctx):
+    import os, time
+    os.makedirs("held", exist_ok=True)
+    with open(f"held/{ctx.task_id}.tmp", "w") as f:
+        f.write(repr(time.time()))
+    os.replace(f"held/{ctx.task_id}.tmp", f"held/{ctx.task_id}")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(f"release/{ctx.task_id}") and time.monotonic() < deadline and not ctx.cancelled:
+        time.sleep(0.01)
+    return {"held": True}
 '''
 
 
@@ -62,7 +77,7 @@ class Proc:
 class LiveStack:
     """Processor + executor + API on ``broker``; ``url`` is the API's base URL."""
 
-    def __init__(self, broker: str, folder: Path) -> None:
+    def __init__(self, broker: str, folder: Path, modules: dict[str, str] | None = None) -> None:
         self.folder = folder
         port = free_port()
         self.settings = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
@@ -72,9 +87,13 @@ class LiveStack:
         wait_for_broker(self.settings)
         assert ensure_topics(self.settings, catalogue(self.settings)) == []
         (folder / "clienthandlers.py").write_text(HANDLERS)
+        extra: list[str] = []
+        for name, source in (modules or {}).items():
+            (folder / f"{name}.py").write_text(source)
+            extra += ["--handlers", name]
         self.procs = [
             Proc(self.settings, "processor", cwd=folder, log=folder / "processor.log"),
-            Proc(self.settings, "executor", "--handlers", "clienthandlers", "--concurrency", "8", cwd=folder,
+            Proc(self.settings, "executor", "--handlers", "clienthandlers", *extra, "--concurrency", "8", cwd=folder,
                  log=folder / "executor.log"),
             Proc(self.settings, "api", "--port", str(port), cwd=folder, log=folder / "api.log"),
         ]

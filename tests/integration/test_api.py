@@ -276,6 +276,10 @@ BAD_BODIES = [
     ({"handler": "h", "run_at": "2024-05-01"}, "run_at"),
     ({"handler": "h", "run_at": "2024-05-01T12:00:00"}, "run_at"),  # no time zone
     ({"handler": "h", "run_at": 1714564800}, "run_at"),
+    ({"handler": "h", "delay_s": -1}, "delay_s"),
+    ({"handler": "h", "delay_s": "10"}, "delay_s"),
+    ({"handler": "h", "delay_s": 11 * 366 * 86400}, "delay_s"),
+    ({"handler": "h", "delay_s": 10, "run_at": "2024-05-01T12:00:00Z"}, "delay_s"),
     ({"handler": "h", "timeout_s": -1}, "timeout_s"),
     ({"handler": "h", "timeout_s": 0}, "timeout_s"),
     ({"handler": "h", "timeout_s": "10"}, "timeout_s"),
@@ -332,6 +336,19 @@ def test_past_present_and_future_run_at_are_accepted(client: TestClient, setting
     assert client.get(f"/api/v1/tasks/{later['id']}").json()["status"] == "scheduled"
     created = [codec.decode(m.value()) for m in read_topic(settings, Topics(settings.prefix).events, 3)]
     assert [e.run_at for e in created if e.task_id == later["id"]] == [parse_rfc3339(FUTURE)]
+
+
+def test_delay_s_runs_the_task_that_many_seconds_after_the_request(client: TestClient) -> None:
+    before = datetime.now(UTC)
+    later = submit(client, delay_s=600)
+    after = datetime.now(UTC)
+    assert later["status"] == "scheduled"
+    assert before + timedelta(seconds=600) <= parse_rfc3339(later["run_at"]) <= after + timedelta(seconds=600)
+    assert "delay_s" not in later  # the task shows when it runs, not how it was asked for
+    batch = client.post("/api/v1/tasks:batch", json={"tasks": [{"handler": "h", "delay_s": 3600}]}).json()["tasks"]
+    assert parse_rfc3339(batch[0]["run_at"]) >= before + timedelta(seconds=3600)
+    r = client.post("/api/v1/workflows", json={"tasks": [{"key": "a", "handler": "h", "delay_s": -1}]})
+    assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["tasks[0].delay_s"]
 
 
 def test_bodies_over_the_limit_get_413_and_write_nothing(client: TestClient, settings: Settings) -> None:

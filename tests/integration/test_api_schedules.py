@@ -189,6 +189,33 @@ def test_delete_writes_schedule_deleted_then_409_and_404(client: TestClient, set
     assert client.delete(f"{V1}/schedules/{s['id']}?reason=" + "x" * 1001).status_code == 422
 
 
+def test_pause_resume_and_run_go_through_the_decider(client: TestClient, settings: Settings) -> None:
+    s = create(client)
+    r = client.post(f"{V1}/schedules/{s['id']}:pause?reason=holiday")
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "paused" and r.json()["next_fire_at"] is None and r.json()["version"] == 2
+    assert client.get(f"{V1}/schedules/{s['id']}").json()["status"] == "paused"
+    assert [x["id"] for x in client.get(f"{V1}/schedules?status=paused").json()["schedules"]] == [s["id"]]
+    assert client.post(f"{V1}/schedules/{s['id']}:pause").json()["version"] == 2  # already paused: nothing written
+    run = client.post(f"{V1}/schedules/{s['id']}:run")
+    assert run.status_code == 202 and run.json()["status"] == "paused"  # a paused schedule runs on demand too
+    task_id = run.json()["last_task_id"]
+    assert task_id and run.headers["Location"] == f"/api/v1/tasks/{task_id}" and run.json()["fired"] == 1
+    resumed = client.post(f"{V1}/schedules/{s['id']}:resume")
+    assert resumed.status_code == 202 and resumed.json()["status"] == "active"
+    assert parse_rfc3339(resumed.json()["next_fire_at"]) > datetime.now(UTC) - timedelta(seconds=1)
+    written = [codec.decode(m.value()) for m in events(settings, 4)]
+    assert [type(e).__name__ for e in written] == ["ScheduleCreated", "SchedulePaused", "ScheduleTriggered",
+                                                    "ScheduleResumed"]
+    assert written[1].reason == "holiday" and written[2].created_task_id == task_id
+    assert client.post(f"{V1}/schedules/{s['id']}:stop").status_code in (404, 422)
+    assert client.post(f"{V1}/schedules/nope:pause").status_code == 404
+    client.delete(f"{V1}/schedules/{s['id']}")
+    for action in ("pause", "resume", "run"):
+        r = client.post(f"{V1}/schedules/{s['id']}:{action}")
+        assert r.status_code == 409 and "deleted" in r.json()["detail"], (action, r.text)
+
+
 def test_list_newest_first_with_cursor_and_status(client: TestClient) -> None:
     made = [create(client, name=f"s{i}") for i in range(5)]
     assert client.delete(f"{V1}/schedules/{made[1]['id']}").status_code == 202
@@ -203,7 +230,7 @@ def test_list_newest_first_with_cursor_and_status(client: TestClient) -> None:
     assert seen == newest_first
     assert [s["id"] for s in client.get(f"{V1}/schedules?status=deleted").json()["schedules"]] == [made[1]["id"]]
     assert len(client.get(f"{V1}/schedules?status=active").json()["schedules"]) == 4
-    for bad, field in (("status=paused", "status"), ("limit=0", "limit"), ("cursor=Zm9v", "cursor")):
+    for bad, field in (("status=sleeping", "status"), ("limit=0", "limit"), ("cursor=Zm9v", "cursor")):
         r = client.get(f"{V1}/schedules?{bad}")
         assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == [field]
 

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from taskstream.cli.broker import free_port
+from tests.conftest import wait_until
 from tests.integration.live_stack import LiveStack
 from tests.integration.test_cli import _cli
 
@@ -214,6 +215,24 @@ def test_schedules_create_list_delete(run) -> None:
     assert r.returncode == 0 and "deleted" in r.stdout
     assert "already deleted" in one_error_line(run("schedules", "delete", s["id"]))
     assert "cron" in one_error_line(run("schedules", "create", "every day", "noop"))
+
+
+def test_schedules_pause_run_resume(run) -> None:
+    s = json.loads(run("schedules", "create", "0 9 * * *", "echo", "--payload", '{"n": 1}', "--json").stdout)
+    r = run("schedules", "pause", s["id"], "--reason", "holiday", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "paused"
+    assert s["id"] in run("schedules", "list", "--status", "paused").stdout
+    r = run("schedules", "run", s["id"])
+    assert r.returncode == 0, r.stderr
+    task_id = r.stdout.splitlines()[0].removeprefix("task ")
+    done = wait_until(lambda: (t := json.loads(run("tasks", "get", task_id, "--json").stdout))["status"] == "succeeded"
+                      and t, timeout=60, interval=0.2, message="the task run-now created succeeds")
+    assert done["status"] == "succeeded" and done["schedule_id"] == s["id"] and done["result"] == {"n": 1}
+    r = run("schedules", "resume", s["id"], "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "active", r.stderr
+    run("schedules", "delete", s["id"])
+    assert "deleted" in one_error_line(run("schedules", "pause", s["id"]))
 
 
 def test_url_option_and_an_unreachable_api(run, stack) -> None:

@@ -30,6 +30,7 @@ from taskstream.client import (
     OutcomeUnknown,
     PreconditionFailed,
     RateLimited,
+    RetryPolicy,
     ServerError,
     Task,
     TaskstreamError,
@@ -65,14 +66,21 @@ def ts(stack):
 
 def test_submit_wait_and_the_typed_task(ts: Client) -> None:
     task = ts.submit("echo", {"hello": "world"}, priority="high", labels={"team": "a"}, name="greet",
-                     max_attempts=2, timeout_s=30)
-    assert isinstance(task, Task) and task.status in ("pending", "queued", "scheduled") and task.version >= 1
+                     retry=RetryPolicy(max_attempts=2), timeout_s=30)
+    assert isinstance(task.task, Task) and task.task.status in ("pending", "queued", "scheduled") and task.version >= 1
     assert task.priority == "high" and task.labels == {"team": "a"} and task.max_attempts == 2
     done = ts.wait(task.id, timeout=30)
     assert done.status == "succeeded" and done.succeeded and done.terminal
     assert done.result == {"hello": "world"} and done.attempt == 1
     assert done.created_at.tzinfo is not None and done.finished_at >= done.started_at
     assert done.raw["id"] == task.id and done.retry["max_attempts"] == 2
+
+
+def test_delay_s_schedules_the_task_from_now(ts: Client) -> None:
+    before = datetime.now(UTC)
+    task = ts.submit("echo", {}, delay_s=120)
+    assert task.task.status == "scheduled" and task.run_at >= before + timedelta(seconds=120)
+    ts.cancel(task.id)
 
 
 def test_a_failing_task_ends_failed_and_retry_redrives_it(ts: Client) -> None:
@@ -90,7 +98,7 @@ def test_a_failing_task_ends_failed_and_retry_redrives_it(ts: Client) -> None:
 
 def test_cancel_and_cancelling_a_finished_task_is_a_conflict(ts: Client) -> None:
     later = ts.submit("noop", run_at=LATER)
-    assert later.status == "scheduled" and later.run_at == LATER
+    assert later.task.status == "scheduled" and later.run_at == LATER
     cancelled = ts.cancel(later.id, reason="not needed")
     assert cancelled.status == "cancelled" and cancelled.error == "cancelled: not needed"
     with pytest.raises(Conflict) as exc:
@@ -121,7 +129,7 @@ def test_not_found_and_validation_errors_name_the_field(ts: Client) -> None:
         ts.submit("noop", priority="urgent")
     assert exc.value.field == "priority" and exc.value.status == 422
     with pytest.raises(ValidationFailed) as exc:
-        ts.submit("noop", max_attempts=0)
+        ts.submit("noop", retry=RetryPolicy(max_attempts=0))
     assert exc.value.field == "retry.max_attempts"
     with pytest.raises(ValidationFailed) as exc:
         ts.submit_many([task_body("noop"), task_body("noop", labels={"a:b": "c"})])
@@ -149,9 +157,9 @@ def test_submit_many_workflow_and_events(ts: Client) -> None:
     assert [t.payload for t in tasks] == [{"i": 0}, {"i": 1}, {"i": 2}]
     wf = ts.workflow([{"key": "a", "handler": "echo", "payload": 1},
                       {"key": "b", "handler": "echo", "payload": 2, "depends_on": ["a"]}])
-    assert set(wf.tasks) == {"a", "b"} and wf.workflow_id
-    b = ts.wait(wf.tasks["b"], timeout=30)
-    assert b.status == "succeeded" and b.depends_on == [wf.tasks["a"]] and b.workflow_id == wf.workflow_id
+    assert set(wf.task_ids) == {"a", "b"} and wf.workflow_id
+    b = ts.wait(wf.task_ids["b"], timeout=30)
+    assert b.status == "succeeded" and b.depends_on == [wf.task_ids["a"]] and b.workflow_id == wf.workflow_id
     with pytest.raises(ValidationFailed) as exc:
         ts.workflow({"tasks": [{"key": "a", "handler": "noop", "depends_on": ["a"]}]})
     assert exc.value.field.startswith("tasks[0].depends_on")
@@ -168,8 +176,8 @@ def test_get_list_and_wait_workflows(ts: Client) -> None:
                       {"key": "a", "handler": "echo", "payload": 1}])
     run = ts.get_workflow(wf.workflow_id)
     assert run.id == wf.workflow_id and run.task_count == 3 and run.created_at.tzinfo is not None
-    assert [t.key for t in run.tasks] == ["a", "b", "c"] and run.task("b").id == wf.tasks["b"]
-    assert run.edges == [(wf.tasks["a"], wf.tasks["b"]), (wf.tasks["b"], wf.tasks["c"])]
+    assert [t.key for t in run.tasks] == ["a", "b", "c"] and run.task("b").id == wf.task_ids["b"]
+    assert run.edges == [(wf.task_ids["a"], wf.task_ids["b"]), (wf.task_ids["b"], wf.task_ids["c"])]
     seen: list[str] = []
     done = ts.wait_workflow(wf.workflow_id, timeout=30, on_update=lambda w: seen.append(w.status))
     assert done.status == "failed" and done.terminal and not done.succeeded and seen[-1] == "failed"
@@ -329,7 +337,7 @@ def test_async_client_does_the_same(stack) -> None:
             assert exc.value.field == "priority"
             assert [e.type for e in await ts.events(ok.id)][0] == "TaskCreated"
             wf = await ts.workflow([{"key": "x", "handler": "noop"}])
-            assert (await ts.wait(wf.tasks["x"], timeout=30)).succeeded
+            assert (await ts.wait(wf.task_ids["x"], timeout=30)).succeeded
             run = await ts.wait_workflow(wf.workflow_id, timeout=30)
             assert run.succeeded and run.task("x").status == "succeeded"
             assert (await ts.get_workflow(wf.workflow_id)).counts == {"succeeded": 1}
@@ -390,7 +398,7 @@ def test_api_up_broker_down_is_unavailable(tmp_path) -> None:
         thread.start()
         with Client(f"http://127.0.0.1:{port}") as ts:
             wait_until(lambda: _ready(ts), timeout=30, interval=0.2, message="ready")
-            assert ts.submit("noop").status
+            assert ts.submit("noop").task.status == "pending"
             broker.stop()
             with pytest.raises(Unavailable) as exc:
                 ts.submit("noop")

@@ -209,11 +209,12 @@ def test_the_readme_client_example_runs(stack: DevStack, readme) -> None:
                        timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
-    assert lines[0] == "succeeded {'hello': 'world'}"
-    status, events = lines[1].split(" ", 1)  # the upstream's history: its DependencyRegistered may come at any point
-    assert status == "succeeded"
+    assert lines[0] == "{'hello': 'world'}"
+    assert lines[1] == "failed: PermanentError: payload.name must be a string"  # greet, by reference
+    assert lines[2] == "{'a': 1, 'b': None}"
+    events = lines[3]  # the upstream's history: its DependencyRegistered may come at any point
     assert sorted(ast.literal_eval(events)) == ["DependencyRegistered", "TaskCreated", "TaskQueued", "TaskSucceeded"]
-    assert any(line.endswith(" echo {'team': 'docs'}") for line in lines[2:-1])  # the list found the labelled task
+    assert any(line.endswith(" echo {'team': 'docs'}") for line in lines[4:-1])  # the list found the labelled task
     assert lines[-1] == "invalid: priority - Input should be 'high', 'medium' or 'low'"
 
 

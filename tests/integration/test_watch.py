@@ -309,6 +309,13 @@ def test_grpc_task_rpcs_succeed_through_the_http_rules(stack: Stack, stubs: Stub
     assert changed.payload.WhichOneof("kind") == "null_value"
     cancelled = t.CancelTask(tasks_pb2.CancelTaskRequest(id=waiting.id, reason="not needed"))
     assert cancelled.status == "cancelled" and cancelled.error == "cancelled: not needed"
+    before = time.time()
+    delayed = t.SubmitTask(tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="watch.flaky", delay_s=900)))
+    assert delayed.status == "scheduled" and delayed.run_at.seconds >= int(before) + 900
+    code, details = rpc_error(t.SubmitTask, tasks_pb2.SubmitTaskRequest(
+        task=tasks_pb2.TaskSpec(handler="watch.flaky", delay_s=5, run_at=later)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["task.delay_s"]
+    t.CancelTask(tasks_pb2.CancelTaskRequest(id=delayed.id))
 
     doomed = t.SubmitTask(tasks_pb2.SubmitTaskRequest(task=spec(payload={"sleep": 0.01, "succeed_at": 9},
                                                                 retry={"max_attempts": 1})))

@@ -174,7 +174,8 @@ task_state = _auto(
 
 #: Records whose every field comes from its type.
 _AUTO = ("TaskCheckpointed", "TaskRetryScheduled", "TaskDeadLettered", "LeaseExpired", "TaskRedriven",
-         "ScheduleCreated", "ScheduleFired", "ScheduleDeleted", "Heartbeat")
+         "ScheduleCreated", "ScheduleFired", "ScheduleDeleted", "SchedulePaused", "ScheduleResumed",
+         "ScheduleTriggered", "ScheduleBackfilled", "Heartbeat")
 
 #: One strategy per record name of ``schemas.events.RECORD_TYPES``.
 BY_RECORD: dict[str, st.SearchStrategy] = {
@@ -191,6 +192,8 @@ BY_RECORD: dict[str, st.SearchStrategy] = {
     "TaskUpdated": task_updated,
     "ScheduleState": _auto(events.ScheduleState, schedule_id=ids, last_offset=INT64),
     "ApiKey": _auto(events.ApiKey, created_at=timestamps, revoked_at=optional_timestamps),
+    "WorkerReport": _auto(events.WorkerReport, pid=INT32, concurrency=INT32, in_flight=INT32, started_at=timestamps,
+                          reported_at=timestamps, interval_s=doubles),
     **{name: _auto(events.RECORD_TYPES[name], **_event_fields()) for name in _AUTO if not name.startswith("Schedule")},
     **{
         name: _auto(events.RECORD_TYPES[name], **_schedule_event_fields())

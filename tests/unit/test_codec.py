@@ -106,6 +106,10 @@ def _sample(name: str):
         "ScheduleCreated": lambda: RECORD_TYPES[name](**schedule, cron="* * * * *"),
         "ScheduleFired": lambda: RECORD_TYPES[name](**schedule, fire_at=T0, created_task_id="t9"),
         "ScheduleDeleted": lambda: RECORD_TYPES[name](**schedule),
+        "SchedulePaused": lambda: RECORD_TYPES[name](**schedule, reason="holiday", actor="k1"),
+        "ScheduleResumed": lambda: RECORD_TYPES[name](**schedule),
+        "ScheduleTriggered": lambda: RECORD_TYPES[name](**schedule, created_task_id="t9", actor="k1"),
+        "ScheduleBackfilled": lambda: RECORD_TYPES[name](**schedule, start=T0, end=T0, max_concurrent=2, count=1),
         "Heartbeat": lambda: RECORD_TYPES[name](**base, attempt=1),
         "ScheduleState": lambda: RECORD_TYPES[name](
             schedule_id="s1", cron="* * * * *", timezone="UTC", template="{}", status="active", created_at=T0,
@@ -117,6 +121,11 @@ def _sample(name: str):
         "ApiKey": lambda: RECORD_TYPES[name](
             key_id="0123456789abcdef", name="ci", role="operator", secret_hash="00" * 32, created_at=T0, producer="p",
             handlers=["email.*"], revoked_at=T0,
+        ),
+        "WorkerReport": lambda: RECORD_TYPES[name](
+            executor_id="executor-h-1", host="h", pid=42, version="0.1.0", handlers=["echo", "noop"], concurrency=4,
+            partitions=["taskstream.ready.high:0"], in_flight=1, running=["t1"], started_at=T0, reported_at=T0,
+            interval_s=5.0,
         ),
     }[name]()
 

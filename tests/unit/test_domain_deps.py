@@ -530,7 +530,7 @@ def test_replay_outputs_of_a_pending_dependent_registers_with_the_unresolved():
 # ------------------------------------------------------------- ready_message.upstream
 
 
-def test_ready_message_upstream_maps_ids_and_workflow_keys_to_results():
+def test_ready_message_upstream_maps_workflow_keys_else_ids_to_results():
     s = pending_dependent(deps=["id-a", "id-b", "id-c"], upstream_keys={"id-a": "fetch", "id-b": "parse"})
     big = '"' + "y" * RESULT_BOUND + '"'
     ups = {"id-a": '{"rows": [1, 2]}', "id-b": None, "id-c": big}
@@ -545,8 +545,20 @@ def test_ready_message_upstream_maps_ids_and_workflow_keys_to_results():
     msg = ready_message(s, NOW)
     assert type(msg) is ReadyTask and msg.attempt == 1
     assert codec.loads_json(msg.upstream) == {
-        "id-a": {"rows": [1, 2]}, "fetch": {"rows": [1, 2]},
-        "id-b": None, "parse": None,
-        "id-c": None,  # above RESULT_BOUND: not carried
+        "fetch": {"rows": [1, 2]},  # by key, not also by id (each dependency once)
+        "parse": None,
+        "id-c": None,  # no key: by id; above RESULT_BOUND: not carried
     }
     assert ready_message(reach("queued"), NOW).upstream == "{}"
+
+
+def test_upstream_is_keyed_once_by_workflow_key_else_by_id():
+    # Issue 26: a workflow task's ctx.upstream held each result twice (under the id and the key), so summing
+    # it double-counted. One rule now: the workflow key when the dependency has one, else the task id.
+    in_workflow = fold([created(depends_on=["up-a", "up-b"], upstream_keys={"up-a": "extract", "up-b": "clean"}),
+                        resolved("up-a", result="2", t=5), resolved("up-b", result="3", t=6)])
+    assert codec.loads_json(ready_message(in_workflow, NOW).upstream) == {"extract": 2, "clean": 3}
+    assert sum(codec.loads_json(ready_message(in_workflow, NOW).upstream).values()) == 5
+    by_id = fold([created(depends_on=["up-a", "up-b"]), resolved("up-a", result="2", t=5),
+                  resolved("up-b", result="null", t=6)])
+    assert codec.loads_json(ready_message(by_id, NOW).upstream) == {"up-a": 2, "up-b": None}

@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskstream.schemas import (
+    CommandRejected,
+    NotFound,
     ScheduleCreated,
     ScheduleDeleted,
     ScheduleFired,
@@ -230,6 +232,74 @@ def test_delete_stops_it():
     assert schedule_due(new, minute(30), 60.0) is None and on_timer(new, minute(30), 60.0) == []
     assert evolve(new, fired(minute(2))) is new  # a fire decided before the delete was folded
     assert evolve(None, e) is None
+
+
+# ---------------------------------------------------- pause, resume, run now
+
+
+def _decided(state, command, now):
+    return decide(state, command, now)
+
+
+def test_pause_stops_the_fires_and_resume_restarts_from_the_next_time_after_it():
+    s = fold([created(), fired(minute(1))])
+    [p] = _decided(s, domain.PauseSchedule(schedule_id=SID, producer="api-1", reason="holiday", actor="k1"), at(70))
+    assert (type(p).__name__, p.reason, p.actor) == ("SchedulePaused", "holiday", "k1")
+    paused = evolve(s, p)
+    assert paused.status == "paused" and paused.next_fire_at is None and paused.version == s.version + 1
+    assert timer_due(paused, 5.0) is None and schedule_due(paused, minute(30), 60.0) is None
+    assert evolve(paused, p) is paused  # folded twice
+    assert _decided(paused, domain.PauseSchedule(schedule_id=SID, producer="api-1"), at(80)) == []  # a duplicate
+    [r] = _decided(paused, domain.ResumeSchedule(schedule_id=SID, producer="api-1"), minute(10) + timedelta(seconds=5))
+    resumed = evolve(paused, r)
+    # minutes 2..10 passed while paused: skipped, not caught up; the next fire is the first after the resume
+    assert resumed.status == "active" and resumed.next_fire_at == minute(11)
+    assert schedule_due(resumed, minute(11), 60.0).fire_at == minute(11)
+    assert evolve(resumed, r) is resumed
+    assert _decided(resumed, domain.ResumeSchedule(schedule_id=SID, producer="api-1"), minute(12)) == []
+
+
+def test_resume_past_end_at_ends_it():
+    s = fold([created(end_at=minute(3))])
+    paused = evolve(s, _decided(s, domain.PauseSchedule(schedule_id=SID, producer="a"), at(1))[0])
+    [r] = _decided(paused, domain.ResumeSchedule(schedule_id=SID, producer="a"), minute(5))
+    assert evolve(paused, r).status == "ended"
+
+
+def test_pause_resume_and_run_of_a_deleted_or_unknown_schedule_are_refused():
+    gone = fold([created(), deleted(at(1))])
+    for command in (domain.PauseSchedule, domain.ResumeSchedule, domain.RunSchedule):
+        with pytest.raises(CommandRejected, match="deleted"):
+            _decided(gone, command(schedule_id=SID, producer="a"), at(2))
+        with pytest.raises(NotFound):
+            _decided(None, command(schedule_id=SID, producer="a"), at(2))
+    ended = fold([created(end_at=minute(1)), fired(minute(1))])
+    assert ended.status == "ended"
+    with pytest.raises(CommandRejected, match="only an active"):
+        _decided(ended, domain.PauseSchedule(schedule_id=SID, producer="a"), minute(2))
+    with pytest.raises(CommandRejected, match="only a paused"):
+        _decided(ended, domain.ResumeSchedule(schedule_id=SID, producer="a"), minute(2))
+
+
+def test_run_now_creates_one_task_from_the_template_without_moving_the_cron():
+    s = fold([created(), fired(minute(1))])
+    now = at(75)
+    [t] = _decided(s, domain.RunSchedule(schedule_id=SID, producer="api-1", actor="k1"), now)
+    assert type(t).__name__ == "ScheduleTriggered" and t.actor == "k1"
+    assert t.created_task_id == domain.schedule_run_task_id(SID, now) != schedule_task_id(SID, now)
+    after = evolve(s, t)
+    assert after.next_fire_at == s.next_fire_at == minute(2) and after.status == "active"
+    assert (after.fired, after.last_task_id, after.last_fire_at) == (s.fired + 1, t.created_task_id, now)
+    assert evolve(after, t) is after  # folded twice: counted once
+    [task] = react(s, after, t, now)
+    assert isinstance(task, TaskCreated) and task.task_id == t.created_task_id and task.handler == "report"
+    assert (task.schedule_id, task.scheduled_for) == (SID, now)
+    assert react(after, after, t, now) == []  # a duplicate creates nothing
+    [again] = replay_outputs(after, at(90))  # crash repair: the same task again (a duplicate id)
+    assert again.task_id == t.created_task_id
+    paused = evolve(s, _decided(s, domain.PauseSchedule(schedule_id=SID, producer="a"), at(70))[0])
+    [t2] = _decided(paused, domain.RunSchedule(schedule_id=SID, producer="a"), now)  # a paused one runs too
+    assert evolve(paused, t2).status == "paused"
 
 
 # -------------------------------------------------------------- schedule_due

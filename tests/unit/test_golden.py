@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from taskstream.schemas import ScheduleCreated, ScheduleState, TaskCreated, TaskFailed, TaskState, codec
+from taskstream.schemas.events import ApiKey, WorkerReport
 from taskstream.streams import domain
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -50,7 +51,8 @@ def _decode_log(doc: dict) -> dict[str, list]:
 
 def test_every_released_version_has_golden_logs_of_the_four_histories():
     versions = {int(p.parent.name[1:]) for p in FILES}
-    latest = max(c.version for c in codec._BY_TYPE.values())
+    # Golden logs are task histories: records of the topics beside them (API keys, workers' reports) make no release.
+    latest = max(c.version for t, c in codec._BY_TYPE.items() if t not in (ApiKey, WorkerReport))
     assert versions == set(range(1, latest + 1))
     for v in versions:
         names = {p.stem for p in FILES if p.parent.name == f"v{v}"}
@@ -126,7 +128,24 @@ def test_v5_logs_carry_a_requested_retry_delay_and_older_ones_none():
 
 
 def test_v5_logs_carry_schedule_id_on_a_schedule_s_records():
-    latest = max(int(p.parent.name[1:]) for p in FILES)
-    data = bytes.fromhex(_load(GOLDEN / f"v{latest}" / "schedule.json")["records"][0]["value"])
-    assert codec.writer_version(data) == latest == codec.writer_version(codec.encode(codec.decode(data)))
+    data = bytes.fromhex(_load(GOLDEN / "v5" / "schedule.json")["records"][0]["value"])
+    assert codec.writer_version(data) == 5 == codec.writer_version(codec.encode(codec.decode(data)))
     assert codec.encode(codec.decode(data)) == data and codec.decode(data).schedule_id == "s-hourly"
+
+
+def test_v6_logs_carry_why_a_failure_failed_and_older_ones_fold_without():
+    def failures(version: int) -> list[TaskFailed]:
+        return [e for e in _decode_log(_load(GOLDEN / f"v{version}" / "retries.json"))["t-retry"]
+                if isinstance(e, TaskFailed)]
+
+    assert [f.error_type for f in failures(6)] == ["ValueError", "ValueError"]
+    assert all(f.traceback and f.traceback.endswith(f.error) for f in failures(6))
+    assert [(f.error_type, f.traceback) for f in failures(5)] == [(None, None), (None, None)]
+    # The state keeps them beside ``error`` while it is the failure's, and drops them when the task succeeds.
+    for version, expected in ((6, "taskstream.executors.errors.PermanentError"), (5, None)):
+        perm = domain.fold(_decode_log(_load(GOLDEN / f"v{version}" / "retries.json"))["t-perm"])
+        assert isinstance(perm, TaskState) and perm.status == "failed" and perm.error_type == expected
+        assert (perm.traceback is not None) == (expected is not None)
+        retried = domain.fold(_decode_log(_load(GOLDEN / f"v{version}" / "retries.json"))["t-retry"])
+        assert isinstance(retried, TaskState) and (retried.error, retried.error_type, retried.traceback) == (
+            None, None, None)

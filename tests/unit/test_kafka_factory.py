@@ -271,3 +271,22 @@ def test_a_timed_out_record_never_given_a_partition_was_never_sent() -> None:
     (err, msg), = reports
     assert err.code() == KafkaError._MSG_TIMED_OUT and kafka.outcome_unknown(err)
     assert not kafka.outcome_unknown(err, msg)
+
+
+def test_a_consumer_group_protocol_member_leaves_its_timeouts_to_the_group(recorded) -> None:
+    """librdkafka refuses session.timeout.ms, heartbeat.interval.ms and partition.assignment.strategy with
+    group.protocol=consumer (KIP-848): the factory leaves them out, overrides included; classic keeps them."""
+    kafka.consumer(Settings(session_timeout_ms=2000), "c", "g", {"session.timeout.ms": 30_000, "fetch.wait.max.ms": 5})
+    kafka.consumer(Settings(session_timeout_ms=2000, group_protocol="classic"), "c", "g")
+    (_, new), (_, classic) = recorded
+    assert new["group.protocol"] == "consumer" and new["fetch.wait.max.ms"] == 5
+    assert not set(kafka.BROKER_SIDE_GROUP_PROPERTIES) & set(new)
+    assert "group.protocol" not in classic and classic["session.timeout.ms"] == 2000
+    assert classic["partition.assignment.strategy"] == "cooperative-sticky"
+    assert kafka.group_timeouts(Settings(session_timeout_ms=2000)) == {
+        "consumer.session.timeout.ms": "2000", "consumer.heartbeat.interval.ms": "500"}
+
+
+def test_a_consumer_config_under_kip_848_is_one_librdkafka_accepts() -> None:
+    """The real client class takes the config (it refuses a broker-side property with _INVALID_ARG)."""
+    kafka.consumer(Settings(bootstrap_servers="127.0.0.1:1"), "c", "g", {"heartbeat.interval.ms": 100}).close()

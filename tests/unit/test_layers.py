@@ -3,7 +3,8 @@
 ``schemas`` <- ``streams``, ``executors``, ``api``; none of those three imports
 another, except ``api`` -> ``streams.domain`` (the pure decider); ``cli`` may
 import every package. ``client`` (the HTTP client) imports none of ours, so
-it works standalone. Imports inside functions count too.
+it works standalone, but for the retry policy value it re-exports, imported
+when first used. Imports inside functions count too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ ALLOWED = {
     "client": set(),
 }
 #: Single modules allowed across an arrow that is otherwise closed.
-EXCEPTIONS = {("api", "taskstream.streams.domain")}
+EXCEPTIONS = {("api", "taskstream.streams.domain"),
+              # the one retry policy value, re-exported by the client and imported only when first used
+              ("client", "taskstream.schemas.retry")}
 
 
 def _module_name(path: Path) -> str:

@@ -175,3 +175,16 @@ def test_label_filter_and_compare_and_set(store: TaskStore) -> None:
     assert store.apply(replace(a, version=2, status="cancelled"), only_over_version=1)
     assert store.get("a").status == "cancelled"
     assert not store.apply(replace(a, version=3), only_over_version=1)
+
+
+def test_prefix_searches_id_handler_and_name_with_the_other_filters(store: TaskStore) -> None:
+    store.apply(replace(state("inv-1", created=1), handler="billing.send", name="march"))
+    store.apply(replace(state("x-2", created=2), handler="report", name="invoice april"))
+    store.apply(replace(state("x-3", created=3, status="succeeded"), handler="report", name="receipt"))
+    assert [s.task_id for s in store.list(prefix="inv")[0]] == ["x-2", "inv-1"]  # name, id
+    assert [s.task_id for s in store.list(prefix="billing.")[0]] == ["inv-1"]  # handler
+    assert [s.task_id for s in store.list(prefix="x-", status="succeeded")[0]] == ["x-3"]
+    assert store.list(prefix="nothing")[0] == []
+    page, last = store.list(prefix="x-", limit=1)
+    assert [s.task_id for s in page] == ["x-3"]
+    assert [s.task_id for s in store.list(prefix="x-", after=last)[0]] == ["x-2"]

@@ -47,8 +47,12 @@ RELEASED = {
     ("ScheduleDeleted", 2): "0a5a59b5668116ff",
     ("ScheduleDeleted", 4): "b4e63d0f495f7a97",
     ("ScheduleDeleted", 5): "e78197146e25329a",
+    ("ScheduleBackfilled", 6): "0b973fb30459b553",
     ("ScheduleFired", 2): "1e8295e4d45a41ef",
     ("ScheduleFired", 5): "444c5a100960843a",
+    ("SchedulePaused", 6): "f4412f6eb8da1642",
+    ("ScheduleResumed", 6): "594dfeae7359777c",
+    ("ScheduleTriggered", 6): "94cc2e504a8afd17",
     ("ScheduleState", 2): "920c9a24009f898e",
     ("TaskCancelled", 1): "e68059742d6d0a66",
     ("TaskCancelled", 4): "a12abc8e475ceb4c",
@@ -60,6 +64,7 @@ RELEASED = {
     ("TaskDeadLettered", 2): "898ba64289285ec1",
     ("TaskFailed", 1): "808dc4c057e73e27",
     ("TaskFailed", 5): "bdf5cc215372b072",
+    ("TaskFailed", 6): "570638a26661f0b2",
     ("TaskQueued", 1): "182337c7e83ad71b",
     ("TaskQueued", 2): "c534b844f229047f",
     ("TaskQueued", 3): "20f5b3b46e10f76d",
@@ -70,10 +75,12 @@ RELEASED = {
     ("TaskStarted", 1): "f5868a2fccec70f4",
     ("TaskState", 1): "3a66bde269564b14",
     ("TaskState", 2): "40548189bec65932",
+    ("TaskState", 6): "b2cbac9310dab786",
     ("TaskSucceeded", 1): "8bc5ac5dee2cc9f0",
     ("TaskUpdated", 1): "03128c89cc89fda4",
     ("TaskUpdated", 2): "fc7ffb9aba73459f",
     ("TaskUpdated", 4): "97aed014d9b10ce6",
+    ("WorkerReport", 6): "6ff3219dbeed0c8e",
 }
 VERSIONS = sorted(RELEASED)
 #: Fields filled by an upcaster from another field of an older record, not by a default.

@@ -297,14 +297,14 @@ function pageOverview() {
 function filtersFromUrl() {
   const q = new URLSearchParams(location.search);
   const form = $("filters");
-  for (const name of ["status", "priority", "handler", "label", "limit"]) {
+  for (const name of ["status", "priority", "prefix", "handler", "label", "limit"]) {
     if (q.has(name)) form.elements[name].value = q.get(name);
   }
 }
 
 function listQuery(form) {
   const q = new URLSearchParams();
-  for (const name of ["status", "priority", "handler", "limit"]) {
+  for (const name of ["status", "priority", "prefix", "handler", "limit"]) {
     const v = form.elements[name].value.trim();
     if (v) q.set(name, v);
   }
@@ -314,6 +314,17 @@ function listQuery(form) {
 
 function labelsText(labels) {
   return Object.entries(labels || {}).map(([k, v]) => `${k}:${v}`).join(" ");
+}
+
+// How long a task ran: from its attempt's start to its end, or to now while it runs ("" before it started).
+function taskDuration(t) {
+  if (!t.started_at) return "";
+  const end = t.finished_at ? Date.parse(t.finished_at) : Date.now();
+  const s = Math.max(0, (end - Date.parse(t.started_at)) / 1000);
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
 }
 
 function pageTasks() {
@@ -331,12 +342,12 @@ function pageTasks() {
       showProblem("list-error", null);
       next = data.next_cursor;
       const body = clear($("tasks"));
-      if (!data.tasks.length) body.append(el("tr", {}, el("td", { colspan: 9, class: "hint", text: "no tasks" })));
+      if (!data.tasks.length) body.append(el("tr", {}, el("td", { colspan: 10, class: "hint", text: "no tasks" })));
       for (const t of data.tasks) {
         body.append(el("tr", { "data-id": t.id, "data-status": t.status },
           el("td", {}, taskLink(t.id)), el("td", { text: t.name || "" }), el("td", { text: t.handler }),
           el("td", {}, badge(t.status)), el("td", { text: t.priority }), el("td", { text: `${t.attempt}/${t.max_attempts}` }),
-          el("td", { text: fmtTime(t.created_at) }), el("td", { text: ago(t.updated_at) }),
+          el("td", { class: "duration", text: taskDuration(t) }), el("td", { text: fmtTime(t.created_at) }), el("td", { text: ago(t.updated_at) }),
           el("td", { class: "labels", text: labelsText(t.labels) })));
       }
       setText("page-no", `page ${cursors.length}`);
@@ -378,7 +389,7 @@ function pageTasks() {
 const FIELD_ORDER = ["id", "name", "handler", "status", "priority", "attempt", "max_attempts", "timeout_s", "labels",
   "depends_on", "dependents", "key", "workflow_id", "upstream_keys", "run_at", "retry_at", "created_at", "updated_at",
   "started_at", "finished_at", "retry", "schedule_id", "scheduled_for", "version"];
-const BIG_FIELDS = new Set(["payload", "result", "error", "checkpoint"]);
+const BIG_FIELDS = new Set(["payload", "result", "error", "checkpoint", "traceback"]);
 
 function fieldValue(name, value) {
   if (value === null || value === undefined || value === "") return el("span", { class: "hint", text: "—" });
@@ -439,6 +450,8 @@ function pageTask() {
     st.textContent = task.status;
     fillFields($("fields"), task);
     for (const name of BIG_FIELDS) $(name).textContent = pretty(task[name]);
+    $("traceback-box").hidden = !task.traceback;  // the handler's frames of the failure, collapsed until opened
+    $("traceback-type").textContent = task.error_type || "";
     const wl = $("workflow-link");
     if (task.workflow_id) {
       wl.hidden = false;
@@ -864,8 +877,8 @@ function pageSchedules() {
       if (!data.schedules.length) body.append(el("tr", {}, el("td", { colspan: 11, class: "hint", text: "no schedules" })));
       for (const s of data.schedules) {
         body.append(el("tr", { "data-id": s.id },
-          el("td", { class: "mono", text: shortId(s.id), title: s.id }), el("td", { text: s.name || "" }),
-          el("td", { class: "mono", text: s.cron }), el("td", { text: s.timezone }),
+          el("td", {}, el("a", { href: `/ui/schedules/${encodeURIComponent(s.id)}`, class: "id mono", text: shortId(s.id), title: s.id })),
+          el("td", { text: s.name || "" }), el("td", { class: "mono", text: s.cron }), el("td", { text: s.timezone }),
           el("td", { text: s.task && s.task.handler || "" }), el("td", {}, el("span", { class: `badge sched-${s.status}`, text: s.status })),
           el("td", { text: s.next_fire_at ? `${fmtTime(s.next_fire_at)}` : "—" }), el("td", { text: ago(s.last_fire_at) }),
           el("td", {}, s.last_task_id ? taskLink(s.last_task_id, shortId(s.last_task_id)) : "—"), el("td", { text: s.fired }),
@@ -894,11 +907,109 @@ function pageSchedules() {
   every(5000, load);
 }
 
+// ------------------------------------------------------------------ schedule detail
+
+const SCHEDULE_FIELDS = ["id", "name", "status", "cron", "timezone", "next_fire_at", "last_fire_at", "last_task_id",
+  "fired", "skipped", "misfire", "start_at", "end_at", "created_at", "updated_at", "version"];
+
+function pageSchedule() {
+  const id = document.body.dataset.scheduleId;
+  setText("sc-id", id);
+  async function load() {
+    try {
+      const { data: s } = await api(`/api/v1/schedules/${encodeURIComponent(id)}`);
+      showProblem("sc-error", null);
+      document.body.dataset.status = s.status;
+      const body = clear($("sc-fields"));
+      for (const name of SCHEDULE_FIELDS) {
+        const v = s[name];
+        let cell;
+        if (v === null || v === undefined || v === "") cell = el("span", { class: "hint", text: "—" });
+        else if (name === "last_task_id") cell = taskLink(v);
+        else if (name === "status") cell = el("span", { class: `badge sched-${v}`, text: v });
+        else if (/_at$/.test(name)) cell = el("span", { text: `${fmtTime(v)} (${ago(v)})` });
+        else cell = el("span", { text: String(v) });
+        body.append(el("tr", { "data-field": name }, el("th", { text: name }), el("td", {}, cell)));
+      }
+      $("sc-task").textContent = JSON.stringify(s.task, null, 2);
+      $("sc-pause").disabled = s.status !== "active";
+      $("sc-resume").disabled = s.status !== "paused";
+      $("sc-run").disabled = s.status === "deleted";
+    } catch (e) {
+      showProblem("sc-error", e);
+    }
+  }
+  async function act(action, done) {
+    const out = $("sc-result");
+    try {
+      const { data } = await api(`/api/v1/schedules/${encodeURIComponent(id)}:${action}`, { method: "POST" });
+      out.className = "ok";
+      out.textContent = "";
+      out.append(done(data));
+    } catch (e) {
+      out.className = "error";
+      out.textContent = `${action} refused: ${e.message}`;
+    }
+    load();
+  }
+  $("sc-pause").addEventListener("click", () => act("pause", () => "paused"));
+  $("sc-resume").addEventListener("click", () => act("resume", () => "resumed"));
+  $("sc-run").addEventListener("click", () => act("run", (s) => el("span", {}, "created task ", taskLink(s.last_task_id))));
+  load();
+  every(5000, load);
+}
+
+// ------------------------------------------------------------------ workers
+
+function partitionChips(partitions) {
+  const byTopic = new Map();
+  for (const p of partitions) {
+    const topic = p.topic.split(".").slice(1).join(".");  // the prefix is the same for all
+    if (!byTopic.has(topic)) byTopic.set(topic, []);
+    byTopic.get(topic).push(p.partition);
+  }
+  return el("span", { class: "chips" }, [...byTopic.entries()].sort().map(([topic, ns]) =>
+    el("span", { class: "chip", title: topic, text: `${topic}[${ns.sort((a, b) => a - b).join(",")}]` })));
+}
+
+function pageWorkers() {
+  async function load() {
+    const q = new URLSearchParams();
+    if ($("wk-status").value) q.set("status", $("wk-status").value);
+    try {
+      const { data } = await api(`/api/v1/workers${q.toString() ? `?${q}` : ""}`);
+      showProblem("wk-error", data.problem ? { status: 0, message: data.problem, problem: { title: "Behind" } } : null);
+      const alive = data.workers.filter((w) => w.status === "alive").length;
+      setText("wk-count", `${alive} alive, ${data.workers.length - alive} gone`);
+      const body = clear($("workers"));
+      if (!data.workers.length) body.append(el("tr", {}, el("td", { colspan: 10, class: "hint", text: "no executor reports itself" })));
+      for (const w of data.workers) {
+        const running = el("span", { class: "chips" }, w.running.slice(0, 5).map((id) => taskLink(id, shortId(id))),
+                           w.in_flight > 5 ? ` +${w.in_flight - 5}` : "");
+        body.append(el("tr", { "data-id": w.id, "data-status": w.status },
+          el("td", { class: "mono", text: w.id }),
+          el("td", {}, el("span", { class: `badge worker-${w.status}`, text: w.status,
+                                    title: `gone ${w.gone_after_s} s after its last report` })),
+          el("td", { text: w.host }), el("td", { text: w.pid }),
+          el("td", { class: "in-flight", text: `${w.in_flight}/${w.concurrency}` }), el("td", {}, running),
+          el("td", { class: "partitions" }, partitionChips(w.partitions)),
+          el("td", { class: "handlers" }, el("span", { class: "chips" }, w.handlers.map((h) => el("span", { class: "chip", text: h })))),
+          el("td", { text: fmtTime(w.started_at) }), el("td", { class: "last-seen", text: ago(w.last_seen), title: fmtTime(w.last_seen) })));
+      }
+      stamp();
+    } catch (e) {
+      showProblem("wk-error", e);
+    }
+  }
+  $("wk-status").addEventListener("change", load);
+  every(2000, () => ($("live").checked ? load() : null));
+}
+
 // ------------------------------------------------------------------ start
 
 const PAGES = {
   overview: pageOverview, tasks: pageTasks, task: pageTask, workflows: pageWorkflows, workflow: pageWorkflow,
-  "dead-letters": pageDeadLetters, schedules: pageSchedules,
+  "dead-letters": pageDeadLetters, schedules: pageSchedules, schedule: pageSchedule, workers: pageWorkers,
 };
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from taskstream.grpc.v1 import tasks_pb2 as taskstream_dot_grpc_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"taskstream/grpc/v1/workflows.proto\x12\rtaskstream.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1etaskstream/grpc/v1/tasks.proto\"\x8e\x03\n\x0cWorkflowTask\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\'\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x15\n\x08priority\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04name\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.taskstream.v1.WorkflowTask.LabelsEntry\x12\x12\n\ndepends_on\x18\x07 \x03(\t\x12*\n\x06run_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\ttimeout_s\x18\t \x01(\x01H\x02\x88\x01\x01\x12)\n\x05retry\x18\n \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priorityB\x07\n\x05_nameB\x0c\n\n_timeout_s\"C\n\x15SubmitWorkflowRequest\x12*\n\x05tasks\x18\x01 \x03(\x0b\x32\x1b.taskstream.v1.WorkflowTask\"\x9c\x01\n\x16SubmitWorkflowResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12?\n\x05tasks\x18\x02 \x03(\x0b\x32\x30.taskstream.v1.SubmitWorkflowResponse.TasksEntry\x1a,\n\nTasksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x03\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\ntask_count\x18\x03 \x01(\x05\x12\x33\n\x06\x63ounts\x18\x04 \x03(\x0b\x32#.taskstream.v1.Workflow.CountsEntry\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x05tasks\x18\t \x03(\x0b\x32 .taskstream.v1.WorkflowTaskState\x12*\n\x05\x65\x64ges\x18\n \x03(\x0b\x32\x1b.taskstream.v1.WorkflowEdge\x12\x11\n\ttruncated\x18\x0b \x01(\x08\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x82\x03\n\x11WorkflowTaskState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x03key\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x12\n\ndepends_on\x18\x08 \x03(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\x05\x65rror\x18\r \x01(\tH\x01\x88\x01\x01\x42\x06\n\x04_keyB\x08\n\x06_error\"(\n\x0cWorkflowEdge\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\" \n\x12GetWorkflowRequest\x12\n\n\x02id\x18\x01 \x01(\t\"t\n\x14ListWorkflowsRequest\x12\x13\n\x06status\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06\x63ursor\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07_statusB\x08\n\x06_limitB\t\n\x07_cursor\"X\n\x15ListWorkflowsResponse\x12*\n\tworkflows\x18\x01 \x03(\x0b\x32\x17.taskstream.v1.Workflow\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t2\x97\x02\n\x0fWorkflowService\x12]\n\x0eSubmitWorkflow\x12$.taskstream.v1.SubmitWorkflowRequest\x1a%.taskstream.v1.SubmitWorkflowResponse\x12I\n\x0bGetWorkflow\x12!.taskstream.v1.GetWorkflowRequest\x1a\x17.taskstream.v1.Workflow\x12Z\n\rListWorkflows\x12#.taskstream.v1.ListWorkflowsRequest\x1a$.taskstream.v1.ListWorkflowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"taskstream/grpc/v1/workflows.proto\x12\rtaskstream.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1etaskstream/grpc/v1/tasks.proto\"\xb0\x03\n\x0cWorkflowTask\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\'\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x15\n\x08priority\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04name\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.taskstream.v1.WorkflowTask.LabelsEntry\x12\x12\n\ndepends_on\x18\x07 \x03(\t\x12*\n\x06run_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\ttimeout_s\x18\t \x01(\x01H\x02\x88\x01\x01\x12)\n\x05retry\x18\n \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicy\x12\x14\n\x07\x64\x65lay_s\x18\x0b \x01(\x01H\x03\x88\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priorityB\x07\n\x05_nameB\x0c\n\n_timeout_sB\n\n\x08_delay_s\"C\n\x15SubmitWorkflowRequest\x12*\n\x05tasks\x18\x01 \x03(\x0b\x32\x1b.taskstream.v1.WorkflowTask\"\x9c\x01\n\x16SubmitWorkflowResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12?\n\x05tasks\x18\x02 \x03(\x0b\x32\x30.taskstream.v1.SubmitWorkflowResponse.TasksEntry\x1a,\n\nTasksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x03\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\ntask_count\x18\x03 \x01(\x05\x12\x33\n\x06\x63ounts\x18\x04 \x03(\x0b\x32#.taskstream.v1.Workflow.CountsEntry\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x05tasks\x18\t \x03(\x0b\x32 .taskstream.v1.WorkflowTaskState\x12*\n\x05\x65\x64ges\x18\n \x03(\x0b\x32\x1b.taskstream.v1.WorkflowEdge\x12\x11\n\ttruncated\x18\x0b \x01(\x08\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x82\x03\n\x11WorkflowTaskState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x03key\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x12\n\ndepends_on\x18\x08 \x03(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\x05\x65rror\x18\r \x01(\tH\x01\x88\x01\x01\x42\x06\n\x04_keyB\x08\n\x06_error\"(\n\x0cWorkflowEdge\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\" \n\x12GetWorkflowRequest\x12\n\n\x02id\x18\x01 \x01(\t\"t\n\x14ListWorkflowsRequest\x12\x13\n\x06status\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06\x63ursor\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07_statusB\x08\n\x06_limitB\t\n\x07_cursor\"X\n\x15ListWorkflowsResponse\x12*\n\tworkflows\x18\x01 \x03(\x0b\x32\x17.taskstream.v1.Workflow\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t2\x97\x02\n\x0fWorkflowService\x12]\n\x0eSubmitWorkflow\x12$.taskstream.v1.SubmitWorkflowRequest\x1a%.taskstream.v1.SubmitWorkflowResponse\x12I\n\x0bGetWorkflow\x12!.taskstream.v1.GetWorkflowRequest\x1a\x17.taskstream.v1.Workflow\x12Z\n\rListWorkflows\x12#.taskstream.v1.ListWorkflowsRequest\x1a$.taskstream.v1.ListWorkflowsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,29 +41,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOW_COUNTSENTRY']._loaded_options = None
   _globals['_WORKFLOW_COUNTSENTRY']._serialized_options = b'8\001'
   _globals['_WORKFLOWTASK']._serialized_start=149
-  _globals['_WORKFLOWTASK']._serialized_end=547
-  _globals['_WORKFLOWTASK_LABELSENTRY']._serialized_start=466
-  _globals['_WORKFLOWTASK_LABELSENTRY']._serialized_end=511
-  _globals['_SUBMITWORKFLOWREQUEST']._serialized_start=549
-  _globals['_SUBMITWORKFLOWREQUEST']._serialized_end=616
-  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_start=619
-  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_end=775
-  _globals['_SUBMITWORKFLOWRESPONSE_TASKSENTRY']._serialized_start=731
-  _globals['_SUBMITWORKFLOWRESPONSE_TASKSENTRY']._serialized_end=775
-  _globals['_WORKFLOW']._serialized_start=778
-  _globals['_WORKFLOW']._serialized_end=1241
-  _globals['_WORKFLOW_COUNTSENTRY']._serialized_start=1196
-  _globals['_WORKFLOW_COUNTSENTRY']._serialized_end=1241
-  _globals['_WORKFLOWTASKSTATE']._serialized_start=1244
-  _globals['_WORKFLOWTASKSTATE']._serialized_end=1630
-  _globals['_WORKFLOWEDGE']._serialized_start=1632
-  _globals['_WORKFLOWEDGE']._serialized_end=1672
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=1674
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=1706
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1708
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1824
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1826
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1914
-  _globals['_WORKFLOWSERVICE']._serialized_start=1917
-  _globals['_WORKFLOWSERVICE']._serialized_end=2196
+  _globals['_WORKFLOWTASK']._serialized_end=581
+  _globals['_WORKFLOWTASK_LABELSENTRY']._serialized_start=488
+  _globals['_WORKFLOWTASK_LABELSENTRY']._serialized_end=533
+  _globals['_SUBMITWORKFLOWREQUEST']._serialized_start=583
+  _globals['_SUBMITWORKFLOWREQUEST']._serialized_end=650
+  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_start=653
+  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_end=809
+  _globals['_SUBMITWORKFLOWRESPONSE_TASKSENTRY']._serialized_start=765
+  _globals['_SUBMITWORKFLOWRESPONSE_TASKSENTRY']._serialized_end=809
+  _globals['_WORKFLOW']._serialized_start=812
+  _globals['_WORKFLOW']._serialized_end=1275
+  _globals['_WORKFLOW_COUNTSENTRY']._serialized_start=1230
+  _globals['_WORKFLOW_COUNTSENTRY']._serialized_end=1275
+  _globals['_WORKFLOWTASKSTATE']._serialized_start=1278
+  _globals['_WORKFLOWTASKSTATE']._serialized_end=1664
+  _globals['_WORKFLOWEDGE']._serialized_start=1666
+  _globals['_WORKFLOWEDGE']._serialized_end=1706
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=1708
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=1740
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1742
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1858
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1860
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1948
+  _globals['_WORKFLOWSERVICE']._serialized_start=1951
+  _globals['_WORKFLOWSERVICE']._serialized_end=2230
 # @@protoc_insertion_point(module_scope)

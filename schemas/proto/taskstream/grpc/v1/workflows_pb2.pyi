@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkflowTask(_message.Message):
-    __slots__ = ("key", "handler", "payload", "priority", "name", "labels", "depends_on", "run_at", "timeout_s", "retry")
+    __slots__ = ("key", "handler", "payload", "priority", "name", "labels", "depends_on", "run_at", "timeout_s", "retry", "delay_s")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class WorkflowTask(_message.Message):
     RUN_AT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    DELAY_S_FIELD_NUMBER: _ClassVar[int]
     key: str
     handler: str
     payload: _struct_pb2.Value
@@ -40,7 +41,8 @@ class WorkflowTask(_message.Message):
     run_at: _timestamp_pb2.Timestamp
     timeout_s: float
     retry: _tasks_pb2.RetryPolicy
-    def __init__(self, key: _Optional[str] = ..., handler: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., priority: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[float] = ..., retry: _Optional[_Union[_tasks_pb2.RetryPolicy, _Mapping]] = ...) -> None: ...
+    delay_s: float
+    def __init__(self, key: _Optional[str] = ..., handler: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., priority: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[float] = ..., retry: _Optional[_Union[_tasks_pb2.RetryPolicy, _Mapping]] = ..., delay_s: _Optional[float] = ...) -> None: ...
 
 class SubmitWorkflowRequest(_message.Message):
     __slots__ = ("tasks",)
