@@ -461,6 +461,7 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        **READ_COMMITTED,
     }
     if settings.group_protocol == "consumer":
         return {**config, "group.protocol": "consumer"}
@@ -469,7 +470,6 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 3),
         "partition.assignment.strategy": "cooperative-sticky",
-        **READ_COMMITTED,
     }
 
 
