@@ -210,6 +210,8 @@ def server_properties(port: int, controller_port: int, log_dir: Path, node_id: i
         f"transaction.state.log.replication.factor={replicas}",
         f"transaction.state.log.min.isr={min_isr}",
         "transaction.state.log.num.partitions=6",
+        # a crashed processor's open transaction is aborted within a second of its timeout, not ten
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
         f"share.coordinator.state.topic.replication.factor={replicas}",
         f"share.coordinator.state.topic.min.isr={min_isr}",
         f"default.replication.factor={replicas}",

@@ -137,6 +137,10 @@ def redact(text: str, config: Mapping[str, Any]) -> str:
 
 #: What every producer keeps whatever its overrides say: no record is lost or written twice by a retry.
 DURABLE_PRODUCER = {"acks": "all", "enable.idempotence": True}
+#: What every consumer and reader of ours reads: committed records only. The processor writes in transactions
+#: (docs/decisions/0024-exactly-once-processing.md); a record of a transaction that was aborted, or is still open,
+#: is never delivered, so no reader acts on an output a crashed processor will write again.
+READ_COMMITTED = {"isolation.level": "read_committed"}
 
 
 def producer(settings: Settings, client_id: str, overrides: Mapping[str, Any] | None = None) -> RecoveringProducer:
@@ -144,6 +148,15 @@ def producer(settings: Settings, client_id: str, overrides: Mapping[str, Any] | 
     ``DURABLE_PRODUCER``), rebuilt after a fatal error (``RecoveringProducer``)."""
     return RecoveringProducer(settings, {**producer_config(settings, client_id), **(overrides or {}),
                                          **DURABLE_PRODUCER})
+
+
+def transactional_producer(settings: Settings, client_id: str, transactional_id: str,
+                           timeout_ms: int) -> RecoveringProducer:
+    """A ``producer`` that writes in transactions under ``transactional_id`` (fenced at creation, and again by
+    every client rebuilt after a fatal error); ``timeout_ms`` is ``transaction.timeout.ms``: how long the broker
+    lets one transaction stay open before it aborts it (and so how long a crashed owner's open transaction holds
+    back ``read_committed`` readers of the partitions it wrote to)."""
+    return producer(settings, client_id, {"transactional.id": transactional_id, "transaction.timeout.ms": timeout_ms})
 
 
 def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
@@ -163,8 +176,10 @@ def reader(settings: Settings, client_id: str, group_id: str, overrides: Mapping
     the caller subscribes, but the client looks up its coordinator, so a component names it ``<p>-...``, which
     its ACLs let it describe: ``schemas.acls``) and no auto commit, with ``overrides``."""
     client: Consumer = _build("consumer", settings, {**common_config(settings, client_id), "group.id": group_id,
-                                                     "enable.auto.commit": False, **(overrides or {})})
+                                                     "enable.auto.commit": False, **READ_COMMITTED,
+                                                     **(overrides or {})})
     return client
+
 
 
 def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
@@ -243,8 +258,10 @@ class RecoveringProducer:
     time and later after a wait (``REBUILD_WAIT_S``). Until then ``produce``
     raises ``BrokerUnavailable`` naming the fatal error, before anything is
     sent. A producer configured with a ``transactional.id`` is fenced again
-    (``init_transactions``) by each new client: the new one owns the id. None
-    of ours is transactional. Thread-safe like confluent-kafka's producer:
+    (``init_transactions``) by each new client: the new one owns the id (the
+    processor's is: ``transactional_producer``); its transaction calls note
+    a fatal error as ``produce`` does, so a fenced transactional producer is
+    rebuilt by the next call. Thread-safe like confluent-kafka's producer:
     one thread may poll while others produce.
     """
 
@@ -309,6 +326,49 @@ class RecoveringProducer:
             if time.monotonic() >= deadline:
                 return 0
 
+    # ------------------------------------------------------------ transactions (a ``transactional.id`` producer)
+
+    def begin_transaction(self) -> None:
+        """Start a transaction; ``BrokerUnavailable`` while a fatal error waits for its rebuild."""
+        self._transaction_call("begin_transaction")
+
+    def send_offsets_to_transaction(self, offsets: list[TopicPartition], group_metadata: Any,
+                                    timeout: float = 30.0) -> None:
+        """Add a consumer group's ``offsets`` to the transaction (committed with it; KIP-447 fencing by the
+        group's generation in ``group_metadata``)."""
+        self._transaction_call("send_offsets_to_transaction", offsets, group_metadata, timeout)
+
+    def commit_transaction(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """Commit the transaction (every record acknowledged, then the commit marker), called again up to
+        ``attempts`` times while it fails with an error worth retrying (a timeout)."""
+        for attempt in range(attempts):
+            try:
+                self._transaction_call("commit_transaction", timeout)
+                return
+            except BrokerUnavailable as exc:
+                cause = exc.__cause__
+                err = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
+                if not isinstance(err, KafkaError) or not err.retriable() or attempt == attempts - 1:
+                    raise
+                log.warning("producer %s: commit of its transaction is retried: %s", self.client_id, err.str())
+
+    def abort_transaction(self, timeout: float = 30.0) -> None:
+        self._transaction_call("abort_transaction", timeout)
+
+    def _transaction_call(self, name: str, *args: Any) -> None:
+        """confluent-kafka's ``name`` on the current client; its error is ``BrokerUnavailable`` (the library's
+        error its cause), a fatal one noted first (the next call rebuilds the client, fencing this one)."""
+        client = self._usable()
+        try:
+            with broker_errors(f"{name} of {self._config.get('transactional.id')}"):
+                try:
+                    getattr(client, name)(*args)
+                except KafkaException as exc:
+                    self._note(client, exc)
+                    raise
+        except RecordRefused as exc:  # a transaction call refuses no record: a refused one failed the transaction
+            raise BrokerUnavailable(str(exc)) from exc.__cause__
+
     def __len__(self) -> int:
         client = self._client
         return len(client) if client is not None else 0
@@ -372,7 +432,7 @@ class RecoveringProducer:
         try:
             old.purge(True, True, True)
             old.flush(1.0)  # nothing is left to send: this only serves the purged records' reports
-        except (KafkaException, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 — a fenced client's flush may fail in any way; it is dropped anyway
             log.debug("producer %s: purging the fenced client: %s", self.client_id, exc)
 
     def __getattr__(self, name: str) -> Any:
@@ -414,6 +474,7 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        **READ_COMMITTED,
     }
     if settings.group_protocol == "consumer":
         return {**config, "group.protocol": "consumer"}
