@@ -31,7 +31,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catalogue, codec
-from taskstream.schemas.kafka import async_producer, require_topics
+from taskstream.schemas.kafka import async_producer, check_security, require_topics
 
 from . import auth, problems
 from .body_encoding import Utf8BodyMiddleware
@@ -187,10 +187,13 @@ def run_api(settings: Settings) -> None:
     process exits as killed by SIGTERM (-15) after a clean shutdown.
 
     Raises ``TopicMismatch`` before serving when a config of an existing
-    topic differs from the catalogue (cleanup policy, retention, size limit).
+    topic differs from the catalogue (cleanup policy, retention, size limit),
+    and ``SecurityRefused`` when Kafka refuses its credentials or it does not
+    trust the broker's certificate (``kafka.check_security``).
     """
     import uvicorn
 
+    check_security(settings)  # refused credentials or an untrusted broker: one line now, not 503s for ever
     try:
         require_topics(settings, catalogue(settings), TOPIC_CHECK_TIMEOUT_S)
     except TopicMismatch:

@@ -599,14 +599,41 @@ def template_handler(template: str) -> str:
     return str(t.get("handler", "")) if isinstance(t, dict) else ""
 
 
+#: A template's flat retry fields (as the log keeps them) and where the task's shape puts them.
+_TEMPLATE_RETRY = {"max_attempts": ("max_attempts",), **{f"backoff_{n}": ("backoff", n) for n in BACKOFF_FIELDS}}
+
+
+def template_json(template: str) -> JsonValue:
+    """A schedule's task template in the shape of a task (``retry: {max_attempts, backoff: {...}}``).
+
+    The log keeps the template flat (``max_attempts``, ``backoff_initial_s``, ...,
+    as ``TaskCreated`` has them); the API shows it as ``POST /tasks`` takes it,
+    so one shape reads and writes a task everywhere. Other keys pass as they are.
+    """
+    t = _json_or_text(template)
+    if not isinstance(t, dict):
+        return t
+    out: dict[str, Any] = {k: v for k, v in t.items() if k not in _TEMPLATE_RETRY}
+    retry: dict[str, Any] = {}
+    for flat, path in _TEMPLATE_RETRY.items():
+        if t.get(flat) is not None:
+            if len(path) == 1:
+                retry[path[0]] = t[flat]
+            else:
+                retry.setdefault(path[0], {})[path[1]] = t[flat]
+    if retry:
+        out["retry"] = retry
+    return out
+
+
 def schedule_json(state: ScheduleState) -> dict[str, Any]:
-    """A schedule as the API shows it."""
+    """A schedule as the API shows it; its ``task`` in a task's shape (``template_json``)."""
     return {
         "id": state.schedule_id,
         "name": state.name,
         "cron": state.cron,
         "timezone": state.timezone,
-        "task": _json_or_text(state.template),
+        "task": template_json(state.template),
         "start_at": rfc3339(state.start_at),
         "end_at": rfc3339(state.end_at),
         "misfire": state.misfire,

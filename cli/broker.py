@@ -5,7 +5,10 @@ Maven from Maven Central into a cache outside the repository (``kafka_home``),
 then run as Kafka's own ``bin/`` scripts would: ``kafka.tools.StorageTool
 format`` on a new log directory, then ``kafka.Kafka server.properties``. The
 node keeps its log in the directory it is given, so a restart on the same
-directory loses nothing. It listens on 127.0.0.1 only.
+directory loses nothing. It listens on 127.0.0.1 only: PLAINTEXT, or, given a
+``ListenerSecurity``, a SASL_SSL client listener (SCRAM-SHA-512 users created
+when the directory is formatted, ACLs enforced by KRaft's ``StandardAuthorizer``)
+beside the PLAINTEXT controller listener.
 
 Contract: ``KafkaBroker(port, data_dir).start()`` returns once the node
 answers a metadata request; ``stop()`` shuts it down cleanly (SIGTERM, then
@@ -30,11 +33,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from taskstream.schemas import BrokerUnavailable
+from taskstream.schemas import BrokerUnavailable, Settings
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +210,8 @@ def server_properties(port: int, controller_port: int, log_dir: Path, node_id: i
         f"transaction.state.log.replication.factor={replicas}",
         f"transaction.state.log.min.isr={min_isr}",
         "transaction.state.log.num.partitions=6",
+        # a crashed processor's open transaction is aborted within a second of its timeout, not ten
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
         f"share.coordinator.state.topic.replication.factor={replicas}",
         f"share.coordinator.state.topic.min.isr={min_isr}",
         f"default.replication.factor={replicas}",
@@ -225,12 +231,70 @@ def server_properties(port: int, controller_port: int, log_dir: Path, node_id: i
     ])
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerSecurity:
+    """A SASL_SSL client listener in place of the PLAINTEXT one (docs/security.md, "Kafka with TLS, SCRAM and
+    ACLs").
+
+    ``keystore`` is a PEM file holding the node's private key (PKCS#8, unencrypted) and its certificate chain (the
+    certificate must name 127.0.0.1: clients check the host); ``truststore`` the PEM of the CA that signed it.
+    ``users`` maps SCRAM-SHA-512 user names to passwords, written into the cluster's metadata when the log
+    directory is formatted (``StorageTool format --add-scram``), so they exist from the first start; ``admin``
+    (one of them) is the super user and the node's own identity on its listener. Every other principal is
+    allowed only what an ACL grants (``allow.everyone.if.no.acl.found=false``). The controller listener stays
+    PLAINTEXT on 127.0.0.1; its anonymous principal (the node talking to its own controller) is a super user too.
+    """
+
+    keystore: Path
+    truststore: Path
+    users: Mapping[str, str]
+    admin: str = "admin"
+
+    def properties(self, port: int, controller_port: int) -> str:
+        """Lines that, appended to ``server_properties``, replace its PLAINTEXT listener (the last value wins)."""
+        if self.admin not in self.users:
+            raise ValueError(f"the admin user {self.admin!r} needs a password in users")
+        login = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                 f'username="{self.admin}" password="{self.users[self.admin]}";')
+        return "\n".join([
+            f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+            "inter.broker.listener.name=SASL_SSL",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={login}",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={Path(self.keystore).resolve()}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={Path(self.truststore).resolve()}",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:{self.admin};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found=false",
+            "",
+        ])
+
+    def format_args(self) -> list[str]:
+        """``StorageTool format`` arguments that create the SCRAM users."""
+        return [arg for name, password in self.users.items()
+                for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
+
+    def client_settings(self, user: str | None = None) -> dict[str, object]:
+        """``Settings`` fields of a client of this listener as ``user`` (default: the admin)."""
+        user = user or self.admin
+        return {"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-512",
+                "kafka_sasl_username": user, "kafka_sasl_password": self.users[user],
+                "kafka_ssl_ca_location": Path(self.truststore).resolve()}
+
+
 class KafkaBroker:
     """One KRaft Kafka node on 127.0.0.1:``port`` keeping its log in ``data_dir``; start()/stop() or ``with``."""
 
     def __init__(self, port: int, data_dir: str | Path, *, controller_port: int | None = None,
-                 heap: str = HEAP, node_id: int = 1, voters: str | None = None, brokers: int = 1) -> None:
+                 heap: str = HEAP, node_id: int = 1, voters: str | None = None, brokers: int = 1,
+                 security: ListenerSecurity | None = None) -> None:
         self.port = port
+        self.security = security
         self.data_dir = Path(data_dir)
         self.controller_port = controller_port or free_port()
         self.heap = heap
@@ -257,9 +321,12 @@ class KafkaBroker:
 
     def _prepare(self, java: str, libs: Path) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "server.properties").write_text(
-            server_properties(self.port, self.controller_port, self.log_dir.resolve(), self.node_id,
-                              voters=self.voters, brokers=self.brokers))
+        properties = server_properties(self.port, self.controller_port, self.log_dir.resolve(), self.node_id,
+                                       voters=self.voters, brokers=self.brokers)
+        if self.security is not None:
+            properties += self.security.properties(self.port, self.controller_port)
+        (self.data_dir / "server.properties").write_text(properties)
+        (self.data_dir / "server.properties").chmod(0o600)  # with security: the admin's password
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
         archive = class_data_archive(java)
         if archive.exists():
@@ -274,7 +341,8 @@ class KafkaBroker:
         if not (self.log_dir / "meta.properties").exists():
             result = subprocess.run(
                 [*(a for a in base if not a.startswith("-XX:ArchiveClassesAtExit")), "kafka.tools.StorageTool",
-                 "format", "-t", CLUSTER_ID, "-c", str(self.data_dir / "server.properties"), "--ignore-formatted"],
+                 "format", "-t", CLUSTER_ID, "-c", str(self.data_dir / "server.properties"), "--ignore-formatted",
+                 *(self.security.format_args() if self.security is not None else [])],
                 capture_output=True, text=True)
             if result.returncode != 0:
                 raise BrokerUnavailable(f"could not format Kafka's log directory {self.log_dir}: "
@@ -298,12 +366,11 @@ class KafkaBroker:
     def wait_ready(self, timeout: float) -> None:
         """Until the node answers a metadata request naming itself as a broker (and, in a cluster, naming every
         node); raise if it exits or times out."""
-        from taskstream.schemas import Settings
         from taskstream.schemas.kafka import admin
         from taskstream.schemas.log_reader import broker_count
 
         deadline = time.monotonic() + timeout
-        client = admin(Settings(bootstrap_servers=self.bootstrap_servers), "taskstream-broker-start")
+        client = admin(self.client_settings(), "taskstream-broker-start")
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 raise BrokerUnavailable(f"Kafka exited with {self.proc.returncode if self.proc else '?'} (port "
@@ -316,6 +383,12 @@ class KafkaBroker:
         self.stop()
         raise BrokerUnavailable(f"Kafka did not answer on {self.bootstrap_servers} within {timeout:.0f}s: "
                                 f"{self.tail()}")
+
+    def client_settings(self, user: str | None = None, **fields: object) -> Settings:
+        """``Settings`` of a client of this node (as ``user`` of its ``security``, default its admin), with
+        ``fields``."""
+        secured = self.security.client_settings(user) if self.security is not None else {}
+        return Settings(bootstrap_servers=self.bootstrap_servers, **{**secured, **fields})  # type: ignore[arg-type]
 
     def tail(self, lines: int = 15) -> str:
         try:

@@ -400,6 +400,11 @@ from .log_commands import COMMANDS as _LOG_COMMANDS  # noqa: E402  (events, topi
 for _command in _LOG_COMMANDS:
     main.add_command(_command)
 
+from .acls import COMMANDS as _ACL_COMMANDS  # noqa: E402  (acls plan|apply)
+
+for _command in _ACL_COMMANDS:
+    main.add_command(_command)
+
 from .tasks import COMMANDS as _CLIENT_COMMANDS  # noqa: E402  (tasks, workflows, schedules: through the HTTP client)
 
 for _command in _CLIENT_COMMANDS:

@@ -36,7 +36,7 @@ from taskstream.schemas import (
     codec,
 )
 from taskstream.schemas.consumer import ConsumerRuntime
-from taskstream.schemas.kafka import async_producer
+from taskstream.schemas.kafka import async_producer, check_security
 from taskstream.schemas.observability import serve_metrics
 
 from ._attempt import AttemptRunner, Handlers
@@ -194,6 +194,7 @@ def run_executor(settings: Settings, handler_modules: Iterable[str] = (), concur
     committed), so the process exits at once without it.
     """
     load_handler_modules(handler_modules)
+    check_security(settings)  # refused credentials or an untrusted broker: one line now, not retries for ever
     executor = Executor(settings, concurrency=concurrency)
     serve_metrics(executor.metrics.registry, settings, f"executor {executor.executor_id}")
 

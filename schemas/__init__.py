@@ -10,6 +10,7 @@ from .errors import (
     DecodeError,
     NotFound,
     RecordRefused,
+    SecurityRefused,
     StaleVersion,
     TaskstreamError,
     TooLarge,
@@ -67,7 +68,8 @@ from .settings import Settings
 from .topics import PRIORITIES, RETRY_TIERS, Topics, TopicSpec, catalogue, retry_tier
 
 __all__ = [
-    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "StaleVersion", "TooLarge",
+    "BrokerUnavailable", "CommandRejected", "DecodeError", "NotFound", "RecordRefused", "SecurityRefused",
+    "StaleVersion", "TooLarge",
     "TaskstreamError", "TopicMismatch", "ValidationError", "WriteOutcomeUnknown", "EVENT_TYPES", "DependencyRegistered",
     "DependencyResolved", "TaskCancelled", "TaskUpdated", "TERMINAL", "Event", "Priority", "ReadyTask", "Status",
     "TaskCreated", "TaskFailed", "TaskQueued", "TaskStarted", "TaskState", "TaskSucceeded", "new_id", "Heartbeat",

@@ -150,14 +150,19 @@ class ConsumerRuntime:
     often; 0: after every round), ``done_on_return`` (see ``Hooks.on_batch``;
     False: the loop calls ``done``), ``producer`` (sends the dead letters: a
     ``kafka.producer``, flushed on revocation and shutdown, or an
-    ``AsyncProducer``; by default one is made at the first dead letter) and
-    ``lock`` (see ``lock``: a loop may hand over its own reentrant lock).
+    ``AsyncProducer``; by default one is made at the first dead letter),
+    ``lock`` (see ``lock``: a loop may hand over its own reentrant lock) and
+    ``committer``: a member's commits go through it instead of the consumer
+    (see ``commit``), for a loop that commits its offsets in a producer's
+    transaction: ``committer(offsets, group_metadata)`` (metadata None when
+    there are no offsets) answers whether it committed.
     """
 
     def __init__(self, settings: Settings, hooks: Hooks, *, client_id: str, group: str | None = None,
                  topics: Sequence[str] = (), overrides: Mapping[str, Any] | None = None, batch: int = 500,
                  poll_s: float = 0.1, commit_interval_s: float = 0.0, done_on_return: bool = True,
-                 producer: Any = None, lock: Any = None) -> None:
+                 producer: Any = None, lock: Any = None,
+                 committer: Callable[[list[TopicPartition], Any], bool] | None = None) -> None:
         self.settings = settings
         self.hooks = hooks
         self.client_id = client_id
@@ -175,6 +180,7 @@ class ConsumerRuntime:
         self._overrides = dict(overrides or {})
         self._producer = producer
         self._own_producer = producer is None
+        self._committer = committer
         self._offsets: dict[Partition, PartitionOffsets] = {}
         self._lettered: set[tuple[Partition, int]] = set()  # offsets of the batch in hand that went to the dlq
         self._letters: list[_Letter] = []  # waiting to be sent again
@@ -303,6 +309,16 @@ class ConsumerRuntime:
 
     # ------------------------------------------------------------ for hooks
 
+    def settle(self, records: Iterable[Any]) -> None:
+        """Mark records of the batch in hand done now, as its return would (a dead-lettered one still waits for
+        its letter): for a loop that commits part of a long batch before it ends (``commit``)."""
+        with self.lock:
+            for m in records:
+                key = (m.topic(), m.partition())
+                offsets = self._offsets.get(key)
+                if offsets is not None and (key, m.offset()) not in self._lettered:
+                    offsets.mark_done(m.offset())
+
     def done(self, partition: Partition, offset: int, offsets: PartitionOffsets | None = None) -> None:
         """``offset`` of ``partition`` has a safe outcome (thread-safe). With ``offsets`` (what ``offsets()``
         gave when the record was taken) the mark is dropped if the partition was revoked and given back since."""
@@ -364,13 +380,22 @@ class ConsumerRuntime:
 
     def commit(self, asynchronous: bool = True, only: Iterable[Partition] | None = None) -> None:
         """Commit every tracked partition (or those of ``only``) whose position moved since its last commit. A
-        commit that fails is logged and sent again by a later one (records are read again, never skipped)."""
+        commit that fails is logged and sent again by a later one (records are read again, never skipped). With a
+        ``committer`` it commits (and is called even with no offsets: a transaction may hold outputs of none);
+        when it answers False the loop has rewound, and nothing is recorded as committed."""
         if self.group is None:
             return
         with self.lock:
             keys = list(self._offsets) if only is None else [k for k in only if k in self._offsets]
             todo = [(k, o.position) for k, o in ((k, self._offsets[k]) for k in keys)
                     if o.position is not None and o.position != o.committed]
+        if self._committer is not None:
+            # Called even with nothing to commit: the loop's transaction may hold outputs of no record (timers).
+            tps = [TopicPartition(t, p, pos) for (t, p), pos in todo]
+            if not self._committer(tps, self._call(self._consumer.consumer_group_metadata) if tps else None):
+                return  # not committed: the committer rewound what it had to
+            self._committed(todo)
+            return
         if not todo:
             return
         try:
@@ -379,11 +404,55 @@ class ConsumerRuntime:
         except KafkaException as exc:
             log.warning("%s commit failed (records are read again, duplicates are fenced): %s", self.client_id, exc)
             return
+        self._committed(todo)
+
+    def _committed(self, todo: list[tuple[Partition, int]]) -> None:
         with self.lock:
             for key, pos in todo:
                 if key in self._offsets:
                     self._offsets[key].committed = pos
         log.debug("%s committed %s", self.client_id, todo)
+
+    def rewind(self) -> dict[Partition, int]:
+        """Read every assigned partition again from its committed offset (from the beginning where the group
+        committed none): what was taken since is forgotten (marks of records in hand no longer count), and the
+        records are delivered again. For a loop whose transaction was aborted. The offsets sought, by partition;
+        ``BrokerUnavailable`` if the group's offsets cannot be read."""
+        with self.lock:
+            keys = sorted(self._offsets)
+        # Only what the consumer holds already: a partition being assigned starts at its committed offset anyway.
+        held = {(tp.topic, tp.partition) for tp in self._call(self._consumer.assignment)}
+        keys = [k for k in keys if k in held]
+        if not keys:
+            return {}
+        committed = self._call(self._consumer.committed, [TopicPartition(t, p) for t, p in keys], timeout=10)
+        sought: dict[Partition, int] = {}
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            fresh = PartitionOffsets()
+            fresh.committed = tp.offset if tp.offset >= 0 else None
+            with self.lock:
+                if key not in self._offsets:
+                    continue
+                self._offsets[key] = fresh  # a record in hand marks the old one: it does not count
+            self._seek(TopicPartition(tp.topic, tp.partition, offset))
+            sought[key] = offset
+        log.info("%s rewound to the committed offsets %s", self.client_id, sought)
+        return sought
+
+    def _seek(self, tp: TopicPartition) -> None:
+        """Seek one assigned partition; a partition whose fetch has not started yet refuses a seek for a moment
+        (``_STATE``), so that is tried again."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._consumer.seek(tp)
+                return
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"{self.client_id}: seek to {tp}: {exc}") from exc
+                time.sleep(0.05)
 
     def dead_letter(self, record: Any, reason: str) -> None:
         """Send ``record`` to ``<p>.dlq`` with headers naming where it came from and why; the loop goes on.
@@ -572,7 +641,7 @@ class TailReader:
 
     def __init__(self, settings: Settings, client_id: str, topic: str) -> None:
         self.topic = topic
-        self._consumer = kafka.reader(settings, client_id, client_id)
+        self._consumer = kafka.reader(settings, client_id, f"{settings.prefix}-{client_id}")  # never joined
         self.partitions: set[int] = set()
 
     def add(self, partitions: Iterable[int], timeout: float = 5.0) -> None:
@@ -695,7 +764,7 @@ def read_state_to_end(settings: Settings, client_id: str, topic: str, partitions
                       timeout: float = 30.0) -> Iterator[list[Any]]:
     """Batches of every record of ``partitions`` of ``topic`` from their beginning up to their end offsets as
     of now (``kafka.read_to_ends``), with a reader of its own; ``BrokerUnavailable`` if the broker fails it."""
-    reader = kafka.reader(settings, client_id, client_id, {"enable.partition.eof": True})
+    reader = kafka.reader(settings, client_id, f"{settings.prefix}-{client_id}", {"enable.partition.eof": True})
     try:
         ends = kafka.end_offsets(reader, topic, partitions, timeout=timeout)
         yield from kafka.read_to_ends(reader, topic, ends)

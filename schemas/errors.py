@@ -19,6 +19,9 @@
     - ``TopicMismatch``: existing topics differ from the catalogue (partition
       count, cleanup policy, retention, size limit); a component refuses to
       start on them.
+    - ``SecurityRefused``: the cluster refused this process's TLS or SASL
+      settings (an untrusted certificate, wrong credentials); retrying with
+      the same settings cannot help, so a component refuses to start.
 
 Handlers signal outcomes with ``taskstream.executors.PermanentError`` (no
 more attempts) or any other exception (the attempt failed; retried per
@@ -94,3 +97,7 @@ class TopicMismatch(BrokerUnavailable):
         super().__init__("the topics differ from what taskstream needs: " + "; ".join(problems)
                          + " (change those topics' settings, or use another TASKSTREAM_PREFIX)")
         self.problems = list(problems)
+
+
+class SecurityRefused(BrokerUnavailable):
+    """The cluster refused this process's TLS or SASL settings; the message names the cause and the settings."""

@@ -17,6 +17,12 @@ daemon thread polls the client for delivery reports and resolves asyncio
 futures, so nothing blocks an event loop. Library errors become
 ``BrokerUnavailable`` here, at the seam; ``outcome_unknown`` tells a failed
 delivery the broker may have written anyway.
+
+A component configured for TLS or SASL calls ``check_security`` first:
+refused credentials or an untrusted broker certificate are
+``SecurityRefused`` at once, worded by ``security_problem``.
+``apply_acls`` and ``cluster_acls`` write and read the ACLs that
+``schemas.acls`` derives (`taskstream acls`).
 """
 
 from __future__ import annotations
@@ -39,17 +45,23 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
     NewTopic,
     OffsetSpec,
+    ResourcePatternType,
     ResourceType,
 )
 
+from .acls import Acl, Operation, Pattern, ResourceKind
 from .codec import RecordHeaders
-from .errors import BrokerUnavailable, RecordRefused, TopicMismatch, WriteOutcomeUnknown
+from .errors import BrokerUnavailable, RecordRefused, SecurityRefused, TopicMismatch, WriteOutcomeUnknown
 from .limits import MAX_RECORD_BYTES
 from .settings import Settings
 from .topics import TopicSpec
@@ -125,6 +137,10 @@ def redact(text: str, config: Mapping[str, Any]) -> str:
 
 #: What every producer keeps whatever its overrides say: no record is lost or written twice by a retry.
 DURABLE_PRODUCER = {"acks": "all", "enable.idempotence": True}
+#: What every consumer and reader of ours reads: committed records only. The processor writes in transactions
+#: (docs/decisions/0024-exactly-once-processing.md); a record of a transaction that was aborted, or is still open,
+#: is never delivered, so no reader acts on an output a crashed processor will write again.
+READ_COMMITTED = {"isolation.level": "read_committed"}
 
 
 def producer(settings: Settings, client_id: str, overrides: Mapping[str, Any] | None = None) -> RecoveringProducer:
@@ -132,6 +148,15 @@ def producer(settings: Settings, client_id: str, overrides: Mapping[str, Any] | 
     ``DURABLE_PRODUCER``), rebuilt after a fatal error (``RecoveringProducer``)."""
     return RecoveringProducer(settings, {**producer_config(settings, client_id), **(overrides or {}),
                                          **DURABLE_PRODUCER})
+
+
+def transactional_producer(settings: Settings, client_id: str, transactional_id: str,
+                           timeout_ms: int) -> RecoveringProducer:
+    """A ``producer`` that writes in transactions under ``transactional_id`` (fenced at creation, and again by
+    every client rebuilt after a fatal error); ``timeout_ms`` is ``transaction.timeout.ms``: how long the broker
+    lets one transaction stay open before it aborts it (and so how long a crashed owner's open transaction holds
+    back ``read_committed`` readers of the partitions it wrote to)."""
+    return producer(settings, client_id, {"transactional.id": transactional_id, "transaction.timeout.ms": timeout_ms})
 
 
 def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
@@ -148,10 +173,13 @@ def consumer(settings: Settings, client_id: str, group_id: str, overrides: Mappi
 
 def reader(settings: Settings, client_id: str, group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
     """A consumer for ``assign()``: the common config, ``group.id`` (librdkafka wants one; it is joined only if
-    the caller subscribes) and no auto commit, with ``overrides``."""
+    the caller subscribes, but the client looks up its coordinator, so a component names it ``<p>-...``, which
+    its ACLs let it describe: ``schemas.acls``) and no auto commit, with ``overrides``."""
     client: Consumer = _build("consumer", settings, {**common_config(settings, client_id), "group.id": group_id,
-                                                     "enable.auto.commit": False, **(overrides or {})})
+                                                     "enable.auto.commit": False, **READ_COMMITTED,
+                                                     **(overrides or {})})
     return client
+
 
 
 def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
@@ -230,8 +258,10 @@ class RecoveringProducer:
     time and later after a wait (``REBUILD_WAIT_S``). Until then ``produce``
     raises ``BrokerUnavailable`` naming the fatal error, before anything is
     sent. A producer configured with a ``transactional.id`` is fenced again
-    (``init_transactions``) by each new client: the new one owns the id. None
-    of ours is transactional. Thread-safe like confluent-kafka's producer:
+    (``init_transactions``) by each new client: the new one owns the id (the
+    processor's is: ``transactional_producer``); its transaction calls note
+    a fatal error as ``produce`` does, so a fenced transactional producer is
+    rebuilt by the next call. Thread-safe like confluent-kafka's producer:
     one thread may poll while others produce.
     """
 
@@ -296,6 +326,49 @@ class RecoveringProducer:
             if time.monotonic() >= deadline:
                 return 0
 
+    # ------------------------------------------------------------ transactions (a ``transactional.id`` producer)
+
+    def begin_transaction(self) -> None:
+        """Start a transaction; ``BrokerUnavailable`` while a fatal error waits for its rebuild."""
+        self._transaction_call("begin_transaction")
+
+    def send_offsets_to_transaction(self, offsets: list[TopicPartition], group_metadata: Any,
+                                    timeout: float = 30.0) -> None:
+        """Add a consumer group's ``offsets`` to the transaction (committed with it; KIP-447 fencing by the
+        group's generation in ``group_metadata``)."""
+        self._transaction_call("send_offsets_to_transaction", offsets, group_metadata, timeout)
+
+    def commit_transaction(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """Commit the transaction (every record acknowledged, then the commit marker), called again up to
+        ``attempts`` times while it fails with an error worth retrying (a timeout)."""
+        for attempt in range(attempts):
+            try:
+                self._transaction_call("commit_transaction", timeout)
+                return
+            except BrokerUnavailable as exc:
+                cause = exc.__cause__
+                err = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
+                if not isinstance(err, KafkaError) or not err.retriable() or attempt == attempts - 1:
+                    raise
+                log.warning("producer %s: commit of its transaction is retried: %s", self.client_id, err.str())
+
+    def abort_transaction(self, timeout: float = 30.0) -> None:
+        self._transaction_call("abort_transaction", timeout)
+
+    def _transaction_call(self, name: str, *args: Any) -> None:
+        """confluent-kafka's ``name`` on the current client; its error is ``BrokerUnavailable`` (the library's
+        error its cause), a fatal one noted first (the next call rebuilds the client, fencing this one)."""
+        client = self._usable()
+        try:
+            with broker_errors(f"{name} of {self._config.get('transactional.id')}"):
+                try:
+                    getattr(client, name)(*args)
+                except KafkaException as exc:
+                    self._note(client, exc)
+                    raise
+        except RecordRefused as exc:  # a transaction call refuses no record: a refused one failed the transaction
+            raise BrokerUnavailable(str(exc)) from exc.__cause__
+
     def __len__(self) -> int:
         client = self._client
         return len(client) if client is not None else 0
@@ -359,7 +432,7 @@ class RecoveringProducer:
         try:
             old.purge(True, True, True)
             old.flush(1.0)  # nothing is left to send: this only serves the purged records' reports
-        except (KafkaException, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 — a fenced client's flush may fail in any way; it is dropped anyway
             log.debug("producer %s: purging the fenced client: %s", self.client_id, exc)
 
     def __getattr__(self, name: str) -> Any:
@@ -401,6 +474,7 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        **READ_COMMITTED,
     }
     if settings.group_protocol == "consumer":
         return {**config, "group.protocol": "consumer"}
@@ -466,11 +540,53 @@ CONNECTION_ERRORS = frozenset({
 })
 
 
+def security_problem(settings: Settings, err: KafkaError) -> str | None:
+    """What a connection error says about this process's TLS or SASL settings when retrying with them cannot
+    help (the SASL credentials were refused, the broker's certificate could not be verified): one line naming the
+    cause and the settings to look at, then the client's own words. None for any other error."""
+    text = err.str()
+    where = settings.bootstrap_servers
+    if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+        who = f"user {settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism or 'GSSAPI'})"
+        if "invalid credentials" in text:
+            return (f"Kafka at {where} refused the SASL credentials of {who}: wrong password or unknown user "
+                    f"(TASKSTREAM_KAFKA_SASL_USERNAME, TASKSTREAM_KAFKA_SASL_PASSWORD or _PASSWORD_FILE); "
+                    f"the client said: {text}")
+        return f"Kafka at {where} refused SASL authentication as {who}: {text}"
+    if err.code() == KafkaError._SSL and "certificate verify failed" in text:
+        trusted = (f"TASKSTREAM_KAFKA_SSL_CA_LOCATION={settings.kafka_ssl_ca_location}"
+                   if settings.kafka_ssl_ca_location else "the system's CAs (TASKSTREAM_KAFKA_SSL_CA_LOCATION unset)")
+        return (f"TLS with Kafka at {where} failed: the broker's certificate is not trusted (not signed by a CA "
+                f"of {trusted}, or it does not name the host); the client said: {text}")
+    return None
+
+
 def wait_for_broker(settings: Settings, timeout: float = 30.0, *, refused_s: float | None = None) -> None:
     """Block until the cluster answers a metadata request, or raise ``BrokerUnavailable``: after ``timeout``
     seconds, or, with ``refused_s``, as soon as connections to the bootstrap servers have failed for that long
     (``CONNECTION_ERRORS``: refused, TLS or SASL failed), with the client's reason. Command-line tools pass
-    ``refused_s``; what starts beside its broker (``taskstream dev``) waits the whole ``timeout``."""
+    ``refused_s``; what starts beside its broker (``taskstream dev``) waits the whole ``timeout``. Refused
+    credentials or an untrusted broker certificate raise ``SecurityRefused`` at once (``security_problem``)."""
+    unanswered = _await_answer(settings, timeout, refused_s)
+    if unanswered is not None:
+        raise BrokerUnavailable(unanswered)
+
+
+def check_security(settings: Settings, timeout: float = 15.0) -> None:
+    """What a component does first when it talks TLS or SASL to Kafka: raise ``SecurityRefused`` naming the
+    cause when the cluster refuses its credentials or it does not trust the broker's certificate, so a
+    misconfigured process stops at start with one line instead of retrying for ever. Returns once the cluster
+    answers, or, if nothing answers within ``timeout``, with a warning (an absent broker is the component's to
+    wait for, as it is without security). Nothing to check with PLAINTEXT (no wait either)."""
+    if settings.kafka_security_protocol in (None, "PLAINTEXT"):
+        return
+    unanswered = _await_answer(settings, timeout, None)
+    if unanswered is not None:
+        log.warning("Kafka's TLS and SASL not checked at start: %s", unanswered)
+
+
+def _await_answer(settings: Settings, timeout: float, refused_s: float | None) -> str | None:
+    """``wait_for_broker``'s loop: None once the cluster answered, or why it did not within ``timeout``."""
     failed: list[KafkaError] = []
     client: AdminClient = _build("admin", settings, {**common_config(settings, "taskstream-probe"),
                                                      "error_cb": failed.append})
@@ -481,10 +597,13 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0, *, refused_s: flo
         try:
             client.list_topics(timeout=min(0.25 if refused_s is not None else 2.0,
                                            max(0.1, deadline - time.monotonic())))
-            return
+            return None
         except KafkaException as exc:
             last = exc
         client.poll(0)  # serves error_cb
+        problem = next((p for p in map(lambda e: security_problem(settings, e), failed) if p), None)
+        if problem is not None:
+            raise SecurityRefused(problem)
         reasons = [e for e in failed if e.code() in CONNECTION_ERRORS]
         if refused_s is not None and reasons:
             first_failed = first_failed or time.monotonic()
@@ -492,7 +611,58 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0, *, refused_s: flo
                 why = next((e for e in reversed(reasons) if e.code() != KafkaError._ALL_BROKERS_DOWN), reasons[-1])
                 raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers}: {why.str()}")
         time.sleep(0.1)
-    raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}")
+    return f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout:.0f}s: {last}"
+
+
+_ACL_KINDS: dict[ResourceKind, ResourceType] = {
+    "topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "transactional_id": ResourceType.TRANSACTIONAL_ID,
+    "cluster": ResourceType.BROKER}  # confluent-kafka's BROKER is Kafka's CLUSTER resource
+_ACL_PATTERNS: dict[Pattern, ResourcePatternType] = {
+    "literal": ResourcePatternType.LITERAL, "prefixed": ResourcePatternType.PREFIXED}
+
+
+def _binding(acl: Acl) -> AclBinding:
+    return AclBinding(_ACL_KINDS[acl.kind], acl.name, _ACL_PATTERNS[acl.pattern], acl.principal, "*",
+                      getattr(AclOperation, acl.operation.upper()), AclPermissionType.ALLOW)
+
+
+def apply_acls(settings: Settings, wanted: Iterable[Acl], timeout: float = 30.0) -> list[Acl]:
+    """Create the ACLs of ``wanted`` that the cluster does not have yet (``schemas.acls``); return those it
+    created. Idempotent; ACLs the cluster has beyond ``wanted`` are left alone (``cluster_acls`` lists them).
+    ``BrokerUnavailable`` names what failed (no authorizer, not allowed to alter ACLs, the broker away)."""
+    have = set(cluster_acls(settings, timeout))
+    missing = [a for a in dict.fromkeys(wanted) if a not in have]
+    if not missing:
+        return []
+    client = admin(settings, "taskstream-acls")
+    try:
+        futures = client.create_acls([_binding(a) for a in missing], request_timeout=timeout)
+        for fut in futures.values():
+            fut.result(timeout)
+    except (KafkaException, TimeoutError) as exc:
+        raise BrokerUnavailable(f"creating ACLs: {exc}") from None
+    return missing
+
+
+def cluster_acls(settings: Settings, timeout: float = 30.0) -> list[Acl]:
+    """Every ALLOW ACL of the cluster for any host that ``Acl`` can express (on a topic, group, transactional id
+    or the cluster), sorted; ``BrokerUnavailable`` when the cluster cannot say (no authorizer, not allowed)."""
+    client = admin(settings, "taskstream-acls")
+    query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
+                             AclOperation.ANY, AclPermissionType.ALLOW)  # None: any name, principal, host
+    try:
+        bindings = client.describe_acls(query, request_timeout=timeout).result(timeout)
+    except (KafkaException, TimeoutError) as exc:
+        raise BrokerUnavailable(f"listing ACLs: {exc}") from None
+    kinds = {v: k for k, v in _ACL_KINDS.items()}
+    patterns = {v: k for k, v in _ACL_PATTERNS.items()}
+    operations: dict[str, Operation] = {"READ": "read", "WRITE": "write", "DESCRIBE": "describe",
+                                        "DESCRIBE_CONFIGS": "describe_configs", "ALTER_CONFIGS": "alter_configs",
+                                        "IDEMPOTENT_WRITE": "idempotent_write"}
+    return sorted(Acl(b.principal, kinds[b.restype], b.name, patterns[b.resource_pattern_type],
+                      operations[b.operation.name])
+                  for b in bindings if b.restype in kinds and b.resource_pattern_type in patterns
+                  and b.operation.name in operations and b.host == "*")
 
 
 def topic_partitions(client: AdminClient | Consumer, timeout: float = 10.0) -> dict[str, int]:

@@ -46,7 +46,10 @@ class PartitionOffsets:
         self.pending.append(offset)
 
     def mark_done(self, offset: int) -> None:
-        """An offset whose outcome is safe; moves ``position`` past every contiguous done offset."""
+        """An offset whose outcome is safe; moves ``position`` past every contiguous done offset. An offset
+        below ``position`` was done already (marked twice: nothing to do)."""
+        if self.position is not None and offset < self.position:
+            return
         self.done.add(offset)
         while self.pending and self.pending[0] in self.done:
             first = self.pending.popleft()

@@ -100,6 +100,24 @@ class Settings(BaseSettings):
         "the same id takes its partitions back without a full rebalance (docs/production.md, \"High availability of "
         "processing\"); use the pod name of a StatefulSet, never one id for two live processors"
     )
+    processor_exactly_once: bool = Field(
+        True, description="the processor writes state, follow-up events, ready messages and its consumer offsets "
+        "in one Kafka transaction, so a processor killed at any point neither loses nor repeats an output "
+        "(docs/concepts.md, \"Delivery guarantees\"); false: at-least-once folding (a crash may send a follow-up "
+        "or ready message twice), for a broker without transactions"
+    )
+    processor_commit_interval_s: float = Field(
+        0.1, ge=0, le=10, description="the processor commits (with exactly once: one transaction) at most this "
+        "often; outputs become visible to readers at the commit, so a lower value shortens every dependency hop and "
+        "a higher one saves broker writes at low rates (0: after every batch)"
+    )
+    processor_transaction_timeout_ms: int = Field(
+        10_000, ge=1000, le=900_000, description="transaction.timeout.ms of the processor: the broker aborts a "
+        "transaction open longer than this. A processor killed mid-transaction holds back read_committed readers "
+        "of the partitions it wrote to until then (plus the broker's "
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms); lower it for a faster takeover, raise it if "
+        "commits under load take that long"
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
         "text", description="text: one readable line a record; json: one JSON object a line (time, level, logger, "

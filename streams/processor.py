@@ -15,18 +15,30 @@ many tasks wait for it; when a task ends, the processor scans its edges
 (``table_dependents``) and tells each dependent. Work that became ready is published
 to ``<p>.ready.<priority>``.
 
-Messages are handled in batches: fold a batch, wait until every output is
-acknowledged; only then are the batch's offsets committed (at most every
-``COMMIT_INTERVAL_S``, and at once on revocation and shutdown). A crash
-replays what was folded since the last commit, which idempotent folding absorbs.
+Exactly once (``processor_exactly_once``, the default): every output of a
+commit round (state and edge records, follow-up events, ready messages,
+retry records, timers' events) goes in one Kafka transaction of a
+transactional producer per process, committed with the round's consumer
+offsets (``_commit``, the runtime's committer: at most every
+``processor_commit_interval_s``, and at once before a restore, on revocation and on
+shutdown). Readers read ``read_committed``, so a crash leaves nothing
+visible that the next owner writes again. A transaction that fails (fenced,
+a fatal or abortable error) is abandoned: aborted, the consumer rewound to
+the committed offsets and the tables rebuilt from ``<p>.state``; the
+processor goes on (docs/decisions/0024-exactly-once-processing.md).
+
+At least once (``processor_exactly_once=false``): fold a batch, wait until
+every output is acknowledged; only then are the batch's offsets committed.
+A crash replays what was folded since the last commit, which idempotent
+folding absorbs.
 
 Why our own loop and not Faust, which DESIGN names: docs/decisions/0005.
 
 Idempotent folding: the state remembers the offset of the last event that
 changed it (``last_offset``). An event at or below it was already folded
-(the log is read at least once) and changes nothing; if it is exactly the
-last one, its outputs are sent again, because the crash may have come
-between the table write and the sends. Downstream, duplicates are harmless:
+and changes nothing; at least once, if it is exactly the last one, its
+outputs are sent again, because the crash may have come between the table
+write and the sends. Downstream, duplicates are harmless:
 ``evolve`` ignores a repeated TaskQueued, and executors' results are fenced
 by attempt.
 
@@ -38,8 +50,9 @@ after which deciding what follows raised (its fold stands). The processor
 goes on. An
 output the broker refuses for good (``is_permanent``) is answered by where
 it was going (``_dead_letter_refused``); any other produce failure (the
-broker is away) stops the processor with an error, so the uncommitted batch
-is folded again by the next owner. A retry relay thread that fails stops
+broker is away) stops an at-least-once processor with an error, so the
+uncommitted batch is folded again by the next owner, and abandons an
+exactly-once processor's transaction. A retry relay thread that fails stops
 the processor too.
 """
 
@@ -75,7 +88,7 @@ from taskstream.schemas import (
     retry_tier,
 )
 from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, TailReader, read_state_to_end, send
-from taskstream.schemas.kafka import admin, is_permanent, require_topics, topic_partitions
+from taskstream.schemas.kafka import admin, check_security, is_permanent, require_topics, topic_partitions
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.offsets import poison_headers
 
@@ -87,9 +100,6 @@ from .timers import LEASE, STATE, TimerTable
 log = logging.getLogger(__name__)
 
 RELAY_SLACK_S = domain.RELAY_SLACK_S
-#: The processor commits folded offsets at most this often: a commit per batch would cost the broker a write per
-#: event at low rates (an OffsetCommit is a write to ``__consumer_offsets``).
-COMMIT_INTERVAL_S = 0.1
 
 
 class Output(NamedTuple):
@@ -114,18 +124,21 @@ class Step(NamedTuple):
 def fold_step(
     topics: Topics, state: TaskState | None, value: bytes, offset: int, partition: int, now: datetime, producer: str,
     *, wire: codec.WireFormat = codec.SINGLE_OBJECT, dependents: domain.DependentsLookup = None,
+    replay: bool = True,
 ) -> Step:
     """Fold one message of ``<p>.events`` through ``domain.step`` (pure apart from the clock passed in).
 
     Raises ``DecodeError`` for a message that is not an event we know. An
     event already folded (``offset <= last_offset``) changes nothing; the
-    last one folded sends its follow-ups again (``domain.replay``).
+    last one folded sends its follow-ups again (``domain.replay``) unless
+    ``replay`` is False (exactly once: its outputs were committed with the
+    state that names it).
     ``dependents`` looks up the task's edges, asked only when a step owes its
     dependents something (None: the list its state embeds).
     """
     event = wire.decode(value)
     if state is not None and offset <= state.last_offset:
-        if offset == state.last_offset:
+        if offset == state.last_offset and replay:
             again = domain.replay(state, event, now, producer, dependents)
             return Step(None, _outputs(topics, wire, domain.effects(state, state, event, again, now, producer),
                                        state, partition))
@@ -219,7 +232,20 @@ class Processor(Hooks):
         self.fired = 0
         self._failed: list[str] = []
         self._refused: list[tuple[str, bytes | None, bytes | None, list, str]] = []  # topic, key, value, headers, why
-        self.producer = kafka.producer(settings, self.id)
+        #: Exactly once: every output, table write and offset of a round goes in one transaction (``_commit``).
+        self.exactly_once = settings.processor_exactly_once
+        self._in_transaction = False
+        self._dirty = False  # the tables or timers hold a write of the open transaction
+        self.aborted = 0
+        self._began = 0.0
+        #: A batch still folding after this long commits what it folded so far (a quarter of the timeout).
+        self._longest_s = settings.processor_transaction_timeout_ms / 4000
+        if self.exactly_once:
+            self.transactional_id = f"{settings.prefix}-processor-{settings.processor_instance_id or self.id}"
+            self.producer = kafka.transactional_producer(settings, self.id, self.transactional_id,
+                                                         settings.processor_transaction_timeout_ms)
+        else:
+            self.producer = kafka.producer(settings, self.id)
         self._ready_topics = frozenset(self.topics.all_ready)
         # Ready messages wait until the batch's events and states are acknowledged: an executor's result then
         # always lands in the log after the TaskQueued of its attempt.
@@ -230,7 +256,10 @@ class Processor(Hooks):
                 "max.partition.fetch.bytes": 4 * 1024 * 1024,
                 **({"group.instance.id": settings.processor_instance_id} if settings.processor_instance_id else {}),
             },
-            batch=self.BATCH, poll_s=settings.timer_tick_s, commit_interval_s=COMMIT_INTERVAL_S, producer=self.producer)
+            batch=self.BATCH, poll_s=settings.timer_tick_s, commit_interval_s=settings.processor_commit_interval_s,
+            # Exactly once: dead letters go through a producer of their own (a transactional one writes only in
+            # a transaction), and commits are the transaction's.
+            **({"committer": self._commit} if self.exactly_once else {"producer": self.producer}))
         # Heartbeats are not history: read from the end, partitions mirroring our <p>.events assignment.
         self.heartbeats = TailReader(settings, f"{self.id}-heartbeats", self.topics.heartbeats)
         self._next_tick = self._next_lag = 0.0
@@ -240,6 +269,9 @@ class Processor(Hooks):
     def on_assigned(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
         if not partitions:
             return
+        if self.exactly_once:
+            # What is folded so far is committed first: the restore below may outlast the transaction timeout.
+            self._commit_now()
         started = time.monotonic()
         tables = {p: self._fresh_table(p) for _, p in partitions}
         n = self._restore(tables)
@@ -253,7 +285,8 @@ class Processor(Hooks):
 
     def on_revoked(self, runtime: ConsumerRuntime, partitions: list[Partition]) -> None:
         try:
-            self._flush_and_check()  # the runtime commits the revoked partitions after this
+            # the runtime commits the revoked partitions after this (exactly once: committed here, in the transaction)
+            self._flush_and_check()
         finally:
             self._drop(partitions)
 
@@ -336,13 +369,31 @@ class Processor(Hooks):
 
     def on_batch(self, runtime: ConsumerRuntime, records: list) -> None:
         now = datetime.now(UTC)
-        for m in records:
-            table = self.tables.get(m.partition())
-            if table is None:  # revoked while the batch was in flight
-                continue
-            for out in self._fold_one(table, m, m.partition(), now):
-                self._produce(out)
-        self._flush_and_check()
+        if self.exactly_once and not self._begin():
+            self._abandon("no transaction could begin")
+            return
+        try:
+            for i, m in enumerate(records):
+                if self.exactly_once and time.monotonic() - self._began > self._longest_s:
+                    # A long batch commits what it folded so far: a transaction open longer than the broker's
+                    # transaction timeout is aborted by the broker (and this producer fenced).
+                    runtime.settle(records[:i])
+                    if not self._commit_now_ok() or not self._begin():
+                        return  # abandoned: the batch comes again from the committed offsets
+                table = self.tables.get(m.partition())
+                if table is None:  # revoked while the batch was in flight
+                    continue
+                for out in self._fold_one(table, m, m.partition(), now):
+                    self._produce(out)
+        except BrokerUnavailable as exc:
+            if not self.exactly_once:
+                raise
+            self._abandon(str(exc))
+            return
+        if self.exactly_once:
+            self._settle_refused()  # the rest is committed with the transaction (``_commit``)
+        else:
+            self._flush_and_check()
         self.folded += len(records)
         self.metrics.folded.inc(len(records))
 
@@ -353,13 +404,134 @@ class Processor(Hooks):
                 self._take_heartbeats(beats)
         if time.monotonic() >= self._next_tick:
             self._next_tick = time.monotonic() + self.settings.timer_tick_s
-            self._fire_timers(datetime.now(UTC))
+            try:
+                self._fire_timers(datetime.now(UTC))
+            except BrokerUnavailable as exc:
+                if not self.exactly_once:
+                    raise
+                self._abandon(str(exc))
         if time.monotonic() >= self._next_lag:
             self._next_lag = time.monotonic() + LAG_INTERVAL_S
             self._measure_lag()
 
     def on_stopping(self, runtime: ConsumerRuntime) -> None:
         self._flush_and_check()
+
+    # ------------------------------------------------------------ transactions (exactly once)
+
+    def _begin(self) -> bool:
+        """A transaction is open (one begun now if none was); False when none can be (the producer waits to be
+        rebuilt after a fatal error, or the broker refused): nothing may be produced then."""
+        if self._in_transaction:
+            return True
+        try:
+            self.producer.begin_transaction()
+        except BrokerUnavailable as exc:  # a fatal error waiting for its rebuild, or an abort that did not finish
+            log.warning("processor %s cannot begin a transaction: %s", self.id, exc)
+            if self.producer.problem is None:
+                self._abort()
+            time.sleep(0.1)  # what passes here is the rebuild's wait, or the broker's absence; the batch comes again
+            return False
+        self._in_transaction = True
+        self._began = time.monotonic()
+        return True
+
+    def _commit(self, offsets: list, group_metadata) -> bool:
+        """The runtime's committer: commit the open transaction with ``offsets`` (of the group described by
+        ``group_metadata``: a member fenced by a rebalance cannot commit). True when committed; False when the
+        transaction was abandoned (``_abandon``: the consumer and the tables are back at the last commit).
+
+        A record of the state or the log refused for good (``_failed``) stops the processor (the topic's
+        ``max.message.bytes`` is below ``MAX_RECORD_BYTES``), as a record refused by the broker's answer does:
+        folding again would meet the same refusal."""
+        self._settle_refused()
+        if not self._in_transaction:
+            if not offsets:
+                return True
+            if not self._begin():
+                self._abandon("no transaction could begin")
+                return False
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, group_metadata, 30)
+            self.producer.commit_transaction(30)
+        except BrokerUnavailable as exc:
+            refused = [f"{t} refused a record of {(k or b'').decode(errors='replace')}: {why}"
+                       for t, k, _v, _h, why in self._refused]
+            self._abandon(str(exc))
+            if refused:
+                raise BrokerUnavailable(f"{refused[:3]}; the transaction was aborted and the processor stops") from exc
+            return False
+        self._in_transaction = self._dirty = False
+        return True
+
+    def _commit_now(self) -> None:
+        """Commit the open transaction with the offsets folded so far, now (raises as ``_commit``)."""
+        self.runtime.commit(asynchronous=False)
+
+    def _commit_now_ok(self) -> bool:
+        """``_commit_now``; False when the transaction was abandoned instead."""
+        aborted = self.aborted
+        self._commit_now()
+        return self.aborted == aborted
+
+    def _abort(self) -> None:
+        try:
+            self.producer.abort_transaction(30)
+        except BrokerUnavailable as exc:  # fatal: the rebuilt client fences the old one anyway
+            log.warning("processor %s: aborting its transaction: %s", self.id, exc)
+
+    def _abandon(self, why: str) -> None:
+        """Drop the open transaction: abort it (or leave a fenced client to its rebuild, which aborts it), read
+        every partition again from its committed offset, and rebuild the tables and timers from ``<p>.state``
+        if they hold a write of the transaction. The processor goes on."""
+        log.warning("processor %s abandons its transaction (%s): back to the last commit", self.id, why)
+        self.aborted += 1
+        if self._in_transaction and self.producer.problem is None:  # else the rebuilt client fences this one
+            self._abort()
+        self._in_transaction = False
+        self._failed, self._refused, self._ready_held = [], [], []
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.runtime.rewind()
+                if self._dirty:
+                    self._reload()
+                self._dirty = False
+                return
+            except BrokerUnavailable as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("processor %s: rewinding failed, again in 1s: %s", self.id, exc)
+                time.sleep(1)
+
+    def _reload(self) -> None:
+        """Every assigned partition's table and timers again from ``<p>.state`` (committed records only)."""
+        started = time.monotonic()
+        parts = sorted(self.tables)
+        for p in parts:
+            self.tables.pop(p).close()
+            timers = self.timers.pop(p, None)
+            if timers is not None:
+                timers.close()
+        tables = {p: self._fresh_table(p) for p in parts}
+        n = self._restore(tables)
+        self.tables.update(tables)
+        now = datetime.now(UTC)
+        for p, table in tables.items():
+            self.timers[p] = self._build_timers(p, table, now)
+        log.info("partitions %s: tables rebuilt from %s after an abort (%d records, %.2fs)",
+                 parts, self.topics.state, n, time.monotonic() - started)
+
+    def _settle_refused(self) -> None:
+        """Exactly once: answer what ``produce`` refused at once (``_dead_letter_refused``, in the transaction);
+        a state or log record among them (``_failed``) aborts the transaction and stops the processor."""
+        if self._refused:
+            self._dead_letter_refused()
+        if self._failed:
+            failed = self._failed[:3]
+            self._abandon(f"refused: {failed}")
+            raise BrokerUnavailable(f"{failed}; the transaction was aborted and the processor stops")
 
     def on_stopped(self, runtime: ConsumerRuntime) -> None:
         self.heartbeats.close()
@@ -428,12 +600,13 @@ class Processor(Hooks):
                     log.exception("timer of %r failed; dropped", key, extra=about(key.decode(errors="replace")))
                     events = []
                 timers.set(kind, key, None)
+                self._dirty = True
                 for e in events:
                     e_key = e.aggregate_id.encode()
                     self._produce(Output(self.topics.events, e_key, self.wire.encode(e), codec.headers(e),
                                          partition if e_key == key else None))
                     fired += 1
-        if fired:
+        if fired and not self.exactly_once:  # exactly once: committed with the transaction
             self._flush_and_check()
             self.fired += fired
             log.debug("timers appended %d events", fired)
@@ -451,7 +624,8 @@ class Processor(Hooks):
         try:
             state = self.wire.decode(raw) if raw else None
             step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id, wire=self.wire,
-                             dependents=lambda: table_dependents(table, key.decode(), state))
+                             dependents=lambda: table_dependents(table, key.decode(), state),
+                             replay=not self.exactly_once)
             value = self.wire.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
             self.runtime.dead_letter(m, str(exc))
@@ -463,6 +637,7 @@ class Processor(Hooks):
             edge_key = domain.edge_key(step.edge.task_id, step.edge.dependent)
             edge_value = self.wire.encode(step.edge)
             table[edge_key] = edge_value
+            self._dirty = True
             edges.append(Output(self.topics.state, edge_key, edge_value, codec.headers(step.edge), partition))
         if step.failed:
             log.error("%s[%d]@%d: %s -> dlq", m.topic(), partition, m.offset(), step.failed,
@@ -473,6 +648,7 @@ class Processor(Hooks):
         self._move_timers(partition, key, state, step.state, now)
         self.metrics.state_changed(state, step.state, now)
         table[key] = value
+        self._dirty = True
         return [*edges, Output(self.topics.state, key, value, codec.headers(step.state), partition), *outputs]
 
     def _move_timers(self, partition: int, key: bytes, before, after, now: datetime) -> None:
@@ -485,7 +661,13 @@ class Processor(Hooks):
             timers.set(LEASE, key, now + self.lease if lease == "start" else None)
 
     def _produce(self, out: Output, hold_ready: bool = True) -> None:
-        if hold_ready and out.topic in self._ready_topics:
+        """Send one output. Exactly once: in the open transaction (begun here if none is), whose commit makes
+        the ready messages visible with the events of their batch. Else a ready message waits for the batch's
+        other outputs to be acknowledged (``_flush``)."""
+        if self.exactly_once:
+            if not self._begin():
+                raise BrokerUnavailable("no transaction could begin")
+        elif hold_ready and out.topic in self._ready_topics:
             self._ready_held.append(out)
             return
         try:
@@ -500,6 +682,8 @@ class Processor(Hooks):
     def _delivered(self, err, msg) -> None:
         if err is None:
             return
+        if self.exactly_once and not is_permanent(err):
+            return  # the transaction's commit fails with it, and ``_abandon`` folds the batch again
         if is_permanent(err):
             self._refused.append((msg.topic(), msg.key(), msg.value(), list(msg.headers() or []),
                                   f"{err.str()} ({len(msg.value() or b''):,} bytes)"))
@@ -551,6 +735,11 @@ class Processor(Hooks):
             ]))
 
     def _flush_and_check(self) -> None:
+        """Every output so far acknowledged (exactly once: committed, with the offsets folded so far), or
+        ``BrokerUnavailable``."""
+        if self.exactly_once:
+            self._commit_now()
+            return
         remaining = self._flush(30)
         if self._refused:
             self._dead_letter_refused()
@@ -590,6 +779,7 @@ def run_processor(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    check_security(settings)  # refused credentials or an untrusted broker: one line now, not retries for ever
     check_topics(settings)
     processor = Processor(settings)
     serve_metrics(processor.metrics.registry, settings, f"processor {processor.id}")

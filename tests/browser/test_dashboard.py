@@ -278,6 +278,13 @@ def test_workflow_graph_colours_nodes_by_status(page, http) -> None:
     page.locator("svg.dag a.node[data-key='report']").click()
     page.wait_for_url(f"**/ui/tasks/{ids['report']}")
     assert page.locator("#status").text_content() in ("…", "upstream_failed")
+    # ids, not URLs: depends_on shows the upstream task's id, linked to its page
+    wait_until(lambda: page.locator("#fields tr[data-field='depends_on'] a.id").count() == 1, timeout=20,
+               message="depends_on as a link (it was shown as the link's URL)")
+    link = page.locator("#fields tr[data-field='depends_on'] a.id")
+    assert link.get_attribute("href") == f"/ui/tasks/{ids['load']}"
+    assert ids["load"].startswith(link.text_content().rstrip("…"))
+    assert "/" not in page.locator("#fields tr[data-field='depends_on'] td").text_content()
     assert page.errors == []
 
 

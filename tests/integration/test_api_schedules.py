@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from fastapi.testclient import TestClient
 
 from taskstream.api import create_app
-from taskstream.api.models import parse_rfc3339
+from taskstream.api.models import parse_rfc3339, template_json
 from taskstream.schemas import (
     Heartbeat,
     ScheduleCreated,
@@ -92,11 +92,12 @@ def test_post_writes_schedule_created_and_get_answers_at_once(client: TestClient
     first = parse_rfc3339(s["next_fire_at"])
     assert first > before and first.weekday() < 5
     assert first.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris")).hour == 9
+    # the template in a task's shape (retry.backoff), as POST /tasks takes it; the log keeps it flat
     assert s["task"] == {
         "handler": "report", "payload": {"kind": "daily"}, "priority": "high", "name": "", "labels": {"team": "ops"},
-        "timeout_s": 60.0, "max_attempts": 2, "backoff_initial_s": 5.0,
-        "backoff_multiplier": settings.default_backoff_multiplier, "backoff_max_s": settings.default_backoff_max_s,
-        "backoff_jitter": settings.default_backoff_jitter,
+        "timeout_s": 60.0, "retry": {"max_attempts": 2, "backoff": {
+            "initial_s": 5.0, "multiplier": settings.default_backoff_multiplier,
+            "max_s": settings.default_backoff_max_s, "jitter": settings.default_backoff_jitter}},
     }
     got = client.get(f"{V1}/schedules/{s['id']}")
     assert got.status_code == 200 and got.json() == s
@@ -106,7 +107,8 @@ def test_post_writes_schedule_created_and_get_answers_at_once(client: TestClient
     e = codec.decode(msg.value())
     assert isinstance(e, ScheduleCreated) and e.task_id == s["id"] and e.producer.startswith("api-")
     assert (e.cron, e.timezone, e.name, e.misfire) == ("0 9 * * 1-5", "Europe/Paris", "weekday report", "skip")
-    assert codec.loads_json(e.template) == s["task"] and e.end_at == datetime(2099, 1, 1, tzinfo=UTC)
+    assert template_json(e.template) == s["task"] and codec.loads_json(e.template)["backoff_initial_s"] == 5.0
+    assert e.end_at == datetime(2099, 1, 1, tzinfo=UTC)
     assert client.get(f"{V1}/schedules").json()["schedules"] == [s]
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
-from taskstream.api.models import ScheduleIn, same_schedule, schedule_json
+from taskstream.api.models import ScheduleIn, same_schedule, schedule_json, template_json
 from taskstream.api.read_model import TaskStore
 from taskstream.schemas import ScheduleState, Settings, TaskState, ValidationError, codec
 from taskstream.streams.domain import decide, evolve
@@ -156,3 +156,16 @@ def test_schedule_store_survives_a_reopen_without_rebuild(tmp_path) -> None:
         assert store.schedules.get("a") is None
     finally:
         store.close()
+
+
+def test_a_template_reads_back_in_the_shape_of_a_task() -> None:
+    body = schedule(task={"handler": "report", "retry": {"max_attempts": 2, "backoff": {"initial_s": 5}}})
+    (e,) = decide(None, body.to_command(schedule_id="s1", producer="api", settings=SETTINGS), NOW)
+    shown = template_json(e.template)
+    assert shown["retry"]["max_attempts"] == 2 and shown["retry"]["backoff"]["initial_s"] == 5.0
+    assert set(shown["retry"]["backoff"]) == {"initial_s", "multiplier", "max_s", "jitter"}
+    assert not any(k == "max_attempts" or k.startswith("backoff_") for k in shown)
+    # what the API shows is what POST /schedules (and POST /tasks) take: it validates and gives the same template
+    again = schedule(task=shown)
+    (e2,) = decide(None, again.to_command(schedule_id="s1", producer="api", settings=SETTINGS), NOW)
+    assert codec.loads_json(e2.template) == codec.loads_json(e.template)

@@ -34,7 +34,8 @@ import yaml
 from compose_spec import PyCompose
 
 from taskstream.cli.main import main as taskstream_cli
-from taskstream.schemas import Settings
+from taskstream.schemas import Settings, Topics
+from taskstream.schemas.acls import Principals, acls
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -79,6 +80,10 @@ def k8s_docs() -> list[tuple[str, dict]]:
     for path in sorted(K8S.glob("*.yaml")):
         docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
+
+
+#: The compose services that run once and exit (the others run for good); ``admin`` runs operator commands.
+ONE_SHOT = {"topic-init", "acl-init", "admin"}
 
 
 def _taskstream_services(compose: dict) -> dict[str, dict]:
@@ -179,15 +184,19 @@ def test_compose_references_resolve(compose):
 def test_compose_layout(compose):
     services = compose["services"]
     ours = _taskstream_services(compose)
-    assert {"topic-init", "api", "executor"} <= set(ours)
+    assert {"topic-init", "acl-init", "api", "executor"} <= set(ours)
     processors = sorted(n for n in ours if n.startswith("processor"))
     assert len(processors) == 2
-    # every long-running taskstream container starts after the topics exist
-    for name in set(ours) - {"topic-init"}:
-        assert ours[name]["depends_on"]["topic-init"]["condition"] == "service_completed_successfully", name
+    # every long-running taskstream container starts after the topics and their ACLs exist
+    for name in set(ours) - ONE_SHOT:
+        for job in ("topic-init", "acl-init"):
+            assert ours[name]["depends_on"][job]["condition"] == "service_completed_successfully", name
         assert "healthcheck" in ours[name], name
     assert services["topic-init"]["command"][:2] == ["topics", "create"]
     assert services["topic-init"]["depends_on"]["redpanda"]["condition"] == "service_healthy"
+    assert services["acl-init"]["command"][:2] == ["acls", "apply"]
+    for job in ("kafka-users", "topic-init"):
+        assert services["acl-init"]["depends_on"][job]["condition"] == "service_completed_successfully"
     # each processor: own instance id, own volume at its data dir
     ids = {services[p]["environment"]["TASKSTREAM_PROCESSOR_INSTANCE_ID"] for p in processors}
     assert len(ids) == 2
@@ -436,7 +445,7 @@ def test_k8s_settings_agree_with_taskstream(k8s_docs, monkeypatch):
 
 # ---------------------------------------------------------------- security (issue 15 items 5 and 8)
 
-SECURITY_ENV = {
+SECURITY_ENV = {  # in every taskstream service of compose
     "TASKSTREAM_KAFKA_SECURITY_PROTOCOL",
     "TASKSTREAM_KAFKA_SASL_MECHANISM",
     "TASKSTREAM_KAFKA_SASL_USERNAME",
@@ -453,26 +462,65 @@ def test_the_image_installs_no_extras_and_no_dependency_is_a_broker():
     assert installs == ["."], installs  # no extras: neither dev nor test
 
 
-def test_compose_kafka_is_sasl_scram_with_credentials_from_the_environment(compose, monkeypatch):
+def _role(service: str) -> str:
+    """The component a compose service or Kubernetes workload runs (``admin``: an operator tool)."""
+    for role in ("api", "processor", "executor"):
+        if role in service:
+            return role
+    return "admin"
+
+
+def _acl_principals(args: list[str]) -> Principals:
+    """The principals a `taskstream acls apply ...` command line grants ACLs to."""
+    params = _parse_cli(args).params
+    return Principals(api=params["principal_api"], processor=params["principal_processor"],
+                      executor=params["principal_executor"])
+
+
+def _check_principals(users: dict[str, str], granted: Principals, superusers: list[str], prefix: str) -> None:
+    """One user per component, each the principal `acls apply` grants that component's ACLs to; the admin
+    alone is a superuser; and the granted set lets no component write <prefix>.admin."""
+    assert len(set(users.values())) == len(users) == 4, users  # api, processor, executor, admin: no sharing
+    for role in ("api", "processor", "executor"):
+        assert getattr(granted, role) == f"User:{users[role]}", role
+        assert users[role] not in superusers, role
+    assert users["admin"] in superusers
+    wanted = acls(Topics(prefix), granted)
+    assert not [a for a in wanted if a.operation == "write" and Topics(prefix).admin.startswith(a.name)]
+
+
+def test_compose_runs_each_component_as_its_own_kafka_principal(compose, monkeypatch):
     services = compose["services"]
-    (secret,) = compose["secrets"]
-    assert compose["secrets"][secret] == {"environment": "TASKSTREAM_KAFKA_PASSWORD"}
+    secrets = compose["secrets"]
+    assert secrets["kafka_password"] == {"environment": "TASKSTREAM_KAFKA_PASSWORD"}  # the admin's, as before
+    users: dict[str, str] = {}
     for name, svc in _taskstream_services(compose).items():
         env = _taskstream_env(svc["environment"])
         assert SECURITY_ENV <= set(env), name
+        (secret,) = svc["secrets"]  # its own password and no other
         assert env["TASKSTREAM_KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/{secret}", name
-        assert secret in svc["secrets"], name
+        assert secrets[secret]["environment"].startswith("TASKSTREAM_KAFKA_"), name
         settings = _settings_from_env(monkeypatch, env)
         assert settings.kafka_security_protocol == "SASL_PLAINTEXT" and settings.kafka_sasl_mechanism == "SCRAM-SHA-256"
+        assert users.setdefault(_role(name), settings.kafka_sasl_username) == settings.kafka_sasl_username, name
+        assert (secret == "kafka_password") == (_role(name) == "admin"), name
     redpanda = services["redpanda"]
     user, password, mechanism = redpanda["environment"]["RP_BOOTSTRAP_USER"].split(":", 2)[0], *redpanda[
         "environment"]["RP_BOOTSTRAP_USER"].split(":", 1)[1].rsplit(":", 1)
-    assert user == settings.kafka_sasl_username and mechanism == settings.kafka_sasl_mechanism
+    assert user == users["admin"] and mechanism == "SCRAM-SHA-256"
     assert password == "${TASKSTREAM_KAFKA_PASSWORD:?set TASKSTREAM_KAFKA_PASSWORD}"
     (bootstrap,) = [m for m in redpanda["volumes"] if m.split(":")[1] == "/etc/redpanda/.bootstrap.yaml"]
     cluster = yaml.safe_load((ROOT / bootstrap.split(":")[0]).read_text())
-    assert cluster["enable_sasl"] is True and user in cluster["superusers"]
-
+    assert cluster["enable_sasl"] is True
+    prefix = services["api"]["environment"]["TASKSTREAM_PREFIX"]
+    _check_principals(users, _acl_principals(services["acl-init"]["command"]), cluster["superusers"], prefix)
+    # kafka-users makes the component users with the secrets the components read
+    made = services["kafka-users"]
+    script = " ".join(made["command"])
+    for role in ("api", "processor", "executor"):
+        assert f"kafka_{role}_password" in made["secrets"]
+        assert users[role] == f"taskstream-{role}" and "taskstream-$$role" in script and role in script
+    assert "--mechanism SCRAM-SHA-256" in script
 
 def test_compose_publishes_no_unauthenticated_admin_surface(compose):
     services = compose["services"]
@@ -500,21 +548,36 @@ def test_no_credential_is_written_in_the_deploy_files():
     assert "Secret" not in kinds
 
 
-def test_k8s_pods_use_sasl_ssl_with_the_secret_mounted(k8s_docs, monkeypatch):
+def test_k8s_pods_use_sasl_ssl_each_as_its_own_principal_with_its_secret_mounted(k8s_docs, monkeypatch):
     (config,) = [d for _, d in k8s_docs if d["kind"] == "ConfigMap"]
-    settings = _settings_from_env(monkeypatch, _taskstream_env(config["data"]))
+    shared = _taskstream_env(config["data"])
+    assert "TASKSTREAM_KAFKA_SASL_USERNAME" not in shared  # each workload names its own
+    settings = _settings_from_env(monkeypatch, shared)
     assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism.startswith("SCRAM-")
     assert urlsplit(settings.schema_registry_url).scheme == "https"
     files = {settings.kafka_sasl_password_file, settings.kafka_ssl_ca_location, settings.schema_registry_password_file}
     dirs = {str(f.parent) for f in files}
     assert len(dirs) == 1
+    users: dict[str, str] = {}
+    granted = None
     for doc, pod in _pod_specs(k8s_docs):
+        name = doc["metadata"]["name"]
         (volume,) = [v for v in pod["volumes"] if "secret" in v]
-        assert volume["secret"]["secretName"] == "taskstream-kafka"
         assert pod["securityContext"]["fsGroup"] == 10001 and volume["secret"]["defaultMode"] & 0o040
-        for c in pod["containers"]:
-            (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
-            assert mount["mountPath"] in dirs and mount["readOnly"] is True, doc["metadata"]["name"]
+        (c,) = pod["containers"]
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["mountPath"] in dirs and mount["readOnly"] is True, name
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        user = env["TASKSTREAM_KAFKA_SASL_USERNAME"]
+        assert env["TASKSTREAM_SCHEMA_REGISTRY_USERNAME"] == user, name
+        role = _role(name)
+        assert users.setdefault(role, user) == user, name  # one user per component
+        assert volume["secret"]["secretName"] == f"taskstream-kafka-{role}", name  # its own password
+        if c["args"][:2] == ["acls", "apply"]:
+            granted = _acl_principals(c["args"])
+            assert role == "admin", name
+    assert granted is not None, "no Job runs `taskstream acls apply`"
+    _check_principals(users, granted, [users["admin"]], config["data"]["TASKSTREAM_PREFIX"])
 
 
 def test_k8s_network_policies_and_disruption_budgets_cover_every_workload(k8s_docs):
@@ -542,8 +605,11 @@ def _compose_blocks(text: str) -> list[str]:
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/production.md"])
 def test_the_compose_quick_start_sets_every_variable_compose_requires(doc):
-    """Compose refuses to start without each ``${VAR:?...}`` of docker-compose.yml: the quick start exports them."""
-    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", (ROOT / "docker-compose.yml").read_text()))
+    """Compose refuses to start without each ``${VAR:?...}`` of docker-compose.yml, and its secrets come from
+    variables: the quick start exports them all."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    secrets = {s["environment"] for s in yaml.safe_load(text)["secrets"].values()}
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text)) | secrets
     assert required, "docker-compose.yml requires no variable: this test checks nothing"
     blocks = _compose_blocks((ROOT / doc).read_text())
     assert blocks, f"{doc} has no block that runs docker compose up"

@@ -151,6 +151,34 @@ def test_clients_of_every_component_carry_the_security_config(secure: Settings, 
     assert all(carries(c) for _, c in recorded), [c["client.id"] for _, c in recorded if not carries(c)]
 
 
+def test_every_consumer_reads_committed_records_and_the_processor_writes_in_transactions(
+    secure: Settings, recorded
+) -> None:
+    """Every consumer and reader the components build reads ``read_committed`` (the processor's transactions);
+    the processor's producer has a transactional id of its instance, its dead letters a plain producer."""
+    from taskstream.api.probe import BrokerProbe
+    from taskstream.cli._log import reader as cli_reader
+    from taskstream.streams import rebuild
+    from taskstream.streams.processor import Processor
+    from taskstream.streams.relay import RetryRelay
+
+    processor = Processor(secure, member_id="m")
+    RetryRelay(secure, "m")
+    BrokerProbe(secure)._reader()
+    cli_reader(secure, "events")
+    rebuild._reader(secure, "taskstream-state-live")
+    consumers = [c for kind, c in recorded if kind == "consumer"]
+    assert len(consumers) >= 5
+    assert {c.get("isolation.level") for c in consumers} == {"read_committed"}, consumers
+    [transactional] = [c for kind, c in recorded if kind == "producer" and c.get("transactional.id")]
+    assert transactional["transactional.id"] == "sec-processor-m" and transactional["client.id"] == "m"
+    assert transactional["transaction.timeout.ms"] == secure.processor_transaction_timeout_ms
+    assert processor.runtime._producer is None  # dead letters: a plain producer of the runtime, made when needed
+    at_least_once = Processor(secure.model_copy(update={"processor_exactly_once": False}), member_id="n")
+    assert at_least_once.runtime._producer is at_least_once.producer
+    assert not any(c.get("transactional.id") for kind, c in recorded if kind == "producer" and c["client.id"] == "n")
+
+
 def test_a_client_that_cannot_be_made_is_broker_unavailable_without_secrets(tmp_path: Path) -> None:
     s = Settings(kafka_security_protocol="SSL", kafka_ssl_ca_location=tmp_path / "no-such-ca.pem",
                  kafka_sasl_password=SecretStr(PASSWORD))

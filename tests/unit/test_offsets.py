@@ -36,6 +36,18 @@ def test_position_is_one_past_the_highest_contiguous_done_offset(offsets: list[i
     assert tracker.position == taken[-1] + 1 and not tracker.pending and not tracker.done
 
 
+def test_an_offset_marked_done_twice_counts_once() -> None:
+    """A batch settled part-way (``ConsumerRuntime.settle``) is marked done again when it returns."""
+    tracker = PartitionOffsets()
+    for o in range(5):
+        tracker.add(o)
+    for o in (0, 1, 2):
+        tracker.mark_done(o)
+    for o in range(5):
+        tracker.mark_done(o)
+    assert tracker.position == 5 and not tracker.pending and not tracker.done
+
+
 def test_poison_headers_name_the_source_and_cut_the_reason() -> None:
     h = poison_headers("p.ready.high", 2, 17, "x" * 5000)
     assert [k for k, _ in h] == list(POISON_HEADERS)

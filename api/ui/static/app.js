@@ -394,7 +394,7 @@ const BIG_FIELDS = new Set(["payload", "result", "error", "checkpoint", "traceba
 function fieldValue(name, value) {
   if (value === null || value === undefined || value === "") return el("span", { class: "hint", text: "—" });
   if ((name === "depends_on" || name === "dependents") && Array.isArray(value)) {
-    return el("span", {}, value.length ? value.map((id) => [taskLink(id, shortId(id)), " "]) : "—");
+    return el("span", {}, value.length ? value.flatMap((id) => [taskLink(id, shortId(id)), " "]) : "—");
   }
   if (name === "status") return badge(value);
   if (name === "schedule_id") return el("span", { class: "mono", text: value });
