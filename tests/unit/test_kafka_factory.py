@@ -276,7 +276,8 @@ def test_a_timed_out_record_never_given_a_partition_was_never_sent() -> None:
 def test_a_consumer_group_protocol_member_leaves_its_timeouts_to_the_group(recorded) -> None:
     """librdkafka refuses session.timeout.ms, heartbeat.interval.ms and partition.assignment.strategy with
     group.protocol=consumer (KIP-848): the factory leaves them out, overrides included; classic keeps them."""
-    kafka.consumer(Settings(session_timeout_ms=2000), "c", "g", {"session.timeout.ms": 30_000, "fetch.wait.max.ms": 5})
+    kafka.consumer(Settings(session_timeout_ms=2000, group_protocol="consumer"), "c", "g",
+                   {"session.timeout.ms": 30_000, "fetch.wait.max.ms": 5})
     kafka.consumer(Settings(session_timeout_ms=2000, group_protocol="classic"), "c", "g")
     (_, new), (_, classic) = recorded
     assert new["group.protocol"] == "consumer" and new["fetch.wait.max.ms"] == 5
