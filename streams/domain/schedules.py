@@ -251,8 +251,18 @@ def _after_backfilled(state: ScheduleState | None, e: ScheduleBackfilled, now: d
     """One task per cron time of the range, in order; folded again, the same ids (duplicates, harmless)."""
     if state is None or state.status == ScheduleStatus.DELETED.value:
         return []
-    return [task_from_template(state, t, backfill_task_id(state.schedule_id, t, e.overlap), now)
-            for t in backfill_times(state, e.start, e.end, limit=MAX_BACKFILL)]
+    tasks = [task_from_template(state, t, backfill_task_id(state.schedule_id, t, e.overlap), now)
+             for t in backfill_times(state, e.start, e.end, limit=MAX_BACKFILL)]
+    if e.max_concurrent is None:
+        return list(tasks)
+    # at most max_concurrent of this backfill's tasks queued or running: one concurrency key per request
+    key = backfill_concurrency_key(state.schedule_id, e.event_id)
+    return [replace(t, concurrency_key=key, concurrency_limit=e.max_concurrent) for t in tasks]
+
+
+def backfill_concurrency_key(schedule_id: str, event_id: str) -> str:
+    """The concurrency key a backfill's tasks share when it bounds them (``max_concurrent``): one per request."""
+    return f"backfill:{schedule_id}:{event_id[:16]}"
 
 
 def backfill_times(state: ScheduleState, start: datetime, end: datetime, *, limit: int) -> list[datetime]:

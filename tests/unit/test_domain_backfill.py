@@ -186,3 +186,17 @@ def test_any_range_creates_each_cron_time_once_in_order(expr, tz, start_h, span_
     assert [x.scheduled_for for x in tasks] == expected == backfill_times(state, start, end, limit=MAX_BACKFILL)
     assert [x.task_id for x in tasks] == [backfill_task_id(SID, x, overlap) for x in expected]
     assert len({x.task_id for x in tasks}) == len(tasks)
+
+
+def test_max_concurrent_bounds_the_backfill_by_one_concurrency_key_of_its_own():
+    state = schedule()
+    event, tasks = run(state, backfill(day(2), day(6), max_concurrent=2))
+    assert {(t.concurrency_key, t.concurrency_limit) for t in tasks} == {(f"backfill:{SID}:{event.event_id[:16]}", 2)}
+    # another request has a key of its own; without max_concurrent the tasks carry none
+    other, more = run(state, backfill(day(7), day(8), max_concurrent=2))
+    assert more[0].concurrency_key != tasks[0].concurrency_key
+    _, free = run(state, backfill(day(2), day(3)))
+    assert {(t.concurrency_key, t.concurrency_limit) for t in free} == {(None, None)}
+    # a bounded task waits for its slot instead of being queued at once
+    created = fold([tasks[0]])
+    assert created.concurrency_key == tasks[0].concurrency_key and created.status == "pending"
