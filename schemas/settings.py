@@ -102,10 +102,11 @@ class Settings(BaseSettings):
         "processing\"); use the pod name of a StatefulSet, never one id for two live processors"
     )
     processor_exactly_once: bool = Field(
-        True, description="the processor writes state, follow-up events, ready messages and its consumer offsets "
+        False, description="opt-in (docs/concepts.md, \"Delivery guarantees\", says what is missing for the "
+        "default): the processor writes state, follow-up events, ready messages and its consumer offsets "
         "in one Kafka transaction, so a processor killed at any point neither loses nor repeats an output "
-        "(docs/concepts.md, \"Delivery guarantees\"); false: at-least-once folding (a crash may send a follow-up "
-        "or ready message twice), for a broker without transactions"
+        "; false (the default): at-least-once folding (a crash may send a follow-up or ready message twice; "
+        "readers deduplicate)"
     )
     processor_commit_interval_s: float = Field(
         0.1, ge=0, le=10, description="the processor commits (with exactly once: one transaction) at most this "

@@ -82,7 +82,7 @@ def read_all(settings: Settings, *topics: str, isolation: str = "read_committed"
 
 
 def test_sigkill_one_of_two_processors_mid_diamonds_no_output_lost_or_repeated(settings: Settings, tmp_path) -> None:
-    assert settings.processor_exactly_once
+    settings = settings.model_copy(update={"processor_exactly_once": True})  # opt-in (docs/concepts.md)
     topics = Topics(settings.prefix)
     deps = diamond_deps(N)
     gens = [[t for t in deps if t.endswith(s)] for s in ("-a", ("-b", "-c"), "-d")]
@@ -163,7 +163,7 @@ def test_a_fenced_processor_rebuilds_its_producer_and_goes_on(settings: Settings
     """Another client takes the processor's transactional id (``init_transactions``) while tasks flow: the
     processor's producer is fenced (a fatal error), is rebuilt (fencing the intruder in turn), the open
     transaction's batch is folded again from the committed offsets, and every task succeeds once."""
-    settings = settings.model_copy(update={"processor_instance_id": "eos-fenced"})
+    settings = settings.model_copy(update={"processor_instance_id": "eos-fenced", "processor_exactly_once": True})
     topics = Topics(settings.prefix)
     log_path = tmp_path / "processor.log"
     procs = [Component(settings, "processor", log_path=log_path),

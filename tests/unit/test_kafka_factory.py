@@ -162,7 +162,7 @@ def test_every_consumer_reads_committed_records_and_the_processor_writes_in_tran
     from taskstream.streams.processor import Processor
     from taskstream.streams.relay import RetryRelay
 
-    processor = Processor(secure, member_id="m")
+    processor = Processor(secure.model_copy(update={"processor_exactly_once": True}), member_id="m")
     RetryRelay(secure, "m")
     BrokerProbe(secure)._reader()
     cli_reader(secure, "events")
