@@ -19,10 +19,15 @@ from .errors import (
     WriteOutcomeUnknown,
 )
 from .events import (
+    CONTROL_EVENT_TYPES,
     EVENT_TYPES,
     GATE_EVENT_TYPES,
     SCHEDULE_EVENT_TYPES,
     TERMINAL,
+    ControlEvent,
+    ControlPaused,
+    ControlResumed,
+    ControlState,
     DependencyRegistered,
     DependencyResolved,
     Event,
@@ -52,6 +57,7 @@ from .events import (
     TaskDeadLettered,
     TaskEvent,
     TaskFailed,
+    TaskHeld,
     TaskQueued,
     TaskRedriven,
     TaskRetryScheduled,
@@ -79,4 +85,5 @@ __all__ = [
     "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id", "SchedulePaused",
     "ScheduleResumed", "ScheduleTriggered", "ScheduleBackfilled",
     "GATE_EVENT_TYPES", "GateEvent", "GateState", "SlotGranted", "SlotReleased", "SlotRequested",
+    "CONTROL_EVENT_TYPES", "ControlEvent", "ControlPaused", "ControlResumed", "ControlState", "TaskHeld",
 ]

@@ -556,6 +556,77 @@ class GateState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ControlEvent(Event):
+    """An event about one partition's copy of a flow control of a handler or a workflow (``target``:
+    ``handler:<name>`` or ``workflow:<id>``), keyed by ``control_id`` (``control:<partition>:<target>``) and
+    written to that partition of ``<p>.events``: every partition keeps its own copy, so the decision to hold
+    a task is made in the task's own partition, in its log order (docs/decisions/00XX-pause-resume.md).
+
+    On the wire the record also carries the id as ``task_id``, the field every record of ``<p>.events`` has.
+    """
+
+    control_id: str
+    target: str
+    partition: int
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.control_id
+
+    @property
+    def task_id(self) -> str:
+        """The control id under the wire's common key field name (DESIGN §3); code of ours says ``control_id``."""
+        return self.control_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlPaused(ControlEvent):
+    """Nothing new of ``target`` is queued in this partition until it is resumed (running attempts finish)."""
+
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlResumed(ControlEvent):
+    """``target`` is no longer paused in this partition: the tasks the pause held there are queued."""
+
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskHeld(TaskEvent):
+    """Keyed by the task: attempt ``attempt`` was not queued because of ``waiting_for`` (``paused:<target>``);
+    the task waits ``pending`` until a TaskQueued of that attempt releases it. ``cause``: as TaskQueued's."""
+
+    attempt: int
+    waiting_for: str
+    cause: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlState:
+    """One partition's copy of the flow control of ``target`` (processor table, ``<p>.state``, read model)."""
+
+    control_id: str
+    target: str
+    partition: int
+    created_at: datetime
+    updated_at: datetime
+    paused: bool = False
+    paused_at: datetime | None = None
+    paused_by: str | None = None
+    reason: str = ""
+    version: int = 0
+    last_offset: int = -1
+
+    @property
+    def task_id(self) -> str:
+        """The control id under the name every state of ``<p>.state`` has its key."""
+        return self.control_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiKey:
     """An API key as the API checks it: the latest record of ``key_id`` in the compacted ``<p>.admin``.
 
@@ -633,11 +704,17 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SlotRequested,
     SlotReleased,
     SlotGranted,
+    ControlPaused,
+    ControlResumed,
+    TaskHeld,
 )
+#: Types of the events about a flow control's copy in one partition (``ControlState``).
+CONTROL_EVENT_TYPES: tuple[type[ControlEvent], ...] = (ControlPaused, ControlResumed)
 #: Types of the events about a concurrency key's slots (``GateState``).
 GATE_EVENT_TYPES: tuple[type[GateEvent], ...] = (SlotRequested, SlotReleased)
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {
     t.__name__: t
-    for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, GateState, ApiKey, WorkerReport)
+    for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, GateState, ControlState, ApiKey,
+              WorkerReport)
 }

@@ -88,6 +88,7 @@ def _sample(name: str):
     base = dict(task_id="t1", occurred_at=T0, producer="p")
     schedule = dict(schedule_id="s1", occurred_at=T0, producer="p")
     gate = dict(gate_id="concurrency:k", occurred_at=T0, producer="p")
+    control = dict(control_id="control:0:handler:h", target="handler:h", partition=0, occurred_at=T0, producer="p")
     return {
         "TaskCreated": lambda: RECORD_TYPES[name](**base, handler="echo"),
         "TaskQueued": lambda: RECORD_TYPES[name](**base, attempt=1, priority="high"),
@@ -114,6 +115,13 @@ def _sample(name: str):
         "SlotRequested": lambda: RECORD_TYPES[name](**gate, holder="t1", attempt=1, priority="high", limit=2),
         "SlotReleased": lambda: RECORD_TYPES[name](**gate, holder="t1", attempt=1),
         "SlotGranted": lambda: RECORD_TYPES[name](**base, gate_id="concurrency:k", attempt=1),
+        "ControlPaused": lambda: RECORD_TYPES[name](**control, reason="deploy", actor="k1"),
+        "ControlResumed": lambda: RECORD_TYPES[name](**control, actor="k1"),
+        "TaskHeld": lambda: RECORD_TYPES[name](**base, attempt=1, waiting_for="paused:handler:h", cause="e1"),
+        "ControlState": lambda: RECORD_TYPES[name](
+            control_id="control:0:handler:h", target="handler:h", partition=0, created_at=T0, updated_at=T0,
+            paused=True, paused_at=T0, paused_by="k1",
+        ),
         "GateState": lambda: RECORD_TYPES[name](
             gate_id="concurrency:k", created_at=T0, updated_at=T0, limit=2, holders={"t1": 1}, waiting=["t2"],
             waiting_attempts={"t2": 1}, waiting_priorities={"t2": "low"}, admitted=["t1"],
