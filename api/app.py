@@ -45,7 +45,7 @@ from .metrics import router as metrics_router
 from .probe import BrokerProbe
 from .problems import JSONResponse
 from .read_model import ReadModel
-from .routes import health, ops, schedules, tasks, workers, workflows
+from .routes import health, ops, pauses, schedules, tasks, workers, workflows
 from .routes import watch as watch_routes
 from .ui import router as ui_router
 from .watch import WatchMetrics
@@ -170,6 +170,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.include_router(metrics_router)
     app.include_router(watch_routes.router)  # before tasks: /tasks/watch is not a task id
     app.include_router(tasks.router)
+    app.include_router(pauses.router)  # before workflows: /workflows/{id}:pause is not a workflow id
     app.include_router(workflows.router)
     app.include_router(schedules.router)
     app.include_router(ops.router)

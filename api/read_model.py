@@ -81,6 +81,7 @@ from rocksdict import ColumnFamily, Options, Rdict, WriteBatch
 
 from taskstream.schemas import (
     TERMINAL,
+    ControlState,
     DecodeError,
     DependencyRegistered,
     ScheduleState,
@@ -643,6 +644,8 @@ class ReadModel(Hooks):
         self.topic = Topics(settings.prefix).state
         self.store = TaskStore(Path(settings.data_dir) / "read-model")
         self.schedules = self.store.schedules
+        #: Each partition's copy of every pause (control id -> state; few: one per partition per paused target).
+        self.controls: dict[str, ControlState] = {}
         #: Every task state read from the topic goes through the feed into the store (live updates, api/watch.py).
         self.feed = ChangeFeed(settings.watch_ring_size, settings.watch_queue_limit)
         self._connect_timeout = connect_timeout
@@ -742,6 +745,11 @@ class ReadModel(Hooks):
             self.store.add_dependent(state.task_id, state.dependent)
         elif isinstance(state, ScheduleState):
             self.schedules.apply(state)
+        elif isinstance(state, ControlState):
+            # One partition's copy of a pause (``api.service.pauses``); a newer version replaces an older one.
+            have = self.controls.get(state.control_id)
+            if have is None or have.version <= state.version:
+                self.controls[state.control_id] = state
         else:
             log.debug("read model: skipped %s record key=%r at %s/%d", type(state).__name__, key, partition, offset)
 

@@ -39,6 +39,7 @@ from typing import Any, cast
 
 from taskstream.schemas import (
     BrokerUnavailable,
+    ControlState,
     Event,
     NotFound,
     ScheduleBackfilled,
@@ -284,6 +285,60 @@ async def backfill_schedule(ctx: ApiContext, schedule_id: str, body: BackfillIn,
     times = domain.backfill_times(state, event.start, event.end, limit=domain.MAX_BACKFILL)
     log.info("schedule backfilled schedule_id=%s times=%d overlap=%s", schedule_id, len(times), event.overlap)
     return event, [(t, domain.backfill_task_id(schedule_id, t, event.overlap)) for t in times]
+
+
+async def pause_target(ctx: ApiContext, kind: str, name: str, action: str, *, reason: str = "",
+                       actor: str | None = None) -> dict[str, Any]:
+    """``POST /handlers/{h}:pause|:resume`` and ``/workflows/{id}:pause|:resume``: the decider's ``PauseTarget``
+    or ``ResumeTarget``, one copy per partition of ``<p>.events`` written to that partition; the pause as
+    ``pauses`` shows it (the copies the API expects folded into the read model)."""
+    target = domain.target(kind, name)
+    events_topic = Topics(ctx.settings.prefix).events
+    partitions = (await asyncio.to_thread(ctx.probe.topic_partitions)).get(events_topic, 0)
+    if partitions < 1:
+        raise BrokerUnavailable(f"topic {events_topic} has no partitions the API can see")
+    command: domain.PauseTarget | domain.ResumeTarget
+    if action == "pause":
+        command = domain.PauseTarget(target=target, partitions=partitions, producer=ctx.producer_id, reason=reason,
+                                     actor=actor)
+    else:
+        command = domain.ResumeTarget(target=target, partitions=partitions, producer=ctx.producer_id, actor=actor)
+    events = domain.decide(None, command, datetime.now(UTC))
+    futures = [ctx.producer.send(events_topic, key=e.aggregate_id.encode(), value=encode(ctx.wire, e, "reason"),
+                                 headers=codec.headers(e), partition=getattr(e, "partition", None)) for e in events]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0] if isinstance(failed[0], BrokerUnavailable) else BrokerUnavailable(str(failed[0]))
+    controls = ctx.read_model.controls
+    for e in events:
+        after = domain.evolve(controls.get(e.aggregate_id), e)
+        if isinstance(after, ControlState):
+            controls[after.control_id] = after
+    log.info("%s %s target=%s partitions=%d", kind, action, target, partitions)
+    return _pause_json(kind, name, [c for c in list(controls.values()) if c.target == target])
+
+
+def pauses(ctx: ApiContext, kind: str | None = None) -> list[dict[str, Any]]:
+    """Every paused target (any partition's copy paused), newest pause first."""
+    by_target: dict[str, list[ControlState]] = {}
+    for c in list(ctx.read_model.controls.values()):
+        by_target.setdefault(c.target, []).append(c)
+    out = []
+    for target, copies in by_target.items():
+        k, _, name = target.partition(":")
+        if any(c.paused for c in copies) and (kind is None or k == kind):
+            out.append(_pause_json(k, name, copies))
+    return sorted(out, key=lambda p: p["paused_at"] or "", reverse=True)
+
+
+def _pause_json(kind: str, name: str, copies: list[ControlState]) -> dict[str, Any]:
+    paused = [c for c in copies if c.paused]
+    latest = max(paused, key=lambda c: c.updated_at, default=None)
+    return {"kind": kind, "name": name, "paused": bool(paused),
+            "paused_at": latest.paused_at.isoformat() if latest and latest.paused_at else None,
+            "paused_by": latest.paused_by if latest else None, "reason": latest.reason if latest else "",
+            "partitions_paused": len(paused)}
 
 
 # ------------------------------------------------------------------ writing

@@ -60,6 +60,7 @@ from .events import (
     TaskHeld,
     TaskQueued,
     TaskRedriven,
+    TaskReleased,
     TaskRetryScheduled,
     TaskStarted,
     TaskState,
@@ -86,4 +87,5 @@ __all__ = [
     "ScheduleResumed", "ScheduleTriggered", "ScheduleBackfilled",
     "GATE_EVENT_TYPES", "GateEvent", "GateState", "SlotGranted", "SlotReleased", "SlotRequested",
     "CONTROL_EVENT_TYPES", "ControlEvent", "ControlPaused", "ControlResumed", "ControlState", "TaskHeld",
+    "TaskReleased",
 ]

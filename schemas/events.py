@@ -597,11 +597,23 @@ class ControlResumed(ControlEvent):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskHeld(TaskEvent):
     """Keyed by the task: attempt ``attempt`` was not queued because of ``waiting_for`` (``paused:<target>``);
-    the task waits ``pending`` until a TaskQueued of that attempt releases it. ``cause``: as TaskQueued's."""
+    the task waits ``pending`` until a TaskReleased of that attempt. It holds only the state at ``version``
+    (the one the processor decided on), so a copy sent again never holds a task released since. ``cause``:
+    as TaskQueued's."""
 
     attempt: int
     waiting_for: str
+    version: int
     cause: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskReleased(TaskEvent):
+    """Keyed by the task: the pause it waited for (``waiting_for``) was resumed in its partition; attempt
+    ``attempt`` is admitted as a TaskQueued would admit it (only a task held for exactly that)."""
+
+    attempt: int
+    waiting_for: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -707,6 +719,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ControlPaused,
     ControlResumed,
     TaskHeld,
+    TaskReleased,
 )
 #: Types of the events about a flow control's copy in one partition (``ControlState``).
 CONTROL_EVENT_TYPES: tuple[type[ControlEvent], ...] = (ControlPaused, ControlResumed)

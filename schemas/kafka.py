@@ -798,13 +798,14 @@ class AsyncProducer:
                 log.exception("producer poll: a delivery callback failed")
 
     def produce(self, topic: str, key: str | bytes, value: bytes | None, headers: Headers | None = None,
-                on_delivery: DeliveryCallback | None = None) -> None:
+                on_delivery: DeliveryCallback | None = None, partition: int | None = None) -> None:
         """Fire and forget (with an optional delivery callback run on the poll thread); a None ``value`` is a
-        tombstone of ``key``."""
+        tombstone of ``key``; ``partition``: that partition, not the key's."""
         deadline = time.monotonic() + 10.0
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery, **extra)
                 return
             except BufferError as exc:  # the local queue is full: wait for deliveries to make room
                 if time.monotonic() > deadline:
@@ -814,7 +815,7 @@ class AsyncProducer:
                 raise (RecordRefused if is_permanent(exc) else BrokerUnavailable)(str(exc)) from exc
 
     def send(self, topic: str, key: str | bytes, value: bytes | None,
-             headers: Headers | None = None) -> asyncio.Future[Message]:
+             headers: Headers | None = None, partition: int | None = None) -> asyncio.Future[Message]:
         """Produce and return a future that resolves when the broker acknowledged the record. It fails with
         ``RecordRefused`` (refused for good), ``WriteOutcomeUnknown`` (no answer in time: perhaps written) or
         ``BrokerUnavailable`` (not written); ``BrokerUnavailable`` raised here means nothing was sent."""
@@ -829,7 +830,7 @@ class AsyncProducer:
             else:
                 loop.call_soon_threadsafe(_set_result, fut, msg)
 
-        self.produce(topic, key, value, headers, done)
+        self.produce(topic, key, value, headers, done, partition)
         return fut
 
     def flush(self, timeout: float = 10.0) -> int:

@@ -73,6 +73,7 @@ from rocksdict import Rdict
 
 from taskstream.schemas import (
     BrokerUnavailable,
+    ControlState,
     DecodeError,
     DependencyRegistered,
     Heartbeat,
@@ -124,7 +125,7 @@ class Step(NamedTuple):
 def fold_step(
     topics: Topics, state: TaskState | None, value: bytes, offset: int, partition: int, now: datetime, producer: str,
     *, wire: codec.WireFormat = codec.SINGLE_OBJECT, dependents: domain.DependentsLookup = None,
-    replay: bool = True,
+    replay: bool = True, paused: domain.Paused = None, held: domain.Held = None,
 ) -> Step:
     """Fold one message of ``<p>.events`` through ``domain.step`` (pure apart from the clock passed in).
 
@@ -134,18 +135,19 @@ def fold_step(
     ``replay`` is False (exactly once: its outputs were committed with the
     state that names it).
     ``dependents`` looks up the task's edges, asked only when a step owes its
-    dependents something (None: the list its state embeds).
+    dependents something (None: the list its state embeds); ``paused`` and
+    ``held`` answer for the partition's pauses (``domain.step``; None: none).
     """
     event = wire.decode(value)
     if state is not None and offset <= state.last_offset:
         if offset == state.last_offset and replay:
-            again = domain.replay(state, event, now, producer, dependents)
+            again = domain.replay(state, event, now, producer, dependents, held)
             return Step(None, _outputs(topics, wire, domain.effects(state, state, event, again, now, producer),
                                        state, partition))
         return Step(None, [])
     edge = domain.recorded(state, event)
     try:
-        new, follow = domain.step(state, event, now, producer, dependents)
+        new, follow = domain.step(state, event, now, producer, dependents, paused, held)
         outputs = _outputs(topics, wire, domain.effects(state, new, event, follow, now, producer), new, partition)
         failed = None
     except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
@@ -154,6 +156,49 @@ def fold_step(
     if new is state or new is None:  # None only when state was: no event turns a state back into None
         return Step(None, outputs, failed, edge)
     return Step(domain.at_offset(new, offset), outputs, failed, edge)
+
+
+class Pauses:
+    """One partition's pauses, derived from its table (built with its timers, kept up to date by each state
+    write): the targets paused there, and the keys of the tasks each ``paused:<target>`` holds, so a resume
+    finds them without a scan and a partition without pauses pays one dict lookup per event."""
+
+    __slots__ = ("paused", "holding")
+
+    def __init__(self) -> None:
+        self.paused: set[str] = set()
+        self.holding: dict[str, dict[bytes, None]] = {}
+
+    def lookup(self) -> domain.Paused:
+        """The ``paused`` lookup of ``domain.step``: None while nothing is paused in the partition."""
+        return self.paused.__contains__ if self.paused else None
+
+    def changed(self, key: bytes, before: object, after: object) -> None:
+        """Record a state write (``before`` -> ``after``) of ``key``."""
+        if isinstance(after, ControlState):
+            (self.paused.add if after.paused else self.paused.discard)(after.target)
+            return
+        was = before.waiting_for if domain.paused_hold(before) else None
+        now = after.waiting_for if domain.paused_hold(after) else None
+        if was == now:
+            return
+        if was is not None:
+            self.holding.get(was, {}).pop(key, None)
+        if now is not None:
+            self.holding.setdefault(now, {})[key] = None
+
+    def held_states(self, reason: str, table: Rdict, wire: codec.WireFormat) -> list[TaskState]:
+        """The states of the tasks ``reason`` holds in the partition."""
+        out = []
+        for key in list(self.holding.get(reason, ())):
+            raw = table.get(key)
+            try:
+                state = wire.decode(raw) if raw else None
+            except DecodeError:
+                continue
+            if isinstance(state, TaskState):
+                out.append(state)
+        return out
 
 
 def table_dependents(table: Rdict, task_id: str, state: TaskState | None) -> list[str]:
@@ -227,6 +272,7 @@ class Processor(Hooks):
         self.dir = settings.data_dir / "processor"
         self.tables: dict[int, Rdict] = {}
         self.timers: dict[int, TimerTable] = {}
+        self.pauses: dict[int, Pauses] = {}
         self.lease = timedelta(seconds=settings.lease_s)
         self.folded = 0
         self.fired = 0
@@ -301,11 +347,14 @@ class Processor(Hooks):
             timers = self.timers.pop(p, None)
             if timers is not None:
                 timers.close()
+            self.pauses.pop(p, None)
         self.heartbeats.remove(p for _, p in partitions)
 
     def _build_timers(self, partition: int, table: Rdict, now: datetime) -> TimerTable:
-        """A partition's timers from its states: due times, and a full lease for every running attempt."""
+        """A partition's timers from its states: due times, and a full lease for every running attempt; and
+        its pauses (``Pauses``): the targets paused there and the tasks they hold."""
         timers = TimerTable(self.dir / f"timers-{partition}")
+        self.pauses[partition] = pauses = Pauses()
         for key, raw in cast(Iterator[tuple[bytes, bytes]], table.items()):  # the table holds bytes only
             if domain.is_edge_key(key):
                 continue
@@ -316,6 +365,7 @@ class Processor(Hooks):
             timers.set(STATE, key, domain.timer_due(state, RELAY_SLACK_S))
             if domain.holds_lease(state):
                 timers.set(LEASE, key, now + self.lease)
+            pauses.changed(key, None, state)
         return timers
 
     def _fresh_table(self, partition: int) -> Rdict:
@@ -621,11 +671,15 @@ class Processor(Hooks):
             self.runtime.dead_letter(m, "event keyed like a dependency edge")
             return []
         raw = table.get(key)
+        pauses = self.pauses.get(partition)
         try:
             state = self.wire.decode(raw) if raw else None
             step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id, wire=self.wire,
                              dependents=lambda: table_dependents(table, key.decode(), state),
-                             replay=not self.exactly_once)
+                             replay=not self.exactly_once,
+                             paused=pauses.lookup() if pauses is not None else None,
+                             held=(lambda reason: pauses.held_states(reason, table, self.wire))
+                             if pauses is not None else None)
             value = self.wire.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
             self.runtime.dead_letter(m, str(exc))
@@ -646,6 +700,8 @@ class Processor(Hooks):
         if step.state is None:
             return [*edges, *outputs]
         self._move_timers(partition, key, state, step.state, now)
+        if pauses is not None:
+            pauses.changed(key, state, step.state)
         self.metrics.state_changed(state, step.state, now)
         table[key] = value
         self._dirty = True

@@ -37,6 +37,12 @@
   ``pending`` with ``waiting_for`` until the key's gate, an aggregate keyed by
   ``concurrency:<key>``, grants it a slot; ``concurrency_key_of`` fills in a
   key's payload template.
+- Pause and resume (``controls.py``): a handler's or workflow's pause is a
+  control aggregate copied to every partition (``PauseTarget``,
+  ``ResumeTarget``); a task admitted while one of its targets is paused in
+  its partition is held (``TaskHeld``, ``waiting_for: "paused:<target>"``)
+  and a resume releases the partition's held tasks; ``step`` asks the
+  processor's ``paused`` and ``held`` lookups for it.
 - ``workflow_status(counts)``: a workflow's overall status from its tasks'
   (``workflows.py``), for every read of a workflow.
 
@@ -66,6 +72,22 @@ from .commands import (
     SubmitTask,
     UpdateTask,
 )
+from .controls import (
+    CONTROL_PREFIX,
+    HANDLER,
+    WORKFLOW,
+    Held,
+    Paused,
+    PauseTarget,
+    ResumeTarget,
+    admitted,
+    control_id,
+    hold_reason,
+    paused_hold,
+    releases,
+    target,
+    targets_of,
+)
 from .decide import REDRIVABLE, check_workflow, decide, decided, workflow_problems
 from .dependencies import MAX_CYCLE_WALK, check_dependencies, closes_cycle, dependency_problems, waits_on
 from .dependents import (
@@ -82,6 +104,7 @@ from .dependents import (
 from .evolve import (
     ACTIVE,
     GATE_PREFIX,
+    PAUSE_PREFIX,
     RESULT_BOUND,
     SCHEDULE_EVENTS,
     TERMINAL_VALUES,
@@ -175,4 +198,6 @@ __all__ = [
     "BackfillSchedule", "MAX_BACKFILL", "OVERLAPS", "backfill_task_id", "backfill_times",
     "GATE_PREFIX", "gate_id", "grants", "concurrency_key_of", "gated", "held",
     "slot_attempt", "slot_messages", "slot_replay",
+    "CONTROL_PREFIX", "HANDLER", "WORKFLOW", "Held", "Paused", "PauseTarget", "ResumeTarget", "admitted",
+    "control_id", "hold_reason", "paused_hold", "releases", "target", "targets_of", "PAUSE_PREFIX",
 ]

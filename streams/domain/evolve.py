@@ -75,6 +75,7 @@ from typing import Any, TypeGuard, TypeVar
 from taskstream.schemas import (
     SCHEDULE_EVENT_TYPES,
     TERMINAL,
+    ControlState,
     DependencyRegistered,
     DependencyResolved,
     Event,
@@ -118,7 +119,7 @@ TOO_MANY_DEPENDENTS = "too_many_dependents"
 ACTIVE = frozenset({Status.QUEUED.value, Status.RUNNING.value})
 WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
 #: The state of an aggregate: a task's or a schedule's (an event folds into a state of its own type).
-_S = TypeVar("_S", TaskState, ScheduleState)
+_S = TypeVar("_S", TaskState, ScheduleState, ControlState)
 #: A state of either aggregate, or one whose aggregate the caller does not know (``TaskState | ScheduleState``).
 _AnyS = TypeVar("_AnyS", bound=TaskState | ScheduleState | GateState)
 #: The terminal statuses (``schemas.TERMINAL``; Status is a StrEnum, so its members match the strings in a state).
@@ -127,6 +128,10 @@ TERMINAL_VALUES = TERMINAL
 
 #: A concurrency key's gate has this prefix and the key as its id (also the ``waiting_for`` of a task it holds).
 GATE_PREFIX = "concurrency:"
+
+
+#: A task held by a pause waits for ``paused:<target>`` (``controls.py``).
+PAUSE_PREFIX = "paused:"
 
 
 def gate_id(key: str) -> str:
@@ -228,6 +233,8 @@ def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
         return state  # queued for a time the task no longer waits for (run_at changed, stale timer)
     if state.status == Status.PENDING.value and not _deps_met(state):
         return state  # nothing queues a task still waiting for its dependencies
+    if state.waiting_for is not None and state.waiting_for.startswith(PAUSE_PREFIX):
+        return state  # held by a pause: only its TaskReleased admits it (controls.py)
     if state.concurrency_key and state.concurrency_limit is not None:
         # Under a concurrency key the attempt waits for a slot (gates.py); its SlotGranted queues it.
         if state.waiting_for is not None:

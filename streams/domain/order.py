@@ -27,10 +27,13 @@ from taskstream.schemas import (
     DependencyResolved,
     Event,
     LeaseExpired,
+    SlotGranted,
     TaskCreated,
     TaskFailed,
+    TaskHeld,
     TaskQueued,
     TaskRedriven,
+    TaskReleased,
     TaskRetryScheduled,
     TaskUpdated,
 )
@@ -40,9 +43,12 @@ from .evolve import evolve
 from .ids import event_ids
 
 #: Events after which the processor may apply a follow-up that carries ``cause``.
-FOLLOW_UP_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated})
+#: A TaskQueued, SlotGranted or TaskReleased the processor folded (from the relay, a timer, a gate, a resume)
+#: may be followed by the TaskHeld of a pause (``controls.py``).
+FOLLOW_UP_TRIGGERS = frozenset({TaskCreated, DependencyResolved, TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated,
+                                TaskQueued, SlotGranted, TaskReleased})
 #: Follow-ups applied at once whose place in the fold matters: they carry ``cause``.
-CAUSED = (TaskQueued, TaskRetryScheduled)
+CAUSED = (TaskQueued, TaskRetryScheduled, TaskHeld)
 #: Most events kept per task while a trigger's follow-up is awaited; past it the log is folded as it comes.
 MAX_AWAITING = 64
 

@@ -24,6 +24,7 @@ from taskstream.schemas import (
     TaskCreated,
     TaskDeadLettered,
     TaskFailed,
+    TaskHeld,
     TaskQueued,
     TaskRedriven,
     TaskRetryScheduled,
@@ -39,6 +40,7 @@ from .decide import _decides, decided
 from .dependencies import closes_cycle
 from .evolve import (
     ACTIVE,
+    PAUSE_PREFIX,
     RESULT_BOUND,
     TERMINAL_VALUES,
     WAITING,
@@ -223,6 +225,11 @@ def _task_replay(state: TaskState, now: datetime, event: Event | None = None) ->
         out: list[Event] = [TaskQueued(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at,
                                        producer=PROCESSOR,
                                        attempt=state.attempt, priority=state.priority, due_at=due)]
+    elif state.status == Status.PENDING.value and state.waiting_for is not None and state.waiting_for.startswith(
+            PAUSE_PREFIX):
+        # Held by a pause (controls.py): the TaskHeld that held it (a fold of the log must hold it too).
+        out = [TaskHeld(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+                        attempt=state.attempt + 1, waiting_for=state.waiting_for, version=state.version - 1)]
     elif state.status == Status.PENDING.value and state.waiting_for is not None:
         # Held for a slot (slots.py): the TaskQueued that held it, as for a queued task above.
         due = event.occurred_at if isinstance(event, TaskRedriven) else state.run_at if state.attempt == 0 else None

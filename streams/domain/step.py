@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import NamedTuple
 
 from taskstream.schemas import (
+    ControlResumed,
+    ControlState,
     Event,
     ReadyTask,
     Status,
@@ -28,6 +30,7 @@ from taskstream.schemas import (
     TaskState,
 )
 
+from .controls import Held, Paused, admitted, held_instead, hold, hold_reason, releases
 from .evolve import ACTIVE, evolve
 from .order import applied_inline, stamped
 from .react import implied, owed, owed_again, reactions, ready_message, to_dependents
@@ -43,32 +46,51 @@ DependentsLookup = Callable[[], Iterable[str]] | None
 
 
 def step(state: TaskState | None, event: Event, now: datetime, producer: str,
-         dependents: DependentsLookup = None) -> tuple[TaskState | None, list[Event]]:
+         dependents: DependentsLookup = None, paused: Paused = None,
+         held: Held = None) -> tuple[TaskState | None, list[Event]]:
     """Fold ``event`` and what follows it for the same task: (the new state, every follow-up event).
 
     Follow-ups of other tasks (dependency events, a schedule's task, what the
     task owes its ``dependents`` when it ends or is re-opened) are in the list
-    too; they are folded by their own task's owner.
+    too; they are folded by their own task's owner. ``paused`` and ``held``
+    answer for the partition's pauses (``controls.py``; None: nothing is
+    paused): a task admitted while one of its targets is paused is held
+    instead, and a resumed control releases the tasks its pause held.
     """
     new = evolve(state, event)
     own = new.task_id if new is not None else None
     follow = reactions(state, new, event, now)
     if isinstance(new, TaskState) and (owing := owed(state, new, event)) is not None:
         follow += to_dependents(new, owing, _ask(new, dependents), now)
+    if paused is not None and isinstance(new, TaskState) and any(
+            isinstance(e, TaskQueued) and e.task_id == own for e in follow):
+        if (reason := hold_reason(new, paused)) is not None:
+            follow = held_instead(follow, new, reason)
+    elif isinstance(new, ControlState) and isinstance(event, ControlResumed) and new is not state:
+        follow += releases(new, held, now)
     follow = stamped(follow, producer, own, event)
     for e in follow:
         if applied_inline(e, own):
             new = evolve(new, e)
+    if paused is not None and admitted(state, new):
+        assert isinstance(new, TaskState)
+        if (reason := hold_reason(new, paused)) is not None:
+            # Admitted by the event itself (a relay's or a release's TaskQueued, a slot granted): taken back.
+            held_now = stamped([hold(new, reason, now)], producer, own, event)
+            new = evolve(new, held_now[0])
+            follow += held_now
     # What the whole step (the event and the follow-ups applied at once) owes a concurrency key's gate.
     return new, follow + stamped(slot_messages(state, new, now), producer, own, event)
 
 
 def replay(state: TaskState, event: Event, now: datetime, producer: str,
-           dependents: DependentsLookup = None) -> list[Event]:
+           dependents: DependentsLookup = None, held: Held = None) -> list[Event]:
     """The follow-ups of a state's last event, sent again when that event is read twice (crash repair)."""
     again = implied(state, now, event)
     if isinstance(state, TaskState) and (owing := owed_again(state, event)) is not None:
         again += to_dependents(state, owing, _ask(state, dependents), now)
+    if isinstance(state, ControlState) and isinstance(event, ControlResumed):
+        again += releases(state, held, now)  # the tasks still held: their releases may not have been sent
     return stamped(again, producer, state.task_id, event)
 
 

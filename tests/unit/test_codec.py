@@ -117,7 +117,9 @@ def _sample(name: str):
         "SlotGranted": lambda: RECORD_TYPES[name](**base, gate_id="concurrency:k", attempt=1),
         "ControlPaused": lambda: RECORD_TYPES[name](**control, reason="deploy", actor="k1"),
         "ControlResumed": lambda: RECORD_TYPES[name](**control, actor="k1"),
-        "TaskHeld": lambda: RECORD_TYPES[name](**base, attempt=1, waiting_for="paused:handler:h", cause="e1"),
+        "TaskHeld": lambda: RECORD_TYPES[name](**base, attempt=1, waiting_for="paused:handler:h", version=3,
+                                               cause="e1"),
+        "TaskReleased": lambda: RECORD_TYPES[name](**base, attempt=1, waiting_for="paused:handler:h"),
         "ControlState": lambda: RECORD_TYPES[name](
             control_id="control:0:handler:h", target="handler:h", partition=0, created_at=T0, updated_at=T0,
             paused=True, paused_at=T0, paused_by="k1",

@@ -88,7 +88,8 @@ RELEASED = {
     ("ControlPaused", 8): "0370ae7aff0d8e37",  # schema set 8: pause and resume (issue 28)
     ("ControlResumed", 8): "87d87a2ed64f5588",  # schema set 8: pause and resume (issue 28)
     ("ControlState", 8): "b7ed8b19fe6f9044",  # schema set 8: pause and resume (issue 28)
-    ("TaskHeld", 8): "477bf5c71d55e635",  # schema set 8: pause and resume (issue 28)
+    ("TaskHeld", 8): "9b11726e9efbd87e",  # schema set 8: pause and resume (issue 28)
+    ("TaskReleased", 8): "c0bf372c3f60d0f1",  # schema set 8: pause and resume (issue 28)
     ("TaskCreated", 7): "e7dd251bc5864a49",  # schema set 7: concurrency keys (issue 28)
     ("TaskState", 7): "294b4f83f7130513",  # schema set 7: concurrency keys (issue 28)
 }
