@@ -414,6 +414,10 @@ from .workers import workers as _workers  # noqa: E402  (through the HTTP client
 
 main.add_command(_workers)
 
+from .pauses import handlers as _handlers  # noqa: E402  (handlers pause|resume|paused; workflows pause|resume)
+
+main.add_command(_handlers)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -294,6 +294,20 @@ def backfill_schedule(schedule_id: str, body: dict[str, Any]) -> Call[dict[str, 
     return Call("POST", f"{API}/schedules/{_id(schedule_id)}:backfill", lambda r: r.json(), json=body)
 
 
+# ---------------------------------------------------------------- pauses
+
+
+def change_pause(kind: str, name: str, action: str, reason: str = "") -> Call[dict[str, Any]]:
+    """``POST /handlers/{handler}:pause`` or ``:resume``, ``POST /workflows/{id}:pause`` or ``:resume``."""
+    return Call("POST", f"{API}/{kind}s/{_id(name)}:{action}", lambda r: r.json(),
+                params=[("reason", reason)] if reason else [])
+
+
+def pauses(kind: str | None) -> Call[list[dict[str, Any]]]:
+    """``GET /pauses``: every paused handler and workflow."""
+    return Call("GET", f"{API}/pauses", lambda r: r.json()["pauses"], params=[("kind", kind)] if kind else [])
+
+
 # ------------------------------------------------------------------- ops
 
 

@@ -263,6 +263,28 @@ class _Operations:
         """Create the schedule's task now; the schedule's ``last_task_id`` is the new task's id."""
         return self._send(calls.change_schedule(schedule_id, "run"))
 
+    def pause_handler(self, handler: str, *, reason: str = "") -> dict[str, Any]:
+        """Queue nothing new of ``handler`` until ``resume_handler``: its tasks wait ``pending`` with
+        ``waiting_for: "paused:handler:<handler>"``; attempts already queued or running finish."""
+        return self._send(calls.change_pause("handler", handler, "pause", reason))
+
+    def resume_handler(self, handler: str) -> dict[str, Any]:
+        """Queue ``handler``'s tasks again, the ones its pause held first."""
+        return self._send(calls.change_pause("handler", handler, "resume"))
+
+    def pause_workflow(self, workflow_id: str, *, reason: str = "") -> dict[str, Any]:
+        """Queue nothing new of workflow ``workflow_id`` until ``resume_workflow`` (as ``pause_handler``)."""
+        return self._send(calls.change_pause("workflow", workflow_id, "pause", reason))
+
+    def resume_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """Queue the workflow's tasks again, the ones its pause held first."""
+        return self._send(calls.change_pause("workflow", workflow_id, "resume"))
+
+    def pauses(self, *, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every paused handler and workflow (``kind``: only ``handler`` or ``workflow``): kind, name,
+        paused_at, paused_by, reason."""
+        return self._send(calls.pauses(kind))
+
     def backfill_schedule(self, schedule_id: str, start: datetime | str, end: datetime | str, *,
                           overlap: str = "skip", max_concurrent: int | None = None) -> dict[str, Any]:
         """Run a schedule for its past cron times in ``start``..``end`` (inclusive): the answer names each
@@ -523,6 +545,11 @@ class AsyncClient(_Operations):
         async def pause_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]
         async def resume_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
         async def run_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
+        async def pause_handler(self, handler: str, *, reason: str = "") -> dict[str, Any]: ...  # type: ignore[override]
+        async def resume_handler(self, handler: str) -> dict[str, Any]: ...  # type: ignore[override]
+        async def pause_workflow(self, workflow_id: str, *, reason: str = "") -> dict[str, Any]: ...  # type: ignore[override]
+        async def resume_workflow(self, workflow_id: str) -> dict[str, Any]: ...  # type: ignore[override]
+        async def pauses(self, *, kind: str | None = None) -> list[dict[str, Any]]: ...  # type: ignore[override]
         async def backfill_schedule(self, schedule_id: str, start: datetime | str,  # type: ignore[override]
                                     end: datetime | str, *, overlap: str = "skip",
                                     max_concurrent: int | None = None) -> dict[str, Any]: ...

@@ -68,6 +68,7 @@ from taskstream.schemas import (
     DecodeError,
     DependencyRegistered,
     Event,
+    ControlState,
     GateState,
     ScheduleState,
     Settings,
@@ -97,7 +98,7 @@ IGNORED_FIELDS = frozenset({"last_offset"})
 POOL_THRESHOLD = 100_000
 READ_BATCH = 10_000
 
-State: TypeAlias = TaskState | ScheduleState | GateState
+State: TypeAlias = TaskState | ScheduleState | GateState | ControlState
 
 
 class RebuildError(Exception):
@@ -131,7 +132,7 @@ MISSING = "<missing>"
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, (TaskState, ScheduleState, GateState)):
+    if isinstance(value, (TaskState, ScheduleState, GateState, ControlState)):
         return type(value).__name__
     return value
 
@@ -362,7 +363,7 @@ def read_live(settings: Settings, ends: Mapping[int, int], edges: set[bytes] | N
                 except DecodeError:
                     log.warning("undecodable record in %s[%d]@%d", topic, m.partition(), m.offset())
                     continue
-                if isinstance(value, (TaskState, ScheduleState, GateState)):
+                if isinstance(value, (TaskState, ScheduleState, GateState, ControlState)):
                     live[key] = value
     finally:
         consumer.close()

@@ -1,0 +1,100 @@
+"""`taskstream handlers pause|resume|paused` and `taskstream workflows pause|resume`, through the HTTP client.
+
+A paused handler or workflow queues nothing new (its tasks wait ``pending``
+with ``waiting_for: "paused:handler:<name>"``) until it is resumed;
+attempts already queued or running finish. Like the task commands these talk
+to a running API (``--url``); ``--json`` prints the API's answer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .tasks import _client, _json_option, _url_option, workflows
+
+
+def pauses_table(pauses: list[dict[str, Any]]) -> Table:
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for name in ("KIND", "NAME", "PAUSED AT (UTC)", "BY", "REASON"):
+        table.add_column(name, no_wrap=name != "REASON")
+    for p in pauses:
+        table.add_row(p["kind"], p["name"], (p.get("paused_at") or "")[:19].replace("T", " "),
+                      p.get("paused_by") or "", p.get("reason") or "")
+    if not pauses:
+        table.add_row("(nothing is paused)", "", "", "", "")
+    return table
+
+
+def _emit(pause: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(pause, ensure_ascii=False))
+    else:
+        state = "paused" if pause["paused"] else "resumed"
+        click.echo(f"{pause['kind']} {pause['name']} {state}")
+
+
+@click.group()
+def handlers() -> None:
+    """Pause and resume handlers (nothing new of a paused handler is queued)."""
+
+
+@handlers.command("pause")
+@click.argument("handler")
+@click.option("--reason", default="")
+@_url_option
+@_json_option
+def handlers_pause(handler, reason, url, as_json) -> None:
+    """Queue nothing new of HANDLER until `resume` (running attempts finish)."""
+    with _client(url) as client:
+        _emit(client.pause_handler(handler, reason=reason), as_json)
+
+
+@handlers.command("resume")
+@click.argument("handler")
+@_url_option
+@_json_option
+def handlers_resume(handler, url, as_json) -> None:
+    """Queue HANDLER's tasks again, the ones its pause held first."""
+    with _client(url) as client:
+        _emit(client.resume_handler(handler), as_json)
+
+
+@handlers.command("paused")
+@_url_option
+@_json_option
+def handlers_paused(url, as_json) -> None:
+    """The paused handlers and workflows."""
+    from ._render import show
+
+    with _client(url) as client:
+        found = client.pauses()
+    if as_json:
+        for p in found:
+            click.echo(json.dumps(p, ensure_ascii=False))
+    else:
+        show(pauses_table(found))
+
+
+@workflows.command("pause")
+@click.argument("workflow_id", metavar="ID")
+@click.option("--reason", default="")
+@_url_option
+@_json_option
+def workflows_pause(workflow_id, reason, url, as_json) -> None:
+    """Queue nothing new of the workflow's tasks until `resume` (running attempts finish)."""
+    with _client(url) as client:
+        _emit(client.pause_workflow(workflow_id, reason=reason), as_json)
+
+
+@workflows.command("resume")
+@click.argument("workflow_id", metavar="ID")
+@_url_option
+@_json_option
+def workflows_resume(workflow_id, url, as_json) -> None:
+    """Queue the workflow's tasks again, the ones its pause held first."""
+    with _client(url) as client:
+        _emit(client.resume_workflow(workflow_id), as_json)
