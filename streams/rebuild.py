@@ -65,10 +65,10 @@ from typing import Any, TypeAlias
 
 from taskstream.schemas import (
     BrokerUnavailable,
+    ControlState,
     DecodeError,
     DependencyRegistered,
     Event,
-    ControlState,
     GateState,
     ScheduleState,
     Settings,
