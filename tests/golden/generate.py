@@ -24,6 +24,8 @@ the TaskState keeps them beside ``error``), folded by the code of that change.
 7 = issue 28: concurrency keys (TaskCreated/TaskState ``concurrency_*``,
 ``waiting_for``; SlotRequested, SlotGranted, SlotReleased and the gate's
 GateState); its ``concurrency`` history is folded by the code of issue 28.
+8 = issue 28: pause and resume (ControlPaused, ControlResumed, ControlState,
+TaskHeld, TaskReleased); its ``pause`` history is folded by the code of that change.
 A release's logs are never regenerated once committed: they are what that
 release wrote. ``encode`` for a new release only, or for a history a release
 lacked, by name (``encode 4 schedule``, then ``states 4 schedule`` with that
@@ -52,7 +54,8 @@ HISTORY = REPO / "schemas" / "avro" / "history"
 RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
             5: "retry_delay_s and schedule_id (issue 23)",
             6: "error_type and traceback (issue 26); schedule pause, resume, run now, backfill (issues 26, 29)",
-            7: "concurrency keys (issue 28)"}
+            7: "concurrency keys (issue 28)",
+            8: "pause and resume of handlers and workflows (issue 28)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
@@ -232,6 +235,24 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             ev("SlotGranted", "t-k2", 0.52, gate_id=gate, attempt=1),
             ev("TaskCancelled", "t-k2", 0.6, reason="no longer needed"),
             slot("SlotReleased", 0.61, holder="t-k2", attempt=1),
+        ]
+    if version >= 8:
+        # A handler paused in partition 0: a task created there is held, then released by the resume and runs.
+        ctl, paused = "control:0:handler:echo", "paused:handler:echo"
+
+        def control(kind: str, t: float, **fields) -> tuple[str, dict]:
+            return ev(kind, ctl, t, control_id=ctl, target="handler:echo", partition=0, producer="api-golden",
+                      actor="key-golden", **fields)
+
+        first = created("t-p1", 0.1)
+        logs["pause"] = [
+            control("ControlPaused", 0, reason="deploy"),
+            first,
+            ev("TaskHeld", "t-p1", 0.11, attempt=1, waiting_for=paused, version=1, cause=first[1]["event_id"]),
+            control("ControlResumed", 5),
+            ev("TaskReleased", "t-p1", 5.01, attempt=1, waiting_for=paused),
+            ev("TaskStarted", "t-p1", 5.2, attempt=1),
+            ev("TaskSucceeded", "t-p1", 5.5, attempt=1, result="null"),
         ]
     return logs
 

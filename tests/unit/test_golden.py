@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstream.schemas import GateState, ScheduleCreated, ScheduleState, TaskCreated, TaskFailed, TaskState, codec
+from taskstream.schemas import ControlState, GateState, ScheduleCreated, ScheduleState, TaskCreated, TaskFailed, TaskState, codec
 from taskstream.schemas.events import ApiKey, WorkerReport
 from taskstream.streams import domain
 
@@ -79,6 +79,8 @@ def test_golden_log_decodes_and_folds_to_the_recorded_state(path):
             assert {"schedule_id", "status", "next_fire_at", "last_task_id", "fired", "skipped", "version"} <= common
         elif isinstance(state, GateState):
             assert {"gate_id", "limit", "holders", "waiting", "granted", "version"} <= common
+        elif isinstance(state, ControlState):
+            assert {"control_id", "target", "partition", "paused", "paused_by", "version"} <= common
         else:
             assert {"task_id", "status", "attempt", "version", "result", "error"} <= common
         assert {k: got[k] for k in common} == {k: expected[k] for k in common}, task_id
