@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from taskstream.schemas import ControlState, GateState, ScheduleCreated, ScheduleState, TaskCreated, TaskFailed, TaskState, codec
+from taskstream.schemas import (
+    ControlState,
+    GateState,
+    ScheduleCreated,
+    ScheduleState,
+    TaskCreated,
+    TaskFailed,
+    TaskState,
+    codec,
+)
 from taskstream.schemas.events import ApiKey, WorkerReport
 from taskstream.streams import domain
 
