@@ -724,12 +724,39 @@ function countsText(counts) {
   return Object.entries(counts || {}).map(([s, n]) => `${n} ${s}`).join(", ");
 }
 
+// A handler's or workflow's pause: POST /api/v1/{kind}s/{name}:pause|:resume, then ``done()``.
+async function setPaused(kind, name, action, out, done) {
+  try {
+    await api(`/api/v1/${kind}s/${encodeURIComponent(name)}:${action}`, { method: "POST" });
+    out.className = "ok";
+    out.textContent = action === "pause" ? "paused" : "resumed";
+  } catch (e) {
+    out.className = "error";
+    out.textContent = `${action} refused: ${e.message}`;
+  }
+  done();
+}
+
+async function pausedNames(kind) {
+  const { data } = await api(`/api/v1/pauses?kind=${kind}`);
+  return new Set(data.pauses.map((p) => p.name));
+}
+
 function pageWorkflow() {
   const wid = document.body.dataset.workflowId;
   let last = "";
+  async function showPause() {
+    const paused = (await pausedNames("workflow")).has(wid);
+    $("wf-paused").hidden = !paused;
+    $("wf-pause").disabled = paused;
+    $("wf-resume").disabled = !paused;
+  }
+  $("wf-pause").addEventListener("click", () => setPaused("workflow", wid, "pause", $("wf-result"), showPause));
+  $("wf-resume").addEventListener("click", () => setPaused("workflow", wid, "resume", $("wf-result"), showPause));
   every(2000, async () => {
     try {
       const { data } = await api(`/api/v1/workflows/${encodeURIComponent(wid)}`);
+      await showPause();
       showProblem("wf-error", null);
       const st = $("wf-status");
       st.className = `badge status-${data.status}`;
@@ -973,10 +1000,12 @@ function partitionChips(partitions) {
 }
 
 function pageWorkers() {
+  let paused = new Set();
   async function load() {
     const q = new URLSearchParams();
     if ($("wk-status").value) q.set("status", $("wk-status").value);
     try {
+      paused = await pausedNames("handler");
       const { data } = await api(`/api/v1/workers${q.toString() ? `?${q}` : ""}`);
       showProblem("wk-error", data.problem ? { status: 0, message: data.problem, problem: { title: "Behind" } } : null);
       const alive = data.workers.filter((w) => w.status === "alive").length;
@@ -993,13 +1022,21 @@ function pageWorkers() {
           el("td", { text: w.host }), el("td", { text: w.pid }),
           el("td", { class: "in-flight", text: `${w.in_flight}/${w.concurrency}` }), el("td", {}, running),
           el("td", { class: "partitions" }, partitionChips(w.partitions)),
-          el("td", { class: "handlers" }, el("span", { class: "chips" }, w.handlers.map((h) => el("span", { class: "chip", text: h })))),
+          el("td", { class: "handlers" }, el("span", { class: "chips" }, w.handlers.map((h) => handlerChip(h)))),
           el("td", { text: fmtTime(w.started_at) }), el("td", { class: "last-seen", text: ago(w.last_seen), title: fmtTime(w.last_seen) })));
       }
       stamp();
     } catch (e) {
       showProblem("wk-error", e);
     }
+  }
+  // A handler chip: click to pause it, or to resume it while it is paused (badge ``paused``).
+  function handlerChip(h) {
+    const on = paused.has(h);
+    const chip = el("button", { type: "button", class: on ? "chip handler-paused" : "chip", "data-handler": h,
+                                text: on ? `${h} (paused)` : h, title: on ? "paused: click to resume" : "click to pause" });
+    chip.addEventListener("click", () => setPaused("handler", h, on ? "resume" : "pause", $("wk-result"), load));
+    return chip;
   }
   $("wk-status").addEventListener("change", load);
   every(2000, () => ($("live").checked ? load() : null));
