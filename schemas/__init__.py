@@ -25,6 +25,7 @@ from .events import (
     SCHEDULE_EVENT_TYPES,
     TERMINAL,
     ControlEvent,
+    ControlLimited,
     ControlPaused,
     ControlResumed,
     ControlState,
@@ -86,6 +87,6 @@ __all__ = [
     "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id", "SchedulePaused",
     "ScheduleResumed", "ScheduleTriggered", "ScheduleBackfilled",
     "GATE_EVENT_TYPES", "GateEvent", "GateState", "SlotGranted", "SlotReleased", "SlotRequested",
-    "CONTROL_EVENT_TYPES", "ControlEvent", "ControlPaused", "ControlResumed", "ControlState", "TaskHeld",
-    "TaskReleased",
+    "CONTROL_EVENT_TYPES", "ControlEvent", "ControlLimited", "ControlPaused", "ControlResumed", "ControlState",
+    "TaskHeld", "TaskReleased",
 ]

@@ -588,6 +588,15 @@ class ControlPaused(ControlEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ControlLimited(ControlEvent):
+    """At most ``limit`` attempts of the handler ``target`` queued or running at once (None: no limit): a task
+    of it without a concurrency key of its own is admitted through the gate ``concurrency:<target>``."""
+
+    limit: int | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ControlResumed(ControlEvent):
     """``target`` is no longer paused in this partition: the tasks the pause held there are queued."""
 
@@ -605,6 +614,7 @@ class TaskHeld(TaskEvent):
     waiting_for: str
     version: int
     cause: str | None = None
+    concurrency_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -629,6 +639,7 @@ class ControlState:
     paused_at: datetime | None = None
     paused_by: str | None = None
     reason: str = ""
+    limit: int | None = None
     version: int = 0
     last_offset: int = -1
 
@@ -718,11 +729,12 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SlotGranted,
     ControlPaused,
     ControlResumed,
+    ControlLimited,
     TaskHeld,
     TaskReleased,
 )
 #: Types of the events about a flow control's copy in one partition (``ControlState``).
-CONTROL_EVENT_TYPES: tuple[type[ControlEvent], ...] = (ControlPaused, ControlResumed)
+CONTROL_EVENT_TYPES: tuple[type[ControlEvent], ...] = (ControlPaused, ControlResumed, ControlLimited)
 #: Types of the events about a concurrency key's slots (``GateState``).
 GATE_EVENT_TYPES: tuple[type[GateEvent], ...] = (SlotRequested, SlotReleased)
 #: Every type the codec knows, by Avro record name.

@@ -125,7 +125,7 @@ class Step(NamedTuple):
 def fold_step(
     topics: Topics, state: TaskState | None, value: bytes, offset: int, partition: int, now: datetime, producer: str,
     *, wire: codec.WireFormat = codec.SINGLE_OBJECT, dependents: domain.DependentsLookup = None,
-    replay: bool = True, paused: domain.Paused = None, held: domain.Held = None,
+    replay: bool = True, paused: domain.Paused = None, held: domain.Held = None, limits: domain.Limits = None,
 ) -> Step:
     """Fold one message of ``<p>.events`` through ``domain.step`` (pure apart from the clock passed in).
 
@@ -147,7 +147,7 @@ def fold_step(
         return Step(None, [])
     edge = domain.recorded(state, event)
     try:
-        new, follow = domain.step(state, event, now, producer, dependents, paused, held)
+        new, follow = domain.step(state, event, now, producer, dependents, paused, held, limits)
         outputs = _outputs(topics, wire, domain.effects(state, new, event, follow, now, producer), new, partition)
         failed = None
     except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
@@ -163,20 +163,29 @@ class Pauses:
     write): the targets paused there, and the keys of the tasks each ``paused:<target>`` holds, so a resume
     finds them without a scan and a partition without pauses pays one dict lookup per event."""
 
-    __slots__ = ("paused", "holding")
+    __slots__ = ("paused", "holding", "limits")
 
     def __init__(self) -> None:
         self.paused: set[str] = set()
         self.holding: dict[str, dict[bytes, None]] = {}
+        self.limits: dict[str, int] = {}
 
     def lookup(self) -> domain.Paused:
         """The ``paused`` lookup of ``domain.step``: None while nothing is paused in the partition."""
         return self.paused.__contains__ if self.paused else None
 
+    def limit_lookup(self) -> domain.Limits:
+        """The ``limits`` lookup of ``domain.step``: None while no handler has a limit in the partition."""
+        return self.limits.get if self.limits else None
+
     def changed(self, key: bytes, before: object, after: object) -> None:
         """Record a state write (``before`` -> ``after``) of ``key``."""
         if isinstance(after, ControlState):
             (self.paused.add if after.paused else self.paused.discard)(after.target)
+            if after.limit is not None:
+                self.limits[after.target] = after.limit
+            else:
+                self.limits.pop(after.target, None)
             return
         was = before.waiting_for if domain.paused_hold(before) else None
         now = after.waiting_for if domain.paused_hold(after) else None
@@ -678,6 +687,7 @@ class Processor(Hooks):
                              dependents=lambda: table_dependents(table, key.decode(), state),
                              replay=not self.exactly_once,
                              paused=pauses.lookup() if pauses is not None else None,
+                             limits=pauses.limit_lookup() if pauses is not None else None,
                              held=(lambda reason: pauses.held_states(reason, table, self.wire))
                              if pauses is not None else None)
             value = self.wire.encode(step.state) if step.state is not None else b""

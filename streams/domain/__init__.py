@@ -77,6 +77,8 @@ from .controls import (
     HANDLER,
     WORKFLOW,
     Held,
+    Limits,
+    LimitTarget,
     Paused,
     PauseTarget,
     ResumeTarget,
@@ -198,6 +200,7 @@ __all__ = [
     "BackfillSchedule", "MAX_BACKFILL", "OVERLAPS", "backfill_task_id", "backfill_times",
     "GATE_PREFIX", "gate_id", "grants", "concurrency_key_of", "gated", "held",
     "slot_attempt", "slot_messages", "slot_replay",
-    "CONTROL_PREFIX", "HANDLER", "WORKFLOW", "Held", "Paused", "PauseTarget", "ResumeTarget", "admitted",
+    "CONTROL_PREFIX", "HANDLER", "WORKFLOW", "Held", "Limits", "LimitTarget", "Paused", "PauseTarget",
+    "ResumeTarget", "admitted",
     "control_id", "hold_reason", "paused_hold", "releases", "target", "targets_of", "PAUSE_PREFIX",
 ]

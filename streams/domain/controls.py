@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import TypeGuard
 
 from taskstream.schemas import (
+    ControlLimited,
     ControlPaused,
     ControlResumed,
     ControlState,
@@ -41,9 +42,10 @@ from taskstream.schemas import (
     TaskState,
     ValidationError,
 )
+from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT
 
 from .decide import _decides
-from .evolve import PAUSE_PREFIX, WAITING, _bump, _deps_met, _on, _queued
+from .evolve import GATE_PREFIX, PAUSE_PREFIX, WAITING, _bump, _deps_met, _on, _queued, gate_id
 from .ids import PROCESSOR, UNSET
 from .slots import held as slot_held
 
@@ -56,6 +58,8 @@ MAX_TARGET_CHARS = 200
 
 #: Is ``target`` paused in the partition being stepped? (the processor's table; None: nothing is paused)
 Paused = Callable[[str], bool] | None
+#: The limit of handler ``target`` in the partition being stepped, or None (None: no handler has one)
+Limits = Callable[[str], int | None] | None
 #: The states of the partition's tasks that wait for ``waiting_for`` (``paused:<target>``), asked at a resume.
 Held = Callable[[str], Iterable[TaskState]] | None
 
@@ -97,6 +101,20 @@ def hold_reason(state: TaskState, paused: Paused) -> str | None:
     return None
 
 
+def hold_of(state: TaskState, paused: Paused, limits: Limits) -> tuple[str, int | None] | None:
+    """What holds a task being admitted: ``(paused:<target>, None)`` while one of its targets is paused;
+    ``(concurrency:handler:<name>, limit)`` when its handler has a limit and the task has no concurrency key of
+    its own (from then on it is admitted through that gate, ``gates.py``); else None."""
+    reason = hold_reason(state, paused)
+    if reason is not None:
+        return reason, None
+    if limits is not None and not state.concurrency_key:
+        limit = limits(f"{HANDLER}:{state.handler}")
+        if limit is not None:
+            return gate_id(f"{HANDLER}:{state.handler}"), limit
+    return None
+
+
 def admitted(before: object, after: object) -> bool:
     """True when a step admits a task's attempt: newly ``queued``, or newly waiting for a concurrency slot."""
     if not isinstance(after, TaskState):
@@ -109,20 +127,20 @@ def admitted(before: object, after: object) -> bool:
     return False
 
 
-def held_instead(follow: list[Event], state: TaskState, reason: str) -> list[Event]:
+def held_instead(follow: list[Event], state: TaskState, reason: str, limit: int | None = None) -> list[Event]:
     """``follow`` with the task's own TaskQueued replaced by the TaskHeld of the same attempt, of ``state``."""
     own = state.task_id
     return [TaskHeld(event_id=UNSET, task_id=e.task_id, occurred_at=e.occurred_at, producer=e.producer,
-                     attempt=e.attempt, waiting_for=reason, version=state.version)
+                     attempt=e.attempt, waiting_for=reason, version=state.version, concurrency_limit=limit)
             if isinstance(e, TaskQueued) and e.task_id == own else e
             for e in follow]
 
 
-def hold(state: TaskState, reason: str, now: datetime) -> TaskHeld:
+def hold(state: TaskState, reason: str, now: datetime, limit: int | None = None) -> TaskHeld:
     """The TaskHeld of the attempt ``state`` was just admitted for (``admitted``)."""
     attempt = state.attempt if state.status == Status.QUEUED.value else state.attempt + 1
     return TaskHeld(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=attempt,
-                    waiting_for=reason, version=state.version)
+                    waiting_for=reason, version=state.version, concurrency_limit=limit)
 
 
 def releases(state: ControlState, held: Held, now: datetime) -> list[Event]:
@@ -151,6 +169,18 @@ class PauseTarget:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LimitTarget:
+    """At most ``limit`` attempts of handler ``target`` queued or running at once (None: no limit), in each of
+    ``partitions`` partitions (``ControlLimited``, one copy per partition)."""
+
+    target: str
+    partitions: int
+    producer: str
+    limit: int | None
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ResumeTarget:
     """Resume ``target`` in each of ``partitions`` partitions (``ControlResumed``, one copy per partition)."""
 
@@ -170,6 +200,17 @@ def _copies(partitions: int) -> range:
 def _pause(state: ControlState | None, c: PauseTarget, now: datetime) -> list[Event]:
     return [ControlPaused(event_id=UNSET, control_id=control_id(p, c.target), target=c.target, partition=p,
                           occurred_at=now, producer=c.producer, reason=c.reason, actor=c.actor)
+            for p in _copies(c.partitions)]
+
+
+@_decides(LimitTarget, ControlState)
+def _limit(state: ControlState | None, c: LimitTarget, now: datetime) -> list[Event]:
+    if not c.target.startswith(f"{HANDLER}:"):
+        raise ValidationError("target", "only a handler has a limit")
+    if c.limit is not None and not 1 <= c.limit <= MAX_CONCURRENCY_LIMIT:
+        raise ValidationError("limit", f"a limit is 1 to {MAX_CONCURRENCY_LIMIT}")
+    return [ControlLimited(event_id=UNSET, control_id=control_id(p, c.target), target=c.target, partition=p,
+                           occurred_at=now, producer=c.producer, limit=c.limit, actor=c.actor)
             for p in _copies(c.partitions)]
 
 
@@ -201,20 +242,33 @@ def _on_resumed(state: ControlState | None, e: ControlResumed) -> ControlState |
                    paused_by=e.actor, reason="")
 
 
+@_on(ControlLimited, ControlState)
+def _on_limited(state: ControlState | None, e: ControlLimited) -> ControlState | None:
+    if (state.limit if state is not None else None) == e.limit:
+        return state
+    c = state or ControlState(control_id=e.control_id, target=e.target, partition=e.partition,
+                              created_at=e.occurred_at, updated_at=e.occurred_at)
+    return replace(c, updated_at=e.occurred_at, version=c.version + 1, limit=e.limit)
+
+
 @_on(TaskHeld)
 def _on_held(state: TaskState | None, e: TaskHeld) -> TaskState | None:
     """Attempt ``e.attempt`` waits for ``e.waiting_for`` instead of being queued (or of waiting for a slot)."""
     if state is None or state.version != e.version:
         return state  # not the state the processor held: already held, or changed since (a copy sent again)
+    # A hold by a handler limit gives the task the handler's gate as its concurrency key from now on.
+    gate = dict(concurrency_key=e.waiting_for[len(GATE_PREFIX):], concurrency_limit=e.concurrency_limit) if (
+        e.concurrency_limit is not None and e.waiting_for.startswith(GATE_PREFIX)) else {}
     if state.status == Status.QUEUED.value and e.attempt == state.attempt:
         # Admitted by an event the processor folded (a relay's TaskQueued, a grant): not started, taken back.
         return _bump(state, e.occurred_at, status=Status.PENDING.value, attempt=state.attempt - 1,
-                     waiting_for=e.waiting_for, retry_at=None)
+                     waiting_for=e.waiting_for, retry_at=None, **gate)
     if e.attempt != state.attempt + 1:
         return state
     if slot_held(state) or (state.status in WAITING and state.waiting_for is None
                             and (state.status != Status.PENDING.value or _deps_met(state))):
-        return _bump(state, e.occurred_at, status=Status.PENDING.value, waiting_for=e.waiting_for, retry_at=None)
+        return _bump(state, e.occurred_at, status=Status.PENDING.value, waiting_for=e.waiting_for, retry_at=None,
+                     **gate)
     return state
 
 

@@ -30,7 +30,7 @@ from taskstream.schemas import (
     TaskState,
 )
 
-from .controls import Held, Paused, admitted, held_instead, hold, hold_reason, releases
+from .controls import Held, Limits, Paused, admitted, held_instead, hold, hold_of, releases
 from .evolve import ACTIVE, evolve
 from .order import applied_inline, stamped
 from .react import implied, owed, owed_again, reactions, ready_message, to_dependents
@@ -47,36 +47,38 @@ DependentsLookup = Callable[[], Iterable[str]] | None
 
 def step(state: TaskState | None, event: Event, now: datetime, producer: str,
          dependents: DependentsLookup = None, paused: Paused = None,
-         held: Held = None) -> tuple[TaskState | None, list[Event]]:
+         held: Held = None, limits: Limits = None) -> tuple[TaskState | None, list[Event]]:
     """Fold ``event`` and what follows it for the same task: (the new state, every follow-up event).
 
     Follow-ups of other tasks (dependency events, a schedule's task, what the
     task owes its ``dependents`` when it ends or is re-opened) are in the list
-    too; they are folded by their own task's owner. ``paused`` and ``held``
-    answer for the partition's pauses (``controls.py``; None: nothing is
-    paused): a task admitted while one of its targets is paused is held
-    instead, and a resumed control releases the tasks its pause held.
+    too; they are folded by their own task's owner. ``paused``, ``held`` and
+    ``limits`` answer for the partition's pauses and handler limits
+    (``controls.py``; None: none): a task admitted while one of its targets
+    is paused is held instead, one whose handler has a limit goes through
+    the handler's gate, and a resumed control releases what its pause held.
     """
     new = evolve(state, event)
     own = new.task_id if new is not None else None
     follow = reactions(state, new, event, now)
     if isinstance(new, TaskState) and (owing := owed(state, new, event)) is not None:
         follow += to_dependents(new, owing, _ask(new, dependents), now)
-    if paused is not None and isinstance(new, TaskState) and any(
+    controlled = paused is not None or limits is not None
+    if controlled and isinstance(new, TaskState) and any(
             isinstance(e, TaskQueued) and e.task_id == own for e in follow):
-        if (reason := hold_reason(new, paused)) is not None:
-            follow = held_instead(follow, new, reason)
+        if (why := hold_of(new, paused, limits)) is not None:
+            follow = held_instead(follow, new, *why)
     elif isinstance(new, ControlState) and isinstance(event, ControlResumed) and new is not state:
         follow += releases(new, held, now)
     follow = stamped(follow, producer, own, event)
     for e in follow:
         if applied_inline(e, own):
             new = evolve(new, e)
-    if paused is not None and admitted(state, new):
+    if controlled and admitted(state, new):
         assert isinstance(new, TaskState)
-        if (reason := hold_reason(new, paused)) is not None:
+        if (why := hold_of(new, paused, limits)) is not None:
             # Admitted by the event itself (a relay's or a release's TaskQueued, a slot granted): taken back.
-            held_now = stamped([hold(new, reason, now)], producer, own, event)
+            held_now = stamped([hold(new, why[0], now, why[1])], producer, own, event)
             new = evolve(new, held_now[0])
             follow += held_now
     # What the whole step (the event and the follow-ups applied at once) owes a concurrency key's gate.

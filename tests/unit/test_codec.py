@@ -117,6 +117,7 @@ def _sample(name: str):
         "SlotGranted": lambda: RECORD_TYPES[name](**base, gate_id="concurrency:k", attempt=1),
         "ControlPaused": lambda: RECORD_TYPES[name](**control, reason="deploy", actor="k1"),
         "ControlResumed": lambda: RECORD_TYPES[name](**control, actor="k1"),
+        "ControlLimited": lambda: RECORD_TYPES[name](**control, limit=2, actor="k1"),
         "TaskHeld": lambda: RECORD_TYPES[name](**base, attempt=1, waiting_for="paused:handler:h", version=3,
                                                cause="e1"),
         "TaskReleased": lambda: RECORD_TYPES[name](**base, attempt=1, waiting_for="paused:handler:h"),

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from taskstream.schemas import (
+    ControlLimited,
     ControlPaused,
     ControlResumed,
     ControlState,
@@ -43,7 +44,7 @@ from taskstream.schemas import (
     ValidationError,
 )
 from taskstream.streams import domain
-from taskstream.streams.domain import CancelTask, PauseTarget, ResumeTarget, SubmitTask
+from taskstream.streams.domain import CancelTask, LimitTarget, PauseTarget, ResumeTarget, SubmitTask
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 PAUSED_H = "paused:handler:h"
@@ -214,6 +215,50 @@ def test_a_client_event_landing_before_the_hold_folds_in_the_processors_order():
     assert domain.fold_log([relayed, cancel, *follow], state=waiting) == live
 
 
+# ------------------------------------------------------------------ handler limits
+
+
+def test_a_limit_is_one_copy_per_partition_of_a_handler_only():
+    events = domain.decide(None, LimitTarget(target="handler:h", partitions=2, producer="api", limit=3), T0)
+    assert [(type(e), e.partition, e.limit) for e in events] == [(ControlLimited, 0, 3), (ControlLimited, 1, 3)]
+    c = domain.evolve(None, events[0])
+    assert c.limit == 3 and not c.paused and domain.evolve(c, events[0]) is c
+    (cleared,) = domain.decide(None, LimitTarget(target="handler:h", partitions=1, producer="api", limit=None), T0)
+    assert domain.evolve(c, cleared).limit is None
+    for bad in (dict(target="workflow:w", limit=1), dict(target="handler:h", limit=0)):
+        with pytest.raises(ValidationError):
+            domain.decide(None, LimitTarget(partitions=1, producer="api", **bad), T0)
+
+
+def test_a_task_of_a_limited_handler_goes_through_the_handlers_gate():
+    created = TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="h")
+    state, follow = domain.step(None, created, T0, "p", limits={"handler:h": 2}.get)
+    assert (state.status, state.waiting_for, state.concurrency_key, state.concurrency_limit) == (
+        "pending", "concurrency:handler:h", "handler:h", 2)
+    assert [type(e).__name__ for e in follow] == ["TaskHeld", "SlotRequested"]
+    assert follow[1].gate_id == "concurrency:handler:h" and follow[1].limit == 2
+    assert domain.fold_log([created, follow[0]]) == state
+    granted = SlotGranted(task_id="t1", occurred_at=T0, producer="p", gate_id="concurrency:handler:h", attempt=1)
+    queued, _ = domain.step(state, granted, T0, "p", limits={"handler:h": 2}.get)
+    assert queued.status == "queued" and queued.attempt == 1
+
+
+def test_a_task_with_a_key_of_its_own_or_of_another_handler_is_not_limited():
+    own = TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="h", concurrency_key="k",
+                      concurrency_limit=5)
+    state, _ = domain.step(None, own, T0, "p", limits={"handler:h": 2}.get)
+    assert state.waiting_for == "concurrency:k"
+    other = TaskCreated(task_id="t2", occurred_at=T0, producer="api", handler="other")
+    state, _ = domain.step(None, other, T0, "p", limits={"handler:h": 2}.get)
+    assert state.status == "queued"
+
+
+def test_a_pause_holds_before_a_limit():
+    created = TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="h")
+    state, _ = domain.step(None, created, T0, "p", paused=_paused("handler:h"), limits={"handler:h": 2}.get)
+    assert state.waiting_for == PAUSED_H and state.concurrency_key is None
+
+
 # ------------------------------------------------------------------ the property
 
 
@@ -249,11 +294,14 @@ class PausedPartition(RuleBasedStateMachine):
     def held(self, reason: str) -> list[TaskState]:
         return [s for s in self.states.values() if domain.paused_hold(s) and s.waiting_for == reason]
 
+    def limits(self) -> dict[str, int]:
+        return {s.target: s.limit for s in self.states.values() if isinstance(s, ControlState) and s.limit}
+
     def step(self, key: str, e) -> None:
         before = self.states.get(key)
-        paused = self.paused_targets()
+        paused, limits = self.paused_targets(), self.limits()
         state, follow = domain.step(before, e, self.now(), "p", paused=paused.__contains__ if paused else None,
-                                    held=self.held)
+                                    held=self.held, limits=limits.get if limits else None)
         if isinstance(state, TaskState) and state.status == "queued" and not (
                 isinstance(before, TaskState) and before.status == "queued" and before.attempt == state.attempt):
             assert not set(domain.targets_of(state)) & paused, f"{key} queued while paused"
@@ -279,6 +327,17 @@ class PausedPartition(RuleBasedStateMachine):
     def pause_or_resume(self, of, pause):
         command = (PauseTarget if pause else ResumeTarget)(target=of, partitions=1, producer="api")
         self.send(domain.decide(None, command, self.now()))
+
+    @rule(limit=st.sampled_from([None, 1, 2]))
+    def limit_handler(self, limit):
+        self.send(domain.decide(None, LimitTarget(target="handler:b", partitions=1, producer="api", limit=limit),
+                                self.now()))
+
+    @invariant()
+    def never_more_than_the_handler_limit_queued_or_running(self):
+        active = [s for s in self.states.values() if isinstance(s, TaskState) and s.status in domain.ACTIVE
+                  and s.concurrency_key == "handler:b"]
+        assert len(active) <= 2
 
     @rule(data=st.data())
     @precondition(lambda self: any(self.inbox.values()))
