@@ -293,16 +293,49 @@ async def pause_target(ctx: ApiContext, kind: str, name: str, action: str, *, re
     or ``ResumeTarget``, one copy per partition of ``<p>.events`` written to that partition; the pause as
     ``pauses`` shows it (the copies the API expects folded into the read model)."""
     target = domain.target(kind, name)
-    events_topic = Topics(ctx.settings.prefix).events
-    partitions = (await asyncio.to_thread(ctx.probe.topic_partitions)).get(events_topic, 0)
-    if partitions < 1:
-        raise BrokerUnavailable(f"topic {events_topic} has no partitions the API can see")
+    partitions = await _partitions(ctx)
     command: domain.PauseTarget | domain.ResumeTarget
     if action == "pause":
         command = domain.PauseTarget(target=target, partitions=partitions, producer=ctx.producer_id, reason=reason,
                                      actor=actor)
     else:
         command = domain.ResumeTarget(target=target, partitions=partitions, producer=ctx.producer_id, actor=actor)
+    await _write_controls(ctx, command)
+    log.info("%s %s target=%s partitions=%d", kind, action, target, partitions)
+    return _pause_json(kind, name, [c for c in list(ctx.read_model.controls.values()) if c.target == target])
+
+
+async def limit_handler(ctx: ApiContext, handler: str, limit: int | None, *,
+                        actor: str | None = None) -> dict[str, Any]:
+    """``PUT|DELETE /limits/handlers/{h}``: the decider's ``LimitTarget``, one copy per partition."""
+    target = domain.target("handler", handler)
+    command = domain.LimitTarget(target=target, partitions=await _partitions(ctx), producer=ctx.producer_id,
+                                 limit=limit, actor=actor)
+    await _write_controls(ctx, command)
+    log.info("handler limit target=%s limit=%s", target, limit)
+    return {"kind": "handler", "name": handler, "limit": limit}
+
+
+def handler_limits(ctx: ApiContext) -> list[dict[str, Any]]:
+    """Every handler with a limit (as its copies show it; the largest if they differ while one is on its way)."""
+    found: dict[str, int] = {}
+    for c in list(ctx.read_model.controls.values()):
+        if c.limit is not None and c.target.startswith("handler:"):
+            found[c.target] = max(found.get(c.target, 0), c.limit)
+    return [{"kind": "handler", "name": t.partition(":")[2], "limit": n} for t, n in sorted(found.items())]
+
+
+async def _partitions(ctx: ApiContext) -> int:
+    events_topic = Topics(ctx.settings.prefix).events
+    partitions = (await asyncio.to_thread(ctx.probe.topic_partitions)).get(events_topic, 0)
+    if partitions < 1:
+        raise BrokerUnavailable(f"topic {events_topic} has no partitions the API can see")
+    return partitions
+
+
+async def _write_controls(ctx: ApiContext, command: object) -> None:
+    """Decide ``command`` and write each copy to its own partition of ``<p>.events``; then the read model."""
+    events_topic = Topics(ctx.settings.prefix).events
     events = domain.decide(None, command, datetime.now(UTC))
     futures = [ctx.producer.send(events_topic, key=e.aggregate_id.encode(), value=encode(ctx.wire, e, "reason"),
                                  headers=codec.headers(e), partition=getattr(e, "partition", None)) for e in events]
@@ -315,8 +348,6 @@ async def pause_target(ctx: ApiContext, kind: str, name: str, action: str, *, re
         after = domain.evolve(controls.get(e.aggregate_id), e)
         if isinstance(after, ControlState):
             controls[after.control_id] = after
-    log.info("%s %s target=%s partitions=%d", kind, action, target, partitions)
-    return _pause_json(kind, name, [c for c in list(controls.values()) if c.target == target])
 
 
 def pauses(ctx: ApiContext, kind: str | None = None) -> list[dict[str, Any]]:

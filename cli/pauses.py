@@ -1,4 +1,4 @@
-"""`taskstream handlers pause|resume|paused` and `taskstream workflows pause|resume`, through the HTTP client.
+"""`taskstream handlers pause|resume|paused|limit` and `taskstream workflows pause|resume`, through the HTTP client.
 
 A paused handler or workflow queues nothing new (its tasks wait ``pending``
 with ``waiting_for: "paused:handler:<name>"``) until it is resumed;
@@ -77,6 +77,25 @@ def handlers_paused(url, as_json) -> None:
             click.echo(json.dumps(p, ensure_ascii=False))
     else:
         show(pauses_table(found))
+
+
+@handlers.command("limit")
+@click.argument("handler")
+@click.argument("limit", type=click.IntRange(min=1), required=False)
+@click.option("--clear", is_flag=True, help="end the handler's limit")
+@_url_option
+@_json_option
+def handlers_limit(handler, limit, clear, url, as_json) -> None:
+    """At most LIMIT attempts of HANDLER queued or running at once (its tasks without a concurrency key of
+    their own); --clear ends it; with neither, list every handler's limit."""
+    with _client(url) as client:
+        if clear or limit is not None:
+            answer = client.set_handler_limit(handler, None if clear else limit)
+            click.echo(json.dumps(answer) if as_json else f"handler {handler} limit {answer['limit'] or 'none'}")
+            return
+        found = [x for x in client.handler_limits() if x["name"] == handler]
+    click.echo(json.dumps(found[0] if found else {"kind": "handler", "name": handler, "limit": None}) if as_json
+               else f"handler {handler} limit {found[0]['limit'] if found else 'none'}")
 
 
 @workflows.command("pause")

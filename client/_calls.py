@@ -308,6 +308,18 @@ def pauses(kind: str | None) -> Call[list[dict[str, Any]]]:
     return Call("GET", f"{API}/pauses", lambda r: r.json()["pauses"], params=[("kind", kind)] if kind else [])
 
 
+def handler_limit(handler: str, limit: int | None) -> Call[dict[str, Any]]:
+    """``PUT /limits/handlers/{handler}`` (``DELETE`` for None)."""
+    if limit is None:
+        return Call("DELETE", f"{API}/limits/handlers/{_id(handler)}", lambda r: r.json())
+    return Call("PUT", f"{API}/limits/handlers/{_id(handler)}", lambda r: r.json(), json={"limit": limit})
+
+
+def handler_limits() -> Call[list[dict[str, Any]]]:
+    """``GET /limits/handlers``."""
+    return Call("GET", f"{API}/limits/handlers", lambda r: r.json()["limits"])
+
+
 # ------------------------------------------------------------------- ops
 
 

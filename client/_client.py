@@ -280,6 +280,15 @@ class _Operations:
         """Queue the workflow's tasks again, the ones its pause held first."""
         return self._send(calls.change_pause("workflow", workflow_id, "resume"))
 
+    def set_handler_limit(self, handler: str, limit: int | None) -> dict[str, Any]:
+        """At most ``limit`` attempts of ``handler`` queued or running at once (None: no limit), for its tasks
+        without a concurrency key of their own."""
+        return self._send(calls.handler_limit(handler, limit))
+
+    def handler_limits(self) -> list[dict[str, Any]]:
+        """Every handler with a limit: kind, name, limit."""
+        return self._send(calls.handler_limits())
+
     def pauses(self, *, kind: str | None = None) -> list[dict[str, Any]]:
         """Every paused handler and workflow (``kind``: only ``handler`` or ``workflow``): kind, name,
         paused_at, paused_by, reason."""
@@ -550,6 +559,8 @@ class AsyncClient(_Operations):
         async def pause_workflow(self, workflow_id: str, *, reason: str = "") -> dict[str, Any]: ...  # type: ignore[override]
         async def resume_workflow(self, workflow_id: str) -> dict[str, Any]: ...  # type: ignore[override]
         async def pauses(self, *, kind: str | None = None) -> list[dict[str, Any]]: ...  # type: ignore[override]
+        async def set_handler_limit(self, handler: str, limit: int | None) -> dict[str, Any]: ...  # type: ignore[override]
+        async def handler_limits(self) -> list[dict[str, Any]]: ...  # type: ignore[override]
         async def backfill_schedule(self, schedule_id: str, start: datetime | str,  # type: ignore[override]
                                     end: datetime | str, *, overlap: str = "skip",
                                     max_concurrent: int | None = None) -> dict[str, Any]: ...

@@ -1,4 +1,5 @@
-"""``/api/v1/handlers/{handler}:pause|:resume``, ``/api/v1/workflows/{id}:pause|:resume`` and ``GET /api/v1/pauses``.
+"""Pauses and handler limits: ``/handlers/{h}:pause|:resume``, ``/workflows/{id}:pause|:resume``, ``GET /pauses``,
+``PUT|DELETE /limits/handlers/{h}`` and ``GET /limits/handlers`` (under ``/api/v1``).
 
 A pause goes through the decider's ``PauseTarget`` (``ResumeTarget``): one
 ``ControlPaused`` (``ControlResumed``) per partition of ``<p>.events``, each
@@ -8,6 +9,12 @@ with ``waiting_for: "paused:handler:<name>"`` (``paused:workflow:<id>``);
 attempts already queued or running finish. A resume releases them. Pausing
 twice or resuming what is not paused changes nothing (202). The list shows
 every paused target from the read model (the processors' control copies).
+
+``PUT /limits/handlers/{h}`` with ``{"limit": N}`` (``LimitTarget``: one
+``ControlLimited`` per partition) makes every task of the handler without a
+concurrency key of its own go through the gate ``concurrency:handler:<h>``:
+at most N of its attempts queued or running at once; ``DELETE`` ends that for
+tasks admitted from then on (a task already under the gate keeps it).
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
+
+from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT
 
 from .. import service
 from ..context import Context
@@ -47,3 +57,28 @@ async def list_pauses(ctx: Context, kind: Literal["handler", "workflow"] | None 
     """Every paused handler and workflow: ``{"pauses": [{"kind", "name", "paused_at", "paused_by", "reason",
     "partitions_paused"}]}``."""
     return JSONResponse({"pauses": service.pauses(ctx, kind)})
+
+
+class LimitIn(BaseModel):
+    """``PUT /limits/handlers/{handler}``: at most ``limit`` attempts of the handler queued or running at once."""
+
+    limit: int = Field(ge=1, le=MAX_CONCURRENCY_LIMIT)
+
+
+@router.put("/limits/handlers/{handler}", status_code=202)
+async def set_handler_limit(handler: str, body: LimitIn, request: Request, ctx: Context) -> Response:
+    """Limit a handler: 202 with ``{"kind", "name", "limit"}``."""
+    return JSONResponse(await service.limit_handler(ctx, handler, body.limit, actor=actor_of(request)),
+                        status_code=202)
+
+
+@router.delete("/limits/handlers/{handler}", status_code=202)
+async def clear_handler_limit(handler: str, request: Request, ctx: Context) -> Response:
+    """End a handler's limit: 202 with ``{"kind", "name", "limit": null}``."""
+    return JSONResponse(await service.limit_handler(ctx, handler, None, actor=actor_of(request)), status_code=202)
+
+
+@router.get("/limits/handlers")
+async def list_handler_limits(ctx: Context) -> Response:
+    """Every handler with a limit: ``{"limits": [{"kind", "name", "limit"}]}``."""
+    return JSONResponse({"limits": service.handler_limits(ctx)})

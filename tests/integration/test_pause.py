@@ -4,7 +4,8 @@ A whole stack (processor, executor, API; three partitions) runs as
 ``taskstream`` processes. A paused handler starts nothing until it is resumed:
 its tasks, submitted after the pause, wait ``pending`` with ``waiting_for:
 "paused:handler:<name>"`` while tasks of another handler run; the resume
-runs every one of them. A paused workflow holds its tasks the same way.
+runs every one of them. A paused workflow holds its tasks the same way. A
+handler limit of 2 never lets more than 2 of its attempts run at once.
 ``state rebuild --verify`` finds the live tables (the pause's copies and the
 held and released tasks) equal to a fold of the log.
 """
@@ -32,6 +33,15 @@ from taskstream.executors import handler
 def record(payload, ctx):
     with open(payload["log"], "a") as f:
         f.write(f"{ctx.task_id} {time.time()}\\n")
+    return {"ok": True}
+
+@handler("pause.slow")
+def slow(payload, ctx):
+    with open(payload["log"], "a") as f:
+        f.write(f"{ctx.task_id} start {time.time()}\\n")
+    time.sleep(0.2)
+    with open(payload["log"], "a") as f:
+        f.write(f"{ctx.task_id} end {time.time()}\\n")
     return {"ok": True}
 '''
 
@@ -100,3 +110,30 @@ def test_a_paused_workflow_holds_its_next_task_until_resumed(stack):
         assert client.get(b).status == "pending"
         client.resume_workflow(wf.id)
         wait_until(lambda: client.get(b).status == "succeeded", timeout=30, interval=0.2, message="b ran")
+
+
+def _most_at_once(lines: list[str]) -> int:
+    """The most attempts between their start and end at any instant (an end before a start at the same time)."""
+    points = sorted((float(at), 0 if kind == "end" else 1) for _, kind, at in (line.split() for line in lines))
+    now = most = 0
+    for _, kind in points:
+        now += 1 if kind else -1
+        most = max(most, now)
+    return most
+
+
+def test_a_handler_limit_of_two_never_runs_more_than_two_at_once(stack, tmp_path):
+    log = tmp_path / "slow.log"
+    log.touch()
+    with Client(stack.url) as client:
+        assert client.set_handler_limit("pause.slow", 2)["limit"] == 2
+        assert {"kind": "handler", "name": "pause.slow", "limit": 2} in client.handler_limits()
+        ids = [client.submit("pause.slow", {"log": str(log)}).id for _ in range(12)]
+        wait_until(lambda: all(client.get(t).status == "succeeded" for t in ids), timeout=60, interval=0.3,
+                   message="every task of the limited handler succeeded")
+        lines = log.read_text().splitlines()
+        assert len(lines) == 24
+        assert _most_at_once(lines) == 2, lines  # never more than the limit, and the limit used
+        assert client.get(ids[0]).raw.get("concurrency") == {"key": "handler:pause.slow", "limit": 2}
+        client.set_handler_limit("pause.slow", None)
+        assert client.handler_limits() == []
