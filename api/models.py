@@ -677,7 +677,8 @@ def workflow_json(summary: WorkflowSummary, tasks: list[TaskState] | None = None
 
 
 def workflow_task_json(state: TaskState) -> dict[str, Any]:
-    """A task as a workflow shows it: what a graph and a time line need (``GET /tasks/{id}`` has the rest)."""
+    """A task as a workflow shows it: what a graph and a time line need, with a failure's ``error_type``
+    (``GET /tasks/{id}`` has the rest, its ``traceback`` among it)."""
     return {
         "id": state.task_id,
         "key": state.key,
@@ -692,4 +693,5 @@ def workflow_task_json(state: TaskState) -> dict[str, Any]:
         "started_at": rfc3339(state.started_at),
         "finished_at": rfc3339(state.finished_at),
         "error": state.error,
+        "error_type": state.error_type,
     }
