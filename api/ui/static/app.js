@@ -955,6 +955,23 @@ function pageSchedule() {
   $("sc-pause").addEventListener("click", () => act("pause", () => "paused"));
   $("sc-resume").addEventListener("click", () => act("resume", () => "resumed"));
   $("sc-run").addEventListener("click", () => act("run", (s) => el("span", {}, "created task ", taskLink(s.last_task_id))));
+  $("bf-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = clear($("bf-result"));
+    const when = (input) => new Date($(input).value).toISOString();
+    const body = { start: when("bf-start"), end: when("bf-end"), overlap: $("bf-overlap").value };
+    if ($("bf-max").value) body.max_concurrent = Number($("bf-max").value);
+    try {
+      const { data } = await api(`/api/v1/schedules/${encodeURIComponent(id)}:backfill`, { method: "POST", body });
+      out.className = "ok";
+      out.append(el("p", { text: `${data.count} task${data.count === 1 ? "" : "s"} for ${fmtTime(data.start)} to ${fmtTime(data.end)}` }),
+        el("ul", { id: "bf-tasks" }, data.tasks.map((t) =>
+          el("li", { "data-id": t.id }, taskLink(t.id), ` for ${fmtTime(t.scheduled_for)}`))));
+    } catch (e) {
+      out.className = "error";
+      out.textContent = `backfill refused: ${e.message}`;
+    }
+  });
   load();
   every(5000, load);
 }
