@@ -10,12 +10,17 @@ status, no event id appears twice, no (task, attempt) is made ready twice; handl
 The checker is cumulative: each scenario checks every task acknowledged so far, so damage a later fault did to an
 earlier task's history would show too.
 
-Scale: 300 tasks per scenario by default (1,500 in the module, two minutes or so on two cores), enough for every
-fault to land mid-flight on every partition; ``TASKSTREAM_FAULT_TASKS=2000`` runs the issue's 2,000 per scenario.
+Scale: 300 tasks per scenario by default (1,500 in the module): every fault lands while tasks flow on every
+partition (30 tasks/s around a kill, 5 to 15/s over the longer faults), which is what the properties need; more
+tasks add load, not coverage. ``TASKSTREAM_FAULT_TASKS=2000`` runs the issue's 2,000 per scenario. The module's
+time goes mostly to starting nodes again (eight restarts, 5 s each on an idle machine, 30 s on a loaded one).
 The heal figures (printed, and in docs/benchmarks/2026-12-07-cluster-faults.md): from the fault to the first
 success of a task acknowledged after it ("next success"), the longest pause between two successes after the fault
 ("stall"), and from the fault until every acknowledged task succeeded ("drained"; it includes the rest of the load
 window). Only the properties are asserted, and the drain within a generous bound; the timings are reported.
+
+The rolling restart runs last: with librdkafka 2.16 it leaves the exactly-once processor stuck (``WEDGE``), and
+the test turns exactly that symptom into an expected failure.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from tests.log_checker import LogCheck, check_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-#: Tasks submitted per scenario (the issue asks for 2,000; the default keeps the module near two minutes).
+#: Tasks submitted per scenario (the issue asks for 2,000; see the module docstring).
 TASKS = int(os.environ.get("TASKSTREAM_FAULT_TASKS", "300"))
 #: Seconds of load before each fault.
 LEAD_S = 3.0
@@ -138,6 +143,9 @@ class Load:
 
 @dataclass
 class Stack:
+    """The module's cluster and components (by name, a killed one replaced under its name), what every scenario
+    so far acknowledged, and the figures it measured."""
+
     cluster: KafkaCluster
     settings: Settings
     logs: Path
@@ -158,13 +166,14 @@ class Stack:
         return admin(self.settings).list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
 
     def healthy(self) -> bool:
-        """Every node a broker and every partition of ours with three in-sync replicas."""
+        """Every node a broker and every partition of ours and of Kafka's internal topics with three in-sync
+        replicas."""
         try:
             md = admin(self.settings).list_topics(timeout=5)
         except Exception:
             return False
         return len(md.brokers) == 3 and all(
-            len(p.isrs) == 3 for name, t in md.topics.items() if name.startswith(self.settings.prefix + ".")
+            len(p.isrs) == 3 for name, t in md.topics.items() if name.startswith((self.settings.prefix + ".", "__"))
             for p in t.partitions.values())
 
     def wait_healthy(self, timeout: float = 120) -> None:
@@ -310,11 +319,17 @@ def test_sigstop_one_broker_for_20_s(stack: Stack) -> None:
         node_id = stack.leader_of(events, 0)
         node = stack.cluster.node(node_id)
         node.signal(signal.SIGSTOP)
+        stopped = _now()
         try:
             time.sleep(20)  # the fault itself: the node frozen for 20 s
+            frozen = max(stack.successes.poll().values())
         finally:
             node.signal(signal.SIGCONT)
-        return {"node": node_id}
+        resumed = _now()
+        wait_until(lambda: max(stack.successes.poll().values()) > max(frozen, resumed), timeout=60, interval=0.1,
+                   message="a task succeeding after SIGCONT")
+        return {"node": node_id, "last_success_while_frozen_s": round(frozen - stopped, 2),
+                "next_success_after_sigcont_s": round(max(stack.successes.at.values()) - resumed, 2)}
 
     run_scenario(stack, "SIGSTOP one broker for 20 s", fault, window_s=26, heal=stack.wait_healthy)
 
@@ -402,12 +417,12 @@ def test_rolling_restart_of_all_three_brokers(stack: Stack) -> None:
         return {"per_node_s": took}
 
     try:
-        run_scenario(stack, "rolling restart of the three brokers", fault, window_s=60, drain_s=90)
+        run_scenario(stack, "rolling restart of the three brokers", fault, window_s=45, drain_s=90)
         # the stack still works after the last restart
         probe = Load(stack.api, 20, 2.0, 0.01).start()
         probe.join(60)
-        wait_succeeded(stack, list(probe.acked), 60, "tasks submitted after the rolling restart succeeded")
+        wait_succeeded(stack, list(probe.acked), 30, "tasks submitted after the rolling restart succeeded")
     except NotDrained:
-        if processor_wedged(stack):
+        if processor_wedged(stack, 5.0):
             pytest.xfail(WEDGE)
         raise
