@@ -42,7 +42,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from taskstream.cli.broker import KafkaBroker, KafkaCluster, cluster_sizes, free_port
 from taskstream.schemas import Settings, TaskSucceeded, Topics, catalogue, codec
-from taskstream.schemas.kafka import admin, end_offsets, ensure_topics, group_offsets, reader
+from taskstream.schemas.kafka import admin, describe_cluster, end_offsets, ensure_topics, group_offsets, reader
 from tests.conftest import SESSION_TIMEOUT_MS, wait_until
 from tests.kafka_helpers import Component, stop_all
 from tests.log_checker import LogCheck, check_log
@@ -352,10 +352,11 @@ def active_controller(cluster: KafkaCluster) -> int:
 def test_sigkill_the_active_kraft_controller(stack: Stack) -> None:
     def fault() -> dict:
         node_id = active_controller(stack.cluster)
+        said = describe_cluster(admin(stack.settings), 10)["controller"]
         stack.cluster.node(node_id).kill()
         t = _now()
         wait_until(lambda: active_controller(stack.cluster) != node_id, timeout=30, message="a new active controller")
-        return {"node": node_id, "new_controller": active_controller(stack.cluster),
+        return {"node": node_id, "describe_cluster_named": said, "new_controller": active_controller(stack.cluster),
                 "new_controller_s": round(_now() - t, 2)}
 
     run_scenario(stack, "SIGKILL the active KRaft controller", fault, window_s=10,
