@@ -74,7 +74,6 @@ class Successes:
         parts = self.consumer.list_topics(topic, timeout=30).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         self.at: dict[str, float] = {}
-        self.lock = threading.Lock()
 
     def poll(self) -> dict[str, float]:
         for m in self.consumer.consume(2000, 0.2):
