@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from taskstream.cli.broker import KafkaBroker, KafkaCluster, cluster_sizes, free_port
 from taskstream.schemas import Settings, TaskSucceeded, Topics, catalogue, codec
@@ -162,7 +162,17 @@ class Stack:
         return self.components[name]
 
     def leader_of(self, topic: str, partition: int) -> int:
-        return admin(self.settings).list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
+        """The partition's leader as the metadata says; -1 when it names none or the request failed (one sent to
+        a node just killed times out until the client learns it is gone)."""
+        try:
+            return admin(self.settings).list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
+        except KafkaException:
+            return -1
+
+    def leader(self, topic: str, partition: int) -> int:
+        """``leader_of``, waited for until the metadata names one."""
+        return int(wait_until(lambda: max(self.leader_of(topic, partition), 0), timeout=30, interval=0.2,
+                              message=f"a leader of {topic} [{partition}]"))
 
     def healthy(self) -> bool:
         """Every node a broker and every partition of ours and of Kafka's internal topics with three in-sync
@@ -296,7 +306,7 @@ def test_sigkill_the_leader_of_a_busy_events_partition(stack: Stack) -> None:
     def fault() -> dict:
         ends = end_offsets(stack.successes.consumer, events, range(3), timeout=10)
         busiest = max(ends, key=ends.__getitem__)
-        leader = stack.leader_of(events, busiest)
+        leader = stack.leader(events, busiest)
         stack.cluster.node(leader).kill()
         t = _now()
         wait_until(lambda: stack.leader_of(events, busiest) not in (leader, -1), timeout=30,
@@ -315,7 +325,7 @@ def test_sigstop_one_broker_for_20_s(stack: Stack) -> None:
     events = Topics(stack.settings.prefix).events
 
     def fault() -> dict:
-        node_id = stack.leader_of(events, 0)
+        node_id = stack.leader(events, 0)
         node = stack.cluster.node(node_id)
         node.signal(signal.SIGSTOP)
         stopped = _now()
