@@ -87,6 +87,11 @@ RELEASED = {
     ("SlotRequested", 7): "da5b03ebdd46fad4",  # schema set 7: concurrency keys (issue 28)
     ("TaskCreated", 7): "e7dd251bc5864a49",  # schema set 7: concurrency keys (issue 28)
     ("TaskState", 7): "294b4f83f7130513",  # schema set 7: concurrency keys (issue 28)
+    ("GateState", 8): "ee0ca5d75500613b",  # schema set 8: rate limits (issue 28)
+    ("GateWoken", 8): "8803ff95ac0b4020",  # schema set 8: rate limits (issue 28)
+    ("SlotRequested", 8): "189bb3caed9f23a6",  # schema set 8: rate limits (issue 28)
+    ("TaskCreated", 8): "518246a0530c33b9",  # schema set 8: rate limits (issue 28)
+    ("TaskState", 8): "a5fe7dd24df84c2f",  # schema set 8: rate limits (issue 28)
 }
 VERSIONS = sorted(RELEASED)
 #: Fields filled by an upcaster from another field of an older record, not by a default.
