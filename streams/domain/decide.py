@@ -111,7 +111,7 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
     rate, per_s = rate_of(c.concurrency_rate, c.concurrency_per_s)
     if c.concurrency_key is not None:
         if c.concurrency_limit is None and rate is None:
-            raise ValidationError("concurrency.limit", "a concurrency key needs a limit, a rate (rate and per_s) or both")
+            raise ValidationError("concurrency.limit", "a concurrency key needs a limit, a rate (with per_s) or both")
         key = concurrency_key_of(c.concurrency_key, c.payload)
     return [
         TaskCreated(
