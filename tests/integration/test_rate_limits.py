@@ -6,7 +6,8 @@ in through ``POST /tasks:batch``; their handler records when each starts.
 The bound is checked twice: exactly on the gate's admissions, folded from
 the key's events in the log (never more than 5 in any second of the gate's
 clock), and on the handlers' recorded starts within a second's tolerance
-(the hops from grant to start vary), over the 10 s the tasks need. A key
+(the hops from grant to start vary), over the 10 s the tasks need; ``state
+rebuild --verify`` then finds the live gate equal to a fold of the log. A key
 with limit 1 and three held tasks shows its holder and its two waiters in
 ``GET /api/v1/limits``, ``taskstream limits`` and the client.
 """
@@ -24,6 +25,7 @@ import pytest
 from taskstream.client import Client
 from taskstream.schemas import GateEvent, GateState, Topics
 from taskstream.streams import domain
+from taskstream.streams.rebuild import rebuild
 from tests.conftest import wait_until
 from tests.integration.live_stack import LiveStack
 from tests.kafka_helpers import TopicReader
@@ -96,6 +98,9 @@ def test_a_rate_of_five_per_second_holds_over_ten_seconds(stack):
         assert max(sum(1 for u in admitted[i:] if u < t + window) for i, t in enumerate(admitted)) == RATE
     finally:
         events.close()
+    # the live tables (the key's gate with its spent starts included) equal a fold of the log
+    wait_until(lambda: rebuild(stack.settings, verify=True).mismatches == [], timeout=30, interval=1.0,
+               message="state rebuild --verify without a mismatch")
 
 
 def test_the_live_view_shows_a_key_s_holders_and_waiters(stack):
