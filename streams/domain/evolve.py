@@ -228,7 +228,7 @@ def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
         return state  # queued for a time the task no longer waits for (run_at changed, stale timer)
     if state.status == Status.PENDING.value and not _deps_met(state):
         return state  # nothing queues a task still waiting for its dependencies
-    if state.concurrency_key and state.concurrency_limit is not None:
+    if state.concurrency_key and (state.concurrency_limit is not None or state.concurrency_rate is not None):
         # Under a concurrency key the attempt waits for a slot (gates.py); its SlotGranted queues it.
         if state.waiting_for is not None:
             return state
@@ -480,4 +480,6 @@ def initial_state(e: TaskCreated) -> TaskState:
         scheduled_for=e.scheduled_for,
         concurrency_key=e.concurrency_key,
         concurrency_limit=e.concurrency_limit,
+        concurrency_rate=e.concurrency_rate,
+        concurrency_per_s=e.concurrency_per_s,
     )
