@@ -254,7 +254,7 @@ def test_a_member_fenced_or_refused_for_its_instance_id_rejoins_once_the_other_l
             assert waiting.errors == []
             return {b"c", b"d"} <= {v for _, _, v in waiting.runtime.hooks.values}
 
-        wait_until(read_again, timeout=30, message="the member that waited reads again")
+        wait_until(read_again, timeout=60, message="the member that waited reads again")
         assert waiting.runtime.rebuilds == 1
     finally:
         for m in members:
