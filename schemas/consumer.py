@@ -40,9 +40,10 @@ Two kinds of runtime:
 Records reach hooks as confluent-kafka messages (``topic()``,
 ``partition()``, ``offset()``, ``key()``, ``value()``, ``headers()``), never
 errors: end of partition is ``on_end``, a fatal error rebuilds a member's
-client and is a failure of a reader, and others are logged. Partitions are ``(topic, partition)`` tuples. Every
-hook runs on the runtime's thread; what a hook shares with other threads it
-guards with ``runtime.lock``, which also guards the runtime's offsets.
+client and is a failure of a reader, and others are logged. Partitions are
+``(topic, partition)`` tuples. Every hook runs on the runtime's thread; what
+a hook shares with other threads it guards with ``runtime.lock``, which also
+guards the runtime's offsets.
 
 A poison record goes to ``<p>.dlq`` with ``dead_letter(record, reason)``:
 the record as it was, headers naming where it came from and why
@@ -366,7 +367,7 @@ class ConsumerRuntime:
             if err is None:
                 raise BrokerUnavailable(f"{self.client_id}: {exc}") from exc
             if is_fatal(err):
-                raise _FatalError(f"{err.str()}") from exc
+                raise _FatalError(err.str()) from exc
             log.warning("%s poll failed: %s", self.client_id, exc)
             return []
         records = []
