@@ -29,7 +29,7 @@ Two kinds of runtime:
   committed), the client is closed, and a new one from the factory joins
   again, once no other member holds its instance id and after a wait that
   grows while the refusals keep coming (``rebuilds`` counts them;
-  docs/decisions/00XX-consumer-rebuild.md).
+  docs/decisions/0027-consumer-rebuild.md).
 - a **reader** (``ConsumerRuntime.reader``) joins no group and commits
   nothing: ``on_connect`` assigns what it reads (``assign``), typically every
   partition from the beginning. A failure (the broker away, a fatal client
