@@ -49,10 +49,11 @@ dev: $(STAMP) kafka
 # Two pytest-xdist workers (this project's machines have 2 cores), each with a Kafka node of its own; a module's
 # tests stay on one worker (--dist loadscope), so a module's stack is started once, and modules are handed out in
 # file order (--no-loadscope-reorder: the long integration modules first, the many short unit modules last, so
-# the workers finish together). PYTEST_WORKERS=0: one process.
+# the workers finish together). PYTEST_WORKERS=0: one process. The 25 slowest tests are listed at the end, to see
+# where the suite's time goes.
 PYTEST_WORKERS ?= 2
 test: $(TEST_STAMP) kafka kcat chromium lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 # ruff and mypy as configured in pyproject.toml (mypy: strict flags on streams/domain and schemas).
 lint: $(TEST_STAMP)

@@ -83,20 +83,24 @@ from taskstream.schemas import (
     WorkflowStatus,
     WriteOutcomeUnknown,
 )
+from taskstream.schemas.limits import MAX_ID_CHARS
 from taskstream.schemas.observability import about
 
 from . import auth, idempotency, reads, service
 from .context import ApiContext
 from .history import HistoryBusy, HistoryTooExpensive, event_json
 from .models import (
+    BackfillIn,
     BatchIn,
     RedriveIn,
     ScheduleIn,
     TaskIn,
     TaskPatch,
     WorkflowIn,
+    backfill_json,
     schedule_json,
     task_json,
+    template_handler,
     workflow_json,
 )
 from .problems import violation
@@ -332,6 +336,10 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
     "GetSchedule": ("GET", "/api/v1/schedules/{schedule_id}"),
     "ListSchedules": ("GET", "/api/v1/schedules"),
     "DeleteSchedule": ("DELETE", "/api/v1/schedules/{schedule_id}"),
+    "PauseSchedule": ("POST", "/api/v1/schedules/{schedule_id}:{action}"),
+    "ResumeSchedule": ("POST", "/api/v1/schedules/{schedule_id}:{action}"),
+    "RunSchedule": ("POST", "/api/v1/schedules/{schedule_id}:{action}"),
+    "BackfillSchedule": ("POST", "/api/v1/schedules/{schedule_id}:backfill"),
     "ListWorkers": ("GET", "/api/v1/workers"),
 }
 
@@ -419,6 +427,12 @@ def _reason(value: str) -> str:
     return value
 
 
+def _prefix(value: str) -> str:
+    if len(value) > MAX_ID_CHARS:
+        raise bad_request([("prefix", f"must be at most {MAX_ID_CHARS} characters")])
+    return value
+
+
 def _id(value: str, field: str = "id") -> str:
     if not value:
         raise bad_request([(field, "required")])
@@ -463,6 +477,7 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
             priority=_one_of(request.priority if request.HasField("priority") else None, Priority, "priority"),
             handler=request.handler if request.HasField("handler") else None,
             labels=list(request.label),
+            prefix=_prefix(request.prefix) if request.HasField("prefix") and request.prefix else None,
             limit=_limit(request.limit if request.HasField("limit") else None),
             cursor=request.cursor if request.HasField("cursor") and request.cursor else None,
         )
@@ -583,6 +598,37 @@ class ScheduleService(schedules_pb2_grpc.ScheduleServiceServicer, _Adapter):
     async def DeleteSchedule(self, request, context, caller):
         schedule = await service.delete_schedule(self.ctx, _id(request.id), reason="", actor=caller.actor)
         return schedule_message(schedule_json(schedule))
+
+    async def _change(self, request, caller: Caller, action: str) -> schedules_pb2.Schedule:
+        schedule_id = _id(request.id)
+        if action == "run":
+            self.admit_tasks(caller, [template_handler(reads.get_schedule(self.ctx, schedule_id).template)])
+        after = await service.change_schedule(self.ctx, schedule_id, action, reason=_reason(request.reason),
+                                              actor=caller.actor)
+        return schedule_message(schedule_json(after))
+
+    @rpc
+    async def PauseSchedule(self, request, context, caller):
+        return await self._change(request, caller, "pause")
+
+    @rpc
+    async def ResumeSchedule(self, request, context, caller):
+        return await self._change(request, caller, "resume")
+
+    @rpc
+    async def RunSchedule(self, request, context, caller):
+        return await self._change(request, caller, "run")
+
+    @rpc
+    async def BackfillSchedule(self, request, context, caller):
+        schedule_id = _id(request.id)
+        fields = to_json(request)
+        fields.pop("id", None)
+        body = validate(BackfillIn, fields)
+        self.admit_tasks(caller, [template_handler(reads.get_schedule(self.ctx, schedule_id).template)])
+        event, tasks = await service.backfill_schedule(self.ctx, schedule_id, body, actor=caller.actor)
+        return json_format.ParseDict(backfill_json(event, tasks), schedules_pb2.BackfillScheduleResponse(),
+                                     ignore_unknown_fields=True)
 
 
 

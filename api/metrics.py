@@ -22,6 +22,13 @@ replica (take ``max``, not ``sum``, across replicas):
   partitions; a partition not read yet counts from its low watermark). This
   one is per replica.
 
+From the read model (per replica, as of its last applied state), over every
+concurrency key without a key label (keys are unbounded):
+``taskstream_limit_keys`` (keys with a gate), ``taskstream_limit_holding``
+(attempts holding a slot: queued or running) and ``taskstream_limit_waiting``
+(tasks waiting for a slot or for their key's rate). ``GET /api/v1/limits``
+has them per key.
+
 A figure the broker did not give (unreachable, timed out) is left out of
 the scrape rather than reported stale.
 """
@@ -54,6 +61,7 @@ class _ClusterFigures(Collector):
         self.queue: dict[str, int] | None = None
         self.workers: int | None = None
         self.read_model_lag: int | None = None
+        self.gates: tuple[int, int, int] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing to check at registration (and no broker call)
@@ -70,6 +78,14 @@ class _ClusterFigures(Collector):
         if self.read_model_lag is not None:
             yield GaugeMetricFamily("taskstream_read_model_lag", "records of <p>.state this API's read model has "
                                     "not applied yet", value=self.read_model_lag)
+        if self.gates is not None:
+            keys, holding, waiting = self.gates
+            yield GaugeMetricFamily("taskstream_limit_keys", "concurrency keys with a gate (a limit or a rate)",
+                                    value=keys)
+            yield GaugeMetricFamily("taskstream_limit_holding", "attempts holding a slot of their concurrency key "
+                                    "(queued or running), over every key", value=holding)
+            yield GaugeMetricFamily("taskstream_limit_waiting", "tasks waiting for their concurrency key's slot or "
+                                    "rate, over every key", value=waiting)
 
 
 class ApiMetrics:
@@ -109,6 +125,7 @@ class ApiMetrics:
         except BrokerUnavailable as exc:
             c.workers = None
             log.debug("metrics: no worker count: %s", exc)
+        c.gates = ctx.read_model.store.gates.totals()
         try:
             c.read_model_lag = p.read_model_lag(ctx.read_model)
         except BrokerUnavailable as exc:

@@ -75,6 +75,8 @@ from taskstream.schemas.limits import (
     MAX_LABELS,
     MAX_NAME_CHARS,
     MAX_PAYLOAD_BYTES,
+    MAX_RATE,
+    MAX_RATE_PERIOD_S,
     MAX_TASKS_PER_REQUEST,
     MAX_TIME,
     MAX_TIMEOUT_S,
@@ -198,13 +200,17 @@ class TaskBody(BaseModel):
 
 
 class ConcurrencyIn(BaseModel):
-    """At most ``limit`` attempts with the same ``key`` queued or running at once; ``key`` may name payload fields
-    (``"customer-{payload.customer_id}"``), filled in when the task is submitted."""
+    """At most ``limit`` attempts with the same ``key`` queued or running at once, and at most ``rate`` starts of
+    it in any ``per_s`` seconds (a limit, a rate or both); ``key`` may name payload fields
+    (``"customer-{payload.customer_id}"``), filled in when the task is submitted. The decider checks that a key
+    has a limit or a rate and that ``rate`` and ``per_s`` come together (422 naming the field)."""
 
     model_config = ConfigDict(extra="forbid")
 
     key: Annotated[StrictStr, Field(min_length=1, max_length=MAX_CONCURRENCY_KEY_CHARS)]
-    limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY_LIMIT)]
+    limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY_LIMIT)] | None = None
+    rate: Annotated[StrictInt, Field(ge=1, le=MAX_RATE)] | None = None
+    per_s: Annotated[Seconds, Field(gt=0, le=MAX_RATE_PERIOD_S)] | None = None
 
 
 #: The longest ``delay_s`` a new task takes: ten years, in seconds.
@@ -270,6 +276,9 @@ class TaskFields(TaskBody):
             **retry_policy(self.retry, settings).fields(),
             concurrency_key=None if self.concurrency is None else self.concurrency.key,
             concurrency_limit=None if self.concurrency is None else self.concurrency.limit,
+            concurrency_rate=None if self.concurrency is None else self.concurrency.rate,
+            concurrency_per_s=None if self.concurrency is None or self.concurrency.per_s is None
+            else float(self.concurrency.per_s),
             **extra,
         )
 
@@ -462,7 +471,9 @@ def task_json(state: TaskState) -> dict[str, Any]:
         "schedule_id": state.schedule_id,
         "scheduled_for": rfc3339(state.scheduled_for),
         "concurrency": (None if state.concurrency_key is None
-                        else {"key": state.concurrency_key, "limit": state.concurrency_limit}),
+                        else {"key": state.concurrency_key, "limit": state.concurrency_limit,
+                              **({} if state.concurrency_rate is None
+                                 else {"rate": state.concurrency_rate, "per_s": state.concurrency_per_s})}),
         "waiting_for": state.waiting_for,
     }
 
@@ -677,7 +688,8 @@ def workflow_json(summary: WorkflowSummary, tasks: list[TaskState] | None = None
 
 
 def workflow_task_json(state: TaskState) -> dict[str, Any]:
-    """A task as a workflow shows it: what a graph and a time line need (``GET /tasks/{id}`` has the rest)."""
+    """A task as a workflow shows it: what a graph and a time line need, with a failure's ``error_type``
+    (``GET /tasks/{id}`` has the rest, its ``traceback`` among it)."""
     return {
         "id": state.task_id,
         "key": state.key,
@@ -692,4 +704,5 @@ def workflow_task_json(state: TaskState) -> dict[str, Any]:
         "started_at": rfc3339(state.started_at),
         "finished_at": rfc3339(state.finished_at),
         "error": state.error,
+        "error_type": state.error_type,
     }

@@ -7,8 +7,9 @@ consumes that topic from the beginning of every partition and keeps a local
 copy in RocksDB (``rocksdict``), plus secondary indexes for newest-first
 listing overall and by status, priority and handler. Schedules live in
 their own column family (``ScheduleStore``) with the same key layout and an
-index by status. A task's dependents are edge records of their own
-(``domain.edge_key``), kept under ``d:`` and shown in the task's
+index by status; the gates of concurrency keys (``GateState``: holders,
+waiting tasks, a rate's spent starts) in theirs (``GateStore``), by gate id.
+A task's dependents are edge records of their own (``domain.edge_key``), kept under ``d:`` and shown in the task's
 ``dependents``. Any other record type, and tombstones, are skipped.
 
 Two parts:
@@ -84,6 +85,7 @@ from taskstream.schemas import (
     ControlState,
     DecodeError,
     DependencyRegistered,
+    GateState,
     ScheduleState,
     Settings,
     TaskState,
@@ -115,6 +117,7 @@ _INV_BASE = 10**19
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SORTKEY = re.compile(rb"^\d{20}:[^\x00]+$")
 SCHEDULES_CF = "schedules"
+GATES_CF = "gates"
 
 #: Fields with a secondary index, in the order the list query prefers them
 #: when several filters are given (the most selective first).
@@ -258,6 +261,7 @@ class TaskStore:
         self._lock = threading.Lock()
         self._closed = False
         self.schedules = ScheduleStore(self._db)
+        self.gates = GateStore(self._db)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._finished: dict[int, Counter[str]] = {}  # epoch second -> finished tasks by status
         if not fresh:
@@ -269,6 +273,7 @@ class TaskStore:
             if not self._closed:
                 self._closed = True
                 self.schedules.close()  # the column family holds the database open until it is closed
+                self.gates.close()
                 self._db.close()
 
     # ------------------------------------------------------------- writes
@@ -626,6 +631,78 @@ class ScheduleStore:
         return state if isinstance(state, ScheduleState) else None
 
 
+class GateStore:
+    """Latest ``GateState`` per concurrency key, in the ``gates`` column family, keyed by gate id (so listed in
+    key order); ``totals`` are kept as states are applied, for metrics without a scan. Created and closed by
+    ``TaskStore``."""
+
+    def __init__(self, db: Rdict) -> None:
+        self._db = db
+        try:
+            self._cf: Rdict | None = db.get_column_family(GATES_CF)
+        except Exception:
+            self._cf = db.create_column_family(GATES_CF, Options(raw_mode=True))
+        self._lock = threading.Lock()
+        self._sizes: dict[str, tuple[int, int]] = {}  # gate id -> (holders, waiting)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._cf is not None:
+                self._cf.close()
+                self._cf = None
+
+    def _open(self) -> Rdict:
+        if self._cf is None:
+            raise RuntimeError("the gate store is closed")
+        return self._cf
+
+    def apply(self, state: GateState) -> bool:
+        """Store ``state`` unless a newer version is stored; return whether it was."""
+        key = state.gate_id.encode()
+        with self._lock:
+            cf = self._open()
+            old = self._decode(cf.get(key))
+            if old is not None and state.version < old.version:
+                return False
+            cf[key] = codec.encode(state)
+            self._sizes[state.gate_id] = (len(state.holders), len(state.waiting))
+            return True
+
+    def get(self, gate_id: str) -> GateState | None:
+        return self._decode(self._open().get(gate_id.encode()))
+
+    def list(self, *, limit: int = 100, after: bytes | None = None) -> tuple[list[GateState], bytes | None]:
+        """A page of gates in gate id order, and the gate id to continue after (None at the end)."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        page: list[GateState] = []
+        for key in _scan(self._open(), b"", after):
+            state = self.get(key.decode())
+            if state is None:
+                continue
+            page.append(state)
+            if len(page) > limit:
+                return page[:limit], page[limit - 1].gate_id.encode()
+        return page, None
+
+    def totals(self) -> tuple[int, int, int]:
+        """(gates, attempts holding a slot, tasks waiting) over every key."""
+        with self._lock:
+            sizes = list(self._sizes.values())
+        return len(sizes), sum(h for h, _ in sizes), sum(w for _, w in sizes)
+
+    @staticmethod
+    def _decode(raw: bytes | None) -> GateState | None:
+        if raw is None:
+            return None
+        try:
+            state = codec.decode(raw)
+        except DecodeError as exc:  # cannot happen unless the files were tampered with
+            log.error("read model: a stored gate is unreadable: %s", exc)
+            return None
+        return state if isinstance(state, GateState) else None
+
+
 class ReadModel(Hooks):
     """A ``TaskStore`` kept up to date from ``<p>.state`` by a daemon thread (the hooks of a reader runtime).
 
@@ -745,6 +822,8 @@ class ReadModel(Hooks):
             self.store.add_dependent(state.task_id, state.dependent)
         elif isinstance(state, ScheduleState):
             self.schedules.apply(state)
+        elif isinstance(state, GateState):
+            self.store.gates.apply(state)
         elif isinstance(state, ControlState):
             # One partition's copy of a pause (``api.service.pauses``); a newer version replaces an older one.
             have = self.controls.get(state.control_id)

@@ -413,6 +413,9 @@ for _command in _CLIENT_COMMANDS:
 from .workers import workers as _workers  # noqa: E402  (through the HTTP client)
 
 main.add_command(_workers)
+from .limits import limits as _limits  # noqa: E402  (through the HTTP client)
+
+main.add_command(_limits)
 
 from .pauses import handlers as _handlers  # noqa: E402  (handlers pause|resume|paused; workflows pause|resume)
 

@@ -332,6 +332,12 @@ def workers(status: str | None) -> Call[list[Worker]]:
                 params=[("status", status)] if status else [])
 
 
+def limits(key: str | None, active: bool, limit: int | None, cursor: str | None) -> Call[dict[str, Any]]:
+    params = [("key", key), ("active", "true" if active else None), ("limit", None if limit is None else str(limit)),
+              ("cursor", cursor)]
+    return Call("GET", f"{API}/limits", lambda r: r.json(), params=[(k, v) for k, v in params if v is not None])
+
+
 def ready() -> Call[dict[str, Any]]:
     """``/readyz``: the checks when ready; ``Unavailable`` (503, with ``reasons``) when not."""
     return Call("GET", "/readyz", lambda r: r.json())

@@ -314,6 +314,12 @@ class _Operations:
         """``GET /workers``: every executor that reports itself (``alive`` or ``gone``; only those of ``status``)."""
         return self._send(calls.workers(status))
 
+    def limits(self, *, key: str | None = None, active: bool = False, limit: int | None = None,
+               cursor: str | None = None) -> dict[str, Any]:
+        """``GET /limits``: every concurrency key (only ``key``; only ``active`` ones, holding or waiting) with its
+        limit, rate, ``holding``, ``waiting``, ``rate_used`` and ``blocked_by``; ``next_cursor`` and ``totals``."""
+        return self._send(calls.limits(key, active, limit, cursor))
+
     def ready(self) -> dict[str, Any]:
         """``GET /readyz``: the checks when ready; raises ``Unavailable`` with the reasons when not."""
         return self._send(calls.ready())
@@ -567,6 +573,8 @@ class AsyncClient(_Operations):
         async def stats(self) -> dict[str, Any]: ...  # type: ignore[override]
         async def ready(self) -> dict[str, Any]: ...  # type: ignore[override]
         async def workers(self, *, status: str | None = None) -> list[Worker]: ...  # type: ignore[override]
+        async def limits(self, *, key: str | None = None, active: bool = False,  # type: ignore[override]
+                         limit: int | None = None, cursor: str | None = None) -> dict[str, Any]: ...
 
     async def _send(self, call: Call) -> Any:
         try:

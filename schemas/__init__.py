@@ -34,6 +34,7 @@ from .events import (
     Event,
     GateEvent,
     GateState,
+    GateWoken,
     Heartbeat,
     LeaseExpired,
     Priority,
@@ -86,7 +87,7 @@ __all__ = [
     "Settings", "MAX_BACKOFF_S", "PRIORITIES", "RETRY_TIERS", "Topics", "TopicSpec", "catalogue", "retry_tier",
     "SCHEDULE_EVENT_TYPES", "ScheduleEvent", "TaskEvent", "WorkflowStatus", "derived_id", "SchedulePaused",
     "ScheduleResumed", "ScheduleTriggered", "ScheduleBackfilled",
-    "GATE_EVENT_TYPES", "GateEvent", "GateState", "SlotGranted", "SlotReleased", "SlotRequested",
+    "GATE_EVENT_TYPES", "GateEvent", "GateState", "GateWoken", "SlotGranted", "SlotReleased", "SlotRequested",
     "CONTROL_EVENT_TYPES", "ControlEvent", "ControlLimited", "ControlPaused", "ControlResumed", "ControlState",
     "TaskHeld", "TaskReleased",
 ]

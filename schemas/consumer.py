@@ -23,7 +23,13 @@ Two kinds of runtime:
   leaves, so it is not still paused when it comes back (librdkafka keeps a
   partition's pause across a reassignment). An error a loop raises ends
   ``run`` with it, after the final commit of what is safe and leaving the
-  group.
+  group. A consumer that hits a fatal error (a static member fenced by
+  another with its ``group.instance.id``, or refused while that id is still
+  held) is rebuilt: everything assigned is lost (``on_lost``, nothing
+  committed), the client is closed, and a new one from the factory joins
+  again, once no other member holds its instance id and after a wait that
+  grows while the refusals keep coming (``rebuilds`` counts them;
+  docs/decisions/0027-consumer-rebuild.md).
 - a **reader** (``ConsumerRuntime.reader``) joins no group and commits
   nothing: ``on_connect`` assigns what it reads (``assign``), typically every
   partition from the beginning. A failure (the broker away, a fatal client
@@ -33,10 +39,11 @@ Two kinds of runtime:
 
 Records reach hooks as confluent-kafka messages (``topic()``,
 ``partition()``, ``offset()``, ``key()``, ``value()``, ``headers()``), never
-errors: end of partition is ``on_end``, a fatal error is ``BrokerUnavailable``
-and others are logged. Partitions are ``(topic, partition)`` tuples. Every
-hook runs on the runtime's thread; what a hook shares with other threads it
-guards with ``runtime.lock``, which also guards the runtime's offsets.
+errors: end of partition is ``on_end``, a fatal error rebuilds a member's
+client and is a failure of a reader, and others are logged. Partitions are
+``(topic, partition)`` tuples. Every hook runs on the runtime's thread; what
+a hook shares with other threads it guards with ``runtime.lock``, which also
+guards the runtime's offsets.
 
 A poison record goes to ``<p>.dlq`` with ``dead_letter(record, reason)``:
 the record as it was, headers naming where it came from and why
@@ -81,6 +88,24 @@ FLUSH_S = 10.0
 #: A reader that failed connects again after this wait, doubled on each failure in a row up to ``MAX_BACKOFF_S``.
 BACKOFF_S = 0.2
 MAX_BACKOFF_S = 5.0
+#: A member rebuilt after a fatal error joins again at once; a fatal error again within ``FATAL_STORM_S`` of the
+#: rebuild makes the next one wait ``REJOIN_S``, doubled while they keep coming up to ``MAX_REJOIN_S``. While
+#: another member holds its static instance id, it asks the group again every ``REJOIN_S`` doubled up to
+#: ``MAX_REJOIN_S``, so it joins at most that long after the id is released.
+REJOIN_S = 0.2
+MAX_REJOIN_S = 2.0
+FATAL_STORM_S = 60.0
+
+
+class _FatalError(BrokerUnavailable):
+    """The consumer hit a fatal error: it delivers nothing more, and only a new client goes on."""
+
+
+def is_fatal(err: KafkaError) -> bool:
+    """Whether a consumer error leaves the client dead for good. librdkafka reports a consumer's fatal error
+    (``FENCED_INSTANCE_ID``, ``UNRELEASED_INSTANCE_ID``) as an error event of code ``_FATAL`` whose ``fatal()``
+    is False, the cause in its text; a ``KafkaError`` raised by a call says ``fatal()``."""
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 class Hooks:
@@ -186,9 +211,17 @@ class ConsumerRuntime:
         self._letters: list[_Letter] = []  # waiting to be sent again
         self._consumer: Any = None  # a confluent-kafka Consumer
         self._stop = threading.Event()
+        #: How many times a member's client was rebuilt after a fatal error.
+        self.rebuilds = 0
+        self._rejoin_wait = 0.0
+        self._rebuilt_at = -1e9
         if group is not None:
-            self._consumer = kafka.consumer(settings, client_id, group,
-                                            {"on_commit": self._on_commit, **self._overrides})
+            self._consumer = self._new_member_client()
+
+    def _new_member_client(self) -> Any:
+        assert self.group is not None
+        return kafka.consumer(self.settings, self.client_id, self.group,
+                              {"on_commit": self._on_commit, **self._overrides})
 
     @classmethod
     def member(cls, settings: Settings, hooks: Hooks, *, client_id: str, group: str, topics: Sequence[str],
@@ -207,11 +240,9 @@ class ConsumerRuntime:
         """Poll and call the hooks until ``stop`` is set; then the final commit, leave, close."""
         self._stop = stop
         if self.group is not None:
-            kafka.set_group_timeouts(self.settings, self.group)
-            self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                     on_lost=self._on_lost)
-            log.info("%s joining group %s", self.client_id, self.group)
             try:
+                self._subscribe()
+                log.info("%s joining group %s", self.client_id, self.group)
                 self._run_member(stop)
             finally:
                 self._close_member()
@@ -222,13 +253,81 @@ class ConsumerRuntime:
                 self._close_client()
                 self.hooks.on_stopped(self)
 
+    def _subscribe(self) -> None:
+        kafka.set_group_timeouts(self.settings, self.group or "")
+        self._call(self._consumer.subscribe, self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                   on_lost=self._on_lost)
+
     def _run_member(self, stop: threading.Event) -> None:
         last_commit = time.monotonic()
         while not stop.is_set():
-            self._round()
+            try:
+                self._round()
+            except _FatalError as exc:
+                self._rebuild(stop, exc)
+                continue
             if time.monotonic() - last_commit >= self.commit_interval_s:
                 self.commit(asynchronous=True)
                 last_commit = time.monotonic()
+
+    # ------------------------------------------------------------ a member's fatal error
+
+    def _rebuild(self, stop: threading.Event, exc: _FatalError) -> None:
+        """Replace a member's dead client (see the module docstring): what it held is lost, as on a session
+        that ended; the new client joins once its instance id is free and the wait of a storm is over."""
+        with self.lock:
+            held = sorted(self._offsets)
+        if held:
+            self._lose(held)
+        self._close_client()  # the old client's callbacks, if any, are ignored from now on
+        if time.monotonic() - self._rebuilt_at < FATAL_STORM_S:
+            self._rejoin_wait = min(MAX_REJOIN_S, max(REJOIN_S, 2 * self._rejoin_wait))
+        else:
+            self._rejoin_wait = 0.0
+        started = time.monotonic()
+        wait = self._rejoin_wait
+        while not stop.wait(wait):
+            wait = REJOIN_S
+            if self._instance_held(stop):
+                continue
+            try:
+                self._consumer = self._new_member_client()
+                self._subscribe()
+            except BrokerUnavailable as again:
+                self._close_client()
+                wait = MAX_REJOIN_S
+                log.warning("%s: rebuilding its consumer failed, again in %.1fs: %s", self.client_id, wait, again)
+                continue
+            self.rebuilds += 1
+            self._rebuilt_at = time.monotonic()
+            log.warning("%s rebuilt its consumer after a fatal error (%s); lost %s; joining group %s again "
+                        "after %.1fs (rebuild %d)", self.client_id, exc, _names(held), self.group,
+                        self._rebuilt_at - started, self.rebuilds)
+            return
+
+    def _instance_held(self, stop: threading.Event) -> bool:
+        """Whether another member of the group holds this member's static ``group.instance.id`` (waiting, with
+        a warning once, until it does not, ``stop`` is set or the group cannot be described). Joining while it is
+        held would fence that member under the classic protocol, and is refused under the consumer protocol."""
+        instance = self._overrides.get("group.instance.id")
+        if not instance or self.group is None:
+            return False
+        try:
+            client = kafka.admin(self.settings, f"{self.client_id}-rejoin")
+        except BrokerUnavailable:
+            return False
+        wait, warned = REJOIN_S, False
+        while not stop.is_set():
+            got = kafka.describe_groups(client, [self.group], MAX_REJOIN_S * 2).get(self.group)
+            if not isinstance(got, dict) or not any(m["instance_id"] == instance for m in got["members"]):
+                return False
+            if not warned:
+                log.warning("%s: instance id %s is held by another member of group %s; joining once it is "
+                            "released", self.client_id, instance, self.group)
+                warned = True
+            stop.wait(wait)
+            wait = min(MAX_REJOIN_S, 2 * wait)
+        return True
 
     def _run_reader(self, stop: threading.Event) -> None:
         backoff = BACKOFF_S
@@ -265,8 +364,10 @@ class ConsumerRuntime:
             messages = kafka.consume_available(self._consumer, self.batch, timeout)
         except KafkaException as exc:
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is None or err.fatal():
+            if err is None:
                 raise BrokerUnavailable(f"{self.client_id}: {exc}") from exc
+            if is_fatal(err):
+                raise _FatalError(err.str()) from exc
             log.warning("%s poll failed: %s", self.client_id, exc)
             return []
         records = []
@@ -278,8 +379,8 @@ class ConsumerRuntime:
                 topic, partition, offset = m.topic(), m.partition(), m.offset()
                 if topic is not None and partition is not None and offset is not None:  # always set on an EOF event
                     self.hooks.on_end(self, (topic, partition), offset)
-            elif err.fatal():
-                raise BrokerUnavailable(f"{self.client_id}: {err}")
+            elif is_fatal(err):
+                raise _FatalError(err.str())
             else:
                 log.warning("%s consumer error: %s", self.client_id, err)
         return records
@@ -526,6 +627,8 @@ class ConsumerRuntime:
         self.hooks.on_assigned(self, partitions)
 
     def _on_revoke(self, _consumer: Any, tps: list[Any]) -> None:
+        if _consumer is not self._consumer:
+            return  # a client being closed after a fatal error: its partitions were lost already (``_rebuild``)
         partitions = [(tp.topic, tp.partition) for tp in tps]
         log.info("%s revoked %s", self.client_id, _names(partitions))
         try:
@@ -536,7 +639,11 @@ class ConsumerRuntime:
             self._forget(partitions)
 
     def _on_lost(self, _consumer: Any, tps: list[Any]) -> None:
-        partitions = [(tp.topic, tp.partition) for tp in tps]
+        if _consumer is not self._consumer:
+            return  # a client being closed after a fatal error: its partitions were lost already (``_rebuild``)
+        self._lose([(tp.topic, tp.partition) for tp in tps])
+
+    def _lose(self, partitions: list[Partition]) -> None:
         log.warning("%s lost %s", self.client_id, _names(partitions))
         try:
             self.hooks.on_lost(self, partitions)
@@ -579,7 +686,8 @@ class ConsumerRuntime:
         except Exception as exc:  # what is not committed is read again by the next owner
             log.warning("%s final commit failed: %s", self.client_id, exc)
         try:
-            self._consumer.close()
+            if self._consumer is not None:  # None: stopped while rebuilding after a fatal error
+                self._consumer.close()
         except Exception as exc:  # noqa: BLE001 — a hook that raised on the last revocation, or the broker away
             log.warning("%s leaving the group: %s", self.client_id, exc)
         log.info("%s left group %s", self.client_id, self.group)

@@ -138,6 +138,8 @@ class TaskCreated(TaskEvent):
     actor: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    concurrency_rate: int | None = None
+    concurrency_per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -431,6 +433,8 @@ class TaskState:
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
     waiting_for: str | None = None
+    concurrency_rate: int | None = None
+    concurrency_per_s: float | None = None
 
 
 class ScheduleStatus(StrEnum):
@@ -501,13 +505,16 @@ class GateEvent(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlotRequested(GateEvent):
-    """Task ``holder`` asks for a slot of the key for ``attempt``; ``limit``: the key's limit as the task
-    carries it (the latest request's limit is the key's)."""
+    """Task ``holder`` asks for a slot of the key for ``attempt``; ``limit``, ``rate`` and ``per_s``: the key's
+    limits as the task carries them (the latest request's are the key's). ``limit`` 0: no limit on how many
+    at once (a key with a rate only); ``rate`` None: no rate (at most ``rate`` starts in any ``per_s``)."""
 
     holder: str
     attempt: int
     priority: str = Priority.MEDIUM.value
     limit: int = 1
+    rate: int | None = None
+    per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -516,6 +523,12 @@ class SlotReleased(GateEvent):
 
     holder: str
     attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateWoken(GateEvent):
+    """The gate's timer fired at ``occurred_at``: a start spent ``per_s`` before is free again (rate limits,
+    ``gates.py``). Nothing but the time it carries."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -548,6 +561,9 @@ class GateState:
     granted: int = 0
     version: int = 0
     last_offset: int = -1
+    rate: int | None = None
+    per_s: float | None = None
+    spent: list[datetime] = field(default_factory=list)
 
     @property
     def task_id(self) -> str:
@@ -727,6 +743,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SlotRequested,
     SlotReleased,
     SlotGranted,
+    GateWoken,
     ControlPaused,
     ControlResumed,
     ControlLimited,
@@ -736,7 +753,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 #: Types of the events about a flow control's copy in one partition (``ControlState``).
 CONTROL_EVENT_TYPES: tuple[type[ControlEvent], ...] = (ControlPaused, ControlResumed, ControlLimited)
 #: Types of the events about a concurrency key's slots (``GateState``).
-GATE_EVENT_TYPES: tuple[type[GateEvent], ...] = (SlotRequested, SlotReleased)
+GATE_EVENT_TYPES: tuple[type[GateEvent], ...] = (SlotRequested, SlotReleased, GateWoken)
 #: Every type the codec knows, by Avro record name.
 RECORD_TYPES: dict[str, type] = {
     t.__name__: t

@@ -242,6 +242,10 @@ MAX_REBUILD_WAIT_S = 30.0
 #: Fatal errors closer than this to the last rebuild count as "keeping coming" (the wait doubles); later, the next
 #: rebuild is immediate again.
 FATAL_STORM_S = 60.0
+#: A transaction call that has not returned this long after its own timeout is wedged: librdkafka 2.16's
+#: ``send_offsets_to_transaction`` can wait for good on a group coordinator cached on a broker that left
+#: (confluent-kafka-python's librdkafka issues #5456, #5511), seen after a rolling restart of the brokers.
+WEDGED_AFTER_S = 5.0
 
 
 class RecoveringProducer:
@@ -336,14 +340,14 @@ class RecoveringProducer:
                                     timeout: float = 30.0) -> None:
         """Add a consumer group's ``offsets`` to the transaction (committed with it; KIP-447 fencing by the
         group's generation in ``group_metadata``)."""
-        self._transaction_call("send_offsets_to_transaction", offsets, group_metadata, timeout)
+        self._transaction_call("send_offsets_to_transaction", offsets, group_metadata, timeout=timeout)
 
     def commit_transaction(self, timeout: float = 30.0, attempts: int = 3) -> None:
         """Commit the transaction (every record acknowledged, then the commit marker), called again up to
         ``attempts`` times while it fails with an error worth retrying (a timeout)."""
         for attempt in range(attempts):
             try:
-                self._transaction_call("commit_transaction", timeout)
+                self._transaction_call("commit_transaction", timeout=timeout)
                 return
             except BrokerUnavailable as exc:
                 cause = exc.__cause__
@@ -353,21 +357,56 @@ class RecoveringProducer:
                 log.warning("producer %s: commit of its transaction is retried: %s", self.client_id, err.str())
 
     def abort_transaction(self, timeout: float = 30.0) -> None:
-        self._transaction_call("abort_transaction", timeout)
+        self._transaction_call("abort_transaction", timeout=timeout)
 
-    def _transaction_call(self, name: str, *args: Any) -> None:
+    def _transaction_call(self, name: str, *args: Any, timeout: float | None = None) -> None:
         """confluent-kafka's ``name`` on the current client; its error is ``BrokerUnavailable`` (the library's
-        error its cause), a fatal one noted first (the next call rebuilds the client, fencing this one)."""
+        error its cause), a fatal one noted first (the next call rebuilds the client, fencing this one).
+
+        A call given a ``timeout`` runs in a thread of its own and is given up ``WEDGED_AFTER_S`` after it: the
+        client is then treated as fenced (``problem``; the next call builds a new one, whose
+        ``init_transactions`` fences the wedged one and aborts its transaction) and ``BrokerUnavailable`` says
+        so. The wedged thread is left to the library."""
         client = self._usable()
+        what = f"{name} of {self._config.get('transactional.id')}"
         try:
-            with broker_errors(f"{name} of {self._config.get('transactional.id')}"):
+            with broker_errors(what):
                 try:
-                    getattr(client, name)(*args)
+                    if timeout is None:
+                        getattr(client, name)(*args)
+                    else:
+                        self._bounded(client, name, (*args, timeout), timeout + WEDGED_AFTER_S)
                 except KafkaException as exc:
                     self._note(client, exc)
                     raise
         except RecordRefused as exc:  # a transaction call refuses no record: a refused one failed the transaction
             raise BrokerUnavailable(str(exc)) from exc.__cause__
+
+    def _bounded(self, client: Any, name: str, args: tuple[Any, ...], limit: float) -> None:
+        """``client.name(*args)`` in a daemon thread, waited for ``limit`` seconds; its exception re-raised. Past
+        the limit the client is marked wedged and ``BrokerUnavailable`` raised."""
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                getattr(client, name)(*args)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 — handed to the caller's thread as it is
+                outcome.append(exc)
+
+        worker = threading.Thread(target=call, name=f"{self.client_id}-{name}", daemon=True)
+        worker.start()
+        worker.join(limit)
+        if not outcome:
+            with self._lock:
+                if client is self._client and self.problem is None:
+                    self.problem = f"{name} did not return within {limit:.0f}s (wedged)"
+                    self._wait, self._due = 0.0, time.monotonic()
+            log.error("producer %s: %s did not return within %.0fs; the client is replaced (fencing it)",
+                      self.client_id, name, limit)
+            raise BrokerUnavailable(f"producer {self.client_id}: {name} did not return within {limit:.0f}s")
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def __len__(self) -> int:
         client = self._client

@@ -83,6 +83,10 @@ _Entry = tuple[Any, int, "_Entry | None", str | int | None]
 MAX_CONCURRENCY_KEY_CHARS = 256
 #: Highest ``limit`` of a concurrency key.
 MAX_CONCURRENCY_LIMIT = 10_000
+#: Highest ``rate`` of a concurrency key (starts per period): its gate keeps the time of each start of a period.
+MAX_RATE = 1_000
+#: Longest period of a key's rate, in seconds (a day).
+MAX_RATE_PERIOD_S = 86_400.0
 
 def check_json(value: Any) -> None:
     """Raise ``JsonLimitError`` unless ``value`` is a JSON document that every reader takes the same way.

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
         "classic", description="consumer group protocol: classic (the default; client-side assignment, "
         "cooperative-sticky) or consumer (KIP-848: the broker assigns partitions "
         "incrementally and the session timeout is set on the group; Apache Kafka 4.0+; opt-in: a restarted processor "
-        "with a static processor_instance_id is refused while its old member's session lasts, see docs/operations.md)"
+        "with a static processor_instance_id is refused until its old member's session ends, see docs/operations.md)"
     )
     min_insync_replicas: int | None = Field(
         None, ge=1, description="min.insync.replicas of the topics taskstream creates (None: the broker's default); "

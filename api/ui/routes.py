@@ -150,6 +150,7 @@ PAGES = {  # page -> (title, nav label or None)
     "schedules": ("Schedules", "Schedules"),
     "schedule": ("Schedule", None),
     "workers": ("Workers", "Workers"),
+    "limits": ("Limits", "Limits"),
 }
 
 
@@ -208,6 +209,11 @@ async def schedule(schedule_id: str) -> Response:
 @router.get("/workers")
 async def workers() -> Response:
     return _page("workers")
+
+
+@router.get("/limits")
+async def limits() -> Response:
+    return _page("limits")
 
 
 @router.get("/static/{name}")

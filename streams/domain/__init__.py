@@ -36,7 +36,9 @@
 - Concurrency keys (``slots.py``, ``gates.py``): a task with a key waits
   ``pending`` with ``waiting_for`` until the key's gate, an aggregate keyed by
   ``concurrency:<key>``, grants it a slot; ``concurrency_key_of`` fills in a
-  key's payload template.
+  key's payload template. A key's rate (``rate_of``: at most ``rate`` starts
+  in any ``per_s`` seconds) is the same gate's, clocked by the events it folds
+  and woken by its timer (``wakes_at``, ``GateWoken``).
 - Pause and resume (``controls.py``): a handler's or workflow's pause is a
   control aggregate copied to every partition (``PauseTarget``,
   ``ResumeTarget``); a task admitted while one of its targets is paused in
@@ -125,7 +127,7 @@ from .evolve import (
     is_terminal,
     waiting_until,
 )
-from .gates import grants
+from .gates import grants, live_spent, wakes_at
 from .ids import PROCESSOR, UNSET, command_cause, identified, state_cause
 from .order import FOLLOW_UP_TRIGGERS, MAX_AWAITING, applied_inline, fold_log, fold_next, stamped
 from .react import (
@@ -166,7 +168,7 @@ from .schedules import (
     schedule_task_id,
     task_from_template,
 )
-from .slots import concurrency_key_of, gated, held, slot_attempt, slot_messages, slot_replay
+from .slots import concurrency_key_of, gated, held, rate_of, slot_attempt, slot_messages, slot_replay
 from .step import (
     RELAY_SLACK_S,
     DependentsLookup,
@@ -199,7 +201,7 @@ __all__ = [
     "schedule_run_task_id",
     "BackfillSchedule", "MAX_BACKFILL", "OVERLAPS", "backfill_task_id", "backfill_times",
     "GATE_PREFIX", "gate_id", "grants", "concurrency_key_of", "gated", "held",
-    "slot_attempt", "slot_messages", "slot_replay",
+    "slot_attempt", "slot_messages", "slot_replay", "rate_of", "live_spent", "wakes_at",
     "CONTROL_PREFIX", "HANDLER", "WORKFLOW", "Held", "Limits", "LimitTarget", "Paused", "PauseTarget",
     "ResumeTarget", "admitted",
     "control_id", "hold_reason", "paused_hold", "releases", "target", "targets_of", "PAUSE_PREFIX",

@@ -18,7 +18,10 @@ class SubmitTask:
     """Create a task (``TaskCreated``); refused if the id is taken.
 
     ``concurrency_key`` is the key's template (``{payload.<field>}`` filled in by ``decide``, which raises
-    ``ValidationError`` naming ``concurrency.key`` for a field the payload lacks); ``concurrency_limit`` its limit.
+    ``ValidationError`` naming ``concurrency.key`` for a field the payload lacks); ``concurrency_limit`` its limit;
+    ``concurrency_rate`` and ``concurrency_per_s`` its rate (at most that many starts in any that many seconds;
+    both or neither, ``ValidationError`` naming ``concurrency.rate`` or ``concurrency.per_s``). A key needs a limit,
+    a rate or both.
     """
 
     task_id: str
@@ -44,6 +47,8 @@ class SubmitTask:
     request_hash: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    concurrency_rate: int | None = None
+    concurrency_per_s: float | None = None
 
 
 #: Task fields an ``UpdateTask`` may change (the same names on TaskState and TaskUpdated).

@@ -42,7 +42,7 @@ from .commands import (
 )
 from .evolve import TERMINAL_VALUES, UPDATABLE
 from .ids import UNSET, command_cause, identified
-from .slots import concurrency_key_of
+from .slots import concurrency_key_of, rate_of
 
 #: Statuses a redrive re-opens.
 REDRIVABLE = frozenset({Status.FAILED.value, Status.UPSTREAM_FAILED.value})
@@ -108,7 +108,10 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
     if state is not None:
         raise CommandRejected(f"task {c.task_id} already exists")
     key = None
-    if c.concurrency_key is not None and c.concurrency_limit is not None:
+    rate, per_s = rate_of(c.concurrency_rate, c.concurrency_per_s)
+    if c.concurrency_key is not None:
+        if c.concurrency_limit is None and rate is None:
+            raise ValidationError("concurrency.limit", "a concurrency key needs a limit, a rate (with per_s) or both")
         key = concurrency_key_of(c.concurrency_key, c.payload)
     return [
         TaskCreated(
@@ -120,6 +123,7 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
             backoff_max_s=c.backoff_max_s, backoff_jitter=c.backoff_jitter, key=c.key, workflow_id=c.workflow_id,
             upstream_keys=dict(c.upstream_keys), idempotency_key=c.idempotency_key, request_hash=c.request_hash,
             actor=c.actor, concurrency_key=key, concurrency_limit=c.concurrency_limit if key is not None else None,
+            concurrency_rate=rate if key is not None else None, concurrency_per_s=per_s if key is not None else None,
         )
     ]
 

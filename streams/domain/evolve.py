@@ -235,7 +235,7 @@ def _queued(state: TaskState | None, e: TaskQueued) -> TaskState | None:
         return state  # nothing queues a task still waiting for its dependencies
     if state.waiting_for is not None and state.waiting_for.startswith(PAUSE_PREFIX):
         return state  # held by a pause: only its TaskReleased admits it (controls.py)
-    if state.concurrency_key and state.concurrency_limit is not None:
+    if state.concurrency_key and (state.concurrency_limit is not None or state.concurrency_rate is not None):
         # Under a concurrency key the attempt waits for a slot (gates.py); its SlotGranted queues it.
         if state.waiting_for is not None:
             return state
@@ -487,4 +487,6 @@ def initial_state(e: TaskCreated) -> TaskState:
         scheduled_for=e.scheduled_for,
         concurrency_key=e.concurrency_key,
         concurrency_limit=e.concurrency_limit,
+        concurrency_rate=e.concurrency_rate,
+        concurrency_per_s=e.concurrency_per_s,
     )

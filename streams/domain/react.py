@@ -12,6 +12,7 @@ from taskstream.schemas import (
     DependencyRegistered,
     DependencyResolved,
     Event,
+    GateWoken,
     LeaseExpired,
     ReadyTask,
     ScheduleCreated,
@@ -184,7 +185,7 @@ def to_dependents(state: TaskState, owing: str | None, dependents: Iterable[str]
 #: Events whose decisions follow from the change they made; folded again (a
 #: duplicate) they change nothing and decide nothing.
 CHANGE_DRIVEN = frozenset({TaskFailed, LeaseExpired, TaskRedriven, TaskUpdated, ScheduleCreated, ScheduleFired,
-                           ScheduleTriggered, SlotRequested, SlotReleased})
+                           ScheduleTriggered, SlotRequested, SlotReleased, GateWoken})
 
 
 def replay_outputs(state: TaskState | ScheduleState, now: datetime, event: Event | None = None,

@@ -18,7 +18,7 @@ from taskstream.schemas import (
     ValidationError,
     codec,
 )
-from taskstream.schemas.limits import MAX_CONCURRENCY_KEY_CHARS
+from taskstream.schemas.limits import MAX_CONCURRENCY_KEY_CHARS, MAX_RATE, MAX_RATE_PERIOD_S
 
 from .evolve import ACTIVE, GATE_PREFIX, gate_id
 from .ids import PROCESSOR, UNSET
@@ -58,9 +58,27 @@ def concurrency_key_of(template: str, payload: str) -> str:
     return key
 
 
+def rate_of(rate: int | None, per_s: float | None) -> tuple[int | None, float | None]:
+    """A key's rate as a task asks for it: ``(rate, per_s)``, both or neither.
+
+    ``ValidationError`` naming ``concurrency.rate`` or ``concurrency.per_s``
+    for one without the other or a value out of range (1 to ``MAX_RATE``
+    starts in more than 0 and at most ``MAX_RATE_PERIOD_S`` seconds).
+    """
+    if rate is None and per_s is None:
+        return None, None
+    if rate is None or not 1 <= rate <= MAX_RATE:
+        raise ValidationError("concurrency.rate", f"a rate is 1 to {MAX_RATE} starts per period (per_s)")
+    if per_s is None or not 0 < per_s <= MAX_RATE_PERIOD_S:
+        raise ValidationError("concurrency.per_s",
+                              f"a rate needs its period: more than 0 and at most {MAX_RATE_PERIOD_S:g} seconds")
+    return rate, float(per_s)
+
+
 def gated(state: object) -> bool:
-    """True for a task that runs under a concurrency key."""
-    return isinstance(state, TaskState) and bool(state.concurrency_key) and state.concurrency_limit is not None
+    """True for a task that runs under a concurrency key (a limit, a rate or both)."""
+    return (isinstance(state, TaskState) and bool(state.concurrency_key)
+            and (state.concurrency_limit is not None or state.concurrency_rate is not None))
 
 
 def held(state: object) -> bool:
@@ -112,10 +130,11 @@ def slot_replay(state: TaskState, now: datetime) -> list[Event]:
 
 
 def _requested(state: TaskState, attempt: int, now: datetime) -> SlotRequested:
-    assert state.concurrency_key is not None and state.concurrency_limit is not None
+    assert state.concurrency_key is not None
     return SlotRequested(event_id=UNSET, gate_id=gate_id(state.concurrency_key), occurred_at=now, producer=PROCESSOR,
                          holder=state.task_id, attempt=attempt, priority=state.priority,
-                         limit=state.concurrency_limit)
+                         limit=state.concurrency_limit if state.concurrency_limit is not None else 0,
+                         rate=state.concurrency_rate, per_s=state.concurrency_per_s)
 
 
 def _released(state: TaskState, attempt: int, now: datetime) -> SlotReleased:

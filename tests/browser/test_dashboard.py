@@ -115,7 +115,8 @@ def browser():
 
 @pytest.fixture
 def page(browser, stack):
-    context = browser.new_context(base_url=stack, viewport={"width": 1360, "height": 900})
+    context = browser.new_context(base_url=stack, viewport={"width": 1360, "height": 900},
+                                  timezone_id="UTC")  # times typed into the page are read in UTC
     pg = context.new_page()
     pg.errors = []
     pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
@@ -411,7 +412,7 @@ def test_task_list_searches_by_prefix_and_shows_durations(page, http) -> None:
     assert page.errors == []
 
 
-def test_schedule_page_pauses_resumes_and_runs_now(page, http) -> None:
+def test_schedule_page_pauses_resumes_runs_now_and_backfills(page, http) -> None:
     body = {"cron": "0 3 * * *", "name": "nightly export", "task": {"handler": "ui.ok", "payload": {"kind": "export"}}}
     sid = http.post("/api/v1/schedules", json=body).json()["id"]
     page.goto("/ui/schedules")
@@ -432,6 +433,21 @@ def test_schedule_page_pauses_resumes_and_runs_now(page, http) -> None:
     wait_until(lambda: http.get(f"/api/v1/schedules/{sid}").json()["status"] == "active", timeout=10)
     wait_until(lambda: page.get_attribute("body", "data-status") == "active", timeout=10, message="shown active")
     shot(page, "schedule")
+
+    # backfill three nights (03:00 UTC: the schedule's zone, and the browser context's) with at most one at once
+    page.fill("#bf-start", "2026-01-05T00:00:00")
+    page.fill("#bf-end", "2026-01-07T12:00:00")
+    page.fill("#bf-max", "1")
+    page.click("#bf-submit")
+    page.wait_for_selector("#bf-tasks li", timeout=10000)
+    ids = [li.get_attribute("data-id") for li in page.locator("#bf-tasks li").all()]
+    assert len(ids) == 3 and "3 tasks" in page.text_content("#bf-result")
+    runs = [wait_status(http, task_id, {"succeeded"}) for task_id in ids]
+    assert [r["schedule_id"] for r in runs] == [sid] * 3
+    shot(page, "schedule-backfill")
+    page.fill("#bf-end", "2025-12-01T00:00:00")  # before the start: refused, naming the field
+    page.click("#bf-submit")
+    wait_until(lambda: "backfill refused" in page.text_content("#bf-result"), timeout=10, message="the refusal")
     assert page.errors == []
 
 

@@ -24,6 +24,10 @@ the TaskState keeps them beside ``error``), folded by the code of that change.
 7 = issue 28: concurrency keys (TaskCreated/TaskState ``concurrency_*``,
 ``waiting_for``; SlotRequested, SlotGranted, SlotReleased and the gate's
 GateState); its ``concurrency`` history is folded by the code of issue 28.
+8 = issue 28's rate limits (TaskCreated/TaskState ``concurrency_rate`` and
+``concurrency_per_s``; SlotRequested ``rate``/``per_s``; GateState ``rate``,
+``per_s``, ``spent``; GateWoken); its ``rate_limits`` history is folded by
+the code of that change.
 8 = issue 28: pause and resume (ControlPaused, ControlResumed, ControlState,
 TaskHeld, TaskReleased); its ``pause`` history is folded by the code of that change.
 A release's logs are never regenerated once committed: they are what that
@@ -55,7 +59,7 @@ RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
             5: "retry_delay_s and schedule_id (issue 23)",
             6: "error_type and traceback (issue 26); schedule pause, resume, run now, backfill (issues 26, 29)",
             7: "concurrency keys (issue 28)",
-            8: "pause and resume of handlers and workflows (issue 28)"}
+            8: "rate limits of a concurrency key; pause and resume, handler limits (issue 28)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
@@ -254,6 +258,31 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             ev("TaskStarted", "t-p1", 5.2, attempt=1),
             ev("TaskSucceeded", "t-p1", 5.5, attempt=1, result="null"),
         ]
+        # Two tasks of one key with a rate of 1 per second, no limit: the second waits for the gate's timer.
+        gate = "concurrency:api"
+
+        def gate_ev(kind: str, t: float, **fields) -> tuple[str, dict]:
+            return ev(kind, gate, t, gate_id=gate, **fields)
+
+        rated = {"concurrency_key": "api", "concurrency_rate": 1, "concurrency_per_s": 1.0}
+        asked = {"priority": "medium", "limit": 0, "rate": 1, "per_s": 1.0}
+        logs["rate_limits"] = [
+            created("t-r1", 0, **rated),
+            ev("TaskQueued", "t-r1", 0.01, attempt=1, priority="medium"),
+            gate_ev("SlotRequested", 0.01, holder="t-r1", attempt=1, **asked),
+            created("t-r2", 0.1, **rated),
+            ev("TaskQueued", "t-r2", 0.11, attempt=1, priority="medium"),
+            gate_ev("SlotRequested", 0.11, holder="t-r2", attempt=1, **asked),
+            ev("SlotGranted", "t-r1", 0.02, gate_id=gate, attempt=1),
+            ev("TaskStarted", "t-r1", 0.2, attempt=1),
+            ev("TaskSucceeded", "t-r1", 0.5, attempt=1, result="null"),
+            gate_ev("SlotReleased", 0.51, holder="t-r1", attempt=1),
+            gate_ev("GateWoken", 1.011),
+            ev("SlotGranted", "t-r2", 1.02, gate_id=gate, attempt=1),
+            ev("TaskStarted", "t-r2", 1.1, attempt=1),
+            ev("TaskSucceeded", "t-r2", 1.3, attempt=1, result="null"),
+            gate_ev("SlotReleased", 1.31, holder="t-r2", attempt=1),
+        ]
     return logs
 
 
@@ -330,6 +359,8 @@ def cmd_checkout(commit: str, target: str) -> None:
 
 def state_json(state) -> dict:
     def plain(v):
+        if isinstance(v, list):  # a gate's spent starts (set 8)
+            return [plain(x) for x in v]
         return v.isoformat() if isinstance(v, datetime) else v
 
     return {k: plain(v) for k, v in dataclasses.asdict(state).items()}

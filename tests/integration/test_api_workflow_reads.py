@@ -100,7 +100,8 @@ def test_overall_status_follows_the_tasks(client: TestClient, settings: Settings
         assert failed["status"] == "failed" and failed["finished_at"]
         assert (by_key["boom"]["status"], by_key["after"]["status"], by_key["aside"]["status"]) == (
             "failed", "upstream_failed", "succeeded")
-        assert "seconds" in by_key["boom"]["error"]
+        assert "seconds" in by_key["boom"]["error"] and by_key["boom"]["error_type"]
+        assert by_key["aside"]["error_type"] is None
         assert failed["counts"] == {"failed": 1, "succeeded": 2, "upstream_failed": 1}
 
         listed = {s: [w["id"] for w in client.get(f"{V1}/workflows", params={"status": s}).json()["workflows"]]

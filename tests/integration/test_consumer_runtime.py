@@ -211,6 +211,56 @@ def test_stopping_leaves_the_group_at_once(settings, topic) -> None:
                message="the group without members")
 
 
+
+
+class Started:
+    """A runtime running on a thread of its own until ``stop()`` (``running`` for a test that stops members in an
+    order of its own)."""
+
+    def __init__(self, runtime: ConsumerRuntime) -> None:
+        self.runtime = runtime
+        self._running = running(runtime)
+        self.errors = self._running.__enter__()
+
+    def stop(self) -> None:
+        self._running.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_a_member_fenced_or_refused_for_its_instance_id_rejoins_once_the_other_leaves(settings, topic, protocol,
+                                                                                      caplog) -> None:
+    """Two members with one static ``group.instance.id``: under the classic protocol the second fences the first
+    (a fatal FENCED_INSTANCE_ID), under the consumer protocol the second is refused (a fatal
+    UNRELEASED_INSTANCE_ID). Either way the one left without the id loses what it held, rebuilds its consumer
+    and waits; once the other has left and its session ended, it joins and reads what comes next. Nothing ends
+    ``run`` with an error."""
+    settings = settings.model_copy(update={"group_protocol": protocol})
+    static = {"group.instance.id": "the-one"}
+    produce(settings, topic, [(0, b"a"), (1, b"b")])
+    first, second = Recorder("first"), Recorder("second")
+    members = [Started(member(settings, first, topic, name="first", overrides=static))]
+    try:
+        wait_until(lambda: len(first.values) == 2, timeout=30, message="the first member reads")
+        members.append(Started(member(settings, second, topic, name="second", overrides=static)))
+        holder, waiting = (members[1], members[0]) if protocol == "classic" else (members[0], members[1])
+        wait_until(lambda: "instance id the-one is held by another member" in caplog.text, timeout=30,
+                   message="a member left without the id, waiting for it")
+        if protocol == "classic":
+            assert first.lost == [sorted([(topic, 0), (topic, 1)])]  # fenced: what it held was lost, not committed
+        holder.stop()  # a static member's id is free once its session ends (2 s in the tests)
+        produce(settings, topic, [(0, b"c"), (1, b"d")])
+
+        def read_again() -> bool:
+            assert waiting.errors == []
+            return {b"c", b"d"} <= {v for _, _, v in waiting.runtime.hooks.values}
+
+        wait_until(read_again, timeout=60, message="the member that waited reads again")
+        assert waiting.runtime.rebuilds == 1
+    finally:
+        for m in members:
+            m.stop()
+    assert [m.errors for m in members] == [[], []]
+
 class Follower(Hooks):
     """A reader of every partition of ``topic`` from the beginning, as the read model and the key store are."""
 

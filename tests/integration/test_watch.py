@@ -293,6 +293,10 @@ def test_grpc_task_rpcs_succeed_through_the_http_rules(stack: Stack, stubs: Stub
     assert len(page.tasks) == 2 and page.next_cursor
     more = t.ListTasks(tasks_pb2.ListTasksRequest(handler="watch.flaky", limit=2, cursor=page.next_cursor))
     assert not {x.id for x in more.tasks} & {x.id for x in page.tasks}
+    found = t.ListTasks(tasks_pb2.ListTasksRequest(prefix=first.id[:12]))
+    assert [x.id for x in found.tasks] == [first.id]
+    code, details = rpc_error(t.ListTasks, tasks_pb2.ListTasksRequest(prefix="x" * 10_000))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["prefix"]
     stack.states.until_terminal(first.id)
     past = t.GetTask(tasks_pb2.GetTaskRequest(id=first.id, as_of=first.created_at))
     assert past.status == "pending" and past.version == 1
@@ -343,8 +347,41 @@ def test_grpc_workflow_and_schedule_rpcs_succeed(stubs: Stubs) -> None:
     assert s.GetSchedule(schedules_pb2.GetScheduleRequest(id=created.id)).cron == "0 9 * * 1-5"
     listed = s.ListSchedules(schedules_pb2.ListSchedulesRequest(status="active"))
     assert created.id in [x.id for x in listed.schedules]
+    paused = s.PauseSchedule(schedules_pb2.ChangeScheduleRequest(id=created.id, reason="holiday"))
+    assert paused.status == "paused"
+    assert s.GetSchedule(schedules_pb2.GetScheduleRequest(id=created.id)).status == "paused"
+    resumed = s.ResumeSchedule(schedules_pb2.ChangeScheduleRequest(id=created.id))
+    assert resumed.status == "active" and resumed.version > paused.version
+    ran = s.RunSchedule(schedules_pb2.ChangeScheduleRequest(id=created.id))
+    assert ran.last_task_id and ran.fired == created.fired + 1
+
+    def handler_of(task_id: str) -> str | None:
+        try:
+            return stubs.tasks.GetTask(tasks_pb2.GetTaskRequest(id=task_id)).handler
+        except grpc.RpcError as exc:  # NOT_FOUND until the processor has created it
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            return None
+
+    wait_until(lambda: handler_of(ran.last_task_id) == "noop", message="the task run now")
+
+    start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    start.FromJsonString("2026-01-05T00:00:00Z")  # a Monday: 09:00 Paris on Mon..Wed
+    end.FromJsonString("2026-01-07T23:00:00Z")
+    backfill = schedules_pb2.BackfillScheduleRequest(id=created.id, start=start, end=end, max_concurrent=1)
+    filled = s.BackfillSchedule(backfill)
+    assert filled.schedule_id == created.id and filled.count == 3 and filled.max_concurrent == 1
+    assert [t.scheduled_for.ToJsonString() for t in filled.tasks] == \
+        ["2026-01-05T08:00:00Z", "2026-01-06T08:00:00Z", "2026-01-07T08:00:00Z"]
+    assert [t.id for t in s.BackfillSchedule(backfill).tasks] == [t.id for t in filled.tasks]  # a repeat names the same
+    code, details = rpc_error(s.BackfillSchedule, schedules_pb2.BackfillScheduleRequest(id=created.id, end=end))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations(details) == ["start"]
+    code, _ = rpc_error(s.PauseSchedule, schedules_pb2.ChangeScheduleRequest(id="no-such-schedule"))
+    assert code == grpc.StatusCode.NOT_FOUND
+
     deleted = s.DeleteSchedule(schedules_pb2.DeleteScheduleRequest(id=created.id))
     assert deleted.status == "deleted"
+    code, _ = rpc_error(s.ResumeSchedule, schedules_pb2.ChangeScheduleRequest(id=created.id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_grpc_get_and_list_workflows(stack: Stack, stubs: Stubs) -> None:

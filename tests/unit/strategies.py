@@ -214,7 +214,9 @@ BY_RECORD: dict[str, st.SearchStrategy] = {
     "GateState": _auto(events.GateState, gate_id=ids, created_at=timestamps, updated_at=timestamps, limit=INT32,
                        holders=st.dictionaries(ids, INT32, max_size=4), waiting=id_lists,
                        waiting_attempts=st.dictionaries(ids, INT32, max_size=4), waiting_priorities=labels,
-                       admitted=id_lists, granted=INT64, version=INT32, last_offset=INT32),
+                       admitted=id_lists, granted=INT64, version=INT32, last_offset=INT32,
+                       spent=st.lists(timestamps, max_size=4)),
+    "GateWoken": _auto(events.GateWoken, gate_id=ids, occurred_at=timestamps, producer=text, event_id=ids),
     **{name: _auto(events.RECORD_TYPES[name], **_event_fields()) for name in _AUTO if not name.startswith("Schedule")},
     **{
         name: _auto(events.RECORD_TYPES[name], **_schedule_event_fields())

@@ -170,12 +170,35 @@ def test_a_task_s_concurrency_key_template_is_filled_from_its_payload_and_shown_
 
 
 @pytest.mark.parametrize("concurrency", [
-    {"key": "k"}, {"limit": 2}, {"key": "", "limit": 2}, {"key": "k", "limit": 0}, {"key": "k", "limit": "2"},
+    {"limit": 2}, {"key": "", "limit": 2}, {"key": "k", "limit": 0}, {"key": "k", "limit": "2"},
     {"key": "k", "limit": 2, "extra": 1}, {"key": "k" * 300, "limit": 2},
+    {"key": "k", "rate": 0, "per_s": 1}, {"key": "k", "rate": 5, "per_s": 0}, {"key": "k", "rate": 5, "per_s": "1"},
+    {"key": "k", "rate": 1001, "per_s": 1},
 ])
 def test_a_bad_concurrency_field_is_refused(concurrency):
     with pytest.raises(PydanticValidationError):
         TaskIn.model_validate({"handler": "h", "concurrency": concurrency})
+
+
+@pytest.mark.parametrize(("concurrency", "field"), [
+    ({"key": "k"}, "concurrency.limit"),
+    ({"key": "k", "rate": 5}, "concurrency.per_s"),
+    ({"key": "k", "per_s": 1}, "concurrency.rate"),
+])
+def test_a_key_without_a_limit_or_a_whole_rate_is_refused_by_the_decider_naming_the_field(concurrency, field):
+    body = TaskIn.model_validate({"handler": "h", "concurrency": concurrency})
+    with pytest.raises(ValidationError) as info:
+        decide(None, body.to_command(task_id="t", producer="api", settings=SETTINGS), T_NOW)
+    assert info.value.field == field
+
+
+def test_a_rate_reaches_the_task_and_is_shown_with_it():
+    body = TaskIn.model_validate({"handler": "h", "concurrency": {"key": "api", "rate": 5, "per_s": 1}})
+    (event,) = decide(None, body.to_command(task_id="t", producer="api", settings=SETTINGS), T_NOW)
+    assert (event.concurrency_limit, event.concurrency_rate, event.concurrency_per_s) == (None, 5, 1.0)
+    shown = task_json(fold([event]))
+    assert shown["concurrency"] == {"key": "api", "limit": None, "rate": 5, "per_s": 1.0}
+    assert shown["waiting_for"] is None
 
 
 def test_a_key_naming_a_field_the_payload_lacks_is_refused_naming_concurrency_key():

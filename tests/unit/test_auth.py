@@ -309,7 +309,7 @@ def test_the_shipped_deployments_start_an_api_that_authenticates(monkeypatch) ->
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
     (config,) = [d for d in yaml.safe_load_all((root / "deploy/k8s/configmap.yaml").read_text())
                  if d and d["kind"] == "ConfigMap"]
-    for where, env in (("compose", compose["services"]["api"]["environment"]), ("k8s", config["data"])):
+    for where, env in (("compose", compose["services"]["api-1"]["environment"]), ("k8s", config["data"])):
         for name in [n for n in os.environ if n.startswith("TASKSTREAM_")]:
             monkeypatch.delenv(name)
         for name, value in env.items():

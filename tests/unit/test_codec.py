@@ -114,6 +114,7 @@ def _sample(name: str):
         "ScheduleBackfilled": lambda: RECORD_TYPES[name](**schedule, start=T0, end=T0, max_concurrent=2, count=1),
         "SlotRequested": lambda: RECORD_TYPES[name](**gate, holder="t1", attempt=1, priority="high", limit=2),
         "SlotReleased": lambda: RECORD_TYPES[name](**gate, holder="t1", attempt=1),
+        "GateWoken": lambda: RECORD_TYPES[name](**gate),
         "SlotGranted": lambda: RECORD_TYPES[name](**base, gate_id="concurrency:k", attempt=1),
         "ControlPaused": lambda: RECORD_TYPES[name](**control, reason="deploy", actor="k1"),
         "ControlResumed": lambda: RECORD_TYPES[name](**control, actor="k1"),
@@ -127,7 +128,8 @@ def _sample(name: str):
         ),
         "GateState": lambda: RECORD_TYPES[name](
             gate_id="concurrency:k", created_at=T0, updated_at=T0, limit=2, holders={"t1": 1}, waiting=["t2"],
-            waiting_attempts={"t2": 1}, waiting_priorities={"t2": "low"}, admitted=["t1"],
+            waiting_attempts={"t2": 1}, waiting_priorities={"t2": "low"}, admitted=["t1"], rate=5, per_s=1.0,
+            spent=[T0],
         ),
         "Heartbeat": lambda: RECORD_TYPES[name](**base, attempt=1),
         "ScheduleState": lambda: RECORD_TYPES[name](

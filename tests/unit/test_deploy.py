@@ -82,6 +82,11 @@ def k8s_docs() -> list[tuple[str, dict]]:
     return docs
 
 
+#: The compose stack's Redpanda cluster (issue 27: three nodes, three replicas) and its APIs.
+REDPANDA_NODES = ("redpanda-0", "redpanda-1", "redpanda-2")
+APIS = ("api-1", "api-2")
+
+
 #: The compose services that run once and exit (the others run for good); ``admin`` runs operator commands.
 ONE_SHOT = {"topic-init", "acl-init", "admin"}
 
@@ -132,12 +137,12 @@ def test_compose_validates_against_the_compose_spec_schema(compose, compose_sche
 
 def test_compose_spec_schema_rejects_a_broken_compose(compose, compose_schema):
     broken = _plain(compose)
-    broken["services"]["api"]["depends_on"]["topic-init"]["condition"] = "service_finished"
+    broken["services"]["api-1"]["depends_on"]["topic-init"]["condition"] = "service_finished"
     broken["services"]["executor"]["restart"] = ["always"]
     broken["services"]["grafana"]["bogus"] = 1
     errors = " ".join(_compose_errors(compose_schema, broken))
     assert "$.services.executor.restart" in errors and "'bogus' was unexpected" in errors
-    assert "$.services.api" in errors
+    assert "$.services['api-1'].depends_on" in errors
 
 
 def test_compose_parses_with_the_compose_spec_parser(compose):
@@ -149,8 +154,8 @@ def test_compose_parses_with_the_compose_spec_parser(compose):
 @pytest.mark.parametrize(
     ("service", "key", "value", "message"),
     [
-        ("api", "healthcheck", {"test": ["CMD", "true"], "interval": "5x"}, "duration"),
-        ("api", "ports", ["127.0.0.1:http:8080"], "port"),
+        ("api-1", "healthcheck", {"test": ["CMD", "true"], "interval": "5x"}, "duration"),
+        ("api-1", "ports", ["127.0.0.1:http:8080"], "port"),
         ("executor", "stop_grace_period", "soon", "duration"),
     ],
 )
@@ -184,7 +189,7 @@ def test_compose_references_resolve(compose):
 def test_compose_layout(compose):
     services = compose["services"]
     ours = _taskstream_services(compose)
-    assert {"topic-init", "acl-init", "api", "executor"} <= set(ours)
+    assert {"topic-init", "acl-init", *APIS, "executor"} <= set(ours)
     processors = sorted(n for n in ours if n.startswith("processor"))
     assert len(processors) == 2
     # every long-running taskstream container starts after the topics and their ACLs exist
@@ -193,7 +198,8 @@ def test_compose_layout(compose):
             assert ours[name]["depends_on"][job]["condition"] == "service_completed_successfully", name
         assert "healthcheck" in ours[name], name
     assert services["topic-init"]["command"][:2] == ["topics", "create"]
-    assert services["topic-init"]["depends_on"]["redpanda"]["condition"] == "service_healthy"
+    for node in REDPANDA_NODES:
+        assert services["topic-init"]["depends_on"][node]["condition"] == "service_healthy", node
     assert services["acl-init"]["command"][:2] == ["acls", "apply"]
     for job in ("kafka-users", "topic-init"):
         assert services["acl-init"]["depends_on"][job]["condition"] == "service_completed_successfully"
@@ -241,17 +247,35 @@ def test_compose_taskstream_variables_are_settings(compose, monkeypatch):
 
 def test_compose_settings_point_at_redpanda_and_each_other(compose, monkeypatch):
     services = compose["services"]
-    redpanda = " ".join(services["redpanda"]["command"])
-    api = _settings_from_env(monkeypatch, _taskstream_env(services["api"]["environment"]))
-    assert f"internal://{api.bootstrap_servers}" in redpanda  # an advertised Kafka address
+    api = _settings_from_env(monkeypatch, _taskstream_env(services["api-1"]["environment"]))
+    nodes = [" ".join(services[node]["command"]) for node in REDPANDA_NODES]
+    # every node is a bootstrap server, each advertising the address the settings name, and all seed one cluster
+    assert sorted(api.bootstrap_servers.split(",")) == [f"{node}:9092" for node in REDPANDA_NODES]
+    seeds = {c.split("--seeds=")[1].split()[0] for c in nodes}
+    assert seeds == {",".join(f"{node}:33145" for node in REDPANDA_NODES)}
+    for node, command in zip(REDPANDA_NODES, nodes, strict=True):
+        assert f"internal://{node}:9092" in command and f"--advertise-rpc-addr={node}:33145" in command
+        (published,) = services[node]["ports"]
+        external = published.split(":")[1]
+        assert f"external://127.0.0.1:{external}" in command, node  # a host client reaches this node's leaders
+    assert len({services[node]["ports"][0] for node in REDPANDA_NODES}) == 3
+    assert len({services[node]["volumes"][0].split(":")[0] for node in REDPANDA_NODES}) == 3
+    # three replicas of every topic, an acknowledged write on two nodes, the processor transactional
+    assert (api.replication_factor, api.min_insync_replicas, api.processor_exactly_once) == (3, 2, True)
     registry = urlsplit(api.schema_registry_url)
-    assert f"--schema-registry-addr=internal://0.0.0.0:{registry.port}" in redpanda
-    assert registry.hostname == "redpanda"
-    assert api.api_host == "0.0.0.0"
-    assert services["api"]["ports"] == [f"127.0.0.1:{api.api_port}:{api.api_port}",
-                                        f"127.0.0.1:{api.grpc_port}:{api.grpc_port}"]
-    assert api.grpc_host == "0.0.0.0"
-    assert f"127.0.0.1:{api.api_port}/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert f"--schema-registry-addr=internal://0.0.0.0:{registry.port}" in nodes[0]
+    assert registry.hostname == REDPANDA_NODES[0]
+    host_ports = set()
+    for name in APIS:
+        settings = _settings_from_env(monkeypatch, _taskstream_env(services[name]["environment"]))
+        assert settings.api_host == "0.0.0.0" and settings.grpc_host == "0.0.0.0"
+        http, grpc = services[name]["ports"]
+        assert http.startswith("127.0.0.1:") and http.endswith(f":{settings.api_port}"), name
+        assert grpc.startswith("127.0.0.1:") and grpc.endswith(f":{settings.grpc_port}"), name
+        host_ports |= {http.split(":")[1], grpc.split(":")[1]}
+        assert f"127.0.0.1:{settings.api_port}/readyz" in " ".join(services[name]["healthcheck"]["test"])
+    assert len(host_ports) == 2 * len(APIS)  # each API on ports of its own
+    assert len({services[name]["volumes"][0].split(":")[0] for name in APIS}) == len(APIS)  # a read model each
     for name in ("processor-1", "processor-2", "executor"):
         assert f"127.0.0.1:{METRICS_PORT}/metrics" in " ".join(services[name]["healthcheck"]["test"]), name
     # all taskstream containers share one prefix, broker and partition count
@@ -289,13 +313,14 @@ def test_prometheus_scrapes_every_component(compose, monkeypatch):
     config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = {t for job in jobs.values() for sc in job.get("static_configs", []) for t in sc["targets"]}
-    api = _settings_from_env(monkeypatch, _taskstream_env(compose["services"]["api"]["environment"]))
-    assert f"api:{api.api_port}" in targets and jobs["taskstream-api"]["metrics_path"] == "/metrics"
+    api = _settings_from_env(monkeypatch, _taskstream_env(compose["services"]["api-1"]["environment"]))
+    assert {f"{name}:{api.api_port}" for name in APIS} <= targets
+    assert jobs["taskstream-api"]["metrics_path"] == "/metrics"
     processors = [n for n in _taskstream_services(compose) if n.startswith("processor")]
     assert {f"{p}:{METRICS_PORT}" for p in processors} <= targets
     (dns,) = jobs["taskstream-executor"]["dns_sd_configs"]
     assert dns["names"] == ["executor"] and dns["port"] == METRICS_PORT and dns["type"] == "A"
-    assert "redpanda:9644" in targets
+    assert {f"{node}:9644" for node in REDPANDA_NODES} <= targets
     mount = [m for m in compose["services"]["prometheus"]["volumes"] if "prometheus.yml" in m]
     assert mount == ["./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"]
 
@@ -410,6 +435,8 @@ def test_k8s_settings_agree_with_taskstream(k8s_docs, monkeypatch):
     assert unknown == []
     settings = _settings_from_env(monkeypatch, {**env, "TASKSTREAM_PROCESSOR_INSTANCE_ID": "taskstream-processor-0"})
     assert settings.processor_instance_id == "taskstream-processor-0"
+    # the topology of compose (issue 27 item 5): three replicas, two in sync, a transactional processor, 2+ of each
+    assert (settings.replication_factor, settings.min_insync_replicas, settings.processor_exactly_once) == (3, 2, True)
 
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_docs}
     api = docs[("Deployment", "taskstream-api")]["spec"]["template"]["spec"]["containers"][0]
@@ -431,7 +458,8 @@ def test_k8s_settings_agree_with_taskstream(k8s_docs, monkeypatch):
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     (data,) = [m for m in proc["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
     assert Path(data["mountPath"]) == settings.data_dir
-    assert sts["spec"]["replicas"] <= settings.partitions
+    assert 2 <= sts["spec"]["replicas"] <= settings.partitions
+    assert docs[("Deployment", "taskstream-api")]["spec"]["replicas"] >= 2
     assert sts["spec"]["serviceName"] in {n for k, n in docs if k == "Service"}
     for container in (proc, docs[("Deployment", "taskstream-executor")]["spec"]["template"]["spec"]["containers"][0]):
         assert {"containerPort": METRICS_PORT, "name": "metrics"} in container["ports"]
@@ -504,7 +532,8 @@ def test_compose_runs_each_component_as_its_own_kafka_principal(compose, monkeyp
         assert settings.kafka_security_protocol == "SASL_PLAINTEXT" and settings.kafka_sasl_mechanism == "SCRAM-SHA-256"
         assert users.setdefault(_role(name), settings.kafka_sasl_username) == settings.kafka_sasl_username, name
         assert (secret == "kafka_password") == (_role(name) == "admin"), name
-    redpanda = services["redpanda"]
+    redpanda = services["redpanda-0"]
+    assert all(services[node]["environment"] == redpanda["environment"] for node in REDPANDA_NODES)
     user, password, mechanism = redpanda["environment"]["RP_BOOTSTRAP_USER"].split(":", 2)[0], *redpanda[
         "environment"]["RP_BOOTSTRAP_USER"].split(":", 1)[1].rsplit(":", 1)
     assert user == users["admin"] and mechanism == "SCRAM-SHA-256"
@@ -512,7 +541,7 @@ def test_compose_runs_each_component_as_its_own_kafka_principal(compose, monkeyp
     (bootstrap,) = [m for m in redpanda["volumes"] if m.split(":")[1] == "/etc/redpanda/.bootstrap.yaml"]
     cluster = yaml.safe_load((ROOT / bootstrap.split(":")[0]).read_text())
     assert cluster["enable_sasl"] is True
-    prefix = services["api"]["environment"]["TASKSTREAM_PREFIX"]
+    prefix = services["api-1"]["environment"]["TASKSTREAM_PREFIX"]
     _check_principals(users, _acl_principals(services["acl-init"]["command"]), cluster["superusers"], prefix)
     # kafka-users makes the component users with the secrets the components read
     made = services["kafka-users"]
@@ -525,7 +554,8 @@ def test_compose_runs_each_component_as_its_own_kafka_principal(compose, monkeyp
 def test_compose_publishes_no_unauthenticated_admin_surface(compose):
     services = compose["services"]
     published = {name: [str(p) for p in svc.get("ports") or []] for name, svc in services.items()}
-    assert published["redpanda"] == ["127.0.0.1:19092:19092"]  # Kafka (SASL) only: no admin API, registry, proxy
+    for node, port in zip(REDPANDA_NODES, (19092, 19093, 19094), strict=True):
+        assert published[node] == [f"127.0.0.1:{port}:{port}"], node  # Kafka (SASL) only: no admin API, registry, proxy
     assert services["console"]["profiles"] == ["console"]  # Console (no login) only when asked for
     for name, svc in services.items():
         if "profiles" not in svc:

@@ -40,7 +40,12 @@ def _load(path: Path) -> dict:
 
 
 def _state_json(state: TaskState) -> dict:
-    return {f: (v.isoformat() if isinstance(v, datetime) else v) for f, v in _as_dict(state).items()}
+    def plain(v):
+        if isinstance(v, list):  # a gate's spent starts (set 8)
+            return [plain(x) for x in v]
+        return v.isoformat() if isinstance(v, datetime) else v
+
+    return {f: plain(v) for f, v in _as_dict(state).items()}
 
 
 def _as_dict(state: TaskState) -> dict:
@@ -162,3 +167,15 @@ def test_v6_logs_carry_why_a_failure_failed_and_older_ones_fold_without():
         retried = domain.fold(_decode_log(_load(GOLDEN / f"v{version}" / "retries.json"))["t-retry"])
         assert isinstance(retried, TaskState) and (retried.error, retried.error_type, retried.traceback) == (
             None, None, None)
+
+
+def test_v8_logs_carry_a_key_s_rate_and_the_gate_s_timer_admits_the_waiter():
+    by_key = _decode_log(_load(GOLDEN / "v8" / "rate_limits.json"))
+    woken = [e for e in by_key["concurrency:api"] if type(e).__name__ == "GateWoken"]
+    assert len(woken) == 1 and codec.writer_version(codec.encode(woken[0])) == 8
+    gate = domain.fold(by_key["concurrency:api"][: by_key["concurrency:api"].index(woken[0])])
+    assert isinstance(gate, GateState) and (gate.rate, gate.per_s, gate.waiting) == (1, 1.0, ["t-r2"])
+    assert domain.evolve(gate, woken[0]).admitted == ["t-r2"]
+    # set 7's gate had no rate: it folds to none
+    v7 = domain.fold(_decode_log(_load(GOLDEN / "v7" / "concurrency.json"))["concurrency:acme"])
+    assert isinstance(v7, GateState) and (v7.rate, v7.spent, v7.limit) == (None, [], 1)

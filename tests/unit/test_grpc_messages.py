@@ -8,9 +8,9 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from taskstream.api.grpc_services import RpcError, _ints, task_message, to_json, validate
-from taskstream.api.models import TaskIn, schedule_json, task_json
-from taskstream.grpc.v1 import schedules_pb2, tasks_pb2
+from taskstream.api.grpc_services import RpcError, _ints, task_message, to_json, validate, workflow_message
+from taskstream.api.models import TaskIn, schedule_json, task_json, workflow_task_json
+from taskstream.grpc.v1 import schedules_pb2, tasks_pb2, workflows_pb2
 from taskstream.schemas import ScheduleState, TaskState
 
 AT = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
@@ -30,6 +30,11 @@ def test_task_and_schedule_messages_have_the_json_fields() -> None:
     schedule = ScheduleState(schedule_id="s", cron="* * * * *", timezone="UTC", template='{"handler": "h"}',
                              status="active", created_at=AT, updated_at=AT)
     assert set(schedules_pb2.Schedule.DESCRIPTOR.fields_by_name) == set(schedule_json(schedule))
+    failed = workflow_task_json(TaskState(task_id="w", handler="h", status="failed", priority="high", payload="{}",
+                                          error="ValueError: no",
+                                          error_type="ValueError", created_at=AT, updated_at=AT))
+    assert set(workflows_pb2.WorkflowTaskState.DESCRIPTOR.fields_by_name) == set(failed)
+    assert workflow_message({"id": "x", "tasks": [failed]}).tasks[0].error_type == "ValueError"
 
 
 def test_a_request_validates_with_the_http_model_and_names_the_field_by_its_path() -> None:

@@ -982,6 +982,23 @@ function pageSchedule() {
   $("sc-pause").addEventListener("click", () => act("pause", () => "paused"));
   $("sc-resume").addEventListener("click", () => act("resume", () => "resumed"));
   $("sc-run").addEventListener("click", () => act("run", (s) => el("span", {}, "created task ", taskLink(s.last_task_id))));
+  $("bf-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = clear($("bf-result"));
+    const when = (input) => new Date($(input).value).toISOString();
+    const body = { start: when("bf-start"), end: when("bf-end"), overlap: $("bf-overlap").value };
+    if ($("bf-max").value) body.max_concurrent = Number($("bf-max").value);
+    try {
+      const { data } = await api(`/api/v1/schedules/${encodeURIComponent(id)}:backfill`, { method: "POST", body });
+      out.className = "ok";
+      out.append(el("p", { text: `${data.count} task${data.count === 1 ? "" : "s"} for ${fmtTime(data.start)} to ${fmtTime(data.end)}` }),
+        el("ul", { id: "bf-tasks" }, data.tasks.map((t) =>
+          el("li", { "data-id": t.id }, taskLink(t.id), ` for ${fmtTime(t.scheduled_for)}`))));
+    } catch (e) {
+      out.className = "error";
+      out.textContent = `backfill refused: ${e.message}`;
+    }
+  });
   load();
   every(5000, load);
 }
@@ -1042,11 +1059,50 @@ function pageWorkers() {
   every(2000, () => ($("live").checked ? load() : null));
 }
 
+// ------------------------------------------------------------------ limits
+
+function pageLimits() {
+  async function load() {
+    const q = new URLSearchParams();
+    if ($("lm-key").value.trim()) q.set("key", $("lm-key").value.trim());
+    if ($("lm-active").checked) q.set("active", "true");
+    try {
+      const { data } = await api(`/api/v1/limits${q.toString() ? `?${q}` : ""}`);
+      const t = data.totals;
+      setText("lm-count", `${t.keys} keys, ${t.holding} holding, ${t.waiting} waiting`);
+      const body = clear($("limits"));
+      if (!data.limits.length) body.append(el("tr", {}, el("td", { colspan: 8, class: "hint", text: "no concurrency key" })));
+      for (const k of data.limits) {
+        const rate = k.rate === null ? "–" : `${k.rate_used}/${k.rate} per ${k.per_s} s`;
+        const holders = el("span", { class: "chips" }, k.holders.slice(0, 5).map((h) => taskLink(h.task_id, shortId(h.task_id))),
+                           k.holding > 5 ? ` +${k.holding - 5}` : "");
+        const next = el("span", { class: "chips" }, k.waiting_tasks.slice(0, 5).map((id) => taskLink(id, shortId(id))),
+                        k.waiting > 5 ? ` +${k.waiting - 5}` : "");
+        body.append(el("tr", { "data-key": k.key, "data-blocked": k.blocked_by || "" },
+          el("td", { class: "mono", text: k.key }),
+          el("td", { class: "holding", text: k.limit === null ? `${k.holding}` : `${k.holding}/${k.limit}` }),
+          el("td", { class: "waiting", text: k.waiting }),
+          el("td", { class: "rate", text: rate }),
+          el("td", {}, k.blocked_by ? el("span", { class: "badge status-pending", text: k.blocked_by }) : ""),
+          el("td", { text: k.next_start_at ? fmtTime(k.next_start_at) : "" }),
+          el("td", { class: "holders" }, holders), el("td", { class: "next" }, next)));
+      }
+      stamp();
+    } catch (e) {
+      showProblem("lm-error", e);
+    }
+  }
+  $("lm-filter").addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
+  $("lm-active").addEventListener("change", load);
+  every(2000, () => ($("live").checked ? load() : null));
+}
+
 // ------------------------------------------------------------------ start
 
 const PAGES = {
   overview: pageOverview, tasks: pageTasks, task: pageTask, workflows: pageWorkflows, workflow: pageWorkflow,
   "dead-letters": pageDeadLetters, schedules: pageSchedules, schedule: pageSchedule, workers: pageWorkers,
+  limits: pageLimits,
 };
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -54,6 +54,26 @@ class ScheduleServiceStub:
                 request_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.DeleteScheduleRequest.SerializeToString,
                 response_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.FromString,
                 _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/taskstream.v1.ScheduleService/PauseSchedule',
+                request_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.SerializeToString,
+                response_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/taskstream.v1.ScheduleService/ResumeSchedule',
+                request_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.SerializeToString,
+                response_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.RunSchedule = channel.unary_unary(
+                '/taskstream.v1.ScheduleService/RunSchedule',
+                request_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.SerializeToString,
+                response_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.BackfillSchedule = channel.unary_unary(
+                '/taskstream.v1.ScheduleService/BackfillSchedule',
+                request_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.BackfillScheduleRequest.SerializeToString,
+                response_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.BackfillScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class ScheduleServiceServicer:
@@ -83,6 +103,34 @@ class ScheduleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseSchedule(self, request, context):
+        """Stop firing until resumed; fire times meanwhile are skipped (POST /schedules/{id}:pause).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Fire again from the next cron time (POST /schedules/{id}:resume).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunSchedule(self, request, context):
+        """Create one task now; the answer's last_task_id names it (POST /schedules/{id}:run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackfillSchedule(self, request, context):
+        """One task per past cron time in start..end (POST /schedules/{id}:backfill).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScheduleServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +153,26 @@ def add_ScheduleServiceServicer_to_server(servicer, server):
                     servicer.DeleteSchedule,
                     request_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.DeleteScheduleRequest.FromString,
                     response_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.FromString,
+                    response_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.FromString,
+                    response_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.SerializeToString,
+            ),
+            'RunSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunSchedule,
+                    request_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.FromString,
+                    response_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.SerializeToString,
+            ),
+            'BackfillSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackfillSchedule,
+                    request_deserializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.BackfillScheduleRequest.FromString,
+                    response_serializer=taskstream_dot_grpc_dot_v1_dot_schedules__pb2.BackfillScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +283,114 @@ class ScheduleService:
             '/taskstream.v1.ScheduleService/DeleteSchedule',
             taskstream_dot_grpc_dot_v1_dot_schedules__pb2.DeleteScheduleRequest.SerializeToString,
             taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskstream.v1.ScheduleService/PauseSchedule',
+            taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.SerializeToString,
+            taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskstream.v1.ScheduleService/ResumeSchedule',
+            taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.SerializeToString,
+            taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskstream.v1.ScheduleService/RunSchedule',
+            taskstream_dot_grpc_dot_v1_dot_schedules__pb2.ChangeScheduleRequest.SerializeToString,
+            taskstream_dot_grpc_dot_v1_dot_schedules__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackfillSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskstream.v1.ScheduleService/BackfillSchedule',
+            taskstream_dot_grpc_dot_v1_dot_schedules__pb2.BackfillScheduleRequest.SerializeToString,
+            taskstream_dot_grpc_dot_v1_dot_schedules__pb2.BackfillScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -180,20 +180,22 @@ class GetTaskRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("status", "priority", "handler", "label", "limit", "cursor")
+    __slots__ = ("status", "priority", "handler", "label", "limit", "cursor", "prefix")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     HANDLER_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
     status: str
     priority: str
     handler: str
     label: _containers.RepeatedScalarFieldContainer[str]
     limit: int
     cursor: str
-    def __init__(self, status: _Optional[str] = ..., priority: _Optional[str] = ..., handler: _Optional[str] = ..., label: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
+    prefix: str
+    def __init__(self, status: _Optional[str] = ..., priority: _Optional[str] = ..., handler: _Optional[str] = ..., label: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_cursor", "partial")
