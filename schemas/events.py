@@ -576,7 +576,7 @@ class ControlEvent(Event):
     """An event about one partition's copy of a flow control of a handler or a workflow (``target``:
     ``handler:<name>`` or ``workflow:<id>``), keyed by ``control_id`` (``control:<partition>:<target>``) and
     written to that partition of ``<p>.events``: every partition keeps its own copy, so the decision to hold
-    a task is made in the task's own partition, in its log order (docs/decisions/00XX-pause-resume.md).
+    a task is made in the task's own partition, in its log order (docs/decisions/0028-pause-resume.md).
 
     On the wire the record also carries the id as ``task_id``, the field every record of ``<p>.events`` has.
     """

@@ -19,7 +19,7 @@ Attempts already queued or running when the pause is folded finish. The
 processor asks two questions the decider cannot answer from one state:
 ``Paused`` (is this target paused in my partition?) and ``Held`` (which of my
 tasks wait for ``paused:<target>``?); both come from its partition's table.
-The design: docs/decisions/00XX-pause-resume.md.
+The design: docs/decisions/0028-pause-resume.md.
 """
 
 from __future__ import annotations
