@@ -18,6 +18,7 @@ state at``).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
@@ -86,8 +87,10 @@ def fold_next(state: Any, awaiting: Awaiting | None, event: Event) -> tuple[Any,
     awaiting)``. A follow-up whose trigger is kept is applied right after it
     and the events read since are folded again on top; one whose trigger is
     not kept (never a trigger, or more than MAX_AWAITING events ago) is
-    folded where it is. Follow-ups reach the log in the order the processor
-    made them, so triggers before this one's that have none yet made none.
+    folded where it is. What stays kept starts at the first trigger still
+    without its follow-up (``_unanswered``): a trigger read again after a
+    crash awaits one follow-up per copy, and a follow-up decided on a state
+    version (a TaskHeld) goes after the copy that left the task at it.
     """
     if awaiting is None:
         after = evolve(state, event)
@@ -97,22 +100,46 @@ def fold_next(state: Any, awaiting: Awaiting | None, event: Event) -> tuple[Any,
     cause = getattr(event, "cause", None)
     k = None
     if cause is not None:
-        k = next((i for i, (e, _) in enumerate(awaiting) if e.event_id == cause), None)
+        found = [i for i, (e, _) in enumerate(awaiting) if e.event_id == cause]
+        k = found[0] if found else None
+        version = getattr(event, "version", None)
+        if len(found) > 1 and version is not None:
+            # the trigger was read more than once (a crash's replay): the follow-up decided on a state version
+            # (a TaskHeld) goes after the copy that left the task at that version
+            after = [awaiting[i + 1][1] if i + 1 < len(awaiting) else state for i in found]
+            k = next((i for i, s in zip(found, after, strict=True) if getattr(s, "version", None) == version), k)
     if k is None:  # not a follow-up of a kept trigger: fold it where it is (and keep it for a later re-fold)
         awaiting.append((event, state))
         return evolve(state, event), (awaiting if len(awaiting) <= MAX_AWAITING else None)
-    if k == len(awaiting) - 1:
-        return evolve(state, event), None  # nothing in between: the common case
+    if k == len(awaiting) - 1:  # nothing in between: the common case
+        awaiting.append((event, state))
+        return evolve(state, event), _unanswered(awaiting, len(awaiting) - 1)
+    # re-fold with the follow-up right after its trigger, each event kept with the state before it in the new order
     state = awaiting[0][1]
-    rest: Awaiting = []
+    kept: Awaiting = []
     for i, (e, _) in enumerate(awaiting):
-        if i > k:
-            rest.append((e, state))
+        kept.append((e, state))
         state = evolve(state, e)
         if i == k:
+            kept.append((event, state))
             state = evolve(state, event)
-    first = next((i for i, (e, _) in enumerate(rest) if type(e) in FOLLOW_UP_TRIGGERS), None)
-    return state, (None if first is None else rest[first:])
+    return state, _unanswered(kept, k + 1)
+
+
+def _unanswered(kept: Awaiting, inserted: int) -> Awaiting | None:
+    """``kept`` from its first trigger still without a follow-up (None if none): the n-th copy of a trigger
+    (one read again after a crash) is answered by the n-th follow-up naming it as its cause. The follow-up
+    just applied (at ``inserted``) is not itself awaited, as any follow-up applied with its trigger."""
+    if len(kept) > MAX_AWAITING:
+        return None
+    answers = Counter(getattr(e, "cause", None) for e, _ in kept)
+    copies: Counter[str] = Counter()
+    for i, (e, _) in enumerate(kept):
+        if i != inserted and type(e) in FOLLOW_UP_TRIGGERS:
+            copies[e.event_id] += 1
+            if copies[e.event_id] > answers[e.event_id]:
+                return kept[i:]
+    return None
 
 
 def fold_log(events: Iterable[Event], as_of: datetime | None = None, state: Any = None) -> Any:
