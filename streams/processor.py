@@ -295,6 +295,9 @@ class Processor(Hooks):
         self._began = 0.0
         #: A batch still folding after this long commits what it folded so far (a quarter of the timeout).
         self._longest_s = settings.processor_transaction_timeout_ms / 4000
+        #: How long a commit's transaction calls may take: the broker aborts a transaction older than its timeout
+        #: anyway (a call still waiting past this and ``kafka.WEDGED_AFTER_S`` is given up, the producer replaced).
+        self._call_s = max(5.0, settings.processor_transaction_timeout_ms / 1000)
         if self.exactly_once:
             self.transactional_id = f"{settings.prefix}-processor-{settings.processor_instance_id or self.id}"
             self.producer = kafka.transactional_producer(settings, self.id, self.transactional_id,
@@ -512,8 +515,8 @@ class Processor(Hooks):
                 return False
         try:
             if offsets:
-                self.producer.send_offsets_to_transaction(offsets, group_metadata, 30)
-            self.producer.commit_transaction(30)
+                self.producer.send_offsets_to_transaction(offsets, group_metadata, self._call_s)
+            self.producer.commit_transaction(self._call_s)
         except BrokerUnavailable as exc:
             refused = [f"{t} refused a record of {(k or b'').decode(errors='replace')}: {why}"
                        for t, k, _v, _h, why in self._refused]

@@ -433,7 +433,7 @@ def test_rolling_restart_of_all_three_brokers(stack: Stack) -> None:
         # the stack still works after the last restart
         probe = Load(stack.api, 20, 2.0, 0.01).start()
         probe.join(60)
-        wait_succeeded(stack, list(probe.acked), 30, "tasks submitted after the rolling restart succeeded")
+        wait_succeeded(stack, list(probe.acked), 60, "tasks submitted after the rolling restart succeeded")
     except NotDrained:
         if processor_wedged(stack, 5.0):
             pytest.fail(f"{WEDGE}: the wedged call was not given up")
