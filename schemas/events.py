@@ -665,6 +665,111 @@ class ControlState:
         return self.control_id
 
 
+class TriggerStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerEvent(Event):
+    """An event about one topic trigger, keyed by ``trigger_id`` (``trigger:<name>``) on ``<p>.events``.
+
+    On the wire the record also carries the id as ``task_id``, the field every record of ``<p>.events`` has.
+    """
+
+    trigger_id: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.trigger_id
+
+    @property
+    def task_id(self) -> str:
+        """The trigger id under the wire's common key field name (DESIGN §3); code of ours says ``trigger_id``."""
+        return self.trigger_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerCreated(TriggerEvent):
+    """Every record of ``topic`` from ``start`` on creates one task from ``template`` (docs/triggers.md).
+
+    ``template``: JSON text of the task fields (as a schedule's); ``filter``: JSON text of an object of
+    field -> value that a record's value must match (None: every record); ``start``: JSON text of
+    ``"latest"``, ``"earliest"``, ``{"offset": {partition: n}}`` or ``{"time": iso}``; the cluster fields
+    (None: the cluster of ``<p>.events``) are read by the trigger runner only: ``sasl_password`` is never shown.
+    """
+
+    name: str
+    topic: str
+    template: str = "{}"
+    filter: str | None = None
+    key_as: str = "label"
+    start: str = '"latest"'
+    format: str = "json"
+    bootstrap_servers: str | None = None
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerPaused(TriggerEvent):
+    """The trigger creates no tasks until it is resumed; records meanwhile wait in the topic (nothing is skipped)."""
+
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerResumed(TriggerEvent):
+    """A paused trigger goes on from where it stopped."""
+
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerDeleted(TriggerEvent):
+    """The trigger stops for good; its name is not taken again; the tasks it created are not touched."""
+
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerState:
+    """The folded state of one topic trigger (processor table, ``<p>.state``, read model, trigger runner)."""
+
+    trigger_id: str
+    name: str
+    topic: str
+    template: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    filter: str | None = None
+    key_as: str = "label"
+    start: str = '"latest"'
+    format: str = "json"
+    bootstrap_servers: str | None = None
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    created_by: str | None = None
+    version: int = 0
+    last_offset: int = -1
+
+    @property
+    def task_id(self) -> str:
+        """The trigger id under the name every state of ``<p>.state`` has its key."""
+        return self.trigger_id
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiKey:
     """An API key as the API checks it: the latest record of ``key_id`` in the compacted ``<p>.admin``.
@@ -749,7 +854,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ControlLimited,
     TaskHeld,
     TaskReleased,
+    TriggerCreated,
+    TriggerPaused,
+    TriggerResumed,
+    TriggerDeleted,
 )
+#: Types of the events about a topic trigger (``TriggerState``).
+TRIGGER_EVENT_TYPES: tuple[type[TriggerEvent], ...] = (TriggerCreated, TriggerPaused, TriggerResumed, TriggerDeleted)
 #: Types of the events about a flow control's copy in one partition (``ControlState``).
 CONTROL_EVENT_TYPES: tuple[type[ControlEvent], ...] = (ControlPaused, ControlResumed, ControlLimited)
 #: Types of the events about a concurrency key's slots (``GateState``).
@@ -758,5 +869,5 @@ GATE_EVENT_TYPES: tuple[type[GateEvent], ...] = (SlotRequested, SlotReleased, Ga
 RECORD_TYPES: dict[str, type] = {
     t.__name__: t
     for t in (*EVENT_TYPES, ReadyTask, Heartbeat, TaskState, ScheduleState, GateState, ControlState, ApiKey,
-              WorkerReport)
+              WorkerReport, TriggerState)
 }

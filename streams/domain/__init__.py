@@ -45,6 +45,10 @@
   its partition is held (``TaskHeld``, ``waiting_for: "paused:<target>"``)
   and a resume releases the partition's held tasks; ``step`` asks the
   processor's ``paused`` and ``held`` lookups for it.
+- Topic triggers (``triggers.py``): an aggregate keyed by ``trigger:<name>``
+  (``CreateTrigger``, ``PauseTrigger``, ``ResumeTrigger``, ``DeleteTrigger``);
+  ``record_task`` is the task one record of its topic makes, with the id
+  ``trigger_task_id`` (name, topic, partition, offset), for the trigger runner.
 - ``workflow_status(counts)``: a workflow's overall status from its tasks'
   (``workflows.py``), for every read of a workflow.
 
@@ -65,11 +69,15 @@ from .commands import (
     BackfillSchedule,
     CancelTask,
     CreateSchedule,
+    CreateTrigger,
     DeleteSchedule,
+    DeleteTrigger,
     PauseSchedule,
+    PauseTrigger,
     RedriveDeadLettered,
     RedriveTask,
     ResumeSchedule,
+    ResumeTrigger,
     RunSchedule,
     SubmitTask,
     UpdateTask,
@@ -179,6 +187,18 @@ from .step import (
     replay,
     step,
 )
+from .triggers import (
+    HIDDEN,
+    TRIGGER_PREFIX,
+    matches,
+    record_task,
+    shown,
+    start_of,
+    start_time,
+    trigger_id,
+    trigger_problems,
+    trigger_task_id,
+)
 from .workflows import workflow_status
 
 __all__ = [
@@ -205,4 +225,6 @@ __all__ = [
     "CONTROL_PREFIX", "HANDLER", "WORKFLOW", "Held", "Limits", "LimitTarget", "Paused", "PauseTarget",
     "ResumeTarget", "admitted",
     "control_id", "hold_reason", "paused_hold", "releases", "target", "targets_of", "PAUSE_PREFIX",
+    "CreateTrigger", "PauseTrigger", "ResumeTrigger", "DeleteTrigger", "HIDDEN", "TRIGGER_PREFIX", "matches",
+    "record_task", "shown", "start_of", "start_time", "trigger_id", "trigger_problems", "trigger_task_id",
 ]

@@ -184,5 +184,58 @@ class BackfillSchedule:
     actor: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateTrigger:
+    """Create the topic trigger ``name`` (``TriggerCreated``): every record of ``topic`` from ``start`` makes one
+    task from ``template`` (JSON text of the task fields). ``filter``, ``start``: JSON text (``streams.domain.
+    triggers`` documents the values); the cluster fields name another cluster than ``<p>.events``'s."""
+
+    name: str
+    producer: str
+    topic: str
+    template: str
+    filter: str | None = None
+    key_as: str = "label"
+    start: str = '"latest"'
+    format: str = "json"
+    bootstrap_servers: str | None = None
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseTrigger:
+    """Stop a trigger's tasks until ``ResumeTrigger`` (``TriggerPaused``); its records wait in the topic."""
+
+    name: str
+    producer: str
+    reason: str = ""
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeTrigger:
+    """Go on with a paused trigger from where it stopped (``TriggerResumed``)."""
+
+    name: str
+    producer: str
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteTrigger:
+    """Stop a trigger for good (``TriggerDeleted``); the tasks it created are not touched."""
+
+    name: str
+    producer: str
+    reason: str = ""
+    actor: str | None = None
+
+
 COMMANDS = (SubmitTask, UpdateTask, CancelTask, RedriveTask, RedriveDeadLettered, CreateSchedule, DeleteSchedule,
-            PauseSchedule, ResumeSchedule, RunSchedule, BackfillSchedule)
+            PauseSchedule, ResumeSchedule, RunSchedule, BackfillSchedule, CreateTrigger, PauseTrigger, ResumeTrigger,
+            DeleteTrigger)

@@ -74,7 +74,7 @@ def decided(state: TaskState | ScheduleState | None, input: object, now: datetim
     aggregate, fn = entry
     if state is not None and type(state) is not aggregate:
         if isinstance(input, COMMANDS):
-            ident = getattr(input, "task_id", None) or getattr(input, "schedule_id", "")
+            ident = getattr(input, "task_id", None) or getattr(input, "schedule_id", None) or getattr(input, "name", "")
             noun, other = ("task", "schedule") if aggregate is TaskState else ("schedule", "task")
             raise NotFound(f"{noun} {ident} not found: {ident} is a {other}")
         state = None

@@ -30,6 +30,8 @@ GateState); its ``concurrency`` history is folded by the code of issue 28.
 the code of that change.
 8 = issue 28: pause and resume (ControlPaused, ControlResumed, ControlState,
 TaskHeld, TaskReleased); its ``pause`` history is folded by the code of that change.
+9 = issue 29: topic triggers (TriggerCreated, TriggerPaused, TriggerResumed,
+TriggerDeleted, TriggerState); its ``triggers`` history is folded by the code of that change.
 A release's logs are never regenerated once committed: they are what that
 release wrote. ``encode`` for a new release only, or for a history a release
 lacked, by name (``encode 4 schedule``, then ``states 4 schedule`` with that
@@ -59,7 +61,8 @@ RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
             5: "retry_delay_s and schedule_id (issue 23)",
             6: "error_type and traceback (issue 26); schedule pause, resume, run now, backfill (issues 26, 29)",
             7: "concurrency keys (issue 28)",
-            8: "rate limits of a concurrency key; pause and resume, handler limits (issue 28)"}
+            8: "rate limits of a concurrency key; pause and resume, handler limits (issue 28)",
+            9: "topic triggers (issue 29)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
@@ -282,6 +285,27 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             ev("TaskStarted", "t-r2", 1.1, attempt=1),
             ev("TaskSucceeded", "t-r2", 1.3, attempt=1, result="null"),
             gate_ev("SlotReleased", 1.31, holder="t-r2", attempt=1),
+        ]
+    if version >= 9:
+        # A topic trigger created with a filter and a password (kept in the log, never shown), paused, resumed,
+        # deleted; the task its record 0:41 made carries the record's place in its labels.
+        trg = "trigger:orders"
+
+        def trigger(kind: str, t: float, **fields) -> tuple[str, dict]:
+            return ev(kind, trg, t, trigger_id=trg, producer="api-golden", actor="key-golden", **fields)
+
+        logs["triggers"] = [
+            trigger("TriggerCreated", 0, name="orders", topic="shop.orders",
+                    template='{"handler": "echo", "priority": "high", "max_attempts": 3}',
+                    filter='{"type": "order"}', start='"earliest"', bootstrap_servers="other:9092",
+                    security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="taskstream",
+                    sasl_password="golden-secret"),
+            created("t-trg", 0.5, priority="high", max_attempts=3, payload='{"type":"order","id":7}',
+                    labels={"taskstream.trigger": "orders", "kafka.topic": "shop.orders", "kafka.partition": "0",
+                            "kafka.offset": "41", "kafka.key": "o-7"}, producer="trigger-runner-golden"),
+            trigger("TriggerPaused", 1, reason="maintenance"),
+            trigger("TriggerResumed", 2),
+            trigger("TriggerDeleted", 3, reason="done"),
         ]
     return logs
 

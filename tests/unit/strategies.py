@@ -217,6 +217,10 @@ BY_RECORD: dict[str, st.SearchStrategy] = {
                        admitted=id_lists, granted=INT64, version=INT32, last_offset=INT32,
                        spent=st.lists(timestamps, max_size=4)),
     "GateWoken": _auto(events.GateWoken, gate_id=ids, occurred_at=timestamps, producer=text, event_id=ids),
+    **{name: _auto(events.RECORD_TYPES[name], trigger_id=ids, occurred_at=timestamps, producer=text, event_id=ids)
+       for name in ("TriggerCreated", "TriggerPaused", "TriggerResumed", "TriggerDeleted")},
+    "TriggerState": _auto(events.TriggerState, trigger_id=ids, created_at=timestamps, updated_at=timestamps,
+                          version=INT32, last_offset=INT64),
     **{name: _auto(events.RECORD_TYPES[name], **_event_fields()) for name in _AUTO if not name.startswith("Schedule")},
     **{
         name: _auto(events.RECORD_TYPES[name], **_schedule_event_fields())

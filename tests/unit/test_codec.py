@@ -122,6 +122,13 @@ def _sample(name: str):
         "TaskHeld": lambda: RECORD_TYPES[name](**base, attempt=1, waiting_for="paused:handler:h", version=3,
                                                cause="e1"),
         "TaskReleased": lambda: RECORD_TYPES[name](**base, attempt=1, waiting_for="paused:handler:h"),
+        "TriggerCreated": lambda: RECORD_TYPES[name](trigger_id="trigger:t", occurred_at=T0, producer="p", name="t",
+                                                    topic="orders", sasl_password="secret"),
+        "TriggerPaused": lambda: RECORD_TYPES[name](trigger_id="trigger:t", occurred_at=T0, producer="p"),
+        "TriggerResumed": lambda: RECORD_TYPES[name](trigger_id="trigger:t", occurred_at=T0, producer="p"),
+        "TriggerDeleted": lambda: RECORD_TYPES[name](trigger_id="trigger:t", occurred_at=T0, producer="p"),
+        "TriggerState": lambda: RECORD_TYPES[name](trigger_id="trigger:t", name="t", topic="orders", template="{}",
+                                                  status="active", created_at=T0, updated_at=T0),
         "ControlState": lambda: RECORD_TYPES[name](
             control_id="control:0:handler:h", target="handler:h", partition=0, created_at=T0, updated_at=T0,
             paused=True, paused_at=T0, paused_by="k1",

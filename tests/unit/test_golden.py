@@ -26,6 +26,7 @@ from taskstream.schemas import (
     TaskCreated,
     TaskFailed,
     TaskState,
+    TriggerState,
     codec,
 )
 from taskstream.schemas.events import ApiKey, WorkerReport
@@ -95,6 +96,8 @@ def test_golden_log_decodes_and_folds_to_the_recorded_state(path):
             assert {"gate_id", "limit", "holders", "waiting", "granted", "version"} <= common
         elif isinstance(state, ControlState):
             assert {"control_id", "target", "partition", "paused", "paused_by", "version"} <= common
+        elif isinstance(state, TriggerState):
+            assert {"trigger_id", "name", "topic", "status", "filter", "start", "sasl_password", "version"} <= common
         else:
             assert {"task_id", "status", "attempt", "version", "result", "error"} <= common
         assert {k: got[k] for k in common} == {k: expected[k] for k in common}, task_id
