@@ -74,6 +74,8 @@ def metrics_addresses(settings: Settings, children: list[Child]) -> dict[str, st
     out = {}
     port = settings.metrics_port
     for child in children:
+        if child.name == "trigger-runner":  # serves no metrics of its own
+            continue
         if child.name.startswith("api"):
             out[child.name] = f"http://127.0.0.1:{child.env.get('TASKSTREAM_API_PORT', settings.api_port)}/metrics"
             continue
@@ -262,6 +264,7 @@ def run_dev(
         children = [
             *replicas_of("processor", ["processor"], env, processors, data),
             *(Child(f"executor-{i + 1}", executor_args, env) for i in range(executors)),
+            Child("trigger-runner", ["trigger-runner"], env),
             *replicas_of("api", ["api"], env, apis, data, api_port=api_port, grpc_port=settings.grpc_port),
         ]
         metrics = metrics_addresses(settings, children)

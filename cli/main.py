@@ -114,6 +114,20 @@ def processor() -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@main.command("trigger-runner")
+@broker_options
+def trigger_runner() -> None:
+    """Run a trigger runner: every record of an active topic trigger's topic creates one task."""
+    from taskstream.streams.triggers import run_trigger_runner
+
+    settings = _settings()
+    _logging(settings)
+    try:
+        run_trigger_runner(settings)
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @broker_options
 @METRICS_PORT

@@ -555,14 +555,15 @@ class ConsumerRuntime:
                     raise BrokerUnavailable(f"{self.client_id}: seek to {tp}: {exc}") from exc
                 time.sleep(0.05)
 
-    def dead_letter(self, record: Any, reason: str) -> None:
-        """Send ``record`` to ``<p>.dlq`` with headers naming where it came from and why; the loop goes on.
+    def dead_letter(self, record: Any, reason: str, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Send ``record`` to ``<p>.dlq`` with headers naming where it came from and why (and ``headers``);
+        the loop goes on.
 
         Thread-safe. A tracked record's offset is done once the letter is
         settled (sent, or refused even without its value); until then it
         holds its partition's commits back.
         """
-        letter = DeadLetter(record, reason)
+        letter = DeadLetter(record, reason, headers)
         key = (letter.topic, letter.partition)
         with self.lock:
             offsets = self._offsets.get(key)

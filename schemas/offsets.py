@@ -97,19 +97,20 @@ class DeadLetter:
     """
 
     SENT, RESEND, GIVEN_UP, LATER = "sent", "resend", "given_up", "later"
-    __slots__ = ("topic", "partition", "offset", "key", "value", "reason", "stripped")
+    __slots__ = ("topic", "partition", "offset", "key", "value", "reason", "stripped", "extra")
 
-    def __init__(self, message: Any, reason: str) -> None:
+    def __init__(self, message: Any, reason: str, extra: Sequence[tuple[str, bytes]] = ()) -> None:
         self.topic, self.partition, self.offset = message.topic(), message.partition(), message.offset()
         self.key: bytes = message.key() or b""
         self.value: bytes = message.value() or b""
         self.reason = reason
         self.stripped = False
+        self.extra = list(extra)  # more headers (a trigger's letters name it)
 
     def record(self) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
         """(key, value, headers) of the dead letter as it is to be sent now."""
         return (self.key, b"" if self.stripped else self.value,
-                poison_headers(self.topic, self.partition, self.offset, self.reason))
+                poison_headers(self.topic, self.partition, self.offset, self.reason) + self.extra)
 
     def settle(self, err: Any) -> str:
         """What a delivery report ``err`` (None, a ``KafkaError`` or ``KafkaException``) means for this letter."""
