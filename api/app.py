@@ -45,7 +45,7 @@ from .metrics import router as metrics_router
 from .probe import BrokerProbe
 from .problems import JSONResponse
 from .read_model import ReadModel
-from .routes import health, limits, ops, pauses, schedules, tasks, workers, workflows
+from .routes import health, limits, ops, pauses, schedules, tasks, triggers, workers, workflows
 from .routes import watch as watch_routes
 from .ui import router as ui_router
 from .watch import WatchMetrics
@@ -173,6 +173,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     app.include_router(pauses.router)  # before workflows: /workflows/{id}:pause is not a workflow id
     app.include_router(workflows.router)
     app.include_router(schedules.router)
+    app.include_router(triggers.router)
     app.include_router(ops.router)
     app.include_router(workers.router)
     app.include_router(limits.router)

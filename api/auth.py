@@ -115,6 +115,11 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("DELETE", "/api/v1/schedules/{schedule_id}"): Role.OPERATOR,
     ("POST", "/api/v1/schedules/{schedule_id}:{action}"): Role.OPERATOR,
     ("POST", "/api/v1/schedules/{schedule_id}:backfill"): Role.OPERATOR,
+    ("GET", "/api/v1/triggers"): Role.READER,
+    ("GET", "/api/v1/triggers/{name}"): Role.READER,
+    ("POST", "/api/v1/triggers"): Role.SUBMITTER,
+    ("POST", "/api/v1/triggers/{name}:{action}"): Role.OPERATOR,
+    ("DELETE", "/api/v1/triggers/{name}"): Role.OPERATOR,
     ("GET", "/api/v1/cluster"): Role.ADMIN,
     # The dashboard: its pages and static files are shells without data (a browser cannot send a header when it
     # navigates); the data comes from the API above with the key the page holds, and from these readers.

@@ -59,6 +59,7 @@ from taskstream.schemas import (
     ScheduleState,
     Settings,
     TaskState,
+    TriggerState,
     ValidationError,
     codec,
 )
@@ -85,7 +86,7 @@ from taskstream.schemas.limits import (
     check_json,
 )
 from taskstream.schemas.retry import BACKOFF_FIELDS
-from taskstream.streams.domain import BackfillSchedule, CreateSchedule, SubmitTask, UpdateTask
+from taskstream.streams.domain import BackfillSchedule, CreateSchedule, CreateTrigger, SubmitTask, UpdateTask, shown
 
 if TYPE_CHECKING:
     from .read_model import WorkflowSummary
@@ -705,4 +706,93 @@ def workflow_task_json(state: TaskState) -> dict[str, Any]:
         "finished_at": rfc3339(state.finished_at),
         "error": state.error,
         "error_type": state.error_type,
+    }
+
+
+# ---------------------------------------------------------------- triggers
+
+
+class TriggerTaskIn(BaseModel):
+    """A topic trigger's ``task``: the task fields but ``payload`` (the record's value is the payload),
+    ``depends_on`` and ``run_at``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handler: Handler
+    priority: Priority = Priority.MEDIUM
+    name: Name = ""
+    labels: Labels = Field(default_factory=dict)
+    timeout_s: TimeoutS | None = None
+    retry: RetryIn | None = None
+
+    def template(self, settings: Settings) -> dict[str, Any]:
+        """The complete task each record creates, but its payload (defaults filled in; JSON-able)."""
+        return {
+            "handler": self.handler,
+            "priority": self.priority.value,
+            "name": self.name,
+            "labels": dict(self.labels),
+            "timeout_s": None if self.timeout_s is None else float(self.timeout_s),
+            **retry_policy(self.retry, settings).fields(),
+        }
+
+
+#: A field of the trigger's other cluster (a host list, a user name, a file path).
+ClusterText = Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+
+
+class TriggerIn(BaseModel):
+    """Body of ``POST /api/v1/triggers`` (docs/triggers.md). ``filter``, ``start``, ``format`` and ``key_as``
+    are checked by the decider (``domain.trigger_problems``: 422 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[StrictStr, Field(min_length=1, max_length=100)]
+    topic: Annotated[StrictStr, Field(min_length=1, max_length=249)]
+    task: TriggerTaskIn
+    filter: JsonValue = None
+    key_as: StrictStr = "label"
+    start: JsonValue = "latest"
+    format: StrictStr = "json"
+    bootstrap_servers: ClusterText | None = None
+    security_protocol: StrictStr | None = None
+    sasl_mechanism: StrictStr | None = None
+    sasl_username: ClusterText | None = None
+    sasl_password: ClusterText | None = None
+    ssl_ca_location: ClusterText | None = None
+
+    def to_command(self, *, producer: str, settings: Settings, actor: str | None = None) -> CreateTrigger:
+        return CreateTrigger(
+            name=self.name, producer=producer, actor=actor, topic=self.topic,
+            template=codec.dumps_json(self.task.template(settings)),
+            filter=None if self.filter is None else codec.dumps_json(self.filter), key_as=self.key_as,
+            start=codec.dumps_json(self.start), format=self.format, bootstrap_servers=self.bootstrap_servers,
+            security_protocol=self.security_protocol, sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username, sasl_password=self.sasl_password,
+            ssl_ca_location=self.ssl_ca_location,
+        )
+
+
+def trigger_json(state: TriggerState) -> dict[str, Any]:
+    """A trigger as every read shows it: its ``task`` in a task's shape; a SASL password as ``***``."""
+    s = shown(state)
+    return {
+        "name": s.name,
+        "topic": s.topic,
+        "task": template_json(s.template),
+        "filter": _json_or_text(s.filter),
+        "key_as": s.key_as,
+        "start": _json_or_text(s.start),
+        "format": s.format,
+        "status": s.status,
+        "bootstrap_servers": s.bootstrap_servers,
+        "security_protocol": s.security_protocol,
+        "sasl_mechanism": s.sasl_mechanism,
+        "sasl_username": s.sasl_username,
+        "sasl_password": s.sasl_password,
+        "ssl_ca_location": s.ssl_ca_location,
+        "created_by": s.created_by,
+        "created_at": rfc3339(s.created_at),
+        "updated_at": rfc3339(s.updated_at),
+        "version": s.version,
     }

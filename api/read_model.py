@@ -90,6 +90,7 @@ from taskstream.schemas import (
     Settings,
     TaskState,
     Topics,
+    TriggerState,
     WorkflowStatus,
     codec,
 )
@@ -721,6 +722,8 @@ class ReadModel(Hooks):
         self.topic = Topics(settings.prefix).state
         self.store = TaskStore(Path(settings.data_dir) / "read-model")
         self.schedules = self.store.schedules
+        #: Every topic trigger by name (few; kept in memory, like the pauses).
+        self.triggers: dict[str, TriggerState] = {}
         #: Each partition's copy of every pause (control id -> state; few: one per partition per paused target).
         self.controls: dict[str, ControlState] = {}
         #: Every task state read from the topic goes through the feed into the store (live updates, api/watch.py).
@@ -824,6 +827,8 @@ class ReadModel(Hooks):
             self.schedules.apply(state)
         elif isinstance(state, GateState):
             self.store.gates.apply(state)
+        elif isinstance(state, TriggerState):
+            self.keep_trigger(state)
         elif isinstance(state, ControlState):
             # One partition's copy of a pause (``api.service.pauses``); a newer version replaces an older one.
             have = self.controls.get(state.control_id)
@@ -831,6 +836,13 @@ class ReadModel(Hooks):
                 self.controls[state.control_id] = state
         else:
             log.debug("read model: skipped %s record key=%r at %s/%d", type(state).__name__, key, partition, offset)
+
+    def keep_trigger(self, state: TriggerState) -> TriggerState:
+        """Keep ``state`` unless a newer version of the trigger is kept; the one kept."""
+        have = self.triggers.get(state.name)
+        if have is None or have.version <= state.version:
+            self.triggers[state.name] = have = state
+        return have
 
     def _check_caught_up(self) -> None:
         if not self._pending and not self._caught_up.is_set():

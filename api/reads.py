@@ -29,6 +29,7 @@ from taskstream.schemas import (
     ScheduleStatus,
     Status,
     TaskState,
+    TriggerState,
     ValidationError,
     WorkflowStatus,
 )
@@ -264,3 +265,20 @@ __all__ = [
     "decode_cursor", "encode_cursor", "get_schedule", "get_task", "get_workflow", "list_schedules", "list_tasks",
     "list_workflows", "parse_as_of", "parse_labels", "task_at", "task_events", "topological",
 ]
+
+
+# ---------------------------------------------------------------- triggers
+
+
+def get_trigger(ctx: ApiContext, name: str) -> TriggerState:
+    """The trigger as the read model holds it; ``NotFound`` if it does not."""
+    state = ctx.read_model.triggers.get(name)
+    if state is None:
+        raise NotFound(f"trigger {name} not found")
+    return state
+
+
+def list_triggers(ctx: ApiContext, *, status: str | None = None) -> list[TriggerState]:
+    """Every trigger (of ``status``), newest first (triggers are few: no pages)."""
+    found = [s for s in list(ctx.read_model.triggers.values()) if status is None or s.status == status]
+    return sorted(found, key=lambda s: (s.created_at, s.name), reverse=True)

@@ -47,6 +47,7 @@ from taskstream.schemas import (
     TaskState,
     TooLarge,
     Topics,
+    TriggerState,
     WriteOutcomeUnknown,
     codec,
     cron,
@@ -58,7 +59,7 @@ from taskstream.streams import domain
 
 from . import idempotency
 from .context import ApiContext
-from .models import BackfillIn, BatchIn, ScheduleIn, TaskIn, TaskPatch, WorkflowIn, same_schedule
+from .models import BackfillIn, BatchIn, ScheduleIn, TaskIn, TaskPatch, TriggerIn, WorkflowIn, same_schedule
 
 log = logging.getLogger(__name__)
 
@@ -423,6 +424,8 @@ def _expect(ctx: ApiContext, before: Any, events: list[Event]) -> Any:
     after = domain.fold(events, before)
     if after is None or after is before:
         return before
+    if isinstance(after, TriggerState):
+        return ctx.read_model.keep_trigger(after)
     if isinstance(after, ScheduleState):
         schedules = ctx.read_model.schedules
         if before is None:
@@ -456,3 +459,34 @@ async def write(ctx: ApiContext, records: Sequence[tuple[Event, bytes]]) -> list
     results = await asyncio.gather(*futures, return_exceptions=True)
     out: list[BaseException | None] = [r if isinstance(r, BaseException) else None for r in results]
     return out + [refused] * (len(records) - len(out))
+
+
+# ---------------------------------------------------------------- triggers
+
+
+async def create_trigger(ctx: ApiContext, body: TriggerIn, *, actor: str | None = None) -> TriggerState:
+    """``POST /triggers``: the new trigger. ``CommandRejected`` (409) if the name was ever taken;
+    ``ValidationError`` (422) naming ``topic``, ``filter``, ``start``, ``format``, ``key_as`` or a cluster field."""
+    command = body.to_command(producer=ctx.producer_id, settings=ctx.settings, actor=actor)
+    (state,) = await _decide_and_write(ctx, [(ctx.read_model.triggers.get(body.name), command, "task")])
+    log.info("trigger created name=%s topic=%s", body.name, body.topic)
+    return state
+
+
+async def change_trigger(ctx: ApiContext, name: str, action: str, *, reason: str = "",
+                         actor: str | None = None) -> TriggerState:
+    """``POST /triggers/{name}:pause|:resume`` and ``DELETE /triggers/{name}`` (``action`` ``delete``): the
+    decider's ``PauseTrigger``, ``ResumeTrigger`` or ``DeleteTrigger``."""
+    state = ctx.read_model.triggers.get(name)
+    if state is None:
+        raise NotFound(f"trigger {name} not found")
+    command: domain.PauseTrigger | domain.ResumeTrigger | domain.DeleteTrigger
+    if action == "pause":
+        command = domain.PauseTrigger(name=name, producer=ctx.producer_id, reason=reason, actor=actor)
+    elif action == "resume":
+        command = domain.ResumeTrigger(name=name, producer=ctx.producer_id, actor=actor)
+    else:
+        command = domain.DeleteTrigger(name=name, producer=ctx.producer_id, reason=reason, actor=actor)
+    (after,) = await _decide_and_write(ctx, [(state, command, "reason")])
+    log.info("trigger %s name=%s", action, name)
+    return after
