@@ -435,6 +435,10 @@ from .pauses import handlers as _handlers  # noqa: E402  (handlers pause|resume|
 
 main.add_command(_handlers)
 
+from .triggers import triggers as _triggers  # noqa: E402  (through the HTTP client)
+
+main.add_command(_triggers)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

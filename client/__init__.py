@@ -62,6 +62,7 @@ from .models import (
     Schedule,
     Task,
     TaskEvent,
+    Trigger,
     Worker,
     Workflow,
     WorkflowRun,
@@ -85,7 +86,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_URL", "PRIORITIES", "STATUSES", "TERMINAL", "UNSET", "WORKFLOW_STATUSES",
     "AsyncClient", "AsyncTaskHandle", "AsyncWorkflowHandle", "Change", "Client", "HandlerRef", "Page", "RetryPolicy",
-    "Schedule", "Task", "TaskEvent", "TaskHandle", "Worker", "Workflow", "WorkflowHandle", "WorkflowRun",
+    "Schedule", "Task", "TaskEvent", "TaskHandle", "Trigger", "Worker", "Workflow", "WorkflowHandle", "WorkflowRun",
     "WorkflowRunTask", "handler_name", "task_body",
     "TaskstreamError", "Conflict", "Forbidden", "NotFound", "OutcomeUnknown", "PreconditionFailed", "RateLimited",
     "ServerError", "Unauthorized", "Unavailable", "ValidationFailed", "WaitTimeout",

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import error_for
-from .models import Page, Schedule, Task, TaskEvent, Worker, Workflow, WorkflowRun
+from .models import Page, Schedule, Task, TaskEvent, Trigger, Worker, Workflow, WorkflowRun
 
 T = TypeVar("T")
 API = "/api/v1"
@@ -356,3 +356,31 @@ class Backoff:
         delay = self.next
         self.next = min(self.most, self.next * self.factor)
         return delay
+
+
+# -------------------------------------------------------------- triggers
+
+
+def _trigger(r: httpx.Response) -> Trigger:
+    return Trigger.from_json(r.json())
+
+
+def create_trigger(body: dict[str, Any]) -> Call[Trigger]:
+    return Call("POST", f"{API}/triggers", _trigger, json=body)
+
+
+def get_trigger(name: str) -> Call[Trigger]:
+    return Call("GET", f"{API}/triggers/{_id(name)}", _trigger)
+
+
+def list_triggers(status: str | None) -> Call[list[Trigger]]:
+    return Call("GET", f"{API}/triggers", lambda r: [Trigger.from_json(t) for t in r.json()["triggers"]],
+                params=[("status", status)] if status else [])
+
+
+def change_trigger(name: str, action: str, reason: str = "") -> Call[Trigger]:
+    """``POST /triggers/{name}:pause`` or ``:resume``; ``DELETE /triggers/{name}`` for ``delete``."""
+    params = [("reason", reason)] if reason else []
+    if action == "delete":
+        return Call("DELETE", f"{API}/triggers/{_id(name)}", _trigger, params=params)
+    return Call("POST", f"{API}/triggers/{_id(name)}:{action}", _trigger, params=params)

@@ -26,7 +26,7 @@ from . import _calls as calls
 from ._calls import UNSET, Call
 from ._handles import AsyncTaskHandle, AsyncWorkflowHandle, TaskHandle, WorkflowHandle, deadline_of, timed_out
 from .errors import TaskstreamError, Unavailable, WaitTimeout, unreachable
-from .models import Change, Page, Schedule, Task, TaskEvent, Worker, Workflow, WorkflowRun
+from .models import Change, Page, Schedule, Task, TaskEvent, Trigger, Worker, Workflow, WorkflowRun
 from .sse import SseEvent, StreamDeadline, StreamRenew, iter_sse, read_sse
 
 #: A watch whose connection dropped connects again (after the last event it got) this many times in a row.
@@ -262,6 +262,39 @@ class _Operations:
     def run_schedule(self, schedule_id: str) -> Schedule:
         """Create the schedule's task now; the schedule's ``last_task_id`` is the new task's id."""
         return self._send(calls.change_schedule(schedule_id, "run"))
+
+    # -------------------------------------------------------- triggers
+
+    def create_trigger(self, name: str, topic: str, task: Mapping[str, Any], *, filter: Any = None,
+                       key_as: str | None = None, start: Any = None, format: str | None = None,
+                       **cluster: str) -> Trigger:
+        """A topic trigger: every record of ``topic`` (from ``start``: ``"latest"``, ``"earliest"``,
+        ``{"offset": {partition: n}}``, ``{"time": iso}``) creates a task from ``task`` (task fields but
+        ``payload``, ``depends_on``, ``run_at``). ``cluster``: ``bootstrap_servers``, ``security_protocol``,
+        ``sasl_mechanism``, ``sasl_username``, ``sasl_password``, ``ssl_ca_location`` of another cluster."""
+        body: dict[str, Any] = {"name": name, "topic": topic, "task": dict(task), **cluster}
+        for k, v in (("filter", filter), ("key_as", key_as), ("start", start), ("format", format)):
+            if v is not None:
+                body[k] = v
+        return self._send(calls.create_trigger(body))
+
+    def get_trigger(self, name: str) -> Trigger:
+        return self._send(calls.get_trigger(name))
+
+    def triggers(self, *, status: str | None = None) -> list[Trigger]:
+        """Every trigger (of ``status``), newest first."""
+        return self._send(calls.list_triggers(status))
+
+    def pause_trigger(self, name: str, *, reason: str = "") -> Trigger:
+        """No new tasks from the trigger until ``resume_trigger``; its records wait in the topic."""
+        return self._send(calls.change_trigger(name, "pause", reason))
+
+    def resume_trigger(self, name: str) -> Trigger:
+        return self._send(calls.change_trigger(name, "resume"))
+
+    def delete_trigger(self, name: str, *, reason: str = "") -> Trigger:
+        """Stop the trigger for good (its name is not taken again); the tasks it created stay."""
+        return self._send(calls.change_trigger(name, "delete", reason))
 
     def pause_handler(self, handler: str, *, reason: str = "") -> dict[str, Any]:
         """Queue nothing new of ``handler`` until ``resume_handler``: its tasks wait ``pending`` with
@@ -554,6 +587,14 @@ class AsyncClient(_Operations):
                                   end_at: datetime | str | None = None, misfire: str | None = None,
                                   idempotency_key: str | None = None) -> Schedule: ...
         async def get_schedule(self, schedule_id: str) -> Schedule: ...  # type: ignore[override]
+        async def create_trigger(self, name: str, topic: str, task: Mapping[str, Any], *,  # type: ignore[override]
+                                 filter: Any = None, key_as: str | None = None, start: Any = None,
+                                 format: str | None = None, **cluster: str) -> Trigger: ...
+        async def get_trigger(self, name: str) -> Trigger: ...  # type: ignore[override]
+        async def triggers(self, *, status: str | None = None) -> list[Trigger]: ...  # type: ignore[override]
+        async def pause_trigger(self, name: str, *, reason: str = "") -> Trigger: ...  # type: ignore[override]
+        async def resume_trigger(self, name: str) -> Trigger: ...  # type: ignore[override]
+        async def delete_trigger(self, name: str, *, reason: str = "") -> Trigger: ...  # type: ignore[override]
         async def schedules_page(self, *, status: str | None = None, limit: int | None = None,  # type: ignore[override]
                                  cursor: str | None = None) -> Page[Schedule]: ...
         async def delete_schedule(self, schedule_id: str, *, reason: str = "") -> Schedule: ...  # type: ignore[override]

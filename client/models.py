@@ -288,3 +288,35 @@ class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None = None
     partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A topic trigger as ``GET /api/v1/triggers/{name}`` shows it: every record of ``topic`` creates a task from
+    ``task``; ``sasl_password`` is ``"***"`` when one is set (never the secret)."""
+
+    name: str
+    topic: str
+    status: str
+    task: dict[str, Any] = field(default_factory=dict)
+    filter: Any = None
+    key_as: str = "label"
+    start: Any = "latest"
+    format: str = "json"
+    bootstrap_servers: str | None = None
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_location: str | None = None
+    created_by: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    version: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    _TIMES = ("created_at", "updated_at")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Trigger:
+        return cls(**_fields_from(cls, doc, cls._TIMES), raw=doc)

@@ -82,3 +82,21 @@ def test_unknown_trigger_is_404(client):
     assert client.get(f"{V1}/triggers/nope").status_code == 404
     assert client.post(f"{V1}/triggers/nope:pause").status_code == 404
     assert client.delete(f"{V1}/triggers/nope").status_code == 404
+
+
+def test_the_python_client_creates_reads_pauses_resumes_deletes(client):
+    from taskstream.client import Client, Conflict, Trigger
+
+    with Client("http://testserver", transport=client._transport) as tc:
+        t = tc.create_trigger("clicks", "web.clicks", {"handler": "clicks.count"}, filter={"kind": "buy"},
+                              start={"offset": {"0": 5}}, bootstrap_servers="other:9092", sasl_username="u",
+                              sasl_password="pw", security_protocol="SASL_SSL", sasl_mechanism="PLAIN")
+        assert isinstance(t, Trigger) and t.status == "active" and t.sasl_password == "***"
+        assert t.start == {"offset": {"0": 5}} and t.filter == {"kind": "buy"}
+        assert [x.name for x in tc.triggers()] == ["clicks"] and tc.get_trigger("clicks").topic == "web.clicks"
+        assert tc.pause_trigger("clicks").status == "paused"
+        assert tc.triggers(status="paused")[0].name == "clicks"
+        assert tc.resume_trigger("clicks").status == "active"
+        assert tc.delete_trigger("clicks").status == "deleted"
+        with pytest.raises(Conflict):
+            tc.pause_trigger("clicks")
