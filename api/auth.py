@@ -134,6 +134,7 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("GET", "/ui/schedules/{schedule_id}"): OPEN,
     ("GET", "/ui/workers"): OPEN,
     ("GET", "/ui/limits"): OPEN,
+    ("GET", "/ui/triggers"): OPEN,
     ("GET", "/ui/static/{name}"): OPEN,
     ("GET", "/ui/api/throughput"): Role.READER,
     ("GET", "/ui/api/latency"): Role.READER,

@@ -151,6 +151,7 @@ PAGES = {  # page -> (title, nav label or None)
     "schedule": ("Schedule", None),
     "workers": ("Workers", "Workers"),
     "limits": ("Limits", "Limits"),
+    "triggers": ("Triggers", "Triggers"),
 }
 
 
@@ -214,6 +215,11 @@ async def workers() -> Response:
 @router.get("/limits")
 async def limits() -> Response:
     return _page("limits")
+
+
+@router.get("/triggers")
+async def triggers() -> Response:
+    return _page("triggers")
 
 
 @router.get("/static/{name}")

@@ -1097,12 +1097,59 @@ function pageLimits() {
   every(2000, () => ($("live").checked ? load() : null));
 }
 
+// ------------------------------------------------------------------ triggers
+
+function pageTriggers() {
+  async function act(name, action) {
+    try {
+      await api(`/api/v1/triggers/${encodeURIComponent(name)}:${action}`, { method: "POST" });
+      load();
+    } catch (e) {
+      showProblem("tg-error", e);
+    }
+  }
+  async function load() {
+    const status = $("tg-status").value;
+    try {
+      const { data } = await api(`/api/v1/triggers${status ? `?status=${status}` : ""}`);
+      setText("tg-count", `${data.triggers.length} triggers`);
+      const body = clear($("triggers"));
+      if (!data.triggers.length) body.append(el("tr", {}, el("td", { colspan: 9, class: "hint", text: "no trigger" })));
+      for (const t of data.triggers) {
+        const buttons = el("span", {});
+        if (t.status === "active") {
+          buttons.append(el("button", { type: "button", class: "pause", text: "Pause", onclick: () => act(t.name, "pause") }));
+        } else if (t.status === "paused") {
+          buttons.append(el("button", { type: "button", class: "resume", text: "Resume", onclick: () => act(t.name, "resume") }));
+        }
+        const start = typeof t.start === "string" ? t.start : JSON.stringify(t.start);
+        body.append(el("tr", { "data-name": t.name, "data-status": t.status },
+          el("td", { class: "mono", text: t.name }),
+          el("td", { class: "mono", text: t.topic }),
+          el("td", {}, el("span", { class: `badge trigger-status status-${t.status === "active" ? "running" : t.status === "paused" ? "pending" : "cancelled"}`, text: t.status })),
+          el("td", { class: "mono", text: (t.task && t.task.handler) || "" }),
+          el("td", { class: "mono", text: t.filter === null ? "" : JSON.stringify(t.filter) }),
+          el("td", { class: "mono", text: start }),
+          el("td", { class: "mono", text: t.bootstrap_servers || "(this cluster)" }),
+          el("td", { text: fmtTime(t.created_at) }),
+          el("td", {}, buttons)));
+      }
+      stamp();
+    } catch (e) {
+      showProblem("tg-error", e);
+    }
+  }
+  $("tg-filter").addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
+  $("tg-status").addEventListener("change", load);
+  every(2000, () => ($("live").checked ? load() : null));
+}
+
 // ------------------------------------------------------------------ start
 
 const PAGES = {
   overview: pageOverview, tasks: pageTasks, task: pageTask, workflows: pageWorkflows, workflow: pageWorkflow,
   "dead-letters": pageDeadLetters, schedules: pageSchedules, schedule: pageSchedule, workers: pageWorkers,
-  limits: pageLimits,
+  limits: pageLimits, triggers: pageTriggers,
 };
 
 document.addEventListener("DOMContentLoaded", () => {
