@@ -27,7 +27,16 @@ from datetime import datetime
 
 import click
 
-from taskstream.schemas import BrokerUnavailable, ControlState, GateState, ScheduleState, Settings, TaskState, Topics
+from taskstream.schemas import (
+    BrokerUnavailable,
+    ControlState,
+    GateState,
+    ScheduleState,
+    Settings,
+    TaskState,
+    Topics,
+    TriggerState,
+)
 from taskstream.streams.rebuild import RebuildError, Report, rebuild
 
 
@@ -119,8 +128,9 @@ def run_at(settings: Settings, at: datetime, task_id: str | None, as_json: bool,
     if task_id is not None and not states:
         click.echo(f"Error: task {task_id} did not exist at {rfc3339(at)}", err=True)
         return 1
-    # A concurrency key's slots (GateState) and a pause's copies (ControlState) are neither a task nor a schedule.
-    shown = [s for s in states.values() if not isinstance(s, (GateState, ControlState))]
+    # A concurrency key's slots (GateState), a pause's copies (ControlState) and a topic trigger (TriggerState) are
+    # neither a task nor a schedule.
+    shown = [s for s in states.values() if not isinstance(s, (GateState, ControlState, TriggerState))]
     ordered = sorted(shown, key=lambda s: (s.created_at, s.task_id))
     if as_json:
         for s in ordered:

@@ -80,8 +80,9 @@ def seed_group(settings: Settings, client_id: str, group: str, topic: str, *, ea
             else:
                 timed.append(p)
         if timed:
-            ms = int((at.timestamp() if at is not None else 0) * 1000) if at is not None else -1
-            asked = [TopicPartition(topic, p, ms if ms >= 0 else OFFSET_END) for p in timed]
+            # No time: a partition starts at its end (offsets_for_times answers OFFSET_END for it as it is).
+            asked = [TopicPartition(topic, p, int(at.timestamp() * 1000) if at is not None else OFFSET_END)
+                     for p in timed]
             for tp in consumer.offsets_for_times(asked, timeout=timeout):
                 starts[tp.partition] = (tp.offset if tp.offset >= 0 else
                                         consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),

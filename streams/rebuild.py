@@ -74,6 +74,7 @@ from taskstream.schemas import (
     Settings,
     TaskState,
     Topics,
+    TriggerState,
     codec,
     kafka,
 )
@@ -98,7 +99,7 @@ IGNORED_FIELDS = frozenset({"last_offset"})
 POOL_THRESHOLD = 100_000
 READ_BATCH = 10_000
 
-State: TypeAlias = TaskState | ScheduleState | GateState | ControlState
+State: TypeAlias = TaskState | ScheduleState | GateState | ControlState | TriggerState
 
 
 class RebuildError(Exception):
@@ -132,7 +133,7 @@ MISSING = "<missing>"
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, (TaskState, ScheduleState, GateState, ControlState)):
+    if isinstance(value, (TaskState, ScheduleState, GateState, ControlState, TriggerState)):
         return type(value).__name__
     return value
 
@@ -363,7 +364,7 @@ def read_live(settings: Settings, ends: Mapping[int, int], edges: set[bytes] | N
                 except DecodeError:
                     log.warning("undecodable record in %s[%d]@%d", topic, m.partition(), m.offset())
                     continue
-                if isinstance(value, (TaskState, ScheduleState, GateState, ControlState)):
+                if isinstance(value, (TaskState, ScheduleState, GateState, ControlState, TriggerState)):
                     live[key] = value
     finally:
         consumer.close()

@@ -225,7 +225,7 @@ class TriggerRunner:
         """Start the consumers of active triggers not running, stop those of triggers no longer active."""
         wanted = {n: s for n, s in self.states.snapshot().items() if s.status == TriggerStatus.ACTIVE.value}
         for name in list(self.running):
-            started, _, thread, _ = self.running[name]
+            _, _, thread, _ = self.running[name]
             if name not in wanted or not thread.is_alive():
                 self._stop(name)
         now = _now_s()

@@ -95,6 +95,7 @@ from taskstream.schemas import (
     TaskState,
     TaskSucceeded,
     TaskUpdated,
+    TriggerState,
 )
 from taskstream.schemas.limits import (
     LEGACY_MAX_DEPENDENTS,
@@ -121,7 +122,7 @@ WAITING = frozenset({Status.PENDING.value, Status.SCHEDULED.value})
 #: The state of an aggregate: a task's or a schedule's (an event folds into a state of its own type).
 _S = TypeVar("_S", TaskState, ScheduleState, ControlState)
 #: A state of either aggregate, or one whose aggregate the caller does not know (``TaskState | ScheduleState``).
-_AnyS = TypeVar("_AnyS", bound=TaskState | ScheduleState | GateState | ControlState)
+_AnyS = TypeVar("_AnyS", bound=TaskState | ScheduleState | GateState | ControlState | TriggerState)
 #: The terminal statuses (``schemas.TERMINAL``; Status is a StrEnum, so its members match the strings in a state).
 TERMINAL_VALUES = TERMINAL
 
