@@ -7,7 +7,10 @@ trigger-runner``, a subprocess) reads the user's topic and writes a TaskCreated 
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -16,6 +19,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from taskstream.cli.dev import settings_env
 from taskstream.schemas import TaskCreated, TaskState, Topics, codec
 from taskstream.schemas.kafka import admin, group_offsets, group_states
 from taskstream.streams import domain
@@ -200,3 +204,7 @@ def test_bad_records_dead_letter_and_pause_resume_delete(settings, tmp_path):
         stop_all(runner, proc)
         states.close()
         dlq.close()
+    # The log folds again to what the processor published, trigger states included.
+    r = subprocess.run([sys.executable, "-m", "taskstream.cli.main", "state", "rebuild", "--verify"],
+                       env={**os.environ, **settings_env(settings)}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
