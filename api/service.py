@@ -419,7 +419,13 @@ async def _write_decided(ctx: ApiContext, decided: Sequence[tuple[Any, list[tupl
 
 
 def _expect(ctx: ApiContext, before: Any, events: list[Event]) -> Any:
-    """Read-your-writes: the domain's fold of the written events into the read model, unless it holds newer."""
+    """Read-your-writes: the domain's fold of the written events goes into the read model unless it holds newer.
+
+    The answer is what a create made (its first version, even when the
+    processor's next one was read back first), and for a change of an
+    existing task or schedule the read model's state: the fold, or a newer
+    state the processor published meanwhile.
+    """
     after = domain.fold(events, before)
     if after is None or after is before:
         return before
@@ -427,11 +433,13 @@ def _expect(ctx: ApiContext, before: Any, events: list[Event]) -> Any:
         schedules = ctx.read_model.schedules
         if before is None:
             schedules.apply(after, only_if_absent=True)
-        else:
-            schedules.apply(after, only_over_version=before.version)
+            return after
+        schedules.apply(after, only_over_version=before.version)
         return schedules.get(after.schedule_id) or after
     tasks = ctx.read_model.store
     tasks.apply(after, only_over_version=None if before is None else before.version)
+    if before is None:
+        return after
     return tasks.get(after.task_id) or after
 
 
