@@ -18,6 +18,7 @@ from starlette.responses import Response
 from taskstream.schemas import GateState, ValidationError
 from taskstream.streams import domain
 
+from .. import service
 from ..context import Context
 from ..models import rfc3339
 from ..problems import JSONResponse
@@ -76,7 +77,8 @@ async def list_limits(
     cursor: str | None = None,
 ) -> Response:
     """Every concurrency key with its limit, rate, holders and waiting tasks, in key order; cursor pagination
-    as ``GET /tasks``; ``totals`` over every key."""
+    as ``GET /tasks``; ``totals`` over every key; ``handlers``: every handler's limit and rate as set (its
+    tasks' key is ``handler:<name>``)."""
     gates = ctx.read_model.store.gates
     now = datetime.now(UTC)
     gate_count, holding, waiting = gates.totals()
@@ -84,7 +86,7 @@ async def list_limits(
     if key is not None:
         g = gates.get(domain.gate_id(key))
         return JSONResponse({"limits": [] if g is None else [gate_json(g, now)], "next_cursor": None,
-                             "totals": totals})
+                             "totals": totals, "handlers": service.handler_limits(ctx)})
     out: list[dict] = []
     after = _after(cursor) if cursor else None
     while True:  # ``active`` skips idle keys: read on until the page is full or the keys end
@@ -96,4 +98,4 @@ async def list_limits(
     more = len(out) > limit or last is not None
     return JSONResponse({"limits": out[:limit],
                          "next_cursor": encode_cursor(out[limit - 1]["gate_id"].encode()) if more and out else None,
-                         "totals": totals})
+                         "totals": totals, "handlers": service.handler_limits(ctx)})

@@ -10,11 +10,13 @@ attempts already queued or running finish. A resume releases them. Pausing
 twice or resuming what is not paused changes nothing (202). The list shows
 every paused target from the read model (the processors' control copies).
 
-``PUT /limits/handlers/{h}`` with ``{"limit": N}`` (``LimitTarget``: one
-``ControlLimited`` per partition) makes every task of the handler without a
-concurrency key of its own go through the gate ``concurrency:handler:<h>``:
-at most N of its attempts queued or running at once; ``DELETE`` ends that for
-tasks admitted from then on (a task already under the gate keeps it).
+``PUT /limits/handlers/{h}`` with ``{"limit": N}``, ``{"rate": R, "per_s": S}``
+or all three (``LimitTarget``: one ``ControlLimited`` per partition) makes
+every task of the handler without a concurrency key of its own go through the
+gate ``concurrency:handler:<h>``: at most N of its attempts queued or running
+at once, at most R starts in any S seconds (the rest wait ``pending``, never
+fail); ``DELETE`` ends that for tasks admitted from then on (a task already
+under the gate keeps it).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.responses import Response
 
-from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT
+from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT, MAX_RATE, MAX_RATE_PERIOD_S
 
 from .. import service
 from ..context import Context
@@ -60,25 +62,36 @@ async def list_pauses(ctx: Context, kind: Literal["handler", "workflow"] | None 
 
 
 class LimitIn(BaseModel):
-    """``PUT /limits/handlers/{handler}``: at most ``limit`` attempts of the handler queued or running at once."""
+    """``PUT /limits/handlers/{handler}``: at most ``limit`` attempts of the handler queued or running at once
+    and at most ``rate`` starts in any ``per_s`` seconds; a limit, a rate (with its period) or both."""
 
-    limit: int = Field(ge=1, le=MAX_CONCURRENCY_LIMIT)
+    limit: int | None = Field(None, ge=1, le=MAX_CONCURRENCY_LIMIT)
+    rate: int | None = Field(None, ge=1, le=MAX_RATE)
+    per_s: float | None = Field(None, gt=0, le=MAX_RATE_PERIOD_S)
+
+    @model_validator(mode="after")
+    def _something(self) -> LimitIn:
+        if (self.rate is None) != (self.per_s is None):
+            raise ValueError("a rate needs its period: give both rate and per_s")
+        if self.limit is None and self.rate is None:
+            raise ValueError("give a limit, a rate (rate and per_s) or both; DELETE ends a handler's limit")
+        return self
 
 
 @router.put("/limits/handlers/{handler}", status_code=202)
 async def set_handler_limit(handler: str, body: LimitIn, request: Request, ctx: Context) -> Response:
-    """Limit a handler: 202 with ``{"kind", "name", "limit"}``."""
-    return JSONResponse(await service.limit_handler(ctx, handler, body.limit, actor=actor_of(request)),
-                        status_code=202)
+    """Limit a handler: 202 with ``{"kind", "name", "limit", "rate", "per_s"}``."""
+    return JSONResponse(await service.limit_handler(ctx, handler, body.limit, rate=body.rate, per_s=body.per_s,
+                                                    actor=actor_of(request)), status_code=202)
 
 
 @router.delete("/limits/handlers/{handler}", status_code=202)
 async def clear_handler_limit(handler: str, request: Request, ctx: Context) -> Response:
-    """End a handler's limit: 202 with ``{"kind", "name", "limit": null}``."""
+    """End a handler's limit and rate: 202 with ``{"kind", "name", "limit": null, "rate": null, "per_s": null}``."""
     return JSONResponse(await service.limit_handler(ctx, handler, None, actor=actor_of(request)), status_code=202)
 
 
 @router.get("/limits/handlers")
 async def list_handler_limits(ctx: Context) -> Response:
-    """Every handler with a limit: ``{"limits": [{"kind", "name", "limit"}]}``."""
+    """Every handler with a limit or a rate: ``{"limits": [{"kind", "name", "limit", "rate", "per_s"}]}``."""
     return JSONResponse({"limits": service.handler_limits(ctx)})
