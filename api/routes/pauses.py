@@ -24,13 +24,11 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field, model_validator
 from starlette.responses import Response
-
-from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT, MAX_RATE, MAX_RATE_PERIOD_S
 
 from .. import service
 from ..context import Context
+from ..models import LimitIn
 from ..problems import JSONResponse
 from ..service import MAX_REASON
 from . import actor_of
@@ -59,23 +57,6 @@ async def list_pauses(ctx: Context, kind: Literal["handler", "workflow"] | None 
     """Every paused handler and workflow: ``{"pauses": [{"kind", "name", "paused_at", "paused_by", "reason",
     "partitions_paused"}]}``."""
     return JSONResponse({"pauses": service.pauses(ctx, kind)})
-
-
-class LimitIn(BaseModel):
-    """``PUT /limits/handlers/{handler}``: at most ``limit`` attempts of the handler queued or running at once
-    and at most ``rate`` starts in any ``per_s`` seconds; a limit, a rate (with its period) or both."""
-
-    limit: int | None = Field(None, ge=1, le=MAX_CONCURRENCY_LIMIT)
-    rate: int | None = Field(None, ge=1, le=MAX_RATE)
-    per_s: float | None = Field(None, gt=0, le=MAX_RATE_PERIOD_S)
-
-    @model_validator(mode="after")
-    def _something(self) -> LimitIn:
-        if (self.rate is None) != (self.per_s is None):
-            raise ValueError("a rate needs its period: give both rate and per_s")
-        if self.limit is None and self.rate is None:
-            raise ValueError("give a limit, a rate (rate and per_s) or both; DELETE ends a handler's limit")
-        return self
 
 
 @router.put("/limits/handlers/{handler}", status_code=202)
