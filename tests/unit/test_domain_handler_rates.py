@@ -7,9 +7,12 @@ with a ``TaskHeld`` that carries the rate, whose fold gives it the key
 ``handler:<name>`` with that rate, so the handler's gate admits at most
 ``rate`` of its starts in any ``per_s`` (decision 0026's sliding window); the
 rest wait ``pending`` with ``waiting_for: "concurrency:handler:<name>"``,
-never failed. The property (rebuild equals live, never more than the rate
-per window, with pauses, limits, crashes and late timers) is the machine of
-``test_domain_pause.py``.
+never failed. A crash between the state's write and the sends of the step
+that first held a task into its handler's gate is repaired with that
+``TaskHeld`` again (a ``TaskQueued`` would queue the task in a fold of the
+log). The property (rebuild equals live, never more than the rate per
+window, with pauses, limits, crashes before and after the sends, late
+timers) is the machine of ``test_domain_pause.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from taskstream.schemas import (
     GateState,
     SlotRequested,
     TaskCreated,
+    TaskFailed,
     TaskHeld,
+    TaskRetryScheduled,
+    TaskStarted,
     ValidationError,
     codec,
 )
@@ -136,3 +142,42 @@ def test_a_control_state_of_set_8_has_no_rate():
                      updated_at=T0, limit=3)
     assert HandlerLimit.of(c) == HandlerLimit(3, None, None)
     assert codec.decode(codec.encode(c)) == c
+
+
+# ------------------------------------------------------------------ a crash right after the first hold
+
+
+@pytest.mark.parametrize("limit", [HandlerLimit(2), HandlerLimit(None, 5, 1.0)], ids=["limit", "rate"])
+@pytest.mark.parametrize("own_key", [None, "handler:h"], ids=["handler's key", "own key of the same name"])
+def test_a_crash_before_the_sends_of_the_first_hold_replays_the_hold(limit, own_key):
+    """The state was written (held into the handler's gate), the sends were lost: the event read again sends
+    what the state implies, and a fold of the log then equals the live state (``state rebuild --verify``)."""
+    own = dict(concurrency_key=own_key, concurrency_limit=2) if own_key else {}
+    created = _created("t1", **own)
+    live, _ = domain.step(None, created, T0, "p", limits={"handler:h": limit}.get)
+    assert live.waiting_for == GATE
+    again = domain.replay(live, created, T0 + timedelta(seconds=1), "p")
+    assert [type(e).__name__ for e in again] == ["TaskHeld", "SlotRequested"]
+    rebuilt = domain.fold_log([created, *[e for e in again if e.aggregate_id == "t1"]])
+    assert rebuilt == live
+    # and sent once more (a second crash), or after the first sends did land: nothing changes
+    assert domain.fold_log([created, *again[:1], *again[:1]]) == live
+
+
+def test_a_crash_after_a_relayed_attempt_was_held_into_the_handlers_gate_replays_the_hold():
+    """A retry's TaskQueued (the relay's, in the log) admitted a task whose handler got a limit since: the step
+    took the attempt back with a TaskHeld; lost, the replay sends it again, and the fold of the log agrees."""
+    limits = {"handler:h": HandlerLimit(1)}.get
+    created = _created("t1", max_attempts=3)
+    state, follow = domain.step(None, created, T0, "p")  # no limit yet: queued
+    log = [created, *[e for e in follow if e.aggregate_id == "t1"]]
+    for e in (TaskStarted(task_id="t1", occurred_at=T0, producer="x", attempt=1),
+              TaskFailed(task_id="t1", occurred_at=T0, producer="x", attempt=1, error="e")):
+        state, follow = domain.step(state, e, T0, "p")
+        log += [e, *[f for f in follow if f.aggregate_id == "t1"]]
+    (waiting,) = [e for e in log if isinstance(e, TaskRetryScheduled)]
+    relayed = domain.requeued(waiting, T0 + timedelta(seconds=5))
+    live, _ = domain.step(state, relayed, relayed.occurred_at, "p", limits=limits)
+    assert (live.status, live.waiting_for, live.concurrency_key) == ("pending", GATE, "handler:h")
+    again = domain.replay(live, relayed, relayed.occurred_at, "p")
+    assert domain.fold_log([*log, relayed, *[e for e in again if e.aggregate_id == "t1"]]) == live

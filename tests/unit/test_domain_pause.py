@@ -7,8 +7,10 @@ granted) holds it instead (``TaskHeld``: ``pending``, ``waiting_for:
 "paused:<target>"``, the attempt not started); a resume releases the held
 tasks of the partition (a ``TaskQueued`` each); a task already queued or
 running is not touched. Properties: with any interleaving of submits,
-pauses, resumes, results, retries, cancels and crashes, no task is newly
-queued while one of its targets is paused, folding each aggregate's log
+pauses, resumes, handler limits and rates, results, retries, cancels, gate
+timers and crashes (after the sends, or before them: the sends lost and
+replayed from the state), no task is newly queued while one of its targets
+is paused, folding each aggregate's log
 (the processor's follow-ups landing behind events already in the log) gives
 the live state, and once everything is resumed nothing stays held.
 """
@@ -277,6 +279,7 @@ class PausedPartition(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.admissions: list[datetime] = []
+        self.lose_sends = False
         self.clock = T0
         self.states: dict[str, object] = {}
         self.inbox: dict[str, list] = {}
@@ -308,6 +311,11 @@ class PausedPartition(RuleBasedStateMachine):
         paused, limits = self.paused_targets(), self.limits()
         state, follow = domain.step(before, e, self.now(), "p", paused=paused.__contains__ if paused else None,
                                     held=self.held, limits=limits.get if limits else None)
+        if self.lose_sends and state is not None and state is not before:
+            # The processor crashed after writing the state, before its sends: it reads the event again and
+            # sends what the state implies instead (``replay``), not what the step decided.
+            self.lose_sends = False
+            follow = domain.replay(state, e, self.now(), "p", held=self.held)
         if isinstance(state, TaskState) and state.status == "queued" and not (
                 isinstance(before, TaskState) and before.status == "queued" and before.attempt == state.attempt):
             assert not set(domain.targets_of(state)) & paused, f"{key} queued while paused"
@@ -378,6 +386,11 @@ class PausedPartition(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(sorted(k for k, v in self.inbox.items() if v)))
         self.step(key, self.inbox[key].pop(0))
 
+    @rule()
+    def crash_before_the_sends(self):
+        """The next step's state is written, its follow-ups are lost: the crash repair replays them."""
+        self.lose_sends = True
+
     @rule(data=st.data())
     @precondition(lambda self: bool(self.last))
     def crash(self, data):
@@ -447,5 +460,5 @@ class PausedPartition(RuleBasedStateMachine):
 
 
 TestPausedPartition = PausedPartition.TestCase
-TestPausedPartition.settings = settings(max_examples=150, stateful_step_count=60, deadline=None,
+TestPausedPartition.settings = settings(max_examples=300, stateful_step_count=60, deadline=None,
                                         suppress_health_check=[HealthCheck.too_slow])
