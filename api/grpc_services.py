@@ -60,6 +60,8 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from taskstream.grpc.v1 import (
+    flow_pb2,
+    flow_pb2_grpc,
     schedules_pb2,
     schedules_pb2_grpc,
     tasks_pb2,
@@ -89,9 +91,11 @@ from taskstream.schemas.observability import about
 from . import auth, idempotency, reads, service
 from .context import ApiContext
 from .history import HistoryBusy, HistoryTooExpensive, event_json
+from .limits import limits_body
 from .models import (
     BackfillIn,
     BatchIn,
+    LimitIn,
     RedriveIn,
     ScheduleIn,
     TaskIn,
@@ -341,6 +345,14 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
     "RunSchedule": ("POST", "/api/v1/schedules/{schedule_id}:{action}"),
     "BackfillSchedule": ("POST", "/api/v1/schedules/{schedule_id}:backfill"),
     "ListWorkers": ("GET", "/api/v1/workers"),
+    "PauseHandler": ("POST", "/api/v1/handlers/{handler}:{action}"),
+    "ResumeHandler": ("POST", "/api/v1/handlers/{handler}:{action}"),
+    "PauseWorkflow": ("POST", "/api/v1/workflows/{workflow_id}:{action}"),
+    "ResumeWorkflow": ("POST", "/api/v1/workflows/{workflow_id}:{action}"),
+    "ListPauses": ("GET", "/api/v1/pauses"),
+    "ListLimits": ("GET", "/api/v1/limits"),
+    "SetHandlerLimit": ("PUT", "/api/v1/limits/handlers/{handler}"),
+    "ClearHandlerLimit": ("DELETE", "/api/v1/limits/handlers/{handler}"),
 }
 
 
@@ -644,4 +656,59 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer, _Adapter):
         return json_format.ParseDict(body, workers_pb2.ListWorkersResponse(), ignore_unknown_fields=True)
 
 
-__all__ = ["TaskService", "WorkflowService", "ScheduleService", "WorkerService", "RPC_ROUTES"]
+class FlowService(flow_pb2_grpc.FlowServiceServicer, _Adapter):
+    """``taskstream.v1.FlowService``: ``/api/v1/handlers/{h}:pause|:resume``, ``/api/v1/workflows/{id}:pause|:resume``,
+    ``/api/v1/pauses``, ``/api/v1/limits`` and ``/api/v1/limits/handlers/{h}``, through the same service calls."""
+
+    async def _pause(self, request, caller: Caller, kind: str, action: str) -> flow_pb2.Pause:
+        reason = _reason(request.reason) if action == "pause" else ""
+        body = await service.pause_target(self.ctx, kind, request.name, action, reason=reason, actor=caller.actor)
+        return json_format.ParseDict(body, flow_pb2.Pause(), ignore_unknown_fields=True)
+
+    @rpc
+    async def PauseHandler(self, request, context, caller):
+        return await self._pause(request, caller, "handler", "pause")
+
+    @rpc
+    async def ResumeHandler(self, request, context, caller):
+        return await self._pause(request, caller, "handler", "resume")
+
+    @rpc
+    async def PauseWorkflow(self, request, context, caller):
+        return await self._pause(request, caller, "workflow", "pause")
+
+    @rpc
+    async def ResumeWorkflow(self, request, context, caller):
+        return await self._pause(request, caller, "workflow", "resume")
+
+    @rpc
+    async def ListPauses(self, request, context, caller):
+        kind = request.kind if request.HasField("kind") else None
+        if kind is not None and kind not in ("handler", "workflow"):
+            raise bad_request([("kind", "must be one of handler, workflow")])
+        return json_format.ParseDict({"pauses": service.pauses(self.ctx, kind)}, flow_pb2.ListPausesResponse(),
+                                     ignore_unknown_fields=True)
+
+    @rpc
+    async def ListLimits(self, request, context, caller):
+        body = limits_body(self.ctx, key=request.key if request.HasField("key") else None, active=request.active,
+                           limit=_limit(request.limit if request.HasField("limit") else None),
+                           cursor=request.cursor if request.HasField("cursor") and request.cursor else None)
+        return json_format.ParseDict(body, flow_pb2.ListLimitsResponse(), ignore_unknown_fields=True)
+
+    @rpc
+    async def SetHandlerLimit(self, request, context, caller):
+        fields = to_json(request)
+        name = fields.pop("name", "")
+        body = validate(LimitIn, fields)
+        answer = await service.limit_handler(self.ctx, name, body.limit, rate=body.rate, per_s=body.per_s,
+                                             actor=caller.actor)
+        return json_format.ParseDict(answer, flow_pb2.HandlerLimit(), ignore_unknown_fields=True)
+
+    @rpc
+    async def ClearHandlerLimit(self, request, context, caller):
+        answer = await service.limit_handler(self.ctx, request.name, None, actor=caller.actor)
+        return json_format.ParseDict(answer, flow_pb2.HandlerLimit(), ignore_unknown_fields=True)
+
+
+__all__ = ["TaskService", "WorkflowService", "ScheduleService", "WorkerService", "FlowService", "RPC_ROUTES"]

@@ -305,24 +305,32 @@ async def pause_target(ctx: ApiContext, kind: str, name: str, action: str, *, re
     return _pause_json(kind, name, [c for c in list(ctx.read_model.controls.values()) if c.target == target])
 
 
-async def limit_handler(ctx: ApiContext, handler: str, limit: int | None, *,
-                        actor: str | None = None) -> dict[str, Any]:
-    """``PUT|DELETE /limits/handlers/{h}``: the decider's ``LimitTarget``, one copy per partition."""
+async def limit_handler(ctx: ApiContext, handler: str, limit: int | None, *, rate: int | None = None,
+                        per_s: float | None = None, actor: str | None = None) -> dict[str, Any]:
+    """``PUT|DELETE /limits/handlers/{h}``: the decider's ``LimitTarget``, one copy per partition (no limit
+    and no rate: DELETE)."""
     target = domain.target("handler", handler)
     command = domain.LimitTarget(target=target, partitions=await _partitions(ctx), producer=ctx.producer_id,
-                                 limit=limit, actor=actor)
+                                 limit=limit, rate=rate, per_s=per_s, actor=actor)
     await _write_controls(ctx, command)
-    log.info("handler limit target=%s limit=%s", target, limit)
-    return {"kind": "handler", "name": handler, "limit": limit}
+    log.info("handler limit target=%s limit=%s rate=%s per_s=%s", target, limit, rate, per_s)
+    return _limit_json(handler, domain.HandlerLimit(limit, rate, float(per_s) if per_s is not None else None))
 
 
 def handler_limits(ctx: ApiContext) -> list[dict[str, Any]]:
-    """Every handler with a limit (as its copies show it; the largest if they differ while one is on its way)."""
-    found: dict[str, int] = {}
+    """Every handler with a limit or a rate (as its copies show it; the latest copy if they differ while a
+    change is on its way)."""
+    found: dict[str, ControlState] = {}
     for c in list(ctx.read_model.controls.values()):
-        if c.limit is not None and c.target.startswith("handler:"):
-            found[c.target] = max(found.get(c.target, 0), c.limit)
-    return [{"kind": "handler", "name": t.partition(":")[2], "limit": n} for t, n in sorted(found.items())]
+        if c.target.startswith("handler:") and domain.HandlerLimit.of(c) is not None:
+            if c.target not in found or c.updated_at > found[c.target].updated_at:
+                found[c.target] = c
+    return [_limit_json(t.partition(":")[2], domain.HandlerLimit.of(c)) for t, c in sorted(found.items())]
+
+
+def _limit_json(handler: str, limit: domain.HandlerLimit | None) -> dict[str, Any]:
+    return {"kind": "handler", "name": handler, "limit": limit.limit if limit else None,
+            "rate": limit.rate if limit else None, "per_s": limit.per_s if limit else None}
 
 
 async def _partitions(ctx: ApiContext) -> int:

@@ -605,10 +605,13 @@ class ControlPaused(ControlEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ControlLimited(ControlEvent):
-    """At most ``limit`` attempts of the handler ``target`` queued or running at once (None: no limit): a task
-    of it without a concurrency key of its own is admitted through the gate ``concurrency:<target>``."""
+    """At most ``limit`` attempts of the handler ``target`` queued or running at once (None: no limit) and at
+    most ``rate`` starts in any ``per_s`` seconds (None: no rate; schema set 9): a task of it without a
+    concurrency key of its own is admitted through the gate ``concurrency:<target>``."""
 
     limit: int | None = None
+    rate: int | None = None
+    per_s: float | None = None
     actor: str | None = None
 
 
@@ -631,6 +634,8 @@ class TaskHeld(TaskEvent):
     version: int
     cause: str | None = None
     concurrency_limit: int | None = None
+    concurrency_rate: int | None = None
+    concurrency_per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -656,6 +661,8 @@ class ControlState:
     paused_by: str | None = None
     reason: str = ""
     limit: int | None = None
+    rate: int | None = None
+    per_s: float | None = None
     version: int = 0
     last_offset: int = -1
 

@@ -168,7 +168,7 @@ class Pauses:
     def __init__(self) -> None:
         self.paused: set[str] = set()
         self.holding: dict[str, dict[bytes, None]] = {}
-        self.limits: dict[str, int] = {}
+        self.limits: dict[str, domain.HandlerLimit] = {}
 
     def lookup(self) -> domain.Paused:
         """The ``paused`` lookup of ``domain.step``: None while nothing is paused in the partition."""
@@ -182,8 +182,8 @@ class Pauses:
         """Record a state write (``before`` -> ``after``) of ``key``."""
         if isinstance(after, ControlState):
             (self.paused.add if after.paused else self.paused.discard)(after.target)
-            if after.limit is not None:
-                self.limits[after.target] = after.limit
+            if (limit := domain.HandlerLimit.of(after)) is not None:
+                self.limits[after.target] = limit
             else:
                 self.limits.pop(after.target, None)
             return

@@ -78,6 +78,7 @@ from .controls import (
     CONTROL_PREFIX,
     HANDLER,
     WORKFLOW,
+    HandlerLimit,
     Held,
     Limits,
     LimitTarget,
@@ -202,7 +203,7 @@ __all__ = [
     "BackfillSchedule", "MAX_BACKFILL", "OVERLAPS", "backfill_task_id", "backfill_times",
     "GATE_PREFIX", "gate_id", "grants", "concurrency_key_of", "gated", "held",
     "slot_attempt", "slot_messages", "slot_replay", "rate_of", "live_spent", "wakes_at",
-    "CONTROL_PREFIX", "HANDLER", "WORKFLOW", "Held", "Limits", "LimitTarget", "Paused", "PauseTarget",
+    "CONTROL_PREFIX", "HANDLER", "WORKFLOW", "HandlerLimit", "Held", "Limits", "LimitTarget", "Paused", "PauseTarget",
     "ResumeTarget", "admitted",
     "control_id", "hold_reason", "paused_hold", "releases", "target", "targets_of", "PAUSE_PREFIX",
 ]

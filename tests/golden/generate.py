@@ -30,6 +30,9 @@ GateState); its ``concurrency`` history is folded by the code of issue 28.
 the code of that change.
 8 = issue 28: pause and resume (ControlPaused, ControlResumed, ControlState,
 TaskHeld, TaskReleased); its ``pause`` history is folded by the code of that change.
+9 = issue 28's handler rates (ControlLimited/ControlState ``rate`` and ``per_s``; TaskHeld
+``concurrency_rate`` and ``concurrency_per_s``); its ``handler_rates`` history is folded by the code of
+that change.
 A release's logs are never regenerated once committed: they are what that
 release wrote. ``encode`` for a new release only, or for a history a release
 lacked, by name (``encode 4 schedule``, then ``states 4 schedule`` with that
@@ -59,7 +62,8 @@ RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
             5: "retry_delay_s and schedule_id (issue 23)",
             6: "error_type and traceback (issue 26); schedule pause, resume, run now, backfill (issues 26, 29)",
             7: "concurrency keys (issue 28)",
-            8: "rate limits of a concurrency key; pause and resume, handler limits (issue 28)"}
+            8: "rate limits of a concurrency key; pause and resume, handler limits (issue 28)",
+            9: "handler rates (issue 28)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
@@ -282,6 +286,36 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             ev("TaskStarted", "t-r2", 1.1, attempt=1),
             ev("TaskSucceeded", "t-r2", 1.3, attempt=1, result="null"),
             gate_ev("SlotReleased", 1.31, holder="t-r2", attempt=1),
+        ]
+    if version >= 9:
+        # A handler with a rate of 1 per second and no limit: its tasks are held into the handler's gate (the hold
+        # carries the rate), the first starts at once, the second when the gate's timer brings the start back.
+        hctl, hgate = "control:0:handler:mail", "concurrency:handler:mail"
+        rate = {"concurrency_rate": 1, "concurrency_per_s": 1.0}
+        asked = {"priority": "medium", "limit": 0, "rate": 1, "per_s": 1.0}
+
+        def hgate_ev(kind: str, t: float, **fields) -> tuple[str, dict]:
+            return ev(kind, hgate, t, gate_id=hgate, **fields)
+
+        h1, h2 = created("t-h1", 0.1, handler="mail"), created("t-h2", 0.2, handler="mail")
+        logs["handler_rates"] = [
+            ev("ControlLimited", hctl, 0, control_id=hctl, target="handler:mail", partition=0,
+               producer="api-golden", actor="key-golden", limit=None, rate=1, per_s=1.0),
+            h1,
+            ev("TaskHeld", "t-h1", 0.11, attempt=1, waiting_for=hgate, version=1, cause=h1[1]["event_id"], **rate),
+            hgate_ev("SlotRequested", 0.11, holder="t-h1", attempt=1, **asked),
+            h2,
+            ev("TaskHeld", "t-h2", 0.21, attempt=1, waiting_for=hgate, version=1, cause=h2[1]["event_id"], **rate),
+            hgate_ev("SlotRequested", 0.21, holder="t-h2", attempt=1, **asked),
+            ev("SlotGranted", "t-h1", 0.12, gate_id=hgate, attempt=1),
+            ev("TaskStarted", "t-h1", 0.2, attempt=1),
+            ev("TaskSucceeded", "t-h1", 0.4, attempt=1, result="null"),
+            hgate_ev("SlotReleased", 0.41, holder="t-h1", attempt=1),
+            hgate_ev("GateWoken", 1.111),
+            ev("SlotGranted", "t-h2", 1.12, gate_id=hgate, attempt=1),
+            ev("TaskStarted", "t-h2", 1.2, attempt=1),
+            ev("TaskSucceeded", "t-h2", 1.3, attempt=1, result="null"),
+            hgate_ev("SlotReleased", 1.31, holder="t-h2", attempt=1),
         ]
     return logs
 

@@ -77,12 +77,13 @@ class Proc:
 class LiveStack:
     """Processor + executor + API on ``broker``; ``url`` is the API's base URL."""
 
-    def __init__(self, broker: str, folder: Path, modules: dict[str, str] | None = None) -> None:
+    def __init__(self, broker: str, folder: Path, modules: dict[str, str] | None = None, grpc: bool = False) -> None:
         self.folder = folder
         port = free_port()
         self.settings = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
                                  data_dir=folder / "data", session_timeout_ms=SESSION_TIMEOUT_MS,
-                                 log_level="WARNING", metrics_port=0, api_port=port)
+                                 log_level="WARNING", metrics_port=0, api_port=port,
+                                 grpc_port=free_port() if grpc else None)
         self.url = f"http://127.0.0.1:{port}"
         wait_for_broker(self.settings)
         assert ensure_topics(self.settings, catalogue(self.settings)) == []

@@ -98,6 +98,9 @@ RELEASED = {
     ("SlotRequested", 8): "189bb3caed9f23a6",  # schema set 8: rate limits (issue 28)
     ("TaskCreated", 8): "518246a0530c33b9",  # schema set 8: rate limits (issue 28)
     ("TaskState", 8): "a5fe7dd24df84c2f",  # schema set 8: rate limits (issue 28)
+    ("ControlLimited", 9): "891add42789f78df",  # schema set 9: handler rates (issue 28)
+    ("ControlState", 9): "4e816add443df268",  # schema set 9: handler rates (issue 28)
+    ("TaskHeld", 9): "95da5671b5d7899e",  # schema set 9: handler rates (issue 28)
 }
 VERSIONS = sorted(RELEASED)
 #: Fields filled by an upcaster from another field of an older record, not by a default.

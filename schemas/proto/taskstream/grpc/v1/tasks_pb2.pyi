@@ -93,12 +93,16 @@ class Task(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., handler: _Optional[str] = ..., status: _Optional[str] = ..., priority: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout_s: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ..., version: _Optional[int] = ..., key: _Optional[str] = ..., workflow_id: _Optional[str] = ..., upstream_keys: _Optional[_Mapping[str, str]] = ..., dependents: _Optional[_Iterable[str]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., checkpoint: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., schedule_id: _Optional[str] = ..., scheduled_for: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_type: _Optional[str] = ..., traceback: _Optional[str] = ..., concurrency: _Optional[_Union[Concurrency, _Mapping]] = ..., waiting_for: _Optional[str] = ...) -> None: ...
 
 class Concurrency(_message.Message):
-    __slots__ = ("key", "limit")
+    __slots__ = ("key", "limit", "rate", "per_s")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    PER_S_FIELD_NUMBER: _ClassVar[int]
     key: str
     limit: int
-    def __init__(self, key: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    rate: int
+    per_s: float
+    def __init__(self, key: _Optional[str] = ..., limit: _Optional[int] = ..., rate: _Optional[int] = ..., per_s: _Optional[float] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("max_attempts", "backoff")
