@@ -297,7 +297,8 @@ class Processor(Hooks):
     folds each batch and waits for its outputs before it returns (so the
     batch's offsets are committed only then), keeps one table and timer table
     per assigned partition, follows ``<p>.heartbeats`` on the same partitions
-    and fires timers between polls.
+    and fires timers between polls. ``tracing`` records its ``queue`` and ``dependency`` spans
+    (``fold_step``; ``OFF`` by default).
     """
 
     BATCH = 500

