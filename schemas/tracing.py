@@ -217,7 +217,6 @@ class _Traced(Tracing):
         self._provider = provider
         self._tracer = provider.get_tracer("taskstream")
         self._propagator = TraceContextTextMapPropagator()
-        self._trace = trace
         self._kinds = {"internal": trace.SpanKind.INTERNAL, "server": trace.SpanKind.SERVER,
                        "producer": trace.SpanKind.PRODUCER, "consumer": trace.SpanKind.CONSUMER}
 
