@@ -12,7 +12,8 @@ Both answer typed values (``TaskState``, ``ScheduleState``, events) that
 become response messages through the same JSON the HTTP routes send
 (``json_format``: the task message has exactly the task JSON's fields). The
 servicers receive the app's ``ApiContext`` (``api/context.py``). The
-idempotency key comes from the ``idempotency-key`` metadata.
+idempotency key comes from the ``idempotency-key`` metadata, the trace a
+submit continues from ``traceparent``/``tracestate`` (docs/tracing.md).
 
 Every call is authenticated and authorized like the HTTP route it mirrors
 (``RPC_ROUTES`` names it; the role comes from ``auth.ROUTE_ROLES``):
@@ -87,6 +88,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.limits import MAX_ID_CHARS
 from taskstream.schemas.observability import about
+from taskstream.schemas.tracing import TRACEPARENT, TRACESTATE, TraceContext
 
 from . import auth, idempotency, reads, service
 from .context import ApiContext
@@ -359,11 +361,12 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who calls (``principal``), from where (``peer``: its address without the port), with which
-    ``idempotency-key`` metadata (``key``)."""
+    ``idempotency-key`` metadata (``key``), in which trace (``traceparent``/``tracestate`` metadata: ``trace``)."""
 
     principal: auth.Principal
     peer: str
     key: str | None
+    trace: TraceContext | None = None
 
     @property
     def actor(self) -> str | None:
@@ -395,7 +398,8 @@ class _Adapter:
                 auth.authorize(principal, need)
             self.ctx.rate_limit.take(principal, peer, 1)
         return Caller(principal=principal, peer=peer,
-                      key=idempotency.check_key(metadata.get(METADATA_IDEMPOTENCY_KEY)))
+                      key=idempotency.check_key(metadata.get(METADATA_IDEMPOTENCY_KEY)),
+                      trace=TraceContext.parse(metadata.get(TRACEPARENT), metadata.get(TRACESTATE)))
 
     def admitted(self, context: grpc.aio.ServicerContext, rpc_name: str, items: AsyncIterator[T]) -> AsyncIterator[T]:
         """``items`` of a streaming call, ended when the call's credential stops admitting it (``revalidate``)."""
@@ -461,14 +465,14 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
     async def SubmitTask(self, request, context, caller):
         body = validate(TaskIn, _task_json(to_json(request.task)), "task.")
         self.admit_tasks(caller, [body.handler])
-        task = await service.submit_task(self.ctx, body, key=caller.key, actor=caller.actor)
+        task = await service.submit_task(self.ctx, body, key=caller.key, actor=caller.actor, trace=caller.trace)
         return task_message(task_json(task))
 
     @rpc
     async def SubmitTasks(self, request, context, caller):
         body = validate(BatchIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
-        tasks = await service.submit_batch(self.ctx, body, key=caller.key, actor=caller.actor)
+        tasks = await service.submit_batch(self.ctx, body, key=caller.key, actor=caller.actor, trace=caller.trace)
         return tasks_pb2.SubmitTasksResponse(tasks=[task_message(task_json(t)) for t in tasks])
 
     @rpc
@@ -557,7 +561,8 @@ class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
     async def SubmitWorkflow(self, request, context, caller):
         body = validate(WorkflowIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
-        workflow_id, ids = await service.submit_workflow(self.ctx, body, key=caller.key, actor=caller.actor)
+        workflow_id, ids = await service.submit_workflow(self.ctx, body, key=caller.key, actor=caller.actor,
+                                                         trace=caller.trace)
         return workflows_pb2.SubmitWorkflowResponse(workflow_id=workflow_id, tasks=ids)
 
     @rpc

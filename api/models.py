@@ -86,6 +86,7 @@ from taskstream.schemas.limits import (
     check_json,
 )
 from taskstream.schemas.retry import BACKOFF_FIELDS
+from taskstream.schemas.tracing import trace_id_of
 from taskstream.streams.domain import BackfillSchedule, CreateSchedule, SubmitTask, UpdateTask
 
 if TYPE_CHECKING:
@@ -476,6 +477,7 @@ def task_json(state: TaskState) -> dict[str, Any]:
                               **({} if state.concurrency_rate is None
                                  else {"rate": state.concurrency_rate, "per_s": state.concurrency_per_s})}),
         "waiting_for": state.waiting_for,
+        "trace_id": trace_id_of(state.traceparent),
     }
 
 

@@ -140,6 +140,9 @@ class TaskCreated(TaskEvent):
     concurrency_limit: int | None = None
     concurrency_rate: int | None = None
     concurrency_per_s: float | None = None
+    #: W3C trace context of the task (``schemas.tracing``): the parent of its queue, dependency and attempt spans.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -435,6 +438,8 @@ class TaskState:
     waiting_for: str | None = None
     concurrency_rate: int | None = None
     concurrency_per_s: float | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class ScheduleStatus(StrEnum):

@@ -124,6 +124,7 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
             upstream_keys=dict(c.upstream_keys), idempotency_key=c.idempotency_key, request_hash=c.request_hash,
             actor=c.actor, concurrency_key=key, concurrency_limit=c.concurrency_limit if key is not None else None,
             concurrency_rate=rate if key is not None else None, concurrency_per_s=per_s if key is not None else None,
+            traceparent=c.traceparent, tracestate=c.tracestate,
         )
     ]
 

@@ -33,6 +33,8 @@ TaskHeld, TaskReleased); its ``pause`` history is folded by the code of that cha
 9 = issue 28's handler rates (ControlLimited/ControlState ``rate`` and ``per_s``; TaskHeld
 ``concurrency_rate`` and ``concurrency_per_s``); its ``handler_rates`` history is folded by the code of
 that change.
+9 also holds issue 29: the W3C trace context of a task (TaskCreated/TaskState ``traceparent`` and ``tracestate``);
+its ``tracing`` history (a two-task workflow, one retry) is folded by the code of that change.
 A release's logs are never regenerated once committed: they are what that
 release wrote. ``encode`` for a new release only, or for a history a release
 lacked, by name (``encode 4 schedule``, then ``states 4 schedule`` with that
@@ -63,7 +65,7 @@ RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
             6: "error_type and traceback (issue 26); schedule pause, resume, run now, backfill (issues 26, 29)",
             7: "concurrency keys (issue 28)",
             8: "rate limits of a concurrency key; pause and resume, handler limits (issue 28)",
-            9: "handler rates (issue 28)"}
+            9: "handler rates (issue 28); trace context of a task (issue 29)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
@@ -316,6 +318,24 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             ev("TaskStarted", "t-h2", 1.2, attempt=1),
             ev("TaskSucceeded", "t-h2", 1.3, attempt=1, result="null"),
             hgate_ev("SlotReleased", 1.31, holder="t-h2", attempt=1),
+        ]
+        # A workflow of two tasks in one trace (each TaskCreated carries its submit span's traceparent); the
+        # upstream fails once and is retried, then the dependent runs.
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        wf9 = {"workflow_id": "wf-trace", "tracestate": "vendor=golden"}
+        logs["tracing"] = [
+            created("t-t1", 0, key="a", max_attempts=2, traceparent=f"00-{trace}-00f067aa0ba902b7-01", **wf9),
+            created("t-t2", 0, key="b", depends_on=["t-t1"], upstream_keys={"t-t1": "a"},
+                    traceparent=f"00-{trace}-00f067aa0ba902b8-01", **wf9),
+            ev("DependencyRegistered", "t-t1", 0.01, dependent="t-t2"),
+            ev("TaskQueued", "t-t1", 0.02, attempt=1, priority="medium"),
+            ev("TaskFailed", "t-t1", 0.5, attempt=1, error="ValueError: boom", started_at=at(0.1),
+               **why("ValueError", "load", "boom")),
+            *retry("t-t1", 1, 0.51, 1.0),
+            ev("TaskSucceeded", "t-t1", 2.0, attempt=2, result='{"ok": true}', started_at=at(1.6)),
+            ev("DependencyResolved", "t-t2", 2.01, upstream="t-t1", outcome="succeeded", result='{"ok": true}'),
+            ev("TaskQueued", "t-t2", 2.02, attempt=1, priority="medium"),
+            ev("TaskSucceeded", "t-t2", 2.5, attempt=1, result="null", started_at=at(2.1)),
         ]
     return logs
 
