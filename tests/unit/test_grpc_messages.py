@@ -14,16 +14,13 @@ from taskstream.grpc.v1 import schedules_pb2, tasks_pb2, workflows_pb2
 from taskstream.schemas import ScheduleState, TaskState
 
 AT = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
-#: Task JSON fields the proto does not carry yet: ``trace_id`` (issue 29, traces) waits for the proto change that
-#: adds ``optional string trace_id`` to ``Task``; remove it from here with that change.
-NOT_IN_PROTO_YET = {"trace_id"}
 
 
 def test_task_and_schedule_messages_have_the_json_fields() -> None:
     state = TaskState(task_id="t", handler="h", status="failed", priority="high", payload='{"n": 1}', created_at=AT,
                       updated_at=AT, result='[1, 2.5, null]', error="boom", timeout_s=3.0, version=4)
     as_json = task_json(state)
-    assert set(tasks_pb2.Task.DESCRIPTOR.fields_by_name) | NOT_IN_PROTO_YET == set(as_json)
+    assert set(tasks_pb2.Task.DESCRIPTOR.fields_by_name) == set(as_json)
     message = task_message(as_json)
     back = json_format.MessageToDict(message, preserving_proto_field_name=True)
     assert back["created_at"] == "2026-01-02T03:04:05.600Z" and back["error"] == "boom" and back["version"] == "4"
