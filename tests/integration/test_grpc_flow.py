@@ -131,7 +131,9 @@ def test_a_task_submitted_over_grpc_with_a_rated_key_waits_for_the_rate(stack, r
     entry = wait_until(waiting, timeout=30, interval=0.2, message="the second task waiting for the key's rate")
     assert (entry.key, entry.rate, entry.per_s, entry.blocked_by, entry.rate_used) == (key, 1, 600.0, "rate", 1)
     assert list(entry.waiting_tasks) == [second.id] and entry.HasField("next_start_at")
-    t = rpc.task(second.id)
+    # the gate's view and the task's state come from different topics: the read model may show the hold later
+    t = wait_until(lambda: (t := rpc.task(second.id)).waiting_for and t, timeout=30, interval=0.1,
+                   message="the second task's waiting_for in the read model")
     assert (t.status, t.waiting_for) == ("pending", f"concurrency:{key}")
     rpc.tasks.CancelTask(tasks_pb2.CancelTaskRequest(id=second.id), timeout=10)
 
