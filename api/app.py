@@ -32,6 +32,7 @@ from fastapi import FastAPI
 
 from taskstream.schemas import BrokerUnavailable, Settings, TopicMismatch, catalogue, codec
 from taskstream.schemas.kafka import async_producer, check_security, require_topics
+from taskstream.schemas.tracing import OFF, Tracing, tracing_from_environ
 
 from . import auth, problems
 from .body_encoding import Utf8BodyMiddleware
@@ -68,7 +69,7 @@ def producer_id() -> str:
 
 def construct_context(settings: Settings, *, authenticator: auth.Authenticator, rate_limit: auth.RateLimit,
                       metrics: ApiMetrics, read_limits: ReadLimits, produce_timeout_s: float,
-                      producer_overrides: Mapping[str, Any] | None = None) -> ApiContext:
+                      producer_overrides: Mapping[str, Any] | None = None, tracing: Tracing = OFF) -> ApiContext:
     """The parts of a running API that connect to the cluster, built here and nowhere else, with those
     ``create_app`` built before (they answer without a broker: authentication, rate limits, metrics).
 
@@ -90,6 +91,7 @@ def construct_context(settings: Settings, *, authenticator: auth.Authenticator, 
         rate_limit=rate_limit,
         metrics=metrics,
         workers=WorkerDirectory(settings).start(),
+        tracing=tracing,
     )
 
 
@@ -107,12 +109,13 @@ async def close_context(ctx: ApiContext, produce_timeout_s: float) -> None:
 
 def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE_TIMEOUT_S,
                read_limits: ReadLimits = DEFAULT_LIMITS,
-               producer_overrides: Mapping[str, Any] | None = None) -> FastAPI:
+               producer_overrides: Mapping[str, Any] | None = None, tracing: Tracing = OFF) -> FastAPI:
     """The taskstream HTTP API for the cluster and topic prefix of ``settings``.
 
     ``read_limits`` bounds its expensive reads (history scans, list scans; ``history.ReadLimits``).
     ``producer_overrides`` are librdkafka properties on top of its producer's (the durable ones stay; tests use
-    them to provoke the client's failures).
+    them to provoke the client's failures). ``tracing``: the spans of submits (``schemas.tracing``), shut down
+    (its buffered spans exported) with the app.
     Raises ``auth.InsecureConfig`` for settings that would serve it without
     authentication beyond loopback (docs/security.md).
     """
@@ -124,7 +127,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = construct_context(settings, authenticator=authenticator, rate_limit=rate_limit, metrics=metrics,
                                 read_limits=read_limits, produce_timeout_s=produce_timeout_s,
-                                producer_overrides=producer_overrides)
+                                producer_overrides=producer_overrides, tracing=tracing)
         app.state.context = ctx  # what the routes' ``Context`` dependency answers
         watchers = WatchMetrics(ctx)  # open SSE and gRPC watches
         metrics.registry.register(watchers)
@@ -144,6 +147,7 @@ def create_app(settings: Settings, *, produce_timeout_s: float = DEFAULT_PRODUCE
             await close_context(ctx, produce_timeout_s)
             await asyncio.to_thread(authenticator.stop)
             metrics.registry.unregister(watchers)
+            await asyncio.to_thread(tracing.shutdown)
             log.info("API stopped")
 
     app = FastAPI(
@@ -205,7 +209,7 @@ def run_api(settings: Settings) -> None:
         log.warning("topics not checked against the catalogue (the broker did not answer): %s", exc)
 
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, tracing=tracing_from_environ("api", os.environ)),
         host=settings.api_host,
         port=settings.api_port,
         lifespan="on",

@@ -301,8 +301,8 @@ class Authenticator:
         self.blocking = self.jwt is not None and self.jwt.blocking
 
     def start(self) -> Authenticator:
-        if self.keys is not None and self.keys._thread is None:
-            self.keys.start()
+        if self.keys is not None:
+            self.keys.start()  # once: the store's thread starts at its first call
         return self
 
     def stop(self) -> None:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from taskstream.schemas.tracing import OFF, Tracing
+
 if TYPE_CHECKING:  # the parts' modules import this one (their routes take a ``Context``)
     from taskstream.schemas import Settings, codec
     from taskstream.schemas.kafka import AsyncProducer
@@ -41,6 +43,7 @@ class ApiContext:
       same two).
     - ``metrics``: the app's Prometheus registry.
     - ``workers``: every executor's latest report, folded from ``<p>.workers`` (``api.workers``).
+    - ``tracing``: the spans of submits (``schemas.tracing``; ``OFF`` unless an OTLP endpoint is configured).
     """
 
     settings: Settings
@@ -55,6 +58,7 @@ class ApiContext:
     rate_limit: RateLimit
     metrics: ApiMetrics
     workers: WorkerDirectory
+    tracing: Tracing = OFF
 
 
 async def api_context(request: Request) -> ApiContext:

@@ -29,6 +29,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from taskstream.grpc.v1 import (
+    flow_pb2,
+    flow_pb2_grpc,
     schedules_pb2,
     schedules_pb2_grpc,
     tasks_pb2,
@@ -41,7 +43,7 @@ from taskstream.grpc.v1 import (
 
 from . import auth, readiness
 from .context import ApiContext
-from .grpc_services import ScheduleService, TaskService, WorkerService, WorkflowService
+from .grpc_services import FlowService, ScheduleService, TaskService, WorkerService, WorkflowService
 from .hosts import loopback
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ SERVICES = (
     workflows_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
     schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     workers_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    flow_pb2.DESCRIPTOR.services_by_name["FlowService"].full_name,
 )
 
 
@@ -98,6 +101,7 @@ async def start(ctx: ApiContext) -> GrpcServer:
     workflows_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowService(ctx), server)
     schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleService(ctx), server)
     workers_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(ctx), server)
+    flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowService(ctx), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

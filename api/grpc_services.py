@@ -12,7 +12,8 @@ Both answer typed values (``TaskState``, ``ScheduleState``, events) that
 become response messages through the same JSON the HTTP routes send
 (``json_format``: the task message has exactly the task JSON's fields). The
 servicers receive the app's ``ApiContext`` (``api/context.py``). The
-idempotency key comes from the ``idempotency-key`` metadata.
+idempotency key comes from the ``idempotency-key`` metadata, the trace a
+submit continues from ``traceparent``/``tracestate`` (docs/tracing.md).
 
 Every call is authenticated and authorized like the HTTP route it mirrors
 (``RPC_ROUTES`` names it; the role comes from ``auth.ROUTE_ROLES``):
@@ -60,6 +61,8 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from taskstream.grpc.v1 import (
+    flow_pb2,
+    flow_pb2_grpc,
     schedules_pb2,
     schedules_pb2_grpc,
     tasks_pb2,
@@ -85,13 +88,16 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.limits import MAX_ID_CHARS
 from taskstream.schemas.observability import about
+from taskstream.schemas.tracing import TRACEPARENT, TRACESTATE, TraceContext
 
 from . import auth, idempotency, reads, service
 from .context import ApiContext
 from .history import HistoryBusy, HistoryTooExpensive, event_json
+from .limits import limits_body
 from .models import (
     BackfillIn,
     BatchIn,
+    LimitIn,
     RedriveIn,
     ScheduleIn,
     TaskIn,
@@ -341,17 +347,26 @@ RPC_ROUTES: dict[str, tuple[str, str]] = {
     "RunSchedule": ("POST", "/api/v1/schedules/{schedule_id}:{action}"),
     "BackfillSchedule": ("POST", "/api/v1/schedules/{schedule_id}:backfill"),
     "ListWorkers": ("GET", "/api/v1/workers"),
+    "PauseHandler": ("POST", "/api/v1/handlers/{handler}:{action}"),
+    "ResumeHandler": ("POST", "/api/v1/handlers/{handler}:{action}"),
+    "PauseWorkflow": ("POST", "/api/v1/workflows/{workflow_id}:{action}"),
+    "ResumeWorkflow": ("POST", "/api/v1/workflows/{workflow_id}:{action}"),
+    "ListPauses": ("GET", "/api/v1/pauses"),
+    "ListLimits": ("GET", "/api/v1/limits"),
+    "SetHandlerLimit": ("PUT", "/api/v1/limits/handlers/{handler}"),
+    "ClearHandlerLimit": ("DELETE", "/api/v1/limits/handlers/{handler}"),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who calls (``principal``), from where (``peer``: its address without the port), with which
-    ``idempotency-key`` metadata (``key``)."""
+    ``idempotency-key`` metadata (``key``), in which trace (``traceparent``/``tracestate`` metadata: ``trace``)."""
 
     principal: auth.Principal
     peer: str
     key: str | None
+    trace: TraceContext | None = None
 
     @property
     def actor(self) -> str | None:
@@ -383,7 +398,8 @@ class _Adapter:
                 auth.authorize(principal, need)
             self.ctx.rate_limit.take(principal, peer, 1)
         return Caller(principal=principal, peer=peer,
-                      key=idempotency.check_key(metadata.get(METADATA_IDEMPOTENCY_KEY)))
+                      key=idempotency.check_key(metadata.get(METADATA_IDEMPOTENCY_KEY)),
+                      trace=TraceContext.parse(metadata.get(TRACEPARENT), metadata.get(TRACESTATE)))
 
     def admitted(self, context: grpc.aio.ServicerContext, rpc_name: str, items: AsyncIterator[T]) -> AsyncIterator[T]:
         """``items`` of a streaming call, ended when the call's credential stops admitting it (``revalidate``)."""
@@ -449,14 +465,14 @@ class TaskService(tasks_pb2_grpc.TaskServiceServicer, _Adapter):
     async def SubmitTask(self, request, context, caller):
         body = validate(TaskIn, _task_json(to_json(request.task)), "task.")
         self.admit_tasks(caller, [body.handler])
-        task = await service.submit_task(self.ctx, body, key=caller.key, actor=caller.actor)
+        task = await service.submit_task(self.ctx, body, key=caller.key, actor=caller.actor, trace=caller.trace)
         return task_message(task_json(task))
 
     @rpc
     async def SubmitTasks(self, request, context, caller):
         body = validate(BatchIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
-        tasks = await service.submit_batch(self.ctx, body, key=caller.key, actor=caller.actor)
+        tasks = await service.submit_batch(self.ctx, body, key=caller.key, actor=caller.actor, trace=caller.trace)
         return tasks_pb2.SubmitTasksResponse(tasks=[task_message(task_json(t)) for t in tasks])
 
     @rpc
@@ -545,7 +561,8 @@ class WorkflowService(workflows_pb2_grpc.WorkflowServiceServicer, _Adapter):
     async def SubmitWorkflow(self, request, context, caller):
         body = validate(WorkflowIn, {"tasks": [_task_json(to_json(t)) for t in request.tasks]})
         self.admit_tasks(caller, [t.handler for t in body.tasks], tasks=len(body.tasks))
-        workflow_id, ids = await service.submit_workflow(self.ctx, body, key=caller.key, actor=caller.actor)
+        workflow_id, ids = await service.submit_workflow(self.ctx, body, key=caller.key, actor=caller.actor,
+                                                         trace=caller.trace)
         return workflows_pb2.SubmitWorkflowResponse(workflow_id=workflow_id, tasks=ids)
 
     @rpc
@@ -644,4 +661,59 @@ class WorkerService(workers_pb2_grpc.WorkerServiceServicer, _Adapter):
         return json_format.ParseDict(body, workers_pb2.ListWorkersResponse(), ignore_unknown_fields=True)
 
 
-__all__ = ["TaskService", "WorkflowService", "ScheduleService", "WorkerService", "RPC_ROUTES"]
+class FlowService(flow_pb2_grpc.FlowServiceServicer, _Adapter):
+    """``taskstream.v1.FlowService``: ``/api/v1/handlers/{h}:pause|:resume``, ``/api/v1/workflows/{id}:pause|:resume``,
+    ``/api/v1/pauses``, ``/api/v1/limits`` and ``/api/v1/limits/handlers/{h}``, through the same service calls."""
+
+    async def _pause(self, request, caller: Caller, kind: str, action: str) -> flow_pb2.Pause:
+        reason = _reason(request.reason) if action == "pause" else ""
+        body = await service.pause_target(self.ctx, kind, request.name, action, reason=reason, actor=caller.actor)
+        return json_format.ParseDict(body, flow_pb2.Pause(), ignore_unknown_fields=True)
+
+    @rpc
+    async def PauseHandler(self, request, context, caller):
+        return await self._pause(request, caller, "handler", "pause")
+
+    @rpc
+    async def ResumeHandler(self, request, context, caller):
+        return await self._pause(request, caller, "handler", "resume")
+
+    @rpc
+    async def PauseWorkflow(self, request, context, caller):
+        return await self._pause(request, caller, "workflow", "pause")
+
+    @rpc
+    async def ResumeWorkflow(self, request, context, caller):
+        return await self._pause(request, caller, "workflow", "resume")
+
+    @rpc
+    async def ListPauses(self, request, context, caller):
+        kind = request.kind if request.HasField("kind") else None
+        if kind is not None and kind not in ("handler", "workflow"):
+            raise bad_request([("kind", "must be one of handler, workflow")])
+        return json_format.ParseDict({"pauses": service.pauses(self.ctx, kind)}, flow_pb2.ListPausesResponse(),
+                                     ignore_unknown_fields=True)
+
+    @rpc
+    async def ListLimits(self, request, context, caller):
+        body = limits_body(self.ctx, key=request.key if request.HasField("key") else None, active=request.active,
+                           limit=_limit(request.limit if request.HasField("limit") else None),
+                           cursor=request.cursor if request.HasField("cursor") and request.cursor else None)
+        return json_format.ParseDict(body, flow_pb2.ListLimitsResponse(), ignore_unknown_fields=True)
+
+    @rpc
+    async def SetHandlerLimit(self, request, context, caller):
+        fields = to_json(request)
+        name = fields.pop("name", "")
+        body = validate(LimitIn, fields)
+        answer = await service.limit_handler(self.ctx, name, body.limit, rate=body.rate, per_s=body.per_s,
+                                             actor=caller.actor)
+        return json_format.ParseDict(answer, flow_pb2.HandlerLimit(), ignore_unknown_fields=True)
+
+    @rpc
+    async def ClearHandlerLimit(self, request, context, caller):
+        answer = await service.limit_handler(self.ctx, request.name, None, actor=caller.actor)
+        return json_format.ParseDict(answer, flow_pb2.HandlerLimit(), ignore_unknown_fields=True)
+
+
+__all__ = ["TaskService", "WorkflowService", "ScheduleService", "WorkerService", "FlowService", "RPC_ROUTES"]

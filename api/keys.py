@@ -32,7 +32,6 @@ import hmac
 import logging
 import re
 import secrets
-import threading
 import time
 from datetime import datetime
 
@@ -99,23 +98,17 @@ class KeyStore(Hooks):
         self._positions: dict[int, int] = {}
         self._fresh_at: float | None = None  # monotonic time of the last confirmed read to the end
         self._next_check = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.problem: str | None = "not started"
         self.runtime = ConsumerRuntime.reader(settings, self, client_id="taskstream-api-keys", poll_s=POLL_S,
                                               overrides={"enable.auto.offset.store": False,
                                                          "auto.offset.reset": "earliest"})
 
     def start(self) -> KeyStore:
-        self._thread = threading.Thread(target=self.runtime.run, args=(self._stop,), name="api-key-store",
-                                        daemon=True)
-        self._thread.start()
+        self.runtime.start_thread("api-key-store")
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.runtime.stop_thread(timeout)
 
     # ------------------------------------------------------------- reads
 

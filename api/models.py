@@ -48,6 +48,7 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -86,6 +87,7 @@ from taskstream.schemas.limits import (
     check_json,
 )
 from taskstream.schemas.retry import BACKOFF_FIELDS
+from taskstream.schemas.tracing import trace_id_of
 from taskstream.streams.domain import BackfillSchedule, CreateSchedule, CreateTrigger, SubmitTask, UpdateTask, shown
 
 if TYPE_CHECKING:
@@ -476,6 +478,7 @@ def task_json(state: TaskState) -> dict[str, Any]:
                               **({} if state.concurrency_rate is None
                                  else {"rate": state.concurrency_rate, "per_s": state.concurrency_per_s})}),
         "waiting_for": state.waiting_for,
+        "trace_id": trace_id_of(state.traceparent),
     }
 
 
@@ -707,6 +710,23 @@ def workflow_task_json(state: TaskState) -> dict[str, Any]:
         "error": state.error,
         "error_type": state.error_type,
     }
+
+
+class LimitIn(BaseModel):
+    """``PUT /limits/handlers/{handler}``: at most ``limit`` attempts of the handler queued or running at once
+    and at most ``rate`` starts in any ``per_s`` seconds; a limit, a rate (with its period) or both."""
+
+    limit: int | None = Field(None, ge=1, le=MAX_CONCURRENCY_LIMIT)
+    rate: int | None = Field(None, ge=1, le=MAX_RATE)
+    per_s: float | None = Field(None, gt=0, le=MAX_RATE_PERIOD_S)
+
+    @model_validator(mode="after")
+    def _a_limit_or_a_rate(self) -> LimitIn:
+        if (self.rate is None) != (self.per_s is None):
+            raise ValueError("a rate needs its period: give both rate and per_s")
+        if self.limit is None and self.rate is None:
+            raise ValueError("give a limit, a rate (rate and per_s) or both; DELETE ends a handler's limit")
+        return self
 
 
 # ---------------------------------------------------------------- triggers

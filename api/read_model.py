@@ -729,11 +729,9 @@ class ReadModel(Hooks):
         #: Every task state read from the topic goes through the feed into the store (live updates, api/watch.py).
         self.feed = ChangeFeed(settings.watch_ring_size, settings.watch_queue_limit)
         self._connect_timeout = connect_timeout
-        self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._pending: dict[int, int] = {}
         self._positions: dict[int, int] = {}
-        self._thread: threading.Thread | None = None
         self.problem: str | None = "not started"
         self.runtime = ConsumerRuntime.reader(settings, self, client_id="taskstream-api-read-model", poll_s=0.2,
                                               overrides={"enable.auto.offset.store": False,
@@ -743,18 +741,13 @@ class ReadModel(Hooks):
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> ReadModel:
-        self._thread = threading.Thread(target=self.runtime.run, args=(self._stop,), name="api-read-model",
-                                        daemon=True)
-        self._thread.start()
+        self.runtime.start_thread("api-read-model")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("read model consumer thread did not stop within %.1fs", timeout)
-                return  # leave the DB open rather than close it under the thread
+        if not self.runtime.stop_thread(timeout):
+            log.warning("read model consumer thread did not stop within %.1fs", timeout)
+            return  # leave the DB open rather than close it under the thread
         self.store.close()
 
     @property

@@ -26,11 +26,19 @@ share the rules (reads have their own path, ``api.reads``):
 
 In a batch, records acknowledged before a produce failure stay written:
 retry with the same ``Idempotency-Key`` to complete it without duplicates.
+
+Traces (``schemas.tracing``): a submit takes the caller's trace context
+(``trace``: the request's ``traceparent``/``tracestate``); with tracing on, each
+task gets a ``submit`` span under it (under a ``submit batch`` or ``submit
+workflow`` span for a batch or workflow, so a workflow is one trace) and its
+``TaskCreated`` keeps that span's context; with tracing off it keeps the
+caller's as given (none: none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -55,6 +63,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.limits import MAX_RECORD_BYTES
 from taskstream.schemas.observability import about
+from taskstream.schemas.tracing import AttributeValue, Span, TraceContext
 from taskstream.streams import domain
 
 from . import idempotency
@@ -81,8 +90,9 @@ def encode(wire: codec.WireFormat, event: Event, field: str = "payload") -> byte
 # -------------------------------------------------------------------- tasks
 
 
-async def submit_task(ctx: ApiContext, body: TaskIn, *, key: str | None = None, actor: str | None = None) -> TaskState:
-    """``POST /tasks``: the new task (or, for a repeated ``key``, the one it created before)."""
+async def submit_task(ctx: ApiContext, body: TaskIn, *, key: str | None = None, actor: str | None = None,
+                      trace: TraceContext | None = None) -> TaskState:
+    """``POST /tasks``: the new task (or, for a repeated ``key``, the one it created before), in ``trace``."""
     store = ctx.read_model.store
     extra: dict[str, Any] = {}
     if key is not None:
@@ -97,15 +107,17 @@ async def submit_task(ctx: ApiContext, body: TaskIn, *, key: str | None = None, 
         extra = {"idempotency_key": key, "request_hash": rhash}
     else:
         task_id = new_id()
-    command = body.to_command(task_id=task_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor, **extra)
-    (state,) = await _decide_and_write(ctx, [(None, command, "payload")])
+    with ctx.tracing.span("submit", trace, _submit_attributes(ctx, task_id, body), kind="server") as carried:
+        command = body.to_command(task_id=task_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor,
+                                  **extra, **_trace_fields(carried))
+        (state,) = await _decide_and_write(ctx, [(None, command, "payload")])
     log.debug("task submitted task_id=%s handler=%s priority=%s", task_id, command.handler, command.priority,
               extra=about(task_id))
     return state
 
 
 async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None,
-                       actor: str | None = None) -> list[TaskState]:
+                       actor: str | None = None, trace: TraceContext | None = None) -> list[TaskState]:
     """``POST /tasks:batch``: every task validated and encoded first (none written if one is bad), then written."""
     store = ctx.read_model.store
     existing: dict[str, TaskState] = {}
@@ -118,17 +130,23 @@ async def submit_batch(ctx: ApiContext, body: BatchIn, *, key: str | None = None
         extra = {"idempotency_key": key, "request_hash": rhash}
     else:
         ids = [new_id() for _ in body.tasks]
-    commands = [
-        (None, task.to_command(task_id=task_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor, **extra),
-         f"tasks[{i}].payload")
-        for i, (task_id, task) in enumerate(zip(ids, body.tasks, strict=True)) if task_id not in existing
-    ]
-    written = {s.task_id: s for s in await _decide_and_write(ctx, commands)}
+    with ctx.tracing.span("submit batch", trace, {"taskstream.tasks": len(ids)}, kind="server") as group:
+        new = [(i, task_id, task) for i, (task_id, task) in enumerate(zip(ids, body.tasks, strict=True))
+               if task_id not in existing]
+        spans = _task_spans(ctx, group, [(task_id, task) for _, task_id, task in new])
+        with _ending(spans):
+            commands = [
+                (None, task.to_command(task_id=task_id, producer=ctx.producer_id, settings=ctx.settings, actor=actor,
+                                       **extra, **_trace_fields(spans[task_id].context if spans else group)),
+                 f"tasks[{i}].payload")
+                for i, task_id, task in new
+            ]
+            written = {s.task_id: s for s in await _decide_and_write(ctx, commands)}
     return [existing.get(task_id) or written[task_id] for task_id in ids]
 
 
 async def submit_workflow(ctx: ApiContext, body: WorkflowIn, *, key: str | None = None,
-                          actor: str | None = None) -> tuple[str, dict[str, str]]:
+                          actor: str | None = None, trace: TraceContext | None = None) -> tuple[str, dict[str, str]]:
     """``POST /workflows``: its id and the task id of each key.
 
     The graph is checked whole first (``domain.check_workflow``: a
@@ -150,26 +168,77 @@ async def submit_workflow(ctx: ApiContext, body: WorkflowIn, *, key: str | None 
     else:
         workflow_id = new_id()
         ids = {t.key: new_id() for t in body.tasks}
-    commands = {
-        task.key: (None, task.to_command(
-            task_id=ids[task.key], producer=ctx.producer_id, settings=ctx.settings, actor=actor,
-            depends_on=[ids[d] for d in task.depends_on], upstream_keys={ids[d]: d for d in task.depends_on},
-            key=task.key, workflow_id=workflow_id, **extra,
-        ), f"tasks[{i}].payload")
-        for i, task in enumerate(body.tasks) if ids[task.key] not in existing
-    }
-    decided = _decide_all(ctx.wire, list(commands.values()))  # every event encoded before the first is produced
-    by_key = dict(zip(commands, decided, strict=True))
-    sorter = TopologicalSorter({t.key: t.depends_on for t in body.tasks})
-    sorter.prepare()
-    while sorter.is_active():
-        ready = sorter.get_ready()
-        generation = [by_key[k] for k in ready if k in by_key]
-        if generation:
-            await _write_decided(ctx, generation)
-        sorter.done(*ready)
+    attributes: dict[str, AttributeValue] = {"taskstream.workflow_id": workflow_id, "taskstream.tasks": len(ids)}
+    with ctx.tracing.span("submit workflow", trace, attributes, kind="server") as group:
+        new = [(i, task) for i, task in enumerate(body.tasks) if ids[task.key] not in existing]
+        spans = _task_spans(ctx, group, [(ids[task.key], task) for _, task in new], workflow_id)
+        with _ending(spans):
+            commands = {
+                task.key: (None, task.to_command(
+                    task_id=ids[task.key], producer=ctx.producer_id, settings=ctx.settings, actor=actor,
+                    depends_on=[ids[d] for d in task.depends_on], upstream_keys={ids[d]: d for d in task.depends_on},
+                    key=task.key, workflow_id=workflow_id, **extra,
+                    **_trace_fields(spans[ids[task.key]].context if spans else group),
+                ), f"tasks[{i}].payload")
+                for i, task in new
+            }
+            decided = _decide_all(ctx.wire, list(commands.values()))  # every event encoded before the first is produced
+            by_key = dict(zip(commands, decided, strict=True))
+            sorter = TopologicalSorter({t.key: t.depends_on for t in body.tasks})
+            sorter.prepare()
+            while sorter.is_active():
+                ready = sorter.get_ready()
+                generation = [by_key[k] for k in ready if k in by_key]
+                if generation:
+                    await _write_decided(ctx, generation)
+                sorter.done(*ready)
     log.debug("workflow submitted workflow_id=%s tasks=%d", workflow_id, len(ids))
     return workflow_id, ids
+
+
+def _trace_fields(carried: TraceContext | None) -> dict[str, Any]:
+    """The ``traceparent``/``tracestate`` fields of a ``SubmitTask`` carrying ``carried`` (none: none)."""
+    if carried is None:
+        return {}
+    return {"traceparent": carried.traceparent, "tracestate": carried.tracestate}
+
+
+def _submit_attributes(ctx: ApiContext, task_id: str, task: Any, workflow_id: str | None = None) -> dict[str, Any]:
+    """The attributes of a task's ``submit`` span (docs/tracing.md); empty when tracing is off."""
+    if not ctx.tracing.enabled:
+        return {}
+    out = {"taskstream.task_id": task_id, "taskstream.handler": task.handler,
+           "taskstream.priority": task.priority.value}
+    if workflow_id is not None:
+        out["taskstream.workflow_id"] = workflow_id
+        out["taskstream.task_key"] = task.key
+    return out
+
+
+def _task_spans(ctx: ApiContext, group: TraceContext | None, tasks: list[tuple[str, Any]],
+                workflow_id: str | None = None) -> dict[str, Span]:
+    """A ``submit`` span per task of a batch or workflow under their ``group`` span, by task id; {} when off."""
+    if not ctx.tracing.enabled:
+        return {}
+    spans = {}
+    for task_id, task in tasks:
+        span = ctx.tracing.start("submit", group, _submit_attributes(ctx, task_id, task, workflow_id))
+        if span is not None:
+            spans[task_id] = span
+    return spans
+
+
+@contextlib.contextmanager
+def _ending(spans: dict[str, Span]):
+    """End ``spans`` when the block ends (failed, with the exception's type, if it raised)."""
+    try:
+        yield
+    except BaseException as exc:
+        for span in spans.values():
+            span.end(error=type(exc).__name__)
+        raise
+    for span in spans.values():
+        span.end()
 
 
 def _existing(store, ids: list[str], rhash: str, key: str) -> dict[str, TaskState]:
@@ -306,24 +375,32 @@ async def pause_target(ctx: ApiContext, kind: str, name: str, action: str, *, re
     return _pause_json(kind, name, [c for c in list(ctx.read_model.controls.values()) if c.target == target])
 
 
-async def limit_handler(ctx: ApiContext, handler: str, limit: int | None, *,
-                        actor: str | None = None) -> dict[str, Any]:
-    """``PUT|DELETE /limits/handlers/{h}``: the decider's ``LimitTarget``, one copy per partition."""
+async def limit_handler(ctx: ApiContext, handler: str, limit: int | None, *, rate: int | None = None,
+                        per_s: float | None = None, actor: str | None = None) -> dict[str, Any]:
+    """``PUT|DELETE /limits/handlers/{h}``: the decider's ``LimitTarget``, one copy per partition (no limit
+    and no rate: DELETE)."""
     target = domain.target("handler", handler)
     command = domain.LimitTarget(target=target, partitions=await _partitions(ctx), producer=ctx.producer_id,
-                                 limit=limit, actor=actor)
+                                 limit=limit, rate=rate, per_s=per_s, actor=actor)
     await _write_controls(ctx, command)
-    log.info("handler limit target=%s limit=%s", target, limit)
-    return {"kind": "handler", "name": handler, "limit": limit}
+    log.info("handler limit target=%s limit=%s rate=%s per_s=%s", target, limit, rate, per_s)
+    return _limit_json(handler, domain.HandlerLimit(limit, rate, float(per_s) if per_s is not None else None))
 
 
 def handler_limits(ctx: ApiContext) -> list[dict[str, Any]]:
-    """Every handler with a limit (as its copies show it; the largest if they differ while one is on its way)."""
-    found: dict[str, int] = {}
+    """Every handler with a limit or a rate (as its copies show it; the latest copy if they differ while a
+    change is on its way)."""
+    found: dict[str, ControlState] = {}
     for c in list(ctx.read_model.controls.values()):
-        if c.limit is not None and c.target.startswith("handler:"):
-            found[c.target] = max(found.get(c.target, 0), c.limit)
-    return [{"kind": "handler", "name": t.partition(":")[2], "limit": n} for t, n in sorted(found.items())]
+        if c.target.startswith("handler:") and domain.HandlerLimit.of(c) is not None:
+            if c.target not in found or c.updated_at > found[c.target].updated_at:
+                found[c.target] = c
+    return [_limit_json(t.partition(":")[2], domain.HandlerLimit.of(c)) for t, c in sorted(found.items())]
+
+
+def _limit_json(handler: str, limit: domain.HandlerLimit | None) -> dict[str, Any]:
+    return {"kind": "handler", "name": handler, "limit": limit.limit if limit else None,
+            "rate": limit.rate if limit else None, "per_s": limit.per_s if limit else None}
 
 
 async def _partitions(ctx: ApiContext) -> int:
@@ -420,7 +497,13 @@ async def _write_decided(ctx: ApiContext, decided: Sequence[tuple[Any, list[tupl
 
 
 def _expect(ctx: ApiContext, before: Any, events: list[Event]) -> Any:
-    """Read-your-writes: the domain's fold of the written events into the read model, unless it holds newer."""
+    """Read-your-writes: the domain's fold of the written events goes into the read model unless it holds newer.
+
+    The answer is what a create made (its first version, even when the
+    processor's next one was read back first), and for a change of an
+    existing task or schedule the read model's state: the fold, or a newer
+    state the processor published meanwhile.
+    """
     after = domain.fold(events, before)
     if after is None or after is before:
         return before
@@ -430,11 +513,13 @@ def _expect(ctx: ApiContext, before: Any, events: list[Event]) -> Any:
         schedules = ctx.read_model.schedules
         if before is None:
             schedules.apply(after, only_if_absent=True)
-        else:
-            schedules.apply(after, only_over_version=before.version)
+            return after
+        schedules.apply(after, only_over_version=before.version)
         return schedules.get(after.schedule_id) or after
     tasks = ctx.read_model.store
     tasks.apply(after, only_over_version=None if before is None else before.version)
+    if before is None:
+        return after
     return tasks.get(after.task_id) or after
 
 

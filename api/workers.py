@@ -123,22 +123,16 @@ class WorkerDirectory(Hooks):
         self._ends: dict[int, int] = {}
         self.loaded = False
         self.problem: str | None = "not started"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.runtime = ConsumerRuntime.reader(settings, self, client_id="taskstream-api-workers", poll_s=POLL_S,
                                               overrides={"enable.partition.eof": True,
                                                          "auto.offset.reset": "earliest"})
 
     def start(self) -> WorkerDirectory:
-        self._thread = threading.Thread(target=self.runtime.run, args=(self._stop,), name="api-workers",
-                                        daemon=True)
-        self._thread.start()
+        self.runtime.start_thread("api-workers")
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.runtime.stop_thread(timeout)
 
     def snapshot(self) -> dict[str, Worker]:
         with self._lock:

@@ -79,23 +79,37 @@ def handlers_paused(url, as_json) -> None:
         show(pauses_table(found))
 
 
+def _limit_line(handler: str, answer: dict | None) -> str:
+    answer = answer or {}
+    rate = f" rate {answer['rate']} per {answer['per_s']:g}s" if answer.get("rate") else ""
+    return f"handler {handler} limit {answer.get('limit') or 'none'}{rate}"
+
+
 @handlers.command("limit")
 @click.argument("handler")
 @click.argument("limit", type=click.IntRange(min=1), required=False)
-@click.option("--clear", is_flag=True, help="end the handler's limit")
+@click.option("--rate", type=click.IntRange(min=1), help="at most this many starts per --per seconds")
+@click.option("--per", "per_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="the period of --rate in seconds (default 1)")
+@click.option("--clear", is_flag=True, help="end the handler's limit and rate")
 @_url_option
 @_json_option
-def handlers_limit(handler, limit, clear, url, as_json) -> None:
-    """At most LIMIT attempts of HANDLER queued or running at once (its tasks without a concurrency key of
-    their own); --clear ends it; with neither, list every handler's limit."""
+def handlers_limit(handler, limit, rate, per_s, clear, url, as_json) -> None:
+    """At most LIMIT attempts of HANDLER queued or running at once and at most --rate starts per --per
+    seconds (its tasks without a concurrency key of their own; the rest wait, pending); --clear ends both;
+    with none of them, show the handler's limit."""
+    if per_s is not None and rate is None:
+        raise click.UsageError("--per needs --rate")
     with _client(url) as client:
-        if clear or limit is not None:
-            answer = client.set_handler_limit(handler, None if clear else limit)
-            click.echo(json.dumps(answer) if as_json else f"handler {handler} limit {answer['limit'] or 'none'}")
+        if clear or limit is not None or rate is not None:
+            answer = client.set_handler_limit(handler, None if clear else limit, rate=None if clear else rate,
+                                              per_s=None if clear or rate is None else (per_s or 1.0))
+            click.echo(json.dumps(answer) if as_json else _limit_line(handler, answer))
             return
         found = [x for x in client.handler_limits() if x["name"] == handler]
-    click.echo(json.dumps(found[0] if found else {"kind": "handler", "name": handler, "limit": None}) if as_json
-               else f"handler {handler} limit {found[0]['limit'] if found else 'none'}")
+    empty = {"kind": "handler", "name": handler, "limit": None, "rate": None, "per_s": None}
+    click.echo(json.dumps(found[0] if found else empty) if as_json
+               else _limit_line(handler, found[0] if found else None))
 
 
 @workflows.command("pause")

@@ -308,11 +308,13 @@ def pauses(kind: str | None) -> Call[list[dict[str, Any]]]:
     return Call("GET", f"{API}/pauses", lambda r: r.json()["pauses"], params=[("kind", kind)] if kind else [])
 
 
-def handler_limit(handler: str, limit: int | None) -> Call[dict[str, Any]]:
-    """``PUT /limits/handlers/{handler}`` (``DELETE`` for None)."""
-    if limit is None:
+def handler_limit(handler: str, limit: int | None, rate: int | None = None,
+                  per_s: float | None = None) -> Call[dict[str, Any]]:
+    """``PUT /limits/handlers/{handler}`` (``DELETE`` for no limit and no rate)."""
+    if limit is None and rate is None and per_s is None:
         return Call("DELETE", f"{API}/limits/handlers/{_id(handler)}", lambda r: r.json())
-    return Call("PUT", f"{API}/limits/handlers/{_id(handler)}", lambda r: r.json(), json={"limit": limit})
+    body = {k: v for k, v in (("limit", limit), ("rate", rate), ("per_s", per_s)) if v is not None}
+    return Call("PUT", f"{API}/limits/handlers/{_id(handler)}", lambda r: r.json(), json=body)
 
 
 def handler_limits() -> Call[list[dict[str, Any]]]:

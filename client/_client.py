@@ -313,13 +313,15 @@ class _Operations:
         """Queue the workflow's tasks again, the ones its pause held first."""
         return self._send(calls.change_pause("workflow", workflow_id, "resume"))
 
-    def set_handler_limit(self, handler: str, limit: int | None) -> dict[str, Any]:
-        """At most ``limit`` attempts of ``handler`` queued or running at once (None: no limit), for its tasks
-        without a concurrency key of their own."""
-        return self._send(calls.handler_limit(handler, limit))
+    def set_handler_limit(self, handler: str, limit: int | None, *, rate: int | None = None,
+                          per_s: float | None = None) -> dict[str, Any]:
+        """At most ``limit`` attempts of ``handler`` queued or running at once (None: no limit) and at most
+        ``rate`` starts in any ``per_s`` seconds (None: no rate), for its tasks without a concurrency key of
+        their own; tasks over either wait ``pending``. Neither a limit nor a rate ends the handler's."""
+        return self._send(calls.handler_limit(handler, limit, rate, per_s))
 
     def handler_limits(self) -> list[dict[str, Any]]:
-        """Every handler with a limit: kind, name, limit."""
+        """Every handler with a limit or a rate: kind, name, limit, rate, per_s."""
         return self._send(calls.handler_limits())
 
     def pauses(self, *, kind: str | None = None) -> list[dict[str, Any]]:
@@ -606,7 +608,8 @@ class AsyncClient(_Operations):
         async def pause_workflow(self, workflow_id: str, *, reason: str = "") -> dict[str, Any]: ...  # type: ignore[override]
         async def resume_workflow(self, workflow_id: str) -> dict[str, Any]: ...  # type: ignore[override]
         async def pauses(self, *, kind: str | None = None) -> list[dict[str, Any]]: ...  # type: ignore[override]
-        async def set_handler_limit(self, handler: str, limit: int | None) -> dict[str, Any]: ...  # type: ignore[override]
+        async def set_handler_limit(self, handler: str, limit: int | None, *, rate: int | None = None,  # type: ignore[override]
+                                    per_s: float | None = None) -> dict[str, Any]: ...
         async def handler_limits(self) -> list[dict[str, Any]]: ...  # type: ignore[override]
         async def backfill_schedule(self, schedule_id: str, start: datetime | str,  # type: ignore[override]
                                     end: datetime | str, *, overlap: str = "skip",

@@ -72,6 +72,8 @@ class Task:
     checkpoint: Any = None
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
+    #: The OpenTelemetry trace the task belongs to (32 hex digits), None without one (docs/tracing.md).
+    trace_id: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     _TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "retry_at", "scheduled_for")

@@ -38,6 +38,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.kafka import AsyncProducer
 from taskstream.schemas.observability import about
+from taskstream.schemas.tracing import CANCELLED, OFF, TraceContext, Tracing, attempt_outcome
 
 from . import reports
 from .context import MAX_CHECKPOINT_BYTES, TaskContext
@@ -72,6 +73,18 @@ class Delivered(Protocol):
 
     def settle(self) -> None:
         """Its outcome is safe (acknowledged, or nothing to report): its offset may be committed."""
+
+    @property
+    def trace(self) -> TraceContext | None:
+        """The trace context its ready message carried (None: untraced, or the executor does not trace)."""
+
+    @property
+    def max_attempts(self) -> int | None:
+        """The task's attempt budget, when its ready message carried one."""
+
+
+#: What ``AttemptRunner._run`` answers when nothing was reported: the attempt's outcome never left the executor.
+UNREPORTED = "unreported"
 
 
 class Handlers:
@@ -127,7 +140,8 @@ class AttemptRunner:
     cancelled. Events go to ``topics.events`` and heartbeats to
     ``topics.heartbeats`` through ``producer``; sync handlers run in ``pool``.
     ``threads_running`` counts sync handler calls whose thread has not
-    returned, abandoned ones (timeout, shutdown) included.
+    returned, abandoned ones (timeout, shutdown) included. With ``tracing`` on, an attempt whose ready
+    message carried a trace context is an ``attempt`` span under it (``schemas.tracing``).
     """
 
     def __init__(
@@ -140,8 +154,10 @@ class AttemptRunner:
         metrics: ExecutorMetrics,
         producer: AsyncProducer,
         pool: ThreadPoolExecutor,
+        tracing: Tracing = OFF,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing
         self._executor_id = executor_id
         self._topics = topics
         self._wire = wire
@@ -167,6 +183,35 @@ class AttemptRunner:
         delivery unsettled (its offset uncommitted: the attempt runs again after a rebalance). Raises only
         CancelledError (the executor gave up on it at shutdown), after marking ``ctx.cancelled``.
         """
+        parent = delivery.trace
+        if parent is None:  # untraced: always so when this executor does not trace
+            await self._run(delivery)
+            return
+        task = delivery.task
+        span = self._tracing.start("attempt", parent, {
+            "taskstream.task_id": task.task_id, "taskstream.handler": task.handler,
+            "taskstream.attempt": task.attempt, "taskstream.priority": task.priority,
+            "taskstream.executor_id": self._executor_id,
+        }, kind="consumer")
+        if span is None:
+            await self._run(delivery)
+            return
+        try:
+            reported = await self._run(delivery)
+        except BaseException as exc:
+            span.end({"taskstream.outcome": "abandoned"}, error=type(exc).__name__)
+            raise
+        if isinstance(reported, str):
+            span.end({"taskstream.outcome": reported})
+            return
+        if isinstance(reported, TaskFailed):
+            outcome = attempt_outcome(True, reported.permanent, task.attempt, delivery.max_attempts)
+            span.end({"taskstream.outcome": outcome}, error=(reported.error_type or "error").rsplit(".", 1)[-1])
+        else:
+            span.end({"taskstream.outcome": attempt_outcome(False, False, task.attempt, delivery.max_attempts)})
+
+    async def _run(self, delivery: Delivered) -> TaskSucceeded | TaskFailed | str:
+        """``run``: the event reported, ``CANCELLED`` (nothing to report) or ``UNREPORTED`` (not delivered)."""
         task = delivery.task
         ctx = TaskContext(task_id=task.task_id, attempt=task.attempt, handler=task.handler, priority=task.priority,
                           upstream=_decode_upstream(task), last_checkpoint=_decode_checkpoint(task))
@@ -191,7 +236,7 @@ class AttemptRunner:
             log.info("task %s attempt %d: cancelled; not reported", task.task_id, task.attempt, extra=_about(task))
             delivery.settle()
             self._metrics.cancelled(task.priority, self._handlers.label(task.handler))
-            return
+            return CANCELLED
         if attempt.started_sent is not None:
             try:
                 await attempt.started_sent
@@ -211,10 +256,11 @@ class AttemptRunner:
                     "task %s attempt %d: result not delivered, offset stays uncommitted: %s",
                     task.task_id, task.attempt, exc, extra=_about(task),
                 )
-                return
+                return UNREPORTED
         delivery.settle()
         label = self._handlers.label(task.handler)
         self._metrics.reported(outcome, task.priority, label, handler_known=label != UNKNOWN_HANDLER)
+        return outcome
 
     def cancel(self, delivery: Delivered) -> None:
         """On the loop: tell a running attempt whose task was cancelled to stop."""

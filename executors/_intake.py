@@ -32,6 +32,7 @@ from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition
 from taskstream.schemas.observability import about
 from taskstream.schemas.offsets import PartitionOffsets
 from taskstream.schemas.topics import PRIORITIES
+from taskstream.schemas.tracing import TraceContext, max_attempts_of
 
 log = logging.getLogger("taskstream.executors.runtime")
 
@@ -49,7 +50,8 @@ class Delivery:
 
     ``cancelled`` turns true (on the consumer's thread) when a TaskCancelled
     for the task arrives while the delivery is running; ``release()`` and
-    ``settle()`` are the runner's two answers to the intake.
+    ``settle()`` are the runner's two answers to the intake. ``trace`` and ``max_attempts``: the trace context
+    and attempt budget its headers carry, read only when the executor traces (None otherwise).
     """
 
     topic: str
@@ -59,6 +61,8 @@ class Delivery:
     _offsets: PartitionOffsets
     _intake: Intake
     cancelled: bool = False
+    trace: TraceContext | None = None
+    max_attempts: int | None = None
 
     def release(self) -> bool:
         """The handler is done with it (returned, failed or given up): no cancellation reaches it any more.
@@ -80,7 +84,8 @@ class Intake(Hooks):
     assignment. Deliveries of a partition that is revoked or lost are
     dropped from the buffers; the runtime commits a revoked partition up to
     what was settled and forgets a lost one. ``lock`` is the lock to hand to
-    the runtime (``ConsumerRuntime(lock=intake.lock)``).
+    the runtime (``ConsumerRuntime(lock=intake.lock)``). ``traced``: read each ready message's trace
+    headers into its ``Delivery`` (only an executor that traces needs them).
     """
 
     def __init__(
@@ -91,8 +96,10 @@ class Intake(Hooks):
         notify: Callable[[], None],
         cancel_running: Callable[[Delivery], None],
         assigned: threading.Event,
+        traced: bool = False,
     ) -> None:
         self.buffer_size = buffer_size
+        self._traced = traced
         self._wire = wire
         self._notify = notify
         self._cancel_running = cancel_running
@@ -157,7 +164,11 @@ class Intake(Hooks):
                              extra=about(task.task_id, task.attempt))
                     continue
                 level = self._topic_level.get(msg.topic(), len(PRIORITIES) - 1)
-                self._buffers[level].append(Delivery(msg.topic(), msg.partition(), msg.offset(), task, offsets, self))
+                delivery = Delivery(msg.topic(), msg.partition(), msg.offset(), task, offsets, self)
+                if self._traced:
+                    headers = msg.headers()
+                    delivery.trace, delivery.max_attempts = TraceContext.from_headers(headers), max_attempts_of(headers)
+                self._buffers[level].append(delivery)
                 woke = True
         self._heard((m.topic(), m.partition()) for m in records)
         for msg, reason in poison:

@@ -38,6 +38,7 @@ from taskstream.schemas import (
 from taskstream.schemas.consumer import ConsumerRuntime
 from taskstream.schemas.kafka import async_producer, check_security
 from taskstream.schemas.observability import serve_metrics
+from taskstream.schemas.tracing import OFF, Tracing, tracing_from_environ
 
 from ._attempt import AttemptRunner, Handlers
 from ._dispatch import Dispatcher
@@ -66,7 +67,8 @@ class Executor:
     ``settings.executor_concurrency``. ``consumer_overrides`` are merged
     into the consumer's librdkafka configuration (tests use it to shrink
     ``max.poll.interval.ms``). ``metrics`` (own registry by default) counts
-    finished attempts (``executors/metrics.py``).
+    finished attempts (``executors/metrics.py``); ``tracing`` makes each traced attempt a span
+    (``schemas.tracing``; off by default).
 
     The constructor only configures; ``run`` builds the parts of one run.
     While it runs, ``intake`` and ``consumer`` are that run's intake and its
@@ -83,8 +85,10 @@ class Executor:
         executor_id: str | None = None,
         consumer_overrides: dict[str, Any] | None = None,
         metrics: ExecutorMetrics | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.metrics = metrics if metrics is not None else ExecutorMetrics()
         self.consumer_overrides = dict(consumer_overrides or {})
         self.registry = registry if registry is not None else default_registry
@@ -115,10 +119,11 @@ class Executor:
                                   thread_name_prefix=f"{self.executor_id}-handler")
         producer = async_producer(self.settings, self.executor_id)
         runner = self._runner = AttemptRunner(self.settings, self.executor_id, self.topics, self.wire, self.handlers,
-                                              self.metrics, producer, pool)
+                                              self.metrics, producer, pool, self.tracing)
         dispatcher = Dispatcher(runner, self.concurrency, WeightedRoundRobin(self.settings.priority_weights))
         intake = self.intake = Intake(self.topics, self.wire, self.buffer_size, notify=dispatcher.wake_threadsafe,
-                                      cancel_running=dispatcher.cancel_threadsafe, assigned=self.assigned_event)
+                                      cancel_running=dispatcher.cancel_threadsafe, assigned=self.assigned_event,
+                                      traced=self.tracing.enabled)
 
         try:
             consumer = self.consumer = ConsumerRuntime.member(
@@ -195,7 +200,8 @@ def run_executor(settings: Settings, handler_modules: Iterable[str] = (), concur
     """
     load_handler_modules(handler_modules)
     check_security(settings)  # refused credentials or an untrusted broker: one line now, not retries for ever
-    executor = Executor(settings, concurrency=concurrency)
+    tracing = tracing_from_environ("executor", os.environ)
+    executor = Executor(settings, concurrency=concurrency, tracing=tracing)
     serve_metrics(executor.metrics.registry, settings, f"executor {executor.executor_id}")
 
     async def main() -> None:
@@ -208,7 +214,10 @@ def run_executor(settings: Settings, handler_modules: Iterable[str] = (), concur
                 pass
         await executor.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.shutdown()
     stray = executor.handler_threads_running
     if stray:
         log.warning("executor %s: %d sync handler(s) still running after shutdown; exiting without waiting for them "

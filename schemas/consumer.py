@@ -211,6 +211,7 @@ class ConsumerRuntime:
         self._letters: list[_Letter] = []  # waiting to be sent again
         self._consumer: Any = None  # a confluent-kafka Consumer
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         #: How many times a member's client was rebuilt after a fatal error.
         self.rebuilds = 0
         self._rejoin_wait = 0.0
@@ -252,6 +253,24 @@ class ConsumerRuntime:
             finally:
                 self._close_client()
                 self.hooks.on_stopped(self)
+
+    def start_thread(self, name: str) -> ConsumerRuntime:
+        """Run the loop on a daemon thread named ``name`` until ``stop_thread`` (once: a second call does nothing)."""
+        if self._thread is not None:
+            return self
+        stop = threading.Event()
+        self._stop = stop
+        self._thread = threading.Thread(target=self.run, args=(stop,), name=name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop_thread(self, timeout: float = 5.0) -> bool:
+        """Stop the loop ``start_thread`` began and wait up to ``timeout``; whether it ended (or never ran)."""
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _subscribe(self) -> None:
         kafka.set_group_timeouts(self.settings, self.group or "")

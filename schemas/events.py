@@ -140,6 +140,9 @@ class TaskCreated(TaskEvent):
     concurrency_limit: int | None = None
     concurrency_rate: int | None = None
     concurrency_per_s: float | None = None
+    #: W3C trace context of the task (``schemas.tracing``): the parent of its queue, dependency and attempt spans.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -435,6 +438,8 @@ class TaskState:
     waiting_for: str | None = None
     concurrency_rate: int | None = None
     concurrency_per_s: float | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class ScheduleStatus(StrEnum):
@@ -605,10 +610,13 @@ class ControlPaused(ControlEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ControlLimited(ControlEvent):
-    """At most ``limit`` attempts of the handler ``target`` queued or running at once (None: no limit): a task
-    of it without a concurrency key of its own is admitted through the gate ``concurrency:<target>``."""
+    """At most ``limit`` attempts of the handler ``target`` queued or running at once (None: no limit) and at
+    most ``rate`` starts in any ``per_s`` seconds (None: no rate; schema set 9): a task of it without a
+    concurrency key of its own is admitted through the gate ``concurrency:<target>``."""
 
     limit: int | None = None
+    rate: int | None = None
+    per_s: float | None = None
     actor: str | None = None
 
 
@@ -631,6 +639,8 @@ class TaskHeld(TaskEvent):
     version: int
     cause: str | None = None
     concurrency_limit: int | None = None
+    concurrency_rate: int | None = None
+    concurrency_per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -656,6 +666,8 @@ class ControlState:
     paused_by: str | None = None
     reason: str = ""
     limit: int | None = None
+    rate: int | None = None
+    per_s: float | None = None
     version: int = 0
     last_offset: int = -1
 

@@ -108,7 +108,7 @@ SECRET_PROPERTIES = ("sasl.password", "ssl.key.password", "sasl.oauthbearer.clie
 def common_config(settings: Settings, client_id: str) -> dict[str, Any]:
     """What every client gets: bootstrap servers, client id, the logger and the security properties."""
     return {"bootstrap.servers": settings.bootstrap_servers, "client.id": client_id, "logger": LIBRDKAFKA_LOG,
-            **security_config(settings)}
+            "socket.timeout.ms": settings.request_timeout_ms, **security_config(settings)}
 
 
 #: The client classes the factory instantiates, by kind. Nothing else in the program calls these constructors
@@ -187,6 +187,7 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
         **common_config(settings, client_id),
         **DURABLE_PRODUCER,
         "linger.ms": settings.producer_linger_ms,
+        "request.timeout.ms": settings.request_timeout_ms,
         "compression.type": "none",
         "message.max.bytes": MAX_RECORD_BYTES,
         # Java-compatible key hashing (as the Java client and Kafka tools use): a task's

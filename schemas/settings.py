@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     producer_linger_ms: float = Field(
         0.0, ge=0, description="linger.ms of producers: 0 sends at once (batches still form under load)"
     )
+    request_timeout_ms: int = Field(
+        5000, ge=1000, description="how long a client waits for a broker's answer before it drops the connection "
+        "and asks the others who leads now (socket.timeout.ms, and request.timeout.ms of producers): a broker that "
+        "hangs without closing its connections (frozen, partitioned) is failed over after this long"
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080

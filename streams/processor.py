@@ -76,6 +76,7 @@ from taskstream.schemas import (
     ControlState,
     DecodeError,
     DependencyRegistered,
+    DependencyResolved,
     Heartbeat,
     ReadyTask,
     RecordRefused,
@@ -92,6 +93,7 @@ from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, TailR
 from taskstream.schemas.kafka import admin, check_security, is_permanent, require_topics, topic_partitions
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.offsets import poison_headers
+from taskstream.schemas.tracing import MAX_ATTEMPTS, OFF, TraceContext, Tracing, tracing_from_environ
 
 from . import domain
 from .metrics import LAG_INTERVAL_S, ProcessorMetrics
@@ -126,6 +128,7 @@ def fold_step(
     topics: Topics, state: TaskState | None, value: bytes, offset: int, partition: int, now: datetime, producer: str,
     *, wire: codec.WireFormat = codec.SINGLE_OBJECT, dependents: domain.DependentsLookup = None,
     replay: bool = True, paused: domain.Paused = None, held: domain.Held = None, limits: domain.Limits = None,
+    tracing: Tracing = OFF,
 ) -> Step:
     """Fold one message of ``<p>.events`` through ``domain.step`` (pure apart from the clock passed in).
 
@@ -137,6 +140,9 @@ def fold_step(
     ``dependents`` looks up the task's edges, asked only when a step owes its
     dependents something (None: the list its state embeds); ``paused`` and
     ``held`` answer for the partition's pauses (``domain.step``; None: none).
+    A ready message of a task with a trace context carries it in its headers (``_outputs``); with ``tracing``
+    on, folding records the task's ``dependency`` and ``queue`` spans (``_traced``), and the headers carry the
+    ``queue`` span's context. A replayed event records no span again.
     """
     event = wire.decode(value)
     if state is not None and offset <= state.last_offset:
@@ -148,7 +154,9 @@ def fold_step(
     edge = domain.recorded(state, event)
     try:
         new, follow = domain.step(state, event, now, producer, dependents, paused, held, limits)
-        outputs = _outputs(topics, wire, domain.effects(state, new, event, follow, now, producer), new, partition)
+        parent = _traced(tracing, event, new) if tracing.enabled else None
+        outputs = _outputs(topics, wire, domain.effects(state, new, event, follow, now, producer), new, partition,
+                           tracing, parent)
         failed = None
     except Exception as exc:  # deciding failed: the fold of the event stands (as in any fold of the log)
         new, outputs = domain.evolve(state, event), []
@@ -168,7 +176,7 @@ class Pauses:
     def __init__(self) -> None:
         self.paused: set[str] = set()
         self.holding: dict[str, dict[bytes, None]] = {}
-        self.limits: dict[str, int] = {}
+        self.limits: dict[str, domain.HandlerLimit] = {}
 
     def lookup(self) -> domain.Paused:
         """The ``paused`` lookup of ``domain.step``: None while nothing is paused in the partition."""
@@ -182,8 +190,8 @@ class Pauses:
         """Record a state write (``before`` -> ``after``) of ``key``."""
         if isinstance(after, ControlState):
             (self.paused.add if after.paused else self.paused.discard)(after.target)
-            if after.limit is not None:
-                self.limits[after.target] = after.limit
+            if (limit := domain.HandlerLimit.of(after)) is not None:
+                self.limits[after.target] = limit
             else:
                 self.limits.pop(after.target, None)
             return
@@ -229,11 +237,25 @@ def table_dependents(table: Rdict, task_id: str, state: TaskState | None) -> lis
     return domain.dependents_of(state, found) if state is not None else sorted(found)
 
 
+def _traced(tracing: Tracing, event: object, state: TaskState | None) -> TraceContext | None:
+    """The ``dependency`` span of a dependency resolved for ``state``'s task (the dependent), under the task's
+    trace context: the parent of the ``queue`` span that follows in the same step. None for any other event."""
+    if not isinstance(event, DependencyResolved) or state is None or state.traceparent is None:
+        return None
+    return tracing.record("dependency", TraceContext(state.traceparent, state.tracestate), {
+        "taskstream.task_id": state.task_id, "taskstream.upstream_task_id": event.upstream,
+        "taskstream.upstream_outcome": event.outcome, "taskstream.status": state.status,
+    })
+
+
 def _outputs(
-    topics: Topics, wire: codec.WireFormat, effects: list[domain.Effect], state: TaskState | None, partition: int
+    topics: Topics, wire: codec.WireFormat, effects: list[domain.Effect], state: TaskState | None, partition: int,
+    tracing: Tracing = OFF, parent: TraceContext | None = None,
 ) -> list[Output]:
     """The records of a step's effects: follow-ups of the same task to its own partition (that is where the
-    fold of the log expects them), every other message keyed by its task."""
+    fold of the log expects them), every other message keyed by its task. A ready message of a task with a
+    trace context carries it (or, with ``tracing`` on, its ``queue`` span's, under ``parent`` if given) in
+    ``traceparent``/``tracestate`` headers, with the task's ``taskstream-max-attempts``."""
     own = state.task_id if state is not None else None
     out = []
     for kind, message, priority in effects:
@@ -249,7 +271,17 @@ def _outputs(
         else:
             topic = topics.dlq
         same = partition if kind == "event" and message.aggregate_id == own else None
-        out.append(Output(topic, key, wire.encode(message), codec.headers(message), same))
+        headers = codec.headers(message)
+        if kind == "ready" and state is not None and state.traceparent is not None:
+            trace = parent or TraceContext(state.traceparent, state.tracestate)
+            if tracing.enabled:
+                trace = tracing.record("queue", trace, {
+                    "taskstream.task_id": state.task_id, "taskstream.handler": state.handler,
+                    "taskstream.attempt": state.attempt, "taskstream.priority": state.priority,
+                    "messaging.system": "kafka", "messaging.destination.name": topic,
+                }, kind="producer")
+            headers = [*headers, *trace.headers(), (MAX_ATTEMPTS, str(state.max_attempts).encode())]
+        out.append(Output(topic, key, wire.encode(message), headers, same))
     return out
 
 
@@ -265,16 +297,19 @@ class Processor(Hooks):
     folds each batch and waits for its outputs before it returns (so the
     batch's offsets are committed only then), keeps one table and timer table
     per assigned partition, follows ``<p>.heartbeats`` on the same partitions
-    and fires timers between polls.
+    and fires timers between polls. ``tracing`` records its ``queue`` and ``dependency`` spans
+    (``fold_step``; ``OFF`` by default).
     """
 
     BATCH = 500
 
     def __init__(
-        self, settings: Settings, member_id: str | None = None, metrics: ProcessorMetrics | None = None
+        self, settings: Settings, member_id: str | None = None, metrics: ProcessorMetrics | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else ProcessorMetrics()
+        self.tracing = tracing
         self.topics = Topics(settings.prefix)
         self.wire = codec.WireFormat.of(settings)
         self.id = member_id or processor_id()
@@ -692,7 +727,7 @@ class Processor(Hooks):
                              paused=pauses.lookup() if pauses is not None else None,
                              limits=pauses.limit_lookup() if pauses is not None else None,
                              held=(lambda reason: pauses.held_states(reason, table, self.wire))
-                             if pauses is not None else None)
+                             if pauses is not None else None, tracing=self.tracing)
             value = self.wire.encode(step.state) if step.state is not None else b""
         except DecodeError as exc:
             self.runtime.dead_letter(m, str(exc))
@@ -850,6 +885,10 @@ def run_processor(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     check_security(settings)  # refused credentials or an untrusted broker: one line now, not retries for ever
     check_topics(settings)
-    processor = Processor(settings)
+    tracing = tracing_from_environ("processor", os.environ)
+    processor = Processor(settings, tracing=tracing)
     serve_metrics(processor.metrics.registry, settings, f"processor {processor.id}")
-    processor.run(stop)
+    try:
+        processor.run(stop)
+    finally:
+        tracing.shutdown()

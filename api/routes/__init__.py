@@ -7,6 +7,8 @@ path, or ``api.reads``, its one read path, with the app's ``ApiContext``
 
 from starlette.requests import Request
 
+from taskstream.schemas.tracing import TRACEPARENT, TRACESTATE, TraceContext
+
 
 def actor_of(request: Request) -> str | None:
     """Who sent the request (the authenticated principal's id), for the events it writes; None when anonymous."""
@@ -16,6 +18,11 @@ def actor_of(request: Request) -> str | None:
     return principal.id
 
 
+def trace_of(request: Request) -> TraceContext | None:
+    """The W3C trace context the request came in (``traceparent``, ``tracestate`` headers); None if none or invalid."""
+    return TraceContext.parse(request.headers.get(TRACEPARENT), request.headers.get(TRACESTATE))
+
+
 from . import health, schedules, tasks, workflows  # noqa: E402  (they import actor_of)
 
-__all__ = ["actor_of", "health", "schedules", "tasks", "workflows"]
+__all__ = ["actor_of", "trace_of", "health", "schedules", "tasks", "workflows"]

@@ -10,11 +10,13 @@ attempts already queued or running finish. A resume releases them. Pausing
 twice or resuming what is not paused changes nothing (202). The list shows
 every paused target from the read model (the processors' control copies).
 
-``PUT /limits/handlers/{h}`` with ``{"limit": N}`` (``LimitTarget``: one
-``ControlLimited`` per partition) makes every task of the handler without a
-concurrency key of its own go through the gate ``concurrency:handler:<h>``:
-at most N of its attempts queued or running at once; ``DELETE`` ends that for
-tasks admitted from then on (a task already under the gate keeps it).
+``PUT /limits/handlers/{h}`` with ``{"limit": N}``, ``{"rate": R, "per_s": S}``
+or all three (``LimitTarget``: one ``ControlLimited`` per partition) makes
+every task of the handler without a concurrency key of its own go through the
+gate ``concurrency:handler:<h>``: at most N of its attempts queued or running
+at once, at most R starts in any S seconds (the rest wait ``pending``, never
+fail); ``DELETE`` ends that for tasks admitted from then on (a task already
+under the gate keeps it).
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
 from starlette.responses import Response
-
-from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT
 
 from .. import service
 from ..context import Context
+from ..models import LimitIn
 from ..problems import JSONResponse
 from ..service import MAX_REASON
 from . import actor_of
@@ -59,26 +59,20 @@ async def list_pauses(ctx: Context, kind: Literal["handler", "workflow"] | None 
     return JSONResponse({"pauses": service.pauses(ctx, kind)})
 
 
-class LimitIn(BaseModel):
-    """``PUT /limits/handlers/{handler}``: at most ``limit`` attempts of the handler queued or running at once."""
-
-    limit: int = Field(ge=1, le=MAX_CONCURRENCY_LIMIT)
-
-
 @router.put("/limits/handlers/{handler}", status_code=202)
 async def set_handler_limit(handler: str, body: LimitIn, request: Request, ctx: Context) -> Response:
-    """Limit a handler: 202 with ``{"kind", "name", "limit"}``."""
-    return JSONResponse(await service.limit_handler(ctx, handler, body.limit, actor=actor_of(request)),
-                        status_code=202)
+    """Limit a handler: 202 with ``{"kind", "name", "limit", "rate", "per_s"}``."""
+    return JSONResponse(await service.limit_handler(ctx, handler, body.limit, rate=body.rate, per_s=body.per_s,
+                                                    actor=actor_of(request)), status_code=202)
 
 
 @router.delete("/limits/handlers/{handler}", status_code=202)
 async def clear_handler_limit(handler: str, request: Request, ctx: Context) -> Response:
-    """End a handler's limit: 202 with ``{"kind", "name", "limit": null}``."""
+    """End a handler's limit and rate: 202 with ``{"kind", "name", "limit": null, "rate": null, "per_s": null}``."""
     return JSONResponse(await service.limit_handler(ctx, handler, None, actor=actor_of(request)), status_code=202)
 
 
 @router.get("/limits/handlers")
 async def list_handler_limits(ctx: Context) -> Response:
-    """Every handler with a limit: ``{"limits": [{"kind", "name", "limit"}]}``."""
+    """Every handler with a limit or a rate: ``{"limits": [{"kind", "name", "limit", "rate", "per_s"}]}``."""
     return JSONResponse({"limits": service.handler_limits(ctx)})

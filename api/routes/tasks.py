@@ -68,7 +68,7 @@ from ..models import BatchIn, RedriveIn, TaskIn, TaskPatch, task_json
 from ..problems import JSONResponse
 from ..reads import MAX_LIMIT
 from ..service import MAX_REASON
-from . import actor_of
+from . import actor_of, trace_of
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def _etag(state: TaskState) -> dict[str, str]:
 @router.post("/tasks", status_code=202)
 async def submit_task(body: TaskIn, request: Request, ctx: Context) -> Response:
     auth.admit(request, ctx.rate_limit, [body.handler])
-    task = await service.submit_task(ctx, body, key=idempotency.key_of(request), actor=actor_of(request))
+    task = await service.submit_task(ctx, body, key=idempotency.key_of(request), actor=actor_of(request),
+                                     trace=trace_of(request))
     return _created(task)
 
 
@@ -99,7 +100,8 @@ def _created(task: TaskState) -> Response:
 async def submit_batch(body: BatchIn, request: Request, ctx: Context) -> Response:
     """Up to 1,000 tasks: all validated first (none written if one is bad), then written together."""
     auth.admit(request, ctx.rate_limit, [t.handler for t in body.tasks], tasks=len(body.tasks))
-    tasks = await service.submit_batch(ctx, body, key=idempotency.key_of(request), actor=actor_of(request))
+    tasks = await service.submit_batch(ctx, body, key=idempotency.key_of(request), actor=actor_of(request),
+                                       trace=trace_of(request))
     return JSONResponse({"tasks": [task_json(t) for t in tasks]}, status_code=202)
 
 

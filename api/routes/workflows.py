@@ -34,7 +34,7 @@ from .. import auth, idempotency, reads, service
 from ..context import Context
 from ..models import WorkflowIn, workflow_json
 from ..problems import JSONResponse
-from . import actor_of
+from . import actor_of, trace_of
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ router = APIRouter(prefix="/api/v1", tags=["workflows"])
 async def submit_workflow(body: WorkflowIn, request: Request, ctx: Context) -> Response:
     auth.admit(request, ctx.rate_limit, [t.handler for t in body.tasks], tasks=len(body.tasks))
     key = idempotency.key_of(request)
-    workflow_id, ids = await service.submit_workflow(ctx, body, key=key, actor=actor_of(request))
+    workflow_id, ids = await service.submit_workflow(ctx, body, key=key, actor=actor_of(request),
+                                                     trace=trace_of(request))
     return JSONResponse({"workflow_id": workflow_id, "tasks": ids}, status_code=202)
 
 

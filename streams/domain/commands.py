@@ -22,6 +22,8 @@ class SubmitTask:
     ``concurrency_rate`` and ``concurrency_per_s`` its rate (at most that many starts in any that many seconds;
     both or neither, ``ValidationError`` naming ``concurrency.rate`` or ``concurrency.per_s``). A key needs a limit,
     a rate or both.
+    ``traceparent`` and ``tracestate``: the W3C trace context the task carries (the API's submit span, or the
+    caller's), kept as given: the decider does not read them.
     """
 
     task_id: str
@@ -49,6 +51,8 @@ class SubmitTask:
     concurrency_limit: int | None = None
     concurrency_rate: int | None = None
     concurrency_per_s: float | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 #: Task fields an ``UpdateTask`` may change (the same names on TaskState and TaskUpdated).

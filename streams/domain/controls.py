@@ -42,7 +42,7 @@ from taskstream.schemas import (
     TaskState,
     ValidationError,
 )
-from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT
+from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT, MAX_RATE, MAX_RATE_PERIOD_S
 
 from .decide import _decides
 from .evolve import GATE_PREFIX, PAUSE_PREFIX, WAITING, _bump, _deps_met, _on, _queued, gate_id
@@ -56,10 +56,29 @@ HANDLER, WORKFLOW = "handler", "workflow"
 #: Longest handler name or workflow id a pause accepts.
 MAX_TARGET_CHARS = 200
 
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerLimit:
+    """What a handler's limit allows: at most ``limit`` attempts queued or running at once (None: any number)
+    and at most ``rate`` starts in any ``per_s`` seconds (None: no rate); at least one of the two is set."""
+
+    limit: int | None = None
+    rate: int | None = None
+    per_s: float | None = None
+
+    @classmethod
+    def of(cls, c: ControlState) -> HandlerLimit | None:
+        """The limit a control copy holds, or None (no limit and no rate)."""
+        if c.limit is None and (c.rate is None or c.per_s is None):
+            return None
+        return cls(c.limit, c.rate if c.per_s is not None else None, c.per_s if c.rate is not None else None)
+
+
 #: Is ``target`` paused in the partition being stepped? (the processor's table; None: nothing is paused)
 Paused = Callable[[str], bool] | None
-#: The limit of handler ``target`` in the partition being stepped, or None (None: no handler has one)
-Limits = Callable[[str], int | None] | None
+#: The limit and rate of handler ``target`` in the partition being stepped, or None (None: no handler has one)
+Limits = Callable[[str], HandlerLimit | None] | None
 #: The states of the partition's tasks that wait for ``waiting_for`` (``paused:<target>``), asked at a resume.
 Held = Callable[[str], Iterable[TaskState]] | None
 
@@ -101,10 +120,10 @@ def hold_reason(state: TaskState, paused: Paused) -> str | None:
     return None
 
 
-def hold_of(state: TaskState, paused: Paused, limits: Limits) -> tuple[str, int | None] | None:
+def hold_of(state: TaskState, paused: Paused, limits: Limits) -> tuple[str, HandlerLimit | None] | None:
     """What holds a task being admitted: ``(paused:<target>, None)`` while one of its targets is paused;
-    ``(concurrency:handler:<name>, limit)`` when its handler has a limit and the task has no concurrency key of
-    its own (from then on it is admitted through that gate, ``gates.py``); else None."""
+    ``(concurrency:handler:<name>, its HandlerLimit)`` when its handler has a limit or a rate and the task has no
+    concurrency key of its own (from then on it is admitted through that gate, ``gates.py``); else None."""
     reason = hold_reason(state, paused)
     if reason is not None:
         return reason, None
@@ -127,20 +146,29 @@ def admitted(before: object, after: object) -> bool:
     return False
 
 
-def held_instead(follow: list[Event], state: TaskState, reason: str, limit: int | None = None) -> list[Event]:
+def _handler_gate(limit: HandlerLimit | None) -> dict[str, object]:
+    """TaskHeld's fields of a hold by a handler's limit (its key's limit and rate), or none."""
+    if limit is None:
+        return {}
+    return dict(concurrency_limit=limit.limit, concurrency_rate=limit.rate, concurrency_per_s=limit.per_s)
+
+
+def held_instead(follow: list[Event], state: TaskState, reason: str,
+                 limit: HandlerLimit | None = None) -> list[Event]:
     """``follow`` with the task's own TaskQueued replaced by the TaskHeld of the same attempt, of ``state``."""
     own = state.task_id
     return [TaskHeld(event_id=UNSET, task_id=e.task_id, occurred_at=e.occurred_at, producer=e.producer,
-                     attempt=e.attempt, waiting_for=reason, version=state.version, concurrency_limit=limit)
+                     attempt=e.attempt, waiting_for=reason, version=state.version,
+                     **_handler_gate(limit))  # type: ignore[arg-type]
             if isinstance(e, TaskQueued) and e.task_id == own else e
             for e in follow]
 
 
-def hold(state: TaskState, reason: str, now: datetime, limit: int | None = None) -> TaskHeld:
+def hold(state: TaskState, reason: str, now: datetime, limit: HandlerLimit | None = None) -> TaskHeld:
     """The TaskHeld of the attempt ``state`` was just admitted for (``admitted``)."""
     attempt = state.attempt if state.status == Status.QUEUED.value else state.attempt + 1
     return TaskHeld(event_id=UNSET, task_id=state.task_id, occurred_at=now, producer=PROCESSOR, attempt=attempt,
-                    waiting_for=reason, version=state.version, concurrency_limit=limit)
+                    waiting_for=reason, version=state.version, **_handler_gate(limit))  # type: ignore[arg-type]
 
 
 def releases(state: ControlState, held: Held, now: datetime) -> list[Event]:
@@ -170,13 +198,16 @@ class PauseTarget:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LimitTarget:
-    """At most ``limit`` attempts of handler ``target`` queued or running at once (None: no limit), in each of
-    ``partitions`` partitions (``ControlLimited``, one copy per partition)."""
+    """At most ``limit`` attempts of handler ``target`` queued or running at once (None: no limit) and at most
+    ``rate`` starts in any ``per_s`` seconds (None: no rate; both or neither), in each of ``partitions``
+    partitions (``ControlLimited``, one copy per partition). Neither a limit nor a rate ends the handler's."""
 
     target: str
     partitions: int
     producer: str
     limit: int | None
+    rate: int | None = None
+    per_s: float | None = None
     actor: str | None = None
 
 
@@ -209,8 +240,16 @@ def _limit(state: ControlState | None, c: LimitTarget, now: datetime) -> list[Ev
         raise ValidationError("target", "only a handler has a limit")
     if c.limit is not None and not 1 <= c.limit <= MAX_CONCURRENCY_LIMIT:
         raise ValidationError("limit", f"a limit is 1 to {MAX_CONCURRENCY_LIMIT}")
+    if c.rate is not None or c.per_s is not None:
+        if c.rate is None or not 1 <= c.rate <= MAX_RATE:
+            raise ValidationError("rate", f"a rate is 1 to {MAX_RATE} starts per period (per_s)")
+        if c.per_s is None or not 0 < c.per_s <= MAX_RATE_PERIOD_S:
+            raise ValidationError("per_s", f"a rate needs its period: more than 0 and at most "
+                                           f"{MAX_RATE_PERIOD_S:g} seconds")
+    per_s = float(c.per_s) if c.per_s is not None else None
     return [ControlLimited(event_id=UNSET, control_id=control_id(p, c.target), target=c.target, partition=p,
-                           occurred_at=now, producer=c.producer, limit=c.limit, actor=c.actor)
+                           occurred_at=now, producer=c.producer, limit=c.limit, rate=c.rate, per_s=per_s,
+                           actor=c.actor)
             for p in _copies(c.partitions)]
 
 
@@ -244,11 +283,12 @@ def _on_resumed(state: ControlState | None, e: ControlResumed) -> ControlState |
 
 @_on(ControlLimited, ControlState)
 def _on_limited(state: ControlState | None, e: ControlLimited) -> ControlState | None:
-    if (state.limit if state is not None else None) == e.limit:
+    was = (state.limit, state.rate, state.per_s) if state is not None else (None, None, None)
+    if was == (e.limit, e.rate, e.per_s):
         return state
     c = state or ControlState(control_id=e.control_id, target=e.target, partition=e.partition,
                               created_at=e.occurred_at, updated_at=e.occurred_at)
-    return replace(c, updated_at=e.occurred_at, version=c.version + 1, limit=e.limit)
+    return replace(c, updated_at=e.occurred_at, version=c.version + 1, limit=e.limit, rate=e.rate, per_s=e.per_s)
 
 
 @_on(TaskHeld)
@@ -256,9 +296,12 @@ def _on_held(state: TaskState | None, e: TaskHeld) -> TaskState | None:
     """Attempt ``e.attempt`` waits for ``e.waiting_for`` instead of being queued (or of waiting for a slot)."""
     if state is None or state.version != e.version:
         return state  # not the state the processor held: already held, or changed since (a copy sent again)
-    # A hold by a handler limit gives the task the handler's gate as its concurrency key from now on.
-    gate = dict(concurrency_key=e.waiting_for[len(GATE_PREFIX):], concurrency_limit=e.concurrency_limit) if (
-        e.concurrency_limit is not None and e.waiting_for.startswith(GATE_PREFIX)) else {}
+    # A hold by a handler limit (or rate) gives the task the handler's gate as its concurrency key from now on.
+    rated = e.concurrency_rate is not None and e.concurrency_per_s is not None
+    gate = dict(concurrency_key=e.waiting_for[len(GATE_PREFIX):], concurrency_limit=e.concurrency_limit,
+                concurrency_rate=e.concurrency_rate if rated else None,
+                concurrency_per_s=e.concurrency_per_s if rated else None) if (
+        (e.concurrency_limit is not None or rated) and e.waiting_for.startswith(GATE_PREFIX)) else {}
     if state.status == Status.QUEUED.value and e.attempt == state.attempt:
         # Admitted by an event the processor folded (a relay's TaskQueued, a grant): not started, taken back.
         return _bump(state, e.occurred_at, status=Status.PENDING.value, attempt=state.attempt - 1,

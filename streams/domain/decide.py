@@ -124,12 +124,21 @@ def _submit(state: TaskState | None, c: SubmitTask, now: datetime) -> list[Event
             upstream_keys=dict(c.upstream_keys), idempotency_key=c.idempotency_key, request_hash=c.request_hash,
             actor=c.actor, concurrency_key=key, concurrency_limit=c.concurrency_limit if key is not None else None,
             concurrency_rate=rate if key is not None else None, concurrency_per_s=per_s if key is not None else None,
+            traceparent=c.traceparent, tracestate=c.tracestate,
         )
     ]
 
 
 @_decides(UpdateTask)
 def _update(state: TaskState | None, c: UpdateTask, now: datetime) -> list[Event]:
+    """PATCH of a task that has not started (pending or scheduled, attempt 0).
+
+    A held task (``waiting_for``: a pause, a handler's limit or rate, a
+    concurrency key) may be changed and stays held: the update's reaction
+    queues only a task that waits for nothing (``is_ready``), so only its
+    TaskReleased or SlotGranted admits it, with the new values. Its
+    ``run_at`` cannot change: it was ready when it was held.
+    """
     task = _task(state, c.task_id)
     if c.expected_version is not None and c.expected_version != task.version:
         raise StaleVersion(f"task {c.task_id} is at version {task.version}, not {c.expected_version}", task.version)
@@ -139,6 +148,11 @@ def _update(state: TaskState | None, c: UpdateTask, now: datetime) -> list[Event
     unknown = set(c.changes) - set(PATCHABLE)
     if unknown:
         raise CommandRejected(f"fields {sorted(unknown)} of a task cannot be changed")
+    if task.waiting_for is not None and c.changes.get("run_at") not in (None, task.run_at):
+        # Held (a pause, a handler limit, a concurrency key): the task was ready, its time had come; only its
+        # release or slot admits it, and neither waits for a time. Docs: docs/decisions/00XX-handler-rates.md.
+        raise CommandRejected(
+            f"task {c.task_id} is ready and waits for {task.waiting_for}: its run_at can no longer be changed")
     # UpdateTask.changes holds values of the fields' own types (its contract); dict[str, object] cannot say so
     patch: dict[str, Any] = {name: c.changes.get(name) for name in PATCHABLE}
     return [TaskUpdated(event_id=UNSET, task_id=c.task_id, occurred_at=now, producer=c.producer, actor=c.actor,

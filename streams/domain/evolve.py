@@ -490,4 +490,6 @@ def initial_state(e: TaskCreated) -> TaskState:
         concurrency_limit=e.concurrency_limit,
         concurrency_rate=e.concurrency_rate,
         concurrency_per_s=e.concurrency_per_s,
+        traceparent=e.traceparent,
+        tracestate=e.tracestate,
     )

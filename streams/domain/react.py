@@ -231,6 +231,15 @@ def _task_replay(state: TaskState, now: datetime, event: Event | None = None) ->
         # Held by a pause (controls.py): the TaskHeld that held it (a fold of the log must hold it too).
         out = [TaskHeld(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
                         attempt=state.attempt + 1, waiting_for=state.waiting_for, version=state.version - 1)]
+    elif (state.status == Status.PENDING.value and state.waiting_for is not None
+          and state.concurrency_key == f"handler:{state.handler}"):
+        # Held into its handler's gate by the handler's limit or rate (controls.py): the TaskHeld that gave it the
+        # key (a TaskQueued would queue a task whose log has no key); for a task submitted with that very key,
+        # the TaskHeld folds to the same state as its TaskQueued, and a duplicate of it changes nothing.
+        out = [TaskHeld(event_id=UNSET, task_id=state.task_id, occurred_at=state.updated_at, producer=PROCESSOR,
+                        attempt=state.attempt + 1, waiting_for=state.waiting_for, version=state.version - 1,
+                        concurrency_limit=state.concurrency_limit, concurrency_rate=state.concurrency_rate,
+                        concurrency_per_s=state.concurrency_per_s)]
     elif state.status == Status.PENDING.value and state.waiting_for is not None:
         # Held for a slot (slots.py): the TaskQueued that held it, as for a queued task above.
         due = event.occurred_at if isinstance(event, TaskRedriven) else state.run_at if state.attempt == 0 else None

@@ -30,7 +30,12 @@ GateState); its ``concurrency`` history is folded by the code of issue 28.
 the code of that change.
 8 = issue 28: pause and resume (ControlPaused, ControlResumed, ControlState,
 TaskHeld, TaskReleased); its ``pause`` history is folded by the code of that change.
-9 = issue 29: topic triggers (TriggerCreated, TriggerPaused, TriggerResumed,
+9 = issue 28's handler rates (ControlLimited/ControlState ``rate`` and ``per_s``; TaskHeld
+``concurrency_rate`` and ``concurrency_per_s``); its ``handler_rates`` history is folded by the code of
+that change.
+9 also holds issue 29: the W3C trace context of a task (TaskCreated/TaskState ``traceparent`` and ``tracestate``);
+its ``tracing`` history (a two-task workflow, one retry) is folded by the code of that change.
+9 also holds issue 29's topic triggers (TriggerCreated, TriggerPaused, TriggerResumed,
 TriggerDeleted, TriggerState); its ``triggers`` history is folded by the code of that change.
 A release's logs are never regenerated once committed: they are what that
 release wrote. ``encode`` for a new release only, or for a history a release
@@ -62,7 +67,7 @@ RELEASES = {1: "3a9e7d8", 2: "a788324", 3: "8f6366c", 4: "actor (issue 15)",
             6: "error_type and traceback (issue 26); schedule pause, resume, run now, backfill (issues 26, 29)",
             7: "concurrency keys (issue 28)",
             8: "rate limits of a concurrency key; pause and resume, handler limits (issue 28)",
-            9: "topic triggers (issue 29)"}
+            9: "handler rates (issue 28); trace context of a task, topic triggers (issue 29)"}
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
 
@@ -287,6 +292,53 @@ def histories(version: int) -> dict[str, list[tuple[str, dict]]]:
             gate_ev("SlotReleased", 1.31, holder="t-r2", attempt=1),
         ]
     if version >= 9:
+        # A handler with a rate of 1 per second and no limit: its tasks are held into the handler's gate (the hold
+        # carries the rate), the first starts at once, the second when the gate's timer brings the start back.
+        hctl, hgate = "control:0:handler:mail", "concurrency:handler:mail"
+        rate = {"concurrency_rate": 1, "concurrency_per_s": 1.0}
+        asked = {"priority": "medium", "limit": 0, "rate": 1, "per_s": 1.0}
+
+        def hgate_ev(kind: str, t: float, **fields) -> tuple[str, dict]:
+            return ev(kind, hgate, t, gate_id=hgate, **fields)
+
+        h1, h2 = created("t-h1", 0.1, handler="mail"), created("t-h2", 0.2, handler="mail")
+        logs["handler_rates"] = [
+            ev("ControlLimited", hctl, 0, control_id=hctl, target="handler:mail", partition=0,
+               producer="api-golden", actor="key-golden", limit=None, rate=1, per_s=1.0),
+            h1,
+            ev("TaskHeld", "t-h1", 0.11, attempt=1, waiting_for=hgate, version=1, cause=h1[1]["event_id"], **rate),
+            hgate_ev("SlotRequested", 0.11, holder="t-h1", attempt=1, **asked),
+            h2,
+            ev("TaskHeld", "t-h2", 0.21, attempt=1, waiting_for=hgate, version=1, cause=h2[1]["event_id"], **rate),
+            hgate_ev("SlotRequested", 0.21, holder="t-h2", attempt=1, **asked),
+            ev("SlotGranted", "t-h1", 0.12, gate_id=hgate, attempt=1),
+            ev("TaskStarted", "t-h1", 0.2, attempt=1),
+            ev("TaskSucceeded", "t-h1", 0.4, attempt=1, result="null"),
+            hgate_ev("SlotReleased", 0.41, holder="t-h1", attempt=1),
+            hgate_ev("GateWoken", 1.111),
+            ev("SlotGranted", "t-h2", 1.12, gate_id=hgate, attempt=1),
+            ev("TaskStarted", "t-h2", 1.2, attempt=1),
+            ev("TaskSucceeded", "t-h2", 1.3, attempt=1, result="null"),
+            hgate_ev("SlotReleased", 1.31, holder="t-h2", attempt=1),
+        ]
+        # A workflow of two tasks in one trace (each TaskCreated carries its submit span's traceparent); the
+        # upstream fails once and is retried, then the dependent runs.
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        wf9 = {"workflow_id": "wf-trace", "tracestate": "vendor=golden"}
+        logs["tracing"] = [
+            created("t-t1", 0, key="a", max_attempts=2, traceparent=f"00-{trace}-00f067aa0ba902b7-01", **wf9),
+            created("t-t2", 0, key="b", depends_on=["t-t1"], upstream_keys={"t-t1": "a"},
+                    traceparent=f"00-{trace}-00f067aa0ba902b8-01", **wf9),
+            ev("DependencyRegistered", "t-t1", 0.01, dependent="t-t2"),
+            ev("TaskQueued", "t-t1", 0.02, attempt=1, priority="medium"),
+            ev("TaskFailed", "t-t1", 0.5, attempt=1, error="ValueError: boom", started_at=at(0.1),
+               **why("ValueError", "load", "boom")),
+            *retry("t-t1", 1, 0.51, 1.0),
+            ev("TaskSucceeded", "t-t1", 2.0, attempt=2, result='{"ok": true}', started_at=at(1.6)),
+            ev("DependencyResolved", "t-t2", 2.01, upstream="t-t1", outcome="succeeded", result='{"ok": true}'),
+            ev("TaskQueued", "t-t2", 2.02, attempt=1, priority="medium"),
+            ev("TaskSucceeded", "t-t2", 2.5, attempt=1, result="null", started_at=at(2.1)),
+        ]
         # A topic trigger created with a filter and a password (kept in the log, never shown), paused, resumed,
         # deleted; the task its record 0:41 made carries the record's place in its labels.
         trg = "trigger:orders"

@@ -6,7 +6,8 @@ Kafka node with a topic prefix of its own. The executor loads
 ``fail`` raises ``PermanentError`` (the task fails at once, no retries);
 ``hold`` writes the wall time it started to ``held/<task id>`` in the
 stack's folder and returns once ``release/<task id>`` exists (30 s at most);
-``modules`` adds handler modules of a test's own (name -> source).
+``modules`` adds handler modules of a test's own (name -> source); ``env`` adds variables to the three
+processes' environment (an OTLP endpoint, say).
 The API is served over real HTTP on a free loopback port (``url``), so
 clients and console scripts talk to it as users do.
 """
@@ -52,12 +53,13 @@ def hold(payload, ctx):
 
 
 class Proc:
-    """A ``taskstream <args>`` subprocess in ``cwd`` with ``settings`` in its environment; output to ``log``."""
+    """A ``taskstream <args>`` subprocess in ``cwd`` with ``settings`` (and ``env``) in its environment; output to
+    ``log``."""
 
-    def __init__(self, settings: Settings, *args: str, cwd: Path, log: Path) -> None:
+    def __init__(self, settings: Settings, *args: str, cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = open(log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "taskstream.cli.main", *args],
-                                     env={**os.environ, **settings_env(settings)}, cwd=cwd,
+                                     env={**os.environ, **settings_env(settings), **(env or {})}, cwd=cwd,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
@@ -77,12 +79,14 @@ class Proc:
 class LiveStack:
     """Processor + executor + API on ``broker``; ``url`` is the API's base URL."""
 
-    def __init__(self, broker: str, folder: Path, modules: dict[str, str] | None = None) -> None:
+    def __init__(self, broker: str, folder: Path, modules: dict[str, str] | None = None, grpc: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.folder = folder
         port = free_port()
         self.settings = Settings(bootstrap_servers=broker, prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3,
                                  data_dir=folder / "data", session_timeout_ms=SESSION_TIMEOUT_MS,
-                                 log_level="WARNING", metrics_port=0, api_port=port)
+                                 log_level="WARNING", metrics_port=0, api_port=port,
+                                 grpc_port=free_port() if grpc else None)
         self.url = f"http://127.0.0.1:{port}"
         wait_for_broker(self.settings)
         assert ensure_topics(self.settings, catalogue(self.settings)) == []
@@ -92,10 +96,10 @@ class LiveStack:
             (folder / f"{name}.py").write_text(source)
             extra += ["--handlers", name]
         self.procs = [
-            Proc(self.settings, "processor", cwd=folder, log=folder / "processor.log"),
+            Proc(self.settings, "processor", cwd=folder, log=folder / "processor.log", env=env),
             Proc(self.settings, "executor", "--handlers", "clienthandlers", *extra, "--concurrency", "8", cwd=folder,
-                 log=folder / "executor.log"),
-            Proc(self.settings, "api", "--port", str(port), cwd=folder, log=folder / "api.log"),
+                 log=folder / "executor.log", env=env),
+            Proc(self.settings, "api", "--port", str(port), cwd=folder, log=folder / "api.log", env=env),
         ]
 
     def env(self) -> dict[str, str]:

@@ -418,3 +418,29 @@ def test_unreachable_broker_readyz_503_and_post_503(tmp_path) -> None:
         r = c.post("/api/v1/tasks", json={"handler": "h"})
         assert r.status_code == 503 and r.headers["content-type"] == PROBLEM
         assert c.get("/api/v1/tasks").json()["tasks"] == []  # nothing half-written
+
+
+def test_a_submit_answers_the_task_it_created_even_when_the_processors_next_state_was_read_first(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 202 of a create is its first version; the read model may already hold the processor's next one."""
+    from taskstream.api import service
+    from taskstream.streams import domain
+
+    real_write = service.write
+    store = client.app.state.context.read_model.store
+
+    async def processor_first(ctx, records):
+        failures = await real_write(ctx, records)
+        for event, _ in records:  # the processor queued the task and the read model read that before the ack
+            if isinstance(event, TaskCreated):
+                created = domain.fold([event])
+                store.apply(replace(created, status="queued", attempt=1, version=created.version + 1))
+        return failures
+
+    monkeypatch.setattr(service, "write", processor_first)
+    r = client.post("/api/v1/tasks", json={"handler": "noop"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert (body["status"], body["version"], body["attempt"]) == ("pending", 1, 0), body
+    assert client.get(f"/api/v1/tasks/{body['id']}").json()["status"] in ("queued", "running", "succeeded")

@@ -24,6 +24,15 @@ from tests.kafka_helpers import Component, stop_all
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+def tails(logs: dict[str, Path], lines: int = 60) -> str:
+    """The last ``lines`` lines of each component's log, for a failure's message."""
+    out = []
+    for name, path in logs.items():
+        text = path.read_text(errors="replace").splitlines() if path.exists() else ["(no log)"]
+        out.append(f"--- {name} log, last {lines} lines:\n" + "\n".join(text[-lines:]))
+    return "\n".join(out)
+
+
 @pytest.fixture
 def cluster(tmp_path: Path):
     c = KafkaCluster(3, 0, tmp_path / "kafka", ports=[free_port() for _ in range(3)],
@@ -41,7 +50,7 @@ def test_three_brokers_replicate_the_topics_and_a_task_succeeds_after_one_is_kil
     settings = Settings(bootstrap_servers=cluster.bootstrap_servers, prefix="cluster", partitions=3,
                         replication_factor=replicas, min_insync_replicas=min_isr, data_dir=tmp_path / "data",
                         session_timeout_ms=SESSION_TIMEOUT_MS, metrics_port=0, api_port=free_port(),
-                        log_level="WARNING")
+                        log_level="INFO")
     assert ensure_topics(settings, catalogue(settings), timeout=60) == []
     client = admin(settings)
     metadata = client.list_topics(timeout=10)
@@ -68,8 +77,13 @@ def test_three_brokers_replicate_the_topics_and_a_task_succeeds_after_one_is_kil
                 r = http.post("/api/v1/tasks", json={"handler": "sleep", "payload": {"seconds": seconds}})
                 assert r.status_code == 202, r.text
                 task_id = r.json()["id"]
-                wait_until(lambda: http.get(f"/api/v1/tasks/{task_id}").json().get("status") == "succeeded",
-                           timeout=timeout, interval=0.2, message=f"task {task_id} succeeded")
+                try:
+                    wait_until(lambda: http.get(f"/api/v1/tasks/{task_id}").json().get("status") == "succeeded",
+                               timeout=timeout, interval=0.2, message=f"task {task_id} succeeded")
+                except AssertionError as exc:  # say where it stopped: its state, events and the components' logs
+                    state = http.get(f"/api/v1/tasks/{task_id}").text
+                    events = http.get(f"/api/v1/tasks/{task_id}/events").text
+                    raise AssertionError(f"{exc}\nstate: {state}\nevents: {events}\n{tails(logs)}") from None
 
             wait_until(ready, timeout=90, interval=0.2, message="API ready")
             run_task(0, 60)

@@ -127,7 +127,8 @@ def test_a_handler_limit_of_two_never_runs_more_than_two_at_once(stack, tmp_path
     log.touch()
     with Client(stack.url) as client:
         assert client.set_handler_limit("pause.slow", 2)["limit"] == 2
-        assert {"kind": "handler", "name": "pause.slow", "limit": 2} in client.handler_limits()
+        assert {"kind": "handler", "name": "pause.slow", "limit": 2, "rate": None,
+                "per_s": None} in client.handler_limits()
         ids = [client.submit("pause.slow", {"log": str(log)}).id for _ in range(12)]
         wait_until(lambda: all(client.get(t).status == "succeeded" for t in ids), timeout=60, interval=0.3,
                    message="every task of the limited handler succeeded")

@@ -283,7 +283,9 @@ def test_grpc_task_rpcs_succeed_through_the_http_rules(stack: Stack, stubs: Stub
     assert json_format.MessageToDict(first.payload) == {"n": 3, "x": [1.5, None]} and dict(first.labels) == {"a": "b"}
     http = httpx.get(f"{stack.base}/api/v1/tasks/{first.id}", timeout=5).json()
     assert http["payload"] == {"n": 3, "x": [1.5, None]}  # an integral double arrives as the integer it was
-    assert set(as_json(tasks_pb2.Task())) <= set(http) and set(tasks_pb2.Task.DESCRIPTOR.fields_by_name) == set(http)
+    # trace_id: not in the Task message until the proto change of issue 29 (tests/unit/test_grpc_messages.py)
+    assert set(as_json(tasks_pb2.Task())) <= set(http)
+    assert set(tasks_pb2.Task.DESCRIPTOR.fields_by_name) == set(http)
 
     batch = t.SubmitTasks(tasks_pb2.SubmitTasksRequest(tasks=[spec(name="b0"), spec(name="b1", priority="high")]))
     assert [x.name for x in batch.tasks] == ["b0", "b1"] and batch.tasks[1].priority == "high"

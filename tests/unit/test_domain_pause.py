@@ -7,8 +7,10 @@ granted) holds it instead (``TaskHeld``: ``pending``, ``waiting_for:
 "paused:<target>"``, the attempt not started); a resume releases the held
 tasks of the partition (a ``TaskQueued`` each); a task already queued or
 running is not touched. Properties: with any interleaving of submits,
-pauses, resumes, results, retries, cancels and crashes, no task is newly
-queued while one of its targets is paused, folding each aggregate's log
+pauses, resumes, handler limits and rates, results, retries, cancels, gate
+timers and crashes (after the sends, or before them: the sends lost and
+replayed from the state), no task is newly queued while one of its targets
+is paused, folding each aggregate's log
 (the processor's follow-ups landing behind events already in the log) gives
 the live state, and once everything is resumed nothing stays held.
 """
@@ -29,6 +31,7 @@ from taskstream.schemas import (
     ControlResumed,
     ControlState,
     DependencyResolved,
+    GateState,
     SlotGranted,
     Status,
     TaskCancelled,
@@ -48,6 +51,7 @@ from taskstream.streams.domain import CancelTask, LimitTarget, PauseTarget, Resu
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 PAUSED_H = "paused:handler:h"
+HANDLER_GATE = "concurrency:handler:b"
 
 
 def _paused(*targets: str):
@@ -232,30 +236,31 @@ def test_a_limit_is_one_copy_per_partition_of_a_handler_only():
 
 def test_a_task_of_a_limited_handler_goes_through_the_handlers_gate():
     created = TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="h")
-    state, follow = domain.step(None, created, T0, "p", limits={"handler:h": 2}.get)
+    state, follow = domain.step(None, created, T0, "p", limits={"handler:h": domain.HandlerLimit(2)}.get)
     assert (state.status, state.waiting_for, state.concurrency_key, state.concurrency_limit) == (
         "pending", "concurrency:handler:h", "handler:h", 2)
     assert [type(e).__name__ for e in follow] == ["TaskHeld", "SlotRequested"]
     assert follow[1].gate_id == "concurrency:handler:h" and follow[1].limit == 2
     assert domain.fold_log([created, follow[0]]) == state
     granted = SlotGranted(task_id="t1", occurred_at=T0, producer="p", gate_id="concurrency:handler:h", attempt=1)
-    queued, _ = domain.step(state, granted, T0, "p", limits={"handler:h": 2}.get)
+    queued, _ = domain.step(state, granted, T0, "p", limits={"handler:h": domain.HandlerLimit(2)}.get)
     assert queued.status == "queued" and queued.attempt == 1
 
 
 def test_a_task_with_a_key_of_its_own_or_of_another_handler_is_not_limited():
     own = TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="h", concurrency_key="k",
                       concurrency_limit=5)
-    state, _ = domain.step(None, own, T0, "p", limits={"handler:h": 2}.get)
+    state, _ = domain.step(None, own, T0, "p", limits={"handler:h": domain.HandlerLimit(2)}.get)
     assert state.waiting_for == "concurrency:k"
     other = TaskCreated(task_id="t2", occurred_at=T0, producer="api", handler="other")
-    state, _ = domain.step(None, other, T0, "p", limits={"handler:h": 2}.get)
+    state, _ = domain.step(None, other, T0, "p", limits={"handler:h": domain.HandlerLimit(2)}.get)
     assert state.status == "queued"
 
 
 def test_a_pause_holds_before_a_limit():
     created = TaskCreated(task_id="t1", occurred_at=T0, producer="api", handler="h")
-    state, _ = domain.step(None, created, T0, "p", paused=_paused("handler:h"), limits={"handler:h": 2}.get)
+    state, _ = domain.step(None, created, T0, "p", paused=_paused("handler:h"),
+                           limits={"handler:h": domain.HandlerLimit(2)}.get)
     assert state.waiting_for == PAUSED_H and state.concurrency_key is None
 
 
@@ -269,9 +274,12 @@ class PausedPartition(RuleBasedStateMachine):
 
     TASKS = 6
     TARGETS = ("handler:a", "handler:b", "workflow:w")
+    RATE, PER_S = 2, 0.1  # handler b's rate when it has one
 
     def __init__(self) -> None:
         super().__init__()
+        self.admissions: list[datetime] = []
+        self.lose_sends = False
         self.clock = T0
         self.states: dict[str, object] = {}
         self.inbox: dict[str, list] = {}
@@ -294,19 +302,27 @@ class PausedPartition(RuleBasedStateMachine):
     def held(self, reason: str) -> list[TaskState]:
         return [s for s in self.states.values() if domain.paused_hold(s) and s.waiting_for == reason]
 
-    def limits(self) -> dict[str, int]:
-        return {s.target: s.limit for s in self.states.values() if isinstance(s, ControlState) and s.limit}
+    def limits(self) -> dict[str, domain.HandlerLimit]:
+        return {s.target: limit for s in self.states.values()
+                if isinstance(s, ControlState) and (limit := domain.HandlerLimit.of(s)) is not None}
 
     def step(self, key: str, e) -> None:
         before = self.states.get(key)
         paused, limits = self.paused_targets(), self.limits()
         state, follow = domain.step(before, e, self.now(), "p", paused=paused.__contains__ if paused else None,
                                     held=self.held, limits=limits.get if limits else None)
+        if self.lose_sends and state is not None and state is not before:
+            # The processor crashed after writing the state, before its sends: it reads the event again and
+            # sends what the state implies instead (``replay``), not what the step decided.
+            self.lose_sends = False
+            follow = domain.replay(state, e, self.now(), "p", held=self.held)
         if isinstance(state, TaskState) and state.status == "queued" and not (
                 isinstance(before, TaskState) and before.status == "queued" and before.attempt == state.attempt):
             assert not set(domain.targets_of(state)) & paused, f"{key} queued while paused"
         if state is not None:
             self.states[key] = state
+        if key == HANDLER_GATE and isinstance(state, GateState) and state is not before:
+            self.rated_admissions(state)
         self.last[key] = e
         self.log.setdefault(key, []).append(e)
         for f in follow:
@@ -328,10 +344,35 @@ class PausedPartition(RuleBasedStateMachine):
         command = (PauseTarget if pause else ResumeTarget)(target=of, partitions=1, producer="api")
         self.send(domain.decide(None, command, self.now()))
 
-    @rule(limit=st.sampled_from([None, 1, 2]))
-    def limit_handler(self, limit):
-        self.send(domain.decide(None, LimitTarget(target="handler:b", partitions=1, producer="api", limit=limit),
-                                self.now()))
+    @rule(limit=st.sampled_from([None, 1, 2]), rated=st.booleans())
+    def limit_handler(self, limit, rated):
+        rate = dict(rate=self.RATE, per_s=self.PER_S) if rated else {}
+        self.send(domain.decide(None, LimitTarget(target="handler:b", partitions=1, producer="api", limit=limit,
+                                                  **rate), self.now()))
+
+    def rated_admissions(self, gate: GateState) -> None:
+        """Record the starts the handler's gate admitted; a gate without a rate starts a new run of them (its
+        spent starts are dropped with the rate: the latest request's rate is the key's, decision 0026)."""
+        if gate.rate is None:
+            self.admissions = []
+            return
+        self.admissions += [gate.updated_at] * len(gate.admitted)
+
+    @invariant()
+    def never_more_than_the_handler_rate_started_in_any_period(self):
+        window = timedelta(seconds=self.PER_S)
+        times = sorted(self.admissions)
+        for i, t in enumerate(times):
+            assert sum(1 for u in times[i:] if u < t + window) <= self.RATE
+
+    @rule(late_ms=st.sampled_from([0, 5, 100]))
+    def gate_timer(self, late_ms):
+        """A gate's timer fires (late, maybe): the rate's next start came back."""
+        for key in sorted(k for k, s in self.states.items() if isinstance(s, GateState)):
+            due = domain.timer_due(self.states[key], domain.RELAY_SLACK_S)
+            if due is not None:
+                self.clock = max(self.clock, due + timedelta(milliseconds=late_ms))
+                self.send(domain.on_timer(self.states[key], self.clock, 1.0))
 
     @invariant()
     def never_more_than_the_handler_limit_queued_or_running(self):
@@ -344,6 +385,11 @@ class PausedPartition(RuleBasedStateMachine):
     def deliver(self, data):
         key = data.draw(st.sampled_from(sorted(k for k, v in self.inbox.items() if v)))
         self.step(key, self.inbox[key].pop(0))
+
+    @rule()
+    def crash_before_the_sends(self):
+        """The next step's state is written, its follow-ups are lost: the crash repair replays them."""
+        self.lose_sends = True
 
     @rule(data=st.data())
     @precondition(lambda self: bool(self.last))
@@ -383,15 +429,24 @@ class PausedPartition(RuleBasedStateMachine):
                 assert s.status == "pending"
 
     def drain(self) -> None:
+        """Deliver everything, firing gates' timers when nothing else is left."""
         for _ in range(10_000):
             keys = sorted(k for k, v in self.inbox.items() if v)
-            if not keys:
+            if keys:
+                self.step(keys[0], self.inbox[keys[0]].pop(0))
+                continue
+            timers = [(due, k) for k, s in self.states.items() if isinstance(s, GateState)
+                      and (due := domain.timer_due(s, domain.RELAY_SLACK_S)) is not None]
+            if not timers:
                 return
-            self.step(keys[0], self.inbox[keys[0]].pop(0))
+            due, key = min(timers)
+            self.clock = max(self.clock, due)
+            self.send(domain.on_timer(self.states[key], self.clock, 1.0))
         raise AssertionError("never quiet")
 
     def teardown(self):
         self.drain()
+        self.never_more_than_the_handler_rate_started_in_any_period()
         for key, events in self.log.items():
             rebuilt = domain.fold_log(events)
             live = self.states.get(key)
@@ -405,5 +460,5 @@ class PausedPartition(RuleBasedStateMachine):
 
 
 TestPausedPartition = PausedPartition.TestCase
-TestPausedPartition.settings = settings(max_examples=150, stateful_step_count=60, deadline=None,
+TestPausedPartition.settings = settings(max_examples=300, stateful_step_count=60, deadline=None,
                                         suppress_health_check=[HealthCheck.too_slow])

@@ -131,6 +131,17 @@ def test_every_producer_is_idempotent_with_acks_all_whatever_the_overrides(recor
     assert recorded[0][1]["linger.ms"] == 5
 
 
+def test_every_client_gives_up_on_a_silent_broker_after_the_request_timeout(recorded) -> None:
+    """A frozen broker keeps its connections open: each client drops one after ``request_timeout_ms``."""
+    s = Settings(request_timeout_ms=4000)
+    kafka.producer(s, "p")
+    kafka.consumer(s, "c", "g")
+    kafka.admin(s)
+    assert [c["socket.timeout.ms"] for _, c in recorded] == [4000, 4000, 4000]
+    assert recorded[0][1]["request.timeout.ms"] == 4000
+    assert Settings().request_timeout_ms == 5000  # not librdkafka's 60 s (socket) and 30 s (produce)
+
+
 def test_clients_of_every_component_carry_the_security_config(secure: Settings, recorded, tmp_path: Path) -> None:
     """Build each long-running component's clients (and the CLI's readers) with SASL settings, without a broker."""
     from taskstream.api.probe import BrokerProbe

@@ -103,6 +103,11 @@ RELEASED = {
     ("SlotRequested", 8): "189bb3caed9f23a6",  # schema set 8: rate limits (issue 28)
     ("TaskCreated", 8): "518246a0530c33b9",  # schema set 8: rate limits (issue 28)
     ("TaskState", 8): "a5fe7dd24df84c2f",  # schema set 8: rate limits (issue 28)
+    ("ControlLimited", 9): "891add42789f78df",  # schema set 9: handler rates (issue 28)
+    ("ControlState", 9): "4e816add443df268",  # schema set 9: handler rates (issue 28)
+    ("TaskHeld", 9): "95da5671b5d7899e",  # schema set 9: handler rates (issue 28)
+    ("TaskCreated", 9): "37a4828bedbefc6c",  # schema set 9: trace context (issue 29)
+    ("TaskState", 9): "b40f93c64cf82159",  # schema set 9: trace context (issue 29)
 }
 VERSIONS = sorted(RELEASED)
 #: Fields filled by an upcaster from another field of an older record, not by a default.
@@ -190,7 +195,7 @@ def test_taskcreated_v1_v2_v3_decode_and_fold_the_same_but_for_the_new_field():
     states = [domain.fold([v]) for v in values]
     assert {s.status for s in states} == {"pending"} and {s.max_attempts for s in states} == {2}
     assert {v.actor for v in values} == {None}  # v4's field, absent from every older record
-    assert codec.encode(values[2])[2:10].hex() == RELEASED[("TaskCreated", 8)]  # today's writer
+    assert codec.encode(values[2])[2:10].hex() == RELEASED[("TaskCreated", 9)]  # today's writer
 
 
 def test_an_older_release_reads_todays_taskcreated_skipping_the_new_field():

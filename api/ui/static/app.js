@@ -398,6 +398,8 @@ function fieldValue(name, value) {
   }
   if (name === "status") return badge(value);
   if (name === "schedule_id") return el("span", { class: "mono", text: value });
+  // Why a pending task waits (paused:handler:<name>, concurrency:<key>): a reason, not a time like scheduled_for.
+  if (name === "waiting_for") return el("span", { class: "mono", text: value });
   if (typeof value === "object") return el("code", { text: JSON.stringify(value) });
   if (/_at$|_for$/.test(name)) return el("span", { text: `${fmtTime(value)} (${ago(value)})` });
   return el("span", { text: String(value) });

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etaskstream/grpc/v1/tasks.proto\x12\rtaskstream.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\t\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07handler\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\t\x12\'\n\x07payload\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x06labels\x18\x07 \x03(\x0b\x32\x1f.taskstream.v1.Task.LabelsEntry\x12\x12\n\ndepends_on\x18\x08 \x03(\t\x12*\n\x06run_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x0b \x01(\x05\x12\x16\n\ttimeout_s\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06result\x18\x11 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x12\n\x05\x65rror\x18\x12 \x01(\tH\x01\x88\x01\x01\x12\x0f\n\x07version\x18\x13 \x01(\x03\x12\x10\n\x03key\x18\x14 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0bworkflow_id\x18\x15 \x01(\tH\x03\x88\x01\x01\x12<\n\rupstream_keys\x18\x16 \x03(\x0b\x32%.taskstream.v1.Task.UpstreamKeysEntry\x12\x12\n\ndependents\x18\x17 \x03(\t\x12)\n\x05retry\x18\x18 \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicy\x12,\n\x08retry_at\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\ncheckpoint\x18\x1a \x01(\x0b\x32\x16.google.protobuf.Value\x12\x18\n\x0bschedule_id\x18\x1b \x01(\tH\x04\x88\x01\x01\x12\x31\n\rscheduled_for\x18\x1c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\nerror_type\x18\x1d \x01(\tH\x05\x88\x01\x01\x12\x16\n\ttraceback\x18\x1e \x01(\tH\x06\x88\x01\x01\x12/\n\x0b\x63oncurrency\x18\x1f \x01(\x0b\x32\x1a.taskstream.v1.Concurrency\x12\x18\n\x0bwaiting_for\x18  \x01(\tH\x07\x88\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11UpstreamKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_timeout_sB\x08\n\x06_errorB\x06\n\x04_keyB\x0e\n\x0c_workflow_idB\x0e\n\x0c_schedule_idB\r\n\x0b_error_typeB\x0c\n\n_tracebackB\x0e\n\x0c_waiting_for\")\n\x0b\x43oncurrency\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"b\n\x0bRetryPolicy\x12\x19\n\x0cmax_attempts\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32\x16.taskstream.v1.BackoffB\x0f\n\r_max_attempts\"\x95\x01\n\x07\x42\x61\x63koff\x12\x16\n\tinitial_s\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmultiplier\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05max_s\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x06jitter\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x0c\n\n_initial_sB\r\n\x0b_multiplierB\x08\n\x06_max_sB\t\n\x07_jitter\"\xcc\x03\n\x08TaskSpec\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x15\n\x08priority\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04name\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x33\n\x06labels\x18\x05 \x03(\x0b\x32#.taskstream.v1.TaskSpec.LabelsEntry\x12\x12\n\ndepends_on\x18\x06 \x03(\t\x12*\n\x06run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\ttimeout_s\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12)\n\x05retry\x18\t \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicy\x12\x14\n\x07\x64\x65lay_s\x18\n \x01(\x01H\x03\x88\x01\x01\x12/\n\x0b\x63oncurrency\x18\x0b \x01(\x0b\x32\x1a.taskstream.v1.Concurrency\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priorityB\x07\n\x05_nameB\x0c\n\n_timeout_sB\n\n\x08_delay_s\":\n\x11SubmitTaskRequest\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.taskstream.v1.TaskSpec\"<\n\x12SubmitTasksRequest\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.taskstream.v1.TaskSpec\"9\n\x13SubmitTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskstream.v1.Task\"G\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\x10ListTasksRequest\x12\x13\n\x06status\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08priority\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07handler\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\r\n\x05label\x18\x04 \x03(\t\x12\x12\n\x05limit\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x06\x63ursor\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x13\n\x06prefix\x18\x07 \x01(\tH\x05\x88\x01\x01\x42\t\n\x07_statusB\x0b\n\t_priorityB\n\n\x08_handlerB\x08\n\x06_limitB\t\n\x07_cursorB\t\n\x07_prefix\"]\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskstream.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12\x0f\n\x07partial\x18\x03 \x01(\x08\"\x9d\x02\n\x11UpdateTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08priority\x18\x03 \x01(\tH\x01\x88\x01\x01\x12*\n\x06run_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07payload\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x16\n\ttimeout_s\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12)\n\x05retry\x18\x07 \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicyB\x13\n\x11_expected_versionB\x0b\n\t_priorityB\x0c\n\n_timeout_s\"/\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x10RetryTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x14GetTaskEventsRequest\x12\n\n\x02id\x18\x01 \x01(\t\"Q\n\x15GetTaskEventsResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\"-\n\x10WatchTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"V\n\x11WatchTasksRequest\x12\x0e\n\x06status\x18\x01 \x03(\t\x12\x10\n\x08priority\x18\x02 \x03(\t\x12\x0f\n\x07handler\x18\x03 \x03(\t\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"?\n\nTaskChange\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x13.taskstream.v1.Task2\xf8\x05\n\x0bTaskService\x12\x43\n\nSubmitTask\x12 .taskstream.v1.SubmitTaskRequest\x1a\x13.taskstream.v1.Task\x12T\n\x0bSubmitTasks\x12!.taskstream.v1.SubmitTasksRequest\x1a\".taskstream.v1.SubmitTasksResponse\x12=\n\x07GetTask\x12\x1d.taskstream.v1.GetTaskRequest\x1a\x13.taskstream.v1.Task\x12N\n\tListTasks\x12\x1f.taskstream.v1.ListTasksRequest\x1a .taskstream.v1.ListTasksResponse\x12\x43\n\nUpdateTask\x12 .taskstream.v1.UpdateTaskRequest\x1a\x13.taskstream.v1.Task\x12\x43\n\nCancelTask\x12 .taskstream.v1.CancelTaskRequest\x1a\x13.taskstream.v1.Task\x12\x41\n\tRetryTask\x12\x1f.taskstream.v1.RetryTaskRequest\x1a\x13.taskstream.v1.Task\x12Z\n\rGetTaskEvents\x12#.taskstream.v1.GetTaskEventsRequest\x1a$.taskstream.v1.GetTaskEventsResponse\x12I\n\tWatchTask\x12\x1f.taskstream.v1.WatchTaskRequest\x1a\x19.taskstream.v1.TaskChange0\x01\x12K\n\nWatchTasks\x12 .taskstream.v1.WatchTasksRequest\x1a\x19.taskstream.v1.TaskChange0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etaskstream/grpc/v1/tasks.proto\x12\rtaskstream.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\t\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07handler\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\t\x12\'\n\x07payload\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x06labels\x18\x07 \x03(\x0b\x32\x1f.taskstream.v1.Task.LabelsEntry\x12\x12\n\ndepends_on\x18\x08 \x03(\t\x12*\n\x06run_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x0b \x01(\x05\x12\x16\n\ttimeout_s\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06result\x18\x11 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x12\n\x05\x65rror\x18\x12 \x01(\tH\x01\x88\x01\x01\x12\x0f\n\x07version\x18\x13 \x01(\x03\x12\x10\n\x03key\x18\x14 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0bworkflow_id\x18\x15 \x01(\tH\x03\x88\x01\x01\x12<\n\rupstream_keys\x18\x16 \x03(\x0b\x32%.taskstream.v1.Task.UpstreamKeysEntry\x12\x12\n\ndependents\x18\x17 \x03(\t\x12)\n\x05retry\x18\x18 \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicy\x12,\n\x08retry_at\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\ncheckpoint\x18\x1a \x01(\x0b\x32\x16.google.protobuf.Value\x12\x18\n\x0bschedule_id\x18\x1b \x01(\tH\x04\x88\x01\x01\x12\x31\n\rscheduled_for\x18\x1c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\nerror_type\x18\x1d \x01(\tH\x05\x88\x01\x01\x12\x16\n\ttraceback\x18\x1e \x01(\tH\x06\x88\x01\x01\x12/\n\x0b\x63oncurrency\x18\x1f \x01(\x0b\x32\x1a.taskstream.v1.Concurrency\x12\x18\n\x0bwaiting_for\x18  \x01(\tH\x07\x88\x01\x01\x12\x15\n\x08trace_id\x18! \x01(\tH\x08\x88\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11UpstreamKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_timeout_sB\x08\n\x06_errorB\x06\n\x04_keyB\x0e\n\x0c_workflow_idB\x0e\n\x0c_schedule_idB\r\n\x0b_error_typeB\x0c\n\n_tracebackB\x0e\n\x0c_waiting_forB\x0b\n\t_trace_id\"r\n\x0b\x43oncurrency\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\x04rate\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05per_s\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x08\n\x06_limitB\x07\n\x05_rateB\x08\n\x06_per_s\"b\n\x0bRetryPolicy\x12\x19\n\x0cmax_attempts\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32\x16.taskstream.v1.BackoffB\x0f\n\r_max_attempts\"\x95\x01\n\x07\x42\x61\x63koff\x12\x16\n\tinitial_s\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmultiplier\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05max_s\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x06jitter\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x0c\n\n_initial_sB\r\n\x0b_multiplierB\x08\n\x06_max_sB\t\n\x07_jitter\"\xcc\x03\n\x08TaskSpec\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x15\n\x08priority\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04name\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x33\n\x06labels\x18\x05 \x03(\x0b\x32#.taskstream.v1.TaskSpec.LabelsEntry\x12\x12\n\ndepends_on\x18\x06 \x03(\t\x12*\n\x06run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\ttimeout_s\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12)\n\x05retry\x18\t \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicy\x12\x14\n\x07\x64\x65lay_s\x18\n \x01(\x01H\x03\x88\x01\x01\x12/\n\x0b\x63oncurrency\x18\x0b \x01(\x0b\x32\x1a.taskstream.v1.Concurrency\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priorityB\x07\n\x05_nameB\x0c\n\n_timeout_sB\n\n\x08_delay_s\":\n\x11SubmitTaskRequest\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.taskstream.v1.TaskSpec\"<\n\x12SubmitTasksRequest\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.taskstream.v1.TaskSpec\"9\n\x13SubmitTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskstream.v1.Task\"G\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\x10ListTasksRequest\x12\x13\n\x06status\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08priority\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07handler\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\r\n\x05label\x18\x04 \x03(\t\x12\x12\n\x05limit\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x06\x63ursor\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x13\n\x06prefix\x18\x07 \x01(\tH\x05\x88\x01\x01\x42\t\n\x07_statusB\x0b\n\t_priorityB\n\n\x08_handlerB\x08\n\x06_limitB\t\n\x07_cursorB\t\n\x07_prefix\"]\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskstream.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12\x0f\n\x07partial\x18\x03 \x01(\x08\"\x9d\x02\n\x11UpdateTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08priority\x18\x03 \x01(\tH\x01\x88\x01\x01\x12*\n\x06run_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07payload\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x16\n\ttimeout_s\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12)\n\x05retry\x18\x07 \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicyB\x13\n\x11_expected_versionB\x0b\n\t_priorityB\x0c\n\n_timeout_s\"/\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x10RetryTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x14GetTaskEventsRequest\x12\n\n\x02id\x18\x01 \x01(\t\"Q\n\x15GetTaskEventsResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\"-\n\x10WatchTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"V\n\x11WatchTasksRequest\x12\x0e\n\x06status\x18\x01 \x03(\t\x12\x10\n\x08priority\x18\x02 \x03(\t\x12\x0f\n\x07handler\x18\x03 \x03(\t\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"?\n\nTaskChange\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x13.taskstream.v1.Task2\xf8\x05\n\x0bTaskService\x12\x43\n\nSubmitTask\x12 .taskstream.v1.SubmitTaskRequest\x1a\x13.taskstream.v1.Task\x12T\n\x0bSubmitTasks\x12!.taskstream.v1.SubmitTasksRequest\x1a\".taskstream.v1.SubmitTasksResponse\x12=\n\x07GetTask\x12\x1d.taskstream.v1.GetTaskRequest\x1a\x13.taskstream.v1.Task\x12N\n\tListTasks\x12\x1f.taskstream.v1.ListTasksRequest\x1a .taskstream.v1.ListTasksResponse\x12\x43\n\nUpdateTask\x12 .taskstream.v1.UpdateTaskRequest\x1a\x13.taskstream.v1.Task\x12\x43\n\nCancelTask\x12 .taskstream.v1.CancelTaskRequest\x1a\x13.taskstream.v1.Task\x12\x41\n\tRetryTask\x12\x1f.taskstream.v1.RetryTaskRequest\x1a\x13.taskstream.v1.Task\x12Z\n\rGetTaskEvents\x12#.taskstream.v1.GetTaskEventsRequest\x1a$.taskstream.v1.GetTaskEventsResponse\x12I\n\tWatchTask\x12\x1f.taskstream.v1.WatchTaskRequest\x1a\x19.taskstream.v1.TaskChange0\x01\x12K\n\nWatchTasks\x12 .taskstream.v1.WatchTasksRequest\x1a\x19.taskstream.v1.TaskChange0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,49 +40,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSPEC_LABELSENTRY']._loaded_options = None
   _globals['_TASKSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASK']._serialized_start=113
-  _globals['_TASK']._serialized_end=1352
-  _globals['_TASK_LABELSENTRY']._serialized_start=1145
-  _globals['_TASK_LABELSENTRY']._serialized_end=1190
-  _globals['_TASK_UPSTREAMKEYSENTRY']._serialized_start=1192
-  _globals['_TASK_UPSTREAMKEYSENTRY']._serialized_end=1243
-  _globals['_CONCURRENCY']._serialized_start=1354
-  _globals['_CONCURRENCY']._serialized_end=1395
-  _globals['_RETRYPOLICY']._serialized_start=1397
-  _globals['_RETRYPOLICY']._serialized_end=1495
-  _globals['_BACKOFF']._serialized_start=1498
-  _globals['_BACKOFF']._serialized_end=1647
-  _globals['_TASKSPEC']._serialized_start=1650
-  _globals['_TASKSPEC']._serialized_end=2110
-  _globals['_TASKSPEC_LABELSENTRY']._serialized_start=1145
-  _globals['_TASKSPEC_LABELSENTRY']._serialized_end=1190
-  _globals['_SUBMITTASKREQUEST']._serialized_start=2112
-  _globals['_SUBMITTASKREQUEST']._serialized_end=2170
-  _globals['_SUBMITTASKSREQUEST']._serialized_start=2172
-  _globals['_SUBMITTASKSREQUEST']._serialized_end=2232
-  _globals['_SUBMITTASKSRESPONSE']._serialized_start=2234
-  _globals['_SUBMITTASKSRESPONSE']._serialized_end=2291
-  _globals['_GETTASKREQUEST']._serialized_start=2293
-  _globals['_GETTASKREQUEST']._serialized_end=2364
-  _globals['_LISTTASKSREQUEST']._serialized_start=2367
-  _globals['_LISTTASKSREQUEST']._serialized_end=2596
-  _globals['_LISTTASKSRESPONSE']._serialized_start=2598
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2691
-  _globals['_UPDATETASKREQUEST']._serialized_start=2694
-  _globals['_UPDATETASKREQUEST']._serialized_end=2979
-  _globals['_CANCELTASKREQUEST']._serialized_start=2981
-  _globals['_CANCELTASKREQUEST']._serialized_end=3028
-  _globals['_RETRYTASKREQUEST']._serialized_start=3030
-  _globals['_RETRYTASKREQUEST']._serialized_end=3076
-  _globals['_GETTASKEVENTSREQUEST']._serialized_start=3078
-  _globals['_GETTASKEVENTSREQUEST']._serialized_end=3112
-  _globals['_GETTASKEVENTSRESPONSE']._serialized_start=3114
-  _globals['_GETTASKEVENTSRESPONSE']._serialized_end=3195
-  _globals['_WATCHTASKREQUEST']._serialized_start=3197
-  _globals['_WATCHTASKREQUEST']._serialized_end=3242
-  _globals['_WATCHTASKSREQUEST']._serialized_start=3244
-  _globals['_WATCHTASKSREQUEST']._serialized_end=3330
-  _globals['_TASKCHANGE']._serialized_start=3332
-  _globals['_TASKCHANGE']._serialized_end=3395
-  _globals['_TASKSERVICE']._serialized_start=3398
-  _globals['_TASKSERVICE']._serialized_end=4158
+  _globals['_TASK']._serialized_end=1388
+  _globals['_TASK_LABELSENTRY']._serialized_start=1168
+  _globals['_TASK_LABELSENTRY']._serialized_end=1213
+  _globals['_TASK_UPSTREAMKEYSENTRY']._serialized_start=1215
+  _globals['_TASK_UPSTREAMKEYSENTRY']._serialized_end=1266
+  _globals['_CONCURRENCY']._serialized_start=1390
+  _globals['_CONCURRENCY']._serialized_end=1504
+  _globals['_RETRYPOLICY']._serialized_start=1506
+  _globals['_RETRYPOLICY']._serialized_end=1604
+  _globals['_BACKOFF']._serialized_start=1607
+  _globals['_BACKOFF']._serialized_end=1756
+  _globals['_TASKSPEC']._serialized_start=1759
+  _globals['_TASKSPEC']._serialized_end=2219
+  _globals['_TASKSPEC_LABELSENTRY']._serialized_start=1168
+  _globals['_TASKSPEC_LABELSENTRY']._serialized_end=1213
+  _globals['_SUBMITTASKREQUEST']._serialized_start=2221
+  _globals['_SUBMITTASKREQUEST']._serialized_end=2279
+  _globals['_SUBMITTASKSREQUEST']._serialized_start=2281
+  _globals['_SUBMITTASKSREQUEST']._serialized_end=2341
+  _globals['_SUBMITTASKSRESPONSE']._serialized_start=2343
+  _globals['_SUBMITTASKSRESPONSE']._serialized_end=2400
+  _globals['_GETTASKREQUEST']._serialized_start=2402
+  _globals['_GETTASKREQUEST']._serialized_end=2473
+  _globals['_LISTTASKSREQUEST']._serialized_start=2476
+  _globals['_LISTTASKSREQUEST']._serialized_end=2705
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2707
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2800
+  _globals['_UPDATETASKREQUEST']._serialized_start=2803
+  _globals['_UPDATETASKREQUEST']._serialized_end=3088
+  _globals['_CANCELTASKREQUEST']._serialized_start=3090
+  _globals['_CANCELTASKREQUEST']._serialized_end=3137
+  _globals['_RETRYTASKREQUEST']._serialized_start=3139
+  _globals['_RETRYTASKREQUEST']._serialized_end=3185
+  _globals['_GETTASKEVENTSREQUEST']._serialized_start=3187
+  _globals['_GETTASKEVENTSREQUEST']._serialized_end=3221
+  _globals['_GETTASKEVENTSRESPONSE']._serialized_start=3223
+  _globals['_GETTASKEVENTSRESPONSE']._serialized_end=3304
+  _globals['_WATCHTASKREQUEST']._serialized_start=3306
+  _globals['_WATCHTASKREQUEST']._serialized_end=3351
+  _globals['_WATCHTASKSREQUEST']._serialized_start=3353
+  _globals['_WATCHTASKSREQUEST']._serialized_end=3439
+  _globals['_TASKCHANGE']._serialized_start=3441
+  _globals['_TASKCHANGE']._serialized_end=3504
+  _globals['_TASKSERVICE']._serialized_start=3507
+  _globals['_TASKSERVICE']._serialized_end=4267
 # @@protoc_insertion_point(module_scope)

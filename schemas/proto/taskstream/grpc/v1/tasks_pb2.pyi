@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Task(_message.Message):
-    __slots__ = ("id", "name", "handler", "status", "priority", "payload", "labels", "depends_on", "run_at", "attempt", "max_attempts", "timeout_s", "created_at", "updated_at", "started_at", "finished_at", "result", "error", "version", "key", "workflow_id", "upstream_keys", "dependents", "retry", "retry_at", "checkpoint", "schedule_id", "scheduled_for", "error_type", "traceback", "concurrency", "waiting_for")
+    __slots__ = ("id", "name", "handler", "status", "priority", "payload", "labels", "depends_on", "run_at", "attempt", "max_attempts", "timeout_s", "created_at", "updated_at", "started_at", "finished_at", "result", "error", "version", "key", "workflow_id", "upstream_keys", "dependents", "retry", "retry_at", "checkpoint", "schedule_id", "scheduled_for", "error_type", "traceback", "concurrency", "waiting_for", "trace_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class Task(_message.Message):
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     handler: str
@@ -90,15 +91,20 @@ class Task(_message.Message):
     traceback: str
     concurrency: Concurrency
     waiting_for: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., handler: _Optional[str] = ..., status: _Optional[str] = ..., priority: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout_s: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ..., version: _Optional[int] = ..., key: _Optional[str] = ..., workflow_id: _Optional[str] = ..., upstream_keys: _Optional[_Mapping[str, str]] = ..., dependents: _Optional[_Iterable[str]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., checkpoint: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., schedule_id: _Optional[str] = ..., scheduled_for: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_type: _Optional[str] = ..., traceback: _Optional[str] = ..., concurrency: _Optional[_Union[Concurrency, _Mapping]] = ..., waiting_for: _Optional[str] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., handler: _Optional[str] = ..., status: _Optional[str] = ..., priority: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout_s: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ..., version: _Optional[int] = ..., key: _Optional[str] = ..., workflow_id: _Optional[str] = ..., upstream_keys: _Optional[_Mapping[str, str]] = ..., dependents: _Optional[_Iterable[str]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., checkpoint: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., schedule_id: _Optional[str] = ..., scheduled_for: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_type: _Optional[str] = ..., traceback: _Optional[str] = ..., concurrency: _Optional[_Union[Concurrency, _Mapping]] = ..., waiting_for: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class Concurrency(_message.Message):
-    __slots__ = ("key", "limit")
+    __slots__ = ("key", "limit", "rate", "per_s")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    PER_S_FIELD_NUMBER: _ClassVar[int]
     key: str
     limit: int
-    def __init__(self, key: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    rate: int
+    per_s: float
+    def __init__(self, key: _Optional[str] = ..., limit: _Optional[int] = ..., rate: _Optional[int] = ..., per_s: _Optional[float] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("max_attempts", "backoff")
