@@ -19,8 +19,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from taskstream.cli.broker import KafkaBroker, free_port
 from taskstream.cli.dev import settings_env
-from taskstream.schemas import TaskCreated, TaskState, Topics, codec
+from taskstream.schemas import Settings, TaskCreated, TaskState, Topics, codec
 from taskstream.schemas.kafka import admin, group_offsets, group_states
 from taskstream.streams import domain
 from taskstream.streams.triggers import group_of
@@ -208,3 +209,28 @@ def test_bad_records_dead_letter_and_pause_resume_delete(settings, tmp_path):
     r = subprocess.run([sys.executable, "-m", "taskstream.cli.main", "state", "rebuild", "--verify"],
                        env={**os.environ, **settings_env(settings)}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_trigger_reads_a_topic_of_another_cluster(settings, tmp_path):
+    """A trigger naming ``bootstrap_servers`` consumes there; its tasks are written to the stack's own cluster."""
+    other = KafkaBroker(free_port(), tmp_path / "other-kafka").start(timeout=120)
+    proc = runner = None
+    states = States(settings)
+    try:
+        theirs = Settings(bootstrap_servers=other.bootstrap_servers, prefix=settings.prefix, partitions=1)
+        topic = make_topic(theirs, f"{settings.prefix}-theirs", partitions=1)
+        proc = Component(settings, "processor", log_path=tmp_path / "processor.log")
+        runner = Component(settings, "trigger-runner", log_path=tmp_path / "runner.log")
+        write(settings, create("theirs", topic, start='"earliest"', bootstrap_servers=other.bootstrap_servers))
+        produce(theirs, topic, [(b"a", b'{"n": 1}'), (b"b", b'{"n": 2}')])
+        ids = {domain.trigger_task_id("theirs", topic, 0, o) for o in (0, 1)}
+        wait_until(lambda: ids <= set(states.poll().tasks), timeout=60, message="the other cluster's records' tasks")
+        assert {codec.loads_json(states.tasks[i].payload)["n"] for i in ids} == {1, 2}
+        assert topic not in admin(settings).list_topics(timeout=5).topics  # the topic is only on the other cluster
+        # the runner's group, and its commits, live where the topic is
+        wait_until(lambda: group_offsets(admin(theirs), group_of(settings, "theirs"), [(topic, 0)], 10)
+                   == {(topic, 0): 2}, timeout=20, message="the group's commit on the other cluster")
+    finally:
+        stop_all(runner, proc)
+        states.close()
+        other.stop()
