@@ -278,7 +278,7 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
 
     FastAPI documents only the success status and a 422 of its own shape;
     this puts in the problem+json statuses each operation can answer (a
-    body: 400, 413; a path id: 404; a write: 503, 504; a change of state: 409,
+    body: 400, 413; a path id: 404; a write: 503, 504; a change of state or a taken name: 409,
     ``PATCH``: 412) and describes a 2xx that a route returns as a bare
     ``Response`` as a JSON object rather than a string.
     """
@@ -301,7 +301,9 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
                 statuses.add(404)
             if method in ("post", "patch", "delete"):
                 statuses |= {503, 504}
-            if method in ("patch", "delete") or path.endswith("/retry"):
+            action = "}:" in path  # /schedules/{id}:pause and the like: refused in some statuses
+            named = method == "post" and path.endswith("/triggers")  # a name the client chose may be taken
+            if method in ("patch", "delete") or path.endswith("/retry") or action or named:
                 statuses.add(409)
             if method == "patch":
                 statuses.add(412)

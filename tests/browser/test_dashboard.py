@@ -190,7 +190,7 @@ def test_overview_shows_the_counts_the_api_reports(page, http) -> None:
     page.click("#next")  # cursor paging
     wait_until(lambda: page.text_content("#page-no") == "page 2", timeout=10, message="page 2")
     wait_until(lambda: page.locator("#tasks tr").count() == 5, timeout=10, message="the last 5 tasks")
-    assert first not in [r.get_attribute("data-id") for r in page.locator("#tasks tr").all()]
+    assert first not in row_ids(page)
     page.click("#prev")
     wait_until(lambda: page.locator("#tasks tr").first.get_attribute("data-id") == first, timeout=10)
     shot(page, "tasks")
@@ -391,6 +391,11 @@ def test_schedules_list_and_delete(page, http) -> None:
     assert page.errors == []
 
 
+def row_ids(page) -> list[str]:
+    """The task ids of the list's rows, read in one step (the list may be drawn again between two reads)."""
+    return page.eval_on_selector_all("#tasks tr[data-id]", "rows => rows.map(r => r.dataset.id)")
+
+
 def test_task_list_searches_by_prefix_and_shows_durations(page, http) -> None:
     ids = [submit(http, handler="ui.ok", name=f"invoice-{n}") for n in range(3)]
     other = submit(http, handler="ui.ok", name="receipt")
@@ -399,14 +404,14 @@ def test_task_list_searches_by_prefix_and_shows_durations(page, http) -> None:
     page.goto("/ui/tasks")
     page.fill("#prefix", "invoice-")
     page.click("#filters button[type=submit]")
-    wait_until(lambda: sorted(r.get_attribute("data-id") for r in page.locator("#tasks tr[data-id]").all())
+    wait_until(lambda: sorted(row_ids(page))
                == sorted(ids), timeout=10, message="only the invoice- tasks")
     assert "prefix=invoice-" in page.url
     durations = [d.strip() for d in page.locator("#tasks td.duration").all_text_contents()]
     assert len(durations) == 3 and all(d.endswith(("ms", " s")) for d in durations), durations
     page.fill("#prefix", other[:12])  # an id prefix
     page.click("#filters button[type=submit]")
-    wait_until(lambda: [r.get_attribute("data-id") for r in page.locator("#tasks tr[data-id]").all()] == [other],
+    wait_until(lambda: row_ids(page) == [other],
                timeout=10, message="the task whose id starts so")
     shot(page, "tasks-search")
     assert page.errors == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -141,12 +142,12 @@ def test_a_workflow_with_a_retry_is_one_trace_with_every_span_under_its_cause(st
     ids = answer.json()["tasks"]
     key_of = {task_id: key for key, task_id in ids.items()}
 
-    def attempts_done() -> bool:
-        got = receiver.trace(CALLER_TRACE)
-        return sum(1 for s in got if s.name == "attempt") >= 4 and any(
-            s.name == "attempt" and s.attributes["taskstream.task_id"] == ids["c"] for s in got)
+    def all_exported() -> bool:  # each service exports on its own schedule: wait for every span asserted below
+        got = Counter(s.name for s in receiver.trace(CALLER_TRACE))
+        want = {"submit workflow": 1, "submit": 3, "dependency": 2, "queue": 4, "attempt": 4}
+        return all(got[name] >= n for name, n in want.items())
 
-    wait_until(lambda: stack.check() or attempts_done(), timeout=60, interval=0.2, message="the attempt spans")
+    wait_until(lambda: stack.check() or all_exported(), timeout=60, interval=0.2, message="every span of the trace")
     for key, task_id in ids.items():
         task = httpx.get(f"{stack.url}/api/v1/tasks/{task_id}", timeout=5).json()
         assert task["status"] == "succeeded" and task["trace_id"] == CALLER_TRACE, (key, task)
@@ -200,8 +201,8 @@ def test_a_task_submitted_without_a_traceparent_starts_a_trace_of_its_own(stack,
     task = answer.json()
     trace_id = task["trace_id"]
     assert trace_id is not None and len(trace_id) == 32 and trace_id != CALLER_TRACE
-    wait_until(lambda: stack.check() or any(s.name == "attempt" for s in receiver.trace(trace_id)), timeout=30,
-               interval=0.2, message="the attempt span")
+    wait_until(lambda: stack.check() or {"submit", "queue", "attempt"} <= {s.name for s in receiver.trace(trace_id)},
+               timeout=30, interval=0.2, message="the submit, queue and attempt spans")
     spans = {s.name: s for s in receiver.trace(trace_id)}
     assert spans["submit"].parent == ""  # a root: the API started the trace
     assert spans["queue"].parent == spans["submit"].span_id
@@ -220,8 +221,8 @@ def test_a_grpc_submit_continues_the_trace_of_its_metadata(stack, receiver):
             tasks_pb2.SubmitTaskRequest(task=tasks_pb2.TaskSpec(handler="noop")), timeout=10,
             metadata=(("traceparent", f"00-{trace}-{caller}-01"),))
     assert httpx.get(f"{stack.url}/api/v1/tasks/{task.id}", timeout=5).json()["trace_id"] == trace
-    wait_until(lambda: stack.check() or any(s.name == "attempt" for s in receiver.trace(trace)), timeout=30,
-               interval=0.2, message="the attempt span")
+    wait_until(lambda: stack.check() or {"submit", "queue", "attempt"} <= {s.name for s in receiver.trace(trace)},
+               timeout=30, interval=0.2, message="the submit, queue and attempt spans")
     spans = {s.name: s for s in receiver.trace(trace)}
     assert (spans["submit"].parent, spans["submit"].attributes["taskstream.task_id"]) == (caller, task.id)
     assert spans["attempt"].parent == spans["queue"].span_id and spans["queue"].parent == spans["submit"].span_id
