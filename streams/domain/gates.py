@@ -15,7 +15,10 @@ its admission: it turns ``queued`` and its ready message goes out. A slot is
 held while the attempt is queued or running; the step that ends that (a
 result, a failed attempt waiting for its retry, a cancel, an expired lease)
 releases it (``SlotReleased``). A task waiting out a retry's backoff holds no
-slot: it asks again when the retry is due, behind the tasks that waited.
+slot: it asks again when the retry is due, behind the tasks that waited. A
+waiting task whose priority is changed (a PATCH) asks again for the same
+attempt at its new priority; the gate moves it behind the tasks already
+waiting at that priority.
 A key may also carry a rate (``rate`` starts in any ``per_s`` seconds): each
 admission spends a start, which comes back ``per_s`` after it was spent
 (``GateState.spent``). The gate's clock is the ``occurred_at`` of the events
@@ -123,9 +126,9 @@ def _without(g: GateState, task: str) -> GateState:
 def _on_requested(state: GateState | None, e: SlotRequested) -> GateState | None:
     g = state or GateState(gate_id=e.gate_id, created_at=e.occurred_at, updated_at=e.occurred_at)
     have = g.holders.get(e.holder, g.waiting_attempts.get(e.holder))
-    if have is not None and have >= e.attempt:
+    if have is not None and have >= e.attempt and not _reranks(g, e):
         return state  # asked twice (a replay), or a stale request
-    g = _without(g, e.holder)  # an older attempt it never released (it cannot hold two)
+    g = _without(g, e.holder)  # an older attempt it never released (it cannot hold two), or one re-ranked
     rank = _RANK.get(e.priority, 1)
     at = next((i for i, t in enumerate(g.waiting) if _RANK.get(g.waiting_priorities.get(t, ""), 1) > rank),
               len(g.waiting))
@@ -135,6 +138,13 @@ def _on_requested(state: GateState | None, e: SlotRequested) -> GateState | None
                    waiting_attempts={**g.waiting_attempts, e.holder: e.attempt},
                    waiting_priorities={**g.waiting_priorities, e.holder: e.priority},
                    rate=rate, per_s=per_s, spent=g.spent if rate is not None else [])
+
+
+def _reranks(g: GateState, e: SlotRequested) -> bool:
+    """True for a task that waits for this attempt's slot and asks again at another priority (its priority was
+    changed): it leaves its place and joins the line behind the waiting tasks of its new priority."""
+    return (g.waiting_attempts.get(e.holder) == e.attempt
+            and _RANK.get(e.priority, 1) != _RANK.get(g.waiting_priorities.get(e.holder, ""), 1))
 
 
 def _limit_of(e: SlotRequested) -> int:

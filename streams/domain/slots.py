@@ -100,9 +100,17 @@ def slot_attempt(state: object) -> int | None:
 
 
 def slot_messages(before: object, after: object, now: datetime) -> list[Event]:
-    """What a task's step owes its key's gate: release the slot it held, ask for the one it now waits for."""
+    """What a task's step owes its key's gate: release the slot it held, ask for the one it now waits for.
+
+    A task that waits for a slot and whose priority changed (a PATCH) asks
+    again for the same attempt with its new priority: the gate moves it in
+    its line (``gates.py``).
+    """
     was, now_at = slot_attempt(before), slot_attempt(after)
     if was == now_at:
+        if now_at is not None and _reranked(before, after):
+            assert isinstance(after, TaskState)
+            return [_requested(after, now_at, now)]
         return []
     out: list[Event] = []
     if was is not None:
@@ -112,6 +120,12 @@ def slot_messages(before: object, after: object, now: datetime) -> list[Event]:
         assert isinstance(after, TaskState)
         out.append(_requested(after, now_at, now))
     return out
+
+
+def _reranked(before: object, after: object) -> bool:
+    """True when a task waits for the same slot before and after a step, at another priority."""
+    return (held(before) and held(after) and isinstance(before, TaskState) and isinstance(after, TaskState)
+            and before.waiting_for == after.waiting_for and before.priority != after.priority)
 
 
 def slot_replay(state: TaskState, now: datetime) -> list[Event]:

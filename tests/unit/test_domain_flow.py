@@ -6,10 +6,11 @@ the key's gate for a slot; the gate admits at most ``limit`` attempts at once,
 in priority then arrival order, and tells each admitted task (SlotGranted),
 whose fold queues it; a slot is freed when the attempt ends for good, fails
 and waits for its retry, is cancelled or its lease expires. Properties: with
-any interleaving of submits, results, failures, cancels, crashes (an event
-folded twice) and deliveries across partitions, never more than ``limit``
-tasks of a key are queued or running, and folding the log gives the live
-state.
+any interleaving of submits, priority changes, results, failures, cancels,
+crashes (an event folded twice) and deliveries across partitions, never more
+than ``limit`` tasks of a key are queued or running, a key's waiting tasks
+are in the order of their priorities as they are now, and folding the log
+gives the live state.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from taskstream.schemas import (
+    CommandRejected,
     GateState,
     LeaseExpired,
     SlotGranted,
@@ -40,7 +42,7 @@ from taskstream.schemas import (
     ValidationError,
 )
 from taskstream.streams import domain
-from taskstream.streams.domain import CancelTask, SubmitTask
+from taskstream.streams.domain import CancelTask, SubmitTask, UpdateTask
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 GATE = "concurrency:acme"
@@ -181,6 +183,33 @@ def test_a_replay_of_a_held_task_asks_again_and_of_an_ended_one_releases():
     assert sorted(e.attempt for e in domain.replay_outputs(done, T0) if isinstance(e, SlotReleased)) == [1, 2]
 
 
+def _patched(state: TaskState, **changes) -> tuple[TaskState, list]:
+    (update,) = domain.decide(state, UpdateTask(task_id=state.task_id, producer="api", changes=changes), T0)
+    return domain.step(state, update, T0, "p")
+
+
+@pytest.mark.parametrize("held", [
+    HELD, _gated("pending", waiting_for="concurrency:handler:h", concurrency_key="handler:h")  # a handler's limit
+], ids=["key", "handler-limit"])
+def test_a_waiting_task_patched_to_another_priority_asks_again_at_it(held):
+    state, follow = _patched(held, priority="high")
+    assert (state.status, state.priority, state.waiting_for) == ("pending", "high", held.waiting_for)
+    assert [(e.gate_id, e.holder, e.attempt, e.priority) for e in follow if isinstance(e, SlotRequested)] == [
+        (held.waiting_for, "t1", 1, "high")]
+    assert not any(isinstance(e, SlotReleased) for e in follow)
+
+
+@pytest.mark.parametrize(("state", "changes"), [
+    (HELD, {"payload": '{"n": 2}'}),  # the same priority: its place stands
+    (HELD, {"priority": "medium"}),
+    (_gated("pending", waiting_for="paused:handler:h"), {"priority": "high"}),  # a pause holds it: no slot asked
+    (_gated("pending", depends_on=["up"]), {"priority": "high"}),  # waits for a dependency: asks once it is met
+])
+def test_a_patch_that_leaves_the_line_as_it_is_asks_nothing(state, changes):
+    _, follow = _patched(state, **changes)
+    assert not any(isinstance(e, (SlotRequested, SlotReleased)) for e in follow)
+
+
 # ------------------------------------------------------------------ the gate
 
 
@@ -214,6 +243,21 @@ def test_the_gate_admits_by_priority_then_arrival():
     g = _gate(*(_request(t, priority=p, limit=1) for t, p in [
         ("a", "medium"), ("l1", "low"), ("m1", "medium"), ("h1", "high"), ("m2", "medium"), ("h2", "high")]))
     assert g.waiting == ["h1", "h2", "m1", "m2", "l1"]
+
+
+def test_a_waiting_task_asking_again_at_another_priority_moves_behind_its_new_priority():
+    g = _gate(*(_request(t, priority=p, limit=1) for t, p in [
+        ("a", "medium"), ("h1", "high"), ("m1", "medium"), ("m2", "medium"), ("l1", "low")]))
+    assert g.waiting == ["h1", "m1", "m2", "l1"]
+    g, follow = domain.step(g, _request("l1", priority="high", limit=1), T0, "p")
+    assert g.waiting == ["h1", "l1", "m1", "m2"] and g.waiting_priorities["l1"] == "high" and follow == []
+    g = domain.evolve(g, _request("m1", priority="low", limit=1))
+    assert g.waiting == ["h1", "l1", "m2", "m1"] and g.waiting_attempts["m1"] == 1
+    assert domain.evolve(g, _request("m1", priority="low", limit=1)) is g  # asked twice at the same priority
+    assert domain.evolve(g, _request("a", priority="high", limit=1)) is g  # holds its slot already
+    assert domain.evolve(g, _request("m2", attempt=0, priority="high", limit=1)) is g  # a stale attempt
+    g = domain.evolve(g, _release("a"))
+    assert list(g.holders) == ["h1"] and g.waiting == ["l1", "m2", "m1"]
 
 
 def test_duplicates_and_stale_messages_change_nothing():
@@ -327,6 +371,18 @@ class KeyedTasks(RuleBasedStateMachine):
                 "cancel": TaskStarted(task_id=state.task_id, occurred_at=at, producer="x", attempt=n),
             }[outcome]])
 
+    @rule(i=st.integers(0, TASKS - 1), priority=st.sampled_from(["high", "medium", "low"]))
+    def patch(self, i, priority):
+        """A client changes a task's priority (refused once it has started)."""
+        state = self.task(i)
+        if state is None:
+            return
+        try:
+            self.send(domain.decide(state, UpdateTask(task_id=state.task_id, producer="api",
+                                                      changes={"priority": priority}), self.now()))
+        except CommandRejected:
+            pass
+
     @rule(i=st.integers(0, TASKS - 1))
     def relay(self, i):
         waiting = self.retries.pop(f"t{i}", None)
@@ -373,6 +429,10 @@ class KeyedTasks(RuleBasedStateMachine):
             held = {s.task_id for s in self.states.values() if domain.held(s)}
             active = {s.task_id for s in self.states.values() if isinstance(s, TaskState) and s.status in domain.ACTIVE}
             assert set(gate.waiting) == held and set(gate.holders) == active
+            # ... in the order of each waiting task's priority now (a PATCH moves it), then arrival
+            priorities = [self.states[t].priority for t in gate.waiting]
+            assert [gate.waiting_priorities[t] for t in gate.waiting] == priorities
+            assert priorities == sorted(priorities, key=["high", "medium", "low"].index)
 
 
 TestKeyedTasks = KeyedTasks.TestCase
