@@ -9,7 +9,9 @@ clock), and on the handlers' recorded starts within a second's tolerance
 (the hops from grant to start vary), over the 10 s the tasks need; ``state
 rebuild --verify`` then finds the live gate equal to a fold of the log. A key
 with limit 1 and three held tasks shows its holder and its two waiters in
-``GET /api/v1/limits``, ``taskstream limits`` and the client.
+``GET /api/v1/limits``, ``taskstream limits`` and the client. A waiter of
+such a key PATCHed to ``high`` moves to the front of the line and is
+admitted before the medium ones that waited longer.
 """
 
 from __future__ import annotations
@@ -147,9 +149,39 @@ def test_the_live_view_shows_a_key_s_holders_and_waiters(stack):
     wait_until(lambda: entry_idle(stack, key), timeout=30, interval=0.2, message="the key idle again")
 
 
-def entry_idle(stack: LiveStack, key: str) -> bool:
+def entry_idle(stack: LiveStack, key: str, granted: int = 3) -> bool:
     (e,) = httpx.get(f"{stack.url}/api/v1/limits", params={"key": key}, timeout=10).json()["limits"]
-    return e["holding"] == 0 and e["waiting"] == 0 and e["granted"] == 3
+    return e["holding"] == 0 and e["waiting"] == 0 and e["granted"] == granted
+
+
+def test_a_waiter_patched_to_high_is_admitted_before_earlier_medium_waiters(stack):
+    key = "patch-line"
+    body = {"tasks": [{"handler": "hold", "payload": {"n": i}, "concurrency": {"key": key, "limit": 1}}
+                      for i in range(4)]}
+    r = httpx.post(f"{stack.url}/api/v1/tasks:batch", json=body, timeout=30)
+    assert r.status_code == 202, r.text
+
+    def line(waiting_first: str | None = None) -> dict | None:
+        stack.check()
+        found = httpx.get(f"{stack.url}/api/v1/limits", params={"key": key}, timeout=10).json()["limits"]
+        e = found[0] if found and found[0]["holding"] == 1 and found[0]["waiting"] == 3 else None
+        return e if e and waiting_first in (None, e["waiting_tasks"][0]) else None
+
+    e = wait_until(line, timeout=30, interval=0.2, message="the key with one holder and three waiters")
+    (holder,), (*medium, last) = [h["task_id"] for h in e["holders"]], e["waiting_tasks"]
+    r = httpx.patch(f"{stack.url}/api/v1/tasks/{last}", json={"priority": "high"}, timeout=10)
+    assert r.status_code == 202, r.text
+    e = wait_until(lambda: line(waiting_first=last), timeout=30, interval=0.2, message="the patched task first")
+    assert e["waiting_tasks"] == [last, *medium]
+
+    held, release = stack.folder / "held", stack.folder / "release"
+    release.mkdir(exist_ok=True)
+    (release / holder).write_text("")
+    wait_until(lambda: (held / last).exists(), timeout=30, interval=0.1, message="the patched task started")
+    assert not any((held / t).exists() for t in medium)  # limit 1: the medium ones wait for it
+    for task_id in [last, *medium]:
+        (release / task_id).write_text("")
+    wait_until(lambda: entry_idle(stack, key, granted=4), timeout=30, interval=0.2, message="the key idle again")
 
 
 @pytest.mark.parametrize(("concurrency", "field"), [
