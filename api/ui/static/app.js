@@ -1069,7 +1069,8 @@ function pageLimits() {
     if ($("lm-key").value.trim()) q.set("key", $("lm-key").value.trim());
     if ($("lm-active").checked) q.set("active", "true");
     try {
-      const { data } = await api(`/api/v1/limits${q.toString() ? `?${q}` : ""}`);
+      const [{ data }, { data: pauses }] = await Promise.all([
+        api(`/api/v1/limits${q.toString() ? `?${q}` : ""}`), api("/api/v1/pauses?kind=handler")]);
       const t = data.totals;
       setText("lm-count", `${t.keys} keys, ${t.holding} holding, ${t.waiting} waiting`);
       const body = clear($("limits"));
@@ -1089,9 +1090,26 @@ function pageLimits() {
           el("td", { text: k.next_start_at ? fmtTime(k.next_start_at) : "" }),
           el("td", { class: "holders" }, holders), el("td", { class: "next" }, next)));
       }
+      showHandlers(data.handlers, pauses.pauses);
       stamp();
     } catch (e) {
       showProblem("lm-error", e);
+    }
+  }
+  // Every handler with a limit or a rate (GET /limits's ``handlers``) and every paused one, by name.
+  function showHandlers(limits, pauses) {
+    const byName = new Map(limits.map((h) => [h.name, { limit: h, pause: null }]));
+    for (const p of pauses) byName.set(p.name, { limit: byName.get(p.name)?.limit || null, pause: p });
+    const body = clear($("handler-limits"));
+    if (!byName.size) body.append(el("tr", {}, el("td", { colspan: 4, class: "hint", text: "no handler limited or paused" })));
+    for (const [name, { limit, pause }] of [...byName.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      const rate = limit && limit.rate !== null ? `${limit.rate} per ${limit.per_s} s` : "–";
+      const paused = pause ? el("span", { class: "chip handler-paused", text: "paused",
+                                          title: `by ${pause.paused_by || "?"} at ${fmtTime(pause.paused_at)}${pause.reason ? `: ${pause.reason}` : ""}` }) : "";
+      body.append(el("tr", { "data-handler": name, "data-paused": pause ? "true" : "false" },
+        el("td", { class: "mono", text: name }),
+        el("td", { class: "limit", text: limit && limit.limit !== null ? `${limit.limit}` : "–" }),
+        el("td", { class: "rate", text: rate }), el("td", { class: "paused" }, paused)));
     }
   }
   $("lm-filter").addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
