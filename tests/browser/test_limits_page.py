@@ -5,7 +5,8 @@ from the navigation, shows the key holding 1 of 1 with 2 waiting, held by
 its limit, the holder and the next in line linked to their task pages; the
 "only keys in use" filter keeps it. A handler limit and rate set with ``PUT
 /api/v1/limits/handlers/{handler}`` and a paused handler are listed under
-Handlers. Cancelled, the key shows nobody holding or waiting. The screenshot goes to ``docs/screenshots/limits.png`` when
+Handlers. Cancelled, the key shows nobody holding or waiting. The
+screenshot goes to ``docs/screenshots/limits.png`` when
 ``TASKSTREAM_SCREENSHOTS=docs/screenshots``.
 """
 
