@@ -21,7 +21,7 @@ attributes. The SDK itself reads every other standard ``OTEL_*`` variable
 (headers, sampler, batch processor, resource attributes); the service name is
 ``taskstream-<component>`` unless ``OTEL_SERVICE_NAME`` (or a ``service.name``
 resource attribute) names another. The SDK is the ``otel`` extra
-(``pip install 'taskstream[otel]'``). Why this shape: docs/decisions/00XX-opentelemetry.md.
+(``pip install 'taskstream[otel]'``). Why this shape: docs/decisions/0030-opentelemetry.md.
 """
 
 from __future__ import annotations

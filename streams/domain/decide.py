@@ -150,7 +150,7 @@ def _update(state: TaskState | None, c: UpdateTask, now: datetime) -> list[Event
         raise CommandRejected(f"fields {sorted(unknown)} of a task cannot be changed")
     if task.waiting_for is not None and c.changes.get("run_at") not in (None, task.run_at):
         # Held (a pause, a handler limit, a concurrency key): the task was ready, its time had come; only its
-        # release or slot admits it, and neither waits for a time. Docs: docs/decisions/00XX-handler-rates.md.
+        # release or slot admits it, and neither waits for a time. Docs: docs/decisions/0029-handler-rates.md.
         raise CommandRejected(
             f"task {c.task_id} is ready and waits for {task.waiting_for}: its run_at can no longer be changed")
     # UpdateTask.changes holds values of the fields' own types (its contract); dict[str, object] cannot say so

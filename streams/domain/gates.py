@@ -27,7 +27,7 @@ a task back, the gate's timer (``timer_due``) appends ``GateWoken`` at the
 time the oldest start comes back, and its fold admits. The design and its
 alternatives: docs/decisions/0025-flow-control.md and
 docs/decisions/0026-rate-limits.md; a changed priority:
-docs/decisions/00XX-patched-priority-in-the-line.md.
+docs/decisions/0032-patched-priority-in-the-line.md.
 """
 
 from __future__ import annotations

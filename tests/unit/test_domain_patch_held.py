@@ -1,4 +1,4 @@
-"""PATCH of a held task in the pure decider: it may be changed and stays held (issue 28, decision 00XX).
+"""PATCH of a held task in the pure decider: it may be changed and stays held (issue 28, decision 0029).
 
 Contract under test: a task held by a pause (``paused:handler:<h>``,
 ``paused:workflow:<id>``), by its handler's limit or rate, or by its own
