@@ -86,12 +86,14 @@ AGGREGATE_KEY = MappingProxyType({"aggregate_key": True})
 _KEY_FIELDS: dict[type, str] = {}
 
 
-def _key_field(cls: type) -> str:
-    """The name of ``cls``'s field marked ``AGGREGATE_KEY`` (looked up once per class)."""
-    name = _KEY_FIELDS.get(cls)
-    if name is None:
-        name = _KEY_FIELDS[cls] = next(f.name for f in fields(cls) if f.metadata.get("aggregate_key"))
-    return name
+def _own_id(value: KeyedEvent | KeyedState) -> str:
+    """The value of the field of ``value`` marked ``AGGREGATE_KEY`` (its name looked up once per class)."""
+    try:
+        own: str = getattr(value, _KEY_FIELDS[type(value)])
+    except KeyError:
+        _KEY_FIELDS[type(value)] = next(f.name for f in fields(type(value)) if f.metadata.get("aggregate_key"))
+        own = getattr(value, _KEY_FIELDS[type(value)])
+    return own
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,12 +109,12 @@ class KeyedEvent(Event):
 
     @property
     def aggregate_id(self) -> str:
-        return str(getattr(self, _key_field(type(self))))
+        return _own_id(self)
 
     @property
     def task_id(self) -> str:
         """The aggregate id under the wire's common key field name (DESIGN §3)."""
-        return str(getattr(self, _key_field(type(self))))
+        return _own_id(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +125,7 @@ class KeyedState:
     @property
     def task_id(self) -> str:
         """The state's own id under the name every state of ``<p>.state`` has its key."""
-        return str(getattr(self, _key_field(type(self))))
+        return _own_id(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
