@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .tasks import _client, _json_option, _url_option, workflows
+from .tasks import _acts_on, _client, _json_option, _url_option, workflows
 
 
 def pauses_table(pauses: list[dict[str, Any]]) -> Table:
@@ -42,25 +42,16 @@ def handlers() -> None:
     """Pause and resume handlers (nothing new of a paused handler is queued)."""
 
 
-@handlers.command("pause")
-@click.argument("handler")
-@click.option("--reason", default="")
-@_url_option
-@_json_option
-def handlers_pause(handler, reason, url, as_json) -> None:
+@_acts_on(handlers, "pause", "handler", _emit, reason=True)
+def handlers_pause(client, handler, reason):
     """Queue nothing new of HANDLER until `resume` (running attempts finish)."""
-    with _client(url) as client:
-        _emit(client.pause_handler(handler, reason=reason), as_json)
+    return client.pause_handler(handler, reason=reason)
 
 
-@handlers.command("resume")
-@click.argument("handler")
-@_url_option
-@_json_option
-def handlers_resume(handler, url, as_json) -> None:
+@_acts_on(handlers, "resume", "handler", _emit)
+def handlers_resume(client, handler):
     """Queue HANDLER's tasks again, the ones its pause held first."""
-    with _client(url) as client:
-        _emit(client.resume_handler(handler), as_json)
+    return client.resume_handler(handler)
 
 
 @handlers.command("paused")
@@ -112,22 +103,13 @@ def handlers_limit(handler, limit, rate, per_s, clear, url, as_json) -> None:
                else _limit_line(handler, found[0] if found else None))
 
 
-@workflows.command("pause")
-@click.argument("workflow_id", metavar="ID")
-@click.option("--reason", default="")
-@_url_option
-@_json_option
-def workflows_pause(workflow_id, reason, url, as_json) -> None:
+@_acts_on(workflows, "pause", "workflow_id", _emit, metavar="ID", reason=True)
+def workflows_pause(client, workflow_id, reason):
     """Queue nothing new of the workflow's tasks until `resume` (running attempts finish)."""
-    with _client(url) as client:
-        _emit(client.pause_workflow(workflow_id, reason=reason), as_json)
+    return client.pause_workflow(workflow_id, reason=reason)
 
 
-@workflows.command("resume")
-@click.argument("workflow_id", metavar="ID")
-@_url_option
-@_json_option
-def workflows_resume(workflow_id, url, as_json) -> None:
+@_acts_on(workflows, "resume", "workflow_id", _emit, metavar="ID")
+def workflows_resume(client, workflow_id):
     """Queue the workflow's tasks again, the ones its pause held first."""
-    with _client(url) as client:
-        _emit(client.resume_workflow(workflow_id), as_json)
+    return client.resume_workflow(workflow_id)

@@ -11,6 +11,7 @@ the task ends other than ``succeeded``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -46,6 +47,32 @@ def _client(url: str | None) -> Iterator[Any]:
             yield client
     except TaskstreamError as exc:
         raise click.ClickException(_one_line(exc)) from None
+
+
+def _acts_on(group: click.Group, name: str, argument: str, emit: Callable[[Any, bool], None], *,
+             metavar: str | None = None, reason: bool = False) -> Callable[[Callable[..., Any]], click.Command]:
+    """The command ``name`` of ``group`` that asks the API one thing about ARGUMENT and shows the answer.
+
+    The decorated function takes the client, the argument (and ``reason`` with ``reason=True``, the
+    ``--reason`` option) and returns the API's answer, which ``emit(answer, as_json)`` prints; its docstring
+    is the command's help. The command also takes ``--url`` and ``--json``.
+    """
+
+    def make(ask: Callable[..., Any]) -> click.Command:
+        @functools.wraps(ask)
+        def run(url: str | None, as_json: bool, **params: Any) -> None:
+            with _client(url) as client:
+                answer = ask(client, **params)
+            emit(answer, as_json)
+
+        command = _json_option(run)
+        command = _url_option(command)
+        if reason:
+            command = click.option("--reason", default="")(command)
+        command = click.argument(argument, metavar=metavar)(command)
+        return group.command(name)(command)
+
+    return make
 
 
 def _one_line(exc: Any) -> str:
@@ -571,50 +598,32 @@ def schedules_list(status, limit, url, as_json) -> None:
     _emit_schedules(found, as_json)
 
 
-@schedules.command("get")
-@click.argument("schedule_id", metavar="ID")
-@_url_option
-@_json_option
-def schedules_get(schedule_id, url, as_json) -> None:
+def _emit_schedule(schedule: Any, as_json: bool) -> None:
+    _emit_schedules([schedule], as_json)
+
+
+@_acts_on(schedules, "get", "schedule_id", _emit_schedule, metavar="ID")
+def schedules_get(client, schedule_id):
     """Show one schedule."""
-    with _client(url) as client:
-        s = client.get_schedule(schedule_id)
-    _emit_schedules([s], as_json)
+    return client.get_schedule(schedule_id)
 
 
-@schedules.command("delete")
-@click.argument("schedule_id", metavar="ID")
-@click.option("--reason", default="")
-@_url_option
-@_json_option
-def schedules_delete(schedule_id, reason, url, as_json) -> None:
+@_acts_on(schedules, "delete", "schedule_id", _emit_schedule, metavar="ID", reason=True)
+def schedules_delete(client, schedule_id, reason):
     """Stop a schedule (the tasks it created stay)."""
-    with _client(url) as client:
-        s = client.delete_schedule(schedule_id, reason=reason)
-    _emit_schedules([s], as_json)
+    return client.delete_schedule(schedule_id, reason=reason)
 
 
-@schedules.command("pause")
-@click.argument("schedule_id", metavar="ID")
-@click.option("--reason", default="")
-@_url_option
-@_json_option
-def schedules_pause(schedule_id, reason, url, as_json) -> None:
+@_acts_on(schedules, "pause", "schedule_id", _emit_schedule, metavar="ID", reason=True)
+def schedules_pause(client, schedule_id, reason):
     """Stop a schedule's fires until `resume` (fire times meanwhile are skipped)."""
-    with _client(url) as client:
-        s = client.pause_schedule(schedule_id, reason=reason)
-    _emit_schedules([s], as_json)
+    return client.pause_schedule(schedule_id, reason=reason)
 
 
-@schedules.command("resume")
-@click.argument("schedule_id", metavar="ID")
-@_url_option
-@_json_option
-def schedules_resume(schedule_id, url, as_json) -> None:
+@_acts_on(schedules, "resume", "schedule_id", _emit_schedule, metavar="ID")
+def schedules_resume(client, schedule_id):
     """Fire a paused schedule again, from its next fire time after now."""
-    with _client(url) as client:
-        s = client.resume_schedule(schedule_id)
-    _emit_schedules([s], as_json)
+    return client.resume_schedule(schedule_id)
 
 
 @schedules.command("run")

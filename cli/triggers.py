@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .tasks import _client, _json_option, _url_option
+from .tasks import _acts_on, _client, _json_option, _url_option
 
 
 def _json_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -104,44 +104,29 @@ def triggers_list(status, url, as_json) -> None:
     _emit(found, as_json)
 
 
-@triggers.command("get")
-@click.argument("name")
-@_url_option
-@_json_option
-def triggers_get(name, url, as_json) -> None:
+def _emit_one(trigger: Any, as_json: bool) -> None:
+    _emit([trigger], as_json)
+
+
+@_acts_on(triggers, "get", "name", _emit_one)
+def triggers_get(client, name):
     """Show one trigger."""
-    with _client(url) as client:
-        t = client.get_trigger(name)
-    _emit([t], as_json)
+    return client.get_trigger(name)
 
 
-@triggers.command("pause")
-@click.argument("name")
-@click.option("--reason", default="")
-@_url_option
-@_json_option
-def triggers_pause(name, reason, url, as_json) -> None:
+@_acts_on(triggers, "pause", "name", _emit_one, reason=True)
+def triggers_pause(client, name, reason):
     """No new tasks from NAME until `resume` (its records wait in the topic)."""
-    with _client(url) as client:
-        _emit([client.pause_trigger(name, reason=reason)], as_json)
+    return client.pause_trigger(name, reason=reason)
 
 
-@triggers.command("resume")
-@click.argument("name")
-@_url_option
-@_json_option
-def triggers_resume(name, url, as_json) -> None:
+@_acts_on(triggers, "resume", "name", _emit_one)
+def triggers_resume(client, name):
     """Go on with a paused trigger from where it stopped."""
-    with _client(url) as client:
-        _emit([client.resume_trigger(name)], as_json)
+    return client.resume_trigger(name)
 
 
-@triggers.command("delete")
-@click.argument("name")
-@click.option("--reason", default="")
-@_url_option
-@_json_option
-def triggers_delete(name, reason, url, as_json) -> None:
+@_acts_on(triggers, "delete", "name", _emit_one, reason=True)
+def triggers_delete(client, name, reason):
     """Stop NAME for good (its name is not taken again; the tasks it created stay)."""
-    with _client(url) as client:
-        _emit([client.delete_trigger(name, reason=reason)], as_json)
+    return client.delete_trigger(name, reason=reason)

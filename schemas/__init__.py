@@ -37,6 +37,8 @@ from .events import (
     GateState,
     GateWoken,
     Heartbeat,
+    KeyedEvent,
+    KeyedState,
     LeaseExpired,
     Priority,
     ReadyTask,
@@ -99,5 +101,5 @@ __all__ = [
     "CONTROL_EVENT_TYPES", "ControlEvent", "ControlLimited", "ControlPaused", "ControlResumed", "ControlState",
     "TaskHeld", "TaskReleased",
     "TRIGGER_EVENT_TYPES", "TriggerCreated", "TriggerDeleted", "TriggerEvent", "TriggerPaused", "TriggerResumed",
-    "TriggerState", "TriggerStatus",
+    "TriggerState", "TriggerStatus", "KeyedEvent", "KeyedState",
 ]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class Status(StrEnum):
@@ -80,25 +81,61 @@ class TaskEvent(Event):
         return self.task_id
 
 
+#: ``field(metadata=AGGREGATE_KEY)`` marks the one field of a ``KeyedEvent`` or ``KeyedState`` that holds its own id.
+AGGREGATE_KEY = MappingProxyType({"aggregate_key": True})
+_KEY_FIELDS: dict[type, str] = {}
+
+
+def _own_id(value: KeyedEvent | KeyedState) -> str:
+    """The value of the field of ``value`` marked ``AGGREGATE_KEY`` (its name looked up once per class)."""
+    try:
+        own: str = getattr(value, _KEY_FIELDS[type(value)])
+    except KeyError:
+        _KEY_FIELDS[type(value)] = next(f.name for f in fields(type(value)) if f.metadata.get("aggregate_key"))
+        own = getattr(value, _KEY_FIELDS[type(value)])
+    return own
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleEvent(Event):
-    """An event about one cron schedule, keyed by ``schedule_id`` (on ``<p>.events`` like a task's).
+class KeyedEvent(Event):
+    """An event about something other than a task, keyed on ``<p>.events`` by an id field of its own.
 
-    On the wire the record also carries the id as ``task_id``, the field
-    every record of ``<p>.events`` has (DESIGN §3), and records written
-    before schema set 5 carry it only there: the codec reads either.
+    A family declares that field once, marked ``field(metadata=AGGREGATE_KEY)``
+    (``schedule_id``, ``gate_id``, ``control_id``, ``trigger_id``); it is the
+    event's ``aggregate_id`` and, on the wire, also its ``task_id``, the field
+    every record of ``<p>.events`` has (DESIGN §3). Code of ours says the
+    family's own name.
     """
-
-    schedule_id: str
 
     @property
     def aggregate_id(self) -> str:
-        return self.schedule_id
+        return _own_id(self)
 
     @property
     def task_id(self) -> str:
-        """The schedule id under the wire's common key field name (DESIGN §3); code of ours says ``schedule_id``."""
-        return self.schedule_id
+        """The aggregate id under the wire's common key field name (DESIGN §3)."""
+        return _own_id(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyedState:
+    """The folded state of something other than a task (its id field marked as ``KeyedEvent``'s), whose key in
+    ``<p>.state`` is that id: ``task_id`` names it as every state of ``<p>.state`` names its key."""
+
+    @property
+    def task_id(self) -> str:
+        """The state's own id under the name every state of ``<p>.state`` has its key."""
+        return _own_id(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleEvent(KeyedEvent):
+    """An event about one cron schedule, keyed by ``schedule_id`` (on ``<p>.events`` like a task's).
+
+    Records written before schema set 5 carry the id only in ``task_id``: the codec reads either.
+    """
+
+    schedule_id: str = field(metadata=AGGREGATE_KEY)
 
 
 def derived_id(cause: str, *position: object) -> str:
@@ -459,10 +496,10 @@ class WorkflowStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleState:
+class ScheduleState(KeyedState):
     """The folded state of one cron schedule (processor table, ``<p>.state``, read model)."""
 
-    schedule_id: str
+    schedule_id: str = field(metadata=AGGREGATE_KEY)
     cron: str
     timezone: str
     template: str
@@ -481,31 +518,13 @@ class ScheduleState:
     version: int = 0
     last_offset: int = -1
 
-    @property
-    def task_id(self) -> str:
-        """The schedule id under the name every state of ``<p>.state`` has its key (code of ours says
-        ``schedule_id``)."""
-        return self.schedule_id
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GateEvent(Event):
+class GateEvent(KeyedEvent):
     """An event about the slots of one concurrency key, keyed by ``gate_id`` (``concurrency:<key>``) on
-    ``<p>.events``, so one partition owns every slot of the key (docs/decisions/0025-flow-control.md).
+    ``<p>.events``, so one partition owns every slot of the key (docs/decisions/0025-flow-control.md)."""
 
-    On the wire the record also carries the id as ``task_id``, the field every record of ``<p>.events`` has.
-    """
-
-    gate_id: str
-
-    @property
-    def aggregate_id(self) -> str:
-        return self.gate_id
-
-    @property
-    def task_id(self) -> str:
-        """The gate id under the wire's common key field name (DESIGN §3); code of ours says ``gate_id``."""
-        return self.gate_id
+    gate_id: str = field(metadata=AGGREGATE_KEY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -545,7 +564,7 @@ class SlotGranted(TaskEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GateState:
+class GateState(KeyedState):
     """The folded slots of one concurrency key (processor table, ``<p>.state``, read model).
 
     ``holders``: task id -> the attempt holding a slot (queued or running);
@@ -554,7 +573,7 @@ class GateState:
     ``waiting_priorities``.
     """
 
-    gate_id: str
+    gate_id: str = field(metadata=AGGREGATE_KEY)
     created_at: datetime
     updated_at: datetime
     limit: int = 1
@@ -570,34 +589,18 @@ class GateState:
     per_s: float | None = None
     spent: list[datetime] = field(default_factory=list)
 
-    @property
-    def task_id(self) -> str:
-        """The gate id under the name every state of ``<p>.state`` has its key."""
-        return self.gate_id
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ControlEvent(Event):
+class ControlEvent(KeyedEvent):
     """An event about one partition's copy of a flow control of a handler or a workflow (``target``:
     ``handler:<name>`` or ``workflow:<id>``), keyed by ``control_id`` (``control:<partition>:<target>``) and
     written to that partition of ``<p>.events``: every partition keeps its own copy, so the decision to hold
     a task is made in the task's own partition, in its log order (docs/decisions/0028-pause-resume.md).
-
-    On the wire the record also carries the id as ``task_id``, the field every record of ``<p>.events`` has.
     """
 
-    control_id: str
+    control_id: str = field(metadata=AGGREGATE_KEY)
     target: str
     partition: int
-
-    @property
-    def aggregate_id(self) -> str:
-        return self.control_id
-
-    @property
-    def task_id(self) -> str:
-        """The control id under the wire's common key field name (DESIGN §3); code of ours says ``control_id``."""
-        return self.control_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -653,10 +656,10 @@ class TaskReleased(TaskEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ControlState:
+class ControlState(KeyedState):
     """One partition's copy of the flow control of ``target`` (processor table, ``<p>.state``, read model)."""
 
-    control_id: str
+    control_id: str = field(metadata=AGGREGATE_KEY)
     target: str
     partition: int
     created_at: datetime
@@ -671,11 +674,6 @@ class ControlState:
     version: int = 0
     last_offset: int = -1
 
-    @property
-    def task_id(self) -> str:
-        """The control id under the name every state of ``<p>.state`` has its key."""
-        return self.control_id
-
 
 class TriggerStatus(StrEnum):
     ACTIVE = "active"
@@ -684,22 +682,10 @@ class TriggerStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TriggerEvent(Event):
-    """An event about one topic trigger, keyed by ``trigger_id`` (``trigger:<name>``) on ``<p>.events``.
+class TriggerEvent(KeyedEvent):
+    """An event about one topic trigger, keyed by ``trigger_id`` (``trigger:<name>``) on ``<p>.events``."""
 
-    On the wire the record also carries the id as ``task_id``, the field every record of ``<p>.events`` has.
-    """
-
-    trigger_id: str
-
-    @property
-    def aggregate_id(self) -> str:
-        return self.trigger_id
-
-    @property
-    def task_id(self) -> str:
-        """The trigger id under the wire's common key field name (DESIGN §3); code of ours says ``trigger_id``."""
-        return self.trigger_id
+    trigger_id: str = field(metadata=AGGREGATE_KEY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -752,10 +738,10 @@ class TriggerDeleted(TriggerEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TriggerState:
+class TriggerState(KeyedState):
     """The folded state of one topic trigger (processor table, ``<p>.state``, read model, trigger runner)."""
 
-    trigger_id: str
+    trigger_id: str = field(metadata=AGGREGATE_KEY)
     name: str
     topic: str
     template: str
@@ -775,11 +761,6 @@ class TriggerState:
     created_by: str | None = None
     version: int = 0
     last_offset: int = -1
-
-    @property
-    def task_id(self) -> str:
-        """The trigger id under the name every state of ``<p>.state`` has its key."""
-        return self.trigger_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

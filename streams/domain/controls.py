@@ -42,12 +42,13 @@ from taskstream.schemas import (
     TaskState,
     ValidationError,
 )
-from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT, MAX_RATE, MAX_RATE_PERIOD_S
+from taskstream.schemas.limits import MAX_CONCURRENCY_LIMIT
 
 from .decide import _decides
 from .evolve import GATE_PREFIX, PAUSE_PREFIX, WAITING, _bump, _deps_met, _on, _queued, gate_id
 from .ids import PROCESSOR, UNSET
 from .slots import held as slot_held
+from .slots import rate_of
 
 #: The aggregate id of one partition's copy of a control starts with this.
 CONTROL_PREFIX = "control:"
@@ -240,15 +241,9 @@ def _limit(state: ControlState | None, c: LimitTarget, now: datetime) -> list[Ev
         raise ValidationError("target", "only a handler has a limit")
     if c.limit is not None and not 1 <= c.limit <= MAX_CONCURRENCY_LIMIT:
         raise ValidationError("limit", f"a limit is 1 to {MAX_CONCURRENCY_LIMIT}")
-    if c.rate is not None or c.per_s is not None:
-        if c.rate is None or not 1 <= c.rate <= MAX_RATE:
-            raise ValidationError("rate", f"a rate is 1 to {MAX_RATE} starts per period (per_s)")
-        if c.per_s is None or not 0 < c.per_s <= MAX_RATE_PERIOD_S:
-            raise ValidationError("per_s", f"a rate needs its period: more than 0 and at most "
-                                           f"{MAX_RATE_PERIOD_S:g} seconds")
-    per_s = float(c.per_s) if c.per_s is not None else None
+    rate, per_s = rate_of(c.rate, c.per_s, at="")
     return [ControlLimited(event_id=UNSET, control_id=control_id(p, c.target), target=c.target, partition=p,
-                           occurred_at=now, producer=c.producer, limit=c.limit, rate=c.rate, per_s=per_s,
+                           occurred_at=now, producer=c.producer, limit=c.limit, rate=rate, per_s=per_s,
                            actor=c.actor)
             for p in _copies(c.partitions)]
 

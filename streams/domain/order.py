@@ -18,7 +18,6 @@ state at``).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
@@ -132,13 +131,16 @@ def _unanswered(kept: Awaiting, inserted: int) -> Awaiting | None:
     just applied (at ``inserted``) is not itself awaited, as any follow-up applied with its trigger."""
     if len(kept) > MAX_AWAITING:
         return None
-    answers = Counter(getattr(e, "cause", None) for e, _ in kept)
-    copies: Counter[str] = Counter()
+    answers: dict[str, int] = {}  # follow-ups not yet matched to a copy of their trigger, by cause
+    for e, _ in kept:
+        if (cause := getattr(e, "cause", None)) is not None:
+            answers[cause] = answers.get(cause, 0) + 1
     for i, (e, _) in enumerate(kept):
         if i != inserted and type(e) in FOLLOW_UP_TRIGGERS:
-            copies[e.event_id] += 1
-            if copies[e.event_id] > answers[e.event_id]:
+            left = answers.get(e.event_id, 0)
+            if left == 0:
                 return kept[i:]
+            answers[e.event_id] = left - 1
     return None
 
 

@@ -58,19 +58,20 @@ def concurrency_key_of(template: str, payload: str) -> str:
     return key
 
 
-def rate_of(rate: int | None, per_s: float | None) -> tuple[int | None, float | None]:
-    """A key's rate as a task asks for it: ``(rate, per_s)``, both or neither.
+def rate_of(rate: int | None, per_s: float | None, at: str = "concurrency.") -> tuple[int | None, float | None]:
+    """A rate as a task's key or a handler's limit asks for it: ``(rate, per_s)``, both or neither.
 
-    ``ValidationError`` naming ``concurrency.rate`` or ``concurrency.per_s``
+    ``ValidationError`` naming ``<at>rate`` or ``<at>per_s`` (``at``: where
+    the fields are, ``concurrency.`` in a task, ``""`` in a handler's limit)
     for one without the other or a value out of range (1 to ``MAX_RATE``
     starts in more than 0 and at most ``MAX_RATE_PERIOD_S`` seconds).
     """
     if rate is None and per_s is None:
         return None, None
     if rate is None or not 1 <= rate <= MAX_RATE:
-        raise ValidationError("concurrency.rate", f"a rate is 1 to {MAX_RATE} starts per period (per_s)")
+        raise ValidationError(f"{at}rate", f"a rate is 1 to {MAX_RATE} starts per period (per_s)")
     if per_s is None or not 0 < per_s <= MAX_RATE_PERIOD_S:
-        raise ValidationError("concurrency.per_s",
+        raise ValidationError(f"{at}per_s",
                               f"a rate needs its period: more than 0 and at most {MAX_RATE_PERIOD_S:g} seconds")
     return rate, float(per_s)
 
