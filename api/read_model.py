@@ -77,6 +77,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from rocksdict import ColumnFamily, Options, Rdict, WriteBatch
 
@@ -96,6 +97,7 @@ from taskstream.schemas import (
 )
 from taskstream.schemas.consumer import BEGINNING, ConsumerRuntime, Hooks
 from taskstream.schemas.observability import about
+from taskstream.schemas.state_cache import DecodedStates
 from taskstream.streams import domain
 
 from .watch import ChangeFeed
@@ -260,6 +262,7 @@ class TaskStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(self.path), options=Options(raw_mode=True))
         self._lock = threading.Lock()
+        self._applied = DecodedStates(codec.decode)  # what apply last stored, to skip decoding it again
         self._closed = False
         self.schedules = ScheduleStore(self._db)
         self.gates = GateStore(self._db)
@@ -279,17 +282,20 @@ class TaskStore:
 
     # ------------------------------------------------------------- writes
 
-    def apply(self, state: TaskState, *, only_over_version: int | None = None) -> bool:
+    def apply(self, state: TaskState, *, only_over_version: int | None = None, raw: bytes | None = None) -> bool:
         """Store ``state`` unless a newer version is stored; return whether it was stored.
 
         With ``only_over_version`` the state is stored only if the stored
         version is exactly that (compare-and-set): the API's expected view of
         a change it just wrote must not replace a state the processor already
-        published for that version.
+        published for that version. ``raw``: the record ``state`` was decoded
+        from, stored as it is when it is in the single-object framing (the
+        store's own) instead of encoding ``state`` again.
         """
         key = _STATE + state.task_id.encode()
         with self._lock:
-            old = self._decode(self._db.get(key), state.task_id)
+            stored = self._db.get(key)
+            old = self._decode_applied(key, stored, state.task_id)
             if old is not None and state.version < old.version:
                 return False
             if only_over_version is not None and (old is None or old.version != only_over_version):
@@ -301,10 +307,12 @@ class TaskStore:
                     batch.delete(k)
             for k in new_keys:
                 batch.put(k, b"")
-            batch.put(key, codec.encode(state))
+            value = raw if raw is not None and raw[:2] == codec.MAGIC else codec.encode(state)
+            batch.put(key, value)
             if state.workflow_id:
                 self._summarize(batch, old, state)
             self._db.write(batch)
+            self._applied.put(key, value, state)
             self._count(old, state)
             return True
 
@@ -507,6 +515,16 @@ class TaskStore:
             return None
         try:
             return codec.decode(raw)
+        except DecodeError as exc:  # cannot happen unless the files were tampered with
+            log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc, extra=about(task_id))
+            return None
+
+    def _decode_applied(self, key: bytes, raw: bytes | None, task_id: str) -> TaskState | None:
+        """Under the lock: ``_decode``, without decoding again the record ``apply`` stored last for ``key``."""
+        if raw is None:
+            return None
+        try:
+            return cast(TaskState, self._applied.decode(key, raw))
         except DecodeError as exc:  # cannot happen unless the files were tampered with
             log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc, extra=about(task_id))
             return None
@@ -812,7 +830,7 @@ class ReadModel(Hooks):
             log.warning("read model: skipped undecodable record key=%r at %s/%d: %s", key, partition, offset, exc)
             return
         if isinstance(state, TaskState):
-            self.feed.apply(partition, offset, state, self.store.apply)
+            self.feed.apply(partition, offset, state, lambda s: self.store.apply(s, raw=value))
         elif isinstance(state, DependencyRegistered) and domain.is_edge_key(key or b""):
             # Before the state record that counts it: a read of the task after that record shows the dependent.
             self.store.add_dependent(state.task_id, state.dependent)

@@ -15,7 +15,7 @@ many tasks wait for it; when a task ends, the processor scans its edges
 (``table_dependents``) and tells each dependent. Work that became ready is published
 to ``<p>.ready.<priority>``.
 
-Exactly once (``processor_exactly_once``, the default): every output of a
+Exactly once (``processor_exactly_once``, opt-in, docs/decisions/0024): every output of a
 commit round (state and edge records, follow-up events, ready messages,
 retry records, timers' events) goes in one Kafka transaction of a
 transactional producer per process, committed with the round's consumer
@@ -93,6 +93,7 @@ from taskstream.schemas.consumer import ConsumerRuntime, Hooks, Partition, TailR
 from taskstream.schemas.kafka import admin, check_security, is_permanent, require_topics, topic_partitions
 from taskstream.schemas.observability import about, serve_metrics
 from taskstream.schemas.offsets import poison_headers
+from taskstream.schemas.state_cache import DecodedStates
 from taskstream.schemas.tracing import MAX_ATTEMPTS, OFF, TraceContext, Tracing, tracing_from_environ
 
 from . import domain
@@ -312,6 +313,7 @@ class Processor(Hooks):
         self.tracing = tracing
         self.topics = Topics(settings.prefix)
         self.wire = codec.WireFormat.of(settings)
+        self.states = DecodedStates(self.wire.decode)
         self.id = member_id or processor_id()
         self.dir = settings.data_dir / "processor"
         self.tables: dict[int, Rdict] = {}
@@ -720,7 +722,7 @@ class Processor(Hooks):
         raw = table.get(key)
         pauses = self.pauses.get(partition)
         try:
-            state = self.wire.decode(raw) if raw else None
+            state = self.states.decode(key, raw) if raw else None
             step = fold_step(self.topics, state, m.value(), m.offset(), partition, now, self.id, wire=self.wire,
                              dependents=lambda: table_dependents(table, key.decode(), state),
                              replay=not self.exactly_once,
@@ -752,6 +754,7 @@ class Processor(Hooks):
             pauses.changed(key, state, step.state)
         self.metrics.state_changed(state, step.state, now)
         table[key] = value
+        self.states.put(key, value, step.state)
         self._dirty = True
         return [*edges, Output(self.topics.state, key, value, codec.headers(step.state), partition), *outputs]
 
