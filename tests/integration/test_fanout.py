@@ -26,7 +26,7 @@ from taskstream.streams.rebuild import rebuild
 from tests.conftest import wait_until
 from tests.kafka_helpers import Component, stop_all
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]  # 2-5 min on 2 shared cores
 
 V1 = "/api/v1"
 MAPPED = 10_000
