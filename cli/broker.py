@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 MIN_JAVA = 17
 #: Heap of a dev or test node: ample for a single node's metadata and caches, far below Kafka's 1 GiB default.
 HEAP = "384m"
+#: Extra JVM options of every node this module starts, split like a shell would. A garbage collector chosen here
+#: (``-XX:+Use...GC``) replaces the node's G1. The test suite sets ``-XX:TieredStopAtLevel=1 -XX:+UseSerialGC``:
+#: its short-lived nodes spend about half their CPU compiling with C2 (docs/benchmarks/2026-12-07-test-broker-jvm.md).
+JVM_OPTIONS_ENV = "TASKSTREAM_KAFKA_JVM_OPTIONS"
 #: The least SIGTERM grace of a node that writes its class-data archive at exit: the JVM dumps it after Kafka's own
 #: shutdown, which takes far longer than a plain stop on a loaded machine, and a node killed before the dump ends
 #: leaves no archive (so every later start would run without one, and ``warm_up`` would start a node again).
@@ -334,8 +339,11 @@ class KafkaBroker:
         else:  # written at exit under a name of this process's own, renamed into place by stop()
             self._archive_tmp = (archive.parent / f"{archive.name}.{os.getpid()}-{self.port}.tmp", archive)
             sharing = [f"-XX:ArchiveClassesAtExit={self._archive_tmp[0]}"]
-        base = [java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                *sharing, "-Djava.awt.headless=true",
+        extra = shlex.split(os.environ.get(JVM_OPTIONS_ENV, ""))
+        collector = ([] if any(o.startswith("-XX:+Use") and o.endswith("GC") for o in extra)
+                     else ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"])
+        base = [java, f"-Xms{self.heap}", f"-Xmx{self.heap}", *collector, *extra, *sharing,
+                "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={(self.data_dir / 'log4j2.properties').resolve()}",
                 "-cp", f"{libs}/*"]
         if not (self.log_dir / "meta.properties").exists():

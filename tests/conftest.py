@@ -19,10 +19,14 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from taskstream.cli.broker import KafkaBroker, free_port
+from taskstream.cli.broker import JVM_OPTIONS_ENV, KafkaBroker, free_port
 from taskstream.schemas import Settings, catalogue
 from taskstream.schemas.kafka import admin, ensure_topics, wait_for_broker
 
+# Every Kafka node of the session (the workers' nodes, the clusters of the fault tests, dev stacks that keep the
+# environment) compiles with C1 only and collects with the serial GC: a node lives minutes, and compiling with C2
+# was about half of its CPU (docs/benchmarks/2026-12-07-test-broker-jvm.md).
+os.environ.setdefault(JVM_OPTIONS_ENV, "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 # Starlette's TestClient sends ``Host: testserver``; every Settings a test builds (and its subprocesses) trusts it
 # besides the loopback names (docs/security.md: the API's Host check). Tests of the check pass trusted_hosts.
 os.environ.setdefault("TASKSTREAM_TRUSTED_HOSTS", '["127.0.0.1", "localhost", "[::1]", "testserver"]')

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from taskstream.cli.broker import free_port
+from taskstream.cli.broker import JVM_OPTIONS_ENV, free_port
 from tests.conftest import wait_until
 from tests.integration.test_e2e import descendants, still_alive, tail
 
@@ -53,7 +53,7 @@ class Dev:
         self.api_port, self.broker_port = free_port(), free_port()
         self.log_path = cwd / "dev.log"
         self.proc: subprocess.Popen | None = None
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_") or k == JVM_OPTIONS_ENV}
         self.env.update(TASKSTREAM_LOG_LEVEL="WARNING", TASKSTREAM_ALLOW_SECOND_CRON="true",
                         TASKSTREAM_GRPC_PORT=str(free_port()), TASKSTREAM_METRICS_PORT="0")
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=10)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from taskstream.cli.broker import free_port
+from taskstream.cli.broker import JVM_OPTIONS_ENV, free_port
 from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,8 +37,9 @@ PRIORITIES = ("high", "medium", "low")
 
 
 def child_env() -> dict[str, str]:
-    """The test's environment without TASKSTREAM_*: dev starts its own Kafka node, default prefix."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
+    """The test's environment without TASKSTREAM_* (but the suite's JVM options): dev starts its own Kafka node,
+    default prefix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_") or k == JVM_OPTIONS_ENV}
     env["TASKSTREAM_LOG_LEVEL"] = "WARNING"
     return env
 

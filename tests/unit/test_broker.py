@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -99,3 +100,26 @@ def test_dev_without_java_stops_at_once_saying_what_to_install(tmp_path) -> None
     assert "Java 17+ is needed" in r.stderr and "apt-get install openjdk-17-jre-headless" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(("options", "present", "absent"), [
+    ("", ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"], ["-XX:+UseSerialGC"]),
+    ("-XX:TieredStopAtLevel=1 -XX:+UseSerialGC", ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"], ["-XX:+UseG1GC"]),
+    ("-Dx='a b'", ["-XX:+UseG1GC", "-Dx=a b"], []),
+])
+def test_jvm_options_from_the_environment_join_the_node_s_command(monkeypatch, tmp_path, options, present,
+                                                                    absent) -> None:
+    """TASKSTREAM_KAFKA_JVM_OPTIONS is split like a shell would; a collector chosen there replaces G1."""
+    from taskstream.cli.broker import JVM_OPTIONS_ENV, KafkaBroker, free_port
+
+    monkeypatch.setenv(JVM_OPTIONS_ENV, options)
+    node = KafkaBroker(free_port(), tmp_path / "node")
+    node.log_dir.mkdir(parents=True)
+    (node.log_dir / "meta.properties").write_text("")  # formatted: no StorageTool run
+    java = shutil.which("java") or "java"
+    cmd = node._prepare(java, tmp_path / "libs")
+    assert cmd[-2:] == ["kafka.Kafka", str(node.data_dir / "server.properties")]
+    for option in present:
+        assert option in cmd
+    for option in absent:
+        assert option not in cmd
