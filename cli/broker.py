@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import os
+import random
 import re
 import shlex
 import shutil
@@ -73,7 +74,44 @@ logger.state.level = ERROR
 """
 
 
+#: ``LOW-HIGH``: the ports ``free_port`` draws from (the test suite gives each pytest-xdist worker a slice of its own).
+FREE_PORTS_ENV = "TASKSTREAM_FREE_PORTS"
+#: The lowest port ``free_port`` draws by default; the highest is just below the kernel's ephemeral range.
+FREE_PORTS_FLOOR = 15000
+
+
+def _free_port_range() -> tuple[int, int] | None:
+    """``[low, high)`` of the ports ``free_port`` draws from, or None to let the kernel choose."""
+    wanted = os.environ.get(FREE_PORTS_ENV, "")
+    if wanted:
+        low, _, high = wanted.partition("-")
+        return int(low), int(high) + 1
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (FREE_PORTS_FLOOR, ephemeral_low) if ephemeral_low - FREE_PORTS_FLOOR >= 1000 else None
+
+
 def free_port() -> int:
+    """A loopback port nothing is bound to now, for a server about to start (a node, an API, a gRPC server).
+
+    Drawn at random below the kernel's ephemeral range (``$TASKSTREAM_FREE_PORTS``, ``LOW-HIGH``, to choose the
+    range): a port the kernel picked for ``bind(0)`` is one it also hands to outgoing connections, and a Kafka
+    client opens many, so a port chosen that way was sometimes taken by a connection before its server bound it.
+    """
+    span = _free_port_range()
+    if span is not None:
+        low, high = span
+        start = random.randrange(low, high)
+        for i in range(high - low):
+            port = low + (start - low + i) % (high - low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from taskstream.cli.broker import JVM_OPTIONS_ENV, KafkaBroker, free_port
+from taskstream.cli.broker import FREE_PORTS_ENV, JVM_OPTIONS_ENV, KafkaBroker, _free_port_range, free_port
 from taskstream.schemas import Settings, catalogue
 from taskstream.schemas.kafka import admin, ensure_topics, wait_for_broker
 
@@ -27,6 +27,15 @@ from taskstream.schemas.kafka import admin, ensure_topics, wait_for_broker
 # environment) compiles with C1 only and collects with the serial GC: a node lives minutes, and compiling with C2
 # was about half of its CPU (docs/benchmarks/2026-12-07-test-broker-jvm.md).
 os.environ.setdefault(JVM_OPTIONS_ENV, "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# Each pytest-xdist worker (and every process it starts) draws the ports of the servers it starts from a slice of
+# its own, so two workers never pick the same port at once (cli/broker.py, free_port).
+if os.environ.get("PYTEST_XDIST_WORKER") and FREE_PORTS_ENV not in os.environ:
+    _span = _free_port_range()
+    if _span is not None:
+        _worker, _workers = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")), int(
+            os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        _width = (_span[1] - _span[0]) // _workers
+        os.environ[FREE_PORTS_ENV] = f"{_span[0] + _worker * _width}-{_span[0] + (_worker + 1) * _width - 1}"
 # Starlette's TestClient sends ``Host: testserver``; every Settings a test builds (and its subprocesses) trusts it
 # besides the loopback names (docs/security.md: the API's Host check). Tests of the check pass trusted_hosts.
 os.environ.setdefault("TASKSTREAM_TRUSTED_HOSTS", '["127.0.0.1", "localhost", "[::1]", "testserver"]')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -123,3 +124,34 @@ def test_jvm_options_from_the_environment_join_the_node_s_command(monkeypatch, t
         assert option in cmd
     for option in absent:
         assert option not in cmd
+
+
+def test_free_ports_come_from_the_range_asked_for_and_are_bindable(monkeypatch) -> None:
+    from taskstream.cli.broker import FREE_PORTS_ENV, free_port
+
+    monkeypatch.setenv(FREE_PORTS_ENV, "24000-24009")
+    ports = {free_port() for _ in range(40)}
+    assert ports <= set(range(24000, 24010)) and len(ports) > 1
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_a_free_port_skips_a_bound_one(monkeypatch) -> None:
+    from taskstream.cli.broker import FREE_PORTS_ENV, free_port
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+        monkeypatch.setenv(FREE_PORTS_ENV, f"{taken}-{taken + 1}")
+        assert {free_port() for _ in range(10)} == {taken + 1}
+
+
+def test_by_default_free_ports_lie_below_the_ephemeral_range(monkeypatch) -> None:
+    """The kernel hands ports of its ephemeral range to outgoing connections: a port drawn there could be taken by
+    a Kafka client's connection before the server that wanted it binds it."""
+    from taskstream.cli.broker import FREE_PORTS_ENV, FREE_PORTS_FLOOR, free_port
+
+    monkeypatch.delenv(FREE_PORTS_ENV, raising=False)
+    ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    assert all(FREE_PORTS_FLOOR <= free_port() < ephemeral_low for _ in range(20))
