@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from graphlib import CycleError, TopologicalSorter
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from taskstream.schemas import (
     CommandRejected,
@@ -95,6 +95,26 @@ def _decides(input_type: type, aggregate: type = TaskState) -> Callable[[_F], _F
         return fn
 
     return register
+
+
+class _Deletable(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+_A = TypeVar("_A", bound=_Deletable)
+#: The status of a deleted schedule or trigger (``ScheduleStatus.DELETED`` and ``TriggerStatus.DELETED``).
+DELETED = "deleted"
+
+
+def existing(state: _A | None, kind: str, ident: str, action: str) -> _A:
+    """The state of the schedule or trigger (``kind``) a command acts on: ``NotFound`` without one,
+    ``CommandRejected`` once it is deleted (a deleted one cannot be ``action``, e.g. "paused")."""
+    if state is None:
+        raise NotFound(f"{kind} {ident} not found")
+    if state.status == DELETED:
+        raise CommandRejected(f"{kind} {ident} is deleted: it cannot be {action}")
+    return state
 
 
 def _task(state: TaskState | None, task_id: str) -> TaskState:

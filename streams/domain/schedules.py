@@ -48,7 +48,7 @@ from taskstream.schemas import (
 )
 
 from .commands import BackfillSchedule, CreateSchedule, DeleteSchedule, PauseSchedule, ResumeSchedule, RunSchedule
-from .decide import _decides
+from .decide import _decides, existing
 from .evolve import _on
 from .ids import PROCESSOR, UNSET, identified, state_cause
 from .react import implied, on_timer, timer_due
@@ -170,17 +170,9 @@ def _delete(state: ScheduleState | None, c: DeleteSchedule, now: datetime) -> li
                             actor=c.actor)]
 
 
-def _existing(state: ScheduleState | None, schedule_id: str, action: str) -> ScheduleState:
-    if state is None:
-        raise NotFound(f"schedule {schedule_id} not found")
-    if state.status == ScheduleStatus.DELETED.value:
-        raise CommandRejected(f"schedule {schedule_id} is deleted: it cannot be {action}")
-    return state
-
-
 @_decides(PauseSchedule, ScheduleState)
 def _pause(state: ScheduleState | None, c: PauseSchedule, now: datetime) -> list[Event]:
-    s = _existing(state, c.schedule_id, "paused")
+    s = existing(state, "schedule", c.schedule_id, "paused")
     if s.status == ScheduleStatus.PAUSED.value:
         return []
     if s.status != ScheduleStatus.ACTIVE.value:
@@ -191,7 +183,7 @@ def _pause(state: ScheduleState | None, c: PauseSchedule, now: datetime) -> list
 
 @_decides(ResumeSchedule, ScheduleState)
 def _resume(state: ScheduleState | None, c: ResumeSchedule, now: datetime) -> list[Event]:
-    s = _existing(state, c.schedule_id, "resumed")
+    s = existing(state, "schedule", c.schedule_id, "resumed")
     if s.status == ScheduleStatus.ACTIVE.value:
         return []
     if s.status != ScheduleStatus.PAUSED.value:
@@ -202,7 +194,7 @@ def _resume(state: ScheduleState | None, c: ResumeSchedule, now: datetime) -> li
 
 @_decides(RunSchedule, ScheduleState)
 def _run(state: ScheduleState | None, c: RunSchedule, now: datetime) -> list[Event]:
-    _existing(state, c.schedule_id, "run")
+    existing(state, "schedule", c.schedule_id, "run")
     return [ScheduleTriggered(event_id=UNSET, schedule_id=c.schedule_id, occurred_at=now, producer=c.producer,
                               created_task_id=schedule_run_task_id(c.schedule_id, now), actor=c.actor)]
 

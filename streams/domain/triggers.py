@@ -31,7 +31,6 @@ from taskstream.schemas import (
     CommandRejected,
     DecodeError,
     Event,
-    NotFound,
     TriggerCreated,
     TriggerDeleted,
     TriggerPaused,
@@ -50,7 +49,7 @@ from taskstream.schemas.limits import (
 )
 
 from .commands import CreateTrigger, DeleteTrigger, PauseTrigger, ResumeTrigger, SubmitTask
-from .decide import _decides
+from .decide import _decides, existing
 from .evolve import _on
 from .ids import UNSET
 
@@ -143,17 +142,9 @@ def _create(state: TriggerState | None, c: CreateTrigger, now: datetime) -> list
     )]
 
 
-def _existing(state: TriggerState | None, name: str, action: str) -> TriggerState:
-    if state is None:
-        raise NotFound(f"trigger {name} not found")
-    if state.status == TriggerStatus.DELETED.value:
-        raise CommandRejected(f"trigger {name} is deleted: it cannot be {action}")
-    return state
-
-
 @_decides(PauseTrigger, TriggerState)
 def _pause(state: TriggerState | None, c: PauseTrigger, now: datetime) -> list[Event]:
-    if _existing(state, c.name, "paused").status == TriggerStatus.PAUSED.value:
+    if existing(state, "trigger", c.name, "paused").status == TriggerStatus.PAUSED.value:
         return []
     return [TriggerPaused(event_id=UNSET, trigger_id=trigger_id(c.name), occurred_at=now, producer=c.producer,
                           reason=c.reason, actor=c.actor)]
@@ -161,7 +152,7 @@ def _pause(state: TriggerState | None, c: PauseTrigger, now: datetime) -> list[E
 
 @_decides(ResumeTrigger, TriggerState)
 def _resume(state: TriggerState | None, c: ResumeTrigger, now: datetime) -> list[Event]:
-    if _existing(state, c.name, "resumed").status == TriggerStatus.ACTIVE.value:
+    if existing(state, "trigger", c.name, "resumed").status == TriggerStatus.ACTIVE.value:
         return []
     return [TriggerResumed(event_id=UNSET, trigger_id=trigger_id(c.name), occurred_at=now, producer=c.producer,
                            actor=c.actor)]
@@ -169,7 +160,7 @@ def _resume(state: TriggerState | None, c: ResumeTrigger, now: datetime) -> list
 
 @_decides(DeleteTrigger, TriggerState)
 def _delete(state: TriggerState | None, c: DeleteTrigger, now: datetime) -> list[Event]:
-    _existing(state, c.name, "deleted")
+    existing(state, "trigger", c.name, "deleted")
     return [TriggerDeleted(event_id=UNSET, trigger_id=trigger_id(c.name), occurred_at=now, producer=c.producer,
                            reason=c.reason, actor=c.actor)]
 

@@ -244,3 +244,10 @@ def test_any_sequence_rebuild_equals_live_and_deleted_accepts_nothing(names):
         once = domain.evolve(state, e)
         assert domain.evolve(once, e) == once
         state = once
+
+
+def test_schedules_and_triggers_share_the_deleted_status_the_decider_checks() -> None:
+    from taskstream.schemas import ScheduleStatus, TriggerStatus
+    from taskstream.streams.domain.decide import DELETED
+
+    assert ScheduleStatus.DELETED.value == TriggerStatus.DELETED.value == DELETED
