@@ -68,16 +68,17 @@ does not change until an executor reports on it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from rocksdict import ColumnFamily, Options, Rdict, WriteBatch
 
@@ -510,24 +511,20 @@ class TaskStore:
                 yield state
 
     @staticmethod
-    def _decode(raw: bytes | None, task_id: str) -> TaskState | None:
+    def _decode(raw: bytes | None, task_id: str, decode: Callable[[bytes], Any] | None = None) -> TaskState | None:
+        """The stored state ``raw`` of ``task_id`` (``decode``: ``codec.decode`` or the decoded-state cache's), or
+        None: none is stored, or it is unreadable (logged)."""
         if raw is None:
             return None
         try:
-            return codec.decode(raw)
+            return cast(TaskState, (decode or codec.decode)(raw))
         except DecodeError as exc:  # cannot happen unless the files were tampered with
             log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc, extra=about(task_id))
             return None
 
     def _decode_applied(self, key: bytes, raw: bytes | None, task_id: str) -> TaskState | None:
         """Under the lock: ``_decode``, without decoding again the record ``apply`` stored last for ``key``."""
-        if raw is None:
-            return None
-        try:
-            return cast(TaskState, self._applied.decode(key, raw))
-        except DecodeError as exc:  # cannot happen unless the files were tampered with
-            log.error("read model: stored state of task_id=%s is unreadable: %s", task_id, exc, extra=about(task_id))
-            return None
+        return self._decode(raw, task_id, functools.partial(self._applied.decode, key))
 
 
 def _edges(upstream: str) -> bytes:

@@ -107,11 +107,7 @@ def test_a_rate_of_five_per_second_holds_over_ten_seconds(stack):
 
 def test_the_live_view_shows_a_key_s_holders_and_waiters(stack):
     key = "hold-one"
-    body = {"tasks": [{"handler": "hold", "payload": {"n": i}, "concurrency": {"key": key, "limit": 1}}
-                      for i in range(3)]}
-    r = httpx.post(f"{stack.url}/api/v1/tasks:batch", json=body, timeout=30)
-    assert r.status_code == 202, r.text
-    ids = [t["id"] for t in r.json()["tasks"]]
+    ids = submit_held(stack, key, 3)
     held = stack.folder / "held"
 
     def entry() -> dict | None:
@@ -149,6 +145,15 @@ def test_the_live_view_shows_a_key_s_holders_and_waiters(stack):
     wait_until(lambda: entry_idle(stack, key), timeout=30, interval=0.2, message="the key idle again")
 
 
+def submit_held(stack: LiveStack, key: str, n: int) -> list[str]:
+    """``n`` tasks of the ``hold`` handler under concurrency ``key`` with limit 1, in one batch; their ids."""
+    body = {"tasks": [{"handler": "hold", "payload": {"n": i}, "concurrency": {"key": key, "limit": 1}}
+                      for i in range(n)]}
+    r = httpx.post(f"{stack.url}/api/v1/tasks:batch", json=body, timeout=30)
+    assert r.status_code == 202, r.text
+    return [t["id"] for t in r.json()["tasks"]]
+
+
 def entry_idle(stack: LiveStack, key: str, granted: int = 3) -> bool:
     (e,) = httpx.get(f"{stack.url}/api/v1/limits", params={"key": key}, timeout=10).json()["limits"]
     return e["holding"] == 0 and e["waiting"] == 0 and e["granted"] == granted
@@ -156,10 +161,7 @@ def entry_idle(stack: LiveStack, key: str, granted: int = 3) -> bool:
 
 def test_a_waiter_patched_to_high_is_admitted_before_earlier_medium_waiters(stack):
     key = "patch-line"
-    body = {"tasks": [{"handler": "hold", "payload": {"n": i}, "concurrency": {"key": key, "limit": 1}}
-                      for i in range(4)]}
-    r = httpx.post(f"{stack.url}/api/v1/tasks:batch", json=body, timeout=30)
-    assert r.status_code == 202, r.text
+    submit_held(stack, key, 4)
 
     def line(waiting_first: str | None = None) -> dict | None:
         stack.check()
