@@ -241,3 +241,35 @@ def test_url_option_and_an_unreachable_api(run, stack) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     line = one_error_line(run("tasks", "get", "x", "--url", closed))
     assert line.startswith(f"Error: API unreachable: cannot reach the taskstream API at {closed}")
+
+
+def test_triggers_create_list_get_pause_resume_delete(run) -> None:
+    """`taskstream triggers`: every command against the live API, its table and --json, and one-line refusals."""
+    r = run("triggers", "create", "cli-orders", "shop.orders", "orders.handle", "--filter", '{"type": "order"}',
+            "--start", "earliest", "--priority", "high", "--max-attempts", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    t = json.loads(r.stdout)
+    assert (t["name"], t["topic"], t["status"], t["filter"], t["start"]) == (
+        "cli-orders", "shop.orders", "active", {"type": "order"}, "earliest")
+    assert t["task"]["handler"] == "orders.handle" and t["task"]["priority"] == "high"
+    assert t["task"]["retry"]["max_attempts"] == 2
+
+    r = run("triggers", "list")
+    assert r.returncode == 0, r.stderr
+    header, *rows = r.stdout.splitlines()
+    assert header.split()[:4] == ["NAME", "TOPIC", "STATUS", "HANDLER"]
+    assert ["cli-orders", "shop.orders", "active", "orders.handle"] in [row.split()[:4] for row in rows], r.stdout
+    assert run("triggers", "get", "cli-orders", "--json").stdout.count('"cli-orders"') == 1
+
+    for command, status in (("pause", "paused"), ("resume", "active"), ("delete", "deleted")):
+        extra = ["--reason", "cli test"] if command != "resume" else []
+        r = run("triggers", command, "cli-orders", *extra, "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["status"] == status, (command, r.stdout, r.stderr)
+    listed = run("triggers", "list", "--status", "deleted", "--json").stdout.splitlines()
+    assert "cli-orders" in [json.loads(line)["name"] for line in listed]
+
+    assert "deleted" in one_error_line(run("triggers", "resume", "cli-orders"))
+    assert "not found" in one_error_line(run("triggers", "get", "no-such-trigger"))
+    assert "name" in one_error_line(run("triggers", "create", "has spaces", "shop.orders", "h"))
+    r = run("triggers", "create", "x", "shop.orders", "h", "--filter", "{no")
+    assert r.returncode == 2 and "Invalid value for '--filter': not JSON" in r.stderr, r.stderr  # click's usage error
