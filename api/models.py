@@ -716,9 +716,9 @@ class LimitIn(BaseModel):
     """``PUT /limits/handlers/{handler}``: at most ``limit`` attempts of the handler queued or running at once
     and at most ``rate`` starts in any ``per_s`` seconds; a limit, a rate (with its period) or both."""
 
-    limit: int | None = Field(None, ge=1, le=MAX_CONCURRENCY_LIMIT)
-    rate: int | None = Field(None, ge=1, le=MAX_RATE)
-    per_s: float | None = Field(None, gt=0, le=MAX_RATE_PERIOD_S)
+    limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY_LIMIT)] | None = None
+    rate: Annotated[StrictInt, Field(ge=1, le=MAX_RATE)] | None = None
+    per_s: Annotated[Seconds, Field(gt=0, le=MAX_RATE_PERIOD_S)] | None = None
 
     @model_validator(mode="after")
     def _a_limit_or_a_rate(self) -> LimitIn:

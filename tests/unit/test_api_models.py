@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError as PydanticValidationError
 
-from taskstream.api.models import TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
+from taskstream.api.models import LimitIn, TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
 from taskstream.api.read_model import sortkey
 from taskstream.api.reads import decode_cursor, encode_cursor
 from taskstream.schemas import MAX_BACKOFF_S, Settings, TaskState, ValidationError
@@ -206,3 +206,19 @@ def test_a_key_naming_a_field_the_payload_lacks_is_refused_naming_concurrency_ke
     with pytest.raises(ValidationError) as info:
         decide(None, body.to_command(task_id="t", producer="api", settings=SETTINGS), T_NOW)
     assert info.value.field == "concurrency.key"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"per_s": True, "rate": 1}, "per_s"), ({"per_s": "1", "rate": 1}, "per_s"), ({"rate": True, "per_s": 1}, "rate"),
+    ({"rate": 1.5, "per_s": 1}, "rate"), ({"limit": True}, "limit"), ({"limit": "2"}, "limit"),
+    ({"per_s": float("nan"), "rate": 1}, "per_s"),
+])
+def test_a_handler_limit_takes_numbers_only_never_bools_or_strings(body: dict, field: str) -> None:
+    """Found by the OpenAPI fuzz: ``{"per_s": true, "rate": 1}`` was accepted as a rate of 1 per 1.0 s."""
+    with pytest.raises(PydanticValidationError) as info:
+        LimitIn.model_validate(body)
+    assert [e["loc"][0] for e in info.value.errors()] == [field]
+
+
+def test_a_handler_limit_takes_an_int_period() -> None:
+    assert LimitIn.model_validate({"rate": 5, "per_s": 2}).per_s == 2
