@@ -126,23 +126,41 @@ def test_jvm_options_from_the_environment_join_the_node_s_command(monkeypatch, t
         assert option not in cmd
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _own_ports() -> tuple[int, int]:
+    """The ports this test process may use: its xdist worker's slice (no other process draws from it)."""
+    from taskstream.cli.broker import _free_port_range
+
+    span = _free_port_range()
+    assert span is not None
+    return span
+
+
 def test_free_ports_come_from_the_range_asked_for_and_are_bindable(monkeypatch) -> None:
     from taskstream.cli.broker import FREE_PORTS_ENV, free_port
 
-    monkeypatch.setenv(FREE_PORTS_ENV, "24000-24009")
+    low = _own_ports()[0]
+    monkeypatch.setenv(FREE_PORTS_ENV, f"{low}-{low + 9}")
     ports = {free_port() for _ in range(40)}
-    assert ports <= set(range(24000, 24010)) and len(ports) > 1
-    for port in ports:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))
+    assert ports <= set(range(low, low + 10)) and len(ports) > 1
+    assert all(_bindable(port) for port in ports)
 
 
 def test_a_free_port_skips_a_bound_one(monkeypatch) -> None:
     from taskstream.cli.broker import FREE_PORTS_ENV, free_port
 
+    low, high = _own_ports()
+    taken = next(p for p in range(low, high - 1) if _bindable(p) and _bindable(p + 1))
     with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        taken = held.getsockname()[1]
+        held.bind(("127.0.0.1", taken))
         monkeypatch.setenv(FREE_PORTS_ENV, f"{taken}-{taken + 1}")
         assert {free_port() for _ in range(10)} == {taken + 1}
 
