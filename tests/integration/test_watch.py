@@ -59,7 +59,11 @@ class Stack:
         self.base = f"http://127.0.0.1:{settings.api_port}"
         self.grpc_target = f"127.0.0.1:{settings.grpc_port}"
         self.api: Component | None = None
-        self.start_api()
+        try:
+            self.start_api()
+        except BaseException:  # the fixture never yields, so nobody else stops what was started
+            stop_all(self.api, self.executor, self.processor)
+            raise
         self.states = StateLog(settings)
 
     def start_api(self) -> None:
