@@ -770,9 +770,9 @@ class TriggerIn(BaseModel):
     name: Annotated[StrictStr, Field(min_length=1, max_length=100)]
     topic: Annotated[StrictStr, Field(min_length=1, max_length=249)]
     task: TriggerTaskIn
-    filter: JsonValue = None
+    filter: JsonDocument = None
     key_as: StrictStr = "label"
-    start: JsonValue = "latest"
+    start: JsonDocument = "latest"
     format: StrictStr = "json"
     bootstrap_servers: ClusterText | None = None
     security_protocol: StrictStr | None = None

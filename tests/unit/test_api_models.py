@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError as PydanticValidationError
 
-from taskstream.api.models import LimitIn, TaskIn, TaskPatch, parse_rfc3339, rfc3339, task_json
+from taskstream.api.models import LimitIn, TaskIn, TaskPatch, TriggerIn, parse_rfc3339, rfc3339, task_json
 from taskstream.api.read_model import sortkey
 from taskstream.api.reads import decode_cursor, encode_cursor
 from taskstream.schemas import MAX_BACKOFF_S, Settings, TaskState, ValidationError
@@ -222,3 +222,14 @@ def test_a_handler_limit_takes_numbers_only_never_bools_or_strings(body: dict, f
 
 def test_a_handler_limit_takes_an_int_period() -> None:
     assert LimitIn.model_validate({"rate": 5, "per_s": 2}).per_s == 2
+
+
+@pytest.mark.parametrize("field", ["filter", "start"])
+@pytest.mark.parametrize("value", [-(2**63) - 1, 2**64, {"a": 2**64}])
+def test_a_trigger_s_json_fields_refuse_integers_beyond_64_bits(field: str, value) -> None:
+    """Found by the OpenAPI fuzz: ``"filter": -9223372036854775809`` passed the model and was a 500 when the
+    command was encoded."""
+    body = {"name": "t", "topic": "t", "task": {"handler": "h"}, field: value}
+    with pytest.raises(PydanticValidationError) as info:
+        TriggerIn.model_validate(body)
+    assert [e["loc"][0] for e in info.value.errors()] == [field]
